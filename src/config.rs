@@ -1,0 +1,60 @@
+//! Every protocol limit and server default in one place.
+//!
+//! The numbers here are normative: `spec/PROTOCOL.md` states each of them, and the tests exercise each
+//! one at its boundary. Runtime settings that an operator may change live in [`Config`]; the
+//! protocol's own limits are constants because clients depend on them.
+
+use std::time::Duration;
+
+/// Longest accepted line in bytes, not counting the LF (or CRLF) that ends it.
+pub const MAX_LINE_BYTES: usize = 4096;
+/// Longest account name, in characters (names are ASCII).
+pub const MAX_NAME_LEN: usize = 32;
+/// Shortest accepted password in bytes.
+pub const MIN_PASSWORD_BYTES: usize = 8;
+/// Longest accepted password in bytes.
+pub const MAX_PASSWORD_BYTES: usize = 128;
+/// Longest message text in bytes (UTF-8).
+pub const MAX_TEXT_BYTES: usize = 2048;
+/// Most recipients of one GROUP message.
+pub const MAX_GROUP_RECIPIENTS: usize = 50;
+/// Longest client label (`@label`), in characters.
+pub const MAX_LABEL_LEN: usize = 32;
+/// Longest PING token in bytes.
+pub const MAX_PING_TOKEN_BYTES: usize = 64;
+/// HISTORY count when none is given.
+pub const HISTORY_DEFAULT_COUNT: u32 = 50;
+/// Largest HISTORY count.
+pub const HISTORY_MAX_COUNT: u32 = 500;
+/// Most messages one account may have waiting for offline delivery.
+pub const MAX_PENDING_PER_ACCOUNT: u32 = 1000;
+/// Most commands of one connection that may be read but not yet answered; the server stops reading
+/// the connection's socket until answers go out (backpressure, nothing is lost).
+pub const MAX_INFLIGHT_PER_CONNECTION: usize = 64;
+/// Bytes a connection's outbox may hold; beyond it the client is a slow consumer and is disconnected.
+pub const OUTBOX_LIMIT_BYTES: usize = 1024 * 1024;
+
+/// Default plain-TCP listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7878";
+/// Default database file (relative to the working directory).
+pub const DEFAULT_DB: &str = "chatd.redb";
+/// Default connection limit.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default sustained line rate per connection (lines per second).
+pub const DEFAULT_LINE_RATE: u32 = 200;
+/// Default line burst per connection.
+pub const DEFAULT_LINE_BURST: u32 = 400;
+/// Time a TLS client has to finish its handshake.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Password hashes that may wait for a hashing thread; beyond it LOGIN/REGISTER get SERVER_BUSY.
+pub const DEFAULT_HASH_QUEUE: usize = 256;
+/// Most store operations in one commit.
+pub const MAX_STORE_BATCH: usize = 1024;
+/// Most store operations queued or in flight before the core stops taking new input.
+pub const MAX_STORE_INFLIGHT: usize = 8192;
+/// Production scrypt cost: log2(N). About 100 ms per hash on one core.
+pub const SCRYPT_LOG_N: u8 = 15;
+/// Production scrypt block size r.
+pub const SCRYPT_R: u32 = 8;
+/// Production scrypt parallelism p.
+pub const SCRYPT_P: u32 = 1;

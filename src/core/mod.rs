@@ -1,0 +1,1 @@
+//! Core state machine.

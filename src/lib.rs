@@ -1,0 +1,24 @@
+//! chatd: a small, durable chat server with a plain-text line protocol.
+//!
+//! The crate is laid out so that each piece of the server can be read, tested and fuzzed on its own:
+//!
+//! - [`config`]: every limit and default, as named constants.
+//! - [`proto`]: the pure codec. Bytes to lines, lines to commands, replies to lines. No IO, no clock.
+//! - [`core`]: the server's rules as a state machine. Events in (a line from a connection, a finished
+//!   commit, a finished password hash), effects out (lines queued for connections, store ops, hash
+//!   jobs). Tests and fuzzers drive it without sockets.
+//! - [`store`]: redb tables and the group-commit worker thread; the only place that knows redb.
+//! - [`auth`]: scrypt hashing on its own threads, with a bound on queued work.
+//! - [`net`]: listeners (plain and TLS), per-connection reader and writer tasks, bounded outboxes.
+//! - [`client`]: the bundled client behind `chatd --connect`.
+//! - [`cli`]: the command line.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod core;
+pub mod net;
+pub mod proto;
+pub mod store;

@@ -1,0 +1,2 @@
+//! Listeners and connection tasks.
+pub mod tls;

@@ -1,0 +1,2 @@
+//! Pure codec.
+pub mod server_line;

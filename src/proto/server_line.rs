@@ -1,0 +1,1 @@
+//! Parsing server lines (used by the client and the conformance suite).

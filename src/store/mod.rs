@@ -1,0 +1,190 @@
+//! Durable state: accounts, friendships, the message log and the offline-delivery index.
+//!
+//! This module is the only place that knows redb. The core never calls the store directly: it emits
+//! [`StoreOp`]s, the [`worker`] thread applies every op queued while the previous commit ran in one
+//! write transaction (group commit), and the results come back in the order the ops were sent. The
+//! core keeps accounts, friendships and backlog counts in memory, loaded from the [`Snapshot`] at start;
+//! the store is the durable copy and the only copy of the message log.
+
+pub mod memory;
+pub mod redb;
+pub mod worker;
+
+use std::fmt;
+
+/// Message id: server-assigned, strictly increasing, never reused.
+pub type MsgId = u64;
+
+/// A registered account as stored.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AccountRecord {
+    /// Name as registered (display form); its lowercase form is the lookup key.
+    pub name: String,
+    /// scrypt PHC string.
+    pub phc: String,
+    /// Registration time, milliseconds since the Unix epoch.
+    pub created_ms: i64,
+}
+
+impl fmt::Debug for AccountRecord {
+    // The hash stays out of logs and test output.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AccountRecord")
+            .field("name", &self.name)
+            .field("phc", &"<redacted>")
+            .field("created_ms", &self.created_ms)
+            .finish()
+    }
+}
+
+/// Whom a message was addressed to (names as registered).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum To {
+    /// MSG: one user.
+    User(String),
+    /// GROUP: the full recipient list as the sender gave it (display names, in the sender's order).
+    Group(Vec<String>),
+    /// ALL: everyone online.
+    All,
+}
+
+/// One message of the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MessageRecord {
+    pub id: MsgId,
+    /// Server time, milliseconds since the Unix epoch.
+    pub time_ms: i64,
+    /// Sender name as registered.
+    pub from: String,
+    pub to: To,
+    pub text: String,
+}
+
+/// A friendship edge seen from one side (`a`'s view of `b`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FriendState {
+    /// Accepted, symmetric.
+    Friends,
+    /// `a` asked `b`; `b` has not answered.
+    Outgoing,
+    /// `b` asked `a`; `a` has not answered.
+    Incoming,
+}
+
+impl FriendState {
+    /// The same edge seen from the other side.
+    pub fn mirror(self) -> FriendState {
+        match self {
+            FriendState::Friends => FriendState::Friends,
+            FriendState::Outgoing => FriendState::Incoming,
+            FriendState::Incoming => FriendState::Outgoing,
+        }
+    }
+}
+
+/// A conversation, the unit HISTORY pages through.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Conversation {
+    /// Two accounts by lowercase key, in either order (the store normalises it). Both may be the same.
+    Pair(String, String),
+    /// The ALL broadcasts.
+    Broadcast,
+}
+
+/// Where a HISTORY page starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cursor {
+    /// The newest `count` messages.
+    Latest,
+    /// The newest `count` messages with id < the given id.
+    Before(MsgId),
+    /// The oldest `count` messages with id > the given id.
+    After(MsgId),
+}
+
+/// One page of a conversation.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct HistoryPage {
+    /// In ascending id order.
+    pub messages: Vec<MessageRecord>,
+    /// `Some(c)`: older messages exist and `Cursor::Before(c)` shows the next older page, with no gap
+    /// and no duplicate. `None`: nothing older.
+    pub older: Option<MsgId>,
+    /// `Some(c)`: newer messages exist and `Cursor::After(c)` shows the next newer page.
+    pub newer: Option<MsgId>,
+}
+
+/// One durable operation. Every op of a batch runs in one write transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreOp {
+    /// Insert a new account (the core has checked the name is free).
+    CreateAccount(AccountRecord),
+    /// Append a message to the log, index it under its conversations, and add it to the offline
+    /// backlog of each account key in `pending_for`.
+    AppendMessage { msg: MessageRecord, pending_for: Vec<String> },
+    /// Add an already-stored message to one account's offline backlog.
+    AddPending { user: String, id: MsgId },
+    /// Remove and return (ascending id order) every message in the account's offline backlog.
+    TakeBacklog { user: String },
+    /// Set the edge between two account keys as seen from `a` (the mirror is stored for `b`), or
+    /// delete both directions with `None`.
+    SetFriendship { a: String, b: String, state: Option<FriendState> },
+    /// Read one page of a conversation (`count` >= 1).
+    History { conv: Conversation, count: u32, cursor: Cursor },
+}
+
+/// The result of one op, in the same position as the op.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreReply {
+    Done,
+    Backlog(Vec<MessageRecord>),
+    History(HistoryPage),
+}
+
+/// Everything the core needs in memory, read once at open.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub accounts: Vec<AccountRecord>,
+    /// Each stored edge `(a_key, b_key, a's view)`; both directions of a pair appear.
+    pub friendships: Vec<(String, String, FriendState)>,
+    /// Offline backlog size per account key (accounts with none may be absent).
+    pub pending_counts: Vec<(String, u32)>,
+    /// The id the next message gets: one more than the largest id ever stored, or 1.
+    pub next_id: MsgId,
+}
+
+/// A failure of the storage layer. The server treats it as fatal (see the operator's manual): the
+/// in-memory state can no longer be trusted to match the disk.
+#[derive(Debug)]
+pub enum StoreError {
+    /// The database could not be opened or created.
+    Open(String),
+    /// A transaction or commit failed.
+    Commit(String),
+    /// Stored bytes could not be decoded.
+    Corrupt(String),
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Open(e) => write!(f, "cannot open database: {e}"),
+            StoreError::Commit(e) => write!(f, "database write failed: {e}"),
+            StoreError::Corrupt(e) => write!(f, "database holds data it cannot decode: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// A durable store: applies a batch of ops in one transaction, all or nothing.
+pub trait Store: Send {
+    /// Apply `ops` in order inside one write transaction and commit it durably; the replies are in
+    /// the same order as the ops.
+    fn execute(&mut self, ops: &[StoreOp]) -> Result<Vec<StoreReply>, StoreError>;
+}
+
+/// The lowercase lookup key of a name.
+pub fn key_of(name: &str) -> String {
+    name.to_ascii_lowercase()
+}

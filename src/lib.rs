@@ -20,5 +20,6 @@ pub mod client;
 pub mod config;
 pub mod core;
 pub mod net;
+pub mod outbox;
 pub mod proto;
 pub mod store;

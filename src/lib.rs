@@ -22,4 +22,5 @@ pub mod core;
 pub mod net;
 pub mod outbox;
 pub mod proto;
+pub mod sim;
 pub mod store;

@@ -8,8 +8,22 @@ use crate::store::worker::Ticket;
 use crate::store::{Conversation, Cursor, HistoryPage, StoreOp, To};
 
 impl Core {
-    pub(super) fn history(&mut self, conn: ConnId, label: Option<String>, with: HistoryTarget, count: Option<u32>, cursor: Page) {
-        let Some(me) = self.conns.get(&conn).and_then(|c| c.key()).map(str::to_owned) else { return };
+    pub(super) fn history(
+        &mut self,
+        conn: ConnId,
+        label: Option<String>,
+        with: HistoryTarget,
+        count: Option<u32>,
+        cursor: Page,
+    ) {
+        let Some(me) = self
+            .conns
+            .get(&conn)
+            .and_then(|c| c.key())
+            .map(str::to_owned)
+        else {
+            return;
+        };
         let (conv, name) = match with {
             HistoryTarget::Broadcast => (Conversation::Broadcast, "*".to_owned()),
             HistoryTarget::User(n) => {
@@ -21,7 +35,13 @@ impl Core {
                     }
                     _ => {
                         let text = format!("no such user: {n}");
-                        return self.refuse(conn, label.as_deref(), "HISTORY", Code::UNKNOWN_USER, &text);
+                        return self.refuse(
+                            conn,
+                            label.as_deref(),
+                            "HISTORY",
+                            Code::UNKNOWN_USER,
+                            &text,
+                        );
                     }
                 }
             }
@@ -32,11 +52,25 @@ impl Core {
             Page::After(id) => Cursor::After(id),
         };
         let count = count.unwrap_or(HISTORY_DEFAULT_COUNT);
-        let ticket = self.store(StoreOp::History { conv, count, cursor }, Waiting::History { conn, label, name });
+        let ticket = self.store(
+            StoreOp::History {
+                conv,
+                count,
+                cursor,
+            },
+            Waiting::History { conn, label, name },
+        );
         self.reserve(conn, ticket, 1);
     }
 
-    pub(super) fn history_read(&mut self, conn: ConnId, ticket: Ticket, label: Option<String>, name: String, page: HistoryPage) {
+    pub(super) fn history_read(
+        &mut self,
+        conn: ConnId,
+        ticket: Ticket,
+        label: Option<String>,
+        name: String,
+        page: HistoryPage,
+    ) {
         let mut out = String::new();
         for m in &page.messages {
             let to = match &m.to {

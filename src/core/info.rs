@@ -21,8 +21,17 @@ impl Core {
                     }
                 }
                 None => {
-                    let text = format!("no help for \"{}\"; type HELP for the list", t.chars().take(32).collect::<String>());
-                    return self.refuse(conn, label.as_deref(), "HELP", Code::UNKNOWN_COMMAND, &text);
+                    let text = format!(
+                        "no help for \"{}\"; type HELP for the list",
+                        t.chars().take(32).collect::<String>()
+                    );
+                    return self.refuse(
+                        conn,
+                        label.as_deref(),
+                        "HELP",
+                        Code::UNKNOWN_COMMAND,
+                        &text,
+                    );
                 }
             },
         }
@@ -44,7 +53,12 @@ impl Core {
                 reply::line(&mut out, "USER", &a.name);
             }
         }
-        reply::ok(&mut out, label.as_deref(), "USERS", &self.online.len().to_string());
+        reply::ok(
+            &mut out,
+            label.as_deref(),
+            "USERS",
+            &self.online.len().to_string(),
+        );
         self.answer(conn, out);
     }
 }

@@ -32,8 +32,22 @@ pub(super) struct Sent {
 
 impl Core {
     /// MSG (one name) and GROUP (a list): all or nothing.
-    pub(super) fn send_direct(&mut self, conn: ConnId, label: Option<String>, to: Vec<Name>, text: String, verb: Verb) {
-        let Some(sender) = self.conns.get(&conn).and_then(|c| c.key()).map(str::to_owned) else { return };
+    pub(super) fn send_direct(
+        &mut self,
+        conn: ConnId,
+        label: Option<String>,
+        to: Vec<Name>,
+        text: String,
+        verb: Verb,
+    ) {
+        let Some(sender) = self
+            .conns
+            .get(&conn)
+            .and_then(|c| c.key())
+            .map(str::to_owned)
+        else {
+            return;
+        };
         let cmd = verb.name();
         let mut unknown = Vec::new();
         let mut full = Vec::new();
@@ -83,8 +97,25 @@ impl Core {
 
     /// ALL: to every other online account; stored, never kept for offline delivery.
     pub(super) fn send_all(&mut self, conn: ConnId, label: Option<String>, text: String) {
-        let Some(sender) = self.conns.get(&conn).and_then(|c| c.key()).map(str::to_owned) else { return };
-        self.commit_message(conn, label, Verb::All, sender, To::All, text, Vec::new(), Vec::new(), 0);
+        let Some(sender) = self
+            .conns
+            .get(&conn)
+            .and_then(|c| c.key())
+            .map(str::to_owned)
+        else {
+            return;
+        };
+        self.commit_message(
+            conn,
+            label,
+            Verb::All,
+            sender,
+            To::All,
+            text,
+            Vec::new(),
+            Vec::new(),
+            0,
+        );
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -100,12 +131,36 @@ impl Core {
         pending_for: Vec<String>,
         kept: usize,
     ) {
-        let from = self.accounts.get(&sender).map(|a| a.name.clone()).unwrap_or_default();
+        let from = self
+            .accounts
+            .get(&sender)
+            .map(|a| a.name.clone())
+            .unwrap_or_default();
         let id = self.next_id;
         self.next_id += 1;
-        let record = MessageRecord { id, time_ms: self.now, from, to, text };
-        let sent = Sent { conn, label, verb, sender, record: record.clone(), online, kept };
-        let ticket = self.store(StoreOp::AppendMessage { msg: record, pending_for }, Waiting::Message(Box::new(sent)));
+        let record = MessageRecord {
+            id,
+            time_ms: self.now,
+            from,
+            to,
+            text,
+        };
+        let sent = Sent {
+            conn,
+            label,
+            verb,
+            sender,
+            record: record.clone(),
+            online,
+            kept,
+        };
+        let ticket = self.store(
+            StoreOp::AppendMessage {
+                msg: record,
+                pending_for,
+            },
+            Waiting::Message(Box::new(sent)),
+        );
         self.reserve(conn, ticket, 1);
     }
 
@@ -123,11 +178,21 @@ impl Core {
         let mut out = String::new();
         match sent.verb {
             Verb::All => {
-                let others: Vec<String> = self.online.iter().filter(|k| **k != sent.sender).cloned().collect();
+                let others: Vec<String> = self
+                    .online
+                    .iter()
+                    .filter(|k| **k != sent.sender)
+                    .cloned()
+                    .collect();
                 for key in &others {
                     self.push_to_account(key, &chunk);
                 }
-                reply::ok(&mut out, sent.label.as_deref(), "ALL", &format!("{} DELIVERED {}", r.id, others.len()));
+                reply::ok(
+                    &mut out,
+                    sent.label.as_deref(),
+                    "ALL",
+                    &format!("{} DELIVERED {}", r.id, others.len()),
+                );
             }
             verb => {
                 for key in &sent.online {
@@ -136,9 +201,18 @@ impl Core {
                     }
                 }
                 let details = if verb == Verb::Msg {
-                    format!("{} {}", r.id, if sent.kept == 0 { "DELIVERED" } else { "KEPT" })
+                    format!(
+                        "{} {}",
+                        r.id,
+                        if sent.kept == 0 { "DELIVERED" } else { "KEPT" }
+                    )
                 } else {
-                    format!("{} DELIVERED {} KEPT {}", r.id, sent.online.len(), sent.kept)
+                    format!(
+                        "{} DELIVERED {} KEPT {}",
+                        r.id,
+                        sent.online.len(),
+                        sent.kept
+                    )
                 };
                 reply::ok(&mut out, sent.label.as_deref(), verb.name(), &details);
             }
@@ -148,12 +222,20 @@ impl Core {
 
     /// A recipient went offline while its message was being committed: add it to the backlog.
     fn keep_for_later(&mut self, key: &str, id: u64) {
-        let Some(a) = self.accounts.get_mut(key) else { return };
+        let Some(a) = self.accounts.get_mut(key) else {
+            return;
+        };
         if a.pending >= MAX_PENDING_PER_ACCOUNT {
             // Still in the log and in HISTORY; the backlog bound wins.
             return;
         }
         a.pending += 1;
-        self.store(StoreOp::AddPending { user: key.to_owned(), id }, Waiting::Quiet);
+        self.store(
+            StoreOp::AddPending {
+                user: key.to_owned(),
+                id,
+            },
+            Waiting::Quiet,
+        );
     }
 }

@@ -49,7 +49,11 @@ pub enum Input {
 #[derive(Debug)]
 pub enum Event {
     /// A connection was accepted; its outbox is where its lines go.
-    Connected { conn: ConnId, outbox: Outbox, peer: String },
+    Connected {
+        conn: ConnId,
+        outbox: Outbox,
+        peer: String,
+    },
     /// One unit of input from a connection (the reader holds one credit for it).
     Input { conn: ConnId, input: Input },
     /// The connection is gone (closed by the client, by an error, or after the core closed it).
@@ -57,7 +61,10 @@ pub enum Event {
     /// A batch of store ops finished (results in op order), or the store failed.
     Stored(Result<Vec<(Ticket, StoreReply)>, StoreError>),
     /// A password hash finished.
-    Hashed { ticket: Ticket, outcome: HashOutcome },
+    Hashed {
+        ticket: Ticket,
+        outcome: HashOutcome,
+    },
     /// The server is stopping: tell everyone and close every connection.
     Shutdown,
 }
@@ -136,17 +143,33 @@ impl Conn {
 /// What to do when a job finishes.
 enum Waiting {
     /// REGISTER's hash.
-    RegisterHash { conn: ConnId, label: Option<String>, key: String },
+    RegisterHash {
+        conn: ConnId,
+        label: Option<String>,
+        key: String,
+    },
     /// REGISTER's commit.
-    RegisterStored { conn: ConnId, label: Option<String>, name: String },
+    RegisterStored {
+        conn: ConnId,
+        label: Option<String>,
+        name: String,
+    },
     /// LOGIN's verification; `key` is None when the name is unknown.
-    LoginVerify { conn: ConnId, label: Option<String>, key: Option<String> },
+    LoginVerify {
+        conn: ConnId,
+        label: Option<String>,
+        key: Option<String>,
+    },
     /// The offline backlog read at login.
     Backlog { conn: ConnId },
     /// A message's commit.
     Message(Box<messaging::Sent>),
     /// A HISTORY read.
-    History { conn: ConnId, label: Option<String>, name: String },
+    History {
+        conn: ConnId,
+        label: Option<String>,
+        name: String,
+    },
     /// A FRIEND change's commit.
     Friend(Box<friends::Change>),
     /// A write with nothing to report.
@@ -299,7 +322,9 @@ impl Core {
     }
 
     fn input(&mut self, conn: ConnId, input: Input) {
-        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
         if c.closing {
             return;
         }
@@ -315,11 +340,25 @@ impl Core {
     fn process(&mut self, conn: ConnId, input: Input) {
         let line = match input {
             Input::TooLong => {
-                return self.refuse(conn, None, "*", Code::LINE_TOO_LONG, "line exceeds 4096 bytes; it was discarded")
+                return self.refuse(
+                    conn,
+                    None,
+                    "*",
+                    Code::LINE_TOO_LONG,
+                    "line exceeds 4096 bytes; it was discarded",
+                )
             }
             Input::Line(bytes) => match String::from_utf8(bytes) {
                 Ok(s) => s,
-                Err(_) => return self.refuse(conn, None, "*", Code::BAD_ENCODING, "line is not valid UTF-8"),
+                Err(_) => {
+                    return self.refuse(
+                        conn,
+                        None,
+                        "*",
+                        Code::BAD_ENCODING,
+                        "line is not valid UTF-8",
+                    )
+                }
             },
         };
         let head = match split_head(&line) {
@@ -337,13 +376,27 @@ impl Core {
         let verb = head.verb;
         let logged_in = self.conns.get(&conn).is_some_and(|c| c.key().is_some());
         if verb.needs_login() && !logged_in {
-            return self.refuse(conn, label.as_deref(), verb.name(), Code::NOT_LOGGED_IN, "log in first: LOGIN <name> <password>");
+            return self.refuse(
+                conn,
+                label.as_deref(),
+                verb.name(),
+                Code::NOT_LOGGED_IN,
+                "log in first: LOGIN <name> <password>",
+            );
         }
         if verb.spec().only_logged_out && logged_in {
-            return self.refuse(conn, label.as_deref(), verb.name(), Code::ALREADY_LOGGED_IN, "this connection is logged in; LOGOUT first");
+            return self.refuse(
+                conn,
+                label.as_deref(),
+                verb.name(),
+                Code::ALREADY_LOGGED_IN,
+                "this connection is logged in; LOGOUT first",
+            );
         }
         match verb.parse_args(head.rest) {
-            Err(Refusal(code, text)) => self.refuse(conn, label.as_deref(), verb.name(), code, &text),
+            Err(Refusal(code, text)) => {
+                self.refuse(conn, label.as_deref(), verb.name(), code, &text)
+            }
             Ok(command) => self.execute(conn, label, command),
         }
     }
@@ -360,7 +413,11 @@ impl Core {
             Command::Msg { to, text } => self.send_direct(conn, label, vec![to], text, Verb::Msg),
             Command::Group { to, text } => self.send_direct(conn, label, to, text, Verb::Group),
             Command::All { text } => self.send_all(conn, label, text),
-            Command::History { with, count, cursor } => self.history(conn, label, with, count, cursor),
+            Command::History {
+                with,
+                count,
+                cursor,
+            } => self.history(conn, label, with, count, cursor),
             Command::Friend(op) => self.friend(conn, label, op),
         }
     }
@@ -376,23 +433,45 @@ impl Core {
 
     /// A command's complete answer (one final line, maybe data lines before it).
     fn answer(&mut self, conn: ConnId, text: String) {
-        self.push_slot(conn, Slot { ticket: None, text, finals: 1, close_after: false, bulk: false });
+        self.push_slot(
+            conn,
+            Slot {
+                ticket: None,
+                text,
+                finals: 1,
+                close_after: false,
+                bulk: false,
+            },
+        );
     }
 
     /// Reserves the next place in the connection's reply order for a job's result.
     fn reserve(&mut self, conn: ConnId, ticket: Ticket, finals: usize) {
-        self.push_slot(conn, Slot { ticket: Some(ticket), text: String::new(), finals, close_after: false, bulk: false });
+        self.push_slot(
+            conn,
+            Slot {
+                ticket: Some(ticket),
+                text: String::new(),
+                finals,
+                close_after: false,
+                bulk: false,
+            },
+        );
     }
 
     fn push_slot(&mut self, conn: ConnId, slot: Slot) {
-        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
         c.slots.push_back(slot);
         self.flush_slots(conn);
     }
 
     /// Fills the slot reserved for `ticket` and sends every ready slot at the front.
     fn fill(&mut self, conn: ConnId, ticket: Ticket, text: String) {
-        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
         if let Some(s) = c.slots.iter_mut().find(|s| s.ticket == Some(ticket)) {
             s.ticket = None;
             s.text = text;
@@ -401,7 +480,9 @@ impl Core {
     }
 
     fn flush_slots(&mut self, conn: ConnId) {
-        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
         let mut out = String::new();
         let mut credits = 0;
         let mut close = false;
@@ -430,7 +511,9 @@ impl Core {
 
     /// Queues an unsolicited line on every logged-in connection of account `key`.
     fn push_to_account(&mut self, key: &str, chunk: &Chunk) -> usize {
-        let Some(acct) = self.accounts.get(key) else { return 0 };
+        let Some(acct) = self.accounts.get(key) else {
+            return 0;
+        };
         for conn in &acct.conns {
             if let Some(c) = self.conns.get(conn) {
                 if c.outbox.push(chunk.clone()).is_err() {
@@ -444,10 +527,19 @@ impl Core {
     /// Disconnects every client whose outbox overflowed during this event.
     fn reap_overflowed(&mut self) {
         while let Some(conn) = self.overflowed.pop() {
-            let Some(c) = self.conns.get(&conn) else { continue };
-            log::warn!("connection {conn} from {} is not reading; disconnecting it", c.peer);
+            let Some(c) = self.conns.get(&conn) else {
+                continue;
+            };
+            log::warn!(
+                "connection {conn} from {} is not reading; disconnecting it",
+                c.peer
+            );
             let mut bye = String::new();
-            reply::bye(&mut bye, ByeCode::SLOW_CONSUMER, "you were not reading your messages; disconnected");
+            reply::bye(
+                &mut bye,
+                ByeCode::SLOW_CONSUMER,
+                "you were not reading your messages; disconnected",
+            );
             c.outbox.abort_with(Chunk::Owned(bye.into_bytes()));
             self.disconnected(conn);
         }
@@ -482,10 +574,16 @@ impl Core {
     }
 
     fn stored(&mut self, ticket: Ticket, reply: StoreReply) {
-        let Some(w) = self.waiting.remove(&ticket) else { return };
+        let Some(w) = self.waiting.remove(&ticket) else {
+            return;
+        };
         match (w, reply) {
-            (Waiting::RegisterStored { conn, label, name }, _) => self.register_stored(conn, ticket, label, name),
-            (Waiting::Backlog { conn }, StoreReply::Backlog(msgs)) => self.backlog(conn, ticket, msgs),
+            (Waiting::RegisterStored { conn, label, name }, _) => {
+                self.register_stored(conn, ticket, label, name)
+            }
+            (Waiting::Backlog { conn }, StoreReply::Backlog(msgs)) => {
+                self.backlog(conn, ticket, msgs)
+            }
             (Waiting::Message(sent), _) => self.message_stored(ticket, *sent),
             (Waiting::History { conn, label, name }, StoreReply::History(page)) => {
                 self.history_read(conn, ticket, label, name, page)
@@ -497,7 +595,9 @@ impl Core {
     }
 
     fn hashed(&mut self, ticket: Ticket, outcome: HashOutcome) {
-        let Some(w) = self.waiting.remove(&ticket) else { return };
+        let Some(w) = self.waiting.remove(&ticket) else {
+            return;
+        };
         match (w, outcome) {
             (Waiting::RegisterHash { conn, label, key }, HashOutcome::Hashed(phc)) => {
                 self.register_hashed(conn, ticket, label, key, phc)
@@ -518,9 +618,8 @@ impl Core {
     fn internal_error(&mut self, ticket: Ticket, w: Waiting, detail: &str) {
         log::error!("internal error: {detail}");
         let (conn, label, verb) = match w {
-            Waiting::RegisterHash { conn, label, .. } | Waiting::RegisterStored { conn, label, .. } => {
-                (conn, label, "REGISTER")
-            }
+            Waiting::RegisterHash { conn, label, .. }
+            | Waiting::RegisterStored { conn, label, .. } => (conn, label, "REGISTER"),
             Waiting::LoginVerify { conn, label, .. } => (conn, label, "LOGIN"),
             Waiting::History { conn, label, .. } => (conn, label, "HISTORY"),
             Waiting::Backlog { conn } => {
@@ -532,14 +631,22 @@ impl Core {
             Waiting::Quiet => return,
         };
         let mut out = String::new();
-        reply::fail(&mut out, label.as_deref(), verb, Code::INTERNAL_ERROR, "the server failed; it has been logged");
+        reply::fail(
+            &mut out,
+            label.as_deref(),
+            verb,
+            Code::INTERNAL_ERROR,
+            "the server failed; it has been logged",
+        );
         self.set_busy(conn, false);
         self.fill(conn, ticket, out);
     }
 
     /// Marks a connection busy (its input waits) or not; leaving busy runs the waiting input.
     fn set_busy(&mut self, conn: ConnId, busy: bool) {
-        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
         c.busy = busy;
         if busy {
             return;
@@ -548,7 +655,9 @@ impl Core {
             if c.busy || c.closing {
                 break;
             }
-            let Some(input) = c.deferred.pop_front() else { break };
+            let Some(input) = c.deferred.pop_front() else {
+                break;
+            };
             self.process(conn, input);
         }
     }
@@ -556,7 +665,9 @@ impl Core {
     // ----- connection life -----
 
     fn disconnected(&mut self, conn: ConnId) {
-        let Some(c) = self.conns.remove(&conn) else { return };
+        let Some(c) = self.conns.remove(&conn) else {
+            return;
+        };
         c.outbox.close();
         if let ConnState::LoggedIn(key) = c.state {
             self.detach(conn, &key);
@@ -566,7 +677,9 @@ impl Core {
 
     /// Removes a logged-in connection from its account; the last one takes the account offline.
     fn detach(&mut self, conn: ConnId, key: &str) {
-        let Some(acct) = self.accounts.get_mut(key) else { return };
+        let Some(acct) = self.accounts.get_mut(key) else {
+            return;
+        };
         acct.conns.retain(|c| *c != conn);
         if acct.conns.is_empty() {
             self.online.remove(key);
@@ -577,9 +690,19 @@ impl Core {
 
     /// Tells the online friends of `key` that it came online or went offline.
     fn announce_presence(&mut self, key: &str, online: bool) {
-        let Some(acct) = self.accounts.get(key) else { return };
+        let Some(acct) = self.accounts.get(key) else {
+            return;
+        };
         let mut line = String::new();
-        reply::line(&mut line, "PRESENCE", &format!("{} {}", acct.name, if online { "ONLINE" } else { "OFFLINE" }));
+        reply::line(
+            &mut line,
+            "PRESENCE",
+            &format!(
+                "{} {}",
+                acct.name,
+                if online { "ONLINE" } else { "OFFLINE" }
+            ),
+        );
         let chunk = Chunk::Shared(Arc::from(line.into_bytes()));
         let friends: Vec<String> = acct
             .friends

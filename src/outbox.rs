@@ -45,6 +45,8 @@ struct State {
 struct Shared {
     state: Mutex<State>,
     limit: usize,
+    /// Credits when no command is unanswered.
+    all_credits: usize,
     /// Wakes the writer: something was queued, or the outbox was closed.
     to_writer: Event,
     /// Wakes the reader: a credit came back, or the outbox was closed.
@@ -74,6 +76,7 @@ impl Outbox {
                 ..State::default()
             }),
             limit,
+            all_credits: credits,
             to_writer: Event::new(),
             to_reader: Event::new(),
         }))
@@ -152,7 +155,8 @@ impl Outbox {
             return;
         }
         self.lock().credits += n;
-        self.0.to_reader.notify(1);
+        // Both the reader waiting for a credit and a reader waiting for all answers may listen.
+        self.0.to_reader.notify(usize::MAX);
     }
 
     /// Takes one credit, waiting until one is free. False when the outbox is closed.
@@ -173,6 +177,20 @@ impl Outbox {
                 let s = self.lock();
                 if s.closed || s.credits > 0 {
                     continue;
+                }
+            }
+            listener.await;
+        }
+    }
+
+    /// Waits until every command handed to the core has been answered, or the outbox is closed.
+    pub async fn all_answered(&self) {
+        loop {
+            let listener = self.0.to_reader.listen();
+            {
+                let s = self.lock();
+                if s.closed || s.credits >= self.0.all_credits {
+                    return;
                 }
             }
             listener.await;

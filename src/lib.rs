@@ -12,6 +12,7 @@
 //! - [`net`]: listeners (plain and TLS), per-connection reader and writer tasks, bounded outboxes.
 //! - [`client`]: the bundled client behind `chatd --connect`.
 //! - [`cli`]: the command line.
+//! - [`fuzzing`]: the checks the fuzz targets run, shared with the regression test.
 #![forbid(unsafe_code)]
 
 pub mod auth;
@@ -19,6 +20,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod core;
+pub mod fuzzing;
 pub mod net;
 pub mod outbox;
 pub mod proto;

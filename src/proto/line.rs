@@ -84,6 +84,12 @@ impl LineDecoder {
         !self.partial.is_empty()
     }
 
+    /// Bytes of the unfinished line held now; never more than the limit plus one (a CR that may
+    /// turn out to end the line).
+    pub fn buffered(&self) -> usize {
+        self.partial.len()
+    }
+
     fn emit(&self, line: &[u8], on_frame: &mut impl FnMut(Frame<'_>)) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.len() > self.max {

@@ -1,0 +1,4 @@
+//! `command_parse`: see `chatd::fuzzing::check_command_parse` for what it feeds and checks.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| chatd::fuzzing::check_command_parse(data));

@@ -1,0 +1,4 @@
+//! `server_line`: see `chatd::fuzzing::check_server_line` for what it feeds and checks.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| chatd::fuzzing::check_server_line(data));

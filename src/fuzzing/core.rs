@@ -1,0 +1,736 @@
+//! `core`: the whole server, driven through [`Sim`] by up to four clients doing arbitrary things,
+//! with the protocol's promises checked after every step.
+//!
+//! The harness keeps its own small model of each connection: a copy of the line framing, which
+//! tells it how many commands each send holds (a non-blank line, an over-long line and a line
+//! that is not UTF-8 each get exactly one final line), the labels and command names their finals
+//! must carry, in order, and whether a QUIT ended the connection. From the server's output it
+//! follows which account each connection is logged in as, and checks every line it receives:
+//!
+//! - every line is a well-formed server line; the first is HELLO;
+//! - finals come one per command, in command order, with the command's label and name, and nothing
+//!   follows the `OK QUIT` that closes a connection;
+//! - data lines come in one run, right before the final of the command they answer;
+//! - a MESSAGE reaches only a connection logged in as one of its addressees (the MSG recipient, a
+//!   member of the GROUP list, or anyone but the sender for ALL), and at most once;
+//! - each MESSAGE has the sender, addressees and text of a message whose MSG/GROUP/ALL got its OK;
+//! - at the end, every message that got an OK is in the HISTORY of each pair of parties (or in
+//!   `HISTORY *` for ALL), read through a fresh connection.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt::Write;
+
+use arbitrary::{Result, Unstructured};
+
+use crate::config::{MAX_LINE_BYTES, MAX_TEXT_BYTES};
+use crate::proto::command::{parse, split_head, Command, Request};
+use crate::proto::line::{Frame, LineDecoder};
+use crate::proto::server_line::{self, Recipient, ServerLine};
+use crate::sim::Sim;
+
+/// Clients the fuzzer drives.
+const CLIENTS: [&str; 4] = ["c0", "c1", "c2", "c3"];
+/// The client that reads HISTORY at the end.
+const CHECKER: &str = "check";
+/// Most operations taken from one input.
+const MAX_OPS: usize = 96;
+/// Names the command grammar uses: a few accounts, a case variant, one that is never registered
+/// by a valid REGISTER below, and one that is not a valid name at all.
+const NAMES: &[&str] = &["a", "b", "c", "d", "A", "Bee", "zed", "9x"];
+
+/// Every account has one password, so LOGIN can be right or wrong on purpose.
+fn password_for(key: &str) -> String {
+    format!("pw-{key}-secret")
+}
+
+fn key(name: &str) -> String {
+    name.to_ascii_lowercase()
+}
+
+/// One step of the run.
+#[derive(Debug)]
+enum Op {
+    Connect(usize),
+    Disconnect(usize),
+    /// Bytes in one or two writes (the second starts mid-line when there are two).
+    Send(usize, Vec<u8>, usize),
+    Advance(i64),
+}
+
+/// A command sent and not yet answered: what its final line must say.
+#[derive(Debug)]
+struct Awaiting {
+    label: Option<String>,
+    command: &'static str,
+    /// LINE_TOO_LONG and BAD_ENCODING, which the framing decides.
+    code: Option<&'static str>,
+    request: Option<Request>,
+    line: String,
+}
+
+struct Conn {
+    /// Which connection this is, over the whole run (a reconnect is a new one).
+    serial: usize,
+    framing: LineDecoder,
+    awaiting: VecDeque<Awaiting>,
+    /// A QUIT was read; the server ignores everything after it.
+    quit_sent: bool,
+    /// `OK QUIT` arrived; nothing may follow.
+    quit_seen: bool,
+    hello_seen: bool,
+    /// Account key, from OK LOGIN / OK LOGOUT.
+    account: Option<String>,
+    /// The final that ends the current run of data lines.
+    data_run: Option<&'static str>,
+    /// Message ids received, to catch a duplicate.
+    received: BTreeSet<u64>,
+}
+
+/// A message whose MSG/GROUP/ALL got its OK.
+#[derive(Clone, Debug)]
+struct Sent {
+    id: u64,
+    from: String,
+    /// Account keys as the sender gave them; empty for ALL.
+    to: Vec<String>,
+    all: bool,
+    text: String,
+}
+
+/// A MESSAGE line as received.
+#[derive(Debug)]
+struct Delivered {
+    id: u64,
+    from: String,
+    to: String,
+    text: String,
+}
+
+struct Harness {
+    sim: Sim,
+    conns: [Option<Conn>; 4],
+    serials: usize,
+    /// Registered accounts: key -> name as registered.
+    accounts: BTreeMap<String, String>,
+    sent: BTreeMap<u64, Sent>,
+    delivered: Vec<Delivered>,
+    /// The last lines exchanged, shown when a check fails.
+    log: VecDeque<String>,
+}
+
+/// Runs the operations `data` describes and checks the server's promises; panics on a violation.
+pub fn check_core(data: &[u8]) {
+    let mut u = Unstructured::new(data);
+    let mut h = Harness::new();
+    let mut label_seq = 0u32;
+    for _ in 0..MAX_OPS {
+        if u.is_empty() {
+            break;
+        }
+        let Ok(op) = op(&mut u, &mut label_seq) else {
+            break;
+        };
+        h.apply(op);
+    }
+    h.finish();
+}
+
+fn op(u: &mut Unstructured<'_>, label_seq: &mut u32) -> Result<Op> {
+    let client = u.int_in_range(0..=CLIENTS.len() - 1)?;
+    Ok(match u.int_in_range(0..=15u8)? {
+        0 => Op::Connect(client),
+        1 => Op::Disconnect(client),
+        2 => Op::Advance(u.int_in_range(1..=90_000)?),
+        3 => {
+            // Raw bytes: broken UTF-8, stray CRs, lines cut anywhere.
+            let n = u.int_in_range(0..=48usize)?;
+            let bytes = u.bytes(n)?.to_vec();
+            let cut = u.int_in_range(0..=bytes.len())?;
+            Op::Send(client, bytes, cut)
+        }
+        4 => {
+            // Around the length limit, ended by LF or CRLF.
+            let len = *u.choose(&[MAX_LINE_BYTES - 1, MAX_LINE_BYTES, MAX_LINE_BYTES + 1, 9000])?;
+            let mut bytes = b"PING ".to_vec();
+            bytes.resize(len, b'x');
+            if u.arbitrary()? {
+                bytes.push(b'\r');
+            }
+            bytes.push(b'\n');
+            let cut = u.int_in_range(0..=bytes.len())?;
+            Op::Send(client, bytes, cut)
+        }
+        _ => {
+            let n = u.int_in_range(1..=3u8)?;
+            let crlf = u.ratio(1u8, 4u8)?;
+            let mut bytes = Vec::new();
+            for _ in 0..n {
+                bytes.extend_from_slice(command_line(u, label_seq)?.as_bytes());
+                if crlf {
+                    bytes.push(b'\r');
+                }
+                bytes.push(b'\n');
+            }
+            let cut = if u.ratio(1u8, 4u8)? {
+                u.int_in_range(0..=bytes.len())?
+            } else {
+                bytes.len()
+            };
+            Op::Send(client, bytes, cut)
+        }
+    })
+}
+
+/// One line of a small grammar of commands, valid and not.
+fn command_line(u: &mut Unstructured<'_>, label_seq: &mut u32) -> Result<String> {
+    let mut s = String::new();
+    match u.int_in_range(0..=9u8)? {
+        0..=3 => {}
+        4..=8 => {
+            *label_seq += 1;
+            let _ = write!(s, "@{} ", label_seq);
+        }
+        _ => {
+            s.push_str(u.choose(&["@ ", "@bad! ", "@123456789012345678901234567890123 ", "@x"])?)
+        }
+    }
+    if u.ratio(1u8, 8u8)? {
+        s.push_str("  ");
+    }
+    let name = |u: &mut Unstructured<'_>| -> Result<&'static str> { Ok(*u.choose(NAMES)?) };
+    let text = |u: &mut Unstructured<'_>| -> Result<String> {
+        Ok(match u.int_in_range(0..=9u8)? {
+            0 => " two  spaces ".into(),
+            1 => "tab\there".into(),
+            2 => "é😀 ok".into(),
+            3 => "   ".into(),
+            4 => "bell\u{7}".into(),
+            5 => "x".repeat(MAX_TEXT_BYTES + u.int_in_range(0..=1usize)?),
+            _ => format!("hello {}", u.int_in_range(0..=99u8)?),
+        })
+    };
+    let verb: &str = u.choose(&[
+        "REGISTER", "LOGIN", "LOGIN", "LOGOUT", "QUIT", "HELP", "PING", "MSG", "MSG", "GROUP",
+        "ALL", "USERS", "HISTORY", "HISTORY", "FRIEND", "DANCE", "",
+    ])?;
+    let verb = if u.ratio(1u8, 6u8)? {
+        verb.to_ascii_lowercase()
+    } else {
+        verb.to_owned()
+    };
+    s.push_str(&verb);
+    match verb.to_ascii_uppercase().as_str() {
+        "REGISTER" | "LOGIN" => {
+            let n = name(u)?;
+            let pw = match u.int_in_range(0..=5u8)? {
+                0 => "wrong-password".to_owned(),
+                1 => "short".to_owned(),
+                2 => format!("{} extra", password_for(&key(n))),
+                3 => String::new(),
+                _ => password_for(&key(n)),
+            };
+            let _ = write!(s, " {n} {pw}");
+        }
+        "QUIT" if u.arbitrary()? => s.push_str(" see you"),
+        "HELP" => s.push_str(u.choose(&["", " PING", " msg", " nothing", " a b"])?),
+        "PING" => s.push_str(u.choose(&["", " tok", " a:b", " two tokens"])?),
+        "MSG" => {
+            let _ = write!(s, " {} {}", name(u)?, text(u)?);
+        }
+        "GROUP" => {
+            let n = u.int_in_range(1..=4u8)?;
+            let list: Vec<&str> = (0..n).map(|_| name(u)).collect::<Result<_>>()?;
+            let _ = write!(s, " {} {}", list.join(","), text(u)?);
+        }
+        "ALL" => {
+            let _ = write!(s, " {}", text(u)?);
+        }
+        "HISTORY" => {
+            let target = if u.ratio(1u8, 4u8)? { "*" } else { name(u)? };
+            let _ = write!(s, " {target}");
+            s.push_str(u.choose(&["", " 1", " 3", " 0", " 501", " x"])?);
+            s.push_str(u.choose(&[
+                "",
+                " BEFORE 3",
+                " after 1",
+                " BEFORE",
+                " AFTER x",
+                " SINCE 2",
+            ])?);
+        }
+        "FRIEND" => {
+            let sub = *u.choose(&["ADD", "ACCEPT", "deny", "REMOVE", "LIST", "HUG", ""])?;
+            let _ = write!(s, " {sub}");
+            if sub != "LIST" && u.ratio(7u8, 8u8)? {
+                let _ = write!(s, " {}", name(u)?);
+            }
+        }
+        _ => {}
+    }
+    Ok(s)
+}
+
+impl Harness {
+    fn new() -> Harness {
+        Harness {
+            sim: Sim::new(),
+            conns: Default::default(),
+            serials: 0,
+            accounts: BTreeMap::new(),
+            sent: BTreeMap::new(),
+            delivered: Vec::new(),
+            log: VecDeque::new(),
+        }
+    }
+
+    fn note(&mut self, entry: String) {
+        if self.log.len() == 60 {
+            self.log.pop_front();
+        }
+        self.log.push_back(entry);
+    }
+
+    /// Panics with the recent exchange, so a failure can be read without rerunning it.
+    fn fail(&self, what: &str) -> ! {
+        let mut s = format!("{what}\nrecent exchange:\n");
+        for l in &self.log {
+            s.push_str(l);
+            s.push('\n');
+        }
+        panic!("{s}");
+    }
+
+    fn check(&self, ok: bool, what: impl FnOnce() -> String) {
+        if !ok {
+            self.fail(&what());
+        }
+    }
+
+    fn apply(&mut self, op: Op) {
+        match op {
+            Op::Connect(i) => {
+                if self.conns[i].is_some() {
+                    self.disconnect(i);
+                }
+                self.serials += 1;
+                self.conns[i] = Some(Conn {
+                    serial: self.serials,
+                    framing: LineDecoder::new(MAX_LINE_BYTES),
+                    awaiting: VecDeque::new(),
+                    quit_sent: false,
+                    quit_seen: false,
+                    hello_seen: false,
+                    account: None,
+                    data_run: None,
+                    received: BTreeSet::new(),
+                });
+                self.note(format!("{} connects", CLIENTS[i]));
+                self.sim.connect(CLIENTS[i]);
+            }
+            Op::Disconnect(i) => self.disconnect(i),
+            Op::Send(i, bytes, cut) => {
+                if self.conns[i].is_none() {
+                    return;
+                }
+                let (first, second) = bytes.split_at(cut);
+                for part in [first, second] {
+                    if !part.is_empty() {
+                        self.send(i, part);
+                    }
+                }
+            }
+            Op::Advance(ms) => self.sim.advance(ms),
+        }
+        self.read_all();
+        self.check_settled();
+    }
+
+    fn disconnect(&mut self, i: usize) {
+        if self.conns[i].is_none() {
+            return;
+        }
+        self.read_all();
+        self.check_settled();
+        self.note(format!("{} disconnects", CLIENTS[i]));
+        self.sim.disconnect(CLIENTS[i]);
+        self.conns[i] = None;
+    }
+
+    /// Feeds `bytes` to the model's framing, noting the commands they complete, then to the server.
+    fn send(&mut self, i: usize, bytes: &[u8]) {
+        self.note(format!(
+            "{} sends {:?}",
+            CLIENTS[i],
+            String::from_utf8_lossy(bytes)
+        ));
+        let conn = self.conns[i].as_mut().expect("connected");
+        let mut frames: Vec<Option<Vec<u8>>> = Vec::new();
+        conn.framing.feed(bytes, |f| {
+            frames.push(match f {
+                Frame::Line(l) => Some(l.to_vec()),
+                Frame::TooLong => None,
+            })
+        });
+        for frame in frames {
+            if conn.quit_sent {
+                break;
+            }
+            let awaiting = match frame {
+                None => Awaiting {
+                    label: None,
+                    command: "*",
+                    code: Some("LINE_TOO_LONG"),
+                    request: None,
+                    line: "<over-long line>".into(),
+                },
+                Some(bytes) => match String::from_utf8(bytes) {
+                    Err(e) => Awaiting {
+                        label: None,
+                        command: "*",
+                        code: Some("BAD_ENCODING"),
+                        request: None,
+                        line: String::from_utf8_lossy(e.as_bytes()).into_owned(),
+                    },
+                    Ok(line) => match split_head(&line) {
+                        Ok(None) => continue,
+                        Err(r) => Awaiting {
+                            label: r.label,
+                            command: r.command,
+                            code: None,
+                            request: None,
+                            line,
+                        },
+                        Ok(Some(head)) => {
+                            let request = parse(&line).ok().flatten();
+                            if matches!(
+                                request,
+                                Some(Request {
+                                    command: Command::Quit { .. },
+                                    ..
+                                })
+                            ) {
+                                conn.quit_sent = true;
+                            }
+                            Awaiting {
+                                label: head.label.map(str::to_owned),
+                                command: head.verb.name(),
+                                code: None,
+                                request,
+                                line: line.clone(),
+                            }
+                        }
+                    },
+                },
+            };
+            conn.awaiting.push_back(awaiting);
+        }
+        self.sim.send_bytes(CLIENTS[i], bytes);
+    }
+
+    fn read_all(&mut self) {
+        for (i, name) in CLIENTS.iter().enumerate() {
+            if self.conns[i].is_some() {
+                let out = self.sim.output(name);
+                for line in out.split_inclusive('\n') {
+                    self.note(format!("{name} gets {line:?}"));
+                    self.receive(i, line);
+                }
+            }
+        }
+    }
+
+    /// Everything sent has been answered (the simulator runs every job before returning), and a
+    /// connection is closed exactly when its QUIT was answered.
+    fn check_settled(&self) {
+        for (i, conn) in self.conns.iter().enumerate() {
+            let Some(c) = conn else { continue };
+            self.check(c.hello_seen, || format!("{}: no HELLO", CLIENTS[i]));
+            self.check(c.awaiting.is_empty(), || {
+                format!("{}: commands without a final: {:?}", CLIENTS[i], c.awaiting)
+            });
+            self.check(c.data_run.is_none(), || {
+                format!("{}: data lines without their final", CLIENTS[i])
+            });
+            self.check(self.sim.is_closed(CLIENTS[i]) == c.quit_seen, || {
+                format!("{}: closed without QUIT, or QUIT left it open", CLIENTS[i])
+            });
+        }
+    }
+
+    /// Checks one line received by client `i` and updates the model.
+    fn receive(&mut self, i: usize, raw: &str) {
+        let who = CLIENTS[i];
+        self.check(raw.ends_with('\n'), || {
+            format!("{who}: unterminated {raw:?}")
+        });
+        let parsed = server_line::parse(raw);
+        let c = self.conns[i].as_ref().expect("connected");
+        self.check(!c.quit_seen, || format!("{who}: {raw:?} after OK QUIT"));
+        if !c.hello_seen {
+            self.check(matches!(parsed, ServerLine::Hello { .. }), || {
+                format!("{who}: first line is not HELLO: {raw:?}")
+            });
+            self.conns[i].as_mut().expect("connected").hello_seen = true;
+            return;
+        }
+        let data_final = match &parsed {
+            ServerLine::User { .. } => Some("USERS"),
+            ServerLine::Help { .. } => Some("HELP"),
+            ServerLine::Pong { .. } => Some("PING"),
+            ServerLine::History(_) => Some("HISTORY"),
+            ServerLine::Friend { .. } => Some("FRIEND"),
+            _ => None,
+        };
+        if let Some(want) = data_final {
+            self.check(c.data_run.is_none_or(|d| d == want), || {
+                format!("{who}: {raw:?} inside the answer of another command")
+            });
+            self.conns[i].as_mut().expect("connected").data_run = Some(want);
+            return;
+        }
+        match parsed {
+            ServerLine::Ok {
+                label,
+                command,
+                details,
+            } => self.final_line(i, raw, label, command, None, details),
+            ServerLine::Fail {
+                label,
+                command,
+                code,
+                ..
+            } => self.final_line(i, raw, label, command, Some(code), ""),
+            ServerLine::Message(m) => {
+                self.check(c.data_run.is_none(), || {
+                    format!("{who}: {raw:?} inside a multi-line answer")
+                });
+                let Some(me) = c.account.clone() else {
+                    self.fail(&format!("{who}: {raw:?} while not logged in"));
+                };
+                let addressed = match &m.to {
+                    Recipient::User(u) => key(u) == me,
+                    Recipient::Group(list) => list.iter().any(|u| key(u) == me),
+                    Recipient::All => key(m.from) != me,
+                };
+                self.check(addressed, || {
+                    format!("{who}: {raw:?} reached {me}, who it was not addressed to")
+                });
+                let conn = self.conns[i].as_mut().expect("connected");
+                let first = conn.received.insert(m.id);
+                let serial = conn.serial;
+                self.check(first, || {
+                    format!("{who}: message {} twice on connection {serial}", m.id)
+                });
+                self.delivered.push(Delivered {
+                    id: m.id,
+                    from: m.from.to_owned(),
+                    to: m.to.to_string(),
+                    text: m.text.to_owned(),
+                });
+            }
+            ServerLine::BacklogEnd { .. }
+            | ServerLine::Presence { .. }
+            | ServerLine::Friendship { .. } => {
+                self.check(c.data_run.is_none(), || {
+                    format!("{who}: {raw:?} inside a multi-line answer")
+                });
+                self.check(c.account.is_some(), || {
+                    format!("{who}: {raw:?} while not logged in")
+                });
+            }
+            other => self.fail(&format!("{who}: unexpected line {raw:?} ({other:?})")),
+        }
+    }
+
+    /// An OK or FAIL: it answers the oldest unanswered command of the connection.
+    fn final_line(
+        &mut self,
+        i: usize,
+        raw: &str,
+        label: Option<&str>,
+        command: &str,
+        fail_code: Option<&str>,
+        details: &str,
+    ) {
+        let who = CLIENTS[i];
+        let c = self.conns[i].as_ref().expect("connected");
+        if let Some(run) = c.data_run {
+            self.check(fail_code.is_none() && command == run, || {
+                format!("{who}: data lines of {run} ended by {raw:?}")
+            });
+        }
+        let Some(want) = c.awaiting.front() else {
+            self.fail(&format!("{who}: {raw:?} answers no command"));
+        };
+        self.check(
+            want.label.as_deref() == label && want.command == command,
+            || {
+                format!(
+                    "{who}: {raw:?} out of order; the next command is {:?} (label {:?}, {})",
+                    want.line, want.label, want.command
+                )
+            },
+        );
+        if let Some(code) = want.code {
+            self.check(fail_code == Some(code), || {
+                format!("{who}: {raw:?} should be FAIL {code}")
+            });
+        }
+        let want = {
+            let conn = self.conn_mut(i);
+            conn.data_run = None;
+            conn.awaiting.pop_front().expect("checked above")
+        };
+        if fail_code.is_some() {
+            return;
+        }
+        let request = want.request.map(|r| r.command);
+        match (command, request) {
+            ("REGISTER", Some(Command::Register { name, .. })) => {
+                self.check(details == name.as_str(), || {
+                    format!("{who}: {raw:?} for REGISTER {name}")
+                });
+                self.accounts.insert(name.key(), name.to_string());
+            }
+            ("LOGIN", Some(Command::Login { name, .. })) => {
+                let k = key(&name);
+                let registered = self.accounts.get(&k).cloned();
+                self.check(registered.as_deref() == Some(details), || {
+                    format!("{who}: {raw:?} for LOGIN {name}, registered as {registered:?}")
+                });
+                self.conn_mut(i).account = Some(k);
+            }
+            ("LOGOUT", _) => self.conn_mut(i).account = None,
+            ("QUIT", _) => {
+                let conn = self.conn_mut(i);
+                conn.account = None;
+                conn.quit_seen = true;
+                let left = conn.awaiting.len();
+                self.check(left == 0, || {
+                    format!("{who}: {left} commands counted after QUIT")
+                });
+            }
+            (
+                "MSG" | "GROUP" | "ALL",
+                Some(cmd @ (Command::Msg { .. } | Command::Group { .. } | Command::All { .. })),
+            ) => {
+                let id = details
+                    .split(' ')
+                    .next()
+                    .and_then(|t| t.parse::<u64>().ok());
+                let from = self.conns[i].as_ref().and_then(|c| c.account.clone());
+                let (Some(id), Some(from)) = (id, from) else {
+                    self.fail(&format!("{who}: {raw:?} without an id or a sender"));
+                };
+                let (to, all, text) = match cmd {
+                    Command::Msg { to, text } => (vec![to.key()], false, text),
+                    Command::Group { to, text } => {
+                        (to.iter().map(|n| n.key()).collect(), false, text)
+                    }
+                    Command::All { text } => (Vec::new(), true, text),
+                    _ => unreachable!("matched above"),
+                };
+                let known = self.sent.insert(
+                    id,
+                    Sent {
+                        id,
+                        from,
+                        to,
+                        all,
+                        text,
+                    },
+                );
+                self.check(known.is_none(), || format!("{who}: message id {id} reused"));
+            }
+            _ => {}
+        }
+    }
+
+    fn conn_mut(&mut self, i: usize) -> &mut Conn {
+        self.conns[i].as_mut().expect("connected")
+    }
+
+    /// The end-of-run checks: deliveries match what was sent, and HISTORY holds every message.
+    fn finish(mut self) {
+        self.read_all();
+        self.check_settled();
+        for d in &self.delivered {
+            let Some(s) = self.sent.get(&d.id) else {
+                // Its OK may still be on the way only if its sender is gone; in the simulator
+                // every commit finishes within the step, so the OK was read.
+                self.fail(&format!(
+                    "MESSAGE {} was never acknowledged to its sender",
+                    d.id
+                ));
+            };
+            let want_to = if s.all {
+                "*".to_owned()
+            } else {
+                s.to.iter()
+                    .map(|k| self.accounts.get(k).cloned().unwrap_or_default())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            let want_from = self.accounts.get(&s.from).cloned().unwrap_or_default();
+            self.check(
+                d.from == want_from && d.to == want_to && d.text == s.text,
+                || format!("delivered {d:?} differs from sent {s:?}"),
+            );
+        }
+        // Each party reads the conversation with each other party, from a fresh connection.
+        let mut queries: BTreeMap<String, Vec<(String, u64)>> = BTreeMap::new();
+        for s in self.sent.values() {
+            if s.all {
+                queries
+                    .entry(s.from.clone())
+                    .or_default()
+                    .push(("*".into(), s.id));
+            }
+            for r in &s.to {
+                queries
+                    .entry(s.from.clone())
+                    .or_default()
+                    .push((r.clone(), s.id));
+                queries
+                    .entry(r.clone())
+                    .or_default()
+                    .push((s.from.clone(), s.id));
+            }
+        }
+        for (me, list) in queries {
+            self.history_of(&me, &list);
+        }
+    }
+
+    /// Logs in as `me` on a fresh connection and reads each (conversation, id) in `list`.
+    fn history_of(&mut self, me: &str, list: &[(String, u64)]) {
+        self.sim.connect(CHECKER);
+        self.sim
+            .send(CHECKER, &format!("LOGIN {me} {}", password_for(me)));
+        let out = self.sim.output(CHECKER);
+        self.check(out.lines().any(|l| l.starts_with("OK LOGIN ")), || {
+            format!("the checker cannot log in as {me}: {out:?}")
+        });
+        for (with, id) in list {
+            let with_name = if with == "*" {
+                "*".to_owned()
+            } else {
+                self.accounts.get(with).cloned().unwrap_or_default()
+            };
+            self.sim
+                .send(CHECKER, &format!("HISTORY {with_name} 1 AFTER {}", id - 1));
+            let out = self.sim.output(CHECKER);
+            let s = &self.sent[id];
+            let found = out.lines().any(|l| match server_line::parse(l) {
+                ServerLine::History(m) => m.id == *id && key(m.from) == s.from && m.text == s.text,
+                _ => false,
+            });
+            self.check(found, || {
+                format!(
+                    "message {id} ({s:?}) missing from {me}'s HISTORY with {with_name}: {out:?}"
+                )
+            });
+        }
+        self.sim.disconnect(CHECKER);
+    }
+}

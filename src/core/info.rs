@@ -1,8 +1,8 @@
 //! HELP, PING and USERS: answers that need no store.
 
 use super::{ConnId, Core};
-use crate::proto::help;
 use crate::proto::reply::{self, Code};
+use crate::proto::{command, help};
 
 impl Core {
     pub(super) fn help(&mut self, conn: ConnId, label: Option<String>, topic: Option<String>) {
@@ -23,7 +23,7 @@ impl Core {
                 None => {
                     let text = format!(
                         "no help for \"{}\"; type HELP for the list",
-                        t.chars().take(32).collect::<String>()
+                        command::quote(&t)
                     );
                     return self.refuse(
                         conn,

@@ -226,7 +226,7 @@ impl Verb {
                     _ => {
                         return Err(Refusal(
                             Code::UNKNOWN_SUBCOMMAND,
-                            format!("unknown FRIEND subcommand \"{}\"; {}", clip(sub), usage()),
+                            format!("unknown FRIEND subcommand \"{}\"; {}", quote(sub), usage()),
                         ))
                     }
                 };
@@ -273,7 +273,7 @@ fn parse_group(list: &str) -> Result<Vec<Name>, Refusal> {
     let mut names: Vec<Name> = Vec::with_capacity(parts.len());
     for p in parts {
         let n = Name::parse(p)
-            .map_err(|e| Refusal(Code::BAD_NAME, format!("\"{}\" in the list: {e}", clip(p))))?;
+            .map_err(|e| Refusal(Code::BAD_NAME, format!("\"{}\" in the list: {e}", quote(p))))?;
         if names
             .iter()
             .any(|m| m.as_str().eq_ignore_ascii_case(n.as_str()))
@@ -304,7 +304,10 @@ fn parse_history(
         if !is_cursor_word(word) {
             return Err(Refusal(
                 Code::BAD_ARGUMENT,
-                format!("expected BEFORE <id> or AFTER <id>, not \"{}\"", clip(word)),
+                format!(
+                    "expected BEFORE <id> or AFTER <id>, not \"{}\"",
+                    quote(word)
+                ),
             ));
         }
         let id = args.next().ok_or_else(|| {
@@ -316,7 +319,7 @@ fn parse_history(
         let id: u64 = parse_u64(id).ok_or_else(|| {
             Refusal(
                 Code::BAD_ID,
-                format!("\"{}\" is not a message id", clip(id)),
+                format!("\"{}\" is not a message id", quote(id)),
             )
         })?;
         cursor = if word.eq_ignore_ascii_case("BEFORE") {
@@ -366,12 +369,14 @@ fn parse_u64(tok: &str) -> Option<u64> {
     tok.parse().ok()
 }
 
-/// At most 32 characters of client input, for quoting it back in an error.
-fn clip(s: &str) -> &str {
-    match s.char_indices().nth(32) {
-        Some((i, _)) => &s[..i],
-        None => s,
-    }
+/// At most 32 characters of client input, for quoting it back in an error. Control characters
+/// become U+FFFD: quoted verbatim, a CR would make the reply a line that clients cannot parse, and
+/// an ESC could drive the terminal of whoever reads it.
+pub fn quote(s: &str) -> String {
+    s.chars()
+        .take(32)
+        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+        .collect()
 }
 
 /// Space-separated tokens of an argument string.
@@ -452,7 +457,10 @@ pub fn split_head(line: &str) -> Result<Option<Head<'_>>, Rejection> {
             label: label.map(str::to_owned),
             command: "*",
             code: Code::UNKNOWN_COMMAND,
-            text: format!("unknown command \"{}\"; type HELP for the list", clip(word)),
+            text: format!(
+                "unknown command \"{}\"; type HELP for the list",
+                quote(word)
+            ),
         }),
     }
 }
@@ -727,6 +735,21 @@ mod tests {
         assert_eq!(code("FRIEND ADD"), Code::MISSING_ARGUMENT);
         assert_eq!(code("FRIEND LIST x"), Code::TOO_MANY_ARGUMENTS);
         assert_eq!(code("FRIEND add 1x"), Code::BAD_NAME);
+    }
+
+    #[test]
+    fn quoted_input_has_no_control_characters() {
+        let r = parse("DA\rNCE\u{1b}[2J\u{0}").unwrap_err();
+        assert_eq!(
+            r.text,
+            "unknown command \"DA\u{FFFD}NCE\u{FFFD}[2J\u{FFFD}\"; type HELP for the list"
+        );
+        let r = parse("FRIEND H\tUG bob").unwrap_err();
+        assert!(r
+            .text
+            .starts_with("unknown FRIEND subcommand \"H\u{FFFD}UG\""));
+        let long = "é".repeat(40);
+        assert_eq!(quote(&long), "é".repeat(32));
     }
 
     #[test]

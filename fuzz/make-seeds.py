@@ -264,7 +264,7 @@ def core():
         raw(0, b"cret\r\nLOGIN a pw-a-secret\n\xff\xfe\n   \n"),
         bytes([0, 4, 2, 1]) + (4097 + 2).to_bytes(2, "big"),  # 4097 bytes + CRLF (a bool byte of 1), in one write
         bytes([0, 4, 1, 1]) + (1000).to_bytes(2, "big"),  # 4096 bytes + CRLF, cut after 1000
-        send(0, msg("a", 5), simple("USERS")),
+        send(0, msg("a", 5), simple("USERS"), line("PING", bytes([4]))),  # a token with a CR
         raw(0, b"MSG a partial line, never ended"),
         disconnect(0),
     ])

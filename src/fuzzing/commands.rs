@@ -200,7 +200,12 @@ fn password(u: &mut Unstructured<'_>) -> Result<Password> {
     } else {
         20
     };
-    let s = string_from(u, TEXT_CHARS, 8, max)?;
+    let pool: Vec<char> = TEXT_CHARS
+        .iter()
+        .copied()
+        .filter(|c| !c.is_whitespace() && !c.is_control())
+        .collect();
+    let s = string_from(u, &pool, 8, max)?;
     Password::parse(&s).map_err(|_| Error::IncorrectFormat)
 }
 

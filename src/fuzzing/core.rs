@@ -15,7 +15,8 @@
 //!   member of the GROUP list, or anyone but the sender for ALL), and at most once;
 //! - each MESSAGE has the sender, addressees and text of a message whose MSG/GROUP/ALL got its OK;
 //! - at the end, every message that got an OK is in the HISTORY of each pair of parties (or in
-//!   `HISTORY *` for ALL), read through a fresh connection.
+//!   `HISTORY *` for ALL), read through a fresh connection; and each MSG/GROUP reached each
+//!   addressee exactly once: live on a connection, or else in the backlog that fresh login receives.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write;
@@ -116,6 +117,8 @@ struct Harness {
     passwords: BTreeMap<String, String>,
     sent: BTreeMap<u64, Sent>,
     delivered: Vec<Delivered>,
+    /// Account key -> ids of the messages its connections received.
+    live: BTreeMap<String, BTreeSet<u64>>,
     /// The last lines exchanged, shown when a check fails.
     log: VecDeque<String>,
 }
@@ -282,6 +285,7 @@ impl Harness {
             passwords: BTreeMap::new(),
             sent: BTreeMap::new(),
             delivered: Vec::new(),
+            live: BTreeMap::new(),
             log: VecDeque::new(),
         }
     }
@@ -556,6 +560,7 @@ impl Harness {
                 self.check(first, || {
                     format!("{who}: message {} twice on connection {serial}", m.id)
                 });
+                self.live.entry(me).or_default().insert(m.id);
                 self.delivered.push(Delivered {
                     id: m.id,
                     from: m.from.to_owned(),
@@ -748,6 +753,25 @@ impl Harness {
         self.check(out.lines().any(|l| l.starts_with("OK LOGIN ")), || {
             format!("the checker cannot log in as {me}: {out:?}")
         });
+        // Nothing lost, nothing twice: each MSG/GROUP addressed to `me` reached one of its
+        // connections live, or waits in its backlog, which this login has just delivered.
+        let backlog: BTreeSet<u64> = out
+            .lines()
+            .filter_map(|l| match server_line::parse(l) {
+                ServerLine::Message(m) => Some(m.id),
+                _ => None,
+            })
+            .collect();
+        let live = self.live.get(me).cloned().unwrap_or_default();
+        for s in self.sent.values().filter(|s| s.to.iter().any(|r| r == me)) {
+            let (l, b) = (live.contains(&s.id), backlog.contains(&s.id));
+            self.check(l != b, || {
+                format!(
+                    "message {} to {me}: received live {l}, in the backlog {b}",
+                    s.id
+                )
+            });
+        }
         for (with, id) in list {
             let with_name = if with == "*" {
                 "*".to_owned()

@@ -211,7 +211,7 @@ impl Core {
             };
             rows.push((rank, other.name.as_str(), state));
         }
-        rows.sort_by(|a, b| (a.0, a.1.to_ascii_lowercase()).cmp(&(b.0, b.1.to_ascii_lowercase())));
+        rows.sort_by_key(|a| (a.0, a.1.to_ascii_lowercase()));
         let mut out = String::new();
         for (_, name, state) in &rows {
             reply::line(&mut out, "FRIEND", &format!("{name} {state}"));

@@ -171,18 +171,13 @@ pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), String
             accepts.push(ex.spawn(accept_loop(l, ctx.clone(), tls_cell.clone())));
         }
         let stop = async {
-            loop {
-                match control.recv().await {
-                    Ok(Control::ReloadTls) => match &tls_cell {
-                        Some(cell) => match cell.reload() {
-                            Ok(()) => log::info!("TLS certificate reloaded"),
-                            Err(e) => log::error!(
-                                "TLS certificate not reloaded, keeping the old one: {e}"
-                            ),
-                        },
-                        None => log::info!("no TLS listener; nothing to reload"),
+            while let Ok(Control::ReloadTls) = control.recv().await {
+                match &tls_cell {
+                    Some(cell) => match cell.reload() {
+                        Ok(()) => log::info!("TLS certificate reloaded"),
+                        Err(e) => log::error!("TLS certificate not reloaded, keeping the old one: {e}"),
                     },
-                    Ok(Control::Stop) | Err(_) => break,
+                    None => log::info!("no TLS listener; nothing to reload"),
                 }
             }
             log::info!("stopping: no new connections; telling clients");

@@ -175,7 +175,9 @@ pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), String
                 match &tls_cell {
                     Some(cell) => match cell.reload() {
                         Ok(()) => log::info!("TLS certificate reloaded"),
-                        Err(e) => log::error!("TLS certificate not reloaded, keeping the old one: {e}"),
+                        Err(e) => {
+                            log::error!("TLS certificate not reloaded, keeping the old one: {e}")
+                        }
                     },
                     None => log::info!("no TLS listener; nothing to reload"),
                 }

@@ -1,2 +1,3 @@
 //! Pure codec.
+pub mod help;
 pub mod server_line;

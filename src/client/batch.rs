@@ -104,6 +104,7 @@ async fn run_async(connector: Connector) -> u8 {
         let barrier_pong = format!("PONG {token}");
         let mut stdout = io::stdout().lock();
         let (mut sent, mut answered) = (0u64, 0u64);
+        let mut line_no = 0u64;
         let (mut stdin_open, mut barrier_sent, mut barrier_done) = (true, false, false);
         let (mut greeted, mut auth_failed, mut bad_input) = (false, false, false);
         loop {
@@ -178,14 +179,20 @@ async fn run_async(connector: Connector) -> u8 {
                 }
                 Event::Stdin(Stdin::Line(line)) => match input::parse(&line) {
                     Ok(parsed) => {
+                        line_no += 1;
                         for effect in session.on_input(parsed) {
                             match effect {
                                 Effect::Send(l) => to_send.push((l, true)),
                                 Effect::Show(note) => {
                                     if note.kind == NoteKind::Error {
                                         bad_input = true;
+                                        eprintln!(
+                                            "chatd: input line {line_no} not sent: {}",
+                                            note.text
+                                        );
+                                    } else {
+                                        eprintln!("chatd: {note}");
                                     }
-                                    eprintln!("chatd: {note}");
                                 }
                             }
                         }
@@ -195,13 +202,15 @@ async fn run_async(connector: Connector) -> u8 {
                         }
                     }
                     Err(e) => {
+                        line_no += 1;
                         bad_input = true;
-                        eprintln!("chatd: {}: {}", e.0, line);
+                        eprintln!("chatd: input line {line_no} not sent: {}", e.0);
                     }
                 },
                 Event::Stdin(Stdin::NotUtf8) => {
+                    line_no += 1;
                     bad_input = true;
-                    eprintln!("chatd: an input line is not valid UTF-8; it was not sent");
+                    eprintln!("chatd: input line {line_no} not sent: it is not valid UTF-8");
                 }
                 Event::Stdin(Stdin::End) => {
                     stdin_open = false;

@@ -37,15 +37,6 @@ pub const EXIT_CONNECTION_LOST: u8 = 3;
 /// Exit status: an input line was not understood and nothing was sent for it (non-interactive).
 pub const EXIT_BAD_INPUT: u8 = 4;
 
-/// The exit statuses in words, for `--help`.
-pub const EXIT_STATUS_HELP: &str = "\
-exit status of --connect:
-  0  all commands sent were answered (FAIL replies other than REGISTER/LOGIN included)
-  1  could not connect (address, TCP, TLS or certificate problem; server full)
-  2  a REGISTER or LOGIN failed (non-interactive)
-  3  the connection was lost before every command was answered (non-interactive)
-  4  an input line was not understood and was not sent (non-interactive)";
-
 /// How to reach the server.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientOptions {
@@ -76,7 +67,7 @@ pub fn connector(opts: &ClientOptions) -> Result<Connector, String> {
 }
 
 /// Runs the client until the user quits (interactive) or stdin ends and every command is answered
-/// (non-interactive). See [`EXIT_STATUS_HELP`] for the exit status.
+/// (non-interactive). The exit status is one of the `EXIT_` constants (also listed by `chatd --help`).
 pub fn run(opts: ClientOptions) -> ExitCode {
     let connector = match connector(&opts) {
         Ok(c) => c,

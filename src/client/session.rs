@@ -292,10 +292,8 @@ impl Session {
                 self.on_fail(what, command, code, text)
             }
             ServerLine::Hello { version, .. } => {
-                let mut text = format!(
-                    "Connected to chatd {}. Type /help for commands.",
-                    clean(version)
-                );
+                let mut text =
+                    format!("Server: chatd {}. Type /help for commands.", clean(version));
                 if self.credentials.is_none() {
                     text.push_str(
                         " New here? /register <name> <password>, then /login <name> <password>.",

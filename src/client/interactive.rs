@@ -56,27 +56,25 @@ enum Ended {
     Lost { why: String, greeted: bool },
 }
 
-/// Runs the interactive client.
+/// Runs the interactive client. A terminal the line editor cannot drive (`TERM=dumb`, say) gets
+/// the non-interactive client instead, which still works there.
 pub fn run(connector: Connector) -> ExitCode {
+    let editor = rustyline::DefaultEditor::new().and_then(|mut e| {
+        let printer = e.create_external_printer()?;
+        Ok((e, printer))
+    });
+    let (mut editor, mut printer) = match editor {
+        Ok(pair) => pair,
+        Err(e) => {
+            eprintln!("chatd: no line editing on this terminal ({e}); reading plain lines instead");
+            return super::batch::run(connector);
+        }
+    };
     // Connect before showing a prompt, so a wrong address is an error, not a prompt that goes nowhere.
     let first = match smol::block_on(connector.connect()) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("chatd: could not connect to {}: {e}", connector.addr());
-            return ExitCode::from(EXIT_NO_CONNECTION);
-        }
-    };
-    let mut editor = match rustyline::DefaultEditor::new() {
-        Ok(e) => e,
-        Err(e) => {
-            eprintln!("chatd: cannot use the terminal: {e}");
-            return ExitCode::from(EXIT_NO_CONNECTION);
-        }
-    };
-    let mut printer = match editor.create_external_printer() {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("chatd: cannot use the terminal: {e}");
             return ExitCode::from(EXIT_NO_CONNECTION);
         }
     };

@@ -302,13 +302,9 @@ impl Session {
                 vec![note(NoteKind::Info, text)]
             }
             ServerLine::Message(m) => {
-                let to_me = match &m.to {
-                    Recipient::User(u) => self
-                        .me
-                        .as_deref()
-                        .is_some_and(|me| me.eq_ignore_ascii_case(u)),
-                    _ => false,
-                };
+                // The server pushes a MESSAGE only to its recipients, so one addressed to a single
+                // user is addressed to this account even before the session knows its name.
+                let to_me = matches!(m.to, Recipient::User(_));
                 let from_me = self
                     .me
                     .as_deref()
@@ -366,25 +362,35 @@ impl Session {
     fn on_ok(&mut self, what: Option<Pending>, command: &str, details: &str) -> Vec<Effect> {
         let mut words = details.split(' ');
         let first = words.next().unwrap_or("");
+        // Whoever sent it (a slash command, a raw line, a script), the login state follows the reply.
+        // Credentials are kept only from a /login the session saw succeed; a raw LOGIN or LOGOUT
+        // makes the ones it had wrong, so they go.
+        match command {
+            "LOGIN" => {
+                self.me = Some(first.to_string());
+                if !matches!(what, Some(Pending::Login { .. } | Pending::Relogin)) {
+                    self.credentials = None;
+                }
+            }
+            "LOGOUT" => {
+                self.me = None;
+                self.credentials = None;
+            }
+            _ => {}
+        }
         let text = match what {
             Some(Pending::Register) => format!(
                 "Registered {0}. Now log in: /login {0} <password>",
                 clean(first)
             ),
             Some(Pending::Login { password }) => {
-                self.me = Some(first.to_string());
                 self.credentials = Some((first.to_string(), password));
                 format!("Logged in as {}.", clean(first))
             }
             Some(Pending::Relogin) => {
-                self.me = Some(first.to_string());
                 format!("Logged in again as {}.", clean(first))
             }
-            Some(Pending::Logout) => {
-                self.me = None;
-                self.credentials = None;
-                "Logged out.".into()
-            }
+            Some(Pending::Logout) => "Logged out.".into(),
             Some(Pending::Msg { to }) => match words.next() {
                 Some("KEPT") => format!(
                     "{} is offline; the message waits for their next login.",
@@ -415,6 +421,7 @@ impl Session {
                 // `<name> <n> BEFORE <id>|- AFTER <id>|-`
                 let rest: Vec<&str> = words.collect();
                 match rest.as_slice() {
+                    ["0", ..] if target == "*" => "no messages to everyone".to_string(),
                     ["0", ..] => format!("no messages with {}", clean(&target)),
                     [_, "BEFORE", before, ..] if *before != "-" => format!(
                         "older messages: /history {} 50 before {}",
@@ -626,6 +633,20 @@ mod tests {
     }
 
     #[test]
+    fn a_raw_login_as_someone_else_drops_the_kept_credentials() {
+        let mut s = logged_in("alice");
+        assert_eq!(
+            sent(&input(&mut s, "//LOGIN bob builder123")),
+            ["LOGIN bob builder123"]
+        );
+        server(&mut s, "OK LOGIN bob");
+        assert_eq!(s.me(), Some("bob"));
+        s.on_disconnected();
+        // Not alice's password for bob's session: no automatic login at all.
+        assert!(s.on_connected().is_empty());
+    }
+
+    #[test]
     fn a_failed_relogin_forgets_the_credentials() {
         let mut s = logged_in("alice");
         s.on_disconnected();
@@ -712,6 +733,11 @@ mod tests {
         assert_eq!(sent(&input(&mut s, "/msg bob  hi")), ["MSG bob  hi"]);
         assert_eq!(sent(&input(&mut s, "again")), ["MSG bob again"]);
         assert_eq!(sent(&input(&mut s, "//PING x")), ["PING x"]);
+        // A direct message makes its sender the one a plain line answers, labels or not.
+        server(&mut s, "OK LOGIN alice");
+        assert_eq!(s.me(), Some("alice"));
+        server(&mut s, "MESSAGE 9 2026-11-21T11:59:00.000Z carol alice hey");
+        assert_eq!(sent(&input(&mut s, "hi carol")), ["MSG carol hi carol"]);
         assert_eq!(sent(&input(&mut s, "/quit")), ["QUIT"]);
         assert!(s.quitting());
         assert_eq!(s.unanswered(), 0);

@@ -311,8 +311,9 @@ fn each_refusal_has_its_code_when_logged_in() {
         ("MSG 9lives hi".into(), "MSG", "BAD_NAME"),
         ("MSG nobody hi".into(), "MSG", "UNKNOWN_USER"),
         // Text: empty, blank, control characters, too long (bytes, not characters).
-        ("MSG bob ".into(), "MSG", "BAD_TEXT"),
-        ("MSG bob     ".into(), "MSG", "BAD_TEXT"),
+        // Only spaces after the name: no text at all (spec 2.6).
+        ("MSG bob ".into(), "MSG", "MISSING_ARGUMENT"),
+        ("MSG bob     ".into(), "MSG", "MISSING_ARGUMENT"),
         ("MSG bob \t ".into(), "MSG", "BAD_TEXT"),
         ("MSG bob a\u{1}b".into(), "MSG", "BAD_TEXT"),
         ("MSG bob a\u{7f}b".into(), "MSG", "BAD_TEXT"),
@@ -326,9 +327,11 @@ fn each_refusal_has_its_code_when_logged_in() {
             "MSG",
             "TEXT_TOO_LONG",
         ),
-        ("ALL  ".into(), "ALL", "BAD_TEXT"),
+        ("ALL  ".into(), "ALL", "MISSING_ARGUMENT"),
+        ("ALL \t".into(), "ALL", "BAD_TEXT"),
         (format!("ALL {}", "t".repeat(2049)), "ALL", "TEXT_TOO_LONG"),
-        ("GROUP bob,carol  ".into(), "GROUP", "BAD_TEXT"),
+        ("GROUP bob,carol  ".into(), "GROUP", "MISSING_ARGUMENT"),
+        ("GROUP bob,carol \t".into(), "GROUP", "BAD_TEXT"),
         (
             format!("GROUP bob,carol {}", "t".repeat(2049)),
             "GROUP",

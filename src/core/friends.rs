@@ -191,6 +191,28 @@ impl Core {
             );
         }
         self.push_to_account(&c.other, &Chunk::Owned(notice.into_bytes()));
+        if c.now_friends {
+            // The caller's other connections learn the new friend's presence too.
+            let mut line = String::new();
+            reply::line(
+                &mut line,
+                "PRESENCE",
+                &format!("{other_name} {}", presence(self, &c.other)),
+            );
+            let chunk = Chunk::Owned(line.into_bytes());
+            let others: Vec<_> = self
+                .accounts
+                .get(&c.me)
+                .map(|a| a.conns.iter().copied().filter(|x| *x != c.conn).collect())
+                .unwrap_or_default();
+            for conn in others {
+                if let Some(k) = self.conns.get(&conn) {
+                    if k.outbox.push(chunk.clone()).is_err() {
+                        self.overflowed.push(conn);
+                    }
+                }
+            }
+        }
         self.fill(c.conn, ticket, out);
     }
 

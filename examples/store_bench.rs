@@ -17,7 +17,7 @@ fn message(id: u64) -> StoreOp {
     let from = format!("user{}", id % USERS);
     let to = format!("user{}", (id * 7 + 3) % USERS);
     // One message in four is for an offline recipient.
-    let pending_for = if id % 4 == 0 {
+    let pending_for = if id.is_multiple_of(4) {
         vec![to.clone()]
     } else {
         Vec::new()

@@ -159,7 +159,7 @@ mod tests {
         for (i, (ticket, reply)) in batches.into_iter().flatten().enumerate() {
             let i = i as u64;
             assert_eq!(ticket, 1000 + i);
-            let want = if i % 2 == 0 {
+            let want = if i.is_multiple_of(2) {
                 StoreReply::Done
             } else {
                 StoreReply::Backlog(vec![message(i)])

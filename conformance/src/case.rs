@@ -52,8 +52,12 @@ pub enum StepKind {
         count: usize,
         pat: Template,
     },
-    /// Some line, in whatever order it arrives, must match.
-    ExpectSomewhere { client: String, pat: Template },
+    /// `count` lines, in whatever order they arrive, must match (one line each).
+    ExpectSomewhere {
+        client: String,
+        count: usize,
+        pat: Template,
+    },
     /// Lines matching this may come before the client's next `<` expectation.
     Skip { client: String, pat: Template },
     /// After a sync, no collected line matches.
@@ -373,9 +377,12 @@ fn parse_step(line: &str, b: &mut CaseBuilder) -> Result<StepKind, String> {
     };
     if let Some(r) = rest.strip_prefix("<?") {
         check_no_skip(b, &client)?;
+        let (count, _) = count(r)?;
+        let digits = r.bytes().take_while(u8::is_ascii_digit).count();
         return Ok(StepKind::ExpectSomewhere {
-            pat: pattern(r)?,
+            pat: pattern(&r[digits..])?,
             client,
+            count,
         });
     }
     if let Some(r) = rest.strip_prefix("<*") {

@@ -117,6 +117,47 @@ pub fn read_exemptions(path: &Path) -> Result<Vec<Exemption>, String> {
     Ok(out)
 }
 
+/// The reply codes of `spec/replies.tsv`: the first column of every line that is not blank, a
+/// comment or the header row.
+pub fn spec_codes(tsv: &str) -> Vec<String> {
+    tsv.lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split('\t').next())
+        .map(str::trim)
+        .filter(|c| !c.eq_ignore_ascii_case("code"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The commands of `spec/PROTOCOL.md`: the headings of its command sections, `### 7.3 MSG`-like
+/// (a section number, then the command name in upper case, optionally in backticks).
+pub fn spec_commands(md: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in md.lines() {
+        let Some(rest) = line.strip_prefix("###") else {
+            continue;
+        };
+        let mut words = rest.trim_start_matches('#').split_whitespace();
+        let Some(first) = words.next() else { continue };
+        let looks_numbered = first
+            .trim_end_matches('.')
+            .split('.')
+            .all(|p| p.chars().all(|c| c.is_ascii_digit()));
+        let name = if looks_numbered {
+            words.next()
+        } else {
+            Some(first)
+        };
+        let Some(name) = name.map(|n| n.trim_matches('`')) else {
+            continue;
+        };
+        if !name.is_empty() && name.chars().all(|c| c.is_ascii_uppercase()) {
+            out.push(name.to_string());
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,5 +183,79 @@ mod tests {
         assert_eq!(cov.ok, set(&["FRIEND", "FRIEND ADD", "PING"]));
         assert_eq!(cov.fail_codes, set(&["BAD_LABEL", "UNKNOWN_USER"]));
         assert_eq!(cov.bye_codes, set(&["SLOW_CONSUMER"]));
+    }
+
+    fn spec_file(name: &str) -> String {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join("spec")
+            .join(name);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "the coverage check needs {} ({e}); it compares the cases against the spec and cannot pass without it",
+                path.display()
+            )
+        })
+    }
+
+    #[test]
+    fn bundled_cases_parse() {
+        let cases = crate::bundled_cases().expect("the bundled cases parse");
+        assert!(cases.len() > 100, "only {} cases", cases.len());
+    }
+
+    #[test]
+    fn every_reply_code_and_command_has_a_case() {
+        let codes = spec_codes(&spec_file("replies.tsv"));
+        let commands = spec_commands(&spec_file("PROTOCOL.md"));
+        assert!(!codes.is_empty(), "spec/replies.tsv lists no reply code");
+        assert!(
+            !commands.is_empty(),
+            "spec/PROTOCOL.md has no command section"
+        );
+        let exempt = read_exemptions(&Path::new(env!("CARGO_MANIFEST_DIR")).join("exempt.tsv"))
+            .expect("the exemption list reads");
+        let cov = of(&crate::bundled_cases().expect("the bundled cases parse"));
+        let mut missing = Vec::new();
+        for code in &codes {
+            let covered = cov.fail_codes.contains(code) || cov.bye_codes.contains(code);
+            let exempted = exempt.iter().any(|e| &e.code == code);
+            if covered && exempted {
+                missing.push(format!(
+                    "{code} is exempted in exempt.tsv but a case covers it: drop the exemption"
+                ));
+            } else if !covered && !exempted {
+                missing.push(format!("reply code {code} has no case"));
+            }
+        }
+        for e in &exempt {
+            if !codes.contains(&e.code) {
+                missing.push(format!(
+                    "exempt.tsv names {}, which spec/replies.tsv does not have",
+                    e.code
+                ));
+            }
+        }
+        for cmd in &commands {
+            if !cov.sent.contains(cmd) {
+                missing.push(format!("command {cmd} is never sent by a case"));
+            }
+            if !cov.ok.contains(cmd) {
+                missing.push(format!("no case expects OK {cmd}"));
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "coverage gaps:\n  {}",
+            missing.join("\n  ")
+        );
+    }
+
+    #[test]
+    fn reads_spec_tables() {
+        let tsv = "code\tcommands\tmeaning\n# note\nBAD_NAME\tREGISTER MSG\tinvalid name\n\nBYE_X\t-\tx\n";
+        assert_eq!(spec_codes(tsv), ["BAD_NAME", "BYE_X"]);
+        let md = "# chatd\n## 7 Commands\n### 7.1 REGISTER\ntext\n### 7.2 `LOGIN`\n### 7.10. USERS\n### Notes on style\n";
+        assert_eq!(spec_commands(md), ["REGISTER", "LOGIN", "USERS"]);
     }
 }

@@ -63,11 +63,12 @@ fn match_at(pat: &[PatTok], input: &[u8], binds: &mut Vec<(String, u64)>) -> boo
                 .rev()
                 .any(|len| match_at(rest, &input[len..], binds))
         }
-        PatTok::Match(Matcher::Text) => {
+        PatTok::Match(m @ (Matcher::Text | Matcher::Any)) => {
+            let min = usize::from(*m == Matcher::Text);
             if rest.is_empty() {
-                return !input.is_empty();
+                return input.len() >= min;
             }
-            (1..=input.len()).any(|len| match_at(rest, &input[len..], binds))
+            (min..=input.len()).any(|len| match_at(rest, &input[len..], binds))
         }
     }
 }
@@ -162,6 +163,10 @@ mod tests {
         ));
         assert!(ok("<text> middle <text>", "a middle b middle c"));
         assert!(!ok("<text>", ""));
+        assert!(ok("<any>", ""));
+        assert!(ok("X <any>$a<any>", "X no such user: Crun00001_a"));
+        assert!(ok("X <any>$a<any>", "X Crun00001_a, y"));
+        assert!(!ok("X <any>$a<any>", "X Crun00001_b"));
         assert!(ok(
             "MESSAGE <id> <time> $a $b   two",
             "MESSAGE 1 2026-11-21T02:12:12.345Z Crun00001_a Crun00001_b   two"

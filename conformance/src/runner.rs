@@ -182,6 +182,7 @@ fn show_pattern(pat: &[PatTok]) -> String {
             PatTok::Match(Matcher::Time) => out.push_str("<time>"),
             PatTok::Match(Matcher::Word) => out.push_str("<word>"),
             PatTok::Match(Matcher::Text) => out.push_str("<text>"),
+            PatTok::Match(Matcher::Any) => out.push_str("<any>"),
             PatTok::Bind(name) => out.push_str(&format!("{{{name}}}")),
         }
     }
@@ -318,6 +319,37 @@ impl<'a> CaseRun<'a> {
                     return Err(self.fail(show_pattern(pat), vec![show(&line)]));
                 }
                 Err(e) => return Err(self.fail(show_pattern(pat), vec![Self::describe(&e)])),
+            }
+        }
+    }
+
+    /// Takes the first line of `c` that matches, from its queue or, reading on, from the socket;
+    /// lines that do not match stay queued.
+    fn expect_somewhere(&mut self, c: &str, p: &[PatTok]) -> StepResult {
+        let queue = &mut self.client(c).queue;
+        if let Some(pos) = queue.iter().position(|l| matches(p, l).is_some()) {
+            let line = queue.remove(pos).expect("position is in range");
+            let binds = matches(p, &line).expect("it matched");
+            self.bind(binds);
+            return Ok(());
+        }
+        let deadline = self.deadline();
+        loop {
+            match self.client(c).conn.read_line(deadline) {
+                Ok(line) => {
+                    self.note(format!("{c}< {}", show(&line)));
+                    if let Some(binds) = matches(p, &line) {
+                        self.bind(binds);
+                        return Ok(());
+                    }
+                    self.client(c).queue.push_back(line);
+                }
+                Err(e) => {
+                    let mut got: Vec<String> =
+                        self.client(c).queue.iter().map(|l| show(l)).collect();
+                    got.push(Self::describe(&e));
+                    return Err(self.fail(format!("some line {}", show_pattern(p)), got));
+                }
             }
         }
     }
@@ -460,34 +492,17 @@ impl<'a> CaseRun<'a> {
                 self.client(client).skip = Some(p);
                 Ok(())
             }
-            StepKind::ExpectSomewhere { client, pat } => {
-                let p = self.pattern(pat)?;
-                let queue = &mut self.client(client).queue;
-                if let Some(pos) = queue.iter().position(|l| matches(&p, l).is_some()) {
-                    let line = queue.remove(pos).expect("position is in range");
-                    let binds = matches(&p, &line).expect("it matched");
-                    self.bind(binds);
-                    return Ok(());
-                }
-                let deadline = self.deadline();
-                loop {
-                    match self.client(client).conn.read_line(deadline) {
-                        Ok(line) => {
-                            self.note(format!("{client}< {}", show(&line)));
-                            if let Some(binds) = matches(&p, &line) {
-                                self.bind(binds);
-                                return Ok(());
-                            }
-                            self.client(client).queue.push_back(line);
-                        }
-                        Err(e) => {
-                            let mut got: Vec<String> =
-                                self.client(client).queue.iter().map(|l| show(l)).collect();
-                            got.push(Self::describe(&e));
-                            return Err(self.fail(format!("some line {}", show_pattern(&p)), got));
-                        }
+            StepKind::ExpectSomewhere { client, count, pat } => {
+                let saved = self.env.captures.get("i").copied();
+                for i in 1..=*count {
+                    if *count > 1 {
+                        self.env.captures.insert("i".into(), i as u64);
                     }
+                    let p = self.pattern(pat)?;
+                    self.expect_somewhere(client, &p)?;
                 }
+                restore(&mut self.env, saved);
+                Ok(())
             }
             StepKind::ExpectAbsent { client, pat } => {
                 self.sync(std::slice::from_ref(client))?;

@@ -14,7 +14,7 @@
 //! - escapes `\r \n \t \0 \s` (space) `\xHH` and `\\ \$ \{ \} \<` for the literal characters.
 //! - in patterns only: `<id>` and `<n>` a decimal number, `<time>` a timestamp
 //!   `YYYY-MM-DDTHH:MM:SS.mmmZ`, `<word>` one or more non-space characters, `<text>` one or more of
-//!   any characters.
+//!   any characters, `<any>` zero or more of any characters.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -59,6 +59,8 @@ pub enum Matcher {
     Word,
     /// `<text>`: one or more bytes of anything.
     Text,
+    /// `<any>`: zero or more bytes of anything.
+    Any,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -348,12 +350,13 @@ impl Parser<'_> {
                         ("<time>", Matcher::Time),
                         ("<word>", Matcher::Word),
                         ("<text>", Matcher::Text),
+                        ("<any>", Matcher::Any),
                     ];
                     let Some((tag, m)) = matchers
                         .iter()
                         .find(|(tag, _)| self.s[self.pos..].starts_with(tag.as_bytes()))
                     else {
-                        return self.err(start, "unknown matcher: use <id>, <n>, <time>, <word>, <text>, or \\< for a literal <");
+                        return self.err(start, "unknown matcher: use <id>, <n>, <time>, <word>, <text>, <any>, or \\< for a literal <");
                     };
                     self.pos += tag.len();
                     flush(&mut lit, &mut segs);

@@ -112,6 +112,7 @@ fn somewhere_takes_lines_in_any_order_and_keeps_the_rest() {
          a<? two\n\
          a< one\n",
     );
+    passes("connect a\na> SAY 3\na> SAY 1\na> SAY 2\na<?3 {i}\na quiet\n");
     let (exp, got) = fails("connect a\na> SAY one\na<? two\n");
     assert_eq!(exp, "some line two");
     assert_eq!(got, ["one", "(nothing: timed out)"]);

@@ -1,1 +1,144 @@
-//! auth
+//! Password hashing with scrypt, off the async executor.
+//!
+//! A fixed pool of threads takes [`HashJob`]s from a bounded queue; the core counts the jobs it has
+//! queued and answers SERVER_BUSY past the limit, so a burst of logins waits here, on these threads,
+//! and never slows message delivery. Hashes are PHC strings (`$scrypt$ln=15,r=8,p=1$salt$hash`), so
+//! changing the cost later still verifies old hashes.
+
+use std::sync::Arc;
+
+use scrypt::password_hash::phc::PasswordHash;
+use scrypt::password_hash::{PasswordHasher, PasswordVerifier};
+use scrypt::{Params, Scrypt};
+
+use crate::proto::name::Password;
+
+/// Work for a hashing thread.
+#[derive(Debug)]
+pub enum HashJob {
+    /// Hash a new password (REGISTER).
+    Hash(Password),
+    /// Check a password against a stored PHC string (LOGIN).
+    Verify(Password, Arc<str>),
+}
+
+/// The result of a [`HashJob`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashOutcome {
+    Hashed(String),
+    Verified(bool),
+    /// The hash could not be computed or the stored string could not be read.
+    Failed(String),
+}
+
+/// scrypt with the configured cost.
+#[derive(Clone, Debug)]
+pub struct Hasher {
+    params: Params,
+}
+
+impl Hasher {
+    /// A hasher with cost `2^log_n`, block size `r` and parallelism `p`.
+    pub fn new(log_n: u8, r: u32, p: u32) -> Result<Hasher, String> {
+        let params = Params::new(log_n, r, p).map_err(|e| format!("bad scrypt parameters: {e}"))?;
+        Ok(Hasher { params })
+    }
+
+    /// Runs one job (blocking: call it from a hashing thread, never from the executor).
+    pub fn run(&self, job: &HashJob) -> HashOutcome {
+        match job {
+            HashJob::Hash(pw) => {
+                match Scrypt::from(self.params).hash_password(pw.expose().as_bytes()) {
+                    Ok(h) => HashOutcome::Hashed(h.to_string()),
+                    Err(e) => HashOutcome::Failed(format!("hashing failed: {e}")),
+                }
+            }
+            HashJob::Verify(pw, phc) => match PasswordHash::new(phc) {
+                // The stored hash carries its own parameters; verification uses those.
+                Ok(h) => HashOutcome::Verified(
+                    Scrypt::new()
+                        .verify_password(pw.expose().as_bytes(), &h)
+                        .is_ok(),
+                ),
+                Err(e) => HashOutcome::Failed(format!("stored hash unreadable: {e}")),
+            },
+        }
+    }
+
+    /// A hash of a random password, verified against when a LOGIN names an unknown account so that
+    /// the reply takes as long as for a known one.
+    pub fn dummy_phc(&self) -> String {
+        let seed = scrypt::password_hash::generate_salt();
+        let pw = Password::unchecked(&format!("{seed:02x?}"));
+        match self.run(&HashJob::Hash(pw)) {
+            HashOutcome::Hashed(h) => h,
+            // Unreachable with valid parameters; a string that never verifies is just as good.
+            _ => "$scrypt$ln=4,r=8,p=1$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into(),
+        }
+    }
+}
+
+/// One finished job.
+pub type Finished = (u64, HashOutcome);
+
+/// Starts `threads` hashing threads fed by `jobs`; each result goes to `done`. The threads exit when
+/// the job channel closes.
+pub fn spawn_pool<F>(
+    hasher: Hasher,
+    threads: usize,
+    jobs: async_channel::Receiver<(u64, HashJob)>,
+    done: F,
+) -> Vec<std::thread::JoinHandle<()>>
+where
+    F: Fn(Finished) + Send + Sync + 'static,
+{
+    let done = Arc::new(done);
+    (0..threads.max(1))
+        .map(|i| {
+            let (jobs, done, hasher) = (jobs.clone(), done.clone(), hasher.clone());
+            std::thread::Builder::new()
+                .name(format!("chatd-hash-{i}"))
+                .spawn(move || {
+                    while let Ok((ticket, job)) = jobs.recv_blocking() {
+                        done((ticket, hasher.run(&job)));
+                    }
+                })
+                .expect("spawning a hashing thread")
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_then_verify() {
+        let h = Hasher::new(4, 8, 1).unwrap();
+        let pw = Password::parse("correct-horse").unwrap();
+        let HashOutcome::Hashed(phc) = h.run(&HashJob::Hash(pw.clone())) else {
+            panic!()
+        };
+        assert!(phc.starts_with("$scrypt$ln=4,r=8,p=1$"));
+        assert!(!phc.contains("correct-horse"));
+        let phc: Arc<str> = phc.into();
+        assert_eq!(
+            h.run(&HashJob::Verify(pw, phc.clone())),
+            HashOutcome::Verified(true)
+        );
+        let wrong = Password::parse("wrong-horse").unwrap();
+        assert_eq!(
+            h.run(&HashJob::Verify(wrong, phc)),
+            HashOutcome::Verified(false)
+        );
+        assert!(matches!(
+            h.run(&HashJob::Verify(Password::unchecked("x"), "garbage".into())),
+            HashOutcome::Failed(_)
+        ));
+        let d: Arc<str> = h.dummy_phc().into();
+        assert_eq!(
+            h.run(&HashJob::Verify(Password::unchecked("x"), d)),
+            HashOutcome::Verified(false)
+        );
+    }
+}

@@ -46,6 +46,16 @@ pub const DEFAULT_LINE_RATE: u32 = 200;
 pub const DEFAULT_LINE_BURST: u32 = 400;
 /// Time a TLS client has to finish its handshake.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a write to a client may make no progress before the connection is dropped.
+pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// After a client closes its sending side, how long its unanswered commands may take.
+pub const DRAIN_AFTER_EOF: Duration = Duration::from_secs(30);
+/// Bytes read from a socket at a time (the only per-connection read buffer).
+pub const READ_CHUNK: usize = 512;
+/// Lines waiting in the core's input queue before readers wait.
+pub const CORE_QUEUE: usize = 1024;
+/// After the shutdown notice, how long writers get to flush.
+pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
 /// Password hashes that may wait for a hashing thread; beyond it LOGIN/REGISTER get SERVER_BUSY.
 pub const DEFAULT_HASH_QUEUE: usize = 256;
 /// Most store operations in one commit.

@@ -20,5 +20,7 @@ pub mod client;
 pub mod config;
 pub mod core;
 pub mod net;
+pub mod outbox;
 pub mod proto;
+pub mod sim;
 pub mod store;

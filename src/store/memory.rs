@@ -1,1 +1,163 @@
-//! memory store
+//! An in-memory [`Store`] with exactly the semantics of [`RedbStore`](super::redb::RedbStore),
+//! for tests and fuzzers of the core: no file, no fsync, deterministic, cheap to clone.
+//!
+//! It keeps the same four collections as the redb tables (accounts, the message log, the
+//! conversation and backlog indexes, friendship edges) in `BTreeMap`s, so iteration orders and
+//! therefore snapshots match the redb store's. The model test in `tests/store_model.rs` applies the
+//! same random batches to both and checks they agree reply for reply.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
+
+use super::redb::{conversation_key, message_conversation_keys};
+use super::{
+    key_of, AccountRecord, Cursor, FriendState, HistoryPage, MessageRecord, MsgId, Snapshot, Store,
+    StoreError, StoreOp, StoreReply,
+};
+
+/// The in-memory store. Nothing it does can fail, so every batch is trivially all-or-nothing.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryStore {
+    /// By lowercase name.
+    accounts: BTreeMap<String, AccountRecord>,
+    messages: BTreeMap<MsgId, MessageRecord>,
+    /// Conversation key -> ids of its messages.
+    conversations: BTreeMap<String, BTreeSet<MsgId>>,
+    /// Account key -> ids of its offline backlog. Emptied sets are removed.
+    pending: BTreeMap<String, BTreeSet<MsgId>>,
+    /// (a, b) -> a's view of b; both directions are stored.
+    friendships: BTreeMap<(String, String), FriendState>,
+}
+
+impl MemoryStore {
+    /// An empty store and its (empty) snapshot.
+    pub fn new() -> (MemoryStore, Snapshot) {
+        let store = MemoryStore::default();
+        let snapshot = store.snapshot();
+        (store, snapshot)
+    }
+
+    /// What [`RedbStore::open`](super::redb::RedbStore::open) would return for the same contents.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            accounts: self.accounts.values().cloned().collect(),
+            friendships: self
+                .friendships
+                .iter()
+                .map(|((a, b), s)| (a.clone(), b.clone(), *s))
+                .collect(),
+            pending_counts: self
+                .pending
+                .iter()
+                .map(|(user, ids)| (user.clone(), u32::try_from(ids.len()).unwrap_or(u32::MAX)))
+                .collect(),
+            next_id: self
+                .messages
+                .keys()
+                .next_back()
+                .map_or(1, |id| id.saturating_add(1)),
+        }
+    }
+
+    fn apply(&mut self, op: &StoreOp) -> StoreReply {
+        match op {
+            StoreOp::CreateAccount(rec) => {
+                self.accounts.insert(key_of(&rec.name), rec.clone());
+                StoreReply::Done
+            }
+            StoreOp::AppendMessage { msg, pending_for } => {
+                self.messages.insert(msg.id, msg.clone());
+                for conv in message_conversation_keys(msg) {
+                    self.conversations.entry(conv).or_default().insert(msg.id);
+                }
+                for user in pending_for {
+                    self.pending.entry(user.clone()).or_default().insert(msg.id);
+                }
+                StoreReply::Done
+            }
+            StoreOp::AddPending { user, id } => {
+                self.pending.entry(user.clone()).or_default().insert(*id);
+                StoreReply::Done
+            }
+            StoreOp::TakeBacklog { user } => {
+                let ids = self.pending.remove(user).unwrap_or_default();
+                // As in the redb store: an entry whose message is not stored is dropped.
+                StoreReply::Backlog(
+                    ids.iter()
+                        .filter_map(|id| self.messages.get(id).cloned())
+                        .collect(),
+                )
+            }
+            StoreOp::SetFriendship { a, b, state } => {
+                match state {
+                    Some(s) => {
+                        self.friendships.insert((a.clone(), b.clone()), *s);
+                        self.friendships.insert((b.clone(), a.clone()), s.mirror());
+                    }
+                    None => {
+                        self.friendships.remove(&(a.clone(), b.clone()));
+                        self.friendships.remove(&(b.clone(), a.clone()));
+                    }
+                }
+                StoreReply::Done
+            }
+            StoreOp::History {
+                conv,
+                count,
+                cursor,
+            } => {
+                let empty = BTreeSet::new();
+                let ids = self
+                    .conversations
+                    .get(&conversation_key(conv))
+                    .unwrap_or(&empty);
+                StoreReply::History(self.history(ids, *count, *cursor))
+            }
+        }
+    }
+
+    fn history(&self, ids: &BTreeSet<MsgId>, count: u32, cursor: Cursor) -> HistoryPage {
+        let take = usize::try_from(count).unwrap_or(usize::MAX);
+        let mut shown: Vec<MsgId> = match cursor {
+            Cursor::Latest => ids.iter().rev().take(take).copied().collect(),
+            Cursor::Before(x) => ids.range(..x).rev().take(take).copied().collect(),
+            Cursor::After(x) => ids
+                .range((Bound::Excluded(x), Bound::Unbounded))
+                .take(take)
+                .copied()
+                .collect(),
+        };
+        if !matches!(cursor, Cursor::After(_)) {
+            shown.reverse();
+        }
+        let below = |id: MsgId| ids.range(..id).next().is_some();
+        let above = |id: MsgId| {
+            ids.range((Bound::Excluded(id), Bound::Unbounded))
+                .next()
+                .is_some()
+        };
+        let (older, newer) = match (shown.first(), shown.last()) {
+            (Some(&min), Some(&max)) => (below(min).then_some(min), above(max).then_some(max)),
+            _ => match cursor {
+                Cursor::Latest => (None, None),
+                Cursor::Before(x) => (None, ids.range(x..).next().map(|_| x.saturating_sub(1))),
+                Cursor::After(x) => (ids.range(..=x).next().map(|_| x.saturating_add(1)), None),
+            },
+        };
+        HistoryPage {
+            // Every indexed id was stored with its message, and messages are never removed.
+            messages: shown
+                .iter()
+                .filter_map(|id| self.messages.get(id).cloned())
+                .collect(),
+            older,
+            newer,
+        }
+    }
+}
+
+impl Store for MemoryStore {
+    fn execute(&mut self, ops: &[StoreOp]) -> Result<Vec<StoreReply>, StoreError> {
+        Ok(ops.iter().map(|op| self.apply(op)).collect())
+    }
+}

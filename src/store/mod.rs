@@ -121,16 +121,27 @@ pub enum StoreOp {
     CreateAccount(AccountRecord),
     /// Append a message to the log, index it under its conversations, and add it to the offline
     /// backlog of each account key in `pending_for`.
-    AppendMessage { msg: MessageRecord, pending_for: Vec<String> },
+    AppendMessage {
+        msg: MessageRecord,
+        pending_for: Vec<String>,
+    },
     /// Add an already-stored message to one account's offline backlog.
     AddPending { user: String, id: MsgId },
     /// Remove and return (ascending id order) every message in the account's offline backlog.
     TakeBacklog { user: String },
     /// Set the edge between two account keys as seen from `a` (the mirror is stored for `b`), or
     /// delete both directions with `None`.
-    SetFriendship { a: String, b: String, state: Option<FriendState> },
+    SetFriendship {
+        a: String,
+        b: String,
+        state: Option<FriendState>,
+    },
     /// Read one page of a conversation (`count` >= 1).
-    History { conv: Conversation, count: u32, cursor: Cursor },
+    History {
+        conv: Conversation,
+        count: u32,
+        cursor: Cursor,
+    },
 }
 
 /// The result of one op, in the same position as the op.

@@ -1,0 +1,300 @@
+//! A connection's outbox: the bounded queue between the core and the connection's writer task, and
+//! the credits that bound how many of the connection's commands may be unanswered.
+//!
+//! The core pushes without ever waiting: a push that would take the queue past its byte limit fails
+//! with [`Overflow`], and the core then disconnects that client as a slow consumer (written down in
+//! the spec). The writer task takes everything queued at once ([`Outbox::next_batch`]) so that
+//! queued lines leave in one write. The reader task takes one credit per line it hands to the core
+//! and waits when none is left; the core gives a credit back when that line's final reply is queued.
+//! Nothing here allocates until there is something to hold, so an idle connection costs little.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use event_listener::Event;
+
+/// Bytes queued for one connection: a line built for it alone, or one shared by many recipients.
+#[derive(Clone, Debug)]
+pub enum Chunk {
+    Owned(Vec<u8>),
+    Shared(Arc<[u8]>),
+}
+
+impl Chunk {
+    /// The bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Chunk::Owned(v) => v,
+            Chunk::Shared(a) => a,
+        }
+    }
+}
+
+/// The push would take the outbox past its limit; nothing was queued.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Overflow;
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Chunk>,
+    bytes: usize,
+    closed: bool,
+    credits: usize,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    limit: usize,
+    /// Credits when no command is unanswered.
+    all_credits: usize,
+    /// Wakes the writer: something was queued, or the outbox was closed.
+    to_writer: Event,
+    /// Wakes the reader: a credit came back, or the outbox was closed.
+    to_reader: Event,
+}
+
+/// A handle to one connection's outbox; clones share it.
+#[derive(Clone)]
+pub struct Outbox(Arc<Shared>);
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.lock();
+        f.debug_struct("Outbox")
+            .field("bytes", &s.bytes)
+            .field("closed", &s.closed)
+            .finish()
+    }
+}
+
+impl Outbox {
+    /// An outbox that holds at most `limit` bytes, with `credits` commands in flight.
+    pub fn new(limit: usize, credits: usize) -> Outbox {
+        Outbox(Arc::new(Shared {
+            state: Mutex::new(State {
+                credits,
+                ..State::default()
+            }),
+            limit,
+            all_credits: credits,
+            to_writer: Event::new(),
+            to_reader: Event::new(),
+        }))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the queue half-updated (every update is a
+        // single push or take), so a poisoned lock is still usable.
+        self.0.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `chunk` unless the outbox already holds its limit or more. The check is made before
+    /// the chunk is added, so one answer larger than the limit (a long HISTORY page) still reaches
+    /// a client that reads; an outbox therefore holds at most the limit plus one chunk. Pushing to a
+    /// closed outbox drops the chunk silently: the connection is going away.
+    pub fn push(&self, chunk: Chunk) -> Result<(), Overflow> {
+        let mut s = self.lock();
+        if s.closed {
+            return Ok(());
+        }
+        if s.bytes >= self.0.limit {
+            return Err(Overflow);
+        }
+        s.bytes += chunk.as_bytes().len();
+        s.queue.push_back(chunk);
+        drop(s);
+        self.0.to_writer.notify(1);
+        Ok(())
+    }
+
+    /// Queues `chunk` whatever the limit (for the offline backlog, whose size the spec bounds).
+    pub fn push_unbounded(&self, chunk: Chunk) {
+        let mut s = self.lock();
+        if s.closed {
+            return;
+        }
+        s.bytes += chunk.as_bytes().len();
+        s.queue.push_back(chunk);
+        drop(s);
+        self.0.to_writer.notify(1);
+    }
+
+    /// Closes the outbox: what is queued is still written, then the writer closes the connection.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.0.to_writer.notify(usize::MAX);
+        self.0.to_reader.notify(usize::MAX);
+    }
+
+    /// Drops everything queued, queues `last` alone and closes (for a client that stopped reading).
+    pub fn abort_with(&self, last: Chunk) {
+        let mut s = self.lock();
+        if !s.closed {
+            s.queue.clear();
+            s.bytes = last.as_bytes().len();
+            s.queue.push_back(last);
+            s.closed = true;
+        }
+        drop(s);
+        self.0.to_writer.notify(usize::MAX);
+        self.0.to_reader.notify(usize::MAX);
+    }
+
+    /// True once closed.
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    /// Bytes queued and not yet taken by the writer.
+    pub fn queued_bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
+    /// Gives back `n` credits to the reader.
+    pub fn release_credits(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        self.lock().credits += n;
+        // Both the reader waiting for a credit and a reader waiting for all answers may listen.
+        self.0.to_reader.notify(usize::MAX);
+    }
+
+    /// Takes one credit, waiting until one is free. False when the outbox is closed.
+    pub async fn acquire_credit(&self) -> bool {
+        loop {
+            {
+                let mut s = self.lock();
+                if s.closed {
+                    return false;
+                }
+                if s.credits > 0 {
+                    s.credits -= 1;
+                    return true;
+                }
+            }
+            let listener = self.0.to_reader.listen();
+            {
+                let s = self.lock();
+                if s.closed || s.credits > 0 {
+                    continue;
+                }
+            }
+            listener.await;
+        }
+    }
+
+    /// Waits until every command handed to the core has been answered, or the outbox is closed.
+    pub async fn all_answered(&self) {
+        loop {
+            let listener = self.0.to_reader.listen();
+            {
+                let s = self.lock();
+                if s.closed || s.credits >= self.0.all_credits {
+                    return;
+                }
+            }
+            listener.await;
+        }
+    }
+
+    /// Moves everything queued into `into`, waiting while the queue is empty. False when the outbox
+    /// is closed and nothing is left to write.
+    pub async fn next_batch(&self, into: &mut Vec<Chunk>) -> bool {
+        loop {
+            if self.take_now(into) {
+                return true;
+            }
+            let listener = self.0.to_writer.listen();
+            {
+                let s = self.lock();
+                if !s.queue.is_empty() {
+                    continue;
+                }
+                if s.closed {
+                    return false;
+                }
+            }
+            listener.await;
+        }
+    }
+
+    /// Moves everything queued into `into` without waiting; true if anything was moved.
+    pub fn take_now(&self, into: &mut Vec<Chunk>) -> bool {
+        let mut s = self.lock();
+        if s.queue.is_empty() {
+            return false;
+        }
+        s.bytes = 0;
+        into.extend(s.queue.drain(..));
+        // A burst can leave a large ring behind; an idle connection should not keep it.
+        if s.queue.capacity() > 64 {
+            s.queue = VecDeque::new();
+        }
+        true
+    }
+
+    /// Resolves once the outbox is closed.
+    pub async fn closed(&self) {
+        loop {
+            if self.is_closed() {
+                return;
+            }
+            let listener = self.0.to_reader.listen();
+            if self.is_closed() {
+                return;
+            }
+            listener.await;
+        }
+    }
+
+    /// Everything queued, as text (for tests and fuzzers that drive the core without sockets).
+    pub fn drain_text(&self) -> String {
+        let mut chunks = Vec::new();
+        self.take_now(&mut chunks);
+        let mut s = String::new();
+        for c in chunks {
+            s.push_str(&String::from_utf8_lossy(c.as_bytes()));
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limit_closes_and_batches() {
+        let o = Outbox::new(10, 1);
+        assert_eq!(o.push(Chunk::Owned(b"12345".to_vec())), Ok(()));
+        assert_eq!(o.push(Chunk::Shared(Arc::from(&b"6789"[..]))), Ok(()));
+        // 9 bytes held: under the limit, so a chunk that takes it past the limit is still taken.
+        assert_eq!(o.push(Chunk::Owned(b"0x".to_vec())), Ok(()));
+        assert_eq!(o.push(Chunk::Owned(b"y".to_vec())), Err(Overflow));
+        let mut batch = Vec::new();
+        assert!(smol::block_on(o.next_batch(&mut batch)));
+        assert_eq!(batch.len(), 3);
+        assert_eq!(o.queued_bytes(), 0);
+        o.abort_with(Chunk::Owned(b"BYE\n".to_vec()));
+        assert_eq!(o.push(Chunk::Owned(b"late".to_vec())), Ok(()));
+        assert_eq!(o.drain_text(), "BYE\n");
+        assert!(!smol::block_on(o.next_batch(&mut batch)));
+    }
+
+    #[test]
+    fn credits_block_until_released() {
+        let o = Outbox::new(10, 1);
+        assert!(smol::block_on(o.acquire_credit()));
+        let o2 = o.clone();
+        let t = std::thread::spawn(move || smol::block_on(o2.acquire_credit()));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(!t.is_finished());
+        o.release_credits(1);
+        assert!(t.join().unwrap());
+        let o3 = o.clone();
+        let t = std::thread::spawn(move || smol::block_on(o3.acquire_credit()));
+        o.close();
+        assert!(!t.join().unwrap());
+    }
+}

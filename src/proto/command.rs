@@ -1,0 +1,796 @@
+//! Command lines: the command table, the two-step parser and the encoder.
+//!
+//! Parsing happens in two steps so that the core can check preconditions in the order the spec
+//! gives (label, command, login state, arity, argument values): [`split_head`] finds the label and
+//! the command word, the core checks the state against [`Verb::needs_login`], then
+//! [`Verb::parse_args`] checks arity and values. [`parse`] does both for callers that hold no state
+//! (clients, fuzzers). [`Request::encode`] is the inverse: `parse(encode(r)) == r` for every request
+//! the types can hold.
+
+use super::name::{check_label, check_text, Name, Password, TextError};
+use super::reply::Code;
+use crate::config::{HISTORY_MAX_COUNT, MAX_GROUP_RECIPIENTS, MAX_PING_TOKEN_BYTES};
+
+/// A command word.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Verb {
+    Register,
+    Login,
+    Logout,
+    Quit,
+    Help,
+    Ping,
+    Msg,
+    Group,
+    All,
+    Users,
+    History,
+    Friend,
+}
+
+/// What the command table says of a command; checked once, before any handler runs.
+#[derive(Debug)]
+pub struct VerbSpec {
+    pub verb: Verb,
+    /// Canonical name, as used in replies.
+    pub name: &'static str,
+    /// Needs a logged-in connection.
+    pub needs_login: bool,
+    /// Refused (ALREADY_LOGGED_IN) on a logged-in connection.
+    pub only_logged_out: bool,
+    /// Syntax, for MISSING_ARGUMENT / TOO_MANY_ARGUMENTS replies.
+    pub usage: &'static str,
+}
+
+/// The command table, in the order of the spec.
+pub const COMMANDS: &[VerbSpec] = &[
+    spec(
+        Verb::Register,
+        "REGISTER",
+        false,
+        true,
+        "REGISTER <name> <password>",
+    ),
+    spec(Verb::Login, "LOGIN", false, true, "LOGIN <name> <password>"),
+    spec(Verb::Logout, "LOGOUT", true, false, "LOGOUT"),
+    spec(Verb::Quit, "QUIT", false, false, "QUIT [<reason>]"),
+    spec(Verb::Help, "HELP", false, false, "HELP [<command>]"),
+    spec(Verb::Ping, "PING", false, false, "PING [<token>]"),
+    spec(Verb::Msg, "MSG", true, false, "MSG <name> <text>"),
+    spec(
+        Verb::Group,
+        "GROUP",
+        true,
+        false,
+        "GROUP <name>,<name>,... <text>",
+    ),
+    spec(Verb::All, "ALL", true, false, "ALL <text>"),
+    spec(Verb::Users, "USERS", true, false, "USERS"),
+    spec(
+        Verb::History,
+        "HISTORY",
+        true,
+        false,
+        "HISTORY <name>|* [<count>] [BEFORE <id> | AFTER <id>]",
+    ),
+    spec(
+        Verb::Friend,
+        "FRIEND",
+        true,
+        false,
+        "FRIEND ADD|ACCEPT|DENY|REMOVE <name> | FRIEND LIST",
+    ),
+];
+
+const fn spec(
+    verb: Verb,
+    name: &'static str,
+    needs_login: bool,
+    only_logged_out: bool,
+    usage: &'static str,
+) -> VerbSpec {
+    VerbSpec {
+        verb,
+        name,
+        needs_login,
+        only_logged_out,
+        usage,
+    }
+}
+
+impl Verb {
+    /// The command named `word`, in any letter case.
+    pub fn lookup(word: &str) -> Option<Verb> {
+        COMMANDS
+            .iter()
+            .find(|s| s.name.eq_ignore_ascii_case(word))
+            .map(|s| s.verb)
+    }
+
+    /// This command's row of the table.
+    pub fn spec(self) -> &'static VerbSpec {
+        // The table lists every verb in declaration order.
+        &COMMANDS[self as usize]
+    }
+
+    /// Canonical name.
+    pub fn name(self) -> &'static str {
+        self.spec().name
+    }
+
+    /// Needs a logged-in connection.
+    pub fn needs_login(self) -> bool {
+        self.spec().needs_login
+    }
+
+    /// Parses the arguments (`rest` is the line after the command word, starting with the space
+    /// that follows it, or empty).
+    pub fn parse_args(self, rest: &str) -> Result<Command, Refusal> {
+        let usage = || format!("usage: {}", self.spec().usage);
+        let missing = || Refusal(Code::MISSING_ARGUMENT, usage());
+        let too_many = || Refusal(Code::TOO_MANY_ARGUMENTS, usage());
+        let mut args = Tokens(rest);
+        Ok(match self {
+            Verb::Register | Verb::Login => {
+                let (n, p) = (
+                    args.next().ok_or_else(missing)?,
+                    args.next().ok_or_else(missing)?,
+                );
+                if args.next().is_some() {
+                    return Err(too_many());
+                }
+                if self == Verb::Login {
+                    Command::Login {
+                        name: n.to_owned(),
+                        password: Password::unchecked(p),
+                    }
+                } else {
+                    let name = Name::parse(n).map_err(|e| Refusal(Code::BAD_NAME, e.into()))?;
+                    let password =
+                        Password::parse(p).map_err(|e| Refusal(Code::BAD_PASSWORD, e.into()))?;
+                    Command::Register { name, password }
+                }
+            }
+            Verb::Logout | Verb::Users => {
+                if args.next().is_some() {
+                    return Err(too_many());
+                }
+                if self == Verb::Logout {
+                    Command::Logout
+                } else {
+                    Command::Users
+                }
+            }
+            Verb::Quit => Command::Quit {
+                reason: rest.strip_prefix(' ').map(str::to_owned),
+            },
+            Verb::Help => {
+                let topic = args.next().map(str::to_owned);
+                if args.next().is_some() {
+                    return Err(too_many());
+                }
+                Command::Help { topic }
+            }
+            Verb::Ping => {
+                let token = args.next().map(str::to_owned);
+                if args.next().is_some() {
+                    return Err(too_many());
+                }
+                if token
+                    .as_ref()
+                    .is_some_and(|t| t.len() > MAX_PING_TOKEN_BYTES)
+                {
+                    return Err(Refusal(
+                        Code::BAD_ARGUMENT,
+                        "a PING token has at most 64 bytes".into(),
+                    ));
+                }
+                Command::Ping { token }
+            }
+            Verb::Msg => {
+                let target = args.next().ok_or_else(missing)?;
+                let text = args.text().ok_or_else(missing)?;
+                let to = Name::parse(target).map_err(|e| Refusal(Code::BAD_NAME, e.into()))?;
+                text_ok(text)?;
+                Command::Msg {
+                    to,
+                    text: text.to_owned(),
+                }
+            }
+            Verb::Group => {
+                let list = args.next().ok_or_else(missing)?;
+                let text = args.text().ok_or_else(missing)?;
+                let to = parse_group(list)?;
+                text_ok(text)?;
+                Command::Group {
+                    to,
+                    text: text.to_owned(),
+                }
+            }
+            Verb::All => {
+                let text = args.text().ok_or_else(missing)?;
+                text_ok(text)?;
+                Command::All {
+                    text: text.to_owned(),
+                }
+            }
+            Verb::History => parse_history(&mut args, missing, too_many)?,
+            Verb::Friend => {
+                let sub = args.next().ok_or_else(missing)?;
+                let op = match sub.to_ascii_uppercase().as_str() {
+                    "LIST" => None,
+                    "ADD" => Some(FriendOp::Add as fn(Name) -> FriendOp),
+                    "ACCEPT" => Some(FriendOp::Accept as fn(Name) -> FriendOp),
+                    "DENY" => Some(FriendOp::Deny as fn(Name) -> FriendOp),
+                    "REMOVE" => Some(FriendOp::Remove as fn(Name) -> FriendOp),
+                    _ => {
+                        return Err(Refusal(
+                            Code::UNKNOWN_SUBCOMMAND,
+                            format!("unknown FRIEND subcommand \"{}\"; {}", clip(sub), usage()),
+                        ))
+                    }
+                };
+                let name = match op {
+                    None => None,
+                    Some(_) => Some(args.next().ok_or_else(missing)?),
+                };
+                if args.next().is_some() {
+                    return Err(too_many());
+                }
+                match (op, name) {
+                    (Some(make), Some(n)) => {
+                        make(Name::parse(n).map_err(|e| Refusal(Code::BAD_NAME, e.into()))?)
+                    }
+                    _ => FriendOp::List,
+                }
+                .into()
+            }
+        })
+    }
+}
+
+impl From<FriendOp> for Command {
+    fn from(op: FriendOp) -> Command {
+        Command::Friend(op)
+    }
+}
+
+fn text_ok(text: &str) -> Result<(), Refusal> {
+    check_text(text).map_err(|e| match e {
+        TextError::Bad(why) => Refusal(Code::BAD_TEXT, why.into()),
+        TextError::TooLong => Refusal(Code::TEXT_TOO_LONG, "a text has at most 2048 bytes".into()),
+    })
+}
+
+fn parse_group(list: &str) -> Result<Vec<Name>, Refusal> {
+    let parts: Vec<&str> = list.split(',').collect();
+    if parts.len() > MAX_GROUP_RECIPIENTS {
+        return Err(Refusal(
+            Code::TOO_MANY_RECIPIENTS,
+            format!("a GROUP has at most {MAX_GROUP_RECIPIENTS} recipients"),
+        ));
+    }
+    let mut names: Vec<Name> = Vec::with_capacity(parts.len());
+    for p in parts {
+        let n = Name::parse(p)
+            .map_err(|e| Refusal(Code::BAD_NAME, format!("\"{}\" in the list: {e}", clip(p))))?;
+        if names
+            .iter()
+            .any(|m| m.as_str().eq_ignore_ascii_case(n.as_str()))
+        {
+            return Err(Refusal(Code::DUPLICATE_NAME, format!("{n} is named twice")));
+        }
+        names.push(n);
+    }
+    Ok(names)
+}
+
+fn parse_history(
+    args: &mut Tokens<'_>,
+    missing: impl Fn() -> Refusal,
+    too_many: impl Fn() -> Refusal,
+) -> Result<Command, Refusal> {
+    // Arity first (spec 3.2): a target and at most three more tokens.
+    let toks: Vec<&str> = std::iter::from_fn(|| args.next()).collect();
+    let Some((&target, rest)) = toks.split_first() else {
+        return Err(missing());
+    };
+    if rest.len() > 3 {
+        return Err(too_many());
+    }
+    let with = if target == "*" {
+        HistoryTarget::Broadcast
+    } else {
+        HistoryTarget::User(Name::parse(target).map_err(|e| Refusal(Code::BAD_NAME, e.into()))?)
+    };
+    let mut rest = rest.iter().copied();
+    let mut count = None;
+    let mut cursor = Page::Latest;
+    let mut next = rest.next();
+    if let Some(tok) = next {
+        if !is_cursor_word(tok) {
+            count = Some(parse_count(tok)?);
+            next = rest.next();
+        }
+    }
+    if let Some(word) = next {
+        if !is_cursor_word(word) {
+            return Err(Refusal(
+                Code::BAD_ARGUMENT,
+                format!("expected BEFORE <id> or AFTER <id>, not \"{}\"", clip(word)),
+            ));
+        }
+        let id = rest.next().ok_or_else(|| {
+            Refusal(
+                Code::BAD_ARGUMENT,
+                format!("{} needs a message id", word.to_ascii_uppercase()),
+            )
+        })?;
+        let id: u64 = parse_u64(id).ok_or_else(|| {
+            Refusal(
+                Code::BAD_ID,
+                format!("\"{}\" is not a message id", clip(id)),
+            )
+        })?;
+        cursor = if word.eq_ignore_ascii_case("BEFORE") {
+            Page::Before(id)
+        } else {
+            Page::After(id)
+        };
+        if let Some(extra) = rest.next() {
+            return Err(Refusal(
+                Code::BAD_ARGUMENT,
+                format!("nothing may follow the message id, not \"{}\"", clip(extra)),
+            ));
+        }
+    }
+    Ok(Command::History {
+        with,
+        count,
+        cursor,
+    })
+}
+
+fn is_cursor_word(t: &str) -> bool {
+    t.eq_ignore_ascii_case("BEFORE") || t.eq_ignore_ascii_case("AFTER")
+}
+
+fn parse_count(tok: &str) -> Result<u32, Refusal> {
+    let bad = || {
+        Refusal(
+            Code::BAD_COUNT,
+            format!("a count is a number from 1 to {HISTORY_MAX_COUNT}"),
+        )
+    };
+    let n = parse_u64(tok).ok_or_else(bad)?;
+    if n == 0 || n > u64::from(HISTORY_MAX_COUNT) {
+        return Err(bad());
+    }
+    Ok(n as u32)
+}
+
+/// Plain decimal digits only (no sign, no spaces), fitting in a u64.
+fn parse_u64(tok: &str) -> Option<u64> {
+    if tok.is_empty() || !tok.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    tok.parse().ok()
+}
+
+/// At most 32 characters of client input, for quoting it back in an error.
+fn clip(s: &str) -> &str {
+    match s.char_indices().nth(32) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// Space-separated tokens of an argument string.
+struct Tokens<'a>(&'a str);
+
+impl<'a> Tokens<'a> {
+    fn next(&mut self) -> Option<&'a str> {
+        let s = self.0.trim_start_matches(' ');
+        if s.is_empty() {
+            self.0 = s;
+            return None;
+        }
+        let end = s.find(' ').unwrap_or(s.len());
+        self.0 = &s[end..];
+        Some(&s[..end])
+    }
+
+    /// The rest of the line after the single space that follows the previous token; None when no
+    /// token follows (only spaces count as no text: spec 2.6).
+    fn text(&mut self) -> Option<&'a str> {
+        let t = self.0.strip_prefix(' ')?;
+        if t.trim_start_matches(' ').is_empty() {
+            return None;
+        }
+        self.0 = "";
+        Some(t)
+    }
+}
+
+/// A refused command: its code and a sentence for a person.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal(pub Code, pub String);
+
+/// The parts of a command line found before any state is consulted.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Head<'a> {
+    pub label: Option<&'a str>,
+    pub verb: Verb,
+    /// The line after the command word, starting with the space that follows it (or empty).
+    pub rest: &'a str,
+}
+
+/// A line refused before its command was known (the reply names the command `*`), or after.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    pub label: Option<String>,
+    /// Canonical command name, or `*`.
+    pub command: &'static str,
+    pub code: Code,
+    pub text: String,
+}
+
+/// Finds the label and the command word. `Ok(None)` for a blank line, which gets no reply.
+pub fn split_head(line: &str) -> Result<Option<Head<'_>>, Rejection> {
+    let mut toks = Tokens(line);
+    let Some(mut word) = toks.next() else {
+        return Ok(None);
+    };
+    let mut label = None;
+    if let Some(l) = word.strip_prefix('@') {
+        check_label(l).map_err(|e| Rejection {
+            label: None,
+            command: "*",
+            code: Code::BAD_LABEL,
+            text: e.into(),
+        })?;
+        label = Some(l);
+        word = toks.next().ok_or_else(|| Rejection {
+            label: Some(l.to_owned()),
+            command: "*",
+            code: Code::UNKNOWN_COMMAND,
+            text: "a label must be followed by a command".into(),
+        })?;
+    }
+    match Verb::lookup(word) {
+        Some(verb) => Ok(Some(Head {
+            label,
+            verb,
+            rest: toks.0,
+        })),
+        None => Err(Rejection {
+            label: label.map(str::to_owned),
+            command: "*",
+            code: Code::UNKNOWN_COMMAND,
+            text: format!("unknown command \"{}\"; type HELP for the list", clip(word)),
+        }),
+    }
+}
+
+/// Parses a whole line without regard to connection state. `Ok(None)` for a blank line.
+pub fn parse(line: &str) -> Result<Option<Request>, Rejection> {
+    let Some(head) = split_head(line)? else {
+        return Ok(None);
+    };
+    match head.verb.parse_args(head.rest) {
+        Ok(command) => Ok(Some(Request {
+            label: head.label.map(str::to_owned),
+            command,
+        })),
+        Err(Refusal(code, text)) => Err(Rejection {
+            label: head.label.map(str::to_owned),
+            command: head.verb.name(),
+            code,
+            text,
+        }),
+    }
+}
+
+/// A parsed command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    pub label: Option<String>,
+    pub command: Command,
+}
+
+/// Where a HISTORY page starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Page {
+    Latest,
+    Before(u64),
+    After(u64),
+}
+
+/// Whose conversation HISTORY reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HistoryTarget {
+    User(Name),
+    /// `*`: the ALL broadcasts.
+    Broadcast,
+}
+
+/// A FRIEND subcommand.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FriendOp {
+    Add(Name),
+    Accept(Name),
+    Deny(Name),
+    Remove(Name),
+    List,
+}
+
+/// A command with valid arguments.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    Register {
+        name: Name,
+        password: Password,
+    },
+    /// The name is not checked: a malformed one is simply not a registered one.
+    Login {
+        name: String,
+        password: Password,
+    },
+    Logout,
+    Quit {
+        reason: Option<String>,
+    },
+    Help {
+        topic: Option<String>,
+    },
+    Ping {
+        token: Option<String>,
+    },
+    Msg {
+        to: Name,
+        text: String,
+    },
+    Group {
+        to: Vec<Name>,
+        text: String,
+    },
+    All {
+        text: String,
+    },
+    Users,
+    History {
+        with: HistoryTarget,
+        count: Option<u32>,
+        cursor: Page,
+    },
+    Friend(FriendOp),
+}
+
+impl Command {
+    /// The command word.
+    pub fn verb(&self) -> Verb {
+        match self {
+            Command::Register { .. } => Verb::Register,
+            Command::Login { .. } => Verb::Login,
+            Command::Logout => Verb::Logout,
+            Command::Quit { .. } => Verb::Quit,
+            Command::Help { .. } => Verb::Help,
+            Command::Ping { .. } => Verb::Ping,
+            Command::Msg { .. } => Verb::Msg,
+            Command::Group { .. } => Verb::Group,
+            Command::All { .. } => Verb::All,
+            Command::Users => Verb::Users,
+            Command::History { .. } => Verb::History,
+            Command::Friend(_) => Verb::Friend,
+        }
+    }
+}
+
+impl Request {
+    /// The command line (without its LF) that parses back to this request.
+    pub fn encode(&self) -> String {
+        let mut s = String::new();
+        if let Some(l) = &self.label {
+            s.push('@');
+            s.push_str(l);
+            s.push(' ');
+        }
+        s.push_str(self.command.verb().name());
+        let mut arg = |a: &str| {
+            s.push(' ');
+            s.push_str(a);
+        };
+        match &self.command {
+            Command::Register { name, password } => {
+                arg(name.as_str());
+                arg(password.expose());
+            }
+            Command::Login { name, password } => {
+                arg(name);
+                arg(password.expose());
+            }
+            Command::Logout | Command::Users => {}
+            Command::Quit { reason }
+            | Command::Help { topic: reason }
+            | Command::Ping { token: reason } => {
+                if let Some(r) = reason {
+                    arg(r);
+                }
+            }
+            Command::Msg { to, text } => {
+                arg(to.as_str());
+                arg(text);
+            }
+            Command::Group { to, text } => {
+                let list: Vec<&str> = to.iter().map(Name::as_str).collect();
+                arg(&list.join(","));
+                arg(text);
+            }
+            Command::All { text } => arg(text),
+            Command::History {
+                with,
+                count,
+                cursor,
+            } => {
+                match with {
+                    HistoryTarget::User(n) => arg(n.as_str()),
+                    HistoryTarget::Broadcast => arg("*"),
+                }
+                if let Some(c) = count {
+                    arg(&c.to_string());
+                }
+                match cursor {
+                    Page::Latest => {}
+                    Page::Before(id) => arg(&format!("BEFORE {id}")),
+                    Page::After(id) => arg(&format!("AFTER {id}")),
+                }
+            }
+            Command::Friend(op) => match op {
+                FriendOp::List => arg("LIST"),
+                FriendOp::Add(n) => arg(&format!("ADD {n}")),
+                FriendOp::Accept(n) => arg(&format!("ACCEPT {n}")),
+                FriendOp::Deny(n) => arg(&format!("DENY {n}")),
+                FriendOp::Remove(n) => arg(&format!("REMOVE {n}")),
+            },
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(line: &str) -> Code {
+        parse(line).unwrap_err().code
+    }
+
+    #[test]
+    fn table_is_in_verb_order() {
+        for (i, s) in COMMANDS.iter().enumerate() {
+            assert_eq!(s.verb as usize, i);
+            assert_eq!(Verb::lookup(&s.name.to_lowercase()), Some(s.verb));
+        }
+    }
+
+    #[test]
+    fn blank_lines_are_nothing() {
+        assert_eq!(parse(""), Ok(None));
+        assert_eq!(parse("    "), Ok(None));
+    }
+
+    #[test]
+    fn text_keeps_spaces_after_the_one_separator() {
+        let r = parse("msg Bob  hi  there ").unwrap().unwrap();
+        assert_eq!(
+            r.command,
+            Command::Msg {
+                to: Name::parse("Bob").unwrap(),
+                text: " hi  there ".into()
+            }
+        );
+        let r = parse("  @a.1   ALL x").unwrap().unwrap();
+        assert_eq!(r.label.as_deref(), Some("a.1"));
+        assert_eq!(r.command, Command::All { text: "x".into() });
+    }
+
+    #[test]
+    fn each_refusal_has_its_code() {
+        assert_eq!(code("@ MSG a b"), Code::BAD_LABEL);
+        assert_eq!(code("@x"), Code::UNKNOWN_COMMAND);
+        assert_eq!(code("DANCE"), Code::UNKNOWN_COMMAND);
+        assert_eq!(code("MSG bob"), Code::MISSING_ARGUMENT);
+        assert_eq!(code("MSG 1bob"), Code::MISSING_ARGUMENT);
+        assert_eq!(code("MSG 1bob hi"), Code::BAD_NAME);
+        assert_eq!(code("MSG bob  "), Code::MISSING_ARGUMENT);
+        assert_eq!(code("MSG bob \t"), Code::BAD_TEXT);
+        assert_eq!(code("HISTORY bob AFTER 1 more"), Code::BAD_ARGUMENT);
+        assert_eq!(code("HISTORY bob 10 20"), Code::BAD_ARGUMENT);
+        assert_eq!(code("MSG bob \x07"), Code::BAD_TEXT);
+        assert_eq!(
+            code(&format!("MSG bob {}", "x".repeat(2049))),
+            Code::TEXT_TOO_LONG
+        );
+        assert_eq!(code("REGISTER a"), Code::MISSING_ARGUMENT);
+        assert_eq!(code("REGISTER a b c"), Code::TOO_MANY_ARGUMENTS);
+        assert_eq!(code("REGISTER 9a password1"), Code::BAD_NAME);
+        assert_eq!(code("REGISTER a short"), Code::BAD_PASSWORD);
+        assert_eq!(code("LOGOUT now"), Code::TOO_MANY_ARGUMENTS);
+        assert_eq!(
+            code(&format!("PING {}", "t".repeat(65))),
+            Code::BAD_ARGUMENT
+        );
+        assert_eq!(code("GROUP a,,b hi"), Code::BAD_NAME);
+        assert_eq!(code("GROUP a,B,b hi"), Code::DUPLICATE_NAME);
+        let many: Vec<String> = (0..51).map(|i| format!("u{i}")).collect();
+        assert_eq!(
+            code(&format!("GROUP {} hi", many.join(","))),
+            Code::TOO_MANY_RECIPIENTS
+        );
+        assert_eq!(code("HISTORY"), Code::MISSING_ARGUMENT);
+        assert_eq!(code("HISTORY bob 0"), Code::BAD_COUNT);
+        assert_eq!(code("HISTORY bob -3"), Code::BAD_COUNT);
+        assert_eq!(code("HISTORY bob ten"), Code::BAD_COUNT);
+        assert_eq!(code("HISTORY bob 501"), Code::BAD_COUNT);
+        assert_eq!(code("HISTORY bob 5 SINCE 3"), Code::BAD_ARGUMENT);
+        assert_eq!(code("HISTORY bob BEFORE"), Code::BAD_ARGUMENT);
+        assert_eq!(code("HISTORY bob BEFORE x1"), Code::BAD_ID);
+        assert_eq!(
+            code("HISTORY bob BEFORE 99999999999999999999"),
+            Code::BAD_ID
+        );
+        assert_eq!(code("HISTORY bob 5 AFTER 1 more"), Code::TOO_MANY_ARGUMENTS);
+        assert_eq!(code("FRIEND"), Code::MISSING_ARGUMENT);
+        assert_eq!(code("FRIEND HUG bob"), Code::UNKNOWN_SUBCOMMAND);
+        assert_eq!(code("FRIEND ADD"), Code::MISSING_ARGUMENT);
+        assert_eq!(code("FRIEND LIST x"), Code::TOO_MANY_ARGUMENTS);
+        assert_eq!(code("FRIEND add 1x"), Code::BAD_NAME);
+    }
+
+    #[test]
+    fn history_forms() {
+        let h = |l: &str| match parse(l).unwrap().unwrap().command {
+            Command::History {
+                with,
+                count,
+                cursor,
+            } => (with, count, cursor),
+            c => panic!("{c:?}"),
+        };
+        assert_eq!(
+            h("HISTORY *"),
+            (HistoryTarget::Broadcast, None, Page::Latest)
+        );
+        assert_eq!(h("history bob 5").1, Some(5));
+        assert_eq!(h("history bob before 9").2, Page::Before(9));
+        assert_eq!(h("history bob 500 AFTER 0").2, Page::After(0));
+    }
+
+    #[test]
+    fn encode_then_parse_is_identity() {
+        let lines = [
+            "REGISTER Alice password1",
+            "@l LOGIN whatever x",
+            "LOGOUT",
+            "QUIT",
+            "QUIT ",
+            "QUIT  gone  fishing",
+            "HELP",
+            "HELP msg",
+            "PING",
+            "PING tok",
+            "MSG bob  two spaces",
+            "GROUP a,b,C hello",
+            "ALL \thi",
+            "USERS",
+            "HISTORY * 3 BEFORE 10",
+            "HISTORY bob AFTER 0",
+            "FRIEND LIST",
+            "FRIEND REMOVE x",
+        ];
+        for l in lines {
+            let r = parse(l).unwrap().unwrap();
+            assert_eq!(parse(&r.encode()).unwrap().unwrap(), r, "{l}");
+        }
+    }
+}

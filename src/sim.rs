@@ -1,0 +1,225 @@
+//! A deterministic driver of the core without sockets, for tests, snapshot transcripts and fuzzers.
+//!
+//! Clients are named; their lines go straight to the core, store jobs run on an in-memory store (or
+//! any [`Store`]) in batches, password hashes run inline with a cheap cost, and the clock only moves
+//! when told to. Everything a client was sent is collected from its outbox.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::auth::{HashOutcome, Hasher};
+use crate::config::{MAX_INFLIGHT_PER_CONNECTION, MAX_LINE_BYTES, OUTBOX_LIMIT_BYTES};
+use crate::core::{ConnId, Core, Event, Input, Job, Settings};
+use crate::outbox::Outbox;
+use crate::proto::line::{Frame, LineDecoder};
+use crate::store::memory::MemoryStore;
+use crate::store::{Snapshot, Store, StoreReply};
+
+/// Start of the simulated clock: 2026-01-01T00:00:00.000Z.
+pub const EPOCH_MS: i64 = 1_767_225_600_000;
+
+struct Client {
+    conn: ConnId,
+    outbox: Outbox,
+    decoder: LineDecoder,
+}
+
+/// The simulated server. See the module documentation.
+pub struct Sim {
+    core: Core,
+    store: Box<dyn Store>,
+    hasher: Hasher,
+    clients: BTreeMap<String, Client>,
+    next_conn: ConnId,
+    now: i64,
+    jobs: Vec<Job>,
+}
+
+impl Default for Sim {
+    fn default() -> Self {
+        Sim::new()
+    }
+}
+
+impl Sim {
+    /// A server with an empty in-memory store.
+    pub fn new() -> Sim {
+        let (store, snapshot) = MemoryStore::new();
+        Sim::with_store(Box::new(store), snapshot)
+    }
+
+    /// A server on `store`, whose contents `snapshot` describes.
+    pub fn with_store(store: Box<dyn Store>, snapshot: Snapshot) -> Sim {
+        let hasher = Hasher::new(4, 8, 1).expect("cheap scrypt parameters are valid");
+        let settings = Settings {
+            hash_queue: 64,
+            dummy_phc: Arc::from(hasher.dummy_phc()),
+            version: "0.0.0-sim",
+        };
+        Sim {
+            core: Core::new(snapshot, settings),
+            store,
+            hasher,
+            clients: BTreeMap::new(),
+            next_conn: 1,
+            now: EPOCH_MS,
+            jobs: Vec::new(),
+        }
+    }
+
+    /// The core, for inspection.
+    pub fn core(&self) -> &Core {
+        &self.core
+    }
+
+    /// Moves the clock forward.
+    pub fn advance(&mut self, ms: i64) {
+        self.now += ms;
+    }
+
+    /// Opens a connection named `client` (a name reused after a disconnect opens a new one).
+    pub fn connect(&mut self, client: &str) {
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        let outbox = Outbox::new(OUTBOX_LIMIT_BYTES, MAX_INFLIGHT_PER_CONNECTION);
+        self.clients.insert(
+            client.to_owned(),
+            Client {
+                conn,
+                outbox: outbox.clone(),
+                decoder: LineDecoder::new(MAX_LINE_BYTES),
+            },
+        );
+        self.event(Event::Connected {
+            conn,
+            outbox,
+            peer: format!("sim:{client}"),
+        });
+    }
+
+    /// Sends one line (an LF is added) and runs the server until it is idle.
+    pub fn send(&mut self, client: &str, line: &str) {
+        let mut bytes = line.as_bytes().to_vec();
+        bytes.push(b'\n');
+        self.send_bytes(client, &bytes);
+    }
+
+    /// Sends raw bytes through the line framing, and runs the server until it is idle.
+    pub fn send_bytes(&mut self, client: &str, bytes: &[u8]) {
+        let Some(c) = self.clients.get_mut(client) else {
+            return;
+        };
+        let conn = c.conn;
+        let mut inputs = Vec::new();
+        c.decoder.feed(bytes, |f| {
+            inputs.push(match f {
+                Frame::Line(l) => Input::Line(l.to_vec()),
+                Frame::TooLong => Input::TooLong,
+            })
+        });
+        for input in inputs {
+            self.event(Event::Input { conn, input });
+        }
+        self.settle();
+    }
+
+    /// Closes the client's connection, as an abrupt disconnect.
+    pub fn disconnect(&mut self, client: &str) {
+        if let Some(c) = self.clients.remove(client) {
+            self.event(Event::Disconnected { conn: c.conn });
+            self.settle();
+        }
+    }
+
+    /// Tells the server to stop.
+    pub fn shutdown(&mut self) {
+        self.event(Event::Shutdown);
+        self.settle();
+    }
+
+    /// Everything sent to `client` since the last call.
+    pub fn output(&mut self, client: &str) -> String {
+        self.clients
+            .get(client)
+            .map(|c| c.outbox.drain_text())
+            .unwrap_or_default()
+    }
+
+    /// True when the server closed the client's connection.
+    pub fn is_closed(&self, client: &str) -> bool {
+        self.clients
+            .get(client)
+            .is_none_or(|c| c.outbox.is_closed())
+    }
+
+    /// Names of the connected clients.
+    pub fn clients(&self) -> Vec<String> {
+        self.clients.keys().cloned().collect()
+    }
+
+    fn event(&mut self, event: Event) {
+        self.core.handle(self.now, event, &mut self.jobs);
+    }
+
+    /// Runs store and hash jobs until none is left. Store jobs queued together commit together.
+    pub fn settle(&mut self) {
+        while !self.jobs.is_empty() {
+            let jobs = std::mem::take(&mut self.jobs);
+            let mut batch = Vec::new();
+            let mut hashes = Vec::new();
+            for j in jobs {
+                match j {
+                    Job::Store(s) => batch.push(s),
+                    Job::Hash(t, h) => hashes.push((t, h)),
+                }
+            }
+            if !batch.is_empty() {
+                let ops: Vec<_> = batch.iter().map(|j| j.op.clone()).collect();
+                let result = self.store.execute(&ops).map(|replies: Vec<StoreReply>| {
+                    batch
+                        .iter()
+                        .map(|j| j.ticket)
+                        .zip(replies)
+                        .collect::<Vec<_>>()
+                });
+                self.event(Event::Stored(result));
+            }
+            for (ticket, job) in hashes {
+                let outcome: HashOutcome = self.hasher.run(&job);
+                self.event(Event::Hashed { ticket, outcome });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Sim;
+
+    #[test]
+    fn register_login_and_chat() {
+        let mut s = Sim::new();
+        s.connect("a");
+        s.connect("b");
+        assert!(s.output("a").starts_with("HELLO chatd"));
+        s.output("b");
+        s.send("a", "REGISTER alice password1");
+        s.send("b", "REGISTER Bob password2");
+        s.send("b", "@1 LOGIN bob password2");
+        assert_eq!(
+            s.output("b"),
+            "OK REGISTER Bob\nOK @1 LOGIN Bob\nBACKLOG-END 0\n"
+        );
+        s.send("a", "LOGIN alice wrongpass");
+        s.send("a", "LOGIN alice password1");
+        s.send("a", "MSG bob  hi there");
+        assert_eq!(
+            s.output("a"),
+            "OK REGISTER alice\nFAIL LOGIN BAD_CREDENTIALS wrong name or password\nOK LOGIN alice\nBACKLOG-END 0\nOK MSG 1 DELIVERED\n"
+        );
+        assert_eq!(
+            s.output("b"),
+            "MESSAGE 1 2026-01-01T00:00:00.000Z alice Bob  hi there\n"
+        );
+    }
+}

@@ -1,0 +1,433 @@
+//! The meaning of each store op, checked on both stores (memory and redb) with the same calls.
+//! The redb store's snapshots are read by reopening the file, so these are reopen tests too.
+
+mod store_support;
+
+use chatd::store::{
+    Conversation, Cursor, FriendState, HistoryPage, Snapshot, StoreOp, StoreReply, To,
+};
+use store_support::*;
+
+#[test]
+fn accounts_are_listed_by_key_with_their_registered_name() {
+    for mut s in Subject::each() {
+        let replies = s.exec(&[
+            StoreOp::CreateAccount(account("bob", 2)),
+            StoreOp::CreateAccount(account("Alice", 1)),
+            StoreOp::CreateAccount(account("CAROL", 3)),
+        ]);
+        assert_eq!(replies, vec![StoreReply::Done; 3]);
+        let snap = s.snapshot();
+        assert_eq!(
+            snap.accounts,
+            vec![account("Alice", 1), account("bob", 2), account("CAROL", 3)],
+            "{}",
+            s.name()
+        );
+        assert_eq!(snap.next_id, 1);
+        assert!(snap.friendships.is_empty() && snap.pending_counts.is_empty());
+    }
+}
+
+#[test]
+fn direct_messages_form_one_conversation_whatever_the_order_or_case() {
+    for mut s in Subject::each() {
+        s.exec(&[
+            append(msg(1, "Alice", user("bob"), "hi"), &[]),
+            append(msg(2, "bob", user("ALICE"), "hello"), &[]),
+            append(msg(3, "Alice", user("carol"), "other"), &[]),
+        ]);
+        let ab = s.history(&pair("bob", "alice"), 10, Cursor::Latest);
+        assert_eq!(ids(&ab.messages), vec![1, 2], "{}", s.name());
+        assert_eq!(ab, s.history(&pair("alice", "bob"), 10, Cursor::Latest));
+        assert_eq!(ab.messages[0], msg(1, "Alice", user("bob"), "hi"));
+        assert_eq!(
+            ids(&s
+                .history(&pair("carol", "alice"), 10, Cursor::Latest)
+                .messages),
+            vec![3]
+        );
+        assert!(s
+            .history(&pair("bob", "carol"), 10, Cursor::Latest)
+            .messages
+            .is_empty());
+        assert_eq!(s.snapshot().next_id, 4);
+    }
+}
+
+#[test]
+fn a_group_message_is_in_each_sender_recipient_conversation_once() {
+    for mut s in Subject::each() {
+        let m = msg(
+            7,
+            "alice",
+            group(&["Bob", "carol", "BOB", "alice"]),
+            "to all of you",
+        );
+        s.exec1(append(m.clone(), &[]));
+        for other in ["bob", "carol", "alice"] {
+            let page = s.history(&pair("alice", other), 10, Cursor::Latest);
+            assert_eq!(page.messages, vec![m.clone()], "{} alice/{other}", s.name());
+        }
+        // Recipients among themselves do not share it.
+        assert!(s
+            .history(&pair("bob", "carol"), 10, Cursor::Latest)
+            .messages
+            .is_empty());
+        assert!(s
+            .history(&Conversation::Broadcast, 10, Cursor::Latest)
+            .messages
+            .is_empty());
+    }
+}
+
+#[test]
+fn broadcasts_are_only_in_the_broadcast_conversation() {
+    for mut s in Subject::each() {
+        s.exec(&[
+            append(msg(1, "alice", To::All, "hey all"), &[]),
+            append(msg(2, "alice", user("alice"), "note"), &[]),
+        ]);
+        assert_eq!(
+            ids(&s
+                .history(&Conversation::Broadcast, 10, Cursor::Latest)
+                .messages),
+            vec![1]
+        );
+        // A message to oneself is the conversation of the account with itself.
+        assert_eq!(
+            ids(&s
+                .history(&pair("alice", "alice"), 10, Cursor::Latest)
+                .messages),
+            vec![2],
+            "{}",
+            s.name()
+        );
+    }
+}
+
+#[test]
+fn backlog_is_taken_once_in_id_order() {
+    for mut s in Subject::each() {
+        s.exec(&[
+            append(msg(1, "alice", user("bob"), "one"), &[]),
+            append(
+                msg(2, "alice", group(&["bob", "carol"]), "two"),
+                &["bob", "carol"],
+            ),
+            append(msg(3, "carol", user("bob"), "three"), &["bob"]),
+            StoreOp::AddPending {
+                user: "bob".into(),
+                id: 1,
+            },
+        ]);
+        let snap = s.snapshot();
+        assert_eq!(
+            snap.pending_counts,
+            vec![("bob".to_owned(), 3), ("carol".to_owned(), 1)],
+            "{}",
+            s.name()
+        );
+        assert_eq!(ids(&s.backlog("bob")), vec![1, 2, 3]);
+        assert!(s.backlog("bob").is_empty());
+        assert_eq!(s.snapshot().pending_counts, vec![("carol".to_owned(), 1)]);
+        assert_eq!(
+            s.backlog("carol"),
+            vec![msg(2, "alice", group(&["bob", "carol"]), "two")]
+        );
+        assert!(s.snapshot().pending_counts.is_empty());
+        // Taking a backlog does not touch the log.
+        assert_eq!(
+            ids(&s
+                .history(&pair("bob", "alice"), 10, Cursor::Latest)
+                .messages),
+            vec![1, 2]
+        );
+    }
+}
+
+#[test]
+fn a_backlog_entry_without_its_message_is_dropped() {
+    for mut s in Subject::each() {
+        s.exec(&[
+            append(msg(1, "alice", user("bob"), "one"), &["bob"]),
+            StoreOp::AddPending {
+                user: "bob".into(),
+                id: 99,
+            },
+        ]);
+        assert_eq!(s.snapshot().pending_counts, vec![("bob".to_owned(), 2)]);
+        assert_eq!(ids(&s.backlog("bob")), vec![1], "{}", s.name());
+        assert!(s.snapshot().pending_counts.is_empty());
+    }
+}
+
+#[test]
+fn friendship_edges_are_stored_both_ways_and_removed_together() {
+    for mut s in Subject::each() {
+        let set = |a: &str, b: &str, state| StoreOp::SetFriendship {
+            a: a.into(),
+            b: b.into(),
+            state,
+        };
+        s.exec(&[
+            set("alice", "bob", Some(FriendState::Outgoing)),
+            set("carol", "alice", Some(FriendState::Friends)),
+        ]);
+        let edge = |a: &str, b: &str, st| (a.to_owned(), b.to_owned(), st);
+        assert_eq!(
+            s.snapshot().friendships,
+            vec![
+                edge("alice", "bob", FriendState::Outgoing),
+                edge("alice", "carol", FriendState::Friends),
+                edge("bob", "alice", FriendState::Incoming),
+                edge("carol", "alice", FriendState::Friends),
+            ],
+            "{}",
+            s.name()
+        );
+        s.exec(&[
+            set("bob", "alice", Some(FriendState::Friends)),
+            set("alice", "carol", None),
+        ]);
+        assert_eq!(
+            s.snapshot().friendships,
+            vec![
+                edge("alice", "bob", FriendState::Friends),
+                edge("bob", "alice", FriendState::Friends)
+            ]
+        );
+        // Removing an edge that does not exist is not an error.
+        assert_eq!(s.exec1(set("dave", "erin", None)), StoreReply::Done);
+    }
+}
+
+#[test]
+fn ops_of_a_batch_see_the_ops_before_them() {
+    for mut s in Subject::each() {
+        let replies = s.exec(&[
+            StoreOp::History {
+                conv: pair("a", "b"),
+                count: 5,
+                cursor: Cursor::Latest,
+            },
+            append(msg(1, "a", user("b"), "x"), &["b"]),
+            StoreOp::History {
+                conv: pair("a", "b"),
+                count: 5,
+                cursor: Cursor::Latest,
+            },
+            StoreOp::TakeBacklog { user: "b".into() },
+            StoreOp::TakeBacklog { user: "b".into() },
+        ]);
+        let m = msg(1, "a", user("b"), "x");
+        assert_eq!(
+            replies,
+            vec![
+                StoreReply::History(HistoryPage::default()),
+                StoreReply::Done,
+                StoreReply::History(HistoryPage {
+                    messages: vec![m.clone()],
+                    older: None,
+                    newer: None
+                }),
+                StoreReply::Backlog(vec![m]),
+                StoreReply::Backlog(vec![]),
+            ],
+            "{}",
+            s.name()
+        );
+    }
+}
+
+/// The conversation alice/bob holds ids 2, 4, 6, 8, 10; the odd ids belong to other conversations.
+fn even_conversation(s: &mut Subject) {
+    let mut ops = Vec::new();
+    for id in 1..=11 {
+        let m = if id % 2 == 0 {
+            msg(id, "alice", user("bob"), "even")
+        } else {
+            msg(id, "carol", user("bob"), "odd")
+        };
+        ops.push(append(m, &[]));
+    }
+    s.exec(&ops);
+}
+
+type PageCase = (Cursor, u32, &'static [u64], Option<u64>, Option<u64>);
+
+#[test]
+fn history_pages_and_their_continuation_cursors() {
+    let ab = pair("alice", "bob");
+    // (cursor, count, ids shown, older, newer)
+    let cases: &[PageCase] = &[
+        (Cursor::Latest, 2, &[8, 10], Some(8), None),
+        (Cursor::Latest, 5, &[2, 4, 6, 8, 10], None, None),
+        (Cursor::Latest, 500, &[2, 4, 6, 8, 10], None, None),
+        (Cursor::Before(8), 2, &[4, 6], Some(4), Some(6)),
+        (Cursor::Before(7), 1, &[6], Some(6), Some(6)),
+        (Cursor::Before(3), 2, &[2], None, Some(2)),
+        (Cursor::Before(u64::MAX), 2, &[8, 10], Some(8), None),
+        (Cursor::After(0), 2, &[2, 4], None, Some(4)),
+        (Cursor::After(4), 2, &[6, 8], Some(6), Some(8)),
+        (Cursor::After(9), 5, &[10], Some(10), None),
+        // Empty pages: the direction that has messages keeps the asked-for position.
+        (Cursor::Before(2), 5, &[], None, Some(1)),
+        (Cursor::Before(1), 5, &[], None, Some(0)),
+        // Before(0) cannot point one below itself; After(0) shows everything.
+        (Cursor::Before(0), 5, &[], None, Some(0)),
+        (Cursor::After(10), 5, &[], Some(11), None),
+        (Cursor::After(500), 5, &[], Some(501), None),
+        // After(MAX) cannot point one above itself; Before(MAX) shows everything.
+        (Cursor::After(u64::MAX), 5, &[], Some(u64::MAX), None),
+    ];
+    for mut s in Subject::each() {
+        even_conversation(&mut s);
+        for &(cursor, count, want, older, newer) in cases {
+            let page = s.history(&ab, count, cursor);
+            assert_eq!(
+                (ids(&page.messages).as_slice(), page.older, page.newer),
+                (want, older, newer),
+                "{} {cursor:?} count {count}",
+                s.name()
+            );
+        }
+        for cursor in [
+            Cursor::Latest,
+            Cursor::Before(5),
+            Cursor::After(5),
+            Cursor::Before(0),
+            Cursor::After(u64::MAX),
+        ] {
+            assert_eq!(
+                s.history(&pair("alice", "nobody"), 3, cursor),
+                HistoryPage::default(),
+                "{cursor:?}"
+            );
+        }
+    }
+}
+
+/// Walk a conversation of 250 messages (interleaved with others) page by page in both directions:
+/// every message is seen exactly once, in order, whatever the page size.
+#[test]
+fn paging_through_250_messages_has_no_gap_or_duplicate() {
+    for mut s in Subject::each() {
+        let mut ops = Vec::new();
+        let mut expected = Vec::new();
+        for id in 1..=700u64 {
+            if id % 2 == 1 || id % 7 == 0 {
+                ops.push(append(msg(id, "x", user("y"), "noise"), &[]));
+            } else if expected.len() < 250 {
+                expected.push(id);
+                let m = if id % 3 == 0 {
+                    msg(id, "Bob", user("alice"), "b")
+                } else {
+                    msg(id, "alice", user("BOB"), "a")
+                };
+                ops.push(append(m, &[]));
+            }
+        }
+        assert_eq!(expected.len(), 250);
+        s.exec(&ops);
+        let conv = pair("bob", "alice");
+        for count in [1, 7, 50, 249, 250, 500] {
+            // Backward from the latest page.
+            let mut seen = Vec::new();
+            let mut page = s.history(&conv, count, Cursor::Latest);
+            assert_eq!(page.newer, None);
+            loop {
+                let mut batch = ids(&page.messages);
+                batch.extend(seen);
+                seen = batch;
+                match page.older {
+                    Some(c) => page = s.history(&conv, count, Cursor::Before(c)),
+                    None => break,
+                }
+            }
+            assert_eq!(seen, expected, "{} backward by {count}", s.name());
+
+            // Forward from the start, then one step past the end and back.
+            let mut seen = Vec::new();
+            let mut page = s.history(&conv, count, Cursor::After(0));
+            assert_eq!(page.older, None);
+            let last = loop {
+                seen.extend(ids(&page.messages));
+                match page.newer {
+                    Some(c) => page = s.history(&conv, count, Cursor::After(c)),
+                    None => break page,
+                }
+            };
+            assert_eq!(seen, expected, "{} forward by {count}", s.name());
+            let end = *expected.last().unwrap();
+            let past = s.history(&conv, count, Cursor::After(end));
+            assert_eq!(
+                (past.messages.len(), past.older, past.newer),
+                (0, Some(end + 1), None)
+            );
+            let back = s.history(&conv, count, Cursor::Before(end + 1));
+            let tail = &expected[250 - (count as usize).min(250)..];
+            assert_eq!(ids(&back.messages), tail.to_vec());
+            assert!(last.messages.iter().all(|m| back.messages.contains(m)));
+
+            // From an empty page before the first message, the newer cursor leads to the first page.
+            let first = expected[0];
+            let before = s.history(&conv, count, Cursor::Before(first));
+            assert_eq!((before.messages.len(), before.older), (0, None));
+            let resumed = s.history(&conv, count, Cursor::After(before.newer.expect("newer")));
+            assert_eq!(
+                ids(&resumed.messages),
+                expected[..(count as usize).min(250)].to_vec()
+            );
+        }
+    }
+}
+
+#[test]
+fn everything_survives_a_reopen() {
+    let mut mem = Subject::memory();
+    let mut disk = Subject::redb();
+    let ops = vec![
+        StoreOp::CreateAccount(account("Alice", 10)),
+        StoreOp::CreateAccount(account("bob", 11)),
+        StoreOp::SetFriendship {
+            a: "alice".into(),
+            b: "bob".into(),
+            state: Some(FriendState::Outgoing),
+        },
+        append(msg(1, "Alice", user("bob"), "first"), &["bob"]),
+        append(
+            msg(2, "bob", group(&["Alice", "carol"]), "second ünïcödé"),
+            &["carol"],
+        ),
+        append(msg(5, "Alice", To::All, "third"), &[]),
+    ];
+    assert_eq!(mem.exec(&ops), disk.exec(&ops));
+    let snap = disk.snapshot();
+    assert_eq!(snap, mem.snapshot());
+    assert_eq!(
+        snap,
+        Snapshot {
+            accounts: vec![account("Alice", 10), account("bob", 11)],
+            friendships: vec![
+                ("alice".into(), "bob".into(), FriendState::Outgoing),
+                ("bob".into(), "alice".into(), FriendState::Incoming),
+            ],
+            pending_counts: vec![("bob".into(), 1), ("carol".into(), 1)],
+            next_id: 6,
+        }
+    );
+    // The snapshot came from a reopened file; its history and backlogs are intact too.
+    for conv in [
+        pair("alice", "bob"),
+        pair("bob", "carol"),
+        Conversation::Broadcast,
+    ] {
+        assert_eq!(
+            disk.history(&conv, 10, Cursor::Latest),
+            mem.history(&conv, 10, Cursor::Latest)
+        );
+    }
+    assert_eq!(disk.backlog("carol"), mem.backlog("carol"));
+    assert_eq!(disk.snapshot(), mem.snapshot());
+}

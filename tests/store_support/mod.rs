@@ -1,0 +1,142 @@
+//! Shared by the store tests: one harness that drives either store through the same calls, and
+//! record builders.
+#![allow(dead_code)] // each test file uses its own part of the harness
+
+use chatd::store::memory::MemoryStore;
+use chatd::store::redb::RedbStore;
+use chatd::store::{
+    AccountRecord, Conversation, Cursor, HistoryPage, MessageRecord, MsgId, Snapshot, Store,
+    StoreOp, StoreReply, To,
+};
+use tempfile::TempDir;
+
+/// A store under test. The redb variant's snapshot is read by closing and reopening the file, so
+/// every snapshot comparison is also a reopen test.
+pub enum Subject {
+    Memory(MemoryStore),
+    Redb {
+        store: Option<RedbStore>,
+        dir: TempDir,
+    },
+}
+
+impl Subject {
+    pub fn memory() -> Subject {
+        Subject::Memory(MemoryStore::new().0)
+    }
+
+    pub fn redb() -> Subject {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, snap) = RedbStore::open(&dir.path().join("t.redb")).expect("open");
+        assert_eq!(
+            snap,
+            Snapshot {
+                next_id: 1,
+                ..Snapshot::default()
+            }
+        );
+        Subject::Redb {
+            store: Some(store),
+            dir,
+        }
+    }
+
+    /// Both kinds, for tests that must hold for each.
+    pub fn each() -> [Subject; 2] {
+        [Subject::memory(), Subject::redb()]
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Subject::Memory(_) => "memory",
+            Subject::Redb { .. } => "redb",
+        }
+    }
+
+    pub fn exec(&mut self, ops: &[StoreOp]) -> Vec<StoreReply> {
+        let store: &mut dyn Store = match self {
+            Subject::Memory(s) => s,
+            Subject::Redb { store, .. } => store.as_mut().expect("open"),
+        };
+        let replies = store.execute(ops).expect("execute");
+        assert_eq!(replies.len(), ops.len());
+        replies
+    }
+
+    pub fn exec1(&mut self, op: StoreOp) -> StoreReply {
+        self.exec(&[op]).pop().expect("one reply")
+    }
+
+    pub fn snapshot(&mut self) -> Snapshot {
+        match self {
+            Subject::Memory(s) => s.snapshot(),
+            Subject::Redb { store, dir } => {
+                drop(store.take());
+                let (reopened, snap) = RedbStore::open(&dir.path().join("t.redb")).expect("reopen");
+                *store = Some(reopened);
+                snap
+            }
+        }
+    }
+
+    pub fn history(&mut self, conv: &Conversation, count: u32, cursor: Cursor) -> HistoryPage {
+        match self.exec1(StoreOp::History {
+            conv: conv.clone(),
+            count,
+            cursor,
+        }) {
+            StoreReply::History(page) => page,
+            other => panic!("History answered {other:?}"),
+        }
+    }
+
+    pub fn backlog(&mut self, user: &str) -> Vec<MessageRecord> {
+        match self.exec1(StoreOp::TakeBacklog {
+            user: user.to_owned(),
+        }) {
+            StoreReply::Backlog(msgs) => msgs,
+            other => panic!("TakeBacklog answered {other:?}"),
+        }
+    }
+}
+
+pub fn account(name: &str, created_ms: i64) -> AccountRecord {
+    AccountRecord {
+        name: name.to_owned(),
+        phc: format!("$scrypt$ln=4,r=8,p=1${name}$hash"),
+        created_ms,
+    }
+}
+
+pub fn msg(id: MsgId, from: &str, to: To, text: &str) -> MessageRecord {
+    MessageRecord {
+        id,
+        time_ms: 1_700_000_000_000 + id as i64,
+        from: from.to_owned(),
+        to,
+        text: text.to_owned(),
+    }
+}
+
+pub fn append(m: MessageRecord, pending_for: &[&str]) -> StoreOp {
+    StoreOp::AppendMessage {
+        msg: m,
+        pending_for: pending_for.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+pub fn user(name: &str) -> To {
+    To::User(name.to_owned())
+}
+
+pub fn group(names: &[&str]) -> To {
+    To::Group(names.iter().map(|s| s.to_string()).collect())
+}
+
+pub fn pair(a: &str, b: &str) -> Conversation {
+    Conversation::Pair(a.to_owned(), b.to_owned())
+}
+
+pub fn ids(msgs: &[MessageRecord]) -> Vec<MsgId> {
+    msgs.iter().map(|m| m.id).collect()
+}

@@ -32,6 +32,19 @@ use crate::template::{Mode, Template};
 pub enum Requirement {
     /// The server's connection limit must be given (`--max-connections`).
     MaxConnections,
+    /// The server must hash slowly with at most three hashes running or waiting
+    /// (`--busy-hashing`), so that a burst of logins finds the hash queue full.
+    BusyHashing,
+}
+
+impl Requirement {
+    /// The name a case file uses after `requires`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Requirement::MaxConnections => "max-connections",
+            Requirement::BusyHashing => "busy-hashing",
+        }
+    }
 }
 
 /// One step of a case.
@@ -60,6 +73,8 @@ pub enum StepKind {
     },
     /// Lines matching this may come before the client's next `<` expectation.
     Skip { client: String, pat: Template },
+    /// After a sync of each client, a line collected on any one of them matches.
+    ExpectAny { clients: Vec<String>, pat: Template },
     /// After a sync, no collected line matches.
     ExpectAbsent { client: String, pat: Template },
     /// After a sync, no line was collected at all.
@@ -214,9 +229,10 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Vec<Case>, ParseError> {
         if let Some(req) = line.strip_prefix("requires ") {
             match req.trim() {
                 "max-connections" => b.case.requires.push(Requirement::MaxConnections),
+                "busy-hashing" => b.case.requires.push(Requirement::BusyHashing),
                 other => {
                     return Err(err(format!(
-                        "unknown requirement {other:?} (known: max-connections)"
+                        "unknown requirement {other:?} (known: max-connections, busy-hashing)"
                     )))
                 }
             }
@@ -297,6 +313,27 @@ fn parse_step(line: &str, b: &mut CaseBuilder) -> Result<StepKind, String> {
                 return Err("`sync` with no open client".into());
             }
             return Ok(StepKind::Sync { clients });
+        }
+        "any" => {
+            let Some((list, pat)) = line["any".len()..].split_once('<') else {
+                return Err("`any` is written `any a,b,c< PATTERN`".into());
+            };
+            let clients: Vec<String> = list
+                .trim()
+                .split(',')
+                .map(|c| c.trim().to_string())
+                .collect();
+            for c in &clients {
+                check_open(b, c)?;
+                check_no_skip(b, c)?;
+            }
+            let Some(pat) = pat.strip_prefix(' ').filter(|p| !p.is_empty()) else {
+                return Err(format!("an expectation needs a pattern in {line:?}"));
+            };
+            return Ok(StepKind::ExpectAny {
+                clients,
+                pat: template(pat, Mode::Pattern)?,
+            });
         }
         "saturate" => {
             let [_, c] = words[..] else {
@@ -513,6 +550,7 @@ mod tests {
              a< OK PING\n\
              b<? MESSAGE <text>\n\
              b<! MESSAGE <text>\n\
+             any a,b< OK <text>\n\
              sync\n\
              b quiet\n\
              a closes\n\
@@ -526,7 +564,7 @@ mod tests {
             ("4.7", "two connections")
         );
         assert_eq!(c.quotes, ["\"each receives the account's messages.\""]);
-        assert_eq!(c.steps.len(), 14);
+        assert_eq!(c.steps.len(), 15);
         assert!(matches!(
             &c.steps[2].kind,
             StepKind::Send {
@@ -543,7 +581,10 @@ mod tests {
             &c.steps[5].kind,
             StepKind::Expect { count: 3, .. }
         ));
-        assert!(matches!(&c.steps[10].kind, StepKind::Sync { clients } if clients == &["a", "b"]));
+        assert!(
+            matches!(&c.steps[10].kind, StepKind::ExpectAny { clients, .. } if clients == &["a", "b"])
+        );
+        assert!(matches!(&c.steps[11].kind, StepKind::Sync { clients } if clients == &["a", "b"]));
         assert_eq!(c.steps[0].line, 4);
     }
 

@@ -58,7 +58,9 @@ pub fn of(cases: &[Case]) -> Coverage {
                 cov.sent
                     .extend(["REGISTER".to_string(), "LOGIN".to_string()]);
             }
-            StepKind::Expect { pat, .. } | StepKind::ExpectSomewhere { pat, .. } => {
+            StepKind::Expect { pat, .. }
+            | StepKind::ExpectSomewhere { pat, .. }
+            | StepKind::ExpectAny { pat, .. } => {
                 let words = pat.literal_words();
                 match words.first().map(String::as_str) {
                     Some("OK") => cov.ok.extend(command_of(skip_label(&words[1..]))),
@@ -117,42 +119,59 @@ pub fn read_exemptions(path: &Path) -> Result<Vec<Exemption>, String> {
     Ok(out)
 }
 
-/// The reply codes of `spec/replies.tsv`: the first column of every line that is not blank, a
-/// comment or the header row.
-pub fn spec_codes(tsv: &str) -> Vec<String> {
-    tsv.lines()
-        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
-        .filter_map(|l| l.split('\t').next())
-        .map(str::trim)
-        .filter(|c| !c.eq_ignore_ascii_case("code"))
-        .map(str::to_string)
-        .collect()
+/// Whether a reply code is sent in a `FAIL` line or a `BYE` line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeKind {
+    /// `FAIL [@label] <COMMAND> <CODE> ...`
+    Fail,
+    /// `BYE <CODE> ...`
+    Bye,
 }
 
-/// The commands of `spec/PROTOCOL.md`: the headings of its command sections, `### 7.3 MSG`-like
-/// (a section number, then the command name in upper case, optionally in backticks).
+/// The reply codes of `spec/replies.tsv` (columns `code`, `kind`, `commands`, `meaning`): every line
+/// that is not blank, a comment or the header row.
+pub fn spec_codes(tsv: &str) -> Result<Vec<(String, CodeKind)>, String> {
+    let mut out = Vec::new();
+    for (i, line) in tsv.lines().enumerate() {
+        if line.trim().is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let cols: Vec<&str> = line.split('\t').collect();
+        match cols[..] {
+            ["code", ..] => {}
+            [code, "FAIL", ..] => out.push((code.to_string(), CodeKind::Fail)),
+            [code, "BYE", ..] => out.push((code.to_string(), CodeKind::Bye)),
+            _ => {
+                return Err(format!(
+                    "replies.tsv line {}: expected CODE<TAB>FAIL|BYE<TAB>...",
+                    i + 1
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The commands of `spec/PROTOCOL.md`: the headings of section 4, one per command (`## 4.7 MSG`)
+/// and one per FRIEND subcommand (`### 4.12.1 FRIEND ADD`).
 pub fn spec_commands(md: &str) -> Vec<String> {
     let mut out = Vec::new();
     for line in md.lines() {
-        let Some(rest) = line.strip_prefix("###") else {
+        let Some(heading) = line.strip_prefix("##") else {
             continue;
         };
-        let mut words = rest.trim_start_matches('#').split_whitespace();
-        let Some(first) = words.next() else { continue };
-        let looks_numbered = first
-            .trim_end_matches('.')
-            .split('.')
-            .all(|p| p.chars().all(|c| c.is_ascii_digit()));
-        let name = if looks_numbered {
-            words.next()
-        } else {
-            Some(first)
-        };
-        let Some(name) = name.map(|n| n.trim_matches('`')) else {
+        let mut words = heading.trim_start_matches('#').split_whitespace();
+        let Some(number) = words.next() else { continue };
+        if !number.starts_with("4.") {
             continue;
-        };
-        if !name.is_empty() && name.chars().all(|c| c.is_ascii_uppercase()) {
-            out.push(name.to_string());
+        }
+        let name: Vec<&str> = words.collect();
+        if !name.is_empty()
+            && name
+                .iter()
+                .all(|w| w.chars().all(|c| c.is_ascii_uppercase()))
+        {
+            out.push(name.join(" "));
         }
     }
     out
@@ -206,30 +225,37 @@ mod tests {
 
     #[test]
     fn every_reply_code_and_command_has_a_case() {
-        let codes = spec_codes(&spec_file("replies.tsv"));
+        let codes = spec_codes(&spec_file("replies.tsv")).expect("spec/replies.tsv parses");
         let commands = spec_commands(&spec_file("PROTOCOL.md"));
-        assert!(!codes.is_empty(), "spec/replies.tsv lists no reply code");
         assert!(
-            !commands.is_empty(),
-            "spec/PROTOCOL.md has no command section"
+            codes.len() > 20,
+            "spec/replies.tsv lists only {} codes",
+            codes.len()
+        );
+        assert!(
+            commands.len() >= 12,
+            "spec/PROTOCOL.md section 4 names only {commands:?}"
         );
         let exempt = read_exemptions(&Path::new(env!("CARGO_MANIFEST_DIR")).join("exempt.tsv"))
             .expect("the exemption list reads");
         let cov = of(&crate::bundled_cases().expect("the bundled cases parse"));
         let mut missing = Vec::new();
-        for code in &codes {
-            let covered = cov.fail_codes.contains(code) || cov.bye_codes.contains(code);
+        for (code, kind) in &codes {
+            let covered = match kind {
+                CodeKind::Fail => cov.fail_codes.contains(code),
+                CodeKind::Bye => cov.bye_codes.contains(code),
+            };
             let exempted = exempt.iter().any(|e| &e.code == code);
             if covered && exempted {
                 missing.push(format!(
                     "{code} is exempted in exempt.tsv but a case covers it: drop the exemption"
                 ));
             } else if !covered && !exempted {
-                missing.push(format!("reply code {code} has no case"));
+                missing.push(format!("reply code {code} ({kind:?}) has no case"));
             }
         }
         for e in &exempt {
-            if !codes.contains(&e.code) {
+            if !codes.iter().any(|(c, _)| c == &e.code) {
                 missing.push(format!(
                     "exempt.tsv names {}, which spec/replies.tsv does not have",
                     e.code
@@ -252,10 +278,74 @@ mod tests {
     }
 
     #[test]
+    fn every_case_names_a_section_of_the_spec() {
+        let md = spec_file("PROTOCOL.md");
+        let sections: BTreeSet<String> = md
+            .lines()
+            .filter(|l| l.starts_with('#'))
+            .filter_map(|l| l.trim_start_matches('#').split_whitespace().next())
+            .map(str::to_string)
+            .collect();
+        let unknown: Vec<String> = crate::bundled_cases()
+            .expect("the bundled cases parse")
+            .iter()
+            .filter(|c| !sections.contains(&c.section))
+            .map(|c| {
+                format!(
+                    "{}:{} names section {}",
+                    c.file.display(),
+                    c.line,
+                    c.section
+                )
+            })
+            .collect();
+        assert!(
+            unknown.is_empty(),
+            "cases name sections the spec lacks:\n  {}",
+            unknown.join("\n  ")
+        );
+    }
+
+    /// Whitespace-normalised text, so that quotes may be joined onto one line.
+    fn squash(s: &str) -> String {
+        s.split_whitespace().collect::<Vec<_>>().join(" ")
+    }
+
+    #[test]
+    fn every_quote_is_in_the_spec() {
+        let spec = squash(&spec_file("PROTOCOL.md"));
+        let mut wrong = Vec::new();
+        for case in crate::bundled_cases().expect("the bundled cases parse") {
+            for quote in &case.quotes {
+                let inner = quote.trim().trim_start_matches('"');
+                let inner = inner.strip_suffix('"').unwrap_or(inner);
+                // ` ... ` joins pieces of one passage; each piece must be verbatim.
+                for piece in inner.split(" ... ") {
+                    if !spec.contains(&squash(piece)) {
+                        wrong.push(format!("{}:{}: {piece:?}", case.file.display(), case.line));
+                    }
+                }
+            }
+        }
+        assert!(
+            wrong.is_empty(),
+            "quotes not found verbatim in spec/PROTOCOL.md:\n  {}",
+            wrong.join("\n  ")
+        );
+    }
+
+    #[test]
     fn reads_spec_tables() {
-        let tsv = "code\tcommands\tmeaning\n# note\nBAD_NAME\tREGISTER MSG\tinvalid name\n\nBYE_X\t-\tx\n";
-        assert_eq!(spec_codes(tsv), ["BAD_NAME", "BYE_X"]);
-        let md = "# chatd\n## 7 Commands\n### 7.1 REGISTER\ntext\n### 7.2 `LOGIN`\n### 7.10. USERS\n### Notes on style\n";
-        assert_eq!(spec_commands(md), ["REGISTER", "LOGIN", "USERS"]);
+        let tsv = "code\tkind\tcommands\tmeaning\n# note\nBAD_NAME\tFAIL\tREGISTER\tinvalid\n\nSHUTDOWN\tBYE\t*\tx\n";
+        assert_eq!(
+            spec_codes(tsv).unwrap(),
+            [
+                ("BAD_NAME".to_string(), CodeKind::Fail),
+                ("SHUTDOWN".to_string(), CodeKind::Bye)
+            ]
+        );
+        assert!(spec_codes("BAD_NAME\tWHAT\tx\n").is_err());
+        let md = "# 4 Commands\n## 4.1 REGISTER\ntext\n## 4.12 FRIEND\n### 4.12.1 FRIEND ADD\n## 5.1 HELLO\n## 4.13 Notes on style\n";
+        assert_eq!(spec_commands(md), ["REGISTER", "FRIEND", "FRIEND ADD"]);
     }
 }

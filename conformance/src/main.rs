@@ -17,6 +17,9 @@ usage: chatd-conformance --addr HOST:PORT [options]
   --junit FILE            also write the results as JUnit XML
   --timeout SECS          how long one expectation waits (default 5)
   --max-connections N     the server's connection limit; enables the SERVER_FULL case
+  --busy-hashing          the server hashes slowly (default scrypt cost) with at most three hashes
+                          running or waiting (e.g. --hash-threads 1 --hash-queue 1); enables the
+                          SERVER_BUSY case
   --cases DIR             case files to run (default: the bundled cases)
   --list                  list the cases and exit
 ";
@@ -67,6 +70,7 @@ fn parse_args() -> Result<Args, String> {
                         .map_err(|_| format!("bad --max-connections {v:?}"))?,
                 );
             }
+            "--busy-hashing" => a.opts.busy_hashing = true,
             "--cases" => a.cases = PathBuf::from(value()?),
             "--list" => a.list = true,
             "-h" | "--help" => return Err(String::new()),

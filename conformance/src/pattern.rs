@@ -7,7 +7,7 @@
 use crate::template::{Matcher, PatTok};
 
 /// Matches `line` against `pat`; on success returns the captures it bound, in pattern order.
-pub fn matches(pat: &[PatTok], line: &[u8]) -> Option<Vec<(String, u64)>> {
+pub fn matches(pat: &[PatTok], line: &[u8]) -> Option<Vec<(String, String)>> {
     let mut binds = Vec::new();
     if match_at(pat, line, &mut binds) {
         Some(binds)
@@ -16,60 +16,77 @@ pub fn matches(pat: &[PatTok], line: &[u8]) -> Option<Vec<(String, u64)>> {
     }
 }
 
-fn match_at(pat: &[PatTok], input: &[u8], binds: &mut Vec<(String, u64)>) -> bool {
+/// The lengths of `input`'s prefixes that `m` accepts, in the order to try them; `last` when
+/// nothing follows in the pattern.
+fn prefixes(m: Matcher, input: &[u8], last: bool) -> Vec<usize> {
+    match m {
+        Matcher::Number | Matcher::Id => {
+            let run = input.iter().take_while(|b| b.is_ascii_digit()).count();
+            // A number ends where its digits end: any other prefix would split it.
+            let ok = run > 0
+                && (run == 1 || input[0] != b'0')
+                && decimal(&input[..run]).is_some_and(|v| m == Matcher::Number || v > 0);
+            if ok {
+                vec![run]
+            } else {
+                vec![]
+            }
+        }
+        Matcher::Time => {
+            if input.len() >= TIME_LEN && is_time(&input[..TIME_LEN]) {
+                vec![TIME_LEN]
+            } else {
+                vec![]
+            }
+        }
+        Matcher::Word => {
+            let run = input.iter().take_while(|&&b| b != b' ').count();
+            (1..=run).rev().collect()
+        }
+        Matcher::Text | Matcher::Any => {
+            let min = usize::from(m == Matcher::Text);
+            if last {
+                // Nothing follows: only the whole rest can match.
+                if input.len() >= min {
+                    vec![input.len()]
+                } else {
+                    vec![]
+                }
+            } else {
+                (min..=input.len()).collect()
+            }
+        }
+    }
+}
+
+fn match_at(pat: &[PatTok], input: &[u8], binds: &mut Vec<(String, String)>) -> bool {
     let Some((tok, rest)) = pat.split_first() else {
         return input.is_empty();
     };
     match tok {
         PatTok::Lit(lit) => input.starts_with(lit) && match_at(rest, &input[lit.len()..], binds),
-        PatTok::Match(Matcher::Time) => {
-            input.len() >= TIME_LEN
-                && is_time(&input[..TIME_LEN])
-                && match_at(rest, &input[TIME_LEN..], binds)
-        }
-        PatTok::Bind(name) if binds.iter().any(|(n, _)| n == name) => {
-            // Bound earlier in this same pattern: it must repeat the same number.
-            let value = binds
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|b| b.1.to_string());
+        PatTok::Bind(name, m) if binds.iter().any(|(n, _)| n == name) => {
+            // Bound earlier in this same pattern: the same value must appear again.
+            let value = binds.iter().find(|(n, _)| n == name).map(|b| b.1.clone());
             let lit = value.expect("checked above").into_bytes();
             input.starts_with(&lit)
-                && !input[lit.len()..].first().is_some_and(u8::is_ascii_digit)
+                && prefixes(*m, input, rest.is_empty()).contains(&lit.len())
                 && match_at(rest, &input[lit.len()..], binds)
         }
-        PatTok::Match(Matcher::Number) | PatTok::Bind(_) => {
-            let run = input.iter().take_while(|b| b.is_ascii_digit()).count();
-            // Longest first: a number is normally followed by a non-digit.
-            for len in (1..=run).rev() {
-                let Some(value) = decimal(&input[..len]) else {
-                    continue;
-                };
-                if let PatTok::Bind(name) = tok {
-                    binds.push((name.clone(), value));
-                }
+        PatTok::Bind(name, m) => {
+            for len in prefixes(*m, input, rest.is_empty()) {
+                let value = String::from_utf8_lossy(&input[..len]).into_owned();
+                binds.push((name.clone(), value));
                 if match_at(rest, &input[len..], binds) {
                     return true;
                 }
-                if let PatTok::Bind(_) = tok {
-                    binds.pop();
-                }
+                binds.pop();
             }
             false
         }
-        PatTok::Match(Matcher::Word) => {
-            let run = input.iter().take_while(|&&b| b != b' ').count();
-            (1..=run)
-                .rev()
-                .any(|len| match_at(rest, &input[len..], binds))
-        }
-        PatTok::Match(m @ (Matcher::Text | Matcher::Any)) => {
-            let min = usize::from(*m == Matcher::Text);
-            if rest.is_empty() {
-                return input.len() >= min;
-            }
-            (min..=input.len()).any(|len| match_at(rest, &input[len..], binds))
-        }
+        PatTok::Match(m) => prefixes(*m, input, rest.is_empty())
+            .into_iter()
+            .any(|len| match_at(rest, &input[len..], binds)),
     }
 }
 
@@ -136,7 +153,13 @@ mod tests {
         assert!(!ok("OK MSG <id> KEPT", "OK MSG  KEPT"));
         assert!(!ok("OK MSG <id> KEPT", "OK MSG -1 KEPT"));
         assert!(!ok("OK MSG <id> KEPT", "OK MSG 4x KEPT"));
-        assert!(ok("<n><n>", "12"));
+        assert!(ok("<n>", "0"));
+        assert!(!ok("<id>", "0"));
+        assert!(
+            !ok("<n>", "007"),
+            "the server writes numbers without leading zeros"
+        );
+        assert!(ok("<n>x<n>", "1x2"));
     }
 
     #[test]
@@ -175,22 +198,40 @@ mod tests {
 
     #[test]
     fn captures_bind_and_compare() {
-        let binds = matches(&pat("OK MSG {id} DELIVERED"), b"OK MSG 17 DELIVERED").unwrap();
-        assert_eq!(binds, vec![("id".to_string(), 17)]);
+        let bind = |p: &str, l: &str| matches(&pat(p), l.as_bytes());
+        let s = |v: &str| v.to_string();
+        assert_eq!(
+            bind("OK MSG {id} DELIVERED", "OK MSG 17 DELIVERED").unwrap(),
+            vec![(s("id"), s("17"))]
+        );
         let mut env = Env::new("run000", 1);
-        env.captures.insert("id".into(), 17);
+        env.captures.insert("id".into(), "17".into());
         let bound = Template::parse("MESSAGE {id} <text>", Mode::Pattern)
             .unwrap()
             .to_pattern(&env)
             .unwrap();
         assert!(matches(&bound, b"MESSAGE 17 x").is_some());
         assert!(matches(&bound, b"MESSAGE 170 x").is_none());
-        // Backtracking releases a binding that did not lead to a match.
-        let binds = matches(&pat("{a}{b}9"), b"1239").unwrap();
-        assert_eq!(binds, vec![("a".to_string(), 12), ("b".to_string(), 3)]);
-        // A capture used twice in one pattern must repeat its number.
-        assert!(matches(&pat("{x} {x}"), b"7 7").is_some());
-        assert!(matches(&pat("{x} {x}"), b"7 8").is_none());
-        assert!(matches(&pat("{x} {x}"), b"7 77").is_none());
+        // A capture used twice in one pattern must repeat its value.
+        assert!(bind("{x} {x}", "7 7").is_some());
+        assert!(bind("{x} {x}", "7 8").is_none());
+        assert!(bind("{x} {x}", "7 77").is_none());
+        // Times and words.
+        let t = "2026-11-21T02:12:12.345Z";
+        assert_eq!(
+            bind("at {t:time}!", &format!("at {t}!")).unwrap(),
+            vec![(s("t"), s(t))]
+        );
+        assert!(bind("{t:time} {t:time}", &format!("{t} {t}")).is_some());
+        assert!(bind(
+            "{t:time} {t:time}",
+            &format!("{t} 2026-11-21T02:12:12.346Z")
+        )
+        .is_none());
+        assert_eq!(
+            bind("{w:word} <text>", "one two").unwrap(),
+            vec![(s("w"), s("one"))]
+        );
+        assert!(bind("{w:word} {w:word}", "ab abc").is_none());
     }
 }

@@ -28,6 +28,9 @@ pub struct Options {
     pub filter: Option<String>,
     /// The server's connection limit, when known; enables the cases that need it.
     pub max_connections: Option<usize>,
+    /// The server hashes passwords slowly with at most three hashes running or waiting; enables
+    /// the SERVER_BUSY case.
+    pub busy_hashing: bool,
     /// Distinguishes this run's account names from every other run's; random when `None`.
     pub run_id: Option<String>,
 }
@@ -41,6 +44,7 @@ impl Options {
             timeout: Duration::from_secs(5),
             filter: None,
             max_connections: None,
+            busy_hashing: false,
             run_id: None,
         }
     }
@@ -122,10 +126,12 @@ pub fn run(
             }
         }
         let start = Instant::now();
-        let outcome = if case.requires.contains(&Requirement::MaxConnections)
-            && opts.max_connections.is_none()
-        {
-            Outcome::Skip("needs --max-connections (the server's connection limit)".into())
+        let unmet = case.requires.iter().find(|r| match r {
+            Requirement::MaxConnections => opts.max_connections.is_none(),
+            Requirement::BusyHashing => !opts.busy_hashing,
+        });
+        let outcome = if let Some(r) = unmet {
+            Outcome::Skip(format!("needs --{}", r.name()))
         } else {
             let mut cx = CaseRun::new(opts, Env::new(&run_id, index));
             let outcome = match case.steps.iter().try_for_each(|s| cx.step(s)) {
@@ -179,11 +185,14 @@ fn show_pattern(pat: &[PatTok]) -> String {
         match t {
             PatTok::Lit(b) => out.push_str(&show(b)),
             PatTok::Match(Matcher::Number) => out.push_str("<n>"),
+            PatTok::Match(Matcher::Id) => out.push_str("<id>"),
             PatTok::Match(Matcher::Time) => out.push_str("<time>"),
             PatTok::Match(Matcher::Word) => out.push_str("<word>"),
             PatTok::Match(Matcher::Text) => out.push_str("<text>"),
             PatTok::Match(Matcher::Any) => out.push_str("<any>"),
-            PatTok::Bind(name) => out.push_str(&format!("{{{name}}}")),
+            PatTok::Bind(name, Matcher::Time) => out.push_str(&format!("{{{name}:time}}")),
+            PatTok::Bind(name, Matcher::Word) => out.push_str(&format!("{{{name}:word}}")),
+            PatTok::Bind(name, _) => out.push_str(&format!("{{{name}}}")),
         }
     }
     out
@@ -258,7 +267,7 @@ impl<'a> CaseRun<'a> {
             .map_err(|e| self.fail(format!("bytes that expand ({e})"), vec![]))
     }
 
-    fn bind(&mut self, binds: Vec<(String, u64)>) {
+    fn bind(&mut self, binds: Vec<(String, String)>) {
         self.env.captures.extend(binds);
     }
 
@@ -449,11 +458,11 @@ impl<'a> CaseRun<'a> {
                 raw,
                 tpl,
             } => {
-                let saved = self.env.captures.get("i").copied();
+                let saved = self.env.captures.get("i").cloned();
                 let mut bytes = Vec::new();
                 for i in 1..=*repeat {
                     if *repeat > 1 {
-                        self.env.captures.insert("i".into(), i as u64);
+                        self.env.captures.insert("i".into(), i.to_string());
                     }
                     let one = self.bytes(tpl)?;
                     if i <= 3 || i == *repeat {
@@ -475,10 +484,10 @@ impl<'a> CaseRun<'a> {
                 r.map_err(|e| self.fail("to send", vec![format!("(send failed: {e})")]))
             }
             StepKind::Expect { client, count, pat } => {
-                let saved = self.env.captures.get("i").copied();
+                let saved = self.env.captures.get("i").cloned();
                 for i in 1..=*count {
                     if *count > 1 {
-                        self.env.captures.insert("i".into(), i as u64);
+                        self.env.captures.insert("i".into(), i.to_string());
                     }
                     let p = self.pattern(pat)?;
                     self.expect(client, &p)?;
@@ -493,10 +502,10 @@ impl<'a> CaseRun<'a> {
                 Ok(())
             }
             StepKind::ExpectSomewhere { client, count, pat } => {
-                let saved = self.env.captures.get("i").copied();
+                let saved = self.env.captures.get("i").cloned();
                 for i in 1..=*count {
                     if *count > 1 {
-                        self.env.captures.insert("i".into(), i as u64);
+                        self.env.captures.insert("i".into(), i.to_string());
                     }
                     let p = self.pattern(pat)?;
                     self.expect_somewhere(client, &p)?;
@@ -519,6 +528,32 @@ impl<'a> CaseRun<'a> {
                     }
                     None => Ok(()),
                 }
+            }
+            StepKind::ExpectAny { clients, pat } => {
+                self.sync(clients)?;
+                let p = self.pattern(pat)?;
+                for c in clients {
+                    let queue = &mut self.client(c).queue;
+                    if let Some(pos) = queue.iter().position(|l| matches(&p, l).is_some()) {
+                        let line = queue.remove(pos).expect("position is in range");
+                        let binds = matches(&p, &line).expect("it matched");
+                        self.bind(binds);
+                        return Ok(());
+                    }
+                }
+                let mut got = Vec::new();
+                for c in clients {
+                    got.extend(
+                        self.client(c)
+                            .queue
+                            .iter()
+                            .map(|l| format!("{c}< {}", show(l))),
+                    );
+                }
+                Err(self.fail(
+                    format!("on one of {}: {}", clients.join(","), show_pattern(&p)),
+                    got,
+                ))
             }
             StepKind::Quiet { client } => {
                 self.sync(std::slice::from_ref(client))?;
@@ -630,25 +665,26 @@ impl<'a> CaseRun<'a> {
         }
     }
 
-    /// Leaves the server as the case found it: every client says QUIT and waits (briefly) for the
-    /// server to close, so its accounts are offline before the next case starts.
+    /// Leaves the server as the case found it: every connection says QUIT and waits (briefly) for
+    /// the server to close it, so its accounts are offline and its connection slot free before the
+    /// next case starts.
     fn cleanup(&mut self) {
-        for conn in &mut self.fillers {
+        let deadline = Instant::now() + CLEANUP_WAIT;
+        let mut conns: Vec<&mut Conn> = self.fillers.iter_mut().collect();
+        conns.extend(self.clients.values_mut().map(|c| &mut c.conn));
+        for conn in &mut conns {
+            let _ = conn.send(b"QUIT\n");
+        }
+        for conn in &mut conns {
+            while conn.read_line(deadline).is_ok() {}
             conn.close();
         }
-        let deadline = Instant::now() + CLEANUP_WAIT;
-        for client in self.clients.values_mut() {
-            let _ = client.conn.send(b"QUIT\n");
-        }
-        for client in self.clients.values_mut() {
-            while client.conn.read_line(deadline).is_ok() {}
-            client.conn.close();
-        }
+        self.fillers.clear();
         self.clients.clear();
     }
 }
 
-fn restore(env: &mut Env, saved: Option<u64>) {
+fn restore(env: &mut Env, saved: Option<String>) {
     match saved {
         Some(v) => env.captures.insert("i".into(), v),
         None => env.captures.remove("i"),

@@ -8,11 +8,13 @@
 //! - `$x` a per-run unique account name; `$x:upper`, `$x:lower` the same name in one letter case;
 //!   `$x:max` a different unique name padded to exactly 32 characters; `$x[1..3]` the comma-separated
 //!   list of the names `$x1,$x2,$x3`; `$pw` a valid password.
-//! - `{id}` a captured number (in a pattern an unbound capture matches a decimal and binds it);
-//!   `{id+1}`, `{id-1}` the captured number plus or minus a constant.
+//! - `{id}` a captured number (in a pattern an unbound capture matches a decimal and binds it,
+//!   a bound one must repeat it); `{id+1}`, `{id-1}` the captured number plus or minus a constant;
+//!   `{t:time}` and `{w:word}` capture a timestamp or a word instead of a number.
 //! - `{N*body}` the body repeated N times (bodies nest).
 //! - escapes `\r \n \t \0 \s` (space) `\xHH` and `\\ \$ \{ \} \<` for the literal characters.
-//! - in patterns only: `<id>` and `<n>` a decimal number, `<time>` a timestamp
+//! - in patterns only: `<id>` a message id (a decimal from 1), `<n>` a decimal number (both without
+//!   leading zeros, as the server writes numbers), `<time>` a timestamp
 //!   `YYYY-MM-DDTHH:MM:SS.mmmZ`, `<word>` one or more non-space characters, `<text>` one or more of
 //!   any characters, `<any>` zero or more of any characters.
 
@@ -51,8 +53,10 @@ pub enum NameForm {
 /// Matchers that accept a range of values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Matcher {
-    /// `<id>` or `<n>`: a decimal number that fits a u64.
+    /// `<n>`: a decimal number that fits a u64, without leading zeros.
     Number,
+    /// `<id>`: like `<n>` but not 0.
+    Id,
     /// `<time>`: `YYYY-MM-DDTHH:MM:SS.mmmZ`.
     Time,
     /// `<word>`: one or more bytes other than space.
@@ -69,7 +73,7 @@ enum Seg {
     Var(String, NameForm),
     VarList(String, u64, u64),
     Password,
-    Capture(String, i64),
+    Capture(String, i64, Matcher),
     Repeat(usize, Vec<Seg>),
     Match(Matcher),
 }
@@ -88,8 +92,8 @@ pub enum PatTok {
     Lit(Vec<u8>),
     /// One of the range matchers.
     Match(Matcher),
-    /// A decimal number to bind to this capture name.
-    Bind(String),
+    /// A value to bind to this capture name, of the kind the matcher accepts.
+    Bind(String, Matcher),
 }
 
 /// A template syntax error, with the byte offset in the template text.
@@ -125,8 +129,8 @@ pub struct Env {
     pub name_prefix: String,
     /// The password `$pw` expands to.
     pub password: String,
-    /// Numbers bound so far (`{id}`), plus the repetition index `i` while a step repeats.
-    pub captures: HashMap<String, u64>,
+    /// Values bound so far (`{id}`), plus the repetition index `i` while a step repeats.
+    pub captures: HashMap<String, String>,
 }
 
 impl Env {
@@ -322,7 +326,16 @@ impl Parser<'_> {
                         }
                         segs.push(Seg::Repeat(n as usize, body));
                     } else if let Some(name) = self.ident() {
-                        let offset = if self.eat("+") {
+                        let kind = if self.eat(":time") {
+                            Some(Matcher::Time)
+                        } else if self.eat(":word") {
+                            Some(Matcher::Word)
+                        } else {
+                            None
+                        };
+                        let offset = if kind.is_some() {
+                            Some(0)
+                        } else if self.eat("+") {
                             self.number().map(|n| n as i64)
                         } else if self.eat("-") {
                             self.number().map(|n| -(n as i64))
@@ -330,10 +343,12 @@ impl Parser<'_> {
                             Some(0)
                         };
                         let (Some(offset), true) = (offset, self.eat("}")) else {
-                            return self
-                                .err(start, "a capture is written {name}, {name+K} or {name-K}");
+                            return self.err(
+                                start,
+                                "a capture is written {name}, {name+K}, {name-K}, {name:time} or {name:word}",
+                            );
                         };
-                        segs.push(Seg::Capture(name, offset));
+                        segs.push(Seg::Capture(name, offset, kind.unwrap_or(Matcher::Number)));
                     } else {
                         return self.err(
                             start,
@@ -345,7 +360,7 @@ impl Parser<'_> {
                 b'}' => return self.err(start, "unmatched `}` (write \\} for a literal brace)"),
                 b'<' if self.mode == Mode::Pattern => {
                     let matchers = [
-                        ("<id>", Matcher::Number),
+                        ("<id>", Matcher::Id),
                         ("<n>", Matcher::Number),
                         ("<time>", Matcher::Time),
                         ("<word>", Matcher::Word),
@@ -429,16 +444,20 @@ impl Template {
     }
 }
 
-fn capture_value(env: &Env, name: &str, offset: i64) -> Result<Option<u64>, ExpandError> {
+fn capture_value(env: &Env, name: &str, offset: i64) -> Result<Option<String>, ExpandError> {
     match env.captures.get(name) {
         None if offset != 0 => Err(ExpandError(format!(
             "capture {{{name}}} is used with an offset before it was bound"
         ))),
         None => Ok(None),
-        Some(&v) => {
-            let r = (v as i128) + offset as i128;
+        Some(v) if offset == 0 => Ok(Some(v.clone())),
+        Some(v) => {
+            let n: u64 = v
+                .parse()
+                .map_err(|_| ExpandError(format!("{{{name}}} = {v:?} is not a number")))?;
+            let r = (n as i128) + offset as i128;
             u64::try_from(r)
-                .map(Some)
+                .map(|v| Some(v.to_string()))
                 .map_err(|_| ExpandError(format!("{{{name}{offset:+}}} is out of range")))
         }
     }
@@ -456,8 +475,8 @@ fn expand_bytes(segs: &[Seg], env: &Env, out: &mut Vec<u8>) -> Result<(), Expand
                 out.extend_from_slice(names.join(",").as_bytes());
             }
             Seg::Password => out.extend_from_slice(env.password.as_bytes()),
-            Seg::Capture(name, offset) => match capture_value(env, name, *offset)? {
-                Some(v) => out.extend_from_slice(v.to_string().as_bytes()),
+            Seg::Capture(name, offset, _) => match capture_value(env, name, *offset)? {
+                Some(v) => out.extend_from_slice(v.as_bytes()),
                 None => {
                     return Err(ExpandError(format!(
                         "capture {{{name}}} is sent before any expectation bound it"
@@ -489,9 +508,9 @@ fn expand_pattern(segs: &[Seg], env: &Env, out: &mut Vec<PatTok>) -> Result<(), 
     for seg in segs {
         match seg {
             Seg::Match(m) => out.push(PatTok::Match(*m)),
-            Seg::Capture(name, offset) => match capture_value(env, name, *offset)? {
-                Some(v) => push_lit(out, v.to_string().as_bytes()),
-                None => out.push(PatTok::Bind(name.clone())),
+            Seg::Capture(name, offset, kind) => match capture_value(env, name, *offset)? {
+                Some(v) => push_lit(out, v.as_bytes()),
+                None => out.push(PatTok::Bind(name.clone(), *kind)),
             },
             Seg::Repeat(n, body) => {
                 for _ in 0..*n {
@@ -514,7 +533,7 @@ mod tests {
 
     fn env() -> Env {
         let mut e = Env::new("abc123", 7);
-        e.captures.insert("id".into(), 41);
+        e.captures.insert("id".into(), "41".into());
         e
     }
 
@@ -599,7 +618,7 @@ mod tests {
                 PatTok::Lit(b"OK MSG 41 ".to_vec()),
                 PatTok::Match(Matcher::Word),
                 PatTok::Lit(b" ".to_vec()),
-                PatTok::Bind("new".into()),
+                PatTok::Bind("new".into(), Matcher::Number),
                 PatTok::Lit(b" Cabc12307_a".to_vec()),
                 PatTok::Match(Matcher::Text),
             ]

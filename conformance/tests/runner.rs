@@ -225,3 +225,22 @@ fn filter_and_requirements() {
     assert_eq!(rs.len(), 1);
     assert!(matches!(rs[0].outcome, Outcome::Skip(_)));
 }
+
+#[test]
+fn any_finds_a_line_on_one_of_several_clients() {
+    passes("connect a b c\nb> SAY wanted\nany a,b,c< wanted\nb quiet\n");
+    let (exp, got) = fails("connect a b\na> SAY other\nany a,b< wanted\n");
+    assert_eq!(exp, "on one of a,b: wanted");
+    assert_eq!(got, ["a< other"]);
+}
+
+#[test]
+fn captures_of_times_and_words() {
+    passes(
+        "connect a\n\
+         a> SAY at 2026-11-21T02:12:12.345Z by bob\n\
+         a< at {t:time} by {who:word}\n\
+         a> SAY {who} {t}\n\
+         a< bob 2026-11-21T02:12:12.345Z\n",
+    );
+}

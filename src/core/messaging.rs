@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use super::{ConnId, Core, Waiting};
+use super::{fan_out, ConnId, Core, Waiting};
 use crate::config::MAX_PENDING_PER_ACCOUNT;
 use crate::outbox::Chunk;
 use crate::proto::command::Verb;
@@ -178,21 +178,21 @@ impl Core {
         let mut out = String::new();
         match sent.verb {
             Verb::All => {
-                let others: Vec<String> = self
+                let others = self
                     .online
                     .iter()
-                    .filter(|k| **k != sent.sender)
-                    .cloned()
-                    .collect();
-                for key in &others {
-                    self.push_to_account(key, &chunk);
-                }
-                reply::ok(
-                    &mut out,
-                    sent.label.as_deref(),
-                    "ALL",
-                    &format!("{} DELIVERED {}", r.id, others.len()),
+                    .map(String::as_str)
+                    .filter(|k| *k != sent.sender);
+                fan_out(
+                    &self.accounts,
+                    &self.conns,
+                    &mut self.overflowed,
+                    others,
+                    &chunk,
                 );
+                let users = self.online.len() - usize::from(self.online.contains(&sent.sender));
+                let details = format!("{} DELIVERED {users}", r.id);
+                reply::ok(&mut out, sent.label.as_deref(), "ALL", &details);
             }
             verb => {
                 for key in &sent.online {

@@ -509,19 +509,16 @@ impl Core {
         }
     }
 
-    /// Queues an unsolicited line on every logged-in connection of account `key`.
+    /// Queues an unsolicited line on every logged-in connection of account `key`; returns how many
+    /// connections that is.
     fn push_to_account(&mut self, key: &str, chunk: &Chunk) -> usize {
-        let Some(acct) = self.accounts.get(key) else {
-            return 0;
-        };
-        for conn in &acct.conns {
-            if let Some(c) = self.conns.get(conn) {
-                if c.outbox.push(chunk.clone()).is_err() {
-                    self.overflowed.push(*conn);
-                }
-            }
-        }
-        acct.conns.len()
+        fan_out(
+            &self.accounts,
+            &self.conns,
+            &mut self.overflowed,
+            std::iter::once(key),
+            chunk,
+        )
     }
 
     /// Disconnects every client whose outbox overflowed during this event.
@@ -726,4 +723,31 @@ impl Core {
             c.outbox.close();
         }
     }
+}
+
+/// Queues `chunk` on every logged-in connection of each account in `keys`, sharing the bytes;
+/// returns the number of connections. A free function over the fields it needs, so a broadcast can
+/// walk the online set without copying it.
+fn fan_out<'a>(
+    accounts: &HashMap<String, Account>,
+    conns: &HashMap<ConnId, Conn>,
+    overflowed: &mut Vec<ConnId>,
+    keys: impl Iterator<Item = &'a str>,
+    chunk: &Chunk,
+) -> usize {
+    let mut n = 0;
+    for key in keys {
+        let Some(acct) = accounts.get(key) else {
+            continue;
+        };
+        for conn in &acct.conns {
+            if let Some(c) = conns.get(conn) {
+                if c.outbox.push(chunk.clone()).is_err() {
+                    overflowed.push(*conn);
+                }
+                n += 1;
+            }
+        }
+    }
+    n
 }

@@ -189,17 +189,36 @@ impl Core {
                     &mut self.overflowed,
                     others,
                     &chunk,
+                    None,
                 );
                 let users = self.online.len() - usize::from(self.online.contains(&sent.sender));
                 let details = format!("{} DELIVERED {users}", r.id);
                 reply::ok(&mut out, sent.label.as_deref(), "ALL", &details);
             }
             verb => {
+                // The sender's own connection, when it is a recipient (MSG to yourself, a GROUP
+                // naming you), gets its copy after the OK: a command's reply comes first (spec 6.4).
+                let own = self
+                    .conns
+                    .get(&sent.conn)
+                    .and_then(|c| c.key())
+                    .map(str::to_owned);
                 for key in &sent.online {
-                    if self.push_to_account(key, &chunk) == 0 {
+                    let keys = std::iter::once(key.as_str());
+                    let skip = Some(sent.conn);
+                    let reached = fan_out(
+                        &self.accounts,
+                        &self.conns,
+                        &mut self.overflowed,
+                        keys,
+                        &chunk,
+                        skip,
+                    );
+                    if reached == 0 {
                         self.keep_for_later(key, r.id);
                     }
                 }
+                let own_copy = own.is_some_and(|k| sent.online.contains(&k));
                 let details = if verb == Verb::Msg {
                     format!(
                         "{} {}",
@@ -215,6 +234,9 @@ impl Core {
                     )
                 };
                 reply::ok(&mut out, sent.label.as_deref(), verb.name(), &details);
+                if own_copy {
+                    out.push_str(&String::from_utf8_lossy(chunk.as_bytes()));
+                }
             }
         }
         self.fill(sent.conn, ticket, out);

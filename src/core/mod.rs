@@ -518,6 +518,7 @@ impl Core {
             &mut self.overflowed,
             std::iter::once(key),
             chunk,
+            None,
         )
     }
 
@@ -726,14 +727,16 @@ impl Core {
 }
 
 /// Queues `chunk` on every logged-in connection of each account in `keys`, sharing the bytes;
-/// returns the number of connections. A free function over the fields it needs, so a broadcast can
-/// walk the online set without copying it.
+/// returns the number of connections (`skip` counted, but not sent to: its copy goes after the
+/// command's own reply). A free function over the fields it needs, so a broadcast can walk the
+/// online set without copying it.
 fn fan_out<'a>(
     accounts: &HashMap<String, Account>,
     conns: &HashMap<ConnId, Conn>,
     overflowed: &mut Vec<ConnId>,
     keys: impl Iterator<Item = &'a str>,
     chunk: &Chunk,
+    skip: Option<ConnId>,
 ) -> usize {
     let mut n = 0;
     for key in keys {
@@ -741,6 +744,10 @@ fn fan_out<'a>(
             continue;
         };
         for conn in &acct.conns {
+            if Some(*conn) == skip {
+                n += 1;
+                continue;
+            }
             if let Some(c) = conns.get(conn) {
                 if c.outbox.push(chunk.clone()).is_err() {
                     overflowed.push(*conn);

@@ -270,17 +270,21 @@ fn parse_group(list: &str) -> Result<Vec<Name>, Refusal> {
             format!("a GROUP has at most {MAX_GROUP_RECIPIENTS} recipients"),
         ));
     }
-    let mut names: Vec<Name> = Vec::with_capacity(parts.len());
-    for p in parts {
-        let n = Name::parse(p)
-            .map_err(|e| Refusal(Code::BAD_NAME, format!("\"{}\" in the list: {e}", clip(p))))?;
-        if names
+    // Every name's form first, then repeats (spec 4.8).
+    let names = parts
+        .iter()
+        .map(|p| {
+            Name::parse(p)
+                .map_err(|e| Refusal(Code::BAD_NAME, format!("\"{}\" in the list: {e}", clip(p))))
+        })
+        .collect::<Result<Vec<Name>, Refusal>>()?;
+    for (i, n) in names.iter().enumerate() {
+        if names[..i]
             .iter()
             .any(|m| m.as_str().eq_ignore_ascii_case(n.as_str()))
         {
             return Err(Refusal(Code::DUPLICATE_NAME, format!("{n} is named twice")));
         }
-        names.push(n);
     }
     Ok(names)
 }
@@ -722,6 +726,7 @@ mod tests {
         );
         assert_eq!(code("GROUP a,,b hi"), Code::BAD_NAME);
         assert_eq!(code("GROUP a,B,b hi"), Code::DUPLICATE_NAME);
+        assert_eq!(code("GROUP b,b,9bad hi"), Code::BAD_NAME);
         let many: Vec<String> = (0..51).map(|i| format!("u{i}")).collect();
         assert_eq!(
             code(&format!("GROUP {} hi", many.join(","))),

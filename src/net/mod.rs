@@ -80,21 +80,7 @@ fn now_ms() -> i64 {
 /// Opens the database, binds the listeners and serves until told to stop. Returns an error for a
 /// startup failure or a fatal storage failure.
 pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), String> {
-    let (store, snapshot) = RedbStore::open(&opts.db).map_err(|e| e.to_string())?;
-    log::info!(
-        "database {}: {} accounts, next message id {}",
-        opts.db.display(),
-        snapshot.accounts.len(),
-        snapshot.next_id
-    );
-    let hasher = Hasher::new(opts.scrypt_log_n, SCRYPT_R, SCRYPT_P)?;
-    let settings = Settings {
-        hash_queue: opts.hash_queue,
-        dummy_phc: Arc::from(hasher.dummy_phc()),
-        version: env!("CARGO_PKG_VERSION"),
-    };
-    let core = Core::new(snapshot, settings);
-
+    // Certificates and addresses first: a mistake there should not leave a new database behind.
     let tls_cell = match &opts.tls {
         Some((_, files)) => Some(Arc::new(
             tls::TlsConfigCell::load(files).map_err(|e| e.to_string())?,
@@ -115,6 +101,21 @@ pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), String
     if let Some(l) = &secure {
         log::info!("listening on {} (TLS)", local(l));
     }
+
+    let (store, snapshot) = RedbStore::open(&opts.db).map_err(|e| e.to_string())?;
+    log::info!(
+        "database {}: {} accounts, next message id {}",
+        opts.db.display(),
+        snapshot.accounts.len(),
+        snapshot.next_id
+    );
+    let hasher = Hasher::new(opts.scrypt_log_n, SCRYPT_R, SCRYPT_P)?;
+    let settings = Settings {
+        hash_queue: opts.hash_queue,
+        dummy_phc: Arc::from(hasher.dummy_phc()),
+        version: env!("CARGO_PKG_VERSION"),
+    };
+    let core = Core::new(snapshot, settings);
 
     // Results of the store and hashing threads. Its capacity covers every job the core can have
     // outstanding, so those threads never wait on it.

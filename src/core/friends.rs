@@ -26,12 +26,7 @@ pub(super) struct Change {
 
 impl Core {
     pub(super) fn friend(&mut self, conn: ConnId, label: Option<String>, op: FriendOp) {
-        let Some(me) = self
-            .conns
-            .get(&conn)
-            .and_then(|c| c.key())
-            .map(str::to_owned)
-        else {
+        let Some(me) = self.account_of(conn) else {
             return;
         };
         let (sub, name) = match op {

@@ -8,12 +8,12 @@
 
 use std::sync::Arc;
 
-use super::{fan_out, ConnId, Core, Waiting};
+use super::{fan_out, recipients, ConnId, Core, Waiting};
 use crate::config::MAX_PENDING_PER_ACCOUNT;
 use crate::outbox::Chunk;
 use crate::proto::command::Verb;
 use crate::proto::name::Name;
-use crate::proto::reply::{self, Code, Recipients};
+use crate::proto::reply::{self, Code};
 use crate::store::worker::Ticket;
 use crate::store::{MessageRecord, StoreOp, To};
 
@@ -40,12 +40,7 @@ impl Core {
         text: String,
         verb: Verb,
     ) {
-        let Some(sender) = self
-            .conns
-            .get(&conn)
-            .and_then(|c| c.key())
-            .map(str::to_owned)
-        else {
+        let Some(sender) = self.account_of(conn) else {
             return;
         };
         let cmd = verb.name();
@@ -97,12 +92,7 @@ impl Core {
 
     /// ALL: to every other online account; stored, never kept for offline delivery.
     pub(super) fn send_all(&mut self, conn: ConnId, label: Option<String>, text: String) {
-        let Some(sender) = self
-            .conns
-            .get(&conn)
-            .and_then(|c| c.key())
-            .map(str::to_owned)
-        else {
+        let Some(sender) = self.account_of(conn) else {
             return;
         };
         self.commit_message(
@@ -167,11 +157,7 @@ impl Core {
     pub(super) fn message_stored(&mut self, ticket: Ticket, sent: Sent) {
         let r = &sent.record;
         let mut line = String::with_capacity(64 + r.text.len());
-        let to = match &r.to {
-            To::User(u) => Recipients::User(u),
-            To::Group(g) => Recipients::Group(g),
-            To::All => Recipients::All,
-        };
+        let to = recipients(&r.to);
         reply::message(&mut line, "MESSAGE", r.id, r.time_ms, &r.from, to, &r.text);
         // Encoded once; every recipient's outbox shares these bytes.
         let chunk = Chunk::Shared(Arc::from(line.into_bytes()));

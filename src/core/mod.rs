@@ -29,9 +29,9 @@ use std::sync::Arc;
 use crate::auth::{HashJob, HashOutcome};
 use crate::outbox::{Chunk, Outbox};
 use crate::proto::command::{split_head, Command, Refusal, Verb};
-use crate::proto::reply::{self, ByeCode, Code};
+use crate::proto::reply::{self, ByeCode, Code, Recipients};
 use crate::store::worker::{StoreJob, Ticket};
-use crate::store::{FriendState, MsgId, Snapshot, StoreError, StoreOp, StoreReply};
+use crate::store::{FriendState, MsgId, Snapshot, StoreError, StoreOp, StoreReply, To};
 
 /// Identifies a connection for the life of the process.
 pub type ConnId = u64;
@@ -422,6 +422,14 @@ impl Core {
         }
     }
 
+    /// The account key a connection is logged in as.
+    fn account_of(&self, conn: ConnId) -> Option<String> {
+        self.conns
+            .get(&conn)
+            .and_then(|c| c.key())
+            .map(str::to_owned)
+    }
+
     // ----- replies and ordering -----
 
     /// Sends a FAIL reply as a command's final answer.
@@ -757,4 +765,13 @@ fn fan_out<'a>(
         }
     }
     n
+}
+
+/// How a stored message's addressees are shown on the wire.
+fn recipients(to: &To) -> Recipients<'_> {
+    match to {
+        To::User(u) => Recipients::User(u),
+        To::Group(g) => Recipients::Group(g),
+        To::All => Recipients::All,
+    }
 }

@@ -306,7 +306,7 @@ impl Core {
             ),
         );
         let _ = outbox.push(Chunk::Owned(hello.into_bytes()));
-        log::debug!("connection {conn} from {peer}");
+        log::info!("connection {conn} from {peer}");
         self.conns.insert(
             conn,
             Conn {
@@ -678,7 +678,7 @@ impl Core {
         if let ConnState::LoggedIn(key) = c.state {
             self.detach(conn, &key);
         }
-        log::debug!("connection {conn} from {} closed", c.peer);
+        log::info!("connection {conn} from {} closed", c.peer);
     }
 
     /// Removes a logged-in connection from its account; the last one takes the account offline.

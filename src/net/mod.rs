@@ -351,7 +351,7 @@ async fn connection(
                 let (r, w) = futures_lite::io::split(s);
                 serve(r, w, format!("{peer} (TLS)"), ctx).await
             }
-            Err(e) => log::debug!("TLS handshake with {peer} failed: {e}"),
+            Err(e) => log::info!("TLS handshake with {peer} failed: {e}"),
         },
     }
 }

@@ -348,13 +348,25 @@ async fn connection(
     let _ = stream.set_nodelay(true);
     match tls {
         None => serve(stream.clone(), stream, peer.to_string(), ctx).await,
-        Some(cell) => match tls::handshake(cell.acceptor(), stream).await {
-            Ok(s) => {
-                let (r, w) = futures_lite::io::split(s);
-                serve(r, w, format!("{peer} (TLS)"), ctx).await
-            }
-            Err(e) => log::debug!("TLS handshake with {peer} failed: {e}"),
-        },
+        // Boxed: a task's future is as large as its largest branch, and the TLS one (handshake
+        // state, TLS streams) is several times the plain one. Inline, every plain connection would
+        // carry that size for its whole life.
+        Some(cell) => Box::pin(serve_tls(stream, peer, ctx, cell)).await,
+    }
+}
+
+async fn serve_tls(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<Ctx>,
+    cell: Arc<tls::TlsConfigCell>,
+) {
+    match tls::handshake(cell.acceptor(), stream).await {
+        Ok(s) => {
+            let (r, w) = futures_lite::io::split(s);
+            serve(r, w, format!("{peer} (TLS)"), ctx).await
+        }
+        Err(e) => log::debug!("TLS handshake with {peer} failed: {e}"),
     }
 }
 

@@ -214,12 +214,9 @@ async fn run(args: Args) -> ExitCode {
             "msgn" => scenarios::direct_many(&server, s)
                 .await
                 .map(|f| vec![(format!("msg-{}x1", s.senders), f)]),
-            _ => scenarios::idle(&server, s).await.map(|(c, l)| {
-                vec![
-                    ("idle-connected".to_owned(), c),
-                    ("idle-logged-in".to_owned(), l),
-                ]
-            }),
+            _ => scenarios::idle(&server, s)
+                .await
+                .map(|v| v.into_iter().map(|(k, f)| (k.to_owned(), f)).collect()),
         };
         match lines {
             Ok(lines) => {

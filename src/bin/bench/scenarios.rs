@@ -582,17 +582,29 @@ async fn direct_many_inner(server: &Server, s: &Settings, deadline: Instant) -> 
 /// How long the server gets to settle before its memory is read.
 const SETTLE: Duration = Duration::from_millis(500);
 
+/// Messages the idle-memory scenario sends to every connection after the logins: one in-flight
+/// window's worth, so that they reach each connection close together, as a burst does.
+const BURST: usize = 64;
+
 /// Scenario 3: the server's resident memory before and after opening `idle_conns` connections
-/// (greeting read, nothing else), then after logging each of them in. The accounts are registered
-/// first, before the baseline, so that only the connections are counted.
-pub async fn idle(server: &Server, s: &Settings) -> Outcome<(Figures, Figures)> {
+/// (greeting read, nothing else), after logging each of them in, and after a short burst of ALL
+/// messages to all of them has been delivered and read (what an idle connection keeps once it has
+/// been busy). The accounts are registered, and the burst's sender logged in, before the baseline,
+/// so that only the idle connections are counted.
+pub async fn idle(server: &Server, s: &Settings) -> Outcome<Vec<(&'static str, Figures)>> {
     let deadline = Instant::now() + s.limit;
-    within(deadline + GRACE, async { Ok(idle_inner(server, s).await) })
-        .await
-        .map_err(|e| e.to_string())?
+    within(deadline + GRACE, async {
+        Ok(idle_inner(server, s, deadline).await)
+    })
+    .await
+    .map_err(|e| e.to_string())?
 }
 
-async fn idle_inner(server: &Server, s: &Settings) -> Outcome<(Figures, Figures)> {
+async fn idle_inner(
+    server: &Server,
+    s: &Settings,
+    deadline: Instant,
+) -> Outcome<Vec<(&'static str, Figures)>> {
     let addr = &server.addr;
     if server.pid.is_none() {
         return Err("needs the server's process id (--pid with --addr)".into());
@@ -600,9 +612,15 @@ async fn idle_inner(server: &Server, s: &Settings) -> Outcome<(Figures, Figures)
     let rss = || server.rss().ok_or("cannot read the server's VmRSS");
     let n = s.idle_conns.max(1);
     let names: Vec<String> = (0..n).map(|i| format!("{}i{i}", s.prefix)).collect();
-    client::register_all(addr, &names, 32)
+    let sender_name = format!("{}is", s.prefix);
+    let mut accounts = names.clone();
+    accounts.push(sender_name.clone());
+    client::register_all(addr, &accounts, 32)
         .await
         .map_err(context("register"))?;
+    let sender = Conn::logged_in(addr, &sender_name)
+        .await
+        .map_err(context("sender login"))?;
     Timer::after(SETTLE).await;
     let before = rss()?;
 
@@ -645,22 +663,43 @@ async fn idle_inner(server: &Server, s: &Settings) -> Outcome<(Figures, Figures)
     Timer::after(SETTLE).await;
     let after = rss()?;
 
-    let per = |a: u64, b: u64| (b as f64 - a as f64) / n as f64;
+    let line: Arc<[u8]> = format!("ALL {}\n", s.text).into_bytes().into();
+    let receivers: Vec<Lines> = logged.into_iter().map(|c| c.lines).collect();
+    let (_sender, _receivers, _) = fanout_round(
+        sender,
+        receivers,
+        line,
+        BURST,
+        format!("DELIVERED {n}"),
+        deadline,
+    )
+    .await?;
+    Timer::after(SETTLE).await;
+    let burst = rss()?;
+
+    let per = |a: u64, b: u64| format!("{:.0}", (b as f64 - a as f64) / n as f64);
     let kib = |b: u64| b / 1024;
     let mut c = Figures::default();
     c.add("conns", n)
         .add("rss_before_kib", kib(before))
         .add("rss_after_kib", kib(connected))
-        .add("bytes_per_conn", format!("{:.0}", per(before, connected)));
+        .add("bytes_per_conn", per(before, connected));
     let mut l = Figures::default();
     l.add("conns", n)
         .add("rss_before_kib", kib(before))
         .add("rss_after_kib", kib(after))
-        .add("bytes_per_conn", format!("{:.0}", per(before, after)))
-        .add(
-            "login_bytes_per_conn",
-            format!("{:.0}", per(connected, after)),
-        );
-    drop(logged);
-    Ok((c, l))
+        .add("bytes_per_conn", per(before, after))
+        .add("login_bytes_per_conn", per(connected, after));
+    let mut b = Figures::default();
+    b.add("conns", n)
+        .add("burst_msgs", BURST)
+        .add("rss_before_kib", kib(before))
+        .add("rss_after_kib", kib(burst))
+        .add("bytes_per_conn", per(before, burst))
+        .add("kept_after_burst_bytes_per_conn", per(after, burst));
+    Ok(vec![
+        ("idle-connected", c),
+        ("idle-logged-in", l),
+        ("idle-after-burst", b),
+    ])
 }

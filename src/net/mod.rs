@@ -443,7 +443,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut writer: W, outbox: Outbox) {
         let bytes: &[u8] = if batch.len() == 1 {
             batch[0].as_bytes()
         } else {
-            buf.clear();
+            buf.reserve_exact(batch.iter().map(|c| c.as_bytes().len()).sum());
             for c in &batch {
                 buf.extend_from_slice(c.as_bytes());
             }
@@ -454,10 +454,11 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut writer: W, outbox: Outbox) {
             false
         })
         .await;
-        batch.clear();
-        if buf.capacity() > 64 * 1024 {
-            buf = Vec::new();
-        }
+        // Nothing is kept between writes: a connection that had a burst and went quiet would
+        // otherwise hold the burst's size (up to the outbox limit) for as long as it stays open.
+        // The cost is an allocation or two per write, small next to the write itself.
+        batch = Vec::new();
+        buf = Vec::new();
         if !written {
             outbox.close();
             return;

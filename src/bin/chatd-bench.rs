@@ -50,16 +50,16 @@ struct Args {
     #[argh(option, default = "200")]
     recipients: usize,
 
-    /// fan-out: messages sent in the measured round (default 10000)
-    #[argh(option, default = "10000")]
+    /// fan-out: messages sent in the measured round (default 20000)
+    #[argh(option, default = "20000")]
     fanout_msgs: usize,
 
     /// fan-out: recipients of each GROUP message (default 50)
     #[argh(option, default = "50")]
     group_size: usize,
 
-    /// direct messages: messages in the measured round, over all senders (default 20000)
-    #[argh(option, default = "20000")]
+    /// direct messages: messages in the measured round, over all senders (default 50000)
+    #[argh(option, default = "50000")]
     direct_msgs: usize,
 
     /// direct messages: MSGs in flight for the single sender (default 64)

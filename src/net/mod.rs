@@ -346,13 +346,25 @@ async fn connection(
     let _ = stream.set_nodelay(true);
     match tls {
         None => serve(stream.clone(), stream, peer.to_string(), ctx).await,
-        Some(cell) => match tls::handshake(cell.acceptor(), stream).await {
-            Ok(s) => {
-                let (r, w) = futures_lite::io::split(s);
-                serve(r, w, format!("{peer} (TLS)"), ctx).await
-            }
-            Err(e) => log::info!("TLS handshake with {peer} failed: {e}"),
-        },
+        // Boxed: a task's future is as large as its largest branch, and the TLS one (handshake
+        // state, TLS streams) is several times the plain one. Inline, every plain connection would
+        // carry that size for its whole life.
+        Some(cell) => Box::pin(serve_tls(stream, peer, ctx, cell)).await,
+    }
+}
+
+async fn serve_tls(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<Ctx>,
+    cell: Arc<tls::TlsConfigCell>,
+) {
+    match tls::handshake(cell.acceptor(), stream).await {
+        Ok(s) => {
+            let (r, w) = futures_lite::io::split(s);
+            serve(r, w, format!("{peer} (TLS)"), ctx).await
+        }
+        Err(e) => log::info!("TLS handshake with {peer} failed: {e}"),
     }
 }
 
@@ -429,7 +441,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut writer: W, outbox: Outbox) {
         let bytes: &[u8] = if batch.len() == 1 {
             batch[0].as_bytes()
         } else {
-            buf.clear();
+            buf.reserve_exact(batch.iter().map(|c| c.as_bytes().len()).sum());
             for c in &batch {
                 buf.extend_from_slice(c.as_bytes());
             }
@@ -440,10 +452,11 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut writer: W, outbox: Outbox) {
             false
         })
         .await;
-        batch.clear();
-        if buf.capacity() > 64 * 1024 {
-            buf = Vec::new();
-        }
+        // Nothing is kept between writes: a connection that had a burst and went quiet would
+        // otherwise hold the burst's size (up to the outbox limit) for as long as it stays open.
+        // The cost is an allocation or two per write, small next to the write itself.
+        batch = Vec::new();
+        buf = Vec::new();
         if !written {
             outbox.close();
             return;

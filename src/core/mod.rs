@@ -471,6 +471,10 @@ impl Core {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
+        if c.slots.is_empty() && slot.ticket.is_none() {
+            // The common case, nothing waiting before it: straight out, no queue.
+            return self.emit(conn, slot);
+        }
         c.slots.push_back(slot);
         self.flush_slots(conn);
     }
@@ -487,32 +491,53 @@ impl Core {
         self.flush_slots(conn);
     }
 
+    /// Sends the ready slots at the front of the queue, as one chunk.
     fn flush_slots(&mut self, conn: ConnId) {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        let mut out = String::new();
-        let mut credits = 0;
-        let mut close = false;
-        let mut bulk = false;
+        let mut merged: Option<Slot> = None;
         while c.slots.front().is_some_and(|s| s.ticket.is_none()) {
             let s = c.slots.pop_front().expect("front exists");
-            out.push_str(&s.text);
-            credits += s.finals;
-            close |= s.close_after;
-            bulk |= s.bulk;
+            let close = s.close_after;
+            match &mut merged {
+                None => merged = Some(s),
+                Some(m) => {
+                    m.text.push_str(&s.text);
+                    m.finals += s.finals;
+                    m.close_after |= s.close_after;
+                    m.bulk |= s.bulk;
+                }
+            }
             if close {
                 c.slots.clear();
                 break;
             }
         }
-        if bulk {
-            c.outbox.push_unbounded(Chunk::Owned(out.into_bytes()));
-        } else if !out.is_empty() && c.outbox.push(Chunk::Owned(out.into_bytes())).is_err() {
+        if c.slots.is_empty() {
+            // An idle connection keeps no queue.
+            c.slots = VecDeque::new();
+        }
+        if let Some(m) = merged {
+            self.emit(conn, m);
+        }
+    }
+
+    /// Queues a ready slot's text on the connection, gives back its credits, closes after QUIT.
+    fn emit(&mut self, conn: ConnId, slot: Slot) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        if slot.bulk {
+            c.outbox
+                .push_unbounded(Chunk::Owned(slot.text.into_bytes()));
+        } else if !slot.text.is_empty()
+            && c.outbox.push(Chunk::Owned(slot.text.into_bytes())).is_err()
+        {
             self.overflowed.push(conn);
         }
-        c.outbox.release_credits(credits);
-        if close {
+        c.outbox.release_credits(slot.finals);
+        if slot.close_after {
             c.outbox.close();
         }
     }
@@ -662,6 +687,7 @@ impl Core {
                 break;
             }
             let Some(input) = c.deferred.pop_front() else {
+                c.deferred = VecDeque::new();
                 break;
             };
             self.process(conn, input);

@@ -416,7 +416,10 @@ async fn read_loop<R: AsyncRead + Unpin>(mut reader: R, conn: ConnId, outbox: &O
             })
         });
         for input in inputs.drain(..) {
-            bucket.take().await;
+            if let Some(wait) = bucket.take() {
+                // Boxed: most connections never wait here, so they should not carry a timer.
+                Box::pin(Timer::after(wait)).await;
+            }
             if !outbox.acquire_credit().await {
                 return;
             }
@@ -427,10 +430,10 @@ async fn read_loop<R: AsyncRead + Unpin>(mut reader: R, conn: ConnId, outbox: &O
     }
     // The client closed its sending side (`printf ... | nc` does): answer what it sent first. A
     // partial line at the end is discarded, as the spec says.
-    let _ = future::or(outbox.all_answered(), async {
+    let drain = future::or(outbox.all_answered(), async {
         Timer::after(DRAIN_AFTER_EOF).await;
-    })
-    .await;
+    });
+    Box::pin(drain).await;
 }
 
 async fn write_loop<W: AsyncWrite + Unpin>(mut writer: W, outbox: Outbox) {
@@ -489,17 +492,45 @@ impl Bucket {
         }
     }
 
-    async fn take(&mut self) {
+    /// Takes a token; returns how long to wait first when none is left.
+    fn take(&mut self) -> Option<Duration> {
         let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
-        self.last = now;
-        if self.tokens < 1.0 {
-            let wait = (1.0 - self.tokens) / self.rate;
-            Timer::after(Duration::from_secs_f64(wait)).await;
-            self.tokens = 1.0;
-            self.last = Instant::now();
+        if now > self.last {
+            let earned = now.duration_since(self.last).as_secs_f64() * self.rate;
+            self.tokens = (self.tokens + earned).min(self.burst);
+            self.last = now;
         }
-        self.tokens -= 1.0;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return None;
+        }
+        // The next token is earned this long after `last` (which may lie ahead, if lines already
+        // wait); it is spent at once.
+        let ready = self.last + Duration::from_secs_f64((1.0 - self.tokens) / self.rate);
+        self.tokens = 0.0;
+        self.last = ready;
+        Some(ready.saturating_duration_since(now))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Bucket;
+
+    #[test]
+    fn bucket_gives_the_burst_then_spaces_lines_at_the_rate() {
+        let mut b = Bucket::new(10, 3);
+        assert_eq!((b.take(), b.take(), b.take()), (None, None, None));
+        let first = b.take().expect("the burst is spent");
+        assert!(
+            first.as_secs_f64() > 0.05 && first.as_secs_f64() <= 0.1,
+            "{first:?}"
+        );
+        // The next line waits a further tenth of a second after that one.
+        let second = b.take().expect("still no token");
+        assert!(
+            second.as_secs_f64() > 0.15 && second.as_secs_f64() <= 0.2,
+            "{second:?}"
+        );
     }
 }

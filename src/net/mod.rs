@@ -23,7 +23,7 @@ use async_channel::{Receiver, Sender};
 use async_net::{TcpListener, TcpStream};
 use futures_lite::future;
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use smol::{Executor, Timer};
+use smol::{Async, Executor, Timer};
 
 use crate::auth::{self, HashJob, Hasher};
 use crate::config::*;
@@ -95,12 +95,6 @@ pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), String
         Some((a, _)) => Some(bind(a)?),
         None => None,
     };
-    if let Some(l) = &plain {
-        log::info!("listening on {}", local(l));
-    }
-    if let Some(l) = &secure {
-        log::info!("listening on {} (TLS)", local(l));
-    }
 
     let (store, snapshot) = RedbStore::open(&opts.db).map_err(|e| e.to_string())?;
     log::info!(
@@ -117,6 +111,13 @@ pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), String
     };
     let core = Core::new(snapshot, settings);
 
+    // Announced last: once this line is logged the server is ready (tests wait for it).
+    if let Some(l) = &plain {
+        log::info!("listening on {}", local(l));
+    }
+    if let Some(l) = &secure {
+        log::info!("listening on {} (TLS)", local(l));
+    }
     // Results of the store and hashing threads. Its capacity covers every job the core can have
     // outstanding, so those threads never wait on it.
     let (done_tx, done_rx) = async_channel::bounded(MAX_STORE_INFLIGHT + opts.hash_queue + 16);
@@ -345,7 +346,10 @@ async fn connection(
 ) {
     let _ = stream.set_nodelay(true);
     match tls {
-        None => serve(stream.clone(), stream, peer.to_string(), ctx).await,
+        None => {
+            let ready = Some(stream.clone().into());
+            serve(stream.clone(), stream, ready, peer.to_string(), ctx).await
+        }
         // Boxed: a task's future is as large as its largest branch, and the TLS one (handshake
         // state, TLS streams) is several times the plain one. Inline, every plain connection would
         // carry that size for its whole life.
@@ -362,15 +366,22 @@ async fn serve_tls(
     match tls::handshake(cell.acceptor(), stream).await {
         Ok(s) => {
             let (r, w) = futures_lite::io::split(s);
-            serve(r, w, format!("{peer} (TLS)"), ctx).await
+            serve(r, w, None, format!("{peer} (TLS)"), ctx).await
         }
         Err(e) => log::info!("TLS handshake with {peer} failed: {e}"),
     }
 }
 
 /// Runs one connection: registers it with the core, starts its writer, reads until it ends.
-async fn serve<R, W>(reader: R, writer: W, peer: String, ctx: Arc<Ctx>)
-where
+/// `ready` is the plain-TCP socket, whose readiness the reader can wait for without holding a
+/// buffer (None for TLS, where the TLS layer buffers anyway).
+async fn serve<R, W>(
+    reader: R,
+    writer: W,
+    ready: Option<Arc<Async<std::net::TcpStream>>>,
+    peer: String,
+    ctx: Arc<Ctx>,
+) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
@@ -385,7 +396,7 @@ where
         return;
     }
     let writer = ctx.ex.spawn(write_loop(writer, outbox.clone()));
-    read_loop(reader, conn, &outbox, &ctx).await;
+    read_loop(reader, ready, conn, &outbox, &ctx).await;
     let _ = ctx.events.send(Event::Disconnected { conn }).await;
     // The core closes the outbox on Disconnected; if the core is gone, close it here.
     if ctx.events.is_closed() {
@@ -394,12 +405,32 @@ where
     writer.await;
 }
 
-async fn read_loop<R: AsyncRead + Unpin>(mut reader: R, conn: ConnId, outbox: &Outbox, ctx: &Ctx) {
-    let mut buf = vec![0u8; READ_CHUNK];
+async fn read_loop<R: AsyncRead + Unpin>(
+    mut reader: R,
+    ready: Option<Arc<Async<std::net::TcpStream>>>,
+    conn: ConnId,
+    outbox: &Outbox,
+    ctx: &Ctx,
+) {
+    // The read buffer exists only while data flows: after a read that drained the socket, a plain
+    // TCP connection gives it back and waits for readiness, so an idle connection holds none.
+    let mut buf: Vec<u8> = Vec::new();
     let mut decoder = LineDecoder::new(MAX_LINE_BYTES);
     let mut bucket = Bucket::new(ctx.line_rate, ctx.line_burst);
     let mut inputs = Vec::new();
     loop {
+        if buf.is_empty() {
+            if let Some(socket) = &ready {
+                let readable = future::or(async { socket.readable().await.is_ok() }, async {
+                    outbox.closed().await;
+                    false
+                });
+                if !readable.await {
+                    return;
+                }
+            }
+            buf = vec![0u8; READ_CHUNK];
+        }
         let read = future::or(async { Some(reader.read(&mut buf).await) }, async {
             outbox.closed().await;
             None
@@ -415,6 +446,9 @@ async fn read_loop<R: AsyncRead + Unpin>(mut reader: R, conn: ConnId, outbox: &O
                 Frame::TooLong => Input::TooLong,
             })
         });
+        if n < buf.len() && ready.is_some() {
+            buf = Vec::new();
+        }
         for input in inputs.drain(..) {
             if let Some(wait) = bucket.take() {
                 // Boxed: most connections never wait here, so they should not carry a timer.

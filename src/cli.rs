@@ -37,6 +37,16 @@ fn default_log_level() -> String {
 #[derive(FromArgs, Debug)]
 /// chatd: a small, durable chat server with a plain-text line protocol (try `nc 127.0.0.1 7878`).
 /// Without --connect it runs the server; with --connect it is an interactive client.
+#[argh(
+    note = "With --connect, the client is interactive when stdin and stdout are terminals; otherwise it \
+            reads commands from stdin (the same /commands, `//LINE` sends LINE as is), writes every \
+            server line to stdout unchanged, and exits once stdin has ended and every command is answered.",
+    error_code(0, "server: stopped cleanly; --connect: every command sent was answered"),
+    error_code(1, "server: could not start; --connect: could not connect (address, TCP, TLS, certificate, server full)"),
+    error_code(2, "--connect without a terminal: a REGISTER or LOGIN failed"),
+    error_code(3, "--connect without a terminal: the connection was lost before every command was answered"),
+    error_code(4, "--connect without a terminal: an input line was not understood and was not sent")
+)]
 pub struct Args {
     /// plain-TCP listen address (default 127.0.0.1:7878)
     #[argh(option, default = "default_listen()")]

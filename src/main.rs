@@ -13,6 +13,18 @@ fn main() -> ExitCode {
         println!("chatd {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
+    if let Some(addr) = args.connect.clone() {
+        return chatd::client::run(chatd::client::ClientOptions {
+            addr,
+            tls: args.tls,
+            ca: args.ca.clone(),
+            insecure: args.insecure,
+        });
+    }
+    if args.tls || args.ca.is_some() || args.insecure {
+        eprintln!("chatd: --tls, --ca and --insecure are client options; they need --connect");
+        return ExitCode::FAILURE;
+    }
     init_logging(&args.log_level);
     match server(args) {
         Ok(()) => ExitCode::SUCCESS,

@@ -26,12 +26,7 @@ pub(super) struct Change {
 
 impl Core {
     pub(super) fn friend(&mut self, conn: ConnId, label: Option<String>, op: FriendOp) {
-        let Some(me) = self
-            .conns
-            .get(&conn)
-            .and_then(|c| c.key())
-            .map(str::to_owned)
-        else {
+        let Some(me) = self.account_of(conn) else {
             return;
         };
         let (sub, name) = match op {
@@ -191,6 +186,28 @@ impl Core {
             );
         }
         self.push_to_account(&c.other, &Chunk::Owned(notice.into_bytes()));
+        if c.now_friends {
+            // The caller's other connections learn the new friend's presence too.
+            let mut line = String::new();
+            reply::line(
+                &mut line,
+                "PRESENCE",
+                &format!("{other_name} {}", presence(self, &c.other)),
+            );
+            let chunk = Chunk::Owned(line.into_bytes());
+            let others: Vec<_> = self
+                .accounts
+                .get(&c.me)
+                .map(|a| a.conns.iter().copied().filter(|x| *x != c.conn).collect())
+                .unwrap_or_default();
+            for conn in others {
+                if let Some(k) = self.conns.get(&conn) {
+                    if k.outbox.push(chunk.clone()).is_err() {
+                        self.overflowed.push(conn);
+                    }
+                }
+            }
+        }
         self.fill(c.conn, ticket, out);
     }
 
@@ -211,7 +228,7 @@ impl Core {
             };
             rows.push((rank, other.name.as_str(), state));
         }
-        rows.sort_by(|a, b| (a.0, a.1.to_ascii_lowercase()).cmp(&(b.0, b.1.to_ascii_lowercase())));
+        rows.sort_by_key(|a| (a.0, a.1.to_ascii_lowercase()));
         let mut out = String::new();
         for (_, name, state) in &rows {
             reply::line(&mut out, "FRIEND", &format!("{name} {state}"));

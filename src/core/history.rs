@@ -1,11 +1,11 @@
 //! HISTORY: one page of a conversation, read from the message log.
 
-use super::{ConnId, Core, Waiting};
+use super::{recipients, ConnId, Core, Waiting};
 use crate::config::HISTORY_DEFAULT_COUNT;
 use crate::proto::command::{HistoryTarget, Page};
-use crate::proto::reply::{self, Code, Recipients};
+use crate::proto::reply::{self, Code};
 use crate::store::worker::Ticket;
-use crate::store::{Conversation, Cursor, HistoryPage, StoreOp, To};
+use crate::store::{Conversation, Cursor, HistoryPage, StoreOp};
 
 impl Core {
     pub(super) fn history(
@@ -16,12 +16,7 @@ impl Core {
         count: Option<u32>,
         cursor: Page,
     ) {
-        let Some(me) = self
-            .conns
-            .get(&conn)
-            .and_then(|c| c.key())
-            .map(str::to_owned)
-        else {
+        let Some(me) = self.account_of(conn) else {
             return;
         };
         let (conv, name) = match with {
@@ -73,11 +68,7 @@ impl Core {
     ) {
         let mut out = String::new();
         for m in &page.messages {
-            let to = match &m.to {
-                To::User(u) => Recipients::User(u),
-                To::Group(g) => Recipients::Group(g),
-                To::All => Recipients::All,
-            };
+            let to = recipients(&m.to);
             reply::message(&mut out, "HISTORY", m.id, m.time_ms, &m.from, to, &m.text);
         }
         let cursor = |c: Option<u64>| c.map_or_else(|| "-".to_owned(), |id| id.to_string());

@@ -8,12 +8,12 @@
 
 use std::sync::Arc;
 
-use super::{ConnId, Core, Waiting};
+use super::{fan_out, recipients, ConnId, Core, Waiting};
 use crate::config::MAX_PENDING_PER_ACCOUNT;
 use crate::outbox::Chunk;
 use crate::proto::command::Verb;
 use crate::proto::name::Name;
-use crate::proto::reply::{self, Code, Recipients};
+use crate::proto::reply::{self, Code};
 use crate::store::worker::Ticket;
 use crate::store::{MessageRecord, StoreOp, To};
 
@@ -40,12 +40,7 @@ impl Core {
         text: String,
         verb: Verb,
     ) {
-        let Some(sender) = self
-            .conns
-            .get(&conn)
-            .and_then(|c| c.key())
-            .map(str::to_owned)
-        else {
+        let Some(sender) = self.account_of(conn) else {
             return;
         };
         let cmd = verb.name();
@@ -97,12 +92,7 @@ impl Core {
 
     /// ALL: to every other online account; stored, never kept for offline delivery.
     pub(super) fn send_all(&mut self, conn: ConnId, label: Option<String>, text: String) {
-        let Some(sender) = self
-            .conns
-            .get(&conn)
-            .and_then(|c| c.key())
-            .map(str::to_owned)
-        else {
+        let Some(sender) = self.account_of(conn) else {
             return;
         };
         self.commit_message(
@@ -167,39 +157,54 @@ impl Core {
     pub(super) fn message_stored(&mut self, ticket: Ticket, sent: Sent) {
         let r = &sent.record;
         let mut line = String::with_capacity(64 + r.text.len());
-        let to = match &r.to {
-            To::User(u) => Recipients::User(u),
-            To::Group(g) => Recipients::Group(g),
-            To::All => Recipients::All,
-        };
+        let to = recipients(&r.to);
         reply::message(&mut line, "MESSAGE", r.id, r.time_ms, &r.from, to, &r.text);
         // Encoded once; every recipient's outbox shares these bytes.
         let chunk = Chunk::Shared(Arc::from(line.into_bytes()));
         let mut out = String::new();
         match sent.verb {
             Verb::All => {
-                let others: Vec<String> = self
+                let others = self
                     .online
                     .iter()
-                    .filter(|k| **k != sent.sender)
-                    .cloned()
-                    .collect();
-                for key in &others {
-                    self.push_to_account(key, &chunk);
-                }
-                reply::ok(
-                    &mut out,
-                    sent.label.as_deref(),
-                    "ALL",
-                    &format!("{} DELIVERED {}", r.id, others.len()),
+                    .map(String::as_str)
+                    .filter(|k| *k != sent.sender);
+                fan_out(
+                    &self.accounts,
+                    &self.conns,
+                    &mut self.overflowed,
+                    others,
+                    &chunk,
+                    None,
                 );
+                let users = self.online.len() - usize::from(self.online.contains(&sent.sender));
+                let details = format!("{} DELIVERED {users}", r.id);
+                reply::ok(&mut out, sent.label.as_deref(), "ALL", &details);
             }
             verb => {
+                // The sender's own connection, when it is a recipient (MSG to yourself, a GROUP
+                // naming you), gets its copy after the OK: a command's reply comes first (spec 6.4).
+                let own = self
+                    .conns
+                    .get(&sent.conn)
+                    .and_then(|c| c.key())
+                    .map(str::to_owned);
                 for key in &sent.online {
-                    if self.push_to_account(key, &chunk) == 0 {
+                    let keys = std::iter::once(key.as_str());
+                    let skip = Some(sent.conn);
+                    let reached = fan_out(
+                        &self.accounts,
+                        &self.conns,
+                        &mut self.overflowed,
+                        keys,
+                        &chunk,
+                        skip,
+                    );
+                    if reached == 0 {
                         self.keep_for_later(key, r.id);
                     }
                 }
+                let own_copy = own.is_some_and(|k| sent.online.contains(&k));
                 let details = if verb == Verb::Msg {
                     format!(
                         "{} {}",
@@ -215,6 +220,9 @@ impl Core {
                     )
                 };
                 reply::ok(&mut out, sent.label.as_deref(), verb.name(), &details);
+                if own_copy {
+                    out.push_str(&String::from_utf8_lossy(chunk.as_bytes()));
+                }
             }
         }
         self.fill(sent.conn, ticket, out);

@@ -29,9 +29,9 @@ use std::sync::Arc;
 use crate::auth::{HashJob, HashOutcome};
 use crate::outbox::{Chunk, Outbox};
 use crate::proto::command::{split_head, Command, Refusal, Verb};
-use crate::proto::reply::{self, ByeCode, Code};
+use crate::proto::reply::{self, ByeCode, Code, Recipients};
 use crate::store::worker::{StoreJob, Ticket};
-use crate::store::{FriendState, MsgId, Snapshot, StoreError, StoreOp, StoreReply};
+use crate::store::{FriendState, MsgId, Snapshot, StoreError, StoreOp, StoreReply, To};
 
 /// Identifies a connection for the life of the process.
 pub type ConnId = u64;
@@ -306,7 +306,7 @@ impl Core {
             ),
         );
         let _ = outbox.push(Chunk::Owned(hello.into_bytes()));
-        log::debug!("connection {conn} from {peer}");
+        log::info!("connection {conn} from {peer}");
         self.conns.insert(
             conn,
             Conn {
@@ -422,6 +422,14 @@ impl Core {
         }
     }
 
+    /// The account key a connection is logged in as.
+    fn account_of(&self, conn: ConnId) -> Option<String> {
+        self.conns
+            .get(&conn)
+            .and_then(|c| c.key())
+            .map(str::to_owned)
+    }
+
     // ----- replies and ordering -----
 
     /// Sends a FAIL reply as a command's final answer.
@@ -463,6 +471,10 @@ impl Core {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
+        if c.slots.is_empty() && slot.ticket.is_none() {
+            // The common case, nothing waiting before it: straight out, no queue.
+            return self.emit(conn, slot);
+        }
         c.slots.push_back(slot);
         self.flush_slots(conn);
     }
@@ -479,49 +491,68 @@ impl Core {
         self.flush_slots(conn);
     }
 
+    /// Sends the ready slots at the front of the queue, as one chunk.
     fn flush_slots(&mut self, conn: ConnId) {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        let mut out = String::new();
-        let mut credits = 0;
-        let mut close = false;
-        let mut bulk = false;
+        let mut merged: Option<Slot> = None;
         while c.slots.front().is_some_and(|s| s.ticket.is_none()) {
             let s = c.slots.pop_front().expect("front exists");
-            out.push_str(&s.text);
-            credits += s.finals;
-            close |= s.close_after;
-            bulk |= s.bulk;
+            let close = s.close_after;
+            match &mut merged {
+                None => merged = Some(s),
+                Some(m) => {
+                    m.text.push_str(&s.text);
+                    m.finals += s.finals;
+                    m.close_after |= s.close_after;
+                    m.bulk |= s.bulk;
+                }
+            }
             if close {
                 c.slots.clear();
                 break;
             }
         }
-        if bulk {
-            c.outbox.push_unbounded(Chunk::Owned(out.into_bytes()));
-        } else if !out.is_empty() && c.outbox.push(Chunk::Owned(out.into_bytes())).is_err() {
+        if c.slots.is_empty() {
+            // An idle connection keeps no queue.
+            c.slots = VecDeque::new();
+        }
+        if let Some(m) = merged {
+            self.emit(conn, m);
+        }
+    }
+
+    /// Queues a ready slot's text on the connection, gives back its credits, closes after QUIT.
+    fn emit(&mut self, conn: ConnId, slot: Slot) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        if slot.bulk {
+            c.outbox
+                .push_unbounded(Chunk::Owned(slot.text.into_bytes()));
+        } else if !slot.text.is_empty()
+            && c.outbox.push(Chunk::Owned(slot.text.into_bytes())).is_err()
+        {
             self.overflowed.push(conn);
         }
-        c.outbox.release_credits(credits);
-        if close {
+        c.outbox.release_credits(slot.finals);
+        if slot.close_after {
             c.outbox.close();
         }
     }
 
-    /// Queues an unsolicited line on every logged-in connection of account `key`.
+    /// Queues an unsolicited line on every logged-in connection of account `key`; returns how many
+    /// connections that is.
     fn push_to_account(&mut self, key: &str, chunk: &Chunk) -> usize {
-        let Some(acct) = self.accounts.get(key) else {
-            return 0;
-        };
-        for conn in &acct.conns {
-            if let Some(c) = self.conns.get(conn) {
-                if c.outbox.push(chunk.clone()).is_err() {
-                    self.overflowed.push(*conn);
-                }
-            }
-        }
-        acct.conns.len()
+        fan_out(
+            &self.accounts,
+            &self.conns,
+            &mut self.overflowed,
+            std::iter::once(key),
+            chunk,
+            None,
+        )
     }
 
     /// Disconnects every client whose outbox overflowed during this event.
@@ -656,6 +687,7 @@ impl Core {
                 break;
             }
             let Some(input) = c.deferred.pop_front() else {
+                c.deferred = VecDeque::new();
                 break;
             };
             self.process(conn, input);
@@ -672,7 +704,7 @@ impl Core {
         if let ConnState::LoggedIn(key) = c.state {
             self.detach(conn, &key);
         }
-        log::debug!("connection {conn} from {} closed", c.peer);
+        log::info!("connection {conn} from {} closed", c.peer);
     }
 
     /// Removes a logged-in connection from its account; the last one takes the account offline.
@@ -725,5 +757,47 @@ impl Core {
             c.outbox.push_unbounded(chunk.clone());
             c.outbox.close();
         }
+    }
+}
+
+/// Queues `chunk` on every logged-in connection of each account in `keys`, sharing the bytes;
+/// returns the number of connections (`skip` counted, but not sent to: its copy goes after the
+/// command's own reply). A free function over the fields it needs, so a broadcast can walk the
+/// online set without copying it.
+fn fan_out<'a>(
+    accounts: &HashMap<String, Account>,
+    conns: &HashMap<ConnId, Conn>,
+    overflowed: &mut Vec<ConnId>,
+    keys: impl Iterator<Item = &'a str>,
+    chunk: &Chunk,
+    skip: Option<ConnId>,
+) -> usize {
+    let mut n = 0;
+    for key in keys {
+        let Some(acct) = accounts.get(key) else {
+            continue;
+        };
+        for conn in &acct.conns {
+            if Some(*conn) == skip {
+                n += 1;
+                continue;
+            }
+            if let Some(c) = conns.get(conn) {
+                if c.outbox.push(chunk.clone()).is_err() {
+                    overflowed.push(*conn);
+                }
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+/// How a stored message's addressees are shown on the wire.
+fn recipients(to: &To) -> Recipients<'_> {
+    match to {
+        To::User(u) => Recipients::User(u),
+        To::Group(g) => Recipients::Group(g),
+        To::All => Recipients::All,
     }
 }

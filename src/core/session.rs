@@ -2,12 +2,12 @@
 
 use std::collections::HashMap;
 
-use super::{Account, ConnId, ConnState, Core, Slot, Waiting};
+use super::{recipients, Account, ConnId, ConnState, Core, Slot, Waiting};
 use crate::auth::HashJob;
 use crate::proto::name::{Name, Password};
-use crate::proto::reply::{self, Code, Recipients};
+use crate::proto::reply::{self, Code};
 use crate::store::worker::Ticket;
-use crate::store::{AccountRecord, FriendState, MessageRecord, StoreOp, To};
+use crate::store::{AccountRecord, FriendState, MessageRecord, StoreOp};
 
 impl Core {
     pub(super) fn register(
@@ -224,11 +224,7 @@ impl Core {
     pub(super) fn backlog(&mut self, conn: ConnId, ticket: Ticket, msgs: Vec<MessageRecord>) {
         let mut out = String::new();
         for m in &msgs {
-            let to = match &m.to {
-                To::User(u) => Recipients::User(u),
-                To::Group(g) => Recipients::Group(g),
-                To::All => Recipients::All,
-            };
+            let to = recipients(&m.to);
             reply::message(&mut out, "MESSAGE", m.id, m.time_ms, &m.from, to, &m.text);
         }
         reply::line(&mut out, "BACKLOG-END", &msgs.len().to_string());

@@ -23,7 +23,7 @@ use async_channel::{Receiver, Sender};
 use async_net::{TcpListener, TcpStream};
 use futures_lite::future;
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use smol::{Executor, Timer};
+use smol::{Async, Executor, Timer};
 
 use crate::auth::{self, HashJob, Hasher};
 use crate::config::*;
@@ -80,6 +80,22 @@ fn now_ms() -> i64 {
 /// Opens the database, binds the listeners and serves until told to stop. Returns an error for a
 /// startup failure or a fatal storage failure.
 pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), String> {
+    // Certificates and addresses first: a mistake there should not leave a new database behind.
+    let tls_cell = match &opts.tls {
+        Some((_, files)) => Some(Arc::new(
+            tls::TlsConfigCell::load(files).map_err(|e| e.to_string())?,
+        )),
+        None => None,
+    };
+    let plain = match &opts.listen {
+        Some(a) => Some(bind(a)?),
+        None => None,
+    };
+    let secure = match &opts.tls {
+        Some((a, _)) => Some(bind(a)?),
+        None => None,
+    };
+
     let (store, snapshot) = RedbStore::open(&opts.db).map_err(|e| e.to_string())?;
     log::info!(
         "database {}: {} accounts, next message id {}",
@@ -95,27 +111,13 @@ pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), String
     };
     let core = Core::new(snapshot, settings);
 
-    let tls_cell = match &opts.tls {
-        Some((_, files)) => Some(Arc::new(
-            tls::TlsConfigCell::load(files).map_err(|e| e.to_string())?,
-        )),
-        None => None,
-    };
-    let plain = match &opts.listen {
-        Some(a) => Some(bind(a)?),
-        None => None,
-    };
-    let secure = match &opts.tls {
-        Some((a, _)) => Some(bind(a)?),
-        None => None,
-    };
+    // Announced last: once this line is logged the server is ready (tests wait for it).
     if let Some(l) = &plain {
         log::info!("listening on {}", local(l));
     }
     if let Some(l) = &secure {
         log::info!("listening on {} (TLS)", local(l));
     }
-
     // Results of the store and hashing threads. Its capacity covers every job the core can have
     // outstanding, so those threads never wait on it.
     let (done_tx, done_rx) = async_channel::bounded(MAX_STORE_INFLIGHT + opts.hash_queue + 16);
@@ -171,18 +173,15 @@ pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), String
             accepts.push(ex.spawn(accept_loop(l, ctx.clone(), tls_cell.clone())));
         }
         let stop = async {
-            loop {
-                match control.recv().await {
-                    Ok(Control::ReloadTls) => match &tls_cell {
-                        Some(cell) => match cell.reload() {
-                            Ok(()) => log::info!("TLS certificate reloaded"),
-                            Err(e) => log::error!(
-                                "TLS certificate not reloaded, keeping the old one: {e}"
-                            ),
-                        },
-                        None => log::info!("no TLS listener; nothing to reload"),
+            while let Ok(Control::ReloadTls) = control.recv().await {
+                match &tls_cell {
+                    Some(cell) => match cell.reload() {
+                        Ok(()) => log::info!("TLS certificate reloaded"),
+                        Err(e) => {
+                            log::error!("TLS certificate not reloaded, keeping the old one: {e}")
+                        }
                     },
-                    Ok(Control::Stop) | Err(_) => break,
+                    None => log::info!("no TLS listener; nothing to reload"),
                 }
             }
             log::info!("stopping: no new connections; telling clients");
@@ -347,20 +346,42 @@ async fn connection(
 ) {
     let _ = stream.set_nodelay(true);
     match tls {
-        None => serve(stream.clone(), stream, peer.to_string(), ctx).await,
-        Some(cell) => match tls::handshake(cell.acceptor(), stream).await {
-            Ok(s) => {
-                let (r, w) = futures_lite::io::split(s);
-                serve(r, w, format!("{peer} (TLS)"), ctx).await
-            }
-            Err(e) => log::debug!("TLS handshake with {peer} failed: {e}"),
-        },
+        None => {
+            let ready = Some(stream.clone().into());
+            serve(stream.clone(), stream, ready, peer.to_string(), ctx).await
+        }
+        // Boxed: a task's future is as large as its largest branch, and the TLS one (handshake
+        // state, TLS streams) is several times the plain one. Inline, every plain connection would
+        // carry that size for its whole life.
+        Some(cell) => Box::pin(serve_tls(stream, peer, ctx, cell)).await,
+    }
+}
+
+async fn serve_tls(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<Ctx>,
+    cell: Arc<tls::TlsConfigCell>,
+) {
+    match tls::handshake(cell.acceptor(), stream).await {
+        Ok(s) => {
+            let (r, w) = futures_lite::io::split(s);
+            serve(r, w, None, format!("{peer} (TLS)"), ctx).await
+        }
+        Err(e) => log::info!("TLS handshake with {peer} failed: {e}"),
     }
 }
 
 /// Runs one connection: registers it with the core, starts its writer, reads until it ends.
-async fn serve<R, W>(reader: R, writer: W, peer: String, ctx: Arc<Ctx>)
-where
+/// `ready` is the plain-TCP socket, whose readiness the reader can wait for without holding a
+/// buffer (None for TLS, where the TLS layer buffers anyway).
+async fn serve<R, W>(
+    reader: R,
+    writer: W,
+    ready: Option<Arc<Async<std::net::TcpStream>>>,
+    peer: String,
+    ctx: Arc<Ctx>,
+) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
@@ -375,7 +396,7 @@ where
         return;
     }
     let writer = ctx.ex.spawn(write_loop(writer, outbox.clone()));
-    read_loop(reader, conn, &outbox, &ctx).await;
+    read_loop(reader, ready, conn, &outbox, &ctx).await;
     let _ = ctx.events.send(Event::Disconnected { conn }).await;
     // The core closes the outbox on Disconnected; if the core is gone, close it here.
     if ctx.events.is_closed() {
@@ -384,12 +405,32 @@ where
     writer.await;
 }
 
-async fn read_loop<R: AsyncRead + Unpin>(mut reader: R, conn: ConnId, outbox: &Outbox, ctx: &Ctx) {
-    let mut buf = vec![0u8; READ_CHUNK];
+async fn read_loop<R: AsyncRead + Unpin>(
+    mut reader: R,
+    ready: Option<Arc<Async<std::net::TcpStream>>>,
+    conn: ConnId,
+    outbox: &Outbox,
+    ctx: &Ctx,
+) {
+    // The read buffer exists only while data flows: after a read that drained the socket, a plain
+    // TCP connection gives it back and waits for readiness, so an idle connection holds none.
+    let mut buf: Vec<u8> = Vec::new();
     let mut decoder = LineDecoder::new(MAX_LINE_BYTES);
     let mut bucket = Bucket::new(ctx.line_rate, ctx.line_burst);
     let mut inputs = Vec::new();
     loop {
+        if buf.is_empty() {
+            if let Some(socket) = &ready {
+                let readable = future::or(async { socket.readable().await.is_ok() }, async {
+                    outbox.closed().await;
+                    false
+                });
+                if !readable.await {
+                    return;
+                }
+            }
+            buf = vec![0u8; READ_CHUNK];
+        }
         let read = future::or(async { Some(reader.read(&mut buf).await) }, async {
             outbox.closed().await;
             None
@@ -405,8 +446,14 @@ async fn read_loop<R: AsyncRead + Unpin>(mut reader: R, conn: ConnId, outbox: &O
                 Frame::TooLong => Input::TooLong,
             })
         });
+        if n < buf.len() && ready.is_some() {
+            buf = Vec::new();
+        }
         for input in inputs.drain(..) {
-            bucket.take().await;
+            if let Some(wait) = bucket.take() {
+                // Boxed: most connections never wait here, so they should not carry a timer.
+                Box::pin(Timer::after(wait)).await;
+            }
             if !outbox.acquire_credit().await {
                 return;
             }
@@ -417,10 +464,10 @@ async fn read_loop<R: AsyncRead + Unpin>(mut reader: R, conn: ConnId, outbox: &O
     }
     // The client closed its sending side (`printf ... | nc` does): answer what it sent first. A
     // partial line at the end is discarded, as the spec says.
-    let _ = future::or(outbox.all_answered(), async {
+    let drain = future::or(outbox.all_answered(), async {
         Timer::after(DRAIN_AFTER_EOF).await;
-    })
-    .await;
+    });
+    Box::pin(drain).await;
 }
 
 async fn write_loop<W: AsyncWrite + Unpin>(mut writer: W, outbox: Outbox) {
@@ -431,7 +478,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut writer: W, outbox: Outbox) {
         let bytes: &[u8] = if batch.len() == 1 {
             batch[0].as_bytes()
         } else {
-            buf.clear();
+            buf.reserve_exact(batch.iter().map(|c| c.as_bytes().len()).sum());
             for c in &batch {
                 buf.extend_from_slice(c.as_bytes());
             }
@@ -442,10 +489,11 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut writer: W, outbox: Outbox) {
             false
         })
         .await;
-        batch.clear();
-        if buf.capacity() > 64 * 1024 {
-            buf = Vec::new();
-        }
+        // Nothing is kept between writes: a connection that had a burst and went quiet would
+        // otherwise hold the burst's size (up to the outbox limit) for as long as it stays open.
+        // The cost is an allocation or two per write, small next to the write itself.
+        batch = Vec::new();
+        buf = Vec::new();
         if !written {
             outbox.close();
             return;
@@ -478,17 +526,45 @@ impl Bucket {
         }
     }
 
-    async fn take(&mut self) {
+    /// Takes a token; returns how long to wait first when none is left.
+    fn take(&mut self) -> Option<Duration> {
         let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
-        self.last = now;
-        if self.tokens < 1.0 {
-            let wait = (1.0 - self.tokens) / self.rate;
-            Timer::after(Duration::from_secs_f64(wait)).await;
-            self.tokens = 1.0;
-            self.last = Instant::now();
+        if now > self.last {
+            let earned = now.duration_since(self.last).as_secs_f64() * self.rate;
+            self.tokens = (self.tokens + earned).min(self.burst);
+            self.last = now;
         }
-        self.tokens -= 1.0;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return None;
+        }
+        // The next token is earned this long after `last` (which may lie ahead, if lines already
+        // wait); it is spent at once.
+        let ready = self.last + Duration::from_secs_f64((1.0 - self.tokens) / self.rate);
+        self.tokens = 0.0;
+        self.last = ready;
+        Some(ready.saturating_duration_since(now))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Bucket;
+
+    #[test]
+    fn bucket_gives_the_burst_then_spaces_lines_at_the_rate() {
+        let mut b = Bucket::new(10, 3);
+        assert_eq!((b.take(), b.take(), b.take()), (None, None, None));
+        let first = b.take().expect("the burst is spent");
+        assert!(
+            first.as_secs_f64() > 0.05 && first.as_secs_f64() <= 0.1,
+            "{first:?}"
+        );
+        // The next line waits a further tenth of a second after that one.
+        let second = b.take().expect("still no token");
+        assert!(
+            second.as_secs_f64() > 0.15 && second.as_secs_f64() <= 0.2,
+            "{second:?}"
+        );
     }
 }

@@ -270,17 +270,21 @@ fn parse_group(list: &str) -> Result<Vec<Name>, Refusal> {
             format!("a GROUP has at most {MAX_GROUP_RECIPIENTS} recipients"),
         ));
     }
-    let mut names: Vec<Name> = Vec::with_capacity(parts.len());
-    for p in parts {
-        let n = Name::parse(p)
-            .map_err(|e| Refusal(Code::BAD_NAME, format!("\"{}\" in the list: {e}", quote(p))))?;
-        if names
+    // Every name's form first, then repeats (spec 4.8).
+    let names = parts
+        .iter()
+        .map(|p| {
+            Name::parse(p)
+                .map_err(|e| Refusal(Code::BAD_NAME, format!("\"{}\" in the list: {e}", quote(p))))
+        })
+        .collect::<Result<Vec<Name>, Refusal>>()?;
+    for (i, n) in names.iter().enumerate() {
+        if names[..i]
             .iter()
             .any(|m| m.as_str().eq_ignore_ascii_case(n.as_str()))
         {
             return Err(Refusal(Code::DUPLICATE_NAME, format!("{n} is named twice")));
         }
-        names.push(n);
     }
     Ok(names)
 }
@@ -290,14 +294,27 @@ fn parse_history(
     missing: impl Fn() -> Refusal,
     too_many: impl Fn() -> Refusal,
 ) -> Result<Command, Refusal> {
-    let target = args.next().ok_or_else(&missing)?;
+    // Arity first (spec 3.2): a target and at most three more tokens.
+    let toks: Vec<&str> = std::iter::from_fn(|| args.next()).collect();
+    let Some((&target, rest)) = toks.split_first() else {
+        return Err(missing());
+    };
+    if rest.len() > 3 {
+        return Err(too_many());
+    }
+    let with = if target == "*" {
+        HistoryTarget::Broadcast
+    } else {
+        HistoryTarget::User(Name::parse(target).map_err(|e| Refusal(Code::BAD_NAME, e.into()))?)
+    };
+    let mut rest = rest.iter().copied();
     let mut count = None;
     let mut cursor = Page::Latest;
-    let mut next = args.next();
+    let mut next = rest.next();
     if let Some(tok) = next {
         if !is_cursor_word(tok) {
             count = Some(parse_count(tok)?);
-            next = args.next();
+            next = rest.next();
         }
     }
     if let Some(word) = next {
@@ -310,7 +327,7 @@ fn parse_history(
                 ),
             ));
         }
-        let id = args.next().ok_or_else(|| {
+        let id = rest.next().ok_or_else(|| {
             Refusal(
                 Code::BAD_ARGUMENT,
                 format!("{} needs a message id", word.to_ascii_uppercase()),
@@ -327,15 +344,16 @@ fn parse_history(
         } else {
             Page::After(id)
         };
+        if let Some(extra) = rest.next() {
+            return Err(Refusal(
+                Code::BAD_ARGUMENT,
+                format!(
+                    "nothing may follow the message id, not \"{}\"",
+                    quote(extra)
+                ),
+            ));
+        }
     }
-    if args.next().is_some() {
-        return Err(too_many());
-    }
-    let with = if target == "*" {
-        HistoryTarget::Broadcast
-    } else {
-        HistoryTarget::User(Name::parse(target).map_err(|e| Refusal(Code::BAD_NAME, e.into()))?)
-    };
     Ok(Command::History {
         with,
         count,
@@ -394,9 +412,13 @@ impl<'a> Tokens<'a> {
         Some(&s[..end])
     }
 
-    /// The rest of the line after the single space that follows the previous token.
+    /// The rest of the line after the single space that follows the previous token; None when no
+    /// token follows (only spaces count as no text: spec 2.6).
     fn text(&mut self) -> Option<&'a str> {
         let t = self.0.strip_prefix(' ')?;
+        if t.trim_start_matches(' ').is_empty() {
+            return None;
+        }
         self.0 = "";
         Some(t)
     }
@@ -695,7 +717,10 @@ mod tests {
         assert_eq!(code("MSG bob"), Code::MISSING_ARGUMENT);
         assert_eq!(code("MSG 1bob"), Code::MISSING_ARGUMENT);
         assert_eq!(code("MSG 1bob hi"), Code::BAD_NAME);
-        assert_eq!(code("MSG bob  "), Code::BAD_TEXT);
+        assert_eq!(code("MSG bob  "), Code::MISSING_ARGUMENT);
+        assert_eq!(code("MSG bob \t"), Code::BAD_TEXT);
+        assert_eq!(code("HISTORY bob AFTER 1 more"), Code::BAD_ARGUMENT);
+        assert_eq!(code("HISTORY bob 10 20"), Code::BAD_ARGUMENT);
         assert_eq!(code("MSG bob \x07"), Code::BAD_TEXT);
         assert_eq!(
             code(&format!("MSG bob {}", "x".repeat(2049))),
@@ -712,6 +737,7 @@ mod tests {
         );
         assert_eq!(code("GROUP a,,b hi"), Code::BAD_NAME);
         assert_eq!(code("GROUP a,B,b hi"), Code::DUPLICATE_NAME);
+        assert_eq!(code("GROUP b,b,9bad hi"), Code::BAD_NAME);
         let many: Vec<String> = (0..51).map(|i| format!("u{i}")).collect();
         assert_eq!(
             code(&format!("GROUP {} hi", many.join(","))),

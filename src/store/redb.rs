@@ -18,7 +18,7 @@
 //! every conversation it belongs to: MSG under (sender, recipient), GROUP under (sender, r) for each
 //! distinct recipient r, ALL under `*`.
 //!
-//! Records are encoded by hand (see [`codec`]) rather than with a serialisation crate: the format is
+//! Records are encoded by hand (the `codec` module) rather than with a serialisation crate: the format is
 //! small, it is versioned by a leading byte so it can change without a migration of the whole file,
 //! and decoding never trusts a length it reads, so a damaged record is a [`StoreError::Corrupt`],
 //! never a panic or a huge allocation.
@@ -642,5 +642,411 @@ impl<'txn> Tables<'txn> {
             .range((conv, 0u64)..=(conv, id))?
             .next()
             .is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{AccountRecord, MessageRecord};
+
+    fn sample_messages() -> Vec<MessageRecord> {
+        let m = |id, to, text: &str| MessageRecord {
+            id,
+            time_ms: 1_700_000_000_123,
+            from: "Alice".into(),
+            to,
+            text: text.into(),
+        };
+        vec![
+            m(1, To::User("bob".into()), "hello"),
+            m(
+                2,
+                To::Group(vec!["Bob".into(), "carol".into(), "BOB".into()]),
+                "to you both",
+            ),
+            m(3, To::Group(vec![]), ""),
+            m(4, To::All, "ünïcödé and spaces \u{1F600}"),
+            m(u64::MAX, To::User(String::new()), &"x".repeat(5000)),
+            MessageRecord {
+                time_ms: i64::MIN,
+                ..m(5, To::All, "min")
+            },
+            MessageRecord {
+                time_ms: -1,
+                ..m(6, To::All, "neg")
+            },
+        ]
+    }
+
+    fn sample_accounts() -> Vec<AccountRecord> {
+        vec![
+            AccountRecord {
+                name: "Alice".into(),
+                phc: "$scrypt$ln=15,r=8,p=1$c2FsdA$aGFzaA".into(),
+                created_ms: 1,
+            },
+            AccountRecord {
+                name: String::new(),
+                phc: String::new(),
+                created_ms: i64::MAX,
+            },
+            AccountRecord {
+                name: "a".repeat(300),
+                phc: "p".repeat(200),
+                created_ms: i64::MIN,
+            },
+        ]
+    }
+
+    #[test]
+    fn records_round_trip() {
+        for m in sample_messages() {
+            let bytes = codec::encode_message(&m);
+            assert_eq!(bytes[0], 1, "format version first");
+            assert_eq!(codec::decode_message(m.id, &bytes).unwrap(), m);
+        }
+        for a in sample_accounts() {
+            assert_eq!(
+                codec::decode_account(&codec::encode_account(&a)).unwrap(),
+                a
+            );
+        }
+    }
+
+    /// Pins version 1 of the format: a change here is a change of what is on users' disks.
+    #[test]
+    fn format_version_1_bytes() {
+        let m = MessageRecord {
+            id: 9,
+            time_ms: 0x0102,
+            from: "al".into(),
+            to: To::Group(vec!["b".into(), "c".into()]),
+            text: "hi".into(),
+        };
+        assert_eq!(
+            codec::encode_message(&m),
+            [1, 2, 1, 0, 0, 0, 0, 0, 0, 2, b'a', b'l', 1, 2, 1, b'b', 1, b'c', 2, b'h', b'i']
+        );
+        let a = AccountRecord {
+            name: "Al".into(),
+            phc: "p".into(),
+            created_ms: -1,
+        };
+        assert_eq!(
+            codec::encode_account(&a),
+            [1, 2, b'A', b'l', 1, b'p', 255, 255, 255, 255, 255, 255, 255, 255]
+        );
+        // Lengths of 128 bytes and more take several length bytes.
+        let long = MessageRecord {
+            to: To::All,
+            text: "t".repeat(300),
+            ..m
+        };
+        let bytes = codec::encode_message(&long);
+        assert_eq!(&bytes[12..15], &[2, 0xac, 0x02]);
+        assert_eq!(codec::decode_message(9, &bytes).unwrap(), long);
+    }
+
+    #[test]
+    fn truncated_or_extended_records_are_corrupt() {
+        for m in sample_messages() {
+            let bytes = codec::encode_message(&m);
+            for len in 0..bytes.len() {
+                assert!(
+                    matches!(
+                        codec::decode_message(m.id, &bytes[..len]),
+                        Err(StoreError::Corrupt(_))
+                    ),
+                    "{len}"
+                );
+            }
+            let mut longer = bytes.clone();
+            longer.push(0);
+            assert!(matches!(
+                codec::decode_message(m.id, &longer),
+                Err(StoreError::Corrupt(_))
+            ));
+        }
+        for a in sample_accounts() {
+            let bytes = codec::encode_account(&a);
+            for len in 0..bytes.len() {
+                assert!(
+                    matches!(
+                        codec::decode_account(&bytes[..len]),
+                        Err(StoreError::Corrupt(_))
+                    ),
+                    "{len}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bad_versions_tags_counts_and_utf8_are_corrupt() {
+        let good = codec::encode_message(&sample_messages()[0]);
+        let corrupt =
+            |bytes: &[u8]| matches!(codec::decode_message(1, bytes), Err(StoreError::Corrupt(_)));
+        let mut v2 = good.clone();
+        v2[0] = 2;
+        assert!(corrupt(&v2));
+        let mut tag = good.clone();
+        tag[1 + 8 + 1 + 5] = 7; // after version, time, "Alice"
+        assert!(corrupt(&tag));
+        let mut utf8 = good.clone();
+        utf8[1 + 8 + 1] = 0xff;
+        assert!(corrupt(&utf8));
+        // A group claiming 2^62 recipients must fail fast, not try to reserve them.
+        let mut huge = vec![1u8];
+        huge.extend_from_slice(&0i64.to_le_bytes());
+        huge.extend_from_slice(&[1, b'a', 1]);
+        huge.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f]);
+        assert!(corrupt(&huge));
+        // A length of more than 64 bits.
+        let mut overlong = vec![1u8];
+        overlong.extend_from_slice(&0i64.to_le_bytes());
+        overlong.extend_from_slice(&[0xff; 11]);
+        assert!(corrupt(&overlong));
+        assert!(matches!(
+            codec::decode_account(&[1, 0, 0, 1, 2, 3]),
+            Err(StoreError::Corrupt(_))
+        ));
+    }
+
+    /// Random damage never panics: every mutated record either decodes to something that round
+    /// trips, or is reported as corrupt.
+    #[test]
+    fn random_damage_is_decoded_or_reported() {
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut decoded = 0;
+        let mut rejected = 0;
+        for m in sample_messages() {
+            let bytes = codec::encode_message(&m);
+            for _ in 0..2000 {
+                let mut damaged = bytes.clone();
+                for _ in 0..=(next() % 3) {
+                    let i = (next() % damaged.len() as u64) as usize;
+                    damaged[i] ^= (next() % 255 + 1) as u8;
+                }
+                match codec::decode_message(m.id, &damaged) {
+                    Ok(rec) => {
+                        decoded += 1;
+                        assert_eq!(
+                            codec::decode_message(m.id, &codec::encode_message(&rec)).unwrap(),
+                            rec
+                        );
+                    }
+                    Err(StoreError::Corrupt(_)) => rejected += 1,
+                    Err(e) => panic!("unexpected error {e}"),
+                }
+            }
+        }
+        // Both outcomes happen: flips inside text bytes decode, flips in lengths do not.
+        assert!(
+            decoded > 0 && rejected > 0,
+            "{decoded} decoded, {rejected} rejected"
+        );
+    }
+
+    #[test]
+    fn conversation_keys_are_normalised() {
+        let pair = |a: &str, b: &str| conversation_key(&Conversation::Pair(a.into(), b.into()));
+        assert_eq!(pair("bob", "alice"), "alice bob");
+        assert_eq!(pair("alice", "bob"), "alice bob");
+        assert_eq!(pair("al", "al"), "al al");
+        assert_eq!(conversation_key(&Conversation::Broadcast), "*");
+        let msg = |to| MessageRecord {
+            id: 1,
+            time_ms: 0,
+            from: "Carol".into(),
+            to,
+            text: String::new(),
+        };
+        assert_eq!(
+            message_conversation_keys(&msg(To::User("ALICE".into()))),
+            ["alice carol"]
+        );
+        assert_eq!(
+            message_conversation_keys(&msg(To::Group(vec![
+                "dave".into(),
+                "Alice".into(),
+                "DAVE".into(),
+                "carol".into()
+            ]))),
+            ["alice carol", "carol carol", "carol dave"]
+        );
+        assert_eq!(message_conversation_keys(&msg(To::All)), ["*"]);
+    }
+
+    fn temp_db() -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chatd.redb");
+        (dir, path)
+    }
+
+    fn append(id: MsgId) -> StoreOp {
+        StoreOp::AppendMessage {
+            msg: MessageRecord {
+                id,
+                time_ms: 0,
+                from: "a".into(),
+                to: To::User("b".into()),
+                text: "t".into(),
+            },
+            pending_for: vec!["b".into()],
+        }
+    }
+
+    /// The guarded failure: an op fails part way through a batch after earlier ops of the same
+    /// batch wrote. None of the batch may reach the file, or the server's memory (which treats the
+    /// whole batch as failed) and the disk would disagree.
+    #[test]
+    fn a_failing_batch_writes_nothing() {
+        let (_dir, path) = temp_db();
+        let (mut store, _) = RedbStore::open(&path).unwrap();
+        store.execute(&[append(1)]).unwrap();
+        // Damage: an index entry for a message that is not in the log.
+        let txn = store.db.begin_write().unwrap();
+        txn.open_table(CONVERSATIONS)
+            .unwrap()
+            .insert(("x y", 50), ())
+            .unwrap();
+        txn.commit().unwrap();
+
+        let account = AccountRecord {
+            name: "Zed".into(),
+            phc: "h".into(),
+            created_ms: 0,
+        };
+        let err = store
+            .execute(&[
+                StoreOp::CreateAccount(account.clone()),
+                append(2),
+                StoreOp::TakeBacklog { user: "b".into() },
+                StoreOp::History {
+                    conv: Conversation::Pair("y".into(), "x".into()),
+                    count: 5,
+                    cursor: Cursor::Latest,
+                },
+            ])
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
+        // The store stays usable for a batch that does not touch the damage.
+        store
+            .execute(&[StoreOp::CreateAccount(account.clone())])
+            .unwrap();
+        drop(store);
+
+        let (_, snap) = RedbStore::open(&path).unwrap();
+        assert_eq!(snap.accounts, vec![account]);
+        assert_eq!(snap.next_id, 2);
+        assert_eq!(snap.pending_counts, vec![("b".to_owned(), 1)]);
+    }
+
+    #[test]
+    fn damaged_records_are_reported_at_open() {
+        let (_dir, path) = temp_db();
+        drop(RedbStore::open(&path).unwrap());
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(ACCOUNTS)
+            .unwrap()
+            .insert("alice", [9u8, 9, 9].as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+        drop(db);
+        assert!(matches!(
+            RedbStore::open(&path),
+            Err(StoreError::Corrupt(_))
+        ));
+
+        // An account filed under a key that is not its name's.
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        let rec = AccountRecord {
+            name: "Bob".into(),
+            phc: String::new(),
+            created_ms: 0,
+        };
+        txn.open_table(ACCOUNTS)
+            .unwrap()
+            .insert("alice", codec::encode_account(&rec).as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+        drop(db);
+        assert!(matches!(
+            RedbStore::open(&path),
+            Err(StoreError::Corrupt(_))
+        ));
+
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(ACCOUNTS).unwrap().remove("alice").unwrap();
+        txn.open_table(FRIENDSHIPS)
+            .unwrap()
+            .insert(("a", "b"), 3)
+            .unwrap();
+        txn.commit().unwrap();
+        drop(db);
+        assert!(matches!(
+            RedbStore::open(&path),
+            Err(StoreError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn another_schema_version_is_refused() {
+        let (_dir, path) = temp_db();
+        drop(RedbStore::open(&path).unwrap());
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(META)
+            .unwrap()
+            .insert(SCHEMA_VERSION_KEY, 2)
+            .unwrap();
+        txn.commit().unwrap();
+        drop(db);
+        match RedbStore::open(&path) {
+            Err(StoreError::Open(e)) => assert!(e.contains("schema version 2"), "{e}"),
+            other => panic!("{:?}", other.map(|(_, s)| s)),
+        }
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_database_is_an_error() {
+        let (_dir, path) = temp_db();
+        std::fs::write(
+            &path,
+            b"this is not a redb file, just some text\n".repeat(200),
+        )
+        .unwrap();
+        let err = RedbStore::open(&path).map(|_| ()).unwrap_err();
+        assert!(
+            matches!(err, StoreError::Open(_) | StoreError::Corrupt(_)),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_open_database_cannot_be_opened_twice() {
+        let (_dir, path) = temp_db();
+        let (_store, _) = RedbStore::open(&path).unwrap();
+        assert!(matches!(RedbStore::open(&path), Err(StoreError::Open(_))));
+    }
+
+    #[test]
+    fn next_id_follows_the_largest_stored_id() {
+        let (_dir, path) = temp_db();
+        let (mut store, snap) = RedbStore::open(&path).unwrap();
+        assert_eq!(snap.next_id, 1);
+        store.execute(&[append(3), append(41)]).unwrap();
+        drop(store);
+        assert_eq!(RedbStore::open(&path).unwrap().1.next_id, 42);
     }
 }

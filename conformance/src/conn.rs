@@ -1,0 +1,196 @@
+//! One client connection: plain TCP or TLS, blocking, read line by line against a deadline.
+//!
+//! The suite never sleeps: every wait is a blocking read whose socket timeout is the time left until
+//! the step's deadline. Lines are kept as bytes (the server might send invalid UTF-8, and a case must
+//! be able to say so) and the LF is removed; a CR before it is kept, so a server that ends its lines
+//! in CRLF fails the cases instead of being silently accepted.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+
+/// How to speak TLS to the server: the trusted CA and the name to verify.
+#[derive(Clone)]
+pub struct TlsSettings {
+    config: Arc<ClientConfig>,
+    server_name: ServerName<'static>,
+}
+
+impl TlsSettings {
+    /// Trusts the certificates in the PEM file `ca` and verifies the server as `server_name`.
+    pub fn new(ca: &Path, server_name: &str) -> Result<TlsSettings, String> {
+        let mut roots = RootCertStore::empty();
+        let certs = CertificateDer::pem_file_iter(ca)
+            .map_err(|e| format!("cannot read CA file {}: {e}", ca.display()))?;
+        for cert in certs {
+            let cert = cert.map_err(|e| format!("bad PEM in {}: {e}", ca.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("unusable CA certificate in {}: {e}", ca.display()))?;
+        }
+        if roots.is_empty() {
+            return Err(format!("no certificate in {}", ca.display()));
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS setup: {e}"))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let server_name = ServerName::try_from(server_name.to_string())
+            .map_err(|e| format!("bad TLS server name {server_name:?}: {e}"))?;
+        Ok(TlsSettings {
+            config: Arc::new(config),
+            server_name,
+        })
+    }
+}
+
+enum Transport {
+    Plain(TcpStream),
+    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
+}
+
+impl Transport {
+    fn sock(&self) -> &TcpStream {
+        match self {
+            Transport::Plain(s) => s,
+            Transport::Tls(s) => &s.sock,
+        }
+    }
+}
+
+/// Why no line could be read.
+#[derive(Debug)]
+pub enum ReadError {
+    /// The deadline passed first.
+    Timeout,
+    /// The server closed the connection; `partial` holds bytes received after the last LF.
+    Closed { partial: Vec<u8> },
+    /// Any other socket or TLS error.
+    Io(io::Error),
+}
+
+/// A connection to the server.
+pub struct Conn {
+    t: Transport,
+    buf: Vec<u8>,
+    eof: bool,
+}
+
+/// Errors that mean the peer has gone, as opposed to a fault on our side.
+fn is_disconnect(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::UnexpectedEof
+    )
+}
+
+impl Conn {
+    /// Connects to `addr`, over TLS when `tls` is given. `timeout` bounds connecting and each write.
+    pub fn connect(addr: &str, tls: Option<&TlsSettings>, timeout: Duration) -> io::Result<Conn> {
+        let mut last = io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{addr} resolves to nothing"),
+        );
+        let mut sock = None;
+        for sa in addr.to_socket_addrs()? {
+            match TcpStream::connect_timeout(&sa, timeout) {
+                Ok(s) => {
+                    sock = Some(s);
+                    break;
+                }
+                Err(e) => last = e,
+            }
+        }
+        let sock = sock.ok_or(last)?;
+        sock.set_nodelay(true)?;
+        sock.set_write_timeout(Some(timeout))?;
+        let t = match tls {
+            None => Transport::Plain(sock),
+            Some(tls) => {
+                let conn = ClientConnection::new(tls.config.clone(), tls.server_name.clone())
+                    .map_err(io::Error::other)?;
+                Transport::Tls(Box::new(StreamOwned::new(conn, sock)))
+            }
+        };
+        Ok(Conn {
+            t,
+            buf: Vec::new(),
+            eof: false,
+        })
+    }
+
+    /// Sends bytes as they are.
+    pub fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match &mut self.t {
+            Transport::Plain(s) => s.write_all(bytes),
+            Transport::Tls(s) => {
+                s.write_all(bytes)?;
+                s.flush()
+            }
+        }
+    }
+
+    /// Reads the next line (without its LF), waiting until `deadline` at most.
+    pub fn read_line(&mut self, deadline: Instant) -> Result<Vec<u8>, ReadError> {
+        let mut chunk = [0u8; 64 * 1024];
+        loop {
+            if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
+                let mut line: Vec<u8> = self.buf.drain(..=pos).collect();
+                line.pop();
+                return Ok(line);
+            }
+            if self.eof {
+                return Err(ReadError::Closed {
+                    partial: std::mem::take(&mut self.buf),
+                });
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ReadError::Timeout);
+            }
+            self.t
+                .sock()
+                .set_read_timeout(Some(left))
+                .map_err(ReadError::Io)?;
+            let n = match &mut self.t {
+                Transport::Plain(s) => s.read(&mut chunk),
+                Transport::Tls(s) => s.read(&mut chunk),
+            };
+            match n {
+                Ok(0) => self.eof = true,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(ReadError::Timeout)
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_disconnect(&e) => self.eof = true,
+                Err(e) => return Err(ReadError::Io(e)),
+            }
+        }
+    }
+
+    /// Closes the connection: TLS close_notify if any, then FIN.
+    pub fn close(&mut self) {
+        if let Transport::Tls(s) = &mut self.t {
+            s.conn.send_close_notify();
+            let _ = s.conn.complete_io(&mut s.sock);
+        }
+        let _ = self.t.sock().shutdown(Shutdown::Both);
+    }
+}

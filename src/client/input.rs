@@ -1,0 +1,360 @@
+//! What the user typed: slash commands, plain text and raw protocol lines, parsed without any state.
+//!
+//! The parser only splits and checks arity; names, passwords and texts are the server's to judge, so
+//! the client never disagrees with it. Message text follows the protocol's rule: everything after the
+//! single space that follows the preceding word, spaces kept.
+
+/// One line of user input.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input<'a> {
+    /// A blank line: nothing to do.
+    Nothing,
+    /// `/msg <name> <text>` (or `/unicast`).
+    Msg {
+        /// The recipient.
+        to: &'a str,
+        /// The text.
+        text: &'a str,
+    },
+    /// `/group <a,b,...> <text>` (or `/multicast`).
+    Group {
+        /// The comma-separated recipients, as typed.
+        to: &'a str,
+        /// The text.
+        text: &'a str,
+    },
+    /// `/all <text>` (or `/broadcast`).
+    All {
+        /// The text.
+        text: &'a str,
+    },
+    /// A line not starting with `/`: a message to the last person talked with.
+    Reply {
+        /// The whole line.
+        text: &'a str,
+    },
+    /// `/users`.
+    Users,
+    /// `/help [<command>]`.
+    Help {
+        /// A protocol command to ask the server about.
+        topic: Option<&'a str>,
+    },
+    /// `/quit [<reason>]` (or `/exit`).
+    Quit {
+        /// Passed on to the server.
+        reason: Option<&'a str>,
+    },
+    /// `/register <name> <password>`.
+    Register {
+        /// The name to register.
+        name: &'a str,
+        /// Its password.
+        password: &'a str,
+    },
+    /// `/login <name> <password>`.
+    Login {
+        /// The account name.
+        name: &'a str,
+        /// Its password.
+        password: &'a str,
+    },
+    /// `/logout`.
+    Logout,
+    /// `/friend <arguments>`: passed on as `FRIEND <arguments>`.
+    Friend {
+        /// Everything after `/friend `.
+        args: &'a str,
+    },
+    /// `/history [<arguments>]`: `HISTORY <arguments>`, or the last person talked with.
+    History {
+        /// Everything after `/history ` (may be empty).
+        args: &'a str,
+    },
+    /// `//<line>`: a protocol line sent as typed.
+    Raw(&'a str),
+}
+
+/// Why a typed line was not understood; the text is for the user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InputError(pub String);
+
+/// Every slash command with its usage, for `/help` and for error messages.
+pub const COMMANDS: &[(&str, &str)] = &[
+    (
+        "/msg <name> <text>",
+        "send a message to one user (also /unicast)",
+    ),
+    (
+        "/group <name,name,...> <text>",
+        "send a message to several users (also /multicast)",
+    ),
+    (
+        "/all <text>",
+        "send a message to everyone online (also /broadcast)",
+    ),
+    (
+        "<text>",
+        "a line without / goes to the last person you messaged or who messaged you",
+    ),
+    ("/users", "list who is online"),
+    ("/register <name> <password>", "create an account"),
+    ("/login <name> <password>", "log in"),
+    ("/logout", "log out"),
+    (
+        "/friend add|accept|deny|remove <name>",
+        "ask, answer or end a friendship",
+    ),
+    ("/friend list", "list friends and requests"),
+    (
+        "/history [<name>|*] [<count>] [before|after <id>]",
+        "show past messages (default: the last person you talked with)",
+    ),
+    ("/help [<command>]", "this help, and the server's"),
+    ("/quit [<reason>]", "leave (also /exit, or Ctrl-D)"),
+    ("//<line>", "send <line> to the server exactly as typed"),
+];
+
+/// Splits off the first space-separated word; the rest starts after the single space following it.
+fn word(s: &str) -> (&str, &str) {
+    let s = s.trim_start_matches(' ');
+    match s.find(' ') {
+        Some(i) => (&s[..i], &s[i + 1..]),
+        None => (s, ""),
+    }
+}
+
+fn usage(form: &str) -> InputError {
+    InputError(format!("usage: {form}"))
+}
+
+/// Parses one typed line (without its line terminator).
+pub fn parse(line: &str) -> Result<Input<'_>, InputError> {
+    if line.trim_matches(' ').is_empty() {
+        return Ok(Input::Nothing);
+    }
+    if let Some(raw) = line.strip_prefix("//") {
+        return Ok(if raw.trim_matches(' ').is_empty() {
+            Input::Nothing
+        } else {
+            Input::Raw(raw)
+        });
+    }
+    let Some(command) = line.strip_prefix('/') else {
+        return Ok(Input::Reply { text: line });
+    };
+    let (verb, rest) = word(command);
+    let blank = |s: &str| s.trim_matches(' ').is_empty();
+    match verb.to_ascii_lowercase().as_str() {
+        "msg" | "unicast" => {
+            let (to, text) = word(rest);
+            if to.is_empty() || blank(text) {
+                return Err(usage("/msg <name> <text>"));
+            }
+            Ok(Input::Msg { to, text })
+        }
+        "group" | "multicast" => {
+            let (to, text) = word(rest);
+            if to.is_empty() || blank(text) {
+                return Err(usage("/group <name,name,...> <text>"));
+            }
+            Ok(Input::Group { to, text })
+        }
+        "all" | "broadcast" => {
+            if blank(rest) {
+                return Err(usage("/all <text>"));
+            }
+            Ok(Input::All { text: rest })
+        }
+        "users" | "who" => {
+            if !blank(rest) {
+                return Err(usage("/users"));
+            }
+            Ok(Input::Users)
+        }
+        "help" => {
+            let (topic, more) = word(rest);
+            if !blank(more) {
+                return Err(usage("/help [<command>]"));
+            }
+            Ok(Input::Help {
+                topic: (!topic.is_empty()).then_some(topic),
+            })
+        }
+        "quit" | "exit" => Ok(Input::Quit {
+            reason: (!blank(rest)).then_some(rest),
+        }),
+        "register" | "login" => {
+            let (name, rest) = word(rest);
+            let (password, more) = word(rest);
+            if name.is_empty() || password.is_empty() || !blank(more) {
+                return Err(usage(&format!(
+                    "/{} <name> <password>",
+                    verb.to_lowercase()
+                )));
+            }
+            Ok(if verb.eq_ignore_ascii_case("register") {
+                Input::Register { name, password }
+            } else {
+                Input::Login { name, password }
+            })
+        }
+        "logout" => {
+            if !blank(rest) {
+                return Err(usage("/logout"));
+            }
+            Ok(Input::Logout)
+        }
+        "friend" | "friends" => {
+            if blank(rest) {
+                return Err(usage(
+                    "/friend add|accept|deny|remove <name>, or /friend list",
+                ));
+            }
+            Ok(Input::Friend {
+                args: rest.trim_matches(' '),
+            })
+        }
+        "history" => Ok(Input::History {
+            args: rest.trim_matches(' '),
+        }),
+        _ => Err(InputError(format!(
+            "unknown command /{verb}; type /help for the list (// sends a line to the server as is)"
+        ))),
+    }
+}
+
+/// The client's own help text.
+pub fn help_text() -> String {
+    let width = COMMANDS.iter().map(|(u, _)| u.len()).max().unwrap_or(0);
+    let mut out = String::from("Commands:\n");
+    for (form, what) in COMMANDS {
+        out.push_str(&format!("  {form:width$}  {what}\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_keep_their_text_as_the_protocol_does() {
+        assert_eq!(
+            parse("/msg bob hello  there"),
+            Ok(Input::Msg {
+                to: "bob",
+                text: "hello  there"
+            })
+        );
+        assert_eq!(
+            parse("/MSG bob  hi"),
+            Ok(Input::Msg {
+                to: "bob",
+                text: " hi"
+            })
+        );
+        assert_eq!(
+            parse("/unicast bob hi"),
+            Ok(Input::Msg {
+                to: "bob",
+                text: "hi"
+            })
+        );
+        assert_eq!(
+            parse("/multicast a,b x"),
+            Ok(Input::Group {
+                to: "a,b",
+                text: "x"
+            })
+        );
+        assert_eq!(parse("/broadcast hey"), Ok(Input::All { text: "hey" }));
+        assert_eq!(
+            parse("just talking"),
+            Ok(Input::Reply {
+                text: "just talking"
+            })
+        );
+    }
+
+    #[test]
+    fn missing_parts_are_usage_errors() {
+        for bad in [
+            "/msg",
+            "/msg bob",
+            "/msg bob   ",
+            "/group a,b",
+            "/all",
+            "/all   ",
+            "/login alice",
+            "/register alice pw extra",
+            "/friend",
+            "/users x",
+            "/logout now",
+            "/help a b",
+        ] {
+            let err = parse(bad).unwrap_err();
+            assert!(err.0.starts_with("usage: /"), "{bad}: {err:?}");
+        }
+        let err = parse("/frobnicate").unwrap_err();
+        assert!(err.0.contains("unknown command /frobnicate"), "{err:?}");
+    }
+
+    #[test]
+    fn account_and_other_commands() {
+        assert_eq!(
+            parse("/login alice wonderland1"),
+            Ok(Input::Login {
+                name: "alice",
+                password: "wonderland1"
+            })
+        );
+        assert_eq!(
+            parse("/Register alice wonderland1"),
+            Ok(Input::Register {
+                name: "alice",
+                password: "wonderland1"
+            })
+        );
+        assert_eq!(parse("/logout"), Ok(Input::Logout));
+        assert_eq!(parse("/quit"), Ok(Input::Quit { reason: None }));
+        assert_eq!(
+            parse("/exit see you"),
+            Ok(Input::Quit {
+                reason: Some("see you")
+            })
+        );
+        assert_eq!(parse("/help"), Ok(Input::Help { topic: None }));
+        assert_eq!(parse("/help msg"), Ok(Input::Help { topic: Some("msg") }));
+        assert_eq!(
+            parse("/friend add bob"),
+            Ok(Input::Friend { args: "add bob" })
+        );
+        assert_eq!(parse("/history"), Ok(Input::History { args: "" }));
+        assert_eq!(
+            parse("/history bob 10 before 7"),
+            Ok(Input::History {
+                args: "bob 10 before 7"
+            })
+        );
+    }
+
+    #[test]
+    fn raw_and_blank_lines() {
+        assert_eq!(parse("//PING x"), Ok(Input::Raw("PING x")));
+        assert_eq!(parse("//@1 MSG bob hi"), Ok(Input::Raw("@1 MSG bob hi")));
+        assert_eq!(parse("//"), Ok(Input::Nothing));
+        assert_eq!(parse(""), Ok(Input::Nothing));
+        assert_eq!(parse("   "), Ok(Input::Nothing));
+        // A leading space makes a slash ordinary text.
+        assert_eq!(parse(" /msg"), Ok(Input::Reply { text: " /msg" }));
+    }
+
+    #[test]
+    fn help_lists_every_command() {
+        let h = help_text();
+        for (form, _) in COMMANDS {
+            assert!(h.contains(form));
+        }
+    }
+}

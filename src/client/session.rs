@@ -1,0 +1,745 @@
+//! The client's rules as a state machine: typed input and server lines in, lines to send and notes
+//! to show out. No IO and no clock of its own, like the server's core, so every rule is a unit test.
+//!
+//! In interactive use every command goes out with a label (`@c.<n>`) and the session remembers what
+//! each label was for, so a reply can be told in words ("delivered to bob"), a LOGIN's password can be
+//! kept for logging in again after a reconnect, and replies to commands lost with a connection are
+//! counted. Without labels (the non-interactive mode passes server lines through untouched) it still
+//! tracks who the user last talked with.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use super::input::{help_text, Input};
+use super::render::{self, clean, Clock};
+use crate::proto::server_line::{parse, Recipient, ServerLine};
+
+/// Something the shell around the session must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// Send this protocol line (without its LF).
+    Send(String),
+    /// Show this to the user.
+    Show(Note),
+}
+
+/// A piece of text for the user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Note {
+    /// How to present it.
+    pub kind: NoteKind,
+    /// The text, cleaned of control characters; may hold several lines.
+    pub text: String,
+}
+
+/// How a [`Note`] is presented.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoteKind {
+    /// A message, shown as it is.
+    Chat,
+    /// Listing or help output, shown as it is.
+    Plain,
+    /// An event or a confirmation (`* ...`).
+    Info,
+    /// A failure (`error: ...`).
+    Error,
+}
+
+impl fmt::Display for Note {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            NoteKind::Chat | NoteKind::Plain => f.write_str(&self.text),
+            NoteKind::Info => write!(f, "* {}", self.text),
+            NoteKind::Error => write!(f, "error: {}", self.text),
+        }
+    }
+}
+
+fn note(kind: NoteKind, text: impl Into<String>) -> Effect {
+    Effect::Show(Note {
+        kind,
+        text: text.into(),
+    })
+}
+
+/// A password kept for logging in again; never printed.
+#[derive(Clone, PartialEq, Eq)]
+struct Secret(String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// What a labelled command was, to word its reply.
+#[derive(Clone, Debug)]
+enum Pending {
+    Register,
+    Login { password: Secret },
+    Relogin,
+    Logout,
+    Msg { to: String },
+    Group,
+    All,
+    Users,
+    Help,
+    Quit,
+    Friend,
+    History { target: String },
+}
+
+/// The client's state across commands and reconnections.
+#[derive(Debug)]
+pub struct Session {
+    labelled: bool,
+    next_label: u64,
+    pending: HashMap<String, Pending>,
+    /// The account this connection is logged in as (name as registered).
+    me: Option<String>,
+    /// Name and password of the last successful LOGIN, to log in again after a reconnect.
+    credentials: Option<(String, Secret)>,
+    /// Who a plain line goes to.
+    last_peer: Option<String>,
+    /// USER lines of a USERS answer, shown together with its final line.
+    users: Vec<String>,
+    quitting: bool,
+}
+
+impl Session {
+    /// A session; `labelled` for interactive use (see the module documentation).
+    pub fn new(labelled: bool) -> Session {
+        Session {
+            labelled,
+            next_label: 1,
+            pending: HashMap::new(),
+            me: None,
+            credentials: None,
+            last_peer: None,
+            users: Vec::new(),
+            quitting: false,
+        }
+    }
+
+    /// The account this connection is logged in as, if known.
+    pub fn me(&self) -> Option<&str> {
+        self.me.as_deref()
+    }
+
+    /// Who a plain line would go to.
+    pub fn last_peer(&self) -> Option<&str> {
+        self.last_peer.as_deref()
+    }
+
+    /// True once the user asked to quit.
+    pub fn quitting(&self) -> bool {
+        self.quitting
+    }
+
+    /// Commands sent whose final reply has not arrived (labelled mode only).
+    pub fn unanswered(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The prompt for the line editor.
+    pub fn prompt(&self) -> String {
+        match &self.me {
+            Some(me) => format!("{me}> "),
+            None => "> ".to_string(),
+        }
+    }
+
+    fn send(&mut self, what: Pending, line: String) -> Effect {
+        if !self.labelled {
+            return Effect::Send(line);
+        }
+        let label = format!("c.{}", self.next_label);
+        self.next_label += 1;
+        let out = format!("@{label} {line}");
+        self.pending.insert(label, what);
+        Effect::Send(out)
+    }
+
+    /// A new connection is up: log in again if this session has credentials.
+    pub fn on_connected(&mut self) -> Vec<Effect> {
+        self.me = None;
+        match self.credentials.clone() {
+            Some((name, password)) => {
+                vec![self.send(Pending::Relogin, format!("LOGIN {name} {}", password.0))]
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// The connection is gone: forget what it was doing and say what may have been lost.
+    pub fn on_disconnected(&mut self) -> Vec<Effect> {
+        let lost = self
+            .pending
+            .values()
+            .filter(|p| !matches!(p, Pending::Quit))
+            .count();
+        self.pending.clear();
+        self.users.clear();
+        self.me = None;
+        if lost == 0 {
+            return Vec::new();
+        }
+        vec![note(
+            NoteKind::Error,
+            format!(
+                "{lost} command{} had no answer when the connection was lost; {} may not have taken effect.",
+                if lost == 1 { "" } else { "s" },
+                if lost == 1 { "it" } else { "they" }
+            ),
+        )]
+    }
+
+    /// Acts on one line the user typed.
+    pub fn on_input(&mut self, input: Input<'_>) -> Vec<Effect> {
+        match input {
+            Input::Nothing => Vec::new(),
+            Input::Msg { to, text } => self.msg(to, text),
+            Input::Reply { text } => match self.last_peer.clone() {
+                Some(to) => self.msg(&to, text),
+                None => vec![note(
+                    NoteKind::Error,
+                    "nobody to answer yet: start with /msg <name> <text>. A line without / goes to the last \
+                     person you messaged or who messaged you.",
+                )],
+            },
+            Input::Group { to, text } => vec![self.send(Pending::Group, format!("GROUP {to} {text}"))],
+            Input::All { text } => vec![self.send(Pending::All, format!("ALL {text}"))],
+            Input::Users => {
+                self.users.clear();
+                vec![self.send(Pending::Users, "USERS".into())]
+            }
+            Input::Help { topic } => {
+                let mut out = Vec::new();
+                if topic.is_none() {
+                    out.push(note(NoteKind::Plain, help_text().trim_end()));
+                    out.push(note(NoteKind::Plain, "Server commands (send one with //):"));
+                }
+                let line = match topic {
+                    Some(t) => format!("HELP {t}"),
+                    None => "HELP".into(),
+                };
+                out.push(self.send(Pending::Help, line));
+                out
+            }
+            Input::Quit { reason } => {
+                self.quitting = true;
+                let line = match reason {
+                    Some(r) => format!("QUIT {r}"),
+                    None => "QUIT".into(),
+                };
+                vec![self.send(Pending::Quit, line)]
+            }
+            Input::Register { name, password } => {
+                vec![self.send(Pending::Register, format!("REGISTER {name} {password}"))]
+            }
+            Input::Login { name, password } => {
+                let what = Pending::Login {
+                    password: Secret(password.to_string()),
+                };
+                vec![self.send(what, format!("LOGIN {name} {password}"))]
+            }
+            Input::Logout => vec![self.send(Pending::Logout, "LOGOUT".into())],
+            Input::Friend { args } => vec![self.send(Pending::Friend, format!("FRIEND {args}"))],
+            Input::History { args: "" } => match self.last_peer.clone() {
+                Some(peer) => vec![self.send(
+                    Pending::History {
+                        target: peer.clone(),
+                    },
+                    format!("HISTORY {peer}"),
+                )],
+                None => vec![note(
+                    NoteKind::Error,
+                    "usage: /history <name>|* [<count>] [before|after <id>]",
+                )],
+            },
+            Input::History { args } => {
+                let target = args.split(' ').next().unwrap_or("").to_string();
+                vec![self.send(Pending::History { target }, format!("HISTORY {args}"))]
+            }
+            Input::Raw(line) => vec![Effect::Send(line.to_string())],
+        }
+    }
+
+    fn msg(&mut self, to: &str, text: &str) -> Vec<Effect> {
+        self.last_peer = Some(to.to_string());
+        vec![self.send(Pending::Msg { to: to.into() }, format!("MSG {to} {text}"))]
+    }
+
+    /// Acts on one line from the server; `clock` places message times.
+    pub fn on_server_line(&mut self, raw: &str, clock: &Clock) -> Vec<Effect> {
+        let line = parse(raw);
+        match line {
+            ServerLine::Ok {
+                label,
+                command,
+                details,
+            } => {
+                let what = label.and_then(|l| self.pending.remove(l));
+                self.on_ok(what, command, details)
+            }
+            ServerLine::Fail {
+                label,
+                command,
+                code,
+                text,
+            } => {
+                let what = label.and_then(|l| self.pending.remove(l));
+                self.on_fail(what, command, code, text)
+            }
+            ServerLine::Hello { version, .. } => {
+                let mut text =
+                    format!("Server: chatd {}. Type /help for commands.", clean(version));
+                if self.credentials.is_none() {
+                    text.push_str(
+                        " New here? /register <name> <password>, then /login <name> <password>.",
+                    );
+                }
+                vec![note(NoteKind::Info, text)]
+            }
+            ServerLine::Message(m) => {
+                // The server pushes a MESSAGE only to its recipients, so one addressed to a single
+                // user is addressed to this account even before the session knows its name.
+                let to_me = matches!(m.to, Recipient::User(_));
+                let from_me = self
+                    .me
+                    .as_deref()
+                    .is_some_and(|me| me.eq_ignore_ascii_case(m.from));
+                if to_me && !from_me {
+                    self.last_peer = Some(m.from.to_string());
+                }
+                vec![note(
+                    NoteKind::Chat,
+                    render::message(&m, self.me.as_deref(), clock, false),
+                )]
+            }
+            ServerLine::History(m) => vec![note(
+                NoteKind::Chat,
+                render::message(&m, self.me.as_deref(), clock, true),
+            )],
+            ServerLine::BacklogEnd { count: 0 } => Vec::new(),
+            ServerLine::BacklogEnd { count } => vec![note(
+                NoteKind::Info,
+                format!(
+                    "{count} message{} arrived while you were away.",
+                    if count == 1 { "" } else { "s" }
+                ),
+            )],
+            ServerLine::Presence { name, presence } => {
+                vec![note(NoteKind::Info, render::presence(name, presence))]
+            }
+            ServerLine::Friendship { name, event } => {
+                vec![note(NoteKind::Info, render::friendship(name, event))]
+            }
+            ServerLine::Bye { text, .. } => vec![note(
+                NoteKind::Error,
+                format!("the server is closing the connection: {}", clean(text)),
+            )],
+            ServerLine::User { name } => {
+                self.users.push(clean(name).into_owned());
+                Vec::new()
+            }
+            ServerLine::Help { text } => vec![note(NoteKind::Plain, format!("  {}", clean(text)))],
+            ServerLine::Pong { token } => vec![note(
+                NoteKind::Info,
+                format!("pong {}", clean(token.unwrap_or("")))
+                    .trim_end()
+                    .to_string(),
+            )],
+            ServerLine::Friend { name, state } => {
+                vec![note(NoteKind::Plain, render::friend(name, state))]
+            }
+            ServerLine::Other(raw) => {
+                vec![note(NoteKind::Plain, format!("server: {}", clean(raw)))]
+            }
+        }
+    }
+
+    fn on_ok(&mut self, what: Option<Pending>, command: &str, details: &str) -> Vec<Effect> {
+        let mut words = details.split(' ');
+        let first = words.next().unwrap_or("");
+        // Whoever sent it (a slash command, a raw line, a script), the login state follows the reply.
+        // Credentials are kept only from a /login the session saw succeed; a raw LOGIN or LOGOUT
+        // makes the ones it had wrong, so they go.
+        match command {
+            "LOGIN" => {
+                self.me = Some(first.to_string());
+                if !matches!(what, Some(Pending::Login { .. } | Pending::Relogin)) {
+                    self.credentials = None;
+                }
+            }
+            "LOGOUT" => {
+                self.me = None;
+                self.credentials = None;
+            }
+            _ => {}
+        }
+        let text = match what {
+            Some(Pending::Register) => format!(
+                "Registered {0}. Now log in: /login {0} <password>",
+                clean(first)
+            ),
+            Some(Pending::Login { password }) => {
+                self.credentials = Some((first.to_string(), password));
+                format!("Logged in as {}.", clean(first))
+            }
+            Some(Pending::Relogin) => {
+                format!("Logged in again as {}.", clean(first))
+            }
+            Some(Pending::Logout) => "Logged out.".into(),
+            Some(Pending::Msg { to }) => match words.next() {
+                Some("KEPT") => format!(
+                    "{} is offline; the message waits for their next login.",
+                    clean(&to)
+                ),
+                _ => format!("delivered to {}", clean(&to)),
+            },
+            Some(Pending::Group) => {
+                // `<id> DELIVERED <d> KEPT <k>`
+                let n: Vec<&str> = words.collect();
+                match n.as_slice() {
+                    ["DELIVERED", d, "KEPT", "0"] => format!("delivered to {d}"),
+                    ["DELIVERED", d, "KEPT", k] => {
+                        format!("delivered to {d}; kept for {k} offline")
+                    }
+                    _ => format!("sent ({})", clean(details)),
+                }
+            }
+            Some(Pending::All) => match (words.next(), words.next()) {
+                (Some("DELIVERED"), Some(n)) => format!("delivered to {n} online"),
+                _ => format!("sent ({})", clean(details)),
+            },
+            Some(Pending::Users) => return self.users_listed(),
+            Some(Pending::Help) => return Vec::new(),
+            Some(Pending::Quit) => "Bye.".into(),
+            Some(Pending::Friend) => friend_ok(details),
+            Some(Pending::History { target }) => {
+                // `<name> <n> BEFORE <id>|- AFTER <id>|-`
+                let rest: Vec<&str> = words.collect();
+                match rest.as_slice() {
+                    ["0", ..] if target == "*" => "no messages to everyone".to_string(),
+                    ["0", ..] => format!("no messages with {}", clean(&target)),
+                    [_, "BEFORE", before, ..] if *before != "-" => format!(
+                        "older messages: /history {} 50 before {}",
+                        clean(first),
+                        clean(before)
+                    ),
+                    _ => return Vec::new(),
+                }
+            }
+            None if command == "USERS" => return self.users_listed(),
+            None => format!("OK {} {}", clean(command), clean(details))
+                .trim_end()
+                .to_string(),
+        };
+        vec![note(NoteKind::Info, text)]
+    }
+
+    fn users_listed(&mut self) -> Vec<Effect> {
+        let users = std::mem::take(&mut self.users);
+        vec![note(
+            NoteKind::Info,
+            format!("online ({}): {}", users.len(), users.join(", ")),
+        )]
+    }
+
+    fn on_fail(
+        &mut self,
+        what: Option<Pending>,
+        command: &str,
+        code: &str,
+        text: &str,
+    ) -> Vec<Effect> {
+        self.users.clear();
+        let text = clean(text);
+        let shown = match what {
+            Some(Pending::Login { .. }) => format!("login failed: {text}"),
+            Some(Pending::Register) => format!("registration failed: {text}"),
+            Some(Pending::Relogin) => {
+                let name = self.credentials.take().map(|c| c.0).unwrap_or_default();
+                format!(
+                    "could not log in again as {}: {text}. Use /login <name> <password>.",
+                    clean(&name)
+                )
+            }
+            Some(_) => text.into_owned(),
+            // Not ours (a raw line, or a line refused before its label was read): say which.
+            None => format!("{} {}: {text}", clean(command), clean(code)),
+        };
+        vec![note(NoteKind::Error, shown)]
+    }
+}
+
+/// `OK FRIEND ...` details in words.
+fn friend_ok(details: &str) -> String {
+    let w: Vec<&str> = details.split(' ').collect();
+    match w.as_slice() {
+        ["ADD", n, "REQUESTED"] => format!("friend request sent to {}", clean(n)),
+        ["ADD", n, "FRIENDS"] | ["ACCEPT", n] => format!("you and {} are now friends", clean(n)),
+        ["DENY", n] => format!("you denied {}'s friend request", clean(n)),
+        ["REMOVE", n] => format!(
+            "removed {} (a friendship ended, or your request withdrawn)",
+            clean(n)
+        ),
+        ["LIST", "0"] => "no friends or friend requests yet".into(),
+        ["LIST", n] => format!("{n} in all"),
+        _ => format!("OK FRIEND {}", clean(details)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::input::parse as typed;
+
+    fn clock() -> Clock {
+        Clock {
+            tz: jiff::tz::TimeZone::UTC,
+            now: "2026-11-21T12:00:00Z".parse().unwrap(),
+        }
+    }
+
+    fn input(s: &mut Session, line: &str) -> Vec<Effect> {
+        s.on_input(typed(line).unwrap())
+    }
+
+    fn server(s: &mut Session, line: &str) -> Vec<Effect> {
+        s.on_server_line(line, &clock())
+    }
+
+    fn sent(effects: &[Effect]) -> Vec<&str> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Send(l) => Some(l.as_str()),
+                Effect::Show(_) => None,
+            })
+            .collect()
+    }
+
+    fn shown(effects: &[Effect]) -> Vec<String> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Show(n) => Some(n.to_string()),
+                Effect::Send(_) => None,
+            })
+            .collect()
+    }
+
+    fn logged_in(name: &str) -> Session {
+        let mut s = Session::new(true);
+        assert_eq!(
+            sent(&input(&mut s, &format!("/login {name} secret-pw1"))),
+            [format!("@c.1 LOGIN {name} secret-pw1")]
+        );
+        assert_eq!(
+            shown(&server(&mut s, &format!("OK @c.1 LOGIN {name}"))),
+            [format!("* Logged in as {name}.")]
+        );
+        s
+    }
+
+    #[test]
+    fn replies_are_worded_by_what_was_sent() {
+        let mut s = logged_in("alice");
+        assert_eq!(sent(&input(&mut s, "/msg bob hi")), ["@c.2 MSG bob hi"]);
+        assert_eq!(
+            sent(&input(&mut s, "/group bob,carol yo")),
+            ["@c.3 GROUP bob,carol yo"]
+        );
+        assert_eq!(sent(&input(&mut s, "/all hey")), ["@c.4 ALL hey"]);
+        assert_eq!(s.unanswered(), 3);
+        // Replies may come in any order; labels match them up.
+        assert_eq!(
+            shown(&server(&mut s, "OK @c.4 ALL 9 DELIVERED 2")),
+            ["* delivered to 2 online"]
+        );
+        assert_eq!(
+            shown(&server(&mut s, "OK @c.2 MSG 7 KEPT")),
+            ["* bob is offline; the message waits for their next login."]
+        );
+        assert_eq!(
+            shown(&server(&mut s, "OK @c.3 GROUP 8 DELIVERED 1 KEPT 1")),
+            ["* delivered to 1; kept for 1 offline"]
+        );
+        assert_eq!(
+            shown(&server(
+                &mut s,
+                "FAIL @c.9 MSG UNKNOWN_USER no such user: zed"
+            )),
+            ["error: MSG UNKNOWN_USER: no such user: zed"]
+        );
+        assert_eq!(s.unanswered(), 0);
+        assert_eq!(s.prompt(), "alice> ");
+    }
+
+    #[test]
+    fn plain_lines_go_to_the_last_person_talked_with() {
+        let mut s = logged_in("alice");
+        let none = input(&mut s, "hello?");
+        assert!(sent(&none).is_empty());
+        assert!(shown(&none)[0].starts_with("error: nobody to answer yet"));
+
+        // A direct message to me makes its sender the one I answer.
+        let shown_msg = shown(&server(
+            &mut s,
+            "MESSAGE 3 2026-11-21T11:59:00.000Z Bob Alice hi alice",
+        ));
+        assert_eq!(shown_msg, ["[11:59] Bob → you: hi alice"]);
+        assert_eq!(s.last_peer(), Some("Bob"));
+        assert_eq!(sent(&input(&mut s, "hi bob")), ["@c.2 MSG Bob hi bob"]);
+
+        // Group and broadcast messages do not change it; sending a MSG does.
+        server(
+            &mut s,
+            "MESSAGE 4 2026-11-21T11:59:00.000Z carol alice,bob x",
+        );
+        server(&mut s, "MESSAGE 5 2026-11-21T11:59:00.000Z dave * y");
+        assert_eq!(s.last_peer(), Some("Bob"));
+        input(&mut s, "/msg erin z");
+        assert_eq!(sent(&input(&mut s, "again")), ["@c.4 MSG erin again"]);
+        assert_eq!(sent(&input(&mut s, "/history")), ["@c.5 HISTORY erin"]);
+    }
+
+    #[test]
+    fn credentials_are_reused_after_a_reconnect_and_forgotten_on_logout() {
+        let mut s = logged_in("Alice");
+        input(&mut s, "/msg bob one");
+        input(&mut s, "/msg bob two");
+        let lost = s.on_disconnected();
+        assert_eq!(
+            shown(&lost),
+            ["error: 2 commands had no answer when the connection was lost; they may not have taken effect."]
+        );
+        assert_eq!(s.me(), None);
+        let again = s.on_connected();
+        assert_eq!(sent(&again), ["@c.4 LOGIN Alice secret-pw1"]);
+        assert_eq!(
+            shown(&server(&mut s, "OK @c.4 LOGIN Alice")),
+            ["* Logged in again as Alice."]
+        );
+        assert_eq!(s.me(), Some("Alice"));
+        // The password never shows in debug output.
+        assert!(!format!("{s:?}").contains("secret-pw1"));
+
+        input(&mut s, "/logout");
+        assert_eq!(shown(&server(&mut s, "OK @c.5 LOGOUT")), ["* Logged out."]);
+        assert!(s.on_connected().is_empty());
+    }
+
+    #[test]
+    fn a_raw_login_as_someone_else_drops_the_kept_credentials() {
+        let mut s = logged_in("alice");
+        assert_eq!(
+            sent(&input(&mut s, "//LOGIN bob builder123")),
+            ["LOGIN bob builder123"]
+        );
+        server(&mut s, "OK LOGIN bob");
+        assert_eq!(s.me(), Some("bob"));
+        s.on_disconnected();
+        // Not alice's password for bob's session: no automatic login at all.
+        assert!(s.on_connected().is_empty());
+    }
+
+    #[test]
+    fn a_failed_relogin_forgets_the_credentials() {
+        let mut s = logged_in("alice");
+        s.on_disconnected();
+        assert_eq!(sent(&s.on_connected()), ["@c.2 LOGIN alice secret-pw1"]);
+        let failed = server(
+            &mut s,
+            "FAIL @c.2 LOGIN BAD_CREDENTIALS wrong name or password",
+        );
+        assert_eq!(
+            shown(&failed),
+            ["error: could not log in again as alice: wrong name or password. Use /login <name> <password>."]
+        );
+        s.on_disconnected();
+        assert!(s.on_connected().is_empty());
+    }
+
+    #[test]
+    fn a_failed_login_keeps_nothing() {
+        let mut s = Session::new(true);
+        input(&mut s, "/login alice wrong-pass");
+        assert_eq!(
+            shown(&server(
+                &mut s,
+                "FAIL @c.1 LOGIN BAD_CREDENTIALS wrong name or password"
+            )),
+            ["error: login failed: wrong name or password"]
+        );
+        assert!(s.on_connected().is_empty());
+        assert_eq!(s.prompt(), "> ");
+    }
+
+    #[test]
+    fn multi_line_answers_and_pushes() {
+        let mut s = logged_in("alice");
+        input(&mut s, "/users");
+        assert!(server(&mut s, "USER alice").is_empty());
+        assert!(server(&mut s, "USER bob").is_empty());
+        assert_eq!(
+            shown(&server(&mut s, "OK @c.2 USERS 2")),
+            ["* online (2): alice, bob"]
+        );
+        let help = input(&mut s, "/help");
+        assert_eq!(sent(&help), ["@c.3 HELP"]);
+        assert!(shown(&help)[0].contains("/msg <name> <text>"));
+        assert_eq!(
+            shown(&server(
+                &mut s,
+                "HELP PING [<token>] -- check the connection"
+            )),
+            ["  PING [<token>] -- check the connection"]
+        );
+        assert!(server(&mut s, "OK @c.3 HELP").is_empty());
+        assert_eq!(
+            shown(&server(&mut s, "PRESENCE bob OFFLINE")),
+            ["* bob is offline."]
+        );
+        assert_eq!(
+            shown(&server(&mut s, "BACKLOG-END 2")),
+            ["* 2 messages arrived while you were away."]
+        );
+        assert!(server(&mut s, "BACKLOG-END 0").is_empty());
+        assert_eq!(
+            shown(&server(&mut s, "BYE SHUTDOWN the server is stopping")),
+            ["error: the server is closing the connection: the server is stopping"]
+        );
+        assert_eq!(
+            shown(&server(&mut s, "WHO\u{1b}KNOWS")),
+            ["server: WHO\u{fffd}KNOWS"]
+        );
+        input(&mut s, "/friend add bob");
+        assert_eq!(
+            shown(&server(&mut s, "OK @c.4 FRIEND ADD bob REQUESTED")),
+            ["* friend request sent to bob"]
+        );
+    }
+
+    #[test]
+    fn unlabelled_sessions_send_plain_protocol_lines() {
+        let mut s = Session::new(false);
+        assert_eq!(
+            sent(&input(&mut s, "/register alice wonderland1")),
+            ["REGISTER alice wonderland1"]
+        );
+        assert_eq!(sent(&input(&mut s, "/msg bob  hi")), ["MSG bob  hi"]);
+        assert_eq!(sent(&input(&mut s, "again")), ["MSG bob again"]);
+        assert_eq!(sent(&input(&mut s, "//PING x")), ["PING x"]);
+        // A direct message makes its sender the one a plain line answers, labels or not.
+        server(&mut s, "OK LOGIN alice");
+        assert_eq!(s.me(), Some("alice"));
+        server(&mut s, "MESSAGE 9 2026-11-21T11:59:00.000Z carol alice hey");
+        assert_eq!(sent(&input(&mut s, "hi carol")), ["MSG carol hi carol"]);
+        assert_eq!(sent(&input(&mut s, "/quit")), ["QUIT"]);
+        assert!(s.quitting());
+        assert_eq!(s.unanswered(), 0);
+    }
+}

@@ -1,0 +1,305 @@
+//! Crash tests: `kill -9` of the server, then a new server on the same database file.
+//!
+//! The failure guarded against: a message that the server acknowledged (`OK MSG <id> ...`) is
+//! missing after a crash, comes back with another id or text, or its id is handed out again to a
+//! later message. The server promises that every message is committed (redb, fsync) before its OK
+//! is sent, and that ids strictly increase and are never reused; so whatever moment the process
+//! dies at, every message a client saw acknowledged must be in the history with the id from its
+//! OK, a message to an offline user must still be waiting for them, the database must open without
+//! error, and the next id must be greater than every id handed out before. Messages that were sent
+//! but not acknowledged may or may not be there, but never twice. SIGKILL stops the process at an
+//! arbitrary point without any shutdown code running; it does not simulate a power cut (data the
+//! kernel has accepted survives), which is redb's own fsync guarantee to keep.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::Instant;
+
+use common::*;
+
+const SENDERS: usize = 3;
+
+fn sender(i: usize) -> String {
+    format!("s{i}")
+}
+
+/// A message as acknowledged, or as found in the history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Stored {
+    from: String,
+    to: String,
+    text: String,
+}
+
+/// Every message in the conversation of `c` with `with`, read page by page with the BEFORE
+/// cursors of the final lines, in increasing id order.
+fn whole_history(c: &mut Client, with: &str) -> BTreeMap<u64, Stored> {
+    let mut all = BTreeMap::new();
+    let mut query = format!("{with} 500");
+    loop {
+        let (lines, fin) = c.history(&query);
+        for l in &lines {
+            let m = parse_msg(l, "HISTORY");
+            let s = Stored {
+                from: m.from,
+                to: m.to,
+                text: m.text,
+            };
+            assert!(all.insert(m.id, s).is_none(), "id {} shown twice", m.id);
+        }
+        let before = fin
+            .split(" BEFORE ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .unwrap_or_else(|| panic!("{fin}"));
+        if before == "-" {
+            return all;
+        }
+        query = format!("{with} 500 BEFORE {before}");
+    }
+}
+
+/// Starts a server on `db` and checks that it opened the database cleanly and will hand out ids
+/// past `max_seen`.
+fn restart(db: &Path, max_seen: u64) -> Server {
+    let server = Server::start_on(db, &[]);
+    let log = server.log();
+    let next: u64 = log
+        .iter()
+        .find_map(|l| l.split("next message id ").nth(1))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no next id in the log: {log:?}"));
+    assert!(
+        next > max_seen,
+        "next id {next} after a crash, but {max_seen} was already handed out"
+    );
+    let errors: Vec<&String> = log.iter().filter(|l| l.contains(" ERROR ")).collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    server
+}
+
+/// Logs in `name` and checks the offline backlog holds exactly `expected`, in id order.
+fn check_backlog(server: &Server, name: &str, expected: &BTreeMap<u64, Stored>) {
+    let mut c = server.connect();
+    let backlog = c.login(name);
+    let (end, msgs) = backlog.split_last().unwrap();
+    assert_eq!(end, &format!("BACKLOG-END {}", expected.len()));
+    let got: Vec<u64> = msgs.iter().map(|l| parse_msg(l, "MESSAGE").id).collect();
+    let want: Vec<u64> = expected.keys().copied().collect();
+    assert_eq!(got, want, "{name}'s backlog after the crash");
+}
+
+#[test]
+fn acknowledged_messages_survive_kill_9_with_their_ids() {
+    const ROUNDS: usize = 5;
+    const PER_SENDER: usize = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("crash.redb");
+    // Every acknowledged message so far: id -> what was sent.
+    let mut acked: BTreeMap<u64, Stored> = BTreeMap::new();
+    let mut max_seen = 0;
+    let started = Instant::now();
+
+    for round in 0..=ROUNDS {
+        let server = restart(&db, max_seen);
+        let mut senders: Vec<Client> = (0..SENDERS)
+            .map(|i| {
+                let mut c = server.connect();
+                if round == 0 {
+                    c.register(&sender(i));
+                }
+                c.login(&sender(i));
+                c
+            })
+            .collect();
+
+        // Everything acknowledged in earlier rounds is there, with its id and text, and the
+        // recipient of the last round still has it waiting.
+        for (i, c) in senders.iter_mut().enumerate() {
+            for r in 0..round {
+                let history = whole_history(c, &format!("r{r}"));
+                let expected: BTreeMap<u64, Stored> = acked
+                    .iter()
+                    .filter(|(_, s)| s.from == sender(i) && s.to == format!("r{r}"))
+                    .map(|(id, s)| (*id, s.clone()))
+                    .collect();
+                assert_eq!(history, expected, "s{i} with r{r} after round {round}");
+            }
+        }
+        if round > 0 {
+            let prev = format!("r{}", round - 1);
+            let expected = acked
+                .iter()
+                .filter(|(_, s)| s.to == prev)
+                .map(|(id, s)| (*id, s.clone()))
+                .collect();
+            check_backlog(&server, &prev, &expected);
+        }
+        if round == ROUNDS {
+            break;
+        }
+
+        // This round: a new offline recipient, and every sender writes its messages at once.
+        let to = format!("r{round}");
+        server.connect().register(&to);
+        for (i, c) in senders.iter_mut().enumerate() {
+            let mut batch = String::new();
+            for k in 0..PER_SENDER {
+                batch.push_str(&format!("MSG {to} round {round} from s{i} number {k}\n"));
+            }
+            c.send_raw(batch.as_bytes());
+        }
+        let mut round_ids = Vec::new();
+        for (i, c) in senders.iter_mut().enumerate() {
+            for k in 0..PER_SENDER {
+                let reply = c.read_line();
+                let id = parse_ok_id(&reply, "MSG");
+                assert_eq!(reply, format!("OK MSG {id} KEPT"));
+                assert!(id > max_seen, "id {id} reused (had seen up to {max_seen})");
+                let s = Stored {
+                    from: sender(i),
+                    to: to.clone(),
+                    text: format!("round {round} from s{i} number {k}"),
+                };
+                assert!(acked.insert(id, s).is_none(), "id {id} acknowledged twice");
+                round_ids.push(id);
+            }
+        }
+        // Right after the last OK.
+        server.crash();
+        max_seen = max_seen.max(*round_ids.iter().max().unwrap());
+    }
+
+    // The file itself opens cleanly in-process too, with every account and the right next id.
+    let (store, snapshot) =
+        chatd::store::redb::RedbStore::open(&db).expect("opening after crashes");
+    drop(store);
+    assert_eq!(snapshot.accounts.len(), SENDERS + ROUNDS);
+    assert!(snapshot.next_id > max_seen);
+    println!(
+        "crash: {ROUNDS} rounds of {} acknowledged messages, each followed by kill -9, all found; \
+         {:?} in all",
+        SENDERS * PER_SENDER,
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_kill_in_the_middle_of_a_stream_loses_no_acknowledged_message() {
+    const ROUNDS: usize = 3;
+    // Written per sender per round; fewer than 1000 in all, so the recipient's backlog never fills.
+    const PER_SENDER: usize = 300;
+    // Kill once this many OKs have arrived (from all senders together).
+    const KILL_AFTER: usize = 150;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("crash.redb");
+    let mut max_seen = 0;
+    let mut unacked_total = 0;
+
+    for round in 0..ROUNDS {
+        let server = restart(&db, max_seen);
+        let to = format!("r{round}");
+        let mut setup = server.connect();
+        setup.register(&to);
+        let (ok_tx, ok_rx) = mpsc::channel::<(usize, u64, usize)>();
+        let mut threads = Vec::new();
+        for i in 0..SENDERS {
+            let mut c = server.connect();
+            if round == 0 {
+                c.register(&sender(i));
+            }
+            c.login(&sender(i));
+            let mut w = c.writer();
+            let to = to.clone();
+            let writer = std::thread::spawn(move || {
+                use std::io::Write;
+                let mut batch = String::new();
+                for k in 0..PER_SENDER {
+                    batch.push_str(&format!("MSG {to} stream {k}\n"));
+                }
+                // Fails once the server is killed; what was written is what matters.
+                let _ = w.write_all(batch.as_bytes());
+            });
+            let tx = ok_tx.clone();
+            let reader = std::thread::spawn(move || {
+                let mut k = 0;
+                while let Some(line) = c.next_whole_line() {
+                    let id = parse_ok_id(&line, "MSG");
+                    assert_eq!(line, format!("OK MSG {id} KEPT"));
+                    if tx.send((i, id, k)).is_err() {
+                        break;
+                    }
+                    k += 1;
+                }
+            });
+            threads.push((writer, reader));
+        }
+        drop(ok_tx);
+        let mut acks = Vec::new();
+        while acks.len() < KILL_AFTER {
+            acks.push(ok_rx.recv_timeout(TIMEOUT).expect("OKs stopped coming"));
+        }
+        server.crash();
+        for (w, r) in threads {
+            w.join().unwrap();
+            r.join().expect("a sender's reader failed");
+        }
+        // OKs that were already on their way count as acknowledged too.
+        acks.extend(ok_rx.try_iter());
+        assert!(
+            acks.len() < SENDERS * PER_SENDER,
+            "the kill came after the last OK"
+        );
+
+        let server = restart(&db, max_seen);
+        let mut stored: BTreeMap<u64, Stored> = BTreeMap::new();
+        for i in 0..SENDERS {
+            let mut c = server.connect();
+            c.login(&sender(i));
+            let history = whole_history(&mut c, &to);
+            // What is stored was sent, by this sender, once, in the order written.
+            let mut texts = HashSet::new();
+            let mut last_k = None;
+            for s in history.values() {
+                assert_eq!((&*s.from, &*s.to), (&*sender(i), &*to));
+                let k: usize = s
+                    .text
+                    .strip_prefix("stream ")
+                    .and_then(|k| k.parse().ok())
+                    .unwrap_or_else(|| panic!("unknown text {:?}", s.text));
+                assert!(texts.insert(k), "stream {k} stored twice");
+                assert!(last_k < Some(k), "stored out of order");
+                last_k = Some(k);
+            }
+            // Every acknowledged message is there, with the id of its OK.
+            for (_, id, k) in acks.iter().filter(|a| a.0 == i) {
+                assert_eq!(
+                    history.get(id).map(|s| &*s.text),
+                    Some(&*format!("stream {k}")),
+                    "acknowledged message {id} from s{i} after the crash"
+                );
+            }
+            stored.extend(history);
+        }
+        // Whatever was committed is also waiting for the recipient, and nothing else.
+        check_backlog(&server, &to, &stored);
+        max_seen = max_seen.max(*stored.keys().max().unwrap());
+        unacked_total += stored.len() - acks.len();
+        println!(
+            "crash round {round}: killed after {} OKs; {} messages were committed",
+            acks.len(),
+            stored.len()
+        );
+        // A new message gets an id past everything before the crash.
+        let mut c = server.connect();
+        c.login(&sender(0));
+        let id = c.msg(&to, "after the crash");
+        assert!(id > max_seen);
+        max_seen = id;
+        server.crash();
+    }
+    println!("crash: {unacked_total} messages were committed without their OK being seen");
+}

@@ -1,0 +1,194 @@
+//! Snapshot transcripts: each file in tests/transcripts/ is a script of what several clients send;
+//! it runs through the core without sockets (`chatd::sim`) and the full exchange, every line each
+//! client sent and received, is compared with its snapshot in tests/snapshots/. With `CI=true` a
+//! missing or changed snapshot fails the test.
+//!
+//! Script lines:
+//! - `# text`: a comment, copied into the transcript;
+//! - `a: connect`, `a: disconnect`, `a: shutdown` (the whole server), `a: advance MS` (the clock);
+//! - `a> LINE`: client `a` sends LINE. In LINE, `{x*N}` stands for N copies of `x`, and `\xHH`
+//!   for one raw byte;
+//! - `a: raw TEXT`: sends TEXT with the same escapes and no LF added (`\n` for a newline);
+//! - `a: repeat N LINE`: sends LINE N times and shows only a count of the replies by their first
+//!   word.
+//!
+//! After each step, every client's new output is shown as `a< LINE`, clients in name order.
+
+use std::collections::BTreeMap;
+
+use chatd::sim::Sim;
+
+fn expand(s: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'{' {
+            if let Some(end) = s[i..].find('}') {
+                let inner = &s[i + 1..i + end];
+                if let Some((what, n)) = inner.rsplit_once('*') {
+                    if let Ok(n) = n.parse::<usize>() {
+                        for _ in 0..n {
+                            out.extend_from_slice(what.as_bytes());
+                        }
+                        i += end + 1;
+                        continue;
+                    }
+                }
+            }
+        }
+        if b[i] == b'\\' && i + 1 < b.len() {
+            match b[i + 1] {
+                b'x' if i + 3 < b.len() => {
+                    if let Ok(v) = u8::from_str_radix(&s[i + 2..i + 4], 16) {
+                        out.push(v);
+                        i += 4;
+                        continue;
+                    }
+                }
+                b'n' => {
+                    out.push(b'\n');
+                    i += 2;
+                    continue;
+                }
+                b'r' => {
+                    out.push(b'\r');
+                    i += 2;
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
+}
+
+fn shown(line: &str) -> String {
+    // Long lines are shortened in the transcript so snapshots stay readable.
+    if line.len() > 120 {
+        let cut = line
+            .char_indices()
+            .take_while(|(i, _)| *i < 100)
+            .last()
+            .map_or(0, |(i, c)| i + c.len_utf8());
+        format!("{}...({} bytes)", &line[..cut], line.len())
+    } else {
+        line.to_owned()
+    }
+}
+
+fn collect(sim: &mut Sim, out: &mut String) {
+    for c in sim.clients() {
+        let text = sim.output(&c);
+        let lines: Vec<&str> = text.lines().collect();
+        // A long run of lines of one kind (a large backlog) shows its first and last two.
+        let mut i = 0;
+        while i < lines.len() {
+            let word = lines[i].split(' ').next().unwrap_or("");
+            let run = lines[i..]
+                .iter()
+                .take_while(|l| l.split(' ').next() == Some(word))
+                .count();
+            if run > 6 {
+                for l in &lines[i..i + 2] {
+                    out.push_str(&format!("{c}< {}\n", shown(l)));
+                }
+                out.push_str(&format!("{c}< ... {} more {word} lines ...\n", run - 4));
+                for l in &lines[i + run - 2..i + run] {
+                    out.push_str(&format!("{c}< {}\n", shown(l)));
+                }
+            } else {
+                for l in &lines[i..i + run] {
+                    out.push_str(&format!("{c}< {}\n", shown(l)));
+                }
+            }
+            i += run;
+        }
+    }
+}
+
+fn run(script: &str) -> String {
+    let mut sim = Sim::new();
+    let mut out = String::new();
+    for raw in script.lines() {
+        let line = raw.strip_suffix('\r').unwrap_or(raw);
+        if line.trim().is_empty() {
+            out.push('\n');
+            continue;
+        }
+        if line.starts_with('#') {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        }
+        let who_len = line
+            .find(|c: char| !c.is_ascii_alphanumeric())
+            .unwrap_or(line.len());
+        let (who, after) = line.split_at(who_len);
+        if let Some(rest) = after.strip_prefix('>') {
+            let rest = rest.strip_prefix(' ').unwrap_or(rest);
+            out.push_str(&format!(
+                "{who}> {}\n",
+                shown(&String::from_utf8_lossy(&expand(rest)))
+            ));
+            let mut bytes = expand(rest);
+            bytes.push(b'\n');
+            sim.send_bytes(who, &bytes);
+        } else if let Some(action) = after.strip_prefix(": ") {
+            out.push_str(&format!("{who}: {}\n", shown(action)));
+            let (verb, arg) = action.split_once(' ').unwrap_or((action, ""));
+            match verb {
+                "connect" => sim.connect(who),
+                "disconnect" => {
+                    collect(&mut sim, &mut out);
+                    sim.disconnect(who)
+                }
+                "shutdown" => sim.shutdown(),
+                "advance" => sim.advance(arg.parse().expect("advance MS")),
+                "raw" => sim.send_bytes(who, &expand(arg)),
+                "repeat" => {
+                    let (n, cmd) = arg.split_once(' ').expect("repeat N LINE");
+                    let n: usize = n.parse().expect("repeat count");
+                    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+                    for _ in 0..n {
+                        let mut bytes = expand(cmd);
+                        bytes.push(b'\n');
+                        sim.send_bytes(who, &bytes);
+                        for c in sim.clients() {
+                            for l in sim.output(&c).lines() {
+                                let word = l.split(' ').next().unwrap_or("").to_owned();
+                                *counts.entry(format!("{c}< {word}")).or_default() += 1;
+                            }
+                        }
+                    }
+                    for (k, v) in counts {
+                        out.push_str(&format!("{k} ... x{v}\n"));
+                    }
+                    continue;
+                }
+                other => panic!("unknown action {other:?} in {line:?}"),
+            }
+        } else {
+            panic!("cannot read script line {line:?}");
+        }
+        collect(&mut sim, &mut out);
+    }
+    out
+}
+
+#[test]
+fn transcripts() {
+    insta::glob!("transcripts/*.txt", |path| {
+        let script = std::fs::read_to_string(path).expect("reading a transcript");
+        let transcript = run(&script);
+        insta::with_settings!({
+            filters => vec![(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", "[time]")],
+            prepend_module_to_snapshot => false,
+            omit_expression => true,
+        }, {
+            insta::assert_snapshot!(transcript);
+        });
+    });
+}

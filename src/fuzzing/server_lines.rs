@@ -233,10 +233,14 @@ fn encoded_line_parses(u: &mut Unstructured<'_>) -> Result<()> {
         }
         10 => {
             let token = if u.arbitrary()? {
-                let t: String = free_text(u, 1, MAX_PING_TOKEN_BYTES)?
+                let mut t: String = free_text(u, 1, MAX_PING_TOKEN_BYTES)?
                     .chars()
                     .filter(|c| *c != ' ')
                     .collect();
+                // A token may hold a CR (only not last, where it would read as CRLF).
+                if t.len() > 1 && t.is_char_boundary(1) && u.ratio(1u8, 4u8)? {
+                    t.insert(1, '\r');
+                }
                 Some(t).filter(|t| !t.is_empty() && t.len() <= MAX_PING_TOKEN_BYTES)
             } else {
                 None

@@ -293,9 +293,14 @@ fn strip_terminator(line: &str) -> &str {
 }
 
 fn parse_fields(line: &str) -> Option<ServerLine<'_>> {
-    // Server lines start with their tag; a leading space is not something the server sends. A CR or
-    // LF inside is not part of any line (and would not survive a round trip).
-    if line.starts_with(' ') || line.contains(['\r', '\n']) {
+    // Server lines start with their tag; a leading space is not something the server sends. An LF
+    // inside is not part of any line. A CR is a control character, which the grammar allows only in
+    // a PONG token (the server echoes the PING's, spec 2.8); one left at the very end would be read
+    // as half of a CRLF terminator, so such a line would not survive a round trip.
+    if line.starts_with(' ') || line.contains('\n') || line.ends_with('\r') {
+        return None;
+    }
+    if line.contains('\r') && !line.starts_with("PONG ") {
         return None;
     }
     let mut c = Cursor { rest: line };
@@ -653,6 +658,15 @@ mod tests {
         );
         assert_eq!(parse("PONG"), ServerLine::Pong { token: None });
         assert_eq!(parse("PONG a:b"), ServerLine::Pong { token: Some("a:b") });
+        // A PING token may hold a CR (any control character but LF), and PONG echoes it.
+        assert_eq!(
+            parse("PONG a\rb\n"),
+            ServerLine::Pong {
+                token: Some("a\rb")
+            }
+        );
+        assert_eq!(parse("PONG a\r\r\n"), ServerLine::Other("PONG a\r"));
+        assert_eq!(parse("HELP a\rb"), ServerLine::Other("HELP a\rb"));
         assert_eq!(
             parse("FRIEND carol INCOMING"),
             ServerLine::Friend {

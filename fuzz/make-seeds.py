@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
 """Writes the seed corpus of every fuzz target into fuzz/seeds/<target>/.
 
-The seeds give the fuzzer a head start: protocol lines from the design for the parsers, and, for
+The seeds give the fuzzer a head start: for the parsers, protocol lines listed here plus every
+line a client sends in tests/transcripts/ and every server line in tests/snapshots/; for
 the structured targets, byte strings laid out the way chatd::fuzzing reads them (arbitrary's
 Unstructured: a u8 range takes one byte, value = byte % width + start; lengths of `bytes`
 come from the end). Run it from anywhere; it is deterministic, and its output is checked in.
 """
 
+import glob
 import os
 import random
+import re
 import shutil
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -104,15 +107,75 @@ def write(target, name, data):
         f.write(bytes(data))
 
 
+ROOT = os.path.dirname(HERE)
+
+
+def expand(s):
+    """The escapes of tests/transcripts: {x*N} is N copies of x; \\xHH, \\n, \\r are bytes."""
+    out = bytearray()
+    i = 0
+    while i < len(s):
+        m = re.match(r"\{(.*)\*(\d+)\}", s[i:]) if s[i] == "{" else None
+        if m and "}" not in m.group(1):
+            out += m.group(1).encode() * int(m.group(2))
+            i += m.end()
+            continue
+        if s[i] == "\\" and i + 1 < len(s):
+            if s[i + 1] == "x" and re.fullmatch(r"[0-9A-Fa-f]{2}", s[i + 2:i + 4]):
+                out.append(int(s[i + 2:i + 4], 16))
+                i += 4
+                continue
+            if s[i + 1] in "nr":
+                out += b"\n" if s[i + 1] == "n" else b"\r"
+                i += 2
+                continue
+        out += s[i].encode()
+        i += 1
+    return bytes(out)
+
+
+def transcript_lines():
+    """Every line a client sends in tests/transcripts/*.txt, without its terminator."""
+    lines = []
+    for path in sorted(glob.glob(os.path.join(ROOT, "tests", "transcripts", "*.txt"))):
+        for raw in open(path, encoding="utf-8").read().splitlines():
+            m = re.match(r"^\w+> ?(.*)$", raw)
+            if m:
+                lines.append(expand(m.group(1)))
+                continue
+            m = re.match(r"^\w+: raw (.*)$", raw)
+            if m:
+                lines += [l.removesuffix(b"\r") for l in expand(m.group(1)).split(b"\n") if l]
+    return lines
+
+
+def snapshot_lines():
+    """Every server line in tests/snapshots/*.snap, except those shortened for display."""
+    lines = []
+    for path in sorted(glob.glob(os.path.join(ROOT, "tests", "snapshots", "*.snap"))):
+        for raw in open(path, encoding="utf-8", errors="replace").read().splitlines():
+            m = re.match(r"^\w+< (.*)$", raw)
+            if m and not re.search(r"\.\.\.\(\d+ bytes\)$", m.group(1)):
+                lines.append(m.group(1).encode())
+    return lines
+
+
+def unique(items):
+    seen = set()
+    return [x for x in items if not (x in seen or seen.add(x))]
+
+
 def command_parse():
-    for i, line in enumerate(COMMAND_LINES):
-        write("command_parse", f"line-{i:02}", line)
+    lines = unique([l.encode() for l in COMMAND_LINES] + transcript_lines())
+    for i, line in enumerate(lines):
+        write("command_parse", f"line-{i:03}", line)
 
 
 def server_line():
-    for i, line in enumerate(SERVER_LINES):
+    lines = unique([l.encode() for l in SERVER_LINES] + snapshot_lines())
+    for i, line in enumerate(lines):
         # An even first byte: the rest is parsed as a line.
-        write("server_line", f"line-{i:02}", b"\x00" + line.encode())
+        write("server_line", f"line-{i:03}", b"\x00" + line)
     rng = random.Random(7)
     for i in range(16):
         # An odd first byte: the rest picks a line for the reply encoders to build.

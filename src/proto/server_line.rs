@@ -295,9 +295,8 @@ fn strip_terminator(line: &str) -> &str {
 fn parse_fields(line: &str) -> Option<ServerLine<'_>> {
     // Server lines start with their tag; a leading space is not something the server sends. An LF
     // inside is not part of any line. A CR is a control character, which the grammar allows only in
-    // a PONG token (the server echoes the PING's, spec 2.8); one left at the very end would be read
-    // as half of a CRLF terminator, so such a line would not survive a round trip.
-    if line.starts_with(' ') || line.contains('\n') || line.ends_with('\r') {
+    // a PONG token (the server echoes the PING's, spec 2.8; see there for the one at its end).
+    if line.starts_with(' ') || line.contains('\n') {
         return None;
     }
     if line.contains('\r') && !line.starts_with("PONG ") {
@@ -361,7 +360,15 @@ fn parse_fields(line: &str) -> Option<ServerLine<'_>> {
         "HELP" => ServerLine::Help {
             text: c.text().unwrap_or(""),
         },
-        "PONG" => ServerLine::Pong { token: c.token() },
+        "PONG" => {
+            let token = c.token();
+            // A token ending in CR prints as a line ending in CR, which reads back as a CRLF
+            // terminator: it would not survive a round trip, and a client cannot tell it apart.
+            if token.is_some_and(|t| t.ends_with('\r')) {
+                return None;
+            }
+            ServerLine::Pong { token }
+        }
         "FRIEND" => {
             let name = c.token()?;
             let state = FriendState::parse(c.token()?)?;
@@ -666,6 +673,7 @@ mod tests {
             }
         );
         assert_eq!(parse("PONG a\r\r\n"), ServerLine::Other("PONG a\r"));
+        assert_eq!(parse("PONG a\r "), ServerLine::Other("PONG a\r "));
         assert_eq!(parse("HELP a\rb"), ServerLine::Other("HELP a\rb"));
         assert_eq!(
             parse("FRIEND carol INCOMING"),

@@ -12,7 +12,8 @@
 //!   follows the `OK QUIT` that closes a connection;
 //! - data lines come in one run, right before the final of the command they answer;
 //! - a MESSAGE reaches only a connection logged in as one of its addressees (the MSG recipient, a
-//!   member of the GROUP list, or anyone but the sender for ALL), and at most once;
+//!   member of the GROUP list, or anyone but the sender for ALL), and at most once per account on
+//!   a connection;
 //! - each MESSAGE has the sender, addressees and text of a message whose MSG/GROUP/ALL got its OK;
 //! - at the end, every message that got an OK is in the HISTORY of each pair of parties (or in
 //!   `HISTORY *` for ALL), read through a fresh connection; and each MSG/GROUP reached each
@@ -83,8 +84,10 @@ struct Conn {
     account: Option<String>,
     /// The final that ends the current run of data lines.
     data_run: Option<&'static str>,
-    /// Message ids received, to catch a duplicate.
-    received: BTreeSet<u64>,
+    /// (account, message id) received, to catch a duplicate. The same message may come twice to a
+    /// connection that logs out and in as another addressee (live to one, from the backlog of
+    /// the other), never twice to one account.
+    received: BTreeSet<(String, u64)>,
 }
 
 /// A message whose MSG/GROUP/ALL got its OK.
@@ -556,10 +559,13 @@ impl Harness {
                     format!("{who}: {raw:?} reached {me}, who it was not addressed to")
                 });
                 let conn = self.conns[i].as_mut().expect("connected");
-                let first = conn.received.insert(m.id);
+                let first = conn.received.insert((me.clone(), m.id));
                 let serial = conn.serial;
                 self.check(first, || {
-                    format!("{who}: message {} twice on connection {serial}", m.id)
+                    format!(
+                        "{who}: message {} twice to {me} on connection {serial}",
+                        m.id
+                    )
                 });
                 self.live.entry(me).or_default().insert(m.id);
                 self.delivered.push(Delivered {

@@ -161,9 +161,37 @@ impl Sim {
         self.core.handle(self.now, event, &mut self.jobs);
     }
 
+    /// Hands a line to the server without running any job, to set up races with [`Sim::step`].
+    pub fn queue(&mut self, client: &str, line: &str) {
+        let Some(c) = self.clients.get(client) else {
+            return;
+        };
+        let conn = c.conn;
+        let input = Input::Line(line.as_bytes().to_vec());
+        self.event(Event::Input { conn, input });
+    }
+
+    /// Closes the client's connection without running any job (see [`Sim::queue`]).
+    pub fn drop_connection(&mut self, client: &str) {
+        if let Some(c) = self.clients.remove(client) {
+            self.event(Event::Disconnected { conn: c.conn });
+        }
+    }
+
+    /// Runs the jobs queued so far once (the ones they lead to stay queued).
+    pub fn step(&mut self) {
+        self.run_jobs();
+    }
+
     /// Runs store and hash jobs until none is left. Store jobs queued together commit together.
     pub fn settle(&mut self) {
         while !self.jobs.is_empty() {
+            self.run_jobs();
+        }
+    }
+
+    fn run_jobs(&mut self) {
+        {
             let jobs = std::mem::take(&mut self.jobs);
             let mut batch = Vec::new();
             let mut hashes = Vec::new();
@@ -220,6 +248,29 @@ mod tests {
         assert_eq!(
             s.output("b"),
             "MESSAGE 1 2026-01-01T00:00:00.000Z alice Bob  hi there\n"
+        );
+    }
+
+    #[test]
+    fn a_backlog_whose_connection_left_is_kept_for_the_next_login() {
+        let mut s = Sim::new();
+        s.connect("a");
+        s.send("a", "REGISTER alice password1");
+        s.send("a", "REGISTER bob password2");
+        s.send("a", "LOGIN alice password1");
+        s.send("a", "MSG bob kept for you");
+        s.connect("b");
+        s.queue("b", "LOGIN bob password2");
+        s.step(); // the password check; the backlog read is now queued
+        s.drop_connection("b");
+        s.settle();
+        s.connect("b");
+        s.output("b");
+        s.send("b", "LOGIN bob password2");
+        let out = s.output("b");
+        assert!(
+            out.contains("alice bob kept for you\nBACKLOG-END 1\n"),
+            "{out}"
         );
     }
 }

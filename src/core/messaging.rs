@@ -228,8 +228,9 @@ impl Core {
         self.fill(sent.conn, ticket, out);
     }
 
-    /// A recipient went offline while its message was being committed: add it to the backlog.
-    fn keep_for_later(&mut self, key: &str, id: u64) {
+    /// Adds a stored message to an account's backlog (a recipient went offline while its message
+    /// was being committed, or left before its backlog reached it).
+    pub(super) fn keep_for_later(&mut self, key: &str, id: u64) {
         let Some(a) = self.accounts.get_mut(key) else {
             return;
         };

@@ -160,8 +160,8 @@ enum Waiting {
         label: Option<String>,
         key: Option<String>,
     },
-    /// The offline backlog read at login.
-    Backlog { conn: ConnId },
+    /// The offline backlog read at login, for account `key`.
+    Backlog { conn: ConnId, key: String },
     /// A message's commit.
     Message(Box<messaging::Sent>),
     /// A HISTORY read.
@@ -612,8 +612,8 @@ impl Core {
             (Waiting::RegisterStored { conn, label, name }, _) => {
                 self.register_stored(conn, ticket, label, name)
             }
-            (Waiting::Backlog { conn }, StoreReply::Backlog(msgs)) => {
-                self.backlog(conn, ticket, msgs)
+            (Waiting::Backlog { conn, key }, StoreReply::Backlog(msgs)) => {
+                self.backlog(conn, ticket, key, msgs)
             }
             (Waiting::Message(sent), _) => self.message_stored(ticket, *sent),
             (Waiting::History { conn, label, name }, StoreReply::History(page)) => {
@@ -653,7 +653,7 @@ impl Core {
             | Waiting::RegisterStored { conn, label, .. } => (conn, label, "REGISTER"),
             Waiting::LoginVerify { conn, label, .. } => (conn, label, "LOGIN"),
             Waiting::History { conn, label, .. } => (conn, label, "HISTORY"),
-            Waiting::Backlog { conn } => {
+            Waiting::Backlog { conn, .. } => {
                 self.set_busy(conn, false);
                 return self.fill(conn, ticket, String::new());
             }

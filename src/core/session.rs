@@ -200,7 +200,10 @@ impl Core {
         if pending > 0 {
             let t = self.store(
                 StoreOp::TakeBacklog { user: key.clone() },
-                Waiting::Backlog { conn },
+                Waiting::Backlog {
+                    conn,
+                    key: key.clone(),
+                },
             );
             // The backlog is bounded by MAX_PENDING_PER_ACCOUNT and may pass the outbox limit.
             self.push_slot(
@@ -221,7 +224,21 @@ impl Core {
         self.set_busy(conn, false);
     }
 
-    pub(super) fn backlog(&mut self, conn: ConnId, ticket: Ticket, msgs: Vec<MessageRecord>) {
+    pub(super) fn backlog(
+        &mut self,
+        conn: ConnId,
+        ticket: Ticket,
+        key: String,
+        msgs: Vec<MessageRecord>,
+    ) {
+        if self.conns.get(&conn).is_none_or(|c| c.closing) {
+            // The connection left before its backlog arrived: keep the messages for the next
+            // login rather than lose them.
+            for m in &msgs {
+                self.keep_for_later(&key, m.id);
+            }
+            return;
+        }
         let mut out = String::new();
         for m in &msgs {
             let to = recipients(&m.to);

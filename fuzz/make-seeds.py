@@ -285,6 +285,20 @@ def raw(c, data):
     return bytes([c, 3, len(data)]) + data + bytes([len(data)])
 
 
+def queue(c, line_bytes):
+    """A line handed to the server with no job run (op 16)."""
+    return bytes([c, 16]) + line_bytes
+
+
+def step():
+    return bytes([0, 18])
+
+
+def drop(c):
+    """Closes a connection with no job run (op 19)."""
+    return bytes([c, 19])
+
+
 def advance(ms):
     return bytes([0, 2]) + (ms - 1).to_bytes(3, "big")
 
@@ -332,6 +346,29 @@ def core():
         disconnect(0),
     ])
     write("core", "framing", framing)
+
+    # A login whose connection leaves while its backlog is read; a MSG whose sender leaves before
+    # its commit; a recipient who leaves while a message to it commits.
+    races = b"".join([
+        connect(0), connect(1),
+        send(0, register("a"), register("b"), register("c")),
+        send(0, login("a"), msg("b", "hi"), msg("c", "hi")),
+        queue(1, login("b")),
+        step(),
+        drop(1),
+        connect(1),
+        send(1, login("b")),
+        queue(1, msg("a", "hi")),
+        drop(1),
+        connect(2),
+        send(2, login("c")),
+        queue(0, group(["b", "c"], "hi")),
+        drop(2),
+        step(),
+        connect(2),
+        send(2, login("c"), history("a")),
+    ])
+    write("core", "races", races)
 
 
 def main():

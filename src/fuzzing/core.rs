@@ -1,6 +1,12 @@
 //! `core`: the whole server, driven through [`Sim`] by up to four clients doing arbitrary things,
 //! with the protocol's promises checked after every step.
 //!
+//! Most operations (connect, send, disconnect) run every job they lead to before the next one, so
+//! after them every command has its answer. Three do not, to make races: a line can be queued
+//! with no job run, the queued jobs can be run once, and a connection can be dropped with no job
+//! run (a login whose connection leaves while its backlog is read, a sender gone before its
+//! commit, a recipient gone during one).
+//!
 //! The harness keeps its own small model of each connection: a copy of the line framing, which
 //! tells it how many commands each send holds (a non-blank line, an over-long line and a line
 //! that is not UTF-8 each get exactly one final line), the labels and command names their finals
@@ -14,7 +20,8 @@
 //! - a MESSAGE reaches only a connection logged in as one of its addressees (the MSG recipient, a
 //!   member of the GROUP list, or anyone but the sender for ALL), and at most once per account on
 //!   a connection;
-//! - each MESSAGE has the sender, addressees and text of a message whose MSG/GROUP/ALL got its OK;
+//! - each MESSAGE has the sender, addressees and text of a message whose MSG/GROUP/ALL got its OK
+//!   (or, when its connection was closed before the answer, of such a command);
 //! - at the end, every message that got an OK is in the HISTORY of each pair of parties (or in
 //!   `HISTORY *` for ALL), read through a fresh connection; and each MSG/GROUP reached each
 //!   addressee exactly once: live on a connection, or else in the backlog that fresh login receives.
@@ -53,10 +60,18 @@ fn key(name: &str) -> String {
 #[derive(Debug)]
 enum Op {
     Connect(usize),
+    /// Closes the connection and runs every job.
     Disconnect(usize),
-    /// Bytes in one or two writes (the second starts mid-line when there are two).
+    /// Bytes in one or two writes (the second starts mid-line when there are two); then every job
+    /// runs.
     Send(usize, Vec<u8>, usize),
     Advance(i64),
+    /// A line handed to the server with no job run, so that later steps race with it.
+    Queue(usize, String),
+    /// Runs the jobs queued so far once.
+    Step,
+    /// Closes the connection with no job run.
+    Drop(usize),
 }
 
 /// A command sent and not yet answered: what its final line must say.
@@ -124,6 +139,11 @@ struct Harness {
     live: BTreeMap<String, BTreeSet<u64>>,
     /// The last lines exchanged, shown when a check fails.
     log: VecDeque<String>,
+    /// No job is waiting: every command sent so far has been answered.
+    idle: bool,
+    /// MSG/GROUP/ALL commands of connections closed before their answer: each may have been
+    /// committed and delivered with an id the harness never saw.
+    abandoned: Vec<Command>,
 }
 
 /// Runs the operations `data` describes and checks the server's promises; panics on a violation.
@@ -145,7 +165,12 @@ pub fn check_core(data: &[u8]) {
 
 fn op(u: &mut Unstructured<'_>, label_seq: &mut u32) -> Result<Op> {
     let client = u.int_in_range(0..=CLIENTS.len() - 1)?;
-    Ok(match u.int_in_range(0..=15u8)? {
+    // 0 to 15 keep their meaning from before the race operations were added, so older inputs
+    // still mean what they did.
+    Ok(match u.int_in_range(0..=19u8)? {
+        16 | 17 => Op::Queue(client, command_line(u, label_seq)?),
+        18 => Op::Step,
+        19 => Op::Drop(client),
         0 => Op::Connect(client),
         1 => Op::Disconnect(client),
         2 => Op::Advance(u.int_in_range(1..=90_000)?),
@@ -278,6 +303,62 @@ fn command_line(u: &mut Unstructured<'_>, label_seq: &mut u32) -> Result<String>
     Ok(s)
 }
 
+/// Notes what the server must answer to one frame of connection `conn` (`None`: an over-long
+/// line), unless it is blank or follows a QUIT.
+fn expect_answer(conn: &mut Conn, frame: Option<Vec<u8>>) {
+    if conn.quit_sent {
+        return;
+    }
+    let awaiting = match frame {
+        None => Awaiting {
+            label: None,
+            command: "*",
+            code: Some("LINE_TOO_LONG"),
+            request: None,
+            line: "<over-long line>".into(),
+        },
+        Some(bytes) => match String::from_utf8(bytes) {
+            Err(e) => Awaiting {
+                label: None,
+                command: "*",
+                code: Some("BAD_ENCODING"),
+                request: None,
+                line: String::from_utf8_lossy(e.as_bytes()).into_owned(),
+            },
+            Ok(line) => match split_head(&line) {
+                Ok(None) => return,
+                Err(r) => Awaiting {
+                    label: r.label,
+                    command: r.command,
+                    code: None,
+                    request: None,
+                    line,
+                },
+                Ok(Some(head)) => {
+                    let request = parse(&line).ok().flatten();
+                    if matches!(
+                        request,
+                        Some(Request {
+                            command: Command::Quit { .. },
+                            ..
+                        })
+                    ) {
+                        conn.quit_sent = true;
+                    }
+                    Awaiting {
+                        label: head.label.map(str::to_owned),
+                        command: head.verb.name(),
+                        code: None,
+                        request,
+                        line: line.clone(),
+                    }
+                }
+            },
+        },
+    };
+    conn.awaiting.push_back(awaiting);
+}
+
 impl Harness {
     fn new() -> Harness {
         Harness {
@@ -289,6 +370,8 @@ impl Harness {
             sent: BTreeMap::new(),
             delivered: Vec::new(),
             live: BTreeMap::new(),
+            idle: true,
+            abandoned: Vec::new(),
             log: VecDeque::new(),
         }
     }
@@ -359,20 +442,73 @@ impl Harness {
                 }
             }
             Op::Advance(ms) => self.sim.advance(ms),
+            Op::Queue(i, line) => {
+                if self.conns[i].is_none() {
+                    return;
+                }
+                self.note(format!("{} queues {line:?}", CLIENTS[i]));
+                let conn = self.conns[i].as_mut().expect("connected");
+                expect_answer(conn, Some(line.clone().into_bytes()));
+                self.sim.queue(CLIENTS[i], &line);
+                self.idle = false;
+            }
+            Op::Step => {
+                self.note("step".into());
+                self.sim.step();
+            }
+            Op::Drop(i) => self.close(i, false),
         }
         self.read_all();
         self.check_settled();
     }
 
     fn disconnect(&mut self, i: usize) {
-        if self.conns[i].is_none() {
+        self.close(i, true);
+    }
+
+    /// Closes connection `i`, then runs every job (`settle`) or none.
+    fn close(&mut self, i: usize, settle: bool) {
+        let Some(conn) = &self.conns[i] else {
             return;
+        };
+        // An account created by a REGISTER whose answer never came would be unknown to the
+        // harness; let such a REGISTER finish first.
+        if conn.awaiting.iter().any(|a| {
+            matches!(
+                a.request,
+                Some(Request {
+                    command: Command::Register { .. },
+                    ..
+                })
+            )
+        }) {
+            self.sim.settle();
+            self.idle = true;
         }
         self.read_all();
         self.check_settled();
-        self.note(format!("{} disconnects", CLIENTS[i]));
-        self.sim.disconnect(CLIENTS[i]);
-        self.conns[i] = None;
+        self.note(format!(
+            "{} {}",
+            CLIENTS[i],
+            if settle { "disconnects" } else { "drops" }
+        ));
+        let conn = self.conns[i].take().expect("checked above");
+        for a in conn.awaiting {
+            if let Some(Request {
+                command: c @ (Command::Msg { .. } | Command::Group { .. } | Command::All { .. }),
+                ..
+            }) = a.request
+            {
+                self.abandoned.push(c);
+            }
+        }
+        if settle {
+            self.sim.disconnect(CLIENTS[i]);
+            self.idle = true;
+        } else {
+            self.sim.drop_connection(CLIENTS[i]);
+            self.idle = false;
+        }
     }
 
     /// Feeds `bytes` to the model's framing, noting the commands they complete, then to the server.
@@ -391,59 +527,10 @@ impl Harness {
             })
         });
         for frame in frames {
-            if conn.quit_sent {
-                break;
-            }
-            let awaiting = match frame {
-                None => Awaiting {
-                    label: None,
-                    command: "*",
-                    code: Some("LINE_TOO_LONG"),
-                    request: None,
-                    line: "<over-long line>".into(),
-                },
-                Some(bytes) => match String::from_utf8(bytes) {
-                    Err(e) => Awaiting {
-                        label: None,
-                        command: "*",
-                        code: Some("BAD_ENCODING"),
-                        request: None,
-                        line: String::from_utf8_lossy(e.as_bytes()).into_owned(),
-                    },
-                    Ok(line) => match split_head(&line) {
-                        Ok(None) => continue,
-                        Err(r) => Awaiting {
-                            label: r.label,
-                            command: r.command,
-                            code: None,
-                            request: None,
-                            line,
-                        },
-                        Ok(Some(head)) => {
-                            let request = parse(&line).ok().flatten();
-                            if matches!(
-                                request,
-                                Some(Request {
-                                    command: Command::Quit { .. },
-                                    ..
-                                })
-                            ) {
-                                conn.quit_sent = true;
-                            }
-                            Awaiting {
-                                label: head.label.map(str::to_owned),
-                                command: head.verb.name(),
-                                code: None,
-                                request,
-                                line: line.clone(),
-                            }
-                        }
-                    },
-                },
-            };
-            conn.awaiting.push_back(awaiting);
+            expect_answer(conn, frame);
         }
         self.sim.send_bytes(CLIENTS[i], bytes);
+        self.idle = true;
     }
 
     fn read_all(&mut self) {
@@ -464,7 +551,7 @@ impl Harness {
         for (i, conn) in self.conns.iter().enumerate() {
             let Some(c) = conn else { continue };
             self.check(c.hello_seen, || format!("{}: no HELLO", CLIENTS[i]));
-            self.check(c.awaiting.is_empty(), || {
+            self.check(!self.idle || c.awaiting.is_empty(), || {
                 format!("{}: commands without a final: {:?}", CLIENTS[i], c.awaiting)
             });
             self.check(c.data_run.is_none(), || {
@@ -701,17 +788,19 @@ impl Harness {
 
     /// The end-of-run checks: deliveries match what was sent, and HISTORY holds every message.
     fn finish(mut self) {
+        self.sim.settle();
+        self.idle = true;
         self.read_all();
         self.check_settled();
-        for d in &self.delivered {
-            let Some(s) = self.sent.get(&d.id) else {
-                // Its OK may still be on the way only if its sender is gone; in the simulator
-                // every commit finishes within the step, so the OK was read.
+        let delivered = std::mem::take(&mut self.delivered);
+        for d in &delivered {
+            if !self.sent.contains_key(&d.id) && !self.adopt(d) {
                 self.fail(&format!(
-                    "MESSAGE {} was never acknowledged to its sender",
+                    "MESSAGE {} matches no acknowledged or abandoned command: {d:?}",
                     d.id
                 ));
-            };
+            }
+            let s = &self.sent[&d.id];
             let want_to = if s.all {
                 "*".to_owned()
             } else {
@@ -751,6 +840,41 @@ impl Harness {
         }
     }
 
+    /// Takes a message the harness saw no OK for as one of the abandoned commands with the same
+    /// addressees and text, if there is one; from then on it counts as sent.
+    fn adopt(&mut self, d: &Delivered) -> bool {
+        let display = |k: String| self.accounts.get(&k).cloned().unwrap_or_default();
+        let found = self.abandoned.iter().position(|c| match c {
+            Command::Msg { to, text } => d.to == display(to.key()) && *text == d.text,
+            Command::Group { to, text } => {
+                let names: Vec<String> = to.iter().map(|n| display(n.key())).collect();
+                d.to == names.join(",") && *text == d.text
+            }
+            Command::All { text } => d.to == "*" && *text == d.text,
+            _ => false,
+        });
+        let Some(at) = found else {
+            return false;
+        };
+        let (to, all, text) = match self.abandoned.remove(at) {
+            Command::Msg { to, text } => (vec![to.key()], false, text),
+            Command::Group { to, text } => (to.iter().map(|n| n.key()).collect(), false, text),
+            Command::All { text } => (Vec::new(), true, text),
+            _ => unreachable!("only messages are abandoned"),
+        };
+        self.sent.insert(
+            d.id,
+            Sent {
+                id: d.id,
+                from: key(&d.from),
+                to,
+                all,
+                text,
+            },
+        );
+        true
+    }
+
     /// Logs in as `me` on a fresh connection and reads each (conversation, id) in `list`.
     fn history_of(&mut self, me: &str, list: &[(String, u64)]) {
         self.sim.connect(CHECKER);
@@ -762,13 +886,24 @@ impl Harness {
         });
         // Nothing lost, nothing twice: each MSG/GROUP addressed to `me` reached one of its
         // connections live, or waits in its backlog, which this login has just delivered.
-        let backlog: BTreeSet<u64> = out
+        let backlog: Vec<Delivered> = out
             .lines()
             .filter_map(|l| match server_line::parse(l) {
-                ServerLine::Message(m) => Some(m.id),
+                ServerLine::Message(m) => Some(Delivered {
+                    id: m.id,
+                    from: m.from.to_owned(),
+                    to: m.to.to_string(),
+                    text: m.text.to_owned(),
+                }),
                 _ => None,
             })
             .collect();
+        for d in &backlog {
+            if !self.sent.contains_key(&d.id) && !self.adopt(d) {
+                self.fail(&format!("{me}'s backlog holds an unknown message: {d:?}"));
+            }
+        }
+        let backlog: BTreeSet<u64> = backlog.iter().map(|d| d.id).collect();
         let live = self.live.get(me).cloned().unwrap_or_default();
         for s in self.sent.values().filter(|s| s.to.iter().any(|r| r == me)) {
             let (l, b) = (live.contains(&s.id), backlog.contains(&s.id));

@@ -252,6 +252,30 @@ mod tests {
     }
 
     #[test]
+    fn quit_while_the_backlog_is_read_is_answered_and_the_backlog_kept() {
+        let mut s = Sim::new();
+        s.connect("a");
+        s.send("a", "REGISTER alice password1");
+        s.send("a", "REGISTER bob password2");
+        s.send("a", "LOGIN alice password1");
+        s.send("a", "MSG bob kept for you");
+        s.connect("b");
+        s.output("b");
+        s.send_bytes("b", b"LOGIN bob password2\nQUIT\n");
+        assert_eq!(s.output("b"), "OK LOGIN bob\nBACKLOG-END 0\nOK QUIT\n");
+        assert!(s.is_closed("b"));
+        s.disconnect("b");
+        s.connect("b");
+        s.output("b");
+        s.send("b", "LOGIN bob password2");
+        let out = s.output("b");
+        assert!(
+            out.contains("alice bob kept for you\nBACKLOG-END 1\n"),
+            "{out}"
+        );
+    }
+
+    #[test]
     fn a_backlog_whose_connection_left_is_kept_for_the_next_login() {
         let mut s = Sim::new();
         s.connect("a");

@@ -232,12 +232,15 @@ impl Core {
         msgs: Vec<MessageRecord>,
     ) {
         if self.conns.get(&conn).is_none_or(|c| c.closing) {
-            // The connection left before its backlog arrived: keep the messages for the next
-            // login rather than lose them.
+            // The connection left, or is closing (QUIT, shutdown), before its backlog arrived:
+            // keep the messages for the next login rather than lose them. The login's answer still
+            // ends, with none of them, so that what waits behind it (the OK QUIT) goes out.
             for m in &msgs {
                 self.keep_for_later(&key, m.id);
             }
-            return;
+            let mut out = String::new();
+            reply::line(&mut out, "BACKLOG-END", "0");
+            return self.fill(conn, ticket, out);
         }
         let mut out = String::new();
         for m in &msgs {

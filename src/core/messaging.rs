@@ -4,7 +4,8 @@
 //! message through the backlog at its next login (its backlog entry is written in the same commit),
 //! an online one gets it live when the commit finishes. A recipient that was online when the
 //! message was sent but has no connection left by the time the commit finishes gets it added to
-//! its backlog then, so nothing falls between the two.
+//! its backlog then, so nothing falls between the two; the OK, sent after the commit, then says
+//! KEPT for it.
 
 use std::sync::Arc;
 
@@ -189,6 +190,7 @@ impl Core {
                     .get(&sent.conn)
                     .and_then(|c| c.key())
                     .map(str::to_owned);
+                let mut late_kept = 0;
                 for key in &sent.online {
                     let keys = std::iter::once(key.as_str());
                     let skip = Some(sent.conn);
@@ -202,22 +204,18 @@ impl Core {
                     );
                     if reached == 0 {
                         self.keep_for_later(key, r.id);
+                        late_kept += 1;
                     }
                 }
+                // The OK says what happened once the message was committed: a recipient that
+                // left meanwhile had it kept, not delivered.
+                let kept = sent.kept + late_kept;
+                let delivered = sent.online.len() - late_kept;
                 let own_copy = own.is_some_and(|k| sent.online.contains(&k));
                 let details = if verb == Verb::Msg {
-                    format!(
-                        "{} {}",
-                        r.id,
-                        if sent.kept == 0 { "DELIVERED" } else { "KEPT" }
-                    )
+                    format!("{} {}", r.id, if kept == 0 { "DELIVERED" } else { "KEPT" })
                 } else {
-                    format!(
-                        "{} DELIVERED {} KEPT {}",
-                        r.id,
-                        sent.online.len(),
-                        sent.kept
-                    )
+                    format!("{} DELIVERED {} KEPT {}", r.id, delivered, kept)
                 };
                 reply::ok(&mut out, sent.label.as_deref(), verb.name(), &details);
                 if own_copy {

@@ -125,3 +125,22 @@ pub struct Args {
     #[argh(switch)]
     pub version: bool,
 }
+
+/// Logs to stderr as `<time> <LEVEL> <message>`, at `level` and above (`info` if unreadable).
+pub fn init_logging(level: &str) {
+    let filter = level.parse().unwrap_or(log::LevelFilter::Info);
+    env_logger::Builder::new()
+        .filter_level(filter)
+        .format(|buf, record| {
+            use std::io::Write;
+            writeln!(
+                buf,
+                "{} {:<5} {}",
+                buf.timestamp_millis(),
+                record.level(),
+                record.args()
+            )
+        })
+        .target(env_logger::Target::Stderr)
+        .init();
+}

@@ -1,7 +1,6 @@
 //! The `chatd` binary: parses the command line and runs the server or the bundled client.
 #![forbid(unsafe_code)]
 
-use std::io::Write;
 use std::process::ExitCode;
 
 use chatd::cli::Args;
@@ -25,7 +24,7 @@ fn main() -> ExitCode {
         eprintln!("chatd: --tls, --ca and --insecure are client options; they need --connect");
         return ExitCode::FAILURE;
     }
-    init_logging(&args.log_level);
+    chatd::cli::init_logging(&args.log_level);
     match server(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -33,23 +32,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn init_logging(level: &str) {
-    let filter = level.parse().unwrap_or(log::LevelFilter::Info);
-    env_logger::Builder::new()
-        .filter_level(filter)
-        .format(|buf, record| {
-            writeln!(
-                buf,
-                "{} {:<5} {}",
-                buf.timestamp_millis(),
-                record.level(),
-                record.args()
-            )
-        })
-        .target(env_logger::Target::Stderr)
-        .init();
 }
 
 fn server(args: Args) -> Result<(), String> {

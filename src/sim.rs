@@ -251,8 +251,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn quit_while_the_backlog_is_read_is_answered_and_the_backlog_kept() {
+    /// alice has sent bob, offline, one message; connection `b` is open and not logged in.
+    fn one_message_kept_for_bob() -> Sim {
         let mut s = Sim::new();
         s.connect("a");
         s.send("a", "REGISTER alice password1");
@@ -260,6 +260,12 @@ mod tests {
         s.send("a", "LOGIN alice password1");
         s.send("a", "MSG bob kept for you");
         s.connect("b");
+        s
+    }
+
+    #[test]
+    fn quit_while_the_backlog_is_read_is_answered_and_the_backlog_kept() {
+        let mut s = one_message_kept_for_bob();
         s.output("b");
         s.send_bytes("b", b"LOGIN bob password2\nQUIT\n");
         assert_eq!(s.output("b"), "OK LOGIN bob\nBACKLOG-END 0\nOK QUIT\n");
@@ -277,13 +283,7 @@ mod tests {
 
     #[test]
     fn a_backlog_whose_connection_left_is_kept_for_the_next_login() {
-        let mut s = Sim::new();
-        s.connect("a");
-        s.send("a", "REGISTER alice password1");
-        s.send("a", "REGISTER bob password2");
-        s.send("a", "LOGIN alice password1");
-        s.send("a", "MSG bob kept for you");
-        s.connect("b");
+        let mut s = one_message_kept_for_bob();
         s.queue("b", "LOGIN bob password2");
         s.step(); // the password check; the backlog read is now queued
         s.drop_connection("b");

@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use futures_lite::future;
 use futures_lite::io::{AsyncWriteExt, BufWriter};
 
-use super::conn::{Connector, Incoming, LineReader};
+use super::conn::{forward_lines, Connector, Incoming};
 use super::input;
 use super::render::Clock;
 use super::session::{Effect, NoteKind, Session};
@@ -87,14 +87,7 @@ async fn run_async(connector: Connector) -> u8 {
     let (server_tx, server_rx) = async_channel::bounded(SERVER_QUEUE);
     // The socket is read by its own future, so the server is never kept waiting on stdin or stdout.
     let reader = async move {
-        let mut lines = LineReader::new(read_half);
-        loop {
-            let item = lines.next().await;
-            let done = !matches!(item, Ok(Some(_)));
-            if server_tx.send(item).await.is_err() || done {
-                break;
-            }
-        }
+        forward_lines(read_half, server_tx).await;
         future::pending::<u8>().await
     };
     let stdin = stdin_lines();

@@ -281,6 +281,22 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
     }
 }
 
+/// Reads lines from `read` into `tx` until the connection ends; the end (`Ok(None)`) or the error is
+/// sent too. Run as its own future, so the socket is read whatever else the client is waiting on.
+pub async fn forward_lines<R: AsyncRead + Unpin>(
+    read: R,
+    tx: async_channel::Sender<io::Result<Option<Incoming>>>,
+) {
+    let mut lines = LineReader::new(read);
+    loop {
+        let item = lines.next().await;
+        let done = !matches!(item, Ok(Some(_)));
+        if tx.send(item).await.is_err() || done {
+            return;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,7 +23,7 @@ use futures_lite::io::AsyncWriteExt;
 use rustyline::error::ReadlineError;
 use rustyline::ExternalPrinter as _;
 
-use super::conn::{Connector, Incoming, LineReader, Stream};
+use super::conn::{forward_lines, Connector, Incoming, Stream};
 use super::input::{self, Input};
 use super::render::Clock;
 use super::session::{Effect, Note, NoteKind, Session};
@@ -269,14 +269,7 @@ impl Net {
         let (read_half, mut writer) = futures_lite::io::split(stream);
         let (server_tx, server_rx) = async_channel::bounded(SERVER_QUEUE);
         let reader = async move {
-            let mut lines = LineReader::new(read_half);
-            loop {
-                let item = lines.next().await;
-                let done = !matches!(item, Ok(Some(_)));
-                if server_tx.send(item).await.is_err() || done {
-                    break;
-                }
-            }
+            forward_lines(read_half, server_tx).await;
             future::pending::<Ended>().await
         };
         let main = async {

@@ -219,20 +219,7 @@ fn fresh_dir(parent: &Path) -> Result<PathBuf, String> {
 /// --line-rate 1000000 --line-burst 1000000` does, stopping when stdin closes (so the server never
 /// outlives the benchmark).
 pub fn serve_child(db: PathBuf) -> ExitCode {
-    env_logger::Builder::new()
-        .filter_level(log::LevelFilter::Info)
-        .format(|buf, record| {
-            use std::io::Write;
-            writeln!(
-                buf,
-                "{} {:<5} {}",
-                buf.timestamp_millis(),
-                record.level(),
-                record.args()
-            )
-        })
-        .target(env_logger::Target::Stderr)
-        .init();
+    chatd::cli::init_logging("info");
     let max_connections = std::env::var(MAX_CONNECTIONS_ENV)
         .ok()
         .and_then(|v| v.parse().ok())

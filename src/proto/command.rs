@@ -5,7 +5,8 @@
 //! the command word, the core checks the state against [`Verb::needs_login`], then
 //! [`Verb::parse_args`] checks arity and values. [`parse`] does both for callers that hold no state
 //! (clients, fuzzers). [`Request::encode`] is the inverse: `parse(encode(r)) == r` for every request
-//! the types can hold.
+//! whose values pass the same checks `parse` makes (the types do not stop a caller from building a
+//! GROUP of 51 names or a 65-byte PING token; those encode to lines that are refused).
 
 use super::name::{check_label, check_text, Name, Password, TextError};
 use super::reply::Code;

@@ -114,8 +114,6 @@ struct Slot {
     finals: usize,
     /// Close the connection after sending it (QUIT).
     close_after: bool,
-    /// Exempt from the outbox limit (the offline backlog, bounded by its own limit).
-    bulk: bool,
 }
 
 struct Conn {
@@ -280,16 +278,6 @@ impl Core {
         self.fatal.as_deref()
     }
 
-    /// Number of open connections.
-    pub fn connections(&self) -> usize {
-        self.conns.len()
-    }
-
-    /// Number of accounts with a logged-in connection.
-    pub fn online_accounts(&self) -> usize {
-        self.online.len()
-    }
-
     fn connected(&mut self, conn: ConnId, outbox: Outbox, peer: String) {
         let mut hello = String::new();
         if self.shutting_down {
@@ -448,7 +436,6 @@ impl Core {
                 text,
                 finals: 1,
                 close_after: false,
-                bulk: false,
             },
         );
     }
@@ -462,7 +449,6 @@ impl Core {
                 text: String::new(),
                 finals,
                 close_after: false,
-                bulk: false,
             },
         );
     }
@@ -506,7 +492,6 @@ impl Core {
                     m.text.push_str(&s.text);
                     m.finals += s.finals;
                     m.close_after |= s.close_after;
-                    m.bulk |= s.bulk;
                 }
             }
             if close {
@@ -528,12 +513,9 @@ impl Core {
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
-        if slot.bulk {
-            c.outbox
-                .push_unbounded(Chunk::Owned(slot.text.into_bytes()));
-        } else if !slot.text.is_empty()
-            && c.outbox.push(Chunk::Owned(slot.text.into_bytes())).is_err()
-        {
+        // The limit is checked before queueing (see Outbox::push), so one large answer (a
+        // HISTORY page, the offline backlog) still reaches a client that reads.
+        if !slot.text.is_empty() && c.outbox.push(Chunk::Owned(slot.text.into_bytes())).is_err() {
             self.overflowed.push(conn);
         }
         c.outbox.release_credits(slot.finals);

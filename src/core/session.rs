@@ -205,17 +205,8 @@ impl Core {
                     key: key.clone(),
                 },
             );
-            // The backlog is bounded by MAX_PENDING_PER_ACCOUNT and may pass the outbox limit.
-            self.push_slot(
-                conn,
-                Slot {
-                    ticket: Some(t),
-                    text: String::new(),
-                    finals: 0,
-                    close_after: false,
-                    bulk: true,
-                },
-            );
+            // Extra output of the LOGIN, not a command's answer: it gives back no credit.
+            self.reserve(conn, t, 0);
         }
         if first {
             self.online.insert(key.clone());
@@ -280,7 +271,6 @@ impl Core {
                 text: out,
                 finals: 1,
                 close_after: true,
-                bulk: false,
             },
         );
     }

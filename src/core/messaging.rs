@@ -24,7 +24,10 @@ pub(super) struct Sent {
     pub(super) label: Option<String>,
     pub(super) verb: Verb,
     sender: String,
-    record: MessageRecord,
+    id: u64,
+    /// The MESSAGE line, encoded once when the message was made; every recipient's outbox shares
+    /// these bytes.
+    line: Chunk,
     /// Recipient keys that had a connection online when the message was sent.
     online: Vec<String>,
     /// Recipients whose copy went to their offline backlog.
@@ -136,12 +139,24 @@ impl Core {
             to,
             text,
         };
+        let mut line = String::with_capacity(64 + record.text.len());
+        let to = recipients(&record.to);
+        reply::message(
+            &mut line,
+            "MESSAGE",
+            id,
+            record.time_ms,
+            &record.from,
+            to,
+            &record.text,
+        );
         let sent = Sent {
             conn,
             label,
             verb,
             sender,
-            record: record.clone(),
+            id,
+            line: Chunk::Shared(Arc::from(line.into_bytes())),
             online,
             kept,
         };
@@ -156,12 +171,7 @@ impl Core {
     }
 
     pub(super) fn message_stored(&mut self, ticket: Ticket, sent: Sent) {
-        let r = &sent.record;
-        let mut line = String::with_capacity(64 + r.text.len());
-        let to = recipients(&r.to);
-        reply::message(&mut line, "MESSAGE", r.id, r.time_ms, &r.from, to, &r.text);
-        // Encoded once; every recipient's outbox shares these bytes.
-        let chunk = Chunk::Shared(Arc::from(line.into_bytes()));
+        let (id, chunk) = (sent.id, &sent.line);
         let mut out = String::new();
         match sent.verb {
             Verb::All => {
@@ -175,21 +185,21 @@ impl Core {
                     &self.conns,
                     &mut self.overflowed,
                     others,
-                    &chunk,
+                    chunk,
                     None,
                 );
                 let users = self.online.len() - usize::from(self.online.contains(&sent.sender));
-                let details = format!("{} DELIVERED {users}", r.id);
+                let details = format!("{} DELIVERED {users}", id);
                 reply::ok(&mut out, sent.label.as_deref(), "ALL", &details);
             }
             verb => {
                 // The sender's own connection, when it is a recipient (MSG to yourself, a GROUP
                 // naming you), gets its copy after the OK: a command's reply comes first (spec 6.4).
-                let own = self
+                let own_copy = self
                     .conns
                     .get(&sent.conn)
                     .and_then(|c| c.key())
-                    .map(str::to_owned);
+                    .is_some_and(|k| sent.online.iter().any(|o| o == k));
                 let mut late_kept = 0;
                 for key in &sent.online {
                     let keys = std::iter::once(key.as_str());
@@ -199,11 +209,11 @@ impl Core {
                         &self.conns,
                         &mut self.overflowed,
                         keys,
-                        &chunk,
+                        chunk,
                         skip,
                     );
                     if reached == 0 {
-                        self.keep_for_later(key, r.id);
+                        self.keep_for_later(key, id);
                         late_kept += 1;
                     }
                 }
@@ -211,11 +221,10 @@ impl Core {
                 // left meanwhile had it kept, not delivered.
                 let kept = sent.kept + late_kept;
                 let delivered = sent.online.len() - late_kept;
-                let own_copy = own.is_some_and(|k| sent.online.contains(&k));
                 let details = if verb == Verb::Msg {
-                    format!("{} {}", r.id, if kept == 0 { "DELIVERED" } else { "KEPT" })
+                    format!("{} {}", id, if kept == 0 { "DELIVERED" } else { "KEPT" })
                 } else {
-                    format!("{} DELIVERED {} KEPT {}", r.id, delivered, kept)
+                    format!("{} DELIVERED {} KEPT {}", id, delivered, kept)
                 };
                 reply::ok(&mut out, sent.label.as_deref(), verb.name(), &details);
                 if own_copy {

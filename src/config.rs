@@ -68,3 +68,6 @@ pub const SCRYPT_LOG_N: u8 = 15;
 pub const SCRYPT_R: u32 = 8;
 /// Production scrypt parallelism p.
 pub const SCRYPT_P: u32 = 1;
+/// Longest HELP data line in bytes, `HELP ` prefix included, LF excluded. Short enough to read in a
+/// terminal and far below the protocol's line limit.
+pub const MAX_HELP_LINE_BYTES: usize = 200;

@@ -265,25 +265,72 @@ mod tests {
 
     /// A new connection logs in as bob and receives alice's message from the backlog.
     fn assert_bob_still_has_the_kept_message(s: &mut Sim) {
+        assert_bob_has(s, "alice bob kept for you\nBACKLOG-END 1\n");
+    }
+
+    /// A new connection logs in as bob; its login output ends with `tail`.
+    fn assert_bob_has(s: &mut Sim, tail: &str) {
         s.connect("b");
         s.output("b");
         s.send("b", "LOGIN bob password2");
         let out = s.output("b");
-        assert!(
-            out.contains("alice bob kept for you\nBACKLOG-END 1\n"),
-            "{out}"
+        assert!(out.ends_with(tail), "{out}");
+    }
+
+    #[test]
+    fn a_quit_sent_with_the_login_runs_after_the_backlog() {
+        let mut s = one_message_kept_for_bob();
+        s.output("b");
+        s.send_bytes("b", b"LOGIN bob password2\nQUIT\n");
+        assert_eq!(
+            s.output("b"),
+            "OK LOGIN bob\nMESSAGE 1 2026-01-01T00:00:00.000Z alice bob kept for you\n\
+             BACKLOG-END 1\nOK QUIT\n"
+        );
+        assert!(s.is_closed("b"));
+        s.disconnect("b");
+        // Delivered once: the next login finds nothing kept.
+        s.connect("b");
+        s.output("b");
+        s.send("b", "LOGIN bob password2");
+        assert_eq!(s.output("b"), "OK LOGIN bob\nBACKLOG-END 0\n");
+    }
+
+    #[test]
+    fn a_message_to_yourself_sent_with_the_login_is_delivered_before_quit() {
+        let mut s = Sim::new();
+        s.connect("a");
+        s.send("a", "REGISTER hal password1");
+        s.output("a");
+        s.send_bytes("a", b"LOGIN hal password1\nMSG hal note\nUSERS\nQUIT\n");
+        assert_eq!(
+            s.output("a"),
+            "OK LOGIN hal\nBACKLOG-END 0\nOK MSG 1 DELIVERED\n\
+             MESSAGE 1 2026-01-01T00:00:00.000Z hal hal note\nUSER hal\nOK USERS 1\nOK QUIT\n"
         );
     }
 
     #[test]
-    fn quit_while_the_backlog_is_read_is_answered_and_the_backlog_kept() {
-        let mut s = one_message_kept_for_bob();
-        s.output("b");
-        s.send_bytes("b", b"LOGIN bob password2\nQUIT\n");
-        assert_eq!(s.output("b"), "OK LOGIN bob\nBACKLOG-END 0\nOK QUIT\n");
-        assert!(s.is_closed("b"));
-        s.disconnect("b");
-        assert_bob_still_has_the_kept_message(&mut s);
+    fn a_kept_reply_waits_for_the_backlog_entry_of_a_recipient_who_left() {
+        let mut s = Sim::new();
+        s.connect("a");
+        s.send("a", "REGISTER alice password1");
+        s.send("a", "REGISTER bob password2");
+        s.send("a", "LOGIN alice password1");
+        s.connect("b");
+        s.send("b", "LOGIN bob password2");
+        s.output("a");
+        s.queue("a", "MSG bob are you there");
+        s.drop_connection("b");
+        s.step(); // the message's commit: bob has left, so a backlog entry is written next
+        assert_eq!(
+            s.output("a"),
+            "",
+            "an OK KEPT before the backlog entry is durable"
+        );
+        s.step(); // the backlog entry's commit
+        assert_eq!(s.output("a"), "OK MSG 1 KEPT\n");
+        assert_bob_has(&mut s, "alice bob are you there\nBACKLOG-END 1\n");
     }
 
     #[test]

@@ -4,8 +4,8 @@
 use std::collections::BTreeSet;
 
 use chatd::config::*;
+use chatd::proto::code::{ByeCode, Code};
 use chatd::proto::command::COMMANDS;
-use chatd::proto::reply::{ByeCode, Code};
 
 fn spec_file(name: &str) -> String {
     let path = format!("{}/spec/{name}", env!("CARGO_MANIFEST_DIR"));

@@ -10,7 +10,11 @@
 //!   for one raw byte;
 //! - `a: raw TEXT`: sends TEXT with the same escapes and no LF added (`\n` for a newline);
 //! - `a: repeat N LINE`: sends LINE N times and shows only a count of the replies by their first
-//!   word.
+//!   word;
+//! - races, staged one job at a time: `a: queue LINE` hands LINE to the server without running the
+//!   store or hash jobs it leads to, `a: drop` closes the connection the same way, and `a: step`
+//!   runs the jobs queued so far once (the jobs they lead to stay queued; the next ordinary step runs
+//!   everything).
 //!
 //! After each step, every client's new output is shown as `a< LINE`, clients in name order.
 
@@ -148,6 +152,12 @@ fn run(script: &str) -> String {
                 "shutdown" => sim.shutdown(),
                 "advance" => sim.advance(arg.parse().expect("advance MS")),
                 "raw" => sim.send_bytes(who, &expand(arg)),
+                "queue" => sim.queue(who, arg),
+                "drop" => {
+                    collect(&mut sim, &mut out);
+                    sim.drop_connection(who)
+                }
+                "step" => sim.step(),
                 "repeat" => {
                     let (n, cmd) = arg.split_once(' ').expect("repeat N LINE");
                     let n: usize = n.parse().expect("repeat count");

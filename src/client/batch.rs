@@ -19,6 +19,7 @@ use super::input;
 use super::render::Clock;
 use super::session::{Effect, NoteKind, Session};
 use super::{EXIT_AUTH_FAILED, EXIT_BAD_INPUT, EXIT_CONNECTION_LOST, EXIT_NO_CONNECTION, EXIT_OK};
+use crate::proto::command::Verb;
 use crate::proto::server_line::{parse, ServerLine};
 
 /// Label of the end-of-input barrier.
@@ -136,7 +137,7 @@ async fn run_async(connector: Connector) -> u8 {
                         ServerLine::Hello { .. } => greeted = true,
                         ServerLine::Fail { command, .. } => {
                             answered += 1;
-                            auth_failed |= command == "LOGIN" || command == "REGISTER";
+                            auth_failed |= matches!(command, Some(Verb::Login | Verb::Register));
                         }
                         ServerLine::Ok { .. } => answered += 1,
                         _ => {}

@@ -50,9 +50,9 @@ impl Clock {
 
     /// The wire time `YYYY-MM-DDTHH:MM:SS.mmmZ` as local `HH:MM`, with the date in front when it is
     /// not today or `always_date` is set. An unparsable time is shown as sent.
-    pub fn local(&self, wire: &str, always_date: bool) -> String {
-        let Ok(ts) = wire.parse::<Timestamp>() else {
-            return clean(wire).into_owned();
+    pub fn local(&self, ms: i64, always_date: bool) -> String {
+        let Ok(ts) = Timestamp::from_millisecond(ms) else {
+            return crate::proto::time::timestamp(ms);
         };
         let at = ts.to_zoned(self.tz.clone());
         let today = self.now.to_zoned(self.tz.clone()).date();
@@ -99,7 +99,7 @@ pub fn message(m: &MessageLine<'_>, me: Option<&str>, clock: &Clock, history: bo
     };
     format!(
         "[{}] {} → {}: {}",
-        clock.local(m.time, history),
+        clock.local(m.time_ms, history),
         from,
         recipients(&m.to, me),
         clean(m.text)

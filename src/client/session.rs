@@ -12,7 +12,11 @@ use std::fmt;
 
 use super::input::{help_text, Input};
 use super::render::{self, clean, Clock};
-use crate::proto::server_line::{parse, Recipient, ServerLine};
+use crate::proto::code::Code;
+use crate::proto::command::Verb;
+use crate::proto::server_line::{
+    parse, AddOutcome, Delivery, FriendReply, OkReply, Recipient, ServerLine,
+};
 
 /// Something the shell around the session must do.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -274,13 +278,9 @@ impl Session {
     pub fn on_server_line(&mut self, raw: &str, clock: &Clock) -> Vec<Effect> {
         let line = parse(raw);
         match line {
-            ServerLine::Ok {
-                label,
-                command,
-                details,
-            } => {
+            ServerLine::Ok { label, reply } => {
                 let what = label.and_then(|l| self.pending.remove(l));
-                self.on_ok(what, command, details)
+                self.on_ok(what, reply)
             }
             ServerLine::Fail {
                 label,
@@ -359,82 +359,79 @@ impl Session {
         }
     }
 
-    fn on_ok(&mut self, what: Option<Pending>, command: &str, details: &str) -> Vec<Effect> {
-        let mut words = details.split(' ');
-        let first = words.next().unwrap_or("");
+    fn on_ok(&mut self, what: Option<Pending>, reply: OkReply<'_>) -> Vec<Effect> {
         // Whoever sent it (a slash command, a raw line, a script), the login state follows the reply.
         // Credentials are kept only from a /login the session saw succeed; a raw LOGIN or LOGOUT
         // makes the ones it had wrong, so they go.
-        match command {
-            "LOGIN" => {
-                self.me = Some(first.to_string());
+        match reply {
+            OkReply::Login { name } => {
+                self.me = Some(name.to_string());
                 if !matches!(what, Some(Pending::Login { .. } | Pending::Relogin)) {
                     self.credentials = None;
                 }
             }
-            "LOGOUT" => {
+            OkReply::Logout => {
                 self.me = None;
                 self.credentials = None;
             }
             _ => {}
         }
-        let text = match what {
-            Some(Pending::Register) => format!(
+        let text = match (what, reply) {
+            (Some(Pending::Register), OkReply::Register { name }) => format!(
                 "Registered {0}. Now log in: /login {0} <password>",
-                clean(first)
+                clean(name)
             ),
-            Some(Pending::Login { password }) => {
-                self.credentials = Some((first.to_string(), password));
-                format!("Logged in as {}.", clean(first))
+            (Some(Pending::Login { password }), OkReply::Login { name }) => {
+                self.credentials = Some((name.to_string(), password));
+                format!("Logged in as {}.", clean(name))
             }
-            Some(Pending::Relogin) => {
-                format!("Logged in again as {}.", clean(first))
+            (Some(Pending::Relogin), OkReply::Login { name }) => {
+                format!("Logged in again as {}.", clean(name))
             }
-            Some(Pending::Logout) => "Logged out.".into(),
-            Some(Pending::Msg { to }) => match words.next() {
-                Some("KEPT") => format!(
+            (Some(Pending::Logout), OkReply::Logout) => "Logged out.".into(),
+            (Some(Pending::Msg { to }), OkReply::Msg { delivery, .. }) => match delivery {
+                Delivery::Kept => format!(
                     "{} is offline; the message waits for their next login.",
                     clean(&to)
                 ),
-                _ => format!("delivered to {}", clean(&to)),
+                Delivery::Delivered => format!("delivered to {}", clean(&to)),
             },
-            Some(Pending::Group) => {
-                // `<id> DELIVERED <d> KEPT <k>`
-                let n: Vec<&str> = words.collect();
-                match n.as_slice() {
-                    ["DELIVERED", d, "KEPT", "0"] => format!("delivered to {d}"),
-                    ["DELIVERED", d, "KEPT", k] => {
-                        format!("delivered to {d}; kept for {k} offline")
-                    }
-                    _ => format!("sent ({})", clean(details)),
-                }
-            }
-            Some(Pending::All) => match (words.next(), words.next()) {
-                (Some("DELIVERED"), Some(n)) => format!("delivered to {n} online"),
-                _ => format!("sent ({})", clean(details)),
+            (
+                Some(Pending::Group),
+                OkReply::Group {
+                    delivered, kept, ..
+                },
+            ) => match kept {
+                0 => format!("delivered to {delivered}"),
+                k => format!("delivered to {delivered}; kept for {k} offline"),
             },
-            Some(Pending::Users) => return self.users_listed(),
-            Some(Pending::Help) => return Vec::new(),
-            Some(Pending::Quit) => "Bye.".into(),
-            Some(Pending::Friend) => friend_ok(details),
-            Some(Pending::History { target }) => {
-                // `<name> <n> BEFORE <id>|- AFTER <id>|-`
-                let rest: Vec<&str> = words.collect();
-                match rest.as_slice() {
-                    ["0", ..] if target == "*" => "no messages to everyone".to_string(),
-                    ["0", ..] => format!("no messages with {}", clean(&target)),
-                    [_, "BEFORE", before, ..] if *before != "-" => format!(
-                        "older messages: /history {} 50 before {}",
-                        clean(first),
-                        clean(before)
-                    ),
-                    _ => return Vec::new(),
-                }
+            (Some(Pending::All), OkReply::All { delivered, .. }) => {
+                format!("delivered to {delivered} online")
             }
-            None if command == "USERS" => return self.users_listed(),
-            None => format!("OK {} {}", clean(command), clean(details))
-                .trim_end()
-                .to_string(),
+            (Some(Pending::Users), _) | (None, OkReply::Users { .. }) => {
+                return self.users_listed()
+            }
+            (Some(Pending::Help), _) => return Vec::new(),
+            (Some(Pending::Quit), _) => "Bye.".into(),
+            (Some(Pending::Friend), OkReply::Friend(r)) => friend_ok(r),
+            (
+                Some(Pending::History { target }),
+                OkReply::History {
+                    with,
+                    count,
+                    before,
+                    ..
+                },
+            ) => match (count, before) {
+                (0, _) if target == "*" => "no messages to everyone".to_string(),
+                (0, _) => format!("no messages with {}", clean(&target)),
+                (_, Some(before)) => format!(
+                    "older messages: /history {} 50 before {before}",
+                    clean(with)
+                ),
+                (_, None) => return Vec::new(),
+            },
+            (_, reply) => clean(&format!("OK {reply}")).into_owned(),
         };
         vec![note(NoteKind::Info, text)]
     }
@@ -450,8 +447,8 @@ impl Session {
     fn on_fail(
         &mut self,
         what: Option<Pending>,
-        command: &str,
-        code: &str,
+        command: Option<Verb>,
+        code: Code,
         text: &str,
     ) -> Vec<Effect> {
         self.users.clear();
@@ -468,26 +465,35 @@ impl Session {
             }
             Some(_) => text.into_owned(),
             // Not ours (a raw line, or a line refused before its label was read): say which.
-            None => format!("{} {}: {text}", clean(command), clean(code)),
+            None => format!(
+                "{} {}: {text}",
+                command.map_or("*", Verb::name),
+                code.as_str()
+            ),
         };
         vec![note(NoteKind::Error, shown)]
     }
 }
 
-/// `OK FRIEND ...` details in words.
-fn friend_ok(details: &str) -> String {
-    let w: Vec<&str> = details.split(' ').collect();
-    match w.as_slice() {
-        ["ADD", n, "REQUESTED"] => format!("friend request sent to {}", clean(n)),
-        ["ADD", n, "FRIENDS"] | ["ACCEPT", n] => format!("you and {} are now friends", clean(n)),
-        ["DENY", n] => format!("you denied {}'s friend request", clean(n)),
-        ["REMOVE", n] => format!(
+/// `OK FRIEND ...` in words.
+fn friend_ok(reply: FriendReply<'_>) -> String {
+    match reply {
+        FriendReply::Add {
+            name,
+            outcome: AddOutcome::Requested,
+        } => format!("friend request sent to {}", clean(name)),
+        FriendReply::Add {
+            name,
+            outcome: AddOutcome::Friends,
+        }
+        | FriendReply::Accept { name } => format!("you and {} are now friends", clean(name)),
+        FriendReply::Deny { name } => format!("you denied {}'s friend request", clean(name)),
+        FriendReply::Remove { name } => format!(
             "removed {} (a friendship ended, or your request withdrawn)",
-            clean(n)
+            clean(name)
         ),
-        ["LIST", "0"] => "no friends or friend requests yet".into(),
-        ["LIST", n] => format!("{n} in all"),
-        _ => format!("OK FRIEND {}", clean(details)),
+        FriendReply::List { count: 0 } => "no friends or friend requests yet".into(),
+        FriendReply::List { count } => format!("{count} in all"),
     }
 }
 

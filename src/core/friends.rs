@@ -3,60 +3,60 @@
 //! The in-memory graph changes when the command runs (so a repeated request is refused at once);
 //! the reply and the other side's notice go out when the change is committed.
 
-use super::{ConnId, Core, Waiting};
-use crate::outbox::Chunk;
+use super::out::{self, Out};
+use super::{Core, Req};
+use crate::proto::code::Code;
 use crate::proto::command::FriendOp;
-use crate::proto::reply::{self, Code};
-use crate::store::worker::Ticket;
+use crate::proto::name::{Key, Name};
+use crate::proto::server_line::{
+    AddOutcome, FriendReply, FriendState as Listed, FriendshipEvent, OkReply, Presence, ServerLine,
+};
 use crate::store::{FriendState, StoreOp};
 
-/// A friendship change waiting for its commit.
-pub(super) struct Change {
-    pub(super) conn: ConnId,
-    pub(super) label: Option<String>,
-    me: String,
-    other: String,
-    /// What follows `OK FRIEND`.
-    details: String,
-    /// The FRIENDSHIP event the other side is told.
-    event: &'static str,
-    /// The two became friends: each learns the other's presence.
-    now_friends: bool,
+/// A FRIEND subcommand that changes an edge.
+#[derive(Clone, Copy)]
+enum Change {
+    Add,
+    Accept,
+    Deny,
+    Remove,
+}
+
+/// What a change does, once its preconditions hold.
+struct Effect {
+    /// The caller's new view of the edge (`None`: no edge).
+    new: Option<FriendState>,
+    /// The event the other side is told.
+    event: FriendshipEvent,
+    /// `OK FRIEND ADD` says whether the two are friends now.
+    outcome: AddOutcome,
 }
 
 impl Core {
-    pub(super) fn friend(&mut self, conn: ConnId, label: Option<String>, op: FriendOp) {
-        let Some(me) = self.account_of(conn) else {
+    pub(super) fn friend(&mut self, req: Req, op: FriendOp) {
+        let Some(me) = self.account_of(req.conn) else {
             return;
         };
-        let (sub, name) = match op {
-            FriendOp::List => return self.friend_list(conn, label, &me),
-            FriendOp::Add(n) => ("ADD", n),
-            FriendOp::Accept(n) => ("ACCEPT", n),
-            FriendOp::Deny(n) => ("DENY", n),
-            FriendOp::Remove(n) => ("REMOVE", n),
+        let (change, name) = match op {
+            FriendOp::List => return self.friend_list(req, &me),
+            FriendOp::Add(n) => (Change::Add, n),
+            FriendOp::Accept(n) => (Change::Accept, n),
+            FriendOp::Deny(n) => (Change::Deny, n),
+            FriendOp::Remove(n) => (Change::Remove, n),
         };
-        let l = label.as_deref();
+        self.friend_change(req, me, change, name);
+    }
+
+    fn friend_change(&mut self, mut req: Req, me: Key, change: Change, name: Name) {
         let other = name.key();
         if other == me {
-            return self.refuse(
-                conn,
-                l,
-                "FRIEND",
-                Code::SELF_TARGET,
-                "you cannot befriend yourself",
-            );
+            return self.refuse(req, Code::SELF_TARGET, "you cannot befriend yourself");
         }
         let shown = match self.accounts.get(&other) {
             Some(a) if a.phc.is_some() => a.name.clone(),
             _ => {
-                return self.refuse(
-                    conn,
-                    l,
-                    "FRIEND",
-                    Code::UNKNOWN_USER,
-                    &format!("no such user: {name}"),
-                )
+                let text = format!("no such user: {name}");
+                return self.refuse(req, Code::UNKNOWN_USER, &text);
             }
         };
         let current = self
@@ -64,181 +64,177 @@ impl Core {
             .get(&me)
             .and_then(|a| a.friends.get(&other))
             .copied();
-        use FriendState::*;
-        let (new, details, event, now_friends) = match (sub, current) {
-            ("ADD", Some(Friends)) => {
-                return self.refuse(
-                    conn,
-                    l,
-                    "FRIEND",
-                    Code::ALREADY_FRIENDS,
-                    &format!("{shown} is already your friend"),
-                )
-            }
-            ("ADD", Some(Outgoing)) => {
-                return self.refuse(
-                    conn,
-                    l,
-                    "FRIEND",
-                    Code::ALREADY_REQUESTED,
-                    &format!("you already asked {shown}"),
-                )
-            }
-            ("ADD", Some(Incoming)) => (
-                Some(Friends),
-                format!("ADD {shown} FRIENDS"),
-                "ACCEPTED",
-                true,
-            ),
-            ("ADD", None) => (
-                Some(Outgoing),
-                format!("ADD {shown} REQUESTED"),
-                "REQUESTED",
-                false,
-            ),
-            ("ACCEPT", Some(Incoming)) => {
-                (Some(Friends), format!("ACCEPT {shown}"), "ACCEPTED", true)
-            }
-            ("DENY", Some(Incoming)) => (None, format!("DENY {shown}"), "DENIED", false),
-            ("ACCEPT" | "DENY", _) => {
-                return self.refuse(
-                    conn,
-                    l,
-                    "FRIEND",
-                    Code::NO_REQUEST,
-                    &format!("{shown} has not asked to be your friend"),
-                )
-            }
-            ("REMOVE", Some(Friends)) => (None, format!("REMOVE {shown}"), "REMOVED", false),
-            ("REMOVE", Some(Outgoing)) => (None, format!("REMOVE {shown}"), "WITHDRAWN", false),
-            _ => {
-                return self.refuse(
-                    conn,
-                    l,
-                    "FRIEND",
-                    Code::NOT_FRIENDS,
-                    &format!("{shown} is not your friend and you have not asked them"),
-                )
-            }
-        };
-        self.set_edge(&me, &other, new);
-        let change = Change {
-            conn,
-            label,
-            me: me.clone(),
-            other: other.clone(),
-            details,
+        use FriendState::{Friends, Incoming, Outgoing};
+        let effect = |new, event, outcome| Effect {
+            new,
             event,
-            now_friends,
+            outcome,
         };
-        let ticket = self.store(
-            StoreOp::SetFriendship {
-                a: me,
-                b: other,
-                state: new,
-            },
-            Waiting::Friend(Box::new(change)),
-        );
-        self.reserve(conn, ticket, 1);
+        let refusal = |code: Code, text: String| (code, text);
+        let decided = match (change, current) {
+            (Change::Add, Some(Friends)) => Err(refusal(
+                Code::ALREADY_FRIENDS,
+                format!("{shown} is already your friend"),
+            )),
+            (Change::Add, Some(Outgoing)) => Err(refusal(
+                Code::ALREADY_REQUESTED,
+                format!("you already asked {shown}"),
+            )),
+            (Change::Add, Some(Incoming)) => Ok(effect(
+                Some(Friends),
+                FriendshipEvent::Accepted,
+                AddOutcome::Friends,
+            )),
+            (Change::Add, None) => Ok(effect(
+                Some(Outgoing),
+                FriendshipEvent::Requested,
+                AddOutcome::Requested,
+            )),
+            (Change::Accept, Some(Incoming)) => Ok(effect(
+                Some(Friends),
+                FriendshipEvent::Accepted,
+                AddOutcome::Friends,
+            )),
+            (Change::Deny, Some(Incoming)) => {
+                Ok(effect(None, FriendshipEvent::Denied, AddOutcome::Requested))
+            }
+            (Change::Accept | Change::Deny, Some(Friends | Outgoing) | None) => Err(refusal(
+                Code::NO_REQUEST,
+                format!("{shown} has not asked to be your friend"),
+            )),
+            (Change::Remove, Some(Friends)) => Ok(effect(
+                None,
+                FriendshipEvent::Removed,
+                AddOutcome::Requested,
+            )),
+            (Change::Remove, Some(Outgoing)) => Ok(effect(
+                None,
+                FriendshipEvent::Withdrawn,
+                AddOutcome::Requested,
+            )),
+            (Change::Remove, Some(Incoming) | None) => Err(refusal(
+                Code::NOT_FRIENDS,
+                format!("{shown} is not your friend and you have not asked them"),
+            )),
+        };
+        let effect = match decided {
+            Ok(e) => e,
+            Err((code, text)) => return self.refuse(req, code, &text),
+        };
+        self.set_edge(&me, &other, effect.new);
+        let op = StoreOp::SetFriendship {
+            a: me.as_str().to_owned(),
+            b: other.as_str().to_owned(),
+            state: effect.new,
+        };
+        self.reserve(&mut req);
+        self.store(op, move |core, _| {
+            core.friend_stored(req, me, other, shown, change, effect)
+        });
     }
 
     /// Sets both directions of an edge in memory.
-    fn set_edge(&mut self, a: &str, b: &str, state: Option<FriendState>) {
+    fn set_edge(&mut self, a: &Key, b: &Key, state: Option<FriendState>) {
         for (x, y, s) in [(a, b, state), (b, a, state.map(FriendState::mirror))] {
             if let Some(acct) = self.accounts.get_mut(x) {
                 match s {
-                    Some(s) => acct.friends.insert(y.to_owned(), s),
+                    Some(s) => acct.friends.insert(y.clone(), s),
                     None => acct.friends.remove(y),
                 };
             }
         }
     }
 
-    pub(super) fn friend_stored(&mut self, ticket: Ticket, c: Change) {
-        let name = |core: &Core, k: &str| {
-            core.accounts
-                .get(k)
-                .map(|a| a.name.clone())
-                .unwrap_or_default()
+    fn friend_stored(
+        &mut self,
+        req: Req,
+        me: Key,
+        other: Key,
+        shown: String,
+        change: Change,
+        effect: Effect,
+    ) {
+        let my_name = self
+            .accounts
+            .get(&me)
+            .map(|a| a.name.clone())
+            .unwrap_or_default();
+        let now_friends = effect.new == Some(FriendState::Friends);
+        let reply = match change {
+            Change::Add => FriendReply::Add {
+                name: &shown,
+                outcome: effect.outcome,
+            },
+            Change::Accept => FriendReply::Accept { name: &shown },
+            Change::Deny => FriendReply::Deny { name: &shown },
+            Change::Remove => FriendReply::Remove { name: &shown },
         };
-        let presence = |core: &Core, k: &str| {
-            if core.online.contains(k) {
-                "ONLINE"
-            } else {
-                "OFFLINE"
-            }
+        let mut out = Out::new();
+        out.ok(&req, OkReply::Friend(reply));
+        let mut notice = Out::new();
+        notice.line(&ServerLine::Friendship {
+            name: &my_name,
+            event: effect.event,
+        });
+        let their_presence = ServerLine::Presence {
+            name: &shown,
+            presence: Presence::of(self.online.contains(&other)),
         };
-        let (my_name, other_name) = (name(self, &c.me), name(self, &c.other));
-        let mut out = String::new();
-        reply::ok(&mut out, c.label.as_deref(), "FRIEND", &c.details);
-        let mut notice = String::new();
-        reply::line(&mut notice, "FRIENDSHIP", &format!("{my_name} {}", c.event));
-        if c.now_friends {
-            reply::line(
-                &mut out,
-                "PRESENCE",
-                &format!("{other_name} {}", presence(self, &c.other)),
-            );
-            reply::line(
-                &mut notice,
-                "PRESENCE",
-                &format!("{my_name} {}", presence(self, &c.me)),
-            );
+        if now_friends {
+            out.line(&their_presence);
+            notice.line(&ServerLine::Presence {
+                name: &my_name,
+                presence: Presence::of(self.online.contains(&me)),
+            });
         }
-        self.push_to_account(&c.other, &Chunk::Owned(notice.into_bytes()));
-        if c.now_friends {
+        let notice = crate::outbox::Chunk::Owned(notice.into_bytes());
+        self.push_to_account(&other, &notice);
+        if now_friends {
             // The caller's other connections learn the new friend's presence too.
-            let mut line = String::new();
-            reply::line(
-                &mut line,
-                "PRESENCE",
-                &format!("{other_name} {}", presence(self, &c.other)),
+            let line = out::shared(&their_presence);
+            super::fan_out(
+                &self.accounts,
+                &self.conns,
+                &mut self.overflowed,
+                std::iter::once(&me),
+                &line,
+                Some(req.conn),
             );
-            let chunk = Chunk::Owned(line.into_bytes());
-            let others: Vec<_> = self
-                .accounts
-                .get(&c.me)
-                .map(|a| a.conns.iter().copied().filter(|x| *x != c.conn).collect())
-                .unwrap_or_default();
-            for conn in others {
-                if let Some(k) = self.conns.get(&conn) {
-                    if k.outbox.push(chunk.clone()).is_err() {
-                        self.overflowed.push(conn);
-                    }
-                }
-            }
         }
-        self.fill(c.conn, ticket, out);
+        self.finish(req, out);
     }
 
-    fn friend_list(&mut self, conn: ConnId, label: Option<String>, me: &str) {
+    fn friend_list(&mut self, req: Req, me: &Key) {
         let Some(acct) = self.accounts.get(me) else {
             return;
         };
-        let mut rows: Vec<(u8, &str, &'static str)> = Vec::new();
+        let mut rows: Vec<(u8, &str, Listed)> = Vec::new();
         for (k, s) in &acct.friends {
             let Some(other) = self.accounts.get(k) else {
                 continue;
             };
             let (rank, state) = match s {
-                FriendState::Friends if self.online.contains(k) => (0, "ONLINE"),
-                FriendState::Friends => (0, "OFFLINE"),
-                FriendState::Incoming => (1, "INCOMING"),
-                FriendState::Outgoing => (2, "OUTGOING"),
+                FriendState::Friends if self.online.contains(k) => (0, Listed::Online),
+                FriendState::Friends => (0, Listed::Offline),
+                FriendState::Incoming => (1, Listed::Incoming),
+                FriendState::Outgoing => (2, Listed::Outgoing),
             };
             rows.push((rank, other.name.as_str(), state));
         }
         rows.sort_by_key(|a| (a.0, a.1.to_ascii_lowercase()));
-        let mut out = String::new();
+        let mut out = Out::new();
         for (_, name, state) in &rows {
-            reply::line(&mut out, "FRIEND", &format!("{name} {state}"));
+            out.line(&ServerLine::Friend {
+                name,
+                state: *state,
+            });
         }
-        reply::ok(
-            &mut out,
-            label.as_deref(),
-            "FRIEND",
-            &format!("LIST {}", rows.len()),
+        out.ok(
+            &req,
+            OkReply::Friend(FriendReply::List {
+                count: rows.len() as u64,
+            }),
         );
-        self.answer(conn, out);
+        self.finish(req, out);
     }
 }

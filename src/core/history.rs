@@ -1,42 +1,38 @@
 //! HISTORY: one page of a conversation, read from the message log.
 
-use super::{recipients, ConnId, Core, Waiting};
+use super::out::Out;
+use super::{recipient, Core, Req};
 use crate::config::HISTORY_DEFAULT_COUNT;
+use crate::proto::code::Code;
 use crate::proto::command::{HistoryTarget, Page};
-use crate::proto::reply::{self, Code};
-use crate::store::worker::Ticket;
-use crate::store::{Conversation, Cursor, HistoryPage, StoreOp};
+use crate::proto::server_line::{MessageLine, OkReply, ServerLine};
+use crate::store::{Conversation, Cursor, StoreOp, StoreReply};
 
 impl Core {
     pub(super) fn history(
         &mut self,
-        conn: ConnId,
-        label: Option<String>,
+        mut req: Req,
         with: HistoryTarget,
         count: Option<u32>,
         cursor: Page,
     ) {
-        let Some(me) = self.account_of(conn) else {
+        let Some(me) = self.account_of(req.conn) else {
             return;
         };
-        let (conv, name) = match with {
+        let (conv, shown) = match with {
             HistoryTarget::Broadcast => (Conversation::Broadcast, "*".to_owned()),
             HistoryTarget::User(n) => {
                 let key = n.key();
                 match self.accounts.get(&key) {
                     Some(a) if a.phc.is_some() => {
                         let name = a.name.clone();
-                        (Conversation::Pair(me, key), name)
+                        let pair =
+                            Conversation::Pair(me.as_str().to_owned(), key.as_str().to_owned());
+                        (pair, name)
                     }
                     _ => {
                         let text = format!("no such user: {n}");
-                        return self.refuse(
-                            conn,
-                            label.as_deref(),
-                            "HISTORY",
-                            Code::UNKNOWN_USER,
-                            &text,
-                        );
+                        return self.refuse(req, Code::UNKNOWN_USER, &text);
                     }
                 }
             }
@@ -47,38 +43,37 @@ impl Core {
             Page::After(id) => Cursor::After(id),
         };
         let count = count.unwrap_or(HISTORY_DEFAULT_COUNT);
-        let ticket = self.store(
-            StoreOp::History {
-                conv,
-                count,
-                cursor,
-            },
-            Waiting::History { conn, label, name },
-        );
-        self.reserve(conn, ticket, 1);
-    }
-
-    pub(super) fn history_read(
-        &mut self,
-        conn: ConnId,
-        ticket: Ticket,
-        label: Option<String>,
-        name: String,
-        page: HistoryPage,
-    ) {
-        let mut out = String::new();
-        for m in &page.messages {
-            let to = recipients(&m.to);
-            reply::message(&mut out, "HISTORY", m.id, m.time_ms, &m.from, to, &m.text);
-        }
-        let cursor = |c: Option<u64>| c.map_or_else(|| "-".to_owned(), |id| id.to_string());
-        let details = format!(
-            "{name} {} BEFORE {} AFTER {}",
-            page.messages.len(),
-            cursor(page.older),
-            cursor(page.newer)
-        );
-        reply::ok(&mut out, label.as_deref(), "HISTORY", &details);
-        self.fill(conn, ticket, out);
+        let op = StoreOp::History {
+            conv,
+            count,
+            cursor,
+        };
+        self.reserve(&mut req);
+        self.store(op, move |core, reply| {
+            let StoreReply::History(page) = reply else {
+                let detail = format!("unexpected store reply {reply:?} to a HISTORY read");
+                return core.internal_error(req, &detail);
+            };
+            let mut out = Out::new();
+            for m in &page.messages {
+                out.line(&ServerLine::History(MessageLine {
+                    id: m.id,
+                    time_ms: m.time_ms,
+                    from: &m.from,
+                    to: recipient(&m.to),
+                    text: &m.text,
+                }));
+            }
+            out.ok(
+                &req,
+                OkReply::History {
+                    with: &shown,
+                    count: page.messages.len() as u64,
+                    before: page.older,
+                    after: page.newer,
+                },
+            );
+            core.finish(req, out);
+        });
     }
 }

@@ -1,64 +1,66 @@
 //! HELP, PING and USERS: answers that need no store.
 
-use super::{ConnId, Core};
-use crate::proto::reply::{self, Code};
-use crate::proto::{command, help};
+use super::commands::COMMANDS;
+use super::out::Out;
+use super::{Core, Req};
+use crate::proto::code::Code;
+use crate::proto::command::{quote, Verb};
+use crate::proto::server_line::{OkReply, ServerLine};
 
 impl Core {
-    pub(super) fn help(&mut self, conn: ConnId, label: Option<String>, topic: Option<String>) {
-        let mut out = String::new();
+    /// HELP is rendered from the command table: an index line per command, or one command's usage
+    /// and details.
+    pub(super) fn help(&mut self, req: Req, topic: Option<String>) {
+        let mut out = Out::new();
         match topic {
             None => {
-                for e in help::HELP {
-                    reply::line(&mut out, "HELP", &format!("{} -- {}", e.syntax, e.summary));
+                for row in COMMANDS {
+                    let text = format!("{} -- {}", row.verb.syntax().usage, row.summary);
+                    out.line(&ServerLine::Help { text: &text });
                 }
             }
-            Some(t) => match help::lookup(&t) {
-                Some(e) => {
-                    reply::line(&mut out, "HELP", e.syntax);
-                    for d in e.details {
-                        reply::line(&mut out, "HELP", d);
+            Some(t) => match Verb::lookup(&t) {
+                Some(verb) => {
+                    let row = super::commands::row(verb);
+                    out.line(&ServerLine::Help {
+                        text: verb.syntax().usage,
+                    });
+                    for d in row.details {
+                        out.line(&ServerLine::Help { text: d });
                     }
                 }
                 None => {
-                    let text = format!(
-                        "no help for \"{}\"; type HELP for the list",
-                        command::quote(&t)
-                    );
-                    return self.refuse(
-                        conn,
-                        label.as_deref(),
-                        "HELP",
-                        Code::UNKNOWN_COMMAND,
-                        &text,
-                    );
+                    let text = format!("no help for \"{}\"; type HELP for the list", quote(&t));
+                    return self.refuse(req, Code::UNKNOWN_COMMAND, &text);
                 }
             },
         }
-        reply::ok(&mut out, label.as_deref(), "HELP", "");
-        self.answer(conn, out);
+        out.ok(&req, OkReply::Help);
+        self.finish(req, out);
     }
 
-    pub(super) fn ping(&mut self, conn: ConnId, label: Option<String>, token: Option<String>) {
-        let mut out = String::new();
-        reply::line(&mut out, "PONG", token.as_deref().unwrap_or(""));
-        reply::ok(&mut out, label.as_deref(), "PING", "");
-        self.answer(conn, out);
+    pub(super) fn ping(&mut self, req: Req, token: Option<String>) {
+        let mut out = Out::new();
+        out.line(&ServerLine::Pong {
+            token: token.as_deref(),
+        });
+        out.ok(&req, OkReply::Ping);
+        self.finish(req, out);
     }
 
-    pub(super) fn users(&mut self, conn: ConnId, label: Option<String>) {
-        let mut out = String::new();
+    pub(super) fn users(&mut self, req: Req) {
+        let mut out = Out::new();
         for key in &self.online {
             if let Some(a) = self.accounts.get(key) {
-                reply::line(&mut out, "USER", &a.name);
+                out.line(&ServerLine::User { name: &a.name });
             }
         }
-        reply::ok(
-            &mut out,
-            label.as_deref(),
-            "USERS",
-            &self.online.len().to_string(),
+        out.ok(
+            &req,
+            OkReply::Users {
+                count: self.online.len() as u64,
+            },
         );
-        self.answer(conn, out);
+        self.finish(req, out);
     }
 }

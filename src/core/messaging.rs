@@ -4,50 +4,38 @@
 //! message through the backlog at its next login (its backlog entry is written in the same commit),
 //! an online one gets it live when the commit finishes. A recipient that was online when the
 //! message was sent but has no connection left by the time the commit finishes gets it added to
-//! its backlog then, so nothing falls between the two; the OK, sent after the commit, then says
-//! KEPT for it.
+//! its backlog then, in a second commit; the OK, which then says KEPT for it, waits for that commit,
+//! so every OK follows the commit that makes it true.
 
-use std::sync::Arc;
-
-use super::{fan_out, recipients, ConnId, Core, Waiting};
+use super::out::{self, Out};
+use super::{fan_out, recipient, Core, Req};
 use crate::config::MAX_PENDING_PER_ACCOUNT;
 use crate::outbox::Chunk;
+use crate::proto::code::Code;
 use crate::proto::command::Verb;
-use crate::proto::name::Name;
-use crate::proto::reply::{self, Code};
-use crate::store::worker::Ticket;
-use crate::store::{MessageRecord, StoreOp, To};
+use crate::proto::name::{Key, Name};
+use crate::proto::server_line::{Delivery, MessageLine, OkReply, ServerLine};
+use crate::store::{MessageRecord, MsgId, StoreOp, To};
 
 /// A message waiting for its commit.
-pub(super) struct Sent {
-    pub(super) conn: ConnId,
-    pub(super) label: Option<String>,
-    pub(super) verb: Verb,
-    sender: String,
-    id: u64,
+struct Sent {
+    sender: Key,
+    id: MsgId,
     /// The MESSAGE line, encoded once when the message was made; every recipient's outbox shares
     /// these bytes.
     line: Chunk,
-    /// Recipient keys that had a connection online when the message was sent.
-    online: Vec<String>,
+    /// Recipients that had a connection online when the message was sent.
+    online: Vec<Key>,
     /// Recipients whose copy went to their offline backlog.
     kept: usize,
 }
 
 impl Core {
     /// MSG (one name) and GROUP (a list): all or nothing.
-    pub(super) fn send_direct(
-        &mut self,
-        conn: ConnId,
-        label: Option<String>,
-        to: Vec<Name>,
-        text: String,
-        verb: Verb,
-    ) {
-        let Some(sender) = self.account_of(conn) else {
+    pub(super) fn send_direct(&mut self, req: Req, to: Vec<Name>, text: String) {
+        let Some(sender) = self.account_of(req.conn) else {
             return;
         };
-        let cmd = verb.name();
         let mut unknown = Vec::new();
         let mut full = Vec::new();
         let mut online = Vec::new();
@@ -71,65 +59,50 @@ impl Core {
         }
         if !unknown.is_empty() {
             let text = format!("no such user: {}", unknown.join(", "));
-            return self.refuse(conn, label.as_deref(), cmd, Code::UNKNOWN_USER, &text);
+            return self.refuse(req, Code::UNKNOWN_USER, &text);
         }
         if !full.is_empty() {
             let text = format!(
                 "too many messages are waiting for {}; nothing was sent",
                 full.join(", ")
             );
-            return self.refuse(conn, label.as_deref(), cmd, Code::INBOX_FULL, &text);
+            return self.refuse(req, Code::INBOX_FULL, &text);
         }
         for key in &offline {
             if let Some(a) = self.accounts.get_mut(key) {
                 a.pending += 1;
             }
         }
-        let to = if verb == Verb::Msg {
-            To::User(shown.pop().unwrap_or_default())
-        } else {
-            To::Group(shown)
+        let to = match (req.verb, shown.pop()) {
+            (Some(Verb::Msg), Some(one)) => To::User(one),
+            (_, last) => {
+                shown.extend(last);
+                To::Group(shown)
+            }
         };
-        let kept = offline.len();
-        self.commit_message(conn, label, verb, sender, to, text, online, offline, kept);
+        self.commit_message(req, sender, to, text, online, offline);
     }
 
     /// ALL: to every other online account; stored, never kept for offline delivery.
-    pub(super) fn send_all(&mut self, conn: ConnId, label: Option<String>, text: String) {
-        let Some(sender) = self.account_of(conn) else {
+    pub(super) fn send_all(&mut self, req: Req, text: String) {
+        let Some(sender) = self.account_of(req.conn) else {
             return;
         };
-        self.commit_message(
-            conn,
-            label,
-            Verb::All,
-            sender,
-            To::All,
-            text,
-            Vec::new(),
-            Vec::new(),
-            0,
-        );
+        self.commit_message(req, sender, To::All, text, Vec::new(), Vec::new());
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn commit_message(
         &mut self,
-        conn: ConnId,
-        label: Option<String>,
-        verb: Verb,
-        sender: String,
+        mut req: Req,
+        sender: Key,
         to: To,
         text: String,
-        online: Vec<String>,
-        pending_for: Vec<String>,
-        kept: usize,
+        online: Vec<Key>,
+        pending_for: Vec<Key>,
     ) {
-        let from = self
-            .accounts
-            .get(&sender)
-            .map(|a| a.name.clone())
-            .unwrap_or_default();
+        let Some(from) = self.accounts.get(&sender).map(|a| a.name.clone()) else {
+            return self.internal_error(req, "the sender's account is missing");
+        };
         let id = self.next_id;
         self.next_id += 1;
         let record = MessageRecord {
@@ -139,119 +112,129 @@ impl Core {
             to,
             text,
         };
-        let mut line = String::with_capacity(64 + record.text.len());
-        let to = recipients(&record.to);
-        reply::message(
-            &mut line,
-            "MESSAGE",
+        let line = out::shared(&ServerLine::Message(MessageLine {
             id,
-            record.time_ms,
-            &record.from,
-            to,
-            &record.text,
-        );
+            time_ms: record.time_ms,
+            from: &record.from,
+            to: recipient(&record.to),
+            text: &record.text,
+        }));
         let sent = Sent {
-            conn,
-            label,
-            verb,
             sender,
             id,
-            line: Chunk::Shared(Arc::from(line.into_bytes())),
+            line,
             online,
-            kept,
+            kept: pending_for.len(),
         };
-        let ticket = self.store(
-            StoreOp::AppendMessage {
-                msg: record,
-                pending_for,
-            },
-            Waiting::Message(Box::new(sent)),
-        );
-        self.reserve(conn, ticket, 1);
+        let op = StoreOp::AppendMessage {
+            msg: record,
+            pending_for: pending_for.iter().map(|k| k.as_str().to_owned()).collect(),
+        };
+        self.reserve(&mut req);
+        self.store(op, move |core, _| core.message_stored(req, sent));
     }
 
-    pub(super) fn message_stored(&mut self, ticket: Ticket, sent: Sent) {
+    fn message_stored(&mut self, req: Req, sent: Sent) {
         let (id, chunk) = (sent.id, &sent.line);
-        let mut out = String::new();
-        match sent.verb {
-            Verb::All => {
-                let others = self
-                    .online
-                    .iter()
-                    .map(String::as_str)
-                    .filter(|k| *k != sent.sender);
-                fan_out(
-                    &self.accounts,
-                    &self.conns,
-                    &mut self.overflowed,
-                    others,
-                    chunk,
-                    None,
-                );
-                let users = self.online.len() - usize::from(self.online.contains(&sent.sender));
-                let details = format!("{} DELIVERED {users}", id);
-                reply::ok(&mut out, sent.label.as_deref(), "ALL", &details);
-            }
-            verb => {
-                // The sender's own connection, when it is a recipient (MSG to yourself, a GROUP
-                // naming you), gets its copy after the OK: a command's reply comes first (spec 6.4).
-                let own_copy = self
-                    .conns
-                    .get(&sent.conn)
-                    .and_then(|c| c.key())
-                    .is_some_and(|k| sent.online.iter().any(|o| o == k));
-                let mut late_kept = 0;
-                for key in &sent.online {
-                    let keys = std::iter::once(key.as_str());
-                    let skip = Some(sent.conn);
-                    let reached = fan_out(
-                        &self.accounts,
-                        &self.conns,
-                        &mut self.overflowed,
-                        keys,
-                        chunk,
-                        skip,
-                    );
-                    if reached == 0 {
-                        self.keep_for_later(key, id);
-                        late_kept += 1;
-                    }
-                }
-                // The OK says what happened once the message was committed: a recipient that
-                // left meanwhile had it kept, not delivered.
-                let kept = sent.kept + late_kept;
-                let delivered = sent.online.len() - late_kept;
-                let details = if verb == Verb::Msg {
-                    format!("{} {}", id, if kept == 0 { "DELIVERED" } else { "KEPT" })
-                } else {
-                    format!("{} DELIVERED {} KEPT {}", id, delivered, kept)
-                };
-                reply::ok(&mut out, sent.label.as_deref(), verb.name(), &details);
-                if own_copy {
-                    out.push_str(&String::from_utf8_lossy(chunk.as_bytes()));
-                }
+        let mut out = Out::new();
+        if req.verb == Some(Verb::All) {
+            let others = self.online.iter().filter(|k| **k != sent.sender);
+            fan_out(
+                &self.accounts,
+                &self.conns,
+                &mut self.overflowed,
+                others,
+                chunk,
+                None,
+            );
+            let users = self.online.len() - usize::from(self.online.contains(&sent.sender));
+            out.ok(
+                &req,
+                OkReply::All {
+                    id,
+                    delivered: users as u64,
+                },
+            );
+            return self.finish(req, out);
+        }
+        // The sender's own connection, when it is a recipient (MSG to yourself, a GROUP naming
+        // you), gets its copy after the OK: a command's reply comes first (spec 6.4).
+        let own_copy = self
+            .conns
+            .get(&req.conn)
+            .and_then(|c| c.key())
+            .is_some_and(|k| sent.online.contains(k));
+        let mut late = Vec::new();
+        for key in &sent.online {
+            let reached = fan_out(
+                &self.accounts,
+                &self.conns,
+                &mut self.overflowed,
+                std::iter::once(key),
+                chunk,
+                Some(req.conn),
+            );
+            if reached == 0 {
+                late.push(key.clone());
             }
         }
-        self.fill(sent.conn, ticket, out);
+        // The OK says what happened once the message was committed: a recipient that left
+        // meanwhile has it kept, not delivered.
+        let kept = sent.kept + late.len();
+        let delivered = sent.online.len() - late.len();
+        let reply = if req.verb == Some(Verb::Msg) {
+            OkReply::Msg {
+                id,
+                delivery: if kept == 0 {
+                    Delivery::Delivered
+                } else {
+                    Delivery::Kept
+                },
+            }
+        } else {
+            OkReply::Group {
+                id,
+                delivered: delivered as u64,
+                kept: kept as u64,
+            }
+        };
+        out.ok(&req, reply);
+        if own_copy {
+            out.raw(chunk);
+        }
+        // Each late recipient's backlog entry is its own op; the writes commit in the order they
+        // were sent, so once the last is committed all are, and the OK may go.
+        let ops: Vec<StoreOp> = late
+            .iter()
+            .filter_map(|k| self.keep_for_later(k, id))
+            .collect();
+        let last = ops.len();
+        let mut answer = Some((req, out));
+        for (i, op) in ops.into_iter().enumerate() {
+            if i + 1 < last {
+                self.store(op, |_, _| {});
+            } else if let Some((req, out)) = answer.take() {
+                self.store(op, move |core, _| core.finish(req, out));
+            }
+        }
+        if let Some((req, out)) = answer {
+            self.finish(req, out);
+        }
     }
 
-    /// Adds a stored message to an account's backlog (a recipient went offline while its message
-    /// was being committed, or left before its backlog reached it).
-    pub(super) fn keep_for_later(&mut self, key: &str, id: u64) {
-        let Some(a) = self.accounts.get_mut(key) else {
-            return;
-        };
+    /// Counts a stored message into an account's backlog and gives the op that records it (a
+    /// recipient went offline while its message was being committed, or left before its backlog
+    /// reached it); `None` when the backlog is full: the message is still in the log and in HISTORY,
+    /// and the backlog bound wins.
+    pub(super) fn keep_for_later(&mut self, key: &Key, id: MsgId) -> Option<StoreOp> {
+        let a = self.accounts.get_mut(key)?;
         if a.pending >= MAX_PENDING_PER_ACCOUNT {
-            // Still in the log and in HISTORY; the backlog bound wins.
-            return;
+            return None;
         }
         a.pending += 1;
-        self.store(
-            StoreOp::AddPending {
-                user: key.to_owned(),
-                id,
-            },
-            Waiting::Quiet,
-        );
+        Some(StoreOp::AddPending {
+            user: key.as_str().to_owned(),
+            id,
+        })
     }
 }

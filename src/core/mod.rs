@@ -6,30 +6,50 @@
 //! whose results come back later as events. The network shell in `net` drives it in production;
 //! tests and fuzzers drive it directly with an in-memory store.
 //!
+//! How it is laid out:
+//! - [`commands`]: the command table. One row per command: the state it needs, whether it waits for
+//!   the connection's earlier commands, its help text and its handler. The checks of the table run
+//!   once, in [`Core::process`], before any handler.
+//! - one file per group of commands, each holding its handlers and what they do when their store or
+//!   hash result comes back (a closure given with the job): `session` (REGISTER, LOGIN, LOGOUT,
+//!   QUIT), `messaging` (MSG, GROUP, ALL), `history`, `friends`, `info` (HELP, PING, USERS);
+//! - `order`: the reply order of a connection, and [`Req`], the command being answered;
+//! - `out`: where typed server lines become bytes for a connection.
+//!
 //! Ordering rules that the rest of the design leans on:
 //! - Replies to one connection leave in the order of its commands, even when a later command
-//!   finishes first: each command owns a slot in the connection's reply queue ([`Slot`]).
+//!   finishes first: each command owns a slot in the connection's reply order (`order`).
 //! - Nothing a command changes is visible to others before it is durable: a message is delivered,
-//!   and every push caused by a command is sent, only when its commit has finished.
-//! - Store results come back in the order the ops were sent, so a LOGIN's backlog read sees every
-//!   message queued before it.
-//!
-//! One file per group of commands: `session` (REGISTER, LOGIN, LOGOUT, QUIT), `messaging` (MSG,
-//! GROUP, ALL), `history`, `friends`, `info` (HELP, PING, USERS).
+//!   every push caused by a command is sent, and every `OK` is sent, only when the commit that makes
+//!   it true has finished.
+//! - A command sees the state every earlier command of its connection left: while a connection waits
+//!   for a password hash (LOGIN, REGISTER) or for its login's backlog, its later lines wait; QUIT and
+//!   LOGOUT wait until every earlier command of the connection is answered.
+//! - A store read sees every write sent to the store before it, so a LOGIN's backlog read sees every
+//!   message queued for the account before it.
 
+mod commands;
 mod friends;
 mod history;
 mod info;
 mod messaging;
+mod order;
+mod out;
 mod session;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
+pub use self::commands::{Needs, Row, COMMANDS};
+pub use self::order::Req;
+
+use self::order::Slots;
 use crate::auth::{HashJob, HashOutcome};
 use crate::outbox::{Chunk, Outbox};
-use crate::proto::command::{split_head, Command, Refusal, Verb};
-use crate::proto::reply::{self, ByeCode, Code, Recipients};
+use crate::proto::code::{ByeCode, Code};
+use crate::proto::command::split_head;
+use crate::proto::name::Key;
+use crate::proto::server_line::{Presence, Recipient, ServerLine};
 use crate::store::worker::{StoreJob, Ticket};
 use crate::store::{FriendState, MsgId, Snapshot, StoreError, StoreOp, StoreReply, To};
 
@@ -50,19 +70,32 @@ pub enum Input {
 pub enum Event {
     /// A connection was accepted; its outbox is where its lines go.
     Connected {
+        /// The new connection.
         conn: ConnId,
+        /// Where its lines go.
         outbox: Outbox,
+        /// Its address, for the log.
         peer: String,
     },
     /// One unit of input from a connection (the reader holds one credit for it).
-    Input { conn: ConnId, input: Input },
+    Input {
+        /// The connection.
+        conn: ConnId,
+        /// What it sent.
+        input: Input,
+    },
     /// The connection is gone (closed by the client, by an error, or after the core closed it).
-    Disconnected { conn: ConnId },
-    /// A batch of store ops finished (results in op order), or the store failed.
+    Disconnected {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// A batch of store ops finished (each result with its op's ticket), or the store failed.
     Stored(Result<Vec<(Ticket, StoreReply)>, StoreError>),
     /// A password hash finished.
     Hashed {
+        /// The job's ticket.
         ticket: Ticket,
+        /// Its result.
         outcome: HashOutcome,
     },
     /// The server is stopping: tell everyone and close every connection.
@@ -72,7 +105,9 @@ pub enum Event {
 /// Work the core hands to the outside.
 #[derive(Debug)]
 pub enum Job {
+    /// An op for the store worker.
     Store(StoreJob),
+    /// A password hash for the hashing pool.
     Hash(Ticket, HashJob),
 }
 
@@ -92,8 +127,8 @@ struct Account {
     name: String,
     /// None while the REGISTER that created it is still hashing.
     phc: Option<Arc<str>>,
-    /// Other account key -> this account's view of the edge.
-    friends: HashMap<String, FriendState>,
+    /// Other account -> this account's view of the edge.
+    friends: HashMap<Key, FriendState>,
     /// Messages waiting in the offline backlog.
     pending: u32,
     /// Logged-in connections.
@@ -102,35 +137,35 @@ struct Account {
 
 enum ConnState {
     Guest,
-    LoggedIn(String),
+    LoggedIn(Key),
 }
 
-/// One command's place in a connection's reply order.
-struct Slot {
-    /// Waiting for this ticket; None once filled.
-    ticket: Option<Ticket>,
-    text: String,
-    /// Credits to give back when it is sent (1 for a command's final reply, 0 for extra output).
-    finals: usize,
-    /// Close the connection after sending it (QUIT).
-    close_after: bool,
+/// Why a connection's input waits in `deferred` instead of running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Hold {
+    /// Nothing: input runs as it comes.
+    Free,
+    /// A command's job (a password hash, a login's backlog) decides the state that later input
+    /// must see; the command releases the hold.
+    Job,
+    /// A command that must run after every earlier command is answered (QUIT, LOGOUT) waits at the
+    /// head of `deferred` until the reply order is empty.
+    Drain,
 }
 
 struct Conn {
     outbox: Outbox,
     peer: String,
     state: ConnState,
-    /// A password hash for this connection is running; its later input waits in `deferred`, since
-    /// it must see the state that hash leads to.
-    busy: bool,
+    hold: Hold,
     deferred: VecDeque<Input>,
-    slots: VecDeque<Slot>,
+    slots: Slots,
     /// QUIT was answered or the server closed it; further input is ignored.
     closing: bool,
 }
 
 impl Conn {
-    fn key(&self) -> Option<&str> {
+    fn key(&self) -> Option<&Key> {
         match &self.state {
             ConnState::LoggedIn(k) => Some(k),
             ConnState::Guest => None,
@@ -138,52 +173,27 @@ impl Conn {
     }
 }
 
-/// What to do when a job finishes.
-enum Waiting {
-    /// REGISTER's hash.
-    RegisterHash {
-        conn: ConnId,
-        label: Option<String>,
-        key: String,
-    },
-    /// REGISTER's commit.
-    RegisterStored {
-        conn: ConnId,
-        label: Option<String>,
-        name: String,
-    },
-    /// LOGIN's verification; `key` is None when the name is unknown.
-    LoginVerify {
-        conn: ConnId,
-        label: Option<String>,
-        key: Option<String>,
-    },
-    /// The offline backlog read at login, for account `key`.
-    Backlog { conn: ConnId, key: String },
-    /// A message's commit.
-    Message(Box<messaging::Sent>),
-    /// A HISTORY read.
-    History {
-        conn: ConnId,
-        label: Option<String>,
-        name: String,
-    },
-    /// A FRIEND change's commit.
-    Friend(Box<friends::Change>),
-    /// A write with nothing to report.
-    Quiet,
+/// What to do with a store op's result.
+type AfterStore = Box<dyn FnOnce(&mut Core, StoreReply) + Send>;
+/// What to do with a hash job's result.
+type AfterHash = Box<dyn FnOnce(&mut Core, HashOutcome) + Send>;
+
+/// A job's continuation, kept until its result comes back.
+enum Then {
+    Store(AfterStore),
+    Hash(AfterHash),
 }
 
 /// The server state machine. See the module documentation.
 pub struct Core {
     settings: Settings,
-    accounts: HashMap<String, Account>,
-    /// Keys of accounts with at least one logged-in connection, sorted for USERS.
-    online: BTreeSet<String>,
+    accounts: HashMap<Key, Account>,
+    /// Accounts with at least one logged-in connection, sorted for USERS.
+    online: BTreeSet<Key>,
     conns: HashMap<ConnId, Conn>,
     next_id: MsgId,
     next_ticket: Ticket,
-    waiting: HashMap<Ticket, Waiting>,
+    waiting: HashMap<Ticket, Then>,
     hashing: usize,
     store_inflight: usize,
     jobs: Vec<Job>,
@@ -199,9 +209,8 @@ impl Core {
     pub fn new(snapshot: Snapshot, settings: Settings) -> Core {
         let mut accounts = HashMap::with_capacity(snapshot.accounts.len());
         for a in snapshot.accounts {
-            let key = a.name.to_ascii_lowercase();
             accounts.insert(
-                key,
+                Key::of(&a.name),
                 Account {
                     name: a.name,
                     phc: Some(a.phc.into()),
@@ -212,12 +221,12 @@ impl Core {
             );
         }
         for (a, b, state) in snapshot.friendships {
-            if let Some(acct) = accounts.get_mut(&a) {
-                acct.friends.insert(b, state);
+            if let Some(acct) = accounts.get_mut(a.as_str()) {
+                acct.friends.insert(Key::of(&b), state);
             }
         }
         for (user, n) in snapshot.pending_counts {
-            if let Some(acct) = accounts.get_mut(&user) {
+            if let Some(acct) = accounts.get_mut(user.as_str()) {
                 acct.pending = n;
             }
         }
@@ -250,7 +259,9 @@ impl Core {
             Event::Stored(Ok(results)) => {
                 for (ticket, reply) in results {
                     self.store_inflight = self.store_inflight.saturating_sub(1);
-                    self.stored(ticket, reply);
+                    if let Some(Then::Store(then)) = self.waiting.remove(&ticket) {
+                        then(self, reply);
+                    }
                 }
             }
             Event::Stored(Err(e)) => {
@@ -260,7 +271,9 @@ impl Core {
             }
             Event::Hashed { ticket, outcome } => {
                 self.hashing = self.hashing.saturating_sub(1);
-                self.hashed(ticket, outcome);
+                if let Some(Then::Hash(then)) = self.waiting.remove(&ticket) {
+                    then(self, outcome);
+                }
             }
             Event::Shutdown => self.shutdown(),
         }
@@ -279,21 +292,20 @@ impl Core {
     }
 
     fn connected(&mut self, conn: ConnId, outbox: Outbox, peer: String) {
-        let mut hello = String::new();
         if self.shutting_down {
-            reply::bye(&mut hello, ByeCode::SHUTDOWN, "the server is stopping");
-            outbox.abort_with(Chunk::Owned(hello.into_bytes()));
+            let bye = ServerLine::Bye {
+                code: ByeCode::SHUTDOWN,
+                text: "the server is stopping",
+            };
+            outbox.abort_with(Chunk::Owned(bye.to_bytes()));
             return;
         }
-        reply::line(
-            &mut hello,
-            "HELLO",
-            &format!(
-                "chatd {} Welcome! Type HELP for commands; REGISTER <name> <password> then LOGIN <name> <password>.",
-                self.settings.version
-            ),
-        );
-        let _ = outbox.push(Chunk::Owned(hello.into_bytes()));
+        let hello = ServerLine::Hello {
+            software: "chatd",
+            version: self.settings.version,
+            text: "Welcome! Type HELP for commands; REGISTER <name> <password> then LOGIN <name> <password>.",
+        };
+        let _ = outbox.push(Chunk::Owned(hello.to_bytes()));
         log::info!("connection {conn} from {peer}");
         self.conns.insert(
             conn,
@@ -301,9 +313,9 @@ impl Core {
                 outbox,
                 peer,
                 state: ConnState::Guest,
-                busy: false,
+                hold: Hold::Free,
                 deferred: VecDeque::new(),
-                slots: VecDeque::new(),
+                slots: Slots::default(),
                 closing: false,
             },
         );
@@ -316,7 +328,7 @@ impl Core {
         if c.closing {
             return;
         }
-        if c.busy {
+        if c.hold != Hold::Free {
             c.deferred.push_back(input);
             return;
         }
@@ -324,25 +336,21 @@ impl Core {
     }
 
     /// Runs one unit of input: the checks of the command table, in the order the spec gives, then the
-    /// command.
+    /// command's handler.
     fn process(&mut self, conn: ConnId, input: Input) {
         let line = match input {
             Input::TooLong => {
-                return self.refuse(
-                    conn,
-                    None,
-                    "*",
-                    Code::LINE_TOO_LONG,
-                    "line exceeds 4096 bytes; it was discarded",
-                )
+                let text = format!(
+                    "line exceeds {} bytes; it was discarded",
+                    crate::config::MAX_LINE_BYTES
+                );
+                return self.refuse(Req::new(conn, None, None), Code::LINE_TOO_LONG, &text);
             }
             Input::Line(bytes) => match String::from_utf8(bytes) {
                 Ok(s) => s,
                 Err(_) => {
                     return self.refuse(
-                        conn,
-                        None,
-                        "*",
+                        Req::new(conn, None, None),
                         Code::BAD_ENCODING,
                         "line is not valid UTF-8",
                     )
@@ -358,175 +366,55 @@ impl Core {
                 }
                 return;
             }
-            Err(r) => return self.refuse(conn, r.label.as_deref(), r.command, r.code, &r.text),
-        };
-        let label = head.label.map(str::to_owned);
-        let verb = head.verb;
-        let logged_in = self.conns.get(&conn).is_some_and(|c| c.key().is_some());
-        if verb.needs_login() && !logged_in {
-            return self.refuse(
-                conn,
-                label.as_deref(),
-                verb.name(),
-                Code::NOT_LOGGED_IN,
-                "log in first: LOGIN <name> <password>",
-            );
-        }
-        if verb.spec().only_logged_out && logged_in {
-            return self.refuse(
-                conn,
-                label.as_deref(),
-                verb.name(),
-                Code::ALREADY_LOGGED_IN,
-                "this connection is logged in; LOGOUT first",
-            );
-        }
-        match verb.parse_args(head.rest) {
-            Err(Refusal(code, text)) => {
-                self.refuse(conn, label.as_deref(), verb.name(), code, &text)
+            Err(r) => {
+                let req = Req::new(conn, r.label.map(String::into_boxed_str), None);
+                return self.refuse(req, r.code, &r.text);
             }
-            Ok(command) => self.execute(conn, label, command),
-        }
-    }
-
-    fn execute(&mut self, conn: ConnId, label: Option<String>, command: Command) {
-        match command {
-            Command::Register { name, password } => self.register(conn, label, name, password),
-            Command::Login { name, password } => self.login(conn, label, name, password),
-            Command::Logout => self.logout(conn, label),
-            Command::Quit { reason } => self.quit(conn, label, reason),
-            Command::Help { topic } => self.help(conn, label, topic),
-            Command::Ping { token } => self.ping(conn, label, token),
-            Command::Users => self.users(conn, label),
-            Command::Msg { to, text } => self.send_direct(conn, label, vec![to], text, Verb::Msg),
-            Command::Group { to, text } => self.send_direct(conn, label, to, text, Verb::Group),
-            Command::All { text } => self.send_all(conn, label, text),
-            Command::History {
-                with,
-                count,
-                cursor,
-            } => self.history(conn, label, with, count, cursor),
-            Command::Friend(op) => self.friend(conn, label, op),
-        }
-    }
-
-    /// The account key a connection is logged in as.
-    fn account_of(&self, conn: ConnId) -> Option<String> {
-        self.conns
-            .get(&conn)
-            .and_then(|c| c.key())
-            .map(str::to_owned)
-    }
-
-    // ----- replies and ordering -----
-
-    /// Sends a FAIL reply as a command's final answer.
-    fn refuse(&mut self, conn: ConnId, label: Option<&str>, command: &str, code: Code, text: &str) {
-        let mut out = String::new();
-        reply::fail(&mut out, label, command, code, text);
-        self.answer(conn, out);
-    }
-
-    /// A command's complete answer (one final line, maybe data lines before it).
-    fn answer(&mut self, conn: ConnId, text: String) {
-        self.push_slot(
-            conn,
-            Slot {
-                ticket: None,
-                text,
-                finals: 1,
-                close_after: false,
-            },
-        );
-    }
-
-    /// Reserves the next place in the connection's reply order for a job's result.
-    fn reserve(&mut self, conn: ConnId, ticket: Ticket, finals: usize) {
-        self.push_slot(
-            conn,
-            Slot {
-                ticket: Some(ticket),
-                text: String::new(),
-                finals,
-                close_after: false,
-            },
-        );
-    }
-
-    fn push_slot(&mut self, conn: ConnId, slot: Slot) {
+        };
+        let row = commands::row(head.verb);
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        if c.slots.is_empty() && slot.ticket.is_none() {
-            // The common case, nothing waiting before it: straight out, no queue.
-            return self.emit(conn, slot);
-        }
-        c.slots.push_back(slot);
-        self.flush_slots(conn);
-    }
-
-    /// Fills the slot reserved for `ticket` and sends every ready slot at the front.
-    fn fill(&mut self, conn: ConnId, ticket: Ticket, text: String) {
-        let Some(c) = self.conns.get_mut(&conn) else {
+        if row.barrier && !c.slots.is_empty() {
+            // QUIT and LOGOUT change what the connection is; they wait until every earlier command
+            // of the connection has its answer, so those run with the state they were sent in.
+            c.hold = Hold::Drain;
+            c.deferred.push_front(Input::Line(line.into_bytes()));
             return;
-        };
-        if let Some(s) = c.slots.iter_mut().find(|s| s.ticket == Some(ticket)) {
-            s.ticket = None;
-            s.text = text;
         }
-        self.flush_slots(conn);
-    }
-
-    /// Sends the ready slots at the front of the queue, as one chunk.
-    fn flush_slots(&mut self, conn: ConnId) {
-        let Some(c) = self.conns.get_mut(&conn) else {
-            return;
-        };
-        let mut merged: Option<Slot> = None;
-        while c.slots.front().is_some_and(|s| s.ticket.is_none()) {
-            let s = c.slots.pop_front().expect("front exists");
-            let close = s.close_after;
-            match &mut merged {
-                None => merged = Some(s),
-                Some(m) => {
-                    m.text.push_str(&s.text);
-                    m.finals += s.finals;
-                    m.close_after |= s.close_after;
-                }
+        let logged_in = c.key().is_some();
+        let req = Req::new(conn, head.label.map(Box::from), Some(head.verb));
+        match row.state {
+            Needs::LoggedIn if !logged_in => {
+                return self.refuse(
+                    req,
+                    Code::NOT_LOGGED_IN,
+                    "log in first: LOGIN <name> <password>",
+                )
             }
-            if close {
-                c.slots.clear();
-                break;
+            Needs::LoggedOut if logged_in => {
+                return self.refuse(
+                    req,
+                    Code::ALREADY_LOGGED_IN,
+                    "this connection is logged in; LOGOUT first",
+                )
             }
+            _ => {}
         }
-        if c.slots.is_empty() {
-            // An idle connection keeps no queue.
-            c.slots = VecDeque::new();
-        }
-        if let Some(m) = merged {
-            self.emit(conn, m);
+        match head.verb.parse_args(head.rest) {
+            Err(r) => self.refuse(req, r.0, &r.1),
+            Ok(command) => (row.run)(self, req, command),
         }
     }
 
-    /// Queues a ready slot's text on the connection, gives back its credits, closes after QUIT.
-    fn emit(&mut self, conn: ConnId, slot: Slot) {
-        let Some(c) = self.conns.get(&conn) else {
-            return;
-        };
-        // The limit is checked before queueing (see Outbox::push), so one large answer (a
-        // HISTORY page, the offline backlog) still reaches a client that reads.
-        if !slot.text.is_empty() && c.outbox.push(Chunk::Owned(slot.text.into_bytes())).is_err() {
-            self.overflowed.push(conn);
-        }
-        c.outbox.release_credits(slot.finals);
-        if slot.close_after {
-            c.outbox.close();
-        }
+    /// The account a connection is logged in as.
+    fn account_of(&self, conn: ConnId) -> Option<Key> {
+        self.conns.get(&conn).and_then(|c| c.key()).cloned()
     }
 
-    /// Queues an unsolicited line on every logged-in connection of account `key`; returns how many
+    /// Queues an unsolicited line on every logged-in connection of `key`; returns how many
     /// connections that is.
-    fn push_to_account(&mut self, key: &str, chunk: &Chunk) -> usize {
+    fn push_to_account(&mut self, key: &Key, chunk: &Chunk) -> usize {
         fan_out(
             &self.accounts,
             &self.conns,
@@ -547,13 +435,11 @@ impl Core {
                 "connection {conn} from {} is not reading; disconnecting it",
                 c.peer
             );
-            let mut bye = String::new();
-            reply::bye(
-                &mut bye,
-                ByeCode::SLOW_CONSUMER,
-                "you were not reading your messages; disconnected",
-            );
-            c.outbox.abort_with(Chunk::Owned(bye.into_bytes()));
+            let bye = ServerLine::Bye {
+                code: ByeCode::SLOW_CONSUMER,
+                text: "you were not reading your messages; disconnected",
+            };
+            c.outbox.abort_with(Chunk::Owned(bye.to_bytes()));
             self.disconnected(conn);
         }
     }
@@ -566,106 +452,60 @@ impl Core {
         t
     }
 
-    fn store(&mut self, op: StoreOp, then: Waiting) -> Ticket {
+    /// Sends `op` to the store; `then` runs with its result.
+    fn store(&mut self, op: StoreOp, then: impl FnOnce(&mut Core, StoreReply) + Send + 'static) {
         let ticket = self.ticket();
         self.jobs.push(Job::Store(StoreJob { ticket, op }));
-        self.waiting.insert(ticket, then);
+        self.waiting.insert(ticket, Then::Store(Box::new(then)));
         self.store_inflight += 1;
-        ticket
     }
 
-    /// Queues a hash job, or None when too many are queued.
-    fn hash(&mut self, job: HashJob, then: Waiting) -> Option<Ticket> {
-        if self.hashing >= self.settings.hash_queue {
-            return None;
-        }
+    /// True when the hashing queue is full: a command that needs a hash answers SERVER_BUSY.
+    fn hash_full(&self) -> bool {
+        self.hashing >= self.settings.hash_queue
+    }
+
+    /// Queues a hash job whose result goes to `then`. The caller checked [`Core::hash_full`].
+    fn hash(&mut self, job: HashJob, then: impl FnOnce(&mut Core, HashOutcome) + Send + 'static) {
         self.hashing += 1;
         let ticket = self.ticket();
         self.jobs.push(Job::Hash(ticket, job));
-        self.waiting.insert(ticket, then);
-        Some(ticket)
+        self.waiting.insert(ticket, Then::Hash(Box::new(then)));
     }
 
-    fn stored(&mut self, ticket: Ticket, reply: StoreReply) {
-        let Some(w) = self.waiting.remove(&ticket) else {
-            return;
-        };
-        match (w, reply) {
-            (Waiting::RegisterStored { conn, label, name }, _) => {
-                self.register_stored(conn, ticket, label, name)
-            }
-            (Waiting::Backlog { conn, key }, StoreReply::Backlog(msgs)) => {
-                self.backlog(conn, ticket, key, msgs)
-            }
-            (Waiting::Message(sent), _) => self.message_stored(ticket, *sent),
-            (Waiting::History { conn, label, name }, StoreReply::History(page)) => {
-                self.history_read(conn, ticket, label, name, page)
-            }
-            (Waiting::Friend(change), _) => self.friend_stored(ticket, *change),
-            (Waiting::Quiet, _) => {}
-            (w, r) => self.internal_error(ticket, w, &format!("unexpected store reply {r:?}")),
-        }
-    }
-
-    fn hashed(&mut self, ticket: Ticket, outcome: HashOutcome) {
-        let Some(w) = self.waiting.remove(&ticket) else {
-            return;
-        };
-        match (w, outcome) {
-            (Waiting::RegisterHash { conn, label, key }, HashOutcome::Hashed(phc)) => {
-                self.register_hashed(conn, ticket, label, key, phc)
-            }
-            (Waiting::LoginVerify { conn, label, key }, HashOutcome::Verified(ok)) => {
-                self.login_verified(conn, ticket, label, key, ok)
-            }
-            (w, outcome) => {
-                if let Waiting::RegisterHash { key, .. } = &w {
-                    self.accounts.remove(key);
-                }
-                self.internal_error(ticket, w, &format!("hashing: {outcome:?}"));
-            }
-        }
-    }
-
-    /// Logs an internal failure and answers the waiting command with INTERNAL_ERROR.
-    fn internal_error(&mut self, ticket: Ticket, w: Waiting, detail: &str) {
+    /// Logs an internal failure and answers the command with INTERNAL_ERROR.
+    fn internal_error(&mut self, req: Req, detail: &str) {
         log::error!("internal error: {detail}");
-        let (conn, label, verb) = match w {
-            Waiting::RegisterHash { conn, label, .. }
-            | Waiting::RegisterStored { conn, label, .. } => (conn, label, "REGISTER"),
-            Waiting::LoginVerify { conn, label, .. } => (conn, label, "LOGIN"),
-            Waiting::History { conn, label, .. } => (conn, label, "HISTORY"),
-            Waiting::Backlog { conn, .. } => {
-                self.set_busy(conn, false);
-                return self.fill(conn, ticket, String::new());
-            }
-            Waiting::Message(s) => (s.conn, s.label, s.verb.name()),
-            Waiting::Friend(c) => (c.conn, c.label, "FRIEND"),
-            Waiting::Quiet => return,
-        };
-        let mut out = String::new();
-        reply::fail(
-            &mut out,
-            label.as_deref(),
-            verb,
+        self.release(req.conn);
+        self.refuse(
+            req,
             Code::INTERNAL_ERROR,
             "the server failed; it has been logged",
         );
-        self.set_busy(conn, false);
-        self.fill(conn, ticket, out);
     }
 
-    /// Marks a connection busy (its input waits) or not; leaving busy runs the waiting input.
-    fn set_busy(&mut self, conn: ConnId, busy: bool) {
+    /// Holds a connection's later input until [`Core::release`] (see [`Hold::Job`]).
+    fn hold(&mut self, conn: ConnId) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.hold = Hold::Job;
+        }
+    }
+
+    /// Ends a connection's hold and runs the input that waited.
+    fn release(&mut self, conn: ConnId) {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        c.busy = busy;
-        if busy {
-            return;
+        if c.hold == Hold::Job {
+            c.hold = Hold::Free;
         }
+        self.run_deferred(conn);
+    }
+
+    /// Runs waiting input until the connection is held again or nothing is left.
+    fn run_deferred(&mut self, conn: ConnId) {
         while let Some(c) = self.conns.get_mut(&conn) {
-            if c.busy || c.closing {
+            if c.hold != Hold::Free || c.closing {
                 break;
             }
             let Some(input) = c.deferred.pop_front() else {
@@ -690,7 +530,7 @@ impl Core {
     }
 
     /// Removes a logged-in connection from its account; the last one takes the account offline.
-    fn detach(&mut self, conn: ConnId, key: &str) {
+    fn detach(&mut self, conn: ConnId, key: &Key) {
         let Some(acct) = self.accounts.get_mut(key) else {
             return;
         };
@@ -703,37 +543,32 @@ impl Core {
     }
 
     /// Tells the online friends of `key` that it came online or went offline.
-    fn announce_presence(&mut self, key: &str, online: bool) {
+    fn announce_presence(&mut self, key: &Key, online: bool) {
         let Some(acct) = self.accounts.get(key) else {
             return;
         };
-        let mut line = String::new();
-        reply::line(
-            &mut line,
-            "PRESENCE",
-            &format!(
-                "{} {}",
-                acct.name,
-                if online { "ONLINE" } else { "OFFLINE" }
-            ),
-        );
-        let chunk = Chunk::Shared(Arc::from(line.into_bytes()));
-        let friends: Vec<String> = acct
+        let line = ServerLine::Presence {
+            name: &acct.name,
+            presence: Presence::of(online),
+        };
+        let chunk = out::shared(&line);
+        let friends: Vec<Key> = acct
             .friends
             .iter()
             .filter(|(k, s)| **s == FriendState::Friends && self.online.contains(*k))
             .map(|(k, _)| k.clone())
             .collect();
-        for f in friends {
-            self.push_to_account(&f, &chunk);
+        for f in &friends {
+            self.push_to_account(f, &chunk);
         }
     }
 
     fn shutdown(&mut self) {
         self.shutting_down = true;
-        let mut bye = String::new();
-        reply::bye(&mut bye, ByeCode::SHUTDOWN, "the server is stopping");
-        let chunk = Chunk::Shared(Arc::from(bye.into_bytes()));
+        let chunk = out::shared(&ServerLine::Bye {
+            code: ByeCode::SHUTDOWN,
+            text: "the server is stopping",
+        });
         for c in self.conns.values_mut() {
             c.closing = true;
             c.outbox.push_unbounded(chunk.clone());
@@ -747,10 +582,10 @@ impl Core {
 /// command's own reply). A free function over the fields it needs, so a broadcast can walk the
 /// online set without copying it.
 fn fan_out<'a>(
-    accounts: &HashMap<String, Account>,
+    accounts: &HashMap<Key, Account>,
     conns: &HashMap<ConnId, Conn>,
     overflowed: &mut Vec<ConnId>,
-    keys: impl Iterator<Item = &'a str>,
+    keys: impl Iterator<Item = &'a Key>,
     chunk: &Chunk,
     skip: Option<ConnId>,
 ) -> usize {
@@ -776,10 +611,10 @@ fn fan_out<'a>(
 }
 
 /// How a stored message's addressees are shown on the wire.
-fn recipients(to: &To) -> Recipients<'_> {
+fn recipient(to: &To) -> Recipient<'_> {
     match to {
-        To::User(u) => Recipients::User(u),
-        To::Group(g) => Recipients::Group(g),
-        To::All => Recipients::All,
+        To::User(u) => Recipient::User(u),
+        To::Group(g) => Recipient::Group(g.iter().map(String::as_str).collect()),
+        To::All => Recipient::All,
     }
 }

@@ -1,49 +1,38 @@
 //! REGISTER, LOGIN, LOGOUT and QUIT: accounts and connection state.
+//!
+//! REGISTER and LOGIN hash a password on the hashing pool; the connection's later lines wait until
+//! the hash is done (they must see the state it leads to). A LOGIN that finds messages kept for the
+//! account holds the connection until they are sent, so every command after the LOGIN runs once the
+//! login is complete, backlog included.
 
 use std::collections::HashMap;
 
-use super::{recipients, Account, ConnId, ConnState, Core, Slot, Waiting};
-use crate::auth::HashJob;
-use crate::proto::name::{Name, Password};
-use crate::proto::reply::{self, Code};
-use crate::store::worker::Ticket;
-use crate::store::{AccountRecord, FriendState, MessageRecord, StoreOp};
+use super::order::SlotId;
+use super::out::Out;
+use super::{recipient, Account, ConnId, ConnState, Core, Req};
+use crate::auth::{HashJob, HashOutcome};
+use crate::proto::code::Code;
+use crate::proto::name::{Key, Name, Password};
+use crate::proto::server_line::{FriendshipEvent, MessageLine, OkReply, Presence, ServerLine};
+use crate::store::{AccountRecord, FriendState, StoreOp, StoreReply};
 
 impl Core {
-    pub(super) fn register(
-        &mut self,
-        conn: ConnId,
-        label: Option<String>,
-        name: Name,
-        password: Password,
-    ) {
+    pub(super) fn register(&mut self, mut req: Req, name: Name, password: Password) {
         let key = name.key();
         if self.accounts.contains_key(&key) {
-            return self.refuse(
-                conn,
-                label.as_deref(),
-                "REGISTER",
-                Code::NAME_TAKEN,
-                &format!("the name {name} is taken"),
-            );
+            let text = format!("the name {name} is taken");
+            return self.refuse(req, Code::NAME_TAKEN, &text);
         }
-        let waiting = Waiting::RegisterHash {
-            conn,
-            label: label.clone(),
-            key: key.clone(),
-        };
-        let Some(ticket) = self.hash(HashJob::Hash(password), waiting) else {
+        if self.hash_full() {
             return self.refuse(
-                conn,
-                label.as_deref(),
-                "REGISTER",
+                req,
                 Code::SERVER_BUSY,
                 "the server is busy; try again in a moment",
             );
-        };
+        }
         // The name is reserved now, so a second REGISTER of it cannot race this one.
         self.accounts.insert(
-            key,
+            key.clone(),
             Account {
                 name: name.to_string(),
                 phc: None,
@@ -52,20 +41,21 @@ impl Core {
                 conns: Vec::new(),
             },
         );
-        self.reserve(conn, ticket, 1);
-        self.set_busy(conn, true);
+        let conn = req.conn;
+        self.reserve(&mut req);
+        self.hash(HashJob::Hash(password), move |core, outcome| {
+            core.register_hashed(req, key, outcome)
+        });
+        self.hold(conn);
     }
 
-    pub(super) fn register_hashed(
-        &mut self,
-        conn: ConnId,
-        ticket: Ticket,
-        label: Option<String>,
-        key: String,
-        phc: String,
-    ) {
+    fn register_hashed(&mut self, req: Req, key: Key, outcome: HashOutcome) {
+        let HashOutcome::Hashed(phc) = outcome else {
+            self.accounts.remove(&key);
+            return self.internal_error(req, &format!("hashing: {outcome:?}"));
+        };
         let Some(acct) = self.accounts.get_mut(&key) else {
-            return;
+            return self.internal_error(req, "a reserved name vanished while hashing");
         };
         acct.phc = Some(phc.clone().into());
         let name = acct.name.clone();
@@ -74,204 +64,174 @@ impl Core {
             phc,
             created_ms: self.now,
         };
-        let stored = self.store(
-            StoreOp::CreateAccount(record),
-            Waiting::RegisterStored { conn, label, name },
-        );
-        // The reply waits for the commit: move this command's slot to the new ticket.
-        if let Some(c) = self.conns.get_mut(&conn) {
-            if let Some(s) = c.slots.iter_mut().find(|s| s.ticket == Some(ticket)) {
-                s.ticket = Some(stored);
-            }
-        }
-        self.set_busy(conn, false);
+        let conn = req.conn;
+        self.store(StoreOp::CreateAccount(record), move |core, _| {
+            log::info!("registered {name}");
+            let mut out = Out::new();
+            out.ok(&req, OkReply::Register { name: &name });
+            core.finish(req, out);
+        });
+        self.release(conn);
     }
 
-    pub(super) fn register_stored(
-        &mut self,
-        conn: ConnId,
-        ticket: Ticket,
-        label: Option<String>,
-        name: String,
-    ) {
-        log::info!("registered {name}");
-        let mut out = String::new();
-        reply::ok(&mut out, label.as_deref(), "REGISTER", &name);
-        self.fill(conn, ticket, out);
-    }
-
-    pub(super) fn login(
-        &mut self,
-        conn: ConnId,
-        label: Option<String>,
-        name: String,
-        password: Password,
-    ) {
-        let key = name.to_ascii_lowercase();
+    pub(super) fn login(&mut self, mut req: Req, name: String, password: Password) {
+        let key = Key::of(&name);
         let phc = self.accounts.get(&key).and_then(|a| a.phc.clone());
         let known = phc.is_some();
         // An unknown name costs the same hash as a known one, so timing does not tell them apart.
         let phc = phc.unwrap_or_else(|| self.settings.dummy_phc.clone());
-        let waiting = Waiting::LoginVerify {
-            conn,
-            label: label.clone(),
-            key: known.then_some(key),
-        };
-        let Some(ticket) = self.hash(HashJob::Verify(password, phc), waiting) else {
+        if self.hash_full() {
             return self.refuse(
-                conn,
-                label.as_deref(),
-                "LOGIN",
+                req,
                 Code::SERVER_BUSY,
                 "the server is busy; try again in a moment",
             );
-        };
-        self.reserve(conn, ticket, 1);
-        self.set_busy(conn, true);
+        }
+        let conn = req.conn;
+        self.reserve(&mut req);
+        let key = known.then_some(key);
+        self.hash(HashJob::Verify(password, phc), move |core, outcome| {
+            core.login_verified(req, key, outcome)
+        });
+        self.hold(conn);
     }
 
-    pub(super) fn login_verified(
-        &mut self,
-        conn: ConnId,
-        ticket: Ticket,
-        label: Option<String>,
-        key: Option<String>,
-        ok: bool,
-    ) {
-        let Some(c) = self.conns.get_mut(&conn) else {
+    fn login_verified(&mut self, req: Req, key: Option<Key>, outcome: HashOutcome) {
+        let ok = match outcome {
+            HashOutcome::Verified(ok) => ok,
+            other => return self.internal_error(req, &format!("hashing: {other:?}")),
+        };
+        let conn = req.conn;
+        let Some(c) = self.conns.get(&conn) else {
             return;
         };
         let key = match key {
-            Some(k) if ok && c.key().is_none() && !c.closing => k,
+            Some(k) if ok && c.key().is_none() && !c.closing && self.accounts.contains_key(&k) => k,
             _ => {
                 log::info!("failed login from {}", c.peer);
-                let mut out = String::new();
-                reply::fail(
-                    &mut out,
-                    label.as_deref(),
-                    "LOGIN",
-                    Code::BAD_CREDENTIALS,
-                    "wrong name or password",
-                );
-                self.fill(conn, ticket, out);
-                return self.set_busy(conn, false);
+                self.refuse(req, Code::BAD_CREDENTIALS, "wrong name or password");
+                return self.release(conn);
             }
+        };
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
         };
         c.state = ConnState::LoggedIn(key.clone());
         let peer = c.peer.clone();
         let Some(acct) = self.accounts.get_mut(&key) else {
-            return;
+            return self.internal_error(req, "an account vanished while logging in");
         };
         acct.conns.push(conn);
         let first = acct.conns.len() == 1;
         let pending = std::mem::take(&mut acct.pending);
         log::info!("{} logged in from {peer}", acct.name);
 
-        let Some(acct) = self.accounts.get(&key) else {
-            return;
-        };
-        let mut out = String::new();
-        reply::ok(&mut out, label.as_deref(), "LOGIN", &acct.name);
-        let mut friends: Vec<(&String, &FriendState)> = acct.friends.iter().collect();
-        friends.sort_by(|a, b| a.0.cmp(b.0));
-        for (k, state) in &friends {
-            let Some(other) = self.accounts.get(*k) else {
-                continue;
-            };
-            match state {
-                FriendState::Friends => {
-                    let status = if self.online.contains(*k) {
-                        "ONLINE"
-                    } else {
-                        "OFFLINE"
-                    };
-                    reply::line(&mut out, "PRESENCE", &format!("{} {status}", other.name));
-                }
-                FriendState::Incoming => {
-                    reply::line(&mut out, "FRIENDSHIP", &format!("{} REQUESTED", other.name))
-                }
-                FriendState::Outgoing => {}
-            }
-        }
-        if pending == 0 {
-            reply::line(&mut out, "BACKLOG-END", "0");
-        }
-        self.fill(conn, ticket, out);
-        if pending > 0 {
-            let t = self.store(
-                StoreOp::TakeBacklog { user: key.clone() },
-                Waiting::Backlog {
-                    conn,
-                    key: key.clone(),
-                },
-            );
-            // Extra output of the LOGIN, not a command's answer: it gives back no credit.
-            self.reserve(conn, t, 0);
-        }
+        let mut out = Out::new();
+        self.login_answer(&req, &key, pending == 0, &mut out);
+        self.finish(req, out);
         if first {
             self.online.insert(key.clone());
             self.announce_presence(&key, true);
         }
-        self.set_busy(conn, false);
+        if pending == 0 {
+            return self.release(conn);
+        }
+        // The backlog follows the LOGIN's answer; the connection stays held until it is sent.
+        let Some(slot) = self.open_slot(conn, 0) else {
+            return;
+        };
+        let user = key.as_str().to_owned();
+        self.store(StoreOp::TakeBacklog { user }, move |core, reply| {
+            core.backlog(conn, slot, key, reply)
+        });
     }
 
-    pub(super) fn backlog(
-        &mut self,
-        conn: ConnId,
-        ticket: Ticket,
-        key: String,
-        msgs: Vec<MessageRecord>,
-    ) {
-        if self.conns.get(&conn).is_none_or(|c| c.closing) {
-            // The connection left, or is closing (QUIT, shutdown), before its backlog arrived:
-            // keep the messages for the next login rather than lose them. The login's answer still
-            // ends, with none of them, so that what waits behind it (the OK QUIT) goes out.
-            for m in &msgs {
-                self.keep_for_later(&key, m.id);
+    /// `OK LOGIN`, then a PRESENCE line per friend and a FRIENDSHIP line per request waiting, in
+    /// name order; `BACKLOG-END 0` too when nothing is kept.
+    fn login_answer(&self, req: &Req, key: &Key, no_backlog: bool, out: &mut Out) {
+        let Some(acct) = self.accounts.get(key) else {
+            return;
+        };
+        out.ok(req, OkReply::Login { name: &acct.name });
+        let mut friends: Vec<(&Key, &FriendState)> = acct.friends.iter().collect();
+        friends.sort_by(|a, b| a.0.cmp(b.0));
+        for (k, state) in friends {
+            let Some(other) = self.accounts.get(k) else {
+                continue;
+            };
+            match state {
+                FriendState::Friends => out.line(&ServerLine::Presence {
+                    name: &other.name,
+                    presence: Presence::of(self.online.contains(k)),
+                }),
+                FriendState::Incoming => out.line(&ServerLine::Friendship {
+                    name: &other.name,
+                    event: FriendshipEvent::Requested,
+                }),
+                FriendState::Outgoing => {}
             }
-            let mut out = String::new();
-            reply::line(&mut out, "BACKLOG-END", "0");
-            return self.fill(conn, ticket, out);
         }
-        let mut out = String::new();
-        for m in &msgs {
-            let to = recipients(&m.to);
-            reply::message(&mut out, "MESSAGE", m.id, m.time_ms, &m.from, to, &m.text);
+        if no_backlog {
+            out.line(&ServerLine::BacklogEnd { count: 0 });
         }
-        reply::line(&mut out, "BACKLOG-END", &msgs.len().to_string());
-        self.fill(conn, ticket, out);
     }
 
-    pub(super) fn logout(&mut self, conn: ConnId, label: Option<String>) {
-        let Some(c) = self.conns.get_mut(&conn) else {
+    fn backlog(&mut self, conn: ConnId, slot: SlotId, key: Key, reply: StoreReply) {
+        let StoreReply::Backlog(msgs) = reply else {
+            log::error!("internal error: unexpected store reply {reply:?} to a backlog read");
+            self.fill(conn, slot, Out::new());
+            return self.release(conn);
+        };
+        let mut out = Out::new();
+        if self.conns.get(&conn).is_none_or(|c| c.closing) {
+            // The connection left, or is closing (shutdown), before its backlog arrived: keep the
+            // messages for the next login rather than lose them.
+            for m in &msgs {
+                if let Some(op) = self.keep_for_later(&key, m.id) {
+                    self.store(op, |_, _| {});
+                }
+            }
+            out.line(&ServerLine::BacklogEnd { count: 0 });
+            return self.fill(conn, slot, out);
+        }
+        for m in &msgs {
+            out.line(&ServerLine::Message(MessageLine {
+                id: m.id,
+                time_ms: m.time_ms,
+                from: &m.from,
+                to: recipient(&m.to),
+                text: &m.text,
+            }));
+        }
+        out.line(&ServerLine::BacklogEnd {
+            count: msgs.len() as u64,
+        });
+        self.fill(conn, slot, out);
+        self.release(conn);
+    }
+
+    pub(super) fn logout(&mut self, req: Req) {
+        let Some(c) = self.conns.get_mut(&req.conn) else {
             return;
         };
         if let ConnState::LoggedIn(key) = std::mem::replace(&mut c.state, ConnState::Guest) {
-            self.detach(conn, &key);
+            self.detach(req.conn, &key);
         }
-        let mut out = String::new();
-        reply::ok(&mut out, label.as_deref(), "LOGOUT", "");
-        self.answer(conn, out);
+        let mut out = Out::new();
+        out.ok(&req, OkReply::Logout);
+        self.finish(req, out);
     }
 
-    pub(super) fn quit(&mut self, conn: ConnId, label: Option<String>, _reason: Option<String>) {
-        let Some(c) = self.conns.get_mut(&conn) else {
+    pub(super) fn quit(&mut self, req: Req) {
+        let Some(c) = self.conns.get_mut(&req.conn) else {
             return;
         };
         c.closing = true;
         if let ConnState::LoggedIn(key) = std::mem::replace(&mut c.state, ConnState::Guest) {
-            self.detach(conn, &key);
+            self.detach(req.conn, &key);
         }
-        let mut out = String::new();
-        reply::ok(&mut out, label.as_deref(), "QUIT", "");
-        self.push_slot(
-            conn,
-            Slot {
-                ticket: None,
-                text: out,
-                finals: 1,
-                close_after: true,
-            },
-        );
+        let mut out = Out::new();
+        out.ok(&req, OkReply::Quit);
+        self.finish_with(req, out, true);
     }
 }

@@ -32,9 +32,10 @@ use std::fmt::Write;
 use arbitrary::{Result, Unstructured};
 
 use crate::config::{MAX_LINE_BYTES, MAX_TEXT_BYTES};
-use crate::proto::command::{parse, split_head, Command, Request};
+use crate::proto::code::Code;
+use crate::proto::command::{parse, split_head, Command, Request, Verb};
 use crate::proto::line::{Frame, LineDecoder};
-use crate::proto::server_line::{self, Recipient, ServerLine};
+use crate::proto::server_line::{self, OkReply, Recipient, ServerLine};
 use crate::sim::Sim;
 
 /// Clients the fuzzer drives.
@@ -78,9 +79,10 @@ enum Op {
 #[derive(Debug)]
 struct Awaiting {
     label: Option<String>,
-    command: &'static str,
+    /// `None` for a line refused before its command was known (`*`).
+    command: Option<Verb>,
     /// LINE_TOO_LONG and BAD_ENCODING, which the framing decides.
-    code: Option<&'static str>,
+    code: Option<Code>,
     request: Option<Request>,
     line: String,
 }
@@ -98,7 +100,7 @@ struct Conn {
     /// Account key, from OK LOGIN / OK LOGOUT.
     account: Option<String>,
     /// The final that ends the current run of data lines.
-    data_run: Option<&'static str>,
+    data_run: Option<Verb>,
     /// (account, message id) received, to catch a duplicate. The same message may come twice to a
     /// connection that logs out and in as another addressee (live to one, from the backlog of
     /// the other), never twice to one account.
@@ -312,16 +314,16 @@ fn expect_answer(conn: &mut Conn, frame: Option<Vec<u8>>) {
     let awaiting = match frame {
         None => Awaiting {
             label: None,
-            command: "*",
-            code: Some("LINE_TOO_LONG"),
+            command: None,
+            code: Some(Code::LINE_TOO_LONG),
             request: None,
             line: "<over-long line>".into(),
         },
         Some(bytes) => match String::from_utf8(bytes) {
             Err(e) => Awaiting {
                 label: None,
-                command: "*",
-                code: Some("BAD_ENCODING"),
+                command: None,
+                code: Some(Code::BAD_ENCODING),
                 request: None,
                 line: String::from_utf8_lossy(e.as_bytes()).into_owned(),
             },
@@ -347,7 +349,7 @@ fn expect_answer(conn: &mut Conn, frame: Option<Vec<u8>>) {
                     }
                     Awaiting {
                         label: head.label.map(str::to_owned),
-                        command: head.verb.name(),
+                        command: Some(head.verb),
                         code: None,
                         request,
                         line: line.clone(),
@@ -601,14 +603,14 @@ impl Harness {
                     format!("{who}: {raw:?} does not parse as PONG")
                 });
             }
-            self.conn_mut(i).data_run = Some("PING");
+            self.conn_mut(i).data_run = Some(Verb::Ping);
             return;
         }
         let data_final = match &parsed {
-            ServerLine::User { .. } => Some("USERS"),
-            ServerLine::Help { .. } => Some("HELP"),
-            ServerLine::History(_) => Some("HISTORY"),
-            ServerLine::Friend { .. } => Some("FRIEND"),
+            ServerLine::User { .. } => Some(Verb::Users),
+            ServerLine::Help { .. } => Some(Verb::Help),
+            ServerLine::History(_) => Some(Verb::History),
+            ServerLine::Friend { .. } => Some(Verb::Friend),
             _ => None,
         };
         if let Some(want) = data_final {
@@ -619,17 +621,15 @@ impl Harness {
             return;
         }
         match parsed {
-            ServerLine::Ok {
-                label,
-                command,
-                details,
-            } => self.final_line(i, raw, label, command, None, details),
+            ServerLine::Ok { label, reply } => {
+                self.final_line(i, raw, label, Some(reply.verb()), Err(reply))
+            }
             ServerLine::Fail {
                 label,
                 command,
                 code,
                 ..
-            } => self.final_line(i, raw, label, command, Some(code), ""),
+            } => self.final_line(i, raw, label, command, Ok(code)),
             ServerLine::Message(m) => {
                 self.check(c.data_run.is_none(), || {
                     format!("{who}: {raw:?} inside a multi-line answer")
@@ -676,21 +676,22 @@ impl Harness {
         }
     }
 
-    /// An OK or FAIL: it answers the oldest unanswered command of the connection.
+    /// An OK (`Err(reply)`) or FAIL (`Ok(code)`): it answers the oldest unanswered command of the
+    /// connection.
     fn final_line(
         &mut self,
         i: usize,
         raw: &str,
         label: Option<&str>,
-        command: &str,
-        fail_code: Option<&str>,
-        details: &str,
+        command: Option<Verb>,
+        outcome: Result<Code, OkReply<'_>>,
     ) {
+        let fail_code = outcome.ok();
         let who = CLIENTS[i];
         let c = self.conns[i].as_ref().expect("connected");
         if let Some(run) = c.data_run {
-            self.check(fail_code.is_none() && command == run, || {
-                format!("{who}: data lines of {run} ended by {raw:?}")
+            self.check(fail_code.is_none() && command == Some(run), || {
+                format!("{who}: data lines of {run:?} ended by {raw:?}")
             });
         }
         let Some(want) = c.awaiting.front() else {
@@ -700,14 +701,14 @@ impl Harness {
             want.label.as_deref() == label && want.command == command,
             || {
                 format!(
-                    "{who}: {raw:?} out of order; the next command is {:?} (label {:?}, {})",
+                    "{who}: {raw:?} out of order; the next command is {:?} (label {:?}, {:?})",
                     want.line, want.label, want.command
                 )
             },
         );
         if let Some(code) = want.code {
             self.check(fail_code == Some(code), || {
-                format!("{who}: {raw:?} should be FAIL {code}")
+                format!("{who}: {raw:?} should be FAIL {}", code.as_str())
             });
         }
         let want = {
@@ -715,29 +716,29 @@ impl Harness {
             conn.data_run = None;
             conn.awaiting.pop_front().expect("checked above")
         };
-        if fail_code.is_some() {
+        let Err(reply) = outcome else {
             return;
-        }
+        };
         let request = want.request.map(|r| r.command);
-        match (command, request) {
-            ("REGISTER", Some(Command::Register { name, password })) => {
-                self.check(details == name.as_str(), || {
+        match (reply, request) {
+            (OkReply::Register { name: shown }, Some(Command::Register { name, password })) => {
+                self.check(shown == name.as_str(), || {
                     format!("{who}: {raw:?} for REGISTER {name}")
                 });
-                self.accounts.insert(name.key(), name.to_string());
+                self.accounts.insert(key(name.as_str()), name.to_string());
                 self.passwords
-                    .insert(name.key(), password.expose().to_owned());
+                    .insert(key(name.as_str()), password.expose().to_owned());
             }
-            ("LOGIN", Some(Command::Login { name, .. })) => {
+            (OkReply::Login { name: shown }, Some(Command::Login { name, .. })) => {
                 let k = key(&name);
                 let registered = self.accounts.get(&k).cloned();
-                self.check(registered.as_deref() == Some(details), || {
+                self.check(registered.as_deref() == Some(shown), || {
                     format!("{who}: {raw:?} for LOGIN {name}, registered as {registered:?}")
                 });
                 self.conn_mut(i).account = Some(k);
             }
-            ("LOGOUT", _) => self.conn_mut(i).account = None,
-            ("QUIT", _) => {
+            (OkReply::Logout, _) => self.conn_mut(i).account = None,
+            (OkReply::Quit, _) => {
                 let conn = self.conn_mut(i);
                 conn.account = None;
                 conn.quit_seen = true;
@@ -747,21 +748,17 @@ impl Harness {
                 });
             }
             (
-                "MSG" | "GROUP" | "ALL",
+                OkReply::Msg { id, .. } | OkReply::Group { id, .. } | OkReply::All { id, .. },
                 Some(cmd @ (Command::Msg { .. } | Command::Group { .. } | Command::All { .. })),
             ) => {
-                let id = details
-                    .split(' ')
-                    .next()
-                    .and_then(|t| t.parse::<u64>().ok());
                 let from = self.conns[i].as_ref().and_then(|c| c.account.clone());
-                let (Some(id), Some(from)) = (id, from) else {
+                let Some(from) = from else {
                     self.fail(&format!("{who}: {raw:?} without an id or a sender"));
                 };
                 let (to, all, text) = match cmd {
-                    Command::Msg { to, text } => (vec![to.key()], false, text),
+                    Command::Msg { to, text } => (vec![key(to.as_str())], false, text),
                     Command::Group { to, text } => {
-                        (to.iter().map(|n| n.key()).collect(), false, text)
+                        (to.iter().map(|n| key(n.as_str())).collect(), false, text)
                     }
                     Command::All { text } => (Vec::new(), true, text),
                     _ => unreachable!("matched above"),
@@ -845,9 +842,9 @@ impl Harness {
     fn adopt(&mut self, d: &Delivered) -> bool {
         let display = |k: String| self.accounts.get(&k).cloned().unwrap_or_default();
         let found = self.abandoned.iter().position(|c| match c {
-            Command::Msg { to, text } => d.to == display(to.key()) && *text == d.text,
+            Command::Msg { to, text } => d.to == display(key(to.as_str())) && *text == d.text,
             Command::Group { to, text } => {
-                let names: Vec<String> = to.iter().map(|n| display(n.key())).collect();
+                let names: Vec<String> = to.iter().map(|n| display(key(n.as_str()))).collect();
                 d.to == names.join(",") && *text == d.text
             }
             Command::All { text } => d.to == "*" && *text == d.text,
@@ -857,8 +854,10 @@ impl Harness {
             return false;
         };
         let (to, all, text) = match self.abandoned.remove(at) {
-            Command::Msg { to, text } => (vec![to.key()], false, text),
-            Command::Group { to, text } => (to.iter().map(|n| n.key()).collect(), false, text),
+            Command::Msg { to, text } => (vec![key(to.as_str())], false, text),
+            Command::Group { to, text } => {
+                (to.iter().map(|n| key(n.as_str())).collect(), false, text)
+            }
             Command::All { text } => (Vec::new(), true, text),
             _ => unreachable!("only messages are abandoned"),
         };

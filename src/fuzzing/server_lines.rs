@@ -1,20 +1,20 @@
 //! `server_line`: the parser of server lines on arbitrary text, and on every kind of line the
-//! server's encoders build.
+//! server can build.
 
 use arbitrary::{Result, Unstructured};
 
 use crate::config::{MAX_GROUP_RECIPIENTS, MAX_PING_TOKEN_BYTES};
-use crate::proto::command::COMMANDS;
+use crate::proto::code::{ByeCode, Code};
+use crate::proto::command::{Verb, COMMANDS};
 use crate::proto::name::check_label;
-use crate::proto::reply::{self, ByeCode, Code, Recipients};
 use crate::proto::server_line::{
-    parse, FriendState, FriendshipEvent, MessageLine, Presence, Recipient, ServerLine,
+    parse, AddOutcome, Delivery, FriendReply, FriendState, FriendshipEvent, MessageLine, OkReply,
+    Presence, Recipient, ServerLine,
 };
-use crate::proto::time::timestamp;
 
 /// First input byte even: the rest, as text, goes to the parser, which must not panic, and whatever
 /// it recognises must survive a trip through its canonical form. Odd: the rest describes a line
-/// built by the reply encoders, which must parse to the kind and fields it was built from.
+/// built from typed fields, whose encoding must parse back to the value it was built from.
 pub fn check_server_line(data: &[u8]) {
     let Some((&mode, rest)) = data.split_first() else {
         return;
@@ -92,207 +92,191 @@ fn label(u: &mut Unstructured<'_>) -> Result<Option<String>> {
     Ok(Some(l))
 }
 
-fn command_name(u: &mut Unstructured<'_>, star: bool) -> Result<&'static str> {
-    if star && u.ratio(1u8, 4u8)? {
-        return Ok("*");
-    }
-    Ok(u.choose(COMMANDS)?.name)
+fn verb(u: &mut Unstructured<'_>) -> Result<Verb> {
+    Ok(u.choose(COMMANDS)?.verb)
 }
 
-/// Builds one line with the reply encoders from arbitrary valid fields and checks what the
-/// parser makes of it.
+fn id(u: &mut Unstructured<'_>) -> Result<u64> {
+    u.arbitrary()
+}
+
+fn cursor(u: &mut Unstructured<'_>) -> Result<Option<u64>> {
+    Ok(if u.arbitrary()? { Some(id(u)?) } else { None })
+}
+
+/// Arbitrary but valid details of an `OK` of `verb`; names come from `pool`.
+fn ok_reply<'a>(u: &mut Unstructured<'_>, verb: Verb, pool: &'a [String]) -> Result<OkReply<'a>> {
+    let n = |u: &mut Unstructured<'_>| -> Result<&'a str> { Ok(u.choose(pool)?.as_str()) };
+    Ok(match verb {
+        Verb::Register => OkReply::Register { name: n(u)? },
+        Verb::Login => OkReply::Login { name: n(u)? },
+        Verb::Logout => OkReply::Logout,
+        Verb::Quit => OkReply::Quit,
+        Verb::Help => OkReply::Help,
+        Verb::Ping => OkReply::Ping,
+        Verb::Msg => OkReply::Msg {
+            id: id(u)?,
+            delivery: *u.choose(&[Delivery::Delivered, Delivery::Kept])?,
+        },
+        Verb::Group => OkReply::Group {
+            id: id(u)?,
+            delivered: u.arbitrary()?,
+            kept: u.arbitrary()?,
+        },
+        Verb::All => OkReply::All {
+            id: id(u)?,
+            delivered: u.arbitrary()?,
+        },
+        Verb::Users => OkReply::Users {
+            count: u.arbitrary()?,
+        },
+        Verb::History => OkReply::History {
+            with: if u.arbitrary()? { "*" } else { n(u)? },
+            count: u.arbitrary()?,
+            before: cursor(u)?,
+            after: cursor(u)?,
+        },
+        Verb::Friend => OkReply::Friend(match u.int_in_range(0..=4u8)? {
+            0 => FriendReply::Add {
+                name: n(u)?,
+                outcome: *u.choose(&[AddOutcome::Friends, AddOutcome::Requested])?,
+            },
+            1 => FriendReply::Accept { name: n(u)? },
+            2 => FriendReply::Deny { name: n(u)? },
+            3 => FriendReply::Remove { name: n(u)? },
+            _ => FriendReply::List {
+                count: u.arbitrary()?,
+            },
+        }),
+    })
+}
+
+/// Builds one line of every kind from arbitrary valid fields, encodes it, and checks that it parses
+/// back to the same value.
 fn encoded_line_parses(u: &mut Unstructured<'_>) -> Result<()> {
-    let mut out = String::new();
-    match u.int_in_range(0..=13u8)? {
+    let names: Vec<String> = {
+        let n = u.int_in_range(2..=MAX_GROUP_RECIPIENTS)?;
+        (0..n).map(|_| name(u)).collect::<Result<_>>()?
+    };
+    let label = label(u)?;
+    let text = sentence(u)?;
+    // Message text keeps its spaces, leading ones too.
+    let body = free_text(u, 1, 60)?;
+    let version = format!(
+        "{}.{}.{}",
+        u.arbitrary::<u8>()?,
+        u.arbitrary::<u8>()?,
+        u.arbitrary::<u8>()?
+    );
+    let token: Option<String> = if u.arbitrary()? {
+        let mut t: String = free_text(u, 1, MAX_PING_TOKEN_BYTES)?
+            .chars()
+            .filter(|c| *c != ' ')
+            .collect();
+        // A token may hold a CR (only not last, where it would read as CRLF).
+        if t.len() > 1 && t.is_char_boundary(1) && u.ratio(1u8, 4u8)? {
+            t.insert(1, '\r');
+        }
+        Some(t).filter(|t| !t.is_empty() && t.len() <= MAX_PING_TOKEN_BYTES)
+    } else {
+        None
+    };
+    let one = names[0].as_str();
+    let line = match u.int_in_range(0..=13u8)? {
         0 => {
-            let label = label(u)?;
-            let command = command_name(u, false)?;
-            let details = if u.arbitrary()? {
-                sentence(u)?
+            let verb = verb(u)?;
+            ServerLine::Ok {
+                label: label.as_deref(),
+                reply: ok_reply(u, verb, &names)?,
+            }
+        }
+        1 => ServerLine::Fail {
+            label: label.as_deref(),
+            command: if u.ratio(1u8, 4u8)? {
+                None
             } else {
-                String::new()
-            };
-            reply::ok(&mut out, label.as_deref(), command, &details);
-            expect(
-                &out,
-                ServerLine::Ok {
-                    label: label.as_deref(),
-                    command,
-                    details: &details,
-                },
-            );
-        }
-        1 => {
-            let label = label(u)?;
-            let command = command_name(u, true)?;
-            let code = *u.choose(Code::ALL)?;
-            let text = sentence(u)?;
-            reply::fail(&mut out, label.as_deref(), command, code, &text);
-            expect(
-                &out,
-                ServerLine::Fail {
-                    label: label.as_deref(),
-                    command,
-                    code: code.as_str(),
-                    text: &text,
-                },
-            );
-        }
+                Some(verb(u)?)
+            },
+            code: *u.choose(Code::ALL)?,
+            text: &text,
+        },
         2 | 3 => {
-            let tag = if u.arbitrary()? { "MESSAGE" } else { "HISTORY" };
-            let id: u64 = u.arbitrary()?;
             // Years 0000 to 9999, the range the four-digit wire form can show.
             let time_ms = u.int_in_range(-62_167_219_200_000i64..=253_402_300_799_999)?;
-            let from = name(u)?;
-            let group: Vec<String> = {
-                let n = u.int_in_range(1..=MAX_GROUP_RECIPIENTS)?;
-                (0..n).map(|_| name(u)).collect::<Result<_>>()?
+            let to = match u.int_in_range(0..=2u8)? {
+                0 => Recipient::User(one),
+                // A list of one prints as a MSG's recipient: a group value has two names or more.
+                1 => Recipient::Group(names.iter().map(String::as_str).collect()),
+                _ => Recipient::All,
             };
-            let user = name(u)?;
-            let (to, want_to) = match u.int_in_range(0..=2u8)? {
-                0 => (Recipients::User(&user), Recipient::User(&user)),
-                1 => (
-                    Recipients::Group(&group),
-                    // A list of one looks like a MSG on the wire.
-                    if group.len() == 1 {
-                        Recipient::User(&group[0])
-                    } else {
-                        Recipient::Group(group.iter().map(String::as_str).collect())
-                    },
-                ),
-                _ => (Recipients::All, Recipient::All),
+            let m = MessageLine {
+                id: id(u)?,
+                time_ms,
+                from: names[1].as_str(),
+                to,
+                text: &body,
             };
-            // Message text keeps its spaces, leading ones too.
-            let text = free_text(u, 1, 60)?;
-            reply::message(&mut out, tag, id, time_ms, &from, to, &text);
-            let time = timestamp(time_ms);
-            let fields = MessageLine {
-                id,
-                time: &time,
-                from: &from,
-                to: want_to,
-                text: &text,
-            };
-            expect(
-                &out,
-                if tag == "MESSAGE" {
-                    ServerLine::Message(fields)
-                } else {
-                    ServerLine::History(fields)
-                },
-            );
+            if u.arbitrary()? {
+                ServerLine::Message(m)
+            } else {
+                ServerLine::History(m)
+            }
         }
-        4 => {
-            let code = *u.choose(ByeCode::ALL)?;
-            let text = sentence(u)?;
-            reply::bye(&mut out, code, &text);
-            expect(
-                &out,
-                ServerLine::Bye {
-                    code: code.as_str(),
-                    text: &text,
-                },
-            );
-        }
-        5 => {
-            let count: u64 = u.arbitrary()?;
-            reply::line(&mut out, "BACKLOG-END", &count.to_string());
-            expect(&out, ServerLine::BacklogEnd { count });
-        }
-        6 => {
-            let n = name(u)?;
-            let presence = *u.choose(&[Presence::Online, Presence::Offline])?;
-            reply::line(&mut out, "PRESENCE", &format!("{n} {}", presence.as_str()));
-            expect(&out, ServerLine::Presence { name: &n, presence });
-        }
-        7 => {
-            let n = name(u)?;
-            let event = *u.choose(&[
+        4 => ServerLine::Bye {
+            code: *u.choose(ByeCode::ALL)?,
+            text: &text,
+        },
+        5 => ServerLine::BacklogEnd {
+            count: u.arbitrary()?,
+        },
+        6 => ServerLine::Presence {
+            name: one,
+            presence: *u.choose(&[Presence::Online, Presence::Offline])?,
+        },
+        7 => ServerLine::Friendship {
+            name: one,
+            event: *u.choose(&[
                 FriendshipEvent::Requested,
                 FriendshipEvent::Accepted,
                 FriendshipEvent::Denied,
                 FriendshipEvent::Removed,
                 FriendshipEvent::Withdrawn,
-            ])?;
-            reply::line(&mut out, "FRIENDSHIP", &format!("{n} {}", event.as_str()));
-            expect(&out, ServerLine::Friendship { name: &n, event });
-        }
-        8 => {
-            let n = name(u)?;
-            reply::line(&mut out, "USER", &n);
-            expect(&out, ServerLine::User { name: &n });
-        }
-        9 => {
-            let text = if u.arbitrary()? {
-                sentence(u)?
-            } else {
-                String::new()
-            };
-            reply::line(&mut out, "HELP", &text);
-            expect(&out, ServerLine::Help { text: &text });
-        }
-        10 => {
-            let token = if u.arbitrary()? {
-                let mut t: String = free_text(u, 1, MAX_PING_TOKEN_BYTES)?
-                    .chars()
-                    .filter(|c| *c != ' ')
-                    .collect();
-                // A token may hold a CR (only not last, where it would read as CRLF).
-                if t.len() > 1 && t.is_char_boundary(1) && u.ratio(1u8, 4u8)? {
-                    t.insert(1, '\r');
-                }
-                Some(t).filter(|t| !t.is_empty() && t.len() <= MAX_PING_TOKEN_BYTES)
-            } else {
-                None
-            };
-            reply::line(&mut out, "PONG", token.as_deref().unwrap_or(""));
-            expect(
-                &out,
-                ServerLine::Pong {
-                    token: token.as_deref(),
-                },
-            );
-        }
-        11 => {
-            let n = name(u)?;
-            let state = *u.choose(&[
+            ])?,
+        },
+        8 => ServerLine::User { name: one },
+        9 => ServerLine::Help {
+            text: if u.arbitrary()? { &text } else { "" },
+        },
+        10 => ServerLine::Pong {
+            token: token.as_deref(),
+        },
+        11 => ServerLine::Friend {
+            name: one,
+            state: *u.choose(&[
                 FriendState::Online,
                 FriendState::Offline,
                 FriendState::Incoming,
                 FriendState::Outgoing,
-            ])?;
-            reply::line(&mut out, "FRIEND", &format!("{n} {}", state.as_str()));
-            expect(&out, ServerLine::Friend { name: &n, state });
-        }
-        _ => {
-            let version = format!(
-                "{}.{}.{}",
-                u.arbitrary::<u8>()?,
-                u.arbitrary::<u8>()?,
-                u.arbitrary::<u8>()?
-            );
-            let text = sentence(u)?;
-            reply::line(&mut out, "HELLO", &format!("chatd {version} {text}"));
-            expect(
-                &out,
-                ServerLine::Hello {
-                    software: "chatd",
-                    version: &version,
-                    text: &text,
-                },
-            );
-        }
-    }
-    Ok(())
-}
-
-/// The encoder's line is one LF-terminated line that parses to `want`, and prints back as itself.
-fn expect(line: &str, want: ServerLine<'_>) {
+            ])?,
+        },
+        _ => ServerLine::Hello {
+            software: "chatd",
+            version: &version,
+            text: &text,
+        },
+    };
+    let bytes = line.to_bytes();
+    let encoded = String::from_utf8(bytes).expect("server lines are UTF-8");
     assert!(
-        line.ends_with('\n') && line.matches('\n').count() == 1,
-        "{line:?}"
+        encoded.ends_with('\n') && encoded.matches('\n').count() == 1,
+        "{encoded:?}"
     );
-    let parsed = parse(line);
-    assert_eq!(parsed, want, "{line:?}");
-    assert_eq!(parsed.to_string(), line.trim_end_matches('\n'), "{line:?}");
+    let parsed = parse(&encoded);
+    assert_eq!(parsed, line, "{encoded:?}");
+    assert_eq!(
+        parsed.to_string(),
+        encoded.trim_end_matches('\n'),
+        "{encoded:?}"
+    );
+    Ok(())
 }

@@ -29,8 +29,9 @@ use crate::auth::{self, HashJob, Hasher};
 use crate::config::*;
 use crate::core::{ConnId, Core, Event, Input, Job, Settings};
 use crate::outbox::{Chunk, Outbox};
+use crate::proto::code::ByeCode;
 use crate::proto::line::{Frame, LineDecoder};
-use crate::proto::reply::{self, ByeCode};
+use crate::proto::server_line::ServerLine;
 use crate::store::redb::RedbStore;
 use crate::store::worker::{self, StoreJob};
 
@@ -323,13 +324,12 @@ impl Drop for ActiveGuard {
 }
 
 async fn refuse_full(mut stream: TcpStream, _guard: ActiveGuard) {
-    let mut bye = String::new();
-    reply::bye(
-        &mut bye,
-        ByeCode::SERVER_FULL,
-        "the server has too many connections; try again later",
-    );
-    let _ = future::or(async { stream.write_all(bye.as_bytes()).await }, async {
+    let bye = ServerLine::Bye {
+        code: ByeCode::SERVER_FULL,
+        text: "the server has too many connections; try again later",
+    }
+    .to_bytes();
+    let _ = future::or(async { stream.write_all(&bye).await }, async {
         Timer::after(Duration::from_secs(5)).await;
         Ok(())
     })

@@ -1,16 +1,23 @@
-//! Command lines: the command table, the two-step parser and the encoder.
+//! Command lines: the syntax of every command, the two-step parser and the encoder.
 //!
-//! Parsing happens in two steps so that the core can check preconditions in the order the spec
-//! gives (label, command, login state, arity, argument values): [`split_head`] finds the label and
-//! the command word, the core checks the state against [`Verb::needs_login`], then
-//! [`Verb::parse_args`] checks arity and values. [`parse`] does both for callers that hold no state
+//! This is the codec's half of a command: its name, its usage line, how many arguments it takes
+//! ([`COMMANDS`], one row per command) and how its arguments parse ([`Verb::parse_args`]) and encode
+//! ([`Request::encode`]). What the server does with it (the state it needs, its help text, its
+//! handler) is the core's command table, `core::commands`.
+//!
+//! Parsing happens in two steps so that the core can check preconditions in the order the spec gives
+//! (label, command, login state, arity, argument values): [`split_head`] finds the label and the
+//! command word, the core checks the state, then [`Verb::parse_args`] checks arity (from the table,
+//! before any argument is looked at) and values. [`parse`] does both for callers that hold no state
 //! (clients, fuzzers). [`Request::encode`] is the inverse: `parse(encode(r)) == r` for every request
 //! whose values pass the same checks `parse` makes (the types do not stop a caller from building a
 //! GROUP of 51 names or a 65-byte PING token; those encode to lines that are refused).
 
+use super::code::Code;
 use super::name::{check_label, check_text, Name, Password, TextError};
-use super::reply::Code;
-use crate::config::{HISTORY_MAX_COUNT, MAX_GROUP_RECIPIENTS, MAX_PING_TOKEN_BYTES};
+use crate::config::{
+    HISTORY_MAX_COUNT, MAX_GROUP_RECIPIENTS, MAX_PING_TOKEN_BYTES, MAX_TEXT_BYTES,
+};
 
 /// A command word.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -29,77 +36,88 @@ pub enum Verb {
     Friend,
 }
 
-/// What the command table says of a command; checked once, before any handler runs.
+/// How many space-separated arguments a command takes, checked before any of them is parsed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Arity {
+    /// Fewer gives `MISSING_ARGUMENT`.
+    pub min: usize,
+    /// More gives `TOO_MANY_ARGUMENTS`; `None` when the last argument is free text (it may hold
+    /// spaces) or a subcommand decides (FRIEND).
+    pub max: Option<usize>,
+}
+
+/// The codec's row for one command.
 #[derive(Debug)]
-pub struct VerbSpec {
+pub struct Syntax {
     pub verb: Verb,
     /// Canonical name, as used in replies.
     pub name: &'static str,
-    /// Needs a logged-in connection.
-    pub needs_login: bool,
-    /// Refused (ALREADY_LOGGED_IN) on a logged-in connection.
-    pub only_logged_out: bool,
-    /// Syntax, for MISSING_ARGUMENT / TOO_MANY_ARGUMENTS replies.
+    /// One-line syntax, for MISSING_ARGUMENT / TOO_MANY_ARGUMENTS replies and HELP.
     pub usage: &'static str,
+    pub arity: Arity,
 }
 
-/// The command table, in the order of the spec.
-pub const COMMANDS: &[VerbSpec] = &[
-    spec(
-        Verb::Register,
-        "REGISTER",
-        false,
-        true,
-        "REGISTER <name> <password>",
-    ),
-    spec(Verb::Login, "LOGIN", false, true, "LOGIN <name> <password>"),
-    spec(Verb::Logout, "LOGOUT", true, false, "LOGOUT"),
-    spec(Verb::Quit, "QUIT", false, false, "QUIT [<reason>]"),
-    spec(Verb::Help, "HELP", false, false, "HELP [<command>]"),
-    spec(Verb::Ping, "PING", false, false, "PING [<token>]"),
-    spec(Verb::Msg, "MSG", true, false, "MSG <name> <text>"),
-    spec(
-        Verb::Group,
-        "GROUP",
-        true,
-        false,
-        "GROUP <name>,<name>,... <text>",
-    ),
-    spec(Verb::All, "ALL", true, false, "ALL <text>"),
-    spec(Verb::Users, "USERS", true, false, "USERS"),
-    spec(
-        Verb::History,
-        "HISTORY",
-        true,
-        false,
-        "HISTORY <name>|* [<count>] [BEFORE <id> | AFTER <id>]",
-    ),
-    spec(
-        Verb::Friend,
-        "FRIEND",
-        true,
-        false,
-        "FRIEND ADD|ACCEPT|DENY|REMOVE <name> | FRIEND LIST",
-    ),
-];
-
-const fn spec(
+const fn row(
     verb: Verb,
     name: &'static str,
-    needs_login: bool,
-    only_logged_out: bool,
     usage: &'static str,
-) -> VerbSpec {
-    VerbSpec {
+    min: usize,
+    max: Option<usize>,
+) -> Syntax {
+    Syntax {
         verb,
         name,
-        needs_login,
-        only_logged_out,
         usage,
+        arity: Arity { min, max },
     }
 }
 
+/// The syntax of every command, in the order of the spec (section 4).
+pub const COMMANDS: &[Syntax] = &[
+    row(
+        Verb::Register,
+        "REGISTER",
+        "REGISTER <name> <password>",
+        2,
+        Some(2),
+    ),
+    row(Verb::Login, "LOGIN", "LOGIN <name> <password>", 2, Some(2)),
+    row(Verb::Logout, "LOGOUT", "LOGOUT", 0, Some(0)),
+    row(Verb::Quit, "QUIT", "QUIT [<reason>]", 0, None),
+    row(Verb::Help, "HELP", "HELP [<command>]", 0, Some(1)),
+    row(Verb::Ping, "PING", "PING [<token>]", 0, Some(1)),
+    row(Verb::Msg, "MSG", "MSG <name> <text>", 2, None),
+    row(
+        Verb::Group,
+        "GROUP",
+        "GROUP <name>,<name>,... <text>",
+        2,
+        None,
+    ),
+    row(Verb::All, "ALL", "ALL <text>", 1, None),
+    row(Verb::Users, "USERS", "USERS", 0, Some(0)),
+    row(
+        Verb::History,
+        "HISTORY",
+        "HISTORY <name>|* [<count>] [BEFORE <id>|AFTER <id>]",
+        1,
+        Some(4),
+    ),
+    row(
+        Verb::Friend,
+        "FRIEND",
+        "FRIEND ADD|ACCEPT|DENY|REMOVE <name> | FRIEND LIST",
+        1,
+        None,
+    ),
+];
+
 impl Verb {
+    /// Every verb, in the order of [`COMMANDS`].
+    pub fn all() -> impl Iterator<Item = Verb> {
+        COMMANDS.iter().map(|s| s.verb)
+    }
+
     /// The command named `word`, in any letter case.
     pub fn lookup(word: &str) -> Option<Verb> {
         COMMANDS
@@ -108,88 +126,74 @@ impl Verb {
             .map(|s| s.verb)
     }
 
+    /// The command whose canonical (upper-case) name is exactly `word`, as in server lines.
+    pub fn canonical(word: &str) -> Option<Verb> {
+        COMMANDS.iter().find(|s| s.name == word).map(|s| s.verb)
+    }
+
     /// This command's row of the table.
-    pub fn spec(self) -> &'static VerbSpec {
-        // The table lists every verb in declaration order.
-        &COMMANDS[self as usize]
+    pub fn syntax(self) -> &'static Syntax {
+        COMMANDS
+            .iter()
+            .find(|s| s.verb == self)
+            .expect("every verb has a row; checked by a test")
     }
 
     /// Canonical name.
     pub fn name(self) -> &'static str {
-        self.spec().name
-    }
-
-    /// Needs a logged-in connection.
-    pub fn needs_login(self) -> bool {
-        self.spec().needs_login
+        self.syntax().name
     }
 
     /// Parses the arguments (`rest` is the line after the command word, starting with the space
-    /// that follows it, or empty).
+    /// that follows it, or empty). The arity of the table is checked first.
     pub fn parse_args(self, rest: &str) -> Result<Command, Refusal> {
-        let usage = || format!("usage: {}", self.spec().usage);
+        let syntax = self.syntax();
+        let usage = || format!("usage: {}", syntax.usage);
         let missing = || Refusal(Code::MISSING_ARGUMENT, usage());
         let too_many = || Refusal(Code::TOO_MANY_ARGUMENTS, usage());
+        let given = Tokens(rest).count();
+        if given < syntax.arity.min {
+            return Err(missing());
+        }
+        if syntax.arity.max.is_some_and(|max| given > max) {
+            return Err(too_many());
+        }
         let mut args = Tokens(rest);
         Ok(match self {
-            Verb::Register | Verb::Login => {
-                let (n, p) = (
-                    args.next().ok_or_else(missing)?,
-                    args.next().ok_or_else(missing)?,
-                );
-                if args.next().is_some() {
-                    return Err(too_many());
-                }
-                if self == Verb::Login {
-                    Command::Login {
-                        name: n.to_owned(),
-                        password: Password::unchecked(p),
-                    }
-                } else {
-                    let name = Name::parse(n).map_err(|e| Refusal(Code::BAD_NAME, e.into()))?;
-                    let password =
-                        Password::parse(p).map_err(|e| Refusal(Code::BAD_PASSWORD, e.into()))?;
-                    Command::Register { name, password }
-                }
+            Verb::Register => {
+                let (n, p) = (args.need()?, args.need()?);
+                let name = Name::parse(n).map_err(|e| Refusal(Code::BAD_NAME, e.into()))?;
+                let password =
+                    Password::parse(p).map_err(|e| Refusal(Code::BAD_PASSWORD, e.into()))?;
+                Command::Register { name, password }
             }
-            Verb::Logout | Verb::Users => {
-                if args.next().is_some() {
-                    return Err(too_many());
-                }
-                if self == Verb::Logout {
-                    Command::Logout
-                } else {
-                    Command::Users
-                }
-            }
+            Verb::Login => Command::Login {
+                name: args.need()?.to_owned(),
+                password: Password::unchecked(args.need()?),
+            },
+            Verb::Logout => Command::Logout,
+            Verb::Users => Command::Users,
             Verb::Quit => Command::Quit {
                 reason: rest.strip_prefix(' ').map(str::to_owned),
             },
-            Verb::Help => {
-                let topic = args.next().map(str::to_owned);
-                if args.next().is_some() {
-                    return Err(too_many());
-                }
-                Command::Help { topic }
-            }
+            Verb::Help => Command::Help {
+                topic: args.next().map(str::to_owned),
+            },
             Verb::Ping => {
                 let token = args.next().map(str::to_owned);
-                if args.next().is_some() {
-                    return Err(too_many());
-                }
                 if token
                     .as_ref()
                     .is_some_and(|t| t.len() > MAX_PING_TOKEN_BYTES)
                 {
                     return Err(Refusal(
                         Code::BAD_ARGUMENT,
-                        "a PING token has at most 64 bytes".into(),
+                        format!("a PING token has at most {MAX_PING_TOKEN_BYTES} bytes"),
                     ));
                 }
                 Command::Ping { token }
             }
             Verb::Msg => {
-                let target = args.next().ok_or_else(missing)?;
+                let target = args.need()?;
                 let text = args.text().ok_or_else(missing)?;
                 let to = Name::parse(target).map_err(|e| Refusal(Code::BAD_NAME, e.into()))?;
                 text_ok(text)?;
@@ -199,7 +203,7 @@ impl Verb {
                 }
             }
             Verb::Group => {
-                let list = args.next().ok_or_else(missing)?;
+                let list = args.need()?;
                 let text = args.text().ok_or_else(missing)?;
                 let to = parse_group(list)?;
                 text_ok(text)?;
@@ -215,9 +219,9 @@ impl Verb {
                     text: text.to_owned(),
                 }
             }
-            Verb::History => parse_history(&mut args, missing, too_many)?,
+            Verb::History => parse_history(&mut args)?,
             Verb::Friend => {
-                let sub = args.next().ok_or_else(missing)?;
+                let sub = args.need()?;
                 let op = match sub.to_ascii_uppercase().as_str() {
                     "LIST" => None,
                     "ADD" => Some(FriendOp::Add as fn(Name) -> FriendOp),
@@ -231,6 +235,7 @@ impl Verb {
                         ))
                     }
                 };
+                // The subcommand's own arity (spec 3.2, check 5).
                 let name = match op {
                     None => None,
                     Some(_) => Some(args.next().ok_or_else(missing)?),
@@ -259,7 +264,10 @@ impl From<FriendOp> for Command {
 fn text_ok(text: &str) -> Result<(), Refusal> {
     check_text(text).map_err(|e| match e {
         TextError::Bad(why) => Refusal(Code::BAD_TEXT, why.into()),
-        TextError::TooLong => Refusal(Code::TEXT_TOO_LONG, "a text has at most 2048 bytes".into()),
+        TextError::TooLong => Refusal(
+            Code::TEXT_TOO_LONG,
+            format!("a text has at most {MAX_TEXT_BYTES} bytes"),
+        ),
     })
 }
 
@@ -290,19 +298,15 @@ fn parse_group(list: &str) -> Result<Vec<Name>, Refusal> {
     Ok(names)
 }
 
-fn parse_history(
-    args: &mut Tokens<'_>,
-    missing: impl Fn() -> Refusal,
-    too_many: impl Fn() -> Refusal,
-) -> Result<Command, Refusal> {
-    // Arity first (spec 3.2): a target and at most three more tokens.
+fn parse_history(args: &mut Tokens<'_>) -> Result<Command, Refusal> {
+    // The arity (a target and at most three more tokens) was checked from the table.
     let toks: Vec<&str> = std::iter::from_fn(|| args.next()).collect();
     let Some((&target, rest)) = toks.split_first() else {
-        return Err(missing());
+        return Err(Refusal(
+            Code::MISSING_ARGUMENT,
+            format!("usage: {}", Verb::History.syntax().usage),
+        ));
     };
-    if rest.len() > 3 {
-        return Err(too_many());
-    }
     let with = if target == "*" {
         HistoryTarget::Broadcast
     } else {
@@ -415,6 +419,18 @@ impl<'a> Tokens<'a> {
 
     /// The rest of the line after the single space that follows the previous token; None when no
     /// token follows (only spaces count as no text: spec 2.6).
+    /// The next token, which the arity check says is there.
+    fn need(&mut self) -> Result<&'a str, Refusal> {
+        // Unreachable after the table's arity check; kept as a refusal rather than a panic.
+        self.next()
+            .ok_or_else(|| Refusal(Code::MISSING_ARGUMENT, "an argument is missing".into()))
+    }
+
+    /// How many tokens are left.
+    fn count(mut self) -> usize {
+        std::iter::from_fn(|| self.next()).count()
+    }
+
     fn text(&mut self) -> Option<&'a str> {
         let t = self.0.strip_prefix(' ')?;
         if t.trim_start_matches(' ').is_empty() {
@@ -442,8 +458,8 @@ pub struct Head<'a> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rejection {
     pub label: Option<String>,
-    /// Canonical command name, or `*`.
-    pub command: &'static str,
+    /// The command, or `None` when it was not known (the reply names `*`).
+    pub command: Option<Verb>,
     pub code: Code,
     pub text: String,
 }
@@ -458,14 +474,14 @@ pub fn split_head(line: &str) -> Result<Option<Head<'_>>, Rejection> {
     if let Some(l) = word.strip_prefix('@') {
         check_label(l).map_err(|e| Rejection {
             label: None,
-            command: "*",
+            command: None,
             code: Code::BAD_LABEL,
             text: e.into(),
         })?;
         label = Some(l);
         word = toks.next().ok_or_else(|| Rejection {
             label: Some(l.to_owned()),
-            command: "*",
+            command: None,
             code: Code::UNKNOWN_COMMAND,
             text: "a label must be followed by a command".into(),
         })?;
@@ -478,7 +494,7 @@ pub fn split_head(line: &str) -> Result<Option<Head<'_>>, Rejection> {
         })),
         None => Err(Rejection {
             label: label.map(str::to_owned),
-            command: "*",
+            command: None,
             code: Code::UNKNOWN_COMMAND,
             text: format!(
                 "unknown command \"{}\"; type HELP for the list",
@@ -500,7 +516,7 @@ pub fn parse(line: &str) -> Result<Option<Request>, Rejection> {
         })),
         Err(Refusal(code, text)) => Err(Rejection {
             label: head.label.map(str::to_owned),
-            command: head.verb.name(),
+            command: Some(head.verb),
             code,
             text,
         }),
@@ -682,10 +698,14 @@ mod tests {
     }
 
     #[test]
-    fn table_is_in_verb_order() {
+    fn every_verb_has_one_row_found_by_its_name() {
         for (i, s) in COMMANDS.iter().enumerate() {
-            assert_eq!(s.verb as usize, i);
+            assert_eq!(COMMANDS.iter().filter(|r| r.verb == s.verb).count(), 1);
             assert_eq!(Verb::lookup(&s.name.to_lowercase()), Some(s.verb));
+            assert_eq!(Verb::canonical(s.name), Some(s.verb));
+            assert_eq!(Verb::canonical(&s.name.to_lowercase()), None);
+            assert!(s.usage.starts_with(s.name), "{}", s.usage);
+            assert_eq!(s.verb as usize, i, "the table follows the spec's order");
         }
     }
 

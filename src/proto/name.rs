@@ -35,9 +35,50 @@ impl Name {
         &self.0
     }
 
-    /// The lookup key: the name in lowercase.
-    pub fn key(&self) -> String {
-        self.0.to_ascii_lowercase()
+    /// The lookup key of this name.
+    pub fn key(&self) -> Key {
+        Key::of(&self.0)
+    }
+}
+
+/// The key an account is found by: its name case-folded. Made in one place, [`Key::of`], so every
+/// map, store table and comparison folds names the same way.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key(Box<str>);
+
+impl Key {
+    /// The key of any string (a LOGIN name is not checked: a malformed one finds no account).
+    pub fn of(name: &str) -> Key {
+        Key(name.to_ascii_lowercase().into_boxed_str())
+    }
+
+    /// A key already in folded form, as read back from the store.
+    pub fn from_folded(folded: String) -> Key {
+        debug_assert!(!folded.bytes().any(|b| b.is_ascii_uppercase()));
+        Key(folded.into_boxed_str())
+    }
+
+    /// The folded form.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", &*self.0)
+    }
+}
+
+impl std::borrow::Borrow<str> for Key {
+    fn borrow(&self) -> &str {
+        &self.0
     }
 }
 
@@ -142,7 +183,11 @@ mod tests {
         assert!(Name::parse("ab c").is_err());
         assert!(Name::parse("ab,c").is_err());
         assert!(Name::parse("é").is_err());
-        assert_eq!(Name::parse("Alice-2_x").unwrap().key(), "alice-2_x");
+        assert_eq!(
+            Name::parse("Alice-2_x").unwrap().key().as_str(),
+            "alice-2_x"
+        );
+        assert_eq!(Key::of("ALICE"), Name::parse("alice").unwrap().key());
     }
 
     #[test]

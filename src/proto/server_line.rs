@@ -1,20 +1,29 @@
-//! The parser of lines sent by the server, for clients and test suites.
+//! Every line the server sends, as one type: [`ServerLine`].
+//!
+//! The server builds `ServerLine` values and encodes them here ([`ServerLine::encode`], or `Display`
+//! for the line without its LF); the bundled client, the conformance runner and the fuzzers parse what
+//! they receive with [`parse`], into the same type. There is no other encoder of server lines, so what
+//! the server sends and what clients understand cannot drift apart.
 //!
 //! [`parse`] tells every server line kind of the protocol apart by its first token and splits it into
-//! borrowed fields. It is total: any input, however malformed, gives a value ([`ServerLine::Other`]
-//! for anything that is not a well-formed server line) and never panics. It is strict about structure
-//! (a message id must be decimal digits, a timestamp must have the wire shape, a label must follow the
-//! label rules, fixed-arity lines take no extra tokens) so a test suite can rely on a parsed value
-//! meaning a well-formed line, and lenient about what the protocol leaves open (human texts may be
-//! anything, tokens may be separated by several spaces).
+//! typed, borrowed fields; the details of an `OK` are typed per command ([`OkReply`]). It is total:
+//! any input, however malformed, gives a value ([`ServerLine::Other`] for anything that is not a
+//! well-formed server line) and never panics. It is strict about structure (a message id must be
+//! decimal digits, a timestamp must name a real instant, a code must be one of the spec's, fixed-arity
+//! lines take no extra tokens) so a test suite can rely on a parsed value meaning a well-formed line,
+//! and lenient about what the protocol leaves open (human texts may be anything, tokens may be
+//! separated by several spaces).
 //!
-//! [`ServerLine`]'s `Display` writes the canonical form (single spaces, no terminator), so for every
-//! canonical line `parse(line).to_string() == line`, and `parse(x.to_string()) == x` for every parsed
-//! `x`: both are tested.
+//! `Display` writes the canonical form (single spaces, no terminator), so for every canonical line
+//! `parse(line).to_string() == line`, and `parse(&x.to_string()) == x` for every parsed `x`: both
+//! are tested, here and by the `server_line` fuzz target.
 
-use std::fmt;
+use std::fmt::{self, Write};
 
+use super::code::{ByeCode, Code};
+use super::command::Verb;
 use super::name::check_label;
+use super::time::{parse_timestamp, write_timestamp};
 
 /// A friend's presence, as in `PRESENCE <name> ONLINE|OFFLINE`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,6 +35,15 @@ pub enum Presence {
 }
 
 impl Presence {
+    /// `Online` when `online`.
+    pub fn of(online: bool) -> Presence {
+        if online {
+            Presence::Online
+        } else {
+            Presence::Offline
+        }
+    }
+
     /// The keyword as sent.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -46,15 +64,15 @@ impl Presence {
 /// What happened to a friendship, as in `FRIENDSHIP <name> <event>`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FriendshipEvent {
-    /// <name> asked to be your friend.
+    /// The named user asked to be your friend.
     Requested,
-    /// <name> accepted your request (or you both asked).
+    /// The named user accepted your request (or you both asked).
     Accepted,
-    /// <name> denied your request.
+    /// The named user denied your request.
     Denied,
-    /// <name> ended the friendship.
+    /// The named user ended the friendship.
     Removed,
-    /// <name> withdrew their request to you.
+    /// The named user withdrew their request to you.
     Withdrawn,
 }
 
@@ -89,9 +107,9 @@ pub enum FriendState {
     Online,
     /// A friend with no connection logged in.
     Offline,
-    /// <name> asked you; you have not answered.
+    /// The named user asked you; you have not answered.
     Incoming,
-    /// You asked <name>; they have not answered.
+    /// You asked the named user; they have not answered.
     Outgoing,
 }
 
@@ -133,8 +151,8 @@ pub enum Recipient<'a> {
 pub struct MessageLine<'a> {
     /// The message id.
     pub id: u64,
-    /// The server time, `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC), as sent.
-    pub time: &'a str,
+    /// The server time, milliseconds since the Unix epoch (sent as `YYYY-MM-DDTHH:MM:SS.mmmZ`, UTC).
+    pub time_ms: i64,
     /// The sender's name as registered.
     pub from: &'a str,
     /// The addressee(s).
@@ -143,26 +161,178 @@ pub struct MessageLine<'a> {
     pub text: &'a str,
 }
 
+/// What became of a MSG: `DELIVERED` or `KEPT`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// The recipient was online and was sent the message.
+    Delivered,
+    /// The recipient was offline; the message waits for their next login.
+    Kept,
+}
+
+impl Delivery {
+    /// The keyword as sent.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Delivery::Delivered => "DELIVERED",
+            Delivery::Kept => "KEPT",
+        }
+    }
+}
+
+/// The outcome of `FRIEND ADD`: `FRIENDS` (they had asked you) or `REQUESTED`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddOutcome {
+    /// The other user had asked you: you are now friends.
+    Friends,
+    /// Your request waits for the other user's answer.
+    Requested,
+}
+
+impl AddOutcome {
+    /// The keyword as sent.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AddOutcome::Friends => "FRIENDS",
+            AddOutcome::Requested => "REQUESTED",
+        }
+    }
+}
+
+/// The details of an `OK FRIEND` reply, by subcommand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FriendReply<'a> {
+    /// `ADD <name> FRIENDS|REQUESTED`.
+    Add {
+        /// The other user, as registered.
+        name: &'a str,
+        /// Friends at once, or a request sent.
+        outcome: AddOutcome,
+    },
+    /// `ACCEPT <name>`.
+    Accept {
+        /// The other user, as registered.
+        name: &'a str,
+    },
+    /// `DENY <name>`.
+    Deny {
+        /// The other user, as registered.
+        name: &'a str,
+    },
+    /// `REMOVE <name>`.
+    Remove {
+        /// The other user, as registered.
+        name: &'a str,
+    },
+    /// `LIST <n>`, after `n` FRIEND data lines.
+    List {
+        /// How many FRIEND lines came before.
+        count: u64,
+    },
+}
+
+/// What an `OK` reports, by command: the typed form of `OK <COMMAND> [<details>]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OkReply<'a> {
+    /// `REGISTER <name>`.
+    Register {
+        /// The name as registered.
+        name: &'a str,
+    },
+    /// `LOGIN <name>`.
+    Login {
+        /// The name as registered.
+        name: &'a str,
+    },
+    /// `LOGOUT`.
+    Logout,
+    /// `QUIT`.
+    Quit,
+    /// `HELP`, after its HELP data lines.
+    Help,
+    /// `PING`, after its PONG data line.
+    Ping,
+    /// `MSG <id> DELIVERED|KEPT`.
+    Msg {
+        /// The message id.
+        id: u64,
+        /// What became of it.
+        delivery: Delivery,
+    },
+    /// `GROUP <id> DELIVERED <d> KEPT <k>`.
+    Group {
+        /// The message id.
+        id: u64,
+        /// Recipients who were online.
+        delivered: u64,
+        /// Recipients for whom it was kept.
+        kept: u64,
+    },
+    /// `ALL <id> DELIVERED <n>`.
+    All {
+        /// The message id.
+        id: u64,
+        /// Other users online who were sent it.
+        delivered: u64,
+    },
+    /// `USERS <n>`, after `n` USER data lines.
+    Users {
+        /// How many users are online.
+        count: u64,
+    },
+    /// `HISTORY <with> <n> BEFORE <id>|- AFTER <id>|-`, after `n` HISTORY data lines.
+    History {
+        /// The other user as registered, or `*` for the broadcasts.
+        with: &'a str,
+        /// How many HISTORY lines came before.
+        count: u64,
+        /// The cursor of the next older page, if there is one.
+        before: Option<u64>,
+        /// The cursor of the next newer page, if there is one.
+        after: Option<u64>,
+    },
+    /// `FRIEND <subcommand> ...`.
+    Friend(FriendReply<'a>),
+}
+
+impl OkReply<'_> {
+    /// The command this reply answers.
+    pub fn verb(&self) -> Verb {
+        match self {
+            OkReply::Register { .. } => Verb::Register,
+            OkReply::Login { .. } => Verb::Login,
+            OkReply::Logout => Verb::Logout,
+            OkReply::Quit => Verb::Quit,
+            OkReply::Help => Verb::Help,
+            OkReply::Ping => Verb::Ping,
+            OkReply::Msg { .. } => Verb::Msg,
+            OkReply::Group { .. } => Verb::Group,
+            OkReply::All { .. } => Verb::All,
+            OkReply::Users { .. } => Verb::Users,
+            OkReply::History { .. } => Verb::History,
+            OkReply::Friend(_) => Verb::Friend,
+        }
+    }
+}
+
 /// One line from the server, split into its fields.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ServerLine<'a> {
-    /// `OK [@label] <COMMAND> [<details>]`; `details` is empty when absent.
+    /// `OK [@label] <COMMAND> [<details>]`.
     Ok {
         /// The label echoed from the command, without its `@`.
         label: Option<&'a str>,
-        /// The canonical command name.
-        command: &'a str,
-        /// Everything after the command name.
-        details: &'a str,
+        /// The command and its details.
+        reply: OkReply<'a>,
     },
-    /// `FAIL [@label] <COMMAND> <CODE> <text>`.
+    /// `FAIL [@label] <COMMAND>|* <CODE> <text>`.
     Fail {
         /// The label echoed from the command, without its `@`.
         label: Option<&'a str>,
-        /// The canonical command name, or `*`.
-        command: &'a str,
+        /// The command; `None` for `*` (a line whose command was not known).
+        command: Option<Verb>,
         /// The machine code.
-        code: &'a str,
+        code: Code,
         /// The human sentence.
         text: &'a str,
     },
@@ -200,8 +370,8 @@ pub enum ServerLine<'a> {
     },
     /// `BYE <CODE> <text>`: the server is about to close the connection.
     Bye {
-        /// Why (SHUTDOWN, SLOW_CONSUMER, SERVER_FULL).
-        code: &'a str,
+        /// Why.
+        code: ByeCode,
         /// The human sentence.
         text: &'a str,
     },
@@ -244,6 +414,19 @@ impl<'a> ServerLine<'a> {
             _ => None,
         }
     }
+
+    /// Appends the line and its LF to `out`.
+    pub fn encode(&self, out: &mut String) {
+        // Writing to a String cannot fail.
+        let _ = writeln!(out, "{self}");
+    }
+
+    /// The line and its LF, as bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut s = String::new();
+        self.encode(&mut s);
+        s.into_bytes()
+    }
 }
 
 /// Splits off space-separated tokens; the protocol allows one or more SP between tokens.
@@ -278,6 +461,16 @@ impl<'a> Cursor<'a> {
     fn at_end(&self) -> bool {
         self.rest.bytes().all(|b| b == b' ')
     }
+
+    /// The next token as a decimal number.
+    fn number(&mut self) -> Option<u64> {
+        decimal(self.token()?)
+    }
+
+    /// The next token, which must be `word`.
+    fn word(&mut self, word: &str) -> Option<()> {
+        (self.token()? == word).then_some(())
+    }
 }
 
 /// Parses one line from the server. A trailing LF, CRLF or CR is ignored; anything not well formed
@@ -307,16 +500,12 @@ fn parse_fields(line: &str) -> Option<ServerLine<'_>> {
     let parsed = match tag {
         "OK" => {
             let (label, command) = label_and_command(&mut c)?;
-            let details = c.text().unwrap_or("");
-            ServerLine::Ok {
-                label,
-                command,
-                details,
-            }
+            let reply = ok_reply(command?, &mut c)?;
+            ServerLine::Ok { label, reply }
         }
         "FAIL" => {
             let (label, command) = label_and_command(&mut c)?;
-            let code = c.token().filter(|t| is_code(t))?;
+            let code = Code::parse(c.token()?)?;
             let text = c.text().unwrap_or("");
             ServerLine::Fail {
                 label,
@@ -337,10 +526,7 @@ fn parse_fields(line: &str) -> Option<ServerLine<'_>> {
         }
         "MESSAGE" => ServerLine::Message(message_fields(&mut c)?),
         "HISTORY" => ServerLine::History(message_fields(&mut c)?),
-        "BACKLOG-END" => {
-            let count = decimal(c.token()?)?;
-            ServerLine::BacklogEnd { count }
-        }
+        "BACKLOG-END" => ServerLine::BacklogEnd { count: c.number()? },
         "PRESENCE" => {
             let name = c.token()?;
             let presence = Presence::parse(c.token()?)?;
@@ -352,7 +538,7 @@ fn parse_fields(line: &str) -> Option<ServerLine<'_>> {
             ServerLine::Friendship { name, event }
         }
         "BYE" => {
-            let code = c.token().filter(|t| is_code(t))?;
+            let code = ByeCode::parse(c.token()?)?;
             let text = c.text().unwrap_or("");
             ServerLine::Bye { code, text }
         }
@@ -380,8 +566,87 @@ fn parse_fields(line: &str) -> Option<ServerLine<'_>> {
     c.at_end().then_some(parsed)
 }
 
-/// `[@label] <COMMAND>` of OK and FAIL lines.
-fn label_and_command<'a>(c: &mut Cursor<'a>) -> Option<(Option<&'a str>, &'a str)> {
+/// The details of `OK <command>`, typed by command.
+fn ok_reply<'a>(verb: Verb, c: &mut Cursor<'a>) -> Option<OkReply<'a>> {
+    Some(match verb {
+        Verb::Register => OkReply::Register { name: c.token()? },
+        Verb::Login => OkReply::Login { name: c.token()? },
+        Verb::Logout => OkReply::Logout,
+        Verb::Quit => OkReply::Quit,
+        Verb::Help => OkReply::Help,
+        Verb::Ping => OkReply::Ping,
+        Verb::Msg => {
+            let id = c.number()?;
+            let delivery = match c.token()? {
+                "DELIVERED" => Delivery::Delivered,
+                "KEPT" => Delivery::Kept,
+                _ => return None,
+            };
+            OkReply::Msg { id, delivery }
+        }
+        Verb::Group => {
+            let id = c.number()?;
+            c.word("DELIVERED")?;
+            let delivered = c.number()?;
+            c.word("KEPT")?;
+            let kept = c.number()?;
+            OkReply::Group {
+                id,
+                delivered,
+                kept,
+            }
+        }
+        Verb::All => {
+            let id = c.number()?;
+            c.word("DELIVERED")?;
+            let delivered = c.number()?;
+            OkReply::All { id, delivered }
+        }
+        Verb::Users => OkReply::Users { count: c.number()? },
+        Verb::History => {
+            let with = c.token()?;
+            let count = c.number()?;
+            c.word("BEFORE")?;
+            let before = cursor(c.token()?)?;
+            c.word("AFTER")?;
+            let after = cursor(c.token()?)?;
+            OkReply::History {
+                with,
+                count,
+                before,
+                after,
+            }
+        }
+        Verb::Friend => OkReply::Friend(match c.token()? {
+            "ADD" => {
+                let name = c.token()?;
+                let outcome = match c.token()? {
+                    "FRIENDS" => AddOutcome::Friends,
+                    "REQUESTED" => AddOutcome::Requested,
+                    _ => return None,
+                };
+                FriendReply::Add { name, outcome }
+            }
+            "ACCEPT" => FriendReply::Accept { name: c.token()? },
+            "DENY" => FriendReply::Deny { name: c.token()? },
+            "REMOVE" => FriendReply::Remove { name: c.token()? },
+            "LIST" => FriendReply::List { count: c.number()? },
+            _ => return None,
+        }),
+    })
+}
+
+/// A page cursor: an id, or `-` for none.
+fn cursor(tok: &str) -> Option<Option<u64>> {
+    if tok == "-" {
+        Some(None)
+    } else {
+        decimal(tok).map(Some)
+    }
+}
+
+/// `[@label] <COMMAND>|*` of OK and FAIL lines; the command is `None` for `*`.
+fn label_and_command<'a>(c: &mut Cursor<'a>) -> Option<(Option<&'a str>, Option<Verb>)> {
     let first = c.token()?;
     let (label, command) = match first.strip_prefix('@') {
         Some(l) => {
@@ -390,14 +655,10 @@ fn label_and_command<'a>(c: &mut Cursor<'a>) -> Option<(Option<&'a str>, &'a str
         }
         None => (None, first),
     };
-    let command_ok =
-        command == "*" || (!command.is_empty() && command.bytes().all(|b| b.is_ascii_uppercase()));
-    command_ok.then_some((label, command))
-}
-
-/// A reply or BYE code: upper-case letters and `_`.
-fn is_code(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')
+    if command == "*" {
+        return Some((label, None));
+    }
+    Some((label, Some(Verb::canonical(command)?)))
 }
 
 /// A decimal u64 of digits only (`str::parse` would also take a leading `+`).
@@ -408,19 +669,9 @@ fn decimal(s: &str) -> Option<u64> {
     s.parse().ok()
 }
 
-/// The wire timestamp shape `YYYY-MM-DDTHH:MM:SS.mmmZ`.
-fn is_timestamp(s: &str) -> bool {
-    const SHAPE: &[u8; 24] = b"dddd-dd-ddTdd:dd:dd.dddZ";
-    s.len() == SHAPE.len()
-        && s.bytes().zip(SHAPE.iter()).all(|(b, &p)| match p {
-            b'd' => b.is_ascii_digit(),
-            _ => b == p,
-        })
-}
-
 fn message_fields<'a>(c: &mut Cursor<'a>) -> Option<MessageLine<'a>> {
-    let id = decimal(c.token()?)?;
-    let time = c.token().filter(|t| is_timestamp(t))?;
+    let id = c.number()?;
+    let time_ms = parse_timestamp(c.token()?)?;
     let from = c.token()?;
     let to = match c.token()? {
         "*" => Recipient::All,
@@ -436,7 +687,7 @@ fn message_fields<'a>(c: &mut Cursor<'a>) -> Option<MessageLine<'a>> {
     let text = c.text()?;
     Some(MessageLine {
         id,
-        time,
+        time_ms,
         from,
         to,
         text,
@@ -447,7 +698,15 @@ impl fmt::Display for Recipient<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Recipient::User(n) => f.write_str(n),
-            Recipient::Group(names) => f.write_str(&names.join(",")),
+            Recipient::Group(names) => {
+                for (i, n) in names.iter().enumerate() {
+                    if i > 0 {
+                        f.write_char(',')?;
+                    }
+                    f.write_str(n)?;
+                }
+                Ok(())
+            }
             Recipient::All => f.write_str("*"),
         }
     }
@@ -455,10 +714,12 @@ impl fmt::Display for Recipient<'_> {
 
 impl fmt::Display for MessageLine<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut time = String::with_capacity(24);
+        write_timestamp(&mut time, self.time_ms);
         write!(
             f,
             "{} {} {} {} {}",
-            self.id, self.time, self.from, self.to, self.text
+            self.id, time, self.from, self.to, self.text
         )
     }
 }
@@ -479,19 +740,58 @@ fn label_prefix(f: &mut fmt::Formatter<'_>, label: Option<&str>) -> fmt::Result 
     }
 }
 
+fn write_cursor(f: &mut fmt::Formatter<'_>, c: Option<u64>) -> fmt::Result {
+    match c {
+        Some(id) => write!(f, "{id}"),
+        None => f.write_str("-"),
+    }
+}
+
+impl fmt::Display for OkReply<'_> {
+    /// `<COMMAND> [<details>]`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.verb().name())?;
+        match self {
+            OkReply::Register { name } | OkReply::Login { name } => write!(f, " {name}"),
+            OkReply::Logout | OkReply::Quit | OkReply::Help | OkReply::Ping => Ok(()),
+            OkReply::Msg { id, delivery } => write!(f, " {id} {}", delivery.as_str()),
+            OkReply::Group {
+                id,
+                delivered,
+                kept,
+            } => write!(f, " {id} DELIVERED {delivered} KEPT {kept}"),
+            OkReply::All { id, delivered } => write!(f, " {id} DELIVERED {delivered}"),
+            OkReply::Users { count } => write!(f, " {count}"),
+            OkReply::History {
+                with,
+                count,
+                before,
+                after,
+            } => {
+                write!(f, " {with} {count} BEFORE ")?;
+                write_cursor(f, *before)?;
+                f.write_str(" AFTER ")?;
+                write_cursor(f, *after)
+            }
+            OkReply::Friend(r) => match r {
+                FriendReply::Add { name, outcome } => write!(f, " ADD {name} {}", outcome.as_str()),
+                FriendReply::Accept { name } => write!(f, " ACCEPT {name}"),
+                FriendReply::Deny { name } => write!(f, " DENY {name}"),
+                FriendReply::Remove { name } => write!(f, " REMOVE {name}"),
+                FriendReply::List { count } => write!(f, " LIST {count}"),
+            },
+        }
+    }
+}
+
 impl fmt::Display for ServerLine<'_> {
     /// The canonical line, without its LF.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ServerLine::Ok {
-                label,
-                command,
-                details,
-            } => {
+            ServerLine::Ok { label, reply } => {
                 f.write_str("OK ")?;
                 label_prefix(f, *label)?;
-                f.write_str(command)?;
-                tail(f, details)
+                write!(f, "{reply}")
             }
             ServerLine::Fail {
                 label,
@@ -501,7 +801,8 @@ impl fmt::Display for ServerLine<'_> {
             } => {
                 f.write_str("FAIL ")?;
                 label_prefix(f, *label)?;
-                write!(f, "{command} {code}")?;
+                let command = command.map_or("*", Verb::name);
+                write!(f, "{command} {}", code.as_str())?;
                 tail(f, text)
             }
             ServerLine::Hello {
@@ -522,7 +823,7 @@ impl fmt::Display for ServerLine<'_> {
                 write!(f, "FRIENDSHIP {name} {}", event.as_str())
             }
             ServerLine::Bye { code, text } => {
-                write!(f, "BYE {code}")?;
+                write!(f, "BYE {}", code.as_str())?;
                 tail(f, text)
             }
             ServerLine::User { name } => write!(f, "USER {name}"),
@@ -545,6 +846,7 @@ mod tests {
     use super::*;
 
     const T: &str = "2026-11-21T10:04:05.123Z";
+    const T_MS: i64 = 1_795_255_445_123;
 
     #[test]
     fn final_lines_with_and_without_labels() {
@@ -552,24 +854,25 @@ mod tests {
             parse("OK MSG 42 DELIVERED"),
             ServerLine::Ok {
                 label: None,
-                command: "MSG",
-                details: "42 DELIVERED"
+                reply: OkReply::Msg {
+                    id: 42,
+                    delivery: Delivery::Delivered
+                }
             }
         );
         assert_eq!(
             parse("OK @7 LOGOUT\n"),
             ServerLine::Ok {
                 label: Some("7"),
-                command: "LOGOUT",
-                details: ""
+                reply: OkReply::Logout
             }
         );
         assert_eq!(
             parse("FAIL @a.b-c_9 MSG UNKNOWN_USER no such user: bob\r\n"),
             ServerLine::Fail {
                 label: Some("a.b-c_9"),
-                command: "MSG",
-                code: "UNKNOWN_USER",
+                command: Some(Verb::Msg),
+                code: Code::UNKNOWN_USER,
                 text: "no such user: bob"
             }
         );
@@ -577,9 +880,31 @@ mod tests {
             parse("FAIL * LINE_TOO_LONG line exceeds 4096 bytes; it was discarded"),
             ServerLine::Fail {
                 label: None,
-                command: "*",
-                code: "LINE_TOO_LONG",
+                command: None,
+                code: Code::LINE_TOO_LONG,
                 text: "line exceeds 4096 bytes; it was discarded"
+            }
+        );
+        assert_eq!(
+            parse("OK HISTORY * 2 BEFORE 17 AFTER -"),
+            ServerLine::Ok {
+                label: None,
+                reply: OkReply::History {
+                    with: "*",
+                    count: 2,
+                    before: Some(17),
+                    after: None
+                }
+            }
+        );
+        assert_eq!(
+            parse("OK FRIEND ADD Bob REQUESTED"),
+            ServerLine::Ok {
+                label: None,
+                reply: OkReply::Friend(FriendReply::Add {
+                    name: "Bob",
+                    outcome: AddOutcome::Requested
+                })
             }
         );
         assert!(parse("OK PING").is_final());
@@ -601,7 +926,7 @@ mod tests {
             parse(&format!("MESSAGE 3 {T} alice Bob,carol  hi  there")),
             ServerLine::Message(MessageLine {
                 id: 3,
-                time: T,
+                time_ms: T_MS,
                 from: "alice",
                 to: Recipient::Group(vec!["Bob", "carol"]),
                 text: " hi  there"
@@ -611,7 +936,7 @@ mod tests {
             parse(&format!("MESSAGE 18446744073709551615 {T} alice bob hi")),
             ServerLine::Message(MessageLine {
                 id: u64::MAX,
-                time: T,
+                time_ms: T_MS,
                 from: "alice",
                 to: Recipient::User("bob"),
                 text: "hi"
@@ -638,7 +963,7 @@ mod tests {
         assert_eq!(
             parse("BYE SLOW_CONSUMER you did not read"),
             ServerLine::Bye {
-                code: "SLOW_CONSUMER",
+                code: ByeCode::SLOW_CONSUMER,
                 text: "you did not read"
             }
         );
@@ -650,7 +975,7 @@ mod tests {
             parse(&format!("HISTORY 9 {T} bob * everyone!")),
             ServerLine::History(MessageLine {
                 id: 9,
-                time: T,
+                time_ms: T_MS,
                 from: "bob",
                 to: Recipient::All,
                 text: "everyone!"
@@ -701,9 +1026,28 @@ mod tests {
             "OK @123456789012345678901234567890123 MSG",
             "OK msg",
             "OK MSG1",
+            "OK MSG",
+            "OK MSG 1",
+            "OK MSG 1 SENT",
+            "OK MSG x DELIVERED",
+            "OK GROUP 1 DELIVERED 2",
+            "OK GROUP 1 DELIVERED 2 KEPT",
+            "OK ALL 1 KEPT 2",
+            "OK USERS",
+            "OK LOGOUT now",
+            "OK HISTORY bob 1 BEFORE x AFTER -",
+            "OK HISTORY bob 1 BEFORE -",
+            "OK FRIEND",
+            "OK FRIEND ADD bob",
+            "OK FRIEND ADD bob MAYBE",
+            "OK FRIEND LIST",
+            "OK FRIEND HUG bob",
+            "OK FROB",
             "FAIL",
             "FAIL MSG",
             "FAIL MSG bad_code text",
+            "FAIL MSG NO_SUCH_CODE text",
+            "FAIL FROB BAD_TEXT text",
             "FAIL @x",
             "HELLO",
             "HELLO chatd",
@@ -719,6 +1063,7 @@ mod tests {
             "MESSAGE 1 2026-11-21T10:04:05.123Z a *,b t",
             "MESSAGE 1 2026-11-21T10:04:05.12ZZ a b t",
             "MESSAGE 1 2026-11-21T10:04:05.123Ä a b t",
+            "MESSAGE 1 2026-02-30T10:04:05.123Z a b t",
             "BACKLOG-END",
             "BACKLOG-END x",
             "BACKLOG-END 1 2",
@@ -729,6 +1074,7 @@ mod tests {
             "FRIENDSHIP bob LIKED",
             "BYE",
             "BYE shutdown x",
+            "BYE GOODBYE x",
             "USER",
             "USER a b",
             "PONG a b",
@@ -764,8 +1110,8 @@ mod tests {
             parse("FAIL  MSG  BAD_TEXT"),
             ServerLine::Fail {
                 label: None,
-                command: "MSG",
-                code: "BAD_TEXT",
+                command: Some(Verb::Msg),
+                code: Code::BAD_TEXT,
                 text: ""
             }
         );
@@ -774,7 +1120,7 @@ mod tests {
             parse(&format!("MESSAGE 1 {T} a b ")),
             ServerLine::Message(MessageLine {
                 id: 1,
-                time: T,
+                time_ms: T_MS,
                 from: "a",
                 to: Recipient::User("b"),
                 text: ""
@@ -786,7 +1132,19 @@ mod tests {
     fn canonical_lines_round_trip() {
         let lines = [
             "OK MSG 42 DELIVERED".to_string(),
+            "OK MSG 42 KEPT".to_string(),
             "OK @l LOGOUT".to_string(),
+            "OK REGISTER Alice".to_string(),
+            "OK GROUP 5 DELIVERED 1 KEPT 2".to_string(),
+            "OK ALL 6 DELIVERED 0".to_string(),
+            "OK USERS 3".to_string(),
+            "OK HISTORY bob 0 BEFORE - AFTER -".to_string(),
+            "OK HISTORY * 50 BEFORE 12 AFTER 99".to_string(),
+            "OK FRIEND ADD x FRIENDS".to_string(),
+            "OK FRIEND ACCEPT x".to_string(),
+            "OK FRIEND DENY x".to_string(),
+            "OK FRIEND REMOVE x".to_string(),
+            "OK FRIEND LIST 0".to_string(),
             "FAIL @l GROUP UNKNOWN_USER unknown: x, y".to_string(),
             "FAIL * BAD_LABEL bad label".to_string(),
             "HELLO chatd 0.1.0 Welcome!".to_string(),
@@ -810,55 +1168,60 @@ mod tests {
         }
     }
 
-    /// Every line the server's encoders build parses to the matching kind.
+    /// Every kind of line the server builds encodes to one LF-terminated line that parses back to
+    /// the same value.
     #[test]
-    fn server_encoders_output_parses() {
-        use crate::proto::reply::{self, ByeCode, Code, Recipients};
-        let mut out = String::new();
-        reply::ok(&mut out, Some("q1"), "GROUP", "5 DELIVERED 1 KEPT 1");
+    fn built_lines_encode_and_parse_back() {
+        let m = MessageLine {
+            id: 5,
+            time_ms: 1_795_219_200_007,
+            from: "alice",
+            to: Recipient::Group(vec!["Bob", "carol"]),
+            text: " x",
+        };
+        let mut lines = vec![
+            ServerLine::Ok {
+                label: Some("q1"),
+                reply: OkReply::Group {
+                    id: 5,
+                    delivered: 1,
+                    kept: 1,
+                },
+            },
+            ServerLine::Message(m.clone()),
+            ServerLine::History(MessageLine {
+                to: Recipient::All,
+                ..m
+            }),
+            ServerLine::Pong { token: None },
+            ServerLine::BacklogEnd { count: 3 },
+        ];
         for code in Code::ALL {
-            reply::fail(&mut out, None, "*", *code, "a human sentence");
+            for command in [None, Some(Verb::Friend)] {
+                lines.push(ServerLine::Fail {
+                    label: None,
+                    command,
+                    code: *code,
+                    text: "a human sentence",
+                });
+            }
         }
         for code in ByeCode::ALL {
-            reply::bye(&mut out, *code, "closing");
+            lines.push(ServerLine::Bye {
+                code: *code,
+                text: "closing",
+            });
         }
-        let group = ["Bob".to_string(), "carol".to_string()];
-        reply::message(
-            &mut out,
-            "MESSAGE",
-            5,
-            1_795_219_200_007,
-            "alice",
-            Recipients::Group(&group),
-            " x",
-        );
-        reply::message(
-            &mut out,
-            "HISTORY",
-            6,
-            0,
-            "alice",
-            Recipients::User("bob"),
-            "y",
-        );
-        reply::message(&mut out, "MESSAGE", 7, 0, "alice", Recipients::All, "z");
-        reply::line(&mut out, "PONG", "");
-        reply::line(&mut out, "BACKLOG-END", "3");
-        let parsed: Vec<ServerLine<'_>> = out.lines().map(parse).collect();
-        assert_eq!(parsed.len(), 1 + Code::ALL.len() + ByeCode::ALL.len() + 5);
-        for (line, p) in out.lines().zip(&parsed) {
-            assert!(!matches!(p, ServerLine::Other(_)), "{line}");
-            assert_eq!(p.to_string(), line);
+        for line in &lines {
+            let bytes = line.to_bytes();
+            let text = std::str::from_utf8(&bytes).unwrap();
+            assert_eq!(text.matches('\n').count(), 1, "{text:?}");
+            assert!(text.ends_with('\n'));
+            assert_eq!(&parse(text), line, "{text:?}");
         }
         assert_eq!(
-            parsed[1 + Code::ALL.len() + ByeCode::ALL.len()],
-            ServerLine::Message(MessageLine {
-                id: 5,
-                time: "2026-11-21T00:00:00.007Z",
-                from: "alice",
-                to: Recipient::Group(vec!["Bob", "carol"]),
-                text: " x"
-            })
+            lines[1].to_string(),
+            "MESSAGE 5 2026-11-21T00:00:00.007Z alice Bob,carol  x"
         );
     }
 
@@ -889,10 +1252,17 @@ mod tests {
             "\r",
             "\n",
             "MSG",
-            "CODE_X",
+            "PING",
+            "LOGOUT",
+            "BAD_TEXT",
+            "SHUTDOWN",
+            "DELIVERED",
+            "KEPT",
             "ONLINE",
             "REQUESTED",
             "INCOMING",
+            "LIST",
+            "-",
             "0",
             "18446744073709551615",
             "99999999999999999999",
@@ -912,7 +1282,7 @@ mod tests {
             seed.wrapping_mul(0x2545_F491_4F6C_DD1D)
         };
         let mut parsed = 0;
-        for _ in 0..20_000 {
+        for _ in 0..40_000 {
             let mut line = String::new();
             let parts = next() % 9;
             for i in 0..parts {

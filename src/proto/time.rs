@@ -25,6 +25,50 @@ pub fn timestamp(ms: i64) -> String {
     s
 }
 
+/// The milliseconds since the Unix epoch that `s` names, if `s` is a well-formed wire timestamp of
+/// a real instant: `parse_timestamp(&timestamp(ms)) == Some(ms)`, and a string that is not exactly
+/// what [`timestamp`] would print (a 30 February, an hour 24) is `None`.
+pub fn parse_timestamp(s: &str) -> Option<i64> {
+    const SHAPE: &[u8; 24] = b"dddd-dd-ddTdd:dd:dd.dddZ";
+    let b = s.as_bytes();
+    if b.len() != SHAPE.len()
+        || !b.iter().zip(SHAPE).all(|(c, p)| match p {
+            b'd' => c.is_ascii_digit(),
+            _ => c == p,
+        })
+    {
+        return None;
+    }
+    let num = |from: usize, to: usize| -> i64 {
+        b[from..to]
+            .iter()
+            .fold(0, |n, d| n * 10 + i64::from(d - b'0'))
+    };
+    let (y, m, d) = (num(0, 4), num(5, 7), num(8, 10));
+    let (hh, mm, ss, ms) = (num(11, 13), num(14, 16), num(17, 19), num(20, 23));
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 59 {
+        return None;
+    }
+    let days = days_from_civil(y, m as u32, d as u32);
+    // A day past the month's end lands in the next month: it does not print back the same.
+    if civil_from_days(days) != (y, m as u32, d as u32) {
+        return None;
+    }
+    Some(((days * 86_400 + hh * 3600 + mm * 60 + ss) * 1000) + ms)
+}
+
+/// A (year, month, day) of the proleptic Gregorian calendar to days since 1970-01-01
+/// (H. Hinnant's algorithm; the inverse of [`civil_from_days`]).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = i64::from((m + 9) % 12);
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// Days since 1970-01-01 to a (year, month, day) in the proleptic Gregorian calendar
 /// (H. Hinnant's algorithm).
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
@@ -42,7 +86,7 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 
 #[cfg(test)]
 mod tests {
-    use super::timestamp;
+    use super::{parse_timestamp, timestamp};
 
     #[test]
     fn known_instants() {
@@ -50,5 +94,35 @@ mod tests {
         assert_eq!(timestamp(951_782_400_123), "2000-02-29T00:00:00.123Z");
         assert_eq!(timestamp(1_795_219_200_007), "2026-11-21T00:00:00.007Z");
         assert_eq!(timestamp(-1), "1969-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn parse_is_the_inverse_of_print() {
+        for ms in [
+            0,
+            951_782_400_123,
+            1_795_219_200_007,
+            1,
+            86_399_999,
+            253_402_300_799_999,
+        ] {
+            assert_eq!(parse_timestamp(&timestamp(ms)), Some(ms), "{ms}");
+        }
+        for bad in [
+            "2026-02-30T00:00:00.000Z",
+            "2026-13-01T00:00:00.000Z",
+            "2026-00-01T00:00:00.000Z",
+            "2026-01-01T24:00:00.000Z",
+            "2026-01-01T00:60:00.000Z",
+            "2026-01-01 00:00:00.000Z",
+            "2026-01-01T00:00:00.000",
+            "+026-01-01T00:00:00.000Z",
+        ] {
+            assert_eq!(parse_timestamp(bad), None, "{bad}");
+        }
+        assert_eq!(
+            parse_timestamp("2024-02-29T23:59:59.999Z"),
+            Some(1_709_251_199_999)
+        );
     }
 }

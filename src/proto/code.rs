@@ -1,12 +1,7 @@
-//! Reply codes and the encoders of every line the server sends.
+//! Reply codes: the machine codes of `FAIL` and `BYE` lines.
 //!
-//! Each FAIL code is one [`Code`] variant with one meaning; `spec/replies.tsv` lists the same codes
-//! and a test keeps the two in step. Encoders append to a caller's buffer so a line is built once,
-//! however many connections receive it.
-
-use std::fmt::Write;
-
-use super::time::write_timestamp;
+//! Each code is one variant with one meaning; `spec/replies.tsv` lists the same codes and a test keeps
+//! the two in step. Lines carrying them are built and parsed in [`super::server_line`].
 
 macro_rules! codes {
     ($( $(#[$doc:meta])* $variant:ident ),* $(,)?) => {
@@ -22,6 +17,11 @@ macro_rules! codes {
             /// The code as it appears on the wire.
             pub fn as_str(self) -> &'static str {
                 match self { $(Code::$variant => stringify!($variant),)* }
+            }
+
+            /// The code spelled `s`, if there is one.
+            pub fn parse(s: &str) -> Option<Code> {
+                match s { $(stringify!($variant) => Some(Code::$variant),)* _ => None }
             }
         }
     };
@@ -116,100 +116,11 @@ impl ByeCode {
             ByeCode::SERVER_FULL => "SERVER_FULL",
         }
     }
-}
 
-/// Whom a delivered message was addressed to, as shown in MESSAGE and HISTORY lines.
-#[derive(Clone, Copy, Debug)]
-pub enum Recipients<'a> {
-    /// One user (MSG).
-    User(&'a str),
-    /// The list a GROUP was sent to.
-    Group(&'a [String]),
-    /// Everyone (ALL), shown as `*`.
-    All,
-}
-
-fn label_prefix(out: &mut String, label: Option<&str>) {
-    if let Some(l) = label {
-        out.push('@');
-        out.push_str(l);
-        out.push(' ');
+    /// The code spelled `s`, if there is one.
+    pub fn parse(s: &str) -> Option<ByeCode> {
+        ByeCode::ALL.iter().copied().find(|c| c.as_str() == s)
     }
-}
-
-/// Appends `OK [@label] <command>[ <details>]`.
-pub fn ok(out: &mut String, label: Option<&str>, command: &str, details: &str) {
-    out.push_str("OK ");
-    label_prefix(out, label);
-    out.push_str(command);
-    if !details.is_empty() {
-        out.push(' ');
-        out.push_str(details);
-    }
-    out.push('\n');
-}
-
-/// Appends `FAIL [@label] <command> <code> <text>`.
-pub fn fail(out: &mut String, label: Option<&str>, command: &str, code: Code, text: &str) {
-    out.push_str("FAIL ");
-    label_prefix(out, label);
-    out.push_str(command);
-    out.push(' ');
-    out.push_str(code.as_str());
-    out.push(' ');
-    out.push_str(text);
-    out.push('\n');
-}
-
-/// Appends a data or push line: `<tag> <rest>` (or just `<tag>` when `rest` is empty).
-pub fn line(out: &mut String, tag: &str, rest: &str) {
-    out.push_str(tag);
-    if !rest.is_empty() {
-        out.push(' ');
-        out.push_str(rest);
-    }
-    out.push('\n');
-}
-
-/// Appends `<tag> <id> <time> <from> <to> <text>`, the form of `MESSAGE` pushes and `HISTORY` lines.
-pub fn message(
-    out: &mut String,
-    tag: &str,
-    id: u64,
-    time_ms: i64,
-    from: &str,
-    to: Recipients<'_>,
-    text: &str,
-) {
-    let _ = write!(out, "{tag} {id} ");
-    write_timestamp(out, time_ms);
-    out.push(' ');
-    out.push_str(from);
-    out.push(' ');
-    match to {
-        Recipients::User(u) => out.push_str(u),
-        Recipients::Group(list) => {
-            for (i, n) in list.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(n);
-            }
-        }
-        Recipients::All => out.push('*'),
-    }
-    out.push(' ');
-    out.push_str(text);
-    out.push('\n');
-}
-
-/// Appends `BYE <code> <text>`.
-pub fn bye(out: &mut String, code: ByeCode, text: &str) {
-    out.push_str("BYE ");
-    out.push_str(code.as_str());
-    out.push(' ');
-    out.push_str(text);
-    out.push('\n');
 }
 
 #[cfg(test)]
@@ -217,55 +128,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn encodes_replies_with_and_without_labels() {
-        let mut s = String::new();
-        ok(&mut s, None, "MSG", "7 DELIVERED");
-        ok(&mut s, Some("x1"), "LOGOUT", "");
-        fail(
-            &mut s,
-            Some("q"),
-            "LOGIN",
-            Code::BAD_CREDENTIALS,
-            "wrong name or password",
-        );
-        bye(&mut s, ByeCode::SHUTDOWN, "the server is stopping");
-        assert_eq!(
-            s,
-            "OK MSG 7 DELIVERED\nOK @x1 LOGOUT\nFAIL @q LOGIN BAD_CREDENTIALS wrong name or password\n\
-             BYE SHUTDOWN the server is stopping\n"
-        );
-    }
-
-    #[test]
-    fn encodes_messages() {
-        let mut s = String::new();
-        let group = ["Bob".to_string(), "carol".to_string()];
-        message(
-            &mut s,
-            "MESSAGE",
-            3,
-            0,
-            "alice",
-            Recipients::Group(&group),
-            " hi  there",
-        );
-        message(&mut s, "HISTORY", 4, 1, "alice", Recipients::All, "x");
-        assert_eq!(
-            s,
-            "MESSAGE 3 1970-01-01T00:00:00.000Z alice Bob,carol  hi  there\n\
-             HISTORY 4 1970-01-01T00:00:00.001Z alice * x\n"
-        );
-    }
-
-    #[test]
     fn codes_are_unique_and_upper_case() {
         let mut seen = std::collections::HashSet::new();
         for c in Code::ALL {
             assert!(seen.insert(c.as_str()));
+            assert_eq!(Code::parse(c.as_str()), Some(*c));
             assert!(c
                 .as_str()
                 .bytes()
                 .all(|b| b.is_ascii_uppercase() || b == b'_'));
+        }
+        for c in ByeCode::ALL {
+            assert_eq!(ByeCode::parse(c.as_str()), Some(*c));
         }
     }
 }

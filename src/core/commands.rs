@@ -1,0 +1,321 @@
+//! The command table: one row per command, checked once before any handler runs.
+//!
+//! A row says what the core does with a command whose line parsed (its syntax, arity and usage are
+//! the codec's, in `proto::command`): the connection state it needs, whether it waits for the
+//! connection's earlier commands, its help text, and its handler. [`Core::process`] checks the state
+//! for every command in one place, in the order of spec 3.2; HELP is rendered from these rows.
+//!
+//! Adding a command: its syntax in `proto::command` (a `Verb`, a row of `COMMANDS`, its arguments in
+//! `parse_args` and `Request::encode`), one row here, its handler in a file of its own (or of its
+//! group), and its spec section, conformance cases and transcripts.
+
+use super::{Core, Req};
+use crate::proto::command::{Command, Verb};
+
+/// The connection state a command needs (spec 3.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Needs {
+    /// Connected or logged in.
+    Any,
+    /// Logged in; otherwise `NOT_LOGGED_IN`.
+    LoggedIn,
+    /// Not logged in; otherwise `ALREADY_LOGGED_IN`.
+    LoggedOut,
+}
+
+/// The core's row for one command.
+pub struct Row {
+    /// The command.
+    pub verb: Verb,
+    /// The state it needs.
+    pub state: Needs,
+    /// It runs only once every earlier command of the connection is answered, because it changes
+    /// what the connection is (QUIT, LOGOUT).
+    pub barrier: bool,
+    /// A few words on what it does, for the HELP index.
+    pub summary: &'static str,
+    /// What it does and one example, one short line each, for `HELP <command>`.
+    pub details: &'static [&'static str],
+    /// The handler. It answers the command through the [`Req`], now or when its job comes back.
+    pub(super) run: fn(&mut Core, Req, Command),
+}
+
+impl std::fmt::Debug for Row {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Row")
+            .field("verb", &self.verb)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The row of `verb`.
+pub(super) fn row(verb: Verb) -> &'static Row {
+    COMMANDS
+        .iter()
+        .find(|r| r.verb == verb)
+        .expect("every verb has a row; checked by a test")
+}
+
+impl Core {
+    /// A handler was given a command of another verb: the table is wrong. Answered as an internal
+    /// error rather than a panic.
+    fn mismatch(&mut self, req: Req, cmd: Command) {
+        let detail = format!(
+            "{:?} dispatched to the handler of {:?}",
+            cmd.verb(),
+            req.verb
+        );
+        self.internal_error(req, &detail);
+    }
+}
+
+/// Every command, in the order of the spec (section 4).
+pub static COMMANDS: &[Row] = &[
+    Row {
+        verb: Verb::Register,
+        state: Needs::LoggedOut,
+        barrier: false,
+        summary: "create an account (then LOGIN)",
+        details: &[
+            "Creates an account. It does not log you in: send LOGIN next.",
+            "<name>: 1 to 32 characters: a letter, then letters, digits, _ or -. \
+             Letter case is shown as you typed it but ignored when comparing names.",
+            "<password>: 8 to 128 bytes, no spaces, no control characters.",
+            "Example: REGISTER alice wonderland1  (answer: OK REGISTER alice)",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Register { name, password } => core.register(req, name, password),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
+        verb: Verb::Login,
+        state: Needs::LoggedOut,
+        barrier: false,
+        summary: "log in and receive the messages kept for you",
+        details: &[
+            "Logs in. One account may be logged in on several connections at once; each gets its messages.",
+            "After OK LOGIN come a PRESENCE line per friend and a FRIENDSHIP line per friend request waiting for you,",
+            "then the messages sent while you were away (MESSAGE lines), then BACKLOG-END <how many>.",
+            "Example: LOGIN alice wonderland1  (answer: OK LOGIN alice)",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Login { name, password } => core.login(req, name, password),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
+        verb: Verb::Logout,
+        state: Needs::LoggedIn,
+        barrier: true,
+        summary: "log out but stay connected",
+        details: &[
+            "Logs out. The connection stays open: you can LOGIN again, or QUIT.",
+            "Example: LOGOUT  (answer: OK LOGOUT)",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Logout => core.logout(req),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
+        verb: Verb::Quit,
+        state: Needs::Any,
+        barrier: true,
+        summary: "close the connection",
+        details: &[
+            "The server answers OK QUIT and closes the connection. The reason is optional and ignored.",
+            "Example: QUIT see you tomorrow",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Quit { .. } => core.quit(req),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
+        verb: Verb::Help,
+        state: Needs::Any,
+        barrier: false,
+        summary: "list the commands, or explain one",
+        details: &[
+            "Without an argument: one line per command. With a command name: its syntax and what it does.",
+            "Example: HELP HISTORY",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Help { topic } => core.help(req, topic),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
+        verb: Verb::Ping,
+        state: Needs::Any,
+        barrier: false,
+        summary: "check the connection (answer: PONG)",
+        details: &[
+            "The server answers PONG with the same token, then OK PING. The token is optional: \
+             up to 64 bytes, no spaces.",
+            "Example: PING 42  (answer: PONG 42, then OK PING)",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Ping { token } => core.ping(req, token),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
+        verb: Verb::Msg,
+        state: Needs::LoggedIn,
+        barrier: false,
+        summary: "send a message to one user",
+        details: &[
+            "Sends <text> to one user. The text is everything after the name and one space, spaces included.",
+            "Text: up to 2048 bytes, not blank, no control characters except TAB.",
+            "Answer: OK MSG <id> DELIVERED (they are online and got it) or OK MSG <id> KEPT \
+             (kept until they next log in).",
+            "Example: MSG bob hello there",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Msg { to, text } => core.send_direct(req, vec![to], text),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
+        verb: Verb::Group,
+        state: Needs::LoggedIn,
+        barrier: false,
+        summary: "send one message to several users",
+        details: &[
+            "Sends one message to up to 50 users: names separated by commas, without spaces.",
+            "All or nothing: if a name is wrong or an offline recipient's inbox is full, nobody gets it.",
+            "Answer: OK GROUP <id> DELIVERED <online recipients> KEPT <offline recipients>",
+            "Example: GROUP bob,carol lunch at noon?",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Group { to, text } => core.send_direct(req, to, text),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
+        verb: Verb::All,
+        state: Needs::LoggedIn,
+        barrier: false,
+        summary: "send a message to everyone online",
+        details: &[
+            "Sends a message to every other user online now. Users who are offline do not get it later,",
+            "but anyone can read past ALL messages with HISTORY *.",
+            "Answer: OK ALL <id> DELIVERED <how many users got it>",
+            "Example: ALL good morning, everyone",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::All { text } => core.send_all(req, text),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
+        verb: Verb::Users,
+        state: Needs::LoggedIn,
+        barrier: false,
+        summary: "list the users online now",
+        details: &[
+            "Lists the users online now, one USER line each, then OK USERS <how many>.",
+            "Example: USERS",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Users => core.users(req),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
+        verb: Verb::History,
+        state: Needs::LoggedIn,
+        barrier: false,
+        summary: "read past messages with a user, or * for ALL messages",
+        details: &[
+            "Shows past messages between you and <name>, oldest first. * shows the ALL messages.",
+            "<count>: 1 to 500, default 50. Without BEFORE or AFTER you get the latest messages.",
+            "BEFORE <id>: the latest ones older than <id>. AFTER <id>: the earliest ones newer than <id>.",
+            "The last line says where to go on: OK HISTORY <name> <shown> BEFORE <id>|- AFTER <id>|- \
+             (- means there is no more).",
+            "Example: HISTORY bob 20, then HISTORY bob 20 BEFORE <id> with the BEFORE id of the last line.",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::History {
+                with,
+                count,
+                cursor,
+            } => core.history(req, with, count, cursor),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
+        verb: Verb::Friend,
+        state: Needs::LoggedIn,
+        barrier: false,
+        summary: "manage friends and friend requests",
+        details: &[
+            "FRIEND ADD <name>: ask <name> to be your friend. If they already asked you, you are friends at once.",
+            "FRIEND ACCEPT <name> or FRIEND DENY <name>: answer a request.",
+            "FRIEND REMOVE <name>: end a friendship, or withdraw your request.",
+            "FRIEND LIST: friends (ONLINE or OFFLINE), then requests to you (INCOMING) and from you (OUTGOING).",
+            "Friends see each other come and go: PRESENCE <name> ONLINE or PRESENCE <name> OFFLINE.",
+            "Example: FRIEND ADD bob",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Friend(op) => core.friend(req, op),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MAX_HELP_LINE_BYTES;
+    use crate::proto::command::COMMANDS as SYNTAX;
+
+    #[test]
+    fn one_row_per_verb_in_the_order_of_the_syntax_table() {
+        let rows: Vec<Verb> = COMMANDS.iter().map(|r| r.verb).collect();
+        let syntax: Vec<Verb> = SYNTAX.iter().map(|s| s.verb).collect();
+        assert_eq!(rows, syntax);
+    }
+
+    #[test]
+    fn login_requirement_matches_the_spec() {
+        // Spec 3.1: REGISTER and LOGIN need a connection that is not logged in; QUIT, HELP and PING
+        // work in any state; everything else needs a login.
+        let by = |n: Needs| -> Vec<&str> {
+            COMMANDS
+                .iter()
+                .filter(|r| r.state == n)
+                .map(|r| r.verb.name())
+                .collect()
+        };
+        assert_eq!(by(Needs::LoggedOut), ["REGISTER", "LOGIN"]);
+        assert_eq!(by(Needs::Any), ["QUIT", "HELP", "PING"]);
+        assert_eq!(by(Needs::LoggedIn).len(), COMMANDS.len() - 5);
+    }
+
+    #[test]
+    fn every_row_has_help_with_an_example_that_fits_a_line() {
+        for r in COMMANDS {
+            let usage = r.verb.syntax().usage;
+            assert!(!r.summary.is_empty(), "{usage}");
+            assert!(
+                r.details.iter().any(|d| d.starts_with("Example: ")),
+                "{usage} has no example"
+            );
+            let lines = std::iter::once(format!("HELP {usage} -- {}", r.summary))
+                .chain(r.details.iter().map(|d| format!("HELP {d}")));
+            for line in lines {
+                assert!(
+                    line.len() <= MAX_HELP_LINE_BYTES,
+                    "{} bytes: {line}",
+                    line.len()
+                );
+                assert!(!line.chars().any(char::is_control), "{line:?}");
+                assert_eq!(line.trim(), line, "stray spaces in {line:?}");
+            }
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! The reply order of a connection, and [`Req`], the command being answered.
+//!
+//! Every command's answer leaves in the order the commands came, even when a later command finishes
+//! first (a HISTORY read overtaken by a PING). A command that answers at once and finds nothing
+//! waiting before it goes straight to the outbox; otherwise it takes a slot at the back of the
+//! connection's queue, and the slots at the front are sent as soon as they are filled. A slot's
+//! answer is sent with the credits it gives back (1 for a command's final reply, 0 for extra output
+//! such as a login's backlog), so the reader takes no new line before a command is answered.
+
+use std::collections::VecDeque;
+
+use super::out::Out;
+use super::{ConnId, Core, Hold};
+use crate::outbox::Chunk;
+use crate::proto::code::Code;
+use crate::proto::command::Verb;
+use crate::proto::server_line::ServerLine;
+
+/// Identifies a place in a connection's reply order.
+pub(super) type SlotId = u64;
+
+/// One command's place in a connection's reply order.
+struct Slot {
+    id: SlotId,
+    /// Filled: what to send.
+    ready: Option<Vec<u8>>,
+    /// Credits to give back when it is sent.
+    finals: usize,
+    /// Close the connection after sending it (QUIT).
+    close_after: bool,
+}
+
+/// A connection's queue of answers not yet sent.
+#[derive(Default)]
+pub(super) struct Slots(VecDeque<Slot>);
+
+impl Slots {
+    /// True when no answer is waiting.
+    pub(super) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// The command being answered: its connection, its label, its name, and its place in the reply
+/// order once it has one. A handler that answers later moves its `Req` into the job's continuation
+/// and answers with it there; whoever holds the `Req` answers the command, exactly once.
+#[derive(Debug)]
+pub struct Req {
+    /// The connection that sent the command.
+    pub conn: ConnId,
+    /// The label to echo, without its `@`.
+    pub label: Option<Box<str>>,
+    /// The command; `None` for a line refused before its command was known (`FAIL *`).
+    pub verb: Option<Verb>,
+    slot: Option<SlotId>,
+}
+
+impl Req {
+    pub(super) fn new(conn: ConnId, label: Option<Box<str>>, verb: Option<Verb>) -> Req {
+        Req {
+            conn,
+            label,
+            verb,
+            slot: None,
+        }
+    }
+
+    /// The label, as the reply echoes it.
+    pub(super) fn label(&self) -> Option<&str> {
+        self.label.as_deref()
+    }
+}
+
+impl Core {
+    /// Takes this command's place in the reply order now; its answer comes later, with
+    /// [`Core::finish`]. A command that starts a job calls this before it returns.
+    pub(super) fn reserve(&mut self, req: &mut Req) {
+        if req.slot.is_none() {
+            req.slot = self.open_slot(req.conn, 1);
+        }
+    }
+
+    /// Opens a slot for extra output (no command's final reply: it gives back no credit), to be
+    /// filled with [`Core::fill`].
+    pub(super) fn open_slot(&mut self, conn: ConnId, finals: usize) -> Option<SlotId> {
+        let id = self.ticket();
+        let c = self.conns.get_mut(&conn)?;
+        c.slots.0.push_back(Slot {
+            id,
+            ready: None,
+            finals,
+            close_after: false,
+        });
+        Some(id)
+    }
+
+    /// Sends a command's complete answer (its data lines and final reply), in its place in the
+    /// reply order.
+    pub(super) fn finish(&mut self, req: Req, out: Out) {
+        self.finish_with(req, out, false);
+    }
+
+    /// Sends a final FAIL as the command's answer.
+    pub(super) fn refuse(&mut self, req: Req, code: Code, text: &str) {
+        let mut out = Out::new();
+        out.line(&ServerLine::Fail {
+            label: req.label(),
+            command: req.verb,
+            code,
+            text,
+        });
+        self.finish(req, out);
+    }
+
+    /// Like [`Core::finish`]; with `close_after` the connection is closed once the answer is out.
+    pub(super) fn finish_with(&mut self, req: Req, out: Out, close_after: bool) {
+        let bytes = out.into_bytes();
+        match req.slot {
+            Some(id) => {
+                if let Some(c) = self.conns.get_mut(&req.conn) {
+                    if let Some(s) = c.slots.0.iter_mut().find(|s| s.id == id) {
+                        s.ready = Some(bytes);
+                        s.close_after = close_after;
+                    }
+                }
+                self.flush_slots(req.conn);
+            }
+            None => {
+                let Some(c) = self.conns.get_mut(&req.conn) else {
+                    return;
+                };
+                let slot = Slot {
+                    id: 0,
+                    ready: Some(bytes),
+                    finals: 1,
+                    close_after,
+                };
+                if c.slots.is_empty() {
+                    // The common case, nothing waiting before it: straight out, no queue.
+                    return self.emit(req.conn, slot);
+                }
+                c.slots.0.push_back(slot);
+                self.flush_slots(req.conn);
+            }
+        }
+    }
+
+    /// Fills a slot opened with [`Core::open_slot`] and sends what is ready at the front.
+    pub(super) fn fill(&mut self, conn: ConnId, id: SlotId, out: Out) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if let Some(s) = c.slots.0.iter_mut().find(|s| s.id == id) {
+            s.ready = Some(out.into_bytes());
+        }
+        self.flush_slots(conn);
+    }
+
+    /// Sends the filled slots at the front of the queue, as one chunk; once the queue is empty, a
+    /// command that waited for it (QUIT, LOGOUT) runs.
+    fn flush_slots(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let mut merged: Option<Slot> = None;
+        while c.slots.0.front().is_some_and(|s| s.ready.is_some()) {
+            let s = c.slots.0.pop_front().expect("front exists");
+            let close = s.close_after;
+            match &mut merged {
+                None => merged = Some(s),
+                Some(m) => {
+                    if let (Some(into), Some(more)) = (&mut m.ready, s.ready) {
+                        into.extend_from_slice(&more);
+                    }
+                    m.finals += s.finals;
+                    m.close_after |= s.close_after;
+                }
+            }
+            if close {
+                c.slots.0.clear();
+                break;
+            }
+        }
+        let drained = c.slots.is_empty();
+        if drained {
+            // An idle connection keeps no queue.
+            c.slots = Slots::default();
+        }
+        let resume = drained && c.hold == Hold::Drain;
+        if resume {
+            c.hold = Hold::Free;
+        }
+        if let Some(m) = merged {
+            self.emit(conn, m);
+        }
+        if resume {
+            self.run_deferred(conn);
+        }
+    }
+
+    /// Queues a ready slot's bytes on the connection, gives back its credits, closes after QUIT.
+    fn emit(&mut self, conn: ConnId, slot: Slot) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        // The limit is checked before queueing (see Outbox::push), so one large answer (a
+        // HISTORY page, the offline backlog) still reaches a client that reads.
+        if let Some(bytes) = slot.ready.filter(|b| !b.is_empty()) {
+            if c.outbox.push(Chunk::Owned(bytes)).is_err() {
+                self.overflowed.push(conn);
+            }
+        }
+        c.outbox.release_credits(slot.finals);
+        if slot.close_after {
+            c.outbox.close();
+        }
+    }
+}

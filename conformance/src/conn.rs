@@ -82,6 +82,23 @@ pub struct Conn {
     t: Transport,
     buf: Vec<u8>,
     eof: bool,
+    /// The first line received that is not a well-formed server line (spec 2.9), if any.
+    malformed: Option<Vec<u8>>,
+}
+
+/// True when `line` (its LF removed) is one of the server lines of spec 2.9, as the chatd codec
+/// parses them: UTF-8, a known first token, the fields that kind of line has. Every line the server
+/// sends is checked, whatever the case expects of it.
+fn well_formed(line: &[u8]) -> bool {
+    // A CR left before the LF is the case's business (it fails as a CRLF terminator).
+    let Ok(text) = std::str::from_utf8(line) else {
+        return false;
+    };
+    line.ends_with(b"\r")
+        || !matches!(
+            chatd::proto::server_line::parse(text),
+            chatd::proto::server_line::ServerLine::Other(_)
+        )
 }
 
 /// Errors that mean the peer has gone, as opposed to a fault on our side.
@@ -127,6 +144,7 @@ impl Conn {
             t,
             buf: Vec::new(),
             eof: false,
+            malformed: None,
         })
     }
 
@@ -148,6 +166,9 @@ impl Conn {
             if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
                 let mut line: Vec<u8> = self.buf.drain(..=pos).collect();
                 line.pop();
+                if self.malformed.is_none() && !well_formed(&line) {
+                    self.malformed = Some(line.clone());
+                }
                 return Ok(line);
             }
             if self.eof {
@@ -183,6 +204,11 @@ impl Conn {
                 Err(e) => return Err(ReadError::Io(e)),
             }
         }
+    }
+
+    /// The first line received that is not a well-formed server line, if one was.
+    pub fn malformed(&self) -> Option<&[u8]> {
+        self.malformed.as_deref()
     }
 
     /// Closes the connection: TLS close_notify if any, then FIN.

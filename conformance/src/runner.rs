@@ -33,6 +33,9 @@ pub struct Options {
     pub busy_hashing: bool,
     /// Distinguishes this run's account names from every other run's; random when `None`.
     pub run_id: Option<String>,
+    /// Fail a case when the server sends a line that is not a well-formed server line (spec 2.9).
+    /// On by default; the runner's own tests turn it off to drive it with a stand-in server.
+    pub check_grammar: bool,
 }
 
 impl Options {
@@ -46,6 +49,7 @@ impl Options {
             max_connections: None,
             busy_hashing: false,
             run_id: None,
+            check_grammar: true,
         }
     }
 }
@@ -134,7 +138,11 @@ pub fn run(
             Outcome::Skip(format!("needs --{}", r.name()))
         } else {
             let mut cx = CaseRun::new(opts, Env::new(&run_id, index));
-            let outcome = match case.steps.iter().try_for_each(|s| cx.step(s)) {
+            let outcome = match case
+                .steps
+                .iter()
+                .try_for_each(|s| cx.step(s).and_then(|()| cx.grammar()))
+            {
                 Ok(()) => Outcome::Pass,
                 Err(f) => Outcome::Fail(f),
             };
@@ -421,6 +429,27 @@ impl<'a> CaseRun<'a> {
 
     fn literal(s: &str) -> Vec<PatTok> {
         vec![PatTok::Lit(s.as_bytes().to_vec())]
+    }
+
+    /// Fails the step when any connection received a line that is not a well-formed server line.
+    fn grammar(&self) -> StepResult {
+        if !self.opts.check_grammar {
+            return Ok(());
+        }
+        let conns = self
+            .clients
+            .iter()
+            .map(|(name, c)| (name.as_str(), &c.conn))
+            .chain(self.fillers.iter().map(|c| ("(filler)", c)));
+        for (name, conn) in conns {
+            if let Some(line) = conn.malformed() {
+                return Err(self.fail(
+                    format!("{name}: only well-formed server lines (spec 2.9)"),
+                    vec![show(line)],
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn hello(&self) -> Vec<PatTok> {

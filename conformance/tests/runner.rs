@@ -56,6 +56,7 @@ fn run_text(text: &str) -> Vec<CaseResult> {
     let mut opts = Options::new(stand_in());
     opts.timeout = Duration::from_millis(500);
     opts.run_id = Some("t00000".into());
+    opts.check_grammar = false;
     run(&cases, &opts, |_| {})
 }
 
@@ -207,6 +208,7 @@ fn wrong_greeting_and_refused_connections_fail() {
     let cases = parse_file(Path::new("inline.case"), "case 1 c\n# \"q\"\nconnect a\n").unwrap();
     let mut opts = Options::new(addr);
     opts.timeout = Duration::from_millis(500);
+    opts.check_grammar = false;
     let rs = run(&cases, &opts, |_| {});
     let Outcome::Fail(f) = &rs[0].outcome else {
         panic!("a BYE instead of HELLO must fail the greeting");
@@ -221,6 +223,7 @@ fn filter_and_requirements() {
     let cases = parse_file(Path::new("inline.case"), text).unwrap();
     let mut opts = Options::new(stand_in());
     opts.filter = Some("beta".into());
+    opts.check_grammar = false;
     let rs = run(&cases, &opts, |_| {});
     assert_eq!(rs.len(), 1);
     assert!(matches!(rs[0].outcome, Outcome::Skip(_)));
@@ -243,4 +246,22 @@ fn captures_of_times_and_words() {
          a> SAY {who} {t}\n\
          a< bob 2026-11-21T02:12:12.345Z\n",
     );
+}
+
+#[test]
+fn a_malformed_server_line_fails_the_case_when_grammar_is_checked() {
+    let text = "case 1 c\n# \"q\"\nconnect a\na> SAY OK MSG 41 KEPT\na< OK MSG 41 KEPT\na> SAY not a server line\na< not a server line\n";
+    let cases = parse_file(Path::new("inline.case"), text).expect("cases parse");
+    let mut opts = Options::new(stand_in());
+    opts.timeout = Duration::from_millis(500);
+    opts.run_id = Some("t00000".into());
+    let mut rs = run(&cases, &opts, |_| {});
+    match rs.remove(0).outcome {
+        Outcome::Fail(f) => {
+            assert_eq!(f.expected, "a: only well-formed server lines (spec 2.9)");
+            assert_eq!(f.received, ["not a server line"]);
+            assert_eq!(f.step, "a< not a server line");
+        }
+        other => panic!("expected a failure, got {other:?}"),
+    }
 }

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
-use super::redb::{conversation_key, message_conversation_keys};
+use super::keys::{conversation_key, message_conversation_keys};
 use super::{
     key_of, AccountRecord, Cursor, FriendState, HistoryPage, MessageRecord, MsgId, Snapshot, Store,
     StoreError, StoreOp, StoreReply,

@@ -6,9 +6,13 @@
 //! core keeps accounts, friendships and backlog counts in memory, loaded from the [`Snapshot`] at start;
 //! the store is the durable copy and the only copy of the message log.
 
+mod codec;
+mod keys;
 pub mod memory;
 pub mod redb;
 pub mod worker;
+
+pub use keys::key_of;
 
 use std::fmt;
 
@@ -193,9 +197,4 @@ pub trait Store: Send {
     /// Apply `ops` in order inside one write transaction and commit it durably; the replies are in
     /// the same order as the ops.
     fn execute(&mut self, ops: &[StoreOp]) -> Result<Vec<StoreReply>, StoreError>;
-}
-
-/// The lowercase lookup key of a name.
-pub fn key_of(name: &str) -> String {
-    name.to_ascii_lowercase()
 }

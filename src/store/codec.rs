@@ -14,7 +14,7 @@
 //! - message: `1, time_ms, from, to, text` where `to` is a tag byte then its payload:
 //!   `0, name` (MSG), `1, count, name * count` (GROUP), `2` (ALL).
 
-use super::{AccountRecord, MessageRecord, MsgId, StoreError, To};
+use super::{AccountRecord, Damage, MessageRecord, MsgId, To};
 
 const FORMAT_V1: u8 = 1;
 const TO_USER: u8 = 0;
@@ -30,7 +30,7 @@ pub(crate) fn encode_account(rec: &AccountRecord) -> Vec<u8> {
     out
 }
 
-pub(crate) fn decode_account(bytes: &[u8]) -> Result<AccountRecord, StoreError> {
+pub(crate) fn decode_account(bytes: &[u8]) -> Result<AccountRecord, Damage> {
     let mut r = Reader::new(bytes, "account record");
     r.version()?;
     let rec = AccountRecord {
@@ -65,7 +65,7 @@ pub(crate) fn encode_message(msg: &MessageRecord) -> Vec<u8> {
     out
 }
 
-pub(crate) fn decode_message(id: MsgId, bytes: &[u8]) -> Result<MessageRecord, StoreError> {
+pub(crate) fn decode_message(id: MsgId, bytes: &[u8]) -> Result<MessageRecord, Damage> {
     let mut r = Reader::new(bytes, "message record");
     r.version()?;
     let time_ms = r.i64()?;
@@ -129,15 +129,15 @@ impl<'a> Reader<'a> {
         Reader { buf, what }
     }
 
-    fn corrupt(&self, why: &str) -> StoreError {
-        StoreError::Corrupt(format!("{}: {why}", self.what))
+    fn corrupt(&self, why: &str) -> Damage {
+        Damage::new(format!("{}: {why}", self.what))
     }
 
     fn remaining(&self) -> usize {
         self.buf.len()
     }
 
-    fn take(&mut self, n: usize) -> Result<&'a [u8], StoreError> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Damage> {
         if n > self.buf.len() {
             return Err(self.corrupt("truncated"));
         }
@@ -146,24 +146,24 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
 
-    fn byte(&mut self) -> Result<u8, StoreError> {
+    fn byte(&mut self) -> Result<u8, Damage> {
         Ok(self.take(1)?[0])
     }
 
-    fn version(&mut self) -> Result<(), StoreError> {
+    fn version(&mut self) -> Result<(), Damage> {
         match self.byte()? {
             FORMAT_V1 => Ok(()),
             v => Err(self.corrupt(&format!("unknown format version {v}"))),
         }
     }
 
-    fn i64(&mut self) -> Result<i64, StoreError> {
+    fn i64(&mut self) -> Result<i64, Damage> {
         let mut b = [0u8; 8];
         b.copy_from_slice(self.take(8)?);
         Ok(i64::from_le_bytes(b))
     }
 
-    fn len(&mut self) -> Result<usize, StoreError> {
+    fn len(&mut self) -> Result<usize, Damage> {
         let mut v: u64 = 0;
         for shift in (0..64).step_by(7) {
             let b = self.byte()?;
@@ -179,7 +179,7 @@ impl<'a> Reader<'a> {
         Err(self.corrupt("length overflows"))
     }
 
-    fn string(&mut self) -> Result<String, StoreError> {
+    fn string(&mut self) -> Result<String, Damage> {
         let n = self.len()?;
         let bytes = self.take(n)?;
         match std::str::from_utf8(bytes) {
@@ -188,7 +188,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn finish(&self) -> Result<(), StoreError> {
+    fn finish(&self) -> Result<(), Damage> {
         if self.buf.is_empty() {
             Ok(())
         } else {
@@ -302,25 +302,19 @@ mod tests {
             let bytes = encode_message(&m);
             for len in 0..bytes.len() {
                 assert!(
-                    matches!(
-                        decode_message(m.id, &bytes[..len]),
-                        Err(StoreError::Corrupt(_))
-                    ),
+                    matches!(decode_message(m.id, &bytes[..len]), Err(Damage { .. })),
                     "{len}"
                 );
             }
             let mut longer = bytes.clone();
             longer.push(0);
-            assert!(matches!(
-                decode_message(m.id, &longer),
-                Err(StoreError::Corrupt(_))
-            ));
+            assert!(matches!(decode_message(m.id, &longer), Err(Damage { .. })));
         }
         for a in sample_accounts() {
             let bytes = encode_account(&a);
             for len in 0..bytes.len() {
                 assert!(
-                    matches!(decode_account(&bytes[..len]), Err(StoreError::Corrupt(_))),
+                    matches!(decode_account(&bytes[..len]), Err(Damage { .. })),
                     "{len}"
                 );
             }
@@ -330,8 +324,7 @@ mod tests {
     #[test]
     fn bad_versions_tags_counts_and_utf8_are_corrupt() {
         let good = encode_message(&sample_messages()[0]);
-        let corrupt =
-            |bytes: &[u8]| matches!(decode_message(1, bytes), Err(StoreError::Corrupt(_)));
+        let corrupt = |bytes: &[u8]| matches!(decode_message(1, bytes), Err(Damage { .. }));
         let mut v2 = good.clone();
         v2[0] = 2;
         assert!(corrupt(&v2));
@@ -354,7 +347,7 @@ mod tests {
         assert!(corrupt(&overlong));
         assert!(matches!(
             decode_account(&[1, 0, 0, 1, 2, 3]),
-            Err(StoreError::Corrupt(_))
+            Err(Damage { .. })
         ));
     }
 
@@ -384,8 +377,7 @@ mod tests {
                         decoded += 1;
                         assert_eq!(decode_message(m.id, &encode_message(&rec)).unwrap(), rec);
                     }
-                    Err(StoreError::Corrupt(_)) => rejected += 1,
-                    Err(e) => panic!("unexpected error {e}"),
+                    Err(Damage { .. }) => rejected += 1,
                 }
             }
         }

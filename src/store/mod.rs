@@ -15,6 +15,7 @@ pub mod worker;
 pub use keys::key_of;
 
 use std::fmt;
+use std::path::PathBuf;
 
 /// Message id: server-assigned, strictly increasing, never reused.
 pub type MsgId = u64;
@@ -169,28 +170,126 @@ pub struct Snapshot {
 }
 
 /// A failure of the storage layer. The server treats it as fatal (see the operator's manual): the
-/// in-memory state can no longer be trusted to match the disk.
+/// in-memory state can no longer be trusted to match the disk. Every message about the database
+/// names its file.
 #[derive(Debug)]
 pub enum StoreError {
-    /// The database could not be opened or created.
-    Open(String),
-    /// A transaction or commit failed.
-    Commit(String),
-    /// Stored bytes could not be decoded.
-    Corrupt(String),
+    /// The database could not be opened or created (a missing directory, no permission, not a
+    /// redb file, already open in another process).
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// What redb said.
+        source: ::redb::Error,
+    },
+    /// The file's table layout is not the one this build reads.
+    Schema {
+        /// The database file.
+        path: PathBuf,
+        /// The layout version the file holds.
+        found: u64,
+        /// The layout version this build reads and writes.
+        supported: u64,
+    },
+    /// A write transaction or its commit failed (a full disk, an I/O error).
+    Write {
+        /// The database file.
+        path: PathBuf,
+        /// What redb said.
+        source: ::redb::Error,
+    },
+    /// A read transaction failed.
+    Read {
+        /// The database file.
+        path: PathBuf,
+        /// What redb said.
+        source: ::redb::Error,
+    },
+    /// Stored bytes could not be decoded, or the indexes contradict each other.
+    Corrupt {
+        /// The database file.
+        path: PathBuf,
+        /// What is damaged.
+        source: Damage,
+    },
+    /// A store answered a batch with a different number of replies than it had ops: a bug in the
+    /// store, which breaks the matching of replies to tickets.
+    ReplyCount {
+        /// Ops in the batch.
+        ops: usize,
+        /// Replies returned.
+        replies: usize,
+    },
 }
 
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            StoreError::Open(e) => write!(f, "cannot open database: {e}"),
-            StoreError::Commit(e) => write!(f, "database write failed: {e}"),
-            StoreError::Corrupt(e) => write!(f, "database holds data it cannot decode: {e}"),
+            StoreError::Open { path, source } => {
+                write!(f, "cannot open database {}: {source}", path.display())
+            }
+            StoreError::Schema {
+                path,
+                found,
+                supported,
+            } => write!(
+                f,
+                "cannot open database {}: unsupported schema version {found} (this build reads \
+                 {supported})",
+                path.display()
+            ),
+            StoreError::Write { path, source } => {
+                write!(f, "database write failed ({}): {source}", path.display())
+            }
+            StoreError::Read { path, source } => {
+                write!(f, "database read failed ({}): {source}", path.display())
+            }
+            StoreError::Corrupt { path, source } => write!(
+                f,
+                "database {} holds data it cannot decode: {source}",
+                path.display()
+            ),
+            StoreError::ReplyCount { ops, replies } => {
+                write!(f, "the store returned {replies} replies for {ops} ops")
+            }
         }
     }
 }
 
-impl std::error::Error for StoreError {}
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StoreError::Open { source, .. }
+            | StoreError::Write { source, .. }
+            | StoreError::Read { source, .. } => Some(source),
+            StoreError::Corrupt { source, .. } => Some(source),
+            StoreError::Schema { .. } | StoreError::ReplyCount { .. } => None,
+        }
+    }
+}
+
+/// Damage found in stored data: which record or index entry, and what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Damage {
+    detail: String,
+}
+
+impl Damage {
+    /// Damage described by `detail` (e.g. "message record: truncated").
+    pub fn new(detail: impl Into<String>) -> Damage {
+        Damage {
+            detail: detail.into(),
+        }
+    }
+}
+
+impl fmt::Display for Damage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.detail)
+    }
+}
+
+impl std::error::Error for Damage {}
 
 /// A durable store: applies a batch of ops in one transaction, all or nothing.
 pub trait Store: Send {

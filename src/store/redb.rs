@@ -21,14 +21,15 @@
 //! the transaction, so nothing of the batch is written.
 
 use std::ops::Bound;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use redb::{Database, Durability, ReadableTable, Table, TableDefinition, WriteTransaction};
 
 use super::codec;
 use super::keys::{conversation_key, key_of, message_conversation_keys};
 use super::{
-    Cursor, FriendState, HistoryPage, MsgId, Snapshot, Store, StoreError, StoreOp, StoreReply,
+    Cursor, Damage, FriendState, HistoryPage, MsgId, Snapshot, Store, StoreError, StoreOp,
+    StoreReply,
 };
 
 const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("accounts");
@@ -53,38 +54,47 @@ fn state_byte(state: FriendState) -> u8 {
     }
 }
 
-fn state_from_byte(b: u8) -> Result<FriendState, StoreError> {
+fn state_from_byte(b: u8) -> Result<FriendState, Damage> {
     match b {
         0 => Ok(FriendState::Friends),
         1 => Ok(FriendState::Outgoing),
         2 => Ok(FriendState::Incoming),
-        other => Err(StoreError::Corrupt(format!(
-            "unknown friendship state {other}"
-        ))),
+        other => Err(Damage::new(format!("unknown friendship state {other}"))),
     }
 }
 
 /// A failure inside a transaction, before it is classified for the caller: redb's own errors
-/// become [`StoreError::Open`] or [`StoreError::Commit`] depending on where they happened, while
-/// damage (ours or redb's) is always [`StoreError::Corrupt`].
+/// become [`StoreError::Open`], [`StoreError::Write`] or [`StoreError::Read`] depending on where
+/// they happened, while damage (ours or redb's) is always [`StoreError::Corrupt`].
 enum Fail {
     Redb(redb::Error),
-    Store(StoreError),
+    Damage(Damage),
+    Schema(u64),
 }
 
 impl Fail {
-    fn into_store(self, kind: fn(String) -> StoreError) -> StoreError {
+    /// The error for the database at `path`; `kind` classifies redb's own errors.
+    fn at(self, path: &Path, kind: fn(PathBuf, redb::Error) -> StoreError) -> StoreError {
+        let path = path.to_owned();
         match self {
-            Fail::Redb(redb::Error::Corrupted(m)) => StoreError::Corrupt(m),
-            Fail::Redb(e) => kind(e.to_string()),
-            Fail::Store(e) => e,
+            Fail::Redb(redb::Error::Corrupted(m)) => StoreError::Corrupt {
+                path,
+                source: Damage::new(m),
+            },
+            Fail::Redb(e) => kind(path, e),
+            Fail::Damage(source) => StoreError::Corrupt { path, source },
+            Fail::Schema(found) => StoreError::Schema {
+                path,
+                found,
+                supported: SCHEMA_VERSION,
+            },
         }
     }
 }
 
-impl From<StoreError> for Fail {
-    fn from(e: StoreError) -> Self {
-        Fail::Store(e)
+impl From<Damage> for Fail {
+    fn from(e: Damage) -> Self {
+        Fail::Damage(e)
     }
 }
 
@@ -110,13 +120,16 @@ fail_from_redb!(
 /// The durable store. Owns the open database; dropping it closes the file.
 pub struct RedbStore {
     db: Database,
+    /// The database file, named in every error.
+    path: PathBuf,
 }
 
 impl RedbStore {
     /// Open the database at `path`, creating the file and its tables if missing, and read the
     /// [`Snapshot`] the core starts from.
     pub fn open(path: &Path) -> Result<(RedbStore, Snapshot), StoreError> {
-        Self::open_inner(path).map_err(|f| f.into_store(StoreError::Open))
+        Self::open_inner(path)
+            .map_err(|f| f.at(path, |path, source| StoreError::Open { path, source }))
     }
 
     fn open_inner(path: &Path) -> Result<(RedbStore, Snapshot), Fail> {
@@ -130,16 +143,16 @@ impl RedbStore {
                     meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION)?;
                 }
                 Some(SCHEMA_VERSION) => {}
-                Some(other) => {
-                    return Err(Fail::Store(StoreError::Open(format!(
-                        "unsupported schema version {other} (this build reads {SCHEMA_VERSION})"
-                    ))))
-                }
+                Some(other) => return Err(Fail::Schema(other)),
             }
             Tables::open(&txn)?.snapshot()?
         };
         txn.commit()?;
-        Ok((RedbStore { db }, snapshot))
+        let store = RedbStore {
+            db,
+            path: path.to_owned(),
+        };
+        Ok((store, snapshot))
     }
 
     /// Run `ops` in an open write transaction. Returns the replies and whether anything was
@@ -176,8 +189,12 @@ impl RedbStore {
 
 impl Store for RedbStore {
     fn execute(&mut self, ops: &[StoreOp]) -> Result<Vec<StoreReply>, StoreError> {
-        self.execute_inner(ops)
-            .map_err(|f| f.into_store(StoreError::Commit))
+        self.execute_inner(ops).map_err(|f| {
+            f.at(&self.path, |path, source| StoreError::Write {
+                path,
+                source,
+            })
+        })
     }
 }
 
@@ -213,7 +230,7 @@ impl<'txn> Tables<'txn> {
             let (key, value) = entry?;
             let rec = codec::decode_account(value.value())?;
             if key_of(&rec.name) != key.value() {
-                return Err(StoreError::Corrupt(format!(
+                return Err(Damage::new(format!(
                     "account stored under {:?} is named {:?}",
                     key.value(),
                     rec.name
@@ -363,7 +380,7 @@ impl<'txn> Tables<'txn> {
             match self.messages.get(id)? {
                 Some(bytes) => messages.push(codec::decode_message(id, bytes.value())?),
                 None => {
-                    return Err(StoreError::Corrupt(format!(
+                    return Err(Damage::new(format!(
                         "conversation {conv:?} names message {id}, which is not stored"
                     ))
                     .into())
@@ -471,7 +488,7 @@ mod tests {
                 },
             ])
             .unwrap_err();
-        assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
         // The store stays usable for a batch that does not touch the damage.
         store
             .execute(&[StoreOp::CreateAccount(account.clone())])
@@ -498,7 +515,7 @@ mod tests {
         drop(db);
         assert!(matches!(
             RedbStore::open(&path),
-            Err(StoreError::Corrupt(_))
+            Err(StoreError::Corrupt { .. })
         ));
 
         // An account filed under a key that is not its name's.
@@ -517,7 +534,7 @@ mod tests {
         drop(db);
         assert!(matches!(
             RedbStore::open(&path),
-            Err(StoreError::Corrupt(_))
+            Err(StoreError::Corrupt { .. })
         ));
 
         let db = Database::create(&path).unwrap();
@@ -531,7 +548,7 @@ mod tests {
         drop(db);
         assert!(matches!(
             RedbStore::open(&path),
-            Err(StoreError::Corrupt(_))
+            Err(StoreError::Corrupt { .. })
         ));
     }
 
@@ -548,7 +565,9 @@ mod tests {
         txn.commit().unwrap();
         drop(db);
         match RedbStore::open(&path) {
-            Err(StoreError::Open(e)) => assert!(e.contains("schema version 2"), "{e}"),
+            Err(e @ StoreError::Schema { .. }) => {
+                assert!(e.to_string().contains("schema version 2"), "{e}")
+            }
             other => panic!("{:?}", other.map(|(_, s)| s)),
         }
     }
@@ -563,7 +582,7 @@ mod tests {
         .unwrap();
         let err = RedbStore::open(&path).map(|_| ()).unwrap_err();
         assert!(
-            matches!(err, StoreError::Open(_) | StoreError::Corrupt(_)),
+            matches!(err, StoreError::Open { .. } | StoreError::Corrupt { .. }),
             "{err}"
         );
     }
@@ -572,7 +591,36 @@ mod tests {
     fn an_open_database_cannot_be_opened_twice() {
         let (_dir, path) = temp_db();
         let (_store, _) = RedbStore::open(&path).unwrap();
-        assert!(matches!(RedbStore::open(&path), Err(StoreError::Open(_))));
+        assert!(matches!(
+            RedbStore::open(&path),
+            Err(StoreError::Open { .. })
+        ));
+    }
+
+    #[test]
+    fn every_error_names_the_database_file() {
+        let (_dir, path) = temp_db();
+        let (_store, _) = RedbStore::open(&path).unwrap();
+        let shown = path.display().to_string();
+        let twice = RedbStore::open(&path).map(|_| ()).unwrap_err();
+        assert!(twice.to_string().contains(&shown), "{twice}");
+        assert!(std::error::Error::source(&twice).is_some());
+        drop(_store);
+
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(ACCOUNTS)
+            .unwrap()
+            .insert("alice", [1u8].as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+        drop(db);
+        let damaged = RedbStore::open(&path).map(|_| ()).unwrap_err();
+        assert!(damaged.to_string().contains(&shown), "{damaged}");
+        assert!(
+            damaged.to_string().contains("account record: truncated"),
+            "{damaged}"
+        );
     }
 
     #[test]

@@ -73,11 +73,10 @@ where
             if replies.len() == ops.len() {
                 Ok(tickets.drain(..).zip(replies).collect())
             } else {
-                Err(StoreError::Commit(format!(
-                    "store returned {} replies for {} ops",
-                    replies.len(),
-                    ops.len()
-                )))
+                Err(StoreError::ReplyCount {
+                    ops: ops.len(),
+                    replies: replies.len(),
+                })
             }
         });
         ops.clear();
@@ -253,7 +252,10 @@ mod tests {
     impl Store for FailAfterOne {
         fn execute(&mut self, ops: &[StoreOp]) -> Result<Vec<StoreReply>, StoreError> {
             if std::mem::replace(&mut self.0, true) {
-                Err(StoreError::Commit("disk full".into()))
+                Err(StoreError::Write {
+                    path: "test.redb".into(),
+                    source: ::redb::Error::Io(std::io::Error::other("disk full")),
+                })
             } else {
                 Ok(vec![StoreReply::Done; ops.len()])
             }
@@ -275,7 +277,10 @@ mod tests {
             op: append(2, "b"),
         })
         .unwrap();
-        assert!(matches!(done.recv().unwrap(), Err(StoreError::Commit(_))));
+        assert!(matches!(
+            done.recv().unwrap(),
+            Err(StoreError::Write { .. })
+        ));
         // The worker stops even though the channel is still open, and takes no more jobs.
         handle.join().unwrap();
         assert!(tx
@@ -308,7 +313,10 @@ mod tests {
         }
         let (handle, done) = start(Box::new(ShortStore), rx);
         handle.join().unwrap();
-        assert!(matches!(done.recv().unwrap(), Err(StoreError::Commit(_))));
+        assert!(matches!(
+            done.recv().unwrap(),
+            Err(StoreError::ReplyCount { ops: 3, replies: 1 })
+        ));
     }
 
     #[test]

@@ -68,3 +68,7 @@ pub const SCRYPT_LOG_N: u8 = 15;
 pub const SCRYPT_R: u32 = 8;
 /// Production scrypt parallelism p.
 pub const SCRYPT_P: u32 = 1;
+/// Memory the database may use to cache its pages (redb's own default is 1 GiB). The cache fills
+/// as the database is read, so without a bound the server's resident memory would grow with the
+/// database file; past it, pages are read from the file (the operating system's page cache).
+pub const STORE_CACHE_BYTES: usize = 64 * 1024 * 1024;

@@ -1,10 +1,16 @@
 //! Durable state: accounts, friendships, the message log and the offline-delivery index.
 //!
 //! This module is the only place that knows redb. The core never calls the store directly: it emits
-//! [`StoreOp`]s, the [`worker`] thread applies every op queued while the previous commit ran in one
-//! write transaction (group commit), and the results come back in the order the ops were sent. The
-//! core keeps accounts, friendships and backlog counts in memory, loaded from the [`Snapshot`] at start;
-//! the store is the durable copy and the only copy of the message log.
+//! [`StoreOp`]s and the [`worker`] threads run them. Writes queued while the previous commit ran
+//! form one write transaction (group commit); reads (HISTORY pages, the offline backlog) run in
+//! read transactions on a thread of their own, beside the writer, and see every write sent before
+//! them. The worker's module documentation states exactly in what order results come back. The
+//! core keeps accounts, friendships and backlog counts in memory, loaded from the [`Snapshot`] at
+//! start; the store is the durable copy and the only copy of the message log.
+//!
+//! Files: `redb` (the tables and transactions), `codec` (the on-disk record format), `keys` (the
+//! index keys both stores use), `memory` (an in-memory model with the same semantics, for tests
+//! and fuzzers), `worker` (the threads).
 
 mod codec;
 mod keys;
@@ -119,7 +125,10 @@ pub struct HistoryPage {
     pub newer: Option<MsgId>,
 }
 
-/// One durable operation. Every op of a batch runs in one write transaction.
+/// One store operation. Most write; [`History`](StoreOp::History) and
+/// [`ReadBacklog`](StoreOp::ReadBacklog) only read (see [`StoreOp::is_read`]). The worker runs the
+/// writes of a batch in one write transaction and the reads afterwards, in a read transaction
+/// that sees them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreOp {
     /// Insert a new account (the core has checked the name is free).
@@ -133,7 +142,16 @@ pub enum StoreOp {
     /// Add an already-stored message to one account's offline backlog.
     AddPending { user: String, id: MsgId },
     /// Remove and return (ascending id order) every message in the account's offline backlog.
+    /// A write: it runs in the write transaction. An entry whose message is not stored is dropped.
     TakeBacklog { user: String },
+    /// Return (ascending id order) every message in the account's offline backlog, removing
+    /// nothing. A read. An entry whose message is not stored is skipped.
+    ReadBacklog { user: String },
+    /// Remove the account's offline backlog entries with id <= `upto` (those a [`ReadBacklog`]
+    /// returned and that were delivered). A write; entries added since with a larger id stay.
+    ///
+    /// [`ReadBacklog`]: StoreOp::ReadBacklog
+    ClearBacklog { user: String, upto: MsgId },
     /// Set the edge between two account keys as seen from `a` (the mirror is stored for `b`), or
     /// delete both directions with `None`.
     SetFriendship {
@@ -141,12 +159,50 @@ pub enum StoreOp {
         b: String,
         state: Option<FriendState>,
     },
-    /// Read one page of a conversation (`count` >= 1).
+    /// Read one page of a conversation (`count` >= 1). A read.
     History {
         conv: Conversation,
         count: u32,
         cursor: Cursor,
     },
+}
+
+impl StoreOp {
+    /// Whether the op only reads: it runs in a read transaction, outside the write batch.
+    pub fn is_read(&self) -> bool {
+        matches!(self, StoreOp::History { .. } | StoreOp::ReadBacklog { .. })
+    }
+
+    /// The read form of a read op; a write op is handed back unchanged.
+    pub fn into_read(self) -> Result<ReadOp, StoreOp> {
+        match self {
+            StoreOp::History {
+                conv,
+                count,
+                cursor,
+            } => Ok(ReadOp::History {
+                conv,
+                count,
+                cursor,
+            }),
+            StoreOp::ReadBacklog { user } => Ok(ReadOp::Backlog { user }),
+            op => Err(op),
+        }
+    }
+}
+
+/// A read-only op, answered by a [`StoreReader`]: the read ops of [`StoreOp`], as a type of their
+/// own so that a reader cannot be handed a write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReadOp {
+    /// As [`StoreOp::History`]: one page of a conversation, as [`StoreReply::History`].
+    History {
+        conv: Conversation,
+        count: u32,
+        cursor: Cursor,
+    },
+    /// As [`StoreOp::ReadBacklog`]: an account's offline backlog, as [`StoreReply::Backlog`].
+    Backlog { user: String },
 }
 
 /// The result of one op, in the same position as the op.
@@ -291,9 +347,34 @@ impl fmt::Display for Damage {
 
 impl std::error::Error for Damage {}
 
-/// A durable store: applies a batch of ops in one transaction, all or nothing.
+/// A durable store, with a write path and a read path that do not wait for each other.
+///
+/// The worker hands each batch's writes to [`write`](Store::write), then takes a
+/// [`reader`](Store::reader) and answers the batch's reads with it on another thread, while the
+/// next batch's writes commit.
 pub trait Store: Send {
-    /// Apply `ops` in order inside one write transaction and commit it durably; the replies are in
-    /// the same order as the ops.
-    fn execute(&mut self, ops: &[StoreOp]) -> Result<Vec<StoreReply>, StoreError>;
+    /// Applies `ops` in order inside one write transaction and commits it durably (all or
+    /// nothing); the replies are in the same order as the ops. The worker passes writes only; a
+    /// read op given here is answered inside the transaction and sees exactly the ops before it.
+    fn write(&mut self, ops: &[StoreOp]) -> Result<Vec<StoreReply>, StoreError>;
+
+    /// A read-only view of everything committed so far, and of nothing committed after this
+    /// call. It may be used on another thread, while later writes commit.
+    fn reader(&self) -> Result<Box<dyn StoreReader>, StoreError>;
+
+    /// Runs a whole batch, reads included, in one call: every op in order in one transaction, so
+    /// each read sees exactly the ops before it. The replies are in the same order as the ops.
+    ///
+    /// For the simulator and the store tests. It is one of the schedules the worker may follow
+    /// (the one in which every read ends its batch, so that no later write shares its view), which
+    /// keeps a simulated server within what the real one can do.
+    fn execute(&mut self, ops: &[StoreOp]) -> Result<Vec<StoreReply>, StoreError> {
+        self.write(ops)
+    }
+}
+
+/// A read-only view of a store at one moment (see [`Store::reader`]).
+pub trait StoreReader: Send {
+    /// Answers one read op.
+    fn read(&self, op: &ReadOp) -> Result<StoreReply, StoreError>;
 }

@@ -16,21 +16,28 @@
 //! with the in-memory store; the records are encoded by `codec`, which never trusts a length it
 //! reads, so a damaged record is a [`StoreError::Corrupt`], never a panic or a huge allocation.
 //!
-//! Every [`Store::execute`] batch runs in one write transaction committed with
-//! [`Durability::Immediate`] (fsync before `execute` returns); an error anywhere in the batch drops
-//! the transaction, so nothing of the batch is written.
+//! Every [`Store::write`] batch runs in one write transaction committed with
+//! [`Durability::Immediate`] (fsync before `write` returns); an error anywhere in the batch drops
+//! the transaction, so nothing of the batch is written. A [`Store::reader`] is a redb read
+//! transaction: it sees the last commit before it was taken, runs beside later write transactions,
+//! and never waits for them. The page cache is bounded by [`STORE_CACHE_BYTES`].
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use redb::{Database, Durability, ReadableTable, Table, TableDefinition, WriteTransaction};
+use redb::{
+    Builder, Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, Table,
+    TableDefinition, WriteTransaction,
+};
 
 use super::codec;
 use super::keys::{conversation_key, key_of, message_conversation_keys};
 use super::{
-    Cursor, Damage, FriendState, HistoryPage, MsgId, Snapshot, Store, StoreError, StoreOp,
-    StoreReply,
+    Cursor, Damage, FriendState, HistoryPage, MessageRecord, MsgId, ReadOp, Snapshot, Store,
+    StoreError, StoreOp, StoreReader, StoreReply,
 };
+use crate::config::STORE_CACHE_BYTES;
 
 const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("accounts");
 const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
@@ -117,11 +124,12 @@ fail_from_redb!(
     redb::SetDurabilityError
 );
 
-/// The durable store. Owns the open database; dropping it closes the file.
+/// The durable store. Owns the open database; the file closes when the store and every reader
+/// taken from it are dropped.
 pub struct RedbStore {
-    db: Database,
+    db: Arc<Database>,
     /// The database file, named in every error.
-    path: PathBuf,
+    path: Arc<Path>,
 }
 
 impl RedbStore {
@@ -133,7 +141,9 @@ impl RedbStore {
     }
 
     fn open_inner(path: &Path) -> Result<(RedbStore, Snapshot), Fail> {
-        let db = Database::create(path)?;
+        let db = Builder::new()
+            .set_cache_size(STORE_CACHE_BYTES)
+            .create(path)?;
         let txn = db.begin_write()?;
         let snapshot = {
             let mut meta = txn.open_table(META)?;
@@ -149,8 +159,8 @@ impl RedbStore {
         };
         txn.commit()?;
         let store = RedbStore {
-            db,
-            path: path.to_owned(),
+            db: Arc::new(db),
+            path: path.into(),
         };
         Ok((store, snapshot))
     }
@@ -166,7 +176,7 @@ impl RedbStore {
         Ok((replies, tables.dirty))
     }
 
-    fn execute_inner(&mut self, ops: &[StoreOp]) -> Result<Vec<StoreReply>, Fail> {
+    fn write_inner(&mut self, ops: &[StoreOp]) -> Result<Vec<StoreReply>, Fail> {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
@@ -179,8 +189,8 @@ impl RedbStore {
         if dirty {
             txn.commit()?;
         } else {
-            // A batch of reads only (HISTORY, empty backlogs) has nothing to make durable; skipping
-            // the commit saves an fsync.
+            // A batch that changed nothing (empty backlogs taken, say) has nothing to make
+            // durable; skipping the commit saves an fsync.
             txn.abort()?;
         }
         Ok(replies)
@@ -188,17 +198,70 @@ impl RedbStore {
 }
 
 impl Store for RedbStore {
-    fn execute(&mut self, ops: &[StoreOp]) -> Result<Vec<StoreReply>, StoreError> {
-        self.execute_inner(ops).map_err(|f| {
+    fn write(&mut self, ops: &[StoreOp]) -> Result<Vec<StoreReply>, StoreError> {
+        self.write_inner(ops).map_err(|f| {
             f.at(&self.path, |path, source| StoreError::Write {
                 path,
                 source,
             })
         })
     }
+
+    fn reader(&self) -> Result<Box<dyn StoreReader>, StoreError> {
+        match self.db.begin_read() {
+            Ok(txn) => Ok(Box::new(RedbReader {
+                txn,
+                _db: self.db.clone(),
+                path: self.path.clone(),
+            })),
+            Err(e) => Err(StoreError::Read {
+                path: self.path.to_path_buf(),
+                source: e.into(),
+            }),
+        }
+    }
 }
 
-/// Every table, opened once for a transaction (redb allows one open handle per table).
+/// A read transaction: the database as of the moment it was taken, whatever commits later.
+struct RedbReader {
+    txn: ReadTransaction,
+    /// Keeps the database open while the transaction lives (declared after `txn`, so dropped
+    /// after it).
+    _db: Arc<Database>,
+    path: Arc<Path>,
+}
+
+impl RedbReader {
+    fn read_inner(&self, op: &ReadOp) -> Result<StoreReply, Fail> {
+        let messages = self.txn.open_table(MESSAGES)?;
+        match op {
+            ReadOp::History {
+                conv,
+                count,
+                cursor,
+            } => {
+                let conversations = self.txn.open_table(CONVERSATIONS)?;
+                let conv = conversation_key(conv);
+                let page = history(&conversations, &messages, &conv, *count, *cursor)?;
+                Ok(StoreReply::History(page))
+            }
+            ReadOp::Backlog { user } => {
+                let pending = self.txn.open_table(PENDING)?;
+                let (_, msgs) = backlog(&pending, &messages, user)?;
+                Ok(StoreReply::Backlog(msgs))
+            }
+        }
+    }
+}
+
+impl StoreReader for RedbReader {
+    fn read(&self, op: &ReadOp) -> Result<StoreReply, StoreError> {
+        self.read_inner(op)
+            .map_err(|f| f.at(&self.path, |path, source| StoreError::Read { path, source }))
+    }
+}
+
+/// Every table, opened once for a write transaction (redb allows one open handle per table).
 struct Tables<'txn> {
     accounts: Table<'txn, &'static str, &'static [u8]>,
     messages: Table<'txn, u64, &'static [u8]>,
@@ -286,7 +349,30 @@ impl<'txn> Tables<'txn> {
                 self.dirty = true;
                 Ok(StoreReply::Done)
             }
-            StoreOp::TakeBacklog { user } => self.take_backlog(user),
+            StoreOp::TakeBacklog { user } => {
+                let (ids, messages) = backlog(&self.pending, &self.messages, user)?;
+                // Entries without their message go too: kept, they would be skipped at every
+                // later login of this account.
+                for id in ids {
+                    self.pending.remove((user.as_str(), id))?;
+                    self.dirty = true;
+                }
+                Ok(StoreReply::Backlog(messages))
+            }
+            StoreOp::ClearBacklog { user, upto } => {
+                let mut ids = Vec::new();
+                for entry in self
+                    .pending
+                    .range((user.as_str(), 0u64)..=(user.as_str(), *upto))?
+                {
+                    ids.push(entry?.0.value().1);
+                }
+                for id in ids {
+                    self.pending.remove((user.as_str(), id))?;
+                    self.dirty = true;
+                }
+                Ok(StoreReply::Done)
+            }
             StoreOp::SetFriendship { a, b, state } => {
                 match state {
                     Some(s) => {
@@ -303,132 +389,128 @@ impl<'txn> Tables<'txn> {
                 self.dirty = true;
                 Ok(StoreReply::Done)
             }
+            // Reads are answered here only when handed to `write` directly (see `Store::write`).
             StoreOp::History {
                 conv,
                 count,
                 cursor,
-            } => Ok(StoreReply::History(self.history(
-                &conversation_key(conv),
-                *count,
-                *cursor,
-            )?)),
-        }
-    }
-
-    fn take_backlog(&mut self, user: &str) -> Result<StoreReply, Fail> {
-        let mut ids = Vec::new();
-        for entry in self.pending.range((user, 0u64)..=(user, u64::MAX))? {
-            ids.push(entry?.0.value().1);
-        }
-        let mut messages = Vec::with_capacity(ids.len());
-        for &id in &ids {
-            self.pending.remove((user, id))?;
-            self.dirty = true;
-            match self.messages.get(id)? {
-                Some(bytes) => messages.push(codec::decode_message(id, bytes.value())?),
-                // The index is the caller's to fill (AddPending names an id it says is stored);
-                // an entry without its message cannot be delivered, and keeping it would fail
-                // every later login of this account, so it is dropped.
-                None => log::warn!(
-                    "offline backlog of {user:?} named message {id}, which is not stored"
-                ),
+            } => {
+                let conv = conversation_key(conv);
+                let page = history(&self.conversations, &self.messages, &conv, *count, *cursor)?;
+                Ok(StoreReply::History(page))
+            }
+            StoreOp::ReadBacklog { user } => {
+                let (_, messages) = backlog(&self.pending, &self.messages, user)?;
+                Ok(StoreReply::Backlog(messages))
             }
         }
-        Ok(StoreReply::Backlog(messages))
     }
+}
 
-    fn history(&self, conv: &str, count: u32, cursor: Cursor) -> Result<HistoryPage, Fail> {
-        let lo = (conv, 0u64);
-        let hi = (conv, u64::MAX);
-        let take = usize::try_from(count).unwrap_or(usize::MAX);
-        let mut ids = Vec::new();
-        match cursor {
-            Cursor::Latest => {
-                for entry in self.conversations.range(lo..=hi)?.rev().take(take) {
-                    ids.push(entry?.0.value().1);
-                }
-                ids.reverse();
-            }
-            Cursor::Before(x) => {
-                for entry in self.conversations.range(lo..(conv, x))?.rev().take(take) {
-                    ids.push(entry?.0.value().1);
-                }
-                ids.reverse();
-            }
-            Cursor::After(x) => {
-                let range = (Bound::Excluded((conv, x)), Bound::Included(hi));
-                for entry in self.conversations.range(range)?.take(take) {
-                    ids.push(entry?.0.value().1);
-                }
-            }
-        }
-        let (older, newer) = match (ids.first(), ids.last()) {
-            (Some(&min), Some(&max)) => (
-                self.any_below(conv, min)?.then_some(min),
-                self.any_above(conv, max)?.then_some(max),
-            ),
-            _ => match cursor {
-                Cursor::Latest => (None, None),
-                // Nothing below x; if anything from x up exists, After(x - 1) shows it.
-                Cursor::Before(x) => (None, self.any_from(conv, x)?.then(|| x.saturating_sub(1))),
-                // Nothing above x; if anything up to x exists, Before(x + 1) shows it.
-                Cursor::After(x) => (self.any_up_to(conv, x)?.then(|| x.saturating_add(1)), None),
-            },
-        };
-        let mut messages = Vec::with_capacity(ids.len());
-        for id in ids {
-            match self.messages.get(id)? {
-                Some(bytes) => messages.push(codec::decode_message(id, bytes.value())?),
-                None => {
-                    return Err(Damage::new(format!(
-                        "conversation {conv:?} names message {id}, which is not stored"
-                    ))
-                    .into())
-                }
+// The reads below take any readable table, so a read transaction and a write transaction share
+// them.
+
+/// An index of message ids under a key: `conversations` (by conversation key) or `pending` (by
+/// account key).
+trait IdIndex: ReadableTable<(&'static str, u64), ()> {}
+impl<T: ReadableTable<(&'static str, u64), ()>> IdIndex for T {}
+
+/// The message log, by id.
+trait MessageLog: ReadableTable<u64, &'static [u8]> {}
+impl<T: ReadableTable<u64, &'static [u8]>> MessageLog for T {}
+
+/// The ids in the account's offline backlog, and the messages they name in id order. An entry
+/// whose message is not stored is logged and skipped.
+fn backlog(
+    pending: &impl IdIndex,
+    messages: &impl MessageLog,
+    user: &str,
+) -> Result<(Vec<MsgId>, Vec<MessageRecord>), Fail> {
+    let mut ids = Vec::new();
+    for entry in pending.range((user, 0u64)..=(user, u64::MAX))? {
+        ids.push(entry?.0.value().1);
+    }
+    let mut found = Vec::with_capacity(ids.len());
+    for &id in &ids {
+        match messages.get(id)? {
+            Some(bytes) => found.push(codec::decode_message(id, bytes.value())?),
+            // The index is the caller's to fill (AddPending names an id it says is stored); an
+            // entry without its message cannot be delivered.
+            None => {
+                log::warn!("offline backlog of {user:?} named message {id}, which is not stored")
             }
         }
-        Ok(HistoryPage {
-            messages,
-            older,
-            newer,
-        })
     }
+    Ok((ids, found))
+}
 
-    /// Whether the conversation holds an id `< id`.
-    fn any_below(&self, conv: &str, id: MsgId) -> Result<bool, Fail> {
-        Ok(self
-            .conversations
-            .range((conv, 0u64)..(conv, id))?
-            .next()
-            .is_some())
+/// One page of the conversation with key `conv`.
+fn history(
+    conversations: &impl IdIndex,
+    messages: &impl MessageLog,
+    conv: &str,
+    count: u32,
+    cursor: Cursor,
+) -> Result<HistoryPage, Fail> {
+    let lo = (conv, 0u64);
+    let hi = (conv, u64::MAX);
+    let take = usize::try_from(count).unwrap_or(usize::MAX);
+    let mut ids = Vec::new();
+    match cursor {
+        Cursor::Latest => {
+            for entry in conversations.range(lo..=hi)?.rev().take(take) {
+                ids.push(entry?.0.value().1);
+            }
+            ids.reverse();
+        }
+        Cursor::Before(x) => {
+            for entry in conversations.range(lo..(conv, x))?.rev().take(take) {
+                ids.push(entry?.0.value().1);
+            }
+            ids.reverse();
+        }
+        Cursor::After(x) => {
+            let range = (Bound::Excluded((conv, x)), Bound::Included(hi));
+            for entry in conversations.range(range)?.take(take) {
+                ids.push(entry?.0.value().1);
+            }
+        }
     }
-
-    /// Whether the conversation holds an id `> id`.
-    fn any_above(&self, conv: &str, id: MsgId) -> Result<bool, Fail> {
-        let range = (
-            Bound::Excluded((conv, id)),
-            Bound::Included((conv, u64::MAX)),
-        );
-        Ok(self.conversations.range(range)?.next().is_some())
+    // Whether the conversation holds an id between the bounds.
+    let any = |from: Bound<(&str, u64)>, to: Bound<(&str, u64)>| -> Result<bool, Fail> {
+        Ok(conversations.range((from, to))?.next().is_some())
+    };
+    let below = |id| any(Bound::Included(lo), Bound::Excluded((conv, id)));
+    let above = |id| any(Bound::Excluded((conv, id)), Bound::Included(hi));
+    let from = |id| any(Bound::Included((conv, id)), Bound::Included(hi));
+    let up_to = |id| any(Bound::Included(lo), Bound::Included((conv, id)));
+    let (older, newer) = match (ids.first(), ids.last()) {
+        (Some(&min), Some(&max)) => (below(min)?.then_some(min), above(max)?.then_some(max)),
+        _ => match cursor {
+            Cursor::Latest => (None, None),
+            // Nothing below x; if anything from x up exists, After(x - 1) shows it.
+            Cursor::Before(x) => (None, from(x)?.then(|| x.saturating_sub(1))),
+            // Nothing above x; if anything up to x exists, Before(x + 1) shows it.
+            Cursor::After(x) => (up_to(x)?.then(|| x.saturating_add(1)), None),
+        },
+    };
+    let mut found = Vec::with_capacity(ids.len());
+    for id in ids {
+        match messages.get(id)? {
+            Some(bytes) => found.push(codec::decode_message(id, bytes.value())?),
+            None => {
+                return Err(Damage::new(format!(
+                    "conversation {conv:?} names message {id}, which is not stored"
+                ))
+                .into())
+            }
+        }
     }
-
-    /// Whether the conversation holds an id `>= id`.
-    fn any_from(&self, conv: &str, id: MsgId) -> Result<bool, Fail> {
-        Ok(self
-            .conversations
-            .range((conv, id)..=(conv, u64::MAX))?
-            .next()
-            .is_some())
-    }
-
-    /// Whether the conversation holds an id `<= id`.
-    fn any_up_to(&self, conv: &str, id: MsgId) -> Result<bool, Fail> {
-        Ok(self
-            .conversations
-            .range((conv, 0u64)..=(conv, id))?
-            .next()
-            .is_some())
-    }
+    Ok(HistoryPage {
+        messages: found,
+        older,
+        newer,
+    })
 }
 
 #[cfg(test)]

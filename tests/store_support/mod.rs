@@ -6,7 +6,7 @@ use chatd::store::memory::MemoryStore;
 use chatd::store::redb::RedbStore;
 use chatd::store::{
     AccountRecord, Conversation, Cursor, HistoryPage, MessageRecord, MsgId, Snapshot, Store,
-    StoreOp, StoreReply, To,
+    StoreOp, StoreReader, StoreReply, To,
 };
 use tempfile::TempDir;
 
@@ -53,14 +53,22 @@ impl Subject {
         }
     }
 
-    pub fn exec(&mut self, ops: &[StoreOp]) -> Vec<StoreReply> {
-        let store: &mut dyn Store = match self {
+    fn store(&mut self) -> &mut dyn Store {
+        match self {
             Subject::Memory(s) => s,
             Subject::Redb { store, .. } => store.as_mut().expect("open"),
-        };
-        let replies = store.execute(ops).expect("execute");
+        }
+    }
+
+    pub fn exec(&mut self, ops: &[StoreOp]) -> Vec<StoreReply> {
+        let replies = self.store().execute(ops).expect("execute");
         assert_eq!(replies.len(), ops.len());
         replies
+    }
+
+    /// A read-only view of what is committed now (see `Store::reader`).
+    pub fn reader(&mut self) -> Box<dyn StoreReader> {
+        self.store().reader().expect("reader")
     }
 
     pub fn exec1(&mut self, op: StoreOp) -> StoreReply {

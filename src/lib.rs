@@ -10,6 +10,8 @@
 //! - [`store`]: redb tables and the group-commit worker thread; the only place that knows redb.
 //! - [`auth`]: scrypt hashing on its own threads, with a bound on queued work.
 //! - [`net`]: listeners (plain and TLS), per-connection reader and writer tasks, bounded outboxes.
+//! - [`tls`]: what the server and the client share of TLS: the crypto provider, PEM loading,
+//!   fingerprints, self-signed certificates.
 //! - [`client`]: the bundled client behind `chatd --connect`.
 //! - [`cli`]: the command line.
 //! - [`fuzzing`]: the checks the fuzz targets run, shared with the regression test.
@@ -26,3 +28,4 @@ pub mod outbox;
 pub mod proto;
 pub mod sim;
 pub mod store;
+pub mod tls;

@@ -4,7 +4,8 @@
 use std::process::ExitCode;
 
 use chatd::cli::Args;
-use chatd::net::{self, tls, Control, ServerOptions};
+use chatd::net::{self, Control, ServerOptions};
+use chatd::tls;
 
 fn main() -> ExitCode {
     let args: Args = argh::from_env();

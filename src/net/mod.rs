@@ -40,7 +40,7 @@ pub struct ServerOptions {
     /// Plain-TCP listen address; None for TLS only.
     pub listen: Option<String>,
     /// TLS listen address and certificate files.
-    pub tls: Option<(String, tls::TlsFiles)>,
+    pub tls: Option<(String, crate::tls::TlsFiles)>,
     pub db: PathBuf,
     pub max_connections: usize,
     pub line_rate: u32,

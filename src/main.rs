@@ -116,5 +116,5 @@ fn server(args: Args) -> Result<(), String> {
             }
         })
         .map_err(|e| format!("cannot start the signal thread: {e}"))?;
-    net::run(opts, control_rx)
+    net::run(opts, control_rx).map_err(|e| e.to_string())
 }

@@ -31,8 +31,8 @@ pub use server::{run, ServerError};
 pub struct ServerOptions {
     /// Plain-TCP listen address; None for TLS only.
     pub listen: Option<String>,
-    /// TLS listen address and certificate files.
-    pub tls: Option<(String, crate::tls::TlsFiles)>,
+    /// TLS listen address and where its certificate comes from.
+    pub tls: Option<(String, TlsSource)>,
     /// The database file, created if missing.
     pub db: PathBuf,
     /// Most simultaneous connections; more are told `BYE SERVER_FULL`.
@@ -47,6 +47,19 @@ pub struct ServerOptions {
     pub hash_queue: usize,
     /// scrypt cost of new password hashes, as log2(N).
     pub scrypt_log_n: u8,
+}
+
+/// Where the TLS listener's certificate and key come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TlsSource {
+    /// These files (read again on [`Control::ReloadTls`]).
+    Files(crate::tls::TlsFiles),
+    /// A self-signed pair in this directory, generated at start if missing (see
+    /// [`generate_self_signed`](crate::tls::generate_self_signed)); its fingerprint is logged.
+    SelfSigned {
+        /// The directory, usually the database's.
+        dir: PathBuf,
+    },
 }
 
 /// What the server is told from outside while it runs.

@@ -18,14 +18,14 @@ use smol::{Executor, Timer};
 
 use super::conn::{accept_loop, Connections, Ctx};
 use super::driver::core_loop;
-use super::{tls, Control, ServerOptions};
+use super::{tls, Control, ServerOptions, TlsSource};
 use crate::auth::{self, HashJob, Hasher};
 use crate::config::{CORE_QUEUE, MAX_STORE_INFLIGHT, SCRYPT_P, SCRYPT_R, SHUTDOWN_FLUSH};
 use crate::core::{Core, Event, Settings};
 use crate::store::redb::RedbStore;
 use crate::store::worker::{self, StoreJob};
 use crate::store::StoreError;
-use crate::tls::TlsError;
+use crate::tls::{generate_self_signed, TlsError, TlsFiles};
 
 /// Why the server could not start, or had to stop.
 #[derive(Debug)]
@@ -93,8 +93,8 @@ impl std::error::Error for ServerError {
 pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), ServerError> {
     // Certificates and addresses first: a mistake there should not leave a new database behind.
     let tls_cell = match &opts.tls {
-        Some((_, files)) => Some(Arc::new(
-            tls::TlsConfigCell::load(files).map_err(ServerError::Tls)?,
+        Some((_, source)) => Some(Arc::new(
+            tls::TlsConfigCell::load(&tls_files(source)?).map_err(ServerError::Tls)?,
         )),
         None => None,
     };
@@ -240,6 +240,22 @@ pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), Server
     }
     log::info!("stopped");
     result
+}
+
+/// The certificate files to serve, generating a self-signed pair first if asked to.
+fn tls_files(source: &TlsSource) -> Result<TlsFiles, ServerError> {
+    match source {
+        TlsSource::Files(files) => Ok(files.clone()),
+        TlsSource::SelfSigned { dir } => {
+            let (files, fingerprint) = generate_self_signed(dir).map_err(ServerError::Tls)?;
+            log::info!(
+                "TLS certificate {} (key {}), SHA-256 fingerprint {fingerprint}",
+                files.cert.display(),
+                files.key.display()
+            );
+            Ok(files)
+        }
+    }
 }
 
 fn bind(addr: &str) -> Result<TcpListener, ServerError> {

@@ -1,8 +1,9 @@
 //! Every protocol limit and server default in one place.
 //!
-//! The numbers here are normative: `spec/PROTOCOL.md` states each of them, and the tests exercise each
-//! one at its boundary. Runtime settings that an operator may change live in [`Config`]; the
-//! protocol's own limits are constants because clients depend on them.
+//! The protocol's limits are normative: `spec/PROTOCOL.md` states each of them, and the tests
+//! exercise each one at its boundary; they are constants because clients depend on them. The
+//! `DEFAULT_*` values are defaults of settings an operator may change with a flag (see
+//! [`cli`](crate::cli)); the rest tune the server itself.
 
 use std::time::Duration;
 

@@ -170,7 +170,16 @@ pub enum StoreOp {
 impl StoreOp {
     /// Whether the op only reads: it runs in a read transaction, outside the write batch.
     pub fn is_read(&self) -> bool {
-        matches!(self, StoreOp::History { .. } | StoreOp::ReadBacklog { .. })
+        match self {
+            StoreOp::History { .. } | StoreOp::ReadBacklog { .. } => true,
+            // Listed, not left to a catch-all, so that a new op has to be placed on one side.
+            StoreOp::CreateAccount(_)
+            | StoreOp::AppendMessage { .. }
+            | StoreOp::AddPending { .. }
+            | StoreOp::TakeBacklog { .. }
+            | StoreOp::ClearBacklog { .. }
+            | StoreOp::SetFriendship { .. } => false,
+        }
     }
 
     /// The read form of a read op; a write op is handed back unchanged.
@@ -186,7 +195,10 @@ impl StoreOp {
                 cursor,
             }),
             StoreOp::ReadBacklog { user } => Ok(ReadOp::Backlog { user }),
-            op => Err(op),
+            write => {
+                debug_assert!(!write.is_read());
+                Err(write)
+            }
         }
     }
 }

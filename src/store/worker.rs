@@ -31,8 +31,9 @@
 //!   writes of its own batch, including those sent after it, and of earlier batches; all of them
 //!   were answered before the batch's reads started.)
 //!
-//! Not guaranteed: the order of a read and a write sent after it. The write may be answered first,
-//! whether the read sees it (same batch) or not (a later batch, committed while the read ran).
+//! Not guaranteed: anything about a write sent after a read. The read may see it (when both are in
+//! one batch) or not, and the write may be answered before the read (always, when the read sees
+//! it) or after.
 //!
 //! # Shutdown and failure
 //!
@@ -40,9 +41,10 @@
 //! reports it, the reader answers the last reads, and both exit, dropping (closing) the store;
 //! joining the handle [`spawn`] returns waits for both. A store error (a write, taking a reader, or
 //! a read) is reported with `done(Err)`, once, and ends both threads: nothing is reported after
-//! it, the writer takes no more jobs and the job channel is closed. After a failed commit the
-//! in-memory state of the server no longer matches the disk, so nothing more may be written; the
-//! server treats a failed read as fatal too.
+//! it, the job channel is closed, and the writer takes no more jobs (after a failed read, a batch
+//! it was already committing may still commit, unanswered, as if the server had stopped just
+//! after it). After a failed commit the in-memory state of the server no longer matches the disk,
+//! so nothing more may be written; the server treats a failed read as fatal too.
 
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;

@@ -240,6 +240,9 @@ pub struct Snapshot {
 /// A failure of the storage layer. The server treats it as fatal (see the operator's manual): the
 /// in-memory state can no longer be trusted to match the disk. Every message about the database
 /// names its file.
+///
+/// The sources are boxed to keep the error small: it travels inside every store result the core
+/// receives, and the result queue holds thousands of them.
 #[derive(Debug)]
 pub enum StoreError {
     /// The database could not be opened or created (a missing directory, no permission, not a
@@ -248,7 +251,7 @@ pub enum StoreError {
         /// The database file.
         path: PathBuf,
         /// What redb said.
-        source: ::redb::Error,
+        source: Box<::redb::Error>,
     },
     /// The file's table layout is not the one this build reads.
     Schema {
@@ -256,29 +259,27 @@ pub enum StoreError {
         path: PathBuf,
         /// The layout version the file holds.
         found: u64,
-        /// The layout version this build reads and writes.
-        supported: u64,
     },
     /// A write transaction or its commit failed (a full disk, an I/O error).
     Write {
         /// The database file.
         path: PathBuf,
         /// What redb said.
-        source: ::redb::Error,
+        source: Box<::redb::Error>,
     },
     /// A read transaction failed.
     Read {
         /// The database file.
         path: PathBuf,
         /// What redb said.
-        source: ::redb::Error,
+        source: Box<::redb::Error>,
     },
     /// Stored bytes could not be decoded, or the indexes contradict each other.
     Corrupt {
         /// The database file.
         path: PathBuf,
         /// What is damaged.
-        source: Damage,
+        source: Box<Damage>,
     },
     /// A store answered a batch with a different number of replies than it had ops: a bug in the
     /// store, which breaks the matching of replies to tickets.
@@ -296,15 +297,12 @@ impl fmt::Display for StoreError {
             StoreError::Open { path, source } => {
                 write!(f, "cannot open database {}: {source}", path.display())
             }
-            StoreError::Schema {
-                path,
-                found,
-                supported,
-            } => write!(
+            StoreError::Schema { path, found } => write!(
                 f,
                 "cannot open database {}: unsupported schema version {found} (this build reads \
-                 {supported})",
-                path.display()
+                 {})",
+                path.display(),
+                redb::SCHEMA_VERSION
             ),
             StoreError::Write { path, source } => {
                 write!(f, "database write failed ({}): {source}", path.display())
@@ -329,8 +327,8 @@ impl std::error::Error for StoreError {
         match self {
             StoreError::Open { source, .. }
             | StoreError::Write { source, .. }
-            | StoreError::Read { source, .. } => Some(source),
-            StoreError::Corrupt { source, .. } => Some(source),
+            | StoreError::Read { source, .. } => Some(&**source),
+            StoreError::Corrupt { source, .. } => Some(&**source),
             StoreError::Schema { .. } | StoreError::ReplyCount { .. } => None,
         }
     }

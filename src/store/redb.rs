@@ -50,7 +50,7 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const SCHEMA_VERSION_KEY: &str = "schema_version";
 /// The table layout this code reads and writes. A file with another version is refused at open
 /// rather than misread.
-const SCHEMA_VERSION: u64 = 1;
+pub(super) const SCHEMA_VERSION: u64 = 1;
 
 /// The one-byte form of a friendship edge in the `friendships` table.
 fn state_byte(state: FriendState) -> u8 {
@@ -81,20 +81,19 @@ enum Fail {
 
 impl Fail {
     /// The error for the database at `path`; `kind` classifies redb's own errors.
-    fn at(self, path: &Path, kind: fn(PathBuf, redb::Error) -> StoreError) -> StoreError {
+    fn at(self, path: &Path, kind: fn(PathBuf, Box<redb::Error>) -> StoreError) -> StoreError {
         let path = path.to_owned();
         match self {
             Fail::Redb(redb::Error::Corrupted(m)) => StoreError::Corrupt {
                 path,
-                source: Damage::new(m),
+                source: Box::new(Damage::new(m)),
             },
-            Fail::Redb(e) => kind(path, e),
-            Fail::Damage(source) => StoreError::Corrupt { path, source },
-            Fail::Schema(found) => StoreError::Schema {
+            Fail::Redb(e) => kind(path, Box::new(e)),
+            Fail::Damage(damage) => StoreError::Corrupt {
                 path,
-                found,
-                supported: SCHEMA_VERSION,
+                source: Box::new(damage),
             },
+            Fail::Schema(found) => StoreError::Schema { path, found },
         }
     }
 }
@@ -216,7 +215,7 @@ impl Store for RedbStore {
             })),
             Err(e) => Err(StoreError::Read {
                 path: self.path.to_path_buf(),
-                source: e.into(),
+                source: Box::new(e.into()),
             }),
         }
     }

@@ -398,7 +398,7 @@ mod tests {
             if std::mem::replace(&mut self.0, true) {
                 Err(StoreError::Write {
                     path: "test.redb".into(),
-                    source: ::redb::Error::Io(std::io::Error::other("disk full")),
+                    source: Box::new(::redb::Error::Io(std::io::Error::other("disk full"))),
                 })
             } else {
                 Ok(vec![StoreReply::Done; ops.len()])
@@ -652,7 +652,7 @@ mod tests {
         fn read(&self, _: &ReadOp) -> Result<StoreReply, StoreError> {
             Err(StoreError::Read {
                 path: "test.redb".into(),
-                source: ::redb::Error::Io(std::io::Error::other("bad sector")),
+                source: Box::new(::redb::Error::Io(std::io::Error::other("bad sector"))),
             })
         }
     }

@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use scrypt::errors::InvalidParams;
 use scrypt::password_hash::phc::PasswordHash;
 use scrypt::password_hash::{PasswordHasher, PasswordVerifier};
 use scrypt::{Params, Scrypt};
@@ -39,9 +40,10 @@ pub struct Hasher {
 
 impl Hasher {
     /// A hasher with cost `2^log_n`, block size `r` and parallelism `p`.
-    pub fn new(log_n: u8, r: u32, p: u32) -> Result<Hasher, String> {
-        let params = Params::new(log_n, r, p).map_err(|e| format!("bad scrypt parameters: {e}"))?;
-        Ok(Hasher { params })
+    pub fn new(log_n: u8, r: u32, p: u32) -> Result<Hasher, InvalidParams> {
+        Ok(Hasher {
+            params: Params::new(log_n, r, p)?,
+        })
     }
 
     /// Runs one job (blocking: call it from a hashing thread, never from the executor).
@@ -82,13 +84,13 @@ impl Hasher {
 pub type Finished = (u64, HashOutcome);
 
 /// Starts `threads` hashing threads fed by `jobs`; each result goes to `done`. The threads exit when
-/// the job channel closes.
+/// the job channel closes (also those already started when starting one fails).
 pub fn spawn_pool<F>(
     hasher: Hasher,
     threads: usize,
     jobs: async_channel::Receiver<(u64, HashJob)>,
     done: F,
-) -> Vec<std::thread::JoinHandle<()>>
+) -> std::io::Result<Vec<std::thread::JoinHandle<()>>>
 where
     F: Fn(Finished) + Send + Sync + 'static,
 {
@@ -103,7 +105,6 @@ where
                         done((ticket, hasher.run(&job)));
                     }
                 })
-                .expect("spawning a hashing thread")
         })
         .collect()
 }

@@ -1,38 +1,28 @@
 //! The command line. `chatd` runs the server; `chatd --connect HOST:PORT` runs the bundled client.
+//!
+//! [`Args`] is what argh parses; [`ServerOptions::try_from`] checks that the server's options fit
+//! together, so the binary only dispatches.
 
+use std::fmt;
 use std::path::PathBuf;
 
 use argh::FromArgs;
+use log::LevelFilter;
 
+use crate::client::ClientOptions;
 use crate::config::{
     DEFAULT_DB, DEFAULT_HASH_QUEUE, DEFAULT_LINE_BURST, DEFAULT_LINE_RATE, DEFAULT_LISTEN,
     DEFAULT_MAX_CONNECTIONS, SCRYPT_LOG_N,
 };
+use crate::net::{ServerOptions, TlsSource};
+use crate::tls::TlsFiles;
 
-fn default_listen() -> String {
-    DEFAULT_LISTEN.to_owned()
-}
-fn default_db() -> PathBuf {
-    PathBuf::from(DEFAULT_DB)
-}
-fn default_max_connections() -> usize {
-    DEFAULT_MAX_CONNECTIONS
-}
-fn default_line_rate() -> u32 {
-    DEFAULT_LINE_RATE
-}
-fn default_line_burst() -> u32 {
-    DEFAULT_LINE_BURST
-}
-fn default_hash_queue() -> usize {
-    DEFAULT_HASH_QUEUE
-}
-fn default_log_n() -> u8 {
-    SCRYPT_LOG_N
-}
-fn default_log_level() -> String {
-    "info".to_owned()
-}
+/// Lowest `--scrypt-log-n` accepted.
+pub const MIN_SCRYPT_LOG_N: u8 = 1;
+/// Highest `--scrypt-log-n` accepted.
+pub const MAX_SCRYPT_LOG_N: u8 = 20;
+/// Below this `--scrypt-log-n` the server warns that hashes are cheap to crack.
+pub const WEAK_SCRYPT_LOG_N: u8 = 14;
 
 #[derive(FromArgs, Debug)]
 /// chatd: a small, durable chat server with a plain-text line protocol (try `nc 127.0.0.1 7878`).
@@ -49,7 +39,7 @@ fn default_log_level() -> String {
 )]
 pub struct Args {
     /// plain-TCP listen address (default 127.0.0.1:7878)
-    #[argh(option, default = "default_listen()")]
+    #[argh(option, default = "DEFAULT_LISTEN.to_owned()")]
     pub listen: String,
 
     /// do not open the plain-TCP listener: serve TLS only (needs --tls-listen)
@@ -57,7 +47,7 @@ pub struct Args {
     pub no_plain: bool,
 
     /// database file, created if missing (default ./chatd.redb)
-    #[argh(option, default = "default_db()")]
+    #[argh(option, default = "PathBuf::from(DEFAULT_DB)")]
     pub db: PathBuf,
 
     /// TLS listen address, e.g. 127.0.0.1:7879 (default: no TLS listener)
@@ -78,15 +68,15 @@ pub struct Args {
     pub tls_generate: bool,
 
     /// most simultaneous connections; more are told BYE SERVER_FULL (default 10000)
-    #[argh(option, default = "default_max_connections()")]
+    #[argh(option, default = "DEFAULT_MAX_CONNECTIONS")]
     pub max_connections: usize,
 
     /// lines per second one connection may send before the server reads it more slowly (default 200)
-    #[argh(option, default = "default_line_rate()")]
+    #[argh(option, default = "DEFAULT_LINE_RATE")]
     pub line_rate: u32,
 
     /// lines one connection may send at once above the rate (default 400)
-    #[argh(option, default = "default_line_burst()")]
+    #[argh(option, default = "DEFAULT_LINE_BURST")]
     pub line_burst: u32,
 
     /// password-hashing threads (default: the number of CPU cores)
@@ -94,16 +84,16 @@ pub struct Args {
     pub hash_threads: Option<usize>,
 
     /// password hashes that may wait; past it REGISTER/LOGIN get SERVER_BUSY (default 256)
-    #[argh(option, default = "default_hash_queue()")]
+    #[argh(option, default = "DEFAULT_HASH_QUEUE")]
     pub hash_queue: usize,
 
     /// scrypt cost as log2(N) for new passwords (default 15, about 100 ms; lower only for tests)
-    #[argh(option, default = "default_log_n()")]
+    #[argh(option, default = "SCRYPT_LOG_N")]
     pub scrypt_log_n: u8,
 
-    /// log level: error, warn, info, debug or trace (default info)
-    #[argh(option, default = "default_log_level()")]
-    pub log_level: String,
+    /// log level: off, error, warn, info, debug or trace (default info)
+    #[argh(option, default = "LevelFilter::Info")]
+    pub log_level: LevelFilter,
 
     /// run the interactive client against HOST:PORT instead of the server
     #[argh(option)]
@@ -126,11 +116,10 @@ pub struct Args {
     pub version: bool,
 }
 
-/// Logs to stderr as `<time> <LEVEL> <message>`, at `level` and above (`info` if unreadable).
-pub fn init_logging(level: &str) {
-    let filter = level.parse().unwrap_or(log::LevelFilter::Info);
+/// Logs to stderr as `<time> <LEVEL> <message>`, at `level` and above.
+pub fn init_logging(level: LevelFilter) {
     env_logger::Builder::new()
-        .filter_level(filter)
+        .filter_level(level)
         .format(|buf, record| {
             use std::io::Write;
             writeln!(
@@ -143,4 +132,221 @@ pub fn init_logging(level: &str) {
         })
         .target(env_logger::Target::Stderr)
         .init();
+}
+
+impl Args {
+    /// The client's options, when `--connect` asks for the client.
+    pub fn client_options(&self) -> Option<ClientOptions> {
+        Some(ClientOptions {
+            addr: self.connect.clone()?,
+            tls: self.tls,
+            ca: self.ca.clone(),
+            insecure: self.insecure,
+        })
+    }
+}
+
+/// Options that do not fit together. The message names the flags.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UsageError {
+    /// `--tls`, `--ca` or `--insecure` without `--connect`.
+    ClientOnly,
+    /// `--scrypt-log-n` out of range.
+    ScryptLogN(u8),
+    /// `--tls-cert`, `--tls-key` or `--tls-generate` without `--tls-listen`.
+    TlsWithoutListener,
+    /// `--tls-listen` without a certificate: neither both files nor `--tls-generate`.
+    TlsWithoutCertificate,
+    /// `--no-plain` without `--tls-listen`.
+    NothingToListenOn,
+}
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UsageError::ClientOnly => {
+                f.write_str("--tls, --ca and --insecure are client options; they need --connect")
+            }
+            UsageError::ScryptLogN(_) => write!(
+                f,
+                "--scrypt-log-n must be from {MIN_SCRYPT_LOG_N} to {MAX_SCRYPT_LOG_N}"
+            ),
+            UsageError::TlsWithoutListener => {
+                f.write_str("--tls-cert, --tls-key and --tls-generate need --tls-listen")
+            }
+            UsageError::TlsWithoutCertificate => {
+                f.write_str("--tls-listen needs both --tls-cert and --tls-key, or --tls-generate")
+            }
+            UsageError::NothingToListenOn => {
+                f.write_str("--no-plain needs --tls-listen: there would be nothing to listen on")
+            }
+        }
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+impl TryFrom<Args> for ServerOptions {
+    type Error = UsageError;
+
+    /// The server's options, once they are checked to fit together. Reads no file: a
+    /// `--tls-generate` certificate is made when the server starts.
+    fn try_from(args: Args) -> Result<ServerOptions, UsageError> {
+        if args.tls || args.ca.is_some() || args.insecure {
+            return Err(UsageError::ClientOnly);
+        }
+        if !(MIN_SCRYPT_LOG_N..=MAX_SCRYPT_LOG_N).contains(&args.scrypt_log_n) {
+            return Err(UsageError::ScryptLogN(args.scrypt_log_n));
+        }
+        let tls = match (args.tls_listen, args.tls_cert, args.tls_key) {
+            (None, None, None) if !args.tls_generate => None,
+            (None, _, _) => return Err(UsageError::TlsWithoutListener),
+            (Some(addr), Some(cert), Some(key)) => {
+                Some((addr, TlsSource::Files(TlsFiles { cert, key })))
+            }
+            (Some(addr), None, None) if args.tls_generate => {
+                // Beside the database.
+                let dir = match args.db.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                    _ => PathBuf::from("."),
+                };
+                Some((addr, TlsSource::SelfSigned { dir }))
+            }
+            (Some(_), _, _) => return Err(UsageError::TlsWithoutCertificate),
+        };
+        if args.no_plain && tls.is_none() {
+            return Err(UsageError::NothingToListenOn);
+        }
+        Ok(ServerOptions {
+            listen: (!args.no_plain).then_some(args.listen),
+            tls,
+            db: args.db,
+            max_connections: args.max_connections,
+            line_rate: args.line_rate,
+            line_burst: args.line_burst,
+            hash_threads: args
+                .hash_threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            hash_queue: args.hash_queue.max(1),
+            scrypt_log_n: args.scrypt_log_n,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, argh::EarlyExit> {
+        Args::from_args(&["chatd"], args)
+    }
+
+    fn server(args: &[&str]) -> Result<ServerOptions, UsageError> {
+        ServerOptions::try_from(parse(args).expect("parses"))
+    }
+
+    #[test]
+    fn defaults_come_from_config_and_the_help_states_them() {
+        let opts = server(&[]).unwrap();
+        assert_eq!(opts.listen.as_deref(), Some(DEFAULT_LISTEN));
+        assert_eq!(opts.db, PathBuf::from(DEFAULT_DB));
+        assert_eq!(
+            (opts.max_connections, opts.line_rate, opts.line_burst),
+            (
+                DEFAULT_MAX_CONNECTIONS,
+                DEFAULT_LINE_RATE,
+                DEFAULT_LINE_BURST
+            )
+        );
+        assert_eq!(
+            (opts.hash_queue, opts.scrypt_log_n),
+            (DEFAULT_HASH_QUEUE, SCRYPT_LOG_N)
+        );
+        assert!(opts.tls.is_none());
+        assert_eq!(parse(&[]).unwrap().log_level, LevelFilter::Info);
+
+        let help = parse(&["--help"]).unwrap_err().output;
+        for stated in [
+            format!("(default {DEFAULT_LISTEN})"),
+            format!("(default ./{DEFAULT_DB})"),
+            format!("(default {DEFAULT_MAX_CONNECTIONS})"),
+            format!("(default {DEFAULT_LINE_RATE})"),
+            format!("(default {DEFAULT_LINE_BURST})"),
+            format!("(default {DEFAULT_HASH_QUEUE})"),
+            format!("(default {SCRYPT_LOG_N},"),
+        ] {
+            assert!(help.contains(&stated), "help lacks {stated:?}:\n{help}");
+        }
+    }
+
+    #[test]
+    fn a_mistyped_log_level_is_an_error() {
+        assert_eq!(
+            parse(&["--log-level", "debug"]).unwrap().log_level,
+            LevelFilter::Debug
+        );
+        assert!(parse(&["--log-level", "verbose"]).is_err());
+    }
+
+    #[test]
+    fn options_that_do_not_fit_together_are_refused() {
+        assert_eq!(server(&["--insecure"]).unwrap_err(), UsageError::ClientOnly);
+        assert_eq!(
+            server(&["--scrypt-log-n", "21"]).unwrap_err(),
+            UsageError::ScryptLogN(21)
+        );
+        assert_eq!(
+            server(&["--tls-generate"]).unwrap_err(),
+            UsageError::TlsWithoutListener
+        );
+        assert_eq!(
+            server(&["--tls-listen", "x:1", "--tls-cert", "c.pem"]).unwrap_err(),
+            UsageError::TlsWithoutCertificate
+        );
+        assert_eq!(
+            server(&["--no-plain"]).unwrap_err(),
+            UsageError::NothingToListenOn
+        );
+    }
+
+    #[test]
+    fn tls_options_name_the_files_or_the_directory_to_generate_in() {
+        let opts = server(&[
+            "--no-plain",
+            "--tls-listen",
+            "x:1",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+        ])
+        .unwrap();
+        assert_eq!(opts.listen, None);
+        assert_eq!(
+            opts.tls,
+            Some((
+                "x:1".to_owned(),
+                TlsSource::Files(TlsFiles {
+                    cert: "c.pem".into(),
+                    key: "k.pem".into()
+                })
+            ))
+        );
+        let generate = |db: &str| {
+            server(&["--db", db, "--tls-listen", "x:1", "--tls-generate"])
+                .unwrap()
+                .tls
+                .map(|(_, source)| source)
+        };
+        assert_eq!(
+            generate("/var/lib/chatd/c.redb"),
+            Some(TlsSource::SelfSigned {
+                dir: "/var/lib/chatd".into()
+            })
+        );
+        assert_eq!(
+            generate("c.redb"),
+            Some(TlsSource::SelfSigned { dir: ".".into() })
+        );
+    }
 }

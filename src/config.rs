@@ -1,8 +1,9 @@
 //! Every protocol limit and server default in one place.
 //!
-//! The numbers here are normative: `spec/PROTOCOL.md` states each of them, and the tests exercise each
-//! one at its boundary. Runtime settings that an operator may change live in [`Config`]; the
-//! protocol's own limits are constants because clients depend on them.
+//! The protocol's limits are normative: `spec/PROTOCOL.md` states each of them, and the tests
+//! exercise each one at its boundary; they are constants because clients depend on them. The
+//! `DEFAULT_*` values are defaults of settings an operator may change with a flag (see
+//! [`cli`](crate::cli)); the rest tune the server itself.
 
 use std::time::Duration;
 
@@ -71,3 +72,7 @@ pub const SCRYPT_P: u32 = 1;
 /// Longest HELP data line in bytes, `HELP ` prefix included, LF excluded. Short enough to read in a
 /// terminal and far below the protocol's line limit.
 pub const MAX_HELP_LINE_BYTES: usize = 200;
+/// Memory the database may use to cache its pages (redb's own default is 1 GiB). The cache fills
+/// as the database is read, so without a bound the server's resident memory would grow with the
+/// database file; past it, pages are read from the file (the operating system's page cache).
+pub const STORE_CACHE_BYTES: usize = 64 * 1024 * 1024;

@@ -7,12 +7,23 @@
 //! - [`core`]: the server's rules as a state machine. Events in (a line from a connection, a finished
 //!   commit, a finished password hash), effects out (lines queued for connections, store ops, hash
 //!   jobs). Tests and fuzzers drive it without sockets.
-//! - [`store`]: redb tables and the group-commit worker thread; the only place that knows redb.
+//! - [`outbox`]: a connection's bounded queue of lines to send, between the core and the
+//!   connection's writer task.
+//! - [`store`]: redb tables, the group-commit writer and the reader beside it; the only place that
+//!   knows redb.
 //! - [`auth`]: scrypt hashing on its own threads, with a bound on queued work.
-//! - [`net`]: listeners (plain and TLS), per-connection reader and writer tasks, bounded outboxes.
+//! - [`net`]: listeners (plain and TLS), per-connection reader and writer tasks, the task that owns
+//!   the core, start-up and shutdown.
+//! - [`tls`]: what the server and the client share of TLS: the crypto provider, PEM loading,
+//!   fingerprints, self-signed certificates.
 //! - [`client`]: the bundled client behind `chatd --connect`.
 //! - [`cli`]: the command line.
-//! - [`fuzzing`]: the checks the fuzz targets run, shared with the regression test.
+//!
+//! With the `testing` feature (on for this crate's own tests and for the fuzz crate, off in the
+//! server):
+//!
+//! - `sim`: a deterministic driver of the core without sockets, for transcripts and fuzzers.
+//! - `fuzzing`: the checks the fuzz targets run, shared with the regression test.
 #![forbid(unsafe_code)]
 
 pub mod auth;
@@ -20,9 +31,12 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod core;
+#[cfg(feature = "testing")]
 pub mod fuzzing;
 pub mod net;
 pub mod outbox;
 pub mod proto;
+#[cfg(feature = "testing")]
 pub mod sim;
 pub mod store;
+pub mod tls;

@@ -3,8 +3,8 @@
 
 use std::process::ExitCode;
 
-use chatd::cli::Args;
-use chatd::net::{self, tls, Control, ServerOptions};
+use chatd::cli::{self, Args, WEAK_SCRYPT_LOG_N};
+use chatd::net::{self, Control, ServerError, ServerOptions};
 
 fn main() -> ExitCode {
     let args: Args = argh::from_env();
@@ -12,20 +12,25 @@ fn main() -> ExitCode {
         println!("chatd {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
-    if let Some(addr) = args.connect.clone() {
-        return chatd::client::run(chatd::client::ClientOptions {
-            addr,
-            tls: args.tls,
-            ca: args.ca.clone(),
-            insecure: args.insecure,
-        });
+    if let Some(client) = args.client_options() {
+        return chatd::client::run(client);
     }
-    if args.tls || args.ca.is_some() || args.insecure {
-        eprintln!("chatd: --tls, --ca and --insecure are client options; they need --connect");
-        return ExitCode::FAILURE;
+    let level = args.log_level;
+    let opts = match ServerOptions::try_from(args) {
+        Ok(opts) => opts,
+        Err(e) => {
+            eprintln!("chatd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    cli::init_logging(level);
+    if opts.scrypt_log_n < WEAK_SCRYPT_LOG_N {
+        log::warn!(
+            "--scrypt-log-n {} makes password hashes cheap to crack; use it for tests only",
+            opts.scrypt_log_n
+        );
     }
-    chatd::cli::init_logging(&args.log_level);
-    match server(args) {
+    match serve(opts) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e}");
@@ -34,76 +39,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn server(args: Args) -> Result<(), String> {
-    if !(1..=20).contains(&args.scrypt_log_n) {
-        return Err("--scrypt-log-n must be from 1 to 20".into());
-    }
-    if args.scrypt_log_n < 14 {
-        log::warn!(
-            "--scrypt-log-n {} makes password hashes cheap to crack; use it for tests only",
-            args.scrypt_log_n
-        );
-    }
-    let tls = match (&args.tls_listen, &args.tls_cert, &args.tls_key) {
-        (None, None, None) if !args.tls_generate => None,
-        (None, _, _) => {
-            return Err("--tls-cert, --tls-key and --tls-generate need --tls-listen".into())
-        }
-        (Some(addr), Some(cert), Some(key)) => Some((
-            addr.clone(),
-            tls::TlsFiles {
-                cert: cert.clone(),
-                key: key.clone(),
-            },
-        )),
-        (Some(addr), None, None) if args.tls_generate => {
-            let dir = match args.db.parent() {
-                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-                _ => std::path::PathBuf::from("."),
-            };
-            let (files, fingerprint) =
-                tls::generate_self_signed(&dir).map_err(|e| e.to_string())?;
-            log::info!(
-                "TLS certificate {} (key {}), SHA-256 fingerprint {fingerprint}",
-                files.cert.display(),
-                files.key.display()
-            );
-            Some((addr.clone(), files))
-        }
-        (Some(_), _, _) => {
-            return Err(
-                "--tls-listen needs both --tls-cert and --tls-key, or --tls-generate".into(),
-            )
-        }
-    };
-    if args.no_plain && tls.is_none() {
-        return Err("--no-plain needs --tls-listen: there would be nothing to listen on".into());
-    }
-    let opts = ServerOptions {
-        listen: (!args.no_plain).then(|| args.listen.clone()),
-        tls,
-        db: args.db.clone(),
-        max_connections: args.max_connections,
-        line_rate: args.line_rate,
-        line_burst: args.line_burst,
-        hash_threads: args
-            .hash_threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
-        hash_queue: args.hash_queue.max(1),
-        scrypt_log_n: args.scrypt_log_n,
-    };
+/// Runs the server until SIGINT or SIGTERM; SIGHUP reloads the TLS certificate.
+fn serve(opts: ServerOptions) -> Result<(), ServerError> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+
     let (control_tx, control_rx) = async_channel::bounded(8);
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGHUP,
-    ])
-    .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .map_err(ServerError::Signals)?;
     std::thread::Builder::new()
         .name("chatd-signals".into())
         .spawn(move || {
             for sig in signals.forever() {
-                let c = if sig == signal_hook::consts::SIGHUP {
+                let c = if sig == SIGHUP {
                     Control::ReloadTls
                 } else {
                     Control::Stop
@@ -114,6 +61,9 @@ fn server(args: Args) -> Result<(), String> {
                 }
             }
         })
-        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+        .map_err(|source| ServerError::Thread {
+            name: "signal",
+            source,
+        })?;
     net::run(opts, control_rx)
 }

@@ -111,7 +111,8 @@ impl Outbox {
         Ok(())
     }
 
-    /// Queues `chunk` whatever the limit (for the offline backlog, whose size the spec bounds).
+    /// Queues `chunk` whatever the limit: for a last line that must reach the client even when its
+    /// outbox is full (the `BYE` sent at shutdown, just before the outbox is closed).
     pub fn push_unbounded(&self, chunk: Chunk) {
         let mut s = self.lock();
         if s.closed {

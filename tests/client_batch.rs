@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::thread;
 
-use chatd::net::tls::generate_self_signed;
+use chatd::tls::generate_self_signed;
 use client_support::{client, run_chatd, Peer, Server};
 
 fn lines(s: &str) -> Vec<&str> {

@@ -107,7 +107,11 @@ impl Generator {
                 user: self.key(),
                 id: self.rng.below(self.next_id + 2),
             },
-            50..=57 => StoreOp::TakeBacklog { user: self.key() },
+            50..=53 => StoreOp::ReadBacklog { user: self.key() },
+            54..=57 => StoreOp::ClearBacklog {
+                user: self.key(),
+                upto: self.cursor_id(),
+            },
             58..=69 => {
                 let state = match self.rng.below(4) {
                     0 => None,
@@ -177,6 +181,15 @@ fn run(seed: u64, batches: usize, reopen_every: usize) {
                 _ => {}
             }
         }
+        // The read path too: a read transaction taken now answers as the model does.
+        let op = loop {
+            if let Ok(read) = gen.op().into_read() {
+                break read;
+            }
+        };
+        let want = model.reader().read(&op).expect("memory read");
+        let got = real.reader().read(&op).expect("redb read");
+        assert_eq!(got, want, "seed {seed:#x}, read after batch {n}: {op:?}");
         if (n + 1) % reopen_every == 0 || n + 1 == batches {
             assert_eq!(
                 real.snapshot(),

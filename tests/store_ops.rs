@@ -4,7 +4,7 @@
 mod store_support;
 
 use chatd::store::{
-    Conversation, Cursor, FriendState, HistoryPage, Snapshot, StoreOp, StoreReply, To,
+    Conversation, Cursor, FriendState, HistoryPage, ReadOp, Snapshot, StoreOp, StoreReply, To,
 };
 use store_support::*;
 
@@ -146,19 +146,108 @@ fn backlog_is_taken_once_in_id_order() {
     }
 }
 
+/// An entry whose message is not stored (only damage can make one) is skipped when the backlog is
+/// read; clearing up to the last message read removes the entries before it.
 #[test]
-fn a_backlog_entry_without_its_message_is_dropped() {
+fn a_backlog_entry_without_its_message_is_skipped() {
+    for mut s in Subject::each() {
+        s.exec(&[
+            StoreOp::AddPending {
+                user: "bob".into(),
+                id: 1,
+            },
+            append(msg(2, "alice", user("bob"), "two"), &["bob"]),
+        ]);
+        assert_eq!(s.snapshot().pending_counts, vec![("bob".to_owned(), 2)]);
+        assert_eq!(ids(&s.backlog("bob")), vec![2], "{}", s.name());
+        assert!(s.snapshot().pending_counts.is_empty(), "{}", s.name());
+    }
+}
+
+#[test]
+fn read_backlog_removes_nothing_and_clear_backlog_removes_up_to_an_id() {
     for mut s in Subject::each() {
         s.exec(&[
             append(msg(1, "alice", user("bob"), "one"), &["bob"]),
+            append(msg(2, "alice", user("bob"), "two"), &["bob"]),
+            append(msg(3, "alice", user("carol"), "three"), &["carol"]),
             StoreOp::AddPending {
                 user: "bob".into(),
                 id: 99,
             },
         ]);
-        assert_eq!(s.snapshot().pending_counts, vec![("bob".to_owned(), 2)]);
-        assert_eq!(ids(&s.backlog("bob")), vec![1], "{}", s.name());
-        assert!(s.snapshot().pending_counts.is_empty());
+        let read = |s: &mut Subject, user: &str| match s
+            .exec1(StoreOp::ReadBacklog { user: user.into() })
+        {
+            StoreReply::Backlog(msgs) => ids(&msgs),
+            other => panic!("ReadBacklog answered {other:?}"),
+        };
+        // An entry without its message is skipped, not removed.
+        assert_eq!(read(&mut s, "bob"), vec![1, 2], "{}", s.name());
+        assert_eq!(read(&mut s, "bob"), vec![1, 2]);
+        assert_eq!(
+            s.snapshot().pending_counts,
+            vec![("bob".to_owned(), 3), ("carol".to_owned(), 1)]
+        );
+        // Clearing up to 1 leaves 2 (and the dangling 99).
+        let clear = |user: &str, upto| StoreOp::ClearBacklog {
+            user: user.into(),
+            upto,
+        };
+        assert_eq!(s.exec1(clear("bob", 1)), StoreReply::Done);
+        assert_eq!(read(&mut s, "bob"), vec![2]);
+        assert_eq!(
+            s.snapshot().pending_counts,
+            vec![("bob".to_owned(), 2), ("carol".to_owned(), 1)]
+        );
+        // Clearing an empty backlog, or with an id below every entry, is not an error.
+        assert_eq!(s.exec1(clear("dave", 5)), StoreReply::Done);
+        assert_eq!(s.exec1(clear("carol", 2)), StoreReply::Done);
+        assert_eq!(s.exec1(clear("bob", u64::MAX)), StoreReply::Done);
+        assert!(read(&mut s, "bob").is_empty());
+        assert_eq!(s.snapshot().pending_counts, vec![("carol".to_owned(), 1)]);
+    }
+}
+
+/// A reader is a read transaction: it keeps showing what was committed when it was taken, while
+/// later writes commit beside it.
+#[test]
+fn a_reader_sees_the_store_as_it_was_when_taken() {
+    for mut s in Subject::each() {
+        s.exec(&[append(msg(1, "alice", user("bob"), "one"), &["bob"])]);
+        let before = s.reader();
+        s.exec(&[
+            append(msg(2, "alice", user("bob"), "two"), &["bob"]),
+            StoreOp::ClearBacklog {
+                user: "bob".into(),
+                upto: 2,
+            },
+        ]);
+        let after = s.reader();
+        let history = ReadOp::History {
+            conv: pair("bob", "alice"),
+            count: 10,
+            cursor: Cursor::Latest,
+        };
+        let backlog = ReadOp::Backlog { user: "bob".into() };
+        let page = |reply| match reply {
+            StoreReply::History(p) => ids(&p.messages),
+            other => panic!("History answered {other:?}"),
+        };
+        let pending = |reply| match reply {
+            StoreReply::Backlog(msgs) => ids(&msgs),
+            other => panic!("ReadBacklog answered {other:?}"),
+        };
+        assert_eq!(
+            page(before.read(&history).unwrap()),
+            vec![1],
+            "{}",
+            s.name()
+        );
+        assert_eq!(pending(before.read(&backlog).unwrap()), vec![1]);
+        assert_eq!(page(after.read(&history).unwrap()), vec![1, 2]);
+        assert!(pending(after.read(&backlog).unwrap()).is_empty());
+        drop((before, after));
     }
 }
 
@@ -217,8 +306,12 @@ fn ops_of_a_batch_see_the_ops_before_them() {
                 count: 5,
                 cursor: Cursor::Latest,
             },
-            StoreOp::TakeBacklog { user: "b".into() },
-            StoreOp::TakeBacklog { user: "b".into() },
+            StoreOp::ReadBacklog { user: "b".into() },
+            StoreOp::ClearBacklog {
+                user: "b".into(),
+                upto: 1,
+            },
+            StoreOp::ReadBacklog { user: "b".into() },
         ]);
         let m = msg(1, "a", user("b"), "x");
         assert_eq!(
@@ -232,6 +325,7 @@ fn ops_of_a_batch_see_the_ops_before_them() {
                     newer: None
                 }),
                 StoreReply::Backlog(vec![m]),
+                StoreReply::Done,
                 StoreReply::Backlog(vec![]),
             ],
             "{}",

@@ -14,7 +14,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::thread;
 use std::time::Instant;
 
-use chatd::net::tls::{fingerprint, generate_self_signed};
+use chatd::tls::{fingerprint, generate_self_signed};
 use client_support::{Peer, Server, WAIT};
 
 fn openssl() -> Command {

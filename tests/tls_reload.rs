@@ -9,7 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use chatd::client::conn::{Connector, Trust};
-use chatd::net::tls::{generate_self_signed, TlsFiles};
+use chatd::tls::{generate_self_signed, TlsFiles};
 use client_support::{Server, WAIT};
 
 /// True if a TLS connection trusting only `ca` succeeds.

@@ -6,7 +6,7 @@ mod client_support;
 use std::fs;
 use std::path::Path;
 
-use chatd::net::tls::generate_self_signed;
+use chatd::tls::generate_self_signed;
 use client_support::{run_chatd, Run};
 
 fn start_with(dir: &Path, cert: &Path, key: &Path) -> Run {

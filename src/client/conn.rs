@@ -18,8 +18,8 @@ use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvi
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use crate::net::tls::{load_certs, provider};
 use crate::proto::line::{Frame, LineDecoder};
+use crate::tls::{load_certs, provider};
 
 /// Time allowed for the TCP connection and the TLS handshake together.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -7,9 +7,9 @@
 //! tests and fuzzers drive it directly with an in-memory store.
 //!
 //! How it is laid out:
-//! - [`commands`]: the command table. One row per command: the state it needs, whether it waits for
+//! - `commands`: the command table. One row per command: the state it needs, whether it waits for
 //!   the connection's earlier commands, its help text and its handler. The checks of the table run
-//!   once, in [`Core::process`], before any handler.
+//!   once, in `Core::process`, before any handler.
 //! - one file per group of commands, each holding its handlers and what they do when their store or
 //!   hash result comes back (a closure given with the job): `session` (REGISTER, LOGIN, LOGOUT,
 //!   QUIT), `messaging` (MSG, GROUP, ALL), `history`, `friends`, `info` (HELP, PING, USERS);

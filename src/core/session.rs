@@ -141,8 +141,8 @@ impl Core {
             return;
         };
         let user = key.as_str().to_owned();
-        self.store(StoreOp::TakeBacklog { user }, move |core, reply| {
-            core.backlog(conn, slot, key, reply)
+        self.store(StoreOp::ReadBacklog { user }, move |core, reply| {
+            core.backlog_read(conn, slot, key, reply)
         });
     }
 
@@ -176,38 +176,58 @@ impl Core {
         }
     }
 
-    fn backlog(&mut self, conn: ConnId, slot: SlotId, key: Key, reply: StoreReply) {
-        let StoreReply::Backlog(msgs) = reply else {
-            log::error!("internal error: unexpected store reply {reply:?} to a backlog read");
-            self.fill(conn, slot, Out::new());
-            return self.release(conn);
-        };
-        let mut out = Out::new();
-        if self.conns.get(&conn).is_none_or(|c| c.closing) {
-            // The connection left, or is closing (shutdown), before its backlog arrived: keep the
-            // messages for the next login rather than lose them.
-            for m in &msgs {
-                if let Some(op) = self.keep_for_later(&key, m.id) {
-                    self.store(op, |_, _| {});
-                }
+    /// The backlog was read (beside the writer, in a read transaction). Its entries are removed
+    /// durably before the messages are sent (spec 6.1, 6.3): a crash in between keeps them for the
+    /// next login rather than losing them.
+    fn backlog_read(&mut self, conn: ConnId, slot: SlotId, key: Key, reply: StoreReply) {
+        let msgs = match reply {
+            StoreReply::Backlog(msgs) => msgs,
+            other => {
+                log::error!("internal error: unexpected store reply {other:?} to a backlog read");
+                self.fill(conn, slot, Out::new());
+                return self.release(conn);
             }
+        };
+        if self.conns.get(&conn).is_none_or(|c| c.closing) {
+            // The connection left (or the server is stopping) before its backlog arrived: nothing
+            // was removed, so the messages stay kept for the next login.
+            if let Some(a) = self.accounts.get_mut(&key) {
+                a.pending += msgs.len() as u32;
+            }
+            let mut out = Out::new();
             out.line(&ServerLine::BacklogEnd { count: 0 });
             return self.fill(conn, slot, out);
         }
-        for m in &msgs {
-            out.line(&ServerLine::Message(MessageLine {
-                id: m.id,
-                time_ms: m.time_ms,
-                from: &m.from,
-                to: recipient(&m.to),
-                text: &m.text,
-            }));
-        }
-        out.line(&ServerLine::BacklogEnd {
-            count: msgs.len() as u64,
+        let Some(upto) = msgs.last().map(|m| m.id) else {
+            let mut out = Out::new();
+            out.line(&ServerLine::BacklogEnd { count: 0 });
+            self.fill(conn, slot, out);
+            return self.release(conn);
+        };
+        // Removing every entry up to the last id read removes exactly the ones read: while this
+        // connection is logged in, the account is online, so nothing new is kept for it, and what
+        // was kept before the login was committed before the read was sent.
+        let clear = StoreOp::ClearBacklog {
+            user: key.as_str().to_owned(),
+            upto,
+        };
+        self.store(clear, move |core, _| {
+            let mut out = Out::new();
+            for m in &msgs {
+                out.line(&ServerLine::Message(MessageLine {
+                    id: m.id,
+                    time_ms: m.time_ms,
+                    from: &m.from,
+                    to: recipient(&m.to),
+                    text: &m.text,
+                }));
+            }
+            out.line(&ServerLine::BacklogEnd {
+                count: msgs.len() as u64,
+            });
+            core.fill(conn, slot, out);
+            core.release(conn);
         });
-        self.fill(conn, slot, out);
-        self.release(conn);
     }
 
     pub(super) fn logout(&mut self, req: Req) {

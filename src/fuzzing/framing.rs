@@ -36,7 +36,7 @@ fn model(stream: &[u8], max: usize) -> Vec<Expected> {
     out
 }
 
-/// Checks the decoder against [`model`] for the limit, stream and chunking the input describes.
+/// Checks the decoder against `model` for the limit, stream and chunking the input describes.
 ///
 /// Input layout: the first byte picks the limit (the real [`MAX_LINE_BYTES`] for 0xFF, else a small
 /// one, so the limit paths are reached with short inputs), then a stream length is taken from the

@@ -1,8 +1,6 @@
-//! TLS for the server: loading the certificate and key, swapping them on reload, the bounded
-//! handshake, and a self-signed certificate for trying chatd out.
-//!
-//! The crypto provider is rustls' `ring` provider, named explicitly rather than taken from the process
-//! default, so linking another provider into the binary can never change what chatd uses.
+//! TLS for the server's listener: the certificate and key it serves, swapped on reload, and the
+//! bounded handshake. Loading, fingerprints and self-signed certificates are in [`crate::tls`],
+//! shared with the client.
 //!
 //! The current [`ServerConfig`] sits behind a lock in [`TlsConfigCell`]; taking an acceptor clones the
 //! `Arc` and releases the lock at once, so a reload never waits for handshakes and a handshake in
@@ -11,9 +9,7 @@
 //! idle task for at most that long and never delays the accept loop.
 
 use std::fmt;
-use std::fs;
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::io;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -21,191 +17,10 @@ use async_net::TcpStream;
 use futures_lite::future;
 use futures_rustls::server::TlsStream;
 use futures_rustls::TlsAcceptor;
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::{self, PemObject};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{InconsistentKeys, ServerConfig};
-use sha2::{Digest, Sha256};
 
 use crate::config::TLS_HANDSHAKE_TIMEOUT;
-
-/// File name of the certificate [`generate_self_signed`] writes.
-pub const SELF_SIGNED_CERT_FILE: &str = "chatd-cert.pem";
-/// File name of the private key [`generate_self_signed`] writes.
-pub const SELF_SIGNED_KEY_FILE: &str = "chatd-key.pem";
-/// Names the self-signed certificate is valid for.
-pub const SELF_SIGNED_NAMES: &[&str] = &["localhost", "127.0.0.1", "::1"];
-/// Validity of a generated certificate, in years from the start of the current year.
-const SELF_SIGNED_YEARS: i16 = 10;
-
-/// Where the server's certificate chain and private key live (both PEM).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TlsFiles {
-    /// The certificate chain, the server's own certificate first.
-    pub cert: PathBuf,
-    /// The private key (PKCS#8, PKCS#1 or SEC1).
-    pub key: PathBuf,
-}
-
-/// Why TLS could not be set up. Every message names the file involved.
-#[derive(Debug)]
-pub enum TlsError {
-    /// A file could not be read.
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The reason.
-        source: io::Error,
-    },
-    /// A file could not be written (generating a certificate).
-    Write {
-        /// The file.
-        path: PathBuf,
-        /// The reason.
-        source: io::Error,
-    },
-    /// A file is not valid PEM.
-    Pem {
-        /// The file.
-        path: PathBuf,
-        /// What the PEM decoder said.
-        detail: String,
-    },
-    /// The certificate file holds no certificate.
-    NoCertificate {
-        /// The file.
-        path: PathBuf,
-    },
-    /// The key file holds no private key.
-    NoPrivateKey {
-        /// The file.
-        path: PathBuf,
-    },
-    /// The private key does not belong to the certificate.
-    KeyMismatch {
-        /// The certificate file.
-        cert: PathBuf,
-        /// The key file.
-        key: PathBuf,
-    },
-    /// rustls refused the certificate or key.
-    Rustls {
-        /// The files involved.
-        files: TlsFiles,
-        /// rustls' reason.
-        source: rustls::Error,
-    },
-    /// Only one of the two self-signed files exists; generating would overwrite the other.
-    Incomplete {
-        /// The file that exists.
-        present: PathBuf,
-        /// The file that is missing.
-        missing: PathBuf,
-    },
-    /// Generating a key pair or certificate failed.
-    Generate(rcgen::Error),
-}
-
-impl fmt::Display for TlsError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            TlsError::Read { path, source } => {
-                write!(f, "cannot read {}: {source}", path.display())
-            }
-            TlsError::Write { path, source } => {
-                write!(f, "cannot write {}: {source}", path.display())
-            }
-            TlsError::Pem { path, detail } => {
-                write!(f, "{} is not valid PEM: {detail}", path.display())
-            }
-            TlsError::NoCertificate { path } => write!(
-                f,
-                "{} holds no certificate (expected a PEM \"BEGIN CERTIFICATE\" block)",
-                path.display()
-            ),
-            TlsError::NoPrivateKey { path } => write!(
-                f,
-                "{} holds no private key (expected a PEM \"BEGIN PRIVATE KEY\", \"BEGIN RSA PRIVATE KEY\" \
-                 or \"BEGIN EC PRIVATE KEY\" block)",
-                path.display()
-            ),
-            TlsError::KeyMismatch { cert, key } => write!(
-                f,
-                "the private key in {} does not belong to the certificate in {}",
-                key.display(),
-                cert.display()
-            ),
-            TlsError::Rustls { files, source } => write!(
-                f,
-                "cannot use certificate {} with key {}: {source}",
-                files.cert.display(),
-                files.key.display()
-            ),
-            TlsError::Incomplete { present, missing } => write!(
-                f,
-                "{} exists but {} does not; remove the first to generate a new pair, or supply both",
-                present.display(),
-                missing.display()
-            ),
-            TlsError::Generate(e) => write!(f, "cannot generate a self-signed certificate: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for TlsError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            TlsError::Read { source, .. } | TlsError::Write { source, .. } => Some(source),
-            TlsError::Rustls { source, .. } => Some(source),
-            TlsError::Generate(e) => Some(e),
-            _ => None,
-        }
-    }
-}
-
-/// The crypto provider chatd uses, for servers and clients alike.
-pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    fs::read(path).map_err(|source| TlsError::Read {
-        path: path.to_owned(),
-        source,
-    })
-}
-
-fn pem_error(path: &Path, e: pem::Error) -> TlsError {
-    TlsError::Pem {
-        path: path.to_owned(),
-        detail: e.to_string(),
-    }
-}
-
-/// Reads every certificate in a PEM file, in order; at least one must be there.
-pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let data = read(path)?;
-    let certs = CertificateDer::pem_slice_iter(&data)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| pem_error(path, e))?;
-    if certs.is_empty() {
-        return Err(TlsError::NoCertificate {
-            path: path.to_owned(),
-        });
-    }
-    Ok(certs)
-}
-
-/// Reads the first private key in a PEM file.
-pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let data = read(path)?;
-    PrivateKeyDer::from_pem_slice(&data).map_err(|e| match e {
-        pem::Error::NoItemsFound => TlsError::NoPrivateKey {
-            path: path.to_owned(),
-        },
-        e => pem_error(path, e),
-    })
-}
+use crate::tls::{load_certs, load_key, provider, TlsError, TlsFiles};
 
 /// Builds a server configuration from the files, checking that the key belongs to the certificate.
 pub fn server_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
@@ -258,11 +73,6 @@ impl TlsConfigCell {
         })
     }
 
-    /// The files this cell loads from.
-    pub fn files(&self) -> &TlsFiles {
-        &self.files
-    }
-
     /// Reads the files again and uses them for new connections. On error the previous
     /// configuration stays in use.
     pub fn reload(&self) -> Result<(), TlsError> {
@@ -306,116 +116,13 @@ pub async fn handshake_within(
     .await
 }
 
-/// The SHA-256 fingerprint of a DER certificate as colon-separated upper-case hex, the form
-/// `openssl x509 -fingerprint -sha256` prints.
-pub fn fingerprint_der(der: &[u8]) -> String {
-    let digest = Sha256::digest(der);
-    let mut out = String::with_capacity(digest.len() * 3);
-    for (i, b) in digest.iter().enumerate() {
-        if i > 0 {
-            out.push(':');
-        }
-        out.push_str(&format!("{b:02X}"));
-    }
-    out
-}
-
-/// The SHA-256 fingerprint of the first certificate in a PEM file (see [`fingerprint_der`]).
-pub fn fingerprint(cert_pem: &Path) -> Result<String, TlsError> {
-    let certs = load_certs(cert_pem)?;
-    Ok(fingerprint_der(&certs[0]))
-}
-
-/// Makes sure `dir` holds a certificate and key for local use, generating them if both are missing.
-///
-/// The certificate is a leaf (not a CA: TLS clients refuse a CA certificate as a server's own
-/// certificate) for `localhost`, `127.0.0.1` and `::1`, self-signed with a new ECDSA P-256 key. The
-/// key file is created readable by its owner only. Existing files are kept, so the fingerprint
-/// clients pinned stays valid across restarts. Returns the files and the certificate's fingerprint.
-pub fn generate_self_signed(dir: &Path) -> Result<(TlsFiles, String), TlsError> {
-    let files = TlsFiles {
-        cert: dir.join(SELF_SIGNED_CERT_FILE),
-        key: dir.join(SELF_SIGNED_KEY_FILE),
-    };
-    match (files.cert.exists(), files.key.exists()) {
-        (true, true) => {
-            let fp = fingerprint(&files.cert)?;
-            return Ok((files, fp));
-        }
-        (true, false) => {
-            return Err(TlsError::Incomplete {
-                present: files.cert,
-                missing: files.key,
-            })
-        }
-        (false, true) => {
-            return Err(TlsError::Incomplete {
-                present: files.key,
-                missing: files.cert,
-            })
-        }
-        (false, false) => {}
-    }
-
-    let key_pair = rcgen::KeyPair::generate().map_err(TlsError::Generate)?;
-    let names: Vec<String> = SELF_SIGNED_NAMES.iter().map(|s| s.to_string()).collect();
-    let mut params = rcgen::CertificateParams::new(names).map_err(TlsError::Generate)?;
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "chatd self-signed");
-    // Explicitly not a CA, and only for TLS servers.
-    params.is_ca = rcgen::IsCa::ExplicitNoCa;
-    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    let year = jiff::Zoned::now().year();
-    params.not_before = rcgen::date_time_ymd(i32::from(year) - 1, 1, 1);
-    params.not_after = rcgen::date_time_ymd(i32::from(year + SELF_SIGNED_YEARS), 1, 1);
-    let cert = params.self_signed(&key_pair).map_err(TlsError::Generate)?;
-
-    fs::create_dir_all(dir).map_err(|source| TlsError::Write {
-        path: dir.to_owned(),
-        source,
-    })?;
-    write_file(&files.key, key_pair.serialize_pem().as_bytes(), 0o600)?;
-    write_file(&files.cert, cert.pem().as_bytes(), 0o644)?;
-    Ok((files, fingerprint_der(cert.der())))
-}
-
-/// Writes `data` to a temporary file created with `mode`, then renames it into place, so a reader
-/// never sees half a file and the key is never readable by others, not even briefly.
-fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), TlsError> {
-    let err = |source| TlsError::Write {
-        path: path.to_owned(),
-        source,
-    };
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    // A temporary file left by an interrupted run would make create_new fail.
-    match fs::remove_file(&tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(err(e)),
-    }
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(mode);
-    }
-    #[cfg(not(unix))]
-    let _ = mode;
-    let mut file = options.open(&tmp).map_err(err)?;
-    file.write_all(data).map_err(err)?;
-    file.sync_all().map_err(err)?;
-    drop(file);
-    fs::rename(&tmp, path).map_err(err)
-}
-
 #[cfg(test)]
 mod tests {
+    use std::fs;
+    use std::path::Path;
+
     use super::*;
+    use crate::tls::{fingerprint, fingerprint_der, generate_self_signed, self_signed};
     use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
     use futures_rustls::TlsConnector;
     use rustls::pki_types::ServerName;
@@ -479,28 +186,10 @@ mod tests {
         let cell = TlsConfigCell::load(&files).unwrap();
         let client = client_trusting(&files.cert);
         smol::block_on(async {
-            for name in SELF_SIGNED_NAMES {
+            for name in self_signed::SELF_SIGNED_NAMES {
                 assert_eq!(echo_once(&cell, &client, name).await, fp);
             }
         });
-    }
-
-    #[test]
-    fn generation_keeps_existing_files_and_protects_the_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let (files, fp) = generate_self_signed(dir.path()).unwrap();
-        let (again, fp2) = generate_self_signed(dir.path()).unwrap();
-        assert_eq!((files, fp), (again.clone(), fp2));
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = fs::metadata(&again.key).unwrap().permissions().mode();
-            assert_eq!(mode & 0o777, 0o600);
-        }
-        fs::remove_file(&again.key).unwrap();
-        let err = generate_self_signed(dir.path()).unwrap_err();
-        assert!(matches!(err, TlsError::Incomplete { .. }), "{err}");
-        assert!(err.to_string().contains("chatd-key.pem"), "{err}");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! back.
 //!
 //! Nothing here does IO or reads a clock, so every function can be tested and fuzzed on its own:
-//! - [`line`]: framing (LF-terminated lines, CR stripped, the length limit and what happens past it);
+//! - [`line`](mod@line): framing (LF-terminated lines, CR stripped, the length limit and what happens past it);
 //! - [`name`]: validated values (names, account keys, passwords, labels, message text);
 //! - [`command`]: the syntax of every command: the parser of command lines, and their encoder;
 //! - [`server_line`]: every line the server sends, as one type, with its encoder and its parser;

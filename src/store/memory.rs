@@ -5,19 +5,31 @@
 //! conversation and backlog indexes, friendship edges) in `BTreeMap`s, so iteration orders and
 //! therefore snapshots match the redb store's. The model test in `tests/store_model.rs` applies the
 //! same random batches to both and checks they agree reply for reply.
+//!
+//! Readers see the state as it was when they were taken, as redb's read transactions do: the state
+//! sits behind an `Arc`, a reader holds a clone of the `Arc`, and a write copies the state first if
+//! a reader still holds it (copy on write). When no reader is alive, as in [`Store::execute`],
+//! nothing is copied.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
+use std::sync::Arc;
 
-use super::redb::{conversation_key, message_conversation_keys};
+use super::keys::{conversation_key, message_conversation_keys};
 use super::{
-    key_of, AccountRecord, Cursor, FriendState, HistoryPage, MessageRecord, MsgId, Snapshot, Store,
-    StoreError, StoreOp, StoreReply,
+    key_of, AccountRecord, Conversation, Cursor, FriendState, HistoryPage, MessageRecord, MsgId,
+    ReadOp, Snapshot, Store, StoreError, StoreOp, StoreReader, StoreReply,
 };
 
 /// The in-memory store. Nothing it does can fail, so every batch is trivially all-or-nothing.
 #[derive(Clone, Debug, Default)]
 pub struct MemoryStore {
+    state: Arc<State>,
+}
+
+/// The contents of a [`MemoryStore`].
+#[derive(Clone, Debug, Default)]
+struct State {
     /// By lowercase name.
     accounts: BTreeMap<String, AccountRecord>,
     messages: BTreeMap<MsgId, MessageRecord>,
@@ -39,6 +51,12 @@ impl MemoryStore {
 
     /// What [`RedbStore::open`](super::redb::RedbStore::open) would return for the same contents.
     pub fn snapshot(&self) -> Snapshot {
+        self.state.snapshot()
+    }
+}
+
+impl State {
+    fn snapshot(&self) -> Snapshot {
         Snapshot {
             accounts: self.accounts.values().cloned().collect(),
             friendships: self
@@ -79,14 +97,14 @@ impl MemoryStore {
                 self.pending.entry(user.clone()).or_default().insert(*id);
                 StoreReply::Done
             }
-            StoreOp::TakeBacklog { user } => {
-                let ids = self.pending.remove(user).unwrap_or_default();
-                // As in the redb store: an entry whose message is not stored is dropped.
-                StoreReply::Backlog(
-                    ids.iter()
-                        .filter_map(|id| self.messages.get(id).cloned())
-                        .collect(),
-                )
+            StoreOp::ClearBacklog { user, upto } => {
+                if let Some(ids) = self.pending.get_mut(user) {
+                    ids.retain(|id| id > upto);
+                    if ids.is_empty() {
+                        self.pending.remove(user);
+                    }
+                }
+                StoreReply::Done
             }
             StoreOp::SetFriendship { a, b, state } => {
                 match state {
@@ -105,15 +123,38 @@ impl MemoryStore {
                 conv,
                 count,
                 cursor,
-            } => {
-                let empty = BTreeSet::new();
-                let ids = self
-                    .conversations
-                    .get(&conversation_key(conv))
-                    .unwrap_or(&empty);
-                StoreReply::History(self.history(ids, *count, *cursor))
-            }
+            } => self.page(conv, *count, *cursor),
+            StoreOp::ReadBacklog { user } => self.backlog(user),
         }
+    }
+
+    fn read(&self, op: &ReadOp) -> StoreReply {
+        match op {
+            ReadOp::History {
+                conv,
+                count,
+                cursor,
+            } => self.page(conv, *count, *cursor),
+            ReadOp::Backlog { user } => self.backlog(user),
+        }
+    }
+
+    fn page(&self, conv: &Conversation, count: u32, cursor: Cursor) -> StoreReply {
+        let empty = BTreeSet::new();
+        let ids = self
+            .conversations
+            .get(&conversation_key(conv))
+            .unwrap_or(&empty);
+        StoreReply::History(self.history(ids, count, cursor))
+    }
+
+    /// The account's backlog in id order; an entry whose message is not stored is skipped.
+    fn backlog(&self, user: &str) -> StoreReply {
+        let ids = self.pending.get(user).into_iter().flatten();
+        StoreReply::Backlog(
+            ids.filter_map(|id| self.messages.get(id).cloned())
+                .collect(),
+        )
     }
 
     fn history(&self, ids: &BTreeSet<MsgId>, count: u32, cursor: Cursor) -> HistoryPage {
@@ -157,7 +198,21 @@ impl MemoryStore {
 }
 
 impl Store for MemoryStore {
-    fn execute(&mut self, ops: &[StoreOp]) -> Result<Vec<StoreReply>, StoreError> {
-        Ok(ops.iter().map(|op| self.apply(op)).collect())
+    fn write(&mut self, ops: &[StoreOp]) -> Result<Vec<StoreReply>, StoreError> {
+        let state = Arc::make_mut(&mut self.state);
+        Ok(ops.iter().map(|op| state.apply(op)).collect())
+    }
+
+    fn reader(&self) -> Result<Box<dyn StoreReader>, StoreError> {
+        Ok(Box::new(MemoryReader(self.state.clone())))
+    }
+}
+
+/// The state a [`MemoryStore`] held when the reader was taken.
+struct MemoryReader(Arc<State>);
+
+impl StoreReader for MemoryReader {
+    fn read(&self, op: &ReadOp) -> Result<StoreReply, StoreError> {
+        Ok(self.0.read(op))
     }
 }

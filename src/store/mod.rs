@@ -1,16 +1,27 @@
 //! Durable state: accounts, friendships, the message log and the offline-delivery index.
 //!
 //! This module is the only place that knows redb. The core never calls the store directly: it emits
-//! [`StoreOp`]s, the [`worker`] thread applies every op queued while the previous commit ran in one
-//! write transaction (group commit), and the results come back in the order the ops were sent. The
-//! core keeps accounts, friendships and backlog counts in memory, loaded from the [`Snapshot`] at start;
-//! the store is the durable copy and the only copy of the message log.
+//! [`StoreOp`]s and the [`worker`] threads run them. Writes queued while the previous commit ran
+//! form one write transaction (group commit); reads (HISTORY pages, the offline backlog) run in
+//! read transactions on a thread of their own, beside the writer, and see every write sent before
+//! them. The worker's module documentation states exactly in what order results come back. The
+//! core keeps accounts, friendships and backlog counts in memory, loaded from the [`Snapshot`] at
+//! start; the store is the durable copy and the only copy of the message log.
+//!
+//! Files: `redb` (the tables and transactions), `codec` (the on-disk record format), `keys` (the
+//! index keys both stores use), `memory` (an in-memory model with the same semantics, for tests
+//! and fuzzers), `worker` (the threads).
 
+mod codec;
+mod keys;
 pub mod memory;
 pub mod redb;
 pub mod worker;
 
+pub use keys::key_of;
+
 use std::fmt;
+use std::path::PathBuf;
 
 /// Message id: server-assigned, strictly increasing, never reused.
 pub type MsgId = u64;
@@ -114,7 +125,10 @@ pub struct HistoryPage {
     pub newer: Option<MsgId>,
 }
 
-/// One durable operation. Every op of a batch runs in one write transaction.
+/// One store operation. Most write; [`History`](StoreOp::History) and
+/// [`ReadBacklog`](StoreOp::ReadBacklog) only read (see [`StoreOp::is_read`]). The worker runs the
+/// writes of a batch in one write transaction and the reads afterwards, in a read transaction
+/// that sees them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreOp {
     /// Insert a new account (the core has checked the name is free).
@@ -127,8 +141,14 @@ pub enum StoreOp {
     },
     /// Add an already-stored message to one account's offline backlog.
     AddPending { user: String, id: MsgId },
-    /// Remove and return (ascending id order) every message in the account's offline backlog.
-    TakeBacklog { user: String },
+    /// Return (ascending id order) every message in the account's offline backlog, removing
+    /// nothing. A read. An entry whose message is not stored is skipped.
+    ReadBacklog { user: String },
+    /// Remove the account's offline backlog entries with id <= `upto` (those a [`ReadBacklog`]
+    /// returned and that were delivered). A write; entries added since with a larger id stay.
+    ///
+    /// [`ReadBacklog`]: StoreOp::ReadBacklog
+    ClearBacklog { user: String, upto: MsgId },
     /// Set the edge between two account keys as seen from `a` (the mirror is stored for `b`), or
     /// delete both directions with `None`.
     SetFriendship {
@@ -136,12 +156,61 @@ pub enum StoreOp {
         b: String,
         state: Option<FriendState>,
     },
-    /// Read one page of a conversation (`count` >= 1).
+    /// Read one page of a conversation (`count` >= 1). A read.
     History {
         conv: Conversation,
         count: u32,
         cursor: Cursor,
     },
+}
+
+impl StoreOp {
+    /// Whether the op only reads: it runs in a read transaction, outside the write batch.
+    pub fn is_read(&self) -> bool {
+        match self {
+            StoreOp::History { .. } | StoreOp::ReadBacklog { .. } => true,
+            // Listed, not left to a catch-all, so that a new op has to be placed on one side.
+            StoreOp::CreateAccount(_)
+            | StoreOp::AppendMessage { .. }
+            | StoreOp::AddPending { .. }
+            | StoreOp::ClearBacklog { .. }
+            | StoreOp::SetFriendship { .. } => false,
+        }
+    }
+
+    /// The read form of a read op; a write op is handed back unchanged.
+    pub fn into_read(self) -> Result<ReadOp, StoreOp> {
+        match self {
+            StoreOp::History {
+                conv,
+                count,
+                cursor,
+            } => Ok(ReadOp::History {
+                conv,
+                count,
+                cursor,
+            }),
+            StoreOp::ReadBacklog { user } => Ok(ReadOp::Backlog { user }),
+            write => {
+                debug_assert!(!write.is_read());
+                Err(write)
+            }
+        }
+    }
+}
+
+/// A read-only op, answered by a [`StoreReader`]: the read ops of [`StoreOp`], as a type of their
+/// own so that a reader cannot be handed a write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReadOp {
+    /// As [`StoreOp::History`]: one page of a conversation, as [`StoreReply::History`].
+    History {
+        conv: Conversation,
+        count: u32,
+        cursor: Cursor,
+    },
+    /// As [`StoreOp::ReadBacklog`]: an account's offline backlog, as [`StoreReply::Backlog`].
+    Backlog { user: String },
 }
 
 /// The result of one op, in the same position as the op.
@@ -165,37 +234,153 @@ pub struct Snapshot {
 }
 
 /// A failure of the storage layer. The server treats it as fatal (see the operator's manual): the
-/// in-memory state can no longer be trusted to match the disk.
+/// in-memory state can no longer be trusted to match the disk. Every message about the database
+/// names its file.
+///
+/// The sources are boxed to keep the error small: it travels inside every store result the core
+/// receives, and the result queue holds thousands of them.
 #[derive(Debug)]
 pub enum StoreError {
-    /// The database could not be opened or created.
-    Open(String),
-    /// A transaction or commit failed.
-    Commit(String),
-    /// Stored bytes could not be decoded.
-    Corrupt(String),
+    /// The database could not be opened or created (a missing directory, no permission, not a
+    /// redb file, already open in another process).
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// What redb said.
+        source: Box<::redb::Error>,
+    },
+    /// The file's table layout is not the one this build reads.
+    Schema {
+        /// The database file.
+        path: PathBuf,
+        /// The layout version the file holds.
+        found: u64,
+    },
+    /// A write transaction or its commit failed (a full disk, an I/O error).
+    Write {
+        /// The database file.
+        path: PathBuf,
+        /// What redb said.
+        source: Box<::redb::Error>,
+    },
+    /// A read transaction failed.
+    Read {
+        /// The database file.
+        path: PathBuf,
+        /// What redb said.
+        source: Box<::redb::Error>,
+    },
+    /// Stored bytes could not be decoded, or the indexes contradict each other.
+    Corrupt {
+        /// The database file.
+        path: PathBuf,
+        /// What is damaged.
+        source: Box<Damage>,
+    },
+    /// A store answered a batch with a different number of replies than it had ops: a bug in the
+    /// store, which breaks the matching of replies to tickets.
+    ReplyCount {
+        /// Ops in the batch.
+        ops: usize,
+        /// Replies returned.
+        replies: usize,
+    },
 }
 
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            StoreError::Open(e) => write!(f, "cannot open database: {e}"),
-            StoreError::Commit(e) => write!(f, "database write failed: {e}"),
-            StoreError::Corrupt(e) => write!(f, "database holds data it cannot decode: {e}"),
+            StoreError::Open { path, source } => {
+                write!(f, "cannot open database {}: {source}", path.display())
+            }
+            StoreError::Schema { path, found } => write!(
+                f,
+                "cannot open database {}: unsupported schema version {found} (this build reads \
+                 {})",
+                path.display(),
+                redb::SCHEMA_VERSION
+            ),
+            StoreError::Write { path, source } => {
+                write!(f, "database write failed ({}): {source}", path.display())
+            }
+            StoreError::Read { path, source } => {
+                write!(f, "database read failed ({}): {source}", path.display())
+            }
+            StoreError::Corrupt { path, source } => write!(
+                f,
+                "database {} holds data it cannot decode: {source}",
+                path.display()
+            ),
+            StoreError::ReplyCount { ops, replies } => {
+                write!(f, "the store returned {replies} replies for {ops} ops")
+            }
         }
     }
 }
 
-impl std::error::Error for StoreError {}
-
-/// A durable store: applies a batch of ops in one transaction, all or nothing.
-pub trait Store: Send {
-    /// Apply `ops` in order inside one write transaction and commit it durably; the replies are in
-    /// the same order as the ops.
-    fn execute(&mut self, ops: &[StoreOp]) -> Result<Vec<StoreReply>, StoreError>;
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StoreError::Open { source, .. }
+            | StoreError::Write { source, .. }
+            | StoreError::Read { source, .. } => Some(&**source),
+            StoreError::Corrupt { source, .. } => Some(&**source),
+            StoreError::Schema { .. } | StoreError::ReplyCount { .. } => None,
+        }
+    }
 }
 
-/// The lowercase lookup key of a name.
-pub fn key_of(name: &str) -> String {
-    name.to_ascii_lowercase()
+/// Damage found in stored data: which record or index entry, and what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Damage {
+    detail: String,
+}
+
+impl Damage {
+    /// Damage described by `detail` (e.g. "message record: truncated").
+    pub fn new(detail: impl Into<String>) -> Damage {
+        Damage {
+            detail: detail.into(),
+        }
+    }
+}
+
+impl fmt::Display for Damage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.detail)
+    }
+}
+
+impl std::error::Error for Damage {}
+
+/// A durable store, with a write path and a read path that do not wait for each other.
+///
+/// The worker hands each batch's writes to [`write`](Store::write), then takes a
+/// [`reader`](Store::reader) and answers the batch's reads with it on another thread, while the
+/// next batch's writes commit.
+pub trait Store: Send {
+    /// Applies `ops` in order inside one write transaction and commits it durably (all or
+    /// nothing); the replies are in the same order as the ops. The worker passes writes only; a
+    /// read op given here is answered inside the transaction and sees exactly the ops before it.
+    fn write(&mut self, ops: &[StoreOp]) -> Result<Vec<StoreReply>, StoreError>;
+
+    /// A read-only view of everything committed so far, and of nothing committed after this
+    /// call. It may be used on another thread, while later writes commit.
+    fn reader(&self) -> Result<Box<dyn StoreReader>, StoreError>;
+
+    /// Runs a whole batch, reads included, in one call: every op in order in one transaction, so
+    /// each read sees exactly the ops before it. The replies are in the same order as the ops.
+    ///
+    /// For the simulator and the store tests. It is one of the schedules the worker may follow
+    /// (the one in which every read ends its batch, so that no later write shares its view), which
+    /// keeps a simulated server within what the real one can do.
+    fn execute(&mut self, ops: &[StoreOp]) -> Result<Vec<StoreReply>, StoreError> {
+        self.write(ops)
+    }
+}
+
+/// A read-only view of a store at one moment (see [`Store::reader`]).
+pub trait StoreReader: Send {
+    /// Answers one read op.
+    fn read(&self, op: &ReadOp) -> Result<StoreReply, StoreError>;
 }

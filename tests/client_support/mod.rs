@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use chatd::net::tls::TlsFiles;
+use chatd::tls::TlsFiles;
 
 /// Generous limit for anything a test waits on; normal runs take milliseconds.
 pub const WAIT: Duration = Duration::from_secs(20);

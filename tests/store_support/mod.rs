@@ -6,7 +6,7 @@ use chatd::store::memory::MemoryStore;
 use chatd::store::redb::RedbStore;
 use chatd::store::{
     AccountRecord, Conversation, Cursor, HistoryPage, MessageRecord, MsgId, Snapshot, Store,
-    StoreOp, StoreReply, To,
+    StoreOp, StoreReader, StoreReply, To,
 };
 use tempfile::TempDir;
 
@@ -53,14 +53,22 @@ impl Subject {
         }
     }
 
-    pub fn exec(&mut self, ops: &[StoreOp]) -> Vec<StoreReply> {
-        let store: &mut dyn Store = match self {
+    fn store(&mut self) -> &mut dyn Store {
+        match self {
             Subject::Memory(s) => s,
             Subject::Redb { store, .. } => store.as_mut().expect("open"),
-        };
-        let replies = store.execute(ops).expect("execute");
+        }
+    }
+
+    pub fn exec(&mut self, ops: &[StoreOp]) -> Vec<StoreReply> {
+        let replies = self.store().execute(ops).expect("execute");
         assert_eq!(replies.len(), ops.len());
         replies
+    }
+
+    /// A read-only view of what is committed now (see `Store::reader`).
+    pub fn reader(&mut self) -> Box<dyn StoreReader> {
+        self.store().reader().expect("reader")
     }
 
     pub fn exec1(&mut self, op: StoreOp) -> StoreReply {
@@ -90,13 +98,22 @@ impl Subject {
         }
     }
 
+    /// Reads and clears the account's backlog, as a login does.
     pub fn backlog(&mut self, user: &str) -> Vec<MessageRecord> {
-        match self.exec1(StoreOp::TakeBacklog {
+        let msgs = match self.exec1(StoreOp::ReadBacklog {
             user: user.to_owned(),
         }) {
             StoreReply::Backlog(msgs) => msgs,
-            other => panic!("TakeBacklog answered {other:?}"),
+            other => panic!("ReadBacklog answered {other:?}"),
+        };
+        if let Some(last) = msgs.last() {
+            let upto = last.id;
+            self.exec1(StoreOp::ClearBacklog {
+                user: user.to_owned(),
+                upto,
+            });
         }
+        msgs
     }
 }
 

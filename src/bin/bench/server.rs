@@ -219,7 +219,7 @@ fn fresh_dir(parent: &Path) -> Result<PathBuf, String> {
 /// --line-rate 1000000 --line-burst 1000000` does, stopping when stdin closes (so the server never
 /// outlives the benchmark).
 pub fn serve_child(db: PathBuf) -> ExitCode {
-    chatd::cli::init_logging("info");
+    chatd::cli::init_logging(log::LevelFilter::Info);
     let max_connections = std::env::var(MAX_CONNECTIONS_ENV)
         .ok()
         .and_then(|v| v.parse().ok())

@@ -1,0 +1,377 @@
+//! The connection tasks: the accept loop, one task per connection with its reader and writer,
+//! and the token bucket that paces a connection's input.
+//!
+//! Each accepted connection is counted in [`Connections`] from accept until its task ends, so the
+//! server can refuse connections past its limit and, at shutdown, wait until every connection has
+//! sent what it had queued.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_channel::Sender;
+use async_net::{TcpListener, TcpStream};
+use futures_lite::future;
+use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use smol::{Async, Executor, Timer};
+
+use super::tls;
+use crate::config::{
+    DRAIN_AFTER_EOF, MAX_INFLIGHT_PER_CONNECTION, MAX_LINE_BYTES, OUTBOX_LIMIT_BYTES, READ_CHUNK,
+    WRITE_STALL_TIMEOUT,
+};
+use crate::core::{ConnId, Event, Input};
+use crate::outbox::{Chunk, Outbox};
+use crate::proto::code::ByeCode;
+use crate::proto::line::{Frame, LineDecoder};
+use crate::proto::server_line::ServerLine;
+
+/// Shared by the accept loops and connection tasks.
+pub(super) struct Ctx {
+    pub(super) ex: Arc<Executor<'static>>,
+    pub(super) events: Sender<Event>,
+    pub(super) next_conn: AtomicU64,
+    pub(super) connections: Arc<Connections>,
+    pub(super) max_connections: usize,
+    pub(super) line_rate: u32,
+    pub(super) line_burst: u32,
+}
+
+/// Counts the connection tasks alive, and wakes whoever waits for the count to reach zero.
+#[derive(Default)]
+pub(super) struct Connections {
+    active: AtomicUsize,
+    none_left: event_listener::Event,
+}
+
+impl Connections {
+    /// Counts a new connection until the returned guard is dropped; also returns the new count.
+    fn enter(self: &Arc<Self>) -> (usize, ActiveGuard) {
+        let active = self.active.fetch_add(1, Ordering::SeqCst) + 1;
+        (active, ActiveGuard(self.clone()))
+    }
+
+    /// Returns once no connection task is left.
+    pub(super) async fn all_closed(&self) {
+        loop {
+            if self.active.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            // Listen first, then check again: a task ending in between notifies this listener.
+            let listener = self.none_left.listen();
+            if self.active.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            listener.await;
+        }
+    }
+}
+
+/// Counts a connection task as active until dropped.
+struct ActiveGuard(Arc<Connections>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        if self.0.active.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.none_left.notify(usize::MAX);
+        }
+    }
+}
+
+/// Accepts connections until the task is dropped. Each gets a task of its own at once (the TLS
+/// handshake runs there), or `BYE SERVER_FULL` past the connection limit.
+pub(super) async fn accept_loop(
+    listener: TcpListener,
+    ctx: Arc<Ctx>,
+    tls: Option<Arc<tls::TlsConfigCell>>,
+) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors, for instance: wait a little rather than spin.
+                log::warn!("accept failed: {e}");
+                Timer::after(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (active, guard) = ctx.connections.enter();
+        if active > ctx.max_connections {
+            log::warn!(
+                "connection limit ({}) reached; refusing {peer}",
+                ctx.max_connections
+            );
+            ctx.ex.spawn(refuse_full(stream, guard)).detach();
+            continue;
+        }
+        let task = connection(stream, peer, ctx.clone(), tls.clone(), guard);
+        ctx.ex.spawn(task).detach();
+    }
+}
+
+async fn refuse_full(mut stream: TcpStream, _guard: ActiveGuard) {
+    let bye = ServerLine::Bye {
+        code: ByeCode::SERVER_FULL,
+        text: "the server has too many connections; try again later",
+    }
+    .to_bytes();
+    let _ = future::or(async { stream.write_all(&bye).await }, async {
+        Timer::after(Duration::from_secs(5)).await;
+        Ok(())
+    })
+    .await;
+    let _ = stream.close().await;
+}
+
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<Ctx>,
+    tls: Option<Arc<tls::TlsConfigCell>>,
+    _guard: ActiveGuard,
+) {
+    let _ = stream.set_nodelay(true);
+    match tls {
+        None => {
+            let ready = Some(stream.clone().into());
+            serve(stream.clone(), stream, ready, peer.to_string(), ctx).await
+        }
+        // Boxed: a task's future is as large as its largest branch, and the TLS one (handshake
+        // state, TLS streams) is several times the plain one. Inline, every plain connection would
+        // carry that size for its whole life.
+        Some(cell) => Box::pin(serve_tls(stream, peer, ctx, cell)).await,
+    }
+}
+
+async fn serve_tls(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<Ctx>,
+    cell: Arc<tls::TlsConfigCell>,
+) {
+    match tls::handshake(cell.acceptor(), stream).await {
+        Ok(s) => {
+            let (r, w) = futures_lite::io::split(s);
+            serve(r, w, None, format!("{peer} (TLS)"), ctx).await
+        }
+        Err(e) => log::info!("TLS handshake with {peer} failed: {e}"),
+    }
+}
+
+/// Runs one connection: registers it with the core, starts its writer, reads until it ends.
+/// `ready` is the plain-TCP socket, whose readiness the reader can wait for without holding a
+/// buffer (None for TLS, where the TLS layer buffers anyway).
+async fn serve<R, W>(
+    reader: R,
+    writer: W,
+    ready: Option<Arc<Async<std::net::TcpStream>>>,
+    peer: String,
+    ctx: Arc<Ctx>,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = ctx.next_conn.fetch_add(1, Ordering::Relaxed);
+    let outbox = Outbox::new(OUTBOX_LIMIT_BYTES, MAX_INFLIGHT_PER_CONNECTION);
+    let connected = Event::Connected {
+        conn,
+        outbox: outbox.clone(),
+        peer,
+    };
+    if ctx.events.send(connected).await.is_err() {
+        return;
+    }
+    let writer = ctx.ex.spawn(write_loop(writer, outbox.clone()));
+    read_loop(reader, ready, conn, &outbox, &ctx).await;
+    let _ = ctx.events.send(Event::Disconnected { conn }).await;
+    // The core closes the outbox on Disconnected; if the core is gone, close it here.
+    if ctx.events.is_closed() {
+        outbox.close();
+    }
+    writer.await;
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(
+    mut reader: R,
+    ready: Option<Arc<Async<std::net::TcpStream>>>,
+    conn: ConnId,
+    outbox: &Outbox,
+    ctx: &Ctx,
+) {
+    // The read buffer exists only while data flows: after a read that drained the socket, a plain
+    // TCP connection gives it back and waits for readiness, so an idle connection holds none.
+    let mut buf: Vec<u8> = Vec::new();
+    let mut decoder = LineDecoder::new(MAX_LINE_BYTES);
+    let mut bucket = Bucket::new(ctx.line_rate, ctx.line_burst);
+    let mut inputs = Vec::new();
+    loop {
+        if buf.is_empty() {
+            if let Some(socket) = &ready {
+                let readable = future::or(async { socket.readable().await.is_ok() }, async {
+                    outbox.closed().await;
+                    false
+                });
+                if !readable.await {
+                    return;
+                }
+            }
+            buf = vec![0u8; READ_CHUNK];
+        }
+        let read = future::or(async { Some(reader.read(&mut buf).await) }, async {
+            outbox.closed().await;
+            None
+        });
+        let n = match read.await {
+            None | Some(Err(_)) => return,
+            Some(Ok(0)) => break,
+            Some(Ok(n)) => n,
+        };
+        decoder.feed(&buf[..n], |f| {
+            inputs.push(match f {
+                Frame::Line(l) => Input::Line(l.to_vec()),
+                Frame::TooLong => Input::TooLong,
+            })
+        });
+        if n < buf.len() && ready.is_some() {
+            buf = Vec::new();
+        }
+        for input in inputs.drain(..) {
+            if let Some(wait) = bucket.take() {
+                // Boxed: most connections never wait here, so they should not carry a timer.
+                Box::pin(Timer::after(wait)).await;
+            }
+            if !outbox.acquire_credit().await {
+                return;
+            }
+            if ctx.events.send(Event::Input { conn, input }).await.is_err() {
+                return;
+            }
+        }
+    }
+    // The client closed its sending side (`printf ... | nc` does): answer what it sent first. A
+    // partial line at the end is discarded, as the spec says.
+    let drain = future::or(outbox.all_answered(), async {
+        Timer::after(DRAIN_AFTER_EOF).await;
+    });
+    Box::pin(drain).await;
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(mut writer: W, outbox: Outbox) {
+    let mut batch: Vec<Chunk> = Vec::new();
+    let mut buf: Vec<u8> = Vec::new();
+    while outbox.next_batch(&mut batch).await {
+        // Everything queued leaves in one write: one syscall however many lines.
+        let bytes: &[u8] = if batch.len() == 1 {
+            batch[0].as_bytes()
+        } else {
+            buf.reserve_exact(batch.iter().map(|c| c.as_bytes().len()).sum());
+            for c in &batch {
+                buf.extend_from_slice(c.as_bytes());
+            }
+            &buf
+        };
+        let written = future::or(async { writer.write_all(bytes).await.is_ok() }, async {
+            Timer::after(WRITE_STALL_TIMEOUT).await;
+            false
+        })
+        .await;
+        // Nothing is kept between writes: a connection that had a burst and went quiet would
+        // otherwise hold the burst's size (up to the outbox limit) for as long as it stays open.
+        // The cost is an allocation or two per write, small next to the write itself.
+        batch = Vec::new();
+        buf = Vec::new();
+        if !written {
+            outbox.close();
+            return;
+        }
+    }
+    let _ = future::or(async { writer.close().await }, async {
+        Timer::after(Duration::from_secs(5)).await;
+        Ok(())
+    })
+    .await;
+}
+
+/// A token bucket: `rate` lines a second, up to `burst` at once. Past it the reader waits, which
+/// slows the client through TCP; no line is refused.
+struct Bucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn new(rate: u32, burst: u32) -> Bucket {
+        let burst = f64::from(burst.max(1));
+        Bucket {
+            rate: f64::from(rate.max(1)),
+            burst,
+            tokens: burst,
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes a token; returns how long to wait first when none is left.
+    fn take(&mut self) -> Option<Duration> {
+        let now = Instant::now();
+        if now > self.last {
+            let earned = now.duration_since(self.last).as_secs_f64() * self.rate;
+            self.tokens = (self.tokens + earned).min(self.burst);
+            self.last = now;
+        }
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return None;
+        }
+        // The next token is earned this long after `last` (which may lie ahead, if lines already
+        // wait); it is spent at once.
+        let ready = self.last + Duration::from_secs_f64((1.0 - self.tokens) / self.rate);
+        self.tokens = 0.0;
+        self.last = ready;
+        Some(ready.saturating_duration_since(now))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Bucket, Connections};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[test]
+    fn all_closed_waits_for_the_last_connection() {
+        let conns = Arc::new(Connections::default());
+        smol::block_on(conns.all_closed());
+        let (n, first) = conns.enter();
+        let (m, second) = conns.enter();
+        assert_eq!((n, m), (1, 2));
+        let waiter = smol::spawn({
+            let conns = conns.clone();
+            async move { conns.all_closed().await }
+        });
+        drop(first);
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!waiter.is_finished());
+        drop(second);
+        smol::block_on(waiter);
+    }
+
+    #[test]
+    fn bucket_gives_the_burst_then_spaces_lines_at_the_rate() {
+        let mut b = Bucket::new(10, 3);
+        assert_eq!((b.take(), b.take(), b.take()), (None, None, None));
+        let first = b.take().expect("the burst is spent");
+        assert!(
+            first.as_secs_f64() > 0.05 && first.as_secs_f64() <= 0.1,
+            "{first:?}"
+        );
+        // The next line waits a further tenth of a second after that one.
+        let second = b.take().expect("still no token");
+        assert!(
+            second.as_secs_f64() > 0.15 && second.as_secs_f64() <= 0.2,
+            "{second:?}"
+        );
+    }
+}

@@ -1,0 +1,84 @@
+//! The core task: the one task that owns the [`Core`], the production peer of the simulator in
+//! `sim.rs`.
+//!
+//! It feeds the core events from two queues, results (store and hashing threads) before input
+//! (connections), and carries out the jobs the core returns: store ops to the store worker, hash
+//! jobs to the hashing pool. It stops taking input while too many store ops are in flight, so a
+//! slow disk slows readers through TCP instead of growing a queue. The clock is read here, once
+//! per event, and handed to the core.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_channel::{Receiver, Sender};
+use futures_lite::future;
+
+use super::ServerError;
+use crate::auth::HashJob;
+use crate::config::{MAX_STORE_BATCH, MAX_STORE_INFLIGHT};
+use crate::core::{Core, Event, Job};
+use crate::store::worker::StoreJob;
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Runs the core until the server stops: after [`Event::Shutdown`] (or once every reader is gone)
+/// it goes on until every store op in flight has finished, then returns. It ends early only on a
+/// fatal error.
+pub(super) async fn core_loop(
+    mut core: Core,
+    events: Receiver<Event>,
+    done: Receiver<Event>,
+    store: Sender<StoreJob>,
+    hashes: Sender<(u64, HashJob)>,
+) -> Result<(), ServerError> {
+    let mut jobs: Vec<Job> = Vec::new();
+    let mut stopping = false;
+    loop {
+        if stopping && core.store_inflight() == 0 {
+            return Ok(());
+        }
+        // Results first; reader input only while the store keeps up.
+        let event = if let Ok(e) = done.try_recv() {
+            e
+        } else if stopping || core.store_inflight() + MAX_STORE_BATCH >= MAX_STORE_INFLIGHT {
+            match done.recv().await {
+                Ok(e) => e,
+                Err(_) => return Ok(()),
+            }
+        } else {
+            match future::or(done.recv(), events.recv()).await {
+                Ok(e) => e,
+                Err(_) => {
+                    // No more readers: the server is stopping.
+                    stopping = true;
+                    continue;
+                }
+            }
+        };
+        stopping |= matches!(event, Event::Shutdown);
+        core.handle(now_ms(), event, &mut jobs);
+        for job in jobs.drain(..) {
+            match job {
+                // Cannot wait long: the store thread never waits on the core (see `done`).
+                Job::Store(j) => {
+                    if store.send(j).await.is_err() {
+                        return Err(ServerError::Internal("the store thread has stopped"));
+                    }
+                }
+                // The core never queues more hashes than the channel holds.
+                Job::Hash(t, h) => {
+                    if hashes.try_send((t, h)).is_err() {
+                        return Err(ServerError::Internal("the hashing queue overflowed"));
+                    }
+                }
+            }
+        }
+        if let Some(e) = core.fatal() {
+            return Err(ServerError::Storage(e.to_owned()));
+        }
+    }
+}

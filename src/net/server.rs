@@ -1,0 +1,274 @@
+//! Start-up and shutdown: [`run`] opens the database, binds the listeners, starts the threads and
+//! tasks, serves until told to stop, then stops them in order.
+//!
+//! Shutdown, step by step: the accept loops stop; the core tells every client `BYE SHUTDOWN` and
+//! finishes the store ops in flight; connections get [`SHUTDOWN_FLUSH`] to send what they had
+//! queued (the wait ends as soon as the last one closes); then the executor threads stop, and the
+//! store worker commits what is queued and closes the database.
+
+use std::fmt;
+use std::io;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use async_channel::Receiver;
+use async_net::TcpListener;
+use futures_lite::future;
+use smol::{Executor, Timer};
+
+use super::conn::{accept_loop, Connections, Ctx};
+use super::driver::core_loop;
+use super::{tls, Control, ServerOptions, TlsSource};
+use crate::auth::{self, HashJob, Hasher};
+use crate::config::{CORE_QUEUE, MAX_STORE_INFLIGHT, SCRYPT_P, SCRYPT_R, SHUTDOWN_FLUSH};
+use crate::core::{Core, Event, Settings};
+use crate::store::redb::RedbStore;
+use crate::store::worker::{self, StoreJob};
+use crate::store::StoreError;
+use crate::tls::{generate_self_signed, TlsError, TlsFiles};
+
+/// Why the server could not start, or had to stop.
+#[derive(Debug)]
+pub enum ServerError {
+    /// The TLS certificate or key could not be loaded (or generated).
+    Tls(TlsError),
+    /// A listen address could not be bound.
+    Listen {
+        /// The address as given.
+        addr: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// The database could not be opened.
+    Store(StoreError),
+    /// The scrypt parameters are not valid.
+    Scrypt(scrypt::errors::InvalidParams),
+    /// A thread could not be started.
+    Thread {
+        /// What the thread is for.
+        name: &'static str,
+        /// Why.
+        source: io::Error,
+    },
+    /// The signal handlers could not be installed.
+    Signals(io::Error),
+    /// The store failed while serving; the message is the store's error.
+    Storage(String),
+    /// A part of the server stopped that must not (a bug).
+    Internal(&'static str),
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServerError::Tls(e) => e.fmt(f),
+            ServerError::Listen { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
+            ServerError::Store(e) => e.fmt(f),
+            ServerError::Scrypt(e) => write!(f, "bad scrypt parameters: {e}"),
+            ServerError::Thread { name, source } => {
+                write!(f, "cannot start the {name} thread: {source}")
+            }
+            ServerError::Signals(e) => write!(f, "cannot install signal handlers: {e}"),
+            ServerError::Storage(e) => write!(f, "storage failure: {e}"),
+            ServerError::Internal(e) => f.write_str(e),
+        }
+    }
+}
+
+impl std::error::Error for ServerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ServerError::Tls(e) => Some(e),
+            ServerError::Listen { source, .. } | ServerError::Thread { source, .. } => Some(source),
+            ServerError::Store(e) => Some(e),
+            ServerError::Scrypt(e) => Some(e),
+            ServerError::Signals(e) => Some(e),
+            ServerError::Storage(_) | ServerError::Internal(_) => None,
+        }
+    }
+}
+
+/// Opens the database, binds the listeners and serves until told to stop. Returns an error for a
+/// startup failure or a fatal storage failure.
+pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), ServerError> {
+    // Certificates and addresses first: a mistake there should not leave a new database behind.
+    let tls_cell = match &opts.tls {
+        Some((_, source)) => Some(Arc::new(
+            tls::TlsConfigCell::load(&tls_files(source)?).map_err(ServerError::Tls)?,
+        )),
+        None => None,
+    };
+    let plain = match &opts.listen {
+        Some(a) => Some(bind(a)?),
+        None => None,
+    };
+    let secure = match &opts.tls {
+        Some((a, _)) => Some(bind(a)?),
+        None => None,
+    };
+
+    let (store, snapshot) = RedbStore::open(&opts.db).map_err(ServerError::Store)?;
+    log::info!(
+        "database {}: {} accounts, next message id {}",
+        opts.db.display(),
+        snapshot.accounts.len(),
+        snapshot.next_id
+    );
+    let hasher = Hasher::new(opts.scrypt_log_n, SCRYPT_R, SCRYPT_P).map_err(ServerError::Scrypt)?;
+    let settings = Settings {
+        hash_queue: opts.hash_queue,
+        dummy_phc: Arc::from(hasher.dummy_phc()),
+        version: env!("CARGO_PKG_VERSION"),
+    };
+    let core = Core::new(snapshot, settings);
+
+    // Results of the store and hashing threads. Its capacity covers every job the core can have
+    // outstanding, so those threads never wait on it.
+    let (done_tx, done_rx) = async_channel::bounded(MAX_STORE_INFLIGHT + opts.hash_queue + 16);
+    let (store_tx, store_rx) = async_channel::bounded::<StoreJob>(MAX_STORE_INFLIGHT);
+    let store_done = done_tx.clone();
+    let store_thread = worker::spawn(Box::new(store), store_rx, move |r| {
+        let _ = store_done.send_blocking(Event::Stored(r));
+    })
+    .map_err(|source| ServerError::Thread {
+        name: "store",
+        source,
+    })?;
+    let (hash_tx, hash_rx) = async_channel::bounded::<(u64, HashJob)>(opts.hash_queue.max(1));
+    let hash_done = done_tx;
+    let hash_threads = auth::spawn_pool(
+        hasher,
+        opts.hash_threads,
+        hash_rx,
+        move |(ticket, outcome)| {
+            let _ = hash_done.send_blocking(Event::Hashed { ticket, outcome });
+        },
+    )
+    .map_err(|source| ServerError::Thread {
+        name: "hashing",
+        source,
+    })?;
+
+    let ex = Arc::new(Executor::new());
+    let (events_tx, events_rx) = async_channel::bounded(CORE_QUEUE);
+    let ctx = Arc::new(Ctx {
+        ex: ex.clone(),
+        events: events_tx.clone(),
+        next_conn: AtomicU64::new(1),
+        connections: Arc::new(Connections::default()),
+        max_connections: opts.max_connections,
+        line_rate: opts.line_rate,
+        line_burst: opts.line_burst,
+    });
+
+    // Executor threads: one per core, this thread included. If one cannot be started, dropping
+    // `stop_tx` on the way out stops those that were.
+    let (stop_tx, stop_rx) = async_channel::bounded::<()>(1);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = (1..threads)
+        .map(|i| {
+            let (ex, stop) = (ex.clone(), stop_rx.clone());
+            std::thread::Builder::new()
+                .name(format!("chatd-io-{i}"))
+                .spawn(move || smol::block_on(ex.run(stop.recv())))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| ServerError::Thread {
+            name: "executor",
+            source,
+        })?;
+
+    // Announced last: once this line is logged the server is ready (tests wait for it).
+    if let Some(l) = &plain {
+        log::info!("listening on {}", local(l));
+    }
+    if let Some(l) = &secure {
+        log::info!("listening on {} (TLS)", local(l));
+    }
+
+    let result = smol::block_on(ex.run(async {
+        let mut core_task = ex.spawn(core_loop(core, events_rx, done_rx, store_tx, hash_tx));
+        let mut accepts = Vec::new();
+        if let Some(l) = plain {
+            accepts.push(ex.spawn(accept_loop(l, ctx.clone(), None)));
+        }
+        if let Some(l) = secure {
+            accepts.push(ex.spawn(accept_loop(l, ctx.clone(), tls_cell.clone())));
+        }
+        let stop = async {
+            while let Ok(Control::ReloadTls) = control.recv().await {
+                match &tls_cell {
+                    Some(cell) => match cell.reload() {
+                        Ok(()) => log::info!("TLS certificate reloaded"),
+                        Err(e) => {
+                            log::error!("TLS certificate not reloaded, keeping the old one: {e}")
+                        }
+                    },
+                    None => log::info!("no TLS listener; nothing to reload"),
+                }
+            }
+            log::info!("stopping: no new connections; telling clients");
+            None
+        };
+        // The core task ends by itself only on a fatal store error.
+        let early = future::or(async { Some((&mut core_task).await) }, stop).await;
+        drop(accepts);
+        let outcome = match early {
+            Some(r) => r,
+            None => {
+                let _ = events_tx.send(Event::Shutdown).await;
+                drop(events_tx);
+                // The core runs until every store op in flight has finished; see core_loop.
+                core_task.await
+            }
+        };
+        // Give writers a moment to send BYE and what was queued before it.
+        future::or(ctx.connections.all_closed(), async {
+            Timer::after(SHUTDOWN_FLUSH).await;
+        })
+        .await;
+        outcome
+    }));
+    drop(stop_tx);
+    for w in workers {
+        let _ = w.join();
+    }
+    // The core dropped the job senders: the store thread commits what is queued and exits.
+    let _ = store_thread.join();
+    for h in hash_threads {
+        let _ = h.join();
+    }
+    log::info!("stopped");
+    result
+}
+
+/// The certificate files to serve, generating a self-signed pair first if asked to.
+fn tls_files(source: &TlsSource) -> Result<TlsFiles, ServerError> {
+    match source {
+        TlsSource::Files(files) => Ok(files.clone()),
+        TlsSource::SelfSigned { dir } => {
+            let (files, fingerprint) = generate_self_signed(dir).map_err(ServerError::Tls)?;
+            log::info!(
+                "TLS certificate {} (key {}), SHA-256 fingerprint {fingerprint}",
+                files.cert.display(),
+                files.key.display()
+            );
+            Ok(files)
+        }
+    }
+}
+
+fn bind(addr: &str) -> Result<TcpListener, ServerError> {
+    let listen_error = |source| ServerError::Listen {
+        addr: addr.to_owned(),
+        source,
+    };
+    let std = std::net::TcpListener::bind(addr).map_err(listen_error)?;
+    TcpListener::try_from(std).map_err(listen_error)
+}
+
+fn local(l: &TcpListener) -> String {
+    l.local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "?".into())
+}

@@ -1,0 +1,83 @@
+//! Index keys shared by both stores: an account's lookup key, and the keys a message is indexed
+//! under by conversation.
+//!
+//! A conversation key is the two account keys in ascending order joined by a space (names cannot
+//! contain spaces, so the join is unambiguous), or `*` for the broadcasts. A message is indexed under
+//! every conversation it belongs to: MSG under (sender, recipient), GROUP under (sender, r) for each
+//! distinct recipient r, ALL under `*`.
+
+use super::{Conversation, MessageRecord, To};
+use crate::proto::name::Key;
+
+/// The conversation key of the ALL broadcasts.
+const BROADCAST_KEY: &str = "*";
+
+/// The store's form of an account's lookup key: [`Key::of`], the one place names are folded, as
+/// the string the tables are keyed by.
+pub fn key_of(name: &str) -> String {
+    Key::of(name).as_str().to_owned()
+}
+
+/// The index key of a conversation: `"a b"` with `a <= b`, or `"*"`.
+pub(crate) fn conversation_key(conv: &Conversation) -> String {
+    match conv {
+        Conversation::Pair(a, b) => pair_key(a, b),
+        Conversation::Broadcast => BROADCAST_KEY.to_owned(),
+    }
+}
+
+fn pair_key(a: &str, b: &str) -> String {
+    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+    format!("{lo} {hi}")
+}
+
+/// Every conversation key a message is indexed under, without duplicates. Names are turned into
+/// account keys here, since records carry names as registered.
+pub(crate) fn message_conversation_keys(msg: &MessageRecord) -> Vec<String> {
+    let from = key_of(&msg.from);
+    match &msg.to {
+        To::User(r) => vec![pair_key(&from, &key_of(r))],
+        To::Group(rs) => {
+            let mut keys: Vec<String> = rs.iter().map(|r| pair_key(&from, &key_of(r))).collect();
+            keys.sort();
+            keys.dedup();
+            keys
+        }
+        To::All => vec![BROADCAST_KEY.to_owned()],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conversation_keys_are_normalised() {
+        let pair = |a: &str, b: &str| conversation_key(&Conversation::Pair(a.into(), b.into()));
+        assert_eq!(pair("bob", "alice"), "alice bob");
+        assert_eq!(pair("alice", "bob"), "alice bob");
+        assert_eq!(pair("al", "al"), "al al");
+        assert_eq!(conversation_key(&Conversation::Broadcast), "*");
+        let msg = |to| MessageRecord {
+            id: 1,
+            time_ms: 0,
+            from: "Carol".into(),
+            to,
+            text: String::new(),
+        };
+        assert_eq!(
+            message_conversation_keys(&msg(To::User("ALICE".into()))),
+            ["alice carol"]
+        );
+        assert_eq!(
+            message_conversation_keys(&msg(To::Group(vec![
+                "dave".into(),
+                "Alice".into(),
+                "DAVE".into(),
+                "carol".into()
+            ]))),
+            ["alice carol", "carol carol", "carol dave"]
+        );
+        assert_eq!(message_conversation_keys(&msg(To::All)), ["*"]);
+    }
+}

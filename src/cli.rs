@@ -12,7 +12,7 @@ use log::LevelFilter;
 use crate::client::ClientOptions;
 use crate::config::{
     DEFAULT_DB, DEFAULT_HASH_QUEUE, DEFAULT_LINE_BURST, DEFAULT_LINE_RATE, DEFAULT_LISTEN,
-    DEFAULT_MAX_CONNECTIONS, SCRYPT_LOG_N,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_ROOM_MEMBERS, SCRYPT_LOG_N,
 };
 use crate::net::{ServerOptions, TlsSource};
 use crate::tls::TlsFiles;
@@ -90,6 +90,10 @@ pub struct Args {
     /// scrypt cost as log2(N) for new passwords (default 15, about 100 ms; lower only for tests)
     #[argh(option, default = "SCRYPT_LOG_N")]
     pub scrypt_log_n: u8,
+
+    /// most members of one room; JOIN past it gets ROOM_FULL (default 5000)
+    #[argh(option, default = "DEFAULT_MAX_ROOM_MEMBERS")]
+    pub max_room_members: usize,
 
     /// log level: off, error, warn, info, debug or trace (default info)
     #[argh(option, default = "LevelFilter::Info")]
@@ -229,6 +233,7 @@ impl TryFrom<Args> for ServerOptions {
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
             hash_queue: args.hash_queue.max(1),
             scrypt_log_n: args.scrypt_log_n,
+            max_room_members: args.max_room_members.max(1),
         })
     }
 }
@@ -259,8 +264,8 @@ mod tests {
             )
         );
         assert_eq!(
-            (opts.hash_queue, opts.scrypt_log_n),
-            (DEFAULT_HASH_QUEUE, SCRYPT_LOG_N)
+            (opts.hash_queue, opts.scrypt_log_n, opts.max_room_members),
+            (DEFAULT_HASH_QUEUE, SCRYPT_LOG_N, DEFAULT_MAX_ROOM_MEMBERS)
         );
         assert!(opts.tls.is_none());
         assert_eq!(parse(&[]).unwrap().log_level, LevelFilter::Info);
@@ -274,6 +279,7 @@ mod tests {
             format!("(default {DEFAULT_LINE_BURST})"),
             format!("(default {DEFAULT_HASH_QUEUE})"),
             format!("(default {SCRYPT_LOG_N},"),
+            format!("(default {DEFAULT_MAX_ROOM_MEMBERS})"),
         ] {
             assert!(help.contains(&stated), "help lacks {stated:?}:\n{help}");
         }

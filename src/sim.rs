@@ -2,7 +2,8 @@
 //!
 //! Clients are named; their lines go straight to the core, store jobs run on an in-memory store (or
 //! any [`Store`]) in batches, password hashes run inline with a cheap cost, and the clock only moves
-//! when told to. Everything a client was sent is collected from its outbox.
+//! when told to. Everything a client was sent is collected from its outbox. On the in-memory store,
+//! [`Sim::restart`] starts a new core from what the store holds, as a server restart does.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,12 +28,29 @@ struct Client {
 /// The simulated server. See the module documentation.
 pub struct Sim {
     core: Core,
-    store: Box<dyn Store>,
+    store: SimStore,
+    settings: Settings,
     hasher: Hasher,
     clients: BTreeMap<String, Client>,
     next_conn: ConnId,
     now: i64,
     jobs: Vec<Job>,
+}
+
+/// The store a [`Sim`] runs on: the in-memory one, whose contents it can read back to restart, or
+/// any other.
+enum SimStore {
+    Memory(MemoryStore),
+    Other(Box<dyn Store>),
+}
+
+impl SimStore {
+    fn get(&mut self) -> &mut dyn Store {
+        match self {
+            SimStore::Memory(s) => s,
+            SimStore::Other(s) => s.as_mut(),
+        }
+    }
 }
 
 impl Default for Sim {
@@ -44,21 +62,36 @@ impl Default for Sim {
 impl Sim {
     /// A server with an empty in-memory store.
     pub fn new() -> Sim {
+        Sim::with_max_room_members(crate::config::DEFAULT_MAX_ROOM_MEMBERS)
+    }
+
+    /// A server with an empty in-memory store and this room size limit.
+    pub fn with_max_room_members(max_room_members: usize) -> Sim {
         let (store, snapshot) = MemoryStore::new();
-        Sim::with_store(Box::new(store), snapshot)
+        Sim::build(SimStore::Memory(store), snapshot, max_room_members)
     }
 
     /// A server on `store`, whose contents `snapshot` describes.
     pub fn with_store(store: Box<dyn Store>, snapshot: Snapshot) -> Sim {
+        Sim::build(
+            SimStore::Other(store),
+            snapshot,
+            crate::config::DEFAULT_MAX_ROOM_MEMBERS,
+        )
+    }
+
+    fn build(store: SimStore, snapshot: Snapshot, max_room_members: usize) -> Sim {
         let hasher = Hasher::new(4, 8, 1).expect("cheap scrypt parameters are valid");
         let settings = Settings {
             hash_queue: 64,
             dummy_phc: Arc::from(hasher.dummy_phc()),
             version: "0.0.0-sim",
+            max_room_members,
         };
         Sim {
-            core: Core::new(snapshot, settings),
+            core: Core::new(snapshot, settings.clone()),
             store,
+            settings,
             hasher,
             clients: BTreeMap::new(),
             next_conn: 1,
@@ -75,6 +108,20 @@ impl Sim {
     /// Moves the clock forward.
     pub fn advance(&mut self, ms: i64) {
         self.now += ms;
+    }
+
+    /// Restarts the server on what its in-memory store holds: every job runs first, then every
+    /// connection is closed and a new core starts from the store's snapshot, as after a restart
+    /// of the real server. Panics on a sim built on another store.
+    pub fn restart(&mut self) {
+        self.settle();
+        for (_, c) in std::mem::take(&mut self.clients) {
+            c.outbox.close();
+        }
+        let SimStore::Memory(store) = &self.store else {
+            panic!("Sim::restart needs the in-memory store");
+        };
+        self.core = Core::new(store.snapshot(), self.settings.clone());
     }
 
     /// Opens a connection named `client` (a name reused after a disconnect opens a new one).
@@ -203,13 +250,17 @@ impl Sim {
             }
             if !batch.is_empty() {
                 let ops: Vec<_> = batch.iter().map(|j| j.op.clone()).collect();
-                let result = self.store.execute(&ops).map(|replies: Vec<StoreReply>| {
-                    batch
-                        .iter()
-                        .map(|j| j.ticket)
-                        .zip(replies)
-                        .collect::<Vec<_>>()
-                });
+                let result = self
+                    .store
+                    .get()
+                    .execute(&ops)
+                    .map(|replies: Vec<StoreReply>| {
+                        batch
+                            .iter()
+                            .map(|j| j.ticket)
+                            .zip(replies)
+                            .collect::<Vec<_>>()
+                    });
                 self.event(Event::Stored(result));
             }
             for (ticket, job) in hashes {

@@ -27,6 +27,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 /// The connection limit of the `limits` server.
 const SMALL_MAX_CONNECTIONS: usize = 12;
+/// The room size limit of the `limits` server.
+const SMALL_MAX_ROOM_MEMBERS: usize = 3;
 
 /// A running chatd, killed (by its own process id) when dropped.
 struct Server {
@@ -159,6 +161,7 @@ fn tls() {
 #[test]
 fn limits() {
     let max = SMALL_MAX_CONNECTIONS.to_string();
+    let room_max = SMALL_MAX_ROOM_MEMBERS.to_string();
     // The real scrypt cost: each hash takes long enough for eight simultaneous logins to find the
     // single thread and the one-slot queue taken.
     let server = Server::start(
@@ -170,11 +173,14 @@ fn limits() {
             "1",
             "--hash-queue",
             "1",
+            "--max-room-members",
+            &room_max,
         ],
     );
     let mut opts = options(&server);
     opts.max_connections = Some(SMALL_MAX_CONNECTIONS);
     opts.busy_hashing = true;
+    opts.max_room_members = Some(SMALL_MAX_ROOM_MEMBERS);
     let cases = cases(true);
     assert!(
         cases.len() >= 2,

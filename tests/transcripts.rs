@@ -5,7 +5,8 @@
 //!
 //! Script lines:
 //! - `# text`: a comment, copied into the transcript;
-//! - `a: connect`, `a: disconnect`, `a: shutdown` (the whole server), `a: advance MS` (the clock);
+//! - `a: connect`, `a: disconnect`, `a: shutdown` (the whole server), `a: advance MS` (the clock),
+//!   `a: restart` (the whole server starts again on what it stored; every connection is closed);
 //! - `a> LINE`: client `a` sends LINE. In LINE, `{x*N}` stands for N copies of `x`, and `\xHH`
 //!   for one raw byte;
 //! - `a: raw TEXT`: sends TEXT with the same escapes and no LF added (`\n` for a newline);
@@ -150,6 +151,10 @@ fn run(script: &str) -> String {
                     sim.disconnect(who)
                 }
                 "shutdown" => sim.shutdown(),
+                "restart" => {
+                    collect(&mut sim, &mut out);
+                    sim.restart()
+                }
                 "advance" => sim.advance(arg.parse().expect("advance MS")),
                 "raw" => sim.send_bytes(who, &expand(arg)),
                 "queue" => sim.queue(who, arg),

@@ -35,14 +35,18 @@ pub enum Requirement {
     /// The server must hash slowly with at most three hashes running or waiting
     /// (`--busy-hashing`), so that a burst of logins finds the hash queue full.
     BusyHashing,
+    /// The server's room size limit must be exactly this (`--max-room-members N`), so that a case
+    /// can fill a room.
+    MaxRoomMembers(usize),
 }
 
 impl Requirement {
-    /// The name a case file uses after `requires`.
+    /// The name a case file uses after `requires` (without a value).
     pub fn name(self) -> &'static str {
         match self {
             Requirement::MaxConnections => "max-connections",
             Requirement::BusyHashing => "busy-hashing",
+            Requirement::MaxRoomMembers(_) => "max-room-members",
         }
     }
 }
@@ -227,12 +231,23 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Vec<Case>, ParseError> {
             ));
         };
         if let Some(req) = line.strip_prefix("requires ") {
-            match req.trim() {
-                "max-connections" => b.case.requires.push(Requirement::MaxConnections),
-                "busy-hashing" => b.case.requires.push(Requirement::BusyHashing),
-                other => {
+            let mut words = req.split_whitespace();
+            match (words.next(), words.next(), words.next()) {
+                (Some("max-connections"), None, _) => {
+                    b.case.requires.push(Requirement::MaxConnections)
+                }
+                (Some("busy-hashing"), None, _) => b.case.requires.push(Requirement::BusyHashing),
+                (Some("max-room-members"), Some(n), None) => match n.parse() {
+                    Ok(n) => b.case.requires.push(Requirement::MaxRoomMembers(n)),
+                    Err(_) => {
+                        return Err(err(format!("max-room-members needs a number, not {n:?}")))
+                    }
+                },
+                _ => {
                     return Err(err(format!(
-                        "unknown requirement {other:?} (known: max-connections, busy-hashing)"
+                        "unknown requirement {:?} (known: max-connections, busy-hashing, \
+                         max-room-members N)",
+                        req.trim()
                     )))
                 }
             }

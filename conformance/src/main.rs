@@ -71,6 +71,13 @@ fn parse_args() -> Result<Args, String> {
                 );
             }
             "--busy-hashing" => a.opts.busy_hashing = true,
+            "--max-room-members" => {
+                let v = value()?;
+                a.opts.max_room_members = Some(
+                    v.parse()
+                        .map_err(|_| format!("bad --max-room-members {v:?}"))?,
+                );
+            }
             "--cases" => a.cases = PathBuf::from(value()?),
             "--list" => a.list = true,
             "-h" | "--help" => return Err(String::new()),

@@ -31,6 +31,9 @@ pub struct Options {
     /// The server hashes passwords slowly with at most three hashes running or waiting; enables
     /// the SERVER_BUSY case.
     pub busy_hashing: bool,
+    /// The server's most members per room, when known; enables the cases that fill a room of
+    /// exactly that size.
+    pub max_room_members: Option<usize>,
     /// Distinguishes this run's account names from every other run's; random when `None`.
     pub run_id: Option<String>,
     /// Fail a case when the server sends a line that is not a well-formed server line (spec 2.9).
@@ -48,6 +51,7 @@ impl Options {
             filter: None,
             max_connections: None,
             busy_hashing: false,
+            max_room_members: None,
             run_id: None,
             check_grammar: true,
         }
@@ -133,9 +137,13 @@ pub fn run(
         let unmet = case.requires.iter().find(|r| match r {
             Requirement::MaxConnections => opts.max_connections.is_none(),
             Requirement::BusyHashing => !opts.busy_hashing,
+            Requirement::MaxRoomMembers(n) => opts.max_room_members != Some(*n),
         });
         let outcome = if let Some(r) = unmet {
-            Outcome::Skip(format!("needs --{}", r.name()))
+            Outcome::Skip(match r {
+                Requirement::MaxRoomMembers(n) => format!("needs --max-room-members {n}"),
+                r => format!("needs --{}", r.name()),
+            })
         } else {
             let mut cx = CaseRun::new(opts, Env::new(&run_id, index));
             let outcome = match case

@@ -87,6 +87,7 @@ pub fn recipients(to: &Recipient<'_>, me: Option<&str>) -> String {
             format!("group ({})", shown.join(", "))
         }
         Recipient::All => "everyone".to_string(),
+        Recipient::Room(r) => clean(r).into_owned(),
     }
 }
 

@@ -356,6 +356,10 @@ impl Session {
             ServerLine::Other(raw) => {
                 vec![note(NoteKind::Plain, format!("server: {}", clean(raw)))]
             }
+            other => vec![note(
+                NoteKind::Plain,
+                clean(&other.to_string()).into_owned(),
+            )],
         }
     }
 

@@ -1,4 +1,6 @@
-//! HISTORY: one page of a conversation, read from the message log.
+//! HISTORY: one page of a conversation, read from the message log: a direct conversation, the ALL
+//! broadcasts, or a room the caller is a member of (of a private room, what was said from their
+//! join on).
 
 use super::out::Out;
 use super::{recipient, Core, Req};
@@ -21,6 +23,17 @@ impl Core {
         };
         let (conv, shown) = match with {
             HistoryTarget::Broadcast => (Conversation::Broadcast, "*".to_owned()),
+            HistoryTarget::Room(name) => {
+                let id = match self.membership(&me, &name) {
+                    Ok((id, _)) => id,
+                    Err(r) => return self.refused(req, r),
+                };
+                let Some(room) = self.rooms.get(&id) else {
+                    return;
+                };
+                let after = room.members.get(&me).map_or(0, |m| room.visible_after(m));
+                (Conversation::Room { id, after }, room.name.clone())
+            }
             HistoryTarget::User(n) => {
                 let key = n.key();
                 match self.accounts.get(&key) {

@@ -12,7 +12,9 @@
 //!   once, in `Core::process`, before any handler.
 //! - one file per group of commands, each holding its handlers and what they do when their store or
 //!   hash result comes back (a closure given with the job): `session` (REGISTER, LOGIN, LOGOUT,
-//!   QUIT), `messaging` (MSG, GROUP, ALL), `history`, `friends`, `info` (HELP, PING, USERS);
+//!   QUIT), `messaging` (MSG, GROUP, ALL), `history`, `friends`, `info` (HELP, PING, USERS),
+//!   `rooms` (the room state, JOIN, PART, ROOMS, MEMBERS, TOPIC, ROOM), `moderation` (INVITE,
+//!   KICK, BAN, UNBAN, ROLE), `read` (READ, and what a LOGIN reports of rooms);
 //! - `order`: the reply order of a connection, and [`Req`], the command being answered;
 //! - `out`: where typed server lines become bytes for a connection.
 //!
@@ -33,8 +35,11 @@ mod friends;
 mod history;
 mod info;
 mod messaging;
+mod moderation;
 mod order;
 mod out;
+mod read;
+mod rooms;
 mod session;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -49,9 +54,12 @@ use crate::outbox::{Chunk, Outbox};
 use crate::proto::code::{ByeCode, Code};
 use crate::proto::command::split_head;
 use crate::proto::name::Key;
+use crate::proto::room::RoomKey;
 use crate::proto::server_line::{Presence, Recipient, ServerLine};
 use crate::store::worker::{StoreJob, Ticket};
-use crate::store::{FriendState, MsgId, Snapshot, StoreError, StoreOp, StoreReply, To};
+use crate::store::{FriendState, MsgId, RoomId, Snapshot, StoreError, StoreOp, StoreReply, To};
+
+use self::rooms::Room;
 
 /// Identifies a connection for the life of the process.
 pub type ConnId = u64;
@@ -120,6 +128,8 @@ pub struct Settings {
     pub dummy_phc: Arc<str>,
     /// Server version, shown in HELLO.
     pub version: &'static str,
+    /// Most members of one room; JOIN beyond it gets ROOM_FULL.
+    pub max_room_members: usize,
 }
 
 struct Account {
@@ -133,6 +143,24 @@ struct Account {
     pending: u32,
     /// Logged-in connections.
     conns: Vec<ConnId>,
+    /// Rooms it is a member of.
+    rooms: BTreeSet<RoomId>,
+    /// Rooms with an invitation for it (an expired one stays until it is purged).
+    invited: BTreeSet<RoomId>,
+}
+
+impl Account {
+    fn new(name: String, phc: Option<Arc<str>>) -> Account {
+        Account {
+            name,
+            phc,
+            friends: HashMap::new(),
+            pending: 0,
+            conns: Vec::new(),
+            rooms: BTreeSet::new(),
+            invited: BTreeSet::new(),
+        }
+    }
 }
 
 enum ConnState {
@@ -191,6 +219,11 @@ pub struct Core {
     /// Accounts with at least one logged-in connection, sorted for USERS.
     online: BTreeSet<Key>,
     conns: HashMap<ConnId, Conn>,
+    /// Every room, by number.
+    rooms: HashMap<RoomId, Room>,
+    /// Room numbers by folded name.
+    room_names: HashMap<RoomKey, RoomId>,
+    next_room_id: RoomId,
     next_id: MsgId,
     next_ticket: Ticket,
     waiting: HashMap<Ticket, Then>,
@@ -209,16 +242,7 @@ impl Core {
     pub fn new(snapshot: Snapshot, settings: Settings) -> Core {
         let mut accounts = HashMap::with_capacity(snapshot.accounts.len());
         for a in snapshot.accounts {
-            accounts.insert(
-                Key::of(&a.name),
-                Account {
-                    name: a.name,
-                    phc: Some(a.phc.into()),
-                    friends: HashMap::new(),
-                    pending: 0,
-                    conns: Vec::new(),
-                },
-            );
+            accounts.insert(Key::of(&a.name), Account::new(a.name, Some(a.phc.into())));
         }
         for (a, b, state) in snapshot.friendships {
             if let Some(acct) = accounts.get_mut(a.as_str()) {
@@ -230,11 +254,21 @@ impl Core {
                 acct.pending = n;
             }
         }
+        let (rooms, room_names) = rooms::load(
+            snapshot.rooms,
+            snapshot.members,
+            snapshot.bans,
+            snapshot.invites,
+            &mut accounts,
+        );
         Core {
             settings,
             accounts,
             online: BTreeSet::new(),
             conns: HashMap::new(),
+            rooms,
+            room_names,
+            next_room_id: snapshot.next_room_id.max(1),
             next_id: snapshot.next_id.max(1),
             next_ticket: 1,
             waiting: HashMap::new(),
@@ -460,6 +494,29 @@ impl Core {
         self.store_inflight += 1;
     }
 
+    /// Sends `ops` (writes, or ops answered in their order: see `StoreOp::is_read`) to the store
+    /// in order; `then` runs with the last one's result, when all of them are committed (writes
+    /// are answered in the order they were sent). With no ops, `then` runs at once with `Done`.
+    fn store_all(
+        &mut self,
+        ops: Vec<StoreOp>,
+        then: impl FnOnce(&mut Core, StoreReply) + Send + 'static,
+    ) {
+        let last = ops.len();
+        let mut then = Some(then);
+        for (i, op) in ops.into_iter().enumerate() {
+            debug_assert!(!op.is_read(), "{op:?} would not be answered in order");
+            if i + 1 < last {
+                self.store(op, |_, _| {});
+            } else if let Some(then) = then.take() {
+                self.store(op, then);
+            }
+        }
+        if let Some(then) = then {
+            then(self, StoreReply::Done);
+        }
+    }
+
     /// True when the hashing queue is full: a command that needs a hash answers SERVER_BUSY.
     fn hash_full(&self) -> bool {
         self.hashing >= self.settings.hash_queue
@@ -616,5 +673,19 @@ fn recipient(to: &To) -> Recipient<'_> {
         To::User(u) => Recipient::User(u),
         To::Group(g) => Recipient::Group(g.iter().map(String::as_str).collect()),
         To::All => Recipient::All,
+        To::Room(r) => Recipient::Room(r),
     }
+}
+
+/// Queues `chunk` on every logged-in connection of each account in `keys`, except `skip`. For the
+/// room events, whose audience is taken when the command runs and reached when it is committed.
+fn push_to_keys(
+    accounts: &HashMap<Key, Account>,
+    conns: &HashMap<ConnId, Conn>,
+    overflowed: &mut Vec<ConnId>,
+    keys: &[Key],
+    chunk: &Chunk,
+    skip: ConnId,
+) {
+    fan_out(accounts, conns, overflowed, keys.iter(), chunk, Some(skip));
 }

@@ -5,8 +5,6 @@
 //! account holds the connection until they are sent, so every command after the LOGIN runs once the
 //! login is complete, backlog included.
 
-use std::collections::HashMap;
-
 use super::order::SlotId;
 use super::out::Out;
 use super::{recipient, Account, ConnId, ConnState, Core, Req};
@@ -31,16 +29,8 @@ impl Core {
             );
         }
         // The name is reserved now, so a second REGISTER of it cannot race this one.
-        self.accounts.insert(
-            key.clone(),
-            Account {
-                name: name.to_string(),
-                phc: None,
-                friends: HashMap::new(),
-                pending: 0,
-                conns: Vec::new(),
-            },
-        );
+        self.accounts
+            .insert(key.clone(), Account::new(name.to_string(), None));
         let conn = req.conn;
         self.reserve(&mut req);
         self.hash(HashJob::Hash(password), move |core, outcome| {
@@ -126,28 +116,40 @@ impl Core {
         let pending = std::mem::take(&mut acct.pending);
         log::info!("{} logged in from {peer}", acct.name);
 
+        let unread = self.unread_rooms(&key);
+        let nothing_more = pending == 0 && unread.is_empty();
         let mut out = Out::new();
-        self.login_answer(&req, &key, pending == 0, &mut out);
+        self.login_answer(&req, &key, nothing_more, &mut out);
         self.finish(req, out);
         if first {
             self.online.insert(key.clone());
             self.announce_presence(&key, true);
         }
-        if pending == 0 {
+        if nothing_more {
             return self.release(conn);
         }
-        // The backlog follows the LOGIN's answer; the connection stays held until it is sent.
+        // The unread rooms and the backlog follow the LOGIN's answer; the connection stays held
+        // until they are sent.
         let Some(slot) = self.open_slot(conn, 0) else {
             return;
         };
-        let user = key.as_str().to_owned();
-        self.store(StoreOp::ReadBacklog { user }, move |core, reply| {
-            core.backlog_read(conn, slot, key, reply)
+        self.unread_lines(unread, move |core, lines| {
+            if pending == 0 {
+                let mut out = lines;
+                out.line(&ServerLine::BacklogEnd { count: 0 });
+                core.fill(conn, slot, out);
+                return core.release(conn);
+            }
+            let user = key.as_str().to_owned();
+            core.store(StoreOp::ReadBacklog { user }, move |core, reply| {
+                core.backlog_read(conn, slot, key, reply, lines)
+            });
         });
     }
 
     /// `OK LOGIN`, then a PRESENCE line per friend and a FRIENDSHIP line per request waiting, in
-    /// name order; `BACKLOG-END 0` too when nothing is kept.
+    /// name order, and an INVITED line per invitation waiting, in room name order; `BACKLOG-END 0`
+    /// too when nothing is kept and no room has unread messages.
     fn login_answer(&self, req: &Req, key: &Key, no_backlog: bool, out: &mut Out) {
         let Some(acct) = self.accounts.get(key) else {
             return;
@@ -171,6 +173,7 @@ impl Core {
                 FriendState::Outgoing => {}
             }
         }
+        self.invited_lines(key, out);
         if no_backlog {
             out.line(&ServerLine::BacklogEnd { count: 0 });
         }
@@ -178,8 +181,15 @@ impl Core {
 
     /// The backlog was read (beside the writer, in a read transaction). Its entries are removed
     /// durably before the messages are sent (spec 6.1, 6.3): a crash in between keeps them for the
-    /// next login rather than losing them.
-    fn backlog_read(&mut self, conn: ConnId, slot: SlotId, key: Key, reply: StoreReply) {
+    /// next login rather than losing them. `unread` (the UNREAD lines) goes first.
+    fn backlog_read(
+        &mut self,
+        conn: ConnId,
+        slot: SlotId,
+        key: Key,
+        reply: StoreReply,
+        unread: Out,
+    ) {
         let msgs = match reply {
             StoreReply::Backlog(msgs) => msgs,
             other => {
@@ -199,7 +209,7 @@ impl Core {
             return self.fill(conn, slot, out);
         }
         let Some(upto) = msgs.last().map(|m| m.id) else {
-            let mut out = Out::new();
+            let mut out = unread;
             out.line(&ServerLine::BacklogEnd { count: 0 });
             self.fill(conn, slot, out);
             return self.release(conn);
@@ -212,7 +222,7 @@ impl Core {
             upto,
         };
         self.store(clear, move |core, _| {
-            let mut out = Out::new();
+            let mut out = unread;
             for m in &msgs {
                 out.line(&ServerLine::Message(MessageLine {
                     id: m.id,

@@ -641,6 +641,7 @@ impl Harness {
                     Recipient::User(u) => key(u) == me,
                     Recipient::Group(list) => list.iter().any(|u| key(u) == me),
                     Recipient::All => key(m.from) != me,
+                    Recipient::Room(_) => true,
                 };
                 self.check(addressed, || {
                     format!("{who}: {raw:?} reached {me}, who it was not addressed to")

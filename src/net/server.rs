@@ -109,9 +109,10 @@ pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), Server
 
     let (store, snapshot) = RedbStore::open(&opts.db).map_err(ServerError::Store)?;
     log::info!(
-        "database {}: {} accounts, next message id {}",
+        "database {}: {} accounts, {} rooms, next message id {}",
         opts.db.display(),
         snapshot.accounts.len(),
+        snapshot.rooms.len(),
         snapshot.next_id
     );
     let hasher = Hasher::new(opts.scrypt_log_n, SCRYPT_R, SCRYPT_P).map_err(ServerError::Scrypt)?;
@@ -119,6 +120,7 @@ pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), Server
         hash_queue: opts.hash_queue,
         dummy_phc: Arc::from(hasher.dummy_phc()),
         version: env!("CARGO_PKG_VERSION"),
+        max_room_members: opts.max_room_members,
     };
     let core = Core::new(snapshot, settings);
 

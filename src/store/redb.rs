@@ -1,5 +1,5 @@
-//! The durable [`Store`]: one redb file holding accounts, friendships, the message log and its two
-//! indexes (by conversation, and the offline backlog by account).
+//! The durable [`Store`]: one redb file holding accounts, friendships, rooms, the message log and
+//! its indexes (by conversation, by room, and the offline backlog by account), and read markers.
 //!
 //! This file owns the table layout and the transactions. Tables are typed `const TableDefinition`s:
 //!
@@ -10,11 +10,20 @@
 //! | `conversations` | (conversation key, id) | `()`                                |
 //! | `pending`       | (account key, id)      | `()`                                |
 //! | `friendships`   | (a key, b key)         | a's view of b, one byte             |
+//! | `rooms`         | room number            | encoded room record                 |
+//! | `room_members`  | (room number, account key) | encoded member record           |
+//! | `room_bans`     | (room number, account key) | encoded ban record              |
+//! | `room_invites`  | (room number, account key) | encoded invitation record       |
+//! | `room_log`      | (room number, message id)  | the message's position in the room (1, 2, ...) |
+//! | `read_markers`  | (account key, other account key) | last message id marked read |
 //! | `meta`          | setting name           | u64 (only `schema_version` so far)  |
 //!
 //! The index keys (conversation keys, account keys) are made by the parent module's `keys`, shared
 //! with the in-memory store; the records are encoded by `codec`, which never trusts a length it
 //! reads, so a damaged record is a [`StoreError::Corrupt`], never a panic or a huge allocation.
+//! Rooms are keyed by number, not by name: a deleted room's messages stay in `room_log` under its
+//! number, which is never given out again, so a new room of the same name starts empty. A room's
+//! message count and last id are the last `room_log` entry of its number, read at open.
 //!
 //! Every [`Store::write`] batch runs in one write transaction committed with
 //! [`Durability::Immediate`] (fsync before `write` returns); an error anywhere in the batch drops
@@ -22,7 +31,6 @@
 //! transaction: it sees the last commit before it was taken, runs beside later write transactions,
 //! and never waits for them. The page cache is bounded by [`STORE_CACHE_BYTES`].
 
-use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -33,9 +41,10 @@ use redb::{
 
 use super::codec;
 use super::keys::{conversation_key, key_of, message_conversation_keys};
+use super::page::page;
 use super::{
-    Cursor, Damage, FriendState, HistoryPage, MessageRecord, MsgId, ReadOp, Snapshot, Store,
-    StoreError, StoreOp, StoreReader, StoreReply,
+    Conversation, Cursor, Damage, FriendState, HistoryPage, MessageRecord, MsgId, ReadOp, RoomId,
+    RoomState, Snapshot, Store, StoreError, StoreOp, StoreReader, StoreReply,
 };
 use crate::config::STORE_CACHE_BYTES;
 
@@ -44,13 +53,22 @@ const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
 const CONVERSATIONS: TableDefinition<(&str, u64), ()> = TableDefinition::new("conversations");
 const PENDING: TableDefinition<(&str, u64), ()> = TableDefinition::new("pending");
 const FRIENDSHIPS: TableDefinition<(&str, &str), u8> = TableDefinition::new("friendships");
+const ROOMS: TableDefinition<u64, &[u8]> = TableDefinition::new("rooms");
+const ROOM_MEMBERS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("room_members");
+const ROOM_BANS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("room_bans");
+const ROOM_INVITES: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("room_invites");
+const ROOM_LOG: TableDefinition<(u64, u64), u64> = TableDefinition::new("room_log");
+const READ_MARKERS: TableDefinition<(&str, &str), u64> = TableDefinition::new("read_markers");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// `meta` key of the table layout version.
 const SCHEMA_VERSION_KEY: &str = "schema_version";
 /// The table layout this code reads and writes. A file with another version is refused at open
-/// rather than misread.
-pub(super) const SCHEMA_VERSION: u64 = 1;
+/// rather than misread. Version 2 added the room tables, the read markers and room messages in the
+/// log; a version 1 file is upgraded at open (the new tables start empty, nothing else changes).
+/// A version 2 file must not be opened by a build that reads only version 1: it would not know
+/// room messages in the log.
+pub(super) const SCHEMA_VERSION: u64 = 2;
 
 /// The one-byte form of a friendship edge in the `friendships` table.
 fn state_byte(state: FriendState) -> u8 {
@@ -148,7 +166,9 @@ impl RedbStore {
             let mut meta = txn.open_table(META)?;
             let stored = meta.get(SCHEMA_VERSION_KEY)?.map(|v| v.value());
             match stored {
-                None => {
+                // A new file, or one from before rooms: the tables this version adds are created
+                // empty by `Tables::open` below.
+                None | Some(1) => {
                     meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION)?;
                 }
                 Some(SCHEMA_VERSION) => {}
@@ -232,22 +252,39 @@ struct RedbReader {
 
 impl RedbReader {
     fn read_inner(&self, op: &ReadOp) -> Result<StoreReply, Fail> {
-        let messages = self.txn.open_table(MESSAGES)?;
         match op {
             ReadOp::History {
                 conv,
                 count,
                 cursor,
             } => {
+                let messages = self.txn.open_table(MESSAGES)?;
                 let conversations = self.txn.open_table(CONVERSATIONS)?;
-                let conv = conversation_key(conv);
-                let page = history(&conversations, &messages, &conv, *count, *cursor)?;
+                let room_log = self.txn.open_table(ROOM_LOG)?;
+                let page = history(&conversations, &room_log, &messages, conv, *count, *cursor)?;
                 Ok(StoreReply::History(page))
             }
             ReadOp::Backlog { user } => {
+                let messages = self.txn.open_table(MESSAGES)?;
                 let pending = self.txn.open_table(PENDING)?;
                 let (_, msgs) = backlog(&pending, &messages, user)?;
                 Ok(StoreReply::Backlog(msgs))
+            }
+            ReadOp::DirectRead { user, with } => {
+                let markers = self.txn.open_table(READ_MARKERS)?;
+                let m = marker(&markers, user, with)?;
+                Ok(StoreReply::Marker {
+                    before: m,
+                    after: m,
+                })
+            }
+            ReadOp::FirstUnread { rooms } => {
+                let room_log = self.txn.open_table(ROOM_LOG)?;
+                Ok(StoreReply::FirstIds(first_unread(&room_log, rooms)?))
+            }
+            ReadOp::RoomSeq { room, upto } => {
+                let room_log = self.txn.open_table(ROOM_LOG)?;
+                Ok(StoreReply::Seq(room_seq(&room_log, *room, *upto)?))
             }
         }
     }
@@ -267,6 +304,12 @@ struct Tables<'txn> {
     conversations: Table<'txn, (&'static str, u64), ()>,
     pending: Table<'txn, (&'static str, u64), ()>,
     friendships: Table<'txn, (&'static str, &'static str), u8>,
+    rooms: Table<'txn, u64, &'static [u8]>,
+    room_members: Table<'txn, (u64, &'static str), &'static [u8]>,
+    room_bans: Table<'txn, (u64, &'static str), &'static [u8]>,
+    room_invites: Table<'txn, (u64, &'static str), &'static [u8]>,
+    room_log: Table<'txn, (u64, u64), u64>,
+    read_markers: Table<'txn, (&'static str, &'static str), u64>,
     /// Whether any op of the batch wrote something.
     dirty: bool,
 }
@@ -279,6 +322,12 @@ impl<'txn> Tables<'txn> {
             conversations: txn.open_table(CONVERSATIONS)?,
             pending: txn.open_table(PENDING)?,
             friendships: txn.open_table(FRIENDSHIPS)?,
+            rooms: txn.open_table(ROOMS)?,
+            room_members: txn.open_table(ROOM_MEMBERS)?,
+            room_bans: txn.open_table(ROOM_BANS)?,
+            room_invites: txn.open_table(ROOM_INVITES)?,
+            room_log: txn.open_table(ROOM_LOG)?,
+            read_markers: txn.open_table(READ_MARKERS)?,
             dirty: false,
         })
     }
@@ -286,6 +335,7 @@ impl<'txn> Tables<'txn> {
     fn snapshot(&self) -> Result<Snapshot, Fail> {
         let mut snap = Snapshot {
             next_id: 1,
+            next_room_id: 1,
             ..Snapshot::default()
         };
         for entry in self.accounts.iter()? {
@@ -318,18 +368,70 @@ impl<'txn> Tables<'txn> {
         if let Some((id, _)) = self.messages.last()? {
             snap.next_id = id.value().saturating_add(1);
         }
+        for entry in self.rooms.iter()? {
+            let (id, value) = entry?;
+            let id = id.value();
+            let record = codec::decode_room(value.value())?;
+            let (last_id, count) =
+                match self.room_log.range((id, 0)..=(id, MsgId::MAX))?.next_back() {
+                    Some(e) => {
+                        let (key, seq) = e?;
+                        (key.value().1, seq.value())
+                    }
+                    None => (0, 0),
+                };
+            snap.next_room_id = snap.next_room_id.max(id.saturating_add(1));
+            snap.rooms.push(RoomState {
+                id,
+                record,
+                last_id,
+                count,
+            });
+        }
+        // A deleted room's number stays in the log: it is never given out again.
+        if let Some(e) = self.room_log.last()? {
+            snap.next_room_id = snap.next_room_id.max(e.0.value().0.saturating_add(1));
+        }
+        for entry in self.room_members.iter()? {
+            let (key, value) = entry?;
+            let (room, user) = key.value();
+            snap.members
+                .push((room, user.to_owned(), codec::decode_member(value.value())?));
+        }
+        for entry in self.room_bans.iter()? {
+            let (key, value) = entry?;
+            let (room, user) = key.value();
+            snap.bans
+                .push((room, user.to_owned(), codec::decode_ban(value.value())?));
+        }
+        for entry in self.room_invites.iter()? {
+            let (key, value) = entry?;
+            let (room, user) = key.value();
+            snap.invites
+                .push((room, user.to_owned(), codec::decode_invite(value.value())?));
+        }
         Ok(snap)
     }
 
     fn apply(&mut self, op: &StoreOp) -> Result<StoreReply, Fail> {
+        // Every op below but the reads writes something.
+        self.dirty |= !matches!(
+            op,
+            StoreOp::History { .. }
+                | StoreOp::ReadBacklog { .. }
+                | StoreOp::RoomReplay { .. }
+                | StoreOp::DirectRead { .. }
+                | StoreOp::FirstUnread { .. }
+                | StoreOp::RoomSeq { .. }
+                | StoreOp::ClearBacklog { .. }
+                | StoreOp::SetDirectRead { .. }
+        );
         match op {
             StoreOp::CreateAccount(rec) => {
                 self.accounts.insert(
                     key_of(&rec.name).as_str(),
                     codec::encode_account(rec).as_slice(),
                 )?;
-                self.dirty = true;
-                Ok(StoreReply::Done)
             }
             StoreOp::AppendMessage { msg, pending_for } => {
                 self.messages
@@ -340,13 +442,9 @@ impl<'txn> Tables<'txn> {
                 for user in pending_for {
                     self.pending.insert((user.as_str(), msg.id), ())?;
                 }
-                self.dirty = true;
-                Ok(StoreReply::Done)
             }
             StoreOp::AddPending { user, id } => {
                 self.pending.insert((user.as_str(), *id), ())?;
-                self.dirty = true;
-                Ok(StoreReply::Done)
             }
             StoreOp::ClearBacklog { user, upto } => {
                 let mut ids = Vec::new();
@@ -360,39 +458,132 @@ impl<'txn> Tables<'txn> {
                     self.pending.remove((user.as_str(), id))?;
                     self.dirty = true;
                 }
-                Ok(StoreReply::Done)
             }
-            StoreOp::SetFriendship { a, b, state } => {
-                match state {
-                    Some(s) => {
-                        self.friendships
-                            .insert((a.as_str(), b.as_str()), state_byte(*s))?;
-                        self.friendships
-                            .insert((b.as_str(), a.as_str()), state_byte(s.mirror()))?;
+            StoreOp::SetFriendship { a, b, state } => match state {
+                Some(s) => {
+                    self.friendships
+                        .insert((a.as_str(), b.as_str()), state_byte(*s))?;
+                    self.friendships
+                        .insert((b.as_str(), a.as_str()), state_byte(s.mirror()))?;
+                }
+                None => {
+                    self.friendships.remove((a.as_str(), b.as_str()))?;
+                    self.friendships.remove((b.as_str(), a.as_str()))?;
+                }
+            },
+            StoreOp::AppendRoomMessage { msg, room, seq } => {
+                self.messages
+                    .insert(msg.id, codec::encode_message(msg).as_slice())?;
+                self.room_log.insert((*room, msg.id), *seq)?;
+            }
+            StoreOp::PutRoom { id, room } => {
+                self.rooms
+                    .insert(*id, codec::encode_room(room).as_slice())?;
+            }
+            StoreOp::DeleteRoom { id } => {
+                self.rooms.remove(*id)?;
+                for table in [
+                    &mut self.room_members,
+                    &mut self.room_bans,
+                    &mut self.room_invites,
+                ] {
+                    let mut users = Vec::new();
+                    for entry in table.range((*id, "")..(id.saturating_add(1), ""))? {
+                        users.push(entry?.0.value().1.to_owned());
                     }
-                    None => {
-                        self.friendships.remove((a.as_str(), b.as_str()))?;
-                        self.friendships.remove((b.as_str(), a.as_str()))?;
+                    for user in users {
+                        table.remove((*id, user.as_str()))?;
                     }
                 }
-                self.dirty = true;
-                Ok(StoreReply::Done)
             }
-            // Reads are answered here only when handed to `write` directly (see `Store::write`).
+            StoreOp::PutMember { room, user, member } => {
+                self.room_members.insert(
+                    (*room, user.as_str()),
+                    codec::encode_member(member).as_slice(),
+                )?;
+            }
+            StoreOp::RemoveMember { room, user } => {
+                self.room_members.remove((*room, user.as_str()))?;
+            }
+            StoreOp::PutBan { room, user, ban } => {
+                self.room_bans
+                    .insert((*room, user.as_str()), codec::encode_ban(ban).as_slice())?;
+            }
+            StoreOp::RemoveBan { room, user } => {
+                self.room_bans.remove((*room, user.as_str()))?;
+            }
+            StoreOp::PutInvite { room, user, invite } => {
+                self.room_invites.insert(
+                    (*room, user.as_str()),
+                    codec::encode_invite(invite).as_slice(),
+                )?;
+            }
+            StoreOp::RemoveInvite { room, user } => {
+                self.room_invites.remove((*room, user.as_str()))?;
+            }
+            StoreOp::SetDirectRead { user, with, id } => {
+                let old = marker(&self.read_markers, user, with)?;
+                let after = old.max(*id);
+                if after > old {
+                    self.read_markers
+                        .insert((user.as_str(), with.as_str()), after)?;
+                    self.dirty = true;
+                }
+                return Ok(StoreReply::Marker { before: old, after });
+            }
+            // Reads are answered here when handed to `write` (see `Store::write`); RoomReplay
+            // always is (see `StoreOp::is_read`).
             StoreOp::History {
                 conv,
                 count,
                 cursor,
             } => {
-                let conv = conversation_key(conv);
-                let page = history(&self.conversations, &self.messages, &conv, *count, *cursor)?;
-                Ok(StoreReply::History(page))
+                let page = history(
+                    &self.conversations,
+                    &self.room_log,
+                    &self.messages,
+                    conv,
+                    *count,
+                    *cursor,
+                )?;
+                return Ok(StoreReply::History(page));
+            }
+            StoreOp::RoomReplay {
+                room,
+                after,
+                upto,
+                count,
+            } => {
+                let page = room_page(
+                    &self.room_log,
+                    &self.messages,
+                    *room,
+                    after.saturating_add(1),
+                    *upto,
+                    *count,
+                    Cursor::Latest,
+                )?;
+                return Ok(StoreReply::History(page));
             }
             StoreOp::ReadBacklog { user } => {
                 let (_, messages) = backlog(&self.pending, &self.messages, user)?;
-                Ok(StoreReply::Backlog(messages))
+                return Ok(StoreReply::Backlog(messages));
+            }
+            StoreOp::DirectRead { user, with } => {
+                let m = marker(&self.read_markers, user, with)?;
+                return Ok(StoreReply::Marker {
+                    before: m,
+                    after: m,
+                });
+            }
+            StoreOp::FirstUnread { rooms } => {
+                return Ok(StoreReply::FirstIds(first_unread(&self.room_log, rooms)?));
+            }
+            StoreOp::RoomSeq { room, upto } => {
+                return Ok(StoreReply::Seq(room_seq(&self.room_log, *room, *upto)?));
             }
         }
+        Ok(StoreReply::Done)
     }
 }
 
@@ -407,6 +598,14 @@ impl<T: ReadableTable<(&'static str, u64), ()>> IdIndex for T {}
 /// The message log, by id.
 trait MessageLog: ReadableTable<u64, &'static [u8]> {}
 impl<T: ReadableTable<u64, &'static [u8]>> MessageLog for T {}
+
+/// The rooms' index: (room, message id) -> the message's position in the room.
+trait RoomLog: ReadableTable<(u64, u64), u64> {}
+impl<T: ReadableTable<(u64, u64), u64>> RoomLog for T {}
+
+/// The read markers of direct conversations.
+trait Markers: ReadableTable<(&'static str, &'static str), u64> {}
+impl<T: ReadableTable<(&'static str, &'static str), u64>> Markers for T {}
 
 /// The ids in the account's offline backlog, and the messages they name in id order. An entry
 /// whose message is not stored is logged and skipped.
@@ -433,70 +632,143 @@ fn backlog(
     Ok((ids, found))
 }
 
-/// One page of the conversation with key `conv`.
-fn history(
-    conversations: &impl IdIndex,
-    messages: &impl MessageLog,
-    conv: &str,
-    count: u32,
-    cursor: Cursor,
-) -> Result<HistoryPage, Fail> {
-    let lo = (conv, 0u64);
-    let hi = (conv, u64::MAX);
-    let take = usize::try_from(count).unwrap_or(usize::MAX);
-    let mut ids = Vec::new();
-    match cursor {
-        Cursor::Latest => {
-            for entry in conversations.range(lo..=hi)?.rev().take(take) {
-                ids.push(entry?.0.value().1);
-            }
-            ids.reverse();
-        }
-        Cursor::Before(x) => {
-            for entry in conversations.range(lo..(conv, x))?.rev().take(take) {
-                ids.push(entry?.0.value().1);
-            }
-            ids.reverse();
-        }
-        Cursor::After(x) => {
-            let range = (Bound::Excluded((conv, x)), Bound::Included(hi));
-            for entry in conversations.range(range)?.take(take) {
-                ids.push(entry?.0.value().1);
-            }
-        }
+/// The marker of `user` in the direct conversation with `with` (0: none).
+fn marker(markers: &impl Markers, user: &str, with: &str) -> Result<MsgId, Fail> {
+    Ok(markers.get((user, with))?.map_or(0, |v| v.value()))
+}
+
+/// For each (room, after): the first id of the room above `after`.
+fn first_unread(
+    room_log: &impl RoomLog,
+    rooms: &[(RoomId, MsgId)],
+) -> Result<Vec<Option<MsgId>>, Fail> {
+    let mut out = Vec::with_capacity(rooms.len());
+    for &(room, after) in rooms {
+        let first = match after.checked_add(1) {
+            None => None,
+            Some(from) => match room_log.range((room, from)..=(room, MsgId::MAX))?.next() {
+                Some(e) => Some(e?.0.value().1),
+                None => None,
+            },
+        };
+        out.push(first);
     }
-    // Whether the conversation holds an id between the bounds.
-    let any = |from: Bound<(&str, u64)>, to: Bound<(&str, u64)>| -> Result<bool, Fail> {
-        Ok(conversations.range((from, to))?.next().is_some())
-    };
-    let below = |id| any(Bound::Included(lo), Bound::Excluded((conv, id)));
-    let above = |id| any(Bound::Excluded((conv, id)), Bound::Included(hi));
-    let from = |id| any(Bound::Included((conv, id)), Bound::Included(hi));
-    let up_to = |id| any(Bound::Included(lo), Bound::Included((conv, id)));
-    let (older, newer) = match (ids.first(), ids.last()) {
-        (Some(&min), Some(&max)) => (below(min)?.then_some(min), above(max)?.then_some(max)),
-        _ => match cursor {
-            Cursor::Latest => (None, None),
-            // Nothing below x; if anything from x up exists, After(x - 1) shows it.
-            Cursor::Before(x) => (None, from(x)?.then(|| x.saturating_sub(1))),
-            // Nothing above x; if anything up to x exists, Before(x + 1) shows it.
-            Cursor::After(x) => (up_to(x)?.then(|| x.saturating_add(1)), None),
-        },
-    };
+    Ok(out)
+}
+
+/// The room's last message with an id up to `upto`, and its position.
+fn room_seq(
+    room_log: &impl RoomLog,
+    room: RoomId,
+    upto: MsgId,
+) -> Result<Option<(MsgId, u64)>, Fail> {
+    match room_log.range((room, 0)..=(room, upto))?.next_back() {
+        Some(e) => {
+            let (key, seq) = e?;
+            Ok(Some((key.value().1, seq.value())))
+        }
+        None => Ok(None),
+    }
+}
+
+/// The messages `ids` names, in that order; a missing one is damage.
+fn load(
+    messages: &impl MessageLog,
+    ids: Vec<MsgId>,
+    what: &str,
+) -> Result<Vec<MessageRecord>, Fail> {
     let mut found = Vec::with_capacity(ids.len());
     for id in ids {
         match messages.get(id)? {
             Some(bytes) => found.push(codec::decode_message(id, bytes.value())?),
             None => {
-                return Err(Damage::new(format!(
-                    "conversation {conv:?} names message {id}, which is not stored"
-                ))
-                .into())
+                return Err(
+                    Damage::new(format!("{what} names message {id}, which is not stored")).into(),
+                )
             }
         }
     }
+    Ok(found)
+}
+
+/// One page of a conversation.
+fn history(
+    conversations: &impl IdIndex,
+    room_log: &impl RoomLog,
+    messages: &impl MessageLog,
+    conv: &Conversation,
+    count: u32,
+    cursor: Cursor,
+) -> Result<HistoryPage, Fail> {
+    let key = match (conv, conversation_key(conv)) {
+        (&Conversation::Room { id, after }, _) => {
+            return room_page(
+                room_log,
+                messages,
+                id,
+                after.saturating_add(1),
+                MsgId::MAX,
+                count,
+                cursor,
+            );
+        }
+        (_, Some(key)) => key,
+        (_, None) => return Ok(HistoryPage::default()),
+    };
+    let k = key.as_str();
+    let (ids, older, newer) = page(0, MsgId::MAX, count, cursor, |a, b, rev, take| {
+        let mut out = Vec::new();
+        if a > b {
+            return Ok::<_, Fail>(out);
+        }
+        let range = conversations.range((k, a)..=(k, b))?;
+        if rev {
+            for entry in range.rev().take(take) {
+                out.push(entry?.0.value().1);
+            }
+        } else {
+            for entry in range.take(take) {
+                out.push(entry?.0.value().1);
+            }
+        }
+        Ok(out)
+    })?;
     Ok(HistoryPage {
-        messages: found,
+        messages: load(messages, ids, &format!("conversation {key:?}"))?,
+        older,
+        newer,
+    })
+}
+
+/// One page of a room's messages with ids in `lo..=hi`.
+fn room_page(
+    room_log: &impl RoomLog,
+    messages: &impl MessageLog,
+    room: RoomId,
+    lo: MsgId,
+    hi: MsgId,
+    count: u32,
+    cursor: Cursor,
+) -> Result<HistoryPage, Fail> {
+    let (ids, older, newer) = page(lo, hi, count, cursor, |a, b, rev, take| {
+        let mut out = Vec::new();
+        if a > b {
+            return Ok::<_, Fail>(out);
+        }
+        let range = room_log.range((room, a)..=(room, b))?;
+        if rev {
+            for entry in range.rev().take(take) {
+                out.push(entry?.0.value().1);
+            }
+        } else {
+            for entry in range.take(take) {
+                out.push(entry?.0.value().1);
+            }
+        }
+        Ok(out)
+    })?;
+    Ok(HistoryPage {
+        messages: load(messages, ids, &format!("room {room}"))?,
         older,
         newer,
     })
@@ -631,16 +903,81 @@ mod tests {
         let txn = db.begin_write().unwrap();
         txn.open_table(META)
             .unwrap()
-            .insert(SCHEMA_VERSION_KEY, 2)
+            .insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION + 1)
             .unwrap();
         txn.commit().unwrap();
         drop(db);
         match RedbStore::open(&path) {
             Err(e @ StoreError::Schema { .. }) => {
-                assert!(e.to_string().contains("schema version 2"), "{e}")
+                assert!(e.to_string().contains("schema version 3"), "{e}")
             }
             other => panic!("{:?}", other.map(|(_, s)| s)),
         }
+    }
+
+    /// A file from before rooms (layout 1: no room tables, version 1 in `meta`) opens with its
+    /// accounts and messages, its layout is upgraded, and rooms work in it.
+    #[test]
+    fn a_version_1_file_is_upgraded() {
+        let (_dir, path) = temp_db();
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert(SCHEMA_VERSION_KEY, 1)
+                .unwrap();
+            let rec = AccountRecord {
+                name: "Alice".into(),
+                phc: "h".into(),
+                created_ms: 1,
+            };
+            txn.open_table(ACCOUNTS)
+                .unwrap()
+                .insert("alice", codec::encode_account(&rec).as_slice())
+                .unwrap();
+            txn.open_table(MESSAGES)
+                .unwrap()
+                .insert(
+                    7,
+                    codec::encode_message(&MessageRecord {
+                        id: 7,
+                        time_ms: 0,
+                        from: "Alice".into(),
+                        to: To::All,
+                        text: "old".into(),
+                    })
+                    .as_slice(),
+                )
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let (mut store, snap) = RedbStore::open(&path).unwrap();
+        assert_eq!(snap.accounts.len(), 1);
+        assert_eq!((snap.next_id, snap.next_room_id), (8, 1));
+        assert!(snap.rooms.is_empty());
+        store
+            .execute(&[StoreOp::PutRoom {
+                id: 1,
+                room: crate::store::RoomRecord {
+                    name: "#r".into(),
+                    created_ms: 0,
+                    private: false,
+                    topic: None,
+                },
+            }])
+            .unwrap();
+        let txn = store.db.begin_read().unwrap();
+        let version = txn
+            .open_table(META)
+            .unwrap()
+            .get(SCHEMA_VERSION_KEY)
+            .unwrap()
+            .map(|v| v.value());
+        assert_eq!(version, Some(SCHEMA_VERSION));
+        drop(txn);
+        drop(store);
+        assert_eq!(RedbStore::open(&path).unwrap().1.rooms.len(), 1);
     }
 
     #[test]

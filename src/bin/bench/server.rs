@@ -239,6 +239,7 @@ pub fn serve_child(db: PathBuf) -> ExitCode {
         hash_threads: super::system::cores(),
         hash_queue: DEFAULT_HASH_QUEUE,
         scrypt_log_n: SCRYPT_LOG_N,
+        max_room_members: chatd::config::DEFAULT_MAX_ROOM_MEMBERS,
     };
     match net::run(opts, control_rx) {
         Ok(()) => ExitCode::SUCCESS,

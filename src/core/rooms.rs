@@ -490,10 +490,11 @@ impl Core {
         );
     }
 
-    /// The JOIN answer, once `ops` are committed: the ROOM line, the latest messages with ids in
-    /// `after+1..=upto` (read in the order of the writes, so it is exactly what was said before
-    /// the join, and it reaches the member before anything said after), and `OK JOIN`. The
-    /// audience in `told` learns of the join at the same commit.
+    /// The JOIN answer, once `ops` are committed: the ROOM line (`summary`, the room as the JOIN
+    /// left it), the latest messages with ids in `after+1..=upto` (read in the order of the
+    /// writes, so it is exactly what was said before the join, and it reaches the member before
+    /// anything said after), and `OK JOIN`. The audience in `told` learns of the join at the same
+    /// commit.
     #[allow(clippy::too_many_arguments)]
     fn join_answer(
         &mut self,
@@ -521,10 +522,7 @@ impl Core {
                 let name = core.shown(&me);
                 core.tell(audience, room, RoomEvent::Joined { name: &name }, req.conn);
             }
-            let summary = match core.rooms.get(&id) {
-                Some(r) => core.summary(r, &me),
-                None => summary,
-            };
+            // The room as the JOIN left it: later commands may have changed it since.
             let mut out = Out::new();
             out.line(&summary.line());
             if let StoreReply::History(page) = &reply {

@@ -384,6 +384,19 @@ mod tests {
         assert_bob_has(&mut s, "alice bob are you there\nBACKLOG-END 1\n");
     }
 
+    /// The connection leaves after the backlog was read, while its removal is being committed:
+    /// nothing was sent, so the next login gets the messages.
+    #[test]
+    fn a_backlog_whose_connection_left_during_its_removal_is_kept_for_the_next_login() {
+        let mut s = one_message_kept_for_bob();
+        s.queue("b", "LOGIN bob password2");
+        s.step(); // the password check; the backlog read is now queued
+        s.step(); // the backlog read; its removal is now queued
+        s.drop_connection("b");
+        s.settle();
+        assert_bob_still_has_the_kept_message(&mut s);
+    }
+
     #[test]
     fn a_backlog_whose_connection_left_is_kept_for_the_next_login() {
         let mut s = one_message_kept_for_bob();

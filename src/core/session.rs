@@ -222,6 +222,21 @@ impl Core {
             upto,
         };
         self.store(clear, move |core, _| {
+            if core.conns.get(&conn).is_none_or(|c| c.closing) {
+                // The connection left (or the server is stopping) while the removal was being
+                // committed: nothing was sent, so the messages go back to the backlog for the
+                // next login, in a commit of their own.
+                let ops: Vec<StoreOp> = msgs
+                    .iter()
+                    .filter_map(|m| core.keep_for_later(&key, m.id))
+                    .collect();
+                for op in ops {
+                    core.store(op, |_, _| {});
+                }
+                let mut out = Out::new();
+                out.line(&ServerLine::BacklogEnd { count: 0 });
+                return core.fill(conn, slot, out);
+            }
             let mut out = unread;
             for m in &msgs {
                 out.line(&ServerLine::Message(MessageLine {

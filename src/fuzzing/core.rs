@@ -199,6 +199,10 @@ struct Harness {
     accounts: BTreeMap<String, String>,
     /// Their passwords (raw input can register any), for the HISTORY reads at the end.
     passwords: BTreeMap<String, String>,
+    /// Every REGISTER handed to the server (name, password), answered or not: one still on its
+    /// way, or of a connection closed before its answer, may have created the account a LOGIN
+    /// then finds.
+    registers: Vec<(String, String)>,
     sent: BTreeMap<u64, Sent>,
     delivered: Vec<Delivered>,
     /// Account key -> ids of the messages its connections received.
@@ -494,6 +498,7 @@ impl Harness {
             serials: 0,
             accounts: BTreeMap::new(),
             passwords: BTreeMap::new(),
+            registers: Vec::new(),
             sent: BTreeMap::new(),
             delivered: Vec::new(),
             live: BTreeMap::new(),
@@ -524,6 +529,11 @@ impl Harness {
             return;
         };
         let (room, kind) = match request.command {
+            Command::Register { name, password } => {
+                self.registers
+                    .push((name.to_string(), password.expose().to_owned()));
+                return;
+            }
             Command::Unban { room, name } => (room, RoomCmdKind::Unban(key(name.as_str()))),
             Command::Room {
                 sub: crate::proto::command::RoomSub::Public,
@@ -967,9 +977,23 @@ impl Harness {
                 self.passwords
                     .insert(key(name.as_str()), password.expose().to_owned());
             }
-            (OkReply::Login { name: shown }, Some(Command::Login { name, .. })) => {
+            (OkReply::Login { name: shown }, Some(Command::Login { name, password })) => {
                 let k = key(&name);
-                let registered = self.accounts.get(&k).cloned();
+                let mut registered = self.accounts.get(&k).cloned();
+                if registered.is_none() {
+                    // A REGISTER whose OK has not been read (or never will be: its connection
+                    // closed) may have created the account; the LOGIN's password is then its.
+                    let password = password.expose();
+                    if let Some((n, _)) = self
+                        .registers
+                        .iter()
+                        .find(|(n, p)| key(n) == k && p == password)
+                    {
+                        registered = Some(n.clone());
+                        self.accounts.insert(k.clone(), n.clone());
+                        self.passwords.insert(k.clone(), password.to_owned());
+                    }
+                }
                 self.check(registered.as_deref() == Some(shown), || {
                     format!("{who}: {raw:?} for LOGIN {name}, registered as {registered:?}")
                 });

@@ -334,6 +334,17 @@ mod tests {
     }
 
     #[test]
+    fn a_backlog_whose_connection_left_while_it_was_removed_is_kept_again() {
+        let mut s = one_message_kept_for_bob();
+        s.queue("b", "LOGIN bob password2");
+        s.step(); // the password check; the backlog read is now queued
+        s.step(); // the backlog read; the removal of its entries is now queued
+        s.drop_connection("b");
+        s.settle();
+        assert_bob_still_has_the_kept_message(&mut s);
+    }
+
+    #[test]
     fn a_backlog_whose_connection_left_is_kept_for_the_next_login() {
         let mut s = one_message_kept_for_bob();
         s.queue("b", "LOGIN bob password2");

@@ -212,6 +212,18 @@ impl Core {
             upto,
         };
         self.store(clear, move |core, _| {
+            if core.conns.get(&conn).is_none_or(|c| c.closing) {
+                // The connection left while the entries were being removed: nothing was sent, so
+                // the messages go back into the backlog for the next login.
+                for m in &msgs {
+                    if let Some(op) = core.keep_for_later(&key, m.id) {
+                        core.store(op, |_, _| {});
+                    }
+                }
+                let mut out = Out::new();
+                out.line(&ServerLine::BacklogEnd { count: 0 });
+                return core.fill(conn, slot, out);
+            }
             let mut out = Out::new();
             for m in &msgs {
                 out.line(&ServerLine::Message(MessageLine {

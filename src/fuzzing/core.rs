@@ -729,8 +729,14 @@ impl Harness {
                 self.passwords
                     .insert(key(name.as_str()), password.expose().to_owned());
             }
-            (OkReply::Login { name: shown }, Some(Command::Login { name, .. })) => {
+            (OkReply::Login { name: shown }, Some(Command::Login { name, password })) => {
                 let k = key(&name);
+                if !self.accounts.contains_key(&k) {
+                    // A REGISTER on another connection may have committed before this LOGIN was
+                    // checked while its OK has not been read yet: the harness reads clients one
+                    // after the other. Take it as registered if such a REGISTER is waiting.
+                    self.adopt_registration(&k, password.expose());
+                }
                 let registered = self.accounts.get(&k).cloned();
                 self.check(registered.as_deref() == Some(shown), || {
                     format!("{who}: {raw:?} for LOGIN {name}, registered as {registered:?}")
@@ -776,6 +782,27 @@ impl Harness {
                 self.check(known.is_none(), || format!("{who}: message id {id} reused"));
             }
             _ => {}
+        }
+    }
+
+    /// Records the registration of `k` from an unanswered REGISTER of that name with `password`
+    /// on any connection, if there is one.
+    fn adopt_registration(&mut self, k: &str, password: &str) {
+        let pending = self
+            .conns
+            .iter()
+            .flatten()
+            .flat_map(|c| c.awaiting.iter())
+            .find_map(|a| match &a.request {
+                Some(Request {
+                    command: Command::Register { name, password: pw },
+                    ..
+                }) if key(name.as_str()) == k && pw.expose() == password => Some(name.clone()),
+                _ => None,
+            });
+        if let Some(name) = pending {
+            self.accounts.insert(k.to_owned(), name.to_string());
+            self.passwords.insert(k.to_owned(), password.to_owned());
         }
     }
 

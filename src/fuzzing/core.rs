@@ -735,7 +735,7 @@ impl Harness {
                     // A REGISTER on another connection may have committed before this LOGIN was
                     // checked while its OK has not been read yet: the harness reads clients one
                     // after the other. Take it as registered if such a REGISTER is waiting.
-                    self.adopt_registration(&k, password.expose());
+                    self.adopt_registration(shown, password.expose());
                 }
                 let registered = self.accounts.get(&k).cloned();
                 self.check(registered.as_deref() == Some(shown), || {
@@ -785,9 +785,9 @@ impl Harness {
         }
     }
 
-    /// Records the registration of `k` from an unanswered REGISTER of that name with `password`
-    /// on any connection, if there is one.
-    fn adopt_registration(&mut self, k: &str, password: &str) {
+    /// Records the registration of `shown` (the name as the server says it was registered) from an
+    /// unanswered REGISTER of exactly that name with `password` on any connection, if there is one.
+    fn adopt_registration(&mut self, shown: &str, password: &str) {
         let pending = self
             .conns
             .iter()
@@ -797,12 +797,13 @@ impl Harness {
                 Some(Request {
                     command: Command::Register { name, password: pw },
                     ..
-                }) if key(name.as_str()) == k && pw.expose() == password => Some(name.clone()),
+                }) if name.as_str() == shown && pw.expose() == password => Some(name.clone()),
                 _ => None,
             });
         if let Some(name) = pending {
-            self.accounts.insert(k.to_owned(), name.to_string());
-            self.passwords.insert(k.to_owned(), password.to_owned());
+            self.accounts.insert(key(name.as_str()), name.to_string());
+            self.passwords
+                .insert(key(name.as_str()), password.to_owned());
         }
     }
 

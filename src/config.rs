@@ -29,6 +29,20 @@ pub const HISTORY_DEFAULT_COUNT: u32 = 50;
 pub const HISTORY_MAX_COUNT: u32 = 500;
 /// Most messages one account may have waiting for offline delivery.
 pub const MAX_PENDING_PER_ACCOUNT: u32 = 1000;
+/// Longest device token label in bytes (UTF-8).
+pub const MAX_TOKEN_LABEL_BYTES: usize = 64;
+/// Most device tokens one account may hold; TOKEN beyond it is refused (TOO_MANY_TOKENS).
+pub const MAX_TOKENS_PER_ACCOUNT: usize = 20;
+/// A device token expires when it has not been used for this long (milliseconds: 30 days).
+pub const TOKEN_IDLE_LIFETIME_MS: i64 = 30 * DAY_MS;
+/// ... and in any case this long after it was issued, however often it is used (180 days).
+pub const TOKEN_MAX_LIFETIME_MS: i64 = 180 * DAY_MS;
+/// A token's last use is written to disk at most this often (one hour): a reconnect storm of
+/// RESUMEs reads memory and writes nothing. The sliding lifetime is measured from the last use
+/// in memory, so the granularity only shows after a restart.
+pub const TOKEN_TOUCH_INTERVAL_MS: i64 = 60 * 60 * 1000;
+/// One day in milliseconds, for the lifetimes above.
+const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 /// Most commands of one connection that may be read but not yet answered; the server stops reading
 /// the connection's socket until answers go out (backpressure, nothing is lost).
 pub const MAX_INFLIGHT_PER_CONNECTION: usize = 64;

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use crate::auth::{HashOutcome, Hasher};
 use crate::config::{MAX_INFLIGHT_PER_CONNECTION, MAX_LINE_BYTES, OUTBOX_LIMIT_BYTES};
+use crate::core::entropy::Entropy;
 use crate::core::{ConnId, Core, Event, Input, Job, Settings};
 use crate::outbox::Outbox;
 use crate::proto::line::{Frame, LineDecoder};
@@ -17,6 +18,8 @@ use crate::store::{Snapshot, Store, StoreReply};
 
 /// Start of the simulated clock: 2026-01-01T00:00:00.000Z.
 pub const EPOCH_MS: i64 = 1_767_225_600_000;
+/// The seed of the simulated server's random bits: the same run issues the same device tokens.
+const SEED: u64 = 0x5eed_c4a7_d000_0001;
 
 struct Client {
     conn: ConnId,
@@ -27,7 +30,7 @@ struct Client {
 /// The simulated server. See the module documentation.
 pub struct Sim {
     core: Core,
-    store: Box<dyn Store>,
+    store: Backing,
     hasher: Hasher,
     clients: BTreeMap<String, Client>,
     next_conn: ConnId,
@@ -45,19 +48,18 @@ impl Sim {
     /// A server with an empty in-memory store.
     pub fn new() -> Sim {
         let (store, snapshot) = MemoryStore::new();
-        Sim::with_store(Box::new(store), snapshot)
+        Sim::build(Backing::Memory(store), snapshot)
     }
 
     /// A server on `store`, whose contents `snapshot` describes.
     pub fn with_store(store: Box<dyn Store>, snapshot: Snapshot) -> Sim {
+        Sim::build(Backing::Other(store), snapshot)
+    }
+
+    fn build(store: Backing, snapshot: Snapshot) -> Sim {
         let hasher = Hasher::new(4, 8, 1).expect("cheap scrypt parameters are valid");
-        let settings = Settings {
-            hash_queue: 64,
-            dummy_phc: Arc::from(hasher.dummy_phc()),
-            version: "0.0.0-sim",
-        };
         Sim {
-            core: Core::new(snapshot, settings),
+            core: Core::new(snapshot, Sim::settings(&hasher)),
             store,
             hasher,
             clients: BTreeMap::new(),
@@ -67,9 +69,31 @@ impl Sim {
         }
     }
 
+    fn settings(hasher: &Hasher) -> Settings {
+        Settings {
+            hash_queue: 64,
+            dummy_phc: Arc::from(hasher.dummy_phc()),
+            version: "0.0.0-sim",
+            entropy: Entropy::Seeded(SEED),
+        }
+    }
+
     /// The core, for inspection.
     pub fn core(&self) -> &Core {
         &self.core
+    }
+
+    /// Stops the server abruptly and starts a new one on the same (in-memory) store, as after a
+    /// crash: every job still queued is lost, every connection is gone, and the new core knows only
+    /// what was committed. The clock goes on. Only for a server made by [`Sim::new`].
+    pub fn restart(&mut self) {
+        let Backing::Memory(memory) = &self.store else {
+            panic!("Sim::restart needs the in-memory store of Sim::new");
+        };
+        let snapshot = memory.snapshot();
+        self.jobs.clear();
+        self.clients.clear();
+        self.core = Core::new(snapshot, Sim::settings(&self.hasher));
     }
 
     /// Moves the clock forward.
@@ -203,7 +227,11 @@ impl Sim {
             }
             if !batch.is_empty() {
                 let ops: Vec<_> = batch.iter().map(|j| j.op.clone()).collect();
-                let result = self.store.execute(&ops).map(|replies: Vec<StoreReply>| {
+                let store: &mut dyn Store = match &mut self.store {
+                    Backing::Memory(m) => m,
+                    Backing::Other(s) => &mut **s,
+                };
+                let result = store.execute(&ops).map(|replies: Vec<StoreReply>| {
                     batch
                         .iter()
                         .map(|j| j.ticket)
@@ -218,6 +246,12 @@ impl Sim {
             }
         }
     }
+}
+
+/// The simulated server's store: the in-memory one (which [`Sim::restart`] can reopen), or any.
+enum Backing {
+    Memory(MemoryStore),
+    Other(Box<dyn Store>),
 }
 
 #[cfg(test)]

@@ -353,6 +353,7 @@ impl Session {
             ServerLine::Friend { name, state } => {
                 vec![note(NoteKind::Plain, render::friend(name, state))]
             }
+            ServerLine::Token(t) => vec![note(NoteKind::Plain, render::token(&t, clock))],
             ServerLine::Other(raw) => {
                 vec![note(NoteKind::Plain, format!("server: {}", clean(raw)))]
             }

@@ -265,6 +265,70 @@ pub static COMMANDS: &[Row] = &[
             cmd => core.mismatch(req, cmd),
         },
     },
+    Row {
+        verb: Verb::Token,
+        state: Needs::LoggedIn,
+        barrier: false,
+        summary: "get a device token, to log in again without your password",
+        details: &[
+            "Issues a token for this account and shows it once: OK TOKEN <id> <token>. Keep it secret.",
+            "RESUME <token> then logs in as you with no password, until the token expires or is revoked.",
+            "A token expires 30 days after its last use, and 180 days after it was issued at the latest.",
+            "The label (up to 64 bytes) is for you, to tell your devices apart in TOKENS. At most 20 tokens.",
+            "Example: TOKEN laptop",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Token { label } => core.token(req, label),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
+        verb: Verb::Resume,
+        state: Needs::LoggedOut,
+        barrier: false,
+        summary: "log in with a device token instead of a password",
+        details: &[
+            "Logs in with a token from TOKEN, exactly as LOGIN does: the same pushes and backlog follow.",
+            "An unknown, expired or revoked token gets FAIL RESUME BAD_TOKEN; log in with LOGIN then.",
+            "Example: RESUME ct1.0123456789abcdef.<secret>",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Resume { token } => core.resume(req, token),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
+        verb: Verb::Tokens,
+        state: Needs::LoggedIn,
+        barrier: false,
+        summary: "list your device tokens",
+        details: &[
+            "One line per token that has not expired, oldest first:",
+            "TOKEN <id> <created> <last used> <expires> CURRENT|OTHER <label>",
+            "CURRENT marks the token this connection logged in with or was issued. Secrets are never shown.",
+            "Example: TOKENS",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Tokens => core.list_tokens(req),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
+        verb: Verb::Revoke,
+        state: Needs::LoggedIn,
+        barrier: false,
+        summary: "revoke a device token, or all of them",
+        details: &[
+            "REVOKE <id> revokes one token (the id is from TOKENS); REVOKE ALL revokes every one.",
+            "A revoked token no longer logs in. Your other connections on it are closed (BYE REVOKED);",
+            "this one stays logged in. Answer: OK REVOKE <tokens revoked> CLOSED <connections closed>",
+            "Example: REVOKE 0123456789abcdef",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Revoke(which) => core.revoke(req, which),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
 ];
 
 #[cfg(test)]
@@ -282,8 +346,8 @@ mod tests {
 
     #[test]
     fn login_requirement_matches_the_spec() {
-        // Spec 3.1: REGISTER and LOGIN need a connection that is not logged in; QUIT, HELP and PING
-        // work in any state; everything else needs a login.
+        // Spec 3.1: REGISTER, LOGIN and RESUME need a connection that is not logged in; QUIT, HELP
+        // and PING work in any state; everything else needs a login.
         let by = |n: Needs| -> Vec<&str> {
             COMMANDS
                 .iter()
@@ -291,9 +355,9 @@ mod tests {
                 .map(|r| r.verb.name())
                 .collect()
         };
-        assert_eq!(by(Needs::LoggedOut), ["REGISTER", "LOGIN"]);
+        assert_eq!(by(Needs::LoggedOut), ["REGISTER", "LOGIN", "RESUME"]);
         assert_eq!(by(Needs::Any), ["QUIT", "HELP", "PING"]);
-        assert_eq!(by(Needs::LoggedIn).len(), COMMANDS.len() - 5);
+        assert_eq!(by(Needs::LoggedIn).len(), COMMANDS.len() - 6);
     }
 
     #[test]

@@ -12,7 +12,9 @@
 //!   once, in `Core::process`, before any handler.
 //! - one file per group of commands, each holding its handlers and what they do when their store or
 //!   hash result comes back (a closure given with the job): `session` (REGISTER, LOGIN, LOGOUT,
-//!   QUIT), `messaging` (MSG, GROUP, ALL), `history`, `friends`, `info` (HELP, PING, USERS);
+//!   QUIT, and the login path LOGIN and RESUME share), `messaging` (MSG, GROUP, ALL), `history`,
+//!   `friends`, `info` (HELP, PING, USERS), `tokens` (TOKEN, RESUME, TOKENS, REVOKE);
+//! - `entropy`: where the random bits of device tokens come from;
 //! - `order`: the reply order of a connection, and [`Req`], the command being answered;
 //! - `out`: where typed server lines become bytes for a connection.
 //!
@@ -36,6 +38,9 @@ mod messaging;
 mod order;
 mod out;
 mod session;
+mod tokens;
+
+pub mod entropy;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -43,7 +48,9 @@ use std::sync::Arc;
 pub use self::commands::{Needs, Row, COMMANDS};
 pub use self::order::Req;
 
+use self::entropy::{Entropy, Rng};
 use self::order::Slots;
+use self::tokens::Token;
 use crate::auth::{HashJob, HashOutcome};
 use crate::outbox::{Chunk, Outbox};
 use crate::proto::code::{ByeCode, Code};
@@ -51,7 +58,7 @@ use crate::proto::command::split_head;
 use crate::proto::name::Key;
 use crate::proto::server_line::{Presence, Recipient, ServerLine};
 use crate::store::worker::{StoreJob, Ticket};
-use crate::store::{FriendState, MsgId, Snapshot, StoreError, StoreOp, StoreReply, To};
+use crate::store::{FriendState, MsgId, Snapshot, StoreError, StoreOp, StoreReply, To, TokenId};
 
 /// Identifies a connection for the life of the process.
 pub type ConnId = u64;
@@ -120,6 +127,8 @@ pub struct Settings {
     pub dummy_phc: Arc<str>,
     /// Server version, shown in HELLO.
     pub version: &'static str,
+    /// Where device tokens' random bits come from.
+    pub entropy: Entropy,
 }
 
 struct Account {
@@ -133,6 +142,9 @@ struct Account {
     pending: u32,
     /// Logged-in connections.
     conns: Vec<ConnId>,
+    /// Its device tokens (expired ones stay until the next TOKEN or REVOKE of the account removes
+    /// them).
+    tokens: Vec<TokenId>,
 }
 
 enum ConnState {
@@ -162,6 +174,9 @@ struct Conn {
     slots: Slots,
     /// QUIT was answered or the server closed it; further input is ignored.
     closing: bool,
+    /// The device token this connection is on: the one it logged in with (RESUME) or issued
+    /// (TOKEN), whichever came last (spec 4.13).
+    device_token: Option<TokenId>,
 }
 
 impl Conn {
@@ -196,6 +211,9 @@ pub struct Core {
     waiting: HashMap<Ticket, Then>,
     hashing: usize,
     store_inflight: usize,
+    /// Every device token, by id.
+    tokens: HashMap<TokenId, Token>,
+    rng: Rng,
     jobs: Vec<Job>,
     /// Connections whose outbox overflowed during this event.
     overflowed: Vec<ConnId>,
@@ -217,8 +235,17 @@ impl Core {
                     friends: HashMap::new(),
                     pending: 0,
                     conns: Vec::new(),
+                    tokens: Vec::new(),
                 },
             );
+        }
+        let mut tokens = HashMap::with_capacity(snapshot.tokens.len());
+        for t in snapshot.tokens {
+            let key = Key::from_folded(t.user.clone());
+            if let Some(acct) = accounts.get_mut(&key) {
+                acct.tokens.push(t.id);
+                tokens.insert(t.id, Token::from_record(key, t));
+            }
         }
         for (a, b, state) in snapshot.friendships {
             if let Some(acct) = accounts.get_mut(a.as_str()) {
@@ -230,6 +257,7 @@ impl Core {
                 acct.pending = n;
             }
         }
+        let rng = Rng::new(settings.entropy);
         Core {
             settings,
             accounts,
@@ -240,6 +268,8 @@ impl Core {
             waiting: HashMap::new(),
             hashing: 0,
             store_inflight: 0,
+            tokens,
+            rng,
             jobs: Vec::new(),
             overflowed: Vec::new(),
             now: 0,
@@ -317,6 +347,7 @@ impl Core {
                 deferred: VecDeque::new(),
                 slots: Slots::default(),
                 closing: false,
+                device_token: None,
             },
         );
     }
@@ -423,6 +454,18 @@ impl Core {
             chunk,
             None,
         )
+    }
+
+    /// Closes a connection on the server's own account (its login was revoked): `BYE <code>` after
+    /// whatever is already queued for it, then the connection ends as if the client had left.
+    fn close_with_bye(&mut self, conn: ConnId, code: ByeCode, text: &str) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        log::info!("closing connection {conn} from {}: {text}", c.peer);
+        c.outbox
+            .push_unbounded(Chunk::Owned(ServerLine::Bye { code, text }.to_bytes()));
+        self.disconnected(conn);
     }
 
     /// Disconnects every client whose outbox overflowed during this event.

@@ -1,11 +1,13 @@
-//! REGISTER, LOGIN, LOGOUT and QUIT: accounts and connection state.
+//! REGISTER, LOGIN, LOGOUT and QUIT: accounts and connection state; and [`Core::enter`], the one
+//! login path after the credentials are checked, which LOGIN and RESUME share.
 //!
 //! REGISTER and LOGIN hash a password on the hashing pool; the connection's later lines wait until
-//! the hash is done (they must see the state it leads to). A LOGIN that finds messages kept for the
-//! account holds the connection until they are sent, so every command after the LOGIN runs once the
-//! login is complete, backlog included.
+//! the hash is done (they must see the state it leads to). A login (LOGIN or RESUME) that finds
+//! messages kept for the account holds the connection until they are sent, so every command after
+//! it runs once the login is complete, backlog included.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use super::order::SlotId;
 use super::out::Out;
@@ -14,7 +16,16 @@ use crate::auth::{HashJob, HashOutcome};
 use crate::proto::code::Code;
 use crate::proto::name::{Key, Name, Password};
 use crate::proto::server_line::{FriendshipEvent, MessageLine, OkReply, Presence, ServerLine};
-use crate::store::{AccountRecord, FriendState, StoreOp, StoreReply};
+use crate::store::{AccountRecord, FriendState, StoreOp, StoreReply, TokenId};
+
+/// How a connection proved who it is.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Via {
+    /// LOGIN: a password.
+    Password,
+    /// RESUME: a device token, which the connection is on from now.
+    Token(TokenId),
+}
 
 impl Core {
     pub(super) fn register(&mut self, mut req: Req, name: Name, password: Password) {
@@ -39,6 +50,7 @@ impl Core {
                 friends: HashMap::new(),
                 pending: 0,
                 conns: Vec::new(),
+                tokens: Vec::new(),
             },
         );
         let conn = req.conn;
@@ -90,13 +102,24 @@ impl Core {
         let conn = req.conn;
         self.reserve(&mut req);
         let key = known.then_some(key);
+        let checked = phc.clone();
         self.hash(HashJob::Verify(password, phc), move |core, outcome| {
-            core.login_verified(req, key, outcome)
+            core.login_verified(req, key, checked, outcome)
         });
         self.hold(conn);
     }
 
-    fn login_verified(&mut self, req: Req, key: Option<Key>, outcome: HashOutcome) {
+    /// True when `key` is an account whose password hash is still `phc`: a password checked
+    /// against a hash that has since been replaced (PASSWORD) or removed (UNREGISTER) is no
+    /// longer the account's password.
+    pub(super) fn still_has_password(&self, key: &Key, phc: &Arc<str>) -> bool {
+        self.accounts
+            .get(key)
+            .and_then(|a| a.phc.as_ref())
+            .is_some_and(|current| Arc::ptr_eq(current, phc))
+    }
+
+    fn login_verified(&mut self, req: Req, key: Option<Key>, phc: Arc<str>, outcome: HashOutcome) {
         let ok = match outcome {
             HashOutcome::Verified(ok) => ok,
             other => return self.internal_error(req, &format!("hashing: {other:?}")),
@@ -106,17 +129,33 @@ impl Core {
             return;
         };
         let key = match key {
-            Some(k) if ok && c.key().is_none() && !c.closing && self.accounts.contains_key(&k) => k,
+            Some(k)
+                if ok && c.key().is_none() && !c.closing && self.still_has_password(&k, &phc) =>
+            {
+                k
+            }
             _ => {
                 log::info!("failed login from {}", c.peer);
                 self.refuse(req, Code::BAD_CREDENTIALS, "wrong name or password");
                 return self.release(conn);
             }
         };
+        self.enter(req, key, Via::Password);
+    }
+
+    /// The one login path after the credentials are checked, for LOGIN and RESUME alike: the
+    /// connection is attached to the account, the answer and the login pushes go out, friends
+    /// learn the account came online, and the backlog follows. The connection is held until the
+    /// backlog is sent.
+    pub(super) fn enter(&mut self, req: Req, key: Key, via: Via) {
+        let conn = req.conn;
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
         c.state = ConnState::LoggedIn(key.clone());
+        if let Via::Token(id) = via {
+            c.device_token = Some(id);
+        }
         let peer = c.peer.clone();
         let Some(acct) = self.accounts.get_mut(&key) else {
             return self.internal_error(req, "an account vanished while logging in");
@@ -124,10 +163,17 @@ impl Core {
         acct.conns.push(conn);
         let first = acct.conns.len() == 1;
         let pending = std::mem::take(&mut acct.pending);
-        log::info!("{} logged in from {peer}", acct.name);
+        match via {
+            Via::Password => log::info!("{} logged in from {peer}", acct.name),
+            Via::Token(id) => log::info!(
+                "{} logged in from {peer} with token {}",
+                acct.name,
+                crate::proto::token::format_id(id)
+            ),
+        }
 
         let mut out = Out::new();
-        self.login_answer(&req, &key, pending == 0, &mut out);
+        self.login_answer(&req, &key, via, pending == 0, &mut out);
         self.finish(req, out);
         if first {
             self.online.insert(key.clone());
@@ -136,7 +182,8 @@ impl Core {
         if pending == 0 {
             return self.release(conn);
         }
-        // The backlog follows the LOGIN's answer; the connection stays held until it is sent.
+        // The backlog follows the answer; the connection is held until it is sent.
+        self.hold(conn);
         let Some(slot) = self.open_slot(conn, 0) else {
             return;
         };
@@ -146,13 +193,20 @@ impl Core {
         });
     }
 
-    /// `OK LOGIN`, then a PRESENCE line per friend and a FRIENDSHIP line per request waiting, in
-    /// name order; `BACKLOG-END 0` too when nothing is kept.
-    fn login_answer(&self, req: &Req, key: &Key, no_backlog: bool, out: &mut Out) {
+    /// `OK LOGIN` or `OK RESUME`, then a PRESENCE line per friend and a FRIENDSHIP line per
+    /// request waiting, in name order; `BACKLOG-END 0` too when nothing is kept.
+    fn login_answer(&self, req: &Req, key: &Key, via: Via, no_backlog: bool, out: &mut Out) {
         let Some(acct) = self.accounts.get(key) else {
             return;
         };
-        out.ok(req, OkReply::Login { name: &acct.name });
+        let name = &acct.name;
+        out.ok(
+            req,
+            match via {
+                Via::Password => OkReply::Login { name },
+                Via::Token(_) => OkReply::Resume { name },
+            },
+        );
         let mut friends: Vec<(&Key, &FriendState)> = acct.friends.iter().collect();
         friends.sort_by(|a, b| a.0.cmp(b.0));
         for (k, state) in friends {
@@ -246,6 +300,7 @@ impl Core {
         let Some(c) = self.conns.get_mut(&req.conn) else {
             return;
         };
+        c.device_token = None;
         if let ConnState::LoggedIn(key) = std::mem::replace(&mut c.state, ConnState::Guest) {
             self.detach(req.conn, &key);
         }

@@ -5,14 +5,15 @@ use arbitrary::{Error, Result, Unstructured};
 
 use crate::config::{
     HISTORY_MAX_COUNT, MAX_GROUP_RECIPIENTS, MAX_LABEL_LEN, MAX_LINE_BYTES, MAX_NAME_LEN,
-    MAX_PASSWORD_BYTES, MAX_PING_TOKEN_BYTES, MAX_TEXT_BYTES,
+    MAX_PASSWORD_BYTES, MAX_PING_TOKEN_BYTES, MAX_TEXT_BYTES, MAX_TOKEN_LABEL_BYTES,
 };
 use crate::proto::command::{
-    parse, Command, FriendOp, HistoryTarget, Page, Request, Verb, COMMANDS,
+    parse, Command, FriendOp, HistoryTarget, Page, Request, Revoke, Verb, COMMANDS,
 };
 use crate::proto::line::{Frame, LineDecoder};
-use crate::proto::name::{check_label, check_text, Name, Password};
+use crate::proto::name::{check_label, check_text, check_text_within, Name, Password};
 use crate::proto::server_line::{self, ServerLine};
+use crate::proto::token::DeviceToken;
 
 /// Any input as a command line: the parser never panics; a parsed request encodes to a line, no
 /// longer than the limit when the input was within it, that parses back to the same request; a
@@ -288,6 +289,29 @@ pub fn arbitrary_request(u: &mut Unstructured<'_>) -> Result<Request> {
             2 => FriendOp::Accept(name(u)?),
             3 => FriendOp::Deny(name(u)?),
             _ => FriendOp::Remove(name(u)?),
+        }),
+        Verb::Token => Command::Token {
+            label: if u.arbitrary()? {
+                let l = string_from(u, TEXT_CHARS, 1, MAX_TOKEN_LABEL_BYTES / 2)?;
+                check_text_within(&l, MAX_TOKEN_LABEL_BYTES).map_err(|_| Error::IncorrectFormat)?;
+                Some(l)
+            } else {
+                None
+            },
+        },
+        Verb::Resume => Command::Resume {
+            // A well-formed token mostly; any token, as the parser takes any.
+            token: if u.ratio(3u8, 4u8)? {
+                DeviceToken::new(u.arbitrary()?, &u.arbitrary()?)
+            } else {
+                DeviceToken::unchecked(&token(u, 80)?)
+            },
+        },
+        Verb::Tokens => Command::Tokens,
+        Verb::Revoke => Command::Revoke(if u.arbitrary()? {
+            Revoke::All
+        } else {
+            Revoke::One(id(u)?)
         }),
     };
     Ok(Request { label, command })

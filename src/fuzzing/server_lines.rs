@@ -9,8 +9,9 @@ use crate::proto::command::{Verb, COMMANDS};
 use crate::proto::name::check_label;
 use crate::proto::server_line::{
     parse, AddOutcome, Delivery, FriendReply, FriendState, FriendshipEvent, MessageLine, OkReply,
-    Presence, Recipient, ServerLine,
+    Presence, Recipient, ServerLine, TokenLine,
 };
+use crate::proto::token::DeviceToken;
 
 /// First input byte even: the rest, as text, goes to the parser, which must not panic, and whatever
 /// it recognises must survive a trip through its canonical form. Odd: the rest describes a line
@@ -104,8 +105,19 @@ fn cursor(u: &mut Unstructured<'_>) -> Result<Option<u64>> {
     Ok(if u.arbitrary()? { Some(id(u)?) } else { None })
 }
 
-/// Arbitrary but valid details of an `OK` of `verb`; names come from `pool`.
-fn ok_reply<'a>(u: &mut Unstructured<'_>, verb: Verb, pool: &'a [String]) -> Result<OkReply<'a>> {
+/// A time the four-digit wire form can show: years 0000 to 9999.
+fn time(u: &mut Unstructured<'_>) -> Result<i64> {
+    u.int_in_range(-62_167_219_200_000i64..=253_402_300_799_999)
+}
+
+/// Arbitrary but valid details of an `OK` of `verb`; names come from `pool`, a token's text is
+/// `token`.
+fn ok_reply<'a>(
+    u: &mut Unstructured<'_>,
+    verb: Verb,
+    pool: &'a [String],
+    token: &'a DeviceToken,
+) -> Result<OkReply<'a>> {
     let n = |u: &mut Unstructured<'_>| -> Result<&'a str> { Ok(u.choose(pool)?.as_str()) };
     Ok(match verb {
         Verb::Register => OkReply::Register { name: n(u)? },
@@ -148,6 +160,18 @@ fn ok_reply<'a>(u: &mut Unstructured<'_>, verb: Verb, pool: &'a [String]) -> Res
                 count: u.arbitrary()?,
             },
         }),
+        Verb::Token => OkReply::Token {
+            id: token.parts().map_or(0, |(id, _)| id),
+            token: token.expose(),
+        },
+        Verb::Resume => OkReply::Resume { name: n(u)? },
+        Verb::Tokens => OkReply::Tokens {
+            count: u.arbitrary()?,
+        },
+        Verb::Revoke => OkReply::Revoke {
+            revoked: u.arbitrary()?,
+            closed: u.arbitrary()?,
+        },
     })
 }
 
@@ -181,13 +205,14 @@ fn encoded_line_parses(u: &mut Unstructured<'_>) -> Result<()> {
     } else {
         None
     };
+    let device_token = DeviceToken::new(u.arbitrary()?, &u.arbitrary()?);
     let one = names[0].as_str();
-    let line = match u.int_in_range(0..=13u8)? {
+    let line = match u.int_in_range(0..=14u8)? {
         0 => {
             let verb = verb(u)?;
             ServerLine::Ok {
                 label: label.as_deref(),
-                reply: ok_reply(u, verb, &names)?,
+                reply: ok_reply(u, verb, &names, &device_token)?,
             }
         }
         1 => ServerLine::Fail {
@@ -201,8 +226,7 @@ fn encoded_line_parses(u: &mut Unstructured<'_>) -> Result<()> {
             text: &text,
         },
         2 | 3 => {
-            // Years 0000 to 9999, the range the four-digit wire form can show.
-            let time_ms = u.int_in_range(-62_167_219_200_000i64..=253_402_300_799_999)?;
+            let time_ms = time(u)?;
             let to = match u.int_in_range(0..=2u8)? {
                 0 => Recipient::User(one),
                 // A list of one prints as a MSG's recipient: a group value has two names or more.
@@ -259,6 +283,15 @@ fn encoded_line_parses(u: &mut Unstructured<'_>) -> Result<()> {
                 FriendState::Outgoing,
             ])?,
         },
+        12 => ServerLine::Token(TokenLine {
+            id: id(u)?,
+            created_ms: time(u)?,
+            last_used_ms: time(u)?,
+            expires_ms: time(u)?,
+            current: u.arbitrary()?,
+            // A label is free text after one space; an empty one is left out.
+            label: if u.arbitrary()? { &body } else { "" },
+        }),
         _ => ServerLine::Hello {
             software: "chatd",
             version: &version,

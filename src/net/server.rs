@@ -21,6 +21,7 @@ use super::driver::core_loop;
 use super::{tls, Control, ServerOptions, TlsSource};
 use crate::auth::{self, HashJob, Hasher};
 use crate::config::{CORE_QUEUE, MAX_STORE_INFLIGHT, SCRYPT_P, SCRYPT_R, SHUTDOWN_FLUSH};
+use crate::core::entropy::Entropy;
 use crate::core::{Core, Event, Settings};
 use crate::store::redb::RedbStore;
 use crate::store::worker::{self, StoreJob};
@@ -119,6 +120,7 @@ pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), Server
         hash_queue: opts.hash_queue,
         dummy_phc: Arc::from(hasher.dummy_phc()),
         version: env!("CARGO_PKG_VERSION"),
+        entropy: Entropy::Os,
     };
     let core = Core::new(snapshot, settings);
 

@@ -84,6 +84,12 @@ codes! {
     NOT_FRIENDS,
     /// Too much password hashing is queued; try again shortly.
     SERVER_BUSY,
+    /// RESUME with a token that is unknown, expired or revoked (not told apart).
+    BAD_TOKEN,
+    /// REVOKE of a token id the account does not have.
+    UNKNOWN_TOKEN,
+    /// TOKEN when the account already holds the most tokens it may.
+    TOO_MANY_TOKENS,
     /// The server failed internally; the details are in its log.
     INTERNAL_ERROR,
 }
@@ -98,6 +104,8 @@ pub enum ByeCode {
     SLOW_CONSUMER,
     /// The connection limit is reached.
     SERVER_FULL,
+    /// The connection's login was revoked from another connection of its account.
+    REVOKED,
 }
 
 impl ByeCode {
@@ -106,6 +114,7 @@ impl ByeCode {
         ByeCode::SHUTDOWN,
         ByeCode::SLOW_CONSUMER,
         ByeCode::SERVER_FULL,
+        ByeCode::REVOKED,
     ];
 
     /// The code as it appears on the wire.
@@ -114,6 +123,7 @@ impl ByeCode {
             ByeCode::SHUTDOWN => "SHUTDOWN",
             ByeCode::SLOW_CONSUMER => "SLOW_CONSUMER",
             ByeCode::SERVER_FULL => "SERVER_FULL",
+            ByeCode::REVOKED => "REVOKED",
         }
     }
 

@@ -14,9 +14,11 @@
 //! GROUP of 51 names or a 65-byte PING token; those encode to lines that are refused).
 
 use super::code::Code;
-use super::name::{check_label, check_text, Name, Password, TextError};
+use super::name::{check_label, check_text, check_text_within, Name, Password, TextError};
+use super::token::{parse_id, DeviceToken};
 use crate::config::{
     HISTORY_MAX_COUNT, MAX_GROUP_RECIPIENTS, MAX_PING_TOKEN_BYTES, MAX_TEXT_BYTES,
+    MAX_TOKEN_LABEL_BYTES,
 };
 
 /// A command word.
@@ -34,6 +36,10 @@ pub enum Verb {
     Users,
     History,
     Friend,
+    Token,
+    Resume,
+    Tokens,
+    Revoke,
 }
 
 /// How many space-separated arguments a command takes, checked before any of them is parsed.
@@ -110,6 +116,10 @@ pub const COMMANDS: &[Syntax] = &[
         1,
         None,
     ),
+    row(Verb::Token, "TOKEN", "TOKEN [<label>]", 0, None),
+    row(Verb::Resume, "RESUME", "RESUME <token>", 1, Some(1)),
+    row(Verb::Tokens, "TOKENS", "TOKENS", 0, Some(0)),
+    row(Verb::Revoke, "REVOKE", "REVOKE <id>|ALL", 1, Some(1)),
 ];
 
 impl Verb {
@@ -250,6 +260,43 @@ impl Verb {
                     _ => FriendOp::List,
                 }
                 .into()
+            }
+            Verb::Token => {
+                let label = match args.text() {
+                    Some(l) => {
+                        check_text_within(l, MAX_TOKEN_LABEL_BYTES).map_err(|e| match e {
+                            TextError::Bad(why) => Refusal(Code::BAD_TEXT, why.into()),
+                            TextError::TooLong => Refusal(
+                                Code::TEXT_TOO_LONG,
+                                format!("a token label has at most {MAX_TOKEN_LABEL_BYTES} bytes"),
+                            ),
+                        })?;
+                        Some(l.to_owned())
+                    }
+                    None => None,
+                };
+                Command::Token { label }
+            }
+            Verb::Resume => Command::Resume {
+                token: DeviceToken::unchecked(args.need()?),
+            },
+            Verb::Tokens => Command::Tokens,
+            Verb::Revoke => {
+                let which = args.need()?;
+                Command::Revoke(if which.eq_ignore_ascii_case("ALL") {
+                    Revoke::All
+                } else {
+                    Revoke::One(parse_id(which).ok_or_else(|| {
+                        Refusal(
+                            Code::BAD_ARGUMENT,
+                            format!(
+                                "\"{}\" is neither ALL nor a token id (16 hex digits, as TOKENS \
+                                 shows them)",
+                                quote(which)
+                            ),
+                        )
+                    })?)
+                })
             }
         })
     }
@@ -556,6 +603,15 @@ pub enum FriendOp {
     List,
 }
 
+/// What REVOKE revokes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Revoke {
+    /// The token with this id.
+    One(u64),
+    /// Every token of the account.
+    All,
+}
+
 /// A command with valid arguments.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
@@ -596,6 +652,16 @@ pub enum Command {
         cursor: Page,
     },
     Friend(FriendOp),
+    Token {
+        /// What the user calls the device, if anything.
+        label: Option<String>,
+    },
+    /// The token is not checked: a malformed one is simply not a valid one.
+    Resume {
+        token: DeviceToken,
+    },
+    Tokens,
+    Revoke(Revoke),
 }
 
 impl Command {
@@ -614,6 +680,10 @@ impl Command {
             Command::Users => Verb::Users,
             Command::History { .. } => Verb::History,
             Command::Friend(_) => Verb::Friend,
+            Command::Token { .. } => Verb::Token,
+            Command::Resume { .. } => Verb::Resume,
+            Command::Tokens => Verb::Tokens,
+            Command::Revoke(_) => Verb::Revoke,
         }
     }
 }
@@ -641,10 +711,11 @@ impl Request {
                 arg(name);
                 arg(password.expose());
             }
-            Command::Logout | Command::Users => {}
+            Command::Logout | Command::Users | Command::Tokens => {}
             Command::Quit { reason }
             | Command::Help { topic: reason }
-            | Command::Ping { token: reason } => {
+            | Command::Ping { token: reason }
+            | Command::Token { label: reason } => {
                 if let Some(r) = reason {
                     arg(r);
                 }
@@ -684,6 +755,9 @@ impl Request {
                 FriendOp::Deny(n) => arg(&format!("DENY {n}")),
                 FriendOp::Remove(n) => arg(&format!("REMOVE {n}")),
             },
+            Command::Resume { token } => arg(token.expose()),
+            Command::Revoke(Revoke::All) => arg("ALL"),
+            Command::Revoke(Revoke::One(id)) => arg(&super::token::format_id(*id)),
         }
         s
     }
@@ -782,6 +856,47 @@ mod tests {
         assert_eq!(code("FRIEND ADD"), Code::MISSING_ARGUMENT);
         assert_eq!(code("FRIEND LIST x"), Code::TOO_MANY_ARGUMENTS);
         assert_eq!(code("FRIEND add 1x"), Code::BAD_NAME);
+        assert_eq!(code("TOKEN a\u{7}"), Code::BAD_TEXT);
+        assert_eq!(
+            code(&format!("TOKEN {}", "x".repeat(MAX_TOKEN_LABEL_BYTES + 1))),
+            Code::TEXT_TOO_LONG
+        );
+        assert_eq!(code("RESUME"), Code::MISSING_ARGUMENT);
+        assert_eq!(code("RESUME a b"), Code::TOO_MANY_ARGUMENTS);
+        assert_eq!(code("TOKENS x"), Code::TOO_MANY_ARGUMENTS);
+        assert_eq!(code("REVOKE"), Code::MISSING_ARGUMENT);
+        assert_eq!(code("REVOKE 12"), Code::BAD_ARGUMENT);
+        assert_eq!(code("REVOKE everything"), Code::BAD_ARGUMENT);
+    }
+
+    #[test]
+    fn token_commands() {
+        let c = |l: &str| parse(l).unwrap().unwrap().command;
+        assert_eq!(c("TOKEN"), Command::Token { label: None });
+        assert_eq!(c("TOKEN   "), Command::Token { label: None });
+        assert_eq!(
+            c("token my  phone"),
+            Command::Token {
+                label: Some("my  phone".into())
+            }
+        );
+        let max = "é".repeat(MAX_TOKEN_LABEL_BYTES / 2);
+        assert_eq!(
+            c(&format!("TOKEN {max}")),
+            Command::Token { label: Some(max) }
+        );
+        assert_eq!(c("revoke all"), Command::Revoke(Revoke::All));
+        assert_eq!(
+            c("REVOKE 00000000000000fF"),
+            Command::Revoke(Revoke::One(255))
+        );
+        // RESUME takes any token: a malformed one is an invalid one, refused by the server.
+        assert_eq!(
+            c("RESUME nonsense"),
+            Command::Resume {
+                token: DeviceToken::unchecked("nonsense")
+            }
+        );
     }
 
     #[test]
@@ -839,6 +954,12 @@ mod tests {
             "HISTORY bob AFTER 0",
             "FRIEND LIST",
             "FRIEND REMOVE x",
+            "TOKEN",
+            "TOKEN  laptop at work ",
+            "RESUME ct1.0000000000000001.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            "TOKENS",
+            "REVOKE ALL",
+            "REVOKE 00000000000000ff",
         ];
         for l in lines {
             let r = parse(l).unwrap().unwrap();

@@ -149,14 +149,20 @@ pub fn check_label(s: &str) -> Result<(), &'static str> {
 pub enum TextError {
     /// Only spaces, or control characters other than TAB.
     Bad(&'static str),
-    /// Over [`MAX_TEXT_BYTES`].
+    /// Over the limit ([`MAX_TEXT_BYTES`] for a message).
     TooLong,
 }
 
 /// Checks a message text: at least one non-space character, at most 2048 bytes, no control
 /// characters except TAB.
 pub fn check_text(s: &str) -> Result<(), TextError> {
-    if s.len() > MAX_TEXT_BYTES {
+    check_text_within(s, MAX_TEXT_BYTES)
+}
+
+/// Checks a text with the rules of message text but another limit (a token label, an away
+/// message).
+pub fn check_text_within(s: &str, max_bytes: usize) -> Result<(), TextError> {
+    if s.len() > max_bytes {
         return Err(TextError::TooLong);
     }
     if s.chars().all(|c| c == ' ' || c == '\t') {

@@ -24,6 +24,7 @@ use super::code::{ByeCode, Code};
 use super::command::Verb;
 use super::name::check_label;
 use super::time::{parse_timestamp, write_timestamp};
+use super::token::{format_id, parse_id};
 
 /// A friend's presence, as in `PRESENCE <name> ONLINE|OFFLINE`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -199,6 +200,24 @@ impl AddOutcome {
     }
 }
 
+/// One entry of a `TOKENS` answer: `TOKEN <id> <created> <last-used> <expires> CURRENT|OTHER
+/// [<label>]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokenLine<'a> {
+    /// The token's id.
+    pub id: u64,
+    /// When it was issued (milliseconds since the Unix epoch).
+    pub created_ms: i64,
+    /// When it was last used to log in (issuing counts as a use).
+    pub last_used_ms: i64,
+    /// When it expires unless used before.
+    pub expires_ms: i64,
+    /// The token this connection is on (spec 4.13).
+    pub current: bool,
+    /// The label given at TOKEN; empty when none was.
+    pub label: &'a str,
+}
+
 /// The details of an `OK FRIEND` reply, by subcommand.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FriendReply<'a> {
@@ -293,6 +312,30 @@ pub enum OkReply<'a> {
     },
     /// `FRIEND <subcommand> ...`.
     Friend(FriendReply<'a>),
+    /// `TOKEN <id> <token>`: the one time the token is shown.
+    Token {
+        /// The token's id.
+        id: u64,
+        /// The token itself.
+        token: &'a str,
+    },
+    /// `RESUME <name>`.
+    Resume {
+        /// The name as registered.
+        name: &'a str,
+    },
+    /// `TOKENS <n>`, after `n` TOKEN data lines.
+    Tokens {
+        /// How many TOKEN lines came before.
+        count: u64,
+    },
+    /// `REVOKE <revoked> CLOSED <closed>`.
+    Revoke {
+        /// Tokens revoked.
+        revoked: u64,
+        /// Other connections closed because they were on one of them.
+        closed: u64,
+    },
 }
 
 impl OkReply<'_> {
@@ -311,6 +354,10 @@ impl OkReply<'_> {
             OkReply::Users { .. } => Verb::Users,
             OkReply::History { .. } => Verb::History,
             OkReply::Friend(_) => Verb::Friend,
+            OkReply::Token { .. } => Verb::Token,
+            OkReply::Resume { .. } => Verb::Resume,
+            OkReply::Tokens { .. } => Verb::Tokens,
+            OkReply::Revoke { .. } => Verb::Revoke,
         }
     }
 }
@@ -397,6 +444,8 @@ pub enum ServerLine<'a> {
         /// The relationship.
         state: FriendState,
     },
+    /// `TOKEN ...`: a data line of a TOKENS answer.
+    Token(TokenLine<'a>),
     /// Anything that is not a well-formed server line, kept as received (terminator removed).
     Other(&'a str),
 }
@@ -560,6 +609,25 @@ fn parse_fields(line: &str) -> Option<ServerLine<'_>> {
             let state = FriendState::parse(c.token()?)?;
             ServerLine::Friend { name, state }
         }
+        "TOKEN" => {
+            let id = parse_id(c.token()?)?;
+            let created_ms = parse_timestamp(c.token()?)?;
+            let last_used_ms = parse_timestamp(c.token()?)?;
+            let expires_ms = parse_timestamp(c.token()?)?;
+            let current = match c.token()? {
+                "CURRENT" => true,
+                "OTHER" => false,
+                _ => return None,
+            };
+            ServerLine::Token(TokenLine {
+                id,
+                created_ms,
+                last_used_ms,
+                expires_ms,
+                current,
+                label: c.text().unwrap_or(""),
+            })
+        }
         _ => return None,
     };
     // Lines ending in free text consumed the rest; fixed-arity lines must have nothing left.
@@ -633,6 +701,18 @@ fn ok_reply<'a>(verb: Verb, c: &mut Cursor<'a>) -> Option<OkReply<'a>> {
             "LIST" => FriendReply::List { count: c.number()? },
             _ => return None,
         }),
+        Verb::Token => OkReply::Token {
+            id: parse_id(c.token()?)?,
+            token: c.token()?,
+        },
+        Verb::Resume => OkReply::Resume { name: c.token()? },
+        Verb::Tokens => OkReply::Tokens { count: c.number()? },
+        Verb::Revoke => {
+            let revoked = c.number()?;
+            c.word("CLOSED")?;
+            let closed = c.number()?;
+            OkReply::Revoke { revoked, closed }
+        }
     })
 }
 
@@ -752,7 +832,9 @@ impl fmt::Display for OkReply<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.verb().name())?;
         match self {
-            OkReply::Register { name } | OkReply::Login { name } => write!(f, " {name}"),
+            OkReply::Register { name } | OkReply::Login { name } | OkReply::Resume { name } => {
+                write!(f, " {name}")
+            }
             OkReply::Logout | OkReply::Quit | OkReply::Help | OkReply::Ping => Ok(()),
             OkReply::Msg { id, delivery } => write!(f, " {id} {}", delivery.as_str()),
             OkReply::Group {
@@ -780,6 +862,9 @@ impl fmt::Display for OkReply<'_> {
                 FriendReply::Remove { name } => write!(f, " REMOVE {name}"),
                 FriendReply::List { count } => write!(f, " LIST {count}"),
             },
+            OkReply::Token { id, token } => write!(f, " {} {token}", format_id(*id)),
+            OkReply::Tokens { count } => write!(f, " {count}"),
+            OkReply::Revoke { revoked, closed } => write!(f, " {revoked} CLOSED {closed}"),
         }
     }
 }
@@ -836,6 +921,16 @@ impl fmt::Display for ServerLine<'_> {
                 tail(f, token.unwrap_or(""))
             }
             ServerLine::Friend { name, state } => write!(f, "FRIEND {name} {}", state.as_str()),
+            ServerLine::Token(t) => {
+                let mut times = String::with_capacity(3 * 25);
+                for ms in [t.created_ms, t.last_used_ms, t.expires_ms] {
+                    times.push(' ');
+                    write_timestamp(&mut times, ms);
+                }
+                let state = if t.current { "CURRENT" } else { "OTHER" };
+                write!(f, "TOKEN {}{times} {state}", format_id(t.id))?;
+                tail(f, t.label)
+            }
             ServerLine::Other(raw) => f.write_str(raw),
         }
     }
@@ -1081,6 +1176,14 @@ mod tests {
             "FRIEND bob",
             "FRIEND bob BEST",
             "FRIEND bob ONLINE x",
+            "OK TOKEN 1 ct1.x",
+            "OK TOKEN 00000000000000ff",
+            "OK REVOKE 1",
+            "OK REVOKE 1 CLOSED",
+            "OK RESUME",
+            "TOKEN 0123456789abcdef 2026-11-21T10:04:05.123Z",
+            "TOKEN 0123456789abcdef 2026-11-21T10:04:05.123Z 2026-11-21T10:04:05.123Z 2026-11-21T10:04:05.123Z MINE",
+            "TOKEN 123 2026-11-21T10:04:05.123Z 2026-11-21T10:04:05.123Z 2026-11-21T10:04:05.123Z OTHER",
             "WHAT is this",
             "OK MSG x\r\r",
             "OK MSG x\ny",
@@ -1160,6 +1263,13 @@ mod tests {
             "PONG".to_string(),
             "PONG tok".to_string(),
             "FRIEND x OUTGOING".to_string(),
+            "OK TOKEN 00000000000000ff ct1.00000000000000ff.secret".to_string(),
+            "OK @r RESUME Alice".to_string(),
+            "OK TOKENS 2".to_string(),
+            "OK REVOKE 3 CLOSED 1".to_string(),
+            format!("TOKEN 0123456789abcdef {T} {T} {T} CURRENT"),
+            format!("TOKEN 0123456789abcdef {T} {T} {T} OTHER  my  phone"),
+            "BYE REVOKED your token was revoked".to_string(),
         ];
         for l in &lines {
             let p = parse(l);

@@ -36,6 +36,9 @@ pub struct Sim {
     next_conn: ConnId,
     now: i64,
     jobs: Vec<Job>,
+    /// How many times [`Sim::restart`] ran: each new core draws from a seed of its own, as a
+    /// restarted server would not repeat the tokens of the one before.
+    restarts: u64,
 }
 
 impl Default for Sim {
@@ -59,22 +62,23 @@ impl Sim {
     fn build(store: Backing, snapshot: Snapshot) -> Sim {
         let hasher = Hasher::new(4, 8, 1).expect("cheap scrypt parameters are valid");
         Sim {
-            core: Core::new(snapshot, Sim::settings(&hasher)),
+            core: Core::new(snapshot, Sim::settings(&hasher, 0)),
             store,
             hasher,
             clients: BTreeMap::new(),
             next_conn: 1,
             now: EPOCH_MS,
             jobs: Vec::new(),
+            restarts: 0,
         }
     }
 
-    fn settings(hasher: &Hasher) -> Settings {
+    fn settings(hasher: &Hasher, restarts: u64) -> Settings {
         Settings {
             hash_queue: 64,
             dummy_phc: Arc::from(hasher.dummy_phc()),
             version: "0.0.0-sim",
-            entropy: Entropy::Seeded(SEED),
+            entropy: Entropy::Seeded(SEED.wrapping_add(restarts)),
         }
     }
 
@@ -93,7 +97,8 @@ impl Sim {
         let snapshot = memory.snapshot();
         self.jobs.clear();
         self.clients.clear();
-        self.core = Core::new(snapshot, Sim::settings(&self.hasher));
+        self.restarts += 1;
+        self.core = Core::new(snapshot, Sim::settings(&self.hasher, self.restarts));
     }
 
     /// Moves the clock forward.

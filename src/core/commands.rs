@@ -329,6 +329,39 @@ pub static COMMANDS: &[Row] = &[
             cmd => core.mismatch(req, cmd),
         },
     },
+    Row {
+        verb: Verb::Password,
+        state: Needs::LoggedIn,
+        barrier: false,
+        summary: "change your password",
+        details: &[
+            "Changes your password. <new> follows the rules of REGISTER.",
+            "Every device token but the one this connection is on is revoked, and your other connections",
+            "are closed (BYE REVOKED): anyone who knew the old password is logged out.",
+            "Answer: OK PASSWORD REVOKED <tokens revoked> CLOSED <connections closed>",
+            "Example: PASSWORD wonderland1 looking-glass2",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Password { old, new } => core.password(req, old, new),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
+        verb: Verb::Unregister,
+        state: Needs::LoggedIn,
+        barrier: true,
+        summary: "delete your account",
+        details: &[
+            "Deletes your account at once, with its tokens, friendships, blocks and kept messages.",
+            "Messages you sent stay in the others' history under your name. The name is never free again.",
+            "This connection stays open, logged out; your other connections are closed (BYE ACCOUNT_DELETED).",
+            "Example: UNREGISTER wonderland1",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Unregister { password } => core.unregister(req, password),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
 ];
 
 #[cfg(test)]

@@ -228,7 +228,9 @@ impl Core {
     /// and the backlog bound wins.
     pub(super) fn keep_for_later(&mut self, key: &Key, id: MsgId) -> Option<StoreOp> {
         let a = self.accounts.get_mut(key)?;
-        if a.pending >= MAX_PENDING_PER_ACCOUNT {
+        // An account being deleted keeps nothing: its deletion, already sent to the store, would
+        // not remove an entry written after it.
+        if a.pending >= MAX_PENDING_PER_ACCOUNT || a.phc.is_none() {
             return None;
         }
         a.pending += 1;

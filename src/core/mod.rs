@@ -13,7 +13,8 @@
 //! - one file per group of commands, each holding its handlers and what they do when their store or
 //!   hash result comes back (a closure given with the job): `session` (REGISTER, LOGIN, LOGOUT,
 //!   QUIT, and the login path LOGIN and RESUME share), `messaging` (MSG, GROUP, ALL), `history`,
-//!   `friends`, `info` (HELP, PING, USERS), `tokens` (TOKEN, RESUME, TOKENS, REVOKE);
+//!   `friends`, `info` (HELP, PING, USERS), `tokens` (TOKEN, RESUME, TOKENS, REVOKE),
+//!   `account` (PASSWORD, UNREGISTER);
 //! - `entropy`: where the random bits of device tokens come from;
 //! - `order`: the reply order of a connection, and [`Req`], the command being answered;
 //! - `out`: where typed server lines become bytes for a connection.
@@ -30,6 +31,7 @@
 //! - A store read sees every write sent to the store before it, so a LOGIN's backlog read sees every
 //!   message queued for the account before it.
 
+mod account;
 mod commands;
 mod friends;
 mod history;
@@ -163,6 +165,9 @@ enum Hold {
     /// A command that must run after every earlier command is answered (QUIT, LOGOUT) waits at the
     /// head of `deferred` until the reply order is empty.
     Drain,
+    /// The connection's account is being deleted from another connection: nothing it sends runs,
+    /// and it is closed once the deletion is committed.
+    Frozen,
 }
 
 struct Conn {
@@ -213,6 +218,8 @@ pub struct Core {
     store_inflight: usize,
     /// Every device token, by id.
     tokens: HashMap<TokenId, Token>,
+    /// The names of deleted accounts, by key (spec 4.18: never registered again).
+    retired: HashMap<Key, String>,
     rng: Rng,
     jobs: Vec<Job>,
     /// Connections whose outbox overflowed during this event.
@@ -257,6 +264,11 @@ impl Core {
                 acct.pending = n;
             }
         }
+        let retired = snapshot
+            .retired
+            .into_iter()
+            .map(|r| (Key::of(&r.name), r.name))
+            .collect();
         let rng = Rng::new(settings.entropy);
         Core {
             settings,
@@ -269,6 +281,7 @@ impl Core {
             hashing: 0,
             store_inflight: 0,
             tokens,
+            retired,
             rng,
             jobs: Vec::new(),
             overflowed: Vec::new(),

@@ -30,7 +30,8 @@ pub(super) enum Via {
 impl Core {
     pub(super) fn register(&mut self, mut req: Req, name: Name, password: Password) {
         let key = name.key();
-        if self.accounts.contains_key(&key) {
+        // A deleted account's name stays taken (spec 4.18).
+        if self.accounts.contains_key(&key) || self.retired.contains_key(&key) {
             let text = format!("the name {name} is taken");
             return self.refuse(req, Code::NAME_TAKEN, &text);
         }

@@ -64,7 +64,7 @@ impl Token {
             .min(self.created_ms.saturating_add(TOKEN_MAX_LIFETIME_MS))
     }
 
-    fn live(&self, now: i64) -> bool {
+    pub(super) fn live(&self, now: i64) -> bool {
         now < self.expires_ms()
     }
 }

@@ -308,6 +308,13 @@ pub fn arbitrary_request(u: &mut Unstructured<'_>) -> Result<Request> {
             },
         },
         Verb::Tokens => Command::Tokens,
+        Verb::Password => Command::Password {
+            old: Password::unchecked(&token(u, 40)?),
+            new: password(u)?,
+        },
+        Verb::Unregister => Command::Unregister {
+            password: Password::unchecked(&token(u, 40)?),
+        },
         Verb::Revoke => Command::Revoke(if u.arbitrary()? {
             Revoke::All
         } else {

@@ -172,6 +172,11 @@ fn ok_reply<'a>(
             revoked: u.arbitrary()?,
             closed: u.arbitrary()?,
         },
+        Verb::Password => OkReply::Password {
+            revoked: u.arbitrary()?,
+            closed: u.arbitrary()?,
+        },
+        Verb::Unregister => OkReply::Unregister { name: n(u)? },
     })
 }
 

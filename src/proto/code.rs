@@ -106,6 +106,8 @@ pub enum ByeCode {
     SERVER_FULL,
     /// The connection's login was revoked from another connection of its account.
     REVOKED,
+    /// The connection's account was deleted from another connection.
+    ACCOUNT_DELETED,
 }
 
 impl ByeCode {
@@ -115,6 +117,7 @@ impl ByeCode {
         ByeCode::SLOW_CONSUMER,
         ByeCode::SERVER_FULL,
         ByeCode::REVOKED,
+        ByeCode::ACCOUNT_DELETED,
     ];
 
     /// The code as it appears on the wire.
@@ -124,6 +127,7 @@ impl ByeCode {
             ByeCode::SLOW_CONSUMER => "SLOW_CONSUMER",
             ByeCode::SERVER_FULL => "SERVER_FULL",
             ByeCode::REVOKED => "REVOKED",
+            ByeCode::ACCOUNT_DELETED => "ACCOUNT_DELETED",
         }
     }
 

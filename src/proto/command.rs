@@ -40,6 +40,8 @@ pub enum Verb {
     Resume,
     Tokens,
     Revoke,
+    Password,
+    Unregister,
 }
 
 /// How many space-separated arguments a command takes, checked before any of them is parsed.
@@ -120,6 +122,20 @@ pub const COMMANDS: &[Syntax] = &[
     row(Verb::Resume, "RESUME", "RESUME <token>", 1, Some(1)),
     row(Verb::Tokens, "TOKENS", "TOKENS", 0, Some(0)),
     row(Verb::Revoke, "REVOKE", "REVOKE <id>|ALL", 1, Some(1)),
+    row(
+        Verb::Password,
+        "PASSWORD",
+        "PASSWORD <old> <new>",
+        2,
+        Some(2),
+    ),
+    row(
+        Verb::Unregister,
+        "UNREGISTER",
+        "UNREGISTER <password>",
+        1,
+        Some(1),
+    ),
 ];
 
 impl Verb {
@@ -281,6 +297,16 @@ impl Verb {
                 token: DeviceToken::unchecked(args.need()?),
             },
             Verb::Tokens => Command::Tokens,
+            Verb::Password => {
+                let (old, new) = (args.need()?, args.need()?);
+                Command::Password {
+                    old: Password::unchecked(old),
+                    new: Password::parse(new).map_err(|e| Refusal(Code::BAD_PASSWORD, e.into()))?,
+                }
+            }
+            Verb::Unregister => Command::Unregister {
+                password: Password::unchecked(args.need()?),
+            },
             Verb::Revoke => {
                 let which = args.need()?;
                 Command::Revoke(if which.eq_ignore_ascii_case("ALL") {
@@ -662,6 +688,15 @@ pub enum Command {
     },
     Tokens,
     Revoke(Revoke),
+    /// The old password is not checked: a malformed one is simply a wrong one.
+    Password {
+        old: Password,
+        new: Password,
+    },
+    /// Not checked either.
+    Unregister {
+        password: Password,
+    },
 }
 
 impl Command {
@@ -684,6 +719,8 @@ impl Command {
             Command::Resume { .. } => Verb::Resume,
             Command::Tokens => Verb::Tokens,
             Command::Revoke(_) => Verb::Revoke,
+            Command::Password { .. } => Verb::Password,
+            Command::Unregister { .. } => Verb::Unregister,
         }
     }
 }
@@ -711,6 +748,11 @@ impl Request {
                 arg(name);
                 arg(password.expose());
             }
+            Command::Password { old, new } => {
+                arg(old.expose());
+                arg(new.expose());
+            }
+            Command::Unregister { password } => arg(password.expose()),
             Command::Logout | Command::Users | Command::Tokens => {}
             Command::Quit { reason }
             | Command::Help { topic: reason }
@@ -867,6 +909,11 @@ mod tests {
         assert_eq!(code("REVOKE"), Code::MISSING_ARGUMENT);
         assert_eq!(code("REVOKE 12"), Code::BAD_ARGUMENT);
         assert_eq!(code("REVOKE everything"), Code::BAD_ARGUMENT);
+        assert_eq!(code("PASSWORD old"), Code::MISSING_ARGUMENT);
+        assert_eq!(code("PASSWORD a b c"), Code::TOO_MANY_ARGUMENTS);
+        assert_eq!(code("PASSWORD anything short"), Code::BAD_PASSWORD);
+        assert_eq!(code("UNREGISTER"), Code::MISSING_ARGUMENT);
+        assert_eq!(code("UNREGISTER a b"), Code::TOO_MANY_ARGUMENTS);
     }
 
     #[test]
@@ -960,6 +1007,8 @@ mod tests {
             "TOKENS",
             "REVOKE ALL",
             "REVOKE 00000000000000ff",
+            "PASSWORD x new-password",
+            "UNREGISTER anything",
         ];
         for l in lines {
             let r = parse(l).unwrap().unwrap();

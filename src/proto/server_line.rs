@@ -336,6 +336,18 @@ pub enum OkReply<'a> {
         /// Other connections closed because they were on one of them.
         closed: u64,
     },
+    /// `PASSWORD REVOKED <revoked> CLOSED <closed>`.
+    Password {
+        /// Device tokens revoked (every one but the one this connection is on).
+        revoked: u64,
+        /// The account's other connections, closed.
+        closed: u64,
+    },
+    /// `UNREGISTER <name>`.
+    Unregister {
+        /// The deleted account's name as it was registered.
+        name: &'a str,
+    },
 }
 
 impl OkReply<'_> {
@@ -358,6 +370,8 @@ impl OkReply<'_> {
             OkReply::Resume { .. } => Verb::Resume,
             OkReply::Tokens { .. } => Verb::Tokens,
             OkReply::Revoke { .. } => Verb::Revoke,
+            OkReply::Password { .. } => Verb::Password,
+            OkReply::Unregister { .. } => Verb::Unregister,
         }
     }
 }
@@ -713,6 +727,14 @@ fn ok_reply<'a>(verb: Verb, c: &mut Cursor<'a>) -> Option<OkReply<'a>> {
             let closed = c.number()?;
             OkReply::Revoke { revoked, closed }
         }
+        Verb::Password => {
+            c.word("REVOKED")?;
+            let revoked = c.number()?;
+            c.word("CLOSED")?;
+            let closed = c.number()?;
+            OkReply::Password { revoked, closed }
+        }
+        Verb::Unregister => OkReply::Unregister { name: c.token()? },
     })
 }
 
@@ -832,9 +854,10 @@ impl fmt::Display for OkReply<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.verb().name())?;
         match self {
-            OkReply::Register { name } | OkReply::Login { name } | OkReply::Resume { name } => {
-                write!(f, " {name}")
-            }
+            OkReply::Register { name }
+            | OkReply::Login { name }
+            | OkReply::Resume { name }
+            | OkReply::Unregister { name } => write!(f, " {name}"),
             OkReply::Logout | OkReply::Quit | OkReply::Help | OkReply::Ping => Ok(()),
             OkReply::Msg { id, delivery } => write!(f, " {id} {}", delivery.as_str()),
             OkReply::Group {
@@ -865,6 +888,9 @@ impl fmt::Display for OkReply<'_> {
             OkReply::Token { id, token } => write!(f, " {} {token}", format_id(*id)),
             OkReply::Tokens { count } => write!(f, " {count}"),
             OkReply::Revoke { revoked, closed } => write!(f, " {revoked} CLOSED {closed}"),
+            OkReply::Password { revoked, closed } => {
+                write!(f, " REVOKED {revoked} CLOSED {closed}")
+            }
         }
     }
 }
@@ -1181,6 +1207,10 @@ mod tests {
             "OK REVOKE 1",
             "OK REVOKE 1 CLOSED",
             "OK RESUME",
+            "OK PASSWORD 2 CLOSED 0",
+            "OK PASSWORD REVOKED 2",
+            "OK UNREGISTER",
+            "OK UNREGISTER a b",
             "TOKEN 0123456789abcdef 2026-11-21T10:04:05.123Z",
             "TOKEN 0123456789abcdef 2026-11-21T10:04:05.123Z 2026-11-21T10:04:05.123Z 2026-11-21T10:04:05.123Z MINE",
             "TOKEN 123 2026-11-21T10:04:05.123Z 2026-11-21T10:04:05.123Z 2026-11-21T10:04:05.123Z OTHER",
@@ -1267,6 +1297,9 @@ mod tests {
             "OK @r RESUME Alice".to_string(),
             "OK TOKENS 2".to_string(),
             "OK REVOKE 3 CLOSED 1".to_string(),
+            "OK PASSWORD REVOKED 2 CLOSED 0".to_string(),
+            "OK UNREGISTER Alice".to_string(),
+            "BYE ACCOUNT_DELETED the account was deleted".to_string(),
             format!("TOKEN 0123456789abcdef {T} {T} {T} CURRENT"),
             format!("TOKEN 0123456789abcdef {T} {T} {T} OTHER  my  phone"),
             "BYE REVOKED your token was revoked".to_string(),

@@ -43,6 +43,8 @@ pub const TOKEN_MAX_LIFETIME_MS: i64 = 180 * DAY_MS;
 pub const TOKEN_TOUCH_INTERVAL_MS: i64 = 60 * 60 * 1000;
 /// One day in milliseconds, for the lifetimes above.
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+/// Most accounts one account may block; BLOCK beyond it is refused (TOO_MANY_BLOCKS).
+pub const MAX_BLOCKS_PER_ACCOUNT: usize = 1000;
 /// Most commands of one connection that may be read but not yet answered; the server stops reading
 /// the connection's socket until answers go out (backpressure, nothing is lost).
 pub const MAX_INFLIGHT_PER_CONNECTION: usize = 64;

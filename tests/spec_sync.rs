@@ -123,6 +123,10 @@ fn limits_table_states_the_numbers_the_code_uses() {
         "device tokens per account",
         MAX_TOKENS_PER_ACCOUNT.to_string(),
     );
+    has(
+        "accounts one account blocks",
+        MAX_BLOCKS_PER_ACCOUNT.to_string(),
+    );
     let days = |ms: i64| {
         assert_eq!(ms % 86_400_000, 0, "{ms} ms is not whole days");
         format!("{} days", ms / 86_400_000)

@@ -354,6 +354,12 @@ impl Session {
                 vec![note(NoteKind::Plain, render::friend(name, state))]
             }
             ServerLine::Token(t) => vec![note(NoteKind::Plain, render::token(&t, clock))],
+            ServerLine::Blocked { name } => {
+                vec![note(
+                    NoteKind::Plain,
+                    format!("  {} (blocked)", clean(name)),
+                )]
+            }
             ServerLine::Other(raw) => {
                 vec![note(NoteKind::Plain, format!("server: {}", clean(raw)))]
             }

@@ -204,6 +204,16 @@ impl Core {
             });
             self.push_to_account(other, &line);
         }
+        for k in &acct.blocks {
+            if let Some(o) = self.accounts.get_mut(k) {
+                o.blocked_by.remove(&me);
+            }
+        }
+        for k in &acct.blocked_by {
+            if let Some(o) = self.accounts.get_mut(k) {
+                o.blocks.remove(&me);
+            }
+        }
         for c in acct.conns.iter().copied().filter(|c| *c != conn) {
             self.close_with_bye(c, ByeCode::ACCOUNT_DELETED, "the account was deleted");
         }

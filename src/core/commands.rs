@@ -362,6 +362,64 @@ pub static COMMANDS: &[Row] = &[
             cmd => core.mismatch(req, cmd),
         },
     },
+    Row {
+        verb: Verb::Block,
+        state: Needs::LoggedIn,
+        barrier: false,
+        summary: "stop an account from reaching you",
+        details: &[
+            "Blocks <name>: their MSG, GROUP and FRIEND ADD to you fail with BLOCKED, and their ALL messages",
+            "no longer reach you. A friendship or request between you ends. You cannot message them either.",
+            "Example: BLOCK mallory",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Block { name } => core.block(req, name),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
+        verb: Verb::Unblock,
+        state: Needs::LoggedIn,
+        barrier: false,
+        summary: "lift a block",
+        details: &[
+            "Lifts your block of <name>. A friendship it ended does not come back.",
+            "Example: UNBLOCK mallory",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Unblock { name } => core.unblock(req, name),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
+        verb: Verb::Blocks,
+        state: Needs::LoggedIn,
+        barrier: false,
+        summary: "list the accounts you block",
+        details: &[
+            "One BLOCKED <name> line per account you block, then OK BLOCKS <how many>.",
+            "Example: BLOCKS",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Blocks => core.list_blocks(req),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
+        verb: Verb::Dms,
+        state: Needs::LoggedIn,
+        barrier: false,
+        summary: "take direct messages from friends only, or from everyone",
+        details: &[
+            "DMS FRIENDS: MSG and GROUP from anyone but your friends fail with FRIENDS_ONLY.",
+            "DMS EVERYONE (the default): anyone you do not block may write to you. DMS alone shows the setting.",
+            "Example: DMS FRIENDS",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Dms(policy) => core.dms(req, policy),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
 ];
 
 #[cfg(test)]

@@ -59,6 +59,10 @@ impl Core {
                 return self.refuse(req, Code::UNKNOWN_USER, &text);
             }
         };
+        if matches!(change, Change::Add) && self.barred(&me, &other) {
+            let text = format!("a block stands between you and {shown}");
+            return self.refuse(req, Code::BLOCKED, &text);
+        }
         let current = self
             .accounts
             .get(&me)

@@ -37,6 +37,8 @@ impl Core {
             return;
         };
         let mut unknown = Vec::new();
+        let mut blocked = Vec::new();
+        let mut friends_only = Vec::new();
         let mut full = Vec::new();
         let mut online = Vec::new();
         let mut offline = Vec::new();
@@ -46,6 +48,11 @@ impl Core {
             match self.accounts.get(&key) {
                 Some(a) if a.phc.is_some() => {
                     shown.push(a.name.clone());
+                    match self.dm_refusal(&sender, &key) {
+                        Some(Code::BLOCKED) => blocked.push(a.name.clone()),
+                        Some(_) => friends_only.push(a.name.clone()),
+                        None => {}
+                    }
                     if !a.conns.is_empty() {
                         online.push(key);
                     } else if a.pending >= MAX_PENDING_PER_ACCOUNT {
@@ -60,6 +67,21 @@ impl Core {
         if !unknown.is_empty() {
             let text = format!("no such user: {}", unknown.join(", "));
             return self.refuse(req, Code::UNKNOWN_USER, &text);
+        }
+        if !blocked.is_empty() {
+            let text = format!(
+                "a block stands between you and {}; nothing was sent",
+                blocked.join(", ")
+            );
+            return self.refuse(req, Code::BLOCKED, &text);
+        }
+        if !friends_only.is_empty() {
+            let text = format!(
+                "{} take{} direct messages from friends only; nothing was sent",
+                friends_only.join(", "),
+                if friends_only.len() == 1 { "s" } else { "" }
+            );
+            return self.refuse(req, Code::FRIENDS_ONLY, &text);
         }
         if !full.is_empty() {
             let text = format!(
@@ -138,16 +160,22 @@ impl Core {
         let (id, chunk) = (sent.id, &sent.line);
         let mut out = Out::new();
         if req.verb == Some(Verb::All) {
-            let others = self.online.iter().filter(|k| **k != sent.sender);
+            // Everyone online but the sender and the accounts that block it.
+            let blockers = self.accounts.get(&sent.sender).map(|a| &a.blocked_by);
+            let others: Vec<&Key> = self
+                .online
+                .iter()
+                .filter(|k| **k != sent.sender && !blockers.is_some_and(|b| b.contains(*k)))
+                .collect();
+            let users = others.len();
             fan_out(
                 &self.accounts,
                 &self.conns,
                 &mut self.overflowed,
-                others,
+                others.into_iter(),
                 chunk,
                 None,
             );
-            let users = self.online.len() - usize::from(self.online.contains(&sent.sender));
             out.ok(
                 &req,
                 OkReply::All {

@@ -14,7 +14,7 @@
 //!   hash result comes back (a closure given with the job): `session` (REGISTER, LOGIN, LOGOUT,
 //!   QUIT, and the login path LOGIN and RESUME share), `messaging` (MSG, GROUP, ALL), `history`,
 //!   `friends`, `info` (HELP, PING, USERS), `tokens` (TOKEN, RESUME, TOKENS, REVOKE),
-//!   `account` (PASSWORD, UNREGISTER);
+//!   `account` (PASSWORD, UNREGISTER), `blocks` (BLOCK, UNBLOCK, BLOCKS, DMS);
 //! - `entropy`: where the random bits of device tokens come from;
 //! - `order`: the reply order of a connection, and [`Req`], the command being answered;
 //! - `out`: where typed server lines become bytes for a connection.
@@ -32,6 +32,7 @@
 //!   message queued for the account before it.
 
 mod account;
+mod blocks;
 mod commands;
 mod friends;
 mod history;
@@ -44,7 +45,7 @@ mod tokens;
 
 pub mod entropy;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 pub use self::commands::{Needs, Row, COMMANDS};
@@ -60,7 +61,9 @@ use crate::proto::command::split_head;
 use crate::proto::name::Key;
 use crate::proto::server_line::{Presence, Recipient, ServerLine};
 use crate::store::worker::{StoreJob, Ticket};
-use crate::store::{FriendState, MsgId, Snapshot, StoreError, StoreOp, StoreReply, To, TokenId};
+use crate::store::{
+    FriendState, MsgId, Profile, Snapshot, StoreError, StoreOp, StoreReply, To, TokenId,
+};
 
 /// Identifies a connection for the life of the process.
 pub type ConnId = u64;
@@ -147,6 +150,29 @@ struct Account {
     /// Its device tokens (expired ones stay until the next TOKEN or REVOKE of the account removes
     /// them).
     tokens: Vec<TokenId>,
+    /// The accounts it blocks.
+    blocks: HashSet<Key>,
+    /// The accounts that block it.
+    blocked_by: HashSet<Key>,
+    /// Its settings and status.
+    profile: Profile,
+}
+
+impl Account {
+    /// A new account, with nothing but its name and hash.
+    fn new(name: String, phc: Option<Arc<str>>) -> Account {
+        Account {
+            name,
+            phc,
+            friends: HashMap::new(),
+            pending: 0,
+            conns: Vec::new(),
+            tokens: Vec::new(),
+            blocks: HashSet::new(),
+            blocked_by: HashSet::new(),
+            profile: Profile::default(),
+        }
+    }
 }
 
 enum ConnState {
@@ -234,17 +260,23 @@ impl Core {
     pub fn new(snapshot: Snapshot, settings: Settings) -> Core {
         let mut accounts = HashMap::with_capacity(snapshot.accounts.len());
         for a in snapshot.accounts {
-            accounts.insert(
-                Key::of(&a.name),
-                Account {
-                    name: a.name,
-                    phc: Some(a.phc.into()),
-                    friends: HashMap::new(),
-                    pending: 0,
-                    conns: Vec::new(),
-                    tokens: Vec::new(),
-                },
-            );
+            accounts.insert(Key::of(&a.name), Account::new(a.name, Some(a.phc.into())));
+        }
+        for (a, b) in snapshot.blocks {
+            let (a, b) = (Key::from_folded(a), Key::from_folded(b));
+            if accounts.contains_key(&a) && accounts.contains_key(&b) {
+                if let Some(acct) = accounts.get_mut(&a) {
+                    acct.blocks.insert(b.clone());
+                }
+                if let Some(acct) = accounts.get_mut(&b) {
+                    acct.blocked_by.insert(a);
+                }
+            }
+        }
+        for (user, profile) in snapshot.profiles {
+            if let Some(acct) = accounts.get_mut(user.as_str()) {
+                acct.profile = profile;
+            }
         }
         let mut tokens = HashMap::with_capacity(snapshot.tokens.len());
         for t in snapshot.tokens {
@@ -454,6 +486,20 @@ impl Core {
     /// The account a connection is logged in as.
     fn account_of(&self, conn: ConnId) -> Option<Key> {
         self.conns.get(&conn).and_then(|c| c.key()).cloned()
+    }
+
+    /// True when a block stands between two accounts: either blocks the other.
+    fn barred(&self, a: &Key, b: &Key) -> bool {
+        self.accounts
+            .get(a)
+            .is_some_and(|x| x.blocks.contains(b) || x.blocked_by.contains(b))
+    }
+
+    /// True when `a` and `b` are friends.
+    fn are_friends(&self, a: &Key, b: &Key) -> bool {
+        self.accounts
+            .get(a)
+            .is_some_and(|x| x.friends.get(b) == Some(&FriendState::Friends))
     }
 
     /// Queues an unsolicited line on every logged-in connection of `key`; returns how many

@@ -6,7 +6,6 @@
 //! messages kept for the account holds the connection until they are sent, so every command after
 //! it runs once the login is complete, backlog included.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::order::SlotId;
@@ -43,17 +42,8 @@ impl Core {
             );
         }
         // The name is reserved now, so a second REGISTER of it cannot race this one.
-        self.accounts.insert(
-            key.clone(),
-            Account {
-                name: name.to_string(),
-                phc: None,
-                friends: HashMap::new(),
-                pending: 0,
-                conns: Vec::new(),
-                tokens: Vec::new(),
-            },
-        );
+        self.accounts
+            .insert(key.clone(), Account::new(name.to_string(), None));
         let conn = req.conn;
         self.reserve(&mut req);
         self.hash(HashJob::Hash(password), move |core, outcome| {
@@ -266,6 +256,13 @@ impl Core {
             user: key.as_str().to_owned(),
             upto,
         };
+        // A message from an account the user blocks is not delivered, kept or not (it can only be
+        // here when the block came while the backlog was being read).
+        let blocks = self
+            .accounts
+            .get(&key)
+            .map(|a| a.blocks.clone())
+            .unwrap_or_default();
         self.store(clear, move |core, _| {
             if core.conns.get(&conn).is_none_or(|c| c.closing) {
                 // The connection left while the entries were being removed: nothing was sent, so
@@ -280,7 +277,11 @@ impl Core {
                 return core.fill(conn, slot, out);
             }
             let mut out = Out::new();
-            for m in &msgs {
+            let shown: Vec<_> = msgs
+                .iter()
+                .filter(|m| !blocks.contains(&Key::of(&m.from)))
+                .collect();
+            for m in &shown {
                 out.line(&ServerLine::Message(MessageLine {
                     id: m.id,
                     time_ms: m.time_ms,
@@ -290,7 +291,7 @@ impl Core {
                 }));
             }
             out.line(&ServerLine::BacklogEnd {
-                count: msgs.len() as u64,
+                count: shown.len() as u64,
             });
             core.fill(conn, slot, out);
             core.release(conn);

@@ -8,7 +8,7 @@ use crate::config::{
     MAX_PASSWORD_BYTES, MAX_PING_TOKEN_BYTES, MAX_TEXT_BYTES, MAX_TOKEN_LABEL_BYTES,
 };
 use crate::proto::command::{
-    parse, Command, FriendOp, HistoryTarget, Page, Request, Revoke, Verb, COMMANDS,
+    parse, Command, Dms, FriendOp, HistoryTarget, Page, Request, Revoke, Verb, COMMANDS,
 };
 use crate::proto::line::{Frame, LineDecoder};
 use crate::proto::name::{check_label, check_text, check_text_within, Name, Password};
@@ -315,6 +315,10 @@ pub fn arbitrary_request(u: &mut Unstructured<'_>) -> Result<Request> {
         Verb::Unregister => Command::Unregister {
             password: Password::unchecked(&token(u, 40)?),
         },
+        Verb::Block => Command::Block { name: name(u)? },
+        Verb::Unblock => Command::Unblock { name: name(u)? },
+        Verb::Blocks => Command::Blocks,
+        Verb::Dms => Command::Dms(*u.choose(&[None, Some(Dms::Friends), Some(Dms::Everyone)])?),
         Verb::Revoke => Command::Revoke(if u.arbitrary()? {
             Revoke::All
         } else {

@@ -5,7 +5,7 @@ use arbitrary::{Result, Unstructured};
 
 use crate::config::{MAX_GROUP_RECIPIENTS, MAX_PING_TOKEN_BYTES};
 use crate::proto::code::{ByeCode, Code};
-use crate::proto::command::{Verb, COMMANDS};
+use crate::proto::command::{Dms, Verb, COMMANDS};
 use crate::proto::name::check_label;
 use crate::proto::server_line::{
     parse, AddOutcome, Delivery, FriendReply, FriendState, FriendshipEvent, MessageLine, OkReply,
@@ -177,6 +177,14 @@ fn ok_reply<'a>(
             closed: u.arbitrary()?,
         },
         Verb::Unregister => OkReply::Unregister { name: n(u)? },
+        Verb::Block => OkReply::Block { name: n(u)? },
+        Verb::Unblock => OkReply::Unblock { name: n(u)? },
+        Verb::Blocks => OkReply::Blocks {
+            count: u.arbitrary()?,
+        },
+        Verb::Dms => OkReply::Dms {
+            policy: *u.choose(&[Dms::Friends, Dms::Everyone])?,
+        },
     })
 }
 
@@ -212,7 +220,7 @@ fn encoded_line_parses(u: &mut Unstructured<'_>) -> Result<()> {
     };
     let device_token = DeviceToken::new(u.arbitrary()?, &u.arbitrary()?);
     let one = names[0].as_str();
-    let line = match u.int_in_range(0..=14u8)? {
+    let line = match u.int_in_range(0..=15u8)? {
         0 => {
             let verb = verb(u)?;
             ServerLine::Ok {
@@ -288,6 +296,7 @@ fn encoded_line_parses(u: &mut Unstructured<'_>) -> Result<()> {
                 FriendState::Outgoing,
             ])?,
         },
+        13 => ServerLine::Blocked { name: one },
         12 => ServerLine::Token(TokenLine {
             id: id(u)?,
             created_ms: time(u)?,

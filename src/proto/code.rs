@@ -90,6 +90,16 @@ codes! {
     UNKNOWN_TOKEN,
     /// TOKEN when the account already holds the most tokens it may.
     TOO_MANY_TOKENS,
+    /// A block stands between the caller and the other account (either blocks the other).
+    BLOCKED,
+    /// The recipient takes direct messages from friends only.
+    FRIENDS_ONLY,
+    /// BLOCK of an account already blocked.
+    ALREADY_BLOCKED,
+    /// UNBLOCK of an account that is not blocked.
+    NOT_BLOCKED,
+    /// BLOCK when the account already blocks the most accounts it may.
+    TOO_MANY_BLOCKS,
     /// The server failed internally; the details are in its log.
     INTERNAL_ERROR,
 }

@@ -42,6 +42,10 @@ pub enum Verb {
     Revoke,
     Password,
     Unregister,
+    Block,
+    Unblock,
+    Blocks,
+    Dms,
 }
 
 /// How many space-separated arguments a command takes, checked before any of them is parsed.
@@ -136,6 +140,10 @@ pub const COMMANDS: &[Syntax] = &[
         1,
         Some(1),
     ),
+    row(Verb::Block, "BLOCK", "BLOCK <name>", 1, Some(1)),
+    row(Verb::Unblock, "UNBLOCK", "UNBLOCK <name>", 1, Some(1)),
+    row(Verb::Blocks, "BLOCKS", "BLOCKS", 0, Some(0)),
+    row(Verb::Dms, "DMS", "DMS [FRIENDS|EVERYONE]", 0, Some(1)),
 ];
 
 impl Verb {
@@ -307,6 +315,27 @@ impl Verb {
             Verb::Unregister => Command::Unregister {
                 password: Password::unchecked(args.need()?),
             },
+            Verb::Block | Verb::Unblock => {
+                let name =
+                    Name::parse(args.need()?).map_err(|e| Refusal(Code::BAD_NAME, e.into()))?;
+                if self == Verb::Block {
+                    Command::Block { name }
+                } else {
+                    Command::Unblock { name }
+                }
+            }
+            Verb::Blocks => Command::Blocks,
+            Verb::Dms => Command::Dms(match args.next() {
+                None => None,
+                Some(w) if w.eq_ignore_ascii_case("FRIENDS") => Some(Dms::Friends),
+                Some(w) if w.eq_ignore_ascii_case("EVERYONE") => Some(Dms::Everyone),
+                Some(w) => {
+                    return Err(Refusal(
+                        Code::BAD_ARGUMENT,
+                        format!("\"{}\" is neither FRIENDS nor EVERYONE", quote(w)),
+                    ))
+                }
+            }),
             Verb::Revoke => {
                 let which = args.need()?;
                 Command::Revoke(if which.eq_ignore_ascii_case("ALL") {
@@ -638,6 +667,25 @@ pub enum Revoke {
     All,
 }
 
+/// Whose direct messages an account takes (`DMS`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dms {
+    /// From friends only.
+    Friends,
+    /// From anyone who is not blocked.
+    Everyone,
+}
+
+impl Dms {
+    /// The keyword as written.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dms::Friends => "FRIENDS",
+            Dms::Everyone => "EVERYONE",
+        }
+    }
+}
+
 /// A command with valid arguments.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
@@ -697,6 +745,15 @@ pub enum Command {
     Unregister {
         password: Password,
     },
+    Block {
+        name: Name,
+    },
+    Unblock {
+        name: Name,
+    },
+    Blocks,
+    /// `None` asks for the current setting.
+    Dms(Option<Dms>),
 }
 
 impl Command {
@@ -721,6 +778,10 @@ impl Command {
             Command::Revoke(_) => Verb::Revoke,
             Command::Password { .. } => Verb::Password,
             Command::Unregister { .. } => Verb::Unregister,
+            Command::Block { .. } => Verb::Block,
+            Command::Unblock { .. } => Verb::Unblock,
+            Command::Blocks => Verb::Blocks,
+            Command::Dms(_) => Verb::Dms,
         }
     }
 }
@@ -753,7 +814,13 @@ impl Request {
                 arg(new.expose());
             }
             Command::Unregister { password } => arg(password.expose()),
-            Command::Logout | Command::Users | Command::Tokens => {}
+            Command::Logout | Command::Users | Command::Tokens | Command::Blocks => {}
+            Command::Block { name } | Command::Unblock { name } => arg(name.as_str()),
+            Command::Dms(policy) => {
+                if let Some(p) = policy {
+                    arg(p.as_str());
+                }
+            }
             Command::Quit { reason }
             | Command::Help { topic: reason }
             | Command::Ping { token: reason }
@@ -914,6 +981,12 @@ mod tests {
         assert_eq!(code("PASSWORD anything short"), Code::BAD_PASSWORD);
         assert_eq!(code("UNREGISTER"), Code::MISSING_ARGUMENT);
         assert_eq!(code("UNREGISTER a b"), Code::TOO_MANY_ARGUMENTS);
+        assert_eq!(code("BLOCK"), Code::MISSING_ARGUMENT);
+        assert_eq!(code("BLOCK 9x"), Code::BAD_NAME);
+        assert_eq!(code("UNBLOCK a b"), Code::TOO_MANY_ARGUMENTS);
+        assert_eq!(code("BLOCKS all"), Code::TOO_MANY_ARGUMENTS);
+        assert_eq!(code("DMS nobody"), Code::BAD_ARGUMENT);
+        assert_eq!(code("DMS FRIENDS EVERYONE"), Code::TOO_MANY_ARGUMENTS);
     }
 
     #[test]
@@ -1009,6 +1082,12 @@ mod tests {
             "REVOKE 00000000000000ff",
             "PASSWORD x new-password",
             "UNREGISTER anything",
+            "BLOCK Bob",
+            "UNBLOCK bob",
+            "BLOCKS",
+            "DMS",
+            "DMS FRIENDS",
+            "DMS EVERYONE",
         ];
         for l in lines {
             let r = parse(l).unwrap().unwrap();

@@ -21,7 +21,7 @@
 use std::fmt::{self, Write};
 
 use super::code::{ByeCode, Code};
-use super::command::Verb;
+use super::command::{Dms, Verb};
 use super::name::check_label;
 use super::time::{parse_timestamp, write_timestamp};
 use super::token::{format_id, parse_id};
@@ -348,6 +348,26 @@ pub enum OkReply<'a> {
         /// The deleted account's name as it was registered.
         name: &'a str,
     },
+    /// `BLOCK <name>`.
+    Block {
+        /// The blocked account, as registered.
+        name: &'a str,
+    },
+    /// `UNBLOCK <name>`.
+    Unblock {
+        /// The account no longer blocked, as registered.
+        name: &'a str,
+    },
+    /// `BLOCKS <n>`, after `n` BLOCKED data lines.
+    Blocks {
+        /// How many BLOCKED lines came before.
+        count: u64,
+    },
+    /// `DMS FRIENDS|EVERYONE`: the setting now.
+    Dms {
+        /// Whose direct messages the account takes.
+        policy: Dms,
+    },
 }
 
 impl OkReply<'_> {
@@ -372,6 +392,10 @@ impl OkReply<'_> {
             OkReply::Revoke { .. } => Verb::Revoke,
             OkReply::Password { .. } => Verb::Password,
             OkReply::Unregister { .. } => Verb::Unregister,
+            OkReply::Block { .. } => Verb::Block,
+            OkReply::Unblock { .. } => Verb::Unblock,
+            OkReply::Blocks { .. } => Verb::Blocks,
+            OkReply::Dms { .. } => Verb::Dms,
         }
     }
 }
@@ -460,6 +484,11 @@ pub enum ServerLine<'a> {
     },
     /// `TOKEN ...`: a data line of a TOKENS answer.
     Token(TokenLine<'a>),
+    /// `BLOCKED <name>`: a data line of a BLOCKS answer.
+    Blocked {
+        /// An account the caller blocks.
+        name: &'a str,
+    },
     /// Anything that is not a well-formed server line, kept as received (terminator removed).
     Other(&'a str),
 }
@@ -642,6 +671,7 @@ fn parse_fields(line: &str) -> Option<ServerLine<'_>> {
                 label: c.text().unwrap_or(""),
             })
         }
+        "BLOCKED" => ServerLine::Blocked { name: c.token()? },
         _ => return None,
     };
     // Lines ending in free text consumed the rest; fixed-arity lines must have nothing left.
@@ -735,6 +765,16 @@ fn ok_reply<'a>(verb: Verb, c: &mut Cursor<'a>) -> Option<OkReply<'a>> {
             OkReply::Password { revoked, closed }
         }
         Verb::Unregister => OkReply::Unregister { name: c.token()? },
+        Verb::Block => OkReply::Block { name: c.token()? },
+        Verb::Unblock => OkReply::Unblock { name: c.token()? },
+        Verb::Blocks => OkReply::Blocks { count: c.number()? },
+        Verb::Dms => OkReply::Dms {
+            policy: match c.token()? {
+                "FRIENDS" => Dms::Friends,
+                "EVERYONE" => Dms::Everyone,
+                _ => return None,
+            },
+        },
     })
 }
 
@@ -857,7 +897,11 @@ impl fmt::Display for OkReply<'_> {
             OkReply::Register { name }
             | OkReply::Login { name }
             | OkReply::Resume { name }
-            | OkReply::Unregister { name } => write!(f, " {name}"),
+            | OkReply::Unregister { name }
+            | OkReply::Block { name }
+            | OkReply::Unblock { name } => write!(f, " {name}"),
+            OkReply::Blocks { count } => write!(f, " {count}"),
+            OkReply::Dms { policy } => write!(f, " {}", policy.as_str()),
             OkReply::Logout | OkReply::Quit | OkReply::Help | OkReply::Ping => Ok(()),
             OkReply::Msg { id, delivery } => write!(f, " {id} {}", delivery.as_str()),
             OkReply::Group {
@@ -957,6 +1001,7 @@ impl fmt::Display for ServerLine<'_> {
                 write!(f, "TOKEN {}{times} {state}", format_id(t.id))?;
                 tail(f, t.label)
             }
+            ServerLine::Blocked { name } => write!(f, "BLOCKED {name}"),
             ServerLine::Other(raw) => f.write_str(raw),
         }
     }
@@ -1211,6 +1256,12 @@ mod tests {
             "OK PASSWORD REVOKED 2",
             "OK UNREGISTER",
             "OK UNREGISTER a b",
+            "OK BLOCK",
+            "OK BLOCKS",
+            "OK DMS",
+            "OK DMS friends",
+            "BLOCKED",
+            "BLOCKED a b",
             "TOKEN 0123456789abcdef 2026-11-21T10:04:05.123Z",
             "TOKEN 0123456789abcdef 2026-11-21T10:04:05.123Z 2026-11-21T10:04:05.123Z 2026-11-21T10:04:05.123Z MINE",
             "TOKEN 123 2026-11-21T10:04:05.123Z 2026-11-21T10:04:05.123Z 2026-11-21T10:04:05.123Z OTHER",
@@ -1299,6 +1350,12 @@ mod tests {
             "OK REVOKE 3 CLOSED 1".to_string(),
             "OK PASSWORD REVOKED 2 CLOSED 0".to_string(),
             "OK UNREGISTER Alice".to_string(),
+            "OK BLOCK Bob".to_string(),
+            "OK UNBLOCK Bob".to_string(),
+            "OK BLOCKS 0".to_string(),
+            "OK DMS FRIENDS".to_string(),
+            "OK @d DMS EVERYONE".to_string(),
+            "BLOCKED Bob".to_string(),
             "BYE ACCOUNT_DELETED the account was deleted".to_string(),
             format!("TOKEN 0123456789abcdef {T} {T} {T} CURRENT"),
             format!("TOKEN 0123456789abcdef {T} {T} {T} OTHER  my  phone"),

@@ -43,6 +43,12 @@ pub const TOKEN_MAX_LIFETIME_MS: i64 = 180 * DAY_MS;
 pub const TOKEN_TOUCH_INTERVAL_MS: i64 = 60 * 60 * 1000;
 /// One day in milliseconds, for the lifetimes above.
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+/// Longest away message in bytes (UTF-8).
+pub const MAX_AWAY_BYTES: usize = 200;
+/// When an account goes offline, its last-seen time is written to disk only if the time on disk is
+/// at least this old (ten minutes): a wave of disconnections writes little, and after a restart
+/// last seen is at most this early.
+pub const LAST_SEEN_WRITE_INTERVAL_MS: i64 = 10 * 60 * 1000;
 /// Most accounts one account may block; BLOCK beyond it is refused (TOO_MANY_BLOCKS).
 pub const MAX_BLOCKS_PER_ACCOUNT: usize = 1000;
 /// Most commands of one connection that may be read but not yet answered; the server stops reading

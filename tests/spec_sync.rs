@@ -127,6 +127,11 @@ fn limits_table_states_the_numbers_the_code_uses() {
         "accounts one account blocks",
         MAX_BLOCKS_PER_ACCOUNT.to_string(),
     );
+    has("away message", format!("1 to {MAX_AWAY_BYTES} bytes"));
+    has(
+        "last seen, on disk",
+        format!("{} minutes", LAST_SEEN_WRITE_INTERVAL_MS / 60_000),
+    );
     let days = |ms: i64| {
         assert_eq!(ms % 86_400_000, 0, "{ms} ms is not whole days");
         format!("{} days", ms / 86_400_000)

@@ -127,6 +127,14 @@ pub fn token(t: &TokenLine<'_>, clock: &Clock) -> String {
     )
 }
 
+/// `AWAY` as a sentence.
+pub fn away(name: &str, text: Option<&str>) -> String {
+    match text {
+        Some(t) => format!("{} is away: {}", clean(name), clean(t)),
+        None => format!("{} is back.", clean(name)),
+    }
+}
+
 /// `PRESENCE` as a sentence.
 pub fn presence(name: &str, p: Presence) -> String {
     match p {

@@ -354,6 +354,7 @@ impl Session {
                 vec![note(NoteKind::Plain, render::friend(name, state))]
             }
             ServerLine::Token(t) => vec![note(NoteKind::Plain, render::token(&t, clock))],
+            ServerLine::Away { name, text } => vec![note(NoteKind::Info, render::away(name, text))],
             ServerLine::Blocked { name } => {
                 vec![note(
                     NoteKind::Plain,

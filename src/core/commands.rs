@@ -420,6 +420,37 @@ pub static COMMANDS: &[Row] = &[
             cmd => core.mismatch(req, cmd),
         },
     },
+    Row {
+        verb: Verb::Away,
+        state: Needs::LoggedIn,
+        barrier: false,
+        summary: "set an away message, or clear it",
+        details: &[
+            "AWAY <text> sets your away message (up to 200 bytes); AWAY alone clears it. It stays set",
+            "when you log out, until you clear it. Friends see it (AWAY <you> <text>), and so does whoever",
+            "writes to you: an AWAY line follows their OK.",
+            "Example: AWAY at lunch, back at 2",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Away { text } => core.away(req, text),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
+        verb: Verb::Whois,
+        state: Needs::LoggedIn,
+        barrier: false,
+        summary: "is a user online, away, or when last seen",
+        details: &[
+            "Answer: OK WHOIS <name> ONLINE|OFFLINE <last seen>|- <away message>",
+            "Last seen (when the user's last connection left) is shown to their friends only.",
+            "Example: WHOIS bob",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Whois { name } => core.whois(req, name),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
 ];
 
 #[cfg(test)]

@@ -17,6 +17,16 @@ use crate::proto::name::{Key, Name};
 use crate::proto::server_line::{Delivery, MessageLine, OkReply, ServerLine};
 use crate::store::{MessageRecord, MsgId, StoreOp, To};
 
+/// The accounts a MSG or GROUP is for, sorted by what happens to their copy (empty for ALL).
+struct Addressees {
+    /// Online when the message was sent: delivered live once it is committed.
+    online: Vec<Key>,
+    /// Offline: kept in their backlogs, in the same commit.
+    offline: Vec<Key>,
+    /// All of them, in the sender's order.
+    recipients: Vec<Key>,
+}
+
 /// A message waiting for its commit.
 struct Sent {
     sender: Key,
@@ -28,6 +38,8 @@ struct Sent {
     online: Vec<Key>,
     /// Recipients whose copy went to their offline backlog.
     kept: usize,
+    /// Every recipient, in the sender's order (empty for ALL), for the away notices after the OK.
+    recipients: Vec<Key>,
 }
 
 impl Core {
@@ -43,6 +55,7 @@ impl Core {
         let mut online = Vec::new();
         let mut offline = Vec::new();
         let mut shown = Vec::with_capacity(to.len());
+        let recipients: Vec<Key> = to.iter().map(Name::key).collect();
         for name in &to {
             let key = name.key();
             match self.accounts.get(&key) {
@@ -102,7 +115,12 @@ impl Core {
                 To::Group(shown)
             }
         };
-        self.commit_message(req, sender, to, text, online, offline);
+        let whom = Addressees {
+            online,
+            offline,
+            recipients,
+        };
+        self.commit_message(req, sender, to, text, whom);
     }
 
     /// ALL: to every other online account; stored, never kept for offline delivery.
@@ -110,7 +128,12 @@ impl Core {
         let Some(sender) = self.account_of(req.conn) else {
             return;
         };
-        self.commit_message(req, sender, To::All, text, Vec::new(), Vec::new());
+        let whom = Addressees {
+            online: Vec::new(),
+            offline: Vec::new(),
+            recipients: Vec::new(),
+        };
+        self.commit_message(req, sender, To::All, text, whom);
     }
 
     fn commit_message(
@@ -119,9 +142,13 @@ impl Core {
         sender: Key,
         to: To,
         text: String,
-        online: Vec<Key>,
-        pending_for: Vec<Key>,
+        whom: Addressees,
     ) {
+        let Addressees {
+            online,
+            offline: pending_for,
+            recipients,
+        } = whom;
         let Some(from) = self.accounts.get(&sender).map(|a| a.name.clone()) else {
             return self.internal_error(req, "the sender's account is missing");
         };
@@ -147,6 +174,7 @@ impl Core {
             line,
             online,
             kept: pending_for.len(),
+            recipients,
         };
         let op = StoreOp::AppendMessage {
             msg: record,
@@ -230,6 +258,8 @@ impl Core {
         if own_copy {
             out.raw(chunk);
         }
+        // The sender learns which recipients are away, after the OK.
+        self.away_notices(&sent.sender, &sent.recipients, &mut out);
         // Each late recipient's backlog entry is its own op; the writes commit in the order they
         // were sent, so once the last is committed all are, and the OK may go.
         let ops: Vec<StoreOp> = late

@@ -14,7 +14,8 @@
 //!   hash result comes back (a closure given with the job): `session` (REGISTER, LOGIN, LOGOUT,
 //!   QUIT, and the login path LOGIN and RESUME share), `messaging` (MSG, GROUP, ALL), `history`,
 //!   `friends`, `info` (HELP, PING, USERS), `tokens` (TOKEN, RESUME, TOKENS, REVOKE),
-//!   `account` (PASSWORD, UNREGISTER), `blocks` (BLOCK, UNBLOCK, BLOCKS, DMS);
+//!   `account` (PASSWORD, UNREGISTER), `blocks` (BLOCK, UNBLOCK, BLOCKS, DMS), `status` (AWAY,
+//!   WHOIS, and last seen);
 //! - `entropy`: where the random bits of device tokens come from;
 //! - `order`: the reply order of a connection, and [`Req`], the command being answered;
 //! - `out`: where typed server lines become bytes for a connection.
@@ -41,6 +42,7 @@ mod messaging;
 mod order;
 mod out;
 mod session;
+mod status;
 mod tokens;
 
 pub mod entropy;
@@ -156,6 +158,8 @@ struct Account {
     blocked_by: HashSet<Key>,
     /// Its settings and status.
     profile: Profile,
+    /// The last-seen time as written to the store.
+    seen_written: Option<i64>,
 }
 
 impl Account {
@@ -171,6 +175,7 @@ impl Account {
             blocks: HashSet::new(),
             blocked_by: HashSet::new(),
             profile: Profile::default(),
+            seen_written: None,
         }
     }
 }
@@ -275,6 +280,7 @@ impl Core {
         }
         for (user, profile) in snapshot.profiles {
             if let Some(acct) = accounts.get_mut(user.as_str()) {
+                acct.seen_written = profile.last_seen_ms;
                 acct.profile = profile;
             }
         }
@@ -640,6 +646,7 @@ impl Core {
         if acct.conns.is_empty() {
             self.online.remove(key);
             log::info!("{} is offline", acct.name);
+            self.saw(key, false);
             self.announce_presence(key, false);
         }
     }
@@ -666,6 +673,13 @@ impl Core {
     }
 
     fn shutdown(&mut self) {
+        // Whoever is online is last seen now; after a storage failure nothing more is written.
+        if !self.shutting_down && self.fatal.is_none() {
+            let online: Vec<Key> = self.online.iter().cloned().collect();
+            for key in &online {
+                self.saw(key, true);
+            }
+        }
         self.shutting_down = true;
         let chunk = out::shared(&ServerLine::Bye {
             code: ByeCode::SHUTDOWN,

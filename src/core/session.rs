@@ -198,22 +198,37 @@ impl Core {
                 Via::Token(_) => OkReply::Resume { name },
             },
         );
+        // The account's own away message first, so a client learns it is still away.
+        if let Some(text) = acct.profile.away.as_deref() {
+            out.line(&ServerLine::Away {
+                name,
+                text: Some(text),
+            });
+        }
         let mut friends: Vec<(&Key, &FriendState)> = acct.friends.iter().collect();
         friends.sort_by(|a, b| a.0.cmp(b.0));
-        for (k, state) in friends {
-            let Some(other) = self.accounts.get(k) else {
+        // Every friend's presence first (with its away message), then the requests (spec 4.2).
+        for (k, _) in friends.iter().filter(|(_, s)| **s == FriendState::Friends) {
+            let Some(other) = self.accounts.get(*k) else {
                 continue;
             };
-            match state {
-                FriendState::Friends => out.line(&ServerLine::Presence {
+            out.line(&ServerLine::Presence {
+                name: &other.name,
+                presence: Presence::of(self.online.contains(*k)),
+            });
+            if let Some(text) = other.profile.away.as_deref() {
+                out.line(&ServerLine::Away {
                     name: &other.name,
-                    presence: Presence::of(self.online.contains(k)),
-                }),
-                FriendState::Incoming => out.line(&ServerLine::Friendship {
+                    text: Some(text),
+                });
+            }
+        }
+        for (k, _) in friends.iter().filter(|(_, s)| **s == FriendState::Incoming) {
+            if let Some(other) = self.accounts.get(*k) {
+                out.line(&ServerLine::Friendship {
                     name: &other.name,
                     event: FriendshipEvent::Requested,
-                }),
-                FriendState::Outgoing => {}
+                });
             }
         }
         if no_backlog {

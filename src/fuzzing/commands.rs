@@ -4,8 +4,8 @@
 use arbitrary::{Error, Result, Unstructured};
 
 use crate::config::{
-    HISTORY_MAX_COUNT, MAX_GROUP_RECIPIENTS, MAX_LABEL_LEN, MAX_LINE_BYTES, MAX_NAME_LEN,
-    MAX_PASSWORD_BYTES, MAX_PING_TOKEN_BYTES, MAX_TEXT_BYTES, MAX_TOKEN_LABEL_BYTES,
+    HISTORY_MAX_COUNT, MAX_AWAY_BYTES, MAX_GROUP_RECIPIENTS, MAX_LABEL_LEN, MAX_LINE_BYTES,
+    MAX_NAME_LEN, MAX_PASSWORD_BYTES, MAX_PING_TOKEN_BYTES, MAX_TEXT_BYTES, MAX_TOKEN_LABEL_BYTES,
 };
 use crate::proto::command::{
     parse, Command, Dms, FriendOp, HistoryTarget, Page, Request, Revoke, Verb, COMMANDS,
@@ -318,6 +318,16 @@ pub fn arbitrary_request(u: &mut Unstructured<'_>) -> Result<Request> {
         Verb::Block => Command::Block { name: name(u)? },
         Verb::Unblock => Command::Unblock { name: name(u)? },
         Verb::Blocks => Command::Blocks,
+        Verb::Away => Command::Away {
+            text: if u.arbitrary()? {
+                let t = string_from(u, TEXT_CHARS, 1, 40)?;
+                check_text_within(&t, MAX_AWAY_BYTES).map_err(|_| Error::IncorrectFormat)?;
+                Some(t)
+            } else {
+                None
+            },
+        },
+        Verb::Whois => Command::Whois { name: name(u)? },
         Verb::Dms => Command::Dms(*u.choose(&[None, Some(Dms::Friends), Some(Dms::Everyone)])?),
         Verb::Revoke => Command::Revoke(if u.arbitrary()? {
             Revoke::All

@@ -117,6 +117,7 @@ fn ok_reply<'a>(
     verb: Verb,
     pool: &'a [String],
     token: &'a DeviceToken,
+    away: &'a str,
 ) -> Result<OkReply<'a>> {
     let n = |u: &mut Unstructured<'_>| -> Result<&'a str> { Ok(u.choose(pool)?.as_str()) };
     Ok(match verb {
@@ -182,6 +183,15 @@ fn ok_reply<'a>(
         Verb::Blocks => OkReply::Blocks {
             count: u.arbitrary()?,
         },
+        Verb::Away => OkReply::Away {
+            set: u.arbitrary()?,
+        },
+        Verb::Whois => OkReply::Whois {
+            name: n(u)?,
+            presence: *u.choose(&[Presence::Online, Presence::Offline])?,
+            last_seen_ms: if u.arbitrary()? { Some(time(u)?) } else { None },
+            away: if u.arbitrary()? { away } else { "" },
+        },
         Verb::Dms => OkReply::Dms {
             policy: *u.choose(&[Dms::Friends, Dms::Everyone])?,
         },
@@ -220,12 +230,12 @@ fn encoded_line_parses(u: &mut Unstructured<'_>) -> Result<()> {
     };
     let device_token = DeviceToken::new(u.arbitrary()?, &u.arbitrary()?);
     let one = names[0].as_str();
-    let line = match u.int_in_range(0..=15u8)? {
+    let line = match u.int_in_range(0..=16u8)? {
         0 => {
             let verb = verb(u)?;
             ServerLine::Ok {
                 label: label.as_deref(),
-                reply: ok_reply(u, verb, &names, &device_token)?,
+                reply: ok_reply(u, verb, &names, &device_token, &body)?,
             }
         }
         1 => ServerLine::Fail {
@@ -297,6 +307,10 @@ fn encoded_line_parses(u: &mut Unstructured<'_>) -> Result<()> {
             ])?,
         },
         13 => ServerLine::Blocked { name: one },
+        14 => ServerLine::Away {
+            name: one,
+            text: if u.arbitrary()? { Some(&body) } else { None },
+        },
         12 => ServerLine::Token(TokenLine {
             id: id(u)?,
             created_ms: time(u)?,

@@ -17,7 +17,7 @@ use super::code::Code;
 use super::name::{check_label, check_text, check_text_within, Name, Password, TextError};
 use super::token::{parse_id, DeviceToken};
 use crate::config::{
-    HISTORY_MAX_COUNT, MAX_GROUP_RECIPIENTS, MAX_PING_TOKEN_BYTES, MAX_TEXT_BYTES,
+    HISTORY_MAX_COUNT, MAX_AWAY_BYTES, MAX_GROUP_RECIPIENTS, MAX_PING_TOKEN_BYTES, MAX_TEXT_BYTES,
     MAX_TOKEN_LABEL_BYTES,
 };
 
@@ -46,6 +46,8 @@ pub enum Verb {
     Unblock,
     Blocks,
     Dms,
+    Away,
+    Whois,
 }
 
 /// How many space-separated arguments a command takes, checked before any of them is parsed.
@@ -144,6 +146,8 @@ pub const COMMANDS: &[Syntax] = &[
     row(Verb::Unblock, "UNBLOCK", "UNBLOCK <name>", 1, Some(1)),
     row(Verb::Blocks, "BLOCKS", "BLOCKS", 0, Some(0)),
     row(Verb::Dms, "DMS", "DMS [FRIENDS|EVERYONE]", 0, Some(1)),
+    row(Verb::Away, "AWAY", "AWAY [<text>]", 0, None),
+    row(Verb::Whois, "WHOIS", "WHOIS <name>", 1, Some(1)),
 ];
 
 impl Verb {
@@ -285,22 +289,15 @@ impl Verb {
                 }
                 .into()
             }
-            Verb::Token => {
-                let label = match args.text() {
-                    Some(l) => {
-                        check_text_within(l, MAX_TOKEN_LABEL_BYTES).map_err(|e| match e {
-                            TextError::Bad(why) => Refusal(Code::BAD_TEXT, why.into()),
-                            TextError::TooLong => Refusal(
-                                Code::TEXT_TOO_LONG,
-                                format!("a token label has at most {MAX_TOKEN_LABEL_BYTES} bytes"),
-                            ),
-                        })?;
-                        Some(l.to_owned())
-                    }
-                    None => None,
-                };
-                Command::Token { label }
-            }
+            Verb::Token => Command::Token {
+                label: optional_text(&mut args, MAX_TOKEN_LABEL_BYTES, "a token label")?,
+            },
+            Verb::Away => Command::Away {
+                text: optional_text(&mut args, MAX_AWAY_BYTES, "an away message")?,
+            },
+            Verb::Whois => Command::Whois {
+                name: Name::parse(args.need()?).map_err(|e| Refusal(Code::BAD_NAME, e.into()))?,
+            },
             Verb::Resume => Command::Resume {
                 token: DeviceToken::unchecked(args.need()?),
             },
@@ -361,6 +358,22 @@ impl From<FriendOp> for Command {
     fn from(op: FriendOp) -> Command {
         Command::Friend(op)
     }
+}
+
+/// A free text that may be left out (a token label, an away message), checked like a message text
+/// but against `max` bytes.
+fn optional_text(args: &mut Tokens<'_>, max: usize, what: &str) -> Result<Option<String>, Refusal> {
+    let Some(text) = args.text() else {
+        return Ok(None);
+    };
+    check_text_within(text, max).map_err(|e| match e {
+        TextError::Bad(why) => Refusal(Code::BAD_TEXT, why.into()),
+        TextError::TooLong => Refusal(
+            Code::TEXT_TOO_LONG,
+            format!("{what} has at most {max} bytes"),
+        ),
+    })?;
+    Ok(Some(text.to_owned()))
 }
 
 fn text_ok(text: &str) -> Result<(), Refusal> {
@@ -754,6 +767,13 @@ pub enum Command {
     Blocks,
     /// `None` asks for the current setting.
     Dms(Option<Dms>),
+    /// `None` clears the away message.
+    Away {
+        text: Option<String>,
+    },
+    Whois {
+        name: Name,
+    },
 }
 
 impl Command {
@@ -782,6 +802,8 @@ impl Command {
             Command::Unblock { .. } => Verb::Unblock,
             Command::Blocks => Verb::Blocks,
             Command::Dms(_) => Verb::Dms,
+            Command::Away { .. } => Verb::Away,
+            Command::Whois { .. } => Verb::Whois,
         }
     }
 }
@@ -815,7 +837,9 @@ impl Request {
             }
             Command::Unregister { password } => arg(password.expose()),
             Command::Logout | Command::Users | Command::Tokens | Command::Blocks => {}
-            Command::Block { name } | Command::Unblock { name } => arg(name.as_str()),
+            Command::Block { name } | Command::Unblock { name } | Command::Whois { name } => {
+                arg(name.as_str())
+            }
             Command::Dms(policy) => {
                 if let Some(p) = policy {
                     arg(p.as_str());
@@ -824,7 +848,8 @@ impl Request {
             Command::Quit { reason }
             | Command::Help { topic: reason }
             | Command::Ping { token: reason }
-            | Command::Token { label: reason } => {
+            | Command::Token { label: reason }
+            | Command::Away { text: reason } => {
                 if let Some(r) = reason {
                     arg(r);
                 }
@@ -987,6 +1012,14 @@ mod tests {
         assert_eq!(code("BLOCKS all"), Code::TOO_MANY_ARGUMENTS);
         assert_eq!(code("DMS nobody"), Code::BAD_ARGUMENT);
         assert_eq!(code("DMS FRIENDS EVERYONE"), Code::TOO_MANY_ARGUMENTS);
+        assert_eq!(
+            code(&format!("AWAY {}", "x".repeat(MAX_AWAY_BYTES + 1))),
+            Code::TEXT_TOO_LONG
+        );
+        assert_eq!(code("AWAY out\u{1b}"), Code::BAD_TEXT);
+        assert_eq!(code("WHOIS"), Code::MISSING_ARGUMENT);
+        assert_eq!(code("WHOIS a b"), Code::TOO_MANY_ARGUMENTS);
+        assert_eq!(code("WHOIS *"), Code::BAD_NAME);
     }
 
     #[test]
@@ -1088,6 +1121,9 @@ mod tests {
             "DMS",
             "DMS FRIENDS",
             "DMS EVERYONE",
+            "AWAY",
+            "AWAY  gone  fishing ",
+            "WHOIS Bob",
         ];
         for l in lines {
             let r = parse(l).unwrap().unwrap();

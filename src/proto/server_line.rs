@@ -368,6 +368,22 @@ pub enum OkReply<'a> {
         /// Whose direct messages the account takes.
         policy: Dms,
     },
+    /// `AWAY SET|CLEARED`.
+    Away {
+        /// An away message is set now.
+        set: bool,
+    },
+    /// `WHOIS <name> ONLINE|OFFLINE <seen>|- [<away>]`.
+    Whois {
+        /// The account, as registered.
+        name: &'a str,
+        /// Whether it is online.
+        presence: Presence,
+        /// When it was last online: shown to friends only, and only while it is offline.
+        last_seen_ms: Option<i64>,
+        /// Its away message; empty when none is set.
+        away: &'a str,
+    },
 }
 
 impl OkReply<'_> {
@@ -396,6 +412,8 @@ impl OkReply<'_> {
             OkReply::Unblock { .. } => Verb::Unblock,
             OkReply::Blocks { .. } => Verb::Blocks,
             OkReply::Dms { .. } => Verb::Dms,
+            OkReply::Away { .. } => Verb::Away,
+            OkReply::Whois { .. } => Verb::Whois,
         }
     }
 }
@@ -452,6 +470,14 @@ pub enum ServerLine<'a> {
         name: &'a str,
         /// What they did.
         event: FriendshipEvent,
+    },
+    /// `AWAY <name> [<text>]`: a friend set an away message, or cleared it (no text); also after
+    /// an `OK MSG`/`OK GROUP` for each recipient who is away.
+    Away {
+        /// The account.
+        name: &'a str,
+        /// Its away message; `None` when it came back.
+        text: Option<&'a str>,
     },
     /// `BYE <CODE> <text>`: the server is about to close the connection.
     Bye {
@@ -672,6 +698,10 @@ fn parse_fields(line: &str) -> Option<ServerLine<'_>> {
             })
         }
         "BLOCKED" => ServerLine::Blocked { name: c.token()? },
+        "AWAY" => ServerLine::Away {
+            name: c.token()?,
+            text: c.text().filter(|t| !t.is_empty()),
+        },
         _ => return None,
     };
     // Lines ending in free text consumed the rest; fixed-arity lines must have nothing left.
@@ -768,6 +798,27 @@ fn ok_reply<'a>(verb: Verb, c: &mut Cursor<'a>) -> Option<OkReply<'a>> {
         Verb::Block => OkReply::Block { name: c.token()? },
         Verb::Unblock => OkReply::Unblock { name: c.token()? },
         Verb::Blocks => OkReply::Blocks { count: c.number()? },
+        Verb::Away => OkReply::Away {
+            set: match c.token()? {
+                "SET" => true,
+                "CLEARED" => false,
+                _ => return None,
+            },
+        },
+        Verb::Whois => {
+            let name = c.token()?;
+            let presence = Presence::parse(c.token()?)?;
+            let last_seen_ms = match c.token()? {
+                "-" => None,
+                t => Some(parse_timestamp(t)?),
+            };
+            OkReply::Whois {
+                name,
+                presence,
+                last_seen_ms,
+                away: c.text().unwrap_or(""),
+            }
+        }
         Verb::Dms => OkReply::Dms {
             policy: match c.token()? {
                 "FRIENDS" => Dms::Friends,
@@ -902,6 +953,24 @@ impl fmt::Display for OkReply<'_> {
             | OkReply::Unblock { name } => write!(f, " {name}"),
             OkReply::Blocks { count } => write!(f, " {count}"),
             OkReply::Dms { policy } => write!(f, " {}", policy.as_str()),
+            OkReply::Away { set } => f.write_str(if *set { " SET" } else { " CLEARED" }),
+            OkReply::Whois {
+                name,
+                presence,
+                last_seen_ms,
+                away,
+            } => {
+                write!(f, " {name} {} ", presence.as_str())?;
+                match last_seen_ms {
+                    Some(ms) => {
+                        let mut t = String::with_capacity(24);
+                        write_timestamp(&mut t, *ms);
+                        f.write_str(&t)?;
+                    }
+                    None => f.write_str("-")?,
+                }
+                tail(f, away)
+            }
             OkReply::Logout | OkReply::Quit | OkReply::Help | OkReply::Ping => Ok(()),
             OkReply::Msg { id, delivery } => write!(f, " {id} {}", delivery.as_str()),
             OkReply::Group {
@@ -1002,6 +1071,10 @@ impl fmt::Display for ServerLine<'_> {
                 tail(f, t.label)
             }
             ServerLine::Blocked { name } => write!(f, "BLOCKED {name}"),
+            ServerLine::Away { name, text } => {
+                write!(f, "AWAY {name}")?;
+                tail(f, text.unwrap_or(""))
+            }
             ServerLine::Other(raw) => f.write_str(raw),
         }
     }
@@ -1262,6 +1335,13 @@ mod tests {
             "OK DMS friends",
             "BLOCKED",
             "BLOCKED a b",
+            "OK AWAY",
+            "OK AWAY ON",
+            "OK WHOIS bob",
+            "OK WHOIS bob ONLINE",
+            "OK WHOIS bob AWAY -",
+            "OK WHOIS bob ONLINE yesterday",
+            "AWAY",
             "TOKEN 0123456789abcdef 2026-11-21T10:04:05.123Z",
             "TOKEN 0123456789abcdef 2026-11-21T10:04:05.123Z 2026-11-21T10:04:05.123Z 2026-11-21T10:04:05.123Z MINE",
             "TOKEN 123 2026-11-21T10:04:05.123Z 2026-11-21T10:04:05.123Z 2026-11-21T10:04:05.123Z OTHER",
@@ -1356,6 +1436,12 @@ mod tests {
             "OK DMS FRIENDS".to_string(),
             "OK @d DMS EVERYONE".to_string(),
             "BLOCKED Bob".to_string(),
+            "OK AWAY SET".to_string(),
+            "OK AWAY CLEARED".to_string(),
+            "OK WHOIS bob ONLINE -".to_string(),
+            format!("OK WHOIS bob OFFLINE {T}  gone  fishing"),
+            "AWAY bob".to_string(),
+            "AWAY bob at lunch, back at 2".to_string(),
             "BYE ACCOUNT_DELETED the account was deleted".to_string(),
             format!("TOKEN 0123456789abcdef {T} {T} {T} CURRENT"),
             format!("TOKEN 0123456789abcdef {T} {T} {T} OTHER  my  phone"),

@@ -177,6 +177,8 @@ async fn run_async(connector: Connector) -> u8 {
                         for effect in session.on_input(parsed) {
                             match effect {
                                 Effect::Send(l) => to_send.push((l, true)),
+                                // A script says how it logs in; this client keeps no token.
+                                Effect::SaveToken(_) | Effect::ForgetToken => {}
                                 Effect::Show(note) => {
                                     if note.kind == NoteKind::Error {
                                         bad_input = true;

@@ -444,7 +444,7 @@ impl AccountState {
 /// The failure guarded against: a change to an account that the server acknowledged (a device
 /// token issued or revoked, a block, an away message, the direct-message setting, a new password
 /// and the revocations it made) is lost or half-applied after a crash; or a deleted account comes
-/// back. Each account's owner sends one command at a time and waits for its answer, so at the kill
+/// back; or an account's last seen, written when it went offline, is lost. Each account's owner sends one command at a time and waits for its answer, so at the kill
 /// at most one command per account is unanswered: the state found afterwards must be the one its
 /// acknowledged commands left, or that state with the unanswered command applied, never anything
 /// else. Tokens are checked by logging in with them.
@@ -470,6 +470,23 @@ fn acknowledged_account_changes_survive_kill_9() {
             // An account deleted before the first crash stays deleted, and its message stays.
             setup.register("gone");
             setup.register("keeper");
+            // A friend who goes offline: last seen is written then (the first time at once).
+            let mut seen = server.user("seen");
+            let mut friend = server.user("friend");
+            assert_eq!(
+                seen.call1("FRIEND ADD friend"),
+                "OK FRIEND ADD friend REQUESTED"
+            );
+            assert_eq!(
+                friend.call("FRIEND ACCEPT seen"),
+                ["FRIENDSHIP seen REQUESTED", "OK FRIEND ACCEPT seen"]
+            );
+            assert_eq!(
+                seen.sync(),
+                ["FRIENDSHIP friend ACCEPTED", "PRESENCE friend ONLINE"]
+            );
+            seen.expect("QUIT", "OK QUIT");
+            friend.sync();
             setup.login("gone");
             let id = setup.msg("keeper", "from an account about to go");
             max_seen = id;
@@ -526,6 +543,13 @@ fn acknowledged_account_changes_survive_kill_9() {
                 states[i].current = None;
             }
             let mut c = server.connect();
+            c.login("friend");
+            let whois = c.call1("WHOIS seen");
+            assert!(
+                whois.starts_with("OK WHOIS seen OFFLINE 20"),
+                "last seen lost in crash {round}: {whois}"
+            );
+            c.expect("LOGOUT", "OK LOGOUT");
             c.expect_fail(
                 &format!("REGISTER gone {PASSWORD}"),
                 "REGISTER",

@@ -1,8 +1,9 @@
 //! A deterministic driver of the core without sockets, for tests, snapshot transcripts and fuzzers.
 //!
 //! Clients are named; their lines go straight to the core, store jobs run on an in-memory store (or
-//! any [`Store`]) in batches, password hashes run inline with a cheap cost, and the clock only moves
-//! when told to. Everything a client was sent is collected from its outbox.
+//! any [`Store`]) in batches the way the store worker runs them (writes in one transaction, each
+//! read through a view that sees the writes before it, failing on its own), password hashes run
+//! inline with a cheap cost, and the clock only moves when told to. Everything a client was sent is collected from its outbox.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,7 +14,8 @@ use crate::core::{ConnId, Core, Event, Input, Job, Settings};
 use crate::outbox::Outbox;
 use crate::proto::line::{Frame, LineDecoder};
 use crate::store::memory::MemoryStore;
-use crate::store::{Snapshot, Store, StoreReply};
+use crate::store::worker::{BatchResult, StoreJob, Ticket};
+use crate::store::{Snapshot, Store, StoreError, StoreOp, StoreReply};
 
 /// Start of the simulated clock: 2026-01-01T00:00:00.000Z.
 pub const EPOCH_MS: i64 = 1_767_225_600_000;
@@ -191,32 +193,65 @@ impl Sim {
     }
 
     fn run_jobs(&mut self) {
-        {
-            let jobs = std::mem::take(&mut self.jobs);
-            let mut batch = Vec::new();
-            let mut hashes = Vec::new();
-            for j in jobs {
-                match j {
-                    Job::Store(s) => batch.push(s),
-                    Job::Hash(t, h) => hashes.push((t, h)),
-                }
-            }
-            if !batch.is_empty() {
-                let ops: Vec<_> = batch.iter().map(|j| j.op.clone()).collect();
-                let result = self.store.execute(&ops).map(|replies: Vec<StoreReply>| {
-                    batch
-                        .iter()
-                        .map(|j| j.ticket)
-                        .zip(replies)
-                        .collect::<Vec<_>>()
-                });
-                self.event(Event::Stored(result));
-            }
-            for (ticket, job) in hashes {
-                let outcome: HashOutcome = self.hasher.run(&job);
-                self.event(Event::Hashed { ticket, outcome });
+        let jobs = std::mem::take(&mut self.jobs);
+        let mut batch = Vec::new();
+        let mut hashes = Vec::new();
+        for j in jobs {
+            match j {
+                Job::Store(s) => batch.push(s),
+                Job::Hash(t, h) => hashes.push((t, h)),
             }
         }
+        if !batch.is_empty() {
+            let result = self.run_store_batch(batch);
+            self.event(Event::Stored(result));
+        }
+        for (ticket, job) in hashes {
+            let outcome: HashOutcome = self.hasher.run(&job);
+            self.event(Event::Hashed { ticket, outcome });
+        }
+    }
+
+    /// Runs one batch the way the store worker may: each run of writes in one `write` call, each
+    /// read through a reader taken after the writes before it, failing on its own as the worker's
+    /// reads do.
+    fn run_store_batch(&mut self, batch: Vec<StoreJob>) -> BatchResult {
+        let mut results = Vec::with_capacity(batch.len());
+        let mut writes: Vec<StoreJob> = Vec::new();
+        for job in batch {
+            match job.op.into_read() {
+                Err(write) => writes.push(StoreJob {
+                    ticket: job.ticket,
+                    op: write,
+                }),
+                Ok(read) => {
+                    self.write_all(&mut writes, &mut results)?;
+                    let reply = match self.store.reader() {
+                        Ok(view) => view
+                            .read(&read)
+                            .unwrap_or_else(|e| StoreReply::Unreadable(e.into())),
+                        Err(e) => StoreReply::Unreadable(e.into()),
+                    };
+                    results.push((job.ticket, reply));
+                }
+            }
+        }
+        self.write_all(&mut writes, &mut results)?;
+        Ok(results)
+    }
+
+    fn write_all(
+        &mut self,
+        writes: &mut Vec<StoreJob>,
+        results: &mut Vec<(Ticket, StoreReply)>,
+    ) -> Result<(), StoreError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let ops: Vec<StoreOp> = writes.iter().map(|j| j.op.clone()).collect();
+        let replies = self.store.write(&ops)?;
+        results.extend(writes.drain(..).map(|j| j.ticket).zip(replies));
+        Ok(())
     }
 }
 

@@ -1,6 +1,7 @@
 //! HISTORY: one page of a conversation, read from the message log.
 
 use super::out::Out;
+use super::session::unreadable;
 use super::{recipient, Core, Req};
 use crate::config::HISTORY_DEFAULT_COUNT;
 use crate::proto::code::Code;
@@ -51,7 +52,7 @@ impl Core {
         self.reserve(&mut req);
         self.store(op, move |core, reply| {
             let StoreReply::History(page) = reply else {
-                let detail = format!("unexpected store reply {reply:?} to a HISTORY read");
+                let detail = format!("a HISTORY read failed: {}", unreadable(&reply));
                 return core.internal_error(req, &detail);
             };
             let mut out = Out::new();

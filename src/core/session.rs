@@ -16,6 +16,14 @@ use crate::proto::name::{Key, Name, Password};
 use crate::proto::server_line::{FriendshipEvent, MessageLine, OkReply, Presence, ServerLine};
 use crate::store::{AccountRecord, FriendState, StoreOp, StoreReply};
 
+/// What a read answered instead of its data, for the log.
+pub(super) fn unreadable(reply: &StoreReply) -> String {
+    match reply {
+        StoreReply::Unreadable(why) => why.to_string(),
+        other => format!("unexpected store reply {other:?}"),
+    }
+}
+
 impl Core {
     pub(super) fn register(&mut self, mut req: Req, name: Name, password: Password) {
         let key = name.key();
@@ -142,7 +150,7 @@ impl Core {
         };
         let user = key.as_str().to_owned();
         self.store(StoreOp::ReadBacklog { user }, move |core, reply| {
-            core.backlog_read(conn, slot, key, reply)
+            core.backlog_read(conn, slot, key, pending, reply)
         });
     }
 
@@ -179,12 +187,29 @@ impl Core {
     /// The backlog was read (beside the writer, in a read transaction). Its entries are removed
     /// durably before the messages are sent (spec 6.1, 6.3): a crash in between keeps them for the
     /// next login rather than losing them.
-    fn backlog_read(&mut self, conn: ConnId, slot: SlotId, key: Key, reply: StoreReply) {
+    fn backlog_read(
+        &mut self,
+        conn: ConnId,
+        slot: SlotId,
+        key: Key,
+        pending: u32,
+        reply: StoreReply,
+    ) {
         let msgs = match reply {
             StoreReply::Backlog(msgs) => msgs,
             other => {
-                log::error!("internal error: unexpected store reply {other:?} to a backlog read");
-                self.fill(conn, slot, Out::new());
+                // Nothing was removed: the messages stay kept for a later login. The login itself
+                // is complete, so it ends as usual.
+                log::error!(
+                    "internal error: the offline backlog of {key} could not be read: {}",
+                    unreadable(&other)
+                );
+                if let Some(a) = self.accounts.get_mut(&key) {
+                    a.pending += pending;
+                }
+                let mut out = Out::new();
+                out.line(&ServerLine::BacklogEnd { count: 0 });
+                self.fill(conn, slot, out);
                 return self.release(conn);
             }
         };

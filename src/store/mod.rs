@@ -219,6 +219,37 @@ pub enum StoreReply {
     Done,
     Backlog(Vec<MessageRecord>),
     History(HistoryPage),
+    /// A read that could not be answered. It fails alone: the other ops of its batch, later ops
+    /// and the server go on.
+    Unreadable(Unreadable),
+}
+
+/// Why one read could not be answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Unreadable {
+    /// Stored data that does not decode, or an index naming a message that is not stored: a fault
+    /// in the file, not in the request. The detail names the file and the damage.
+    Damaged(String),
+    /// The database could not be read at all (an I/O error, the file being reopened). The detail
+    /// names the file and the cause.
+    Unavailable(String),
+}
+
+impl From<StoreError> for Unreadable {
+    fn from(e: StoreError) -> Unreadable {
+        match e {
+            StoreError::Corrupt { .. } => Unreadable::Damaged(e.to_string()),
+            _ => Unreadable::Unavailable(e.to_string()),
+        }
+    }
+}
+
+impl fmt::Display for Unreadable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unreadable::Damaged(d) | Unreadable::Unavailable(d) => f.write_str(d),
+        }
+    }
 }
 
 /// Everything the core needs in memory, read once at open.

@@ -409,7 +409,8 @@ trait MessageLog: ReadableTable<u64, &'static [u8]> {}
 impl<T: ReadableTable<u64, &'static [u8]>> MessageLog for T {}
 
 /// The ids in the account's offline backlog, and the messages they name in id order. An entry
-/// whose message is not stored is logged and skipped.
+/// whose message is not stored, or does not decode, is logged and skipped: one damaged record costs
+/// that message's delivery (it stays in the log), not the whole backlog.
 fn backlog(
     pending: &impl IdIndex,
     messages: &impl MessageLog,
@@ -422,7 +423,13 @@ fn backlog(
     let mut found = Vec::with_capacity(ids.len());
     for &id in &ids {
         match messages.get(id)? {
-            Some(bytes) => found.push(codec::decode_message(id, bytes.value())?),
+            Some(bytes) => match codec::decode_message(id, bytes.value()) {
+                Ok(m) => found.push(m),
+                Err(damage) => log::error!(
+                    "offline backlog of {user:?}: message {id} left out, it does not decode: \
+                     {damage}"
+                ),
+            },
             // The index is the caller's to fill (AddPending names an id it says is stored); an
             // entry without its message cannot be delivered.
             None => {
@@ -570,6 +577,51 @@ mod tests {
         assert_eq!(snap.accounts, vec![account]);
         assert_eq!(snap.next_id, 2);
         assert_eq!(snap.pending_counts, vec![("b".to_owned(), 1)]);
+    }
+
+    /// Overwrites the stored bytes of message `id` with bytes that do not decode.
+    fn damage_message(store: &RedbStore, id: MsgId) {
+        let txn = store.db.begin_write().unwrap();
+        txn.open_table(MESSAGES)
+            .unwrap()
+            .insert(id, [9u8, 9, 9].as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+
+    /// The failure this guards against: one record that does not decode made every read that met
+    /// it fail the whole store. A HISTORY page holding it fails alone, as damage that names the
+    /// file; a backlog holding it leaves that one message out.
+    #[test]
+    fn a_record_that_does_not_decode_fails_its_page_and_is_left_out_of_a_backlog() {
+        let (_dir, path) = temp_db();
+        let (mut store, _) = RedbStore::open(&path).unwrap();
+        store.execute(&[append(1), append(2), append(3)]).unwrap();
+        damage_message(&store, 2);
+        let view = store.reader().unwrap();
+        let page = ReadOp::History {
+            conv: Conversation::Pair("a".into(), "b".into()),
+            count: 10,
+            cursor: Cursor::Latest,
+        };
+        match view.read(&page) {
+            Err(e @ StoreError::Corrupt { .. }) => {
+                assert!(e.to_string().contains(&path.display().to_string()), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let newest = ReadOp::History {
+            conv: Conversation::Pair("a".into(), "b".into()),
+            count: 1,
+            cursor: Cursor::Latest,
+        };
+        assert!(matches!(view.read(&newest), Ok(StoreReply::History(p)) if p.messages.len() == 1));
+        match view.read(&ReadOp::Backlog { user: "b".into() }) {
+            Ok(StoreReply::Backlog(msgs)) => {
+                assert_eq!(msgs.iter().map(|m| m.id).collect::<Vec<_>>(), [1, 3])
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -39,19 +39,21 @@
 //!
 //! When every sender of the channel is dropped, the writer applies what is still queued and
 //! reports it, the reader answers the last reads, and both exit, dropping (closing) the store;
-//! joining the handle [`spawn`] returns waits for both. A store error (a write, taking a reader, or
-//! a read) is reported with `done(Err)`, once, and ends both threads: nothing is reported after
-//! it, the job channel is closed, and the writer takes no more jobs (after a failed read, a batch
-//! it was already committing may still commit, unanswered, as if the server had stopped just
-//! after it). After a failed commit the in-memory state of the server no longer matches the disk,
-//! so nothing more may be written; the server treats a failed read as fatal too.
+//! joining the handle [`spawn`] returns waits for both.
+//!
+//! A read that fails (a record that does not decode, an I/O error while reading, or no view to
+//! read from) fails alone: it is answered with [`StoreReply::Unreadable`] and everything else goes
+//! on. A failed write is reported with `done(Err)`, once, and ends both threads: nothing is
+//! reported after it, the job channel is closed, and the writer takes no more jobs. After a failed
+//! commit the in-memory state of the server no longer matches the disk, so nothing more may be
+//! written.
 
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use async_channel::Receiver;
 
-use super::{ReadOp, Store, StoreError, StoreOp, StoreReader, StoreReply};
+use super::{ReadOp, Store, StoreError, StoreOp, StoreReader, StoreReply, Unreadable};
 use crate::config::MAX_STORE_BATCH;
 
 /// Chosen by the sender to match a reply with its op.
@@ -132,9 +134,9 @@ impl<F: FnMut(BatchResult)> Reporter<F> {
     }
 }
 
-/// The reads of one batch and the view that answers them.
+/// The reads of one batch and the view that answers them (or why there is none).
 struct ReadBatch {
-    view: Box<dyn StoreReader>,
+    view: Result<Box<dyn StoreReader>, Unreadable>,
     reads: Vec<(Ticket, ReadOp)>,
 }
 
@@ -197,16 +199,10 @@ fn write_loop<F: FnMut(BatchResult)>(
             }
         }
         if !batch.reads.is_empty() {
-            // Taken after the writes were reported: the view holds nothing unreported.
-            let view = match store.reader() {
-                Ok(view) => view,
-                Err(e) => {
-                    reporter.report(Err(e));
-                    return;
-                }
-            };
+            // Taken after the writes were reported: the view holds nothing unreported. Without a
+            // view, each read of the batch fails on its own.
             let reads = ReadBatch {
-                view,
+                view: store.reader().map_err(Unreadable::from),
                 reads: batch.reads,
             };
             // Fails only when the reader has stopped, after a failure it reported.
@@ -220,13 +216,21 @@ fn write_loop<F: FnMut(BatchResult)>(
 
 fn read_loop<F: FnMut(BatchResult)>(batches: &mpsc::Receiver<ReadBatch>, reporter: &Reporter<F>) {
     while let Ok(ReadBatch { view, reads }) = batches.recv() {
-        let result = reads
+        let result: Vec<_> = reads
             .into_iter()
-            .map(|(ticket, op)| view.read(&op).map(|reply| (ticket, reply)))
+            .map(|(ticket, op)| {
+                let reply = match &view {
+                    Ok(view) => view
+                        .read(&op)
+                        .unwrap_or_else(|e| StoreReply::Unreadable(e.into())),
+                    Err(why) => StoreReply::Unreadable(why.clone()),
+                };
+                (ticket, reply)
+            })
             .collect();
         // The read transaction ends before the results go out.
         drop(view);
-        if !reporter.report(result) {
+        if !reporter.report(Ok(result)) {
             return;
         }
     }
@@ -633,21 +637,91 @@ mod tests {
         assert_eq!(snap.pending_counts, vec![("b".to_owned(), 300)]);
     }
 
-    /// Every read fails.
-    struct FailingReads;
+    /// Reads of the conversation with `bad` fail as damaged; every other op works.
+    struct OneBadConversation {
+        inner: MemoryStore,
+        bad: &'static str,
+    }
 
-    impl Store for FailingReads {
+    impl Store for OneBadConversation {
+        fn write(&mut self, ops: &[StoreOp]) -> Result<Vec<StoreReply>, StoreError> {
+            self.inner.write(ops)
+        }
+
+        fn reader(&self) -> Result<Box<dyn StoreReader>, StoreError> {
+            Ok(Box::new(BadReader {
+                inner: self.inner.reader()?,
+                bad: self.bad,
+            }))
+        }
+    }
+
+    struct BadReader {
+        inner: Box<dyn StoreReader>,
+        bad: &'static str,
+    }
+
+    impl StoreReader for BadReader {
+        fn read(&self, op: &ReadOp) -> Result<StoreReply, StoreError> {
+            match op {
+                ReadOp::History {
+                    conv: Conversation::Pair(_, b),
+                    ..
+                } if b == self.bad => Err(StoreError::Corrupt {
+                    path: "test.redb".into(),
+                    source: Box::new(crate::store::Damage::new("message record 1: truncated")),
+                }),
+                op => self.inner.read(op),
+            }
+        }
+    }
+
+    /// The failure this guards against: one record that does not decode stopping the whole
+    /// server, and again after every restart. The read that meets it fails alone, saying why; the
+    /// reads beside it, the writes after it and the reads after those are answered as usual.
+    #[test]
+    fn a_damaged_read_fails_alone_and_the_worker_goes_on() {
+        let (tx, rx) = async_channel::bounded(64);
+        let store = OneBadConversation {
+            inner: MemoryStore::new().0,
+            bad: "x",
+        };
+        let (handle, done) = start(Box::new(store), rx);
+        tx.send_blocking(write(1, append(1, "b"))).unwrap();
+        tx.send_blocking(history(2, "x")).unwrap();
+        tx.send_blocking(history(3, "b")).unwrap();
+        let writes = done.recv().unwrap().unwrap();
+        assert_eq!(writes, [(1, StoreReply::Done)]);
+        let reads = done.recv().unwrap().unwrap();
+        assert_eq!(reads.len(), 2);
+        match &reads[0] {
+            (2, StoreReply::Unreadable(Unreadable::Damaged(why))) => {
+                assert!(
+                    why.contains("test.redb") && why.contains("truncated"),
+                    "{why}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(reads[1], (3, page(&[1])));
+        // The worker is still there: a later write commits and a later read sees it.
+        tx.send_blocking(write(4, append(2, "b"))).unwrap();
+        assert_eq!(done.recv().unwrap().unwrap(), [(4, StoreReply::Done)]);
+        tx.send_blocking(history(5, "b")).unwrap();
+        assert_eq!(done.recv().unwrap().unwrap(), [(5, page(&[1, 2]))]);
+        drop(tx);
+        handle.join().unwrap();
+    }
+
+    /// Every read fails, and no view can even be taken.
+    struct NoReads;
+
+    impl Store for NoReads {
         fn write(&mut self, ops: &[StoreOp]) -> Result<Vec<StoreReply>, StoreError> {
             Ok(vec![StoreReply::Done; ops.len()])
         }
 
         fn reader(&self) -> Result<Box<dyn StoreReader>, StoreError> {
-            Ok(Box::new(FailingReads))
-        }
-    }
-
-    impl StoreReader for FailingReads {
-        fn read(&self, _: &ReadOp) -> Result<StoreReply, StoreError> {
             Err(StoreError::Read {
                 path: "test.redb".into(),
                 source: Box::new(::redb::Error::Io(std::io::Error::other("bad sector"))),
@@ -656,13 +730,24 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_read_is_reported_once_and_ends_the_worker() {
+    fn without_a_view_each_read_is_unavailable_and_writes_go_on() {
         let (tx, rx) = async_channel::bounded(64);
-        let (handle, done) = start(Box::new(FailingReads), rx);
+        let (handle, done) = start(Box::new(NoReads), rx);
         tx.send_blocking(read_backlog(1, "b")).unwrap();
-        assert!(matches!(done.recv().unwrap(), Err(StoreError::Read { .. })));
+        tx.send_blocking(history(2, "b")).unwrap();
+        let reads = done.recv().unwrap().unwrap();
+        assert_eq!(reads.len(), 2);
+        for (_, reply) in &reads {
+            match reply {
+                StoreReply::Unreadable(Unreadable::Unavailable(why)) => {
+                    assert!(why.contains("bad sector"), "{why}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        tx.send_blocking(write(3, append(1, "b"))).unwrap();
+        assert_eq!(done.recv().unwrap().unwrap(), [(3, StoreReply::Done)]);
+        drop(tx);
         handle.join().unwrap();
-        assert!(tx.send_blocking(write(2, append(1, "b"))).is_err());
-        assert!(done.recv().is_err());
     }
 }

@@ -63,7 +63,10 @@ impl fmt::Display for ServerError {
         match self {
             ServerError::Tls(e) => e.fmt(f),
             ServerError::Listen { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
-            ServerError::Store(e) => e.fmt(f),
+            ServerError::Store(e) => match e.advice() {
+                Some(advice) => write!(f, "{e}; {advice}"),
+                None => e.fmt(f),
+            },
             ServerError::Scrypt(e) => write!(f, "bad scrypt parameters: {e}"),
             ServerError::Thread { name, source } => {
                 write!(f, "cannot start the {name} thread: {source}")

@@ -13,6 +13,7 @@
 //! and fuzzers), `worker` (the threads).
 
 mod codec;
+mod contain;
 mod keys;
 pub mod memory;
 pub mod redb;
@@ -272,8 +273,14 @@ pub struct Snapshot {
 /// receives, and the result queue holds thousands of them.
 #[derive(Debug)]
 pub enum StoreError {
-    /// The database could not be opened or created (a missing directory, no permission, not a
-    /// redb file, already open in another process).
+    /// The database file exists but is empty (0 bytes). It is refused rather than initialised: a
+    /// file truncated to nothing must not quietly become an empty database.
+    Empty {
+        /// The database file.
+        path: PathBuf,
+    },
+    /// The database could not be opened or created (a missing directory, no permission, already
+    /// open in another process).
     Open {
         /// The database file.
         path: PathBuf,
@@ -321,6 +328,11 @@ pub enum StoreError {
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            StoreError::Empty { path } => write!(
+                f,
+                "cannot open database {}: the file is empty (0 bytes), not a chatd database",
+                path.display()
+            ),
             StoreError::Open { path, source } => {
                 write!(f, "cannot open database {}: {source}", path.display())
             }
@@ -356,7 +368,35 @@ impl std::error::Error for StoreError {
             | StoreError::Write { source, .. }
             | StoreError::Read { source, .. } => Some(&**source),
             StoreError::Corrupt { source, .. } => Some(&**source),
-            StoreError::Schema { .. } | StoreError::ReplyCount { .. } => None,
+            StoreError::Empty { .. }
+            | StoreError::Schema { .. }
+            | StoreError::ReplyCount { .. } => None,
+        }
+    }
+}
+
+impl StoreError {
+    /// What the operator can do about an error that stops the database from opening, as a
+    /// sentence to print after the error.
+    pub fn advice(&self) -> Option<&'static str> {
+        match self {
+            StoreError::Empty { .. } => Some(
+                "restore the file from a backup, or delete it to start a new, empty database \
+                 (manual, section 6)",
+            ),
+            StoreError::Corrupt { .. } => Some(
+                "the file is damaged: restore it from a backup, or move it aside to start a new, \
+                 empty database (manual, section 6)",
+            ),
+            StoreError::Open { source, .. }
+                if matches!(**source, ::redb::Error::DatabaseAlreadyOpen) =>
+            {
+                Some("another process has it open; only one chatd may use a database")
+            }
+            StoreError::Schema { .. } => Some(
+                "run the chatd version that wrote the file, or restore a backup made for this one",
+            ),
+            _ => None,
         }
     }
 }

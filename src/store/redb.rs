@@ -32,6 +32,7 @@ use redb::{
 };
 
 use super::codec;
+use super::contain::contain;
 use super::keys::{conversation_key, key_of, message_conversation_keys};
 use super::{
     Cursor, Damage, FriendState, HistoryPage, MessageRecord, MsgId, ReadOp, Snapshot, Store,
@@ -134,29 +135,79 @@ pub struct RedbStore {
 impl RedbStore {
     /// Open the database at `path`, creating the file and its tables if missing, and read the
     /// [`Snapshot`] the core starts from.
+    ///
+    /// An existing file is only opened, never initialised: an empty (0-byte) file is refused with
+    /// [`StoreError::Empty`] rather than silently becoming an empty database, and a file that is
+    /// not a redb database, or whose pages are damaged, is [`StoreError::Corrupt`] (also when redb
+    /// panics on it, see `contain`). Opening an existing file with the current schema writes
+    /// nothing (redb may still repair it after a crash), so a server can start on a full disk.
     pub fn open(path: &Path) -> Result<(RedbStore, Snapshot), StoreError> {
-        Self::open_inner(path)
-            .map_err(|f| f.at(path, |path, source| StoreError::Open { path, source }))
+        let existing = match std::fs::metadata(path) {
+            Ok(m) if m.is_file() && m.len() == 0 => {
+                return Err(StoreError::Empty {
+                    path: path.to_owned(),
+                })
+            }
+            Ok(_) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            // Anything else (no permission on the directory, say): redb reports it below.
+            Err(_) => true,
+        };
+        let opened = contain(|| Self::open_inner(path, existing)).unwrap_or_else(|panic| {
+            Err(Fail::Damage(Damage::new(format!(
+                "redb failed while reading it ({panic})"
+            ))))
+        });
+        opened.map_err(|f| match f {
+            // redb's word for "the first bytes are not a redb header".
+            Fail::Redb(redb::Error::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                StoreError::Corrupt {
+                    path: path.to_owned(),
+                    source: Box::new(Damage::new(e.to_string())),
+                }
+            }
+            f => f.at(path, |path, source| StoreError::Open { path, source }),
+        })
     }
 
-    fn open_inner(path: &Path) -> Result<(RedbStore, Snapshot), Fail> {
-        let db = Builder::new()
-            .set_cache_size(STORE_CACHE_BYTES)
-            .create(path)?;
-        let txn = db.begin_write()?;
-        let snapshot = {
-            let mut meta = txn.open_table(META)?;
-            let stored = meta.get(SCHEMA_VERSION_KEY)?.map(|v| v.value());
-            match stored {
-                None => {
-                    meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION)?;
-                }
-                Some(SCHEMA_VERSION) => {}
-                Some(other) => return Err(Fail::Schema(other)),
-            }
-            Tables::open(&txn)?.snapshot()?
+    fn open_inner(path: &Path, existing: bool) -> Result<(RedbStore, Snapshot), Fail> {
+        let mut builder = Builder::new();
+        builder.set_cache_size(STORE_CACHE_BYTES);
+        let db = if existing {
+            builder.open(path)?
+        } else {
+            builder.create(path)?
         };
-        txn.commit()?;
+        let stored = {
+            let txn = db.begin_read()?;
+            let version = match txn.open_table(META) {
+                Ok(meta) => meta.get(SCHEMA_VERSION_KEY)?.map(|v| v.value()),
+                Err(redb::TableError::TableDoesNotExist(_)) => None,
+                Err(e) => return Err(e.into()),
+            };
+            version
+        };
+        match stored {
+            Some(SCHEMA_VERSION) => {}
+            Some(other) => return Err(Fail::Schema(other)),
+            None => {
+                // A new database: its tables and its schema version, in one commit.
+                let txn = db.begin_write()?;
+                Tables::open(&txn)?;
+                txn.open_table(META)?
+                    .insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION)?;
+                txn.commit()?;
+            }
+        }
+        let snapshot = {
+            let txn = db.begin_read()?;
+            snapshot(
+                &txn.open_table(ACCOUNTS)?,
+                &txn.open_table(FRIENDSHIPS)?,
+                &txn.open_table(PENDING)?,
+                &txn.open_table(MESSAGES)?,
+            )?
+        };
         let store = RedbStore {
             db: Arc::new(db),
             path: path.into(),
@@ -198,7 +249,12 @@ impl RedbStore {
 
 impl Store for RedbStore {
     fn write(&mut self, ops: &[StoreOp]) -> Result<Vec<StoreReply>, StoreError> {
-        self.write_inner(ops).map_err(|f| {
+        let written = contain(|| self.write_inner(ops)).unwrap_or_else(|panic| {
+            Err(Fail::Damage(Damage::new(format!(
+                "redb failed while writing ({panic})"
+            ))))
+        });
+        written.map_err(|f| {
             f.at(&self.path, |path, source| StoreError::Write {
                 path,
                 source,
@@ -255,8 +311,12 @@ impl RedbReader {
 
 impl StoreReader for RedbReader {
     fn read(&self, op: &ReadOp) -> Result<StoreReply, StoreError> {
-        self.read_inner(op)
-            .map_err(|f| f.at(&self.path, |path, source| StoreError::Read { path, source }))
+        let read = contain(|| self.read_inner(op)).unwrap_or_else(|panic| {
+            Err(Fail::Damage(Damage::new(format!(
+                "redb failed while reading ({panic})"
+            ))))
+        });
+        read.map_err(|f| f.at(&self.path, |path, source| StoreError::Read { path, source }))
     }
 }
 
@@ -281,44 +341,6 @@ impl<'txn> Tables<'txn> {
             friendships: txn.open_table(FRIENDSHIPS)?,
             dirty: false,
         })
-    }
-
-    fn snapshot(&self) -> Result<Snapshot, Fail> {
-        let mut snap = Snapshot {
-            next_id: 1,
-            ..Snapshot::default()
-        };
-        for entry in self.accounts.iter()? {
-            let (key, value) = entry?;
-            let rec = codec::decode_account(value.value())?;
-            if key_of(&rec.name) != key.value() {
-                return Err(Damage::new(format!(
-                    "account stored under {:?} is named {:?}",
-                    key.value(),
-                    rec.name
-                ))
-                .into());
-            }
-            snap.accounts.push(rec);
-        }
-        for entry in self.friendships.iter()? {
-            let (key, value) = entry?;
-            let (a, b) = key.value();
-            snap.friendships
-                .push((a.to_owned(), b.to_owned(), state_from_byte(value.value())?));
-        }
-        for entry in self.pending.iter()? {
-            let (key, _) = entry?;
-            let (user, _) = key.value();
-            match snap.pending_counts.last_mut() {
-                Some((last, n)) if last == user => *n = n.saturating_add(1),
-                _ => snap.pending_counts.push((user.to_owned(), 1)),
-            }
-        }
-        if let Some((id, _)) = self.messages.last()? {
-            snap.next_id = id.value().saturating_add(1);
-        }
-        Ok(snap)
     }
 
     fn apply(&mut self, op: &StoreOp) -> Result<StoreReply, Fail> {
@@ -398,6 +420,50 @@ impl<'txn> Tables<'txn> {
 
 // The reads below take any readable table, so a read transaction and a write transaction share
 // them.
+
+/// What the core needs in memory, read from the tables (of a read or a write transaction).
+fn snapshot(
+    accounts: &impl ReadableTable<&'static str, &'static [u8]>,
+    friendships: &impl ReadableTable<(&'static str, &'static str), u8>,
+    pending: &impl IdIndex,
+    messages: &impl MessageLog,
+) -> Result<Snapshot, Fail> {
+    let mut snap = Snapshot {
+        next_id: 1,
+        ..Snapshot::default()
+    };
+    for entry in accounts.iter()? {
+        let (key, value) = entry?;
+        let rec = codec::decode_account(value.value())?;
+        if key_of(&rec.name) != key.value() {
+            return Err(Damage::new(format!(
+                "account stored under {:?} is named {:?}",
+                key.value(),
+                rec.name
+            ))
+            .into());
+        }
+        snap.accounts.push(rec);
+    }
+    for entry in friendships.iter()? {
+        let (key, value) = entry?;
+        let (a, b) = key.value();
+        snap.friendships
+            .push((a.to_owned(), b.to_owned(), state_from_byte(value.value())?));
+    }
+    for entry in pending.iter()? {
+        let (key, _) = entry?;
+        let (user, _) = key.value();
+        match snap.pending_counts.last_mut() {
+            Some((last, n)) if last == user => *n = n.saturating_add(1),
+            _ => snap.pending_counts.push((user.to_owned(), 1)),
+        }
+    }
+    if let Some((id, _)) = messages.last()? {
+        snap.next_id = id.value().saturating_add(1);
+    }
+    Ok(snap)
+}
 
 /// An index of message ids under a key: `conversations` (by conversation key) or `pending` (by
 /// account key).

@@ -11,10 +11,12 @@ use log::LevelFilter;
 
 use crate::client::ClientOptions;
 use crate::config::{
-    DEFAULT_DB, DEFAULT_HASH_QUEUE, DEFAULT_LINE_BURST, DEFAULT_LINE_RATE, DEFAULT_LISTEN,
-    DEFAULT_MAX_CONNECTIONS, SCRYPT_LOG_N,
+    DEFAULT_DB, DEFAULT_HASH_QUEUE, DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_LINE_BURST,
+    DEFAULT_LINE_RATE, DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS,
+    SCRYPT_LOG_N,
 };
 use crate::net::{ServerOptions, TlsSource};
+use crate::peer::Network;
 use crate::tls::TlsFiles;
 
 /// Lowest `--scrypt-log-n` accepted.
@@ -70,6 +72,21 @@ pub struct Args {
     /// most simultaneous connections; more are told BYE SERVER_FULL (default 10000)
     #[argh(option, default = "DEFAULT_MAX_CONNECTIONS")]
     pub max_connections: usize,
+
+    /// most simultaneous connections from one address (an IPv4 address or an IPv6 /64); more are
+    /// told BYE TOO_MANY_CONNECTIONS; 0: no limit (default 16)
+    #[argh(option, default = "DEFAULT_MAX_PER_ADDRESS")]
+    pub max_per_address: usize,
+
+    /// seconds of silence after which a connection is probed (PING), and closed with
+    /// BYE IDLE_TIMEOUT if it stays silent as long again; 0: never (default 120)
+    #[argh(option, default = "DEFAULT_IDLE_TIMEOUT_SECS")]
+    pub idle_timeout: u64,
+
+    /// a network (ADDRESS or ADDRESS/PREFIX) whose clients the per-address limits leave alone,
+    /// e.g. a reverse proxy; may be repeated (default: none)
+    #[argh(option)]
+    pub exempt: Vec<Network>,
 
     /// lines per second one connection may send before the server reads it more slowly (default 200)
     #[argh(option, default = "DEFAULT_LINE_RATE")]
@@ -222,6 +239,9 @@ impl TryFrom<Args> for ServerOptions {
             tls,
             db: args.db,
             max_connections: args.max_connections,
+            max_per_address: args.max_per_address,
+            idle_timeout: std::time::Duration::from_secs(args.idle_timeout),
+            exempt: args.exempt,
             line_rate: args.line_rate,
             line_burst: args.line_burst,
             hash_threads: args
@@ -262,6 +282,11 @@ mod tests {
             (opts.hash_queue, opts.scrypt_log_n),
             (DEFAULT_HASH_QUEUE, SCRYPT_LOG_N)
         );
+        assert_eq!(
+            (opts.max_per_address, opts.idle_timeout.as_secs()),
+            (DEFAULT_MAX_PER_ADDRESS, DEFAULT_IDLE_TIMEOUT_SECS)
+        );
+        assert!(opts.exempt.is_empty());
         assert!(opts.tls.is_none());
         assert_eq!(parse(&[]).unwrap().log_level, LevelFilter::Info);
 
@@ -270,6 +295,8 @@ mod tests {
             format!("(default {DEFAULT_LISTEN})"),
             format!("(default ./{DEFAULT_DB})"),
             format!("(default {DEFAULT_MAX_CONNECTIONS})"),
+            format!("(default {DEFAULT_MAX_PER_ADDRESS})"),
+            format!("(default {DEFAULT_IDLE_TIMEOUT_SECS})"),
             format!("(default {DEFAULT_LINE_RATE})"),
             format!("(default {DEFAULT_LINE_BURST})"),
             format!("(default {DEFAULT_HASH_QUEUE})"),
@@ -277,6 +304,19 @@ mod tests {
         ] {
             assert!(help.contains(&stated), "help lacks {stated:?}:\n{help}");
         }
+    }
+
+    #[test]
+    fn exempt_networks_repeat_and_a_bad_one_is_an_error() {
+        let opts = server(&["--exempt", "127.0.0.1", "--exempt", "10.0.0.0/8"]).unwrap();
+        assert_eq!(
+            opts.exempt,
+            vec![
+                "127.0.0.1".parse::<Network>().unwrap(),
+                "10.0.0.0/8".parse().unwrap()
+            ]
+        );
+        assert!(parse(&["--exempt", "10.0.0.0/40"]).is_err());
     }
 
     #[test]

@@ -41,6 +41,15 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7878";
 pub const DEFAULT_DB: &str = "chatd.redb";
 /// Default connection limit.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default limit of connections from one address (an IPv4 address or an IPv6 /64), so that one
+/// source cannot take every connection slot. The same default as Ergo's `max-concurrent-connections`.
+pub const DEFAULT_MAX_PER_ADDRESS: usize = 16;
+/// Default idle timeout in seconds: a connection silent this long (no line read, no answer owed)
+/// is sent an idle probe, and closed with `BYE IDLE_TIMEOUT` if it stays silent as long again.
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 120;
+/// How often the core looks at the clock by itself (idle connections, periodic log summaries,
+/// forgetting expired limits) when nothing else happens.
+pub const TICK_INTERVAL: Duration = Duration::from_secs(1);
 /// Default sustained line rate per connection (lines per second).
 pub const DEFAULT_LINE_RATE: u32 = 200;
 /// Default line burst per connection.

@@ -9,6 +9,7 @@
 //!   jobs). Tests and fuzzers drive it without sockets.
 //! - [`outbox`]: a connection's bounded queue of lines to send, between the core and the
 //!   connection's writer task.
+//! - [`peer`]: where a connection comes from, as the per-address limits count it.
 //! - [`store`]: redb tables, the group-commit writer and the reader beside it; the only place that
 //!   knows redb.
 //! - [`auth`]: scrypt hashing on its own threads, with a bound on queued work.
@@ -35,6 +36,7 @@ pub mod core;
 pub mod fuzzing;
 pub mod net;
 pub mod outbox;
+pub mod peer;
 pub mod proto;
 #[cfg(feature = "testing")]
 pub mod sim;

@@ -10,8 +10,9 @@ use std::sync::Arc;
 
 use crate::auth::{HashOutcome, Hasher};
 use crate::config::{MAX_INFLIGHT_PER_CONNECTION, MAX_LINE_BYTES, OUTBOX_LIMIT_BYTES};
-use crate::core::{ConnId, Core, Event, Input, Job, Settings};
+use crate::core::{ConnId, Core, Event, Input, Job, Limits, Settings};
 use crate::outbox::Outbox;
+use crate::peer::Peer;
 use crate::proto::line::{Frame, LineDecoder};
 use crate::store::memory::MemoryStore;
 use crate::store::worker::{BatchResult, StoreJob, Ticket};
@@ -52,11 +53,23 @@ impl Sim {
 
     /// A server on `store`, whose contents `snapshot` describes.
     pub fn with_store(store: Box<dyn Store>, snapshot: Snapshot) -> Sim {
+        Sim::with(store, snapshot, Limits::default())
+    }
+
+    /// A server with an empty in-memory store and these limits.
+    pub fn with_limits(limits: Limits) -> Sim {
+        let (store, snapshot) = MemoryStore::new();
+        Sim::with(Box::new(store), snapshot, limits)
+    }
+
+    /// A server on `store` (whose contents `snapshot` describes) with these limits.
+    pub fn with(store: Box<dyn Store>, snapshot: Snapshot, limits: Limits) -> Sim {
         let hasher = Hasher::new(4, 8, 1).expect("cheap scrypt parameters are valid");
         let settings = Settings {
             hash_queue: 64,
             dummy_phc: Arc::from(hasher.dummy_phc()),
             version: "0.0.0-sim",
+            limits,
         };
         Sim {
             core: Core::new(snapshot, settings),
@@ -79,8 +92,27 @@ impl Sim {
         self.now += ms;
     }
 
-    /// Opens a connection named `client` (a name reused after a disconnect opens a new one).
+    /// Opens a connection named `client` (a name reused after a disconnect opens a new one). It has
+    /// no address: the limits per address leave it alone.
     pub fn connect(&mut self, client: &str) {
+        self.connect_as(client, Peer::unlimited(format!("sim:{client}")));
+    }
+
+    /// Opens a connection named `client` from the address `ip`, which the limits per address
+    /// count.
+    pub fn connect_from(&mut self, client: &str, ip: &str) {
+        let ip = ip.parse().expect("an IP address");
+        self.connect_as(client, Peer::new(format!("{ip}:1"), ip, &[]));
+    }
+
+    /// Moves the clock forward by `ms` and lets the server look at it (an [`Event::Tick`]). Jobs
+    /// queued with [`Sim::queue`] stay queued.
+    pub fn tick(&mut self, ms: i64) {
+        self.now += ms;
+        self.event(Event::Tick);
+    }
+
+    fn connect_as(&mut self, client: &str, peer: Peer) {
         let conn = self.next_conn;
         self.next_conn += 1;
         let outbox = Outbox::new(OUTBOX_LIMIT_BYTES, MAX_INFLIGHT_PER_CONNECTION);
@@ -92,11 +124,7 @@ impl Sim {
                 decoder: LineDecoder::new(MAX_LINE_BYTES),
             },
         );
-        self.event(Event::Connected {
-            conn,
-            outbox,
-            peer: format!("sim:{client}"),
-        });
+        self.event(Event::Connected { conn, outbox, peer });
     }
 
     /// Sends one line (an LF is added) and runs the server until it is idle.

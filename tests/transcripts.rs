@@ -6,6 +6,8 @@
 //! Script lines:
 //! - `# text`: a comment, copied into the transcript;
 //! - `a: connect`, `a: disconnect`, `a: shutdown` (the whole server), `a: advance MS` (the clock);
+//! - `a: tick MS`: the clock moves MS forward and the server looks at it (idle connections);
+//! - `a: connect-from IP`: connects from that address, which the limits per address count;
 //! - `a> LINE`: client `a` sends LINE. In LINE, `{x*N}` stands for N copies of `x`, and `\xHH`
 //!   for one raw byte;
 //! - `a: raw TEXT`: sends TEXT with the same escapes and no LF added (`\n` for a newline);
@@ -151,6 +153,8 @@ fn run(script: &str) -> String {
                 }
                 "shutdown" => sim.shutdown(),
                 "advance" => sim.advance(arg.parse().expect("advance MS")),
+                "tick" => sim.tick(arg.parse().expect("tick MS")),
+                "connect-from" => sim.connect_from(who, arg),
                 "raw" => sim.send_bytes(who, &expand(arg)),
                 "queue" => sim.queue(who, arg),
                 "drop" => {

@@ -31,6 +31,11 @@ pub struct Options {
     /// The server hashes passwords slowly with at most three hashes running or waiting; enables
     /// the SERVER_BUSY case.
     pub busy_hashing: bool,
+    /// The server's limit of connections from one address, when known; enables the cases that
+    /// need it.
+    pub max_per_address: Option<usize>,
+    /// The server's idle timeout, when it is short enough to wait for; enables the idle cases.
+    pub idle_timeout: Option<Duration>,
     /// Distinguishes this run's account names from every other run's; random when `None`.
     pub run_id: Option<String>,
     /// Fail a case when the server sends a line that is not a well-formed server line (spec 2.9).
@@ -48,6 +53,8 @@ impl Options {
             filter: None,
             max_connections: None,
             busy_hashing: false,
+            max_per_address: None,
+            idle_timeout: None,
             run_id: None,
             check_grammar: true,
         }
@@ -133,6 +140,8 @@ pub fn run(
         let unmet = case.requires.iter().find(|r| match r {
             Requirement::MaxConnections => opts.max_connections.is_none(),
             Requirement::BusyHashing => !opts.busy_hashing,
+            Requirement::MaxPerAddress => opts.max_per_address.is_none(),
+            Requirement::IdleTimeout => opts.idle_timeout.is_none(),
         });
         let outcome = if let Some(r) = unmet {
             Outcome::Skip(format!("needs --{}", r.name()))
@@ -648,17 +657,19 @@ impl<'a> CaseRun<'a> {
                 self.expect(client, &Self::literal("BACKLOG-END 0"))
             }
             StepKind::Saturate { client } => {
-                let max = self
-                    .opts
-                    .max_connections
-                    .expect("cases that saturate are skipped without --max-connections");
+                // The smaller of the limits that apply (the suite connects from one address).
+                let max = [self.opts.max_connections, self.opts.max_per_address]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .expect("cases that saturate are skipped without a connection limit");
                 let hello = self.hello();
                 // Our own open clients count towards the limit too, so at most max+1 attempts.
                 for _ in 0..=max {
                     let mut conn = self.connect()?;
                     let line = conn.read_line(self.deadline()).map_err(|e| {
                         self.fail(
-                            "HELLO or BYE SERVER_FULL on a new connection",
+                            "HELLO or a BYE on a new connection",
                             vec![Self::describe(&e)],
                         )
                     })?;

@@ -13,6 +13,7 @@
 //! - one file per group of commands, each holding its handlers and what they do when their store or
 //!   hash result comes back (a closure given with the job): `session` (REGISTER, LOGIN, LOGOUT,
 //!   QUIT), `messaging` (MSG, GROUP, ALL), `history`, `friends`, `info` (HELP, PING, USERS);
+//! - `idle`: what the clock does by itself: silent connections are probed, then closed;
 //! - `order`: the reply order of a connection, and [`Req`], the command being answered;
 //! - `out`: where typed server lines become bytes for a connection.
 //!
@@ -31,6 +32,7 @@
 mod commands;
 mod friends;
 mod history;
+mod idle;
 mod info;
 mod messaging;
 mod order;
@@ -46,6 +48,7 @@ pub use self::order::Req;
 use self::order::Slots;
 use crate::auth::{HashJob, HashOutcome};
 use crate::outbox::{Chunk, Outbox};
+use crate::peer::Peer;
 use crate::proto::code::{ByeCode, Code};
 use crate::proto::command::split_head;
 use crate::proto::name::Key;
@@ -74,8 +77,8 @@ pub enum Event {
         conn: ConnId,
         /// Where its lines go.
         outbox: Outbox,
-        /// Its address, for the log.
-        peer: String,
+        /// Where it comes from: for the log, and for the limits per address.
+        peer: Peer,
     },
     /// One unit of input from a connection (the reader holds one credit for it).
     Input {
@@ -98,6 +101,11 @@ pub enum Event {
         /// Its result.
         outcome: HashOutcome,
     },
+    /// Time passed (the driver sends one about every [`TICK_INTERVAL`]): connections that stayed
+    /// silent are probed or closed.
+    ///
+    /// [`TICK_INTERVAL`]: crate::config::TICK_INTERVAL
+    Tick,
     /// The server is stopping: tell everyone and close every connection.
     Shutdown,
 }
@@ -120,6 +128,25 @@ pub struct Settings {
     pub dummy_phc: Arc<str>,
     /// Server version, shown in HELLO.
     pub version: &'static str,
+    /// The limits an operator may set.
+    pub limits: Limits,
+}
+
+/// The operator's limits the core enforces, in the units the core counts in. [`Default`] gives the
+/// defaults of `config`; 0 means "no limit" wherever the flag says so.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Silence (milliseconds) after which a connection is probed; closed after twice as long.
+    /// 0: never.
+    pub idle_timeout_ms: i64,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            idle_timeout_ms: crate::config::DEFAULT_IDLE_TIMEOUT_SECS as i64 * 1000,
+        }
+    }
 }
 
 struct Account {
@@ -155,7 +182,12 @@ enum Hold {
 
 struct Conn {
     outbox: Outbox,
-    peer: String,
+    peer: Peer,
+    /// When the connection last had the server's attention: its last line, or the moment its
+    /// last answer went out, whichever is later (milliseconds, the core's clock).
+    last_heard: i64,
+    /// An idle probe was sent and not yet answered.
+    probed: bool,
     state: ConnState,
     hold: Hold,
     deferred: VecDeque<Input>,
@@ -275,6 +307,7 @@ impl Core {
                     then(self, outcome);
                 }
             }
+            Event::Tick => self.tick(),
             Event::Shutdown => self.shutdown(),
         }
         self.reap_overflowed();
@@ -291,7 +324,7 @@ impl Core {
         self.fatal.as_deref()
     }
 
-    fn connected(&mut self, conn: ConnId, outbox: Outbox, peer: String) {
+    fn connected(&mut self, conn: ConnId, outbox: Outbox, peer: Peer) {
         if self.shutting_down {
             let bye = ServerLine::Bye {
                 code: ByeCode::SHUTDOWN,
@@ -306,12 +339,14 @@ impl Core {
             text: "Welcome! Type HELP for commands; REGISTER <name> <password> then LOGIN <name> <password>.",
         };
         let _ = outbox.push(Chunk::Owned(hello.to_bytes()));
-        log::info!("connection {conn} from {peer}");
+        log::info!("connection {conn} from {}", peer.shown);
         self.conns.insert(
             conn,
             Conn {
                 outbox,
                 peer,
+                last_heard: self.now,
+                probed: false,
                 state: ConnState::Guest,
                 hold: Hold::Free,
                 deferred: VecDeque::new(),
@@ -328,6 +363,8 @@ impl Core {
         if c.closing {
             return;
         }
+        c.last_heard = self.now;
+        c.probed = false;
         if c.hold != Hold::Free {
             c.deferred.push_back(input);
             return;
@@ -433,7 +470,7 @@ impl Core {
             };
             log::warn!(
                 "connection {conn} from {} is not reading; disconnecting it",
-                c.peer
+                c.peer.shown
             );
             let bye = ServerLine::Bye {
                 code: ByeCode::SLOW_CONSUMER,
@@ -526,7 +563,7 @@ impl Core {
         if let ConnState::LoggedIn(key) = c.state {
             self.detach(conn, &key);
         }
-        log::info!("connection {conn} from {} closed", c.peer);
+        log::info!("connection {conn} from {} closed", c.peer.shown);
     }
 
     /// Removes a logged-in connection from its account; the last one takes the account offline.

@@ -159,6 +159,7 @@ impl Core {
     /// Sends the filled slots at the front of the queue, as one chunk; once the queue is empty, a
     /// command that waited for it (QUIT, LOGOUT) runs.
     fn flush_slots(&mut self, conn: ConnId) {
+        let now = self.now;
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -183,8 +184,9 @@ impl Core {
         }
         let drained = c.slots.is_empty();
         if drained {
-            // An idle connection keeps no queue.
+            // An idle connection keeps no queue; its silence counts from its last answer.
             c.slots = Slots::default();
+            c.last_heard = c.last_heard.max(now);
         }
         let resume = drained && c.hold == Hold::Drain;
         if resume {

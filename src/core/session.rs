@@ -116,7 +116,7 @@ impl Core {
         let key = match key {
             Some(k) if ok && c.key().is_none() && !c.closing && self.accounts.contains_key(&k) => k,
             _ => {
-                log::info!("failed login from {}", c.peer);
+                log::info!("failed login from {}", c.peer.shown);
                 self.refuse(req, Code::BAD_CREDENTIALS, "wrong name or password");
                 return self.release(conn);
             }
@@ -125,7 +125,7 @@ impl Core {
             return;
         };
         c.state = ConnState::LoggedIn(key.clone());
-        let peer = c.peer.clone();
+        let peer = c.peer.shown.clone();
         let Some(acct) = self.accounts.get_mut(&key) else {
             return self.internal_error(req, "an account vanished while logging in");
         };

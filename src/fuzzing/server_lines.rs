@@ -181,6 +181,8 @@ fn encoded_line_parses(u: &mut Unstructured<'_>) -> Result<()> {
     } else {
         None
     };
+    // The server's probe token is a number.
+    let probe = id(u)?.to_string();
     let one = names[0].as_str();
     let line = match u.int_in_range(0..=13u8)? {
         0 => {
@@ -259,6 +261,7 @@ fn encoded_line_parses(u: &mut Unstructured<'_>) -> Result<()> {
                 FriendState::Outgoing,
             ])?,
         },
+        12 => ServerLine::Ping { token: &probe },
         _ => ServerLine::Hello {
             software: "chatd",
             version: &version,

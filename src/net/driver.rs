@@ -5,16 +5,18 @@
 //! (connections), and carries out the jobs the core returns: store ops to the store worker, hash
 //! jobs to the hashing pool. It stops taking input while too many store ops are in flight, so a
 //! slow disk slows readers through TCP instead of growing a queue. The clock is read here, once
-//! per event, and handed to the core.
+//! per event, and handed to the core; about once a [`TICK_INTERVAL`] the core also gets an
+//! [`Event::Tick`], busy or not, so that what depends on time alone (idle connections) happens.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use async_channel::{Receiver, Sender};
-use futures_lite::future;
+use futures_lite::{future, StreamExt};
+use smol::Timer;
 
 use super::ServerError;
 use crate::auth::HashJob;
-use crate::config::{MAX_STORE_BATCH, MAX_STORE_INFLIGHT};
+use crate::config::{MAX_STORE_BATCH, MAX_STORE_INFLIGHT, TICK_INTERVAL};
 use crate::core::{Core, Event, Job};
 use crate::store::worker::StoreJob;
 
@@ -37,20 +39,27 @@ pub(super) async fn core_loop(
 ) -> Result<(), ServerError> {
     let mut jobs: Vec<Job> = Vec::new();
     let mut stopping = false;
+    let mut ticks = Timer::interval(TICK_INTERVAL);
+    let mut last_tick = Instant::now();
     loop {
         if stopping && core.store_inflight() == 0 {
             return Ok(());
         }
-        // Results first; reader input only while the store keeps up.
+        // Results first; reader input only while the store keeps up; a tick when nothing else
+        // happened for a while.
+        let tick = async {
+            ticks.next().await;
+            Ok(Event::Tick)
+        };
         let event = if let Ok(e) = done.try_recv() {
             e
         } else if stopping || core.store_inflight() + MAX_STORE_BATCH >= MAX_STORE_INFLIGHT {
-            match done.recv().await {
+            match future::or(done.recv(), tick).await {
                 Ok(e) => e,
                 Err(_) => return Ok(()),
             }
         } else {
-            match future::or(done.recv(), events.recv()).await {
+            match future::or(future::or(done.recv(), events.recv()), tick).await {
                 Ok(e) => e,
                 Err(_) => {
                     // No more readers: the server is stopping.
@@ -59,6 +68,13 @@ pub(super) async fn core_loop(
                 }
             }
         };
+        if !matches!(event, Event::Tick) && last_tick.elapsed() >= TICK_INTERVAL {
+            // A busy core still looks at the clock about once a tick.
+            last_tick = Instant::now();
+            core.handle(now_ms(), Event::Tick, &mut jobs);
+        } else if matches!(event, Event::Tick) {
+            last_tick = Instant::now();
+        }
         stopping |= matches!(event, Event::Shutdown);
         core.handle(now_ms(), event, &mut jobs);
         for job in jobs.drain(..) {

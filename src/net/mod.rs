@@ -23,6 +23,9 @@ mod server;
 pub mod tls;
 
 use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::peer::Network;
 
 pub use server::{run, ServerError};
 
@@ -37,6 +40,14 @@ pub struct ServerOptions {
     pub db: PathBuf,
     /// Most simultaneous connections; more are told `BYE SERVER_FULL`.
     pub max_connections: usize,
+    /// Most simultaneous connections from one address; more are told `BYE TOO_MANY_CONNECTIONS`.
+    /// 0: no limit.
+    pub max_per_address: usize,
+    /// Silence after which a connection is probed, and closed if it stays silent as long again.
+    /// Zero: never.
+    pub idle_timeout: Duration,
+    /// Networks the per-address limits leave alone.
+    pub exempt: Vec<Network>,
     /// Lines per second one connection may send before it is read more slowly.
     pub line_rate: u32,
     /// Lines one connection may send at once above the rate.

@@ -21,7 +21,7 @@ use super::driver::core_loop;
 use super::{tls, Control, ServerOptions, TlsSource};
 use crate::auth::{self, HashJob, Hasher};
 use crate::config::{CORE_QUEUE, MAX_STORE_INFLIGHT, SCRYPT_P, SCRYPT_R, SHUTDOWN_FLUSH};
-use crate::core::{Core, Event, Settings};
+use crate::core::{Core, Event, Limits, Settings};
 use crate::store::redb::RedbStore;
 use crate::store::worker::{self, StoreJob};
 use crate::store::StoreError;
@@ -122,6 +122,9 @@ pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), Server
         hash_queue: opts.hash_queue,
         dummy_phc: Arc::from(hasher.dummy_phc()),
         version: env!("CARGO_PKG_VERSION"),
+        limits: Limits {
+            idle_timeout_ms: i64::try_from(opts.idle_timeout.as_millis()).unwrap_or(i64::MAX),
+        },
     };
     let core = Core::new(snapshot, settings);
 
@@ -160,6 +163,8 @@ pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), Server
         next_conn: AtomicU64::new(1),
         connections: Arc::new(Connections::default()),
         max_connections: opts.max_connections,
+        max_per_address: opts.max_per_address,
+        exempt: opts.exempt.clone(),
         line_rate: opts.line_rate,
         line_burst: opts.line_burst,
     });

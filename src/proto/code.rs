@@ -98,6 +98,10 @@ pub enum ByeCode {
     SLOW_CONSUMER,
     /// The connection limit is reached.
     SERVER_FULL,
+    /// The connection limit for the client's address is reached.
+    TOO_MANY_CONNECTIONS,
+    /// The client stayed silent after an idle probe.
+    IDLE_TIMEOUT,
 }
 
 impl ByeCode {
@@ -106,6 +110,8 @@ impl ByeCode {
         ByeCode::SHUTDOWN,
         ByeCode::SLOW_CONSUMER,
         ByeCode::SERVER_FULL,
+        ByeCode::TOO_MANY_CONNECTIONS,
+        ByeCode::IDLE_TIMEOUT,
     ];
 
     /// The code as it appears on the wire.
@@ -114,6 +120,8 @@ impl ByeCode {
             ByeCode::SHUTDOWN => "SHUTDOWN",
             ByeCode::SLOW_CONSUMER => "SLOW_CONSUMER",
             ByeCode::SERVER_FULL => "SERVER_FULL",
+            ByeCode::TOO_MANY_CONNECTIONS => "TOO_MANY_CONNECTIONS",
+            ByeCode::IDLE_TIMEOUT => "IDLE_TIMEOUT",
         }
     }
 

@@ -368,6 +368,12 @@ pub enum ServerLine<'a> {
         /// What they did.
         event: FriendshipEvent,
     },
+    /// `PING <token>`: the server has heard nothing from the client for a while and asks for a
+    /// sign of life; any command answers it (`PING <token>` is the usual one).
+    Ping {
+        /// The probe's token: 1 to 64 bytes, no SP.
+        token: &'a str,
+    },
     /// `BYE <CODE> <text>`: the server is about to close the connection.
     Bye {
         /// Why.
@@ -537,6 +543,7 @@ fn parse_fields(line: &str) -> Option<ServerLine<'_>> {
             let event = FriendshipEvent::parse(c.token()?)?;
             ServerLine::Friendship { name, event }
         }
+        "PING" => ServerLine::Ping { token: c.token()? },
         "BYE" => {
             let code = ByeCode::parse(c.token()?)?;
             let text = c.text().unwrap_or("");
@@ -822,6 +829,7 @@ impl fmt::Display for ServerLine<'_> {
             ServerLine::Friendship { name, event } => {
                 write!(f, "FRIENDSHIP {name} {}", event.as_str())
             }
+            ServerLine::Ping { token } => write!(f, "PING {token}"),
             ServerLine::Bye { code, text } => {
                 write!(f, "BYE {}", code.as_str())?;
                 tail(f, text)
@@ -958,6 +966,16 @@ mod tests {
             ServerLine::Friendship {
                 name: "bob",
                 event: FriendshipEvent::Withdrawn
+            }
+        );
+        assert_eq!(parse("PING 17"), ServerLine::Ping { token: "17" });
+        assert_eq!(parse("PING"), ServerLine::Other("PING"));
+        assert_eq!(parse("PING 1 2"), ServerLine::Other("PING 1 2"));
+        assert_eq!(
+            parse("BYE IDLE_TIMEOUT you were silent"),
+            ServerLine::Bye {
+                code: ByeCode::IDLE_TIMEOUT,
+                text: "you were silent"
             }
         );
         assert_eq!(
@@ -1159,6 +1177,8 @@ mod tests {
             "HELP MSG <name> <text>".to_string(),
             "PONG".to_string(),
             "PONG tok".to_string(),
+            "PING 12".to_string(),
+            "BYE TOO_MANY_CONNECTIONS too many from your address".to_string(),
             "FRIEND x OUTGOING".to_string(),
         ];
         for l in &lines {
@@ -1194,6 +1214,7 @@ mod tests {
                 ..m
             }),
             ServerLine::Pong { token: None },
+            ServerLine::Ping { token: "3" },
             ServerLine::BacklogEnd { count: 3 },
         ];
         for code in Code::ALL {

@@ -54,13 +54,17 @@ impl Server {
     }
 
     /// A server on the database file `db` (created if missing), for tests that restart it.
+    ///
+    /// 127.0.0.1, where the tests' clients come from unless they say otherwise, is exempt from the
+    /// limits per address; a test of those limits connects from 127.0.0.2 and up
+    /// ([`Client::connect_from`]).
     pub fn start_on(db: &Path, extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_chatd"))
             .arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--db")
             .arg(db)
-            .args(["--scrypt-log-n", "4"])
+            .args(["--scrypt-log-n", "4", "--exempt", "127.0.0.1"])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -257,9 +261,26 @@ impl Client {
         c
     }
 
+    /// Connects from the loopback address `source` (`127.0.0.2`, ...) and reads the HELLO line.
+    pub fn connect_from(addr: SocketAddr, source: &str) -> Client {
+        let mut c = Client::connect_raw_from(addr, source);
+        let hello = c.read_line();
+        assert!(hello.starts_with("HELLO chatd "), "expected HELLO: {hello}");
+        c.hello = hello;
+        c
+    }
+
+    /// Connects from the loopback address `source` without reading anything.
+    pub fn connect_raw_from(addr: SocketAddr, source: &str) -> Client {
+        Client::over(tcp_from(source, addr))
+    }
+
     /// Connects without reading anything.
     pub fn connect_raw(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connecting to chatd");
+        Client::over(TcpStream::connect_timeout(&addr, TIMEOUT).expect("connecting to chatd"))
+    }
+
+    fn over(stream: TcpStream) -> Client {
         stream.set_read_timeout(Some(TIMEOUT)).unwrap();
         stream.set_write_timeout(Some(TIMEOUT)).unwrap();
         stream.set_nodelay(true).unwrap();
@@ -465,6 +486,18 @@ impl Client {
         );
         (lines, last)
     }
+}
+
+/// A TCP connection to `addr` from the loopback address `source` (`127.0.0.2`, ...): to the
+/// server's limits per address, another machine. The socket is bound to the source before it
+/// connects, which std cannot do.
+pub fn tcp_from(source: &str, addr: SocketAddr) -> TcpStream {
+    use rustix::net::{bind, connect, socket, AddressFamily, SocketType};
+    let fd = socket(AddressFamily::INET, SocketType::STREAM, None).expect("a socket");
+    let src: SocketAddr = format!("{source}:0").parse().expect("a source address");
+    bind(&fd, &src).unwrap_or_else(|e| panic!("binding {source}: {e}"));
+    connect(&fd, &addr).unwrap_or_else(|e| panic!("connecting from {source}: {e}"));
+    TcpStream::from(fd)
 }
 
 /// The id in `OK [@label] <command> <id> ...`.

@@ -11,9 +11,9 @@ use log::LevelFilter;
 
 use crate::client::ClientOptions;
 use crate::config::{
-    DEFAULT_DB, DEFAULT_HASH_QUEUE, DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_LINE_BURST,
-    DEFAULT_LINE_RATE, DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS,
-    SCRYPT_LOG_N,
+    DEFAULT_DB, DEFAULT_HASH_PER_ADDRESS, DEFAULT_HASH_QUEUE, DEFAULT_IDLE_TIMEOUT_SECS,
+    DEFAULT_LINE_BURST, DEFAULT_LINE_RATE, DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_PER_ADDRESS, DEFAULT_REGISTRATIONS_PER_HOUR, SCRYPT_LOG_N,
 };
 use crate::net::{ServerOptions, TlsSource};
 use crate::peer::Network;
@@ -103,6 +103,16 @@ pub struct Args {
     /// password hashes that may wait; past it REGISTER/LOGIN get SERVER_BUSY (default 256)
     #[argh(option, default = "DEFAULT_HASH_QUEUE")]
     pub hash_queue: usize,
+
+    /// password hashes one address may have queued or running; past it REGISTER/LOGIN get
+    /// RATE_LIMITED; 0: no limit (default 4)
+    #[argh(option, default = "DEFAULT_HASH_PER_ADDRESS")]
+    pub hash_per_address: usize,
+
+    /// accounts one address may register per hour; past it REGISTER gets RATE_LIMITED;
+    /// 0: no limit (default 10)
+    #[argh(option, default = "DEFAULT_REGISTRATIONS_PER_HOUR")]
+    pub registrations_per_hour: u64,
 
     /// scrypt cost as log2(N) for new passwords (default 15, about 100 ms; lower only for tests)
     #[argh(option, default = "SCRYPT_LOG_N")]
@@ -248,6 +258,8 @@ impl TryFrom<Args> for ServerOptions {
                 .hash_threads
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
             hash_queue: args.hash_queue.max(1),
+            hash_per_address: args.hash_per_address,
+            registrations_per_hour: args.registrations_per_hour,
             scrypt_log_n: args.scrypt_log_n,
         })
     }
@@ -287,6 +299,10 @@ mod tests {
             (DEFAULT_MAX_PER_ADDRESS, DEFAULT_IDLE_TIMEOUT_SECS)
         );
         assert!(opts.exempt.is_empty());
+        assert_eq!(
+            (opts.hash_per_address, opts.registrations_per_hour),
+            (DEFAULT_HASH_PER_ADDRESS, DEFAULT_REGISTRATIONS_PER_HOUR)
+        );
         assert!(opts.tls.is_none());
         assert_eq!(parse(&[]).unwrap().log_level, LevelFilter::Info);
 
@@ -300,6 +316,8 @@ mod tests {
             format!("(default {DEFAULT_LINE_RATE})"),
             format!("(default {DEFAULT_LINE_BURST})"),
             format!("(default {DEFAULT_HASH_QUEUE})"),
+            format!("(default {DEFAULT_HASH_PER_ADDRESS})"),
+            format!("(default {DEFAULT_REGISTRATIONS_PER_HOUR})"),
             format!("(default {SCRYPT_LOG_N},"),
         ] {
             assert!(help.contains(&stated), "help lacks {stated:?}:\n{help}");

@@ -68,6 +68,37 @@ pub const CORE_QUEUE: usize = 1024;
 pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
 /// Password hashes that may wait for a hashing thread; beyond it LOGIN/REGISTER get SERVER_BUSY.
 pub const DEFAULT_HASH_QUEUE: usize = 256;
+/// Password hashes one address may have queued or running at once; beyond it LOGIN/REGISTER get
+/// RATE_LIMITED. With 2 hashing threads, a LOGIN from elsewhere then waits behind at most this many
+/// hashes per attacking address instead of a full queue.
+pub const DEFAULT_HASH_PER_ADDRESS: usize = 4;
+/// Accounts one address may register per hour (a bucket: this many at once, then one every
+/// 3600/N seconds); beyond it REGISTER gets RATE_LIMITED.
+pub const DEFAULT_REGISTRATIONS_PER_HOUR: u64 = 10;
+/// Failed logins from one address that cost nothing; each further one doubles the wait before the
+/// next attempt from that address is let through.
+pub const LOGIN_FREE_FAILURES_PER_ADDRESS: u32 = 5;
+/// Failed logins for one account name, from anywhere, that cost nothing; each further one doubles
+/// the wait before the next attempt for that name is let through (except from the addresses the
+/// account last logged in from, see [`KNOWN_ADDRESSES_PER_ACCOUNT`]).
+pub const LOGIN_FREE_FAILURES_PER_ACCOUNT: u32 = 10;
+/// The wait after the first failed login past the free ones; it doubles with each further failure.
+pub const LOGIN_BACKOFF_FIRST: Duration = Duration::from_secs(1);
+/// The longest wait between two login attempts, however many failed: an attacker gets about one
+/// guess a minute, and the owner of an account under attack is never locked out for longer.
+pub const LOGIN_BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// How long failed logins are remembered after the last one; past it, the count starts again.
+pub const LOGIN_FAILURE_MEMORY: Duration = Duration::from_secs(15 * 60);
+/// Addresses remembered per account (in memory, since the server started) as where it logged in
+/// successfully; logins from them skip the account's back-off, so an attack on an account from
+/// elsewhere does not lock its owner out.
+pub const KNOWN_ADDRESSES_PER_ACCOUNT: usize = 8;
+/// Most account names with failed logins remembered at once (their own back-off); past it the
+/// oldest are forgotten. Bounds the memory an attacker trying random names can use.
+pub const MAX_TRACKED_NAMES: usize = 100_000;
+/// Most addresses with login state remembered at once (hashes in flight, failures, registrations);
+/// past it those with nothing in flight are forgotten, oldest first.
+pub const MAX_TRACKED_ADDRESSES: usize = 100_000;
 /// Most store operations in one commit.
 pub const MAX_STORE_BATCH: usize = 1024;
 /// Most store operations queued or in flight before the core stops taking new input.

@@ -235,7 +235,7 @@ impl Sim {
             self.event(Event::Stored(result));
         }
         for (ticket, job) in hashes {
-            let outcome: HashOutcome = self.hasher.run(&job);
+            let outcome: HashOutcome = job.run(&self.hasher);
             self.event(Event::Hashed { ticket, outcome });
         }
     }

@@ -190,6 +190,7 @@ fn limits() {
         Requirement::BusyHashing,
         Requirement::MaxPerAddress,
         Requirement::IdleTimeout,
+        Requirement::RateLimits,
     ] {
         let flags: Vec<&str> = match requirement {
             Requirement::MaxConnections => vec!["--scrypt-log-n", "4", "--max-connections", &max],
@@ -200,6 +201,8 @@ fn limits() {
                 vec!["--scrypt-log-n", "4", "--max-per-address", &per_address]
             }
             Requirement::IdleTimeout => vec!["--scrypt-log-n", "4", "--idle-timeout", &idle],
+            // The defaults, with the suite's address not exempt.
+            Requirement::RateLimits => vec!["--scrypt-log-n", "4"],
         };
         let server = Server::start(false, &flags);
         let mut opts = options(&server);
@@ -208,6 +211,7 @@ fn limits() {
             Requirement::BusyHashing => opts.busy_hashing = true,
             Requirement::MaxPerAddress => opts.max_per_address = Some(SMALL_MAX_PER_ADDRESS),
             Requirement::IdleTimeout => opts.idle_timeout = Some(SHORT_IDLE_TIMEOUT),
+            Requirement::RateLimits => opts.rate_limits = true,
         }
         let cases = cases_requiring(requirement);
         assert!(!cases.is_empty(), "no case needs {}", requirement.name());

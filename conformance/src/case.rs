@@ -40,6 +40,9 @@ pub enum Requirement {
     /// The server's idle timeout must be given, and short enough for the suite to wait for it
     /// (`--idle-timeout`).
     IdleTimeout,
+    /// The server applies its default limits per address to the suite's address
+    /// (`--rate-limits`), so that a few failed logins make it back off.
+    RateLimits,
 }
 
 impl Requirement {
@@ -50,6 +53,7 @@ impl Requirement {
             Requirement::BusyHashing => "busy-hashing",
             Requirement::MaxPerAddress => "max-per-address",
             Requirement::IdleTimeout => "idle-timeout",
+            Requirement::RateLimits => "rate-limits",
         }
     }
 }
@@ -239,10 +243,11 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Vec<Case>, ParseError> {
                 "busy-hashing" => b.case.requires.push(Requirement::BusyHashing),
                 "max-per-address" => b.case.requires.push(Requirement::MaxPerAddress),
                 "idle-timeout" => b.case.requires.push(Requirement::IdleTimeout),
+                "rate-limits" => b.case.requires.push(Requirement::RateLimits),
                 other => {
                     return Err(err(format!(
                         "unknown requirement {other:?} (known: max-connections, busy-hashing, \
-                         max-per-address, idle-timeout)"
+                         max-per-address, idle-timeout, rate-limits)"
                     )))
                 }
             }

@@ -24,6 +24,8 @@ usage: chatd-conformance --addr HOST:PORT [options]
                           TOO_MANY_CONNECTIONS case
   --idle-timeout SECS     the server's idle timeout, a few seconds at most (less than half of
                           --timeout); enables the idle-probe cases
+  --rate-limits           the server applies its default limits per address (failed-login
+                          back-off) to the suite's address; enables the RATE_LIMITED cases
   --cases DIR             case files to run (default: the bundled cases)
   --list                  list the cases and exit
 ";
@@ -82,6 +84,7 @@ fn parse_args() -> Result<Args, String> {
                         .map_err(|_| format!("bad --max-per-address {v:?}"))?,
                 );
             }
+            "--rate-limits" => a.opts.rate_limits = true,
             "--idle-timeout" => {
                 let v = value()?;
                 let secs: u64 = v.parse().map_err(|_| format!("bad --idle-timeout {v:?}"))?;

@@ -36,6 +36,9 @@ pub struct Options {
     pub max_per_address: Option<usize>,
     /// The server's idle timeout, when it is short enough to wait for; enables the idle cases.
     pub idle_timeout: Option<Duration>,
+    /// The server applies its default limits per address (spec 7.5) to the suite's address;
+    /// enables the RATE_LIMITED cases.
+    pub rate_limits: bool,
     /// Distinguishes this run's account names from every other run's; random when `None`.
     pub run_id: Option<String>,
     /// Fail a case when the server sends a line that is not a well-formed server line (spec 2.9).
@@ -55,6 +58,7 @@ impl Options {
             busy_hashing: false,
             max_per_address: None,
             idle_timeout: None,
+            rate_limits: false,
             run_id: None,
             check_grammar: true,
         }
@@ -142,6 +146,7 @@ pub fn run(
             Requirement::BusyHashing => !opts.busy_hashing,
             Requirement::MaxPerAddress => opts.max_per_address.is_none(),
             Requirement::IdleTimeout => opts.idle_timeout.is_none(),
+            Requirement::RateLimits => !opts.rate_limits,
         });
         let outcome = if let Some(r) = unmet {
             Outcome::Skip(format!("needs --{}", r.name()))

@@ -310,11 +310,13 @@ impl Session {
                 let what = label.and_then(|l| self.pending.remove(l));
                 self.on_ok(what, reply)
             }
+            // A retry_after is in the sentence too, in words; the sentence is what is shown.
             ServerLine::Fail {
                 label,
                 command,
                 code,
                 text,
+                ..
             } => {
                 let what = label.and_then(|l| self.pending.remove(l));
                 self.on_fail(what, command, code, text)

@@ -1,11 +1,15 @@
 //! What the core does when only time passes: a connection that stays silent is probed with
-//! `PING <token>`, and closed with `BYE IDLE_TIMEOUT` if it stays silent as long again (spec 7.6).
+//! `PING <token>`, and closed with `BYE IDLE_TIMEOUT` if it stays silent as long again (spec 7.6);
+//! and once a minute the login protection forgets what has expired.
 //!
 //! Silence counts from the later of the connection's last line and its last answer, and only
 //! while the server owes it nothing: a connection waiting for an answer (a password check, a
 //! commit, a HISTORY page) is not idle. Any line, a command or not, ends the silence.
 
 use super::{ConnId, Core, Hold};
+
+/// How often the login protection tables forget what expired (milliseconds).
+const GUARD_SWEEP_MS: i64 = 60_000;
 use crate::outbox::Chunk;
 use crate::proto::code::ByeCode;
 use crate::proto::server_line::ServerLine;
@@ -14,6 +18,10 @@ impl Core {
     /// Runs on every [`Event::Tick`](super::Event::Tick).
     pub(super) fn tick(&mut self) {
         self.check_idle();
+        if self.now.saturating_sub(self.guard_swept) >= GUARD_SWEEP_MS {
+            self.guard_swept = self.now;
+            self.guard.forget(&self.settings.limits, self.now);
+        }
     }
 
     fn check_idle(&mut self) {

@@ -14,6 +14,8 @@
 //!   hash result comes back (a closure given with the job): `session` (REGISTER, LOGIN, LOGOUT,
 //!   QUIT), `messaging` (MSG, GROUP, ALL), `history`, `friends`, `info` (HELP, PING, USERS);
 //! - `idle`: what the clock does by itself: silent connections are probed, then closed;
+//! - `guard`: login protection: hashes per address, failed-login back-off, registrations per
+//!   address; `bucket`: the token bucket it (and the quotas) count with;
 //! - `order`: the reply order of a connection, and [`Req`], the command being answered;
 //! - `out`: where typed server lines become bytes for a connection.
 //!
@@ -29,8 +31,10 @@
 //! - A store read sees every write sent to the store before it, so a LOGIN's backlog read sees every
 //!   message queued for the account before it.
 
+mod bucket;
 mod commands;
 mod friends;
+mod guard;
 mod history;
 mod idle;
 mod info;
@@ -45,10 +49,11 @@ use std::sync::Arc;
 pub use self::commands::{Needs, Row, COMMANDS};
 pub use self::order::Req;
 
+use self::guard::Guard;
 use self::order::Slots;
-use crate::auth::{HashJob, HashOutcome};
+use crate::auth::{Cancel, HashJob, HashOutcome, HashTask};
 use crate::outbox::{Chunk, Outbox};
-use crate::peer::Peer;
+use crate::peer::{AddrKey, Peer};
 use crate::proto::code::{ByeCode, Code};
 use crate::proto::command::split_head;
 use crate::proto::name::Key;
@@ -116,7 +121,7 @@ pub enum Job {
     /// An op for the store worker.
     Store(StoreJob),
     /// A password hash for the hashing pool.
-    Hash(Ticket, HashJob),
+    Hash(Ticket, HashTask),
 }
 
 /// Settings of the core.
@@ -139,12 +144,19 @@ pub struct Limits {
     /// Silence (milliseconds) after which a connection is probed; closed after twice as long.
     /// 0: never.
     pub idle_timeout_ms: i64,
+    /// Password hashes one address may have queued or running. 0: no limit.
+    pub hash_per_address: usize,
+    /// Accounts one address may register per hour. 0: no limit.
+    pub registrations_per_hour: u64,
 }
 
 impl Default for Limits {
     fn default() -> Limits {
+        use crate::config::*;
         Limits {
-            idle_timeout_ms: crate::config::DEFAULT_IDLE_TIMEOUT_SECS as i64 * 1000,
+            idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_SECS as i64 * 1000,
+            hash_per_address: DEFAULT_HASH_PER_ADDRESS,
+            registrations_per_hour: DEFAULT_REGISTRATIONS_PER_HOUR,
         }
     }
 }
@@ -160,6 +172,21 @@ struct Account {
     pending: u32,
     /// Logged-in connections.
     conns: Vec<ConnId>,
+    /// Addresses it logged in from since the server started, most recent last (see `guard`).
+    known: Vec<AddrKey>,
+}
+
+impl Account {
+    fn new(name: String, phc: Option<Arc<str>>) -> Account {
+        Account {
+            name,
+            phc,
+            friends: HashMap::new(),
+            pending: 0,
+            conns: Vec::new(),
+            known: Vec::new(),
+        }
+    }
 }
 
 enum ConnState {
@@ -188,6 +215,8 @@ struct Conn {
     last_heard: i64,
     /// An idle probe was sent and not yet answered.
     probed: bool,
+    /// The cancel flag of its password hash in flight, set if it closes first.
+    hashing: Option<Cancel>,
     state: ConnState,
     hold: Hold,
     deferred: VecDeque<Input>,
@@ -227,6 +256,10 @@ pub struct Core {
     next_ticket: Ticket,
     waiting: HashMap<Ticket, Then>,
     hashing: usize,
+    /// Login protection: per-address and per-name state (see `guard`).
+    guard: Guard,
+    /// When the guard last forgot what expired.
+    guard_swept: i64,
     store_inflight: usize,
     jobs: Vec<Job>,
     /// Connections whose outbox overflowed during this event.
@@ -241,16 +274,7 @@ impl Core {
     pub fn new(snapshot: Snapshot, settings: Settings) -> Core {
         let mut accounts = HashMap::with_capacity(snapshot.accounts.len());
         for a in snapshot.accounts {
-            accounts.insert(
-                Key::of(&a.name),
-                Account {
-                    name: a.name,
-                    phc: Some(a.phc.into()),
-                    friends: HashMap::new(),
-                    pending: 0,
-                    conns: Vec::new(),
-                },
-            );
+            accounts.insert(Key::of(&a.name), Account::new(a.name, Some(a.phc.into())));
         }
         for (a, b, state) in snapshot.friendships {
             if let Some(acct) = accounts.get_mut(a.as_str()) {
@@ -271,6 +295,8 @@ impl Core {
             next_ticket: 1,
             waiting: HashMap::new(),
             hashing: 0,
+            guard: Guard::default(),
+            guard_swept: 0,
             store_inflight: 0,
             jobs: Vec::new(),
             overflowed: Vec::new(),
@@ -347,6 +373,7 @@ impl Core {
                 peer,
                 last_heard: self.now,
                 probed: false,
+                hashing: None,
                 state: ConnState::Guest,
                 hold: Hold::Free,
                 deferred: VecDeque::new(),
@@ -502,11 +529,32 @@ impl Core {
         self.hashing >= self.settings.hash_queue
     }
 
-    /// Queues a hash job whose result goes to `then`. The caller checked [`Core::hash_full`].
-    fn hash(&mut self, job: HashJob, then: impl FnOnce(&mut Core, HashOutcome) + Send + 'static) {
+    /// Queues a hash job for `conn`, whose result goes to `then`. The caller checked
+    /// [`Core::hash_full`] and the limits of `guard`. The hash counts against the connection's
+    /// address until it comes back, and is cancelled if the connection closes first.
+    fn hash(
+        &mut self,
+        conn: ConnId,
+        job: HashJob,
+        then: impl FnOnce(&mut Core, HashOutcome) + Send + 'static,
+    ) {
         self.hashing += 1;
+        let cancel = Cancel::default();
+        let addr = self.conns.get(&conn).and_then(|c| c.peer.key);
+        self.guard
+            .hash_started(addr, &self.settings.limits, self.now);
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.hashing = Some(cancel.clone());
+        }
         let ticket = self.ticket();
-        self.jobs.push(Job::Hash(ticket, job));
+        self.jobs.push(Job::Hash(ticket, HashTask { job, cancel }));
+        let then = move |core: &mut Core, outcome| {
+            core.guard.hash_finished(addr);
+            if let Some(c) = core.conns.get_mut(&conn) {
+                c.hashing = None;
+            }
+            then(core, outcome)
+        };
         self.waiting.insert(ticket, Then::Hash(Box::new(then)));
     }
 
@@ -560,6 +608,10 @@ impl Core {
             return;
         };
         c.outbox.close();
+        if let Some(cancel) = &c.hashing {
+            // Its hash is not wanted any more: a thread that has not started it skips it.
+            cancel.cancel();
+        }
         if let ConnState::LoggedIn(key) = c.state {
             self.detach(conn, &key);
         }

@@ -102,11 +102,25 @@ impl Core {
 
     /// Sends a final FAIL as the command's answer.
     pub(super) fn refuse(&mut self, req: Req, code: Code, text: &str) {
+        debug_assert!(!code.has_retry_after(), "{code:?} needs refuse_for");
+        self.fail(req, code, None, text);
+    }
+
+    /// Sends a final FAIL whose code says when to try again: in `retry_after_ms` (rounded up to
+    /// whole seconds, at least one).
+    pub(super) fn refuse_for(&mut self, req: Req, code: Code, retry_after_ms: i64, text: &str) {
+        debug_assert!(code.has_retry_after(), "{code:?} carries no retry_after");
+        let secs = (retry_after_ms.max(1) as u64).div_ceil(1000);
+        self.fail(req, code, Some(secs), text);
+    }
+
+    fn fail(&mut self, req: Req, code: Code, retry_after: Option<u64>, text: &str) {
         let mut out = Out::new();
         out.line(&ServerLine::Fail {
             label: req.label(),
             command: req.verb,
             code,
+            retry_after,
             text,
         });
         self.finish(req, out);

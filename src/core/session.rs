@@ -5,12 +5,12 @@
 //! account holds the connection until they are sent, so every command after the LOGIN runs once the
 //! login is complete, backlog included.
 
-use std::collections::HashMap;
-
+use super::guard::Refusal;
 use super::order::SlotId;
 use super::out::Out;
 use super::{recipient, Account, ConnId, ConnState, Core, Req};
 use crate::auth::{HashJob, HashOutcome};
+use crate::peer::AddrKey;
 use crate::proto::code::Code;
 use crate::proto::name::{Key, Name, Password};
 use crate::proto::server_line::{FriendshipEvent, MessageLine, OkReply, Presence, ServerLine};
@@ -31,6 +31,11 @@ impl Core {
             let text = format!("the name {name} is taken");
             return self.refuse(req, Code::NAME_TAKEN, &text);
         }
+        let addr = self.peer_key(req.conn);
+        let limits = &self.settings.limits;
+        if let Some(r) = self.guard.register_refusal(addr, limits, self.now) {
+            return self.rate_limited(req, r);
+        }
         if self.hash_full() {
             return self.refuse(
                 req,
@@ -38,20 +43,14 @@ impl Core {
                 "the server is busy; try again in a moment",
             );
         }
+        self.guard
+            .registering(addr, &self.settings.limits, self.now);
         // The name is reserved now, so a second REGISTER of it cannot race this one.
-        self.accounts.insert(
-            key.clone(),
-            Account {
-                name: name.to_string(),
-                phc: None,
-                friends: HashMap::new(),
-                pending: 0,
-                conns: Vec::new(),
-            },
-        );
+        self.accounts
+            .insert(key.clone(), Account::new(name.to_string(), None));
         let conn = req.conn;
         self.reserve(&mut req);
-        self.hash(HashJob::Hash(password), move |core, outcome| {
+        self.hash(conn, HashJob::Hash(password), move |core, outcome| {
             core.register_hashed(req, key, outcome)
         });
         self.hold(conn);
@@ -60,6 +59,10 @@ impl Core {
     fn register_hashed(&mut self, req: Req, key: Key, outcome: HashOutcome) {
         let HashOutcome::Hashed(phc) = outcome else {
             self.accounts.remove(&key);
+            if outcome == HashOutcome::Cancelled {
+                // Its connection closed before the hash started: nobody to answer.
+                return;
+            }
             return self.internal_error(req, &format!("hashing: {outcome:?}"));
         };
         let Some(acct) = self.accounts.get_mut(&key) else {
@@ -84,7 +87,18 @@ impl Core {
 
     pub(super) fn login(&mut self, mut req: Req, name: String, password: Password) {
         let key = Key::of(&name);
-        let phc = self.accounts.get(&key).and_then(|a| a.phc.clone());
+        // Only a name that could exist has a back-off of its own (any such name, account or not,
+        // so that the replies do not tell which names exist).
+        let tracked = Name::parse(&name).is_ok().then(|| key.clone());
+        let addr = self.peer_key(req.conn);
+        let account = self.accounts.get(&key);
+        if let Some(r) =
+            self.guard
+                .login_refusal(addr, &key, account, &self.settings.limits, self.now)
+        {
+            return self.rate_limited(req, r);
+        }
+        let phc = account.and_then(|a| a.phc.clone());
         let known = phc.is_some();
         // An unknown name costs the same hash as a known one, so timing does not tell them apart.
         let phc = phc.unwrap_or_else(|| self.settings.dummy_phc.clone());
@@ -98,29 +112,50 @@ impl Core {
         let conn = req.conn;
         self.reserve(&mut req);
         let key = known.then_some(key);
-        self.hash(HashJob::Verify(password, phc), move |core, outcome| {
-            core.login_verified(req, key, outcome)
-        });
+        self.hash(
+            conn,
+            HashJob::Verify(password, phc),
+            move |core, outcome| core.login_verified(req, key, tracked, outcome),
+        );
         self.hold(conn);
     }
 
-    fn login_verified(&mut self, req: Req, key: Option<Key>, outcome: HashOutcome) {
+    fn login_verified(
+        &mut self,
+        req: Req,
+        key: Option<Key>,
+        tracked: Option<Key>,
+        outcome: HashOutcome,
+    ) {
         let ok = match outcome {
             HashOutcome::Verified(ok) => ok,
+            // Its connection closed before the hash started: nobody to answer.
+            HashOutcome::Cancelled => return,
             other => return self.internal_error(req, &format!("hashing: {other:?}")),
         };
         let conn = req.conn;
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
+        let addr = c.peer.key;
         let key = match key {
             Some(k) if ok && c.key().is_none() && !c.closing && self.accounts.contains_key(&k) => k,
             _ => {
                 log::info!("failed login from {}", c.peer.shown);
+                if !ok {
+                    self.guard.login_failed(
+                        addr,
+                        tracked.as_ref(),
+                        &self.settings.limits,
+                        self.now,
+                    );
+                }
                 self.refuse(req, Code::BAD_CREDENTIALS, "wrong name or password");
                 return self.release(conn);
             }
         };
+        self.guard.login_succeeded(&key);
+        self.remember_address(&key, addr);
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -265,6 +300,18 @@ impl Core {
             core.fill(conn, slot, out);
             core.release(conn);
         });
+    }
+
+    /// The address key of a connection, if the limits per address count it.
+    fn peer_key(&self, conn: ConnId) -> Option<AddrKey> {
+        self.conns.get(&conn).and_then(|c| c.peer.key)
+    }
+
+    /// Answers `RATE_LIMITED`, saying when to try again.
+    fn rate_limited(&mut self, req: Req, r: Refusal) {
+        let secs = (r.wait_ms.max(1) as u64).div_ceil(1000);
+        let text = format!("{}; try again in {secs} s", r.why);
+        self.refuse_for(req, Code::RATE_LIMITED, r.wait_ms, &text);
     }
 
     pub(super) fn logout(&mut self, req: Req) {

@@ -192,16 +192,24 @@ fn encoded_line_parses(u: &mut Unstructured<'_>) -> Result<()> {
                 reply: ok_reply(u, verb, &names)?,
             }
         }
-        1 => ServerLine::Fail {
-            label: label.as_deref(),
-            command: if u.ratio(1u8, 4u8)? {
-                None
-            } else {
-                Some(verb(u)?)
-            },
-            code: *u.choose(Code::ALL)?,
-            text: &text,
-        },
+        1 => {
+            let code = *u.choose(Code::ALL)?;
+            ServerLine::Fail {
+                label: label.as_deref(),
+                command: if u.ratio(1u8, 4u8)? {
+                    None
+                } else {
+                    Some(verb(u)?)
+                },
+                code,
+                retry_after: if code.has_retry_after() {
+                    Some(u.arbitrary()?)
+                } else {
+                    None
+                },
+                text: &text,
+            }
+        }
         2 | 3 => {
             // Years 0000 to 9999, the range the four-digit wire form can show.
             let time_ms = u.int_in_range(-62_167_219_200_000i64..=253_402_300_799_999)?;

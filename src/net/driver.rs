@@ -15,7 +15,7 @@ use futures_lite::{future, StreamExt};
 use smol::Timer;
 
 use super::ServerError;
-use crate::auth::HashJob;
+use crate::auth::HashTask;
 use crate::config::{MAX_STORE_BATCH, MAX_STORE_INFLIGHT, TICK_INTERVAL};
 use crate::core::{Core, Event, Job};
 use crate::store::worker::StoreJob;
@@ -35,7 +35,7 @@ pub(super) async fn core_loop(
     events: Receiver<Event>,
     done: Receiver<Event>,
     store: Sender<StoreJob>,
-    hashes: Sender<(u64, HashJob)>,
+    hashes: Sender<(u64, HashTask)>,
 ) -> Result<(), ServerError> {
     let mut jobs: Vec<Job> = Vec::new();
     let mut stopping = false;

@@ -56,6 +56,11 @@ pub struct ServerOptions {
     pub hash_threads: usize,
     /// Password hashes that may wait; past it REGISTER and LOGIN get `SERVER_BUSY`.
     pub hash_queue: usize,
+    /// Password hashes one address may have queued or running; past it REGISTER and LOGIN get
+    /// `RATE_LIMITED`. 0: no limit.
+    pub hash_per_address: usize,
+    /// Accounts one address may register per hour. 0: no limit.
+    pub registrations_per_hour: u64,
     /// scrypt cost of new password hashes, as log2(N).
     pub scrypt_log_n: u8,
 }

@@ -19,7 +19,7 @@ use smol::{Executor, Timer};
 use super::conn::{accept_loop, Connections, Ctx};
 use super::driver::core_loop;
 use super::{tls, Control, ServerOptions, TlsSource};
-use crate::auth::{self, HashJob, Hasher};
+use crate::auth::{self, HashTask, Hasher};
 use crate::config::{CORE_QUEUE, MAX_STORE_INFLIGHT, SCRYPT_P, SCRYPT_R, SHUTDOWN_FLUSH};
 use crate::core::{Core, Event, Limits, Settings};
 use crate::store::redb::RedbStore;
@@ -124,6 +124,8 @@ pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), Server
         version: env!("CARGO_PKG_VERSION"),
         limits: Limits {
             idle_timeout_ms: i64::try_from(opts.idle_timeout.as_millis()).unwrap_or(i64::MAX),
+            hash_per_address: opts.hash_per_address,
+            registrations_per_hour: opts.registrations_per_hour,
         },
     };
     let core = Core::new(snapshot, settings);
@@ -140,7 +142,7 @@ pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), Server
         name: "store",
         source,
     })?;
-    let (hash_tx, hash_rx) = async_channel::bounded::<(u64, HashJob)>(opts.hash_queue.max(1));
+    let (hash_tx, hash_rx) = async_channel::bounded::<(u64, HashTask)>(opts.hash_queue.max(1));
     let hash_done = done_tx;
     let hash_threads = auth::spawn_pool(
         hasher,

@@ -84,8 +84,19 @@ codes! {
     NOT_FRIENDS,
     /// Too much password hashing is queued; try again shortly.
     SERVER_BUSY,
+    /// Too many password checks or registrations from the address, or too many failed logins for
+    /// the address or the account name; the line says when to try again.
+    RATE_LIMITED,
     /// The server failed internally; the details are in its log.
     INTERNAL_ERROR,
+}
+
+impl Code {
+    /// True for the codes whose `FAIL` line carries `retry_after=<seconds>` before its sentence:
+    /// a limit that frees up with time, and the time it takes.
+    pub fn has_retry_after(self) -> bool {
+        matches!(self, Code::RATE_LIMITED)
+    }
 }
 
 /// Why the server closes a connection on its own (`BYE <code> <text>`).

@@ -325,7 +325,7 @@ pub enum ServerLine<'a> {
         /// The command and its details.
         reply: OkReply<'a>,
     },
-    /// `FAIL [@label] <COMMAND>|* <CODE> <text>`.
+    /// `FAIL [@label] <COMMAND>|* <CODE> [retry_after=<seconds>] <text>`.
     Fail {
         /// The label echoed from the command, without its `@`.
         label: Option<&'a str>,
@@ -333,6 +333,9 @@ pub enum ServerLine<'a> {
         command: Option<Verb>,
         /// The machine code.
         code: Code,
+        /// When to try again, in seconds: present exactly for the codes that carry it
+        /// ([`Code::has_retry_after`]).
+        retry_after: Option<u64>,
         /// The human sentence.
         text: &'a str,
     },
@@ -512,11 +515,17 @@ fn parse_fields(line: &str) -> Option<ServerLine<'_>> {
         "FAIL" => {
             let (label, command) = label_and_command(&mut c)?;
             let code = Code::parse(c.token()?)?;
+            let retry_after = if code.has_retry_after() {
+                Some(decimal(c.token()?.strip_prefix("retry_after=")?)?)
+            } else {
+                None
+            };
             let text = c.text().unwrap_or("");
             ServerLine::Fail {
                 label,
                 command,
                 code,
+                retry_after,
                 text,
             }
         }
@@ -804,12 +813,16 @@ impl fmt::Display for ServerLine<'_> {
                 label,
                 command,
                 code,
+                retry_after,
                 text,
             } => {
                 f.write_str("FAIL ")?;
                 label_prefix(f, *label)?;
                 let command = command.map_or("*", Verb::name);
                 write!(f, "{command} {}", code.as_str())?;
+                if let Some(secs) = retry_after {
+                    write!(f, " retry_after={secs}")?;
+                }
                 tail(f, text)
             }
             ServerLine::Hello {
@@ -881,6 +894,7 @@ mod tests {
                 label: Some("a.b-c_9"),
                 command: Some(Verb::Msg),
                 code: Code::UNKNOWN_USER,
+                retry_after: None,
                 text: "no such user: bob"
             }
         );
@@ -890,6 +904,7 @@ mod tests {
                 label: None,
                 command: None,
                 code: Code::LINE_TOO_LONG,
+                retry_after: None,
                 text: "line exceeds 4096 bytes; it was discarded"
             }
         );
@@ -915,6 +930,33 @@ mod tests {
                 })
             }
         );
+        assert_eq!(
+            parse("FAIL @1 LOGIN RATE_LIMITED retry_after=12 too many failed logins"),
+            ServerLine::Fail {
+                label: Some("1"),
+                command: Some(Verb::Login),
+                code: Code::RATE_LIMITED,
+                retry_after: Some(12),
+                text: "too many failed logins"
+            }
+        );
+        // The field is required for the codes that carry it, and only read for those.
+        assert!(matches!(
+            parse("FAIL LOGIN RATE_LIMITED too many failed logins"),
+            ServerLine::Other(_)
+        ));
+        assert!(matches!(
+            parse("FAIL LOGIN RATE_LIMITED retry_after=x later"),
+            ServerLine::Other(_)
+        ));
+        assert!(matches!(
+            parse("FAIL LOGIN BAD_CREDENTIALS retry_after=3 x"),
+            ServerLine::Fail {
+                retry_after: None,
+                text: "retry_after=3 x",
+                ..
+            }
+        ));
         assert!(parse("OK PING").is_final());
         assert_eq!(parse("OK @x PING").label(), Some("x"));
         assert_eq!(parse("PONG x").label(), None);
@@ -1130,6 +1172,7 @@ mod tests {
                 label: None,
                 command: Some(Verb::Msg),
                 code: Code::BAD_TEXT,
+                retry_after: None,
                 text: ""
             }
         );
@@ -1223,6 +1266,7 @@ mod tests {
                     label: None,
                     command,
                     code: *code,
+                    retry_after: code.has_retry_after().then_some(30),
                     text: "a human sentence",
                 });
             }

@@ -53,18 +53,36 @@ impl Server {
         s
     }
 
+    /// A server with a fresh database, extra arguments, and password hashing at its real cost
+    /// (about 0.1 s a hash), for tests of what hashing costs.
+    pub fn start_with_real_hashing(extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().expect("creating a temporary directory");
+        let db = dir.path().join("chatd.redb");
+        let mut s = Server::spawn(&db, extra, false);
+        s._dir = Some(dir);
+        s
+    }
+
     /// A server on the database file `db` (created if missing), for tests that restart it.
     ///
     /// 127.0.0.1, where the tests' clients come from unless they say otherwise, is exempt from the
     /// limits per address; a test of those limits connects from 127.0.0.2 and up
     /// ([`Client::connect_from`]).
     pub fn start_on(db: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_chatd"))
-            .arg("--listen")
+        Server::spawn(db, extra, true)
+    }
+
+    fn spawn(db: &Path, extra: &[&str], cheap_hashing: bool) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatd"));
+        cmd.arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--db")
             .arg(db)
-            .args(["--scrypt-log-n", "4", "--exempt", "127.0.0.1"])
+            .args(["--exempt", "127.0.0.1"]);
+        if cheap_hashing {
+            cmd.args(["--scrypt-log-n", "4"]);
+        }
+        let mut child = cmd
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -246,6 +246,8 @@ pub fn serve_child(db: PathBuf) -> ExitCode {
         line_burst: LINE_RATE,
         hash_threads: super::system::cores(),
         hash_queue: DEFAULT_HASH_QUEUE,
+        hash_per_address: chatd::config::DEFAULT_HASH_PER_ADDRESS,
+        registrations_per_hour: chatd::config::DEFAULT_REGISTRATIONS_PER_HOUR,
         scrypt_log_n: SCRYPT_LOG_N,
     };
     match net::run(opts, control_rx) {

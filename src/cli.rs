@@ -11,9 +11,10 @@ use log::LevelFilter;
 
 use crate::client::ClientOptions;
 use crate::config::{
-    DEFAULT_DB, DEFAULT_HASH_PER_ADDRESS, DEFAULT_HASH_QUEUE, DEFAULT_IDLE_TIMEOUT_SECS,
-    DEFAULT_LINE_BURST, DEFAULT_LINE_RATE, DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_MAX_PER_ADDRESS, DEFAULT_REGISTRATIONS_PER_HOUR, SCRYPT_LOG_N,
+    DEFAULT_DB, DEFAULT_FRIEND_REQUESTS_PER_HOUR, DEFAULT_HASH_PER_ADDRESS, DEFAULT_HASH_QUEUE,
+    DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_INBOX_SHARE, DEFAULT_LINE_BURST, DEFAULT_LINE_RATE,
+    DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS, DEFAULT_MSGS_PER_MINUTE,
+    DEFAULT_REGISTRATIONS_PER_HOUR, DEFAULT_STORED_KIB_PER_DAY, SCRYPT_LOG_N,
 };
 use crate::net::{ServerOptions, TlsSource};
 use crate::peer::Network;
@@ -113,6 +114,26 @@ pub struct Args {
     /// 0: no limit (default 10)
     #[argh(option, default = "DEFAULT_REGISTRATIONS_PER_HOUR")]
     pub registrations_per_hour: u64,
+
+    /// messages one account may send per minute (an ALL counts 10); past it MSG/GROUP/ALL get
+    /// TOO_MANY_MESSAGES; 0: no limit (default 60)
+    #[argh(option, default = "DEFAULT_MSGS_PER_MINUTE")]
+    pub msgs_per_minute: u64,
+
+    /// kibibytes of messages one account may have stored per day; past it MSG/GROUP/ALL get
+    /// QUOTA_EXCEEDED; 0: no limit (default 8192)
+    #[argh(option, default = "DEFAULT_STORED_KIB_PER_DAY")]
+    pub stored_kib_per_day: u64,
+
+    /// messages from one sender that may wait in one offline user's inbox; past it MSG/GROUP get
+    /// INBOX_SHARE_FULL; 0: only the inbox's own limit of 1000 (default 100)
+    #[argh(option, default = "DEFAULT_INBOX_SHARE")]
+    pub inbox_share: u32,
+
+    /// friend requests one account may send per hour; past it FRIEND ADD gets TOO_MANY_REQUESTS;
+    /// 0: no limit (default 20)
+    #[argh(option, default = "DEFAULT_FRIEND_REQUESTS_PER_HOUR")]
+    pub friend_requests_per_hour: u64,
 
     /// scrypt cost as log2(N) for new passwords (default 15, about 100 ms; lower only for tests)
     #[argh(option, default = "SCRYPT_LOG_N")]
@@ -260,6 +281,10 @@ impl TryFrom<Args> for ServerOptions {
             hash_queue: args.hash_queue.max(1),
             hash_per_address: args.hash_per_address,
             registrations_per_hour: args.registrations_per_hour,
+            msgs_per_minute: args.msgs_per_minute,
+            stored_kib_per_day: args.stored_kib_per_day,
+            inbox_share: args.inbox_share,
+            friend_requests_per_hour: args.friend_requests_per_hour,
             scrypt_log_n: args.scrypt_log_n,
         })
     }
@@ -303,6 +328,20 @@ mod tests {
             (opts.hash_per_address, opts.registrations_per_hour),
             (DEFAULT_HASH_PER_ADDRESS, DEFAULT_REGISTRATIONS_PER_HOUR)
         );
+        assert_eq!(
+            (
+                opts.msgs_per_minute,
+                opts.stored_kib_per_day,
+                opts.inbox_share,
+                opts.friend_requests_per_hour
+            ),
+            (
+                DEFAULT_MSGS_PER_MINUTE,
+                DEFAULT_STORED_KIB_PER_DAY,
+                DEFAULT_INBOX_SHARE,
+                DEFAULT_FRIEND_REQUESTS_PER_HOUR
+            )
+        );
         assert!(opts.tls.is_none());
         assert_eq!(parse(&[]).unwrap().log_level, LevelFilter::Info);
 
@@ -318,6 +357,10 @@ mod tests {
             format!("(default {DEFAULT_HASH_QUEUE})"),
             format!("(default {DEFAULT_HASH_PER_ADDRESS})"),
             format!("(default {DEFAULT_REGISTRATIONS_PER_HOUR})"),
+            format!("(default {DEFAULT_MSGS_PER_MINUTE})"),
+            format!("(default {DEFAULT_STORED_KIB_PER_DAY})"),
+            format!("(default {DEFAULT_INBOX_SHARE})"),
+            format!("(default {DEFAULT_FRIEND_REQUESTS_PER_HOUR})"),
             format!("(default {SCRYPT_LOG_N},"),
         ] {
             assert!(help.contains(&stated), "help lacks {stated:?}:\n{help}");

@@ -29,6 +29,28 @@ pub const HISTORY_DEFAULT_COUNT: u32 = 50;
 pub const HISTORY_MAX_COUNT: u32 = 500;
 /// Most messages one account may have waiting for offline delivery.
 pub const MAX_PENDING_PER_ACCOUNT: u32 = 1000;
+/// Default share of one sender in one recipient's offline inbox: messages from one sender waiting
+/// for one offline user; beyond it MSG/GROUP get INBOX_SHARE_FULL, so that one sender cannot fill
+/// someone's inbox for everyone.
+pub const DEFAULT_INBOX_SHARE: u32 = 100;
+/// Default messages per minute per account (a bucket: this many at once, then one every 60/N s);
+/// beyond it MSG/GROUP/ALL get TOO_MANY_MESSAGES.
+pub const DEFAULT_MSGS_PER_MINUTE: u64 = 60;
+/// What an ALL counts against the messages per minute: it goes to everyone online.
+pub const ALL_MESSAGE_WEIGHT: u64 = 10;
+/// Default bytes one account may have stored per day, in KiB (a bucket: the whole day's amount at
+/// once, refilled over 24 hours); beyond it MSG/GROUP/ALL get QUOTA_EXCEEDED.
+pub const DEFAULT_STORED_KIB_PER_DAY: u64 = 8 * 1024;
+/// Bytes a stored message counts beyond its text: its record's header.
+pub const STORED_MESSAGE_OVERHEAD_BYTES: u64 = 128;
+/// Bytes a stored message counts per recipient (an ALL counts one): its index entries.
+pub const STORED_BYTES_PER_RECIPIENT: u64 = 32;
+/// Default friend requests per account per hour (a bucket); beyond it FRIEND ADD gets
+/// TOO_MANY_REQUESTS.
+pub const DEFAULT_FRIEND_REQUESTS_PER_HOUR: u64 = 20;
+/// Most friends and friend requests (both ways) one account may have; a FRIEND ADD that would
+/// take either side past it gets TOO_MANY_FRIENDS.
+pub const MAX_RELATIONS_PER_ACCOUNT: usize = 1000;
 /// Most commands of one connection that may be read but not yet answered; the server stops reading
 /// the connection's socket until answers go out (backpressure, nothing is lost).
 pub const MAX_INFLIGHT_PER_CONNECTION: usize = 64;

@@ -87,6 +87,13 @@ impl Sim {
         &self.core
     }
 
+    /// Changes the server's limits from now on.
+    pub fn set_limits(&mut self, change: impl FnOnce(&mut Limits)) {
+        let mut limits = self.core.limits().clone();
+        change(&mut limits);
+        self.core.set_limits(limits);
+    }
+
     /// Moves the clock forward.
     pub fn advance(&mut self, ms: i64) {
         self.now += ms;

@@ -162,15 +162,31 @@ fn options(server: &Server) -> Options {
 /// ordinary cases: hundreds of accounts are registered and logged in from it.
 const SUITE_ADDRESS: &str = "127.0.0.1";
 
+/// The settings of the servers that run the ordinary cases: cheap hashing, the suite's address
+/// exempt from the limits per address, and the quotas per account lifted (cases send more than a
+/// minute's worth of messages); those limits have cases of their own, each on a server of its own.
+const ORDINARY: [&str; 10] = [
+    "--scrypt-log-n",
+    "4",
+    "--exempt",
+    SUITE_ADDRESS,
+    "--msgs-per-minute",
+    "0",
+    "--stored-kib-per-day",
+    "0",
+    "--inbox-share",
+    "0",
+];
+
 #[test]
 fn plain_tcp() {
-    let server = Server::start(false, &["--scrypt-log-n", "4", "--exempt", SUITE_ADDRESS]);
+    let server = Server::start(false, &ORDINARY);
     run_all(&server, &cases(false), &options(&server));
 }
 
 #[test]
 fn tls() {
-    let server = Server::start(true, &["--scrypt-log-n", "4", "--exempt", SUITE_ADDRESS]);
+    let server = Server::start(true, &ORDINARY);
     let mut opts = options(&server);
     opts.tls =
         Some(TlsSettings::new(&server.cert(), "127.0.0.1").expect("chatd's certificate loads"));
@@ -191,6 +207,7 @@ fn limits() {
         Requirement::MaxPerAddress,
         Requirement::IdleTimeout,
         Requirement::RateLimits,
+        Requirement::SmallQuotas,
     ] {
         let flags: Vec<&str> = match requirement {
             Requirement::MaxConnections => vec!["--scrypt-log-n", "4", "--max-connections", &max],
@@ -203,6 +220,18 @@ fn limits() {
             Requirement::IdleTimeout => vec!["--scrypt-log-n", "4", "--idle-timeout", &idle],
             // The defaults, with the suite's address not exempt.
             Requirement::RateLimits => vec!["--scrypt-log-n", "4"],
+            Requirement::SmallQuotas => vec![
+                "--scrypt-log-n",
+                "4",
+                "--exempt",
+                SUITE_ADDRESS,
+                "--stored-kib-per-day",
+                "16",
+                "--inbox-share",
+                "5",
+                "--friend-requests-per-hour",
+                "2",
+            ],
         };
         let server = Server::start(false, &flags);
         let mut opts = options(&server);
@@ -212,6 +241,7 @@ fn limits() {
             Requirement::MaxPerAddress => opts.max_per_address = Some(SMALL_MAX_PER_ADDRESS),
             Requirement::IdleTimeout => opts.idle_timeout = Some(SHORT_IDLE_TIMEOUT),
             Requirement::RateLimits => opts.rate_limits = true,
+            Requirement::SmallQuotas => opts.small_quotas = true,
         }
         let cases = cases_requiring(requirement);
         assert!(!cases.is_empty(), "no case needs {}", requirement.name());

@@ -477,6 +477,51 @@ fn paging_through_250_messages_has_no_gap_or_duplicate() {
     }
 }
 
+/// The share each sender has of an account's offline backlog survives a restart: the core limits
+/// it (spec 6.3), and must not forget it when the server restarts.
+#[test]
+fn backlogs_are_counted_per_sender_in_the_snapshot() {
+    for mut s in Subject::each() {
+        s.exec(&[
+            append(msg(1, "Alice", user("carol"), "a1"), &["carol"]),
+            append(msg(2, "ALICE", user("carol"), "a2"), &["carol"]),
+            append(
+                msg(3, "bob", group(&["carol", "dave"]), "b"),
+                &["carol", "dave"],
+            ),
+            append(msg(4, "bob", user("alice"), "delivered"), &[]),
+            StoreOp::AddPending {
+                user: "alice".into(),
+                id: 4,
+            },
+        ]);
+        let snap = s.snapshot();
+        assert_eq!(
+            snap.pending_senders,
+            vec![
+                ("alice".to_owned(), "bob".to_owned(), 1),
+                ("carol".to_owned(), "alice".to_owned(), 2),
+                ("carol".to_owned(), "bob".to_owned(), 1),
+                ("dave".to_owned(), "bob".to_owned(), 1),
+            ],
+            "{}",
+            s.name()
+        );
+        s.exec1(StoreOp::ClearBacklog {
+            user: "carol".into(),
+            upto: 2,
+        });
+        assert_eq!(
+            s.snapshot().pending_senders,
+            vec![
+                ("alice".to_owned(), "bob".to_owned(), 1),
+                ("carol".to_owned(), "bob".to_owned(), 1),
+                ("dave".to_owned(), "bob".to_owned(), 1),
+            ]
+        );
+    }
+}
+
 #[test]
 fn everything_survives_a_reopen() {
     let mut mem = Subject::memory();
@@ -508,6 +553,10 @@ fn everything_survives_a_reopen() {
                 ("bob".into(), "alice".into(), FriendState::Incoming),
             ],
             pending_counts: vec![("bob".into(), 1), ("carol".into(), 1)],
+            pending_senders: vec![
+                ("bob".into(), "alice".into(), 1),
+                ("carol".into(), "bob".into(), 1)
+            ],
             next_id: 6,
         }
     );

@@ -43,6 +43,9 @@ pub enum Requirement {
     /// The server applies its default limits per address to the suite's address
     /// (`--rate-limits`), so that a few failed logins make it back off.
     RateLimits,
+    /// The server's quotas per account are small and known (`--small-quotas`): 60 messages a
+    /// minute, 16 KiB stored a day, a share of 5 in an offline inbox, 2 friend requests an hour.
+    SmallQuotas,
 }
 
 impl Requirement {
@@ -54,6 +57,7 @@ impl Requirement {
             Requirement::MaxPerAddress => "max-per-address",
             Requirement::IdleTimeout => "idle-timeout",
             Requirement::RateLimits => "rate-limits",
+            Requirement::SmallQuotas => "small-quotas",
         }
     }
 }
@@ -244,10 +248,11 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Vec<Case>, ParseError> {
                 "max-per-address" => b.case.requires.push(Requirement::MaxPerAddress),
                 "idle-timeout" => b.case.requires.push(Requirement::IdleTimeout),
                 "rate-limits" => b.case.requires.push(Requirement::RateLimits),
+                "small-quotas" => b.case.requires.push(Requirement::SmallQuotas),
                 other => {
                     return Err(err(format!(
                         "unknown requirement {other:?} (known: max-connections, busy-hashing, \
-                         max-per-address, idle-timeout, rate-limits)"
+                         max-per-address, idle-timeout, rate-limits, small-quotas)"
                     )))
                 }
             }

@@ -26,6 +26,10 @@ usage: chatd-conformance --addr HOST:PORT [options]
                           --timeout); enables the idle-probe cases
   --rate-limits           the server applies its default limits per address (failed-login
                           back-off) to the suite's address; enables the RATE_LIMITED cases
+  --small-quotas          the server's quotas per account are 60 messages a minute, 16 KiB stored a
+                          day, a share of 5 in an offline inbox and 2 friend requests an hour
+                          (chatd: --stored-kib-per-day 16 --inbox-share 5
+                          --friend-requests-per-hour 2); enables the quota cases
   --cases DIR             case files to run (default: the bundled cases)
   --list                  list the cases and exit
 ";
@@ -85,6 +89,7 @@ fn parse_args() -> Result<Args, String> {
                 );
             }
             "--rate-limits" => a.opts.rate_limits = true,
+            "--small-quotas" => a.opts.small_quotas = true,
             "--idle-timeout" => {
                 let v = value()?;
                 let secs: u64 = v.parse().map_err(|_| format!("bad --idle-timeout {v:?}"))?;

@@ -39,6 +39,9 @@ pub struct Options {
     /// The server applies its default limits per address (spec 7.5) to the suite's address;
     /// enables the RATE_LIMITED cases.
     pub rate_limits: bool,
+    /// The server runs with small quotas per account (see [`Requirement::SmallQuotas`]); enables
+    /// the quota cases.
+    pub small_quotas: bool,
     /// Distinguishes this run's account names from every other run's; random when `None`.
     pub run_id: Option<String>,
     /// Fail a case when the server sends a line that is not a well-formed server line (spec 2.9).
@@ -59,6 +62,7 @@ impl Options {
             max_per_address: None,
             idle_timeout: None,
             rate_limits: false,
+            small_quotas: false,
             run_id: None,
             check_grammar: true,
         }
@@ -147,6 +151,7 @@ pub fn run(
             Requirement::MaxPerAddress => opts.max_per_address.is_none(),
             Requirement::IdleTimeout => opts.idle_timeout.is_none(),
             Requirement::RateLimits => !opts.rate_limits,
+            Requirement::SmallQuotas => !opts.small_quotas,
         });
         let outcome = if let Some(r) = unmet {
             Outcome::Skip(format!("needs --{}", r.name()))

@@ -44,6 +44,9 @@ impl Core {
                 probe.push(conn);
             }
         }
+        // In connection order, so that a simulated run is the same every time.
+        probe.sort_unstable();
+        close.sort_unstable();
         for conn in probe {
             self.probe(conn);
         }

@@ -15,7 +15,8 @@
 //!   QUIT), `messaging` (MSG, GROUP, ALL), `history`, `friends`, `info` (HELP, PING, USERS);
 //! - `idle`: what the clock does by itself: silent connections are probed, then closed;
 //! - `guard`: login protection: hashes per address, failed-login back-off, registrations per
-//!   address; `bucket`: the token bucket it (and the quotas) count with;
+//!   address; `quota`: what one account may send and store; `bucket`: the token bucket both count
+//!   with;
 //! - `order`: the reply order of a connection, and [`Req`], the command being answered;
 //! - `out`: where typed server lines become bytes for a connection.
 //!
@@ -41,6 +42,7 @@ mod info;
 mod messaging;
 mod order;
 mod out;
+mod quota;
 mod session;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -51,6 +53,7 @@ pub use self::order::Req;
 
 use self::guard::Guard;
 use self::order::Slots;
+use self::quota::{Inbox, Quota};
 use crate::auth::{Cancel, HashJob, HashOutcome, HashTask};
 use crate::outbox::{Chunk, Outbox};
 use crate::peer::{AddrKey, Peer};
@@ -148,6 +151,15 @@ pub struct Limits {
     pub hash_per_address: usize,
     /// Accounts one address may register per hour. 0: no limit.
     pub registrations_per_hour: u64,
+    /// Messages (an ALL counts several) one account may send per minute. 0: no limit.
+    pub msgs_per_minute: u64,
+    /// Bytes one account may have stored per day. 0: no limit.
+    pub stored_bytes_per_day: u64,
+    /// Messages from one sender that may wait in one offline recipient's inbox. 0: no limit
+    /// beyond the inbox's own.
+    pub inbox_share: u32,
+    /// Friend requests one account may send per hour. 0: no limit.
+    pub friend_requests_per_hour: u64,
 }
 
 impl Default for Limits {
@@ -157,6 +169,10 @@ impl Default for Limits {
             idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_SECS as i64 * 1000,
             hash_per_address: DEFAULT_HASH_PER_ADDRESS,
             registrations_per_hour: DEFAULT_REGISTRATIONS_PER_HOUR,
+            msgs_per_minute: DEFAULT_MSGS_PER_MINUTE,
+            stored_bytes_per_day: DEFAULT_STORED_KIB_PER_DAY * 1024,
+            inbox_share: DEFAULT_INBOX_SHARE,
+            friend_requests_per_hour: DEFAULT_FRIEND_REQUESTS_PER_HOUR,
         }
     }
 }
@@ -168,8 +184,10 @@ struct Account {
     phc: Option<Arc<str>>,
     /// Other account -> this account's view of the edge.
     friends: HashMap<Key, FriendState>,
-    /// Messages waiting in the offline backlog.
-    pending: u32,
+    /// Messages waiting in the offline backlog, and from whom.
+    inbox: Inbox,
+    /// What it may still send and store (see `quota`).
+    quota: Quota,
     /// Logged-in connections.
     conns: Vec<ConnId>,
     /// Addresses it logged in from since the server started, most recent last (see `guard`).
@@ -182,7 +200,8 @@ impl Account {
             name,
             phc,
             friends: HashMap::new(),
-            pending: 0,
+            inbox: Inbox::default(),
+            quota: Quota::default(),
             conns: Vec::new(),
             known: Vec::new(),
         }
@@ -283,7 +302,12 @@ impl Core {
         }
         for (user, n) in snapshot.pending_counts {
             if let Some(acct) = accounts.get_mut(user.as_str()) {
-                acct.pending = n;
+                acct.inbox.set_total(n);
+            }
+        }
+        for (user, sender, n) in snapshot.pending_senders {
+            if let Some(acct) = accounts.get_mut(user.as_str()) {
+                acct.inbox.add_n(Key::from_folded(sender), n);
             }
         }
         Core {
@@ -338,6 +362,17 @@ impl Core {
         }
         self.reap_overflowed();
         jobs.append(&mut self.jobs);
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.settings.limits
+    }
+
+    /// Changes the limits from now on (counts already made are kept: a lower quota applies to
+    /// what an account has already used).
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.settings.limits = limits;
     }
 
     /// Store ops sent and not yet finished; the driver stops taking input past a limit.

@@ -8,6 +8,7 @@
 use super::guard::Refusal;
 use super::order::SlotId;
 use super::out::Out;
+use super::quota::Inbox;
 use super::{recipient, Account, ConnId, ConnState, Core, Req};
 use crate::auth::{HashJob, HashOutcome};
 use crate::peer::AddrKey;
@@ -166,17 +167,17 @@ impl Core {
         };
         acct.conns.push(conn);
         let first = acct.conns.len() == 1;
-        let pending = std::mem::take(&mut acct.pending);
+        let pending = std::mem::take(&mut acct.inbox);
         log::info!("{} logged in from {peer}", acct.name);
 
         let mut out = Out::new();
-        self.login_answer(&req, &key, pending == 0, &mut out);
+        self.login_answer(&req, &key, pending.total() == 0, &mut out);
         self.finish(req, out);
         if first {
             self.online.insert(key.clone());
             self.announce_presence(&key, true);
         }
-        if pending == 0 {
+        if pending.total() == 0 {
             return self.release(conn);
         }
         // The backlog follows the LOGIN's answer; the connection stays held until it is sent.
@@ -227,7 +228,7 @@ impl Core {
         conn: ConnId,
         slot: SlotId,
         key: Key,
-        pending: u32,
+        pending: Inbox,
         reply: StoreReply,
     ) {
         let msgs = match reply {
@@ -240,7 +241,7 @@ impl Core {
                     unreadable(&other)
                 );
                 if let Some(a) = self.accounts.get_mut(&key) {
-                    a.pending += pending;
+                    a.inbox.merge(pending);
                 }
                 let mut out = Out::new();
                 out.line(&ServerLine::BacklogEnd { count: 0 });
@@ -252,7 +253,7 @@ impl Core {
             // The connection left (or the server is stopping) before its backlog arrived: nothing
             // was removed, so the messages stay kept for the next login.
             if let Some(a) = self.accounts.get_mut(&key) {
-                a.pending += msgs.len() as u32;
+                a.inbox.merge(pending);
             }
             let mut out = Out::new();
             out.line(&ServerLine::BacklogEnd { count: 0 });
@@ -276,7 +277,7 @@ impl Core {
                 // The connection left while the entries were being removed: nothing was sent, so
                 // the messages go back into the backlog for the next login.
                 for m in &msgs {
-                    if let Some(op) = core.keep_for_later(&key, m.id) {
+                    if let Some(op) = core.keep_for_later(&key, &Key::of(&m.from), m.id) {
                         core.store(op, |_, _| {});
                     }
                 }

@@ -61,6 +61,15 @@ pub struct ServerOptions {
     pub hash_per_address: usize,
     /// Accounts one address may register per hour. 0: no limit.
     pub registrations_per_hour: u64,
+    /// Messages one account may send per minute (an ALL counts 10). 0: no limit.
+    pub msgs_per_minute: u64,
+    /// KiB of messages one account may have stored per day. 0: no limit.
+    pub stored_kib_per_day: u64,
+    /// Messages from one sender that may wait in one offline user's inbox. 0: no limit beyond the
+    /// inbox's own.
+    pub inbox_share: u32,
+    /// Friend requests one account may send per hour. 0: no limit.
+    pub friend_requests_per_hour: u64,
     /// scrypt cost of new password hashes, as log2(N).
     pub scrypt_log_n: u8,
 }

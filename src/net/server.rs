@@ -126,6 +126,10 @@ pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), Server
             idle_timeout_ms: i64::try_from(opts.idle_timeout.as_millis()).unwrap_or(i64::MAX),
             hash_per_address: opts.hash_per_address,
             registrations_per_hour: opts.registrations_per_hour,
+            msgs_per_minute: opts.msgs_per_minute,
+            stored_bytes_per_day: opts.stored_kib_per_day.saturating_mul(1024),
+            inbox_share: opts.inbox_share,
+            friend_requests_per_hour: opts.friend_requests_per_hour,
         },
     };
     let core = Core::new(snapshot, settings);

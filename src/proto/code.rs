@@ -68,6 +68,12 @@ codes! {
     TOO_MANY_RECIPIENTS,
     /// An offline recipient already has 1000 messages waiting.
     INBOX_FULL,
+    /// An offline recipient already has the sender's share of messages waiting from the sender.
+    INBOX_SHARE_FULL,
+    /// The sender sent as many messages as it may this minute.
+    TOO_MANY_MESSAGES,
+    /// The sender stored as many bytes as it may today.
+    QUOTA_EXCEEDED,
     /// A HISTORY count that is not a number from 1 to 500.
     BAD_COUNT,
     /// A message id that is not a number.
@@ -82,6 +88,10 @@ codes! {
     NO_REQUEST,
     /// FRIEND REMOVE of someone who is neither a friend nor asked.
     NOT_FRIENDS,
+    /// FRIEND ADD past the friend requests allowed per hour.
+    TOO_MANY_REQUESTS,
+    /// FRIEND ADD when either side has as many friends and requests as it may.
+    TOO_MANY_FRIENDS,
     /// Too much password hashing is queued; try again shortly.
     SERVER_BUSY,
     /// Too many password checks or registrations from the address, or too many failed logins for
@@ -95,7 +105,13 @@ impl Code {
     /// True for the codes whose `FAIL` line carries `retry_after=<seconds>` before its sentence:
     /// a limit that frees up with time, and the time it takes.
     pub fn has_retry_after(self) -> bool {
-        matches!(self, Code::RATE_LIMITED)
+        matches!(
+            self,
+            Code::RATE_LIMITED
+                | Code::TOO_MANY_MESSAGES
+                | Code::QUOTA_EXCEEDED
+                | Code::TOO_MANY_REQUESTS
+        )
     }
 }
 

@@ -69,6 +69,15 @@ impl State {
                 .iter()
                 .map(|(user, ids)| (user.clone(), u32::try_from(ids.len()).unwrap_or(u32::MAX)))
                 .collect(),
+            pending_senders: {
+                let mut senders: BTreeMap<(String, String), u32> = BTreeMap::new();
+                for (user, ids) in &self.pending {
+                    for m in ids.iter().filter_map(|id| self.messages.get(id)) {
+                        *senders.entry((user.clone(), key_of(&m.from))).or_insert(0) += 1;
+                    }
+                }
+                senders.into_iter().map(|((u, s), n)| (u, s, n)).collect()
+            },
             next_id: self
                 .messages
                 .keys()

@@ -261,6 +261,9 @@ pub struct Snapshot {
     pub friendships: Vec<(String, String, FriendState)>,
     /// Offline backlog size per account key (accounts with none may be absent).
     pub pending_counts: Vec<(String, u32)>,
+    /// The same backlogs by sender: `(account key, sender key, messages)`, in key order. An entry
+    /// whose message is missing or does not decode is counted in `pending_counts` only.
+    pub pending_senders: Vec<(String, String, u32)>,
     /// The id the next message gets: one more than the largest id ever stored, or 1.
     pub next_id: MsgId,
 }

@@ -22,6 +22,7 @@
 //! transaction: it sees the last commit before it was taken, runs beside later write transactions,
 //! and never waits for them. The page cache is bounded by [`STORE_CACHE_BYTES`].
 
+use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -451,14 +452,26 @@ fn snapshot(
         snap.friendships
             .push((a.to_owned(), b.to_owned(), state_from_byte(value.value())?));
     }
+    let mut senders: BTreeMap<(String, String), u32> = BTreeMap::new();
     for entry in pending.iter()? {
         let (key, _) = entry?;
-        let (user, _) = key.value();
+        let (user, id) = key.value();
         match snap.pending_counts.last_mut() {
             Some((last, n)) if last == user => *n = n.saturating_add(1),
             _ => snap.pending_counts.push((user.to_owned(), 1)),
         }
+        // Who sent it, for the share each sender has of an inbox. A message that cannot be read
+        // here is left out of that count (its delivery is tried at the next login as usual) rather
+        // than failing the start.
+        if let Some(bytes) = messages.get(id)? {
+            if let Ok(m) = codec::decode_message(id, bytes.value()) {
+                *senders
+                    .entry((user.to_owned(), key_of(&m.from)))
+                    .or_insert(0) += 1;
+            }
+        }
     }
+    snap.pending_senders = senders.into_iter().map(|((u, s), n)| (u, s, n)).collect();
     if let Some((id, _)) = messages.last()? {
         snap.next_id = id.value().saturating_add(1);
     }

@@ -66,8 +66,10 @@ impl Server {
     /// A server on the database file `db` (created if missing), for tests that restart it.
     ///
     /// 127.0.0.1, where the tests' clients come from unless they say otherwise, is exempt from the
-    /// limits per address; a test of those limits connects from 127.0.0.2 and up
-    /// ([`Client::connect_from`]).
+    /// limits per address, and the quotas per account (messages per minute, bytes per day, the
+    /// inbox share) are lifted: the tests send load. A test of the limits per address connects
+    /// from 127.0.0.2 and up ([`Client::connect_from`]); the quotas are tested through the
+    /// simulator (`tests/quotas.rs`).
     pub fn start_on(db: &Path, extra: &[&str]) -> Server {
         Server::spawn(db, extra, true)
     }
@@ -78,7 +80,9 @@ impl Server {
             .arg("127.0.0.1:0")
             .arg("--db")
             .arg(db)
-            .args(["--exempt", "127.0.0.1"]);
+            .args(["--exempt", "127.0.0.1"])
+            .args(["--msgs-per-minute", "0", "--stored-kib-per-day", "0"])
+            .args(["--inbox-share", "0"]);
         if cheap_hashing {
             cmd.args(["--scrypt-log-n", "4"]);
         }

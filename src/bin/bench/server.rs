@@ -92,7 +92,8 @@ impl Server {
                 .arg(LINE_RATE.to_string())
                 .arg("--max-connections")
                 .arg(max_connections.to_string())
-                .args(["--exempt", LOAD_GENERATOR]);
+                .args(["--exempt", LOAD_GENERATOR])
+                .args(["--msgs-per-minute", "0", "--stored-kib-per-day", "0"]);
         }
         // A self-exec child stops when its stdin closes; a chatd binary does not read stdin.
         let stdin = if self_exec {
@@ -248,6 +249,12 @@ pub fn serve_child(db: PathBuf) -> ExitCode {
         hash_queue: DEFAULT_HASH_QUEUE,
         hash_per_address: chatd::config::DEFAULT_HASH_PER_ADDRESS,
         registrations_per_hour: chatd::config::DEFAULT_REGISTRATIONS_PER_HOUR,
+        // The benchmark sends as fast as it can: the quotas per account would be what gets
+        // measured.
+        msgs_per_minute: 0,
+        stored_kib_per_day: 0,
+        inbox_share: chatd::config::DEFAULT_INBOX_SHARE,
+        friend_requests_per_hour: chatd::config::DEFAULT_FRIEND_REQUESTS_PER_HOUR,
         scrypt_log_n: SCRYPT_LOG_N,
     };
     match net::run(opts, control_rx) {

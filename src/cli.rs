@@ -13,8 +13,9 @@ use crate::client::ClientOptions;
 use crate::config::{
     DEFAULT_DB, DEFAULT_FRIEND_REQUESTS_PER_HOUR, DEFAULT_HASH_PER_ADDRESS, DEFAULT_HASH_QUEUE,
     DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_INBOX_SHARE, DEFAULT_LINE_BURST, DEFAULT_LINE_RATE,
-    DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS, DEFAULT_MSGS_PER_MINUTE,
-    DEFAULT_REGISTRATIONS_PER_HOUR, DEFAULT_STORED_KIB_PER_DAY, SCRYPT_LOG_N,
+    DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS, DEFAULT_MIN_FREE_DISK_MIB,
+    DEFAULT_MSGS_PER_MINUTE, DEFAULT_REGISTRATIONS_PER_HOUR, DEFAULT_STORED_KIB_PER_DAY,
+    SCRYPT_LOG_N,
 };
 use crate::net::{ServerOptions, TlsSource};
 use crate::peer::Network;
@@ -52,6 +53,11 @@ pub struct Args {
     /// database file, created if missing (default ./chatd.redb)
     #[argh(option, default = "PathBuf::from(DEFAULT_DB)")]
     pub db: PathBuf,
+
+    /// mebibytes that must stay free on the database's disk: below it new writes are refused
+    /// (STORAGE_UNAVAILABLE) until there is room again; 0: no reserve (default 64)
+    #[argh(option, default = "DEFAULT_MIN_FREE_DISK_MIB")]
+    pub min_free_disk: u64,
 
     /// TLS listen address, e.g. 127.0.0.1:7879 (default: no TLS listener)
     #[argh(option)]
@@ -269,6 +275,7 @@ impl TryFrom<Args> for ServerOptions {
             listen: (!args.no_plain).then_some(args.listen),
             tls,
             db: args.db,
+            min_free_disk_mib: args.min_free_disk,
             max_connections: args.max_connections,
             max_per_address: args.max_per_address,
             idle_timeout: std::time::Duration::from_secs(args.idle_timeout),
@@ -324,6 +331,7 @@ mod tests {
             (DEFAULT_MAX_PER_ADDRESS, DEFAULT_IDLE_TIMEOUT_SECS)
         );
         assert!(opts.exempt.is_empty());
+        assert_eq!(opts.min_free_disk_mib, DEFAULT_MIN_FREE_DISK_MIB);
         assert_eq!(
             (opts.hash_per_address, opts.registrations_per_hour),
             (DEFAULT_HASH_PER_ADDRESS, DEFAULT_REGISTRATIONS_PER_HOUR)
@@ -361,6 +369,7 @@ mod tests {
             format!("(default {DEFAULT_STORED_KIB_PER_DAY})"),
             format!("(default {DEFAULT_INBOX_SHARE})"),
             format!("(default {DEFAULT_FRIEND_REQUESTS_PER_HOUR})"),
+            format!("(default {DEFAULT_MIN_FREE_DISK_MIB})"),
             format!("(default {SCRYPT_LOG_N},"),
         ] {
             assert!(help.contains(&stated), "help lacks {stated:?}:\n{help}");

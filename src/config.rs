@@ -125,6 +125,18 @@ pub const MAX_TRACKED_ADDRESSES: usize = 100_000;
 pub const MAX_STORE_BATCH: usize = 1024;
 /// Most store operations queued or in flight before the core stops taking new input.
 pub const MAX_STORE_INFLIGHT: usize = 8192;
+/// After a failed write, how long the store worker waits before it tries again; the wait doubles
+/// with each failure, up to [`STORE_RETRY_MAX`].
+pub const STORE_RETRY_FIRST: Duration = Duration::from_millis(100);
+/// The longest wait between two tries of a failing write.
+pub const STORE_RETRY_MAX: Duration = Duration::from_secs(5);
+/// How often an idle store worker checks that a write could be made (the disk reserve), so that a
+/// disk filling up is noticed before a write meets it.
+pub const STORE_IDLE_CHECK: Duration = Duration::from_secs(1);
+/// Default free disk space, in MiB, that the database's file system must keep: below it writes
+/// stop (STORAGE_UNAVAILABLE) and resume by themselves once there is room again. More than a full
+/// commit can need (1024 ops of at most a few KiB, and redb's copied pages).
+pub const DEFAULT_MIN_FREE_DISK_MIB: u64 = 64;
 /// Production scrypt cost: log2(N). About 100 ms per hash on one core.
 pub const SCRYPT_LOG_N: u8 = 15;
 /// Production scrypt block size r.

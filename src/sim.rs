@@ -15,8 +15,8 @@ use crate::outbox::Outbox;
 use crate::peer::Peer;
 use crate::proto::line::{Frame, LineDecoder};
 use crate::store::memory::MemoryStore;
-use crate::store::worker::{BatchResult, StoreJob, Ticket};
-use crate::store::{Snapshot, Store, StoreError, StoreOp, StoreReply};
+use crate::store::worker::{Report, StoreJob, Ticket};
+use crate::store::{ReadOp, Snapshot, Store, StoreError, StoreOp, StoreReply};
 
 /// Start of the simulated clock: 2026-01-01T00:00:00.000Z.
 pub const EPOCH_MS: i64 = 1_767_225_600_000;
@@ -36,6 +36,8 @@ pub struct Sim {
     next_conn: ConnId,
     now: i64,
     jobs: Vec<Job>,
+    /// Store jobs held since a write failed, in order (see [`Sim::retry_store`]).
+    held: Vec<StoreJob>,
 }
 
 impl Default for Sim {
@@ -79,6 +81,7 @@ impl Sim {
             next_conn: 1,
             now: EPOCH_MS,
             jobs: Vec::new(),
+            held: Vec::new(),
         }
     }
 
@@ -230,16 +233,26 @@ impl Sim {
     fn run_jobs(&mut self) {
         let jobs = std::mem::take(&mut self.jobs);
         let mut batch = Vec::new();
+        let mut fresh = Vec::new();
         let mut hashes = Vec::new();
         for j in jobs {
             match j {
                 Job::Store(s) => batch.push(s),
+                Job::Read(t, r) => fresh.push((t, r)),
                 Job::Hash(t, h) => hashes.push((t, h)),
             }
         }
+        if !fresh.is_empty() {
+            let results = self.read_all(fresh);
+            self.event(Event::Store(Report::Done(results)));
+        }
         if !batch.is_empty() {
-            let result = self.run_store_batch(batch);
-            self.event(Event::Stored(result));
+            if self.held.is_empty() {
+                self.run_store_batch(batch);
+            } else {
+                // Writes are failing: what comes after waits behind what failed, in order.
+                self.held.extend(batch);
+            }
         }
         for (ticket, job) in hashes {
             let outcome: HashOutcome = job.run(&self.hasher);
@@ -247,34 +260,78 @@ impl Sim {
         }
     }
 
+    /// While writes fail (the store's `write` returned an error), the jobs held since: tries them
+    /// again, as the store worker does after its back-off, and runs the server until it is idle.
+    /// Nothing happens when no write failed.
+    pub fn retry_store(&mut self) {
+        if self.held.is_empty() {
+            return;
+        }
+        let held = std::mem::take(&mut self.held);
+        if self.run_store_batch(held) {
+            self.event(Event::Store(Report::Writing));
+        }
+        self.settle();
+    }
+
     /// Runs one batch the way the store worker may: each run of writes in one `write` call, each
     /// read through a reader taken after the writes before it, failing on its own as the worker's
-    /// reads do.
-    fn run_store_batch(&mut self, batch: Vec<StoreJob>) -> BatchResult {
+    /// reads do. If a write fails, the results before it are reported, it and everything after it
+    /// are held for [`Sim::retry_store`], and the core is told that writes fail. Returns whether
+    /// the whole batch ran.
+    fn run_store_batch(&mut self, batch: Vec<StoreJob>) -> bool {
         let mut results = Vec::with_capacity(batch.len());
         let mut writes: Vec<StoreJob> = Vec::new();
-        for job in batch {
-            match job.op.into_read() {
-                Err(write) => writes.push(StoreJob {
-                    ticket: job.ticket,
-                    op: write,
-                }),
+        let mut jobs = batch.into_iter();
+        let mut failed = None;
+        for job in jobs.by_ref() {
+            match job.op.clone().into_read() {
+                Err(_) => writes.push(job),
                 Ok(read) => {
-                    self.write_all(&mut writes, &mut results)?;
-                    let reply = match self.store.reader() {
-                        Ok(view) => view
-                            .read(&read)
-                            .unwrap_or_else(|e| StoreReply::Unreadable(e.into())),
-                        Err(e) => StoreReply::Unreadable(e.into()),
-                    };
+                    if let Err(e) = self.write_all(&mut writes, &mut results) {
+                        failed = Some((e, Some(job)));
+                        break;
+                    }
+                    let reply = self.read_one(&read);
                     results.push((job.ticket, reply));
                 }
             }
         }
-        self.write_all(&mut writes, &mut results)?;
-        Ok(results)
+        if failed.is_none() {
+            if let Err(e) = self.write_all(&mut writes, &mut results) {
+                failed = Some((e, None));
+            }
+        }
+        if !results.is_empty() {
+            self.event(Event::Store(Report::Done(results)));
+        }
+        let Some((e, read)) = failed else {
+            return true;
+        };
+        // `writes` still holds the failed writes.
+        self.held = writes.into_iter().chain(read).chain(jobs).collect();
+        self.event(Event::Store(Report::Failing(e.to_string())));
+        false
     }
 
+    fn read_one(&self, read: &ReadOp) -> StoreReply {
+        match self.store.reader() {
+            Ok(view) => view
+                .read(read)
+                .unwrap_or_else(|e| StoreReply::Unreadable(e.into())),
+            Err(e) => StoreReply::Unreadable(e.into()),
+        }
+    }
+
+    fn read_all(&self, reads: Vec<(Ticket, ReadOp)>) -> Vec<(Ticket, StoreReply)> {
+        reads
+            .into_iter()
+            .map(|(t, r)| (t, self.read_one(&r)))
+            .collect()
+    }
+
+    /// Writes `writes` in one call; on success their results join `results` and `writes` is
+    /// emptied, on failure `writes` is left as it was.
     fn write_all(
         &mut self,
         writes: &mut Vec<StoreJob>,
@@ -283,6 +340,8 @@ impl Sim {
         if writes.is_empty() {
             return Ok(());
         }
+        self.store.ready()?;
+        self.store.recover()?;
         let ops: Vec<StoreOp> = writes.iter().map(|j| j.op.clone()).collect();
         let replies = self.store.write(&ops)?;
         results.extend(writes.drain(..).map(|j| j.ticket).zip(replies));

@@ -122,3 +122,117 @@ fn a_damaged_backlog_still_ends_the_login() {
     assert!(out.ends_with("PONG after\nOK PING\n"), "{out}");
     assert!(!s.is_closed("a") && !s.is_closed("b"));
 }
+
+/// A memory store whose writes fail while `full` is set, as a full disk makes redb's fail.
+struct FullDisk {
+    inner: MemoryStore,
+    full: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Store for FullDisk {
+    fn write(&mut self, ops: &[StoreOp]) -> Result<Vec<StoreReply>, StoreError> {
+        if self.full.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(StoreError::Write {
+                path: "full.redb".into(),
+                source: Box::new(redb::Error::Io(std::io::Error::from(
+                    std::io::ErrorKind::StorageFull,
+                ))),
+            });
+        }
+        self.inner.write(ops)
+    }
+
+    fn reader(&self) -> Result<Box<dyn StoreReader>, StoreError> {
+        self.inner.reader()
+    }
+}
+
+/// The failure this guards against: a failed commit stopped the server (and, on a disk that stayed
+/// full, again after every restart), and nothing could be read meanwhile. Now the commands being
+/// committed wait, new writes are refused with STORAGE_UNAVAILABLE, reads and logins go on, and
+/// when writes work again the waiting commands get their answers, in order, and nothing
+/// acknowledged is lost.
+#[test]
+fn failing_writes_refuse_new_writes_serve_reads_and_resume_by_themselves() {
+    let full = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (inner, snapshot) = MemoryStore::new();
+    let store = FullDisk {
+        inner,
+        full: full.clone(),
+    };
+    let mut s = Sim::with_store(Box::new(store), snapshot);
+    s.connect("a");
+    s.connect("a2");
+    s.connect("b");
+    s.connect("c");
+    for (name, pw) in [
+        ("alice", "password1"),
+        ("bob", "password2"),
+        ("carol", "password3"),
+    ] {
+        s.send("a", &format!("REGISTER {name} {pw}"));
+    }
+    s.send("a", "LOGIN alice password1");
+    s.send("a", "MSG carol kept before the disk filled");
+    s.send("a2", "LOGIN alice password1");
+    s.send("b", "LOGIN bob password2");
+    s.send("a", "MSG bob one");
+    for c in ["a", "a2", "b", "c"] {
+        s.output(c);
+    }
+
+    full.store(true, std::sync::atomic::Ordering::Relaxed);
+    // A MSG whose commit fails waits for it; so do the commands after it on that connection,
+    // a HISTORY among them (it must see the MSG).
+    s.send("a", "@t MSG bob two");
+    s.send("a", "@h HISTORY bob");
+    assert_eq!(s.output("a"), "", "nothing is answered before its commit");
+    assert!(s.core().store_failing());
+    // New writes are refused at once, on every connection.
+    s.send("a2", "@m MSG bob three");
+    s.send("a2", "@f FRIEND ADD bob");
+    s.send("a2", "@l FRIEND LIST");
+    let a2 = s.output("a2");
+    assert!(a2.starts_with("FAIL @m MSG STORAGE_UNAVAILABLE "), "{a2}");
+    assert!(a2.contains("\nFAIL @f FRIEND STORAGE_UNAVAILABLE "), "{a2}");
+    assert!(a2.ends_with("OK @l FRIEND LIST 0\n"), "{a2}");
+    s.send("c", "REGISTER dave password4");
+    assert!(s
+        .output("c")
+        .starts_with("FAIL REGISTER STORAGE_UNAVAILABLE "));
+    // Reads and logins go on: bob reads what was committed; carol logs in, and her backlog waits
+    // for a login when writes work again (delivering it must commit its removal first).
+    s.send("b", "HISTORY alice");
+    let b = s.output("b");
+    assert!(
+        b.contains(" alice bob one\n") && !b.contains(" two\n"),
+        "{b}"
+    );
+    assert!(b.ends_with("OK HISTORY alice 1 BEFORE - AFTER -\n"), "{b}");
+    s.send("c", "LOGIN carol password3");
+    assert_eq!(s.output("c"), "OK LOGIN carol\nBACKLOG-END 0\n");
+    // Still failing: nothing changes.
+    s.retry_store();
+    assert_eq!(s.output("a"), "");
+
+    full.store(false, std::sync::atomic::Ordering::Relaxed);
+    s.retry_store();
+    assert!(!s.core().store_failing());
+    let a = s.output("a");
+    assert!(a.starts_with("OK @t MSG 3 DELIVERED\n"), "{a}");
+    assert!(
+        a.contains(" alice bob two\n"),
+        "the waiting HISTORY sees the MSG: {a}"
+    );
+    assert!(a.ends_with("OK @h HISTORY bob 2 BEFORE - AFTER -\n"), "{a}");
+    assert!(s.output("b").contains("MESSAGE 3 "));
+    s.send("a2", "MSG bob four");
+    assert_eq!(s.output("a2"), "OK MSG 4 DELIVERED\n");
+    // carol's backlog was kept, and a later login delivers it.
+    s.connect("c2");
+    s.output("c2");
+    s.send("c2", "LOGIN carol password3");
+    assert!(s
+        .output("c2")
+        .ends_with(" alice carol kept before the disk filled\nBACKLOG-END 1\n"));
+}

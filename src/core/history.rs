@@ -7,7 +7,7 @@ use crate::config::HISTORY_DEFAULT_COUNT;
 use crate::proto::code::Code;
 use crate::proto::command::{HistoryTarget, Page};
 use crate::proto::server_line::{MessageLine, OkReply, ServerLine};
-use crate::store::{Conversation, Cursor, StoreOp, StoreReply};
+use crate::store::{Conversation, Cursor, StoreOp, StoreReply, Unreadable};
 
 impl Core {
     pub(super) fn history(
@@ -50,10 +50,21 @@ impl Core {
             cursor,
         };
         self.reserve(&mut req);
-        self.store(op, move |core, reply| {
-            let StoreReply::History(page) = reply else {
-                let detail = format!("a HISTORY read failed: {}", unreadable(&reply));
-                return core.internal_error(req, &detail);
+        let then = move |core: &mut Core, reply| {
+            let page = match reply {
+                StoreReply::History(page) => page,
+                StoreReply::Unreadable(Unreadable::Unavailable(why)) => {
+                    log::warn!("a HISTORY read found the database unavailable: {why}");
+                    return core.refuse(
+                        req,
+                        Code::STORAGE_UNAVAILABLE,
+                        "the server cannot read its database right now; try again later",
+                    );
+                }
+                other => {
+                    let detail = format!("a HISTORY read failed: {}", unreadable(&other));
+                    return core.internal_error(req, &detail);
+                }
             };
             let mut out = Out::new();
             for m in &page.messages {
@@ -75,6 +86,17 @@ impl Core {
                 },
             );
             core.finish(req, out);
-        });
+        };
+        if self.store_failing {
+            // The connection has nothing in flight (the command waited for that, see
+            // `Core::process`), so a read of what is committed now sees all it wrote. It goes
+            // beside the writes waiting for the disk, not behind them.
+            match op.into_read() {
+                Ok(read) => self.store_fresh(read, then),
+                Err(op) => self.store(op, then),
+            }
+        } else {
+            self.store(op, then);
+        }
     }
 }

@@ -61,8 +61,8 @@ use crate::proto::code::{ByeCode, Code};
 use crate::proto::command::split_head;
 use crate::proto::name::Key;
 use crate::proto::server_line::{Presence, Recipient, ServerLine};
-use crate::store::worker::{StoreJob, Ticket};
-use crate::store::{FriendState, MsgId, Snapshot, StoreError, StoreOp, StoreReply, To};
+use crate::store::worker::{Report, StoreJob, Ticket};
+use crate::store::{FriendState, MsgId, ReadOp, Snapshot, StoreOp, StoreReply, To};
 
 /// Identifies a connection for the life of the process.
 pub type ConnId = u64;
@@ -100,8 +100,9 @@ pub enum Event {
         /// The connection.
         conn: ConnId,
     },
-    /// A batch of store ops finished (each result with its op's ticket), or the store failed.
-    Stored(Result<Vec<(Ticket, StoreReply)>, StoreError>),
+    /// What the store worker reports: results of store ops (each with its op's ticket), writes
+    /// failing or working again, or a fatal error.
+    Store(Report),
     /// A password hash finished.
     Hashed {
         /// The job's ticket.
@@ -121,8 +122,11 @@ pub enum Event {
 /// Work the core hands to the outside.
 #[derive(Debug)]
 pub enum Job {
-    /// An op for the store worker.
+    /// An op for the store worker, answered in order (see `store::worker`).
     Store(StoreJob),
+    /// A read for the store worker's fresh-read queue, answered from what is committed when it is
+    /// taken; the core sends one only for a connection with no write in flight.
+    Read(Ticket, ReadOp),
     /// A password hash for the hashing pool.
     Hash(Ticket, HashTask),
 }
@@ -280,6 +284,8 @@ pub struct Core {
     /// When the guard last forgot what expired.
     guard_swept: i64,
     store_inflight: usize,
+    /// The store reported that writes fail, and not yet that they work again.
+    store_failing: bool,
     jobs: Vec<Job>,
     /// Connections whose outbox overflowed during this event.
     overflowed: Vec<ConnId>,
@@ -322,6 +328,7 @@ impl Core {
             guard: Guard::default(),
             guard_swept: 0,
             store_inflight: 0,
+            store_failing: false,
             jobs: Vec::new(),
             overflowed: Vec::new(),
             now: 0,
@@ -338,7 +345,7 @@ impl Core {
             Event::Connected { conn, outbox, peer } => self.connected(conn, outbox, peer),
             Event::Input { conn, input } => self.input(conn, input),
             Event::Disconnected { conn } => self.disconnected(conn),
-            Event::Stored(Ok(results)) => {
+            Event::Store(Report::Done(results)) => {
                 for (ticket, reply) in results {
                     self.store_inflight = self.store_inflight.saturating_sub(1);
                     if let Some(Then::Store(then)) = self.waiting.remove(&ticket) {
@@ -346,7 +353,23 @@ impl Core {
                     }
                 }
             }
-            Event::Stored(Err(e)) => {
+            Event::Store(Report::Failing(why)) => {
+                if !self.store_failing {
+                    log::error!(
+                        "writes to the database are failing ({why}); refusing new writes with \
+                         STORAGE_UNAVAILABLE, serving reads and logins, retrying the {} waiting",
+                        self.store_inflight
+                    );
+                }
+                self.store_failing = true;
+            }
+            Event::Store(Report::Writing) => {
+                if self.store_failing {
+                    log::info!("writes to the database work again; accepting writes");
+                }
+                self.store_failing = false;
+            }
+            Event::Store(Report::Fatal(e)) => {
                 log::error!("{e}; stopping, since memory and disk may now differ");
                 self.fatal = Some(e.to_string());
                 self.shutdown();
@@ -378,6 +401,12 @@ impl Core {
     /// Store ops sent and not yet finished; the driver stops taking input past a limit.
     pub fn store_inflight(&self) -> usize {
         self.store_inflight
+    }
+
+    /// True while the store reports that writes fail: new writes are refused, and the ops in
+    /// flight may wait for as long as it lasts.
+    pub fn store_failing(&self) -> bool {
+        self.store_failing
     }
 
     /// Set when the store failed; the server must stop.
@@ -474,9 +503,12 @@ impl Core {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        if row.barrier && !c.slots.is_empty() {
+        let barrier = row.barrier || (row.reads && self.store_failing);
+        if barrier && !c.slots.is_empty() {
             // QUIT and LOGOUT change what the connection is; they wait until every earlier command
             // of the connection has its answer, so those run with the state they were sent in.
+            // While writes fail, a read waits the same way, so that it can go to the fresh-read
+            // queue and still see every write its connection sent before it.
             c.hold = Hold::Drain;
             c.deferred.push_front(Input::Line(line.into_bytes()));
             return;
@@ -502,6 +534,12 @@ impl Core {
         }
         match head.verb.parse_args(head.rest) {
             Err(r) => self.refuse(req, r.0, &r.1),
+            Ok(command) if self.store_failing && (row.writes)(&command) => self.refuse(
+                req,
+                Code::STORAGE_UNAVAILABLE,
+                "the server cannot write to its database right now; nothing was done; \
+                 reading works; try again later",
+            ),
             Ok(command) => (row.run)(self, req, command),
         }
     }
@@ -555,6 +593,19 @@ impl Core {
     fn store(&mut self, op: StoreOp, then: impl FnOnce(&mut Core, StoreReply) + Send + 'static) {
         let ticket = self.ticket();
         self.jobs.push(Job::Store(StoreJob { ticket, op }));
+        self.waiting.insert(ticket, Then::Store(Box::new(then)));
+        self.store_inflight += 1;
+    }
+
+    /// Sends a read to the store's fresh-read queue; `then` runs with its result. Only for a
+    /// connection with no write in flight (the read does not wait for writes queued before it).
+    fn store_fresh(
+        &mut self,
+        read: ReadOp,
+        then: impl FnOnce(&mut Core, StoreReply) + Send + 'static,
+    ) {
+        let ticket = self.ticket();
+        self.jobs.push(Job::Read(ticket, read));
         self.waiting.insert(ticket, Then::Store(Box::new(then)));
         self.store_inflight += 1;
     }

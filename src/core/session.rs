@@ -167,7 +167,13 @@ impl Core {
         };
         acct.conns.push(conn);
         let first = acct.conns.len() == 1;
-        let pending = std::mem::take(&mut acct.inbox);
+        // While writes fail the backlog stays kept: delivering it means committing its removal
+        // first (spec 6.3), and the login is not held up waiting for that.
+        let pending = if self.store_failing {
+            Inbox::default()
+        } else {
+            std::mem::take(&mut acct.inbox)
+        };
         log::info!("{} logged in from {peer}", acct.name);
 
         let mut out = Out::new();

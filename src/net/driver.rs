@@ -18,7 +18,8 @@ use super::ServerError;
 use crate::auth::HashTask;
 use crate::config::{MAX_STORE_BATCH, MAX_STORE_INFLIGHT, TICK_INTERVAL};
 use crate::core::{Core, Event, Job};
-use crate::store::worker::StoreJob;
+use crate::store::worker::{StoreJob, Ticket};
+use crate::store::ReadOp;
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -35,6 +36,7 @@ pub(super) async fn core_loop(
     events: Receiver<Event>,
     done: Receiver<Event>,
     store: Sender<StoreJob>,
+    fresh: Sender<(Ticket, ReadOp)>,
     hashes: Sender<(u64, HashTask)>,
 ) -> Result<(), ServerError> {
     let mut jobs: Vec<Job> = Vec::new();
@@ -42,7 +44,10 @@ pub(super) async fn core_loop(
     let mut ticks = Timer::interval(TICK_INTERVAL);
     let mut last_tick = Instant::now();
     loop {
-        if stopping && core.store_inflight() == 0 {
+        // While writes fail, what is in flight may wait for a long time; none of it was
+        // acknowledged, so a stopping server does not wait for it (the store worker makes a last
+        // try, and says in the log what it could not write).
+        if stopping && (core.store_inflight() == 0 || core.store_failing()) {
             return Ok(());
         }
         // Results first; reader input only while the store keeps up; a tick when nothing else
@@ -53,7 +58,12 @@ pub(super) async fn core_loop(
         };
         let event = if let Ok(e) = done.try_recv() {
             e
-        } else if stopping || core.store_inflight() + MAX_STORE_BATCH >= MAX_STORE_INFLIGHT {
+        } else if stopping
+            || (!core.store_failing()
+                && core.store_inflight() + MAX_STORE_BATCH >= MAX_STORE_INFLIGHT)
+        {
+            // While writes fail, input keeps coming: new writes are refused at once and reads go
+            // to the fresh queue, so what is in flight does not grow with it.
             match future::or(done.recv(), tick).await {
                 Ok(e) => e,
                 Err(_) => return Ok(()),
@@ -82,6 +92,11 @@ pub(super) async fn core_loop(
                 // Cannot wait long: the store thread never waits on the core (see `done`).
                 Job::Store(j) => {
                     if store.send(j).await.is_err() {
+                        return Err(ServerError::Internal("the store thread has stopped"));
+                    }
+                }
+                Job::Read(t, r) => {
+                    if fresh.send((t, r)).await.is_err() {
                         return Err(ServerError::Internal("the store thread has stopped"));
                     }
                 }

@@ -38,6 +38,9 @@ pub struct ServerOptions {
     pub tls: Option<(String, TlsSource)>,
     /// The database file, created if missing.
     pub db: PathBuf,
+    /// MiB that must stay free on the database's file system; below it writes stop until there is
+    /// room again. 0: no reserve.
+    pub min_free_disk_mib: u64,
     /// Most simultaneous connections; more are told `BYE SERVER_FULL`.
     pub max_connections: usize,
     /// Most simultaneous connections from one address; more are told `BYE TOO_MANY_CONNECTIONS`.

@@ -111,6 +111,7 @@ pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), Server
     };
 
     let (store, snapshot) = RedbStore::open(&opts.db).map_err(ServerError::Store)?;
+    let store = store.with_reserve(opts.min_free_disk_mib.saturating_mul(1024 * 1024));
     log::info!(
         "database {}: {} accounts, next message id {}",
         opts.db.display(),
@@ -138,9 +139,14 @@ pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), Server
     // outstanding, so those threads never wait on it.
     let (done_tx, done_rx) = async_channel::bounded(MAX_STORE_INFLIGHT + opts.hash_queue + 16);
     let (store_tx, store_rx) = async_channel::bounded::<StoreJob>(MAX_STORE_INFLIGHT);
+    let (fresh_tx, fresh_rx) = async_channel::bounded(MAX_STORE_INFLIGHT);
     let store_done = done_tx.clone();
-    let store_thread = worker::spawn(Box::new(store), store_rx, move |r| {
-        let _ = store_done.send_blocking(Event::Stored(r));
+    let queues = worker::Queues {
+        jobs: store_rx,
+        fresh: fresh_rx,
+    };
+    let store_thread = worker::spawn(Box::new(store), queues, move |r| {
+        let _ = store_done.send_blocking(Event::Store(r));
     })
     .map_err(|source| ServerError::Thread {
         name: "store",
@@ -201,7 +207,9 @@ pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), Server
     }
 
     let result = smol::block_on(ex.run(async {
-        let mut core_task = ex.spawn(core_loop(core, events_rx, done_rx, store_tx, hash_tx));
+        let mut core_task = ex.spawn(core_loop(
+            core, events_rx, done_rx, store_tx, fresh_tx, hash_tx,
+        ));
         let mut accepts = Vec::new();
         if let Some(l) = plain {
             accepts.push(ex.spawn(accept_loop(l, ctx.clone(), None)));

@@ -97,6 +97,9 @@ codes! {
     /// Too many password checks or registrations from the address, or too many failed logins for
     /// the address or the account name; the line says when to try again.
     RATE_LIMITED,
+    /// The server cannot write to its database for now (a full disk, an I/O error); nothing was
+    /// done. Reads work; writes resume by themselves.
+    STORAGE_UNAVAILABLE,
     /// The server failed internally; the details are in its log.
     INTERNAL_ERROR,
 }

@@ -268,11 +268,14 @@ pub struct Snapshot {
     pub next_id: MsgId,
 }
 
-/// A failure of the storage layer. The server treats it as fatal (see the operator's manual): the
-/// in-memory state can no longer be trusted to match the disk. Every message about the database
-/// names its file.
+/// A failure of the storage layer. Every message about the database names its file.
 ///
-/// The sources are boxed to keep the error small: it travels inside every store result the core
+/// What the server does with one depends on where it happens (see the operator's manual): at
+/// start-up it refuses to start; a failed write is tried again until it commits while new writes
+/// are refused (`worker`); a failed read fails that one read. Only a store that breaks its own
+/// contract ([`StoreError::ReplyCount`]) stops the server.
+///
+/// The sources are boxed to keep the error small: it travels inside store results the core
 /// receives, and the result queue holds thousands of them.
 #[derive(Debug)]
 pub enum StoreError {
@@ -296,6 +299,16 @@ pub enum StoreError {
         path: PathBuf,
         /// The layout version the file holds.
         found: u64,
+    },
+    /// The disk holding the database has less free space than the reserve: no write is tried,
+    /// so that redb never meets a full disk in the middle of a commit.
+    LowSpace {
+        /// The database file.
+        path: PathBuf,
+        /// Bytes free for the server on that file system.
+        free: u64,
+        /// The reserve (`--min-free-disk`).
+        reserve: u64,
     },
     /// A write transaction or its commit failed (a full disk, an I/O error).
     Write {
@@ -346,6 +359,18 @@ impl fmt::Display for StoreError {
                 path.display(),
                 redb::SCHEMA_VERSION
             ),
+            StoreError::LowSpace {
+                path,
+                free,
+                reserve,
+            } => write!(
+                f,
+                "the disk of database {} has {} MiB free, less than the reserve of {} MiB \
+                 (--min-free-disk)",
+                path.display(),
+                free / (1024 * 1024),
+                reserve / (1024 * 1024)
+            ),
             StoreError::Write { path, source } => {
                 write!(f, "database write failed ({}): {source}", path.display())
             }
@@ -372,6 +397,7 @@ impl std::error::Error for StoreError {
             | StoreError::Read { source, .. } => Some(&**source),
             StoreError::Corrupt { source, .. } => Some(&**source),
             StoreError::Empty { .. }
+            | StoreError::LowSpace { .. }
             | StoreError::Schema { .. }
             | StoreError::ReplyCount { .. } => None,
         }
@@ -441,6 +467,20 @@ pub trait Store: Send {
     /// A read-only view of everything committed so far, and of nothing committed after this
     /// call. It may be used on another thread, while later writes commit.
     fn reader(&self) -> Result<Box<dyn StoreReader>, StoreError>;
+
+    /// Whether a write may be tried now, found without touching the data: an error while the disk
+    /// is below its reserve. The worker asks before each write and, while idle, now and then; a
+    /// store without a disk is always ready.
+    fn ready(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// After a failed write, gets the store back to where a write can be tried again (redb stops
+    /// using a file after an I/O error until it is reopened). The worker calls it before each new
+    /// try, and once right after the failure so that reads work meanwhile.
+    fn recover(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// Runs a whole batch, reads included, in one call: every op in order in one transaction, so
     /// each read sees exactly the ops before it. The replies are in the same order as the ops.

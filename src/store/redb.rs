@@ -127,10 +127,21 @@ fail_from_redb!(
 
 /// The durable store. Owns the open database; the file closes when the store and every reader
 /// taken from it are dropped.
+///
+/// A failed write leaves the handle unusable (redb answers every later call on it with "previous
+/// I/O error" until the file is reopened), so the store remembers it and [`Store::recover`]
+/// reopens the file; meanwhile there is no handle, and reads report the database unavailable. A
+/// reserve of free disk space ([`RedbStore::with_reserve`]) is checked before each write, so that
+/// on a disk that fills up writes stop before redb meets the full disk in the middle of a commit.
 pub struct RedbStore {
-    db: Arc<Database>,
+    /// `None` while reopening after a failed write.
+    db: Option<Arc<Database>>,
     /// The database file, named in every error.
     path: Arc<Path>,
+    /// Bytes that must stay free on the database's file system; 0: no check.
+    reserve: u64,
+    /// A write failed and the handle must be reopened before the next one.
+    failed: bool,
 }
 
 impl RedbStore {
@@ -210,10 +221,37 @@ impl RedbStore {
             )?
         };
         let store = RedbStore {
-            db: Arc::new(db),
+            db: Some(Arc::new(db)),
             path: path.into(),
+            reserve: 0,
+            failed: false,
         };
         Ok((store, snapshot))
+    }
+
+    /// This store with `bytes` of free disk space as a reserve: while the database's file system
+    /// has less free (for the server's user), [`Store::ready`] and every write fail with
+    /// [`StoreError::LowSpace`], without touching the file.
+    pub fn with_reserve(mut self, bytes: u64) -> RedbStore {
+        self.reserve = bytes;
+        self
+    }
+
+    /// Bytes free for the server on the database's file system.
+    fn free_bytes(&self) -> std::io::Result<u64> {
+        let dir = match self.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let st = rustix::fs::statvfs(dir)?;
+        Ok(st.f_bavail.saturating_mul(st.f_frsize))
+    }
+
+    fn db(&self) -> Result<&Arc<Database>, StoreError> {
+        self.db.as_ref().ok_or_else(|| StoreError::Read {
+            path: self.path.to_path_buf(),
+            source: Box::new(redb::Error::DatabaseClosed),
+        })
     }
 
     /// Run `ops` in an open write transaction. Returns the replies and whether anything was
@@ -227,11 +265,11 @@ impl RedbStore {
         Ok((replies, tables.dirty))
     }
 
-    fn write_inner(&mut self, ops: &[StoreOp]) -> Result<Vec<StoreReply>, Fail> {
+    fn write_inner(db: &Database, ops: &[StoreOp]) -> Result<Vec<StoreReply>, Fail> {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
-        let mut txn = self.db.begin_write()?;
+        let mut txn = db.begin_write()?;
         // Immediate is redb's default; it is set anyway because the protocol's durability promise
         // (committed before OK) rests on it.
         txn.set_durability(Durability::Immediate)?;
@@ -250,11 +288,17 @@ impl RedbStore {
 
 impl Store for RedbStore {
     fn write(&mut self, ops: &[StoreOp]) -> Result<Vec<StoreReply>, StoreError> {
-        let written = contain(|| self.write_inner(ops)).unwrap_or_else(|panic| {
+        self.ready()?;
+        self.recover()?;
+        let db = self.db()?.clone();
+        let written = contain(|| Self::write_inner(&db, ops)).unwrap_or_else(|panic| {
             Err(Fail::Damage(Damage::new(format!(
                 "redb failed while writing ({panic})"
             ))))
         });
+        if written.is_err() {
+            self.failed = true;
+        }
         written.map_err(|f| {
             f.at(&self.path, |path, source| StoreError::Write {
                 path,
@@ -264,10 +308,11 @@ impl Store for RedbStore {
     }
 
     fn reader(&self) -> Result<Box<dyn StoreReader>, StoreError> {
-        match self.db.begin_read() {
+        let db = self.db()?;
+        match db.begin_read() {
             Ok(txn) => Ok(Box::new(RedbReader {
                 txn,
-                _db: self.db.clone(),
+                _db: db.clone(),
                 path: self.path.clone(),
             })),
             Err(e) => Err(StoreError::Read {
@@ -275,6 +320,48 @@ impl Store for RedbStore {
                 source: Box::new(e.into()),
             }),
         }
+    }
+
+    fn ready(&self) -> Result<(), StoreError> {
+        if self.reserve == 0 {
+            return Ok(());
+        }
+        match self.free_bytes() {
+            Ok(free) if free < self.reserve => Err(StoreError::LowSpace {
+                path: self.path.to_path_buf(),
+                free,
+                reserve: self.reserve,
+            }),
+            // A file system that cannot say how full it is: writes are tried, and fail if they
+            // must.
+            _ => Ok(()),
+        }
+    }
+
+    fn recover(&mut self) -> Result<(), StoreError> {
+        if !self.failed {
+            return Ok(());
+        }
+        // The old handle goes first: the file stays locked while any handle is open (a reader
+        // still holding one makes this fail for now; it is tried again later).
+        self.db = None;
+        let path = self.path.clone();
+        let reopened = contain(|| {
+            let mut builder = Builder::new();
+            builder.set_cache_size(STORE_CACHE_BYTES);
+            builder.open(&*path).map_err(Fail::from)
+        })
+        .unwrap_or_else(|panic| {
+            Err(Fail::Damage(Damage::new(format!(
+                "redb failed while reopening it ({panic})"
+            ))))
+        });
+        let db =
+            reopened.map_err(|f| f.at(&path, |path, source| StoreError::Open { path, source }))?;
+        log::info!("database {} reopened", path.display());
+        self.db = Some(Arc::new(db));
+        self.failed = false;
+        Ok(())
     }
 }
 
@@ -621,7 +708,7 @@ mod tests {
         let (mut store, _) = RedbStore::open(&path).unwrap();
         store.execute(&[append(1)]).unwrap();
         // Damage: an index entry for a message that is not in the log.
-        let txn = store.db.begin_write().unwrap();
+        let txn = store.db.as_ref().unwrap().begin_write().unwrap();
         txn.open_table(CONVERSATIONS)
             .unwrap()
             .insert(("x y", 50), ())
@@ -660,7 +747,7 @@ mod tests {
 
     /// Overwrites the stored bytes of message `id` with bytes that do not decode.
     fn damage_message(store: &RedbStore, id: MsgId) {
-        let txn = store.db.begin_write().unwrap();
+        let txn = store.db.as_ref().unwrap().begin_write().unwrap();
         txn.open_table(MESSAGES)
             .unwrap()
             .insert(id, [9u8, 9, 9].as_slice())

@@ -239,6 +239,7 @@ pub fn serve_child(db: PathBuf) -> ExitCode {
         listen: Some("127.0.0.1:0".into()),
         tls: None,
         db,
+        min_free_disk_mib: chatd::config::DEFAULT_MIN_FREE_DISK_MIB,
         max_connections,
         max_per_address: chatd::config::DEFAULT_MAX_PER_ADDRESS,
         idle_timeout: Duration::from_secs(chatd::config::DEFAULT_IDLE_TIMEOUT_SECS),

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::case::{Case, Requirement, Step, StepKind};
 use crate::conn::{Conn, ReadError, TlsSettings};
 use crate::pattern::matches;
-use crate::template::{base36, Env, Matcher, Mode, PatTok, Template};
+use crate::template::{name_digits, Env, Matcher, Mode, PatTok, Template, NAME_DIGITS};
 
 /// Where and how to run the suite.
 #[derive(Clone)]
@@ -119,7 +119,7 @@ const SHOW_MAX: usize = 160;
 /// How long the clean-up at the end of a case waits for the server to close a connection.
 const CLEANUP_WAIT: Duration = Duration::from_secs(2);
 
-/// A fresh run id: six base-36 characters from the clock and a randomly keyed hash.
+/// A fresh run id: six characters (see `name_digits`) from the clock and a randomly keyed hash.
 pub fn fresh_run_id() -> String {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     let now = std::time::SystemTime::now()
@@ -127,7 +127,7 @@ pub fn fresh_run_id() -> String {
         .unwrap_or_default();
     h.write_u128(now.as_nanos());
     h.write_u32(std::process::id());
-    base36(h.finish() % 36u64.pow(6), 6)
+    name_digits(h.finish() % (NAME_DIGITS.len() as u64).pow(6), 6)
 }
 
 /// Runs the selected cases in order, calling `progress` after each one.

@@ -59,7 +59,7 @@ use crate::outbox::{Chunk, Outbox};
 use crate::peer::{AddrKey, Peer};
 use crate::proto::code::{ByeCode, Code};
 use crate::proto::command::split_head;
-use crate::proto::name::Key;
+use crate::proto::name::{Key, Skeleton};
 use crate::proto::server_line::{Presence, Recipient, ServerLine};
 use crate::store::worker::{Report, StoreJob, Ticket};
 use crate::store::{FriendState, MsgId, ReadOp, Snapshot, StoreOp, StoreReply, To};
@@ -272,6 +272,8 @@ enum Then {
 pub struct Core {
     settings: Settings,
     accounts: HashMap<Key, Account>,
+    /// The look of every account's name (see [`Skeleton`]), to refuse a name too like a taken one.
+    skeletons: HashMap<Skeleton, Key>,
     /// Accounts with at least one logged-in connection, sorted for USERS.
     online: BTreeSet<Key>,
     conns: HashMap<ConnId, Conn>,
@@ -298,8 +300,23 @@ impl Core {
     /// A core holding the state read from the store.
     pub fn new(snapshot: Snapshot, settings: Settings) -> Core {
         let mut accounts = HashMap::with_capacity(snapshot.accounts.len());
+        let mut skeletons: HashMap<Skeleton, Key> = HashMap::with_capacity(accounts.capacity());
         for a in snapshot.accounts {
-            accounts.insert(Key::of(&a.name), Account::new(a.name, Some(a.phc.into())));
+            let key = Key::of(&a.name);
+            // Names registered before look-alikes were refused may share a skeleton: each keeps
+            // working (names are looked up by key), and no further name like them is accepted.
+            let skeleton = Skeleton::of(&a.name);
+            if let Some(first) = skeletons.get(&skeleton) {
+                log::warn!(
+                    "accounts {} and {} have names that look alike; both keep working, and no \
+                     other name like them can be registered",
+                    first,
+                    key
+                );
+            } else {
+                skeletons.insert(skeleton, key.clone());
+            }
+            accounts.insert(key, Account::new(a.name, Some(a.phc.into())));
         }
         for (a, b, state) in snapshot.friendships {
             if let Some(acct) = accounts.get_mut(a.as_str()) {
@@ -319,6 +336,7 @@ impl Core {
         Core {
             settings,
             accounts,
+            skeletons,
             online: BTreeSet::new(),
             conns: HashMap::new(),
             next_id: snapshot.next_id.max(1),

@@ -13,7 +13,7 @@ use super::{recipient, Account, ConnId, ConnState, Core, Req};
 use crate::auth::{HashJob, HashOutcome};
 use crate::peer::AddrKey;
 use crate::proto::code::Code;
-use crate::proto::name::{Key, Name, Password};
+use crate::proto::name::{Key, Name, Password, Skeleton};
 use crate::proto::server_line::{FriendshipEvent, MessageLine, OkReply, Presence, ServerLine};
 use crate::store::{AccountRecord, FriendState, StoreOp, StoreReply};
 
@@ -30,6 +30,18 @@ impl Core {
         let key = name.key();
         if self.accounts.contains_key(&key) {
             let text = format!("the name {name} is taken");
+            return self.refuse(req, Code::NAME_TAKEN, &text);
+        }
+        let skeleton = name.skeleton();
+        if let Some(taken) = self
+            .skeletons
+            .get(&skeleton)
+            .and_then(|k| self.accounts.get(k))
+        {
+            let text = format!(
+                "the name {name} looks too much like {}, which is taken",
+                taken.name
+            );
             return self.refuse(req, Code::NAME_TAKEN, &text);
         }
         let addr = self.peer_key(req.conn);
@@ -49,6 +61,7 @@ impl Core {
         // The name is reserved now, so a second REGISTER of it cannot race this one.
         self.accounts
             .insert(key.clone(), Account::new(name.to_string(), None));
+        self.skeletons.insert(skeleton, key.clone());
         let conn = req.conn;
         self.reserve(&mut req);
         self.hash(conn, HashJob::Hash(password), move |core, outcome| {
@@ -59,7 +72,9 @@ impl Core {
 
     fn register_hashed(&mut self, req: Req, key: Key, outcome: HashOutcome) {
         let HashOutcome::Hashed(phc) = outcome else {
-            self.accounts.remove(&key);
+            if let Some(a) = self.accounts.remove(&key) {
+                self.skeletons.remove(&Skeleton::of(&a.name));
+            }
             if outcome == HashOutcome::Cancelled {
                 // Its connection closed before the hash started: nobody to answer.
                 return;

@@ -264,6 +264,14 @@ impl From<FriendOp> for Command {
 fn text_ok(text: &str) -> Result<(), Refusal> {
     check_text(text).map_err(|e| match e {
         TextError::Bad(why) => Refusal(Code::BAD_TEXT, why.into()),
+        TextError::Hidden(c) => Refusal(
+            Code::BAD_TEXT,
+            format!(
+                "the text contains U+{:04X}, an invisible or direction-changing character that \
+                 would make it show something else than it says",
+                c as u32
+            ),
+        ),
         TextError::TooLong => Refusal(
             Code::TEXT_TOO_LONG,
             format!("a text has at most {MAX_TEXT_BYTES} bytes"),

@@ -69,6 +69,10 @@ pub const DEFAULT_MAX_PER_ADDRESS: usize = 16;
 /// Default idle timeout in seconds: a connection silent this long (no line read, no answer owed)
 /// is sent an idle probe, and closed with `BYE IDLE_TIMEOUT` if it stays silent as long again.
 pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 120;
+/// How often the counts of repeated events (connections, failed logins, refusals) are written to
+/// the log as one line; the single events are logged at `debug` only, so no client can flood the
+/// log.
+pub const LOG_SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
 /// How often the core looks at the clock by itself (idle connections, periodic log summaries,
 /// forgetting expired limits) when nothing else happens.
 pub const TICK_INTERVAL: Duration = Duration::from_secs(1);

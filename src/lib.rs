@@ -19,6 +19,7 @@
 //!   fingerprints, self-signed certificates.
 //! - [`client`]: the bundled client behind `chatd --connect`.
 //! - [`cli`]: the command line.
+//! - [`tally`]: counts of repeated events, written to the log as one line a minute.
 //!
 //! With the `testing` feature (on for this crate's own tests and for the fuzz crate, off in the
 //! server):
@@ -41,4 +42,5 @@ pub mod proto;
 #[cfg(feature = "testing")]
 pub mod sim;
 pub mod store;
+pub mod tally;
 pub mod tls;

@@ -1,12 +1,14 @@
 //! What the core does when only time passes: a connection that stays silent is probed with
 //! `PING <token>`, and closed with `BYE IDLE_TIMEOUT` if it stays silent as long again (spec 7.6);
-//! and once a minute the login protection forgets what has expired.
+//! once a minute the login protection forgets what has expired, and the counts of repeated events
+//! go to the log as one line (see `tally`).
 //!
 //! Silence counts from the later of the connection's last line and its last answer, and only
 //! while the server owes it nothing: a connection waiting for an answer (a password check, a
 //! commit, a HISTORY page) is not idle. Any line, a command or not, ends the silence.
 
 use super::{ConnId, Core, Hold};
+use crate::config::LOG_SUMMARY_INTERVAL;
 
 /// How often the login protection tables forget what expired (milliseconds).
 const GUARD_SWEEP_MS: i64 = 60_000;
@@ -21,6 +23,15 @@ impl Core {
         if self.now.saturating_sub(self.guard_swept) >= GUARD_SWEEP_MS {
             self.guard_swept = self.now;
             self.guard.forget(&self.settings.limits, self.now);
+        }
+        let interval = i64::try_from(LOG_SUMMARY_INTERVAL.as_millis()).unwrap_or(i64::MAX);
+        if self.now.saturating_sub(self.tally_since) >= interval {
+            if self.tally_since != 0 {
+                if let Some(line) = self.tally.summary() {
+                    log::info!("in the last {} s: {line}", interval / 1000);
+                }
+            }
+            self.tally_since = self.now;
         }
     }
 
@@ -71,10 +82,11 @@ impl Core {
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
-        log::info!(
+        log::debug!(
             "connection {conn} from {} was silent too long; closing it",
             c.peer.shown
         );
+        self.tally.count("idle connections closed", c.peer.key);
         let bye = ServerLine::Bye {
             code: ByeCode::IDLE_TIMEOUT,
             text: "nothing heard from you after a PING; answer a PING with any command",

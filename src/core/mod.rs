@@ -63,6 +63,7 @@ use crate::proto::name::{Key, Skeleton};
 use crate::proto::server_line::{Presence, Recipient, ServerLine};
 use crate::store::worker::{Report, StoreJob, Ticket};
 use crate::store::{FriendState, MsgId, ReadOp, Snapshot, StoreOp, StoreReply, To};
+use crate::tally::Tally;
 
 /// Identifies a connection for the life of the process.
 pub type ConnId = u64;
@@ -283,6 +284,10 @@ pub struct Core {
     hashing: usize,
     /// Login protection: per-address and per-name state (see `guard`).
     guard: Guard,
+    /// Repeated events since the last summary in the log.
+    tally: Tally,
+    /// When the last summary was written.
+    tally_since: i64,
     /// When the guard last forgot what expired.
     guard_swept: i64,
     store_inflight: usize,
@@ -345,6 +350,8 @@ impl Core {
             hashing: 0,
             guard: Guard::default(),
             guard_swept: 0,
+            tally: Tally::default(),
+            tally_since: 0,
             store_inflight: 0,
             store_failing: false,
             jobs: Vec::new(),
@@ -447,7 +454,8 @@ impl Core {
             text: "Welcome! Type HELP for commands; REGISTER <name> <password> then LOGIN <name> <password>.",
         };
         let _ = outbox.push(Chunk::Owned(hello.to_bytes()));
-        log::info!("connection {conn} from {}", peer.shown);
+        log::debug!("connection {conn} from {}", peer.shown);
+        self.tally.count("connections opened", peer.key);
         self.conns.insert(
             conn,
             Conn {
@@ -552,12 +560,17 @@ impl Core {
         }
         match head.verb.parse_args(head.rest) {
             Err(r) => self.refuse(req, r.0, &r.1),
-            Ok(command) if self.store_failing && (row.writes)(&command) => self.refuse(
-                req,
-                Code::STORAGE_UNAVAILABLE,
-                "the server cannot write to its database right now; nothing was done; \
-                 reading works; try again later",
-            ),
+            Ok(command) if self.store_failing && (row.writes)(&command) => {
+                let source = self.conns.get(&conn).and_then(|c| c.peer.key);
+                self.tally
+                    .count("writes refused while the database failed", source);
+                self.refuse(
+                    req,
+                    Code::STORAGE_UNAVAILABLE,
+                    "the server cannot write to its database right now; nothing was done; \
+                     reading works; try again later",
+                )
+            }
             Ok(command) => (row.run)(self, req, command),
         }
     }
@@ -586,10 +599,11 @@ impl Core {
             let Some(c) = self.conns.get(&conn) else {
                 continue;
             };
-            log::warn!(
+            log::debug!(
                 "connection {conn} from {} is not reading; disconnecting it",
                 c.peer.shown
             );
+            self.tally.count("slow consumers disconnected", c.peer.key);
             let bye = ServerLine::Bye {
                 code: ByeCode::SLOW_CONSUMER,
                 text: "you were not reading your messages; disconnected",
@@ -719,7 +733,8 @@ impl Core {
         if let ConnState::LoggedIn(key) = c.state {
             self.detach(conn, &key);
         }
-        log::info!("connection {conn} from {} closed", c.peer.shown);
+        log::debug!("connection {conn} from {} closed", c.peer.shown);
+        self.tally.count("connections closed", c.peer.key);
     }
 
     /// Removes a logged-in connection from its account; the last one takes the account offline.

@@ -157,7 +157,8 @@ impl Core {
         let key = match key {
             Some(k) if ok && c.key().is_none() && !c.closing && self.accounts.contains_key(&k) => k,
             _ => {
-                log::info!("failed login from {}", c.peer.shown);
+                log::debug!("failed login from {}", c.peer.shown);
+                self.tally.count("failed logins", addr);
                 if !ok {
                     self.guard.login_failed(
                         addr,
@@ -331,6 +332,9 @@ impl Core {
 
     /// Answers `RATE_LIMITED`, saying when to try again.
     fn rate_limited(&mut self, req: Req, r: Refusal) {
+        let source = self.peer_key(req.conn);
+        self.tally
+            .count("logins and registrations refused as rate limited", source);
         let secs = (r.wait_ms.max(1) as u64).div_ceil(1000);
         let text = format!("{}; try again in {secs} s", r.why);
         self.refuse_for(req, Code::RATE_LIMITED, r.wait_ms, &text);

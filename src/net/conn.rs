@@ -28,6 +28,7 @@ use crate::peer::{AddrKey, Network, Peer};
 use crate::proto::code::ByeCode;
 use crate::proto::line::{Frame, LineDecoder};
 use crate::proto::server_line::ServerLine;
+use crate::tally::Tally;
 
 /// Shared by the accept loops and connection tasks.
 pub(super) struct Ctx {
@@ -41,6 +42,17 @@ pub(super) struct Ctx {
     pub(super) exempt: Vec<Network>,
     pub(super) line_rate: u32,
     pub(super) line_burst: u32,
+    /// Refusals and failed handshakes since the last summary in the log.
+    pub(super) tally: Mutex<Tally>,
+}
+
+impl Ctx {
+    fn count(&self, what: &'static str, source: Option<AddrKey>) {
+        self.tally
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .count(what, source);
+    }
 }
 
 /// Counts the connection tasks alive, in all and per address, and wakes whoever waits for the
@@ -129,20 +141,22 @@ pub(super) async fn accept_loop(
         let key = Peer::new(String::new(), peer.ip(), &ctx.exempt).key;
         let (active, from_key, guard) = ctx.connections.enter(key);
         if active > ctx.max_connections {
-            log::warn!(
+            log::debug!(
                 "connection limit ({}) reached; refusing {peer}",
                 ctx.max_connections
             );
+            ctx.count("connections refused, the server being full", key);
             ctx.ex
                 .spawn(refuse(stream, tls.clone(), guard, ByeCode::SERVER_FULL))
                 .detach();
             continue;
         }
         if ctx.max_per_address > 0 && from_key > ctx.max_per_address {
-            log::warn!(
+            log::debug!(
                 "connection limit per address ({}) reached; refusing {peer}",
                 ctx.max_per_address
             );
+            ctx.count("connections refused, their address having too many", key);
             ctx.ex
                 .spawn(refuse(
                     stream,
@@ -228,7 +242,11 @@ async fn serve_tls(
             let (r, w) = futures_lite::io::split(s);
             serve(r, w, None, peer, format!("{peer} (TLS)"), ctx).await
         }
-        Err(e) => log::info!("TLS handshake with {peer} failed: {e}"),
+        Err(e) => {
+            log::debug!("TLS handshake with {peer} failed: {e}");
+            let key = Peer::new(String::new(), peer.ip(), &ctx.exempt).key;
+            ctx.count("TLS handshakes failed", key);
+        }
     }
 }
 

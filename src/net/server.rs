@@ -9,7 +9,7 @@
 use std::fmt;
 use std::io;
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_channel::Receiver;
 use async_net::TcpListener;
@@ -20,11 +20,14 @@ use super::conn::{accept_loop, Connections, Ctx};
 use super::driver::core_loop;
 use super::{tls, Control, ServerOptions, TlsSource};
 use crate::auth::{self, HashTask, Hasher};
-use crate::config::{CORE_QUEUE, MAX_STORE_INFLIGHT, SCRYPT_P, SCRYPT_R, SHUTDOWN_FLUSH};
+use crate::config::{
+    CORE_QUEUE, LOG_SUMMARY_INTERVAL, MAX_STORE_INFLIGHT, SCRYPT_P, SCRYPT_R, SHUTDOWN_FLUSH,
+};
 use crate::core::{Core, Event, Limits, Settings};
 use crate::store::redb::RedbStore;
 use crate::store::worker::{self, StoreJob};
 use crate::store::StoreError;
+use crate::tally::Tally;
 use crate::tls::{generate_self_signed, TlsError, TlsFiles};
 
 /// Why the server could not start, or had to stop.
@@ -179,6 +182,7 @@ pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), Server
         exempt: opts.exempt.clone(),
         line_rate: opts.line_rate,
         line_burst: opts.line_burst,
+        tally: Mutex::new(Tally::default()),
     });
 
     // Executor threads: one per core, this thread included. If one cannot be started, dropping
@@ -217,6 +221,23 @@ pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), Server
         if let Some(l) = secure {
             accepts.push(ex.spawn(accept_loop(l, ctx.clone(), tls_cell.clone())));
         }
+        // The network's repeated events, summarised as the core's are.
+        let summaries = {
+            let ctx = ctx.clone();
+            ex.spawn(async move {
+                loop {
+                    Timer::after(LOG_SUMMARY_INTERVAL).await;
+                    let line = ctx
+                        .tally
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .summary();
+                    if let Some(line) = line {
+                        log::info!("in the last {} s: {line}", LOG_SUMMARY_INTERVAL.as_secs());
+                    }
+                }
+            })
+        };
         let stop = async {
             while let Ok(Control::ReloadTls) = control.recv().await {
                 match &tls_cell {
@@ -235,6 +256,7 @@ pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), Server
         // The core task ends by itself only on a fatal store error.
         let early = future::or(async { Some((&mut core_task).await) }, stop).await;
         drop(accepts);
+        drop(summaries);
         let outcome = match early {
             Some(r) => r,
             None => {

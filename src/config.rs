@@ -56,6 +56,14 @@ pub const MAX_RELATIONS_PER_ACCOUNT: usize = 1000;
 pub const MAX_INFLIGHT_PER_CONNECTION: usize = 64;
 /// Bytes a connection's outbox may hold; beyond it the client is a slow consumer and is disconnected.
 pub const OUTBOX_LIMIT_BYTES: usize = 1024 * 1024;
+/// A long answer (a HISTORY page, a login's backlog, USERS) is queued part by part: the next part
+/// only while the connection's outbox holds less than this, so an answer never takes more memory
+/// than this and one part, whatever its size and however slowly the client reads.
+pub const ANSWER_LOW_WATER: usize = 32 * 1024;
+/// Messages per part of a long HISTORY page or backlog (at most 16 lines of 4 KiB).
+pub const ANSWER_PART_MESSAGES: usize = 16;
+/// Names per part of a long USERS answer.
+pub const ANSWER_PART_USERS: usize = 256;
 
 /// Default plain-TCP listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7878";

@@ -177,12 +177,23 @@ impl Sim {
         self.settle();
     }
 
-    /// Everything sent to `client` since the last call.
+    /// Everything sent to `client` since the last call. The client reads as the server writes:
+    /// a long answer sent part by part (which waits for the client to read each part) comes whole.
     pub fn output(&mut self, client: &str) -> String {
-        self.clients
-            .get(client)
-            .map(|c| c.outbox.drain_text())
-            .unwrap_or_default()
+        let mut text = String::new();
+        // Bounded: each round either sends a part of a long answer or ends the loop.
+        loop {
+            let Some(c) = self.clients.get(client) else {
+                return text;
+            };
+            text.push_str(&c.outbox.drain_text());
+            if !c.outbox.drained_wanted() {
+                return text;
+            }
+            let conn = c.conn;
+            self.event(Event::Drained { conn });
+            self.settle();
+        }
     }
 
     /// True when the server closed the client's connection.

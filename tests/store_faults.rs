@@ -7,8 +7,9 @@ use chatd::store::{
     Damage, MessageRecord, MsgId, ReadOp, Store, StoreError, StoreOp, StoreReader, StoreReply,
 };
 
-/// A memory store in which the message with id `bad` no longer decodes: every read that would
-/// return it fails as damaged, the way the redb store reports a record it cannot decode.
+/// A memory store in which the message with id `bad` no longer decodes, read the way the redb store
+/// reads a record it cannot decode: a page holding it fails as damaged; a backlog, or a read by id,
+/// leaves it out.
 struct DamagedRecord {
     inner: MemoryStore,
     bad: MsgId,
@@ -34,23 +35,26 @@ struct DamagedReader {
 
 impl StoreReader for DamagedReader {
     fn read(&self, op: &ReadOp) -> Result<StoreReply, StoreError> {
-        let reply = self.inner.read(op)?;
-        let hit = |msgs: &[MessageRecord]| msgs.iter().any(|m| m.id == self.bad);
-        let damaged = match &reply {
-            StoreReply::History(page) => hit(&page.messages),
-            StoreReply::Backlog(msgs) => hit(msgs),
-            _ => false,
-        };
-        if damaged {
-            return Err(StoreError::Corrupt {
-                path: "damaged.redb".into(),
-                source: Box::new(Damage::new(format!(
-                    "message record {}: truncated",
-                    self.bad
-                ))),
-            });
-        }
-        Ok(reply)
+        Ok(match self.inner.read(op)? {
+            StoreReply::History(page) if page.ids.contains(&self.bad) => {
+                return Err(StoreError::Corrupt {
+                    path: "damaged.redb".into(),
+                    source: Box::new(Damage::new(format!(
+                        "message record {}: truncated",
+                        self.bad
+                    ))),
+                })
+            }
+            StoreReply::Backlog(ids) => {
+                StoreReply::Backlog(ids.into_iter().filter(|id| *id != self.bad).collect())
+            }
+            StoreReply::Messages(msgs) => StoreReply::Messages(
+                msgs.into_iter()
+                    .filter(|m: &MessageRecord| m.id != self.bad)
+                    .collect(),
+            ),
+            other => other,
+        })
     }
 }
 

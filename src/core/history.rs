@@ -1,12 +1,15 @@
-//! HISTORY: one page of a conversation, read from the message log.
+//! HISTORY: one page of a conversation, read from the message log: the page's ids first (a
+//! damaged message fails the whole answer before any line of it), then its lines part by part as
+//! the client reads them (see `stream`).
 
 use super::out::Out;
 use super::session::unreadable;
-use super::{recipient, Core, Req};
+use super::stream::Stream;
+use super::{Core, Req};
 use crate::config::HISTORY_DEFAULT_COUNT;
 use crate::proto::code::Code;
 use crate::proto::command::{HistoryTarget, Page};
-use crate::proto::server_line::{MessageLine, OkReply, ServerLine};
+use crate::proto::server_line::OkReply;
 use crate::store::{Conversation, Cursor, StoreOp, StoreReply, Unreadable};
 
 impl Core {
@@ -66,26 +69,23 @@ impl Core {
                     return core.internal_error(req, &detail);
                 }
             };
-            let mut out = Out::new();
-            for m in &page.messages {
-                out.line(&ServerLine::History(MessageLine {
-                    id: m.id,
-                    time_ms: m.time_ms,
-                    from: &m.from,
-                    to: recipient(&m.to),
-                    text: &m.text,
-                }));
+            if page.ids.is_empty() {
+                let mut out = Out::new();
+                out.ok(
+                    &req,
+                    OkReply::History {
+                        with: &shown,
+                        count: 0,
+                        before: page.older,
+                        after: page.newer,
+                    },
+                );
+                return core.finish(req, out);
             }
-            out.ok(
-                &req,
-                OkReply::History {
-                    with: &shown,
-                    count: page.messages.len() as u64,
-                    before: page.older,
-                    after: page.newer,
-                },
-            );
-            core.finish(req, out);
+            // The page's lines are read and sent part by part, as the client takes them.
+            let label = req.label.clone();
+            let stream = Stream::history(label, shown, page.ids, page.older, page.newer);
+            core.answer_in_parts(req, stream);
         };
         if self.store_failing {
             // The connection has nothing in flight (the command waited for that, see

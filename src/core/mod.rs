@@ -44,6 +44,7 @@ mod order;
 mod out;
 mod quota;
 mod session;
+mod stream;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -110,6 +111,12 @@ pub enum Event {
         ticket: Ticket,
         /// Its result.
         outcome: HashOutcome,
+    },
+    /// The writer of a connection took what was queued, after the core asked to be told (a long
+    /// answer waits for room to send its next part, see `stream`).
+    Drained {
+        /// The connection.
+        conn: ConnId,
     },
     /// Time passed (the driver sends one about every [`TICK_INTERVAL`]): connections that stayed
     /// silent are probed or closed.
@@ -405,6 +412,7 @@ impl Core {
                     then(self, outcome);
                 }
             }
+            Event::Drained { conn } => self.pump(conn),
             Event::Tick => self.tick(),
             Event::Shutdown => self.shutdown(),
         }

@@ -9,12 +9,13 @@ use super::guard::Refusal;
 use super::order::SlotId;
 use super::out::Out;
 use super::quota::Inbox;
-use super::{recipient, Account, ConnId, ConnState, Core, Req};
+use super::stream::Stream;
+use super::{Account, ConnId, ConnState, Core, Req};
 use crate::auth::{HashJob, HashOutcome};
 use crate::peer::AddrKey;
 use crate::proto::code::Code;
 use crate::proto::name::{Key, Name, Password, Skeleton};
-use crate::proto::server_line::{FriendshipEvent, MessageLine, OkReply, Presence, ServerLine};
+use crate::proto::server_line::{FriendshipEvent, OkReply, Presence, ServerLine};
 use crate::store::{AccountRecord, FriendState, StoreOp, StoreReply};
 
 /// What a read answered instead of its data, for the log.
@@ -281,7 +282,7 @@ impl Core {
             out.line(&ServerLine::BacklogEnd { count: 0 });
             return self.fill(conn, slot, out);
         }
-        let Some(upto) = msgs.last().map(|m| m.id) else {
+        let Some(&upto) = msgs.last() else {
             let mut out = Out::new();
             out.line(&ServerLine::BacklogEnd { count: 0 });
             self.fill(conn, slot, out);
@@ -294,34 +295,25 @@ impl Core {
             user: key.as_str().to_owned(),
             upto,
         };
+        // Then the messages go out part by part as the client reads them, and the stream's end
+        // (BACKLOG-END) completes the login.
         self.store(clear, move |core, _| {
             if core.conns.get(&conn).is_none_or(|c| c.closing) {
                 // The connection left while the entries were being removed: nothing was sent, so
-                // the messages go back into the backlog for the next login.
-                for m in &msgs {
-                    if let Some(op) = core.keep_for_later(&key, &Key::of(&m.from), m.id) {
-                        core.store(op, |_, _| {});
-                    }
+                // the messages go back into the backlog for the next login, counted as they were
+                // before this login took them.
+                for &id in &msgs {
+                    let user = key.as_str().to_owned();
+                    core.store(StoreOp::AddPending { user, id }, |_, _| {});
+                }
+                if let Some(a) = core.accounts.get_mut(&key) {
+                    a.inbox.merge(pending);
                 }
                 let mut out = Out::new();
                 out.line(&ServerLine::BacklogEnd { count: 0 });
                 return core.fill(conn, slot, out);
             }
-            let mut out = Out::new();
-            for m in &msgs {
-                out.line(&ServerLine::Message(MessageLine {
-                    id: m.id,
-                    time_ms: m.time_ms,
-                    from: &m.from,
-                    to: recipient(&m.to),
-                    text: &m.text,
-                }));
-            }
-            out.line(&ServerLine::BacklogEnd {
-                count: msgs.len() as u64,
-            });
-            core.fill(conn, slot, out);
-            core.release(conn);
+            core.fill_with_stream(conn, slot, Stream::backlog(msgs));
         });
     }
 

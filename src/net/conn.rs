@@ -274,7 +274,9 @@ async fn serve<R, W>(
     if ctx.events.send(connected).await.is_err() {
         return;
     }
-    let writer = ctx.ex.spawn(write_loop(writer, outbox.clone()));
+    let writer = ctx
+        .ex
+        .spawn(write_loop(writer, outbox.clone(), conn, ctx.events.clone()));
     read_loop(reader, ready, conn, &outbox, &ctx).await;
     let _ = ctx.events.send(Event::Disconnected { conn }).await;
     // The core closes the outbox on Disconnected; if the core is gone, close it here.
@@ -349,7 +351,12 @@ async fn read_loop<R: AsyncRead + Unpin>(
     Box::pin(drain).await;
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(mut writer: W, outbox: Outbox) {
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut writer: W,
+    outbox: Outbox,
+    conn: ConnId,
+    events: Sender<Event>,
+) {
     let mut batch: Vec<Chunk> = Vec::new();
     let mut buf: Vec<u8> = Vec::new();
     while outbox.next_batch(&mut batch).await {
@@ -374,6 +381,13 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut writer: W, outbox: Outbox) {
         batch = Vec::new();
         buf = Vec::new();
         if !written {
+            outbox.close();
+            return;
+        }
+        // A long answer waits for room to send its next part: now there is. Told only after the
+        // write, so that the part it sends next replaces what the client has read, and an answer
+        // to a client that does not read takes no more memory than one write.
+        if outbox.drained_wanted() && events.send(Event::Drained { conn }).await.is_err() {
             outbox.close();
             return;
         }

@@ -134,6 +134,7 @@ impl State {
                 cursor,
             } => self.page(conv, *count, *cursor),
             StoreOp::ReadBacklog { user } => self.backlog(user),
+            StoreOp::ReadMessages { ids } => self.messages_by_id(ids),
         }
     }
 
@@ -145,7 +146,17 @@ impl State {
                 cursor,
             } => self.page(conv, *count, *cursor),
             ReadOp::Backlog { user } => self.backlog(user),
+            ReadOp::Messages { ids } => self.messages_by_id(ids),
         }
+    }
+
+    /// The messages with `ids`, in that order; an id without a message is left out.
+    fn messages_by_id(&self, ids: &[MsgId]) -> StoreReply {
+        StoreReply::Messages(
+            ids.iter()
+                .filter_map(|id| self.messages.get(id).cloned())
+                .collect(),
+        )
     }
 
     fn page(&self, conv: &Conversation, count: u32, cursor: Cursor) -> StoreReply {
@@ -157,11 +168,13 @@ impl State {
         StoreReply::History(self.history(ids, count, cursor))
     }
 
-    /// The account's backlog in id order; an entry whose message is not stored is skipped.
+    /// The ids of the account's backlog in order; an entry whose message is not stored is left
+    /// out.
     fn backlog(&self, user: &str) -> StoreReply {
         let ids = self.pending.get(user).into_iter().flatten();
         StoreReply::Backlog(
-            ids.filter_map(|id| self.messages.get(id).cloned())
+            ids.filter(|id| self.messages.contains_key(id))
+                .copied()
                 .collect(),
         )
     }
@@ -196,9 +209,9 @@ impl State {
         };
         HistoryPage {
             // Every indexed id was stored with its message, and messages are never removed.
-            messages: shown
-                .iter()
-                .filter_map(|id| self.messages.get(id).cloned())
+            ids: shown
+                .into_iter()
+                .filter(|id| self.messages.contains_key(id))
                 .collect(),
             older,
             newer,

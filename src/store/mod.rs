@@ -114,11 +114,13 @@ pub enum Cursor {
     After(MsgId),
 }
 
-/// One page of a conversation.
+/// One page of a conversation: which messages, not the messages themselves, so that a long page
+/// can be sent part by part ([`StoreOp::ReadMessages`]) without holding it whole in memory.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct HistoryPage {
-    /// In ascending id order.
-    pub messages: Vec<MessageRecord>,
+    /// The ids of the page's messages, in ascending order. Each was stored and could be decoded
+    /// when the page was read: a page that holds a damaged record fails as a whole.
+    pub ids: Vec<MsgId>,
     /// `Some(c)`: older messages exist and `Cursor::Before(c)` shows the next older page, with no gap
     /// and no duplicate. `None`: nothing older.
     pub older: Option<MsgId>,
@@ -142,9 +144,12 @@ pub enum StoreOp {
     },
     /// Add an already-stored message to one account's offline backlog.
     AddPending { user: String, id: MsgId },
-    /// Return (ascending id order) every message in the account's offline backlog, removing
-    /// nothing. A read. An entry whose message is not stored is skipped.
+    /// Return (ascending order) the ids of the messages in the account's offline backlog, removing
+    /// nothing. A read. An entry whose message is not stored, or does not decode, is left out.
     ReadBacklog { user: String },
+    /// Return the messages with these ids, in the order given. A read. An id whose message is not
+    /// stored, or does not decode, is left out.
+    ReadMessages { ids: Vec<MsgId> },
     /// Remove the account's offline backlog entries with id <= `upto` (those a [`ReadBacklog`]
     /// returned and that were delivered). A write; entries added since with a larger id stay.
     ///
@@ -169,7 +174,9 @@ impl StoreOp {
     /// Whether the op only reads: it runs in a read transaction, outside the write batch.
     pub fn is_read(&self) -> bool {
         match self {
-            StoreOp::History { .. } | StoreOp::ReadBacklog { .. } => true,
+            StoreOp::History { .. }
+            | StoreOp::ReadBacklog { .. }
+            | StoreOp::ReadMessages { .. } => true,
             // Listed, not left to a catch-all, so that a new op has to be placed on one side.
             StoreOp::CreateAccount(_)
             | StoreOp::AppendMessage { .. }
@@ -192,6 +199,7 @@ impl StoreOp {
                 cursor,
             }),
             StoreOp::ReadBacklog { user } => Ok(ReadOp::Backlog { user }),
+            StoreOp::ReadMessages { ids } => Ok(ReadOp::Messages { ids }),
             write => {
                 debug_assert!(!write.is_read());
                 Err(write)
@@ -212,14 +220,19 @@ pub enum ReadOp {
     },
     /// As [`StoreOp::ReadBacklog`]: an account's offline backlog, as [`StoreReply::Backlog`].
     Backlog { user: String },
+    /// As [`StoreOp::ReadMessages`]: messages by id, as [`StoreReply::Messages`].
+    Messages { ids: Vec<MsgId> },
 }
 
 /// The result of one op, in the same position as the op.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreReply {
     Done,
-    Backlog(Vec<MessageRecord>),
+    /// The ids of an offline backlog, ascending.
+    Backlog(Vec<MsgId>),
     History(HistoryPage),
+    /// Messages read by id.
+    Messages(Vec<MessageRecord>),
     /// A read that could not be answered. It fails alone: the other ops of its batch, later ops
     /// and the server go on.
     Unreadable(Unreadable),

@@ -390,9 +390,9 @@ impl RedbReader {
             }
             ReadOp::Backlog { user } => {
                 let pending = self.txn.open_table(PENDING)?;
-                let (_, msgs) = backlog(&pending, &messages, user)?;
-                Ok(StoreReply::Backlog(msgs))
+                Ok(StoreReply::Backlog(backlog(&pending, &messages, user)?))
             }
+            ReadOp::Messages { ids } => Ok(StoreReply::Messages(read_messages(&messages, ids)?)),
         }
     }
 }
@@ -498,9 +498,13 @@ impl<'txn> Tables<'txn> {
                 let page = history(&self.conversations, &self.messages, &conv, *count, *cursor)?;
                 Ok(StoreReply::History(page))
             }
-            StoreOp::ReadBacklog { user } => {
-                let (_, messages) = backlog(&self.pending, &self.messages, user)?;
-                Ok(StoreReply::Backlog(messages))
+            StoreOp::ReadBacklog { user } => Ok(StoreReply::Backlog(backlog(
+                &self.pending,
+                &self.messages,
+                user,
+            )?)),
+            StoreOp::ReadMessages { ids } => {
+                Ok(StoreReply::Messages(read_messages(&self.messages, ids)?))
             }
         }
     }
@@ -574,23 +578,23 @@ impl<T: ReadableTable<(&'static str, u64), ()>> IdIndex for T {}
 trait MessageLog: ReadableTable<u64, &'static [u8]> {}
 impl<T: ReadableTable<u64, &'static [u8]>> MessageLog for T {}
 
-/// The ids in the account's offline backlog, and the messages they name in id order. An entry
-/// whose message is not stored, or does not decode, is logged and skipped: one damaged record costs
-/// that message's delivery (it stays in the log), not the whole backlog.
+/// The ids in the account's offline backlog whose messages can be read, in id order. An entry
+/// whose message is not stored, or does not decode, is logged and left out: one damaged record
+/// costs that message's delivery (it stays in the log), not the whole backlog.
 fn backlog(
     pending: &impl IdIndex,
     messages: &impl MessageLog,
     user: &str,
-) -> Result<(Vec<MsgId>, Vec<MessageRecord>), Fail> {
+) -> Result<Vec<MsgId>, Fail> {
     let mut ids = Vec::new();
     for entry in pending.range((user, 0u64)..=(user, u64::MAX))? {
         ids.push(entry?.0.value().1);
     }
     let mut found = Vec::with_capacity(ids.len());
-    for &id in &ids {
+    for id in ids {
         match messages.get(id)? {
             Some(bytes) => match codec::decode_message(id, bytes.value()) {
-                Ok(m) => found.push(m),
+                Ok(_) => found.push(id),
                 Err(damage) => log::error!(
                     "offline backlog of {user:?}: message {id} left out, it does not decode: \
                      {damage}"
@@ -603,7 +607,23 @@ fn backlog(
             }
         }
     }
-    Ok((ids, found))
+    Ok(found)
+}
+
+/// The messages with `ids`, in that order; one that is not stored or does not decode is logged and
+/// left out (the ids come from a page or a backlog read earlier, which found them readable).
+fn read_messages(messages: &impl MessageLog, ids: &[MsgId]) -> Result<Vec<MessageRecord>, Fail> {
+    let mut found = Vec::with_capacity(ids.len());
+    for &id in ids {
+        match messages.get(id)? {
+            Some(bytes) => match codec::decode_message(id, bytes.value()) {
+                Ok(m) => found.push(m),
+                Err(damage) => log::error!("message {id} left out, it does not decode: {damage}"),
+            },
+            None => log::error!("message {id} left out, it is not stored"),
+        }
+    }
+    Ok(found)
 }
 
 /// One page of the conversation with key `conv`.
@@ -656,10 +676,13 @@ fn history(
             Cursor::After(x) => (up_to(x)?.then(|| x.saturating_add(1)), None),
         },
     };
-    let mut found = Vec::with_capacity(ids.len());
-    for id in ids {
+    // Every message of the page must be readable now, so that a damaged one fails the page
+    // before any of it is sent (the page is then sent part by part, see `ReadOp::Messages`).
+    for &id in &ids {
         match messages.get(id)? {
-            Some(bytes) => found.push(codec::decode_message(id, bytes.value())?),
+            Some(bytes) => {
+                codec::decode_message(id, bytes.value())?;
+            }
             None => {
                 return Err(Damage::new(format!(
                     "conversation {conv:?} names message {id}, which is not stored"
@@ -668,11 +691,7 @@ fn history(
             }
         }
     }
-    Ok(HistoryPage {
-        messages: found,
-        older,
-        newer,
-    })
+    Ok(HistoryPage { ids, older, newer })
 }
 
 #[cfg(test)]
@@ -781,11 +800,16 @@ mod tests {
             count: 1,
             cursor: Cursor::Latest,
         };
-        assert!(matches!(view.read(&newest), Ok(StoreReply::History(p)) if p.messages.len() == 1));
-        match view.read(&ReadOp::Backlog { user: "b".into() }) {
-            Ok(StoreReply::Backlog(msgs)) => {
-                assert_eq!(msgs.iter().map(|m| m.id).collect::<Vec<_>>(), [1, 3])
+        assert!(matches!(view.read(&newest), Ok(StoreReply::History(p)) if p.ids == [3]));
+        // Read by id, the damaged one is left out.
+        match view.read(&ReadOp::Messages { ids: vec![3, 2, 1] }) {
+            Ok(StoreReply::Messages(msgs)) => {
+                assert_eq!(msgs.iter().map(|m| m.id).collect::<Vec<_>>(), [3, 1])
             }
+            other => panic!("{other:?}"),
+        }
+        match view.read(&ReadOp::Backlog { user: "b".into() }) {
+            Ok(StoreReply::Backlog(ids)) => assert_eq!(ids, [1, 3]),
             other => panic!("{other:?}"),
         }
     }

@@ -497,6 +497,18 @@ impl Client {
         parse_ok_id(&reply, "MSG")
     }
 
+    /// The answer to a HISTORY already sent: its HISTORY data lines and its final line.
+    pub fn history_answer(&mut self) -> (Vec<String>, String) {
+        let mut lines = self.read_until(is_final);
+        let last = lines.pop().unwrap();
+        assert!(last.starts_with("OK HISTORY "), "HISTORY: {last}");
+        assert!(
+            lines.iter().all(|l| l.starts_with("HISTORY ")),
+            "HISTORY: unexpected lines"
+        );
+        (lines, last)
+    }
+
     /// HISTORY; returns its HISTORY data lines and its final line.
     pub fn history(&mut self, args: &str) -> (Vec<String>, String) {
         let mut lines = self.call(&format!("HISTORY {args}"));

@@ -172,7 +172,12 @@ impl Generator {
                 user: self.key(),
                 id: self.rng.below(self.next_id + 2),
             },
-            50..=53 => StoreOp::ReadBacklog { user: self.key() },
+            50..=51 => StoreOp::ReadBacklog { user: self.key() },
+            52..=53 => StoreOp::ReadMessages {
+                ids: (0..self.rng.below(6))
+                    .map(|_| self.rng.below(self.next_id + 2))
+                    .collect(),
+            },
             54..=57 => StoreOp::ClearBacklog {
                 user: self.key(),
                 upto: self.cursor_id(),
@@ -241,7 +246,7 @@ fn run(seed: u64, batches: usize, reopen_every: usize) {
         for (i, (w, g)) in want.iter().zip(&got).enumerate() {
             assert_eq!(g, w, "seed {seed:#x}, batch {n}, op {i}: {:?}", ops[i]);
             match w {
-                chatd::store::StoreReply::History(p) if !p.messages.is_empty() => stats[0] += 1,
+                chatd::store::StoreReply::History(p) if !p.ids.is_empty() => stats[0] += 1,
                 chatd::store::StoreReply::Backlog(b) if !b.is_empty() => stats[1] += 1,
                 _ => {}
             }

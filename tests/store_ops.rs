@@ -180,7 +180,7 @@ fn read_backlog_removes_nothing_and_clear_backlog_removes_up_to_an_id() {
         let read = |s: &mut Subject, user: &str| match s
             .exec1(StoreOp::ReadBacklog { user: user.into() })
         {
-            StoreReply::Backlog(msgs) => ids(&msgs),
+            StoreReply::Backlog(ids) => ids,
             other => panic!("ReadBacklog answered {other:?}"),
         };
         // An entry without its message is skipped, not removed.
@@ -232,11 +232,11 @@ fn a_reader_sees_the_store_as_it_was_when_taken() {
         };
         let backlog = ReadOp::Backlog { user: "bob".into() };
         let page = |reply| match reply {
-            StoreReply::History(p) => ids(&p.messages),
+            StoreReply::History(p) => p.ids,
             other => panic!("History answered {other:?}"),
         };
         let pending = |reply| match reply {
-            StoreReply::Backlog(msgs) => ids(&msgs),
+            StoreReply::Backlog(ids) => ids,
             other => panic!("ReadBacklog answered {other:?}"),
         };
         assert_eq!(
@@ -313,6 +313,7 @@ fn ops_of_a_batch_see_the_ops_before_them() {
                 upto: 1,
             },
             StoreOp::ReadBacklog { user: "b".into() },
+            StoreOp::ReadMessages { ids: vec![7, 1] },
         ]);
         let m = msg(1, "a", user("b"), "x");
         assert_eq!(
@@ -321,13 +322,14 @@ fn ops_of_a_batch_see_the_ops_before_them() {
                 StoreReply::History(HistoryPage::default()),
                 StoreReply::Done,
                 StoreReply::History(HistoryPage {
-                    messages: vec![m.clone()],
+                    ids: vec![1],
                     older: None,
                     newer: None
                 }),
-                StoreReply::Backlog(vec![m]),
+                StoreReply::Backlog(vec![1]),
                 StoreReply::Done,
                 StoreReply::Backlog(vec![]),
+                StoreReply::Messages(vec![m]),
             ],
             "{}",
             s.name()
@@ -396,7 +398,7 @@ fn history_pages_and_their_continuation_cursors() {
         ] {
             assert_eq!(
                 s.history(&pair("alice", "nobody"), 3, cursor),
-                HistoryPage::default(),
+                Page::default(),
                 "{cursor:?}"
             );
         }
@@ -478,6 +480,51 @@ fn paging_through_250_messages_has_no_gap_or_duplicate() {
     }
 }
 
+/// The share each sender has of an account's offline backlog survives a restart: the core limits
+/// it (spec 6.3), and must not forget it when the server restarts.
+#[test]
+fn backlogs_are_counted_per_sender_in_the_snapshot() {
+    for mut s in Subject::each() {
+        s.exec(&[
+            append(msg(1, "Alice", user("carol"), "a1"), &["carol"]),
+            append(msg(2, "ALICE", user("carol"), "a2"), &["carol"]),
+            append(
+                msg(3, "bob", group(&["carol", "dave"]), "b"),
+                &["carol", "dave"],
+            ),
+            append(msg(4, "bob", user("alice"), "delivered"), &[]),
+            StoreOp::AddPending {
+                user: "alice".into(),
+                id: 4,
+            },
+        ]);
+        let snap = s.snapshot();
+        assert_eq!(
+            snap.pending_senders,
+            vec![
+                ("alice".to_owned(), "bob".to_owned(), 1),
+                ("carol".to_owned(), "alice".to_owned(), 2),
+                ("carol".to_owned(), "bob".to_owned(), 1),
+                ("dave".to_owned(), "bob".to_owned(), 1),
+            ],
+            "{}",
+            s.name()
+        );
+        s.exec1(StoreOp::ClearBacklog {
+            user: "carol".into(),
+            upto: 2,
+        });
+        assert_eq!(
+            s.snapshot().pending_senders,
+            vec![
+                ("alice".to_owned(), "bob".to_owned(), 1),
+                ("carol".to_owned(), "bob".to_owned(), 1),
+                ("dave".to_owned(), "bob".to_owned(), 1),
+            ]
+        );
+    }
+}
+
 #[test]
 fn everything_survives_a_reopen() {
     let mut mem = Subject::memory();
@@ -509,6 +556,10 @@ fn everything_survives_a_reopen() {
                 ("bob".into(), "alice".into(), FriendState::Incoming),
             ],
             pending_counts: vec![("bob".into(), 1), ("carol".into(), 1)],
+            pending_senders: vec![
+                ("bob".into(), "alice".into(), 1),
+                ("carol".into(), "bob".into(), 1)
+            ],
             next_id: 6,
             ..Snapshot::default()
         }

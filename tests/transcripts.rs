@@ -8,6 +8,11 @@
 //! - `a: connect`, `a: disconnect`, `a: shutdown` (the whole server), `a: advance MS` (the clock);
 //! - `a: restart`: the server stops as in a crash (jobs still queued are lost, every connection is
 //!   gone) and starts again on what it committed;
+//! - `a: tick MS`: the clock moves MS forward and the server looks at it (idle connections);
+//! - `a: connect-from IP`: connects from that address, which the limits per address count;
+//! - `server: set LIMIT N`: changes one of the server's limits (`msgs-per-minute`,
+//!   `stored-bytes-per-day`, `inbox-share`, `friend-requests-per-hour`, `hash-per-address`,
+//!   `registrations-per-hour`; 0 lifts it), so that a transcript can show one rule at a time;
 //! - `a> LINE`: client `a` sends LINE. In LINE, `{x*N}` stands for N copies of `x`, and `\xHH`
 //!   for one raw byte;
 //! - `a: raw TEXT`: sends TEXT with the same escapes and no LF added (`\n` for a newline);
@@ -188,6 +193,21 @@ fn run(script: &str) -> String {
                 }
                 "shutdown" => sim.shutdown(),
                 "advance" => sim.advance(arg.parse().expect("advance MS")),
+                "tick" => sim.tick(arg.parse().expect("tick MS")),
+                "connect-from" => sim.connect_from(who, arg),
+                "set" => {
+                    let (limit, n) = arg.split_once(' ').expect("set LIMIT N");
+                    let n: u64 = n.parse().expect("set LIMIT N");
+                    sim.set_limits(|l| match limit {
+                        "msgs-per-minute" => l.msgs_per_minute = n,
+                        "stored-bytes-per-day" => l.stored_bytes_per_day = n,
+                        "inbox-share" => l.inbox_share = n as u32,
+                        "friend-requests-per-hour" => l.friend_requests_per_hour = n,
+                        "hash-per-address" => l.hash_per_address = n as usize,
+                        "registrations-per-hour" => l.registrations_per_hour = n,
+                        other => panic!("unknown limit {other:?}"),
+                    });
+                }
                 "raw" => sim.send_bytes(who, &expand(arg)),
                 "queue" => sim.queue(who, arg),
                 "drop" => {

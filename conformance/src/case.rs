@@ -35,6 +35,17 @@ pub enum Requirement {
     /// The server must hash slowly with at most three hashes running or waiting
     /// (`--busy-hashing`), so that a burst of logins finds the hash queue full.
     BusyHashing,
+    /// The server's limit of connections per address must be given (`--max-per-address`).
+    MaxPerAddress,
+    /// The server's idle timeout must be given, and short enough for the suite to wait for it
+    /// (`--idle-timeout`).
+    IdleTimeout,
+    /// The server applies its default limits per address to the suite's address
+    /// (`--rate-limits`), so that a few failed logins make it back off.
+    RateLimits,
+    /// The server's quotas per account are small and known (`--small-quotas`): 60 messages a
+    /// minute, 16 KiB stored a day, a share of 5 in an offline inbox, 2 friend requests an hour.
+    SmallQuotas,
 }
 
 impl Requirement {
@@ -43,6 +54,10 @@ impl Requirement {
         match self {
             Requirement::MaxConnections => "max-connections",
             Requirement::BusyHashing => "busy-hashing",
+            Requirement::MaxPerAddress => "max-per-address",
+            Requirement::IdleTimeout => "idle-timeout",
+            Requirement::RateLimits => "rate-limits",
+            Requirement::SmallQuotas => "small-quotas",
         }
     }
 }
@@ -230,9 +245,14 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Vec<Case>, ParseError> {
             match req.trim() {
                 "max-connections" => b.case.requires.push(Requirement::MaxConnections),
                 "busy-hashing" => b.case.requires.push(Requirement::BusyHashing),
+                "max-per-address" => b.case.requires.push(Requirement::MaxPerAddress),
+                "idle-timeout" => b.case.requires.push(Requirement::IdleTimeout),
+                "rate-limits" => b.case.requires.push(Requirement::RateLimits),
+                "small-quotas" => b.case.requires.push(Requirement::SmallQuotas),
                 other => {
                     return Err(err(format!(
-                        "unknown requirement {other:?} (known: max-connections, busy-hashing)"
+                        "unknown requirement {other:?} (known: max-connections, busy-hashing, \
+                         max-per-address, idle-timeout, rate-limits, small-quotas)"
                     )))
                 }
             }
@@ -342,8 +362,14 @@ fn parse_step(line: &str, b: &mut CaseBuilder) -> Result<StepKind, String> {
             if !is_client(c) || !b.open.insert(c.to_string()) {
                 return Err(format!("`saturate` needs a new client name, got {c:?}"));
             }
-            if !b.case.requires.contains(&Requirement::MaxConnections) {
-                return Err("`saturate` needs `requires max-connections` first".into());
+            if !b.case.requires.contains(&Requirement::MaxConnections)
+                && !b.case.requires.contains(&Requirement::MaxPerAddress)
+            {
+                return Err(
+                    "`saturate` needs `requires max-connections` or `requires max-per-address` \
+                     first"
+                        .into(),
+                );
             }
             return Ok(StepKind::Saturate {
                 client: c.to_string(),

@@ -14,7 +14,7 @@
 //! `/logout` (which revokes the token first) make the session forget it ([`Effect::ForgetToken`]).
 //! Without a token (the server refused to issue one), the password is kept for logging in again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 
 use super::input::{help_text, Input};
@@ -25,6 +25,10 @@ use crate::proto::command::Verb;
 use crate::proto::server_line::{
     parse, AddOutcome, Delivery, FriendReply, OkReply, Presence, Recipient, ServerLine,
 };
+
+/// The label of the client's answers to the server's idle probes (`PING <token>`, spec 7.6); their
+/// `PONG` and `OK` are the client's own business and are not shown.
+pub const PROBE_LABEL: &str = "client.probe";
 
 /// Something the shell around the session must do.
 #[derive(Clone, PartialEq, Eq)]
@@ -167,6 +171,8 @@ pub struct Session {
     /// USER lines of a USERS answer, shown together with its final line.
     users: Vec<String>,
     quitting: bool,
+    /// Tokens of the idle probes answered whose PONG has not come back yet, oldest first.
+    probes: VecDeque<String>,
 }
 
 impl Session {
@@ -184,6 +190,16 @@ impl Session {
             last_peer: None,
             users: Vec::new(),
             quitting: false,
+            probes: VecDeque::new(),
+        }
+    }
+
+    /// True for a line of the answer to one of this session's probe answers (its `PONG` and its
+    /// final line), which a shell does not show. [`Session::on_server_line`] still wants it.
+    pub fn is_probe_answer(&self, line: &ServerLine<'_>) -> bool {
+        match line {
+            ServerLine::Pong { token: Some(t) } => self.probes.front().is_some_and(|p| p == t),
+            l => l.is_final() && l.label() == Some(PROBE_LABEL),
         }
     }
 
@@ -271,6 +287,7 @@ impl Session {
             .count();
         self.pending.clear();
         self.users.clear();
+        self.probes.clear();
         self.me = None;
         if lost == 0 {
             return Vec::new();
@@ -403,16 +420,29 @@ impl Session {
     /// Acts on one line from the server; `clock` places message times.
     pub fn on_server_line(&mut self, raw: &str, clock: &Clock) -> Vec<Effect> {
         let line = parse(raw);
+        if self.is_probe_answer(&line) {
+            if matches!(line, ServerLine::Pong { .. }) {
+                self.probes.pop_front();
+            }
+            return Vec::new();
+        }
         match line {
+            // The server heard nothing for a while: any command shows this client is alive.
+            ServerLine::Ping { token } => {
+                self.probes.push_back(token.to_owned());
+                vec![Effect::Send(format!("@{PROBE_LABEL} PING {token}"))]
+            }
             ServerLine::Ok { label, reply } => {
                 let what = label.and_then(|l| self.pending.remove(l));
                 self.on_ok(what, reply, clock)
             }
+            // A retry_after is in the sentence too, in words; the sentence is what is shown.
             ServerLine::Fail {
                 label,
                 command,
                 code,
                 text,
+                ..
             } => {
                 let what = label.and_then(|l| self.pending.remove(l));
                 self.on_fail(what, command, code, text)
@@ -840,6 +870,25 @@ mod tests {
         );
         assert_eq!(s.unanswered(), 0);
         assert_eq!(s.prompt(), "alice> ");
+    }
+
+    /// The server's idle probe is answered at once, with a PING of the same token, and neither the
+    /// probe's answer nor its own reply is shown; a PONG the user asked for still is.
+    #[test]
+    fn an_idle_probe_is_answered_quietly() {
+        let mut s = logged_in("alice");
+        let probed = server(&mut s, "PING 42");
+        assert_eq!(sent(&probed), ["@client.probe PING 42"]);
+        assert!(shown(&probed).is_empty());
+        assert_eq!(sent(&input(&mut s, "//PING 42")), ["PING 42"]);
+        let pong = parse("PONG 42");
+        assert!(s.is_probe_answer(&pong));
+        assert!(server(&mut s, "PONG 42").is_empty());
+        assert!(server(&mut s, "OK @client.probe PING").is_empty());
+        // The user's own PING of the same token is shown.
+        assert!(!s.is_probe_answer(&pong));
+        assert_eq!(shown(&server(&mut s, "PONG 42")), ["* pong 42"]);
+        assert_eq!(s.unanswered(), 0);
     }
 
     #[test]

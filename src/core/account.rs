@@ -32,6 +32,20 @@ impl Core {
             self.refuse(req, Code::BAD_CREDENTIALS, "wrong password");
             return None;
         };
+        // A wrong password here counts as a failed login (spec 7.5): a connection logged in with a
+        // device token must not guess the password faster than a LOGIN could.
+        let addr = self.peer_key(req.conn);
+        let refusal = self.guard.login_refusal(
+            addr,
+            &me,
+            self.accounts.get(&me),
+            &self.settings.limits,
+            self.now,
+        );
+        if let Some(r) = refusal {
+            self.rate_limited(req, r);
+            return None;
+        }
         if self.hash_full() {
             self.refuse(
                 req,
@@ -41,6 +55,16 @@ impl Core {
             return None;
         }
         Some((req, me, phc))
+    }
+
+    /// PASSWORD or UNREGISTER checked a wrong password: a failed login for the address and the
+    /// account (spec 7.5).
+    fn wrong_password(&mut self, conn: ConnId, me: &Key) {
+        let addr = self.peer_key(conn);
+        self.tally
+            .count("wrong passwords in PASSWORD or UNREGISTER", addr);
+        self.guard
+            .login_failed(addr, Some(me), &self.settings.limits, self.now);
     }
 
     /// Whether the connection is still logged in as `me`, open, and the password it checked is
@@ -71,7 +95,7 @@ impl Core {
             phc: phc.clone(),
             new,
         };
-        self.hash(job, move |core, outcome| {
+        self.hash(conn, job, move |core, outcome| {
             core.password_hashed(req, me, phc, outcome)
         });
         self.hold(conn);
@@ -81,10 +105,15 @@ impl Core {
         let conn = req.conn;
         let new_phc = match outcome {
             HashOutcome::Rehashed(Some(new)) if self.checked_still_holds(conn, &me, &phc) => new,
-            HashOutcome::Rehashed(_) => {
+            HashOutcome::Rehashed(checked) => {
+                if checked.is_none() {
+                    self.wrong_password(conn, &me);
+                }
                 self.refuse(req, Code::BAD_CREDENTIALS, "wrong password");
                 return self.release(conn);
             }
+            // Its connection closed before the hash started: nobody to answer.
+            HashOutcome::Cancelled => return,
             other => return self.internal_error(req, &format!("hashing: {other:?}")),
         };
         let keep = self.conns.get(&conn).and_then(|c| c.device_token);
@@ -145,7 +174,7 @@ impl Core {
         let conn = req.conn;
         self.reserve(&mut req);
         let job = HashJob::Verify(password, phc.clone());
-        self.hash(job, move |core, outcome| {
+        self.hash(conn, job, move |core, outcome| {
             core.unregister_verified(req, me, phc, outcome)
         });
         self.hold(conn);
@@ -155,10 +184,14 @@ impl Core {
         let conn = req.conn;
         match outcome {
             HashOutcome::Verified(true) if self.checked_still_holds(conn, &me, &phc) => {}
-            HashOutcome::Verified(_) => {
+            HashOutcome::Verified(ok) => {
+                if !ok {
+                    self.wrong_password(conn, &me);
+                }
                 self.refuse(req, Code::BAD_CREDENTIALS, "wrong password");
                 return self.release(conn);
             }
+            HashOutcome::Cancelled => return,
             other => return self.internal_error(req, &format!("hashing: {other:?}")),
         }
         // From now on the account is unknown to everyone else, and its other connections wait.
@@ -220,6 +253,7 @@ impl Core {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.state = ConnState::Guest;
             c.device_token = None;
+            c.resumed = false;
         }
         log::info!("{} deleted the account", acct.name);
         let mut out = Out::new();

@@ -2,7 +2,8 @@
 //!
 //! A row says what the core does with a command whose line parsed (its syntax, arity and usage are
 //! the codec's, in `proto::command`): the connection state it needs, whether it waits for the
-//! connection's earlier commands, its help text, and its handler. [`Core::process`] checks the state
+//! connection's earlier commands, whether it writes or reads the store (which matters while writes
+//! fail), its help text, and its handler. [`Core::process`] checks the state
 //! for every command in one place, in the order of spec 3.2; HELP is rendered from these rows.
 //!
 //! Adding a command: its syntax in `proto::command` (a `Verb`, a row of `COMMANDS`, its arguments in
@@ -10,7 +11,7 @@
 //! group), and its spec section, conformance cases and transcripts.
 
 use super::{Core, Req};
-use crate::proto::command::{Command, Verb};
+use crate::proto::command::{Command, FriendOp, Verb};
 
 /// The connection state a command needs (spec 3.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +33,12 @@ pub struct Row {
     /// It runs only once every earlier command of the connection is answered, because it changes
     /// what the connection is (QUIT, LOGOUT).
     pub barrier: bool,
+    /// Whether this command (with these arguments) writes to the store: while writes fail, it is
+    /// refused with STORAGE_UNAVAILABLE (spec 6.6), before its handler runs.
+    pub writes: fn(&Command) -> bool,
+    /// It reads the store for its answer: while writes fail, it runs only once every earlier
+    /// command of the connection is answered, so that its read sees what they wrote (spec 6.6).
+    pub reads: bool,
     /// A few words on what it does, for the HELP index.
     pub summary: &'static str,
     /// What it does and one example, one short line each, for `HELP <command>`.
@@ -76,6 +83,8 @@ pub static COMMANDS: &[Row] = &[
         verb: Verb::Register,
         state: Needs::LoggedOut,
         barrier: false,
+        writes: |_| true,
+        reads: false,
         summary: "create an account (then LOGIN)",
         details: &[
             "Creates an account. It does not log you in: send LOGIN next.",
@@ -93,6 +102,8 @@ pub static COMMANDS: &[Row] = &[
         verb: Verb::Login,
         state: Needs::LoggedOut,
         barrier: false,
+        writes: |_| false,
+        reads: false,
         summary: "log in and receive the messages kept for you",
         details: &[
             "Logs in. One account may be logged in on several connections at once; each gets its messages.",
@@ -109,6 +120,8 @@ pub static COMMANDS: &[Row] = &[
         verb: Verb::Logout,
         state: Needs::LoggedIn,
         barrier: true,
+        writes: |_| false,
+        reads: false,
         summary: "log out but stay connected",
         details: &[
             "Logs out. The connection stays open: you can LOGIN again, or QUIT.",
@@ -123,6 +136,8 @@ pub static COMMANDS: &[Row] = &[
         verb: Verb::Quit,
         state: Needs::Any,
         barrier: true,
+        writes: |_| false,
+        reads: false,
         summary: "close the connection",
         details: &[
             "The server answers OK QUIT and closes the connection. The reason is optional and ignored.",
@@ -137,6 +152,8 @@ pub static COMMANDS: &[Row] = &[
         verb: Verb::Help,
         state: Needs::Any,
         barrier: false,
+        writes: |_| false,
+        reads: false,
         summary: "list the commands, or explain one",
         details: &[
             "Without an argument: one line per command. With a command name: its syntax and what it does.",
@@ -151,6 +168,8 @@ pub static COMMANDS: &[Row] = &[
         verb: Verb::Ping,
         state: Needs::Any,
         barrier: false,
+        writes: |_| false,
+        reads: false,
         summary: "check the connection (answer: PONG)",
         details: &[
             "The server answers PONG with the same token, then OK PING. The token is optional: \
@@ -166,6 +185,8 @@ pub static COMMANDS: &[Row] = &[
         verb: Verb::Msg,
         state: Needs::LoggedIn,
         barrier: false,
+        writes: |_| true,
+        reads: false,
         summary: "send a message to one user",
         details: &[
             "Sends <text> to one user. The text is everything after the name and one space, spaces included.",
@@ -183,6 +204,8 @@ pub static COMMANDS: &[Row] = &[
         verb: Verb::Group,
         state: Needs::LoggedIn,
         barrier: false,
+        writes: |_| true,
+        reads: false,
         summary: "send one message to several users",
         details: &[
             "Sends one message to up to 50 users: names separated by commas, without spaces.",
@@ -199,6 +222,8 @@ pub static COMMANDS: &[Row] = &[
         verb: Verb::All,
         state: Needs::LoggedIn,
         barrier: false,
+        writes: |_| true,
+        reads: false,
         summary: "send a message to everyone online",
         details: &[
             "Sends a message to every other user online now. Users who are offline do not get it later,",
@@ -215,6 +240,8 @@ pub static COMMANDS: &[Row] = &[
         verb: Verb::Users,
         state: Needs::LoggedIn,
         barrier: false,
+        writes: |_| false,
+        reads: false,
         summary: "list the users online now",
         details: &[
             "Lists the users online now, one USER line each, then OK USERS <how many>.",
@@ -229,6 +256,8 @@ pub static COMMANDS: &[Row] = &[
         verb: Verb::History,
         state: Needs::LoggedIn,
         barrier: false,
+        writes: |_| false,
+        reads: true,
         summary: "read past messages with a user, or * for ALL messages",
         details: &[
             "Shows past messages between you and <name>, oldest first. * shows the ALL messages.",
@@ -251,6 +280,8 @@ pub static COMMANDS: &[Row] = &[
         verb: Verb::Friend,
         state: Needs::LoggedIn,
         barrier: false,
+        writes: |cmd| !matches!(cmd, Command::Friend(FriendOp::List)),
+        reads: false,
         summary: "manage friends and friend requests",
         details: &[
             "FRIEND ADD <name>: ask <name> to be your friend. If they already asked you, you are friends at once.",
@@ -269,6 +300,8 @@ pub static COMMANDS: &[Row] = &[
         verb: Verb::Token,
         state: Needs::LoggedIn,
         barrier: false,
+        writes: |_| true,
+        reads: false,
         summary: "get a device token, to log in again without your password",
         details: &[
             "Issues a token for this account and shows it once: OK TOKEN <id> <token>. Keep it secret.",
@@ -286,6 +319,8 @@ pub static COMMANDS: &[Row] = &[
         verb: Verb::Resume,
         state: Needs::LoggedOut,
         barrier: false,
+        writes: |_| false,
+        reads: false,
         summary: "log in with a device token instead of a password",
         details: &[
             "Logs in with a token from TOKEN, exactly as LOGIN does: the same pushes and backlog follow.",
@@ -301,6 +336,8 @@ pub static COMMANDS: &[Row] = &[
         verb: Verb::Tokens,
         state: Needs::LoggedIn,
         barrier: false,
+        writes: |_| false,
+        reads: false,
         summary: "list your device tokens",
         details: &[
             "One line per token that has not expired, oldest first:",
@@ -317,6 +354,8 @@ pub static COMMANDS: &[Row] = &[
         verb: Verb::Revoke,
         state: Needs::LoggedIn,
         barrier: false,
+        writes: |_| true,
+        reads: false,
         summary: "revoke a device token, or all of them",
         details: &[
             "REVOKE <id> revokes one token (the id is from TOKENS); REVOKE ALL revokes every one.",
@@ -333,6 +372,8 @@ pub static COMMANDS: &[Row] = &[
         verb: Verb::Password,
         state: Needs::LoggedIn,
         barrier: false,
+        writes: |_| true,
+        reads: false,
         summary: "change your password",
         details: &[
             "Changes your password. <new> follows the rules of REGISTER.",
@@ -350,6 +391,8 @@ pub static COMMANDS: &[Row] = &[
         verb: Verb::Unregister,
         state: Needs::LoggedIn,
         barrier: true,
+        writes: |_| true,
+        reads: false,
         summary: "delete your account",
         details: &[
             "Deletes your account at once, with its tokens, friendships, blocks and kept messages.",
@@ -366,6 +409,8 @@ pub static COMMANDS: &[Row] = &[
         verb: Verb::Block,
         state: Needs::LoggedIn,
         barrier: false,
+        writes: |_| true,
+        reads: false,
         summary: "stop an account from reaching you",
         details: &[
             "Blocks <name>: their MSG, GROUP and FRIEND ADD to you fail with BLOCKED, and their ALL messages",
@@ -381,6 +426,8 @@ pub static COMMANDS: &[Row] = &[
         verb: Verb::Unblock,
         state: Needs::LoggedIn,
         barrier: false,
+        writes: |_| true,
+        reads: false,
         summary: "lift a block",
         details: &[
             "Lifts your block of <name>. A friendship it ended does not come back.",
@@ -395,6 +442,8 @@ pub static COMMANDS: &[Row] = &[
         verb: Verb::Blocks,
         state: Needs::LoggedIn,
         barrier: false,
+        writes: |_| false,
+        reads: false,
         summary: "list the accounts you block",
         details: &[
             "One BLOCKED <name> line per account you block, then OK BLOCKS <how many>.",
@@ -409,6 +458,8 @@ pub static COMMANDS: &[Row] = &[
         verb: Verb::Dms,
         state: Needs::LoggedIn,
         barrier: false,
+        writes: |cmd| matches!(cmd, Command::Dms(Some(_))),
+        reads: false,
         summary: "take direct messages from friends only, or from everyone",
         details: &[
             "DMS FRIENDS: MSG and GROUP from anyone but your friends fail with FRIENDS_ONLY.",
@@ -424,6 +475,8 @@ pub static COMMANDS: &[Row] = &[
         verb: Verb::Away,
         state: Needs::LoggedIn,
         barrier: false,
+        writes: |_| true,
+        reads: false,
         summary: "set an away message, or clear it",
         details: &[
             "AWAY <text> sets your away message (up to 200 bytes); AWAY alone clears it. It stays set",
@@ -440,6 +493,8 @@ pub static COMMANDS: &[Row] = &[
         verb: Verb::Whois,
         state: Needs::LoggedIn,
         barrier: false,
+        writes: |_| false,
+        reads: false,
         summary: "is a user online, away, or when last seen",
         details: &[
             "Answer: OK WHOIS <name> ONLINE|OFFLINE <last seen>|- <away message>",
@@ -464,6 +519,40 @@ mod tests {
         let rows: Vec<Verb> = COMMANDS.iter().map(|r| r.verb).collect();
         let syntax: Vec<Verb> = SYNTAX.iter().map(|s| s.verb).collect();
         assert_eq!(rows, syntax);
+    }
+
+    #[test]
+    fn the_commands_that_write_and_read_are_marked() {
+        use crate::proto::command::parse;
+        // Spec 6.6: while writes fail, REGISTER, MSG, GROUP, ALL and the FRIEND changes are
+        // refused; HISTORY waits for the commands before it.
+        for (line, writes) in [
+            ("REGISTER a password1", true),
+            ("LOGIN a password1", false),
+            ("MSG a hi", true),
+            ("GROUP a,b hi", true),
+            ("ALL hi", true),
+            ("FRIEND ADD a", true),
+            ("FRIEND ACCEPT a", true),
+            ("FRIEND DENY a", true),
+            ("FRIEND REMOVE a", true),
+            ("FRIEND LIST", false),
+            ("HISTORY a", false),
+            ("USERS", false),
+            ("PING", false),
+            ("HELP", false),
+            ("LOGOUT", false),
+            ("QUIT", false),
+        ] {
+            let cmd = parse(line).expect("parses").expect("a command").command;
+            assert_eq!((row(cmd.verb()).writes)(&cmd), writes, "{line}");
+        }
+        let reading: Vec<&str> = COMMANDS
+            .iter()
+            .filter(|r| r.reads)
+            .map(|r| r.verb.name())
+            .collect();
+        assert_eq!(reading, ["HISTORY"]);
     }
 
     #[test]

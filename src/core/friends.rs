@@ -125,6 +125,12 @@ impl Core {
             Ok(e) => e,
             Err((code, text)) => return self.refuse(req, code, &text),
         };
+        if matches!((change, current), (Change::Add, None)) {
+            // A new request: it tells the other user something, and adds an edge to both.
+            if let Err(why) = self.charge_friend_request(&me, &other) {
+                return self.over_quota(req, why);
+            }
+        }
         self.set_edge(&me, &other, effect.new);
         let op = StoreOp::SetFriendship {
             a: me.as_str().to_owned(),

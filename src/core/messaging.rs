@@ -8,6 +8,7 @@
 //! so every OK follows the commit that makes it true.
 
 use super::out::{self, Out};
+use super::quota::stored_bytes;
 use super::{fan_out, recipient, Core, Req};
 use crate::config::MAX_PENDING_PER_ACCOUNT;
 use crate::outbox::Chunk;
@@ -48,10 +49,12 @@ impl Core {
         let Some(sender) = self.account_of(req.conn) else {
             return;
         };
+        let share = self.settings.limits.inbox_share;
         let mut unknown = Vec::new();
         let mut blocked = Vec::new();
         let mut friends_only = Vec::new();
         let mut full = Vec::new();
+        let mut my_share_full = Vec::new();
         let mut online = Vec::new();
         let mut offline = Vec::new();
         let mut shown = Vec::with_capacity(to.len());
@@ -68,8 +71,10 @@ impl Core {
                     }
                     if !a.conns.is_empty() {
                         online.push(key);
-                    } else if a.pending >= MAX_PENDING_PER_ACCOUNT {
+                    } else if a.inbox.total() >= MAX_PENDING_PER_ACCOUNT {
                         full.push(a.name.clone());
+                    } else if share > 0 && a.inbox.from(&sender) >= share {
+                        my_share_full.push(a.name.clone());
                     } else {
                         offline.push(key);
                     }
@@ -103,9 +108,19 @@ impl Core {
             );
             return self.refuse(req, Code::INBOX_FULL, &text);
         }
+        if !my_share_full.is_empty() {
+            let text = format!(
+                "{share} of your messages are already waiting for {}; nothing was sent",
+                my_share_full.join(", ")
+            );
+            return self.refuse(req, Code::INBOX_SHARE_FULL, &text);
+        }
+        if let Err(why) = self.charge_message(&sender, false, stored_bytes(&text, to.len())) {
+            return self.over_quota(req, why);
+        }
         for key in &offline {
             if let Some(a) = self.accounts.get_mut(key) {
-                a.pending += 1;
+                a.inbox.add(&sender);
             }
         }
         let to = match (req.verb, shown.pop()) {
@@ -128,6 +143,9 @@ impl Core {
         let Some(sender) = self.account_of(req.conn) else {
             return;
         };
+        if let Err(why) = self.charge_message(&sender, true, stored_bytes(&text, 1)) {
+            return self.over_quota(req, why);
+        }
         let whom = Addressees {
             online: Vec::new(),
             offline: Vec::new(),
@@ -264,7 +282,7 @@ impl Core {
         // were sent, so once the last is committed all are, and the OK may go.
         let ops: Vec<StoreOp> = late
             .iter()
-            .filter_map(|k| self.keep_for_later(k, id))
+            .filter_map(|k| self.keep_for_later(k, &sent.sender, id))
             .collect();
         let last = ops.len();
         let mut answer = Some((req, out));
@@ -284,14 +302,14 @@ impl Core {
     /// recipient went offline while its message was being committed, or left before its backlog
     /// reached it); `None` when the backlog is full: the message is still in the log and in HISTORY,
     /// and the backlog bound wins.
-    pub(super) fn keep_for_later(&mut self, key: &Key, id: MsgId) -> Option<StoreOp> {
+    pub(super) fn keep_for_later(&mut self, key: &Key, sender: &Key, id: MsgId) -> Option<StoreOp> {
         let a = self.accounts.get_mut(key)?;
         // An account being deleted keeps nothing: its deletion, already sent to the store, would
         // not remove an entry written after it.
-        if a.pending >= MAX_PENDING_PER_ACCOUNT || a.phc.is_none() {
+        if a.inbox.total() >= MAX_PENDING_PER_ACCOUNT || a.phc.is_none() {
             return None;
         }
-        a.pending += 1;
+        a.inbox.add(sender);
         Some(StoreOp::AddPending {
             user: key.as_str().to_owned(),
             id,

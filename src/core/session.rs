@@ -8,13 +8,17 @@
 
 use std::sync::Arc;
 
+use super::guard::Refusal;
 use super::order::SlotId;
 use super::out::Out;
-use super::{recipient, Account, ConnId, ConnState, Core, Req};
+use super::quota::Inbox;
+use super::stream::Stream;
+use super::{Account, ConnId, ConnState, Core, Req};
 use crate::auth::{HashJob, HashOutcome};
+use crate::peer::AddrKey;
 use crate::proto::code::Code;
-use crate::proto::name::{Key, Name, Password};
-use crate::proto::server_line::{FriendshipEvent, MessageLine, OkReply, Presence, ServerLine};
+use crate::proto::name::{Key, Name, Password, Skeleton};
+use crate::proto::server_line::{FriendshipEvent, OkReply, Presence, ServerLine};
 use crate::store::{AccountRecord, FriendState, StoreOp, StoreReply, TokenId};
 
 /// How a connection proved who it is.
@@ -26,6 +30,14 @@ pub(super) enum Via {
     Token(TokenId),
 }
 
+/// What a read answered instead of its data, for the log.
+pub(super) fn unreadable(reply: &StoreReply) -> String {
+    match reply {
+        StoreReply::Unreadable(why) => why.to_string(),
+        other => format!("unexpected store reply {other:?}"),
+    }
+}
+
 impl Core {
     pub(super) fn register(&mut self, mut req: Req, name: Name, password: Password) {
         let key = name.key();
@@ -34,6 +46,22 @@ impl Core {
             let text = format!("the name {name} is taken");
             return self.refuse(req, Code::NAME_TAKEN, &text);
         }
+        let skeleton = name.skeleton();
+        // A retired name's look stays taken too: nobody may pass for a deleted account.
+        if let Some(taken) = self.skeletons.get(&skeleton).and_then(|k| {
+            self.accounts
+                .get(k)
+                .map(|a| a.name.as_str())
+                .or_else(|| self.retired.get(k).map(String::as_str))
+        }) {
+            let text = format!("the name {name} looks too much like {taken}, which is taken");
+            return self.refuse(req, Code::NAME_TAKEN, &text);
+        }
+        let addr = self.peer_key(req.conn);
+        let limits = &self.settings.limits;
+        if let Some(r) = self.guard.register_refusal(addr, limits, self.now) {
+            return self.rate_limited(req, r);
+        }
         if self.hash_full() {
             return self.refuse(
                 req,
@@ -41,12 +69,15 @@ impl Core {
                 "the server is busy; try again in a moment",
             );
         }
+        self.guard
+            .registering(addr, &self.settings.limits, self.now);
         // The name is reserved now, so a second REGISTER of it cannot race this one.
         self.accounts
             .insert(key.clone(), Account::new(name.to_string(), None));
+        self.skeletons.insert(skeleton, key.clone());
         let conn = req.conn;
         self.reserve(&mut req);
-        self.hash(HashJob::Hash(password), move |core, outcome| {
+        self.hash(conn, HashJob::Hash(password), move |core, outcome| {
             core.register_hashed(req, key, outcome)
         });
         self.hold(conn);
@@ -54,7 +85,13 @@ impl Core {
 
     fn register_hashed(&mut self, req: Req, key: Key, outcome: HashOutcome) {
         let HashOutcome::Hashed(phc) = outcome else {
-            self.accounts.remove(&key);
+            if let Some(a) = self.accounts.remove(&key) {
+                self.skeletons.remove(&Skeleton::of(&a.name));
+            }
+            if outcome == HashOutcome::Cancelled {
+                // Its connection closed before the hash started: nobody to answer.
+                return;
+            }
             return self.internal_error(req, &format!("hashing: {outcome:?}"));
         };
         let Some(acct) = self.accounts.get_mut(&key) else {
@@ -79,7 +116,18 @@ impl Core {
 
     pub(super) fn login(&mut self, mut req: Req, name: String, password: Password) {
         let key = Key::of(&name);
-        let phc = self.accounts.get(&key).and_then(|a| a.phc.clone());
+        // Only a name that could exist has a back-off of its own (any such name, account or not,
+        // so that the replies do not tell which names exist).
+        let tracked = Name::parse(&name).is_ok().then(|| key.clone());
+        let addr = self.peer_key(req.conn);
+        let account = self.accounts.get(&key);
+        if let Some(r) =
+            self.guard
+                .login_refusal(addr, &key, account, &self.settings.limits, self.now)
+        {
+            return self.rate_limited(req, r);
+        }
+        let phc = account.and_then(|a| a.phc.clone());
         let known = phc.is_some();
         // An unknown name costs the same hash as a known one, so timing does not tell them apart.
         let phc = phc.unwrap_or_else(|| self.settings.dummy_phc.clone());
@@ -94,9 +142,11 @@ impl Core {
         self.reserve(&mut req);
         let key = known.then_some(key);
         let checked = phc.clone();
-        self.hash(HashJob::Verify(password, phc), move |core, outcome| {
-            core.login_verified(req, key, checked, outcome)
-        });
+        self.hash(
+            conn,
+            HashJob::Verify(password, phc),
+            move |core, outcome| core.login_verified(req, key, tracked, checked, outcome),
+        );
         self.hold(conn);
     }
 
@@ -110,15 +160,25 @@ impl Core {
             .is_some_and(|current| Arc::ptr_eq(current, phc))
     }
 
-    fn login_verified(&mut self, req: Req, key: Option<Key>, phc: Arc<str>, outcome: HashOutcome) {
+    fn login_verified(
+        &mut self,
+        req: Req,
+        key: Option<Key>,
+        tracked: Option<Key>,
+        phc: Arc<str>,
+        outcome: HashOutcome,
+    ) {
         let ok = match outcome {
             HashOutcome::Verified(ok) => ok,
+            // Its connection closed before the hash started: nobody to answer.
+            HashOutcome::Cancelled => return,
             other => return self.internal_error(req, &format!("hashing: {other:?}")),
         };
         let conn = req.conn;
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
+        let addr = c.peer.key;
         let key = match key {
             Some(k)
                 if ok && c.key().is_none() && !c.closing && self.still_has_password(&k, &phc) =>
@@ -126,11 +186,21 @@ impl Core {
                 k
             }
             _ => {
-                log::info!("failed login from {}", c.peer);
+                log::debug!("failed login from {}", c.peer.shown);
+                self.tally.count("failed logins", addr);
+                if !ok {
+                    self.guard.login_failed(
+                        addr,
+                        tracked.as_ref(),
+                        &self.settings.limits,
+                        self.now,
+                    );
+                }
                 self.refuse(req, Code::BAD_CREDENTIALS, "wrong name or password");
                 return self.release(conn);
             }
         };
+        self.guard.login_succeeded(&key);
         self.enter(req, key, Via::Password);
     }
 
@@ -140,37 +210,50 @@ impl Core {
     /// backlog is sent.
     pub(super) fn enter(&mut self, req: Req, key: Key, via: Via) {
         let conn = req.conn;
+        let addr = self.peer_key(conn);
+        self.remember_address(&key, addr);
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
         c.state = ConnState::LoggedIn(key.clone());
         if let Via::Token(id) = via {
             c.device_token = Some(id);
+            c.resumed = true;
         }
-        let peer = c.peer.clone();
+        let peer = c.peer.shown.clone();
         let Some(acct) = self.accounts.get_mut(&key) else {
             return self.internal_error(req, "an account vanished while logging in");
         };
         acct.conns.push(conn);
         let first = acct.conns.len() == 1;
-        let pending = std::mem::take(&mut acct.pending);
+        // While writes fail the backlog stays kept: delivering it means committing its removal
+        // first (spec 6.3), and the login is not held up waiting for that.
+        let pending = if self.store_failing {
+            Inbox::default()
+        } else {
+            std::mem::take(&mut acct.inbox)
+        };
         match via {
             Via::Password => log::info!("{} logged in from {peer}", acct.name),
-            Via::Token(id) => log::info!(
+            // No hash bounds how often a token logs in: these are counted in the log's summary.
+            Via::Token(id) => log::debug!(
                 "{} logged in from {peer} with token {}",
                 acct.name,
                 crate::proto::token::format_id(id)
             ),
         }
+        if let Via::Token(_) = via {
+            self.tally.count("logins with a device token", addr);
+        }
 
         let mut out = Out::new();
-        self.login_answer(&req, &key, via, pending == 0, &mut out);
+        self.login_answer(&req, &key, via, pending.total() == 0, &mut out);
         self.finish(req, out);
         if first {
             self.online.insert(key.clone());
             self.announce_presence(&key, true);
         }
-        if pending == 0 {
+        if pending.total() == 0 {
             return self.release(conn);
         }
         // The backlog follows the answer; the connection is held until it is sent.
@@ -180,7 +263,7 @@ impl Core {
         };
         let user = key.as_str().to_owned();
         self.store(StoreOp::ReadBacklog { user }, move |core, reply| {
-            core.backlog_read(conn, slot, key, reply)
+            core.backlog_read(conn, slot, key, pending, reply)
         });
     }
 
@@ -239,12 +322,29 @@ impl Core {
     /// The backlog was read (beside the writer, in a read transaction). Its entries are removed
     /// durably before the messages are sent (spec 6.1, 6.3): a crash in between keeps them for the
     /// next login rather than losing them.
-    fn backlog_read(&mut self, conn: ConnId, slot: SlotId, key: Key, reply: StoreReply) {
+    fn backlog_read(
+        &mut self,
+        conn: ConnId,
+        slot: SlotId,
+        key: Key,
+        pending: Inbox,
+        reply: StoreReply,
+    ) {
         let msgs = match reply {
             StoreReply::Backlog(msgs) => msgs,
             other => {
-                log::error!("internal error: unexpected store reply {other:?} to a backlog read");
-                self.fill(conn, slot, Out::new());
+                // Nothing was removed: the messages stay kept for a later login. The login itself
+                // is complete, so it ends as usual.
+                log::error!(
+                    "internal error: the offline backlog of {key} could not be read: {}",
+                    unreadable(&other)
+                );
+                if let Some(a) = self.accounts.get_mut(&key) {
+                    a.inbox.merge(pending);
+                }
+                let mut out = Out::new();
+                out.line(&ServerLine::BacklogEnd { count: 0 });
+                self.fill(conn, slot, out);
                 return self.release(conn);
             }
         };
@@ -252,13 +352,13 @@ impl Core {
             // The connection left (or the server is stopping) before its backlog arrived: nothing
             // was removed, so the messages stay kept for the next login.
             if let Some(a) = self.accounts.get_mut(&key) {
-                a.pending += msgs.len() as u32;
+                a.inbox.merge(pending);
             }
             let mut out = Out::new();
             out.line(&ServerLine::BacklogEnd { count: 0 });
             return self.fill(conn, slot, out);
         }
-        let Some(upto) = msgs.last().map(|m| m.id) else {
+        let Some(&upto) = msgs.last() else {
             let mut out = Out::new();
             out.line(&ServerLine::BacklogEnd { count: 0 });
             self.fill(conn, slot, out);
@@ -271,46 +371,41 @@ impl Core {
             user: key.as_str().to_owned(),
             upto,
         };
-        // A message from an account the user blocks is not delivered, kept or not (it can only be
-        // here when the block came while the backlog was being read).
-        let blocks = self
-            .accounts
-            .get(&key)
-            .map(|a| a.blocks.clone())
-            .unwrap_or_default();
+        // Then the messages go out part by part as the client reads them, and the stream's end
+        // (BACKLOG-END) completes the login.
         self.store(clear, move |core, _| {
             if core.conns.get(&conn).is_none_or(|c| c.closing) {
                 // The connection left while the entries were being removed: nothing was sent, so
-                // the messages go back into the backlog for the next login.
-                for m in &msgs {
-                    if let Some(op) = core.keep_for_later(&key, m.id) {
-                        core.store(op, |_, _| {});
-                    }
+                // the messages go back into the backlog for the next login, counted as they were
+                // before this login took them.
+                for &id in &msgs {
+                    let user = key.as_str().to_owned();
+                    core.store(StoreOp::AddPending { user, id }, |_, _| {});
+                }
+                if let Some(a) = core.accounts.get_mut(&key) {
+                    a.inbox.merge(pending);
                 }
                 let mut out = Out::new();
                 out.line(&ServerLine::BacklogEnd { count: 0 });
                 return core.fill(conn, slot, out);
             }
-            let mut out = Out::new();
-            let shown: Vec<_> = msgs
-                .iter()
-                .filter(|m| !blocks.contains(&Key::of(&m.from)))
-                .collect();
-            for m in &shown {
-                out.line(&ServerLine::Message(MessageLine {
-                    id: m.id,
-                    time_ms: m.time_ms,
-                    from: &m.from,
-                    to: recipient(&m.to),
-                    text: &m.text,
-                }));
-            }
-            out.line(&ServerLine::BacklogEnd {
-                count: shown.len() as u64,
-            });
-            core.fill(conn, slot, out);
-            core.release(conn);
+            core.fill_with_stream(conn, slot, Stream::backlog(msgs));
         });
+    }
+
+    /// The address key of a connection, if the limits per address count it.
+    pub(super) fn peer_key(&self, conn: ConnId) -> Option<AddrKey> {
+        self.conns.get(&conn).and_then(|c| c.peer.key)
+    }
+
+    /// Answers `RATE_LIMITED`, saying when to try again.
+    pub(super) fn rate_limited(&mut self, req: Req, r: Refusal) {
+        let source = self.peer_key(req.conn);
+        self.tally
+            .count("logins and registrations refused as rate limited", source);
+        let secs = (r.wait_ms.max(1) as u64).div_ceil(1000);
+        let text = format!("{}; try again in {secs} s", r.why);
+        self.refuse_for(req, Code::RATE_LIMITED, r.wait_ms, &text);
     }
 
     pub(super) fn logout(&mut self, req: Req) {
@@ -318,8 +413,9 @@ impl Core {
             return;
         };
         c.device_token = None;
+        let resumed = std::mem::take(&mut c.resumed);
         if let ConnState::LoggedIn(key) = std::mem::replace(&mut c.state, ConnState::Guest) {
-            self.detach(req.conn, &key);
+            self.detach(req.conn, &key, resumed);
         }
         let mut out = Out::new();
         out.ok(&req, OkReply::Logout);
@@ -331,8 +427,9 @@ impl Core {
             return;
         };
         c.closing = true;
+        let resumed = std::mem::take(&mut c.resumed);
         if let ConnState::LoggedIn(key) = std::mem::replace(&mut c.state, ConnState::Guest) {
-            self.detach(req.conn, &key);
+            self.detach(req.conn, &key, resumed);
         }
         let mut out = Out::new();
         out.ok(&req, OkReply::Quit);

@@ -173,8 +173,10 @@ impl Core {
             .insert(id, Token::from_record(me.clone(), record.clone()));
         if let Some(acct) = self.accounts.get_mut(&me) {
             acct.tokens.push(id);
-            log::info!("{} was issued token {}", acct.name, format_id(id));
+            log::debug!("{} was issued token {}", acct.name, format_id(id));
         }
+        let addr = self.peer_key(req.conn);
+        self.tally.count("device tokens issued", addr);
         if let Some(c) = self.conns.get_mut(&req.conn) {
             c.device_token = Some(id);
         }
@@ -203,7 +205,8 @@ impl Core {
         });
         let refuse = |core: &mut Core, req: Req| {
             if let Some(c) = core.conns.get(&req.conn) {
-                log::info!("failed RESUME from {}", c.peer);
+                log::debug!("failed RESUME from {}", c.peer.shown);
+                core.tally.count("failed RESUMEs", c.peer.key);
             }
             core.refuse(
                 req,

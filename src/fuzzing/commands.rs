@@ -54,6 +54,7 @@ pub fn check_command_parse(data: &[u8]) {
                     label: rejection.label.as_deref(),
                     command: rejection.command,
                     code: rejection.code,
+                    retry_after: None,
                     text: &rejection.text,
                 };
                 let out = fail.to_string();

@@ -229,8 +229,10 @@ fn encoded_line_parses(u: &mut Unstructured<'_>) -> Result<()> {
         None
     };
     let device_token = DeviceToken::new(u.arbitrary()?, &u.arbitrary()?);
+    // The server's probe token is a number.
+    let probe = id(u)?.to_string();
     let one = names[0].as_str();
-    let line = match u.int_in_range(0..=16u8)? {
+    let line = match u.int_in_range(0..=17u8)? {
         0 => {
             let verb = verb(u)?;
             ServerLine::Ok {
@@ -238,16 +240,24 @@ fn encoded_line_parses(u: &mut Unstructured<'_>) -> Result<()> {
                 reply: ok_reply(u, verb, &names, &device_token, &body)?,
             }
         }
-        1 => ServerLine::Fail {
-            label: label.as_deref(),
-            command: if u.ratio(1u8, 4u8)? {
-                None
-            } else {
-                Some(verb(u)?)
-            },
-            code: *u.choose(Code::ALL)?,
-            text: &text,
-        },
+        1 => {
+            let code = *u.choose(Code::ALL)?;
+            ServerLine::Fail {
+                label: label.as_deref(),
+                command: if u.ratio(1u8, 4u8)? {
+                    None
+                } else {
+                    Some(verb(u)?)
+                },
+                code,
+                retry_after: if code.has_retry_after() {
+                    Some(u.arbitrary()?)
+                } else {
+                    None
+                },
+                text: &text,
+            }
+        }
         2 | 3 => {
             let time_ms = time(u)?;
             let to = match u.int_in_range(0..=2u8)? {
@@ -320,6 +330,7 @@ fn encoded_line_parses(u: &mut Unstructured<'_>) -> Result<()> {
             // A label is free text after one space; an empty one is left out.
             label: if u.arbitrary()? { &body } else { "" },
         }),
+        15 => ServerLine::Ping { token: &probe },
         _ => ServerLine::Hello {
             software: "chatd",
             version: &version,

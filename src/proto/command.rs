@@ -368,6 +368,7 @@ fn optional_text(args: &mut Tokens<'_>, max: usize, what: &str) -> Result<Option
     };
     check_text_within(text, max).map_err(|e| match e {
         TextError::Bad(why) => Refusal(Code::BAD_TEXT, why.into()),
+        TextError::Hidden(c) => hidden(c),
         TextError::TooLong => Refusal(
             Code::TEXT_TOO_LONG,
             format!("{what} has at most {max} bytes"),
@@ -379,11 +380,24 @@ fn optional_text(args: &mut Tokens<'_>, max: usize, what: &str) -> Result<Option
 fn text_ok(text: &str) -> Result<(), Refusal> {
     check_text(text).map_err(|e| match e {
         TextError::Bad(why) => Refusal(Code::BAD_TEXT, why.into()),
+        TextError::Hidden(c) => hidden(c),
         TextError::TooLong => Refusal(
             Code::TEXT_TOO_LONG,
             format!("a text has at most {MAX_TEXT_BYTES} bytes"),
         ),
     })
+}
+
+/// The refusal of a text holding a hidden character.
+fn hidden(c: char) -> Refusal {
+    Refusal(
+        Code::BAD_TEXT,
+        format!(
+            "the text contains U+{:04X}, an invisible or direction-changing character that \
+             would make it show something else than it says",
+            c as u32
+        ),
+    )
 }
 
 fn parse_group(list: &str) -> Result<Vec<Name>, Refusal> {

@@ -428,7 +428,7 @@ pub enum ServerLine<'a> {
         /// The command and its details.
         reply: OkReply<'a>,
     },
-    /// `FAIL [@label] <COMMAND>|* <CODE> <text>`.
+    /// `FAIL [@label] <COMMAND>|* <CODE> [retry_after=<seconds>] <text>`.
     Fail {
         /// The label echoed from the command, without its `@`.
         label: Option<&'a str>,
@@ -436,6 +436,9 @@ pub enum ServerLine<'a> {
         command: Option<Verb>,
         /// The machine code.
         code: Code,
+        /// When to try again, in seconds: present exactly for the codes that carry it
+        /// ([`Code::has_retry_after`]).
+        retry_after: Option<u64>,
         /// The human sentence.
         text: &'a str,
     },
@@ -478,6 +481,12 @@ pub enum ServerLine<'a> {
         name: &'a str,
         /// Its away message; `None` when it came back.
         text: Option<&'a str>,
+    },
+    /// `PING <token>`: the server has heard nothing from the client for a while and asks for a
+    /// sign of life; any command answers it (`PING <token>` is the usual one).
+    Ping {
+        /// The probe's token: 1 to 64 bytes, no SP.
+        token: &'a str,
     },
     /// `BYE <CODE> <text>`: the server is about to close the connection.
     Bye {
@@ -624,11 +633,17 @@ fn parse_fields(line: &str) -> Option<ServerLine<'_>> {
         "FAIL" => {
             let (label, command) = label_and_command(&mut c)?;
             let code = Code::parse(c.token()?)?;
+            let retry_after = if code.has_retry_after() {
+                Some(decimal(c.token()?.strip_prefix("retry_after=")?)?)
+            } else {
+                None
+            };
             let text = c.text().unwrap_or("");
             ServerLine::Fail {
                 label,
                 command,
                 code,
+                retry_after,
                 text,
             }
         }
@@ -655,6 +670,7 @@ fn parse_fields(line: &str) -> Option<ServerLine<'_>> {
             let event = FriendshipEvent::parse(c.token()?)?;
             ServerLine::Friendship { name, event }
         }
+        "PING" => ServerLine::Ping { token: c.token()? },
         "BYE" => {
             let code = ByeCode::parse(c.token()?)?;
             let text = c.text().unwrap_or("");
@@ -1021,12 +1037,16 @@ impl fmt::Display for ServerLine<'_> {
                 label,
                 command,
                 code,
+                retry_after,
                 text,
             } => {
                 f.write_str("FAIL ")?;
                 label_prefix(f, *label)?;
                 let command = command.map_or("*", Verb::name);
                 write!(f, "{command} {}", code.as_str())?;
+                if let Some(secs) = retry_after {
+                    write!(f, " retry_after={secs}")?;
+                }
                 tail(f, text)
             }
             ServerLine::Hello {
@@ -1046,6 +1066,7 @@ impl fmt::Display for ServerLine<'_> {
             ServerLine::Friendship { name, event } => {
                 write!(f, "FRIENDSHIP {name} {}", event.as_str())
             }
+            ServerLine::Ping { token } => write!(f, "PING {token}"),
             ServerLine::Bye { code, text } => {
                 write!(f, "BYE {}", code.as_str())?;
                 tail(f, text)
@@ -1112,6 +1133,7 @@ mod tests {
                 label: Some("a.b-c_9"),
                 command: Some(Verb::Msg),
                 code: Code::UNKNOWN_USER,
+                retry_after: None,
                 text: "no such user: bob"
             }
         );
@@ -1121,6 +1143,7 @@ mod tests {
                 label: None,
                 command: None,
                 code: Code::LINE_TOO_LONG,
+                retry_after: None,
                 text: "line exceeds 4096 bytes; it was discarded"
             }
         );
@@ -1146,6 +1169,33 @@ mod tests {
                 })
             }
         );
+        assert_eq!(
+            parse("FAIL @1 LOGIN RATE_LIMITED retry_after=12 too many failed logins"),
+            ServerLine::Fail {
+                label: Some("1"),
+                command: Some(Verb::Login),
+                code: Code::RATE_LIMITED,
+                retry_after: Some(12),
+                text: "too many failed logins"
+            }
+        );
+        // The field is required for the codes that carry it, and only read for those.
+        assert!(matches!(
+            parse("FAIL LOGIN RATE_LIMITED too many failed logins"),
+            ServerLine::Other(_)
+        ));
+        assert!(matches!(
+            parse("FAIL LOGIN RATE_LIMITED retry_after=x later"),
+            ServerLine::Other(_)
+        ));
+        assert!(matches!(
+            parse("FAIL LOGIN BAD_CREDENTIALS retry_after=3 x"),
+            ServerLine::Fail {
+                retry_after: None,
+                text: "retry_after=3 x",
+                ..
+            }
+        ));
         assert!(parse("OK PING").is_final());
         assert_eq!(parse("OK @x PING").label(), Some("x"));
         assert_eq!(parse("PONG x").label(), None);
@@ -1197,6 +1247,16 @@ mod tests {
             ServerLine::Friendship {
                 name: "bob",
                 event: FriendshipEvent::Withdrawn
+            }
+        );
+        assert_eq!(parse("PING 17"), ServerLine::Ping { token: "17" });
+        assert_eq!(parse("PING"), ServerLine::Other("PING"));
+        assert_eq!(parse("PING 1 2"), ServerLine::Other("PING 1 2"));
+        assert_eq!(
+            parse("BYE IDLE_TIMEOUT you were silent"),
+            ServerLine::Bye {
+                code: ByeCode::IDLE_TIMEOUT,
+                text: "you were silent"
             }
         );
         assert_eq!(
@@ -1376,6 +1436,7 @@ mod tests {
                 label: None,
                 command: Some(Verb::Msg),
                 code: Code::BAD_TEXT,
+                retry_after: None,
                 text: ""
             }
         );
@@ -1423,6 +1484,8 @@ mod tests {
             "HELP MSG <name> <text>".to_string(),
             "PONG".to_string(),
             "PONG tok".to_string(),
+            "PING 12".to_string(),
+            "BYE TOO_MANY_CONNECTIONS too many from your address".to_string(),
             "FRIEND x OUTGOING".to_string(),
             "OK TOKEN 00000000000000ff ct1.00000000000000ff.secret".to_string(),
             "OK @r RESUME Alice".to_string(),
@@ -1480,6 +1543,7 @@ mod tests {
                 ..m
             }),
             ServerLine::Pong { token: None },
+            ServerLine::Ping { token: "3" },
             ServerLine::BacklogEnd { count: 3 },
         ];
         for code in Code::ALL {
@@ -1488,6 +1552,7 @@ mod tests {
                     label: None,
                     command,
                     code: *code,
+                    retry_after: code.has_retry_after().then_some(30),
                     text: "a human sentence",
                 });
             }

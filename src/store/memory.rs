@@ -79,6 +79,15 @@ impl State {
                 .iter()
                 .map(|(user, ids)| (user.clone(), u32::try_from(ids.len()).unwrap_or(u32::MAX)))
                 .collect(),
+            pending_senders: {
+                let mut senders: BTreeMap<(String, String), u32> = BTreeMap::new();
+                for (user, ids) in &self.pending {
+                    for m in ids.iter().filter_map(|id| self.messages.get(id)) {
+                        *senders.entry((user.clone(), key_of(&m.from))).or_insert(0) += 1;
+                    }
+                }
+                senders.into_iter().map(|((u, s), n)| (u, s, n)).collect()
+            },
             next_id: self
                 .messages
                 .keys()
@@ -214,6 +223,7 @@ impl State {
                 self.profile(user, |p| p.last_seen_ms = Some(*ms));
                 StoreReply::Done
             }
+            StoreOp::ReadMessages { ids } => self.messages_by_id(ids),
         }
     }
 
@@ -225,7 +235,17 @@ impl State {
                 cursor,
             } => self.page(conv, *count, *cursor),
             ReadOp::Backlog { user } => self.backlog(user),
+            ReadOp::Messages { ids } => self.messages_by_id(ids),
         }
+    }
+
+    /// The messages with `ids`, in that order; an id without a message is left out.
+    fn messages_by_id(&self, ids: &[MsgId]) -> StoreReply {
+        StoreReply::Messages(
+            ids.iter()
+                .filter_map(|id| self.messages.get(id).cloned())
+                .collect(),
+        )
     }
 
     fn page(&self, conv: &Conversation, count: u32, cursor: Cursor) -> StoreReply {
@@ -237,11 +257,13 @@ impl State {
         StoreReply::History(self.history(ids, count, cursor))
     }
 
-    /// The account's backlog in id order; an entry whose message is not stored is skipped.
+    /// The ids of the account's backlog in order; an entry whose message is not stored is left
+    /// out.
     fn backlog(&self, user: &str) -> StoreReply {
         let ids = self.pending.get(user).into_iter().flatten();
         StoreReply::Backlog(
-            ids.filter_map(|id| self.messages.get(id).cloned())
+            ids.filter(|id| self.messages.contains_key(id))
+                .copied()
                 .collect(),
         )
     }
@@ -276,9 +298,9 @@ impl State {
         };
         HistoryPage {
             // Every indexed id was stored with its message, and messages are never removed.
-            messages: shown
-                .iter()
-                .filter_map(|id| self.messages.get(id).cloned())
+            ids: shown
+                .into_iter()
+                .filter(|id| self.messages.contains_key(id))
                 .collect(),
             older,
             newer,

@@ -15,6 +15,7 @@
 //! and fuzzers), `worker` (the threads).
 
 mod codec;
+mod contain;
 mod keys;
 pub mod memory;
 pub mod redb;
@@ -172,11 +173,13 @@ pub enum Cursor {
     After(MsgId),
 }
 
-/// One page of a conversation.
+/// One page of a conversation: which messages, not the messages themselves, so that a long page
+/// can be sent part by part ([`StoreOp::ReadMessages`]) without holding it whole in memory.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct HistoryPage {
-    /// In ascending id order.
-    pub messages: Vec<MessageRecord>,
+    /// The ids of the page's messages, in ascending order. Each was stored and could be decoded
+    /// when the page was read: a page that holds a damaged record fails as a whole.
+    pub ids: Vec<MsgId>,
     /// `Some(c)`: older messages exist and `Cursor::Before(c)` shows the next older page, with no gap
     /// and no duplicate. `None`: nothing older.
     pub older: Option<MsgId>,
@@ -200,9 +203,12 @@ pub enum StoreOp {
     },
     /// Add an already-stored message to one account's offline backlog.
     AddPending { user: String, id: MsgId },
-    /// Return (ascending id order) every message in the account's offline backlog, removing
-    /// nothing. A read. An entry whose message is not stored is skipped.
+    /// Return (ascending order) the ids of the messages in the account's offline backlog, removing
+    /// nothing. A read. An entry whose message is not stored, or does not decode, is left out.
     ReadBacklog { user: String },
+    /// Return the messages with these ids, in the order given. A read. An id whose message is not
+    /// stored, or does not decode, is left out.
+    ReadMessages { ids: Vec<MsgId> },
     /// Remove the account's offline backlog entries with id <= `upto` (those a [`ReadBacklog`]
     /// returned and that were delivered). A write; entries added since with a larger id stay.
     ///
@@ -254,7 +260,9 @@ impl StoreOp {
     /// Whether the op only reads: it runs in a read transaction, outside the write batch.
     pub fn is_read(&self) -> bool {
         match self {
-            StoreOp::History { .. } | StoreOp::ReadBacklog { .. } => true,
+            StoreOp::History { .. }
+            | StoreOp::ReadBacklog { .. }
+            | StoreOp::ReadMessages { .. } => true,
             // Listed, not left to a catch-all, so that a new op has to be placed on one side.
             StoreOp::CreateAccount(_)
             | StoreOp::AppendMessage { .. }
@@ -287,6 +295,7 @@ impl StoreOp {
                 cursor,
             }),
             StoreOp::ReadBacklog { user } => Ok(ReadOp::Backlog { user }),
+            StoreOp::ReadMessages { ids } => Ok(ReadOp::Messages { ids }),
             write => {
                 debug_assert!(!write.is_read());
                 Err(write)
@@ -307,14 +316,50 @@ pub enum ReadOp {
     },
     /// As [`StoreOp::ReadBacklog`]: an account's offline backlog, as [`StoreReply::Backlog`].
     Backlog { user: String },
+    /// As [`StoreOp::ReadMessages`]: messages by id, as [`StoreReply::Messages`].
+    Messages { ids: Vec<MsgId> },
 }
 
 /// The result of one op, in the same position as the op.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreReply {
     Done,
-    Backlog(Vec<MessageRecord>),
+    /// The ids of an offline backlog, ascending.
+    Backlog(Vec<MsgId>),
     History(HistoryPage),
+    /// Messages read by id.
+    Messages(Vec<MessageRecord>),
+    /// A read that could not be answered. It fails alone: the other ops of its batch, later ops
+    /// and the server go on.
+    Unreadable(Unreadable),
+}
+
+/// Why one read could not be answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Unreadable {
+    /// Stored data that does not decode, or an index naming a message that is not stored: a fault
+    /// in the file, not in the request. The detail names the file and the damage.
+    Damaged(String),
+    /// The database could not be read at all (an I/O error, the file being reopened). The detail
+    /// names the file and the cause.
+    Unavailable(String),
+}
+
+impl From<StoreError> for Unreadable {
+    fn from(e: StoreError) -> Unreadable {
+        match e {
+            StoreError::Corrupt { .. } => Unreadable::Damaged(e.to_string()),
+            _ => Unreadable::Unavailable(e.to_string()),
+        }
+    }
+}
+
+impl fmt::Display for Unreadable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unreadable::Damaged(d) | Unreadable::Unavailable(d) => f.write_str(d),
+        }
+    }
 }
 
 /// Everything the core needs in memory, read once at open.
@@ -333,20 +378,32 @@ pub struct Snapshot {
     pub profiles: Vec<(String, Profile)>,
     /// The names of deleted accounts, in key order.
     pub retired: Vec<RetiredName>,
+    /// The same backlogs by sender: `(account key, sender key, messages)`, in key order. An entry
+    /// whose message is missing or does not decode is counted in `pending_counts` only.
+    pub pending_senders: Vec<(String, String, u32)>,
     /// The id the next message gets: one more than the largest id ever stored, or 1.
     pub next_id: MsgId,
 }
 
-/// A failure of the storage layer. The server treats it as fatal (see the operator's manual): the
-/// in-memory state can no longer be trusted to match the disk. Every message about the database
-/// names its file.
+/// A failure of the storage layer. Every message about the database names its file.
 ///
-/// The sources are boxed to keep the error small: it travels inside every store result the core
+/// What the server does with one depends on where it happens (see the operator's manual): at
+/// start-up it refuses to start; a failed write is tried again until it commits while new writes
+/// are refused (`worker`); a failed read fails that one read. Only a store that breaks its own
+/// contract ([`StoreError::ReplyCount`]) stops the server.
+///
+/// The sources are boxed to keep the error small: it travels inside store results the core
 /// receives, and the result queue holds thousands of them.
 #[derive(Debug)]
 pub enum StoreError {
-    /// The database could not be opened or created (a missing directory, no permission, not a
-    /// redb file, already open in another process).
+    /// The database file exists but is empty (0 bytes). It is refused rather than initialised: a
+    /// file truncated to nothing must not quietly become an empty database.
+    Empty {
+        /// The database file.
+        path: PathBuf,
+    },
+    /// The database could not be opened or created (a missing directory, no permission, already
+    /// open in another process).
     Open {
         /// The database file.
         path: PathBuf,
@@ -359,6 +416,16 @@ pub enum StoreError {
         path: PathBuf,
         /// The layout version the file holds.
         found: u64,
+    },
+    /// The disk holding the database has less free space than the reserve: no write is tried,
+    /// so that redb never meets a full disk in the middle of a commit.
+    LowSpace {
+        /// The database file.
+        path: PathBuf,
+        /// Bytes free for the server on that file system.
+        free: u64,
+        /// The reserve (`--min-free-disk`).
+        reserve: u64,
     },
     /// A write transaction or its commit failed (a full disk, an I/O error).
     Write {
@@ -394,6 +461,11 @@ pub enum StoreError {
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            StoreError::Empty { path } => write!(
+                f,
+                "cannot open database {}: the file is empty (0 bytes), not a chatd database",
+                path.display()
+            ),
             StoreError::Open { path, source } => {
                 write!(f, "cannot open database {}: {source}", path.display())
             }
@@ -403,6 +475,18 @@ impl fmt::Display for StoreError {
                  {})",
                 path.display(),
                 redb::SCHEMA_VERSION
+            ),
+            StoreError::LowSpace {
+                path,
+                free,
+                reserve,
+            } => write!(
+                f,
+                "the disk of database {} has {} MiB free, less than the reserve of {} MiB \
+                 (--min-free-disk)",
+                path.display(),
+                free / (1024 * 1024),
+                reserve / (1024 * 1024)
             ),
             StoreError::Write { path, source } => {
                 write!(f, "database write failed ({}): {source}", path.display())
@@ -429,7 +513,36 @@ impl std::error::Error for StoreError {
             | StoreError::Write { source, .. }
             | StoreError::Read { source, .. } => Some(&**source),
             StoreError::Corrupt { source, .. } => Some(&**source),
-            StoreError::Schema { .. } | StoreError::ReplyCount { .. } => None,
+            StoreError::Empty { .. }
+            | StoreError::LowSpace { .. }
+            | StoreError::Schema { .. }
+            | StoreError::ReplyCount { .. } => None,
+        }
+    }
+}
+
+impl StoreError {
+    /// What the operator can do about an error that stops the database from opening, as a
+    /// sentence to print after the error.
+    pub fn advice(&self) -> Option<&'static str> {
+        match self {
+            StoreError::Empty { .. } => Some(
+                "restore the file from a backup, or delete it to start a new, empty database \
+                 (manual, section 6)",
+            ),
+            StoreError::Corrupt { .. } => Some(
+                "the file is damaged: restore it from a backup, or move it aside to start a new, \
+                 empty database (manual, section 6)",
+            ),
+            StoreError::Open { source, .. }
+                if matches!(**source, ::redb::Error::DatabaseAlreadyOpen) =>
+            {
+                Some("another process has it open; only one chatd may use a database")
+            }
+            StoreError::Schema { .. } => Some(
+                "run the chatd version that wrote the file, or restore a backup made for this one",
+            ),
+            _ => None,
         }
     }
 }
@@ -471,6 +584,20 @@ pub trait Store: Send {
     /// A read-only view of everything committed so far, and of nothing committed after this
     /// call. It may be used on another thread, while later writes commit.
     fn reader(&self) -> Result<Box<dyn StoreReader>, StoreError>;
+
+    /// Whether a write may be tried now, found without touching the data: an error while the disk
+    /// is below its reserve. The worker asks before each write and, while idle, now and then; a
+    /// store without a disk is always ready.
+    fn ready(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// After a failed write, gets the store back to where a write can be tried again (redb stops
+    /// using a file after an I/O error until it is reopened). The worker calls it before each new
+    /// try, and once right after the failure so that reads work meanwhile.
+    fn recover(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// Runs a whole batch, reads included, in one call: every op in order in one transaction, so
     /// each read sees exactly the ops before it. The replies are in the same order as the ops.

@@ -34,6 +34,7 @@
 //! transaction: it sees the last commit before it was taken, runs beside later write transactions,
 //! and never waits for them. The page cache is bounded by [`STORE_CACHE_BYTES`].
 
+use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -44,6 +45,7 @@ use redb::{
 };
 
 use super::codec;
+use super::contain::contain;
 use super::keys::{conversation_key, key_of, message_conversation_keys};
 use super::{
     Cursor, Damage, FriendState, HistoryPage, MessageRecord, MsgId, Profile, ReadOp, Snapshot,
@@ -146,52 +148,150 @@ fail_from_redb!(
 
 /// The durable store. Owns the open database; the file closes when the store and every reader
 /// taken from it are dropped.
+///
+/// A failed write leaves the handle unusable (redb answers every later call on it with "previous
+/// I/O error" until the file is reopened), so the store remembers it and [`Store::recover`]
+/// reopens the file; meanwhile there is no handle, and reads report the database unavailable. A
+/// reserve of free disk space ([`RedbStore::with_reserve`]) is checked before each write, so that
+/// on a disk that fills up writes stop before redb meets the full disk in the middle of a commit.
 pub struct RedbStore {
-    db: Arc<Database>,
+    /// `None` while reopening after a failed write.
+    db: Option<Arc<Database>>,
     /// The database file, named in every error.
     path: Arc<Path>,
+    /// Bytes that must stay free on the database's file system; 0: no check.
+    reserve: u64,
+    /// A write failed and the handle must be reopened before the next one.
+    failed: bool,
 }
 
 impl RedbStore {
     /// Open the database at `path`, creating the file and its tables if missing, and read the
     /// [`Snapshot`] the core starts from.
+    ///
+    /// An existing file is only opened, never initialised: an empty (0-byte) file is refused with
+    /// [`StoreError::Empty`] rather than silently becoming an empty database, and a file that is
+    /// not a redb database, or whose pages are damaged, is [`StoreError::Corrupt`] (also when redb
+    /// panics on it, see `contain`). Opening an existing file with the current schema writes
+    /// nothing (redb may still repair it after a crash), so a server can start on a full disk.
     pub fn open(path: &Path) -> Result<(RedbStore, Snapshot), StoreError> {
-        Self::open_inner(path)
-            .map_err(|f| f.at(path, |path, source| StoreError::Open { path, source }))
+        let existing = match std::fs::metadata(path) {
+            Ok(m) if m.is_file() && m.len() == 0 => {
+                return Err(StoreError::Empty {
+                    path: path.to_owned(),
+                })
+            }
+            Ok(_) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            // Anything else (no permission on the directory, say): redb reports it below.
+            Err(_) => true,
+        };
+        let opened = contain(|| Self::open_inner(path, existing)).unwrap_or_else(|panic| {
+            Err(Fail::Damage(Damage::new(format!(
+                "redb failed while reading it ({panic})"
+            ))))
+        });
+        opened.map_err(|f| match f {
+            // redb's word for "the first bytes are not a redb header".
+            Fail::Redb(redb::Error::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                StoreError::Corrupt {
+                    path: path.to_owned(),
+                    source: Box::new(Damage::new(e.to_string())),
+                }
+            }
+            f => f.at(path, |path, source| StoreError::Open { path, source }),
+        })
     }
 
-    fn open_inner(path: &Path) -> Result<(RedbStore, Snapshot), Fail> {
-        let db = Builder::new()
-            .set_cache_size(STORE_CACHE_BYTES)
-            .create(path)?;
-        let txn = db.begin_write()?;
-        let snapshot = {
-            let mut meta = txn.open_table(META)?;
-            let stored = meta.get(SCHEMA_VERSION_KEY)?.map(|v| v.value());
-            match stored {
-                None => {
-                    meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION)?;
-                }
-                Some(SCHEMA_VERSION) => {}
-                Some(SCHEMA_VERSION_1) => {
-                    // The tables added since are created empty by `Tables::open` below, in this
-                    // same transaction.
-                    log::info!(
-                        "database {}: upgrading the table layout from version 1 to {SCHEMA_VERSION}",
-                        path.display()
-                    );
-                    meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION)?;
-                }
-                Some(other) => return Err(Fail::Schema(other)),
-            }
-            Tables::open(&txn)?.snapshot()?
+    fn open_inner(path: &Path, existing: bool) -> Result<(RedbStore, Snapshot), Fail> {
+        let mut builder = Builder::new();
+        builder.set_cache_size(STORE_CACHE_BYTES);
+        let db = if existing {
+            builder.open(path)?
+        } else {
+            builder.create(path)?
         };
-        txn.commit()?;
+        let stored = {
+            let txn = db.begin_read()?;
+            let version = match txn.open_table(META) {
+                Ok(meta) => meta.get(SCHEMA_VERSION_KEY)?.map(|v| v.value()),
+                Err(redb::TableError::TableDoesNotExist(_)) => None,
+                Err(e) => return Err(e.into()),
+            };
+            version
+        };
+        match stored {
+            Some(SCHEMA_VERSION) => {}
+            Some(SCHEMA_VERSION_1) => {
+                // The tables added since are created empty by `Tables::open`, in the commit that
+                // records the new version.
+                log::info!(
+                    "database {}: upgrading the table layout from version 1 to {SCHEMA_VERSION}",
+                    path.display()
+                );
+                let txn = db.begin_write()?;
+                Tables::open(&txn)?;
+                txn.open_table(META)?
+                    .insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION)?;
+                txn.commit()?;
+            }
+            Some(other) => return Err(Fail::Schema(other)),
+            None => {
+                // A new database: its tables and its schema version, in one commit.
+                let txn = db.begin_write()?;
+                Tables::open(&txn)?;
+                txn.open_table(META)?
+                    .insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION)?;
+                txn.commit()?;
+            }
+        }
+        let snapshot = {
+            let txn = db.begin_read()?;
+            snapshot(
+                &txn.open_table(ACCOUNTS)?,
+                &txn.open_table(FRIENDSHIPS)?,
+                &txn.open_table(PENDING)?,
+                &txn.open_table(MESSAGES)?,
+                &AccountTables {
+                    tokens: txn.open_table(TOKENS)?,
+                    blocks: txn.open_table(BLOCKS)?,
+                    profiles: txn.open_table(PROFILES)?,
+                    retired: txn.open_table(RETIRED)?,
+                },
+            )?
+        };
         let store = RedbStore {
-            db: Arc::new(db),
+            db: Some(Arc::new(db)),
             path: path.into(),
+            reserve: 0,
+            failed: false,
         };
         Ok((store, snapshot))
+    }
+
+    /// This store with `bytes` of free disk space as a reserve: while the database's file system
+    /// has less free (for the server's user), [`Store::ready`] and every write fail with
+    /// [`StoreError::LowSpace`], without touching the file.
+    pub fn with_reserve(mut self, bytes: u64) -> RedbStore {
+        self.reserve = bytes;
+        self
+    }
+
+    /// Bytes free for the server on the database's file system.
+    fn free_bytes(&self) -> std::io::Result<u64> {
+        let dir = match self.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let st = rustix::fs::statvfs(dir)?;
+        Ok(st.f_bavail.saturating_mul(st.f_frsize))
+    }
+
+    fn db(&self) -> Result<&Arc<Database>, StoreError> {
+        self.db.as_ref().ok_or_else(|| StoreError::Read {
+            path: self.path.to_path_buf(),
+            source: Box::new(redb::Error::DatabaseClosed),
+        })
     }
 
     /// Run `ops` in an open write transaction. Returns the replies and whether anything was
@@ -205,11 +305,11 @@ impl RedbStore {
         Ok((replies, tables.dirty))
     }
 
-    fn write_inner(&mut self, ops: &[StoreOp]) -> Result<Vec<StoreReply>, Fail> {
+    fn write_inner(db: &Database, ops: &[StoreOp]) -> Result<Vec<StoreReply>, Fail> {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
-        let mut txn = self.db.begin_write()?;
+        let mut txn = db.begin_write()?;
         // Immediate is redb's default; it is set anyway because the protocol's durability promise
         // (committed before OK) rests on it.
         txn.set_durability(Durability::Immediate)?;
@@ -228,7 +328,18 @@ impl RedbStore {
 
 impl Store for RedbStore {
     fn write(&mut self, ops: &[StoreOp]) -> Result<Vec<StoreReply>, StoreError> {
-        self.write_inner(ops).map_err(|f| {
+        self.ready()?;
+        self.recover()?;
+        let db = self.db()?.clone();
+        let written = contain(|| Self::write_inner(&db, ops)).unwrap_or_else(|panic| {
+            Err(Fail::Damage(Damage::new(format!(
+                "redb failed while writing ({panic})"
+            ))))
+        });
+        if written.is_err() {
+            self.failed = true;
+        }
+        written.map_err(|f| {
             f.at(&self.path, |path, source| StoreError::Write {
                 path,
                 source,
@@ -237,10 +348,11 @@ impl Store for RedbStore {
     }
 
     fn reader(&self) -> Result<Box<dyn StoreReader>, StoreError> {
-        match self.db.begin_read() {
+        let db = self.db()?;
+        match db.begin_read() {
             Ok(txn) => Ok(Box::new(RedbReader {
                 txn,
-                _db: self.db.clone(),
+                _db: db.clone(),
                 path: self.path.clone(),
             })),
             Err(e) => Err(StoreError::Read {
@@ -248,6 +360,48 @@ impl Store for RedbStore {
                 source: Box::new(e.into()),
             }),
         }
+    }
+
+    fn ready(&self) -> Result<(), StoreError> {
+        if self.reserve == 0 {
+            return Ok(());
+        }
+        match self.free_bytes() {
+            Ok(free) if free < self.reserve => Err(StoreError::LowSpace {
+                path: self.path.to_path_buf(),
+                free,
+                reserve: self.reserve,
+            }),
+            // A file system that cannot say how full it is: writes are tried, and fail if they
+            // must.
+            _ => Ok(()),
+        }
+    }
+
+    fn recover(&mut self) -> Result<(), StoreError> {
+        if !self.failed {
+            return Ok(());
+        }
+        // The old handle goes first: the file stays locked while any handle is open (a reader
+        // still holding one makes this fail for now; it is tried again later).
+        self.db = None;
+        let path = self.path.clone();
+        let reopened = contain(|| {
+            let mut builder = Builder::new();
+            builder.set_cache_size(STORE_CACHE_BYTES);
+            builder.open(&*path).map_err(Fail::from)
+        })
+        .unwrap_or_else(|panic| {
+            Err(Fail::Damage(Damage::new(format!(
+                "redb failed while reopening it ({panic})"
+            ))))
+        });
+        let db =
+            reopened.map_err(|f| f.at(&path, |path, source| StoreError::Open { path, source }))?;
+        log::info!("database {} reopened", path.display());
+        self.db = Some(Arc::new(db));
+        self.failed = false;
+        Ok(())
     }
 }
 
@@ -276,17 +430,21 @@ impl RedbReader {
             }
             ReadOp::Backlog { user } => {
                 let pending = self.txn.open_table(PENDING)?;
-                let (_, msgs) = backlog(&pending, &messages, user)?;
-                Ok(StoreReply::Backlog(msgs))
+                Ok(StoreReply::Backlog(backlog(&pending, &messages, user)?))
             }
+            ReadOp::Messages { ids } => Ok(StoreReply::Messages(read_messages(&messages, ids)?)),
         }
     }
 }
 
 impl StoreReader for RedbReader {
     fn read(&self, op: &ReadOp) -> Result<StoreReply, StoreError> {
-        self.read_inner(op)
-            .map_err(|f| f.at(&self.path, |path, source| StoreError::Read { path, source }))
+        let read = contain(|| self.read_inner(op)).unwrap_or_else(|panic| {
+            Err(Fail::Damage(Damage::new(format!(
+                "redb failed while reading ({panic})"
+            ))))
+        });
+        read.map_err(|f| f.at(&self.path, |path, source| StoreError::Read { path, source }))
     }
 }
 
@@ -323,74 +481,6 @@ impl<'txn> Tables<'txn> {
             retired: txn.open_table(RETIRED)?,
             dirty: false,
         })
-    }
-
-    fn snapshot(&self) -> Result<Snapshot, Fail> {
-        let mut snap = Snapshot {
-            next_id: 1,
-            ..Snapshot::default()
-        };
-        for entry in self.accounts.iter()? {
-            let (key, value) = entry?;
-            let rec = codec::decode_account(value.value())?;
-            if key_of(&rec.name) != key.value() {
-                return Err(Damage::new(format!(
-                    "account stored under {:?} is named {:?}",
-                    key.value(),
-                    rec.name
-                ))
-                .into());
-            }
-            snap.accounts.push(rec);
-        }
-        for entry in self.friendships.iter()? {
-            let (key, value) = entry?;
-            let (a, b) = key.value();
-            snap.friendships
-                .push((a.to_owned(), b.to_owned(), state_from_byte(value.value())?));
-        }
-        for entry in self.pending.iter()? {
-            let (key, _) = entry?;
-            let (user, _) = key.value();
-            match snap.pending_counts.last_mut() {
-                Some((last, n)) if last == user => *n = n.saturating_add(1),
-                _ => snap.pending_counts.push((user.to_owned(), 1)),
-            }
-        }
-        if let Some((id, _)) = self.messages.last()? {
-            snap.next_id = id.value().saturating_add(1);
-        }
-        for entry in self.tokens.iter()? {
-            let (id, value) = entry?;
-            snap.tokens
-                .push(codec::decode_token(id.value(), value.value())?);
-        }
-        for entry in self.blocks.iter()? {
-            let (key, _) = entry?;
-            let (a, b) = key.value();
-            snap.blocks.push((a.to_owned(), b.to_owned()));
-        }
-        for entry in self.profiles.iter()? {
-            let (key, value) = entry?;
-            snap.profiles.push((
-                key.value().to_owned(),
-                codec::decode_profile(value.value())?,
-            ));
-        }
-        for entry in self.retired.iter()? {
-            let (key, value) = entry?;
-            let rec = codec::decode_retired(value.value())?;
-            if key_of(&rec.name) != key.value() {
-                return Err(Damage::new(format!(
-                    "retired name stored under {:?} is {:?}",
-                    key.value(),
-                    rec.name
-                ))
-                .into());
-            }
-            snap.retired.push(rec);
-        }
-        Ok(snap)
     }
 
     /// Deletes one token and its index entry; nothing if there is no such token.
@@ -558,9 +648,13 @@ impl<'txn> Tables<'txn> {
                 let page = history(&self.conversations, &self.messages, &conv, *count, *cursor)?;
                 Ok(StoreReply::History(page))
             }
-            StoreOp::ReadBacklog { user } => {
-                let (_, messages) = backlog(&self.pending, &self.messages, user)?;
-                Ok(StoreReply::Backlog(messages))
+            StoreOp::ReadBacklog { user } => Ok(StoreReply::Backlog(backlog(
+                &self.pending,
+                &self.messages,
+                user,
+            )?)),
+            StoreOp::ReadMessages { ids } => {
+                Ok(StoreReply::Messages(read_messages(&self.messages, ids)?))
             }
             StoreOp::CreateToken(rec) => {
                 // A record already under this id belongs to the new one now; its index entry goes.
@@ -644,6 +738,109 @@ impl<'txn> Tables<'txn> {
 // The reads below take any readable table, so a read transaction and a write transaction share
 // them.
 
+/// What the core needs in memory, read from the tables (of a read or a write transaction).
+fn snapshot(
+    accounts: &impl ReadableTable<&'static str, &'static [u8]>,
+    friendships: &impl ReadableTable<(&'static str, &'static str), u8>,
+    pending: &impl IdIndex,
+    messages: &impl MessageLog,
+    extra: &AccountTables<impl ReadableTable<u64, &'static [u8]>, impl PairSet, impl NameRecords>,
+) -> Result<Snapshot, Fail> {
+    let mut snap = Snapshot {
+        next_id: 1,
+        ..Snapshot::default()
+    };
+    for entry in accounts.iter()? {
+        let (key, value) = entry?;
+        let rec = codec::decode_account(value.value())?;
+        if key_of(&rec.name) != key.value() {
+            return Err(Damage::new(format!(
+                "account stored under {:?} is named {:?}",
+                key.value(),
+                rec.name
+            ))
+            .into());
+        }
+        snap.accounts.push(rec);
+    }
+    for entry in friendships.iter()? {
+        let (key, value) = entry?;
+        let (a, b) = key.value();
+        snap.friendships
+            .push((a.to_owned(), b.to_owned(), state_from_byte(value.value())?));
+    }
+    let mut senders: BTreeMap<(String, String), u32> = BTreeMap::new();
+    for entry in pending.iter()? {
+        let (key, _) = entry?;
+        let (user, id) = key.value();
+        match snap.pending_counts.last_mut() {
+            Some((last, n)) if last == user => *n = n.saturating_add(1),
+            _ => snap.pending_counts.push((user.to_owned(), 1)),
+        }
+        // Who sent it, for the share each sender has of an inbox. A message that cannot be read
+        // here is left out of that count (its delivery is tried at the next login as usual) rather
+        // than failing the start.
+        if let Some(bytes) = messages.get(id)? {
+            if let Ok(m) = codec::decode_message(id, bytes.value()) {
+                *senders
+                    .entry((user.to_owned(), key_of(&m.from)))
+                    .or_insert(0) += 1;
+            }
+        }
+    }
+    snap.pending_senders = senders.into_iter().map(|((u, s), n)| (u, s, n)).collect();
+    if let Some((id, _)) = messages.last()? {
+        snap.next_id = id.value().saturating_add(1);
+    }
+    for entry in extra.tokens.iter()? {
+        let (id, value) = entry?;
+        snap.tokens
+            .push(codec::decode_token(id.value(), value.value())?);
+    }
+    for entry in extra.blocks.iter()? {
+        let (key, _) = entry?;
+        let (a, b) = key.value();
+        snap.blocks.push((a.to_owned(), b.to_owned()));
+    }
+    for entry in extra.profiles.iter()? {
+        let (key, value) = entry?;
+        snap.profiles.push((
+            key.value().to_owned(),
+            codec::decode_profile(value.value())?,
+        ));
+    }
+    for entry in extra.retired.iter()? {
+        let (key, value) = entry?;
+        let rec = codec::decode_retired(value.value())?;
+        if key_of(&rec.name) != key.value() {
+            return Err(Damage::new(format!(
+                "retired name stored under {:?} is {:?}",
+                key.value(),
+                rec.name
+            ))
+            .into());
+        }
+        snap.retired.push(rec);
+    }
+    Ok(snap)
+}
+
+/// The tables of the account features added in layout version 2, as the snapshot reads them.
+struct AccountTables<T, B, R> {
+    tokens: T,
+    blocks: B,
+    profiles: R,
+    retired: R,
+}
+
+/// A set of name pairs: `blocks` or `blocked_by`.
+trait PairSet: ReadableTable<(&'static str, &'static str), ()> {}
+impl<T: ReadableTable<(&'static str, &'static str), ()>> PairSet for T {}
+
+/// Records by account key: `profiles` or `retired`.
+trait NameRecords: ReadableTable<&'static str, &'static [u8]> {}
+impl<T: ReadableTable<&'static str, &'static [u8]>> NameRecords for T {}
+
 /// An index of message ids under a key: `conversations` (by conversation key) or `pending` (by
 /// account key).
 trait IdIndex: ReadableTable<(&'static str, u64), ()> {}
@@ -653,21 +850,28 @@ impl<T: ReadableTable<(&'static str, u64), ()>> IdIndex for T {}
 trait MessageLog: ReadableTable<u64, &'static [u8]> {}
 impl<T: ReadableTable<u64, &'static [u8]>> MessageLog for T {}
 
-/// The ids in the account's offline backlog, and the messages they name in id order. An entry
-/// whose message is not stored is logged and skipped.
+/// The ids in the account's offline backlog whose messages can be read, in id order. An entry
+/// whose message is not stored, or does not decode, is logged and left out: one damaged record
+/// costs that message's delivery (it stays in the log), not the whole backlog.
 fn backlog(
     pending: &impl IdIndex,
     messages: &impl MessageLog,
     user: &str,
-) -> Result<(Vec<MsgId>, Vec<MessageRecord>), Fail> {
+) -> Result<Vec<MsgId>, Fail> {
     let mut ids = Vec::new();
     for entry in pending.range((user, 0u64)..=(user, u64::MAX))? {
         ids.push(entry?.0.value().1);
     }
     let mut found = Vec::with_capacity(ids.len());
-    for &id in &ids {
+    for id in ids {
         match messages.get(id)? {
-            Some(bytes) => found.push(codec::decode_message(id, bytes.value())?),
+            Some(bytes) => match codec::decode_message(id, bytes.value()) {
+                Ok(_) => found.push(id),
+                Err(damage) => log::error!(
+                    "offline backlog of {user:?}: message {id} left out, it does not decode: \
+                     {damage}"
+                ),
+            },
             // The index is the caller's to fill (AddPending names an id it says is stored); an
             // entry without its message cannot be delivered.
             None => {
@@ -675,7 +879,23 @@ fn backlog(
             }
         }
     }
-    Ok((ids, found))
+    Ok(found)
+}
+
+/// The messages with `ids`, in that order; one that is not stored or does not decode is logged and
+/// left out (the ids come from a page or a backlog read earlier, which found them readable).
+fn read_messages(messages: &impl MessageLog, ids: &[MsgId]) -> Result<Vec<MessageRecord>, Fail> {
+    let mut found = Vec::with_capacity(ids.len());
+    for &id in ids {
+        match messages.get(id)? {
+            Some(bytes) => match codec::decode_message(id, bytes.value()) {
+                Ok(m) => found.push(m),
+                Err(damage) => log::error!("message {id} left out, it does not decode: {damage}"),
+            },
+            None => log::error!("message {id} left out, it is not stored"),
+        }
+    }
+    Ok(found)
 }
 
 /// One page of the conversation with key `conv`.
@@ -728,10 +948,13 @@ fn history(
             Cursor::After(x) => (up_to(x)?.then(|| x.saturating_add(1)), None),
         },
     };
-    let mut found = Vec::with_capacity(ids.len());
-    for id in ids {
+    // Every message of the page must be readable now, so that a damaged one fails the page
+    // before any of it is sent (the page is then sent part by part, see `ReadOp::Messages`).
+    for &id in &ids {
         match messages.get(id)? {
-            Some(bytes) => found.push(codec::decode_message(id, bytes.value())?),
+            Some(bytes) => {
+                codec::decode_message(id, bytes.value())?;
+            }
             None => {
                 return Err(Damage::new(format!(
                     "conversation {conv:?} names message {id}, which is not stored"
@@ -740,11 +963,7 @@ fn history(
             }
         }
     }
-    Ok(HistoryPage {
-        messages: found,
-        older,
-        newer,
-    })
+    Ok(HistoryPage { ids, older, newer })
 }
 
 #[cfg(test)]
@@ -780,7 +999,7 @@ mod tests {
         let (mut store, _) = RedbStore::open(&path).unwrap();
         store.execute(&[append(1)]).unwrap();
         // Damage: an index entry for a message that is not in the log.
-        let txn = store.db.begin_write().unwrap();
+        let txn = store.db.as_ref().unwrap().begin_write().unwrap();
         txn.open_table(CONVERSATIONS)
             .unwrap()
             .insert(("x y", 50), ())
@@ -815,6 +1034,56 @@ mod tests {
         assert_eq!(snap.accounts, vec![account]);
         assert_eq!(snap.next_id, 2);
         assert_eq!(snap.pending_counts, vec![("b".to_owned(), 1)]);
+    }
+
+    /// Overwrites the stored bytes of message `id` with bytes that do not decode.
+    fn damage_message(store: &RedbStore, id: MsgId) {
+        let txn = store.db.as_ref().unwrap().begin_write().unwrap();
+        txn.open_table(MESSAGES)
+            .unwrap()
+            .insert(id, [9u8, 9, 9].as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+
+    /// The failure this guards against: one record that does not decode made every read that met
+    /// it fail the whole store. A HISTORY page holding it fails alone, as damage that names the
+    /// file; a backlog holding it leaves that one message out.
+    #[test]
+    fn a_record_that_does_not_decode_fails_its_page_and_is_left_out_of_a_backlog() {
+        let (_dir, path) = temp_db();
+        let (mut store, _) = RedbStore::open(&path).unwrap();
+        store.execute(&[append(1), append(2), append(3)]).unwrap();
+        damage_message(&store, 2);
+        let view = store.reader().unwrap();
+        let page = ReadOp::History {
+            conv: Conversation::Pair("a".into(), "b".into()),
+            count: 10,
+            cursor: Cursor::Latest,
+        };
+        match view.read(&page) {
+            Err(e @ StoreError::Corrupt { .. }) => {
+                assert!(e.to_string().contains(&path.display().to_string()), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let newest = ReadOp::History {
+            conv: Conversation::Pair("a".into(), "b".into()),
+            count: 1,
+            cursor: Cursor::Latest,
+        };
+        assert!(matches!(view.read(&newest), Ok(StoreReply::History(p)) if p.ids == [3]));
+        // Read by id, the damaged one is left out.
+        match view.read(&ReadOp::Messages { ids: vec![3, 2, 1] }) {
+            Ok(StoreReply::Messages(msgs)) => {
+                assert_eq!(msgs.iter().map(|m| m.id).collect::<Vec<_>>(), [3, 1])
+            }
+            other => panic!("{other:?}"),
+        }
+        match view.read(&ReadOp::Backlog { user: "b".into() }) {
+            Ok(StoreReply::Backlog(ids)) => assert_eq!(ids, [1, 3]),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

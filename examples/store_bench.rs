@@ -78,8 +78,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     count: 50,
                     cursor: Cursor::Latest,
                 };
+                // As the server reads a page: its ids, then its messages by id.
                 if let Some(chatd::store::StoreReply::History(p)) = store.execute(&[op])?.pop() {
-                    shown += p.messages.len();
+                    let read = StoreOp::ReadMessages { ids: p.ids };
+                    if let Some(chatd::store::StoreReply::Messages(m)) =
+                        store.execute(&[read])?.pop()
+                    {
+                        shown += m.len();
+                    }
                 }
             }
             let secs = start.elapsed().as_secs_f64();

@@ -212,9 +212,10 @@ def line_framing():
 
 # ---- core: operations in the layout check_core reads ---------------------------------------------
 VERBS = ["REGISTER", "LOGIN", "LOGIN", "LOGOUT", "QUIT", "HELP", "PING", "MSG", "MSG", "GROUP",
-         "ALL", "USERS", "HISTORY", "HISTORY", "FRIEND", "DANCE", "", "JOIN", "JOIN", "PART",
-         "ROOMS", "MEMBERS", "TOPIC", "INVITE", "KICK", "BAN", "UNBAN", "ROLE", "ROOM", "ROOM",
-         "READ"]
+         "ALL", "USERS", "HISTORY", "HISTORY", "FRIEND", "DANCE", "", "TOKEN", "RESUME", "RESUME",
+         "TOKENS", "REVOKE", "PASSWORD", "UNREGISTER", "BLOCK", "BLOCK", "UNBLOCK", "BLOCKS", "DMS",
+         "AWAY", "WHOIS", "JOIN", "JOIN", "PART", "ROOMS", "MEMBERS", "TOPIC", "INVITE", "KICK",
+         "BAN", "UNBAN", "ROLE", "ROOM", "ROOM", "READ"]
 NAMES = ["a", "b", "c", "d", "A", "Bee", "zed", "9x"]
 ROOMS = ["#r", "#R", "#s", "#t", "#bad!", "r"]
 FRIEND_SUBS = ["ADD", "ACCEPT", "deny", "REMOVE", "LIST", "HUG", ""]

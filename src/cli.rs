@@ -11,10 +11,14 @@ use log::LevelFilter;
 
 use crate::client::ClientOptions;
 use crate::config::{
-    DEFAULT_DB, DEFAULT_HASH_QUEUE, DEFAULT_LINE_BURST, DEFAULT_LINE_RATE, DEFAULT_LISTEN,
-    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_ROOM_MEMBERS, SCRYPT_LOG_N,
+    DEFAULT_DB, DEFAULT_FRIEND_REQUESTS_PER_HOUR, DEFAULT_HASH_PER_ADDRESS, DEFAULT_HASH_QUEUE,
+    DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_INBOX_SHARE, DEFAULT_LINE_BURST, DEFAULT_LINE_RATE,
+    DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS, DEFAULT_MAX_ROOM_MEMBERS,
+    DEFAULT_MIN_FREE_DISK_MIB, DEFAULT_MSGS_PER_MINUTE, DEFAULT_REGISTRATIONS_PER_HOUR,
+    DEFAULT_STORED_KIB_PER_DAY, SCRYPT_LOG_N,
 };
 use crate::net::{ServerOptions, TlsSource};
+use crate::peer::Network;
 use crate::tls::TlsFiles;
 
 /// Lowest `--scrypt-log-n` accepted.
@@ -50,6 +54,11 @@ pub struct Args {
     #[argh(option, default = "PathBuf::from(DEFAULT_DB)")]
     pub db: PathBuf,
 
+    /// mebibytes that must stay free on the database's disk: below it new writes are refused
+    /// (STORAGE_UNAVAILABLE) until there is room again; 0: no reserve (default 64)
+    #[argh(option, default = "DEFAULT_MIN_FREE_DISK_MIB")]
+    pub min_free_disk: u64,
+
     /// TLS listen address, e.g. 127.0.0.1:7879 (default: no TLS listener)
     #[argh(option)]
     pub tls_listen: Option<String>,
@@ -71,6 +80,21 @@ pub struct Args {
     #[argh(option, default = "DEFAULT_MAX_CONNECTIONS")]
     pub max_connections: usize,
 
+    /// most simultaneous connections from one address (an IPv4 address or an IPv6 /64); more are
+    /// told BYE TOO_MANY_CONNECTIONS; 0: no limit (default 16)
+    #[argh(option, default = "DEFAULT_MAX_PER_ADDRESS")]
+    pub max_per_address: usize,
+
+    /// seconds of silence after which a connection is probed (PING), and closed with
+    /// BYE IDLE_TIMEOUT if it stays silent as long again; 0: never (default 120)
+    #[argh(option, default = "DEFAULT_IDLE_TIMEOUT_SECS")]
+    pub idle_timeout: u64,
+
+    /// a network (ADDRESS or ADDRESS/PREFIX) whose clients the per-address limits leave alone,
+    /// e.g. a reverse proxy; may be repeated (default: none)
+    #[argh(option)]
+    pub exempt: Vec<Network>,
+
     /// lines per second one connection may send before the server reads it more slowly (default 200)
     #[argh(option, default = "DEFAULT_LINE_RATE")]
     pub line_rate: u32,
@@ -86,6 +110,36 @@ pub struct Args {
     /// password hashes that may wait; past it REGISTER/LOGIN get SERVER_BUSY (default 256)
     #[argh(option, default = "DEFAULT_HASH_QUEUE")]
     pub hash_queue: usize,
+
+    /// password hashes one address may have queued or running; past it REGISTER/LOGIN get
+    /// RATE_LIMITED; 0: no limit (default 4)
+    #[argh(option, default = "DEFAULT_HASH_PER_ADDRESS")]
+    pub hash_per_address: usize,
+
+    /// accounts one address may register per hour; past it REGISTER gets RATE_LIMITED;
+    /// 0: no limit (default 10)
+    #[argh(option, default = "DEFAULT_REGISTRATIONS_PER_HOUR")]
+    pub registrations_per_hour: u64,
+
+    /// messages one account may send per minute (an ALL counts 10); past it MSG/GROUP/ALL get
+    /// TOO_MANY_MESSAGES; 0: no limit (default 60)
+    #[argh(option, default = "DEFAULT_MSGS_PER_MINUTE")]
+    pub msgs_per_minute: u64,
+
+    /// kibibytes of messages one account may have stored per day; past it MSG/GROUP/ALL get
+    /// QUOTA_EXCEEDED; 0: no limit (default 8192)
+    #[argh(option, default = "DEFAULT_STORED_KIB_PER_DAY")]
+    pub stored_kib_per_day: u64,
+
+    /// messages from one sender that may wait in one offline user's inbox; past it MSG/GROUP get
+    /// INBOX_SHARE_FULL; 0: only the inbox's own limit of 1000 (default 100)
+    #[argh(option, default = "DEFAULT_INBOX_SHARE")]
+    pub inbox_share: u32,
+
+    /// friend requests one account may send per hour; past it FRIEND ADD gets TOO_MANY_REQUESTS;
+    /// 0: no limit (default 20)
+    #[argh(option, default = "DEFAULT_FRIEND_REQUESTS_PER_HOUR")]
+    pub friend_requests_per_hour: u64,
 
     /// scrypt cost as log2(N) for new passwords (default 15, about 100 ms; lower only for tests)
     #[argh(option, default = "SCRYPT_LOG_N")]
@@ -225,13 +279,23 @@ impl TryFrom<Args> for ServerOptions {
             listen: (!args.no_plain).then_some(args.listen),
             tls,
             db: args.db,
+            min_free_disk_mib: args.min_free_disk,
             max_connections: args.max_connections,
+            max_per_address: args.max_per_address,
+            idle_timeout: std::time::Duration::from_secs(args.idle_timeout),
+            exempt: args.exempt,
             line_rate: args.line_rate,
             line_burst: args.line_burst,
             hash_threads: args
                 .hash_threads
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
             hash_queue: args.hash_queue.max(1),
+            hash_per_address: args.hash_per_address,
+            registrations_per_hour: args.registrations_per_hour,
+            msgs_per_minute: args.msgs_per_minute,
+            stored_kib_per_day: args.stored_kib_per_day,
+            inbox_share: args.inbox_share,
+            friend_requests_per_hour: args.friend_requests_per_hour,
             scrypt_log_n: args.scrypt_log_n,
             max_room_members: args.max_room_members.max(1),
         })
@@ -267,6 +331,30 @@ mod tests {
             (opts.hash_queue, opts.scrypt_log_n, opts.max_room_members),
             (DEFAULT_HASH_QUEUE, SCRYPT_LOG_N, DEFAULT_MAX_ROOM_MEMBERS)
         );
+        assert_eq!(
+            (opts.max_per_address, opts.idle_timeout.as_secs()),
+            (DEFAULT_MAX_PER_ADDRESS, DEFAULT_IDLE_TIMEOUT_SECS)
+        );
+        assert!(opts.exempt.is_empty());
+        assert_eq!(opts.min_free_disk_mib, DEFAULT_MIN_FREE_DISK_MIB);
+        assert_eq!(
+            (opts.hash_per_address, opts.registrations_per_hour),
+            (DEFAULT_HASH_PER_ADDRESS, DEFAULT_REGISTRATIONS_PER_HOUR)
+        );
+        assert_eq!(
+            (
+                opts.msgs_per_minute,
+                opts.stored_kib_per_day,
+                opts.inbox_share,
+                opts.friend_requests_per_hour
+            ),
+            (
+                DEFAULT_MSGS_PER_MINUTE,
+                DEFAULT_STORED_KIB_PER_DAY,
+                DEFAULT_INBOX_SHARE,
+                DEFAULT_FRIEND_REQUESTS_PER_HOUR
+            )
+        );
         assert!(opts.tls.is_none());
         assert_eq!(parse(&[]).unwrap().log_level, LevelFilter::Info);
 
@@ -275,14 +363,36 @@ mod tests {
             format!("(default {DEFAULT_LISTEN})"),
             format!("(default ./{DEFAULT_DB})"),
             format!("(default {DEFAULT_MAX_CONNECTIONS})"),
+            format!("(default {DEFAULT_MAX_PER_ADDRESS})"),
+            format!("(default {DEFAULT_IDLE_TIMEOUT_SECS})"),
             format!("(default {DEFAULT_LINE_RATE})"),
             format!("(default {DEFAULT_LINE_BURST})"),
             format!("(default {DEFAULT_HASH_QUEUE})"),
+            format!("(default {DEFAULT_HASH_PER_ADDRESS})"),
+            format!("(default {DEFAULT_REGISTRATIONS_PER_HOUR})"),
+            format!("(default {DEFAULT_MSGS_PER_MINUTE})"),
+            format!("(default {DEFAULT_STORED_KIB_PER_DAY})"),
+            format!("(default {DEFAULT_INBOX_SHARE})"),
+            format!("(default {DEFAULT_FRIEND_REQUESTS_PER_HOUR})"),
+            format!("(default {DEFAULT_MIN_FREE_DISK_MIB})"),
             format!("(default {SCRYPT_LOG_N},"),
             format!("(default {DEFAULT_MAX_ROOM_MEMBERS})"),
         ] {
             assert!(help.contains(&stated), "help lacks {stated:?}:\n{help}");
         }
+    }
+
+    #[test]
+    fn exempt_networks_repeat_and_a_bad_one_is_an_error() {
+        let opts = server(&["--exempt", "127.0.0.1", "--exempt", "10.0.0.0/8"]).unwrap();
+        assert_eq!(
+            opts.exempt,
+            vec![
+                "127.0.0.1".parse::<Network>().unwrap(),
+                "10.0.0.0/8".parse().unwrap()
+            ]
+        );
+        assert!(parse(&["--exempt", "10.0.0.0/40"]).is_err());
     }
 
     #[test]

@@ -29,6 +29,50 @@ pub const HISTORY_DEFAULT_COUNT: u32 = 50;
 pub const HISTORY_MAX_COUNT: u32 = 500;
 /// Most messages one account may have waiting for offline delivery.
 pub const MAX_PENDING_PER_ACCOUNT: u32 = 1000;
+/// Longest device token label in bytes (UTF-8).
+pub const MAX_TOKEN_LABEL_BYTES: usize = 64;
+/// Most device tokens one account may hold; TOKEN beyond it is refused (TOO_MANY_TOKENS).
+pub const MAX_TOKENS_PER_ACCOUNT: usize = 20;
+/// A device token expires when it has not been used for this long (milliseconds: 30 days).
+pub const TOKEN_IDLE_LIFETIME_MS: i64 = 30 * DAY_MS;
+/// ... and in any case this long after it was issued, however often it is used (180 days).
+pub const TOKEN_MAX_LIFETIME_MS: i64 = 180 * DAY_MS;
+/// A token's last use is written to disk at most this often (one hour): a reconnect storm of
+/// RESUMEs reads memory and writes nothing. The sliding lifetime is measured from the last use
+/// in memory, so the granularity only shows after a restart.
+pub const TOKEN_TOUCH_INTERVAL_MS: i64 = 60 * 60 * 1000;
+/// One day in milliseconds, for the lifetimes above.
+const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+/// Longest away message in bytes (UTF-8).
+pub const MAX_AWAY_BYTES: usize = 200;
+/// When an account goes offline, its last-seen time is written to disk only if the time on disk is
+/// at least this old (ten minutes): a wave of disconnections writes little, and after a restart
+/// last seen is at most this early.
+pub const LAST_SEEN_WRITE_INTERVAL_MS: i64 = 10 * 60 * 1000;
+/// Most accounts one account may block; BLOCK beyond it is refused (TOO_MANY_BLOCKS).
+pub const MAX_BLOCKS_PER_ACCOUNT: usize = 1000;
+/// Default share of one sender in one recipient's offline inbox: messages from one sender waiting
+/// for one offline user; beyond it MSG/GROUP get INBOX_SHARE_FULL, so that one sender cannot fill
+/// someone's inbox for everyone.
+pub const DEFAULT_INBOX_SHARE: u32 = 100;
+/// Default messages per minute per account (a bucket: this many at once, then one every 60/N s);
+/// beyond it MSG/GROUP/ALL get TOO_MANY_MESSAGES.
+pub const DEFAULT_MSGS_PER_MINUTE: u64 = 60;
+/// What an ALL counts against the messages per minute: it goes to everyone online.
+pub const ALL_MESSAGE_WEIGHT: u64 = 10;
+/// Default bytes one account may have stored per day, in KiB (a bucket: the whole day's amount at
+/// once, refilled over 24 hours); beyond it MSG/GROUP/ALL get QUOTA_EXCEEDED.
+pub const DEFAULT_STORED_KIB_PER_DAY: u64 = 8 * 1024;
+/// Bytes a stored message counts beyond its text: its record's header.
+pub const STORED_MESSAGE_OVERHEAD_BYTES: u64 = 128;
+/// Bytes a stored message counts per recipient (an ALL counts one): its index entries.
+pub const STORED_BYTES_PER_RECIPIENT: u64 = 32;
+/// Default friend requests per account per hour (a bucket); beyond it FRIEND ADD gets
+/// TOO_MANY_REQUESTS.
+pub const DEFAULT_FRIEND_REQUESTS_PER_HOUR: u64 = 20;
+/// Most friends and friend requests (both ways) one account may have; a FRIEND ADD that would
+/// take either side past it gets TOO_MANY_FRIENDS.
+pub const MAX_RELATIONS_PER_ACCOUNT: usize = 1000;
 /// Longest room name after its `#`, in characters (names are ASCII).
 pub const MAX_ROOM_NAME_LEN: usize = 32;
 /// Most rooms one account may be a member of (a room it creates counts).
@@ -56,6 +100,14 @@ pub const ROOMS_LISTED_PUBLIC: usize = 500;
 pub const MAX_INFLIGHT_PER_CONNECTION: usize = 64;
 /// Bytes a connection's outbox may hold; beyond it the client is a slow consumer and is disconnected.
 pub const OUTBOX_LIMIT_BYTES: usize = 1024 * 1024;
+/// A long answer (a HISTORY page, a login's backlog, USERS) is queued part by part: the next part
+/// only while the connection's outbox holds less than this, so an answer never takes more memory
+/// than this and one part, whatever its size and however slowly the client reads.
+pub const ANSWER_LOW_WATER: usize = 32 * 1024;
+/// Messages per part of a long HISTORY page or backlog (at most 16 lines of 4 KiB).
+pub const ANSWER_PART_MESSAGES: usize = 16;
+/// Names per part of a long USERS answer.
+pub const ANSWER_PART_USERS: usize = 256;
 
 /// Default plain-TCP listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7878";
@@ -63,6 +115,19 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7878";
 pub const DEFAULT_DB: &str = "chatd.redb";
 /// Default connection limit.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default limit of connections from one address (an IPv4 address or an IPv6 /64), so that one
+/// source cannot take every connection slot. The same default as Ergo's `max-concurrent-connections`.
+pub const DEFAULT_MAX_PER_ADDRESS: usize = 16;
+/// Default idle timeout in seconds: a connection silent this long (no line read, no answer owed)
+/// is sent an idle probe, and closed with `BYE IDLE_TIMEOUT` if it stays silent as long again.
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 120;
+/// How often the counts of repeated events (connections, failed logins, refusals) are written to
+/// the log as one line; the single events are logged at `debug` only, so no client can flood the
+/// log.
+pub const LOG_SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
+/// How often the core looks at the clock by itself (idle connections, periodic log summaries,
+/// forgetting expired limits) when nothing else happens.
+pub const TICK_INTERVAL: Duration = Duration::from_secs(1);
 /// Default sustained line rate per connection (lines per second).
 pub const DEFAULT_LINE_RATE: u32 = 200;
 /// Default line burst per connection.
@@ -81,10 +146,53 @@ pub const CORE_QUEUE: usize = 1024;
 pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
 /// Password hashes that may wait for a hashing thread; beyond it LOGIN/REGISTER get SERVER_BUSY.
 pub const DEFAULT_HASH_QUEUE: usize = 256;
+/// Password hashes one address may have queued or running at once; beyond it LOGIN/REGISTER get
+/// RATE_LIMITED. With 2 hashing threads, a LOGIN from elsewhere then waits behind at most this many
+/// hashes per attacking address instead of a full queue.
+pub const DEFAULT_HASH_PER_ADDRESS: usize = 4;
+/// Accounts one address may register per hour (a bucket: this many at once, then one every
+/// 3600/N seconds); beyond it REGISTER gets RATE_LIMITED.
+pub const DEFAULT_REGISTRATIONS_PER_HOUR: u64 = 10;
+/// Failed logins from one address that cost nothing; each further one doubles the wait before the
+/// next attempt from that address is let through.
+pub const LOGIN_FREE_FAILURES_PER_ADDRESS: u32 = 5;
+/// Failed logins for one account name, from anywhere, that cost nothing; each further one doubles
+/// the wait before the next attempt for that name is let through (except from the addresses the
+/// account last logged in from, see [`KNOWN_ADDRESSES_PER_ACCOUNT`]).
+pub const LOGIN_FREE_FAILURES_PER_ACCOUNT: u32 = 10;
+/// The wait after the first failed login past the free ones; it doubles with each further failure.
+pub const LOGIN_BACKOFF_FIRST: Duration = Duration::from_secs(1);
+/// The longest wait between two login attempts, however many failed: an attacker gets about one
+/// guess a minute, and the owner of an account under attack is never locked out for longer.
+pub const LOGIN_BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// How long failed logins are remembered after the last one; past it, the count starts again.
+pub const LOGIN_FAILURE_MEMORY: Duration = Duration::from_secs(15 * 60);
+/// Addresses remembered per account (in memory, since the server started) as where it logged in
+/// successfully; logins from them skip the account's back-off, so an attack on an account from
+/// elsewhere does not lock its owner out.
+pub const KNOWN_ADDRESSES_PER_ACCOUNT: usize = 8;
+/// Most account names with failed logins remembered at once (their own back-off); past it the
+/// oldest are forgotten. Bounds the memory an attacker trying random names can use.
+pub const MAX_TRACKED_NAMES: usize = 100_000;
+/// Most addresses with login state remembered at once (hashes in flight, failures, registrations);
+/// past it those with nothing in flight are forgotten, oldest first.
+pub const MAX_TRACKED_ADDRESSES: usize = 100_000;
 /// Most store operations in one commit.
 pub const MAX_STORE_BATCH: usize = 1024;
 /// Most store operations queued or in flight before the core stops taking new input.
 pub const MAX_STORE_INFLIGHT: usize = 8192;
+/// After a failed write, how long the store worker waits before it tries again; the wait doubles
+/// with each failure, up to [`STORE_RETRY_MAX`].
+pub const STORE_RETRY_FIRST: Duration = Duration::from_millis(100);
+/// The longest wait between two tries of a failing write.
+pub const STORE_RETRY_MAX: Duration = Duration::from_secs(5);
+/// How often an idle store worker checks that a write could be made (the disk reserve), so that a
+/// disk filling up is noticed before a write meets it.
+pub const STORE_IDLE_CHECK: Duration = Duration::from_secs(1);
+/// Default free disk space, in MiB, that the database's file system must keep: below it writes
+/// stop (STORAGE_UNAVAILABLE) and resume by themselves once there is room again. More than a full
+/// commit can need (1024 ops of at most a few KiB, and redb's copied pages).
+pub const DEFAULT_MIN_FREE_DISK_MIB: u64 = 64;
 /// Production scrypt cost: log2(N). About 100 ms per hash on one core.
 pub const SCRYPT_LOG_N: u8 = 15;
 /// Production scrypt block size r.

@@ -9,6 +9,7 @@
 //!   jobs). Tests and fuzzers drive it without sockets.
 //! - [`outbox`]: a connection's bounded queue of lines to send, between the core and the
 //!   connection's writer task.
+//! - [`peer`]: where a connection comes from, as the per-address limits count it.
 //! - [`store`]: redb tables, the group-commit writer and the reader beside it; the only place that
 //!   knows redb.
 //! - [`auth`]: scrypt hashing on its own threads, with a bound on queued work.
@@ -18,6 +19,7 @@
 //!   fingerprints, self-signed certificates.
 //! - [`client`]: the bundled client behind `chatd --connect`.
 //! - [`cli`]: the command line.
+//! - [`tally`]: counts of repeated events, written to the log as one line a minute.
 //!
 //! With the `testing` feature (on for this crate's own tests and for the fuzz crate, off in the
 //! server):
@@ -35,8 +37,10 @@ pub mod core;
 pub mod fuzzing;
 pub mod net;
 pub mod outbox;
+pub mod peer;
 pub mod proto;
 #[cfg(feature = "testing")]
 pub mod sim;
 pub mod store;
+pub mod tally;
 pub mod tls;

@@ -7,11 +7,21 @@
 //! queued lines leave in one write. The reader task takes one credit per line it hands to the core
 //! and waits when none is left; the core gives a credit back when that line's final reply is queued.
 //! Nothing here allocates until there is something to hold, so an idle connection costs little.
+//!
+//! A long answer (a HISTORY page, a login's backlog, USERS) is queued part by part, as the client
+//! reads it: between [`Outbox::begin_answer`] and [`Outbox::end_answer`] the core queues parts with
+//! [`Outbox::push_answer`] only while [`Outbox::has_room_for_answer`], and otherwise asks with
+//! [`Outbox::want_drained`] to hear when there is room; the writer, after each write, sees that
+//! wish ([`Outbox::drained_wanted`]) and tells the core. Pushes queued meanwhile are held aside
+//! until the answer ends (nothing may come between the lines of an answer), and count against the
+//! limit like any others.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use event_listener::Event;
+
+use crate::config::ANSWER_LOW_WATER;
 
 /// Chunks an emptied queue may keep room for (a ring of 4 chunks is under 100 bytes; 2000 idle
 /// connections each keeping a ring of 64 after a burst hold 3 MB).
@@ -44,6 +54,12 @@ struct State {
     bytes: usize,
     closed: bool,
     credits: usize,
+    /// A long answer is being sent: pushes wait in `held`.
+    answering: bool,
+    held: VecDeque<Chunk>,
+    held_bytes: usize,
+    /// The core waits to hear that the queue has room for the next part of an answer.
+    drain_wanted: bool,
 }
 
 struct Shared {
@@ -92,23 +108,81 @@ impl Outbox {
         self.0.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues `chunk` unless the outbox already holds its limit or more. The check is made before
-    /// the chunk is added, so one answer larger than the limit (a long HISTORY page) still reaches
-    /// a client that reads; an outbox therefore holds at most the limit plus one chunk. Pushing to a
-    /// closed outbox drops the chunk silently: the connection is going away.
+    /// Queues `chunk` unless the outbox already holds its limit or more (pushes held during an
+    /// answer count too). The check is made before the chunk is added, so one answer larger than
+    /// the limit still reaches a client that reads; an outbox therefore holds at most the limit plus
+    /// one chunk. During a long answer the chunk is held until the answer ends. Pushing to a closed
+    /// outbox drops the chunk silently: the connection is going away.
     pub fn push(&self, chunk: Chunk) -> Result<(), Overflow> {
         let mut s = self.lock();
         if s.closed {
             return Ok(());
         }
-        if s.bytes >= self.0.limit {
+        if s.bytes + s.held_bytes >= self.0.limit {
             return Err(Overflow);
+        }
+        if s.answering {
+            s.held_bytes += chunk.as_bytes().len();
+            s.held.push_back(chunk);
+            return Ok(());
         }
         s.bytes += chunk.as_bytes().len();
         s.queue.push_back(chunk);
         drop(s);
         self.0.to_writer.notify(1);
         Ok(())
+    }
+
+    /// Starts a long answer: from now on pushes are held until [`Outbox::end_answer`].
+    pub fn begin_answer(&self) {
+        self.lock().answering = true;
+    }
+
+    /// Queues one part of a long answer. The caller checked [`Outbox::has_room_for_answer`]; the
+    /// limit of pushes does not apply.
+    pub fn push_answer(&self, chunk: Chunk) {
+        let mut s = self.lock();
+        if s.closed {
+            return;
+        }
+        s.bytes += chunk.as_bytes().len();
+        s.queue.push_back(chunk);
+        drop(s);
+        self.0.to_writer.notify(1);
+    }
+
+    /// Ends a long answer: the pushes held meanwhile are queued after it.
+    pub fn end_answer(&self) {
+        let mut s = self.lock();
+        s.answering = false;
+        s.drain_wanted = false;
+        let held = std::mem::take(&mut s.held);
+        s.bytes += std::mem::take(&mut s.held_bytes);
+        s.queue.extend(held);
+        drop(s);
+        self.0.to_writer.notify(1);
+    }
+
+    /// True when the queue holds less than [`ANSWER_LOW_WATER`] bytes: the next part of a long
+    /// answer may be queued.
+    pub fn has_room_for_answer(&self) -> bool {
+        self.lock().bytes < ANSWER_LOW_WATER
+    }
+
+    /// Asks to be told (through the writer) once the queue has room for the next part of an answer.
+    pub fn want_drained(&self) {
+        self.lock().drain_wanted = true;
+    }
+
+    /// For the writer, after a write: true (once) when the core asked to hear that the queue has
+    /// room again and it has.
+    pub fn drained_wanted(&self) -> bool {
+        let mut s = self.lock();
+        if s.drain_wanted && s.bytes < ANSWER_LOW_WATER && !s.closed {
+            s.drain_wanted = false;
+            return true;
+        }
+        false
     }
 
     /// Queues `chunk` whatever the limit: for a last line that must reach the client even when its
@@ -136,6 +210,9 @@ impl Outbox {
         let mut s = self.lock();
         if !s.closed {
             s.queue.clear();
+            s.held.clear();
+            s.held_bytes = 0;
+            s.answering = false;
             s.bytes = last.as_bytes().len();
             s.queue.push_back(last);
             s.closed = true;
@@ -150,9 +227,10 @@ impl Outbox {
         self.lock().closed
     }
 
-    /// Bytes queued and not yet taken by the writer.
+    /// Bytes queued and not yet taken by the writer, pushes held during an answer included.
     pub fn queued_bytes(&self) -> usize {
-        self.lock().bytes
+        let s = self.lock();
+        s.bytes + s.held_bytes
     }
 
     /// Gives back `n` credits to the reader.
@@ -286,6 +364,30 @@ mod tests {
         assert_eq!(o.push(Chunk::Owned(b"late".to_vec())), Ok(()));
         assert_eq!(o.drain_text(), "BYE\n");
         assert!(!smol::block_on(o.next_batch(&mut batch)));
+    }
+
+    /// Pushes wait while a long answer is sent, count against the limit, and follow the answer;
+    /// the writer hears once that there is room for the next part.
+    #[test]
+    fn pushes_wait_behind_a_long_answer() {
+        let o = Outbox::new(10, 1);
+        o.begin_answer();
+        o.push_answer(Chunk::Owned(b"D1\n".to_vec()));
+        assert_eq!(o.push(Chunk::Owned(b"P1\n".to_vec())), Ok(()));
+        assert_eq!(o.drain_text(), "D1\n");
+        o.push_answer(Chunk::Owned(b"D2\n".to_vec()));
+        assert_eq!(o.push(Chunk::Owned(b"P2345\n".to_vec())), Ok(()));
+        // 3 queued + 9 held: past the limit, a further push overflows.
+        assert_eq!(o.push(Chunk::Owned(b"P3\n".to_vec())), Err(Overflow));
+        assert!(o.has_room_for_answer());
+        o.want_drained();
+        assert!(o.drained_wanted());
+        assert!(!o.drained_wanted(), "told once");
+        o.push_answer(Chunk::Owned(b"OK\n".to_vec()));
+        o.end_answer();
+        assert_eq!(o.drain_text(), "D2\nOK\nP1\nP2345\n");
+        assert_eq!(o.push(Chunk::Owned(b"P4\n".to_vec())), Ok(()));
+        assert_eq!(o.drain_text(), "P4\n");
     }
 
     #[test]

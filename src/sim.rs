@@ -1,23 +1,28 @@
 //! A deterministic driver of the core without sockets, for tests, snapshot transcripts and fuzzers.
 //!
 //! Clients are named; their lines go straight to the core, store jobs run on an in-memory store (or
-//! any [`Store`]) in batches, password hashes run inline with a cheap cost, and the clock only moves
-//! when told to. Everything a client was sent is collected from its outbox. On the in-memory store,
-//! [`Sim::restart`] starts a new core from what the store holds, as a server restart does.
+//! any [`Store`]) in batches the way the store worker runs them (writes in one transaction, each
+//! read through a view that sees the writes before it, failing on its own), password hashes run
+//! inline with a cheap cost, and the clock only moves when told to. Everything a client was sent is collected from its outbox.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::auth::{HashOutcome, Hasher};
 use crate::config::{MAX_INFLIGHT_PER_CONNECTION, MAX_LINE_BYTES, OUTBOX_LIMIT_BYTES};
-use crate::core::{ConnId, Core, Event, Input, Job, Settings};
+use crate::core::entropy::Entropy;
+use crate::core::{ConnId, Core, Event, Input, Job, Limits, Settings};
 use crate::outbox::Outbox;
+use crate::peer::Peer;
 use crate::proto::line::{Frame, LineDecoder};
 use crate::store::memory::MemoryStore;
-use crate::store::{Snapshot, Store, StoreReply};
+use crate::store::worker::{Report, StoreJob, Ticket};
+use crate::store::{ReadOp, Snapshot, Store, StoreError, StoreOp, StoreReply};
 
 /// Start of the simulated clock: 2026-01-01T00:00:00.000Z.
 pub const EPOCH_MS: i64 = 1_767_225_600_000;
+/// The seed of the simulated server's random bits: the same run issues the same device tokens.
+const SEED: u64 = 0x5eed_c4a7_d000_0001;
 
 struct Client {
     conn: ConnId,
@@ -28,29 +33,17 @@ struct Client {
 /// The simulated server. See the module documentation.
 pub struct Sim {
     core: Core,
-    store: SimStore,
-    settings: Settings,
+    store: Backing,
     hasher: Hasher,
     clients: BTreeMap<String, Client>,
     next_conn: ConnId,
     now: i64,
     jobs: Vec<Job>,
-}
-
-/// The store a [`Sim`] runs on: the in-memory one, whose contents it can read back to restart, or
-/// any other.
-enum SimStore {
-    Memory(MemoryStore),
-    Other(Box<dyn Store>),
-}
-
-impl SimStore {
-    fn get(&mut self) -> &mut dyn Store {
-        match self {
-            SimStore::Memory(s) => s,
-            SimStore::Other(s) => s.as_mut(),
-        }
-    }
+    /// How many times [`Sim::restart`] ran: each new core draws from a seed of its own, as a
+    /// restarted server would not repeat the tokens of the one before.
+    restarts: u64,
+    /// Store jobs held since a write failed, in order (see [`Sim::retry_store`]).
+    held: Vec<StoreJob>,
 }
 
 impl Default for Sim {
@@ -62,41 +55,48 @@ impl Default for Sim {
 impl Sim {
     /// A server with an empty in-memory store.
     pub fn new() -> Sim {
-        Sim::with_max_room_members(crate::config::DEFAULT_MAX_ROOM_MEMBERS)
-    }
-
-    /// A server with an empty in-memory store and this room size limit.
-    pub fn with_max_room_members(max_room_members: usize) -> Sim {
         let (store, snapshot) = MemoryStore::new();
-        Sim::build(SimStore::Memory(store), snapshot, max_room_members)
+        Sim::build(Backing::Memory(store), snapshot, Limits::default())
     }
 
     /// A server on `store`, whose contents `snapshot` describes.
     pub fn with_store(store: Box<dyn Store>, snapshot: Snapshot) -> Sim {
-        Sim::build(
-            SimStore::Other(store),
-            snapshot,
-            crate::config::DEFAULT_MAX_ROOM_MEMBERS,
-        )
+        Sim::with(store, snapshot, Limits::default())
     }
 
-    fn build(store: SimStore, snapshot: Snapshot, max_room_members: usize) -> Sim {
+    /// A server with an empty in-memory store and these limits.
+    pub fn with_limits(limits: Limits) -> Sim {
+        let (store, snapshot) = MemoryStore::new();
+        Sim::build(Backing::Memory(store), snapshot, limits)
+    }
+
+    /// A server on `store` (whose contents `snapshot` describes) with these limits.
+    pub fn with(store: Box<dyn Store>, snapshot: Snapshot, limits: Limits) -> Sim {
+        Sim::build(Backing::Other(store), snapshot, limits)
+    }
+
+    fn build(store: Backing, snapshot: Snapshot, limits: Limits) -> Sim {
         let hasher = Hasher::new(4, 8, 1).expect("cheap scrypt parameters are valid");
-        let settings = Settings {
-            hash_queue: 64,
-            dummy_phc: Arc::from(hasher.dummy_phc()),
-            version: "0.0.0-sim",
-            max_room_members,
-        };
         Sim {
-            core: Core::new(snapshot, settings.clone()),
+            core: Core::new(snapshot, Sim::settings(&hasher, 0, limits)),
             store,
-            settings,
             hasher,
             clients: BTreeMap::new(),
             next_conn: 1,
             now: EPOCH_MS,
             jobs: Vec::new(),
+            restarts: 0,
+            held: Vec::new(),
+        }
+    }
+
+    fn settings(hasher: &Hasher, restarts: u64, limits: Limits) -> Settings {
+        Settings {
+            hash_queue: 64,
+            dummy_phc: Arc::from(hasher.dummy_phc()),
+            version: "0.0.0-sim",
+            entropy: Entropy::Seeded(SEED.wrapping_add(restarts)),
+            limits,
         }
     }
 
@@ -105,27 +105,56 @@ impl Sim {
         &self.core
     }
 
+    /// Stops the server abruptly and starts a new one on the same (in-memory) store, as after a
+    /// crash: every job still queued or held is lost, every connection is gone, and the new core
+    /// knows only what was committed. The clock and the limits go on. Only for a server made by
+    /// [`Sim::new`] or [`Sim::with_limits`].
+    pub fn restart(&mut self) {
+        let Backing::Memory(memory) = &self.store else {
+            panic!("Sim::restart needs the in-memory store of Sim::new");
+        };
+        let snapshot = memory.snapshot();
+        self.jobs.clear();
+        self.held.clear();
+        self.clients.clear();
+        self.restarts += 1;
+        let limits = self.core.limits().clone();
+        self.core = Core::new(snapshot, Sim::settings(&self.hasher, self.restarts, limits));
+    }
+
+    /// Changes the server's limits from now on.
+    pub fn set_limits(&mut self, change: impl FnOnce(&mut Limits)) {
+        let mut limits = self.core.limits().clone();
+        change(&mut limits);
+        self.core.set_limits(limits);
+    }
+
     /// Moves the clock forward.
     pub fn advance(&mut self, ms: i64) {
         self.now += ms;
     }
 
-    /// Restarts the server on what its in-memory store holds: every job runs first, then every
-    /// connection is closed and a new core starts from the store's snapshot, as after a restart
-    /// of the real server. Panics on a sim built on another store.
-    pub fn restart(&mut self) {
-        self.settle();
-        for (_, c) in std::mem::take(&mut self.clients) {
-            c.outbox.close();
-        }
-        let SimStore::Memory(store) = &self.store else {
-            panic!("Sim::restart needs the in-memory store");
-        };
-        self.core = Core::new(store.snapshot(), self.settings.clone());
+    /// Opens a connection named `client` (a name reused after a disconnect opens a new one). It has
+    /// no address: the limits per address leave it alone.
+    pub fn connect(&mut self, client: &str) {
+        self.connect_as(client, Peer::unlimited(format!("sim:{client}")));
     }
 
-    /// Opens a connection named `client` (a name reused after a disconnect opens a new one).
-    pub fn connect(&mut self, client: &str) {
+    /// Opens a connection named `client` from the address `ip`, which the limits per address
+    /// count.
+    pub fn connect_from(&mut self, client: &str, ip: &str) {
+        let ip = ip.parse().expect("an IP address");
+        self.connect_as(client, Peer::new(format!("{ip}:1"), ip, &[]));
+    }
+
+    /// Moves the clock forward by `ms` and lets the server look at it (an [`Event::Tick`]). Jobs
+    /// queued with [`Sim::queue`] stay queued.
+    pub fn tick(&mut self, ms: i64) {
+        self.now += ms;
+        self.event(Event::Tick);
+    }
+
+    fn connect_as(&mut self, client: &str, peer: Peer) {
         let conn = self.next_conn;
         self.next_conn += 1;
         let outbox = Outbox::new(OUTBOX_LIMIT_BYTES, MAX_INFLIGHT_PER_CONNECTION);
@@ -137,11 +166,7 @@ impl Sim {
                 decoder: LineDecoder::new(MAX_LINE_BYTES),
             },
         );
-        self.event(Event::Connected {
-            conn,
-            outbox,
-            peer: format!("sim:{client}"),
-        });
+        self.event(Event::Connected { conn, outbox, peer });
     }
 
     /// Sends one line (an LF is added) and runs the server until it is idle.
@@ -184,12 +209,23 @@ impl Sim {
         self.settle();
     }
 
-    /// Everything sent to `client` since the last call.
+    /// Everything sent to `client` since the last call. The client reads as the server writes:
+    /// a long answer sent part by part (which waits for the client to read each part) comes whole.
     pub fn output(&mut self, client: &str) -> String {
-        self.clients
-            .get(client)
-            .map(|c| c.outbox.drain_text())
-            .unwrap_or_default()
+        let mut text = String::new();
+        // Bounded: each round either sends a part of a long answer or ends the loop.
+        loop {
+            let Some(c) = self.clients.get(client) else {
+                return text;
+            };
+            text.push_str(&c.outbox.drain_text());
+            if !c.outbox.drained_wanted() {
+                return text;
+            }
+            let conn = c.conn;
+            self.event(Event::Drained { conn });
+            self.settle();
+        }
     }
 
     /// True when the server closed the client's connection.
@@ -238,35 +274,142 @@ impl Sim {
     }
 
     fn run_jobs(&mut self) {
-        {
-            let jobs = std::mem::take(&mut self.jobs);
-            let mut batch = Vec::new();
-            let mut hashes = Vec::new();
-            for j in jobs {
-                match j {
-                    Job::Store(s) => batch.push(s),
-                    Job::Hash(t, h) => hashes.push((t, h)),
+        let jobs = std::mem::take(&mut self.jobs);
+        let mut batch = Vec::new();
+        let mut fresh = Vec::new();
+        let mut hashes = Vec::new();
+        for j in jobs {
+            match j {
+                Job::Store(s) => batch.push(s),
+                Job::Read(t, r) => fresh.push((t, r)),
+                Job::Hash(t, h) => hashes.push((t, h)),
+            }
+        }
+        if !fresh.is_empty() {
+            let results = self.read_all(fresh);
+            self.event(Event::Store(Report::Done(results)));
+        }
+        if !batch.is_empty() {
+            if self.held.is_empty() {
+                self.run_store_batch(batch);
+            } else {
+                // Writes are failing: what comes after waits behind what failed, in order.
+                self.held.extend(batch);
+            }
+        }
+        for (ticket, job) in hashes {
+            let outcome: HashOutcome = job.run(&self.hasher);
+            self.event(Event::Hashed { ticket, outcome });
+        }
+    }
+
+    /// While writes fail (the store's `write` returned an error), the jobs held since: tries them
+    /// again, as the store worker does after its back-off, and runs the server until it is idle.
+    /// Nothing happens when no write failed.
+    pub fn retry_store(&mut self) {
+        if self.held.is_empty() {
+            return;
+        }
+        let held = std::mem::take(&mut self.held);
+        if self.run_store_batch(held) {
+            self.event(Event::Store(Report::Writing));
+        }
+        self.settle();
+    }
+
+    /// Runs one batch the way the store worker may: each run of writes in one `write` call, each
+    /// read through a reader taken after the writes before it, failing on its own as the worker's
+    /// reads do. If a write fails, the results before it are reported, it and everything after it
+    /// are held for [`Sim::retry_store`], and the core is told that writes fail. Returns whether
+    /// the whole batch ran.
+    fn run_store_batch(&mut self, batch: Vec<StoreJob>) -> bool {
+        let mut results = Vec::with_capacity(batch.len());
+        let mut writes: Vec<StoreJob> = Vec::new();
+        let mut jobs = batch.into_iter();
+        let mut failed = None;
+        for job in jobs.by_ref() {
+            match job.op.clone().into_read() {
+                Err(_) => writes.push(job),
+                Ok(read) => {
+                    if let Err(e) = self.write_all(&mut writes, &mut results) {
+                        failed = Some((e, Some(job)));
+                        break;
+                    }
+                    let reply = self.read_one(&read);
+                    results.push((job.ticket, reply));
                 }
             }
-            if !batch.is_empty() {
-                let ops: Vec<_> = batch.iter().map(|j| j.op.clone()).collect();
-                let result = self
-                    .store
-                    .get()
-                    .execute(&ops)
-                    .map(|replies: Vec<StoreReply>| {
-                        batch
-                            .iter()
-                            .map(|j| j.ticket)
-                            .zip(replies)
-                            .collect::<Vec<_>>()
-                    });
-                self.event(Event::Stored(result));
+        }
+        if failed.is_none() {
+            if let Err(e) = self.write_all(&mut writes, &mut results) {
+                failed = Some((e, None));
             }
-            for (ticket, job) in hashes {
-                let outcome: HashOutcome = self.hasher.run(&job);
-                self.event(Event::Hashed { ticket, outcome });
-            }
+        }
+        if !results.is_empty() {
+            self.event(Event::Store(Report::Done(results)));
+        }
+        let Some((e, read)) = failed else {
+            return true;
+        };
+        // `writes` still holds the failed writes.
+        self.held = writes.into_iter().chain(read).chain(jobs).collect();
+        self.event(Event::Store(Report::Failing(e.to_string())));
+        false
+    }
+
+    fn read_one(&self, read: &ReadOp) -> StoreReply {
+        match self.store.get().reader() {
+            Ok(view) => view
+                .read(read)
+                .unwrap_or_else(|e| StoreReply::Unreadable(e.into())),
+            Err(e) => StoreReply::Unreadable(e.into()),
+        }
+    }
+
+    fn read_all(&self, reads: Vec<(Ticket, ReadOp)>) -> Vec<(Ticket, StoreReply)> {
+        reads
+            .into_iter()
+            .map(|(t, r)| (t, self.read_one(&r)))
+            .collect()
+    }
+
+    /// Writes `writes` in one call; on success their results join `results` and `writes` is
+    /// emptied, on failure `writes` is left as it was.
+    fn write_all(
+        &mut self,
+        writes: &mut Vec<StoreJob>,
+        results: &mut Vec<(Ticket, StoreReply)>,
+    ) -> Result<(), StoreError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        self.store.get_mut().ready()?;
+        self.store.get_mut().recover()?;
+        let ops: Vec<StoreOp> = writes.iter().map(|j| j.op.clone()).collect();
+        let replies = self.store.get_mut().write(&ops)?;
+        results.extend(writes.drain(..).map(|j| j.ticket).zip(replies));
+        Ok(())
+    }
+}
+
+/// The simulated server's store: the in-memory one (which [`Sim::restart`] can reopen), or any.
+enum Backing {
+    Memory(MemoryStore),
+    Other(Box<dyn Store>),
+}
+
+impl Backing {
+    fn get(&self) -> &dyn Store {
+        match self {
+            Backing::Memory(m) => m,
+            Backing::Other(s) => &**s,
+        }
+    }
+
+    fn get_mut(&mut self) -> &mut dyn Store {
+        match self {
+            Backing::Memory(m) => m,
+            Backing::Other(s) => &mut **s,
         }
     }
 }
@@ -384,14 +527,12 @@ mod tests {
         assert_bob_has(&mut s, "alice bob are you there\nBACKLOG-END 1\n");
     }
 
-    /// The connection leaves after the backlog was read, while its removal is being committed:
-    /// nothing was sent, so the next login gets the messages.
     #[test]
-    fn a_backlog_whose_connection_left_during_its_removal_is_kept_for_the_next_login() {
+    fn a_backlog_whose_connection_left_while_it_was_removed_is_kept_again() {
         let mut s = one_message_kept_for_bob();
         s.queue("b", "LOGIN bob password2");
         s.step(); // the password check; the backlog read is now queued
-        s.step(); // the backlog read; its removal is now queued
+        s.step(); // the backlog read; the removal of its entries is now queued
         s.drop_connection("b");
         s.settle();
         assert_bob_still_has_the_kept_message(&mut s);

@@ -7,9 +7,14 @@
 //! - `plain_tcp`: every case that needs no special server setting, over plain TCP, with cheap
 //!   password hashing so that hundreds of REGISTER/LOGIN stay fast.
 //! - `tls`: the same cases inside TLS, verified against the certificate chatd generates.
-//! - `limits`: the cases that need a server started with small limits: a connection limit (for
-//!   `BYE SERVER_FULL`) and one hashing thread with a one-slot queue at the real scrypt cost (for
-//!   `SERVER_BUSY`).
+//! - `limits`: the cases that need a server started with small limits, each group against a server
+//!   of its own: a connection limit (for `BYE SERVER_FULL`), one hashing thread with a one-slot
+//!   queue at the real scrypt cost (for `SERVER_BUSY`), a limit of connections per address (for
+//!   `BYE TOO_MANY_CONNECTIONS`) and a short idle timeout (for the idle probe and
+//!   `BYE IDLE_TIMEOUT`).
+//!
+//! The plain and TLS servers exempt the suite's address from the limits per address, as an
+//! operator exempts a trusted host; the `limits` servers do not.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -18,7 +23,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chatd_conformance::case::Case;
+use chatd_conformance::case::{Case, Requirement};
 use chatd_conformance::{report, run, CaseResult, Options, Outcome, TlsSettings};
 
 /// How long chatd may take to open its database and start listening.
@@ -29,6 +34,10 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 const SMALL_MAX_CONNECTIONS: usize = 12;
 /// The room size limit of the `limits` server.
 const SMALL_MAX_ROOM_MEMBERS: usize = 3;
+/// The limit of connections per address of the `limits` server.
+const SMALL_MAX_PER_ADDRESS: usize = 5;
+/// The idle timeout of the `limits` server: a probe after 1 s, a close after 2 s.
+const SHORT_IDLE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A running chatd, killed (by its own process id) when dropped.
 struct Server {
@@ -110,6 +119,14 @@ fn cases(with_requirements: bool) -> Vec<Case> {
         .collect()
 }
 
+/// The cases that need exactly the requirement `r`.
+fn cases_requiring(r: Requirement) -> Vec<Case> {
+    cases(true)
+        .into_iter()
+        .filter(|c| c.requires == [r])
+        .collect()
+}
+
 /// Runs `cases` and panics with every failure (and skip) if any case did not pass.
 fn run_all(server: &Server, cases: &[Case], opts: &Options) {
     let results: Vec<CaseResult> = run(cases, opts, |_| {});
@@ -143,48 +160,105 @@ fn options(server: &Server) -> Options {
     opts
 }
 
+/// The suite's own address, exempt from the limits per address on the servers that run the
+/// ordinary cases: hundreds of accounts are registered and logged in from it.
+const SUITE_ADDRESS: &str = "127.0.0.1";
+
+/// The settings of the servers that run the ordinary cases: cheap hashing, the suite's address
+/// exempt from the limits per address, and the quotas per account lifted (cases send more than a
+/// minute's worth of messages); those limits have cases of their own, each on a server of its own.
+const ORDINARY: [&str; 10] = [
+    "--scrypt-log-n",
+    "4",
+    "--exempt",
+    SUITE_ADDRESS,
+    "--msgs-per-minute",
+    "0",
+    "--stored-kib-per-day",
+    "0",
+    "--inbox-share",
+    "0",
+];
+
 #[test]
 fn plain_tcp() {
-    let server = Server::start(false, &["--scrypt-log-n", "4"]);
+    let server = Server::start(false, &ORDINARY);
     run_all(&server, &cases(false), &options(&server));
 }
 
 #[test]
 fn tls() {
-    let server = Server::start(true, &["--scrypt-log-n", "4"]);
+    let server = Server::start(true, &ORDINARY);
     let mut opts = options(&server);
     opts.tls =
         Some(TlsSettings::new(&server.cert(), "127.0.0.1").expect("chatd's certificate loads"));
     run_all(&server, &cases(false), &opts);
 }
 
+/// The cases that need a server setting, each group against a server of its own with that
+/// setting small (so that one group's setting does not disturb another's cases).
 #[test]
 fn limits() {
     let max = SMALL_MAX_CONNECTIONS.to_string();
+    let per_address = SMALL_MAX_PER_ADDRESS.to_string();
+    let idle = SHORT_IDLE_TIMEOUT.as_secs().to_string();
     let room_max = SMALL_MAX_ROOM_MEMBERS.to_string();
-    // The real scrypt cost: each hash takes long enough for eight simultaneous logins to find the
-    // single thread and the one-slot queue taken.
-    let server = Server::start(
-        false,
-        &[
-            "--max-connections",
-            &max,
-            "--hash-threads",
-            "1",
-            "--hash-queue",
-            "1",
-            "--max-room-members",
-            &room_max,
-        ],
+    let mut ran = 0;
+    for requirement in [
+        Requirement::MaxConnections,
+        Requirement::BusyHashing,
+        Requirement::MaxPerAddress,
+        Requirement::IdleTimeout,
+        Requirement::RateLimits,
+        Requirement::SmallQuotas,
+        Requirement::MaxRoomMembers(SMALL_MAX_ROOM_MEMBERS),
+    ] {
+        let flags: Vec<&str> = match requirement {
+            Requirement::MaxConnections => vec!["--scrypt-log-n", "4", "--max-connections", &max],
+            // The real scrypt cost: each hash takes long enough for eight simultaneous logins to
+            // find the single thread and the one-slot queue taken.
+            Requirement::BusyHashing => vec!["--hash-threads", "1", "--hash-queue", "1"],
+            Requirement::MaxPerAddress => {
+                vec!["--scrypt-log-n", "4", "--max-per-address", &per_address]
+            }
+            Requirement::IdleTimeout => vec!["--scrypt-log-n", "4", "--idle-timeout", &idle],
+            // The defaults, with the suite's address not exempt.
+            Requirement::RateLimits => vec!["--scrypt-log-n", "4"],
+            Requirement::SmallQuotas => vec![
+                "--scrypt-log-n",
+                "4",
+                "--exempt",
+                SUITE_ADDRESS,
+                "--stored-kib-per-day",
+                "16",
+                "--inbox-share",
+                "5",
+                "--friend-requests-per-hour",
+                "2",
+            ],
+            Requirement::MaxRoomMembers(_) => {
+                vec!["--scrypt-log-n", "4", "--max-room-members", &room_max]
+            }
+        };
+        let server = Server::start(false, &flags);
+        let mut opts = options(&server);
+        match requirement {
+            Requirement::MaxConnections => opts.max_connections = Some(SMALL_MAX_CONNECTIONS),
+            Requirement::BusyHashing => opts.busy_hashing = true,
+            Requirement::MaxPerAddress => opts.max_per_address = Some(SMALL_MAX_PER_ADDRESS),
+            Requirement::IdleTimeout => opts.idle_timeout = Some(SHORT_IDLE_TIMEOUT),
+            Requirement::RateLimits => opts.rate_limits = true,
+            Requirement::SmallQuotas => opts.small_quotas = true,
+            Requirement::MaxRoomMembers(n) => opts.max_room_members = Some(n),
+        }
+        let cases = cases_requiring(requirement);
+        assert!(!cases.is_empty(), "no case needs {}", requirement.name());
+        ran += cases.len();
+        run_all(&server, &cases, &opts);
+    }
+    assert_eq!(
+        ran,
+        cases(true).len(),
+        "every case that needs a setting needs exactly one of those above"
     );
-    let mut opts = options(&server);
-    opts.max_connections = Some(SMALL_MAX_CONNECTIONS);
-    opts.busy_hashing = true;
-    opts.max_room_members = Some(SMALL_MAX_ROOM_MEMBERS);
-    let cases = cases(true);
-    assert!(
-        cases.len() >= 2,
-        "the cases that need server settings are missing"
-    );
-    run_all(&server, &cases, &opts);
 }

@@ -545,3 +545,58 @@ fn a_client_that_never_reads_is_disconnected_and_the_sender_is_unaffected() {
     assert_eq!(ids, kept);
     alice.expect_quiet();
 }
+
+/// The failure this guards against: clients that ask for a 1 MiB HISTORY page and do not read it
+/// made the server queue each whole page on top of a nearly full outbox: 400 such connections took
+/// it from 33 MB to over a gigabyte. Now a page goes out part by part as the client reads, so an
+/// unread page costs the server about one part.
+#[test]
+fn unread_history_pages_do_not_grow_the_server() {
+    const CLIENTS: usize = 40;
+    let server = Server::start_with(&["--line-rate", "1000000", "--line-burst", "1000000"]);
+    let mut alice = server.user("alice");
+    let text = "h".repeat(2000);
+    let batch: String = format!("ALL {text}\n").repeat(100);
+    for _ in 0..5 {
+        alice.send_raw(batch.as_bytes());
+        for _ in 0..100 {
+            assert!(alice.read_line().starts_with("OK ALL "));
+        }
+    }
+    let mut readers: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let mut c = server.connect();
+            if i == 0 {
+                c.register("bob");
+            }
+            c.login("bob");
+            c
+        })
+        .collect();
+    readers[0].sync();
+    let before = server.status_kib("VmRSS");
+    for r in readers.iter_mut() {
+        r.send("HISTORY * 500");
+    }
+    // A barrier on another connection: every HISTORY above has been read by the server.
+    alice.sync();
+    let mut peak = before;
+    for _ in 0..20 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        peak = peak.max(server.status_kib("VmRSS"));
+    }
+    let per = (peak.saturating_sub(before)) * 1024 / CLIENTS as u64;
+    println!(
+        "{CLIENTS} unread 1 MiB pages: RSS before {before} KiB, peak {peak} KiB, about {per} \
+         bytes per connection"
+    );
+    // Whole pages would take 40 MiB, less what the network buffers hold.
+    assert!(
+        peak < before + 12 * 1024,
+        "the server's RSS grew from {before} KiB to {peak} KiB"
+    );
+    // A reader that reads gets its whole page.
+    let (lines, last) = readers[1].history_answer();
+    assert_eq!(lines.len(), 500);
+    assert_eq!(last, "OK HISTORY * 500 BEFORE - AFTER -");
+}

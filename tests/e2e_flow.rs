@@ -61,3 +61,74 @@ fn connections_past_the_limit_are_told_server_full() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// The failure this guards against: 200 idle sockets from one address took every slot of a server
+/// at `--max-connections 200`, locking everyone else out. Past the limit per address (16 by
+/// default) one address is refused with its own code, and another address still gets in.
+#[test]
+fn one_address_cannot_take_every_connection_slot() {
+    let server = Server::start_with(&["--max-connections", "200"]);
+    let mut held = Vec::new();
+    let (mut accepted, mut refused) = (0, 0);
+    for _ in 0..200 {
+        let mut c = common::Client::connect_raw_from(server.addr(), "127.0.0.2");
+        let first = c.read_line();
+        if first.starts_with("HELLO ") {
+            accepted += 1;
+            held.push(c);
+        } else {
+            assert!(first.starts_with("BYE TOO_MANY_CONNECTIONS "), "{first}");
+            assert!(c.read_to_close().is_empty());
+            refused += 1;
+        }
+    }
+    println!("from one address: {accepted} accepted, {refused} refused");
+    assert_eq!(
+        (accepted, refused),
+        (chatd::config::DEFAULT_MAX_PER_ADDRESS, 200 - accepted)
+    );
+    // Someone else gets in, and the held connections still work.
+    let mut other = common::Client::connect_from(server.addr(), "127.0.0.3");
+    other.sync();
+    held[0].sync();
+}
+
+/// A silent connection is probed with PING after the idle timeout; one that answers stays, one
+/// that stays silent is closed with BYE IDLE_TIMEOUT after the same time again, and its slot is
+/// given back.
+#[test]
+fn silent_connections_are_probed_then_closed() {
+    let server = Server::start_with(&["--idle-timeout", "1", "--max-per-address", "2"]);
+    let mut talker = common::Client::connect_from(server.addr(), "127.0.0.4");
+    let mut silent = common::Client::connect_from(server.addr(), "127.0.0.4");
+    let started = Instant::now();
+    let probe = talker.read_line();
+    let token = probe
+        .strip_prefix("PING ")
+        .unwrap_or_else(|| panic!("expected the idle probe: {probe}"));
+    println!("probed after {:?}", started.elapsed());
+    talker.send(&format!("PING {token}"));
+    assert_eq!(talker.read_line(), format!("PONG {token}"));
+    assert_eq!(talker.read_line(), "OK PING");
+    // The one that answered is still served (it is probed again later, and would be closed in
+    // turn if it stopped answering).
+    talker.sync();
+    assert!(silent.read_line().starts_with("PING "));
+    let lines = silent.read_to_close();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].starts_with("BYE IDLE_TIMEOUT "), "{lines:?}");
+    println!("closed after {:?}", started.elapsed());
+    // Its place is free again (the slot goes when the connection's task ends: allow a few tries).
+    for attempt in 0.. {
+        let mut c = common::Client::connect_raw_from(server.addr(), "127.0.0.4");
+        let first = c.read_line();
+        if first.starts_with("HELLO ") {
+            break;
+        }
+        assert!(
+            first.starts_with("BYE TOO_MANY_CONNECTIONS") && attempt < 50,
+            "{first}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

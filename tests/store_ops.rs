@@ -4,8 +4,8 @@
 mod store_support;
 
 use chatd::store::{
-    Conversation, Cursor, FriendState, HistoryPage, MemberRecord, ReadOp, RoomRecord, Snapshot,
-    StoreOp, StoreReply, To,
+    Conversation, Cursor, FriendState, HistoryPage, MemberRecord, Profile, ReadOp, RetiredName,
+    RoomRecord, Snapshot, StoreOp, StoreReply, To, TokenRecord,
 };
 use store_support::*;
 
@@ -180,7 +180,7 @@ fn read_backlog_removes_nothing_and_clear_backlog_removes_up_to_an_id() {
         let read = |s: &mut Subject, user: &str| match s
             .exec1(StoreOp::ReadBacklog { user: user.into() })
         {
-            StoreReply::Backlog(msgs) => ids(&msgs),
+            StoreReply::Backlog(ids) => ids,
             other => panic!("ReadBacklog answered {other:?}"),
         };
         // An entry without its message is skipped, not removed.
@@ -232,11 +232,11 @@ fn a_reader_sees_the_store_as_it_was_when_taken() {
         };
         let backlog = ReadOp::Backlog { user: "bob".into() };
         let page = |reply| match reply {
-            StoreReply::History(p) => ids(&p.messages),
+            StoreReply::History(p) => p.ids,
             other => panic!("History answered {other:?}"),
         };
         let pending = |reply| match reply {
-            StoreReply::Backlog(msgs) => ids(&msgs),
+            StoreReply::Backlog(ids) => ids,
             other => panic!("ReadBacklog answered {other:?}"),
         };
         assert_eq!(
@@ -313,6 +313,7 @@ fn ops_of_a_batch_see_the_ops_before_them() {
                 upto: 1,
             },
             StoreOp::ReadBacklog { user: "b".into() },
+            StoreOp::ReadMessages { ids: vec![7, 1] },
         ]);
         let m = msg(1, "a", user("b"), "x");
         assert_eq!(
@@ -321,13 +322,14 @@ fn ops_of_a_batch_see_the_ops_before_them() {
                 StoreReply::History(HistoryPage::default()),
                 StoreReply::Done,
                 StoreReply::History(HistoryPage {
-                    messages: vec![m.clone()],
+                    ids: vec![1],
                     older: None,
                     newer: None
                 }),
-                StoreReply::Backlog(vec![m]),
+                StoreReply::Backlog(vec![1]),
                 StoreReply::Done,
                 StoreReply::Backlog(vec![]),
+                StoreReply::Messages(vec![m]),
             ],
             "{}",
             s.name()
@@ -396,7 +398,7 @@ fn history_pages_and_their_continuation_cursors() {
         ] {
             assert_eq!(
                 s.history(&pair("alice", "nobody"), 3, cursor),
-                HistoryPage::default(),
+                Page::default(),
                 "{cursor:?}"
             );
         }
@@ -478,6 +480,51 @@ fn paging_through_250_messages_has_no_gap_or_duplicate() {
     }
 }
 
+/// The share each sender has of an account's offline backlog survives a restart: the core limits
+/// it (spec 6.3), and must not forget it when the server restarts.
+#[test]
+fn backlogs_are_counted_per_sender_in_the_snapshot() {
+    for mut s in Subject::each() {
+        s.exec(&[
+            append(msg(1, "Alice", user("carol"), "a1"), &["carol"]),
+            append(msg(2, "ALICE", user("carol"), "a2"), &["carol"]),
+            append(
+                msg(3, "bob", group(&["carol", "dave"]), "b"),
+                &["carol", "dave"],
+            ),
+            append(msg(4, "bob", user("alice"), "delivered"), &[]),
+            StoreOp::AddPending {
+                user: "alice".into(),
+                id: 4,
+            },
+        ]);
+        let snap = s.snapshot();
+        assert_eq!(
+            snap.pending_senders,
+            vec![
+                ("alice".to_owned(), "bob".to_owned(), 1),
+                ("carol".to_owned(), "alice".to_owned(), 2),
+                ("carol".to_owned(), "bob".to_owned(), 1),
+                ("dave".to_owned(), "bob".to_owned(), 1),
+            ],
+            "{}",
+            s.name()
+        );
+        s.exec1(StoreOp::ClearBacklog {
+            user: "carol".into(),
+            upto: 2,
+        });
+        assert_eq!(
+            s.snapshot().pending_senders,
+            vec![
+                ("alice".to_owned(), "bob".to_owned(), 1),
+                ("carol".to_owned(), "bob".to_owned(), 1),
+                ("dave".to_owned(), "bob".to_owned(), 1),
+            ]
+        );
+    }
+}
+
 #[test]
 fn everything_survives_a_reopen() {
     let mut mem = Subject::memory();
@@ -509,6 +556,10 @@ fn everything_survives_a_reopen() {
                 ("bob".into(), "alice".into(), FriendState::Incoming),
             ],
             pending_counts: vec![("bob".into(), 1), ("carol".into(), 1)],
+            pending_senders: vec![
+                ("bob".into(), "alice".into(), 1),
+                ("carol".into(), "bob".into(), 1)
+            ],
             next_id: 6,
             next_room_id: 1,
             ..Snapshot::default()
@@ -727,7 +778,7 @@ fn a_room_pages_within_what_the_reader_may_see() {
             count: 3,
         });
         match replay {
-            StoreReply::History(p) => assert_eq!(ids(&p.messages), vec![20, 30, 40]),
+            StoreReply::Messages(m) => assert_eq!(ids(&m), vec![20, 30, 40]),
             other => panic!("{other:?}"),
         }
         // Where unread messages start, and the position of a message in the room.
@@ -752,6 +803,100 @@ fn a_room_pages_within_what_the_reader_may_see() {
                 .history(&pair("alice", "bob"), 10, Cursor::Latest)
                 .messages),
             vec![25]
+        );
+    }
+}
+
+fn token(id: u64, user: &str) -> TokenRecord {
+    TokenRecord {
+        id,
+        user: user.to_owned(),
+        digest: [id as u8; 32],
+        label: format!("device {id}"),
+        created_ms: 100,
+        last_used_ms: 100,
+    }
+}
+
+/// The failure guarded against: an account deleted on disk leaves something keyed by it behind
+/// (a token that still logs in, a friendship or block the other side still sees, a backlog, a
+/// profile), or its name becomes free, so a new account of the same name inherits its history.
+#[test]
+fn deleting_an_account_removes_everything_keyed_by_it_and_retires_its_name() {
+    for mut s in Subject::each() {
+        s.exec(&[
+            StoreOp::CreateAccount(account("Alice", 1)),
+            StoreOp::CreateAccount(account("bob", 2)),
+            StoreOp::CreateAccount(account("carol", 3)),
+            StoreOp::CreateToken(token(7, "alice")),
+            StoreOp::CreateToken(token(8, "alice")),
+            StoreOp::CreateToken(token(9, "bob")),
+            StoreOp::SetFriendship {
+                a: "alice".into(),
+                b: "bob".into(),
+                state: Some(FriendState::Friends),
+            },
+            StoreOp::SetFriendship {
+                a: "carol".into(),
+                b: "alice".into(),
+                state: Some(FriendState::Outgoing),
+            },
+            StoreOp::Block {
+                a: "alice".into(),
+                b: "carol".into(),
+            },
+            StoreOp::Block {
+                a: "bob".into(),
+                b: "alice".into(),
+            },
+            StoreOp::SetAway {
+                user: "alice".into(),
+                away: Some("out".into()),
+            },
+            append(msg(1, "bob", user("Alice"), "kept for alice"), &["alice"]),
+            append(msg(2, "Alice", user("bob"), "from alice"), &["bob"]),
+            StoreOp::DeleteAccount {
+                user: "alice".into(),
+                deleted_ms: 50,
+            },
+        ]);
+        let snap = s.snapshot();
+        let name = s.name();
+        assert_eq!(
+            snap.accounts,
+            vec![account("bob", 2), account("carol", 3)],
+            "{name}"
+        );
+        assert_eq!(snap.tokens, vec![token(9, "bob")], "{name}");
+        assert!(
+            snap.friendships.is_empty(),
+            "{name}: {:?}",
+            snap.friendships
+        );
+        assert!(snap.blocks.is_empty(), "{name}: {:?}", snap.blocks);
+        assert!(snap.profiles.is_empty(), "{name}");
+        assert_eq!(snap.pending_counts, vec![("bob".into(), 1)], "{name}");
+        assert_eq!(
+            snap.retired,
+            vec![RetiredName {
+                name: "Alice".into(),
+                deleted_ms: 50
+            }],
+            "{name}"
+        );
+        // What alice sent stays in bob's history, under her name.
+        let page = s.history(&pair("bob", "alice"), 10, Cursor::Latest);
+        assert_eq!(ids(&page.messages), [1, 2], "{name}");
+        assert_eq!(page.messages[1].from, "Alice");
+        // A later block of bob by carol, after the deletion, is untouched by it.
+        s.exec1(StoreOp::Block {
+            a: "carol".into(),
+            b: "bob".into(),
+        });
+        assert_eq!(
+            s.snapshot().blocks,
+            vec![("carol".to_owned(), "bob".to_owned())],
+            "{name}"
         );
     }
 }
@@ -822,5 +967,110 @@ fn direct_read_markers_only_move_forward() {
                 after: 0
             }
         );
+    }
+}
+
+#[test]
+fn a_block_ends_the_friendship_and_unblock_leaves_no_relation() {
+    for mut s in Subject::each() {
+        s.exec(&[
+            StoreOp::SetFriendship {
+                a: "a".into(),
+                b: "b".into(),
+                state: Some(FriendState::Friends),
+            },
+            StoreOp::Block {
+                a: "b".into(),
+                b: "a".into(),
+            },
+        ]);
+        let snap = s.snapshot();
+        assert!(snap.friendships.is_empty(), "{}", s.name());
+        assert_eq!(snap.blocks, vec![("b".to_owned(), "a".to_owned())]);
+        s.exec1(StoreOp::Unblock {
+            a: "b".into(),
+            b: "a".into(),
+        });
+        let snap = s.snapshot();
+        assert!(snap.blocks.is_empty() && snap.friendships.is_empty());
+    }
+}
+
+#[test]
+fn tokens_are_touched_revoked_and_revoked_with_a_new_password() {
+    for mut s in Subject::each() {
+        s.exec(&[
+            StoreOp::CreateAccount(account("ann", 1)),
+            StoreOp::CreateToken(token(1, "ann")),
+            StoreOp::CreateToken(token(2, "ann")),
+            StoreOp::CreateToken(token(3, "ann")),
+            StoreOp::TouchToken {
+                id: 2,
+                last_used_ms: 900,
+            },
+            // Touching a token that is gone changes nothing.
+            StoreOp::TouchToken {
+                id: 99,
+                last_used_ms: 900,
+            },
+            StoreOp::RevokeTokens { ids: vec![1, 42] },
+        ]);
+        let mut touched = token(2, "ann");
+        touched.last_used_ms = 900;
+        assert_eq!(
+            s.snapshot().tokens,
+            vec![touched.clone(), token(3, "ann")],
+            "{}",
+            s.name()
+        );
+        s.exec1(StoreOp::SetPassword {
+            user: "ann".into(),
+            phc: "new-hash".into(),
+            revoke: vec![3],
+        });
+        let snap = s.snapshot();
+        assert_eq!(snap.tokens, vec![touched], "{}", s.name());
+        assert_eq!(snap.accounts[0].phc, "new-hash");
+    }
+}
+
+#[test]
+fn profiles_change_field_by_field_and_only_for_accounts() {
+    for mut s in Subject::each() {
+        s.exec(&[
+            StoreOp::CreateAccount(account("ann", 1)),
+            StoreOp::SetAway {
+                user: "ann".into(),
+                away: Some("lunch".into()),
+            },
+            StoreOp::SetDms {
+                user: "ann".into(),
+                friends_only: true,
+            },
+            StoreOp::SetLastSeen {
+                user: "ann".into(),
+                ms: 77,
+            },
+            StoreOp::SetAway {
+                user: "nobody".into(),
+                away: Some("x".into()),
+            },
+        ]);
+        let want = Profile {
+            friends_only: true,
+            away: Some("lunch".into()),
+            last_seen_ms: Some(77),
+        };
+        assert_eq!(
+            s.snapshot().profiles,
+            vec![("ann".to_owned(), want.clone())],
+            "{}",
+            s.name()
+        );
+        s.exec1(StoreOp::SetAway {
+            user: "ann".into(),
+            away: None,
+        });
+        assert_eq!(s.snapshot().profiles[0].1, Profile { away: None, ..want });
     }
 }

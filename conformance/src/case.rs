@@ -38,6 +38,17 @@ pub enum Requirement {
     /// The server's room size limit must be exactly this (`--max-room-members N`), so that a case
     /// can fill a room.
     MaxRoomMembers(usize),
+    /// The server's limit of connections per address must be given (`--max-per-address`).
+    MaxPerAddress,
+    /// The server's idle timeout must be given, and short enough for the suite to wait for it
+    /// (`--idle-timeout`).
+    IdleTimeout,
+    /// The server applies its default limits per address to the suite's address
+    /// (`--rate-limits`), so that a few failed logins make it back off.
+    RateLimits,
+    /// The server's quotas per account are small and known (`--small-quotas`): 60 messages a
+    /// minute, 16 KiB stored a day, a share of 5 in an offline inbox, 2 friend requests an hour.
+    SmallQuotas,
 }
 
 impl Requirement {
@@ -47,6 +58,10 @@ impl Requirement {
             Requirement::MaxConnections => "max-connections",
             Requirement::BusyHashing => "busy-hashing",
             Requirement::MaxRoomMembers(_) => "max-room-members",
+            Requirement::MaxPerAddress => "max-per-address",
+            Requirement::IdleTimeout => "idle-timeout",
+            Requirement::RateLimits => "rate-limits",
+            Requirement::SmallQuotas => "small-quotas",
         }
     }
 }
@@ -237,6 +252,12 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Vec<Case>, ParseError> {
                     b.case.requires.push(Requirement::MaxConnections)
                 }
                 (Some("busy-hashing"), None, _) => b.case.requires.push(Requirement::BusyHashing),
+                (Some("max-per-address"), None, _) => {
+                    b.case.requires.push(Requirement::MaxPerAddress)
+                }
+                (Some("idle-timeout"), None, _) => b.case.requires.push(Requirement::IdleTimeout),
+                (Some("rate-limits"), None, _) => b.case.requires.push(Requirement::RateLimits),
+                (Some("small-quotas"), None, _) => b.case.requires.push(Requirement::SmallQuotas),
                 (Some("max-room-members"), Some(n), None) => match n.parse() {
                     Ok(n) => b.case.requires.push(Requirement::MaxRoomMembers(n)),
                     Err(_) => {
@@ -246,6 +267,7 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Vec<Case>, ParseError> {
                 _ => {
                     return Err(err(format!(
                         "unknown requirement {:?} (known: max-connections, busy-hashing, \
+                         max-per-address, idle-timeout, rate-limits, small-quotas, \
                          max-room-members N)",
                         req.trim()
                     )))
@@ -357,8 +379,14 @@ fn parse_step(line: &str, b: &mut CaseBuilder) -> Result<StepKind, String> {
             if !is_client(c) || !b.open.insert(c.to_string()) {
                 return Err(format!("`saturate` needs a new client name, got {c:?}"));
             }
-            if !b.case.requires.contains(&Requirement::MaxConnections) {
-                return Err("`saturate` needs `requires max-connections` first".into());
+            if !b.case.requires.contains(&Requirement::MaxConnections)
+                && !b.case.requires.contains(&Requirement::MaxPerAddress)
+            {
+                return Err(
+                    "`saturate` needs `requires max-connections` or `requires max-per-address` \
+                     first"
+                        .into(),
+                );
             }
             return Ok(StepKind::Saturate {
                 client: c.to_string(),

@@ -20,6 +20,16 @@ usage: chatd-conformance --addr HOST:PORT [options]
   --busy-hashing          the server hashes slowly (default scrypt cost) with at most three hashes
                           running or waiting (e.g. --hash-threads 1 --hash-queue 1); enables the
                           SERVER_BUSY case
+  --max-per-address N     the server's limit of connections from one address; enables the
+                          TOO_MANY_CONNECTIONS case
+  --idle-timeout SECS     the server's idle timeout, a few seconds at most (less than half of
+                          --timeout); enables the idle-probe cases
+  --rate-limits           the server applies its default limits per address (failed-login
+                          back-off) to the suite's address; enables the RATE_LIMITED cases
+  --small-quotas          the server's quotas per account are 60 messages a minute, 16 KiB stored a
+                          day, a share of 5 in an offline inbox and 2 friend requests an hour
+                          (chatd: --stored-kib-per-day 16 --inbox-share 5
+                          --friend-requests-per-hour 2); enables the quota cases
   --cases DIR             case files to run (default: the bundled cases)
   --list                  list the cases and exit
 ";
@@ -77,6 +87,20 @@ fn parse_args() -> Result<Args, String> {
                     v.parse()
                         .map_err(|_| format!("bad --max-room-members {v:?}"))?,
                 );
+            }
+            "--max-per-address" => {
+                let v = value()?;
+                a.opts.max_per_address = Some(
+                    v.parse()
+                        .map_err(|_| format!("bad --max-per-address {v:?}"))?,
+                );
+            }
+            "--rate-limits" => a.opts.rate_limits = true,
+            "--small-quotas" => a.opts.small_quotas = true,
+            "--idle-timeout" => {
+                let v = value()?;
+                let secs: u64 = v.parse().map_err(|_| format!("bad --idle-timeout {v:?}"))?;
+                a.opts.idle_timeout = Some(Duration::from_secs(secs));
             }
             "--cases" => a.cases = PathBuf::from(value()?),
             "--list" => a.list = true,

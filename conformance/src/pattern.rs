@@ -141,8 +141,8 @@ mod tests {
         assert!(!ok("OK PING", "OK PING "));
         assert!(!ok("OK PING", "ok ping"));
         assert!(!ok("OK PING", "OK PIN"));
-        assert!(ok("USER $a", "USER Crun00001_a"));
-        assert!(!ok("USER $a", "USER crun00001_a"));
+        assert!(ok("USER $a", "USER Crun00023_a"));
+        assert!(!ok("USER $a", "USER crun00023_a"));
     }
 
     #[test]
@@ -187,12 +187,12 @@ mod tests {
         assert!(ok("<text> middle <text>", "a middle b middle c"));
         assert!(!ok("<text>", ""));
         assert!(ok("<any>", ""));
-        assert!(ok("X <any>$a<any>", "X no such user: Crun00001_a"));
-        assert!(ok("X <any>$a<any>", "X Crun00001_a, y"));
-        assert!(!ok("X <any>$a<any>", "X Crun00001_b"));
+        assert!(ok("X <any>$a<any>", "X no such user: Crun00023_a"));
+        assert!(ok("X <any>$a<any>", "X Crun00023_a, y"));
+        assert!(!ok("X <any>$a<any>", "X Crun00023_b"));
         assert!(ok(
             "MESSAGE <id> <time> $a $b   two",
-            "MESSAGE 1 2026-11-21T02:12:12.345Z Crun00001_a Crun00001_b   two"
+            "MESSAGE 1 2026-11-21T02:12:12.345Z Crun00023_a Crun00023_b   two"
         ));
     }
 

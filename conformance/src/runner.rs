@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::case::{Case, Requirement, Step, StepKind};
 use crate::conn::{Conn, ReadError, TlsSettings};
 use crate::pattern::matches;
-use crate::template::{base36, Env, Matcher, Mode, PatTok, Template};
+use crate::template::{name_digits, Env, Matcher, Mode, PatTok, Template, NAME_DIGITS};
 
 /// Where and how to run the suite.
 #[derive(Clone)]
@@ -34,6 +34,17 @@ pub struct Options {
     /// The server's most members per room, when known; enables the cases that fill a room of
     /// exactly that size.
     pub max_room_members: Option<usize>,
+    /// The server's limit of connections from one address, when known; enables the cases that
+    /// need it.
+    pub max_per_address: Option<usize>,
+    /// The server's idle timeout, when it is short enough to wait for; enables the idle cases.
+    pub idle_timeout: Option<Duration>,
+    /// The server applies its default limits per address (spec 7.5) to the suite's address;
+    /// enables the RATE_LIMITED cases.
+    pub rate_limits: bool,
+    /// The server runs with small quotas per account (see [`Requirement::SmallQuotas`]); enables
+    /// the quota cases.
+    pub small_quotas: bool,
     /// Distinguishes this run's account names from every other run's; random when `None`.
     pub run_id: Option<String>,
     /// Fail a case when the server sends a line that is not a well-formed server line (spec 2.9).
@@ -52,6 +63,10 @@ impl Options {
             max_connections: None,
             busy_hashing: false,
             max_room_members: None,
+            max_per_address: None,
+            idle_timeout: None,
+            rate_limits: false,
+            small_quotas: false,
             run_id: None,
             check_grammar: true,
         }
@@ -108,7 +123,7 @@ const SHOW_MAX: usize = 160;
 /// How long the clean-up at the end of a case waits for the server to close a connection.
 const CLEANUP_WAIT: Duration = Duration::from_secs(2);
 
-/// A fresh run id: six base-36 characters from the clock and a randomly keyed hash.
+/// A fresh run id: six characters (see `name_digits`) from the clock and a randomly keyed hash.
 pub fn fresh_run_id() -> String {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     let now = std::time::SystemTime::now()
@@ -116,7 +131,7 @@ pub fn fresh_run_id() -> String {
         .unwrap_or_default();
     h.write_u128(now.as_nanos());
     h.write_u32(std::process::id());
-    base36(h.finish() % 36u64.pow(6), 6)
+    name_digits(h.finish() % (NAME_DIGITS.len() as u64).pow(6), 6)
 }
 
 /// Runs the selected cases in order, calling `progress` after each one.
@@ -138,6 +153,10 @@ pub fn run(
             Requirement::MaxConnections => opts.max_connections.is_none(),
             Requirement::BusyHashing => !opts.busy_hashing,
             Requirement::MaxRoomMembers(n) => opts.max_room_members != Some(*n),
+            Requirement::MaxPerAddress => opts.max_per_address.is_none(),
+            Requirement::IdleTimeout => opts.idle_timeout.is_none(),
+            Requirement::RateLimits => !opts.rate_limits,
+            Requirement::SmallQuotas => !opts.small_quotas,
         });
         let outcome = if let Some(r) = unmet {
             Outcome::Skip(match r {
@@ -656,17 +675,19 @@ impl<'a> CaseRun<'a> {
                 self.expect(client, &Self::literal("BACKLOG-END 0"))
             }
             StepKind::Saturate { client } => {
-                let max = self
-                    .opts
-                    .max_connections
-                    .expect("cases that saturate are skipped without --max-connections");
+                // The smaller of the limits that apply (the suite connects from one address).
+                let max = [self.opts.max_connections, self.opts.max_per_address]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .expect("cases that saturate are skipped without a connection limit");
                 let hello = self.hello();
                 // Our own open clients count towards the limit too, so at most max+1 attempts.
                 for _ in 0..=max {
                     let mut conn = self.connect()?;
                     let line = conn.read_line(self.deadline()).map_err(|e| {
                         self.fail(
-                            "HELLO or BYE SERVER_FULL on a new connection",
+                            "HELLO or a BYE on a new connection",
                             vec![Self::describe(&e)],
                         )
                     })?;

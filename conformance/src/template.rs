@@ -137,7 +137,7 @@ impl Env {
     /// An environment for one case of one run.
     pub fn new(run_id: &str, case_index: usize) -> Env {
         Env {
-            name_prefix: format!("C{run_id}{}_", base36(case_index as u64, 2)),
+            name_prefix: format!("C{run_id}{}_", name_digits(case_index as u64, 2)),
             password: format!("pw-{run_id}-ok"),
             captures: HashMap::new(),
         }
@@ -161,19 +161,25 @@ impl Env {
     }
 }
 
-/// `n` in base 36 (digits and lower-case letters), zero-padded to at least `width` digits.
-pub fn base36(mut n: u64, width: usize) -> String {
-    const DIGITS: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+/// The digits of [`name_digits`]: digits and lower-case letters that do not look like one another,
+/// so that two different numbers never give names a server takes for the same (spec 4.1: `i`, `l`
+/// and `1` look alike, so do `o` and `0`; `r` and `v` are left out so that `rn` and `vv`, which
+/// look like `m` and `w`, cannot form).
+pub const NAME_DIGITS: &[u8] = b"23456789abcdefghjkmnpqstuwxyz";
+
+/// `n` written with [`NAME_DIGITS`], padded to at least `width` digits.
+pub fn name_digits(mut n: u64, width: usize) -> String {
+    let base = NAME_DIGITS.len() as u64;
     let mut out = Vec::new();
     while n > 0 {
-        out.push(DIGITS[(n % 36) as usize]);
-        n /= 36;
+        out.push(NAME_DIGITS[(n % base) as usize]);
+        n /= base;
     }
     while out.len() < width {
-        out.push(b'0');
+        out.push(NAME_DIGITS[0]);
     }
     out.reverse();
-    String::from_utf8(out).expect("base36 digits are ASCII")
+    String::from_utf8(out).expect("name digits are ASCII")
 }
 
 fn is_ident_start(b: u8) -> bool {
@@ -547,9 +553,9 @@ mod tests {
     #[test]
     fn names_are_unique_valid_and_bounded() {
         let e = env();
-        assert_eq!(e.name("a", NameForm::AsIs), "Cabc12307_a");
-        assert_eq!(e.name("a", NameForm::Upper), "CABC12307_A");
-        assert_eq!(e.name("a", NameForm::Lower), "cabc12307_a");
+        assert_eq!(e.name("a", NameForm::AsIs), "Cabc12329_a");
+        assert_eq!(e.name("a", NameForm::Upper), "CABC12329_A");
+        assert_eq!(e.name("a", NameForm::Lower), "cabc12329_a");
         assert_eq!(e.name("a", NameForm::Max).len(), MAX_NAME_LEN);
         let longest = e.name(&"z".repeat(MAX_VAR_LEN), NameForm::AsIs);
         assert!(longest.len() <= MAX_NAME_LEN);
@@ -561,14 +567,14 @@ mod tests {
 
     #[test]
     fn expands_variables_captures_and_escapes() {
-        assert_eq!(send("MSG $b hi"), b"MSG Cabc12307_b hi");
+        assert_eq!(send("MSG $b hi"), b"MSG Cabc12329_b hi");
         assert_eq!(
             send("LOGIN $a:lower $pw"),
-            b"LOGIN cabc12307_a pw-abc123-ok"
+            b"LOGIN cabc12329_a pw-abc123-ok"
         );
         assert_eq!(
             send("HISTORY $b 2 BEFORE {id}"),
-            b"HISTORY Cabc12307_b 2 BEFORE 41"
+            b"HISTORY Cabc12329_b 2 BEFORE 41"
         );
         assert_eq!(send("{id+1} {id-41}"), b"42 0");
         assert_eq!(send("caf\\xC3\\x28\\r\\n"), b"caf\xC3\x28\r\n");
@@ -576,7 +582,7 @@ mod tests {
         assert_eq!(send("<id> stays"), b"<id> stays");
         assert_eq!(
             send("GROUP $r[1..3] x"),
-            b"GROUP Cabc12307_r1,Cabc12307_r2,Cabc12307_r3 x"
+            b"GROUP Cabc12329_r1,Cabc12329_r2,Cabc12329_r3 x"
         );
     }
 
@@ -619,7 +625,7 @@ mod tests {
                 PatTok::Match(Matcher::Word),
                 PatTok::Lit(b" ".to_vec()),
                 PatTok::Bind("new".into(), Matcher::Number),
-                PatTok::Lit(b" Cabc12307_a".to_vec()),
+                PatTok::Lit(b" Cabc12329_a".to_vec()),
                 PatTok::Match(Matcher::Text),
             ]
         );

@@ -100,8 +100,8 @@ fn greeting_signup_and_ordered_expectations() {
 
 #[test]
 fn names_expand_per_run_and_case() {
-    passes("connect a\na> SAY user $a\na< user Ct0000000_a\n");
-    passes("connect a\na> SAY $a:lower $a:upper\na< ct0000000_a CT0000000_A\n");
+    passes("connect a\na> SAY user $a\na< user Ct0000022_a\n");
+    passes("connect a\na> SAY $a:lower $a:upper\na< ct0000022_a CT0000022_A\n");
 }
 
 #[test]

@@ -19,7 +19,7 @@ use bench::server::{self, Launch, Server};
 use bench::{system, EXECUTOR};
 
 /// Scenarios in run order, by the name `--only` takes.
-const SCENARIOS: &[&str] = &["all", "group", "msg1", "msgn", "idle"];
+const SCENARIOS: &[&str] = &["all", "group", "msg1", "msgn", "idle", "history"];
 
 #[derive(FromArgs)]
 /// chatd-bench: load benchmark for chatd. Starts a server with a fresh temporary database (or uses
@@ -42,7 +42,7 @@ struct Args {
     #[argh(option)]
     dir: Option<PathBuf>,
 
-    /// scenarios to run, comma-separated, from all,group,msg1,msgn,idle (default: all of them)
+    /// scenarios to run, comma-separated, from all,group,msg1,msgn,idle,history (default: all of them)
     #[argh(option)]
     only: Option<String>,
 
@@ -73,6 +73,10 @@ struct Args {
     /// idle memory: connections to open (default 2000)
     #[argh(option, default = "2000")]
     idle_conns: usize,
+
+    /// large answers: connections asking for a 1 MiB HISTORY page without reading it (default 400)
+    #[argh(option, default = "400")]
+    history_conns: usize,
 
     /// bytes of message text (default 64)
     #[argh(option, default = "64")]
@@ -147,6 +151,7 @@ async fn run(args: Args) -> ExitCode {
         window: args.window.max(1),
         senders: args.senders.max(2),
         idle_conns: args.idle_conns.max(1),
+        history_conns: args.history_conns.max(1),
         text: text(args.text_bytes),
         limit: Duration::from_secs(args.max_secs.max(1)),
         prefix: run_prefix(),
@@ -192,6 +197,7 @@ async fn run(args: Args) -> ExitCode {
             "all" | "group" => s.recipients + 2,
             "msg1" => 2,
             "msgn" => s.senders,
+            "history" => s.history_conns + 2,
             _ => s.idle_conns,
         } + 64;
         let server = match Server::start(&launch, &dir, conns) {
@@ -214,6 +220,9 @@ async fn run(args: Args) -> ExitCode {
             "msgn" => scenarios::direct_many(&server, s)
                 .await
                 .map(|f| vec![(format!("msg-{}x1", s.senders), f)]),
+            "history" => scenarios::history(&server, s)
+                .await
+                .map(|v| v.into_iter().map(|(k, f)| (k.to_owned(), f)).collect()),
             _ => scenarios::idle(&server, s)
                 .await
                 .map(|v| v.into_iter().map(|(k, f)| (k.to_owned(), f)).collect()),

@@ -5,7 +5,8 @@
 //! unchanged, so scripts and tests see the protocol itself. When stdin ends the client sends a
 //! labelled `PING` with a token of its own as a barrier; the server answers in order, so once the
 //! barrier's `OK` is in, every earlier command has been answered, and the client exits. The barrier's
-//! own `PONG` and `OK` are not shown. It does not reconnect: a script cannot know which of its
+//! own `PONG` and `OK` are not shown, nor are those of its answers to the server's idle probes
+//! (`PING <token>`, answered with a `PING` of the same token). It does not reconnect: a script cannot know which of its
 //! commands took effect, so a lost connection is an error (exit status 3) instead.
 
 use std::io::{self, BufRead, Write};
@@ -133,6 +134,12 @@ async fn run_async(connector: Connector) -> u8 {
                     if barrier_sent && line == barrier_pong {
                         continue;
                     }
+                    if session.is_probe_answer(&parsed) {
+                        // The answer to the client's own answer to an idle probe: not shown,
+                        // not counted.
+                        session.on_server_line(&line, &Clock::now());
+                        continue;
+                    }
                     match parsed {
                         ServerLine::Hello { .. } => greeted = true,
                         ServerLine::Fail { command, .. } => {
@@ -142,8 +149,13 @@ async fn run_async(connector: Connector) -> u8 {
                         ServerLine::Ok { .. } => answered += 1,
                         _ => {}
                     }
-                    // Only for its bookkeeping (who a plain line goes to); its words are not shown.
-                    session.on_server_line(&line, &Clock::now());
+                    // For its bookkeeping (who a plain line goes to) and its answer to an idle
+                    // probe; its words are not shown.
+                    for effect in session.on_server_line(&line, &Clock::now()) {
+                        if let Effect::Send(l) = effect {
+                            to_send.push((l, false));
+                        }
+                    }
                     let _ = writeln!(stdout, "{line}");
                     if server_rx.is_empty() {
                         let _ = stdout.flush();
@@ -177,6 +189,8 @@ async fn run_async(connector: Connector) -> u8 {
                         for effect in session.on_input(parsed) {
                             match effect {
                                 Effect::Send(l) => to_send.push((l, true)),
+                                // A script says how it logs in; this client keeps no token.
+                                Effect::SaveToken(_) | Effect::ForgetToken => {}
                                 Effect::Show(note) => {
                                     if note.kind == NoteKind::Error {
                                         bad_input = true;

@@ -8,10 +8,14 @@
 //! it, never on the terminal.
 //!
 //! A lost connection is reported, then retried with exponential back-off ([`BACKOFF_START`] doubling
-//! to [`BACKOFF_MAX`]); once back, the session logs in again if it knows the credentials. While
-//! disconnected, typed lines are refused with an explanation rather than queued, so nothing is sent
-//! later by surprise.
+//! to [`BACKOFF_MAX`]); once back, the session logs in again with its device token (or its
+//! credentials, when it has no token). While disconnected, typed lines are refused with an
+//! explanation rather than queued, so nothing is sent later by surprise.
+//!
+//! The device token lives in a file of the user's ([`super::token_file`]): read at start, so that a
+//! new client logs in by itself, written when the session gets one, deleted when it forgets it.
 
+use std::path::PathBuf;
 use std::pin::pin;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -27,6 +31,7 @@ use super::conn::{forward_lines, Connector, Incoming, Stream};
 use super::input::{self, Input};
 use super::render::Clock;
 use super::session::{Effect, Note, NoteKind, Session};
+use super::token_file;
 use super::{EXIT_NO_CONNECTION, EXIT_OK};
 use crate::proto::server_line::{parse, ServerLine};
 
@@ -89,6 +94,22 @@ pub fn run(connector: Connector) -> ExitCode {
         }
     });
 
+    let token_path = token_file::path_for(connector.addr());
+    let saved = match token_path.as_deref().map(token_file::load) {
+        Some(Ok((token, warning))) => {
+            if let Some(w) = warning {
+                eprintln!("chatd: warning: {w}");
+            }
+            token
+        }
+        Some(Err(e)) => {
+            eprintln!("chatd: cannot read the saved login: {e}");
+            None
+        }
+        None => None,
+    };
+    let session = Session::new(true).with_token(saved, &device_label());
+
     let prompt = Arc::new(Mutex::new("> ".to_string()));
     let (ui_tx, ui_rx) = async_channel::bounded::<Ui>(UI_QUEUE);
     let network = {
@@ -96,7 +117,8 @@ pub fn run(connector: Connector) -> ExitCode {
         std::thread::spawn(move || {
             let mut net = Net {
                 connector,
-                session: Session::new(true),
+                session,
+                token_path,
                 ui: ui_rx,
                 out: print_tx,
                 prompt,
@@ -116,7 +138,11 @@ pub fn run(connector: Connector) -> ExitCode {
                 // Passwords stay out of the editor's history.
                 if !matches!(
                     parsed,
-                    Ok(Input::Login { .. } | Input::Register { .. } | Input::Nothing)
+                    Ok(Input::Login { .. }
+                        | Input::Register { .. }
+                        | Input::Password { .. }
+                        | Input::Unregister { .. }
+                        | Input::Nothing)
                 ) {
                     let _ = editor.add_history_entry(line.as_str());
                 }
@@ -144,10 +170,30 @@ pub fn run(connector: Connector) -> ExitCode {
     ExitCode::from(EXIT_OK)
 }
 
+/// What a device token is labelled with: this client and the machine it runs on.
+fn device_label() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .unwrap_or_default();
+    let host: String = host
+        .trim()
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(40)
+        .collect();
+    if host.is_empty() {
+        "chatd client".into()
+    } else {
+        format!("chatd client on {host}")
+    }
+}
+
 /// The connection thread's state.
 struct Net {
     connector: Connector,
     session: Session,
+    /// Where the device token is kept, if there is a configuration directory.
+    token_path: Option<PathBuf>,
     ui: Receiver<Ui>,
     out: Sender<String>,
     prompt: Arc<Mutex<String>>,
@@ -259,8 +305,31 @@ impl Net {
     }
 
     async fn effect_offline(&self, effect: Effect) {
-        if let Effect::Show(note) = effect {
-            let _ = self.out.send(note.to_string()).await;
+        match effect {
+            Effect::Show(note) => {
+                let _ = self.out.send(note.to_string()).await;
+            }
+            Effect::SaveToken(_) | Effect::ForgetToken => self.keep_token(effect).await,
+            Effect::Send(_) => {}
+        }
+    }
+
+    /// Saves or deletes the device token file.
+    async fn keep_token(&self, effect: Effect) {
+        let Some(path) = &self.token_path else {
+            return;
+        };
+        let result = match &effect {
+            Effect::SaveToken(token) => token_file::save(path, token),
+            Effect::ForgetToken => token_file::forget(path),
+            _ => return,
+        };
+        if let Err(e) = result {
+            self.show(
+                NoteKind::Error,
+                format!("cannot keep the login in {}: {e}", path.display()),
+            )
+            .await;
         }
     }
 
@@ -299,6 +368,7 @@ impl Net {
                         Effect::Show(note) => {
                             let _ = self.out.send(note.to_string()).await;
                         }
+                        Effect::SaveToken(_) | Effect::ForgetToken => self.keep_token(effect).await,
                     }
                 }
                 self.update_prompt();

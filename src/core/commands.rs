@@ -2,7 +2,8 @@
 //!
 //! A row says what the core does with a command whose line parsed (its syntax, arity and usage are
 //! the codec's, in `proto::command`): the connection state it needs, whether it waits for the
-//! connection's earlier commands, its help text, and its handler. [`Core::process`] checks the state
+//! connection's earlier commands, whether it writes or reads the store (which matters while writes
+//! fail), its help text, and its handler. [`Core::process`] checks the state
 //! for every command in one place, in the order of spec 3.2; HELP is rendered from these rows.
 //!
 //! Adding a command: its syntax in `proto::command` (a `Verb`, a row of `COMMANDS`, its arguments in
@@ -10,7 +11,7 @@
 //! group), and its spec section, conformance cases and transcripts.
 
 use super::{Core, Req};
-use crate::proto::command::{Command, Verb};
+use crate::proto::command::{Command, FriendOp, RoomSub, Verb};
 use crate::proto::room::Target;
 
 /// The connection state a command needs (spec 3.1).
@@ -33,6 +34,12 @@ pub struct Row {
     /// It runs only once every earlier command of the connection is answered, because it changes
     /// what the connection is (QUIT, LOGOUT).
     pub barrier: bool,
+    /// Whether this command (with these arguments) writes to the store: while writes fail, it is
+    /// refused with STORAGE_UNAVAILABLE (spec 6.6), before its handler runs.
+    pub writes: fn(&Command) -> bool,
+    /// It reads the store for its answer: while writes fail, it runs only once every earlier
+    /// command of the connection is answered, so that its read sees what they wrote (spec 6.6).
+    pub reads: bool,
     /// A few words on what it does, for the HELP index.
     pub summary: &'static str,
     /// What it does and one example, one short line each, for `HELP <command>`.
@@ -77,6 +84,8 @@ pub static COMMANDS: &[Row] = &[
         verb: Verb::Register,
         state: Needs::LoggedOut,
         barrier: false,
+        writes: |_| true,
+        reads: false,
         summary: "create an account (then LOGIN)",
         details: &[
             "Creates an account. It does not log you in: send LOGIN next.",
@@ -94,6 +103,8 @@ pub static COMMANDS: &[Row] = &[
         verb: Verb::Login,
         state: Needs::LoggedOut,
         barrier: false,
+        writes: |_| false,
+        reads: false,
         summary: "log in and receive the messages kept for you",
         details: &[
             "Logs in. One account may be logged in on several connections at once; each gets its messages.",
@@ -110,6 +121,8 @@ pub static COMMANDS: &[Row] = &[
         verb: Verb::Logout,
         state: Needs::LoggedIn,
         barrier: true,
+        writes: |_| false,
+        reads: false,
         summary: "log out but stay connected",
         details: &[
             "Logs out. The connection stays open: you can LOGIN again, or QUIT.",
@@ -124,6 +137,8 @@ pub static COMMANDS: &[Row] = &[
         verb: Verb::Quit,
         state: Needs::Any,
         barrier: true,
+        writes: |_| false,
+        reads: false,
         summary: "close the connection",
         details: &[
             "The server answers OK QUIT and closes the connection. The reason is optional and ignored.",
@@ -138,6 +153,8 @@ pub static COMMANDS: &[Row] = &[
         verb: Verb::Help,
         state: Needs::Any,
         barrier: false,
+        writes: |_| false,
+        reads: false,
         summary: "list the commands, or explain one",
         details: &[
             "Without an argument: one line per command. With a command name: its syntax and what it does.",
@@ -152,6 +169,8 @@ pub static COMMANDS: &[Row] = &[
         verb: Verb::Ping,
         state: Needs::Any,
         barrier: false,
+        writes: |_| false,
+        reads: false,
         summary: "check the connection (answer: PONG)",
         details: &[
             "The server answers PONG with the same token, then OK PING. The token is optional: \
@@ -167,6 +186,8 @@ pub static COMMANDS: &[Row] = &[
         verb: Verb::Msg,
         state: Needs::LoggedIn,
         barrier: false,
+        writes: |_| true,
+        reads: false,
         summary: "send a message to one user, or to a room",
         details: &[
             "Sends <text> to one user, or to every member of a room you are in (#name).",
@@ -193,6 +214,8 @@ pub static COMMANDS: &[Row] = &[
         verb: Verb::Group,
         state: Needs::LoggedIn,
         barrier: false,
+        writes: |_| true,
+        reads: false,
         summary: "send one message to several users",
         details: &[
             "Sends one message to up to 50 users: names separated by commas, without spaces.",
@@ -209,6 +232,8 @@ pub static COMMANDS: &[Row] = &[
         verb: Verb::All,
         state: Needs::LoggedIn,
         barrier: false,
+        writes: |_| true,
+        reads: false,
         summary: "send a message to everyone online",
         details: &[
             "Sends a message to every other user online now. Users who are offline do not get it later,",
@@ -225,6 +250,8 @@ pub static COMMANDS: &[Row] = &[
         verb: Verb::Users,
         state: Needs::LoggedIn,
         barrier: false,
+        writes: |_| false,
+        reads: false,
         summary: "list the users online now",
         details: &[
             "Lists the users online now, one USER line each, then OK USERS <how many>.",
@@ -239,6 +266,8 @@ pub static COMMANDS: &[Row] = &[
         verb: Verb::History,
         state: Needs::LoggedIn,
         barrier: false,
+        writes: |_| false,
+        reads: true,
         summary: "read past messages with a user, of a room, or * for ALL messages",
         details: &[
             "Shows past messages between you and <name>, or of a room you are in, oldest first.",
@@ -262,6 +291,8 @@ pub static COMMANDS: &[Row] = &[
         verb: Verb::Friend,
         state: Needs::LoggedIn,
         barrier: false,
+        writes: |cmd| !matches!(cmd, Command::Friend(FriendOp::List)),
+        reads: false,
         summary: "manage friends and friend requests",
         details: &[
             "FRIEND ADD <name>: ask <name> to be your friend. If they already asked you, you are friends at once.",
@@ -277,9 +308,221 @@ pub static COMMANDS: &[Row] = &[
         },
     },
     Row {
+        verb: Verb::Token,
+        state: Needs::LoggedIn,
+        barrier: false,
+        writes: |_| true,
+        reads: false,
+        summary: "get a device token, to log in again without your password",
+        details: &[
+            "Issues a token for this account and shows it once: OK TOKEN <id> <token>. Keep it secret.",
+            "RESUME <token> then logs in as you with no password, until the token expires or is revoked.",
+            "A token expires 30 days after its last use, and 180 days after it was issued at the latest.",
+            "The label (up to 64 bytes) is for you, to tell your devices apart in TOKENS. At most 20 tokens.",
+            "Example: TOKEN laptop",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Token { label } => core.token(req, label),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
+        verb: Verb::Resume,
+        state: Needs::LoggedOut,
+        barrier: false,
+        writes: |_| false,
+        reads: false,
+        summary: "log in with a device token instead of a password",
+        details: &[
+            "Logs in with a token from TOKEN, exactly as LOGIN does: the same pushes and backlog follow.",
+            "An unknown, expired or revoked token gets FAIL RESUME BAD_TOKEN; log in with LOGIN then.",
+            "Example: RESUME ct1.0123456789abcdef.<secret>",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Resume { token } => core.resume(req, token),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
+        verb: Verb::Tokens,
+        state: Needs::LoggedIn,
+        barrier: false,
+        writes: |_| false,
+        reads: false,
+        summary: "list your device tokens",
+        details: &[
+            "One line per token that has not expired, oldest first:",
+            "TOKEN <id> <created> <last used> <expires> CURRENT|OTHER <label>",
+            "CURRENT marks the token this connection logged in with or was issued. Secrets are never shown.",
+            "Example: TOKENS",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Tokens => core.list_tokens(req),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
+        verb: Verb::Revoke,
+        state: Needs::LoggedIn,
+        barrier: false,
+        writes: |_| true,
+        reads: false,
+        summary: "revoke a device token, or all of them",
+        details: &[
+            "REVOKE <id> revokes one token (the id is from TOKENS); REVOKE ALL revokes every one.",
+            "A revoked token no longer logs in. Your other connections on it are closed (BYE REVOKED);",
+            "this one stays logged in. Answer: OK REVOKE <tokens revoked> CLOSED <connections closed>",
+            "Example: REVOKE 0123456789abcdef",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Revoke(which) => core.revoke(req, which),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
+        verb: Verb::Password,
+        state: Needs::LoggedIn,
+        barrier: false,
+        writes: |_| true,
+        reads: false,
+        summary: "change your password",
+        details: &[
+            "Changes your password. <new> follows the rules of REGISTER.",
+            "Every device token but the one this connection is on is revoked, and your other connections",
+            "are closed (BYE REVOKED): anyone who knew the old password is logged out.",
+            "Answer: OK PASSWORD REVOKED <tokens revoked> CLOSED <connections closed>",
+            "Example: PASSWORD wonderland1 looking-glass2",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Password { old, new } => core.password(req, old, new),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
+        verb: Verb::Unregister,
+        state: Needs::LoggedIn,
+        barrier: true,
+        writes: |_| true,
+        reads: false,
+        summary: "delete your account",
+        details: &[
+            "Deletes your account at once, with its tokens, friendships, blocks and kept messages.",
+            "Messages you sent stay in the others' history under your name. The name is never free again.",
+            "This connection stays open, logged out; your other connections are closed (BYE ACCOUNT_DELETED).",
+            "Example: UNREGISTER wonderland1",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Unregister { password } => core.unregister(req, password),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
+        verb: Verb::Block,
+        state: Needs::LoggedIn,
+        barrier: false,
+        writes: |_| true,
+        reads: false,
+        summary: "stop an account from reaching you",
+        details: &[
+            "Blocks <name>: their MSG, GROUP and FRIEND ADD to you fail with BLOCKED, and their ALL messages",
+            "no longer reach you. A friendship or request between you ends. You cannot message them either.",
+            "Example: BLOCK mallory",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Block { name } => core.block(req, name),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
+        verb: Verb::Unblock,
+        state: Needs::LoggedIn,
+        barrier: false,
+        writes: |_| true,
+        reads: false,
+        summary: "lift a block",
+        details: &[
+            "Lifts your block of <name>. A friendship it ended does not come back.",
+            "Example: UNBLOCK mallory",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Unblock { name } => core.unblock(req, name),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
+        verb: Verb::Blocks,
+        state: Needs::LoggedIn,
+        barrier: false,
+        writes: |_| false,
+        reads: false,
+        summary: "list the accounts you block",
+        details: &[
+            "One BLOCKED <name> line per account you block, then OK BLOCKS <how many>.",
+            "Example: BLOCKS",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Blocks => core.list_blocks(req),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
+        verb: Verb::Dms,
+        state: Needs::LoggedIn,
+        barrier: false,
+        writes: |cmd| matches!(cmd, Command::Dms(Some(_))),
+        reads: false,
+        summary: "take direct messages from friends only, or from everyone",
+        details: &[
+            "DMS FRIENDS: MSG and GROUP from anyone but your friends fail with FRIENDS_ONLY.",
+            "DMS EVERYONE (the default): anyone you do not block may write to you. DMS alone shows the setting.",
+            "Example: DMS FRIENDS",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Dms(policy) => core.dms(req, policy),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
+        verb: Verb::Away,
+        state: Needs::LoggedIn,
+        barrier: false,
+        writes: |_| true,
+        reads: false,
+        summary: "set an away message, or clear it",
+        details: &[
+            "AWAY <text> sets your away message (up to 200 bytes); AWAY alone clears it. It stays set",
+            "when you log out, until you clear it. Friends see it (AWAY <you> <text>), and so does whoever",
+            "writes to you: an AWAY line follows their OK.",
+            "Example: AWAY at lunch, back at 2",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Away { text } => core.away(req, text),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
+        verb: Verb::Whois,
+        state: Needs::LoggedIn,
+        barrier: false,
+        writes: |_| false,
+        reads: false,
+        summary: "is a user online, away, or when last seen",
+        details: &[
+            "Answer: OK WHOIS <name> ONLINE|OFFLINE <last seen>|- <away message>",
+            "Last seen (when the user's last connection left) is shown to their friends only.",
+            "Example: WHOIS bob",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Whois { name } => core.whois(req, name),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
         verb: Verb::Join,
         state: Needs::LoggedIn,
         barrier: false,
+        writes: |_| true,
+        reads: false,
         summary: "join a room, or create it",
         details: &[
             "Makes you a member of the room, until you PART. A room that does not exist is created, \
@@ -298,6 +541,8 @@ pub static COMMANDS: &[Row] = &[
         verb: Verb::Part,
         state: Needs::LoggedIn,
         barrier: false,
+        writes: |_| true,
+        reads: false,
         summary: "leave a room for good (or decline an invitation)",
         details: &[
             "Ends your membership; the members online see PARTED with your reason. You may JOIN again.",
@@ -314,6 +559,8 @@ pub static COMMANDS: &[Row] = &[
         verb: Verb::Rooms,
         state: Needs::LoggedIn,
         barrier: false,
+        writes: |_| false,
+        reads: false,
         summary: "list your rooms, your invitations, then public rooms",
         details: &[
             "One ROOM line per room: ROOM <#room> PUBLIC|PRIVATE <members> <your role>|INVITED|- \
@@ -331,6 +578,8 @@ pub static COMMANDS: &[Row] = &[
         verb: Verb::Members,
         state: Needs::LoggedIn,
         barrier: false,
+        writes: |_| false,
+        reads: false,
         summary: "list a room's members, with role and presence",
         details: &[
             "One line per member: MEMBER <#room> <name> OWNER|OP|MEMBER ONLINE|OFFLINE; owners \
@@ -347,6 +596,8 @@ pub static COMMANDS: &[Row] = &[
         verb: Verb::Topic,
         state: Needs::LoggedIn,
         barrier: false,
+        writes: |cmd| matches!(cmd, Command::Topic { change: Some(_), .. }),
+        reads: false,
         summary: "show a room's topic, or set it (op or owner)",
         details: &[
             "Without a text: OK TOPIC <#room> <set by> <when> <topic> (- - when never set).",
@@ -363,6 +614,8 @@ pub static COMMANDS: &[Row] = &[
         verb: Verb::Invite,
         state: Needs::LoggedIn,
         barrier: false,
+        writes: |_| true,
+        reads: false,
         summary: "invite someone to a room (op or owner)",
         details: &[
             "Lets <name> JOIN a private room (in a public one, it tells them about it). They see \
@@ -379,6 +632,8 @@ pub static COMMANDS: &[Row] = &[
         verb: Verb::Kick,
         state: Needs::LoggedIn,
         barrier: false,
+        writes: |_| true,
+        reads: false,
         summary: "remove a member of lower role (op or owner)",
         details: &[
             "Ends <name>'s membership; they may JOIN again (a private room needs a new invitation).",
@@ -394,6 +649,8 @@ pub static COMMANDS: &[Row] = &[
         verb: Verb::Ban,
         state: Needs::LoggedIn,
         barrier: false,
+        writes: |_| true,
+        reads: false,
         summary: "remove someone and keep them out (op or owner)",
         details: &[
             "Puts <name> on the room's ban list (at most 100) and ends their membership; they cannot \
@@ -410,6 +667,8 @@ pub static COMMANDS: &[Row] = &[
         verb: Verb::Unban,
         state: Needs::LoggedIn,
         barrier: false,
+        writes: |_| true,
+        reads: false,
         summary: "lift a ban (op or owner)",
         details: &[
             "Takes <name> off the room's ban list: they may JOIN again. ROOM INFO lists the bans.",
@@ -424,6 +683,8 @@ pub static COMMANDS: &[Row] = &[
         verb: Verb::Role,
         state: Needs::LoggedIn,
         barrier: false,
+        writes: |_| true,
+        reads: false,
         summary: "make a member owner, op or member (owner)",
         details: &[
             "Owners set the role of any member but another owner; an owner may step down unless \
@@ -439,6 +700,14 @@ pub static COMMANDS: &[Row] = &[
         verb: Verb::Room,
         state: Needs::LoggedIn,
         barrier: false,
+        writes: |cmd| !matches!(
+            cmd,
+            Command::Room {
+                sub: RoomSub::Info,
+                ..
+            }
+        ),
+        reads: false,
         summary: "a room's settings, and its deletion",
         details: &[
             "ROOM INFO <#room>: its ROOM line; for ops and owners, its bans and invitations too.",
@@ -455,6 +724,8 @@ pub static COMMANDS: &[Row] = &[
         verb: Verb::Read,
         state: Needs::LoggedIn,
         barrier: false,
+        writes: |cmd| matches!(cmd, Command::Read { id: Some(_), .. }),
+        reads: true,
         summary: "mark a conversation read up to a message",
         details: &[
             "Moves your read marker of a room or of the conversation with <name> forward to <id>; \
@@ -483,9 +754,64 @@ mod tests {
     }
 
     #[test]
+    fn the_commands_that_write_and_read_are_marked() {
+        use crate::proto::command::parse;
+        // Spec 6.6: while writes fail, REGISTER, MSG, GROUP, ALL and the FRIEND changes are
+        // refused; HISTORY waits for the commands before it.
+        for (line, writes) in [
+            ("REGISTER a password1", true),
+            ("LOGIN a password1", false),
+            ("MSG a hi", true),
+            ("GROUP a,b hi", true),
+            ("ALL hi", true),
+            ("FRIEND ADD a", true),
+            ("FRIEND ACCEPT a", true),
+            ("FRIEND DENY a", true),
+            ("FRIEND REMOVE a", true),
+            ("FRIEND LIST", false),
+            ("HISTORY a", false),
+            ("USERS", false),
+            ("PING", false),
+            ("HELP", false),
+            ("LOGOUT", false),
+            ("QUIT", false),
+            ("JOIN #r", true),
+            ("PART #r", true),
+            ("ROOMS", false),
+            ("MEMBERS #r", false),
+            ("TOPIC #r", false),
+            ("TOPIC #r a topic", true),
+            ("TOPIC #r -", true),
+            ("INVITE #r a", true),
+            ("KICK #r a", true),
+            ("BAN #r a", true),
+            ("UNBAN #r a", true),
+            ("ROLE #r a OP", true),
+            ("ROOM INFO #r", false),
+            ("ROOM PRIVATE #r", true),
+            ("ROOM PUBLIC #r", true),
+            ("ROOM DELETE #r", true),
+            ("READ #r", false),
+            ("READ #r 5", true),
+            ("MSG #r hi", true),
+            ("HISTORY #r", false),
+        ] {
+            let cmd = parse(line).expect("parses").expect("a command").command;
+            assert_eq!((row(cmd.verb()).writes)(&cmd), writes, "{line}");
+        }
+        let reading: Vec<&str> = COMMANDS
+            .iter()
+            .filter(|r| r.reads)
+            .map(|r| r.verb.name())
+            .collect();
+        // READ without an id reads a direct conversation's marker from the store.
+        assert_eq!(reading, ["HISTORY", "READ"]);
+    }
+
+    #[test]
     fn login_requirement_matches_the_spec() {
-        // Spec 3.1: REGISTER and LOGIN need a connection that is not logged in; QUIT, HELP and PING
-        // work in any state; everything else needs a login.
+        // Spec 3.1: REGISTER, LOGIN and RESUME need a connection that is not logged in; QUIT, HELP
+        // and PING work in any state; everything else needs a login.
         let by = |n: Needs| -> Vec<&str> {
             COMMANDS
                 .iter()
@@ -493,9 +819,9 @@ mod tests {
                 .map(|r| r.verb.name())
                 .collect()
         };
-        assert_eq!(by(Needs::LoggedOut), ["REGISTER", "LOGIN"]);
+        assert_eq!(by(Needs::LoggedOut), ["REGISTER", "LOGIN", "RESUME"]);
         assert_eq!(by(Needs::Any), ["QUIT", "HELP", "PING"]);
-        assert_eq!(by(Needs::LoggedIn).len(), COMMANDS.len() - 5);
+        assert_eq!(by(Needs::LoggedIn).len(), COMMANDS.len() - 6);
     }
 
     #[test]

@@ -1,14 +1,17 @@
-//! HISTORY: one page of a conversation, read from the message log: a direct conversation, the ALL
-//! broadcasts, or a room the caller is a member of (of a private room, what was said from their
-//! join on).
+//! HISTORY: one page of a conversation, read from the message log (a direct conversation, the ALL
+//! broadcasts, or a room the caller is a member of: of a private room, what was said from their
+//! join on): the page's ids first (a damaged message fails the whole answer before any line of it),
+//! then its lines part by part as the client reads them (see `stream`).
 
 use super::out::Out;
-use super::{recipient, Core, Req};
+use super::session::unreadable;
+use super::stream::Stream;
+use super::{Core, Req};
 use crate::config::HISTORY_DEFAULT_COUNT;
 use crate::proto::code::Code;
 use crate::proto::command::{HistoryTarget, Page};
-use crate::proto::server_line::{MessageLine, OkReply, ServerLine};
-use crate::store::{Conversation, Cursor, StoreOp, StoreReply};
+use crate::proto::server_line::OkReply;
+use crate::store::{Conversation, Cursor, StoreOp, StoreReply, Unreadable};
 
 impl Core {
     pub(super) fn history(
@@ -36,18 +39,17 @@ impl Core {
             }
             HistoryTarget::User(n) => {
                 let key = n.key();
-                match self.accounts.get(&key) {
-                    Some(a) if a.phc.is_some() => {
-                        let name = a.name.clone();
-                        let pair =
-                            Conversation::Pair(me.as_str().to_owned(), key.as_str().to_owned());
-                        (pair, name)
-                    }
-                    _ => {
-                        let text = format!("no such user: {n}");
-                        return self.refuse(req, Code::UNKNOWN_USER, &text);
-                    }
-                }
+                // A deleted account's conversations stay readable under its name (spec 4.18).
+                let shown = match self.accounts.get(&key) {
+                    Some(a) if a.phc.is_some() => Some(a.name.clone()),
+                    _ => self.retired.get(&key).cloned(),
+                };
+                let Some(name) = shown else {
+                    let text = format!("no such user: {n}");
+                    return self.refuse(req, Code::UNKNOWN_USER, &text);
+                };
+                let pair = Conversation::Pair(me.as_str().to_owned(), key.as_str().to_owned());
+                (pair, name)
             }
         };
         let cursor = match cursor {
@@ -62,31 +64,50 @@ impl Core {
             cursor,
         };
         self.reserve(&mut req);
-        self.store(op, move |core, reply| {
-            let StoreReply::History(page) = reply else {
-                let detail = format!("unexpected store reply {reply:?} to a HISTORY read");
-                return core.internal_error(req, &detail);
+        let then = move |core: &mut Core, reply| {
+            let page = match reply {
+                StoreReply::History(page) => page,
+                StoreReply::Unreadable(Unreadable::Unavailable(why)) => {
+                    log::warn!("a HISTORY read found the database unavailable: {why}");
+                    return core.refuse(
+                        req,
+                        Code::STORAGE_UNAVAILABLE,
+                        "the server cannot read its database right now; try again later",
+                    );
+                }
+                other => {
+                    let detail = format!("a HISTORY read failed: {}", unreadable(&other));
+                    return core.internal_error(req, &detail);
+                }
             };
-            let mut out = Out::new();
-            for m in &page.messages {
-                out.line(&ServerLine::History(MessageLine {
-                    id: m.id,
-                    time_ms: m.time_ms,
-                    from: &m.from,
-                    to: recipient(&m.to),
-                    text: &m.text,
-                }));
+            if page.ids.is_empty() {
+                let mut out = Out::new();
+                out.ok(
+                    &req,
+                    OkReply::History {
+                        with: &shown,
+                        count: 0,
+                        before: page.older,
+                        after: page.newer,
+                    },
+                );
+                return core.finish(req, out);
             }
-            out.ok(
-                &req,
-                OkReply::History {
-                    with: &shown,
-                    count: page.messages.len() as u64,
-                    before: page.older,
-                    after: page.newer,
-                },
-            );
-            core.finish(req, out);
-        });
+            // The page's lines are read and sent part by part, as the client takes them.
+            let label = req.label.clone();
+            let stream = Stream::history(label, shown, page.ids, page.older, page.newer);
+            core.answer_in_parts(req, stream);
+        };
+        if self.store_failing {
+            // The connection has nothing in flight (the command waited for that, see
+            // `Core::process`), so a read of what is committed now sees all it wrote. It goes
+            // beside the writes waiting for the disk, not behind them.
+            match op.into_read() {
+                Ok(read) => self.store_fresh(read, then),
+                Err(op) => self.store(op, then),
+            }
+        } else {
+            self.store(op, then);
+        }
     }
 }

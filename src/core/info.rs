@@ -2,6 +2,7 @@
 
 use super::commands::COMMANDS;
 use super::out::Out;
+use super::stream::Stream;
 use super::{Core, Req};
 use crate::proto::code::Code;
 use crate::proto::command::{quote, Verb};
@@ -48,19 +49,9 @@ impl Core {
         self.finish(req, out);
     }
 
+    /// USERS goes out part by part (see `stream`): with thousands online, it is a long answer.
     pub(super) fn users(&mut self, req: Req) {
-        let mut out = Out::new();
-        for key in &self.online {
-            if let Some(a) = self.accounts.get(key) {
-                out.line(&ServerLine::User { name: &a.name });
-            }
-        }
-        out.ok(
-            &req,
-            OkReply::Users {
-                count: self.online.len() as u64,
-            },
-        );
-        self.finish(req, out);
+        let label = req.label.clone();
+        self.answer_in_parts(req, Stream::users(label));
     }
 }

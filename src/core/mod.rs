@@ -12,9 +12,17 @@
 //!   once, in `Core::process`, before any handler.
 //! - one file per group of commands, each holding its handlers and what they do when their store or
 //!   hash result comes back (a closure given with the job): `session` (REGISTER, LOGIN, LOGOUT,
-//!   QUIT), `messaging` (MSG, GROUP, ALL), `history`, `friends`, `info` (HELP, PING, USERS),
-//!   `rooms` (the room state, JOIN, PART, ROOMS, MEMBERS, TOPIC, ROOM), `moderation` (INVITE,
-//!   KICK, BAN, UNBAN, ROLE), `read` (READ, and what a LOGIN reports of rooms);
+//!   QUIT, and the login path LOGIN and RESUME share), `messaging` (MSG, GROUP, ALL), `history`,
+//!   `friends`, `info` (HELP, PING, USERS), `tokens` (TOKEN, RESUME, TOKENS, REVOKE),
+//!   `account` (PASSWORD, UNREGISTER), `blocks` (BLOCK, UNBLOCK, BLOCKS, DMS), `status` (AWAY,
+//!   WHOIS, and last seen), `rooms` (the room state, JOIN, PART, ROOMS, MEMBERS, TOPIC, ROOM),
+//!   `moderation` (INVITE, KICK, BAN, UNBAN, ROLE), `read` (READ, and what a login reports of
+//!   rooms);
+//! - `entropy`: where the random bits of device tokens come from;
+//! - `idle`: what the clock does by itself: silent connections are probed, then closed;
+//! - `guard`: login protection: hashes per address, failed-login back-off, registrations per
+//!   address; `quota`: what one account may send and store; `bucket`: the token bucket both count
+//!   with;
 //! - `order`: the reply order of a connection, and [`Req`], the command being answered;
 //! - `out`: where typed server lines become bytes for a connection.
 //!
@@ -30,34 +38,53 @@
 //! - A store read sees every write sent to the store before it, so a LOGIN's backlog read sees every
 //!   message queued for the account before it.
 
+mod account;
+mod blocks;
+mod bucket;
 mod commands;
 mod friends;
+mod guard;
 mod history;
+mod idle;
 mod info;
 mod messaging;
 mod moderation;
 mod order;
 mod out;
+mod quota;
 mod read;
 mod rooms;
 mod session;
+mod status;
+mod stream;
+mod tokens;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+pub mod entropy;
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 pub use self::commands::{Needs, Row, COMMANDS};
 pub use self::order::Req;
 
+use self::entropy::{Entropy, Rng};
+use self::guard::Guard;
 use self::order::Slots;
-use crate::auth::{HashJob, HashOutcome};
+use self::quota::{Inbox, Quota};
+use self::tokens::Token;
+use crate::auth::{Cancel, HashJob, HashOutcome, HashTask};
 use crate::outbox::{Chunk, Outbox};
+use crate::peer::{AddrKey, Peer};
 use crate::proto::code::{ByeCode, Code};
 use crate::proto::command::split_head;
-use crate::proto::name::Key;
+use crate::proto::name::{Key, Skeleton};
 use crate::proto::room::RoomKey;
 use crate::proto::server_line::{Presence, Recipient, ServerLine};
-use crate::store::worker::{StoreJob, Ticket};
-use crate::store::{FriendState, MsgId, RoomId, Snapshot, StoreError, StoreOp, StoreReply, To};
+use crate::store::worker::{Report, StoreJob, Ticket};
+use crate::store::{
+    FriendState, MsgId, Profile, ReadOp, RoomId, Snapshot, StoreOp, StoreReply, To, TokenId,
+};
+use crate::tally::Tally;
 
 use self::rooms::Room;
 
@@ -82,8 +109,8 @@ pub enum Event {
         conn: ConnId,
         /// Where its lines go.
         outbox: Outbox,
-        /// Its address, for the log.
-        peer: String,
+        /// Where it comes from: for the log, and for the limits per address.
+        peer: Peer,
     },
     /// One unit of input from a connection (the reader holds one credit for it).
     Input {
@@ -97,8 +124,9 @@ pub enum Event {
         /// The connection.
         conn: ConnId,
     },
-    /// A batch of store ops finished (each result with its op's ticket), or the store failed.
-    Stored(Result<Vec<(Ticket, StoreReply)>, StoreError>),
+    /// What the store worker reports: results of store ops (each with its op's ticket), writes
+    /// failing or working again, or a fatal error.
+    Store(Report),
     /// A password hash finished.
     Hashed {
         /// The job's ticket.
@@ -106,6 +134,17 @@ pub enum Event {
         /// Its result.
         outcome: HashOutcome,
     },
+    /// The writer of a connection took what was queued, after the core asked to be told (a long
+    /// answer waits for room to send its next part, see `stream`).
+    Drained {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// Time passed (the driver sends one about every [`TICK_INTERVAL`]): connections that stayed
+    /// silent are probed or closed.
+    ///
+    /// [`TICK_INTERVAL`]: crate::config::TICK_INTERVAL
+    Tick,
     /// The server is stopping: tell everyone and close every connection.
     Shutdown,
 }
@@ -113,10 +152,13 @@ pub enum Event {
 /// Work the core hands to the outside.
 #[derive(Debug)]
 pub enum Job {
-    /// An op for the store worker.
+    /// An op for the store worker, answered in order (see `store::worker`).
     Store(StoreJob),
+    /// A read for the store worker's fresh-read queue, answered from what is committed when it is
+    /// taken; the core sends one only for a connection with no write in flight.
+    Read(Ticket, ReadOp),
     /// A password hash for the hashing pool.
-    Hash(Ticket, HashJob),
+    Hash(Ticket, HashTask),
 }
 
 /// Settings of the core.
@@ -128,8 +170,50 @@ pub struct Settings {
     pub dummy_phc: Arc<str>,
     /// Server version, shown in HELLO.
     pub version: &'static str,
+    /// Where device tokens' random bits come from.
+    pub entropy: Entropy,
+    /// The limits an operator may set.
+    pub limits: Limits,
+}
+
+/// The operator's limits the core enforces, in the units the core counts in. [`Default`] gives the
+/// defaults of `config`; 0 means "no limit" wherever the flag says so.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Silence (milliseconds) after which a connection is probed; closed after twice as long.
+    /// 0: never.
+    pub idle_timeout_ms: i64,
+    /// Password hashes one address may have queued or running. 0: no limit.
+    pub hash_per_address: usize,
+    /// Accounts one address may register per hour. 0: no limit.
+    pub registrations_per_hour: u64,
+    /// Messages (an ALL counts several) one account may send per minute. 0: no limit.
+    pub msgs_per_minute: u64,
+    /// Bytes one account may have stored per day. 0: no limit.
+    pub stored_bytes_per_day: u64,
+    /// Messages from one sender that may wait in one offline recipient's inbox. 0: no limit
+    /// beyond the inbox's own.
+    pub inbox_share: u32,
+    /// Friend requests one account may send per hour. 0: no limit.
+    pub friend_requests_per_hour: u64,
     /// Most members of one room; JOIN beyond it gets ROOM_FULL.
     pub max_room_members: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        use crate::config::*;
+        Limits {
+            idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_SECS as i64 * 1000,
+            hash_per_address: DEFAULT_HASH_PER_ADDRESS,
+            registrations_per_hour: DEFAULT_REGISTRATIONS_PER_HOUR,
+            msgs_per_minute: DEFAULT_MSGS_PER_MINUTE,
+            stored_bytes_per_day: DEFAULT_STORED_KIB_PER_DAY * 1024,
+            inbox_share: DEFAULT_INBOX_SHARE,
+            friend_requests_per_hour: DEFAULT_FRIEND_REQUESTS_PER_HOUR,
+            max_room_members: DEFAULT_MAX_ROOM_MEMBERS,
+        }
+    }
 }
 
 struct Account {
@@ -139,10 +223,25 @@ struct Account {
     phc: Option<Arc<str>>,
     /// Other account -> this account's view of the edge.
     friends: HashMap<Key, FriendState>,
-    /// Messages waiting in the offline backlog.
-    pending: u32,
+    /// Messages waiting in the offline backlog, and from whom.
+    inbox: Inbox,
+    /// What it may still send and store (see `quota`).
+    quota: Quota,
     /// Logged-in connections.
     conns: Vec<ConnId>,
+    /// Addresses it logged in from since the server started, most recent last (see `guard`).
+    known: Vec<AddrKey>,
+    /// Its device tokens (expired ones stay until the next TOKEN or REVOKE of the account removes
+    /// them).
+    tokens: Vec<TokenId>,
+    /// The accounts it blocks.
+    blocks: HashSet<Key>,
+    /// The accounts that block it.
+    blocked_by: HashSet<Key>,
+    /// Its settings and status.
+    profile: Profile,
+    /// The last-seen time as written to the store.
+    seen_written: Option<i64>,
     /// Rooms it is a member of.
     rooms: BTreeSet<RoomId>,
     /// Rooms with an invitation for it (an expired one stays until it is purged).
@@ -150,13 +249,21 @@ struct Account {
 }
 
 impl Account {
+    /// A new account, with nothing but its name and hash.
     fn new(name: String, phc: Option<Arc<str>>) -> Account {
         Account {
             name,
             phc,
             friends: HashMap::new(),
-            pending: 0,
+            inbox: Inbox::default(),
+            quota: Quota::default(),
             conns: Vec::new(),
+            known: Vec::new(),
+            tokens: Vec::new(),
+            blocks: HashSet::new(),
+            blocked_by: HashSet::new(),
+            profile: Profile::default(),
+            seen_written: None,
             rooms: BTreeSet::new(),
             invited: BTreeSet::new(),
         }
@@ -179,17 +286,33 @@ enum Hold {
     /// A command that must run after every earlier command is answered (QUIT, LOGOUT) waits at the
     /// head of `deferred` until the reply order is empty.
     Drain,
+    /// The connection's account is being deleted from another connection: nothing it sends runs,
+    /// and it is closed once the deletion is committed.
+    Frozen,
 }
 
 struct Conn {
     outbox: Outbox,
-    peer: String,
+    peer: Peer,
+    /// When the connection last had the server's attention: its last line, or the moment its
+    /// last answer went out, whichever is later (milliseconds, the core's clock).
+    last_heard: i64,
+    /// An idle probe was sent and not yet answered.
+    probed: bool,
+    /// The cancel flag of its password hash in flight, set if it closes first.
+    hashing: Option<Cancel>,
     state: ConnState,
     hold: Hold,
     deferred: VecDeque<Input>,
     slots: Slots,
     /// QUIT was answered or the server closed it; further input is ignored.
     closing: bool,
+    /// The device token this connection is on: the one it logged in with (RESUME) or issued
+    /// (TOKEN), whichever came last (spec 4.13).
+    device_token: Option<TokenId>,
+    /// It logged in with a device token (RESUME), which no password hash slows down: its login and
+    /// its going offline are counted in the log's summary rather than written one by one.
+    resumed: bool,
 }
 
 impl Conn {
@@ -216,6 +339,8 @@ enum Then {
 pub struct Core {
     settings: Settings,
     accounts: HashMap<Key, Account>,
+    /// The look of every account's name (see [`Skeleton`]), to refuse a name too like a taken one.
+    skeletons: HashMap<Skeleton, Key>,
     /// Accounts with at least one logged-in connection, sorted for USERS.
     online: BTreeSet<Key>,
     conns: HashMap<ConnId, Conn>,
@@ -228,7 +353,22 @@ pub struct Core {
     next_ticket: Ticket,
     waiting: HashMap<Ticket, Then>,
     hashing: usize,
+    /// Login protection: per-address and per-name state (see `guard`).
+    guard: Guard,
+    /// Repeated events since the last summary in the log.
+    tally: Tally,
+    /// When the last summary was written.
+    tally_since: i64,
+    /// When the guard last forgot what expired.
+    guard_swept: i64,
     store_inflight: usize,
+    /// Every device token, by id.
+    tokens: HashMap<TokenId, Token>,
+    /// The names of deleted accounts, by key (spec 4.18: never registered again).
+    retired: HashMap<Key, String>,
+    rng: Rng,
+    /// The store reported that writes fail, and not yet that they work again.
+    store_failing: bool,
     jobs: Vec<Job>,
     /// Connections whose outbox overflowed during this event.
     overflowed: Vec<ConnId>,
@@ -241,8 +381,48 @@ impl Core {
     /// A core holding the state read from the store.
     pub fn new(snapshot: Snapshot, settings: Settings) -> Core {
         let mut accounts = HashMap::with_capacity(snapshot.accounts.len());
+        let mut skeletons: HashMap<Skeleton, Key> = HashMap::with_capacity(accounts.capacity());
         for a in snapshot.accounts {
-            accounts.insert(Key::of(&a.name), Account::new(a.name, Some(a.phc.into())));
+            let key = Key::of(&a.name);
+            // Names registered before look-alikes were refused may share a skeleton: each keeps
+            // working (names are looked up by key), and no further name like them is accepted.
+            let skeleton = Skeleton::of(&a.name);
+            if let Some(first) = skeletons.get(&skeleton) {
+                log::warn!(
+                    "accounts {} and {} have names that look alike; both keep working, and no \
+                     other name like them can be registered",
+                    first,
+                    key
+                );
+            } else {
+                skeletons.insert(skeleton, key.clone());
+            }
+            accounts.insert(key, Account::new(a.name, Some(a.phc.into())));
+        }
+        for (a, b) in snapshot.blocks {
+            let (a, b) = (Key::from_folded(a), Key::from_folded(b));
+            if accounts.contains_key(&a) && accounts.contains_key(&b) {
+                if let Some(acct) = accounts.get_mut(&a) {
+                    acct.blocks.insert(b.clone());
+                }
+                if let Some(acct) = accounts.get_mut(&b) {
+                    acct.blocked_by.insert(a);
+                }
+            }
+        }
+        for (user, profile) in snapshot.profiles {
+            if let Some(acct) = accounts.get_mut(user.as_str()) {
+                acct.seen_written = profile.last_seen_ms;
+                acct.profile = profile;
+            }
+        }
+        let mut tokens = HashMap::with_capacity(snapshot.tokens.len());
+        for t in snapshot.tokens {
+            let key = Key::from_folded(t.user.clone());
+            if let Some(acct) = accounts.get_mut(&key) {
+                acct.tokens.push(t.id);
+                tokens.insert(t.id, Token::from_record(key, t));
+            }
         }
         for (a, b, state) in snapshot.friendships {
             if let Some(acct) = accounts.get_mut(a.as_str()) {
@@ -251,9 +431,26 @@ impl Core {
         }
         for (user, n) in snapshot.pending_counts {
             if let Some(acct) = accounts.get_mut(user.as_str()) {
-                acct.pending = n;
+                acct.inbox.set_total(n);
             }
         }
+        for (user, sender, n) in snapshot.pending_senders {
+            if let Some(acct) = accounts.get_mut(user.as_str()) {
+                acct.inbox.add_n(Key::from_folded(sender), n);
+            }
+        }
+        let retired = snapshot
+            .retired
+            .into_iter()
+            .map(|r| (Key::of(&r.name), r.name))
+            .collect::<HashMap<Key, String>>();
+        // A deleted account's name stays taken, and so does its look (spec 4.18).
+        for (key, name) in &retired {
+            skeletons
+                .entry(Skeleton::of(name))
+                .or_insert_with(|| key.clone());
+        }
+        let rng = Rng::new(settings.entropy);
         let (rooms, room_names) = rooms::load(
             snapshot.rooms,
             snapshot.members,
@@ -264,6 +461,7 @@ impl Core {
         Core {
             settings,
             accounts,
+            skeletons,
             online: BTreeSet::new(),
             conns: HashMap::new(),
             rooms,
@@ -273,7 +471,15 @@ impl Core {
             next_ticket: 1,
             waiting: HashMap::new(),
             hashing: 0,
+            guard: Guard::default(),
+            guard_swept: 0,
+            tally: Tally::default(),
+            tally_since: 0,
             store_inflight: 0,
+            tokens,
+            retired,
+            rng,
+            store_failing: false,
             jobs: Vec::new(),
             overflowed: Vec::new(),
             now: 0,
@@ -290,7 +496,7 @@ impl Core {
             Event::Connected { conn, outbox, peer } => self.connected(conn, outbox, peer),
             Event::Input { conn, input } => self.input(conn, input),
             Event::Disconnected { conn } => self.disconnected(conn),
-            Event::Stored(Ok(results)) => {
+            Event::Store(Report::Done(results)) => {
                 for (ticket, reply) in results {
                     self.store_inflight = self.store_inflight.saturating_sub(1);
                     if let Some(Then::Store(then)) = self.waiting.remove(&ticket) {
@@ -298,7 +504,23 @@ impl Core {
                     }
                 }
             }
-            Event::Stored(Err(e)) => {
+            Event::Store(Report::Failing(why)) => {
+                if !self.store_failing {
+                    log::error!(
+                        "writes to the database are failing ({why}); refusing new writes with \
+                         STORAGE_UNAVAILABLE, serving reads and logins, retrying the {} waiting",
+                        self.store_inflight
+                    );
+                }
+                self.store_failing = true;
+            }
+            Event::Store(Report::Writing) => {
+                if self.store_failing {
+                    log::info!("writes to the database work again; accepting writes");
+                }
+                self.store_failing = false;
+            }
+            Event::Store(Report::Fatal(e)) => {
                 log::error!("{e}; stopping, since memory and disk may now differ");
                 self.fatal = Some(e.to_string());
                 self.shutdown();
@@ -309,10 +531,23 @@ impl Core {
                     then(self, outcome);
                 }
             }
+            Event::Drained { conn } => self.pump(conn),
+            Event::Tick => self.tick(),
             Event::Shutdown => self.shutdown(),
         }
         self.reap_overflowed();
         jobs.append(&mut self.jobs);
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.settings.limits
+    }
+
+    /// Changes the limits from now on (counts already made are kept: a lower quota applies to
+    /// what an account has already used).
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.settings.limits = limits;
     }
 
     /// Store ops sent and not yet finished; the driver stops taking input past a limit.
@@ -320,12 +555,18 @@ impl Core {
         self.store_inflight
     }
 
+    /// True while the store reports that writes fail: new writes are refused, and the ops in
+    /// flight may wait for as long as it lasts.
+    pub fn store_failing(&self) -> bool {
+        self.store_failing
+    }
+
     /// Set when the store failed; the server must stop.
     pub fn fatal(&self) -> Option<&str> {
         self.fatal.as_deref()
     }
 
-    fn connected(&mut self, conn: ConnId, outbox: Outbox, peer: String) {
+    fn connected(&mut self, conn: ConnId, outbox: Outbox, peer: Peer) {
         if self.shutting_down {
             let bye = ServerLine::Bye {
                 code: ByeCode::SHUTDOWN,
@@ -340,17 +581,23 @@ impl Core {
             text: "Welcome! Type HELP for commands; REGISTER <name> <password> then LOGIN <name> <password>.",
         };
         let _ = outbox.push(Chunk::Owned(hello.to_bytes()));
-        log::info!("connection {conn} from {peer}");
+        log::debug!("connection {conn} from {}", peer.shown);
+        self.tally.count("connections opened", peer.key);
         self.conns.insert(
             conn,
             Conn {
                 outbox,
                 peer,
+                last_heard: self.now,
+                probed: false,
+                hashing: None,
                 state: ConnState::Guest,
                 hold: Hold::Free,
                 deferred: VecDeque::new(),
                 slots: Slots::default(),
                 closing: false,
+                device_token: None,
+                resumed: false,
             },
         );
     }
@@ -362,6 +609,8 @@ impl Core {
         if c.closing {
             return;
         }
+        c.last_heard = self.now;
+        c.probed = false;
         if c.hold != Hold::Free {
             c.deferred.push_back(input);
             return;
@@ -409,9 +658,12 @@ impl Core {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        if row.barrier && !c.slots.is_empty() {
+        let barrier = row.barrier || (row.reads && self.store_failing);
+        if barrier && !c.slots.is_empty() {
             // QUIT and LOGOUT change what the connection is; they wait until every earlier command
             // of the connection has its answer, so those run with the state they were sent in.
+            // While writes fail, a read waits the same way, so that it can go to the fresh-read
+            // queue and still see every write its connection sent before it.
             c.hold = Hold::Drain;
             c.deferred.push_front(Input::Line(line.into_bytes()));
             return;
@@ -437,6 +689,17 @@ impl Core {
         }
         match head.verb.parse_args(head.rest) {
             Err(r) => self.refuse(req, r.0, &r.1),
+            Ok(command) if self.store_failing && (row.writes)(&command) => {
+                let source = self.conns.get(&conn).and_then(|c| c.peer.key);
+                self.tally
+                    .count("writes refused while the database failed", source);
+                self.refuse(
+                    req,
+                    Code::STORAGE_UNAVAILABLE,
+                    "the server cannot write to its database right now; nothing was done; \
+                     reading works; try again later",
+                )
+            }
             Ok(command) => (row.run)(self, req, command),
         }
     }
@@ -444,6 +707,20 @@ impl Core {
     /// The account a connection is logged in as.
     fn account_of(&self, conn: ConnId) -> Option<Key> {
         self.conns.get(&conn).and_then(|c| c.key()).cloned()
+    }
+
+    /// True when a block stands between two accounts: either blocks the other.
+    fn barred(&self, a: &Key, b: &Key) -> bool {
+        self.accounts
+            .get(a)
+            .is_some_and(|x| x.blocks.contains(b) || x.blocked_by.contains(b))
+    }
+
+    /// True when `a` and `b` are friends.
+    fn are_friends(&self, a: &Key, b: &Key) -> bool {
+        self.accounts
+            .get(a)
+            .is_some_and(|x| x.friends.get(b) == Some(&FriendState::Friends))
     }
 
     /// Queues an unsolicited line on every logged-in connection of `key`; returns how many
@@ -459,16 +736,33 @@ impl Core {
         )
     }
 
+    /// Closes a connection on the server's own account (its login was revoked): `BYE <code>` after
+    /// whatever is already queued for it, then the connection ends as if the client had left.
+    fn close_with_bye(&mut self, conn: ConnId, code: ByeCode, text: &str) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        log::debug!("closing connection {conn} from {}: {text}", c.peer.shown);
+        self.tally.count(
+            "connections closed for a revoked token, a new password or a deleted account",
+            c.peer.key,
+        );
+        c.outbox
+            .push_unbounded(Chunk::Owned(ServerLine::Bye { code, text }.to_bytes()));
+        self.disconnected(conn);
+    }
+
     /// Disconnects every client whose outbox overflowed during this event.
     fn reap_overflowed(&mut self) {
         while let Some(conn) = self.overflowed.pop() {
             let Some(c) = self.conns.get(&conn) else {
                 continue;
             };
-            log::warn!(
+            log::debug!(
                 "connection {conn} from {} is not reading; disconnecting it",
-                c.peer
+                c.peer.shown
             );
+            self.tally.count("slow consumers disconnected", c.peer.key);
             let bye = ServerLine::Bye {
                 code: ByeCode::SLOW_CONSUMER,
                 text: "you were not reading your messages; disconnected",
@@ -517,16 +811,50 @@ impl Core {
         }
     }
 
+    /// Sends a read to the store's fresh-read queue; `then` runs with its result. Only for a
+    /// connection with no write in flight (the read does not wait for writes queued before it).
+    fn store_fresh(
+        &mut self,
+        read: ReadOp,
+        then: impl FnOnce(&mut Core, StoreReply) + Send + 'static,
+    ) {
+        let ticket = self.ticket();
+        self.jobs.push(Job::Read(ticket, read));
+        self.waiting.insert(ticket, Then::Store(Box::new(then)));
+        self.store_inflight += 1;
+    }
+
     /// True when the hashing queue is full: a command that needs a hash answers SERVER_BUSY.
     fn hash_full(&self) -> bool {
         self.hashing >= self.settings.hash_queue
     }
 
-    /// Queues a hash job whose result goes to `then`. The caller checked [`Core::hash_full`].
-    fn hash(&mut self, job: HashJob, then: impl FnOnce(&mut Core, HashOutcome) + Send + 'static) {
+    /// Queues a hash job for `conn`, whose result goes to `then`. The caller checked
+    /// [`Core::hash_full`] and the limits of `guard`. The hash counts against the connection's
+    /// address until it comes back, and is cancelled if the connection closes first.
+    fn hash(
+        &mut self,
+        conn: ConnId,
+        job: HashJob,
+        then: impl FnOnce(&mut Core, HashOutcome) + Send + 'static,
+    ) {
         self.hashing += 1;
+        let cancel = Cancel::default();
+        let addr = self.conns.get(&conn).and_then(|c| c.peer.key);
+        self.guard
+            .hash_started(addr, &self.settings.limits, self.now);
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.hashing = Some(cancel.clone());
+        }
         let ticket = self.ticket();
-        self.jobs.push(Job::Hash(ticket, job));
+        self.jobs.push(Job::Hash(ticket, HashTask { job, cancel }));
+        let then = move |core: &mut Core, outcome| {
+            core.guard.hash_finished(addr);
+            if let Some(c) = core.conns.get_mut(&conn) {
+                c.hashing = None;
+            }
+            then(core, outcome)
+        };
         self.waiting.insert(ticket, Then::Hash(Box::new(then)));
     }
 
@@ -580,21 +908,34 @@ impl Core {
             return;
         };
         c.outbox.close();
-        if let ConnState::LoggedIn(key) = c.state {
-            self.detach(conn, &key);
+        if let Some(cancel) = &c.hashing {
+            // Its hash is not wanted any more: a thread that has not started it skips it.
+            cancel.cancel();
         }
-        log::info!("connection {conn} from {} closed", c.peer);
+        if let ConnState::LoggedIn(key) = c.state {
+            self.detach(conn, &key, c.resumed);
+        }
+        log::debug!("connection {conn} from {} closed", c.peer.shown);
+        self.tally.count("connections closed", c.peer.key);
     }
 
     /// Removes a logged-in connection from its account; the last one takes the account offline.
-    fn detach(&mut self, conn: ConnId, key: &Key) {
+    /// `resumed`: the connection logged in with a device token (see `Conn::resumed`).
+    fn detach(&mut self, conn: ConnId, key: &Key, resumed: bool) {
         let Some(acct) = self.accounts.get_mut(key) else {
             return;
         };
         acct.conns.retain(|c| *c != conn);
         if acct.conns.is_empty() {
             self.online.remove(key);
-            log::info!("{} is offline", acct.name);
+            if resumed {
+                log::debug!("{} is offline", acct.name);
+                self.tally
+                    .count("accounts offline after a device token login", None);
+            } else {
+                log::info!("{} is offline", acct.name);
+            }
+            self.saw(key, false);
             self.announce_presence(key, false);
         }
     }
@@ -621,6 +962,13 @@ impl Core {
     }
 
     fn shutdown(&mut self) {
+        // Whoever is online is last seen now; after a storage failure nothing more is written.
+        if !self.shutting_down && self.fatal.is_none() {
+            let online: Vec<Key> = self.online.iter().cloned().collect();
+            for key in &online {
+                self.saw(key, true);
+            }
+        }
         self.shutting_down = true;
         let chunk = out::shared(&ServerLine::Bye {
             code: ByeCode::SHUTDOWN,

@@ -10,6 +10,7 @@
 use std::collections::VecDeque;
 
 use super::out::Out;
+use super::stream::Stream;
 use super::{ConnId, Core, Hold};
 use crate::outbox::Chunk;
 use crate::proto::code::Code;
@@ -24,6 +25,8 @@ struct Slot {
     id: SlotId,
     /// Filled: what to send.
     ready: Option<Vec<u8>>,
+    /// Or an answer sent part by part once it is at the front (see `stream`).
+    stream: Option<Box<Stream>>,
     /// Credits to give back when it is sent.
     finals: usize,
     /// Close the connection after sending it (QUIT).
@@ -38,6 +41,26 @@ impl Slots {
     /// True when no answer is waiting.
     pub(super) fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// The stream at the front, if the front slot holds one.
+    pub(super) fn front_stream(&mut self) -> Option<(SlotId, &mut Stream)> {
+        let front = self.0.front_mut()?;
+        let id = front.id;
+        front.stream.as_deref_mut().map(|s| (id, s))
+    }
+
+    /// Takes the front slot, if it is slot `id` holding a stream: its stream and its credits.
+    pub(super) fn take_front_stream(&mut self, id: SlotId) -> Option<(Box<Stream>, usize)> {
+        if self
+            .0
+            .front()
+            .is_none_or(|s| s.id != id || s.stream.is_none())
+        {
+            return None;
+        }
+        let slot = self.0.pop_front()?;
+        Some((slot.stream?, slot.finals))
     }
 }
 
@@ -88,10 +111,42 @@ impl Core {
         c.slots.0.push_back(Slot {
             id,
             ready: None,
+            stream: None,
             finals,
             close_after: false,
         });
         Some(id)
+    }
+
+    /// Answers the command with `stream`, sent part by part in its place in the reply order.
+    pub(super) fn answer_in_parts(&mut self, mut req: Req, stream: Stream) {
+        self.reserve(&mut req);
+        if let Some(id) = req.slot {
+            self.fill_with_stream(req.conn, id, stream);
+        }
+    }
+
+    /// Fills a slot opened with [`Core::open_slot`] with an answer sent part by part.
+    pub(super) fn fill_with_stream(&mut self, conn: ConnId, id: SlotId, stream: Stream) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if let Some(s) = c.slots.0.iter_mut().find(|s| s.id == id) {
+            s.stream = Some(Box::new(stream));
+        }
+        self.flush_slots(conn);
+    }
+
+    /// A stream has sent its last line: its credits go back, a login's backlog ends the login's
+    /// hold, and the answers behind it go out.
+    pub(super) fn after_stream(&mut self, conn: ConnId, finals: usize, backlog: bool) {
+        if let Some(c) = self.conns.get(&conn) {
+            c.outbox.release_credits(finals);
+        }
+        if backlog {
+            self.release(conn);
+        }
+        self.flush_slots(conn);
     }
 
     /// Sends a command's complete answer (its data lines and final reply), in its place in the
@@ -102,11 +157,25 @@ impl Core {
 
     /// Sends a final FAIL as the command's answer.
     pub(super) fn refuse(&mut self, req: Req, code: Code, text: &str) {
+        debug_assert!(!code.has_retry_after(), "{code:?} needs refuse_for");
+        self.fail(req, code, None, text);
+    }
+
+    /// Sends a final FAIL whose code says when to try again: in `retry_after_ms` (rounded up to
+    /// whole seconds, at least one).
+    pub(super) fn refuse_for(&mut self, req: Req, code: Code, retry_after_ms: i64, text: &str) {
+        debug_assert!(code.has_retry_after(), "{code:?} carries no retry_after");
+        let secs = (retry_after_ms.max(1) as u64).div_ceil(1000);
+        self.fail(req, code, Some(secs), text);
+    }
+
+    fn fail(&mut self, req: Req, code: Code, retry_after: Option<u64>, text: &str) {
         let mut out = Out::new();
         out.line(&ServerLine::Fail {
             label: req.label(),
             command: req.verb,
             code,
+            retry_after,
             text,
         });
         self.finish(req, out);
@@ -132,6 +201,7 @@ impl Core {
                 let slot = Slot {
                     id: 0,
                     ready: Some(bytes),
+                    stream: None,
                     finals: 1,
                     close_after,
                 };
@@ -159,6 +229,7 @@ impl Core {
     /// Sends the filled slots at the front of the queue, as one chunk; once the queue is empty, a
     /// command that waited for it (QUIT, LOGOUT) runs.
     fn flush_slots(&mut self, conn: ConnId) {
+        let now = self.now;
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -183,15 +254,20 @@ impl Core {
         }
         let drained = c.slots.is_empty();
         if drained {
-            // An idle connection keeps no queue.
+            // An idle connection keeps no queue; its silence counts from its last answer.
             c.slots = Slots::default();
+            c.last_heard = c.last_heard.max(now);
         }
         let resume = drained && c.hold == Hold::Drain;
         if resume {
             c.hold = Hold::Free;
         }
+        let streaming = c.slots.0.front().is_some_and(|s| s.stream.is_some());
         if let Some(m) = merged {
             self.emit(conn, m);
+        }
+        if streaming {
+            self.pump(conn);
         }
         if resume {
             self.run_deferred(conn);

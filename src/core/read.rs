@@ -12,7 +12,7 @@ use crate::proto::code::Code;
 use crate::proto::name::Key;
 use crate::proto::room::{RoomName, Target};
 use crate::proto::server_line::{OkReply, ServerLine};
-use crate::store::{MsgId, RoomId, StoreOp, StoreReply};
+use crate::store::{MsgId, ReadOp, RoomId, StoreOp, StoreReply};
 
 /// A room with unread messages, as a LOGIN reports it.
 pub(super) struct Unread {
@@ -215,7 +215,7 @@ impl Core {
             return then(self, Out::new());
         }
         let rooms = unread.iter().map(|u| (u.room, u.after)).collect();
-        self.store(StoreOp::FirstUnread { rooms }, move |core, reply| {
+        let then = move |core: &mut Core, reply: StoreReply| {
             let mut out = Out::new();
             if let StoreReply::FirstIds(firsts) = reply {
                 for (u, first) in unread.iter().zip(firsts) {
@@ -231,6 +231,13 @@ impl Core {
                 log::error!("internal error: unexpected store reply {reply:?} to an unread read");
             }
             then(core, out);
-        });
+        };
+        // While writes fail, the read goes beside the writes waiting for the disk, not behind
+        // them: a login is not held up by a failing disk (spec 6.6).
+        if self.store_failing {
+            self.store_fresh(ReadOp::FirstUnread { rooms }, then);
+        } else {
+            self.store(StoreOp::FirstUnread { rooms }, then);
+        }
     }
 }

@@ -357,12 +357,12 @@ impl Core {
                     room.name
                 ),
             ))
-        } else if room.members.len() >= self.settings.max_room_members {
+        } else if room.members.len() >= self.settings.limits.max_room_members {
             Some(Refusal(
                 Code::ROOM_FULL,
                 format!(
                     "{} has {} members, its most",
-                    room.name, self.settings.max_room_members
+                    room.name, self.settings.limits.max_room_members
                 ),
             ))
         } else {
@@ -525,8 +525,8 @@ impl Core {
             // The room as the JOIN left it: later commands may have changed it since.
             let mut out = Out::new();
             out.line(&summary.line());
-            if let StoreReply::History(page) = &reply {
-                for m in &page.messages {
+            if let StoreReply::Messages(messages) = &reply {
+                for m in messages {
                     out.line(&ServerLine::History(MessageLine {
                         id: m.id,
                         time_ms: m.time_ms,

@@ -5,14 +5,15 @@ use arbitrary::{Result, Unstructured};
 
 use crate::config::{MAX_GROUP_RECIPIENTS, MAX_PING_TOKEN_BYTES};
 use crate::proto::code::{ByeCode, Code};
-use crate::proto::command::{Verb, COMMANDS};
+use crate::proto::command::{Dms, Verb, COMMANDS};
 use crate::proto::name::check_label;
 use crate::proto::room::{Privacy, Role};
 use crate::proto::server_line::{
     parse, AddOutcome, Delivery, FriendReply, FriendState, FriendshipEvent, JoinOutcome,
     MessageLine, OkReply, PartOutcome, Presence, Recipient, RoomEvent, RoomLine, RoomReply,
-    ServerLine, Standing, TopicSet,
+    ServerLine, Standing, TokenLine, TopicSet,
 };
+use crate::proto::token::DeviceToken;
 
 /// First input byte even: the rest, as text, goes to the parser, which must not panic, and whatever
 /// it recognises must survive a trip through its canonical form. Odd: the rest describes a line
@@ -130,13 +131,15 @@ fn cursor(u: &mut Unstructured<'_>) -> Result<Option<u64>> {
 }
 
 /// Arbitrary but valid details of an `OK` of `verb`; names come from `pool`, rooms from `rooms`,
-/// texts from `text` (which does not start with a space).
+/// texts from `text` (which does not start with a space), a token's text is `token`.
 fn ok_reply<'a>(
     u: &mut Unstructured<'_>,
     verb: Verb,
     pool: &'a [String],
     rooms: &'a [String],
     text: &'a str,
+    token: &'a DeviceToken,
+    away: &'a str,
 ) -> Result<OkReply<'a>> {
     let n = |u: &mut Unstructured<'_>| -> Result<&'a str> { Ok(u.choose(pool)?.as_str()) };
     let r = |u: &mut Unstructured<'_>| -> Result<&'a str> { Ok(u.choose(rooms)?.as_str()) };
@@ -185,6 +188,40 @@ fn ok_reply<'a>(
                 count: u.arbitrary()?,
             },
         }),
+        Verb::Token => OkReply::Token {
+            id: token.parts().map_or(0, |(id, _)| id),
+            token: token.expose(),
+        },
+        Verb::Resume => OkReply::Resume { name: n(u)? },
+        Verb::Tokens => OkReply::Tokens {
+            count: u.arbitrary()?,
+        },
+        Verb::Revoke => OkReply::Revoke {
+            revoked: u.arbitrary()?,
+            closed: u.arbitrary()?,
+        },
+        Verb::Password => OkReply::Password {
+            revoked: u.arbitrary()?,
+            closed: u.arbitrary()?,
+        },
+        Verb::Unregister => OkReply::Unregister { name: n(u)? },
+        Verb::Block => OkReply::Block { name: n(u)? },
+        Verb::Unblock => OkReply::Unblock { name: n(u)? },
+        Verb::Blocks => OkReply::Blocks {
+            count: u.arbitrary()?,
+        },
+        Verb::Away => OkReply::Away {
+            set: u.arbitrary()?,
+        },
+        Verb::Whois => OkReply::Whois {
+            name: n(u)?,
+            presence: *u.choose(&[Presence::Online, Presence::Offline])?,
+            last_seen_ms: if u.arbitrary()? { Some(time(u)?) } else { None },
+            away: if u.arbitrary()? { away } else { "" },
+        },
+        Verb::Dms => OkReply::Dms {
+            policy: *u.choose(&[Dms::Friends, Dms::Everyone])?,
+        },
         Verb::Join => OkReply::Join {
             room: r(u)?,
             outcome: *u.choose(&[
@@ -346,28 +383,38 @@ fn encoded_line_parses(u: &mut Unstructured<'_>) -> Result<()> {
     let rooms: Vec<String> = (0..u.int_in_range(1..=4usize)?)
         .map(|_| room(u))
         .collect::<Result<_>>()?;
+    let device_token = DeviceToken::new(u.arbitrary()?, &u.arbitrary()?);
+    // The server's probe token is a number.
+    let probe = id(u)?.to_string();
     let one = names[0].as_str();
-    let line = match u.int_in_range(0..=20u8)? {
+    let line = match u.int_in_range(0..=23u8)? {
         0 => {
             let verb = verb(u)?;
             ServerLine::Ok {
                 label: label.as_deref(),
-                reply: ok_reply(u, verb, &names, &rooms, &text)?,
+                reply: ok_reply(u, verb, &names, &rooms, &text, &device_token, &body)?,
             }
         }
-        1 => ServerLine::Fail {
-            label: label.as_deref(),
-            command: if u.ratio(1u8, 4u8)? {
-                None
-            } else {
-                Some(verb(u)?)
-            },
-            code: *u.choose(Code::ALL)?,
-            text: &text,
-        },
+        1 => {
+            let code = *u.choose(Code::ALL)?;
+            ServerLine::Fail {
+                label: label.as_deref(),
+                command: if u.ratio(1u8, 4u8)? {
+                    None
+                } else {
+                    Some(verb(u)?)
+                },
+                code,
+                retry_after: if code.has_retry_after() {
+                    Some(u.arbitrary()?)
+                } else {
+                    None
+                },
+                text: &text,
+            }
+        }
         2 | 3 => {
-            // Years 0000 to 9999, the range the four-digit wire form can show.
-            let time_ms = u.int_in_range(-62_167_219_200_000i64..=253_402_300_799_999)?;
+            let time_ms = time(u)?;
             let to = match u.int_in_range(0..=3u8)? {
                 0 => Recipient::User(one),
                 // A list of one prints as a MSG's recipient: a group value has two names or more.
@@ -425,7 +472,22 @@ fn encoded_line_parses(u: &mut Unstructured<'_>) -> Result<()> {
                 FriendState::Outgoing,
             ])?,
         },
-        14 => {
+        13 => ServerLine::Blocked { name: one },
+        14 => ServerLine::Away {
+            name: one,
+            text: if u.arbitrary()? { Some(&body) } else { None },
+        },
+        12 => ServerLine::Token(TokenLine {
+            id: id(u)?,
+            created_ms: time(u)?,
+            last_used_ms: time(u)?,
+            expires_ms: time(u)?,
+            current: u.arbitrary()?,
+            // A label is free text after one space; an empty one is left out.
+            label: if u.arbitrary()? { &body } else { "" },
+        }),
+        15 => ServerLine::Ping { token: &probe },
+        16 => {
             let standing = match u.int_in_range(0..=2u8)? {
                 0 => Standing::Member(role(u)?),
                 1 => Standing::Invited,
@@ -443,35 +505,35 @@ fn encoded_line_parses(u: &mut Unstructured<'_>) -> Result<()> {
                 topic: if u.arbitrary()? { &body } else { "" },
             })
         }
-        15 => ServerLine::Member {
+        17 => ServerLine::Member {
             room: &rooms[0],
             name: one,
             role: role(u)?,
             presence: *u.choose(&[Presence::Online, Presence::Offline])?,
         },
-        16 => ServerLine::Ban {
+        18 => ServerLine::Ban {
             room: &rooms[0],
             name: one,
             by: &names[1],
             time_ms: time(u)?,
             reason: if u.arbitrary()? { &body } else { "" },
         },
-        17 => ServerLine::Invitation {
+        19 => ServerLine::Invitation {
             room: &rooms[0],
             name: one,
             by: &names[1],
             expires_ms: time(u)?,
         },
-        18 => ServerLine::RoomEvent {
+        20 => ServerLine::RoomEvent {
             room: &rooms[0],
             event: room_event(u, &names, &body)?,
         },
-        19 => ServerLine::Unread {
+        21 => ServerLine::Unread {
             room: &rooms[0],
             count: u.arbitrary()?,
             first: id(u)?,
         },
-        20 => ServerLine::Read {
+        22 => ServerLine::Read {
             target: if u.arbitrary()? { &rooms[0] } else { one },
             id: id(u)?,
         },

@@ -5,9 +5,10 @@
 //! server can refuse connections past its limit and, at shutdown, wait until every connection has
 //! sent what it had queued.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_channel::Sender;
@@ -23,9 +24,11 @@ use crate::config::{
 };
 use crate::core::{ConnId, Event, Input};
 use crate::outbox::{Chunk, Outbox};
+use crate::peer::{AddrKey, Network, Peer};
 use crate::proto::code::ByeCode;
 use crate::proto::line::{Frame, LineDecoder};
 use crate::proto::server_line::ServerLine;
+use crate::tally::Tally;
 
 /// Shared by the accept loops and connection tasks.
 pub(super) struct Ctx {
@@ -34,22 +37,62 @@ pub(super) struct Ctx {
     pub(super) next_conn: AtomicU64,
     pub(super) connections: Arc<Connections>,
     pub(super) max_connections: usize,
+    /// 0: no limit per address.
+    pub(super) max_per_address: usize,
+    pub(super) exempt: Vec<Network>,
     pub(super) line_rate: u32,
     pub(super) line_burst: u32,
+    /// Refusals and failed handshakes since the last summary in the log.
+    pub(super) tally: Mutex<Tally>,
 }
 
-/// Counts the connection tasks alive, and wakes whoever waits for the count to reach zero.
+impl Ctx {
+    fn count(&self, what: &'static str, source: Option<AddrKey>) {
+        self.tally
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .count(what, source);
+    }
+}
+
+/// Counts the connection tasks alive, in all and per address, and wakes whoever waits for the
+/// count to reach zero.
 #[derive(Default)]
 pub(super) struct Connections {
     active: AtomicUsize,
+    /// Connections per address, for the addresses that have one (exempt ones are not counted).
+    /// Entries go when their count does, so the map holds at most one entry per connection.
+    per_address: Mutex<HashMap<AddrKey, usize>>,
     none_left: event_listener::Event,
 }
 
 impl Connections {
-    /// Counts a new connection until the returned guard is dropped; also returns the new count.
-    fn enter(self: &Arc<Self>) -> (usize, ActiveGuard) {
+    /// Counts a new connection (under `key` too, if it has one) until the returned guard is
+    /// dropped; also returns the new total and the new count for `key`.
+    fn enter(self: &Arc<Self>, key: Option<AddrKey>) -> (usize, usize, ActiveGuard) {
         let active = self.active.fetch_add(1, Ordering::SeqCst) + 1;
-        (active, ActiveGuard(self.clone()))
+        let from_key = key.map_or(0, |k| {
+            let mut map = self.per_address.lock().unwrap_or_else(|e| e.into_inner());
+            let n = map.entry(k).or_insert(0);
+            *n += 1;
+            *n
+        });
+        (active, from_key, ActiveGuard(self.clone(), key))
+    }
+
+    fn leave(&self, key: Option<AddrKey>) {
+        if let Some(k) = key {
+            let mut map = self.per_address.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = map.get_mut(&k) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&k);
+                }
+            }
+        }
+        if self.active.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.none_left.notify(usize::MAX);
+        }
     }
 
     /// Returns once no connection task is left.
@@ -68,19 +111,18 @@ impl Connections {
     }
 }
 
-/// Counts a connection task as active until dropped.
-struct ActiveGuard(Arc<Connections>);
+/// Counts a connection task as active (in all, and under its address) until dropped.
+struct ActiveGuard(Arc<Connections>, Option<AddrKey>);
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        if self.0.active.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.0.none_left.notify(usize::MAX);
-        }
+        self.0.leave(self.1);
     }
 }
 
 /// Accepts connections until the task is dropped. Each gets a task of its own at once (the TLS
-/// handshake runs there), or `BYE SERVER_FULL` past the connection limit.
+/// handshake runs there), or `BYE SERVER_FULL` past the connection limit, or
+/// `BYE TOO_MANY_CONNECTIONS` past the limit for its address.
 pub(super) async fn accept_loop(
     listener: TcpListener,
     ctx: Arc<Ctx>,
@@ -96,13 +138,33 @@ pub(super) async fn accept_loop(
                 continue;
             }
         };
-        let (active, guard) = ctx.connections.enter();
+        let key = Peer::new(String::new(), peer.ip(), &ctx.exempt).key;
+        let (active, from_key, guard) = ctx.connections.enter(key);
         if active > ctx.max_connections {
-            log::warn!(
+            log::debug!(
                 "connection limit ({}) reached; refusing {peer}",
                 ctx.max_connections
             );
-            ctx.ex.spawn(refuse_full(stream, guard)).detach();
+            ctx.count("connections refused, the server being full", key);
+            ctx.ex
+                .spawn(refuse(stream, tls.clone(), guard, ByeCode::SERVER_FULL))
+                .detach();
+            continue;
+        }
+        if ctx.max_per_address > 0 && from_key > ctx.max_per_address {
+            log::debug!(
+                "connection limit per address ({}) reached; refusing {peer}",
+                ctx.max_per_address
+            );
+            ctx.count("connections refused, their address having too many", key);
+            ctx.ex
+                .spawn(refuse(
+                    stream,
+                    tls.clone(),
+                    guard,
+                    ByeCode::TOO_MANY_CONNECTIONS,
+                ))
+                .detach();
             continue;
         }
         let task = connection(stream, peer, ctx.clone(), tls.clone(), guard);
@@ -110,18 +172,43 @@ pub(super) async fn accept_loop(
     }
 }
 
-async fn refuse_full(mut stream: TcpStream, _guard: ActiveGuard) {
-    let bye = ServerLine::Bye {
-        code: ByeCode::SERVER_FULL,
-        text: "the server has too many connections; try again later",
+/// Sends `BYE <code>` instead of HELLO and closes; on the TLS port inside TLS, after the
+/// handshake (spec 7.4), which gets the usual time limit.
+async fn refuse(
+    stream: TcpStream,
+    tls: Option<Arc<tls::TlsConfigCell>>,
+    _guard: ActiveGuard,
+    code: ByeCode,
+) {
+    let text = match code {
+        ByeCode::TOO_MANY_CONNECTIONS => {
+            "too many connections from your address; close one and try again"
+        }
+        _ => "the server has too many connections; try again later",
+    };
+    let bye = ServerLine::Bye { code, text }.to_bytes();
+    match tls {
+        None => say_and_close(stream, &bye).await,
+        Some(cell) => {
+            if let Ok(s) = tls::handshake(cell.acceptor(), stream).await {
+                say_and_close(s, &bye).await;
+            }
+        }
     }
-    .to_bytes();
-    let _ = future::or(async { stream.write_all(&bye).await }, async {
+}
+
+/// Writes `bytes` and closes, giving up on a client that does not read within a few seconds.
+async fn say_and_close<S: AsyncWrite + Unpin>(mut stream: S, bytes: &[u8]) {
+    let _ = future::or(async { stream.write_all(bytes).await }, async {
         Timer::after(Duration::from_secs(5)).await;
         Ok(())
     })
     .await;
-    let _ = stream.close().await;
+    let _ = future::or(async { stream.close().await }, async {
+        Timer::after(Duration::from_secs(5)).await;
+        Ok(())
+    })
+    .await;
 }
 
 async fn connection(
@@ -135,7 +222,7 @@ async fn connection(
     match tls {
         None => {
             let ready = Some(stream.clone().into());
-            serve(stream.clone(), stream, ready, peer.to_string(), ctx).await
+            serve(stream.clone(), stream, ready, peer, peer.to_string(), ctx).await
         }
         // Boxed: a task's future is as large as its largest branch, and the TLS one (handshake
         // state, TLS streams) is several times the plain one. Inline, every plain connection would
@@ -153,9 +240,13 @@ async fn serve_tls(
     match tls::handshake(cell.acceptor(), stream).await {
         Ok(s) => {
             let (r, w) = futures_lite::io::split(s);
-            serve(r, w, None, format!("{peer} (TLS)"), ctx).await
+            serve(r, w, None, peer, format!("{peer} (TLS)"), ctx).await
         }
-        Err(e) => log::info!("TLS handshake with {peer} failed: {e}"),
+        Err(e) => {
+            log::debug!("TLS handshake with {peer} failed: {e}");
+            let key = Peer::new(String::new(), peer.ip(), &ctx.exempt).key;
+            ctx.count("TLS handshakes failed", key);
+        }
     }
 }
 
@@ -166,7 +257,8 @@ async fn serve<R, W>(
     reader: R,
     writer: W,
     ready: Option<Arc<Async<std::net::TcpStream>>>,
-    peer: String,
+    peer: SocketAddr,
+    shown: String,
     ctx: Arc<Ctx>,
 ) where
     R: AsyncRead + Unpin,
@@ -177,12 +269,14 @@ async fn serve<R, W>(
     let connected = Event::Connected {
         conn,
         outbox: outbox.clone(),
-        peer,
+        peer: Peer::new(shown, peer.ip(), &ctx.exempt),
     };
     if ctx.events.send(connected).await.is_err() {
         return;
     }
-    let writer = ctx.ex.spawn(write_loop(writer, outbox.clone()));
+    let writer = ctx
+        .ex
+        .spawn(write_loop(writer, outbox.clone(), conn, ctx.events.clone()));
     read_loop(reader, ready, conn, &outbox, &ctx).await;
     let _ = ctx.events.send(Event::Disconnected { conn }).await;
     // The core closes the outbox on Disconnected; if the core is gone, close it here.
@@ -257,7 +351,12 @@ async fn read_loop<R: AsyncRead + Unpin>(
     Box::pin(drain).await;
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(mut writer: W, outbox: Outbox) {
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut writer: W,
+    outbox: Outbox,
+    conn: ConnId,
+    events: Sender<Event>,
+) {
     let mut batch: Vec<Chunk> = Vec::new();
     let mut buf: Vec<u8> = Vec::new();
     while outbox.next_batch(&mut batch).await {
@@ -282,6 +381,13 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut writer: W, outbox: Outbox) {
         batch = Vec::new();
         buf = Vec::new();
         if !written {
+            outbox.close();
+            return;
+        }
+        // A long answer waits for room to send its next part: now there is. Told only after the
+        // write, so that the part it sends next replaces what the client has read, and an answer
+        // to a client that does not read takes no more memory than one write.
+        if outbox.drained_wanted() && events.send(Event::Drained { conn }).await.is_err() {
             outbox.close();
             return;
         }
@@ -344,8 +450,8 @@ mod tests {
     fn all_closed_waits_for_the_last_connection() {
         let conns = Arc::new(Connections::default());
         smol::block_on(conns.all_closed());
-        let (n, first) = conns.enter();
-        let (m, second) = conns.enter();
+        let (n, _, first) = conns.enter(None);
+        let (m, _, second) = conns.enter(None);
         assert_eq!((n, m), (1, 2));
         let waiter = smol::spawn({
             let conns = conns.clone();
@@ -356,6 +462,27 @@ mod tests {
         assert!(!waiter.is_finished());
         drop(second);
         smol::block_on(waiter);
+    }
+
+    #[test]
+    fn connections_are_counted_per_address_and_forgotten_when_gone() {
+        use crate::peer::AddrKey;
+        let conns = Arc::new(Connections::default());
+        let a = Some(AddrKey::V4("192.0.2.1".parse().unwrap()));
+        let b = Some(AddrKey::V4("192.0.2.2".parse().unwrap()));
+        let (_, n1, g1) = conns.enter(a);
+        let (_, n2, g2) = conns.enter(a);
+        let (_, m1, g3) = conns.enter(b);
+        let (total, unkeyed, g4) = conns.enter(None);
+        assert_eq!((n1, n2, m1, total, unkeyed), (1, 2, 1, 4, 0));
+        drop(g1);
+        let (_, n3, g5) = conns.enter(a);
+        assert_eq!(n3, 2);
+        for g in [g2, g3, g4, g5] {
+            drop(g);
+        }
+        assert!(conns.per_address.lock().unwrap().is_empty());
+        smol::block_on(conns.all_closed());
     }
 
     #[test]

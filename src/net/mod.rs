@@ -23,6 +23,9 @@ mod server;
 pub mod tls;
 
 use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::peer::Network;
 
 pub use server::{run, ServerError};
 
@@ -35,8 +38,19 @@ pub struct ServerOptions {
     pub tls: Option<(String, TlsSource)>,
     /// The database file, created if missing.
     pub db: PathBuf,
+    /// MiB that must stay free on the database's file system; below it writes stop until there is
+    /// room again. 0: no reserve.
+    pub min_free_disk_mib: u64,
     /// Most simultaneous connections; more are told `BYE SERVER_FULL`.
     pub max_connections: usize,
+    /// Most simultaneous connections from one address; more are told `BYE TOO_MANY_CONNECTIONS`.
+    /// 0: no limit.
+    pub max_per_address: usize,
+    /// Silence after which a connection is probed, and closed if it stays silent as long again.
+    /// Zero: never.
+    pub idle_timeout: Duration,
+    /// Networks the per-address limits leave alone.
+    pub exempt: Vec<Network>,
     /// Lines per second one connection may send before it is read more slowly.
     pub line_rate: u32,
     /// Lines one connection may send at once above the rate.
@@ -45,6 +59,20 @@ pub struct ServerOptions {
     pub hash_threads: usize,
     /// Password hashes that may wait; past it REGISTER and LOGIN get `SERVER_BUSY`.
     pub hash_queue: usize,
+    /// Password hashes one address may have queued or running; past it REGISTER and LOGIN get
+    /// `RATE_LIMITED`. 0: no limit.
+    pub hash_per_address: usize,
+    /// Accounts one address may register per hour. 0: no limit.
+    pub registrations_per_hour: u64,
+    /// Messages one account may send per minute (an ALL counts 10). 0: no limit.
+    pub msgs_per_minute: u64,
+    /// KiB of messages one account may have stored per day. 0: no limit.
+    pub stored_kib_per_day: u64,
+    /// Messages from one sender that may wait in one offline user's inbox. 0: no limit beyond the
+    /// inbox's own.
+    pub inbox_share: u32,
+    /// Friend requests one account may send per hour. 0: no limit.
+    pub friend_requests_per_hour: u64,
     /// scrypt cost of new password hashes, as log2(N).
     pub scrypt_log_n: u8,
     /// Most members of one room; JOIN beyond it gets `ROOM_FULL`.

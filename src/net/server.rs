@@ -9,7 +9,7 @@
 use std::fmt;
 use std::io;
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_channel::Receiver;
 use async_net::TcpListener;
@@ -19,12 +19,16 @@ use smol::{Executor, Timer};
 use super::conn::{accept_loop, Connections, Ctx};
 use super::driver::core_loop;
 use super::{tls, Control, ServerOptions, TlsSource};
-use crate::auth::{self, HashJob, Hasher};
-use crate::config::{CORE_QUEUE, MAX_STORE_INFLIGHT, SCRYPT_P, SCRYPT_R, SHUTDOWN_FLUSH};
-use crate::core::{Core, Event, Settings};
+use crate::auth::{self, HashTask, Hasher};
+use crate::config::{
+    CORE_QUEUE, LOG_SUMMARY_INTERVAL, MAX_STORE_INFLIGHT, SCRYPT_P, SCRYPT_R, SHUTDOWN_FLUSH,
+};
+use crate::core::entropy::Entropy;
+use crate::core::{Core, Event, Limits, Settings};
 use crate::store::redb::RedbStore;
 use crate::store::worker::{self, StoreJob};
 use crate::store::StoreError;
+use crate::tally::Tally;
 use crate::tls::{generate_self_signed, TlsError, TlsFiles};
 
 /// Why the server could not start, or had to stop.
@@ -63,7 +67,10 @@ impl fmt::Display for ServerError {
         match self {
             ServerError::Tls(e) => e.fmt(f),
             ServerError::Listen { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
-            ServerError::Store(e) => e.fmt(f),
+            ServerError::Store(e) => match e.advice() {
+                Some(advice) => write!(f, "{e}; {advice}"),
+                None => e.fmt(f),
+            },
             ServerError::Scrypt(e) => write!(f, "bad scrypt parameters: {e}"),
             ServerError::Thread { name, source } => {
                 write!(f, "cannot start the {name} thread: {source}")
@@ -108,6 +115,7 @@ pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), Server
     };
 
     let (store, snapshot) = RedbStore::open(&opts.db).map_err(ServerError::Store)?;
+    let store = store.with_reserve(opts.min_free_disk_mib.saturating_mul(1024 * 1024));
     log::info!(
         "database {}: {} accounts, {} rooms, next message id {}",
         opts.db.display(),
@@ -120,7 +128,17 @@ pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), Server
         hash_queue: opts.hash_queue,
         dummy_phc: Arc::from(hasher.dummy_phc()),
         version: env!("CARGO_PKG_VERSION"),
-        max_room_members: opts.max_room_members,
+        entropy: Entropy::Os,
+        limits: Limits {
+            idle_timeout_ms: i64::try_from(opts.idle_timeout.as_millis()).unwrap_or(i64::MAX),
+            hash_per_address: opts.hash_per_address,
+            registrations_per_hour: opts.registrations_per_hour,
+            msgs_per_minute: opts.msgs_per_minute,
+            stored_bytes_per_day: opts.stored_kib_per_day.saturating_mul(1024),
+            inbox_share: opts.inbox_share,
+            friend_requests_per_hour: opts.friend_requests_per_hour,
+            max_room_members: opts.max_room_members,
+        },
     };
     let core = Core::new(snapshot, settings);
 
@@ -128,15 +146,20 @@ pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), Server
     // outstanding, so those threads never wait on it.
     let (done_tx, done_rx) = async_channel::bounded(MAX_STORE_INFLIGHT + opts.hash_queue + 16);
     let (store_tx, store_rx) = async_channel::bounded::<StoreJob>(MAX_STORE_INFLIGHT);
+    let (fresh_tx, fresh_rx) = async_channel::bounded(MAX_STORE_INFLIGHT);
     let store_done = done_tx.clone();
-    let store_thread = worker::spawn(Box::new(store), store_rx, move |r| {
-        let _ = store_done.send_blocking(Event::Stored(r));
+    let queues = worker::Queues {
+        jobs: store_rx,
+        fresh: fresh_rx,
+    };
+    let store_thread = worker::spawn(Box::new(store), queues, move |r| {
+        let _ = store_done.send_blocking(Event::Store(r));
     })
     .map_err(|source| ServerError::Thread {
         name: "store",
         source,
     })?;
-    let (hash_tx, hash_rx) = async_channel::bounded::<(u64, HashJob)>(opts.hash_queue.max(1));
+    let (hash_tx, hash_rx) = async_channel::bounded::<(u64, HashTask)>(opts.hash_queue.max(1));
     let hash_done = done_tx;
     let hash_threads = auth::spawn_pool(
         hasher,
@@ -159,8 +182,11 @@ pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), Server
         next_conn: AtomicU64::new(1),
         connections: Arc::new(Connections::default()),
         max_connections: opts.max_connections,
+        max_per_address: opts.max_per_address,
+        exempt: opts.exempt.clone(),
         line_rate: opts.line_rate,
         line_burst: opts.line_burst,
+        tally: Mutex::new(Tally::default()),
     });
 
     // Executor threads: one per core, this thread included. If one cannot be started, dropping
@@ -189,7 +215,9 @@ pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), Server
     }
 
     let result = smol::block_on(ex.run(async {
-        let mut core_task = ex.spawn(core_loop(core, events_rx, done_rx, store_tx, hash_tx));
+        let mut core_task = ex.spawn(core_loop(
+            core, events_rx, done_rx, store_tx, fresh_tx, hash_tx,
+        ));
         let mut accepts = Vec::new();
         if let Some(l) = plain {
             accepts.push(ex.spawn(accept_loop(l, ctx.clone(), None)));
@@ -197,6 +225,23 @@ pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), Server
         if let Some(l) = secure {
             accepts.push(ex.spawn(accept_loop(l, ctx.clone(), tls_cell.clone())));
         }
+        // The network's repeated events, summarised as the core's are.
+        let summaries = {
+            let ctx = ctx.clone();
+            ex.spawn(async move {
+                loop {
+                    Timer::after(LOG_SUMMARY_INTERVAL).await;
+                    let line = ctx
+                        .tally
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .summary();
+                    if let Some(line) = line {
+                        log::info!("in the last {} s: {line}", LOG_SUMMARY_INTERVAL.as_secs());
+                    }
+                }
+            })
+        };
         let stop = async {
             while let Ok(Control::ReloadTls) = control.recv().await {
                 match &tls_cell {
@@ -215,6 +260,7 @@ pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), Server
         // The core task ends by itself only on a fatal store error.
         let early = future::or(async { Some((&mut core_task).await) }, stop).await;
         drop(accepts);
+        drop(summaries);
         let outcome = match early {
             Some(r) => r,
             None => {

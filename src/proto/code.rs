@@ -68,6 +68,12 @@ codes! {
     TOO_MANY_RECIPIENTS,
     /// An offline recipient already has 1000 messages waiting.
     INBOX_FULL,
+    /// An offline recipient already has the sender's share of messages waiting from the sender.
+    INBOX_SHARE_FULL,
+    /// The sender sent as many messages as it may this minute.
+    TOO_MANY_MESSAGES,
+    /// The sender stored as many bytes as it may today.
+    QUOTA_EXCEEDED,
     /// A HISTORY count that is not a number from 1 to 500.
     BAD_COUNT,
     /// A message id that is not a number.
@@ -114,10 +120,50 @@ codes! {
     INVITE_LIST_FULL,
     /// The invitee has its most invitations waiting.
     TOO_MANY_INVITATIONS,
+    /// FRIEND ADD past the friend requests allowed per hour.
+    TOO_MANY_REQUESTS,
+    /// FRIEND ADD when either side has as many friends and requests as it may.
+    TOO_MANY_FRIENDS,
     /// Too much password hashing is queued; try again shortly.
     SERVER_BUSY,
+    /// Too many password checks or registrations from the address, or too many failed logins for
+    /// the address or the account name; the line says when to try again.
+    RATE_LIMITED,
+    /// The server cannot write to its database for now (a full disk, an I/O error); nothing was
+    /// done. Reads work; writes resume by themselves.
+    STORAGE_UNAVAILABLE,
+    /// RESUME with a token that is unknown, expired or revoked (not told apart).
+    BAD_TOKEN,
+    /// REVOKE of a token id the account does not have.
+    UNKNOWN_TOKEN,
+    /// TOKEN when the account already holds the most tokens it may.
+    TOO_MANY_TOKENS,
+    /// A block stands between the caller and the other account (either blocks the other).
+    BLOCKED,
+    /// The recipient takes direct messages from friends only.
+    FRIENDS_ONLY,
+    /// BLOCK of an account already blocked.
+    ALREADY_BLOCKED,
+    /// UNBLOCK of an account that is not blocked.
+    NOT_BLOCKED,
+    /// BLOCK when the account already blocks the most accounts it may.
+    TOO_MANY_BLOCKS,
     /// The server failed internally; the details are in its log.
     INTERNAL_ERROR,
+}
+
+impl Code {
+    /// True for the codes whose `FAIL` line carries `retry_after=<seconds>` before its sentence:
+    /// a limit that frees up with time, and the time it takes.
+    pub fn has_retry_after(self) -> bool {
+        matches!(
+            self,
+            Code::RATE_LIMITED
+                | Code::TOO_MANY_MESSAGES
+                | Code::QUOTA_EXCEEDED
+                | Code::TOO_MANY_REQUESTS
+        )
+    }
 }
 
 /// Why the server closes a connection on its own (`BYE <code> <text>`).
@@ -130,6 +176,14 @@ pub enum ByeCode {
     SLOW_CONSUMER,
     /// The connection limit is reached.
     SERVER_FULL,
+    /// The connection limit for the client's address is reached.
+    TOO_MANY_CONNECTIONS,
+    /// The client stayed silent after an idle probe.
+    IDLE_TIMEOUT,
+    /// The connection's login was revoked from another connection of its account.
+    REVOKED,
+    /// The connection's account was deleted from another connection.
+    ACCOUNT_DELETED,
 }
 
 impl ByeCode {
@@ -138,6 +192,10 @@ impl ByeCode {
         ByeCode::SHUTDOWN,
         ByeCode::SLOW_CONSUMER,
         ByeCode::SERVER_FULL,
+        ByeCode::TOO_MANY_CONNECTIONS,
+        ByeCode::IDLE_TIMEOUT,
+        ByeCode::REVOKED,
+        ByeCode::ACCOUNT_DELETED,
     ];
 
     /// The code as it appears on the wire.
@@ -146,6 +204,10 @@ impl ByeCode {
             ByeCode::SHUTDOWN => "SHUTDOWN",
             ByeCode::SLOW_CONSUMER => "SLOW_CONSUMER",
             ByeCode::SERVER_FULL => "SERVER_FULL",
+            ByeCode::TOO_MANY_CONNECTIONS => "TOO_MANY_CONNECTIONS",
+            ByeCode::IDLE_TIMEOUT => "IDLE_TIMEOUT",
+            ByeCode::REVOKED => "REVOKED",
+            ByeCode::ACCOUNT_DELETED => "ACCOUNT_DELETED",
         }
     }
 

@@ -8,7 +8,8 @@
 //! - [`command`]: the syntax of every command: the parser of command lines, and their encoder;
 //! - [`server_line`]: every line the server sends, as one type, with its encoder and its parser;
 //! - [`code`]: the machine codes of `FAIL` and `BYE` lines;
-//! - [`time`]: the wire timestamp format.
+//! - [`time`]: the wire timestamp format;
+//! - [`token`]: the text form of device tokens and their ids.
 pub mod code;
 pub mod command;
 pub mod line;
@@ -16,3 +17,4 @@ pub mod name;
 pub mod room;
 pub mod server_line;
 pub mod time;
+pub mod token;

@@ -39,6 +39,45 @@ impl Name {
     pub fn key(&self) -> Key {
         Key::of(&self.0)
     }
+
+    /// What the name looks like: two names with the same skeleton are too alike to tell apart on a
+    /// screen, so only one of them may be registered (see [`Skeleton`]).
+    pub fn skeleton(&self) -> Skeleton {
+        Skeleton::of(&self.0)
+    }
+}
+
+/// The look of a name, after the folds of Unicode's confusable detection (UTS #39) that apply to
+/// the characters a name may hold (ASCII letters, digits, `_`, `-`): letter case; `I`, `l`, `i`
+/// and `1`; `O`, `o` and `0`; `rn` and `m`; `vv` and `w`. Names are looked up by their [`Key`];
+/// the skeleton only decides whether a new name is too like one that is taken.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Skeleton(Box<str>);
+
+impl Skeleton {
+    /// The skeleton of any string (used on names).
+    pub fn of(name: &str) -> Skeleton {
+        let folded: String = name
+            .chars()
+            .map(|c| match c.to_ascii_lowercase() {
+                'i' | '1' | '|' => 'l',
+                '0' => 'o',
+                c => c,
+            })
+            .collect();
+        Skeleton(
+            folded
+                .replace("rn", "m")
+                .replace("vv", "w")
+                .into_boxed_str(),
+        )
+    }
+}
+
+impl fmt::Debug for Skeleton {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Skeleton({:?})", &*self.0)
+    }
 }
 
 /// The key an account is found by: its name case-folded. Made in one place, [`Key::of`], so every
@@ -149,14 +188,39 @@ pub fn check_label(s: &str) -> Result<(), &'static str> {
 pub enum TextError {
     /// Only spaces, or control characters other than TAB.
     Bad(&'static str),
-    /// Over [`MAX_TEXT_BYTES`].
+    /// A character that would make the text show something else than what it says (see
+    /// [`is_hidden`]).
+    Hidden(char),
+    /// Over the limit ([`MAX_TEXT_BYTES`] for a message).
     TooLong,
 }
 
+/// True for the characters a message text may not hold because they change what the text shows
+/// without showing themselves: the explicit direction controls, which reorder what follows them
+/// ("Trojan Source": U+202A to U+202E, U+2066 to U+2069); the line and paragraph separators
+/// (U+2028, U+2029), which would break a MESSAGE line in two on a screen; and the invisible
+/// characters with no use in chat text (zero width space U+200B, word joiner U+2060, invisible
+/// operators U+2061 to U+2064, zero width no-break space U+FEFF, Mongolian vowel separator
+/// U+180E). The joiners U+200C and U+200D, which emoji and several scripts need, and the implicit
+/// direction marks U+200E, U+200F and U+061C, which only place neutral characters, are allowed.
+pub fn is_hidden(c: char) -> bool {
+    matches!(c,
+        '\u{202A}'..='\u{202E}'
+        | '\u{2066}'..='\u{2069}'
+        | '\u{2028}' | '\u{2029}'
+        | '\u{200B}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}' | '\u{180E}')
+}
+
 /// Checks a message text: at least one non-space character, at most 2048 bytes, no control
-/// characters except TAB.
+/// characters except TAB, and no character that [`is_hidden`].
 pub fn check_text(s: &str) -> Result<(), TextError> {
-    if s.len() > MAX_TEXT_BYTES {
+    check_text_within(s, MAX_TEXT_BYTES)
+}
+
+/// Checks a text with the rules of message text but another limit (a token label, an away
+/// message).
+pub fn check_text_within(s: &str, max_bytes: usize) -> Result<(), TextError> {
+    if s.len() > max_bytes {
         return Err(TextError::TooLong);
     }
     if s.chars().all(|c| c == ' ' || c == '\t') {
@@ -164,6 +228,9 @@ pub fn check_text(s: &str) -> Result<(), TextError> {
     }
     if s.chars().any(|c| c.is_control() && c != '\t') {
         return Err(TextError::Bad("the text contains control characters"));
+    }
+    if let Some(c) = s.chars().find(|c| is_hidden(*c)) {
+        return Err(TextError::Hidden(c));
     }
     Ok(())
 }
@@ -199,6 +266,59 @@ mod tests {
         assert!(Password::parse("has space").is_err());
         let p = Password::parse("s3cret-pass").unwrap();
         assert!(!format!("{p:?}").contains("s3cret"));
+    }
+
+    /// The failure this guards against: `aIice` (capital i) and `a1ice` registered beside `alice`,
+    /// so one user could pass for another.
+    #[test]
+    fn names_that_look_alike_have_the_same_skeleton() {
+        let skel = |s: &str| Name::parse(s).unwrap().skeleton();
+        let alice = skel("alice");
+        for lookalike in ["aIice", "a1ice", "ALICE", "aiice", "AL1CE", "a|ice"]
+            .into_iter()
+            .filter(|n| Name::parse(n).is_ok())
+        {
+            assert_eq!(skel(lookalike), alice, "{lookalike}");
+        }
+        assert_eq!(skel("bob0"), skel("BoBo"));
+        assert_eq!(skel("Oscar"), skel("oscar"));
+        assert_eq!(skel("modern"), skel("modem"));
+        assert_eq!(skel("vvill"), skel("will"));
+        assert_ne!(skel("alice"), skel("alicia"));
+        assert_ne!(skel("bob"), skel("b0b0"));
+        assert_ne!(skel("a_b"), skel("a-b"));
+    }
+
+    /// The failure this guards against: text with a right-to-left override, zero-width characters
+    /// or a line separator was delivered raw, so a MESSAGE line could show other people something
+    /// else than what it says.
+    #[test]
+    fn texts_that_would_not_show_what_they_say_are_refused() {
+        for (text, what) in [
+            ("pay\u{202E}lapyap", "U+202E"),
+            ("a\u{202A}b", "U+202A"),
+            ("x\u{2067}y\u{2069}", "U+2067"),
+            ("one\u{2028}two", "U+2028"),
+            ("one\u{2029}two", "U+2029"),
+            ("pay\u{200B}pal.example", "U+200B"),
+            ("\u{FEFF}hello", "U+FEFF"),
+            ("a\u{2060}b", "U+2060"),
+            ("a\u{2062}b", "U+2062"),
+        ] {
+            match check_text(text) {
+                Err(TextError::Hidden(c)) => assert_eq!(format!("U+{:04X}", c as u32), what),
+                other => panic!("{text:?}: {other:?}"),
+            }
+        }
+        // What scripts and emoji need stays: joiners, and the implicit direction marks.
+        for ok in [
+            "family: \u{1F468}\u{200D}\u{1F469}\u{200D}\u{1F467}",
+            "\u{0645}\u{06CC}\u{200C}\u{062E}\u{0648}\u{0627}\u{0647}\u{0645}",
+            "abc \u{200F}(xyz)",
+            "\u{05E9}\u{05DC}\u{05D5}\u{05DD} \u{200E}123",
+        ] {
+            assert_eq!(check_text(ok), Ok(()), "{ok:?}");
+        }
     }
 
     #[test]

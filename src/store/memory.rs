@@ -1,10 +1,13 @@
 //! An in-memory [`Store`] with exactly the semantics of [`RedbStore`](super::redb::RedbStore),
 //! for tests and fuzzers of the core: no file, no fsync, deterministic, cheap to clone.
 //!
-//! It keeps the same collections as the redb tables (accounts, the message log, the conversation,
-//! room and backlog indexes, friendship edges, rooms, members, bans, invitations, read markers) in
-//! `BTreeMap`s, so iteration orders and therefore snapshots match the redb store's. HISTORY paging
-//! is the same function for both (`page`). The model test in `tests/store_model.rs` applies the
+//! It keeps the same collections as the redb tables (accounts, the message log, the conversation
+//! room and backlog indexes, friendship edges, blocks, device tokens, profiles, retired names,
+//! rooms, members, bans, invitations, read markers) in `BTreeMap`s and `BTreeSet`s, so iteration
+//! orders and therefore snapshots match the redb store's. A room's HISTORY paging is the same
+//! function for both (`page`).
+//! The redb store's secondary indexes (tokens by account, blocks by the blocked account) are not
+//! needed here: a scan of a map is the same answer. The model test in `tests/store_model.rs` applies the
 //! same random batches to both and checks they agree reply for reply.
 //!
 //! Readers see the state as it was when they were taken, as redb's read transactions do: the state
@@ -14,14 +17,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
+use std::ops::Bound;
 use std::sync::Arc;
 
 use super::keys::{conversation_key, message_conversation_keys};
 use super::page::page;
 use super::{
     key_of, AccountRecord, BanRecord, Conversation, Cursor, FriendState, HistoryPage, InviteRecord,
-    MemberRecord, MessageRecord, MsgId, ReadOp, RoomId, RoomRecord, RoomState, Snapshot, Store,
-    StoreError, StoreOp, StoreReader, StoreReply,
+    MemberRecord, MessageRecord, MsgId, Profile, ReadOp, RetiredName, RoomId, RoomRecord,
+    RoomState, Snapshot, Store, StoreError, StoreOp, StoreReader, StoreReply, TokenId, TokenRecord,
 };
 
 /// The in-memory store. Nothing it does can fail, so every batch is trivially all-or-nothing.
@@ -42,6 +46,13 @@ struct State {
     pending: BTreeMap<String, BTreeSet<MsgId>>,
     /// (a, b) -> a's view of b; both directions are stored.
     friendships: BTreeMap<(String, String), FriendState>,
+    /// (blocker, blocked).
+    blocks: BTreeSet<(String, String)>,
+    tokens: BTreeMap<TokenId, TokenRecord>,
+    /// By account key.
+    profiles: BTreeMap<String, Profile>,
+    /// By account key.
+    retired: BTreeMap<String, RetiredName>,
     rooms: BTreeMap<RoomId, RoomRecord>,
     /// Room -> message id -> its position in the room. Kept when the room is deleted.
     room_log: BTreeMap<RoomId, BTreeMap<MsgId, u64>>,
@@ -73,19 +84,6 @@ fn rows<V: Clone>(m: &BTreeMap<(RoomId, String), V>) -> Vec<(RoomId, String, V)>
         .collect()
 }
 
-/// Lists at most `take` ids of `set` within `a..=b`, in either direction (see `page`).
-fn ids_in<'a>(
-    set: impl DoubleEndedIterator<Item = &'a MsgId>,
-    rev: bool,
-    take: usize,
-) -> Vec<MsgId> {
-    if rev {
-        set.rev().take(take).copied().collect()
-    } else {
-        set.take(take).copied().collect()
-    }
-}
-
 impl State {
     fn snapshot(&self) -> Snapshot {
         let rooms: Vec<RoomState> = self
@@ -105,7 +103,7 @@ impl State {
                 }
             })
             .collect();
-        let used = self
+        let next_room_id = self
             .rooms
             .keys()
             .chain(self.room_log.keys())
@@ -123,16 +121,40 @@ impl State {
                 .iter()
                 .map(|(user, ids)| (user.clone(), u32::try_from(ids.len()).unwrap_or(u32::MAX)))
                 .collect(),
+            pending_senders: {
+                let mut senders: BTreeMap<(String, String), u32> = BTreeMap::new();
+                for (user, ids) in &self.pending {
+                    for m in ids.iter().filter_map(|id| self.messages.get(id)) {
+                        *senders.entry((user.clone(), key_of(&m.from))).or_insert(0) += 1;
+                    }
+                }
+                senders.into_iter().map(|((u, s), n)| (u, s, n)).collect()
+            },
             next_id: self
                 .messages
                 .keys()
                 .next_back()
                 .map_or(1, |id| id.saturating_add(1)),
+            tokens: self.tokens.values().cloned().collect(),
+            blocks: self.blocks.iter().cloned().collect(),
+            profiles: self
+                .profiles
+                .iter()
+                .map(|(k, p)| (k.clone(), p.clone()))
+                .collect(),
+            retired: self.retired.values().cloned().collect(),
             rooms,
             members: rows(&self.members),
             bans: rows(&self.bans),
             invites: rows(&self.invites),
-            next_room_id: used,
+            next_room_id,
+        }
+    }
+
+    /// Changes an existing account's profile; nothing when there is no such account.
+    fn profile(&mut self, user: &str, change: impl FnOnce(&mut Profile)) {
+        if self.accounts.contains_key(user) {
+            change(self.profiles.entry(user.to_owned()).or_default());
         }
     }
 
@@ -140,6 +162,7 @@ impl State {
         match op {
             StoreOp::CreateAccount(rec) => {
                 self.accounts.insert(key_of(&rec.name), rec.clone());
+                StoreReply::Done
             }
             StoreOp::AppendMessage { msg, pending_for } => {
                 self.messages.insert(msg.id, msg.clone());
@@ -149,9 +172,11 @@ impl State {
                 for user in pending_for {
                     self.pending.entry(user.clone()).or_default().insert(msg.id);
                 }
+                StoreReply::Done
             }
             StoreOp::AddPending { user, id } => {
                 self.pending.entry(user.clone()).or_default().insert(*id);
+                StoreReply::Done
             }
             StoreOp::ClearBacklog { user, upto } => {
                 if let Some(ids) = self.pending.get_mut(user) {
@@ -160,47 +185,131 @@ impl State {
                         self.pending.remove(user);
                     }
                 }
+                StoreReply::Done
             }
-            StoreOp::SetFriendship { a, b, state } => match state {
-                Some(s) => {
-                    self.friendships.insert((a.clone(), b.clone()), *s);
-                    self.friendships.insert((b.clone(), a.clone()), s.mirror());
+            StoreOp::SetFriendship { a, b, state } => {
+                match state {
+                    Some(s) => {
+                        self.friendships.insert((a.clone(), b.clone()), *s);
+                        self.friendships.insert((b.clone(), a.clone()), s.mirror());
+                    }
+                    None => {
+                        self.friendships.remove(&(a.clone(), b.clone()));
+                        self.friendships.remove(&(b.clone(), a.clone()));
+                    }
                 }
-                None => {
-                    self.friendships.remove(&(a.clone(), b.clone()));
-                    self.friendships.remove(&(b.clone(), a.clone()));
+                StoreReply::Done
+            }
+            StoreOp::History {
+                conv,
+                count,
+                cursor,
+            } => self.page(conv, *count, *cursor),
+            StoreOp::ReadBacklog { user } => self.backlog(user),
+            StoreOp::CreateToken(rec) => {
+                self.tokens.insert(rec.id, rec.clone());
+                StoreReply::Done
+            }
+            StoreOp::TouchToken { id, last_used_ms } => {
+                if let Some(t) = self.tokens.get_mut(id) {
+                    t.last_used_ms = *last_used_ms;
                 }
-            },
+                StoreReply::Done
+            }
+            StoreOp::RevokeTokens { ids } => {
+                for id in ids {
+                    self.tokens.remove(id);
+                }
+                StoreReply::Done
+            }
+            StoreOp::SetPassword { user, phc, revoke } => {
+                if let Some(a) = self.accounts.get_mut(user) {
+                    a.phc = phc.clone();
+                }
+                for id in revoke {
+                    self.tokens.remove(id);
+                }
+                StoreReply::Done
+            }
+            StoreOp::DeleteAccount { user, deleted_ms } => {
+                let user = user.as_str();
+                let record = self.accounts.remove(user);
+                self.tokens.retain(|_, t| t.user != user);
+                self.friendships.retain(|(a, b), _| a != user && b != user);
+                self.blocks.retain(|(a, b)| a != user && b != user);
+                self.pending.remove(user);
+                self.profiles.remove(user);
+                if let Some(rec) = record {
+                    let retired = RetiredName {
+                        name: rec.name,
+                        deleted_ms: *deleted_ms,
+                    };
+                    self.retired.insert(user.to_owned(), retired);
+                }
+                StoreReply::Done
+            }
+            StoreOp::Block { a, b } => {
+                self.friendships.remove(&(a.clone(), b.clone()));
+                self.friendships.remove(&(b.clone(), a.clone()));
+                self.blocks.insert((a.clone(), b.clone()));
+                StoreReply::Done
+            }
+            StoreOp::Unblock { a, b } => {
+                self.blocks.remove(&(a.clone(), b.clone()));
+                StoreReply::Done
+            }
+            StoreOp::SetAway { user, away } => {
+                self.profile(user, |p| p.away = away.clone());
+                StoreReply::Done
+            }
+            StoreOp::SetDms { user, friends_only } => {
+                self.profile(user, |p| p.friends_only = *friends_only);
+                StoreReply::Done
+            }
+            StoreOp::SetLastSeen { user, ms } => {
+                self.profile(user, |p| p.last_seen_ms = Some(*ms));
+                StoreReply::Done
+            }
+            StoreOp::ReadMessages { ids } => self.messages_by_id(ids),
             StoreOp::AppendRoomMessage { msg, room, seq } => {
                 self.messages.insert(msg.id, msg.clone());
                 self.room_log.entry(*room).or_default().insert(msg.id, *seq);
+                StoreReply::Done
             }
             StoreOp::PutRoom { id, room } => {
                 self.rooms.insert(*id, room.clone());
+                StoreReply::Done
             }
             StoreOp::DeleteRoom { id } => {
                 self.rooms.remove(id);
                 self.members.retain(|(r, _), _| r != id);
                 self.bans.retain(|(r, _), _| r != id);
                 self.invites.retain(|(r, _), _| r != id);
+                StoreReply::Done
             }
             StoreOp::PutMember { room, user, member } => {
                 self.members.insert((*room, user.clone()), *member);
+                StoreReply::Done
             }
             StoreOp::RemoveMember { room, user } => {
                 self.members.remove(&(*room, user.clone()));
+                StoreReply::Done
             }
             StoreOp::PutBan { room, user, ban } => {
                 self.bans.insert((*room, user.clone()), ban.clone());
+                StoreReply::Done
             }
             StoreOp::RemoveBan { room, user } => {
                 self.bans.remove(&(*room, user.clone()));
+                StoreReply::Done
             }
             StoreOp::PutInvite { room, user, invite } => {
                 self.invites.insert((*room, user.clone()), invite.clone());
+                StoreReply::Done
             }
             StoreOp::RemoveInvite { room, user } => {
                 self.invites.remove(&(*room, user.clone()));
+                StoreReply::Done
             }
             StoreOp::SetDirectRead { user, with, id } => {
                 let key = (user.clone(), with.clone());
@@ -209,7 +318,7 @@ impl State {
                 if after > before {
                     self.markers.insert(key, after);
                 }
-                return StoreReply::Marker { before, after };
+                StoreReply::Marker { before, after }
             }
             StoreOp::RoomReplay {
                 room,
@@ -217,24 +326,20 @@ impl State {
                 upto,
                 count,
             } => {
-                return StoreReply::History(self.room_page(
+                let page = self.room_page(
                     *room,
                     after.saturating_add(1),
                     *upto,
                     *count,
                     Cursor::Latest,
-                ))
+                );
+                self.messages_by_id(&page.ids)
             }
-            StoreOp::History { .. }
-            | StoreOp::ReadBacklog { .. }
-            | StoreOp::DirectRead { .. }
-            | StoreOp::FirstUnread { .. }
-            | StoreOp::RoomSeq { .. } => {
+            StoreOp::DirectRead { .. } | StoreOp::FirstUnread { .. } | StoreOp::RoomSeq { .. } => {
                 let read = op.clone().into_read().expect("a read op");
-                return self.read(&read);
+                self.read(&read)
             }
         }
-        StoreReply::Done
     }
 
     fn read(&self, op: &ReadOp) -> StoreReply {
@@ -243,8 +348,9 @@ impl State {
                 conv,
                 count,
                 cursor,
-            } => StoreReply::History(self.history(conv, *count, *cursor)),
+            } => self.page(conv, *count, *cursor),
             ReadOp::Backlog { user } => self.backlog(user),
+            ReadOp::Messages { ids } => self.messages_by_id(ids),
             ReadOp::DirectRead { user, with } => {
                 let m = self
                     .markers
@@ -278,34 +384,33 @@ impl State {
         }
     }
 
-    /// The account's backlog in id order; an entry whose message is not stored is skipped.
-    fn backlog(&self, user: &str) -> StoreReply {
-        let ids = self.pending.get(user).into_iter().flatten();
-        StoreReply::Backlog(
-            ids.filter_map(|id| self.messages.get(id).cloned())
+    /// The messages with `ids`, in that order; an id without a message is left out.
+    fn messages_by_id(&self, ids: &[MsgId]) -> StoreReply {
+        StoreReply::Messages(
+            ids.iter()
+                .filter_map(|id| self.messages.get(id).cloned())
                 .collect(),
         )
     }
 
-    fn history(&self, conv: &Conversation, count: u32, cursor: Cursor) -> HistoryPage {
+    fn page(&self, conv: &Conversation, count: u32, cursor: Cursor) -> StoreReply {
         if let Conversation::Room { id, after } = *conv {
-            return self.room_page(id, after.saturating_add(1), MsgId::MAX, count, cursor);
+            return StoreReply::History(self.room_page(
+                id,
+                after.saturating_add(1),
+                MsgId::MAX,
+                count,
+                cursor,
+            ));
         }
         let empty = BTreeSet::new();
-        let set = conversation_key(conv)
+        let ids = conversation_key(conv)
             .and_then(|k| self.conversations.get(&k))
             .unwrap_or(&empty);
-        let (ids, older, newer) = page(0, MsgId::MAX, count, cursor, |a, b, rev, take| {
-            Ok::<_, Infallible>(if a > b {
-                Vec::new()
-            } else {
-                ids_in(set.range(a..=b), rev, take)
-            })
-        })
-        .unwrap_or_else(|never| match never {});
-        self.page_of(ids, older, newer)
+        StoreReply::History(self.history(ids, count, cursor))
     }
 
+    /// One page of a room's messages with ids in `lo..=hi`.
     fn room_page(
         &self,
         room: RoomId,
@@ -319,20 +424,72 @@ impl State {
         let (ids, older, newer) = page(lo, hi, count, cursor, |a, b, rev, take| {
             Ok::<_, Infallible>(if a > b {
                 Vec::new()
+            } else if rev {
+                log.range(a..=b)
+                    .rev()
+                    .take(take)
+                    .map(|(&id, _)| id)
+                    .collect()
             } else {
-                ids_in(log.range(a..=b).map(|(id, _)| id), rev, take)
+                log.range(a..=b).take(take).map(|(&id, _)| id).collect()
             })
         })
         .unwrap_or_else(|never| match never {});
-        self.page_of(ids, older, newer)
-    }
-
-    fn page_of(&self, ids: Vec<MsgId>, older: Option<MsgId>, newer: Option<MsgId>) -> HistoryPage {
         HistoryPage {
             // Every indexed id was stored with its message, and messages are never removed.
-            messages: ids
-                .iter()
-                .filter_map(|id| self.messages.get(id).cloned())
+            ids: ids
+                .into_iter()
+                .filter(|id| self.messages.contains_key(id))
+                .collect(),
+            older,
+            newer,
+        }
+    }
+
+    /// The ids of the account's backlog in order; an entry whose message is not stored is left
+    /// out.
+    fn backlog(&self, user: &str) -> StoreReply {
+        let ids = self.pending.get(user).into_iter().flatten();
+        StoreReply::Backlog(
+            ids.filter(|id| self.messages.contains_key(id))
+                .copied()
+                .collect(),
+        )
+    }
+
+    fn history(&self, ids: &BTreeSet<MsgId>, count: u32, cursor: Cursor) -> HistoryPage {
+        let take = usize::try_from(count).unwrap_or(usize::MAX);
+        let mut shown: Vec<MsgId> = match cursor {
+            Cursor::Latest => ids.iter().rev().take(take).copied().collect(),
+            Cursor::Before(x) => ids.range(..x).rev().take(take).copied().collect(),
+            Cursor::After(x) => ids
+                .range((Bound::Excluded(x), Bound::Unbounded))
+                .take(take)
+                .copied()
+                .collect(),
+        };
+        if !matches!(cursor, Cursor::After(_)) {
+            shown.reverse();
+        }
+        let below = |id: MsgId| ids.range(..id).next().is_some();
+        let above = |id: MsgId| {
+            ids.range((Bound::Excluded(id), Bound::Unbounded))
+                .next()
+                .is_some()
+        };
+        let (older, newer) = match (shown.first(), shown.last()) {
+            (Some(&min), Some(&max)) => (below(min).then_some(min), above(max).then_some(max)),
+            _ => match cursor {
+                Cursor::Latest => (None, None),
+                Cursor::Before(x) => (None, ids.range(x..).next().map(|_| x.saturating_sub(1))),
+                Cursor::After(x) => (ids.range(..=x).next().map(|_| x.saturating_add(1)), None),
+            },
+        };
+        HistoryPage {
+            // Every indexed id was stored with its message, and messages are never removed.
+            ids: shown
+                .into_iter()
+                .filter(|id| self.messages.contains_key(id))
                 .collect(),
             older,
             newer,

@@ -1,19 +1,22 @@
-//! Durable state: accounts, friendships, rooms (settings, members, bans, invitations), the message
-//! log and its indexes (by conversation, by room, the offline backlog), and read markers.
+//! Durable state: accounts, friendships, blocks, device tokens, account profiles, retired names,
+//! rooms (settings, members, bans, invitations), the message log and its indexes (by conversation,
+//! by room, the offline backlog), and read markers.
 //!
 //! This module is the only place that knows redb. The core never calls the store directly: it emits
 //! [`StoreOp`]s and the [`worker`] threads run them. Writes queued while the previous commit ran
 //! form one write transaction (group commit); reads (HISTORY pages, the offline backlog) run in
 //! read transactions on a thread of their own, beside the writer, and see every write sent before
 //! them. The worker's module documentation states exactly in what order results come back. The
-//! core keeps accounts, friendships, backlog counts and rooms in memory, loaded from the
-//! [`Snapshot`] at start; the store is the durable copy and the only copy of the message log.
+//! core keeps accounts, friendships, blocks, tokens, profiles, backlog counts and rooms in memory,
+//! loaded from the [`Snapshot`] at start; the store is the durable copy and the only copy of the
+//! message log.
 //!
 //! Files: `redb` (the tables and transactions), `codec` (the on-disk record format), `keys` (the
 //! index keys both stores use), `page` (HISTORY paging, shared by both stores), `memory` (an
 //! in-memory model with the same semantics, for tests and fuzzers), `worker` (the threads).
 
 mod codec;
+mod contain;
 mod keys;
 pub mod memory;
 mod page;
@@ -125,6 +128,63 @@ impl fmt::Debug for AccountRecord {
     }
 }
 
+/// Identifies a device token: the public half of the token, shown in `TOKENS` and named by
+/// `REVOKE`. Random, so it says nothing about how many tokens exist.
+pub type TokenId = u64;
+
+/// A device token as stored. The secret is never stored, only its SHA-256 digest: a copy of the
+/// database holds no token that logs in.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub id: TokenId,
+    /// The account's key.
+    pub user: String,
+    /// SHA-256 of the secret.
+    pub digest: [u8; 32],
+    /// What the user called it (may be empty).
+    pub label: String,
+    /// Issue time, milliseconds since the Unix epoch.
+    pub created_ms: i64,
+    /// Last use as recorded (the core writes it at a coarse granularity).
+    pub last_used_ms: i64,
+}
+
+impl fmt::Debug for TokenRecord {
+    // The digest stays out of logs and test output, like the password hash.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenRecord")
+            .field("id", &self.id)
+            .field("user", &self.user)
+            .field("digest", &"<redacted>")
+            .field("label", &self.label)
+            .field("created_ms", &self.created_ms)
+            .field("last_used_ms", &self.last_used_ms)
+            .finish()
+    }
+}
+
+/// An account's settings and status: who may send it direct messages, its away message, and when
+/// it was last online.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Profile {
+    /// `DMS FRIENDS`: direct messages from friends only.
+    pub friends_only: bool,
+    /// The away message, if one is set.
+    pub away: Option<String>,
+    /// When the account's last connection left, as recorded.
+    pub last_seen_ms: Option<i64>,
+}
+
+/// The name of a deleted account. It is never registered again (spec 4.18): the message log shows
+/// the deleted account's messages under it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetiredName {
+    /// The name as it was registered.
+    pub name: String,
+    /// When the account was deleted.
+    pub deleted_ms: i64,
+}
+
 /// Whom a message was addressed to (names as registered).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum To {
@@ -194,11 +254,13 @@ pub enum Cursor {
     After(MsgId),
 }
 
-/// One page of a conversation.
+/// One page of a conversation: which messages, not the messages themselves, so that a long page
+/// can be sent part by part ([`StoreOp::ReadMessages`]) without holding it whole in memory.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct HistoryPage {
-    /// In ascending id order.
-    pub messages: Vec<MessageRecord>,
+    /// The ids of the page's messages, in ascending order. Each was stored and could be decoded
+    /// when the page was read: a page that holds a damaged record fails as a whole.
+    pub ids: Vec<MsgId>,
     /// `Some(c)`: older messages exist and `Cursor::Before(c)` shows the next older page, with no gap
     /// and no duplicate. `None`: nothing older.
     pub older: Option<MsgId>,
@@ -222,9 +284,12 @@ pub enum StoreOp {
     },
     /// Add an already-stored message to one account's offline backlog.
     AddPending { user: String, id: MsgId },
-    /// Return (ascending id order) every message in the account's offline backlog, removing
-    /// nothing. A read. An entry whose message is not stored is skipped.
+    /// Return (ascending order) the ids of the messages in the account's offline backlog, removing
+    /// nothing. A read. An entry whose message is not stored, or does not decode, is left out.
     ReadBacklog { user: String },
+    /// Return the messages with these ids, in the order given. A read. An id whose message is not
+    /// stored, or does not decode, is left out.
+    ReadMessages { ids: Vec<MsgId> },
     /// Remove the account's offline backlog entries with id <= `upto` (those a [`ReadBacklog`]
     /// returned and that were delivered). A write; entries added since with a larger id stay.
     ///
@@ -243,6 +308,33 @@ pub enum StoreOp {
         count: u32,
         cursor: Cursor,
     },
+    /// Insert a device token (the core chose a fresh id).
+    CreateToken(TokenRecord),
+    /// Record a token's last use; nothing if the token is gone.
+    TouchToken { id: TokenId, last_used_ms: i64 },
+    /// Delete the tokens with these ids (those that exist).
+    RevokeTokens { ids: Vec<TokenId> },
+    /// Replace an existing account's password hash and delete the tokens `revoke`, in one commit.
+    SetPassword {
+        user: String,
+        phc: String,
+        revoke: Vec<TokenId>,
+    },
+    /// Delete an account and everything keyed by it (its tokens, friendships and requests in both
+    /// directions, blocks in both directions, its offline backlog, its profile) and retire its
+    /// name, in one commit. Messages it sent stay in the log.
+    DeleteAccount { user: String, deleted_ms: i64 },
+    /// `a` blocks `b`: the block is stored and any friendship or request between them is deleted,
+    /// in one commit.
+    Block { a: String, b: String },
+    /// `a` no longer blocks `b`.
+    Unblock { a: String, b: String },
+    /// Set or clear an existing account's away message.
+    SetAway { user: String, away: Option<String> },
+    /// Set whether an existing account takes direct messages from friends only.
+    SetDms { user: String, friends_only: bool },
+    /// Record when an existing account was last online.
+    SetLastSeen { user: String, ms: i64 },
     /// Append a room message to the log and to the room's index, as the room's `seq`-th message.
     AppendRoomMessage {
         msg: MessageRecord,
@@ -308,6 +400,7 @@ impl StoreOp {
         match self {
             StoreOp::History { .. }
             | StoreOp::ReadBacklog { .. }
+            | StoreOp::ReadMessages { .. }
             | StoreOp::DirectRead { .. }
             | StoreOp::FirstUnread { .. }
             | StoreOp::RoomSeq { .. } => true,
@@ -317,6 +410,16 @@ impl StoreOp {
             | StoreOp::AddPending { .. }
             | StoreOp::ClearBacklog { .. }
             | StoreOp::SetFriendship { .. }
+            | StoreOp::CreateToken(_)
+            | StoreOp::TouchToken { .. }
+            | StoreOp::RevokeTokens { .. }
+            | StoreOp::SetPassword { .. }
+            | StoreOp::DeleteAccount { .. }
+            | StoreOp::Block { .. }
+            | StoreOp::Unblock { .. }
+            | StoreOp::SetAway { .. }
+            | StoreOp::SetDms { .. }
+            | StoreOp::SetLastSeen { .. }
             | StoreOp::AppendRoomMessage { .. }
             | StoreOp::PutRoom { .. }
             | StoreOp::DeleteRoom { .. }
@@ -345,6 +448,7 @@ impl StoreOp {
                 cursor,
             }),
             StoreOp::ReadBacklog { user } => Ok(ReadOp::Backlog { user }),
+            StoreOp::ReadMessages { ids } => Ok(ReadOp::Messages { ids }),
             StoreOp::DirectRead { user, with } => Ok(ReadOp::DirectRead { user, with }),
             StoreOp::FirstUnread { rooms } => Ok(ReadOp::FirstUnread { rooms }),
             StoreOp::RoomSeq { room, upto } => Ok(ReadOp::RoomSeq { room, upto }),
@@ -368,6 +472,8 @@ pub enum ReadOp {
     },
     /// As [`StoreOp::ReadBacklog`]: an account's offline backlog, as [`StoreReply::Backlog`].
     Backlog { user: String },
+    /// As [`StoreOp::ReadMessages`]: messages by id, as [`StoreReply::Messages`].
+    Messages { ids: Vec<MsgId> },
     /// As [`StoreOp::DirectRead`], as [`StoreReply::Marker`].
     DirectRead { user: String, with: String },
     /// As [`StoreOp::FirstUnread`], as [`StoreReply::FirstIds`].
@@ -380,7 +486,8 @@ pub enum ReadOp {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreReply {
     Done,
-    Backlog(Vec<MessageRecord>),
+    /// The ids of an offline backlog, ascending.
+    Backlog(Vec<MsgId>),
     History(HistoryPage),
     /// A read marker before and after the op (the same for a read).
     Marker {
@@ -391,6 +498,39 @@ pub enum StoreReply {
     FirstIds(Vec<Option<MsgId>>),
     /// A room message's id and its position in the room.
     Seq(Option<(MsgId, u64)>),
+    /// Messages read by id.
+    Messages(Vec<MessageRecord>),
+    /// A read that could not be answered. It fails alone: the other ops of its batch, later ops
+    /// and the server go on.
+    Unreadable(Unreadable),
+}
+
+/// Why one read could not be answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Unreadable {
+    /// Stored data that does not decode, or an index naming a message that is not stored: a fault
+    /// in the file, not in the request. The detail names the file and the damage.
+    Damaged(String),
+    /// The database could not be read at all (an I/O error, the file being reopened). The detail
+    /// names the file and the cause.
+    Unavailable(String),
+}
+
+impl From<StoreError> for Unreadable {
+    fn from(e: StoreError) -> Unreadable {
+        match e {
+            StoreError::Corrupt { .. } => Unreadable::Damaged(e.to_string()),
+            _ => Unreadable::Unavailable(e.to_string()),
+        }
+    }
+}
+
+impl fmt::Display for Unreadable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unreadable::Damaged(d) | Unreadable::Unavailable(d) => f.write_str(d),
+        }
+    }
 }
 
 /// Everything the core needs in memory, read once at open.
@@ -401,6 +541,17 @@ pub struct Snapshot {
     pub friendships: Vec<(String, String, FriendState)>,
     /// Offline backlog size per account key (accounts with none may be absent).
     pub pending_counts: Vec<(String, u32)>,
+    /// Every stored device token, in id order.
+    pub tokens: Vec<TokenRecord>,
+    /// Each block `(blocker key, blocked key)`, in key order.
+    pub blocks: Vec<(String, String)>,
+    /// Each stored profile by account key, in key order (accounts with none may be absent).
+    pub profiles: Vec<(String, Profile)>,
+    /// The names of deleted accounts, in key order.
+    pub retired: Vec<RetiredName>,
+    /// The same backlogs by sender: `(account key, sender key, messages)`, in key order. An entry
+    /// whose message is missing or does not decode is counted in `pending_counts` only.
+    pub pending_senders: Vec<(String, String, u32)>,
     /// The id the next message gets: one more than the largest id ever stored, or 1.
     pub next_id: MsgId,
     /// Every room, in id order.
@@ -415,16 +566,25 @@ pub struct Snapshot {
     pub next_room_id: RoomId,
 }
 
-/// A failure of the storage layer. The server treats it as fatal (see the operator's manual): the
-/// in-memory state can no longer be trusted to match the disk. Every message about the database
-/// names its file.
+/// A failure of the storage layer. Every message about the database names its file.
 ///
-/// The sources are boxed to keep the error small: it travels inside every store result the core
+/// What the server does with one depends on where it happens (see the operator's manual): at
+/// start-up it refuses to start; a failed write is tried again until it commits while new writes
+/// are refused (`worker`); a failed read fails that one read. Only a store that breaks its own
+/// contract ([`StoreError::ReplyCount`]) stops the server.
+///
+/// The sources are boxed to keep the error small: it travels inside store results the core
 /// receives, and the result queue holds thousands of them.
 #[derive(Debug)]
 pub enum StoreError {
-    /// The database could not be opened or created (a missing directory, no permission, not a
-    /// redb file, already open in another process).
+    /// The database file exists but is empty (0 bytes). It is refused rather than initialised: a
+    /// file truncated to nothing must not quietly become an empty database.
+    Empty {
+        /// The database file.
+        path: PathBuf,
+    },
+    /// The database could not be opened or created (a missing directory, no permission, already
+    /// open in another process).
     Open {
         /// The database file.
         path: PathBuf,
@@ -437,6 +597,16 @@ pub enum StoreError {
         path: PathBuf,
         /// The layout version the file holds.
         found: u64,
+    },
+    /// The disk holding the database has less free space than the reserve: no write is tried,
+    /// so that redb never meets a full disk in the middle of a commit.
+    LowSpace {
+        /// The database file.
+        path: PathBuf,
+        /// Bytes free for the server on that file system.
+        free: u64,
+        /// The reserve (`--min-free-disk`).
+        reserve: u64,
     },
     /// A write transaction or its commit failed (a full disk, an I/O error).
     Write {
@@ -472,6 +642,11 @@ pub enum StoreError {
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            StoreError::Empty { path } => write!(
+                f,
+                "cannot open database {}: the file is empty (0 bytes), not a chatd database",
+                path.display()
+            ),
             StoreError::Open { path, source } => {
                 write!(f, "cannot open database {}: {source}", path.display())
             }
@@ -481,6 +656,18 @@ impl fmt::Display for StoreError {
                  {})",
                 path.display(),
                 redb::SCHEMA_VERSION
+            ),
+            StoreError::LowSpace {
+                path,
+                free,
+                reserve,
+            } => write!(
+                f,
+                "the disk of database {} has {} MiB free, less than the reserve of {} MiB \
+                 (--min-free-disk)",
+                path.display(),
+                free / (1024 * 1024),
+                reserve / (1024 * 1024)
             ),
             StoreError::Write { path, source } => {
                 write!(f, "database write failed ({}): {source}", path.display())
@@ -507,7 +694,36 @@ impl std::error::Error for StoreError {
             | StoreError::Write { source, .. }
             | StoreError::Read { source, .. } => Some(&**source),
             StoreError::Corrupt { source, .. } => Some(&**source),
-            StoreError::Schema { .. } | StoreError::ReplyCount { .. } => None,
+            StoreError::Empty { .. }
+            | StoreError::LowSpace { .. }
+            | StoreError::Schema { .. }
+            | StoreError::ReplyCount { .. } => None,
+        }
+    }
+}
+
+impl StoreError {
+    /// What the operator can do about an error that stops the database from opening, as a
+    /// sentence to print after the error.
+    pub fn advice(&self) -> Option<&'static str> {
+        match self {
+            StoreError::Empty { .. } => Some(
+                "restore the file from a backup, or delete it to start a new, empty database \
+                 (manual, section 6)",
+            ),
+            StoreError::Corrupt { .. } => Some(
+                "the file is damaged: restore it from a backup, or move it aside to start a new, \
+                 empty database (manual, section 6)",
+            ),
+            StoreError::Open { source, .. }
+                if matches!(**source, ::redb::Error::DatabaseAlreadyOpen) =>
+            {
+                Some("another process has it open; only one chatd may use a database")
+            }
+            StoreError::Schema { .. } => Some(
+                "run the chatd version that wrote the file, or restore a backup made for this one",
+            ),
+            _ => None,
         }
     }
 }
@@ -549,6 +765,20 @@ pub trait Store: Send {
     /// A read-only view of everything committed so far, and of nothing committed after this
     /// call. It may be used on another thread, while later writes commit.
     fn reader(&self) -> Result<Box<dyn StoreReader>, StoreError>;
+
+    /// Whether a write may be tried now, found without touching the data: an error while the disk
+    /// is below its reserve. The worker asks before each write and, while idle, now and then; a
+    /// store without a disk is always ready.
+    fn ready(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// After a failed write, gets the store back to where a write can be tried again (redb stops
+    /// using a file after an I/O error until it is reopened). The worker calls it before each new
+    /// try, and once right after the failure so that reads work meanwhile.
+    fn recover(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// Runs a whole batch, reads included, in one call: every op in order in one transaction, so
     /// each read sees exactly the ops before it. The replies are in the same order as the ops.

@@ -1,22 +1,35 @@
-//! The durable [`Store`]: one redb file holding accounts, friendships, rooms, the message log and
-//! its indexes (by conversation, by room, and the offline backlog by account), and read markers.
+//! The durable [`Store`]: one redb file holding accounts, friendships, blocks, device tokens,
+//! profiles, retired names, rooms, the message log and its indexes (by conversation, by room, and
+//! the offline backlog by account), and read markers.
 //!
 //! This file owns the table layout and the transactions. Tables are typed `const TableDefinition`s:
 //!
-//! | table           | key                    | value                               |
-//! |-----------------|------------------------|-------------------------------------|
-//! | `accounts`      | lowercase name         | encoded account record              |
-//! | `messages`      | message id             | encoded message record              |
-//! | `conversations` | (conversation key, id) | `()`                                |
-//! | `pending`       | (account key, id)      | `()`                                |
-//! | `friendships`   | (a key, b key)         | a's view of b, one byte             |
-//! | `rooms`         | room number            | encoded room record                 |
-//! | `room_members`  | (room number, account key) | encoded member record           |
-//! | `room_bans`     | (room number, account key) | encoded ban record              |
-//! | `room_invites`  | (room number, account key) | encoded invitation record       |
-//! | `room_log`      | (room number, message id)  | the message's position in the room (1, 2, ...) |
-//! | `read_markers`  | (account key, other account key) | last message id marked read |
-//! | `meta`          | setting name           | u64 (only `schema_version` so far)  |
+//! | table               | key                    | value                               |
+//! |---------------------|------------------------|-------------------------------------|
+//! | `accounts`          | lowercase name         | encoded account record              |
+//! | `messages`          | message id             | encoded message record              |
+//! | `conversations`     | (conversation key, id) | `()`                                |
+//! | `pending`           | (account key, id)      | `()`                                |
+//! | `friendships`       | (a key, b key)         | a's view of b, one byte             |
+//! | `blocks`            | (blocker, blocked)     | `()`                                |
+//! | `blocked_by`        | (blocked, blocker)     | `()`, the same blocks, for deletion |
+//! | `tokens`            | token id               | encoded token record                |
+//! | `tokens_by_account` | (account key, id)      | `()`, for deletion                  |
+//! | `profiles`          | account key            | encoded profile record              |
+//! | `retired`           | account key            | encoded retired-name record         |
+//! | `rooms`             | room number            | encoded room record                 |
+//! | `room_members`      | (room number, account key) | encoded member record           |
+//! | `room_bans`         | (room number, account key) | encoded ban record              |
+//! | `room_invites`      | (room number, account key) | encoded invitation record       |
+//! | `room_log`          | (room number, message id)  | the message's position in the room (1, 2, ...) |
+//! | `read_markers`      | (account key, other account key) | last message id marked read |
+//! | `meta`              | setting name           | u64 (only `schema_version` so far)  |
+//!
+//! Layout versions: 1 had the first six tables; 2 added blocks, tokens, profiles and retired names;
+//! 3 added the room tables, the read markers and room messages in the log. A version 1 or 2 file is
+//! upgraded in place when opened (the new tables start empty, nothing else changes), and a file of
+//! a later version is refused by a build that reads only earlier ones: version 1 would not know that
+//! a retired name must stay taken, version 2 would not know room messages in the log.
 //!
 //! The index keys (conversation keys, account keys) are made by the parent module's `keys`, shared
 //! with the in-memory store; the records are encoded by `codec`, which never trusts a length it
@@ -31,6 +44,8 @@
 //! transaction: it sees the last commit before it was taken, runs beside later write transactions,
 //! and never waits for them. The page cache is bounded by [`STORE_CACHE_BYTES`].
 
+use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -40,11 +55,12 @@ use redb::{
 };
 
 use super::codec;
+use super::contain::contain;
 use super::keys::{conversation_key, key_of, message_conversation_keys};
 use super::page::page;
 use super::{
-    Conversation, Cursor, Damage, FriendState, HistoryPage, MessageRecord, MsgId, ReadOp, RoomId,
-    RoomState, Snapshot, Store, StoreError, StoreOp, StoreReader, StoreReply,
+    Conversation, Cursor, Damage, FriendState, HistoryPage, MessageRecord, MsgId, Profile, ReadOp,
+    RoomId, RoomState, Snapshot, Store, StoreError, StoreOp, StoreReader, StoreReply, TokenId,
 };
 use crate::config::STORE_CACHE_BYTES;
 
@@ -59,16 +75,25 @@ const ROOM_BANS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("roo
 const ROOM_INVITES: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("room_invites");
 const ROOM_LOG: TableDefinition<(u64, u64), u64> = TableDefinition::new("room_log");
 const READ_MARKERS: TableDefinition<(&str, &str), u64> = TableDefinition::new("read_markers");
+const BLOCKS: TableDefinition<(&str, &str), ()> = TableDefinition::new("blocks");
+const BLOCKED_BY: TableDefinition<(&str, &str), ()> = TableDefinition::new("blocked_by");
+const TOKENS: TableDefinition<u64, &[u8]> = TableDefinition::new("tokens");
+const TOKENS_BY_ACCOUNT: TableDefinition<(&str, u64), ()> =
+    TableDefinition::new("tokens_by_account");
+const PROFILES: TableDefinition<&str, &[u8]> = TableDefinition::new("profiles");
+const RETIRED: TableDefinition<&str, &[u8]> = TableDefinition::new("retired");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// `meta` key of the table layout version.
 const SCHEMA_VERSION_KEY: &str = "schema_version";
 /// The table layout this code reads and writes. A file with another version is refused at open
-/// rather than misread. Version 2 added the room tables, the read markers and room messages in the
-/// log; a version 1 file is upgraded at open (the new tables start empty, nothing else changes).
-/// A version 2 file must not be opened by a build that reads only version 1: it would not know
-/// room messages in the log.
-pub(super) const SCHEMA_VERSION: u64 = 2;
+/// rather than misread, except versions 1 and 2, which are upgraded (see the module
+/// documentation).
+pub(super) const SCHEMA_VERSION: u64 = 3;
+/// The first layout, without blocks, tokens, profiles and retired names.
+const SCHEMA_VERSION_1: u64 = 1;
+/// The layout before rooms: no room tables, no read markers, no room messages in the log.
+const SCHEMA_VERSION_2: u64 = 2;
 
 /// The one-byte form of a friendship edge in the `friendships` table.
 fn state_byte(state: FriendState) -> u8 {
@@ -143,45 +168,152 @@ fail_from_redb!(
 
 /// The durable store. Owns the open database; the file closes when the store and every reader
 /// taken from it are dropped.
+///
+/// A failed write leaves the handle unusable (redb answers every later call on it with "previous
+/// I/O error" until the file is reopened), so the store remembers it and [`Store::recover`]
+/// reopens the file; meanwhile there is no handle, and reads report the database unavailable. A
+/// reserve of free disk space ([`RedbStore::with_reserve`]) is checked before each write, so that
+/// on a disk that fills up writes stop before redb meets the full disk in the middle of a commit.
 pub struct RedbStore {
-    db: Arc<Database>,
+    /// `None` while reopening after a failed write.
+    db: Option<Arc<Database>>,
     /// The database file, named in every error.
     path: Arc<Path>,
+    /// Bytes that must stay free on the database's file system; 0: no check.
+    reserve: u64,
+    /// A write failed and the handle must be reopened before the next one.
+    failed: bool,
 }
 
 impl RedbStore {
     /// Open the database at `path`, creating the file and its tables if missing, and read the
     /// [`Snapshot`] the core starts from.
+    ///
+    /// An existing file is only opened, never initialised: an empty (0-byte) file is refused with
+    /// [`StoreError::Empty`] rather than silently becoming an empty database, and a file that is
+    /// not a redb database, or whose pages are damaged, is [`StoreError::Corrupt`] (also when redb
+    /// panics on it, see `contain`). Opening an existing file with the current schema writes
+    /// nothing (redb may still repair it after a crash), so a server can start on a full disk.
     pub fn open(path: &Path) -> Result<(RedbStore, Snapshot), StoreError> {
-        Self::open_inner(path)
-            .map_err(|f| f.at(path, |path, source| StoreError::Open { path, source }))
+        let existing = match std::fs::metadata(path) {
+            Ok(m) if m.is_file() && m.len() == 0 => {
+                return Err(StoreError::Empty {
+                    path: path.to_owned(),
+                })
+            }
+            Ok(_) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            // Anything else (no permission on the directory, say): redb reports it below.
+            Err(_) => true,
+        };
+        let opened = contain(|| Self::open_inner(path, existing)).unwrap_or_else(|panic| {
+            Err(Fail::Damage(Damage::new(format!(
+                "redb failed while reading it ({panic})"
+            ))))
+        });
+        opened.map_err(|f| match f {
+            // redb's word for "the first bytes are not a redb header".
+            Fail::Redb(redb::Error::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                StoreError::Corrupt {
+                    path: path.to_owned(),
+                    source: Box::new(Damage::new(e.to_string())),
+                }
+            }
+            f => f.at(path, |path, source| StoreError::Open { path, source }),
+        })
     }
 
-    fn open_inner(path: &Path) -> Result<(RedbStore, Snapshot), Fail> {
-        let db = Builder::new()
-            .set_cache_size(STORE_CACHE_BYTES)
-            .create(path)?;
-        let txn = db.begin_write()?;
-        let snapshot = {
-            let mut meta = txn.open_table(META)?;
-            let stored = meta.get(SCHEMA_VERSION_KEY)?.map(|v| v.value());
-            match stored {
-                // A new file, or one from before rooms: the tables this version adds are created
-                // empty by `Tables::open` below.
-                None | Some(1) => {
-                    meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION)?;
-                }
-                Some(SCHEMA_VERSION) => {}
-                Some(other) => return Err(Fail::Schema(other)),
-            }
-            Tables::open(&txn)?.snapshot()?
+    fn open_inner(path: &Path, existing: bool) -> Result<(RedbStore, Snapshot), Fail> {
+        let mut builder = Builder::new();
+        builder.set_cache_size(STORE_CACHE_BYTES);
+        let db = if existing {
+            builder.open(path)?
+        } else {
+            builder.create(path)?
         };
-        txn.commit()?;
+        let stored = {
+            let txn = db.begin_read()?;
+            let version = match txn.open_table(META) {
+                Ok(meta) => meta.get(SCHEMA_VERSION_KEY)?.map(|v| v.value()),
+                Err(redb::TableError::TableDoesNotExist(_)) => None,
+                Err(e) => return Err(e.into()),
+            };
+            version
+        };
+        match stored {
+            Some(SCHEMA_VERSION) => {}
+            Some(old @ (SCHEMA_VERSION_1 | SCHEMA_VERSION_2)) => {
+                // The tables added since are created empty by `Tables::open`, in the commit that
+                // records the new version.
+                log::info!(
+                    "database {}: upgrading the table layout from version {old} to {SCHEMA_VERSION}",
+                    path.display()
+                );
+                let txn = db.begin_write()?;
+                Tables::open(&txn)?;
+                txn.open_table(META)?
+                    .insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION)?;
+                txn.commit()?;
+            }
+            Some(other) => return Err(Fail::Schema(other)),
+            None => {
+                // A new database: its tables and its schema version, in one commit.
+                let txn = db.begin_write()?;
+                Tables::open(&txn)?;
+                txn.open_table(META)?
+                    .insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION)?;
+                txn.commit()?;
+            }
+        }
+        let snapshot = {
+            let txn = db.begin_read()?;
+            let mut snap = snapshot(
+                &txn.open_table(ACCOUNTS)?,
+                &txn.open_table(FRIENDSHIPS)?,
+                &txn.open_table(PENDING)?,
+                &txn.open_table(MESSAGES)?,
+                &AccountTables {
+                    tokens: txn.open_table(TOKENS)?,
+                    blocks: txn.open_table(BLOCKS)?,
+                    profiles: txn.open_table(PROFILES)?,
+                    retired: txn.open_table(RETIRED)?,
+                },
+            )?;
+            room_snapshot(&txn, &mut snap)?;
+            snap
+        };
         let store = RedbStore {
-            db: Arc::new(db),
+            db: Some(Arc::new(db)),
             path: path.into(),
+            reserve: 0,
+            failed: false,
         };
         Ok((store, snapshot))
+    }
+
+    /// This store with `bytes` of free disk space as a reserve: while the database's file system
+    /// has less free (for the server's user), [`Store::ready`] and every write fail with
+    /// [`StoreError::LowSpace`], without touching the file.
+    pub fn with_reserve(mut self, bytes: u64) -> RedbStore {
+        self.reserve = bytes;
+        self
+    }
+
+    /// Bytes free for the server on the database's file system.
+    fn free_bytes(&self) -> std::io::Result<u64> {
+        let dir = match self.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let st = rustix::fs::statvfs(dir)?;
+        Ok(st.f_bavail.saturating_mul(st.f_frsize))
+    }
+
+    fn db(&self) -> Result<&Arc<Database>, StoreError> {
+        self.db.as_ref().ok_or_else(|| StoreError::Read {
+            path: self.path.to_path_buf(),
+            source: Box::new(redb::Error::DatabaseClosed),
+        })
     }
 
     /// Run `ops` in an open write transaction. Returns the replies and whether anything was
@@ -195,11 +327,11 @@ impl RedbStore {
         Ok((replies, tables.dirty))
     }
 
-    fn write_inner(&mut self, ops: &[StoreOp]) -> Result<Vec<StoreReply>, Fail> {
+    fn write_inner(db: &Database, ops: &[StoreOp]) -> Result<Vec<StoreReply>, Fail> {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
-        let mut txn = self.db.begin_write()?;
+        let mut txn = db.begin_write()?;
         // Immediate is redb's default; it is set anyway because the protocol's durability promise
         // (committed before OK) rests on it.
         txn.set_durability(Durability::Immediate)?;
@@ -218,7 +350,18 @@ impl RedbStore {
 
 impl Store for RedbStore {
     fn write(&mut self, ops: &[StoreOp]) -> Result<Vec<StoreReply>, StoreError> {
-        self.write_inner(ops).map_err(|f| {
+        self.ready()?;
+        self.recover()?;
+        let db = self.db()?.clone();
+        let written = contain(|| Self::write_inner(&db, ops)).unwrap_or_else(|panic| {
+            Err(Fail::Damage(Damage::new(format!(
+                "redb failed while writing ({panic})"
+            ))))
+        });
+        if written.is_err() {
+            self.failed = true;
+        }
+        written.map_err(|f| {
             f.at(&self.path, |path, source| StoreError::Write {
                 path,
                 source,
@@ -227,10 +370,11 @@ impl Store for RedbStore {
     }
 
     fn reader(&self) -> Result<Box<dyn StoreReader>, StoreError> {
-        match self.db.begin_read() {
+        let db = self.db()?;
+        match db.begin_read() {
             Ok(txn) => Ok(Box::new(RedbReader {
                 txn,
-                _db: self.db.clone(),
+                _db: db.clone(),
                 path: self.path.clone(),
             })),
             Err(e) => Err(StoreError::Read {
@@ -238,6 +382,48 @@ impl Store for RedbStore {
                 source: Box::new(e.into()),
             }),
         }
+    }
+
+    fn ready(&self) -> Result<(), StoreError> {
+        if self.reserve == 0 {
+            return Ok(());
+        }
+        match self.free_bytes() {
+            Ok(free) if free < self.reserve => Err(StoreError::LowSpace {
+                path: self.path.to_path_buf(),
+                free,
+                reserve: self.reserve,
+            }),
+            // A file system that cannot say how full it is: writes are tried, and fail if they
+            // must.
+            _ => Ok(()),
+        }
+    }
+
+    fn recover(&mut self) -> Result<(), StoreError> {
+        if !self.failed {
+            return Ok(());
+        }
+        // The old handle goes first: the file stays locked while any handle is open (a reader
+        // still holding one makes this fail for now; it is tried again later).
+        self.db = None;
+        let path = self.path.clone();
+        let reopened = contain(|| {
+            let mut builder = Builder::new();
+            builder.set_cache_size(STORE_CACHE_BYTES);
+            builder.open(&*path).map_err(Fail::from)
+        })
+        .unwrap_or_else(|panic| {
+            Err(Fail::Damage(Damage::new(format!(
+                "redb failed while reopening it ({panic})"
+            ))))
+        });
+        let db =
+            reopened.map_err(|f| f.at(&path, |path, source| StoreError::Open { path, source }))?;
+        log::info!("database {} reopened", path.display());
+        self.db = Some(Arc::new(db));
+        self.failed = false;
+        Ok(())
     }
 }
 
@@ -252,24 +438,24 @@ struct RedbReader {
 
 impl RedbReader {
     fn read_inner(&self, op: &ReadOp) -> Result<StoreReply, Fail> {
+        let messages = self.txn.open_table(MESSAGES)?;
         match op {
             ReadOp::History {
                 conv,
                 count,
                 cursor,
             } => {
-                let messages = self.txn.open_table(MESSAGES)?;
                 let conversations = self.txn.open_table(CONVERSATIONS)?;
                 let room_log = self.txn.open_table(ROOM_LOG)?;
-                let page = history(&conversations, &room_log, &messages, conv, *count, *cursor)?;
+                let page =
+                    any_history(&conversations, &room_log, &messages, conv, *count, *cursor)?;
                 Ok(StoreReply::History(page))
             }
             ReadOp::Backlog { user } => {
-                let messages = self.txn.open_table(MESSAGES)?;
                 let pending = self.txn.open_table(PENDING)?;
-                let (_, msgs) = backlog(&pending, &messages, user)?;
-                Ok(StoreReply::Backlog(msgs))
+                Ok(StoreReply::Backlog(backlog(&pending, &messages, user)?))
             }
+            ReadOp::Messages { ids } => Ok(StoreReply::Messages(read_messages(&messages, ids)?)),
             ReadOp::DirectRead { user, with } => {
                 let markers = self.txn.open_table(READ_MARKERS)?;
                 let m = marker(&markers, user, with)?;
@@ -292,8 +478,12 @@ impl RedbReader {
 
 impl StoreReader for RedbReader {
     fn read(&self, op: &ReadOp) -> Result<StoreReply, StoreError> {
-        self.read_inner(op)
-            .map_err(|f| f.at(&self.path, |path, source| StoreError::Read { path, source }))
+        let read = contain(|| self.read_inner(op)).unwrap_or_else(|panic| {
+            Err(Fail::Damage(Damage::new(format!(
+                "redb failed while reading ({panic})"
+            ))))
+        });
+        read.map_err(|f| f.at(&self.path, |path, source| StoreError::Read { path, source }))
     }
 }
 
@@ -310,6 +500,12 @@ struct Tables<'txn> {
     room_invites: Table<'txn, (u64, &'static str), &'static [u8]>,
     room_log: Table<'txn, (u64, u64), u64>,
     read_markers: Table<'txn, (&'static str, &'static str), u64>,
+    blocks: Table<'txn, (&'static str, &'static str), ()>,
+    blocked_by: Table<'txn, (&'static str, &'static str), ()>,
+    tokens: Table<'txn, u64, &'static [u8]>,
+    tokens_by_account: Table<'txn, (&'static str, u64), ()>,
+    profiles: Table<'txn, &'static str, &'static [u8]>,
+    retired: Table<'txn, &'static str, &'static [u8]>,
     /// Whether any op of the batch wrote something.
     dirty: bool,
 }
@@ -328,110 +524,123 @@ impl<'txn> Tables<'txn> {
             room_invites: txn.open_table(ROOM_INVITES)?,
             room_log: txn.open_table(ROOM_LOG)?,
             read_markers: txn.open_table(READ_MARKERS)?,
+            blocks: txn.open_table(BLOCKS)?,
+            blocked_by: txn.open_table(BLOCKED_BY)?,
+            tokens: txn.open_table(TOKENS)?,
+            tokens_by_account: txn.open_table(TOKENS_BY_ACCOUNT)?,
+            profiles: txn.open_table(PROFILES)?,
+            retired: txn.open_table(RETIRED)?,
             dirty: false,
         })
     }
 
-    fn snapshot(&self) -> Result<Snapshot, Fail> {
-        let mut snap = Snapshot {
-            next_id: 1,
-            next_room_id: 1,
-            ..Snapshot::default()
+    /// Deletes one token and its index entry; nothing if there is no such token.
+    fn delete_token(&mut self, id: TokenId) -> Result<(), Fail> {
+        let user = match self.tokens.remove(id)? {
+            Some(bytes) => codec::decode_token(id, bytes.value())?.user,
+            None => return Ok(()),
         };
-        for entry in self.accounts.iter()? {
-            let (key, value) = entry?;
-            let rec = codec::decode_account(value.value())?;
-            if key_of(&rec.name) != key.value() {
-                return Err(Damage::new(format!(
-                    "account stored under {:?} is named {:?}",
-                    key.value(),
-                    rec.name
-                ))
-                .into());
-            }
-            snap.accounts.push(rec);
+        self.tokens_by_account.remove((user.as_str(), id))?;
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Changes an existing account's profile; nothing when there is no such account.
+    fn update_profile(
+        &mut self,
+        user: &str,
+        change: impl FnOnce(&mut Profile),
+    ) -> Result<(), Fail> {
+        if self.accounts.get(user)?.is_none() {
+            return Ok(());
         }
-        for entry in self.friendships.iter()? {
-            let (key, value) = entry?;
-            let (a, b) = key.value();
-            snap.friendships
-                .push((a.to_owned(), b.to_owned(), state_from_byte(value.value())?));
-        }
-        for entry in self.pending.iter()? {
+        let mut profile = match self.profiles.get(user)? {
+            Some(bytes) => codec::decode_profile(bytes.value())?,
+            None => Profile::default(),
+        };
+        change(&mut profile);
+        self.profiles
+            .insert(user, codec::encode_profile(&profile).as_slice())?;
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// The second keys of every entry `(user, *)` of a table keyed by pairs of names.
+    fn partners(
+        table: &Table<'txn, (&'static str, &'static str), impl redb::Value + 'static>,
+        user: &str,
+    ) -> Result<Vec<String>, Fail> {
+        let mut found = Vec::new();
+        // Every key (user, b) sorts between (user, "") and the first key of the next user; names
+        // hold no byte that sorts below "", so the range starting at (user, "") misses nothing.
+        for entry in table.range((user, "")..)? {
             let (key, _) = entry?;
-            let (user, _) = key.value();
-            match snap.pending_counts.last_mut() {
-                Some((last, n)) if last == user => *n = n.saturating_add(1),
-                _ => snap.pending_counts.push((user.to_owned(), 1)),
+            let (a, b) = key.value();
+            if a != user {
+                break;
             }
+            found.push(b.to_owned());
         }
-        if let Some((id, _)) = self.messages.last()? {
-            snap.next_id = id.value().saturating_add(1);
+        Ok(found)
+    }
+
+    fn delete_account(&mut self, user: &str, deleted_ms: i64) -> Result<(), Fail> {
+        let record = match self.accounts.remove(user)? {
+            Some(bytes) => Some(codec::decode_account(bytes.value())?),
+            None => None,
+        };
+        let mut ids = Vec::new();
+        for entry in self
+            .tokens_by_account
+            .range((user, 0u64)..=(user, u64::MAX))?
+        {
+            ids.push(entry?.0.value().1);
         }
-        for entry in self.rooms.iter()? {
-            let (id, value) = entry?;
-            let id = id.value();
-            let record = codec::decode_room(value.value())?;
-            let (last_id, count) =
-                match self.room_log.range((id, 0)..=(id, MsgId::MAX))?.next_back() {
-                    Some(e) => {
-                        let (key, seq) = e?;
-                        (key.value().1, seq.value())
-                    }
-                    None => (0, 0),
-                };
-            snap.next_room_id = snap.next_room_id.max(id.saturating_add(1));
-            snap.rooms.push(RoomState {
-                id,
-                record,
-                last_id,
-                count,
-            });
+        for id in ids {
+            self.tokens.remove(id)?;
+            self.tokens_by_account.remove((user, id))?;
         }
-        // A deleted room's number stays in the log: it is never given out again.
-        if let Some(e) = self.room_log.last()? {
-            snap.next_room_id = snap.next_room_id.max(e.0.value().0.saturating_add(1));
+        for other in Self::partners(&self.friendships, user)? {
+            self.friendships.remove((user, other.as_str()))?;
+            self.friendships.remove((other.as_str(), user))?;
         }
-        for entry in self.room_members.iter()? {
-            let (key, value) = entry?;
-            let (room, user) = key.value();
-            snap.members
-                .push((room, user.to_owned(), codec::decode_member(value.value())?));
+        for blocked in Self::partners(&self.blocks, user)? {
+            self.blocks.remove((user, blocked.as_str()))?;
+            self.blocked_by.remove((blocked.as_str(), user))?;
         }
-        for entry in self.room_bans.iter()? {
-            let (key, value) = entry?;
-            let (room, user) = key.value();
-            snap.bans
-                .push((room, user.to_owned(), codec::decode_ban(value.value())?));
+        for blocker in Self::partners(&self.blocked_by, user)? {
+            self.blocked_by.remove((user, blocker.as_str()))?;
+            self.blocks.remove((blocker.as_str(), user))?;
         }
-        for entry in self.room_invites.iter()? {
-            let (key, value) = entry?;
-            let (room, user) = key.value();
-            snap.invites
-                .push((room, user.to_owned(), codec::decode_invite(value.value())?));
+        let mut pending = Vec::new();
+        for entry in self.pending.range((user, 0u64)..=(user, u64::MAX))? {
+            pending.push(entry?.0.value().1);
         }
-        Ok(snap)
+        for id in pending {
+            self.pending.remove((user, id))?;
+        }
+        self.profiles.remove(user)?;
+        if let Some(rec) = record {
+            let retired = super::RetiredName {
+                name: rec.name,
+                deleted_ms,
+            };
+            self.retired
+                .insert(user, codec::encode_retired(&retired).as_slice())?;
+        }
+        self.dirty = true;
+        Ok(())
     }
 
     fn apply(&mut self, op: &StoreOp) -> Result<StoreReply, Fail> {
-        // Every op below but the reads writes something.
-        self.dirty |= !matches!(
-            op,
-            StoreOp::History { .. }
-                | StoreOp::ReadBacklog { .. }
-                | StoreOp::RoomReplay { .. }
-                | StoreOp::DirectRead { .. }
-                | StoreOp::FirstUnread { .. }
-                | StoreOp::RoomSeq { .. }
-                | StoreOp::ClearBacklog { .. }
-                | StoreOp::SetDirectRead { .. }
-        );
         match op {
             StoreOp::CreateAccount(rec) => {
                 self.accounts.insert(
                     key_of(&rec.name).as_str(),
                     codec::encode_account(rec).as_slice(),
                 )?;
+                self.dirty = true;
+                Ok(StoreReply::Done)
             }
             StoreOp::AppendMessage { msg, pending_for } => {
                 self.messages
@@ -442,9 +651,13 @@ impl<'txn> Tables<'txn> {
                 for user in pending_for {
                     self.pending.insert((user.as_str(), msg.id), ())?;
                 }
+                self.dirty = true;
+                Ok(StoreReply::Done)
             }
             StoreOp::AddPending { user, id } => {
                 self.pending.insert((user.as_str(), *id), ())?;
+                self.dirty = true;
+                Ok(StoreReply::Done)
             }
             StoreOp::ClearBacklog { user, upto } => {
                 let mut ids = Vec::new();
@@ -458,27 +671,36 @@ impl<'txn> Tables<'txn> {
                     self.pending.remove((user.as_str(), id))?;
                     self.dirty = true;
                 }
+                Ok(StoreReply::Done)
             }
-            StoreOp::SetFriendship { a, b, state } => match state {
-                Some(s) => {
-                    self.friendships
-                        .insert((a.as_str(), b.as_str()), state_byte(*s))?;
-                    self.friendships
-                        .insert((b.as_str(), a.as_str()), state_byte(s.mirror()))?;
+            StoreOp::SetFriendship { a, b, state } => {
+                match state {
+                    Some(s) => {
+                        self.friendships
+                            .insert((a.as_str(), b.as_str()), state_byte(*s))?;
+                        self.friendships
+                            .insert((b.as_str(), a.as_str()), state_byte(s.mirror()))?;
+                    }
+                    None => {
+                        self.friendships.remove((a.as_str(), b.as_str()))?;
+                        self.friendships.remove((b.as_str(), a.as_str()))?;
+                    }
                 }
-                None => {
-                    self.friendships.remove((a.as_str(), b.as_str()))?;
-                    self.friendships.remove((b.as_str(), a.as_str()))?;
-                }
-            },
+                self.dirty = true;
+                Ok(StoreReply::Done)
+            }
             StoreOp::AppendRoomMessage { msg, room, seq } => {
                 self.messages
                     .insert(msg.id, codec::encode_message(msg).as_slice())?;
                 self.room_log.insert((*room, msg.id), *seq)?;
+                self.dirty = true;
+                Ok(StoreReply::Done)
             }
             StoreOp::PutRoom { id, room } => {
                 self.rooms
                     .insert(*id, codec::encode_room(room).as_slice())?;
+                self.dirty = true;
+                Ok(StoreReply::Done)
             }
             StoreOp::DeleteRoom { id } => {
                 self.rooms.remove(*id)?;
@@ -495,31 +717,45 @@ impl<'txn> Tables<'txn> {
                         table.remove((*id, user.as_str()))?;
                     }
                 }
+                self.dirty = true;
+                Ok(StoreReply::Done)
             }
             StoreOp::PutMember { room, user, member } => {
                 self.room_members.insert(
                     (*room, user.as_str()),
                     codec::encode_member(member).as_slice(),
                 )?;
+                self.dirty = true;
+                Ok(StoreReply::Done)
             }
             StoreOp::RemoveMember { room, user } => {
                 self.room_members.remove((*room, user.as_str()))?;
+                self.dirty = true;
+                Ok(StoreReply::Done)
             }
             StoreOp::PutBan { room, user, ban } => {
                 self.room_bans
                     .insert((*room, user.as_str()), codec::encode_ban(ban).as_slice())?;
+                self.dirty = true;
+                Ok(StoreReply::Done)
             }
             StoreOp::RemoveBan { room, user } => {
                 self.room_bans.remove((*room, user.as_str()))?;
+                self.dirty = true;
+                Ok(StoreReply::Done)
             }
             StoreOp::PutInvite { room, user, invite } => {
                 self.room_invites.insert(
                     (*room, user.as_str()),
                     codec::encode_invite(invite).as_slice(),
                 )?;
+                self.dirty = true;
+                Ok(StoreReply::Done)
             }
             StoreOp::RemoveInvite { room, user } => {
                 self.room_invites.remove((*room, user.as_str()))?;
+                self.dirty = true;
+                Ok(StoreReply::Done)
             }
             StoreOp::SetDirectRead { user, with, id } => {
                 let old = marker(&self.read_markers, user, with)?;
@@ -529,16 +765,33 @@ impl<'txn> Tables<'txn> {
                         .insert((user.as_str(), with.as_str()), after)?;
                     self.dirty = true;
                 }
-                return Ok(StoreReply::Marker { before: old, after });
+                Ok(StoreReply::Marker { before: old, after })
             }
-            // Reads are answered here when handed to `write` (see `Store::write`); RoomReplay
-            // always is (see `StoreOp::is_read`).
+            // Ordered with the writes (see `StoreOp::is_read`), so always answered here.
+            StoreOp::RoomReplay {
+                room,
+                after,
+                upto,
+                count,
+            } => {
+                // A message that cannot be read is left out (and logged), not the whole batch.
+                let (ids, _, _) = room_page_ids(
+                    &self.room_log,
+                    *room,
+                    after.saturating_add(1),
+                    *upto,
+                    *count,
+                    Cursor::Latest,
+                )?;
+                Ok(StoreReply::Messages(read_messages(&self.messages, &ids)?))
+            }
+            // Reads are answered here only when handed to `write` directly (see `Store::write`).
             StoreOp::History {
                 conv,
                 count,
                 cursor,
             } => {
-                let page = history(
+                let page = any_history(
                     &self.conversations,
                     &self.room_log,
                     &self.messages,
@@ -546,49 +799,213 @@ impl<'txn> Tables<'txn> {
                     *count,
                     *cursor,
                 )?;
-                return Ok(StoreReply::History(page));
-            }
-            StoreOp::RoomReplay {
-                room,
-                after,
-                upto,
-                count,
-            } => {
-                let page = room_page(
-                    &self.room_log,
-                    &self.messages,
-                    *room,
-                    after.saturating_add(1),
-                    *upto,
-                    *count,
-                    Cursor::Latest,
-                )?;
-                return Ok(StoreReply::History(page));
-            }
-            StoreOp::ReadBacklog { user } => {
-                let (_, messages) = backlog(&self.pending, &self.messages, user)?;
-                return Ok(StoreReply::Backlog(messages));
+                Ok(StoreReply::History(page))
             }
             StoreOp::DirectRead { user, with } => {
                 let m = marker(&self.read_markers, user, with)?;
-                return Ok(StoreReply::Marker {
+                Ok(StoreReply::Marker {
                     before: m,
                     after: m,
-                });
+                })
             }
             StoreOp::FirstUnread { rooms } => {
-                return Ok(StoreReply::FirstIds(first_unread(&self.room_log, rooms)?));
+                Ok(StoreReply::FirstIds(first_unread(&self.room_log, rooms)?))
             }
             StoreOp::RoomSeq { room, upto } => {
-                return Ok(StoreReply::Seq(room_seq(&self.room_log, *room, *upto)?));
+                Ok(StoreReply::Seq(room_seq(&self.room_log, *room, *upto)?))
+            }
+            StoreOp::ReadBacklog { user } => Ok(StoreReply::Backlog(backlog(
+                &self.pending,
+                &self.messages,
+                user,
+            )?)),
+            StoreOp::ReadMessages { ids } => {
+                Ok(StoreReply::Messages(read_messages(&self.messages, ids)?))
+            }
+            StoreOp::CreateToken(rec) => {
+                // A record already under this id belongs to the new one now; its index entry goes.
+                self.delete_token(rec.id)?;
+                self.tokens
+                    .insert(rec.id, codec::encode_token(rec).as_slice())?;
+                self.tokens_by_account
+                    .insert((rec.user.as_str(), rec.id), ())?;
+                self.dirty = true;
+                Ok(StoreReply::Done)
+            }
+            StoreOp::TouchToken { id, last_used_ms } => {
+                let rec = match self.tokens.get(*id)? {
+                    Some(bytes) => Some(codec::decode_token(*id, bytes.value())?),
+                    None => None,
+                };
+                if let Some(mut rec) = rec {
+                    rec.last_used_ms = *last_used_ms;
+                    self.tokens
+                        .insert(*id, codec::encode_token(&rec).as_slice())?;
+                    self.dirty = true;
+                }
+                Ok(StoreReply::Done)
+            }
+            StoreOp::RevokeTokens { ids } => {
+                for id in ids {
+                    self.delete_token(*id)?;
+                }
+                Ok(StoreReply::Done)
+            }
+            StoreOp::SetPassword { user, phc, revoke } => {
+                let rec = match self.accounts.get(user.as_str())? {
+                    Some(bytes) => Some(codec::decode_account(bytes.value())?),
+                    None => None,
+                };
+                if let Some(mut rec) = rec {
+                    rec.phc = phc.clone();
+                    self.accounts
+                        .insert(user.as_str(), codec::encode_account(&rec).as_slice())?;
+                    self.dirty = true;
+                }
+                for id in revoke {
+                    self.delete_token(*id)?;
+                }
+                Ok(StoreReply::Done)
+            }
+            StoreOp::DeleteAccount { user, deleted_ms } => {
+                self.delete_account(user, *deleted_ms)?;
+                Ok(StoreReply::Done)
+            }
+            StoreOp::Block { a, b } => {
+                self.friendships.remove((a.as_str(), b.as_str()))?;
+                self.friendships.remove((b.as_str(), a.as_str()))?;
+                self.blocks.insert((a.as_str(), b.as_str()), ())?;
+                self.blocked_by.insert((b.as_str(), a.as_str()), ())?;
+                self.dirty = true;
+                Ok(StoreReply::Done)
+            }
+            StoreOp::Unblock { a, b } => {
+                self.blocks.remove((a.as_str(), b.as_str()))?;
+                self.blocked_by.remove((b.as_str(), a.as_str()))?;
+                self.dirty = true;
+                Ok(StoreReply::Done)
+            }
+            StoreOp::SetAway { user, away } => {
+                self.update_profile(user, |p| p.away = away.clone())?;
+                Ok(StoreReply::Done)
+            }
+            StoreOp::SetDms { user, friends_only } => {
+                self.update_profile(user, |p| p.friends_only = *friends_only)?;
+                Ok(StoreReply::Done)
+            }
+            StoreOp::SetLastSeen { user, ms } => {
+                self.update_profile(user, |p| p.last_seen_ms = Some(*ms))?;
+                Ok(StoreReply::Done)
             }
         }
-        Ok(StoreReply::Done)
     }
 }
 
 // The reads below take any readable table, so a read transaction and a write transaction share
 // them.
+
+/// What the core needs in memory, read from the tables (of a read or a write transaction).
+fn snapshot(
+    accounts: &impl ReadableTable<&'static str, &'static [u8]>,
+    friendships: &impl ReadableTable<(&'static str, &'static str), u8>,
+    pending: &impl IdIndex,
+    messages: &impl MessageLog,
+    extra: &AccountTables<impl ReadableTable<u64, &'static [u8]>, impl PairSet, impl NameRecords>,
+) -> Result<Snapshot, Fail> {
+    let mut snap = Snapshot {
+        next_id: 1,
+        ..Snapshot::default()
+    };
+    for entry in accounts.iter()? {
+        let (key, value) = entry?;
+        let rec = codec::decode_account(value.value())?;
+        if key_of(&rec.name) != key.value() {
+            return Err(Damage::new(format!(
+                "account stored under {:?} is named {:?}",
+                key.value(),
+                rec.name
+            ))
+            .into());
+        }
+        snap.accounts.push(rec);
+    }
+    for entry in friendships.iter()? {
+        let (key, value) = entry?;
+        let (a, b) = key.value();
+        snap.friendships
+            .push((a.to_owned(), b.to_owned(), state_from_byte(value.value())?));
+    }
+    let mut senders: BTreeMap<(String, String), u32> = BTreeMap::new();
+    for entry in pending.iter()? {
+        let (key, _) = entry?;
+        let (user, id) = key.value();
+        match snap.pending_counts.last_mut() {
+            Some((last, n)) if last == user => *n = n.saturating_add(1),
+            _ => snap.pending_counts.push((user.to_owned(), 1)),
+        }
+        // Who sent it, for the share each sender has of an inbox. A message that cannot be read
+        // here is left out of that count (its delivery is tried at the next login as usual) rather
+        // than failing the start.
+        if let Some(bytes) = messages.get(id)? {
+            if let Ok(m) = codec::decode_message(id, bytes.value()) {
+                *senders
+                    .entry((user.to_owned(), key_of(&m.from)))
+                    .or_insert(0) += 1;
+            }
+        }
+    }
+    snap.pending_senders = senders.into_iter().map(|((u, s), n)| (u, s, n)).collect();
+    if let Some((id, _)) = messages.last()? {
+        snap.next_id = id.value().saturating_add(1);
+    }
+    for entry in extra.tokens.iter()? {
+        let (id, value) = entry?;
+        snap.tokens
+            .push(codec::decode_token(id.value(), value.value())?);
+    }
+    for entry in extra.blocks.iter()? {
+        let (key, _) = entry?;
+        let (a, b) = key.value();
+        snap.blocks.push((a.to_owned(), b.to_owned()));
+    }
+    for entry in extra.profiles.iter()? {
+        let (key, value) = entry?;
+        snap.profiles.push((
+            key.value().to_owned(),
+            codec::decode_profile(value.value())?,
+        ));
+    }
+    for entry in extra.retired.iter()? {
+        let (key, value) = entry?;
+        let rec = codec::decode_retired(value.value())?;
+        if key_of(&rec.name) != key.value() {
+            return Err(Damage::new(format!(
+                "retired name stored under {:?} is {:?}",
+                key.value(),
+                rec.name
+            ))
+            .into());
+        }
+        snap.retired.push(rec);
+    }
+    Ok(snap)
+}
+
+/// The tables of the account features added in layout version 2, as the snapshot reads them.
+struct AccountTables<T, B, R> {
+    tokens: T,
+    blocks: B,
+    profiles: R,
+    retired: R,
+}
+
+/// A set of name pairs: `blocks` or `blocked_by`.
+trait PairSet: ReadableTable<(&'static str, &'static str), ()> {}
+impl<T: ReadableTable<(&'static str, &'static str), ()>> PairSet for T {}
+
+/// Records by account key: `profiles` or `retired`.
+trait NameRecords: ReadableTable<&'static str, &'static [u8]> {}
+impl<T: ReadableTable<&'static str, &'static [u8]>> NameRecords for T {}
 
 /// An index of message ids under a key: `conversations` (by conversation key) or `pending` (by
 /// account key).
@@ -607,21 +1024,28 @@ impl<T: ReadableTable<(u64, u64), u64>> RoomLog for T {}
 trait Markers: ReadableTable<(&'static str, &'static str), u64> {}
 impl<T: ReadableTable<(&'static str, &'static str), u64>> Markers for T {}
 
-/// The ids in the account's offline backlog, and the messages they name in id order. An entry
-/// whose message is not stored is logged and skipped.
+/// The ids in the account's offline backlog whose messages can be read, in id order. An entry
+/// whose message is not stored, or does not decode, is logged and left out: one damaged record
+/// costs that message's delivery (it stays in the log), not the whole backlog.
 fn backlog(
     pending: &impl IdIndex,
     messages: &impl MessageLog,
     user: &str,
-) -> Result<(Vec<MsgId>, Vec<MessageRecord>), Fail> {
+) -> Result<Vec<MsgId>, Fail> {
     let mut ids = Vec::new();
     for entry in pending.range((user, 0u64)..=(user, u64::MAX))? {
         ids.push(entry?.0.value().1);
     }
     let mut found = Vec::with_capacity(ids.len());
-    for &id in &ids {
+    for id in ids {
         match messages.get(id)? {
-            Some(bytes) => found.push(codec::decode_message(id, bytes.value())?),
+            Some(bytes) => match codec::decode_message(id, bytes.value()) {
+                Ok(_) => found.push(id),
+                Err(damage) => log::error!(
+                    "offline backlog of {user:?}: message {id} left out, it does not decode: \
+                     {damage}"
+                ),
+            },
             // The index is the caller's to fill (AddPending names an id it says is stored); an
             // entry without its message cannot be delivered.
             None => {
@@ -629,7 +1053,91 @@ fn backlog(
             }
         }
     }
-    Ok((ids, found))
+    Ok(found)
+}
+
+/// One page of the conversation with key `conv`.
+fn history(
+    conversations: &impl IdIndex,
+    messages: &impl MessageLog,
+    conv: &str,
+    count: u32,
+    cursor: Cursor,
+) -> Result<HistoryPage, Fail> {
+    let lo = (conv, 0u64);
+    let hi = (conv, u64::MAX);
+    let take = usize::try_from(count).unwrap_or(usize::MAX);
+    let mut ids = Vec::new();
+    match cursor {
+        Cursor::Latest => {
+            for entry in conversations.range(lo..=hi)?.rev().take(take) {
+                ids.push(entry?.0.value().1);
+            }
+            ids.reverse();
+        }
+        Cursor::Before(x) => {
+            for entry in conversations.range(lo..(conv, x))?.rev().take(take) {
+                ids.push(entry?.0.value().1);
+            }
+            ids.reverse();
+        }
+        Cursor::After(x) => {
+            let range = (Bound::Excluded((conv, x)), Bound::Included(hi));
+            for entry in conversations.range(range)?.take(take) {
+                ids.push(entry?.0.value().1);
+            }
+        }
+    }
+    // Whether the conversation holds an id between the bounds.
+    let any = |from: Bound<(&str, u64)>, to: Bound<(&str, u64)>| -> Result<bool, Fail> {
+        Ok(conversations.range((from, to))?.next().is_some())
+    };
+    let below = |id| any(Bound::Included(lo), Bound::Excluded((conv, id)));
+    let above = |id| any(Bound::Excluded((conv, id)), Bound::Included(hi));
+    let from = |id| any(Bound::Included((conv, id)), Bound::Included(hi));
+    let up_to = |id| any(Bound::Included(lo), Bound::Included((conv, id)));
+    let (older, newer) = match (ids.first(), ids.last()) {
+        (Some(&min), Some(&max)) => (below(min)?.then_some(min), above(max)?.then_some(max)),
+        _ => match cursor {
+            Cursor::Latest => (None, None),
+            // Nothing below x; if anything from x up exists, After(x - 1) shows it.
+            Cursor::Before(x) => (None, from(x)?.then(|| x.saturating_sub(1))),
+            // Nothing above x; if anything up to x exists, Before(x + 1) shows it.
+            Cursor::After(x) => (up_to(x)?.then(|| x.saturating_add(1)), None),
+        },
+    };
+    // Every message of the page must be readable now, so that a damaged one fails the page
+    // before any of it is sent (the page is then sent part by part, see `ReadOp::Messages`).
+    for &id in &ids {
+        match messages.get(id)? {
+            Some(bytes) => {
+                codec::decode_message(id, bytes.value())?;
+            }
+            None => {
+                return Err(Damage::new(format!(
+                    "conversation {conv:?} names message {id}, which is not stored"
+                ))
+                .into())
+            }
+        }
+    }
+    Ok(HistoryPage { ids, older, newer })
+}
+
+/// The messages with `ids`, in that order; one that is not stored or does not decode is logged and
+/// left out (the ids come from a page or a backlog read earlier, which found them readable).
+fn read_messages(messages: &impl MessageLog, ids: &[MsgId]) -> Result<Vec<MessageRecord>, Fail> {
+    let mut found = Vec::with_capacity(ids.len());
+    for &id in ids {
+        match messages.get(id)? {
+            Some(bytes) => match codec::decode_message(id, bytes.value()) {
+                Ok(m) => found.push(m),
+                Err(damage) => log::error!("message {id} left out, it does not decode: {damage}"),
+            },
+            None => log::error!("message {id} left out, it is not stored"),
+        }
+    }
+    Ok(found)
 }
 
 /// The marker of `user` in the direct conversation with `with` (0: none).
@@ -671,28 +1179,8 @@ fn room_seq(
     }
 }
 
-/// The messages `ids` names, in that order; a missing one is damage.
-fn load(
-    messages: &impl MessageLog,
-    ids: Vec<MsgId>,
-    what: &str,
-) -> Result<Vec<MessageRecord>, Fail> {
-    let mut found = Vec::with_capacity(ids.len());
-    for id in ids {
-        match messages.get(id)? {
-            Some(bytes) => found.push(codec::decode_message(id, bytes.value())?),
-            None => {
-                return Err(
-                    Damage::new(format!("{what} names message {id}, which is not stored")).into(),
-                )
-            }
-        }
-    }
-    Ok(found)
-}
-
-/// One page of a conversation.
-fn history(
+/// One page of any conversation: a pair's or the broadcasts (by their index key), or a room's.
+fn any_history(
     conversations: &impl IdIndex,
     room_log: &impl RoomLog,
     messages: &impl MessageLog,
@@ -700,48 +1188,24 @@ fn history(
     count: u32,
     cursor: Cursor,
 ) -> Result<HistoryPage, Fail> {
-    let key = match (conv, conversation_key(conv)) {
-        (&Conversation::Room { id, after }, _) => {
-            return room_page(
-                room_log,
-                messages,
-                id,
-                after.saturating_add(1),
-                MsgId::MAX,
-                count,
-                cursor,
-            );
-        }
-        (_, Some(key)) => key,
-        (_, None) => return Ok(HistoryPage::default()),
-    };
-    let k = key.as_str();
-    let (ids, older, newer) = page(0, MsgId::MAX, count, cursor, |a, b, rev, take| {
-        let mut out = Vec::new();
-        if a > b {
-            return Ok::<_, Fail>(out);
-        }
-        let range = conversations.range((k, a)..=(k, b))?;
-        if rev {
-            for entry in range.rev().take(take) {
-                out.push(entry?.0.value().1);
-            }
-        } else {
-            for entry in range.take(take) {
-                out.push(entry?.0.value().1);
-            }
-        }
-        Ok(out)
-    })?;
-    Ok(HistoryPage {
-        messages: load(messages, ids, &format!("conversation {key:?}"))?,
-        older,
-        newer,
-    })
+    match (conv, conversation_key(conv)) {
+        (&Conversation::Room { id, after }, _) => room_history(
+            room_log,
+            messages,
+            id,
+            after.saturating_add(1),
+            MsgId::MAX,
+            count,
+            cursor,
+        ),
+        (_, Some(key)) => history(conversations, messages, &key, count, cursor),
+        (_, None) => Ok(HistoryPage::default()),
+    }
 }
 
-/// One page of a room's messages with ids in `lo..=hi`.
-fn room_page(
+/// One page of a room's messages with ids in `lo..=hi` (what one member may see of it). As for a
+/// conversation, every message of the page must be readable now.
+fn room_history(
     room_log: &impl RoomLog,
     messages: &impl MessageLog,
     room: RoomId,
@@ -750,7 +1214,33 @@ fn room_page(
     count: u32,
     cursor: Cursor,
 ) -> Result<HistoryPage, Fail> {
-    let (ids, older, newer) = page(lo, hi, count, cursor, |a, b, rev, take| {
+    let (ids, older, newer) = room_page_ids(room_log, room, lo, hi, count, cursor)?;
+    for &id in &ids {
+        match messages.get(id)? {
+            Some(bytes) => {
+                codec::decode_message(id, bytes.value())?;
+            }
+            None => {
+                return Err(Damage::new(format!(
+                    "room {room} names message {id}, which is not stored"
+                ))
+                .into())
+            }
+        }
+    }
+    Ok(HistoryPage { ids, older, newer })
+}
+
+/// The ids of one page of a room's messages with ids in `lo..=hi`, and its cursors.
+fn room_page_ids(
+    room_log: &impl RoomLog,
+    room: RoomId,
+    lo: MsgId,
+    hi: MsgId,
+    count: u32,
+    cursor: Cursor,
+) -> Result<super::page::Page, Fail> {
+    page(lo, hi, count, cursor, |a, b, rev, take| {
         let mut out = Vec::new();
         if a > b {
             return Ok::<_, Fail>(out);
@@ -766,12 +1256,56 @@ fn room_page(
             }
         }
         Ok(out)
-    })?;
-    Ok(HistoryPage {
-        messages: load(messages, ids, &format!("room {room}"))?,
-        older,
-        newer,
     })
+}
+
+/// Adds the rooms, their members, bans and invitations, and the next room number to a snapshot.
+fn room_snapshot(txn: &ReadTransaction, snap: &mut Snapshot) -> Result<(), Fail> {
+    let rooms = txn.open_table(ROOMS)?;
+    let room_log = txn.open_table(ROOM_LOG)?;
+    snap.next_room_id = 1;
+    for entry in rooms.iter()? {
+        let (id, value) = entry?;
+        let id = id.value();
+        let record = codec::decode_room(value.value())?;
+        let (last_id, count) = match room_log.range((id, 0)..=(id, MsgId::MAX))?.next_back() {
+            Some(e) => {
+                let (key, seq) = e?;
+                (key.value().1, seq.value())
+            }
+            None => (0, 0),
+        };
+        snap.next_room_id = snap.next_room_id.max(id.saturating_add(1));
+        snap.rooms.push(RoomState {
+            id,
+            record,
+            last_id,
+            count,
+        });
+    }
+    // A deleted room's number stays in the log: it is never given out again.
+    if let Some(e) = room_log.last()? {
+        snap.next_room_id = snap.next_room_id.max(e.0.value().0.saturating_add(1));
+    }
+    for entry in txn.open_table(ROOM_MEMBERS)?.iter()? {
+        let (key, value) = entry?;
+        let (room, user) = key.value();
+        snap.members
+            .push((room, user.to_owned(), codec::decode_member(value.value())?));
+    }
+    for entry in txn.open_table(ROOM_BANS)?.iter()? {
+        let (key, value) = entry?;
+        let (room, user) = key.value();
+        snap.bans
+            .push((room, user.to_owned(), codec::decode_ban(value.value())?));
+    }
+    for entry in txn.open_table(ROOM_INVITES)?.iter()? {
+        let (key, value) = entry?;
+        let (room, user) = key.value();
+        snap.invites
+            .push((room, user.to_owned(), codec::decode_invite(value.value())?));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -807,7 +1341,7 @@ mod tests {
         let (mut store, _) = RedbStore::open(&path).unwrap();
         store.execute(&[append(1)]).unwrap();
         // Damage: an index entry for a message that is not in the log.
-        let txn = store.db.begin_write().unwrap();
+        let txn = store.db.as_ref().unwrap().begin_write().unwrap();
         txn.open_table(CONVERSATIONS)
             .unwrap()
             .insert(("x y", 50), ())
@@ -842,6 +1376,56 @@ mod tests {
         assert_eq!(snap.accounts, vec![account]);
         assert_eq!(snap.next_id, 2);
         assert_eq!(snap.pending_counts, vec![("b".to_owned(), 1)]);
+    }
+
+    /// Overwrites the stored bytes of message `id` with bytes that do not decode.
+    fn damage_message(store: &RedbStore, id: MsgId) {
+        let txn = store.db.as_ref().unwrap().begin_write().unwrap();
+        txn.open_table(MESSAGES)
+            .unwrap()
+            .insert(id, [9u8, 9, 9].as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+
+    /// The failure this guards against: one record that does not decode made every read that met
+    /// it fail the whole store. A HISTORY page holding it fails alone, as damage that names the
+    /// file; a backlog holding it leaves that one message out.
+    #[test]
+    fn a_record_that_does_not_decode_fails_its_page_and_is_left_out_of_a_backlog() {
+        let (_dir, path) = temp_db();
+        let (mut store, _) = RedbStore::open(&path).unwrap();
+        store.execute(&[append(1), append(2), append(3)]).unwrap();
+        damage_message(&store, 2);
+        let view = store.reader().unwrap();
+        let page = ReadOp::History {
+            conv: Conversation::Pair("a".into(), "b".into()),
+            count: 10,
+            cursor: Cursor::Latest,
+        };
+        match view.read(&page) {
+            Err(e @ StoreError::Corrupt { .. }) => {
+                assert!(e.to_string().contains(&path.display().to_string()), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let newest = ReadOp::History {
+            conv: Conversation::Pair("a".into(), "b".into()),
+            count: 1,
+            cursor: Cursor::Latest,
+        };
+        assert!(matches!(view.read(&newest), Ok(StoreReply::History(p)) if p.ids == [3]));
+        // Read by id, the damaged one is left out.
+        match view.read(&ReadOp::Messages { ids: vec![3, 2, 1] }) {
+            Ok(StoreReply::Messages(msgs)) => {
+                assert_eq!(msgs.iter().map(|m| m.id).collect::<Vec<_>>(), [3, 1])
+            }
+            other => panic!("{other:?}"),
+        }
+        match view.read(&ReadOp::Backlog { user: "b".into() }) {
+            Ok(StoreReply::Backlog(ids)) => assert_eq!(ids, [1, 3]),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -909,43 +1493,49 @@ mod tests {
         drop(db);
         match RedbStore::open(&path) {
             Err(e @ StoreError::Schema { .. }) => {
-                assert!(e.to_string().contains("schema version 3"), "{e}")
+                let want = format!("schema version {}", SCHEMA_VERSION + 1);
+                assert!(e.to_string().contains(&want), "{e}")
             }
             other => panic!("{:?}", other.map(|(_, s)| s)),
         }
     }
 
-    /// A file from before rooms (layout 1: no room tables, version 1 in `meta`) opens with its
-    /// accounts and messages, its layout is upgraded, and rooms work in it.
+    /// A file written by the first layout (accounts, messages, friendships; no blocks, tokens,
+    /// profiles or retired names) opens with everything in it, and is version 2 from then on.
     #[test]
-    fn a_version_1_file_is_upgraded() {
+    fn a_version_1_file_is_upgraded_with_its_contents() {
         let (_dir, path) = temp_db();
+        let account = AccountRecord {
+            name: "Alice".into(),
+            phc: "h".into(),
+            created_ms: 5,
+        };
         {
+            // Exactly the tables version 1 had, as version 1 wrote them.
             let db = Database::create(&path).unwrap();
             let txn = db.begin_write().unwrap();
             txn.open_table(META)
                 .unwrap()
                 .insert(SCHEMA_VERSION_KEY, 1)
                 .unwrap();
-            let rec = AccountRecord {
-                name: "Alice".into(),
-                phc: "h".into(),
-                created_ms: 1,
-            };
             txn.open_table(ACCOUNTS)
                 .unwrap()
-                .insert("alice", codec::encode_account(&rec).as_slice())
+                .insert("alice", codec::encode_account(&account).as_slice())
+                .unwrap();
+            txn.open_table(FRIENDSHIPS)
+                .unwrap()
+                .insert(("alice", "bob"), 1)
                 .unwrap();
             txn.open_table(MESSAGES)
                 .unwrap()
                 .insert(
-                    7,
+                    4,
                     codec::encode_message(&MessageRecord {
-                        id: 7,
+                        id: 4,
                         time_ms: 0,
                         from: "Alice".into(),
                         to: To::All,
-                        text: "old".into(),
+                        text: "t".into(),
                     })
                     .as_slice(),
                 )
@@ -953,31 +1543,34 @@ mod tests {
             txn.commit().unwrap();
         }
         let (mut store, snap) = RedbStore::open(&path).unwrap();
-        assert_eq!(snap.accounts.len(), 1);
-        assert_eq!((snap.next_id, snap.next_room_id), (8, 1));
-        assert!(snap.rooms.is_empty());
+        assert_eq!(snap.accounts, vec![account]);
+        assert_eq!(
+            snap.friendships,
+            vec![("alice".into(), "bob".into(), FriendState::Outgoing)]
+        );
+        assert_eq!(snap.next_id, 5);
+        assert!(snap.tokens.is_empty() && snap.blocks.is_empty() && snap.retired.is_empty());
+        // The new tables work at once.
         store
-            .execute(&[StoreOp::PutRoom {
-                id: 1,
-                room: crate::store::RoomRecord {
-                    name: "#r".into(),
-                    created_ms: 0,
-                    private: false,
-                    topic: None,
-                },
+            .execute(&[StoreOp::Block {
+                a: "alice".into(),
+                b: "bob".into(),
             }])
             .unwrap();
-        let txn = store.db.begin_read().unwrap();
-        let version = txn
+        drop(store);
+        let (_, snap) = RedbStore::open(&path).unwrap();
+        assert_eq!(snap.blocks, vec![("alice".to_owned(), "bob".to_owned())]);
+        assert!(snap.friendships.is_empty());
+        let db = Database::open(&path).unwrap();
+        let version = db
+            .begin_read()
+            .unwrap()
             .open_table(META)
             .unwrap()
             .get(SCHEMA_VERSION_KEY)
             .unwrap()
             .map(|v| v.value());
         assert_eq!(version, Some(SCHEMA_VERSION));
-        drop(txn);
-        drop(store);
-        assert_eq!(RedbStore::open(&path).unwrap().1.rooms.len(), 1);
     }
 
     #[test]

@@ -53,14 +53,40 @@ impl Server {
         s
     }
 
+    /// A server with a fresh database, extra arguments, and password hashing at its real cost
+    /// (about 0.1 s a hash), for tests of what hashing costs.
+    pub fn start_with_real_hashing(extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().expect("creating a temporary directory");
+        let db = dir.path().join("chatd.redb");
+        let mut s = Server::spawn(&db, extra, false);
+        s._dir = Some(dir);
+        s
+    }
+
     /// A server on the database file `db` (created if missing), for tests that restart it.
+    ///
+    /// 127.0.0.1, where the tests' clients come from unless they say otherwise, is exempt from the
+    /// limits per address, and the quotas per account (messages per minute, bytes per day, the
+    /// inbox share) are lifted: the tests send load. A test of the limits per address connects
+    /// from 127.0.0.2 and up ([`Client::connect_from`]); the quotas are tested through the
+    /// simulator (`tests/quotas.rs`).
     pub fn start_on(db: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_chatd"))
-            .arg("--listen")
+        Server::spawn(db, extra, true)
+    }
+
+    fn spawn(db: &Path, extra: &[&str], cheap_hashing: bool) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatd"));
+        cmd.arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--db")
             .arg(db)
-            .args(["--scrypt-log-n", "4"])
+            .args(["--exempt", "127.0.0.1"])
+            .args(["--msgs-per-minute", "0", "--stored-kib-per-day", "0"])
+            .args(["--inbox-share", "0"]);
+        if cheap_hashing {
+            cmd.args(["--scrypt-log-n", "4"]);
+        }
+        let mut child = cmd
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -257,9 +283,26 @@ impl Client {
         c
     }
 
+    /// Connects from the loopback address `source` (`127.0.0.2`, ...) and reads the HELLO line.
+    pub fn connect_from(addr: SocketAddr, source: &str) -> Client {
+        let mut c = Client::connect_raw_from(addr, source);
+        let hello = c.read_line();
+        assert!(hello.starts_with("HELLO chatd "), "expected HELLO: {hello}");
+        c.hello = hello;
+        c
+    }
+
+    /// Connects from the loopback address `source` without reading anything.
+    pub fn connect_raw_from(addr: SocketAddr, source: &str) -> Client {
+        Client::over(tcp_from(source, addr))
+    }
+
     /// Connects without reading anything.
     pub fn connect_raw(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connecting to chatd");
+        Client::over(TcpStream::connect_timeout(&addr, TIMEOUT).expect("connecting to chatd"))
+    }
+
+    fn over(stream: TcpStream) -> Client {
         stream.set_read_timeout(Some(TIMEOUT)).unwrap();
         stream.set_write_timeout(Some(TIMEOUT)).unwrap();
         stream.set_nodelay(true).unwrap();
@@ -454,6 +497,18 @@ impl Client {
         parse_ok_id(&reply, "MSG")
     }
 
+    /// The answer to a HISTORY already sent: its HISTORY data lines and its final line.
+    pub fn history_answer(&mut self) -> (Vec<String>, String) {
+        let mut lines = self.read_until(is_final);
+        let last = lines.pop().unwrap();
+        assert!(last.starts_with("OK HISTORY "), "HISTORY: {last}");
+        assert!(
+            lines.iter().all(|l| l.starts_with("HISTORY ")),
+            "HISTORY: unexpected lines"
+        );
+        (lines, last)
+    }
+
     /// HISTORY; returns its HISTORY data lines and its final line.
     pub fn history(&mut self, args: &str) -> (Vec<String>, String) {
         let mut lines = self.call(&format!("HISTORY {args}"));
@@ -465,6 +520,18 @@ impl Client {
         );
         (lines, last)
     }
+}
+
+/// A TCP connection to `addr` from the loopback address `source` (`127.0.0.2`, ...): to the
+/// server's limits per address, another machine. The socket is bound to the source before it
+/// connects, which std cannot do.
+pub fn tcp_from(source: &str, addr: SocketAddr) -> TcpStream {
+    use rustix::net::{bind, connect, socket, AddressFamily, SocketType};
+    let fd = socket(AddressFamily::INET, SocketType::STREAM, None).expect("a socket");
+    let src: SocketAddr = format!("{source}:0").parse().expect("a source address");
+    bind(&fd, &src).unwrap_or_else(|e| panic!("binding {source}: {e}"));
+    connect(&fd, &addr).unwrap_or_else(|e| panic!("connecting from {source}: {e}"));
+    TcpStream::from(fd)
 }
 
 /// The id in `OK [@label] <command> <id> ...`.

@@ -88,33 +88,66 @@ impl Subject {
         }
     }
 
-    pub fn history(&mut self, conv: &Conversation, count: u32, cursor: Cursor) -> HistoryPage {
-        match self.exec1(StoreOp::History {
+    /// One page, with its messages read by id as the server reads them (part by part).
+    pub fn history(&mut self, conv: &Conversation, count: u32, cursor: Cursor) -> Page {
+        let page = match self.exec1(StoreOp::History {
             conv: conv.clone(),
             count,
             cursor,
         }) {
             StoreReply::History(page) => page,
             other => panic!("History answered {other:?}"),
+        };
+        Page {
+            messages: self.messages(&page.ids),
+            older: page.older,
+            newer: page.newer,
+        }
+    }
+
+    /// The messages with these ids.
+    pub fn messages(&mut self, ids: &[MsgId]) -> Vec<MessageRecord> {
+        match self.exec1(StoreOp::ReadMessages { ids: ids.to_vec() }) {
+            StoreReply::Messages(msgs) => msgs,
+            other => panic!("ReadMessages answered {other:?}"),
         }
     }
 
     /// Reads and clears the account's backlog, as a login does.
     pub fn backlog(&mut self, user: &str) -> Vec<MessageRecord> {
-        let msgs = match self.exec1(StoreOp::ReadBacklog {
+        let ids = match self.exec1(StoreOp::ReadBacklog {
             user: user.to_owned(),
         }) {
-            StoreReply::Backlog(msgs) => msgs,
+            StoreReply::Backlog(ids) => ids,
             other => panic!("ReadBacklog answered {other:?}"),
         };
-        if let Some(last) = msgs.last() {
-            let upto = last.id;
+        if let Some(&upto) = ids.last() {
             self.exec1(StoreOp::ClearBacklog {
                 user: user.to_owned(),
                 upto,
             });
         }
-        msgs
+        self.messages(&ids)
+    }
+}
+
+/// A page of a conversation with its messages (the store answers with their ids, see
+/// [`Subject::history`]).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Page {
+    pub messages: Vec<MessageRecord>,
+    pub older: Option<MsgId>,
+    pub newer: Option<MsgId>,
+}
+
+impl Page {
+    /// The store's form of this page.
+    pub fn of_ids(&self) -> HistoryPage {
+        HistoryPage {
+            ids: self.messages.iter().map(|m| m.id).collect(),
+            older: self.older,
+            newer: self.newer,
+        }
     }
 }
 

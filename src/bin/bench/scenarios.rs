@@ -37,6 +37,8 @@ pub struct Settings {
     pub senders: usize,
     /// Connections of the idle-memory scenario.
     pub idle_conns: usize,
+    /// Connections of the large-answer memory scenario.
+    pub history_conns: usize,
     /// The text of every message.
     pub text: String,
     /// Time limit of one scenario, setup included.
@@ -702,4 +704,86 @@ async fn idle_inner(
         ("idle-logged-in", l),
         ("idle-after-burst", b),
     ])
+}
+
+/// Bytes of each message the history scenario stores: the largest text, so that a page is as big
+/// as a page can be.
+const HISTORY_TEXT_BYTES: usize = chatd::config::MAX_TEXT_BYTES;
+
+/// Memory under large answers: `history_conns` connections of one account each ask for the largest
+/// page of `HISTORY *` (500 messages of 2 KB, about 1 MiB) and do not read it. The server's resident
+/// memory is read before, at its highest while the answers are pending, and after every
+/// connection has closed.
+pub async fn history(server: &Server, s: &Settings) -> Outcome<Vec<(&'static str, Figures)>> {
+    let deadline = Instant::now() + s.limit;
+    within(deadline + GRACE, async {
+        Ok(history_inner(server, s).await)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+async fn history_inner(server: &Server, s: &Settings) -> Outcome<Vec<(&'static str, Figures)>> {
+    let addr = &server.addr;
+    if server.pid.is_none() {
+        return Err("needs the server's process id (--pid with --addr)".into());
+    }
+    let rss = || server.rss().ok_or("cannot read the server's VmRSS");
+    let n = s.history_conns.max(1);
+    let page = chatd::config::HISTORY_MAX_COUNT as usize;
+    let reader = format!("{}hr", s.prefix);
+    let writer = format!("{}hw", s.prefix);
+    client::register_all(addr, &[reader.clone(), writer.clone()], 2)
+        .await
+        .map_err(context("register"))?;
+    let mut w = Conn::logged_in(addr, &writer)
+        .await
+        .map_err(context("writer login"))?;
+    let text = "h".repeat(HISTORY_TEXT_BYTES);
+    for _ in 0..page {
+        w.send(format!("ALL {text}\n").as_bytes())
+            .await
+            .map_err(context("ALL"))?;
+        w.lines.expect_ok("ALL").await.map_err(context("ALL"))?;
+    }
+    let mut conns = Vec::with_capacity(n);
+    for _ in (0..n).step_by(50) {
+        let tasks: Vec<_> = (0..50.min(n - conns.len()))
+            .map(|_| {
+                let (addr, reader) = (addr.clone(), reader.clone());
+                spawn(async move { Conn::logged_in(&addr, &reader).await })
+            })
+            .collect();
+        for t in tasks {
+            conns.push(t.await.map_err(context("reader login"))?);
+        }
+    }
+    Timer::after(SETTLE).await;
+    let before = rss()?;
+    let line = format!("HISTORY * {page}\n");
+    for c in conns.iter_mut() {
+        c.send(line.as_bytes()).await.map_err(context("HISTORY"))?;
+    }
+    // The answers are produced and queued while the clients read nothing; the highest resident
+    // memory over a few seconds is what they cost.
+    let mut peak = before;
+    for _ in 0..30 {
+        Timer::after(Duration::from_millis(100)).await;
+        peak = peak.max(rss()?);
+    }
+    drop(conns);
+    Timer::after(SETTLE * 4).await;
+    let after = rss()?;
+    let answer = page * (HISTORY_TEXT_BYTES + 60);
+    let per = |a: u64, b: u64| format!("{:.0}", (b as f64 - a as f64) / n as f64);
+    let kib = |b: u64| b / 1024;
+    let mut f = Figures::default();
+    f.add("conns", n)
+        .add("answer_bytes", answer)
+        .add("rss_before_kib", kib(before))
+        .add("rss_peak_kib", kib(peak))
+        .add("rss_after_close_kib", kib(after))
+        .add("peak_bytes_per_conn", per(before, peak))
+        .add("kept_after_close_bytes_per_conn", per(before, after));
+    Ok(vec![("history-unread", f)])
 }

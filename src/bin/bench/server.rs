@@ -91,7 +91,9 @@ impl Server {
                 .arg("--line-burst")
                 .arg(LINE_RATE.to_string())
                 .arg("--max-connections")
-                .arg(max_connections.to_string());
+                .arg(max_connections.to_string())
+                .args(["--exempt", LOAD_GENERATOR])
+                .args(["--msgs-per-minute", "0", "--stored-kib-per-day", "0"]);
         }
         // A self-exec child stops when its stdin closes; a chatd binary does not read stdin.
         let stdin = if self_exec {
@@ -215,9 +217,13 @@ fn fresh_dir(parent: &Path) -> Result<PathBuf, String> {
     Ok(dir)
 }
 
+/// Where the load comes from: one address, which the per-address limits must leave alone or they
+/// would be what gets measured.
+const LOAD_GENERATOR: &str = "127.0.0.1";
+
 /// Server mode of this executable: what `chatd --listen 127.0.0.1:0 --db DB --scrypt-log-n 4
-/// --line-rate 1000000 --line-burst 1000000` does, stopping when stdin closes (so the server never
-/// outlives the benchmark).
+/// --line-rate 1000000 --line-burst 1000000 --exempt 127.0.0.1` does, stopping when stdin closes
+/// (so the server never outlives the benchmark).
 pub fn serve_child(db: PathBuf) -> ExitCode {
     chatd::cli::init_logging(log::LevelFilter::Info);
     let max_connections = std::env::var(MAX_CONNECTIONS_ENV)
@@ -233,11 +239,23 @@ pub fn serve_child(db: PathBuf) -> ExitCode {
         listen: Some("127.0.0.1:0".into()),
         tls: None,
         db,
+        min_free_disk_mib: chatd::config::DEFAULT_MIN_FREE_DISK_MIB,
         max_connections,
+        max_per_address: chatd::config::DEFAULT_MAX_PER_ADDRESS,
+        idle_timeout: Duration::from_secs(chatd::config::DEFAULT_IDLE_TIMEOUT_SECS),
+        exempt: vec![LOAD_GENERATOR.parse().expect("a valid network")],
         line_rate: LINE_RATE,
         line_burst: LINE_RATE,
         hash_threads: super::system::cores(),
         hash_queue: DEFAULT_HASH_QUEUE,
+        hash_per_address: chatd::config::DEFAULT_HASH_PER_ADDRESS,
+        registrations_per_hour: chatd::config::DEFAULT_REGISTRATIONS_PER_HOUR,
+        // The benchmark sends as fast as it can: the quotas per account would be what gets
+        // measured.
+        msgs_per_minute: 0,
+        stored_kib_per_day: 0,
+        inbox_share: chatd::config::DEFAULT_INBOX_SHARE,
+        friend_requests_per_hour: chatd::config::DEFAULT_FRIEND_REQUESTS_PER_HOUR,
         scrypt_log_n: SCRYPT_LOG_N,
         max_room_members: chatd::config::DEFAULT_MAX_ROOM_MEMBERS,
     };

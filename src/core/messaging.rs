@@ -150,6 +150,10 @@ impl Core {
             Ok((id, _)) => id,
             Err(r) => return self.refused(req, r),
         };
+        // Stored once, in the room's index: it counts as a message to one recipient.
+        if let Err(why) = self.charge_message(&sender, false, stored_bytes(&text, 1)) {
+            return self.over_quota(req, why);
+        }
         let Some(from) = self.accounts.get(&sender).map(|a| a.name.clone()) else {
             return self.internal_error(req, "the sender's account is missing");
         };
@@ -203,8 +207,8 @@ impl Core {
     }
 
     /// Queues a room message on every connection of the room's online members whose membership
-    /// began before it, but `skip` (the sender's connection, which gets its OK); returns how many
-    /// members other than the sender that reached.
+    /// began before it, but `skip` (the sender's connection, which gets its OK) and the members who
+    /// block the sender; returns how many members other than the sender that reached.
     fn deliver_to_room(
         &mut self,
         room: RoomId,
@@ -217,9 +221,14 @@ impl Core {
             // Deleted while the message was being committed: nobody is a member any more.
             return 0;
         };
+        let blockers = self
+            .accounts
+            .get(sender)
+            .map(|a| &a.blocked_by)
+            .filter(|b| !b.is_empty());
         let mut users = 0;
         for (key, m) in &room.members {
-            if !reaches(m, id) {
+            if !reaches(m, id) || blockers.is_some_and(|b| b.contains(key)) {
                 continue;
             }
             let Some(acct) = self.accounts.get(key) else {

@@ -291,3 +291,70 @@ fn a_restart_keeps_roles_bans_topics_invitations_and_markers() {
     s.send("alice", "MSG #team three");
     assert!(lines(&mut s, "alice").contains(&"OK MSG 3 DELIVERED 2".to_owned()));
 }
+
+/// An account deleted with UNREGISTER leaves its rooms: the op who joined first inherits a room it
+/// was the last owner of, a room it was alone in is deleted, and its invitations and the bans
+/// naming it go too; a restart finds the same.
+#[test]
+fn a_deleted_account_hands_its_rooms_on() {
+    let mut s = with_users(&["alice", "bob", "carol", "dave"]);
+    for line in [
+        "JOIN #team",
+        "JOIN #solo",
+        "ROOM PRIVATE #solo",
+        "INVITE #solo dave",
+    ] {
+        s.send("alice", line);
+    }
+    s.send("carol", "JOIN #team");
+    s.send("bob", "JOIN #team");
+    s.send("alice", "ROLE #team bob OP");
+    s.send("alice", "ROLE #team carol OP");
+    s.send("alice", "MSG #team before bob joined? no: after both");
+    s.send("dave", "JOIN #team");
+    s.send("dave", "JOIN #elsewhere");
+    s.send("dave", "BAN #elsewhere alice");
+    for c in ["alice", "bob", "carol", "dave"] {
+        s.output(c);
+    }
+    s.send("alice", "UNREGISTER password1");
+    assert_eq!(lines(&mut s, "alice"), ["OK UNREGISTER alice"]);
+    // Carol and bob joined at the same point (no message between them): name order decides.
+    for c in ["bob", "carol", "dave"] {
+        assert_eq!(
+            lines(&mut s, c),
+            ["ROLE #team bob OWNER alice", "PARTED #team alice"],
+            "{c}"
+        );
+    }
+    s.send("bob", "MEMBERS #team");
+    assert_eq!(
+        lines(&mut s, "bob"),
+        [
+            "MEMBER #team bob OWNER ONLINE",
+            "MEMBER #team carol OP ONLINE",
+            "MEMBER #team dave MEMBER ONLINE",
+            "OK MEMBERS #team 3"
+        ]
+    );
+    // #solo had no one else: it is gone, and so is dave's invitation to it.
+    s.send("dave", "ROOMS");
+    let rooms = lines(&mut s, "dave");
+    assert!(!rooms.iter().any(|l| l.contains("#solo")), "{rooms:?}");
+    s.send("dave", "ROOM INFO #elsewhere");
+    let info = lines(&mut s, "dave");
+    assert!(!info.iter().any(|l| l.starts_with("BAN ")), "{info:?}");
+    s.restart();
+    s.connect("bob");
+    s.output("bob");
+    s.send("bob", "LOGIN bob password1");
+    s.send("bob", "MEMBERS #team");
+    s.send("bob", "JOIN #solo");
+    let after = lines(&mut s, "bob");
+    assert!(
+        after.contains(&"MEMBER #team bob OWNER ONLINE".to_owned())
+            && after.contains(&"OK MEMBERS #team 3".to_owned())
+            && after.contains(&"OK JOIN #solo CREATED".to_owned()),
+        "{after:?}"
+    );
+}

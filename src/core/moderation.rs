@@ -108,6 +108,13 @@ impl Core {
                 Code::BANNED,
                 format!("{shown} is banned from {}; UNBAN first", room.name),
             ))
+        } else if self.barred(&me, &k) {
+            // The invitation would reach the account that blocks the caller (or that the caller
+            // blocks): refused like a direct message (4.19).
+            Some((
+                Code::BLOCKED,
+                format!("a block stands between you and {shown}; nobody was invited"),
+            ))
         } else if room.invited(&k, now).is_some() {
             // Invited again: the invitation is renewed and told again.
             None

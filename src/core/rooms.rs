@@ -956,3 +956,122 @@ fn topic_reply<'a>(room: &'a str, topic: Option<&'a TopicRecord>) -> OkReply<'a>
         text: topic.map_or("", |t| t.text.as_str()),
     }
 }
+
+/// What an account's deletion did to one room, told to its members once committed.
+pub(super) struct LeftRoom {
+    /// The room, as created.
+    room: String,
+    /// Its other members, when the account left.
+    audience: Vec<Key>,
+    /// The member who became owner in the account's place, if the account was the last owner.
+    heir: Option<String>,
+}
+
+impl Core {
+    /// An account is being deleted (UNREGISTER): it leaves every room, in memory now. Where it was
+    /// the last owner, the op who joined first (ties: key order), or if there is none the member
+    /// who joined first, becomes owner; a room it leaves empty is deleted. Its invitations and the
+    /// bans naming it go too. Returns the store ops for the heirs and the deleted rooms (the
+    /// memberships, invitations and bans themselves go with the account's own deletion), and what
+    /// to tell each room's members once they are committed.
+    pub(super) fn leave_every_room(&mut self, me: &Key) -> (Vec<StoreOp>, Vec<LeftRoom>) {
+        let Some(acct) = self.accounts.get_mut(me) else {
+            return (Vec::new(), Vec::new());
+        };
+        let mut rooms: Vec<RoomId> = std::mem::take(&mut acct.rooms).into_iter().collect();
+        rooms.sort_unstable();
+        let invited = std::mem::take(&mut acct.invited);
+        let mut ops = Vec::new();
+        let mut left = Vec::new();
+        for id in rooms {
+            let Some(room) = self.rooms.get_mut(&id) else {
+                continue;
+            };
+            let Some(mine) = room.members.remove(me) else {
+                continue;
+            };
+            if room.members.is_empty() {
+                // Nobody left to tell or to hand it to: the room goes.
+                let Some(room) = self.rooms.remove(&id) else {
+                    continue;
+                };
+                self.room_names.remove(&RoomKey::of(&room.name));
+                for k in room.invites.keys() {
+                    if let Some(a) = self.accounts.get_mut(k) {
+                        a.invited.remove(&id);
+                    }
+                }
+                log::info!("{} was deleted with its last member's account", room.name);
+                ops.push(StoreOp::DeleteRoom { id });
+                continue;
+            }
+            let mut heir = None;
+            if mine.role == Role::Owner && room.owners() == 0 {
+                let next = room
+                    .members
+                    .iter()
+                    .max_by(|(ka, a), (kb, b)| {
+                        a.role
+                            .cmp(&b.role)
+                            .then(b.since.cmp(&a.since))
+                            .then(kb.cmp(ka))
+                    })
+                    .map(|(k, _)| k.clone());
+                if let Some(k) = next {
+                    if let Some(m) = room.members.get_mut(&k) {
+                        m.role = Role::Owner;
+                        ops.push(StoreOp::PutMember {
+                            room: id,
+                            user: k.as_str().to_owned(),
+                            member: *m,
+                        });
+                    }
+                    heir = Some(k);
+                }
+            }
+            left.push((id, room.name.clone(), room.audience(), heir));
+        }
+        for id in invited {
+            if let Some(room) = self.rooms.get_mut(&id) {
+                room.invites.remove(me);
+            }
+        }
+        for room in self.rooms.values_mut() {
+            room.bans.remove(me);
+        }
+        let told = left
+            .into_iter()
+            .map(|(_, room, audience, heir)| LeftRoom {
+                room,
+                audience,
+                heir: heir.map(|k| self.shown(&k)),
+            })
+            .collect();
+        (ops, told)
+    }
+
+    /// Tells each room an account left with its deletion: `ROLE` for the new owner first, then
+    /// `PARTED`.
+    pub(super) fn tell_rooms_left(&mut self, name: &str, left: &[LeftRoom]) {
+        for l in left {
+            if let Some(heir) = &l.heir {
+                self.tell(
+                    &l.audience,
+                    &l.room,
+                    RoomEvent::Role {
+                        name: heir,
+                        role: Role::Owner,
+                        by: name,
+                    },
+                    0,
+                );
+            }
+            self.tell(
+                &l.audience,
+                &l.room,
+                RoomEvent::Parted { name, reason: "" },
+                0,
+            );
+        }
+    }
+}

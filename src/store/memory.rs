@@ -239,6 +239,10 @@ impl State {
                 self.blocks.retain(|(a, b)| a != user && b != user);
                 self.pending.remove(user);
                 self.profiles.remove(user);
+                self.members.retain(|(_, u), _| u != user);
+                self.bans.retain(|(_, u), _| u != user);
+                self.invites.retain(|(_, u), _| u != user);
+                self.markers.retain(|(u, _), _| u != user);
                 if let Some(rec) = record {
                     let retired = RetiredName {
                         name: rec.name,

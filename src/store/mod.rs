@@ -321,8 +321,9 @@ pub enum StoreOp {
         revoke: Vec<TokenId>,
     },
     /// Delete an account and everything keyed by it (its tokens, friendships and requests in both
-    /// directions, blocks in both directions, its offline backlog, its profile) and retire its
-    /// name, in one commit. Messages it sent stay in the log.
+    /// directions, blocks in both directions, its offline backlog, its profile, its memberships of
+    /// rooms, its invitations, the bans naming it, its read markers) and retire its name, in one
+    /// commit. Messages it sent stay in the log.
     DeleteAccount { user: String, deleted_ms: i64 },
     /// `a` blocks `b`: the block is stored and any friendship or request between them is deleted,
     /// in one commit.

@@ -620,6 +620,37 @@ impl<'txn> Tables<'txn> {
             self.pending.remove((user, id))?;
         }
         self.profiles.remove(user)?;
+        // Its memberships, invitations and the bans naming it: the room tables are keyed by room
+        // first, so they are scanned (an account deletion is rare).
+        for table in [
+            &mut self.room_members,
+            &mut self.room_bans,
+            &mut self.room_invites,
+        ] {
+            let mut rooms = Vec::new();
+            for entry in table.iter()? {
+                let (key, _) = entry?;
+                let (room, u) = key.value();
+                if u == user {
+                    rooms.push(room);
+                }
+            }
+            for room in rooms {
+                table.remove((room, user))?;
+            }
+        }
+        let mut others = Vec::new();
+        for entry in self.read_markers.range((user, "")..)? {
+            let (key, _) = entry?;
+            let (u, other) = key.value();
+            if u != user {
+                break;
+            }
+            others.push(other.to_owned());
+        }
+        for other in others {
+            self.read_markers.remove((user, other.as_str()))?;
+        }
         if let Some(rec) = record {
             let retired = super::RetiredName {
                 name: rec.name,

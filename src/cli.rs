@@ -149,6 +149,17 @@ pub struct Args {
     #[argh(option, default = "DEFAULT_MAX_ROOM_MEMBERS")]
     pub max_room_members: usize,
 
+    /// run as a node of a cluster: NATS server URLs, comma-separated (nats://HOST:PORT,...); the
+    /// accounts, rooms and history live in a JetStream stream shared by every node, and --db names
+    /// the node's index, rebuilt from it at start (default: no cluster, the database alone)
+    #[argh(option)]
+    pub cluster: Option<String>,
+
+    /// with --cluster: replicas of the log stream when this node creates it (1, or 3 on a
+    /// three-server NATS cluster) (default 1)
+    #[argh(option, default = "1")]
+    pub cluster_replicas: usize,
+
     /// log level: off, error, warn, info, debug or trace (default info)
     #[argh(option, default = "LevelFilter::Info")]
     pub log_level: LevelFilter,
@@ -275,7 +286,17 @@ impl TryFrom<Args> for ServerOptions {
         if args.no_plain && tls.is_none() {
             return Err(UsageError::NothingToListenOn);
         }
+        let cluster = args.cluster.map(|urls| crate::cluster::ClusterOptions {
+            urls: urls
+                .split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            replicas: args.cluster_replicas.max(1),
+        });
         Ok(ServerOptions {
+            cluster,
             listen: (!args.no_plain).then_some(args.listen),
             tls,
             db: args.db,

@@ -206,3 +206,25 @@ pub const MAX_HELP_LINE_BYTES: usize = 200;
 /// as the database is read, so without a bound the server's resident memory would grow with the
 /// database file; past it, pages are read from the file (the operating system's page cache).
 pub const STORE_CACHE_BYTES: usize = 64 * 1024 * 1024;
+/// Cluster mode: publish requests that may wait for the NATS thread (each is one store batch; the
+/// store worker sends one at a time, so one is enough and a few leave room).
+pub const CLUSTER_REQUEST_QUEUE: usize = 4;
+/// Cluster mode: log entries read from NATS and not yet applied to the node's index; past it the
+/// reader waits (the ordered consumer's flow control holds the rest on the NATS server).
+pub const CLUSTER_FEED_QUEUE: usize = 4096;
+/// Cluster mode: most log entries applied to the node's index in one write transaction.
+pub const CLUSTER_APPLY_BATCH: usize = 1024;
+/// Cluster mode: how long a write waits for its own acknowledged entries to come back through the
+/// log before it counts as failed (and is tried again, with the same entry ids).
+pub const CLUSTER_LOG_WAIT: Duration = Duration::from_secs(10);
+/// Cluster mode: how often a node sends its full list of online accounts to the others (changes
+/// go out at once; the list makes up for a change lost while NATS was unreachable, and says the
+/// node is alive).
+pub const PRESENCE_REFRESH: Duration = Duration::from_secs(2);
+/// Cluster mode: a node not heard from for this long is taken for dead, and its users offline.
+pub const PRESENCE_EXPIRY: Duration = Duration::from_secs(6);
+/// Cluster mode: most account keys in one presence list message.
+pub const PRESENCE_LIST_CHUNK: usize = 500;
+/// Cluster mode: presence changes waiting for the NATS thread; past it a change is dropped (the
+/// next full list carries it).
+pub const CLUSTER_BUS_QUEUE: usize = 4096;

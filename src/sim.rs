@@ -97,6 +97,7 @@ impl Sim {
             version: "0.0.0-sim",
             entropy: Entropy::Seeded(SEED.wrapping_add(restarts)),
             limits,
+            cluster: false,
         }
     }
 
@@ -283,6 +284,8 @@ impl Sim {
                 Job::Store(s) => batch.push(s),
                 Job::Read(t, r) => fresh.push((t, r)),
                 Job::Hash(t, h) => hashes.push((t, h)),
+                // A simulated server is never a node of a cluster.
+                Job::Bus(_) => {}
             }
         }
         if !fresh.is_empty() {

@@ -144,7 +144,7 @@ impl Core {
     }
 
     /// Sets both directions of an edge in memory.
-    fn set_edge(&mut self, a: &Key, b: &Key, state: Option<FriendState>) {
+    pub(super) fn set_edge(&mut self, a: &Key, b: &Key, state: Option<FriendState>) {
         for (x, y, s) in [(a, b, state), (b, a, state.map(FriendState::mirror))] {
             if let Some(acct) = self.accounts.get_mut(x) {
                 match s {
@@ -188,7 +188,7 @@ impl Core {
         });
         let their_presence = ServerLine::Presence {
             name: &shown,
-            presence: Presence::of(self.online.contains(&other)),
+            presence: Presence::of(self.is_online(&other)),
         };
         let their_away = self.away_chunk(&other);
         if now_friends {
@@ -198,7 +198,7 @@ impl Core {
             }
             notice.line(&ServerLine::Presence {
                 name: &my_name,
-                presence: Presence::of(self.online.contains(&me)),
+                presence: Presence::of(self.is_online(&me)),
             });
             if let Some(a) = self.away_chunk(&me) {
                 notice.raw(&a);
@@ -236,7 +236,7 @@ impl Core {
                 continue;
             };
             let (rank, state) = match s {
-                FriendState::Friends if self.online.contains(k) => (0, Listed::Online),
+                FriendState::Friends if self.is_online(k) => (0, Listed::Online),
                 FriendState::Friends => (0, Listed::Offline),
                 FriendState::Incoming => (1, Listed::Incoming),
                 FriendState::Outgoing => (2, Listed::Outgoing),

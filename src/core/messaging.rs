@@ -9,6 +9,9 @@
 //! its backlog then, in a second commit; the OK, which then says KEPT for it, waits for that commit,
 //! so every OK follows the commit that makes it true.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use super::out::{self, Out};
 use super::quota::stored_bytes;
 use super::{fan_out, recipient, Core, Req};
@@ -19,7 +22,7 @@ use crate::proto::command::Verb;
 use crate::proto::name::{Key, Name};
 use crate::proto::room::RoomName;
 use crate::proto::server_line::{Delivery, MessageLine, OkReply, ServerLine};
-use crate::store::{MemberRecord, MessageRecord, MsgId, RoomId, StoreOp, To};
+use crate::store::{MemberRecord, MessageRecord, MsgId, RoomId, StoreOp, StoreReply, To};
 
 /// The accounts a MSG or GROUP is for, sorted by what happens to their copy (empty for ALL).
 struct Addressees {
@@ -27,6 +30,8 @@ struct Addressees {
     online: Vec<Key>,
     /// Offline: kept in their backlogs, in the same commit.
     offline: Vec<Key>,
+    /// How many of `offline` are online on another node of a cluster (delivered there).
+    elsewhere: usize,
     /// All of them, in the sender's order.
     recipients: Vec<Key>,
 }
@@ -34,14 +39,15 @@ struct Addressees {
 /// A message waiting for its commit.
 struct Sent {
     sender: Key,
-    id: MsgId,
-    /// The MESSAGE line, encoded once when the message was made; every recipient's outbox shares
-    /// these bytes.
-    line: Chunk,
+    /// The message as proposed; the store may give it another id (a cluster's log), and its
+    /// MESSAGE line is encoded once that is known.
+    record: MessageRecord,
     /// Recipients that had a connection online when the message was sent.
     online: Vec<Key>,
     /// Recipients whose copy went to their offline backlog.
     kept: usize,
+    /// How many of those are online on another node of a cluster, which delivers it.
+    elsewhere: usize,
     /// Every recipient, in the sender's order (empty for ALL), for the away notices after the OK.
     recipients: Vec<Key>,
 }
@@ -60,6 +66,7 @@ impl Core {
         let mut my_share_full = Vec::new();
         let mut online = Vec::new();
         let mut offline = Vec::new();
+        let mut elsewhere = Vec::new();
         let mut shown = Vec::with_capacity(to.len());
         let recipients: Vec<Key> = to.iter().map(Name::key).collect();
         for name in &to {
@@ -74,6 +81,12 @@ impl Core {
                     }
                     if !a.conns.is_empty() {
                         online.push(key);
+                    } else if self.remote_online.contains_key(&key) {
+                        // Online on another node of a cluster: that node delivers it when it
+                        // applies the message, and clears the backlog entry written here, which
+                        // keeps it for the recipient if it has left meanwhile.
+                        elsewhere.push(key.clone());
+                        offline.push(key);
                     } else if a.inbox.total() >= MAX_PENDING_PER_ACCOUNT {
                         full.push(a.name.clone());
                     } else if share > 0 && a.inbox.from(&sender) >= share {
@@ -136,6 +149,7 @@ impl Core {
         let whom = Addressees {
             online,
             offline,
+            elsewhere: elsewhere.len(),
             recipients,
         };
         self.commit_message(req, sender, to, text, whom);
@@ -178,27 +192,48 @@ impl Core {
             m.read_seq = seq;
             *m
         });
-        let line = out::shared(&ServerLine::Message(MessageLine {
-            id,
-            time_ms: record.time_ms,
-            from: &record.from,
-            to: recipient(&record.to),
-            text: &record.text,
-        }));
-        let mut ops = vec![StoreOp::AppendRoomMessage {
+        // What the closure needs to encode the MESSAGE line once the id is known.
+        let shown = record.clone();
+        let sender_key = sender.clone();
+        let op = StoreOp::AppendRoomMessage {
             msg: record,
             room: room_id,
             seq,
-        }];
-        if let Some(member) = marker {
-            ops.push(StoreOp::PutMember {
+        };
+        self.reserve(&mut req);
+        // The store may give the message another id (a cluster's log): the id it answers is the
+        // one delivered and acknowledged, and the line is encoded again with it.
+        let assigned = Arc::new(AtomicU64::new(id));
+        let seen = assigned.clone();
+        self.store(op, move |core, reply| {
+            if let StoreReply::Appended(real) = reply {
+                seen.store(real, Ordering::Relaxed);
+                core.next_id = core.next_id.max(real + 1);
+                if let Some(room) = core.rooms.get_mut(&room_id) {
+                    room.last_id = room.last_id.max(real);
+                    if let Some(m) = room.members.get_mut(&sender_key) {
+                        m.read_id = m.read_id.max(real);
+                    }
+                }
+            }
+        });
+        let ops: Vec<StoreOp> = marker
+            .map(|member| StoreOp::PutMember {
                 room: room_id,
                 user: sender.as_str().to_owned(),
                 member,
-            });
-        }
-        self.reserve(&mut req);
+            })
+            .into_iter()
+            .collect();
         self.store_all(ops, move |core, _| {
+            let id = assigned.load(Ordering::Relaxed);
+            let line = out::shared(&ServerLine::Message(MessageLine {
+                id,
+                time_ms: shown.time_ms,
+                from: &shown.from,
+                to: recipient(&shown.to),
+                text: &shown.text,
+            }));
             let delivered = core.deliver_to_room(room_id, id, &sender, &line, req.conn);
             let mut out = Out::new();
             out.ok(&req, OkReply::RoomMsg { id, delivered });
@@ -209,7 +244,7 @@ impl Core {
     /// Queues a room message on every connection of the room's online members whose membership
     /// began before it, but `skip` (the sender's connection, which gets its OK) and the members who
     /// block the sender; returns how many members other than the sender that reached.
-    fn deliver_to_room(
+    pub(super) fn deliver_to_room(
         &mut self,
         room: RoomId,
         id: MsgId,
@@ -265,6 +300,7 @@ impl Core {
         let whom = Addressees {
             online: Vec::new(),
             offline: Vec::new(),
+            elsewhere: 0,
             recipients: Vec::new(),
         };
         self.commit_message(req, sender, To::All, text, whom);
@@ -281,6 +317,7 @@ impl Core {
         let Addressees {
             online,
             offline: pending_for,
+            elsewhere,
             recipients,
         } = whom;
         let Some(from) = self.accounts.get(&sender).map(|a| a.name.clone()) else {
@@ -295,31 +332,39 @@ impl Core {
             to,
             text,
         };
-        let line = out::shared(&ServerLine::Message(MessageLine {
-            id,
-            time_ms: record.time_ms,
-            from: &record.from,
-            to: recipient(&record.to),
-            text: &record.text,
-        }));
-        let sent = Sent {
-            sender,
-            id,
-            line,
-            online,
-            kept: pending_for.len(),
-            recipients,
-        };
         let op = StoreOp::AppendMessage {
-            msg: record,
+            msg: record.clone(),
             pending_for: pending_for.iter().map(|k| k.as_str().to_owned()).collect(),
         };
+        let sent = Sent {
+            sender,
+            record,
+            online,
+            kept: pending_for.len(),
+            elsewhere,
+            recipients,
+        };
         self.reserve(&mut req);
-        self.store(op, move |core, _| core.message_stored(req, sent));
+        self.store(op, move |core, reply| core.message_stored(req, sent, reply));
     }
 
-    fn message_stored(&mut self, req: Req, sent: Sent) {
-        let (id, chunk) = (sent.id, &sent.line);
+    fn message_stored(&mut self, req: Req, sent: Sent, reply: StoreReply) {
+        let id = match reply {
+            StoreReply::Appended(id) => {
+                self.next_id = self.next_id.max(id + 1);
+                id
+            }
+            _ => sent.record.id,
+        };
+        let r = &sent.record;
+        let line = out::shared(&ServerLine::Message(MessageLine {
+            id,
+            time_ms: r.time_ms,
+            from: &r.from,
+            to: recipient(&r.to),
+            text: &r.text,
+        }));
+        let chunk = &line;
         let mut out = Out::new();
         if req.verb == Some(Verb::All) {
             // Everyone online but the sender and the accounts that block it.
@@ -329,7 +374,17 @@ impl Core {
                 .iter()
                 .filter(|k| **k != sent.sender && !blockers.is_some_and(|b| b.contains(*k)))
                 .collect();
-            let users = others.len();
+            // In a cluster, the users online only on other nodes get it from those nodes.
+            let elsewhere = self
+                .remote_online
+                .keys()
+                .filter(|k| {
+                    **k != sent.sender
+                        && !self.online.contains(*k)
+                        && !blockers.is_some_and(|b| b.contains(*k))
+                })
+                .count();
+            let users = others.len() + elsewhere;
             fan_out(
                 &self.accounts,
                 &self.conns,
@@ -370,8 +425,8 @@ impl Core {
         }
         // The OK says what happened once the message was committed: a recipient that left
         // meanwhile has it kept, not delivered.
-        let kept = sent.kept + late.len();
-        let delivered = sent.online.len() - late.len();
+        let kept = sent.kept - sent.elsewhere + late.len();
+        let delivered = sent.online.len() - late.len() + sent.elsewhere;
         let reply = if req.verb == Some(Verb::Msg) {
             OkReply::Msg {
                 id,

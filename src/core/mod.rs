@@ -53,6 +53,7 @@ mod order;
 mod out;
 mod quota;
 mod read;
+mod remote;
 mod rooms;
 mod session;
 mod status;
@@ -140,6 +141,8 @@ pub enum Event {
         /// The connection.
         conn: ConnId,
     },
+    /// What another server of a cluster said about who is online there (`--cluster`).
+    Bus(BusIn),
     /// Time passed (the driver sends one about every [`TICK_INTERVAL`]): connections that stayed
     /// silent are probed or closed.
     ///
@@ -159,6 +162,39 @@ pub enum Job {
     Read(Ticket, ReadOp),
     /// A password hash for the hashing pool.
     Hash(Ticket, HashTask),
+    /// A word for the other servers of a cluster (only with [`Settings::cluster`]); it may be
+    /// lost (the bus is not the log), and a periodic full list makes up for it.
+    Bus(BusOut),
+}
+
+/// What the core tells the other servers of a cluster directly, outside the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BusOut {
+    /// An account got its first connection on this server, or lost its last one.
+    Presence {
+        /// The account key.
+        key: String,
+        /// Online (first connection) or offline (last one gone).
+        online: bool,
+    },
+}
+
+/// What another server of a cluster said (see `cluster`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BusIn {
+    /// An account got its first connection on `node`, or lost its last one there.
+    Presence {
+        node: String,
+        key: String,
+        online: bool,
+    },
+    /// Part of `node`'s full list of online accounts; `first` starts a new list (the accounts of
+    /// the old one not in the new one are offline there). It also says the node is alive.
+    List {
+        node: String,
+        first: bool,
+        keys: Vec<String>,
+    },
 }
 
 /// Settings of the core.
@@ -174,6 +210,8 @@ pub struct Settings {
     pub entropy: Entropy,
     /// The limits an operator may set.
     pub limits: Limits,
+    /// A node of a cluster: presence changes go out as [`Job::Bus`], and [`Event::Bus`] comes in.
+    pub cluster: bool,
 }
 
 /// The operator's limits the core enforces, in the units the core counts in. [`Default`] gives the
@@ -343,6 +381,10 @@ pub struct Core {
     skeletons: HashMap<Skeleton, Key>,
     /// Accounts with at least one logged-in connection, sorted for USERS.
     online: BTreeSet<Key>,
+    /// In a cluster: accounts online on other nodes, and on which.
+    remote_online: HashMap<Key, HashSet<String>>,
+    /// In a cluster: the other nodes heard from, and when last (their lists expire).
+    nodes: HashMap<String, i64>,
     conns: HashMap<ConnId, Conn>,
     /// Every room, by number.
     rooms: HashMap<RoomId, Room>,
@@ -463,6 +505,8 @@ impl Core {
             accounts,
             skeletons,
             online: BTreeSet::new(),
+            remote_online: HashMap::new(),
+            nodes: HashMap::new(),
             conns: HashMap::new(),
             rooms,
             room_names,
@@ -520,6 +564,11 @@ impl Core {
                 }
                 self.store_failing = false;
             }
+            Event::Store(Report::Remote(ops)) => {
+                for op in ops {
+                    self.remote(op);
+                }
+            }
             Event::Store(Report::Fatal(e)) => {
                 log::error!("{e}; stopping, since memory and disk may now differ");
                 self.fatal = Some(e.to_string());
@@ -532,6 +581,7 @@ impl Core {
                 }
             }
             Event::Drained { conn } => self.pump(conn),
+            Event::Bus(news) => self.bus(news),
             Event::Tick => self.tick(),
             Event::Shutdown => self.shutdown(),
         }
@@ -940,8 +990,29 @@ impl Core {
         }
     }
 
-    /// Tells the online friends of `key` that it came online or went offline.
+    /// `key` got its first connection here, or lost its last one: the other nodes of a cluster
+    /// are told, and the online friends here, unless another node has it online (then nothing
+    /// changed for them).
     fn announce_presence(&mut self, key: &Key, online: bool) {
+        if self.settings.cluster {
+            self.jobs.push(Job::Bus(BusOut::Presence {
+                key: key.as_str().to_owned(),
+                online,
+            }));
+            if self.remote_online.contains_key(key) {
+                return;
+            }
+        }
+        self.tell_friends(key, online);
+    }
+
+    /// Whether `key` has a connection on this server or, in a cluster, on another node.
+    fn is_online(&self, key: &Key) -> bool {
+        self.online.contains(key) || self.remote_online.contains_key(key)
+    }
+
+    /// Tells the online friends of `key`, here, that it came online or went offline.
+    fn tell_friends(&mut self, key: &Key, online: bool) {
         let Some(acct) = self.accounts.get(key) else {
             return;
         };

@@ -105,7 +105,26 @@ impl Core {
             created_ms: self.now,
         };
         let conn = req.conn;
-        self.store(StoreOp::CreateAccount(record), move |core, _| {
+        let hashed = acct.phc.clone();
+        self.store(StoreOp::CreateAccount(record), move |core, reply| {
+            if reply == StoreReply::Taken {
+                // Another server of the cluster registered the name first. The reservation is
+                // dropped unless that server's account has replaced it meanwhile.
+                let ours = core
+                    .accounts
+                    .get(&key)
+                    .is_some_and(|a| match (&a.phc, &hashed) {
+                        (Some(a), Some(h)) => Arc::ptr_eq(a, h),
+                        _ => false,
+                    });
+                if ours {
+                    if let Some(a) = core.accounts.remove(&key) {
+                        core.skeletons.remove(&Skeleton::of(&a.name));
+                    }
+                }
+                let text = format!("the name {name} is taken");
+                return core.refuse(req, Code::NAME_TAKEN, &text);
+            }
             log::info!("registered {name}");
             let mut out = Out::new();
             out.ok(&req, OkReply::Register { name: &name });
@@ -313,7 +332,7 @@ impl Core {
             };
             out.line(&ServerLine::Presence {
                 name: &other.name,
-                presence: Presence::of(self.online.contains(*k)),
+                presence: Presence::of(self.is_online(k)),
             });
             if let Some(text) = other.profile.away.as_deref() {
                 out.line(&ServerLine::Away {

@@ -142,7 +142,7 @@ impl Core {
             let text = format!("no such user: {name}");
             return self.refuse(req, Code::UNKNOWN_USER, &text);
         };
-        let online = self.online.contains(&key);
+        let online = self.is_online(&key);
         // Last seen is for friends (and oneself), and means something only while offline.
         let seen = if !online && (key == me || self.are_friends(&me, &key)) {
             acct.profile.last_seen_ms

@@ -57,6 +57,11 @@ impl Token {
         }
     }
 
+    /// The account it logs in to.
+    pub(super) fn user(&self) -> &Key {
+        &self.user
+    }
+
     /// When it expires unless used before.
     fn expires_ms(&self) -> i64 {
         self.last_used_ms

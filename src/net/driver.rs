@@ -17,7 +17,7 @@ use smol::Timer;
 use super::ServerError;
 use crate::auth::HashTask;
 use crate::config::{MAX_STORE_BATCH, MAX_STORE_INFLIGHT, TICK_INTERVAL};
-use crate::core::{Core, Event, Job};
+use crate::core::{BusOut, Core, Event, Job};
 use crate::store::worker::{StoreJob, Ticket};
 use crate::store::ReadOp;
 
@@ -38,6 +38,7 @@ pub(super) async fn core_loop(
     store: Sender<StoreJob>,
     fresh: Sender<(Ticket, ReadOp)>,
     hashes: Sender<(u64, HashTask)>,
+    bus: Option<Sender<BusOut>>,
 ) -> Result<(), ServerError> {
     let mut jobs: Vec<Job> = Vec::new();
     let mut stopping = false;
@@ -104,6 +105,12 @@ pub(super) async fn core_loop(
                 Job::Hash(t, h) => {
                     if hashes.try_send((t, h)).is_err() {
                         return Err(ServerError::Internal("the hashing queue overflowed"));
+                    }
+                }
+                // Never waits: a word lost here is repeated by the node's next full list.
+                Job::Bus(word) => {
+                    if let Some(bus) = &bus {
+                        let _ = bus.try_send(word);
                     }
                 }
             }

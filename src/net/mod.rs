@@ -77,6 +77,9 @@ pub struct ServerOptions {
     pub scrypt_log_n: u8,
     /// Most members of one room; JOIN beyond it gets `ROOM_FULL`.
     pub max_room_members: usize,
+    /// Run as a node of a cluster sharing its store through NATS (`None`: the embedded database
+    /// alone, the default).
+    pub cluster: Option<crate::cluster::ClusterOptions>,
 }
 
 /// Where the TLS listener's certificate and key come from.

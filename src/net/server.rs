@@ -20,6 +20,7 @@ use super::conn::{accept_loop, Connections, Ctx};
 use super::driver::core_loop;
 use super::{tls, Control, ServerOptions, TlsSource};
 use crate::auth::{self, HashTask, Hasher};
+use crate::cluster::{Bus, ClusterStore};
 use crate::config::{
     CORE_QUEUE, LOG_SUMMARY_INTERVAL, MAX_STORE_INFLIGHT, SCRYPT_P, SCRYPT_R, SHUTDOWN_FLUSH,
 };
@@ -28,6 +29,7 @@ use crate::core::{Core, Event, Limits, Settings};
 use crate::store::redb::RedbStore;
 use crate::store::worker::{self, StoreJob};
 use crate::store::StoreError;
+use crate::store::{Snapshot, Store};
 use crate::tally::Tally;
 use crate::tls::{generate_self_signed, TlsError, TlsFiles};
 
@@ -114,8 +116,19 @@ pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), Server
         None => None,
     };
 
-    let (store, snapshot) = RedbStore::open(&opts.db).map_err(ServerError::Store)?;
-    let store = store.with_reserve(opts.min_free_disk_mib.saturating_mul(1024 * 1024));
+    let (store, snapshot, bus): (Box<dyn Store>, Snapshot, Option<Bus>) = match &opts.cluster {
+        None => {
+            let (store, snapshot) = RedbStore::open(&opts.db).map_err(ServerError::Store)?;
+            let reserve = opts.min_free_disk_mib.saturating_mul(1024 * 1024);
+            (Box::new(store.with_reserve(reserve)), snapshot, None)
+        }
+        Some(cluster) => {
+            let (mut store, snapshot) =
+                ClusterStore::open(cluster, &opts.db).map_err(ServerError::Store)?;
+            let bus = store.take_bus();
+            (Box::new(store), snapshot, bus)
+        }
+    };
     log::info!(
         "database {}: {} accounts, {} rooms, next message id {}",
         opts.db.display(),
@@ -129,6 +142,7 @@ pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), Server
         dummy_phc: Arc::from(hasher.dummy_phc()),
         version: env!("CARGO_PKG_VERSION"),
         entropy: Entropy::Os,
+        cluster: opts.cluster.is_some(),
         limits: Limits {
             idle_timeout_ms: i64::try_from(opts.idle_timeout.as_millis()).unwrap_or(i64::MAX),
             hash_per_address: opts.hash_per_address,
@@ -152,7 +166,7 @@ pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), Server
         jobs: store_rx,
         fresh: fresh_rx,
     };
-    let store_thread = worker::spawn(Box::new(store), queues, move |r| {
+    let store_thread = worker::spawn(store, queues, move |r| {
         let _ = store_done.send_blocking(Event::Store(r));
     })
     .map_err(|source| ServerError::Thread {
@@ -176,6 +190,9 @@ pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), Server
 
     let ex = Arc::new(Executor::new());
     let (events_tx, events_rx) = async_channel::bounded(CORE_QUEUE);
+    // What other nodes say comes in with the connections' input (not with the results, whose
+    // queue must always have room for the store and hashing threads).
+    let bus_done = events_tx.clone();
     let ctx = Arc::new(Ctx {
         ex: ex.clone(),
         events: events_tx.clone(),
@@ -215,8 +232,23 @@ pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), Server
     }
 
     let result = smol::block_on(ex.run(async {
+        let (bus_out, bus_in) = match bus {
+            Some(b) => (Some(b.out), Some(b.inbound)),
+            None => (None, None),
+        };
+        // What the other nodes say, to the core.
+        let _bus_task = bus_in.map(|inbound| {
+            let done = bus_done.clone();
+            ex.spawn(async move {
+                while let Ok(news) = inbound.recv().await {
+                    if done.send(Event::Bus(news)).await.is_err() {
+                        return;
+                    }
+                }
+            })
+        });
         let mut core_task = ex.spawn(core_loop(
-            core, events_rx, done_rx, store_tx, fresh_tx, hash_tx,
+            core, events_rx, done_rx, store_tx, fresh_tx, hash_tx, bus_out,
         ));
         let mut accepts = Vec::new();
         if let Some(l) = plain {

@@ -268,7 +268,7 @@ pub(crate) fn decode_room(bytes: &[u8]) -> Result<RoomRecord, Damage> {
     })
 }
 
-fn role_byte(role: Role) -> u8 {
+pub(super) fn role_byte(role: Role) -> u8 {
     match role {
         Role::Member => 0,
         Role::Op => 1,
@@ -345,7 +345,7 @@ pub(crate) fn decode_invite(bytes: &[u8]) -> Result<InviteRecord, Damage> {
     Ok(i)
 }
 
-fn put_len(out: &mut Vec<u8>, len: usize) {
+pub(super) fn put_len(out: &mut Vec<u8>, len: usize) {
     // usize always fits u64 on the platforms Rust supports.
     let mut v = len as u64;
     loop {
@@ -359,31 +359,31 @@ fn put_len(out: &mut Vec<u8>, len: usize) {
     }
 }
 
-fn put_str(out: &mut Vec<u8>, s: &str) {
+pub(super) fn put_str(out: &mut Vec<u8>, s: &str) {
     put_len(out, s.len());
     out.extend_from_slice(s.as_bytes());
 }
 
 /// A cursor over one record's bytes; every read checks what is left.
-struct Reader<'a> {
+pub(super) struct Reader<'a> {
     buf: &'a [u8],
     what: &'static str,
 }
 
 impl<'a> Reader<'a> {
-    fn new(buf: &'a [u8], what: &'static str) -> Self {
+    pub(super) fn new(buf: &'a [u8], what: &'static str) -> Self {
         Reader { buf, what }
     }
 
-    fn corrupt(&self, why: &str) -> Damage {
+    pub(super) fn corrupt(&self, why: &str) -> Damage {
         Damage::new(format!("{}: {why}", self.what))
     }
 
-    fn remaining(&self) -> usize {
+    pub(super) fn remaining(&self) -> usize {
         self.buf.len()
     }
 
-    fn take(&mut self, n: usize) -> Result<&'a [u8], Damage> {
+    pub(super) fn take(&mut self, n: usize) -> Result<&'a [u8], Damage> {
         if n > self.buf.len() {
             return Err(self.corrupt("truncated"));
         }
@@ -392,7 +392,7 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
 
-    fn byte(&mut self) -> Result<u8, Damage> {
+    pub(super) fn byte(&mut self) -> Result<u8, Damage> {
         Ok(self.take(1)?[0])
     }
 
@@ -403,19 +403,19 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn i64(&mut self) -> Result<i64, Damage> {
+    pub(super) fn i64(&mut self) -> Result<i64, Damage> {
         let mut b = [0u8; 8];
         b.copy_from_slice(self.take(8)?);
         Ok(i64::from_le_bytes(b))
     }
 
-    fn u64(&mut self) -> Result<u64, Damage> {
+    pub(super) fn u64(&mut self) -> Result<u64, Damage> {
         let mut b = [0u8; 8];
         b.copy_from_slice(self.take(8)?);
         Ok(u64::from_le_bytes(b))
     }
 
-    fn len(&mut self) -> Result<usize, Damage> {
+    pub(super) fn len(&mut self) -> Result<usize, Damage> {
         let mut v: u64 = 0;
         for shift in (0..64).step_by(7) {
             let b = self.byte()?;
@@ -431,7 +431,7 @@ impl<'a> Reader<'a> {
         Err(self.corrupt("length overflows"))
     }
 
-    fn string(&mut self) -> Result<String, Damage> {
+    pub(super) fn string(&mut self) -> Result<String, Damage> {
         let n = self.len()?;
         let bytes = self.take(n)?;
         match std::str::from_utf8(bytes) {
@@ -440,7 +440,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn finish(&self) -> Result<(), Damage> {
+    pub(super) fn finish(&self) -> Result<(), Damage> {
         if self.buf.is_empty() {
             Ok(())
         } else {

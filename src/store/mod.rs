@@ -19,6 +19,7 @@ mod codec;
 mod contain;
 mod keys;
 pub mod memory;
+pub(crate) mod oplog;
 mod page;
 pub mod redb;
 pub mod worker;
@@ -501,6 +502,14 @@ pub enum StoreReply {
     Seq(Option<(MsgId, u64)>),
     /// Messages read by id.
     Messages(Vec<MessageRecord>),
+    /// A message appended under this id, which the store chose (a cluster's log: the stream
+    /// sequence of its entry); the core's proposed id stands when the reply is [`Done`].
+    ///
+    /// [`Done`]: StoreReply::Done
+    Appended(MsgId),
+    /// A new account was not created: the name was taken first by another server of the
+    /// cluster, which the core could not know when it checked.
+    Taken,
     /// A read that could not be answered. It fails alone: the other ops of its batch, later ops
     /// and the server go on.
     Unreadable(Unreadable),
@@ -630,6 +639,9 @@ pub enum StoreError {
         /// What is damaged.
         source: Box<Damage>,
     },
+    /// The cluster's log could not be written or read (NATS unreachable, no acknowledgement in
+    /// time); the detail says which.
+    Cluster(String),
     /// A store answered a batch with a different number of replies than it had ops: a bug in the
     /// store, which breaks the matching of replies to tickets.
     ReplyCount {
@@ -684,6 +696,7 @@ impl fmt::Display for StoreError {
             StoreError::ReplyCount { ops, replies } => {
                 write!(f, "the store returned {replies} replies for {ops} ops")
             }
+            StoreError::Cluster(detail) => write!(f, "cluster log: {detail}"),
         }
     }
 }
@@ -698,7 +711,8 @@ impl std::error::Error for StoreError {
             StoreError::Empty { .. }
             | StoreError::LowSpace { .. }
             | StoreError::Schema { .. }
-            | StoreError::ReplyCount { .. } => None,
+            | StoreError::ReplyCount { .. }
+            | StoreError::Cluster(_) => None,
         }
     }
 }
@@ -789,6 +803,23 @@ pub trait Store: Send {
     /// keeps a simulated server within what the real one can do.
     fn execute(&mut self, ops: &[StoreOp]) -> Result<Vec<StoreReply>, StoreError> {
         self.write(ops)
+    }
+
+    /// For a store shared with other servers: a channel that has a message whenever their writes
+    /// wait to be applied ([`catch_up`](Store::catch_up)). `None` for a store of one server.
+    fn nudges(&self) -> Option<async_channel::Receiver<()>> {
+        None
+    }
+
+    /// Applies the writes of other servers that wait (see [`nudges`](Store::nudges)).
+    fn catch_up(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// The other servers' ops applied since the last call, in the order applied, for the core
+    /// to learn of ([`Report::Remote`](worker::Report::Remote)).
+    fn take_remote(&mut self) -> Vec<StoreOp> {
+        Vec::new()
     }
 }
 

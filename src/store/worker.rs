@@ -99,6 +99,9 @@ pub enum Report {
     Writing,
     /// The store broke its contract; the worker has stopped.
     Fatal(StoreError),
+    /// Writes other servers sharing the store made, applied here, in their order (a cluster, see
+    /// [`Store::take_remote`]). Reported before the results of the batch that applied them.
+    Remote(Vec<StoreOp>),
 }
 
 /// The channels the worker takes jobs from: ops in order, and fresh reads.
@@ -206,6 +209,8 @@ impl Batch {
 /// What the writer waited for.
 enum Woken {
     Job(StoreJob),
+    /// Other servers' writes wait to be applied.
+    Nudged,
     Fresh((Ticket, ReadOp)),
     /// The job channel is closed and empty.
     Closed,
@@ -307,6 +312,19 @@ impl<F: FnMut(Report)> Writer<'_, F> {
                         return;
                     }
                 }
+                Woken::Nudged => match self.store.catch_up() {
+                    Ok(()) => {
+                        if !self.report_remote() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        failing = self.report(Report::Failing(e.to_string()));
+                        if !failing {
+                            return;
+                        }
+                    }
+                },
                 Woken::Timeout => {
                     if let Err(e) = self.store.ready() {
                         failing = self.report(Report::Failing(e.to_string()));
@@ -325,10 +343,23 @@ impl<F: FnMut(Report)> Writer<'_, F> {
         self.reporter.report(report)
     }
 
+    /// Reports the other servers' writes the store applied, if any.
+    fn report_remote(&mut self) -> bool {
+        let ops = self.store.take_remote();
+        ops.is_empty() || self.report(Report::Remote(ops))
+    }
+
     /// Waits for a job (or a fresh read, or `timeout`).
     fn wait(&self, timeout: Option<Duration>) -> Woken {
         let (jobs, fresh) = (&self.queues.jobs, &self.queues.fresh);
+        let nudges = self.store.nudges();
         future::block_on(async {
+            let nudged = async {
+                match &nudges {
+                    Some(n) if n.recv().await.is_ok() => Woken::Nudged,
+                    _ => future::pending().await,
+                }
+            };
             let job = async {
                 match jobs.recv().await {
                     Ok(j) => Woken::Job(j),
@@ -351,7 +382,7 @@ impl<F: FnMut(Report)> Writer<'_, F> {
                     None => future::pending().await,
                 }
             };
-            future::or(job, future::or(fresh, timer)).await
+            future::or(job, future::or(fresh, future::or(nudged, timer))).await
         })
     }
 
@@ -410,6 +441,10 @@ impl<F: FnMut(Report)> Writer<'_, F> {
 
     /// Reports the results of a batch's committed writes.
     fn done_writes(&mut self, batch: &mut Batch, replies: Vec<StoreReply>) -> bool {
+        // Other servers' writes applied before this batch's are told first.
+        if !self.report_remote() {
+            return false;
+        }
         if replies.len() != batch.writes.len() {
             self.report(Report::Fatal(StoreError::ReplyCount {
                 ops: batch.writes.len(),

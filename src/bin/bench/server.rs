@@ -236,6 +236,7 @@ pub fn serve_child(db: PathBuf) -> ExitCode {
         let _ = control_tx.send_blocking(Control::Stop);
     });
     let opts = ServerOptions {
+        cluster: None,
         listen: Some("127.0.0.1:0".into()),
         tls: None,
         db,

@@ -1,0 +1,810 @@
+//! Several servers as one: a store shared through a NATS JetStream log (`chatd --cluster`).
+//!
+//! The cluster is another implementation of the store seam ([`Store`]), not a second copy of the
+//! rules: every server runs the same core, and every write op its core makes is published to one
+//! replicated JetStream stream ([`STREAM`]) before it counts. Every server reads the whole stream
+//! in order (an ordered consumer) and applies each entry to its own redb file, the node's index,
+//! with the same code the single-server store runs; the entries other servers wrote are also handed
+//! to the core ([`Report::Remote`](crate::store::worker::Report::Remote)), which brings its memory up
+//! to date and delivers what concerns its own connections. So every node's index holds the same
+//! tables in the same order, and HISTORY, backlogs and unread counts read the same from any node.
+//!
+//! Where a single server is the only authority, the log decides instead:
+//! - **message ids** are the stream sequence of the message's entry: strictly increasing and never
+//!   reused cluster-wide. The core proposes an id, the store answers the real one
+//!   ([`StoreReply::Appended`]), and the MESSAGE line is encoded once it is known. The OK follows
+//!   the stream's acknowledgement and the entry's application to the local index.
+//! - **names**: REGISTER publishes to a subject of its own per account key with "expected last
+//!   subject sequence 0": of two REGISTERs of one name on two nodes, the stream takes exactly one;
+//!   the other is answered [`StoreReply::Taken`] (NAME_TAKEN). The check and the write are one
+//!   step, so no crash can leave a name reserved without an account.
+//!
+//! The async-nats client needs tokio: it runs on one thread of its own (`chatd-nats`) with a
+//! current-thread runtime, joined to the rest by bounded `async-channel`s (requests in, the log's
+//! entries out). Tokio never enters the core, the store worker or the connection tasks.
+//!
+//! When NATS cannot be reached a write fails like a failing disk: the worker keeps the batch and
+//! tries it again, the core refuses new writes with STORAGE_UNAVAILABLE, and connections stay.
+//! A batch tried again publishes the same entries with the same `Nats-Msg-Id`s, so the stream's
+//! de-duplication makes the retry take effect once.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_channel::{Receiver, Sender};
+use futures_lite::future;
+
+use crate::config::{
+    CLUSTER_APPLY_BATCH, CLUSTER_BUS_QUEUE, CLUSTER_FEED_QUEUE, CLUSTER_LOG_WAIT,
+    CLUSTER_REQUEST_QUEUE, PRESENCE_LIST_CHUNK, PRESENCE_REFRESH,
+};
+use crate::core::{BusIn, BusOut};
+use crate::store::oplog::{decode_op, encode_op};
+use crate::store::redb::RedbStore;
+use crate::store::{Snapshot, Store, StoreError, StoreOp, StoreReader, StoreReply};
+
+/// The JetStream stream that holds the log.
+pub const STREAM: &str = "CHATD_LOG";
+/// The header naming the node that wrote an entry.
+const NODE_HEADER: &str = "Chatd-Node";
+
+/// How a node reaches NATS.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    /// NATS server URLs (`nats://HOST:PORT`), any of which may be used.
+    pub urls: Vec<String>,
+    /// Replicas of the log stream when this node creates it (1, or 3 on a three-server NATS
+    /// cluster); an existing stream keeps its own.
+    pub replicas: usize,
+}
+
+/// One entry to publish.
+struct Outgoing {
+    subject: String,
+    msg_id: String,
+    payload: Vec<u8>,
+    /// Only if no entry exists yet on the subject (REGISTER's compare-and-set).
+    first_on_subject: bool,
+}
+
+/// Why an entry was not taken.
+#[derive(Debug)]
+enum Refused {
+    /// `first_on_subject` and the subject has an entry.
+    Taken,
+    /// NATS could not be reached, or did not acknowledge in time.
+    Failed(String),
+}
+
+/// A request to the NATS thread.
+struct Publish {
+    entries: Vec<Outgoing>,
+    reply: Sender<Vec<Result<u64, Refused>>>,
+}
+
+/// One entry of the log as read.
+struct Entry {
+    seq: u64,
+    node: Option<String>,
+    msg_id: Option<String>,
+    payload: Vec<u8>,
+}
+
+/// The node's presence link to the other nodes (NATS core publish/subscribe on
+/// [`PRESENCE_SUBJECT`], not the log): what the core says goes out, what the others say comes in.
+pub struct Bus {
+    /// Presence changes of this node's accounts; [`CLUSTER_BUS_QUEUE`] at most wait.
+    pub out: Sender<BusOut>,
+    /// What the other nodes said.
+    pub inbound: Receiver<BusIn>,
+}
+
+/// The subject presence travels on.
+const PRESENCE_SUBJECT: &str = "chatd.presence";
+
+/// A store whose writes go through the cluster's log (see the module documentation).
+pub struct ClusterStore {
+    local: RedbStore,
+    node: String,
+    requests: Sender<Publish>,
+    feed: Receiver<Entry>,
+    nudges: Receiver<()>,
+    /// The last stream sequence applied to the local index.
+    applied: u64,
+    next_op: u64,
+    /// This node's entries applied and not yet answered, by `Nats-Msg-Id`.
+    own: HashMap<String, (u64, StoreReply)>,
+    /// Other nodes' ops applied and not yet reported to the core.
+    remote: Vec<StoreOp>,
+    /// The ops and ids of a batch that failed, so that its retry publishes the same ids.
+    retry: Option<(Vec<StoreOp>, Vec<String>)>,
+    /// Entries read from the feed and not yet applied (a local write failed).
+    unapplied: Vec<Entry>,
+    /// Until the server takes it.
+    bus: Option<Bus>,
+}
+
+impl ClusterStore {
+    /// Connects to NATS, makes sure the log stream exists, builds the node's index at `db` (a
+    /// file rebuilt from the log at every start: what it held before is replaced) by applying the
+    /// whole log, and reads the [`Snapshot`] the core starts from.
+    pub fn open(opts: &ClusterOptions, db: &Path) -> Result<(ClusterStore, Snapshot), StoreError> {
+        let index = index_path(db);
+        match std::fs::remove_file(&index) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(StoreError::Cluster(format!(
+                    "cannot replace the node's index {}: {e}",
+                    index.display()
+                )))
+            }
+        }
+        let node = node_id();
+        let (requests, feed, nudges, last, bus) = spawn_nats(opts.clone(), node.clone())?;
+        let (local, _) = RedbStore::open(&index)?;
+        let mut store = ClusterStore {
+            local,
+            node,
+            requests,
+            feed,
+            nudges,
+            applied: 0,
+            next_op: 0,
+            own: HashMap::new(),
+            remote: Vec::new(),
+            retry: None,
+            unapplied: Vec::new(),
+            bus: Some(bus),
+        };
+        store.apply_until(last)?;
+        // Everything before start is the snapshot's, not news for the core: the index is opened
+        // again to read it.
+        let ClusterStore {
+            local,
+            node,
+            requests,
+            feed,
+            nudges,
+            applied,
+            next_op,
+            bus,
+            ..
+        } = store;
+        drop(local);
+        let (local, mut snapshot) = RedbStore::open(&index)?;
+        // Room numbers come from each node's own counter: each run of a node counts in a range of
+        // its own, so that two nodes creating rooms at once never give two rooms one number.
+        snapshot.next_room_id = room_range(&node);
+        let store = ClusterStore {
+            local,
+            node,
+            requests,
+            feed,
+            nudges,
+            applied,
+            next_op,
+            own: HashMap::new(),
+            remote: Vec::new(),
+            retry: None,
+            unapplied: Vec::new(),
+            bus,
+        };
+        log::info!(
+            "cluster node {}: index {} built from the log up to entry {last}",
+            store.node,
+            index.display()
+        );
+        Ok((store, snapshot))
+    }
+
+    /// The presence link, for the server to join to the core (once).
+    pub fn take_bus(&mut self) -> Option<Bus> {
+        self.bus.take()
+    }
+
+    /// Applies entries from the feed until the entry `seq` is applied.
+    fn apply_until(&mut self, seq: u64) -> Result<(), StoreError> {
+        while self.applied < seq {
+            if self.unapplied.is_empty() {
+                let next =
+                    future::block_on(future::or(async { self.feed.recv().await.ok() }, async {
+                        smol::Timer::after(CLUSTER_LOG_WAIT).await;
+                        None
+                    }));
+                match next {
+                    Some(e) => self.unapplied.push(e),
+                    None => {
+                        return Err(StoreError::Cluster(format!(
+                            "the log did not deliver entry {seq} within {:?}",
+                            CLUSTER_LOG_WAIT
+                        )))
+                    }
+                }
+            }
+            self.take_ready();
+            self.apply_unapplied()?;
+        }
+        Ok(())
+    }
+
+    /// Moves whatever the feed holds now into `unapplied`, up to a batch.
+    fn take_ready(&mut self) {
+        while self.unapplied.len() < CLUSTER_APPLY_BATCH {
+            match self.feed.try_recv() {
+                Ok(e) => self.unapplied.push(e),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Applies `unapplied` to the local index in one write transaction.
+    fn apply_unapplied(&mut self) -> Result<(), StoreError> {
+        if self.unapplied.is_empty() {
+            return Ok(());
+        }
+        let mut ops = Vec::with_capacity(self.unapplied.len());
+        let mut keep = Vec::with_capacity(self.unapplied.len());
+        for e in &self.unapplied {
+            if e.seq <= self.applied {
+                // Delivered again after the consumer was recreated.
+                continue;
+            }
+            match decode_op(&e.payload) {
+                Ok(op) => {
+                    ops.push(with_id(op, e.seq));
+                    keep.push(e);
+                }
+                // Every node skips it alike, so the indexes stay equal.
+                Err(d) => log::error!("log entry {} cannot be decoded, skipped: {d}", e.seq),
+            }
+        }
+        let replies = if ops.is_empty() {
+            Vec::new()
+        } else {
+            self.local.write(&ops)?
+        };
+        for ((e, op), reply) in keep.into_iter().zip(ops).zip(replies) {
+            match (&e.node, &e.msg_id) {
+                (Some(n), Some(id)) if *n == self.node => {
+                    self.own.insert(id.clone(), (e.seq, reply));
+                }
+                _ => self.remote.push(op),
+            }
+        }
+        if let Some(last) = self.unapplied.last() {
+            self.applied = self.applied.max(last.seq);
+        }
+        self.unapplied.clear();
+        Ok(())
+    }
+
+    fn fresh_id(&mut self) -> String {
+        self.next_op += 1;
+        format!("{}.{}", self.node, self.next_op)
+    }
+}
+
+/// The op as applied at stream sequence `seq`: a message takes the sequence as its id.
+fn with_id(op: StoreOp, seq: u64) -> StoreOp {
+    match op {
+        StoreOp::AppendMessage {
+            mut msg,
+            pending_for,
+        } => {
+            msg.id = seq;
+            StoreOp::AppendMessage { msg, pending_for }
+        }
+        StoreOp::AppendRoomMessage {
+            mut msg,
+            room,
+            seq: pos,
+        } => {
+            msg.id = seq;
+            StoreOp::AppendRoomMessage {
+                msg,
+                room,
+                seq: pos,
+            }
+        }
+        other => other,
+    }
+}
+
+/// The first room number of a run of a node: its range is `slot << 32` upward, the slot taken
+/// from the node's random name (1 to 2^24 - 1), so ranges of different runs meet by chance only
+/// (one in 16 million for two runs).
+fn room_range(node: &str) -> u64 {
+    let bits = u64::from_str_radix(node, 16).unwrap_or(1);
+    let slot = (bits % ((1 << 24) - 1)) + 1;
+    (slot << 32) + 1
+}
+
+/// Where a node keeps its index, beside the `--db` path.
+pub fn index_path(db: &Path) -> PathBuf {
+    let mut name = db.file_name().map(|n| n.to_owned()).unwrap_or_default();
+    name.push(".cluster-index");
+    db.with_file_name(name)
+}
+
+/// A random name for this run of the node: entries it wrote in an earlier run are other nodes'
+/// to it, which is what they are to its fresh memory.
+fn node_id() -> String {
+    let mut b = [0u8; 8];
+    if getrandom::fill(&mut b).is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        b = (t ^ u64::from(std::process::id())).to_le_bytes();
+    }
+    format!("{:016x}", u64::from_le_bytes(b))
+}
+
+/// The subject an op's entry goes to, and whether it must be the first on it.
+fn subject_of(op: &StoreOp) -> (String, bool) {
+    match op {
+        StoreOp::CreateAccount(rec) => (
+            format!("chatd.log.account.{}", crate::store::key_of(&rec.name)),
+            true,
+        ),
+        StoreOp::AppendMessage { .. } | StoreOp::AppendRoomMessage { .. } => {
+            ("chatd.log.msg".to_owned(), false)
+        }
+        _ => ("chatd.log.state".to_owned(), false),
+    }
+}
+
+impl Store for ClusterStore {
+    fn write(&mut self, ops: &[StoreOp]) -> Result<Vec<StoreReply>, StoreError> {
+        // The applied entries waiting in the feed go first: what this batch decided on was decided
+        // after them.
+        self.take_ready();
+        self.apply_unapplied()?;
+        let ids = match self.retry.take() {
+            Some((same, ids)) if same == ops => ids,
+            _ => ops.iter().map(|_| self.fresh_id()).collect(),
+        };
+        let mut entries = Vec::new();
+        let mut logged = Vec::with_capacity(ops.len());
+        for (op, id) in ops.iter().zip(&ids) {
+            match encode_op(op) {
+                Some(payload) => {
+                    let (subject, first_on_subject) = subject_of(op);
+                    entries.push(Outgoing {
+                        subject,
+                        msg_id: id.clone(),
+                        payload,
+                        first_on_subject,
+                    });
+                    logged.push(true);
+                }
+                None => logged.push(false),
+            }
+        }
+        let results = if entries.is_empty() {
+            Vec::new()
+        } else {
+            let (reply, answer) = async_channel::bounded(1);
+            let sent = self.requests.send_blocking(Publish { entries, reply });
+            let got = sent.ok().and_then(|()| answer.recv_blocking().ok());
+            match got {
+                Some(r) => r,
+                None => {
+                    self.retry = Some((ops.to_vec(), ids));
+                    return Err(StoreError::Cluster("the NATS thread has stopped".into()));
+                }
+            }
+        };
+        let mut last = 0;
+        let mut taken = Vec::new();
+        for (i, r) in results.iter().enumerate() {
+            match r {
+                Ok(seq) => last = last.max(*seq),
+                Err(Refused::Taken) => taken.push(i),
+                Err(Refused::Failed(why)) => {
+                    self.retry = Some((ops.to_vec(), ids));
+                    return Err(StoreError::Cluster(why.clone()));
+                }
+            }
+        }
+        if let Err(e) = self.apply_until(last) {
+            self.retry = Some((ops.to_vec(), ids));
+            return Err(e);
+        }
+        let mut replies = Vec::with_capacity(ops.len());
+        let mut published = 0;
+        for ((op, id), was_logged) in ops.iter().zip(&ids).zip(logged) {
+            if !was_logged {
+                // A read ordered with the writes: answered from the index, which now holds every
+                // write of the batch.
+                replies.extend(self.local.write(std::slice::from_ref(op))?);
+                continue;
+            }
+            let index = published;
+            published += 1;
+            if taken.contains(&index) {
+                replies.push(StoreReply::Taken);
+                continue;
+            }
+            match self.own.remove(id) {
+                Some((seq, reply)) => replies.push(match op {
+                    StoreOp::AppendMessage { .. } | StoreOp::AppendRoomMessage { .. } => {
+                        StoreReply::Appended(seq)
+                    }
+                    _ => reply,
+                }),
+                None => {
+                    return Err(StoreError::Cluster(format!(
+                        "entry {id} was acknowledged but not found in the log"
+                    )))
+                }
+            }
+        }
+        Ok(replies)
+    }
+
+    fn reader(&self) -> Result<Box<dyn StoreReader>, StoreError> {
+        self.local.reader()
+    }
+
+    fn recover(&mut self) -> Result<(), StoreError> {
+        self.local.recover()
+    }
+
+    fn nudges(&self) -> Option<Receiver<()>> {
+        Some(self.nudges.clone())
+    }
+
+    fn catch_up(&mut self) -> Result<(), StoreError> {
+        loop {
+            self.take_ready();
+            if self.unapplied.is_empty() {
+                return Ok(());
+            }
+            self.apply_unapplied()?;
+        }
+    }
+
+    fn take_remote(&mut self) -> Vec<StoreOp> {
+        std::mem::take(&mut self.remote)
+    }
+}
+
+/// What the NATS thread hands back at start.
+type Started = (Sender<Publish>, Receiver<Entry>, Receiver<()>, u64, Bus);
+
+/// Starts the `chatd-nats` thread: connects, makes sure the stream exists, and starts reading the
+/// log from its first entry. Returns the request queue, the feed of entries, the nudges (one
+/// waiting at most: "the feed has entries") and the stream's last sequence at start.
+fn spawn_nats(opts: ClusterOptions, node: String) -> Result<Started, StoreError> {
+    let (req_tx, req_rx) = async_channel::bounded::<Publish>(CLUSTER_REQUEST_QUEUE);
+    let (feed_tx, feed_rx) = async_channel::bounded::<Entry>(CLUSTER_FEED_QUEUE);
+    let (nudge_tx, nudge_rx) = async_channel::bounded::<()>(1);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<u64, String>>();
+    let (out_tx, out_rx) = async_channel::bounded::<BusOut>(CLUSTER_BUS_QUEUE);
+    let (in_tx, in_rx) = async_channel::bounded::<BusIn>(CLUSTER_BUS_QUEUE);
+    let presence = (out_rx, in_tx);
+    std::thread::Builder::new()
+        .name("chatd-nats".to_owned())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(format!("cannot start the NATS runtime: {e}")));
+                    return;
+                }
+            };
+            rt.block_on(nats::run(
+                opts, node, req_rx, feed_tx, nudge_tx, ready_tx, presence,
+            ));
+        })
+        .map_err(|e| StoreError::Cluster(format!("cannot start the NATS thread: {e}")))?;
+    match ready_rx.recv() {
+        Ok(Ok(last)) => Ok((
+            req_tx,
+            feed_rx,
+            nudge_rx,
+            last,
+            Bus {
+                out: out_tx,
+                inbound: in_rx,
+            },
+        )),
+        Ok(Err(e)) => Err(StoreError::Cluster(e)),
+        Err(_) => Err(StoreError::Cluster(
+            "the NATS thread stopped at start".into(),
+        )),
+    }
+}
+
+/// The tokio side. Nothing here knows the core or the store's tables.
+mod nats {
+    use super::*;
+    use async_nats::jetstream::{self, consumer, context::PublishErrorKind, stream};
+    use futures_util::StreamExt;
+
+    pub(super) async fn run(
+        opts: ClusterOptions,
+        node: String,
+        requests: Receiver<Publish>,
+        feed: Sender<Entry>,
+        nudge: Sender<()>,
+        ready: std::sync::mpsc::Sender<Result<u64, String>>,
+        (bus_out, bus_in): (Receiver<BusOut>, Sender<BusIn>),
+    ) {
+        // A reconnection is told to the log reader: the NATS server may have restarted without
+        // the consumer it was reading from, and reading again at once beats waiting for the
+        // consumer's heartbeat to be missed.
+        let (reconnected_tx, reconnected) = async_channel::bounded::<()>(1);
+        let connected = async_nats::ConnectOptions::new()
+            .name(format!("chatd {node}"))
+            .event_callback(move |event| {
+                let tx = reconnected_tx.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Connected => {
+                            log::info!("connected to NATS");
+                            let _ = tx.try_send(());
+                        }
+                        async_nats::Event::Disconnected => log::warn!("disconnected from NATS"),
+                        other => log::debug!("NATS: {other}"),
+                    }
+                }
+            })
+            .reconnect_delay_callback(|attempts| {
+                Duration::from_millis((attempts as u64 * 250).min(2000))
+            })
+            .connection_timeout(Duration::from_secs(5))
+            .request_timeout(Some(Duration::from_secs(5)))
+            .connect(opts.urls.join(","))
+            .await;
+        let client = match connected {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = ready.send(Err(format!(
+                    "cannot connect to NATS at {}: {e}",
+                    opts.urls.join(",")
+                )));
+                return;
+            }
+        };
+        let presence_sub = match client.subscribe(PRESENCE_SUBJECT).await {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = ready.send(Err(format!("cannot subscribe to presence: {e}")));
+                return;
+            }
+        };
+        tokio::spawn(presence(
+            client.clone(),
+            node.clone(),
+            bus_out,
+            bus_in,
+            presence_sub,
+        ));
+        let js = jetstream::new(client);
+        let config = stream::Config {
+            name: STREAM.to_owned(),
+            subjects: vec!["chatd.log.>".to_owned()],
+            storage: stream::StorageType::File,
+            num_replicas: opts.replicas.max(1),
+            duplicate_window: Duration::from_secs(600),
+            ..Default::default()
+        };
+        let mut log = match js.get_or_create_stream(config).await {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = ready.send(Err(format!("cannot open the stream {STREAM}: {e}")));
+                return;
+            }
+        };
+        let last = match log.info().await {
+            Ok(i) => i.state.last_sequence,
+            Err(e) => {
+                let _ = ready.send(Err(format!("cannot read the stream {STREAM}: {e}")));
+                return;
+            }
+        };
+        tokio::spawn(read_log(log, feed, nudge, reconnected));
+        let _ = ready.send(Ok(last));
+        while let Ok(req) = requests.recv().await {
+            let _ = req.reply.send(publish(&js, &node, req.entries).await).await;
+        }
+    }
+
+    /// Presence: this node's changes out at once, its full list every [`PRESENCE_REFRESH`], and
+    /// the other nodes' words in. Lines: `ON <node> <key>`, `OFF <node> <key>`,
+    /// `LIST <node> <1|0> <key>...` (1: the first part of a new list).
+    async fn presence(
+        client: async_nats::Client,
+        node: String,
+        out: Receiver<BusOut>,
+        inbound: Sender<BusIn>,
+        mut sub: async_nats::Subscriber,
+    ) {
+        let mut local: std::collections::BTreeSet<String> = Default::default();
+        let mut refresh = tokio::time::interval(PRESENCE_REFRESH);
+        loop {
+            tokio::select! {
+                said = out.recv() => {
+                    let Ok(BusOut::Presence { key, online }) = said else { return };
+                    let word = if online {
+                        local.insert(key.clone());
+                        "ON"
+                    } else {
+                        local.remove(&key);
+                        "OFF"
+                    };
+                    let line = format!("{word} {node} {key}");
+                    // Lost while NATS is unreachable: the next list says it again.
+                    let _ = client.publish(PRESENCE_SUBJECT, line.into()).await;
+                }
+                _ = refresh.tick() => {
+                    let keys: Vec<&String> = local.iter().collect();
+                    let mut parts = keys.chunks(PRESENCE_LIST_CHUNK);
+                    let first = parts.next().unwrap_or(&[]);
+                    let mut lines = vec![list_line(&node, true, first)];
+                    lines.extend(parts.map(|p| list_line(&node, false, p)));
+                    for line in lines {
+                        let _ = client.publish(PRESENCE_SUBJECT, line.into()).await;
+                    }
+                }
+                heard = sub.next() => {
+                    let Some(m) = heard else { return };
+                    let Ok(text) = std::str::from_utf8(&m.payload) else { continue };
+                    let Some(news) = parse_presence(text) else {
+                        log::debug!("presence: a line not understood: {text:?}");
+                        continue;
+                    };
+                    let from = match &news {
+                        BusIn::Presence { node, .. } | BusIn::List { node, .. } => node,
+                    };
+                    if *from != node && inbound.send(news).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn list_line(node: &str, first: bool, keys: &[&String]) -> String {
+        let mut line = format!("LIST {node} {}", u8::from(first));
+        for k in keys {
+            line.push(' ');
+            line.push_str(k);
+        }
+        line
+    }
+
+    fn parse_presence(text: &str) -> Option<BusIn> {
+        let mut words = text.split(' ');
+        let (word, node) = (words.next()?, words.next()?.to_owned());
+        match word {
+            "ON" | "OFF" => Some(BusIn::Presence {
+                node,
+                key: words.next()?.to_owned(),
+                online: word == "ON",
+            }),
+            "LIST" => Some(BusIn::List {
+                node,
+                first: words.next()? == "1",
+                keys: words.filter(|k| !k.is_empty()).map(str::to_owned).collect(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// Publishes entries in order and waits for every acknowledgement.
+    async fn publish(
+        js: &jetstream::Context,
+        node: &str,
+        entries: Vec<Outgoing>,
+    ) -> Vec<Result<u64, Refused>> {
+        let mut pending = Vec::with_capacity(entries.len());
+        for e in entries {
+            let mut msg = jetstream::message::PublishMessage::build()
+                .payload(e.payload.into())
+                .message_id(&e.msg_id)
+                .header(NODE_HEADER, node);
+            if e.first_on_subject {
+                msg = msg.expected_last_subject_sequence(0);
+            }
+            pending.push(js.send_publish(e.subject, msg).await);
+        }
+        let mut out = Vec::with_capacity(pending.len());
+        for p in pending {
+            out.push(match p {
+                Err(e) => Err(Refused::Failed(format!("publishing to the log: {e}"))),
+                Ok(ack) => match ack.await {
+                    Ok(a) => Ok(a.sequence),
+                    Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                        Err(Refused::Taken)
+                    }
+                    Err(e) => Err(Refused::Failed(format!("the log did not acknowledge: {e}"))),
+                },
+            });
+        }
+        out
+    }
+
+    /// Reads the log from its first entry, in order, into the feed; starts again after the last
+    /// entry read whenever the consumer fails.
+    async fn read_log(
+        log: stream::Stream,
+        feed: Sender<Entry>,
+        nudge: Sender<()>,
+        reconnected: Receiver<()>,
+    ) {
+        let mut next = 1u64;
+        loop {
+            let config = consumer::pull::OrderedConfig {
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: next,
+                },
+                ..Default::default()
+            };
+            let messages = match log.create_consumer(config).await {
+                Ok(c) => c.messages().await,
+                Err(e) => {
+                    log::warn!("cannot read the log ({e}); trying again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let mut messages = match messages {
+                Ok(m) => m,
+                Err(e) => {
+                    log::warn!("cannot read the log ({e}); trying again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            // What came before this consumer was made is not news.
+            while reconnected.try_recv().is_ok() {}
+            loop {
+                let got = tokio::select! {
+                    m = messages.next() => m,
+                    _ = reconnected.recv() => {
+                        log::info!("reading the log again from entry {next} after reconnecting");
+                        break;
+                    }
+                };
+                let Some(m) = got else { break };
+                let m = match m {
+                    Ok(m) => m,
+                    Err(e) => {
+                        log::warn!("reading the log: {e}; starting again at entry {next}");
+                        break;
+                    }
+                };
+                let Ok(info) = m.info() else { continue };
+                let seq = info.stream_sequence;
+                if seq < next {
+                    continue;
+                }
+                let header = |name: &str| {
+                    m.headers
+                        .as_ref()
+                        .and_then(|h| h.get(name))
+                        .map(|v| v.as_str().to_owned())
+                };
+                let entry = Entry {
+                    seq,
+                    node: header(NODE_HEADER),
+                    msg_id: header("Nats-Msg-Id"),
+                    payload: m.payload.to_vec(),
+                };
+                if feed.send(entry).await.is_err() {
+                    return;
+                }
+                next = seq + 1;
+                let _ = nudge.try_send(());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}

@@ -1,0 +1,402 @@
+//! What another server of a cluster wrote: its ops, as the shared store applied them
+//! (`Report::Remote`), brought into this core's memory, and the messages among them delivered to
+//! this server's connections.
+//!
+//! The rules ran on the server where the command was given; here only their outcome is taken in,
+//! the way the snapshot is taken in at start. Ops that change what this server decides on
+//! (accounts, friendships, blocks, passwords, tokens, profiles, backlog counts, message ids) are
+//! applied to memory, and so are rooms, memberships, bans and invitations. What the other server
+//! told its own connections at the commit (a room event, a friend request, a presence change) is
+//! not told again here: those lines reach only the connections of the server that ran the command
+//! (see docs/SCALING.md).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use super::out;
+use super::rooms::Room;
+use super::tokens::Token;
+use super::{fan_out, recipient, Account, BusIn, Core};
+use crate::config::PRESENCE_EXPIRY;
+use crate::proto::name::{Key, Skeleton};
+use crate::proto::room::RoomKey;
+use crate::proto::server_line::{MessageLine, ServerLine};
+use crate::store::{MessageRecord, RoomId, StoreOp, To};
+
+impl Core {
+    /// Takes in one op another server of the cluster committed.
+    pub(super) fn remote(&mut self, op: StoreOp) {
+        match op {
+            StoreOp::CreateAccount(rec) => {
+                let key = Key::of(&rec.name);
+                // A name this server reserved and lost to the other server is the other's now;
+                // the REGISTER here is answered NAME_TAKEN when its own write comes back.
+                let phc: Arc<str> = rec.phc.into();
+                match self.accounts.get_mut(&key) {
+                    Some(a) => {
+                        a.name = rec.name;
+                        a.phc = Some(phc);
+                    }
+                    None => {
+                        self.skeletons
+                            .entry(Skeleton::of(&rec.name))
+                            .or_insert_with(|| key.clone());
+                        self.accounts.insert(key, Account::new(rec.name, Some(phc)));
+                    }
+                }
+            }
+            StoreOp::AppendMessage { msg, pending_for } => self.remote_message(msg, pending_for),
+            StoreOp::AddPending { user, .. } => {
+                // The sender is not in the op: counted in the total only.
+                if let Some(a) = self.accounts.get_mut(user.as_str()) {
+                    let n = a.inbox.total() + 1;
+                    a.inbox.set_total(n);
+                }
+            }
+            StoreOp::ClearBacklog { user, .. } => {
+                if let Some(a) = self.accounts.get_mut(user.as_str()) {
+                    a.inbox = Default::default();
+                }
+            }
+            StoreOp::SetFriendship { a, b, state } => {
+                self.set_edge(&Key::from_folded(a), &Key::from_folded(b), state);
+            }
+            StoreOp::Block { a, b } => {
+                let (a, b) = (Key::from_folded(a), Key::from_folded(b));
+                self.set_edge(&a, &b, None);
+                if let Some(acct) = self.accounts.get_mut(&a) {
+                    acct.blocks.insert(b.clone());
+                }
+                if let Some(acct) = self.accounts.get_mut(&b) {
+                    acct.blocked_by.insert(a);
+                }
+            }
+            StoreOp::Unblock { a, b } => {
+                let (a, b) = (Key::from_folded(a), Key::from_folded(b));
+                if let Some(acct) = self.accounts.get_mut(&a) {
+                    acct.blocks.remove(&b);
+                }
+                if let Some(acct) = self.accounts.get_mut(&b) {
+                    acct.blocked_by.remove(&a);
+                }
+            }
+            StoreOp::SetPassword { user, phc, revoke } => {
+                if let Some(a) = self.accounts.get_mut(user.as_str()) {
+                    a.phc = Some(phc.into());
+                }
+                self.forget_remote_tokens(&revoke);
+            }
+            StoreOp::CreateToken(rec) => {
+                let key = Key::from_folded(rec.user.clone());
+                if let Some(a) = self.accounts.get_mut(&key) {
+                    a.tokens.push(rec.id);
+                    self.tokens.insert(rec.id, Token::from_record(key, rec));
+                }
+            }
+            StoreOp::RevokeTokens { ids } => self.forget_remote_tokens(&ids),
+            StoreOp::SetAway { user, away } => {
+                if let Some(a) = self.accounts.get_mut(user.as_str()) {
+                    a.profile.away = away;
+                }
+            }
+            StoreOp::SetDms { user, friends_only } => {
+                if let Some(a) = self.accounts.get_mut(user.as_str()) {
+                    a.profile.friends_only = friends_only;
+                }
+            }
+            StoreOp::SetLastSeen { user, ms } => {
+                if let Some(a) = self.accounts.get_mut(user.as_str()) {
+                    a.profile.last_seen_ms = Some(ms);
+                    a.seen_written = Some(ms);
+                }
+            }
+            StoreOp::AppendRoomMessage { msg, room, seq } => {
+                self.next_id = self.next_id.max(msg.id + 1);
+                self.remote_room_message(msg, room, seq);
+            }
+            StoreOp::PutRoom { id, room } => {
+                let key = RoomKey::of(&room.name);
+                match self.rooms.get_mut(&id) {
+                    Some(r) => {
+                        r.private = room.private;
+                        r.topic = room.topic;
+                    }
+                    None => {
+                        if let Some(other) = self.room_names.get(&key) {
+                            log::warn!(
+                                "cluster: room {} was created on two nodes at once (numbers {other} \
+                                 and {id}); this node keeps {other}",
+                                room.name
+                            );
+                            return;
+                        }
+                        self.room_names.insert(key, id);
+                        self.rooms.insert(
+                            id,
+                            Room {
+                                id,
+                                name: room.name,
+                                created_ms: room.created_ms,
+                                private: room.private,
+                                topic: room.topic,
+                                members: HashMap::new(),
+                                bans: BTreeMap::new(),
+                                invites: BTreeMap::new(),
+                                last_id: 0,
+                                count: 0,
+                            },
+                        );
+                    }
+                }
+            }
+            StoreOp::DeleteRoom { id } => {
+                if let Some(r) = self.rooms.remove(&id) {
+                    if self.room_names.get(&RoomKey::of(&r.name)) == Some(&id) {
+                        self.room_names.remove(&RoomKey::of(&r.name));
+                    }
+                    for k in r.members.keys().chain(r.invites.keys()) {
+                        if let Some(a) = self.accounts.get_mut(k) {
+                            a.rooms.remove(&id);
+                            a.invited.remove(&id);
+                        }
+                    }
+                }
+            }
+            StoreOp::PutMember { room, user, member } => {
+                let key = Key::from_folded(user);
+                if let (Some(r), Some(a)) = (self.rooms.get_mut(&room), self.accounts.get_mut(&key))
+                {
+                    a.rooms.insert(room);
+                    r.members.insert(key, member);
+                }
+            }
+            StoreOp::RemoveMember { room, user } => {
+                let key = Key::from_folded(user);
+                if let Some(r) = self.rooms.get_mut(&room) {
+                    r.members.remove(&key);
+                }
+                if let Some(a) = self.accounts.get_mut(&key) {
+                    a.rooms.remove(&room);
+                }
+            }
+            StoreOp::PutBan { room, user, ban } => {
+                if let Some(r) = self.rooms.get_mut(&room) {
+                    r.bans.insert(Key::from_folded(user), ban);
+                }
+            }
+            StoreOp::RemoveBan { room, user } => {
+                if let Some(r) = self.rooms.get_mut(&room) {
+                    r.bans.remove(&Key::from_folded(user));
+                }
+            }
+            StoreOp::PutInvite { room, user, invite } => {
+                let key = Key::from_folded(user);
+                if let (Some(r), Some(a)) = (self.rooms.get_mut(&room), self.accounts.get_mut(&key))
+                {
+                    a.invited.insert(room);
+                    r.invites.insert(key, invite);
+                }
+            }
+            StoreOp::RemoveInvite { room, user } => {
+                let key = Key::from_folded(user);
+                if let Some(r) = self.rooms.get_mut(&room) {
+                    r.invites.remove(&key);
+                }
+                if let Some(a) = self.accounts.get_mut(&key) {
+                    a.invited.remove(&room);
+                }
+            }
+            StoreOp::DeleteAccount { .. }
+            | StoreOp::TouchToken { .. }
+            | StoreOp::SetDirectRead { .. }
+            | StoreOp::History { .. }
+            | StoreOp::ReadBacklog { .. }
+            | StoreOp::ReadMessages { .. }
+            | StoreOp::DirectRead { .. }
+            | StoreOp::FirstUnread { .. }
+            | StoreOp::RoomSeq { .. }
+            | StoreOp::RoomReplay { .. } => {
+                log::debug!("cluster: an op of another node is in the index only: {op:?}");
+            }
+        }
+    }
+
+    /// What another node said about who is online there.
+    pub(super) fn bus(&mut self, news: BusIn) {
+        match news {
+            BusIn::Presence { node, key, online } => {
+                self.nodes.insert(node.clone(), self.now);
+                let key = Key::from_folded(key);
+                if online {
+                    self.remote_on(&node, key);
+                } else {
+                    self.remote_off(&node, &key);
+                }
+            }
+            BusIn::List { node, first, keys } => {
+                self.nodes.insert(node.clone(), self.now);
+                let keys: HashSet<Key> = keys.into_iter().map(Key::from_folded).collect();
+                if first {
+                    let gone: Vec<Key> = self
+                        .remote_online
+                        .iter()
+                        .filter(|(k, nodes)| nodes.contains(&node) && !keys.contains(*k))
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    for k in gone {
+                        self.remote_off(&node, &k);
+                    }
+                }
+                for k in keys {
+                    self.remote_on(&node, k);
+                }
+            }
+        }
+    }
+
+    /// Forgets the lists of the nodes not heard from for [`PRESENCE_EXPIRY`]: a node that died
+    /// without a word has its users offline after that long.
+    pub(super) fn expire_nodes(&mut self) {
+        let expiry = i64::try_from(PRESENCE_EXPIRY.as_millis()).unwrap_or(i64::MAX);
+        let dead: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|(_, heard)| self.now.saturating_sub(**heard) > expiry)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for node in dead {
+            log::warn!("cluster: node {node} not heard from; its users are offline");
+            self.nodes.remove(&node);
+            let keys: Vec<Key> = self
+                .remote_online
+                .iter()
+                .filter(|(_, nodes)| nodes.contains(&node))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in keys {
+                self.remote_off(&node, &k);
+            }
+        }
+    }
+
+    fn remote_on(&mut self, node: &str, key: Key) {
+        if !self.accounts.contains_key(&key) {
+            return;
+        }
+        let was = self.is_online(&key);
+        self.remote_online
+            .entry(key.clone())
+            .or_default()
+            .insert(node.to_owned());
+        if !was {
+            self.tell_friends(&key, true);
+        }
+    }
+
+    fn remote_off(&mut self, node: &str, key: &Key) {
+        let Some(nodes) = self.remote_online.get_mut(key) else {
+            return;
+        };
+        nodes.remove(node);
+        if nodes.is_empty() {
+            self.remote_online.remove(key);
+            if !self.is_online(key) {
+                self.tell_friends(key, false);
+            }
+        }
+    }
+
+    /// A room message another server stored: counted in the room, and delivered to this
+    /// server's connections of the members it reaches.
+    fn remote_room_message(&mut self, msg: MessageRecord, room: RoomId, seq: u64) {
+        let Some(r) = self.rooms.get_mut(&room) else {
+            return;
+        };
+        r.count = r.count.max(seq);
+        r.last_id = r.last_id.max(msg.id);
+        let line = out::shared(&ServerLine::Message(MessageLine {
+            id: msg.id,
+            time_ms: msg.time_ms,
+            from: &msg.from,
+            to: recipient(&msg.to),
+            text: &msg.text,
+        }));
+        // No connection of this server sent it: nobody is skipped (connection ids start at 1).
+        self.deliver_to_room(room, msg.id, &Key::of(&msg.from), &line, 0);
+    }
+
+    /// Forgets tokens another server revoked, whichever accounts they were of.
+    fn forget_remote_tokens(&mut self, ids: &[u64]) {
+        for id in ids {
+            if let Some(user) = self.tokens.get(id).map(|t| t.user().clone()) {
+                self.forget_tokens(&user, &[*id]);
+            }
+        }
+    }
+
+    /// A message another server stored: delivered to this server's connections of its
+    /// recipients. A recipient that has a connection here gets it live; if the other server,
+    /// which could not see that connection, put it in the recipient's backlog, the entry is
+    /// cleared (a later login would show it again otherwise).
+    fn remote_message(&mut self, msg: MessageRecord, pending_for: Vec<String>) {
+        self.next_id = self.next_id.max(msg.id + 1);
+        let sender = Key::of(&msg.from);
+        let line = out::shared(&ServerLine::Message(MessageLine {
+            id: msg.id,
+            time_ms: msg.time_ms,
+            from: &msg.from,
+            to: recipient(&msg.to),
+            text: &msg.text,
+        }));
+        let blockers = self
+            .accounts
+            .get(&sender)
+            .map(|a| a.blocked_by.clone())
+            .unwrap_or_default();
+        let keys: Vec<Key> = match &msg.to {
+            To::User(u) => vec![Key::of(u)],
+            To::Group(g) => {
+                let mut k: Vec<Key> = g.iter().map(|n| Key::of(n)).collect();
+                k.sort();
+                k.dedup();
+                k
+            }
+            To::All => self
+                .online
+                .iter()
+                .filter(|k| **k != sender && !blockers.contains(*k))
+                .cloned()
+                .collect(),
+            To::Room(_) => Vec::new(),
+        };
+        let mut delivered_here = Vec::new();
+        for key in &keys {
+            let reached = fan_out(
+                &self.accounts,
+                &self.conns,
+                &mut self.overflowed,
+                std::iter::once(key),
+                &line,
+                None,
+            );
+            if reached > 0 {
+                delivered_here.push(key.clone());
+            }
+        }
+        for user in pending_for {
+            let key = Key::from_folded(user);
+            if delivered_here.contains(&key) {
+                let op = StoreOp::ClearBacklog {
+                    user: key.as_str().to_owned(),
+                    upto: msg.id,
+                };
+                if let Some(a) = self.accounts.get_mut(&key) {
+                    a.inbox = Default::default();
+                }
+                self.store(op, |_, _| {});
+            } else if let Some(a) = self.accounts.get_mut(&key) {
+                a.inbox.add(&sender);
+            }
+        }
+    }
+}

@@ -1,0 +1,495 @@
+//! Several chatd nodes as one server (`--cluster`): a real NATS server with JetStream on loopback
+//! and three real chatd nodes.
+//!
+//! The failures guarded against: a name registered twice when two nodes race for it; a message
+//! that reaches a user on another node late, twice, under another id, or not at all; a history or
+//! a backlog that differs depending on the node asked; an acknowledged message lost when the node
+//! that acknowledged it is killed; and a node that drops its clients, or acknowledges writes it
+//! could not make, while NATS is unreachable.
+//!
+//! The tests need `nats-server` (Debian's package `nats-server`, which `scripts/test` installs when
+//! it runs as root). Without it each test prints why it was skipped and passes.
+//!
+//! Nodes learn of each other's writes through the log, asynchronously. A test never sleeps for
+//! that: it waits for a line (bounded by the harness's timeout), or uses [`Node::barrier`], a write
+//! on the node whose acknowledgement means the node has applied every entry before it.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A `nats-server` with JetStream, on a free loopback port, storing into a temporary directory.
+struct Nats {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+/// Whether `nats-server` can be run; prints why not.
+fn have_nats(test: &str) -> bool {
+    match Command::new("nats-server").arg("--version").output() {
+        Ok(o) if o.status.success() => true,
+        _ => {
+            eprintln!(
+                "SKIPPED {test}: nats-server is not installed (Debian: apt-get install nats-server; \
+                 scripts/test installs it when run as root)"
+            );
+            false
+        }
+    }
+}
+
+impl Nats {
+    fn start() -> Nats {
+        let tmp = tempfile::tempdir().expect("temporary directory");
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let dir = tmp.path().join("js");
+        let mut n = Nats {
+            child: None,
+            port,
+            dir,
+            _tmp: tmp,
+        };
+        n.run();
+        n
+    }
+
+    /// Starts the server (again) on the same port and store directory, and waits until it accepts
+    /// connections.
+    fn run(&mut self) {
+        let child = Command::new("nats-server")
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting nats-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + TIMEOUT;
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `kill -9` of the NATS server.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A chatd node of the cluster, with a connection kept for barriers.
+struct Node {
+    server: Server,
+    sync: Client,
+}
+
+impl Node {
+    fn start(nats: &Nats, dir: &Path, i: usize) -> Node {
+        let db = dir.join(format!("node{i}.redb"));
+        let server = Server::start_on(&db, &["--cluster", &nats.url()]);
+        let mut sync = server.connect();
+        let name = unique("sync");
+        sync.register(&name);
+        sync.login(&name);
+        Node { server, sync }
+    }
+
+    /// A write on this node: once it is acknowledged, the node has applied (and its core has
+    /// taken in) every entry the log held before it.
+    fn barrier(&mut self) {
+        // Pushes (an ALL) may come before the answer; they are not this connection's concern.
+        self.sync.send(&format!("AWAY {}", unique("b")));
+        let lines = self.sync.read_until(is_final);
+        let reply = lines.last().unwrap();
+        assert!(reply.starts_with("OK AWAY"), "{reply}");
+    }
+
+    fn connect(&self) -> Client {
+        self.server.connect()
+    }
+}
+
+/// A NATS server and three nodes.
+fn cluster(dir: &Path) -> (Nats, Vec<Node>) {
+    let nats = Nats::start();
+    let nodes = (0..3).map(|i| Node::start(&nats, dir, i)).collect();
+    (nats, nodes)
+}
+
+/// Logs in as `name` on `node`, after a barrier so that the node knows the account.
+fn login_on(node: &mut Node, name: &str) -> (Client, Vec<String>) {
+    node.barrier();
+    let mut c = node.connect();
+    let pushed = c.login(name);
+    (c, pushed)
+}
+
+/// `MESSAGE <id> ...` lines as (id, the rest).
+fn messages(lines: &[String]) -> Vec<(u64, String)> {
+    lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("MESSAGE "))
+        .map(|l| {
+            let (id, rest) = l.split_once(' ').unwrap();
+            (id.parse().unwrap(), rest.to_owned())
+        })
+        .collect()
+}
+
+/// Reads until a MESSAGE line with `text` and returns its id.
+fn wait_message(c: &mut Client, text: &str) -> u64 {
+    let lines = c.read_until(|l| l.starts_with("MESSAGE ") && l.ends_with(text));
+    messages(&lines).last().unwrap().0
+}
+
+#[test]
+fn a_register_race_on_two_nodes_has_exactly_one_winner() {
+    if !have_nats("a_register_race_on_two_nodes_has_exactly_one_winner") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_nats, mut nodes) = cluster(dir.path());
+    let mut a = nodes[0].connect();
+    let mut b = nodes[1].connect();
+    for _ in 0..10 {
+        let name = unique("race");
+        // Both are sent before either answer is read: the two nodes check their memory at the
+        // same time and both find the name free.
+        a.send(&format!("REGISTER {name} {PASSWORD}"));
+        b.send(&format!("REGISTER {name} other-password"));
+        let ra = a.read_line();
+        let rb = b.read_line();
+        let ok = format!("OK REGISTER {name}");
+        let wins = [&ra, &rb].iter().filter(|r| ***r == ok).count();
+        let taken = [&ra, &rb]
+            .iter()
+            .filter(|r| r.starts_with("FAIL REGISTER NAME_TAKEN "))
+            .count();
+        assert_eq!((wins, taken), (1, 1), "{ra} / {rb}");
+        // The third node knows the winner's password, and only it.
+        let password = if ra == ok { PASSWORD } else { "other-password" };
+        nodes[2].barrier();
+        let mut c = nodes[2].connect();
+        let reply = c.call1(&format!("LOGIN {name} {password}"));
+        assert!(reply.starts_with("OK LOGIN"), "{reply}");
+    }
+}
+
+#[test]
+fn msg_group_and_all_cross_nodes_with_one_id_and_one_history() {
+    if !have_nats("msg_group_and_all_cross_nodes_with_one_id_and_one_history") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_nats, mut nodes) = cluster(dir.path());
+    let [alice, bob, carol] = [unique("alice"), unique("bob"), unique("carol")];
+    for (i, n) in [&alice, &bob, &carol].iter().enumerate() {
+        let mut c = nodes[i].connect();
+        c.register(n);
+    }
+    let (mut a, _) = login_on(&mut nodes[0], &alice);
+    let (mut b, _) = login_on(&mut nodes[1], &bob);
+    let (mut c, _) = login_on(&mut nodes[2], &carol);
+
+    // MSG from node 0 to node 1, and back.
+    let id1 = a.msg(&bob, "hello from node zero");
+    assert_eq!(wait_message(&mut b, "hello from node zero"), id1);
+    let id2 = b.msg(&alice, "hello from node one");
+    assert!(id2 > id1, "ids increase across nodes: {id1} then {id2}");
+    assert_eq!(wait_message(&mut a, "hello from node one"), id2);
+
+    // GROUP from node 2 reaches both other nodes with the same id.
+    let reply = c.call1(&format!("GROUP {alice},{bob} to the group"));
+    assert!(reply.starts_with("OK GROUP "), "{reply}");
+    let gid: u64 = reply.split(' ').nth(2).unwrap().parse().unwrap();
+    assert_eq!(wait_message(&mut a, "to the group"), gid);
+    assert_eq!(wait_message(&mut b, "to the group"), gid);
+
+    // ALL from node 1 reaches the users on the other nodes.
+    let reply = b.call1("ALL to everyone");
+    assert!(reply.starts_with("OK ALL "), "{reply}");
+    let aid: u64 = reply.split(' ').nth(2).unwrap().parse().unwrap();
+    assert_eq!(wait_message(&mut a, "to everyone"), aid);
+    assert_eq!(wait_message(&mut c, "to everyone"), aid);
+    assert!(id1 < id2 && id2 < gid && gid < aid);
+
+    // Nothing arrives twice.
+    for (client, node) in [(&mut a, 0), (&mut b, 1), (&mut c, 2)] {
+        nodes[node].barrier();
+        let extra = messages(&client.sync());
+        assert!(extra.is_empty(), "node {node}: {extra:?}");
+    }
+
+    // HISTORY of one conversation is the same from every node.
+    let mut pages = Vec::new();
+    for node in nodes.iter_mut() {
+        let (mut h, _) = login_on(node, &alice);
+        let (lines, fin) = h.history(&format!("{bob} 50"));
+        pages.push((lines, fin));
+    }
+    assert_eq!(pages[0].0.len(), 2, "{:?}", pages[0]);
+    assert!(pages.iter().all(|p| *p == pages[0]), "{pages:?}");
+}
+
+#[test]
+fn a_backlog_kept_on_one_node_is_delivered_on_another() {
+    if !have_nats("a_backlog_kept_on_one_node_is_delivered_on_another") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_nats, mut nodes) = cluster(dir.path());
+    let [alice, bob] = [unique("alice"), unique("bob")];
+    nodes[0].connect().register(&alice);
+    nodes[1].connect().register(&bob);
+    let (mut a, _) = login_on(&mut nodes[0], &alice);
+    nodes[0].barrier();
+    let ids: Vec<u64> = (0..5).map(|i| a.msg(&bob, &format!("kept {i}"))).collect();
+    assert!(a.call1(&format!("MSG {bob} one more")).ends_with("KEPT"));
+    let (_, pushed) = login_on(&mut nodes[2], &bob);
+    let got: Vec<u64> = messages(&pushed).iter().map(|(id, _)| *id).collect();
+    assert_eq!(&got[..5], &ids[..], "{pushed:?}");
+    assert_eq!(got.len(), 6);
+    // Delivered once: a second login anywhere has nothing waiting.
+    let (_, again) = login_on(&mut nodes[1], &bob);
+    assert_eq!(again, vec!["BACKLOG-END 0".to_owned()]);
+}
+
+#[test]
+fn killing_a_node_under_load_loses_no_acknowledged_message() {
+    if !have_nats("killing_a_node_under_load_loses_no_acknowledged_message") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_nats, mut nodes) = cluster(dir.path());
+    let victim = nodes.remove(0);
+    let target = unique("target");
+    nodes[0].connect().register(&target);
+    let senders: Vec<String> = (0..3).map(|_| unique("sender")).collect();
+    let mut threads = Vec::new();
+    let (tx, rx) = std::sync::mpsc::channel::<(String, u64, String)>();
+    for s in &senders {
+        let mut c = victim.connect();
+        c.register(s);
+        c.login(s);
+        let (s, target, tx) = (s.clone(), target.clone(), tx.clone());
+        threads.push(std::thread::spawn(move || {
+            // Bounded: at most 2000 messages each; the node dies long before.
+            for i in 0..2000 {
+                let text = format!("{s} load {i}");
+                c.send(&format!("MSG {target} {text}"));
+                match c.next_line() {
+                    Some(l) if l.starts_with("OK MSG ") => {
+                        let id = l.split(' ').nth(2).unwrap().parse().unwrap();
+                        if tx.send((s.clone(), id, text)).is_err() {
+                            return;
+                        }
+                    }
+                    _ => return,
+                }
+            }
+        }));
+    }
+    drop(tx);
+    // Kill once some messages are acknowledged.
+    let mut acked = BTreeMap::new();
+    while acked.len() < 60 {
+        let (s, id, text) = rx
+            .recv_timeout(TIMEOUT)
+            .expect("acknowledgements under load");
+        acked.insert(id, (s, text));
+    }
+    victim.server.crash();
+    for (s, id, text) in rx.iter() {
+        acked.insert(id, (s, text));
+    }
+    for t in threads {
+        t.join().unwrap();
+    }
+    // The target logs in on a surviving node and finds every acknowledged message in its
+    // backlog, under the id its OK gave.
+    let (_, pushed) = login_on(&mut nodes[1], &target);
+    let got: BTreeMap<u64, String> = messages(&pushed).into_iter().collect();
+    for (id, (s, text)) in &acked {
+        let line = got
+            .get(id)
+            .unwrap_or_else(|| panic!("acknowledged message {id} lost"));
+        assert!(
+            line.contains(&format!(" {s} ")) && line.ends_with(text.as_str()),
+            "{line}"
+        );
+    }
+    // The senders log in on another node: they are known, and their history holds the same.
+    let (mut s0, _) = login_on(&mut nodes[0], &senders[0]);
+    let (lines, _) = s0.history(&format!("{target} 500"));
+    let mine = acked.values().filter(|(s, _)| *s == senders[0]).count();
+    assert!(lines.len() >= mine, "{} < {mine}", lines.len());
+}
+
+#[test]
+fn with_nats_unreachable_writes_are_refused_and_connections_stay() {
+    if !have_nats("with_nats_unreachable_writes_are_refused_and_connections_stay") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (mut nats, mut nodes) = cluster(dir.path());
+    let [alice, bob] = [unique("alice"), unique("bob")];
+    nodes[0].connect().register(&alice);
+    nodes[0].connect().register(&bob);
+    let (mut a, _) = login_on(&mut nodes[0], &alice);
+    let (mut b, _) = login_on(&mut nodes[1], &bob);
+    let before = a.msg(&bob, "before the outage");
+    assert_eq!(wait_message(&mut b, "before the outage"), before);
+
+    nats.kill();
+    // The first write waits for NATS (its publish times out); from then on the node knows, and
+    // refuses new writes at once with STORAGE_UNAVAILABLE.
+    a.send(&format!("MSG {bob} during the outage"));
+    let deadline = Instant::now() + 3 * TIMEOUT;
+    while !nodes[0]
+        .server
+        .log()
+        .iter()
+        .any(|l| l.contains("writes to the database are failing"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the node never noticed NATS was gone"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut other = nodes[0].connect();
+    other.expect_fail(
+        &format!("REGISTER {} {PASSWORD}", unique("late")),
+        "REGISTER",
+        "STORAGE_UNAVAILABLE",
+    );
+    // Connections stay and answer.
+    let mut b2 = nodes[0].connect();
+    b2.sync();
+
+    nats.run();
+    // The waiting MSG is made once NATS is back, and acknowledged once.
+    let reply = a.read_line();
+    assert!(reply.starts_with("OK MSG "), "{reply}");
+    let during = reply.split(' ').nth(2).unwrap().parse::<u64>().unwrap();
+    assert!(during > before);
+    assert_eq!(wait_message(&mut b, "during the outage"), during);
+    let after = a.msg(&bob, "after the outage");
+    assert!(after > during);
+    assert!(messages(&a.sync()).is_empty());
+}
+
+#[test]
+fn friends_and_presence_cross_nodes() {
+    if !have_nats("friends_and_presence_cross_nodes") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_nats, mut nodes) = cluster(dir.path());
+    let [alice, bob] = [unique("alice"), unique("bob")];
+    nodes[0].connect().register(&alice);
+    nodes[1].connect().register(&bob);
+    let (mut a, _) = login_on(&mut nodes[0], &alice);
+    let (mut b, _) = login_on(&mut nodes[1], &bob);
+    // A request made on node 0 is answered on node 1.
+    assert!(a
+        .call1(&format!("FRIEND ADD {bob}"))
+        .starts_with("OK FRIEND ADD"));
+    nodes[1].barrier();
+    let reply = b.call(&format!("FRIEND ACCEPT {alice}"));
+    assert!(
+        reply.iter().any(|l| l.starts_with("OK FRIEND ACCEPT")),
+        "{reply:?}"
+    );
+    // bob sees alice online, though on another node.
+    assert_eq!(b.read_line(), format!("PRESENCE {alice} ONLINE"));
+    // bob leaves node 1: alice, on node 0, is told; he comes back on node 2: told again.
+    b.expect("QUIT", "OK QUIT");
+    a.read_until(|l| *l == format!("PRESENCE {bob} OFFLINE"));
+    let (_b2, _) = login_on(&mut nodes[2], &bob);
+    a.read_until(|l| *l == format!("PRESENCE {bob} ONLINE"));
+    // A message to him, online on another node, is delivered there.
+    let reply = a.call1(&format!("MSG {bob} are you there"));
+    assert!(reply.ends_with(" DELIVERED"), "{reply}");
+}
+
+#[test]
+fn rooms_cross_nodes() {
+    if !have_nats("rooms_cross_nodes") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_nats, mut nodes) = cluster(dir.path());
+    let [alice, bob, carol] = [unique("alice"), unique("bob"), unique("carol")];
+    for (i, n) in [&alice, &bob, &carol].iter().enumerate() {
+        nodes[i].connect().register(n);
+    }
+    let (mut a, _) = login_on(&mut nodes[0], &alice);
+    let (mut b, _) = login_on(&mut nodes[1], &bob);
+    let (mut c, _) = login_on(&mut nodes[2], &carol);
+    let room = format!("#{}", unique("r"));
+    // Created on node 0, joined on nodes 1 and 2.
+    assert!(a
+        .call(&format!("JOIN {room}"))
+        .last()
+        .unwrap()
+        .starts_with("OK JOIN"));
+    nodes[1].barrier();
+    assert!(b
+        .call(&format!("JOIN {room}"))
+        .last()
+        .unwrap()
+        .starts_with("OK JOIN"));
+    nodes[2].barrier();
+    assert!(c
+        .call(&format!("JOIN {room}"))
+        .last()
+        .unwrap()
+        .starts_with("OK JOIN"));
+    nodes[0].barrier();
+    // A message from node 1 reaches the members on nodes 0 and 2, with one id.
+    let reply = b.call1(&format!("MSG {room} hello room"));
+    assert!(reply.starts_with("OK MSG "), "{reply}");
+    let id: u64 = reply.split(' ').nth(2).unwrap().parse().unwrap();
+    assert_eq!(wait_message(&mut a, "hello room"), id);
+    assert_eq!(wait_message(&mut c, "hello room"), id);
+    // The room's history is the same from every node.
+    let mut pages = Vec::new();
+    for (client, node) in [(&mut a, 0), (&mut b, 1), (&mut c, 2)] {
+        nodes[node].barrier();
+        pages.push(client.history(&format!("{room} 10")).0);
+    }
+    assert_eq!(pages[0].len(), 1, "{pages:?}");
+    assert!(pages.iter().all(|p| *p == pages[0]), "{pages:?}");
+}

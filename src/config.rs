@@ -228,3 +228,6 @@ pub const PRESENCE_LIST_CHUNK: usize = 500;
 /// Cluster mode: presence changes waiting for the NATS thread; past it a change is dropped (the
 /// next full list carries it).
 pub const CLUSTER_BUS_QUEUE: usize = 4096;
+/// Cluster mode: at start, how many times (a second apart) a node tries to open the log stream
+/// while a NATS cluster that has just started elects its JetStream leaders.
+pub const CLUSTER_START_TRIES: u32 = 20;

@@ -493,3 +493,186 @@ fn rooms_cross_nodes() {
     assert_eq!(pages[0].len(), 1, "{pages:?}");
     assert!(pages.iter().all(|p| *p == pages[0]), "{pages:?}");
 }
+
+#[test]
+fn the_conformance_suite_passes_against_each_node() {
+    if !have_nats("the_conformance_suite_passes_against_each_node") {
+        return;
+    }
+    use chatd_conformance::{bundled_cases, report, run, Options};
+    // The cases that need no special server settings (the limits cases need a server started
+    // with small limits; tests/conformance.rs runs those against a single server).
+    let cases: Vec<_> = bundled_cases()
+        .expect("the bundled cases parse")
+        .into_iter()
+        .filter(|c| c.requires.is_empty())
+        .collect();
+    // Each node in a cluster of its own making: the suite expects a server that has not run it
+    // before (ROOMS lists every public room), and the node asked is a different one each time.
+    for i in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        let (_nats, nodes) = cluster(dir.path());
+        let node = &nodes[i];
+        let mut opts = Options::new(node.server.addr().to_string());
+        opts.timeout = TIMEOUT;
+        let results = run(&cases, &opts, |_| {});
+        let totals = report::totals(&results);
+        assert!(
+            totals.failed == 0 && results.len() == cases.len(),
+            "node {i}:\n{}\n{}",
+            report::failures(&results),
+            report::summary(&results)
+        );
+        eprintln!("node {i}: {}", report::summary(&results));
+    }
+}
+
+/// Three NATS servers clustered on loopback, JetStream on each.
+struct NatsCluster {
+    servers: Vec<Option<Child>>,
+    ports: Vec<u16>,
+    _tmp: tempfile::TempDir,
+}
+
+impl NatsCluster {
+    fn start() -> NatsCluster {
+        let tmp = tempfile::tempdir().unwrap();
+        let free = || {
+            TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .unwrap()
+                .port()
+        };
+        let ports: Vec<u16> = (0..3).map(|_| free()).collect();
+        let routes: Vec<u16> = (0..3).map(|_| free()).collect();
+        let monitors: Vec<u16> = (0..3).map(|_| free()).collect();
+        let mut servers = Vec::new();
+        for i in 0..3 {
+            let others: Vec<String> = (0..3)
+                .filter(|j| *j != i)
+                .map(|j| format!("nats://127.0.0.1:{}", routes[j]))
+                .collect();
+            let child = Command::new("nats-server")
+                .args(["-js", "-a", "127.0.0.1", "-p", &ports[i].to_string()])
+                .args(["-n", &format!("n{i}"), "--cluster_name", "chatd"])
+                .args(["-m", &monitors[i].to_string()])
+                .args(["--cluster", &format!("nats://127.0.0.1:{}", routes[i])])
+                .args(["--routes", &others.join(",")])
+                .arg("-sd")
+                .arg(tmp.path().join(format!("js{i}")))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("starting nats-server");
+            servers.push(Some(child));
+        }
+        // Ready once every server's health check says so: JetStream has its leaders (bounded).
+        for m in &monitors {
+            let deadline = Instant::now() + 3 * TIMEOUT;
+            while !healthy(*m) {
+                assert!(
+                    Instant::now() < deadline,
+                    "the NATS cluster did not become ready"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        NatsCluster {
+            servers,
+            ports,
+            _tmp: tmp,
+        }
+    }
+
+    fn urls(&self) -> String {
+        let urls: Vec<String> = self
+            .ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect();
+        urls.join(",")
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.servers[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Whether the NATS server with this monitoring port answers its health check with "ok".
+fn healthy(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(TIMEOUT));
+    if s.write_all(b"GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200")
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for i in 0..self.servers.len() {
+            self.kill(i);
+        }
+    }
+}
+
+#[test]
+fn stopping_one_of_three_nats_servers_under_load_loses_nothing_acknowledged() {
+    if !have_nats("stopping_one_of_three_nats_servers_under_load_loses_nothing_acknowledged") {
+        return;
+    }
+    let mut nats = NatsCluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let urls = nats.urls();
+    let args = ["--cluster", urls.as_str(), "--cluster-replicas", "3"];
+    // JetStream elects its leaders after the servers meet: the first node retries until its
+    // stream can be made (bounded).
+    let start = |i: usize| {
+        let db = dir.path().join(format!("node{i}.redb"));
+        Server::start_on(&db, &args)
+    };
+    let a = start(0);
+    let b = start(1);
+    let target = unique("target");
+    b.connect().register(&target);
+    let sender = unique("sender");
+    let mut s = a.connect();
+    s.register(&sender);
+    s.login(&sender);
+    let mut acked = BTreeMap::new();
+    for i in 0..300 {
+        if i == 100 {
+            nats.kill(0);
+        }
+        let text = format!("load {i}");
+        s.send(&format!("MSG {target} {text}"));
+        // A publish caught by the failover waits for a new leader; the node tries it again with
+        // the same entry id, and answers once it is in.
+        let reply = s.read_line();
+        if reply.starts_with("OK MSG ") {
+            acked.insert(parse_ok_id(&reply, "MSG"), text);
+        }
+    }
+    assert!(acked.len() > 200, "{} acknowledged", acked.len());
+    // A write on the other node: once it is acknowledged, that node has applied every entry
+    // before it.
+    b.connect().register(&unique("sync"));
+    let pushed = b.connect().login(&target);
+    let got: BTreeMap<u64, String> = messages(&pushed).into_iter().collect();
+    for (id, text) in &acked {
+        let line = got
+            .get(id)
+            .unwrap_or_else(|| panic!("acknowledged message {id} lost"));
+        assert!(line.ends_with(text.as_str()), "{line}");
+    }
+}

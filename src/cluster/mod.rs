@@ -37,7 +37,7 @@ use futures_lite::future;
 
 use crate::config::{
     CLUSTER_APPLY_BATCH, CLUSTER_BUS_QUEUE, CLUSTER_FEED_QUEUE, CLUSTER_LOG_WAIT,
-    CLUSTER_REQUEST_QUEUE, PRESENCE_LIST_CHUNK, PRESENCE_REFRESH,
+    CLUSTER_REQUEST_QUEUE, CLUSTER_START_TRIES, PRESENCE_LIST_CHUNK, PRESENCE_REFRESH,
 };
 use crate::core::{BusIn, BusOut};
 use crate::store::oplog::{decode_op, encode_op};
@@ -540,6 +540,16 @@ mod nats {
         // the consumer it was reading from, and reading again at once beats waiting for the
         // consumer's heartbeat to be missed.
         let (reconnected_tx, reconnected) = async_channel::bounded::<()>(1);
+        let mut addrs = Vec::with_capacity(opts.urls.len());
+        for u in &opts.urls {
+            match u.parse::<async_nats::ServerAddr>() {
+                Ok(a) => addrs.push(a),
+                Err(e) => {
+                    let _ = ready.send(Err(format!("the NATS URL {u} is not valid: {e}")));
+                    return;
+                }
+            }
+        }
         let connected = async_nats::ConnectOptions::new()
             .name(format!("chatd {node}"))
             .event_callback(move |event| {
@@ -560,7 +570,7 @@ mod nats {
             })
             .connection_timeout(Duration::from_secs(5))
             .request_timeout(Some(Duration::from_secs(5)))
-            .connect(opts.urls.join(","))
+            .connect(addrs)
             .await;
         let client = match connected {
             Ok(c) => c,
@@ -595,11 +605,21 @@ mod nats {
             duplicate_window: Duration::from_secs(600),
             ..Default::default()
         };
-        let mut log = match js.get_or_create_stream(config).await {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = ready.send(Err(format!("cannot open the stream {STREAM}: {e}")));
-                return;
+        // A NATS cluster that has just started elects its JetStream leaders first: a bounded
+        // wait for it.
+        let mut tries = 0;
+        let mut log = loop {
+            match js.get_or_create_stream(config.clone()).await {
+                Ok(s) => break s,
+                Err(e) if tries < CLUSTER_START_TRIES => {
+                    tries += 1;
+                    log::info!("the stream {STREAM} cannot be opened yet ({e}); trying again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => {
+                    let _ = ready.send(Err(format!("cannot open the stream {STREAM}: {e}")));
+                    return;
+                }
             }
         };
         let last = match log.info().await {

@@ -16,7 +16,7 @@
 use std::sync::Arc;
 
 use super::out::{self, Out};
-use super::{ConnId, ConnState, Core, Hold, Req};
+use super::{Account, BusOut, ConnId, ConnState, Core, Hold, Job, Req};
 use crate::auth::{HashJob, HashOutcome};
 use crate::proto::code::{ByeCode, Code};
 use crate::proto::name::{Key, Password};
@@ -220,41 +220,9 @@ impl Core {
 
     fn unregister_stored(&mut self, req: Req, me: Key) {
         let conn = req.conn;
-        let Some(acct) = self.accounts.remove(&me) else {
+        let Some(acct) = self.forget_account(&me) else {
             return self.internal_error(req, "a deleted account vanished before its commit");
         };
-        self.online.remove(&me);
-        self.retired.insert(me.clone(), acct.name.clone());
-        for id in &acct.tokens {
-            self.tokens.remove(id);
-        }
-        // The other side of each friendship or request learns it is over, as if the account had
-        // ended it itself.
-        for (other, state) in &acct.friends {
-            let event = match state {
-                FriendState::Friends => FriendshipEvent::Removed,
-                FriendState::Outgoing => FriendshipEvent::Withdrawn,
-                FriendState::Incoming => FriendshipEvent::Denied,
-            };
-            if let Some(o) = self.accounts.get_mut(other) {
-                o.friends.remove(&me);
-            }
-            let line = out::shared(&ServerLine::Friendship {
-                name: &acct.name,
-                event,
-            });
-            self.push_to_account(other, &line);
-        }
-        for k in &acct.blocks {
-            if let Some(o) = self.accounts.get_mut(k) {
-                o.blocked_by.remove(&me);
-            }
-        }
-        for k in &acct.blocked_by {
-            if let Some(o) = self.accounts.get_mut(k) {
-                o.blocks.remove(&me);
-            }
-        }
         for c in acct.conns.iter().copied().filter(|c| *c != conn) {
             self.close_with_bye(c, ByeCode::ACCOUNT_DELETED, "the account was deleted");
         }
@@ -268,5 +236,51 @@ impl Core {
         out.ok(&req, OkReply::Unregister { name: &acct.name });
         self.finish(req, out);
         self.release(conn);
+    }
+
+    /// Removes a deleted account from memory: its name is retired, its tokens, friendships (the
+    /// other side is told) and blocks go, and in a cluster the other nodes learn it is offline.
+    /// Returns the account, whose connections the caller closes.
+    pub(super) fn forget_account(&mut self, me: &Key) -> Option<Account> {
+        let acct = self.accounts.remove(me)?;
+        if self.online.remove(me) && self.settings.cluster {
+            self.jobs.push(Job::Bus(BusOut::Presence {
+                key: me.as_str().to_owned(),
+                online: false,
+            }));
+        }
+        self.remote_online.remove(me);
+        self.retired.insert(me.clone(), acct.name.clone());
+        for id in &acct.tokens {
+            self.tokens.remove(id);
+        }
+        // The other side of each friendship or request learns it is over, as if the account had
+        // ended it itself.
+        for (other, state) in &acct.friends {
+            let event = match state {
+                FriendState::Friends => FriendshipEvent::Removed,
+                FriendState::Outgoing => FriendshipEvent::Withdrawn,
+                FriendState::Incoming => FriendshipEvent::Denied,
+            };
+            if let Some(o) = self.accounts.get_mut(other) {
+                o.friends.remove(me);
+            }
+            let line = out::shared(&ServerLine::Friendship {
+                name: &acct.name,
+                event,
+            });
+            self.push_to_account(other, &line);
+        }
+        for k in &acct.blocks {
+            if let Some(o) = self.accounts.get_mut(k) {
+                o.blocked_by.remove(me);
+            }
+        }
+        for k in &acct.blocked_by {
+            if let Some(o) = self.accounts.get_mut(k) {
+                o.blocks.remove(me);
+            }
+        }
+        Some(acct)
     }
 }

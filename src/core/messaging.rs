@@ -39,9 +39,12 @@ struct Addressees {
 /// A message waiting for its commit.
 struct Sent {
     sender: Key,
-    /// The message as proposed; the store may give it another id (a cluster's log), and its
-    /// MESSAGE line is encoded once that is known.
-    record: MessageRecord,
+    id: MsgId,
+    /// The MESSAGE line, encoded once when the message was made; every recipient's outbox shares
+    /// these bytes.
+    line: Chunk,
+    /// In a cluster, the message, to encode its line again with the id the store gives it.
+    copy: Option<MessageRecord>,
     /// Recipients that had a connection online when the message was sent.
     online: Vec<Key>,
     /// Recipients whose copy went to their offline backlog.
@@ -192,53 +195,65 @@ impl Core {
             m.read_seq = seq;
             *m
         });
-        // What the closure needs to encode the MESSAGE line once the id is known.
-        let shown = record.clone();
-        let sender_key = sender.clone();
-        let op = StoreOp::AppendRoomMessage {
+        let line = message_line(id, &record);
+        // In a cluster the store gives the id (the log's sequence; `StoreReply::Appended`), and
+        // the line is encoded again with it; on one server the id stands and nothing is copied.
+        let cell = self.settings.cluster.then(|| Arc::new(AtomicU64::new(id)));
+        let copy = self.settings.cluster.then(|| record.clone());
+        let append = StoreOp::AppendRoomMessage {
             msg: record,
             room: room_id,
             seq,
         };
         self.reserve(&mut req);
-        // The store may give the message another id (a cluster's log): the id it answers is the
-        // one delivered and acknowledged, and the line is encoded again with it.
-        let assigned = Arc::new(AtomicU64::new(id));
-        let seen = assigned.clone();
-        self.store(op, move |core, reply| {
-            if let StoreReply::Appended(real) = reply {
-                seen.store(real, Ordering::Relaxed);
-                core.next_id = core.next_id.max(real + 1);
-                if let Some(room) = core.rooms.get_mut(&room_id) {
-                    room.last_id = room.last_id.max(real);
-                    if let Some(m) = room.members.get_mut(&sender_key) {
-                        m.read_id = m.read_id.max(real);
+        let member_key = sender.as_str().to_owned();
+        let final_cell = cell.clone();
+        let finish = move |core: &mut Core, reply: StoreReply| {
+            let (id, line) = match (final_cell, copy) {
+                (Some(cell), Some(record)) => {
+                    if let StoreReply::Appended(real) = reply {
+                        cell.store(real, Ordering::Relaxed);
                     }
+                    let real = cell.load(Ordering::Relaxed);
+                    core.appended_room_message(room_id, &sender, real);
+                    (real, message_line(real, &record))
                 }
-            }
-        });
-        let ops: Vec<StoreOp> = marker
-            .map(|member| StoreOp::PutMember {
-                room: room_id,
-                user: sender.as_str().to_owned(),
-                member,
-            })
-            .into_iter()
-            .collect();
-        self.store_all(ops, move |core, _| {
-            let id = assigned.load(Ordering::Relaxed);
-            let line = out::shared(&ServerLine::Message(MessageLine {
-                id,
-                time_ms: shown.time_ms,
-                from: &shown.from,
-                to: recipient(&shown.to),
-                text: &shown.text,
-            }));
+                _ => (id, line),
+            };
             let delivered = core.deliver_to_room(room_id, id, &sender, &line, req.conn);
             let mut out = Out::new();
             out.ok(&req, OkReply::RoomMsg { id, delivered });
             core.finish(req, out);
-        });
+        };
+        let Some(member) = marker else {
+            return self.store(append, finish);
+        };
+        match cell {
+            Some(cell) => self.store(append, move |_, reply| {
+                if let StoreReply::Appended(real) = reply {
+                    cell.store(real, Ordering::Relaxed);
+                }
+            }),
+            None => self.store(append, |_, _| {}),
+        }
+        let op = StoreOp::PutMember {
+            room: room_id,
+            user: member_key,
+            member,
+        };
+        self.store(op, finish);
+    }
+
+    /// A room message of this server got its id from a cluster's log: the room and the sender's
+    /// read marker move up to it, and later ids start above it.
+    fn appended_room_message(&mut self, room_id: RoomId, sender: &Key, id: MsgId) {
+        self.next_id = self.next_id.max(id + 1);
+        if let Some(room) = self.rooms.get_mut(&room_id) {
+            room.last_id = room.last_id.max(id);
+            if let Some(m) = room.members.get_mut(sender) {
+                m.read_id = m.read_id.max(id);
+            }
+        }
     }
 
     /// Queues a room message on every connection of the room's online members whose membership
@@ -332,13 +347,18 @@ impl Core {
             to,
             text,
         };
+        let line = message_line(id, &record);
+        // In a cluster the store gives the id (see `send_room`): a copy to encode it again.
+        let copy = self.settings.cluster.then(|| record.clone());
         let op = StoreOp::AppendMessage {
-            msg: record.clone(),
+            msg: record,
             pending_for: pending_for.iter().map(|k| k.as_str().to_owned()).collect(),
         };
         let sent = Sent {
             sender,
-            record,
+            id,
+            line,
+            copy,
             online,
             kept: pending_for.len(),
             elsewhere,
@@ -348,23 +368,13 @@ impl Core {
         self.store(op, move |core, reply| core.message_stored(req, sent, reply));
     }
 
-    fn message_stored(&mut self, req: Req, sent: Sent, reply: StoreReply) {
-        let id = match reply {
-            StoreReply::Appended(id) => {
-                self.next_id = self.next_id.max(id + 1);
-                id
-            }
-            _ => sent.record.id,
-        };
-        let r = &sent.record;
-        let line = out::shared(&ServerLine::Message(MessageLine {
-            id,
-            time_ms: r.time_ms,
-            from: &r.from,
-            to: recipient(&r.to),
-            text: &r.text,
-        }));
-        let chunk = &line;
+    fn message_stored(&mut self, req: Req, mut sent: Sent, reply: StoreReply) {
+        if let (StoreReply::Appended(real), Some(record)) = (&reply, &sent.copy) {
+            self.next_id = self.next_id.max(real + 1);
+            sent.id = *real;
+            sent.line = message_line(*real, record);
+        }
+        let (id, chunk) = (sent.id, &sent.line);
         let mut out = Out::new();
         if req.verb == Some(Verb::All) {
             // Everyone online but the sender and the accounts that block it.
@@ -493,4 +503,15 @@ impl Core {
 /// it at all).
 fn reaches(m: &MemberRecord, id: MsgId) -> bool {
     m.since < id
+}
+
+/// A message's `MESSAGE` line, encoded once for every recipient.
+fn message_line(id: MsgId, record: &MessageRecord) -> Chunk {
+    out::shared(&ServerLine::Message(MessageLine {
+        id,
+        time_ms: record.time_ms,
+        from: &record.from,
+        to: recipient(&record.to),
+        text: &record.text,
+    }))
 }

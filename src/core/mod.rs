@@ -62,7 +62,7 @@ mod tokens;
 
 pub mod entropy;
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 pub use self::commands::{Needs, Row, COMMANDS};
@@ -382,7 +382,7 @@ pub struct Core {
     /// Accounts with at least one logged-in connection, sorted for USERS.
     online: BTreeSet<Key>,
     /// In a cluster: accounts online on other nodes, and on which.
-    remote_online: HashMap<Key, HashSet<String>>,
+    remote_online: BTreeMap<Key, HashSet<String>>,
     /// In a cluster: the other nodes heard from, and when last (their lists expire).
     nodes: HashMap<String, i64>,
     conns: HashMap<ConnId, Conn>,
@@ -505,7 +505,7 @@ impl Core {
             accounts,
             skeletons,
             online: BTreeSet::new(),
-            remote_online: HashMap::new(),
+            remote_online: BTreeMap::new(),
             nodes: HashMap::new(),
             conns: HashMap::new(),
             rooms,

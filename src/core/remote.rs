@@ -18,6 +18,7 @@ use super::rooms::Room;
 use super::tokens::Token;
 use super::{fan_out, recipient, Account, BusIn, Core};
 use crate::config::PRESENCE_EXPIRY;
+use crate::proto::code::ByeCode;
 use crate::proto::name::{Key, Skeleton};
 use crate::proto::room::RoomKey;
 use crate::proto::server_line::{MessageLine, ServerLine};
@@ -206,8 +207,15 @@ impl Core {
                     a.invited.remove(&room);
                 }
             }
-            StoreOp::DeleteAccount { .. }
-            | StoreOp::TouchToken { .. }
+            StoreOp::DeleteAccount { user, .. } => {
+                let key = Key::from_folded(user);
+                if let Some(acct) = self.forget_account(&key) {
+                    for c in acct.conns {
+                        self.close_with_bye(c, ByeCode::ACCOUNT_DELETED, "the account was deleted");
+                    }
+                }
+            }
+            StoreOp::TouchToken { .. }
             | StoreOp::SetDirectRead { .. }
             | StoreOp::History { .. }
             | StoreOp::ReadBacklog { .. }

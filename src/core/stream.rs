@@ -285,16 +285,30 @@ impl Core {
         let Kind::Users { after, done, .. } = &mut stream.kind else {
             return;
         };
-        let from = match after.as_ref() {
-            Some(k) => self
-                .online
-                .range::<Key, _>((std::ops::Bound::Excluded(k), std::ops::Bound::Unbounded)),
-            None => self.online.range::<Key, _>(..),
+        let bounds = match after.as_ref() {
+            Some(k) => (std::ops::Bound::Excluded(k), std::ops::Bound::Unbounded),
+            None => (std::ops::Bound::Unbounded, std::ops::Bound::Unbounded),
         };
+        // Online here, and in a cluster online on other nodes: two sorted sets, merged.
+        let mut here = self.online.range::<Key, _>(bounds).peekable();
+        let mut there = self
+            .remote_online
+            .range::<Key, _>(bounds)
+            .map(|(k, _)| k)
+            .peekable();
+        let merged = std::iter::from_fn(|| match (here.peek(), there.peek()) {
+            (Some(a), Some(b)) if a == b => {
+                there.next();
+                here.next()
+            }
+            (Some(a), Some(b)) if b < a => there.next(),
+            (Some(_), _) => here.next(),
+            (None, _) => there.next(),
+        });
         let mut out = Out::new();
         let mut n = 0u64;
         let mut last = None;
-        for key in from.take(ANSWER_PART_USERS) {
+        for key in merged.take(ANSWER_PART_USERS) {
             if let Some(a) = self.accounts.get(key) {
                 out.line(&ServerLine::User { name: &a.name });
                 n += 1;

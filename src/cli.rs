@@ -13,9 +13,9 @@ use crate::client::ClientOptions;
 use crate::config::{
     DEFAULT_DB, DEFAULT_FRIEND_REQUESTS_PER_HOUR, DEFAULT_HASH_PER_ADDRESS, DEFAULT_HASH_QUEUE,
     DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_INBOX_SHARE, DEFAULT_LINE_BURST, DEFAULT_LINE_RATE,
-    DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS, DEFAULT_MIN_FREE_DISK_MIB,
-    DEFAULT_MSGS_PER_MINUTE, DEFAULT_REGISTRATIONS_PER_HOUR, DEFAULT_STORED_KIB_PER_DAY,
-    SCRYPT_LOG_N,
+    DEFAULT_LISTEN, DEFAULT_MAX_COMPRESSED, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS,
+    DEFAULT_MIN_FREE_DISK_MIB, DEFAULT_MSGS_PER_MINUTE, DEFAULT_REGISTRATIONS_PER_HOUR,
+    DEFAULT_STORED_KIB_PER_DAY, SCRYPT_LOG_N,
 };
 use crate::net::{ServerOptions, TlsSource};
 use crate::peer::Network;
@@ -140,6 +140,11 @@ pub struct Args {
     /// 0: no limit (default 20)
     #[argh(option, default = "DEFAULT_FRIEND_REQUESTS_PER_HOUR")]
     pub friend_requests_per_hour: u64,
+
+    /// connections that may be compressed at once (COMPRESS DEFLATE, about 300 KiB of memory
+    /// each); past it COMPRESS gets SERVER_BUSY; 0: compression off (default 1000)
+    #[argh(option, default = "DEFAULT_MAX_COMPRESSED")]
+    pub max_compressed: usize,
 
     /// scrypt cost as log2(N) for new passwords (default 15, about 100 ms; lower only for tests)
     #[argh(option, default = "SCRYPT_LOG_N")]
@@ -292,6 +297,7 @@ impl TryFrom<Args> for ServerOptions {
             stored_kib_per_day: args.stored_kib_per_day,
             inbox_share: args.inbox_share,
             friend_requests_per_hour: args.friend_requests_per_hour,
+            max_compressed: args.max_compressed,
             scrypt_log_n: args.scrypt_log_n,
         })
     }
@@ -350,6 +356,7 @@ mod tests {
                 DEFAULT_FRIEND_REQUESTS_PER_HOUR
             )
         );
+        assert_eq!(opts.max_compressed, DEFAULT_MAX_COMPRESSED);
         assert!(opts.tls.is_none());
         assert_eq!(parse(&[]).unwrap().log_level, LevelFilter::Info);
 
@@ -369,6 +376,7 @@ mod tests {
             format!("(default {DEFAULT_STORED_KIB_PER_DAY})"),
             format!("(default {DEFAULT_INBOX_SHARE})"),
             format!("(default {DEFAULT_FRIEND_REQUESTS_PER_HOUR})"),
+            format!("(default {DEFAULT_MAX_COMPRESSED})"),
             format!("(default {DEFAULT_MIN_FREE_DISK_MIB})"),
             format!("(default {SCRYPT_LOG_N},"),
         ] {

@@ -65,6 +65,16 @@ pub const ANSWER_PART_MESSAGES: usize = 16;
 /// Names per part of a long USERS answer.
 pub const ANSWER_PART_USERS: usize = 256;
 
+/// DEFLATE level of compressed connections (`COMPRESS DEFLATE`, spec 4.13): zlib's default, a
+/// good ratio for chat text at a CPU cost that docs/BENCHMARKS.md measures.
+pub const DEFLATE_LEVEL: u32 = 6;
+/// Bytes inflated at a time from a compressed connection before its lines are framed: however
+/// much a few compressed bytes expand, the server holds no more than this of them at once.
+pub const INFLATE_CHUNK: usize = 1024;
+/// Default most connections compressed at once (each holds its DEFLATE state, about 300 KiB; see
+/// the spec's limits); beyond it COMPRESS gets SERVER_BUSY. 0 turns compression off.
+pub const DEFAULT_MAX_COMPRESSED: usize = 1000;
+
 /// Default plain-TCP listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7878";
 /// Default database file (relative to the working directory).

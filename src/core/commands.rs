@@ -296,6 +296,25 @@ pub static COMMANDS: &[Row] = &[
             cmd => core.mismatch(req, cmd),
         },
     },
+    Row {
+        verb: Verb::Compress,
+        state: Needs::Any,
+        // What follows it is read and written compressed: it must come after every earlier answer.
+        barrier: true,
+        writes: |_| false,
+        reads: false,
+        summary: "compress this connection both ways (for clients that speak DEFLATE)",
+        details: &[
+            "After OK COMPRESS DEFLATE, every byte both ways is a raw DEFLATE stream (RFC 1951),",
+            "flushed at the end of each write. Send nothing after COMPRESS until its answer has come.",
+            "It saves bandwidth on long answers; each compressed connection costs the server memory.",
+            "Example: COMPRESS DEFLATE  (answer: OK COMPRESS DEFLATE)",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Compress => core.compress(req),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
 ];
 
 #[cfg(test)]
@@ -333,6 +352,7 @@ mod tests {
             ("HELP", false),
             ("LOGOUT", false),
             ("QUIT", false),
+            ("COMPRESS DEFLATE", false),
         ] {
             let cmd = parse(line).expect("parses").expect("a command").command;
             assert_eq!((row(cmd.verb()).writes)(&cmd), writes, "{line}");
@@ -357,8 +377,8 @@ mod tests {
                 .collect()
         };
         assert_eq!(by(Needs::LoggedOut), ["REGISTER", "LOGIN"]);
-        assert_eq!(by(Needs::Any), ["QUIT", "HELP", "PING"]);
-        assert_eq!(by(Needs::LoggedIn).len(), COMMANDS.len() - 5);
+        assert_eq!(by(Needs::Any), ["QUIT", "HELP", "PING", "COMPRESS"]);
+        assert_eq!(by(Needs::LoggedIn).len(), COMMANDS.len() - 6);
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //!   once, in `Core::process`, before any handler.
 //! - one file per group of commands, each holding its handlers and what they do when their store or
 //!   hash result comes back (a closure given with the job): `session` (REGISTER, LOGIN, LOGOUT,
-//!   QUIT), `messaging` (MSG, GROUP, ALL), `history`, `friends`, `info` (HELP, PING, USERS);
+//!   QUIT), `messaging` (MSG, GROUP, ALL), `history`, `friends`, `info` (HELP, PING, USERS),
+//!   `compress` (COMPRESS, and a connection whose DEFLATE stream breaks);
 //! - `idle`: what the clock does by itself: silent connections are probed, then closed;
 //! - `guard`: login protection: hashes per address, failed-login back-off, registrations per
 //!   address; `quota`: what one account may send and store; `bucket`: the token bucket both count
@@ -34,6 +35,7 @@
 
 mod bucket;
 mod commands;
+mod compress;
 mod friends;
 mod guard;
 mod history;
@@ -76,6 +78,9 @@ pub enum Input {
     Line(Vec<u8>),
     /// A line that passed the length limit and was discarded.
     TooLong,
+    /// The connection's DEFLATE stream (after COMPRESS) could not be inflated: nothing more can
+    /// be read from it. Needs no credit.
+    BadDeflate,
 }
 
 /// Something that happened.
@@ -172,6 +177,8 @@ pub struct Limits {
     pub inbox_share: u32,
     /// Friend requests one account may send per hour. 0: no limit.
     pub friend_requests_per_hour: u64,
+    /// Connections that may be compressed at once (COMPRESS). 0: compression is off.
+    pub max_compressed: usize,
 }
 
 impl Default for Limits {
@@ -185,6 +192,7 @@ impl Default for Limits {
             stored_bytes_per_day: DEFAULT_STORED_KIB_PER_DAY * 1024,
             inbox_share: DEFAULT_INBOX_SHARE,
             friend_requests_per_hour: DEFAULT_FRIEND_REQUESTS_PER_HOUR,
+            max_compressed: DEFAULT_MAX_COMPRESSED,
         }
     }
 }
@@ -254,6 +262,8 @@ struct Conn {
     slots: Slots,
     /// QUIT was answered or the server closed it; further input is ignored.
     closing: bool,
+    /// COMPRESS DEFLATE was accepted: the connection counts in `Core::compressed`.
+    compressed: bool,
 }
 
 impl Conn {
@@ -284,6 +294,8 @@ pub struct Core {
     skeletons: HashMap<Skeleton, Key>,
     /// Accounts with at least one logged-in connection, sorted for USERS.
     online: BTreeSet<Key>,
+    /// Connections compressed now (COMPRESS), against `Limits::max_compressed`.
+    compressed: usize,
     conns: HashMap<ConnId, Conn>,
     next_id: MsgId,
     next_ticket: Ticket,
@@ -350,6 +362,7 @@ impl Core {
             accounts,
             skeletons,
             online: BTreeSet::new(),
+            compressed: 0,
             conns: HashMap::new(),
             next_id: snapshot.next_id.max(1),
             next_ticket: 1,
@@ -477,6 +490,7 @@ impl Core {
                 deferred: VecDeque::new(),
                 slots: Slots::default(),
                 closing: false,
+                compressed: false,
             },
         );
     }
@@ -487,6 +501,9 @@ impl Core {
         };
         if c.closing {
             return;
+        }
+        if matches!(input, Input::BadDeflate) {
+            return self.close_bad_deflate(conn);
         }
         c.last_heard = self.now;
         c.probed = false;
@@ -501,6 +518,8 @@ impl Core {
     /// command's handler.
     fn process(&mut self, conn: ConnId, input: Input) {
         let line = match input {
+            // Handled when it arrives (`Core::input`), never deferred.
+            Input::BadDeflate => return self.close_bad_deflate(conn),
             Input::TooLong => {
                 let text = format!(
                     "line exceeds {} bytes; it was discarded",
@@ -734,6 +753,9 @@ impl Core {
             return;
         };
         c.outbox.close();
+        if c.compressed {
+            self.compressed -= 1;
+        }
         if let Some(cancel) = &c.hashing {
             // Its hash is not wanted any more: a thread that has not started it skips it.
             cancel.cancel();

@@ -290,6 +290,7 @@ pub fn arbitrary_request(u: &mut Unstructured<'_>) -> Result<Request> {
             3 => FriendOp::Deny(name(u)?),
             _ => FriendOp::Remove(name(u)?),
         }),
+        Verb::Compress => Command::Compress,
     };
     Ok(Request { label, command })
 }

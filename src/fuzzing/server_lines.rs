@@ -148,6 +148,7 @@ fn ok_reply<'a>(u: &mut Unstructured<'_>, verb: Verb, pool: &'a [String]) -> Res
                 count: u.arbitrary()?,
             },
         }),
+        Verb::Compress => OkReply::Compress,
     })
 }
 

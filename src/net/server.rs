@@ -134,6 +134,7 @@ pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), Server
             stored_bytes_per_day: opts.stored_kib_per_day.saturating_mul(1024),
             inbox_share: opts.inbox_share,
             friend_requests_per_hour: opts.friend_requests_per_hour,
+            max_compressed: opts.max_compressed,
         },
     };
     let core = Core::new(snapshot, settings);

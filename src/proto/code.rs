@@ -102,6 +102,8 @@ codes! {
     STORAGE_UNAVAILABLE,
     /// The server failed internally; the details are in its log.
     INTERNAL_ERROR,
+    /// COMPRESS on a connection that is compressed already.
+    COMPRESSION_ACTIVE,
 }
 
 impl Code {
@@ -132,6 +134,8 @@ pub enum ByeCode {
     TOO_MANY_CONNECTIONS,
     /// The client stayed silent after an idle probe.
     IDLE_TIMEOUT,
+    /// The client's DEFLATE stream (after COMPRESS) could not be inflated.
+    BAD_DEFLATE,
 }
 
 impl ByeCode {
@@ -142,6 +146,7 @@ impl ByeCode {
         ByeCode::SERVER_FULL,
         ByeCode::TOO_MANY_CONNECTIONS,
         ByeCode::IDLE_TIMEOUT,
+        ByeCode::BAD_DEFLATE,
     ];
 
     /// The code as it appears on the wire.
@@ -152,6 +157,7 @@ impl ByeCode {
             ByeCode::SERVER_FULL => "SERVER_FULL",
             ByeCode::TOO_MANY_CONNECTIONS => "TOO_MANY_CONNECTIONS",
             ByeCode::IDLE_TIMEOUT => "IDLE_TIMEOUT",
+            ByeCode::BAD_DEFLATE => "BAD_DEFLATE",
         }
     }
 

@@ -34,6 +34,7 @@ pub enum Verb {
     Users,
     History,
     Friend,
+    Compress,
 }
 
 /// How many space-separated arguments a command takes, checked before any of them is parsed.
@@ -110,6 +111,7 @@ pub const COMMANDS: &[Syntax] = &[
         1,
         None,
     ),
+    row(Verb::Compress, "COMPRESS", "COMPRESS DEFLATE", 1, Some(1)),
 ];
 
 impl Verb {
@@ -220,6 +222,19 @@ impl Verb {
                 }
             }
             Verb::History => parse_history(&mut args)?,
+            Verb::Compress => {
+                let mechanism = args.need()?;
+                if !mechanism.eq_ignore_ascii_case(super::deflate::MECHANISM) {
+                    return Err(Refusal(
+                        Code::BAD_ARGUMENT,
+                        format!(
+                            "unknown compression \"{}\"; the only one is DEFLATE",
+                            quote(mechanism)
+                        ),
+                    ));
+                }
+                Command::Compress
+            }
             Verb::Friend => {
                 let sub = args.need()?;
                 let op = match sub.to_ascii_uppercase().as_str() {
@@ -604,6 +619,8 @@ pub enum Command {
         cursor: Page,
     },
     Friend(FriendOp),
+    /// `COMPRESS DEFLATE`, the only mechanism.
+    Compress,
 }
 
 impl Command {
@@ -622,6 +639,7 @@ impl Command {
             Command::Users => Verb::Users,
             Command::History { .. } => Verb::History,
             Command::Friend(_) => Verb::Friend,
+            Command::Compress => Verb::Compress,
         }
     }
 }
@@ -692,6 +710,7 @@ impl Request {
                 FriendOp::Deny(n) => arg(&format!("DENY {n}")),
                 FriendOp::Remove(n) => arg(&format!("REMOVE {n}")),
             },
+            Command::Compress => arg(super::deflate::MECHANISM),
         }
         s
     }
@@ -790,6 +809,13 @@ mod tests {
         assert_eq!(code("FRIEND ADD"), Code::MISSING_ARGUMENT);
         assert_eq!(code("FRIEND LIST x"), Code::TOO_MANY_ARGUMENTS);
         assert_eq!(code("FRIEND add 1x"), Code::BAD_NAME);
+        assert_eq!(code("COMPRESS"), Code::MISSING_ARGUMENT);
+        assert_eq!(code("COMPRESS DEFLATE now"), Code::TOO_MANY_ARGUMENTS);
+        assert_eq!(code("COMPRESS GZIP"), Code::BAD_ARGUMENT);
+        assert_eq!(
+            parse("compress deflate").unwrap().unwrap().command,
+            Command::Compress
+        );
     }
 
     #[test]
@@ -847,6 +873,7 @@ mod tests {
             "HISTORY bob AFTER 0",
             "FRIEND LIST",
             "FRIEND REMOVE x",
+            "@z COMPRESS DEFLATE",
         ];
         for l in lines {
             let r = parse(l).unwrap().unwrap();

@@ -7,9 +7,11 @@
 //! - [`command`]: the syntax of every command: the parser of command lines, and their encoder;
 //! - [`server_line`]: every line the server sends, as one type, with its encoder and its parser;
 //! - [`code`]: the machine codes of `FAIL` and `BYE` lines;
-//! - [`time`]: the wire timestamp format.
+//! - [`time`]: the wire timestamp format;
+//! - [`deflate`]: the DEFLATE layer a connection switches to after `COMPRESS DEFLATE`.
 pub mod code;
 pub mod command;
+pub mod deflate;
 pub mod line;
 pub mod name;
 pub mod server_line;

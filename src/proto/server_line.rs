@@ -293,6 +293,8 @@ pub enum OkReply<'a> {
     },
     /// `FRIEND <subcommand> ...`.
     Friend(FriendReply<'a>),
+    /// `COMPRESS DEFLATE`: from the next byte on, both directions are a DEFLATE stream.
+    Compress,
 }
 
 impl OkReply<'_> {
@@ -311,6 +313,7 @@ impl OkReply<'_> {
             OkReply::Users { .. } => Verb::Users,
             OkReply::History { .. } => Verb::History,
             OkReply::Friend(_) => Verb::Friend,
+            OkReply::Compress => Verb::Compress,
         }
     }
 }
@@ -649,6 +652,10 @@ fn ok_reply<'a>(verb: Verb, c: &mut Cursor<'a>) -> Option<OkReply<'a>> {
             "LIST" => FriendReply::List { count: c.number()? },
             _ => return None,
         }),
+        Verb::Compress => {
+            c.word(super::deflate::MECHANISM)?;
+            OkReply::Compress
+        }
     })
 }
 
@@ -796,6 +803,7 @@ impl fmt::Display for OkReply<'_> {
                 FriendReply::Remove { name } => write!(f, " REMOVE {name}"),
                 FriendReply::List { count } => write!(f, " LIST {count}"),
             },
+            OkReply::Compress => write!(f, " {}", super::deflate::MECHANISM),
         }
     }
 }
@@ -1102,6 +1110,9 @@ mod tests {
             "OK FRIEND ADD bob MAYBE",
             "OK FRIEND LIST",
             "OK FRIEND HUG bob",
+            "OK COMPRESS",
+            "OK COMPRESS GZIP",
+            "OK COMPRESS DEFLATE now",
             "OK FROB",
             "FAIL",
             "FAIL MSG",
@@ -1206,6 +1217,7 @@ mod tests {
             "OK FRIEND DENY x".to_string(),
             "OK FRIEND REMOVE x".to_string(),
             "OK FRIEND LIST 0".to_string(),
+            "OK @z COMPRESS DEFLATE".to_string(),
             "FAIL @l GROUP UNKNOWN_USER unknown: x, y".to_string(),
             "FAIL * BAD_LABEL bad label".to_string(),
             "HELLO chatd 0.1.0 Welcome!".to_string(),

@@ -170,6 +170,11 @@ pub struct Args {
     #[argh(switch)]
     pub insecure: bool,
 
+    /// client: ask the server to compress the connection both ways (COMPRESS DEFLATE); saves
+    /// bandwidth on long answers, costs the server memory
+    #[argh(switch)]
+    pub compress: bool,
+
     /// print the version and exit
     #[argh(switch)]
     pub version: bool,
@@ -201,6 +206,7 @@ impl Args {
             tls: self.tls,
             ca: self.ca.clone(),
             insecure: self.insecure,
+            compress: self.compress,
         })
     }
 }
@@ -208,7 +214,7 @@ impl Args {
 /// Options that do not fit together. The message names the flags.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum UsageError {
-    /// `--tls`, `--ca` or `--insecure` without `--connect`.
+    /// `--tls`, `--ca`, `--insecure` or `--compress` without `--connect`.
     ClientOnly,
     /// `--scrypt-log-n` out of range.
     ScryptLogN(u8),
@@ -223,9 +229,9 @@ pub enum UsageError {
 impl fmt::Display for UsageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            UsageError::ClientOnly => {
-                f.write_str("--tls, --ca and --insecure are client options; they need --connect")
-            }
+            UsageError::ClientOnly => f.write_str(
+                "--tls, --ca, --insecure and --compress are client options; they need --connect",
+            ),
             UsageError::ScryptLogN(_) => write!(
                 f,
                 "--scrypt-log-n must be from {MIN_SCRYPT_LOG_N} to {MAX_SCRYPT_LOG_N}"
@@ -251,7 +257,7 @@ impl TryFrom<Args> for ServerOptions {
     /// The server's options, once they are checked to fit together. Reads no file: a
     /// `--tls-generate` certificate is made when the server starts.
     fn try_from(args: Args) -> Result<ServerOptions, UsageError> {
-        if args.tls || args.ca.is_some() || args.insecure {
+        if args.tls || args.ca.is_some() || args.insecure || args.compress {
             return Err(UsageError::ClientOnly);
         }
         if !(MIN_SCRYPT_LOG_N..=MAX_SCRYPT_LOG_N).contains(&args.scrypt_log_n) {

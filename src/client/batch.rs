@@ -78,7 +78,12 @@ pub fn run(connector: Connector) -> ExitCode {
 
 async fn run_async(connector: Connector) -> u8 {
     let stream = match connector.connect().await {
-        Ok(s) => s,
+        Ok((s, note)) => {
+            if let Some(note) = note {
+                eprintln!("chatd: {note}");
+            }
+            s
+        }
         Err(e) => {
             eprintln!("chatd: could not connect to {}: {e}", connector.addr());
             return EXIT_NO_CONNECTION;

@@ -72,7 +72,12 @@ pub fn run(connector: Connector) -> ExitCode {
     };
     // Connect before showing a prompt, so a wrong address is an error, not a prompt that goes nowhere.
     let first = match smol::block_on(connector.connect()) {
-        Ok(s) => s,
+        Ok((s, note)) => {
+            if let Some(note) = note {
+                eprintln!("chatd: {note}");
+            }
+            s
+        }
         Err(e) => {
             eprintln!("chatd: could not connect to {}: {e}", connector.addr());
             return ExitCode::from(EXIT_NO_CONNECTION);
@@ -210,12 +215,15 @@ impl Net {
                 delay = (delay * 2).min(BACKOFF_MAX);
                 match attempt {
                     None => return,
-                    Some(Ok(s)) => {
+                    Some(Ok((s, note))) => {
                         self.show(
                             NoteKind::Info,
                             format!("reconnected to {}", self.connector.addr()),
                         )
                         .await;
+                        if let Some(note) = note {
+                            self.show(NoteKind::Error, note).await;
+                        }
                         break s;
                     }
                     Some(Err(e)) => {

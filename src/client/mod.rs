@@ -5,6 +5,7 @@
 //!   logging in again), no IO;
 //! - [`render`]: server lines as sentences (local times, events), no IO;
 //! - [`conn`]: TCP and TLS connections and the line reader;
+//! - [`compress`]: `--compress`, the switch to DEFLATE after the greeting;
 //! - [`interactive`]: the terminal front end (line editor, messages printed above the prompt,
 //!   reconnection with back-off);
 //! - [`batch`]: the front end for scripts (stdin to server, server lines to stdout as-is).
@@ -13,6 +14,7 @@
 //! non-interactive one, so `chatd --connect ... < script > log` behaves the same from a terminal or not.
 
 pub mod batch;
+pub mod compress;
 pub mod conn;
 pub mod input;
 pub mod interactive;
@@ -48,6 +50,8 @@ pub struct ClientOptions {
     pub ca: Option<PathBuf>,
     /// Accept any server certificate (a warning is printed).
     pub insecure: bool,
+    /// Ask the server to compress the connection (`COMPRESS DEFLATE`).
+    pub compress: bool,
 }
 
 /// Builds the connector the options describe.
@@ -55,7 +59,7 @@ pub fn connector(opts: &ClientOptions) -> Result<Connector, String> {
     if opts.insecure && opts.ca.is_some() {
         return Err("--ca and --insecure contradict each other; give one".into());
     }
-    if opts.insecure {
+    let connector = if opts.insecure {
         Connector::tls(&opts.addr, Trust::Insecure)
     } else if let Some(ca) = &opts.ca {
         Connector::tls(&opts.addr, Trust::CaFile(ca))
@@ -63,7 +67,8 @@ pub fn connector(opts: &ClientOptions) -> Result<Connector, String> {
         Connector::tls(&opts.addr, Trust::System)
     } else {
         Connector::plain(&opts.addr)
-    }
+    };
+    Ok(connector?.with_compress(opts.compress))
 }
 
 /// Runs the client until the user quits (interactive) or stdin ends and every command is answered

@@ -39,7 +39,8 @@ pub const WEAK_SCRYPT_LOG_N: u8 = 14;
     error_code(1, "server: could not start; --connect: could not connect (address, TCP, TLS, certificate, server full)"),
     error_code(2, "--connect without a terminal: a REGISTER or LOGIN failed"),
     error_code(3, "--connect without a terminal: the connection was lost before every command was answered"),
-    error_code(4, "--connect without a terminal: an input line was not understood and was not sent")
+    error_code(4, "--connect without a terminal: an input line was not understood and was not sent"),
+    error_code(5, "--connect without a terminal: a direct session could not be set up, or broke")
 )]
 pub struct Args {
     /// plain-TCP listen address (default 127.0.0.1:7878)
@@ -175,9 +176,26 @@ pub struct Args {
     #[argh(switch)]
     pub compress: bool,
 
+    /// client: where a direct session you offer (/direct) listens, IP:PORT (default: the address
+    /// this client reaches the server from, any free port)
+    #[argh(option)]
+    pub direct_listen: Option<std::net::SocketAddr>,
+
+    /// client: the HOST:PORT a direct session you offer announces, when others reach you at
+    /// another address than the one you listen on (a forwarded port; default: the listening one)
+    #[argh(option, from_str_fn(announce))]
+    pub direct_announce: Option<String>,
+
     /// print the version and exit
     #[argh(switch)]
     pub version: bool,
+}
+
+/// `--direct-announce`: a `HOST:PORT` the protocol accepts (spec 4.14).
+fn announce(s: &str) -> Result<String, String> {
+    crate::proto::direct::PeerAddress::parse(s)
+        .map(|a| a.as_str().to_owned())
+        .map_err(|e| e.to_string())
 }
 
 /// Logs to stderr as `<time> <LEVEL> <message>`, at `level` and above.
@@ -207,6 +225,10 @@ impl Args {
             ca: self.ca.clone(),
             insecure: self.insecure,
             compress: self.compress,
+            direct: crate::client::direct::DirectOptions {
+                listen: self.direct_listen,
+                announce: self.direct_announce.clone(),
+            },
         })
     }
 }
@@ -230,7 +252,8 @@ impl fmt::Display for UsageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             UsageError::ClientOnly => f.write_str(
-                "--tls, --ca, --insecure and --compress are client options; they need --connect",
+                "--tls, --ca, --insecure, --compress, --direct-listen and --direct-announce are \
+                 client options; they need --connect",
             ),
             UsageError::ScryptLogN(_) => write!(
                 f,
@@ -257,7 +280,13 @@ impl TryFrom<Args> for ServerOptions {
     /// The server's options, once they are checked to fit together. Reads no file: a
     /// `--tls-generate` certificate is made when the server starts.
     fn try_from(args: Args) -> Result<ServerOptions, UsageError> {
-        if args.tls || args.ca.is_some() || args.insecure || args.compress {
+        if args.tls
+            || args.ca.is_some()
+            || args.insecure
+            || args.compress
+            || args.direct_listen.is_some()
+            || args.direct_announce.is_some()
+        {
             return Err(UsageError::ClientOnly);
         }
         if !(MIN_SCRYPT_LOG_N..=MAX_SCRYPT_LOG_N).contains(&args.scrypt_log_n) {

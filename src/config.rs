@@ -75,6 +75,16 @@ pub const INFLATE_CHUNK: usize = 1024;
 /// the spec's limits); beyond it COMPRESS gets SERVER_BUSY. 0 turns compression off.
 pub const DEFAULT_MAX_COMPRESSED: usize = 1000;
 
+/// How long a DIRECT offer waits for its answer, in seconds (spec 4.14); then both sides are told
+/// it expired.
+pub const DIRECT_OFFER_SECS: u64 = 60;
+/// Most DIRECT offers one account may have waiting for an answer; beyond it DIRECT OFFER gets
+/// TOO_MANY_OFFERS.
+pub const MAX_OFFERS_OUT: usize = 8;
+/// Most DIRECT offers that may wait for one account's answer; beyond it DIRECT OFFER to that
+/// account gets TOO_MANY_OFFERS.
+pub const MAX_OFFERS_IN: usize = 32;
+
 /// Default plain-TCP listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7878";
 /// Default database file (relative to the working directory).

@@ -173,9 +173,8 @@ impl Connector {
     }
 
     /// Opens a connection (and completes the TLS handshake, and with `--compress` the switch to
-    /// DEFLATE), within [`CONNECT_TIMEOUT`]. The note says what to tell the user: the server
-    /// refused compression, say.
-    pub async fn connect(&self) -> io::Result<(Box<dyn Stream>, Option<String>)> {
+    /// DEFLATE), within [`CONNECT_TIMEOUT`].
+    pub async fn connect(&self) -> io::Result<Connected> {
         future::or(self.connect_now(), async {
             smol::Timer::after(CONNECT_TIMEOUT).await;
             Err(io::Error::new(
@@ -186,16 +185,21 @@ impl Connector {
         .await
     }
 
-    async fn connect_now(&self) -> io::Result<(Box<dyn Stream>, Option<String>)> {
+    async fn connect_now(&self) -> io::Result<Connected> {
         let tcp = async_net::TcpStream::connect(self.addr.as_str()).await?;
         // Lines are small and interactive; do not wait to fill segments.
         tcp.set_nodelay(true)?;
+        let local = tcp.local_addr()?;
         let stream: Box<dyn Stream> = match &self.tls {
             None => Box::new(tcp),
             Some((connector, name)) => Box::new(connector.connect(name.clone(), tcp).await?),
         };
         if !self.compress {
-            return Ok((stream, None));
+            return Ok(Connected {
+                stream,
+                note: None,
+                local,
+            });
         }
         let (stream, outcome) = negotiate(stream).await?;
         let note = match outcome {
@@ -205,8 +209,22 @@ impl Connector {
                 clean(&why)
             )),
         };
-        Ok((Box::new(stream), note))
+        Ok(Connected {
+            stream: Box::new(stream),
+            note,
+            local,
+        })
     }
+}
+
+/// An open connection to the server.
+pub struct Connected {
+    /// The stream, TLS and compression applied.
+    pub stream: Box<dyn Stream>,
+    /// Something to tell the user: the server refused compression, say.
+    pub note: Option<String>,
+    /// This end's address: a direct session listens on the same interface by default.
+    pub local: std::net::SocketAddr,
 }
 
 /// Accepts any server certificate; the handshake signatures are still checked, so the peer must hold

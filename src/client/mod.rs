@@ -6,6 +6,7 @@
 //! - [`render`]: server lines as sentences (local times, events), no IO;
 //! - [`conn`]: TCP and TLS connections and the line reader;
 //! - [`compress`]: `--compress`, the switch to DEFLATE after the greeting;
+//! - [`direct`]: direct sessions between two clients, brokered by the server (`/direct`);
 //! - [`interactive`]: the terminal front end (line editor, messages printed above the prompt,
 //!   reconnection with back-off);
 //! - [`batch`]: the front end for scripts (stdin to server, server lines to stdout as-is).
@@ -16,6 +17,7 @@
 pub mod batch;
 pub mod compress;
 pub mod conn;
+pub mod direct;
 pub mod input;
 pub mod interactive;
 pub mod render;
@@ -38,6 +40,8 @@ pub const EXIT_AUTH_FAILED: u8 = 2;
 pub const EXIT_CONNECTION_LOST: u8 = 3;
 /// Exit status: an input line was not understood and nothing was sent for it (non-interactive).
 pub const EXIT_BAD_INPUT: u8 = 4;
+/// Exit status: a direct session could not be set up, or broke (non-interactive).
+pub const EXIT_DIRECT_FAILED: u8 = 5;
 
 /// How to reach the server.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,6 +56,8 @@ pub struct ClientOptions {
     pub insecure: bool,
     /// Ask the server to compress the connection (`COMPRESS DEFLATE`).
     pub compress: bool,
+    /// Where direct sessions listen and what they announce.
+    pub direct: direct::DirectOptions,
 }
 
 /// Builds the connector the options describe.
@@ -89,8 +95,8 @@ pub fn run(opts: ClientOptions) -> ExitCode {
         );
     }
     if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
-        interactive::run(connector)
+        interactive::run(connector, opts.direct)
     } else {
-        batch::run(connector)
+        batch::run(connector, opts.direct)
     }
 }

@@ -315,6 +315,26 @@ pub static COMMANDS: &[Row] = &[
             cmd => core.mismatch(req, cmd),
         },
     },
+    Row {
+        verb: Verb::Direct,
+        state: Needs::LoggedIn,
+        barrier: false,
+        writes: |_| false,
+        reads: false,
+        summary: "offer, answer or withdraw a direct session between two clients",
+        details: &[
+            "Introduces two clients that then talk over TLS between themselves: nothing they say passes here.",
+            "DIRECT OFFER <name> <host:port> <fingerprint>: your client listens there with that certificate.",
+            "DIRECT ACCEPT <name> <fingerprint>: connect to the address of the offer; yours shows that certificate.",
+            "DIRECT DECLINE <name> refuses an offer; DIRECT CANCEL <name> withdraws yours. An offer waits 60 s.",
+            "Pushes: DIRECT <name> OFFER|ACCEPTED|DECLINED|WITHDRAWN|EXPIRED|ANSWERED|GONE.",
+            "Example: DIRECT DECLINE bob",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Direct(op) => core.direct(req, op),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
 ];
 
 #[cfg(test)]
@@ -353,6 +373,7 @@ mod tests {
             ("LOGOUT", false),
             ("QUIT", false),
             ("COMPRESS DEFLATE", false),
+            ("DIRECT DECLINE a", false),
         ] {
             let cmd = parse(line).expect("parses").expect("a command").command;
             assert_eq!((row(cmd.verb()).writes)(&cmd), writes, "{line}");

@@ -13,7 +13,8 @@
 //! - one file per group of commands, each holding its handlers and what they do when their store or
 //!   hash result comes back (a closure given with the job): `session` (REGISTER, LOGIN, LOGOUT,
 //!   QUIT), `messaging` (MSG, GROUP, ALL), `history`, `friends`, `info` (HELP, PING, USERS),
-//!   `compress` (COMPRESS, and a connection whose DEFLATE stream breaks);
+//!   `compress` (COMPRESS, and a connection whose DEFLATE stream breaks), `direct` (DIRECT: offers
+//!   of direct sessions between clients, which the server introduces and never carries);
 //! - `idle`: what the clock does by itself: silent connections are probed, then closed;
 //! - `guard`: login protection: hashes per address, failed-login back-off, registrations per
 //!   address; `quota`: what one account may send and store; `bucket`: the token bucket both count
@@ -36,6 +37,7 @@
 mod bucket;
 mod commands;
 mod compress;
+mod direct;
 mod friends;
 mod guard;
 mod history;
@@ -296,6 +298,8 @@ pub struct Core {
     online: BTreeSet<Key>,
     /// Connections compressed now (COMPRESS), against `Limits::max_compressed`.
     compressed: usize,
+    /// Direct-session offers waiting for their answer (see `direct`).
+    offers: direct::Offers,
     conns: HashMap<ConnId, Conn>,
     next_id: MsgId,
     next_ticket: Ticket,
@@ -363,6 +367,7 @@ impl Core {
             skeletons,
             online: BTreeSet::new(),
             compressed: 0,
+            offers: direct::Offers::default(),
             conns: HashMap::new(),
             next_id: snapshot.next_id.max(1),
             next_ticket: 1,
@@ -773,9 +778,13 @@ impl Core {
             return;
         };
         acct.conns.retain(|c| *c != conn);
-        if acct.conns.is_empty() {
+        let offline = acct.conns.is_empty();
+        if offline {
             self.online.remove(key);
             log::info!("{} is offline", acct.name);
+        }
+        self.direct_conn_left(conn, key, offline);
+        if offline {
             self.announce_presence(key, false);
         }
     }

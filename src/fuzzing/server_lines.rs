@@ -8,8 +8,8 @@ use crate::proto::code::{ByeCode, Code};
 use crate::proto::command::{Verb, COMMANDS};
 use crate::proto::name::check_label;
 use crate::proto::server_line::{
-    parse, AddOutcome, Delivery, FriendReply, FriendState, FriendshipEvent, MessageLine, OkReply,
-    Presence, Recipient, ServerLine,
+    parse, AddOutcome, Delivery, DirectEvent, DirectReply, FriendReply, FriendState,
+    FriendshipEvent, MessageLine, OkReply, Presence, Recipient, ServerLine,
 };
 
 /// First input byte even: the rest, as text, goes to the parser, which must not panic, and whatever
@@ -149,8 +149,32 @@ fn ok_reply<'a>(u: &mut Unstructured<'_>, verb: Verb, pool: &'a [String]) -> Res
             },
         }),
         Verb::Compress => OkReply::Compress,
+        Verb::Direct => OkReply::Direct(match u.int_in_range(0..=3u8)? {
+            0 => DirectReply::Offer {
+                name: n(u)?,
+                expires_secs: u.arbitrary()?,
+            },
+            1 => DirectReply::Accept {
+                name: n(u)?,
+                address: u.choose(&ADDRESSES)?,
+                fingerprint: u.choose(&FINGERPRINTS)?,
+            },
+            2 => DirectReply::Decline { name: n(u)? },
+            _ => DirectReply::Cancel { name: n(u)? },
+        }),
     })
 }
+
+/// Addresses and fingerprints for DIRECT lines (valid, the fingerprints in upper case).
+const ADDRESSES: [&str; 3] = [
+    "192.0.2.7:4000",
+    "[2001:db8::1]:65535",
+    "laptop.example.org:1",
+];
+const FINGERPRINTS: [&str; 2] = [
+    "AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89",
+    "00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF",
+];
 
 /// Builds one line of every kind from arbitrary valid fields, encodes it, and checks that it parses
 /// back to the same value.
@@ -185,7 +209,7 @@ fn encoded_line_parses(u: &mut Unstructured<'_>) -> Result<()> {
     // The server's probe token is a number.
     let probe = id(u)?.to_string();
     let one = names[0].as_str();
-    let line = match u.int_in_range(0..=13u8)? {
+    let line = match u.int_in_range(0..=14u8)? {
         0 => {
             let verb = verb(u)?;
             ServerLine::Ok {
@@ -271,6 +295,23 @@ fn encoded_line_parses(u: &mut Unstructured<'_>) -> Result<()> {
             ])?,
         },
         12 => ServerLine::Ping { token: &probe },
+        13 => ServerLine::Direct {
+            name: one,
+            event: match u.int_in_range(0..=6u8)? {
+                0 => DirectEvent::Offer {
+                    address: u.choose(&ADDRESSES)?,
+                    fingerprint: u.choose(&FINGERPRINTS)?,
+                },
+                1 => DirectEvent::Accepted {
+                    fingerprint: u.choose(&FINGERPRINTS)?,
+                },
+                2 => DirectEvent::Declined,
+                3 => DirectEvent::Withdrawn,
+                4 => DirectEvent::Expired,
+                5 => DirectEvent::Answered,
+                _ => DirectEvent::Gone,
+            },
+        },
         _ => ServerLine::Hello {
             software: "chatd",
             version: &version,

@@ -104,6 +104,18 @@ codes! {
     INTERNAL_ERROR,
     /// COMPRESS on a connection that is compressed already.
     COMPRESSION_ACTIVE,
+    /// DIRECT OFFER to a user with no connection logged in.
+    USER_OFFLINE,
+    /// DIRECT OFFER while the caller's earlier offer to the same user waits.
+    ALREADY_OFFERED,
+    /// DIRECT ACCEPT, DECLINE or CANCEL with no such offer waiting.
+    NO_OFFER,
+    /// DIRECT OFFER past the offers the caller, or the other user, may have waiting.
+    TOO_MANY_OFFERS,
+    /// A DIRECT address that is not HOST:PORT.
+    BAD_ADDRESS,
+    /// A DIRECT fingerprint that is not a SHA-256 in the usual form.
+    BAD_FINGERPRINT,
 }
 
 impl Code {

@@ -8,10 +8,12 @@
 //! - [`server_line`]: every line the server sends, as one type, with its encoder and its parser;
 //! - [`code`]: the machine codes of `FAIL` and `BYE` lines;
 //! - [`time`]: the wire timestamp format;
-//! - [`deflate`]: the DEFLATE layer a connection switches to after `COMPRESS DEFLATE`.
+//! - [`deflate`]: the DEFLATE layer a connection switches to after `COMPRESS DEFLATE`;
+//! - [`direct`]: the address and certificate fingerprint a DIRECT offer carries.
 pub mod code;
 pub mod command;
 pub mod deflate;
+pub mod direct;
 pub mod line;
 pub mod name;
 pub mod server_line;

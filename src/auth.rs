@@ -24,8 +24,15 @@ use crate::proto::name::Password;
 pub enum HashJob {
     /// Hash a new password (REGISTER).
     Hash(Password),
-    /// Check a password against a stored PHC string (LOGIN).
+    /// Check a password against a stored PHC string (LOGIN, UNREGISTER).
     Verify(Password, Arc<str>),
+    /// Check `old` against `phc` and, if it matches, hash `new` (PASSWORD): one job, so a password
+    /// change waits in the hashing queue once.
+    Rehash {
+        old: Password,
+        phc: Arc<str>,
+        new: Password,
+    },
 }
 
 /// The result of a [`HashJob`].
@@ -33,6 +40,8 @@ pub enum HashJob {
 pub enum HashOutcome {
     Hashed(String),
     Verified(bool),
+    /// The new password's hash, or `None` when the old password did not match.
+    Rehashed(Option<String>),
     /// The hash could not be computed or the stored string could not be read.
     Failed(String),
     /// The task was cancelled before a thread started it; nothing was computed.
@@ -92,21 +101,35 @@ impl Hasher {
     /// Runs one job (blocking: call it from a hashing thread, never from the executor).
     pub fn run(&self, job: &HashJob) -> HashOutcome {
         match job {
-            HashJob::Hash(pw) => {
-                match Scrypt::from(self.params).hash_password(pw.expose().as_bytes()) {
-                    Ok(h) => HashOutcome::Hashed(h.to_string()),
-                    Err(e) => HashOutcome::Failed(format!("hashing failed: {e}")),
-                }
-            }
-            HashJob::Verify(pw, phc) => match PasswordHash::new(phc) {
-                // The stored hash carries its own parameters; verification uses those.
-                Ok(h) => HashOutcome::Verified(
-                    Scrypt::new()
-                        .verify_password(pw.expose().as_bytes(), &h)
-                        .is_ok(),
-                ),
-                Err(e) => HashOutcome::Failed(format!("stored hash unreadable: {e}")),
+            HashJob::Hash(pw) => self.hash(pw),
+            HashJob::Verify(pw, phc) => Self::verify(pw, phc),
+            HashJob::Rehash { old, phc, new } => match Self::verify(old, phc) {
+                HashOutcome::Verified(true) => match self.hash(new) {
+                    HashOutcome::Hashed(h) => HashOutcome::Rehashed(Some(h)),
+                    other => other,
+                },
+                HashOutcome::Verified(false) => HashOutcome::Rehashed(None),
+                other => other,
             },
+        }
+    }
+
+    fn hash(&self, pw: &Password) -> HashOutcome {
+        match Scrypt::from(self.params).hash_password(pw.expose().as_bytes()) {
+            Ok(h) => HashOutcome::Hashed(h.to_string()),
+            Err(e) => HashOutcome::Failed(format!("hashing failed: {e}")),
+        }
+    }
+
+    fn verify(pw: &Password, phc: &str) -> HashOutcome {
+        match PasswordHash::new(phc) {
+            // The stored hash carries its own parameters; verification uses those.
+            Ok(h) => HashOutcome::Verified(
+                Scrypt::new()
+                    .verify_password(pw.expose().as_bytes(), &h)
+                    .is_ok(),
+            ),
+            Err(e) => HashOutcome::Failed(format!("stored hash unreadable: {e}")),
         }
     }
 
@@ -182,6 +205,40 @@ mod tests {
         let d: Arc<str> = h.dummy_phc().into();
         assert_eq!(
             h.run(&HashJob::Verify(Password::unchecked("x"), d)),
+            HashOutcome::Verified(false)
+        );
+    }
+
+    #[test]
+    fn rehash_checks_the_old_password_then_hashes_the_new_one() {
+        let h = Hasher::new(4, 8, 1).unwrap();
+        let old = Password::parse("old-password").unwrap();
+        let new = Password::parse("new-password").unwrap();
+        let HashOutcome::Hashed(phc) = h.run(&HashJob::Hash(old.clone())) else {
+            panic!()
+        };
+        let phc: Arc<str> = phc.into();
+        let wrong = HashJob::Rehash {
+            old: new.clone(),
+            phc: phc.clone(),
+            new: new.clone(),
+        };
+        assert_eq!(h.run(&wrong), HashOutcome::Rehashed(None));
+        let right = HashJob::Rehash {
+            old: old.clone(),
+            phc,
+            new: new.clone(),
+        };
+        let HashOutcome::Rehashed(Some(changed)) = h.run(&right) else {
+            panic!()
+        };
+        let changed: Arc<str> = changed.into();
+        assert_eq!(
+            h.run(&HashJob::Verify(new, changed.clone())),
+            HashOutcome::Verified(true)
+        );
+        assert_eq!(
+            h.run(&HashJob::Verify(old, changed)),
             HashOutcome::Verified(false)
         );
     }

@@ -191,7 +191,7 @@ pub struct Args {
     pub version: bool,
 }
 
-/// `--direct-announce`: a `HOST:PORT` the protocol accepts (spec 4.14).
+/// `--direct-announce`: a `HOST:PORT` the protocol accepts (spec 4.26).
 fn announce(s: &str) -> Result<String, String> {
     crate::proto::direct::PeerAddress::parse(s)
         .map(|a| a.as_str().to_owned())

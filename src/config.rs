@@ -29,6 +29,28 @@ pub const HISTORY_DEFAULT_COUNT: u32 = 50;
 pub const HISTORY_MAX_COUNT: u32 = 500;
 /// Most messages one account may have waiting for offline delivery.
 pub const MAX_PENDING_PER_ACCOUNT: u32 = 1000;
+/// Longest device token label in bytes (UTF-8).
+pub const MAX_TOKEN_LABEL_BYTES: usize = 64;
+/// Most device tokens one account may hold; TOKEN beyond it is refused (TOO_MANY_TOKENS).
+pub const MAX_TOKENS_PER_ACCOUNT: usize = 20;
+/// A device token expires when it has not been used for this long (milliseconds: 30 days).
+pub const TOKEN_IDLE_LIFETIME_MS: i64 = 30 * DAY_MS;
+/// ... and in any case this long after it was issued, however often it is used (180 days).
+pub const TOKEN_MAX_LIFETIME_MS: i64 = 180 * DAY_MS;
+/// A token's last use is written to disk at most this often (one hour): a reconnect storm of
+/// RESUMEs reads memory and writes nothing. The sliding lifetime is measured from the last use
+/// in memory, so the granularity only shows after a restart.
+pub const TOKEN_TOUCH_INTERVAL_MS: i64 = 60 * 60 * 1000;
+/// One day in milliseconds, for the lifetimes above.
+const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+/// Longest away message in bytes (UTF-8).
+pub const MAX_AWAY_BYTES: usize = 200;
+/// When an account goes offline, its last-seen time is written to disk only if the time on disk is
+/// at least this old (ten minutes): a wave of disconnections writes little, and after a restart
+/// last seen is at most this early.
+pub const LAST_SEEN_WRITE_INTERVAL_MS: i64 = 10 * 60 * 1000;
+/// Most accounts one account may block; BLOCK beyond it is refused (TOO_MANY_BLOCKS).
+pub const MAX_BLOCKS_PER_ACCOUNT: usize = 1000;
 /// Default share of one sender in one recipient's offline inbox: messages from one sender waiting
 /// for one offline user; beyond it MSG/GROUP get INBOX_SHARE_FULL, so that one sender cannot fill
 /// someone's inbox for everyone.
@@ -65,7 +87,7 @@ pub const ANSWER_PART_MESSAGES: usize = 16;
 /// Names per part of a long USERS answer.
 pub const ANSWER_PART_USERS: usize = 256;
 
-/// DEFLATE level of compressed connections (`COMPRESS DEFLATE`, spec 4.13): zlib's default, a
+/// DEFLATE level of compressed connections (`COMPRESS DEFLATE`, spec 4.25): zlib's default, a
 /// good ratio for chat text at a CPU cost that docs/BENCHMARKS.md measures.
 pub const DEFLATE_LEVEL: u32 = 6;
 /// Bytes inflated at a time from a compressed connection before its lines are framed: however
@@ -75,7 +97,7 @@ pub const INFLATE_CHUNK: usize = 1024;
 /// the spec's limits); beyond it COMPRESS gets SERVER_BUSY. 0 turns compression off.
 pub const DEFAULT_MAX_COMPRESSED: usize = 1000;
 
-/// How long a DIRECT offer waits for its answer, in seconds (spec 4.14); then both sides are told
+/// How long a DIRECT offer waits for its answer, in seconds (spec 4.26); then both sides are told
 /// it expired.
 pub const DIRECT_OFFER_SECS: u64 = 60;
 /// Most DIRECT offers one account may have waiting for an answer; beyond it DIRECT OFFER gets

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use crate::auth::{HashOutcome, Hasher};
 use crate::config::{MAX_INFLIGHT_PER_CONNECTION, MAX_LINE_BYTES, OUTBOX_LIMIT_BYTES};
+use crate::core::entropy::Entropy;
 use crate::core::{ConnId, Core, Event, Input, Job, Limits, Settings};
 use crate::outbox::Outbox;
 use crate::peer::Peer;
@@ -20,6 +21,8 @@ use crate::store::{ReadOp, Snapshot, Store, StoreError, StoreOp, StoreReply};
 
 /// Start of the simulated clock: 2026-01-01T00:00:00.000Z.
 pub const EPOCH_MS: i64 = 1_767_225_600_000;
+/// The seed of the simulated server's random bits: the same run issues the same device tokens.
+const SEED: u64 = 0x5eed_c4a7_d000_0001;
 
 struct Client {
     conn: ConnId,
@@ -30,12 +33,15 @@ struct Client {
 /// The simulated server. See the module documentation.
 pub struct Sim {
     core: Core,
-    store: Box<dyn Store>,
+    store: Backing,
     hasher: Hasher,
     clients: BTreeMap<String, Client>,
     next_conn: ConnId,
     now: i64,
     jobs: Vec<Job>,
+    /// How many times [`Sim::restart`] ran: each new core draws from a seed of its own, as a
+    /// restarted server would not repeat the tokens of the one before.
+    restarts: u64,
     /// Store jobs held since a write failed, in order (see [`Sim::retry_store`]).
     held: Vec<StoreJob>,
 }
@@ -50,7 +56,7 @@ impl Sim {
     /// A server with an empty in-memory store.
     pub fn new() -> Sim {
         let (store, snapshot) = MemoryStore::new();
-        Sim::with_store(Box::new(store), snapshot)
+        Sim::build(Backing::Memory(store), snapshot, Limits::default())
     }
 
     /// A server on `store`, whose contents `snapshot` describes.
@@ -61,33 +67,59 @@ impl Sim {
     /// A server with an empty in-memory store and these limits.
     pub fn with_limits(limits: Limits) -> Sim {
         let (store, snapshot) = MemoryStore::new();
-        Sim::with(Box::new(store), snapshot, limits)
+        Sim::build(Backing::Memory(store), snapshot, limits)
     }
 
     /// A server on `store` (whose contents `snapshot` describes) with these limits.
     pub fn with(store: Box<dyn Store>, snapshot: Snapshot, limits: Limits) -> Sim {
+        Sim::build(Backing::Other(store), snapshot, limits)
+    }
+
+    fn build(store: Backing, snapshot: Snapshot, limits: Limits) -> Sim {
         let hasher = Hasher::new(4, 8, 1).expect("cheap scrypt parameters are valid");
-        let settings = Settings {
-            hash_queue: 64,
-            dummy_phc: Arc::from(hasher.dummy_phc()),
-            version: "0.0.0-sim",
-            limits,
-        };
         Sim {
-            core: Core::new(snapshot, settings),
+            core: Core::new(snapshot, Sim::settings(&hasher, 0, limits)),
             store,
             hasher,
             clients: BTreeMap::new(),
             next_conn: 1,
             now: EPOCH_MS,
             jobs: Vec::new(),
+            restarts: 0,
             held: Vec::new(),
+        }
+    }
+
+    fn settings(hasher: &Hasher, restarts: u64, limits: Limits) -> Settings {
+        Settings {
+            hash_queue: 64,
+            dummy_phc: Arc::from(hasher.dummy_phc()),
+            version: "0.0.0-sim",
+            entropy: Entropy::Seeded(SEED.wrapping_add(restarts)),
+            limits,
         }
     }
 
     /// The core, for inspection.
     pub fn core(&self) -> &Core {
         &self.core
+    }
+
+    /// Stops the server abruptly and starts a new one on the same (in-memory) store, as after a
+    /// crash: every job still queued or held is lost, every connection is gone, and the new core
+    /// knows only what was committed. The clock and the limits go on. Only for a server made by
+    /// [`Sim::new`] or [`Sim::with_limits`].
+    pub fn restart(&mut self) {
+        let Backing::Memory(memory) = &self.store else {
+            panic!("Sim::restart needs the in-memory store of Sim::new");
+        };
+        let snapshot = memory.snapshot();
+        self.jobs.clear();
+        self.held.clear();
+        self.clients.clear();
+        self.restarts += 1;
+        let limits = self.core.limits().clone();
+        self.core = Core::new(snapshot, Sim::settings(&self.hasher, self.restarts, limits));
     }
 
     /// Changes the server's limits from now on.
@@ -347,7 +379,7 @@ impl Sim {
     }
 
     fn read_one(&self, read: &ReadOp) -> StoreReply {
-        match self.store.reader() {
+        match self.store.get().reader() {
             Ok(view) => view
                 .read(read)
                 .unwrap_or_else(|e| StoreReply::Unreadable(e.into())),
@@ -372,12 +404,34 @@ impl Sim {
         if writes.is_empty() {
             return Ok(());
         }
-        self.store.ready()?;
-        self.store.recover()?;
+        self.store.get_mut().ready()?;
+        self.store.get_mut().recover()?;
         let ops: Vec<StoreOp> = writes.iter().map(|j| j.op.clone()).collect();
-        let replies = self.store.write(&ops)?;
+        let replies = self.store.get_mut().write(&ops)?;
         results.extend(writes.drain(..).map(|j| j.ticket).zip(replies));
         Ok(())
+    }
+}
+
+/// The simulated server's store: the in-memory one (which [`Sim::restart`] can reopen), or any.
+enum Backing {
+    Memory(MemoryStore),
+    Other(Box<dyn Store>),
+}
+
+impl Backing {
+    fn get(&self) -> &dyn Store {
+        match self {
+            Backing::Memory(m) => m,
+            Backing::Other(s) => &**s,
+        }
+    }
+
+    fn get_mut(&mut self) -> &mut dyn Store {
+        match self {
+            Backing::Memory(m) => m,
+            Backing::Other(s) => &mut **s,
+        }
     }
 }
 

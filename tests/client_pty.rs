@@ -2,7 +2,12 @@
 //!
 //! What could go wrong: a message that arrives while the user is half-way through typing a line is
 //! written over that line, or splices itself into it, or the typed text is lost from the editor's
-//! buffer; or a reconnect after the server restarts leaves the user logged out without a word.
+//! buffer; or a reconnect after the server restarts leaves the user logged out without a word; or
+//! the device token the client keeps is readable by others, is not used to log in again, or
+//! survives `/logout` (on disk, or on the server).
+//!
+//! Every client here runs with `XDG_CONFIG_HOME` in a temporary directory, so no test touches the
+//! real configuration of whoever runs it.
 //!
 //! The client runs on the slave side of a pseudo-terminal (rustix's pty functions, which the
 //! dependency tree already has); a vt100 emulator renders what it writes, so the assertions are about
@@ -15,6 +20,7 @@ mod client_support;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -58,7 +64,8 @@ struct Term {
 }
 
 impl Term {
-    fn spawn(args: &[&str]) -> Term {
+    /// The client with `args`, keeping its configuration (its device token) under `config`.
+    fn spawn(config: &std::path::Path, args: &[&str]) -> Term {
         let master =
             openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC).expect("openpt");
         grantpt(&master).unwrap();
@@ -84,6 +91,7 @@ impl Term {
         cmd.args(args)
             .env("TERM", "xterm-256color")
             .env("TZ", "UTC")
+            .env("XDG_CONFIG_HOME", config)
             .stdin(Stdio::from(slave.try_clone().unwrap()))
             .stdout(Stdio::from(slave.try_clone().unwrap()))
             .stderr(Stdio::from(slave));
@@ -205,7 +213,7 @@ fn an_incoming_message_does_not_disturb_a_half_typed_line() {
     drop(Peer::login(server.plain, "alice", "wonderland1"));
     let mut bob = Peer::login(server.plain, "bob", "builder123");
 
-    let mut term = Term::spawn(&["--connect", &server.plain.to_string()]);
+    let mut term = Term::spawn(dir.path(), &["--connect", &server.plain.to_string()]);
     term.wait_text("Server: chatd");
     term.type_keys("/login alice wonderland1\r");
     term.wait_text("* Logged in as alice.");
@@ -273,7 +281,7 @@ fn after_the_server_restarts_the_client_reconnects_and_logs_in_again() {
     let addr = server.plain;
     drop(Peer::login(addr, "dave", "davespass1"));
 
-    let mut term = Term::spawn(&["--connect", &addr.to_string()]);
+    let mut term = Term::spawn(dir.path(), &["--connect", &addr.to_string()]);
     term.wait_text("Server: chatd");
     term.type_keys("/login dave davespass1\r");
     term.wait_text("* Logged in as dave.");
@@ -303,6 +311,72 @@ fn after_the_server_restarts_the_client_reconnects_and_logs_in_again() {
             .any(|r| is_stamped(r, "erin → you: after the restart"))
     });
 
+    term.type_keys("/quit\r");
+    assert_eq!(term.wait_exit(), 0);
+}
+
+/// The device token: kept in a file only the user can read, used to log in again after the server
+/// restarts and when the client starts again, and revoked and deleted by `/logout`.
+#[test]
+fn the_client_keeps_a_device_token_and_logout_revokes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    let server = Server::start(dir.path(), None);
+    let addr = server.plain;
+    drop(Peer::login(addr, "frank", "frankspass1"));
+    let token_file = config
+        .join("chatd")
+        .join("tokens")
+        .join(addr.to_string().replace(':', "_"));
+
+    let mut term = Term::spawn(&config, &["--connect", &addr.to_string()]);
+    term.wait_text("New here?");
+    term.type_keys("/login frank frankspass1\r");
+    term.wait_text("* Logged in as frank.");
+    term.wait_text("* This device will log in by itself from now on");
+    let token = std::fs::read_to_string(&token_file)
+        .unwrap_or_else(|e| panic!("no token in {}: {e}", token_file.display()));
+    let token = token.trim().to_owned();
+    assert!(token.starts_with("ct1."), "{token}");
+    let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the token file is readable by others");
+    assert!(
+        !term.rows().iter().any(|r| r.contains(&token[4..20])),
+        "the token is shown on the screen"
+    );
+
+    // The server restarts: the client logs in again with its token, not a password.
+    server.kill();
+    term.wait_text(&format!("error: connection to {addr} lost"));
+    let server = Server::start_on(dir.path(), &addr.to_string(), None);
+    term.wait_text("* Logged in again as frank.");
+    let id = &token[4..20];
+    server.wait_log("frank logged in from", &format!("with token {id}"));
+
+    // A new client on the same machine logs in by itself.
+    term.type_keys("/quit\r");
+    assert_eq!(term.wait_exit(), 0);
+    let mut term = Term::spawn(&config, &["--connect", &addr.to_string()]);
+    term.wait_text("* Logged in as frank with this device's saved token");
+    term.type_keys("/tokens\r");
+    term.wait_text("(this connection)");
+
+    // /logout revokes the token on the server and deletes the file.
+    term.type_keys("/logout\r");
+    term.wait_text("* Logged out.");
+    assert!(!token_file.exists(), "the token file survived /logout");
+    let mut peer = Peer::connect(addr);
+    assert!(peer
+        .command(&format!("RESUME {token}"))
+        .starts_with("FAIL RESUME BAD_TOKEN "));
+    term.type_keys("/quit\r");
+    assert_eq!(term.wait_exit(), 0);
+
+    // The next client does not log in by itself.
+    let mut term = Term::spawn(&config, &["--connect", &addr.to_string()]);
+    term.wait_text("New here?");
+    term.type_keys("/whois frank\r");
+    term.wait_text("error: log in first");
     term.type_keys("/quit\r");
     assert_eq!(term.wait_exit(), 0);
 }

@@ -303,3 +303,341 @@ fn a_kill_in_the_middle_of_a_stream_loses_no_acknowledged_message() {
     }
     println!("crash: {unacked_total} messages were committed without their OK being seen");
 }
+
+/// The state of one account's settings, as its owner's acknowledged commands left it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct AccountState {
+    password: String,
+    /// Token id -> (token, revoked).
+    tokens: BTreeMap<String, (String, bool)>,
+    /// The token the owner's connection is on.
+    current: Option<String>,
+    blocks: std::collections::BTreeSet<String>,
+    away: Option<String>,
+    friends_only: bool,
+}
+
+impl AccountState {
+    fn new() -> AccountState {
+        AccountState {
+            password: PASSWORD.to_owned(),
+            tokens: BTreeMap::new(),
+            current: None,
+            blocks: Default::default(),
+            away: None,
+            friends_only: false,
+        }
+    }
+
+    /// The command that changes this state next, from a deterministic sequence.
+    fn next_op(&self, me: usize, n: u64, accounts: usize) -> String {
+        let pick = (n.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 33) % 6;
+        let alive: Vec<&String> = self
+            .tokens
+            .iter()
+            .filter(|(_, (_, revoked))| !revoked)
+            .map(|(id, _)| id)
+            .collect();
+        match pick {
+            1 if !alive.is_empty() => format!("REVOKE {}", alive[n as usize % alive.len()]),
+            2 => {
+                let other = format!("acct{}", (me + 1 + n as usize % (accounts - 1)) % accounts);
+                if self.blocks.contains(&other) {
+                    format!("UNBLOCK {other}")
+                } else {
+                    format!("BLOCK {other}")
+                }
+            }
+            3 if self.away.is_some() => "AWAY".to_owned(),
+            3 => format!("AWAY away number {n}"),
+            4 if self.friends_only => "DMS EVERYONE".to_owned(),
+            4 => "DMS FRIENDS".to_owned(),
+            5 => format!("PASSWORD {} password-{me}-{n}", self.password),
+            _ => format!("TOKEN device {n}"),
+        }
+    }
+
+    /// The state after `op` was acknowledged with `reply`.
+    fn apply(&mut self, op: &str, reply: &str) {
+        let words: Vec<&str> = reply.split(' ').collect();
+        assert_eq!(words[0], "OK", "{op}: {reply}");
+        match words[1] {
+            "TOKEN" => {
+                self.tokens
+                    .insert(words[2].to_owned(), (words[3].to_owned(), false));
+                self.current = Some(words[2].to_owned());
+            }
+            "REVOKE" => {
+                let id = op.split(' ').nth(1).unwrap();
+                self.tokens.get_mut(id).unwrap().1 = true;
+                if self.current.as_deref() == Some(id) {
+                    self.current = None;
+                }
+            }
+            "BLOCK" => {
+                self.blocks.insert(words[2].to_owned());
+            }
+            "UNBLOCK" => {
+                self.blocks.remove(words[2]);
+            }
+            "AWAY" => self.away = op.strip_prefix("AWAY ").map(str::to_owned),
+            "DMS" => self.friends_only = words[2] == "FRIENDS",
+            "PASSWORD" => {
+                self.password = op.split(' ').nth(2).unwrap().to_owned();
+                let keep = self.current.clone();
+                for (id, t) in self.tokens.iter_mut() {
+                    if Some(id) != keep.as_ref() {
+                        t.1 = true;
+                    }
+                }
+            }
+            other => panic!("unexpected reply to {op}: {other}"),
+        }
+    }
+
+    /// The same state, with what the server could not have told (a token issued by a command whose
+    /// answer was lost) left out: what a check after the crash can observe.
+    fn observed(server: &Server, name: &str, candidates: &[AccountState]) -> AccountState {
+        let mut c = server.connect();
+        let password = candidates
+            .iter()
+            .map(|s| s.password.clone())
+            .find(|pw| {
+                c.send(&format!("LOGIN {name} {pw}"));
+                let reply = c.read_line();
+                if reply.starts_with("OK LOGIN ") {
+                    c.read_until(|l| l.starts_with("BACKLOG-END "));
+                    true
+                } else {
+                    false
+                }
+            })
+            .unwrap_or_else(|| panic!("{name}: no acknowledged password logs in"));
+        let mut state = AccountState::new();
+        state.password = password;
+        let known: BTreeMap<String, String> = candidates
+            .iter()
+            .flat_map(|s| s.tokens.iter().map(|(id, (t, _))| (id.clone(), t.clone())))
+            .collect();
+        for (id, token) in known {
+            let mut r = server.connect();
+            let resumed = r.call(&format!("RESUME {token}"));
+            let revoked = !resumed.last().unwrap().starts_with("OK RESUME ");
+            state.tokens.insert(id, (token, revoked));
+        }
+        let lines = c.call("BLOCKS");
+        state.blocks = lines
+            .iter()
+            .filter_map(|l| l.strip_prefix("BLOCKED "))
+            .map(str::to_owned)
+            .collect();
+        let whois = c.call1(&format!("WHOIS {name}"));
+        let away = whois
+            .strip_prefix(&format!("OK WHOIS {name} ONLINE - "))
+            .map(str::to_owned);
+        state.away = away;
+        state.friends_only = c.call1("DMS") == "OK DMS FRIENDS";
+        state
+    }
+}
+
+/// The failure guarded against: a change to an account that the server acknowledged (a device
+/// token issued or revoked, a block, an away message, the direct-message setting, a new password
+/// and the revocations it made) is lost or half-applied after a crash; or a deleted account comes
+/// back; or an account's last seen, written when it went offline, is lost. Each account's owner sends one command at a time and waits for its answer, so at the kill
+/// at most one command per account is unanswered: the state found afterwards must be the one its
+/// acknowledged commands left, or that state with the unanswered command applied, never anything
+/// else. Tokens are checked by logging in with them.
+#[test]
+fn acknowledged_account_changes_survive_kill_9() {
+    const ACCOUNTS: usize = 4;
+    const ROUNDS: usize = 3;
+    const KILL_AFTER: usize = 40;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("accounts.redb");
+    let mut states: Vec<AccountState> = (0..ACCOUNTS).map(|_| AccountState::new()).collect();
+    let mut pending: Vec<Option<String>> = vec![None; ACCOUNTS];
+    let mut max_seen = 0;
+    let mut n = 0u64;
+
+    for round in 0..=ROUNDS {
+        let server = restart(&db, max_seen);
+        if round == 0 {
+            let mut setup = server.connect();
+            for i in 0..ACCOUNTS {
+                setup.register(&format!("acct{i}"));
+            }
+            // An account deleted before the first crash stays deleted, and its message stays.
+            setup.register("gone");
+            setup.register("keeper");
+            // A friend who goes offline: last seen is written then (the first time at once).
+            let mut seen = server.user("seen");
+            let mut friend = server.user("friend");
+            assert_eq!(
+                seen.call1("FRIEND ADD friend"),
+                "OK FRIEND ADD friend REQUESTED"
+            );
+            assert_eq!(
+                friend.call("FRIEND ACCEPT seen"),
+                ["FRIENDSHIP seen REQUESTED", "OK FRIEND ACCEPT seen"]
+            );
+            assert_eq!(
+                seen.sync(),
+                ["FRIENDSHIP friend ACCEPTED", "PRESENCE friend ONLINE"]
+            );
+            seen.expect("QUIT", "OK QUIT");
+            friend.sync();
+            setup.login("gone");
+            let id = setup.msg("keeper", "from an account about to go");
+            max_seen = id;
+            assert_eq!(
+                setup.call1(&format!("UNREGISTER {PASSWORD}")),
+                "OK UNREGISTER gone"
+            );
+        } else {
+            // What the last round acknowledged is there, with its unanswered commands applied or
+            // not, each as a whole.
+            for i in 0..ACCOUNTS {
+                let name = format!("acct{i}");
+                let before = states[i].clone();
+                let mut candidates = vec![before.clone()];
+                if let Some(op) = &pending[i] {
+                    // The reply the op would have had; a TOKEN's own token is never known.
+                    let mut after = before.clone();
+                    if !op.starts_with("TOKEN") {
+                        let reply = match op.split(' ').next().unwrap() {
+                            "AWAY" => "OK AWAY SET".to_owned(),
+                            "DMS" => format!("OK DMS {}", op.split(' ').nth(1).unwrap()),
+                            "BLOCK" | "UNBLOCK" => {
+                                format!("OK {op}")
+                            }
+                            "REVOKE" => "OK REVOKE 1 CLOSED 0".to_owned(),
+                            "PASSWORD" => "OK PASSWORD REVOKED 0 CLOSED 0".to_owned(),
+                            other => panic!("{other}"),
+                        };
+                        after.apply(op, &reply);
+                    }
+                    candidates.push(after);
+                }
+                let found = AccountState::observed(&server, &name, &candidates);
+                let matched = candidates
+                    .iter()
+                    .position(|c| {
+                        AccountState {
+                            current: None,
+                            ..c.clone()
+                        } == AccountState {
+                            current: None,
+                            ..found.clone()
+                        }
+                    })
+                    .unwrap_or_else(|| {
+                        panic!(
+                            "{name} after crash {round}: found {found:#?}\nacknowledged {:#?}\n\
+                             unanswered {:?}",
+                            before, pending[i]
+                        )
+                    });
+                states[i] = candidates.swap_remove(matched);
+                // A new connection is on no token.
+                states[i].current = None;
+            }
+            let mut c = server.connect();
+            c.login("friend");
+            let whois = c.call1("WHOIS seen");
+            assert!(
+                whois.starts_with("OK WHOIS seen OFFLINE 20"),
+                "last seen lost in crash {round}: {whois}"
+            );
+            c.expect("LOGOUT", "OK LOGOUT");
+            c.expect_fail(
+                &format!("REGISTER gone {PASSWORD}"),
+                "REGISTER",
+                "NAME_TAKEN",
+            );
+            c.expect_fail(
+                &format!("LOGIN gone {PASSWORD}"),
+                "LOGIN",
+                "BAD_CREDENTIALS",
+            );
+            c.login("keeper");
+            let (lines, _) = c.history("gone");
+            assert!(
+                lines
+                    .iter()
+                    .any(|l| l.ends_with(" gone keeper from an account about to go")),
+                "{lines:?}"
+            );
+        }
+        if round == ROUNDS {
+            break;
+        }
+
+        // Each owner changes its account, one command at a time, until the kill.
+        let (tx, rx) = mpsc::channel::<(usize, String, String)>();
+        let mut threads = Vec::new();
+        let sent: std::sync::Arc<std::sync::Mutex<Vec<Option<String>>>> =
+            std::sync::Arc::new(std::sync::Mutex::new(vec![None; ACCOUNTS]));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        for (i, state) in states.iter().enumerate() {
+            let mut c = server.connect();
+            c.send(&format!("LOGIN acct{i} {}", state.password));
+            let reply = c.read_line();
+            assert!(reply.starts_with("OK LOGIN "), "{reply}");
+            c.read_until(|l| l.starts_with("BACKLOG-END "));
+            let mut state = state.clone();
+            let tx = tx.clone();
+            let sent = sent.clone();
+            let stop = stop.clone();
+            let start = n + 1000 * i as u64;
+            let mut w = c.writer();
+            threads.push(std::thread::spawn(move || {
+                use std::io::Write;
+                for k in 0.. {
+                    if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        return;
+                    }
+                    let op = state.next_op(i, start + k, ACCOUNTS);
+                    sent.lock().unwrap()[i] = Some(op.clone());
+                    // Fails once the server is killed: the op is then unanswered, as it may have
+                    // reached the server or not.
+                    let _ = w.write_all(format!("{op}\n").as_bytes());
+                    let reply = loop {
+                        match c.next_whole_line() {
+                            None => return,
+                            Some(l) if is_final(&l) => break l,
+                            Some(_) => {}
+                        }
+                    };
+                    state.apply(&op, &reply);
+                    // Answered: in the channel before it stops being unanswered.
+                    tx.send((i, op, reply))
+                        .expect("the test reads every answer");
+                    sent.lock().unwrap()[i] = None;
+                }
+            }));
+        }
+        drop(tx);
+        let mut acked = 0;
+        while acked < KILL_AFTER {
+            let (i, op, reply) = rx.recv_timeout(TIMEOUT).expect("answers stopped coming");
+            states[i].apply(&op, &reply);
+            acked += 1;
+        }
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        server.crash();
+        for t in threads {
+            t.join().expect("an owner's thread failed");
+        }
+        // Answers read before the owners stopped are acknowledged too.
+        for (i, op, reply) in rx.try_iter() {
+            states[i].apply(&op, &reply);
+            acked += 1;
+        }
+        pending = sent.lock().unwrap().clone();
+        n += 100_000;
+        println!(
+            "account crash round {round}: {acked} changes acknowledged, unanswered {pending:?}"
+        );
+    }
+}

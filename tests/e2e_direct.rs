@@ -1,4 +1,4 @@
-//! Direct sessions between two bundled clients in pipe mode, on loopback (spec 4.14): the server
+//! Direct sessions between two bundled clients in pipe mode, on loopback (spec 4.26): the server
 //! introduces them and carries nothing of what they say. Every byte between each client and the
 //! server passes a recording proxy, and so does every byte between the two clients: the server's
 //! sockets carry the offer and the answer but no byte of the conversation, and the conversation

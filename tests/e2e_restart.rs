@@ -197,3 +197,100 @@ fn a_restart_keeps_accounts_backlog_history_and_friend_requests() {
     assert_eq!(parse_msg(&lines[0], "HISTORY").id, new);
     assert_eq!(fin, format!("OK HISTORY alice 1 BEFORE {new} AFTER -"));
 }
+
+/// A graceful restart keeps the account's side too: device tokens and their revocation, blocks,
+/// the direct-message setting, away messages, a changed password, a deleted account's retired
+/// name, and the last-seen time of everyone who was online when the server stopped.
+#[test]
+fn a_restart_keeps_tokens_blocks_settings_and_last_seen() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("chat.redb");
+
+    let server = Server::start_on(&db, &[]);
+    let mut alice = server.user("alice");
+    let mut bob = server.user("bob");
+    let mut carol = server.user("carol");
+    let mut setup = server.connect();
+    setup.register("dave");
+    assert_eq!(alice.call1("FRIEND ADD bob"), "OK FRIEND ADD bob REQUESTED");
+    assert_eq!(
+        bob.call("FRIEND ACCEPT alice"),
+        ["FRIENDSHIP alice REQUESTED", "OK FRIEND ACCEPT alice"]
+    );
+    bob.sync();
+    alice.sync();
+    let kept = alice.call1("TOKEN laptop");
+    let kept = kept.split(' ').nth(3).unwrap().to_owned();
+    let revoked = alice.call1("TOKEN phone");
+    let revoked_id = revoked.split(' ').nth(2).unwrap().to_owned();
+    let revoked = revoked.split(' ').nth(3).unwrap().to_owned();
+    assert_eq!(
+        alice.call1(&format!("REVOKE {revoked_id}")),
+        "OK REVOKE 1 CLOSED 0"
+    );
+    assert_eq!(alice.call1("AWAY on a boat"), "OK AWAY SET");
+    assert_eq!(bob.sync(), ["AWAY alice on a boat"]);
+    assert_eq!(bob.call1("BLOCK carol"), "OK BLOCK carol");
+    assert_eq!(bob.call1("DMS FRIENDS"), "OK DMS FRIENDS");
+    assert_eq!(
+        carol.call1(&format!("PASSWORD {PASSWORD} a-new-password")),
+        "OK PASSWORD REVOKED 0 CLOSED 0"
+    );
+    let mut dave = server.connect();
+    dave.login("dave");
+    assert_eq!(
+        dave.call1(&format!("UNREGISTER {PASSWORD}")),
+        "OK UNREGISTER dave"
+    );
+    // alice is online when the server stops: her last seen is the stop.
+    let status = server.stop();
+    assert!(status.success(), "exit status {status:?}");
+
+    let server = Server::start_on(&db, &[]);
+    // alice's last seen is the moment the server stopped, shown to her friend bob.
+    let mut bob = server.connect();
+    bob.login("bob");
+    let seen = bob.call1("WHOIS alice");
+    let parts: Vec<&str> = seen.splitn(6, ' ').collect();
+    assert_eq!(
+        (parts[2], parts[3], parts[5]),
+        ("alice", "OFFLINE", "on a boat"),
+        "{seen}"
+    );
+    assert_ne!(parts[4], "-", "no last seen: {seen}");
+    assert_eq!(bob.call1("DMS"), "OK DMS FRIENDS");
+    assert_eq!(bob.call("BLOCKS"), ["BLOCKED carol", "OK BLOCKS 1"]);
+    bob.expect("LOGOUT", "OK LOGOUT");
+
+    let mut alice = server.connect();
+    alice.send(&format!("RESUME {kept}"));
+    assert_eq!(alice.read_line(), "OK RESUME alice");
+    assert_eq!(
+        alice.read_until(|l| l.starts_with("BACKLOG-END ")),
+        [
+            "AWAY alice on a boat",
+            "PRESENCE bob OFFLINE",
+            "BACKLOG-END 0"
+        ]
+    );
+    let mut other = server.connect();
+    other.expect_fail(&format!("RESUME {revoked}"), "RESUME", "BAD_TOKEN");
+    other.expect_fail(
+        &format!("LOGIN carol {PASSWORD}"),
+        "LOGIN",
+        "BAD_CREDENTIALS",
+    );
+    other.expect("LOGIN carol a-new-password", "OK LOGIN carol");
+    other.read_until(|l| l.starts_with("BACKLOG-END "));
+    other.expect_fail("MSG bob still blocked?", "MSG", "BLOCKED");
+    other.expect("LOGOUT", "OK LOGOUT");
+    other.expect_fail(
+        &format!("REGISTER dave {PASSWORD}"),
+        "REGISTER",
+        "NAME_TAKEN",
+    );
+    let (tokens, fin) = (alice.call("TOKENS"), "OK TOKENS 1");
+    assert_eq!(tokens.len(), 2, "{tokens:?}");
+    assert!(tokens[0].ends_with(" CURRENT laptop"), "{tokens:?}");
+    assert_eq!(tokens[1], fin);
+}

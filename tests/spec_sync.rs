@@ -115,4 +115,40 @@ fn limits_table_states_the_numbers_the_code_uses() {
         "TLS handshake",
         format!("{} s", TLS_HANDSHAKE_TIMEOUT.as_secs()),
     );
+    has(
+        "device token label",
+        format!("1 to {MAX_TOKEN_LABEL_BYTES} bytes"),
+    );
+    has(
+        "device tokens per account",
+        MAX_TOKENS_PER_ACCOUNT.to_string(),
+    );
+    has(
+        "accounts one account blocks",
+        MAX_BLOCKS_PER_ACCOUNT.to_string(),
+    );
+    has("away message", format!("1 to {MAX_AWAY_BYTES} bytes"));
+    has(
+        "last seen, on disk",
+        format!("{} minutes", LAST_SEEN_WRITE_INTERVAL_MS / 60_000),
+    );
+    let days = |ms: i64| {
+        assert_eq!(ms % 86_400_000, 0, "{ms} ms is not whole days");
+        format!("{} days", ms / 86_400_000)
+    };
+    has("device token lifetime", days(TOKEN_IDLE_LIFETIME_MS));
+    has("device token lifetime", days(TOKEN_MAX_LIFETIME_MS));
+    assert_eq!(TOKEN_TOUCH_INTERVAL_MS, 3_600_000);
+    has("device token last use", "once an hour".to_string());
+    has(
+        "device token |",
+        format!(
+            "{} bytes; {} random bits",
+            chatd::proto::token::TOKEN_PREFIX.len()
+                + chatd::proto::token::ID_CHARS
+                + 1
+                + chatd::proto::token::SECRET_CHARS,
+            chatd::proto::token::SECRET_BYTES * 8
+        ),
+    );
 }

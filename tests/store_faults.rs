@@ -240,3 +240,77 @@ fn failing_writes_refuse_new_writes_serve_reads_and_resume_by_themselves() {
         .output("c2")
         .ends_with(" alice carol kept before the disk filled\nBACKLOG-END 1\n"));
 }
+
+/// The account commands while writes fail: those that change something are refused with
+/// STORAGE_UNAVAILABLE before any password is checked, those that only show something work, and a
+/// device token issued before logs in (RESUME writes nothing it must wait for).
+#[test]
+fn failing_writes_refuse_account_changes_and_let_tokens_log_in() {
+    let full = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (inner, snapshot) = MemoryStore::new();
+    let store = FullDisk {
+        inner,
+        full: full.clone(),
+    };
+    let mut s = Sim::with_store(Box::new(store), snapshot);
+    s.connect("a");
+    s.send("a", "REGISTER alice password1");
+    s.send("a", "REGISTER bob password2");
+    s.send("a", "LOGIN alice password1");
+    s.send("a", "AWAY at lunch");
+    s.output("a");
+    s.send("a", "TOKEN laptop");
+    let issued = s.output("a");
+    let token = issued
+        .strip_prefix("OK TOKEN ")
+        .and_then(|rest| rest.split_whitespace().nth(1))
+        .unwrap_or_else(|| panic!("a token: {issued}"))
+        .to_owned();
+
+    full.store(true, std::sync::atomic::Ordering::Relaxed);
+    // A write that fails makes the server notice; it waits for the disk.
+    s.send("a", "@x AWAY back");
+    assert_eq!(s.output("a"), "");
+    assert!(s.core().store_failing());
+    s.connect("b");
+    s.output("b");
+    s.send("b", &format!("RESUME {token}"));
+    let b = s.output("b");
+    assert!(b.starts_with("OK RESUME alice\n"), "{b}");
+    assert!(b.ends_with("BACKLOG-END 0\n"), "{b}");
+    for (label, line) in [
+        ("t", "TOKEN phone"),
+        ("r", "REVOKE ALL"),
+        ("w", "AWAY back"),
+        ("k", "BLOCK bob"),
+        ("u", "UNBLOCK bob"),
+        ("d", "DMS FRIENDS"),
+        ("p", "PASSWORD password1 password9"),
+        ("g", "UNREGISTER password1"),
+    ] {
+        s.send("b", &format!("@{label} {line}"));
+        let verb = line.split(' ').next().unwrap_or_default();
+        let out = s.output("b");
+        assert!(
+            out.starts_with(&format!("FAIL @{label} {verb} STORAGE_UNAVAILABLE ")),
+            "{line}: {out}"
+        );
+    }
+    s.send("b", "@l TOKENS");
+    assert!(s.output("b").ends_with("OK @l TOKENS 1\n"));
+    s.send("b", "@k BLOCKS");
+    assert_eq!(s.output("b"), "OK @k BLOCKS 0\n");
+    s.send("b", "@d DMS");
+    assert_eq!(s.output("b"), "OK @d DMS EVERYONE\n");
+    s.send("b", "@i WHOIS bob");
+    assert!(s.output("b").starts_with("OK @i WHOIS bob OFFLINE "));
+
+    full.store(false, std::sync::atomic::Ordering::Relaxed);
+    s.retry_store();
+    assert!(!s.core().store_failing());
+    // The AWAY that waited is committed and answered, and told to the account's other connection.
+    assert_eq!(s.output("a"), "OK @x AWAY SET\n");
+    assert_eq!(s.output("b"), "AWAY alice back\n");
+    s.send("b", "PASSWORD password1 password9");
+    assert_eq!(s.output("b"), "OK PASSWORD REVOKED 0 CLOSED 1\n");
+}

@@ -9,7 +9,9 @@
 
 mod store_support;
 
-use chatd::store::{Conversation, Cursor, FriendState, MessageRecord, MsgId, StoreOp, To};
+use chatd::store::{
+    Conversation, Cursor, FriendState, MessageRecord, MsgId, StoreOp, To, TokenId, TokenRecord,
+};
 use store_support::{account, Subject};
 
 /// Marsaglia's xorshift64: deterministic and dependency-free.
@@ -92,8 +94,71 @@ impl Generator {
         }
     }
 
+    /// A token id from a small set, so ops meet the same tokens again.
+    fn token_id(&mut self) -> TokenId {
+        self.rng.below(14)
+    }
+
+    fn time(&mut self) -> i64 {
+        self.rng.next() as i64 >> 20
+    }
+
+    /// The ops of accounts, tokens, blocks and profiles.
+    fn account_op(&mut self) -> StoreOp {
+        match self.rng.below(30) {
+            0..=5 => StoreOp::CreateToken(TokenRecord {
+                id: self.token_id(),
+                user: self.key(),
+                digest: [self.rng.below(256) as u8; 32],
+                label: self.rng.pick(TEXTS).to_string(),
+                created_ms: self.time(),
+                last_used_ms: self.time(),
+            }),
+            6..=8 => StoreOp::TouchToken {
+                id: self.token_id(),
+                last_used_ms: self.time(),
+            },
+            9..=11 => StoreOp::RevokeTokens {
+                ids: (0..self.rng.below(4)).map(|_| self.token_id()).collect(),
+            },
+            12..=13 => StoreOp::SetPassword {
+                user: self.key(),
+                phc: format!("$scrypt$new${}", self.rng.below(100)),
+                revoke: (0..self.rng.below(3)).map(|_| self.token_id()).collect(),
+            },
+            14 => StoreOp::DeleteAccount {
+                user: self.key(),
+                deleted_ms: self.time(),
+            },
+            15..=19 => StoreOp::Block {
+                a: self.key(),
+                b: self.key(),
+            },
+            20..=21 => StoreOp::Unblock {
+                a: self.key(),
+                b: self.key(),
+            },
+            22..=24 => StoreOp::SetAway {
+                user: self.key(),
+                away: self
+                    .rng
+                    .chance(70)
+                    .then(|| self.rng.pick(TEXTS).to_string()),
+            },
+            25..=26 => StoreOp::SetDms {
+                user: self.key(),
+                friends_only: self.rng.chance(50),
+            },
+            _ => StoreOp::SetLastSeen {
+                user: self.key(),
+                ms: self.time(),
+            },
+        }
+    }
+
     fn op(&mut self) -> StoreOp {
-        match self.rng.below(100) {
+        match self.rng.below(130) {
+            100.. => self.account_op(),
             0..=7 => {
                 let name = self.name();
                 StoreOp::CreateAccount(account(&name, self.rng.below(1 << 40) as i64))
@@ -213,6 +278,11 @@ fn run(seed: u64, batches: usize, reopen_every: usize) {
         !snap.accounts.is_empty()
             && !snap.friendships.is_empty()
             && !snap.pending_counts.is_empty()
+            && !snap.tokens.is_empty()
+            && !snap.blocks.is_empty()
+            && !snap.profiles.is_empty()
+            && !snap.retired.is_empty(),
+        "{snap:?}"
     );
 }
 

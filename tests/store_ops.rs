@@ -4,7 +4,8 @@
 mod store_support;
 
 use chatd::store::{
-    Conversation, Cursor, FriendState, HistoryPage, ReadOp, Snapshot, StoreOp, StoreReply, To,
+    Conversation, Cursor, FriendState, HistoryPage, Profile, ReadOp, RetiredName, Snapshot,
+    StoreOp, StoreReply, To, TokenRecord,
 };
 use store_support::*;
 
@@ -560,6 +561,7 @@ fn everything_survives_a_reopen() {
                 ("carol".into(), "bob".into(), 1)
             ],
             next_id: 6,
+            ..Snapshot::default()
         }
     );
     // The snapshot came from a reopened file; its history and backlogs are intact too.
@@ -575,4 +577,203 @@ fn everything_survives_a_reopen() {
     }
     assert_eq!(disk.backlog("carol"), mem.backlog("carol"));
     assert_eq!(disk.snapshot(), mem.snapshot());
+}
+
+fn token(id: u64, user: &str) -> TokenRecord {
+    TokenRecord {
+        id,
+        user: user.to_owned(),
+        digest: [id as u8; 32],
+        label: format!("device {id}"),
+        created_ms: 100,
+        last_used_ms: 100,
+    }
+}
+
+/// The failure guarded against: an account deleted on disk leaves something keyed by it behind
+/// (a token that still logs in, a friendship or block the other side still sees, a backlog, a
+/// profile), or its name becomes free, so a new account of the same name inherits its history.
+#[test]
+fn deleting_an_account_removes_everything_keyed_by_it_and_retires_its_name() {
+    for mut s in Subject::each() {
+        s.exec(&[
+            StoreOp::CreateAccount(account("Alice", 1)),
+            StoreOp::CreateAccount(account("bob", 2)),
+            StoreOp::CreateAccount(account("carol", 3)),
+            StoreOp::CreateToken(token(7, "alice")),
+            StoreOp::CreateToken(token(8, "alice")),
+            StoreOp::CreateToken(token(9, "bob")),
+            StoreOp::SetFriendship {
+                a: "alice".into(),
+                b: "bob".into(),
+                state: Some(FriendState::Friends),
+            },
+            StoreOp::SetFriendship {
+                a: "carol".into(),
+                b: "alice".into(),
+                state: Some(FriendState::Outgoing),
+            },
+            StoreOp::Block {
+                a: "alice".into(),
+                b: "carol".into(),
+            },
+            StoreOp::Block {
+                a: "bob".into(),
+                b: "alice".into(),
+            },
+            StoreOp::SetAway {
+                user: "alice".into(),
+                away: Some("out".into()),
+            },
+            append(msg(1, "bob", user("Alice"), "kept for alice"), &["alice"]),
+            append(msg(2, "Alice", user("bob"), "from alice"), &["bob"]),
+            StoreOp::DeleteAccount {
+                user: "alice".into(),
+                deleted_ms: 50,
+            },
+        ]);
+        let snap = s.snapshot();
+        let name = s.name();
+        assert_eq!(
+            snap.accounts,
+            vec![account("bob", 2), account("carol", 3)],
+            "{name}"
+        );
+        assert_eq!(snap.tokens, vec![token(9, "bob")], "{name}");
+        assert!(
+            snap.friendships.is_empty(),
+            "{name}: {:?}",
+            snap.friendships
+        );
+        assert!(snap.blocks.is_empty(), "{name}: {:?}", snap.blocks);
+        assert!(snap.profiles.is_empty(), "{name}");
+        assert_eq!(snap.pending_counts, vec![("bob".into(), 1)], "{name}");
+        assert_eq!(
+            snap.retired,
+            vec![RetiredName {
+                name: "Alice".into(),
+                deleted_ms: 50
+            }],
+            "{name}"
+        );
+        // What alice sent stays in bob's history, under her name.
+        let page = s.history(&pair("bob", "alice"), 10, Cursor::Latest);
+        assert_eq!(ids(&page.messages), [1, 2], "{name}");
+        assert_eq!(page.messages[1].from, "Alice");
+        // A later block of bob by carol, after the deletion, is untouched by it.
+        s.exec1(StoreOp::Block {
+            a: "carol".into(),
+            b: "bob".into(),
+        });
+        assert_eq!(
+            s.snapshot().blocks,
+            vec![("carol".to_owned(), "bob".to_owned())],
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn a_block_ends_the_friendship_and_unblock_leaves_no_relation() {
+    for mut s in Subject::each() {
+        s.exec(&[
+            StoreOp::SetFriendship {
+                a: "a".into(),
+                b: "b".into(),
+                state: Some(FriendState::Friends),
+            },
+            StoreOp::Block {
+                a: "b".into(),
+                b: "a".into(),
+            },
+        ]);
+        let snap = s.snapshot();
+        assert!(snap.friendships.is_empty(), "{}", s.name());
+        assert_eq!(snap.blocks, vec![("b".to_owned(), "a".to_owned())]);
+        s.exec1(StoreOp::Unblock {
+            a: "b".into(),
+            b: "a".into(),
+        });
+        let snap = s.snapshot();
+        assert!(snap.blocks.is_empty() && snap.friendships.is_empty());
+    }
+}
+
+#[test]
+fn tokens_are_touched_revoked_and_revoked_with_a_new_password() {
+    for mut s in Subject::each() {
+        s.exec(&[
+            StoreOp::CreateAccount(account("ann", 1)),
+            StoreOp::CreateToken(token(1, "ann")),
+            StoreOp::CreateToken(token(2, "ann")),
+            StoreOp::CreateToken(token(3, "ann")),
+            StoreOp::TouchToken {
+                id: 2,
+                last_used_ms: 900,
+            },
+            // Touching a token that is gone changes nothing.
+            StoreOp::TouchToken {
+                id: 99,
+                last_used_ms: 900,
+            },
+            StoreOp::RevokeTokens { ids: vec![1, 42] },
+        ]);
+        let mut touched = token(2, "ann");
+        touched.last_used_ms = 900;
+        assert_eq!(
+            s.snapshot().tokens,
+            vec![touched.clone(), token(3, "ann")],
+            "{}",
+            s.name()
+        );
+        s.exec1(StoreOp::SetPassword {
+            user: "ann".into(),
+            phc: "new-hash".into(),
+            revoke: vec![3],
+        });
+        let snap = s.snapshot();
+        assert_eq!(snap.tokens, vec![touched], "{}", s.name());
+        assert_eq!(snap.accounts[0].phc, "new-hash");
+    }
+}
+
+#[test]
+fn profiles_change_field_by_field_and_only_for_accounts() {
+    for mut s in Subject::each() {
+        s.exec(&[
+            StoreOp::CreateAccount(account("ann", 1)),
+            StoreOp::SetAway {
+                user: "ann".into(),
+                away: Some("lunch".into()),
+            },
+            StoreOp::SetDms {
+                user: "ann".into(),
+                friends_only: true,
+            },
+            StoreOp::SetLastSeen {
+                user: "ann".into(),
+                ms: 77,
+            },
+            StoreOp::SetAway {
+                user: "nobody".into(),
+                away: Some("x".into()),
+            },
+        ]);
+        let want = Profile {
+            friends_only: true,
+            away: Some("lunch".into()),
+            last_seen_ms: Some(77),
+        };
+        assert_eq!(
+            s.snapshot().profiles,
+            vec![("ann".to_owned(), want.clone())],
+            "{}",
+            s.name()
+        );
+        s.exec1(StoreOp::SetAway {
+            user: "ann".into(),
+            away: None,
+        });
+        assert_eq!(s.snapshot().profiles[0].1, Profile { away: None, ..want });
+    }
 }

@@ -6,6 +6,8 @@
 //! Script lines:
 //! - `# text`: a comment, copied into the transcript;
 //! - `a: connect`, `a: disconnect`, `a: shutdown` (the whole server), `a: advance MS` (the clock);
+//! - `a: restart`: the server stops as in a crash (jobs still queued are lost, every connection is
+//!   gone) and starts again on what it committed;
 //! - `a: tick MS`: the clock moves MS forward and the server looks at it (idle connections);
 //! - `a: connect-from IP`: connects from that address, which the limits per address count;
 //! - `server: set LIMIT N`: changes one of the server's limits (`msgs-per-minute`,
@@ -21,11 +23,39 @@
 //!   runs the jobs queued so far once (the jobs they lead to stay queued; the next ordinary step runs
 //!   everything).
 //!
+//! In what a client sends, `{token}` and `{token-id}` stand for the last device token the server
+//! issued (`OK TOKEN <id> <token>`) and its id, so a script can use a token it was just given.
+//!
 //! After each step, every client's new output is shown as `a< LINE`, clients in name order.
 
 use std::collections::BTreeMap;
 
+use chatd::proto::server_line::{self, OkReply, ServerLine};
+use chatd::proto::token::format_id;
 use chatd::sim::Sim;
+
+/// The last device token seen in any output: (id, token).
+#[derive(Default)]
+struct Issued(Option<(String, String)>);
+
+impl Issued {
+    fn note(&mut self, line: &str) {
+        if let ServerLine::Ok {
+            reply: OkReply::Token { id, token },
+            ..
+        } = server_line::parse(line)
+        {
+            self.0 = Some((format_id(id), token.to_owned()));
+        }
+    }
+
+    fn fill(&self, s: &str) -> String {
+        match &self.0 {
+            Some((id, token)) => s.replace("{token-id}", id).replace("{token}", token),
+            None => s.to_owned(),
+        }
+    }
+}
 
 fn expand(s: &str) -> Vec<u8> {
     let mut out = Vec::new();
@@ -88,10 +118,13 @@ fn shown(line: &str) -> String {
     }
 }
 
-fn collect(sim: &mut Sim, out: &mut String) {
+fn collect(sim: &mut Sim, out: &mut String, issued: &mut Issued) {
     for c in sim.clients() {
         let text = sim.output(&c);
         let lines: Vec<&str> = text.lines().collect();
+        for l in &lines {
+            issued.note(l);
+        }
         // A long run of lines of one kind (a large backlog) shows its first and last two.
         let mut i = 0;
         while i < lines.len() {
@@ -121,6 +154,7 @@ fn collect(sim: &mut Sim, out: &mut String) {
 fn run(script: &str) -> String {
     let mut sim = Sim::new();
     let mut out = String::new();
+    let mut issued = Issued::default();
     for raw in script.lines() {
         let line = raw.strip_suffix('\r').unwrap_or(raw);
         if line.trim().is_empty() {
@@ -137,7 +171,8 @@ fn run(script: &str) -> String {
             .unwrap_or(line.len());
         let (who, after) = line.split_at(who_len);
         if let Some(rest) = after.strip_prefix('>') {
-            let rest = rest.strip_prefix(' ').unwrap_or(rest);
+            let rest = issued.fill(rest.strip_prefix(' ').unwrap_or(rest));
+            let rest = rest.as_str();
             out.push_str(&format!(
                 "{who}> {}\n",
                 shown(&String::from_utf8_lossy(&expand(rest)))
@@ -146,12 +181,14 @@ fn run(script: &str) -> String {
             bytes.push(b'\n');
             sim.send_bytes(who, &bytes);
         } else if let Some(action) = after.strip_prefix(": ") {
+            let action = issued.fill(action);
+            let action = action.as_str();
             out.push_str(&format!("{who}: {}\n", shown(action)));
             let (verb, arg) = action.split_once(' ').unwrap_or((action, ""));
             match verb {
                 "connect" => sim.connect(who),
                 "disconnect" => {
-                    collect(&mut sim, &mut out);
+                    collect(&mut sim, &mut out, &mut issued);
                     sim.disconnect(who)
                 }
                 "shutdown" => sim.shutdown(),
@@ -175,15 +212,19 @@ fn run(script: &str) -> String {
                 "raw" => sim.send_bytes(who, &expand(arg)),
                 "bad-deflate" => sim.bad_deflate(who),
                 "compressed?" => {
-                    collect(&mut sim, &mut out);
+                    collect(&mut sim, &mut out, &mut issued);
                     out.push_str(&format!("{who}: {}\n", sim.is_compressed(who)));
                 }
                 "queue" => sim.queue(who, arg),
                 "drop" => {
-                    collect(&mut sim, &mut out);
+                    collect(&mut sim, &mut out, &mut issued);
                     sim.drop_connection(who)
                 }
                 "step" => sim.step(),
+                "restart" => {
+                    collect(&mut sim, &mut out, &mut issued);
+                    sim.restart()
+                }
                 "repeat" => {
                     let (n, cmd) = arg.split_once(' ').expect("repeat N LINE");
                     let n: usize = n.parse().expect("repeat count");
@@ -209,7 +250,7 @@ fn run(script: &str) -> String {
         } else {
             panic!("cannot read script line {line:?}");
         }
-        collect(&mut sim, &mut out);
+        collect(&mut sim, &mut out, &mut issued);
     }
     out
 }
@@ -220,7 +261,12 @@ fn transcripts() {
         let script = std::fs::read_to_string(path).expect("reading a transcript");
         let transcript = run(&script);
         insta::with_settings!({
-            filters => vec![(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", "[time]")],
+            // Message times are hidden, so a script can change without rewriting every line; other
+            // times (a token's last use, expiry) are the point of the lines they are on and stay.
+            filters => vec![(
+                r"((?:MESSAGE|HISTORY) \d+ )\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z",
+                "${1}[time]"
+            )],
             prepend_module_to_snapshot => false,
             omit_expression => true,
         }, {

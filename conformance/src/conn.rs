@@ -5,7 +5,7 @@
 //! be able to say so) and the LF is removed; a CR before it is kept, so a server that ends its lines
 //! in CRLF fails the cases instead of being silently accepted.
 //!
-//! After `COMPRESS DEFLATE` (spec 4.13) a case switches the connection to DEFLATE
+//! After `COMPRESS DEFLATE` (spec 4.25) a case switches the connection to DEFLATE
 //! ([`Conn::start_deflate`]): lines are then compressed with a sync flush per send, and what the
 //! server sends is inflated before it is split into lines, with the same code the server and the
 //! bundled client use (`chatd::proto::deflate`).

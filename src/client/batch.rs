@@ -129,6 +129,8 @@ async fn apply(
                 _ => eprintln!("chatd: {note}"),
             },
             Effect::Direct(action) => queue.extend(host.act(action, session).await),
+            // A script says how it logs in; this client keeps no token.
+            Effect::SaveToken(_) | Effect::ForgetToken => {}
         }
     }
     outcome

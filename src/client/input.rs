@@ -71,6 +71,52 @@ pub enum Input<'a> {
         /// Everything after `/history ` (may be empty).
         args: &'a str,
     },
+    /// `/password <old> <new>`.
+    Password {
+        /// The current password.
+        old: &'a str,
+        /// The new one.
+        new: &'a str,
+    },
+    /// `/tokens`: the account's device tokens.
+    Tokens,
+    /// `/revoke <id>|all`.
+    Revoke {
+        /// A token id, or `all`.
+        which: &'a str,
+    },
+    /// `/unregister <password>`: delete the account.
+    Unregister {
+        /// The account's password.
+        password: &'a str,
+    },
+    /// `/block <name>`.
+    Block {
+        /// Whom to block.
+        name: &'a str,
+    },
+    /// `/unblock <name>`.
+    Unblock {
+        /// Whom to unblock.
+        name: &'a str,
+    },
+    /// `/blocks`.
+    Blocks,
+    /// `/dms [friends|everyone]`.
+    Dms {
+        /// The setting, or `None` to show it.
+        who: Option<&'a str>,
+    },
+    /// `/away [<text>]`.
+    Away {
+        /// The away message, or `None` to clear it.
+        text: Option<&'a str>,
+    },
+    /// `/whois <name>`.
+    Whois {
+        /// Whom to ask about.
+        name: &'a str,
+    },
     /// `/direct <name>`: offer `name` a direct session between the two clients.
     Direct {
         /// Whom to offer it.
@@ -116,8 +162,37 @@ pub const COMMANDS: &[(&str, &str)] = &[
     ),
     ("/users", "list who is online"),
     ("/register <name> <password>", "create an account"),
-    ("/login <name> <password>", "log in"),
-    ("/logout", "log out"),
+    (
+        "/login <name> <password>",
+        "log in; this client then keeps a device token and logs in again by itself",
+    ),
+    (
+        "/logout",
+        "log out, and revoke and forget this client's device token",
+    ),
+    (
+        "/password <old> <new>",
+        "change your password (logs out your other devices)",
+    ),
+    ("/tokens", "list your devices' tokens"),
+    (
+        "/revoke <id>|all",
+        "log out a device (or all) by revoking its token",
+    ),
+    ("/unregister <password>", "delete your account for good"),
+    (
+        "/block <name>",
+        "stop someone from reaching you (/unblock, /blocks)",
+    ),
+    (
+        "/dms friends|everyone",
+        "take direct messages from friends only, or from everyone",
+    ),
+    ("/away [<text>]", "set an away message, or clear it"),
+    (
+        "/whois <name>",
+        "is someone online, away, or when last seen",
+    ),
     (
         "/friend add|accept|deny|remove <name>",
         "ask, answer or end a friendship",
@@ -245,6 +320,57 @@ pub fn parse(line: &str) -> Result<Input<'_>, InputError> {
         "history" => Ok(Input::History {
             args: rest.trim_matches(' '),
         }),
+        "password" => {
+            let (old, rest) = word(rest);
+            let (new, more) = word(rest);
+            if old.is_empty() || new.is_empty() || !blank(more) {
+                return Err(usage("/password <old> <new>"));
+            }
+            Ok(Input::Password { old, new })
+        }
+        "tokens" | "devices" => {
+            if !blank(rest) {
+                return Err(usage("/tokens"));
+            }
+            Ok(Input::Tokens)
+        }
+        "blocks" => {
+            if !blank(rest) {
+                return Err(usage("/blocks"));
+            }
+            Ok(Input::Blocks)
+        }
+        "revoke" | "unregister" | "block" | "unblock" | "whois" => {
+            let (arg, more) = word(rest);
+            let verb = verb.to_ascii_lowercase();
+            if arg.is_empty() || !blank(more) {
+                let what = match verb.as_str() {
+                    "revoke" => "<id>|all",
+                    "unregister" => "<password>",
+                    _ => "<name>",
+                };
+                return Err(usage(&format!("/{verb} {what}")));
+            }
+            Ok(match verb.as_str() {
+                "revoke" => Input::Revoke { which: arg },
+                "unregister" => Input::Unregister { password: arg },
+                "block" => Input::Block { name: arg },
+                "unblock" => Input::Unblock { name: arg },
+                _ => Input::Whois { name: arg },
+            })
+        }
+        "dms" => {
+            let (who, more) = word(rest);
+            if !blank(more) {
+                return Err(usage("/dms friends|everyone"));
+            }
+            Ok(Input::Dms {
+                who: (!who.is_empty()).then_some(who),
+            })
+        }
+        "away" => Ok(Input::Away {
+            text: (!blank(rest)).then_some(rest),
+        }),
         "direct" | "accept" | "decline" => {
             let (name, more) = word(rest);
             let lower = verb.to_ascii_lowercase();
@@ -337,6 +463,13 @@ mod tests {
             "/users x",
             "/logout now",
             "/help a b",
+            "/password onlyone",
+            "/revoke",
+            "/unregister",
+            "/block",
+            "/whois a b",
+            "/tokens x",
+            "/dms a b",
         ] {
             let err = parse(bad).unwrap_err();
             assert!(err.0.starts_with("usage: /"), "{bad}: {err:?}");
@@ -376,6 +509,39 @@ mod tests {
             Ok(Input::Friend { args: "add bob" })
         );
         assert_eq!(parse("/history"), Ok(Input::History { args: "" }));
+        assert_eq!(
+            parse("/password old-one new-one"),
+            Ok(Input::Password {
+                old: "old-one",
+                new: "new-one"
+            })
+        );
+        assert_eq!(parse("/tokens"), Ok(Input::Tokens));
+        assert_eq!(parse("/revoke all"), Ok(Input::Revoke { which: "all" }));
+        assert_eq!(
+            parse("/unregister pw-secret"),
+            Ok(Input::Unregister {
+                password: "pw-secret"
+            })
+        );
+        assert_eq!(parse("/block bob"), Ok(Input::Block { name: "bob" }));
+        assert_eq!(parse("/unblock bob"), Ok(Input::Unblock { name: "bob" }));
+        assert_eq!(parse("/blocks"), Ok(Input::Blocks));
+        assert_eq!(parse("/dms"), Ok(Input::Dms { who: None }));
+        assert_eq!(
+            parse("/dms friends"),
+            Ok(Input::Dms {
+                who: Some("friends")
+            })
+        );
+        assert_eq!(parse("/away"), Ok(Input::Away { text: None }));
+        assert_eq!(
+            parse("/away at  lunch"),
+            Ok(Input::Away {
+                text: Some("at  lunch")
+            })
+        );
+        assert_eq!(parse("/whois bob"), Ok(Input::Whois { name: "bob" }));
         assert_eq!(
             parse("/history bob 10 before 7"),
             Ok(Input::History {

@@ -8,10 +8,14 @@
 //! it, never on the terminal.
 //!
 //! A lost connection is reported, then retried with exponential back-off ([`BACKOFF_START`] doubling
-//! to [`BACKOFF_MAX`]); once back, the session logs in again if it knows the credentials. While
-//! disconnected, typed lines are refused with an explanation rather than queued, so nothing is sent
-//! later by surprise.
+//! to [`BACKOFF_MAX`]); once back, the session logs in again with its device token (or its
+//! credentials, when it has no token). While disconnected, typed lines are refused with an
+//! explanation rather than queued, so nothing is sent later by surprise.
+//!
+//! The device token lives in a file of the user's ([`super::token_file`]): read at start, so that a
+//! new client logs in by itself, written when the session gets one, deleted when it forgets it.
 
+use std::path::PathBuf;
 use std::pin::pin;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -28,6 +32,7 @@ use super::direct::{DirectOptions, Host, HostEvent};
 use super::input::{self, Input};
 use super::render::Clock;
 use super::session::{Effect, Note, NoteKind, Session};
+use super::token_file;
 use super::{EXIT_NO_CONNECTION, EXIT_OK};
 use crate::proto::server_line::{parse, ServerLine};
 
@@ -95,6 +100,22 @@ pub fn run(connector: Connector, direct: DirectOptions) -> ExitCode {
         }
     });
 
+    let token_path = token_file::path_for(connector.addr());
+    let saved = match token_path.as_deref().map(token_file::load) {
+        Some(Ok((token, warning))) => {
+            if let Some(w) = warning {
+                eprintln!("chatd: warning: {w}");
+            }
+            token
+        }
+        Some(Err(e)) => {
+            eprintln!("chatd: cannot read the saved login: {e}");
+            None
+        }
+        None => None,
+    };
+    let session = Session::new(true).with_token(saved, &device_label());
+
     let prompt = Arc::new(Mutex::new("> ".to_string()));
     let (ui_tx, ui_rx) = async_channel::bounded::<Ui>(UI_QUEUE);
     let network = {
@@ -102,8 +123,9 @@ pub fn run(connector: Connector, direct: DirectOptions) -> ExitCode {
         std::thread::spawn(move || {
             let mut net = Net {
                 connector,
+                session,
+                token_path,
                 host: Host::new(direct),
-                session: Session::new(true),
                 ui: ui_rx,
                 out: print_tx,
                 prompt,
@@ -123,7 +145,11 @@ pub fn run(connector: Connector, direct: DirectOptions) -> ExitCode {
                 // Passwords stay out of the editor's history.
                 if !matches!(
                     parsed,
-                    Ok(Input::Login { .. } | Input::Register { .. } | Input::Nothing)
+                    Ok(Input::Login { .. }
+                        | Input::Register { .. }
+                        | Input::Password { .. }
+                        | Input::Unregister { .. }
+                        | Input::Nothing)
                 ) {
                     let _ = editor.add_history_entry(line.as_str());
                 }
@@ -151,12 +177,32 @@ pub fn run(connector: Connector, direct: DirectOptions) -> ExitCode {
     ExitCode::from(EXIT_OK)
 }
 
+/// What a device token is labelled with: this client and the machine it runs on.
+fn device_label() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .unwrap_or_default();
+    let host: String = host
+        .trim()
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(40)
+        .collect();
+    if host.is_empty() {
+        "chatd client".into()
+    } else {
+        format!("chatd client on {host}")
+    }
+}
+
 /// The connection thread's state.
 struct Net {
     connector: Connector,
     /// The direct session's network side: it outlives a lost server connection.
     host: Host,
     session: Session,
+    /// Where the device token is kept, if there is a configuration directory.
+    token_path: Option<PathBuf>,
     ui: Receiver<Ui>,
     out: Sender<String>,
     prompt: Arc<Mutex<String>>,
@@ -192,8 +238,15 @@ impl Net {
                 Ended::Quit => return,
                 Ended::Lost { why, greeted } => (why, greeted),
             };
-            for effect in self.session.on_disconnected() {
-                self.effect_offline(effect).await;
+            let mut effects: std::collections::VecDeque<Effect> =
+                self.session.on_disconnected().into();
+            while let Some(effect) = effects.pop_front() {
+                match effect {
+                    Effect::Direct(action) => {
+                        effects.extend(self.host.act(action, &mut self.session).await)
+                    }
+                    effect => self.effect_offline(effect).await,
+                }
             }
             self.update_prompt();
             self.show(
@@ -271,8 +324,32 @@ impl Net {
     }
 
     async fn effect_offline(&self, effect: Effect) {
-        if let Effect::Show(note) = effect {
-            let _ = self.out.send(note.to_string()).await;
+        match effect {
+            Effect::Show(note) => {
+                let _ = self.out.send(note.to_string()).await;
+            }
+            Effect::SaveToken(_) | Effect::ForgetToken => self.keep_token(effect).await,
+            // Nothing can be sent while disconnected; a direct action is the caller's.
+            Effect::Send(_) | Effect::Direct(_) => {}
+        }
+    }
+
+    /// Saves or deletes the device token file.
+    async fn keep_token(&self, effect: Effect) {
+        let Some(path) = &self.token_path else {
+            return;
+        };
+        let result = match &effect {
+            Effect::SaveToken(token) => token_file::save(path, token),
+            Effect::ForgetToken => token_file::forget(path),
+            _ => return,
+        };
+        if let Err(e) = result {
+            self.show(
+                NoteKind::Error,
+                format!("cannot keep the login in {}: {e}", path.display()),
+            )
+            .await;
         }
     }
 
@@ -316,6 +393,7 @@ impl Net {
                         Effect::Show(note) => {
                             let _ = self.out.send(note.to_string()).await;
                         }
+                        Effect::SaveToken(_) | Effect::ForgetToken => self.keep_token(effect).await,
                     }
                 }
                 self.update_prompt();

@@ -9,7 +9,8 @@
 //! - [`direct`]: direct sessions between two clients, brokered by the server (`/direct`);
 //! - [`interactive`]: the terminal front end (line editor, messages printed above the prompt,
 //!   reconnection with back-off);
-//! - [`batch`]: the front end for scripts (stdin to server, server lines to stdout as-is).
+//! - [`batch`]: the front end for scripts (stdin to server, server lines to stdout as-is);
+//! - [`token_file`]: where the interactive client keeps its device token.
 //!
 //! The mode follows stdin and stdout: both terminals gives the interactive client, anything else the
 //! non-interactive one, so `chatd --connect ... < script > log` behaves the same from a terminal or not.
@@ -22,6 +23,7 @@ pub mod input;
 pub mod interactive;
 pub mod render;
 pub mod session;
+pub mod token_file;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;

@@ -9,7 +9,10 @@ use std::borrow::Cow;
 use jiff::tz::TimeZone;
 use jiff::Timestamp;
 
-use crate::proto::server_line::{FriendState, FriendshipEvent, MessageLine, Presence, Recipient};
+use crate::proto::server_line::{
+    FriendState, FriendshipEvent, MessageLine, Presence, Recipient, TokenLine,
+};
+use crate::proto::token::format_id;
 
 /// Replaces control characters other than TAB with U+FFFD.
 pub fn clean(s: &str) -> Cow<'_, str> {
@@ -104,6 +107,32 @@ pub fn message(m: &MessageLine<'_>, me: Option<&str>, clock: &Clock, history: bo
         recipients(&m.to, me),
         clean(m.text)
     )
+}
+
+/// A `TOKENS` entry: `<id>  <label>  created ..., last used ..., expires ...`, marked when it is
+/// the one this connection is on.
+pub fn token(t: &TokenLine<'_>, clock: &Clock) -> String {
+    let label = if t.label.is_empty() {
+        Cow::Borrowed("(no label)")
+    } else {
+        clean(t.label)
+    };
+    format!(
+        "  {}  {label}{}: created {}, last used {}, expires {}",
+        format_id(t.id),
+        if t.current { " (this connection)" } else { "" },
+        clock.local(t.created_ms, true),
+        clock.local(t.last_used_ms, true),
+        clock.local(t.expires_ms, true),
+    )
+}
+
+/// `AWAY` as a sentence.
+pub fn away(name: &str, text: Option<&str>) -> String {
+    match text {
+        Some(t) => format!("{} is away: {}", clean(name), clean(t)),
+        None => format!("{} is back.", clean(name)),
+    }
 }
 
 /// `PRESENCE` as a sentence.

@@ -2,10 +2,17 @@
 //! to show out. No IO and no clock of its own, like the server's core, so every rule is a unit test.
 //!
 //! In interactive use every command goes out with a label (`@c.<n>`) and the session remembers what
-//! each label was for, so a reply can be told in words ("delivered to bob"), a LOGIN's password can be
-//! kept for logging in again after a reconnect, and replies to commands lost with a connection are
-//! counted. Without labels (the non-interactive mode passes server lines through untouched) it still
-//! tracks who the user last talked with.
+//! each label was for, so a reply can be told in words ("delivered to bob"), a login can be kept for
+//! logging in again after a reconnect, and replies to commands lost with a connection are counted.
+//! Without labels (the non-interactive mode passes server lines through untouched) it still tracks
+//! who the user last talked with.
+//!
+//! How a login is kept: after a `/login` succeeds, the session asks the server for a device token
+//! (`TOKEN`), hands it to the shell to save ([`Effect::SaveToken`]) and forgets the password. From
+//! then on a new connection logs in with `RESUME <token>`: no password in memory, and no password
+//! hash on the server. A token the server refuses, one revoked from elsewhere, a deleted account and
+//! `/logout` (which revokes the token first) make the session forget it ([`Effect::ForgetToken`]).
+//! Without a token (the server refused to issue one), the password is kept for logging in again.
 
 mod direct;
 
@@ -16,10 +23,11 @@ pub use self::direct::{DirectAction, QUEUED_LINES};
 
 use super::input::{help_text, Input};
 use super::render::{self, clean, Clock};
-use crate::proto::code::Code;
+use crate::proto::code::{ByeCode, Code};
+use crate::proto::command::Dms;
 use crate::proto::command::Verb;
 use crate::proto::server_line::{
-    parse, AddOutcome, Delivery, FriendReply, OkReply, Recipient, ServerLine,
+    parse, AddOutcome, Delivery, FriendReply, OkReply, Presence, Recipient, ServerLine,
 };
 
 /// The label of the client's answers to the server's idle probes (`PING <token>`, spec 7.6); their
@@ -27,14 +35,36 @@ use crate::proto::server_line::{
 pub const PROBE_LABEL: &str = "client.probe";
 
 /// Something the shell around the session must do.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum Effect {
     /// Send this protocol line (without its LF).
     Send(String),
     /// Show this to the user.
     Show(Note),
-    /// Do this for the direct session (spec 4.14); the shell reports back.
+    /// Do this for the direct session (spec 4.26); the shell reports back.
     Direct(DirectAction),
+    /// Keep this device token for the next start (where only the user can read it).
+    SaveToken(String),
+    /// Delete the kept device token.
+    ForgetToken,
+}
+
+impl fmt::Debug for Effect {
+    // Lines may carry a password, a token always is a secret: neither is shown.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Effect::Send(line) => match line.split(' ').find(|w| !w.starts_with('@')) {
+                Some(verb) => write!(f, "Send({verb} ...)"),
+                None => f.write_str("Send(..)"),
+            },
+            Effect::Show(note) => f.debug_tuple("Show").field(note).finish(),
+            Effect::SaveToken(_) => f.write_str("SaveToken(<redacted>)"),
+            Effect::ForgetToken => f.write_str("ForgetToken"),
+            // What is said in a direct session is nobody else's business either.
+            Effect::Direct(DirectAction::Say(_)) => f.write_str("Direct(Say(..))"),
+            Effect::Direct(a) => f.debug_tuple("Direct").field(a).finish(),
+        }
+    }
 }
 
 /// A piece of text for the user.
@@ -93,17 +123,41 @@ impl fmt::Debug for Secret {
 #[derive(Clone, Debug)]
 enum Pending {
     Register,
-    Login { password: Secret },
+    Login {
+        password: Secret,
+    },
     Relogin,
+    /// RESUME with the kept token; `again` after a reconnect, not at start.
+    Resume {
+        again: bool,
+    },
+    /// The TOKEN asked for after a /login.
+    IssueToken,
+    /// The REVOKE of the kept token that /logout sends before LOGOUT.
+    RevokeOwn,
     Logout,
-    Msg { to: String },
+    Password {
+        new: Secret,
+    },
+    Tokens,
+    Revoke,
+    Unregister,
+    Block,
+    Whois,
+    Away,
+    Dms,
+    Msg {
+        to: String,
+    },
     Group,
     All,
     Users,
     Help,
     Quit,
     Friend,
-    History { target: String },
+    History {
+        target: String,
+    },
     Direct,
 }
 
@@ -115,8 +169,16 @@ pub struct Session {
     pending: HashMap<String, Pending>,
     /// The account this connection is logged in as (name as registered).
     me: Option<String>,
-    /// Name and password of the last successful LOGIN, to log in again after a reconnect.
+    /// Name and password of the last successful LOGIN, to log in again after a reconnect when
+    /// there is no device token.
     credentials: Option<(String, Secret)>,
+    /// The kept device token: its id, and the token.
+    token: Option<(u64, Secret)>,
+    /// The label a device token is asked for with; `None` when the shell has nowhere to keep a
+    /// token, so none is asked for.
+    device: Option<String>,
+    /// At least one connection was made: the next RESUME is a reconnect.
+    connected_before: bool,
     /// Who a plain line goes to.
     last_peer: Option<String>,
     /// USER lines of a USERS answer, shown together with its final line.
@@ -137,6 +199,9 @@ impl Session {
             pending: HashMap::new(),
             me: None,
             credentials: None,
+            token: None,
+            device: None,
+            connected_before: false,
             last_peer: None,
             users: Vec::new(),
             quitting: false,
@@ -152,6 +217,22 @@ impl Session {
             ServerLine::Pong { token: Some(t) } => self.probes.front().is_some_and(|p| p == t),
             l => l.is_final() && l.label() == Some(PROBE_LABEL),
         }
+    }
+
+    /// A session whose shell keeps a device token: it logs in with `token` (as read from where
+    /// the shell keeps it), and after a /login asks for one labelled `device`.
+    pub fn with_token(mut self, token: Option<String>, device: &str) -> Session {
+        self.token = token.and_then(|t| {
+            let id = crate::proto::token::DeviceToken::unchecked(&t).parts()?.0;
+            Some((id, Secret(t)))
+        });
+        self.device = Some(device.to_owned());
+        self
+    }
+
+    /// True while the session keeps a device token.
+    pub fn has_token(&self) -> bool {
+        self.token.is_some()
     }
 
     /// The account this connection is logged in as, if known.
@@ -193,15 +274,24 @@ impl Session {
         Effect::Send(out)
     }
 
-    /// A new connection is up: log in again if this session has credentials.
+    /// A new connection is up: log in with the kept token, or else again with the credentials.
     pub fn on_connected(&mut self) -> Vec<Effect> {
         self.me = None;
+        let again = std::mem::replace(&mut self.connected_before, true);
+        if let Some((_, token)) = self.token.clone() {
+            return vec![self.send(Pending::Resume { again }, format!("RESUME {}", token.0))];
+        }
         match self.credentials.clone() {
             Some((name, password)) => {
                 vec![self.send(Pending::Relogin, format!("LOGIN {name} {}", password.0))]
             }
             None => Vec::new(),
         }
+    }
+
+    /// Forgets the kept token, here and where the shell keeps it.
+    fn forget_token(&mut self) -> Option<Effect> {
+        self.token.take().map(|_| Effect::ForgetToken)
     }
 
     /// The connection is gone: forget what it was doing and say what may have been lost.
@@ -280,7 +370,46 @@ impl Session {
                 };
                 vec![self.send(what, format!("LOGIN {name} {password}"))]
             }
-            Input::Logout => vec![self.send(Pending::Logout, "LOGOUT".into())],
+            Input::Logout => {
+                // The device token goes first: a logged-out device must not log in again.
+                let mut out = Vec::new();
+                if let Some((id, _)) = self.token {
+                    let line = format!("REVOKE {}", crate::proto::token::format_id(id));
+                    out.push(self.send(Pending::RevokeOwn, line));
+                }
+                out.push(self.send(Pending::Logout, "LOGOUT".into()));
+                out
+            }
+            Input::Password { old, new } => vec![self.send(
+                Pending::Password {
+                    new: Secret(new.to_string()),
+                },
+                format!("PASSWORD {old} {new}"),
+            )],
+            Input::Tokens => vec![self.send(Pending::Tokens, "TOKENS".into())],
+            Input::Revoke { which } => vec![self.send(Pending::Revoke, format!("REVOKE {which}"))],
+            Input::Unregister { password } => vec![self.send(
+                Pending::Unregister,
+                format!("UNREGISTER {password}"),
+            )],
+            Input::Block { name } => vec![self.send(Pending::Block, format!("BLOCK {name}"))],
+            Input::Unblock { name } => vec![self.send(Pending::Block, format!("UNBLOCK {name}"))],
+            Input::Blocks => vec![self.send(Pending::Block, "BLOCKS".into())],
+            Input::Dms { who } => vec![self.send(
+                Pending::Dms,
+                match who {
+                    Some(w) => format!("DMS {w}"),
+                    None => "DMS".into(),
+                },
+            )],
+            Input::Away { text } => vec![self.send(
+                Pending::Away,
+                match text {
+                    Some(t) => format!("AWAY {t}"),
+                    None => "AWAY".into(),
+                },
+            )],
+            Input::Whois { name } => vec![self.send(Pending::Whois, format!("WHOIS {name}"))],
             Input::Friend { args } => vec![self.send(Pending::Friend, format!("FRIEND {args}"))],
             Input::History { args: "" } => match self.last_peer.clone() {
                 Some(peer) => vec![self.send(
@@ -328,7 +457,7 @@ impl Session {
             }
             ServerLine::Ok { label, reply } => {
                 let what = label.and_then(|l| self.pending.remove(l));
-                self.on_ok(what, reply)
+                self.on_ok(what, reply, clock)
             }
             // A retry_after is in the sentence too, in words; the sentence is what is shown.
             ServerLine::Fail {
@@ -344,7 +473,7 @@ impl Session {
             ServerLine::Hello { version, .. } => {
                 let mut text =
                     format!("Server: chatd {}. Type /help for commands.", clean(version));
-                if self.credentials.is_none() {
+                if self.credentials.is_none() && self.token.is_none() {
                     text.push_str(
                         " New here? /register <name> <password>, then /login <name> <password>.",
                     );
@@ -385,10 +514,20 @@ impl Session {
             ServerLine::Friendship { name, event } => {
                 vec![note(NoteKind::Info, render::friendship(name, event))]
             }
-            ServerLine::Bye { text, .. } => vec![note(
-                NoteKind::Error,
-                format!("the server is closing the connection: {}", clean(text)),
-            )],
+            ServerLine::Bye { code, text } => {
+                let mut out = Vec::new();
+                // This device's login was revoked, or the account is gone: it must not log in
+                // again by itself.
+                if matches!(code, ByeCode::REVOKED | ByeCode::ACCOUNT_DELETED) {
+                    self.credentials = None;
+                    out.extend(self.forget_token());
+                }
+                out.push(note(
+                    NoteKind::Error,
+                    format!("the server is closing the connection: {}", clean(text)),
+                ));
+                out
+            }
             ServerLine::User { name } => {
                 self.users.push(clean(name).into_owned());
                 Vec::new()
@@ -403,6 +542,14 @@ impl Session {
             ServerLine::Friend { name, state } => {
                 vec![note(NoteKind::Plain, render::friend(name, state))]
             }
+            ServerLine::Token(t) => vec![note(NoteKind::Plain, render::token(&t, clock))],
+            ServerLine::Away { name, text } => vec![note(NoteKind::Info, render::away(name, text))],
+            ServerLine::Blocked { name } => {
+                vec![note(
+                    NoteKind::Plain,
+                    format!("  {} (blocked)", clean(name)),
+                )]
+            }
             ServerLine::Direct { name, event } => self.on_direct_push(name, event),
             ServerLine::Other(raw) => {
                 vec![note(NoteKind::Plain, format!("server: {}", clean(raw)))]
@@ -410,15 +557,21 @@ impl Session {
         }
     }
 
-    fn on_ok(&mut self, what: Option<Pending>, reply: OkReply<'_>) -> Vec<Effect> {
+    fn on_ok(&mut self, what: Option<Pending>, reply: OkReply<'_>, clock: &Clock) -> Vec<Effect> {
         // Whoever sent it (a slash command, a raw line, a script), the login state follows the reply.
-        // Credentials are kept only from a /login the session saw succeed; a raw LOGIN or LOGOUT
-        // makes the ones it had wrong, so they go.
+        // Credentials and the token are kept only from a /login the session saw succeed; a raw
+        // LOGIN, RESUME or LOGOUT makes the ones it had wrong, so they go (the saved token stays
+        // saved: it is the device's, for the next start).
+        let mut effects = Vec::new();
         match reply {
-            OkReply::Login { name } => {
+            OkReply::Login { name } | OkReply::Resume { name } => {
                 self.me = Some(name.to_string());
-                if !matches!(what, Some(Pending::Login { .. } | Pending::Relogin)) {
+                if !matches!(
+                    what,
+                    Some(Pending::Login { .. } | Pending::Relogin | Pending::Resume { .. })
+                ) {
                     self.credentials = None;
+                    self.token = None;
                 }
             }
             OkReply::Logout => {
@@ -426,6 +579,11 @@ impl Session {
                 self.credentials = None;
             }
             OkReply::Direct(r) => return self.on_direct_ok(r),
+            OkReply::Unregister { .. } => {
+                self.me = None;
+                self.credentials = None;
+                effects.extend(self.forget_token());
+            }
             _ => {}
         }
         let text = match (what, reply) {
@@ -435,12 +593,97 @@ impl Session {
             ),
             (Some(Pending::Login { password }), OkReply::Login { name }) => {
                 self.credentials = Some((name.to_string(), password));
+                if let Some(device) = self.device.clone().filter(|_| self.labelled) {
+                    // A device token, so that this client logs in again without the password.
+                    effects.push(self.send(Pending::IssueToken, format!("TOKEN {device}")));
+                }
                 format!("Logged in as {}.", clean(name))
             }
             (Some(Pending::Relogin), OkReply::Login { name }) => {
                 format!("Logged in again as {}.", clean(name))
             }
+            (Some(Pending::Resume { again: true }), OkReply::Resume { name }) => {
+                format!("Logged in again as {}.", clean(name))
+            }
+            (Some(Pending::Resume { again: false }), OkReply::Resume { name }) => format!(
+                "Logged in as {} with this device's saved token (/logout forgets it).",
+                clean(name)
+            ),
+            (Some(Pending::IssueToken), OkReply::Token { id, token }) => {
+                // The token replaces the password: it is all this client keeps.
+                self.token = Some((id, Secret(token.to_owned())));
+                self.credentials = None;
+                effects.push(Effect::SaveToken(token.to_owned()));
+                "This device will log in by itself from now on (/logout to stop that).".into()
+            }
+            (Some(Pending::RevokeOwn), OkReply::Revoke { .. }) => {
+                effects.extend(self.forget_token());
+                return effects;
+            }
             (Some(Pending::Logout), OkReply::Logout) => "Logged out.".into(),
+            (Some(Pending::Password { new }), OkReply::Password { revoked, closed }) => {
+                if let Some((_, password)) = &mut self.credentials {
+                    *password = new;
+                }
+                format!(
+                    "Password changed. {revoked} other device token{} revoked, {closed} other \
+                     connection{} closed.",
+                    if revoked == 1 { "" } else { "s" },
+                    if closed == 1 { "" } else { "s" }
+                )
+            }
+            (Some(Pending::Tokens), OkReply::Tokens { count: 0 }) => "no device tokens".into(),
+            (Some(Pending::Tokens), OkReply::Tokens { count }) => format!(
+                "{count} device token{}; /revoke <id> logs one out",
+                if count == 1 { "" } else { "s" }
+            ),
+            (Some(Pending::Revoke), OkReply::Revoke { revoked, closed }) => format!(
+                "{revoked} token{} revoked; {closed} connection{} closed",
+                if revoked == 1 { "" } else { "s" },
+                if closed == 1 { "" } else { "s" }
+            ),
+            (Some(Pending::Unregister), OkReply::Unregister { name }) => {
+                format!("The account {} is deleted.", clean(name))
+            }
+            (Some(Pending::Block), OkReply::Block { name }) => {
+                format!("blocked {}: they can no longer reach you", clean(name))
+            }
+            (Some(Pending::Block), OkReply::Unblock { name }) => {
+                format!("unblocked {}", clean(name))
+            }
+            (Some(Pending::Block), OkReply::Blocks { count: 0 }) => "you block no one".into(),
+            (Some(Pending::Block), OkReply::Blocks { count }) => format!("{count} blocked"),
+            (Some(Pending::Dms), OkReply::Dms { policy }) => match policy {
+                Dms::Friends => "direct messages: from friends only".into(),
+                Dms::Everyone => "direct messages: from everyone".into(),
+            },
+            (Some(Pending::Away), OkReply::Away { set: true }) => {
+                "You are away; friends and whoever writes to you see your message.".into()
+            }
+            (Some(Pending::Away), OkReply::Away { set: false }) => "You are back.".into(),
+            (
+                Some(Pending::Whois),
+                OkReply::Whois {
+                    name,
+                    presence,
+                    last_seen_ms,
+                    away,
+                },
+            ) => {
+                let mut t = match (presence, last_seen_ms) {
+                    (Presence::Online, _) => format!("{} is online", clean(name)),
+                    (Presence::Offline, Some(ms)) => format!(
+                        "{} is offline, last seen {}",
+                        clean(name),
+                        clock.local(ms, false)
+                    ),
+                    (Presence::Offline, None) => format!("{} is offline", clean(name)),
+                };
+                if !away.is_empty() {
+                    t.push_str(&format!("; away: {}", clean(away)));
+                }
+                t
+            }
             (Some(Pending::Msg { to }), OkReply::Msg { delivery, .. }) => match delivery {
                 Delivery::Kept => format!(
                     "{} is offline; the message waits for their next login.",
@@ -485,7 +728,8 @@ impl Session {
             },
             (_, reply) => clean(&format!("OK {reply}")).into_owned(),
         };
-        vec![note(NoteKind::Info, text)]
+        effects.push(note(NoteKind::Info, text));
+        effects
     }
 
     fn users_listed(&mut self) -> Vec<Effect> {
@@ -508,6 +752,7 @@ impl Session {
             return self.on_direct_fail(text);
         }
         let text = clean(text);
+        let mut effects = Vec::new();
         let shown = match what {
             Some(Pending::Login { .. }) => format!("login failed: {text}"),
             Some(Pending::Register) => format!("registration failed: {text}"),
@@ -518,6 +763,21 @@ impl Session {
                     clean(&name)
                 )
             }
+            Some(Pending::Resume { .. }) => {
+                effects.extend(self.forget_token());
+                format!(
+                    "the saved login of this device no longer works ({text}); it is forgotten. \
+                     Use /login <name> <password>."
+                )
+            }
+            Some(Pending::IssueToken) => format!(
+                "no device token ({text}); this client logs in again with your password instead"
+            ),
+            // The token is useless either way: it is forgotten, the logout goes on.
+            Some(Pending::RevokeOwn) => {
+                effects.extend(self.forget_token());
+                return effects;
+            }
             Some(_) => text.into_owned(),
             // Not ours (a raw line, or a line refused before its label was read): say which.
             None => format!(
@@ -526,7 +786,8 @@ impl Session {
                 code.as_str()
             ),
         };
-        vec![note(NoteKind::Error, shown)]
+        effects.push(note(NoteKind::Error, shown));
+        effects
     }
 }
 
@@ -578,7 +839,7 @@ mod tests {
             .iter()
             .filter_map(|e| match e {
                 Effect::Send(l) => Some(l.as_str()),
-                Effect::Show(_) | Effect::Direct(_) => None,
+                _ => None,
             })
             .collect()
     }
@@ -588,7 +849,7 @@ mod tests {
             .iter()
             .filter_map(|e| match e {
                 Effect::Show(n) => Some(n.to_string()),
-                Effect::Send(_) | Effect::Direct(_) => None,
+                _ => None,
             })
             .collect()
     }
@@ -801,6 +1062,154 @@ mod tests {
         assert_eq!(
             shown(&server(&mut s, "OK @c.4 FRIEND ADD bob REQUESTED")),
             ["* friend request sent to bob"]
+        );
+    }
+
+    const TOKEN: &str = "ct1.00000000000000ab.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+
+    fn kept(effects: &[Effect]) -> Vec<Effect> {
+        effects
+            .iter()
+            .filter(|e| matches!(e, Effect::SaveToken(_) | Effect::ForgetToken))
+            .cloned()
+            .collect()
+    }
+
+    #[test]
+    fn a_login_is_exchanged_for_a_device_token_that_logs_in_again() {
+        let mut s = Session::new(true).with_token(None, "chatd client on desk");
+        assert!(s.on_connected().is_empty());
+        input(&mut s, "/login alice secret-pw1");
+        let after = server(&mut s, "OK @c.1 LOGIN alice");
+        assert_eq!(sent(&after), ["@c.2 TOKEN chatd client on desk"]);
+        let issued = server(&mut s, &format!("OK @c.2 TOKEN 00000000000000ab {TOKEN}"));
+        assert_eq!(kept(&issued), [Effect::SaveToken(TOKEN.into())]);
+        assert!(s.has_token());
+        // The password is not kept once there is a token.
+        assert!(!format!("{s:?}").contains("secret-pw1"));
+        assert!(!format!("{s:?} {issued:?}").contains("AAAAAAAA"));
+        s.on_disconnected();
+        let again = s.on_connected();
+        assert_eq!(sent(&again), [format!("@c.3 RESUME {TOKEN}")]);
+        assert_eq!(
+            shown(&server(&mut s, "OK @c.3 RESUME alice")),
+            ["* Logged in again as alice."]
+        );
+        assert_eq!(s.me(), Some("alice"));
+    }
+
+    #[test]
+    fn a_saved_token_logs_in_at_start_and_a_refused_one_is_forgotten() {
+        let mut s = Session::new(true).with_token(Some(TOKEN.into()), "x");
+        assert_eq!(sent(&s.on_connected()), [format!("@c.1 RESUME {TOKEN}")]);
+        assert_eq!(
+            shown(&server(&mut s, "OK @c.1 RESUME alice")),
+            ["* Logged in as alice with this device's saved token (/logout forgets it)."]
+        );
+        s.on_disconnected();
+        s.on_connected();
+        let refused = server(
+            &mut s,
+            "FAIL @c.2 RESUME BAD_TOKEN unknown, expired or revoked token",
+        );
+        assert_eq!(kept(&refused), [Effect::ForgetToken]);
+        assert!(shown(&refused)[0].contains("Use /login <name> <password>"));
+        s.on_disconnected();
+        assert!(s.on_connected().is_empty());
+    }
+
+    #[test]
+    fn logout_revokes_the_token_before_logging_out() {
+        let mut s = Session::new(true).with_token(Some(TOKEN.into()), "x");
+        s.on_connected();
+        server(&mut s, "OK @c.1 RESUME alice");
+        let out = input(&mut s, "/logout");
+        assert_eq!(sent(&out), ["@c.2 REVOKE 00000000000000ab", "@c.3 LOGOUT"]);
+        let revoked = server(&mut s, "OK @c.2 REVOKE 1 CLOSED 0");
+        assert_eq!(kept(&revoked), [Effect::ForgetToken]);
+        assert!(shown(&revoked).is_empty());
+        assert_eq!(shown(&server(&mut s, "OK @c.3 LOGOUT")), ["* Logged out."]);
+        s.on_disconnected();
+        assert!(s.on_connected().is_empty());
+    }
+
+    #[test]
+    fn a_revoked_login_or_a_deleted_account_forgets_the_token() {
+        for bye in [
+            "BYE REVOKED the token this connection logged in with was revoked",
+            "BYE ACCOUNT_DELETED the account was deleted",
+        ] {
+            let mut s = Session::new(true).with_token(Some(TOKEN.into()), "x");
+            s.on_connected();
+            server(&mut s, "OK @c.1 RESUME alice");
+            assert_eq!(kept(&server(&mut s, bye)), [Effect::ForgetToken], "{bye}");
+            s.on_disconnected();
+            assert!(s.on_connected().is_empty(), "{bye}");
+        }
+        let mut s = Session::new(true).with_token(Some(TOKEN.into()), "x");
+        s.on_connected();
+        server(&mut s, "OK @c.1 RESUME alice");
+        input(&mut s, "/unregister secret-pw1");
+        let gone = server(&mut s, "OK @c.2 UNREGISTER alice");
+        assert_eq!(kept(&gone), [Effect::ForgetToken]);
+        assert_eq!(shown(&gone), ["* The account alice is deleted."]);
+    }
+
+    #[test]
+    fn a_refused_token_keeps_the_password_for_logging_in_again() {
+        let mut s = Session::new(true).with_token(None, "x");
+        input(&mut s, "/login alice secret-pw1");
+        server(&mut s, "OK @c.1 LOGIN alice");
+        let refused = server(&mut s, "FAIL @c.2 TOKEN TOO_MANY_TOKENS you hold 20 tokens");
+        assert!(kept(&refused).is_empty());
+        s.on_disconnected();
+        assert_eq!(sent(&s.on_connected()), ["@c.3 LOGIN alice secret-pw1"]);
+    }
+
+    #[test]
+    fn account_replies_in_words() {
+        let mut s = logged_in("alice");
+        input(&mut s, "/whois bob");
+        assert_eq!(
+            shown(&server(
+                &mut s,
+                "OK @c.2 WHOIS bob OFFLINE 2026-11-21T11:00:00.000Z  at lunch"
+            )),
+            ["* bob is offline, last seen 11:00; away:  at lunch"]
+        );
+        input(&mut s, "/whois carol");
+        assert_eq!(
+            shown(&server(&mut s, "OK @c.3 WHOIS carol ONLINE -")),
+            ["* carol is online"]
+        );
+        input(&mut s, "/password secret-pw1 new-secret2");
+        assert_eq!(
+            shown(&server(&mut s, "OK @c.4 PASSWORD REVOKED 2 CLOSED 1")),
+            ["* Password changed. 2 other device tokens revoked, 1 other connection closed."]
+        );
+        // Logging in again uses the new password.
+        s.on_disconnected();
+        assert_eq!(sent(&s.on_connected()), ["@c.5 LOGIN alice new-secret2"]);
+        server(&mut s, "OK @c.5 LOGIN alice");
+        input(&mut s, "/block mallory");
+        assert_eq!(
+            shown(&server(&mut s, "OK @c.6 BLOCK mallory")),
+            ["* blocked mallory: they can no longer reach you"]
+        );
+        assert_eq!(
+            shown(&server(&mut s, "AWAY bob gone fishing")),
+            ["* bob is away: gone fishing"]
+        );
+        assert_eq!(shown(&server(&mut s, "AWAY bob")), ["* bob is back."]);
+        input(&mut s, "/tokens");
+        assert_eq!(
+            shown(&server(
+                &mut s,
+                "TOKEN 00000000000000ab 2026-11-21T10:00:00.000Z 2026-11-21T11:00:00.000Z \
+                 2026-12-21T11:00:00.000Z CURRENT laptop"
+            )),
+            ["  00000000000000ab  laptop (this connection): created 2026-11-21 10:00, last used \
+              2026-11-21 11:00, expires 2026-12-21 11:00"]
         );
     }
 

@@ -297,6 +297,216 @@ pub static COMMANDS: &[Row] = &[
         },
     },
     Row {
+        verb: Verb::Token,
+        state: Needs::LoggedIn,
+        barrier: false,
+        writes: |_| true,
+        reads: false,
+        summary: "get a device token, to log in again without your password",
+        details: &[
+            "Issues a token for this account and shows it once: OK TOKEN <id> <token>. Keep it secret.",
+            "RESUME <token> then logs in as you with no password, until the token expires or is revoked.",
+            "A token expires 30 days after its last use, and 180 days after it was issued at the latest.",
+            "The label (up to 64 bytes) is for you, to tell your devices apart in TOKENS. At most 20 tokens.",
+            "Example: TOKEN laptop",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Token { label } => core.token(req, label),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
+        verb: Verb::Resume,
+        state: Needs::LoggedOut,
+        barrier: false,
+        writes: |_| false,
+        reads: false,
+        summary: "log in with a device token instead of a password",
+        details: &[
+            "Logs in with a token from TOKEN, exactly as LOGIN does: the same pushes and backlog follow.",
+            "An unknown, expired or revoked token gets FAIL RESUME BAD_TOKEN; log in with LOGIN then.",
+            "Example: RESUME ct1.0123456789abcdef.<secret>",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Resume { token } => core.resume(req, token),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
+        verb: Verb::Tokens,
+        state: Needs::LoggedIn,
+        barrier: false,
+        writes: |_| false,
+        reads: false,
+        summary: "list your device tokens",
+        details: &[
+            "One line per token that has not expired, oldest first:",
+            "TOKEN <id> <created> <last used> <expires> CURRENT|OTHER <label>",
+            "CURRENT marks the token this connection logged in with or was issued. Secrets are never shown.",
+            "Example: TOKENS",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Tokens => core.list_tokens(req),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
+        verb: Verb::Revoke,
+        state: Needs::LoggedIn,
+        barrier: false,
+        writes: |_| true,
+        reads: false,
+        summary: "revoke a device token, or all of them",
+        details: &[
+            "REVOKE <id> revokes one token (the id is from TOKENS); REVOKE ALL revokes every one.",
+            "A revoked token no longer logs in. Your other connections on it are closed (BYE REVOKED);",
+            "this one stays logged in. Answer: OK REVOKE <tokens revoked> CLOSED <connections closed>",
+            "Example: REVOKE 0123456789abcdef",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Revoke(which) => core.revoke(req, which),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
+        verb: Verb::Password,
+        state: Needs::LoggedIn,
+        barrier: false,
+        writes: |_| true,
+        reads: false,
+        summary: "change your password",
+        details: &[
+            "Changes your password. <new> follows the rules of REGISTER.",
+            "Every device token but the one this connection is on is revoked, and your other connections",
+            "are closed (BYE REVOKED): anyone who knew the old password is logged out.",
+            "Answer: OK PASSWORD REVOKED <tokens revoked> CLOSED <connections closed>",
+            "Example: PASSWORD wonderland1 looking-glass2",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Password { old, new } => core.password(req, old, new),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
+        verb: Verb::Unregister,
+        state: Needs::LoggedIn,
+        barrier: true,
+        writes: |_| true,
+        reads: false,
+        summary: "delete your account",
+        details: &[
+            "Deletes your account at once, with its tokens, friendships, blocks and kept messages.",
+            "Messages you sent stay in the others' history under your name. The name is never free again.",
+            "This connection stays open, logged out; your other connections are closed (BYE ACCOUNT_DELETED).",
+            "Example: UNREGISTER wonderland1",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Unregister { password } => core.unregister(req, password),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
+        verb: Verb::Block,
+        state: Needs::LoggedIn,
+        barrier: false,
+        writes: |_| true,
+        reads: false,
+        summary: "stop an account from reaching you",
+        details: &[
+            "Blocks <name>: their MSG, GROUP and FRIEND ADD to you fail with BLOCKED, and their ALL messages",
+            "no longer reach you. A friendship or request between you ends. You cannot message them either.",
+            "Example: BLOCK mallory",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Block { name } => core.block(req, name),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
+        verb: Verb::Unblock,
+        state: Needs::LoggedIn,
+        barrier: false,
+        writes: |_| true,
+        reads: false,
+        summary: "lift a block",
+        details: &[
+            "Lifts your block of <name>. A friendship it ended does not come back.",
+            "Example: UNBLOCK mallory",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Unblock { name } => core.unblock(req, name),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
+        verb: Verb::Blocks,
+        state: Needs::LoggedIn,
+        barrier: false,
+        writes: |_| false,
+        reads: false,
+        summary: "list the accounts you block",
+        details: &[
+            "One BLOCKED <name> line per account you block, then OK BLOCKS <how many>.",
+            "Example: BLOCKS",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Blocks => core.list_blocks(req),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
+        verb: Verb::Dms,
+        state: Needs::LoggedIn,
+        barrier: false,
+        writes: |cmd| matches!(cmd, Command::Dms(Some(_))),
+        reads: false,
+        summary: "take direct messages from friends only, or from everyone",
+        details: &[
+            "DMS FRIENDS: MSG and GROUP from anyone but your friends fail with FRIENDS_ONLY.",
+            "DMS EVERYONE (the default): anyone you do not block may write to you. DMS alone shows the setting.",
+            "Example: DMS FRIENDS",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Dms(policy) => core.dms(req, policy),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
+        verb: Verb::Away,
+        state: Needs::LoggedIn,
+        barrier: false,
+        writes: |_| true,
+        reads: false,
+        summary: "set an away message, or clear it",
+        details: &[
+            "AWAY <text> sets your away message (up to 200 bytes); AWAY alone clears it. It stays set",
+            "when you log out, until you clear it. Friends see it (AWAY <you> <text>), and so does whoever",
+            "writes to you: an AWAY line follows their OK.",
+            "Example: AWAY at lunch, back at 2",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Away { text } => core.away(req, text),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
+        verb: Verb::Whois,
+        state: Needs::LoggedIn,
+        barrier: false,
+        writes: |_| false,
+        reads: false,
+        summary: "is a user online, away, or when last seen",
+        details: &[
+            "Answer: OK WHOIS <name> ONLINE|OFFLINE <last seen>|- <away message>",
+            "Last seen (when the user's last connection left) is shown to their friends only.",
+            "Example: WHOIS bob",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Whois { name } => core.whois(req, name),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
         verb: Verb::Compress,
         state: Needs::Any,
         // What follows it is read and written compressed: it must come after every earlier answer.
@@ -388,8 +598,8 @@ mod tests {
 
     #[test]
     fn login_requirement_matches_the_spec() {
-        // Spec 3.1: REGISTER and LOGIN need a connection that is not logged in; QUIT, HELP and PING
-        // work in any state; everything else needs a login.
+        // Spec 3.1: REGISTER, LOGIN and RESUME need a connection that is not logged in; QUIT, HELP,
+        // PING and COMPRESS work in any state; everything else needs a login.
         let by = |n: Needs| -> Vec<&str> {
             COMMANDS
                 .iter()
@@ -397,9 +607,9 @@ mod tests {
                 .map(|r| r.verb.name())
                 .collect()
         };
-        assert_eq!(by(Needs::LoggedOut), ["REGISTER", "LOGIN"]);
+        assert_eq!(by(Needs::LoggedOut), ["REGISTER", "LOGIN", "RESUME"]);
         assert_eq!(by(Needs::Any), ["QUIT", "HELP", "PING", "COMPRESS"]);
-        assert_eq!(by(Needs::LoggedIn).len(), COMMANDS.len() - 6);
+        assert_eq!(by(Needs::LoggedIn).len(), COMMANDS.len() - 7);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! The in-memory graph changes when the command runs (so a repeated request is refused at once);
 //! the reply and the other side's notice go out when the change is committed.
 
-use super::out::{self, Out};
+use super::out::Out;
 use super::{Core, Req};
 use crate::proto::code::Code;
 use crate::proto::command::FriendOp;
@@ -59,6 +59,10 @@ impl Core {
                 return self.refuse(req, Code::UNKNOWN_USER, &text);
             }
         };
+        if matches!(change, Change::Add) && self.barred(&me, &other) {
+            let text = format!("a block stands between you and {shown}");
+            return self.refuse(req, Code::BLOCKED, &text);
+        }
         let current = self
             .accounts
             .get(&me)
@@ -186,24 +190,36 @@ impl Core {
             name: &shown,
             presence: Presence::of(self.online.contains(&other)),
         };
+        let their_away = self.away_chunk(&other);
         if now_friends {
             out.line(&their_presence);
+            if let Some(a) = &their_away {
+                out.raw(a);
+            }
             notice.line(&ServerLine::Presence {
                 name: &my_name,
                 presence: Presence::of(self.online.contains(&me)),
             });
+            if let Some(a) = self.away_chunk(&me) {
+                notice.raw(&a);
+            }
         }
         let notice = crate::outbox::Chunk::Owned(notice.into_bytes());
         self.push_to_account(&other, &notice);
         if now_friends {
-            // The caller's other connections learn the new friend's presence too.
-            let line = out::shared(&their_presence);
+            // The caller's other connections learn the new friend's presence (and away) too.
+            let mut lines = Out::new();
+            lines.line(&their_presence);
+            if let Some(a) = &their_away {
+                lines.raw(a);
+            }
+            let lines = crate::outbox::Chunk::Owned(lines.into_bytes());
             super::fan_out(
                 &self.accounts,
                 &self.conns,
                 &mut self.overflowed,
                 std::iter::once(&me),
-                &line,
+                &lines,
                 Some(req.conn),
             );
         }

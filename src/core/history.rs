@@ -27,18 +27,17 @@ impl Core {
             HistoryTarget::Broadcast => (Conversation::Broadcast, "*".to_owned()),
             HistoryTarget::User(n) => {
                 let key = n.key();
-                match self.accounts.get(&key) {
-                    Some(a) if a.phc.is_some() => {
-                        let name = a.name.clone();
-                        let pair =
-                            Conversation::Pair(me.as_str().to_owned(), key.as_str().to_owned());
-                        (pair, name)
-                    }
-                    _ => {
-                        let text = format!("no such user: {n}");
-                        return self.refuse(req, Code::UNKNOWN_USER, &text);
-                    }
-                }
+                // A deleted account's conversations stay readable under its name (spec 4.18).
+                let shown = match self.accounts.get(&key) {
+                    Some(a) if a.phc.is_some() => Some(a.name.clone()),
+                    _ => self.retired.get(&key).cloned(),
+                };
+                let Some(name) = shown else {
+                    let text = format!("no such user: {n}");
+                    return self.refuse(req, Code::UNKNOWN_USER, &text);
+                };
+                let pair = Conversation::Pair(me.as_str().to_owned(), key.as_str().to_owned());
+                (pair, name)
             }
         };
         let cursor = match cursor {

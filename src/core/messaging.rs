@@ -18,6 +18,16 @@ use crate::proto::name::{Key, Name};
 use crate::proto::server_line::{Delivery, MessageLine, OkReply, ServerLine};
 use crate::store::{MessageRecord, MsgId, StoreOp, To};
 
+/// The accounts a MSG or GROUP is for, sorted by what happens to their copy (empty for ALL).
+struct Addressees {
+    /// Online when the message was sent: delivered live once it is committed.
+    online: Vec<Key>,
+    /// Offline: kept in their backlogs, in the same commit.
+    offline: Vec<Key>,
+    /// All of them, in the sender's order.
+    recipients: Vec<Key>,
+}
+
 /// A message waiting for its commit.
 struct Sent {
     sender: Key,
@@ -29,6 +39,8 @@ struct Sent {
     online: Vec<Key>,
     /// Recipients whose copy went to their offline backlog.
     kept: usize,
+    /// Every recipient, in the sender's order (empty for ALL), for the away notices after the OK.
+    recipients: Vec<Key>,
 }
 
 impl Core {
@@ -39,16 +51,24 @@ impl Core {
         };
         let share = self.settings.limits.inbox_share;
         let mut unknown = Vec::new();
+        let mut blocked = Vec::new();
+        let mut friends_only = Vec::new();
         let mut full = Vec::new();
         let mut my_share_full = Vec::new();
         let mut online = Vec::new();
         let mut offline = Vec::new();
         let mut shown = Vec::with_capacity(to.len());
+        let recipients: Vec<Key> = to.iter().map(Name::key).collect();
         for name in &to {
             let key = name.key();
             match self.accounts.get(&key) {
                 Some(a) if a.phc.is_some() => {
                     shown.push(a.name.clone());
+                    match self.dm_refusal(&sender, &key) {
+                        Some(Code::BLOCKED) => blocked.push(a.name.clone()),
+                        Some(_) => friends_only.push(a.name.clone()),
+                        None => {}
+                    }
                     if !a.conns.is_empty() {
                         online.push(key);
                     } else if a.inbox.total() >= MAX_PENDING_PER_ACCOUNT {
@@ -65,6 +85,21 @@ impl Core {
         if !unknown.is_empty() {
             let text = format!("no such user: {}", unknown.join(", "));
             return self.refuse(req, Code::UNKNOWN_USER, &text);
+        }
+        if !blocked.is_empty() {
+            let text = format!(
+                "a block stands between you and {}; nothing was sent",
+                blocked.join(", ")
+            );
+            return self.refuse(req, Code::BLOCKED, &text);
+        }
+        if !friends_only.is_empty() {
+            let text = format!(
+                "{} take{} direct messages from friends only; nothing was sent",
+                friends_only.join(", "),
+                if friends_only.len() == 1 { "s" } else { "" }
+            );
+            return self.refuse(req, Code::FRIENDS_ONLY, &text);
         }
         if !full.is_empty() {
             let text = format!(
@@ -95,7 +130,12 @@ impl Core {
                 To::Group(shown)
             }
         };
-        self.commit_message(req, sender, to, text, online, offline);
+        let whom = Addressees {
+            online,
+            offline,
+            recipients,
+        };
+        self.commit_message(req, sender, to, text, whom);
     }
 
     /// ALL: to every other online account; stored, never kept for offline delivery.
@@ -106,7 +146,12 @@ impl Core {
         if let Err(why) = self.charge_message(&sender, true, stored_bytes(&text, 1)) {
             return self.over_quota(req, why);
         }
-        self.commit_message(req, sender, To::All, text, Vec::new(), Vec::new());
+        let whom = Addressees {
+            online: Vec::new(),
+            offline: Vec::new(),
+            recipients: Vec::new(),
+        };
+        self.commit_message(req, sender, To::All, text, whom);
     }
 
     fn commit_message(
@@ -115,9 +160,13 @@ impl Core {
         sender: Key,
         to: To,
         text: String,
-        online: Vec<Key>,
-        pending_for: Vec<Key>,
+        whom: Addressees,
     ) {
+        let Addressees {
+            online,
+            offline: pending_for,
+            recipients,
+        } = whom;
         let Some(from) = self.accounts.get(&sender).map(|a| a.name.clone()) else {
             return self.internal_error(req, "the sender's account is missing");
         };
@@ -143,6 +192,7 @@ impl Core {
             line,
             online,
             kept: pending_for.len(),
+            recipients,
         };
         let op = StoreOp::AppendMessage {
             msg: record,
@@ -156,16 +206,22 @@ impl Core {
         let (id, chunk) = (sent.id, &sent.line);
         let mut out = Out::new();
         if req.verb == Some(Verb::All) {
-            let others = self.online.iter().filter(|k| **k != sent.sender);
+            // Everyone online but the sender and the accounts that block it.
+            let blockers = self.accounts.get(&sent.sender).map(|a| &a.blocked_by);
+            let others: Vec<&Key> = self
+                .online
+                .iter()
+                .filter(|k| **k != sent.sender && !blockers.is_some_and(|b| b.contains(*k)))
+                .collect();
+            let users = others.len();
             fan_out(
                 &self.accounts,
                 &self.conns,
                 &mut self.overflowed,
-                others,
+                others.into_iter(),
                 chunk,
                 None,
             );
-            let users = self.online.len() - usize::from(self.online.contains(&sent.sender));
             out.ok(
                 &req,
                 OkReply::All {
@@ -220,6 +276,8 @@ impl Core {
         if own_copy {
             out.raw(chunk);
         }
+        // The sender learns which recipients are away, after the OK.
+        self.away_notices(&sent.sender, &sent.recipients, &mut out);
         // Each late recipient's backlog entry is its own op; the writes commit in the order they
         // were sent, so once the last is committed all are, and the OK may go.
         let ops: Vec<StoreOp> = late
@@ -246,7 +304,9 @@ impl Core {
     /// and the backlog bound wins.
     pub(super) fn keep_for_later(&mut self, key: &Key, sender: &Key, id: MsgId) -> Option<StoreOp> {
         let a = self.accounts.get_mut(key)?;
-        if a.inbox.total() >= MAX_PENDING_PER_ACCOUNT {
+        // An account being deleted keeps nothing: its deletion, already sent to the store, would
+        // not remove an entry written after it.
+        if a.inbox.total() >= MAX_PENDING_PER_ACCOUNT || a.phc.is_none() {
             return None;
         }
         a.inbox.add(sender);

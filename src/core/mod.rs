@@ -12,9 +12,13 @@
 //!   once, in `Core::process`, before any handler.
 //! - one file per group of commands, each holding its handlers and what they do when their store or
 //!   hash result comes back (a closure given with the job): `session` (REGISTER, LOGIN, LOGOUT,
-//!   QUIT), `messaging` (MSG, GROUP, ALL), `history`, `friends`, `info` (HELP, PING, USERS),
-//!   `compress` (COMPRESS, and a connection whose DEFLATE stream breaks), `direct` (DIRECT: offers
-//!   of direct sessions between clients, which the server introduces and never carries);
+//!   QUIT, and the login path LOGIN and RESUME share), `messaging` (MSG, GROUP, ALL), `history`,
+//!   `friends`, `info` (HELP, PING, USERS), `tokens` (TOKEN, RESUME, TOKENS, REVOKE),
+//!   `account` (PASSWORD, UNREGISTER), `blocks` (BLOCK, UNBLOCK, BLOCKS, DMS), `status` (AWAY,
+//!   WHOIS, and last seen), `compress` (COMPRESS, and a connection whose DEFLATE stream breaks),
+//!   `direct` (DIRECT: offers of direct sessions between clients, which the server introduces and
+//!   never carries);
+//! - `entropy`: where the random bits of device tokens come from;
 //! - `idle`: what the clock does by itself: silent connections are probed, then closed;
 //! - `guard`: login protection: hashes per address, failed-login back-off, registrations per
 //!   address; `quota`: what one account may send and store; `bucket`: the token bucket both count
@@ -34,6 +38,8 @@
 //! - A store read sees every write sent to the store before it, so a LOGIN's backlog read sees every
 //!   message queued for the account before it.
 
+mod account;
+mod blocks;
 mod bucket;
 mod commands;
 mod compress;
@@ -48,17 +54,23 @@ mod order;
 mod out;
 mod quota;
 mod session;
+mod status;
 mod stream;
+mod tokens;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+pub mod entropy;
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 pub use self::commands::{Needs, Row, COMMANDS};
 pub use self::order::Req;
 
+use self::entropy::{Entropy, Rng};
 use self::guard::Guard;
 use self::order::Slots;
 use self::quota::{Inbox, Quota};
+use self::tokens::Token;
 use crate::auth::{Cancel, HashJob, HashOutcome, HashTask};
 use crate::outbox::{Chunk, Outbox};
 use crate::peer::{AddrKey, Peer};
@@ -67,7 +79,9 @@ use crate::proto::command::split_head;
 use crate::proto::name::{Key, Skeleton};
 use crate::proto::server_line::{Presence, Recipient, ServerLine};
 use crate::store::worker::{Report, StoreJob, Ticket};
-use crate::store::{FriendState, MsgId, ReadOp, Snapshot, StoreOp, StoreReply, To};
+use crate::store::{
+    FriendState, MsgId, Profile, ReadOp, Snapshot, StoreOp, StoreReply, To, TokenId,
+};
 use crate::tally::Tally;
 
 /// Identifies a connection for the life of the process.
@@ -155,6 +169,8 @@ pub struct Settings {
     pub dummy_phc: Arc<str>,
     /// Server version, shown in HELLO.
     pub version: &'static str,
+    /// Where device tokens' random bits come from.
+    pub entropy: Entropy,
     /// The limits an operator may set.
     pub limits: Limits,
 }
@@ -214,9 +230,21 @@ struct Account {
     conns: Vec<ConnId>,
     /// Addresses it logged in from since the server started, most recent last (see `guard`).
     known: Vec<AddrKey>,
+    /// Its device tokens (expired ones stay until the next TOKEN or REVOKE of the account removes
+    /// them).
+    tokens: Vec<TokenId>,
+    /// The accounts it blocks.
+    blocks: HashSet<Key>,
+    /// The accounts that block it.
+    blocked_by: HashSet<Key>,
+    /// Its settings and status.
+    profile: Profile,
+    /// The last-seen time as written to the store.
+    seen_written: Option<i64>,
 }
 
 impl Account {
+    /// A new account, with nothing but its name and hash.
     fn new(name: String, phc: Option<Arc<str>>) -> Account {
         Account {
             name,
@@ -226,6 +254,11 @@ impl Account {
             quota: Quota::default(),
             conns: Vec::new(),
             known: Vec::new(),
+            tokens: Vec::new(),
+            blocks: HashSet::new(),
+            blocked_by: HashSet::new(),
+            profile: Profile::default(),
+            seen_written: None,
         }
     }
 }
@@ -246,6 +279,9 @@ enum Hold {
     /// A command that must run after every earlier command is answered (QUIT, LOGOUT) waits at the
     /// head of `deferred` until the reply order is empty.
     Drain,
+    /// The connection's account is being deleted from another connection: nothing it sends runs,
+    /// and it is closed once the deletion is committed.
+    Frozen,
 }
 
 struct Conn {
@@ -264,6 +300,12 @@ struct Conn {
     slots: Slots,
     /// QUIT was answered or the server closed it; further input is ignored.
     closing: bool,
+    /// The device token this connection is on: the one it logged in with (RESUME) or issued
+    /// (TOKEN), whichever came last (spec 4.13).
+    device_token: Option<TokenId>,
+    /// It logged in with a device token (RESUME), which no password hash slows down: its login and
+    /// its going offline are counted in the log's summary rather than written one by one.
+    resumed: bool,
     /// COMPRESS DEFLATE was accepted: the connection counts in `Core::compressed`.
     compressed: bool,
 }
@@ -314,6 +356,11 @@ pub struct Core {
     /// When the guard last forgot what expired.
     guard_swept: i64,
     store_inflight: usize,
+    /// Every device token, by id.
+    tokens: HashMap<TokenId, Token>,
+    /// The names of deleted accounts, by key (spec 4.18: never registered again).
+    retired: HashMap<Key, String>,
+    rng: Rng,
     /// The store reported that writes fail, and not yet that they work again.
     store_failing: bool,
     jobs: Vec<Job>,
@@ -346,6 +393,31 @@ impl Core {
             }
             accounts.insert(key, Account::new(a.name, Some(a.phc.into())));
         }
+        for (a, b) in snapshot.blocks {
+            let (a, b) = (Key::from_folded(a), Key::from_folded(b));
+            if accounts.contains_key(&a) && accounts.contains_key(&b) {
+                if let Some(acct) = accounts.get_mut(&a) {
+                    acct.blocks.insert(b.clone());
+                }
+                if let Some(acct) = accounts.get_mut(&b) {
+                    acct.blocked_by.insert(a);
+                }
+            }
+        }
+        for (user, profile) in snapshot.profiles {
+            if let Some(acct) = accounts.get_mut(user.as_str()) {
+                acct.seen_written = profile.last_seen_ms;
+                acct.profile = profile;
+            }
+        }
+        let mut tokens = HashMap::with_capacity(snapshot.tokens.len());
+        for t in snapshot.tokens {
+            let key = Key::from_folded(t.user.clone());
+            if let Some(acct) = accounts.get_mut(&key) {
+                acct.tokens.push(t.id);
+                tokens.insert(t.id, Token::from_record(key, t));
+            }
+        }
         for (a, b, state) in snapshot.friendships {
             if let Some(acct) = accounts.get_mut(a.as_str()) {
                 acct.friends.insert(Key::of(&b), state);
@@ -361,6 +433,18 @@ impl Core {
                 acct.inbox.add_n(Key::from_folded(sender), n);
             }
         }
+        let retired = snapshot
+            .retired
+            .into_iter()
+            .map(|r| (Key::of(&r.name), r.name))
+            .collect::<HashMap<Key, String>>();
+        // A deleted account's name stays taken, and so does its look (spec 4.18).
+        for (key, name) in &retired {
+            skeletons
+                .entry(Skeleton::of(name))
+                .or_insert_with(|| key.clone());
+        }
+        let rng = Rng::new(settings.entropy);
         Core {
             settings,
             accounts,
@@ -378,6 +462,9 @@ impl Core {
             tally: Tally::default(),
             tally_since: 0,
             store_inflight: 0,
+            tokens,
+            retired,
+            rng,
             store_failing: false,
             jobs: Vec::new(),
             overflowed: Vec::new(),
@@ -495,6 +582,8 @@ impl Core {
                 deferred: VecDeque::new(),
                 slots: Slots::default(),
                 closing: false,
+                device_token: None,
+                resumed: false,
                 compressed: false,
             },
         );
@@ -612,6 +701,20 @@ impl Core {
         self.conns.get(&conn).and_then(|c| c.key()).cloned()
     }
 
+    /// True when a block stands between two accounts: either blocks the other.
+    fn barred(&self, a: &Key, b: &Key) -> bool {
+        self.accounts
+            .get(a)
+            .is_some_and(|x| x.blocks.contains(b) || x.blocked_by.contains(b))
+    }
+
+    /// True when `a` and `b` are friends.
+    fn are_friends(&self, a: &Key, b: &Key) -> bool {
+        self.accounts
+            .get(a)
+            .is_some_and(|x| x.friends.get(b) == Some(&FriendState::Friends))
+    }
+
     /// Queues an unsolicited line on every logged-in connection of `key`; returns how many
     /// connections that is.
     fn push_to_account(&mut self, key: &Key, chunk: &Chunk) -> usize {
@@ -623,6 +726,22 @@ impl Core {
             chunk,
             None,
         )
+    }
+
+    /// Closes a connection on the server's own account (its login was revoked): `BYE <code>` after
+    /// whatever is already queued for it, then the connection ends as if the client had left.
+    fn close_with_bye(&mut self, conn: ConnId, code: ByeCode, text: &str) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        log::debug!("closing connection {conn} from {}: {text}", c.peer.shown);
+        self.tally.count(
+            "connections closed for a revoked token, a new password or a deleted account",
+            c.peer.key,
+        );
+        c.outbox
+            .push_unbounded(Chunk::Owned(ServerLine::Bye { code, text }.to_bytes()));
+        self.disconnected(conn);
     }
 
     /// Disconnects every client whose outbox overflowed during this event.
@@ -766,14 +885,15 @@ impl Core {
             cancel.cancel();
         }
         if let ConnState::LoggedIn(key) = c.state {
-            self.detach(conn, &key);
+            self.detach(conn, &key, c.resumed);
         }
         log::debug!("connection {conn} from {} closed", c.peer.shown);
         self.tally.count("connections closed", c.peer.key);
     }
 
     /// Removes a logged-in connection from its account; the last one takes the account offline.
-    fn detach(&mut self, conn: ConnId, key: &Key) {
+    /// `resumed`: the connection logged in with a device token (see `Conn::resumed`).
+    fn detach(&mut self, conn: ConnId, key: &Key, resumed: bool) {
         let Some(acct) = self.accounts.get_mut(key) else {
             return;
         };
@@ -781,7 +901,14 @@ impl Core {
         let offline = acct.conns.is_empty();
         if offline {
             self.online.remove(key);
-            log::info!("{} is offline", acct.name);
+            if resumed {
+                log::debug!("{} is offline", acct.name);
+                self.tally
+                    .count("accounts offline after a device token login", None);
+            } else {
+                log::info!("{} is offline", acct.name);
+            }
+            self.saw(key, false);
         }
         self.direct_conn_left(conn, key, offline);
         if offline {
@@ -811,6 +938,13 @@ impl Core {
     }
 
     fn shutdown(&mut self) {
+        // Whoever is online is last seen now; after a storage failure nothing more is written.
+        if !self.shutting_down && self.fatal.is_none() {
+            let online: Vec<Key> = self.online.iter().cloned().collect();
+            for key in &online {
+                self.saw(key, true);
+            }
+        }
         self.shutting_down = true;
         let chunk = out::shared(&ServerLine::Bye {
             code: ByeCode::SHUTDOWN,

@@ -1,9 +1,12 @@
-//! REGISTER, LOGIN, LOGOUT and QUIT: accounts and connection state.
+//! REGISTER, LOGIN, LOGOUT and QUIT: accounts and connection state; and [`Core::enter`], the one
+//! login path after the credentials are checked, which LOGIN and RESUME share.
 //!
 //! REGISTER and LOGIN hash a password on the hashing pool; the connection's later lines wait until
-//! the hash is done (they must see the state it leads to). A LOGIN that finds messages kept for the
-//! account holds the connection until they are sent, so every command after the LOGIN runs once the
-//! login is complete, backlog included.
+//! the hash is done (they must see the state it leads to). A login (LOGIN or RESUME) that finds
+//! messages kept for the account holds the connection until they are sent, so every command after
+//! it runs once the login is complete, backlog included.
+
+use std::sync::Arc;
 
 use super::guard::Refusal;
 use super::order::SlotId;
@@ -16,7 +19,16 @@ use crate::peer::AddrKey;
 use crate::proto::code::Code;
 use crate::proto::name::{Key, Name, Password, Skeleton};
 use crate::proto::server_line::{FriendshipEvent, OkReply, Presence, ServerLine};
-use crate::store::{AccountRecord, FriendState, StoreOp, StoreReply};
+use crate::store::{AccountRecord, FriendState, StoreOp, StoreReply, TokenId};
+
+/// How a connection proved who it is.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Via {
+    /// LOGIN: a password.
+    Password,
+    /// RESUME: a device token, which the connection is on from now.
+    Token(TokenId),
+}
 
 /// What a read answered instead of its data, for the log.
 pub(super) fn unreadable(reply: &StoreReply) -> String {
@@ -29,20 +41,20 @@ pub(super) fn unreadable(reply: &StoreReply) -> String {
 impl Core {
     pub(super) fn register(&mut self, mut req: Req, name: Name, password: Password) {
         let key = name.key();
-        if self.accounts.contains_key(&key) {
+        // A deleted account's name stays taken (spec 4.18).
+        if self.accounts.contains_key(&key) || self.retired.contains_key(&key) {
             let text = format!("the name {name} is taken");
             return self.refuse(req, Code::NAME_TAKEN, &text);
         }
         let skeleton = name.skeleton();
-        if let Some(taken) = self
-            .skeletons
-            .get(&skeleton)
-            .and_then(|k| self.accounts.get(k))
-        {
-            let text = format!(
-                "the name {name} looks too much like {}, which is taken",
-                taken.name
-            );
+        // A retired name's look stays taken too: nobody may pass for a deleted account.
+        if let Some(taken) = self.skeletons.get(&skeleton).and_then(|k| {
+            self.accounts
+                .get(k)
+                .map(|a| a.name.as_str())
+                .or_else(|| self.retired.get(k).map(String::as_str))
+        }) {
+            let text = format!("the name {name} looks too much like {taken}, which is taken");
             return self.refuse(req, Code::NAME_TAKEN, &text);
         }
         let addr = self.peer_key(req.conn);
@@ -129,12 +141,23 @@ impl Core {
         let conn = req.conn;
         self.reserve(&mut req);
         let key = known.then_some(key);
+        let checked = phc.clone();
         self.hash(
             conn,
             HashJob::Verify(password, phc),
-            move |core, outcome| core.login_verified(req, key, tracked, outcome),
+            move |core, outcome| core.login_verified(req, key, tracked, checked, outcome),
         );
         self.hold(conn);
+    }
+
+    /// True when `key` is an account whose password hash is still `phc`: a password checked
+    /// against a hash that has since been replaced (PASSWORD) or removed (UNREGISTER) is no
+    /// longer the account's password.
+    pub(super) fn still_has_password(&self, key: &Key, phc: &Arc<str>) -> bool {
+        self.accounts
+            .get(key)
+            .and_then(|a| a.phc.as_ref())
+            .is_some_and(|current| Arc::ptr_eq(current, phc))
     }
 
     fn login_verified(
@@ -142,6 +165,7 @@ impl Core {
         req: Req,
         key: Option<Key>,
         tracked: Option<Key>,
+        phc: Arc<str>,
         outcome: HashOutcome,
     ) {
         let ok = match outcome {
@@ -156,7 +180,11 @@ impl Core {
         };
         let addr = c.peer.key;
         let key = match key {
-            Some(k) if ok && c.key().is_none() && !c.closing && self.accounts.contains_key(&k) => k,
+            Some(k)
+                if ok && c.key().is_none() && !c.closing && self.still_has_password(&k, &phc) =>
+            {
+                k
+            }
             _ => {
                 log::debug!("failed login from {}", c.peer.shown);
                 self.tally.count("failed logins", addr);
@@ -173,11 +201,25 @@ impl Core {
             }
         };
         self.guard.login_succeeded(&key);
+        self.enter(req, key, Via::Password);
+    }
+
+    /// The one login path after the credentials are checked, for LOGIN and RESUME alike: the
+    /// connection is attached to the account, the answer and the login pushes go out, friends
+    /// learn the account came online, and the backlog follows. The connection is held until the
+    /// backlog is sent.
+    pub(super) fn enter(&mut self, req: Req, key: Key, via: Via) {
+        let conn = req.conn;
+        let addr = self.peer_key(conn);
         self.remember_address(&key, addr);
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
         c.state = ConnState::LoggedIn(key.clone());
+        if let Via::Token(id) = via {
+            c.device_token = Some(id);
+            c.resumed = true;
+        }
         let peer = c.peer.shown.clone();
         let Some(acct) = self.accounts.get_mut(&key) else {
             return self.internal_error(req, "an account vanished while logging in");
@@ -191,10 +233,21 @@ impl Core {
         } else {
             std::mem::take(&mut acct.inbox)
         };
-        log::info!("{} logged in from {peer}", acct.name);
+        match via {
+            Via::Password => log::info!("{} logged in from {peer}", acct.name),
+            // No hash bounds how often a token logs in: these are counted in the log's summary.
+            Via::Token(id) => log::debug!(
+                "{} logged in from {peer} with token {}",
+                acct.name,
+                crate::proto::token::format_id(id)
+            ),
+        }
+        if let Via::Token(_) = via {
+            self.tally.count("logins with a device token", addr);
+        }
 
         let mut out = Out::new();
-        self.login_answer(&req, &key, pending.total() == 0, &mut out);
+        self.login_answer(&req, &key, via, pending.total() == 0, &mut out);
         self.finish(req, out);
         if first {
             self.online.insert(key.clone());
@@ -203,7 +256,8 @@ impl Core {
         if pending.total() == 0 {
             return self.release(conn);
         }
-        // The backlog follows the LOGIN's answer; the connection stays held until it is sent.
+        // The backlog follows the answer; the connection is held until it is sent.
+        self.hold(conn);
         let Some(slot) = self.open_slot(conn, 0) else {
             return;
         };
@@ -213,29 +267,51 @@ impl Core {
         });
     }
 
-    /// `OK LOGIN`, then a PRESENCE line per friend and a FRIENDSHIP line per request waiting, in
-    /// name order; `BACKLOG-END 0` too when nothing is kept.
-    fn login_answer(&self, req: &Req, key: &Key, no_backlog: bool, out: &mut Out) {
+    /// `OK LOGIN` or `OK RESUME`, then a PRESENCE line per friend and a FRIENDSHIP line per
+    /// request waiting, in name order; `BACKLOG-END 0` too when nothing is kept.
+    fn login_answer(&self, req: &Req, key: &Key, via: Via, no_backlog: bool, out: &mut Out) {
         let Some(acct) = self.accounts.get(key) else {
             return;
         };
-        out.ok(req, OkReply::Login { name: &acct.name });
+        let name = &acct.name;
+        out.ok(
+            req,
+            match via {
+                Via::Password => OkReply::Login { name },
+                Via::Token(_) => OkReply::Resume { name },
+            },
+        );
+        // The account's own away message first, so a client learns it is still away.
+        if let Some(text) = acct.profile.away.as_deref() {
+            out.line(&ServerLine::Away {
+                name,
+                text: Some(text),
+            });
+        }
         let mut friends: Vec<(&Key, &FriendState)> = acct.friends.iter().collect();
         friends.sort_by(|a, b| a.0.cmp(b.0));
-        for (k, state) in friends {
-            let Some(other) = self.accounts.get(k) else {
+        // Every friend's presence first (with its away message), then the requests (spec 4.2).
+        for (k, _) in friends.iter().filter(|(_, s)| **s == FriendState::Friends) {
+            let Some(other) = self.accounts.get(*k) else {
                 continue;
             };
-            match state {
-                FriendState::Friends => out.line(&ServerLine::Presence {
+            out.line(&ServerLine::Presence {
+                name: &other.name,
+                presence: Presence::of(self.online.contains(*k)),
+            });
+            if let Some(text) = other.profile.away.as_deref() {
+                out.line(&ServerLine::Away {
                     name: &other.name,
-                    presence: Presence::of(self.online.contains(k)),
-                }),
-                FriendState::Incoming => out.line(&ServerLine::Friendship {
+                    text: Some(text),
+                });
+            }
+        }
+        for (k, _) in friends.iter().filter(|(_, s)| **s == FriendState::Incoming) {
+            if let Some(other) = self.accounts.get(*k) {
+                out.line(&ServerLine::Friendship {
                     name: &other.name,
                     event: FriendshipEvent::Requested,
-                }),
-                FriendState::Outgoing => {}
+                });
             }
         }
         if no_backlog {
@@ -318,12 +394,12 @@ impl Core {
     }
 
     /// The address key of a connection, if the limits per address count it.
-    fn peer_key(&self, conn: ConnId) -> Option<AddrKey> {
+    pub(super) fn peer_key(&self, conn: ConnId) -> Option<AddrKey> {
         self.conns.get(&conn).and_then(|c| c.peer.key)
     }
 
     /// Answers `RATE_LIMITED`, saying when to try again.
-    fn rate_limited(&mut self, req: Req, r: Refusal) {
+    pub(super) fn rate_limited(&mut self, req: Req, r: Refusal) {
         let source = self.peer_key(req.conn);
         self.tally
             .count("logins and registrations refused as rate limited", source);
@@ -336,8 +412,10 @@ impl Core {
         let Some(c) = self.conns.get_mut(&req.conn) else {
             return;
         };
+        c.device_token = None;
+        let resumed = std::mem::take(&mut c.resumed);
         if let ConnState::LoggedIn(key) = std::mem::replace(&mut c.state, ConnState::Guest) {
-            self.detach(req.conn, &key);
+            self.detach(req.conn, &key, resumed);
         }
         let mut out = Out::new();
         out.ok(&req, OkReply::Logout);
@@ -349,8 +427,9 @@ impl Core {
             return;
         };
         c.closing = true;
+        let resumed = std::mem::take(&mut c.resumed);
         if let ConnState::LoggedIn(key) = std::mem::replace(&mut c.state, ConnState::Guest) {
-            self.detach(req.conn, &key);
+            self.detach(req.conn, &key, resumed);
         }
         let mut out = Out::new();
         out.ok(&req, OkReply::Quit);

@@ -236,16 +236,33 @@ impl Core {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
+        let user = c.key().cloned();
         let Some((front, stream)) = c.slots.front_stream() else {
             return;
         };
         if front != slot {
             return;
         }
-        if let Kind::Messages { ready, reading, .. } = &mut stream.kind {
+        if let Kind::Messages {
+            ready,
+            reading,
+            end,
+            ..
+        } = &mut stream.kind
+        {
             *reading = false;
             match reply {
-                StoreReply::Messages(msgs) => *ready = msgs,
+                StoreReply::Messages(mut msgs) => {
+                    // A backlog message from an account the user blocks is not delivered (it can
+                    // only be there when the block came after it was kept); it is not counted in
+                    // BACKLOG-END either.
+                    if let (End::Backlog, Some(a)) =
+                        (&*end, user.and_then(|k| self.accounts.get(&k)))
+                    {
+                        msgs.retain(|m| !a.blocks.contains(&Key::of(&m.from)));
+                    }
+                    *ready = msgs;
+                }
                 // The page was readable when it was listed; a part that is not now is left out
                 // (the answer has begun, so it cannot fail any more), and the log says why.
                 other => log::error!(

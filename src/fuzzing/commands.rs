@@ -4,16 +4,17 @@
 use arbitrary::{Error, Result, Unstructured};
 
 use crate::config::{
-    HISTORY_MAX_COUNT, MAX_GROUP_RECIPIENTS, MAX_LABEL_LEN, MAX_LINE_BYTES, MAX_NAME_LEN,
-    MAX_PASSWORD_BYTES, MAX_PING_TOKEN_BYTES, MAX_TEXT_BYTES,
+    HISTORY_MAX_COUNT, MAX_AWAY_BYTES, MAX_GROUP_RECIPIENTS, MAX_LABEL_LEN, MAX_LINE_BYTES,
+    MAX_NAME_LEN, MAX_PASSWORD_BYTES, MAX_PING_TOKEN_BYTES, MAX_TEXT_BYTES, MAX_TOKEN_LABEL_BYTES,
 };
 use crate::proto::command::{
-    parse, Command, DirectOp, FriendOp, HistoryTarget, Page, Request, Verb, COMMANDS,
+    parse, Command, DirectOp, Dms, FriendOp, HistoryTarget, Page, Request, Revoke, Verb, COMMANDS,
 };
 use crate::proto::direct::{Fingerprint, PeerAddress};
 use crate::proto::line::{Frame, LineDecoder};
-use crate::proto::name::{check_label, check_text, Name, Password};
+use crate::proto::name::{check_label, check_text, check_text_within, Name, Password};
 use crate::proto::server_line::{self, ServerLine};
+use crate::proto::token::DeviceToken;
 
 /// Any input as a command line: the parser never panics; a parsed request encodes to a line, no
 /// longer than the limit when the input was within it, that parses back to the same request; a
@@ -324,6 +325,50 @@ pub fn arbitrary_request(u: &mut Unstructured<'_>) -> Result<Request> {
             },
             2 => DirectOp::Decline { from: name(u)? },
             _ => DirectOp::Cancel { to: name(u)? },
+        }),
+        Verb::Token => Command::Token {
+            label: if u.arbitrary()? {
+                let l = string_from(u, TEXT_CHARS, 1, MAX_TOKEN_LABEL_BYTES / 2)?;
+                check_text_within(&l, MAX_TOKEN_LABEL_BYTES).map_err(|_| Error::IncorrectFormat)?;
+                Some(l)
+            } else {
+                None
+            },
+        },
+        Verb::Resume => Command::Resume {
+            // A well-formed token mostly; any token, as the parser takes any.
+            token: if u.ratio(3u8, 4u8)? {
+                DeviceToken::new(u.arbitrary()?, &u.arbitrary()?)
+            } else {
+                DeviceToken::unchecked(&token(u, 80)?)
+            },
+        },
+        Verb::Tokens => Command::Tokens,
+        Verb::Password => Command::Password {
+            old: Password::unchecked(&token(u, 40)?),
+            new: password(u)?,
+        },
+        Verb::Unregister => Command::Unregister {
+            password: Password::unchecked(&token(u, 40)?),
+        },
+        Verb::Block => Command::Block { name: name(u)? },
+        Verb::Unblock => Command::Unblock { name: name(u)? },
+        Verb::Blocks => Command::Blocks,
+        Verb::Away => Command::Away {
+            text: if u.arbitrary()? {
+                let t = string_from(u, TEXT_CHARS, 1, 40)?;
+                check_text_within(&t, MAX_AWAY_BYTES).map_err(|_| Error::IncorrectFormat)?;
+                Some(t)
+            } else {
+                None
+            },
+        },
+        Verb::Whois => Command::Whois { name: name(u)? },
+        Verb::Dms => Command::Dms(*u.choose(&[None, Some(Dms::Friends), Some(Dms::Everyone)])?),
+        Verb::Revoke => Command::Revoke(if u.arbitrary()? {
+            Revoke::All
+        } else {
+            Revoke::One(id(u)?)
         }),
     };
     Ok(Request { label, command })

@@ -25,6 +25,21 @@
 //! - at the end, every message that got an OK is in the HISTORY of each pair of parties (or in
 //!   `HISTORY *` for ALL), read through a fresh connection; and each MSG/GROUP reached each
 //!   addressee exactly once: live on a connection, or else in the backlog that fresh login receives.
+//!
+//! The accounts commands add their own promises. The harness follows the device tokens the server
+//! issues (`OK TOKEN`), which of them a connection is on, and which were revoked (REVOKE, PASSWORD,
+//! UNREGISTER) or expired (its clock follows the simulator's); and the blocks (`OK BLOCK`):
+//!
+//! - a token known to be revoked or expired never logs in (`OK RESUME`), nor does a string the
+//!   server never issued; at the end, through a fresh connection, each token logs in exactly when
+//!   it should (alive: yes; revoked or expired: no), unless a race left its times uncertain;
+//! - a MSG or GROUP between two accounts with a block between them is never acknowledged, and no
+//!   message of an account reaches a connection of an account that blocks it;
+//! - a connection closed by the server without a QUIT got `BYE REVOKED` or `BYE ACCOUNT_DELETED`,
+//!   nothing after it, and only for a reason the harness saw (its token revoked, its account's
+//!   password changed or the account deleted);
+//! - a deleted account's name is never registered again, and its messages stay in the others'
+//!   HISTORY.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write;
@@ -32,11 +47,13 @@ use std::fmt::Write;
 use arbitrary::{Result, Unstructured};
 
 use crate::config::{LOGIN_FAILURE_MEMORY, MAX_LINE_BYTES, MAX_TEXT_BYTES};
-use crate::proto::code::Code;
-use crate::proto::command::{parse, split_head, Command, Request, Verb};
+use crate::config::{TOKEN_IDLE_LIFETIME_MS, TOKEN_MAX_LIFETIME_MS};
+use crate::proto::code::{ByeCode, Code};
+use crate::proto::command::{parse, split_head, Command, Request, Revoke, Verb};
 use crate::proto::line::{Frame, LineDecoder};
 use crate::proto::server_line::{self, OkReply, Recipient, ServerLine};
-use crate::sim::Sim;
+use crate::proto::token::format_id;
+use crate::sim::{Sim, EPOCH_MS};
 
 /// Clients the fuzzer drives.
 const CLIENTS: [&str; 4] = ["c0", "c1", "c2", "c3"];
@@ -52,6 +69,14 @@ const NAMES: &[&str] = &["a", "b", "c", "d", "A", "Bee", "zed", "9x"];
 fn password_for(key: &str) -> String {
     format!("pw-{key}-secret")
 }
+
+/// The other password PASSWORD may change an account's to (and back).
+fn other_password_for(key: &str) -> String {
+    format!("pw-{key}-other")
+}
+
+/// One day of the simulated clock.
+const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
 fn key(name: &str) -> String {
     name.to_ascii_lowercase()
@@ -75,6 +100,37 @@ enum Op {
     Drop(usize),
 }
 
+/// A device token the server issued, as the harness follows it.
+#[derive(Debug)]
+struct TokenModel {
+    token: String,
+    account: String,
+    created_ms: i64,
+    last_used_ms: i64,
+    revoked: bool,
+    /// A race left the time of its issue or of a use unknown (the clock moved while the command
+    /// waited): its expiry is not checked.
+    uncertain: bool,
+}
+
+impl TokenModel {
+    fn expired(&self, now: i64) -> bool {
+        now >= (self.last_used_ms + TOKEN_IDLE_LIFETIME_MS)
+            .min(self.created_ms + TOKEN_MAX_LIFETIME_MS)
+    }
+}
+
+/// What the harness knows of the server's state when a line is framed, for the checks of its
+/// answer.
+struct Ctx<'a> {
+    /// Nothing is in flight and the line is the first of its connection's queue: the harness's
+    /// model is the server's state when the line runs.
+    exact: bool,
+    now: i64,
+    tokens: &'a BTreeMap<u64, TokenModel>,
+    blocks: &'a BTreeSet<(String, String)>,
+}
+
 /// A command sent and not yet answered: what its final line must say.
 #[derive(Debug)]
 struct Awaiting {
@@ -85,6 +141,13 @@ struct Awaiting {
     code: Option<Code>,
     request: Option<Request>,
     line: String,
+    /// The simulated time when the line was sent.
+    sent_at: i64,
+    /// RESUME: the token is known revoked, or (exactly known) expired, so it must not log in.
+    dead_token: bool,
+    /// MSG, GROUP, ALL, when the state was exactly known: the sender and the accounts with a block
+    /// between them, and those that block the sender.
+    blocks: Option<(String, BTreeSet<String>, BTreeSet<String>)>,
 }
 
 struct Conn {
@@ -105,6 +168,10 @@ struct Conn {
     /// connection that logs out and in as another addressee (live to one, from the backlog of
     /// the other), never twice to one account.
     received: BTreeSet<(String, u64)>,
+    /// The device token the connection is on, from OK TOKEN / OK RESUME.
+    device_token: Option<u64>,
+    /// `BYE` arrived: the server closed the connection; nothing may follow.
+    bye_seen: bool,
 }
 
 /// A message whose MSG/GROUP/ALL got its OK.
@@ -116,6 +183,8 @@ struct Sent {
     to: Vec<String>,
     all: bool,
     text: String,
+    /// The accounts it must never reach (they block the sender), when exactly known.
+    blockers: BTreeSet<String>,
 }
 
 /// A MESSAGE line as received.
@@ -125,6 +194,8 @@ struct Delivered {
     from: String,
     to: String,
     text: String,
+    /// The account of the connection that received it.
+    account: String,
 }
 
 struct Harness {
@@ -146,6 +217,30 @@ struct Harness {
     /// MSG/GROUP/ALL commands of connections closed before their answer: each may have been
     /// committed and delivered with an id the harness never saw.
     abandoned: Vec<Command>,
+    /// The simulated clock.
+    now: i64,
+    /// Every token the server issued, by id.
+    tokens: BTreeMap<u64, TokenModel>,
+    /// (blocker, blocked), from OK BLOCK / OK UNBLOCK.
+    blocks: BTreeSet<(String, String)>,
+    /// Accounts deleted with UNREGISTER.
+    deleted: BTreeSet<String>,
+    /// Commands whose answer was lost with their connection, which may or may not have taken
+    /// effect: the final checks that depend on them are relaxed.
+    unsure: Unsure,
+}
+
+/// Kinds of commands that may have taken effect unseen (see `Harness::unsure`).
+#[derive(Debug, Default)]
+struct Unsure {
+    /// A PASSWORD: an account's password may be either of the grammar's two.
+    password: bool,
+    /// An UNREGISTER: an account may be gone.
+    unregister: bool,
+    /// A BLOCK or UNBLOCK: a backlog may hold back a message the harness expects.
+    block: bool,
+    /// A REVOKE, PASSWORD or UNREGISTER: a token may be revoked unseen.
+    revoke: bool,
 }
 
 /// Runs the operations `data` describes and checks the server's promises; panics on a violation.
@@ -157,7 +252,12 @@ pub fn check_core(data: &[u8]) {
         if u.is_empty() {
             break;
         }
-        let Ok(op) = op(&mut u, &mut label_seq) else {
+        let known: Vec<(u64, String)> = h
+            .tokens
+            .iter()
+            .map(|(id, t)| (*id, t.token.clone()))
+            .collect();
+        let Ok(op) = op(&mut u, &mut label_seq, &known) else {
             break;
         };
         h.apply(op);
@@ -165,12 +265,14 @@ pub fn check_core(data: &[u8]) {
     h.finish();
 }
 
-fn op(u: &mut Unstructured<'_>, label_seq: &mut u32) -> Result<Op> {
+fn op(u: &mut Unstructured<'_>, label_seq: &mut u32, tokens: &[(u64, String)]) -> Result<Op> {
     let client = u.int_in_range(0..=CLIENTS.len() - 1)?;
     // 0 to 15 keep their meaning from before the race operations were added, so older inputs
     // still mean what they did.
-    Ok(match u.int_in_range(0..=19u8)? {
-        16 | 17 => Op::Queue(client, command_line(u, label_seq)?),
+    Ok(match u.int_in_range(0..=20u8)? {
+        // Days at a time, so tokens expire.
+        20 => Op::Advance(u.int_in_range(1..=40)? * DAY_MS),
+        16 | 17 => Op::Queue(client, command_line(u, label_seq, tokens)?),
         18 => Op::Step,
         19 => Op::Drop(client),
         0 => Op::Connect(client),
@@ -200,7 +302,7 @@ fn op(u: &mut Unstructured<'_>, label_seq: &mut u32) -> Result<Op> {
             let crlf = u.ratio(1u8, 4u8)?;
             let mut bytes = Vec::new();
             for _ in 0..n {
-                bytes.extend_from_slice(command_line(u, label_seq)?.as_bytes());
+                bytes.extend_from_slice(command_line(u, label_seq, tokens)?.as_bytes());
                 if crlf {
                     bytes.push(b'\r');
                 }
@@ -216,8 +318,13 @@ fn op(u: &mut Unstructured<'_>, label_seq: &mut u32) -> Result<Op> {
     })
 }
 
-/// One line of a small grammar of commands, valid and not.
-fn command_line(u: &mut Unstructured<'_>, label_seq: &mut u32) -> Result<String> {
+/// One line of a small grammar of commands, valid and not. `tokens` are the device tokens issued
+/// so far, for RESUME and REVOKE.
+fn command_line(
+    u: &mut Unstructured<'_>,
+    label_seq: &mut u32,
+    tokens: &[(u64, String)],
+) -> Result<String> {
     let mut s = String::new();
     match u.int_in_range(0..=9u8)? {
         0..=3 => {}
@@ -245,8 +352,37 @@ fn command_line(u: &mut Unstructured<'_>, label_seq: &mut u32) -> Result<String>
         })
     };
     let verb: &str = u.choose(&[
-        "REGISTER", "LOGIN", "LOGIN", "LOGOUT", "QUIT", "HELP", "PING", "MSG", "MSG", "GROUP",
-        "ALL", "USERS", "HISTORY", "HISTORY", "FRIEND", "DANCE", "",
+        "REGISTER",
+        "LOGIN",
+        "LOGIN",
+        "LOGOUT",
+        "QUIT",
+        "HELP",
+        "PING",
+        "MSG",
+        "MSG",
+        "GROUP",
+        "ALL",
+        "USERS",
+        "HISTORY",
+        "HISTORY",
+        "FRIEND",
+        "DANCE",
+        "",
+        "TOKEN",
+        "RESUME",
+        "RESUME",
+        "TOKENS",
+        "REVOKE",
+        "PASSWORD",
+        "UNREGISTER",
+        "BLOCK",
+        "BLOCK",
+        "UNBLOCK",
+        "BLOCKS",
+        "DMS",
+        "AWAY",
+        "WHOIS",
     ])?;
     let verb = if u.ratio(1u8, 6u8)? {
         verb.to_ascii_lowercase()
@@ -257,15 +393,65 @@ fn command_line(u: &mut Unstructured<'_>, label_seq: &mut u32) -> Result<String>
     match verb.to_ascii_uppercase().as_str() {
         "REGISTER" | "LOGIN" => {
             let n = name(u)?;
-            let pw = match u.int_in_range(0..=5u8)? {
+            let pw = match u.int_in_range(0..=6u8)? {
                 0 => "wrong-password".to_owned(),
                 1 => "short".to_owned(),
                 2 => format!("{} extra", password_for(&key(n))),
                 3 => String::new(),
+                4 => other_password_for(&key(n)),
                 _ => password_for(&key(n)),
             };
             let _ = write!(s, " {n} {pw}");
         }
+        "TOKEN" => s.push_str(u.choose(&["", " laptop", "  my  phone ", " bell\u{7}"])?),
+        "RESUME" => {
+            let t = match u.int_in_range(0..=5u8)? {
+                0 => "ct1.0123456789abcdef.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".to_owned(),
+                1 => "nonsense".to_owned(),
+                2 => String::new(),
+                _ if tokens.is_empty() => "ct1.x".to_owned(),
+                _ => u.choose(tokens)?.1.clone(),
+            };
+            let _ = write!(s, " {t}");
+        }
+        "REVOKE" => {
+            let which = match u.int_in_range(0..=4u8)? {
+                0 => "ALL".to_owned(),
+                1 => "0123456789abcdef".to_owned(),
+                2 => "12".to_owned(),
+                _ if tokens.is_empty() => "all".to_owned(),
+                _ => format_id(u.choose(tokens)?.0),
+            };
+            let _ = write!(s, " {which}");
+        }
+        "PASSWORD" | "UNREGISTER" => {
+            // The account is not known here: these are right for the names of the grammar when
+            // the connection is logged in as the name chosen.
+            let k = key(name(u)?);
+            let pick = |u: &mut Unstructured<'_>| -> Result<String> {
+                Ok(match u.int_in_range(0..=3u8)? {
+                    0 => "wrong-password".to_owned(),
+                    1 => other_password_for(&k),
+                    _ => password_for(&k),
+                })
+            };
+            let old = pick(u)?;
+            if verb.eq_ignore_ascii_case("PASSWORD") {
+                let new = if old == password_for(&k) {
+                    other_password_for(&k)
+                } else {
+                    password_for(&k)
+                };
+                let _ = write!(s, " {old} {new}");
+            } else {
+                let _ = write!(s, " {old}");
+            }
+        }
+        "BLOCK" | "UNBLOCK" | "WHOIS" => {
+            let _ = write!(s, " {}", name(u)?);
+        }
+        "DMS" => s.push_str(u.choose(&["", " FRIENDS", " everyone", " maybe"])?),
+        "AWAY" => s.push_str(u.choose(&["", " out to lunch", "  spaces  ", " bell\u{7}"])?),
         "QUIT" if u.arbitrary()? => s.push_str(" see you"),
         "HELP" => s.push_str(u.choose(&["", " PING", " msg", " nothing", " a b"])?),
         "PING" => s.push_str(u.choose(&["", " tok", " a:b", " two tokens", " cr\rinside"])?),
@@ -307,10 +493,11 @@ fn command_line(u: &mut Unstructured<'_>, label_seq: &mut u32) -> Result<String>
 
 /// Notes what the server must answer to one frame of connection `conn` (`None`: an over-long
 /// line), unless it is blank or follows a QUIT.
-fn expect_answer(conn: &mut Conn, frame: Option<Vec<u8>>) {
+fn expect_answer(conn: &mut Conn, frame: Option<Vec<u8>>, ctx: &Ctx<'_>) {
     if conn.quit_sent {
         return;
     }
+    let exact = ctx.exact && conn.awaiting.is_empty();
     let awaiting = match frame {
         None => Awaiting {
             label: None,
@@ -318,6 +505,9 @@ fn expect_answer(conn: &mut Conn, frame: Option<Vec<u8>>) {
             code: Some(Code::LINE_TOO_LONG),
             request: None,
             line: "<over-long line>".into(),
+            sent_at: ctx.now,
+            dead_token: false,
+            blocks: None,
         },
         Some(bytes) => match String::from_utf8(bytes) {
             Err(e) => Awaiting {
@@ -326,6 +516,9 @@ fn expect_answer(conn: &mut Conn, frame: Option<Vec<u8>>) {
                 code: Some(Code::BAD_ENCODING),
                 request: None,
                 line: String::from_utf8_lossy(e.as_bytes()).into_owned(),
+                sent_at: ctx.now,
+                dead_token: false,
+                blocks: None,
             },
             Ok(line) => match split_head(&line) {
                 Ok(None) => return,
@@ -335,6 +528,9 @@ fn expect_answer(conn: &mut Conn, frame: Option<Vec<u8>>) {
                     code: None,
                     request: None,
                     line,
+                    sent_at: ctx.now,
+                    dead_token: false,
+                    blocks: None,
                 },
                 Ok(Some(head)) => {
                     let request = parse(&line).ok().flatten();
@@ -347,12 +543,60 @@ fn expect_answer(conn: &mut Conn, frame: Option<Vec<u8>>) {
                     ) {
                         conn.quit_sent = true;
                     }
+                    let dead_token = match &request {
+                        Some(Request {
+                            command: Command::Resume { token },
+                            ..
+                        }) => ctx
+                            .tokens
+                            .values()
+                            .find(|t| t.token == token.expose())
+                            .is_some_and(|t| {
+                                t.revoked || (exact && !t.uncertain && t.expired(ctx.now))
+                            }),
+                        _ => false,
+                    };
+                    let blocks = match (&request, &conn.account) {
+                        (
+                            Some(Request {
+                                command:
+                                    Command::Msg { .. } | Command::Group { .. } | Command::All { .. },
+                                ..
+                            }),
+                            Some(me),
+                        ) if exact => {
+                            let either = ctx
+                                .blocks
+                                .iter()
+                                .filter_map(|(a, b)| {
+                                    if a == me {
+                                        Some(b.clone())
+                                    } else if b == me {
+                                        Some(a.clone())
+                                    } else {
+                                        None
+                                    }
+                                })
+                                .collect();
+                            let blockers = ctx
+                                .blocks
+                                .iter()
+                                .filter(|(_, b)| b == me)
+                                .map(|(a, _)| a.clone())
+                                .collect();
+                            Some((me.clone(), either, blockers))
+                        }
+                        _ => None,
+                    };
                     Awaiting {
                         label: head.label.map(str::to_owned),
                         command: Some(head.verb),
                         code: None,
                         request,
                         line: line.clone(),
+                        sent_at: ctx.now,
+                        dead_token,
+                        blocks,
                     }
                 }
             },
@@ -375,6 +619,57 @@ impl Harness {
             idle: true,
             abandoned: Vec::new(),
             log: VecDeque::new(),
+            now: EPOCH_MS,
+            tokens: BTreeMap::new(),
+            blocks: BTreeSet::new(),
+            deleted: BTreeSet::new(),
+            unsure: Unsure::default(),
+        }
+    }
+
+    /// A command that will get no answer: its connection closed first. A message may still have
+    /// been committed and delivered; another command may still have taken effect.
+    fn abandon(&mut self, a: Awaiting) {
+        match a.request.map(|r| r.command) {
+            Some(c @ (Command::Msg { .. } | Command::Group { .. } | Command::All { .. })) => {
+                self.abandoned.push(c)
+            }
+            Some(Command::Password { .. }) => {
+                self.unsure.password = true;
+                self.unsure.revoke = true;
+            }
+            Some(Command::Unregister { .. }) => {
+                self.unsure.unregister = true;
+                self.unsure.revoke = true;
+                self.unsure.block = true;
+            }
+            Some(Command::Revoke(_)) => self.unsure.revoke = true,
+            Some(Command::Block { .. } | Command::Unblock { .. }) => self.unsure.block = true,
+            _ => {}
+        }
+    }
+
+    /// Notes the frames a connection sent (see `expect_answer`).
+    fn expect(&mut self, i: usize, frames: Vec<Option<Vec<u8>>>) {
+        let Harness {
+            conns,
+            tokens,
+            blocks,
+            now,
+            idle,
+            ..
+        } = self;
+        let ctx = Ctx {
+            exact: *idle,
+            now: *now,
+            tokens,
+            blocks,
+        };
+        let Some(conn) = conns[i].as_mut() else {
+            return;
+        };
+        for frame in frames {
+            expect_answer(conn, frame, &ctx);
         }
     }
 
@@ -427,6 +722,8 @@ impl Harness {
                     account: None,
                     data_run: None,
                     received: BTreeSet::new(),
+                    device_token: None,
+                    bye_seen: false,
                 });
                 self.note(format!("{} connects", CLIENTS[i]));
                 self.sim.connect(CLIENTS[i]);
@@ -443,14 +740,16 @@ impl Harness {
                     }
                 }
             }
-            Op::Advance(ms) => self.sim.advance(ms),
+            Op::Advance(ms) => {
+                self.now += ms;
+                self.sim.advance(ms);
+            }
             Op::Queue(i, line) => {
                 if self.conns[i].is_none() {
                     return;
                 }
                 self.note(format!("{} queues {line:?}", CLIENTS[i]));
-                let conn = self.conns[i].as_mut().expect("connected");
-                expect_answer(conn, Some(line.clone().into_bytes()));
+                self.expect(i, vec![Some(line.clone().into_bytes())]);
                 self.sim.queue(CLIENTS[i], &line);
                 self.idle = false;
             }
@@ -496,13 +795,7 @@ impl Harness {
         ));
         let conn = self.conns[i].take().expect("checked above");
         for a in conn.awaiting {
-            if let Some(Request {
-                command: c @ (Command::Msg { .. } | Command::Group { .. } | Command::All { .. }),
-                ..
-            }) = a.request
-            {
-                self.abandoned.push(c);
-            }
+            self.abandon(a);
         }
         if settle {
             self.sim.disconnect(CLIENTS[i]);
@@ -528,9 +821,7 @@ impl Harness {
                 Frame::TooLong => None,
             })
         });
-        for frame in frames {
-            expect_answer(conn, frame);
-        }
+        self.expect(i, frames);
         self.sim.send_bytes(CLIENTS[i], bytes);
         self.idle = true;
     }
@@ -559,9 +850,15 @@ impl Harness {
             self.check(c.data_run.is_none(), || {
                 format!("{}: data lines without their final", CLIENTS[i])
             });
-            self.check(self.sim.is_closed(CLIENTS[i]) == c.quit_seen, || {
-                format!("{}: closed without QUIT, or QUIT left it open", CLIENTS[i])
-            });
+            self.check(
+                self.sim.is_closed(CLIENTS[i]) == (c.quit_seen || c.bye_seen),
+                || {
+                    format!(
+                        "{}: closed without QUIT or BYE, or QUIT left it open",
+                        CLIENTS[i]
+                    )
+                },
+            );
         }
     }
 
@@ -574,6 +871,7 @@ impl Harness {
         let parsed = server_line::parse(raw);
         let c = self.conns[i].as_ref().expect("connected");
         self.check(!c.quit_seen, || format!("{who}: {raw:?} after OK QUIT"));
+        self.check(!c.bye_seen, || format!("{who}: {raw:?} after BYE"));
         if !c.hello_seen {
             self.check(matches!(parsed, ServerLine::Hello { .. }), || {
                 format!("{who}: first line is not HELLO: {raw:?}")
@@ -611,6 +909,8 @@ impl Harness {
             ServerLine::Help { .. } => Some(Verb::Help),
             ServerLine::History(_) => Some(Verb::History),
             ServerLine::Friend { .. } => Some(Verb::Friend),
+            ServerLine::Token(_) => Some(Verb::Tokens),
+            ServerLine::Blocked { .. } => Some(Verb::Blocks),
             _ => None,
         };
         if let Some(want) = data_final {
@@ -654,16 +954,38 @@ impl Harness {
                         m.id
                     )
                 });
-                self.live.entry(me).or_default().insert(m.id);
+                self.live.entry(me.clone()).or_default().insert(m.id);
                 self.delivered.push(Delivered {
                     id: m.id,
                     from: m.from.to_owned(),
                     to: m.to.to_string(),
                     text: m.text.to_owned(),
+                    account: me,
                 });
+            }
+            ServerLine::Bye { code, .. } => {
+                self.check(c.data_run.is_none(), || {
+                    format!("{who}: {raw:?} inside a multi-line answer")
+                });
+                // The only reasons the server closes a connection in these runs: the outbox never
+                // fills, and the server is never stopped.
+                self.check(
+                    matches!(code, ByeCode::REVOKED | ByeCode::ACCOUNT_DELETED),
+                    || format!("{who}: unexpected {raw:?}"),
+                );
+                let conn = self.conn_mut(i);
+                conn.bye_seen = true;
+                conn.quit_sent = true;
+                conn.account = None;
+                conn.device_token = None;
+                let left: Vec<Awaiting> = conn.awaiting.drain(..).collect();
+                for a in left {
+                    self.abandon(a);
+                }
             }
             ServerLine::BacklogEnd { .. }
             | ServerLine::Presence { .. }
+            | ServerLine::Away { .. }
             | ServerLine::Friendship { .. } => {
                 self.check(c.data_run.is_none(), || {
                     format!("{who}: {raw:?} inside a multi-line answer")
@@ -719,11 +1041,16 @@ impl Harness {
         let Err(reply) = outcome else {
             return;
         };
+        let (sent_at, dead_token, blocks) = (want.sent_at, want.dead_token, want.blocks);
         let request = want.request.map(|r| r.command);
+        let me = self.conns[i].as_ref().and_then(|c| c.account.clone());
         match (reply, request) {
             (OkReply::Register { name: shown }, Some(Command::Register { name, password })) => {
                 self.check(shown == name.as_str(), || {
                     format!("{who}: {raw:?} for REGISTER {name}")
+                });
+                self.check(!self.deleted.contains(&key(name.as_str())), || {
+                    format!("{who}: {raw:?}: the name of a deleted account was registered again")
                 });
                 self.accounts.insert(key(name.as_str()), name.to_string());
                 self.passwords
@@ -741,9 +1068,110 @@ impl Harness {
                 self.check(registered.as_deref() == Some(shown), || {
                     format!("{who}: {raw:?} for LOGIN {name}, registered as {registered:?}")
                 });
-                self.conn_mut(i).account = Some(k);
+                let conn = self.conn_mut(i);
+                conn.account = Some(k);
+                conn.device_token = None;
             }
-            (OkReply::Logout, _) => self.conn_mut(i).account = None,
+            (OkReply::Resume { name }, Some(Command::Resume { token })) => {
+                let found = self
+                    .tokens
+                    .iter_mut()
+                    .find(|(_, t)| t.token == token.expose());
+                let Some((&id, t)) = found else {
+                    self.fail(&format!(
+                        "{who}: {raw:?} with a token the server never issued"
+                    ));
+                };
+                let account = t.account.clone();
+                let revoked = t.revoked;
+                t.last_used_ms = self.now;
+                t.uncertain |= self.now != sent_at;
+                self.check(!dead_token && !revoked, || {
+                    format!("{who}: {raw:?}: a revoked or expired token logged in")
+                });
+                self.check(account == key(name), || {
+                    format!("{who}: {raw:?}: token of {account} logged in as {name}")
+                });
+                let conn = self.conn_mut(i);
+                conn.account = Some(account);
+                conn.device_token = Some(id);
+            }
+            (OkReply::Token { id, token }, Some(Command::Token { .. })) => {
+                let Some(account) = me else {
+                    self.fail(&format!("{who}: {raw:?} while not logged in"));
+                };
+                let issued = TokenModel {
+                    token: token.to_owned(),
+                    account,
+                    created_ms: self.now,
+                    last_used_ms: self.now,
+                    revoked: false,
+                    uncertain: self.now != sent_at,
+                };
+                let known = self.tokens.insert(id, issued);
+                self.check(known.is_none(), || format!("{who}: token id {id} reused"));
+                self.conn_mut(i).device_token = Some(id);
+            }
+            (OkReply::Revoke { .. }, Some(Command::Revoke(which))) => {
+                let Some(me) = me else {
+                    self.fail(&format!("{who}: {raw:?} while not logged in"));
+                };
+                for (id, t) in self.tokens.iter_mut() {
+                    if t.account == me && (which == Revoke::All || which == Revoke::One(*id)) {
+                        t.revoked = true;
+                    }
+                }
+                let conn = self.conn_mut(i);
+                if conn
+                    .device_token
+                    .is_some_and(|d| which == Revoke::All || which == Revoke::One(d))
+                {
+                    conn.device_token = None;
+                }
+            }
+            (OkReply::Password { .. }, Some(Command::Password { new, .. })) => {
+                let Some(me) = me else {
+                    self.fail(&format!("{who}: {raw:?} while not logged in"));
+                };
+                let keep = self.conns[i].as_ref().and_then(|c| c.device_token);
+                for (id, t) in self.tokens.iter_mut() {
+                    if t.account == me && Some(*id) != keep {
+                        t.revoked = true;
+                    }
+                }
+                self.passwords.insert(me, new.expose().to_owned());
+            }
+            (OkReply::Unregister { name }, Some(Command::Unregister { .. })) => {
+                let Some(me) = me else {
+                    self.fail(&format!("{who}: {raw:?} while not logged in"));
+                };
+                self.check(me == key(name), || {
+                    format!("{who}: {raw:?} while logged in as {me}")
+                });
+                for t in self.tokens.values_mut().filter(|t| t.account == me) {
+                    t.revoked = true;
+                }
+                self.blocks.retain(|(a, b)| *a != me && *b != me);
+                self.deleted.insert(me);
+                let conn = self.conn_mut(i);
+                conn.account = None;
+                conn.device_token = None;
+            }
+            (OkReply::Block { name }, Some(Command::Block { .. })) => {
+                if let Some(me) = me {
+                    self.blocks.insert((me, key(name)));
+                }
+            }
+            (OkReply::Unblock { name }, Some(Command::Unblock { .. })) => {
+                if let Some(me) = me {
+                    self.blocks.remove(&(me, key(name)));
+                }
+            }
+            (OkReply::Logout, _) => {
+                let conn = self.conn_mut(i);
+                conn.account = None;
+                conn.device_token = None;
+            }
             (OkReply::Quit, _) => {
                 let conn = self.conn_mut(i);
                 conn.account = None;
@@ -761,7 +1189,7 @@ impl Harness {
                 let Some(from) = from else {
                     self.fail(&format!("{who}: {raw:?} without an id or a sender"));
                 };
-                let (to, all, text) = match cmd {
+                let (to, all, text): (Vec<String>, bool, String) = match cmd {
                     Command::Msg { to, text } => (vec![key(to.as_str())], false, text),
                     Command::Group { to, text } => {
                         (to.iter().map(|n| key(n.as_str())).collect(), false, text)
@@ -769,6 +1197,20 @@ impl Harness {
                     Command::All { text } => (Vec::new(), true, text),
                     _ => unreachable!("matched above"),
                 };
+                let mut blockers = BTreeSet::new();
+                if let Some((sender, either, who_block)) = blocks {
+                    if sender == from {
+                        // A block between the sender and a recipient refuses the whole message.
+                        let barred: Vec<&String> = to
+                            .iter()
+                            .filter(|r| **r != from && either.contains(*r))
+                            .collect();
+                        self.check(barred.is_empty(), || {
+                            format!("{who}: {raw:?} acknowledged across a block with {barred:?}")
+                        });
+                        blockers = who_block;
+                    }
+                }
                 let known = self.sent.insert(
                     id,
                     Sent {
@@ -777,6 +1219,7 @@ impl Harness {
                         to,
                         all,
                         text,
+                        blockers,
                     },
                 );
                 self.check(known.is_none(), || format!("{who}: message id {id} reused"));
@@ -839,6 +1282,12 @@ impl Harness {
                 d.from == want_from && d.to == want_to && d.text == s.text,
                 || format!("delivered {d:?} differs from sent {s:?}"),
             );
+            self.check(!s.blockers.contains(&d.account), || {
+                format!(
+                    "message {} reached {}, who blocks its sender",
+                    d.id, d.account
+                )
+            });
         }
         // Each party reads the conversation with each other party, from a fresh connection. The
         // run may have failed enough logins for a name to put it in back-off (spec 7.5); the clock
@@ -865,8 +1314,70 @@ impl Harness {
             }
         }
         for (me, list) in queries {
-            self.history_of(&me, &list);
+            // A deleted account cannot log in; the others still read their history with it.
+            if !self.deleted.contains(&me) {
+                self.history_of(&me, &list);
+            }
         }
+        self.check_tokens();
+    }
+
+    /// Each token the harness followed logs in exactly when it should: one that is revoked or
+    /// expired never does, one that is neither does (unless a command lost with its connection
+    /// may have revoked it, or a race left its times unknown).
+    fn check_tokens(&mut self) {
+        let ids: Vec<u64> = self.tokens.keys().copied().collect();
+        for id in ids {
+            let t = &self.tokens[&id];
+            let dead = t.revoked || (!t.uncertain && t.expired(self.now));
+            let alive = !t.revoked && !t.uncertain && !t.expired(self.now) && !self.unsure.revoke;
+            if !dead && !alive {
+                continue;
+            }
+            let line = format!("RESUME {}", t.token);
+            self.sim.connect(CHECKER);
+            self.sim.send(CHECKER, &line);
+            let out = self.sim.output(CHECKER);
+            self.sim.disconnect(CHECKER);
+            let resumed = out.lines().any(|l| l.starts_with("OK RESUME "));
+            self.check(resumed == alive, || {
+                format!(
+                    "token {} ({:?}) at {}: resumed {resumed}, expected {alive}: {out:?}",
+                    format_id(id),
+                    self.tokens[&id],
+                    self.now
+                )
+            });
+            if resumed {
+                if let Some(t) = self.tokens.get_mut(&id) {
+                    t.last_used_ms = self.now;
+                }
+            }
+        }
+    }
+
+    /// Logs the checker in as `me` with the password the harness knows (or, when a PASSWORD was
+    /// lost with its connection, either of the grammar's); the login's output, or `None` when the
+    /// account may have been deleted unseen.
+    fn checker_login(&mut self, me: &str) -> Option<String> {
+        let mut passwords = vec![self.passwords.get(me).cloned().unwrap_or_default()];
+        if self.unsure.password {
+            passwords.push(password_for(me));
+            passwords.push(other_password_for(me));
+        }
+        for password in passwords {
+            self.sim.connect(CHECKER);
+            self.sim.send(CHECKER, &format!("LOGIN {me} {password}"));
+            let out = self.sim.output(CHECKER);
+            if out.lines().any(|l| l.starts_with("OK LOGIN ")) {
+                return Some(out);
+            }
+            self.sim.disconnect(CHECKER);
+        }
+        if self.unsure.unregister {
+            return None;
+        }
+        self.fail(&format!("the checker cannot log in as {me}"));
     }
 
     /// Takes a message the harness saw no OK for as one of the abandoned commands with the same
@@ -901,6 +1412,7 @@ impl Harness {
                 to,
                 all,
                 text,
+                blockers: BTreeSet::new(),
             },
         );
         true
@@ -908,13 +1420,9 @@ impl Harness {
 
     /// Logs in as `me` on a fresh connection and reads each (conversation, id) in `list`.
     fn history_of(&mut self, me: &str, list: &[(String, u64)]) {
-        self.sim.connect(CHECKER);
-        let password = self.passwords.get(me).cloned().unwrap_or_default();
-        self.sim.send(CHECKER, &format!("LOGIN {me} {password}"));
-        let out = self.sim.output(CHECKER);
-        self.check(out.lines().any(|l| l.starts_with("OK LOGIN ")), || {
-            format!("the checker cannot log in as {me}: {out:?}")
-        });
+        let Some(out) = self.checker_login(me) else {
+            return;
+        };
         // Nothing lost, nothing twice: each MSG/GROUP addressed to `me` reached one of its
         // connections live, or waits in its backlog, which this login has just delivered.
         let backlog: Vec<Delivered> = out
@@ -925,6 +1433,7 @@ impl Harness {
                     from: m.from.to_owned(),
                     to: m.to.to_string(),
                     text: m.text.to_owned(),
+                    account: me.to_owned(),
                 }),
                 _ => None,
             })
@@ -938,7 +1447,16 @@ impl Harness {
         let live = self.live.get(me).cloned().unwrap_or_default();
         for s in self.sent.values().filter(|s| s.to.iter().any(|r| r == me)) {
             let (l, b) = (live.contains(&s.id), backlog.contains(&s.id));
-            self.check(l != b, || {
+            // A backlog holds back what comes from an account its owner blocks now.
+            let blocked = self.blocks.contains(&(me.to_owned(), s.from.clone()));
+            let may_be_held_back = blocked || self.unsure.block;
+            self.check(!(blocked && b), || {
+                format!(
+                    "message {} to {me} from {}, whom {me} blocks, in the backlog",
+                    s.id, s.from
+                )
+            });
+            self.check(l != b || (!l && may_be_held_back), || {
                 format!(
                     "message {} to {me}: received live {l}, in the backlog {b}",
                     s.id

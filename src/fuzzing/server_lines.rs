@@ -5,12 +5,13 @@ use arbitrary::{Result, Unstructured};
 
 use crate::config::{MAX_GROUP_RECIPIENTS, MAX_PING_TOKEN_BYTES};
 use crate::proto::code::{ByeCode, Code};
-use crate::proto::command::{Verb, COMMANDS};
+use crate::proto::command::{Dms, Verb, COMMANDS};
 use crate::proto::name::check_label;
 use crate::proto::server_line::{
     parse, AddOutcome, Delivery, DirectEvent, DirectReply, FriendReply, FriendState,
-    FriendshipEvent, MessageLine, OkReply, Presence, Recipient, ServerLine,
+    FriendshipEvent, MessageLine, OkReply, Presence, Recipient, ServerLine, TokenLine,
 };
+use crate::proto::token::DeviceToken;
 
 /// First input byte even: the rest, as text, goes to the parser, which must not panic, and whatever
 /// it recognises must survive a trip through its canonical form. Odd: the rest describes a line
@@ -104,8 +105,20 @@ fn cursor(u: &mut Unstructured<'_>) -> Result<Option<u64>> {
     Ok(if u.arbitrary()? { Some(id(u)?) } else { None })
 }
 
-/// Arbitrary but valid details of an `OK` of `verb`; names come from `pool`.
-fn ok_reply<'a>(u: &mut Unstructured<'_>, verb: Verb, pool: &'a [String]) -> Result<OkReply<'a>> {
+/// A time the four-digit wire form can show: years 0000 to 9999.
+fn time(u: &mut Unstructured<'_>) -> Result<i64> {
+    u.int_in_range(-62_167_219_200_000i64..=253_402_300_799_999)
+}
+
+/// Arbitrary but valid details of an `OK` of `verb`; names come from `pool`, a token's text is
+/// `token`.
+fn ok_reply<'a>(
+    u: &mut Unstructured<'_>,
+    verb: Verb,
+    pool: &'a [String],
+    token: &'a DeviceToken,
+    away: &'a str,
+) -> Result<OkReply<'a>> {
     let n = |u: &mut Unstructured<'_>| -> Result<&'a str> { Ok(u.choose(pool)?.as_str()) };
     Ok(match verb {
         Verb::Register => OkReply::Register { name: n(u)? },
@@ -148,6 +161,40 @@ fn ok_reply<'a>(u: &mut Unstructured<'_>, verb: Verb, pool: &'a [String]) -> Res
                 count: u.arbitrary()?,
             },
         }),
+        Verb::Token => OkReply::Token {
+            id: token.parts().map_or(0, |(id, _)| id),
+            token: token.expose(),
+        },
+        Verb::Resume => OkReply::Resume { name: n(u)? },
+        Verb::Tokens => OkReply::Tokens {
+            count: u.arbitrary()?,
+        },
+        Verb::Revoke => OkReply::Revoke {
+            revoked: u.arbitrary()?,
+            closed: u.arbitrary()?,
+        },
+        Verb::Password => OkReply::Password {
+            revoked: u.arbitrary()?,
+            closed: u.arbitrary()?,
+        },
+        Verb::Unregister => OkReply::Unregister { name: n(u)? },
+        Verb::Block => OkReply::Block { name: n(u)? },
+        Verb::Unblock => OkReply::Unblock { name: n(u)? },
+        Verb::Blocks => OkReply::Blocks {
+            count: u.arbitrary()?,
+        },
+        Verb::Away => OkReply::Away {
+            set: u.arbitrary()?,
+        },
+        Verb::Whois => OkReply::Whois {
+            name: n(u)?,
+            presence: *u.choose(&[Presence::Online, Presence::Offline])?,
+            last_seen_ms: if u.arbitrary()? { Some(time(u)?) } else { None },
+            away: if u.arbitrary()? { away } else { "" },
+        },
+        Verb::Dms => OkReply::Dms {
+            policy: *u.choose(&[Dms::Friends, Dms::Everyone])?,
+        },
         Verb::Compress => OkReply::Compress,
         Verb::Direct => OkReply::Direct(match u.int_in_range(0..=3u8)? {
             0 => DirectReply::Offer {
@@ -206,15 +253,16 @@ fn encoded_line_parses(u: &mut Unstructured<'_>) -> Result<()> {
     } else {
         None
     };
+    let device_token = DeviceToken::new(u.arbitrary()?, &u.arbitrary()?);
     // The server's probe token is a number.
     let probe = id(u)?.to_string();
     let one = names[0].as_str();
-    let line = match u.int_in_range(0..=14u8)? {
+    let line = match u.int_in_range(0..=18u8)? {
         0 => {
             let verb = verb(u)?;
             ServerLine::Ok {
                 label: label.as_deref(),
-                reply: ok_reply(u, verb, &names)?,
+                reply: ok_reply(u, verb, &names, &device_token, &body)?,
             }
         }
         1 => {
@@ -236,8 +284,7 @@ fn encoded_line_parses(u: &mut Unstructured<'_>) -> Result<()> {
             }
         }
         2 | 3 => {
-            // Years 0000 to 9999, the range the four-digit wire form can show.
-            let time_ms = u.int_in_range(-62_167_219_200_000i64..=253_402_300_799_999)?;
+            let time_ms = time(u)?;
             let to = match u.int_in_range(0..=2u8)? {
                 0 => Recipient::User(one),
                 // A list of one prints as a MSG's recipient: a group value has two names or more.
@@ -294,8 +341,22 @@ fn encoded_line_parses(u: &mut Unstructured<'_>) -> Result<()> {
                 FriendState::Outgoing,
             ])?,
         },
-        12 => ServerLine::Ping { token: &probe },
-        13 => ServerLine::Direct {
+        13 => ServerLine::Blocked { name: one },
+        14 => ServerLine::Away {
+            name: one,
+            text: if u.arbitrary()? { Some(&body) } else { None },
+        },
+        12 => ServerLine::Token(TokenLine {
+            id: id(u)?,
+            created_ms: time(u)?,
+            last_used_ms: time(u)?,
+            expires_ms: time(u)?,
+            current: u.arbitrary()?,
+            // A label is free text after one space; an empty one is left out.
+            label: if u.arbitrary()? { &body } else { "" },
+        }),
+        15 => ServerLine::Ping { token: &probe },
+        18 => ServerLine::Direct {
             name: one,
             event: match u.int_in_range(0..=6u8)? {
                 0 => DirectEvent::Offer {

@@ -23,6 +23,7 @@ use crate::auth::{self, HashTask, Hasher};
 use crate::config::{
     CORE_QUEUE, LOG_SUMMARY_INTERVAL, MAX_STORE_INFLIGHT, SCRYPT_P, SCRYPT_R, SHUTDOWN_FLUSH,
 };
+use crate::core::entropy::Entropy;
 use crate::core::{Core, Event, Limits, Settings};
 use crate::store::redb::RedbStore;
 use crate::store::worker::{self, StoreJob};
@@ -126,6 +127,7 @@ pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), Server
         hash_queue: opts.hash_queue,
         dummy_phc: Arc::from(hasher.dummy_phc()),
         version: env!("CARGO_PKG_VERSION"),
+        entropy: Entropy::Os,
         limits: Limits {
             idle_timeout_ms: i64::try_from(opts.idle_timeout.as_millis()).unwrap_or(i64::MAX),
             hash_per_address: opts.hash_per_address,

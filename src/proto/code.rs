@@ -100,6 +100,22 @@ codes! {
     /// The server cannot write to its database for now (a full disk, an I/O error); nothing was
     /// done. Reads work; writes resume by themselves.
     STORAGE_UNAVAILABLE,
+    /// RESUME with a token that is unknown, expired or revoked (not told apart).
+    BAD_TOKEN,
+    /// REVOKE of a token id the account does not have.
+    UNKNOWN_TOKEN,
+    /// TOKEN when the account already holds the most tokens it may.
+    TOO_MANY_TOKENS,
+    /// A block stands between the caller and the other account (either blocks the other).
+    BLOCKED,
+    /// The recipient takes direct messages from friends only.
+    FRIENDS_ONLY,
+    /// BLOCK of an account already blocked.
+    ALREADY_BLOCKED,
+    /// UNBLOCK of an account that is not blocked.
+    NOT_BLOCKED,
+    /// BLOCK when the account already blocks the most accounts it may.
+    TOO_MANY_BLOCKS,
     /// The server failed internally; the details are in its log.
     INTERNAL_ERROR,
     /// COMPRESS on a connection that is compressed already.
@@ -146,6 +162,10 @@ pub enum ByeCode {
     TOO_MANY_CONNECTIONS,
     /// The client stayed silent after an idle probe.
     IDLE_TIMEOUT,
+    /// The connection's login was revoked from another connection of its account.
+    REVOKED,
+    /// The connection's account was deleted from another connection.
+    ACCOUNT_DELETED,
     /// The client's DEFLATE stream (after COMPRESS) could not be inflated.
     BAD_DEFLATE,
 }
@@ -158,6 +178,8 @@ impl ByeCode {
         ByeCode::SERVER_FULL,
         ByeCode::TOO_MANY_CONNECTIONS,
         ByeCode::IDLE_TIMEOUT,
+        ByeCode::REVOKED,
+        ByeCode::ACCOUNT_DELETED,
         ByeCode::BAD_DEFLATE,
     ];
 
@@ -169,6 +191,8 @@ impl ByeCode {
             ByeCode::SERVER_FULL => "SERVER_FULL",
             ByeCode::TOO_MANY_CONNECTIONS => "TOO_MANY_CONNECTIONS",
             ByeCode::IDLE_TIMEOUT => "IDLE_TIMEOUT",
+            ByeCode::REVOKED => "REVOKED",
+            ByeCode::ACCOUNT_DELETED => "ACCOUNT_DELETED",
             ByeCode::BAD_DEFLATE => "BAD_DEFLATE",
         }
     }

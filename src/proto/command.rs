@@ -15,9 +15,11 @@
 
 use super::code::Code;
 use super::direct::{Fingerprint, PeerAddress};
-use super::name::{check_label, check_text, Name, Password, TextError};
+use super::name::{check_label, check_text, check_text_within, Name, Password, TextError};
+use super::token::{parse_id, DeviceToken};
 use crate::config::{
-    HISTORY_MAX_COUNT, MAX_GROUP_RECIPIENTS, MAX_PING_TOKEN_BYTES, MAX_TEXT_BYTES,
+    HISTORY_MAX_COUNT, MAX_AWAY_BYTES, MAX_GROUP_RECIPIENTS, MAX_PING_TOKEN_BYTES, MAX_TEXT_BYTES,
+    MAX_TOKEN_LABEL_BYTES,
 };
 
 /// A command word.
@@ -35,6 +37,18 @@ pub enum Verb {
     Users,
     History,
     Friend,
+    Token,
+    Resume,
+    Tokens,
+    Revoke,
+    Password,
+    Unregister,
+    Block,
+    Unblock,
+    Blocks,
+    Dms,
+    Away,
+    Whois,
     Compress,
     Direct,
 }
@@ -113,6 +127,30 @@ pub const COMMANDS: &[Syntax] = &[
         1,
         None,
     ),
+    row(Verb::Token, "TOKEN", "TOKEN [<label>]", 0, None),
+    row(Verb::Resume, "RESUME", "RESUME <token>", 1, Some(1)),
+    row(Verb::Tokens, "TOKENS", "TOKENS", 0, Some(0)),
+    row(Verb::Revoke, "REVOKE", "REVOKE <id>|ALL", 1, Some(1)),
+    row(
+        Verb::Password,
+        "PASSWORD",
+        "PASSWORD <old> <new>",
+        2,
+        Some(2),
+    ),
+    row(
+        Verb::Unregister,
+        "UNREGISTER",
+        "UNREGISTER <password>",
+        1,
+        Some(1),
+    ),
+    row(Verb::Block, "BLOCK", "BLOCK <name>", 1, Some(1)),
+    row(Verb::Unblock, "UNBLOCK", "UNBLOCK <name>", 1, Some(1)),
+    row(Verb::Blocks, "BLOCKS", "BLOCKS", 0, Some(0)),
+    row(Verb::Dms, "DMS", "DMS [FRIENDS|EVERYONE]", 0, Some(1)),
+    row(Verb::Away, "AWAY", "AWAY [<text>]", 0, None),
+    row(Verb::Whois, "WHOIS", "WHOIS <name>", 1, Some(1)),
     row(Verb::Compress, "COMPRESS", "COMPRESS DEFLATE", 1, Some(1)),
     row(
         Verb::Direct,
@@ -277,6 +315,67 @@ impl Verb {
                 }
                 .into()
             }
+            Verb::Token => Command::Token {
+                label: optional_text(&mut args, MAX_TOKEN_LABEL_BYTES, "a token label")?,
+            },
+            Verb::Away => Command::Away {
+                text: optional_text(&mut args, MAX_AWAY_BYTES, "an away message")?,
+            },
+            Verb::Whois => Command::Whois {
+                name: Name::parse(args.need()?).map_err(|e| Refusal(Code::BAD_NAME, e.into()))?,
+            },
+            Verb::Resume => Command::Resume {
+                token: DeviceToken::unchecked(args.need()?),
+            },
+            Verb::Tokens => Command::Tokens,
+            Verb::Password => {
+                let (old, new) = (args.need()?, args.need()?);
+                Command::Password {
+                    old: Password::unchecked(old),
+                    new: Password::parse(new).map_err(|e| Refusal(Code::BAD_PASSWORD, e.into()))?,
+                }
+            }
+            Verb::Unregister => Command::Unregister {
+                password: Password::unchecked(args.need()?),
+            },
+            Verb::Block | Verb::Unblock => {
+                let name =
+                    Name::parse(args.need()?).map_err(|e| Refusal(Code::BAD_NAME, e.into()))?;
+                if self == Verb::Block {
+                    Command::Block { name }
+                } else {
+                    Command::Unblock { name }
+                }
+            }
+            Verb::Blocks => Command::Blocks,
+            Verb::Dms => Command::Dms(match args.next() {
+                None => None,
+                Some(w) if w.eq_ignore_ascii_case("FRIENDS") => Some(Dms::Friends),
+                Some(w) if w.eq_ignore_ascii_case("EVERYONE") => Some(Dms::Everyone),
+                Some(w) => {
+                    return Err(Refusal(
+                        Code::BAD_ARGUMENT,
+                        format!("\"{}\" is neither FRIENDS nor EVERYONE", quote(w)),
+                    ))
+                }
+            }),
+            Verb::Revoke => {
+                let which = args.need()?;
+                Command::Revoke(if which.eq_ignore_ascii_case("ALL") {
+                    Revoke::All
+                } else {
+                    Revoke::One(parse_id(which).ok_or_else(|| {
+                        Refusal(
+                            Code::BAD_ARGUMENT,
+                            format!(
+                                "\"{}\" is neither ALL nor a token id (16 hex digits, as TOKENS \
+                                 shows them)",
+                                quote(which)
+                            ),
+                        )
+                    })?)
+                })
+            }
         })
     }
 }
@@ -285,6 +384,23 @@ impl From<FriendOp> for Command {
     fn from(op: FriendOp) -> Command {
         Command::Friend(op)
     }
+}
+
+/// A free text that may be left out (a token label, an away message), checked like a message text
+/// but against `max` bytes.
+fn optional_text(args: &mut Tokens<'_>, max: usize, what: &str) -> Result<Option<String>, Refusal> {
+    let Some(text) = args.text() else {
+        return Ok(None);
+    };
+    check_text_within(text, max).map_err(|e| match e {
+        TextError::Bad(why) => Refusal(Code::BAD_TEXT, why.into()),
+        TextError::Hidden(c) => hidden(c),
+        TextError::TooLong => Refusal(
+            Code::TEXT_TOO_LONG,
+            format!("{what} has at most {max} bytes"),
+        ),
+    })?;
+    Ok(Some(text.to_owned()))
 }
 
 /// `DIRECT <subcommand> ...`: the subcommand, its arity, then its arguments left to right.
@@ -331,19 +447,24 @@ fn parse_direct(args: &mut Tokens<'_>, usage: &dyn Fn() -> String) -> Result<Com
 fn text_ok(text: &str) -> Result<(), Refusal> {
     check_text(text).map_err(|e| match e {
         TextError::Bad(why) => Refusal(Code::BAD_TEXT, why.into()),
-        TextError::Hidden(c) => Refusal(
-            Code::BAD_TEXT,
-            format!(
-                "the text contains U+{:04X}, an invisible or direction-changing character that \
-                 would make it show something else than it says",
-                c as u32
-            ),
-        ),
+        TextError::Hidden(c) => hidden(c),
         TextError::TooLong => Refusal(
             Code::TEXT_TOO_LONG,
             format!("a text has at most {MAX_TEXT_BYTES} bytes"),
         ),
     })
+}
+
+/// The refusal of a text holding a hidden character.
+fn hidden(c: char) -> Refusal {
+    Refusal(
+        Code::BAD_TEXT,
+        format!(
+            "the text contains U+{:04X}, an invisible or direction-changing character that \
+             would make it show something else than it says",
+            c as u32
+        ),
+    )
 }
 
 fn parse_group(list: &str) -> Result<Vec<Name>, Refusal> {
@@ -631,7 +752,35 @@ pub enum FriendOp {
     List,
 }
 
-/// A DIRECT subcommand (spec 4.14).
+/// What REVOKE revokes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Revoke {
+    /// The token with this id.
+    One(u64),
+    /// Every token of the account.
+    All,
+}
+
+/// Whose direct messages an account takes (`DMS`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dms {
+    /// From friends only.
+    Friends,
+    /// From anyone who is not blocked.
+    Everyone,
+}
+
+impl Dms {
+    /// The keyword as written.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dms::Friends => "FRIENDS",
+            Dms::Everyone => "EVERYONE",
+        }
+    }
+}
+
+/// A DIRECT subcommand (spec 4.26).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DirectOp {
     /// Offer `to` a direct session with the client listening at `address` and showing the
@@ -692,6 +841,41 @@ pub enum Command {
         cursor: Page,
     },
     Friend(FriendOp),
+    Token {
+        /// What the user calls the device, if anything.
+        label: Option<String>,
+    },
+    /// The token is not checked: a malformed one is simply not a valid one.
+    Resume {
+        token: DeviceToken,
+    },
+    Tokens,
+    Revoke(Revoke),
+    /// The old password is not checked: a malformed one is simply a wrong one.
+    Password {
+        old: Password,
+        new: Password,
+    },
+    /// Not checked either.
+    Unregister {
+        password: Password,
+    },
+    Block {
+        name: Name,
+    },
+    Unblock {
+        name: Name,
+    },
+    Blocks,
+    /// `None` asks for the current setting.
+    Dms(Option<Dms>),
+    /// `None` clears the away message.
+    Away {
+        text: Option<String>,
+    },
+    Whois {
+        name: Name,
+    },
     /// `COMPRESS DEFLATE`, the only mechanism.
     Compress,
     Direct(DirectOp),
@@ -713,6 +897,18 @@ impl Command {
             Command::Users => Verb::Users,
             Command::History { .. } => Verb::History,
             Command::Friend(_) => Verb::Friend,
+            Command::Token { .. } => Verb::Token,
+            Command::Resume { .. } => Verb::Resume,
+            Command::Tokens => Verb::Tokens,
+            Command::Revoke(_) => Verb::Revoke,
+            Command::Password { .. } => Verb::Password,
+            Command::Unregister { .. } => Verb::Unregister,
+            Command::Block { .. } => Verb::Block,
+            Command::Unblock { .. } => Verb::Unblock,
+            Command::Blocks => Verb::Blocks,
+            Command::Dms(_) => Verb::Dms,
+            Command::Away { .. } => Verb::Away,
+            Command::Whois { .. } => Verb::Whois,
             Command::Compress => Verb::Compress,
             Command::Direct(_) => Verb::Direct,
         }
@@ -742,10 +938,25 @@ impl Request {
                 arg(name);
                 arg(password.expose());
             }
-            Command::Logout | Command::Users => {}
+            Command::Password { old, new } => {
+                arg(old.expose());
+                arg(new.expose());
+            }
+            Command::Unregister { password } => arg(password.expose()),
+            Command::Logout | Command::Users | Command::Tokens | Command::Blocks => {}
+            Command::Block { name } | Command::Unblock { name } | Command::Whois { name } => {
+                arg(name.as_str())
+            }
+            Command::Dms(policy) => {
+                if let Some(p) = policy {
+                    arg(p.as_str());
+                }
+            }
             Command::Quit { reason }
             | Command::Help { topic: reason }
-            | Command::Ping { token: reason } => {
+            | Command::Ping { token: reason }
+            | Command::Token { label: reason }
+            | Command::Away { text: reason } => {
                 if let Some(r) = reason {
                     arg(r);
                 }
@@ -785,6 +996,9 @@ impl Request {
                 FriendOp::Deny(n) => arg(&format!("DENY {n}")),
                 FriendOp::Remove(n) => arg(&format!("REMOVE {n}")),
             },
+            Command::Resume { token } => arg(token.expose()),
+            Command::Revoke(Revoke::All) => arg("ALL"),
+            Command::Revoke(Revoke::One(id)) => arg(&super::token::format_id(*id)),
             Command::Compress => arg(super::deflate::MECHANISM),
             Command::Direct(op) => match op {
                 DirectOp::Offer {
@@ -896,32 +1110,65 @@ mod tests {
         assert_eq!(code("FRIEND ADD"), Code::MISSING_ARGUMENT);
         assert_eq!(code("FRIEND LIST x"), Code::TOO_MANY_ARGUMENTS);
         assert_eq!(code("FRIEND add 1x"), Code::BAD_NAME);
-        assert_eq!(code("COMPRESS"), Code::MISSING_ARGUMENT);
-        assert_eq!(code("COMPRESS DEFLATE now"), Code::TOO_MANY_ARGUMENTS);
-        assert_eq!(code("COMPRESS GZIP"), Code::BAD_ARGUMENT);
-        let fp = ["AB"; 32].join(":");
-        assert_eq!(code("DIRECT"), Code::MISSING_ARGUMENT);
-        assert_eq!(code("DIRECT POKE bob"), Code::UNKNOWN_SUBCOMMAND);
-        assert_eq!(code("DIRECT OFFER bob 1.2.3.4:5"), Code::MISSING_ARGUMENT);
+        assert_eq!(code("TOKEN a\u{7}"), Code::BAD_TEXT);
         assert_eq!(
-            code(&format!("DIRECT OFFER bob 1.2.3.4:5 {fp} x")),
-            Code::TOO_MANY_ARGUMENTS
+            code(&format!("TOKEN {}", "x".repeat(MAX_TOKEN_LABEL_BYTES + 1))),
+            Code::TEXT_TOO_LONG
         );
-        assert_eq!(code("DIRECT OFFER 9b 1.2.3.4:0 x"), Code::BAD_NAME);
+        assert_eq!(code("RESUME"), Code::MISSING_ARGUMENT);
+        assert_eq!(code("RESUME a b"), Code::TOO_MANY_ARGUMENTS);
+        assert_eq!(code("TOKENS x"), Code::TOO_MANY_ARGUMENTS);
+        assert_eq!(code("REVOKE"), Code::MISSING_ARGUMENT);
+        assert_eq!(code("REVOKE 12"), Code::BAD_ARGUMENT);
+        assert_eq!(code("REVOKE everything"), Code::BAD_ARGUMENT);
+        assert_eq!(code("PASSWORD old"), Code::MISSING_ARGUMENT);
+        assert_eq!(code("PASSWORD a b c"), Code::TOO_MANY_ARGUMENTS);
+        assert_eq!(code("PASSWORD anything short"), Code::BAD_PASSWORD);
+        assert_eq!(code("UNREGISTER"), Code::MISSING_ARGUMENT);
+        assert_eq!(code("UNREGISTER a b"), Code::TOO_MANY_ARGUMENTS);
+        assert_eq!(code("BLOCK"), Code::MISSING_ARGUMENT);
+        assert_eq!(code("BLOCK 9x"), Code::BAD_NAME);
+        assert_eq!(code("UNBLOCK a b"), Code::TOO_MANY_ARGUMENTS);
+        assert_eq!(code("BLOCKS all"), Code::TOO_MANY_ARGUMENTS);
+        assert_eq!(code("DMS nobody"), Code::BAD_ARGUMENT);
+        assert_eq!(code("DMS FRIENDS EVERYONE"), Code::TOO_MANY_ARGUMENTS);
         assert_eq!(
-            code(&format!("DIRECT OFFER bob 1.2.3.4:0 {fp}")),
-            Code::BAD_ADDRESS
+            code(&format!("AWAY {}", "x".repeat(MAX_AWAY_BYTES + 1))),
+            Code::TEXT_TOO_LONG
         );
+        assert_eq!(code("AWAY out\u{1b}"), Code::BAD_TEXT);
+        assert_eq!(code("WHOIS"), Code::MISSING_ARGUMENT);
+        assert_eq!(code("WHOIS a b"), Code::TOO_MANY_ARGUMENTS);
+        assert_eq!(code("WHOIS *"), Code::BAD_NAME);
+    }
+
+    #[test]
+    fn token_commands() {
+        let c = |l: &str| parse(l).unwrap().unwrap().command;
+        assert_eq!(c("TOKEN"), Command::Token { label: None });
+        assert_eq!(c("TOKEN   "), Command::Token { label: None });
         assert_eq!(
-            code("DIRECT OFFER bob 1.2.3.4:9 AB:CD"),
-            Code::BAD_FINGERPRINT
+            c("token my  phone"),
+            Command::Token {
+                label: Some("my  phone".into())
+            }
         );
-        assert_eq!(code("DIRECT ACCEPT bob AB:CD"), Code::BAD_FINGERPRINT);
-        assert_eq!(code("DIRECT DECLINE bob now"), Code::TOO_MANY_ARGUMENTS);
-        assert_eq!(code("DIRECT CANCEL"), Code::MISSING_ARGUMENT);
+        let max = "é".repeat(MAX_TOKEN_LABEL_BYTES / 2);
         assert_eq!(
-            parse("compress deflate").unwrap().unwrap().command,
-            Command::Compress
+            c(&format!("TOKEN {max}")),
+            Command::Token { label: Some(max) }
+        );
+        assert_eq!(c("revoke all"), Command::Revoke(Revoke::All));
+        assert_eq!(
+            c("REVOKE 00000000000000fF"),
+            Command::Revoke(Revoke::One(255))
+        );
+        // RESUME takes any token: a malformed one is an invalid one, refused by the server.
+        assert_eq!(
+            c("RESUME nonsense"),
+            Command::Resume {
+                token: DeviceToken::unchecked("nonsense")
+            }
         );
     }
 
@@ -980,6 +1227,23 @@ mod tests {
             "HISTORY bob AFTER 0",
             "FRIEND LIST",
             "FRIEND REMOVE x",
+            "TOKEN",
+            "TOKEN  laptop at work ",
+            "RESUME ct1.0000000000000001.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            "TOKENS",
+            "REVOKE ALL",
+            "REVOKE 00000000000000ff",
+            "PASSWORD x new-password",
+            "UNREGISTER anything",
+            "BLOCK Bob",
+            "UNBLOCK bob",
+            "BLOCKS",
+            "DMS",
+            "DMS FRIENDS",
+            "DMS EVERYONE",
+            "AWAY",
+            "AWAY  gone  fishing ",
+            "WHOIS Bob",
             "@z COMPRESS DEFLATE",
             "DIRECT OFFER bob [::1]:4000 AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89",
             "DIRECT ACCEPT Alice 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF",
@@ -990,5 +1254,36 @@ mod tests {
             let r = parse(l).unwrap().unwrap();
             assert_eq!(parse(&r.encode()).unwrap().unwrap(), r, "{l}");
         }
+    }
+
+    #[test]
+    fn compress_and_direct_refusals() {
+        assert_eq!(code("COMPRESS"), Code::MISSING_ARGUMENT);
+        assert_eq!(code("COMPRESS DEFLATE now"), Code::TOO_MANY_ARGUMENTS);
+        assert_eq!(code("COMPRESS GZIP"), Code::BAD_ARGUMENT);
+        assert_eq!(
+            parse("compress deflate").unwrap().unwrap().command,
+            Command::Compress
+        );
+        let fp = ["AB"; 32].join(":");
+        assert_eq!(code("DIRECT"), Code::MISSING_ARGUMENT);
+        assert_eq!(code("DIRECT POKE bob"), Code::UNKNOWN_SUBCOMMAND);
+        assert_eq!(code("DIRECT OFFER bob 1.2.3.4:5"), Code::MISSING_ARGUMENT);
+        assert_eq!(
+            code(&format!("DIRECT OFFER bob 1.2.3.4:5 {fp} x")),
+            Code::TOO_MANY_ARGUMENTS
+        );
+        assert_eq!(code("DIRECT OFFER 9b 1.2.3.4:0 x"), Code::BAD_NAME);
+        assert_eq!(
+            code(&format!("DIRECT OFFER bob 1.2.3.4:0 {fp}")),
+            Code::BAD_ADDRESS
+        );
+        assert_eq!(
+            code("DIRECT OFFER bob 1.2.3.4:9 AB:CD"),
+            Code::BAD_FINGERPRINT
+        );
+        assert_eq!(code("DIRECT ACCEPT bob AB:CD"), Code::BAD_FINGERPRINT);
+        assert_eq!(code("DIRECT DECLINE bob now"), Code::TOO_MANY_ARGUMENTS);
+        assert_eq!(code("DIRECT CANCEL"), Code::MISSING_ARGUMENT);
     }
 }

@@ -191,7 +191,7 @@ pub enum TextError {
     /// A character that would make the text show something else than what it says (see
     /// [`is_hidden`]).
     Hidden(char),
-    /// Over [`MAX_TEXT_BYTES`].
+    /// Over the limit ([`MAX_TEXT_BYTES`] for a message).
     TooLong,
 }
 
@@ -214,7 +214,13 @@ pub fn is_hidden(c: char) -> bool {
 /// Checks a message text: at least one non-space character, at most 2048 bytes, no control
 /// characters except TAB, and no character that [`is_hidden`].
 pub fn check_text(s: &str) -> Result<(), TextError> {
-    if s.len() > MAX_TEXT_BYTES {
+    check_text_within(s, MAX_TEXT_BYTES)
+}
+
+/// Checks a text with the rules of message text but another limit (a token label, an away
+/// message).
+pub fn check_text_within(s: &str, max_bytes: usize) -> Result<(), TextError> {
+    if s.len() > max_bytes {
         return Err(TextError::TooLong);
     }
     if s.chars().all(|c| c == ' ' || c == '\t') {

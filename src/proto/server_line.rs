@@ -21,9 +21,10 @@
 use std::fmt::{self, Write};
 
 use super::code::{ByeCode, Code};
-use super::command::Verb;
+use super::command::{Dms, Verb};
 use super::name::check_label;
 use super::time::{parse_timestamp, write_timestamp};
+use super::token::{format_id, parse_id};
 
 /// A friend's presence, as in `PRESENCE <name> ONLINE|OFFLINE`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -199,6 +200,24 @@ impl AddOutcome {
     }
 }
 
+/// One entry of a `TOKENS` answer: `TOKEN <id> <created> <last-used> <expires> CURRENT|OTHER
+/// [<label>]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokenLine<'a> {
+    /// The token's id.
+    pub id: u64,
+    /// When it was issued (milliseconds since the Unix epoch).
+    pub created_ms: i64,
+    /// When it was last used to log in (issuing counts as a use).
+    pub last_used_ms: i64,
+    /// When it expires unless used before.
+    pub expires_ms: i64,
+    /// The token this connection is on (spec 4.25).
+    pub current: bool,
+    /// The label given at TOKEN; empty when none was.
+    pub label: &'a str,
+}
+
 /// The details of an `OK FRIEND` reply, by subcommand.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FriendReply<'a> {
@@ -231,7 +250,7 @@ pub enum FriendReply<'a> {
     },
 }
 
-/// The details of an `OK DIRECT` reply, by subcommand (spec 4.14).
+/// The details of an `OK DIRECT` reply, by subcommand (spec 4.26).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DirectReply<'a> {
     /// `OFFER <name> <seconds>`: passed on; it waits that long for an answer.
@@ -262,7 +281,7 @@ pub enum DirectReply<'a> {
     },
 }
 
-/// What happened to a direct-session offer, as in `DIRECT <name> <event>` (spec 5.8).
+/// What happened to a direct-session offer, as in `DIRECT <name> <event>` (spec 5.9).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DirectEvent<'a> {
     /// `<name>` offers you a direct session: its client listens at `address` and will show the
@@ -368,6 +387,78 @@ pub enum OkReply<'a> {
     },
     /// `FRIEND <subcommand> ...`.
     Friend(FriendReply<'a>),
+    /// `TOKEN <id> <token>`: the one time the token is shown.
+    Token {
+        /// The token's id.
+        id: u64,
+        /// The token itself.
+        token: &'a str,
+    },
+    /// `RESUME <name>`.
+    Resume {
+        /// The name as registered.
+        name: &'a str,
+    },
+    /// `TOKENS <n>`, after `n` TOKEN data lines.
+    Tokens {
+        /// How many TOKEN lines came before.
+        count: u64,
+    },
+    /// `REVOKE <revoked> CLOSED <closed>`.
+    Revoke {
+        /// Tokens revoked.
+        revoked: u64,
+        /// Other connections closed because they were on one of them.
+        closed: u64,
+    },
+    /// `PASSWORD REVOKED <revoked> CLOSED <closed>`.
+    Password {
+        /// Device tokens revoked (every one but the one this connection is on).
+        revoked: u64,
+        /// The account's other connections, closed.
+        closed: u64,
+    },
+    /// `UNREGISTER <name>`.
+    Unregister {
+        /// The deleted account's name as it was registered.
+        name: &'a str,
+    },
+    /// `BLOCK <name>`.
+    Block {
+        /// The blocked account, as registered.
+        name: &'a str,
+    },
+    /// `UNBLOCK <name>`.
+    Unblock {
+        /// The account no longer blocked, as registered.
+        name: &'a str,
+    },
+    /// `BLOCKS <n>`, after `n` BLOCKED data lines.
+    Blocks {
+        /// How many BLOCKED lines came before.
+        count: u64,
+    },
+    /// `DMS FRIENDS|EVERYONE`: the setting now.
+    Dms {
+        /// Whose direct messages the account takes.
+        policy: Dms,
+    },
+    /// `AWAY SET|CLEARED`.
+    Away {
+        /// An away message is set now.
+        set: bool,
+    },
+    /// `WHOIS <name> ONLINE|OFFLINE <seen>|- [<away>]`.
+    Whois {
+        /// The account, as registered.
+        name: &'a str,
+        /// Whether it is online.
+        presence: Presence,
+        /// When it was last online: shown to friends only, and only while it is offline.
+        last_seen_ms: Option<i64>,
+        /// Its away message; empty when none is set.
+        away: &'a str,
+    },
     /// `COMPRESS DEFLATE`: from the next byte on, both directions are a DEFLATE stream.
     Compress,
     /// `DIRECT <subcommand> ...`.
@@ -390,6 +481,18 @@ impl OkReply<'_> {
             OkReply::Users { .. } => Verb::Users,
             OkReply::History { .. } => Verb::History,
             OkReply::Friend(_) => Verb::Friend,
+            OkReply::Token { .. } => Verb::Token,
+            OkReply::Resume { .. } => Verb::Resume,
+            OkReply::Tokens { .. } => Verb::Tokens,
+            OkReply::Revoke { .. } => Verb::Revoke,
+            OkReply::Password { .. } => Verb::Password,
+            OkReply::Unregister { .. } => Verb::Unregister,
+            OkReply::Block { .. } => Verb::Block,
+            OkReply::Unblock { .. } => Verb::Unblock,
+            OkReply::Blocks { .. } => Verb::Blocks,
+            OkReply::Dms { .. } => Verb::Dms,
+            OkReply::Away { .. } => Verb::Away,
+            OkReply::Whois { .. } => Verb::Whois,
             OkReply::Compress => Verb::Compress,
             OkReply::Direct(_) => Verb::Direct,
         }
@@ -452,6 +555,14 @@ pub enum ServerLine<'a> {
         /// What they did.
         event: FriendshipEvent,
     },
+    /// `AWAY <name> [<text>]`: a friend set an away message, or cleared it (no text); also after
+    /// an `OK MSG`/`OK GROUP` for each recipient who is away.
+    Away {
+        /// The account.
+        name: &'a str,
+        /// Its away message; `None` when it came back.
+        text: Option<&'a str>,
+    },
     /// `PING <token>`: the server has heard nothing from the client for a while and asks for a
     /// sign of life; any command answers it (`PING <token>` is the usual one).
     Ping {
@@ -466,7 +577,7 @@ pub enum ServerLine<'a> {
         text: &'a str,
     },
     /// `DIRECT <name> <event> ...`: something about a direct-session offer between you and
-    /// `name` (spec 5.8).
+    /// `name` (spec 5.9).
     Direct {
         /// The other user, as registered.
         name: &'a str,
@@ -494,6 +605,13 @@ pub enum ServerLine<'a> {
         name: &'a str,
         /// The relationship.
         state: FriendState,
+    },
+    /// `TOKEN ...`: a data line of a TOKENS answer.
+    Token(TokenLine<'a>),
+    /// `BLOCKED <name>`: a data line of a BLOCKS answer.
+    Blocked {
+        /// An account the caller blocks.
+        name: &'a str,
     },
     /// Anything that is not a well-formed server line, kept as received (terminator removed).
     Other(&'a str),
@@ -684,6 +802,30 @@ fn parse_fields(line: &str) -> Option<ServerLine<'_>> {
             let state = FriendState::parse(c.token()?)?;
             ServerLine::Friend { name, state }
         }
+        "TOKEN" => {
+            let id = parse_id(c.token()?)?;
+            let created_ms = parse_timestamp(c.token()?)?;
+            let last_used_ms = parse_timestamp(c.token()?)?;
+            let expires_ms = parse_timestamp(c.token()?)?;
+            let current = match c.token()? {
+                "CURRENT" => true,
+                "OTHER" => false,
+                _ => return None,
+            };
+            ServerLine::Token(TokenLine {
+                id,
+                created_ms,
+                last_used_ms,
+                expires_ms,
+                current,
+                label: c.text().unwrap_or(""),
+            })
+        }
+        "BLOCKED" => ServerLine::Blocked { name: c.token()? },
+        "AWAY" => ServerLine::Away {
+            name: c.token()?,
+            text: c.text().filter(|t| !t.is_empty()),
+        },
         _ => return None,
     };
     // Lines ending in free text consumed the rest; fixed-arity lines must have nothing left.
@@ -757,6 +899,57 @@ fn ok_reply<'a>(verb: Verb, c: &mut Cursor<'a>) -> Option<OkReply<'a>> {
             "LIST" => FriendReply::List { count: c.number()? },
             _ => return None,
         }),
+        Verb::Token => OkReply::Token {
+            id: parse_id(c.token()?)?,
+            token: c.token()?,
+        },
+        Verb::Resume => OkReply::Resume { name: c.token()? },
+        Verb::Tokens => OkReply::Tokens { count: c.number()? },
+        Verb::Revoke => {
+            let revoked = c.number()?;
+            c.word("CLOSED")?;
+            let closed = c.number()?;
+            OkReply::Revoke { revoked, closed }
+        }
+        Verb::Password => {
+            c.word("REVOKED")?;
+            let revoked = c.number()?;
+            c.word("CLOSED")?;
+            let closed = c.number()?;
+            OkReply::Password { revoked, closed }
+        }
+        Verb::Unregister => OkReply::Unregister { name: c.token()? },
+        Verb::Block => OkReply::Block { name: c.token()? },
+        Verb::Unblock => OkReply::Unblock { name: c.token()? },
+        Verb::Blocks => OkReply::Blocks { count: c.number()? },
+        Verb::Away => OkReply::Away {
+            set: match c.token()? {
+                "SET" => true,
+                "CLEARED" => false,
+                _ => return None,
+            },
+        },
+        Verb::Whois => {
+            let name = c.token()?;
+            let presence = Presence::parse(c.token()?)?;
+            let last_seen_ms = match c.token()? {
+                "-" => None,
+                t => Some(parse_timestamp(t)?),
+            };
+            OkReply::Whois {
+                name,
+                presence,
+                last_seen_ms,
+                away: c.text().unwrap_or(""),
+            }
+        }
+        Verb::Dms => OkReply::Dms {
+            policy: match c.token()? {
+                "FRIENDS" => Dms::Friends,
+                "EVERYONE" => Dms::Everyone,
+                _ => return None,
+            },
+        },
         Verb::Compress => {
             c.word(super::deflate::MECHANISM)?;
             OkReply::Compress
@@ -905,7 +1098,32 @@ impl fmt::Display for OkReply<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.verb().name())?;
         match self {
-            OkReply::Register { name } | OkReply::Login { name } => write!(f, " {name}"),
+            OkReply::Register { name }
+            | OkReply::Login { name }
+            | OkReply::Resume { name }
+            | OkReply::Unregister { name }
+            | OkReply::Block { name }
+            | OkReply::Unblock { name } => write!(f, " {name}"),
+            OkReply::Blocks { count } => write!(f, " {count}"),
+            OkReply::Dms { policy } => write!(f, " {}", policy.as_str()),
+            OkReply::Away { set } => f.write_str(if *set { " SET" } else { " CLEARED" }),
+            OkReply::Whois {
+                name,
+                presence,
+                last_seen_ms,
+                away,
+            } => {
+                write!(f, " {name} {} ", presence.as_str())?;
+                match last_seen_ms {
+                    Some(ms) => {
+                        let mut t = String::with_capacity(24);
+                        write_timestamp(&mut t, *ms);
+                        f.write_str(&t)?;
+                    }
+                    None => f.write_str("-")?,
+                }
+                tail(f, away)
+            }
             OkReply::Logout | OkReply::Quit | OkReply::Help | OkReply::Ping => Ok(()),
             OkReply::Msg { id, delivery } => write!(f, " {id} {}", delivery.as_str()),
             OkReply::Group {
@@ -933,6 +1151,12 @@ impl fmt::Display for OkReply<'_> {
                 FriendReply::Remove { name } => write!(f, " REMOVE {name}"),
                 FriendReply::List { count } => write!(f, " LIST {count}"),
             },
+            OkReply::Token { id, token } => write!(f, " {} {token}", format_id(*id)),
+            OkReply::Tokens { count } => write!(f, " {count}"),
+            OkReply::Revoke { revoked, closed } => write!(f, " {revoked} CLOSED {closed}"),
+            OkReply::Password { revoked, closed } => {
+                write!(f, " REVOKED {revoked} CLOSED {closed}")
+            }
             OkReply::Compress => write!(f, " {}", super::deflate::MECHANISM),
             OkReply::Direct(r) => match r {
                 DirectReply::Offer { name, expires_secs } => {
@@ -1018,6 +1242,21 @@ impl fmt::Display for ServerLine<'_> {
                 tail(f, token.unwrap_or(""))
             }
             ServerLine::Friend { name, state } => write!(f, "FRIEND {name} {}", state.as_str()),
+            ServerLine::Token(t) => {
+                let mut times = String::with_capacity(3 * 25);
+                for ms in [t.created_ms, t.last_used_ms, t.expires_ms] {
+                    times.push(' ');
+                    write_timestamp(&mut times, ms);
+                }
+                let state = if t.current { "CURRENT" } else { "OTHER" };
+                write!(f, "TOKEN {}{times} {state}", format_id(t.id))?;
+                tail(f, t.label)
+            }
+            ServerLine::Blocked { name } => write!(f, "BLOCKED {name}"),
+            ServerLine::Away { name, text } => {
+                write!(f, "AWAY {name}")?;
+                tail(f, text.unwrap_or(""))
+            }
             ServerLine::Other(raw) => f.write_str(raw),
         }
     }
@@ -1317,6 +1556,31 @@ mod tests {
             "FRIEND bob",
             "FRIEND bob BEST",
             "FRIEND bob ONLINE x",
+            "OK TOKEN 1 ct1.x",
+            "OK TOKEN 00000000000000ff",
+            "OK REVOKE 1",
+            "OK REVOKE 1 CLOSED",
+            "OK RESUME",
+            "OK PASSWORD 2 CLOSED 0",
+            "OK PASSWORD REVOKED 2",
+            "OK UNREGISTER",
+            "OK UNREGISTER a b",
+            "OK BLOCK",
+            "OK BLOCKS",
+            "OK DMS",
+            "OK DMS friends",
+            "BLOCKED",
+            "BLOCKED a b",
+            "OK AWAY",
+            "OK AWAY ON",
+            "OK WHOIS bob",
+            "OK WHOIS bob ONLINE",
+            "OK WHOIS bob AWAY -",
+            "OK WHOIS bob ONLINE yesterday",
+            "AWAY",
+            "TOKEN 0123456789abcdef 2026-11-21T10:04:05.123Z",
+            "TOKEN 0123456789abcdef 2026-11-21T10:04:05.123Z 2026-11-21T10:04:05.123Z 2026-11-21T10:04:05.123Z MINE",
+            "TOKEN 123 2026-11-21T10:04:05.123Z 2026-11-21T10:04:05.123Z 2026-11-21T10:04:05.123Z OTHER",
             "WHAT is this",
             "OK MSG x\r\r",
             "OK MSG x\ny",
@@ -1411,6 +1675,28 @@ mod tests {
             "PING 12".to_string(),
             "BYE TOO_MANY_CONNECTIONS too many from your address".to_string(),
             "FRIEND x OUTGOING".to_string(),
+            "OK TOKEN 00000000000000ff ct1.00000000000000ff.secret".to_string(),
+            "OK @r RESUME Alice".to_string(),
+            "OK TOKENS 2".to_string(),
+            "OK REVOKE 3 CLOSED 1".to_string(),
+            "OK PASSWORD REVOKED 2 CLOSED 0".to_string(),
+            "OK UNREGISTER Alice".to_string(),
+            "OK BLOCK Bob".to_string(),
+            "OK UNBLOCK Bob".to_string(),
+            "OK BLOCKS 0".to_string(),
+            "OK DMS FRIENDS".to_string(),
+            "OK @d DMS EVERYONE".to_string(),
+            "BLOCKED Bob".to_string(),
+            "OK AWAY SET".to_string(),
+            "OK AWAY CLEARED".to_string(),
+            "OK WHOIS bob ONLINE -".to_string(),
+            format!("OK WHOIS bob OFFLINE {T}  gone  fishing"),
+            "AWAY bob".to_string(),
+            "AWAY bob at lunch, back at 2".to_string(),
+            "BYE ACCOUNT_DELETED the account was deleted".to_string(),
+            format!("TOKEN 0123456789abcdef {T} {T} {T} CURRENT"),
+            format!("TOKEN 0123456789abcdef {T} {T} {T} OTHER  my  phone"),
+            "BYE REVOKED your token was revoked".to_string(),
         ];
         for l in &lines {
             let p = parse(l);

@@ -1,4 +1,5 @@
-//! The on-disk record format of accounts and messages, encoded by hand.
+//! The on-disk record format of accounts, messages, device tokens, profiles and retired names,
+//! encoded by hand.
 //!
 //! Records are encoded by hand rather than with a serialisation crate: the format is small, it is
 //! versioned by a leading byte so it can change without a migration of the whole file, and decoding
@@ -13,13 +14,20 @@
 //! - account: `1, name, phc, created_ms`
 //! - message: `1, time_ms, from, to, text` where `to` is a tag byte then its payload:
 //!   `0, name` (MSG), `1, count, name * count` (GROUP), `2` (ALL).
+//! - token (the id is the key): `1, user, digest (32 bytes), label, created_ms, last_used_ms`
+//! - profile: `1, flags, [away], [last_seen_ms]`, where flag bit 0 is "friends only", bit 1 says
+//!   an away message follows and bit 2 that a last-seen time follows; other bits are damage.
+//! - retired name: `1, name, deleted_ms`
 
-use super::{AccountRecord, Damage, MessageRecord, MsgId, To};
+use super::{AccountRecord, Damage, MessageRecord, MsgId, Profile, RetiredName, To, TokenRecord};
 
 const FORMAT_V1: u8 = 1;
 const TO_USER: u8 = 0;
 const TO_GROUP: u8 = 1;
 const TO_ALL: u8 = 2;
+const PROFILE_FRIENDS_ONLY: u8 = 1;
+const PROFILE_AWAY: u8 = 2;
+const PROFILE_LAST_SEEN: u8 = 4;
 
 pub(crate) fn encode_account(rec: &AccountRecord) -> Vec<u8> {
     let mut out = Vec::with_capacity(2 + rec.name.len() + rec.phc.len() + 8 + 4);
@@ -97,6 +105,102 @@ pub(crate) fn decode_message(id: MsgId, bytes: &[u8]) -> Result<MessageRecord, D
         to,
         text,
     })
+}
+
+pub(crate) fn encode_token(rec: &TokenRecord) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + 1 + rec.user.len() + 32 + 1 + rec.label.len() + 16);
+    out.push(FORMAT_V1);
+    put_str(&mut out, &rec.user);
+    out.extend_from_slice(&rec.digest);
+    put_str(&mut out, &rec.label);
+    out.extend_from_slice(&rec.created_ms.to_le_bytes());
+    out.extend_from_slice(&rec.last_used_ms.to_le_bytes());
+    out
+}
+
+pub(crate) fn decode_token(id: u64, bytes: &[u8]) -> Result<TokenRecord, Damage> {
+    let mut r = Reader::new(bytes, "token record");
+    r.version()?;
+    let user = r.string()?;
+    let mut digest = [0u8; 32];
+    digest.copy_from_slice(r.take(32)?);
+    let rec = TokenRecord {
+        id,
+        user,
+        digest,
+        label: r.string()?,
+        created_ms: r.i64()?,
+        last_used_ms: r.i64()?,
+    };
+    r.finish()?;
+    Ok(rec)
+}
+
+pub(crate) fn encode_profile(p: &Profile) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + p.away.as_ref().map_or(0, |a| a.len() + 2) + 8);
+    out.push(FORMAT_V1);
+    let mut flags = 0;
+    if p.friends_only {
+        flags |= PROFILE_FRIENDS_ONLY;
+    }
+    if p.away.is_some() {
+        flags |= PROFILE_AWAY;
+    }
+    if p.last_seen_ms.is_some() {
+        flags |= PROFILE_LAST_SEEN;
+    }
+    out.push(flags);
+    if let Some(away) = &p.away {
+        put_str(&mut out, away);
+    }
+    if let Some(ms) = p.last_seen_ms {
+        out.extend_from_slice(&ms.to_le_bytes());
+    }
+    out
+}
+
+pub(crate) fn decode_profile(bytes: &[u8]) -> Result<Profile, Damage> {
+    let mut r = Reader::new(bytes, "profile record");
+    r.version()?;
+    let flags = r.byte()?;
+    if flags & !(PROFILE_FRIENDS_ONLY | PROFILE_AWAY | PROFILE_LAST_SEEN) != 0 {
+        return Err(r.corrupt(&format!("unknown flags {flags:#04x}")));
+    }
+    let away = if flags & PROFILE_AWAY != 0 {
+        Some(r.string()?)
+    } else {
+        None
+    };
+    let last_seen_ms = if flags & PROFILE_LAST_SEEN != 0 {
+        Some(r.i64()?)
+    } else {
+        None
+    };
+    r.finish()?;
+    Ok(Profile {
+        friends_only: flags & PROFILE_FRIENDS_ONLY != 0,
+        away,
+        last_seen_ms,
+    })
+}
+
+pub(crate) fn encode_retired(rec: &RetiredName) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + rec.name.len() + 8);
+    out.push(FORMAT_V1);
+    put_str(&mut out, &rec.name);
+    out.extend_from_slice(&rec.deleted_ms.to_le_bytes());
+    out
+}
+
+pub(crate) fn decode_retired(bytes: &[u8]) -> Result<RetiredName, Damage> {
+    let mut r = Reader::new(bytes, "retired name record");
+    r.version()?;
+    let rec = RetiredName {
+        name: r.string()?,
+        deleted_ms: r.i64()?,
+    };
+    r.finish()?;
+    Ok(rec)
 }
 
 fn put_len(out: &mut Vec<u8>, len: usize) {
@@ -294,6 +398,115 @@ mod tests {
         let bytes = encode_message(&long);
         assert_eq!(&bytes[12..15], &[2, 0xac, 0x02]);
         assert_eq!(decode_message(9, &bytes).unwrap(), long);
+    }
+
+    fn sample_tokens() -> Vec<TokenRecord> {
+        vec![
+            TokenRecord {
+                id: 7,
+                user: "alice".into(),
+                digest: [0xab; 32],
+                label: "phone ü".into(),
+                created_ms: 1,
+                last_used_ms: 2,
+            },
+            TokenRecord {
+                id: u64::MAX,
+                user: String::new(),
+                digest: [0; 32],
+                label: String::new(),
+                created_ms: i64::MIN,
+                last_used_ms: i64::MAX,
+            },
+        ]
+    }
+
+    fn sample_profiles() -> Vec<Profile> {
+        vec![
+            Profile::default(),
+            Profile {
+                friends_only: true,
+                away: Some("gone fishing 🎣".into()),
+                last_seen_ms: Some(-5),
+            },
+            Profile {
+                friends_only: false,
+                away: Some(String::new()),
+                last_seen_ms: None,
+            },
+            Profile {
+                friends_only: false,
+                away: None,
+                last_seen_ms: Some(i64::MAX),
+            },
+        ]
+    }
+
+    #[test]
+    fn tokens_profiles_and_retired_names_round_trip_and_detect_damage() {
+        for t in sample_tokens() {
+            let bytes = encode_token(&t);
+            assert_eq!(decode_token(t.id, &bytes).unwrap(), t);
+            for len in 0..bytes.len() {
+                assert!(decode_token(t.id, &bytes[..len]).is_err(), "{len}");
+            }
+            let mut longer = bytes.clone();
+            longer.push(0);
+            assert!(decode_token(t.id, &longer).is_err());
+        }
+        for p in sample_profiles() {
+            let bytes = encode_profile(&p);
+            assert_eq!(decode_profile(&bytes).unwrap(), p);
+            for len in 0..bytes.len() {
+                assert!(decode_profile(&bytes[..len]).is_err(), "{len}");
+            }
+        }
+        assert!(
+            decode_profile(&[1, 8]).is_err(),
+            "an unknown flag is damage"
+        );
+        let r = RetiredName {
+            name: "Carol".into(),
+            deleted_ms: 99,
+        };
+        let bytes = encode_retired(&r);
+        assert_eq!(decode_retired(&bytes).unwrap(), r);
+        assert!(decode_retired(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    /// Pins version 1 of the newer records, as `format_version_1_bytes` does for the first ones.
+    #[test]
+    fn format_version_1_bytes_of_tokens_profiles_and_retired_names() {
+        let t = TokenRecord {
+            id: 1,
+            user: "al".into(),
+            digest: [7; 32],
+            label: "x".into(),
+            created_ms: 1,
+            last_used_ms: 2,
+        };
+        let mut want = vec![1, 2, b'a', b'l'];
+        want.extend_from_slice(&[7; 32]);
+        want.extend_from_slice(&[1, b'x', 1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(encode_token(&t), want);
+        let p = Profile {
+            friends_only: true,
+            away: Some("hi".into()),
+            last_seen_ms: Some(3),
+        };
+        assert_eq!(
+            encode_profile(&p),
+            [1, 7, 2, b'h', b'i', 3, 0, 0, 0, 0, 0, 0, 0]
+        );
+        assert_eq!(encode_profile(&Profile::default()), [1, 0]);
+        let r = RetiredName {
+            name: "Al".into(),
+            deleted_ms: 1,
+        };
+        assert_eq!(
+            encode_retired(&r),
+            [1, 2, b'A', b'l', 1, 0, 0, 0, 0, 0, 0, 0]
+        );
     }
 
     #[test]

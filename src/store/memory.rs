@@ -1,9 +1,11 @@
 //! An in-memory [`Store`] with exactly the semantics of [`RedbStore`](super::redb::RedbStore),
 //! for tests and fuzzers of the core: no file, no fsync, deterministic, cheap to clone.
 //!
-//! It keeps the same four collections as the redb tables (accounts, the message log, the
-//! conversation and backlog indexes, friendship edges) in `BTreeMap`s, so iteration orders and
-//! therefore snapshots match the redb store's. The model test in `tests/store_model.rs` applies the
+//! It keeps the same collections as the redb tables (accounts, the message log, the conversation
+//! and backlog indexes, friendship edges, blocks, device tokens, profiles, retired names) in
+//! `BTreeMap`s and `BTreeSet`s, so iteration orders and therefore snapshots match the redb store's.
+//! The redb store's secondary indexes (tokens by account, blocks by the blocked account) are not
+//! needed here: a scan of a map is the same answer. The model test in `tests/store_model.rs` applies the
 //! same random batches to both and checks they agree reply for reply.
 //!
 //! Readers see the state as it was when they were taken, as redb's read transactions do: the state
@@ -18,7 +20,8 @@ use std::sync::Arc;
 use super::keys::{conversation_key, message_conversation_keys};
 use super::{
     key_of, AccountRecord, Conversation, Cursor, FriendState, HistoryPage, MessageRecord, MsgId,
-    ReadOp, Snapshot, Store, StoreError, StoreOp, StoreReader, StoreReply,
+    Profile, ReadOp, RetiredName, Snapshot, Store, StoreError, StoreOp, StoreReader, StoreReply,
+    TokenId, TokenRecord,
 };
 
 /// The in-memory store. Nothing it does can fail, so every batch is trivially all-or-nothing.
@@ -39,6 +42,13 @@ struct State {
     pending: BTreeMap<String, BTreeSet<MsgId>>,
     /// (a, b) -> a's view of b; both directions are stored.
     friendships: BTreeMap<(String, String), FriendState>,
+    /// (blocker, blocked).
+    blocks: BTreeSet<(String, String)>,
+    tokens: BTreeMap<TokenId, TokenRecord>,
+    /// By account key.
+    profiles: BTreeMap<String, Profile>,
+    /// By account key.
+    retired: BTreeMap<String, RetiredName>,
 }
 
 impl MemoryStore {
@@ -83,6 +93,21 @@ impl State {
                 .keys()
                 .next_back()
                 .map_or(1, |id| id.saturating_add(1)),
+            tokens: self.tokens.values().cloned().collect(),
+            blocks: self.blocks.iter().cloned().collect(),
+            profiles: self
+                .profiles
+                .iter()
+                .map(|(k, p)| (k.clone(), p.clone()))
+                .collect(),
+            retired: self.retired.values().cloned().collect(),
+        }
+    }
+
+    /// Changes an existing account's profile; nothing when there is no such account.
+    fn profile(&mut self, user: &str, change: impl FnOnce(&mut Profile)) {
+        if self.accounts.contains_key(user) {
+            change(self.profiles.entry(user.to_owned()).or_default());
         }
     }
 
@@ -134,6 +159,70 @@ impl State {
                 cursor,
             } => self.page(conv, *count, *cursor),
             StoreOp::ReadBacklog { user } => self.backlog(user),
+            StoreOp::CreateToken(rec) => {
+                self.tokens.insert(rec.id, rec.clone());
+                StoreReply::Done
+            }
+            StoreOp::TouchToken { id, last_used_ms } => {
+                if let Some(t) = self.tokens.get_mut(id) {
+                    t.last_used_ms = *last_used_ms;
+                }
+                StoreReply::Done
+            }
+            StoreOp::RevokeTokens { ids } => {
+                for id in ids {
+                    self.tokens.remove(id);
+                }
+                StoreReply::Done
+            }
+            StoreOp::SetPassword { user, phc, revoke } => {
+                if let Some(a) = self.accounts.get_mut(user) {
+                    a.phc = phc.clone();
+                }
+                for id in revoke {
+                    self.tokens.remove(id);
+                }
+                StoreReply::Done
+            }
+            StoreOp::DeleteAccount { user, deleted_ms } => {
+                let user = user.as_str();
+                let record = self.accounts.remove(user);
+                self.tokens.retain(|_, t| t.user != user);
+                self.friendships.retain(|(a, b), _| a != user && b != user);
+                self.blocks.retain(|(a, b)| a != user && b != user);
+                self.pending.remove(user);
+                self.profiles.remove(user);
+                if let Some(rec) = record {
+                    let retired = RetiredName {
+                        name: rec.name,
+                        deleted_ms: *deleted_ms,
+                    };
+                    self.retired.insert(user.to_owned(), retired);
+                }
+                StoreReply::Done
+            }
+            StoreOp::Block { a, b } => {
+                self.friendships.remove(&(a.clone(), b.clone()));
+                self.friendships.remove(&(b.clone(), a.clone()));
+                self.blocks.insert((a.clone(), b.clone()));
+                StoreReply::Done
+            }
+            StoreOp::Unblock { a, b } => {
+                self.blocks.remove(&(a.clone(), b.clone()));
+                StoreReply::Done
+            }
+            StoreOp::SetAway { user, away } => {
+                self.profile(user, |p| p.away = away.clone());
+                StoreReply::Done
+            }
+            StoreOp::SetDms { user, friends_only } => {
+                self.profile(user, |p| p.friends_only = *friends_only);
+                StoreReply::Done
+            }
+            StoreOp::SetLastSeen { user, ms } => {
+                self.profile(user, |p| p.last_seen_ms = Some(*ms));
+                StoreReply::Done
+            }
             StoreOp::ReadMessages { ids } => self.messages_by_id(ids),
         }
     }

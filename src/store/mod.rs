@@ -1,12 +1,14 @@
-//! Durable state: accounts, friendships, the message log and the offline-delivery index.
+//! Durable state: accounts, friendships, blocks, device tokens, account profiles, retired names,
+//! the message log and the offline-delivery index.
 //!
 //! This module is the only place that knows redb. The core never calls the store directly: it emits
 //! [`StoreOp`]s and the [`worker`] threads run them. Writes queued while the previous commit ran
 //! form one write transaction (group commit); reads (HISTORY pages, the offline backlog) run in
 //! read transactions on a thread of their own, beside the writer, and see every write sent before
 //! them. The worker's module documentation states exactly in what order results come back. The
-//! core keeps accounts, friendships and backlog counts in memory, loaded from the [`Snapshot`] at
-//! start; the store is the durable copy and the only copy of the message log.
+//! core keeps accounts, friendships, blocks, tokens, profiles and backlog counts in memory, loaded
+//! from the [`Snapshot`] at start; the store is the durable copy and the only copy of the message
+//! log.
 //!
 //! Files: `redb` (the tables and transactions), `codec` (the on-disk record format), `keys` (the
 //! index keys both stores use), `memory` (an in-memory model with the same semantics, for tests
@@ -47,6 +49,63 @@ impl fmt::Debug for AccountRecord {
             .field("created_ms", &self.created_ms)
             .finish()
     }
+}
+
+/// Identifies a device token: the public half of the token, shown in `TOKENS` and named by
+/// `REVOKE`. Random, so it says nothing about how many tokens exist.
+pub type TokenId = u64;
+
+/// A device token as stored. The secret is never stored, only its SHA-256 digest: a copy of the
+/// database holds no token that logs in.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub id: TokenId,
+    /// The account's key.
+    pub user: String,
+    /// SHA-256 of the secret.
+    pub digest: [u8; 32],
+    /// What the user called it (may be empty).
+    pub label: String,
+    /// Issue time, milliseconds since the Unix epoch.
+    pub created_ms: i64,
+    /// Last use as recorded (the core writes it at a coarse granularity).
+    pub last_used_ms: i64,
+}
+
+impl fmt::Debug for TokenRecord {
+    // The digest stays out of logs and test output, like the password hash.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenRecord")
+            .field("id", &self.id)
+            .field("user", &self.user)
+            .field("digest", &"<redacted>")
+            .field("label", &self.label)
+            .field("created_ms", &self.created_ms)
+            .field("last_used_ms", &self.last_used_ms)
+            .finish()
+    }
+}
+
+/// An account's settings and status: who may send it direct messages, its away message, and when
+/// it was last online.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Profile {
+    /// `DMS FRIENDS`: direct messages from friends only.
+    pub friends_only: bool,
+    /// The away message, if one is set.
+    pub away: Option<String>,
+    /// When the account's last connection left, as recorded.
+    pub last_seen_ms: Option<i64>,
+}
+
+/// The name of a deleted account. It is never registered again (spec 4.18): the message log shows
+/// the deleted account's messages under it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetiredName {
+    /// The name as it was registered.
+    pub name: String,
+    /// When the account was deleted.
+    pub deleted_ms: i64,
 }
 
 /// Whom a message was addressed to (names as registered).
@@ -168,6 +227,33 @@ pub enum StoreOp {
         count: u32,
         cursor: Cursor,
     },
+    /// Insert a device token (the core chose a fresh id).
+    CreateToken(TokenRecord),
+    /// Record a token's last use; nothing if the token is gone.
+    TouchToken { id: TokenId, last_used_ms: i64 },
+    /// Delete the tokens with these ids (those that exist).
+    RevokeTokens { ids: Vec<TokenId> },
+    /// Replace an existing account's password hash and delete the tokens `revoke`, in one commit.
+    SetPassword {
+        user: String,
+        phc: String,
+        revoke: Vec<TokenId>,
+    },
+    /// Delete an account and everything keyed by it (its tokens, friendships and requests in both
+    /// directions, blocks in both directions, its offline backlog, its profile) and retire its
+    /// name, in one commit. Messages it sent stay in the log.
+    DeleteAccount { user: String, deleted_ms: i64 },
+    /// `a` blocks `b`: the block is stored and any friendship or request between them is deleted,
+    /// in one commit.
+    Block { a: String, b: String },
+    /// `a` no longer blocks `b`.
+    Unblock { a: String, b: String },
+    /// Set or clear an existing account's away message.
+    SetAway { user: String, away: Option<String> },
+    /// Set whether an existing account takes direct messages from friends only.
+    SetDms { user: String, friends_only: bool },
+    /// Record when an existing account was last online.
+    SetLastSeen { user: String, ms: i64 },
 }
 
 impl StoreOp {
@@ -182,7 +268,17 @@ impl StoreOp {
             | StoreOp::AppendMessage { .. }
             | StoreOp::AddPending { .. }
             | StoreOp::ClearBacklog { .. }
-            | StoreOp::SetFriendship { .. } => false,
+            | StoreOp::SetFriendship { .. }
+            | StoreOp::CreateToken(_)
+            | StoreOp::TouchToken { .. }
+            | StoreOp::RevokeTokens { .. }
+            | StoreOp::SetPassword { .. }
+            | StoreOp::DeleteAccount { .. }
+            | StoreOp::Block { .. }
+            | StoreOp::Unblock { .. }
+            | StoreOp::SetAway { .. }
+            | StoreOp::SetDms { .. }
+            | StoreOp::SetLastSeen { .. } => false,
         }
     }
 
@@ -274,6 +370,14 @@ pub struct Snapshot {
     pub friendships: Vec<(String, String, FriendState)>,
     /// Offline backlog size per account key (accounts with none may be absent).
     pub pending_counts: Vec<(String, u32)>,
+    /// Every stored device token, in id order.
+    pub tokens: Vec<TokenRecord>,
+    /// Each block `(blocker key, blocked key)`, in key order.
+    pub blocks: Vec<(String, String)>,
+    /// Each stored profile by account key, in key order (accounts with none may be absent).
+    pub profiles: Vec<(String, Profile)>,
+    /// The names of deleted accounts, in key order.
+    pub retired: Vec<RetiredName>,
     /// The same backlogs by sender: `(account key, sender key, messages)`, in key order. An entry
     /// whose message is missing or does not decode is counted in `pending_counts` only.
     pub pending_senders: Vec<(String, String, u32)>,

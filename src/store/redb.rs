@@ -1,16 +1,28 @@
-//! The durable [`Store`]: one redb file holding accounts, friendships, the message log and its two
-//! indexes (by conversation, and the offline backlog by account).
+//! The durable [`Store`]: one redb file holding accounts, friendships, blocks, device tokens,
+//! profiles, retired names, the message log and its two indexes (by conversation, and the offline
+//! backlog by account).
 //!
 //! This file owns the table layout and the transactions. Tables are typed `const TableDefinition`s:
 //!
-//! | table           | key                    | value                               |
-//! |-----------------|------------------------|-------------------------------------|
-//! | `accounts`      | lowercase name         | encoded account record              |
-//! | `messages`      | message id             | encoded message record              |
-//! | `conversations` | (conversation key, id) | `()`                                |
-//! | `pending`       | (account key, id)      | `()`                                |
-//! | `friendships`   | (a key, b key)         | a's view of b, one byte             |
-//! | `meta`          | setting name           | u64 (only `schema_version` so far)  |
+//! | table               | key                    | value                               |
+//! |---------------------|------------------------|-------------------------------------|
+//! | `accounts`          | lowercase name         | encoded account record              |
+//! | `messages`          | message id             | encoded message record              |
+//! | `conversations`     | (conversation key, id) | `()`                                |
+//! | `pending`           | (account key, id)      | `()`                                |
+//! | `friendships`       | (a key, b key)         | a's view of b, one byte             |
+//! | `blocks`            | (blocker, blocked)     | `()`                                |
+//! | `blocked_by`        | (blocked, blocker)     | `()`, the same blocks, for deletion |
+//! | `tokens`            | token id               | encoded token record                |
+//! | `tokens_by_account` | (account key, id)      | `()`, for deletion                  |
+//! | `profiles`          | account key            | encoded profile record              |
+//! | `retired`           | account key            | encoded retired-name record         |
+//! | `meta`              | setting name           | u64 (only `schema_version` so far)  |
+//!
+//! Layout versions: 1 had the first six tables; 2 added blocks, tokens, profiles and retired names.
+//! A version 1 file is upgraded in place when opened (the new tables start empty), and a version 2
+//! file is refused by a build that reads only version 1, which would not know that a retired name
+//! must stay taken.
 //!
 //! The index keys (conversation keys, account keys) are made by the parent module's `keys`, shared
 //! with the in-memory store; the records are encoded by `codec`, which never trusts a length it
@@ -36,8 +48,8 @@ use super::codec;
 use super::contain::contain;
 use super::keys::{conversation_key, key_of, message_conversation_keys};
 use super::{
-    Cursor, Damage, FriendState, HistoryPage, MessageRecord, MsgId, ReadOp, Snapshot, Store,
-    StoreError, StoreOp, StoreReader, StoreReply,
+    Cursor, Damage, FriendState, HistoryPage, MessageRecord, MsgId, Profile, ReadOp, Snapshot,
+    Store, StoreError, StoreOp, StoreReader, StoreReply, TokenId,
 };
 use crate::config::STORE_CACHE_BYTES;
 
@@ -46,13 +58,22 @@ const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
 const CONVERSATIONS: TableDefinition<(&str, u64), ()> = TableDefinition::new("conversations");
 const PENDING: TableDefinition<(&str, u64), ()> = TableDefinition::new("pending");
 const FRIENDSHIPS: TableDefinition<(&str, &str), u8> = TableDefinition::new("friendships");
+const BLOCKS: TableDefinition<(&str, &str), ()> = TableDefinition::new("blocks");
+const BLOCKED_BY: TableDefinition<(&str, &str), ()> = TableDefinition::new("blocked_by");
+const TOKENS: TableDefinition<u64, &[u8]> = TableDefinition::new("tokens");
+const TOKENS_BY_ACCOUNT: TableDefinition<(&str, u64), ()> =
+    TableDefinition::new("tokens_by_account");
+const PROFILES: TableDefinition<&str, &[u8]> = TableDefinition::new("profiles");
+const RETIRED: TableDefinition<&str, &[u8]> = TableDefinition::new("retired");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// `meta` key of the table layout version.
 const SCHEMA_VERSION_KEY: &str = "schema_version";
 /// The table layout this code reads and writes. A file with another version is refused at open
-/// rather than misread.
-pub(super) const SCHEMA_VERSION: u64 = 1;
+/// rather than misread, except version 1, which is upgraded (see the module documentation).
+pub(super) const SCHEMA_VERSION: u64 = 2;
+/// The first layout, without blocks, tokens, profiles and retired names.
+const SCHEMA_VERSION_1: u64 = 1;
 
 /// The one-byte form of a friendship edge in the `friendships` table.
 fn state_byte(state: FriendState) -> u8 {
@@ -201,6 +222,19 @@ impl RedbStore {
         };
         match stored {
             Some(SCHEMA_VERSION) => {}
+            Some(SCHEMA_VERSION_1) => {
+                // The tables added since are created empty by `Tables::open`, in the commit that
+                // records the new version.
+                log::info!(
+                    "database {}: upgrading the table layout from version 1 to {SCHEMA_VERSION}",
+                    path.display()
+                );
+                let txn = db.begin_write()?;
+                Tables::open(&txn)?;
+                txn.open_table(META)?
+                    .insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION)?;
+                txn.commit()?;
+            }
             Some(other) => return Err(Fail::Schema(other)),
             None => {
                 // A new database: its tables and its schema version, in one commit.
@@ -218,6 +252,12 @@ impl RedbStore {
                 &txn.open_table(FRIENDSHIPS)?,
                 &txn.open_table(PENDING)?,
                 &txn.open_table(MESSAGES)?,
+                &AccountTables {
+                    tokens: txn.open_table(TOKENS)?,
+                    blocks: txn.open_table(BLOCKS)?,
+                    profiles: txn.open_table(PROFILES)?,
+                    retired: txn.open_table(RETIRED)?,
+                },
             )?
         };
         let store = RedbStore {
@@ -415,6 +455,12 @@ struct Tables<'txn> {
     conversations: Table<'txn, (&'static str, u64), ()>,
     pending: Table<'txn, (&'static str, u64), ()>,
     friendships: Table<'txn, (&'static str, &'static str), u8>,
+    blocks: Table<'txn, (&'static str, &'static str), ()>,
+    blocked_by: Table<'txn, (&'static str, &'static str), ()>,
+    tokens: Table<'txn, u64, &'static [u8]>,
+    tokens_by_account: Table<'txn, (&'static str, u64), ()>,
+    profiles: Table<'txn, &'static str, &'static [u8]>,
+    retired: Table<'txn, &'static str, &'static [u8]>,
     /// Whether any op of the batch wrote something.
     dirty: bool,
 }
@@ -427,8 +473,112 @@ impl<'txn> Tables<'txn> {
             conversations: txn.open_table(CONVERSATIONS)?,
             pending: txn.open_table(PENDING)?,
             friendships: txn.open_table(FRIENDSHIPS)?,
+            blocks: txn.open_table(BLOCKS)?,
+            blocked_by: txn.open_table(BLOCKED_BY)?,
+            tokens: txn.open_table(TOKENS)?,
+            tokens_by_account: txn.open_table(TOKENS_BY_ACCOUNT)?,
+            profiles: txn.open_table(PROFILES)?,
+            retired: txn.open_table(RETIRED)?,
             dirty: false,
         })
+    }
+
+    /// Deletes one token and its index entry; nothing if there is no such token.
+    fn delete_token(&mut self, id: TokenId) -> Result<(), Fail> {
+        let user = match self.tokens.remove(id)? {
+            Some(bytes) => codec::decode_token(id, bytes.value())?.user,
+            None => return Ok(()),
+        };
+        self.tokens_by_account.remove((user.as_str(), id))?;
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Changes an existing account's profile; nothing when there is no such account.
+    fn update_profile(
+        &mut self,
+        user: &str,
+        change: impl FnOnce(&mut Profile),
+    ) -> Result<(), Fail> {
+        if self.accounts.get(user)?.is_none() {
+            return Ok(());
+        }
+        let mut profile = match self.profiles.get(user)? {
+            Some(bytes) => codec::decode_profile(bytes.value())?,
+            None => Profile::default(),
+        };
+        change(&mut profile);
+        self.profiles
+            .insert(user, codec::encode_profile(&profile).as_slice())?;
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// The second keys of every entry `(user, *)` of a table keyed by pairs of names.
+    fn partners(
+        table: &Table<'txn, (&'static str, &'static str), impl redb::Value + 'static>,
+        user: &str,
+    ) -> Result<Vec<String>, Fail> {
+        let mut found = Vec::new();
+        // Every key (user, b) sorts between (user, "") and the first key of the next user; names
+        // hold no byte that sorts below "", so the range starting at (user, "") misses nothing.
+        for entry in table.range((user, "")..)? {
+            let (key, _) = entry?;
+            let (a, b) = key.value();
+            if a != user {
+                break;
+            }
+            found.push(b.to_owned());
+        }
+        Ok(found)
+    }
+
+    fn delete_account(&mut self, user: &str, deleted_ms: i64) -> Result<(), Fail> {
+        let record = match self.accounts.remove(user)? {
+            Some(bytes) => Some(codec::decode_account(bytes.value())?),
+            None => None,
+        };
+        let mut ids = Vec::new();
+        for entry in self
+            .tokens_by_account
+            .range((user, 0u64)..=(user, u64::MAX))?
+        {
+            ids.push(entry?.0.value().1);
+        }
+        for id in ids {
+            self.tokens.remove(id)?;
+            self.tokens_by_account.remove((user, id))?;
+        }
+        for other in Self::partners(&self.friendships, user)? {
+            self.friendships.remove((user, other.as_str()))?;
+            self.friendships.remove((other.as_str(), user))?;
+        }
+        for blocked in Self::partners(&self.blocks, user)? {
+            self.blocks.remove((user, blocked.as_str()))?;
+            self.blocked_by.remove((blocked.as_str(), user))?;
+        }
+        for blocker in Self::partners(&self.blocked_by, user)? {
+            self.blocked_by.remove((user, blocker.as_str()))?;
+            self.blocks.remove((blocker.as_str(), user))?;
+        }
+        let mut pending = Vec::new();
+        for entry in self.pending.range((user, 0u64)..=(user, u64::MAX))? {
+            pending.push(entry?.0.value().1);
+        }
+        for id in pending {
+            self.pending.remove((user, id))?;
+        }
+        self.profiles.remove(user)?;
+        if let Some(rec) = record {
+            let retired = super::RetiredName {
+                name: rec.name,
+                deleted_ms,
+            };
+            self.retired
+                .insert(user, codec::encode_retired(&retired).as_slice())?;
+        }
+        self.dirty = true;
+        Ok(())
     }
 
     fn apply(&mut self, op: &StoreOp) -> Result<StoreReply, Fail> {
@@ -506,6 +656,81 @@ impl<'txn> Tables<'txn> {
             StoreOp::ReadMessages { ids } => {
                 Ok(StoreReply::Messages(read_messages(&self.messages, ids)?))
             }
+            StoreOp::CreateToken(rec) => {
+                // A record already under this id belongs to the new one now; its index entry goes.
+                self.delete_token(rec.id)?;
+                self.tokens
+                    .insert(rec.id, codec::encode_token(rec).as_slice())?;
+                self.tokens_by_account
+                    .insert((rec.user.as_str(), rec.id), ())?;
+                self.dirty = true;
+                Ok(StoreReply::Done)
+            }
+            StoreOp::TouchToken { id, last_used_ms } => {
+                let rec = match self.tokens.get(*id)? {
+                    Some(bytes) => Some(codec::decode_token(*id, bytes.value())?),
+                    None => None,
+                };
+                if let Some(mut rec) = rec {
+                    rec.last_used_ms = *last_used_ms;
+                    self.tokens
+                        .insert(*id, codec::encode_token(&rec).as_slice())?;
+                    self.dirty = true;
+                }
+                Ok(StoreReply::Done)
+            }
+            StoreOp::RevokeTokens { ids } => {
+                for id in ids {
+                    self.delete_token(*id)?;
+                }
+                Ok(StoreReply::Done)
+            }
+            StoreOp::SetPassword { user, phc, revoke } => {
+                let rec = match self.accounts.get(user.as_str())? {
+                    Some(bytes) => Some(codec::decode_account(bytes.value())?),
+                    None => None,
+                };
+                if let Some(mut rec) = rec {
+                    rec.phc = phc.clone();
+                    self.accounts
+                        .insert(user.as_str(), codec::encode_account(&rec).as_slice())?;
+                    self.dirty = true;
+                }
+                for id in revoke {
+                    self.delete_token(*id)?;
+                }
+                Ok(StoreReply::Done)
+            }
+            StoreOp::DeleteAccount { user, deleted_ms } => {
+                self.delete_account(user, *deleted_ms)?;
+                Ok(StoreReply::Done)
+            }
+            StoreOp::Block { a, b } => {
+                self.friendships.remove((a.as_str(), b.as_str()))?;
+                self.friendships.remove((b.as_str(), a.as_str()))?;
+                self.blocks.insert((a.as_str(), b.as_str()), ())?;
+                self.blocked_by.insert((b.as_str(), a.as_str()), ())?;
+                self.dirty = true;
+                Ok(StoreReply::Done)
+            }
+            StoreOp::Unblock { a, b } => {
+                self.blocks.remove((a.as_str(), b.as_str()))?;
+                self.blocked_by.remove((b.as_str(), a.as_str()))?;
+                self.dirty = true;
+                Ok(StoreReply::Done)
+            }
+            StoreOp::SetAway { user, away } => {
+                self.update_profile(user, |p| p.away = away.clone())?;
+                Ok(StoreReply::Done)
+            }
+            StoreOp::SetDms { user, friends_only } => {
+                self.update_profile(user, |p| p.friends_only = *friends_only)?;
+                Ok(StoreReply::Done)
+            }
+            StoreOp::SetLastSeen { user, ms } => {
+                self.update_profile(user, |p| p.last_seen_ms = Some(*ms))?;
+                Ok(StoreReply::Done)
+            }
         }
     }
 }
@@ -519,6 +744,7 @@ fn snapshot(
     friendships: &impl ReadableTable<(&'static str, &'static str), u8>,
     pending: &impl IdIndex,
     messages: &impl MessageLog,
+    extra: &AccountTables<impl ReadableTable<u64, &'static [u8]>, impl PairSet, impl NameRecords>,
 ) -> Result<Snapshot, Fail> {
     let mut snap = Snapshot {
         next_id: 1,
@@ -566,8 +792,54 @@ fn snapshot(
     if let Some((id, _)) = messages.last()? {
         snap.next_id = id.value().saturating_add(1);
     }
+    for entry in extra.tokens.iter()? {
+        let (id, value) = entry?;
+        snap.tokens
+            .push(codec::decode_token(id.value(), value.value())?);
+    }
+    for entry in extra.blocks.iter()? {
+        let (key, _) = entry?;
+        let (a, b) = key.value();
+        snap.blocks.push((a.to_owned(), b.to_owned()));
+    }
+    for entry in extra.profiles.iter()? {
+        let (key, value) = entry?;
+        snap.profiles.push((
+            key.value().to_owned(),
+            codec::decode_profile(value.value())?,
+        ));
+    }
+    for entry in extra.retired.iter()? {
+        let (key, value) = entry?;
+        let rec = codec::decode_retired(value.value())?;
+        if key_of(&rec.name) != key.value() {
+            return Err(Damage::new(format!(
+                "retired name stored under {:?} is {:?}",
+                key.value(),
+                rec.name
+            ))
+            .into());
+        }
+        snap.retired.push(rec);
+    }
     Ok(snap)
 }
+
+/// The tables of the account features added in layout version 2, as the snapshot reads them.
+struct AccountTables<T, B, R> {
+    tokens: T,
+    blocks: B,
+    profiles: R,
+    retired: R,
+}
+
+/// A set of name pairs: `blocks` or `blocked_by`.
+trait PairSet: ReadableTable<(&'static str, &'static str), ()> {}
+impl<T: ReadableTable<(&'static str, &'static str), ()>> PairSet for T {}
+
+/// Records by account key: `profiles` or `retired`.
+trait NameRecords: ReadableTable<&'static str, &'static [u8]> {}
+impl<T: ReadableTable<&'static str, &'static [u8]>> NameRecords for T {}
 
 /// An index of message ids under a key: `conversations` (by conversation key) or `pending` (by
 /// account key).
@@ -873,16 +1145,89 @@ mod tests {
         let txn = db.begin_write().unwrap();
         txn.open_table(META)
             .unwrap()
-            .insert(SCHEMA_VERSION_KEY, 2)
+            .insert(SCHEMA_VERSION_KEY, 3)
             .unwrap();
         txn.commit().unwrap();
         drop(db);
         match RedbStore::open(&path) {
             Err(e @ StoreError::Schema { .. }) => {
-                assert!(e.to_string().contains("schema version 2"), "{e}")
+                assert!(e.to_string().contains("schema version 3"), "{e}")
             }
             other => panic!("{:?}", other.map(|(_, s)| s)),
         }
+    }
+
+    /// A file written by the first layout (accounts, messages, friendships; no blocks, tokens,
+    /// profiles or retired names) opens with everything in it, and is version 2 from then on.
+    #[test]
+    fn a_version_1_file_is_upgraded_with_its_contents() {
+        let (_dir, path) = temp_db();
+        let account = AccountRecord {
+            name: "Alice".into(),
+            phc: "h".into(),
+            created_ms: 5,
+        };
+        {
+            // Exactly the tables version 1 had, as version 1 wrote them.
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert(SCHEMA_VERSION_KEY, 1)
+                .unwrap();
+            txn.open_table(ACCOUNTS)
+                .unwrap()
+                .insert("alice", codec::encode_account(&account).as_slice())
+                .unwrap();
+            txn.open_table(FRIENDSHIPS)
+                .unwrap()
+                .insert(("alice", "bob"), 1)
+                .unwrap();
+            txn.open_table(MESSAGES)
+                .unwrap()
+                .insert(
+                    4,
+                    codec::encode_message(&MessageRecord {
+                        id: 4,
+                        time_ms: 0,
+                        from: "Alice".into(),
+                        to: To::All,
+                        text: "t".into(),
+                    })
+                    .as_slice(),
+                )
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let (mut store, snap) = RedbStore::open(&path).unwrap();
+        assert_eq!(snap.accounts, vec![account]);
+        assert_eq!(
+            snap.friendships,
+            vec![("alice".into(), "bob".into(), FriendState::Outgoing)]
+        );
+        assert_eq!(snap.next_id, 5);
+        assert!(snap.tokens.is_empty() && snap.blocks.is_empty() && snap.retired.is_empty());
+        // The new tables work at once.
+        store
+            .execute(&[StoreOp::Block {
+                a: "alice".into(),
+                b: "bob".into(),
+            }])
+            .unwrap();
+        drop(store);
+        let (_, snap) = RedbStore::open(&path).unwrap();
+        assert_eq!(snap.blocks, vec![("alice".to_owned(), "bob".to_owned())]);
+        assert!(snap.friendships.is_empty());
+        let db = Database::open(&path).unwrap();
+        let version = db
+            .begin_read()
+            .unwrap()
+            .open_table(META)
+            .unwrap()
+            .get(SCHEMA_VERSION_KEY)
+            .unwrap()
+            .map(|v| v.value());
+        assert_eq!(version, Some(SCHEMA_VERSION));
     }
 
     #[test]

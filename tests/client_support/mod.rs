@@ -110,6 +110,29 @@ impl Server {
         self.child.id()
     }
 
+    /// Waits until the server has logged a line holding both `a` and `b`.
+    pub fn wait_log(&self, a: &str, b: &str) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if self
+                .log
+                .lock()
+                .unwrap()
+                .lines()
+                .any(|l| l.contains(a) && l.contains(b))
+            {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "the server never logged {a:?} with {b:?}; its log:\n{}",
+                    self.log.lock().unwrap()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Stops the server (SIGKILL: the tests that restart it want an abrupt loss).
     pub fn kill(mut self) {
         let _ = self.child.kill();

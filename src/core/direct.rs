@@ -148,6 +148,22 @@ impl Core {
         let Some((req, other, shown)) = self.direct_peer(req, &me, &to) else {
             return;
         };
+        // Who may reach whom is the same as for MSG (spec 4.19, 4.22): a blocked user's offer
+        // never arrives, and an account that takes direct messages from friends only takes
+        // offers from friends only. Checked before whether the user is online, which a blocked
+        // user is not told.
+        match self.dm_refusal(&me, &other) {
+            Some(Code::BLOCKED) => {
+                let text = format!("a block stands between you and {shown}; nothing was sent");
+                return self.refuse(req, Code::BLOCKED, &text);
+            }
+            Some(code) => {
+                let text =
+                    format!("{shown} takes direct messages from friends only; nothing was sent");
+                return self.refuse(req, code, &text);
+            }
+            None => {}
+        }
         if !self.online.contains(&other) {
             let text = format!("{shown} is offline; a direct session needs you both online");
             return self.refuse(req, Code::USER_OFFLINE, &text);
@@ -212,6 +228,11 @@ impl Core {
         let Some((req, other, shown)) = self.direct_peer(req, &me, &from) else {
             return;
         };
+        if accept.is_some() && self.barred(&me, &other) {
+            // A block made while the offer waited, not yet committed (its commit ends the offer).
+            let text = format!("a block stands between you and {shown}; nothing was sent");
+            return self.refuse(req, Code::BLOCKED, &text);
+        }
         let Some(offer) = self.offers.remove(&other, &me) else {
             let text = format!("{shown} has no direct-session offer waiting for you");
             return self.refuse(req, Code::NO_OFFER, &text);
@@ -260,6 +281,24 @@ impl Core {
         let mut out = Out::new();
         out.ok(&req, OkReply::Direct(DirectReply::Cancel { name: &shown }));
         self.finish(req, out);
+    }
+
+    /// A block between `blocker` and `blocked` was committed: the offers waiting between them end.
+    /// The blocked account's offer is declined (its offering connection is told so, as if the
+    /// blocker had declined it), and the blocker's offer is withdrawn from the blocked account's
+    /// connections; both are queued now, before the BLOCK's OK. What the blocker's own connections
+    /// are to hear (the offer to them withdrawn) is returned, to be queued after that OK.
+    pub(super) fn end_offers_for_block(&mut self, blocker: &Key, blocked: &Key) -> Option<Chunk> {
+        if self.offers.remove(blocker, blocked).is_some() {
+            self.tell_recipient(blocker, blocked, DirectEvent::Withdrawn);
+        }
+        let offer = self.offers.remove(blocked, blocker)?;
+        self.tell_offerer(blocker, offer.conn, DirectEvent::Declined);
+        let name = self.accounts.get(blocked).map(|a| a.name.clone())?;
+        Some(out::shared(&ServerLine::Direct {
+            name: &name,
+            event: DirectEvent::Withdrawn,
+        }))
     }
 
     /// Runs on every tick: offers past their time end, and both sides are told.

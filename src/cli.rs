@@ -142,7 +142,7 @@ pub struct Args {
     #[argh(option, default = "DEFAULT_FRIEND_REQUESTS_PER_HOUR")]
     pub friend_requests_per_hour: u64,
 
-    /// connections that may be compressed at once (COMPRESS DEFLATE, about 300 KiB of memory
+    /// connections that may be compressed at once (COMPRESS DEFLATE, about 250 KiB of memory
     /// each); past it COMPRESS gets SERVER_BUSY; 0: compression off (default 1000)
     #[argh(option, default = "DEFAULT_MAX_COMPRESSED")]
     pub max_compressed: usize,

@@ -93,7 +93,7 @@ pub const DEFLATE_LEVEL: u32 = 6;
 /// Bytes inflated at a time from a compressed connection before its lines are framed: however
 /// much a few compressed bytes expand, the server holds no more than this of them at once.
 pub const INFLATE_CHUNK: usize = 1024;
-/// Default most connections compressed at once (each holds its DEFLATE state, about 300 KiB; see
+/// Default most connections compressed at once (each holds its DEFLATE state, about 250 KiB; see
 /// the spec's limits); beyond it COMPRESS gets SERVER_BUSY. 0 turns compression off.
 pub const DEFAULT_MAX_COMPRESSED: usize = 1000;
 

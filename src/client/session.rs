@@ -257,9 +257,11 @@ impl Session {
 
     /// The prompt for the line editor.
     pub fn prompt(&self) -> String {
+        // While a direct session is set up or open, plain lines go to it: the prompt says so.
+        let direct = self.direct_prompt();
         match &self.me {
-            Some(me) => format!("{me}> "),
-            None => "> ".to_string(),
+            Some(me) => format!("{me}{direct}> "),
+            None => format!("{direct}> ").trim_start().to_string(),
         }
     }
 
@@ -1280,8 +1282,10 @@ mod tests {
                 fingerprint: Fingerprint::parse(FP2).unwrap()
             }]
         );
+        assert_eq!(s.prompt(), "alice [direct bob?]> ");
         let open = s.on_direct_open();
         assert!(shown(&open)[0].contains("stored nowhere"));
+        assert_eq!(s.prompt(), "alice [direct bob]> ");
         assert_eq!(actions(&open), [DirectAction::Say("hello early".into())]);
         assert_eq!(
             actions(&input(&mut s, "and now")),

@@ -394,7 +394,13 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         let bytes: &[u8] = if plain_chunk && deflater.is_none() {
             batch[0].as_bytes()
         } else {
+            let total: usize = batch.iter().map(|c| c.as_bytes().len()).sum();
             let mut plain: Vec<u8> = Vec::new();
+            if deflater.is_some() {
+                plain.reserve_exact(total);
+            } else {
+                buf.reserve_exact(total);
+            }
             for c in &batch {
                 match (c, &deflater) {
                     (Chunk::StartDeflate, _) => deflater = Some(Box::default()),

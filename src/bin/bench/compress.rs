@@ -27,7 +27,7 @@ use super::scenarios::{Figures, Settings};
 use super::server::Server;
 
 /// Times the 500-line page is read, for a CPU figure above the clock's resolution.
-const HISTORY_ROUNDS: usize = 20;
+const HISTORY_ROUNDS: usize = 200;
 /// Users online in the room.
 const ROOM_MEMBERS: usize = 20;
 /// Messages in the room's hour: one every 5 seconds, a busy room.

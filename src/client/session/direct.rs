@@ -128,6 +128,16 @@ impl Session {
         self.direct.stage != Stage::Idle
     }
 
+    /// What the prompt shows of the direct session: ` [direct bob]` while open, ` [direct bob?]`
+    /// while being set up, nothing without one.
+    pub(super) fn direct_prompt(&self) -> String {
+        match &self.direct.stage {
+            Stage::Idle => String::new(),
+            Stage::Open { peer } => format!(" [direct {}]", clean(peer)),
+            stage => format!(" [direct {}?]", clean(stage.peer().unwrap_or(""))),
+        }
+    }
+
     fn direct_send(&mut self, kind: Sent, line: String) -> Effect {
         self.direct.sent.push_back(kind);
         self.send(Pending::Direct, line)

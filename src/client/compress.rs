@@ -21,9 +21,9 @@ const READ_BUF: usize = 16 * 1024;
 /// Longest line the exchange before compression reads (HELLO, the COMPRESS answer).
 const MAX_HANDSHAKE_LINE: usize = 8 * 1024;
 
-/// A stream whose bytes are compressed both ways once [`Deflated::start`] is called; before, and
-/// without it, bytes pass through. Bytes read during the exchange that starts it are given back
-/// first (`replay`).
+/// A stream whose bytes are compressed both ways once [`negotiate`] got the server's OK; before,
+/// and without it, bytes pass through. Bytes read during that exchange are given back first
+/// (`replay`).
 pub struct Deflated {
     inner: Box<dyn Stream>,
     /// Plain bytes to give the reader before anything else (the greeting read before COMPRESS).

@@ -38,13 +38,14 @@ fn model(text: &[u8]) -> Vec<Unit> {
 pub fn check_inflate(data: &[u8]) {
     let mut u = Unstructured::new(data);
     let mode = u.arbitrary::<u8>().unwrap_or(0) % 4;
-    let repeat = usize::from(u.arbitrary::<u8>().unwrap_or(0)) * 64 + 1;
+    // Up to 4096 repeats of 16 bytes: past the line limit, and far more than the input.
+    let repeat = usize::from(u.arbitrary::<u8>().unwrap_or(0)) * 16 + 1;
     let len = u.arbitrary_len::<u8>().unwrap_or(0).min(2048);
     let seed = u.bytes(len).unwrap_or_default().to_vec();
 
     // The text: the seed, its first 16 bytes repeated, then the seed again.
     let mut text = seed.clone();
-    for _ in 0..repeat.min(4096) {
+    for _ in 0..repeat {
         text.extend_from_slice(&seed[..seed.len().min(16)]);
     }
     text.extend_from_slice(&seed);
@@ -112,13 +113,14 @@ pub fn check_inflate(data: &[u8]) {
     }
 }
 
-/// What the server does with the units: the lines before the break run as commands; the break is
-/// answered with `BYE BAD_DEFLATE` alone, and the connection closes.
+/// What the server does with the units: the lines before the break run as commands (the first
+/// few: what they do is the core target's business); the break is answered with `BYE BAD_DEFLATE`
+/// alone, and the connection closes.
 fn check_server_says_bye(units: &[Unit]) {
     let mut sim = Sim::new();
     sim.connect("z");
     sim.output("z");
-    for unit in units {
+    for unit in units.iter().take(8) {
         match unit {
             Unit::Line(l) if !l.contains(&b'\r') => {
                 let mut bytes = l.clone();

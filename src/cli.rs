@@ -14,8 +14,8 @@ use crate::config::{
     DEFAULT_DB, DEFAULT_FRIEND_REQUESTS_PER_HOUR, DEFAULT_HASH_PER_ADDRESS, DEFAULT_HASH_QUEUE,
     DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_INBOX_SHARE, DEFAULT_LINE_BURST, DEFAULT_LINE_RATE,
     DEFAULT_LISTEN, DEFAULT_MAX_COMPRESSED, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS,
-    DEFAULT_MIN_FREE_DISK_MIB, DEFAULT_MSGS_PER_MINUTE, DEFAULT_REGISTRATIONS_PER_HOUR,
-    DEFAULT_STORED_KIB_PER_DAY, SCRYPT_LOG_N,
+    DEFAULT_MAX_ROOM_MEMBERS, DEFAULT_MIN_FREE_DISK_MIB, DEFAULT_MSGS_PER_MINUTE,
+    DEFAULT_REGISTRATIONS_PER_HOUR, DEFAULT_STORED_KIB_PER_DAY, SCRYPT_LOG_N,
 };
 use crate::net::{ServerOptions, TlsSource};
 use crate::peer::Network;
@@ -151,6 +151,10 @@ pub struct Args {
     #[argh(option, default = "SCRYPT_LOG_N")]
     pub scrypt_log_n: u8,
 
+    /// most members of one room; JOIN past it gets ROOM_FULL (default 5000)
+    #[argh(option, default = "DEFAULT_MAX_ROOM_MEMBERS")]
+    pub max_room_members: usize,
+
     /// log level: off, error, warn, info, debug or trace (default info)
     #[argh(option, default = "LevelFilter::Info")]
     pub log_level: LevelFilter,
@@ -191,7 +195,7 @@ pub struct Args {
     pub version: bool,
 }
 
-/// `--direct-announce`: a `HOST:PORT` the protocol accepts (spec 4.26).
+/// `--direct-announce`: a `HOST:PORT` the protocol accepts (spec 4.39).
 fn announce(s: &str) -> Result<String, String> {
     crate::proto::direct::PeerAddress::parse(s)
         .map(|a| a.as_str().to_owned())
@@ -334,6 +338,7 @@ impl TryFrom<Args> for ServerOptions {
             friend_requests_per_hour: args.friend_requests_per_hour,
             max_compressed: args.max_compressed,
             scrypt_log_n: args.scrypt_log_n,
+            max_room_members: args.max_room_members.max(1),
         })
     }
 }
@@ -364,8 +369,8 @@ mod tests {
             )
         );
         assert_eq!(
-            (opts.hash_queue, opts.scrypt_log_n),
-            (DEFAULT_HASH_QUEUE, SCRYPT_LOG_N)
+            (opts.hash_queue, opts.scrypt_log_n, opts.max_room_members),
+            (DEFAULT_HASH_QUEUE, SCRYPT_LOG_N, DEFAULT_MAX_ROOM_MEMBERS)
         );
         assert_eq!(
             (opts.max_per_address, opts.idle_timeout.as_secs()),
@@ -414,6 +419,7 @@ mod tests {
             format!("(default {DEFAULT_MAX_COMPRESSED})"),
             format!("(default {DEFAULT_MIN_FREE_DISK_MIB})"),
             format!("(default {SCRYPT_LOG_N},"),
+            format!("(default {DEFAULT_MAX_ROOM_MEMBERS})"),
         ] {
             assert!(help.contains(&stated), "help lacks {stated:?}:\n{help}");
         }

@@ -73,6 +73,28 @@ pub const DEFAULT_FRIEND_REQUESTS_PER_HOUR: u64 = 20;
 /// Most friends and friend requests (both ways) one account may have; a FRIEND ADD that would
 /// take either side past it gets TOO_MANY_FRIENDS.
 pub const MAX_RELATIONS_PER_ACCOUNT: usize = 1000;
+/// Longest room name after its `#`, in characters (names are ASCII).
+pub const MAX_ROOM_NAME_LEN: usize = 32;
+/// Most rooms one account may be a member of (a room it creates counts).
+pub const MAX_ROOMS_PER_ACCOUNT: usize = 100;
+/// Default most members of one room (an operator setting, `--max-room-members`).
+pub const DEFAULT_MAX_ROOM_MEMBERS: usize = 5_000;
+/// Most accounts on one room's ban list.
+pub const MAX_BANS_PER_ROOM: usize = 100;
+/// Most invitations one room may have waiting.
+pub const MAX_INVITES_PER_ROOM: usize = 100;
+/// Most invitations one account may have waiting, from all rooms together.
+pub const MAX_INVITES_PER_ACCOUNT: usize = 100;
+/// How long an invitation stays valid, in milliseconds: 7 days.
+pub const INVITE_LIFETIME_MS: i64 = 7 * 24 * 60 * 60 * 1000;
+/// Longest room topic in bytes (UTF-8).
+pub const MAX_TOPIC_BYTES: usize = 300;
+/// Longest reason of a PART, KICK or BAN, in bytes (UTF-8).
+pub const MAX_REASON_BYTES: usize = 300;
+/// Most of a room's latest messages a JOIN answers with.
+pub const JOIN_REPLAY: u32 = 20;
+/// Most public rooms ROOMS lists besides the caller's own (the ones with the most members).
+pub const ROOMS_LISTED_PUBLIC: usize = 500;
 /// Most commands of one connection that may be read but not yet answered; the server stops reading
 /// the connection's socket until answers go out (backpressure, nothing is lost).
 pub const MAX_INFLIGHT_PER_CONNECTION: usize = 64;
@@ -87,7 +109,7 @@ pub const ANSWER_PART_MESSAGES: usize = 16;
 /// Names per part of a long USERS answer.
 pub const ANSWER_PART_USERS: usize = 256;
 
-/// DEFLATE level of compressed connections (`COMPRESS DEFLATE`, spec 4.25): zlib's default, a
+/// DEFLATE level of compressed connections (`COMPRESS DEFLATE`, spec 4.38): zlib's default, a
 /// good ratio for chat text at a CPU cost that docs/BENCHMARKS.md measures.
 pub const DEFLATE_LEVEL: u32 = 6;
 /// Bytes inflated at a time from a compressed connection before its lines are framed: however
@@ -97,7 +119,7 @@ pub const INFLATE_CHUNK: usize = 1024;
 /// the spec's limits); beyond it COMPRESS gets SERVER_BUSY. 0 turns compression off.
 pub const DEFAULT_MAX_COMPRESSED: usize = 1000;
 
-/// How long a DIRECT offer waits for its answer, in seconds (spec 4.26); then both sides are told
+/// How long a DIRECT offer waits for its answer, in seconds (spec 4.39); then both sides are told
 /// it expired.
 pub const DIRECT_OFFER_SECS: u64 = 60;
 /// Most DIRECT offers one account may have waiting for an answer; beyond it DIRECT OFFER gets

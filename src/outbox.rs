@@ -33,7 +33,7 @@ const KEPT_QUEUE_CAPACITY: usize = 4;
 pub enum Chunk {
     Owned(Vec<u8>),
     Shared(Arc<[u8]>),
-    /// Everything after this is sent as a DEFLATE stream (`COMPRESS DEFLATE`, spec 4.25); it has
+    /// Everything after this is sent as a DEFLATE stream (`COMPRESS DEFLATE`, spec 4.38); it has
     /// no bytes of its own.
     StartDeflate,
 }

@@ -32,6 +32,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 /// The connection limit of the `limits` server.
 const SMALL_MAX_CONNECTIONS: usize = 12;
+/// The room size limit of the `limits` server.
+const SMALL_MAX_ROOM_MEMBERS: usize = 3;
 /// The limit of connections per address of the `limits` server.
 const SMALL_MAX_PER_ADDRESS: usize = 5;
 /// The idle timeout of the `limits` server: a probe after 1 s, a close after 2 s.
@@ -200,6 +202,7 @@ fn limits() {
     let max = SMALL_MAX_CONNECTIONS.to_string();
     let per_address = SMALL_MAX_PER_ADDRESS.to_string();
     let idle = SHORT_IDLE_TIMEOUT.as_secs().to_string();
+    let room_max = SMALL_MAX_ROOM_MEMBERS.to_string();
     let mut ran = 0;
     for requirement in [
         Requirement::MaxConnections,
@@ -208,6 +211,7 @@ fn limits() {
         Requirement::IdleTimeout,
         Requirement::RateLimits,
         Requirement::SmallQuotas,
+        Requirement::MaxRoomMembers(SMALL_MAX_ROOM_MEMBERS),
     ] {
         let flags: Vec<&str> = match requirement {
             Requirement::MaxConnections => vec!["--scrypt-log-n", "4", "--max-connections", &max],
@@ -232,6 +236,9 @@ fn limits() {
                 "--friend-requests-per-hour",
                 "2",
             ],
+            Requirement::MaxRoomMembers(_) => {
+                vec!["--scrypt-log-n", "4", "--max-room-members", &room_max]
+            }
         };
         let server = Server::start(false, &flags);
         let mut opts = options(&server);
@@ -242,6 +249,7 @@ fn limits() {
             Requirement::IdleTimeout => opts.idle_timeout = Some(SHORT_IDLE_TIMEOUT),
             Requirement::RateLimits => opts.rate_limits = true,
             Requirement::SmallQuotas => opts.small_quotas = true,
+            Requirement::MaxRoomMembers(n) => opts.max_room_members = Some(n),
         }
         let cases = cases_requiring(requirement);
         assert!(!cases.is_empty(), "no case needs {}", requirement.name());

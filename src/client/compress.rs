@@ -1,4 +1,4 @@
-//! `--compress`: the client asks for `COMPRESS DEFLATE` (spec 4.25) right after the greeting, and
+//! `--compress`: the client asks for `COMPRESS DEFLATE` (spec 4.38) right after the greeting, and
 //! then speaks DEFLATE both ways through [`Deflated`], a stream wrapper the rest of the client does
 //! not see.
 //!

@@ -1,4 +1,4 @@
-//! Direct sessions between two bundled clients (spec 4.26): the network side. The server only
+//! Direct sessions between two bundled clients (spec 4.39): the network side. The server only
 //! introduces the two; this module listens, connects and carries the conversation over TLS between
 //! the clients, each checking the other's certificate against the fingerprint the server relayed.
 //!

@@ -1,4 +1,4 @@
-//! COMPRESS (spec 4.25): a connection switches both directions to DEFLATE after its `OK`; and what
+//! COMPRESS (spec 4.38): a connection switches both directions to DEFLATE after its `OK`; and what
 //! happens when a client's DEFLATE stream cannot be inflated (spec 8.4).
 //!
 //! The bytes themselves are compressed and inflated by the connection's reader and writer

@@ -1,4 +1,4 @@
-//! DIRECT (spec 4.26, 5.9): the server introduces two clients that want to talk directly, and
+//! DIRECT (spec 4.39, 5.12): the server introduces two clients that want to talk directly, and
 //! carries nothing of what they then say.
 //!
 //! An offer says where the offering client listens and the fingerprint of the certificate it will

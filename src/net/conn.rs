@@ -332,7 +332,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
             }
             if compress {
                 // COMPRESS is answered once every earlier command is; the bytes after it are
-                // inflated if the answer was OK (spec 4.25).
+                // inflated if the answer was OK (spec 4.38).
                 Box::pin(outbox.all_answered()).await;
                 if outbox.is_closed() {
                     return;

@@ -77,6 +77,8 @@ pub struct ServerOptions {
     pub max_compressed: usize,
     /// scrypt cost of new password hashes, as log2(N).
     pub scrypt_log_n: u8,
+    /// Most members of one room; JOIN beyond it gets `ROOM_FULL`.
+    pub max_room_members: usize,
 }
 
 /// Where the TLS listener's certificate and key come from.

@@ -117,9 +117,10 @@ pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), Server
     let (store, snapshot) = RedbStore::open(&opts.db).map_err(ServerError::Store)?;
     let store = store.with_reserve(opts.min_free_disk_mib.saturating_mul(1024 * 1024));
     log::info!(
-        "database {}: {} accounts, next message id {}",
+        "database {}: {} accounts, {} rooms, next message id {}",
         opts.db.display(),
         snapshot.accounts.len(),
+        snapshot.rooms.len(),
         snapshot.next_id
     );
     let hasher = Hasher::new(opts.scrypt_log_n, SCRYPT_R, SCRYPT_P).map_err(ServerError::Scrypt)?;
@@ -136,6 +137,7 @@ pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), Server
             stored_bytes_per_day: opts.stored_kib_per_day.saturating_mul(1024),
             inbox_share: opts.inbox_share,
             friend_requests_per_hour: opts.friend_requests_per_hour,
+            max_room_members: opts.max_room_members,
             max_compressed: opts.max_compressed,
         },
     };

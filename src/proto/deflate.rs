@@ -1,4 +1,4 @@
-//! The DEFLATE layer of `COMPRESS DEFLATE` (spec 4.25, 8.4): raw DEFLATE (RFC 1951) in both
+//! The DEFLATE layer of `COMPRESS DEFLATE` (spec 4.38, 8.4): raw DEFLATE (RFC 1951) in both
 //! directions, with no IO of its own.
 //!
 //! - [`Deflater`] compresses what one write sends and ends it with a sync flush, so the peer can

@@ -1,4 +1,4 @@
-//! The values of DIRECT (spec 4.26, 5.9): where a client listens for a direct session, and the
+//! The values of DIRECT (spec 4.39, 5.12): where a client listens for a direct session, and the
 //! fingerprint of the certificate it will show there. Both validate at construction, so a value
 //! the server relays is always one a client can use.
 

@@ -1,4 +1,4 @@
-//! The `compress` scenario: what `COMPRESS DEFLATE` (spec 4.25) saves on the wire and costs the
+//! The `compress` scenario: what `COMPRESS DEFLATE` (spec 4.38) saves on the wire and costs the
 //! server, each figure measured once uncompressed and once compressed on the same data:
 //!
 //! - `history500`: a 500-line HISTORY page of varied chat text, read `HISTORY_ROUNDS` times;

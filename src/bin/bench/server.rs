@@ -258,6 +258,7 @@ pub fn serve_child(db: PathBuf) -> ExitCode {
         friend_requests_per_hour: chatd::config::DEFAULT_FRIEND_REQUESTS_PER_HOUR,
         max_compressed: chatd::config::DEFAULT_MAX_COMPRESSED,
         scrypt_log_n: SCRYPT_LOG_N,
+        max_room_members: chatd::config::DEFAULT_MAX_ROOM_MEMBERS,
     };
     match net::run(opts, control_rx) {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,4 +1,4 @@
-//! The session's side of direct sessions (spec 4.26): which offers wait for the user, where the
+//! The session's side of direct sessions (spec 4.39): which offers wait for the user, where the
 //! user's own offer or answer stands, and the lines typed before the session opens. No IO: the
 //! shell does the networking ([`DirectAction`]) and reports back (`on_direct_*`).
 //!

@@ -434,6 +434,9 @@ fn friends_and_presence_cross_nodes() {
     );
     // bob sees alice online, though on another node.
     assert_eq!(b.read_line(), format!("PRESENCE {alice} ONLINE"));
+    // Node 0 has applied the friendship before bob leaves (presence travels beside the log, so
+    // a node learns of a friendship and of a presence change in either order).
+    nodes[0].barrier();
     // bob leaves node 1: alice, on node 0, is told; he comes back on node 2: told again.
     b.expect("QUIT", "OK QUIT");
     a.read_until(|l| *l == format!("PRESENCE {bob} OFFLINE"));
@@ -646,19 +649,28 @@ fn stopping_one_of_three_nats_servers_under_load_loses_nothing_acknowledged() {
     let target = unique("target");
     b.connect().register(&target);
     let sender = unique("sender");
-    let mut s = a.connect();
-    s.register(&sender);
-    s.login(&sender);
+    let mut c = a.connect();
+    c.register(&sender);
+    c.login(&sender);
+    // A publish caught by the failover waits for a new leader and is tried again with the same
+    // entry id: its answer may take longer than the harness's wait for a line, so this
+    // connection reads with a wait of its own (bounded).
+    let mut s = std::io::BufReader::new(c.writer());
+    s.get_ref().set_read_timeout(Some(6 * TIMEOUT)).unwrap();
+    let mut w = c.writer();
     let mut acked = BTreeMap::new();
     for i in 0..300 {
         if i == 100 {
             nats.kill(0);
         }
         let text = format!("load {i}");
-        s.send(&format!("MSG {target} {text}"));
-        // A publish caught by the failover waits for a new leader; the node tries it again with
-        // the same entry id, and answers once it is in.
-        let reply = s.read_line();
+        use std::io::{BufRead, Write};
+        w.write_all(format!("MSG {target} {text}\n").as_bytes())
+            .unwrap();
+        let mut reply = String::new();
+        s.read_line(&mut reply)
+            .expect("an answer during the failover");
+        let reply = reply.trim_end().to_owned();
         if reply.starts_with("OK MSG ") {
             acked.insert(parse_ok_id(&reply, "MSG"), text);
         }

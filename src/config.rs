@@ -49,6 +49,17 @@ pub const MAX_AWAY_BYTES: usize = 200;
 /// at least this old (ten minutes): a wave of disconnections writes little, and after a restart
 /// last seen is at most this early.
 pub const LAST_SEEN_WRITE_INTERVAL_MS: i64 = 10 * 60 * 1000;
+/// Longest reason an operator may give to SUSPEND or KILL, in bytes (UTF-8).
+pub const MAX_REASON_BYTES: usize = 200;
+/// Most admin accounts the server may be given (`--admin`, repeated).
+pub const MAX_ADMINS: usize = 64;
+/// The accounts a demo server starts with, and their passwords (`--demo`): a first-run tour.
+/// These passwords are shorter than the password rule allows, which only demo mode accepts.
+pub const DEMO_ACCOUNTS: &[(&str, &str)] = &[
+    ("alice", "alice123"),
+    ("bob", "bob123"),
+    ("charlie", "charlie123"),
+];
 /// Most accounts one account may block; BLOCK beyond it is refused (TOO_MANY_BLOCKS).
 pub const MAX_BLOCKS_PER_ACCOUNT: usize = 1000;
 /// Default share of one sender in one recipient's offline inbox: messages from one sender waiting

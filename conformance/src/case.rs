@@ -46,6 +46,14 @@ pub enum Requirement {
     /// The server's quotas per account are small and known (`--small-quotas`): 60 messages a
     /// minute, 16 KiB stored a day, a share of 5 in an offline inbox, 2 friend requests an hour.
     SmallQuotas,
+    /// An admin account of the server is given (`--admin NAME:PASSWORD`); enables the operator
+    /// commands' cases.
+    Admin,
+    /// The suite may send what reaches every user online, `ALL` and `ANNOUNCE` (`--broadcast`):
+    /// on a shared server, only when its users expect it.
+    Broadcast,
+    /// The server's registration is closed (`--registration-closed`); needs an admin too.
+    RegistrationClosed,
 }
 
 impl Requirement {
@@ -58,6 +66,9 @@ impl Requirement {
             Requirement::IdleTimeout => "idle-timeout",
             Requirement::RateLimits => "rate-limits",
             Requirement::SmallQuotas => "small-quotas",
+            Requirement::Admin => "admin",
+            Requirement::Broadcast => "broadcast",
+            Requirement::RegistrationClosed => "registration-closed",
         }
     }
 }
@@ -102,6 +113,8 @@ pub enum StepKind {
     ExpectClose { client: String },
     /// Register a fresh account and log in with it, expecting an empty backlog.
     Signup { client: String, account: Template },
+    /// Log in as the server's admin (`--admin`) and read up to the end of the login's backlog.
+    Admin { client: String },
     /// Open connections until the server refuses one; the refused connection becomes `client`.
     Saturate { client: String },
 }
@@ -249,6 +262,9 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Vec<Case>, ParseError> {
                 "idle-timeout" => b.case.requires.push(Requirement::IdleTimeout),
                 "rate-limits" => b.case.requires.push(Requirement::RateLimits),
                 "small-quotas" => b.case.requires.push(Requirement::SmallQuotas),
+                "admin" => b.case.requires.push(Requirement::Admin),
+                "broadcast" => b.case.requires.push(Requirement::Broadcast),
+                "registration-closed" => b.case.requires.push(Requirement::RegistrationClosed),
                 other => {
                     return Err(err(format!(
                         "unknown requirement {other:?} (known: max-connections, busy-hashing, \
@@ -488,6 +504,12 @@ fn parse_step(line: &str, b: &mut CaseBuilder) -> Result<StepKind, String> {
             client,
             account: template(account, Mode::Send)?,
         }),
+        ["admin"] => {
+            if !b.case.requires.contains(&Requirement::Admin) {
+                return Err("`admin` needs `requires admin` first".into());
+            }
+            Ok(StepKind::Admin { client })
+        }
         _ => Err(format!("unknown step {line:?}")),
     }
 }

@@ -527,6 +527,12 @@ impl Session {
                     format!("  {} (blocked)", clean(name)),
                 )]
             }
+            ServerLine::Stat { name, value } => {
+                vec![note(NoteKind::Plain, format!("  {name} {value}"))]
+            }
+            ServerLine::Notice { text } => {
+                vec![note(NoteKind::Info, format!("NOTICE: {}", clean(text)))]
+            }
             ServerLine::Other(raw) => {
                 vec![note(NoteKind::Plain, format!("server: {}", clean(raw)))]
             }

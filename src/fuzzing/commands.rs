@@ -5,7 +5,8 @@ use arbitrary::{Error, Result, Unstructured};
 
 use crate::config::{
     HISTORY_MAX_COUNT, MAX_AWAY_BYTES, MAX_GROUP_RECIPIENTS, MAX_LABEL_LEN, MAX_LINE_BYTES,
-    MAX_NAME_LEN, MAX_PASSWORD_BYTES, MAX_PING_TOKEN_BYTES, MAX_TEXT_BYTES, MAX_TOKEN_LABEL_BYTES,
+    MAX_NAME_LEN, MAX_PASSWORD_BYTES, MAX_PING_TOKEN_BYTES, MAX_REASON_BYTES, MAX_TEXT_BYTES,
+    MAX_TOKEN_LABEL_BYTES,
 };
 use crate::proto::command::{
     parse, Command, Dms, FriendOp, HistoryTarget, Page, Request, Revoke, Verb, COMMANDS,
@@ -335,6 +336,28 @@ pub fn arbitrary_request(u: &mut Unstructured<'_>) -> Result<Request> {
         } else {
             Revoke::One(id(u)?)
         }),
+        Verb::Announce => Command::Announce { text: text(u)? },
+        Verb::Suspend | Verb::Kill => {
+            let name = name(u)?;
+            let reason = if u.arbitrary()? {
+                let r = string_from(u, TEXT_CHARS, 1, 40)?;
+                check_text_within(&r, MAX_REASON_BYTES).map_err(|_| Error::IncorrectFormat)?;
+                Some(r)
+            } else {
+                None
+            };
+            if verb == Verb::Suspend {
+                Command::Suspend { name, reason }
+            } else {
+                Command::Kill { name, reason }
+            }
+        }
+        Verb::Unsuspend => Command::Unsuspend { name: name(u)? },
+        Verb::Stats => Command::Stats,
+        Verb::Adduser => Command::Adduser {
+            name: name(u)?,
+            password: password(u)?,
+        },
     };
     Ok(Request { label, command })
 }

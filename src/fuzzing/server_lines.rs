@@ -195,6 +195,22 @@ fn ok_reply<'a>(
         Verb::Dms => OkReply::Dms {
             policy: *u.choose(&[Dms::Friends, Dms::Everyone])?,
         },
+        Verb::Announce => OkReply::Announce {
+            delivered: u.arbitrary()?,
+        },
+        Verb::Suspend => OkReply::Suspend {
+            name: n(u)?,
+            closed: u.arbitrary()?,
+        },
+        Verb::Unsuspend => OkReply::Unsuspend { name: n(u)? },
+        Verb::Kill => OkReply::Kill {
+            name: n(u)?,
+            closed: u.arbitrary()?,
+        },
+        Verb::Stats => OkReply::Stats {
+            count: u.arbitrary()?,
+        },
+        Verb::Adduser => OkReply::Adduser { name: n(u)? },
     })
 }
 
@@ -232,7 +248,25 @@ fn encoded_line_parses(u: &mut Unstructured<'_>) -> Result<()> {
     // The server's probe token is a number.
     let probe = id(u)?.to_string();
     let one = names[0].as_str();
-    let line = match u.int_in_range(0..=17u8)? {
+    let stat_name = {
+        let n = u.int_in_range(0..=20usize)?;
+        let pool = b"abcdefghijklmnopqrstuvwxyz0123456789_";
+        let mut s = String::from("s");
+        for _ in 0..n {
+            s.push(char::from(*u.choose(pool)?));
+        }
+        s
+    };
+    let stat_value = if u.arbitrary()? {
+        u.arbitrary::<u64>()?.to_string()
+    } else {
+        format!(
+            "{}.{:06}",
+            u.arbitrary::<u32>()?,
+            u.int_in_range(0..=999_999u32)?
+        )
+    };
+    let line = match u.int_in_range(0..=18u8)? {
         0 => {
             let verb = verb(u)?;
             ServerLine::Ok {
@@ -331,6 +365,11 @@ fn encoded_line_parses(u: &mut Unstructured<'_>) -> Result<()> {
             label: if u.arbitrary()? { &body } else { "" },
         }),
         15 => ServerLine::Ping { token: &probe },
+        16 => ServerLine::Notice { text: &body },
+        17 => ServerLine::Stat {
+            name: &stat_name,
+            value: &stat_value,
+        },
         _ => ServerLine::Hello {
             software: "chatd",
             version: &version,

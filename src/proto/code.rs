@@ -116,6 +116,16 @@ codes! {
     NOT_BLOCKED,
     /// BLOCK when the account already blocks the most accounts it may.
     TOO_MANY_BLOCKS,
+    /// An operator command from an account that is not one of the server's admins.
+    NOT_ADMIN,
+    /// LOGIN or RESUME of an account an operator has suspended.
+    SUSPENDED,
+    /// SUSPEND of an account already suspended.
+    ALREADY_SUSPENDED,
+    /// UNSUSPEND of an account that is not suspended.
+    NOT_SUSPENDED,
+    /// REGISTER while the server's registration is closed (admins create accounts with ADDUSER).
+    REGISTRATION_CLOSED,
     /// The server failed internally; the details are in its log.
     INTERNAL_ERROR,
 }
@@ -152,6 +162,10 @@ pub enum ByeCode {
     REVOKED,
     /// The connection's account was deleted from another connection.
     ACCOUNT_DELETED,
+    /// An operator suspended the connection's account.
+    ACCOUNT_SUSPENDED,
+    /// An operator closed the account's connections.
+    KILLED,
 }
 
 impl ByeCode {
@@ -164,6 +178,8 @@ impl ByeCode {
         ByeCode::IDLE_TIMEOUT,
         ByeCode::REVOKED,
         ByeCode::ACCOUNT_DELETED,
+        ByeCode::ACCOUNT_SUSPENDED,
+        ByeCode::KILLED,
     ];
 
     /// The code as it appears on the wire.
@@ -176,6 +192,8 @@ impl ByeCode {
             ByeCode::IDLE_TIMEOUT => "IDLE_TIMEOUT",
             ByeCode::REVOKED => "REVOKED",
             ByeCode::ACCOUNT_DELETED => "ACCOUNT_DELETED",
+            ByeCode::ACCOUNT_SUSPENDED => "ACCOUNT_SUSPENDED",
+            ByeCode::KILLED => "KILLED",
         }
     }
 

@@ -17,8 +17,8 @@ use super::code::Code;
 use super::name::{check_label, check_text, check_text_within, Name, Password, TextError};
 use super::token::{parse_id, DeviceToken};
 use crate::config::{
-    HISTORY_MAX_COUNT, MAX_AWAY_BYTES, MAX_GROUP_RECIPIENTS, MAX_PING_TOKEN_BYTES, MAX_TEXT_BYTES,
-    MAX_TOKEN_LABEL_BYTES,
+    HISTORY_MAX_COUNT, MAX_AWAY_BYTES, MAX_GROUP_RECIPIENTS, MAX_PING_TOKEN_BYTES,
+    MAX_REASON_BYTES, MAX_TEXT_BYTES, MAX_TOKEN_LABEL_BYTES,
 };
 
 /// A command word.
@@ -48,6 +48,12 @@ pub enum Verb {
     Dms,
     Away,
     Whois,
+    Announce,
+    Suspend,
+    Unsuspend,
+    Kill,
+    Stats,
+    Adduser,
 }
 
 /// How many space-separated arguments a command takes, checked before any of them is parsed.
@@ -148,6 +154,24 @@ pub const COMMANDS: &[Syntax] = &[
     row(Verb::Dms, "DMS", "DMS [FRIENDS|EVERYONE]", 0, Some(1)),
     row(Verb::Away, "AWAY", "AWAY [<text>]", 0, None),
     row(Verb::Whois, "WHOIS", "WHOIS <name>", 1, Some(1)),
+    row(Verb::Announce, "ANNOUNCE", "ANNOUNCE <text>", 1, None),
+    row(
+        Verb::Suspend,
+        "SUSPEND",
+        "SUSPEND <name> [<reason>]",
+        1,
+        None,
+    ),
+    row(Verb::Unsuspend, "UNSUSPEND", "UNSUSPEND <name>", 1, Some(1)),
+    row(Verb::Kill, "KILL", "KILL <name> [<reason>]", 1, None),
+    row(Verb::Stats, "STATS", "STATS", 0, Some(0)),
+    row(
+        Verb::Adduser,
+        "ADDUSER",
+        "ADDUSER <name> <password>",
+        2,
+        Some(2),
+    ),
 ];
 
 impl Verb {
@@ -198,13 +222,38 @@ impl Verb {
         }
         let mut args = Tokens(rest);
         Ok(match self {
-            Verb::Register => {
+            Verb::Register | Verb::Adduser => {
                 let (n, p) = (args.need()?, args.need()?);
                 let name = Name::parse(n).map_err(|e| Refusal(Code::BAD_NAME, e.into()))?;
                 let password =
                     Password::parse(p).map_err(|e| Refusal(Code::BAD_PASSWORD, e.into()))?;
-                Command::Register { name, password }
+                if self == Verb::Register {
+                    Command::Register { name, password }
+                } else {
+                    Command::Adduser { name, password }
+                }
             }
+            Verb::Announce => {
+                let text = args.text().ok_or_else(missing)?;
+                text_ok(text)?;
+                Command::Announce {
+                    text: text.to_owned(),
+                }
+            }
+            Verb::Suspend | Verb::Kill => {
+                let name =
+                    Name::parse(args.need()?).map_err(|e| Refusal(Code::BAD_NAME, e.into()))?;
+                let reason = optional_text(&mut args, MAX_REASON_BYTES, "a reason")?;
+                if self == Verb::Suspend {
+                    Command::Suspend { name, reason }
+                } else {
+                    Command::Kill { name, reason }
+                }
+            }
+            Verb::Unsuspend => Command::Unsuspend {
+                name: Name::parse(args.need()?).map_err(|e| Refusal(Code::BAD_NAME, e.into()))?,
+            },
+            Verb::Stats => Command::Stats,
             Verb::Login => Command::Login {
                 name: args.need()?.to_owned(),
                 password: Password::unchecked(args.need()?),
@@ -788,6 +837,31 @@ pub enum Command {
     Whois {
         name: Name,
     },
+    /// A server notice to every connection (an admin's).
+    Announce {
+        text: String,
+    },
+    /// Lock an account until UNSUSPEND (an admin's).
+    Suspend {
+        name: Name,
+        reason: Option<String>,
+    },
+    /// Lift a suspension (an admin's).
+    Unsuspend {
+        name: Name,
+    },
+    /// Close every connection of an account (an admin's).
+    Kill {
+        name: Name,
+        reason: Option<String>,
+    },
+    /// The server's figures (an admin's).
+    Stats,
+    /// Create an account, also while registration is closed (an admin's).
+    Adduser {
+        name: Name,
+        password: Password,
+    },
 }
 
 impl Command {
@@ -818,6 +892,12 @@ impl Command {
             Command::Dms(_) => Verb::Dms,
             Command::Away { .. } => Verb::Away,
             Command::Whois { .. } => Verb::Whois,
+            Command::Announce { .. } => Verb::Announce,
+            Command::Suspend { .. } => Verb::Suspend,
+            Command::Unsuspend { .. } => Verb::Unsuspend,
+            Command::Kill { .. } => Verb::Kill,
+            Command::Stats => Verb::Stats,
+            Command::Adduser { .. } => Verb::Adduser,
         }
     }
 }
@@ -837,10 +917,18 @@ impl Request {
             s.push_str(a);
         };
         match &self.command {
-            Command::Register { name, password } => {
+            Command::Register { name, password } | Command::Adduser { name, password } => {
                 arg(name.as_str());
                 arg(password.expose());
             }
+            Command::Announce { text } => arg(text),
+            Command::Suspend { name, reason } | Command::Kill { name, reason } => {
+                arg(name.as_str());
+                if let Some(r) = reason {
+                    arg(r);
+                }
+            }
+            Command::Unsuspend { name } => arg(name.as_str()),
             Command::Login { name, password } => {
                 arg(name);
                 arg(password.expose());
@@ -850,7 +938,11 @@ impl Request {
                 arg(new.expose());
             }
             Command::Unregister { password } => arg(password.expose()),
-            Command::Logout | Command::Users | Command::Tokens | Command::Blocks => {}
+            Command::Logout
+            | Command::Users
+            | Command::Tokens
+            | Command::Blocks
+            | Command::Stats => {}
             Command::Block { name } | Command::Unblock { name } | Command::Whois { name } => {
                 arg(name.as_str())
             }
@@ -1034,6 +1126,19 @@ mod tests {
         assert_eq!(code("WHOIS"), Code::MISSING_ARGUMENT);
         assert_eq!(code("WHOIS a b"), Code::TOO_MANY_ARGUMENTS);
         assert_eq!(code("WHOIS *"), Code::BAD_NAME);
+        assert_eq!(code("ANNOUNCE"), Code::MISSING_ARGUMENT);
+        assert_eq!(code("ANNOUNCE \u{202e}x"), Code::BAD_TEXT);
+        assert_eq!(code("SUSPEND"), Code::MISSING_ARGUMENT);
+        assert_eq!(code("SUSPEND 9x spam"), Code::BAD_NAME);
+        assert_eq!(
+            code(&format!("SUSPEND x {}", "r".repeat(MAX_REASON_BYTES + 1))),
+            Code::TEXT_TOO_LONG
+        );
+        assert_eq!(code("KILL x bad\u{7}"), Code::BAD_TEXT);
+        assert_eq!(code("UNSUSPEND a b"), Code::TOO_MANY_ARGUMENTS);
+        assert_eq!(code("STATS now"), Code::TOO_MANY_ARGUMENTS);
+        assert_eq!(code("ADDUSER a"), Code::MISSING_ARGUMENT);
+        assert_eq!(code("ADDUSER a short"), Code::BAD_PASSWORD);
     }
 
     #[test]
@@ -1138,6 +1243,14 @@ mod tests {
             "AWAY",
             "AWAY  gone  fishing ",
             "WHOIS Bob",
+            "ANNOUNCE  maintenance at 5 ",
+            "SUSPEND mallory",
+            "SUSPEND mallory spam,  again",
+            "UNSUSPEND mallory",
+            "KILL mallory",
+            "KILL mallory stuck client",
+            "STATS",
+            "ADDUSER Dave password1",
         ];
         for l in lines {
             let r = parse(l).unwrap().unwrap();

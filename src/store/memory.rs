@@ -223,6 +223,10 @@ impl State {
                 self.profile(user, |p| p.last_seen_ms = Some(*ms));
                 StoreReply::Done
             }
+            StoreOp::SetSuspended { user, suspension } => {
+                self.profile(user, |p| p.suspended = suspension.clone());
+                StoreReply::Done
+            }
             StoreOp::ReadMessages { ids } => self.messages_by_id(ids),
         }
     }
@@ -236,6 +240,9 @@ impl State {
             } => self.page(conv, *count, *cursor),
             ReadOp::Backlog { user } => self.backlog(user),
             ReadOp::Messages { ids } => self.messages_by_id(ids),
+            ReadOp::Backup { .. } => StoreReply::Unreadable(super::Unreadable::Unavailable(
+                "an in-memory store has no file to copy".into(),
+            )),
         }
     }
 

@@ -778,4 +778,100 @@ mod tests {
             Some(TlsSource::SelfSigned { dir: ".".into() })
         );
     }
+
+    fn merged(args: &[&str], env: &[(&str, &str)]) -> Vec<String> {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        with_env(&args, |k| {
+            env.iter()
+                .find(|(name, _)| *name == k)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+
+    #[test]
+    fn the_environment_fills_in_what_the_command_line_does_not_say() {
+        let env = [
+            ("CHATD_LISTEN", "0.0.0.0:7878"),
+            ("CHATD_DB", "/data/chatd.redb"),
+            ("CHATD_TLS_GENERATE", "yes"),
+            ("CHATD_NO_PLAIN", "0"),
+            ("CHATD_ADMIN", "root, ops"),
+            ("CHATD_EXEMPT", ""),
+        ];
+        assert_eq!(
+            merged(&["--db", "/elsewhere.redb"], &env),
+            [
+                "--listen",
+                "0.0.0.0:7878",
+                "--tls-generate",
+                "--admin",
+                "root",
+                "--admin",
+                "ops",
+                "--db",
+                "/elsewhere.redb"
+            ]
+        );
+        // A repeated option given on the command line replaces the whole list.
+        assert_eq!(
+            merged(&["--admin", "x"], &[("CHATD_ADMIN", "root")]),
+            ["--admin", "x"]
+        );
+        // The tools take the database from the environment, after their name.
+        assert_eq!(
+            merged(&["check"], &env),
+            ["check", "--db", "/data/chatd.redb"]
+        );
+        assert_eq!(merged(&["health", "h:1"], &env), ["health", "h:1"]);
+        let args = parse(
+            &merged(&[], &env)
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+        assert_eq!(args.listen, "0.0.0.0:7878");
+        assert_eq!(args.admin.len(), 2);
+    }
+
+    /// Every option `--help` lists can come from the environment, and the table names no option
+    /// that does not exist.
+    #[test]
+    fn every_option_has_its_variable() {
+        let help = match Args::from_args(&["chatd"], &["--help"]) {
+            Err(early) => early.output,
+            Ok(_) => panic!("--help parses to help"),
+        };
+        let listed: std::collections::BTreeSet<&str> = help
+            .lines()
+            .filter_map(|l| l.trim_start().strip_prefix("--"))
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|o| *o != "help" && *o != "version")
+            .collect();
+        let table: std::collections::BTreeSet<&str> = ENV_OPTIONS.iter().map(|(o, _)| *o).collect();
+        assert_eq!(listed, table);
+        assert!(
+            help.contains("CHATD_LISTEN"),
+            "--help documents the environment"
+        );
+    }
+
+    #[test]
+    fn admins_registration_and_demo() {
+        let opts = server(&["--admin", "root", "--registration", "closed"]).unwrap();
+        assert_eq!(opts.admins.len(), 1);
+        assert!(opts.registration_closed);
+        assert!(parse(&["--admin", "9x"]).is_err());
+        assert!(parse(&["--registration", "maybe"]).is_err());
+        assert_eq!(
+            server(&["--demo", "--db", "x.redb"]).unwrap_err(),
+            UsageError::DemoWithDb
+        );
+        let demo = server(&["--demo"]).unwrap().demo.unwrap();
+        assert_eq!(demo.len(), DEMO_ACCOUNTS.len());
+        // The demo's passwords are shorter than the rule: only demo mode may have them.
+        assert!(demo
+            .iter()
+            .any(|(_, p)| crate::proto::name::Password::parse(p).is_err()));
+    }
 }

@@ -356,3 +356,91 @@ fn check_tables(txn: &ReadTransaction, r: &mut Report) -> Result<(), redb::Error
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{AccountRecord, MessageRecord, Store, StoreOp, To};
+
+    fn filled(path: &Path) {
+        let (mut store, _) = crate::store::redb::RedbStore::open(path).unwrap();
+        let mut ops = vec![StoreOp::CreateAccount(AccountRecord {
+            name: "Ann".into(),
+            phc: "h".into(),
+            created_ms: 0,
+        })];
+        for id in 1..=3 {
+            ops.push(StoreOp::AppendMessage {
+                msg: MessageRecord {
+                    id,
+                    time_ms: 0,
+                    from: "Ann".into(),
+                    to: To::User("Ann".into()),
+                    text: format!("m{id}"),
+                },
+                pending_for: vec!["ann".into()],
+            });
+        }
+        store.write(&ops).unwrap();
+    }
+
+    #[test]
+    fn a_copy_holds_every_table_and_is_never_written_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, to) = (dir.path().join("a.redb"), dir.path().join("b.redb"));
+        filled(&src);
+        let db = Database::open(&src).unwrap();
+        let txn = db.begin_read().unwrap();
+        let summary = copy(&txn, &to, &src).unwrap();
+        assert_eq!(
+            (summary.accounts, summary.messages, summary.last_id),
+            (1, 3, 3)
+        );
+        assert_eq!(table_sizes(&txn).unwrap().len(), tables::NAMES.len());
+        let again = copy(&txn, &to, &src).unwrap_err();
+        assert!(again.to_string().contains("exists already"), "{again}");
+        assert!(!partial_name(&to).exists());
+        drop(txn);
+        drop(db);
+        let report = check(&to).unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        assert_eq!(report.summary.messages, 3);
+    }
+
+    /// The check names each problem: an index entry without its message, a message missing from
+    /// its conversation, a record that does not decode.
+    #[test]
+    fn check_says_what_is_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.redb");
+        filled(&path);
+        {
+            let db = Database::open(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            let messages: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
+            let conversations: TableDefinition<(&str, u64), ()> =
+                TableDefinition::new("conversations");
+            txn.open_table(messages).unwrap().remove(2).unwrap();
+            txn.open_table(messages)
+                .unwrap()
+                .insert(3, [9u8, 9].as_slice())
+                .unwrap();
+            txn.open_table(conversations)
+                .unwrap()
+                .insert(("zz", 7), ())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let report = check(&path).unwrap();
+        let all = report.problems.join("\n");
+        assert!(
+            all.contains("the offline backlog of \"ann\" names message 2"),
+            "{all}"
+        );
+        assert!(all.contains("message 3:"), "{all}");
+        assert!(
+            all.contains("names message 7, which is not stored"),
+            "{all}"
+        );
+    }
+}

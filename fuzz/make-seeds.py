@@ -212,10 +212,18 @@ def line_framing():
 
 # ---- core: operations in the layout check_core reads ---------------------------------------------
 VERBS = ["REGISTER", "LOGIN", "LOGIN", "LOGOUT", "QUIT", "HELP", "PING", "MSG", "MSG", "GROUP",
-         "ALL", "USERS", "HISTORY", "HISTORY", "FRIEND", "DANCE", ""]
+         "ALL", "USERS", "HISTORY", "HISTORY", "FRIEND", "DANCE", "", "TOKEN", "RESUME", "RESUME",
+         "TOKENS", "REVOKE", "PASSWORD", "UNREGISTER", "BLOCK", "BLOCK", "UNBLOCK", "BLOCKS", "DMS",
+         "AWAY", "WHOIS", "JOIN", "JOIN", "PART", "ROOMS", "MEMBERS", "TOPIC", "INVITE", "KICK",
+         "BAN", "UNBAN", "ROLE", "ROOM", "ROOM", "READ"]
 NAMES = ["a", "b", "c", "d", "A", "Bee", "zed", "9x"]
+ROOMS = ["#r", "#R", "#s", "#t", "#bad!", "r"]
 FRIEND_SUBS = ["ADD", "ACCEPT", "deny", "REMOVE", "LIST", "HUG", ""]
+ROOM_SUBS = ["INFO", "PRIVATE", "private", "PUBLIC", "DELETE", "SHOW"]
+ROLES = ["OWNER", "op", "MEMBER", "ADMIN"]
 NO, YES = 1, 0  # ratio(1, d) is true for a byte of 0, false for 1
+# ratio(2, d) reads a byte b as b % d + 1 <= 2: true for 0, false for 2
+NO2 = 2
 
 
 def n(name):
@@ -243,17 +251,29 @@ def login(name, right=True):
     return line("LOGIN", n(name) + bytes([4 if right else 0]))
 
 
+def r(room):
+    return bytes([ROOMS.index(room)])
+
+
 def msg(to, kind="hi"):
-    return line("MSG", n(to) + text(kind))
+    if to.startswith("#"):
+        return line("MSG", bytes([YES]) + r(to) + text(kind))
+    return line("MSG", bytes([NO2]) + n(to) + text(kind))
 
 
 def group(names, kind="hi"):
     return line("GROUP", bytes([len(names) - 1]) + b"".join(n(x) for x in names) + text(kind))
 
 
-def history(target):
-    head = bytes([YES]) if target == "*" else bytes([NO]) + n(target)
-    return line("HISTORY", head + bytes([1, 0]))  # count " 1", no cursor
+def history(target, count=1):
+    """count is an index into the counts: 0 none, 1 " 1", 2 " 3"."""
+    if target == "*":
+        head = bytes([0])
+    elif target.startswith("#"):
+        head = bytes([1]) + r(target)
+    else:
+        head = bytes([2]) + n(target)
+    return line("HISTORY", head + bytes([count, 0]))  # no cursor
 
 
 def friend(sub, name=None):
@@ -263,8 +283,46 @@ def friend(sub, name=None):
     return line("FRIEND", args)
 
 
+def join(room):
+    return line("JOIN", r(room))
+
+
+def part(room):
+    return line("PART", r(room) + bytes([1]))  # " bye"
+
+
+def topic(room, which=1):
+    """which: 0 show, 1 " a topic", 2 " -"."""
+    return line("TOPIC", r(room) + bytes([which]))
+
+
+def on_member(verb, room, name, suffix=None):
+    """INVITE, UNBAN (no suffix), KICK, BAN (suffix 0: none, 1: " go away")."""
+    args = r(room) + n(name)
+    if suffix is not None:
+        args += bytes([suffix])
+    return line(verb, args)
+
+
+def role(room, name, which):
+    return line("ROLE", bytes([ROLES.index(which)]) + r(room) + n(name))
+
+
+def room_cmd(sub, room):
+    return line("ROOM", bytes([ROOM_SUBS.index(sub)]) + r(room))
+
+
+def read(target, which=2):
+    """which: 0 none, 1 " 1", 2 " 3", 3 " 99"."""
+    if target.startswith("#"):
+        head = bytes([YES]) + r(target)
+    else:
+        head = bytes([NO2]) + n(target)
+    return line("READ", head + bytes([which]))
+
+
 def simple(verb):
-    extra = {"QUIT": bytes([0]), "HELP": bytes([0]), "PING": bytes([1])}.get(verb, b"")
+    extra = {"QUIT": bytes([0]), "HELP": bytes([0]), "PING": bytes([1]), "MEMBERS": r("#r")}.get(verb, b"")
     return line(verb, extra)
 
 
@@ -369,6 +427,42 @@ def core():
         send(2, login("c"), history("a")),
     ])
     write("core", "races", races)
+
+    # A moderated private room: invitations, a ban and its lift, a kick, roles, history, read
+    # markers; then the same room deleted and created again.
+    rooms = b"".join([
+        connect(0), connect(1), connect(2),
+        send(0, register("a"), register("b"), register("c")),
+        send(0, login("a"), join("#r"), msg("#r", "hi")),
+        send(0, room_cmd("PRIVATE", "#r"), msg("#r", 0), on_member("INVITE", "#r", "b")),
+        send(1, login("b"), join("#R"), history("#r", 2)),
+        send(0, on_member("BAN", "#r", "c", 1), msg("#r", "hi"), role("#r", "b", "op")),
+        send(2, login("c"), join("#r"), msg("#r", "hi")),
+        send(1, on_member("UNBAN", "#r", "c"), on_member("INVITE", "#r", "c"), read("#r")),
+        send(2, join("#r"), history("#r"), part("#r")),
+        send(1, on_member("KICK", "#r", "a", 0), topic("#r"), simple("ROOMS")),
+        send(0, room_cmd("INFO", "#r"), line("MEMBERS", r("#r")), room_cmd("DELETE", "#r")),
+        send(2, join("#r"), msg("#r", "hi"), read("a", 3)),
+    ])
+    write("core", "rooms", rooms)
+
+    # A message to a private room committed while someone joins, and one committed while its
+    # room is deleted.
+    room_races = b"".join([
+        connect(0), connect(1),
+        send(0, register("a"), register("b"), login("a")),
+        send(0, join("#s"), room_cmd("PRIVATE", "#s"), on_member("INVITE", "#s", "b")),
+        send(1, login("b")),
+        queue(0, msg("#s", "hi")),
+        queue(1, join("#s")),
+        step(),
+        queue(1, history("#s")),
+        queue(0, room_cmd("DELETE", "#s")),
+        queue(1, msg("#s", "hi")),
+        step(),
+        send(1, join("#s"), msg("#s", "hi")),
+    ])
+    write("core", "room-races", room_races)
 
 
 def main():

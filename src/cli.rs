@@ -16,9 +16,9 @@ use crate::client::ClientOptions;
 use crate::config::{
     DEFAULT_DB, DEFAULT_FRIEND_REQUESTS_PER_HOUR, DEFAULT_HASH_PER_ADDRESS, DEFAULT_HASH_QUEUE,
     DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_INBOX_SHARE, DEFAULT_LINE_BURST, DEFAULT_LINE_RATE,
-    DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS, DEFAULT_MIN_FREE_DISK_MIB,
-    DEFAULT_MSGS_PER_MINUTE, DEFAULT_REGISTRATIONS_PER_HOUR, DEFAULT_STORED_KIB_PER_DAY,
-    DEMO_ACCOUNTS, MAX_ADMINS, SCRYPT_LOG_N,
+    DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS, DEFAULT_MAX_ROOM_MEMBERS,
+    DEFAULT_MIN_FREE_DISK_MIB, DEFAULT_MSGS_PER_MINUTE, DEFAULT_REGISTRATIONS_PER_HOUR,
+    DEFAULT_STORED_KIB_PER_DAY, DEMO_ACCOUNTS, MAX_ADMINS, SCRYPT_LOG_N,
 };
 use crate::net::{ServerOptions, TlsSource};
 use crate::peer::Network;
@@ -154,6 +154,10 @@ pub struct Args {
     #[argh(option, default = "SCRYPT_LOG_N")]
     pub scrypt_log_n: u8,
 
+    /// most members of one room; JOIN past it gets ROOM_FULL (default 5000)
+    #[argh(option, default = "DEFAULT_MAX_ROOM_MEMBERS")]
+    pub max_room_members: usize,
+
     /// log level: off, error, warn, info, debug or trace (default info)
     #[argh(option, default = "LevelFilter::Info")]
     pub log_level: LevelFilter,
@@ -269,7 +273,8 @@ pub struct CheckArgs {
 
 #[derive(FromArgs, Debug, PartialEq)]
 /// Connect to a server, send PING and exit 0 if it answers PONG within 5 seconds, 1 otherwise:
-/// for container health checks and monitoring.
+/// for container health checks and monitoring. Without an address, the server that CHATD_LISTEN
+/// (or CHATD_TLS_LISTEN with CHATD_NO_PLAIN) describes, on the loopback address.
 #[argh(subcommand, name = "health")]
 pub struct HealthArgs {
     /// the server's address (default 127.0.0.1:7878)
@@ -333,6 +338,7 @@ const ENV_OPTIONS: &[(&str, Form)] = &[
     ("stored-kib-per-day", Form::Value),
     ("inbox-share", Form::Value),
     ("friend-requests-per-hour", Form::Value),
+    ("max-room-members", Form::Value),
     ("scrypt-log-n", Form::Value),
     ("log-level", Form::Value),
     ("connect", Form::Value),
@@ -352,6 +358,38 @@ const ENV_TOOL_OPTIONS: &[(&str, &[&str])] = &[
     ("check", &["db"]),
     ("adduser", &["db", "scrypt-log-n"]),
 ];
+
+/// `chatd health` without an address checks the server the environment describes: its TLS
+/// listener when it serves TLS only, else its plain one, on the loopback address when it listens on
+/// every address (as in a container, where the health check runs beside the server).
+fn health_with_env(args: &[String], env: &impl Fn(&str) -> Option<String>) -> Vec<String> {
+    let at = args.iter().position(|a| a == "health").unwrap_or(0);
+    let given = args[at + 1..].iter().any(|a| !a.starts_with("--"));
+    if given {
+        return args.to_vec();
+    }
+    let on = |k: &str| {
+        env(&env_name(k))
+            .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes"))
+    };
+    let value = |k: &str| env(&env_name(k)).filter(|v| !v.is_empty());
+    let (addr, tls) = match (on("no-plain"), value("tls-listen"), value("listen")) {
+        (true, Some(tls), _) => (tls, true),
+        (_, _, Some(plain)) => (plain, false),
+        _ => return args.to_vec(),
+    };
+    let addr = match addr.rsplit_once(':') {
+        Some(("0.0.0.0", port)) => format!("127.0.0.1:{port}"),
+        Some(("[::]", port)) => format!("[::1]:{port}"),
+        _ => addr,
+    };
+    let mut out = args.to_vec();
+    if tls && !out.iter().any(|a| a == "--tls") {
+        out.push("--tls".into());
+    }
+    out.push(addr);
+    out
+}
 
 /// The environment variable of an option.
 pub fn env_name(option: &str) -> String {
@@ -405,7 +443,7 @@ pub fn with_env(args: &[String], env: impl Fn(&str) -> Option<String>) -> Vec<St
             out.extend_from_slice(rest);
             out
         }
-        None if args.iter().any(|a| a == "health") => args.to_vec(),
+        None if args.iter().any(|a| a == "health") => health_with_env(args, &env),
         None => {
             let mut out = Vec::new();
             for (opt, form) in ENV_OPTIONS {
@@ -608,6 +646,7 @@ impl TryFrom<Args> for ServerOptions {
             inbox_share: args.inbox_share,
             friend_requests_per_hour: args.friend_requests_per_hour,
             scrypt_log_n: args.scrypt_log_n,
+            max_room_members: args.max_room_members.max(1),
             admins: args.admin,
             registration_closed: args.registration == Registration::Closed,
             metrics_listen: args.metrics_listen,
@@ -642,8 +681,8 @@ mod tests {
             )
         );
         assert_eq!(
-            (opts.hash_queue, opts.scrypt_log_n),
-            (DEFAULT_HASH_QUEUE, SCRYPT_LOG_N)
+            (opts.hash_queue, opts.scrypt_log_n, opts.max_room_members),
+            (DEFAULT_HASH_QUEUE, SCRYPT_LOG_N, DEFAULT_MAX_ROOM_MEMBERS)
         );
         assert_eq!(
             (opts.max_per_address, opts.idle_timeout.as_secs()),
@@ -690,6 +729,7 @@ mod tests {
             format!("(default {DEFAULT_FRIEND_REQUESTS_PER_HOUR})"),
             format!("(default {DEFAULT_MIN_FREE_DISK_MIB})"),
             format!("(default {SCRYPT_LOG_N},"),
+            format!("(default {DEFAULT_MAX_ROOM_MEMBERS})"),
         ] {
             assert!(help.contains(&stated), "help lacks {stated:?}:\n{help}");
         }
@@ -823,6 +863,12 @@ mod tests {
             ["check", "--db", "/data/chatd.redb"]
         );
         assert_eq!(merged(&["health", "h:1"], &env), ["health", "h:1"]);
+        assert_eq!(merged(&["health"], &env), ["health", "127.0.0.1:7878"]);
+        let tls_only = [("CHATD_NO_PLAIN", "1"), ("CHATD_TLS_LISTEN", "[::]:7879")];
+        assert_eq!(
+            merged(&["health"], &tls_only),
+            ["health", "--tls", "[::1]:7879"]
+        );
         let args = parse(
             &merged(&[], &env)
                 .iter()
@@ -844,9 +890,10 @@ mod tests {
         };
         let listed: std::collections::BTreeSet<&str> = help
             .lines()
-            .filter_map(|l| l.trim_start().strip_prefix("--"))
+            // Option lines start `  --name`; wrapped descriptions are indented further.
+            .filter_map(|l| l.strip_prefix("  --"))
             .filter_map(|l| l.split_whitespace().next())
-            .filter(|o| *o != "help" && *o != "version")
+            .filter(|o| !matches!(*o, "help" | "help," | "version"))
             .collect();
         let table: std::collections::BTreeSet<&str> = ENV_OPTIONS.iter().map(|(o, _)| *o).collect();
         assert_eq!(listed, table);

@@ -49,8 +49,6 @@ pub const MAX_AWAY_BYTES: usize = 200;
 /// at least this old (ten minutes): a wave of disconnections writes little, and after a restart
 /// last seen is at most this early.
 pub const LAST_SEEN_WRITE_INTERVAL_MS: i64 = 10 * 60 * 1000;
-/// Longest reason an operator may give to SUSPEND or KILL, in bytes (UTF-8).
-pub const MAX_REASON_BYTES: usize = 200;
 /// Most admin accounts the server may be given (`--admin`, repeated).
 pub const MAX_ADMINS: usize = 64;
 /// The accounts a demo server starts with, and their passwords (`--demo`): a first-run tour.
@@ -84,6 +82,28 @@ pub const DEFAULT_FRIEND_REQUESTS_PER_HOUR: u64 = 20;
 /// Most friends and friend requests (both ways) one account may have; a FRIEND ADD that would
 /// take either side past it gets TOO_MANY_FRIENDS.
 pub const MAX_RELATIONS_PER_ACCOUNT: usize = 1000;
+/// Longest room name after its `#`, in characters (names are ASCII).
+pub const MAX_ROOM_NAME_LEN: usize = 32;
+/// Most rooms one account may be a member of (a room it creates counts).
+pub const MAX_ROOMS_PER_ACCOUNT: usize = 100;
+/// Default most members of one room (an operator setting, `--max-room-members`).
+pub const DEFAULT_MAX_ROOM_MEMBERS: usize = 5_000;
+/// Most accounts on one room's ban list.
+pub const MAX_BANS_PER_ROOM: usize = 100;
+/// Most invitations one room may have waiting.
+pub const MAX_INVITES_PER_ROOM: usize = 100;
+/// Most invitations one account may have waiting, from all rooms together.
+pub const MAX_INVITES_PER_ACCOUNT: usize = 100;
+/// How long an invitation stays valid, in milliseconds: 7 days.
+pub const INVITE_LIFETIME_MS: i64 = 7 * 24 * 60 * 60 * 1000;
+/// Longest room topic in bytes (UTF-8).
+pub const MAX_TOPIC_BYTES: usize = 300;
+/// Longest reason of a PART, KICK, BAN, SUSPEND or KILL, in bytes (UTF-8).
+pub const MAX_REASON_BYTES: usize = 300;
+/// Most of a room's latest messages a JOIN answers with.
+pub const JOIN_REPLAY: u32 = 20;
+/// Most public rooms ROOMS lists besides the caller's own (the ones with the most members).
+pub const ROOMS_LISTED_PUBLIC: usize = 500;
 /// Most commands of one connection that may be read but not yet answered; the server stops reading
 /// the connection's socket until answers go out (backpressure, nothing is lost).
 pub const MAX_INFLIGHT_PER_CONNECTION: usize = 64;

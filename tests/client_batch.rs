@@ -233,3 +233,45 @@ fn help_documents_the_exit_statuses() {
     }
     assert!(run.stdout.contains("--connect"));
 }
+
+#[test]
+fn room_commands_go_to_the_room_joined() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), None);
+    let mut bob = Peer::login(server.plain, "bob", "bobsecret1");
+    assert_eq!(bob.command("JOIN #lobby"), "OK JOIN #lobby CREATED");
+
+    let run = client(
+        &server.plain.to_string(),
+        &[],
+        "/register carol wonderland1\n/login carol wonderland1\n/join #LOBBY\n\
+         hello lobby\n/members\n/topic mine now\n/part #lobby see you\n",
+    );
+    assert_eq!(run.code(), 0, "stderr: {}", run.stderr);
+    let out = lines(&run.stdout);
+    let id = out
+        .iter()
+        .find_map(|l| l.strip_prefix("OK MSG "))
+        .and_then(|r| r.strip_suffix(" DELIVERED 1"))
+        .unwrap_or_else(|| panic!("no room OK in {out:?}"));
+    assert_eq!(
+        out[1..],
+        [
+            "OK REGISTER carol",
+            "OK LOGIN carol",
+            "BACKLOG-END 0",
+            "ROOM #lobby PUBLIC 2 MEMBER 0",
+            "OK JOIN #lobby JOINED",
+            &format!("OK MSG {id} DELIVERED 1"),
+            "MEMBER #lobby bob OWNER ONLINE",
+            "MEMBER #lobby carol MEMBER ONLINE",
+            "OK MEMBERS #lobby 2",
+            "FAIL TOPIC NOT_ALLOWED only an op or owner of #lobby may do that",
+            "OK PART #lobby LEFT",
+        ]
+    );
+    assert_eq!(bob.line(), "JOINED #lobby carol");
+    let got = bob.expect(|l| l.starts_with("MESSAGE "));
+    assert!(got.ends_with(" carol #lobby hello lobby"), "{got}");
+    assert_eq!(bob.line(), "PARTED #lobby carol see you");
+}

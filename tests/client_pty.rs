@@ -380,3 +380,49 @@ fn the_client_keeps_a_device_token_and_logout_revokes_it() {
     term.type_keys("/quit\r");
     assert_eq!(term.wait_exit(), 0);
 }
+
+#[test]
+fn rooms_in_the_terminal_joined_talked_in_and_caught_up_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    let server = Server::start(dir.path(), None);
+    drop(Peer::login(server.plain, "alice", "wonderland1"));
+    let mut bob = Peer::login(server.plain, "bob", "builder123");
+    assert_eq!(bob.command("JOIN #lobby"), "OK JOIN #lobby CREATED");
+    assert!(bob
+        .command("MSG #lobby before you came")
+        .starts_with("OK MSG "));
+
+    let mut term = Term::spawn(&config, &["--connect", &server.plain.to_string()]);
+    term.wait_text("Server: chatd");
+    term.type_keys("/login alice wonderland1\r");
+    term.wait_text("* Logged in as alice.");
+    term.type_keys("/join #LOBBY\r");
+    // The room's line, what was said before, and where plain lines go now.
+    term.wait_text("#lobby (public, 2 members; you: member)");
+    term.wait_text("bob → #lobby: before you came");
+    term.wait_text("* Joined #lobby. A line without / now goes to #lobby.");
+    assert_eq!(bob.line(), "JOINED #lobby alice");
+
+    // A message in the room shows its room; a plain line answers in the room.
+    assert!(bob.command("MSG #lobby welcome").starts_with("OK MSG "));
+    term.wait_for("the room message", |rows| {
+        rows.iter().any(|r| is_stamped(r, "bob → #lobby: welcome"))
+    });
+    term.type_keys("thanks, bob\r");
+    let got = bob.expect(|l| l.starts_with("MESSAGE "));
+    assert!(got.ends_with(" alice #lobby thanks, bob"), "{got}");
+    term.wait_text("* sent to #lobby (1 other member online)");
+    term.type_keys("/quit\r");
+    assert_eq!(term.wait_exit(), 0);
+
+    // What alice saw is marked read; what comes while she is away is counted at her next login.
+    assert!(bob.command("MSG #lobby one").starts_with("OK MSG "));
+    assert!(bob.command("MSG #lobby two").starts_with("OK MSG "));
+    // The client logs in by itself, with the device token it kept.
+    let mut term = Term::spawn(&config, &["--connect", &server.plain.to_string()]);
+    term.wait_text("* Logged in as alice with this device's saved token");
+    term.wait_text("* #lobby: 2 unread messages; read them with /history #lobby 2 after");
+    term.type_keys("/quit\r");
+    assert_eq!(term.wait_exit(), 0);
+}

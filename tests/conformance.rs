@@ -32,6 +32,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 /// The connection limit of the `limits` server.
 const SMALL_MAX_CONNECTIONS: usize = 12;
+/// The room size limit of the `limits` server.
+const SMALL_MAX_ROOM_MEMBERS: usize = 3;
 /// The limit of connections per address of the `limits` server.
 const SMALL_MAX_PER_ADDRESS: usize = 5;
 /// The idle timeout of the `limits` server: a probe after 1 s, a close after 2 s.
@@ -273,6 +275,7 @@ fn limits() {
     let max = SMALL_MAX_CONNECTIONS.to_string();
     let per_address = SMALL_MAX_PER_ADDRESS.to_string();
     let idle = SHORT_IDLE_TIMEOUT.as_secs().to_string();
+    let room_max = SMALL_MAX_ROOM_MEMBERS.to_string();
     let mut ran = 0;
     for requirement in [
         Requirement::MaxConnections,
@@ -281,6 +284,7 @@ fn limits() {
         Requirement::IdleTimeout,
         Requirement::RateLimits,
         Requirement::SmallQuotas,
+        Requirement::MaxRoomMembers(SMALL_MAX_ROOM_MEMBERS),
     ] {
         let flags: Vec<&str> = match requirement {
             Requirement::MaxConnections => vec!["--scrypt-log-n", "4", "--max-connections", &max],
@@ -305,6 +309,9 @@ fn limits() {
                 "--friend-requests-per-hour",
                 "2",
             ],
+            Requirement::MaxRoomMembers(_) => {
+                vec!["--scrypt-log-n", "4", "--max-room-members", &room_max]
+            }
             other => unreachable!("{other:?} is not a setting of this test"),
         };
         let server = Server::start(false, &flags);
@@ -316,6 +323,7 @@ fn limits() {
             Requirement::IdleTimeout => opts.idle_timeout = Some(SHORT_IDLE_TIMEOUT),
             Requirement::RateLimits => opts.rate_limits = true,
             Requirement::SmallQuotas => opts.small_quotas = true,
+            Requirement::MaxRoomMembers(n) => opts.max_room_members = Some(n),
             other => unreachable!("{other:?} is not a setting of this test"),
         }
         let cases = cases_requiring(requirement);

@@ -304,6 +304,297 @@ fn a_kill_in_the_middle_of_a_stream_loses_no_acknowledged_message() {
     println!("crash: {unacked_total} messages were committed without their OK being seen");
 }
 
+/// The room failure: a room message that was acknowledged (`OK MSG <id> DELIVERED <n>`) is missing
+/// from the room after a crash, or comes back with another id; a membership whose JOIN or PART was
+/// acknowledged is not what it said after the crash; or the unread count a member is told at login
+/// does not match the messages the room holds. Three senders in one room each write a stream of
+/// room messages at once and the server is killed in the middle; a fourth member stays offline the
+/// whole time and must be told, after each restart, exactly how many messages the room holds.
+#[test]
+fn room_messages_and_memberships_survive_kill_9() {
+    const ROUNDS: usize = 3;
+    const PER_SENDER: usize = 200;
+    const KILL_AFTER: usize = 120;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("crash.redb");
+    let room = "#crash";
+    let mut max_seen = 0;
+    // Every room message acknowledged so far: id -> (sender, text).
+    let mut acked: BTreeMap<u64, (String, String)> = BTreeMap::new();
+
+    for round in 0..ROUNDS {
+        let server = restart(&db, max_seen);
+        if round == 0 {
+            let mut owner = server.connect();
+            owner.register("owner");
+            owner.login("owner");
+            assert_eq!(
+                owner.call(&format!("JOIN {room}")).last().unwrap(),
+                "OK JOIN #crash CREATED"
+            );
+            let mut reader = server.connect();
+            reader.register("reader");
+            reader.login("reader");
+            assert_eq!(
+                reader.call(&format!("JOIN {room}")).last().unwrap(),
+                "OK JOIN #crash JOINED"
+            );
+        } else {
+            check_room(&server, room, &acked, round);
+        }
+        let (ok_tx, ok_rx) = mpsc::channel::<(usize, u64, usize)>();
+        let mut threads = Vec::new();
+        for i in 0..SENDERS {
+            let mut c = server.connect();
+            if round == 0 {
+                c.register(&sender(i));
+            }
+            c.login(&sender(i));
+            // A member from round 0 on: JOIN answers MEMBER after a restart.
+            let joined = c.call(&format!("JOIN {room}"));
+            let want = if round == 0 { "JOINED" } else { "MEMBER" };
+            assert_eq!(
+                joined.last().unwrap(),
+                &format!("OK JOIN #crash {want}"),
+                "{joined:?}"
+            );
+            let mut w = c.writer();
+            let writer = std::thread::spawn(move || {
+                use std::io::Write;
+                let mut batch = String::new();
+                for k in 0..PER_SENDER {
+                    batch.push_str(&format!("MSG {room} round {round} from s{i} number {k}\n"));
+                }
+                let _ = w.write_all(batch.as_bytes());
+            });
+            let tx = ok_tx.clone();
+            let reader = std::thread::spawn(move || {
+                let mut k = 0;
+                while let Some(line) = c.next_whole_line() {
+                    // The other senders' messages come in between.
+                    if line.starts_with("MESSAGE ") || line.starts_with("JOINED ") {
+                        continue;
+                    }
+                    let id = parse_ok_id(&line, "MSG");
+                    assert!(
+                        line.starts_with(&format!("OK MSG {id} DELIVERED ")),
+                        "{line}"
+                    );
+                    if tx.send((i, id, k)).is_err() {
+                        break;
+                    }
+                    k += 1;
+                }
+            });
+            threads.push((writer, reader));
+        }
+        drop(ok_tx);
+        let mut acks = Vec::new();
+        while acks.len() < KILL_AFTER {
+            acks.push(ok_rx.recv_timeout(TIMEOUT).expect("OKs stopped coming"));
+        }
+        server.crash();
+        for (w, r) in threads {
+            w.join().unwrap();
+            r.join().expect("a sender's reader failed");
+        }
+        acks.extend(ok_rx.try_iter());
+        assert!(
+            acks.len() < SENDERS * PER_SENDER,
+            "the kill came after the last OK"
+        );
+        for (i, id, k) in acks {
+            let text = format!("round {round} from s{i} number {k}");
+            assert!(
+                acked.insert(id, (sender(i), text)).is_none(),
+                "id {id} acknowledged twice"
+            );
+            max_seen = max_seen.max(id);
+        }
+        println!(
+            "room crash round {round}: killed after {} acknowledged messages",
+            acked.len()
+        );
+    }
+    let server = restart(&db, max_seen);
+    check_room(&server, room, &acked, ROUNDS);
+}
+
+/// After a crash: the room still has its five members; it holds every acknowledged message with
+/// its id, sender and text, plus at most messages that were sent and not acknowledged, each once
+/// and in each sender's order; and the member who never read is told the exact count at login.
+fn check_room(server: &Server, room: &str, acked: &BTreeMap<u64, (String, String)>, round: usize) {
+    let mut reader = server.connect();
+    let pushes = reader.login("reader");
+    let mut owner = server.connect();
+    owner.login("owner");
+    let members = owner.call(&format!("MEMBERS {room}"));
+    assert_eq!(
+        members.last().unwrap(),
+        "OK MEMBERS #crash 5",
+        "{members:?}"
+    );
+    for who in ["owner", "reader", "s0", "s1", "s2"] {
+        assert!(
+            members
+                .iter()
+                .any(|l| l.starts_with(&format!("MEMBER #crash {who} "))),
+            "{who} is not a member after the crash: {members:?}"
+        );
+    }
+    let stored = whole_history(&mut owner, room);
+    for (id, (from, text)) in acked {
+        let s = stored
+            .get(id)
+            .unwrap_or_else(|| panic!("acknowledged room message {id} lost before round {round}"));
+        assert_eq!((&s.from, &s.text, &*s.to), (from, text, "#crash"));
+    }
+    // What is stored was sent, once, in each sender's order.
+    let mut last: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    for s in stored.values() {
+        let (r, k): (usize, usize) = s
+            .text
+            .strip_prefix("round ")
+            .and_then(|t| {
+                let (r, rest) = t.split_once(" from ")?;
+                let k = rest.split(" number ").nth(1)?;
+                Some((r.parse().ok()?, k.parse().ok()?))
+            })
+            .unwrap_or_else(|| panic!("unknown text {:?}", s.text));
+        if let Some(prev) = last.insert(&s.from, (r, k)) {
+            assert!(
+                prev < (r, k),
+                "{} stored out of order: {prev:?} then {:?}",
+                s.from,
+                (r, k)
+            );
+        }
+    }
+    // The reader never marked anything read: every stored message is unread, counted exactly.
+    let first = stored.keys().next().copied();
+    match first {
+        Some(first) => assert!(
+            pushes.contains(&format!("UNREAD #crash {} {first}", stored.len())),
+            "{pushes:?}, {} stored",
+            stored.len()
+        ),
+        None => assert!(
+            !pushes.iter().any(|l| l.starts_with("UNREAD ")),
+            "{pushes:?}"
+        ),
+    }
+}
+
+/// The failure guarded against: a JOIN or a PART that was acknowledged is undone by a crash, or one
+/// that was never sent takes effect. One account joins and leaves many rooms in one stream of
+/// commands and the server is killed in the middle; after the restart, each room's membership is
+/// the one its last acknowledged command left, or that of a later command that was sent.
+#[test]
+fn acknowledged_joins_and_parts_survive_kill_9() {
+    const ROOMS: usize = 100;
+    const KILL_AFTER: usize = 70;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("crash.redb");
+    let server = restart(&db, 0);
+    let mut owner = server.connect();
+    owner.register("owner");
+    owner.login("owner");
+    for k in 0..ROOMS {
+        assert_eq!(
+            owner.call(&format!("JOIN #m{k}")),
+            [
+                format!("ROOM #m{k} PUBLIC 1 OWNER 0"),
+                format!("OK JOIN #m{k} CREATED")
+            ]
+        );
+    }
+    let mut c = server.connect();
+    c.register("churn");
+    c.login("churn");
+    // JOIN every room, PART the even ones, JOIN them again, PART every room: 300 commands.
+    let mut commands = Vec::new();
+    for (rooms, join) in [
+        ((0..ROOMS).collect::<Vec<_>>(), true),
+        ((0..ROOMS).step_by(2).collect(), false),
+        ((0..ROOMS).step_by(2).collect(), true),
+        ((0..ROOMS).collect(), false),
+    ] {
+        commands.extend(rooms.into_iter().map(|k| (k, join)));
+    }
+    let mut w = c.writer();
+    let script: String = commands
+        .iter()
+        .map(|(k, join)| {
+            if *join {
+                format!("JOIN #m{k}\n")
+            } else {
+                format!("PART #m{k}\n")
+            }
+        })
+        .collect();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        let _ = w.write_all(script.as_bytes());
+    });
+    let mut answered = 0;
+    while answered < KILL_AFTER {
+        let line = c.read_line();
+        if line.starts_with("OK ") {
+            answered += 1;
+        }
+    }
+    server.crash();
+    writer.join().unwrap();
+    // Answers already on their way count as acknowledged too.
+    while let Some(line) = c.next_whole_line() {
+        if line.starts_with("OK ") {
+            answered += 1;
+        }
+    }
+    assert!(answered < commands.len(), "the kill came after the last OK");
+
+    let server = restart(&db, 0);
+    let mut c = server.connect();
+    c.login("churn");
+    let rooms = c.call("ROOMS");
+    let member_of = |k: usize| {
+        rooms
+            .iter()
+            .any(|l| l.starts_with(&format!("ROOM #m{k} PUBLIC ")) && l.contains(" MEMBER 0"))
+    };
+    for k in 0..ROOMS {
+        // The commands about room k, in order; those before `answered` were acknowledged.
+        let mine: Vec<(usize, bool)> = commands
+            .iter()
+            .enumerate()
+            .filter(|(_, (room, _))| *room == k)
+            .map(|(i, (_, join))| (i, *join))
+            .collect();
+        let acked = mine
+            .iter()
+            .rev()
+            .find(|(i, _)| *i < answered)
+            .map(|(_, j)| *j);
+        let later: Vec<bool> = mine
+            .iter()
+            .filter(|(i, _)| *i >= answered)
+            .map(|(_, j)| *j)
+            .collect();
+        // Possible states: the last acknowledged one, or that of any later command sent.
+        let mut possible = vec![acked.unwrap_or(false)];
+        possible.extend(later);
+        assert!(
+            possible.contains(&member_of(k)),
+            "#m{k}: member {} after the crash; acknowledged {acked:?}, answered {answered}",
+            member_of(k)
+        );
+    }
+    println!(
+        "membership crash: killed after {answered} of {} answers",
+        commands.len()
+    );
+}
+
 /// The state of one account's settings, as its owner's acknowledged commands left it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct AccountState {

@@ -55,7 +55,7 @@ fn a_restart_keeps_accounts_backlog_history_and_friend_requests() {
     let server = Server::start_on(&db, &[]);
     assert!(
         server.log().iter().any(|l| l.contains(&format!(
-            "3 accounts, next message id {}",
+            "3 accounts, 0 rooms, next message id {}",
             ids[MESSAGES - 1] + 1
         ))),
         "{:?}",

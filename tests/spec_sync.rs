@@ -115,6 +115,29 @@ fn limits_table_states_the_numbers_the_code_uses() {
         "TLS handshake",
         format!("{} s", TLS_HANDSHAKE_TIMEOUT.as_secs()),
     );
+    has("room name", format!("1 to {MAX_ROOM_NAME_LEN}"));
+    has("rooms per account", MAX_ROOMS_PER_ACCOUNT.to_string());
+    has("members per room", DEFAULT_MAX_ROOM_MEMBERS.to_string());
+    has("bans per room", MAX_BANS_PER_ROOM.to_string());
+    has(
+        "invitations waiting per room",
+        MAX_INVITES_PER_ROOM.to_string(),
+    );
+    has(
+        "invitations waiting per account",
+        MAX_INVITES_PER_ACCOUNT.to_string(),
+    );
+    has(
+        "invitation lifetime",
+        format!(
+            "{} days ({INVITE_LIFETIME_MS} ms)",
+            INVITE_LIFETIME_MS / 86_400_000
+        ),
+    );
+    has("topic", format!("1 to {MAX_TOPIC_BYTES} bytes"));
+    has("reason of PART", format!("1 to {MAX_REASON_BYTES} bytes"));
+    has("messages in a JOIN answer", JOIN_REPLAY.to_string());
+    has("public rooms listed", ROOMS_LISTED_PUBLIC.to_string());
     has(
         "device token label",
         format!("1 to {MAX_TOKEN_LABEL_BYTES} bytes"),

@@ -10,7 +10,8 @@
 mod store_support;
 
 use chatd::store::{
-    Conversation, Cursor, FriendState, MessageRecord, MsgId, StoreOp, To, TokenId, TokenRecord,
+    BanRecord, Conversation, Cursor, FriendState, InviteRecord, MemberRecord, MessageRecord, MsgId,
+    Role, RoomRecord, StoreOp, To, TokenId, TokenRecord, TopicRecord,
 };
 use store_support::{account, Subject};
 
@@ -50,9 +51,14 @@ const TEXTS: &[&str] = &[
     "a longer line of text, with punctuation!",
 ];
 
+/// Room numbers the generator uses: a few, so rooms fill up and are deleted and reused.
+const ROOMS: u64 = 4;
+
 struct Generator {
     rng: Rng,
     next_id: MsgId,
+    /// Messages appended per room number, for the positions of the next ones.
+    room_counts: [u64; ROOMS as usize + 1],
 }
 
 impl Generator {
@@ -91,6 +97,101 @@ impl Generator {
             0 => 0,
             1 => u64::MAX,
             _ => self.rng.below(self.next_id + 3),
+        }
+    }
+
+    fn room(&mut self) -> u64 {
+        1 + self.rng.below(ROOMS)
+    }
+
+    /// A room op: settings, members, bans, invitations, messages and the reads of rooms.
+    fn room_op(&mut self) -> StoreOp {
+        let room = self.room();
+        let user = self.key();
+        match self.rng.below(16) {
+            0 => StoreOp::PutRoom {
+                id: room,
+                room: RoomRecord {
+                    name: format!("#{}", self.name()),
+                    created_ms: self.rng.below(1000) as i64,
+                    private: self.rng.chance(50),
+                    topic: self.rng.chance(50).then(|| TopicRecord {
+                        text: self.rng.pick(TEXTS).to_string(),
+                        by: self.name(),
+                        time_ms: self.rng.below(1000) as i64,
+                    }),
+                },
+            },
+            1 => StoreOp::DeleteRoom { id: room },
+            2 | 3 => StoreOp::PutMember {
+                room,
+                user,
+                member: MemberRecord {
+                    role: *self.rng.pick(&Role::ALL),
+                    since: self.rng.below(self.next_id + 1),
+                    read_id: self.rng.below(self.next_id + 1),
+                    read_seq: self.rng.below(50),
+                },
+            },
+            4 => StoreOp::RemoveMember { room, user },
+            5 => StoreOp::PutBan {
+                room,
+                user,
+                ban: BanRecord {
+                    by: self.name(),
+                    time_ms: self.rng.below(1000) as i64,
+                    reason: self.rng.pick(TEXTS).to_string(),
+                },
+            },
+            6 => StoreOp::RemoveBan { room, user },
+            7 => StoreOp::PutInvite {
+                room,
+                user,
+                invite: InviteRecord {
+                    by: self.name(),
+                    expires_ms: self.rng.next() as i64,
+                },
+            },
+            8 => StoreOp::RemoveInvite { room, user },
+            9 | 10 => {
+                self.next_id += 1 + u64::from(self.rng.chance(20));
+                self.room_counts[room as usize] += 1;
+                StoreOp::AppendRoomMessage {
+                    msg: MessageRecord {
+                        id: self.next_id,
+                        time_ms: self.rng.below(1000) as i64,
+                        from: self.name(),
+                        to: To::Room(format!("#r{room}")),
+                        text: self.rng.pick(TEXTS).to_string(),
+                    },
+                    room,
+                    seq: self.room_counts[room as usize],
+                }
+            }
+            11 => StoreOp::RoomReplay {
+                room,
+                after: self.cursor_id(),
+                upto: self.cursor_id(),
+                count: 1 + self.rng.below(20) as u32,
+            },
+            12 => StoreOp::SetDirectRead {
+                user,
+                with: self.key(),
+                id: self.cursor_id(),
+            },
+            13 => StoreOp::DirectRead {
+                user,
+                with: self.key(),
+            },
+            14 => StoreOp::FirstUnread {
+                rooms: (0..self.rng.below(4))
+                    .map(|_| (self.room(), self.cursor_id()))
+                    .collect(),
+            },
+            _ => StoreOp::RoomSeq {
+                room,
+                upto: self.cursor_id(),
+            },
         }
     }
 
@@ -164,6 +265,9 @@ impl Generator {
     }
 
     fn op(&mut self) -> StoreOp {
+        if self.rng.chance(30) {
+            return self.room_op();
+        }
         match self.rng.below(130) {
             100.. => self.account_op(),
             0..=7 => {
@@ -203,10 +307,17 @@ impl Generator {
                 }
             }
             _ => {
-                let conv = if self.rng.chance(15) {
-                    Conversation::Broadcast
-                } else {
-                    Conversation::Pair(self.key(), self.key())
+                let conv = match self.rng.below(20) {
+                    0..=2 => Conversation::Broadcast,
+                    3..=6 => Conversation::Room {
+                        id: self.room(),
+                        after: if self.rng.chance(50) {
+                            0
+                        } else {
+                            self.cursor_id()
+                        },
+                    },
+                    _ => Conversation::Pair(self.key(), self.key()),
                 };
                 let count = match self.rng.below(10) {
                     0 => 500,
@@ -242,10 +353,12 @@ fn run(seed: u64, batches: usize, reopen_every: usize) {
     let mut gen = Generator {
         rng: Rng(seed),
         next_id: 0,
+        room_counts: [0; ROOMS as usize + 1],
     };
     let mut model = Subject::memory();
     let mut real = Subject::redb();
-    let mut stats = [0usize; 2]; // (non-empty history pages, non-empty backlogs)
+    // (non-empty history pages, non-empty backlogs, non-empty room pages)
+    let mut stats = [0usize; 3];
     for n in 0..batches {
         let ops = gen.batch();
         let want = model.exec(&ops);
@@ -253,6 +366,11 @@ fn run(seed: u64, batches: usize, reopen_every: usize) {
         for (i, (w, g)) in want.iter().zip(&got).enumerate() {
             assert_eq!(g, w, "seed {seed:#x}, batch {n}, op {i}: {:?}", ops[i]);
             match w {
+                chatd::store::StoreReply::Messages(m)
+                    if m.iter().any(|m| matches!(m.to, To::Room(_))) =>
+                {
+                    stats[2] += 1
+                }
                 chatd::store::StoreReply::History(p) if !p.ids.is_empty() => stats[0] += 1,
                 chatd::store::StoreReply::Backlog(b) if !b.is_empty() => stats[1] += 1,
                 _ => {}
@@ -277,7 +395,7 @@ fn run(seed: u64, batches: usize, reopen_every: usize) {
     }
     // The generator reaches the interesting cases, not only empty answers.
     assert!(
-        stats[0] > batches / 4 && stats[1] > batches / 20,
+        stats[0] > batches / 4 && stats[1] > batches / 20 && stats[2] > batches / 20,
         "too few non-empty answers: {stats:?}"
     );
     let snap = model.snapshot();
@@ -288,7 +406,9 @@ fn run(seed: u64, batches: usize, reopen_every: usize) {
             && !snap.tokens.is_empty()
             && !snap.blocks.is_empty()
             && !snap.profiles.is_empty()
-            && !snap.retired.is_empty(),
+            && !snap.retired.is_empty()
+            && !snap.rooms.is_empty()
+            && !snap.members.is_empty(),
         "{snap:?}"
     );
 }

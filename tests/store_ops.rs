@@ -4,8 +4,8 @@
 mod store_support;
 
 use chatd::store::{
-    Conversation, Cursor, FriendState, HistoryPage, Profile, ReadOp, RetiredName, Snapshot,
-    StoreOp, StoreReply, Suspension, To, TokenRecord,
+    Conversation, Cursor, FriendState, HistoryPage, MemberRecord, Profile, ReadOp, RetiredName,
+    RoomRecord, Snapshot, StoreOp, StoreReply, Suspension, To, TokenRecord,
 };
 use store_support::*;
 
@@ -561,6 +561,7 @@ fn everything_survives_a_reopen() {
                 ("carol".into(), "bob".into(), 1)
             ],
             next_id: 6,
+            next_room_id: 1,
             ..Snapshot::default()
         }
     );
@@ -577,6 +578,233 @@ fn everything_survives_a_reopen() {
     }
     assert_eq!(disk.backlog("carol"), mem.backlog("carol"));
     assert_eq!(disk.snapshot(), mem.snapshot());
+}
+
+#[test]
+fn rooms_members_bans_and_invitations_are_in_the_snapshot() {
+    use chatd::store::{BanRecord, InviteRecord, Role, RoomState, TopicRecord};
+    for mut s in Subject::each() {
+        let mut ops = vec![
+            StoreOp::PutRoom {
+                id: 1,
+                room: room("#Rust"),
+            },
+            StoreOp::PutRoom {
+                id: 2,
+                room: room("#gone"),
+            },
+            StoreOp::PutMember {
+                room: 1,
+                user: "alice".into(),
+                member: member(Role::Owner, 0),
+            },
+            StoreOp::PutMember {
+                room: 1,
+                user: "bob".into(),
+                member: member(Role::Member, 0),
+            },
+            StoreOp::PutMember {
+                room: 2,
+                user: "bob".into(),
+                member: member(Role::Owner, 0),
+            },
+            StoreOp::PutBan {
+                room: 1,
+                user: "mallory".into(),
+                ban: BanRecord {
+                    by: "alice".into(),
+                    time_ms: 3,
+                    reason: "spam".into(),
+                },
+            },
+            StoreOp::PutBan {
+                room: 2,
+                user: "eve".into(),
+                ban: BanRecord {
+                    by: "bob".into(),
+                    time_ms: 3,
+                    reason: String::new(),
+                },
+            },
+            StoreOp::PutInvite {
+                room: 1,
+                user: "carol".into(),
+                invite: InviteRecord {
+                    by: "alice".into(),
+                    expires_ms: 99,
+                },
+            },
+            post(3, "alice", 1, "#Rust", 1),
+            post(4, "bob", 2, "#gone", 1),
+            post(6, "bob", 1, "#Rust", 2),
+        ];
+        // A topic set, a member's role and marker changed, one member gone, one room deleted.
+        let topic = TopicRecord {
+            text: "be kind".into(),
+            by: "alice".into(),
+            time_ms: 7,
+        };
+        ops.extend([
+            StoreOp::PutRoom {
+                id: 1,
+                room: RoomRecord {
+                    topic: Some(topic.clone()),
+                    ..room("#Rust")
+                },
+            },
+            StoreOp::PutMember {
+                room: 1,
+                user: "bob".into(),
+                member: MemberRecord {
+                    role: Role::Op,
+                    since: 0,
+                    read_id: 3,
+                    read_seq: 1,
+                },
+            },
+            StoreOp::RemoveMember {
+                room: 1,
+                user: "nobody".into(),
+            },
+            StoreOp::DeleteRoom { id: 2 },
+        ]);
+        let replies = s.exec(&ops);
+        assert!(
+            replies.iter().all(|r| *r == StoreReply::Done),
+            "{}",
+            s.name()
+        );
+        let snap = s.snapshot();
+        assert_eq!(
+            snap.rooms,
+            vec![RoomState {
+                id: 1,
+                record: RoomRecord {
+                    topic: Some(topic),
+                    ..room("#Rust")
+                },
+                last_id: 6,
+                count: 2,
+            }],
+            "{}",
+            s.name()
+        );
+        assert_eq!(
+            snap.members,
+            vec![
+                (1, "alice".to_owned(), member(Role::Owner, 0)),
+                (
+                    1,
+                    "bob".to_owned(),
+                    MemberRecord {
+                        role: Role::Op,
+                        since: 0,
+                        read_id: 3,
+                        read_seq: 1
+                    }
+                )
+            ]
+        );
+        assert_eq!(snap.bans.len(), 1);
+        assert_eq!(snap.bans[0].1, "mallory");
+        assert_eq!(snap.invites.len(), 1);
+        // Room 2 is deleted, but its number is in the log: never given out again.
+        assert_eq!(snap.next_room_id, 3);
+        assert_eq!(snap.next_id, 7);
+        // Its messages stay in the log, where only its number reaches them.
+        let gone = s.history(&Conversation::Room { id: 2, after: 0 }, 10, Cursor::Latest);
+        assert_eq!(ids(&gone.messages), vec![4]);
+        s.exec(&[
+            StoreOp::RemoveBan {
+                room: 1,
+                user: "mallory".into(),
+            },
+            StoreOp::RemoveInvite {
+                room: 1,
+                user: "carol".into(),
+            },
+            StoreOp::RemoveMember {
+                room: 1,
+                user: "bob".into(),
+            },
+        ]);
+        let snap = s.snapshot();
+        assert!(snap.bans.is_empty() && snap.invites.is_empty());
+        assert_eq!(snap.members.len(), 1);
+    }
+}
+
+#[test]
+fn a_room_pages_within_what_the_reader_may_see() {
+    for mut s in Subject::each() {
+        let mut ops = vec![StoreOp::PutRoom {
+            id: 7,
+            room: room("#r"),
+        }];
+        // Room messages 10, 20, 30, 40, 50, with a direct message between them.
+        for (seq, id) in [10u64, 20, 30, 40, 50].into_iter().enumerate() {
+            ops.push(post(id, "alice", 7, "#r", seq as u64 + 1));
+        }
+        ops.push(append(msg(25, "alice", user("bob"), "direct"), &[]));
+        s.exec(&ops);
+        let page = |s: &mut Subject, after, count, cursor| {
+            let p = s.history(&Conversation::Room { id: 7, after }, count, cursor);
+            (ids(&p.messages), p.older, p.newer)
+        };
+        assert_eq!(
+            page(&mut s, 0, 2, Cursor::Latest),
+            (vec![40, 50], Some(40), None),
+            "{}",
+            s.name()
+        );
+        // A member of a private room who joined after message 20.
+        assert_eq!(
+            page(&mut s, 20, 5, Cursor::Latest),
+            (vec![30, 40, 50], None, None)
+        );
+        assert_eq!(
+            page(&mut s, 20, 5, Cursor::Before(30)),
+            (vec![], None, Some(29))
+        );
+        assert_eq!(
+            page(&mut s, 20, 1, Cursor::After(0)),
+            (vec![30], None, Some(30))
+        );
+        // The replay of a JOIN after message 40: the latest ones up to it.
+        let replay = s.exec1(StoreOp::RoomReplay {
+            room: 7,
+            after: 0,
+            upto: 40,
+            count: 3,
+        });
+        match replay {
+            StoreReply::Messages(m) => assert_eq!(ids(&m), vec![20, 30, 40]),
+            other => panic!("{other:?}"),
+        }
+        // Where unread messages start, and the position of a message in the room.
+        let firsts = s.exec1(StoreOp::FirstUnread {
+            rooms: vec![(7, 0), (7, 25), (7, 50), (8, 0), (7, u64::MAX)],
+        });
+        assert_eq!(
+            firsts,
+            StoreReply::FirstIds(vec![Some(10), Some(30), None, None, None])
+        );
+        assert_eq!(
+            s.exec1(StoreOp::RoomSeq { room: 7, upto: 35 }),
+            StoreReply::Seq(Some((30, 3)))
+        );
+        assert_eq!(
+            s.exec1(StoreOp::RoomSeq { room: 7, upto: 5 }),
+            StoreReply::Seq(None)
+        );
+        // Room messages are in no direct conversation.
+        assert_eq!(
+            ids(&s
+                .history(&pair("alice", "bob"), 10, Cursor::Latest)
+                .messages),
+            vec![25]
+        );
+    }
 }
 
 fn token(id: u64, user: &str) -> TokenRecord {
@@ -669,6 +897,75 @@ fn deleting_an_account_removes_everything_keyed_by_it_and_retires_its_name() {
             s.snapshot().blocks,
             vec![("carol".to_owned(), "bob".to_owned())],
             "{name}"
+        );
+    }
+}
+
+#[test]
+fn direct_read_markers_only_move_forward() {
+    for mut s in Subject::each() {
+        let set = |s: &mut Subject, id| {
+            s.exec1(StoreOp::SetDirectRead {
+                user: "bob".into(),
+                with: "alice".into(),
+                id,
+            })
+        };
+        assert_eq!(
+            s.exec1(StoreOp::DirectRead {
+                user: "bob".into(),
+                with: "alice".into()
+            }),
+            StoreReply::Marker {
+                before: 0,
+                after: 0
+            }
+        );
+        assert_eq!(
+            set(&mut s, 0),
+            StoreReply::Marker {
+                before: 0,
+                after: 0
+            }
+        );
+        assert_eq!(
+            set(&mut s, 9),
+            StoreReply::Marker {
+                before: 0,
+                after: 9
+            }
+        );
+        assert_eq!(
+            set(&mut s, 4),
+            StoreReply::Marker {
+                before: 9,
+                after: 9
+            }
+        );
+        assert_eq!(
+            s.reader()
+                .read(&ReadOp::DirectRead {
+                    user: "bob".into(),
+                    with: "alice".into()
+                })
+                .unwrap(),
+            StoreReply::Marker {
+                before: 9,
+                after: 9
+            },
+            "{}",
+            s.name()
+        );
+        // Per direction: alice's marker of bob is her own.
+        assert_eq!(
+            s.exec1(StoreOp::DirectRead {
+                user: "alice".into(),
+                with: "bob".into()
+            }),
+            StoreReply::Marker {
+                before: 0,
+                after: 0
+            }
         );
     }
 }

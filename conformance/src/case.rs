@@ -35,6 +35,9 @@ pub enum Requirement {
     /// The server must hash slowly with at most three hashes running or waiting
     /// (`--busy-hashing`), so that a burst of logins finds the hash queue full.
     BusyHashing,
+    /// The server's room size limit must be exactly this (`--max-room-members N`), so that a case
+    /// can fill a room.
+    MaxRoomMembers(usize),
     /// The server's limit of connections per address must be given (`--max-per-address`).
     MaxPerAddress,
     /// The server's idle timeout must be given, and short enough for the suite to wait for it
@@ -57,11 +60,12 @@ pub enum Requirement {
 }
 
 impl Requirement {
-    /// The name a case file uses after `requires`.
+    /// The name a case file uses after `requires` (without a value).
     pub fn name(self) -> &'static str {
         match self {
             Requirement::MaxConnections => "max-connections",
             Requirement::BusyHashing => "busy-hashing",
+            Requirement::MaxRoomMembers(_) => "max-room-members",
             Requirement::MaxPerAddress => "max-per-address",
             Requirement::IdleTimeout => "idle-timeout",
             Requirement::RateLimits => "rate-limits",
@@ -255,20 +259,35 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Vec<Case>, ParseError> {
             ));
         };
         if let Some(req) = line.strip_prefix("requires ") {
-            match req.trim() {
-                "max-connections" => b.case.requires.push(Requirement::MaxConnections),
-                "busy-hashing" => b.case.requires.push(Requirement::BusyHashing),
-                "max-per-address" => b.case.requires.push(Requirement::MaxPerAddress),
-                "idle-timeout" => b.case.requires.push(Requirement::IdleTimeout),
-                "rate-limits" => b.case.requires.push(Requirement::RateLimits),
-                "small-quotas" => b.case.requires.push(Requirement::SmallQuotas),
-                "admin" => b.case.requires.push(Requirement::Admin),
-                "broadcast" => b.case.requires.push(Requirement::Broadcast),
-                "registration-closed" => b.case.requires.push(Requirement::RegistrationClosed),
-                other => {
+            let mut words = req.split_whitespace();
+            match (words.next(), words.next(), words.next()) {
+                (Some("max-connections"), None, _) => {
+                    b.case.requires.push(Requirement::MaxConnections)
+                }
+                (Some("busy-hashing"), None, _) => b.case.requires.push(Requirement::BusyHashing),
+                (Some("max-per-address"), None, _) => {
+                    b.case.requires.push(Requirement::MaxPerAddress)
+                }
+                (Some("idle-timeout"), None, _) => b.case.requires.push(Requirement::IdleTimeout),
+                (Some("rate-limits"), None, _) => b.case.requires.push(Requirement::RateLimits),
+                (Some("small-quotas"), None, _) => b.case.requires.push(Requirement::SmallQuotas),
+                (Some("admin"), None, _) => b.case.requires.push(Requirement::Admin),
+                (Some("broadcast"), None, _) => b.case.requires.push(Requirement::Broadcast),
+                (Some("registration-closed"), None, _) => {
+                    b.case.requires.push(Requirement::RegistrationClosed)
+                }
+                (Some("max-room-members"), Some(n), None) => match n.parse() {
+                    Ok(n) => b.case.requires.push(Requirement::MaxRoomMembers(n)),
+                    Err(_) => {
+                        return Err(err(format!("max-room-members needs a number, not {n:?}")))
+                    }
+                },
+                _ => {
                     return Err(err(format!(
-                        "unknown requirement {other:?} (known: max-connections, busy-hashing, \
-                         max-per-address, idle-timeout, rate-limits, small-quotas)"
+                        "unknown requirement {:?} (known: max-connections, busy-hashing, \
+                         max-per-address, idle-timeout, rate-limits, small-quotas, \
+                         admin, broadcast, registration-closed, max-room-members N)",
+                        req.trim()
                     )))
                 }
             }

@@ -87,6 +87,13 @@ fn parse_args() -> Result<Args, String> {
                 );
             }
             "--busy-hashing" => a.opts.busy_hashing = true,
+            "--max-room-members" => {
+                let v = value()?;
+                a.opts.max_room_members = Some(
+                    v.parse()
+                        .map_err(|_| format!("bad --max-room-members {v:?}"))?,
+                );
+            }
             "--max-per-address" => {
                 let v = value()?;
                 a.opts.max_per_address = Some(

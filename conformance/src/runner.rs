@@ -31,6 +31,9 @@ pub struct Options {
     /// The server hashes passwords slowly with at most three hashes running or waiting; enables
     /// the SERVER_BUSY case.
     pub busy_hashing: bool,
+    /// The server's most members per room, when known; enables the cases that fill a room of
+    /// exactly that size.
+    pub max_room_members: Option<usize>,
     /// The server's limit of connections from one address, when known; enables the cases that
     /// need it.
     pub max_per_address: Option<usize>,
@@ -65,6 +68,7 @@ impl Options {
             filter: None,
             max_connections: None,
             busy_hashing: false,
+            max_room_members: None,
             max_per_address: None,
             idle_timeout: None,
             rate_limits: false,
@@ -157,6 +161,7 @@ pub fn run(
         let unmet = case.requires.iter().find(|r| match r {
             Requirement::MaxConnections => opts.max_connections.is_none(),
             Requirement::BusyHashing => !opts.busy_hashing,
+            Requirement::MaxRoomMembers(n) => opts.max_room_members != Some(*n),
             Requirement::MaxPerAddress => opts.max_per_address.is_none(),
             Requirement::IdleTimeout => opts.idle_timeout.is_none(),
             Requirement::RateLimits => !opts.rate_limits,
@@ -166,7 +171,10 @@ pub fn run(
             Requirement::RegistrationClosed => !opts.registration_closed,
         });
         let outcome = if let Some(r) = unmet {
-            Outcome::Skip(format!("needs --{}", r.name()))
+            Outcome::Skip(match r {
+                Requirement::MaxRoomMembers(n) => format!("needs --max-room-members {n}"),
+                r => format!("needs --{}", r.name()),
+            })
         } else {
             let mut env = Env::new(&run_id, index);
             env.admin = opts.admin.as_ref().map(|(name, _)| name.clone());

@@ -28,7 +28,8 @@ pub enum Input<'a> {
         /// The text.
         text: &'a str,
     },
-    /// A line not starting with `/`: a message to the last person talked with.
+    /// A line not starting with `/`: a message to the current conversation (the last person
+    /// talked with, or the room last joined or heard from).
     Reply {
         /// The whole line.
         text: &'a str,
@@ -117,6 +118,68 @@ pub enum Input<'a> {
         /// Whom to ask about.
         name: &'a str,
     },
+    /// `/join <#room>`.
+    Join {
+        /// The room.
+        room: &'a str,
+    },
+    /// `/part [<#room>] [<reason>]`: the current room if none is named.
+    Part {
+        /// The room, if named.
+        room: Option<&'a str>,
+        /// Passed on to the server.
+        reason: Option<&'a str>,
+    },
+    /// `/rooms`.
+    Rooms,
+    /// `/members [<#room>]`.
+    Members {
+        /// The room, if named.
+        room: Option<&'a str>,
+    },
+    /// `/topic [<#room>] [<text>]`: show the topic, or set it.
+    Topic {
+        /// The room, if named.
+        room: Option<&'a str>,
+        /// The new topic (`-` clears it).
+        text: Option<&'a str>,
+    },
+    /// `/invite [<#room>] <name>`, `/unban [<#room>] <name>`.
+    OnMember {
+        /// `INVITE` or `UNBAN`.
+        verb: &'static str,
+        /// The room, if named.
+        room: Option<&'a str>,
+        /// The user.
+        name: &'a str,
+    },
+    /// `/kick [<#room>] <name> [<reason>]`, `/ban [<#room>] <name> [<reason>]`.
+    Remove {
+        /// `KICK` or `BAN`.
+        verb: &'static str,
+        /// The room, if named.
+        room: Option<&'a str>,
+        /// The user.
+        name: &'a str,
+        /// Passed on to the server.
+        reason: Option<&'a str>,
+    },
+    /// `/role [<#room>] <name> owner|op|member`.
+    Role {
+        /// The room, if named.
+        room: Option<&'a str>,
+        /// The member.
+        name: &'a str,
+        /// The role, as typed.
+        role: &'a str,
+    },
+    /// `/room info|private|public|delete [<#room>]`.
+    Room {
+        /// The subcommand, as typed.
+        sub: &'a str,
+        /// The room, if named.
+        room: Option<&'a str>,
+    },
     /// `//<line>`: a protocol line sent as typed.
     Raw(&'a str),
 }
@@ -141,7 +204,36 @@ pub const COMMANDS: &[(&str, &str)] = &[
     ),
     (
         "<text>",
-        "a line without / goes to the last person you messaged or who messaged you",
+        "a line without / goes to the current conversation: the last person you messaged or who \
+         messaged you, or the room you last joined or heard from",
+    ),
+    (
+        "/join <#room>",
+        "join a room (a new name creates it); then a line without / goes there",
+    ),
+    ("/part [<#room>] [<reason>]", "leave a room for good"),
+    ("/rooms", "your rooms, your invitations, then public rooms"),
+    ("/members [<#room>]", "who is in a room"),
+    (
+        "/topic [<#room>] [<text>|-]",
+        "show a room's topic, or set it (- clears it)",
+    ),
+    ("/invite [<#room>] <name>", "invite someone to a room"),
+    (
+        "/kick [<#room>] <name> [<reason>]",
+        "remove someone from a room",
+    ),
+    (
+        "/ban [<#room>] <name> [<reason>]",
+        "remove someone and keep them out (/unban to lift it)",
+    ),
+    (
+        "/role [<#room>] <name> owner|op|member",
+        "change a member's role",
+    ),
+    (
+        "/room info|private|public|delete [<#room>]",
+        "a room's settings, and its deletion",
     ),
     ("/users", "list who is online"),
     ("/register <name> <password>", "create an account"),
@@ -344,9 +436,107 @@ pub fn parse(line: &str) -> Result<Input<'_>, InputError> {
         "away" => Ok(Input::Away {
             text: (!blank(rest)).then_some(rest),
         }),
+        "join" => {
+            let (room, more) = word(rest);
+            if room.is_empty() || !blank(more) {
+                return Err(usage("/join <#room>"));
+            }
+            Ok(Input::Join { room })
+        }
+        "part" | "leave" => {
+            let (room, reason) = optional_room(rest);
+            Ok(Input::Part {
+                room,
+                reason: (!blank(reason)).then_some(reason),
+            })
+        }
+        "rooms" | "list" => {
+            if !blank(rest) {
+                return Err(usage("/rooms"));
+            }
+            Ok(Input::Rooms)
+        }
+        "members" | "names" => {
+            let (room, more) = optional_room(rest);
+            if !blank(more) {
+                return Err(usage("/members [<#room>]"));
+            }
+            Ok(Input::Members { room })
+        }
+        "topic" => {
+            let (room, text) = optional_room(rest);
+            Ok(Input::Topic {
+                room,
+                text: (!blank(text)).then_some(text),
+            })
+        }
+        "invite" | "unban" => {
+            let (room, rest) = optional_room(rest);
+            let (name, more) = word(rest);
+            let verb = if verb.eq_ignore_ascii_case("invite") {
+                "INVITE"
+            } else {
+                "UNBAN"
+            };
+            if name.is_empty() || !blank(more) {
+                return Err(usage(&format!(
+                    "/{} [<#room>] <name>",
+                    verb.to_ascii_lowercase()
+                )));
+            }
+            Ok(Input::OnMember { verb, room, name })
+        }
+        "kick" | "ban" => {
+            let (room, rest) = optional_room(rest);
+            let (name, reason) = word(rest);
+            let verb = if verb.eq_ignore_ascii_case("kick") {
+                "KICK"
+            } else {
+                "BAN"
+            };
+            if name.is_empty() {
+                return Err(usage(&format!(
+                    "/{} [<#room>] <name> [<reason>]",
+                    verb.to_ascii_lowercase()
+                )));
+            }
+            Ok(Input::Remove {
+                verb,
+                room,
+                name,
+                reason: (!blank(reason)).then_some(reason),
+            })
+        }
+        "role" => {
+            let (room, rest) = optional_room(rest);
+            let (name, rest) = word(rest);
+            let (role, more) = word(rest);
+            if name.is_empty() || role.is_empty() || !blank(more) {
+                return Err(usage("/role [<#room>] <name> owner|op|member"));
+            }
+            Ok(Input::Role { room, name, role })
+        }
+        "room" => {
+            let (sub, rest) = word(rest);
+            let (room, more) = optional_room(rest);
+            if sub.is_empty() || !blank(more) {
+                return Err(usage("/room info|private|public|delete [<#room>]"));
+            }
+            Ok(Input::Room { sub, room })
+        }
         _ => Err(InputError(format!(
             "unknown command /{verb}; type /help for the list (// sends a line to the server as is)"
         ))),
+    }
+}
+
+/// A leading `#room` word, if there is one, and the rest (spaces kept as the protocol keeps them).
+fn optional_room(s: &str) -> (Option<&str>, &str) {
+    let (first, rest) = word(s);
+    if first.starts_with('#') {
+        (Some(first), rest)
+    } else {
+        (None, s.trim_start_matches(' '))
     }
 }
 
@@ -503,6 +693,120 @@ mod tests {
                 args: "bob 10 before 7"
             })
         );
+    }
+
+    #[test]
+    fn room_commands_name_a_room_or_leave_it_to_the_current_one() {
+        assert_eq!(parse("/join #rust"), Ok(Input::Join { room: "#rust" }));
+        assert!(parse("/join").unwrap_err().0.starts_with("usage: /join"));
+        assert!(parse("/join #a #b").is_err());
+        assert_eq!(
+            parse("/part"),
+            Ok(Input::Part {
+                room: None,
+                reason: None
+            })
+        );
+        assert_eq!(
+            parse("/part #rust see  you"),
+            Ok(Input::Part {
+                room: Some("#rust"),
+                reason: Some("see  you")
+            })
+        );
+        assert_eq!(
+            parse("/leave good night"),
+            Ok(Input::Part {
+                room: None,
+                reason: Some("good night")
+            })
+        );
+        assert_eq!(parse("/rooms"), Ok(Input::Rooms));
+        assert_eq!(parse("/members"), Ok(Input::Members { room: None }));
+        assert_eq!(
+            parse("/members #x"),
+            Ok(Input::Members { room: Some("#x") })
+        );
+        assert_eq!(
+            parse("/topic"),
+            Ok(Input::Topic {
+                room: None,
+                text: None
+            })
+        );
+        assert_eq!(
+            parse("/topic #x be nice"),
+            Ok(Input::Topic {
+                room: Some("#x"),
+                text: Some("be nice")
+            })
+        );
+        assert_eq!(
+            parse("/topic be nice"),
+            Ok(Input::Topic {
+                room: None,
+                text: Some("be nice")
+            })
+        );
+        assert_eq!(
+            parse("/invite bob"),
+            Ok(Input::OnMember {
+                verb: "INVITE",
+                room: None,
+                name: "bob"
+            })
+        );
+        assert_eq!(
+            parse("/unban #x bob"),
+            Ok(Input::OnMember {
+                verb: "UNBAN",
+                room: Some("#x"),
+                name: "bob"
+            })
+        );
+        assert_eq!(
+            parse("/kick #x bob off topic"),
+            Ok(Input::Remove {
+                verb: "KICK",
+                room: Some("#x"),
+                name: "bob",
+                reason: Some("off topic")
+            })
+        );
+        assert_eq!(
+            parse("/ban mallory"),
+            Ok(Input::Remove {
+                verb: "BAN",
+                room: None,
+                name: "mallory",
+                reason: None
+            })
+        );
+        assert_eq!(
+            parse("/role bob op"),
+            Ok(Input::Role {
+                room: None,
+                name: "bob",
+                role: "op"
+            })
+        );
+        assert_eq!(
+            parse("/room private #x"),
+            Ok(Input::Room {
+                sub: "private",
+                room: Some("#x")
+            })
+        );
+        for bad in [
+            "/invite",
+            "/invite #x",
+            "/kick",
+            "/role bob",
+            "/room",
+            "/members a b",
+        ] {
+            assert!(parse(bad).unwrap_err().0.starts_with("usage: /"), "{bad}");
+        }
     }
 
     #[test]

@@ -9,8 +9,10 @@ use std::borrow::Cow;
 use jiff::tz::TimeZone;
 use jiff::Timestamp;
 
+use crate::proto::room::{Privacy, Role};
 use crate::proto::server_line::{
-    FriendState, FriendshipEvent, MessageLine, Presence, Recipient, TokenLine,
+    FriendState, FriendshipEvent, MessageLine, Presence, Recipient, RoomEvent, RoomLine, Standing,
+    TokenLine,
 };
 use crate::proto::token::format_id;
 
@@ -90,6 +92,7 @@ pub fn recipients(to: &Recipient<'_>, me: Option<&str>) -> String {
             format!("group ({})", shown.join(", "))
         }
         Recipient::All => "everyone".to_string(),
+        Recipient::Room(r) => clean(r).into_owned(),
     }
 }
 
@@ -170,6 +173,155 @@ pub fn friend(name: &str, state: FriendState) -> String {
     }
 }
 
+/// A role in lower case, as a person reads it.
+fn role_word(role: Role) -> &'static str {
+    match role {
+        Role::Owner => "owner",
+        Role::Op => "op",
+        Role::Member => "member",
+    }
+}
+
+/// One `ROOM` line: `  #rust (public, 12 members; you: member, 3 unread): the topic`.
+pub fn room(r: &RoomLine<'_>) -> String {
+    let privacy = match r.privacy {
+        Privacy::Public => "public",
+        Privacy::Private => "private",
+    };
+    let members = match r.members {
+        1 => "1 member".to_string(),
+        n => format!("{n} members"),
+    };
+    let you = match (r.standing, r.unread) {
+        (Standing::Member(role), Some(0)) => format!("; you: {}", role_word(role)),
+        (Standing::Member(role), Some(n)) => format!("; you: {}, {n} unread", role_word(role)),
+        (Standing::Member(role), None) => format!("; you: {}", role_word(role)),
+        (Standing::Invited, _) => "; you are invited".to_string(),
+        (Standing::Outside, _) => String::new(),
+    };
+    let mut line = format!("  {} ({privacy}, {members}{you})", clean(r.room));
+    if !r.topic.is_empty() {
+        line.push_str(": ");
+        line.push_str(&clean(r.topic));
+    }
+    line
+}
+
+/// One `MEMBER` line.
+pub fn member(name: &str, role: Role, p: Presence) -> String {
+    let presence = match p {
+        Presence::Online => "online",
+        Presence::Offline => "offline",
+    };
+    format!("  {} ({}, {presence})", clean(name), role_word(role))
+}
+
+/// One `BAN` line of `ROOM INFO`.
+pub fn ban(name: &str, by: &str, time_ms: i64, reason: &str, clock: &Clock) -> String {
+    let mut line = format!(
+        "  banned: {} by {} on {}",
+        clean(name),
+        clean(by),
+        clock.local(time_ms, true)
+    );
+    if !reason.is_empty() {
+        line.push_str(&format!(" ({})", clean(reason)));
+    }
+    line
+}
+
+/// One `INVITATION` line of `ROOM INFO`.
+pub fn invitation(name: &str, by: &str, expires_ms: i64, clock: &Clock) -> String {
+    format!(
+        "  invited: {} by {}, until {}",
+        clean(name),
+        clean(by),
+        clock.local(expires_ms, true)
+    )
+}
+
+/// A room event as a sentence; `me` is the reader.
+pub fn room_event(room: &str, event: &RoomEvent<'_>, me: Option<&str>, clock: &Clock) -> String {
+    let r = clean(room);
+    let who = |n: &str| -> String {
+        if is(me, n) {
+            "you".to_string()
+        } else {
+            clean(n).into_owned()
+        }
+    };
+    let because = |reason: &str| -> String {
+        if reason.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", clean(reason))
+        }
+    };
+    match event {
+        RoomEvent::Joined { name } => format!("{} joined {r}.", who(name)),
+        RoomEvent::Parted { name, reason } => format!("{} left {r}{}.", who(name), because(reason)),
+        RoomEvent::Kicked { name, by, reason } => format!(
+            "{} removed {} from {r}{}.",
+            who(by),
+            who(name),
+            because(reason)
+        ),
+        RoomEvent::Banned { name, by, reason } => format!(
+            "{} banned {} from {r}{}.",
+            who(by),
+            who(name),
+            because(reason)
+        ),
+        RoomEvent::Unbanned { name, by } => {
+            format!("{} lifted {}'s ban from {r}.", who(by), who(name))
+        }
+        RoomEvent::Topic { by, text: "" } => format!("{} cleared the topic of {r}.", who(by)),
+        RoomEvent::Topic { by, text } => {
+            format!("{} set the topic of {r}: {}", who(by), clean(text))
+        }
+        RoomEvent::Role { name, role, by } => format!(
+            "{} made {} {} of {r}.",
+            who(by),
+            who(name),
+            match role {
+                Role::Owner => "an owner",
+                Role::Op => "an op",
+                Role::Member => "a member",
+            }
+        ),
+        RoomEvent::Invited { by, expires_ms } => format!(
+            "{} invites you to {r} (until {}): /join {r}, or /part {r} to decline.",
+            who(by),
+            clock.local(*expires_ms, true)
+        ),
+        RoomEvent::Privacy {
+            privacy: Privacy::Private,
+            by,
+        } => format!("{} made {r} private: invitation only.", who(by)),
+        RoomEvent::Privacy {
+            privacy: Privacy::Public,
+            by,
+        } => format!("{} made {r} public.", who(by)),
+        RoomEvent::Deleted { by } => format!("{} deleted {r}.", who(by)),
+    }
+}
+
+/// `UNREAD` at login: where to start reading.
+pub fn unread(room: &str, count: u64, first: u64) -> String {
+    let r = clean(room);
+    let what = if count == 1 {
+        "1 unread message".to_string()
+    } else {
+        format!("{count} unread messages")
+    };
+    // A page holds at most 500; the command shows the first ones.
+    let page = count.min(crate::config::HISTORY_MAX_COUNT.into());
+    format!(
+        "{r}: {what}; read them with /history {r} {page} after {}",
+        first.saturating_sub(1)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,6 +393,59 @@ mod tests {
         assert_eq!(
             friendship("x\u{7}", FriendshipEvent::Removed),
             "x\u{fffd} ended your friendship."
+        );
+    }
+
+    #[test]
+    fn rooms_in_words() {
+        let line = |s: &str| match parse(s) {
+            ServerLine::Room(r) => room(&r),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            line("ROOM #rust PUBLIC 12 MEMBER 3 Rust talk"),
+            "  #rust (public, 12 members; you: member, 3 unread): Rust talk"
+        );
+        assert_eq!(
+            line("ROOM #team PRIVATE 1 INVITED -"),
+            "  #team (private, 1 member; you are invited)"
+        );
+        assert_eq!(
+            line("ROOM #x PUBLIC 2 OWNER 0"),
+            "  #x (public, 2 members; you: owner)"
+        );
+        let event = |s: &str| match parse(s) {
+            ServerLine::RoomEvent { room, event } => {
+                room_event(room, &event, Some("bob"), &clock())
+            }
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(event("JOINED #x alice"), "alice joined #x.");
+        assert_eq!(
+            event("KICKED #x bob alice off topic"),
+            "alice removed you from #x (off topic)."
+        );
+        assert_eq!(event("TOPIC #x alice"), "alice cleared the topic of #x.");
+        assert_eq!(event("ROLE #x bob OP alice"), "alice made you an op of #x.");
+        assert_eq!(
+            event("INVITED #x alice 2026-11-28T10:00:00.000Z"),
+            "alice invites you to #x (until 2026-11-28 12:00): /join #x, or /part #x to decline."
+        );
+        assert_eq!(
+            unread("#x", 3, 57),
+            "#x: 3 unread messages; read them with /history #x 3 after 56"
+        );
+        assert_eq!(
+            member("bob", Role::Op, Presence::Offline),
+            "  bob (op, offline)"
+        );
+        assert_eq!(
+            shown(
+                "MESSAGE 9 2026-11-21T10:04:05.123Z alice #x \u{1b}hi",
+                Some("bob"),
+                false
+            ),
+            "[12:04] alice → #x: \u{fffd}hi"
         );
     }
 

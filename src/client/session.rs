@@ -5,7 +5,12 @@
 //! each label was for, so a reply can be told in words ("delivered to bob"), a login can be kept for
 //! logging in again after a reconnect, and replies to commands lost with a connection are counted.
 //! Without labels (the non-interactive mode passes server lines through untouched) it still tracks
-//! who the user last talked with.
+//! the current conversation: who the user last talked with, or the room they last joined or heard
+//! from, where a line without `/` goes.
+//!
+//! Room messages shown are read: in interactive use the session marks them so (`READ`), with at
+//! most one `READ` on its way per room, so that the unread counts at the next login, on any device,
+//! start after what this one showed.
 //!
 //! How a login is kept: after a `/login` succeeds, the session asks the server for a device token
 //! (`TOKEN`), hands it to the shell to save ([`Effect::SaveToken`]) and forgets the password. From
@@ -17,13 +22,16 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 
+use crate::proto::room::RoomKey;
+
 use super::input::{help_text, Input};
 use super::render::{self, clean, Clock};
 use crate::proto::code::{ByeCode, Code};
 use crate::proto::command::Dms;
 use crate::proto::command::Verb;
 use crate::proto::server_line::{
-    parse, AddOutcome, Delivery, FriendReply, OkReply, Presence, Recipient, ServerLine,
+    parse, AddOutcome, Delivery, FriendReply, JoinOutcome, OkReply, PartOutcome, Presence,
+    Recipient, RoomEvent, RoomReply, ServerLine,
 };
 
 /// The label of the client's answers to the server's idle probes (`PING <token>`, spec 7.6); their
@@ -146,6 +154,29 @@ enum Pending {
     History {
         target: String,
     },
+    Join {
+        room: String,
+    },
+    Part,
+    Rooms,
+    Members,
+    Topic,
+    RoomChange,
+    /// A READ the session sent by itself for what it showed of a room.
+    AutoRead {
+        room: RoomKey,
+    },
+}
+
+/// What the session has shown and marked read of one room.
+#[derive(Clone, Debug, Default)]
+struct Reading {
+    /// The newest message id shown.
+    shown: u64,
+    /// The read marker, as far as the session knows.
+    marked: u64,
+    /// A READ is on its way.
+    outstanding: bool,
 }
 
 /// The client's state across commands and reconnections.
@@ -166,10 +197,14 @@ pub struct Session {
     device: Option<String>,
     /// At least one connection was made: the next RESUME is a reconnect.
     connected_before: bool,
-    /// Who a plain line goes to.
-    last_peer: Option<String>,
+    /// Where a plain line goes: a user, or a room (`#name`).
+    target: Option<String>,
     /// USER lines of a USERS answer, shown together with its final line.
     users: Vec<String>,
+    /// The room and newest id of the HISTORY lines of the answer being received (a JOIN's).
+    replayed: Option<(String, u64)>,
+    /// Per room, what was shown and marked read (labelled mode only).
+    reading: HashMap<RoomKey, Reading>,
     quitting: bool,
     /// Tokens of the idle probes answered whose PONG has not come back yet, oldest first.
     probes: VecDeque<String>,
@@ -187,8 +222,10 @@ impl Session {
             token: None,
             device: None,
             connected_before: false,
-            last_peer: None,
+            target: None,
             users: Vec::new(),
+            replayed: None,
+            reading: HashMap::new(),
             quitting: false,
             probes: VecDeque::new(),
         }
@@ -224,9 +261,9 @@ impl Session {
         self.me.as_deref()
     }
 
-    /// Who a plain line would go to.
-    pub fn last_peer(&self) -> Option<&str> {
-        self.last_peer.as_deref()
+    /// Where a plain line would go: a user, or a room (`#name`).
+    pub fn target(&self) -> Option<&str> {
+        self.target.as_deref()
     }
 
     /// True once the user asked to quit.
@@ -239,11 +276,12 @@ impl Session {
         self.pending.len()
     }
 
-    /// The prompt for the line editor.
+    /// The prompt for the line editor: who you are, and where a plain line goes.
     pub fn prompt(&self) -> String {
-        match &self.me {
-            Some(me) => format!("{me}> "),
-            None => "> ".to_string(),
+        match (&self.me, &self.target) {
+            (Some(me), Some(t)) => format!("{me} → {}> ", clean(t)),
+            (Some(me), None) => format!("{me}> "),
+            (None, _) => "> ".to_string(),
         }
     }
 
@@ -287,6 +325,8 @@ impl Session {
             .count();
         self.pending.clear();
         self.users.clear();
+        self.replayed = None;
+        self.reading.clear();
         self.probes.clear();
         self.me = None;
         if lost == 0 {
@@ -307,15 +347,18 @@ impl Session {
         match input {
             Input::Nothing => Vec::new(),
             Input::Msg { to, text } => self.msg(to, text),
-            Input::Reply { text } => match self.last_peer.clone() {
+            Input::Reply { text } => match self.target.clone() {
                 Some(to) => self.msg(&to, text),
                 None => vec![note(
                     NoteKind::Error,
-                    "nobody to answer yet: start with /msg <name> <text>. A line without / goes to the last \
-                     person you messaged or who messaged you.",
+                    "nobody to answer yet: start with /msg <name> <text> or /join <#room>. A line \
+                     without / goes to the last person you messaged or who messaged you, or to the \
+                     room you last joined or heard from.",
                 )],
             },
-            Input::Group { to, text } => vec![self.send(Pending::Group, format!("GROUP {to} {text}"))],
+            Input::Group { to, text } => {
+                vec![self.send(Pending::Group, format!("GROUP {to} {text}"))]
+            }
             Input::All { text } => vec![self.send(Pending::All, format!("ALL {text}"))],
             Input::Users => {
                 self.users.clear();
@@ -369,10 +412,9 @@ impl Session {
             )],
             Input::Tokens => vec![self.send(Pending::Tokens, "TOKENS".into())],
             Input::Revoke { which } => vec![self.send(Pending::Revoke, format!("REVOKE {which}"))],
-            Input::Unregister { password } => vec![self.send(
-                Pending::Unregister,
-                format!("UNREGISTER {password}"),
-            )],
+            Input::Unregister { password } => {
+                vec![self.send(Pending::Unregister, format!("UNREGISTER {password}"))]
+            }
             Input::Block { name } => vec![self.send(Pending::Block, format!("BLOCK {name}"))],
             Input::Unblock { name } => vec![self.send(Pending::Block, format!("UNBLOCK {name}"))],
             Input::Blocks => vec![self.send(Pending::Block, "BLOCKS".into())],
@@ -392,7 +434,7 @@ impl Session {
             )],
             Input::Whois { name } => vec![self.send(Pending::Whois, format!("WHOIS {name}"))],
             Input::Friend { args } => vec![self.send(Pending::Friend, format!("FRIEND {args}"))],
-            Input::History { args: "" } => match self.last_peer.clone() {
+            Input::History { args: "" } => match self.target.clone() {
                 Some(peer) => vec![self.send(
                     Pending::History {
                         target: peer.clone(),
@@ -408,12 +450,119 @@ impl Session {
                 let target = args.split(' ').next().unwrap_or("").to_string();
                 vec![self.send(Pending::History { target }, format!("HISTORY {args}"))]
             }
+            Input::Join { room } => {
+                // From now on a plain line goes there (a script may send one before the answer).
+                self.target = Some(room.to_string());
+                let what = Pending::Join {
+                    room: room.to_string(),
+                };
+                vec![self.send(what, format!("JOIN {room}"))]
+            }
+            Input::Part { room, reason } => {
+                self.in_room(room, "/part [<#room>] [<reason>]", |s, r| {
+                    let line = match reason {
+                        Some(why) => format!("PART {r} {why}"),
+                        None => format!("PART {r}"),
+                    };
+                    s.send(Pending::Part, line)
+                })
+            }
+            Input::Rooms => vec![self.send(Pending::Rooms, "ROOMS".into())],
+            Input::Members { room } => self.in_room(room, "/members [<#room>]", |s, r| {
+                s.send(Pending::Members, format!("MEMBERS {r}"))
+            }),
+            Input::Topic { room, text } => {
+                self.in_room(room, "/topic [<#room>] [<text>]", |s, r| {
+                    let line = match text {
+                        Some(t) => format!("TOPIC {r} {t}"),
+                        None => format!("TOPIC {r}"),
+                    };
+                    s.send(Pending::Topic, line)
+                })
+            }
+            Input::OnMember { verb, room, name } => {
+                let form = format!("/{} [<#room>] <name>", verb.to_ascii_lowercase());
+                self.in_room(room, &form, |s, r| {
+                    s.send(Pending::RoomChange, format!("{verb} {r} {name}"))
+                })
+            }
+            Input::Remove {
+                verb,
+                room,
+                name,
+                reason,
+            } => {
+                let form = format!("/{} [<#room>] <name> [<reason>]", verb.to_ascii_lowercase());
+                self.in_room(room, &form, |s, r| {
+                    let line = match reason {
+                        Some(why) => format!("{verb} {r} {name} {why}"),
+                        None => format!("{verb} {r} {name}"),
+                    };
+                    s.send(Pending::RoomChange, line)
+                })
+            }
+            Input::Role { room, name, role } => {
+                self.in_room(room, "/role [<#room>] <name> owner|op|member", |s, r| {
+                    s.send(Pending::RoomChange, format!("ROLE {r} {name} {role}"))
+                })
+            }
+            Input::Room { sub, room } => self.in_room(
+                room,
+                "/room info|private|public|delete [<#room>]",
+                |s, r| s.send(Pending::RoomChange, format!("ROOM {sub} {r}")),
+            ),
             Input::Raw(line) => vec![Effect::Send(line.to_string())],
         }
     }
 
+    /// Runs `then` with the room named, or the current one; without either, says how to name one.
+    fn in_room(
+        &mut self,
+        named: Option<&str>,
+        usage: &str,
+        then: impl FnOnce(&mut Session, &str) -> Effect,
+    ) -> Vec<Effect> {
+        let current = self.target.clone().filter(|t| t.starts_with('#'));
+        match named.map(str::to_owned).or(current) {
+            Some(room) => vec![then(self, &room)],
+            None => vec![note(
+                NoteKind::Error,
+                format!("usage: {usage} (no current room: name one, or /join one first)"),
+            )],
+        }
+    }
+
+    /// A room message was shown: in labelled mode, mark it read unless a READ is on its way
+    /// (its answer sends the next one).
+    fn shown_in_room(&mut self, room: &str, id: u64) -> Vec<Effect> {
+        if !self.labelled {
+            return Vec::new();
+        }
+        let key = RoomKey::of(room);
+        let r = self.reading.entry(key.clone()).or_default();
+        r.shown = r.shown.max(id);
+        if r.outstanding || r.shown <= r.marked {
+            return Vec::new();
+        }
+        r.outstanding = true;
+        let line = format!("READ {room} {}", r.shown);
+        vec![self.send(Pending::AutoRead { room: key }, line)]
+    }
+
+    /// Forgets the current conversation if it is this room (the user is not in it any more).
+    fn left_room(&mut self, room: &str) {
+        if self
+            .target
+            .as_deref()
+            .is_some_and(|t| t.eq_ignore_ascii_case(room))
+        {
+            self.target = None;
+        }
+        self.reading.remove(&RoomKey::of(room));
+    }
+
     fn msg(&mut self, to: &str, text: &str) -> Vec<Effect> {
-        self.last_peer = Some(to.to_string());
+        self.target = Some(to.to_string());
         vec![self.send(Pending::Msg { to: to.into() }, format!("MSG {to} {text}"))]
     }
 
@@ -466,17 +615,29 @@ impl Session {
                     .as_deref()
                     .is_some_and(|me| me.eq_ignore_ascii_case(m.from));
                 if to_me && !from_me {
-                    self.last_peer = Some(m.from.to_string());
+                    self.target = Some(m.from.to_string());
+                }
+                let mut out = vec![note(
+                    NoteKind::Chat,
+                    render::message(&m, self.me.as_deref(), clock, false),
+                )];
+                if let Recipient::Room(room) = m.to {
+                    if !from_me {
+                        self.target = Some(room.to_string());
+                    }
+                    out.extend(self.shown_in_room(room, m.id));
+                }
+                out
+            }
+            ServerLine::History(m) => {
+                if let Recipient::Room(room) = m.to {
+                    self.replayed = Some((room.to_string(), m.id));
                 }
                 vec![note(
                     NoteKind::Chat,
-                    render::message(&m, self.me.as_deref(), clock, false),
+                    render::message(&m, self.me.as_deref(), clock, true),
                 )]
             }
-            ServerLine::History(m) => vec![note(
-                NoteKind::Chat,
-                render::message(&m, self.me.as_deref(), clock, true),
-            )],
             ServerLine::BacklogEnd { count: 0 } => Vec::new(),
             ServerLine::BacklogEnd { count } => vec![note(
                 NoteKind::Info,
@@ -527,6 +688,62 @@ impl Session {
                     format!("  {} (blocked)", clean(name)),
                 )]
             }
+            ServerLine::Room(r) => vec![note(NoteKind::Plain, render::room(&r))],
+            ServerLine::Member {
+                name,
+                role,
+                presence,
+                ..
+            } => vec![note(NoteKind::Plain, render::member(name, role, presence))],
+            ServerLine::Ban {
+                name,
+                by,
+                time_ms,
+                reason,
+                ..
+            } => vec![note(
+                NoteKind::Plain,
+                render::ban(name, by, time_ms, reason, clock),
+            )],
+            ServerLine::Invitation {
+                name,
+                by,
+                expires_ms,
+                ..
+            } => vec![note(
+                NoteKind::Plain,
+                render::invitation(name, by, expires_ms, clock),
+            )],
+            ServerLine::RoomEvent { room, event } => {
+                let me = self.me.clone();
+                let about_me = |n: &str| me.as_deref().is_some_and(|m| m.eq_ignore_ascii_case(n));
+                match event {
+                    RoomEvent::Parted { name, .. }
+                    | RoomEvent::Kicked { name, .. }
+                    | RoomEvent::Banned { name, .. }
+                        if about_me(name) =>
+                    {
+                        self.left_room(room)
+                    }
+                    RoomEvent::Deleted { .. } => self.left_room(room),
+                    _ => {}
+                }
+                vec![note(
+                    NoteKind::Info,
+                    render::room_event(room, &event, self.me.as_deref(), clock),
+                )]
+            }
+            ServerLine::Unread { room, count, first } => {
+                vec![note(NoteKind::Info, render::unread(room, count, first))]
+            }
+            ServerLine::Read { target, id } => {
+                // Another of this account's connections marked it read: nothing to show.
+                if target.starts_with('#') {
+                    let r = self.reading.entry(RoomKey::of(target)).or_default();
+                    r.marked = r.marked.max(id);
+                }
+                Vec::new()
+            }
             ServerLine::Stat { name, value } => {
                 vec![note(NoteKind::Plain, format!("  {name} {value}"))]
             }
@@ -567,7 +784,95 @@ impl Session {
             }
             _ => {}
         }
+        let replayed = self.replayed.take();
         let text = match (what, reply) {
+            (Some(Pending::AutoRead { room }), OkReply::Read { target, id }) => {
+                let r = self.reading.entry(room).or_default();
+                r.outstanding = false;
+                r.marked = r.marked.max(id);
+                // More was shown while it was on its way.
+                let shown = r.shown;
+                return self.shown_in_room(target, shown);
+            }
+            (Some(Pending::Msg { to }), OkReply::RoomMsg { delivered, .. }) => match delivered {
+                0 => format!("sent to {} (nobody else online there)", clean(&to)),
+                1 => format!("sent to {} (1 other member online)", clean(&to)),
+                n => format!("sent to {} ({n} other members online)", clean(&to)),
+            },
+            (_, OkReply::Join { room, outcome }) => {
+                self.target = Some(room.to_string());
+                let mut out = vec![note(
+                    NoteKind::Info,
+                    match outcome {
+                        JoinOutcome::Created => format!(
+                            "Created {0}; you are its owner. A line without / now goes to {0}.",
+                            clean(room)
+                        ),
+                        JoinOutcome::Joined => {
+                            format!("Joined {0}. A line without / now goes to {0}.", clean(room))
+                        }
+                        JoinOutcome::Member => format!(
+                            "You are in {0}. A line without / now goes to {0}.",
+                            clean(room)
+                        ),
+                    },
+                )];
+                // What the JOIN replayed was shown: it is read.
+                if let Some((r, id)) = replayed {
+                    out.extend(self.shown_in_room(&r, id));
+                }
+                return out;
+            }
+            (_, OkReply::Part { room, outcome }) => {
+                self.left_room(room);
+                match outcome {
+                    PartOutcome::Left => format!("You left {}.", clean(room)),
+                    PartOutcome::Declined => {
+                        format!("You declined the invitation to {}.", clean(room))
+                    }
+                }
+            }
+            (Some(Pending::Rooms), OkReply::Rooms { count: 0 }) => {
+                "no rooms yet: /join <#room> creates one".into()
+            }
+            (Some(Pending::Rooms), OkReply::Rooms { count }) => format!("{count} rooms"),
+            (Some(Pending::Members), OkReply::Members { room, count }) => {
+                format!("{count} in {}", clean(room))
+            }
+            (
+                Some(Pending::Topic),
+                OkReply::Topic {
+                    room, set: None, ..
+                },
+            ) => format!("{} has no topic.", clean(room)),
+            (
+                Some(Pending::Topic),
+                OkReply::Topic {
+                    room,
+                    set: Some(set),
+                    text: "",
+                },
+            ) => format!(
+                "{} has no topic (cleared by {}, {}).",
+                clean(room),
+                clean(set.by),
+                clock.local(set.time_ms, true)
+            ),
+            (
+                Some(Pending::Topic),
+                OkReply::Topic {
+                    room,
+                    set: Some(set),
+                    text,
+                },
+            ) => format!(
+                "Topic of {}: {} (set by {}, {})",
+                clean(room),
+                clean(text),
+                clean(set.by),
+                clock.local(set.time_ms, true)
+            ),
+            (Some(Pending::RoomChange), reply) => room_ok(reply, clock),
             (Some(Pending::Register), OkReply::Register { name }) => format!(
                 "Registered {0}. Now log in: /login {0} <password>",
                 clean(name)
@@ -729,9 +1034,24 @@ impl Session {
         text: &str,
     ) -> Vec<Effect> {
         self.users.clear();
+        self.replayed = None;
         let text = clean(text);
+        if let Some(Pending::Join { room }) = &what {
+            // Not joined after all: plain lines do not go there.
+            if self.target.as_deref() == Some(room.as_str()) {
+                self.target = None;
+            }
+        }
         let mut effects = Vec::new();
         let shown = match what {
+            Some(Pending::AutoRead { room }) => {
+                // Not worth troubling the user with; do not try again for this room.
+                if let Some(r) = self.reading.get_mut(&room) {
+                    r.outstanding = false;
+                    r.marked = r.shown;
+                }
+                return Vec::new();
+            }
             Some(Pending::Login { .. }) => format!("login failed: {text}"),
             Some(Pending::Register) => format!("registration failed: {text}"),
             Some(Pending::Relogin) => {
@@ -766,6 +1086,46 @@ impl Session {
         };
         effects.push(note(NoteKind::Error, shown));
         effects
+    }
+}
+
+/// `OK INVITE`, `KICK`, `BAN`, `UNBAN`, `ROLE` and `ROOM ...` in words.
+fn room_ok(reply: OkReply<'_>, clock: &Clock) -> String {
+    match reply {
+        OkReply::Invite {
+            room,
+            name,
+            expires_ms,
+        } => format!(
+            "invited {} to {} (until {})",
+            clean(name),
+            clean(room),
+            clock.local(expires_ms, true)
+        ),
+        OkReply::Kick { room, name } => format!("removed {} from {}", clean(name), clean(room)),
+        OkReply::Ban { room, name } => format!("banned {} from {}", clean(name), clean(room)),
+        OkReply::Unban { room, name } => {
+            format!("lifted {}'s ban from {}", clean(name), clean(room))
+        }
+        OkReply::Role { room, name, role } => format!(
+            "{} is now {} of {}",
+            clean(name),
+            role.as_str().to_ascii_lowercase(),
+            clean(room)
+        ),
+        OkReply::Room(RoomReply::Info { room, created_ms }) => {
+            format!(
+                "{} was created {}",
+                clean(room),
+                clock.local(created_ms, true)
+            )
+        }
+        OkReply::Room(RoomReply::Private { room }) => {
+            format!("{} is private: invitation only", clean(room))
+        }
+        OkReply::Room(RoomReply::Public { room }) => format!("{} is public", clean(room)),
+        OkReply::Room(RoomReply::Delete { room }) => format!("deleted {}", clean(room)),
+        other => clean(&format!("OK {other}")).into_owned(),
     }
 }
 
@@ -875,7 +1235,8 @@ mod tests {
             ["error: MSG UNKNOWN_USER: no such user: zed"]
         );
         assert_eq!(s.unanswered(), 0);
-        assert_eq!(s.prompt(), "alice> ");
+        // The prompt says where a plain line goes: bob, the last person messaged.
+        assert_eq!(s.prompt(), "alice → bob> ");
     }
 
     /// The server's idle probe is answered at once, with a PING of the same token, and neither the
@@ -910,7 +1271,7 @@ mod tests {
             "MESSAGE 3 2026-11-21T11:59:00.000Z Bob Alice hi alice",
         ));
         assert_eq!(shown_msg, ["[11:59] Bob → you: hi alice"]);
-        assert_eq!(s.last_peer(), Some("Bob"));
+        assert_eq!(s.target(), Some("Bob"));
         assert_eq!(sent(&input(&mut s, "hi bob")), ["@c.2 MSG Bob hi bob"]);
 
         // Group and broadcast messages do not change it; sending a MSG does.
@@ -919,7 +1280,7 @@ mod tests {
             "MESSAGE 4 2026-11-21T11:59:00.000Z carol alice,bob x",
         );
         server(&mut s, "MESSAGE 5 2026-11-21T11:59:00.000Z dave * y");
-        assert_eq!(s.last_peer(), Some("Bob"));
+        assert_eq!(s.target(), Some("Bob"));
         input(&mut s, "/msg erin z");
         assert_eq!(sent(&input(&mut s, "again")), ["@c.4 MSG erin again"]);
         assert_eq!(sent(&input(&mut s, "/history")), ["@c.5 HISTORY erin"]);
@@ -1191,6 +1552,116 @@ mod tests {
     }
 
     #[test]
+    fn after_a_join_plain_lines_go_to_the_room() {
+        let mut s = logged_in("alice");
+        assert_eq!(sent(&input(&mut s, "/join #Rust")), ["@c.2 JOIN #Rust"]);
+        assert_eq!(
+            shown(&server(&mut s, "ROOM #Rust PUBLIC 3 MEMBER 0 be kind")),
+            ["  #Rust (public, 3 members; you: member): be kind"]
+        );
+        let replay = server(
+            &mut s,
+            "HISTORY 7 2026-11-21T11:00:00.000Z bob #Rust earlier",
+        );
+        assert_eq!(shown(&replay), ["[2026-11-21 11:00] bob → #Rust: earlier"]);
+        // The answer's end: the room is where plain lines go now, and what was replayed is read.
+        let joined = server(&mut s, "OK @c.2 JOIN #Rust JOINED");
+        assert_eq!(
+            shown(&joined),
+            ["* Joined #Rust. A line without / now goes to #Rust."]
+        );
+        assert_eq!(sent(&joined), ["@c.3 READ #Rust 7"]);
+        assert_eq!(s.target(), Some("#Rust"));
+        assert_eq!(s.prompt(), "alice → #Rust> ");
+        assert_eq!(
+            sent(&input(&mut s, "hello all")),
+            ["@c.4 MSG #Rust hello all"]
+        );
+        assert_eq!(
+            shown(&server(&mut s, "OK @c.4 MSG 9 DELIVERED 2")),
+            ["* sent to #Rust (2 other members online)"]
+        );
+        // Room commands default to the current room.
+        assert_eq!(sent(&input(&mut s, "/topic")), ["@c.5 TOPIC #Rust"]);
+        assert_eq!(
+            sent(&input(&mut s, "/kick bob spam")),
+            ["@c.6 KICK #Rust bob spam"]
+        );
+        assert_eq!(
+            sent(&input(&mut s, "/invite #team carol")),
+            ["@c.7 INVITE #team carol"]
+        );
+        assert_eq!(sent(&input(&mut s, "/members")), ["@c.8 MEMBERS #Rust"]);
+    }
+
+    #[test]
+    fn room_messages_are_shown_with_their_room_and_marked_read_one_read_at_a_time() {
+        let mut s = logged_in("alice");
+        let first = server(&mut s, "MESSAGE 10 2026-11-21T11:59:00.000Z bob #x one");
+        assert_eq!(shown(&first), ["[11:59] bob → #x: one"]);
+        assert_eq!(sent(&first), ["@c.2 READ #x 10"]);
+        // A message from a room makes it the current conversation.
+        assert_eq!(s.target(), Some("#x"));
+        // While that READ is on its way, nothing more is sent...
+        let second = server(&mut s, "MESSAGE 11 2026-11-21T11:59:01.000Z bob #x two");
+        assert!(sent(&second).is_empty());
+        let third = server(&mut s, "MESSAGE 12 2026-11-21T11:59:02.000Z bob #x three");
+        assert!(sent(&third).is_empty());
+        // ...and its answer sends one READ for the newest shown, silently.
+        let ok = server(&mut s, "OK @c.2 READ #x 10");
+        assert!(shown(&ok).is_empty());
+        assert_eq!(sent(&ok), ["@c.3 READ #x 12"]);
+        assert!(sent(&server(&mut s, "OK @c.3 READ #x 12")).is_empty());
+        // Another connection of the account read further: no READ for what it covers.
+        assert!(server(&mut s, "READ #x 20").is_empty());
+        assert!(sent(&server(
+            &mut s,
+            "MESSAGE 15 2026-11-21T11:59:03.000Z bob #x old"
+        ))
+        .is_empty());
+        assert_eq!(s.unanswered(), 0);
+    }
+
+    #[test]
+    fn leaving_a_room_ends_it_as_the_current_conversation() {
+        let mut s = logged_in("alice");
+        server(&mut s, "MESSAGE 10 2026-11-21T11:59:00.000Z bob #x hi");
+        assert_eq!(s.target(), Some("#x"));
+        assert_eq!(
+            shown(&server(&mut s, "KICKED #x alice bob off topic")),
+            ["* bob removed you from #x (off topic)."]
+        );
+        assert_eq!(s.target(), None);
+        let err = input(&mut s, "/part");
+        assert!(sent(&err).is_empty());
+        assert!(
+            shown(&err)[0].contains("no current room"),
+            "{:?}",
+            shown(&err)
+        );
+        server(&mut s, "MESSAGE 11 2026-11-21T11:59:00.000Z bob #y hi");
+        assert_eq!(sent(&input(&mut s, "/part bye")), ["@c.4 PART #y bye"]);
+        assert_eq!(
+            shown(&server(&mut s, "OK @c.4 PART #y LEFT")),
+            ["* You left #y."]
+        );
+        assert_eq!(s.target(), None);
+    }
+
+    #[test]
+    fn login_shows_unread_rooms_and_invitations() {
+        let mut s = logged_in("alice");
+        assert_eq!(
+            shown(&server(&mut s, "UNREAD #rust 3 57")),
+            ["* #rust: 3 unread messages; read them with /history #rust 3 after 56"]
+        );
+        assert_eq!(
+            shown(&server(&mut s, "INVITED #team bob 2026-11-28T12:00:00.000Z")),
+            ["* bob invites you to #team (until 2026-11-28 12:00): /join #team, or /part #team to decline."]
+        );
+    }
+
+    #[test]
     fn unlabelled_sessions_send_plain_protocol_lines() {
         let mut s = Session::new(false);
         assert_eq!(
@@ -1205,6 +1676,10 @@ mod tests {
         assert_eq!(s.me(), Some("alice"));
         server(&mut s, "MESSAGE 9 2026-11-21T11:59:00.000Z carol alice hey");
         assert_eq!(sent(&input(&mut s, "hi carol")), ["MSG carol hi carol"]);
+        // Without labels the session sends nothing of its own: no READ for a room message.
+        let room = server(&mut s, "MESSAGE 10 2026-11-21T11:59:00.000Z dave #x hi");
+        assert!(sent(&room).is_empty());
+        assert_eq!(sent(&input(&mut s, "and you")), ["MSG #x and you"]);
         assert_eq!(sent(&input(&mut s, "/quit")), ["QUIT"]);
         assert!(s.quitting());
         assert_eq!(s.unanswered(), 0);

@@ -203,11 +203,19 @@ impl Core {
                 c.hold = Hold::Frozen;
             }
         }
-        let op = StoreOp::DeleteAccount {
+        // Its rooms are handed on (or deleted, when it was their last member) first, so that no
+        // room is left without an owner whatever happens; its memberships, invitations and the
+        // bans naming it go with the account.
+        let (mut ops, left) = self.leave_every_room(&me);
+        ops.push(StoreOp::DeleteAccount {
             user: me.as_str().to_owned(),
             deleted_ms: self.now,
-        };
-        self.store(op, move |core, _| core.unregister_stored(req, me));
+        });
+        self.store_all(ops, move |core, _| {
+            let name = core.shown(&me);
+            core.tell_rooms_left(&name, &left);
+            core.unregister_stored(req, me)
+        });
     }
 
     fn unregister_stored(&mut self, req: Req, me: Key) {

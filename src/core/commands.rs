@@ -11,7 +11,8 @@
 //! group), and its spec section, conformance cases and transcripts.
 
 use super::{Core, Req};
-use crate::proto::command::{Command, FriendOp, Verb};
+use crate::proto::command::{Command, FriendOp, RoomSub, Verb};
+use crate::proto::room::Target;
 
 /// The connection state a command needs (spec 3.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -190,16 +191,25 @@ pub static COMMANDS: &[Row] = &[
         barrier: false,
         writes: |_| true,
         reads: false,
-        summary: "send a message to one user",
+        summary: "send a message to one user, or to a room",
         details: &[
-            "Sends <text> to one user. The text is everything after the name and one space, spaces included.",
+            "Sends <text> to one user, or to every member of a room you are in (#name).",
+            "The text is everything after the name and one space, spaces included.",
             "Text: up to 2048 bytes, not blank, no control characters except TAB.",
             "Answer: OK MSG <id> DELIVERED (they are online and got it) or OK MSG <id> KEPT \
              (kept until they next log in).",
-            "Example: MSG bob hello there",
+            "To a room: OK MSG <id> DELIVERED <members online who got it>; the others read it later.",
+            "Example: MSG bob hello there, or MSG #rust hello everyone",
         ],
         run: |core, req, cmd| match cmd {
-            Command::Msg { to, text } => core.send_direct(req, vec![to], text),
+            Command::Msg {
+                to: Target::User(to),
+                text,
+            } => core.send_direct(req, vec![to], text),
+            Command::Msg {
+                to: Target::Room(room),
+                text,
+            } => core.send_room(req, room, text),
             cmd => core.mismatch(req, cmd),
         },
     },
@@ -261,9 +271,10 @@ pub static COMMANDS: &[Row] = &[
         barrier: false,
         writes: |_| false,
         reads: true,
-        summary: "read past messages with a user, or * for ALL messages",
+        summary: "read past messages with a user, of a room, or * for ALL messages",
         details: &[
-            "Shows past messages between you and <name>, oldest first. * shows the ALL messages.",
+            "Shows past messages between you and <name>, or of a room you are in, oldest first.",
+            "* shows the ALL messages. Of a private room you see what was said since you joined.",
             "<count>: 1 to 500, default 50. Without BEFORE or AFTER you get the latest messages.",
             "BEFORE <id>: the latest ones older than <id>. AFTER <id>: the earliest ones newer than <id>.",
             "The last line says where to go on: OK HISTORY <name> <shown> BEFORE <id>|- AFTER <id>|- \
@@ -510,6 +521,227 @@ pub static COMMANDS: &[Row] = &[
         },
     },
     Row {
+        verb: Verb::Join,
+        state: Needs::LoggedIn,
+        barrier: false,
+        writes: |_| true,
+        reads: false,
+        summary: "join a room, or create it",
+        details: &[
+            "Makes you a member of the room, until you PART. A room that does not exist is created, \
+             public, with you as its owner.",
+            "A private room needs an invitation (INVITE). Membership lasts across logins and restarts.",
+            "Answer: a ROOM line, the room's latest messages (HISTORY lines, up to 20), then \
+             OK JOIN <#room> CREATED|JOINED|MEMBER.",
+            "Example: JOIN #rust",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Join { room } => core.join(req, room),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
+        verb: Verb::Part,
+        state: Needs::LoggedIn,
+        barrier: false,
+        writes: |_| true,
+        reads: false,
+        summary: "leave a room for good (or decline an invitation)",
+        details: &[
+            "Ends your membership; the members online see PARTED with your reason. You may JOIN again.",
+            "The last owner cannot leave: make someone else owner (ROLE) or delete the room first.",
+            "PART of a room you are only invited to declines the invitation.",
+            "Example: PART #rust see you all",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Part { room, reason } => core.part(req, room, reason),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
+        verb: Verb::Rooms,
+        state: Needs::LoggedIn,
+        barrier: false,
+        writes: |_| false,
+        reads: false,
+        summary: "list your rooms, your invitations, then public rooms",
+        details: &[
+            "One ROOM line per room: ROOM <#room> PUBLIC|PRIVATE <members> <your role>|INVITED|- \
+             <unread>|- <topic>.",
+            "First the rooms you are in, then those you are invited to, then public rooms \
+             (the 500 with the most members).",
+            "Example: ROOMS",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Rooms => core.rooms_list(req),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
+        verb: Verb::Members,
+        state: Needs::LoggedIn,
+        barrier: false,
+        writes: |_| false,
+        reads: false,
+        summary: "list a room's members, with role and presence",
+        details: &[
+            "One line per member: MEMBER <#room> <name> OWNER|OP|MEMBER ONLINE|OFFLINE; owners \
+             first, then ops, then members.",
+            "Anyone may list a public room; a private room, its members and invitees.",
+            "Example: MEMBERS #rust",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Members { room } => core.members(req, room),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
+        verb: Verb::Topic,
+        state: Needs::LoggedIn,
+        barrier: false,
+        writes: |cmd| matches!(cmd, Command::Topic { change: Some(_), .. }),
+        reads: false,
+        summary: "show a room's topic, or set it (op or owner)",
+        details: &[
+            "Without a text: OK TOPIC <#room> <set by> <when> <topic> (- - when never set).",
+            "With a text (up to 300 bytes), ops and owners set it; - alone clears it. \
+             Members online see TOPIC.",
+            "Example: TOPIC #rust Rust talk; be kind",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Topic { room, change } => core.topic(req, room, change),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
+        verb: Verb::Invite,
+        state: Needs::LoggedIn,
+        barrier: false,
+        writes: |_| true,
+        reads: false,
+        summary: "invite someone to a room (op or owner)",
+        details: &[
+            "Lets <name> JOIN a private room (in a public one, it tells them about it). They see \
+             INVITED now or at their next login.",
+            "An invitation lasts 7 days; inviting again renews it. PART declines one.",
+            "Example: INVITE #team carol",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Invite { room, name } => core.invite(req, room, name),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
+        verb: Verb::Kick,
+        state: Needs::LoggedIn,
+        barrier: false,
+        writes: |_| true,
+        reads: false,
+        summary: "remove a member of lower role (op or owner)",
+        details: &[
+            "Ends <name>'s membership; they may JOIN again (a private room needs a new invitation).",
+            "Owners remove ops and members, ops remove members. Members online see KICKED.",
+            "Example: KICK #rust mallory please stay on topic",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Kick { room, name, reason } => core.kick(req, room, name, reason),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
+        verb: Verb::Ban,
+        state: Needs::LoggedIn,
+        barrier: false,
+        writes: |_| true,
+        reads: false,
+        summary: "remove someone and keep them out (op or owner)",
+        details: &[
+            "Puts <name> on the room's ban list (at most 100) and ends their membership; they cannot \
+             JOIN until UNBAN.",
+            "A member must have a lower role than yours. Members online see BANNED.",
+            "Example: BAN #rust mallory spam",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Ban { room, name, reason } => core.ban(req, room, name, reason),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
+        verb: Verb::Unban,
+        state: Needs::LoggedIn,
+        barrier: false,
+        writes: |_| true,
+        reads: false,
+        summary: "lift a ban (op or owner)",
+        details: &[
+            "Takes <name> off the room's ban list: they may JOIN again. ROOM INFO lists the bans.",
+            "Example: UNBAN #rust mallory",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Unban { room, name } => core.unban(req, room, name),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
+        verb: Verb::Role,
+        state: Needs::LoggedIn,
+        barrier: false,
+        writes: |_| true,
+        reads: false,
+        summary: "make a member owner, op or member (owner)",
+        details: &[
+            "Owners set the role of any member but another owner; an owner may step down unless \
+             they are the last one.",
+            "Example: ROLE #rust bob OP",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Role { room, name, role } => core.role(req, room, name, role),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
+        verb: Verb::Room,
+        state: Needs::LoggedIn,
+        barrier: false,
+        writes: |cmd| !matches!(
+            cmd,
+            Command::Room {
+                sub: RoomSub::Info,
+                ..
+            }
+        ),
+        reads: false,
+        summary: "a room's settings, and its deletion",
+        details: &[
+            "ROOM INFO <#room>: its ROOM line; for ops and owners, its bans and invitations too.",
+            "ROOM PRIVATE <#room> or ROOM PUBLIC <#room> (owner): invite only, or open to anyone.",
+            "ROOM DELETE <#room> (owner): removes the room for everyone; its name is free again.",
+            "Example: ROOM PRIVATE #team",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Room { sub, room } => core.room_command(req, sub, room),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
+        verb: Verb::Read,
+        state: Needs::LoggedIn,
+        barrier: false,
+        writes: |cmd| matches!(cmd, Command::Read { id: Some(_), .. }),
+        reads: true,
+        summary: "mark a conversation read up to a message",
+        details: &[
+            "Moves your read marker of a room or of the conversation with <name> forward to <id>; \
+             your other connections see READ.",
+            "Without an id it shows the marker. Unread counts (ROOMS, and UNREAD at login) follow it.",
+            "Example: READ #rust 1234",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Read { target, id } => core.read(req, target, id),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
         verb: Verb::Announce,
         state: Needs::Admin,
         barrier: false,
@@ -646,6 +878,26 @@ mod tests {
             ("HELP", false),
             ("LOGOUT", false),
             ("QUIT", false),
+            ("JOIN #r", true),
+            ("PART #r", true),
+            ("ROOMS", false),
+            ("MEMBERS #r", false),
+            ("TOPIC #r", false),
+            ("TOPIC #r a topic", true),
+            ("TOPIC #r -", true),
+            ("INVITE #r a", true),
+            ("KICK #r a", true),
+            ("BAN #r a", true),
+            ("UNBAN #r a", true),
+            ("ROLE #r a OP", true),
+            ("ROOM INFO #r", false),
+            ("ROOM PRIVATE #r", true),
+            ("ROOM PUBLIC #r", true),
+            ("ROOM DELETE #r", true),
+            ("READ #r", false),
+            ("READ #r 5", true),
+            ("MSG #r hi", true),
+            ("HISTORY #r", false),
         ] {
             let cmd = parse(line).expect("parses").expect("a command").command;
             assert_eq!((row(cmd.verb()).writes)(&cmd), writes, "{line}");
@@ -655,7 +907,8 @@ mod tests {
             .filter(|r| r.reads)
             .map(|r| r.verb.name())
             .collect();
-        assert_eq!(reading, ["HISTORY"]);
+        // READ without an id reads a direct conversation's marker from the store.
+        assert_eq!(reading, ["HISTORY", "READ"]);
     }
 
     #[test]

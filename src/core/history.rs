@@ -1,6 +1,7 @@
-//! HISTORY: one page of a conversation, read from the message log: the page's ids first (a
-//! damaged message fails the whole answer before any line of it), then its lines part by part as
-//! the client reads them (see `stream`).
+//! HISTORY: one page of a conversation, read from the message log (a direct conversation, the ALL
+//! broadcasts, or a room the caller is a member of: of a private room, what was said from their
+//! join on): the page's ids first (a damaged message fails the whole answer before any line of it),
+//! then its lines part by part as the client reads them (see `stream`).
 
 use super::out::Out;
 use super::session::unreadable;
@@ -25,6 +26,17 @@ impl Core {
         };
         let (conv, shown) = match with {
             HistoryTarget::Broadcast => (Conversation::Broadcast, "*".to_owned()),
+            HistoryTarget::Room(name) => {
+                let id = match self.membership(&me, &name) {
+                    Ok((id, _)) => id,
+                    Err(r) => return self.refused(req, r),
+                };
+                let Some(room) = self.rooms.get(&id) else {
+                    return;
+                };
+                let after = room.members.get(&me).map_or(0, |m| room.visible_after(m));
+                (Conversation::Room { id, after }, room.name.clone())
+            }
             HistoryTarget::User(n) => {
                 let key = n.key();
                 // A deleted account's conversations stay readable under its name (spec 4.18).

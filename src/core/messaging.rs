@@ -1,4 +1,6 @@
-//! MSG, GROUP and ALL: a message is committed to the log, then delivered, then acknowledged.
+//! MSG, GROUP and ALL: a message is committed to the log, then delivered, then acknowledged. A
+//! MSG to a room is one record in the log and one entry in the room's index, however many members
+//! the room has; offline members read it later (HISTORY, and the unread counts at LOGIN).
 //!
 //! Whether a recipient is online is decided when the command runs: an offline recipient gets the
 //! message through the backlog at its next login (its backlog entry is written in the same commit),
@@ -16,8 +18,9 @@ use crate::outbox::Chunk;
 use crate::proto::code::Code;
 use crate::proto::command::Verb;
 use crate::proto::name::{Key, Name};
+use crate::proto::room::RoomName;
 use crate::proto::server_line::{Delivery, MessageLine, OkReply, ServerLine};
-use crate::store::{MessageRecord, MsgId, StoreOp, To};
+use crate::store::{MemberRecord, MessageRecord, MsgId, RoomId, StoreOp, To};
 
 /// The accounts a MSG or GROUP is for, sorted by what happens to their copy (empty for ALL).
 struct Addressees {
@@ -137,6 +140,119 @@ impl Core {
             recipients,
         };
         self.commit_message(req, sender, to, text, whom);
+    }
+
+    /// MSG to a room: stored once, delivered to its online members at the commit.
+    pub(super) fn send_room(&mut self, mut req: Req, name: RoomName, text: String) {
+        let Some(sender) = self.account_of(req.conn) else {
+            return;
+        };
+        let room_id = match self.membership(&sender, &name) {
+            Ok((id, _)) => id,
+            Err(r) => return self.refused(req, r),
+        };
+        // Stored once, in the room's index: it counts as a message to one recipient.
+        if let Err(why) = self.charge_message(&sender, false, stored_bytes(&text, 1)) {
+            return self.over_quota(req, why);
+        }
+        let Some(from) = self.accounts.get(&sender).map(|a| a.name.clone()) else {
+            return self.internal_error(req, "the sender's account is missing");
+        };
+        let id = self.next_id;
+        self.next_id += 1;
+        let Some(room) = self.rooms.get_mut(&room_id) else {
+            return;
+        };
+        room.count += 1;
+        room.last_id = id;
+        let seq = room.count;
+        let record = MessageRecord {
+            id,
+            time_ms: self.now,
+            from,
+            to: To::Room(room.name.clone()),
+            text,
+        };
+        // Sending marks the room read up to one's own message.
+        let marker = room.members.get_mut(&sender).map(|m| {
+            m.read_id = id;
+            m.read_seq = seq;
+            *m
+        });
+        let line = out::shared(&ServerLine::Message(MessageLine {
+            id,
+            time_ms: record.time_ms,
+            from: &record.from,
+            to: recipient(&record.to),
+            text: &record.text,
+        }));
+        let mut ops = vec![StoreOp::AppendRoomMessage {
+            msg: record,
+            room: room_id,
+            seq,
+        }];
+        if let Some(member) = marker {
+            ops.push(StoreOp::PutMember {
+                room: room_id,
+                user: sender.as_str().to_owned(),
+                member,
+            });
+        }
+        self.reserve(&mut req);
+        self.store_all(ops, move |core, _| {
+            let delivered = core.deliver_to_room(room_id, id, &sender, &line, req.conn);
+            let mut out = Out::new();
+            out.ok(&req, OkReply::RoomMsg { id, delivered });
+            core.finish(req, out);
+        });
+    }
+
+    /// Queues a room message on every connection of the room's online members whose membership
+    /// began before it, but `skip` (the sender's connection, which gets its OK) and the members who
+    /// block the sender; returns how many members other than the sender that reached.
+    fn deliver_to_room(
+        &mut self,
+        room: RoomId,
+        id: MsgId,
+        sender: &Key,
+        chunk: &Chunk,
+        skip: u64,
+    ) -> u64 {
+        let Some(room) = self.rooms.get(&room) else {
+            // Deleted while the message was being committed: nobody is a member any more.
+            return 0;
+        };
+        let blockers = self
+            .accounts
+            .get(sender)
+            .map(|a| &a.blocked_by)
+            .filter(|b| !b.is_empty());
+        let mut users = 0;
+        for (key, m) in &room.members {
+            if !reaches(m, id) || blockers.is_some_and(|b| b.contains(key)) {
+                continue;
+            }
+            let Some(acct) = self.accounts.get(key) else {
+                continue;
+            };
+            if acct.conns.is_empty() {
+                continue;
+            }
+            if key != sender {
+                users += 1;
+            }
+            for conn in &acct.conns {
+                if *conn == skip {
+                    continue;
+                }
+                if let Some(c) = self.conns.get(conn) {
+                    if c.outbox.push(chunk.clone()).is_err() {
+                        self.overflowed.push(*conn);
+                    }
+                }
+            }
+        }
+        users
     }
 
     /// ALL: to every other online account; stored, never kept for offline delivery.
@@ -324,4 +440,11 @@ impl Core {
             id,
         })
     }
+}
+
+/// Whether a room message reaches a member live: only if the membership began before the message
+/// (a member who joined while it was being committed has it in the JOIN's replay, if they may see
+/// it at all).
+fn reaches(m: &MemberRecord, id: MsgId) -> bool {
+    m.since < id
 }

@@ -15,7 +15,9 @@
 //!   QUIT, and the login path LOGIN and RESUME share), `messaging` (MSG, GROUP, ALL), `history`,
 //!   `friends`, `info` (HELP, PING, USERS), `tokens` (TOKEN, RESUME, TOKENS, REVOKE),
 //!   `account` (PASSWORD, UNREGISTER), `blocks` (BLOCK, UNBLOCK, BLOCKS, DMS), `status` (AWAY,
-//!   WHOIS, and last seen), `admin` (the operators' ANNOUNCE, SUSPEND, UNSUSPEND, KILL, STATS and
+//!   WHOIS, and last seen), `rooms` (the room state, JOIN, PART, ROOMS, MEMBERS, TOPIC, ROOM),
+//!   `moderation` (INVITE, KICK, BAN, UNBAN, ROLE), `read` (READ, and what a login reports of
+//!   rooms), `admin` (the operators' ANNOUNCE, SUSPEND, UNSUSPEND, KILL, STATS and
 //!   ADDUSER);
 //! - `entropy`: where the random bits of device tokens come from;
 //! - `idle`: what the clock does by itself: silent connections are probed, then closed;
@@ -48,9 +50,12 @@ mod history;
 mod idle;
 mod info;
 mod messaging;
+mod moderation;
 mod order;
 mod out;
 mod quota;
+mod read;
+mod rooms;
 mod session;
 mod status;
 mod stream;
@@ -76,12 +81,15 @@ use crate::peer::{AddrKey, Peer};
 use crate::proto::code::{ByeCode, Code};
 use crate::proto::command::split_head;
 use crate::proto::name::{Key, Skeleton};
+use crate::proto::room::RoomKey;
 use crate::proto::server_line::{Presence, Recipient, ServerLine};
 use crate::store::worker::{Report, StoreJob, Ticket};
 use crate::store::{
-    FriendState, MsgId, Profile, ReadOp, Snapshot, StoreOp, StoreReply, To, TokenId,
+    FriendState, MsgId, Profile, ReadOp, RoomId, Snapshot, StoreOp, StoreReply, To, TokenId,
 };
 use crate::tally::Tally;
+
+use self::rooms::Room;
 
 /// Identifies a connection for the life of the process.
 pub type ConnId = u64;
@@ -195,7 +203,7 @@ pub struct Settings {
 /// The operator's policy: the admin accounts and whether anyone may register.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Policy {
-    /// Accounts that may use the operator commands (spec 4.25 on).
+    /// Accounts that may use the operator commands (spec 4.38 on).
     pub admins: BTreeSet<Key>,
     /// `REGISTER` is refused with `REGISTRATION_CLOSED`; admins create accounts with `ADDUSER`.
     pub registration_closed: bool,
@@ -236,6 +244,8 @@ pub struct Limits {
     pub inbox_share: u32,
     /// Friend requests one account may send per hour. 0: no limit.
     pub friend_requests_per_hour: u64,
+    /// Most members of one room; JOIN beyond it gets ROOM_FULL.
+    pub max_room_members: usize,
 }
 
 impl Default for Limits {
@@ -249,6 +259,7 @@ impl Default for Limits {
             stored_bytes_per_day: DEFAULT_STORED_KIB_PER_DAY * 1024,
             inbox_share: DEFAULT_INBOX_SHARE,
             friend_requests_per_hour: DEFAULT_FRIEND_REQUESTS_PER_HOUR,
+            max_room_members: DEFAULT_MAX_ROOM_MEMBERS,
         }
     }
 }
@@ -279,6 +290,10 @@ struct Account {
     profile: Profile,
     /// The last-seen time as written to the store.
     seen_written: Option<i64>,
+    /// Rooms it is a member of.
+    rooms: BTreeSet<RoomId>,
+    /// Rooms with an invitation for it (an expired one stays until it is purged).
+    invited: BTreeSet<RoomId>,
 }
 
 impl Account {
@@ -297,6 +312,8 @@ impl Account {
             blocked_by: HashSet::new(),
             profile: Profile::default(),
             seen_written: None,
+            rooms: BTreeSet::new(),
+            invited: BTreeSet::new(),
         }
     }
 }
@@ -378,6 +395,11 @@ pub struct Core {
     /// Accounts with at least one logged-in connection, sorted for USERS.
     online: BTreeSet<Key>,
     conns: HashMap<ConnId, Conn>,
+    /// Every room, by number.
+    rooms: HashMap<RoomId, Room>,
+    /// Room numbers by folded name.
+    room_names: HashMap<RoomKey, RoomId>,
+    next_room_id: RoomId,
     next_id: MsgId,
     next_ticket: Ticket,
     waiting: HashMap<Ticket, Then>,
@@ -485,6 +507,13 @@ impl Core {
                 .or_insert_with(|| key.clone());
         }
         let rng = Rng::new(settings.entropy);
+        let (rooms, room_names) = rooms::load(
+            snapshot.rooms,
+            snapshot.members,
+            snapshot.bans,
+            snapshot.invites,
+            &mut accounts,
+        );
         settings.metrics.accounts_suspended.set(
             accounts
                 .values()
@@ -505,6 +534,9 @@ impl Core {
             skeletons,
             online: BTreeSet::new(),
             conns: HashMap::new(),
+            rooms,
+            room_names,
+            next_room_id: snapshot.next_room_id.max(1),
             next_id: snapshot.next_id.max(1),
             next_ticket: 1,
             waiting: HashMap::new(),
@@ -632,7 +664,7 @@ impl Core {
     }
 
     /// Whether the account is one of the server's admins.
-    fn is_admin(&self, key: &Key) -> bool {
+    pub(super) fn is_admin(&self, key: &Key) -> bool {
         self.settings.policy.admins.contains(key)
     }
 
@@ -919,6 +951,29 @@ impl Core {
         self.store_inflight += 1;
     }
 
+    /// Sends `ops` (writes, or ops answered in their order: see `StoreOp::is_read`) to the store
+    /// in order; `then` runs with the last one's result, when all of them are committed (writes
+    /// are answered in the order they were sent). With no ops, `then` runs at once with `Done`.
+    fn store_all(
+        &mut self,
+        ops: Vec<StoreOp>,
+        then: impl FnOnce(&mut Core, StoreReply) + Send + 'static,
+    ) {
+        let last = ops.len();
+        let mut then = Some(then);
+        for (i, op) in ops.into_iter().enumerate() {
+            debug_assert!(!op.is_read(), "{op:?} would not be answered in order");
+            if i + 1 < last {
+                self.store(op, |_, _| {});
+            } else if let Some(then) = then.take() {
+                self.store(op, then);
+            }
+        }
+        if let Some(then) = then {
+            then(self, StoreReply::Done);
+        }
+    }
+
     /// Sends a read to the store's fresh-read queue; `then` runs with its result. Only for a
     /// connection with no write in flight (the read does not wait for writes queued before it).
     fn store_fresh(
@@ -1129,5 +1184,19 @@ fn recipient(to: &To) -> Recipient<'_> {
         To::User(u) => Recipient::User(u),
         To::Group(g) => Recipient::Group(g.iter().map(String::as_str).collect()),
         To::All => Recipient::All,
+        To::Room(r) => Recipient::Room(r),
     }
+}
+
+/// Queues `chunk` on every logged-in connection of each account in `keys`, except `skip`. For the
+/// room events, whose audience is taken when the command runs and reached when it is committed.
+fn push_to_keys(
+    accounts: &HashMap<Key, Account>,
+    conns: &HashMap<ConnId, Conn>,
+    overflowed: &mut Vec<ConnId>,
+    keys: &[Key],
+    chunk: &Chunk,
+    skip: ConnId,
+) {
+    fan_out(accounts, conns, overflowed, keys.iter(), chunk, Some(skip));
 }

@@ -308,29 +308,45 @@ impl Core {
             self.tally.count("logins with a device token", addr);
         }
 
+        let unread = self.unread_rooms(&key);
+        let nothing_more = pending.total() == 0 && unread.is_empty();
         let mut out = Out::new();
-        self.login_answer(&req, &key, via, pending.total() == 0, &mut out);
+        self.login_answer(&req, &key, via, nothing_more, &mut out);
         self.finish(req, out);
         if first {
             self.online.insert(key.clone());
             self.announce_presence(&key, true);
         }
-        if pending.total() == 0 {
+        if nothing_more {
             return self.release(conn);
         }
-        // The backlog follows the answer; the connection is held until it is sent.
+        // The unread rooms, then the backlog, follow the answer; the connection is held until
+        // both are sent.
         self.hold(conn);
+        let Some(unread_slot) = self.open_slot(conn, 0) else {
+            return;
+        };
         let Some(slot) = self.open_slot(conn, 0) else {
             return;
         };
-        let user = key.as_str().to_owned();
-        self.store(StoreOp::ReadBacklog { user }, move |core, reply| {
-            core.backlog_read(conn, slot, key, pending, reply)
+        self.unread_lines(unread, move |core, lines| {
+            core.fill(conn, unread_slot, lines);
+            if pending.total() == 0 {
+                let mut out = Out::new();
+                out.line(&ServerLine::BacklogEnd { count: 0 });
+                core.fill(conn, slot, out);
+                return core.release(conn);
+            }
+            let user = key.as_str().to_owned();
+            core.store(StoreOp::ReadBacklog { user }, move |core, reply| {
+                core.backlog_read(conn, slot, key, pending, reply)
+            });
         });
     }
 
     /// `OK LOGIN` or `OK RESUME`, then a PRESENCE line per friend and a FRIENDSHIP line per
-    /// request waiting, in name order; `BACKLOG-END 0` too when nothing is kept.
+    /// request waiting, in name order, and an INVITED line per invitation waiting, in room name
+    /// order; `BACKLOG-END 0` too when nothing is kept and no room has unread messages.
     fn login_answer(&self, req: &Req, key: &Key, via: Via, no_backlog: bool, out: &mut Out) {
         let Some(acct) = self.accounts.get(key) else {
             return;
@@ -376,6 +392,7 @@ impl Core {
                 });
             }
         }
+        self.invited_lines(key, out);
         if no_backlog {
             out.line(&ServerLine::BacklogEnd { count: 0 });
         }

@@ -5,14 +5,16 @@ use arbitrary::{Error, Result, Unstructured};
 
 use crate::config::{
     HISTORY_MAX_COUNT, MAX_AWAY_BYTES, MAX_GROUP_RECIPIENTS, MAX_LABEL_LEN, MAX_LINE_BYTES,
-    MAX_NAME_LEN, MAX_PASSWORD_BYTES, MAX_PING_TOKEN_BYTES, MAX_REASON_BYTES, MAX_TEXT_BYTES,
-    MAX_TOKEN_LABEL_BYTES,
+    MAX_NAME_LEN, MAX_PASSWORD_BYTES, MAX_PING_TOKEN_BYTES, MAX_REASON_BYTES, MAX_ROOM_NAME_LEN,
+    MAX_TEXT_BYTES, MAX_TOKEN_LABEL_BYTES, MAX_TOPIC_BYTES,
 };
 use crate::proto::command::{
-    parse, Command, Dms, FriendOp, HistoryTarget, Page, Request, Revoke, Verb, COMMANDS,
+    parse, Command, Dms, FriendOp, HistoryTarget, Page, Request, Revoke, RoomSub, TopicChange,
+    Verb, CLEAR_TOPIC, COMMANDS,
 };
 use crate::proto::line::{Frame, LineDecoder};
 use crate::proto::name::{check_label, check_text, check_text_within, Name, Password};
+use crate::proto::room::{check_reason, check_topic, Role, RoomName, Target};
 use crate::proto::server_line::{self, ServerLine};
 use crate::proto::token::DeviceToken;
 
@@ -137,6 +139,49 @@ fn name(u: &mut Unstructured<'_>) -> Result<Name> {
     Name::parse(&s).map_err(|_| Error::IncorrectFormat)
 }
 
+/// A room name, through [`RoomName::parse`].
+fn room(u: &mut Unstructured<'_>) -> Result<RoomName> {
+    let len = u.int_in_range(1..=MAX_ROOM_NAME_LEN)?;
+    let mut s = String::from("#");
+    for _ in 0..len {
+        s.push(char::from(*u.choose(NAME_TAIL)?));
+    }
+    RoomName::parse(&s).map_err(|_| Error::IncorrectFormat)
+}
+
+/// A user or a room.
+fn target(u: &mut Unstructured<'_>) -> Result<Target> {
+    Ok(if u.arbitrary()? {
+        Target::Room(room(u)?)
+    } else {
+        Target::User(name(u)?)
+    })
+}
+
+/// A short text (topic, reason) through its check, or nothing.
+fn short_text(
+    u: &mut Unstructured<'_>,
+    max: usize,
+    check: fn(&str) -> std::result::Result<(), crate::proto::name::TextError>,
+) -> Result<String> {
+    let mut s = string_from(u, TEXT_CHARS, 1, 24)?;
+    if u.ratio(1u8, 16u8)? {
+        while s.len() < max {
+            s.push('y');
+        }
+    }
+    check(&s).map_err(|_| Error::IncorrectFormat)?;
+    Ok(s)
+}
+
+fn reason(u: &mut Unstructured<'_>) -> Result<Option<String>> {
+    Ok(if u.arbitrary()? {
+        Some(short_text(u, MAX_REASON_BYTES, check_reason)?)
+    } else {
+        None
+    })
+}
+
 /// A message text, through [`check_text`].
 fn text(u: &mut Unstructured<'_>) -> Result<String> {
     // Mostly short, sometimes right up to the limit.
@@ -252,7 +297,7 @@ pub fn arbitrary_request(u: &mut Unstructured<'_>) -> Result<Request> {
             },
         },
         Verb::Msg => Command::Msg {
-            to: name(u)?,
+            to: target(u)?,
             text: text(u)?,
         },
         Verb::Group => {
@@ -269,10 +314,10 @@ pub fn arbitrary_request(u: &mut Unstructured<'_>) -> Result<Request> {
         Verb::All => Command::All { text: text(u)? },
         Verb::Users => Command::Users,
         Verb::History => Command::History {
-            with: if u.arbitrary()? {
-                HistoryTarget::Broadcast
-            } else {
-                HistoryTarget::User(name(u)?)
+            with: match u.int_in_range(0..=2u8)? {
+                0 => HistoryTarget::Broadcast,
+                1 => HistoryTarget::Room(room(u)?),
+                _ => HistoryTarget::User(name(u)?),
             },
             count: if u.arbitrary()? {
                 Some(u.int_in_range(1..=HISTORY_MAX_COUNT)?)
@@ -336,16 +381,68 @@ pub fn arbitrary_request(u: &mut Unstructured<'_>) -> Result<Request> {
         } else {
             Revoke::One(id(u)?)
         }),
+        Verb::Join => Command::Join { room: room(u)? },
+        Verb::Part => Command::Part {
+            room: room(u)?,
+            reason: reason(u)?,
+        },
+        Verb::Rooms => Command::Rooms,
+        Verb::Members => Command::Members { room: room(u)? },
+        Verb::Topic => Command::Topic {
+            room: room(u)?,
+            change: match u.int_in_range(0..=2u8)? {
+                0 => None,
+                1 => Some(TopicChange::Clear),
+                _ => {
+                    let t = short_text(u, MAX_TOPIC_BYTES, check_topic)?;
+                    // `-` alone is the clearing form, not a topic.
+                    if t == CLEAR_TOPIC {
+                        return Err(Error::IncorrectFormat);
+                    }
+                    Some(TopicChange::Set(t))
+                }
+            },
+        },
+        Verb::Invite => Command::Invite {
+            room: room(u)?,
+            name: name(u)?,
+        },
+        Verb::Kick => Command::Kick {
+            room: room(u)?,
+            name: name(u)?,
+            reason: reason(u)?,
+        },
+        Verb::Ban => Command::Ban {
+            room: room(u)?,
+            name: name(u)?,
+            reason: reason(u)?,
+        },
+        Verb::Unban => Command::Unban {
+            room: room(u)?,
+            name: name(u)?,
+        },
+        Verb::Role => Command::Role {
+            room: room(u)?,
+            name: name(u)?,
+            role: *u.choose(&Role::ALL)?,
+        },
+        Verb::Room => Command::Room {
+            sub: *u.choose(&[
+                RoomSub::Info,
+                RoomSub::Private,
+                RoomSub::Public,
+                RoomSub::Delete,
+            ])?,
+            room: room(u)?,
+        },
+        Verb::Read => Command::Read {
+            target: target(u)?,
+            id: if u.arbitrary()? { Some(id(u)?) } else { None },
+        },
         Verb::Announce => Command::Announce { text: text(u)? },
         Verb::Suspend | Verb::Kill => {
             let name = name(u)?;
-            let reason = if u.arbitrary()? {
-                let r = string_from(u, TEXT_CHARS, 1, 40)?;
-                check_text_within(&r, MAX_REASON_BYTES).map_err(|_| Error::IncorrectFormat)?;
-                Some(r)
-            } else {
-                None
-            };
+            let reason = reason(u)?;
             if verb == Verb::Suspend {
                 Command::Suspend { name, reason }
             } else {

@@ -26,6 +26,23 @@
 //!   `HISTORY *` for ALL), read through a fresh connection; and each MSG/GROUP reached each
 //!   addressee exactly once: live on a connection, or else in the backlog that fresh login receives.
 //!
+//! And for rooms, with a small model of what it has seen (every command handed to the server and
+//! every line read gets a tick of one clock, so "sent after that was seen" can be decided):
+//!
+//! - nothing is delivered to a non-member: a room MESSAGE reaches a connection only if its account
+//!   has been a member of the room (or has a JOIN of it on its way), and never after that
+//!   connection's own lines said the account left or was removed (OK PART, KICKED, BANNED,
+//!   PARTED or DELETED naming it, OK ROOM DELETE) until they said it is back (OK JOIN, JOINED);
+//! - a banned account never rejoins without UNBAN: a JOIN sent after the OK of a BAN of its account
+//!   does not succeed, unless an UNBAN of it or a ROOM DELETE of the room was sent after the BAN;
+//! - a private room's history before a member's join is never shown to them: for a JOIN sent
+//!   while the room was private (its OK ROOM PRIVATE seen, no ROOM PUBLIC or DELETE sent since), no
+//!   message acknowledged before the JOIN was sent reaches that member as MESSAGE, in the JOIN's
+//!   replay or in HISTORY, as long as no ROOM PUBLIC or DELETE of the room has been sent;
+//! - a message in a JOIN's replay is not delivered live to that connection afterwards;
+//! - data lines belong to the command they answer (ROOM to ROOMS, JOIN or ROOM; HISTORY to HISTORY
+//!   or JOIN; MEMBER to MEMBERS; BAN and INVITATION to ROOM INFO).
+//!
 //! The accounts commands add their own promises. The harness follows the device tokens the server
 //! issues (`OK TOKEN`), which of them a connection is on, and which were revoked (REVOKE, PASSWORD,
 //! UNREGISTER) or expired (its clock follows the simulator's); and the blocks (`OK BLOCK`):
@@ -51,7 +68,10 @@ use crate::config::{TOKEN_IDLE_LIFETIME_MS, TOKEN_MAX_LIFETIME_MS};
 use crate::proto::code::{ByeCode, Code};
 use crate::proto::command::{parse, split_head, Command, Request, Revoke, Verb};
 use crate::proto::line::{Frame, LineDecoder};
-use crate::proto::server_line::{self, OkReply, Recipient, ServerLine};
+use crate::proto::room::Target;
+use crate::proto::server_line::{
+    self, JoinOutcome, OkReply, PartOutcome, Recipient, RoomEvent, RoomReply, ServerLine,
+};
 use crate::proto::token::format_id;
 use crate::sim::{Sim, EPOCH_MS};
 
@@ -64,6 +84,8 @@ const MAX_OPS: usize = 96;
 /// Names the command grammar uses: a few accounts, a case variant, one that is never registered
 /// by a valid REGISTER below, and one that is not a valid name at all.
 const NAMES: &[&str] = &["a", "b", "c", "d", "A", "Bee", "zed", "9x"];
+/// Rooms the grammar uses: a few, a case variant, and two that are not room names.
+const ROOMS: &[&str] = &["#r", "#R", "#s", "#t", "#bad!", "r"];
 
 /// The password the grammar registers each account with, so LOGIN is mostly right.
 fn password_for(key: &str) -> String {
@@ -141,6 +163,8 @@ struct Awaiting {
     code: Option<Code>,
     request: Option<Request>,
     line: String,
+    /// The tick at which the server was handed it.
+    sent: u64,
     /// The simulated time when the line was sent.
     sent_at: i64,
     /// RESUME: the token is known revoked, or (exactly known) expired, so it must not log in.
@@ -168,6 +192,13 @@ struct Conn {
     /// connection that logs out and in as another addressee (live to one, from the backlog of
     /// the other), never twice to one account.
     received: BTreeSet<(String, u64)>,
+    /// Room key -> whether this connection's own lines last said its account is a member (absent:
+    /// they said nothing since the login).
+    rooms: BTreeMap<String, bool>,
+    /// (account, id) of the messages a JOIN answer replayed on this connection.
+    replayed: BTreeSet<(String, u64)>,
+    /// (id, room key) of the HISTORY lines of the answer being received.
+    data_ids: Vec<(u64, Option<String>)>,
     /// The device token the connection is on, from OK TOKEN / OK RESUME.
     device_token: Option<u64>,
     /// `BYE` arrived: the server closed the connection; nothing may follow.
@@ -179,12 +210,45 @@ struct Conn {
 struct Sent {
     id: u64,
     from: String,
-    /// Account keys as the sender gave them; empty for ALL.
+    /// Account keys as the sender gave them; empty for ALL and for a room.
     to: Vec<String>,
     all: bool,
+    /// The room key, for a room message.
+    room: Option<String>,
     text: String,
     /// The accounts it must never reach (they block the sender), when exactly known.
     blockers: BTreeSet<String>,
+}
+
+/// What the harness has seen of one room (by key, whatever its incarnation).
+#[derive(Default)]
+struct RoomModel {
+    /// Accounts that have been members, or sent a JOIN of it.
+    ever: BTreeSet<String>,
+    /// Account -> (tick its BAN was sent, tick its OK BAN was seen).
+    bans: BTreeMap<String, (u64, u64)>,
+    /// (tick the OK was seen, id) of the room's acknowledged messages.
+    acked: Vec<(u64, u64)>,
+    /// (tick ROOM PRIVATE was sent, tick its OK was seen), while the last privacy OK seen said
+    /// private.
+    private: Option<(u64, u64)>,
+    /// Account -> the join to check: the largest id acknowledged before its JOIN was sent, and
+    /// the tick of the ROOM PRIVATE that made the room private then.
+    joins: BTreeMap<String, (u64, u64)>,
+}
+
+/// A room command that can undo a ban or end a room's privacy, as handed to the server.
+struct RoomCmd {
+    tick: u64,
+    room: String,
+    kind: RoomCmdKind,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+enum RoomCmdKind {
+    Unban(String),
+    Public,
+    Delete,
 }
 
 /// A MESSAGE line as received.
@@ -217,6 +281,14 @@ struct Harness {
     /// MSG/GROUP/ALL commands of connections closed before their answer: each may have been
     /// committed and delivered with an id the harness never saw.
     abandoned: Vec<Command>,
+    /// One tick per command handed to the server and per line read.
+    clock: u64,
+    /// By room key.
+    rooms: BTreeMap<String, RoomModel>,
+    /// UNBAN, ROOM PUBLIC and ROOM DELETE commands handed to the server, in order.
+    room_cmds: Vec<RoomCmd>,
+    /// Print the whole exchange as it happens (`CHATD_FUZZ_TRACE` set), to see what an input does.
+    trace: bool,
     /// The simulated clock.
     now: i64,
     /// Every token the server issued, by id.
@@ -351,6 +423,7 @@ fn command_line(
             _ => format!("hello {}", u.int_in_range(0..=99u8)?),
         })
     };
+    let room = |u: &mut Unstructured<'_>| -> Result<&'static str> { Ok(*u.choose(ROOMS)?) };
     let verb: &str = u.choose(&[
         "REGISTER",
         "LOGIN",
@@ -383,6 +456,20 @@ fn command_line(
         "DMS",
         "AWAY",
         "WHOIS",
+        "JOIN",
+        "JOIN",
+        "PART",
+        "ROOMS",
+        "MEMBERS",
+        "TOPIC",
+        "INVITE",
+        "KICK",
+        "BAN",
+        "UNBAN",
+        "ROLE",
+        "ROOM",
+        "ROOM",
+        "READ",
     ])?;
     let verb = if u.ratio(1u8, 6u8)? {
         verb.to_ascii_lowercase()
@@ -456,7 +543,12 @@ fn command_line(
         "HELP" => s.push_str(u.choose(&["", " PING", " msg", " nothing", " a b"])?),
         "PING" => s.push_str(u.choose(&["", " tok", " a:b", " two tokens", " cr\rinside"])?),
         "MSG" => {
-            let _ = write!(s, " {} {}", name(u)?, text(u)?);
+            let target = if u.ratio(2u8, 5u8)? {
+                room(u)?
+            } else {
+                name(u)?
+            };
+            let _ = write!(s, " {target} {}", text(u)?);
         }
         "GROUP" => {
             let n = u.int_in_range(1..=4u8)?;
@@ -467,7 +559,11 @@ fn command_line(
             let _ = write!(s, " {}", text(u)?);
         }
         "HISTORY" => {
-            let target = if u.ratio(1u8, 4u8)? { "*" } else { name(u)? };
+            let target = match u.int_in_range(0..=3u8)? {
+                0 => "*",
+                1 => room(u)?,
+                _ => name(u)?,
+            };
             let _ = write!(s, " {target}");
             s.push_str(u.choose(&["", " 1", " 3", " 0", " 501", " x"])?);
             s.push_str(u.choose(&[
@@ -486,6 +582,41 @@ fn command_line(
                 let _ = write!(s, " {}", name(u)?);
             }
         }
+        "JOIN" | "MEMBERS" => {
+            let _ = write!(s, " {}", room(u)?);
+        }
+        "PART" => {
+            let _ = write!(s, " {}", room(u)?);
+            s.push_str(u.choose(&["", " bye", " \u{7}"])?);
+        }
+        "TOPIC" => {
+            let _ = write!(s, " {}", room(u)?);
+            s.push_str(u.choose(&["", " a topic", " -", "  spaced "])?);
+        }
+        "INVITE" | "UNBAN" => {
+            let _ = write!(s, " {} {}", room(u)?, name(u)?);
+        }
+        "KICK" | "BAN" => {
+            let _ = write!(s, " {} {}", room(u)?, name(u)?);
+            s.push_str(u.choose(&["", " go away"])?);
+        }
+        "ROLE" => {
+            let role = *u.choose(&["OWNER", "op", "MEMBER", "ADMIN"])?;
+            let _ = write!(s, " {} {} {role}", room(u)?, name(u)?);
+        }
+        "ROOM" => {
+            let sub = *u.choose(&["INFO", "PRIVATE", "private", "PUBLIC", "DELETE", "SHOW"])?;
+            let _ = write!(s, " {sub} {}", room(u)?);
+        }
+        "READ" => {
+            let target = if u.ratio(2u8, 3u8)? {
+                room(u)?
+            } else {
+                name(u)?
+            };
+            let _ = write!(s, " {target}");
+            s.push_str(u.choose(&["", " 1", " 3", " 99", " x"])?);
+        }
         _ => {}
     }
     Ok(s)
@@ -493,9 +624,14 @@ fn command_line(
 
 /// Notes what the server must answer to one frame of connection `conn` (`None`: an over-long
 /// line), unless it is blank or follows a QUIT.
-fn expect_answer(conn: &mut Conn, frame: Option<Vec<u8>>, ctx: &Ctx<'_>) {
+fn expect_answer(
+    conn: &mut Conn,
+    frame: Option<Vec<u8>>,
+    ctx: &Ctx<'_>,
+    sent: u64,
+) -> Option<Request> {
     if conn.quit_sent {
-        return;
+        return None;
     }
     let exact = ctx.exact && conn.awaiting.is_empty();
     let awaiting = match frame {
@@ -505,6 +641,7 @@ fn expect_answer(conn: &mut Conn, frame: Option<Vec<u8>>, ctx: &Ctx<'_>) {
             code: Some(Code::LINE_TOO_LONG),
             request: None,
             line: "<over-long line>".into(),
+            sent,
             sent_at: ctx.now,
             dead_token: false,
             blocks: None,
@@ -516,18 +653,20 @@ fn expect_answer(conn: &mut Conn, frame: Option<Vec<u8>>, ctx: &Ctx<'_>) {
                 code: Some(Code::BAD_ENCODING),
                 request: None,
                 line: String::from_utf8_lossy(e.as_bytes()).into_owned(),
+                sent,
                 sent_at: ctx.now,
                 dead_token: false,
                 blocks: None,
             },
             Ok(line) => match split_head(&line) {
-                Ok(None) => return,
+                Ok(None) => return None,
                 Err(r) => Awaiting {
                     label: r.label,
                     command: r.command,
                     code: None,
                     request: None,
                     line,
+                    sent,
                     sent_at: ctx.now,
                     dead_token: false,
                     blocks: None,
@@ -594,6 +733,7 @@ fn expect_answer(conn: &mut Conn, frame: Option<Vec<u8>>, ctx: &Ctx<'_>) {
                         code: None,
                         request,
                         line: line.clone(),
+                        sent,
                         sent_at: ctx.now,
                         dead_token,
                         blocks,
@@ -602,7 +742,9 @@ fn expect_answer(conn: &mut Conn, frame: Option<Vec<u8>>, ctx: &Ctx<'_>) {
             },
         },
     };
+    let request = awaiting.request.clone();
     conn.awaiting.push_back(awaiting);
+    request
 }
 
 impl Harness {
@@ -619,6 +761,10 @@ impl Harness {
             idle: true,
             abandoned: Vec::new(),
             log: VecDeque::new(),
+            clock: 0,
+            rooms: BTreeMap::new(),
+            room_cmds: Vec::new(),
+            trace: std::env::var_os("CHATD_FUZZ_TRACE").is_some(),
             now: EPOCH_MS,
             tokens: BTreeMap::new(),
             blocks: BTreeSet::new(),
@@ -649,31 +795,101 @@ impl Harness {
         }
     }
 
-    /// Notes the frames a connection sent (see `expect_answer`).
+    /// Notes the frames a connection sent (see `expect_answer`), each with a tick of the clock, and
+    /// the room commands among them the checks need to know about.
     fn expect(&mut self, i: usize, frames: Vec<Option<Vec<u8>>>) {
-        let Harness {
-            conns,
-            tokens,
-            blocks,
-            now,
-            idle,
-            ..
-        } = self;
-        let ctx = Ctx {
-            exact: *idle,
-            now: *now,
-            tokens,
-            blocks,
-        };
-        let Some(conn) = conns[i].as_mut() else {
-            return;
-        };
-        for frame in frames {
-            expect_answer(conn, frame, &ctx);
+        let mut handed = Vec::new();
+        {
+            let Harness {
+                conns,
+                tokens,
+                blocks,
+                now,
+                idle,
+                clock,
+                ..
+            } = self;
+            let ctx = Ctx {
+                exact: *idle,
+                now: *now,
+                tokens,
+                blocks,
+            };
+            let Some(conn) = conns[i].as_mut() else {
+                return;
+            };
+            for frame in frames {
+                *clock += 1;
+                let tick = *clock;
+                let account = conn.account.clone();
+                if let Some(request) = expect_answer(conn, frame, &ctx, tick) {
+                    handed.push((tick, account, request));
+                }
+            }
+        }
+        for (tick, account, request) in handed {
+            self.note_room_command(tick, account, request);
         }
     }
 
+    fn tick(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
+    }
+
+    /// Notes a room command handed to the server at `tick` by a connection logged in as `account`.
+    fn note_room_command(&mut self, tick: u64, account: Option<String>, request: Request) {
+        let (room, kind) = match request.command {
+            Command::Unban { room, name } => (room, RoomCmdKind::Unban(key(name.as_str()))),
+            Command::Room {
+                sub: crate::proto::command::RoomSub::Public,
+                room,
+            } => (room, RoomCmdKind::Public),
+            Command::Room {
+                sub: crate::proto::command::RoomSub::Delete,
+                room,
+            } => (room, RoomCmdKind::Delete),
+            Command::Join { room } => {
+                // A JOIN on its way may make the account a member before its OK is read.
+                if let Some(a) = account {
+                    self.room(room.as_str()).ever.insert(a);
+                }
+                return;
+            }
+            _ => return,
+        };
+        self.room_cmds.push(RoomCmd {
+            tick,
+            room: key(room.as_str()),
+            kind,
+        });
+    }
+
+    fn room(&mut self, name: &str) -> &mut RoomModel {
+        self.rooms.entry(key(name)).or_default()
+    }
+
+    /// Whether a command of `kind` for `room` was handed to the server after tick `after`.
+    fn sent_since(&self, room: &str, after: u64, kind: impl Fn(&RoomCmdKind) -> bool) -> bool {
+        self.room_cmds
+            .iter()
+            .any(|c| c.tick > after && c.room == room && kind(&c.kind))
+    }
+
+    /// The largest id below which `account` may not see the room: the join to check, if it still
+    /// holds (no ROOM PUBLIC or DELETE of the room sent since the room was made private).
+    fn hidden_below(&self, room: &str, account: &str) -> Option<u64> {
+        let (w, private_sent) = *self.rooms.get(room)?.joins.get(account)?;
+        let undone = self.sent_since(room, private_sent, |k| {
+            matches!(k, RoomCmdKind::Public | RoomCmdKind::Delete)
+        });
+        (!undone).then_some(w)
+    }
+
     fn note(&mut self, mut entry: String) {
+        if self.trace {
+            eprintln!("{entry}");
+        }
         if entry.len() > 240 {
             let mut cut = 200;
             while !entry.is_char_boundary(cut) {
@@ -722,6 +938,9 @@ impl Harness {
                     account: None,
                     data_run: None,
                     received: BTreeSet::new(),
+                    rooms: BTreeMap::new(),
+                    replayed: BTreeSet::new(),
+                    data_ids: Vec::new(),
                     device_token: None,
                     bye_seen: false,
                 });
@@ -904,20 +1123,40 @@ impl Harness {
             self.conn_mut(i).data_run = Some(Verb::Ping);
             return;
         }
-        let data_final = match &parsed {
-            ServerLine::User { .. } => Some(Verb::Users),
-            ServerLine::Help { .. } => Some(Verb::Help),
-            ServerLine::History(_) => Some(Verb::History),
-            ServerLine::Friend { .. } => Some(Verb::Friend),
-            ServerLine::Token(_) => Some(Verb::Tokens),
-            ServerLine::Blocked { .. } => Some(Verb::Blocks),
-            _ => None,
+        // The commands whose answer a data line may belong to.
+        let data_of: &[Verb] = match &parsed {
+            ServerLine::User { .. } => &[Verb::Users],
+            ServerLine::Help { .. } => &[Verb::Help],
+            ServerLine::History(_) => &[Verb::History, Verb::Join],
+            ServerLine::Friend { .. } => &[Verb::Friend],
+            ServerLine::Token(_) => &[Verb::Tokens],
+            ServerLine::Blocked { .. } => &[Verb::Blocks],
+            ServerLine::Room(_) => &[Verb::Rooms, Verb::Join, Verb::Room],
+            ServerLine::Member { .. } => &[Verb::Members],
+            ServerLine::Ban { .. } | ServerLine::Invitation { .. } => &[Verb::Room],
+            _ => &[],
         };
-        if let Some(want) = data_final {
-            self.check(c.data_run.is_none_or(|d| d == want), || {
+        if !data_of.is_empty() {
+            // It answers the oldest unanswered command, whose final comes next.
+            let front = c.awaiting.front().and_then(|a| a.command);
+            let owner = front.filter(|v| data_of.contains(v));
+            let Some(owner) = owner else {
+                self.fail(&format!(
+                    "{who}: {raw:?} while the next final due is of {front:?}"
+                ));
+            };
+            self.check(c.data_run.is_none_or(|d| d == owner), || {
                 format!("{who}: {raw:?} inside the answer of another command")
             });
-            self.conns[i].as_mut().expect("connected").data_run = Some(want);
+            let conn = self.conns[i].as_mut().expect("connected");
+            conn.data_run = Some(owner);
+            if let ServerLine::History(m) = &parsed {
+                let room = match m.to {
+                    Recipient::Room(r) => Some(key(r)),
+                    _ => None,
+                };
+                conn.data_ids.push((m.id, room));
+            }
             return;
         }
         match parsed {
@@ -941,6 +1180,10 @@ impl Harness {
                     Recipient::User(u) => key(u) == me,
                     Recipient::Group(list) => list.iter().any(|u| key(u) == me),
                     Recipient::All => key(m.from) != me,
+                    Recipient::Room(r) => {
+                        self.check_room_message(i, &me, &key(r), m.id, raw);
+                        true
+                    }
                 };
                 self.check(addressed, || {
                     format!("{who}: {raw:?} reached {me}, who it was not addressed to")
@@ -986,13 +1229,24 @@ impl Harness {
             ServerLine::BacklogEnd { .. }
             | ServerLine::Presence { .. }
             | ServerLine::Away { .. }
-            | ServerLine::Friendship { .. } => {
+            | ServerLine::Friendship { .. }
+            | ServerLine::Unread { .. }
+            | ServerLine::Read { .. } => {
                 self.check(c.data_run.is_none(), || {
                     format!("{who}: {raw:?} inside a multi-line answer")
                 });
                 self.check(c.account.is_some(), || {
                     format!("{who}: {raw:?} while not logged in")
                 });
+            }
+            ServerLine::RoomEvent { room, event } => {
+                self.check(c.data_run.is_none(), || {
+                    format!("{who}: {raw:?} inside a multi-line answer")
+                });
+                let Some(me) = c.account.clone() else {
+                    self.fail(&format!("{who}: {raw:?} while not logged in"));
+                };
+                self.room_event(i, &me, &key(room), event);
             }
             other => self.fail(&format!("{who}: unexpected line {raw:?} ({other:?})")),
         }
@@ -1033,17 +1287,22 @@ impl Harness {
                 format!("{who}: {raw:?} should be FAIL {}", code.as_str())
             });
         }
-        let want = {
+        let (want, data_ids) = {
             let conn = self.conn_mut(i);
             conn.data_run = None;
-            conn.awaiting.pop_front().expect("checked above")
+            let data_ids = std::mem::take(&mut conn.data_ids);
+            (conn.awaiting.pop_front().expect("checked above"), data_ids)
         };
         let Err(reply) = outcome else {
             return;
         };
         let (sent_at, dead_token, blocks) = (want.sent_at, want.dead_token, want.blocks);
+        let sent_tick = want.sent;
         let request = want.request.map(|r| r.command);
         let me = self.conns[i].as_ref().and_then(|c| c.account.clone());
+        if let (Some(me), Some(cmd)) = (&me, &request) {
+            self.room_final(i, me, sent_tick, reply, cmd, &data_ids);
+        }
         match (reply, request) {
             (OkReply::Register { name: shown }, Some(Command::Register { name, password })) => {
                 self.check(shown == name.as_str(), || {
@@ -1070,6 +1329,8 @@ impl Harness {
                 });
                 let conn = self.conn_mut(i);
                 conn.account = Some(k);
+                // Nothing said on this connection yet about the new account's rooms.
+                conn.rooms.clear();
                 conn.device_token = None;
             }
             (OkReply::Resume { name }, Some(Command::Resume { token })) => {
@@ -1095,6 +1356,8 @@ impl Harness {
                 let conn = self.conn_mut(i);
                 conn.account = Some(account);
                 conn.device_token = Some(id);
+                // Nothing said on this connection yet about the new account's rooms.
+                conn.rooms.clear();
             }
             (OkReply::Token { id, token }, Some(Command::Token { .. })) => {
                 let Some(account) = me else {
@@ -1156,6 +1419,7 @@ impl Harness {
                 let conn = self.conn_mut(i);
                 conn.account = None;
                 conn.device_token = None;
+                conn.rooms.clear();
             }
             (OkReply::Block { name }, Some(Command::Block { .. })) => {
                 if let Some(me) = me {
@@ -1170,6 +1434,7 @@ impl Harness {
             (OkReply::Logout, _) => {
                 let conn = self.conn_mut(i);
                 conn.account = None;
+                conn.rooms.clear();
                 conn.device_token = None;
             }
             (OkReply::Quit, _) => {
@@ -1182,21 +1447,17 @@ impl Harness {
                 });
             }
             (
-                OkReply::Msg { id, .. } | OkReply::Group { id, .. } | OkReply::All { id, .. },
+                OkReply::Msg { id, .. }
+                | OkReply::RoomMsg { id, .. }
+                | OkReply::Group { id, .. }
+                | OkReply::All { id, .. },
                 Some(cmd @ (Command::Msg { .. } | Command::Group { .. } | Command::All { .. })),
             ) => {
                 let from = self.conns[i].as_ref().and_then(|c| c.account.clone());
                 let Some(from) = from else {
                     self.fail(&format!("{who}: {raw:?} without an id or a sender"));
                 };
-                let (to, all, text): (Vec<String>, bool, String) = match cmd {
-                    Command::Msg { to, text } => (vec![key(to.as_str())], false, text),
-                    Command::Group { to, text } => {
-                        (to.iter().map(|n| key(n.as_str())).collect(), false, text)
-                    }
-                    Command::All { text } => (Vec::new(), true, text),
-                    _ => unreachable!("matched above"),
-                };
+                let (to, all, room, text) = sent_parts(cmd);
                 let mut blockers = BTreeSet::new();
                 if let Some((sender, either, who_block)) = blocks {
                     if sender == from {
@@ -1218,6 +1479,7 @@ impl Harness {
                         from,
                         to,
                         all,
+                        room,
                         text,
                         blockers,
                     },
@@ -1269,7 +1531,14 @@ impl Harness {
                 ));
             }
             let s = &self.sent[&d.id];
-            let want_to = if s.all {
+            let want_to = if let Some(room) = &s.room {
+                // Shown as created: the letter case is the server's to choose.
+                if key(&d.to) == *room {
+                    d.to.clone()
+                } else {
+                    room.clone()
+                }
+            } else if s.all {
                 "*".to_owned()
             } else {
                 s.to.iter()
@@ -1385,6 +1654,10 @@ impl Harness {
     fn adopt(&mut self, d: &Delivered) -> bool {
         let display = |k: String| self.accounts.get(&k).cloned().unwrap_or_default();
         let found = self.abandoned.iter().position(|c| match c {
+            Command::Msg {
+                to: Target::Room(r),
+                text,
+            } => key(&d.to) == key(r.as_str()) && *text == d.text,
             Command::Msg { to, text } => d.to == display(key(to.as_str())) && *text == d.text,
             Command::Group { to, text } => {
                 let names: Vec<String> = to.iter().map(|n| display(key(n.as_str()))).collect();
@@ -1396,14 +1669,7 @@ impl Harness {
         let Some(at) = found else {
             return false;
         };
-        let (to, all, text) = match self.abandoned.remove(at) {
-            Command::Msg { to, text } => (vec![key(to.as_str())], false, text),
-            Command::Group { to, text } => {
-                (to.iter().map(|n| key(n.as_str())).collect(), false, text)
-            }
-            Command::All { text } => (Vec::new(), true, text),
-            _ => unreachable!("only messages are abandoned"),
-        };
+        let (to, all, room, text) = sent_parts(self.abandoned.remove(at));
         self.sent.insert(
             d.id,
             Sent {
@@ -1411,11 +1677,206 @@ impl Harness {
                 from: key(&d.from),
                 to,
                 all,
+                room,
                 text,
                 blockers: BTreeSet::new(),
             },
         );
         true
+    }
+
+    /// A room MESSAGE reached connection `i`, logged in as `me`: it must be a member (4.25), may
+    /// not see the room's past if it joined a private room (see `hidden_below`), and may not have
+    /// had the message in a JOIN's replay on this connection.
+    fn check_room_message(&mut self, i: usize, me: &str, room: &str, id: u64, raw: &str) {
+        let who = CLIENTS[i];
+        let c = self.conns[i].as_ref().expect("connected");
+        let ever = self.rooms.get(room).is_some_and(|r| r.ever.contains(me));
+        self.check(ever, || {
+            format!("{who}: {raw:?} reached {me}, never a member of {room}")
+        });
+        self.check(c.rooms.get(room) != Some(&false), || {
+            format!("{who}: {raw:?} reached {me} after this connection was told it left {room}")
+        });
+        self.check(!c.replayed.contains(&(me.to_owned(), id)), || {
+            format!("{who}: {raw:?} came live after the JOIN's replay held it")
+        });
+        if let Some(w) = self.hidden_below(room, me) {
+            self.check(id > w, || {
+                format!("{who}: {raw:?} was said in private {room} before {me} joined (<= {w})")
+            });
+        }
+    }
+
+    /// A room event on connection `i`, logged in as `me`: what it says of `me`'s membership.
+    fn room_event(&mut self, i: usize, me: &str, room: &str, event: RoomEvent<'_>) {
+        let view = match event {
+            RoomEvent::Joined { name } => {
+                self.room(room).ever.insert(key(name));
+                (key(name) == me).then_some(true)
+            }
+            RoomEvent::Parted { name, .. }
+            | RoomEvent::Kicked { name, .. }
+            | RoomEvent::Banned { name, .. } => (key(name) == me).then_some(false),
+            RoomEvent::Deleted { .. } => {
+                self.room_gone(room);
+                Some(false)
+            }
+            RoomEvent::Privacy { privacy, .. } => {
+                if privacy == crate::proto::room::Privacy::Public {
+                    self.room(room).private = None;
+                }
+                None
+            }
+            RoomEvent::Unbanned { name, .. } => {
+                self.room(room).bans.remove(&key(name));
+                None
+            }
+            RoomEvent::Topic { .. } | RoomEvent::Role { .. } | RoomEvent::Invited { .. } => None,
+        };
+        if let Some(member) = view {
+            self.conn_mut(i).rooms.insert(room.to_owned(), member);
+        }
+    }
+
+    /// A room was deleted: what was known of it is of a room that is gone.
+    fn room_gone(&mut self, room: &str) {
+        let r = self.room(room);
+        r.bans.clear();
+        r.private = None;
+        r.joins.clear();
+    }
+
+    /// The OK of a room command (or of a MSG or HISTORY of a room), sent at tick `sent_at` by
+    /// connection `i`, logged in as `me`, after the HISTORY data lines `data_ids`.
+    fn room_final(
+        &mut self,
+        i: usize,
+        me: &str,
+        sent_at: u64,
+        reply: OkReply<'_>,
+        cmd: &Command,
+        data_ids: &[(u64, Option<String>)],
+    ) {
+        let who = CLIENTS[i];
+        let now = self.tick();
+        match (reply, cmd) {
+            (OkReply::Join { room, outcome }, Command::Join { .. }) => {
+                let k = key(room);
+                self.room(room).ever.insert(me.to_owned());
+                self.conn_mut(i).rooms.insert(k.clone(), true);
+                // A banned account does not get in again without an UNBAN, or the room's
+                // deletion, sent after its BAN.
+                let banned = self.rooms.get(&k).and_then(|r| r.bans.get(me)).copied();
+                if let Some((ban_sent, ban_seen)) = banned {
+                    let undone = self.sent_since(&k, ban_sent, |kind| match kind {
+                        RoomCmdKind::Unban(who) => who == me,
+                        RoomCmdKind::Delete => true,
+                        RoomCmdKind::Public => false,
+                    });
+                    self.check(sent_at < ban_seen || undone, || {
+                        format!("{who}: {me} joined {room} ({outcome:?}) after it was banned")
+                    });
+                }
+                match outcome {
+                    JoinOutcome::Created => {
+                        self.room_gone(&k);
+                    }
+                    JoinOutcome::Joined => {
+                        let r = self.room(room);
+                        let private = r.private.filter(|&(_, seen)| seen < sent_at);
+                        let undone = private.is_some_and(|(private_sent, _)| {
+                            self.sent_since(&k, private_sent, |kind| {
+                                matches!(kind, RoomCmdKind::Public | RoomCmdKind::Delete)
+                            })
+                        });
+                        let r = self.room(room);
+                        match private {
+                            Some((private_sent, _)) if !undone => {
+                                let w = r
+                                    .acked
+                                    .iter()
+                                    .filter(|(seen, _)| *seen < sent_at)
+                                    .map(|(_, id)| *id)
+                                    .max()
+                                    .unwrap_or(0);
+                                r.joins.insert(me.to_owned(), (w, private_sent));
+                            }
+                            _ => {
+                                r.joins.remove(me);
+                            }
+                        }
+                    }
+                    JoinOutcome::Member => {}
+                }
+                if let Some(w) = self.hidden_below(&k, me) {
+                    for (id, _) in data_ids {
+                        self.check(*id > w, || {
+                            format!("{who}: JOIN {room} replayed {id}, said before {me} joined")
+                        });
+                    }
+                }
+                let conn = self.conn_mut(i);
+                for (id, _) in data_ids {
+                    conn.replayed.insert((me.to_owned(), *id));
+                }
+            }
+            (
+                OkReply::History { with, .. },
+                Command::History {
+                    with: crate::proto::command::HistoryTarget::Room(_),
+                    ..
+                },
+            ) => {
+                if let Some(w) = self.hidden_below(&key(with), me) {
+                    for (id, _) in data_ids {
+                        self.check(*id > w, || {
+                            format!("{who}: HISTORY {with} showed {id}, said before {me} joined")
+                        });
+                    }
+                }
+            }
+            (
+                OkReply::Part {
+                    room,
+                    outcome: PartOutcome::Left,
+                },
+                _,
+            ) => {
+                self.conn_mut(i).rooms.insert(key(room), false);
+            }
+            (OkReply::Ban { room, name }, _) => {
+                self.room(room).bans.insert(key(name), (sent_at, now));
+            }
+            (OkReply::Unban { room, name }, _) => {
+                self.room(room).bans.remove(&key(name));
+            }
+            (OkReply::Room(RoomReply::Private { room }), _) => {
+                // Already private: it has been since an earlier ROOM PRIVATE, if any was seen.
+                let r = self.room(room);
+                if r.private.is_none() {
+                    r.private = Some((sent_at, now));
+                }
+            }
+            (OkReply::Room(RoomReply::Public { room }), _) => {
+                self.room(room).private = None;
+            }
+            (OkReply::Room(RoomReply::Delete { room }), _) => {
+                let k = key(room);
+                self.room_gone(&k);
+                self.conn_mut(i).rooms.insert(k, false);
+            }
+            (
+                OkReply::RoomMsg { id, .. },
+                Command::Msg {
+                    to: Target::Room(r),
+                    ..
+                },
+            ) => {
+                self.room(r.as_str()).acked.push((now, id));
+            }
+            _ => {}
+        }
     }
 
     /// Logs in as `me` on a fresh connection and reads each (conversation, id) in `list`.
@@ -1484,5 +1945,24 @@ impl Harness {
             });
         }
         self.sim.disconnect(CHECKER);
+    }
+}
+
+/// The addressees and text of a MSG, GROUP or ALL: (account keys, ALL, room key, text).
+fn sent_parts(cmd: Command) -> (Vec<String>, bool, Option<String>, String) {
+    match cmd {
+        Command::Msg {
+            to: Target::Room(r),
+            text,
+        } => (Vec::new(), false, Some(key(r.as_str())), text),
+        Command::Msg { to, text } => (vec![key(to.as_str())], false, None, text),
+        Command::Group { to, text } => (
+            to.iter().map(|n| key(n.as_str())).collect(),
+            false,
+            None,
+            text,
+        ),
+        Command::All { text } => (Vec::new(), true, None, text),
+        _ => unreachable!("only messages are sent"),
     }
 }

@@ -7,9 +7,11 @@ use crate::config::{MAX_GROUP_RECIPIENTS, MAX_PING_TOKEN_BYTES};
 use crate::proto::code::{ByeCode, Code};
 use crate::proto::command::{Dms, Verb, COMMANDS};
 use crate::proto::name::check_label;
+use crate::proto::room::{Privacy, Role};
 use crate::proto::server_line::{
-    parse, AddOutcome, Delivery, FriendReply, FriendState, FriendshipEvent, MessageLine, OkReply,
-    Presence, Recipient, ServerLine, TokenLine,
+    parse, AddOutcome, Delivery, FriendReply, FriendState, FriendshipEvent, JoinOutcome,
+    MessageLine, OkReply, PartOutcome, Presence, Recipient, RoomEvent, RoomLine, RoomReply,
+    ServerLine, Standing, TokenLine, TopicSet,
 };
 use crate::proto::token::DeviceToken;
 
@@ -79,6 +81,29 @@ fn name(u: &mut Unstructured<'_>) -> Result<String> {
     Ok(s)
 }
 
+/// A room name: `#` and 1 to 32 of the name characters.
+fn room(u: &mut Unstructured<'_>) -> Result<String> {
+    let len = u.int_in_range(1..=32usize)?;
+    let mut s = String::from("#");
+    for _ in 0..len {
+        s.push(char::from(*u.choose(NAME_CHARS)?));
+    }
+    Ok(s)
+}
+
+/// A time the four-digit wire form can show (years 0000 to 9999).
+fn time(u: &mut Unstructured<'_>) -> Result<i64> {
+    u.int_in_range(-62_167_219_200_000i64..=253_402_300_799_999)
+}
+
+fn role(u: &mut Unstructured<'_>) -> Result<Role> {
+    Ok(*u.choose(&Role::ALL)?)
+}
+
+fn privacy(u: &mut Unstructured<'_>) -> Result<Privacy> {
+    Ok(*u.choose(&[Privacy::Public, Privacy::Private])?)
+}
+
 fn label(u: &mut Unstructured<'_>) -> Result<Option<String>> {
     if !u.arbitrary::<bool>()? {
         return Ok(None);
@@ -105,21 +130,19 @@ fn cursor(u: &mut Unstructured<'_>) -> Result<Option<u64>> {
     Ok(if u.arbitrary()? { Some(id(u)?) } else { None })
 }
 
-/// A time the four-digit wire form can show: years 0000 to 9999.
-fn time(u: &mut Unstructured<'_>) -> Result<i64> {
-    u.int_in_range(-62_167_219_200_000i64..=253_402_300_799_999)
-}
-
-/// Arbitrary but valid details of an `OK` of `verb`; names come from `pool`, a token's text is
-/// `token`.
+/// Arbitrary but valid details of an `OK` of `verb`; names come from `pool`, rooms from `rooms`,
+/// texts from `text` (which does not start with a space), a token's text is `token`.
 fn ok_reply<'a>(
     u: &mut Unstructured<'_>,
     verb: Verb,
     pool: &'a [String],
+    rooms: &'a [String],
+    text: &'a str,
     token: &'a DeviceToken,
     away: &'a str,
 ) -> Result<OkReply<'a>> {
     let n = |u: &mut Unstructured<'_>| -> Result<&'a str> { Ok(u.choose(pool)?.as_str()) };
+    let r = |u: &mut Unstructured<'_>| -> Result<&'a str> { Ok(u.choose(rooms)?.as_str()) };
     Ok(match verb {
         Verb::Register => OkReply::Register { name: n(u)? },
         Verb::Login => OkReply::Login { name: n(u)? },
@@ -127,6 +150,10 @@ fn ok_reply<'a>(
         Verb::Quit => OkReply::Quit,
         Verb::Help => OkReply::Help,
         Verb::Ping => OkReply::Ping,
+        Verb::Msg if u.arbitrary()? => OkReply::RoomMsg {
+            id: id(u)?,
+            delivered: u.arbitrary()?,
+        },
         Verb::Msg => OkReply::Msg {
             id: id(u)?,
             delivery: *u.choose(&[Delivery::Delivered, Delivery::Kept])?,
@@ -195,6 +222,80 @@ fn ok_reply<'a>(
         Verb::Dms => OkReply::Dms {
             policy: *u.choose(&[Dms::Friends, Dms::Everyone])?,
         },
+        Verb::Join => OkReply::Join {
+            room: r(u)?,
+            outcome: *u.choose(&[
+                JoinOutcome::Created,
+                JoinOutcome::Joined,
+                JoinOutcome::Member,
+            ])?,
+        },
+        Verb::Part => OkReply::Part {
+            room: r(u)?,
+            outcome: *u.choose(&[PartOutcome::Left, PartOutcome::Declined])?,
+        },
+        Verb::Rooms => OkReply::Rooms {
+            count: u.arbitrary()?,
+        },
+        Verb::Members => OkReply::Members {
+            room: r(u)?,
+            count: u.arbitrary()?,
+        },
+        Verb::Topic => {
+            let set = if u.arbitrary()? {
+                Some(TopicSet {
+                    by: n(u)?,
+                    time_ms: time(u)?,
+                })
+            } else {
+                None
+            };
+            OkReply::Topic {
+                room: r(u)?,
+                set,
+                // Never set: no text either.
+                text: if set.is_some() && u.arbitrary()? {
+                    text
+                } else {
+                    ""
+                },
+            }
+        }
+        Verb::Invite => OkReply::Invite {
+            room: r(u)?,
+            name: n(u)?,
+            expires_ms: time(u)?,
+        },
+        Verb::Kick => OkReply::Kick {
+            room: r(u)?,
+            name: n(u)?,
+        },
+        Verb::Ban => OkReply::Ban {
+            room: r(u)?,
+            name: n(u)?,
+        },
+        Verb::Unban => OkReply::Unban {
+            room: r(u)?,
+            name: n(u)?,
+        },
+        Verb::Role => OkReply::Role {
+            room: r(u)?,
+            name: n(u)?,
+            role: role(u)?,
+        },
+        Verb::Room => OkReply::Room(match u.int_in_range(0..=3u8)? {
+            0 => RoomReply::Info {
+                room: r(u)?,
+                created_ms: time(u)?,
+            },
+            1 => RoomReply::Private { room: r(u)? },
+            2 => RoomReply::Public { room: r(u)? },
+            _ => RoomReply::Delete { room: r(u)? },
+        }),
+        Verb::Read => OkReply::Read {
+            target: if u.arbitrary()? { r(u)? } else { n(u)? },
+            id: id(u)?,
+        },
         Verb::Announce => OkReply::Announce {
             delivered: u.arbitrary()?,
         },
@@ -211,6 +312,57 @@ fn ok_reply<'a>(
             count: u.arbitrary()?,
         },
         Verb::Adduser => OkReply::Adduser { name: n(u)? },
+    })
+}
+
+/// Arbitrary but valid room event, names from `pool`, texts from `text`.
+fn room_event<'a>(
+    u: &mut Unstructured<'_>,
+    pool: &'a [String],
+    text: &'a str,
+) -> Result<RoomEvent<'a>> {
+    let n = |u: &mut Unstructured<'_>| -> Result<&'a str> { Ok(u.choose(pool)?.as_str()) };
+    let t = |u: &mut Unstructured<'_>| -> Result<&'a str> {
+        Ok(if u.arbitrary()? { text } else { "" })
+    };
+    Ok(match u.int_in_range(0..=9u8)? {
+        0 => RoomEvent::Joined { name: n(u)? },
+        1 => RoomEvent::Parted {
+            name: n(u)?,
+            reason: t(u)?,
+        },
+        2 => RoomEvent::Kicked {
+            name: n(u)?,
+            by: n(u)?,
+            reason: t(u)?,
+        },
+        3 => RoomEvent::Banned {
+            name: n(u)?,
+            by: n(u)?,
+            reason: t(u)?,
+        },
+        4 => RoomEvent::Unbanned {
+            name: n(u)?,
+            by: n(u)?,
+        },
+        5 => RoomEvent::Topic {
+            by: n(u)?,
+            text: t(u)?,
+        },
+        6 => RoomEvent::Role {
+            name: n(u)?,
+            role: role(u)?,
+            by: n(u)?,
+        },
+        7 => RoomEvent::Invited {
+            by: n(u)?,
+            expires_ms: time(u)?,
+        },
+        8 => RoomEvent::Privacy {
+            privacy: privacy(u)?,
+            by: n(u)?,
+        },
+        _ => RoomEvent::Deleted { by: n(u)? },
     })
 }
 
@@ -244,6 +396,9 @@ fn encoded_line_parses(u: &mut Unstructured<'_>) -> Result<()> {
     } else {
         None
     };
+    let rooms: Vec<String> = (0..u.int_in_range(1..=4usize)?)
+        .map(|_| room(u))
+        .collect::<Result<_>>()?;
     let device_token = DeviceToken::new(u.arbitrary()?, &u.arbitrary()?);
     // The server's probe token is a number.
     let probe = id(u)?.to_string();
@@ -266,12 +421,12 @@ fn encoded_line_parses(u: &mut Unstructured<'_>) -> Result<()> {
             u.int_in_range(0..=999_999u32)?
         )
     };
-    let line = match u.int_in_range(0..=18u8)? {
+    let line = match u.int_in_range(0..=25u8)? {
         0 => {
             let verb = verb(u)?;
             ServerLine::Ok {
                 label: label.as_deref(),
-                reply: ok_reply(u, verb, &names, &device_token, &body)?,
+                reply: ok_reply(u, verb, &names, &rooms, &text, &device_token, &body)?,
             }
         }
         1 => {
@@ -294,10 +449,11 @@ fn encoded_line_parses(u: &mut Unstructured<'_>) -> Result<()> {
         }
         2 | 3 => {
             let time_ms = time(u)?;
-            let to = match u.int_in_range(0..=2u8)? {
+            let to = match u.int_in_range(0..=3u8)? {
                 0 => Recipient::User(one),
                 // A list of one prints as a MSG's recipient: a group value has two names or more.
                 1 => Recipient::Group(names.iter().map(String::as_str).collect()),
+                2 => Recipient::Room(rooms[0].as_str()),
                 _ => Recipient::All,
             };
             let m = MessageLine {
@@ -365,8 +521,58 @@ fn encoded_line_parses(u: &mut Unstructured<'_>) -> Result<()> {
             label: if u.arbitrary()? { &body } else { "" },
         }),
         15 => ServerLine::Ping { token: &probe },
-        16 => ServerLine::Notice { text: &body },
-        17 => ServerLine::Stat {
+        16 => {
+            let standing = match u.int_in_range(0..=2u8)? {
+                0 => Standing::Member(role(u)?),
+                1 => Standing::Invited,
+                _ => Standing::Outside,
+            };
+            ServerLine::Room(RoomLine {
+                room: &rooms[0],
+                privacy: privacy(u)?,
+                members: u.arbitrary()?,
+                standing,
+                unread: match standing {
+                    Standing::Member(_) => Some(u.arbitrary()?),
+                    _ => None,
+                },
+                topic: if u.arbitrary()? { &body } else { "" },
+            })
+        }
+        17 => ServerLine::Member {
+            room: &rooms[0],
+            name: one,
+            role: role(u)?,
+            presence: *u.choose(&[Presence::Online, Presence::Offline])?,
+        },
+        18 => ServerLine::Ban {
+            room: &rooms[0],
+            name: one,
+            by: &names[1],
+            time_ms: time(u)?,
+            reason: if u.arbitrary()? { &body } else { "" },
+        },
+        19 => ServerLine::Invitation {
+            room: &rooms[0],
+            name: one,
+            by: &names[1],
+            expires_ms: time(u)?,
+        },
+        20 => ServerLine::RoomEvent {
+            room: &rooms[0],
+            event: room_event(u, &names, &body)?,
+        },
+        21 => ServerLine::Unread {
+            room: &rooms[0],
+            count: u.arbitrary()?,
+            first: id(u)?,
+        },
+        22 => ServerLine::Read {
+            target: if u.arbitrary()? { &rooms[0] } else { one },
+            id: id(u)?,
+        },
+        23 => ServerLine::Notice { text: &body },
+        24 => ServerLine::Stat {
             name: &stat_name,
             value: &stat_value,
         },

@@ -76,6 +76,8 @@ pub struct ServerOptions {
     pub friend_requests_per_hour: u64,
     /// scrypt cost of new password hashes, as log2(N).
     pub scrypt_log_n: u8,
+    /// Most members of one room; JOIN beyond it gets `ROOM_FULL`.
+    pub max_room_members: usize,
     /// Accounts that may use the operator commands.
     pub admins: Vec<crate::proto::name::Name>,
     /// REGISTER is refused; admins create accounts with ADDUSER.

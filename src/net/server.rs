@@ -130,9 +130,10 @@ pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), Server
     let (store, snapshot) = RedbStore::open(&db).map_err(ServerError::Store)?;
     let store = store.with_reserve(opts.min_free_disk_mib.saturating_mul(1024 * 1024));
     log::info!(
-        "database {}: {} accounts, next message id {}",
+        "database {}: {} accounts, {} rooms, next message id {}",
         db.display(),
         snapshot.accounts.len(),
+        snapshot.rooms.len(),
         snapshot.next_id
     );
     let control_path = ops::control_path(&db);
@@ -166,6 +167,7 @@ pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), Server
             stored_bytes_per_day: opts.stored_kib_per_day.saturating_mul(1024),
             inbox_share: opts.inbox_share,
             friend_requests_per_hour: opts.friend_requests_per_hour,
+            max_room_members: opts.max_room_members,
         },
         policy: Policy {
             admins: opts.admins.iter().map(|n| n.key()).collect(),
@@ -239,15 +241,15 @@ pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), Server
             source,
         })?;
 
+    if let Some(l) = &metrics_listener {
+        log::info!("metrics at http://{}/metrics", local(l));
+    }
     // Announced last: once this line is logged the server is ready (tests wait for it).
     if let Some(l) = &plain {
         log::info!("listening on {}", local(l));
     }
     if let Some(l) = &secure {
         log::info!("listening on {} (TLS)", local(l));
-    }
-    if let Some(l) = &metrics_listener {
-        log::info!("metrics at http://{}/metrics", local(l));
     }
     log::info!("control socket {} (chatd backup)", control_path.display());
     if let Some(d) = &demo {

@@ -88,6 +88,38 @@ codes! {
     NO_REQUEST,
     /// FRIEND REMOVE of someone who is neither a friend nor asked.
     NOT_FRIENDS,
+    /// A room name that breaks the room name rules.
+    BAD_ROOM_NAME,
+    /// No room has that name (or it was deleted).
+    NO_SUCH_ROOM,
+    /// The caller is not a member of the room.
+    NOT_MEMBER,
+    /// The named user is not a member of the room.
+    NO_SUCH_MEMBER,
+    /// INVITE of someone who is a member already.
+    ALREADY_MEMBER,
+    /// JOIN of a private room without an invitation.
+    INVITE_ONLY,
+    /// The account is banned from the room.
+    BANNED,
+    /// The caller's role does not allow it, or the target's role is not lower.
+    NOT_ALLOWED,
+    /// JOIN of a room that has its most members.
+    ROOM_FULL,
+    /// The caller is a member of the most rooms already.
+    TOO_MANY_ROOMS,
+    /// The last owner would leave the room without an owner.
+    LAST_OWNER,
+    /// BAN of an account already banned.
+    ALREADY_BANNED,
+    /// UNBAN of an account that is not banned.
+    NOT_BANNED,
+    /// The room's ban list is full.
+    BAN_LIST_FULL,
+    /// The room has its most invitations waiting.
+    INVITE_LIST_FULL,
+    /// The invitee has its most invitations waiting.
+    TOO_MANY_INVITATIONS,
     /// FRIEND ADD past the friend requests allowed per hour.
     TOO_MANY_REQUESTS,
     /// FRIEND ADD when either side has as many friends and requests as it may.

@@ -15,10 +15,11 @@
 
 use super::code::Code;
 use super::name::{check_label, check_text, check_text_within, Name, Password, TextError};
+use super::room::{check_reason, check_topic, Role, RoomName, Target};
 use super::token::{parse_id, DeviceToken};
 use crate::config::{
     HISTORY_MAX_COUNT, MAX_AWAY_BYTES, MAX_GROUP_RECIPIENTS, MAX_PING_TOKEN_BYTES,
-    MAX_REASON_BYTES, MAX_TEXT_BYTES, MAX_TOKEN_LABEL_BYTES,
+    MAX_REASON_BYTES, MAX_TEXT_BYTES, MAX_TOKEN_LABEL_BYTES, MAX_TOPIC_BYTES,
 };
 
 /// A command word.
@@ -48,6 +49,18 @@ pub enum Verb {
     Dms,
     Away,
     Whois,
+    Join,
+    Part,
+    Rooms,
+    Members,
+    Topic,
+    Invite,
+    Kick,
+    Ban,
+    Unban,
+    Role,
+    Room,
+    Read,
     Announce,
     Suspend,
     Unsuspend,
@@ -62,7 +75,7 @@ pub struct Arity {
     /// Fewer gives `MISSING_ARGUMENT`.
     pub min: usize,
     /// More gives `TOO_MANY_ARGUMENTS`; `None` when the last argument is free text (it may hold
-    /// spaces) or a subcommand decides (FRIEND).
+    /// spaces) or a subcommand decides (FRIEND, ROOM).
     pub max: Option<usize>,
 }
 
@@ -106,7 +119,7 @@ pub const COMMANDS: &[Syntax] = &[
     row(Verb::Quit, "QUIT", "QUIT [<reason>]", 0, None),
     row(Verb::Help, "HELP", "HELP [<command>]", 0, Some(1)),
     row(Verb::Ping, "PING", "PING [<token>]", 0, Some(1)),
-    row(Verb::Msg, "MSG", "MSG <name> <text>", 2, None),
+    row(Verb::Msg, "MSG", "MSG <name>|<#room> <text>", 2, None),
     row(
         Verb::Group,
         "GROUP",
@@ -119,7 +132,7 @@ pub const COMMANDS: &[Syntax] = &[
     row(
         Verb::History,
         "HISTORY",
-        "HISTORY <name>|* [<count>] [BEFORE <id>|AFTER <id>]",
+        "HISTORY <name>|<#room>|* [<count>] [BEFORE <id>|AFTER <id>]",
         1,
         Some(4),
     ),
@@ -154,6 +167,36 @@ pub const COMMANDS: &[Syntax] = &[
     row(Verb::Dms, "DMS", "DMS [FRIENDS|EVERYONE]", 0, Some(1)),
     row(Verb::Away, "AWAY", "AWAY [<text>]", 0, None),
     row(Verb::Whois, "WHOIS", "WHOIS <name>", 1, Some(1)),
+    row(Verb::Join, "JOIN", "JOIN <#room>", 1, Some(1)),
+    row(Verb::Part, "PART", "PART <#room> [<reason>]", 1, None),
+    row(Verb::Rooms, "ROOMS", "ROOMS", 0, Some(0)),
+    row(Verb::Members, "MEMBERS", "MEMBERS <#room>", 1, Some(1)),
+    row(Verb::Topic, "TOPIC", "TOPIC <#room> [<text>|-]", 1, None),
+    row(Verb::Invite, "INVITE", "INVITE <#room> <name>", 2, Some(2)),
+    row(
+        Verb::Kick,
+        "KICK",
+        "KICK <#room> <name> [<reason>]",
+        2,
+        None,
+    ),
+    row(Verb::Ban, "BAN", "BAN <#room> <name> [<reason>]", 2, None),
+    row(Verb::Unban, "UNBAN", "UNBAN <#room> <name>", 2, Some(2)),
+    row(
+        Verb::Role,
+        "ROLE",
+        "ROLE <#room> <name> OWNER|OP|MEMBER",
+        3,
+        Some(3),
+    ),
+    row(
+        Verb::Room,
+        "ROOM",
+        "ROOM INFO|PRIVATE|PUBLIC|DELETE <#room>",
+        1,
+        None,
+    ),
+    row(Verb::Read, "READ", "READ <name>|<#room> [<id>]", 1, Some(2)),
     row(Verb::Announce, "ANNOUNCE", "ANNOUNCE <text>", 1, None),
     row(
         Verb::Suspend,
@@ -243,7 +286,7 @@ impl Verb {
             Verb::Suspend | Verb::Kill => {
                 let name =
                     Name::parse(args.need()?).map_err(|e| Refusal(Code::BAD_NAME, e.into()))?;
-                let reason = optional_text(&mut args, MAX_REASON_BYTES, "a reason")?;
+                let reason = reason(&mut args)?;
                 if self == Verb::Suspend {
                     Command::Suspend { name, reason }
                 } else {
@@ -282,7 +325,7 @@ impl Verb {
             Verb::Msg => {
                 let target = args.need()?;
                 let text = args.text().ok_or_else(missing)?;
-                let to = Name::parse(target).map_err(|e| Refusal(Code::BAD_NAME, e.into()))?;
+                let to = parse_target(target)?;
                 text_ok(text)?;
                 Command::Msg {
                     to,
@@ -399,7 +442,147 @@ impl Verb {
                     })?)
                 })
             }
+            Verb::Join => Command::Join {
+                room: parse_room(args.need()?)?,
+            },
+            Verb::Part => {
+                let room = parse_room(args.need()?)?;
+                Command::Part {
+                    room,
+                    reason: reason(&mut args)?,
+                }
+            }
+            Verb::Rooms => Command::Rooms,
+            Verb::Members => Command::Members {
+                room: parse_room(args.need()?)?,
+            },
+            Verb::Topic => {
+                let room = parse_room(args.need()?)?;
+                let change = match args.text() {
+                    None => None,
+                    Some(CLEAR_TOPIC) => Some(TopicChange::Clear),
+                    Some(text) => {
+                        check_topic(text).map_err(|e| short_text_refusal(e, MAX_TOPIC_BYTES))?;
+                        Some(TopicChange::Set(text.to_owned()))
+                    }
+                };
+                Command::Topic { room, change }
+            }
+            Verb::Invite => {
+                let room = parse_room(args.need()?)?;
+                let name = parse_name(args.need()?)?;
+                Command::Invite { room, name }
+            }
+            Verb::Kick | Verb::Ban => {
+                let room = parse_room(args.need()?)?;
+                let name = parse_name(args.need()?)?;
+                let reason = reason(&mut args)?;
+                if self == Verb::Kick {
+                    Command::Kick { room, name, reason }
+                } else {
+                    Command::Ban { room, name, reason }
+                }
+            }
+            Verb::Unban => {
+                let room = parse_room(args.need()?)?;
+                let name = parse_name(args.need()?)?;
+                Command::Unban { room, name }
+            }
+            Verb::Role => {
+                let room = parse_room(args.need()?)?;
+                let name = parse_name(args.need()?)?;
+                let word = args.need()?;
+                let role = Role::lookup(word).ok_or_else(|| {
+                    Refusal(
+                        Code::BAD_ARGUMENT,
+                        format!("a role is OWNER, OP or MEMBER, not \"{}\"", quote(word)),
+                    )
+                })?;
+                Command::Role { room, name, role }
+            }
+            Verb::Room => {
+                let sub = args.need()?;
+                let sub = match sub.to_ascii_uppercase().as_str() {
+                    "INFO" => RoomSub::Info,
+                    "PRIVATE" => RoomSub::Private,
+                    "PUBLIC" => RoomSub::Public,
+                    "DELETE" => RoomSub::Delete,
+                    _ => {
+                        return Err(Refusal(
+                            Code::UNKNOWN_SUBCOMMAND,
+                            format!("unknown ROOM subcommand \"{}\"; {}", quote(sub), usage()),
+                        ))
+                    }
+                };
+                // The subcommand's own arity (spec 3.2, check 5): exactly one room.
+                let room = args.next().ok_or_else(missing)?;
+                if args.next().is_some() {
+                    return Err(too_many());
+                }
+                Command::Room {
+                    sub,
+                    room: parse_room(room)?,
+                }
+            }
+            Verb::Read => {
+                let target = parse_target(args.need()?)?;
+                let id = match args.next() {
+                    None => None,
+                    Some(tok) => Some(parse_u64(tok).ok_or_else(|| {
+                        Refusal(
+                            Code::BAD_ID,
+                            format!("\"{}\" is not a message id", quote(tok)),
+                        )
+                    })?),
+                };
+                Command::Read { target, id }
+            }
         })
+    }
+}
+
+/// The text of `TOPIC <#room> -`, which clears the topic.
+pub const CLEAR_TOPIC: &str = "-";
+
+/// An account name argument.
+fn parse_name(tok: &str) -> Result<Name, Refusal> {
+    Name::parse(tok).map_err(|e| Refusal(Code::BAD_NAME, e.into()))
+}
+
+/// A room name argument.
+fn parse_room(tok: &str) -> Result<RoomName, Refusal> {
+    RoomName::parse(tok).map_err(|e| Refusal(Code::BAD_ROOM_NAME, e.into()))
+}
+
+/// A user or a room: a token starting with `#` is a room.
+fn parse_target(tok: &str) -> Result<Target, Refusal> {
+    if tok.starts_with('#') {
+        parse_room(tok).map(Target::Room)
+    } else {
+        parse_name(tok).map(Target::User)
+    }
+}
+
+/// The optional reason of PART, KICK, BAN, SUSPEND and KILL: the rest of the line.
+fn reason(args: &mut Tokens<'_>) -> Result<Option<String>, Refusal> {
+    match args.text() {
+        None => Ok(None),
+        Some(text) => {
+            check_reason(text).map_err(|e| short_text_refusal(e, MAX_REASON_BYTES))?;
+            Ok(Some(text.to_owned()))
+        }
+    }
+}
+
+/// A topic or a reason that breaks the text rules or its own limit.
+fn short_text_refusal(e: TextError, max: usize) -> Refusal {
+    match e {
+        TextError::Bad(why) => Refusal(Code::BAD_TEXT, why.into()),
+        TextError::Hidden(c) => hidden(c),
+        TextError::TooLong => Refusal(
+            Code::TEXT_TOO_LONG,
+            format!("this text has at most {max} bytes"),
+        ),
     }
 }
 
@@ -488,7 +671,10 @@ fn parse_history(args: &mut Tokens<'_>) -> Result<Command, Refusal> {
     let with = if target == "*" {
         HistoryTarget::Broadcast
     } else {
-        HistoryTarget::User(Name::parse(target).map_err(|e| Refusal(Code::BAD_NAME, e.into()))?)
+        match parse_target(target)? {
+            Target::User(n) => HistoryTarget::User(n),
+            Target::Room(r) => HistoryTarget::Room(r),
+        }
     };
     let mut rest = rest.iter().copied();
     let mut count = None;
@@ -720,8 +906,40 @@ pub enum Page {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HistoryTarget {
     User(Name),
+    /// A room the caller is a member of.
+    Room(RoomName),
     /// `*`: the ALL broadcasts.
     Broadcast,
+}
+
+/// What TOPIC with a text does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TopicChange {
+    /// Sets the topic to this text.
+    Set(String),
+    /// `-`: removes the topic.
+    Clear,
+}
+
+/// A ROOM subcommand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RoomSub {
+    Info,
+    Private,
+    Public,
+    Delete,
+}
+
+impl RoomSub {
+    /// The subcommand as sent, upper case.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoomSub::Info => "INFO",
+            RoomSub::Private => "PRIVATE",
+            RoomSub::Public => "PUBLIC",
+            RoomSub::Delete => "DELETE",
+        }
+    }
 }
 
 /// A FRIEND subcommand.
@@ -785,7 +1003,7 @@ pub enum Command {
         token: Option<String>,
     },
     Msg {
-        to: Name,
+        to: Target,
         text: String,
     },
     Group {
@@ -836,6 +1054,54 @@ pub enum Command {
     },
     Whois {
         name: Name,
+    },
+    Join {
+        room: RoomName,
+    },
+    Part {
+        room: RoomName,
+        reason: Option<String>,
+    },
+    Rooms,
+    Members {
+        room: RoomName,
+    },
+    /// `None`: show the topic.
+    Topic {
+        room: RoomName,
+        change: Option<TopicChange>,
+    },
+    Invite {
+        room: RoomName,
+        name: Name,
+    },
+    Kick {
+        room: RoomName,
+        name: Name,
+        reason: Option<String>,
+    },
+    Ban {
+        room: RoomName,
+        name: Name,
+        reason: Option<String>,
+    },
+    Unban {
+        room: RoomName,
+        name: Name,
+    },
+    Role {
+        room: RoomName,
+        name: Name,
+        role: Role,
+    },
+    Room {
+        sub: RoomSub,
+        room: RoomName,
+    },
+    /// `None`: show the marker.
+    Read {
+        target: Target,
+        id: Option<u64>,
     },
     /// A server notice to every connection (an admin's).
     Announce {
@@ -892,6 +1158,18 @@ impl Command {
             Command::Dms(_) => Verb::Dms,
             Command::Away { .. } => Verb::Away,
             Command::Whois { .. } => Verb::Whois,
+            Command::Join { .. } => Verb::Join,
+            Command::Part { .. } => Verb::Part,
+            Command::Rooms => Verb::Rooms,
+            Command::Members { .. } => Verb::Members,
+            Command::Topic { .. } => Verb::Topic,
+            Command::Invite { .. } => Verb::Invite,
+            Command::Kick { .. } => Verb::Kick,
+            Command::Ban { .. } => Verb::Ban,
+            Command::Unban { .. } => Verb::Unban,
+            Command::Role { .. } => Verb::Role,
+            Command::Room { .. } => Verb::Room,
+            Command::Read { .. } => Verb::Read,
             Command::Announce { .. } => Verb::Announce,
             Command::Suspend { .. } => Verb::Suspend,
             Command::Unsuspend { .. } => Verb::Unsuspend,
@@ -942,6 +1220,7 @@ impl Request {
             | Command::Users
             | Command::Tokens
             | Command::Blocks
+            | Command::Rooms
             | Command::Stats => {}
             Command::Block { name } | Command::Unblock { name } | Command::Whois { name } => {
                 arg(name.as_str())
@@ -977,6 +1256,7 @@ impl Request {
             } => {
                 match with {
                     HistoryTarget::User(n) => arg(n.as_str()),
+                    HistoryTarget::Room(r) => arg(r.as_str()),
                     HistoryTarget::Broadcast => arg("*"),
                 }
                 if let Some(c) = count {
@@ -998,6 +1278,47 @@ impl Request {
             Command::Resume { token } => arg(token.expose()),
             Command::Revoke(Revoke::All) => arg("ALL"),
             Command::Revoke(Revoke::One(id)) => arg(&super::token::format_id(*id)),
+            Command::Join { room } | Command::Members { room } => arg(room.as_str()),
+            Command::Part { room, reason } => {
+                arg(room.as_str());
+                if let Some(r) = reason {
+                    arg(r);
+                }
+            }
+            Command::Topic { room, change } => {
+                arg(room.as_str());
+                match change {
+                    None => {}
+                    Some(TopicChange::Clear) => arg(CLEAR_TOPIC),
+                    Some(TopicChange::Set(t)) => arg(t),
+                }
+            }
+            Command::Invite { room, name } | Command::Unban { room, name } => {
+                arg(room.as_str());
+                arg(name.as_str());
+            }
+            Command::Kick { room, name, reason } | Command::Ban { room, name, reason } => {
+                arg(room.as_str());
+                arg(name.as_str());
+                if let Some(r) = reason {
+                    arg(r);
+                }
+            }
+            Command::Role { room, name, role } => {
+                arg(room.as_str());
+                arg(name.as_str());
+                arg(role.as_str());
+            }
+            Command::Room { sub, room } => {
+                arg(sub.as_str());
+                arg(room.as_str());
+            }
+            Command::Read { target, id } => {
+                arg(target.as_str());
+                if let Some(id) = id {
+                    arg(&id.to_string());
+                }
+            }
         }
         s
     }
@@ -1035,7 +1356,7 @@ mod tests {
         assert_eq!(
             r.command,
             Command::Msg {
-                to: Name::parse("Bob").unwrap(),
+                to: Target::User(Name::parse("Bob").unwrap()),
                 text: " hi  there ".into()
             }
         );
@@ -1096,6 +1417,50 @@ mod tests {
         assert_eq!(code("FRIEND ADD"), Code::MISSING_ARGUMENT);
         assert_eq!(code("FRIEND LIST x"), Code::TOO_MANY_ARGUMENTS);
         assert_eq!(code("FRIEND add 1x"), Code::BAD_NAME);
+        assert_eq!(code("MSG #bad.room hi"), Code::BAD_ROOM_NAME);
+        assert_eq!(code("MSG # hi"), Code::BAD_ROOM_NAME);
+        assert_eq!(code("JOIN"), Code::MISSING_ARGUMENT);
+        assert_eq!(code("JOIN rust"), Code::BAD_ROOM_NAME);
+        assert_eq!(code("JOIN #a #b"), Code::TOO_MANY_ARGUMENTS);
+        assert_eq!(
+            code(&format!("JOIN #{}", "r".repeat(33))),
+            Code::BAD_ROOM_NAME
+        );
+        assert_eq!(code("PART"), Code::MISSING_ARGUMENT);
+        assert_eq!(code("PART #r \u{7}"), Code::BAD_TEXT);
+        assert_eq!(
+            code(&format!("PART #r {}", "x".repeat(301))),
+            Code::TEXT_TOO_LONG
+        );
+        assert_eq!(code("ROOMS x"), Code::TOO_MANY_ARGUMENTS);
+        assert_eq!(code("MEMBERS"), Code::MISSING_ARGUMENT);
+        assert_eq!(code("TOPIC r"), Code::BAD_ROOM_NAME);
+        assert_eq!(
+            code(&format!("TOPIC #r {}", "é".repeat(151))),
+            Code::TEXT_TOO_LONG
+        );
+        assert_eq!(code("TOPIC #r \t"), Code::BAD_TEXT);
+        assert_eq!(code("INVITE #r"), Code::MISSING_ARGUMENT);
+        assert_eq!(code("INVITE #r bob x"), Code::TOO_MANY_ARGUMENTS);
+        assert_eq!(code("INVITE #r 1bob"), Code::BAD_NAME);
+        assert_eq!(code("INVITE r 1bob"), Code::BAD_ROOM_NAME);
+        assert_eq!(code("KICK #r"), Code::MISSING_ARGUMENT);
+        assert_eq!(code("KICK #r bob \u{1b}"), Code::BAD_TEXT);
+        assert_eq!(code("BAN #r *"), Code::BAD_NAME);
+        assert_eq!(code("UNBAN #r bob x"), Code::TOO_MANY_ARGUMENTS);
+        assert_eq!(code("ROLE #r bob"), Code::MISSING_ARGUMENT);
+        assert_eq!(code("ROLE #r bob ADMIN"), Code::BAD_ARGUMENT);
+        assert_eq!(code("ROLE #r bob OP x"), Code::TOO_MANY_ARGUMENTS);
+        assert_eq!(code("ROOM"), Code::MISSING_ARGUMENT);
+        assert_eq!(code("ROOM SHOW #r"), Code::UNKNOWN_SUBCOMMAND);
+        assert_eq!(code("ROOM INFO"), Code::MISSING_ARGUMENT);
+        assert_eq!(code("ROOM INFO #r #s"), Code::TOO_MANY_ARGUMENTS);
+        assert_eq!(code("ROOM delete r"), Code::BAD_ROOM_NAME);
+        assert_eq!(code("READ"), Code::MISSING_ARGUMENT);
+        assert_eq!(code("READ #r x"), Code::BAD_ID);
+        assert_eq!(code("READ 9 1"), Code::BAD_NAME);
+        assert_eq!(code("READ #r 1 2"), Code::TOO_MANY_ARGUMENTS);
+        assert_eq!(code("HISTORY #r.x"), Code::BAD_ROOM_NAME);
         assert_eq!(code("TOKEN a\u{7}"), Code::BAD_TEXT);
         assert_eq!(
             code(&format!("TOKEN {}", "x".repeat(MAX_TOKEN_LABEL_BYTES + 1))),
@@ -1172,6 +1537,78 @@ mod tests {
     }
 
     #[test]
+    fn room_command_forms() {
+        let cmd = |l: &str| parse(l).unwrap().unwrap().command;
+        let room = |s: &str| RoomName::parse(s).unwrap();
+        let name = |s: &str| Name::parse(s).unwrap();
+        assert_eq!(
+            cmd("msg #Rust  hi"),
+            Command::Msg {
+                to: Target::Room(room("#Rust")),
+                text: " hi".into()
+            }
+        );
+        assert_eq!(
+            cmd("topic #r"),
+            Command::Topic {
+                room: room("#r"),
+                change: None
+            }
+        );
+        assert_eq!(
+            cmd("TOPIC #r -"),
+            Command::Topic {
+                room: room("#r"),
+                change: Some(TopicChange::Clear)
+            }
+        );
+        assert_eq!(
+            cmd("TOPIC #r  - "),
+            Command::Topic {
+                room: room("#r"),
+                change: Some(TopicChange::Set(" - ".into()))
+            }
+        );
+        assert_eq!(
+            cmd("part #r  gone  fishing"),
+            Command::Part {
+                room: room("#r"),
+                reason: Some(" gone  fishing".into())
+            }
+        );
+        assert_eq!(
+            cmd("role #r Bob op"),
+            Command::Role {
+                room: room("#r"),
+                name: name("Bob"),
+                role: Role::Op
+            }
+        );
+        assert_eq!(
+            cmd("room Private #r"),
+            Command::Room {
+                sub: RoomSub::Private,
+                room: room("#r")
+            }
+        );
+        assert_eq!(
+            cmd("READ bob 7"),
+            Command::Read {
+                target: Target::User(name("bob")),
+                id: Some(7)
+            }
+        );
+        assert_eq!(
+            cmd("history #r 5"),
+            Command::History {
+                with: HistoryTarget::Room(room("#r")),
+                count: Some(5),
+                cursor: Page::Latest
+            }
+        );
+    }
+
+    #[test]
     fn quoted_input_has_no_control_characters() {
         let r = parse("DA\rNCE\u{1b}[2J\u{0}").unwrap_err();
         assert_eq!(
@@ -1226,6 +1663,25 @@ mod tests {
             "HISTORY bob AFTER 0",
             "FRIEND LIST",
             "FRIEND REMOVE x",
+            "MSG #Room  two spaces",
+            "JOIN #r",
+            "PART #r",
+            "PART #r  see you",
+            "ROOMS",
+            "MEMBERS #r-1",
+            "TOPIC #r",
+            "TOPIC #r -",
+            "TOPIC #r new topic",
+            "INVITE #r bob",
+            "KICK #r bob",
+            "KICK #r bob spam",
+            "BAN #r bob  flood",
+            "UNBAN #r bob",
+            "ROLE #r bob owner",
+            "ROOM delete #r",
+            "READ #r",
+            "READ bob 0",
+            "HISTORY #r 3 AFTER 2",
             "TOKEN",
             "TOKEN  laptop at work ",
             "RESUME ct1.0000000000000001.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",

@@ -23,6 +23,7 @@ use std::fmt::{self, Write};
 use super::code::{ByeCode, Code};
 use super::command::{Dms, Verb};
 use super::name::check_label;
+use super::room::{Privacy, Role, RoomName};
 use super::time::{parse_timestamp, write_timestamp};
 use super::token::{format_id, parse_id};
 
@@ -145,6 +146,8 @@ pub enum Recipient<'a> {
     Group(Vec<&'a str>),
     /// Everyone (an ALL), sent as `*`.
     All,
+    /// A room's members: a room message, sent as the room's name (`#rust`).
+    Room(&'a str),
 }
 
 /// The fields of `MESSAGE` and `HISTORY` lines: `<id> <time> <from> <to> <text>`.
@@ -248,6 +251,245 @@ pub enum FriendReply<'a> {
         /// How many FRIEND lines came before.
         count: u64,
     },
+}
+
+/// How `JOIN` went: `CREATED`, `JOINED` or `MEMBER`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JoinOutcome {
+    /// The room did not exist: it was created, public, with the caller as its owner.
+    Created,
+    /// The caller is a member now.
+    Joined,
+    /// The caller was a member already; nothing changed.
+    Member,
+}
+
+impl JoinOutcome {
+    /// The keyword as sent.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JoinOutcome::Created => "CREATED",
+            JoinOutcome::Joined => "JOINED",
+            JoinOutcome::Member => "MEMBER",
+        }
+    }
+
+    fn parse(s: &str) -> Option<JoinOutcome> {
+        match s {
+            "CREATED" => Some(JoinOutcome::Created),
+            "JOINED" => Some(JoinOutcome::Joined),
+            "MEMBER" => Some(JoinOutcome::Member),
+            _ => None,
+        }
+    }
+}
+
+/// How `PART` went: `LEFT` (a member left) or `DECLINED` (an invitation was declined).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PartOutcome {
+    /// The caller was a member and is not any more.
+    Left,
+    /// The caller was invited, not a member; the invitation is gone.
+    Declined,
+}
+
+impl PartOutcome {
+    /// The keyword as sent.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PartOutcome::Left => "LEFT",
+            PartOutcome::Declined => "DECLINED",
+        }
+    }
+
+    fn parse(s: &str) -> Option<PartOutcome> {
+        match s {
+            "LEFT" => Some(PartOutcome::Left),
+            "DECLINED" => Some(PartOutcome::Declined),
+            _ => None,
+        }
+    }
+}
+
+/// Who set a room's topic, and when, as `OK TOPIC` shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TopicSet<'a> {
+    /// Who set (or cleared) it, as registered.
+    pub by: &'a str,
+    /// When, milliseconds since the Unix epoch.
+    pub time_ms: i64,
+}
+
+/// The details of an `OK ROOM` reply, by subcommand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RoomReply<'a> {
+    /// `INFO <#room> <created>`, after the room's ROOM line (and, for ops and owners, its BAN and
+    /// INVITATION lines).
+    Info {
+        /// The room, as created.
+        room: &'a str,
+        /// When it was created, milliseconds since the Unix epoch.
+        created_ms: i64,
+    },
+    /// `PRIVATE <#room>`.
+    Private {
+        /// The room, as created.
+        room: &'a str,
+    },
+    /// `PUBLIC <#room>`.
+    Public {
+        /// The room, as created.
+        room: &'a str,
+    },
+    /// `DELETE <#room>`.
+    Delete {
+        /// The room, as it was created.
+        room: &'a str,
+    },
+}
+
+/// The caller's place in a room, in a `ROOM` line: a role, `INVITED` or `-` (neither).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Standing {
+    /// A member with this role.
+    Member(Role),
+    /// Not a member, with an invitation waiting.
+    Invited,
+    /// Neither a member nor invited.
+    Outside,
+}
+
+impl Standing {
+    /// The field as sent.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Standing::Member(r) => r.as_str(),
+            Standing::Invited => "INVITED",
+            Standing::Outside => "-",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Standing> {
+        match s {
+            "INVITED" => Some(Standing::Invited),
+            "-" => Some(Standing::Outside),
+            other => Role::parse(other).map(Standing::Member),
+        }
+    }
+}
+
+/// The fields of a `ROOM` data line:
+/// `ROOM <#room> PUBLIC|PRIVATE <members> <standing> <unread>|- [<topic>]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RoomLine<'a> {
+    /// The room, as created.
+    pub room: &'a str,
+    /// Who may join.
+    pub privacy: Privacy,
+    /// How many members it has.
+    pub members: u64,
+    /// The caller's place in it.
+    pub standing: Standing,
+    /// Messages after the caller's read marker (members only).
+    pub unread: Option<u64>,
+    /// The topic; empty when there is none.
+    pub topic: &'a str,
+}
+
+/// Something that happened in a room, pushed to its online members (an invitation: to the
+/// invitee). Each kind is sent with its own first token: `<EVENT> <#room> <fields>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RoomEvent<'a> {
+    /// `JOINED <#room> <name>`.
+    Joined {
+        /// Who joined.
+        name: &'a str,
+    },
+    /// `PARTED <#room> <name> [<reason>]`.
+    Parted {
+        /// Who left.
+        name: &'a str,
+        /// Their reason; empty when none was given.
+        reason: &'a str,
+    },
+    /// `KICKED <#room> <name> <by> [<reason>]`.
+    Kicked {
+        /// Who was removed.
+        name: &'a str,
+        /// The op or owner who removed them.
+        by: &'a str,
+        /// The reason; empty when none was given.
+        reason: &'a str,
+    },
+    /// `BANNED <#room> <name> <by> [<reason>]`.
+    Banned {
+        /// Who was banned.
+        name: &'a str,
+        /// The op or owner who banned them.
+        by: &'a str,
+        /// The reason; empty when none was given.
+        reason: &'a str,
+    },
+    /// `UNBANNED <#room> <name> <by>`.
+    Unbanned {
+        /// Who may join again.
+        name: &'a str,
+        /// The op or owner who lifted the ban.
+        by: &'a str,
+    },
+    /// `TOPIC <#room> <by> [<text>]`: the topic was set (cleared, without a text).
+    Topic {
+        /// Who set it.
+        by: &'a str,
+        /// The new topic; empty when it was cleared.
+        text: &'a str,
+    },
+    /// `ROLE <#room> <name> <role> <by>`.
+    Role {
+        /// Whose role changed.
+        name: &'a str,
+        /// The new role.
+        role: Role,
+        /// The owner who changed it.
+        by: &'a str,
+    },
+    /// `INVITED <#room> <by> <expires>`: you are invited.
+    Invited {
+        /// The op or owner who invited you.
+        by: &'a str,
+        /// When the invitation ends, milliseconds since the Unix epoch.
+        expires_ms: i64,
+    },
+    /// `PRIVACY <#room> PUBLIC|PRIVATE <by>`.
+    Privacy {
+        /// The room's new setting.
+        privacy: Privacy,
+        /// The owner who changed it.
+        by: &'a str,
+    },
+    /// `DELETED <#room> <by>`: the room is gone.
+    Deleted {
+        /// The owner who deleted it.
+        by: &'a str,
+    },
+}
+
+impl RoomEvent<'_> {
+    /// The first token of the line.
+    pub fn tag(&self) -> &'static str {
+        match self {
+            RoomEvent::Joined { .. } => "JOINED",
+            RoomEvent::Parted { .. } => "PARTED",
+            RoomEvent::Kicked { .. } => "KICKED",
+            RoomEvent::Banned { .. } => "BANNED",
+            RoomEvent::Unbanned { .. } => "UNBANNED",
+            RoomEvent::Topic { .. } => "TOPIC",
+            RoomEvent::Role { .. } => "ROLE",
+            RoomEvent::Invited { .. } => "INVITED",
+            RoomEvent::Privacy { .. } => "PRIVACY",
+            RoomEvent::Deleted { .. } => "DELETED",
+        }
+    }
 }
 
 /// What an `OK` reports, by command: the typed form of `OK <COMMAND> [<details>]`.
@@ -384,6 +626,96 @@ pub enum OkReply<'a> {
         /// Its away message; empty when none is set.
         away: &'a str,
     },
+    /// `MSG <id> DELIVERED <n>`: a room message.
+    RoomMsg {
+        /// The message id.
+        id: u64,
+        /// Members other than the sender who were online and were sent it.
+        delivered: u64,
+    },
+    /// `JOIN <#room> CREATED|JOINED|MEMBER`, after the ROOM line and the replay.
+    Join {
+        /// The room, as created.
+        room: &'a str,
+        /// What happened.
+        outcome: JoinOutcome,
+    },
+    /// `PART <#room> LEFT|DECLINED`.
+    Part {
+        /// The room, as created.
+        room: &'a str,
+        /// What happened.
+        outcome: PartOutcome,
+    },
+    /// `ROOMS <n>`, after `n` ROOM data lines.
+    Rooms {
+        /// How many ROOM lines came before.
+        count: u64,
+    },
+    /// `MEMBERS <#room> <n>`, after `n` MEMBER data lines.
+    Members {
+        /// The room, as created.
+        room: &'a str,
+        /// How many MEMBER lines came before.
+        count: u64,
+    },
+    /// `TOPIC <#room> <by>|- <time>|- [<text>]`: the topic now.
+    Topic {
+        /// The room, as created.
+        room: &'a str,
+        /// Who set it last and when; `None` if it was never set.
+        set: Option<TopicSet<'a>>,
+        /// The topic; empty when there is none.
+        text: &'a str,
+    },
+    /// `INVITE <#room> <name> <expires>`.
+    Invite {
+        /// The room, as created.
+        room: &'a str,
+        /// The invitee, as registered.
+        name: &'a str,
+        /// When the invitation ends, milliseconds since the Unix epoch.
+        expires_ms: i64,
+    },
+    /// `KICK <#room> <name>`.
+    Kick {
+        /// The room, as created.
+        room: &'a str,
+        /// Who was removed, as registered.
+        name: &'a str,
+    },
+    /// `BAN <#room> <name>`.
+    Ban {
+        /// The room, as created.
+        room: &'a str,
+        /// Who was banned, as registered.
+        name: &'a str,
+    },
+    /// `UNBAN <#room> <name>`.
+    Unban {
+        /// The room, as created.
+        room: &'a str,
+        /// Who may join again, as registered.
+        name: &'a str,
+    },
+    /// `ROLE <#room> <name> <role>`.
+    Role {
+        /// The room, as created.
+        room: &'a str,
+        /// The member, as registered.
+        name: &'a str,
+        /// Their role now.
+        role: Role,
+    },
+    /// `ROOM <subcommand> ...`.
+    Room(RoomReply<'a>),
+    /// `READ <name>|<#room> <id>`: the read marker now (0: none).
+    Read {
+        /// The user as registered, or the room as created.
+        target: &'a str,
+        /// The marker.
+        id: u64,
+    },
     /// `ANNOUNCE <n>`: the notice went to `n` connections.
     Announce {
         /// Connections sent the notice, the caller's included.
@@ -448,6 +780,19 @@ impl OkReply<'_> {
             OkReply::Dms { .. } => Verb::Dms,
             OkReply::Away { .. } => Verb::Away,
             OkReply::Whois { .. } => Verb::Whois,
+            OkReply::RoomMsg { .. } => Verb::Msg,
+            OkReply::Join { .. } => Verb::Join,
+            OkReply::Part { .. } => Verb::Part,
+            OkReply::Rooms { .. } => Verb::Rooms,
+            OkReply::Members { .. } => Verb::Members,
+            OkReply::Topic { .. } => Verb::Topic,
+            OkReply::Invite { .. } => Verb::Invite,
+            OkReply::Kick { .. } => Verb::Kick,
+            OkReply::Ban { .. } => Verb::Ban,
+            OkReply::Unban { .. } => Verb::Unban,
+            OkReply::Role { .. } => Verb::Role,
+            OkReply::Room(_) => Verb::Room,
+            OkReply::Read { .. } => Verb::Read,
             OkReply::Announce { .. } => Verb::Announce,
             OkReply::Suspend { .. } => Verb::Suspend,
             OkReply::Unsuspend { .. } => Verb::Unsuspend,
@@ -563,6 +908,66 @@ pub enum ServerLine<'a> {
     Blocked {
         /// An account the caller blocks.
         name: &'a str,
+    },
+    /// `ROOM ...`: a data line of ROOMS, JOIN and ROOM INFO answers.
+    Room(RoomLine<'a>),
+    /// `MEMBER <#room> <name> <role> ONLINE|OFFLINE`: a data line of a MEMBERS answer.
+    Member {
+        /// The room, as created.
+        room: &'a str,
+        /// The member, as registered.
+        name: &'a str,
+        /// Their role.
+        role: Role,
+        /// Whether they are online.
+        presence: Presence,
+    },
+    /// `BAN <#room> <name> <by> <time> [<reason>]`: a data line of ROOM INFO (ops and owners).
+    Ban {
+        /// The room, as created.
+        room: &'a str,
+        /// Who is banned, as registered.
+        name: &'a str,
+        /// Who banned them.
+        by: &'a str,
+        /// When, milliseconds since the Unix epoch.
+        time_ms: i64,
+        /// The reason; empty when none was given.
+        reason: &'a str,
+    },
+    /// `INVITATION <#room> <name> <by> <expires>`: a data line of ROOM INFO (ops and owners).
+    Invitation {
+        /// The room, as created.
+        room: &'a str,
+        /// Who is invited, as registered.
+        name: &'a str,
+        /// Who invited them.
+        by: &'a str,
+        /// When the invitation ends, milliseconds since the Unix epoch.
+        expires_ms: i64,
+    },
+    /// A room event (`JOINED`, `PARTED`, `KICKED`, ...): see [`RoomEvent`].
+    RoomEvent {
+        /// The room, as created.
+        room: &'a str,
+        /// What happened.
+        event: RoomEvent<'a>,
+    },
+    /// `UNREAD <#room> <count> <first>`: at LOGIN, a room with messages after the read marker.
+    Unread {
+        /// The room, as created.
+        room: &'a str,
+        /// How many messages follow the marker.
+        count: u64,
+        /// The id of the first of them.
+        first: u64,
+    },
+    /// `READ <name>|<#room> <id>`: the account's read marker moved (another connection's READ).
+    Read {
+        /// The user as registered, or the room as created.
+        target: &'a str,
+        /// The marker.
+        id: u64,
     },
     /// `STAT <name> <value>`: a data line of a STATS answer.
     Stat {
@@ -779,10 +1184,134 @@ fn parse_fields(line: &str) -> Option<ServerLine<'_>> {
             name: c.token()?,
             text: c.text().filter(|t| !t.is_empty()),
         },
+        "ROOM" => {
+            let room = room(c.token()?)?;
+            let privacy = Privacy::parse(c.token()?)?;
+            let members = c.number()?;
+            let standing = Standing::parse(c.token()?)?;
+            let unread = cursor(c.token()?)?;
+            // Members have a count of unread messages; others a `-`.
+            if unread.is_some() != matches!(standing, Standing::Member(_)) {
+                return None;
+            }
+            let topic = c.text().unwrap_or("");
+            ServerLine::Room(RoomLine {
+                room,
+                privacy,
+                members,
+                standing,
+                unread,
+                topic,
+            })
+        }
+        "MEMBER" => {
+            let room = room(c.token()?)?;
+            let name = c.token()?;
+            let role = Role::parse(c.token()?)?;
+            let presence = Presence::parse(c.token()?)?;
+            ServerLine::Member {
+                room,
+                name,
+                role,
+                presence,
+            }
+        }
+        "BAN" => {
+            let room = room(c.token()?)?;
+            let name = c.token()?;
+            let by = c.token()?;
+            let time_ms = parse_timestamp(c.token()?)?;
+            let reason = c.text().unwrap_or("");
+            ServerLine::Ban {
+                room,
+                name,
+                by,
+                time_ms,
+                reason,
+            }
+        }
+        "INVITATION" => {
+            let room = room(c.token()?)?;
+            let name = c.token()?;
+            let by = c.token()?;
+            let expires_ms = parse_timestamp(c.token()?)?;
+            ServerLine::Invitation {
+                room,
+                name,
+                by,
+                expires_ms,
+            }
+        }
+        "UNREAD" => {
+            let room = room(c.token()?)?;
+            let count = c.number()?;
+            let first = c.number()?;
+            ServerLine::Unread { room, count, first }
+        }
+        "READ" => {
+            let target = c.token()?;
+            let id = c.number()?;
+            ServerLine::Read { target, id }
+        }
+        "JOINED" | "PARTED" | "KICKED" | "BANNED" | "UNBANNED" | "TOPIC" | "ROLE" | "INVITED"
+        | "PRIVACY" | "DELETED" => {
+            let room = room(c.token()?)?;
+            let event = room_event(tag, &mut c)?;
+            ServerLine::RoomEvent { room, event }
+        }
         _ => return None,
     };
     // Lines ending in free text consumed the rest; fixed-arity lines must have nothing left.
     c.at_end().then_some(parsed)
+}
+
+/// The fields of a room event after `<EVENT> <#room>`.
+fn room_event<'a>(tag: &str, c: &mut Cursor<'a>) -> Option<RoomEvent<'a>> {
+    Some(match tag {
+        "JOINED" => RoomEvent::Joined { name: c.token()? },
+        "PARTED" => RoomEvent::Parted {
+            name: c.token()?,
+            reason: c.text().unwrap_or(""),
+        },
+        "KICKED" => RoomEvent::Kicked {
+            name: c.token()?,
+            by: c.token()?,
+            reason: c.text().unwrap_or(""),
+        },
+        "BANNED" => RoomEvent::Banned {
+            name: c.token()?,
+            by: c.token()?,
+            reason: c.text().unwrap_or(""),
+        },
+        "UNBANNED" => RoomEvent::Unbanned {
+            name: c.token()?,
+            by: c.token()?,
+        },
+        "TOPIC" => RoomEvent::Topic {
+            by: c.token()?,
+            text: c.text().unwrap_or(""),
+        },
+        "ROLE" => RoomEvent::Role {
+            name: c.token()?,
+            role: Role::parse(c.token()?)?,
+            by: c.token()?,
+        },
+        "INVITED" => RoomEvent::Invited {
+            by: c.token()?,
+            expires_ms: parse_timestamp(c.token()?)?,
+        },
+        "PRIVACY" => RoomEvent::Privacy {
+            privacy: Privacy::parse(c.token()?)?,
+            by: c.token()?,
+        },
+        "DELETED" => RoomEvent::Deleted { by: c.token()? },
+        _ => return None,
+    })
+}
+
+/// A room name as the server sends it (`#` and 1 to 32 letters, digits, `_`, `-`).
+fn room(tok: &str) -> Option<&str> {
+    RoomName::parse(tok).ok().map(|_| tok)
 }
 
 /// The details of `OK <command>`, typed by command.
@@ -801,7 +1330,15 @@ fn ok_reply<'a>(verb: Verb, c: &mut Cursor<'a>) -> Option<OkReply<'a>> {
                 "KEPT" => Delivery::Kept,
                 _ => return None,
             };
-            OkReply::Msg { id, delivery }
+            // A room message says to how many members: `MSG <id> DELIVERED <n>`.
+            match (delivery, c.at_end()) {
+                (_, true) => OkReply::Msg { id, delivery },
+                (Delivery::Delivered, false) => OkReply::RoomMsg {
+                    id,
+                    delivered: c.number()?,
+                },
+                (Delivery::Kept, false) => return None,
+            }
         }
         Verb::Group => {
             let id = c.number()?;
@@ -925,6 +1462,84 @@ fn ok_reply<'a>(verb: Verb, c: &mut Cursor<'a>) -> Option<OkReply<'a>> {
                 _ => return None,
             },
         },
+        Verb::Join => OkReply::Join {
+            room: room(c.token()?)?,
+            outcome: JoinOutcome::parse(c.token()?)?,
+        },
+        Verb::Part => OkReply::Part {
+            room: room(c.token()?)?,
+            outcome: PartOutcome::parse(c.token()?)?,
+        },
+        Verb::Rooms => OkReply::Rooms { count: c.number()? },
+        Verb::Members => OkReply::Members {
+            room: room(c.token()?)?,
+            count: c.number()?,
+        },
+        Verb::Topic => {
+            let room = room(c.token()?)?;
+            let by = c.token()?;
+            let time = c.token()?;
+            if by == "-" {
+                // Never set: no setter, no time, no text.
+                if time != "-" || !c.at_end() {
+                    return None;
+                }
+                OkReply::Topic {
+                    room,
+                    set: None,
+                    text: "",
+                }
+            } else {
+                let time_ms = parse_timestamp(time)?;
+                OkReply::Topic {
+                    room,
+                    set: Some(TopicSet { by, time_ms }),
+                    text: c.text().unwrap_or(""),
+                }
+            }
+        }
+        Verb::Invite => OkReply::Invite {
+            room: room(c.token()?)?,
+            name: c.token()?,
+            expires_ms: parse_timestamp(c.token()?)?,
+        },
+        Verb::Kick => OkReply::Kick {
+            room: room(c.token()?)?,
+            name: c.token()?,
+        },
+        Verb::Ban => OkReply::Ban {
+            room: room(c.token()?)?,
+            name: c.token()?,
+        },
+        Verb::Unban => OkReply::Unban {
+            room: room(c.token()?)?,
+            name: c.token()?,
+        },
+        Verb::Role => OkReply::Role {
+            room: room(c.token()?)?,
+            name: c.token()?,
+            role: Role::parse(c.token()?)?,
+        },
+        Verb::Room => OkReply::Room(match c.token()? {
+            "INFO" => RoomReply::Info {
+                room: room(c.token()?)?,
+                created_ms: parse_timestamp(c.token()?)?,
+            },
+            "PRIVATE" => RoomReply::Private {
+                room: room(c.token()?)?,
+            },
+            "PUBLIC" => RoomReply::Public {
+                room: room(c.token()?)?,
+            },
+            "DELETE" => RoomReply::Delete {
+                room: room(c.token()?)?,
+            },
+            _ => return None,
+        }),
+        Verb::Read => OkReply::Read {
+            target: c.token()?,
+            id: c.number()?,
+        },
     })
 }
 
@@ -986,11 +1601,15 @@ fn message_fields<'a>(c: &mut Cursor<'a>) -> Option<MessageLine<'a>> {
         "*" => Recipient::All,
         list if list.contains(',') => {
             let names: Vec<&str> = list.split(',').collect();
-            if names.iter().any(|n| n.is_empty() || *n == "*") {
+            if names
+                .iter()
+                .any(|n| n.is_empty() || *n == "*" || n.starts_with('#'))
+            {
                 return None;
             }
             Recipient::Group(names)
         }
+        r if r.starts_with('#') => Recipient::Room(room(r)?),
         name => Recipient::User(name),
     };
     let text = c.text()?;
@@ -1017,6 +1636,7 @@ impl fmt::Display for Recipient<'_> {
                 Ok(())
             }
             Recipient::All => f.write_str("*"),
+            Recipient::Room(r) => f.write_str(r),
         }
     }
 }
@@ -1126,6 +1746,77 @@ impl fmt::Display for OkReply<'_> {
             OkReply::Password { revoked, closed } => {
                 write!(f, " REVOKED {revoked} CLOSED {closed}")
             }
+            OkReply::RoomMsg { id, delivered } => write!(f, " {id} DELIVERED {delivered}"),
+            OkReply::Join { room, outcome } => write!(f, " {room} {}", outcome.as_str()),
+            OkReply::Part { room, outcome } => write!(f, " {room} {}", outcome.as_str()),
+            OkReply::Rooms { count } => write!(f, " {count}"),
+            OkReply::Members { room, count } => write!(f, " {room} {count}"),
+            OkReply::Topic { room, set, text } => match set {
+                None => write!(f, " {room} - -"),
+                Some(TopicSet { by, time_ms }) => {
+                    write!(f, " {room} {by} ")?;
+                    write_time(f, *time_ms)?;
+                    tail(f, text)
+                }
+            },
+            OkReply::Invite {
+                room,
+                name,
+                expires_ms,
+            } => {
+                write!(f, " {room} {name} ")?;
+                write_time(f, *expires_ms)
+            }
+            OkReply::Kick { room, name }
+            | OkReply::Ban { room, name }
+            | OkReply::Unban { room, name } => write!(f, " {room} {name}"),
+            OkReply::Role { room, name, role } => write!(f, " {room} {name} {}", role.as_str()),
+            OkReply::Room(r) => match r {
+                RoomReply::Info { room, created_ms } => {
+                    write!(f, " INFO {room} ")?;
+                    write_time(f, *created_ms)
+                }
+                RoomReply::Private { room } => write!(f, " PRIVATE {room}"),
+                RoomReply::Public { room } => write!(f, " PUBLIC {room}"),
+                RoomReply::Delete { room } => write!(f, " DELETE {room}"),
+            },
+            OkReply::Read { target, id } => write!(f, " {target} {id}"),
+        }
+    }
+}
+
+/// Writes a wire timestamp.
+fn write_time(f: &mut fmt::Formatter<'_>, ms: i64) -> fmt::Result {
+    let mut time = String::with_capacity(24);
+    write_timestamp(&mut time, ms);
+    f.write_str(&time)
+}
+
+impl fmt::Display for RoomEvent<'_> {
+    /// The fields after `<EVENT> <#room>`, with their leading space.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RoomEvent::Joined { name } => write!(f, " {name}"),
+            RoomEvent::Parted { name, reason } => {
+                write!(f, " {name}")?;
+                tail(f, reason)
+            }
+            RoomEvent::Kicked { name, by, reason } | RoomEvent::Banned { name, by, reason } => {
+                write!(f, " {name} {by}")?;
+                tail(f, reason)
+            }
+            RoomEvent::Unbanned { name, by } => write!(f, " {name} {by}"),
+            RoomEvent::Topic { by, text } => {
+                write!(f, " {by}")?;
+                tail(f, text)
+            }
+            RoomEvent::Role { name, role, by } => write!(f, " {name} {} {by}", role.as_str()),
+            RoomEvent::Invited { by, expires_ms } => {
+                write!(f, " {by} ")?;
+                write_time(f, *expires_ms)
+            }
+            RoomEvent::Privacy { privacy, by } => write!(f, " {} {by}", privacy.as_str()),
+            RoomEvent::Deleted { by } => write!(f, " {by}"),
         }
     }
 }
@@ -1204,6 +1895,54 @@ impl fmt::Display for ServerLine<'_> {
                 write!(f, "AWAY {name}")?;
                 tail(f, text.unwrap_or(""))
             }
+            ServerLine::Room(r) => {
+                write!(
+                    f,
+                    "ROOM {} {} {} {} ",
+                    r.room,
+                    r.privacy.as_str(),
+                    r.members,
+                    r.standing.as_str()
+                )?;
+                write_cursor(f, r.unread)?;
+                tail(f, r.topic)
+            }
+            ServerLine::Member {
+                room,
+                name,
+                role,
+                presence,
+            } => write!(
+                f,
+                "MEMBER {room} {name} {} {}",
+                role.as_str(),
+                presence.as_str()
+            ),
+            ServerLine::Ban {
+                room,
+                name,
+                by,
+                time_ms,
+                reason,
+            } => {
+                write!(f, "BAN {room} {name} {by} ")?;
+                write_time(f, *time_ms)?;
+                tail(f, reason)
+            }
+            ServerLine::Invitation {
+                room,
+                name,
+                by,
+                expires_ms,
+            } => {
+                write!(f, "INVITATION {room} {name} {by} ")?;
+                write_time(f, *expires_ms)
+            }
+            ServerLine::RoomEvent { room, event } => write!(f, "{} {room}{event}", event.tag()),
+            ServerLine::Unread { room, count, first } => {
+                write!(f, "UNREAD {room} {count} {first}")
+            }
+            ServerLine::Read { target, id } => write!(f, "READ {target} {id}"),
             ServerLine::Other(raw) => f.write_str(raw),
         }
     }

@@ -354,13 +354,74 @@ fn check_tables(txn: &ReadTransaction, r: &mut Report) -> Result<(), redb::Error
             Err(d) => r.problem(format!("retired name {:?}: {d}", k.value())),
         }
     }
+    let mut rooms = BTreeSet::new();
+    for entry in t.rooms.iter()? {
+        let (id, v) = entry?;
+        match codec::decode_room(v.value()) {
+            Ok(_) => {
+                rooms.insert(id.value());
+            }
+            Err(d) => r.problem(format!("room {}: {d}", id.value())),
+        }
+    }
+    // A deleted room's messages stay in the log: an entry needs its message, not its room.
+    for entry in t.room_log.iter()? {
+        let (k, _) = entry?;
+        let (room, id) = k.value();
+        if !messages.contains(&id) {
+            r.problem(format!(
+                "the log of room {room} names message {id}, which is not stored"
+            ));
+        }
+    }
+    type Decode = fn(&[u8]) -> Result<(), crate::store::Damage>;
+    type ByRoom = redb::ReadOnlyTable<(u64, &'static str), &'static [u8]>;
+    let lists: [(&str, &ByRoom, Decode); 3] = [
+        ("membership", &t.room_members, |b| {
+            codec::decode_member(b).map(drop)
+        }),
+        ("ban", &t.room_bans, |b| codec::decode_ban(b).map(drop)),
+        ("invitation", &t.room_invites, |b| {
+            codec::decode_invite(b).map(drop)
+        }),
+    ];
+    for (what, table, decode) in lists {
+        for entry in table.iter()? {
+            let (k, v) = entry?;
+            let (room, user) = k.value();
+            if let Err(d) = decode(v.value()) {
+                r.problem(format!("the {what} of {user:?} in room {room}: {d}"));
+            }
+            if !rooms.contains(&room) {
+                r.problem(format!(
+                    "a {what} of {user:?} names room {room}, which is not stored"
+                ));
+            }
+            if !accounts.contains(user) {
+                r.problem(format!(
+                    "a {what} in room {room} is held by {user:?}, which is no account"
+                ));
+            }
+        }
+    }
+    for entry in t.read_markers.iter()? {
+        let (k, _) = entry?;
+        let (user, _) = k.value();
+        if !accounts.contains(user) {
+            r.problem(format!(
+                "a read marker is kept for {user:?}, which is no account"
+            ));
+        }
+    }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{AccountRecord, MessageRecord, Store, StoreOp, To};
+    use crate::store::{
+        AccountRecord, MemberRecord, MessageRecord, Role, RoomRecord, Store, StoreOp, To,
+    };
 
     fn filled(path: &Path) {
         let (mut store, _) = crate::store::redb::RedbStore::open(path).unwrap();
@@ -381,6 +442,37 @@ mod tests {
                 pending_for: vec!["ann".into()],
             });
         }
+        // A room with its owner and one message: the room tables are copied and checked too.
+        ops.push(StoreOp::PutRoom {
+            id: 1,
+            room: RoomRecord {
+                name: "#r".into(),
+                created_ms: 0,
+                private: false,
+                topic: None,
+            },
+        });
+        ops.push(StoreOp::PutMember {
+            room: 1,
+            user: "ann".into(),
+            member: MemberRecord {
+                role: Role::Owner,
+                since: 3,
+                read_id: 3,
+                read_seq: 0,
+            },
+        });
+        ops.push(StoreOp::AppendRoomMessage {
+            msg: MessageRecord {
+                id: 4,
+                time_ms: 0,
+                from: "Ann".into(),
+                to: To::Room("#r".into()),
+                text: "in the room".into(),
+            },
+            room: 1,
+            seq: 1,
+        });
         store.write(&ops).unwrap();
     }
 
@@ -394,7 +486,7 @@ mod tests {
         let summary = copy(&txn, &to, &src).unwrap();
         assert_eq!(
             (summary.accounts, summary.messages, summary.last_id),
-            (1, 3, 3)
+            (1, 4, 4)
         );
         assert_eq!(table_sizes(&txn).unwrap().len(), tables::NAMES.len());
         let again = copy(&txn, &to, &src).unwrap_err();
@@ -404,7 +496,12 @@ mod tests {
         drop(db);
         let report = check(&to).unwrap();
         assert!(report.problems.is_empty(), "{:?}", report.problems);
-        assert_eq!(report.summary.messages, 3);
+        assert_eq!(report.summary.messages, 4);
+        let copied = Database::open(&to).unwrap();
+        let sizes = table_sizes(&copied.begin_read().unwrap()).unwrap();
+        for table in ["rooms", "room_members", "room_log"] {
+            assert_eq!(sizes.get(table), Some(&1), "{table}: {sizes:?}");
+        }
     }
 
     /// The check names each problem: an index entry without its message, a message missing from
@@ -429,6 +526,11 @@ mod tests {
                 .unwrap()
                 .insert(("zz", 7), ())
                 .unwrap();
+            // A membership whose room is gone, and a room log entry without its message.
+            let rooms: TableDefinition<u64, &[u8]> = TableDefinition::new("rooms");
+            let room_log: TableDefinition<(u64, u64), u64> = TableDefinition::new("room_log");
+            txn.open_table(rooms).unwrap().remove(1).unwrap();
+            txn.open_table(room_log).unwrap().insert((1, 9), 2).unwrap();
             txn.commit().unwrap();
         }
         let report = check(&path).unwrap();
@@ -440,6 +542,14 @@ mod tests {
         assert!(all.contains("message 3:"), "{all}");
         assert!(
             all.contains("names message 7, which is not stored"),
+            "{all}"
+        );
+        assert!(
+            all.contains("a membership of \"ann\" names room 1, which is not stored"),
+            "{all}"
+        );
+        assert!(
+            all.contains("the log of room 1 names message 9, which is not stored"),
             "{all}"
         );
     }

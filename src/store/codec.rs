@@ -13,16 +13,23 @@
 //! Version 1:
 //! - account: `1, name, phc, created_ms`
 //! - message: `1, time_ms, from, to, text` where `to` is a tag byte then its payload:
-//!   `0, name` (MSG), `1, count, name * count` (GROUP), `2` (ALL).
+//!   `0, name` (MSG), `1, count, name * count` (GROUP), `2` (ALL), `3, room name` (a room).
 //! - token (the id is the key): `1, user, digest (32 bytes), label, created_ms, last_used_ms`
 //! - profile: `1, flags, [away], [last_seen_ms], [reason, since_ms]`, where flag bit 0 is "friends
 //!   only", bit 1 says an away message follows, bit 2 that a last-seen time follows and bit 3 that
 //!   the account is suspended (the reason and the time follow); other bits are damage, so a build
 //!   that does not know suspensions refuses such a file rather than let a suspended account in.
 //! - retired name: `1, name, deleted_ms`
+//! - room: `1, name, created_ms, flags, [topic, topic_by, topic_ms]` where flags bit 0 is
+//!   private and bit 1 says a topic record follows.
+//! - member: `1, role, since, read_id, read_seq` (role: 0 member, 1 op, 2 owner; the ids u64
+//!   little-endian).
+//! - ban: `1, by, time_ms, reason`.
+//! - invitation: `1, by, expires_ms`.
 
 use super::{
-    AccountRecord, Damage, MessageRecord, MsgId, Profile, RetiredName, Suspension, To, TokenRecord,
+    AccountRecord, BanRecord, Damage, InviteRecord, MemberRecord, MessageRecord, MsgId, Profile,
+    RetiredName, Role, RoomRecord, Suspension, To, TokenRecord, TopicRecord,
 };
 
 const FORMAT_V1: u8 = 1;
@@ -33,6 +40,9 @@ const PROFILE_FRIENDS_ONLY: u8 = 1;
 const PROFILE_AWAY: u8 = 2;
 const PROFILE_LAST_SEEN: u8 = 4;
 const PROFILE_SUSPENDED: u8 = 8;
+const TO_ROOM: u8 = 3;
+const ROOM_PRIVATE: u8 = 1;
+const ROOM_HAS_TOPIC: u8 = 2;
 
 pub(crate) fn encode_account(rec: &AccountRecord) -> Vec<u8> {
     let mut out = Vec::with_capacity(2 + rec.name.len() + rec.phc.len() + 8 + 4);
@@ -73,6 +83,10 @@ pub(crate) fn encode_message(msg: &MessageRecord) -> Vec<u8> {
             }
         }
         To::All => out.push(TO_ALL),
+        To::Room(name) => {
+            out.push(TO_ROOM);
+            put_str(&mut out, name);
+        }
     }
     put_str(&mut out, &msg.text);
     out
@@ -99,6 +113,7 @@ pub(crate) fn decode_message(id: MsgId, bytes: &[u8]) -> Result<MessageRecord, D
             To::Group(names)
         }
         TO_ALL => To::All,
+        TO_ROOM => To::Room(r.string()?),
         other => return Err(r.corrupt(&format!("unknown recipient tag {other}"))),
     };
     let text = r.string()?;
@@ -224,6 +239,131 @@ pub(crate) fn decode_retired(bytes: &[u8]) -> Result<RetiredName, Damage> {
     Ok(rec)
 }
 
+pub(crate) fn encode_room(rec: &RoomRecord) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + rec.name.len());
+    out.push(FORMAT_V1);
+    put_str(&mut out, &rec.name);
+    out.extend_from_slice(&rec.created_ms.to_le_bytes());
+    let mut flags = 0;
+    if rec.private {
+        flags |= ROOM_PRIVATE;
+    }
+    if rec.topic.is_some() {
+        flags |= ROOM_HAS_TOPIC;
+    }
+    out.push(flags);
+    if let Some(t) = &rec.topic {
+        put_str(&mut out, &t.text);
+        put_str(&mut out, &t.by);
+        out.extend_from_slice(&t.time_ms.to_le_bytes());
+    }
+    out
+}
+
+pub(crate) fn decode_room(bytes: &[u8]) -> Result<RoomRecord, Damage> {
+    let mut r = Reader::new(bytes, "room record");
+    r.version()?;
+    let name = r.string()?;
+    let created_ms = r.i64()?;
+    let flags = r.byte()?;
+    if flags & !(ROOM_PRIVATE | ROOM_HAS_TOPIC) != 0 {
+        return Err(r.corrupt(&format!("unknown room flags {flags:#x}")));
+    }
+    let topic = if flags & ROOM_HAS_TOPIC != 0 {
+        Some(TopicRecord {
+            text: r.string()?,
+            by: r.string()?,
+            time_ms: r.i64()?,
+        })
+    } else {
+        None
+    };
+    r.finish()?;
+    Ok(RoomRecord {
+        name,
+        created_ms,
+        private: flags & ROOM_PRIVATE != 0,
+        topic,
+    })
+}
+
+fn role_byte(role: Role) -> u8 {
+    match role {
+        Role::Member => 0,
+        Role::Op => 1,
+        Role::Owner => 2,
+    }
+}
+
+pub(crate) fn encode_member(m: &MemberRecord) -> Vec<u8> {
+    let mut out = Vec::with_capacity(26);
+    out.push(FORMAT_V1);
+    out.push(role_byte(m.role));
+    out.extend_from_slice(&m.since.to_le_bytes());
+    out.extend_from_slice(&m.read_id.to_le_bytes());
+    out.extend_from_slice(&m.read_seq.to_le_bytes());
+    out
+}
+
+pub(crate) fn decode_member(bytes: &[u8]) -> Result<MemberRecord, Damage> {
+    let mut r = Reader::new(bytes, "member record");
+    r.version()?;
+    let role = match r.byte()? {
+        0 => Role::Member,
+        1 => Role::Op,
+        2 => Role::Owner,
+        other => return Err(r.corrupt(&format!("unknown role {other}"))),
+    };
+    let m = MemberRecord {
+        role,
+        since: r.u64()?,
+        read_id: r.u64()?,
+        read_seq: r.u64()?,
+    };
+    r.finish()?;
+    Ok(m)
+}
+
+pub(crate) fn encode_ban(b: &BanRecord) -> Vec<u8> {
+    let mut out = Vec::with_capacity(12 + b.by.len() + b.reason.len());
+    out.push(FORMAT_V1);
+    put_str(&mut out, &b.by);
+    out.extend_from_slice(&b.time_ms.to_le_bytes());
+    put_str(&mut out, &b.reason);
+    out
+}
+
+pub(crate) fn decode_ban(bytes: &[u8]) -> Result<BanRecord, Damage> {
+    let mut r = Reader::new(bytes, "ban record");
+    r.version()?;
+    let b = BanRecord {
+        by: r.string()?,
+        time_ms: r.i64()?,
+        reason: r.string()?,
+    };
+    r.finish()?;
+    Ok(b)
+}
+
+pub(crate) fn encode_invite(i: &InviteRecord) -> Vec<u8> {
+    let mut out = Vec::with_capacity(11 + i.by.len());
+    out.push(FORMAT_V1);
+    put_str(&mut out, &i.by);
+    out.extend_from_slice(&i.expires_ms.to_le_bytes());
+    out
+}
+
+pub(crate) fn decode_invite(bytes: &[u8]) -> Result<InviteRecord, Damage> {
+    let mut r = Reader::new(bytes, "invitation record");
+    r.version()?;
+    let i = InviteRecord {
+        by: r.string()?,
+        expires_ms: r.i64()?,
+    };
+    r.finish()?;
+    Ok(i)
+}
+
 fn put_len(out: &mut Vec<u8>, len: usize) {
     // usize always fits u64 on the platforms Rust supports.
     let mut v = len as u64;
@@ -288,6 +428,12 @@ impl<'a> Reader<'a> {
         Ok(i64::from_le_bytes(b))
     }
 
+    fn u64(&mut self) -> Result<u64, Damage> {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(self.take(8)?);
+        Ok(u64::from_le_bytes(b))
+    }
+
     fn len(&mut self) -> Result<usize, Damage> {
         let mut v: u64 = 0;
         for shift in (0..64).step_by(7) {
@@ -343,6 +489,7 @@ mod tests {
             ),
             m(3, To::Group(vec![]), ""),
             m(4, To::All, "ünïcödé and spaces \u{1F600}"),
+            m(7, To::Room("#Rust-lang".into()), " in a room "),
             m(u64::MAX, To::User(String::new()), &"x".repeat(5000)),
             MessageRecord {
                 time_ms: i64::MIN,
@@ -546,6 +693,102 @@ mod tests {
             encode_retired(&r),
             [1, 2, b'A', b'l', 1, 0, 0, 0, 0, 0, 0, 0]
         );
+    }
+
+    fn sample_room_records() -> (Vec<RoomRecord>, Vec<MemberRecord>, BanRecord, InviteRecord) {
+        let rooms = vec![
+            RoomRecord {
+                name: "#rust".into(),
+                created_ms: 5,
+                private: false,
+                topic: None,
+            },
+            RoomRecord {
+                name: "#Ops".into(),
+                created_ms: -7,
+                private: true,
+                topic: Some(TopicRecord {
+                    text: "keep it civil ✓".into(),
+                    by: "Alice".into(),
+                    time_ms: 1_700_000_000_000,
+                }),
+            },
+        ];
+        let members = Role::ALL
+            .iter()
+            .map(|&role| MemberRecord {
+                role,
+                since: 3,
+                read_id: u64::MAX,
+                read_seq: 17,
+            })
+            .collect();
+        let ban = BanRecord {
+            by: "alice".into(),
+            time_ms: 9,
+            reason: "flooding".into(),
+        };
+        let invite = InviteRecord {
+            by: "bob".into(),
+            expires_ms: i64::MAX,
+        };
+        (rooms, members, ban, invite)
+    }
+
+    #[test]
+    fn room_records_round_trip_and_refuse_damage() {
+        let (rooms, members, ban, invite) = sample_room_records();
+        let mut encoded: Vec<Vec<u8>> = Vec::new();
+        for r in &rooms {
+            let b = encode_room(r);
+            assert_eq!(&decode_room(&b).unwrap(), r);
+            encoded.push(b);
+        }
+        for m in &members {
+            let b = encode_member(m);
+            assert_eq!(&decode_member(&b).unwrap(), m);
+        }
+        assert_eq!(decode_ban(&encode_ban(&ban)).unwrap(), ban);
+        assert_eq!(decode_invite(&encode_invite(&invite)).unwrap(), invite);
+        // Pinned bytes of version 1.
+        assert_eq!(
+            encode_member(&members[1]),
+            [
+                1, 1, 3, 0, 0, 0, 0, 0, 0, 0, 255, 255, 255, 255, 255, 255, 255, 255, 17, 0, 0, 0,
+                0, 0, 0, 0
+            ]
+        );
+        assert_eq!(
+            encode_room(&rooms[0]),
+            [1, 5, b'#', b'r', b'u', b's', b't', 5, 0, 0, 0, 0, 0, 0, 0, 0]
+        );
+        for (what, bytes, decode) in [
+            (
+                "room",
+                encode_room(&rooms[1]),
+                (|b: &[u8]| decode_room(b).is_err()) as fn(&[u8]) -> bool,
+            ),
+            ("member", encode_member(&members[0]), |b: &[u8]| {
+                decode_member(b).is_err()
+            }),
+            ("ban", encode_ban(&ban), |b: &[u8]| decode_ban(b).is_err()),
+            ("invite", encode_invite(&invite), |b: &[u8]| {
+                decode_invite(b).is_err()
+            }),
+        ] {
+            for len in 0..bytes.len() {
+                assert!(decode(&bytes[..len]), "{what} cut at {len}");
+            }
+            let mut longer = bytes.clone();
+            longer.push(0);
+            assert!(decode(&longer), "{what} with a trailing byte");
+        }
+        let mut bad_role = encode_member(&members[0]);
+        bad_role[1] = 3;
+        assert!(decode_member(&bad_role).is_err());
+        let mut bad_flags = encode_room(&rooms[0]);
+        bad_flags[15] = 4;
+        assert!(decode_room(&bad_flags).is_err());
     }
 
     #[test]

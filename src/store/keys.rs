@@ -19,10 +19,12 @@ pub fn key_of(name: &str) -> String {
 }
 
 /// The index key of a conversation: `"a b"` with `a <= b`, or `"*"`.
-pub(crate) fn conversation_key(conv: &Conversation) -> String {
+/// `None` for a room, which is indexed by its number.
+pub(crate) fn conversation_key(conv: &Conversation) -> Option<String> {
     match conv {
-        Conversation::Pair(a, b) => pair_key(a, b),
-        Conversation::Broadcast => BROADCAST_KEY.to_owned(),
+        Conversation::Pair(a, b) => Some(pair_key(a, b)),
+        Conversation::Broadcast => Some(BROADCAST_KEY.to_owned()),
+        Conversation::Room { .. } => None,
     }
 }
 
@@ -44,6 +46,7 @@ pub(crate) fn message_conversation_keys(msg: &MessageRecord) -> Vec<String> {
             keys
         }
         To::All => vec![BROADCAST_KEY.to_owned()],
+        To::Room(_) => Vec::new(),
     }
 }
 
@@ -53,11 +56,19 @@ mod tests {
 
     #[test]
     fn conversation_keys_are_normalised() {
-        let pair = |a: &str, b: &str| conversation_key(&Conversation::Pair(a.into(), b.into()));
+        let pair =
+            |a: &str, b: &str| conversation_key(&Conversation::Pair(a.into(), b.into())).unwrap();
         assert_eq!(pair("bob", "alice"), "alice bob");
         assert_eq!(pair("alice", "bob"), "alice bob");
         assert_eq!(pair("al", "al"), "al al");
-        assert_eq!(conversation_key(&Conversation::Broadcast), "*");
+        assert_eq!(
+            conversation_key(&Conversation::Broadcast).as_deref(),
+            Some("*")
+        );
+        assert_eq!(
+            conversation_key(&Conversation::Room { id: 1, after: 0 }),
+            None
+        );
         let msg = |to| MessageRecord {
             id: 1,
             time_ms: 0,
@@ -79,5 +90,6 @@ mod tests {
             ["alice carol", "carol carol", "carol dave"]
         );
         assert_eq!(message_conversation_keys(&msg(To::All)), ["*"]);
+        assert!(message_conversation_keys(&msg(To::Room("#r".into()))).is_empty());
     }
 }

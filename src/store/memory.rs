@@ -2,8 +2,10 @@
 //! for tests and fuzzers of the core: no file, no fsync, deterministic, cheap to clone.
 //!
 //! It keeps the same collections as the redb tables (accounts, the message log, the conversation
-//! and backlog indexes, friendship edges, blocks, device tokens, profiles, retired names) in
-//! `BTreeMap`s and `BTreeSet`s, so iteration orders and therefore snapshots match the redb store's.
+//! room and backlog indexes, friendship edges, blocks, device tokens, profiles, retired names,
+//! rooms, members, bans, invitations, read markers) in `BTreeMap`s and `BTreeSet`s, so iteration
+//! orders and therefore snapshots match the redb store's. A room's HISTORY paging is the same
+//! function for both (`page`).
 //! The redb store's secondary indexes (tokens by account, blocks by the blocked account) are not
 //! needed here: a scan of a map is the same answer. The model test in `tests/store_model.rs` applies the
 //! same random batches to both and checks they agree reply for reply.
@@ -14,14 +16,16 @@
 //! nothing is copied.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::convert::Infallible;
 use std::ops::Bound;
 use std::sync::Arc;
 
 use super::keys::{conversation_key, message_conversation_keys};
+use super::page::page;
 use super::{
-    key_of, AccountRecord, Conversation, Cursor, FriendState, HistoryPage, MessageRecord, MsgId,
-    Profile, ReadOp, RetiredName, Snapshot, Store, StoreError, StoreOp, StoreReader, StoreReply,
-    TokenId, TokenRecord,
+    key_of, AccountRecord, BanRecord, Conversation, Cursor, FriendState, HistoryPage, InviteRecord,
+    MemberRecord, MessageRecord, MsgId, Profile, ReadOp, RetiredName, RoomId, RoomRecord,
+    RoomState, Snapshot, Store, StoreError, StoreOp, StoreReader, StoreReply, TokenId, TokenRecord,
 };
 
 /// The in-memory store. Nothing it does can fail, so every batch is trivially all-or-nothing.
@@ -49,6 +53,14 @@ struct State {
     profiles: BTreeMap<String, Profile>,
     /// By account key.
     retired: BTreeMap<String, RetiredName>,
+    rooms: BTreeMap<RoomId, RoomRecord>,
+    /// Room -> message id -> its position in the room. Kept when the room is deleted.
+    room_log: BTreeMap<RoomId, BTreeMap<MsgId, u64>>,
+    members: BTreeMap<(RoomId, String), MemberRecord>,
+    bans: BTreeMap<(RoomId, String), BanRecord>,
+    invites: BTreeMap<(RoomId, String), InviteRecord>,
+    /// (account, other account) -> read marker of their direct conversation.
+    markers: BTreeMap<(String, String), MsgId>,
 }
 
 impl MemoryStore {
@@ -65,8 +77,38 @@ impl MemoryStore {
     }
 }
 
+/// The rows of a per-room table, in key order.
+fn rows<V: Clone>(m: &BTreeMap<(RoomId, String), V>) -> Vec<(RoomId, String, V)> {
+    m.iter()
+        .map(|((r, u), v)| (*r, u.clone(), v.clone()))
+        .collect()
+}
+
 impl State {
     fn snapshot(&self) -> Snapshot {
+        let rooms: Vec<RoomState> = self
+            .rooms
+            .iter()
+            .map(|(&id, record)| {
+                let (last_id, count) = self
+                    .room_log
+                    .get(&id)
+                    .and_then(|log| log.iter().next_back())
+                    .map_or((0, 0), |(&id, &seq)| (id, seq));
+                RoomState {
+                    id,
+                    record: record.clone(),
+                    last_id,
+                    count,
+                }
+            })
+            .collect();
+        let next_room_id = self
+            .rooms
+            .keys()
+            .chain(self.room_log.keys())
+            .max()
+            .map_or(1, |id| id.saturating_add(1));
         Snapshot {
             accounts: self.accounts.values().cloned().collect(),
             friendships: self
@@ -101,6 +143,11 @@ impl State {
                 .map(|(k, p)| (k.clone(), p.clone()))
                 .collect(),
             retired: self.retired.values().cloned().collect(),
+            rooms,
+            members: rows(&self.members),
+            bans: rows(&self.bans),
+            invites: rows(&self.invites),
+            next_room_id,
         }
     }
 
@@ -192,6 +239,10 @@ impl State {
                 self.blocks.retain(|(a, b)| a != user && b != user);
                 self.pending.remove(user);
                 self.profiles.remove(user);
+                self.members.retain(|(_, u), _| u != user);
+                self.bans.retain(|(_, u), _| u != user);
+                self.invites.retain(|(_, u), _| u != user);
+                self.markers.retain(|(u, _), _| u != user);
                 if let Some(rec) = record {
                     let retired = RetiredName {
                         name: rec.name,
@@ -228,6 +279,74 @@ impl State {
                 StoreReply::Done
             }
             StoreOp::ReadMessages { ids } => self.messages_by_id(ids),
+            StoreOp::AppendRoomMessage { msg, room, seq } => {
+                self.messages.insert(msg.id, msg.clone());
+                self.room_log.entry(*room).or_default().insert(msg.id, *seq);
+                StoreReply::Done
+            }
+            StoreOp::PutRoom { id, room } => {
+                self.rooms.insert(*id, room.clone());
+                StoreReply::Done
+            }
+            StoreOp::DeleteRoom { id } => {
+                self.rooms.remove(id);
+                self.members.retain(|(r, _), _| r != id);
+                self.bans.retain(|(r, _), _| r != id);
+                self.invites.retain(|(r, _), _| r != id);
+                StoreReply::Done
+            }
+            StoreOp::PutMember { room, user, member } => {
+                self.members.insert((*room, user.clone()), *member);
+                StoreReply::Done
+            }
+            StoreOp::RemoveMember { room, user } => {
+                self.members.remove(&(*room, user.clone()));
+                StoreReply::Done
+            }
+            StoreOp::PutBan { room, user, ban } => {
+                self.bans.insert((*room, user.clone()), ban.clone());
+                StoreReply::Done
+            }
+            StoreOp::RemoveBan { room, user } => {
+                self.bans.remove(&(*room, user.clone()));
+                StoreReply::Done
+            }
+            StoreOp::PutInvite { room, user, invite } => {
+                self.invites.insert((*room, user.clone()), invite.clone());
+                StoreReply::Done
+            }
+            StoreOp::RemoveInvite { room, user } => {
+                self.invites.remove(&(*room, user.clone()));
+                StoreReply::Done
+            }
+            StoreOp::SetDirectRead { user, with, id } => {
+                let key = (user.clone(), with.clone());
+                let before = self.markers.get(&key).copied().unwrap_or(0);
+                let after = before.max(*id);
+                if after > before {
+                    self.markers.insert(key, after);
+                }
+                StoreReply::Marker { before, after }
+            }
+            StoreOp::RoomReplay {
+                room,
+                after,
+                upto,
+                count,
+            } => {
+                let page = self.room_page(
+                    *room,
+                    after.saturating_add(1),
+                    *upto,
+                    *count,
+                    Cursor::Latest,
+                );
+                self.messages_by_id(&page.ids)
+            }
+            StoreOp::DirectRead { .. } | StoreOp::FirstUnread { .. } | StoreOp::RoomSeq { .. } => {
+                let read = op.clone().into_read().expect("a read op");
+                self.read(&read)
+            }
         }
     }
 
@@ -240,6 +359,36 @@ impl State {
             } => self.page(conv, *count, *cursor),
             ReadOp::Backlog { user } => self.backlog(user),
             ReadOp::Messages { ids } => self.messages_by_id(ids),
+            ReadOp::DirectRead { user, with } => {
+                let m = self
+                    .markers
+                    .get(&(user.clone(), with.clone()))
+                    .copied()
+                    .unwrap_or(0);
+                StoreReply::Marker {
+                    before: m,
+                    after: m,
+                }
+            }
+            ReadOp::FirstUnread { rooms } => StoreReply::FirstIds(
+                rooms
+                    .iter()
+                    .map(|&(room, after)| {
+                        let from = after.checked_add(1)?;
+                        self.room_log
+                            .get(&room)?
+                            .range(from..)
+                            .next()
+                            .map(|(&id, _)| id)
+                    })
+                    .collect(),
+            ),
+            ReadOp::RoomSeq { room, upto } => StoreReply::Seq(
+                self.room_log
+                    .get(room)
+                    .and_then(|log| log.range(..=*upto).next_back())
+                    .map(|(&id, &seq)| (id, seq)),
+            ),
             ReadOp::Backup { .. } => StoreReply::Unreadable(super::Unreadable::Unavailable(
                 "an in-memory store has no file to copy".into(),
             )),
@@ -256,12 +405,56 @@ impl State {
     }
 
     fn page(&self, conv: &Conversation, count: u32, cursor: Cursor) -> StoreReply {
+        if let Conversation::Room { id, after } = *conv {
+            return StoreReply::History(self.room_page(
+                id,
+                after.saturating_add(1),
+                MsgId::MAX,
+                count,
+                cursor,
+            ));
+        }
         let empty = BTreeSet::new();
-        let ids = self
-            .conversations
-            .get(&conversation_key(conv))
+        let ids = conversation_key(conv)
+            .and_then(|k| self.conversations.get(&k))
             .unwrap_or(&empty);
         StoreReply::History(self.history(ids, count, cursor))
+    }
+
+    /// One page of a room's messages with ids in `lo..=hi`.
+    fn room_page(
+        &self,
+        room: RoomId,
+        lo: MsgId,
+        hi: MsgId,
+        count: u32,
+        cursor: Cursor,
+    ) -> HistoryPage {
+        let empty = BTreeMap::new();
+        let log = self.room_log.get(&room).unwrap_or(&empty);
+        let (ids, older, newer) = page(lo, hi, count, cursor, |a, b, rev, take| {
+            Ok::<_, Infallible>(if a > b {
+                Vec::new()
+            } else if rev {
+                log.range(a..=b)
+                    .rev()
+                    .take(take)
+                    .map(|(&id, _)| id)
+                    .collect()
+            } else {
+                log.range(a..=b).take(take).map(|(&id, _)| id).collect()
+            })
+        })
+        .unwrap_or_else(|never| match never {});
+        HistoryPage {
+            // Every indexed id was stored with its message, and messages are never removed.
+            ids: ids
+                .into_iter()
+                .filter(|id| self.messages.contains_key(id))
+                .collect(),
+            older,
+            newer,
+        }
     }
 
     /// The ids of the account's backlog in order; an entry whose message is not stored is left

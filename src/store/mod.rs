@@ -1,24 +1,26 @@
 //! Durable state: accounts, friendships, blocks, device tokens, account profiles, retired names,
-//! the message log and the offline-delivery index.
+//! rooms (settings, members, bans, invitations), the message log and its indexes (by conversation,
+//! by room, the offline backlog), and read markers.
 //!
 //! This module is the only place that knows redb. The core never calls the store directly: it emits
 //! [`StoreOp`]s and the [`worker`] threads run them. Writes queued while the previous commit ran
 //! form one write transaction (group commit); reads (HISTORY pages, the offline backlog) run in
 //! read transactions on a thread of their own, beside the writer, and see every write sent before
 //! them. The worker's module documentation states exactly in what order results come back. The
-//! core keeps accounts, friendships, blocks, tokens, profiles and backlog counts in memory, loaded
-//! from the [`Snapshot`] at start; the store is the durable copy and the only copy of the message
-//! log.
+//! core keeps accounts, friendships, blocks, tokens, profiles, backlog counts and rooms in memory,
+//! loaded from the [`Snapshot`] at start; the store is the durable copy and the only copy of the
+//! message log.
 //!
 //! Files: `redb` (the tables and transactions), `codec` (the on-disk record format), `keys` (the
-//! index keys both stores use), `memory` (an in-memory model with the same semantics, for tests
-//! and fuzzers), `worker` (the threads).
+//! index keys both stores use), `page` (HISTORY paging, shared by both stores), `memory` (an
+//! in-memory model with the same semantics, for tests and fuzzers), `worker` (the threads).
 
 pub mod backup;
 mod codec;
 mod contain;
 mod keys;
 pub mod memory;
+mod page;
 pub mod redb;
 pub mod worker;
 
@@ -27,8 +29,83 @@ pub use keys::key_of;
 use std::fmt;
 use std::path::PathBuf;
 
+pub use crate::proto::room::Role;
+
 /// Message id: server-assigned, strictly increasing, never reused.
 pub type MsgId = u64;
+
+/// A room's number: server-assigned, never reused, so a room created again under the name of a
+/// deleted one starts empty (the deleted room's messages stay filed under the old number).
+pub type RoomId = u64;
+
+/// A room's settings as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoomRecord {
+    /// The name as created, `#` included; its lowercase form is how it is found.
+    pub name: String,
+    /// Creation time, milliseconds since the Unix epoch.
+    pub created_ms: i64,
+    /// Invite only.
+    pub private: bool,
+    /// The topic's last change, if it was ever set.
+    pub topic: Option<TopicRecord>,
+}
+
+/// A room's topic and who set it (cleared: an empty text).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicRecord {
+    /// The topic; empty when it was cleared.
+    pub text: String,
+    /// Who set or cleared it, as registered.
+    pub by: String,
+    /// When, milliseconds since the Unix epoch.
+    pub time_ms: i64,
+}
+
+/// One account's membership of a room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemberRecord {
+    pub role: Role,
+    /// The room's last message id when the member joined: live messages reach the member from
+    /// after it, and in a private room it is where what the member may read starts.
+    pub since: MsgId,
+    /// The read marker: the last message the member marked read (at least `since`)...
+    pub read_id: MsgId,
+    /// ...and how many of the room's messages have an id up to it, so that the unread count is
+    /// the room's message count minus this, without reading the log.
+    pub read_seq: u64,
+}
+
+/// An account on a room's ban list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BanRecord {
+    /// Who banned it, as registered.
+    pub by: String,
+    /// When, milliseconds since the Unix epoch.
+    pub time_ms: i64,
+    /// The reason given; empty when none.
+    pub reason: String,
+}
+
+/// An invitation waiting for an account.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InviteRecord {
+    /// Who invited, as registered.
+    pub by: String,
+    /// When it ends, milliseconds since the Unix epoch.
+    pub expires_ms: i64,
+}
+
+/// A room as loaded at start: its settings, and where its message log ends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoomState {
+    pub id: RoomId,
+    pub record: RoomRecord,
+    /// The id of its last message (0: none).
+    pub last_id: MsgId,
+    /// How many messages it has.
+    pub count: u64,
+}
 
 /// A registered account as stored.
 #[derive(Clone, PartialEq, Eq)]
@@ -130,6 +207,8 @@ pub enum To {
     Group(Vec<String>),
     /// ALL: everyone online.
     All,
+    /// A room message: the room's name as created, `#` included.
+    Room(String),
 }
 
 /// One message of the log.
@@ -173,6 +252,8 @@ pub enum Conversation {
     Pair(String, String),
     /// The ALL broadcasts.
     Broadcast,
+    /// A room's messages with an id above `after` (what one member may see of it: 0 for all).
+    Room { id: RoomId, after: MsgId },
 }
 
 /// Where a HISTORY page starts.
@@ -253,8 +334,9 @@ pub enum StoreOp {
         revoke: Vec<TokenId>,
     },
     /// Delete an account and everything keyed by it (its tokens, friendships and requests in both
-    /// directions, blocks in both directions, its offline backlog, its profile) and retire its
-    /// name, in one commit. Messages it sent stay in the log.
+    /// directions, blocks in both directions, its offline backlog, its profile, its memberships of
+    /// rooms, its invitations, the bans naming it, its read markers) and retire its name, in one
+    /// commit. Messages it sent stay in the log.
     DeleteAccount { user: String, deleted_ms: i64 },
     /// `a` blocks `b`: the block is stored and any friendship or request between them is deleted,
     /// in one commit.
@@ -267,6 +349,63 @@ pub enum StoreOp {
     SetDms { user: String, friends_only: bool },
     /// Record when an existing account was last online.
     SetLastSeen { user: String, ms: i64 },
+    /// Append a room message to the log and to the room's index, as the room's `seq`-th message.
+    AppendRoomMessage {
+        msg: MessageRecord,
+        room: RoomId,
+        seq: u64,
+    },
+    /// Create or replace a room's settings.
+    PutRoom { id: RoomId, room: RoomRecord },
+    /// Remove a room: its settings, members, bans and invitations. Its messages stay in the log.
+    DeleteRoom { id: RoomId },
+    /// Add or replace a membership.
+    PutMember {
+        room: RoomId,
+        user: String,
+        member: MemberRecord,
+    },
+    /// Remove a membership.
+    RemoveMember { room: RoomId, user: String },
+    /// Add or replace a ban.
+    PutBan {
+        room: RoomId,
+        user: String,
+        ban: BanRecord,
+    },
+    /// Remove a ban.
+    RemoveBan { room: RoomId, user: String },
+    /// Add or replace an invitation.
+    PutInvite {
+        room: RoomId,
+        user: String,
+        invite: InviteRecord,
+    },
+    /// Remove an invitation.
+    RemoveInvite { room: RoomId, user: String },
+    /// The latest `count` messages of a room with ids in `after+1..=upto`, as a page. It only
+    /// reads, but is answered in the order of the writes (see [`StoreOp::is_read`]): a JOIN's
+    /// replay must show exactly what was said before the join, and reach the member before any
+    /// later message of the room does.
+    RoomReplay {
+        room: RoomId,
+        after: MsgId,
+        upto: MsgId,
+        count: u32,
+    },
+    /// Move `user`'s read marker of the direct conversation with `with` forward to `id` (never
+    /// back); answers the marker before and after the op.
+    SetDirectRead {
+        user: String,
+        with: String,
+        id: MsgId,
+    },
+    /// `user`'s read marker of the direct conversation with `with` (0: none). A read.
+    DirectRead { user: String, with: String },
+    /// For each `(room, after)`: the id of the room's first message above `after`, if any. A read.
+    FirstUnread { rooms: Vec<(RoomId, MsgId)> },
+    /// The room's last message with an id up to `upto`, with its position in the room. A read.
+    RoomSeq { room: RoomId, upto: MsgId },
     /// Suspend an existing account, or lift its suspension with `None`.
     SetSuspended {
         user: String,
@@ -280,7 +419,10 @@ impl StoreOp {
         match self {
             StoreOp::History { .. }
             | StoreOp::ReadBacklog { .. }
-            | StoreOp::ReadMessages { .. } => true,
+            | StoreOp::ReadMessages { .. }
+            | StoreOp::DirectRead { .. }
+            | StoreOp::FirstUnread { .. }
+            | StoreOp::RoomSeq { .. } => true,
             // Listed, not left to a catch-all, so that a new op has to be placed on one side.
             StoreOp::CreateAccount(_)
             | StoreOp::AppendMessage { .. }
@@ -297,7 +439,19 @@ impl StoreOp {
             | StoreOp::SetAway { .. }
             | StoreOp::SetDms { .. }
             | StoreOp::SetLastSeen { .. }
+            | StoreOp::AppendRoomMessage { .. }
+            | StoreOp::PutRoom { .. }
+            | StoreOp::DeleteRoom { .. }
+            | StoreOp::PutMember { .. }
+            | StoreOp::RemoveMember { .. }
+            | StoreOp::PutBan { .. }
+            | StoreOp::RemoveBan { .. }
+            | StoreOp::PutInvite { .. }
+            | StoreOp::RemoveInvite { .. }
+            | StoreOp::SetDirectRead { .. }
             | StoreOp::SetSuspended { .. } => false,
+            // Reads, but ordered with the writes (see the op).
+            StoreOp::RoomReplay { .. } => false,
         }
     }
 
@@ -315,6 +469,9 @@ impl StoreOp {
             }),
             StoreOp::ReadBacklog { user } => Ok(ReadOp::Backlog { user }),
             StoreOp::ReadMessages { ids } => Ok(ReadOp::Messages { ids }),
+            StoreOp::DirectRead { user, with } => Ok(ReadOp::DirectRead { user, with }),
+            StoreOp::FirstUnread { rooms } => Ok(ReadOp::FirstUnread { rooms }),
+            StoreOp::RoomSeq { room, upto } => Ok(ReadOp::RoomSeq { room, upto }),
             write => {
                 debug_assert!(!write.is_read());
                 Err(write)
@@ -337,6 +494,12 @@ pub enum ReadOp {
     Backlog { user: String },
     /// As [`StoreOp::ReadMessages`]: messages by id, as [`StoreReply::Messages`].
     Messages { ids: Vec<MsgId> },
+    /// As [`StoreOp::DirectRead`], as [`StoreReply::Marker`].
+    DirectRead { user: String, with: String },
+    /// As [`StoreOp::FirstUnread`], as [`StoreReply::FirstIds`].
+    FirstUnread { rooms: Vec<(RoomId, MsgId)> },
+    /// As [`StoreOp::RoomSeq`], as [`StoreReply::Seq`].
+    RoomSeq { room: RoomId, upto: MsgId },
     /// A consistent copy of the whole database, written to a new file `to` (see `backup`), as
     /// [`StoreReply::Backup`]. Only a fresh read: the worker runs it on a thread of its own, so
     /// that other reads do not wait for it.
@@ -350,6 +513,15 @@ pub enum StoreReply {
     /// The ids of an offline backlog, ascending.
     Backlog(Vec<MsgId>),
     History(HistoryPage),
+    /// A read marker before and after the op (the same for a read).
+    Marker {
+        before: MsgId,
+        after: MsgId,
+    },
+    /// One answer per room asked, in order.
+    FirstIds(Vec<Option<MsgId>>),
+    /// A room message's id and its position in the room.
+    Seq(Option<(MsgId, u64)>),
     /// Messages read by id.
     Messages(Vec<MessageRecord>),
     /// A backup was written: what it holds.
@@ -408,6 +580,16 @@ pub struct Snapshot {
     pub pending_senders: Vec<(String, String, u32)>,
     /// The id the next message gets: one more than the largest id ever stored, or 1.
     pub next_id: MsgId,
+    /// Every room, in id order.
+    pub rooms: Vec<RoomState>,
+    /// Every membership `(room, account key, record)`.
+    pub members: Vec<(RoomId, String, MemberRecord)>,
+    /// Every ban `(room, account key, record)`.
+    pub bans: Vec<(RoomId, String, BanRecord)>,
+    /// Every invitation `(room, account key, record)`, expired ones included.
+    pub invites: Vec<(RoomId, String, InviteRecord)>,
+    /// The number the next room gets: one more than any room number in use or in the log, or 1.
+    pub next_room_id: RoomId,
 }
 
 /// A failure of the storage layer. Every message about the database names its file.

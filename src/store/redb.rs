@@ -1,6 +1,6 @@
 //! The durable [`Store`]: one redb file holding accounts, friendships, blocks, device tokens,
-//! profiles, retired names, the message log and its two indexes (by conversation, and the offline
-//! backlog by account).
+//! profiles, retired names, rooms, the message log and its indexes (by conversation, by room, and
+//! the offline backlog by account), and read markers.
 //!
 //! This file owns the table layout and the transactions. Tables are typed `const TableDefinition`s:
 //!
@@ -17,16 +17,26 @@
 //! | `tokens_by_account` | (account key, id)      | `()`, for deletion                  |
 //! | `profiles`          | account key            | encoded profile record              |
 //! | `retired`           | account key            | encoded retired-name record         |
+//! | `rooms`             | room number            | encoded room record                 |
+//! | `room_members`      | (room number, account key) | encoded member record           |
+//! | `room_bans`         | (room number, account key) | encoded ban record              |
+//! | `room_invites`      | (room number, account key) | encoded invitation record       |
+//! | `room_log`          | (room number, message id)  | the message's position in the room (1, 2, ...) |
+//! | `read_markers`      | (account key, other account key) | last message id marked read |
 //! | `meta`              | setting name           | u64 (only `schema_version` so far)  |
 //!
-//! Layout versions: 1 had the first six tables; 2 added blocks, tokens, profiles and retired names.
-//! A version 1 file is upgraded in place when opened (the new tables start empty), and a version 2
-//! file is refused by a build that reads only version 1, which would not know that a retired name
-//! must stay taken.
+//! Layout versions: 1 had the first six tables; 2 added blocks, tokens, profiles and retired names;
+//! 3 added the room tables, the read markers and room messages in the log. A version 1 or 2 file is
+//! upgraded in place when opened (the new tables start empty, nothing else changes), and a file of
+//! a later version is refused by a build that reads only earlier ones: version 1 would not know that
+//! a retired name must stay taken, version 2 would not know room messages in the log.
 //!
 //! The index keys (conversation keys, account keys) are made by the parent module's `keys`, shared
 //! with the in-memory store; the records are encoded by `codec`, which never trusts a length it
 //! reads, so a damaged record is a [`StoreError::Corrupt`], never a panic or a huge allocation.
+//! Rooms are keyed by number, not by name: a deleted room's messages stay in `room_log` under its
+//! number, which is never given out again, so a new room of the same name starts empty. A room's
+//! message count and last id are the last `room_log` entry of its number, read at open.
 //!
 //! Every [`Store::write`] batch runs in one write transaction committed with
 //! [`Durability::Immediate`] (fsync before `write` returns); an error anywhere in the batch drops
@@ -47,9 +57,10 @@ use redb::{
 use super::codec;
 use super::contain::contain;
 use super::keys::{conversation_key, key_of, message_conversation_keys};
+use super::page::page;
 use super::{
-    Cursor, Damage, FriendState, HistoryPage, MessageRecord, MsgId, Profile, ReadOp, Snapshot,
-    Store, StoreError, StoreOp, StoreReader, StoreReply, TokenId,
+    Conversation, Cursor, Damage, FriendState, HistoryPage, MessageRecord, MsgId, Profile, ReadOp,
+    RoomId, RoomState, Snapshot, Store, StoreError, StoreOp, StoreReader, StoreReply, TokenId,
 };
 use crate::config::STORE_CACHE_BYTES;
 
@@ -58,6 +69,12 @@ const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
 const CONVERSATIONS: TableDefinition<(&str, u64), ()> = TableDefinition::new("conversations");
 const PENDING: TableDefinition<(&str, u64), ()> = TableDefinition::new("pending");
 const FRIENDSHIPS: TableDefinition<(&str, &str), u8> = TableDefinition::new("friendships");
+const ROOMS: TableDefinition<u64, &[u8]> = TableDefinition::new("rooms");
+const ROOM_MEMBERS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("room_members");
+const ROOM_BANS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("room_bans");
+const ROOM_INVITES: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("room_invites");
+const ROOM_LOG: TableDefinition<(u64, u64), u64> = TableDefinition::new("room_log");
+const READ_MARKERS: TableDefinition<(&str, &str), u64> = TableDefinition::new("read_markers");
 const BLOCKS: TableDefinition<(&str, &str), ()> = TableDefinition::new("blocks");
 const BLOCKED_BY: TableDefinition<(&str, &str), ()> = TableDefinition::new("blocked_by");
 const TOKENS: TableDefinition<u64, &[u8]> = TableDefinition::new("tokens");
@@ -70,10 +87,13 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// `meta` key of the table layout version.
 pub(super) const SCHEMA_VERSION_KEY: &str = "schema_version";
 /// The table layout this code reads and writes. A file with another version is refused at open
-/// rather than misread, except version 1, which is upgraded (see the module documentation).
-pub(super) const SCHEMA_VERSION: u64 = 2;
+/// rather than misread, except versions 1 and 2, which are upgraded (see the module
+/// documentation).
+pub(super) const SCHEMA_VERSION: u64 = 3;
 /// The first layout, without blocks, tokens, profiles and retired names.
 const SCHEMA_VERSION_1: u64 = 1;
+/// The layout before rooms: no room tables, no read markers, no room messages in the log.
+const SCHEMA_VERSION_2: u64 = 2;
 
 /// The one-byte form of a friendship edge in the `friendships` table.
 fn state_byte(state: FriendState) -> u8 {
@@ -222,11 +242,11 @@ impl RedbStore {
         };
         match stored {
             Some(SCHEMA_VERSION) => {}
-            Some(SCHEMA_VERSION_1) => {
+            Some(old @ (SCHEMA_VERSION_1 | SCHEMA_VERSION_2)) => {
                 // The tables added since are created empty by `Tables::open`, in the commit that
                 // records the new version.
                 log::info!(
-                    "database {}: upgrading the table layout from version 1 to {SCHEMA_VERSION}",
+                    "database {}: upgrading the table layout from version {old} to {SCHEMA_VERSION}",
                     path.display()
                 );
                 let txn = db.begin_write()?;
@@ -247,7 +267,7 @@ impl RedbStore {
         }
         let snapshot = {
             let txn = db.begin_read()?;
-            snapshot(
+            let mut snap = snapshot(
                 &txn.open_table(ACCOUNTS)?,
                 &txn.open_table(FRIENDSHIPS)?,
                 &txn.open_table(PENDING)?,
@@ -258,7 +278,9 @@ impl RedbStore {
                     profiles: txn.open_table(PROFILES)?,
                     retired: txn.open_table(RETIRED)?,
                 },
-            )?
+            )?;
+            room_snapshot(&txn, &mut snap)?;
+            snap
         };
         let store = RedbStore {
             db: Some(Arc::new(db)),
@@ -420,6 +442,12 @@ pub(super) mod tables {
         "conversations",
         "pending",
         "friendships",
+        "rooms",
+        "room_members",
+        "room_bans",
+        "room_invites",
+        "room_log",
+        "read_markers",
         "blocks",
         "blocked_by",
         "tokens",
@@ -454,6 +482,12 @@ pub(super) mod tables {
         copy(from, to, CONVERSATIONS)?;
         copy(from, to, PENDING)?;
         copy(from, to, FRIENDSHIPS)?;
+        copy(from, to, ROOMS)?;
+        copy(from, to, ROOM_MEMBERS)?;
+        copy(from, to, ROOM_BANS)?;
+        copy(from, to, ROOM_INVITES)?;
+        copy(from, to, ROOM_LOG)?;
+        copy(from, to, READ_MARKERS)?;
         copy(from, to, BLOCKS)?;
         copy(from, to, BLOCKED_BY)?;
         copy(from, to, TOKENS)?;
@@ -485,6 +519,12 @@ pub(super) mod tables {
         pub(crate) tokens_by_account: redb::ReadOnlyTable<(&'static str, u64), ()>,
         pub(crate) profiles: redb::ReadOnlyTable<&'static str, &'static [u8]>,
         pub(crate) retired: redb::ReadOnlyTable<&'static str, &'static [u8]>,
+        pub(crate) rooms: redb::ReadOnlyTable<u64, &'static [u8]>,
+        pub(crate) room_members: redb::ReadOnlyTable<(u64, &'static str), &'static [u8]>,
+        pub(crate) room_bans: redb::ReadOnlyTable<(u64, &'static str), &'static [u8]>,
+        pub(crate) room_invites: redb::ReadOnlyTable<(u64, &'static str), &'static [u8]>,
+        pub(crate) room_log: redb::ReadOnlyTable<(u64, u64), u64>,
+        pub(crate) read_markers: redb::ReadOnlyTable<(&'static str, &'static str), u64>,
     }
 
     impl Read {
@@ -501,6 +541,12 @@ pub(super) mod tables {
                 tokens_by_account: txn.open_table(TOKENS_BY_ACCOUNT)?,
                 profiles: txn.open_table(PROFILES)?,
                 retired: txn.open_table(RETIRED)?,
+                rooms: txn.open_table(ROOMS)?,
+                room_members: txn.open_table(ROOM_MEMBERS)?,
+                room_bans: txn.open_table(ROOM_BANS)?,
+                room_invites: txn.open_table(ROOM_INVITES)?,
+                room_log: txn.open_table(ROOM_LOG)?,
+                read_markers: txn.open_table(READ_MARKERS)?,
             })
         }
     }
@@ -525,8 +571,9 @@ impl RedbReader {
                 cursor,
             } => {
                 let conversations = self.txn.open_table(CONVERSATIONS)?;
-                let conv = conversation_key(conv);
-                let page = history(&conversations, &messages, &conv, *count, *cursor)?;
+                let room_log = self.txn.open_table(ROOM_LOG)?;
+                let page =
+                    any_history(&conversations, &room_log, &messages, conv, *count, *cursor)?;
                 Ok(StoreReply::History(page))
             }
             ReadOp::Backlog { user } => {
@@ -534,6 +581,22 @@ impl RedbReader {
                 Ok(StoreReply::Backlog(backlog(&pending, &messages, user)?))
             }
             ReadOp::Messages { ids } => Ok(StoreReply::Messages(read_messages(&messages, ids)?)),
+            ReadOp::DirectRead { user, with } => {
+                let markers = self.txn.open_table(READ_MARKERS)?;
+                let m = marker(&markers, user, with)?;
+                Ok(StoreReply::Marker {
+                    before: m,
+                    after: m,
+                })
+            }
+            ReadOp::FirstUnread { rooms } => {
+                let room_log = self.txn.open_table(ROOM_LOG)?;
+                Ok(StoreReply::FirstIds(first_unread(&room_log, rooms)?))
+            }
+            ReadOp::RoomSeq { room, upto } => {
+                let room_log = self.txn.open_table(ROOM_LOG)?;
+                Ok(StoreReply::Seq(room_seq(&room_log, *room, *upto)?))
+            }
             ReadOp::Backup { to } => unreachable!("answered by RedbReader::read: {to:?}"),
         }
     }
@@ -560,6 +623,12 @@ struct Tables<'txn> {
     conversations: Table<'txn, (&'static str, u64), ()>,
     pending: Table<'txn, (&'static str, u64), ()>,
     friendships: Table<'txn, (&'static str, &'static str), u8>,
+    rooms: Table<'txn, u64, &'static [u8]>,
+    room_members: Table<'txn, (u64, &'static str), &'static [u8]>,
+    room_bans: Table<'txn, (u64, &'static str), &'static [u8]>,
+    room_invites: Table<'txn, (u64, &'static str), &'static [u8]>,
+    room_log: Table<'txn, (u64, u64), u64>,
+    read_markers: Table<'txn, (&'static str, &'static str), u64>,
     blocks: Table<'txn, (&'static str, &'static str), ()>,
     blocked_by: Table<'txn, (&'static str, &'static str), ()>,
     tokens: Table<'txn, u64, &'static [u8]>,
@@ -578,6 +647,12 @@ impl<'txn> Tables<'txn> {
             conversations: txn.open_table(CONVERSATIONS)?,
             pending: txn.open_table(PENDING)?,
             friendships: txn.open_table(FRIENDSHIPS)?,
+            rooms: txn.open_table(ROOMS)?,
+            room_members: txn.open_table(ROOM_MEMBERS)?,
+            room_bans: txn.open_table(ROOM_BANS)?,
+            room_invites: txn.open_table(ROOM_INVITES)?,
+            room_log: txn.open_table(ROOM_LOG)?,
+            read_markers: txn.open_table(READ_MARKERS)?,
             blocks: txn.open_table(BLOCKS)?,
             blocked_by: txn.open_table(BLOCKED_BY)?,
             tokens: txn.open_table(TOKENS)?,
@@ -674,6 +749,37 @@ impl<'txn> Tables<'txn> {
             self.pending.remove((user, id))?;
         }
         self.profiles.remove(user)?;
+        // Its memberships, invitations and the bans naming it: the room tables are keyed by room
+        // first, so they are scanned (an account deletion is rare).
+        for table in [
+            &mut self.room_members,
+            &mut self.room_bans,
+            &mut self.room_invites,
+        ] {
+            let mut rooms = Vec::new();
+            for entry in table.iter()? {
+                let (key, _) = entry?;
+                let (room, u) = key.value();
+                if u == user {
+                    rooms.push(room);
+                }
+            }
+            for room in rooms {
+                table.remove((room, user))?;
+            }
+        }
+        let mut others = Vec::new();
+        for entry in self.read_markers.range((user, "")..)? {
+            let (key, _) = entry?;
+            let (u, other) = key.value();
+            if u != user {
+                break;
+            }
+            others.push(other.to_owned());
+        }
+        for other in others {
+            self.read_markers.remove((user, other.as_str()))?;
+        }
         if let Some(rec) = record {
             let retired = super::RetiredName {
                 name: rec.name,
@@ -743,15 +849,130 @@ impl<'txn> Tables<'txn> {
                 self.dirty = true;
                 Ok(StoreReply::Done)
             }
+            StoreOp::AppendRoomMessage { msg, room, seq } => {
+                self.messages
+                    .insert(msg.id, codec::encode_message(msg).as_slice())?;
+                self.room_log.insert((*room, msg.id), *seq)?;
+                self.dirty = true;
+                Ok(StoreReply::Done)
+            }
+            StoreOp::PutRoom { id, room } => {
+                self.rooms
+                    .insert(*id, codec::encode_room(room).as_slice())?;
+                self.dirty = true;
+                Ok(StoreReply::Done)
+            }
+            StoreOp::DeleteRoom { id } => {
+                self.rooms.remove(*id)?;
+                for table in [
+                    &mut self.room_members,
+                    &mut self.room_bans,
+                    &mut self.room_invites,
+                ] {
+                    let mut users = Vec::new();
+                    for entry in table.range((*id, "")..(id.saturating_add(1), ""))? {
+                        users.push(entry?.0.value().1.to_owned());
+                    }
+                    for user in users {
+                        table.remove((*id, user.as_str()))?;
+                    }
+                }
+                self.dirty = true;
+                Ok(StoreReply::Done)
+            }
+            StoreOp::PutMember { room, user, member } => {
+                self.room_members.insert(
+                    (*room, user.as_str()),
+                    codec::encode_member(member).as_slice(),
+                )?;
+                self.dirty = true;
+                Ok(StoreReply::Done)
+            }
+            StoreOp::RemoveMember { room, user } => {
+                self.room_members.remove((*room, user.as_str()))?;
+                self.dirty = true;
+                Ok(StoreReply::Done)
+            }
+            StoreOp::PutBan { room, user, ban } => {
+                self.room_bans
+                    .insert((*room, user.as_str()), codec::encode_ban(ban).as_slice())?;
+                self.dirty = true;
+                Ok(StoreReply::Done)
+            }
+            StoreOp::RemoveBan { room, user } => {
+                self.room_bans.remove((*room, user.as_str()))?;
+                self.dirty = true;
+                Ok(StoreReply::Done)
+            }
+            StoreOp::PutInvite { room, user, invite } => {
+                self.room_invites.insert(
+                    (*room, user.as_str()),
+                    codec::encode_invite(invite).as_slice(),
+                )?;
+                self.dirty = true;
+                Ok(StoreReply::Done)
+            }
+            StoreOp::RemoveInvite { room, user } => {
+                self.room_invites.remove((*room, user.as_str()))?;
+                self.dirty = true;
+                Ok(StoreReply::Done)
+            }
+            StoreOp::SetDirectRead { user, with, id } => {
+                let old = marker(&self.read_markers, user, with)?;
+                let after = old.max(*id);
+                if after > old {
+                    self.read_markers
+                        .insert((user.as_str(), with.as_str()), after)?;
+                    self.dirty = true;
+                }
+                Ok(StoreReply::Marker { before: old, after })
+            }
+            // Ordered with the writes (see `StoreOp::is_read`), so always answered here.
+            StoreOp::RoomReplay {
+                room,
+                after,
+                upto,
+                count,
+            } => {
+                // A message that cannot be read is left out (and logged), not the whole batch.
+                let (ids, _, _) = room_page_ids(
+                    &self.room_log,
+                    *room,
+                    after.saturating_add(1),
+                    *upto,
+                    *count,
+                    Cursor::Latest,
+                )?;
+                Ok(StoreReply::Messages(read_messages(&self.messages, &ids)?))
+            }
             // Reads are answered here only when handed to `write` directly (see `Store::write`).
             StoreOp::History {
                 conv,
                 count,
                 cursor,
             } => {
-                let conv = conversation_key(conv);
-                let page = history(&self.conversations, &self.messages, &conv, *count, *cursor)?;
+                let page = any_history(
+                    &self.conversations,
+                    &self.room_log,
+                    &self.messages,
+                    conv,
+                    *count,
+                    *cursor,
+                )?;
                 Ok(StoreReply::History(page))
+            }
+            StoreOp::DirectRead { user, with } => {
+                let m = marker(&self.read_markers, user, with)?;
+                Ok(StoreReply::Marker {
+                    before: m,
+                    after: m,
+                })
+            }
+            StoreOp::FirstUnread { rooms } => {
+                Ok(StoreReply::FirstIds(first_unread(&self.room_log, rooms)?))
+            }
+            StoreOp::RoomSeq { room, upto } => {
+                Ok(StoreReply::Seq(room_seq(&self.room_log, *room, *upto)?))
             }
             StoreOp::ReadBacklog { user } => Ok(StoreReply::Backlog(backlog(
                 &self.pending,
@@ -959,6 +1180,14 @@ impl<T: ReadableTable<(&'static str, u64), ()>> IdIndex for T {}
 trait MessageLog: ReadableTable<u64, &'static [u8]> {}
 impl<T: ReadableTable<u64, &'static [u8]>> MessageLog for T {}
 
+/// The rooms' index: (room, message id) -> the message's position in the room.
+trait RoomLog: ReadableTable<(u64, u64), u64> {}
+impl<T: ReadableTable<(u64, u64), u64>> RoomLog for T {}
+
+/// The read markers of direct conversations.
+trait Markers: ReadableTable<(&'static str, &'static str), u64> {}
+impl<T: ReadableTable<(&'static str, &'static str), u64>> Markers for T {}
+
 /// The ids in the account's offline backlog whose messages can be read, in id order. An entry
 /// whose message is not stored, or does not decode, is logged and left out: one damaged record
 /// costs that message's delivery (it stays in the log), not the whole backlog.
@@ -986,22 +1215,6 @@ fn backlog(
             None => {
                 log::warn!("offline backlog of {user:?} named message {id}, which is not stored")
             }
-        }
-    }
-    Ok(found)
-}
-
-/// The messages with `ids`, in that order; one that is not stored or does not decode is logged and
-/// left out (the ids come from a page or a backlog read earlier, which found them readable).
-fn read_messages(messages: &impl MessageLog, ids: &[MsgId]) -> Result<Vec<MessageRecord>, Fail> {
-    let mut found = Vec::with_capacity(ids.len());
-    for &id in ids {
-        match messages.get(id)? {
-            Some(bytes) => match codec::decode_message(id, bytes.value()) {
-                Ok(m) => found.push(m),
-                Err(damage) => log::error!("message {id} left out, it does not decode: {damage}"),
-            },
-            None => log::error!("message {id} left out, it is not stored"),
         }
     }
     Ok(found)
@@ -1073,6 +1286,190 @@ fn history(
         }
     }
     Ok(HistoryPage { ids, older, newer })
+}
+
+/// The messages with `ids`, in that order; one that is not stored or does not decode is logged and
+/// left out (the ids come from a page or a backlog read earlier, which found them readable).
+fn read_messages(messages: &impl MessageLog, ids: &[MsgId]) -> Result<Vec<MessageRecord>, Fail> {
+    let mut found = Vec::with_capacity(ids.len());
+    for &id in ids {
+        match messages.get(id)? {
+            Some(bytes) => match codec::decode_message(id, bytes.value()) {
+                Ok(m) => found.push(m),
+                Err(damage) => log::error!("message {id} left out, it does not decode: {damage}"),
+            },
+            None => log::error!("message {id} left out, it is not stored"),
+        }
+    }
+    Ok(found)
+}
+
+/// The marker of `user` in the direct conversation with `with` (0: none).
+fn marker(markers: &impl Markers, user: &str, with: &str) -> Result<MsgId, Fail> {
+    Ok(markers.get((user, with))?.map_or(0, |v| v.value()))
+}
+
+/// For each (room, after): the first id of the room above `after`.
+fn first_unread(
+    room_log: &impl RoomLog,
+    rooms: &[(RoomId, MsgId)],
+) -> Result<Vec<Option<MsgId>>, Fail> {
+    let mut out = Vec::with_capacity(rooms.len());
+    for &(room, after) in rooms {
+        let first = match after.checked_add(1) {
+            None => None,
+            Some(from) => match room_log.range((room, from)..=(room, MsgId::MAX))?.next() {
+                Some(e) => Some(e?.0.value().1),
+                None => None,
+            },
+        };
+        out.push(first);
+    }
+    Ok(out)
+}
+
+/// The room's last message with an id up to `upto`, and its position.
+fn room_seq(
+    room_log: &impl RoomLog,
+    room: RoomId,
+    upto: MsgId,
+) -> Result<Option<(MsgId, u64)>, Fail> {
+    match room_log.range((room, 0)..=(room, upto))?.next_back() {
+        Some(e) => {
+            let (key, seq) = e?;
+            Ok(Some((key.value().1, seq.value())))
+        }
+        None => Ok(None),
+    }
+}
+
+/// One page of any conversation: a pair's or the broadcasts (by their index key), or a room's.
+fn any_history(
+    conversations: &impl IdIndex,
+    room_log: &impl RoomLog,
+    messages: &impl MessageLog,
+    conv: &Conversation,
+    count: u32,
+    cursor: Cursor,
+) -> Result<HistoryPage, Fail> {
+    match (conv, conversation_key(conv)) {
+        (&Conversation::Room { id, after }, _) => room_history(
+            room_log,
+            messages,
+            id,
+            after.saturating_add(1),
+            MsgId::MAX,
+            count,
+            cursor,
+        ),
+        (_, Some(key)) => history(conversations, messages, &key, count, cursor),
+        (_, None) => Ok(HistoryPage::default()),
+    }
+}
+
+/// One page of a room's messages with ids in `lo..=hi` (what one member may see of it). As for a
+/// conversation, every message of the page must be readable now.
+fn room_history(
+    room_log: &impl RoomLog,
+    messages: &impl MessageLog,
+    room: RoomId,
+    lo: MsgId,
+    hi: MsgId,
+    count: u32,
+    cursor: Cursor,
+) -> Result<HistoryPage, Fail> {
+    let (ids, older, newer) = room_page_ids(room_log, room, lo, hi, count, cursor)?;
+    for &id in &ids {
+        match messages.get(id)? {
+            Some(bytes) => {
+                codec::decode_message(id, bytes.value())?;
+            }
+            None => {
+                return Err(Damage::new(format!(
+                    "room {room} names message {id}, which is not stored"
+                ))
+                .into())
+            }
+        }
+    }
+    Ok(HistoryPage { ids, older, newer })
+}
+
+/// The ids of one page of a room's messages with ids in `lo..=hi`, and its cursors.
+fn room_page_ids(
+    room_log: &impl RoomLog,
+    room: RoomId,
+    lo: MsgId,
+    hi: MsgId,
+    count: u32,
+    cursor: Cursor,
+) -> Result<super::page::Page, Fail> {
+    page(lo, hi, count, cursor, |a, b, rev, take| {
+        let mut out = Vec::new();
+        if a > b {
+            return Ok::<_, Fail>(out);
+        }
+        let range = room_log.range((room, a)..=(room, b))?;
+        if rev {
+            for entry in range.rev().take(take) {
+                out.push(entry?.0.value().1);
+            }
+        } else {
+            for entry in range.take(take) {
+                out.push(entry?.0.value().1);
+            }
+        }
+        Ok(out)
+    })
+}
+
+/// Adds the rooms, their members, bans and invitations, and the next room number to a snapshot.
+fn room_snapshot(txn: &ReadTransaction, snap: &mut Snapshot) -> Result<(), Fail> {
+    let rooms = txn.open_table(ROOMS)?;
+    let room_log = txn.open_table(ROOM_LOG)?;
+    snap.next_room_id = 1;
+    for entry in rooms.iter()? {
+        let (id, value) = entry?;
+        let id = id.value();
+        let record = codec::decode_room(value.value())?;
+        let (last_id, count) = match room_log.range((id, 0)..=(id, MsgId::MAX))?.next_back() {
+            Some(e) => {
+                let (key, seq) = e?;
+                (key.value().1, seq.value())
+            }
+            None => (0, 0),
+        };
+        snap.next_room_id = snap.next_room_id.max(id.saturating_add(1));
+        snap.rooms.push(RoomState {
+            id,
+            record,
+            last_id,
+            count,
+        });
+    }
+    // A deleted room's number stays in the log: it is never given out again.
+    if let Some(e) = room_log.last()? {
+        snap.next_room_id = snap.next_room_id.max(e.0.value().0.saturating_add(1));
+    }
+    for entry in txn.open_table(ROOM_MEMBERS)?.iter()? {
+        let (key, value) = entry?;
+        let (room, user) = key.value();
+        snap.members
+            .push((room, user.to_owned(), codec::decode_member(value.value())?));
+    }
+    for entry in txn.open_table(ROOM_BANS)?.iter()? {
+        let (key, value) = entry?;
+        let (room, user) = key.value();
+        snap.bans
+            .push((room, user.to_owned(), codec::decode_ban(value.value())?));
+    }
+    for entry in txn.open_table(ROOM_INVITES)?.iter()? {
+        let (key, value) = entry?;
+        let (room, user) = key.value();
+        snap.invites
+            .push((room, user.to_owned(), codec::decode_invite(value.value())?));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1254,13 +1651,14 @@ mod tests {
         let txn = db.begin_write().unwrap();
         txn.open_table(META)
             .unwrap()
-            .insert(SCHEMA_VERSION_KEY, 3)
+            .insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION + 1)
             .unwrap();
         txn.commit().unwrap();
         drop(db);
         match RedbStore::open(&path) {
             Err(e @ StoreError::Schema { .. }) => {
-                assert!(e.to_string().contains("schema version 3"), "{e}")
+                let want = format!("schema version {}", SCHEMA_VERSION + 1);
+                assert!(e.to_string().contains(&want), "{e}")
             }
             other => panic!("{:?}", other.map(|(_, s)| s)),
         }

@@ -5,8 +5,8 @@
 use chatd::store::memory::MemoryStore;
 use chatd::store::redb::RedbStore;
 use chatd::store::{
-    AccountRecord, Conversation, Cursor, HistoryPage, MessageRecord, MsgId, Snapshot, Store,
-    StoreOp, StoreReader, StoreReply, To,
+    AccountRecord, Conversation, Cursor, HistoryPage, MemberRecord, MessageRecord, MsgId, Role,
+    RoomId, RoomRecord, Snapshot, Store, StoreOp, StoreReader, StoreReply, To,
 };
 use tempfile::TempDir;
 
@@ -32,6 +32,7 @@ impl Subject {
             snap,
             Snapshot {
                 next_id: 1,
+                next_room_id: 1,
                 ..Snapshot::default()
             }
         );
@@ -147,6 +148,35 @@ impl Page {
             older: self.older,
             newer: self.newer,
         }
+    }
+}
+
+/// A room record, public, without a topic.
+pub fn room(name: &str) -> RoomRecord {
+    RoomRecord {
+        name: name.to_owned(),
+        created_ms: 5,
+        private: false,
+        topic: None,
+    }
+}
+
+/// A member with a role, joined after message `since`, marker there too.
+pub fn member(role: Role, since: MsgId) -> MemberRecord {
+    MemberRecord {
+        role,
+        since,
+        read_id: since,
+        read_seq: 0,
+    }
+}
+
+/// A room message appended as the room's `seq`-th.
+pub fn post(id: MsgId, from: &str, room: RoomId, name: &str, seq: u64) -> StoreOp {
+    StoreOp::AppendRoomMessage {
+        msg: msg(id, from, To::Room(name.to_owned()), "in the room"),
+        room,
+        seq,
     }
 }
 

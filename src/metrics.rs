@@ -119,6 +119,8 @@ pub enum MessageKind {
     Group,
     /// ALL.
     Broadcast,
+    /// MSG to a room.
+    Room,
 }
 
 /// How a login proved who it is.
@@ -153,6 +155,8 @@ pub struct Metrics {
     pub messages_group: Counter,
     /// ALL messages stored.
     pub messages_broadcast: Counter,
+    /// Room messages stored.
+    pub messages_room: Counter,
     /// Messages per second over the last minute, in thousandths.
     pub messages_per_second_milli: Gauge,
     /// MESSAGE lines queued for connections as messages arrived (a login's backlog not counted).
@@ -192,6 +196,7 @@ impl Default for Metrics {
             messages_direct: Counter::default(),
             messages_group: Counter::default(),
             messages_broadcast: Counter::default(),
+            messages_room: Counter::default(),
             messages_per_second_milli: Gauge::default(),
             deliveries: Counter::default(),
             hash_queue: Gauge::default(),
@@ -257,12 +262,16 @@ impl Metrics {
             MessageKind::Direct => self.messages_direct.inc(),
             MessageKind::Group => self.messages_group.inc(),
             MessageKind::Broadcast => self.messages_broadcast.inc(),
+            MessageKind::Room => self.messages_room.inc(),
         }
     }
 
     /// Every message stored, of any kind.
     pub fn messages(&self) -> u64 {
-        self.messages_direct.get() + self.messages_group.get() + self.messages_broadcast.get()
+        self.messages_direct.get()
+            + self.messages_group.get()
+            + self.messages_broadcast.get()
+            + self.messages_room.get()
     }
 
     /// Counts one login.
@@ -347,13 +356,14 @@ impl Metrics {
             ),
             Family {
                 name: "messages_total",
-                help: "Messages stored, by kind (MSG, GROUP, ALL).",
+                help: "Messages stored, by kind (MSG to a user, GROUP, ALL, MSG to a room).",
                 kind: Kind::Counter,
                 label: Some("kind"),
                 samples: vec![
                     (Some("msg"), int(self.messages_direct.get())),
                     (Some("group"), int(self.messages_group.get())),
                     (Some("all"), int(self.messages_broadcast.get())),
+                    (Some("room"), int(self.messages_room.get())),
                 ],
             },
             one(

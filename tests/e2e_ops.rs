@@ -186,6 +186,11 @@ fn metrics_are_scraped_and_parsed_by_prometheus_s_own_parser() {
         a.msg("bob", &format!("hi {i}"));
     }
     a.call1("GROUP alice,bob lunch?");
+    // And one room message, which bob reads.
+    a.call("JOIN #ops");
+    b.call("JOIN #ops");
+    a.sync();
+    a.msg("#ops", "in the room");
     b.sync();
 
     let (status, body) = http_get(&addr, "/metrics");
@@ -234,12 +239,13 @@ for fam in text_string_to_metric_families(sys.stdin.read()):
     };
     assert_eq!(value("chatd_messages_total", "kind=msg"), 3.0);
     assert_eq!(value("chatd_messages_total", "kind=group"), 1.0);
+    assert_eq!(value("chatd_messages_total", "kind=room"), 1.0);
     assert_eq!(value("chatd_connections", ""), 2.0);
     assert_eq!(value("chatd_accounts_online", ""), 2.0);
     assert_eq!(value("chatd_accounts", ""), 3.0);
     assert_eq!(value("chatd_logins_total", "via=password"), 2.0);
-    // Three MSGs delivered to bob, and the GROUP to both.
-    assert_eq!(value("chatd_deliveries_total", ""), 5.0);
+    // Three MSGs delivered to bob, the GROUP to both, the room message to bob.
+    assert_eq!(value("chatd_deliveries_total", ""), 6.0);
     assert!(value("chatd_commit_seconds_count", "") >= 6.0);
     assert!(value("chatd_database_bytes", "") > 0.0);
     assert!(parsed
@@ -272,15 +278,29 @@ fn a_backup_taken_while_20_clients_send_holds_everything_acknowledged_before_it(
         Arc::new(Mutex::new(vec![BTreeSet::new(); CLIENTS]));
     let stop = Arc::new(AtomicBool::new(false));
     let mut senders = Vec::new();
+    // Half the clients write to themselves, half to a room of their own: the copy holds both the
+    // conversations and the rooms.
+    let room = |i: usize| (i % 2 == 1).then(|| format!("#b{i}"));
     for i in 0..CLIENTS {
         let mut c = s.user(&format!("u{i}"));
+        if let Some(r) = room(i) {
+            let answer = c.call(&format!("JOIN {r}"));
+            assert_eq!(answer.last().unwrap(), &format!("OK JOIN {r} CREATED"));
+        }
         let (acked, stop) = (acked.clone(), stop.clone());
         senders.push(std::thread::spawn(move || {
             let mut n = 0;
             while !stop.load(Ordering::SeqCst) && n < MAX_EACH {
-                // To itself: its own conversation holds every message it sent.
-                let id = c.msg(&format!("u{i}"), &format!("m{n}"));
-                c.read_line(); // its own copy, after the OK
+                let id = match room(i) {
+                    // The sender's connection gets the OK only.
+                    Some(r) => c.msg(&r, &format!("m{n}")),
+                    // To itself: its own conversation holds every message it sent.
+                    None => {
+                        let id = c.msg(&format!("u{i}"), &format!("m{n}"));
+                        c.read_line(); // its own copy, after the OK
+                        id
+                    }
+                };
                 acked.lock().unwrap()[i].insert(id);
                 n += 1;
             }
@@ -343,12 +363,13 @@ fn a_backup_taken_while_20_clients_send_holds_everything_acknowledged_before_it(
     assert!(String::from_utf8_lossy(&again.stderr).contains("exists already"));
     drop(s);
 
-    // A server on the copy has every account and every message acknowledged before the backup.
+    // A server on the copy has every account, room and message acknowledged before the backup.
     let s = admin_server(&copy, &[]);
     for (i, ids) in before.iter().enumerate() {
         let mut c = s.connect();
         c.login(&format!("u{i}"));
-        let (lines, _) = c.history(&format!("u{i} 500"));
+        let conversation = room(i).unwrap_or_else(|| format!("u{i}"));
+        let (lines, _) = c.history(&format!("{conversation} 500"));
         let have: BTreeSet<u64> = lines
             .iter()
             .map(|l| common::parse_msg(l, "HISTORY").id)

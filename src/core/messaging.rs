@@ -200,6 +200,7 @@ impl Core {
         }
         self.reserve(&mut req);
         self.store_all(ops, move |core, _| {
+            core.settings.metrics.message(MessageKind::Room);
             let delivered = core.deliver_to_room(room_id, id, &sender, &line, req.conn);
             let mut out = Out::new();
             out.ok(&req, OkReply::RoomMsg { id, delivered });
@@ -246,6 +247,7 @@ impl Core {
                     continue;
                 }
                 if let Some(c) = self.conns.get(conn) {
+                    self.settings.metrics.deliveries.inc();
                     if c.outbox.push(chunk.clone()).is_err() {
                         self.overflowed.push(*conn);
                     }

@@ -6,7 +6,7 @@
 //! it); readers (the `STATS` handler, the HTTP task serving `/metrics`) only load. The values are
 //! atomics so that a reader on another thread needs no lock and can never slow the core down.
 //!
-//! [`Metrics::families`] lists every figure with its Prometheus name, help text and type;
+//! `Metrics::families` lists every figure with its Prometheus name, help text and type;
 //! [`Metrics::prometheus`] renders them in the Prometheus text exposition format (version 0.0.4),
 //! and [`Metrics::stats`] as the name and value pairs of `STAT` lines. Nothing is counted per user
 //! or per address: the registry has a fixed size.

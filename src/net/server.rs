@@ -244,16 +244,16 @@ pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), Server
     if let Some(l) = &metrics_listener {
         log::info!("metrics at http://{}/metrics", local(l));
     }
+    log::info!("control socket {} (chatd backup)", control_path.display());
+    if let Some(d) = &demo {
+        d.announce();
+    }
     // Announced last: once this line is logged the server is ready (tests wait for it).
     if let Some(l) = &plain {
         log::info!("listening on {}", local(l));
     }
     if let Some(l) = &secure {
         log::info!("listening on {} (TLS)", local(l));
-    }
-    log::info!("control socket {} (chatd backup)", control_path.display());
-    if let Some(d) = &demo {
-        d.announce();
     }
 
     let result = smol::block_on(ex.run(async {

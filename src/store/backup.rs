@@ -127,7 +127,7 @@ const MAX_PROBLEMS: usize = 50;
 pub struct Report {
     /// The counts.
     pub summary: Summary,
-    /// One sentence per problem, at most [`MAX_PROBLEMS`].
+    /// One sentence per problem, at most `MAX_PROBLEMS` (50).
     pub problems: Vec<String>,
     /// Problems found beyond those listed.
     pub more: usize,

@@ -203,7 +203,7 @@ pub struct Settings {
 /// The operator's policy: the admin accounts and whether anyone may register.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Policy {
-    /// Accounts that may use the operator commands (spec 4.38 on).
+    /// Accounts that may use the operator commands (spec 4.40 on).
     pub admins: BTreeSet<Key>,
     /// `REGISTER` is refused with `REGISTRATION_CLOSED`; admins create accounts with `ADDUSER`.
     pub registration_closed: bool,

@@ -106,6 +106,8 @@ fn health(a: &HealthArgs) -> Result<(), String> {
         tls: a.tls,
         ca: None,
         insecure: a.tls,
+        compress: false,
+        direct: Default::default(),
     };
     let connector = crate::client::connector(&opts)?;
     let answered = smol::block_on(futures_lite::future::or(
@@ -114,7 +116,8 @@ fn health(a: &HealthArgs) -> Result<(), String> {
             let mut stream = connector
                 .connect()
                 .await
-                .map_err(|e| format!("cannot connect to {}: {e}", a.addr))?;
+                .map_err(|e| format!("cannot connect to {}: {e}", a.addr))?
+                .stream;
             stream
                 .write_all(b"PING health\n")
                 .await

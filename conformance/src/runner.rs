@@ -581,7 +581,12 @@ impl<'a> CaseRun<'a> {
                 }
                 restore(&mut self.env, saved);
                 self.note_accounts(&bytes);
-                let r = self.client(client).conn.send(&bytes);
+                let conn = &mut self.client(client).conn;
+                let r = if *raw {
+                    conn.send_raw(&bytes)
+                } else {
+                    conn.send(&bytes)
+                };
                 r.map_err(|e| self.fail("to send", vec![format!("(send failed: {e})")]))
             }
             StepKind::Expect { client, count, pat } => {
@@ -655,6 +660,11 @@ impl<'a> CaseRun<'a> {
                     format!("on one of {}: {}", clients.join(","), show_pattern(&p)),
                     got,
                 ))
+            }
+            StepKind::Deflate { client } => {
+                self.note(format!("{client}: compressed from here on"));
+                self.client(client).conn.start_deflate();
+                Ok(())
             }
             StepKind::Quiet { client } => {
                 self.sync(std::slice::from_ref(client))?;

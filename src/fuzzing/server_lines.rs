@@ -9,9 +9,9 @@ use crate::proto::command::{Dms, Verb, COMMANDS};
 use crate::proto::name::check_label;
 use crate::proto::room::{Privacy, Role};
 use crate::proto::server_line::{
-    parse, AddOutcome, Delivery, FriendReply, FriendState, FriendshipEvent, JoinOutcome,
-    MessageLine, OkReply, PartOutcome, Presence, Recipient, RoomEvent, RoomLine, RoomReply,
-    ServerLine, Standing, TokenLine, TopicSet,
+    parse, AddOutcome, Delivery, DirectEvent, DirectReply, FriendReply, FriendState,
+    FriendshipEvent, JoinOutcome, MessageLine, OkReply, PartOutcome, Presence, Recipient,
+    RoomEvent, RoomLine, RoomReply, ServerLine, Standing, TokenLine, TopicSet,
 };
 use crate::proto::token::DeviceToken;
 
@@ -296,6 +296,20 @@ fn ok_reply<'a>(
             target: if u.arbitrary()? { r(u)? } else { n(u)? },
             id: id(u)?,
         },
+        Verb::Compress => OkReply::Compress,
+        Verb::Direct => OkReply::Direct(match u.int_in_range(0..=3u8)? {
+            0 => DirectReply::Offer {
+                name: n(u)?,
+                expires_secs: u.arbitrary()?,
+            },
+            1 => DirectReply::Accept {
+                name: n(u)?,
+                address: u.choose(&ADDRESSES)?,
+                fingerprint: u.choose(&FINGERPRINTS)?,
+            },
+            2 => DirectReply::Decline { name: n(u)? },
+            _ => DirectReply::Cancel { name: n(u)? },
+        }),
         Verb::Announce => OkReply::Announce {
             delivered: u.arbitrary()?,
         },
@@ -366,6 +380,17 @@ fn room_event<'a>(
     })
 }
 
+/// Addresses and fingerprints for DIRECT lines (valid, the fingerprints in upper case).
+const ADDRESSES: [&str; 3] = [
+    "192.0.2.7:4000",
+    "[2001:db8::1]:65535",
+    "laptop.example.org:1",
+];
+const FINGERPRINTS: [&str; 2] = [
+    "AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89",
+    "00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF",
+];
+
 /// Builds one line of every kind from arbitrary valid fields, encodes it, and checks that it parses
 /// back to the same value.
 fn encoded_line_parses(u: &mut Unstructured<'_>) -> Result<()> {
@@ -421,7 +446,7 @@ fn encoded_line_parses(u: &mut Unstructured<'_>) -> Result<()> {
             u.int_in_range(0..=999_999u32)?
         )
     };
-    let line = match u.int_in_range(0..=25u8)? {
+    let line = match u.int_in_range(0..=26u8)? {
         0 => {
             let verb = verb(u)?;
             ServerLine::Ok {
@@ -571,8 +596,25 @@ fn encoded_line_parses(u: &mut Unstructured<'_>) -> Result<()> {
             target: if u.arbitrary()? { &rooms[0] } else { one },
             id: id(u)?,
         },
-        23 => ServerLine::Notice { text: &body },
-        24 => ServerLine::Stat {
+        23 => ServerLine::Direct {
+            name: one,
+            event: match u.int_in_range(0..=6u8)? {
+                0 => DirectEvent::Offer {
+                    address: u.choose(&ADDRESSES)?,
+                    fingerprint: u.choose(&FINGERPRINTS)?,
+                },
+                1 => DirectEvent::Accepted {
+                    fingerprint: u.choose(&FINGERPRINTS)?,
+                },
+                2 => DirectEvent::Declined,
+                3 => DirectEvent::Withdrawn,
+                4 => DirectEvent::Expired,
+                5 => DirectEvent::Answered,
+                _ => DirectEvent::Gone,
+            },
+        },
+        24 => ServerLine::Notice { text: &body },
+        25 => ServerLine::Stat {
             name: &stat_name,
             value: &stat_value,
         },

@@ -31,7 +31,8 @@ usage: chatd-conformance --addr HOST:PORT [options]
                           (chatd: --stored-kib-per-day 16 --inbox-share 5
                           --friend-requests-per-hour 2); enables the quota cases
   --admin NAME:PASSWORD   an admin account of the server (chatd: --admin NAME); enables the
-                          operator commands' cases (ANNOUNCE, SUSPEND, KILL, STATS, ADDUSER)
+                          operator commands' cases (ANNOUNCE, SUSPEND, KILL, STATS, ADDUSER, and
+                          admins moderating rooms)
   --broadcast             the suite may send ALL and ANNOUNCE, which reach every user online;
                           without it, the cases that send them are skipped
   --registration-closed   the server's registration is closed (chatd: --registration closed);

@@ -16,6 +16,7 @@ use super::out::{self, Out};
 use super::quota::stored_bytes;
 use super::{fan_out, recipient, Core, Req};
 use crate::config::MAX_PENDING_PER_ACCOUNT;
+use crate::metrics::MessageKind;
 use crate::outbox::Chunk;
 use crate::proto::code::Code;
 use crate::proto::command::Verb;
@@ -220,6 +221,7 @@ impl Core {
                 }
                 _ => (id, line),
             };
+            core.settings.metrics.message(MessageKind::Room);
             let delivered = core.deliver_to_room(room_id, id, &sender, &line, req.conn);
             let mut out = Out::new();
             out.ok(&req, OkReply::RoomMsg { id, delivered });
@@ -295,6 +297,7 @@ impl Core {
                     continue;
                 }
                 if let Some(c) = self.conns.get(conn) {
+                    self.settings.metrics.deliveries.inc();
                     if c.outbox.push(chunk.clone()).is_err() {
                         self.overflowed.push(*conn);
                     }
@@ -376,6 +379,12 @@ impl Core {
         }
         let (id, chunk) = (sent.id, &sent.line);
         let mut out = Out::new();
+        let metrics = self.settings.metrics.clone();
+        metrics.message(match req.verb {
+            Some(Verb::All) => MessageKind::Broadcast,
+            Some(Verb::Group) => MessageKind::Group,
+            _ => MessageKind::Direct,
+        });
         if req.verb == Some(Verb::All) {
             // Everyone online but the sender and the accounts that block it.
             let blockers = self.accounts.get(&sent.sender).map(|a| &a.blocked_by);
@@ -395,7 +404,7 @@ impl Core {
                 })
                 .count();
             let users = others.len() + elsewhere;
-            fan_out(
+            let reached = fan_out(
                 &self.accounts,
                 &self.conns,
                 &mut self.overflowed,
@@ -403,6 +412,7 @@ impl Core {
                 chunk,
                 None,
             );
+            metrics.deliveries.add(reached as u64);
             out.ok(
                 &req,
                 OkReply::All {
@@ -429,6 +439,7 @@ impl Core {
                 chunk,
                 Some(req.conn),
             );
+            metrics.deliveries.add(reached as u64);
             if reached == 0 {
                 late.push(key.clone());
             }

@@ -215,6 +215,25 @@ impl Core {
                     }
                 }
             }
+            StoreOp::SetSuspended { user, suspension } => {
+                let key = Key::from_folded(user);
+                let Some(a) = self.accounts.get_mut(&key) else {
+                    return;
+                };
+                let closing = if suspension.is_some() {
+                    a.conns.clone()
+                } else {
+                    Vec::new()
+                };
+                a.profile.suspended = suspension;
+                for c in closing {
+                    self.close_with_bye(
+                        c,
+                        ByeCode::ACCOUNT_SUSPENDED,
+                        "the server's operators suspended this account",
+                    );
+                }
+            }
             StoreOp::TouchToken { .. }
             | StoreOp::SetDirectRead { .. }
             | StoreOp::History { .. }

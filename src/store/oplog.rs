@@ -12,7 +12,7 @@ use super::codec::{
     decode_token, encode_account, encode_ban, encode_invite, encode_member, encode_message,
     encode_room, encode_token, put_len, put_str, Reader,
 };
-use super::{Damage, FriendState, StoreOp};
+use super::{Damage, FriendState, StoreOp, Suspension};
 
 const OPLOG_V1: u8 = 1;
 
@@ -177,6 +177,18 @@ pub fn encode_op(op: &StoreOp) -> Option<Vec<u8>> {
             put_str(&mut out, with);
             u64s(&mut out, *id);
         }
+        StoreOp::SetSuspended { user, suspension } => {
+            out.push(26);
+            put_str(&mut out, user);
+            match suspension {
+                Some(sus) => {
+                    out.push(1);
+                    put_str(&mut out, &sus.reason);
+                    i64s(&mut out, sus.since_ms);
+                }
+                None => out.push(0),
+            }
+        }
         StoreOp::History { .. }
         | StoreOp::ReadBacklog { .. }
         | StoreOp::ReadMessages { .. }
@@ -328,6 +340,17 @@ pub fn decode_op(bytes: &[u8]) -> Result<StoreOp, Damage> {
             user: r.string()?,
             with: r.string()?,
             id: r.u64()?,
+        },
+        26 => StoreOp::SetSuspended {
+            user: r.string()?,
+            suspension: match r.byte()? {
+                0 => None,
+                1 => Some(Suspension {
+                    reason: r.string()?,
+                    since_ms: r.i64()?,
+                }),
+                _ => return Err(r.corrupt("bad suspension flag")),
+            },
         },
         other => return Err(r.corrupt(&format!("unknown op tag {other}"))),
     };
@@ -487,6 +510,17 @@ mod tests {
                 user: "a".into(),
                 with: "b".into(),
                 id: 5,
+            },
+            StoreOp::SetSuspended {
+                user: "a".into(),
+                suspension: Some(Suspension {
+                    reason: "spam".into(),
+                    since_ms: 7,
+                }),
+            },
+            StoreOp::SetSuspended {
+                user: "a".into(),
+                suspension: None,
             },
         ]
     }

@@ -394,6 +394,8 @@ const ENV_OPTIONS: &[(&str, Form)] = &[
     ("metrics-listen", Form::Value),
     ("demo", Form::Switch),
     ("log-file", Form::Value),
+    ("cluster", Form::Value),
+    ("cluster-replicas", Form::Value),
 ];
 
 /// Options the environment may give a subcommand.

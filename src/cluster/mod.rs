@@ -101,7 +101,7 @@ pub struct Bus {
 }
 
 /// The subject presence travels on.
-const PRESENCE_SUBJECT: &str = "chatd.presence";
+pub const PRESENCE_SUBJECT: &str = "chatd.presence";
 
 /// A store whose writes go through the cluster's log (see the module documentation).
 pub struct ClusterStore {

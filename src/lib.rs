@@ -35,6 +35,7 @@ pub mod config;
 pub mod core;
 #[cfg(feature = "testing")]
 pub mod fuzzing;
+pub mod irc;
 pub mod net;
 pub mod outbox;
 pub mod peer;

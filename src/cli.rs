@@ -63,6 +63,16 @@ pub struct Args {
     #[argh(option)]
     pub tls_listen: Option<String>,
 
+    /// IRC listen address, e.g. 127.0.0.1:6667: IRC clients log in to chatd accounts there
+    /// (default: no IRC listener; spec/IRC.md)
+    #[argh(option)]
+    pub irc_listen: Option<String>,
+
+    /// IRC-over-TLS listen address, e.g. 127.0.0.1:6697, with the certificate of --tls-listen
+    /// (default: none)
+    #[argh(option)]
+    pub irc_tls_listen: Option<String>,
+
     /// PEM certificate chain for the TLS listener (reloaded on SIGHUP)
     #[argh(option)]
     pub tls_cert: Option<PathBuf>,
@@ -217,6 +227,8 @@ pub enum UsageError {
     TlsWithoutCertificate,
     /// `--no-plain` without `--tls-listen`.
     NothingToListenOn,
+    /// `--irc-tls-listen` without `--tls-listen`, whose certificate it uses.
+    IrcTlsWithoutTls,
 }
 
 impl fmt::Display for UsageError {
@@ -235,6 +247,9 @@ impl fmt::Display for UsageError {
             UsageError::TlsWithoutCertificate => {
                 f.write_str("--tls-listen needs both --tls-cert and --tls-key, or --tls-generate")
             }
+            UsageError::IrcTlsWithoutTls => f.write_str(
+                "--irc-tls-listen uses the certificate of --tls-listen: give --tls-listen too",
+            ),
             UsageError::NothingToListenOn => {
                 f.write_str("--no-plain needs --tls-listen: there would be nothing to listen on")
             }
@@ -275,9 +290,14 @@ impl TryFrom<Args> for ServerOptions {
         if args.no_plain && tls.is_none() {
             return Err(UsageError::NothingToListenOn);
         }
+        if args.irc_tls_listen.is_some() && tls.is_none() {
+            return Err(UsageError::IrcTlsWithoutTls);
+        }
         Ok(ServerOptions {
             listen: (!args.no_plain).then_some(args.listen),
             tls,
+            irc_listen: args.irc_listen,
+            irc_tls_listen: args.irc_tls_listen,
             db: args.db,
             min_free_disk_mib: args.min_free_disk,
             max_connections: args.max_connections,

@@ -128,6 +128,8 @@ pub const IRC_MAX_INPUT_BYTES: usize = IRC_MAX_LINE_BYTES + IRC_MAX_TAG_BYTES + 
 pub const IRC_MAX_PARAMS: usize = 15;
 /// Most rooms one JOIN or PART names (the rest of the list is ignored).
 pub const IRC_MAX_TARGETS: usize = 10;
+/// Most unread messages of one room replayed to an IRC client at login (the rest: CHATHISTORY).
+pub const IRC_CATCH_UP: u32 = 50;
 /// The length of a full AUTHENTICATE chunk: a chunk this long means more follows (IRCv3 SASL).
 pub const IRC_SASL_CHUNK: usize = 400;
 /// Most bytes held for an IRC client between a SASL login and the end of its registration (its

@@ -32,13 +32,17 @@ const KEPT_QUEUE_CAPACITY: usize = 4;
 pub enum Chunk {
     Owned(Vec<u8>),
     Shared(Arc<[u8]>),
+    /// Bytes already in the connection's own protocol, which its writer sends as they are: what
+    /// the IRC front end answers by itself (CAP, a numeric for a malformed line). The core never
+    /// queues one.
+    Direct(Vec<u8>),
 }
 
 impl Chunk {
     /// The bytes.
     pub fn as_bytes(&self) -> &[u8] {
         match self {
-            Chunk::Owned(v) => v,
+            Chunk::Owned(v) | Chunk::Direct(v) => v,
             Chunk::Shared(a) => a,
         }
     }

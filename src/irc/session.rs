@@ -13,9 +13,9 @@ use std::collections::{BTreeMap, VecDeque};
 
 use super::message::{is_middle, Message};
 use crate::config::{
-    HISTORY_MAX_COUNT, IRC_HOST, IRC_MAX_HELD_BYTES, IRC_MAX_LINE_BYTES, IRC_MAX_TARGETS,
-    IRC_SASL_CHUNK, IRC_SERVER_NAME, MAX_AWAY_BYTES, MAX_NAME_LEN, MAX_REASON_BYTES,
-    MAX_ROOM_NAME_LEN, MAX_TOPIC_BYTES,
+    HISTORY_MAX_COUNT, IRC_CATCH_UP, IRC_HOST, IRC_MAX_HELD_BYTES, IRC_MAX_LINE_BYTES,
+    IRC_MAX_TARGETS, IRC_SASL_CHUNK, IRC_SERVER_NAME, MAX_AWAY_BYTES, MAX_NAME_LEN,
+    MAX_REASON_BYTES, MAX_ROOM_NAME_LEN, MAX_TOPIC_BYTES,
 };
 use crate::proto::code::Code;
 use crate::proto::room::{Privacy, Role};
@@ -168,9 +168,10 @@ enum Ctx {
     Rooms {
         auto: bool,
     },
-    /// HISTORY for CHATHISTORY.
+    /// HISTORY for CHATHISTORY, or (`catch_up`) for the unread messages of a room at login.
     History {
         target: String,
+        catch_up: bool,
     },
     Quit,
 }
@@ -234,7 +235,7 @@ pub struct Session {
     /// Rooms the client shows as joined: folded name to name as created.
     joined: BTreeMap<String, String>,
     /// Unread counts reported at login, shown once the rooms are joined.
-    unread: Vec<(String, u64)>,
+    unread: Vec<(String, u64, u64)>,
     /// The user the last PRIVMSG went to, whose AWAY line right after its answer is a 301.
     last_direct: Option<String>,
     next_batch: u64,
@@ -1277,7 +1278,10 @@ impl Session {
         self.to_core(
             fx,
             format!("HISTORY {target} {n}{cursor}"),
-            Ctx::History { target },
+            Ctx::History {
+                target,
+                catch_up: false,
+            },
         );
     }
 
@@ -1336,8 +1340,8 @@ impl Session {
                 .acc
                 .bans
                 .push(((*name).to_owned(), (*by).to_owned(), *time_ms)),
-            ServerLine::Unread { room, count, .. } => {
-                self.unread.push(((*room).to_owned(), *count));
+            ServerLine::Unread { room, count, first } => {
+                self.unread.push(((*room).to_owned(), *count, *first));
             }
             ServerLine::Away { name, text } => {
                 let direct = self
@@ -1764,15 +1768,31 @@ impl Session {
                         },
                     );
                 }
-                for (room, count) in unread {
-                    let text = format!(
-                        "{count} unread message{} since you last read {room} (CHATHISTORY or /quote HISTORY to read them)",
-                        if count == 1 { "" } else { "s" }
-                    );
+                for (room, count, first) in unread {
+                    let shown = count.min(u64::from(IRC_CATCH_UP));
+                    let text = if shown < count {
+                        format!(
+                            "{count} unread messages since you last read {room}; the first {shown} follow (CHATHISTORY AFTER for more)"
+                        )
+                    } else {
+                        format!(
+                            "{count} unread message{} since you last read {room}",
+                            if count == 1 { "" } else { "s" }
+                        )
+                    };
                     self.say(fx, from_server("NOTICE", &[&room, &text]));
+                    // What was missed follows, and is then marked read.
+                    self.to_core(
+                        fx,
+                        format!("HISTORY {room} {shown} AFTER {}", first.saturating_sub(1)),
+                        Ctx::History {
+                            target: room.clone(),
+                            catch_up: true,
+                        },
+                    );
                 }
             }
-            (Ctx::History { target }, OkReply::History { .. }) => {
+            (Ctx::History { target, catch_up }, OkReply::History { .. }) => {
                 let batch = if self.caps.batch {
                     let b = self.new_batch();
                     self.say(
@@ -1788,6 +1808,10 @@ impl Session {
                 }
                 if let Some(b) = batch {
                     self.say(fx, from_server("BATCH", &[&format!("-{b}")]));
+                }
+                if let (true, Some(last)) = (catch_up, acc.messages.last()) {
+                    let line = format!("READ {target} {}", last.id);
+                    self.to_core(fx, line, Ctx::Silent);
                 }
             }
             (Ctx::Quit, _) => {
@@ -1930,7 +1954,7 @@ impl Session {
                 }
                 _ => self.notice(fx, &format!("INVITE: {text} ({})", code.as_str())),
             },
-            Ctx::History { target } => {
+            Ctx::History { target, .. } => {
                 let _ = me;
                 self.say(
                     fx,

@@ -238,6 +238,8 @@ pub fn serve_child(db: PathBuf) -> ExitCode {
     let opts = ServerOptions {
         listen: Some("127.0.0.1:0".into()),
         tls: None,
+        irc_listen: None,
+        irc_tls_listen: None,
         db,
         min_free_disk_mib: chatd::config::DEFAULT_MIN_FREE_DISK_MIB,
         max_connections,

@@ -73,6 +73,12 @@ pub struct Args {
     #[argh(option)]
     pub irc_tls_listen: Option<String>,
 
+    /// IRC clients that send neither SASL nor PASS log in as their nick with this password: for
+    /// load generators that speak bare IRC; never on a server with real users (default: none,
+    /// such clients are refused)
+    #[argh(option)]
+    pub irc_default_password: Option<String>,
+
     /// PEM certificate chain for the TLS listener (reloaded on SIGHUP)
     #[argh(option)]
     pub tls_cert: Option<PathBuf>,
@@ -298,6 +304,7 @@ impl TryFrom<Args> for ServerOptions {
             tls,
             irc_listen: args.irc_listen,
             irc_tls_listen: args.irc_tls_listen,
+            irc_default_password: args.irc_default_password,
             db: args.db,
             min_free_disk_mib: args.min_free_disk,
             max_connections: args.max_connections,

@@ -17,11 +17,16 @@ use common::*;
 
 /// The IRC address the server logged.
 fn irc_addr(server: &Server) -> SocketAddr {
+    logged_addr(server, " (IRC)")
+}
+
+/// The address of the listener whose log line ends with `kind`.
+fn logged_addr(server: &Server, kind: &str) -> SocketAddr {
     let deadline = Instant::now() + TIMEOUT;
     loop {
         for l in server.log() {
             if let Some(rest) = l.split("listening on ").nth(1) {
-                if let Some(a) = rest.strip_suffix(" (IRC)") {
+                if let Some(a) = rest.strip_suffix(kind) {
                     return a.trim().parse().expect("an address");
                 }
             }
@@ -173,6 +178,74 @@ fn an_irc_client_and_a_line_client_share_a_room() {
         lines.iter().any(|l| l.ends_with("bob #e2e hello alice")),
         "{lines:?}"
     );
+}
+
+#[test]
+fn a_bare_irc_client_logs_in_with_the_default_password_or_is_refused() {
+    // Without --irc-default-password, NICK and USER alone are refused, with a reason.
+    let server = Server::start_with(&["--irc-listen", "127.0.0.1:0"]);
+    server.connect().register("carol");
+    let mut c = Irc::connect(irc_addr(&server));
+    c.send("NICK carol");
+    c.send("USER carol 0 * :Carol");
+    let refused = c.until("ERROR");
+    assert!(refused[0].starts_with(":chatd 464 carol :"), "{refused:?}");
+    drop(server);
+
+    let server = Server::start_with(&[
+        "--irc-listen",
+        "127.0.0.1:0",
+        "--irc-default-password",
+        PASSWORD,
+    ]);
+    server.connect().register("carol");
+    let mut c = Irc::connect(irc_addr(&server));
+    c.send("NICK carol");
+    c.send("USER carol 0 * :Carol");
+    assert_eq!(c.line(), ":chatd 001 carol :Welcome to chatd, carol");
+    // PASS still wins over the default.
+    let mut d = Irc::connect(irc_addr(&server));
+    d.send("PASS carol:wrong-password");
+    d.send("NICK carol");
+    d.send("USER carol 0 * :Carol");
+    assert_eq!(d.line(), ":chatd 464 carol :Password incorrect");
+}
+
+#[test]
+fn the_tls_irc_port_uses_the_tls_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_on(
+        &dir.path().join("chatd.redb"),
+        &[
+            "--tls-listen",
+            "127.0.0.1:0",
+            "--tls-generate",
+            "--irc-tls-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    server.connect().register("dave");
+    let addr = logged_addr(&server, " (IRC, TLS)");
+    let mut child = Command::new("openssl")
+        .args(["s_client", "-connect", &addr.to_string(), "-quiet", "-crlf"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("this test needs the openssl command-line tool (Debian package openssl)");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(
+            format!("PASS dave:{PASSWORD}\nNICK dave\nUSER dave 0 * :Dave\nQUIT\n").as_bytes(),
+        )
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(":chatd 001 dave :Welcome to chatd, dave"),
+        "{text}"
+    );
+    assert!(text.contains("ERROR :Closing link: Quit"), "{text}");
 }
 
 /// Finds or installs weechat-headless; None (with the reason printed) when it cannot.

@@ -217,6 +217,8 @@ struct Acc {
 #[derive(Debug)]
 pub struct Session {
     version: String,
+    /// The password a client that gives no credentials logs in with (`--irc-default-password`).
+    default_password: Option<String>,
     caps: Caps,
     /// CAP LS or REQ was seen and CAP END not yet: registration waits.
     negotiating: bool,
@@ -341,8 +343,15 @@ fn secs(ms: i64) -> String {
 impl Session {
     /// A new session for a server of this version.
     pub fn new(version: &str) -> Session {
+        Session::with_default_password(version, None)
+    }
+
+    /// A new session in which a client that sends neither SASL nor PASS logs in as its nick with
+    /// `password` (`--irc-default-password`, for load generators that speak bare IRC).
+    pub fn with_default_password(version: &str, password: Option<&str>) -> Session {
         Session {
             version: version.to_owned(),
+            default_password: password.map(str::to_owned),
             caps: Caps::default(),
             negotiating: false,
             nick: None,
@@ -801,7 +810,7 @@ impl Session {
         match self.login.clone() {
             Login::Done(_) => self.welcome(fx),
             Login::Pending => {}
-            Login::None => match self.pass.take() {
+            Login::None => match self.pass.take().or_else(|| self.default_password.clone()) {
                 Some(pass) => {
                     let nick = self.nick.clone().unwrap_or_default();
                     let (account, secret) = match pass.split_once(':') {

@@ -61,6 +61,8 @@ pub(super) struct Ctx {
     pub(super) exempt: Vec<Network>,
     pub(super) line_rate: u32,
     pub(super) line_burst: u32,
+    /// What IRC clients without credentials log in with (`--irc-default-password`).
+    pub(super) irc_default_password: Option<String>,
     /// Refusals and failed handshakes since the last summary in the log.
     pub(super) tally: Mutex<Tally>,
 }
@@ -302,9 +304,10 @@ async fn serve<R, W>(
     let conn = ctx.next_conn.fetch_add(1, Ordering::Relaxed);
     let irc: Option<IrcSession> = match front {
         Front::Chatd => None,
-        Front::Irc => Some(Arc::new(Mutex::new(Session::new(env!(
-            "CARGO_PKG_VERSION"
-        ))))),
+        Front::Irc => Some(Arc::new(Mutex::new(Session::with_default_password(
+            env!("CARGO_PKG_VERSION"),
+            ctx.irc_default_password.as_deref(),
+        )))),
     };
     let outbox = Outbox::new(OUTBOX_LIMIT_BYTES, MAX_INFLIGHT_PER_CONNECTION);
     let connected = Event::Connected {

@@ -194,6 +194,7 @@ pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), Server
         exempt: opts.exempt.clone(),
         line_rate: opts.line_rate,
         line_burst: opts.line_burst,
+        irc_default_password: opts.irc_default_password.clone(),
         tally: Mutex::new(Tally::default()),
     });
 

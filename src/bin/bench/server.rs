@@ -240,6 +240,7 @@ pub fn serve_child(db: PathBuf) -> ExitCode {
         tls: None,
         irc_listen: None,
         irc_tls_listen: None,
+        irc_default_password: None,
         db,
         min_free_disk_mib: chatd::config::DEFAULT_MIN_FREE_DISK_MIB,
         max_connections,

@@ -397,16 +397,18 @@ impl Session {
         self.say(fx, from_server(code, &all));
     }
 
-    /// Sends one message to the client, or holds it until the welcome.
+    /// Sends one message to the client.
     fn say(&self, fx: &mut Effects, m: Message) {
-        fx.client.push_str(&m.to_line());
+        fx.client.push_str(&clamped(m));
     }
 
+    /// Sends one message to the client, or, between a SASL login and the welcome, holds it until
+    /// the welcome.
     fn say_held(&mut self, fx: &mut Effects, m: Message) {
         if self.welcomed || !self.logged_in() {
-            fx.client.push_str(&m.to_line());
+            fx.client.push_str(&clamped(m));
         } else if self.held.len() < IRC_MAX_HELD_BYTES {
-            m.encode(&mut self.held);
+            self.held.push_str(&clamped(m));
         }
     }
 
@@ -871,9 +873,13 @@ impl Session {
             format!("TARGMAX=JOIN:{IRC_MAX_TARGETS},PART:{IRC_MAX_TARGETS},PRIVMSG:1,NOTICE:1"),
             format!("TOPICLEN={MAX_TOPIC_BYTES}"),
         ];
-        let mut params: Vec<&str> = isupport.iter().map(String::as_str).collect();
-        params.push("are supported by this server");
-        self.numeric(fx, "005", &params);
+        // At most 13 tokens a line, so that with the nick and the text a 005 stays within IRC's 15
+        // parameters.
+        for chunk in isupport.chunks(13) {
+            let mut params: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            params.push("are supported by this server");
+            self.numeric(fx, "005", &params);
+        }
         self.motd(fx);
         let held = std::mem::take(&mut self.held);
         fx.client.push_str(&held);
@@ -1993,6 +1999,34 @@ impl Session {
     /// True once the session asked to close (QUIT, or registration refused).
     pub fn closing(&self) -> bool {
         self.closing
+    }
+}
+
+/// The message as a line of at most [`IRC_MAX_LINE_BYTES`] without its tags: a longer last
+/// parameter (a name or text echoed from a long line) is cut at a character boundary. Messages are
+/// split before they get here; this is the bound for everything else.
+fn clamped(mut m: Message) -> String {
+    // Bounded: each round shortens the last parameter, or ends.
+    loop {
+        let line = m.to_line();
+        let tags = if m.tags.is_empty() {
+            0
+        } else {
+            line.find(' ').map_or(0, |i| i + 1)
+        };
+        let over = (line.len() - tags).saturating_sub(IRC_MAX_LINE_BYTES);
+        if over == 0 {
+            return line;
+        }
+        let Some(last) = m.params.last_mut().filter(|p| !p.is_empty()) else {
+            // Only a source or command longer than a line could get here; the session makes none.
+            return String::new();
+        };
+        let mut keep = last.len().saturating_sub(over);
+        while !last.is_char_boundary(keep) {
+            keep -= 1;
+        }
+        last.truncate(keep);
     }
 }
 

@@ -23,6 +23,9 @@ pub struct Message {
     pub command: String,
     /// The parameters, the trailing one included (without its `:`).
     pub params: Vec<String>,
+    /// The last parameter is sent in the trailing form (after ` :`) even when it need not be, as
+    /// servers send message text; set by the parser when the line had it.
+    pub trailing: bool,
 }
 
 /// Why a line is not an IRC message.
@@ -48,6 +51,7 @@ impl Message {
             source: None,
             command: command.to_owned(),
             params: params.iter().map(|p| (*p).to_owned()).collect(),
+            trailing: false,
         }
     }
 
@@ -118,6 +122,7 @@ impl Message {
             }
             if let Some(trailing) = rest.strip_prefix(':') {
                 msg.params.push(trailing.to_owned());
+                msg.trailing = true;
                 break;
             }
             let end = rest.find(' ').unwrap_or(rest.len());
@@ -152,7 +157,7 @@ impl Message {
         let last = self.params.len().saturating_sub(1);
         for (i, p) in self.params.iter().enumerate() {
             out.push(' ');
-            if i == last && needs_trailing(p) {
+            if i == last && (self.trailing || needs_trailing(p)) {
                 out.push(':');
             }
             out.push_str(p);

@@ -5,11 +5,12 @@
 //! The session holds only what IRC needs on top of the core: the capabilities the client asked
 //! for, the registration steps seen, which rooms the client shows as joined, and, for each command
 //! it handed to the core and whose answer has not come, what IRC command that answer belongs to
-//! (`pending`; the core answers a connection's commands in order, so a queue is enough). Every rule
+//! (`pending`, by the label the command carries: the reader and the writer of a connection both hand
+//! commands to the core, so the core may take them in another order than they were made). Every rule
 //! of the server (who may join, what a message may hold, who is told what) stays in the core: the
 //! session translates, it decides nothing the core decides.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 use super::message::{is_middle, Message};
 use crate::config::{
@@ -232,7 +233,10 @@ pub struct Session {
     welcomed: bool,
     /// Lines rendered after login and before the welcome (a SASL login's backlog), sent after it.
     held: String,
-    pending: VecDeque<Ctx>,
+    /// What each command handed to the core and not yet answered belongs to, by its label's
+    /// number (at most the connection's unanswered commands, as the credits bound them).
+    pending: BTreeMap<u64, Ctx>,
+    next_label: u64,
     acc: Acc,
     /// Rooms the client shows as joined: folded name to name as created.
     joined: BTreeMap<String, String>,
@@ -361,7 +365,8 @@ impl Session {
             login: Login::None,
             welcomed: false,
             held: String::new(),
-            pending: VecDeque::new(),
+            pending: BTreeMap::new(),
+            next_label: 0,
             acc: Acc::default(),
             joined: BTreeMap::new(),
             unread: Vec::new(),
@@ -417,8 +422,15 @@ impl Session {
     }
 
     fn to_core(&mut self, fx: &mut Effects, line: String, ctx: Ctx) {
-        fx.core.push(line);
-        self.pending.push_back(ctx);
+        self.next_label += 1;
+        fx.core.push(format!("@i{} {line}", self.next_label));
+        self.pending.insert(self.next_label, ctx);
+    }
+
+    /// The context of the command a final line answers, by its label.
+    fn answered(&mut self, label: Option<&str>) -> Option<Ctx> {
+        let n = label?.strip_prefix('i')?.parse::<u64>().ok()?;
+        self.pending.remove(&n)
     }
 
     fn new_batch(&mut self) -> String {
@@ -478,6 +490,7 @@ impl Session {
                 source: Some(source.clone()),
                 command: verb.to_owned(),
                 params: vec![target.to_owned(), part],
+                trailing: true,
             };
             self.say_held(fx, m);
         }
@@ -1314,16 +1327,18 @@ impl Session {
     /// Handles one line from the core.
     pub fn server_line(&mut self, line: &ServerLine<'_>, fx: &mut Effects) {
         match line {
-            ServerLine::Ok { reply, .. } => {
-                let ctx = self.pending.pop_front();
+            ServerLine::Ok { reply, label } => {
+                let ctx = self.answered(*label);
                 let acc = std::mem::take(&mut self.acc);
                 if let Some(ctx) = ctx {
                     self.ok(ctx, reply, acc, fx);
                 }
             }
-            ServerLine::Fail { code, text, .. } => {
+            ServerLine::Fail {
+                code, text, label, ..
+            } => {
                 self.acc = Acc::default();
-                if let Some(ctx) = self.pending.pop_front() {
+                if let Some(ctx) = self.answered(*label) {
                     self.fail(ctx, *code, text, fx);
                 }
             }
@@ -1761,11 +1776,17 @@ impl Session {
             }
             (Ctx::Rooms { auto: true }, _) => {
                 let unread = std::mem::take(&mut self.unread);
-                for r in acc
+                // A room the client joined meanwhile (its JOIN may reach the core first) is shown
+                // already.
+                let fresh: Vec<&RoomRow> = acc
                     .rooms
                     .iter()
-                    .filter(|r| matches!(r.standing, Standing::Member(_)))
-                {
+                    .filter(|r| {
+                        matches!(r.standing, Standing::Member(_))
+                            && !self.joined.contains_key(&fold(&r.room))
+                    })
+                    .collect();
+                for r in fresh {
                     self.joined.insert(fold(&r.room), r.room.clone());
                     let mut m = Message::new("JOIN", &[&r.room]);
                     m.source = Some(Session::source(&me));
@@ -1885,6 +1906,7 @@ impl Session {
                 source: Some(source.clone()),
                 command: verb.to_owned(),
                 params: vec![target.to_owned(), part],
+                trailing: true,
             };
             self.say(fx, m);
         }
@@ -2006,6 +2028,22 @@ impl Session {
 /// parameter (a name or text echoed from a long line) is cut at a character boundary. Messages are
 /// split before they get here; this is the bound for everything else.
 fn clamped(mut m: Message) -> String {
+    // Text goes in the trailing form, as servers send it (and as simple clients expect it).
+    // The numerics whose last parameter is a value, not text, keep the plain form.
+    let numeric = m.command.len() == 3
+        && m.command.bytes().all(|b| b.is_ascii_digit())
+        && !matches!(
+            m.command.as_str(),
+            "004" | "221" | "324" | "329" | "333" | "341" | "367"
+        );
+    if numeric
+        || matches!(
+            m.command.as_str(),
+            "PRIVMSG" | "NOTICE" | "PART" | "KICK" | "TOPIC" | "AWAY" | "ERROR" | "CAP"
+        )
+    {
+        m.trailing = m.params.len() >= 2 || matches!(m.command.as_str(), "AWAY" | "ERROR");
+    }
     // Bounded: each round shortens the last parameter, or ends.
     loop {
         let line = m.to_line();

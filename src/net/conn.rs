@@ -500,11 +500,10 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         }
         // What the IRC front end asks the core for after what it rendered (the NAMES of the rooms
         // joined at login).
-        if !follow_ups.is_empty()
-            && !to_core(conn, std::mem::take(&mut follow_ups), &outbox, &events).await
-        {
-            outbox.close();
-            return;
+        // If the connection is closing meanwhile they are dropped, and what is still queued (the
+        // answer to a QUIT) is written below like anything else.
+        if !follow_ups.is_empty() {
+            to_core(conn, std::mem::take(&mut follow_ups), &outbox, &events).await;
         }
         // A long answer waits for room to send its next part: now there is. Told only after the
         // write, so that the part it sends next replaces what the client has read, and an answer

@@ -229,6 +229,8 @@ impl Sim {
                 match input {
                     Input::Line(l) => session.client_line(&String::from_utf8_lossy(&l), &mut fx),
                     Input::TooLong => session.too_long(&mut fx),
+                    // IRC has no COMPRESS, so no DEFLATE stream to go bad.
+                    Input::BadDeflate => {}
                 }
                 said.push_str(&fx.client);
                 self.to_core(conn, fx.core);
@@ -242,6 +244,27 @@ impl Sim {
             self.event(Event::Input { conn, input });
         }
         self.settle();
+    }
+
+    /// The client's DEFLATE stream turned out bad (what its reader reports after COMPRESS), and
+    /// the server runs until it is idle.
+    pub fn bad_deflate(&mut self, client: &str) {
+        let Some(c) = self.clients.get(client) else {
+            return;
+        };
+        let conn = c.conn;
+        self.event(Event::Input {
+            conn,
+            input: Input::BadDeflate,
+        });
+        self.settle();
+    }
+
+    /// True once the server switched the client's connection to DEFLATE (after `OK COMPRESS`).
+    pub fn is_compressed(&self, client: &str) -> bool {
+        self.clients
+            .get(client)
+            .is_some_and(|c| c.outbox.deflating())
     }
 
     /// Closes the client's connection, as an abrupt disconnect.

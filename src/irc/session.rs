@@ -1407,7 +1407,9 @@ impl Session {
                 );
                 self.say_held(fx, m);
             }
+            // DIRECT sessions are between bundled clients; an IRC client has none to offer or take.
             ServerLine::Presence { .. }
+            | ServerLine::Direct { .. }
             | ServerLine::User { .. }
             | ServerLine::Help { .. }
             | ServerLine::Pong { .. }

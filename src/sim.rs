@@ -189,7 +189,7 @@ impl Sim {
     }
 
     /// Hands an IRC front end's command lines to the core.
-    fn to_core(&mut self, conn: ConnId, lines: Vec<String>) {
+    fn hand_to_core(&mut self, conn: ConnId, lines: Vec<String>) {
         for line in lines {
             let input = Input::Line(line.into_bytes());
             self.event(Event::Input { conn, input });
@@ -233,7 +233,7 @@ impl Sim {
                     Input::BadDeflate => {}
                 }
                 said.push_str(&fx.client);
-                self.to_core(conn, fx.core);
+                self.hand_to_core(conn, fx.core);
                 self.settle();
                 // Each line's answer is read before the next line is sent, as a client reads.
                 self.pump_irc(client);
@@ -317,7 +317,7 @@ impl Sim {
             if fx.core.is_empty() {
                 return;
             }
-            self.to_core(conn, fx.core);
+            self.hand_to_core(conn, fx.core);
             self.settle();
         }
     }

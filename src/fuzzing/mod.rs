@@ -17,15 +17,15 @@
 mod commands;
 mod core;
 mod framing;
-mod irc;
 mod inflate;
+mod irc;
 mod server_lines;
 
 pub use self::commands::{arbitrary_request, check_command_parse, check_roundtrip};
 pub use self::core::check_core;
 pub use self::framing::check_line_framing;
-pub use self::irc::check_irc;
 pub use self::inflate::check_inflate;
+pub use self::irc::check_irc;
 pub use self::server_lines::check_server_line;
 
 /// A check: takes a fuzzer's input, panics when a promise is broken.

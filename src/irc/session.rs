@@ -421,7 +421,7 @@ impl Session {
         self.say(fx, from_server("NOTICE", &[self.me(), text]));
     }
 
-    fn to_core(&mut self, fx: &mut Effects, line: String, ctx: Ctx) {
+    fn ask_core(&mut self, fx: &mut Effects, line: String, ctx: Ctx) {
         self.next_label += 1;
         fx.core.push(format!("@i{} {line}", self.next_label));
         self.pending.insert(self.next_label, ctx);
@@ -584,15 +584,15 @@ impl Session {
                     return self.say(fx, from_server("PONG", &[IRC_SERVER_NAME, p]));
                 }
                 // Through the core: it answers in order, and it hears that the client is alive.
-                self.to_core(fx, "PING".to_owned(), Ctx::Ping { token });
+                self.ask_core(fx, "PING".to_owned(), Ctx::Ping { token });
             }
             "PONG" => {
                 if self.logged_in() {
-                    self.to_core(fx, "PING".to_owned(), Ctx::Silent);
+                    self.ask_core(fx, "PING".to_owned(), Ctx::Silent);
                 }
             }
             "QUIT" => {
-                self.to_core(fx, "QUIT".to_owned(), Ctx::Quit);
+                self.ask_core(fx, "QUIT".to_owned(), Ctx::Quit);
                 self.closing = true;
             }
             _ if !self.logged_in() => {
@@ -609,7 +609,7 @@ impl Session {
             "KICK" => self.kick(&msg, fx),
             "INVITE" => self.invite(&msg, fx),
             "AWAY" => self.away(&msg, fx),
-            "LIST" => self.to_core(fx, "ROOMS".to_owned(), Ctx::Rooms { auto: false }),
+            "LIST" => self.ask_core(fx, "ROOMS".to_owned(), Ctx::Rooms { auto: false }),
             "CHATHISTORY" => self.chathistory(&msg, fx),
             "MOTD" => self.motd(fx),
             "USERHOST" => {
@@ -759,7 +759,7 @@ impl Session {
             return self.login_failed(fx, sasl);
         };
         self.login = Login::Pending;
-        self.to_core(fx, line, Ctx::Login { sasl });
+        self.ask_core(fx, line, Ctx::Login { sasl });
     }
 
     fn login_failed(&mut self, fx: &mut Effects, sasl: bool) {
@@ -782,7 +782,7 @@ impl Session {
             Message::new("ERROR", &[&format!("Closing link: {why}")]),
         );
         self.closing = true;
-        self.to_core(fx, "QUIT".to_owned(), Ctx::Silent);
+        self.ask_core(fx, "QUIT".to_owned(), Ctx::Silent);
     }
 
     fn nick(&mut self, msg: &Message, fx: &mut Effects) {
@@ -897,7 +897,7 @@ impl Session {
         let held = std::mem::take(&mut self.held);
         fx.client.push_str(&held);
         // Join the account's rooms: ROOMS lists them first.
-        self.to_core(fx, "ROOMS".to_owned(), Ctx::Rooms { auto: true });
+        self.ask_core(fx, "ROOMS".to_owned(), Ctx::Rooms { auto: true });
     }
 
     fn motd(&mut self, fx: &mut Effects) {
@@ -946,7 +946,7 @@ impl Session {
             return;
         };
         self.last_direct = None;
-        self.to_core(
+        self.ask_core(
             fx,
             format!("MSG {target} {core_text}"),
             Ctx::Msg {
@@ -976,7 +976,7 @@ impl Session {
                 self.numeric(fx, "479", &[room, "Illegal channel name"]);
                 continue;
             }
-            self.to_core(
+            self.ask_core(
                 fx,
                 format!("JOIN {room}"),
                 Ctx::Join {
@@ -985,7 +985,7 @@ impl Session {
             );
             // NAMES right after the JOIN's answer: asked together, answered in order, shown only
             // if the JOIN succeeded.
-            self.to_core(
+            self.ask_core(
                 fx,
                 format!("MEMBERS {room}"),
                 Ctx::Members {
@@ -1016,7 +1016,7 @@ impl Session {
             } else {
                 format!("PART {room} {reason}")
             };
-            self.to_core(
+            self.ask_core(
                 fx,
                 line,
                 Ctx::Part {
@@ -1033,11 +1033,11 @@ impl Session {
         };
         let room = room.to_owned();
         match msg.param(1) {
-            None => self.to_core(fx, format!("TOPIC {room}"), Ctx::Topic { room, set: false }),
+            None => self.ask_core(fx, format!("TOPIC {room}"), Ctx::Topic { room, set: false }),
             Some(text) => {
                 // An empty topic clears it; the core spells that `-`.
                 let text = text_in(text).unwrap_or_else(|| "-".to_owned());
-                self.to_core(
+                self.ask_core(
                     fx,
                     format!("TOPIC {room} {text}"),
                     Ctx::Topic { room, set: true },
@@ -1054,7 +1054,7 @@ impl Session {
         {
             Some(room) => {
                 let room = room.to_owned();
-                self.to_core(
+                self.ask_core(
                     fx,
                     format!("MEMBERS {room}"),
                     Ctx::Members {
@@ -1074,7 +1074,7 @@ impl Session {
         };
         if roomish(mask) {
             let room = mask.to_owned();
-            self.to_core(
+            self.ask_core(
                 fx,
                 format!("MEMBERS {room}"),
                 Ctx::Members {
@@ -1085,7 +1085,7 @@ impl Session {
             );
         } else if nickish(mask) && !mask.contains(['*', '?']) {
             let nick = mask.to_owned();
-            self.to_core(fx, format!("WHOIS {nick}"), Ctx::Whois { nick, who: true });
+            self.ask_core(fx, format!("WHOIS {nick}"), Ctx::Whois { nick, who: true });
         } else {
             self.numeric(fx, "315", &[mask, "End of /WHO list"]);
         }
@@ -1101,7 +1101,7 @@ impl Session {
             self.numeric(fx, "401", &[&nick, "No such nick/channel"]);
             return self.numeric(fx, "318", &[&nick, "End of /WHOIS list"]);
         }
-        self.to_core(fx, format!("WHOIS {nick}"), Ctx::Whois { nick, who: false });
+        self.ask_core(fx, format!("WHOIS {nick}"), Ctx::Whois { nick, who: false });
     }
 
     fn mode(&mut self, msg: &Message, fx: &mut Effects) {
@@ -1123,7 +1123,7 @@ impl Session {
         }
         let room = target.to_owned();
         let Some(modes) = msg.param(1) else {
-            return self.to_core(
+            return self.ask_core(
                 fx,
                 format!("ROOM INFO {room}"),
                 Ctx::RoomInfo { room, bans: false },
@@ -1135,7 +1135,7 @@ impl Session {
             match c {
                 '+' | '-' => sign = c,
                 'b' => match args.next() {
-                    None => self.to_core(
+                    None => self.ask_core(
                         fx,
                         format!("ROOM INFO {room}"),
                         Ctx::RoomInfo {
@@ -1150,7 +1150,7 @@ impl Session {
                             continue;
                         }
                         let verb = if sign == '+' { "BAN" } else { "UNBAN" };
-                        self.to_core(
+                        self.ask_core(
                             fx,
                             format!("{verb} {room} {nick}"),
                             Ctx::Mode {
@@ -1172,7 +1172,7 @@ impl Session {
                         ('q', '+') => "OWNER",
                         _ => "OP",
                     };
-                    self.to_core(
+                    self.ask_core(
                         fx,
                         format!("ROLE {room} {nick} {role}"),
                         Ctx::Mode {
@@ -1184,7 +1184,7 @@ impl Session {
                 }
                 'i' => {
                     let sub = if sign == '+' { "PRIVATE" } else { "PUBLIC" };
-                    self.to_core(
+                    self.ask_core(
                         fx,
                         format!("ROOM {sub} {room}"),
                         Ctx::Mode {
@@ -1217,7 +1217,7 @@ impl Session {
         } else {
             format!("KICK {room} {nick} {reason}")
         };
-        self.to_core(
+        self.ask_core(
             fx,
             line,
             Ctx::Kick {
@@ -1234,7 +1234,7 @@ impl Session {
         if !roomish(room) || !nickish(nick) {
             return self.numeric(fx, "403", &[room, "No such channel"]);
         }
-        self.to_core(fx, format!("INVITE {room} {nick}"), Ctx::Invite);
+        self.ask_core(fx, format!("INVITE {room} {nick}"), Ctx::Invite);
     }
 
     fn away(&mut self, msg: &Message, fx: &mut Effects) {
@@ -1248,9 +1248,9 @@ impl Session {
                     }
                     text.truncate(cut);
                 }
-                self.to_core(fx, format!("AWAY {text}"), Ctx::Away)
+                self.ask_core(fx, format!("AWAY {text}"), Ctx::Away)
             }
-            None => self.to_core(fx, "AWAY".to_owned(), Ctx::Away),
+            None => self.ask_core(fx, "AWAY".to_owned(), Ctx::Away),
         }
     }
 
@@ -1303,7 +1303,7 @@ impl Session {
             );
         };
         let target = target.to_owned();
-        self.to_core(
+        self.ask_core(
             fx,
             format!("HISTORY {target} {n}{cursor}"),
             Ctx::History {
@@ -1434,7 +1434,7 @@ impl Session {
                     // Another connection of this account joined: show the room here too.
                     self.joined.insert(fold(room), room.to_owned());
                     self.say_held(fx, line(name, "JOIN", &[room]));
-                    self.to_core(
+                    self.ask_core(
                         fx,
                         format!("MEMBERS {room}"),
                         Ctx::Members {
@@ -1611,10 +1611,8 @@ impl Session {
                     ..
                 },
                 OkReply::Members { room, .. },
-            ) => {
-                if !joining || self.joined.contains_key(&fold(room)) {
-                    self.names_reply(fx, room, &acc.members);
-                }
+            ) if !joining || self.joined.contains_key(&fold(room)) => {
+                self.names_reply(fx, room, &acc.members);
             }
             (Ctx::Members { who: true, .. }, OkReply::Members { room, .. }) => {
                 for (name, role, presence) in &acc.members {
@@ -1796,7 +1794,7 @@ impl Session {
                     if !r.topic.is_empty() {
                         self.numeric(fx, "332", &[&r.room, &r.topic]);
                     }
-                    self.to_core(
+                    self.ask_core(
                         fx,
                         format!("MEMBERS {}", r.room),
                         Ctx::Members {
@@ -1820,7 +1818,7 @@ impl Session {
                     };
                     self.say(fx, from_server("NOTICE", &[&room, &text]));
                     // What was missed follows, and is then marked read.
-                    self.to_core(
+                    self.ask_core(
                         fx,
                         format!("HISTORY {room} {shown} AFTER {}", first.saturating_sub(1)),
                         Ctx::History {
@@ -1849,7 +1847,7 @@ impl Session {
                 }
                 if let (true, Some(last)) = (catch_up, acc.messages.last()) {
                     let line = format!("READ {target} {}", last.id);
-                    self.to_core(fx, line, Ctx::Silent);
+                    self.ask_core(fx, line, Ctx::Silent);
                 }
             }
             (Ctx::Quit, _) => {

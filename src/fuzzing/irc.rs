@@ -22,7 +22,11 @@ pub fn check_irc(data: &[u8]) {
     for line in ["CAP LS 302", "CAP REQ :sasl server-time message-tags echo-message batch multi-prefix away-notify draft/chathistory", "NICK fuzz", "USER fuzz 0 * :f", "AUTHENTICATE PLAIN", "AUTHENTICATE AGZ1enoAcGFzc3dvcmQx", "CAP END"] {
         session.client_line(line, &mut fx);
     }
-    session.server_bytes(b"OK LOGIN fuzz\nBACKLOG-END 0\n", &mut fx);
+    session.server_bytes(b"OK @i1 LOGIN fuzz\nBACKLOG-END 0\n", &mut fx);
+    assert!(
+        fx.client.contains(" 001 fuzz "),
+        "the canned login is taken"
+    );
     check_effects(&fx);
     for line in client.split('\n') {
         if let Ok(m) = Message::parse(line) {

@@ -2132,6 +2132,76 @@ mod tests {
         assert_eq!(text_out("/me waves"), (true, "waves"));
     }
 
+    /// A session logged in as `alice`, as the core would have it after SASL.
+    fn logged_in() -> Session {
+        let mut s = Session::new("test");
+        let mut fx = Effects::default();
+        for l in ["CAP LS 302", "CAP REQ :sasl", "AUTHENTICATE PLAIN"] {
+            s.client_line(l, &mut fx);
+        }
+        s.client_line("AUTHENTICATE AGFsaWNlAHdvbmRlcmxhbmQx", &mut fx);
+        assert_eq!(fx.core.last().unwrap(), "@i1 LOGIN alice wonderland1");
+        for l in ["NICK alice", "USER alice 0 * :A", "CAP END"] {
+            s.client_line(l, &mut fx);
+        }
+        s.server_bytes(b"OK @i1 LOGIN alice\nBACKLOG-END 0\n", &mut fx);
+        assert!(fx.client.contains(" 001 alice "), "{}", fx.client);
+        s
+    }
+
+    #[test]
+    fn join_takes_at_most_the_target_limit() {
+        let mut s = logged_in();
+        let rooms: Vec<String> = (0..=IRC_MAX_TARGETS).map(|i| format!("#r{i}")).collect();
+        let mut fx = Effects::default();
+        s.client_line(&format!("JOIN {}", rooms.join(",")), &mut fx);
+        let joins = fx.core.iter().filter(|l| l.contains(" JOIN #")).count();
+        assert_eq!(joins, IRC_MAX_TARGETS);
+        assert!(!fx
+            .core
+            .iter()
+            .any(|l| l.ends_with(&format!("JOIN #r{IRC_MAX_TARGETS}"))));
+    }
+
+    #[test]
+    fn a_full_sasl_chunk_waits_for_more() {
+        let mut s = Session::new("test");
+        let mut fx = Effects::default();
+        s.client_line("AUTHENTICATE PLAIN", &mut fx);
+        // 400 bytes of base64 (of 300 bytes: NUL, a name, NUL, a long password).
+        let raw = format!("\0alice\0{}", "p".repeat(293));
+        assert_eq!(raw.len(), 300);
+        let b64 = encode64(raw.as_bytes());
+        assert_eq!(b64.len(), IRC_SASL_CHUNK);
+        s.client_line(&format!("AUTHENTICATE {b64}"), &mut fx);
+        assert!(fx.core.is_empty(), "a full chunk means more follows");
+        s.client_line("AUTHENTICATE +", &mut fx);
+        assert_eq!(fx.core.len(), 1);
+        assert!(
+            fx.core[0].starts_with("@i1 LOGIN alice ppp"),
+            "{:?}",
+            fx.core
+        );
+    }
+
+    fn encode64(raw: &[u8]) -> String {
+        const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        raw.chunks(3)
+            .flat_map(|c| {
+                let n = (u32::from(c[0]) << 16)
+                    | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+                    | u32::from(*c.get(2).unwrap_or(&0));
+                (0..4).map(move |i| {
+                    if i <= c.len() {
+                        A[(n >> (18 - 6 * i) & 63) as usize] as char
+                    } else {
+                        '='
+                    }
+                })
+            })
+            .collect()
+    }
+
     #[test]
     fn long_text_splits_at_spaces_within_the_limit() {
         let text = "word ".repeat(200);

@@ -1407,8 +1407,14 @@ impl Session {
                 );
                 self.say_held(fx, m);
             }
+            ServerLine::Notice { text } => {
+                let m = from_server("NOTICE", &[self.me(), text]);
+                self.say_held(fx, m);
+            }
             // DIRECT sessions are between bundled clients; an IRC client has none to offer or take.
+            // STAT lines answer the operators' STATS, which IRC does not carry.
             ServerLine::Presence { .. }
+            | ServerLine::Stat { .. }
             | ServerLine::Direct { .. }
             | ServerLine::User { .. }
             | ServerLine::Help { .. }

@@ -248,6 +248,52 @@ fn the_tls_irc_port_uses_the_tls_certificate() {
     assert!(text.contains("ERROR :Closing link: Quit"), "{text}");
 }
 
+#[test]
+fn a_device_token_logs_in_over_sasl_and_pass() {
+    let server = Server::start_with(&["--irc-listen", "127.0.0.1:0"]);
+    let addr = irc_addr(&server);
+    let mut erin = server.user("erin");
+    let issued = erin.call1("TOKEN irc laptop");
+    let token = issued
+        .split(' ')
+        .nth(3)
+        .expect("OK TOKEN <id> <token>")
+        .to_owned();
+    assert!(token.starts_with("ct1."), "{issued}");
+
+    // SASL PLAIN with the token as the password; the account name may be anything.
+    let mut a = Irc::connect(addr);
+    a.send("CAP LS 302");
+    a.send("CAP REQ :sasl");
+    a.send("AUTHENTICATE PLAIN");
+    a.until("AUTHENTICATE +");
+    a.send(&format!("AUTHENTICATE {}", plain("erin", &token)));
+    a.until(" 903 ");
+    a.send("NICK erin");
+    a.send("USER erin 0 * :Erin");
+    a.send("CAP END");
+    assert_eq!(
+        a.until(" 001 ").last().unwrap(),
+        ":chatd 001 erin :Welcome to chatd, erin"
+    );
+
+    // PASS with the token alone.
+    let mut b = Irc::connect(addr);
+    b.send(&format!("PASS {token}"));
+    b.send("NICK erin");
+    b.send("USER erin 0 * :Erin");
+    assert_eq!(b.line(), ":chatd 001 erin :Welcome to chatd, erin");
+
+    // A revoked token no longer logs in.
+    let id = issued.split(' ').nth(2).unwrap().to_owned();
+    erin.call1(&format!("REVOKE {id}"));
+    let mut c = Irc::connect(addr);
+    c.send(&format!("PASS {token}"));
+    c.send("NICK erin");
+    c.send("USER erin 0 * :Erin");
+    assert_eq!(c.line(), ":chatd 464 erin :Password incorrect");
+}
+
 /// Finds or installs weechat-headless; None (with the reason printed) when it cannot.
 fn weechat() -> Option<PathBuf> {
     let find = || {

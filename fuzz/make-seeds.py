@@ -210,6 +210,21 @@ def line_framing():
     write("line_framing", "limit-4096", bytes([0xFF]) + body + n.to_bytes(2, "big"))
 
 
+def inflate():
+    """[mode][repeat][text][cuts][text length], as check_inflate reads them."""
+    texts = [
+        (0, 0, b"PING a\nMSG bob hi\r\nHISTORY bob 50\n"),
+        (1, 80, b"xxxxxxxxxxxxxxxx"),
+        (0, 3, b"LOGIN alice wonderland1\nPING\n"),
+        (2, 1, b"PING one\nPING two\nPING three\n"),
+        (3, 0, bytes([0xFF, 0xFF]) + b"PING\n"),
+        (3, 0, bytes([0x03, 0x00]) + b"PING\n"),
+    ]
+    for i, (mode, repeat, text) in enumerate(texts):
+        cuts = bytes([3, 1, 7, 2, 200, 9, 4, 4, 1] * 3)
+        write("inflate", f"stream-{i:02}", bytes([mode, repeat]) + text + cuts + bytes([len(text)]))
+
+
 # ---- core: operations in the layout check_core reads ---------------------------------------------
 VERBS = ["REGISTER", "LOGIN", "LOGIN", "LOGOUT", "QUIT", "HELP", "PING", "MSG", "MSG", "GROUP",
          "ALL", "USERS", "HISTORY", "HISTORY", "FRIEND", "DANCE", "", "TOKEN", "RESUME", "RESUME",
@@ -473,6 +488,7 @@ def main():
     roundtrip()
     line_framing()
     core()
+    inflate()
 
 
 if __name__ == "__main__":

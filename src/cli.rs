@@ -13,9 +13,9 @@ use crate::client::ClientOptions;
 use crate::config::{
     DEFAULT_DB, DEFAULT_FRIEND_REQUESTS_PER_HOUR, DEFAULT_HASH_PER_ADDRESS, DEFAULT_HASH_QUEUE,
     DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_INBOX_SHARE, DEFAULT_LINE_BURST, DEFAULT_LINE_RATE,
-    DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS, DEFAULT_MAX_ROOM_MEMBERS,
-    DEFAULT_MIN_FREE_DISK_MIB, DEFAULT_MSGS_PER_MINUTE, DEFAULT_REGISTRATIONS_PER_HOUR,
-    DEFAULT_STORED_KIB_PER_DAY, SCRYPT_LOG_N,
+    DEFAULT_LISTEN, DEFAULT_MAX_COMPRESSED, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS,
+    DEFAULT_MAX_ROOM_MEMBERS, DEFAULT_MIN_FREE_DISK_MIB, DEFAULT_MSGS_PER_MINUTE,
+    DEFAULT_REGISTRATIONS_PER_HOUR, DEFAULT_STORED_KIB_PER_DAY, SCRYPT_LOG_N,
 };
 use crate::net::{ServerOptions, TlsSource};
 use crate::peer::Network;
@@ -39,7 +39,8 @@ pub const WEAK_SCRYPT_LOG_N: u8 = 14;
     error_code(1, "server: could not start; --connect: could not connect (address, TCP, TLS, certificate, server full)"),
     error_code(2, "--connect without a terminal: a REGISTER or LOGIN failed"),
     error_code(3, "--connect without a terminal: the connection was lost before every command was answered"),
-    error_code(4, "--connect without a terminal: an input line was not understood and was not sent")
+    error_code(4, "--connect without a terminal: an input line was not understood and was not sent"),
+    error_code(5, "--connect without a terminal: a direct session could not be set up, or broke")
 )]
 pub struct Args {
     /// plain-TCP listen address (default 127.0.0.1:7878)
@@ -141,6 +142,11 @@ pub struct Args {
     #[argh(option, default = "DEFAULT_FRIEND_REQUESTS_PER_HOUR")]
     pub friend_requests_per_hour: u64,
 
+    /// connections that may be compressed at once (COMPRESS DEFLATE, about 250 KiB of memory
+    /// each); past it COMPRESS gets SERVER_BUSY; 0: compression off (default 1000)
+    #[argh(option, default = "DEFAULT_MAX_COMPRESSED")]
+    pub max_compressed: usize,
+
     /// scrypt cost as log2(N) for new passwords (default 15, about 100 ms; lower only for tests)
     #[argh(option, default = "SCRYPT_LOG_N")]
     pub scrypt_log_n: u8,
@@ -169,9 +175,31 @@ pub struct Args {
     #[argh(switch)]
     pub insecure: bool,
 
+    /// client: ask the server to compress the connection both ways (COMPRESS DEFLATE); saves
+    /// bandwidth on long answers, costs the server memory
+    #[argh(switch)]
+    pub compress: bool,
+
+    /// client: where a direct session you offer (/direct) listens, IP:PORT (default: the address
+    /// this client reaches the server from, any free port)
+    #[argh(option)]
+    pub direct_listen: Option<std::net::SocketAddr>,
+
+    /// client: the HOST:PORT a direct session you offer announces, when others reach you at
+    /// another address than the one you listen on (a forwarded port; default: the listening one)
+    #[argh(option, from_str_fn(announce))]
+    pub direct_announce: Option<String>,
+
     /// print the version and exit
     #[argh(switch)]
     pub version: bool,
+}
+
+/// `--direct-announce`: a `HOST:PORT` the protocol accepts (spec 4.39).
+fn announce(s: &str) -> Result<String, String> {
+    crate::proto::direct::PeerAddress::parse(s)
+        .map(|a| a.as_str().to_owned())
+        .map_err(|e| e.to_string())
 }
 
 /// Logs to stderr as `<time> <LEVEL> <message>`, at `level` and above.
@@ -200,6 +228,11 @@ impl Args {
             tls: self.tls,
             ca: self.ca.clone(),
             insecure: self.insecure,
+            compress: self.compress,
+            direct: crate::client::direct::DirectOptions {
+                listen: self.direct_listen,
+                announce: self.direct_announce.clone(),
+            },
         })
     }
 }
@@ -207,7 +240,7 @@ impl Args {
 /// Options that do not fit together. The message names the flags.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum UsageError {
-    /// `--tls`, `--ca` or `--insecure` without `--connect`.
+    /// `--tls`, `--ca`, `--insecure` or `--compress` without `--connect`.
     ClientOnly,
     /// `--scrypt-log-n` out of range.
     ScryptLogN(u8),
@@ -222,9 +255,10 @@ pub enum UsageError {
 impl fmt::Display for UsageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            UsageError::ClientOnly => {
-                f.write_str("--tls, --ca and --insecure are client options; they need --connect")
-            }
+            UsageError::ClientOnly => f.write_str(
+                "--tls, --ca, --insecure, --compress, --direct-listen and --direct-announce are \
+                 client options; they need --connect",
+            ),
             UsageError::ScryptLogN(_) => write!(
                 f,
                 "--scrypt-log-n must be from {MIN_SCRYPT_LOG_N} to {MAX_SCRYPT_LOG_N}"
@@ -250,7 +284,13 @@ impl TryFrom<Args> for ServerOptions {
     /// The server's options, once they are checked to fit together. Reads no file: a
     /// `--tls-generate` certificate is made when the server starts.
     fn try_from(args: Args) -> Result<ServerOptions, UsageError> {
-        if args.tls || args.ca.is_some() || args.insecure {
+        if args.tls
+            || args.ca.is_some()
+            || args.insecure
+            || args.compress
+            || args.direct_listen.is_some()
+            || args.direct_announce.is_some()
+        {
             return Err(UsageError::ClientOnly);
         }
         if !(MIN_SCRYPT_LOG_N..=MAX_SCRYPT_LOG_N).contains(&args.scrypt_log_n) {
@@ -296,6 +336,7 @@ impl TryFrom<Args> for ServerOptions {
             stored_kib_per_day: args.stored_kib_per_day,
             inbox_share: args.inbox_share,
             friend_requests_per_hour: args.friend_requests_per_hour,
+            max_compressed: args.max_compressed,
             scrypt_log_n: args.scrypt_log_n,
             max_room_members: args.max_room_members.max(1),
         })
@@ -355,6 +396,7 @@ mod tests {
                 DEFAULT_FRIEND_REQUESTS_PER_HOUR
             )
         );
+        assert_eq!(opts.max_compressed, DEFAULT_MAX_COMPRESSED);
         assert!(opts.tls.is_none());
         assert_eq!(parse(&[]).unwrap().log_level, LevelFilter::Info);
 
@@ -374,6 +416,7 @@ mod tests {
             format!("(default {DEFAULT_STORED_KIB_PER_DAY})"),
             format!("(default {DEFAULT_INBOX_SHARE})"),
             format!("(default {DEFAULT_FRIEND_REQUESTS_PER_HOUR})"),
+            format!("(default {DEFAULT_MAX_COMPRESSED})"),
             format!("(default {DEFAULT_MIN_FREE_DISK_MIB})"),
             format!("(default {SCRYPT_LOG_N},"),
             format!("(default {DEFAULT_MAX_ROOM_MEMBERS})"),

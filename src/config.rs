@@ -109,6 +109,26 @@ pub const ANSWER_PART_MESSAGES: usize = 16;
 /// Names per part of a long USERS answer.
 pub const ANSWER_PART_USERS: usize = 256;
 
+/// DEFLATE level of compressed connections (`COMPRESS DEFLATE`, spec 4.38): zlib's default, a
+/// good ratio for chat text at a CPU cost that docs/BENCHMARKS.md measures.
+pub const DEFLATE_LEVEL: u32 = 6;
+/// Bytes inflated at a time from a compressed connection before its lines are framed: however
+/// much a few compressed bytes expand, the server holds no more than this of them at once.
+pub const INFLATE_CHUNK: usize = 1024;
+/// Default most connections compressed at once (each holds its DEFLATE state, about 250 KiB; see
+/// the spec's limits); beyond it COMPRESS gets SERVER_BUSY. 0 turns compression off.
+pub const DEFAULT_MAX_COMPRESSED: usize = 1000;
+
+/// How long a DIRECT offer waits for its answer, in seconds (spec 4.39); then both sides are told
+/// it expired.
+pub const DIRECT_OFFER_SECS: u64 = 60;
+/// Most DIRECT offers one account may have waiting for an answer; beyond it DIRECT OFFER gets
+/// TOO_MANY_OFFERS.
+pub const MAX_OFFERS_OUT: usize = 8;
+/// Most DIRECT offers that may wait for one account's answer; beyond it DIRECT OFFER to that
+/// account gets TOO_MANY_OFFERS.
+pub const MAX_OFFERS_IN: usize = 32;
+
 /// Default plain-TCP listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7878";
 /// Default database file (relative to the working directory).

@@ -27,11 +27,15 @@ use crate::config::ANSWER_LOW_WATER;
 /// connections each keeping a ring of 64 after a burst hold 3 MB).
 const KEPT_QUEUE_CAPACITY: usize = 4;
 
-/// Bytes queued for one connection: a line built for it alone, or one shared by many recipients.
+/// Bytes queued for one connection: a line built for it alone, or one shared by many recipients;
+/// or the point from which the writer compresses what it sends.
 #[derive(Clone, Debug)]
 pub enum Chunk {
     Owned(Vec<u8>),
     Shared(Arc<[u8]>),
+    /// Everything after this is sent as a DEFLATE stream (`COMPRESS DEFLATE`, spec 4.38); it has
+    /// no bytes of its own.
+    StartDeflate,
 }
 
 impl Chunk {
@@ -40,6 +44,7 @@ impl Chunk {
         match self {
             Chunk::Owned(v) => v,
             Chunk::Shared(a) => a,
+            Chunk::StartDeflate => &[],
         }
     }
 }
@@ -60,6 +65,9 @@ struct State {
     held_bytes: usize,
     /// The core waits to hear that the queue has room for the next part of an answer.
     drain_wanted: bool,
+    /// The connection switched to DEFLATE: what is queued from [`Chunk::StartDeflate`] on is
+    /// compressed by the writer, and what the reader reads after the COMPRESS line is inflated.
+    deflate: bool,
 }
 
 struct Shared {
@@ -198,6 +206,28 @@ impl Outbox {
         self.0.to_writer.notify(1);
     }
 
+    /// Switches the connection to DEFLATE after what is queued now (the `OK COMPRESS` just queued):
+    /// the writer compresses everything after it, and [`Outbox::deflating`] tells the reader.
+    pub fn start_deflate(&self) {
+        let mut s = self.lock();
+        if s.closed || s.deflate {
+            return;
+        }
+        s.deflate = true;
+        if s.answering {
+            s.held.push_back(Chunk::StartDeflate);
+        } else {
+            s.queue.push_back(Chunk::StartDeflate);
+        }
+        drop(s);
+        self.0.to_writer.notify(1);
+    }
+
+    /// True once [`Outbox::start_deflate`] was called.
+    pub fn deflating(&self) -> bool {
+        self.lock().deflate
+    }
+
     /// Closes the outbox: what is queued is still written, then the writer closes the connection.
     pub fn close(&self) {
         self.lock().closed = true;
@@ -206,10 +236,22 @@ impl Outbox {
     }
 
     /// Drops everything queued, queues `last` alone and closes (for a client that stopped reading).
+    /// On a compressed connection the switch to DEFLATE is kept in front of it, so that `last`
+    /// still reaches the client in the form it reads.
     pub fn abort_with(&self, last: Chunk) {
         let mut s = self.lock();
         if !s.closed {
+            // The switch may still be queued (not yet taken by the writer); if it was taken, the
+            // writer compresses already.
+            let switch_queued = s
+                .queue
+                .iter()
+                .chain(s.held.iter())
+                .any(|c| matches!(c, Chunk::StartDeflate));
             s.queue.clear();
+            if switch_queued {
+                s.queue.push_back(Chunk::StartDeflate);
+            }
             s.held.clear();
             s.held_bytes = 0;
             s.answering = false;
@@ -388,6 +430,36 @@ mod tests {
         assert_eq!(o.drain_text(), "D2\nOK\nP1\nP2345\n");
         assert_eq!(o.push(Chunk::Owned(b"P4\n".to_vec())), Ok(()));
         assert_eq!(o.drain_text(), "P4\n");
+    }
+
+    /// The switch to DEFLATE keeps its place among the chunks, also behind a long answer and
+    /// before a last line that replaces everything queued.
+    #[test]
+    fn the_switch_to_deflate_keeps_its_place() {
+        let o = Outbox::new(100, 1);
+        assert_eq!(
+            o.push(Chunk::Owned(b"OK COMPRESS DEFLATE\n".to_vec())),
+            Ok(())
+        );
+        o.start_deflate();
+        assert!(o.deflating());
+        assert_eq!(o.push(Chunk::Owned(b"P1\n".to_vec())), Ok(()));
+        let mut batch = Vec::new();
+        assert!(o.take_now(&mut batch));
+        assert!(matches!(batch[1], Chunk::StartDeflate));
+        assert_eq!(batch.len(), 3);
+        o.start_deflate();
+        assert!(!o.take_now(&mut batch), "switched once");
+
+        let o = Outbox::new(100, 1);
+        o.start_deflate();
+        assert_eq!(o.push(Chunk::Owned(b"P1\n".to_vec())), Ok(()));
+        o.abort_with(Chunk::Owned(b"BYE\n".to_vec()));
+        let mut batch = Vec::new();
+        assert!(o.take_now(&mut batch));
+        assert!(matches!(batch[0], Chunk::StartDeflate));
+        assert_eq!(batch[1].as_bytes(), b"BYE\n");
+        assert_eq!(batch.len(), 2);
     }
 
     #[test]

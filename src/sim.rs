@@ -195,6 +195,27 @@ impl Sim {
         self.settle();
     }
 
+    /// The client's DEFLATE stream turned out bad (what its reader reports after COMPRESS), and
+    /// the server runs until it is idle.
+    pub fn bad_deflate(&mut self, client: &str) {
+        let Some(c) = self.clients.get(client) else {
+            return;
+        };
+        let conn = c.conn;
+        self.event(Event::Input {
+            conn,
+            input: Input::BadDeflate,
+        });
+        self.settle();
+    }
+
+    /// True once the server switched the client's connection to DEFLATE (after `OK COMPRESS`).
+    pub fn is_compressed(&self, client: &str) -> bool {
+        self.clients
+            .get(client)
+            .is_some_and(|c| c.outbox.deflating())
+    }
+
     /// Closes the client's connection, as an abrupt disconnect.
     pub fn disconnect(&mut self, client: &str) {
         if let Some(c) = self.clients.remove(client) {

@@ -205,10 +205,16 @@ fn run(script: &str) -> String {
                         "friend-requests-per-hour" => l.friend_requests_per_hour = n,
                         "hash-per-address" => l.hash_per_address = n as usize,
                         "registrations-per-hour" => l.registrations_per_hour = n,
+                        "max-compressed" => l.max_compressed = n as usize,
                         other => panic!("unknown limit {other:?}"),
                     });
                 }
                 "raw" => sim.send_bytes(who, &expand(arg)),
+                "bad-deflate" => sim.bad_deflate(who),
+                "compressed?" => {
+                    collect(&mut sim, &mut out, &mut issued);
+                    out.push_str(&format!("{who}: {}\n", sim.is_compressed(who)));
+                }
                 "queue" => sim.queue(who, arg),
                 "drop" => {
                     collect(&mut sim, &mut out, &mut issued);

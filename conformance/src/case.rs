@@ -71,7 +71,8 @@ impl Requirement {
 pub enum StepKind {
     /// Open a connection per client; with `greet`, expect the `HELLO` line on each.
     Connect { clients: Vec<String>, greet: bool },
-    /// Send the template `repeat` times in one write, each followed by LF unless `raw`.
+    /// Send the template `repeat` times in one write, each followed by LF unless `raw`; `raw`
+    /// bytes also go out uncompressed on a compressed connection.
     Send {
         client: String,
         repeat: usize,
@@ -104,6 +105,8 @@ pub enum StepKind {
     Close { client: String },
     /// The server must close the connection with no further line.
     ExpectClose { client: String },
+    /// From now on the client's connection is compressed both ways (after `OK COMPRESS DEFLATE`).
+    Deflate { client: String },
     /// Register a fresh account and log in with it, expecting an empty backlog.
     Signup { client: String, account: Template },
     /// Open connections until the server refuses one; the refused connection becomes `client`.
@@ -493,6 +496,7 @@ fn parse_step(line: &str, b: &mut CaseBuilder) -> Result<StepKind, String> {
     check_no_skip(b, &client)?;
     match words[..] {
         ["quiet"] => Ok(StepKind::Quiet { client }),
+        ["deflate"] => Ok(StepKind::Deflate { client }),
         ["closes"] => {
             b.open.remove(&client);
             Ok(StepKind::Close { client })

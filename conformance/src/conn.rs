@@ -4,6 +4,11 @@
 //! the step's deadline. Lines are kept as bytes (the server might send invalid UTF-8, and a case must
 //! be able to say so) and the LF is removed; a CR before it is kept, so a server that ends its lines
 //! in CRLF fails the cases instead of being silently accepted.
+//!
+//! After `COMPRESS DEFLATE` (spec 4.25) a case switches the connection to DEFLATE
+//! ([`Conn::start_deflate`]): lines are then compressed with a sync flush per send, and what the
+//! server sends is inflated before it is split into lines, with the same code the server and the
+//! bundled client use (`chatd::proto::deflate`).
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
@@ -14,6 +19,8 @@ use std::time::{Duration, Instant};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+
+use chatd::proto::deflate::{Deflater, Inflater};
 
 /// How to speak TLS to the server: the trusted CA and the name to verify.
 #[derive(Clone)]
@@ -80,10 +87,13 @@ pub enum ReadError {
 /// A connection to the server.
 pub struct Conn {
     t: Transport,
+    /// Bytes received (inflated, once compressed) after the last line taken.
     buf: Vec<u8>,
     eof: bool,
     /// The first line received that is not a well-formed server line (spec 2.9), if any.
     malformed: Option<Vec<u8>>,
+    /// Both directions' DEFLATE state, after `COMPRESS DEFLATE`.
+    deflate: Option<Box<(Deflater, Inflater)>>,
 }
 
 /// True when `line` (its LF removed) is one of the server lines of spec 2.9, as the chatd codec
@@ -145,11 +155,63 @@ impl Conn {
             buf: Vec::new(),
             eof: false,
             malformed: None,
+            deflate: None,
         })
     }
 
-    /// Sends bytes as they are.
+    /// From now on both directions are DEFLATE streams (after `OK COMPRESS DEFLATE`): bytes
+    /// received after the last line taken are inflated, and [`Conn::send`] compresses.
+    pub fn start_deflate(&mut self) {
+        let rest = std::mem::take(&mut self.buf);
+        self.deflate = Some(Box::new((Deflater::new(), Inflater::new())));
+        self.absorb(&rest);
+    }
+
+    /// True after [`Conn::start_deflate`].
+    pub fn deflating(&self) -> bool {
+        self.deflate.is_some()
+    }
+
+    /// Adds bytes received to the buffer, inflating them on a compressed connection. A stream
+    /// that does not inflate ends the connection, and counts as a malformed line.
+    fn absorb(&mut self, mut raw: &[u8]) {
+        let Some(d) = &mut self.deflate else {
+            self.buf.extend_from_slice(raw);
+            return;
+        };
+        let mut out = [0u8; 16 * 1024];
+        loop {
+            let done = d.1.inflate(raw, &mut out);
+            self.buf.extend_from_slice(&out[..done.made]);
+            raw = &raw[done.taken..];
+            if done.bad {
+                self.eof = true;
+                if self.malformed.is_none() {
+                    self.malformed =
+                        Some(b"(the server's DEFLATE stream does not inflate)".to_vec());
+                }
+                return;
+            }
+            if raw.is_empty() && done.made < out.len() {
+                return;
+            }
+        }
+    }
+
+    /// Sends bytes: as they are, or compressed (with a sync flush) on a compressed connection.
     pub fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match &mut self.deflate {
+            None => self.send_raw(bytes),
+            Some(d) => {
+                let mut wire = Vec::new();
+                d.0.write(bytes, &mut wire);
+                self.send_raw(&wire)
+            }
+        }
+    }
+
+    /// Sends bytes as they are, compressed connection or not (a case sending a bad stream).
+    pub fn send_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
         match &mut self.t {
             Transport::Plain(s) => s.write_all(bytes),
             Transport::Tls(s) => {
@@ -190,7 +252,7 @@ impl Conn {
             };
             match n {
                 Ok(0) => self.eof = true,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Ok(n) => self.absorb(&chunk[..n]),
                 Err(e)
                     if matches!(
                         e.kind(),

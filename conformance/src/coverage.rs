@@ -8,7 +8,7 @@ use std::path::Path;
 use crate::case::{Case, StepKind};
 
 /// Commands whose first argument is a subcommand, counted as `COMMAND SUBCOMMAND`.
-const WITH_SUBCOMMANDS: &[&str] = &["FRIEND", "ROOM"];
+const WITH_SUBCOMMANDS: &[&str] = &["FRIEND", "ROOM", "DIRECT"];
 
 /// Everything the cases exercise.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

@@ -536,7 +536,12 @@ impl<'a> CaseRun<'a> {
                     }
                 }
                 restore(&mut self.env, saved);
-                let r = self.client(client).conn.send(&bytes);
+                let conn = &mut self.client(client).conn;
+                let r = if *raw {
+                    conn.send_raw(&bytes)
+                } else {
+                    conn.send(&bytes)
+                };
                 r.map_err(|e| self.fail("to send", vec![format!("(send failed: {e})")]))
             }
             StepKind::Expect { client, count, pat } => {
@@ -610,6 +615,11 @@ impl<'a> CaseRun<'a> {
                     format!("on one of {}: {}", clients.join(","), show_pattern(&p)),
                     got,
                 ))
+            }
+            StepKind::Deflate { client } => {
+                self.note(format!("{client}: compressed from here on"));
+                self.client(client).conn.start_deflate();
+                Ok(())
             }
             StepKind::Quiet { client } => {
                 self.sync(std::slice::from_ref(client))?;

@@ -19,7 +19,9 @@ use bench::server::{self, Launch, Server};
 use bench::{system, EXECUTOR};
 
 /// Scenarios in run order, by the name `--only` takes.
-const SCENARIOS: &[&str] = &["all", "group", "msg1", "msgn", "idle", "history"];
+const SCENARIOS: &[&str] = &[
+    "all", "group", "msg1", "msgn", "idle", "history", "compress",
+];
 
 #[derive(FromArgs)]
 /// chatd-bench: load benchmark for chatd. Starts a server with a fresh temporary database (or uses
@@ -42,7 +44,8 @@ struct Args {
     #[argh(option)]
     dir: Option<PathBuf>,
 
-    /// scenarios to run, comma-separated, from all,group,msg1,msgn,idle,history (default: all of them)
+    /// scenarios to run, comma-separated, from all,group,msg1,msgn,idle,history,compress (default:
+    /// all of them)
     #[argh(option)]
     only: Option<String>,
 
@@ -198,6 +201,7 @@ async fn run(args: Args) -> ExitCode {
             "msg1" => 2,
             "msgn" => s.senders,
             "history" => s.history_conns + 2,
+            "compress" => s.idle_conns / 4 + 32,
             _ => s.idle_conns,
         } + 64;
         let server = match Server::start(&launch, &dir, conns) {
@@ -223,6 +227,7 @@ async fn run(args: Args) -> ExitCode {
             "history" => scenarios::history(&server, s)
                 .await
                 .map(|v| v.into_iter().map(|(k, f)| (k.to_owned(), f)).collect()),
+            "compress" => bench::compress::compress(&server, s).await,
             _ => scenarios::idle(&server, s)
                 .await
                 .map(|v| v.into_iter().map(|(k, f)| (k.to_owned(), f)).collect()),

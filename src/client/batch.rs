@@ -8,6 +8,11 @@
 //! own `PONG` and `OK` are not shown, nor are those of its answers to the server's idle probes
 //! (`PING <token>`, answered with a `PING` of the same token). It does not reconnect: a script cannot know which of its
 //! commands took effect, so a lost connection is an error (exit status 3) instead.
+//!
+//! A direct session (`/direct`, `/accept`) works here too: its lines and events go to stdout marked
+//! `[direct]` (they are not the server's), lines typed before it opens wait for it, and the client
+//! stays until the session ends (`/close` on either side) before it exits; one that could not be set
+//! up, or broke, makes the exit status 5.
 
 use std::io::{self, BufRead, Write};
 use std::process::ExitCode;
@@ -16,10 +21,14 @@ use futures_lite::future;
 use futures_lite::io::{AsyncWriteExt, BufWriter};
 
 use super::conn::{forward_lines, Connector, Incoming};
+use super::direct::{DirectOptions, Host, HostEvent};
 use super::input;
 use super::render::Clock;
 use super::session::{Effect, NoteKind, Session};
-use super::{EXIT_AUTH_FAILED, EXIT_BAD_INPUT, EXIT_CONNECTION_LOST, EXIT_NO_CONNECTION, EXIT_OK};
+use super::{
+    EXIT_AUTH_FAILED, EXIT_BAD_INPUT, EXIT_CONNECTION_LOST, EXIT_DIRECT_FAILED, EXIT_NO_CONNECTION,
+    EXIT_OK,
+};
 use crate::proto::command::Verb;
 use crate::proto::server_line::{parse, ServerLine};
 
@@ -39,6 +48,7 @@ enum Stdin {
 enum Event {
     Server(io::Result<Option<Incoming>>),
     Stdin(Stdin),
+    Direct(HostEvent),
 }
 
 /// Reads stdin on its own thread, since std's stdin is blocking.
@@ -71,19 +81,76 @@ fn stdin_lines() -> async_channel::Receiver<Stdin> {
 }
 
 /// Runs the non-interactive client; see the module documentation.
-pub fn run(connector: Connector) -> ExitCode {
-    let code = smol::block_on(run_async(connector));
+pub fn run(connector: Connector, direct: DirectOptions) -> ExitCode {
+    let code = smol::block_on(run_async(connector, direct));
     ExitCode::from(code)
 }
 
-async fn run_async(connector: Connector) -> u8 {
-    let stream = match connector.connect().await {
-        Ok(s) => s,
+/// What the effects of one event did, for the exit status.
+#[derive(Default)]
+struct Outcome {
+    bad_input: bool,
+    direct_failed: bool,
+}
+
+/// Carries out effects: lines for the server go to `to_send` (`counted` when they are the user's
+/// commands), notes are printed (direct-session lines and events on stdout, marked `[direct]`,
+/// like the server's lines; the rest on stderr), and direct-session actions go to the host, whose
+/// own effects are carried out in turn.
+async fn apply(
+    effects: Vec<Effect>,
+    counted: bool,
+    session: &mut Session,
+    host: &mut Host,
+    to_send: &mut Vec<(String, bool)>,
+    stdout: &mut io::StdoutLock<'_>,
+    line_no: Option<u64>,
+) -> Outcome {
+    let mut outcome = Outcome::default();
+    let mut queue: std::collections::VecDeque<Effect> = effects.into();
+    while let Some(effect) = queue.pop_front() {
+        match effect {
+            Effect::Send(l) => to_send.push((l, counted)),
+            Effect::Show(note) => match note.kind {
+                NoteKind::Direct => {
+                    let _ = writeln!(stdout, "{note}");
+                    let _ = stdout.flush();
+                }
+                NoteKind::Error => match line_no {
+                    Some(n) => {
+                        outcome.bad_input = true;
+                        eprintln!("chatd: input line {n} not sent: {}", note.text)
+                    }
+                    None => {
+                        outcome.direct_failed = true;
+                        eprintln!("chatd: {}", note.text)
+                    }
+                },
+                _ => eprintln!("chatd: {note}"),
+            },
+            Effect::Direct(action) => queue.extend(host.act(action, session).await),
+            // A script says how it logs in; this client keeps no token.
+            Effect::SaveToken(_) | Effect::ForgetToken => {}
+        }
+    }
+    outcome
+}
+
+async fn run_async(connector: Connector, direct: DirectOptions) -> u8 {
+    let (stream, local) = match connector.connect().await {
+        Ok(c) => {
+            if let Some(note) = c.note {
+                eprintln!("chatd: {note}");
+            }
+            (c.stream, c.local)
+        }
         Err(e) => {
             eprintln!("chatd: could not connect to {}: {e}", connector.addr());
             return EXIT_NO_CONNECTION;
         }
     };
+    let mut host = Host::new(direct);
+    host.connected_from(local);
     let (read_half, write_half) = futures_lite::io::split(stream);
     let mut writer = BufWriter::new(write_half);
     let (server_tx, server_rx) = async_channel::bounded(SERVER_QUEUE);
@@ -102,18 +169,25 @@ async fn run_async(connector: Connector) -> u8 {
         let mut line_no = 0u64;
         let (mut stdin_open, mut barrier_sent, mut barrier_done) = (true, false, false);
         let (mut greeted, mut auth_failed, mut bad_input) = (false, false, false);
+        let mut direct_failed = false;
         loop {
-            if barrier_done && answered >= sent {
+            // Done once stdin has ended, everything sent is answered, and no direct session is
+            // being set up or open (it ends with /close on either side, or its offer's end).
+            if barrier_done && answered >= sent && !session.direct_active() {
                 break;
             }
+            let server = async { Event::Server(server_rx.recv().await.unwrap_or(Ok(None))) };
+            let direct = async { Event::Direct(host.next().await) };
             let event = if stdin_open {
                 future::or(
-                    async { Event::Server(server_rx.recv().await.unwrap_or(Ok(None))) },
-                    async { Event::Stdin(stdin.recv().await.unwrap_or(Stdin::End)) },
+                    server,
+                    future::or(direct, async {
+                        Event::Stdin(stdin.recv().await.unwrap_or(Stdin::End))
+                    }),
                 )
                 .await
             } else {
-                Event::Server(server_rx.recv().await.unwrap_or(Ok(None)))
+                future::or(server, direct).await
             };
             let mut to_send = Vec::new();
             match event {
@@ -149,17 +223,32 @@ async fn run_async(connector: Connector) -> u8 {
                         ServerLine::Ok { .. } => answered += 1,
                         _ => {}
                     }
-                    // For its bookkeeping (who a plain line goes to) and its answer to an idle
-                    // probe; its words are not shown.
-                    for effect in session.on_server_line(&line, &Clock::now()) {
-                        if let Effect::Send(l) = effect {
-                            to_send.push((l, false));
-                        }
-                    }
+                    // The server's line itself is what is shown; the session's words are not,
+                    // except a direct session's: it keeps its bookkeeping (who a plain line goes
+                    // to), answers idle probes and runs the direct session.
                     let _ = writeln!(stdout, "{line}");
                     if server_rx.is_empty() {
                         let _ = stdout.flush();
                     }
+                    let effects: Vec<Effect> = session
+                        .on_server_line(&line, &Clock::now())
+                        .into_iter()
+                        .filter(|e| match e {
+                            Effect::Show(n) => n.kind == NoteKind::Direct,
+                            _ => true,
+                        })
+                        .collect();
+                    let o = apply(
+                        effects,
+                        false,
+                        &mut session,
+                        &mut host,
+                        &mut to_send,
+                        &mut stdout,
+                        None,
+                    )
+                    .await;
+                    direct_failed |= o.direct_failed;
                 }
                 Event::Server(Ok(Some(Incoming::TooLong))) => {
                     eprintln!("chatd: a server line over the client's limit was skipped");
@@ -183,27 +272,35 @@ async fn run_async(connector: Connector) -> u8 {
                     );
                     return EXIT_CONNECTION_LOST;
                 }
+                Event::Direct(e) => {
+                    let effects = host.handle(e, &mut session);
+                    let o = apply(
+                        effects,
+                        false,
+                        &mut session,
+                        &mut host,
+                        &mut to_send,
+                        &mut stdout,
+                        None,
+                    )
+                    .await;
+                    direct_failed |= o.direct_failed;
+                }
                 Event::Stdin(Stdin::Line(line)) => match input::parse(&line) {
                     Ok(parsed) => {
                         line_no += 1;
-                        for effect in session.on_input(parsed) {
-                            match effect {
-                                Effect::Send(l) => to_send.push((l, true)),
-                                // A script says how it logs in; this client keeps no token.
-                                Effect::SaveToken(_) | Effect::ForgetToken => {}
-                                Effect::Show(note) => {
-                                    if note.kind == NoteKind::Error {
-                                        bad_input = true;
-                                        eprintln!(
-                                            "chatd: input line {line_no} not sent: {}",
-                                            note.text
-                                        );
-                                    } else {
-                                        eprintln!("chatd: {note}");
-                                    }
-                                }
-                            }
-                        }
+                        let effects = session.on_input(parsed);
+                        let o = apply(
+                            effects,
+                            true,
+                            &mut session,
+                            &mut host,
+                            &mut to_send,
+                            &mut stdout,
+                            Some(line_no),
+                        )
+                        .await;
+                        bad_input |= o.bad_input;
                         if session.quitting() {
                             // After QUIT the server closes the connection; nothing more to send.
                             stdin_open = false;
@@ -251,6 +348,8 @@ async fn run_async(connector: Connector) -> u8 {
             EXIT_AUTH_FAILED
         } else if bad_input {
             EXIT_BAD_INPUT
+        } else if direct_failed {
+            EXIT_DIRECT_FAILED
         } else {
             EXIT_OK
         }

@@ -18,6 +18,8 @@ use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvi
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
+use super::compress::{negotiate, Negotiated};
+use super::render::clean;
 use crate::proto::line::{Frame, LineDecoder};
 use crate::tls::{load_certs, provider};
 
@@ -36,6 +38,7 @@ pub struct Connector {
     addr: String,
     tls: Option<(TlsConnector, ServerName<'static>)>,
     verified: bool,
+    compress: bool,
 }
 
 impl fmt::Debug for Connector {
@@ -44,6 +47,7 @@ impl fmt::Debug for Connector {
             .field("addr", &self.addr)
             .field("tls", &self.tls.is_some())
             .field("verified", &self.verified)
+            .field("compress", &self.compress)
             .finish()
     }
 }
@@ -124,6 +128,7 @@ impl Connector {
             addr: addr.to_string(),
             tls: None,
             verified: false,
+            compress: false,
         })
     }
 
@@ -138,7 +143,14 @@ impl Connector {
             addr: addr.to_string(),
             tls: Some((TlsConnector::from(Arc::new(config)), name)),
             verified,
+            compress: false,
         })
+    }
+
+    /// Asks for `COMPRESS DEFLATE` right after the greeting on every connection (`--compress`).
+    pub fn with_compress(mut self, compress: bool) -> Connector {
+        self.compress = compress;
+        self
     }
 
     /// The address as given.
@@ -147,16 +159,22 @@ impl Connector {
     }
 
     /// How the connection is protected, for telling the user.
-    pub fn describe(&self) -> &'static str {
-        match (&self.tls, self.verified) {
+    pub fn describe(&self) -> String {
+        let base = match (&self.tls, self.verified) {
             (None, _) => "plain TCP",
             (Some(_), true) => "TLS",
             (Some(_), false) => "TLS, certificate NOT verified",
+        };
+        if self.compress {
+            format!("{base}, compressed")
+        } else {
+            base.to_string()
         }
     }
 
-    /// Opens a connection (and completes the TLS handshake), within [`CONNECT_TIMEOUT`].
-    pub async fn connect(&self) -> io::Result<Box<dyn Stream>> {
+    /// Opens a connection (and completes the TLS handshake, and with `--compress` the switch to
+    /// DEFLATE), within [`CONNECT_TIMEOUT`].
+    pub async fn connect(&self) -> io::Result<Connected> {
         future::or(self.connect_now(), async {
             smol::Timer::after(CONNECT_TIMEOUT).await;
             Err(io::Error::new(
@@ -167,18 +185,46 @@ impl Connector {
         .await
     }
 
-    async fn connect_now(&self) -> io::Result<Box<dyn Stream>> {
+    async fn connect_now(&self) -> io::Result<Connected> {
         let tcp = async_net::TcpStream::connect(self.addr.as_str()).await?;
         // Lines are small and interactive; do not wait to fill segments.
         tcp.set_nodelay(true)?;
-        match &self.tls {
-            None => Ok(Box::new(tcp)),
-            Some((connector, name)) => {
-                let tls = connector.connect(name.clone(), tcp).await?;
-                Ok(Box::new(tls))
-            }
+        let local = tcp.local_addr()?;
+        let stream: Box<dyn Stream> = match &self.tls {
+            None => Box::new(tcp),
+            Some((connector, name)) => Box::new(connector.connect(name.clone(), tcp).await?),
+        };
+        if !self.compress {
+            return Ok(Connected {
+                stream,
+                note: None,
+                local,
+            });
         }
+        let (stream, outcome) = negotiate(stream).await?;
+        let note = match outcome {
+            Negotiated::Compressed => None,
+            Negotiated::Refused(why) => Some(format!(
+                "the server did not compress this connection ({}); going on uncompressed",
+                clean(&why)
+            )),
+        };
+        Ok(Connected {
+            stream: Box::new(stream),
+            note,
+            local,
+        })
     }
+}
+
+/// An open connection to the server.
+pub struct Connected {
+    /// The stream, TLS and compression applied.
+    pub stream: Box<dyn Stream>,
+    /// Something to tell the user: the server refused compression, say.
+    pub note: Option<String>,
+    /// This end's address: a direct session listens on the same interface by default.
+    pub local: std::net::SocketAddr,
 }
 
 /// Accepts any server certificate; the handshake signatures are still checked, so the peer must hold

@@ -180,6 +180,23 @@ pub enum Input<'a> {
         /// The room, if named.
         room: Option<&'a str>,
     },
+    /// `/direct <name>`: offer `name` a direct session between the two clients.
+    Direct {
+        /// Whom to offer it.
+        to: &'a str,
+    },
+    /// `/accept <name>`: accept `name`'s offer of a direct session.
+    Accept {
+        /// Who offered.
+        from: &'a str,
+    },
+    /// `/decline <name>`: decline `name`'s offer.
+    Decline {
+        /// Who offered.
+        from: &'a str,
+    },
+    /// `/close`: end the direct session, or withdraw the offer made.
+    Close,
     /// `//<line>`: a protocol line sent as typed.
     Raw(&'a str),
 }
@@ -276,6 +293,16 @@ pub const COMMANDS: &[(&str, &str)] = &[
     (
         "/history [<name>|*] [<count>] [before|after <id>]",
         "show past messages (default: the last person you talked with)",
+    ),
+    (
+        "/direct <name>",
+        "offer a direct session: your clients talk over TLS, nothing passes the server",
+    ),
+    ("/accept <name>", "accept a direct session offered to you"),
+    ("/decline <name>", "decline a direct session offered to you"),
+    (
+        "/close",
+        "end the direct session (a line without / goes to it while it is open)",
     ),
     ("/help [<command>]", "this help, and the server's"),
     ("/quit [<reason>]", "leave (also /exit, or Ctrl-D)"),
@@ -523,6 +550,24 @@ pub fn parse(line: &str) -> Result<Input<'_>, InputError> {
                 return Err(usage("/room info|private|public|delete [<#room>]"));
             }
             Ok(Input::Room { sub, room })
+        }
+        "direct" | "accept" | "decline" => {
+            let (name, more) = word(rest);
+            let lower = verb.to_ascii_lowercase();
+            if name.is_empty() || !blank(more) {
+                return Err(usage(&format!("/{lower} <name>")));
+            }
+            Ok(match lower.as_str() {
+                "direct" => Input::Direct { to: name },
+                "accept" => Input::Accept { from: name },
+                _ => Input::Decline { from: name },
+            })
+        }
+        "close" => {
+            if !blank(rest) {
+                return Err(usage("/close"));
+            }
+            Ok(Input::Close)
         }
         _ => Err(InputError(format!(
             "unknown command /{verb}; type /help for the list (// sends a line to the server as is)"

@@ -27,7 +27,8 @@ use futures_lite::io::AsyncWriteExt;
 use rustyline::error::ReadlineError;
 use rustyline::ExternalPrinter as _;
 
-use super::conn::{forward_lines, Connector, Incoming, Stream};
+use super::conn::{forward_lines, Connected, Connector, Incoming};
+use super::direct::{DirectOptions, Host, HostEvent};
 use super::input::{self, Input};
 use super::render::Clock;
 use super::session::{Effect, Note, NoteKind, Session};
@@ -63,7 +64,7 @@ enum Ended {
 
 /// Runs the interactive client. A terminal the line editor cannot drive (`TERM=dumb`, say) gets
 /// the non-interactive client instead, which still works there.
-pub fn run(connector: Connector) -> ExitCode {
+pub fn run(connector: Connector, direct: DirectOptions) -> ExitCode {
     let editor = rustyline::DefaultEditor::new().and_then(|mut e| {
         let printer = e.create_external_printer()?;
         Ok((e, printer))
@@ -72,12 +73,17 @@ pub fn run(connector: Connector) -> ExitCode {
         Ok(pair) => pair,
         Err(e) => {
             eprintln!("chatd: no line editing on this terminal ({e}); reading plain lines instead");
-            return super::batch::run(connector);
+            return super::batch::run(connector, direct);
         }
     };
     // Connect before showing a prompt, so a wrong address is an error, not a prompt that goes nowhere.
     let first = match smol::block_on(connector.connect()) {
-        Ok(s) => s,
+        Ok(c) => {
+            if let Some(note) = &c.note {
+                eprintln!("chatd: {note}");
+            }
+            c
+        }
         Err(e) => {
             eprintln!("chatd: could not connect to {}: {e}", connector.addr());
             return ExitCode::from(EXIT_NO_CONNECTION);
@@ -119,6 +125,7 @@ pub fn run(connector: Connector) -> ExitCode {
                 connector,
                 session,
                 token_path,
+                host: Host::new(direct),
                 ui: ui_rx,
                 out: print_tx,
                 prompt,
@@ -191,6 +198,8 @@ fn device_label() -> String {
 /// The connection thread's state.
 struct Net {
     connector: Connector,
+    /// The direct session's network side: it outlives a lost server connection.
+    host: Host,
     session: Session,
     /// Where the device token is kept, if there is a configuration directory.
     token_path: Option<PathBuf>,
@@ -212,7 +221,7 @@ impl Net {
         *self.prompt.lock().unwrap_or_else(PoisonError::into_inner) = self.session.prompt();
     }
 
-    async fn run(&mut self, first: Box<dyn Stream>) {
+    async fn run(&mut self, first: Connected) {
         self.show(
             NoteKind::Info,
             format!(
@@ -229,8 +238,15 @@ impl Net {
                 Ended::Quit => return,
                 Ended::Lost { why, greeted } => (why, greeted),
             };
-            for effect in self.session.on_disconnected() {
-                self.effect_offline(effect).await;
+            let mut effects: std::collections::VecDeque<Effect> =
+                self.session.on_disconnected().into();
+            while let Some(effect) = effects.pop_front() {
+                match effect {
+                    Effect::Direct(action) => {
+                        effects.extend(self.host.act(action, &mut self.session).await)
+                    }
+                    effect => self.effect_offline(effect).await,
+                }
             }
             self.update_prompt();
             self.show(
@@ -256,13 +272,16 @@ impl Net {
                 delay = (delay * 2).min(BACKOFF_MAX);
                 match attempt {
                     None => return,
-                    Some(Ok(s)) => {
+                    Some(Ok(c)) => {
                         self.show(
                             NoteKind::Info,
                             format!("reconnected to {}", self.connector.addr()),
                         )
                         .await;
-                        break s;
+                        if let Some(note) = &c.note {
+                            self.show(NoteKind::Error, note.clone()).await;
+                        }
+                        break c;
                     }
                     Some(Err(e)) => {
                         self.show(NoteKind::Error, format!("could not reconnect: {e}"))
@@ -310,7 +329,8 @@ impl Net {
                 let _ = self.out.send(note.to_string()).await;
             }
             Effect::SaveToken(_) | Effect::ForgetToken => self.keep_token(effect).await,
-            Effect::Send(_) => {}
+            // Nothing can be sent while disconnected; a direct action is the caller's.
+            Effect::Send(_) | Effect::Direct(_) => {}
         }
     }
 
@@ -334,8 +354,9 @@ impl Net {
     }
 
     /// Runs one connection until it is lost or the user quits.
-    async fn connection(&mut self, stream: Box<dyn Stream>) -> Ended {
-        let (read_half, mut writer) = futures_lite::io::split(stream);
+    async fn connection(&mut self, connected: Connected) -> Ended {
+        self.host.connected_from(connected.local);
+        let (read_half, mut writer) = futures_lite::io::split(connected.stream);
         let (server_tx, server_rx) = async_channel::bounded(SERVER_QUEUE);
         let reader = async move {
             forward_lines(read_half, server_tx).await;
@@ -345,10 +366,14 @@ impl Net {
             let tz = jiff::tz::TimeZone::system();
             let mut greeted = false;
             let mut quit_by: Option<smol::Timer> = None;
-            let mut effects = self.session.on_connected();
+            let mut effects: std::collections::VecDeque<Effect> =
+                self.session.on_connected().into();
             loop {
-                for effect in effects.drain(..) {
+                while let Some(effect) = effects.pop_front() {
                     match effect {
+                        Effect::Direct(action) => {
+                            effects.extend(self.host.act(action, &mut self.session).await)
+                        }
                         Effect::Send(line) => {
                             let sent = async {
                                 writer.write_all(line.as_bytes()).await?;
@@ -379,9 +404,11 @@ impl Net {
                 enum Step {
                     Server(std::io::Result<Option<Incoming>>),
                     Typed(Ui),
+                    Direct(HostEvent),
                     GiveUp,
                 }
                 let server = async { Step::Server(server_rx.recv().await.unwrap_or(Ok(None))) };
+                let direct = async { Step::Direct(self.host.next().await) };
                 let typed = async {
                     if self.session.quitting() {
                         // Nothing more is read from the user once quitting.
@@ -398,7 +425,10 @@ impl Net {
                         None => future::pending().await,
                     }
                 };
-                match future::or(server, future::or(typed, give_up)).await {
+                match future::or(server, future::or(direct, future::or(typed, give_up))).await {
+                    Step::Direct(e) => {
+                        effects = self.host.handle(e, &mut self.session).into();
+                    }
                     Step::Server(Ok(Some(Incoming::Line(line)))) => {
                         if matches!(parse(&line), ServerLine::Hello { .. }) {
                             greeted = true;
@@ -407,7 +437,7 @@ impl Net {
                             tz: tz.clone(),
                             now: jiff::Timestamp::now(),
                         };
-                        effects = self.session.on_server_line(&line, &clock);
+                        effects = self.session.on_server_line(&line, &clock).into();
                     }
                     Step::Server(Ok(Some(Incoming::TooLong))) => {
                         self.show(
@@ -436,15 +466,15 @@ impl Net {
                     Step::GiveUp => return Ended::Quit,
                     Step::Typed(Ui::Line(line)) => {
                         effects = match input::parse(&line) {
-                            Ok(parsed) => self.session.on_input(parsed),
+                            Ok(parsed) => self.session.on_input(parsed).into(),
                             Err(e) => {
                                 self.show(NoteKind::Error, e.0).await;
-                                Vec::new()
+                                Default::default()
                             }
                         }
                     }
                     Step::Typed(Ui::End) => {
-                        effects = self.session.on_input(Input::Quit { reason: None });
+                        effects = self.session.on_input(Input::Quit { reason: None }).into();
                     }
                 }
             }

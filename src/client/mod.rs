@@ -5,6 +5,8 @@
 //!   logging in again), no IO;
 //! - [`render`]: server lines as sentences (local times, events), no IO;
 //! - [`conn`]: TCP and TLS connections and the line reader;
+//! - [`compress`]: `--compress`, the switch to DEFLATE after the greeting;
+//! - [`direct`]: direct sessions between two clients, brokered by the server (`/direct`);
 //! - [`interactive`]: the terminal front end (line editor, messages printed above the prompt,
 //!   reconnection with back-off);
 //! - [`batch`]: the front end for scripts (stdin to server, server lines to stdout as-is);
@@ -14,7 +16,9 @@
 //! non-interactive one, so `chatd --connect ... < script > log` behaves the same from a terminal or not.
 
 pub mod batch;
+pub mod compress;
 pub mod conn;
+pub mod direct;
 pub mod input;
 pub mod interactive;
 pub mod render;
@@ -38,6 +42,8 @@ pub const EXIT_AUTH_FAILED: u8 = 2;
 pub const EXIT_CONNECTION_LOST: u8 = 3;
 /// Exit status: an input line was not understood and nothing was sent for it (non-interactive).
 pub const EXIT_BAD_INPUT: u8 = 4;
+/// Exit status: a direct session could not be set up, or broke (non-interactive).
+pub const EXIT_DIRECT_FAILED: u8 = 5;
 
 /// How to reach the server.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,6 +56,10 @@ pub struct ClientOptions {
     pub ca: Option<PathBuf>,
     /// Accept any server certificate (a warning is printed).
     pub insecure: bool,
+    /// Ask the server to compress the connection (`COMPRESS DEFLATE`).
+    pub compress: bool,
+    /// Where direct sessions listen and what they announce.
+    pub direct: direct::DirectOptions,
 }
 
 /// Builds the connector the options describe.
@@ -57,7 +67,7 @@ pub fn connector(opts: &ClientOptions) -> Result<Connector, String> {
     if opts.insecure && opts.ca.is_some() {
         return Err("--ca and --insecure contradict each other; give one".into());
     }
-    if opts.insecure {
+    let connector = if opts.insecure {
         Connector::tls(&opts.addr, Trust::Insecure)
     } else if let Some(ca) = &opts.ca {
         Connector::tls(&opts.addr, Trust::CaFile(ca))
@@ -65,7 +75,8 @@ pub fn connector(opts: &ClientOptions) -> Result<Connector, String> {
         Connector::tls(&opts.addr, Trust::System)
     } else {
         Connector::plain(&opts.addr)
-    }
+    };
+    Ok(connector?.with_compress(opts.compress))
 }
 
 /// Runs the client until the user quits (interactive) or stdin ends and every command is answered
@@ -86,8 +97,8 @@ pub fn run(opts: ClientOptions) -> ExitCode {
         );
     }
     if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
-        interactive::run(connector)
+        interactive::run(connector, opts.direct)
     } else {
-        batch::run(connector)
+        batch::run(connector, opts.direct)
     }
 }

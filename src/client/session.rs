@@ -19,10 +19,14 @@
 //! `/logout` (which revokes the token first) make the session forget it ([`Effect::ForgetToken`]).
 //! Without a token (the server refused to issue one), the password is kept for logging in again.
 
+mod direct;
+
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 
 use crate::proto::room::RoomKey;
+
+pub use self::direct::{DirectAction, QUEUED_LINES};
 
 use super::input::{help_text, Input};
 use super::render::{self, clean, Clock};
@@ -45,6 +49,8 @@ pub enum Effect {
     Send(String),
     /// Show this to the user.
     Show(Note),
+    /// Do this for the direct session (spec 4.39); the shell reports back.
+    Direct(DirectAction),
     /// Keep this device token for the next start (where only the user can read it).
     SaveToken(String),
     /// Delete the kept device token.
@@ -62,6 +68,9 @@ impl fmt::Debug for Effect {
             Effect::Show(note) => f.debug_tuple("Show").field(note).finish(),
             Effect::SaveToken(_) => f.write_str("SaveToken(<redacted>)"),
             Effect::ForgetToken => f.write_str("ForgetToken"),
+            // What is said in a direct session is nobody else's business either.
+            Effect::Direct(DirectAction::Say(_)) => f.write_str("Direct(Say(..))"),
+            Effect::Direct(a) => f.debug_tuple("Direct").field(a).finish(),
         }
     }
 }
@@ -86,6 +95,8 @@ pub enum NoteKind {
     Info,
     /// A failure (`error: ...`).
     Error,
+    /// A line of a direct session, or an event of one (`[direct] ...`): never from the server.
+    Direct,
 }
 
 impl fmt::Display for Note {
@@ -94,6 +105,7 @@ impl fmt::Display for Note {
             NoteKind::Chat | NoteKind::Plain => f.write_str(&self.text),
             NoteKind::Info => write!(f, "* {}", self.text),
             NoteKind::Error => write!(f, "error: {}", self.text),
+            NoteKind::Direct => write!(f, "[direct] {}", self.text),
         }
     }
 }
@@ -166,6 +178,7 @@ enum Pending {
     AutoRead {
         room: RoomKey,
     },
+    Direct,
 }
 
 /// What the session has shown and marked read of one room.
@@ -208,6 +221,8 @@ pub struct Session {
     quitting: bool,
     /// Tokens of the idle probes answered whose PONG has not come back yet, oldest first.
     probes: VecDeque<String>,
+    /// The direct session, if any (see `direct`).
+    direct: direct::Direct,
 }
 
 impl Session {
@@ -228,6 +243,7 @@ impl Session {
             reading: HashMap::new(),
             quitting: false,
             probes: VecDeque::new(),
+            direct: direct::Direct::default(),
         }
     }
 
@@ -278,10 +294,13 @@ impl Session {
 
     /// The prompt for the line editor: who you are, and where a plain line goes.
     pub fn prompt(&self) -> String {
+        // While a direct session is set up or open, plain lines go to it: the prompt says so.
+        let direct = self.direct_prompt();
         match (&self.me, &self.target) {
+            (Some(me), _) if !direct.is_empty() => format!("{me}{direct}> "),
             (Some(me), Some(t)) => format!("{me} → {}> ", clean(t)),
             (Some(me), None) => format!("{me}> "),
-            (None, _) => "> ".to_string(),
+            (None, _) => format!("{direct}> ").trim_start().to_string(),
         }
     }
 
@@ -329,17 +348,19 @@ impl Session {
         self.reading.clear();
         self.probes.clear();
         self.me = None;
+        let mut out = self.direct_on_disconnected();
         if lost == 0 {
-            return Vec::new();
+            return out;
         }
-        vec![note(
+        out.push(note(
             NoteKind::Error,
             format!(
                 "{lost} command{} had no answer when the connection was lost; {} may not have taken effect.",
                 if lost == 1 { "" } else { "s" },
                 if lost == 1 { "it" } else { "they" }
             ),
-        )]
+        ));
+        out
     }
 
     /// Acts on one line the user typed.
@@ -347,6 +368,7 @@ impl Session {
         match input {
             Input::Nothing => Vec::new(),
             Input::Msg { to, text } => self.msg(to, text),
+            Input::Reply { text } if self.direct_active() => self.direct_input_line(text),
             Input::Reply { text } => match self.target.clone() {
                 Some(to) => self.msg(&to, text),
                 None => vec![note(
@@ -511,6 +533,10 @@ impl Session {
                 "/room info|private|public|delete [<#room>]",
                 |s, r| s.send(Pending::RoomChange, format!("ROOM {sub} {r}")),
             ),
+            Input::Direct { to } => self.direct_input_offer(to),
+            Input::Accept { from } => self.direct_input_accept(from),
+            Input::Decline { from } => self.direct_input_decline(from),
+            Input::Close => self.direct_input_close(),
             Input::Raw(line) => vec![Effect::Send(line.to_string())],
         }
     }
@@ -744,6 +770,7 @@ impl Session {
                 }
                 Vec::new()
             }
+            ServerLine::Direct { name, event } => self.on_direct_push(name, event),
             ServerLine::Other(raw) => {
                 vec![note(NoteKind::Plain, format!("server: {}", clean(raw)))]
             }
@@ -771,6 +798,7 @@ impl Session {
                 self.me = None;
                 self.credentials = None;
             }
+            OkReply::Direct(r) => return self.on_direct_ok(r),
             OkReply::Unregister { .. } => {
                 self.me = None;
                 self.credentials = None;
@@ -1029,6 +1057,9 @@ impl Session {
     ) -> Vec<Effect> {
         self.users.clear();
         self.replayed = None;
+        if command == Some(Verb::Direct) {
+            return self.on_direct_fail(text);
+        }
         let text = clean(text);
         if let Some(Pending::Join { room }) = &what {
             // Not joined after all: plain lines do not go there.
@@ -1149,6 +1180,7 @@ fn friend_ok(reply: FriendReply<'_>) -> String {
 mod tests {
     use super::*;
     use crate::client::input::parse as typed;
+    use crate::proto::direct::Fingerprint;
 
     fn clock() -> Clock {
         Clock {
@@ -1677,5 +1709,163 @@ mod tests {
         assert_eq!(sent(&input(&mut s, "/quit")), ["QUIT"]);
         assert!(s.quitting());
         assert_eq!(s.unanswered(), 0);
+    }
+
+    fn actions(effects: &[Effect]) -> Vec<DirectAction> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Direct(a) => Some(a.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    const FP1: &str =
+        "AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89";
+    const FP2: &str =
+        "00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF";
+
+    /// The offering side: prepare, offer, hear the answer, wait for the peer, then lines go to
+    /// it; what was typed before it opened goes first.
+    #[test]
+    fn an_offer_from_slash_direct_to_an_open_session() {
+        let mut s = logged_in("alice");
+        let fp1 = Fingerprint::parse(FP1).unwrap();
+        assert_eq!(
+            actions(&input(&mut s, "/direct bob")),
+            [DirectAction::PrepareOffer { peer: "bob".into() }]
+        );
+        assert!(s.direct_active());
+        let offered = s.offer_ready("127.0.0.1:4000", &fp1);
+        assert_eq!(
+            sent(&offered),
+            [format!("@c.2 DIRECT OFFER bob 127.0.0.1:4000 {FP1}")]
+        );
+        assert!(shown(&offered)[0].contains("there is no NAT traversal"));
+        // Typed before the session opens: kept, not sent to the server.
+        let early = input(&mut s, "hello early");
+        assert!(sent(&early).is_empty() && actions(&early).is_empty());
+        assert_eq!(
+            shown(&server(&mut s, "OK @c.2 DIRECT OFFER bob 60")),
+            ["[direct] offer passed to bob; it waits 60 s for an answer"]
+        );
+        let accepted = server(&mut s, &format!("DIRECT bob ACCEPTED {FP2}"));
+        assert_eq!(
+            actions(&accepted),
+            [DirectAction::Await {
+                peer: "bob".into(),
+                fingerprint: Fingerprint::parse(FP2).unwrap()
+            }]
+        );
+        assert_eq!(s.prompt(), "alice [direct bob?]> ");
+        let open = s.on_direct_open();
+        assert!(shown(&open)[0].contains("stored nowhere"));
+        assert_eq!(s.prompt(), "alice [direct bob]> ");
+        assert_eq!(actions(&open), [DirectAction::Say("hello early".into())]);
+        assert_eq!(
+            actions(&input(&mut s, "and now")),
+            [DirectAction::Say("and now".into())]
+        );
+        assert_eq!(
+            shown(&s.on_direct_message("hi \u{1b}[2J alice")),
+            ["[direct] bob: hi \u{fffd}[2J alice"]
+        );
+        // /msg still goes through the server.
+        assert_eq!(sent(&input(&mut s, "/msg carol x")), ["@c.3 MSG carol x"]);
+        let closed = input(&mut s, "/close");
+        assert_eq!(actions(&closed), [DirectAction::Close]);
+        assert!(sent(&closed).is_empty(), "an open session needs no CANCEL");
+        assert!(!s.direct_active());
+        assert_eq!(
+            sent(&input(&mut s, "back to carol")),
+            ["@c.4 MSG carol back to carol"]
+        );
+    }
+
+    /// The accepting side: an offer is shown, /accept makes a certificate, the server's OK says
+    /// where to connect and what to expect there.
+    #[test]
+    fn accepting_an_offer_dials_the_address_it_named() {
+        let mut s = logged_in("bob");
+        assert!(shown(&input(&mut s, "/accept alice"))[0].contains("has not offered you"));
+        let offer = server(&mut s, &format!("DIRECT alice OFFER 192.0.2.7:4000 {FP1}"));
+        assert!(shown(&offer)[0].contains("/accept alice or /decline alice"));
+        assert_eq!(
+            actions(&input(&mut s, "/accept ALICE")),
+            [DirectAction::PrepareAccept {
+                peer: "alice".into()
+            }]
+        );
+        let fp2 = Fingerprint::parse(FP2).unwrap();
+        assert_eq!(
+            sent(&s.accept_ready(&fp2)),
+            [format!("@c.2 DIRECT ACCEPT alice {FP2}")]
+        );
+        let ok = server(
+            &mut s,
+            &format!("OK @c.2 DIRECT ACCEPT alice 192.0.2.7:4000 {FP1}"),
+        );
+        assert_eq!(
+            actions(&ok),
+            [DirectAction::Dial {
+                peer: "alice".into(),
+                address: "192.0.2.7:4000".into(),
+                fingerprint: Fingerprint::parse(FP1).unwrap()
+            }]
+        );
+        s.on_direct_open();
+        let gone = s.on_direct_closed(None);
+        assert_eq!(shown(&gone), ["[direct] alice closed the direct session"]);
+        assert!(!s.direct_active());
+    }
+
+    /// Every way an offer ends without a session: declined, refused by the server, expired, or a
+    /// check that failed; lines typed for it are reported as not sent.
+    #[test]
+    fn offers_that_end_without_a_session() {
+        let mut s = logged_in("alice");
+        let fp1 = Fingerprint::parse(FP1).unwrap();
+        input(&mut s, "/direct bob");
+        s.offer_ready("127.0.0.1:4000", &fp1);
+        input(&mut s, "lost line");
+        let declined = server(&mut s, "DIRECT bob DECLINED");
+        assert_eq!(actions(&declined), [DirectAction::Close]);
+        assert_eq!(
+            shown(&declined),
+            [
+                "[direct] bob declined the direct session",
+                "error: 1 line typed for the direct session was not sent"
+            ]
+        );
+        input(&mut s, "/direct zed");
+        s.offer_ready("127.0.0.1:4000", &fp1);
+        let refused = server(&mut s, "FAIL @c.3 DIRECT USER_OFFLINE zed is offline");
+        assert_eq!(actions(&refused), [DirectAction::Close]);
+        assert_eq!(shown(&refused), ["error: direct session: zed is offline"]);
+        input(&mut s, "/direct bob");
+        s.offer_ready("127.0.0.1:4000", &fp1);
+        assert_eq!(
+            actions(&server(&mut s, "DIRECT bob EXPIRED")),
+            [DirectAction::Close]
+        );
+        input(&mut s, "/direct bob");
+        s.offer_ready("127.0.0.1:4000", &fp1);
+        let cancelled = input(&mut s, "/close");
+        assert_eq!(sent(&cancelled), ["@c.6 DIRECT CANCEL bob"]);
+        input(&mut s, "/direct bob");
+        s.offer_ready("127.0.0.1:4000", &fp1);
+        server(&mut s, &format!("DIRECT bob ACCEPTED {FP2}"));
+        let failed = s.direct_failed("the certificate's fingerprint is X, not Y");
+        assert_eq!(actions(&failed), [DirectAction::Close]);
+        assert!(shown(&failed)[0].starts_with("error: direct session with bob aborted: "));
+        assert!(!s.direct_active());
+        // An offer to the user that is withdrawn is forgotten.
+        server(&mut s, &format!("DIRECT carol OFFER 192.0.2.7:4000 {FP1}"));
+        assert_eq!(
+            shown(&server(&mut s, "DIRECT carol WITHDRAWN")),
+            ["[direct] carol withdrew their offer"]
+        );
+        assert!(shown(&input(&mut s, "/accept carol"))[0].contains("has not offered you"));
     }
 }

@@ -91,9 +91,13 @@ impl Core {
                 });
                 core.push_to_account(&other, &line);
             }
+            let after = core.end_offers_for_block(&me, &other);
             let mut out = Out::new();
             out.ok(&req, OkReply::Block { name: &shown });
             core.finish(req, out);
+            if let Some(withdrawn) = after {
+                core.push_to_account(&me, &withdrawn);
+            }
         });
     }
 

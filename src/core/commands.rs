@@ -738,6 +738,45 @@ pub static COMMANDS: &[Row] = &[
             cmd => core.mismatch(req, cmd),
         },
     },
+    Row {
+        verb: Verb::Compress,
+        state: Needs::Any,
+        // What follows it is read and written compressed: it must come after every earlier answer.
+        barrier: true,
+        writes: |_| false,
+        reads: false,
+        summary: "compress this connection both ways (for clients that speak DEFLATE)",
+        details: &[
+            "After OK COMPRESS DEFLATE, every byte both ways is a raw DEFLATE stream (RFC 1951),",
+            "flushed at the end of each write. Send nothing after COMPRESS until its answer has come.",
+            "It saves bandwidth on long answers; each compressed connection costs the server memory.",
+            "Example: COMPRESS DEFLATE  (answer: OK COMPRESS DEFLATE)",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Compress => core.compress(req),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
+        verb: Verb::Direct,
+        state: Needs::LoggedIn,
+        barrier: false,
+        writes: |_| false,
+        reads: false,
+        summary: "offer, answer or withdraw a direct session between two clients",
+        details: &[
+            "Introduces two clients that then talk over TLS between themselves: nothing they say passes here.",
+            "DIRECT OFFER <name> <host:port> <fingerprint>: your client listens there with that certificate.",
+            "DIRECT ACCEPT <name> <fingerprint>: connect to the address of the offer; yours shows that certificate.",
+            "DIRECT DECLINE <name> refuses an offer; DIRECT CANCEL <name> withdraws yours. An offer waits 60 s.",
+            "Pushes: DIRECT <name> OFFER|ACCEPTED|DECLINED|WITHDRAWN|EXPIRED|ANSWERED|GONE.",
+            "Example: DIRECT DECLINE bob",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Direct(op) => core.direct(req, op),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
 ];
 
 #[cfg(test)]
@@ -795,6 +834,8 @@ mod tests {
             ("READ #r 5", true),
             ("MSG #r hi", true),
             ("HISTORY #r", false),
+            ("COMPRESS DEFLATE", false),
+            ("DIRECT DECLINE a", false),
         ] {
             let cmd = parse(line).expect("parses").expect("a command").command;
             assert_eq!((row(cmd.verb()).writes)(&cmd), writes, "{line}");
@@ -810,8 +851,8 @@ mod tests {
 
     #[test]
     fn login_requirement_matches_the_spec() {
-        // Spec 3.1: REGISTER, LOGIN and RESUME need a connection that is not logged in; QUIT, HELP
-        // and PING work in any state; everything else needs a login.
+        // Spec 3.1: REGISTER, LOGIN and RESUME need a connection that is not logged in; QUIT, HELP,
+        // PING and COMPRESS work in any state; everything else needs a login.
         let by = |n: Needs| -> Vec<&str> {
             COMMANDS
                 .iter()
@@ -820,8 +861,8 @@ mod tests {
                 .collect()
         };
         assert_eq!(by(Needs::LoggedOut), ["REGISTER", "LOGIN", "RESUME"]);
-        assert_eq!(by(Needs::Any), ["QUIT", "HELP", "PING"]);
-        assert_eq!(by(Needs::LoggedIn).len(), COMMANDS.len() - 6);
+        assert_eq!(by(Needs::Any), ["QUIT", "HELP", "PING", "COMPRESS"]);
+        assert_eq!(by(Needs::LoggedIn).len(), COMMANDS.len() - 7);
     }
 
     #[test]

@@ -17,7 +17,8 @@
 //!   `account` (PASSWORD, UNREGISTER), `blocks` (BLOCK, UNBLOCK, BLOCKS, DMS), `status` (AWAY,
 //!   WHOIS, and last seen), `rooms` (the room state, JOIN, PART, ROOMS, MEMBERS, TOPIC, ROOM),
 //!   `moderation` (INVITE, KICK, BAN, UNBAN, ROLE), `read` (READ, and what a login reports of
-//!   rooms);
+//!   rooms), `compress` (COMPRESS, and a connection whose DEFLATE stream breaks), `direct` (DIRECT:
+//!   offers of direct sessions between clients, which the server introduces and never carries);
 //! - `entropy`: where the random bits of device tokens come from;
 //! - `idle`: what the clock does by itself: silent connections are probed, then closed;
 //! - `guard`: login protection: hashes per address, failed-login back-off, registrations per
@@ -42,6 +43,8 @@ mod account;
 mod blocks;
 mod bucket;
 mod commands;
+mod compress;
+mod direct;
 mod friends;
 mod guard;
 mod history;
@@ -127,6 +130,9 @@ pub enum Input {
     Line(Vec<u8>),
     /// A line that passed the length limit and was discarded.
     TooLong,
+    /// The connection's DEFLATE stream (after COMPRESS) could not be inflated: nothing more can
+    /// be read from it. Needs no credit.
+    BadDeflate,
 }
 
 /// Something that happened.
@@ -227,6 +233,8 @@ pub struct Limits {
     pub friend_requests_per_hour: u64,
     /// Most members of one room; JOIN beyond it gets ROOM_FULL.
     pub max_room_members: usize,
+    /// Connections that may be compressed at once (COMPRESS). 0: compression is off.
+    pub max_compressed: usize,
 }
 
 impl Default for Limits {
@@ -241,6 +249,7 @@ impl Default for Limits {
             inbox_share: DEFAULT_INBOX_SHARE,
             friend_requests_per_hour: DEFAULT_FRIEND_REQUESTS_PER_HOUR,
             max_room_members: DEFAULT_MAX_ROOM_MEMBERS,
+            max_compressed: DEFAULT_MAX_COMPRESSED,
         }
     }
 }
@@ -342,6 +351,8 @@ struct Conn {
     /// It logged in with a device token (RESUME), which no password hash slows down: its login and
     /// its going offline are counted in the log's summary rather than written one by one.
     resumed: bool,
+    /// COMPRESS DEFLATE was accepted: the connection counts in `Core::compressed`.
+    compressed: bool,
 }
 
 impl Conn {
@@ -372,6 +383,10 @@ pub struct Core {
     skeletons: HashMap<Skeleton, Key>,
     /// Accounts with at least one logged-in connection, sorted for USERS.
     online: BTreeSet<Key>,
+    /// Connections compressed now (COMPRESS), against `Limits::max_compressed`.
+    compressed: usize,
+    /// Direct-session offers waiting for their answer (see `direct`).
+    offers: direct::Offers,
     conns: ConnMap,
     /// Every room, by number.
     rooms: HashMap<RoomId, Room>,
@@ -492,6 +507,8 @@ impl Core {
             accounts,
             skeletons,
             online: BTreeSet::new(),
+            compressed: 0,
+            offers: direct::Offers::default(),
             conns: ConnMap::default(),
             rooms,
             room_names,
@@ -627,6 +644,7 @@ impl Core {
                 closing: false,
                 device_token: None,
                 resumed: false,
+                compressed: false,
             },
         );
     }
@@ -637,6 +655,9 @@ impl Core {
         };
         if c.closing {
             return;
+        }
+        if matches!(input, Input::BadDeflate) {
+            return self.close_bad_deflate(conn);
         }
         c.last_heard = self.now;
         c.probed = false;
@@ -651,6 +672,8 @@ impl Core {
     /// command's handler.
     fn process(&mut self, conn: ConnId, input: Input) {
         let line = match input {
+            // Handled when it arrives (`Core::input`), never deferred.
+            Input::BadDeflate => return self.close_bad_deflate(conn),
             Input::TooLong => {
                 let text = format!(
                     "line exceeds {} bytes; it was discarded",
@@ -937,6 +960,9 @@ impl Core {
             return;
         };
         c.outbox.close();
+        if c.compressed {
+            self.compressed -= 1;
+        }
         if let Some(cancel) = &c.hashing {
             // Its hash is not wanted any more: a thread that has not started it skips it.
             cancel.cancel();
@@ -955,7 +981,8 @@ impl Core {
             return;
         };
         acct.conns.retain(|c| *c != conn);
-        if acct.conns.is_empty() {
+        let offline = acct.conns.is_empty();
+        if offline {
             self.online.remove(key);
             if resumed {
                 log::debug!("{} is offline", acct.name);
@@ -965,6 +992,9 @@ impl Core {
                 log::info!("{} is offline", acct.name);
             }
             self.saw(key, false);
+        }
+        self.direct_conn_left(conn, key, offline);
+        if offline {
             self.announce_presence(key, false);
         }
     }

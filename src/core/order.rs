@@ -31,6 +31,8 @@ struct Slot {
     finals: usize,
     /// Close the connection after sending it (QUIT).
     close_after: bool,
+    /// Switch the connection to DEFLATE after sending it (COMPRESS).
+    deflate_after: bool,
 }
 
 /// A connection's queue of answers not yet sent.
@@ -114,6 +116,7 @@ impl Core {
             stream: None,
             finals,
             close_after: false,
+            deflate_after: false,
         });
         Some(id)
     }
@@ -183,6 +186,15 @@ impl Core {
 
     /// Like [`Core::finish`]; with `close_after` the connection is closed once the answer is out.
     pub(super) fn finish_with(&mut self, req: Req, out: Out, close_after: bool) {
+        self.finish_then(req, out, close_after, false);
+    }
+
+    /// Like [`Core::finish`]; the connection switches to DEFLATE right after the answer (COMPRESS).
+    pub(super) fn finish_then_deflate(&mut self, req: Req, out: Out) {
+        self.finish_then(req, out, false, true);
+    }
+
+    fn finish_then(&mut self, req: Req, out: Out, close_after: bool, deflate_after: bool) {
         let bytes = out.into_bytes();
         match req.slot {
             Some(id) => {
@@ -190,6 +202,7 @@ impl Core {
                     if let Some(s) = c.slots.0.iter_mut().find(|s| s.id == id) {
                         s.ready = Some(bytes);
                         s.close_after = close_after;
+                        s.deflate_after = deflate_after;
                     }
                 }
                 self.flush_slots(req.conn);
@@ -204,6 +217,7 @@ impl Core {
                     stream: None,
                     finals: 1,
                     close_after,
+                    deflate_after,
                 };
                 if c.slots.is_empty() {
                     // The common case, nothing waiting before it: straight out, no queue.
@@ -235,6 +249,10 @@ impl Core {
         };
         let mut merged: Option<Slot> = None;
         while c.slots.0.front().is_some_and(|s| s.ready.is_some()) {
+            if merged.as_ref().is_some_and(|m| m.deflate_after) {
+                // What follows the switch goes out compressed: it cannot share its chunk.
+                break;
+            }
             let s = c.slots.0.pop_front().expect("front exists");
             let close = s.close_after;
             match &mut merged {
@@ -245,6 +263,7 @@ impl Core {
                     }
                     m.finals += s.finals;
                     m.close_after |= s.close_after;
+                    m.deflate_after = s.deflate_after;
                 }
             }
             if close {
@@ -263,8 +282,13 @@ impl Core {
             c.hold = Hold::Free;
         }
         let streaming = c.slots.0.front().is_some_and(|s| s.stream.is_some());
+        let more_ready = c.slots.0.front().is_some_and(|s| s.ready.is_some());
         if let Some(m) = merged {
             self.emit(conn, m);
+        }
+        if more_ready {
+            // Stopped at a switch to DEFLATE: the answers behind it go in a chunk of their own.
+            return self.flush_slots(conn);
         }
         if streaming {
             self.pump(conn);
@@ -285,6 +309,10 @@ impl Core {
             if c.outbox.push(Chunk::Owned(bytes)).is_err() {
                 self.overflowed.push(conn);
             }
+        }
+        if slot.deflate_after {
+            // Before the credits go back: the reader, waiting for them, then finds it switched.
+            c.outbox.start_deflate();
         }
         c.outbox.release_credits(slot.finals);
         if slot.close_after {

@@ -9,9 +9,10 @@ use crate::config::{
     MAX_TEXT_BYTES, MAX_TOKEN_LABEL_BYTES, MAX_TOPIC_BYTES,
 };
 use crate::proto::command::{
-    parse, Command, Dms, FriendOp, HistoryTarget, Page, Request, Revoke, RoomSub, TopicChange,
-    Verb, CLEAR_TOPIC, COMMANDS,
+    parse, Command, DirectOp, Dms, FriendOp, HistoryTarget, Page, Request, Revoke, RoomSub,
+    TopicChange, Verb, CLEAR_TOPIC, COMMANDS,
 };
+use crate::proto::direct::{Fingerprint, PeerAddress};
 use crate::proto::line::{Frame, LineDecoder};
 use crate::proto::name::{check_label, check_text, check_text_within, Name, Password};
 use crate::proto::room::{check_reason, check_topic, Role, RoomName, Target};
@@ -246,6 +247,26 @@ fn password(u: &mut Unstructured<'_>) -> Result<Password> {
 }
 
 /// Any id, with the edges more likely.
+/// A valid DIRECT fingerprint: 32 arbitrary bytes in the wire form.
+pub(super) fn fingerprint(u: &mut Unstructured<'_>) -> Result<Fingerprint> {
+    let bytes: [u8; 32] = u.arbitrary()?;
+    let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02X}")).collect();
+    Fingerprint::parse(&hex.join(":")).map_err(|_| Error::IncorrectFormat)
+}
+
+/// A valid DIRECT address: IPv4, IPv6 or a host name, and a port.
+pub(super) fn peer_address(u: &mut Unstructured<'_>) -> Result<PeerAddress> {
+    let port = u.int_in_range(1..=65535u32)?;
+    let host = match u.int_in_range(0..=2u8)? {
+        0 => std::net::Ipv4Addr::from(u.arbitrary::<u32>()?).to_string(),
+        1 => format!("[{}]", std::net::Ipv6Addr::from(u.arbitrary::<u128>()?)),
+        _ => u
+            .choose(&["localhost", "laptop.example.org", "a-b.c"])?
+            .to_string(),
+    };
+    PeerAddress::parse(&format!("{host}:{port}")).map_err(|_| Error::IncorrectFormat)
+}
+
 fn id(u: &mut Unstructured<'_>) -> Result<u64> {
     Ok(match u.int_in_range(0..=3u8)? {
         0 => 0,
@@ -336,6 +357,20 @@ pub fn arbitrary_request(u: &mut Unstructured<'_>) -> Result<Request> {
             2 => FriendOp::Accept(name(u)?),
             3 => FriendOp::Deny(name(u)?),
             _ => FriendOp::Remove(name(u)?),
+        }),
+        Verb::Compress => Command::Compress,
+        Verb::Direct => Command::Direct(match u.int_in_range(0..=3u8)? {
+            0 => DirectOp::Offer {
+                to: name(u)?,
+                address: peer_address(u)?,
+                fingerprint: fingerprint(u)?,
+            },
+            1 => DirectOp::Accept {
+                from: name(u)?,
+                fingerprint: fingerprint(u)?,
+            },
+            2 => DirectOp::Decline { from: name(u)? },
+            _ => DirectOp::Cancel { to: name(u)? },
         }),
         Verb::Token => Command::Token {
             label: if u.arbitrary()? {

@@ -11,15 +11,18 @@
 //! | [`check_roundtrip`] | requests built from valid parts | encode, frame and parse gives the same request |
 //! | [`check_server_line`] | text, or encoder output, to the server-line parser | no panic; canonical round trip; fields |
 //! | [`check_core`] | operations of four clients to the whole server | one final per command, in order; delivery; HISTORY |
+//! | [`check_inflate`] | a DEFLATE stream (valid, damaged or arbitrary) to a compressed connection's reader | the text's lines; the memory bound; a bad stream ends it, and the server says only BYE |
 
 mod commands;
 mod core;
 mod framing;
+mod inflate;
 mod server_lines;
 
 pub use self::commands::{arbitrary_request, check_command_parse, check_roundtrip};
 pub use self::core::check_core;
 pub use self::framing::check_line_framing;
+pub use self::inflate::check_inflate;
 pub use self::server_lines::check_server_line;
 
 /// A check: takes a fuzzer's input, panics when a promise is broken.
@@ -33,4 +36,5 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("roundtrip", check_roundtrip),
     ("server_line", check_server_line),
     ("core", check_core),
+    ("inflate", check_inflate),
 ];

@@ -9,9 +9,9 @@ use crate::proto::command::{Dms, Verb, COMMANDS};
 use crate::proto::name::check_label;
 use crate::proto::room::{Privacy, Role};
 use crate::proto::server_line::{
-    parse, AddOutcome, Delivery, FriendReply, FriendState, FriendshipEvent, JoinOutcome,
-    MessageLine, OkReply, PartOutcome, Presence, Recipient, RoomEvent, RoomLine, RoomReply,
-    ServerLine, Standing, TokenLine, TopicSet,
+    parse, AddOutcome, Delivery, DirectEvent, DirectReply, FriendReply, FriendState,
+    FriendshipEvent, JoinOutcome, MessageLine, OkReply, PartOutcome, Presence, Recipient,
+    RoomEvent, RoomLine, RoomReply, ServerLine, Standing, TokenLine, TopicSet,
 };
 use crate::proto::token::DeviceToken;
 
@@ -296,6 +296,20 @@ fn ok_reply<'a>(
             target: if u.arbitrary()? { r(u)? } else { n(u)? },
             id: id(u)?,
         },
+        Verb::Compress => OkReply::Compress,
+        Verb::Direct => OkReply::Direct(match u.int_in_range(0..=3u8)? {
+            0 => DirectReply::Offer {
+                name: n(u)?,
+                expires_secs: u.arbitrary()?,
+            },
+            1 => DirectReply::Accept {
+                name: n(u)?,
+                address: u.choose(&ADDRESSES)?,
+                fingerprint: u.choose(&FINGERPRINTS)?,
+            },
+            2 => DirectReply::Decline { name: n(u)? },
+            _ => DirectReply::Cancel { name: n(u)? },
+        }),
     })
 }
 
@@ -350,6 +364,17 @@ fn room_event<'a>(
     })
 }
 
+/// Addresses and fingerprints for DIRECT lines (valid, the fingerprints in upper case).
+const ADDRESSES: [&str; 3] = [
+    "192.0.2.7:4000",
+    "[2001:db8::1]:65535",
+    "laptop.example.org:1",
+];
+const FINGERPRINTS: [&str; 2] = [
+    "AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89",
+    "00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF",
+];
+
 /// Builds one line of every kind from arbitrary valid fields, encodes it, and checks that it parses
 /// back to the same value.
 fn encoded_line_parses(u: &mut Unstructured<'_>) -> Result<()> {
@@ -387,7 +412,7 @@ fn encoded_line_parses(u: &mut Unstructured<'_>) -> Result<()> {
     // The server's probe token is a number.
     let probe = id(u)?.to_string();
     let one = names[0].as_str();
-    let line = match u.int_in_range(0..=23u8)? {
+    let line = match u.int_in_range(0..=24u8)? {
         0 => {
             let verb = verb(u)?;
             ServerLine::Ok {
@@ -536,6 +561,23 @@ fn encoded_line_parses(u: &mut Unstructured<'_>) -> Result<()> {
         22 => ServerLine::Read {
             target: if u.arbitrary()? { &rooms[0] } else { one },
             id: id(u)?,
+        },
+        23 => ServerLine::Direct {
+            name: one,
+            event: match u.int_in_range(0..=6u8)? {
+                0 => DirectEvent::Offer {
+                    address: u.choose(&ADDRESSES)?,
+                    fingerprint: u.choose(&FINGERPRINTS)?,
+                },
+                1 => DirectEvent::Accepted {
+                    fingerprint: u.choose(&FINGERPRINTS)?,
+                },
+                2 => DirectEvent::Declined,
+                3 => DirectEvent::Withdrawn,
+                4 => DirectEvent::Expired,
+                5 => DirectEvent::Answered,
+                _ => DirectEvent::Gone,
+            },
         },
         _ => ServerLine::Hello {
             software: "chatd",

@@ -26,7 +26,7 @@ use crate::core::{ConnId, Event, Input};
 use crate::outbox::{Chunk, Outbox};
 use crate::peer::{AddrKey, Network, Peer};
 use crate::proto::code::ByeCode;
-use crate::proto::line::{Frame, LineDecoder};
+use crate::proto::deflate::{is_compress_line, Deflater, Intake, Unit};
 use crate::proto::server_line::ServerLine;
 use crate::tally::Tally;
 
@@ -296,12 +296,55 @@ async fn read_loop<R: AsyncRead + Unpin>(
     // The read buffer exists only while data flows: after a read that drained the socket, a plain
     // TCP connection gives it back and waits for readiness, so an idle connection holds none.
     let mut buf: Vec<u8> = Vec::new();
-    let mut decoder = LineDecoder::new(MAX_LINE_BYTES);
+    let mut intake = Intake::new(MAX_LINE_BYTES);
     let mut bucket = Bucket::new(ctx.line_rate, ctx.line_burst);
-    let mut inputs = Vec::new();
     loop {
+        // Everything read so far first, one line at a time: after a COMPRESS line the bytes that
+        // follow are compressed or not depending on its answer.
+        while let Some(unit) = intake.next_unit() {
+            let (input, compress) = match unit {
+                Unit::Line(l) => {
+                    let compress = is_compress_line(&l);
+                    (Input::Line(l), compress)
+                }
+                Unit::TooLong => (Input::TooLong, false),
+                Unit::BadDeflate => {
+                    // Nothing more can be read. The core answers BYE BAD_DEFLATE and closes.
+                    let bad = Event::Input {
+                        conn,
+                        input: Input::BadDeflate,
+                    };
+                    if ctx.events.send(bad).await.is_ok() {
+                        outbox.closed().await;
+                    }
+                    return;
+                }
+            };
+            if let Some(wait) = bucket.take() {
+                // Boxed: most connections never wait here, so they should not carry a timer.
+                Box::pin(Timer::after(wait)).await;
+            }
+            if !outbox.acquire_credit().await {
+                return;
+            }
+            if ctx.events.send(Event::Input { conn, input }).await.is_err() {
+                return;
+            }
+            if compress {
+                // COMPRESS is answered once every earlier command is; the bytes after it are
+                // inflated if the answer was OK (spec 4.38).
+                Box::pin(outbox.all_answered()).await;
+                if outbox.is_closed() {
+                    return;
+                }
+                if outbox.deflating() {
+                    intake.start_inflate();
+                }
+            }
+        }
         if buf.is_empty() {
             if let Some(socket) = &ready {
+                intake.shrink();
                 let readable = future::or(async { socket.readable().await.is_ok() }, async {
                     outbox.closed().await;
                     false
@@ -321,26 +364,9 @@ async fn read_loop<R: AsyncRead + Unpin>(
             Some(Ok(0)) => break,
             Some(Ok(n)) => n,
         };
-        decoder.feed(&buf[..n], |f| {
-            inputs.push(match f {
-                Frame::Line(l) => Input::Line(l.to_vec()),
-                Frame::TooLong => Input::TooLong,
-            })
-        });
+        intake.feed(&buf[..n]);
         if n < buf.len() && ready.is_some() {
             buf = Vec::new();
-        }
-        for input in inputs.drain(..) {
-            if let Some(wait) = bucket.take() {
-                // Boxed: most connections never wait here, so they should not carry a timer.
-                Box::pin(Timer::after(wait)).await;
-            }
-            if !outbox.acquire_credit().await {
-                return;
-            }
-            if ctx.events.send(Event::Input { conn, input }).await.is_err() {
-                return;
-            }
         }
     }
     // The client closed its sending side (`printf ... | nc` does): answer what it sent first. A
@@ -359,14 +385,32 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 ) {
     let mut batch: Vec<Chunk> = Vec::new();
     let mut buf: Vec<u8> = Vec::new();
+    // After COMPRESS: its DEFLATE state (the window and the hash chains), for as long as the
+    // connection lives, since later output refers back to earlier output.
+    let mut deflater: Option<Box<Deflater>> = None;
     while outbox.next_batch(&mut batch).await {
         // Everything queued leaves in one write: one syscall however many lines.
-        let bytes: &[u8] = if batch.len() == 1 {
+        let plain_chunk = batch.len() == 1 && !matches!(batch[0], Chunk::StartDeflate);
+        let bytes: &[u8] = if plain_chunk && deflater.is_none() {
             batch[0].as_bytes()
         } else {
-            buf.reserve_exact(batch.iter().map(|c| c.as_bytes().len()).sum());
+            let total: usize = batch.iter().map(|c| c.as_bytes().len()).sum();
+            let mut plain: Vec<u8> = Vec::new();
+            if deflater.is_some() {
+                plain.reserve_exact(total);
+            } else {
+                buf.reserve_exact(total);
+            }
             for c in &batch {
-                buf.extend_from_slice(c.as_bytes());
+                match (c, &deflater) {
+                    (Chunk::StartDeflate, _) => deflater = Some(Box::default()),
+                    (c, None) => buf.extend_from_slice(c.as_bytes()),
+                    (c, Some(_)) => plain.extend_from_slice(c.as_bytes()),
+                }
+            }
+            if let Some(d) = &mut deflater {
+                // One sync flush per write: the client can read every line of it at once.
+                d.write(&plain, &mut buf);
             }
             &buf
         };

@@ -73,6 +73,8 @@ pub struct ServerOptions {
     pub inbox_share: u32,
     /// Friend requests one account may send per hour. 0: no limit.
     pub friend_requests_per_hour: u64,
+    /// Connections that may be compressed at once (COMPRESS). 0: compression is off.
+    pub max_compressed: usize,
     /// scrypt cost of new password hashes, as log2(N).
     pub scrypt_log_n: u8,
     /// Most members of one room; JOIN beyond it gets `ROOM_FULL`.

@@ -138,6 +138,7 @@ pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), Server
             inbox_share: opts.inbox_share,
             friend_requests_per_hour: opts.friend_requests_per_hour,
             max_room_members: opts.max_room_members,
+            max_compressed: opts.max_compressed,
         },
     };
     let core = Core::new(snapshot, settings);

@@ -150,6 +150,20 @@ codes! {
     TOO_MANY_BLOCKS,
     /// The server failed internally; the details are in its log.
     INTERNAL_ERROR,
+    /// COMPRESS on a connection that is compressed already.
+    COMPRESSION_ACTIVE,
+    /// DIRECT OFFER to a user with no connection logged in.
+    USER_OFFLINE,
+    /// DIRECT OFFER while the caller's earlier offer to the same user waits.
+    ALREADY_OFFERED,
+    /// DIRECT ACCEPT, DECLINE or CANCEL with no such offer waiting.
+    NO_OFFER,
+    /// DIRECT OFFER past the offers the caller, or the other user, may have waiting.
+    TOO_MANY_OFFERS,
+    /// A DIRECT address that is not HOST:PORT.
+    BAD_ADDRESS,
+    /// A DIRECT fingerprint that is not a SHA-256 in the usual form.
+    BAD_FINGERPRINT,
 }
 
 impl Code {
@@ -184,6 +198,8 @@ pub enum ByeCode {
     REVOKED,
     /// The connection's account was deleted from another connection.
     ACCOUNT_DELETED,
+    /// The client's DEFLATE stream (after COMPRESS) could not be inflated.
+    BAD_DEFLATE,
 }
 
 impl ByeCode {
@@ -196,6 +212,7 @@ impl ByeCode {
         ByeCode::IDLE_TIMEOUT,
         ByeCode::REVOKED,
         ByeCode::ACCOUNT_DELETED,
+        ByeCode::BAD_DEFLATE,
     ];
 
     /// The code as it appears on the wire.
@@ -208,6 +225,7 @@ impl ByeCode {
             ByeCode::IDLE_TIMEOUT => "IDLE_TIMEOUT",
             ByeCode::REVOKED => "REVOKED",
             ByeCode::ACCOUNT_DELETED => "ACCOUNT_DELETED",
+            ByeCode::BAD_DEFLATE => "BAD_DEFLATE",
         }
     }
 

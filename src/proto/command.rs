@@ -14,6 +14,7 @@
 //! GROUP of 51 names or a 65-byte PING token; those encode to lines that are refused).
 
 use super::code::Code;
+use super::direct::{Fingerprint, PeerAddress};
 use super::name::{check_label, check_text, check_text_within, Name, Password, TextError};
 use super::room::{check_reason, check_topic, Role, RoomName, Target};
 use super::token::{parse_id, DeviceToken};
@@ -61,6 +62,8 @@ pub enum Verb {
     Role,
     Room,
     Read,
+    Compress,
+    Direct,
 }
 
 /// How many space-separated arguments a command takes, checked before any of them is parsed.
@@ -191,6 +194,15 @@ pub const COMMANDS: &[Syntax] = &[
         None,
     ),
     row(Verb::Read, "READ", "READ <name>|<#room> [<id>]", 1, Some(2)),
+    row(Verb::Compress, "COMPRESS", "COMPRESS DEFLATE", 1, Some(1)),
+    row(
+        Verb::Direct,
+        "DIRECT",
+        "DIRECT OFFER <name> <address> <fingerprint> | DIRECT ACCEPT <name> <fingerprint> | \
+         DIRECT DECLINE|CANCEL <name>",
+        1,
+        None,
+    ),
 ];
 
 impl Verb {
@@ -301,6 +313,20 @@ impl Verb {
                 }
             }
             Verb::History => parse_history(&mut args)?,
+            Verb::Compress => {
+                let mechanism = args.need()?;
+                if !mechanism.eq_ignore_ascii_case(super::deflate::MECHANISM) {
+                    return Err(Refusal(
+                        Code::BAD_ARGUMENT,
+                        format!(
+                            "unknown compression \"{}\"; the only one is DEFLATE",
+                            quote(mechanism)
+                        ),
+                    ));
+                }
+                Command::Compress
+            }
+            Verb::Direct => parse_direct(&mut args, &usage)?,
             Verb::Friend => {
                 let sub = args.need()?;
                 let op = match sub.to_ascii_uppercase().as_str() {
@@ -558,6 +584,47 @@ fn optional_text(args: &mut Tokens<'_>, max: usize, what: &str) -> Result<Option
         ),
     })?;
     Ok(Some(text.to_owned()))
+}
+
+/// `DIRECT <subcommand> ...`: the subcommand, its arity, then its arguments left to right.
+fn parse_direct(args: &mut Tokens<'_>, usage: &dyn Fn() -> String) -> Result<Command, Refusal> {
+    let sub = args.need()?;
+    let upper = sub.to_ascii_uppercase();
+    let arity = match upper.as_str() {
+        "OFFER" => 3,
+        "ACCEPT" => 2,
+        "DECLINE" | "CANCEL" => 1,
+        _ => {
+            return Err(Refusal(
+                Code::UNKNOWN_SUBCOMMAND,
+                format!("unknown DIRECT subcommand \"{}\"; {}", quote(sub), usage()),
+            ))
+        }
+    };
+    let given: Vec<&str> = std::iter::from_fn(|| args.next()).collect();
+    if given.len() < arity {
+        return Err(Refusal(Code::MISSING_ARGUMENT, usage()));
+    }
+    if given.len() > arity {
+        return Err(Refusal(Code::TOO_MANY_ARGUMENTS, usage()));
+    }
+    let name = Name::parse(given[0]).map_err(|e| Refusal(Code::BAD_NAME, e.into()))?;
+    let address = |s: &str| PeerAddress::parse(s).map_err(|e| Refusal(Code::BAD_ADDRESS, e.into()));
+    let fingerprint =
+        |s: &str| Fingerprint::parse(s).map_err(|e| Refusal(Code::BAD_FINGERPRINT, e.into()));
+    Ok(Command::Direct(match upper.as_str() {
+        "OFFER" => DirectOp::Offer {
+            to: name,
+            address: address(given[1])?,
+            fingerprint: fingerprint(given[2])?,
+        },
+        "ACCEPT" => DirectOp::Accept {
+            from: name,
+            fingerprint: fingerprint(given[1])?,
+        },
+        "DECLINE" => DirectOp::Decline { from: name },
+        _ => DirectOp::Cancel { to: name },
+    }))
 }
 
 fn text_ok(text: &str) -> Result<(), Refusal> {
@@ -931,6 +998,27 @@ impl Dms {
     }
 }
 
+/// A DIRECT subcommand (spec 4.39).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DirectOp {
+    /// Offer `to` a direct session with the client listening at `address` and showing the
+    /// certificate of `fingerprint`.
+    Offer {
+        to: Name,
+        address: PeerAddress,
+        fingerprint: Fingerprint,
+    },
+    /// Accept `from`'s offer; the caller's client will show the certificate of `fingerprint`.
+    Accept {
+        from: Name,
+        fingerprint: Fingerprint,
+    },
+    /// Decline `from`'s offer.
+    Decline { from: Name },
+    /// Withdraw the caller's offer to `to`.
+    Cancel { to: Name },
+}
+
 /// A command with valid arguments.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
@@ -1054,6 +1142,9 @@ pub enum Command {
         target: Target,
         id: Option<u64>,
     },
+    /// `COMPRESS DEFLATE`, the only mechanism.
+    Compress,
+    Direct(DirectOp),
 }
 
 impl Command {
@@ -1096,6 +1187,8 @@ impl Command {
             Command::Role { .. } => Verb::Role,
             Command::Room { .. } => Verb::Room,
             Command::Read { .. } => Verb::Read,
+            Command::Compress => Verb::Compress,
+            Command::Direct(_) => Verb::Direct,
         }
     }
 }
@@ -1230,6 +1323,19 @@ impl Request {
                     arg(&id.to_string());
                 }
             }
+            Command::Compress => arg(super::deflate::MECHANISM),
+            Command::Direct(op) => match op {
+                DirectOp::Offer {
+                    to,
+                    address,
+                    fingerprint,
+                } => arg(&format!("OFFER {to} {address} {fingerprint}")),
+                DirectOp::Accept { from, fingerprint } => {
+                    arg(&format!("ACCEPT {from} {fingerprint}"))
+                }
+                DirectOp::Decline { from } => arg(&format!("DECLINE {from}")),
+                DirectOp::Cancel { to } => arg(&format!("CANCEL {to}")),
+            },
         }
         s
     }
@@ -1597,10 +1703,46 @@ mod tests {
             "AWAY",
             "AWAY  gone  fishing ",
             "WHOIS Bob",
+            "@z COMPRESS DEFLATE",
+            "DIRECT OFFER bob [::1]:4000 AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89",
+            "DIRECT ACCEPT Alice 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF",
+            "DIRECT DECLINE x",
+            "DIRECT CANCEL y",
         ];
         for l in lines {
             let r = parse(l).unwrap().unwrap();
             assert_eq!(parse(&r.encode()).unwrap().unwrap(), r, "{l}");
         }
+    }
+
+    #[test]
+    fn compress_and_direct_refusals() {
+        assert_eq!(code("COMPRESS"), Code::MISSING_ARGUMENT);
+        assert_eq!(code("COMPRESS DEFLATE now"), Code::TOO_MANY_ARGUMENTS);
+        assert_eq!(code("COMPRESS GZIP"), Code::BAD_ARGUMENT);
+        assert_eq!(
+            parse("compress deflate").unwrap().unwrap().command,
+            Command::Compress
+        );
+        let fp = ["AB"; 32].join(":");
+        assert_eq!(code("DIRECT"), Code::MISSING_ARGUMENT);
+        assert_eq!(code("DIRECT POKE bob"), Code::UNKNOWN_SUBCOMMAND);
+        assert_eq!(code("DIRECT OFFER bob 1.2.3.4:5"), Code::MISSING_ARGUMENT);
+        assert_eq!(
+            code(&format!("DIRECT OFFER bob 1.2.3.4:5 {fp} x")),
+            Code::TOO_MANY_ARGUMENTS
+        );
+        assert_eq!(code("DIRECT OFFER 9b 1.2.3.4:0 x"), Code::BAD_NAME);
+        assert_eq!(
+            code(&format!("DIRECT OFFER bob 1.2.3.4:0 {fp}")),
+            Code::BAD_ADDRESS
+        );
+        assert_eq!(
+            code("DIRECT OFFER bob 1.2.3.4:9 AB:CD"),
+            Code::BAD_FINGERPRINT
+        );
+        assert_eq!(code("DIRECT ACCEPT bob AB:CD"), Code::BAD_FINGERPRINT);
+        assert_eq!(code("DIRECT DECLINE bob now"), Code::TOO_MANY_ARGUMENTS);
+        assert_eq!(code("DIRECT CANCEL"), Code::MISSING_ARGUMENT);
     }
 }

@@ -35,7 +35,24 @@ impl LineDecoder {
     }
 
     /// Feeds `data` and calls `on_frame` for each frame completed by it, in order.
-    pub fn feed(&mut self, mut data: &[u8], mut on_frame: impl FnMut(Frame<'_>)) {
+    pub fn feed(&mut self, data: &[u8], mut on_frame: impl FnMut(Frame<'_>)) {
+        self.feed_until(data, |f| {
+            on_frame(f);
+            true
+        });
+    }
+
+    /// Like [`LineDecoder::feed`], but stops right after a frame for which `on_frame` returns
+    /// false; returns how many bytes of `data` were taken (all of them unless it stopped). The
+    /// bytes not taken are the caller's to feed later, or to treat otherwise: after a line that
+    /// changes how the stream is read (COMPRESS), what follows it is compressed.
+    pub fn feed_until(
+        &mut self,
+        data: &[u8],
+        mut on_frame: impl FnMut(Frame<'_>) -> bool,
+    ) -> usize {
+        let total = data.len();
+        let mut data = data;
         while !data.is_empty() {
             let newline = data.iter().position(|&b| b == b'\n');
             if self.discarding {
@@ -45,38 +62,43 @@ impl LineDecoder {
                         data = &data[i + 1..];
                         continue;
                     }
-                    None => return,
+                    None => return total,
                 }
             }
             match newline {
                 Some(i) => {
                     let (head, rest) = (&data[..i], &data[i + 1..]);
                     data = rest;
-                    if self.partial.is_empty() {
-                        self.emit(head, &mut on_frame);
+                    let go_on = if self.partial.is_empty() {
+                        self.emit(head, &mut on_frame)
                     } else {
                         let mut line = std::mem::take(&mut self.partial);
                         line.extend_from_slice(head);
-                        self.emit(&line, &mut on_frame);
+                        self.emit(&line, &mut on_frame)
+                    };
+                    if !go_on {
+                        return total - data.len();
                     }
                 }
                 None => {
                     // One byte more than the limit may still be the CR of a CRLF. Decide before
                     // copying, so a huge chunk is never buffered.
-                    let total = self.partial.len() + data.len();
-                    let over = total > self.max + 1
-                        || (total == self.max + 1 && data.last() != Some(&b'\r'));
+                    let len = self.partial.len() + data.len();
+                    let over =
+                        len > self.max + 1 || (len == self.max + 1 && data.last() != Some(&b'\r'));
                     if !over {
                         self.partial.extend_from_slice(data);
-                    } else {
-                        self.partial = Vec::new();
-                        self.discarding = true;
-                        on_frame(Frame::TooLong);
+                        return total;
                     }
-                    return;
+                    self.partial = Vec::new();
+                    self.discarding = true;
+                    // The rest of this chunk belongs to the discarded line: all of it is taken.
+                    on_frame(Frame::TooLong);
+                    return total;
                 }
             }
         }
+        total
     }
 
     /// True when part of a line has been received but not its end.
@@ -90,12 +112,12 @@ impl LineDecoder {
         self.partial.len()
     }
 
-    fn emit(&self, line: &[u8], on_frame: &mut impl FnMut(Frame<'_>)) {
+    fn emit(&self, line: &[u8], on_frame: &mut impl FnMut(Frame<'_>) -> bool) -> bool {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.len() > self.max {
-            on_frame(Frame::TooLong);
+            on_frame(Frame::TooLong)
         } else {
-            on_frame(Frame::Line(line));
+            on_frame(Frame::Line(line))
         }
     }
 }
@@ -169,6 +191,24 @@ mod tests {
         let mut got = Vec::new();
         d.feed(b"tail\nok\n", |f| got.push(format!("{f:?}")));
         assert_eq!(got, vec![format!("{:?}", Frame::Line(b"ok"))]);
+    }
+
+    #[test]
+    fn feeding_can_stop_after_a_frame() {
+        let mut d = LineDecoder::new(8);
+        let mut got = Vec::new();
+        let data = b"a\r\nstop\nafter\n";
+        let taken = d.feed_until(data, |f| {
+            got.push(format!("{f:?}"));
+            f != Frame::Line(b"stop")
+        });
+        assert_eq!(taken, 8);
+        assert_eq!(got.len(), 2);
+        assert_eq!(&data[taken..], b"after\n");
+        // A stop after a line that was split across chunks counts only this chunk's bytes.
+        let mut d = LineDecoder::new(8);
+        assert_eq!(d.feed_until(b"st", |_| false), 2);
+        assert_eq!(d.feed_until(b"op\nxy", |_| false), 3);
     }
 
     #[test]

@@ -9,9 +9,13 @@
 //! - [`server_line`]: every line the server sends, as one type, with its encoder and its parser;
 //! - [`code`]: the machine codes of `FAIL` and `BYE` lines;
 //! - [`time`]: the wire timestamp format;
-//! - [`token`]: the text form of device tokens and their ids.
+//! - [`token`]: the text form of device tokens and their ids;
+//! - [`deflate`]: the DEFLATE layer a connection switches to after `COMPRESS DEFLATE`;
+//! - [`direct`]: the address and certificate fingerprint a DIRECT offer carries.
 pub mod code;
 pub mod command;
+pub mod deflate;
+pub mod direct;
 pub mod line;
 pub mod name;
 pub mod room;

@@ -215,7 +215,7 @@ pub struct TokenLine<'a> {
     pub last_used_ms: i64,
     /// When it expires unless used before.
     pub expires_ms: i64,
-    /// The token this connection is on (spec 4.13).
+    /// The token this connection is on (spec 4.25).
     pub current: bool,
     /// The label given at TOKEN; empty when none was.
     pub label: &'a str,
@@ -492,6 +492,81 @@ impl RoomEvent<'_> {
     }
 }
 
+/// The details of an `OK DIRECT` reply, by subcommand (spec 4.39).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DirectReply<'a> {
+    /// `OFFER <name> <seconds>`: passed on; it waits that long for an answer.
+    Offer {
+        /// The other user, as registered.
+        name: &'a str,
+        /// Seconds the offer waits for its answer.
+        expires_secs: u64,
+    },
+    /// `ACCEPT <name> <address> <fingerprint>`: what the offer said; connect there and check.
+    Accept {
+        /// The offerer, as registered.
+        name: &'a str,
+        /// Where the offerer's client listens.
+        address: &'a str,
+        /// The fingerprint of the certificate it will show.
+        fingerprint: &'a str,
+    },
+    /// `DECLINE <name>`.
+    Decline {
+        /// The offerer, as registered.
+        name: &'a str,
+    },
+    /// `CANCEL <name>`.
+    Cancel {
+        /// The other user, as registered.
+        name: &'a str,
+    },
+}
+
+/// What happened to a direct-session offer, as in `DIRECT <name> <event>` (spec 5.12).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DirectEvent<'a> {
+    /// `<name>` offers you a direct session: its client listens at `address` and will show the
+    /// certificate of `fingerprint`.
+    Offer {
+        /// Where the offerer's client listens.
+        address: &'a str,
+        /// The fingerprint of the certificate it will show.
+        fingerprint: &'a str,
+    },
+    /// `<name>` accepted your offer; its client will connect showing the certificate of
+    /// `fingerprint`.
+    Accepted {
+        /// The fingerprint of the certificate the accepting client will show.
+        fingerprint: &'a str,
+    },
+    /// `<name>` declined your offer.
+    Declined,
+    /// `<name>` withdrew its offer to you (or its offering connection left).
+    Withdrawn,
+    /// The offer between you and `<name>` was not answered in time.
+    Expired,
+    /// Another of your connections answered `<name>`'s offer.
+    Answered,
+    /// `<name>` went offline before answering your offer.
+    Gone,
+}
+
+impl DirectEvent<'_> {
+    /// The keyword as sent.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DirectEvent::Offer { .. } => "OFFER",
+            DirectEvent::Accepted { .. } => "ACCEPTED",
+            DirectEvent::Declined => "DECLINED",
+            DirectEvent::Withdrawn => "WITHDRAWN",
+            DirectEvent::Expired => "EXPIRED",
+            DirectEvent::Answered => "ANSWERED",
+            DirectEvent::Gone => "GONE",
+        }
+    }
+}
+
 /// What an `OK` reports, by command: the typed form of `OK <COMMAND> [<details>]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OkReply<'a> {
@@ -716,6 +791,10 @@ pub enum OkReply<'a> {
         /// The marker.
         id: u64,
     },
+    /// `COMPRESS DEFLATE`: from the next byte on, both directions are a DEFLATE stream.
+    Compress,
+    /// `DIRECT <subcommand> ...`.
+    Direct(DirectReply<'a>),
 }
 
 impl OkReply<'_> {
@@ -759,6 +838,8 @@ impl OkReply<'_> {
             OkReply::Role { .. } => Verb::Role,
             OkReply::Room(_) => Verb::Room,
             OkReply::Read { .. } => Verb::Read,
+            OkReply::Compress => Verb::Compress,
+            OkReply::Direct(_) => Verb::Direct,
         }
     }
 }
@@ -839,6 +920,14 @@ pub enum ServerLine<'a> {
         code: ByeCode,
         /// The human sentence.
         text: &'a str,
+    },
+    /// `DIRECT <name> <event> ...`: something about a direct-session offer between you and
+    /// `name` (spec 5.9).
+    Direct {
+        /// The other user, as registered.
+        name: &'a str,
+        /// What happened.
+        event: DirectEvent<'a>,
     },
     /// `USER <name>`: a data line of a USERS answer.
     User {
@@ -1086,6 +1175,25 @@ fn parse_fields(line: &str) -> Option<ServerLine<'_>> {
             let code = ByeCode::parse(c.token()?)?;
             let text = c.text().unwrap_or("");
             ServerLine::Bye { code, text }
+        }
+        "DIRECT" => {
+            let name = c.token()?;
+            let event = match c.token()? {
+                "OFFER" => DirectEvent::Offer {
+                    address: address(c.token()?)?,
+                    fingerprint: fingerprint(c.token()?)?,
+                },
+                "ACCEPTED" => DirectEvent::Accepted {
+                    fingerprint: fingerprint(c.token()?)?,
+                },
+                "DECLINED" => DirectEvent::Declined,
+                "WITHDRAWN" => DirectEvent::Withdrawn,
+                "EXPIRED" => DirectEvent::Expired,
+                "ANSWERED" => DirectEvent::Answered,
+                "GONE" => DirectEvent::Gone,
+                _ => return None,
+            };
+            ServerLine::Direct { name, event }
         }
         "USER" => ServerLine::User { name: c.token()? },
         "HELP" => ServerLine::Help {
@@ -1463,7 +1571,36 @@ fn ok_reply<'a>(verb: Verb, c: &mut Cursor<'a>) -> Option<OkReply<'a>> {
             target: c.token()?,
             id: c.number()?,
         },
+        Verb::Compress => {
+            c.word(super::deflate::MECHANISM)?;
+            OkReply::Compress
+        }
+        Verb::Direct => OkReply::Direct(match c.token()? {
+            "OFFER" => DirectReply::Offer {
+                name: c.token()?,
+                expires_secs: c.number()?,
+            },
+            "ACCEPT" => DirectReply::Accept {
+                name: c.token()?,
+                address: address(c.token()?)?,
+                fingerprint: fingerprint(c.token()?)?,
+            },
+            "DECLINE" => DirectReply::Decline { name: c.token()? },
+            "CANCEL" => DirectReply::Cancel { name: c.token()? },
+            _ => return None,
+        }),
     })
+}
+
+/// A DIRECT address, as the server relays it (valid: see `proto::direct`).
+fn address(tok: &str) -> Option<&str> {
+    super::direct::PeerAddress::parse(tok).ok().map(|_| tok)
+}
+
+/// A DIRECT fingerprint, as the server relays it: valid, and in upper case.
+fn fingerprint(tok: &str) -> Option<&str> {
+    let fp = super::direct::Fingerprint::parse(tok).ok()?;
+    (fp.as_str() == tok).then_some(tok)
 }
 
 /// A page cursor: an id, or `-` for none.
@@ -1681,6 +1818,19 @@ impl fmt::Display for OkReply<'_> {
                 RoomReply::Delete { room } => write!(f, " DELETE {room}"),
             },
             OkReply::Read { target, id } => write!(f, " {target} {id}"),
+            OkReply::Compress => write!(f, " {}", super::deflate::MECHANISM),
+            OkReply::Direct(r) => match r {
+                DirectReply::Offer { name, expires_secs } => {
+                    write!(f, " OFFER {name} {expires_secs}")
+                }
+                DirectReply::Accept {
+                    name,
+                    address,
+                    fingerprint,
+                } => write!(f, " ACCEPT {name} {address} {fingerprint}"),
+                DirectReply::Decline { name } => write!(f, " DECLINE {name}"),
+                DirectReply::Cancel { name } => write!(f, " CANCEL {name}"),
+            },
         }
     }
 }
@@ -1768,6 +1918,17 @@ impl fmt::Display for ServerLine<'_> {
                 write!(f, "BYE {}", code.as_str())?;
                 tail(f, text)
             }
+            ServerLine::Direct { name, event } => {
+                write!(f, "DIRECT {name} {}", event.as_str())?;
+                match event {
+                    DirectEvent::Offer {
+                        address,
+                        fingerprint,
+                    } => write!(f, " {address} {fingerprint}"),
+                    DirectEvent::Accepted { fingerprint } => write!(f, " {fingerprint}"),
+                    _ => Ok(()),
+                }
+            }
             ServerLine::User { name } => write!(f, "USER {name}"),
             ServerLine::Help { text } => {
                 f.write_str("HELP")?;
@@ -1851,6 +2012,7 @@ mod tests {
     use super::*;
 
     const T: &str = "2026-11-21T10:04:05.123Z";
+    const FP: &str = "AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89";
     const T_MS: i64 = 1_795_255_445_123;
 
     #[test]
@@ -2086,6 +2248,20 @@ mod tests {
             "OK FRIEND ADD bob MAYBE",
             "OK FRIEND LIST",
             "OK FRIEND HUG bob",
+            "OK COMPRESS",
+            "OK COMPRESS GZIP",
+            "OK COMPRESS DEFLATE now",
+            "OK DIRECT",
+            "OK DIRECT OFFER bob",
+            "OK DIRECT OFFER bob x",
+            "OK DIRECT ACCEPT bob host:0 AB",
+            "OK DIRECT HUG bob",
+            "DIRECT bob",
+            "DIRECT bob OFFER host:1",
+            "DIRECT bob OFFER host:1 ab:cd",
+            "DIRECT bob ACCEPTED",
+            "DIRECT bob LIKED",
+            "DIRECT bob GONE now",
             "OK FROB",
             "FAIL",
             "FAIL MSG",
@@ -2215,6 +2391,18 @@ mod tests {
             "OK FRIEND DENY x".to_string(),
             "OK FRIEND REMOVE x".to_string(),
             "OK FRIEND LIST 0".to_string(),
+            "OK @z COMPRESS DEFLATE".to_string(),
+            "OK DIRECT OFFER bob 60".to_string(),
+            format!("OK DIRECT ACCEPT alice [::1]:4000 {FP}"),
+            "OK DIRECT DECLINE alice".to_string(),
+            "OK DIRECT CANCEL bob".to_string(),
+            format!("DIRECT alice OFFER 192.0.2.1:7000 {FP}"),
+            format!("DIRECT bob ACCEPTED {FP}"),
+            "DIRECT bob DECLINED".to_string(),
+            "DIRECT bob WITHDRAWN".to_string(),
+            "DIRECT bob EXPIRED".to_string(),
+            "DIRECT bob ANSWERED".to_string(),
+            "DIRECT bob GONE".to_string(),
             "FAIL @l GROUP UNKNOWN_USER unknown: x, y".to_string(),
             "FAIL * BAD_LABEL bad label".to_string(),
             "HELLO chatd 0.1.0 Welcome!".to_string(),

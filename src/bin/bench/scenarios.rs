@@ -52,7 +52,7 @@ pub struct Settings {
 pub struct Figures(Vec<(&'static str, String)>);
 
 impl Figures {
-    fn add(&mut self, key: &'static str, value: impl ToString) -> &mut Self {
+    pub(super) fn add(&mut self, key: &'static str, value: impl ToString) -> &mut Self {
         self.0.push((key, value.to_string()));
         self
     }

@@ -256,6 +256,7 @@ pub fn serve_child(db: PathBuf) -> ExitCode {
         stored_kib_per_day: 0,
         inbox_share: chatd::config::DEFAULT_INBOX_SHARE,
         friend_requests_per_hour: chatd::config::DEFAULT_FRIEND_REQUESTS_PER_HOUR,
+        max_compressed: chatd::config::DEFAULT_MAX_COMPRESSED,
         scrypt_log_n: SCRYPT_LOG_N,
         max_room_members: chatd::config::DEFAULT_MAX_ROOM_MEMBERS,
     };

@@ -20,8 +20,12 @@ const PAIRS: u64 = 1000;
 fn message(id: u64) -> StoreOp {
     let pair = id.wrapping_mul(2_654_435_761) % PAIRS;
     let (a, b) = (format!("fill{}", 2 * pair), format!("fill{}", 2 * pair + 1));
-    let (from, to) = if id % 2 == 0 { (a, b) } else { (b, a) };
-    let to = if id % 10 == 0 { To::All } else { To::User(to) };
+    let (from, to) = if id.is_multiple_of(2) { (a, b) } else { (b, a) };
+    let to = if id.is_multiple_of(10) {
+        To::All
+    } else {
+        To::User(to)
+    };
     StoreOp::AppendMessage {
         msg: MessageRecord {
             id,

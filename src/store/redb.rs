@@ -31,7 +31,7 @@
 //! `conversations`): redb checks a string key's UTF-8 at every comparison, which made a message's
 //! index entry cost twice as much in a database of 10 million messages as in an empty one. A version
 //! 1, 2 or 3 file is upgraded in place when opened (the new tables start empty, the conversation
-//! index is copied over in commits of [`UPGRADE_BATCH`] entries, nothing else changes), and a file of
+//! index is copied over in commits of `UPGRADE_BATCH` entries, nothing else changes), and a file of
 //! a later version is refused by a build that reads only earlier ones: version 1 would not know that
 //! a retired name must stay taken, version 2 would not know room messages in the log, version 3
 //! would not find the conversation index.

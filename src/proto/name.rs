@@ -259,7 +259,12 @@ mod tests {
         let mut texts = vec![String::new(), " \t ".to_owned()];
         for b in 0u8..=0x7f {
             let c = char::from(b);
-            texts.extend([c.to_string(), format!("a{c}"), format!(" {c} "), format!("{c}\t")]);
+            texts.extend([
+                c.to_string(),
+                format!("a{c}"),
+                format!(" {c} "),
+                format!("{c}\t"),
+            ]);
         }
         for t in texts {
             assert_eq!(check_text(&t), check_chars(&t), "{t:?}");

@@ -1,7 +1,10 @@
-//! The command line. `chatd` runs the server; `chatd --connect HOST:PORT` runs the bundled client.
+//! The command line. `chatd` runs the server; `chatd --connect HOST:PORT` runs the bundled client;
+//! `chatd backup`, `chatd check`, `chatd health` and `chatd adduser` are the operator's tools.
 //!
 //! [`Args`] is what argh parses; [`ServerOptions::try_from`] checks that the server's options fit
-//! together, so the binary only dispatches.
+//! together, so the binary only dispatches. Every option may also come from the environment
+//! (`CHATD_LISTEN` for `--listen`, ...): [`with_env`] merges the environment into the arguments,
+//! in this one place, before argh sees them; what the command line says wins.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -15,10 +18,12 @@ use crate::config::{
     DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_INBOX_SHARE, DEFAULT_LINE_BURST, DEFAULT_LINE_RATE,
     DEFAULT_LISTEN, DEFAULT_MAX_COMPRESSED, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS,
     DEFAULT_MAX_ROOM_MEMBERS, DEFAULT_MIN_FREE_DISK_MIB, DEFAULT_MSGS_PER_MINUTE,
-    DEFAULT_REGISTRATIONS_PER_HOUR, DEFAULT_STORED_KIB_PER_DAY, SCRYPT_LOG_N,
+    DEFAULT_REGISTRATIONS_PER_HOUR, DEFAULT_STORED_KIB_PER_DAY, DEMO_ACCOUNTS, MAX_ADMINS,
+    SCRYPT_LOG_N,
 };
 use crate::net::{ServerOptions, TlsSource};
 use crate::peer::Network;
+use crate::proto::name::Name;
 use crate::tls::TlsFiles;
 
 /// Lowest `--scrypt-log-n` accepted.
@@ -34,7 +39,12 @@ pub const WEAK_SCRYPT_LOG_N: u8 = 14;
 #[argh(
     note = "With --connect, the client is interactive when stdin and stdout are terminals; otherwise it \
             reads commands from stdin (the same /commands, `//LINE` sends LINE as is), writes every \
-            server line to stdout unchanged, and exits once stdin has ended and every command is answered.",
+            server line to stdout unchanged, and exits once stdin has ended and every command is answered.
+
+Every option can also be set from the environment: CHATD_ and the option's name in capitals with _ \
+for - (CHATD_LISTEN=0.0.0.0:7878, CHATD_DB=/data/chatd.redb, CHATD_TLS_GENERATE=1). A switch is on \
+when its variable is 1, true or yes; a repeatable option (--admin, --exempt) takes a comma-separated \
+list. An option given on the command line wins over its variable. The subcommands read CHATD_DB.",
     error_code(0, "server: stopped cleanly; --connect: every command sent was answered"),
     error_code(1, "server: could not start; --connect: could not connect (address, TCP, TLS, certificate, server full)"),
     error_code(2, "--connect without a terminal: a REGISTER or LOGIN failed"),
@@ -190,9 +200,36 @@ pub struct Args {
     #[argh(option, from_str_fn(announce))]
     pub direct_announce: Option<String>,
 
+    /// an account that may use the operator commands (ANNOUNCE, SUSPEND, KILL, STATS, ADDUSER,
+    /// ...); may be repeated (default: none)
+    #[argh(option)]
+    pub admin: Vec<Name>,
+
+    /// who may create accounts: open (anyone, with REGISTER) or closed (REGISTER is refused;
+    /// admins create accounts with ADDUSER) (default open)
+    #[argh(option, default = "Registration::Open")]
+    pub registration: Registration,
+
+    /// serve the server's figures in the Prometheus text format at http://ADDR/metrics
+    /// (default: not served)
+    #[argh(option)]
+    pub metrics_listen: Option<String>,
+
+    /// run a demo: a fresh temporary database with the accounts alice, bob and charlie (passwords
+    /// alice123, bob123, charlie123), deleted at exit; never for real use
+    #[argh(switch)]
+    pub demo: bool,
+
+    /// write the log to this file instead of stderr; reopened on SIGHUP (for logrotate)
+    #[argh(option)]
+    pub log_file: Option<PathBuf>,
+
     /// print the version and exit
     #[argh(switch)]
     pub version: bool,
+
+    #[argh(subcommand)]
+    pub command: Option<Tool>,
 }
 
 /// `--direct-announce`: a `HOST:PORT` the protocol accepts (spec 4.39).
@@ -202,22 +239,319 @@ fn announce(s: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Logs to stderr as `<time> <LEVEL> <message>`, at `level` and above.
-pub fn init_logging(level: LevelFilter) {
-    env_logger::Builder::new()
-        .filter_level(level)
-        .format(|buf, record| {
-            use std::io::Write;
-            writeln!(
-                buf,
-                "{} {:<5} {}",
-                buf.timestamp_millis(),
-                record.level(),
-                record.args()
-            )
+/// Who may create accounts (`--registration`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Registration {
+    /// Anyone, with REGISTER.
+    Open,
+    /// Only admins, with ADDUSER.
+    Closed,
+}
+
+impl std::str::FromStr for Registration {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Registration, String> {
+        match s {
+            "open" => Ok(Registration::Open),
+            "closed" => Ok(Registration::Closed),
+            other => Err(format!("--registration is open or closed, not {other:?}")),
+        }
+    }
+}
+
+/// The operator's tools.
+#[derive(FromArgs, Debug, PartialEq)]
+#[argh(subcommand)]
+pub enum Tool {
+    /// A consistent copy of a running server's database.
+    Backup(BackupArgs),
+    /// Verify a database file.
+    Check(CheckArgs),
+    /// Exit 0 when a server answers PING.
+    Health(HealthArgs),
+    /// Create an account in a database no server has open.
+    Adduser(AdduserArgs),
+}
+
+#[derive(FromArgs, Debug, PartialEq)]
+/// Ask the running server that uses --db for a consistent copy of its database, written to --out,
+/// then verify the copy (as `chatd check` does). Clients are not disturbed; everything acknowledged
+/// before the backup began is in the copy. The server is reached through its control socket,
+/// DB.ctl beside the database.
+#[argh(subcommand, name = "backup")]
+pub struct BackupArgs {
+    /// the running server's database (default ./chatd.redb)
+    #[argh(option, default = "PathBuf::from(DEFAULT_DB)")]
+    pub db: PathBuf,
+
+    /// where to write the copy: a file that does not exist yet, in a directory the server may write
+    #[argh(option)]
+    pub out: PathBuf,
+}
+
+#[derive(FromArgs, Debug, PartialEq)]
+/// Verify a database file that no server has open: every record decodes and every index agrees
+/// with what it indexes. Prints what is wrong and exits 1 if anything is.
+#[argh(subcommand, name = "check")]
+pub struct CheckArgs {
+    /// the database file (default ./chatd.redb)
+    #[argh(option, default = "PathBuf::from(DEFAULT_DB)")]
+    pub db: PathBuf,
+}
+
+#[derive(FromArgs, Debug, PartialEq)]
+/// Connect to a server, send PING and exit 0 if it answers PONG within 5 seconds, 1 otherwise:
+/// for container health checks and monitoring. Without an address, the server that CHATD_LISTEN
+/// (or CHATD_TLS_LISTEN with CHATD_NO_PLAIN) describes, on the loopback address.
+#[argh(subcommand, name = "health")]
+pub struct HealthArgs {
+    /// the server's address (default 127.0.0.1:7878)
+    #[argh(positional, default = "DEFAULT_LISTEN.to_owned()")]
+    pub addr: String,
+
+    /// speak TLS, without verifying the certificate (the check is of liveness, not identity)
+    #[argh(switch)]
+    pub tls: bool,
+}
+
+#[derive(FromArgs, Debug, PartialEq)]
+/// Create an account in a database file that no server has open, reading its password from the
+/// first line of stdin: the first admin of a server whose registration is closed. The password
+/// follows the rules of REGISTER.
+#[argh(subcommand, name = "adduser")]
+pub struct AdduserArgs {
+    /// the database file, created if missing (default ./chatd.redb)
+    #[argh(option, default = "PathBuf::from(DEFAULT_DB)")]
+    pub db: PathBuf,
+
+    /// scrypt cost as log2(N) (default 15)
+    #[argh(option, default = "SCRYPT_LOG_N")]
+    pub scrypt_log_n: u8,
+
+    /// the account's name
+    #[argh(positional)]
+    pub name: Name,
+}
+
+/// How an option is given: a value, a switch, or a value that may be repeated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Form {
+    Value,
+    Switch,
+    Repeated,
+}
+
+/// Every server option that the environment may give, with its form. `CHATD_` and the name in
+/// capitals (`-` as `_`) is its variable. A test checks that `--help` lists no other option.
+const ENV_OPTIONS: &[(&str, Form)] = &[
+    ("listen", Form::Value),
+    ("no-plain", Form::Switch),
+    ("db", Form::Value),
+    ("min-free-disk", Form::Value),
+    ("tls-listen", Form::Value),
+    ("tls-cert", Form::Value),
+    ("tls-key", Form::Value),
+    ("tls-generate", Form::Switch),
+    ("max-connections", Form::Value),
+    ("max-per-address", Form::Value),
+    ("idle-timeout", Form::Value),
+    ("exempt", Form::Repeated),
+    ("line-rate", Form::Value),
+    ("line-burst", Form::Value),
+    ("hash-threads", Form::Value),
+    ("hash-queue", Form::Value),
+    ("hash-per-address", Form::Value),
+    ("registrations-per-hour", Form::Value),
+    ("msgs-per-minute", Form::Value),
+    ("stored-kib-per-day", Form::Value),
+    ("inbox-share", Form::Value),
+    ("friend-requests-per-hour", Form::Value),
+    ("max-room-members", Form::Value),
+    ("max-compressed", Form::Value),
+    ("scrypt-log-n", Form::Value),
+    ("log-level", Form::Value),
+    ("connect", Form::Value),
+    ("tls", Form::Switch),
+    ("ca", Form::Value),
+    ("insecure", Form::Switch),
+    ("compress", Form::Switch),
+    ("direct-listen", Form::Value),
+    ("direct-announce", Form::Value),
+    ("admin", Form::Repeated),
+    ("registration", Form::Value),
+    ("metrics-listen", Form::Value),
+    ("demo", Form::Switch),
+    ("log-file", Form::Value),
+];
+
+/// Options the environment may give a subcommand.
+const ENV_TOOL_OPTIONS: &[(&str, &[&str])] = &[
+    ("backup", &["db"]),
+    ("check", &["db"]),
+    ("adduser", &["db", "scrypt-log-n"]),
+];
+
+/// `chatd health` without an address checks the server the environment describes: its TLS
+/// listener when it serves TLS only, else its plain one, on the loopback address when it listens on
+/// every address (as in a container, where the health check runs beside the server).
+fn health_with_env(args: &[String], env: &impl Fn(&str) -> Option<String>) -> Vec<String> {
+    let at = args.iter().position(|a| a == "health").unwrap_or(0);
+    let given = args[at + 1..].iter().any(|a| !a.starts_with("--"));
+    if given {
+        return args.to_vec();
+    }
+    let on = |k: &str| {
+        env(&env_name(k))
+            .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes"))
+    };
+    let value = |k: &str| env(&env_name(k)).filter(|v| !v.is_empty());
+    let (addr, tls) = match (on("no-plain"), value("tls-listen"), value("listen")) {
+        (true, Some(tls), _) => (tls, true),
+        (_, _, Some(plain)) => (plain, false),
+        _ => return args.to_vec(),
+    };
+    let addr = match addr.rsplit_once(':') {
+        Some(("0.0.0.0", port)) => format!("127.0.0.1:{port}"),
+        Some(("[::]", port)) => format!("[::1]:{port}"),
+        _ => addr,
+    };
+    let mut out = args.to_vec();
+    if tls && !out.iter().any(|a| a == "--tls") {
+        out.push("--tls".into());
+    }
+    out.push(addr);
+    out
+}
+
+/// The environment variable of an option.
+pub fn env_name(option: &str) -> String {
+    format!("CHATD_{}", option.to_ascii_uppercase().replace('-', "_"))
+}
+
+/// `args` (without the program name) with the options the environment gives (`env` looks a
+/// variable up) and the command line does not: the environment's come first, so that a
+/// subcommand and positional arguments keep their place. A switch's variable is on when it is
+/// `1`, `true` or `yes` (any letter case), off otherwise; a repeated option's is a comma-separated
+/// list. An empty variable counts as unset.
+pub fn with_env(args: &[String], env: impl Fn(&str) -> Option<String>) -> Vec<String> {
+    let given = |opt: &str, within: &[String]| {
+        let flag = format!("--{opt}");
+        within
+            .iter()
+            .any(|a| *a == flag || a.starts_with(&format!("{flag}=")))
+    };
+    let from_env = |opt: &str, form: Form, within: &[String], out: &mut Vec<String>| {
+        if given(opt, within) {
+            return;
+        }
+        let Some(value) = env(&env_name(opt)).filter(|v| !v.is_empty()) else {
+            return;
+        };
+        match form {
+            Form::Value => out.extend([format!("--{opt}"), value]),
+            Form::Switch => {
+                if matches!(value.to_ascii_lowercase().as_str(), "1" | "true" | "yes") {
+                    out.push(format!("--{opt}"));
+                }
+            }
+            Form::Repeated => {
+                for v in value.split(',').map(str::trim).filter(|v| !v.is_empty()) {
+                    out.extend([format!("--{opt}"), v.to_owned()]);
+                }
+            }
+        }
+    };
+    // A subcommand is the first argument that is not an option or an option's value.
+    let tool = ENV_TOOL_OPTIONS
+        .iter()
+        .find_map(|(name, opts)| args.iter().position(|a| a == name).map(|at| (at, *opts)));
+    match tool {
+        Some((at, opts)) => {
+            let (head, rest) = args.split_at(at + 1);
+            let mut out = head.to_vec();
+            for opt in opts {
+                from_env(opt, Form::Value, rest, &mut out);
+            }
+            out.extend_from_slice(rest);
+            out
+        }
+        None if args.iter().any(|a| a == "health") => health_with_env(args, &env),
+        None => {
+            let mut out = Vec::new();
+            for (opt, form) in ENV_OPTIONS {
+                from_env(opt, *form, args, &mut out);
+            }
+            out.extend_from_slice(args);
+            out
+        }
+    }
+}
+
+/// Logs as `<time> <LEVEL> <message>`, at `level` and above, to stderr or to `file`.
+pub fn init_logging(level: LevelFilter, file: Option<LogFile>) {
+    let mut builder = env_logger::Builder::new();
+    builder.filter_level(level).format(|buf, record| {
+        use std::io::Write;
+        writeln!(
+            buf,
+            "{} {:<5} {}",
+            buf.timestamp_millis(),
+            record.level(),
+            record.args()
+        )
+    });
+    match file {
+        Some(f) => builder.target(env_logger::Target::Pipe(Box::new(f))),
+        None => builder.target(env_logger::Target::Stderr),
+    };
+    builder.init();
+}
+
+/// The log file of `--log-file`: appended to, and reopened by [`LogFile::reopen`] (on SIGHUP), so
+/// that logrotate can move it away and the server goes on in a new file of the same name.
+#[derive(Clone, Debug)]
+pub struct LogFile {
+    path: PathBuf,
+    file: std::sync::Arc<std::sync::Mutex<std::fs::File>>,
+}
+
+impl LogFile {
+    /// Opens (creating, appending) the file at `path`.
+    pub fn open(path: &std::path::Path) -> std::io::Result<LogFile> {
+        Ok(LogFile {
+            path: path.to_owned(),
+            file: std::sync::Arc::new(std::sync::Mutex::new(Self::append(path)?)),
         })
-        .target(env_logger::Target::Stderr)
-        .init();
+    }
+
+    fn append(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+    }
+
+    /// Opens the file's path again: log lines from now on go to whatever file has that name now.
+    /// If it cannot be opened, the old file is kept and the error returned.
+    pub fn reopen(&self) -> std::io::Result<()> {
+        let new = Self::append(&self.path)?;
+        *self.file.lock().unwrap_or_else(|e| e.into_inner()) = new;
+        Ok(())
+    }
+}
+
+impl std::io::Write for LogFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.lock().unwrap_or_else(|e| e.into_inner()).flush()
+    }
 }
 
 impl Args {
@@ -250,6 +584,10 @@ pub enum UsageError {
     TlsWithoutCertificate,
     /// `--no-plain` without `--tls-listen`.
     NothingToListenOn,
+    /// More `--admin`s than [`MAX_ADMINS`].
+    TooManyAdmins,
+    /// `--demo` with `--db`: a demo never touches a real database.
+    DemoWithDb,
 }
 
 impl fmt::Display for UsageError {
@@ -271,6 +609,10 @@ impl fmt::Display for UsageError {
             }
             UsageError::NothingToListenOn => {
                 f.write_str("--no-plain needs --tls-listen: there would be nothing to listen on")
+            }
+            UsageError::TooManyAdmins => write!(f, "at most {MAX_ADMINS} --admin accounts"),
+            UsageError::DemoWithDb => {
+                f.write_str("--demo runs on a fresh temporary database; it does not take --db")
             }
         }
     }
@@ -315,6 +657,18 @@ impl TryFrom<Args> for ServerOptions {
         if args.no_plain && tls.is_none() {
             return Err(UsageError::NothingToListenOn);
         }
+        if args.admin.len() > MAX_ADMINS {
+            return Err(UsageError::TooManyAdmins);
+        }
+        if args.demo && args.db.as_path() != std::path::Path::new(DEFAULT_DB) {
+            return Err(UsageError::DemoWithDb);
+        }
+        let demo = args.demo.then(|| {
+            DEMO_ACCOUNTS
+                .iter()
+                .map(|(n, p)| ((*n).to_owned(), (*p).to_owned()))
+                .collect()
+        });
         Ok(ServerOptions {
             listen: (!args.no_plain).then_some(args.listen),
             tls,
@@ -339,6 +693,10 @@ impl TryFrom<Args> for ServerOptions {
             max_compressed: args.max_compressed,
             scrypt_log_n: args.scrypt_log_n,
             max_room_members: args.max_room_members.max(1),
+            admins: args.admin,
+            registration_closed: args.registration == Registration::Closed,
+            metrics_listen: args.metrics_listen,
+            demo,
         })
     }
 }
@@ -507,5 +865,108 @@ mod tests {
             generate("c.redb"),
             Some(TlsSource::SelfSigned { dir: ".".into() })
         );
+    }
+
+    fn merged(args: &[&str], env: &[(&str, &str)]) -> Vec<String> {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        with_env(&args, |k| {
+            env.iter()
+                .find(|(name, _)| *name == k)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+
+    #[test]
+    fn the_environment_fills_in_what_the_command_line_does_not_say() {
+        let env = [
+            ("CHATD_LISTEN", "0.0.0.0:7878"),
+            ("CHATD_DB", "/data/chatd.redb"),
+            ("CHATD_TLS_GENERATE", "yes"),
+            ("CHATD_NO_PLAIN", "0"),
+            ("CHATD_ADMIN", "root, ops"),
+            ("CHATD_EXEMPT", ""),
+        ];
+        assert_eq!(
+            merged(&["--db", "/elsewhere.redb"], &env),
+            [
+                "--listen",
+                "0.0.0.0:7878",
+                "--tls-generate",
+                "--admin",
+                "root",
+                "--admin",
+                "ops",
+                "--db",
+                "/elsewhere.redb"
+            ]
+        );
+        // A repeated option given on the command line replaces the whole list.
+        assert_eq!(
+            merged(&["--admin", "x"], &[("CHATD_ADMIN", "root")]),
+            ["--admin", "x"]
+        );
+        // The tools take the database from the environment, after their name.
+        assert_eq!(
+            merged(&["check"], &env),
+            ["check", "--db", "/data/chatd.redb"]
+        );
+        assert_eq!(merged(&["health", "h:1"], &env), ["health", "h:1"]);
+        assert_eq!(merged(&["health"], &env), ["health", "127.0.0.1:7878"]);
+        let tls_only = [("CHATD_NO_PLAIN", "1"), ("CHATD_TLS_LISTEN", "[::]:7879")];
+        assert_eq!(
+            merged(&["health"], &tls_only),
+            ["health", "--tls", "[::1]:7879"]
+        );
+        let args = parse(
+            &merged(&[], &env)
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+        assert_eq!(args.listen, "0.0.0.0:7878");
+        assert_eq!(args.admin.len(), 2);
+    }
+
+    /// Every option `--help` lists can come from the environment, and the table names no option
+    /// that does not exist.
+    #[test]
+    fn every_option_has_its_variable() {
+        let help = match Args::from_args(&["chatd"], &["--help"]) {
+            Err(early) => early.output,
+            Ok(_) => panic!("--help parses to help"),
+        };
+        let listed: std::collections::BTreeSet<&str> = help
+            .lines()
+            // Option lines start `  --name`; wrapped descriptions are indented further.
+            .filter_map(|l| l.strip_prefix("  --"))
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|o| !matches!(*o, "help" | "help," | "version"))
+            .collect();
+        let table: std::collections::BTreeSet<&str> = ENV_OPTIONS.iter().map(|(o, _)| *o).collect();
+        assert_eq!(listed, table);
+        assert!(
+            help.contains("CHATD_LISTEN"),
+            "--help documents the environment"
+        );
+    }
+
+    #[test]
+    fn admins_registration_and_demo() {
+        let opts = server(&["--admin", "root", "--registration", "closed"]).unwrap();
+        assert_eq!(opts.admins.len(), 1);
+        assert!(opts.registration_closed);
+        assert!(parse(&["--admin", "9x"]).is_err());
+        assert!(parse(&["--registration", "maybe"]).is_err());
+        assert_eq!(
+            server(&["--demo", "--db", "x.redb"]).unwrap_err(),
+            UsageError::DemoWithDb
+        );
+        let demo = server(&["--demo"]).unwrap().demo.unwrap();
+        assert_eq!(demo.len(), DEMO_ACCOUNTS.len());
+        // The demo's passwords are shorter than the rule: only demo mode may have them.
+        assert!(demo
+            .iter()
+            .any(|(_, p)| crate::proto::name::Password::parse(p).is_err()));
     }
 }

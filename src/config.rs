@@ -49,6 +49,15 @@ pub const MAX_AWAY_BYTES: usize = 200;
 /// at least this old (ten minutes): a wave of disconnections writes little, and after a restart
 /// last seen is at most this early.
 pub const LAST_SEEN_WRITE_INTERVAL_MS: i64 = 10 * 60 * 1000;
+/// Most admin accounts the server may be given (`--admin`, repeated).
+pub const MAX_ADMINS: usize = 64;
+/// The accounts a demo server starts with, and their passwords (`--demo`): a first-run tour.
+/// These passwords are shorter than the password rule allows, which only demo mode accepts.
+pub const DEMO_ACCOUNTS: &[(&str, &str)] = &[
+    ("alice", "alice123"),
+    ("bob", "bob123"),
+    ("charlie", "charlie123"),
+];
 /// Most accounts one account may block; BLOCK beyond it is refused (TOO_MANY_BLOCKS).
 pub const MAX_BLOCKS_PER_ACCOUNT: usize = 1000;
 /// Default share of one sender in one recipient's offline inbox: messages from one sender waiting
@@ -89,7 +98,7 @@ pub const MAX_INVITES_PER_ACCOUNT: usize = 100;
 pub const INVITE_LIFETIME_MS: i64 = 7 * 24 * 60 * 60 * 1000;
 /// Longest room topic in bytes (UTF-8).
 pub const MAX_TOPIC_BYTES: usize = 300;
-/// Longest reason of a PART, KICK or BAN, in bytes (UTF-8).
+/// Longest reason of a PART, KICK, BAN, SUSPEND or KILL, in bytes (UTF-8).
 pub const MAX_REASON_BYTES: usize = 300;
 /// Most of a room's latest messages a JOIN answers with.
 pub const JOIN_REPLAY: u32 = 20;

@@ -19,7 +19,9 @@
 //!   fingerprints, self-signed certificates.
 //! - [`client`]: the bundled client behind `chatd --connect`.
 //! - [`cli`]: the command line.
+//! - [`tools`]: the operator's tools (`chatd backup`, `check`, `health`, `adduser`).
 //! - [`tally`]: counts of repeated events, written to the log as one line a minute.
+//! - [`metrics`]: the server's figures, shown to admins (`STATS`) and to Prometheus (`/metrics`).
 //!
 //! With the `testing` feature (on for this crate's own tests and for the fuzz crate, off in the
 //! server):
@@ -35,6 +37,7 @@ pub mod config;
 pub mod core;
 #[cfg(feature = "testing")]
 pub mod fuzzing;
+pub mod metrics;
 pub mod net;
 pub mod outbox;
 pub mod peer;
@@ -44,3 +47,4 @@ pub mod sim;
 pub mod store;
 pub mod tally;
 pub mod tls;
+pub mod tools;

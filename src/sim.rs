@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::auth::{HashOutcome, Hasher};
 use crate::config::{MAX_INFLIGHT_PER_CONNECTION, MAX_LINE_BYTES, OUTBOX_LIMIT_BYTES};
 use crate::core::entropy::Entropy;
-use crate::core::{ConnId, Core, Event, Input, Job, Limits, Settings};
+use crate::core::{ConnId, Core, Event, Input, Job, Limits, Policy, Settings};
 use crate::outbox::Outbox;
 use crate::peer::Peer;
 use crate::proto::line::{Frame, LineDecoder};
@@ -97,7 +97,16 @@ impl Sim {
             version: "0.0.0-sim",
             entropy: Entropy::Seeded(SEED.wrapping_add(restarts)),
             limits,
+            policy: Policy::default(),
+            metrics: Arc::default(),
         }
+    }
+
+    /// Changes the server's policy (its admins, whether registration is open) from now on.
+    pub fn set_policy(&mut self, change: impl FnOnce(&mut Policy)) {
+        let mut policy = self.core.policy().clone();
+        change(&mut policy);
+        self.core.set_policy(policy);
     }
 
     /// The core, for inspection.
@@ -119,7 +128,10 @@ impl Sim {
         self.clients.clear();
         self.restarts += 1;
         let limits = self.core.limits().clone();
-        self.core = Core::new(snapshot, Sim::settings(&self.hasher, self.restarts, limits));
+        let policy = self.core.policy().clone();
+        let mut settings = Sim::settings(&self.hasher, self.restarts, limits);
+        settings.policy = policy;
+        self.core = Core::new(snapshot, settings);
     }
 
     /// Changes the server's limits from now on.

@@ -50,8 +50,11 @@ struct Server {
 impl Server {
     fn start(tls: bool, extra: &[&str]) -> Server {
         let dir = tempfile::tempdir().expect("a temporary directory");
+        make_admin(&dir.path().join("chatd.redb"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatd"));
-        cmd.arg("--db").arg(dir.path().join("chatd.redb"));
+        cmd.arg("--db")
+            .arg(dir.path().join("chatd.redb"))
+            .args(["--admin", ADMIN]);
         if tls {
             cmd.args([
                 "--no-plain",
@@ -112,19 +115,54 @@ impl Drop for Server {
     }
 }
 
-fn cases(with_requirements: bool) -> Vec<Case> {
-    let all = chatd_conformance::bundled_cases().expect("the bundled cases parse");
-    all.into_iter()
-        .filter(|c| c.requires.is_empty() != with_requirements)
+/// What a case needs of the server beyond what every server here has: an admin account and the
+/// permission to send ALL and ANNOUNCE are given to every run.
+fn setting(c: &Case) -> Vec<Requirement> {
+    c.requires
+        .iter()
+        .copied()
+        .filter(|r| !matches!(r, Requirement::Admin | Requirement::Broadcast))
         .collect()
 }
 
-/// The cases that need exactly the requirement `r`.
+fn cases(with_requirements: bool) -> Vec<Case> {
+    let all = chatd_conformance::bundled_cases().expect("the bundled cases parse");
+    all.into_iter()
+        .filter(|c| setting(c).is_empty() != with_requirements)
+        .collect()
+}
+
+/// The cases that need exactly the setting `r`.
 fn cases_requiring(r: Requirement) -> Vec<Case> {
     cases(true)
         .into_iter()
-        .filter(|c| c.requires == [r])
+        .filter(|c| setting(c) == [r])
         .collect()
+}
+
+/// The admin account every server here has, made with `chatd adduser` before the server starts.
+const ADMIN: &str = "suite-admin";
+const ADMIN_PASSWORD: &str = "suite-admin-password";
+
+/// Creates the admin account in the database at `db`, as an operator would (`chatd adduser`).
+fn make_admin(db: &std::path::Path) {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chatd"))
+        .args(["adduser", "--scrypt-log-n", "4", "--db"])
+        .arg(db)
+        .arg(ADMIN)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("chatd adduser starts");
+    writeln!(child.stdin.take().expect("piped"), "{ADMIN_PASSWORD}").expect("writing");
+    let out = child.wait_with_output().expect("chatd adduser ends");
+    assert!(
+        out.status.success(),
+        "chatd adduser: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Runs `cases` and panics with every failure (and skip) if any case did not pass.
@@ -157,7 +195,26 @@ fn run_all(server: &Server, cases: &[Case], opts: &Options) {
 fn options(server: &Server) -> Options {
     let mut opts = Options::new(server.addr.clone());
     opts.timeout = STEP_TIMEOUT;
+    opts.admin = Some((ADMIN.to_owned(), ADMIN_PASSWORD.to_owned()));
+    // These servers are the suite's own: ALL and ANNOUNCE disturb no one.
+    opts.broadcast = true;
     opts
+}
+
+/// The accounts the server has, from the admin's STATS.
+fn accounts(server: &Server) -> u64 {
+    use std::io::Write;
+    let stream = std::net::TcpStream::connect(&server.addr).expect("connecting");
+    stream.set_read_timeout(Some(STEP_TIMEOUT)).unwrap();
+    let mut w = stream.try_clone().unwrap();
+    writeln!(w, "LOGIN {ADMIN} {ADMIN_PASSWORD}\nSTATS\nQUIT").unwrap();
+    let mut found = None;
+    for line in BufReader::new(stream).lines().map_while(Result::ok) {
+        if let Some(n) = line.strip_prefix("STAT accounts ") {
+            found = n.parse().ok();
+        }
+    }
+    found.expect("STATS shows the accounts")
 }
 
 /// The suite's own address, exempt from the limits per address on the servers that run the
@@ -184,6 +241,22 @@ const ORDINARY: [&str; 10] = [
 fn plain_tcp() {
     let server = Server::start(false, &ORDINARY);
     run_all(&server, &cases(false), &options(&server));
+    // The suite leaves no trace: every account a case made was deleted again; the admin stays.
+    assert_eq!(accounts(&server), 1, "accounts left behind by the suite");
+}
+
+/// The case of a server whose registration is closed: admins create the accounts.
+#[test]
+fn registration_closed() {
+    let mut flags = ORDINARY.to_vec();
+    flags.extend(["--registration", "closed"]);
+    let server = Server::start(false, &flags);
+    let mut opts = options(&server);
+    opts.registration_closed = true;
+    let cases = cases_requiring(Requirement::RegistrationClosed);
+    assert!(!cases.is_empty());
+    run_all(&server, &cases, &opts);
+    assert_eq!(accounts(&server), 1, "accounts left behind by the suite");
 }
 
 #[test]
@@ -239,6 +312,7 @@ fn limits() {
             Requirement::MaxRoomMembers(_) => {
                 vec!["--scrypt-log-n", "4", "--max-room-members", &room_max]
             }
+            other => unreachable!("{other:?} is not a setting of this test"),
         };
         let server = Server::start(false, &flags);
         let mut opts = options(&server);
@@ -250,6 +324,7 @@ fn limits() {
             Requirement::RateLimits => opts.rate_limits = true,
             Requirement::SmallQuotas => opts.small_quotas = true,
             Requirement::MaxRoomMembers(n) => opts.max_room_members = Some(n),
+            other => unreachable!("{other:?} is not a setting of this test"),
         }
         let cases = cases_requiring(requirement);
         assert!(!cases.is_empty(), "no case needs {}", requirement.name());
@@ -257,7 +332,7 @@ fn limits() {
         run_all(&server, &cases, &opts);
     }
     assert_eq!(
-        ran,
+        ran + cases_requiring(Requirement::RegistrationClosed).len(),
         cases(true).len(),
         "every case that needs a setting needs exactly one of those above"
     );

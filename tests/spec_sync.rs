@@ -152,6 +152,11 @@ fn limits_table_states_the_numbers_the_code_uses() {
     );
     has("away message", format!("1 to {MAX_AWAY_BYTES} bytes"));
     has(
+        "reason of SUSPEND or KILL",
+        format!("1 to {MAX_REASON_BYTES} bytes"),
+    );
+    has("admins", format!("at most {MAX_ADMINS} accounts"));
+    has(
         "last seen, on disk",
         format!("{} minutes", LAST_SEEN_WRITE_INTERVAL_MS / 60_000),
     );

@@ -250,6 +250,13 @@ impl Generator {
                 user: self.key(),
                 friends_only: self.rng.chance(50),
             },
+            27 => StoreOp::SetSuspended {
+                user: self.key(),
+                suspension: self.rng.chance(60).then(|| chatd::store::Suspension {
+                    reason: self.rng.pick(TEXTS).to_string(),
+                    since_ms: self.time(),
+                }),
+            },
             _ => StoreOp::SetLastSeen {
                 user: self.key(),
                 ms: self.time(),

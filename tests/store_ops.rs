@@ -5,7 +5,7 @@ mod store_support;
 
 use chatd::store::{
     Conversation, Cursor, FriendState, HistoryPage, MemberRecord, Profile, ReadOp, RetiredName,
-    RoomRecord, Snapshot, StoreOp, StoreReply, To, TokenRecord,
+    RoomRecord, Snapshot, StoreOp, StoreReply, Suspension, To, TokenRecord,
 };
 use store_support::*;
 
@@ -1055,11 +1055,26 @@ fn profiles_change_field_by_field_and_only_for_accounts() {
                 user: "nobody".into(),
                 away: Some("x".into()),
             },
+            StoreOp::SetSuspended {
+                user: "ann".into(),
+                suspension: Some(Suspension {
+                    reason: "spam".into(),
+                    since_ms: 5,
+                }),
+            },
+            StoreOp::SetSuspended {
+                user: "nobody".into(),
+                suspension: Some(Suspension::default()),
+            },
         ]);
         let want = Profile {
             friends_only: true,
             away: Some("lunch".into()),
             last_seen_ms: Some(77),
+            suspended: Some(Suspension {
+                reason: "spam".into(),
+                since_ms: 5,
+            }),
         };
         assert_eq!(
             s.snapshot().profiles,
@@ -1071,6 +1086,24 @@ fn profiles_change_field_by_field_and_only_for_accounts() {
             user: "ann".into(),
             away: None,
         });
-        assert_eq!(s.snapshot().profiles[0].1, Profile { away: None, ..want });
+        assert_eq!(
+            s.snapshot().profiles[0].1,
+            Profile {
+                away: None,
+                ..want.clone()
+            }
+        );
+        s.exec1(StoreOp::SetSuspended {
+            user: "ann".into(),
+            suspension: None,
+        });
+        assert_eq!(
+            s.snapshot().profiles[0].1,
+            Profile {
+                away: None,
+                suspended: None,
+                ..want
+            }
+        );
     }
 }

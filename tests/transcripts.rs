@@ -13,6 +13,8 @@
 //! - `server: set LIMIT N`: changes one of the server's limits (`msgs-per-minute`,
 //!   `stored-bytes-per-day`, `inbox-share`, `friend-requests-per-hour`, `hash-per-address`,
 //!   `registrations-per-hour`; 0 lifts it), so that a transcript can show one rule at a time;
+//! - `server: admin NAME`: the account NAME is one of the server's admins from now on;
+//!   `server: registration closed` (or `open`): whether REGISTER is refused;
 //! - `a> LINE`: client `a` sends LINE. In LINE, `{x*N}` stands for N copies of `x`, and `\xHH`
 //!   for one raw byte;
 //! - `a: raw TEXT`: sends TEXT with the same escapes and no LF added (`\n` for a newline);
@@ -209,6 +211,10 @@ fn run(script: &str) -> String {
                         other => panic!("unknown limit {other:?}"),
                     });
                 }
+                "admin" => sim.set_policy(|p| {
+                    p.admins.insert(chatd::proto::name::Key::of(arg));
+                }),
+                "registration" => sim.set_policy(|p| p.registration_closed = arg == "closed"),
                 "raw" => sim.send_bytes(who, &expand(arg)),
                 "bad-deflate" => sim.bad_deflate(who),
                 "compressed?" => {

@@ -49,6 +49,14 @@ pub enum Requirement {
     /// The server's quotas per account are small and known (`--small-quotas`): 60 messages a
     /// minute, 16 KiB stored a day, a share of 5 in an offline inbox, 2 friend requests an hour.
     SmallQuotas,
+    /// An admin account of the server is given (`--admin NAME:PASSWORD`); enables the operator
+    /// commands' cases.
+    Admin,
+    /// The suite may send what reaches every user online, `ALL` and `ANNOUNCE` (`--broadcast`):
+    /// on a shared server, only when its users expect it.
+    Broadcast,
+    /// The server's registration is closed (`--registration-closed`); needs an admin too.
+    RegistrationClosed,
 }
 
 impl Requirement {
@@ -62,6 +70,9 @@ impl Requirement {
             Requirement::IdleTimeout => "idle-timeout",
             Requirement::RateLimits => "rate-limits",
             Requirement::SmallQuotas => "small-quotas",
+            Requirement::Admin => "admin",
+            Requirement::Broadcast => "broadcast",
+            Requirement::RegistrationClosed => "registration-closed",
         }
     }
 }
@@ -109,6 +120,8 @@ pub enum StepKind {
     Deflate { client: String },
     /// Register a fresh account and log in with it, expecting an empty backlog.
     Signup { client: String, account: Template },
+    /// Log in as the server's admin (`--admin`) and read up to the end of the login's backlog.
+    Admin { client: String },
     /// Open connections until the server refuses one; the refused connection becomes `client`.
     Saturate { client: String },
 }
@@ -261,6 +274,11 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Vec<Case>, ParseError> {
                 (Some("idle-timeout"), None, _) => b.case.requires.push(Requirement::IdleTimeout),
                 (Some("rate-limits"), None, _) => b.case.requires.push(Requirement::RateLimits),
                 (Some("small-quotas"), None, _) => b.case.requires.push(Requirement::SmallQuotas),
+                (Some("admin"), None, _) => b.case.requires.push(Requirement::Admin),
+                (Some("broadcast"), None, _) => b.case.requires.push(Requirement::Broadcast),
+                (Some("registration-closed"), None, _) => {
+                    b.case.requires.push(Requirement::RegistrationClosed)
+                }
                 (Some("max-room-members"), Some(n), None) => match n.parse() {
                     Ok(n) => b.case.requires.push(Requirement::MaxRoomMembers(n)),
                     Err(_) => {
@@ -271,7 +289,7 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Vec<Case>, ParseError> {
                     return Err(err(format!(
                         "unknown requirement {:?} (known: max-connections, busy-hashing, \
                          max-per-address, idle-timeout, rate-limits, small-quotas, \
-                         max-room-members N)",
+                         admin, broadcast, registration-closed, max-room-members N)",
                         req.trim()
                     )))
                 }
@@ -509,6 +527,12 @@ fn parse_step(line: &str, b: &mut CaseBuilder) -> Result<StepKind, String> {
             client,
             account: template(account, Mode::Send)?,
         }),
+        ["admin"] => {
+            if !b.case.requires.contains(&Requirement::Admin) {
+                return Err("`admin` needs `requires admin` first".into());
+            }
+            Ok(StepKind::Admin { client })
+        }
         _ => Err(format!("unknown step {line:?}")),
     }
 }

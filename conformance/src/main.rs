@@ -30,6 +30,13 @@ usage: chatd-conformance --addr HOST:PORT [options]
                           day, a share of 5 in an offline inbox and 2 friend requests an hour
                           (chatd: --stored-kib-per-day 16 --inbox-share 5
                           --friend-requests-per-hour 2); enables the quota cases
+  --admin NAME:PASSWORD   an admin account of the server (chatd: --admin NAME); enables the
+                          operator commands' cases (ANNOUNCE, SUSPEND, KILL, STATS, ADDUSER, and
+                          admins moderating rooms)
+  --broadcast             the suite may send ALL and ANNOUNCE, which reach every user online;
+                          without it, the cases that send them are skipped
+  --registration-closed   the server's registration is closed (chatd: --registration closed);
+                          enables its case (needs --admin)
   --cases DIR             case files to run (default: the bundled cases)
   --list                  list the cases and exit
 ";
@@ -102,6 +109,15 @@ fn parse_args() -> Result<Args, String> {
                 let secs: u64 = v.parse().map_err(|_| format!("bad --idle-timeout {v:?}"))?;
                 a.opts.idle_timeout = Some(Duration::from_secs(secs));
             }
+            "--admin" => {
+                let v = value()?;
+                let (name, pw) = v
+                    .split_once(':')
+                    .ok_or_else(|| format!("--admin takes NAME:PASSWORD, not {v:?}"))?;
+                a.opts.admin = Some((name.to_owned(), pw.to_owned()));
+            }
+            "--broadcast" => a.opts.broadcast = true,
+            "--registration-closed" => a.opts.registration_closed = true,
             "--cases" => a.cases = PathBuf::from(value()?),
             "--list" => a.list = true,
             "-h" | "--help" => return Err(String::new()),

@@ -45,6 +45,12 @@ pub struct Options {
     /// The server runs with small quotas per account (see [`Requirement::SmallQuotas`]); enables
     /// the quota cases.
     pub small_quotas: bool,
+    /// The server's admin account, name and password; enables the operator commands' cases.
+    pub admin: Option<(String, String)>,
+    /// The suite may send `ALL` and `ANNOUNCE`, which reach every user online.
+    pub broadcast: bool,
+    /// The server's registration is closed.
+    pub registration_closed: bool,
     /// Distinguishes this run's account names from every other run's; random when `None`.
     pub run_id: Option<String>,
     /// Fail a case when the server sends a line that is not a well-formed server line (spec 2.9).
@@ -67,6 +73,9 @@ impl Options {
             idle_timeout: None,
             rate_limits: false,
             small_quotas: false,
+            admin: None,
+            broadcast: false,
+            registration_closed: false,
             run_id: None,
             check_grammar: true,
         }
@@ -157,6 +166,9 @@ pub fn run(
             Requirement::IdleTimeout => opts.idle_timeout.is_none(),
             Requirement::RateLimits => !opts.rate_limits,
             Requirement::SmallQuotas => !opts.small_quotas,
+            Requirement::Admin => opts.admin.is_none(),
+            Requirement::Broadcast => !opts.broadcast,
+            Requirement::RegistrationClosed => !opts.registration_closed,
         });
         let outcome = if let Some(r) = unmet {
             Outcome::Skip(match r {
@@ -164,7 +176,9 @@ pub fn run(
                 r => format!("needs --{}", r.name()),
             })
         } else {
-            let mut cx = CaseRun::new(opts, Env::new(&run_id, index));
+            let mut env = Env::new(&run_id, index);
+            env.admin = opts.admin.as_ref().map(|(name, _)| name.clone());
+            let mut cx = CaseRun::new(opts, env);
             let outcome = match case
                 .steps
                 .iter()
@@ -247,6 +261,10 @@ struct CaseRun<'a> {
     transcript: VecDeque<String>,
     syncs: u64,
     step: Option<Step>,
+    /// Accounts the case may have created (REGISTER, ADDUSER), by name, with the passwords they
+    /// may have now (PASSWORD may have changed them): the clean-up deletes them.
+    made: Vec<String>,
+    passwords: Vec<String>,
 }
 
 type StepResult = Result<(), Failure>;
@@ -261,6 +279,32 @@ impl<'a> CaseRun<'a> {
             transcript: VecDeque::new(),
             syncs: 0,
             step: None,
+            made: Vec::new(),
+            passwords: Vec::new(),
+        }
+    }
+
+    /// Notes the accounts a line sent may create, and the passwords it may set, for the clean-up.
+    fn note_accounts(&mut self, bytes: &[u8]) {
+        for line in bytes.split(|b| *b == b'\n') {
+            let line = String::from_utf8_lossy(line);
+            let mut words = line.split(' ').filter(|w| !w.is_empty());
+            let mut first = words.next();
+            if first.is_some_and(|w| w.starts_with('@')) {
+                first = words.next();
+            }
+            let (Some(cmd), Some(a), Some(b)) = (first, words.next(), words.next()) else {
+                continue;
+            };
+            let cmd = cmd.to_ascii_uppercase();
+            if cmd == "REGISTER" || cmd == "ADDUSER" {
+                if !self.made.iter().any(|m| m.eq_ignore_ascii_case(a)) {
+                    self.made.push(a.to_owned());
+                }
+                self.passwords.push(b.to_owned());
+            } else if cmd == "PASSWORD" {
+                self.passwords.push(b.to_owned());
+            }
         }
     }
 
@@ -536,6 +580,7 @@ impl<'a> CaseRun<'a> {
                     }
                 }
                 restore(&mut self.env, saved);
+                self.note_accounts(&bytes);
                 let conn = &mut self.client(client).conn;
                 let r = if *raw {
                     conn.send_raw(&bytes)
@@ -665,10 +710,42 @@ impl<'a> CaseRun<'a> {
                     )),
                 }
             }
+            StepKind::Admin { client } => {
+                let (name, pw) = self
+                    .opts
+                    .admin
+                    .clone()
+                    .expect("cases that log in as the admin are skipped without one");
+                let login = format!("LOGIN {name} {pw}");
+                self.send(
+                    client,
+                    format!("{login}\n").as_bytes(),
+                    format!("{client}> LOGIN {name} <admin password>"),
+                )?;
+                let ok = Template::parse("OK LOGIN <word>", Mode::Pattern)
+                    .expect("a valid pattern")
+                    .to_pattern(&self.env)
+                    .expect("no captures");
+                self.expect(client, &ok)?;
+                // Whatever the admin's account is sent at login (friends, a backlog), up to its end.
+                let end = Template::parse("BACKLOG-END <n>", Mode::Pattern)
+                    .expect("a valid pattern")
+                    .to_pattern(&self.env)
+                    .expect("no captures");
+                let any = Template::parse("<any>", Mode::Pattern)
+                    .expect("a valid pattern")
+                    .to_pattern(&self.env)
+                    .expect("no captures");
+                self.client(client).skip = Some(any);
+                let r = self.expect(client, &end);
+                self.client(client).skip = None;
+                r
+            }
             StepKind::Signup { client, account } => {
                 let name = String::from_utf8_lossy(&self.bytes(account)?).into_owned();
                 let pw = self.env.password.clone();
                 let reg = format!("REGISTER {name} {pw}");
+                self.note_accounts(reg.as_bytes());
                 self.send(
                     client,
                     format!("{reg}\n").as_bytes(),
@@ -749,6 +826,57 @@ impl<'a> CaseRun<'a> {
         }
         self.fillers.clear();
         self.clients.clear();
+        self.remove_accounts();
+    }
+
+    /// Deletes the accounts the case made, so that a run leaves no trace on a shared server: each
+    /// logs in (with whichever password it has now) and sends UNREGISTER. An account that is
+    /// suspended is first unsuspended by the admin. One that cannot log in (the case deleted it
+    /// already, or left the suite's address backed off) is left.
+    fn remove_accounts(&mut self) {
+        let made = std::mem::take(&mut self.made);
+        if made.is_empty() {
+            return;
+        }
+        let mut passwords = std::mem::take(&mut self.passwords);
+        passwords.push(self.env.password.clone());
+        passwords.dedup();
+        let Ok(mut conn) = Conn::connect(&self.opts.addr, self.opts.tls.as_ref(), CLEANUP_WAIT)
+        else {
+            return;
+        };
+        let deadline = || Instant::now() + self.opts.timeout;
+        let call = |conn: &mut Conn, line: &str| -> Option<String> {
+            conn.send(format!("{line}\n").as_bytes()).ok()?;
+            loop {
+                let got = conn.read_line(deadline()).ok()?;
+                let got = String::from_utf8_lossy(&got).into_owned();
+                if got.starts_with("OK ") || got.starts_with("FAIL ") {
+                    return Some(got);
+                }
+            }
+        };
+        let _ = conn.read_line(deadline());
+        for name in made {
+            for pw in passwords.iter().rev() {
+                let mut reply = call(&mut conn, &format!("LOGIN {name} {pw}"));
+                if reply.as_deref().is_some_and(|r| r.contains(" SUSPENDED ")) {
+                    if let Some((admin, apw)) = &self.opts.admin {
+                        let _ = call(&mut conn, &format!("LOGIN {admin} {apw}"));
+                        let _ = call(&mut conn, &format!("UNSUSPEND {name}"));
+                        let _ = call(&mut conn, "LOGOUT");
+                        reply = call(&mut conn, &format!("LOGIN {name} {pw}"));
+                    }
+                }
+                if reply.as_deref().is_some_and(|r| r.starts_with("OK LOGIN")) {
+                    let _ = call(&mut conn, &format!("UNREGISTER {pw}"));
+                    break;
+                }
+            }
+        }
+        let _ = conn.send(b"QUIT\n");
+        while conn.read_line(deadline()).is_ok() {}
+        conn.close();
     }
 }
 

@@ -131,6 +131,8 @@ pub struct Env {
     pub password: String,
     /// Values bound so far (`{id}`), plus the repetition index `i` while a step repeats.
     pub captures: HashMap<String, String>,
+    /// The server's admin account (`--admin`), which `$admin` names.
+    pub admin: Option<String>,
 }
 
 impl Env {
@@ -140,11 +142,15 @@ impl Env {
             name_prefix: format!("C{run_id}{}_", name_digits(case_index as u64, 2)),
             password: format!("pw-{run_id}-ok"),
             captures: HashMap::new(),
+            admin: None,
         }
     }
 
     /// The account name a variable stands for, in the requested form.
     pub fn name(&self, var: &str, form: NameForm) -> String {
+        if let (Some(admin), "admin", NameForm::AsIs) = (&self.admin, var, form) {
+            return admin.clone();
+        }
         let name = format!("{}{var}", self.name_prefix);
         match form {
             NameForm::AsIs => name,

@@ -118,6 +118,15 @@ pub enum Input<'a> {
         /// Whom to ask about.
         name: &'a str,
     },
+    /// The operators' commands, for admins: `/announce <text>`, `/suspend <name> [<reason>]`,
+    /// `/unsuspend <name>`, `/kill <name> [<reason>]`, `/stats`, `/adduser <name> <password>`;
+    /// passed on as `VERB <args>`.
+    Operator {
+        /// The protocol command: `ANNOUNCE`, `SUSPEND`, ...
+        verb: &'static str,
+        /// Its arguments, as typed (empty for `/stats`).
+        args: &'a str,
+    },
     /// `/join <#room>`.
     Join {
         /// The room.
@@ -294,6 +303,20 @@ pub const COMMANDS: &[(&str, &str)] = &[
         "/history [<name>|*] [<count>] [before|after <id>]",
         "show past messages (default: the last person you talked with)",
     ),
+    ("/announce <text>", "admins: a notice to every connection"),
+    (
+        "/suspend <name> [<reason>]",
+        "admins: lock an account until /unsuspend",
+    ),
+    (
+        "/kill <name> [<reason>]",
+        "admins: close an account's connections now",
+    ),
+    ("/stats", "admins: the server's figures"),
+    (
+        "/adduser <name> <password>",
+        "admins: create an account (also when registration is closed)",
+    ),
     (
         "/direct <name>",
         "offer a direct session: your clients talk over TLS, nothing passes the server",
@@ -449,6 +472,55 @@ pub fn parse(line: &str) -> Result<Input<'_>, InputError> {
                 "block" => Input::Block { name: arg },
                 "unblock" => Input::Unblock { name: arg },
                 _ => Input::Whois { name: arg },
+            })
+        }
+        "announce" => {
+            if blank(rest) {
+                return Err(usage("/announce <text>"));
+            }
+            Ok(Input::Operator {
+                verb: "ANNOUNCE",
+                args: rest,
+            })
+        }
+        "suspend" | "kill" | "unsuspend" => {
+            let verb = verb.to_ascii_lowercase();
+            let (name, more) = word(rest);
+            let one_name = verb == "unsuspend";
+            if name.is_empty() || (one_name && !blank(more)) {
+                return Err(usage(&if one_name {
+                    format!("/{verb} <name>")
+                } else {
+                    format!("/{verb} <name> [<reason>]")
+                }));
+            }
+            Ok(Input::Operator {
+                verb: match verb.as_str() {
+                    "suspend" => "SUSPEND",
+                    "kill" => "KILL",
+                    _ => "UNSUSPEND",
+                },
+                args: rest.trim_start_matches(' ').trim_end_matches(' '),
+            })
+        }
+        "stats" => {
+            if !blank(rest) {
+                return Err(usage("/stats"));
+            }
+            Ok(Input::Operator {
+                verb: "STATS",
+                args: "",
+            })
+        }
+        "adduser" => {
+            let (name, after) = word(rest);
+            let (password, more) = word(after);
+            if name.is_empty() || password.is_empty() || !blank(more) {
+                return Err(usage("/adduser <name> <password>"));
+            }
+            Ok(Input::Operator {
+                verb: "ADDUSER",
+                args: rest.trim_start_matches(' ').trim_end_matches(' '),
             })
         }
         "dms" => {
@@ -849,6 +921,40 @@ mod tests {
             "/role bob",
             "/room",
             "/members a b",
+        ] {
+            assert!(parse(bad).unwrap_err().0.starts_with("usage: /"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn operator_commands_pass_on_their_arguments() {
+        let op = |verb, args| Ok(Input::Operator { verb, args });
+        assert_eq!(
+            parse("/announce back in  5 minutes"),
+            op("ANNOUNCE", "back in  5 minutes")
+        );
+        assert_eq!(
+            parse("/suspend mallory spam, again"),
+            op("SUSPEND", "mallory spam, again")
+        );
+        assert_eq!(parse("/SUSPEND mallory"), op("SUSPEND", "mallory"));
+        assert_eq!(parse("/unsuspend mallory"), op("UNSUSPEND", "mallory"));
+        assert_eq!(parse("/kill bob stuck"), op("KILL", "bob stuck"));
+        assert_eq!(parse("/stats"), op("STATS", ""));
+        assert_eq!(
+            parse("/adduser dave wonderland1"),
+            op("ADDUSER", "dave wonderland1")
+        );
+        for bad in [
+            "/announce",
+            "/announce   ",
+            "/suspend",
+            "/kill",
+            "/unsuspend",
+            "/unsuspend a b",
+            "/stats now",
+            "/adduser dave",
+            "/adduser dave pw extra",
         ] {
             assert!(parse(bad).unwrap_err().0.starts_with("usage: /"), "{bad}");
         }

@@ -152,6 +152,8 @@ enum Pending {
     Unregister,
     Block,
     Whois,
+    /// An operator's command (`/announce`, `/suspend`, ...).
+    Operator,
     Away,
     Dms,
     Msg {
@@ -455,6 +457,14 @@ impl Session {
                 },
             )],
             Input::Whois { name } => vec![self.send(Pending::Whois, format!("WHOIS {name}"))],
+            Input::Operator { verb, args } => vec![self.send(
+                Pending::Operator,
+                if args.is_empty() {
+                    verb.to_owned()
+                } else {
+                    format!("{verb} {args}")
+                },
+            )],
             Input::Friend { args } => vec![self.send(Pending::Friend, format!("FRIEND {args}"))],
             Input::History { args: "" } => match self.target.clone() {
                 Some(peer) => vec![self.send(
@@ -771,6 +781,12 @@ impl Session {
                 Vec::new()
             }
             ServerLine::Direct { name, event } => self.on_direct_push(name, event),
+            ServerLine::Stat { name, value } => {
+                vec![note(NoteKind::Plain, format!("  {name} {value}"))]
+            }
+            ServerLine::Notice { text } => {
+                vec![note(NoteKind::Info, format!("NOTICE: {}", clean(text)))]
+            }
             ServerLine::Other(raw) => {
                 vec![note(NoteKind::Plain, format!("server: {}", clean(raw)))]
             }
@@ -952,6 +968,23 @@ impl Session {
             ),
             (Some(Pending::Unregister), OkReply::Unregister { name }) => {
                 format!("The account {} is deleted.", clean(name))
+            }
+            (Some(Pending::Operator), OkReply::Announce { delivered }) => {
+                format!("notice sent to {delivered} connection(s)")
+            }
+            (Some(Pending::Operator), OkReply::Suspend { name, closed }) => format!(
+                "{} is suspended; {closed} connection(s) closed",
+                clean(name)
+            ),
+            (Some(Pending::Operator), OkReply::Unsuspend { name }) => {
+                format!("{} may log in again", clean(name))
+            }
+            (Some(Pending::Operator), OkReply::Kill { name, closed }) => {
+                format!("{closed} connection(s) of {} closed", clean(name))
+            }
+            (Some(Pending::Operator), OkReply::Stats { count }) => format!("{count} figures"),
+            (Some(Pending::Operator), OkReply::Adduser { name }) => {
+                format!("account {} created", clean(name))
             }
             (Some(Pending::Block), OkReply::Block { name }) => {
                 format!("blocked {}: they can no longer reach you", clean(name))
@@ -1263,6 +1296,48 @@ mod tests {
         assert_eq!(s.unanswered(), 0);
         // The prompt says where a plain line goes: bob, the last person messaged.
         assert_eq!(s.prompt(), "alice → bob> ");
+    }
+
+    #[test]
+    fn operator_commands_are_sent_and_their_answers_worded() {
+        let mut s = logged_in("root");
+        assert_eq!(
+            sent(&input(&mut s, "/announce back at 18:10")),
+            ["@c.2 ANNOUNCE back at 18:10"]
+        );
+        assert_eq!(
+            shown(&server(&mut s, "OK @c.2 ANNOUNCE 7")),
+            ["* notice sent to 7 connection(s)"]
+        );
+        assert_eq!(
+            shown(&server(&mut s, "NOTICE back at 18:10")),
+            ["* NOTICE: back at 18:10"]
+        );
+        assert_eq!(
+            sent(&input(&mut s, "/suspend mallory spam")),
+            ["@c.3 SUSPEND mallory spam"]
+        );
+        assert_eq!(
+            shown(&server(&mut s, "OK @c.3 SUSPEND Mallory CLOSED 2")),
+            ["* Mallory is suspended; 2 connection(s) closed"]
+        );
+        assert_eq!(sent(&input(&mut s, "/stats")), ["@c.4 STATS"]);
+        assert_eq!(
+            shown(&server(&mut s, "STAT connections 3")),
+            ["  connections 3"]
+        );
+        assert_eq!(shown(&server(&mut s, "OK @c.4 STATS 1")), ["* 1 figures"]);
+        assert_eq!(
+            sent(&input(&mut s, "/adduser dave wonderland1")),
+            ["@c.5 ADDUSER dave wonderland1"]
+        );
+        assert_eq!(
+            shown(&server(
+                &mut s,
+                "FAIL @c.5 ADDUSER NOT_ADMIN for admins only"
+            )),
+            ["error: for admins only"]
+        );
     }
 
     /// The server's idle probe is answered at once, with a PING of the same token, and neither the

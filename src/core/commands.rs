@@ -23,6 +23,9 @@ pub enum Needs {
     LoggedIn,
     /// Not logged in; otherwise `ALREADY_LOGGED_IN`.
     LoggedOut,
+    /// Logged in (otherwise `NOT_LOGGED_IN`) as one of the server's admins (otherwise
+    /// `NOT_ADMIN`).
+    Admin,
 }
 
 /// The core's row for one command.
@@ -777,6 +780,106 @@ pub static COMMANDS: &[Row] = &[
             cmd => core.mismatch(req, cmd),
         },
     },
+    Row {
+        verb: Verb::Announce,
+        state: Needs::Admin,
+        barrier: false,
+        writes: |_| false,
+        reads: false,
+        summary: "admins: send a notice to every connection",
+        details: &[
+            "Sends NOTICE <text> to every connection, logged in or not, this one included.",
+            "It is not stored: whoever connects later does not see it. Answer: OK ANNOUNCE <connections>",
+            "Example: ANNOUNCE maintenance at 18:00 UTC, back by 18:10",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Announce { text } => core.announce(req, text),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
+        verb: Verb::Suspend,
+        state: Needs::Admin,
+        barrier: false,
+        writes: |_| true,
+        reads: false,
+        summary: "admins: lock an account until UNSUSPEND",
+        details: &[
+            "Closes every connection of the account (BYE ACCOUNT_SUSPENDED <reason>); its LOGIN and",
+            "RESUME fail with SUSPENDED until UNSUSPEND. Its tokens, friends and messages are kept.",
+            "Example: SUSPEND mallory spam in every inbox",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Suspend { name, reason } => core.suspend(req, name, reason),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
+        verb: Verb::Unsuspend,
+        state: Needs::Admin,
+        barrier: false,
+        writes: |_| true,
+        reads: false,
+        summary: "admins: lift a suspension",
+        details: &[
+            "The account may log in again, with its password or its device tokens.",
+            "Example: UNSUSPEND mallory",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Unsuspend { name } => core.unsuspend(req, name),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
+        verb: Verb::Kill,
+        state: Needs::Admin,
+        barrier: false,
+        writes: |_| false,
+        reads: false,
+        summary: "admins: close every connection of an account now",
+        details: &[
+            "Closes the account's connections (BYE KILLED <reason>); it may log in again at once.",
+            "To keep it out, SUSPEND it. Answer: OK KILL <name> CLOSED <connections>",
+            "Example: KILL bob stuck client, please reconnect",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Kill { name, reason } => core.kill(req, name, reason),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
+        verb: Verb::Stats,
+        state: Needs::Admin,
+        barrier: false,
+        writes: |_| false,
+        reads: false,
+        summary: "admins: the server's figures",
+        details: &[
+            "One STAT <name> <value> line per figure: connections, accounts online, messages per second,",
+            "store queue depth, commit time, database size, uptime, ... (the same as /metrics).",
+            "Example: STATS",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Stats => core.stats(req),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
+    Row {
+        verb: Verb::Adduser,
+        state: Needs::Admin,
+        barrier: false,
+        writes: |_| true,
+        reads: false,
+        summary: "admins: create an account, also while registration is closed",
+        details: &[
+            "Creates an account as REGISTER would, with the same rules for the name and the password.",
+            "Example: ADDUSER dave wonderland1  (answer: OK ADDUSER dave)",
+        ],
+        run: |core, req, cmd| match cmd {
+            Command::Adduser { name, password } => core.adduser(req, name, password),
+            cmd => core.mismatch(req, cmd),
+        },
+    },
 ];
 
 #[cfg(test)]
@@ -862,7 +965,18 @@ mod tests {
         };
         assert_eq!(by(Needs::LoggedOut), ["REGISTER", "LOGIN", "RESUME"]);
         assert_eq!(by(Needs::Any), ["QUIT", "HELP", "PING", "COMPRESS"]);
-        assert_eq!(by(Needs::LoggedIn).len(), COMMANDS.len() - 7);
+        assert_eq!(
+            by(Needs::Admin),
+            [
+                "ANNOUNCE",
+                "SUSPEND",
+                "UNSUSPEND",
+                "KILL",
+                "STATS",
+                "ADDUSER"
+            ]
+        );
+        assert_eq!(by(Needs::LoggedIn).len(), COMMANDS.len() - 13);
     }
 
     #[test]

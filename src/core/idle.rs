@@ -20,6 +20,7 @@ impl Core {
     /// Runs on every [`Event::Tick`](super::Event::Tick).
     pub(super) fn tick(&mut self) {
         self.check_idle();
+        self.sample_message_rate();
         self.expire_offers();
         if self.now.saturating_sub(self.guard_swept) >= GUARD_SWEEP_MS {
             self.guard_swept = self.now;

@@ -13,6 +13,7 @@ use super::out::{self, Out};
 use super::quota::stored_bytes;
 use super::{fan_out, recipient, Core, Req};
 use crate::config::MAX_PENDING_PER_ACCOUNT;
+use crate::metrics::MessageKind;
 use crate::outbox::Chunk;
 use crate::proto::code::Code;
 use crate::proto::command::Verb;
@@ -199,6 +200,7 @@ impl Core {
         }
         self.reserve(&mut req);
         self.store_all(ops, move |core, _| {
+            core.settings.metrics.message(MessageKind::Room);
             let delivered = core.deliver_to_room(room_id, id, &sender, &line, req.conn);
             let mut out = Out::new();
             out.ok(&req, OkReply::RoomMsg { id, delivered });
@@ -245,6 +247,7 @@ impl Core {
                     continue;
                 }
                 if let Some(c) = self.conns.get(conn) {
+                    self.settings.metrics.deliveries.inc();
                     if c.outbox.push(chunk.clone()).is_err() {
                         self.overflowed.push(*conn);
                     }
@@ -321,6 +324,12 @@ impl Core {
     fn message_stored(&mut self, req: Req, sent: Sent) {
         let (id, chunk) = (sent.id, &sent.line);
         let mut out = Out::new();
+        let metrics = self.settings.metrics.clone();
+        metrics.message(match req.verb {
+            Some(Verb::All) => MessageKind::Broadcast,
+            Some(Verb::Group) => MessageKind::Group,
+            _ => MessageKind::Direct,
+        });
         if req.verb == Some(Verb::All) {
             // Everyone online but the sender and the accounts that block it.
             let blockers = self.accounts.get(&sent.sender).map(|a| &a.blocked_by);
@@ -330,7 +339,7 @@ impl Core {
                 .filter(|k| **k != sent.sender && !blockers.is_some_and(|b| b.contains(*k)))
                 .collect();
             let users = others.len();
-            fan_out(
+            let reached = fan_out(
                 &self.accounts,
                 &self.conns,
                 &mut self.overflowed,
@@ -338,6 +347,7 @@ impl Core {
                 chunk,
                 None,
             );
+            metrics.deliveries.add(reached as u64);
             out.ok(
                 &req,
                 OkReply::All {
@@ -364,6 +374,7 @@ impl Core {
                 chunk,
                 Some(req.conn),
             );
+            metrics.deliveries.add(reached as u64);
             if reached == 0 {
                 late.push(key.clone());
             }

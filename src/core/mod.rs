@@ -18,7 +18,8 @@
 //!   WHOIS, and last seen), `rooms` (the room state, JOIN, PART, ROOMS, MEMBERS, TOPIC, ROOM),
 //!   `moderation` (INVITE, KICK, BAN, UNBAN, ROLE), `read` (READ, and what a login reports of
 //!   rooms), `compress` (COMPRESS, and a connection whose DEFLATE stream breaks), `direct` (DIRECT:
-//!   offers of direct sessions between clients, which the server introduces and never carries);
+//!   offers of direct sessions between clients, which the server introduces and never carries),
+//!   `admin` (the operators' ANNOUNCE, SUSPEND, UNSUSPEND, KILL, STATS and ADDUSER);
 //! - `entropy`: where the random bits of device tokens come from;
 //! - `idle`: what the clock does by itself: silent connections are probed, then closed;
 //! - `guard`: login protection: hashes per address, failed-login back-off, registrations per
@@ -40,6 +41,7 @@
 //!   message queued for the account before it.
 
 mod account;
+mod admin;
 mod blocks;
 mod bucket;
 mod commands;
@@ -77,6 +79,7 @@ use self::order::Slots;
 use self::quota::{Inbox, Quota};
 use self::tokens::Token;
 use crate::auth::{Cancel, HashJob, HashOutcome, HashTask};
+use crate::metrics::Metrics;
 use crate::outbox::{Chunk, Outbox};
 use crate::peer::{AddrKey, Peer};
 use crate::proto::code::{ByeCode, Code};
@@ -182,6 +185,23 @@ pub enum Event {
     Tick,
     /// The server is stopping: tell everyone and close every connection.
     Shutdown,
+    /// The operator asks for a consistent copy of the database, written to a new file `to`; the
+    /// answer goes to `done` (see `admin`).
+    Backup {
+        /// Where the copy goes.
+        to: std::path::PathBuf,
+        /// Who is told how it went.
+        done: BackupDone,
+    },
+}
+
+/// Where the outcome of [`Event::Backup`] goes: what the copy holds, or why there is none.
+pub struct BackupDone(pub Box<dyn FnOnce(Result<crate::store::backup::Summary, String>) + Send>);
+
+impl std::fmt::Debug for BackupDone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BackupDone")
+    }
 }
 
 /// Work the core hands to the outside.
@@ -209,6 +229,34 @@ pub struct Settings {
     pub entropy: Entropy,
     /// The limits an operator may set.
     pub limits: Limits,
+    /// Who may use the operator commands, and who may register.
+    pub policy: Policy,
+    /// Where the core writes its figures (read by STATS and by the metrics endpoint).
+    pub metrics: Arc<Metrics>,
+}
+
+/// The operator's policy: the admin accounts and whether anyone may register.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// Accounts that may use the operator commands (spec 4.40 on).
+    pub admins: BTreeSet<Key>,
+    /// `REGISTER` is refused with `REGISTRATION_CLOSED`; admins create accounts with `ADDUSER`.
+    pub registration_closed: bool,
+}
+
+impl Default for Settings {
+    /// Settings for tests and tools: a small hashing queue, the default limits, no admin.
+    fn default() -> Settings {
+        Settings {
+            hash_queue: crate::config::DEFAULT_HASH_QUEUE,
+            dummy_phc: Arc::from(""),
+            version: env!("CARGO_PKG_VERSION"),
+            entropy: Entropy::Os,
+            limits: Limits::default(),
+            policy: Policy::default(),
+            metrics: Arc::default(),
+        }
+    }
 }
 
 /// The operator's limits the core enforces, in the units the core counts in. [`Default`] gives the
@@ -364,6 +412,9 @@ impl Conn {
     }
 }
 
+/// Ticks of message counts kept for the messages-per-second figure: one minute's worth.
+const RATE_WINDOW: usize = 61;
+
 /// What to do with a store op's result.
 type AfterStore = Box<dyn FnOnce(&mut Core, StoreReply) + Send>;
 /// What to do with a hash job's result.
@@ -413,6 +464,11 @@ pub struct Core {
     rng: Rng,
     /// The store reported that writes fail, and not yet that they work again.
     store_failing: bool,
+    /// The count of stored messages at each of the last minute's ticks, oldest first, for the
+    /// messages-per-second figure (at most [`RATE_WINDOW`] entries).
+    message_samples: VecDeque<(i64, u64)>,
+    /// A backup is being written (one at a time).
+    backing_up: bool,
     jobs: Vec<Job>,
     /// Connections whose outbox overflowed during this event.
     overflowed: Vec<ConnId>,
@@ -502,6 +558,20 @@ impl Core {
             snapshot.invites,
             &mut accounts,
         );
+        settings.metrics.accounts_suspended.set(
+            accounts
+                .values()
+                .filter(|a| a.profile.suspended.is_some())
+                .count() as i64,
+        );
+        for admin in &settings.policy.admins {
+            if !accounts.contains_key(admin) {
+                log::warn!(
+                    "--admin {admin}: no account has this name yet; nobody may register it, \
+                     create it with ADDUSER or `chatd adduser` (manual, section 16.1)"
+                );
+            }
+        }
         Core {
             settings,
             accounts,
@@ -526,6 +596,8 @@ impl Core {
             retired,
             rng,
             store_failing: false,
+            message_samples: VecDeque::with_capacity(RATE_WINDOW),
+            backing_up: false,
             jobs: Vec::new(),
             overflowed: Vec::new(),
             now: 0,
@@ -538,6 +610,13 @@ impl Core {
     /// are appended to `jobs`.
     pub fn handle(&mut self, now_ms: i64, event: Event, jobs: &mut Vec<Job>) {
         self.now = now_ms;
+        // The uptime counts from the first event when the shell did not say when it started.
+        let _ = self.settings.metrics.started_ms.compare_exchange(
+            0,
+            now_ms,
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         match event {
             Event::Connected { conn, outbox, peer } => self.connected(conn, outbox, peer),
             Event::Input { conn, input } => self.input(conn, input),
@@ -545,13 +624,24 @@ impl Core {
             Event::Store(Report::Done(results)) => {
                 for (ticket, reply) in results {
                     self.store_inflight = self.store_inflight.saturating_sub(1);
+                    if matches!(reply, StoreReply::Unreadable(_)) {
+                        self.settings.metrics.storage_errors.inc();
+                    }
                     if let Some(Then::Store(then)) = self.waiting.remove(&ticket) {
                         then(self, reply);
                     }
                 }
             }
+            Event::Store(Report::Committed { ops, micros, bytes }) => {
+                let m = &self.settings.metrics;
+                m.commit(ops, micros);
+                if let Some(b) = bytes {
+                    m.database_bytes.set(i64::try_from(b).unwrap_or(i64::MAX));
+                }
+            }
             Event::Store(Report::Failing(why)) => {
                 if !self.store_failing {
+                    self.settings.metrics.storage_errors.inc();
                     log::error!(
                         "writes to the database are failing ({why}); refusing new writes with \
                          STORAGE_UNAVAILABLE, serving reads and logins, retrying the {} waiting",
@@ -580,9 +670,48 @@ impl Core {
             Event::Drained { conn } => self.pump(conn),
             Event::Tick => self.tick(),
             Event::Shutdown => self.shutdown(),
+            Event::Backup { to, done } => self.backup(to, done),
         }
         self.reap_overflowed();
+        self.gauges();
         jobs.append(&mut self.jobs);
+    }
+
+    /// Brings the figures that are states (not counts) up to date; after every event, so that
+    /// STATS and `/metrics` show the state the last event left.
+    fn gauges(&self) {
+        let m = &self.settings.metrics;
+        let n = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
+        m.connections.set(n(self.conns.len()));
+        m.accounts_online.set(n(self.online.len()));
+        m.hash_queue.set(n(self.hashing));
+        m.store_queue.set(n(self.store_inflight));
+        m.storage_failing.set(i64::from(self.store_failing));
+        m.accounts.set(n(self.accounts.len()));
+    }
+
+    /// Samples the count of stored messages (on each tick) and sets the messages-per-second figure
+    /// from the last minute's samples.
+    fn sample_message_rate(&mut self) {
+        let total = self.settings.metrics.messages();
+        if self.message_samples.len() == RATE_WINDOW {
+            self.message_samples.pop_front();
+        }
+        self.message_samples.push_back((self.now, total));
+        if let Some(&(t0, n0)) = self.message_samples.front() {
+            let span = self.now.saturating_sub(t0);
+            let milli = if span > 0 {
+                (total.saturating_sub(n0) as i64).saturating_mul(1_000_000) / span
+            } else {
+                0
+            };
+            self.settings.metrics.messages_per_second_milli.set(milli);
+        }
+    }
+
+    /// Whether the account is one of the server's admins.
+    pub(super) fn is_admin(&self, key: &Key) -> bool {
+        self.settings.policy.admins.contains(key)
     }
 
     /// The limits in force.
@@ -594,6 +723,22 @@ impl Core {
     /// what an account has already used).
     pub fn set_limits(&mut self, limits: Limits) {
         self.settings.limits = limits;
+    }
+
+    /// The policy in force: the admins, and whether registration is open.
+    pub fn policy(&self) -> &Policy {
+        &self.settings.policy
+    }
+
+    /// Changes the policy from now on (a connection already logged in as an account that is no
+    /// longer an admin can no longer use the operator commands).
+    pub fn set_policy(&mut self, policy: Policy) {
+        self.settings.policy = policy;
+    }
+
+    /// The server's figures.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.settings.metrics
     }
 
     /// Store ops sent and not yet finished; the driver stops taking input past a limit.
@@ -627,6 +772,7 @@ impl Core {
             text: "Welcome! Type HELP for commands; REGISTER <name> <password> then LOGIN <name> <password>.",
         };
         let _ = outbox.push(Chunk::Owned(hello.to_bytes()));
+        self.settings.metrics.connections_opened.inc();
         log::debug!("connection {conn} from {}", peer.shown);
         self.tally.count("connections opened", peer.key);
         self.conns.insert(
@@ -720,7 +866,8 @@ impl Core {
             c.deferred.push_front(Input::Line(line.into_bytes()));
             return;
         }
-        let logged_in = c.key().is_some();
+        let key = c.key().cloned();
+        let logged_in = key.is_some();
         let req = Req::new(conn, head.label.map(Box::from), Some(head.verb));
         match row.state {
             Needs::LoggedIn if !logged_in => {
@@ -737,6 +884,20 @@ impl Core {
                     "this connection is logged in; LOGOUT first",
                 )
             }
+            Needs::Admin => match key.as_ref() {
+                None => {
+                    return self.refuse(
+                        req,
+                        Code::NOT_LOGGED_IN,
+                        "log in first: LOGIN <name> <password>",
+                    )
+                }
+                Some(k) if !self.is_admin(k) => {
+                    let text = format!("{} is for the server's admins only", head.verb.name());
+                    return self.refuse(req, Code::NOT_ADMIN, &text);
+                }
+                Some(_) => {}
+            },
             _ => {}
         }
         match head.verb.parse_args(head.rest) {
@@ -796,7 +957,8 @@ impl Core {
         };
         log::debug!("closing connection {conn} from {}: {text}", c.peer.shown);
         self.tally.count(
-            "connections closed for a revoked token, a new password or a deleted account",
+            "connections closed for a revoked token, a new password, or a deleted, suspended or \
+             killed account",
             c.peer.key,
         );
         c.outbox
@@ -815,6 +977,7 @@ impl Core {
                 c.peer.shown
             );
             self.tally.count("slow consumers disconnected", c.peer.key);
+            self.settings.metrics.outbox_drops.inc();
             let bye = ServerLine::Bye {
                 code: ByeCode::SLOW_CONSUMER,
                 text: "you were not reading your messages; disconnected",

@@ -221,9 +221,25 @@ impl Core {
             .map_or_else(|| typed.to_string(), |r| r.name.clone())
     }
 
-    /// Like [`Core::membership`], and the caller must be an op or owner: NOT_ALLOWED.
+    /// The room `name` names and the role the caller acts with there: their own as a member, or,
+    /// for one of the server's admins, an owner's, member or not (spec 3.1: admins moderate any
+    /// room as its owner would). NO_SUCH_ROOM, or NOT_MEMBER for anyone else outside it.
+    fn acting_role(&self, me: &Key, name: &RoomName) -> Result<(RoomId, Role), Refusal> {
+        if self.is_admin(me) {
+            return Ok((self.find_room(name)?, Role::Owner));
+        }
+        self.membership(me, name)
+    }
+
+    /// Whether the caller sees what a room's ops and owners see of it: its members, topic, bans
+    /// and invitations, also when it is private (a member, an invitee, or an admin).
+    fn sees(&self, room: &Room, me: &Key) -> bool {
+        self.is_admin(me) || room.visible_to(me, self.now)
+    }
+
+    /// Like [`Core::acting_role`], and the caller must be an op or owner: NOT_ALLOWED.
     pub(super) fn moderator(&self, me: &Key, name: &RoomName) -> Result<(RoomId, Role), Refusal> {
-        let (id, role) = self.membership(me, name)?;
+        let (id, role) = self.acting_role(me, name)?;
         if !role.moderates() {
             return Err(Refusal(
                 Code::NOT_ALLOWED,
@@ -236,9 +252,9 @@ impl Core {
         Ok((id, role))
     }
 
-    /// Like [`Core::membership`], and the caller must be an owner: NOT_ALLOWED.
+    /// Like [`Core::acting_role`], and the caller must be an owner: NOT_ALLOWED.
     pub(super) fn owner(&self, me: &Key, name: &RoomName) -> Result<RoomId, Refusal> {
-        let (id, role) = self.membership(me, name)?;
+        let (id, role) = self.acting_role(me, name)?;
         if role != Role::Owner {
             return Err(Refusal(
                 Code::NOT_ALLOWED,
@@ -690,7 +706,7 @@ impl Core {
             Ok(None) => return,
             Err(r) => return self.refused(req, r),
         };
-        if !room.visible_to(&me, self.now) {
+        if !self.sees(room, &me) {
             let text = format!("you are not a member of {}", room.name);
             return self.refuse(req, Code::NOT_MEMBER, &text);
         }
@@ -737,7 +753,7 @@ impl Core {
                 Ok(None) => return,
                 Err(r) => return self.refused(req, r),
             };
-            if !room.visible_to(&me, self.now) {
+            if !self.sees(room, &me) {
                 let text = format!("you are not a member of {}", room.name);
                 return self.refuse(req, Code::NOT_MEMBER, &text);
             }
@@ -805,13 +821,13 @@ impl Core {
             Ok(None) => return,
             Err(r) => return self.refused(req, r),
         };
-        if !room.visible_to(&me, self.now) {
+        if !self.sees(room, &me) {
             let text = format!("you are not a member of {}", room.name);
             return self.refuse(req, Code::NOT_MEMBER, &text);
         }
         let mut out = Out::new();
         out.line(&self.summary(room, &me).line());
-        if room.role_of(&me).is_some_and(Role::moderates) {
+        if self.is_admin(&me) || room.role_of(&me).is_some_and(Role::moderates) {
             for (k, b) in &room.bans {
                 out.line(&ServerLine::Ban {
                     room: &room.name,

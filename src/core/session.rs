@@ -15,6 +15,7 @@ use super::quota::Inbox;
 use super::stream::Stream;
 use super::{Account, ConnId, ConnState, Core, Req};
 use crate::auth::{HashJob, HashOutcome};
+use crate::metrics::LoginKind;
 use crate::peer::AddrKey;
 use crate::proto::code::Code;
 use crate::proto::name::{Key, Name, Password, Skeleton};
@@ -39,10 +40,34 @@ pub(super) fn unreadable(reply: &StoreReply) -> String {
 }
 
 impl Core {
-    pub(super) fn register(&mut self, mut req: Req, name: Name, password: Password) {
+    pub(super) fn register(&mut self, req: Req, name: Name, password: Password) {
+        if self.settings.policy.registration_closed {
+            return self.refuse(
+                req,
+                Code::REGISTRATION_CLOSED,
+                "registration is closed on this server; ask its operators for an account",
+            );
+        }
+        self.create_account(req, name, password, false);
+    }
+
+    /// REGISTER, or an admin's ADDUSER (`by_admin`): the name is reserved at once, the password
+    /// hashed, the account committed, then the answer sent. An admin is not held to the
+    /// registrations per address, and may create an account named by `--admin`.
+    pub(super) fn create_account(
+        &mut self,
+        mut req: Req,
+        name: Name,
+        password: Password,
+        by_admin: bool,
+    ) {
         let key = name.key();
-        // A deleted account's name stays taken (spec 4.18).
-        if self.accounts.contains_key(&key) || self.retired.contains_key(&key) {
+        // A deleted account's name stays taken (spec 4.18), and so does the name of an admin
+        // that has no account yet: nobody but an admin may create it.
+        if self.accounts.contains_key(&key)
+            || self.retired.contains_key(&key)
+            || (!by_admin && self.is_admin(&key))
+        {
             let text = format!("the name {name} is taken");
             return self.refuse(req, Code::NAME_TAKEN, &text);
         }
@@ -58,9 +83,11 @@ impl Core {
             return self.refuse(req, Code::NAME_TAKEN, &text);
         }
         let addr = self.peer_key(req.conn);
-        let limits = &self.settings.limits;
-        if let Some(r) = self.guard.register_refusal(addr, limits, self.now) {
-            return self.rate_limited(req, r);
+        if !by_admin {
+            let limits = &self.settings.limits;
+            if let Some(r) = self.guard.register_refusal(addr, limits, self.now) {
+                return self.rate_limited(req, r);
+            }
         }
         if self.hash_full() {
             return self.refuse(
@@ -69,8 +96,10 @@ impl Core {
                 "the server is busy; try again in a moment",
             );
         }
-        self.guard
-            .registering(addr, &self.settings.limits, self.now);
+        if !by_admin {
+            self.guard
+                .registering(addr, &self.settings.limits, self.now);
+        }
         // The name is reserved now, so a second REGISTER of it cannot race this one.
         self.accounts
             .insert(key.clone(), Account::new(name.to_string(), None));
@@ -78,12 +107,12 @@ impl Core {
         let conn = req.conn;
         self.reserve(&mut req);
         self.hash(conn, HashJob::Hash(password), move |core, outcome| {
-            core.register_hashed(req, key, outcome)
+            core.register_hashed(req, key, outcome, by_admin)
         });
         self.hold(conn);
     }
 
-    fn register_hashed(&mut self, req: Req, key: Key, outcome: HashOutcome) {
+    fn register_hashed(&mut self, req: Req, key: Key, outcome: HashOutcome, by_admin: bool) {
         let HashOutcome::Hashed(phc) = outcome else {
             if let Some(a) = self.accounts.remove(&key) {
                 self.skeletons.remove(&Skeleton::of(&a.name));
@@ -105,10 +134,19 @@ impl Core {
             created_ms: self.now,
         };
         let conn = req.conn;
+        let admin = self.account_of(conn).map(|k| k.to_string());
         self.store(StoreOp::CreateAccount(record), move |core, _| {
-            log::info!("registered {name}");
             let mut out = Out::new();
-            out.ok(&req, OkReply::Register { name: &name });
+            if by_admin {
+                log::info!(
+                    "admin {} created the account {name}",
+                    admin.as_deref().unwrap_or("?")
+                );
+                out.ok(&req, OkReply::Adduser { name: &name });
+            } else {
+                log::info!("registered {name}");
+                out.ok(&req, OkReply::Register { name: &name });
+            }
             core.finish(req, out);
         });
         self.release(conn);
@@ -188,6 +226,7 @@ impl Core {
             _ => {
                 log::debug!("failed login from {}", c.peer.shown);
                 self.tally.count("failed logins", addr);
+                self.settings.metrics.logins_failed.inc();
                 if !ok {
                     self.guard.login_failed(
                         addr,
@@ -201,7 +240,26 @@ impl Core {
             }
         };
         self.guard.login_succeeded(&key);
+        // Told only to whoever knows the password: the reply reveals nothing to anyone else.
+        if let Some(why) = self.suspension(&key) {
+            self.refuse(req, Code::SUSPENDED, &why);
+            return self.release(conn);
+        }
         self.enter(req, key, Via::Password);
+    }
+
+    /// Why the account cannot log in, if an operator suspended it: the sentence of its
+    /// `SUSPENDED` reply.
+    pub(super) fn suspension(&self, key: &Key) -> Option<String> {
+        let s = self.accounts.get(key)?.profile.suspended.as_ref()?;
+        Some(if s.reason.is_empty() {
+            "this account is suspended by the server's operators".to_owned()
+        } else {
+            format!(
+                "this account is suspended by the server's operators: {}",
+                s.reason
+            )
+        })
     }
 
     /// The one login path after the credentials are checked, for LOGIN and RESUME alike: the
@@ -233,6 +291,10 @@ impl Core {
         } else {
             std::mem::take(&mut acct.inbox)
         };
+        self.settings.metrics.login(match via {
+            Via::Password => LoginKind::Password,
+            Via::Token(_) => LoginKind::Token,
+        });
         match via {
             Via::Password => log::info!("{} logged in from {peer}", acct.name),
             // No hash bounds how often a token logs in: these are counted in the log's summary.

@@ -208,6 +208,7 @@ impl Core {
                 log::debug!("failed RESUME from {}", c.peer.shown);
                 core.tally.count("failed RESUMEs", c.peer.key);
             }
+            core.settings.metrics.logins_failed.inc();
             core.refuse(
                 req,
                 Code::BAD_TOKEN,
@@ -231,6 +232,14 @@ impl Core {
         if self.accounts.get(&key).is_none_or(|a| a.phc.is_none()) {
             return refuse(self, req);
         }
+        // A suspension revokes no token: the device logs in again once it is lifted. Only a valid
+        // token's holder learns of it.
+        if let Some(why) = self.suspension(&key) {
+            return self.refuse(req, Code::SUSPENDED, &why);
+        }
+        let Some(t) = self.tokens.get_mut(&id) else {
+            return refuse(self, req);
+        };
         t.last_used_ms = now;
         if now - t.stored_last_used_ms >= TOKEN_TOUCH_INTERVAL_MS {
             t.stored_last_used_ms = now;

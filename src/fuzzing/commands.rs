@@ -474,6 +474,22 @@ pub fn arbitrary_request(u: &mut Unstructured<'_>) -> Result<Request> {
             target: target(u)?,
             id: if u.arbitrary()? { Some(id(u)?) } else { None },
         },
+        Verb::Announce => Command::Announce { text: text(u)? },
+        Verb::Suspend | Verb::Kill => {
+            let name = name(u)?;
+            let reason = reason(u)?;
+            if verb == Verb::Suspend {
+                Command::Suspend { name, reason }
+            } else {
+                Command::Kill { name, reason }
+            }
+        }
+        Verb::Unsuspend => Command::Unsuspend { name: name(u)? },
+        Verb::Stats => Command::Stats,
+        Verb::Adduser => Command::Adduser {
+            name: name(u)?,
+            password: password(u)?,
+        },
     };
     Ok(Request { label, command })
 }

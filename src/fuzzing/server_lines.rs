@@ -310,6 +310,22 @@ fn ok_reply<'a>(
             2 => DirectReply::Decline { name: n(u)? },
             _ => DirectReply::Cancel { name: n(u)? },
         }),
+        Verb::Announce => OkReply::Announce {
+            delivered: u.arbitrary()?,
+        },
+        Verb::Suspend => OkReply::Suspend {
+            name: n(u)?,
+            closed: u.arbitrary()?,
+        },
+        Verb::Unsuspend => OkReply::Unsuspend { name: n(u)? },
+        Verb::Kill => OkReply::Kill {
+            name: n(u)?,
+            closed: u.arbitrary()?,
+        },
+        Verb::Stats => OkReply::Stats {
+            count: u.arbitrary()?,
+        },
+        Verb::Adduser => OkReply::Adduser { name: n(u)? },
     })
 }
 
@@ -412,7 +428,25 @@ fn encoded_line_parses(u: &mut Unstructured<'_>) -> Result<()> {
     // The server's probe token is a number.
     let probe = id(u)?.to_string();
     let one = names[0].as_str();
-    let line = match u.int_in_range(0..=24u8)? {
+    let stat_name = {
+        let n = u.int_in_range(0..=20usize)?;
+        let pool = b"abcdefghijklmnopqrstuvwxyz0123456789_";
+        let mut s = String::from("s");
+        for _ in 0..n {
+            s.push(char::from(*u.choose(pool)?));
+        }
+        s
+    };
+    let stat_value = if u.arbitrary()? {
+        u.arbitrary::<u64>()?.to_string()
+    } else {
+        format!(
+            "{}.{:06}",
+            u.arbitrary::<u32>()?,
+            u.int_in_range(0..=999_999u32)?
+        )
+    };
+    let line = match u.int_in_range(0..=26u8)? {
         0 => {
             let verb = verb(u)?;
             ServerLine::Ok {
@@ -578,6 +612,11 @@ fn encoded_line_parses(u: &mut Unstructured<'_>) -> Result<()> {
                 5 => DirectEvent::Answered,
                 _ => DirectEvent::Gone,
             },
+        },
+        24 => ServerLine::Notice { text: &body },
+        25 => ServerLine::Stat {
+            name: &stat_name,
+            value: &stat_value,
         },
         _ => ServerLine::Hello {
             software: "chatd",

@@ -19,6 +19,7 @@
 
 mod conn;
 mod driver;
+pub mod ops;
 mod server;
 pub mod tls;
 
@@ -79,6 +80,15 @@ pub struct ServerOptions {
     pub scrypt_log_n: u8,
     /// Most members of one room; JOIN beyond it gets `ROOM_FULL`.
     pub max_room_members: usize,
+    /// Accounts that may use the operator commands.
+    pub admins: Vec<crate::proto::name::Name>,
+    /// REGISTER is refused; admins create accounts with ADDUSER.
+    pub registration_closed: bool,
+    /// Where to serve `/metrics` over HTTP, if anywhere.
+    pub metrics_listen: Option<String>,
+    /// A demo: the database is a fresh temporary file holding these accounts (name, password),
+    /// deleted at exit; `db` is not used.
+    pub demo: Option<Vec<(String, String)>>,
 }
 
 /// Where the TLS listener's certificate and key come from.

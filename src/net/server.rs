@@ -18,13 +18,15 @@ use smol::{Executor, Timer};
 
 use super::conn::{accept_loop, Connections, Ctx};
 use super::driver::core_loop;
+use super::ops;
 use super::{tls, Control, ServerOptions, TlsSource};
 use crate::auth::{self, HashTask, Hasher};
 use crate::config::{
     CORE_QUEUE, LOG_SUMMARY_INTERVAL, MAX_STORE_INFLIGHT, SCRYPT_P, SCRYPT_R, SHUTDOWN_FLUSH,
 };
 use crate::core::entropy::Entropy;
-use crate::core::{Core, Event, Limits, Settings};
+use crate::core::{Core, Event, Limits, Policy, Settings};
+use crate::metrics::Metrics;
 use crate::store::redb::RedbStore;
 use crate::store::worker::{self, StoreJob};
 use crate::store::StoreError;
@@ -113,17 +115,45 @@ pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), Server
         Some((a, _)) => Some(bind(a)?),
         None => None,
     };
+    let metrics_listener = match &opts.metrics_listen {
+        Some(a) => Some(bind(a)?),
+        None => None,
+    };
+    let hasher = Hasher::new(opts.scrypt_log_n, SCRYPT_R, SCRYPT_P).map_err(ServerError::Scrypt)?;
 
-    let (store, snapshot) = RedbStore::open(&opts.db).map_err(ServerError::Store)?;
+    // A demo runs on a fresh database of its own, removed at the end.
+    let demo = match &opts.demo {
+        Some(accounts) => Some(Demo::create(accounts, &hasher)?),
+        None => None,
+    };
+    let db = demo.as_ref().map_or(opts.db.clone(), |d| d.db.clone());
+    let (store, snapshot) = RedbStore::open(&db).map_err(ServerError::Store)?;
     let store = store.with_reserve(opts.min_free_disk_mib.saturating_mul(1024 * 1024));
     log::info!(
         "database {}: {} accounts, {} rooms, next message id {}",
-        opts.db.display(),
+        db.display(),
         snapshot.accounts.len(),
         snapshot.rooms.len(),
         snapshot.next_id
     );
-    let hasher = Hasher::new(opts.scrypt_log_n, SCRYPT_R, SCRYPT_P).map_err(ServerError::Scrypt)?;
+    let control_path = ops::control_path(&db);
+    let control_socket =
+        ops::bind_control(&control_path).map_err(|source| ServerError::Listen {
+            addr: control_path.display().to_string(),
+            source,
+        })?;
+    let metrics = Arc::new(Metrics::default());
+    metrics.started_ms.store(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    if let Ok(m) = std::fs::metadata(&db) {
+        metrics
+            .database_bytes
+            .set(i64::try_from(m.len()).unwrap_or(i64::MAX));
+    }
     let settings = Settings {
         hash_queue: opts.hash_queue,
         dummy_phc: Arc::from(hasher.dummy_phc()),
@@ -140,6 +170,11 @@ pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), Server
             max_room_members: opts.max_room_members,
             max_compressed: opts.max_compressed,
         },
+        policy: Policy {
+            admins: opts.admins.iter().map(|n| n.key()).collect(),
+            registration_closed: opts.registration_closed,
+        },
+        metrics: metrics.clone(),
     };
     let core = Core::new(snapshot, settings);
 
@@ -207,6 +242,13 @@ pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), Server
             source,
         })?;
 
+    if let Some(l) = &metrics_listener {
+        log::info!("metrics at http://{}/metrics", local(l));
+    }
+    log::info!("control socket {} (chatd backup)", control_path.display());
+    if let Some(d) = &demo {
+        d.announce();
+    }
     // Announced last: once this line is logged the server is ready (tests wait for it).
     if let Some(l) = &plain {
         log::info!("listening on {}", local(l));
@@ -226,6 +268,14 @@ pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), Server
         if let Some(l) = secure {
             accepts.push(ex.spawn(accept_loop(l, ctx.clone(), tls_cell.clone())));
         }
+        if let Some(l) = metrics_listener {
+            accepts.push(ex.spawn(ops::serve_metrics(l, metrics.clone(), ex.clone())));
+        }
+        accepts.push(ex.spawn(ops::serve_control(
+            control_socket,
+            events_tx.clone(),
+            ex.clone(),
+        )));
         // The network's repeated events, summarised as the core's are.
         let summaries = {
             let ctx = ctx.clone();
@@ -287,8 +337,84 @@ pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), Server
     for h in hash_threads {
         let _ = h.join();
     }
+    let _ = std::fs::remove_file(&control_path);
+    drop(demo);
     log::info!("stopped");
     result
+}
+
+/// The temporary database of `--demo`, removed (with its directory) when dropped.
+struct Demo {
+    dir: std::path::PathBuf,
+    db: std::path::PathBuf,
+    accounts: Vec<(String, String)>,
+}
+
+impl Demo {
+    /// A new directory under the system's temporary directory, with a database holding
+    /// `accounts` (name, password). The passwords need not follow the password rules: the accounts
+    /// are made here, not by REGISTER.
+    fn create(accounts: &[(String, String)], hasher: &Hasher) -> Result<Demo, ServerError> {
+        use crate::auth::{HashJob, HashOutcome};
+        use crate::proto::name::Password;
+        use crate::store::{AccountRecord, Store, StoreOp};
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let dir = std::env::temp_dir().join(format!("chatd-demo-{}-{stamp}", std::process::id()));
+        std::fs::create_dir(&dir).map_err(|source| ServerError::Listen {
+            addr: dir.display().to_string(),
+            source,
+        })?;
+        let demo = Demo {
+            db: dir.join("chatd.redb"),
+            dir,
+            accounts: accounts.to_vec(),
+        };
+        let (mut store, _) = RedbStore::open(&demo.db).map_err(ServerError::Store)?;
+        let mut ops = Vec::new();
+        for (name, password) in accounts {
+            let HashOutcome::Hashed(phc) =
+                hasher.run(&HashJob::Hash(Password::unchecked(password)))
+            else {
+                return Err(ServerError::Internal("hashing a demo password failed"));
+            };
+            ops.push(StoreOp::CreateAccount(AccountRecord {
+                name: name.clone(),
+                phc,
+                created_ms: 0,
+            }));
+        }
+        store.write(&ops).map_err(ServerError::Store)?;
+        Ok(demo)
+    }
+
+    /// Says, loudly, that this is a demo.
+    fn announce(&self) {
+        let accounts: Vec<String> = self
+            .accounts
+            .iter()
+            .map(|(n, p)| format!("{n}/{p}"))
+            .collect();
+        for line in [
+            "*****************************************************************".to_owned(),
+            "DEMO MODE: a throw-away server for a first tour, not for real use.".to_owned(),
+            format!(
+                "Its database {} is deleted when it stops.",
+                self.db.display()
+            ),
+            format!("Log in as {} (name/password).", accounts.join(", ")),
+            "*****************************************************************".to_owned(),
+        ] {
+            log::warn!("{line}");
+        }
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// The certificate files to serve, generating a self-signed pair first if asked to.

@@ -148,6 +148,16 @@ codes! {
     NOT_BLOCKED,
     /// BLOCK when the account already blocks the most accounts it may.
     TOO_MANY_BLOCKS,
+    /// An operator command from an account that is not one of the server's admins.
+    NOT_ADMIN,
+    /// LOGIN or RESUME of an account an operator has suspended.
+    SUSPENDED,
+    /// SUSPEND of an account already suspended.
+    ALREADY_SUSPENDED,
+    /// UNSUSPEND of an account that is not suspended.
+    NOT_SUSPENDED,
+    /// REGISTER while the server's registration is closed (admins create accounts with ADDUSER).
+    REGISTRATION_CLOSED,
     /// The server failed internally; the details are in its log.
     INTERNAL_ERROR,
     /// COMPRESS on a connection that is compressed already.
@@ -200,6 +210,10 @@ pub enum ByeCode {
     ACCOUNT_DELETED,
     /// The client's DEFLATE stream (after COMPRESS) could not be inflated.
     BAD_DEFLATE,
+    /// An operator suspended the connection's account.
+    ACCOUNT_SUSPENDED,
+    /// An operator closed the account's connections.
+    KILLED,
 }
 
 impl ByeCode {
@@ -213,6 +227,8 @@ impl ByeCode {
         ByeCode::REVOKED,
         ByeCode::ACCOUNT_DELETED,
         ByeCode::BAD_DEFLATE,
+        ByeCode::ACCOUNT_SUSPENDED,
+        ByeCode::KILLED,
     ];
 
     /// The code as it appears on the wire.
@@ -226,6 +242,8 @@ impl ByeCode {
             ByeCode::REVOKED => "REVOKED",
             ByeCode::ACCOUNT_DELETED => "ACCOUNT_DELETED",
             ByeCode::BAD_DEFLATE => "BAD_DEFLATE",
+            ByeCode::ACCOUNT_SUSPENDED => "ACCOUNT_SUSPENDED",
+            ByeCode::KILLED => "KILLED",
         }
     }
 

@@ -64,6 +64,12 @@ pub enum Verb {
     Read,
     Compress,
     Direct,
+    Announce,
+    Suspend,
+    Unsuspend,
+    Kill,
+    Stats,
+    Adduser,
 }
 
 /// How many space-separated arguments a command takes, checked before any of them is parsed.
@@ -203,6 +209,24 @@ pub const COMMANDS: &[Syntax] = &[
         1,
         None,
     ),
+    row(Verb::Announce, "ANNOUNCE", "ANNOUNCE <text>", 1, None),
+    row(
+        Verb::Suspend,
+        "SUSPEND",
+        "SUSPEND <name> [<reason>]",
+        1,
+        None,
+    ),
+    row(Verb::Unsuspend, "UNSUSPEND", "UNSUSPEND <name>", 1, Some(1)),
+    row(Verb::Kill, "KILL", "KILL <name> [<reason>]", 1, None),
+    row(Verb::Stats, "STATS", "STATS", 0, Some(0)),
+    row(
+        Verb::Adduser,
+        "ADDUSER",
+        "ADDUSER <name> <password>",
+        2,
+        Some(2),
+    ),
 ];
 
 impl Verb {
@@ -256,13 +280,38 @@ impl Verb {
         }
         let mut args = Tokens(rest);
         Ok(match self {
-            Verb::Register => {
+            Verb::Register | Verb::Adduser => {
                 let (n, p) = (args.need()?, args.need()?);
                 let name = Name::parse(n).map_err(|e| Refusal(Code::BAD_NAME, e.into()))?;
                 let password =
                     Password::parse(p).map_err(|e| Refusal(Code::BAD_PASSWORD, e.into()))?;
-                Command::Register { name, password }
+                if self == Verb::Register {
+                    Command::Register { name, password }
+                } else {
+                    Command::Adduser { name, password }
+                }
             }
+            Verb::Announce => {
+                let text = args.text().ok_or_else(missing)?;
+                text_ok(text)?;
+                Command::Announce {
+                    text: text.to_owned(),
+                }
+            }
+            Verb::Suspend | Verb::Kill => {
+                let name =
+                    Name::parse(args.need()?).map_err(|e| Refusal(Code::BAD_NAME, e.into()))?;
+                let reason = reason(&mut args)?;
+                if self == Verb::Suspend {
+                    Command::Suspend { name, reason }
+                } else {
+                    Command::Kill { name, reason }
+                }
+            }
+            Verb::Unsuspend => Command::Unsuspend {
+                name: Name::parse(args.need()?).map_err(|e| Refusal(Code::BAD_NAME, e.into()))?,
+            },
+            Verb::Stats => Command::Stats,
             Verb::Login => Command::Login {
                 name: args.need()?.to_owned(),
                 password: Password::unchecked(args.need()?),
@@ -543,7 +592,7 @@ fn parse_target(tok: &str) -> Result<Target, Refusal> {
     }
 }
 
-/// The optional reason of PART, KICK and BAN: the rest of the line.
+/// The optional reason of PART, KICK, BAN, SUSPEND and KILL: the rest of the line.
 fn reason(args: &mut Tokens<'_>) -> Result<Option<String>, Refusal> {
     match args.text() {
         None => Ok(None),
@@ -1148,6 +1197,31 @@ pub enum Command {
     /// `COMPRESS DEFLATE`, the only mechanism.
     Compress,
     Direct(DirectOp),
+    /// A server notice to every connection (an admin's).
+    Announce {
+        text: String,
+    },
+    /// Lock an account until UNSUSPEND (an admin's).
+    Suspend {
+        name: Name,
+        reason: Option<String>,
+    },
+    /// Lift a suspension (an admin's).
+    Unsuspend {
+        name: Name,
+    },
+    /// Close every connection of an account (an admin's).
+    Kill {
+        name: Name,
+        reason: Option<String>,
+    },
+    /// The server's figures (an admin's).
+    Stats,
+    /// Create an account, also while registration is closed (an admin's).
+    Adduser {
+        name: Name,
+        password: Password,
+    },
 }
 
 impl Command {
@@ -1192,6 +1266,12 @@ impl Command {
             Command::Read { .. } => Verb::Read,
             Command::Compress => Verb::Compress,
             Command::Direct(_) => Verb::Direct,
+            Command::Announce { .. } => Verb::Announce,
+            Command::Suspend { .. } => Verb::Suspend,
+            Command::Unsuspend { .. } => Verb::Unsuspend,
+            Command::Kill { .. } => Verb::Kill,
+            Command::Stats => Verb::Stats,
+            Command::Adduser { .. } => Verb::Adduser,
         }
     }
 }
@@ -1211,10 +1291,18 @@ impl Request {
             s.push_str(a);
         };
         match &self.command {
-            Command::Register { name, password } => {
+            Command::Register { name, password } | Command::Adduser { name, password } => {
                 arg(name.as_str());
                 arg(password.expose());
             }
+            Command::Announce { text } => arg(text),
+            Command::Suspend { name, reason } | Command::Kill { name, reason } => {
+                arg(name.as_str());
+                if let Some(r) = reason {
+                    arg(r);
+                }
+            }
+            Command::Unsuspend { name } => arg(name.as_str()),
             Command::Login { name, password } => {
                 arg(name);
                 arg(password.expose());
@@ -1228,7 +1316,8 @@ impl Request {
             | Command::Users
             | Command::Tokens
             | Command::Blocks
-            | Command::Rooms => {}
+            | Command::Rooms
+            | Command::Stats => {}
             Command::Block { name } | Command::Unblock { name } | Command::Whois { name } => {
                 arg(name.as_str())
             }
@@ -1511,6 +1600,19 @@ mod tests {
         assert_eq!(code("WHOIS"), Code::MISSING_ARGUMENT);
         assert_eq!(code("WHOIS a b"), Code::TOO_MANY_ARGUMENTS);
         assert_eq!(code("WHOIS *"), Code::BAD_NAME);
+        assert_eq!(code("ANNOUNCE"), Code::MISSING_ARGUMENT);
+        assert_eq!(code("ANNOUNCE \u{202e}x"), Code::BAD_TEXT);
+        assert_eq!(code("SUSPEND"), Code::MISSING_ARGUMENT);
+        assert_eq!(code("SUSPEND 9x spam"), Code::BAD_NAME);
+        assert_eq!(
+            code(&format!("SUSPEND x {}", "r".repeat(MAX_REASON_BYTES + 1))),
+            Code::TEXT_TOO_LONG
+        );
+        assert_eq!(code("KILL x bad\u{7}"), Code::BAD_TEXT);
+        assert_eq!(code("UNSUSPEND a b"), Code::TOO_MANY_ARGUMENTS);
+        assert_eq!(code("STATS now"), Code::TOO_MANY_ARGUMENTS);
+        assert_eq!(code("ADDUSER a"), Code::MISSING_ARGUMENT);
+        assert_eq!(code("ADDUSER a short"), Code::BAD_PASSWORD);
     }
 
     #[test]
@@ -1711,6 +1813,14 @@ mod tests {
             "DIRECT ACCEPT Alice 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF",
             "DIRECT DECLINE x",
             "DIRECT CANCEL y",
+            "ANNOUNCE  maintenance at 5 ",
+            "SUSPEND mallory",
+            "SUSPEND mallory spam,  again",
+            "UNSUSPEND mallory",
+            "KILL mallory",
+            "KILL mallory stuck client",
+            "STATS",
+            "ADDUSER Dave password1",
         ];
         for l in lines {
             let r = parse(l).unwrap().unwrap();

@@ -47,6 +47,15 @@ impl Name {
     }
 }
 
+impl std::str::FromStr for Name {
+    type Err = String;
+
+    /// As [`Name::parse`], for the command line (`--admin NAME`).
+    fn from_str(s: &str) -> Result<Name, String> {
+        Name::parse(s).map_err(|e| format!("{s:?} is not a name: {e}"))
+    }
+}
+
 /// The look of a name, after the folds of Unicode's confusable detection (UTS #39) that apply to
 /// the characters a name may hold (ASCII letters, digits, `_`, `-`): letter case; `I`, `l`, `i`
 /// and `1`; `O`, `o` and `0`; `rn` and `m`; `vv` and `w`. Names are looked up by their [`Key`];

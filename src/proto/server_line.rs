@@ -795,6 +795,40 @@ pub enum OkReply<'a> {
     Compress,
     /// `DIRECT <subcommand> ...`.
     Direct(DirectReply<'a>),
+    /// `ANNOUNCE <n>`: the notice went to `n` connections.
+    Announce {
+        /// Connections sent the notice, the caller's included.
+        delivered: u64,
+    },
+    /// `SUSPEND <name> CLOSED <n>`.
+    Suspend {
+        /// The suspended account, as registered.
+        name: &'a str,
+        /// Its connections, closed.
+        closed: u64,
+    },
+    /// `UNSUSPEND <name>`.
+    Unsuspend {
+        /// The account, as registered.
+        name: &'a str,
+    },
+    /// `KILL <name> CLOSED <n>`.
+    Kill {
+        /// The account, as registered.
+        name: &'a str,
+        /// Its connections, closed.
+        closed: u64,
+    },
+    /// `STATS <n>`, after `n` STAT data lines.
+    Stats {
+        /// How many STAT lines came before.
+        count: u64,
+    },
+    /// `ADDUSER <name>`.
+    Adduser {
+        /// The new account, as registered.
+        name: &'a str,
+    },
 }
 
 impl OkReply<'_> {
@@ -840,6 +874,12 @@ impl OkReply<'_> {
             OkReply::Read { .. } => Verb::Read,
             OkReply::Compress => Verb::Compress,
             OkReply::Direct(_) => Verb::Direct,
+            OkReply::Announce { .. } => Verb::Announce,
+            OkReply::Suspend { .. } => Verb::Suspend,
+            OkReply::Unsuspend { .. } => Verb::Unsuspend,
+            OkReply::Kill { .. } => Verb::Kill,
+            OkReply::Stats { .. } => Verb::Stats,
+            OkReply::Adduser { .. } => Verb::Adduser,
         }
     }
 }
@@ -1017,6 +1057,18 @@ pub enum ServerLine<'a> {
         target: &'a str,
         /// The marker.
         id: u64,
+    },
+    /// `STAT <name> <value>`: a data line of a STATS answer.
+    Stat {
+        /// The figure's name: lower-case letters, digits and `_`.
+        name: &'a str,
+        /// Its value: decimal digits, with a fraction after a `.` for a rate or a time.
+        value: &'a str,
+    },
+    /// `NOTICE <text>`: a notice from the server's operators, to every connection.
+    Notice {
+        /// What they say.
+        text: &'a str,
     },
     /// Anything that is not a well-formed server line, kept as received (terminator removed).
     Other(&'a str),
@@ -1233,6 +1285,15 @@ fn parse_fields(line: &str) -> Option<ServerLine<'_>> {
             })
         }
         "BLOCKED" => ServerLine::Blocked { name: c.token()? },
+        "STAT" => {
+            let name = c.token()?;
+            let value = c.token()?;
+            if !is_stat_name(name) || !is_stat_value(value) {
+                return None;
+            }
+            ServerLine::Stat { name, value }
+        }
+        "NOTICE" => ServerLine::Notice { text: c.text()? },
         "AWAY" => ServerLine::Away {
             name: c.token()?,
             text: c.text().filter(|t| !t.is_empty()),
@@ -1486,6 +1547,28 @@ fn ok_reply<'a>(verb: Verb, c: &mut Cursor<'a>) -> Option<OkReply<'a>> {
                 away: c.text().unwrap_or(""),
             }
         }
+        Verb::Announce => OkReply::Announce {
+            delivered: c.number()?,
+        },
+        Verb::Suspend => {
+            let name = c.token()?;
+            c.word("CLOSED")?;
+            OkReply::Suspend {
+                name,
+                closed: c.number()?,
+            }
+        }
+        Verb::Unsuspend => OkReply::Unsuspend { name: c.token()? },
+        Verb::Kill => {
+            let name = c.token()?;
+            c.word("CLOSED")?;
+            OkReply::Kill {
+                name,
+                closed: c.number()?,
+            }
+        }
+        Verb::Stats => OkReply::Stats { count: c.number()? },
+        Verb::Adduser => OkReply::Adduser { name: c.token()? },
         Verb::Dms => OkReply::Dms {
             policy: match c.token()? {
                 "FRIENDS" => Dms::Friends,
@@ -1601,6 +1684,23 @@ fn address(tok: &str) -> Option<&str> {
 fn fingerprint(tok: &str) -> Option<&str> {
     let fp = super::direct::Fingerprint::parse(tok).ok()?;
     (fp.as_str() == tok).then_some(tok)
+}
+
+/// A STAT name: 1 to 64 of lower-case ASCII letters, digits and `_`, starting with a letter.
+pub fn is_stat_name(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// A STAT value: decimal digits, optionally a `.` and more digits.
+pub fn is_stat_value(s: &str) -> bool {
+    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+    match s.split_once('.') {
+        Some((whole, frac)) => digits(whole) && digits(frac),
+        None => digits(s),
+    }
 }
 
 /// A page cursor: an id, or `-` for none.
@@ -1729,8 +1829,14 @@ impl fmt::Display for OkReply<'_> {
             | OkReply::Resume { name }
             | OkReply::Unregister { name }
             | OkReply::Block { name }
-            | OkReply::Unblock { name } => write!(f, " {name}"),
-            OkReply::Blocks { count } => write!(f, " {count}"),
+            | OkReply::Unblock { name }
+            | OkReply::Unsuspend { name }
+            | OkReply::Adduser { name } => write!(f, " {name}"),
+            OkReply::Blocks { count } | OkReply::Stats { count } => write!(f, " {count}"),
+            OkReply::Announce { delivered } => write!(f, " {delivered}"),
+            OkReply::Suspend { name, closed } | OkReply::Kill { name, closed } => {
+                write!(f, " {name} CLOSED {closed}")
+            }
             OkReply::Dms { policy } => write!(f, " {}", policy.as_str()),
             OkReply::Away { set } => f.write_str(if *set { " SET" } else { " CLEARED" }),
             OkReply::Whois {
@@ -1950,6 +2056,8 @@ impl fmt::Display for ServerLine<'_> {
                 tail(f, t.label)
             }
             ServerLine::Blocked { name } => write!(f, "BLOCKED {name}"),
+            ServerLine::Stat { name, value } => write!(f, "STAT {name} {value}"),
+            ServerLine::Notice { text } => write!(f, "NOTICE {text}"),
             ServerLine::Away { name, text } => {
                 write!(f, "AWAY {name}")?;
                 tail(f, text.unwrap_or(""))
@@ -2323,6 +2431,19 @@ mod tests {
             "OK WHOIS bob AWAY -",
             "OK WHOIS bob ONLINE yesterday",
             "AWAY",
+            "NOTICE",
+            "STAT",
+            "STAT x",
+            "STAT Connections 1",
+            "STAT x 1.",
+            "STAT x .5",
+            "STAT x -1",
+            "STAT x 1 2",
+            "OK SUSPEND x",
+            "OK SUSPEND x CLOSED",
+            "OK KILL x 1",
+            "OK STATS",
+            "OK ANNOUNCE x",
             "TOKEN 0123456789abcdef 2026-11-21T10:04:05.123Z",
             "TOKEN 0123456789abcdef 2026-11-21T10:04:05.123Z 2026-11-21T10:04:05.123Z 2026-11-21T10:04:05.123Z MINE",
             "TOKEN 123 2026-11-21T10:04:05.123Z 2026-11-21T10:04:05.123Z 2026-11-21T10:04:05.123Z OTHER",
@@ -2442,6 +2563,17 @@ mod tests {
             format!("TOKEN 0123456789abcdef {T} {T} {T} CURRENT"),
             format!("TOKEN 0123456789abcdef {T} {T} {T} OTHER  my  phone"),
             "BYE REVOKED your token was revoked".to_string(),
+            "OK ANNOUNCE 12".to_string(),
+            "OK SUSPEND mallory CLOSED 2".to_string(),
+            "OK UNSUSPEND mallory".to_string(),
+            "OK KILL mallory CLOSED 0".to_string(),
+            "OK STATS 7".to_string(),
+            "OK ADDUSER Dave".to_string(),
+            "STAT connections 12".to_string(),
+            "STAT commit_seconds_avg 0.0042".to_string(),
+            "NOTICE  maintenance at 5, back by 6 ".to_string(),
+            "BYE ACCOUNT_SUSPENDED spam".to_string(),
+            "BYE KILLED stuck client".to_string(),
         ];
         for l in &lines {
             let p = parse(l);

@@ -15,8 +15,10 @@
 //! - message: `1, time_ms, from, to, text` where `to` is a tag byte then its payload:
 //!   `0, name` (MSG), `1, count, name * count` (GROUP), `2` (ALL), `3, room name` (a room).
 //! - token (the id is the key): `1, user, digest (32 bytes), label, created_ms, last_used_ms`
-//! - profile: `1, flags, [away], [last_seen_ms]`, where flag bit 0 is "friends only", bit 1 says
-//!   an away message follows and bit 2 that a last-seen time follows; other bits are damage.
+//! - profile: `1, flags, [away], [last_seen_ms], [reason, since_ms]`, where flag bit 0 is "friends
+//!   only", bit 1 says an away message follows, bit 2 that a last-seen time follows and bit 3 that
+//!   the account is suspended (the reason and the time follow); other bits are damage, so a build
+//!   that does not know suspensions refuses such a file rather than let a suspended account in.
 //! - retired name: `1, name, deleted_ms`
 //! - room: `1, name, created_ms, flags, [topic, topic_by, topic_ms]` where flags bit 0 is
 //!   private and bit 1 says a topic record follows.
@@ -27,7 +29,7 @@
 
 use super::{
     AccountRecord, BanRecord, Damage, InviteRecord, MemberRecord, MessageRecord, MsgId, Profile,
-    RetiredName, Role, RoomRecord, To, TokenRecord, TopicRecord,
+    RetiredName, Role, RoomRecord, Suspension, To, TokenRecord, TopicRecord,
 };
 
 const FORMAT_V1: u8 = 1;
@@ -37,6 +39,7 @@ const TO_ALL: u8 = 2;
 const PROFILE_FRIENDS_ONLY: u8 = 1;
 const PROFILE_AWAY: u8 = 2;
 const PROFILE_LAST_SEEN: u8 = 4;
+const PROFILE_SUSPENDED: u8 = 8;
 const TO_ROOM: u8 = 3;
 const ROOM_PRIVATE: u8 = 1;
 const ROOM_HAS_TOPIC: u8 = 2;
@@ -166,12 +169,19 @@ pub(crate) fn encode_profile(p: &Profile) -> Vec<u8> {
     if p.last_seen_ms.is_some() {
         flags |= PROFILE_LAST_SEEN;
     }
+    if p.suspended.is_some() {
+        flags |= PROFILE_SUSPENDED;
+    }
     out.push(flags);
     if let Some(away) = &p.away {
         put_str(&mut out, away);
     }
     if let Some(ms) = p.last_seen_ms {
         out.extend_from_slice(&ms.to_le_bytes());
+    }
+    if let Some(s) = &p.suspended {
+        put_str(&mut out, &s.reason);
+        out.extend_from_slice(&s.since_ms.to_le_bytes());
     }
     out
 }
@@ -180,7 +190,7 @@ pub(crate) fn decode_profile(bytes: &[u8]) -> Result<Profile, Damage> {
     let mut r = Reader::new(bytes, "profile record");
     r.version()?;
     let flags = r.byte()?;
-    if flags & !(PROFILE_FRIENDS_ONLY | PROFILE_AWAY | PROFILE_LAST_SEEN) != 0 {
+    if flags & !(PROFILE_FRIENDS_ONLY | PROFILE_AWAY | PROFILE_LAST_SEEN | PROFILE_SUSPENDED) != 0 {
         return Err(r.corrupt(&format!("unknown flags {flags:#04x}")));
     }
     let away = if flags & PROFILE_AWAY != 0 {
@@ -193,11 +203,20 @@ pub(crate) fn decode_profile(bytes: &[u8]) -> Result<Profile, Damage> {
     } else {
         None
     };
+    let suspended = if flags & PROFILE_SUSPENDED != 0 {
+        Some(Suspension {
+            reason: r.string()?,
+            since_ms: r.i64()?,
+        })
+    } else {
+        None
+    };
     r.finish()?;
     Ok(Profile {
         friends_only: flags & PROFILE_FRIENDS_ONLY != 0,
         away,
         last_seen_ms,
+        suspended,
     })
 }
 
@@ -577,16 +596,25 @@ mod tests {
                 friends_only: true,
                 away: Some("gone fishing 🎣".into()),
                 last_seen_ms: Some(-5),
+                suspended: None,
             },
             Profile {
                 friends_only: false,
                 away: Some(String::new()),
                 last_seen_ms: None,
+                suspended: Some(Suspension {
+                    reason: String::new(),
+                    since_ms: 0,
+                }),
             },
             Profile {
                 friends_only: false,
                 away: None,
                 last_seen_ms: Some(i64::MAX),
+                suspended: Some(Suspension {
+                    reason: "spam, again".into(),
+                    since_ms: 42,
+                }),
             },
         ]
     }
@@ -611,7 +639,7 @@ mod tests {
             }
         }
         assert!(
-            decode_profile(&[1, 8]).is_err(),
+            decode_profile(&[1, 16]).is_err(),
             "an unknown flag is damage"
         );
         let r = RetiredName {
@@ -642,11 +670,20 @@ mod tests {
             friends_only: true,
             away: Some("hi".into()),
             last_seen_ms: Some(3),
+            suspended: None,
         };
         assert_eq!(
             encode_profile(&p),
             [1, 7, 2, b'h', b'i', 3, 0, 0, 0, 0, 0, 0, 0]
         );
+        let p = Profile {
+            suspended: Some(Suspension {
+                reason: "x".into(),
+                since_ms: 4,
+            }),
+            ..Profile::default()
+        };
+        assert_eq!(encode_profile(&p), [1, 8, 1, b'x', 4, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!(encode_profile(&Profile::default()), [1, 0]);
         let r = RetiredName {
             name: "Al".into(),

@@ -274,6 +274,10 @@ impl State {
                 self.profile(user, |p| p.last_seen_ms = Some(*ms));
                 StoreReply::Done
             }
+            StoreOp::SetSuspended { user, suspension } => {
+                self.profile(user, |p| p.suspended = suspension.clone());
+                StoreReply::Done
+            }
             StoreOp::ReadMessages { ids } => self.messages_by_id(ids),
             StoreOp::AppendRoomMessage { msg, room, seq } => {
                 self.messages.insert(msg.id, msg.clone());
@@ -385,6 +389,9 @@ impl State {
                     .and_then(|log| log.range(..=*upto).next_back())
                     .map(|(&id, &seq)| (id, seq)),
             ),
+            ReadOp::Backup { .. } => StoreReply::Unreadable(super::Unreadable::Unavailable(
+                "an in-memory store has no file to copy".into(),
+            )),
         }
     }
 

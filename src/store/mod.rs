@@ -15,6 +15,7 @@
 //! index keys both stores use), `page` (HISTORY paging, shared by both stores), `memory` (an
 //! in-memory model with the same semantics, for tests and fuzzers), `worker` (the threads).
 
+pub mod backup;
 mod codec;
 mod contain;
 mod keys;
@@ -173,6 +174,18 @@ pub struct Profile {
     pub away: Option<String>,
     /// When the account's last connection left, as recorded.
     pub last_seen_ms: Option<i64>,
+    /// Set while an operator has suspended the account: it cannot log in.
+    pub suspended: Option<Suspension>,
+}
+
+/// An operator's suspension of an account (`SUSPEND`): until it is lifted, the account cannot log
+/// in. Nothing else of the account changes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Suspension {
+    /// Why, as the operator gave it (may be empty).
+    pub reason: String,
+    /// When the account was suspended.
+    pub since_ms: i64,
 }
 
 /// The name of a deleted account. It is never registered again (spec 4.18): the message log shows
@@ -393,6 +406,11 @@ pub enum StoreOp {
     FirstUnread { rooms: Vec<(RoomId, MsgId)> },
     /// The room's last message with an id up to `upto`, with its position in the room. A read.
     RoomSeq { room: RoomId, upto: MsgId },
+    /// Suspend an existing account, or lift its suspension with `None`.
+    SetSuspended {
+        user: String,
+        suspension: Option<Suspension>,
+    },
 }
 
 impl StoreOp {
@@ -430,7 +448,8 @@ impl StoreOp {
             | StoreOp::RemoveBan { .. }
             | StoreOp::PutInvite { .. }
             | StoreOp::RemoveInvite { .. }
-            | StoreOp::SetDirectRead { .. } => false,
+            | StoreOp::SetDirectRead { .. }
+            | StoreOp::SetSuspended { .. } => false,
             // Reads, but ordered with the writes (see the op).
             StoreOp::RoomReplay { .. } => false,
         }
@@ -481,6 +500,10 @@ pub enum ReadOp {
     FirstUnread { rooms: Vec<(RoomId, MsgId)> },
     /// As [`StoreOp::RoomSeq`], as [`StoreReply::Seq`].
     RoomSeq { room: RoomId, upto: MsgId },
+    /// A consistent copy of the whole database, written to a new file `to` (see `backup`), as
+    /// [`StoreReply::Backup`]. Only a fresh read: the worker runs it on a thread of its own, so
+    /// that other reads do not wait for it.
+    Backup { to: PathBuf },
 }
 
 /// The result of one op, in the same position as the op.
@@ -501,6 +524,8 @@ pub enum StoreReply {
     Seq(Option<(MsgId, u64)>),
     /// Messages read by id.
     Messages(Vec<MessageRecord>),
+    /// A backup was written: what it holds.
+    Backup(backup::Summary),
     /// A read that could not be answered. It fails alone: the other ops of its batch, later ops
     /// and the server go on.
     Unreadable(Unreadable),
@@ -630,6 +655,13 @@ pub enum StoreError {
         /// What is damaged.
         source: Box<Damage>,
     },
+    /// A backup or a check could not be made.
+    Backup {
+        /// The file being written or checked.
+        path: PathBuf,
+        /// Why.
+        why: String,
+    },
     /// A store answered a batch with a different number of replies than it had ops: a bug in the
     /// store, which breaks the matching of replies to tickets.
     ReplyCount {
@@ -684,6 +716,7 @@ impl fmt::Display for StoreError {
             StoreError::ReplyCount { ops, replies } => {
                 write!(f, "the store returned {replies} replies for {ops} ops")
             }
+            StoreError::Backup { path, why } => write!(f, "{}: {why}", path.display()),
         }
     }
 }
@@ -698,6 +731,7 @@ impl std::error::Error for StoreError {
             StoreError::Empty { .. }
             | StoreError::LowSpace { .. }
             | StoreError::Schema { .. }
+            | StoreError::Backup { .. }
             | StoreError::ReplyCount { .. } => None,
         }
     }
@@ -716,16 +750,25 @@ impl StoreError {
                 "the file is damaged: restore it from a backup, or move it aside to start a new, \
                  empty database (manual, section 6)",
             ),
-            StoreError::Open { source, .. }
-                if matches!(**source, ::redb::Error::DatabaseAlreadyOpen) =>
-            {
-                Some("another process has it open; only one chatd may use a database")
-            }
+            StoreError::Open { source, .. } if is_locked(source) => Some(
+                "another chatd process holds it (redb locks the file): only one chatd may use a \
+                 database; for a copy of a running server's, use `chatd backup`",
+            ),
             StoreError::Schema { .. } => Some(
                 "run the chatd version that wrote the file, or restore a backup made for this one",
             ),
             _ => None,
         }
+    }
+}
+
+/// Whether redb's error says that the file is locked by another handle or process.
+fn is_locked(e: &::redb::Error) -> bool {
+    match e {
+        ::redb::Error::DatabaseAlreadyOpen => true,
+        // redb 4 reports another process's lock as an I/O error from flock (EWOULDBLOCK).
+        ::redb::Error::Io(io) => io.kind() == std::io::ErrorKind::WouldBlock,
+        _ => false,
     }
 }
 
@@ -789,6 +832,12 @@ pub trait Store: Send {
     /// keeps a simulated server within what the real one can do.
     fn execute(&mut self, ops: &[StoreOp]) -> Result<Vec<StoreReply>, StoreError> {
         self.write(ops)
+    }
+
+    /// The size of the database in bytes, for the server's figures; `None` for a store without a
+    /// file.
+    fn size(&self) -> Option<u64> {
+        None
     }
 }
 

@@ -94,7 +94,7 @@ const RETIRED: TableDefinition<&str, &[u8]> = TableDefinition::new("retired");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// `meta` key of the table layout version.
-const SCHEMA_VERSION_KEY: &str = "schema_version";
+pub(super) const SCHEMA_VERSION_KEY: &str = "schema_version";
 /// The table layout this code reads and writes. A file with another version is refused at open
 /// rather than misread, except versions 1 and 2, which are upgraded (see the module
 /// documentation).
@@ -422,6 +422,10 @@ impl Store for RedbStore {
         }
     }
 
+    fn size(&self) -> Option<u64> {
+        std::fs::metadata(&*self.path).ok().map(|m| m.len())
+    }
+
     fn recover(&mut self) -> Result<(), StoreError> {
         if !self.failed {
             return Ok(());
@@ -486,6 +490,127 @@ fn copy_conversation_index(db: &Database, batch: usize) -> Result<u64, Fail> {
     }
 }
 
+/// Every table by name, for the backup (a copy of each) and the check (each record and index).
+pub(super) mod tables {
+    use super::*;
+
+    /// The names of the layout's tables.
+    pub(crate) const NAMES: &[&str] = &[
+        "accounts",
+        "messages",
+        "conversation_index",
+        "pending",
+        "friendships",
+        "rooms",
+        "room_members",
+        "room_bans",
+        "room_invites",
+        "room_log",
+        "read_markers",
+        "blocks",
+        "blocked_by",
+        "tokens",
+        "tokens_by_account",
+        "profiles",
+        "retired",
+        "meta",
+    ];
+
+    /// Copies every entry of `def` from `from` into `to`.
+    fn copy<K: redb::Key + 'static, V: redb::Value + 'static>(
+        from: &ReadTransaction,
+        to: &WriteTransaction,
+        def: TableDefinition<K, V>,
+    ) -> Result<(), redb::Error> {
+        let src = from.open_table(def)?;
+        let mut dst = to.open_table(def)?;
+        for entry in src.iter()? {
+            let (k, v) = entry?;
+            dst.insert(k.value(), v.value())?;
+        }
+        Ok(())
+    }
+
+    /// Copies every table of the layout.
+    pub(crate) fn copy_all(
+        from: &ReadTransaction,
+        to: &WriteTransaction,
+    ) -> Result<(), redb::Error> {
+        copy(from, to, ACCOUNTS)?;
+        copy(from, to, MESSAGES)?;
+        copy(from, to, CONVERSATIONS)?;
+        copy(from, to, PENDING)?;
+        copy(from, to, FRIENDSHIPS)?;
+        copy(from, to, ROOMS)?;
+        copy(from, to, ROOM_MEMBERS)?;
+        copy(from, to, ROOM_BANS)?;
+        copy(from, to, ROOM_INVITES)?;
+        copy(from, to, ROOM_LOG)?;
+        copy(from, to, READ_MARKERS)?;
+        copy(from, to, BLOCKS)?;
+        copy(from, to, BLOCKED_BY)?;
+        copy(from, to, TOKENS)?;
+        copy(from, to, TOKENS_BY_ACCOUNT)?;
+        copy(from, to, PROFILES)?;
+        copy(from, to, RETIRED)?;
+        copy(from, to, META)?;
+        Ok(())
+    }
+
+    /// The largest message id stored, or 0.
+    pub(crate) fn last_id(txn: &ReadTransaction) -> Result<u64, redb::Error> {
+        Ok(txn
+            .open_table(MESSAGES)?
+            .last()?
+            .map_or(0, |(id, _)| id.value()))
+    }
+
+    /// The tables the check reads, opened in one read transaction.
+    pub(crate) struct Read {
+        pub(crate) accounts: redb::ReadOnlyTable<&'static str, &'static [u8]>,
+        pub(crate) messages: redb::ReadOnlyTable<u64, &'static [u8]>,
+        pub(crate) conversations: redb::ReadOnlyTable<(&'static [u8], u64), ()>,
+        pub(crate) pending: redb::ReadOnlyTable<(&'static str, u64), ()>,
+        pub(crate) friendships: redb::ReadOnlyTable<(&'static str, &'static str), u8>,
+        pub(crate) blocks: redb::ReadOnlyTable<(&'static str, &'static str), ()>,
+        pub(crate) blocked_by: redb::ReadOnlyTable<(&'static str, &'static str), ()>,
+        pub(crate) tokens: redb::ReadOnlyTable<u64, &'static [u8]>,
+        pub(crate) tokens_by_account: redb::ReadOnlyTable<(&'static str, u64), ()>,
+        pub(crate) profiles: redb::ReadOnlyTable<&'static str, &'static [u8]>,
+        pub(crate) retired: redb::ReadOnlyTable<&'static str, &'static [u8]>,
+        pub(crate) rooms: redb::ReadOnlyTable<u64, &'static [u8]>,
+        pub(crate) room_members: redb::ReadOnlyTable<(u64, &'static str), &'static [u8]>,
+        pub(crate) room_bans: redb::ReadOnlyTable<(u64, &'static str), &'static [u8]>,
+        pub(crate) room_invites: redb::ReadOnlyTable<(u64, &'static str), &'static [u8]>,
+        pub(crate) room_log: redb::ReadOnlyTable<(u64, u64), u64>,
+        pub(crate) read_markers: redb::ReadOnlyTable<(&'static str, &'static str), u64>,
+    }
+
+    impl Read {
+        pub(crate) fn open(txn: &ReadTransaction) -> Result<Read, redb::Error> {
+            Ok(Read {
+                accounts: txn.open_table(ACCOUNTS)?,
+                messages: txn.open_table(MESSAGES)?,
+                conversations: txn.open_table(CONVERSATIONS)?,
+                pending: txn.open_table(PENDING)?,
+                friendships: txn.open_table(FRIENDSHIPS)?,
+                blocks: txn.open_table(BLOCKS)?,
+                blocked_by: txn.open_table(BLOCKED_BY)?,
+                tokens: txn.open_table(TOKENS)?,
+                tokens_by_account: txn.open_table(TOKENS_BY_ACCOUNT)?,
+                profiles: txn.open_table(PROFILES)?,
+                retired: txn.open_table(RETIRED)?,
+                rooms: txn.open_table(ROOMS)?,
+                room_members: txn.open_table(ROOM_MEMBERS)?,
+                room_bans: txn.open_table(ROOM_BANS)?,
+                room_invites: txn.open_table(ROOM_INVITES)?,
+                room_log: txn.open_table(ROOM_LOG)?,
+                read_markers: txn.open_table(READ_MARKERS)?,
+            })
+        }
+    }
+}
+
 /// A read transaction: the database as of the moment it was taken, whatever commits later.
 struct RedbReader {
     txn: ReadTransaction,
@@ -531,12 +656,16 @@ impl RedbReader {
                 let room_log = self.txn.open_table(ROOM_LOG)?;
                 Ok(StoreReply::Seq(room_seq(&room_log, *room, *upto)?))
             }
+            ReadOp::Backup { to } => unreachable!("answered by RedbReader::read: {to:?}"),
         }
     }
 }
 
 impl StoreReader for RedbReader {
     fn read(&self, op: &ReadOp) -> Result<StoreReply, StoreError> {
+        if let ReadOp::Backup { to } = op {
+            return super::backup::copy(&self.txn, to, &self.path).map(StoreReply::Backup);
+        }
         let read = contain(|| self.read_inner(op)).unwrap_or_else(|panic| {
             Err(Fail::Damage(Damage::new(format!(
                 "redb failed while reading ({panic})"
@@ -985,6 +1114,10 @@ impl<'txn> Tables<'txn> {
             }
             StoreOp::SetLastSeen { user, ms } => {
                 self.update_profile(user, |p| p.last_seen_ms = Some(*ms))?;
+                Ok(StoreReply::Done)
+            }
+            StoreOp::SetSuspended { user, suspension } => {
+                self.update_profile(user, |p| p.suspended = suspension.clone())?;
                 Ok(StoreReply::Done)
             }
         }

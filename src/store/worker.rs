@@ -92,6 +92,16 @@ pub struct StoreJob {
 pub enum Report {
     /// Results of the writes or of the reads of one batch, with their tickets.
     Done(Vec<(Ticket, StoreReply)>),
+    /// A batch of writes was committed (sent just before its [`Report::Done`]): for the server's
+    /// figures.
+    Committed {
+        /// Ops in the commit.
+        ops: u64,
+        /// How long the write took, commit and fsync included, in microseconds.
+        micros: u64,
+        /// The database's size afterwards, when the store knows it.
+        bytes: Option<u64>,
+    },
     /// Writes cannot be made now (the first failure of a run of them); the cause, for the log.
     /// What is queued waits; fresh reads are answered.
     Failing(String),
@@ -139,7 +149,7 @@ where
                 store,
                 queues,
                 to_reader,
-                reporter: &reporter,
+                reporter: reporter.clone(),
             }
             .run();
             // The writer has dropped its end: the reader answers what it holds, then exits.
@@ -213,14 +223,14 @@ enum Woken {
     Timeout,
 }
 
-struct Writer<'a, F> {
+struct Writer<F> {
     store: Box<dyn Store>,
     queues: Queues,
     to_reader: mpsc::Sender<ReadBatch>,
-    reporter: &'a Reporter<F>,
+    reporter: Arc<Reporter<F>>,
 }
 
-impl<F: FnMut(Report)> Writer<'_, F> {
+impl<F: FnMut(Report) + Send + 'static> Writer<F> {
     fn run(mut self) {
         // A disk already under its reserve is told at once.
         let mut held: Option<Batch> = None;
@@ -280,8 +290,12 @@ impl<F: FnMut(Report)> Writer<'_, F> {
                         }
                         continue;
                     }
+                    let started = std::time::Instant::now();
                     match self.store.write(&batch.writes) {
                         Ok(replies) => {
+                            if !self.committed(batch.writes.len(), started) {
+                                return;
+                            }
                             if !self.done_writes(&mut batch, replies)
                                 || !self.finish_reads(batch.reads)
                             {
@@ -399,8 +413,22 @@ impl<F: FnMut(Report)> Writer<'_, F> {
         if batch.writes.is_empty() {
             return Ok(true);
         }
+        let started = std::time::Instant::now();
         let replies = self.store.write(&batch.writes)?;
+        if !self.committed(batch.writes.len(), started) {
+            return Ok(false);
+        }
         Ok(self.done_writes(batch, replies))
+    }
+
+    /// Reports the size and time of a commit of `ops` writes that started at `started`.
+    fn committed(&mut self, ops: usize, started: std::time::Instant) -> bool {
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.report(Report::Committed {
+            ops: ops as u64,
+            micros,
+            bytes: self.store.size(),
+        })
     }
 
     /// Reports a batch whose writes were just committed (by [`Writer::attempt`]): its reads.
@@ -422,8 +450,35 @@ impl<F: FnMut(Report)> Writer<'_, F> {
         self.report(Report::Done(results))
     }
 
-    /// Hands `reads` to the reader with a view that sees everything committed so far.
-    fn finish_reads(&mut self, reads: Vec<(Ticket, ReadOp)>) -> bool {
+    /// Hands `reads` to the reader with a view that sees everything committed so far; a backup
+    /// gets a view and a thread of its own, so that the reads after it do not wait for the copy.
+    fn finish_reads(&mut self, mut reads: Vec<(Ticket, ReadOp)>) -> bool {
+        let (backups, rest): (Vec<_>, Vec<_>) = reads
+            .drain(..)
+            .partition(|(_, op)| matches!(op, ReadOp::Backup { .. }));
+        let reads = rest;
+        for (ticket, op) in backups {
+            let view = self.store.reader();
+            let reporter = self.reporter.clone();
+            let copy = move || {
+                let reply = match view {
+                    Ok(view) => view
+                        .read(&op)
+                        .unwrap_or_else(|e| StoreReply::Unreadable(e.into())),
+                    Err(e) => StoreReply::Unreadable(e.into()),
+                };
+                reporter.report(Report::Done(vec![(ticket, reply)]));
+            };
+            if let Err(e) = std::thread::Builder::new()
+                .name("chatd-backup".to_owned())
+                .spawn(copy)
+            {
+                let why = Unreadable::Unavailable(format!("cannot start the backup thread: {e}"));
+                if !self.report(Report::Done(vec![(ticket, StoreReply::Unreadable(why))])) {
+                    return false;
+                }
+            }
+        }
         if reads.is_empty() {
             return true;
         }
@@ -515,8 +570,52 @@ mod tests {
     ) -> (JoinHandle<()>, mpsc::Receiver<Reports>) {
         let (tx, rx) = mpsc::channel();
         let queues = Queues { jobs, fresh };
-        let handle = spawn(store, queues, move |r| tx.send(Reports(r)).unwrap()).unwrap();
+        // The commits' figures are left out here; `each_commit_reports_its_size_and_time` reads them.
+        let handle = spawn(store, queues, move |r| {
+            if !matches!(r, Report::Committed { .. }) {
+                tx.send(Reports(r)).unwrap()
+            }
+        })
+        .unwrap();
         (handle, rx)
+    }
+
+    #[test]
+    fn each_commit_reports_its_size_and_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.redb");
+        let (store, _) = crate::store::redb::RedbStore::open(&path).unwrap();
+        let (tx, rx) = async_channel::bounded(64);
+        for i in 1..=3 {
+            tx.send_blocking(StoreJob {
+                ticket: i,
+                op: append(i, "b"),
+            })
+            .unwrap();
+        }
+        drop(tx);
+        let (_, fresh) = async_channel::bounded(1);
+        let (reports_tx, reports) = mpsc::channel();
+        let queues = Queues { jobs: rx, fresh };
+        spawn(Box::new(store), queues, move |r| {
+            reports_tx.send(r).unwrap()
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+        let reports: Vec<Report> = reports.iter().collect();
+        // One commit of the three ops, reported before its results.
+        match &reports[..] {
+            [Report::Committed {
+                ops: 3,
+                bytes: Some(b),
+                ..
+            }, Report::Done(results)] => {
+                assert_eq!(*b, std::fs::metadata(&path).unwrap().len());
+                assert_eq!(results.len(), 3);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     /// A report, with the shorthand the tests use.

@@ -225,7 +225,7 @@ const LOAD_GENERATOR: &str = "127.0.0.1";
 /// --line-rate 1000000 --line-burst 1000000 --exempt 127.0.0.1` does, stopping when stdin closes
 /// (so the server never outlives the benchmark).
 pub fn serve_child(db: PathBuf) -> ExitCode {
-    chatd::cli::init_logging(log::LevelFilter::Info);
+    chatd::cli::init_logging(log::LevelFilter::Info, None);
     let max_connections = std::env::var(MAX_CONNECTIONS_ENV)
         .ok()
         .and_then(|v| v.parse().ok())
@@ -259,6 +259,10 @@ pub fn serve_child(db: PathBuf) -> ExitCode {
         max_compressed: chatd::config::DEFAULT_MAX_COMPRESSED,
         scrypt_log_n: SCRYPT_LOG_N,
         max_room_members: chatd::config::DEFAULT_MAX_ROOM_MEMBERS,
+        admins: Vec::new(),
+        registration_closed: false,
+        metrics_listen: None,
+        demo: None,
     };
     match net::run(opts, control_rx) {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,7 +10,7 @@ set -eu
 cd "$(dirname "$0")"
 secs=${1:?usage: fuzz/run-all.sh SECONDS [TARGET...]}
 shift
-targets=${*:-line_framing command_parse roundtrip server_line core inflate}
+targets=${*:-line_framing command_parse roundtrip server_line core inflate irc}
 status=0
 for t in $targets; do
     mkdir -p "corpus/$t"

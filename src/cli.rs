@@ -74,6 +74,22 @@ pub struct Args {
     #[argh(option)]
     pub tls_listen: Option<String>,
 
+    /// IRC listen address, e.g. 127.0.0.1:6667: IRC clients log in to chatd accounts there
+    /// (default: no IRC listener; spec/IRC.md)
+    #[argh(option)]
+    pub irc_listen: Option<String>,
+
+    /// IRC-over-TLS listen address, e.g. 127.0.0.1:6697, with the certificate of --tls-listen
+    /// (default: none)
+    #[argh(option)]
+    pub irc_tls_listen: Option<String>,
+
+    /// IRC clients that send neither SASL nor PASS log in as their nick with this password: for
+    /// load generators that speak bare IRC; never on a server with real users (default: none,
+    /// such clients are refused)
+    #[argh(option)]
+    pub irc_default_password: Option<String>,
+
     /// PEM certificate chain for the TLS listener (reloaded on SIGHUP)
     #[argh(option)]
     pub tls_cert: Option<PathBuf>,
@@ -364,6 +380,9 @@ const ENV_OPTIONS: &[(&str, Form)] = &[
     ("tls-cert", Form::Value),
     ("tls-key", Form::Value),
     ("tls-generate", Form::Switch),
+    ("irc-listen", Form::Value),
+    ("irc-tls-listen", Form::Value),
+    ("irc-default-password", Form::Value),
     ("max-connections", Form::Value),
     ("max-per-address", Form::Value),
     ("idle-timeout", Form::Value),
@@ -597,6 +616,8 @@ pub enum UsageError {
     TlsWithoutCertificate,
     /// `--no-plain` without `--tls-listen`.
     NothingToListenOn,
+    /// `--irc-tls-listen` without `--tls-listen`, whose certificate it uses.
+    IrcTlsWithoutTls,
     /// More `--admin`s than [`MAX_ADMINS`].
     TooManyAdmins,
     /// `--demo` with `--db`: a demo never touches a real database.
@@ -620,6 +641,9 @@ impl fmt::Display for UsageError {
             UsageError::TlsWithoutCertificate => {
                 f.write_str("--tls-listen needs both --tls-cert and --tls-key, or --tls-generate")
             }
+            UsageError::IrcTlsWithoutTls => f.write_str(
+                "--irc-tls-listen uses the certificate of --tls-listen: give --tls-listen too",
+            ),
             UsageError::NothingToListenOn => {
                 f.write_str("--no-plain needs --tls-listen: there would be nothing to listen on")
             }
@@ -670,6 +694,9 @@ impl TryFrom<Args> for ServerOptions {
         if args.no_plain && tls.is_none() {
             return Err(UsageError::NothingToListenOn);
         }
+        if args.irc_tls_listen.is_some() && tls.is_none() {
+            return Err(UsageError::IrcTlsWithoutTls);
+        }
         let cluster = args.cluster.map(|urls| crate::cluster::ClusterOptions {
             urls: urls
                 .split(',')
@@ -695,6 +722,9 @@ impl TryFrom<Args> for ServerOptions {
             cluster,
             listen: (!args.no_plain).then_some(args.listen),
             tls,
+            irc_listen: args.irc_listen,
+            irc_tls_listen: args.irc_tls_listen,
+            irc_default_password: args.irc_default_password,
             db: args.db,
             min_free_disk_mib: args.min_free_disk,
             max_connections: args.max_connections,

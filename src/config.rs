@@ -118,6 +118,32 @@ pub const ANSWER_PART_MESSAGES: usize = 16;
 /// Names per part of a long USERS answer.
 pub const ANSWER_PART_USERS: usize = 256;
 
+// ----- the IRC front end (spec/IRC.md) -----
+
+/// The server name IRC lines come from, and the host part of every user's source
+/// (`alice!alice@chatd`).
+pub const IRC_SERVER_NAME: &str = "chatd";
+/// The host part of a user's source.
+pub const IRC_HOST: &str = "chatd";
+/// Most bytes of an IRC line without its tags, CR LF included (Modern IRC: 512). Longer messages
+/// to IRC clients are split; longer lines from them are refused with 417.
+pub const IRC_MAX_LINE_BYTES: usize = 512;
+/// Most bytes of the tags of a line from a client (message-tags: 4096 with the `@` and the space).
+pub const IRC_MAX_TAG_BYTES: usize = 4094;
+/// Most bytes of one line read from an IRC client: the line and its tags, with `@`, spaces and
+/// CR LF.
+pub const IRC_MAX_INPUT_BYTES: usize = IRC_MAX_LINE_BYTES + IRC_MAX_TAG_BYTES + 2;
+/// Most parameters of an IRC message (Modern IRC: 15).
+pub const IRC_MAX_PARAMS: usize = 15;
+/// Most rooms one JOIN or PART names (the rest of the list is ignored).
+pub const IRC_MAX_TARGETS: usize = 10;
+/// Most unread messages of one room replayed to an IRC client at login (the rest: CHATHISTORY).
+pub const IRC_CATCH_UP: u32 = 50;
+/// The length of a full AUTHENTICATE chunk: a chunk this long means more follows (IRCv3 SASL).
+pub const IRC_SASL_CHUNK: usize = 400;
+/// Most bytes held for an IRC client between a SASL login and the end of its registration (its
+/// offline backlog, rendered); past it the rest is dropped from the connection, not from HISTORY.
+pub const IRC_MAX_HELD_BYTES: usize = OUTBOX_LIMIT_BYTES;
 /// DEFLATE level of compressed connections (`COMPRESS DEFLATE`, spec 4.38): zlib's default, a
 /// good ratio for chat text at a CPU cost that docs/BENCHMARKS.md measures.
 pub const DEFLATE_LEVEL: u32 = 6;

@@ -38,6 +38,7 @@ pub mod config;
 pub mod core;
 #[cfg(feature = "testing")]
 pub mod fuzzing;
+pub mod irc;
 pub mod metrics;
 pub mod net;
 pub mod outbox;

@@ -33,6 +33,10 @@ const KEPT_QUEUE_CAPACITY: usize = 4;
 pub enum Chunk {
     Owned(Vec<u8>),
     Shared(Arc<[u8]>),
+    /// Bytes already in the connection's own protocol, which its writer sends as they are: what
+    /// the IRC front end answers by itself (CAP, a numeric for a malformed line). The core never
+    /// queues one.
+    Direct(Vec<u8>),
     /// Everything after this is sent as a DEFLATE stream (`COMPRESS DEFLATE`, spec 4.38); it has
     /// no bytes of its own.
     StartDeflate,
@@ -42,7 +46,7 @@ impl Chunk {
     /// The bytes.
     pub fn as_bytes(&self) -> &[u8] {
         match self {
-            Chunk::Owned(v) => v,
+            Chunk::Owned(v) | Chunk::Direct(v) => v,
             Chunk::Shared(a) => a,
             Chunk::StartDeflate => &[],
         }

@@ -9,9 +9,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::auth::{HashOutcome, Hasher};
-use crate::config::{MAX_INFLIGHT_PER_CONNECTION, MAX_LINE_BYTES, OUTBOX_LIMIT_BYTES};
+use crate::config::{
+    IRC_MAX_INPUT_BYTES, MAX_INFLIGHT_PER_CONNECTION, MAX_LINE_BYTES, OUTBOX_LIMIT_BYTES,
+};
 use crate::core::entropy::Entropy;
 use crate::core::{ConnId, Core, Event, Input, Job, Limits, Policy, Settings};
+use crate::irc::{Effects, Session};
 use crate::outbox::Outbox;
 use crate::peer::Peer;
 use crate::proto::line::{Frame, LineDecoder};
@@ -28,6 +31,9 @@ struct Client {
     conn: ConnId,
     outbox: Outbox,
     decoder: LineDecoder,
+    /// The IRC front end of a client connected with [`Sim::connect_irc`], and what it said to the
+    /// client on its own (before the core's output is read).
+    irc: Option<(Session, String)>,
 }
 
 /// The simulated server. See the module documentation.
@@ -167,6 +173,18 @@ impl Sim {
         self.event(Event::Tick);
     }
 
+    /// Opens an IRC connection named `client`: what it sends and receives goes through the IRC
+    /// front end (`crate::irc`), as on an `--irc-listen` port.
+    pub fn connect_irc(&mut self, client: &str) {
+        self.connect_as(client, Peer::unlimited(format!("sim:{client}")));
+        if let Some(c) = self.clients.get_mut(client) {
+            c.decoder = LineDecoder::new(IRC_MAX_INPUT_BYTES);
+            c.irc = Some((Session::new("0.0.0-sim"), String::new()));
+        }
+        // The core's HELLO is for the line protocol: the front end reads it and shows nothing.
+        self.output(client);
+    }
+
     fn connect_as(&mut self, client: &str, peer: Peer) {
         let conn = self.next_conn;
         self.next_conn += 1;
@@ -177,9 +195,18 @@ impl Sim {
                 conn,
                 outbox: outbox.clone(),
                 decoder: LineDecoder::new(MAX_LINE_BYTES),
+                irc: None,
             },
         );
         self.event(Event::Connected { conn, outbox, peer });
+    }
+
+    /// Hands an IRC front end's command lines to the core.
+    fn hand_to_core(&mut self, conn: ConnId, lines: Vec<String>) {
+        for line in lines {
+            let input = Input::Line(line.into_bytes());
+            self.event(Event::Input { conn, input });
+        }
     }
 
     /// Sends one line (an LF is added) and runs the server until it is idle.
@@ -202,6 +229,30 @@ impl Sim {
                 Frame::TooLong => Input::TooLong,
             })
         });
+        if c.irc.is_some() {
+            for input in inputs {
+                let Some(Client {
+                    irc: Some((session, said)),
+                    ..
+                }) = self.clients.get_mut(client)
+                else {
+                    return;
+                };
+                let mut fx = Effects::default();
+                match input {
+                    Input::Line(l) => session.client_line(&String::from_utf8_lossy(&l), &mut fx),
+                    Input::TooLong => session.too_long(&mut fx),
+                    // IRC has no COMPRESS, so no DEFLATE stream to go bad.
+                    Input::BadDeflate => {}
+                }
+                said.push_str(&fx.client);
+                self.hand_to_core(conn, fx.core);
+                self.settle();
+                // Each line's answer is read before the next line is sent, as a client reads.
+                self.pump_irc(client);
+            }
+            return;
+        }
         for input in inputs {
             self.event(Event::Input { conn, input });
         }
@@ -246,6 +297,46 @@ impl Sim {
     /// Everything sent to `client` since the last call. The client reads as the server writes:
     /// a long answer sent part by part (which waits for the client to read each part) comes whole.
     pub fn output(&mut self, client: &str) -> String {
+        if self.clients.get(client).is_some_and(|c| c.irc.is_some()) {
+            self.pump_irc(client);
+            return self
+                .clients
+                .get_mut(client)
+                .and_then(|c| c.irc.as_mut())
+                .map(|(_, said)| std::mem::take(said))
+                .unwrap_or_default();
+        }
+        self.core_output(client)
+    }
+
+    /// Runs an IRC client's front end over what the core sent it, until the front end asks the
+    /// core for nothing more; what the client is sent collects in its `said`.
+    fn pump_irc(&mut self, client: &str) {
+        // Bounded: each round answers commands the front end sent in the round before, and the
+        // front end sends follow-ups only for answers to commands of the client's (NAMES after a
+        // JOIN, the joins after a login), never for answers to its own follow-ups but one level.
+        for _ in 0..8 {
+            let bytes = self.core_output(client);
+            let Some(c) = self.clients.get_mut(client) else {
+                return;
+            };
+            let conn = c.conn;
+            let Some((session, said)) = &mut c.irc else {
+                return;
+            };
+            let mut fx = Effects::default();
+            session.server_bytes(bytes.as_bytes(), &mut fx);
+            said.push_str(&fx.client);
+            if fx.core.is_empty() {
+                return;
+            }
+            self.hand_to_core(conn, fx.core);
+            self.settle();
+        }
+    }
+
+    /// What the core queued for `client`, as the line protocol.
+    fn core_output(&mut self, client: &str) -> String {
         let mut text = String::new();
         // Bounded: each round either sends a part of a long answer or ends the loop.
         loop {

@@ -5,6 +5,7 @@
 //!
 //! Script lines:
 //! - `# text`: a comment, copied into the transcript;
+//! - `a: connect-irc`: connects an IRC client (its lines go through the IRC front end, spec/IRC.md);
 //! - `a: connect`, `a: disconnect`, `a: shutdown` (the whole server), `a: advance MS` (the clock);
 //! - `a: restart`: the server stops as in a crash (jobs still queued are lost, every connection is
 //!   gone) and starts again on what it committed;
@@ -120,6 +121,20 @@ fn shown(line: &str) -> String {
     }
 }
 
+/// What a run of lines is folded by: a line's first word, or for an IRC line (`:source VERB` or
+/// `@tags :source VERB`) its command.
+fn kind(line: &str) -> &str {
+    let mut words = line.split(' ');
+    let mut w = words.next().unwrap_or("");
+    if w.starts_with('@') {
+        w = words.next().unwrap_or("");
+    }
+    if w.starts_with(':') {
+        w = words.next().unwrap_or("");
+    }
+    w
+}
+
 fn collect(sim: &mut Sim, out: &mut String, issued: &mut Issued) {
     for c in sim.clients() {
         let text = sim.output(&c);
@@ -130,11 +145,8 @@ fn collect(sim: &mut Sim, out: &mut String, issued: &mut Issued) {
         // A long run of lines of one kind (a large backlog) shows its first and last two.
         let mut i = 0;
         while i < lines.len() {
-            let word = lines[i].split(' ').next().unwrap_or("");
-            let run = lines[i..]
-                .iter()
-                .take_while(|l| l.split(' ').next() == Some(word))
-                .count();
+            let word = kind(lines[i]);
+            let run = lines[i..].iter().take_while(|l| kind(l) == word).count();
             if run > 6 {
                 for l in &lines[i..i + 2] {
                     out.push_str(&format!("{c}< {}\n", shown(l)));
@@ -189,6 +201,7 @@ fn run(script: &str) -> String {
             let (verb, arg) = action.split_once(' ').unwrap_or((action, ""));
             match verb {
                 "connect" => sim.connect(who),
+                "connect-irc" => sim.connect_irc(who),
                 "disconnect" => {
                     collect(&mut sim, &mut out, &mut issued);
                     sim.disconnect(who)
@@ -269,10 +282,13 @@ fn transcripts() {
         insta::with_settings!({
             // Message times are hidden, so a script can change without rewriting every line; other
             // times (a token's last use, expiry) are the point of the lines they are on and stay.
-            filters => vec![(
-                r"((?:MESSAGE|HISTORY) \d+ )\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z",
-                "${1}[time]"
-            )],
+            filters => vec![
+                (
+                    r"((?:MESSAGE|HISTORY) \d+ )\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z",
+                    "${1}[time]"
+                ),
+                (r"time=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", "time=[time]"),
+            ],
             prepend_module_to_snapshot => false,
             omit_expression => true,
         }, {

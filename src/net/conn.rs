@@ -19,16 +19,35 @@ use smol::{Async, Executor, Timer};
 
 use super::tls;
 use crate::config::{
-    DRAIN_AFTER_EOF, MAX_INFLIGHT_PER_CONNECTION, MAX_LINE_BYTES, OUTBOX_LIMIT_BYTES, READ_CHUNK,
-    WRITE_STALL_TIMEOUT,
+    DRAIN_AFTER_EOF, IRC_MAX_INPUT_BYTES, MAX_INFLIGHT_PER_CONNECTION, MAX_LINE_BYTES,
+    OUTBOX_LIMIT_BYTES, READ_CHUNK, WRITE_STALL_TIMEOUT,
 };
 use crate::core::{ConnId, Event, Input};
+use crate::irc::{Effects, Session};
 use crate::outbox::{Chunk, Outbox};
 use crate::peer::{AddrKey, Network, Peer};
 use crate::proto::code::ByeCode;
 use crate::proto::deflate::{is_compress_line, Deflater, Intake, Unit};
 use crate::proto::server_line::ServerLine;
 use crate::tally::Tally;
+
+/// The protocol a listener speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Front {
+    /// chatd's line protocol (spec/PROTOCOL.md): lines go to the core as they are.
+    Chatd,
+    /// IRC (spec/IRC.md): each connection's lines go through its `irc::Session`.
+    Irc,
+}
+
+/// One IRC connection's front end, shared by its reader (client lines) and writer (core lines).
+/// The lock is never held across an `.await`.
+type IrcSession = Arc<Mutex<Session>>;
+
+fn lock(s: &IrcSession) -> std::sync::MutexGuard<'_, Session> {
+    // A panic while translating one line leaves the session usable for the next.
+    s.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Shared by the accept loops and connection tasks.
 pub(super) struct Ctx {
@@ -42,6 +61,8 @@ pub(super) struct Ctx {
     pub(super) exempt: Vec<Network>,
     pub(super) line_rate: u32,
     pub(super) line_burst: u32,
+    /// What IRC clients without credentials log in with (`--irc-default-password`).
+    pub(super) irc_default_password: Option<String>,
     /// Refusals and failed handshakes since the last summary in the log.
     pub(super) tally: Mutex<Tally>,
 }
@@ -127,6 +148,7 @@ pub(super) async fn accept_loop(
     listener: TcpListener,
     ctx: Arc<Ctx>,
     tls: Option<Arc<tls::TlsConfigCell>>,
+    front: Front,
 ) {
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -147,7 +169,13 @@ pub(super) async fn accept_loop(
             );
             ctx.count("connections refused, the server being full", key);
             ctx.ex
-                .spawn(refuse(stream, tls.clone(), guard, ByeCode::SERVER_FULL))
+                .spawn(refuse(
+                    stream,
+                    tls.clone(),
+                    guard,
+                    ByeCode::SERVER_FULL,
+                    front,
+                ))
                 .detach();
             continue;
         }
@@ -163,11 +191,12 @@ pub(super) async fn accept_loop(
                     tls.clone(),
                     guard,
                     ByeCode::TOO_MANY_CONNECTIONS,
+                    front,
                 ))
                 .detach();
             continue;
         }
-        let task = connection(stream, peer, ctx.clone(), tls.clone(), guard);
+        let task = connection(stream, peer, ctx.clone(), tls.clone(), guard, front);
         ctx.ex.spawn(task).detach();
     }
 }
@@ -179,6 +208,7 @@ async fn refuse(
     tls: Option<Arc<tls::TlsConfigCell>>,
     _guard: ActiveGuard,
     code: ByeCode,
+    front: Front,
 ) {
     let text = match code {
         ByeCode::TOO_MANY_CONNECTIONS => {
@@ -186,7 +216,10 @@ async fn refuse(
         }
         _ => "the server has too many connections; try again later",
     };
-    let bye = ServerLine::Bye { code, text }.to_bytes();
+    let bye = match front {
+        Front::Chatd => ServerLine::Bye { code, text }.to_bytes(),
+        Front::Irc => format!("ERROR :Closing link: {text}\r\n").into_bytes(),
+    };
     match tls {
         None => say_and_close(stream, &bye).await,
         Some(cell) => {
@@ -217,17 +250,19 @@ async fn connection(
     ctx: Arc<Ctx>,
     tls: Option<Arc<tls::TlsConfigCell>>,
     _guard: ActiveGuard,
+    front: Front,
 ) {
     let _ = stream.set_nodelay(true);
     match tls {
         None => {
             let ready = Some(stream.clone().into());
-            serve(stream.clone(), stream, ready, peer, peer.to_string(), ctx).await
+            let shown = peer.to_string();
+            serve(stream.clone(), stream, ready, peer, shown, ctx, front).await
         }
         // Boxed: a task's future is as large as its largest branch, and the TLS one (handshake
         // state, TLS streams) is several times the plain one. Inline, every plain connection would
         // carry that size for its whole life.
-        Some(cell) => Box::pin(serve_tls(stream, peer, ctx, cell)).await,
+        Some(cell) => Box::pin(serve_tls(stream, peer, ctx, cell, front)).await,
     }
 }
 
@@ -236,11 +271,12 @@ async fn serve_tls(
     peer: SocketAddr,
     ctx: Arc<Ctx>,
     cell: Arc<tls::TlsConfigCell>,
+    front: Front,
 ) {
     match tls::handshake(cell.acceptor(), stream).await {
         Ok(s) => {
             let (r, w) = futures_lite::io::split(s);
-            serve(r, w, None, peer, format!("{peer} (TLS)"), ctx).await
+            serve(r, w, None, peer, format!("{peer} (TLS)"), ctx, front).await
         }
         Err(e) => {
             log::debug!("TLS handshake with {peer} failed: {e}");
@@ -260,11 +296,19 @@ async fn serve<R, W>(
     peer: SocketAddr,
     shown: String,
     ctx: Arc<Ctx>,
+    front: Front,
 ) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let conn = ctx.next_conn.fetch_add(1, Ordering::Relaxed);
+    let irc: Option<IrcSession> = match front {
+        Front::Chatd => None,
+        Front::Irc => Some(Arc::new(Mutex::new(Session::with_default_password(
+            env!("CARGO_PKG_VERSION"),
+            ctx.irc_default_password.as_deref(),
+        )))),
+    };
     let outbox = Outbox::new(OUTBOX_LIMIT_BYTES, MAX_INFLIGHT_PER_CONNECTION);
     let connected = Event::Connected {
         conn,
@@ -274,10 +318,14 @@ async fn serve<R, W>(
     if ctx.events.send(connected).await.is_err() {
         return;
     }
-    let writer = ctx
-        .ex
-        .spawn(write_loop(writer, outbox.clone(), conn, ctx.events.clone()));
-    read_loop(reader, ready, conn, &outbox, &ctx).await;
+    let writer = ctx.ex.spawn(write_loop(
+        writer,
+        outbox.clone(),
+        conn,
+        ctx.events.clone(),
+        irc.clone(),
+    ));
+    read_loop(reader, ready, conn, &outbox, &ctx, irc.as_ref()).await;
     let _ = ctx.events.send(Event::Disconnected { conn }).await;
     // The core closes the outbox on Disconnected; if the core is gone, close it here.
     if ctx.events.is_closed() {
@@ -292,11 +340,16 @@ async fn read_loop<R: AsyncRead + Unpin>(
     conn: ConnId,
     outbox: &Outbox,
     ctx: &Ctx,
+    irc: Option<&IrcSession>,
 ) {
     // The read buffer exists only while data flows: after a read that drained the socket, a plain
     // TCP connection gives it back and waits for readiness, so an idle connection holds none.
     let mut buf: Vec<u8> = Vec::new();
-    let mut intake = Intake::new(MAX_LINE_BYTES);
+    let mut intake = Intake::new(if irc.is_some() {
+        IRC_MAX_INPUT_BYTES
+    } else {
+        MAX_LINE_BYTES
+    });
     let mut bucket = Bucket::new(ctx.line_rate, ctx.line_burst);
     loop {
         // Everything read so far first, one line at a time: after a COMPRESS line the bytes that
@@ -304,7 +357,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
         while let Some(unit) = intake.next_unit() {
             let (input, compress) = match unit {
                 Unit::Line(l) => {
-                    let compress = is_compress_line(&l);
+                    // IRC has no COMPRESS: its lines are never the line protocol's.
+                    let compress = irc.is_none() && is_compress_line(&l);
                     (Input::Line(l), compress)
                 }
                 Unit::TooLong => (Input::TooLong, false),
@@ -323,6 +377,28 @@ async fn read_loop<R: AsyncRead + Unpin>(
             if let Some(wait) = bucket.take() {
                 // Boxed: most connections never wait here, so they should not carry a timer.
                 Box::pin(Timer::after(wait)).await;
+            }
+            if let Some(session) = irc {
+                // An IRC line becomes zero or more command lines for the core, and perhaps an
+                // answer of the front end's own (CAP, a numeric), queued behind what is queued.
+                let mut fx = Effects::default();
+                {
+                    let mut s = lock(session);
+                    match &input {
+                        Input::Line(l) => s.client_line(&String::from_utf8_lossy(l), &mut fx),
+                        _ => s.too_long(&mut fx),
+                    }
+                }
+                if !fx.client.is_empty()
+                    && outbox.push(Chunk::Direct(fx.client.into_bytes())).is_err()
+                {
+                    outbox.close();
+                    return;
+                }
+                if !to_core(conn, fx.core, outbox, &ctx.events).await {
+                    return;
+                }
+                continue;
             }
             if !outbox.acquire_credit().await {
                 return;
@@ -377,18 +453,57 @@ async fn read_loop<R: AsyncRead + Unpin>(
     Box::pin(drain).await;
 }
 
+/// Hands an IRC front end's command lines to the core, a credit each, as the reader does with a
+/// client's lines. False when the connection or the core is gone.
+async fn to_core(
+    conn: ConnId,
+    lines: Vec<String>,
+    outbox: &Outbox,
+    events: &Sender<Event>,
+) -> bool {
+    for line in lines {
+        if !outbox.acquire_credit().await {
+            return false;
+        }
+        let input = Input::Line(line.into_bytes());
+        if events.send(Event::Input { conn, input }).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
 async fn write_loop<W: AsyncWrite + Unpin>(
     mut writer: W,
     outbox: Outbox,
     conn: ConnId,
     events: Sender<Event>,
+    irc: Option<IrcSession>,
 ) {
     let mut batch: Vec<Chunk> = Vec::new();
     let mut buf: Vec<u8> = Vec::new();
+    let mut follow_ups: Vec<String> = Vec::new();
     // After COMPRESS: its DEFLATE state (the window and the hash chains), for as long as the
     // connection lives, since later output refers back to earlier output.
     let mut deflater: Option<Box<Deflater>> = None;
     while outbox.next_batch(&mut batch).await {
+        if let Some(session) = &irc {
+            // The core's lines are rendered as IRC here, on this connection's task, so that the
+            // core's task does no IRC work; the front end's own answers pass as they are.
+            let mut fx = Effects::default();
+            {
+                let mut s = lock(session);
+                for c in &batch {
+                    match c {
+                        Chunk::Direct(b) => fx.client.push_str(&String::from_utf8_lossy(b)),
+                        other => s.server_bytes(other.as_bytes(), &mut fx),
+                    }
+                }
+            }
+            batch.clear();
+            follow_ups.append(&mut fx.core);
+            batch.push(Chunk::Owned(fx.client.into_bytes()));
+        }
         // Everything queued leaves in one write: one syscall however many lines.
         let plain_chunk = batch.len() == 1 && !matches!(batch[0], Chunk::StartDeflate);
         let bytes: &[u8] = if plain_chunk && deflater.is_none() {
@@ -427,6 +542,13 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         if !written {
             outbox.close();
             return;
+        }
+        // What the IRC front end asks the core for after what it rendered (the NAMES of the rooms
+        // joined at login).
+        // If the connection is closing meanwhile they are dropped, and what is still queued (the
+        // answer to a QUIT) is written below like anything else.
+        if !follow_ups.is_empty() {
+            to_core(conn, std::mem::take(&mut follow_ups), &outbox, &events).await;
         }
         // A long answer waits for room to send its next part: now there is. Told only after the
         // write, so that the part it sends next replaces what the client has read, and an answer

@@ -37,6 +37,12 @@ pub struct ServerOptions {
     pub listen: Option<String>,
     /// TLS listen address and where its certificate comes from.
     pub tls: Option<(String, TlsSource)>,
+    /// IRC listen address (spec/IRC.md); None: no IRC port.
+    pub irc_listen: Option<String>,
+    /// IRC-over-TLS listen address, with the certificate of `tls`; None: none.
+    pub irc_tls_listen: Option<String>,
+    /// The password IRC clients without credentials log in with; None: they are refused.
+    pub irc_default_password: Option<String>,
     /// The database file, created if missing.
     pub db: PathBuf,
     /// MiB that must stay free on the database's file system; below it writes stop until there is

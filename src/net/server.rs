@@ -16,7 +16,7 @@ use async_net::TcpListener;
 use futures_lite::future;
 use smol::{Executor, Timer};
 
-use super::conn::{accept_loop, Connections, Ctx};
+use super::conn::{accept_loop, Connections, Ctx, Front};
 use super::driver::core_loop;
 use super::ops;
 use super::{tls, Control, ServerOptions, TlsSource};
@@ -115,6 +115,14 @@ pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), Server
     };
     let secure = match &opts.tls {
         Some((a, _)) => Some(bind(a)?),
+        None => None,
+    };
+    let irc = match &opts.irc_listen {
+        Some(a) => Some(bind(a)?),
+        None => None,
+    };
+    let irc_secure = match &opts.irc_tls_listen {
+        Some(a) => Some(bind(a)?),
         None => None,
     };
     let metrics_listener = match &opts.metrics_listen {
@@ -239,6 +247,7 @@ pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), Server
         exempt: opts.exempt.clone(),
         line_rate: opts.line_rate,
         line_burst: opts.line_burst,
+        irc_default_password: opts.irc_default_password.clone(),
         tally: Mutex::new(Tally::default()),
     });
 
@@ -273,6 +282,12 @@ pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), Server
     if let Some(l) = &secure {
         log::info!("listening on {} (TLS)", local(l));
     }
+    if let Some(l) = &irc {
+        log::info!("listening on {} (IRC)", local(l));
+    }
+    if let Some(l) = &irc_secure {
+        log::info!("listening on {} (IRC, TLS)", local(l));
+    }
 
     let result = smol::block_on(ex.run(async {
         let (bus_out, bus_in) = match bus {
@@ -295,10 +310,18 @@ pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), Server
         ));
         let mut accepts = Vec::new();
         if let Some(l) = plain {
-            accepts.push(ex.spawn(accept_loop(l, ctx.clone(), None)));
+            accepts.push(ex.spawn(accept_loop(l, ctx.clone(), None, Front::Chatd)));
         }
         if let Some(l) = secure {
-            accepts.push(ex.spawn(accept_loop(l, ctx.clone(), tls_cell.clone())));
+            let tls = tls_cell.clone();
+            accepts.push(ex.spawn(accept_loop(l, ctx.clone(), tls, Front::Chatd)));
+        }
+        if let Some(l) = irc {
+            accepts.push(ex.spawn(accept_loop(l, ctx.clone(), None, Front::Irc)));
+        }
+        if let Some(l) = irc_secure {
+            let tls = tls_cell.clone();
+            accepts.push(ex.spawn(accept_loop(l, ctx.clone(), tls, Front::Irc)));
         }
         if let Some(l) = metrics_listener {
             accepts.push(ex.spawn(ops::serve_metrics(l, metrics.clone(), ex.clone())));

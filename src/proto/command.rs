@@ -268,7 +268,10 @@ impl Verb {
         let usage = || format!("usage: {}", syntax.usage);
         let missing = || Refusal(Code::MISSING_ARGUMENT, usage());
         let too_many = || Refusal(Code::TOO_MANY_ARGUMENTS, usage());
-        let given = Tokens(rest).count();
+        // Counted only as far as the check needs: past `max` (or to `min` when the last argument
+        // is free text), not through every word of a message's text.
+        let cap = syntax.arity.max.map_or(syntax.arity.min, |max| max + 1);
+        let given = Tokens(rest).count_up_to(cap);
         if given < syntax.arity.min {
             return Err(missing());
         }
@@ -857,9 +860,9 @@ impl<'a> Tokens<'a> {
             .ok_or_else(|| Refusal(Code::MISSING_ARGUMENT, "an argument is missing".into()))
     }
 
-    /// How many tokens are left.
-    fn count(mut self) -> usize {
-        std::iter::from_fn(|| self.next()).count()
+    /// How many tokens are left, counting no further than `cap`.
+    fn count_up_to(mut self, cap: usize) -> usize {
+        std::iter::from_fn(|| self.next()).take(cap).count()
     }
 
     fn text(&mut self) -> Option<&'a str> {

@@ -232,6 +232,21 @@ pub fn check_text_within(s: &str, max_bytes: usize) -> Result<(), TextError> {
     if s.len() > max_bytes {
         return Err(TextError::TooLong);
     }
+    // Nearly every chat line is printable ASCII: no control character and no hidden one can be
+    // in it, so one pass over the bytes decides (the checks below cost a tenth of a direct
+    // message's CPU in the profile).
+    if s.bytes().all(|b| (b' '..=b'~').contains(&b) || b == b'\t') {
+        return if s.bytes().all(|b| b == b' ' || b == b'\t') {
+            Err(TextError::Bad("the text is empty"))
+        } else {
+            Ok(())
+        };
+    }
+    check_chars(s)
+}
+
+/// The rules of message text, checked character by character (any text within its limit).
+fn check_chars(s: &str) -> Result<(), TextError> {
     if s.chars().all(|c| c == ' ' || c == '\t') {
         return Err(TextError::Bad("the text is empty"));
     }
@@ -247,6 +262,23 @@ pub fn check_text_within(s: &str, max_bytes: usize) -> Result<(), TextError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ascii_shortcut_agrees_with_the_check_by_character() {
+        let mut texts = vec![String::new(), " \t ".to_owned()];
+        for b in 0u8..=0x7f {
+            let c = char::from(b);
+            texts.extend([
+                c.to_string(),
+                format!("a{c}"),
+                format!(" {c} "),
+                format!("{c}\t"),
+            ]);
+        }
+        for t in texts {
+            assert_eq!(check_text(&t), check_chars(&t), "{t:?}");
+        }
+    }
 
     #[test]
     fn names_at_the_boundaries() {

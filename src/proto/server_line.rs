@@ -1096,11 +1096,17 @@ impl<'a> ServerLine<'a> {
 
     /// The line and its LF, as bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut s = String::new();
+        // Room for a typical line at once: grown from empty, a MESSAGE line was reallocated four
+        // or five times on its way (and every message is encoded once this way).
+        let mut s = String::with_capacity(LINE_CAPACITY_HINT);
         self.encode(&mut s);
         s.into_bytes()
     }
 }
+
+/// Bytes reserved for a line [`ServerLine::to_bytes`] encodes: a MESSAGE line with its header
+/// (id, timestamp, two names) and a chat-sized text fits.
+const LINE_CAPACITY_HINT: usize = 192;
 
 /// Splits off space-separated tokens; the protocol allows one or more SP between tokens.
 struct Cursor<'a> {

@@ -242,7 +242,7 @@ fn check_tables(txn: &ReadTransaction, r: &mut Report) -> Result<(), redb::Error
             Ok(m) => {
                 messages.insert(id);
                 for conv in message_conversation_keys(&m) {
-                    if t.conversations.get((conv.as_str(), id))?.is_none() {
+                    if t.conversations.get((conv.as_bytes(), id))?.is_none() {
                         r.problem(format!(
                             "message {id} is missing from the conversation index ({conv:?})"
                         ));
@@ -259,7 +259,11 @@ fn check_tables(txn: &ReadTransaction, r: &mut Report) -> Result<(), redb::Error
         let (k, _) = entry?;
         let (conv, id) = k.value();
         if !messages.contains(&id) {
-            r.problem(dangling("conversation index", conv, id));
+            r.problem(dangling(
+                "conversation index",
+                &String::from_utf8_lossy(conv),
+                id,
+            ));
         }
     }
     for entry in t.pending.iter()? {
@@ -515,8 +519,8 @@ mod tests {
             let db = Database::open(&path).unwrap();
             let txn = db.begin_write().unwrap();
             let messages: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
-            let conversations: TableDefinition<(&str, u64), ()> =
-                TableDefinition::new("conversations");
+            let conversations: TableDefinition<(&[u8], u64), ()> =
+                TableDefinition::new("conversation_index");
             txn.open_table(messages).unwrap().remove(2).unwrap();
             txn.open_table(messages)
                 .unwrap()
@@ -524,7 +528,7 @@ mod tests {
                 .unwrap();
             txn.open_table(conversations)
                 .unwrap()
-                .insert(("zz", 7), ())
+                .insert((b"zz".as_slice(), 7), ())
                 .unwrap();
             // A membership whose room is gone, and a room log entry without its message.
             let rooms: TableDefinition<u64, &[u8]> = TableDefinition::new("rooms");

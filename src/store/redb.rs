@@ -8,7 +8,7 @@
 //! |---------------------|------------------------|-------------------------------------|
 //! | `accounts`          | lowercase name         | encoded account record              |
 //! | `messages`          | message id             | encoded message record              |
-//! | `conversations`     | (conversation key, id) | `()`                                |
+//! | `conversation_index` | (conversation key as bytes, id) | `()`                       |
 //! | `pending`           | (account key, id)      | `()`                                |
 //! | `friendships`       | (a key, b key)         | a's view of b, one byte             |
 //! | `blocks`            | (blocker, blocked)     | `()`                                |
@@ -26,10 +26,15 @@
 //! | `meta`              | setting name           | u64 (only `schema_version` so far)  |
 //!
 //! Layout versions: 1 had the first six tables; 2 added blocks, tokens, profiles and retired names;
-//! 3 added the room tables, the read markers and room messages in the log. A version 1 or 2 file is
-//! upgraded in place when opened (the new tables start empty, nothing else changes), and a file of
+//! 3 added the room tables, the read markers and room messages in the log; 4 keys the conversation
+//! index by the conversation key's bytes instead of a string (`conversation_index`, replacing
+//! `conversations`): redb checks a string key's UTF-8 at every comparison, which made a message's
+//! index entry cost twice as much in a database of 10 million messages as in an empty one. A version
+//! 1, 2 or 3 file is upgraded in place when opened (the new tables start empty, the conversation
+//! index is copied over in commits of `UPGRADE_BATCH` entries, nothing else changes), and a file of
 //! a later version is refused by a build that reads only earlier ones: version 1 would not know that
-//! a retired name must stay taken, version 2 would not know room messages in the log.
+//! a retired name must stay taken, version 2 would not know room messages in the log, version 3
+//! would not find the conversation index.
 //!
 //! The index keys (conversation keys, account keys) are made by the parent module's `keys`, shared
 //! with the in-memory store; the records are encoded by `codec`, which never trusts a length it
@@ -66,7 +71,11 @@ use crate::config::STORE_CACHE_BYTES;
 
 const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("accounts");
 const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
-const CONVERSATIONS: TableDefinition<(&str, u64), ()> = TableDefinition::new("conversations");
+/// The conversation index. Its key's first half is the conversation key (see `keys`) as bytes: the
+/// same order as the string, compared without a UTF-8 check.
+const CONVERSATIONS: TableDefinition<(&[u8], u64), ()> = TableDefinition::new("conversation_index");
+/// The conversation index of layouts 1 to 3, copied into [`CONVERSATIONS`] by the upgrade.
+const CONVERSATIONS_V3: TableDefinition<(&str, u64), ()> = TableDefinition::new("conversations");
 const PENDING: TableDefinition<(&str, u64), ()> = TableDefinition::new("pending");
 const FRIENDSHIPS: TableDefinition<(&str, &str), u8> = TableDefinition::new("friendships");
 const ROOMS: TableDefinition<u64, &[u8]> = TableDefinition::new("rooms");
@@ -89,11 +98,17 @@ pub(super) const SCHEMA_VERSION_KEY: &str = "schema_version";
 /// The table layout this code reads and writes. A file with another version is refused at open
 /// rather than misread, except versions 1 and 2, which are upgraded (see the module
 /// documentation).
-pub(super) const SCHEMA_VERSION: u64 = 3;
+pub(super) const SCHEMA_VERSION: u64 = 4;
 /// The first layout, without blocks, tokens, profiles and retired names.
 const SCHEMA_VERSION_1: u64 = 1;
 /// The layout before rooms: no room tables, no read markers, no room messages in the log.
 const SCHEMA_VERSION_2: u64 = 2;
+/// The layout whose conversation index was keyed by strings.
+const SCHEMA_VERSION_3: u64 = 3;
+/// Conversation index entries copied per commit by the upgrade from layouts 1 to 3, so that the
+/// upgrade of a large database never holds one huge transaction (an interrupted upgrade starts
+/// over: copying an entry twice writes the same key).
+const UPGRADE_BATCH: usize = 100_000;
 
 /// The one-byte form of a friendship edge in the `friendships` table.
 fn state_byte(state: FriendState) -> u8 {
@@ -242,15 +257,22 @@ impl RedbStore {
         };
         match stored {
             Some(SCHEMA_VERSION) => {}
-            Some(old @ (SCHEMA_VERSION_1 | SCHEMA_VERSION_2)) => {
-                // The tables added since are created empty by `Tables::open`, in the commit that
-                // records the new version.
+            Some(old @ (SCHEMA_VERSION_1 | SCHEMA_VERSION_2 | SCHEMA_VERSION_3)) => {
+                // The conversation index is copied first, in commits of its own; then the tables
+                // added since are created empty by `Tables::open`, the old index is dropped and the
+                // new version recorded, in one commit.
                 log::info!(
                     "database {}: upgrading the table layout from version {old} to {SCHEMA_VERSION}",
                     path.display()
                 );
+                let copied = copy_conversation_index(&db, UPGRADE_BATCH)?;
+                log::info!(
+                    "database {}: {copied} conversation index entries copied",
+                    path.display()
+                );
                 let txn = db.begin_write()?;
                 Tables::open(&txn)?;
+                txn.delete_table(CONVERSATIONS_V3)?;
                 txn.open_table(META)?
                     .insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION)?;
                 txn.commit()?;
@@ -431,6 +453,43 @@ impl Store for RedbStore {
     }
 }
 
+/// Copies the conversation index of layouts 1 to 3 into the one keyed by bytes, `batch` entries
+/// per commit ([`UPGRADE_BATCH`]), and returns how many entries it copied. The old table stays until the
+/// commit that records the new layout drops it.
+fn copy_conversation_index(db: &Database, batch: usize) -> Result<u64, Fail> {
+    let mut after: Option<(String, u64)> = None;
+    let mut copied = 0u64;
+    loop {
+        let start = after.take();
+        let txn = db.begin_write()?;
+        let n = {
+            let old = txn.open_table(CONVERSATIONS_V3)?;
+            let mut new = txn.open_table(CONVERSATIONS)?;
+            let entries = match &start {
+                None => old.range::<(&str, u64)>(..)?,
+                Some((conv, id)) => old.range::<(&str, u64)>((
+                    Bound::Excluded((conv.as_str(), *id)),
+                    Bound::Unbounded,
+                ))?,
+            };
+            let mut n = 0;
+            for entry in entries.take(batch) {
+                let (key, _) = entry?;
+                let (conv, id) = key.value();
+                new.insert((conv.as_bytes(), id), ())?;
+                after = Some((conv.to_owned(), id));
+                n += 1;
+            }
+            n
+        };
+        txn.commit()?;
+        copied += n as u64;
+        if n < batch {
+            return Ok(copied);
+        }
+    }
+}
+
 /// Every table by name, for the backup (a copy of each) and the check (each record and index).
 pub(super) mod tables {
     use super::*;
@@ -439,7 +498,7 @@ pub(super) mod tables {
     pub(crate) const NAMES: &[&str] = &[
         "accounts",
         "messages",
-        "conversations",
+        "conversation_index",
         "pending",
         "friendships",
         "rooms",
@@ -510,7 +569,7 @@ pub(super) mod tables {
     pub(crate) struct Read {
         pub(crate) accounts: redb::ReadOnlyTable<&'static str, &'static [u8]>,
         pub(crate) messages: redb::ReadOnlyTable<u64, &'static [u8]>,
-        pub(crate) conversations: redb::ReadOnlyTable<(&'static str, u64), ()>,
+        pub(crate) conversations: redb::ReadOnlyTable<(&'static [u8], u64), ()>,
         pub(crate) pending: redb::ReadOnlyTable<(&'static str, u64), ()>,
         pub(crate) friendships: redb::ReadOnlyTable<(&'static str, &'static str), u8>,
         pub(crate) blocks: redb::ReadOnlyTable<(&'static str, &'static str), ()>,
@@ -620,7 +679,7 @@ impl StoreReader for RedbReader {
 struct Tables<'txn> {
     accounts: Table<'txn, &'static str, &'static [u8]>,
     messages: Table<'txn, u64, &'static [u8]>,
-    conversations: Table<'txn, (&'static str, u64), ()>,
+    conversations: Table<'txn, (&'static [u8], u64), ()>,
     pending: Table<'txn, (&'static str, u64), ()>,
     friendships: Table<'txn, (&'static str, &'static str), u8>,
     rooms: Table<'txn, u64, &'static [u8]>,
@@ -806,7 +865,7 @@ impl<'txn> Tables<'txn> {
                 self.messages
                     .insert(msg.id, codec::encode_message(msg).as_slice())?;
                 for conv in message_conversation_keys(msg) {
-                    self.conversations.insert((conv.as_str(), msg.id), ())?;
+                    self.conversations.insert((conv.as_bytes(), msg.id), ())?;
                 }
                 for user in pending_for {
                     self.pending.insert((user.as_str(), msg.id), ())?;
@@ -1176,6 +1235,10 @@ impl<T: ReadableTable<&'static str, &'static [u8]>> NameRecords for T {}
 trait IdIndex: ReadableTable<(&'static str, u64), ()> {}
 impl<T: ReadableTable<(&'static str, u64), ()>> IdIndex for T {}
 
+/// The conversation index: (conversation key as bytes, message id).
+trait ConvIndex: ReadableTable<(&'static [u8], u64), ()> {}
+impl<T: ReadableTable<(&'static [u8], u64), ()>> ConvIndex for T {}
+
 /// The message log, by id.
 trait MessageLog: ReadableTable<u64, &'static [u8]> {}
 impl<T: ReadableTable<u64, &'static [u8]>> MessageLog for T {}
@@ -1222,12 +1285,13 @@ fn backlog(
 
 /// One page of the conversation with key `conv`.
 fn history(
-    conversations: &impl IdIndex,
+    conversations: &impl ConvIndex,
     messages: &impl MessageLog,
     conv: &str,
     count: u32,
     cursor: Cursor,
 ) -> Result<HistoryPage, Fail> {
+    let conv = conv.as_bytes();
     let lo = (conv, 0u64);
     let hi = (conv, u64::MAX);
     let take = usize::try_from(count).unwrap_or(usize::MAX);
@@ -1253,7 +1317,7 @@ fn history(
         }
     }
     // Whether the conversation holds an id between the bounds.
-    let any = |from: Bound<(&str, u64)>, to: Bound<(&str, u64)>| -> Result<bool, Fail> {
+    let any = |from: Bound<(&[u8], u64)>, to: Bound<(&[u8], u64)>| -> Result<bool, Fail> {
         Ok(conversations.range((from, to))?.next().is_some())
     };
     let below = |id| any(Bound::Included(lo), Bound::Excluded((conv, id)));
@@ -1345,7 +1409,7 @@ fn room_seq(
 
 /// One page of any conversation: a pair's or the broadcasts (by their index key), or a room's.
 fn any_history(
-    conversations: &impl IdIndex,
+    conversations: &impl ConvIndex,
     room_log: &impl RoomLog,
     messages: &impl MessageLog,
     conv: &Conversation,
@@ -1508,7 +1572,7 @@ mod tests {
         let txn = store.db.as_ref().unwrap().begin_write().unwrap();
         txn.open_table(CONVERSATIONS)
             .unwrap()
-            .insert(("x y", 50), ())
+            .insert(("x y".as_bytes(), 50), ())
             .unwrap();
         txn.commit().unwrap();
 
@@ -1735,6 +1799,105 @@ mod tests {
             .unwrap()
             .map(|v| v.value());
         assert_eq!(version, Some(SCHEMA_VERSION));
+    }
+
+    /// Turns a current file back into layout 3: its conversation index keyed by strings, under the
+    /// old table name.
+    fn downgrade_to_version_3(path: &Path) {
+        let db = Database::open(path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let new = txn.open_table(CONVERSATIONS).unwrap();
+            let mut old = txn.open_table(CONVERSATIONS_V3).unwrap();
+            for entry in new.iter().unwrap() {
+                let (key, _) = entry.unwrap();
+                let (conv, id) = key.value();
+                old.insert((std::str::from_utf8(conv).unwrap(), id), ())
+                    .unwrap();
+            }
+        }
+        txn.delete_table(CONVERSATIONS).unwrap();
+        txn.open_table(META)
+            .unwrap()
+            .insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION_3)
+            .unwrap();
+        txn.commit().unwrap();
+    }
+
+    fn stored_version(path: &Path) -> Option<u64> {
+        let db = Database::open(path).unwrap();
+        let txn = db.begin_read().unwrap();
+        let meta = txn.open_table(META).unwrap();
+        let version = meta.get(SCHEMA_VERSION_KEY).unwrap().map(|v| v.value());
+        version
+    }
+
+    /// A version 3 file, whose conversation index was keyed by strings, opens with its whole history
+    /// readable, and is version 4 from then on, without the old table.
+    #[test]
+    fn a_version_3_file_is_upgraded_with_its_conversation_index() {
+        let (_dir, path) = temp_db();
+        {
+            let (mut store, _) = RedbStore::open(&path).unwrap();
+            store
+                .execute(&(1..=5).map(append).collect::<Vec<_>>())
+                .unwrap();
+        }
+        let history = |store: &mut RedbStore| {
+            let op = StoreOp::History {
+                conv: Conversation::Pair("a".into(), "b".into()),
+                count: 50,
+                cursor: Cursor::Latest,
+            };
+            match store.execute(&[op]).unwrap().pop() {
+                Some(StoreReply::History(page)) => page.ids,
+                other => panic!("{other:?}"),
+            }
+        };
+        let before = {
+            let (mut store, _) = RedbStore::open(&path).unwrap();
+            history(&mut store)
+        };
+        assert_eq!(before, vec![1, 2, 3, 4, 5]);
+        downgrade_to_version_3(&path);
+        assert_eq!(stored_version(&path), Some(SCHEMA_VERSION_3));
+        {
+            let (mut store, snap) = RedbStore::open(&path).unwrap();
+            assert_eq!(snap.next_id, 6);
+            assert_eq!(history(&mut store), before);
+            store.execute(&[append(6)]).unwrap();
+            assert_eq!(history(&mut store), vec![1, 2, 3, 4, 5, 6]);
+        }
+        assert_eq!(stored_version(&path), Some(SCHEMA_VERSION));
+        let db = Database::open(&path).unwrap();
+        let txn = db.begin_read().unwrap();
+        assert!(matches!(
+            txn.open_table(CONVERSATIONS_V3),
+            Err(redb::TableError::TableDoesNotExist(_))
+        ));
+    }
+
+    /// The copy goes in commits of a few entries and misses none at their seams.
+    #[test]
+    fn the_conversation_index_is_copied_batch_by_batch() {
+        let (_dir, path) = temp_db();
+        {
+            let (mut store, _) = RedbStore::open(&path).unwrap();
+            store
+                .execute(&(1..=7).map(append).collect::<Vec<_>>())
+                .unwrap();
+        }
+        downgrade_to_version_3(&path);
+        let db = Database::open(&path).unwrap();
+        assert_eq!(copy_conversation_index(&db, 2).ok(), Some(7));
+        let txn = db.begin_read().unwrap();
+        let new = txn.open_table(CONVERSATIONS).unwrap();
+        let ids: Vec<u64> = new
+            .iter()
+            .unwrap()
+            .map(|e| e.unwrap().0.value().1)
+            .collect();
+        assert_eq!(ids, (1..=7).collect::<Vec<_>>());
     }
 
     #[test]

@@ -426,7 +426,8 @@ fn friends_and_presence_cross_nodes() {
     assert!(a
         .call1(&format!("FRIEND ADD {bob}"))
         .starts_with("OK FRIEND ADD"));
-    nodes[1].barrier();
+    // bob, on node 1, is told of the request made on node 0.
+    assert_eq!(b.read_line(), format!("FRIENDSHIP {alice} REQUESTED"));
     let reply = b.call(&format!("FRIEND ACCEPT {alice}"));
     assert!(
         reply.iter().any(|l| l.starts_with("OK FRIEND ACCEPT")),
@@ -434,17 +435,46 @@ fn friends_and_presence_cross_nodes() {
     );
     // bob sees alice online, though on another node.
     assert_eq!(b.read_line(), format!("PRESENCE {alice} ONLINE"));
+    // alice, on node 0, is told her request was accepted on node 1, and that bob is online.
+    let told = a.read_until(|l| *l == format!("PRESENCE {bob} ONLINE"));
+    println!("alice was told on node 0: {told:?}");
+    assert_eq!(
+        told,
+        [
+            format!("FRIENDSHIP {bob} ACCEPTED"),
+            format!("PRESENCE {bob} ONLINE")
+        ]
+    );
     // Node 0 has applied the friendship before bob leaves (presence travels beside the log, so
     // a node learns of a friendship and of a presence change in either order).
     nodes[0].barrier();
     // bob leaves node 1: alice, on node 0, is told; he comes back on node 2: told again.
     b.expect("QUIT", "OK QUIT");
     a.read_until(|l| *l == format!("PRESENCE {bob} OFFLINE"));
-    let (_b2, _) = login_on(&mut nodes[2], &bob);
+    let (mut b2, _) = login_on(&mut nodes[2], &bob);
     a.read_until(|l| *l == format!("PRESENCE {bob} ONLINE"));
     // A message to him, online on another node, is delivered there.
     let reply = a.call1(&format!("MSG {bob} are you there"));
     assert!(reply.ends_with(" DELIVERED"), "{reply}");
+    // Ending the friendship on node 0 is told to bob on node 2.
+    wait_message(&mut b2, "are you there");
+    assert!(a
+        .call1(&format!("FRIEND REMOVE {bob}"))
+        .starts_with("OK FRIEND REMOVE"));
+    assert_eq!(b2.read_line(), format!("FRIENDSHIP {alice} REMOVED"));
+    // A password changed on node 0 closes alice's connection on node 1, as it closes her others
+    // on node 0.
+    nodes[1].barrier();
+    let (mut a1, _) = login_on(&mut nodes[1], &alice);
+    nodes[0].barrier();
+    let reply = a.call1(&format!("PASSWORD {PASSWORD} another-horse"));
+    assert!(reply.starts_with("OK PASSWORD"), "{reply}");
+    let closed = a1.read_to_close();
+    println!("alice's connection on node 1 read: {closed:?}");
+    assert!(
+        closed.last().is_some_and(|l| l.starts_with("BYE REVOKED")),
+        "{closed:?}"
+    );
 }
 
 #[test]

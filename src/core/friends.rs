@@ -155,6 +155,62 @@ impl Core {
         }
     }
 
+    /// What a committed change of the edge `me` -> `other` tells the connections of this
+    /// server: `other`'s get the `FRIENDSHIP` notice (and, when the two are friends now, `me`'s
+    /// presence), and `me`'s, but `skip`, get `other`'s presence when they are friends now. The
+    /// server that ran the command calls it at the commit, every other server of a cluster when
+    /// the change reaches it (`skip` 0: no connection of it asked).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn tell_friendship(
+        &mut self,
+        me: &Key,
+        my_name: &str,
+        other: &Key,
+        shown: &str,
+        event: FriendshipEvent,
+        now_friends: bool,
+        skip: super::ConnId,
+    ) {
+        let mut notice = Out::new();
+        notice.line(&ServerLine::Friendship {
+            name: my_name,
+            event,
+        });
+        let their_presence = ServerLine::Presence {
+            name: shown,
+            presence: Presence::of(self.is_online(other)),
+        };
+        let their_away = self.away_chunk(other);
+        if now_friends {
+            notice.line(&ServerLine::Presence {
+                name: my_name,
+                presence: Presence::of(self.is_online(me)),
+            });
+            if let Some(a) = self.away_chunk(me) {
+                notice.raw(&a);
+            }
+        }
+        let notice = crate::outbox::Chunk::Owned(notice.into_bytes());
+        self.push_to_account(other, &notice);
+        if now_friends {
+            // The caller's other connections learn the new friend's presence (and away) too.
+            let mut lines = Out::new();
+            lines.line(&their_presence);
+            if let Some(a) = &their_away {
+                lines.raw(a);
+            }
+            let lines = crate::outbox::Chunk::Owned(lines.into_bytes());
+            super::fan_out(
+                &self.accounts,
+                &self.conns,
+                &mut self.overflowed,
+                std::iter::once(me),
+                &lines,
+                Some(skip),
+            );
+        }
+    }
+
     fn friend_stored(
         &mut self,
         req: Req,
@@ -181,48 +237,24 @@ impl Core {
         };
         let mut out = Out::new();
         out.ok(&req, OkReply::Friend(reply));
-        let mut notice = Out::new();
-        notice.line(&ServerLine::Friendship {
-            name: &my_name,
-            event: effect.event,
-        });
-        let their_presence = ServerLine::Presence {
-            name: &shown,
-            presence: Presence::of(self.is_online(&other)),
-        };
-        let their_away = self.away_chunk(&other);
         if now_friends {
-            out.line(&their_presence);
-            if let Some(a) = &their_away {
-                out.raw(a);
-            }
-            notice.line(&ServerLine::Presence {
-                name: &my_name,
-                presence: Presence::of(self.is_online(&me)),
+            out.line(&ServerLine::Presence {
+                name: &shown,
+                presence: Presence::of(self.is_online(&other)),
             });
-            if let Some(a) = self.away_chunk(&me) {
-                notice.raw(&a);
+            if let Some(a) = self.away_chunk(&other) {
+                out.raw(&a);
             }
         }
-        let notice = crate::outbox::Chunk::Owned(notice.into_bytes());
-        self.push_to_account(&other, &notice);
-        if now_friends {
-            // The caller's other connections learn the new friend's presence (and away) too.
-            let mut lines = Out::new();
-            lines.line(&their_presence);
-            if let Some(a) = &their_away {
-                lines.raw(a);
-            }
-            let lines = crate::outbox::Chunk::Owned(lines.into_bytes());
-            super::fan_out(
-                &self.accounts,
-                &self.conns,
-                &mut self.overflowed,
-                std::iter::once(&me),
-                &lines,
-                Some(req.conn),
-            );
-        }
+        self.tell_friendship(
+            &me,
+            &my_name,
+            &other,
+            &shown,
+            effect.event,
+            now_friends,
+            req.conn,
+        );
         self.finish(req, out);
     }
 

@@ -5,10 +5,10 @@
 //! The rules ran on the server where the command was given; here only their outcome is taken in,
 //! the way the snapshot is taken in at start. Ops that change what this server decides on
 //! (accounts, friendships, blocks, passwords, tokens, profiles, backlog counts, message ids) are
-//! applied to memory, and so are rooms, memberships, bans and invitations. What the other server
-//! told its own connections at the commit (a room event, a friend request, a presence change) is
-//! not told again here: those lines reach only the connections of the server that ran the command
-//! (see docs/SCALING.md).
+//! applied to memory, and so are rooms, memberships, bans and invitations. What a change tells the
+//! users it concerns is told here too, to this server's connections, by the same code the command
+//! runs at its commit: a friendship notice (derived from the edge's old and new state), the close
+//! of an account's connections after PASSWORD, REVOKE, SUSPEND or UNREGISTER.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -21,8 +21,8 @@ use crate::config::PRESENCE_EXPIRY;
 use crate::proto::code::ByeCode;
 use crate::proto::name::{Key, Skeleton};
 use crate::proto::room::RoomKey;
-use crate::proto::server_line::{MessageLine, ServerLine};
-use crate::store::{MessageRecord, RoomId, StoreOp, To};
+use crate::proto::server_line::{FriendshipEvent, MessageLine, ServerLine};
+use crate::store::{FriendState, MessageRecord, RoomId, StoreOp, To};
 
 impl Core {
     /// Takes in one op another server of the cluster committed.
@@ -60,7 +60,14 @@ impl Core {
                 }
             }
             StoreOp::SetFriendship { a, b, state } => {
-                self.set_edge(&Key::from_folded(a), &Key::from_folded(b), state);
+                let (a, b) = (Key::from_folded(a), Key::from_folded(b));
+                let was = self
+                    .accounts
+                    .get(&a)
+                    .and_then(|x| x.friends.get(&b))
+                    .copied();
+                self.set_edge(&a, &b, state);
+                self.remote_friendship(&a, &b, was, state);
             }
             StoreOp::Block { a, b } => {
                 let (a, b) = (Key::from_folded(a), Key::from_folded(b));
@@ -82,10 +89,23 @@ impl Core {
                 }
             }
             StoreOp::SetPassword { user, phc, revoke } => {
-                if let Some(a) = self.accounts.get_mut(user.as_str()) {
-                    a.phc = Some(phc.into());
-                }
+                // The connection that changed it is on the other server: every one here is
+                // another connection of the account, closed as there.
+                let closing = match self.accounts.get_mut(user.as_str()) {
+                    Some(a) => {
+                        a.phc = Some(phc.into());
+                        a.conns.clone()
+                    }
+                    None => Vec::new(),
+                };
                 self.forget_remote_tokens(&revoke);
+                for c in closing {
+                    self.close_with_bye(
+                        c,
+                        ByeCode::REVOKED,
+                        "the account's password was changed on another connection",
+                    );
+                }
             }
             StoreOp::CreateToken(rec) => {
                 let key = Key::from_folded(rec.user.clone());
@@ -94,7 +114,30 @@ impl Core {
                     self.tokens.insert(rec.id, Token::from_record(key, rec));
                 }
             }
-            StoreOp::RevokeTokens { ids } => self.forget_remote_tokens(&ids),
+            StoreOp::RevokeTokens { ids } => {
+                // REVOKE closes the connections on the tokens it revokes; a purge of expired
+                // tokens closes none (they are not live here either).
+                let now = self.now;
+                let live: Vec<u64> = ids
+                    .iter()
+                    .copied()
+                    .filter(|id| self.tokens.get(id).is_some_and(|t| t.live(now)))
+                    .collect();
+                let closing: Vec<_> = self
+                    .conns
+                    .iter()
+                    .filter(|(_, c)| c.device_token.is_some_and(|t| live.contains(&t)))
+                    .map(|(id, _)| *id)
+                    .collect();
+                self.forget_remote_tokens(&ids);
+                for c in closing {
+                    self.close_with_bye(
+                        c,
+                        ByeCode::REVOKED,
+                        "the token this connection logged in with was revoked",
+                    );
+                }
+            }
             StoreOp::SetAway { user, away } => {
                 if let Some(a) = self.accounts.get_mut(user.as_str()) {
                     a.profile.away = away;
@@ -350,6 +393,36 @@ impl Core {
         }));
         // No connection of this server sent it: nobody is skipped (connection ids start at 1).
         self.deliver_to_room(room, msg.id, &Key::of(&msg.from), &line, 0);
+    }
+
+    /// A friendship edge `a` -> `b` another server changed from `was` to `now`: the notice `b`
+    /// is told (and the presences two new friends learn), to this server's connections, derived
+    /// from the change the way the command derived it.
+    fn remote_friendship(
+        &mut self,
+        a: &Key,
+        b: &Key,
+        was: Option<FriendState>,
+        now: Option<FriendState>,
+    ) {
+        use FriendState::{Friends, Incoming, Outgoing};
+        let event = match (was, now) {
+            (None, Some(Outgoing)) => FriendshipEvent::Requested,
+            (Some(Incoming), Some(Friends)) => FriendshipEvent::Accepted,
+            (Some(Incoming), None) => FriendshipEvent::Denied,
+            (Some(Friends), None) => FriendshipEvent::Removed,
+            (Some(Outgoing), None) => FriendshipEvent::Withdrawn,
+            // Already applied, or a change no command makes (a block clears edges itself).
+            _ => return,
+        };
+        let (Some(my_name), Some(shown)) = (
+            self.accounts.get(a).map(|x| x.name.clone()),
+            self.accounts.get(b).map(|x| x.name.clone()),
+        ) else {
+            return;
+        };
+        let now_friends = now == Some(Friends);
+        self.tell_friendship(a, &my_name, b, &shown, event, now_friends, 0);
     }
 
     /// Forgets tokens another server revoked, whichever accounts they were of.

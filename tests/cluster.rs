@@ -504,12 +504,16 @@ fn rooms_cross_nodes() {
         .last()
         .unwrap()
         .starts_with("OK JOIN"));
+    // The members on other nodes are told of a JOIN.
+    assert_eq!(a.read_line(), format!("JOINED {room} {bob}"));
     nodes[2].barrier();
     assert!(c
         .call(&format!("JOIN {room}"))
         .last()
         .unwrap()
         .starts_with("OK JOIN"));
+    assert_eq!(a.read_line(), format!("JOINED {room} {carol}"));
+    assert_eq!(b.read_line(), format!("JOINED {room} {carol}"));
     nodes[0].barrier();
     // A message from node 1 reaches the members on nodes 0 and 2, with one id.
     let reply = b.call1(&format!("MSG {room} hello room"));
@@ -525,6 +529,31 @@ fn rooms_cross_nodes() {
     }
     assert_eq!(pages[0].len(), 1, "{pages:?}");
     assert!(pages.iter().all(|p| *p == pages[0]), "{pages:?}");
+    // A topic set on node 0 is told to the members on nodes 1 and 2.
+    let reply = a.call1(&format!("TOPIC {room} plans"));
+    assert!(reply.starts_with("OK TOPIC"), "{reply}");
+    for m in [&mut b, &mut c] {
+        assert_eq!(m.read_line(), format!("TOPIC {room} {alice} plans"));
+    }
+    // A ban on node 0 is told to the members on nodes 1 and 2, the banned one among them.
+    let reply = a.call1(&format!("BAN {room} {carol} spam"));
+    assert!(reply.starts_with("OK BAN"), "{reply}");
+    for m in [&mut b, &mut c] {
+        assert_eq!(m.read_line(), format!("BANNED {room} {carol} {alice} spam"));
+    }
+    // An invitation from node 0 reaches the invitee on node 2.
+    let dave = unique("dave");
+    nodes[2].connect().register(&dave);
+    let (mut d, _) = login_on(&mut nodes[2], &dave);
+    nodes[0].barrier();
+    let reply = a.call1(&format!("INVITE {room} {dave}"));
+    assert!(reply.starts_with("OK INVITE"), "{reply}");
+    let invited = d.read_line();
+    println!("dave, on node 2, was told: {invited}");
+    assert!(
+        invited.starts_with(&format!("INVITED {room} {alice} ")),
+        "{invited}"
+    );
 }
 
 #[test]

@@ -21,7 +21,7 @@ use crate::config::PRESENCE_EXPIRY;
 use crate::proto::code::ByeCode;
 use crate::proto::name::{Key, Skeleton};
 use crate::proto::room::RoomKey;
-use crate::proto::server_line::{FriendshipEvent, MessageLine, ServerLine};
+use crate::proto::server_line::{FriendshipEvent, MessageLine, RoomEvent, ServerLine};
 use crate::store::{FriendState, MessageRecord, RoomId, StoreOp, To};
 
 impl Core {
@@ -163,7 +163,17 @@ impl Core {
                 match self.rooms.get_mut(&id) {
                     Some(r) => {
                         r.private = room.private;
+                        let changed = r.topic != room.topic;
                         r.topic = room.topic;
+                        if let (true, Some(t)) = (changed, r.topic.clone()) {
+                            // The members are told, as TOPIC tells them.
+                            let (audience, name) = (r.audience(), r.name.clone());
+                            let event = RoomEvent::Topic {
+                                by: &t.by,
+                                text: &t.text,
+                            };
+                            self.tell(&audience, &name, event, 0);
+                        }
                     }
                     None => {
                         if let Some(other) = self.room_names.get(&key) {
@@ -208,10 +218,16 @@ impl Core {
             }
             StoreOp::PutMember { room, user, member } => {
                 let key = Key::from_folded(user);
+                let shown = self.shown(&key);
                 if let (Some(r), Some(a)) = (self.rooms.get_mut(&room), self.accounts.get_mut(&key))
                 {
                     a.rooms.insert(room);
-                    r.members.insert(key, member);
+                    let audience = r.audience();
+                    if r.members.insert(key, member).is_none() {
+                        // A new member: the others are told, as JOIN tells them.
+                        let name = r.name.clone();
+                        self.tell(&audience, &name, RoomEvent::Joined { name: &shown }, 0);
+                    }
                 }
             }
             StoreOp::RemoveMember { room, user } => {
@@ -224,8 +240,19 @@ impl Core {
                 }
             }
             StoreOp::PutBan { room, user, ban } => {
+                let key = Key::from_folded(user);
+                let shown = self.shown(&key);
                 if let Some(r) = self.rooms.get_mut(&room) {
-                    r.bans.insert(Key::from_folded(user), ban);
+                    // The members, the banned one still among them, are told, as BAN tells them.
+                    let (audience, name) = (r.audience(), r.name.clone());
+                    if r.bans.insert(key, ban.clone()).is_none() {
+                        let event = RoomEvent::Banned {
+                            name: &shown,
+                            by: &ban.by,
+                            reason: &ban.reason,
+                        };
+                        self.tell(&audience, &name, event, 0);
+                    }
                 }
             }
             StoreOp::RemoveBan { room, user } => {
@@ -238,7 +265,13 @@ impl Core {
                 if let (Some(r), Some(a)) = (self.rooms.get_mut(&room), self.accounts.get_mut(&key))
                 {
                     a.invited.insert(room);
-                    r.invites.insert(key, invite);
+                    r.invites.insert(key.clone(), invite.clone());
+                    let name = r.name.clone();
+                    let event = RoomEvent::Invited {
+                        by: &invite.by,
+                        expires_ms: invite.expires_ms,
+                    };
+                    self.tell(&[key], &name, event, 0);
                 }
             }
             StoreOp::RemoveInvite { room, user } => {

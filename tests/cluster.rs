@@ -24,6 +24,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
+/// The operator account every node names (`--admin`).
+const ADMIN: &str = "root";
+
 /// A `nats-server` with JetStream, on a free loopback port, storing into a temporary directory.
 struct Nats {
     child: Option<Child>,
@@ -117,7 +120,14 @@ struct Node {
 impl Node {
     fn start(nats: &Nats, dir: &Path, i: usize) -> Node {
         let db = dir.join(format!("node{i}.redb"));
-        let server = Server::start_on(&db, &["--cluster", &nats.url()]);
+        // Nodes 1 and 2 name the operator; node 0 does not, so that the account can be
+        // registered there (the way a cluster's first operator account is made: manual 17.4).
+        let mut args = vec!["--cluster".to_owned(), nats.url()];
+        if i > 0 {
+            args.extend(["--admin".to_owned(), ADMIN.to_owned()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let server = Server::start_on(&db, &args);
         let mut sync = server.connect();
         let name = unique("sync");
         sync.register(&name);
@@ -553,6 +563,63 @@ fn rooms_cross_nodes() {
     assert!(
         invited.starts_with(&format!("INVITED {room} {alice} ")),
         "{invited}"
+    );
+    // Every other room event reaches the members on other nodes too: dave joins on node 2 and
+    // leaves, bob is made an op and carol unbanned, rejoins and is kicked, all on other nodes.
+    let joined = d.call(&format!("JOIN {room}"));
+    assert!(joined.last().unwrap().starts_with("OK JOIN"), "{joined:?}");
+    assert_eq!(a.read_line(), format!("JOINED {room} {dave}"));
+    assert_eq!(b.read_line(), format!("JOINED {room} {dave}"));
+    let reply = a.call1(&format!("ROLE {room} {bob} OP"));
+    assert!(reply.starts_with("OK ROLE"), "{reply}");
+    for m in [&mut b, &mut d] {
+        assert_eq!(m.read_line(), format!("ROLE {room} {bob} OP {alice}"));
+    }
+    let reply = d.call1(&format!("PART {room} bye all"));
+    assert!(reply.starts_with("OK PART"), "{reply}");
+    for m in [&mut a, &mut b] {
+        assert_eq!(m.read_line(), format!("PARTED {room} {dave} bye all"));
+    }
+    let reply = b.call1(&format!("UNBAN {room} {carol}"));
+    assert!(reply.starts_with("OK UNBAN"), "{reply}");
+    assert_eq!(a.read_line(), format!("UNBANNED {room} {carol} {bob}"));
+    nodes[2].barrier();
+    let joined = c.call(&format!("JOIN {room}"));
+    assert!(joined.last().unwrap().starts_with("OK JOIN"), "{joined:?}");
+    assert_eq!(a.read_line(), format!("JOINED {room} {carol}"));
+    assert_eq!(b.read_line(), format!("JOINED {room} {carol}"));
+    let reply = a.call1(&format!("KICK {room} {carol} enough"));
+    assert!(reply.starts_with("OK KICK"), "{reply}");
+    for m in [&mut b, &mut c] {
+        assert_eq!(
+            m.read_line(),
+            format!("KICKED {room} {carol} {alice} enough")
+        );
+    }
+    let reply = a.call1(&format!("ROOM PRIVATE {room}"));
+    assert!(reply.starts_with("OK ROOM PRIVATE"), "{reply}");
+    assert_eq!(b.read_line(), format!("PRIVACY {room} PRIVATE {alice}"));
+    let reply = a.call1(&format!("ROOM DELETE {room}"));
+    assert!(reply.starts_with("OK ROOM DELETE"), "{reply}");
+    assert_eq!(b.read_line(), format!("DELETED {room} {alice}"));
+    // An operator's ANNOUNCE on node 1 reaches the connections of every node, and a KILL closes
+    // the account's connections on every node.
+    nodes[0].connect().register(ADMIN);
+    let (mut root, _) = login_on(&mut nodes[1], ADMIN);
+    nodes[0].barrier();
+    nodes[2].barrier();
+    let reply = root.call1("ANNOUNCE maintenance at noon");
+    assert!(reply.starts_with("OK ANNOUNCE"), "{reply}");
+    for m in [&mut root, &mut a, &mut c] {
+        assert_eq!(m.read_line(), "NOTICE maintenance at noon");
+    }
+    let reply = root.call1(&format!("KILL {dave} go away"));
+    assert!(reply.starts_with("OK KILL"), "{reply}");
+    let closed = d.read_to_close();
+    println!("dave, on node 2, read after the KILL on node 1: {closed:?}");
+    assert!(
+        closed.last().is_some_and(|l| l.starts_with("BYE KILLED")),
+        "{closed:?}"
     );
 }
 

@@ -15,7 +15,7 @@ use super::{BackupDone, ConnId, Core, Hold, Req};
 use crate::proto::code::{ByeCode, Code};
 use crate::proto::name::{Key, Name, Password};
 use crate::proto::server_line::{OkReply, ServerLine};
-use crate::store::{ReadOp, StoreOp, StoreReply, Suspension};
+use crate::store::{Notice, ReadOp, StoreOp, StoreReply, Suspension};
 
 impl Core {
     /// The account an admin command names, as registered, or the refusal: no such account (one
@@ -61,6 +61,11 @@ impl Core {
             "admin {} announced to {reached} connections: {text}",
             self.admin_name(req.conn)
         );
+        if self.settings.cluster {
+            // The other nodes' connections are told too; the count is of this node's.
+            let line = ServerLine::Notice { text: &text }.to_string();
+            self.store(StoreOp::Notice(Notice::Everyone { line }), |_, _| {});
+        }
         let mut out = Out::new();
         out.ok(&req, OkReply::Announce { delivered: reached });
         out.raw(&chunk);
@@ -197,6 +202,15 @@ impl Core {
             .unwrap_or_default();
         for &c in &closing {
             self.close_with_bye(c, ByeCode::KILLED, &text);
+        }
+        if self.settings.cluster {
+            // The account's connections on the other nodes are closed too; the count is of this
+            // node's.
+            let op = StoreOp::Notice(Notice::Kill {
+                user: key.as_str().to_owned(),
+                text: text.clone(),
+            });
+            self.store(op, |_, _| {});
         }
         log::info!(
             "admin {} closed the {} connections of {shown}: {reason}",

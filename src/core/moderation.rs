@@ -280,6 +280,17 @@ impl Core {
                 "kicked"
             }
         );
+        if how == Removal::Kick {
+            // (A ban is told from its record: see `Core::remote`.)
+            let event = RoomEvent::Kicked {
+                name: &shown,
+                by: &by,
+                reason: reason.as_deref().unwrap_or(""),
+            };
+            if let Some(notice) = self.room_notice(id, &room_name, event) {
+                ops.insert(0, notice);
+            }
+        }
         self.reserve(&mut req);
         self.store_all(ops, move |core, _| {
             let reason = reason.as_deref().unwrap_or("");
@@ -339,8 +350,13 @@ impl Core {
             room: id,
             user: k.as_str().to_owned(),
         };
+        let event = RoomEvent::Unbanned {
+            name: &shown,
+            by: &by,
+        };
+        let notice = self.room_notice(id, &room_name, event);
         self.reserve(&mut req);
-        self.store(op, move |core, _| {
+        self.store_all(notice.into_iter().chain([op]).collect(), move |core, _| {
             let event = RoomEvent::Unbanned {
                 name: &shown,
                 by: &by,
@@ -433,8 +449,14 @@ impl Core {
             .map(|r| r.name.clone())
             .unwrap_or_default();
         let event_name = self.shown(&k);
+        let event = RoomEvent::Role {
+            name: &event_name,
+            role,
+            by: &by,
+        };
+        let notice = self.room_notice(id, &event_room, event);
         self.reserve(&mut req);
-        self.store(op, move |core, _| {
+        self.store_all(notice.into_iter().chain([op]).collect(), move |core, _| {
             let event = RoomEvent::Role {
                 name: &event_name,
                 role,

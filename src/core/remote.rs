@@ -16,13 +16,13 @@ use std::sync::Arc;
 use super::out;
 use super::rooms::Room;
 use super::tokens::Token;
-use super::{fan_out, recipient, Account, BusIn, Core};
+use super::{fan_out, push_to_keys, recipient, Account, BusIn, Core};
 use crate::config::PRESENCE_EXPIRY;
 use crate::proto::code::ByeCode;
 use crate::proto::name::{Key, Skeleton};
 use crate::proto::room::RoomKey;
 use crate::proto::server_line::{FriendshipEvent, MessageLine, RoomEvent, ServerLine};
-use crate::store::{FriendState, MessageRecord, RoomId, StoreOp, To};
+use crate::store::{FriendState, MessageRecord, Notice, RoomId, StoreOp, To};
 
 impl Core {
     /// Takes in one op another server of the cluster committed.
@@ -310,6 +310,7 @@ impl Core {
                     );
                 }
             }
+            StoreOp::Notice(notice) => self.remote_notice(notice),
             StoreOp::TouchToken { .. }
             | StoreOp::SetDirectRead { .. }
             | StoreOp::History { .. }
@@ -456,6 +457,45 @@ impl Core {
         };
         let now_friends = now == Some(Friends);
         self.tell_friendship(a, &my_name, b, &shown, event, now_friends, 0);
+    }
+
+    /// What another server's command told its connections, told to this server's.
+    fn remote_notice(&mut self, notice: Notice) {
+        match notice {
+            Notice::Room { room, line } => {
+                let Some(r) = self.rooms.get(&room) else {
+                    return;
+                };
+                let audience = r.audience();
+                let chunk = out::shared(&ServerLine::Other(&line));
+                push_to_keys(
+                    &self.accounts,
+                    &self.conns,
+                    &mut self.overflowed,
+                    &audience,
+                    &chunk,
+                    0,
+                );
+            }
+            Notice::Everyone { line } => {
+                let chunk = out::shared(&ServerLine::Other(&line));
+                for (&id, c) in &self.conns {
+                    if !c.closing && c.outbox.push(chunk.clone()).is_err() {
+                        self.overflowed.push(id);
+                    }
+                }
+            }
+            Notice::Kill { user, text } => {
+                let closing = self
+                    .accounts
+                    .get(user.as_str())
+                    .map(|a| a.conns.clone())
+                    .unwrap_or_default();
+                for c in closing {
+                    self.close_with_bye(c, ByeCode::KILLED, &text);
+                }
+            }
+        }
     }
 
     /// Forgets tokens another server revoked, whichever accounts they were of.

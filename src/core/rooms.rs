@@ -26,7 +26,7 @@ use crate::proto::server_line::{
     ServerLine, Standing, TopicSet,
 };
 use crate::store::{
-    BanRecord, InviteRecord, MemberRecord, MsgId, RoomId, RoomRecord, RoomState, StoreOp,
+    BanRecord, InviteRecord, MemberRecord, MsgId, Notice, RoomId, RoomRecord, RoomState, StoreOp,
     StoreReply, TopicRecord,
 };
 
@@ -322,6 +322,27 @@ impl Core {
             &chunk,
             skip,
         );
+    }
+
+    /// In a cluster, the op that has the other nodes tell their connections of `room`'s members
+    /// the `event` of a change, to be stored before the change's own ops (the members are taken
+    /// before them there, as here). `None` outside a cluster.
+    pub(super) fn room_notice(
+        &self,
+        room: RoomId,
+        room_name: &str,
+        event: RoomEvent<'_>,
+    ) -> Option<StoreOp> {
+        self.settings.cluster.then(|| {
+            StoreOp::Notice(Notice::Room {
+                room,
+                line: ServerLine::RoomEvent {
+                    room: room_name,
+                    event,
+                }
+                .to_string(),
+            })
+        })
     }
 
     // ----- JOIN -----
@@ -628,8 +649,20 @@ impl Core {
                 )
             }
         };
+        let shown = self.shown(&me);
+        let notice = match audience {
+            Some(_) => self.room_notice(
+                id,
+                &room_name,
+                RoomEvent::Parted {
+                    name: &shown,
+                    reason: reason.as_deref().unwrap_or(""),
+                },
+            ),
+            None => None,
+        };
         self.reserve(&mut req);
-        self.store(op, move |core, _| {
+        self.store_all(notice.into_iter().chain([op]).collect(), move |core, _| {
             if let Some(audience) = &audience {
                 let name = core.shown(&me);
                 let reason = reason.as_deref().unwrap_or("");
@@ -890,8 +923,9 @@ impl Core {
         let audience = room.audience();
         let shown_name = room.name.clone();
         let privacy = room.privacy();
+        let notice = self.room_notice(id, &shown_name, RoomEvent::Privacy { privacy, by: &by });
         self.reserve(&mut req);
-        self.store(op, move |core, _| {
+        self.store_all(notice.into_iter().chain([op]).collect(), move |core, _| {
             core.tell(
                 &audience,
                 &shown_name,
@@ -927,8 +961,10 @@ impl Core {
         let by = self.shown(&me);
         log::info!("{by} deleted {}", room.name);
         let room_name = room.name;
+        let notice = self.room_notice(id, &room_name, RoomEvent::Deleted { by: &by });
+        let ops = notice.into_iter().chain([StoreOp::DeleteRoom { id }]);
         self.reserve(&mut req);
-        self.store(StoreOp::DeleteRoom { id }, move |core, _| {
+        self.store_all(ops.collect(), move |core, _| {
             core.tell(
                 &audience,
                 &room_name,

@@ -288,6 +288,7 @@ impl State {
                 self.rooms.insert(*id, room.clone());
                 StoreReply::Done
             }
+            StoreOp::Notice(_) => StoreReply::Done,
             StoreOp::DeleteRoom { id } => {
                 self.rooms.remove(id);
                 self.members.retain(|(r, _), _| r != id);

@@ -412,6 +412,22 @@ pub enum StoreOp {
         user: String,
         suspension: Option<Suspension>,
     },
+    /// What a change tells the users it concerns beyond what its records say. Nothing is stored:
+    /// in a cluster it travels in the log entry, first among the entry's ops, so that the other
+    /// nodes tell their own connections too. Only a node of a cluster writes one.
+    Notice(Notice),
+}
+
+/// What another node's connections are told of a change (see [`StoreOp::Notice`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// A room event line, encoded once where the command ran, for the room's members as they
+    /// are before the ops after it in the entry.
+    Room { room: RoomId, line: String },
+    /// An `ANNOUNCE`: its `NOTICE` line for every connection.
+    Everyone { line: String },
+    /// A `KILL`: the account's connections are closed with `BYE KILLED` and this text.
+    Kill { user: String, text: String },
 }
 
 impl StoreOp {
@@ -450,7 +466,8 @@ impl StoreOp {
             | StoreOp::PutInvite { .. }
             | StoreOp::RemoveInvite { .. }
             | StoreOp::SetDirectRead { .. }
-            | StoreOp::SetSuspended { .. } => false,
+            | StoreOp::SetSuspended { .. }
+            | StoreOp::Notice(_) => false,
             // Reads, but ordered with the writes (see the op).
             StoreOp::RoomReplay { .. } => false,
         }

@@ -12,7 +12,7 @@ use super::codec::{
     decode_token, encode_account, encode_ban, encode_invite, encode_member, encode_message,
     encode_room, encode_token, put_len, put_str, Reader,
 };
-use super::{Damage, FriendState, StoreOp, Suspension};
+use super::{Damage, FriendState, Notice, StoreOp, Suspension};
 
 const OPLOG_V1: u8 = 1;
 
@@ -176,6 +176,25 @@ pub fn encode_op(op: &StoreOp) -> Option<Vec<u8>> {
             put_str(&mut out, user);
             put_str(&mut out, with);
             u64s(&mut out, *id);
+        }
+        StoreOp::Notice(n) => {
+            out.push(27);
+            match n {
+                Notice::Room { room, line } => {
+                    out.push(0);
+                    u64s(&mut out, *room);
+                    put_str(&mut out, line);
+                }
+                Notice::Everyone { line } => {
+                    out.push(1);
+                    put_str(&mut out, line);
+                }
+                Notice::Kill { user, text } => {
+                    out.push(2);
+                    put_str(&mut out, user);
+                    put_str(&mut out, text);
+                }
+            }
         }
         StoreOp::SetSuspended { user, suspension } => {
             out.push(26);
@@ -352,6 +371,18 @@ pub fn decode_op(bytes: &[u8]) -> Result<StoreOp, Damage> {
                 _ => return Err(r.corrupt("bad suspension flag")),
             },
         },
+        27 => StoreOp::Notice(match r.byte()? {
+            0 => Notice::Room {
+                room: r.u64()?,
+                line: r.string()?,
+            },
+            1 => Notice::Everyone { line: r.string()? },
+            2 => Notice::Kill {
+                user: r.string()?,
+                text: r.string()?,
+            },
+            _ => return Err(r.corrupt("unknown notice")),
+        }),
         other => return Err(r.corrupt(&format!("unknown op tag {other}"))),
     };
     r.finish()?;
@@ -494,6 +525,17 @@ mod tests {
                 room: 3,
                 user: "a".into(),
             },
+            StoreOp::Notice(Notice::Room {
+                room: 3,
+                line: "KICKED #r a b spam".into(),
+            }),
+            StoreOp::Notice(Notice::Everyone {
+                line: "NOTICE hello".into(),
+            }),
+            StoreOp::Notice(Notice::Kill {
+                user: "a".into(),
+                text: "bye".into(),
+            }),
             StoreOp::PutInvite {
                 room: 3,
                 user: "a".into(),

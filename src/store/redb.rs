@@ -921,6 +921,7 @@ impl<'txn> Tables<'txn> {
                 self.dirty = true;
                 Ok(StoreReply::Done)
             }
+            StoreOp::Notice(_) => Ok(StoreReply::Done),
             StoreOp::DeleteRoom { id } => {
                 self.rooms.remove(*id)?;
                 for table in [

@@ -217,12 +217,13 @@ fn a_register_race_on_two_nodes_has_exactly_one_winner() {
 }
 
 #[test]
-fn msg_group_and_all_cross_nodes_with_one_id_and_one_history() {
-    if !have_nats("msg_group_and_all_cross_nodes_with_one_id_and_one_history") {
+fn msg_group_and_all_cross_nodes_with_one_id_and_one_history_even_after_a_restart() {
+    if !have_nats("msg_group_and_all_cross_nodes_with_one_id_and_one_history_even_after_a_restart")
+    {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (_nats, mut nodes) = cluster(dir.path());
+    let (mut nats, mut nodes) = cluster(dir.path());
     let [alice, bob, carol] = [unique("alice"), unique("bob"), unique("carol")];
     for (i, n) in [&alice, &bob, &carol].iter().enumerate() {
         let mut c = nodes[i].connect();
@@ -270,6 +271,32 @@ fn msg_group_and_all_cross_nodes_with_one_id_and_one_history() {
     }
     assert_eq!(pages[0].0.len(), 2, "{:?}", pages[0]);
     assert!(pages.iter().all(|p| *p == pages[0]), "{pages:?}");
+
+    // Restart everything and compare: every node and the NATS server stop, and start again on
+    // the same storage; each node then shows the same history and knows the same accounts.
+    drop((a, b, c));
+    for n in nodes.drain(..) {
+        let status = n.server.stop();
+        assert!(status.success(), "a node stopped with {status}");
+    }
+    nats.kill();
+    nats.run();
+    let mut nodes: Vec<Node> = (0..3).map(|i| Node::start(&nats, dir.path(), i)).collect();
+    for (i, node) in nodes.iter_mut().enumerate() {
+        for who in [&alice, &bob, &carol] {
+            // LOGIN checks the password against the account as it was before the restart.
+            let (mut h, _) = login_on(node, who);
+            if who == &alice {
+                let page = h.history(&format!("{bob} 50"));
+                assert_eq!(page, pages[0], "node {i} after the restart");
+            }
+        }
+    }
+    println!("after the restart, every node shows: {:?}", pages[0]);
+    // The ids go on from where they were.
+    let (mut a, _) = login_on(&mut nodes[2], &alice);
+    let after = a.msg(&bob, "after the restart");
+    assert!(after > aid, "{after} after {aid}");
 }
 
 #[test]

@@ -490,6 +490,9 @@ fn friends_and_presence_cross_nodes() {
     a.read_until(|l| *l == format!("PRESENCE {bob} OFFLINE"));
     let (mut b2, _) = login_on(&mut nodes[2], &bob);
     a.read_until(|l| *l == format!("PRESENCE {bob} ONLINE"));
+    // An away message set on node 0 is told to the friend on node 2.
+    assert!(a.call1("AWAY at lunch").starts_with("OK AWAY"));
+    assert_eq!(b2.read_line(), format!("AWAY {alice} at lunch"));
     // A message to him, online on another node, is delivered there.
     let reply = a.call1(&format!("MSG {bob} are you there"));
     assert!(reply.ends_with(" DELIVERED"), "{reply}");

@@ -8,7 +8,9 @@
 //! applied to memory, and so are rooms, memberships, bans and invitations. What a change tells the
 //! users it concerns is told here too, to this server's connections, by the same code the command
 //! runs at its commit: a friendship notice (derived from the edge's old and new state), the close
-//! of an account's connections after PASSWORD, REVOKE, SUSPEND or UNREGISTER.
+//! of an account's connections after PASSWORD, REVOKE, SUSPEND or UNREGISTER, an away message.
+//! What the records do not say (who kicked, a reason, an ANNOUNCE, a KILL) comes as a
+//! [`Notice`], written first in the entry by the node that ran the command.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -139,8 +141,12 @@ impl Core {
                 }
             }
             StoreOp::SetAway { user, away } => {
-                if let Some(a) = self.accounts.get_mut(user.as_str()) {
-                    a.profile.away = away;
+                let key = Key::from_folded(user);
+                if let Some(a) = self.accounts.get_mut(&key) {
+                    if a.profile.away != away {
+                        a.profile.away = away;
+                        self.announce_away(&key, 0);
+                    }
                 }
             }
             StoreOp::SetDms { user, friends_only } => {

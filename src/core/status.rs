@@ -85,8 +85,8 @@ impl Core {
     }
 
     /// Tells the account's online friends, and its own other connections, its away message as it
-    /// is now.
-    fn announce_away(&mut self, me: &Key, except: ConnId) {
+    /// is now (`except`: the connection that set it; 0 when it was set on another node).
+    pub(super) fn announce_away(&mut self, me: &Key, except: ConnId) {
         let Some(line) = self.away_line(me) else {
             return;
         };

@@ -696,16 +696,26 @@ struct NatsCluster {
 impl NatsCluster {
     fn start() -> NatsCluster {
         let tmp = tempfile::tempdir().unwrap();
-        let free = || {
-            TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .unwrap()
-                .port()
+        // Nine distinct free ports: every listener is held until all nine are picked, or the
+        // system may hand out one port twice.
+        let held: Vec<TcpListener> = (0..9)
+            .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let picked: Vec<u16> = held
+            .iter()
+            .map(|l| l.local_addr().unwrap().port())
+            .collect();
+        drop(held);
+        let ports: Vec<u16> = picked[0..3].to_vec();
+        let routes: Vec<u16> = picked[3..6].to_vec();
+        let monitors: Vec<u16> = picked[6..9].to_vec();
+        // Made first, so that a failed start still stops the servers already running (Drop).
+        let mut cluster = NatsCluster {
+            servers: Vec::new(),
+            ports,
+            _tmp: tmp,
         };
-        let ports: Vec<u16> = (0..3).map(|_| free()).collect();
-        let routes: Vec<u16> = (0..3).map(|_| free()).collect();
-        let monitors: Vec<u16> = (0..3).map(|_| free()).collect();
-        let mut servers = Vec::new();
+        let (ports, servers, tmp) = (cluster.ports.clone(), &mut cluster.servers, &cluster._tmp);
         for i in 0..3 {
             let others: Vec<String> = (0..3)
                 .filter(|j| *j != i)
@@ -736,11 +746,7 @@ impl NatsCluster {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
-        NatsCluster {
-            servers,
-            ports,
-            _tmp: tmp,
-        }
+        cluster
     }
 
     fn urls(&self) -> String {

@@ -110,6 +110,8 @@ pub struct ClusterStore {
     requests: Sender<Publish>,
     feed: Receiver<Entry>,
     nudges: Receiver<()>,
+    /// Asks the log reader to make its consumer again and read on from its last entry.
+    reread: Sender<()>,
     /// The last stream sequence applied to the local index.
     applied: u64,
     next_op: u64,
@@ -142,7 +144,7 @@ impl ClusterStore {
             }
         }
         let node = node_id();
-        let (requests, feed, nudges, last, bus) = spawn_nats(opts.clone(), node.clone())?;
+        let (requests, feed, nudges, last, bus, reread) = spawn_nats(opts.clone(), node.clone())?;
         let (local, _) = RedbStore::open(&index)?;
         let mut store = ClusterStore {
             local,
@@ -150,6 +152,7 @@ impl ClusterStore {
             requests,
             feed,
             nudges,
+            reread,
             applied: 0,
             next_op: 0,
             own: HashMap::new(),
@@ -167,6 +170,7 @@ impl ClusterStore {
             requests,
             feed,
             nudges,
+            reread,
             applied,
             next_op,
             bus,
@@ -183,6 +187,7 @@ impl ClusterStore {
             requests,
             feed,
             nudges,
+            reread,
             applied,
             next_op,
             own: HashMap::new(),
@@ -216,10 +221,13 @@ impl ClusterStore {
                 match next {
                     Some(e) => self.unapplied.push(e),
                     None => {
+                        // The consumer may have been lost with a NATS server: the reader makes
+                        // it again, and the retry of this write finds the entries.
+                        let _ = self.reread.try_send(());
                         return Err(StoreError::Cluster(format!(
                             "the log did not deliver entry {seq} within {:?}",
                             CLUSTER_LOG_WAIT
-                        )))
+                        )));
                     }
                 }
             }
@@ -472,7 +480,14 @@ impl Store for ClusterStore {
 }
 
 /// What the NATS thread hands back at start.
-type Started = (Sender<Publish>, Receiver<Entry>, Receiver<()>, u64, Bus);
+type Started = (
+    Sender<Publish>,
+    Receiver<Entry>,
+    Receiver<()>,
+    u64,
+    Bus,
+    Sender<()>,
+);
 
 /// Starts the `chatd-nats` thread: connects, makes sure the stream exists, and starts reading the
 /// log from its first entry. Returns the request queue, the feed of entries, the nudges (one
@@ -481,10 +496,14 @@ fn spawn_nats(opts: ClusterOptions, node: String) -> Result<Started, StoreError>
     let (req_tx, req_rx) = async_channel::bounded::<Publish>(CLUSTER_REQUEST_QUEUE);
     let (feed_tx, feed_rx) = async_channel::bounded::<Entry>(CLUSTER_FEED_QUEUE);
     let (nudge_tx, nudge_rx) = async_channel::bounded::<()>(1);
+    // "Read the log again": sent on a reconnection, and by the store when an entry it waits for
+    // does not come (a consumer lost with a NATS server that went away).
+    let (reread_tx, reread_rx) = async_channel::bounded::<()>(1);
+    let reread = (reread_tx.clone(), reread_rx);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<u64, String>>();
     let (out_tx, out_rx) = async_channel::bounded::<BusOut>(CLUSTER_BUS_QUEUE);
     let (in_tx, in_rx) = async_channel::bounded::<BusIn>(CLUSTER_BUS_QUEUE);
-    let presence = (out_rx, in_tx);
+    let presence = (out_rx, in_tx, reread);
     std::thread::Builder::new()
         .name("chatd-nats".to_owned())
         .spawn(move || {
@@ -513,6 +532,7 @@ fn spawn_nats(opts: ClusterOptions, node: String) -> Result<Started, StoreError>
                 out: out_tx,
                 inbound: in_rx,
             },
+            reread_tx,
         )),
         Ok(Err(e)) => Err(StoreError::Cluster(e)),
         Err(_) => Err(StoreError::Cluster(
@@ -527,6 +547,9 @@ mod nats {
     use async_nats::jetstream::{self, consumer, context::PublishErrorKind, stream};
     use futures_util::StreamExt;
 
+    /// The presence bus (to and from the node) and the "read the log again" channel.
+    pub(super) type Wiring = (Receiver<BusOut>, Sender<BusIn>, (Sender<()>, Receiver<()>));
+
     pub(super) async fn run(
         opts: ClusterOptions,
         node: String,
@@ -534,12 +557,12 @@ mod nats {
         feed: Sender<Entry>,
         nudge: Sender<()>,
         ready: std::sync::mpsc::Sender<Result<u64, String>>,
-        (bus_out, bus_in): (Receiver<BusOut>, Sender<BusIn>),
+        (bus_out, bus_in, (reconnected_tx, reconnected)): Wiring,
     ) {
         // A reconnection is told to the log reader: the NATS server may have restarted without
         // the consumer it was reading from, and reading again at once beats waiting for the
-        // consumer's heartbeat to be missed.
-        let (reconnected_tx, reconnected) = async_channel::bounded::<()>(1);
+        // consumer's heartbeat to be missed. The store asks the same when an entry it waits for
+        // does not come.
         let mut addrs = Vec::with_capacity(opts.urls.len());
         for u in &opts.urls {
             match u.parse::<async_nats::ServerAddr>() {

@@ -1335,22 +1335,33 @@ fn history(
             Cursor::After(x) => (up_to(x)?.then(|| x.saturating_add(1)), None),
         },
     };
-    // Every message of the page must be readable now, so that a damaged one fails the page
-    // before any of it is sent (the page is then sent part by part, see `ReadOp::Messages`).
-    for &id in &ids {
+    check_readable(messages, &ids, || format!("conversation {conv:?}"))?;
+    Ok(HistoryPage { ids, older, newer })
+}
+
+/// Every message of a page must be readable now, so that a damaged one fails the page before any
+/// of it is sent (the page is then sent part by part, see `ReadOp::Messages`). `whose` names the
+/// conversation or room in the damage report.
+fn check_readable(
+    messages: &impl MessageLog,
+    ids: &[MsgId],
+    whose: impl Fn() -> String,
+) -> Result<(), Fail> {
+    for &id in ids {
         match messages.get(id)? {
             Some(bytes) => {
                 codec::decode_message(id, bytes.value())?;
             }
             None => {
                 return Err(Damage::new(format!(
-                    "conversation {conv:?} names message {id}, which is not stored"
+                    "{} names message {id}, which is not stored",
+                    whose()
                 ))
                 .into())
             }
         }
     }
-    Ok(HistoryPage { ids, older, newer })
+    Ok(())
 }
 
 /// The messages with `ids`, in that order; one that is not stored or does not decode is logged and
@@ -1444,19 +1455,7 @@ fn room_history(
     cursor: Cursor,
 ) -> Result<HistoryPage, Fail> {
     let (ids, older, newer) = room_page_ids(room_log, room, lo, hi, count, cursor)?;
-    for &id in &ids {
-        match messages.get(id)? {
-            Some(bytes) => {
-                codec::decode_message(id, bytes.value())?;
-            }
-            None => {
-                return Err(Damage::new(format!(
-                    "room {room} names message {id}, which is not stored"
-                ))
-                .into())
-            }
-        }
-    }
+    check_readable(messages, &ids, || format!("room {room}"))?;
     Ok(HistoryPage { ids, older, newer })
 }
 

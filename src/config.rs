@@ -283,6 +283,17 @@ pub const PRESENCE_LIST_CHUNK: usize = 500;
 /// Cluster mode: presence changes waiting for the NATS thread; past it a change is dropped (the
 /// next full list carries it).
 pub const CLUSTER_BUS_QUEUE: usize = 4096;
+/// Cluster mode: (message, account) pairs a node remembers having delivered by route, so that a
+/// second copy, or the log entry applied after the route came, is not delivered or counted again;
+/// past it the oldest are forgotten (by then their log entries have long been applied).
+pub const ROUTE_MEMORY: usize = 8192;
+/// Cluster mode: how long after its index applied a message kept for an account online on this
+/// node the node waits for the message's route before it delivers the message itself (the route
+/// was published before this node's subscription reached NATS).
+pub const ROUTE_FALLBACK: Duration = Duration::from_secs(1);
+/// Cluster mode: most messages waiting for [`ROUTE_FALLBACK`]; past it the oldest is delivered at
+/// once.
+pub const ROUTE_AWAITING: usize = 4096;
 /// Cluster mode: at start, how many times (a second apart) a node tries to open the log stream
 /// while a NATS cluster that has just started elects its JetStream leaders.
 pub const CLUSTER_START_TRIES: u32 = 20;

@@ -31,6 +31,8 @@ const ADMIN: &str = "root";
 struct Nats {
     child: Option<Child>,
     port: u16,
+    /// The monitoring endpoint's port (`-m`): `/connz?subs=1` shows each node's subscriptions.
+    monitor: u16,
     dir: PathBuf,
     _tmp: tempfile::TempDir,
 }
@@ -52,14 +54,20 @@ fn have_nats(test: &str) -> bool {
 impl Nats {
     fn start() -> Nats {
         let tmp = tempfile::tempdir().expect("temporary directory");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        // Both listeners are held until both ports are picked, so that they differ.
+        let listeners: Vec<TcpListener> = (0..2)
+            .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free port"))
+            .collect();
+        let ports: Vec<u16> = listeners
+            .iter()
+            .map(|l| l.local_addr().expect("a free port").port())
+            .collect();
+        drop(listeners);
         let dir = tmp.path().join("js");
         let mut n = Nats {
             child: None,
-            port,
+            port: ports[0],
+            monitor: ports[1],
             dir,
             _tmp: tmp,
         };
@@ -77,6 +85,8 @@ impl Nats {
                 "127.0.0.1",
                 "-p",
                 &self.port.to_string(),
+                "-m",
+                &self.monitor.to_string(),
                 "-sd",
             ])
             .arg(&self.dir)
@@ -320,6 +330,118 @@ fn a_backlog_kept_on_one_node_is_delivered_on_another() {
     // Delivered once: a second login anywhere has nothing waiting.
     let (_, again) = login_on(&mut nodes[1], &bob);
     assert_eq!(again, vec!["BACKLOG-END 0".to_owned()]);
+}
+
+/// The subscriptions of each chatd node's NATS connection (one per node), read from the NATS
+/// server's monitoring endpoint (`/connz?subs=1`).
+fn node_subscriptions(nats: &Nats) -> Vec<Vec<String>> {
+    let body = http_get(nats.monitor, "/connz?subs=1").expect("the NATS monitoring endpoint");
+    body.split("\"cid\":")
+        .skip(1)
+        .filter(|c| c.contains("\"name\": \"chatd "))
+        .map(|c| {
+            let Some(at) = c.find("\"subscriptions_list\":") else {
+                return Vec::new();
+            };
+            let list = &c[at..];
+            let (open, close) = (list.find('[').unwrap(), list.find(']').unwrap());
+            list[open + 1..close]
+                .split(',')
+                .map(|s| s.trim().trim_matches('"').to_owned())
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
+        .collect()
+}
+
+/// How many nodes subscribe to a subject matching `pick`, read until it is `want` (a node's
+/// subscriptions reach NATS a moment after the login or the JOIN that makes them; bounded by
+/// the harness's timeout).
+fn wait_subscribed(nats: &Nats, what: &str, pick: impl Fn(&str) -> bool, want: usize) {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let subs = node_subscriptions(nats);
+        let n = subs.iter().filter(|s| s.iter().any(|x| pick(x))).count();
+        if n == want {
+            println!("{what}: {n} node(s) subscribed");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {n} node(s) subscribed, not {want}: {subs:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn messages_are_routed_only_to_the_nodes_holding_their_recipients() {
+    if !have_nats("messages_are_routed_only_to_the_nodes_holding_their_recipients") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (nats, mut nodes) = cluster(dir.path());
+    let [alice, bob] = [unique("alice"), unique("bob")];
+    nodes[0].connect().register(&alice);
+    nodes[1].connect().register(&bob);
+    let bob_subject = format!("chatd.to.{bob}");
+    let is_bob = |s: &str| s == bob_subject;
+    let is_room = |s: &str| s.starts_with("chatd.room.");
+    wait_subscribed(&nats, "bob, offline", is_bob, 0);
+    let (mut a, _) = login_on(&mut nodes[0], &alice);
+    let (mut b1, _) = login_on(&mut nodes[1], &bob);
+    // Only node 1 holds bob: only node 1 receives his subject.
+    wait_subscribed(&nats, "bob on node 1", is_bob, 1);
+    let id = a.msg(&bob, "one");
+    assert_eq!(wait_message(&mut b1, "one"), id);
+    // bob on nodes 1 and 2: both receive it, each connection once.
+    let (mut b2, _) = login_on(&mut nodes[2], &bob);
+    wait_subscribed(&nats, "bob on nodes 1 and 2", is_bob, 2);
+    let id = a.msg(&bob, "two");
+    assert_eq!(wait_message(&mut b1, "two"), id);
+    assert_eq!(wait_message(&mut b2, "two"), id);
+    // bob leaves node 1: node 1 stops receiving his messages.
+    b1.expect("QUIT", "OK QUIT");
+    wait_subscribed(&nats, "bob on node 2", is_bob, 1);
+    let reply = a.call1(&format!("MSG {bob} three"));
+    assert!(reply.ends_with(" DELIVERED"), "{reply}");
+    let id3: u64 = reply.split(' ').nth(2).unwrap().parse().unwrap();
+    assert_eq!(wait_message(&mut b2, "three"), id3);
+
+    // A room is received by the nodes where a member is online: nodes 0 and 2.
+    let room = format!("#{}", unique("r"));
+    let joined = a.call(&format!("JOIN {room}"));
+    assert!(joined.last().unwrap().starts_with("OK JOIN"), "{joined:?}");
+    wait_subscribed(&nats, "the room, alice on node 0", is_room, 1);
+    nodes[2].barrier();
+    let joined = b2.call(&format!("JOIN {room}"));
+    assert!(joined.last().unwrap().starts_with("OK JOIN"), "{joined:?}");
+    assert_eq!(a.read_line(), format!("JOINED {room} {bob}"));
+    wait_subscribed(&nats, "the room, bob on node 2", is_room, 2);
+    let reply = a.call1(&format!("MSG {room} to the room"));
+    assert!(reply.starts_with("OK MSG "), "{reply}");
+    let rid: u64 = reply.split(' ').nth(2).unwrap().parse().unwrap();
+    assert_eq!(wait_message(&mut b2, "to the room"), rid);
+
+    // Nothing came twice.
+    nodes[2].barrier();
+    let extra = messages(&b2.sync());
+    assert!(extra.is_empty(), "{extra:?}");
+
+    // bob's last connection goes: no node receives his subject, and node 2 stops receiving the
+    // room; a message to him is kept, and given at his next login, once.
+    b2.expect("QUIT", "OK QUIT");
+    wait_subscribed(&nats, "bob offline again", is_bob, 0);
+    wait_subscribed(&nats, "the room, alice only", is_room, 1);
+    let reply = a.call1(&format!("MSG {bob} four"));
+    assert!(reply.ends_with(" KEPT"), "{reply}");
+    let (_, pushed) = login_on(&mut nodes[1], &bob);
+    let got = messages(&pushed);
+    assert_eq!(got.len(), 1, "{pushed:?}");
+    assert!(
+        got[0].1.ends_with(&format!("{alice} {bob} four")),
+        "{pushed:?}"
+    );
 }
 
 #[test]
@@ -768,19 +890,24 @@ impl NatsCluster {
 
 /// Whether the NATS server with this monitoring port answers its health check with "ok".
 fn healthy(port: u16) -> bool {
+    http_get(port, "/healthz").is_some()
+}
+
+/// The body of a successful `GET path` from a NATS monitoring endpoint on loopback.
+fn http_get(port: u16, path: &str) -> Option<String> {
     use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     let _ = s.set_read_timeout(Some(TIMEOUT));
-    if s.write_all(b"GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .ok()?;
     let mut answer = String::new();
     let _ = s.read_to_string(&mut answer);
-    answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200")
+    if !(answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200")) {
+        return None;
+    }
+    answer
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
 }
 
 impl Drop for NatsCluster {

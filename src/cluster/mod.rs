@@ -6,8 +6,17 @@
 //! in order (an ordered consumer) and applies each entry to its own redb file, the node's index,
 //! with the same code the single-server store runs; the entries other servers wrote are also handed
 //! to the core ([`Report::Remote`](crate::store::worker::Report::Remote)), which brings its memory up
-//! to date and delivers what concerns its own connections. So every node's index holds the same
-//! tables in the same order, and HISTORY, backlogs and unread counts read the same from any node.
+//! to date and tells its own connections what the changes tell users. So every node's index holds
+//! the same tables in the same order, and HISTORY, backlogs and unread counts read the same from
+//! any node.
+//!
+//! Messages reach other nodes' connections by **routing**, not through the log: once the stream
+//! has acknowledged a message's entry (its id is then known), the writing node publishes the same
+//! payload on core NATS subjects, one per recipient account ([`ROUTE_ACCOUNT`]), the room's
+//! ([`ROUTE_ROOM`]) or ALL's ([`ROUTE_ALL`]). A node subscribes to an account's subject while it
+//! holds a connection of that account, and to a room's while one of its members is online there, as
+//! the core's [`BusOut`] words say; so NATS interest is the directory, and a message goes only to
+//! the nodes that need it. What a node does with a routed message is `core::remote`'s.
 //!
 //! Where a single server is the only authority, the log decides instead:
 //! - **message ids** are the stream sequence of the message's entry: strictly increasing and never
@@ -39,10 +48,10 @@ use crate::config::{
     CLUSTER_APPLY_BATCH, CLUSTER_BUS_QUEUE, CLUSTER_FEED_QUEUE, CLUSTER_LOG_WAIT,
     CLUSTER_REQUEST_QUEUE, CLUSTER_START_TRIES, PRESENCE_LIST_CHUNK, PRESENCE_REFRESH,
 };
-use crate::core::{BusIn, BusOut};
+use crate::core::{BusIn, BusOut, RouteTo};
 use crate::store::oplog::{decode_op, encode_op};
 use crate::store::redb::RedbStore;
-use crate::store::{Snapshot, Store, StoreError, StoreOp, StoreReader, StoreReply};
+use crate::store::{Snapshot, Store, StoreError, StoreOp, StoreReader, StoreReply, To};
 
 /// The JetStream stream that holds the log.
 pub const STREAM: &str = "CHATD_LOG";
@@ -66,6 +75,8 @@ struct Outgoing {
     payload: Vec<u8>,
     /// Only if no entry exists yet on the subject (REGISTER's compare-and-set).
     first_on_subject: bool,
+    /// The subjects a message is routed on once the log has acknowledged it (see [`routes_of`]).
+    routes: Vec<String>,
 }
 
 /// Why an entry was not taken.
@@ -91,8 +102,8 @@ struct Entry {
     payload: Vec<u8>,
 }
 
-/// The node's presence link to the other nodes (NATS core publish/subscribe on
-/// [`PRESENCE_SUBJECT`], not the log): what the core says goes out, what the others say comes in.
+/// The node's link to the other nodes outside the log (presence, and the subscriptions to routed
+/// messages): what the core says goes out, what the others say and route here comes in.
 pub struct Bus {
     /// Presence changes of this node's accounts; [`CLUSTER_BUS_QUEUE`] at most wait.
     pub out: Sender<BusOut>,
@@ -102,6 +113,47 @@ pub struct Bus {
 
 /// The subject presence travels on.
 pub const PRESENCE_SUBJECT: &str = "chatd.presence";
+/// Routed messages for one account: this prefix and the account key.
+pub const ROUTE_ACCOUNT: &str = "chatd.to.";
+/// Routed messages for one room's members: this prefix and the room number.
+pub const ROUTE_ROOM: &str = "chatd.room.";
+/// Routed ALL messages.
+pub const ROUTE_ALL: &str = "chatd.all";
+/// The header giving a routed message's id (its entry's stream sequence).
+const SEQ_HEADER: &str = "Chatd-Seq";
+
+/// The subjects a message's op is routed on: one per recipient account, the room's, or ALL's.
+/// Every recipient's subject gets it, wherever its sender's node thinks the recipient is: the
+/// nodes subscribed there are exactly the ones that need it (a recipient may have connections on
+/// several nodes, and the sender's node may not know of a login that has just happened).
+fn routes_of(op: &StoreOp) -> Vec<String> {
+    match op {
+        StoreOp::AppendMessage { msg, .. } => match &msg.to {
+            To::User(u) => vec![account_subject(&crate::store::key_of(u))],
+            To::Group(g) => {
+                let mut keys: Vec<String> = g.iter().map(|n| crate::store::key_of(n)).collect();
+                keys.sort();
+                keys.dedup();
+                keys.iter().map(|k| account_subject(k)).collect()
+            }
+            To::All => vec![ROUTE_ALL.to_owned()],
+            To::Room(_) => Vec::new(),
+        },
+        StoreOp::AppendRoomMessage { room, .. } => vec![room_subject(*room)],
+        _ => Vec::new(),
+    }
+}
+
+/// The subject of an account's routed messages (account keys are letters, digits, `_` and `-`,
+/// so a key is one subject token).
+fn account_subject(key: &str) -> String {
+    format!("{ROUTE_ACCOUNT}{key}")
+}
+
+/// The subject of a room's routed messages.
+fn room_subject(room: crate::store::RoomId) -> String {
+    format!("{ROUTE_ROOM}{room}")
+}
 
 /// A store whose writes go through the cluster's log (see the module documentation).
 pub struct ClusterStore {
@@ -384,6 +436,7 @@ impl Store for ClusterStore {
                         msg_id: id.clone(),
                         payload,
                         first_on_subject,
+                        routes: routes_of(op),
                     });
                     logged.push(true);
                 }
@@ -619,7 +672,7 @@ mod nats {
             bus_in,
             presence_sub,
         ));
-        let js = jetstream::new(client);
+        let js = jetstream::new(client.clone());
         let config = stream::Config {
             name: STREAM.to_owned(),
             subjects: vec!["chatd.log.>".to_owned()],
@@ -655,13 +708,94 @@ mod nats {
         tokio::spawn(read_log(log, feed, nudge, reconnected));
         let _ = ready.send(Ok(last));
         while let Ok(req) = requests.recv().await {
-            let _ = req.reply.send(publish(&js, &node, req.entries).await).await;
+            let _ = req
+                .reply
+                .send(publish(&js, &client, &node, req.entries).await)
+                .await;
         }
     }
 
-    /// Presence: this node's changes out at once, its full list every [`PRESENCE_REFRESH`], and
-    /// the other nodes' words in. Lines: `ON <node> <key>`, `OFF <node> <key>`,
-    /// `LIST <node> <1|0> <key>...` (1: the first part of a new list).
+    /// The node's subscriptions to routed messages: one per account with a connection here and
+    /// per room with a member online here (as the core's [`BusOut`] says), and ALL's. Each is a
+    /// task forwarding what comes to the core; ending the task drops the subscription, which
+    /// unsubscribes. At most one per account and one per room, so bounded by what the core holds.
+    struct Follows {
+        client: async_nats::Client,
+        node: String,
+        inbound: Sender<BusIn>,
+        tasks: HashMap<String, tokio::task::JoinHandle<()>>,
+    }
+
+    impl Follows {
+        fn set(&mut self, subject: String, to: RouteTo, on: bool) {
+            if !on {
+                if let Some(task) = self.tasks.remove(&subject) {
+                    task.abort();
+                }
+                return;
+            }
+            if self.tasks.contains_key(&subject) {
+                return;
+            }
+            let task = tokio::spawn(follow(
+                self.client.clone(),
+                self.node.clone(),
+                subject.clone(),
+                to,
+                self.inbound.clone(),
+            ));
+            self.tasks.insert(subject, task);
+        }
+    }
+
+    /// Receives the messages routed on `subject` and hands them to the core, but this node's own
+    /// (its core delivered them already).
+    async fn follow(
+        client: async_nats::Client,
+        node: String,
+        subject: String,
+        to: RouteTo,
+        inbound: Sender<BusIn>,
+    ) {
+        let mut sub = match client.subscribe(subject.clone()).await {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("cannot subscribe to {subject}: {e}");
+                return;
+            }
+        };
+        while let Some(m) = sub.next().await {
+            let header = |name: &str| {
+                m.headers
+                    .as_ref()
+                    .and_then(|h| h.get(name))
+                    .map(|v| v.as_str().to_owned())
+            };
+            if header(NODE_HEADER).as_deref() == Some(node.as_str()) {
+                continue;
+            }
+            let Some(seq) = header(SEQ_HEADER).and_then(|s| s.parse::<u64>().ok()) else {
+                log::debug!("a routed message on {subject} without its id ignored");
+                continue;
+            };
+            let op = match decode_op(&m.payload) {
+                Ok(op) => with_id(op, seq),
+                Err(d) => {
+                    log::warn!("routed message {seq} cannot be decoded, ignored: {d}");
+                    continue;
+                }
+            };
+            let to = to.clone();
+            if inbound.send(BusIn::Routed { to, op }).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Presence and routing: this node's changes out at once (and its subscriptions changed),
+    /// its full list every [`PRESENCE_REFRESH`], and the other nodes' words in. Lines:
+    /// `ON <node> <key>`, `OFF <node> <key>`, `LIST <node> <1|0> <key>...` (1: the first part
+    /// of a new list).
     async fn presence(
         client: async_nats::Client,
         node: String,
@@ -671,10 +805,25 @@ mod nats {
     ) {
         let mut local: std::collections::BTreeSet<String> = Default::default();
         let mut refresh = tokio::time::interval(PRESENCE_REFRESH);
+        let mut follows = Follows {
+            client: client.clone(),
+            node: node.clone(),
+            inbound: inbound.clone(),
+            tasks: HashMap::new(),
+        };
+        follows.set(ROUTE_ALL.to_owned(), RouteTo::All, true);
         loop {
             tokio::select! {
                 said = out.recv() => {
-                    let Ok(BusOut::Presence { key, online }) = said else { return };
+                    let (key, online) = match said {
+                        Err(_) => return,
+                        Ok(BusOut::Room { id, watch }) => {
+                            follows.set(room_subject(id), RouteTo::Room(id), watch);
+                            continue;
+                        }
+                        Ok(BusOut::Presence { key, online }) => (key, online),
+                    };
+                    follows.set(account_subject(&key), RouteTo::Account(key.clone()), online);
                     let word = if online {
                         local.insert(key.clone());
                         "ON"
@@ -705,6 +854,7 @@ mod nats {
                     };
                     let from = match &news {
                         BusIn::Presence { node, .. } | BusIn::List { node, .. } => node,
+                        BusIn::Routed { .. } => continue,
                     };
                     if *from != node && inbound.send(news).await.is_err() {
                         return;
@@ -741,14 +891,19 @@ mod nats {
         }
     }
 
-    /// Publishes entries in order and waits for every acknowledgement.
+    /// Publishes entries in order and waits for every acknowledgement; then routes each
+    /// acknowledged message on its subjects (nothing is delivered before it is in the log).
     async fn publish(
         js: &jetstream::Context,
+        client: &async_nats::Client,
         node: &str,
         entries: Vec<Outgoing>,
     ) -> Vec<Result<u64, Refused>> {
         let mut pending = Vec::with_capacity(entries.len());
+        let mut routed = Vec::with_capacity(entries.len());
         for e in entries {
+            let copy = (!e.routes.is_empty()).then(|| (e.routes, e.payload.clone()));
+            routed.push(copy);
             let mut msg = jetstream::message::PublishMessage::build()
                 .payload(e.payload.into())
                 .message_id(&e.msg_id)
@@ -770,6 +925,26 @@ mod nats {
                     Err(e) => Err(Refused::Failed(format!("the log did not acknowledge: {e}"))),
                 },
             });
+        }
+        for (result, copy) in out.iter().zip(routed) {
+            let (Ok(seq), Some((subjects, payload))) = (result, copy) else {
+                continue;
+            };
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(NODE_HEADER, node);
+            headers.insert(SEQ_HEADER, seq.to_string().as_str());
+            let payload: bytes::Bytes = payload.into();
+            for subject in subjects {
+                // Core NATS: lost if NATS went away just now. The recipients whose copy was kept
+                // have it in their backlog (and the node that has them online delivers it from its
+                // index, see `core::remote`); everyone has it in HISTORY.
+                if let Err(e) = client
+                    .publish_with_headers(subject, headers.clone(), payload.clone())
+                    .await
+                {
+                    log::warn!("cannot route message {seq}: {e}");
+                }
+            }
         }
         out
     }

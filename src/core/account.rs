@@ -248,6 +248,9 @@ impl Core {
                 key: me.as_str().to_owned(),
                 online: false,
             }));
+            for id in &acct.rooms {
+                self.rewatch(*id);
+            }
         }
         self.remote_online.remove(me);
         self.retired.insert(me.clone(), acct.name.clone());

@@ -21,6 +21,7 @@ impl Core {
     pub(super) fn tick(&mut self) {
         self.check_idle();
         self.expire_nodes();
+        self.route_fallback();
         self.sample_message_rate();
         self.expire_offers();
         if self.now.saturating_sub(self.guard_swept) >= GUARD_SWEEP_MS {

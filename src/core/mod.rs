@@ -222,7 +222,9 @@ pub enum Job {
     Bus(BusOut),
 }
 
-/// What the core tells the other servers of a cluster directly, outside the log.
+/// What the core tells the other servers of a cluster directly, outside the log. The NATS thread
+/// keeps its subscriptions by these words: an account's routed messages are received while it
+/// has a connection here, a room's while one of its members has.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BusOut {
     /// An account got its first connection on this server, or lost its last one.
@@ -232,6 +234,24 @@ pub enum BusOut {
         /// Online (first connection) or offline (last one gone).
         online: bool,
     },
+    /// A room got its first member online on this server, or lost its last one.
+    Room {
+        /// The room.
+        id: RoomId,
+        /// Whether the room's messages are wanted here from now on.
+        watch: bool,
+    },
+}
+
+/// Whom a routed message was sent to this node for: what its subject named.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RouteTo {
+    /// One account (a MSG or GROUP recipient), by key.
+    Account(String),
+    /// A room's members.
+    Room(RoomId),
+    /// Everyone online (ALL).
+    All,
 }
 
 /// What another server of a cluster said (see `cluster`).
@@ -249,6 +269,15 @@ pub enum BusIn {
         node: String,
         first: bool,
         keys: Vec<String>,
+    },
+    /// A message another node committed to the log (the op as the log holds it, with its id),
+    /// routed here because this node holds a connection it is for. It may come before or after
+    /// the node's index applies the same entry.
+    Routed {
+        /// What the message's subject named.
+        to: RouteTo,
+        /// An `AppendMessage` or `AppendRoomMessage`.
+        op: StoreOp,
     },
 }
 
@@ -477,6 +506,8 @@ pub struct Core {
     remote_online: BTreeMap<Key, HashSet<String>>,
     /// In a cluster: the other nodes heard from, and when last (their lists expire).
     nodes: HashMap<String, i64>,
+    /// In a cluster: routed delivery (see `remote`).
+    routes: remote::Routes,
     /// Connections compressed now (COMPRESS), against `Limits::max_compressed`.
     compressed: usize,
     /// Direct-session offers waiting for their answer (see `direct`).
@@ -622,6 +653,7 @@ impl Core {
             online: BTreeSet::new(),
             remote_online: BTreeMap::new(),
             nodes: HashMap::new(),
+            routes: remote::Routes::default(),
             compressed: 0,
             offers: direct::Offers::default(),
             conns: ConnMap::default(),
@@ -1222,6 +1254,7 @@ impl Core {
                 key: key.as_str().to_owned(),
                 online,
             }));
+            self.rewatch_rooms_of(key);
             if self.remote_online.contains_key(key) {
                 return;
             }

@@ -272,6 +272,7 @@ impl Core {
                 a.invited.remove(&id);
             }
         }
+        self.rewatch(id);
         log::info!(
             "{by} {} {shown} from {room_name}",
             if how == Removal::Ban {

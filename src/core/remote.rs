@@ -1,6 +1,17 @@
 //! What another server of a cluster wrote: its ops, as the shared store applied them
-//! (`Report::Remote`), brought into this core's memory, and the messages among them delivered to
-//! this server's connections.
+//! (`Report::Remote`), brought into this core's memory; and the messages other servers routed
+//! here (`BusIn::Routed`), delivered to this server's connections.
+//!
+//! Messages do not reach connections through the log: the node that wrote one publishes it, once
+//! the log has acknowledged it, on a subject per recipient account, per room, or for everyone
+//! (ALL), and NATS hands it to the nodes subscribed there, which are those holding a connection it
+//! is for (the subscriptions follow [`BusOut`]). Applying the entry only counts it (backlogs, room
+//! counters). A recipient that had no connection on the writing node has a backlog entry written
+//! with the message; the node that delivers the routed copy clears it, and a node whose account
+//! has just left leaves it there for the next login. Route and log entry travel separately, so
+//! either may come first: the pairs delivered are remembered ([`Routes`]), and a message the index
+//! applied for an account online here whose route never came (published before this node's
+//! subscription reached NATS) is delivered from the index after [`ROUTE_FALLBACK`].
 //!
 //! The rules ran on the server where the command was given; here only their outcome is taken in,
 //! the way the snapshot is taken in at start. Ops that change what this server decides on
@@ -12,19 +23,40 @@
 //! What the records do not say (who kicked, a reason, an ANNOUNCE, a KILL) comes as a
 //! [`Notice`], written first in the entry by the node that ran the command.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use super::out;
 use super::rooms::Room;
 use super::tokens::Token;
-use super::{fan_out, push_to_keys, recipient, Account, BusIn, Core};
-use crate::config::PRESENCE_EXPIRY;
+use super::{fan_out, push_to_keys, recipient, Account, BusIn, BusOut, Core, Job, RouteTo};
+use crate::config::{PRESENCE_EXPIRY, ROUTE_AWAITING, ROUTE_FALLBACK, ROUTE_MEMORY};
+use crate::outbox::Chunk;
 use crate::proto::code::ByeCode;
 use crate::proto::name::{Key, Skeleton};
 use crate::proto::room::RoomKey;
 use crate::proto::server_line::{FriendshipEvent, MessageLine, RoomEvent, ServerLine};
-use crate::store::{FriendState, MessageRecord, Notice, RoomId, StoreOp, To};
+use crate::store::{FriendState, MessageRecord, MsgId, Notice, RoomId, StoreOp, To};
+
+/// What routed delivery remembers on a node of a cluster.
+#[derive(Default)]
+pub(super) struct Routes {
+    /// The rooms this node last asked NATS for (a member online here).
+    watched: HashSet<RoomId>,
+    /// (message, account) pairs delivered here from a route or from the index, at most
+    /// [`ROUTE_MEMORY`]: a second delivery, or a count in the backlog, would be wrong.
+    delivered: BTreeSet<(MsgId, Key)>,
+    /// Messages the index applied with a backlog entry for accounts online here, before their
+    /// route came: delivered from here when `due` passes if the route still has not come.
+    awaiting: VecDeque<Awaiting>,
+}
+
+/// A message waiting for its route (see [`Routes::awaiting`]).
+struct Awaiting {
+    due: i64,
+    msg: MessageRecord,
+    keys: Vec<Key>,
+}
 
 impl Core {
     /// Takes in one op another server of the cluster committed.
@@ -221,6 +253,7 @@ impl Core {
                         }
                     }
                 }
+                self.rewatch(id);
             }
             StoreOp::PutMember { room, user, member } => {
                 let key = Key::from_folded(user);
@@ -235,6 +268,7 @@ impl Core {
                         self.tell(&audience, &name, RoomEvent::Joined { name: &shown }, 0);
                     }
                 }
+                self.rewatch(room);
             }
             StoreOp::RemoveMember { room, user } => {
                 let key = Key::from_folded(user);
@@ -244,6 +278,7 @@ impl Core {
                 if let Some(a) = self.accounts.get_mut(&key) {
                     a.rooms.remove(&room);
                 }
+                self.rewatch(room);
             }
             StoreOp::PutBan { room, user, ban } => {
                 let key = Key::from_folded(user);
@@ -334,6 +369,7 @@ impl Core {
     /// What another node said about who is online there.
     pub(super) fn bus(&mut self, news: BusIn) {
         match news {
+            BusIn::Routed { to, op } => self.routed(to, op),
             BusIn::Presence { node, key, online } => {
                 self.nodes.insert(node.clone(), self.now);
                 let key = Key::from_folded(key);
@@ -416,23 +452,13 @@ impl Core {
         }
     }
 
-    /// A room message another server stored: counted in the room, and delivered to this
-    /// server's connections of the members it reaches.
+    /// A room message another server stored: counted in the room (its route delivers it).
     fn remote_room_message(&mut self, msg: MessageRecord, room: RoomId, seq: u64) {
         let Some(r) = self.rooms.get_mut(&room) else {
             return;
         };
         r.count = r.count.max(seq);
         r.last_id = r.last_id.max(msg.id);
-        let line = out::shared(&ServerLine::Message(MessageLine {
-            id: msg.id,
-            time_ms: msg.time_ms,
-            from: &msg.from,
-            to: recipient(&msg.to),
-            text: &msg.text,
-        }));
-        // No connection of this server sent it: nobody is skipped (connection ids start at 1).
-        self.deliver_to_room(room, msg.id, &Key::of(&msg.from), &line, 0);
     }
 
     /// A friendship edge `a` -> `b` another server changed from `was` to `now`: the notice `b`
@@ -513,69 +539,209 @@ impl Core {
         }
     }
 
-    /// A message another server stored: delivered to this server's connections of its
-    /// recipients. A recipient that has a connection here gets it live; if the other server,
-    /// which could not see that connection, put it in the recipient's backlog, the entry is
-    /// cleared (a later login would show it again otherwise).
+    /// A message another server stored: counted in the backlogs it was kept in (its route
+    /// delivers it). An entry for an account whose route came first is not counted: the node
+    /// cleared it, and the clearing follows in the log. One for an account online here whose
+    /// route has not come yet waits [`ROUTE_FALLBACK`] for it.
     fn remote_message(&mut self, msg: MessageRecord, pending_for: Vec<String>) {
         self.next_id = self.next_id.max(msg.id + 1);
         let sender = Key::of(&msg.from);
-        let line = out::shared(&ServerLine::Message(MessageLine {
-            id: msg.id,
-            time_ms: msg.time_ms,
-            from: &msg.from,
-            to: recipient(&msg.to),
-            text: &msg.text,
-        }));
-        let blockers = self
-            .accounts
-            .get(&sender)
-            .map(|a| a.blocked_by.clone())
-            .unwrap_or_default();
-        let keys: Vec<Key> = match &msg.to {
-            To::User(u) => vec![Key::of(u)],
-            To::Group(g) => {
-                let mut k: Vec<Key> = g.iter().map(|n| Key::of(n)).collect();
-                k.sort();
-                k.dedup();
-                k
-            }
-            To::All => self
-                .online
-                .iter()
-                .filter(|k| **k != sender && !blockers.contains(*k))
-                .cloned()
-                .collect(),
-            To::Room(_) => Vec::new(),
-        };
-        let mut delivered_here = Vec::new();
-        for key in &keys {
-            let reached = fan_out(
-                &self.accounts,
-                &self.conns,
-                &mut self.overflowed,
-                std::iter::once(key),
-                &line,
-                None,
-            );
-            if reached > 0 {
-                delivered_here.push(key.clone());
-            }
-        }
+        let mut waiting = Vec::new();
         for user in pending_for {
             let key = Key::from_folded(user);
-            if delivered_here.contains(&key) {
-                let op = StoreOp::ClearBacklog {
-                    user: key.as_str().to_owned(),
-                    upto: msg.id,
-                };
-                if let Some(a) = self.accounts.get_mut(&key) {
-                    a.inbox = Default::default();
-                }
-                self.store(op, |_, _| {});
-            } else if let Some(a) = self.accounts.get_mut(&key) {
-                a.inbox.add(&sender);
+            if self.routes.delivered.contains(&(msg.id, key.clone())) {
+                continue;
+            }
+            let Some(a) = self.accounts.get_mut(&key) else {
+                continue;
+            };
+            a.inbox.add(&sender);
+            if !a.conns.is_empty() {
+                waiting.push(key);
+            }
+        }
+        if waiting.is_empty() {
+            return;
+        }
+        if self.routes.awaiting.len() >= ROUTE_AWAITING {
+            if let Some(old) = self.routes.awaiting.pop_front() {
+                self.deliver_kept(&old.msg, &old.keys);
+            }
+        }
+        let wait = i64::try_from(ROUTE_FALLBACK.as_millis()).unwrap_or(i64::MAX);
+        self.routes.awaiting.push_back(Awaiting {
+            due: self.now.saturating_add(wait),
+            msg,
+            keys: waiting,
+        });
+    }
+
+    /// A LOGIN's backlog gave these messages (ascending ids) to `key`: neither their route, nor
+    /// the index's application of their entries, gives them again.
+    pub(super) fn replayed(&mut self, key: &Key, ids: &[MsgId]) {
+        if !self.settings.cluster {
+            return;
+        }
+        for id in ids {
+            self.routes.delivered.insert((*id, key.clone()));
+        }
+        while self.routes.delivered.len() > ROUTE_MEMORY {
+            self.routes.delivered.pop_first();
+        }
+        for a in &mut self.routes.awaiting {
+            if ids.binary_search(&a.msg.id).is_ok() {
+                a.keys.retain(|k| k != key);
             }
         }
     }
+
+    /// Delivers the messages whose route did not come in time (see [`Routes::awaiting`]).
+    pub(super) fn route_fallback(&mut self) {
+        while self
+            .routes
+            .awaiting
+            .front()
+            .is_some_and(|a| a.due <= self.now)
+        {
+            let Some(a) = self.routes.awaiting.pop_front() else {
+                break;
+            };
+            self.deliver_kept(&a.msg, &a.keys);
+        }
+    }
+
+    fn deliver_kept(&mut self, msg: &MessageRecord, keys: &[Key]) {
+        let line = message_line(msg);
+        for key in keys {
+            self.deliver_to_account(msg, key, &line, true);
+        }
+    }
+
+    /// A message another node routed here.
+    fn routed(&mut self, to: RouteTo, op: StoreOp) {
+        match (to, op) {
+            (RouteTo::Account(k), StoreOp::AppendMessage { msg, pending_for }) => {
+                let key = Key::from_folded(k);
+                let for_key = match &msg.to {
+                    To::User(u) => Key::of(u) == key,
+                    To::Group(g) => g.iter().any(|n| Key::of(n) == key),
+                    To::All | To::Room(_) => false,
+                };
+                if !for_key {
+                    log::debug!("cluster: a routed message not for {key:?} ignored");
+                    return;
+                }
+                let kept = pending_for.iter().any(|u| u == key.as_str());
+                let line = message_line(&msg);
+                self.deliver_to_account(&msg, &key, &line, kept);
+            }
+            (RouteTo::All, StoreOp::AppendMessage { msg, .. }) if msg.to == To::All => {
+                let sender = Key::of(&msg.from);
+                let blockers = self
+                    .accounts
+                    .get(&sender)
+                    .map(|a| a.blocked_by.clone())
+                    .unwrap_or_default();
+                let line = message_line(&msg);
+                let reached = fan_out(
+                    &self.accounts,
+                    &self.conns,
+                    &mut self.overflowed,
+                    self.online
+                        .iter()
+                        .filter(|k| **k != sender && !blockers.contains(*k)),
+                    &line,
+                    None,
+                );
+                self.settings.metrics.deliveries.add(reached as u64);
+            }
+            (RouteTo::Room(r), StoreOp::AppendRoomMessage { msg, room, .. }) if r == room => {
+                let line = message_line(&msg);
+                // No connection of this server sent it: nobody is skipped (connection ids start
+                // at 1).
+                self.deliver_to_room(room, msg.id, &Key::of(&msg.from), &line, 0);
+            }
+            (to, op) => log::debug!("cluster: a routed op not understood ({to:?}): {op:?}"),
+        }
+    }
+
+    /// Delivers a message to the connections here of `key`, once. If it was `kept` in the
+    /// account's backlog, the entry is cleared; if the account has no connection left here, the
+    /// entry stays for its next login.
+    fn deliver_to_account(&mut self, msg: &MessageRecord, key: &Key, line: &Chunk, kept: bool) {
+        let pair = (msg.id, key.clone());
+        if self.routes.delivered.contains(&pair) {
+            return;
+        }
+        let reached = fan_out(
+            &self.accounts,
+            &self.conns,
+            &mut self.overflowed,
+            std::iter::once(key),
+            line,
+            None,
+        );
+        if reached == 0 {
+            return;
+        }
+        self.settings.metrics.deliveries.add(reached as u64);
+        self.routes.delivered.insert(pair);
+        while self.routes.delivered.len() > ROUTE_MEMORY {
+            self.routes.delivered.pop_first();
+        }
+        if kept {
+            if let Some(a) = self.accounts.get_mut(key) {
+                a.inbox = Default::default();
+            }
+            let op = StoreOp::ClearBacklog {
+                user: key.as_str().to_owned(),
+                upto: msg.id,
+            };
+            self.store(op, |_, _| {});
+        }
+    }
+
+    /// Asks NATS for a room's messages while one of its members is online here, and stops
+    /// asking when none is (or the room is gone). Idempotent: called wherever a membership or
+    /// an account's presence here changes.
+    pub(super) fn rewatch(&mut self, id: RoomId) {
+        if !self.settings.cluster {
+            return;
+        }
+        let want = self
+            .rooms
+            .get(&id)
+            .is_some_and(|r| r.members.keys().any(|k| self.online.contains(k)));
+        let changed = if want {
+            self.routes.watched.insert(id)
+        } else {
+            self.routes.watched.remove(&id)
+        };
+        if changed {
+            self.jobs.push(Job::Bus(BusOut::Room { id, watch: want }));
+        }
+    }
+
+    /// [`rewatch`](Self::rewatch) for every room of `key`.
+    pub(super) fn rewatch_rooms_of(&mut self, key: &Key) {
+        let rooms: Vec<RoomId> = self
+            .accounts
+            .get(key)
+            .map(|a| a.rooms.iter().copied().collect())
+            .unwrap_or_default();
+        for id in rooms {
+            self.rewatch(id);
+        }
+    }
+}
+
+/// A message's `MESSAGE` line.
+fn message_line(msg: &MessageRecord) -> Chunk {
+    out::shared(&ServerLine::Message(MessageLine {
+        id: msg.id,
+        time_ms: msg.time_ms,
+        from: &msg.from,
+        to: recipient(&msg.to),
+        text: &msg.text,
+    }))
 }

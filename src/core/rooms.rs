@@ -438,6 +438,7 @@ impl Core {
             a.rooms.insert(id);
             a.invited.remove(&id);
         }
+        self.rewatch(id);
         let summary = match self.rooms.get(&id) {
             Some(r) => self.summary(r, &me),
             None => return,
@@ -508,6 +509,7 @@ impl Core {
         if let Some(a) = self.accounts.get_mut(&me) {
             a.rooms.insert(id);
         }
+        self.rewatch(id);
         log::info!("{} created {name}", self.shown(&me));
         let summary = match self.rooms.get(&id) {
             Some(r) => self.summary(r, &me),
@@ -620,6 +622,7 @@ impl Core {
                 if let Some(a) = self.accounts.get_mut(&me) {
                     a.rooms.remove(&id);
                 }
+                self.rewatch(id);
                 let op = StoreOp::RemoveMember {
                     room: id,
                     user: key_str,
@@ -957,6 +960,7 @@ impl Core {
                 a.invited.remove(&id);
             }
         }
+        self.rewatch(id);
         let audience = room.audience();
         let by = self.shown(&me);
         log::info!("{by} deleted {}", room.name);
@@ -1032,6 +1036,7 @@ impl Core {
         };
         let mut rooms: Vec<RoomId> = std::mem::take(&mut acct.rooms).into_iter().collect();
         rooms.sort_unstable();
+        let watched = rooms.clone();
         let invited = std::mem::take(&mut acct.invited);
         let mut ops = Vec::new();
         let mut left = Vec::new();
@@ -1090,6 +1095,9 @@ impl Core {
         }
         for room in self.rooms.values_mut() {
             room.bans.remove(me);
+        }
+        for id in watched {
+            self.rewatch(id);
         }
         let told = left
             .into_iter()

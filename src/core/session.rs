@@ -469,6 +469,8 @@ impl Core {
             user: key.as_str().to_owned(),
             upto,
         };
+        // In a cluster, what the backlog gives is not pushed again when its route comes.
+        self.replayed(&key, &msgs);
         // Then the messages go out part by part as the client reads them, and the stream's end
         // (BACKLOG-END) completes the login.
         self.store(clear, move |core, _| {

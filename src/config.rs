@@ -272,16 +272,25 @@ pub const CLUSTER_APPLY_BATCH: usize = 1024;
 /// Cluster mode: how long a write waits for its own acknowledged entries to come back through the
 /// log before it counts as failed (and is tried again, with the same entry ids).
 pub const CLUSTER_LOG_WAIT: Duration = Duration::from_secs(10);
-/// Cluster mode: how often a node sends its full list of online accounts to the others (changes
-/// go out at once; the list makes up for a change lost while NATS was unreachable, and says the
-/// node is alive).
+/// Cluster mode: how often a node writes its heartbeat (and tries again the presence entries it
+/// could not write).
 pub const PRESENCE_REFRESH: Duration = Duration::from_secs(2);
-/// Cluster mode: a node not heard from for this long is taken for dead, and its users offline.
+/// Cluster mode: a node whose last heartbeat is this old is taken for dead, and its users offline
+/// (also the heartbeat bucket's maximum age).
 pub const PRESENCE_EXPIRY: Duration = Duration::from_secs(6);
-/// Cluster mode: most account keys in one presence list message.
-pub const PRESENCE_LIST_CHUNK: usize = 500;
-/// Cluster mode: presence changes waiting for the NATS thread; past it a change is dropped (the
-/// next full list carries it).
+/// Cluster mode: the maximum age of an entry of the presence bucket. A node writes an entry when
+/// one of its accounts comes online and deletes it when it goes offline; a crashed node's entries
+/// (and the delete markers) leave the bucket after this long, and a node forgets a dead node this
+/// long after its last heartbeat.
+pub const PRESENCE_ENTRY_AGE: Duration = Duration::from_secs(3600);
+/// Cluster mode: a node writes again each of its presence entries this long after it last wrote
+/// it, so that an account online longer than [`PRESENCE_ENTRY_AGE`] keeps its entry.
+pub const PRESENCE_RENEW: Duration = Duration::from_secs(1800);
+/// Cluster mode: at start, how long a node waits to have read the presence buckets before it
+/// serves (past it, it serves, and the rest of the presence comes in meanwhile).
+pub const PRESENCE_START_WAIT: Duration = Duration::from_secs(5);
+/// Cluster mode: words waiting between the core and the NATS thread, each way (presence changes
+/// and subscriptions out, presence and routed messages in).
 pub const CLUSTER_BUS_QUEUE: usize = 4096;
 /// Cluster mode: (message, account) pairs a node remembers having delivered by route, so that a
 /// second copy, or the log entry applied after the route came, is not delivered or counted again;

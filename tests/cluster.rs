@@ -640,6 +640,66 @@ fn friends_and_presence_cross_nodes() {
 }
 
 #[test]
+fn presence_is_read_at_once_by_a_node_that_starts_later_and_a_killed_nodes_users_go_offline() {
+    if !have_nats(
+        "presence_is_read_at_once_by_a_node_that_starts_later_and_a_killed_nodes_users_go_offline",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (nats, mut nodes) = cluster(dir.path());
+    let [alice, bob] = [unique("alice"), unique("bob")];
+    nodes[0].connect().register(&alice);
+    nodes[1].connect().register(&bob);
+    let (mut a, _) = login_on(&mut nodes[0], &alice);
+    let (mut b, _) = login_on(&mut nodes[1], &bob);
+    assert!(a
+        .call1(&format!("FRIEND ADD {bob}"))
+        .starts_with("OK FRIEND ADD"));
+    assert_eq!(b.read_line(), format!("FRIENDSHIP {alice} REQUESTED"));
+    let reply = b.call(&format!("FRIEND ACCEPT {alice}"));
+    assert!(
+        reply.iter().any(|l| l.starts_with("OK FRIEND ACCEPT")),
+        "{reply:?}"
+    );
+    a.read_until(|l| *l == format!("PRESENCE {bob} ONLINE"));
+
+    // A node started now knows at once who is online on the others: alice, logging in there
+    // right away, is told bob is online (he is on node 1).
+    let late = Node::start(&nats, dir.path(), 3);
+    let mut a3 = late.connect();
+    let told = a3.login(&alice);
+    println!("alice, logging in on a node started just now, is told: {told:?}");
+    assert!(told.contains(&format!("PRESENCE {bob} ONLINE")), "{told:?}");
+
+    // bob's node is killed: it deletes nothing, and its entry stays in the presence bucket; once
+    // its heartbeat is older than 6 s, every node shows bob offline.
+    let killed = Instant::now();
+    nodes.remove(1).server.crash();
+    a.read_until(|l| *l == format!("PRESENCE {bob} OFFLINE"));
+    println!(
+        "bob shown offline {:?} after his node was killed",
+        killed.elapsed()
+    );
+    a3.read_until(|l| *l == format!("PRESENCE {bob} OFFLINE"));
+    drop(b);
+
+    // A node started after that reads bob's entry, left by the dead node, and does not count it.
+    let later = Node::start(&nats, dir.path(), 4);
+    let mut a4 = later.connect();
+    let told = a4.login(&alice);
+    println!("alice, logging in on a node started after the kill, is told: {told:?}");
+    assert!(
+        told.contains(&format!("PRESENCE {bob} OFFLINE")),
+        "{told:?}"
+    );
+    // bob logs in again (on node 0): everyone sees him online.
+    let (_b0, _) = login_on(&mut nodes[0], &bob);
+    a4.read_until(|l| *l == format!("PRESENCE {bob} ONLINE"));
+    a3.read_until(|l| *l == format!("PRESENCE {bob} ONLINE"));
+}
+
+#[test]
 fn rooms_cross_nodes() {
     if !have_nats("rooms_cross_nodes") {
         return;

@@ -46,7 +46,8 @@ use futures_lite::future;
 
 use crate::config::{
     CLUSTER_APPLY_BATCH, CLUSTER_BUS_QUEUE, CLUSTER_FEED_QUEUE, CLUSTER_LOG_WAIT,
-    CLUSTER_REQUEST_QUEUE, CLUSTER_START_TRIES, PRESENCE_LIST_CHUNK, PRESENCE_REFRESH,
+    CLUSTER_REQUEST_QUEUE, CLUSTER_START_TRIES, PRESENCE_ENTRY_AGE, PRESENCE_EXPIRY,
+    PRESENCE_REFRESH, PRESENCE_RENEW, PRESENCE_START_WAIT,
 };
 use crate::core::{BusIn, BusOut, RouteTo};
 use crate::store::oplog::{decode_op, encode_op};
@@ -111,8 +112,12 @@ pub struct Bus {
     pub inbound: Receiver<BusIn>,
 }
 
-/// The subject presence travels on.
-pub const PRESENCE_SUBJECT: &str = "chatd.presence";
+/// The KV bucket of the nodes' heartbeats (key: the node's name), whose entries live
+/// [`PRESENCE_EXPIRY`].
+pub const NODES_BUCKET: &str = "CHATD_NODES";
+/// The KV bucket of presence entries: `<account key>.<node>` while the account has a connection
+/// on that node (see [`PRESENCE_ENTRY_AGE`]).
+pub const PRESENCE_BUCKET: &str = "CHATD_PRESENCE";
 /// Routed messages for one account: this prefix and the account key.
 pub const ROUTE_ACCOUNT: &str = "chatd.to.";
 /// Routed messages for one room's members: this prefix and the room number.
@@ -597,7 +602,7 @@ fn spawn_nats(opts: ClusterOptions, node: String) -> Result<Started, StoreError>
 /// The tokio side. Nothing here knows the core or the store's tables.
 mod nats {
     use super::*;
-    use async_nats::jetstream::{self, consumer, context::PublishErrorKind, stream};
+    use async_nats::jetstream::{self, consumer, context::PublishErrorKind, kv, stream};
     use futures_util::StreamExt;
 
     /// The presence bus (to and from the node) and the "read the log again" channel.
@@ -658,20 +663,6 @@ mod nats {
                 return;
             }
         };
-        let presence_sub = match client.subscribe(PRESENCE_SUBJECT).await {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = ready.send(Err(format!("cannot subscribe to presence: {e}")));
-                return;
-            }
-        };
-        tokio::spawn(presence(
-            client.clone(),
-            node.clone(),
-            bus_out,
-            bus_in,
-            presence_sub,
-        ));
         let js = jetstream::new(client.clone());
         let config = stream::Config {
             name: STREAM.to_owned(),
@@ -706,6 +697,50 @@ mod nats {
             }
         };
         tokio::spawn(read_log(log, feed, nudge, reconnected));
+        let replicas = opts.replicas.max(1);
+        let beats = match bucket(&js, NODES_BUCKET, PRESENCE_EXPIRY, replicas).await {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        };
+        let entries = match bucket(&js, PRESENCE_BUCKET, PRESENCE_ENTRY_AGE, replicas).await {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        };
+        // The presence the buckets hold now is read before the node serves: a user who logs in
+        // at once sees their friends as they are.
+        let (read_tx, read_rx) = tokio::sync::mpsc::channel::<()>(2);
+        tokio::spawn(watch_beats(
+            beats.clone(),
+            node.clone(),
+            bus_in.clone(),
+            read_tx.clone(),
+        ));
+        tokio::spawn(watch_entries(
+            entries.clone(),
+            node.clone(),
+            bus_in.clone(),
+            read_tx,
+        ));
+        let mut read_rx = read_rx;
+        let _ = tokio::time::timeout(PRESENCE_START_WAIT, async {
+            for _ in 0..2 {
+                read_rx.recv().await;
+            }
+        })
+        .await;
+        tokio::spawn(presence(
+            client.clone(),
+            node.clone(),
+            bus_out,
+            bus_in,
+            (beats, entries),
+        ));
         let _ = ready.send(Ok(last));
         while let Ok(req) = requests.recv().await {
             let _ = req
@@ -792,26 +827,198 @@ mod nats {
         }
     }
 
-    /// Presence and routing: this node's changes out at once (and its subscriptions changed),
-    /// its full list every [`PRESENCE_REFRESH`], and the other nodes' words in. Lines:
-    /// `ON <node> <key>`, `OFF <node> <key>`, `LIST <node> <1|0> <key>...` (1: the first part
-    /// of a new list).
+    /// Opens a KV bucket, making it if it is not there (the first node to start makes it). The
+    /// bucket's stream is made here with the settings of a KV bucket (`KV_<name>`, subjects
+    /// `$KV.<name>.>`, the last value per key kept, roll-ups allowed, direct gets), because
+    /// async-nats 0.51's `create_key_value` first reads the account's JetStream limits in a form
+    /// nats-server 2.9 does not answer.
+    async fn bucket(
+        js: &jetstream::Context,
+        name: &str,
+        max_age: Duration,
+        replicas: usize,
+    ) -> Result<kv::Store, String> {
+        let config = stream::Config {
+            name: format!("KV_{name}"),
+            subjects: vec![format!("$KV.{name}.>")],
+            max_messages_per_subject: 1,
+            max_age,
+            // No longer than the entries live (the server refuses it otherwise).
+            duplicate_window: max_age.min(Duration::from_secs(120)),
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        };
+        js.get_or_create_stream(config)
+            .await
+            .map_err(|e| format!("cannot open the bucket {name}: {e}"))?;
+        js.get_key_value(name)
+            .await
+            .map_err(|e| format!("cannot open the bucket {name}: {e}"))
+    }
+
+    /// Milliseconds since the epoch, by this machine's clock.
+    fn now_ms() -> i128 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i128)
+    }
+
+    /// Whether the bucket holds nothing yet (then there is no history to wait for).
+    async fn is_empty(kv: &kv::Store) -> bool {
+        match kv.status().await {
+            Ok(st) => st.values() == 0,
+            Err(_) => true,
+        }
+    }
+
+    /// Reads the other nodes' heartbeats, those in the bucket first, and tells the core each
+    /// one's age (the clocks of the machines are taken to agree within a second or so). `read`
+    /// is told once the bucket's history is read. Starts again after an error.
+    async fn watch_beats(
+        kv: kv::Store,
+        node: String,
+        inbound: Sender<BusIn>,
+        read: tokio::sync::mpsc::Sender<()>,
+    ) {
+        let mut read = Some(read);
+        loop {
+            if is_empty(&kv).await {
+                if let Some(r) = read.take() {
+                    let _ = r.send(()).await;
+                }
+            }
+            match kv.watch_with_history(">").await {
+                Ok(mut w) => {
+                    while let Some(e) = w.next().await {
+                        let Ok(e) = e else { break };
+                        if e.delta == 0 {
+                            if let Some(r) = read.take() {
+                                let _ = r.send(()).await;
+                            }
+                        }
+                        if e.operation != kv::Operation::Put || e.key == node {
+                            continue;
+                        }
+                        let created = e.created.unix_timestamp_nanos() / 1_000_000;
+                        let age_ms = i64::try_from(now_ms() - created).unwrap_or(i64::MAX);
+                        let alive = BusIn::Alive {
+                            node: e.key,
+                            age_ms,
+                        };
+                        if inbound.send(alive).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => log::warn!("cannot read the heartbeats ({e}); trying again"),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Reads the presence entries (`<account key>.<node>`), those in the bucket first, and tells
+    /// the core each change: a value is "online there", a delete "offline there". `read` is
+    /// told once the bucket's history is read. Starts again after an error.
+    async fn watch_entries(
+        kv: kv::Store,
+        node: String,
+        inbound: Sender<BusIn>,
+        read: tokio::sync::mpsc::Sender<()>,
+    ) {
+        let mut read = Some(read);
+        loop {
+            if is_empty(&kv).await {
+                if let Some(r) = read.take() {
+                    let _ = r.send(()).await;
+                }
+            }
+            match kv.watch_with_history(">").await {
+                Ok(mut w) => {
+                    while let Some(e) = w.next().await {
+                        let Ok(e) = e else { break };
+                        if e.delta == 0 {
+                            if let Some(r) = read.take() {
+                                let _ = r.send(()).await;
+                            }
+                        }
+                        let Some((key, there)) = e.key.rsplit_once('.') else {
+                            continue;
+                        };
+                        if there == node {
+                            continue;
+                        }
+                        let news = BusIn::Presence {
+                            node: there.to_owned(),
+                            key: key.to_owned(),
+                            online: e.operation == kv::Operation::Put,
+                        };
+                        if inbound.send(news).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => log::warn!("cannot read the presence entries ({e}); trying again"),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// One of this node's presence entries, as it should be and as it was last written.
+    struct Local {
+        online: bool,
+        /// When the bucket last took it as it is now (`None`: not yet).
+        written: Option<tokio::time::Instant>,
+        /// A write of it is in flight.
+        writing: bool,
+    }
+
+    /// Presence and routing, this node's side: the subscriptions changed at once as the core's
+    /// words say; the presence entries written (an account's first connection here) and deleted
+    /// (its last one gone), each in a task of its own so that a slow or unreachable NATS never
+    /// holds up the words behind; the heartbeat every [`PRESENCE_REFRESH`], when the entries
+    /// that could not be written are tried again and those older than [`PRESENCE_RENEW`] written
+    /// again.
     async fn presence(
         client: async_nats::Client,
         node: String,
         out: Receiver<BusOut>,
         inbound: Sender<BusIn>,
-        mut sub: async_nats::Subscriber,
+        (beats, entries): (kv::Store, kv::Store),
     ) {
-        let mut local: std::collections::BTreeSet<String> = Default::default();
         let mut refresh = tokio::time::interval(PRESENCE_REFRESH);
         let mut follows = Follows {
-            client: client.clone(),
+            client,
             node: node.clone(),
-            inbound: inbound.clone(),
+            inbound,
             tasks: HashMap::new(),
         };
         follows.set(ROUTE_ALL.to_owned(), RouteTo::All, true);
+        // One entry per account online here (or just gone offline, until its delete is taken):
+        // bounded by the accounts online here, and so are the writes in flight and their answers.
+        let mut local: HashMap<String, Local> = HashMap::new();
+        let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel::<(String, bool, bool)>();
+        let write = |key: &str, online: bool, local: &mut HashMap<String, Local>| {
+            let Some(l) = local.get_mut(key) else { return };
+            if l.writing {
+                return;
+            }
+            l.writing = true;
+            let (kv, name, key) = (entries.clone(), format!("{key}.{node}"), key.to_owned());
+            let done = done_tx.clone();
+            tokio::spawn(async move {
+                let ok = if online {
+                    kv.put(&name, bytes::Bytes::new()).await.is_ok()
+                } else {
+                    kv.delete(&name).await.is_ok()
+                };
+                let _ = done.send((key, online, ok));
+            });
+        };
         loop {
             tokio::select! {
                 said = out.recv() => {
@@ -824,70 +1031,51 @@ mod nats {
                         Ok(BusOut::Presence { key, online }) => (key, online),
                     };
                     follows.set(account_subject(&key), RouteTo::Account(key.clone()), online);
-                    let word = if online {
-                        local.insert(key.clone());
-                        "ON"
-                    } else {
+                    let l = local.entry(key.clone()).or_insert(Local {
+                        online,
+                        written: None,
+                        writing: false,
+                    });
+                    l.online = online;
+                    l.written = None;
+                    write(&key, online, &mut local);
+                }
+                Some((key, online, ok)) = done.recv() => {
+                    let Some(l) = local.get_mut(&key) else { continue };
+                    l.writing = false;
+                    if l.online != online {
+                        // Changed while it was being written: write it as it is now.
+                        let now = l.online;
+                        write(&key, now, &mut local);
+                    } else if ok && !online {
                         local.remove(&key);
-                        "OFF"
-                    };
-                    let line = format!("{word} {node} {key}");
-                    // Lost while NATS is unreachable: the next list says it again.
-                    let _ = client.publish(PRESENCE_SUBJECT, line.into()).await;
+                    } else if ok {
+                        l.written = Some(tokio::time::Instant::now());
+                    }
+                    // Not taken: tried again at the next heartbeat.
                 }
                 _ = refresh.tick() => {
-                    let keys: Vec<&String> = local.iter().collect();
-                    let mut parts = keys.chunks(PRESENCE_LIST_CHUNK);
-                    let first = parts.next().unwrap_or(&[]);
-                    let mut lines = vec![list_line(&node, true, first)];
-                    lines.extend(parts.map(|p| list_line(&node, false, p)));
-                    for line in lines {
-                        let _ = client.publish(PRESENCE_SUBJECT, line.into()).await;
-                    }
-                }
-                heard = sub.next() => {
-                    let Some(m) = heard else { return };
-                    let Ok(text) = std::str::from_utf8(&m.payload) else { continue };
-                    let Some(news) = parse_presence(text) else {
-                        log::debug!("presence: a line not understood: {text:?}");
-                        continue;
-                    };
-                    let from = match &news {
-                        BusIn::Presence { node, .. } | BusIn::List { node, .. } => node,
-                        BusIn::Routed { .. } => continue,
-                    };
-                    if *from != node && inbound.send(news).await.is_err() {
-                        return;
+                    let beats = beats.clone();
+                    let me = node.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = beats.put(&me, bytes::Bytes::new()).await {
+                            log::debug!("cannot write the heartbeat: {e}");
+                        }
+                    });
+                    let now = tokio::time::Instant::now();
+                    let due: Vec<(String, bool)> = local
+                        .iter()
+                        .filter(|(_, l)| {
+                            !l.writing
+                                && l.written.is_none_or(|w| l.online && now - w >= PRESENCE_RENEW)
+                        })
+                        .map(|(k, l)| (k.clone(), l.online))
+                        .collect();
+                    for (key, online) in due {
+                        write(&key, online, &mut local);
                     }
                 }
             }
-        }
-    }
-
-    fn list_line(node: &str, first: bool, keys: &[&String]) -> String {
-        let mut line = format!("LIST {node} {}", u8::from(first));
-        for k in keys {
-            line.push(' ');
-            line.push_str(k);
-        }
-        line
-    }
-
-    fn parse_presence(text: &str) -> Option<BusIn> {
-        let mut words = text.split(' ');
-        let (word, node) = (words.next()?, words.next()?.to_owned());
-        match word {
-            "ON" | "OFF" => Some(BusIn::Presence {
-                node,
-                key: words.next()?.to_owned(),
-                online: word == "ON",
-            }),
-            "LIST" => Some(BusIn::List {
-                node,
-                first: words.next()? == "1",
-                keys: words.filter(|k| !k.is_empty()).map(str::to_owned).collect(),
-            }),
-            _ => None,
         }
     }
 

@@ -217,8 +217,9 @@ pub enum Job {
     Read(Ticket, ReadOp),
     /// A password hash for the hashing pool.
     Hash(Ticket, HashTask),
-    /// A word for the other servers of a cluster (only with [`Settings::cluster`]); it may be
-    /// lost (the bus is not the log), and a periodic full list makes up for it.
+    /// A word for the other servers of a cluster (only with [`Settings::cluster`]): presence, and
+    /// the subscriptions to routed messages. The NATS thread takes each at once; one is lost
+    /// (and logged) only if that thread is stuck.
     Bus(BusOut),
 }
 
@@ -263,13 +264,8 @@ pub enum BusIn {
         key: String,
         online: bool,
     },
-    /// Part of `node`'s full list of online accounts; `first` starts a new list (the accounts of
-    /// the old one not in the new one are offline there). It also says the node is alive.
-    List {
-        node: String,
-        first: bool,
-        keys: Vec<String>,
-    },
+    /// `node`'s heartbeat, written `age_ms` ago: the node is alive (if that is recent enough).
+    Alive { node: String, age_ms: i64 },
     /// A message another node committed to the log (the op as the log holds it, with its id),
     /// routed here because this node holds a connection it is for. It may come before or after
     /// the node's index applies the same entry.
@@ -504,8 +500,8 @@ pub struct Core {
     online: BTreeSet<Key>,
     /// In a cluster: accounts online on other nodes, and on which.
     remote_online: BTreeMap<Key, HashSet<String>>,
-    /// In a cluster: the other nodes heard from, and when last (their lists expire).
-    nodes: HashMap<String, i64>,
+    /// In a cluster: the other nodes, their heartbeats and the accounts they say are online there.
+    nodes: HashMap<String, remote::NodeSeen>,
     /// In a cluster: routed delivery (see `remote`).
     routes: remote::Routes,
     /// Connections compressed now (COMPRESS), against `Limits::max_compressed`.

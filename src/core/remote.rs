@@ -30,13 +30,42 @@ use super::out;
 use super::rooms::Room;
 use super::tokens::Token;
 use super::{fan_out, push_to_keys, recipient, Account, BusIn, BusOut, Core, Job, RouteTo};
-use crate::config::{PRESENCE_EXPIRY, ROUTE_AWAITING, ROUTE_FALLBACK, ROUTE_MEMORY};
+use crate::config::{
+    PRESENCE_ENTRY_AGE, PRESENCE_EXPIRY, ROUTE_AWAITING, ROUTE_FALLBACK, ROUTE_MEMORY,
+};
 use crate::outbox::Chunk;
 use crate::proto::code::ByeCode;
 use crate::proto::name::{Key, Skeleton};
 use crate::proto::room::RoomKey;
 use crate::proto::server_line::{FriendshipEvent, MessageLine, RoomEvent, ServerLine};
 use crate::store::{FriendState, MessageRecord, MsgId, Notice, RoomId, StoreOp, To};
+
+/// Another node of a cluster, as this one knows it: its heartbeat (`beat`, in this core's clock),
+/// whether that makes it alive, and the accounts its presence entries say are online there. The
+/// entries count only while the node is alive: a crashed node's entries stay in the bucket, and a
+/// node that starts reads them before or after the heartbeats, in any order.
+pub(super) struct NodeSeen {
+    /// When this node first heard of it.
+    since: i64,
+    beat: Option<i64>,
+    alive: bool,
+    claims: BTreeSet<Key>,
+}
+
+impl NodeSeen {
+    fn new(now: i64) -> NodeSeen {
+        NodeSeen {
+            since: now,
+            beat: None,
+            alive: false,
+            claims: BTreeSet::new(),
+        }
+    }
+}
+
+fn expiry_ms() -> i64 {
+    i64::try_from(PRESENCE_EXPIRY.as_millis()).unwrap_or(i64::MAX)
+}
 
 /// What routed delivery remembers on a node of a cluster.
 #[derive(Default)]
@@ -366,59 +395,73 @@ impl Core {
         }
     }
 
-    /// What another node said about who is online there.
+    /// What another node said about who is online there, or routed here.
     pub(super) fn bus(&mut self, news: BusIn) {
         match news {
             BusIn::Routed { to, op } => self.routed(to, op),
+            BusIn::Alive { node, age_ms } => {
+                let beat = self.now.saturating_sub(age_ms.max(0));
+                let now = self.now;
+                let seen = self
+                    .nodes
+                    .entry(node.clone())
+                    .or_insert_with(|| NodeSeen::new(now));
+                seen.beat = Some(seen.beat.map_or(beat, |b| b.max(beat)));
+                if seen.alive || now.saturating_sub(beat) > expiry_ms() {
+                    return;
+                }
+                seen.alive = true;
+                let keys: Vec<Key> = seen.claims.iter().cloned().collect();
+                for k in keys {
+                    self.remote_on(&node, k);
+                }
+            }
             BusIn::Presence { node, key, online } => {
-                self.nodes.insert(node.clone(), self.now);
                 let key = Key::from_folded(key);
+                let now = self.now;
+                let seen = self
+                    .nodes
+                    .entry(node.clone())
+                    .or_insert_with(|| NodeSeen::new(now));
+                if online {
+                    seen.claims.insert(key.clone());
+                } else {
+                    seen.claims.remove(&key);
+                }
+                // A node not (or no longer) alive: its entry counts if its heartbeat comes.
+                if !seen.alive {
+                    return;
+                }
                 if online {
                     self.remote_on(&node, key);
                 } else {
                     self.remote_off(&node, &key);
                 }
             }
-            BusIn::List { node, first, keys } => {
-                self.nodes.insert(node.clone(), self.now);
-                let keys: HashSet<Key> = keys.into_iter().map(Key::from_folded).collect();
-                if first {
-                    let gone: Vec<Key> = self
-                        .remote_online
-                        .iter()
-                        .filter(|(k, nodes)| nodes.contains(&node) && !keys.contains(*k))
-                        .map(|(k, _)| k.clone())
-                        .collect();
-                    for k in gone {
-                        self.remote_off(&node, &k);
-                    }
-                }
-                for k in keys {
-                    self.remote_on(&node, k);
-                }
-            }
         }
     }
 
-    /// Forgets the lists of the nodes not heard from for [`PRESENCE_EXPIRY`]: a node that died
-    /// without a word has its users offline after that long.
+    /// Takes the nodes whose last heartbeat is older than [`PRESENCE_EXPIRY`] for dead: a node
+    /// that died without a word has its users offline after that long. A dead node is forgotten
+    /// [`PRESENCE_ENTRY_AGE`] after it was last heard of (its entries have left the bucket by
+    /// then).
     pub(super) fn expire_nodes(&mut self) {
-        let expiry = i64::try_from(PRESENCE_EXPIRY.as_millis()).unwrap_or(i64::MAX);
-        let dead: Vec<String> = self
-            .nodes
-            .iter()
-            .filter(|(_, heard)| self.now.saturating_sub(**heard) > expiry)
-            .map(|(n, _)| n.clone())
-            .collect();
-        for node in dead {
-            log::warn!("cluster: node {node} not heard from; its users are offline");
-            self.nodes.remove(&node);
-            let keys: Vec<Key> = self
-                .remote_online
-                .iter()
-                .filter(|(_, nodes)| nodes.contains(&node))
-                .map(|(k, _)| k.clone())
-                .collect();
+        let (now, expiry) = (self.now, expiry_ms());
+        let forget = i64::try_from(PRESENCE_ENTRY_AGE.as_millis()).unwrap_or(i64::MAX);
+        let mut dead = Vec::new();
+        self.nodes.retain(|node, seen| {
+            let last = seen.beat.unwrap_or(seen.since).max(seen.since);
+            if seen.alive && seen.beat.is_none_or(|b| now.saturating_sub(b) > expiry) {
+                seen.alive = false;
+                dead.push((
+                    node.clone(),
+                    seen.claims.iter().cloned().collect::<Vec<_>>(),
+                ));
+            }
+            seen.alive || now.saturating_sub(last) <= forget
+        });
+        for (node, keys) in dead {
+            log::warn!("cluster: node {node}'s heartbeat is too old; its users are offline");
             for k in keys {
                 self.remote_off(&node, &k);
             }

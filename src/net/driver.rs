@@ -107,10 +107,13 @@ pub(super) async fn core_loop(
                         return Err(ServerError::Internal("the hashing queue overflowed"));
                     }
                 }
-                // Never waits: a word lost here is repeated by the node's next full list.
+                // Never waits: the NATS thread takes each word without waiting on NATS, so the
+                // queue fills only if that thread is stuck; a word lost then is logged.
                 Job::Bus(word) => {
                     if let Some(bus) = &bus {
-                        let _ = bus.try_send(word);
+                        if let Err(e) = bus.try_send(word) {
+                            log::error!("cluster: the NATS thread is not keeping up; lost {e:?}");
+                        }
                     }
                 }
             }

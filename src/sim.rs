@@ -13,7 +13,7 @@ use crate::config::{
     IRC_MAX_INPUT_BYTES, MAX_INFLIGHT_PER_CONNECTION, MAX_LINE_BYTES, OUTBOX_LIMIT_BYTES,
 };
 use crate::core::entropy::Entropy;
-use crate::core::{ConnId, Core, Event, Input, Job, Limits, Policy, Settings};
+use crate::core::{BusIn, BusOut, ConnId, Core, Event, Input, Job, Limits, Policy, Settings};
 use crate::irc::{Effects, Session};
 use crate::outbox::Outbox;
 use crate::peer::Peer;
@@ -50,6 +50,9 @@ pub struct Sim {
     restarts: u64,
     /// Store jobs held since a write failed, in order (see [`Sim::retry_store`]).
     held: Vec<StoreJob>,
+    /// A node of a cluster ([`Sim::cluster_node`]): the words its core said to the other nodes,
+    /// not yet taken.
+    bus: Option<Vec<BusOut>>,
 }
 
 impl Default for Sim {
@@ -93,7 +96,59 @@ impl Sim {
             jobs: Vec::new(),
             restarts: 0,
             held: Vec::new(),
+            bus: None,
         }
+    }
+
+    /// A node of a cluster, with an empty in-memory store standing for its index: what the other
+    /// nodes do comes in by [`Sim::index`], [`Sim::report_remote`] and [`Sim::bus_in`], and what
+    /// its core tells them goes out to [`Sim::take_bus`]. Message ids stay the core's own (the
+    /// memory store does not answer `Appended`).
+    pub fn cluster_node() -> Sim {
+        let (store, snapshot) = MemoryStore::new();
+        let hasher = Hasher::new(4, 8, 1).expect("cheap scrypt parameters are valid");
+        let mut settings = Sim::settings(&hasher, 0, Limits::default());
+        settings.cluster = true;
+        let mut sim = Sim::build(Backing::Memory(store), snapshot, Limits::default());
+        sim.core = Core::new(sim.store_snapshot(), settings);
+        sim.hasher = hasher;
+        sim.bus = Some(Vec::new());
+        sim
+    }
+
+    fn store_snapshot(&self) -> Snapshot {
+        match &self.store {
+            Backing::Memory(m) => m.snapshot(),
+            Backing::Other(_) => Snapshot::default(),
+        }
+    }
+
+    /// The words the core of a [`Sim::cluster_node`] said to the other nodes since the last call.
+    pub fn take_bus(&mut self) -> Vec<BusOut> {
+        self.bus.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// What the other nodes say or route to this one, handed to the core; then the server runs
+    /// until it is idle.
+    pub fn bus_in(&mut self, news: BusIn) {
+        self.event(Event::Bus(news));
+        self.settle();
+    }
+
+    /// Ops another node wrote, applied to this node's store (its index), as the cluster's log
+    /// reader applies them before it tells the core ([`Sim::report_remote`]).
+    pub fn index(&mut self, ops: &[StoreOp]) {
+        self.store
+            .get_mut()
+            .write(ops)
+            .expect("the in-memory store takes the ops");
+    }
+
+    /// Tells the core of ops another node wrote (already in the index, see [`Sim::index`]); then
+    /// the server runs until it is idle.
+    pub fn report_remote(&mut self, ops: Vec<StoreOp>) {
+        self.event(Event::Store(Report::Remote(ops)));
+        self.settle();
     }
 
     fn settings(hasher: &Hasher, restarts: u64, limits: Limits) -> Settings {
@@ -408,8 +463,11 @@ impl Sim {
                 Job::Store(s) => batch.push(s),
                 Job::Read(t, r) => fresh.push((t, r)),
                 Job::Hash(t, h) => hashes.push((t, h)),
-                // A simulated server is never a node of a cluster.
-                Job::Bus(_) => {}
+                Job::Bus(word) => {
+                    if let Some(bus) = &mut self.bus {
+                        bus.push(word);
+                    }
+                }
             }
         }
         if !fresh.is_empty() {

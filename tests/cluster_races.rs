@@ -9,6 +9,7 @@
 //! subscribed; a crashed node's users shown online for ever, or a live node's entries ignored
 //! because they came before its heartbeat; a subscription kept after its last reason went.
 
+use chatd::config::{PRESENCE_EXPIRY, ROUTE_FALLBACK};
 use chatd::core::{BusIn, BusOut, RouteTo};
 use chatd::sim::{Sim, EPOCH_MS};
 use chatd::store::{MessageRecord, StoreOp, To};
@@ -117,9 +118,11 @@ fn a_kept_message_whose_route_never_comes_is_pushed_from_the_index_after_a_secon
     let op = message(1000, "route lost");
     s.index(std::slice::from_ref(&op));
     s.report_remote(vec![op]);
-    s.tick(900);
+    // The boundary: pushed once the wait is over, not a tick before.
+    let wait = ROUTE_FALLBACK.as_millis() as i64;
+    s.tick(wait - 1);
     assert_eq!(pushed_messages(&mut s, "bob"), Vec::<String>::new());
-    s.tick(200);
+    s.tick(1);
     assert_eq!(
         pushed_messages(&mut s, "bob"),
         ["MESSAGE 1000 2026-01-01T00:00:00.000Z alice bob route lost"]
@@ -274,10 +277,12 @@ fn another_nodes_entries_count_while_its_heartbeat_is_fresh() {
         age_ms: 10_000,
     });
     s.bus_in(alice_on("n3"));
-    // n2 is not heard from again: after 6 s its users are offline, n3's entry never counted.
-    s.tick(5_000);
+    // n2 is not heard from again: once its heartbeat is older than 6 s its users are offline
+    // (not at 6 s exactly); n3's entry never counted.
+    let expiry = PRESENCE_EXPIRY.as_millis() as i64;
+    s.tick(expiry);
     assert_eq!(lines(&mut s, "bob"), Vec::<String>::new());
-    s.tick(2_000);
+    s.tick(1);
     assert_eq!(lines(&mut s, "bob"), ["PRESENCE alice OFFLINE"]);
     // n2 comes back (it was cut off from NATS): its entries count again.
     s.bus_in(BusIn::Alive {

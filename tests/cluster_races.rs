@@ -296,4 +296,10 @@ fn another_nodes_entries_count_while_its_heartbeat_is_fresh() {
         online: false,
     });
     assert_eq!(lines(&mut s, "bob"), ["PRESENCE alice OFFLINE"]);
+    // A node that stops deletes its heartbeat: its users are offline at once, whatever entries
+    // it left behind.
+    s.bus_in(alice_on("n2"));
+    assert_eq!(lines(&mut s, "bob"), ["PRESENCE alice ONLINE"]);
+    s.bus_in(BusIn::Gone { node: "n2".into() });
+    assert_eq!(lines(&mut s, "bob"), ["PRESENCE alice OFFLINE"]);
 }

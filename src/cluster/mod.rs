@@ -160,11 +160,30 @@ fn room_subject(room: crate::store::RoomId) -> String {
     format!("{ROUTE_ROOM}{room}")
 }
 
+/// The request queue to the NATS thread. Dropping it closes the queue, which ends the thread once
+/// it has said goodbye (its heartbeat deleted: the other nodes take this node's users offline at
+/// once), and waits for that, a bounded time, so that a node that stops says so.
+struct NatsLink {
+    requests: Sender<Publish>,
+    /// Told when the NATS thread has ended.
+    stopped: std::sync::mpsc::Receiver<()>,
+}
+
+impl Drop for NatsLink {
+    fn drop(&mut self) {
+        self.requests = async_channel::bounded(1).0;
+        let _ = self.stopped.recv_timeout(PRESENCE_REFRESH * 2);
+    }
+}
+
 /// A store whose writes go through the cluster's log (see the module documentation).
 pub struct ClusterStore {
+    /// Until the server takes it. First, so that it is dropped before the link to the NATS
+    /// thread (whose goodbye waits for the presence words to end).
+    bus: Option<Bus>,
     local: RedbStore,
     node: String,
-    requests: Sender<Publish>,
+    requests: NatsLink,
     feed: Receiver<Entry>,
     nudges: Receiver<()>,
     /// Asks the log reader to make its consumer again and read on from its last entry.
@@ -180,8 +199,6 @@ pub struct ClusterStore {
     retry: Option<(Vec<StoreOp>, Vec<String>)>,
     /// Entries read from the feed and not yet applied (a local write failed).
     unapplied: Vec<Entry>,
-    /// Until the server takes it.
-    bus: Option<Bus>,
 }
 
 impl ClusterStore {
@@ -201,7 +218,9 @@ impl ClusterStore {
             }
         }
         let node = node_id();
-        let (requests, feed, nudges, last, bus, reread) = spawn_nats(opts.clone(), node.clone())?;
+        let (requests, feed, nudges, last, bus, reread, stopped) =
+            spawn_nats(opts.clone(), node.clone())?;
+        let requests = NatsLink { requests, stopped };
         let (local, _) = RedbStore::open(&index)?;
         let mut store = ClusterStore {
             local,
@@ -452,7 +471,10 @@ impl Store for ClusterStore {
             Vec::new()
         } else {
             let (reply, answer) = async_channel::bounded(1);
-            let sent = self.requests.send_blocking(Publish { entries, reply });
+            let sent = self
+                .requests
+                .requests
+                .send_blocking(Publish { entries, reply });
             let got = sent.ok().and_then(|()| answer.recv_blocking().ok());
             match got {
                 Some(r) => r,
@@ -545,6 +567,7 @@ type Started = (
     u64,
     Bus,
     Sender<()>,
+    std::sync::mpsc::Receiver<()>,
 );
 
 /// Starts the `chatd-nats` thread: connects, makes sure the stream exists, and starts reading the
@@ -559,6 +582,7 @@ fn spawn_nats(opts: ClusterOptions, node: String) -> Result<Started, StoreError>
     let (reread_tx, reread_rx) = async_channel::bounded::<()>(1);
     let reread = (reread_tx.clone(), reread_rx);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<u64, String>>();
+    let (stopped_tx, stopped_rx) = std::sync::mpsc::channel::<()>();
     let (out_tx, out_rx) = async_channel::bounded::<BusOut>(CLUSTER_BUS_QUEUE);
     let (in_tx, in_rx) = async_channel::bounded::<BusIn>(CLUSTER_BUS_QUEUE);
     let presence = (out_rx, in_tx, reread);
@@ -578,6 +602,7 @@ fn spawn_nats(opts: ClusterOptions, node: String) -> Result<Started, StoreError>
             rt.block_on(nats::run(
                 opts, node, req_rx, feed_tx, nudge_tx, ready_tx, presence,
             ));
+            let _ = stopped_tx.send(());
         })
         .map_err(|e| StoreError::Cluster(format!("cannot start the NATS thread: {e}")))?;
     match ready_rx.recv() {
@@ -591,6 +616,7 @@ fn spawn_nats(opts: ClusterOptions, node: String) -> Result<Started, StoreError>
                 inbound: in_rx,
             },
             reread_tx,
+            stopped_rx,
         )),
         Ok(Err(e)) => Err(StoreError::Cluster(e)),
         Err(_) => Err(StoreError::Cluster(
@@ -734,7 +760,7 @@ mod nats {
             }
         })
         .await;
-        tokio::spawn(presence(
+        let presence = tokio::spawn(presence(
             client.clone(),
             node.clone(),
             bus_out,
@@ -748,6 +774,8 @@ mod nats {
                 .send(publish(&js, &client, &node, req.entries).await)
                 .await;
         }
+        // The store is gone, so the core has ended: the presence task says goodbye (bounded).
+        let _ = tokio::time::timeout(PRESENCE_REFRESH * 2, presence).await;
     }
 
     /// The node's subscriptions to routed messages: one per account with a connection here and
@@ -901,7 +929,14 @@ mod nats {
                                 let _ = r.send(()).await;
                             }
                         }
-                        if e.operation != kv::Operation::Put || e.key == node {
+                        if e.key == node {
+                            continue;
+                        }
+                        if e.operation != kv::Operation::Put {
+                            // A node that stops deletes its heartbeat (see `presence`).
+                            if inbound.send(BusIn::Gone { node: e.key }).await.is_err() {
+                                return;
+                            }
                             continue;
                         }
                         let created = e.created.unix_timestamp_nanos() / 1_000_000;
@@ -1023,7 +1058,16 @@ mod nats {
             tokio::select! {
                 said = out.recv() => {
                     let (key, online) = match said {
-                        Err(_) => return,
+                        Err(_) => {
+                            // The node is stopping (its core has ended, after taking its users
+                            // offline): the heartbeat goes, so the others need not wait for it to
+                            // age out; bounded, as the process is about to end.
+                            let bye = async {
+                                let _ = beats.delete(&node).await;
+                            };
+                            let _ = tokio::time::timeout(PRESENCE_REFRESH, bye).await;
+                            return;
+                        }
                         Ok(BusOut::Room { id, watch }) => {
                             follows.set(room_subject(id), RouteTo::Room(id), watch);
                             continue;

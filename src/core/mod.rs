@@ -266,6 +266,8 @@ pub enum BusIn {
     },
     /// `node`'s heartbeat, written `age_ms` ago: the node is alive (if that is recent enough).
     Alive { node: String, age_ms: i64 },
+    /// `node` deleted its heartbeat: it is stopping, and its users are offline now.
+    Gone { node: String },
     /// A message another node committed to the log (the op as the log holds it, with its id),
     /// routed here because this node holds a connection it is for. It may come before or after
     /// the node's index applies the same entry.

@@ -416,6 +416,21 @@ impl Core {
                     self.remote_on(&node, k);
                 }
             }
+            BusIn::Gone { node } => {
+                let Some(seen) = self.nodes.get_mut(&node) else {
+                    return;
+                };
+                seen.beat = None;
+                if !seen.alive {
+                    return;
+                }
+                seen.alive = false;
+                let keys: Vec<Key> = seen.claims.iter().cloned().collect();
+                log::info!("cluster: node {node} stopped; its users are offline");
+                for k in keys {
+                    self.remote_off(&node, &k);
+                }
+            }
             BusIn::Presence { node, key, online } => {
                 let key = Key::from_folded(key);
                 let now = self.now;

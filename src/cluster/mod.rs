@@ -115,6 +115,11 @@ pub struct Bus {
 /// The KV bucket of the nodes' heartbeats (key: the node's name), whose entries live
 /// [`PRESENCE_EXPIRY`].
 pub const NODES_BUCKET: &str = "CHATD_NODES";
+/// The subject each node's heartbeat is also published on (core NATS, nothing stored): the
+/// heartbeats in [`NODES_BUCKET`] tell a node that starts which nodes are alive, these keep the
+/// nodes alive to each other while JetStream elects a new leader for the bucket (a NATS server
+/// lost), when writes to the bucket stall for seconds.
+pub const ALIVE_SUBJECT: &str = "chatd.alive";
 /// The KV bucket of presence entries: `<account key>.<node>` while the account has a connection
 /// on that node (see [`PRESENCE_ENTRY_AGE`]).
 pub const PRESENCE_BUCKET: &str = "CHATD_PRESENCE";
@@ -1026,10 +1031,17 @@ mod nats {
         (beats, entries): (kv::Store, kv::Store),
     ) {
         let mut refresh = tokio::time::interval(PRESENCE_REFRESH);
+        let mut alive = match client.subscribe(ALIVE_SUBJECT).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                log::error!("cannot subscribe to {ALIVE_SUBJECT}: {e}");
+                None
+            }
+        };
         let mut follows = Follows {
-            client,
+            client: client.clone(),
             node: node.clone(),
-            inbound,
+            inbound: inbound.clone(),
             tasks: HashMap::new(),
         };
         follows.set(ROUTE_ALL.to_owned(), RouteTo::All, true);
@@ -1098,10 +1110,26 @@ mod nats {
                     }
                     // Not taken: tried again at the next heartbeat.
                 }
+                heard = async { alive.as_mut()?.next().await }, if alive.is_some() => {
+                    let Some(m) = heard else {
+                        alive = None;
+                        continue;
+                    };
+                    let Ok(from) = std::str::from_utf8(&m.payload) else { continue };
+                    if from == node {
+                        continue;
+                    }
+                    let news = BusIn::Alive { node: from.to_owned(), age_ms: 0 };
+                    if inbound.send(news).await.is_err() {
+                        return;
+                    }
+                }
                 _ = refresh.tick() => {
-                    let beats = beats.clone();
+                    let (beats, client) = (beats.clone(), client.clone());
                     let me = node.clone();
                     tokio::spawn(async move {
+                        let said = bytes::Bytes::from(me.clone().into_bytes());
+                        let _ = client.publish(ALIVE_SUBJECT, said).await;
                         if let Err(e) = beats.put(&me, bytes::Bytes::new()).await {
                             log::debug!("cannot write the heartbeat: {e}");
                         }

@@ -1037,8 +1037,23 @@ fn stopping_one_of_three_nats_servers_under_load_loses_nothing_acknowledged() {
     }
     assert!(acked.len() > 200, "{} acknowledged", acked.len());
     // A write on the other node: once it is acknowledged, that node has applied every entry
-    // before it.
-    b.connect().register(&unique("sync"));
+    // before it. If the failover took the leader its log reader was reading from, that reader
+    // is made again only when the write misses its entries (CLUSTER_LOG_WAIT, 10 s), so this
+    // answer too is read with a wait of its own (bounded).
+    {
+        use std::io::{BufRead, Write};
+        let c = b.connect();
+        let mut r = std::io::BufReader::new(c.writer());
+        r.get_ref().set_read_timeout(Some(6 * TIMEOUT)).unwrap();
+        let name = unique("sync");
+        c.writer()
+            .write_all(format!("REGISTER {name} {PASSWORD}\n").as_bytes())
+            .unwrap();
+        let mut reply = String::new();
+        r.read_line(&mut reply)
+            .expect("an answer after the failover");
+        assert_eq!(reply.trim_end(), format!("OK REGISTER {name}"));
+    }
     let pushed = b.connect().login(&target);
     let got: BTreeMap<u64, String> = messages(&pushed).into_iter().collect();
     for (id, text) in &acked {

@@ -703,6 +703,7 @@ fn presence_is_read_at_once_by_a_node_that_starts_later_and_a_killed_nodes_users
     let stopping = Instant::now();
     let status = nodes.remove(0).server.stop();
     assert!(status.success(), "node 0 stopped with {status}");
+    println!("node 0 stopped in {:?}", stopping.elapsed());
     a3.read_until(|l| *l == format!("PRESENCE {bob} OFFLINE"));
     println!(
         "bob shown offline {:?} after his node was told to stop",

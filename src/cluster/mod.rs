@@ -18,6 +18,12 @@
 //! the core's [`BusOut`] words say; so NATS interest is the directory, and a message goes only to
 //! the nodes that need it. What a node does with a routed message is `core::remote`'s.
 //!
+//! **Presence** is in two JetStream KV buckets: [`NODES_BUCKET`], each node's heartbeat (also
+//! published on [`ALIVE_SUBJECT`]), and [`PRESENCE_BUCKET`], an entry per account and node while
+//! the account has a connection there. A node reads both before it serves, then follows their
+//! changes; the core counts a node's entries only while its heartbeat is fresh, so a crashed
+//! node's users go offline when its heartbeat ages out (nats-server 2.9 has no per-key TTL).
+//!
 //! Where a single server is the only authority, the log decides instead:
 //! - **message ids** are the stream sequence of the message's entry: strictly increasing and never
 //!   reused cluster-wide. The core proposes an id, the store answers the real one
@@ -106,7 +112,8 @@ struct Entry {
 /// The node's link to the other nodes outside the log (presence, and the subscriptions to routed
 /// messages): what the core says goes out, what the others say and route here comes in.
 pub struct Bus {
-    /// Presence changes of this node's accounts; [`CLUSTER_BUS_QUEUE`] at most wait.
+    /// Presence changes of this node's accounts and rooms (which also drive its subscriptions);
+    /// [`CLUSTER_BUS_QUEUE`] at most wait.
     pub out: Sender<BusOut>,
     /// What the other nodes said.
     pub inbound: Receiver<BusIn>,

@@ -936,7 +936,9 @@ mod nats {
                 Ok(mut w) => {
                     while let Some(e) = w.next().await {
                         let Ok(e) = e else { break };
-                        if e.delta == 0 {
+                        // Read: the history is all queued for the core, or the queue is full
+                        // (the core reads it once the node serves; the rest follows).
+                        if e.delta == 0 || inbound.is_full() {
                             if let Some(r) = read.take() {
                                 let _ = r.send(()).await;
                             }
@@ -988,7 +990,9 @@ mod nats {
                 Ok(mut w) => {
                     while let Some(e) = w.next().await {
                         let Ok(e) = e else { break };
-                        if e.delta == 0 {
+                        // Read: the history is all queued for the core, or the queue is full
+                        // (the core reads it once the node serves; the rest follows).
+                        if e.delta == 0 || inbound.is_full() {
                             if let Some(r) = read.take() {
                                 let _ = r.send(()).await;
                             }

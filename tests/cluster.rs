@@ -4,8 +4,10 @@
 //! The failures guarded against: a name registered twice when two nodes race for it; a message
 //! that reaches a user on another node late, twice, under another id, or not at all; a history or
 //! a backlog that differs depending on the node asked; an acknowledged message lost when the node
-//! that acknowledged it is killed; and a node that drops its clients, or acknowledges writes it
-//! could not make, while NATS is unreachable.
+//! that acknowledged it is killed; a node that drops its clients, or acknowledges writes it
+//! could not make, while NATS is unreachable; a message sent to nodes that hold none of its
+//! recipients; a node that starts without knowing who is online; and a killed node's users
+//! shown online for ever.
 //!
 //! The tests need `nats-server` (Debian's package `nats-server`, which `scripts/test` installs when
 //! it runs as root). Without it each test prints why it was skipped and passes.

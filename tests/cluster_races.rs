@@ -9,7 +9,7 @@
 //! subscribed; a crashed node's users shown online for ever, or a live node's entries ignored
 //! because they came before its heartbeat; a subscription kept after its last reason went.
 
-use chatd::config::{PRESENCE_EXPIRY, ROUTE_FALLBACK};
+use chatd::config::{PRESENCE_EXPIRY, ROUTE_FALLBACK, ROUTE_MEMORY};
 use chatd::core::{BusIn, BusOut, RouteTo};
 use chatd::sim::{Sim, EPOCH_MS};
 use chatd::store::{MessageRecord, StoreOp, To};
@@ -130,6 +130,35 @@ fn a_kept_message_whose_route_never_comes_is_pushed_from_the_index_after_a_secon
     s.tick(5_000);
     assert_eq!(pushed_messages(&mut s, "bob"), Vec::<String>::new());
     assert_eq!(backlog_of_bob(&mut s), ["BACKLOG-END 0"]);
+}
+
+#[test]
+fn a_message_pushed_by_its_route_is_not_pushed_again_after_a_busy_second() {
+    let mut s = node(&["alice", "bob"], &["bob"]);
+    let op = message(1000, "early entry");
+    s.index(std::slice::from_ref(&op));
+    s.report_remote(vec![op.clone()]);
+    s.bus_in(routed_to_bob(&op));
+    assert_eq!(pushed_messages(&mut s, "bob").len(), 1);
+    // More messages are pushed before the wait for the first one's route is over than the node
+    // remembers pairs for (ROUTE_MEMORY): the first is still not pushed again.
+    let busy = ROUTE_MEMORY as u64 + 10;
+    for i in 0..busy {
+        let StoreOp::AppendMessage { msg, .. } = message(2000 + i, "busy") else {
+            unreachable!()
+        };
+        let other = StoreOp::AppendMessage {
+            msg,
+            pending_for: Vec::new(),
+        };
+        s.bus_in(routed_to_bob(&other));
+        if i % 100 == 0 {
+            s.output("bob");
+        }
+    }
+    s.output("bob");
+    s.tick(ROUTE_FALLBACK.as_millis() as i64);
+    assert_eq!(pushed_messages(&mut s, "bob"), Vec::<String>::new());
 }
 
 #[test]

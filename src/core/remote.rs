@@ -78,6 +78,9 @@ pub(super) struct Routes {
     /// Messages the index applied with a backlog entry for accounts online here, before their
     /// route came: delivered from here when `due` passes if the route still has not come.
     awaiting: VecDeque<Awaiting>,
+    /// The (message, account) pairs of `awaiting` still waiting: the route, or a LOGIN's
+    /// backlog, takes a pair out, whatever `delivered` has forgotten meanwhile.
+    waiting: HashSet<(MsgId, Key)>,
 }
 
 /// A message waiting for its route (see [`Routes::awaiting`]).
@@ -621,6 +624,9 @@ impl Core {
         if waiting.is_empty() {
             return;
         }
+        for key in &waiting {
+            self.routes.waiting.insert((msg.id, key.clone()));
+        }
         if self.routes.awaiting.len() >= ROUTE_AWAITING {
             if let Some(old) = self.routes.awaiting.pop_front() {
                 self.deliver_kept(&old.msg, &old.keys);
@@ -634,22 +640,19 @@ impl Core {
         });
     }
 
-    /// A LOGIN's backlog gave these messages (ascending ids) to `key`: neither their route, nor
-    /// the index's application of their entries, gives them again.
+    /// A LOGIN's backlog gave these messages to `key`: neither their route, nor the index's
+    /// application of their entries, gives them again.
     pub(super) fn replayed(&mut self, key: &Key, ids: &[MsgId]) {
         if !self.settings.cluster {
             return;
         }
         for id in ids {
-            self.routes.delivered.insert((*id, key.clone()));
+            let pair = (*id, key.clone());
+            self.routes.waiting.remove(&pair);
+            self.routes.delivered.insert(pair);
         }
         while self.routes.delivered.len() > ROUTE_MEMORY {
             self.routes.delivered.pop_first();
-        }
-        for a in &mut self.routes.awaiting {
-            if ids.binary_search(&a.msg.id).is_ok() {
-                a.keys.retain(|k| k != key);
-            }
         }
     }
 
@@ -671,7 +674,9 @@ impl Core {
     fn deliver_kept(&mut self, msg: &MessageRecord, keys: &[Key]) {
         let line = message_line(msg);
         for key in keys {
-            self.deliver_to_account(msg, key, &line, true);
+            if self.routes.waiting.remove(&(msg.id, key.clone())) {
+                self.deliver_to_account(msg, key, &line, true);
+            }
         }
     }
 
@@ -743,6 +748,7 @@ impl Core {
             return;
         }
         self.settings.metrics.deliveries.add(reached as u64);
+        self.routes.waiting.remove(&pair);
         self.routes.delivered.insert(pair);
         while self.routes.delivered.len() > ROUTE_MEMORY {
             self.routes.delivered.pop_first();

@@ -217,6 +217,87 @@ fn a_register_race_on_two_nodes_has_exactly_one_winner() {
 }
 
 #[test]
+fn a_room_name_created_on_two_nodes_at_once_is_one_room() {
+    if !have_nats("a_room_name_created_on_two_nodes_at_once_is_one_room") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_nats, mut nodes) = cluster(dir.path());
+    let [alice, bob, carol] = [unique("alice"), unique("bob"), unique("carol")];
+    for (i, n) in [&alice, &bob, &carol].iter().enumerate() {
+        nodes[i].connect().register(n);
+    }
+    let (mut a, _) = login_on(&mut nodes[0], &alice);
+    let (mut b, _) = login_on(&mut nodes[1], &bob);
+    // An onlooker on every node, who is in none of the rooms.
+    let mut onlookers: Vec<Client> = (0..3).map(|i| login_on(&mut nodes[i], &carol).0).collect();
+    let rounds = 12;
+    for round in 0..rounds {
+        let room = format!("#{}", unique("race"));
+        // Both are sent before either answer is read: each node finds the name free.
+        a.send(&format!("JOIN {room}"));
+        b.send(&format!("JOIN {room}"));
+        let ra = a.read_until(|l| l.starts_with("OK JOIN ") || l.starts_with("FAIL "));
+        let rb = b.read_until(|l| l.starts_with("OK JOIN ") || l.starts_with("FAIL "));
+        let (ra, rb) = (ra.last().unwrap(), rb.last().unwrap());
+        // One created the room; the other joined it, as a JOIN of an existing room.
+        let mut outcomes = [ra.as_str(), rb.as_str()];
+        outcomes.sort_unstable();
+        assert_eq!(
+            outcomes,
+            [
+                format!("OK JOIN {room} CREATED").as_str(),
+                format!("OK JOIN {room} JOINED").as_str()
+            ],
+            "round {round}"
+        );
+        let owner = if ra.ends_with("CREATED") {
+            &alice
+        } else {
+            &bob
+        };
+        // Every node shows one room of that name, with both members and one owner: the same.
+        let mut seen = Vec::new();
+        for (i, o) in onlookers.iter_mut().enumerate() {
+            nodes[i].barrier();
+            let listed: Vec<String> = o
+                .call("ROOMS")
+                .into_iter()
+                .filter(|l| l.split(' ').nth(1) == Some(room.as_str()))
+                .collect();
+            assert_eq!(listed.len(), 1, "node {i}, round {round}: {listed:?}");
+            let info = o.call(&format!("ROOM INFO {room}"));
+            // Whether a member is online is presence, which travels apart from the log.
+            let members: Vec<String> = o
+                .call(&format!("MEMBERS {room}"))
+                .into_iter()
+                .map(|l| l.replace(" ONLINE", "").replace(" OFFLINE", ""))
+                .collect();
+            seen.push((listed, info, members));
+        }
+        let members = &seen[0].2;
+        assert_eq!(members.len(), 3, "{members:?}");
+        assert_eq!(members[0], format!("MEMBER {room} {owner} OWNER"));
+        assert_eq!(
+            members.iter().filter(|l| l.ends_with(" OWNER")).count(),
+            1,
+            "{members:?}"
+        );
+        assert!(
+            seen.iter().all(|s| *s == seen[0]),
+            "round {round}: {seen:?}"
+        );
+    }
+    // How many rounds were a race that the log decided (the loser's node logs it).
+    let lost = nodes
+        .iter()
+        .flat_map(|n| n.server.log())
+        .filter(|l| l.contains("was created on another node first;"))
+        .count();
+    println!("{lost} of {rounds} rounds were decided by the log");
+}
+
+#[test]
 fn msg_group_and_all_cross_nodes_with_one_id_and_one_history_even_after_a_restart() {
     if !have_nats("msg_group_and_all_cross_nodes_with_one_id_and_one_history_even_after_a_restart")
     {

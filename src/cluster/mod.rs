@@ -18,6 +18,13 @@
 //!   subject sequence 0": of two REGISTERs of one name on two nodes, the stream takes exactly one;
 //!   the other is answered [`StoreReply::Taken`] (NAME_TAKEN). The check and the write are one
 //!   step, so no crash can leave a name reserved without an account.
+//! - **room names** work the same way, on `chatd.log.room.<name>`: a room's creation
+//!   ([`StoreOp::CreateRoom`]) expects the subject's last entry to be the one this node knows for
+//!   the name (none, or the deletion of the room that last had it: `DeleteRoom` goes on the same
+//!   subject, and a deleted name can be created again). Of two nodes creating one name at once the
+//!   stream takes one; the other learns the winner's room from the log before its answer,
+//!   [`StoreReply::Taken`], reaches its core, which then answers the JOIN as a JOIN of that room.
+//!   The ops of the same batch on the room that lost are not written (answered `Taken` too).
 //!
 //! The async-nats client needs tokio: it runs on one thread of its own (`chatd-nats`) with a
 //! current-thread runtime, joined to the rest by bounded `async-channel`s (requests in, the log's
@@ -28,7 +35,7 @@
 //! A batch tried again publishes the same entries with the same `Nats-Msg-Id`s, so the stream's
 //! de-duplication makes the retry take effect once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -40,9 +47,10 @@ use crate::config::{
     CLUSTER_REQUEST_QUEUE, CLUSTER_START_TRIES, PRESENCE_LIST_CHUNK, PRESENCE_REFRESH,
 };
 use crate::core::{BusIn, BusOut};
-use crate::store::oplog::{decode_op, encode_op};
+use crate::proto::room::RoomKey;
+use crate::store::oplog::{decode_op, encode_op, entry_version, readable_version, OPLOG_VERSION};
 use crate::store::redb::RedbStore;
-use crate::store::{Snapshot, Store, StoreError, StoreOp, StoreReader, StoreReply};
+use crate::store::{Notice, RoomId, Snapshot, Store, StoreError, StoreOp, StoreReader, StoreReply};
 
 /// The JetStream stream that holds the log.
 pub const STREAM: &str = "CHATD_LOG";
@@ -64,15 +72,16 @@ struct Outgoing {
     subject: String,
     msg_id: String,
     payload: Vec<u8>,
-    /// Only if no entry exists yet on the subject (REGISTER's compare-and-set).
-    first_on_subject: bool,
+    /// Only if the subject's last entry is this one (0: the subject has none): the
+    /// compare-and-set of REGISTER and of a room's creation.
+    expect: Option<u64>,
 }
 
 /// Why an entry was not taken.
 #[derive(Debug)]
 enum Refused {
-    /// `first_on_subject` and the subject has an entry.
-    Taken,
+    /// `expect` and the subject's last entry is another: that one, if it could be read.
+    Taken(Option<u64>),
     /// NATS could not be reached, or did not acknowledge in time.
     Failed(String),
 }
@@ -86,6 +95,7 @@ struct Publish {
 /// One entry of the log as read.
 struct Entry {
     seq: u64,
+    subject: String,
     node: Option<String>,
     msg_id: Option<String>,
     payload: Vec<u8>,
@@ -125,6 +135,78 @@ pub struct ClusterStore {
     unapplied: Vec<Entry>,
     /// Until the server takes it.
     bus: Option<Bus>,
+    /// Room names as the applied entries left them.
+    names: RoomNames,
+}
+
+/// What a node knows of room names from the entries it applied: enough to publish a room's
+/// creation with the right expectation, and its deletion on the right subject.
+#[derive(Default)]
+struct RoomNames {
+    /// By room name subject: the sequence of the last entry on it (0: none), and the room that
+    /// has the name now.
+    by_name: HashMap<String, (u64, Option<RoomId>)>,
+    /// The name subject of every room that exists.
+    by_room: HashMap<RoomId, String>,
+    /// Rooms whose creation the log refused: later ops on them are not written. One number per
+    /// lost race; numbers are never reused.
+    lost: HashSet<RoomId>,
+}
+
+impl RoomNames {
+    /// Takes in an applied entry.
+    fn applied(&mut self, op: &StoreOp, seq: u64, subject: &str) {
+        match op {
+            StoreOp::CreateRoom { id, room, .. } => {
+                let on = room_subject(&room.name);
+                self.by_name.insert(on.clone(), (seq, Some(*id)));
+                self.by_room.insert(*id, on);
+            }
+            StoreOp::PutRoom { id, room } if !self.by_room.contains_key(id) => {
+                // A room created by a node of format version 1, on no subject of its own.
+                let on = room_subject(&room.name);
+                self.by_name.entry(on.clone()).or_default().1 = Some(*id);
+                self.by_room.insert(*id, on);
+            }
+            StoreOp::DeleteRoom { id } => {
+                if let Some(on) = self.by_room.remove(id) {
+                    let name = self.by_name.entry(on.clone()).or_default();
+                    if subject == on {
+                        name.0 = name.0.max(seq);
+                    }
+                    if name.1 == Some(*id) {
+                        name.1 = None;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The subject of a room name's creations and deletions.
+fn room_subject(name: &str) -> String {
+    let key = RoomKey::of(name);
+    // A room name is `#` and letters, digits, `_` and `-`: a valid subject token without it.
+    format!("chatd.log.room.{}", key.as_str().trim_start_matches('#'))
+}
+
+/// The room an op concerns, if any (a room's creation is not counted: it is the one that decides).
+fn room_of(op: &StoreOp) -> Option<RoomId> {
+    match op {
+        StoreOp::AppendRoomMessage { room, .. }
+        | StoreOp::PutMember { room, .. }
+        | StoreOp::RemoveMember { room, .. }
+        | StoreOp::PutBan { room, .. }
+        | StoreOp::RemoveBan { room, .. }
+        | StoreOp::PutInvite { room, .. }
+        | StoreOp::RemoveInvite { room, .. }
+        | StoreOp::RoomReplay { room, .. }
+        | StoreOp::RoomSeq { room, .. }
+        | StoreOp::Notice(Notice::Room { room, .. }) => Some(*room),
+        StoreOp::PutRoom { id, .. } | StoreOp::DeleteRoom { id } => Some(*id),
+        _ => None,
+    }
 }
 
 impl ClusterStore {
@@ -160,6 +242,7 @@ impl ClusterStore {
             retry: None,
             unapplied: Vec::new(),
             bus: Some(bus),
+            names: RoomNames::default(),
         };
         store.apply_until(last)?;
         // Everything before start is the snapshot's, not news for the core: the index is opened
@@ -174,6 +257,7 @@ impl ClusterStore {
             applied,
             next_op,
             bus,
+            names,
             ..
         } = store;
         drop(local);
@@ -195,6 +279,7 @@ impl ClusterStore {
             retry: None,
             unapplied: Vec::new(),
             bus,
+            names,
         };
         log::info!(
             "cluster node {}: index {} built from the log up to entry {last}",
@@ -259,6 +344,16 @@ impl ClusterStore {
                 // Delivered again after the consumer was recreated.
                 continue;
             }
+            match entry_version(&e.payload) {
+                Some(v) if !readable_version(v) => {
+                    return Err(StoreError::LogVersion {
+                        seq: e.seq,
+                        found: v,
+                        reads: OPLOG_VERSION,
+                    })
+                }
+                _ => {}
+            }
             match decode_op(&e.payload) {
                 Ok(op) => {
                     ops.push(with_id(op, e.seq));
@@ -274,6 +369,7 @@ impl ClusterStore {
             self.local.write(&ops)?
         };
         for ((e, op), reply) in keep.into_iter().zip(ops).zip(replies) {
+            self.names.applied(&op, e.seq, &e.subject);
             match (&e.node, &e.msg_id) {
                 (Some(n), Some(id)) if *n == self.node => {
                     self.own.insert(id.clone(), (e.seq, reply));
@@ -291,6 +387,102 @@ impl ClusterStore {
     fn fresh_id(&mut self) -> String {
         self.next_op += 1;
         format!("{}.{}", self.node, self.next_op)
+    }
+
+    /// Publishes the batch's write ops under `ids`, applies the log up to them and answers each
+    /// op. The entries go out together, but one whose subject is compared (a creation) ends a
+    /// part: the rest waits for its answer, since a room that lost its creation must not get
+    /// the ops that follow it.
+    fn write_with(
+        &mut self,
+        ops: &[StoreOp],
+        ids: &[String],
+    ) -> Result<Vec<StoreReply>, StoreError> {
+        let mut answered: Vec<Option<StoreReply>> = vec![None; ops.len()];
+        let mut logged = vec![false; ops.len()];
+        let mut part = Vec::new();
+        let mut last = 0;
+        for (i, (op, id)) in ops.iter().zip(ids).enumerate() {
+            if room_of(op).is_some_and(|r| self.names.lost.contains(&r)) {
+                answered[i] = Some(StoreReply::Taken);
+                continue;
+            }
+            if let StoreOp::CreateRoom {
+                id: room,
+                room: rec,
+                ..
+            } = op
+            {
+                let on = room_subject(&rec.name);
+                match self.names.by_name.get(&on).and_then(|n| n.1) {
+                    // Refused in an earlier try of this batch.
+                    _ if self.names.lost.contains(room) => {
+                        answered[i] = Some(StoreReply::Taken);
+                        continue;
+                    }
+                    // Taken in an earlier try of this batch, and applied: answered from it.
+                    Some(has) if has == *room => {
+                        logged[i] = true;
+                        continue;
+                    }
+                    // The index has a room of that name that the core has not learned of yet:
+                    // refused without asking the log.
+                    Some(_) => {
+                        self.names.lost.insert(*room);
+                        answered[i] = Some(StoreReply::Taken);
+                        continue;
+                    }
+                    None => {}
+                }
+            }
+            let Some(payload) = encode_op(op) else {
+                continue;
+            };
+            logged[i] = true;
+            let (subject, expect) = self.subject_of(op);
+            part.push((
+                i,
+                Outgoing {
+                    subject,
+                    msg_id: id.clone(),
+                    payload,
+                    expect,
+                },
+            ));
+            if expect.is_some() {
+                let part = std::mem::take(&mut part);
+                self.settle(part, ops, &mut answered, &mut last)?;
+            }
+        }
+        self.settle(part, ops, &mut answered, &mut last)?;
+        self.apply_until(last)?;
+        let mut replies = Vec::with_capacity(ops.len());
+        for (i, (op, id)) in ops.iter().zip(ids).enumerate() {
+            if let Some(reply) = answered[i].take() {
+                replies.push(reply);
+                continue;
+            }
+            if !logged[i] {
+                // A read ordered with the writes: answered from the index, which now holds every
+                // write of the batch.
+                replies.extend(self.local.write(std::slice::from_ref(op))?);
+                continue;
+            }
+            match self.own.remove(id) {
+                Some((seq, reply)) => replies.push(match op {
+                    StoreOp::AppendMessage { .. } | StoreOp::AppendRoomMessage { .. } => {
+                        StoreReply::Appended(seq)
+                    }
+                    _ => reply,
+                }),
+                None => {
+                    return Err(StoreError::Cluster(format!(
+                        "entry {id} was acknowledged but not found in the log"
+                    )))
+                }
+            }
+        }
+        Ok(replies)
     }
 }
 
@@ -349,17 +541,74 @@ fn node_id() -> String {
     format!("{:016x}", u64::from_le_bytes(b))
 }
 
-/// The subject an op's entry goes to, and whether it must be the first on it.
-fn subject_of(op: &StoreOp) -> (String, bool) {
-    match op {
-        StoreOp::CreateAccount(rec) => (
-            format!("chatd.log.account.{}", crate::store::key_of(&rec.name)),
-            true,
-        ),
-        StoreOp::AppendMessage { .. } | StoreOp::AppendRoomMessage { .. } => {
-            ("chatd.log.msg".to_owned(), false)
+impl ClusterStore {
+    /// The subject an op's entry goes to, and the subject's last entry it expects, if any.
+    fn subject_of(&self, op: &StoreOp) -> (String, Option<u64>) {
+        match op {
+            StoreOp::CreateAccount(rec) => (
+                format!("chatd.log.account.{}", crate::store::key_of(&rec.name)),
+                Some(0),
+            ),
+            StoreOp::CreateRoom { room, .. } => {
+                let on = room_subject(&room.name);
+                let last = self.names.by_name.get(&on).map_or(0, |n| n.0);
+                (on, Some(last))
+            }
+            StoreOp::DeleteRoom { id } => match self.names.by_room.get(id) {
+                Some(on) => (on.clone(), None),
+                None => ("chatd.log.state".to_owned(), None),
+            },
+            StoreOp::AppendMessage { .. } | StoreOp::AppendRoomMessage { .. } => {
+                ("chatd.log.msg".to_owned(), None)
+            }
+            _ => ("chatd.log.state".to_owned(), None),
         }
-        _ => ("chatd.log.state".to_owned(), false),
+    }
+
+    /// Publishes a part of a batch and takes in the answers: the last sequence taken into
+    /// `last`, a refusal into `answered`.
+    fn settle(
+        &mut self,
+        part: Vec<(usize, Outgoing)>,
+        ops: &[StoreOp],
+        answered: &mut [Option<StoreReply>],
+        last: &mut u64,
+    ) -> Result<(), StoreError> {
+        for (at, r) in self.publish(part)? {
+            match r {
+                Ok(seq) => *last = (*last).max(seq),
+                Err(Refused::Taken(conflict)) => {
+                    answered[at] = Some(StoreReply::Taken);
+                    if let StoreOp::CreateRoom { id, .. } = &ops[at] {
+                        self.names.lost.insert(*id);
+                    }
+                    // The entry that won is applied before the answer, so that the core learns
+                    // of it first, and so that this node's next creation of the name expects it.
+                    if let Some(seq) = conflict {
+                        self.apply_until(seq)?;
+                    }
+                }
+                Err(Refused::Failed(why)) => return Err(StoreError::Cluster(why)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes `entries` (with the index of their op) and waits for their acknowledgements.
+    fn publish(
+        &mut self,
+        entries: Vec<(usize, Outgoing)>,
+    ) -> Result<Vec<(usize, Result<u64, Refused>)>, StoreError> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (at, entries): (Vec<usize>, Vec<Outgoing>) = entries.into_iter().unzip();
+        let (reply, answer) = async_channel::bounded(1);
+        let sent = self.requests.send_blocking(Publish { entries, reply });
+        match sent.ok().and_then(|()| answer.recv_blocking().ok()) {
+            Some(r) => Ok(at.into_iter().zip(r).collect()),
+            None => Err(StoreError::Cluster("the NATS thread has stopped".into())),
+        }
     }
 }
 
@@ -373,83 +622,13 @@ impl Store for ClusterStore {
             Some((same, ids)) if same == ops => ids,
             _ => ops.iter().map(|_| self.fresh_id()).collect(),
         };
-        let mut entries = Vec::new();
-        let mut logged = Vec::with_capacity(ops.len());
-        for (op, id) in ops.iter().zip(&ids) {
-            match encode_op(op) {
-                Some(payload) => {
-                    let (subject, first_on_subject) = subject_of(op);
-                    entries.push(Outgoing {
-                        subject,
-                        msg_id: id.clone(),
-                        payload,
-                        first_on_subject,
-                    });
-                    logged.push(true);
-                }
-                None => logged.push(false),
+        match self.write_with(ops, &ids) {
+            Ok(replies) => Ok(replies),
+            Err(e) => {
+                self.retry = Some((ops.to_vec(), ids));
+                Err(e)
             }
         }
-        let results = if entries.is_empty() {
-            Vec::new()
-        } else {
-            let (reply, answer) = async_channel::bounded(1);
-            let sent = self.requests.send_blocking(Publish { entries, reply });
-            let got = sent.ok().and_then(|()| answer.recv_blocking().ok());
-            match got {
-                Some(r) => r,
-                None => {
-                    self.retry = Some((ops.to_vec(), ids));
-                    return Err(StoreError::Cluster("the NATS thread has stopped".into()));
-                }
-            }
-        };
-        let mut last = 0;
-        let mut taken = Vec::new();
-        for (i, r) in results.iter().enumerate() {
-            match r {
-                Ok(seq) => last = last.max(*seq),
-                Err(Refused::Taken) => taken.push(i),
-                Err(Refused::Failed(why)) => {
-                    self.retry = Some((ops.to_vec(), ids));
-                    return Err(StoreError::Cluster(why.clone()));
-                }
-            }
-        }
-        if let Err(e) = self.apply_until(last) {
-            self.retry = Some((ops.to_vec(), ids));
-            return Err(e);
-        }
-        let mut replies = Vec::with_capacity(ops.len());
-        let mut published = 0;
-        for ((op, id), was_logged) in ops.iter().zip(&ids).zip(logged) {
-            if !was_logged {
-                // A read ordered with the writes: answered from the index, which now holds every
-                // write of the batch.
-                replies.extend(self.local.write(std::slice::from_ref(op))?);
-                continue;
-            }
-            let index = published;
-            published += 1;
-            if taken.contains(&index) {
-                replies.push(StoreReply::Taken);
-                continue;
-            }
-            match self.own.remove(id) {
-                Some((seq, reply)) => replies.push(match op {
-                    StoreOp::AppendMessage { .. } | StoreOp::AppendRoomMessage { .. } => {
-                        StoreReply::Appended(seq)
-                    }
-                    _ => reply,
-                }),
-                None => {
-                    return Err(StoreError::Cluster(format!(
-                        "entry {id} was acknowledged but not found in the log"
-                    )))
-                }
-            }
-        }
-        Ok(replies)
     }
 
     fn reader(&self) -> Result<Box<dyn StoreReader>, StoreError> {
@@ -753,25 +932,37 @@ mod nats {
                 .payload(e.payload.into())
                 .message_id(&e.msg_id)
                 .header(NODE_HEADER, node);
-            if e.first_on_subject {
-                msg = msg.expected_last_subject_sequence(0);
+            if let Some(seq) = e.expect {
+                msg = msg.expected_last_subject_sequence(seq);
             }
-            pending.push(js.send_publish(e.subject, msg).await);
+            pending.push((e.subject.clone(), js.send_publish(e.subject, msg).await));
         }
         let mut out = Vec::with_capacity(pending.len());
-        for p in pending {
+        for (subject, p) in pending {
             out.push(match p {
                 Err(e) => Err(Refused::Failed(format!("publishing to the log: {e}"))),
                 Ok(ack) => match ack.await {
                     Ok(a) => Ok(a.sequence),
                     Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
-                        Err(Refused::Taken)
+                        Err(Refused::Taken(last_on(js, &subject).await))
                     }
                     Err(e) => Err(Refused::Failed(format!("the log did not acknowledge: {e}"))),
                 },
             });
         }
         out
+    }
+
+    /// The sequence of the last entry on `subject`, if it can be read.
+    async fn last_on(js: &jetstream::Context, subject: &str) -> Option<u64> {
+        let log = js.get_stream_no_info(STREAM).await.ok()?;
+        match log.get_last_raw_message_by_subject(subject).await {
+            Ok(m) => Some(m.sequence),
+            Err(e) => {
+                log::warn!("cannot read the last entry on {subject}: {e}");
+                None
+            }
+        }
     }
 
     /// Reads the log from its first entry, in order, into the feed; starts again after the last
@@ -837,6 +1028,7 @@ mod nats {
                 };
                 let entry = Entry {
                     seq,
+                    subject: m.subject.to_string(),
                     node: header(NODE_HEADER),
                     msg_id: header("Nats-Msg-Id"),
                     payload: m.payload.to_vec(),

@@ -24,7 +24,9 @@ use crate::proto::code::ByeCode;
 use crate::proto::name::{Key, Skeleton};
 use crate::proto::room::RoomKey;
 use crate::proto::server_line::{FriendshipEvent, MessageLine, RoomEvent, ServerLine};
-use crate::store::{FriendState, MessageRecord, Notice, RoomId, StoreOp, To};
+use crate::store::{
+    FriendState, MemberRecord, MessageRecord, Notice, RoomId, RoomRecord, StoreOp, To,
+};
 
 impl Core {
     /// Takes in one op another server of the cluster committed.
@@ -209,6 +211,12 @@ impl Core {
                     }
                 }
             }
+            StoreOp::CreateRoom {
+                id,
+                room,
+                owner,
+                member,
+            } => self.remote_room_created(id, room, Key::from_folded(owner), member),
             StoreOp::DeleteRoom { id } => {
                 if let Some(r) = self.rooms.remove(&id) {
                     if self.room_names.get(&RoomKey::of(&r.name)) == Some(&id) {
@@ -463,6 +471,51 @@ impl Core {
         };
         let now_friends = now == Some(Friends);
         self.tell_friendship(a, &my_name, b, &shown, event, now_friends, 0);
+    }
+
+    /// A room another node created. The log took its creation only because no room had the
+    /// name: if this node has one, it is a creation of its own still in flight, which the log
+    /// will refuse; the name is the other node's room's now, and the JOINs of this node's room
+    /// join it once the refusal comes back (`rooms.rs`).
+    fn remote_room_created(
+        &mut self,
+        id: RoomId,
+        room: RoomRecord,
+        owner: Key,
+        member: MemberRecord,
+    ) {
+        if let Some(mine) = self.room_names.insert(RoomKey::of(&room.name), id) {
+            log::info!(
+                "cluster: {} was created on another node first (room {id}; this node's {mine} \
+                 loses the name)",
+                room.name
+            );
+        }
+        let mut members = HashMap::new();
+        if let Some(a) = self.accounts.get_mut(&owner) {
+            a.rooms.insert(id);
+            members.insert(owner.clone(), member);
+        }
+        let name = room.name.clone();
+        self.rooms.insert(
+            id,
+            Room {
+                id,
+                name: room.name,
+                created_ms: room.created_ms,
+                private: room.private,
+                topic: room.topic,
+                members,
+                bans: BTreeMap::new(),
+                invites: BTreeMap::new(),
+                last_id: 0,
+                count: 0,
+            },
+        );
+        // The owner's connections here learn of the new room, as its other connections where
+        // it was created do.
+        let shown = self.shown(&owner);
+        self.tell(&[owner], &name, RoomEvent::Joined { name: &shown }, 0);
     }
 
     /// What another server's command told its connections, told to this server's.

@@ -363,6 +363,7 @@ impl Core {
             let summary = self.summary(room, &me);
             return self.join_answer(
                 req,
+                name,
                 id,
                 me,
                 summary,
@@ -445,6 +446,7 @@ impl Core {
         let joined = (audience, room_name);
         self.join_answer(
             req,
+            name,
             id,
             me,
             summary,
@@ -489,17 +491,13 @@ impl Core {
             read_id: 0,
             read_seq: 0,
         };
-        let ops = vec![
-            StoreOp::PutRoom {
-                id,
-                room: room.record(),
-            },
-            StoreOp::PutMember {
-                room: id,
-                user: me.as_str().to_owned(),
-                member,
-            },
-        ];
+        // One op: in a cluster, the log takes it only if no other node created the name first.
+        let ops = vec![StoreOp::CreateRoom {
+            id,
+            room: room.record(),
+            owner: me.as_str().to_owned(),
+            member,
+        }];
         self.room_names.insert(name.key(), id);
         self.rooms.insert(id, room);
         if let Some(r) = self.rooms.get_mut(&id) {
@@ -515,8 +513,10 @@ impl Core {
         };
         // The caller's other connections learn of the new room.
         let told = Some((vec![me.clone()], name.as_str().to_owned()));
+        let conn = req.conn;
         self.join_answer(
             req,
+            name,
             id,
             me,
             summary,
@@ -525,17 +525,47 @@ impl Core {
             0,
             Joining { ops, told },
         );
+        if self.settings.cluster {
+            // The caller's next commands wait for the outcome: if another node created the name
+            // first, they concern that node's room, which the caller is about to join instead.
+            self.hold(conn);
+        }
+    }
+
+    /// In a cluster, a room this node created whose name another node took first (the log
+    /// refused its creation): it is forgotten. The room that has the name came through the log
+    /// before the refusal.
+    fn lost_room(&mut self, id: RoomId) {
+        let Some(room) = self.rooms.remove(&id) else {
+            return;
+        };
+        log::info!(
+            "{} was created on another node first; its JOINs here join that room",
+            room.name
+        );
+        let key = RoomKey::of(&room.name);
+        if self.room_names.get(&key) == Some(&id) {
+            self.room_names.remove(&key);
+        }
+        for k in room.members.keys().chain(room.invites.keys()) {
+            if let Some(a) = self.accounts.get_mut(k) {
+                a.rooms.remove(&id);
+                a.invited.remove(&id);
+            }
+        }
     }
 
     /// The JOIN answer, once `ops` are committed: the ROOM line (`summary`, the room as the JOIN
     /// left it), the latest messages with ids in `after+1..=upto` (read in the order of the
     /// writes, so it is exactly what was said before the join, and it reaches the member before
     /// anything said after), and `OK JOIN`. The audience in `told` learns of the join at the same
-    /// commit.
+    /// commit. In a cluster, if the room turns out to have lost its name to another node's room
+    /// (`Taken`), the JOIN of `name` runs again and joins that room.
     #[allow(clippy::too_many_arguments)]
     fn join_answer(
         &mut self,
         mut req: Req,
+        name: RoomName,
         id: RoomId,
         me: Key,
         summary: Summary,
@@ -555,6 +585,19 @@ impl Core {
         }
         self.reserve(&mut req);
         self.store_all(ops, move |core, reply| {
+            // Its caller waited for a creation's outcome in a cluster.
+            let (conn, held) = (
+                req.conn,
+                core.settings.cluster && outcome == JoinOutcome::Created,
+            );
+            if reply == StoreReply::Taken {
+                core.lost_room(id);
+                core.join(req, name);
+                if held {
+                    core.release(conn);
+                }
+                return;
+            }
             if let Some((audience, room)) = &told {
                 let name = core.shown(&me);
                 core.tell(audience, room, RoomEvent::Joined { name: &name }, req.conn);
@@ -581,6 +624,9 @@ impl Core {
                 },
             );
             core.finish(req, out);
+            if held {
+                core.release(conn);
+            }
         });
     }
 

@@ -288,6 +288,16 @@ impl State {
                 self.rooms.insert(*id, room.clone());
                 StoreReply::Done
             }
+            StoreOp::CreateRoom {
+                id,
+                room,
+                owner,
+                member,
+            } => {
+                self.rooms.insert(*id, room.clone());
+                self.members.insert((*id, owner.clone()), *member);
+                StoreReply::Done
+            }
             StoreOp::Notice(_) => StoreReply::Done,
             StoreOp::DeleteRoom { id } => {
                 self.rooms.remove(id);

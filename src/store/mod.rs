@@ -358,6 +358,15 @@ pub enum StoreOp {
     },
     /// Create or replace a room's settings.
     PutRoom { id: RoomId, room: RoomRecord },
+    /// Create a room with its first member (its owner), in one commit. In a cluster it is one log
+    /// entry on the room name's own subject, taken only if no other node created that name first
+    /// (answered [`StoreReply::Taken`] otherwise), so that a name never names two rooms.
+    CreateRoom {
+        id: RoomId,
+        room: RoomRecord,
+        owner: String,
+        member: MemberRecord,
+    },
     /// Remove a room: its settings, members, bans and invitations. Its messages stay in the log.
     DeleteRoom { id: RoomId },
     /// Add or replace a membership.
@@ -458,6 +467,7 @@ impl StoreOp {
             | StoreOp::SetLastSeen { .. }
             | StoreOp::AppendRoomMessage { .. }
             | StoreOp::PutRoom { .. }
+            | StoreOp::CreateRoom { .. }
             | StoreOp::DeleteRoom { .. }
             | StoreOp::PutMember { .. }
             | StoreOp::RemoveMember { .. }
@@ -547,8 +557,9 @@ pub enum StoreReply {
     ///
     /// [`Done`]: StoreReply::Done
     Appended(MsgId),
-    /// A new account was not created: the name was taken first by another server of the
-    /// cluster, which the core could not know when it checked.
+    /// A new account or room was not created: the name was taken first by another server of the
+    /// cluster, which the core could not know when it checked. Also the answer to a later op of
+    /// the same batch on a room whose creation was refused so (it was not written).
     Taken,
     /// A backup was written: what it holds.
     Backup(backup::Summary),
@@ -623,7 +634,8 @@ pub struct Snapshot {
 /// What the server does with one depends on where it happens (see the operator's manual): at
 /// start-up it refuses to start; a failed write is tried again until it commits while new writes
 /// are refused (`worker`); a failed read fails that one read. Only a store that breaks its own
-/// contract ([`StoreError::ReplyCount`]) stops the server.
+/// contract ([`StoreError::ReplyCount`]) or a cluster log this build cannot read
+/// ([`StoreError::LogVersion`]) stops the server ([`StoreError::is_fatal`]).
 ///
 /// The sources are boxed to keep the error small: it travels inside store results the core
 /// receives, and the result queue holds thousands of them.
@@ -699,6 +711,17 @@ pub enum StoreError {
         /// Replies returned.
         replies: usize,
     },
+    /// An entry of a cluster's log is in a format version this build does not read (written by
+    /// a newer chatd): applying the entries after it without it would make this node's index
+    /// differ from the others', so the node stops.
+    LogVersion {
+        /// The entry's stream sequence.
+        seq: u64,
+        /// The version it says it is in.
+        found: u8,
+        /// The newest version this build reads.
+        reads: u8,
+    },
 }
 
 impl fmt::Display for StoreError {
@@ -746,6 +769,11 @@ impl fmt::Display for StoreError {
                 write!(f, "the store returned {replies} replies for {ops} ops")
             }
             StoreError::Cluster(detail) => write!(f, "cluster log: {detail}"),
+            StoreError::LogVersion { seq, found, reads } => write!(
+                f,
+                "cluster log: entry {seq} is in format version {found}, and this chatd reads \
+                 versions up to {reads}: a newer chatd wrote it; run that version on this node"
+            ),
             StoreError::Backup { path, why } => write!(f, "{}: {why}", path.display()),
         }
     }
@@ -763,12 +791,22 @@ impl std::error::Error for StoreError {
             | StoreError::Schema { .. }
             | StoreError::ReplyCount { .. }
             | StoreError::Cluster(_)
+            | StoreError::LogVersion { .. }
             | StoreError::Backup { .. } => None,
         }
     }
 }
 
 impl StoreError {
+    /// Whether the error stops the server rather than being tried again: going on would make
+    /// memory, or this node's index, differ from what was committed.
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            StoreError::ReplyCount { .. } | StoreError::LogVersion { .. }
+        )
+    }
+
     /// What the operator can do about an error that stops the database from opening, as a
     /// sentence to print after the error.
     pub fn advice(&self) -> Option<&'static str> {

@@ -6,6 +6,13 @@
 //! An entry: a format-version byte, a tag byte naming the op, then its fields (strings and records
 //! as a LEB128 length and bytes, ids and times as 8 bytes little-endian). Ops that only read are
 //! never logged and have no tag.
+//!
+//! The version says which ops and fields an entry may hold: a node writes [`OPLOG_VERSION`] and
+//! reads every version up to it. Version 1 had tags 1 to 27; version 2 added tag 28 (a room
+//! created with its owner, on the name's own subject). A change that an older node would misread
+//! (a new tag, a new field) takes a new version, so that a node meeting an entry newer than it
+//! knows stops and says so ([`entry_version`]) instead of skipping it and drifting from the
+//! others.
 
 use super::codec::{
     decode_account, decode_ban, decode_invite, decode_member, decode_message, decode_room,
@@ -14,11 +21,25 @@ use super::codec::{
 };
 use super::{Damage, FriendState, Notice, StoreOp, Suspension};
 
-const OPLOG_V1: u8 = 1;
+/// The format version this build writes, and the newest it reads.
+pub const OPLOG_VERSION: u8 = 2;
+
+/// The oldest format version this build reads.
+pub const OPLOG_OLDEST: u8 = 1;
+
+/// The format version an entry says it is in (its first byte); `None` for an empty entry.
+pub fn entry_version(bytes: &[u8]) -> Option<u8> {
+    bytes.first().copied()
+}
+
+/// Whether this build reads entries of format `version`.
+pub fn readable_version(version: u8) -> bool {
+    (OPLOG_OLDEST..=OPLOG_VERSION).contains(&version)
+}
 
 /// Encodes a write op; `None` for an op that only reads (nothing to replicate).
 pub fn encode_op(op: &StoreOp) -> Option<Vec<u8>> {
-    let mut out = vec![OPLOG_V1];
+    let mut out = vec![OPLOG_VERSION];
     let blob = |out: &mut Vec<u8>, b: Vec<u8>| {
         put_len(out, b.len());
         out.extend_from_slice(&b);
@@ -138,6 +159,18 @@ pub fn encode_op(op: &StoreOp) -> Option<Vec<u8>> {
             out.push(18);
             u64s(&mut out, *id);
         }
+        StoreOp::CreateRoom {
+            id,
+            room,
+            owner,
+            member,
+        } => {
+            out.push(28);
+            u64s(&mut out, *id);
+            blob(&mut out, encode_room(room));
+            put_str(&mut out, owner);
+            blob(&mut out, encode_member(member));
+        }
         StoreOp::PutMember { room, user, member } => {
             out.push(19);
             u64s(&mut out, *room);
@@ -222,8 +255,9 @@ pub fn encode_op(op: &StoreOp) -> Option<Vec<u8>> {
 /// Decodes an entry made by [`encode_op`]; damage is an error, never a panic.
 pub fn decode_op(bytes: &[u8]) -> Result<StoreOp, Damage> {
     let mut r = Reader::new(bytes, "log entry");
-    if r.byte()? != OPLOG_V1 {
-        return Err(r.corrupt("unknown format version"));
+    let version = r.byte()?;
+    if !readable_version(version) {
+        return Err(r.corrupt(&format!("unknown format version {version}")));
     }
     let tag = r.byte()?;
     let blob = |r: &mut Reader<'_>| -> Result<Vec<u8>, Damage> {
@@ -328,6 +362,12 @@ pub fn decode_op(bytes: &[u8]) -> Result<StoreOp, Damage> {
             room: decode_room(&blob(&mut r)?)?,
         },
         18 => StoreOp::DeleteRoom { id: r.u64()? },
+        28 if version >= 2 => StoreOp::CreateRoom {
+            id: r.u64()?,
+            room: decode_room(&blob(&mut r)?)?,
+            owner: r.string()?,
+            member: decode_member(&blob(&mut r)?)?,
+        },
         19 => StoreOp::PutMember {
             room: r.u64()?,
             user: r.string()?,
@@ -498,6 +538,22 @@ mod tests {
                 },
             },
             StoreOp::DeleteRoom { id: 3 },
+            StoreOp::CreateRoom {
+                id: 4,
+                room: RoomRecord {
+                    name: "#go".into(),
+                    created_ms: 2,
+                    private: false,
+                    topic: None,
+                },
+                owner: "a".into(),
+                member: MemberRecord {
+                    role: Role::Owner,
+                    since: 0,
+                    read_id: 0,
+                    read_seq: 0,
+                },
+            },
             StoreOp::PutMember {
                 room: 3,
                 user: "a".into(),
@@ -579,6 +635,33 @@ mod tests {
             longer.push(0);
             assert!(decode_op(&longer).is_err());
         }
+    }
+
+    #[test]
+    fn an_entry_says_its_version_and_a_newer_one_is_not_read() {
+        let op = StoreOp::DeleteRoom { id: 3 };
+        let mut bytes = encode_op(&op).unwrap();
+        assert_eq!(entry_version(&bytes), Some(OPLOG_VERSION));
+        // A version-1 entry (tags 1 to 27) still reads.
+        bytes[0] = 1;
+        assert_eq!(decode_op(&bytes).unwrap(), op);
+        // One this build does not know is refused, never guessed at.
+        bytes[0] = OPLOG_VERSION + 1;
+        assert!(!readable_version(OPLOG_VERSION + 1));
+        let err = decode_op(&bytes).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("version {}", OPLOG_VERSION + 1)),
+            "{err}"
+        );
+        // The version-2 tag is not read from a version-1 entry.
+        let create = samples()
+            .into_iter()
+            .find(|op| matches!(op, StoreOp::CreateRoom { .. }))
+            .unwrap();
+        let mut create = encode_op(&create).unwrap();
+        create[0] = 1;
+        assert!(decode_op(&create).is_err());
+        assert_eq!(entry_version(&[]), None);
     }
 
     #[test]

@@ -713,6 +713,60 @@ fn rooms_cross_nodes() {
     let reply = a.call1(&format!("ROOM DELETE {room}"));
     assert!(reply.starts_with("OK ROOM DELETE"), "{reply}");
     assert_eq!(b.read_line(), format!("DELETED {room} {alice}"));
+    // An account deleted on node 2 hands its rooms on: the members on the other nodes are told
+    // of the new owner and of its leaving, and the room it was alone in is gone on every node, its
+    // name free to be created again on another.
+    let erin = unique("erin");
+    nodes[2].connect().register(&erin);
+    let (mut e, _) = login_on(&mut nodes[2], &erin);
+    let [team, solo] = [
+        format!("#{}", unique("team")),
+        format!("#{}", unique("solo")),
+    ];
+    for r in [&team, &solo] {
+        let created = e.call(&format!("JOIN {r}"));
+        assert!(created.last().unwrap().ends_with(" CREATED"), "{created:?}");
+    }
+    for (m, node) in [(&mut b, 1), (&mut a, 0)] {
+        nodes[node].barrier();
+        let joined = m.call(&format!("JOIN {team}"));
+        assert!(joined.last().unwrap().ends_with(" JOINED"), "{joined:?}");
+    }
+    assert_eq!(b.read_line(), format!("JOINED {team} {alice}"));
+    nodes[2].barrier();
+    let told = e.call(&format!("UNREGISTER {PASSWORD}"));
+    assert_eq!(
+        told,
+        [
+            format!("JOINED {team} {bob}"),
+            format!("JOINED {team} {alice}"),
+            format!("OK UNREGISTER {erin}")
+        ]
+    );
+    // Both joined with no message between: the first by name inherits it.
+    for m in [&mut a, &mut b] {
+        assert_eq!(m.read_line(), format!("ROLE {team} {alice} OWNER {erin}"));
+        assert_eq!(m.read_line(), format!("PARTED {team} {erin}"));
+    }
+    for (m, node) in [(&mut a, 0), (&mut b, 1)] {
+        nodes[node].barrier();
+        let members: Vec<String> = m
+            .call(&format!("MEMBERS {team}"))
+            .into_iter()
+            .map(|l| l.replace(" ONLINE", "").replace(" OFFLINE", ""))
+            .collect();
+        assert_eq!(
+            members,
+            [
+                format!("MEMBER {team} {alice} OWNER"),
+                format!("MEMBER {team} {bob} MEMBER"),
+                format!("OK MEMBERS {team} 2")
+            ],
+            "node {node}"
+        );
+    }
+    let created = a.call(&format!("JOIN {solo}"));
+    assert!(created.last().unwrap().ends_with(" CREATED"), "{created:?}");
     // An operator's ANNOUNCE on node 1 reaches the connections of every node, and a KILL closes
     // the account's connections on every node.
     nodes[0].connect().register(ADMIN);

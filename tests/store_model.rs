@@ -121,7 +121,10 @@ impl Generator {
                     }),
                 };
                 if self.rng.chance(50) {
-                    StoreOp::PutRoom { id: room, room: rec }
+                    StoreOp::PutRoom {
+                        id: room,
+                        room: rec,
+                    }
                 } else {
                     // A creation: the room and its owner in one op.
                     StoreOp::CreateRoom {

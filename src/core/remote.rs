@@ -9,8 +9,9 @@
 //! users it concerns is told here too, to this server's connections, by the same code the command
 //! runs at its commit: a friendship notice (derived from the edge's old and new state), the close
 //! of an account's connections after PASSWORD, REVOKE, SUSPEND or UNREGISTER, an away message.
-//! What the records do not say (who kicked, a reason, an ANNOUNCE, a KILL) comes as a
-//! [`Notice`], written first in the entry by the node that ran the command.
+//! What the records do not say (who kicked, a reason, an ANNOUNCE, a KILL, the new owner and the
+//! leaving of the rooms an UNREGISTER hands on) comes as a [`Notice`], written by the node that
+//! ran the command beside its ops. An account deleted elsewhere leaves every room here too.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -299,6 +300,8 @@ impl Core {
             }
             StoreOp::DeleteAccount { user, .. } => {
                 let key = Key::from_folded(user);
+                // What its rooms' members are told comes in notices after this op.
+                self.forget_in_rooms(&key);
                 if let Some(acct) = self.forget_account(&key) {
                     for c in acct.conns {
                         self.close_with_bye(c, ByeCode::ACCOUNT_DELETED, "the account was deleted");

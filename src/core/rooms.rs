@@ -1057,6 +1057,7 @@ fn topic_reply<'a>(room: &'a str, topic: Option<&'a TopicRecord>) -> OkReply<'a>
 
 /// What an account's deletion did to one room, told to its members once committed.
 pub(super) struct LeftRoom {
+    id: RoomId,
     /// The room, as created.
     room: String,
     /// Its other members, when the account left.
@@ -1139,13 +1140,54 @@ impl Core {
         }
         let told = left
             .into_iter()
-            .map(|(_, room, audience, heir)| LeftRoom {
+            .map(|(id, room, audience, heir)| LeftRoom {
+                id,
                 room,
                 audience,
                 heir: heir.map(|k| self.shown(&k)),
             })
             .collect();
         (ops, told)
+    }
+
+    /// In a cluster, the notices that have the other nodes tell each room the account `name`
+    /// left with its deletion what [`Core::tell_rooms_left`] tells here. They go after the
+    /// account's deletion, which the other nodes take as its leaving every room: the audience is
+    /// then the members that remain, as here.
+    pub(super) fn rooms_left_notices(&self, name: &str, left: &[LeftRoom]) -> Vec<StoreOp> {
+        let mut ops = Vec::new();
+        for l in left {
+            if let Some(heir) = &l.heir {
+                let event = RoomEvent::Role {
+                    name: heir,
+                    role: Role::Owner,
+                    by: name,
+                };
+                ops.extend(self.room_notice(l.id, &l.room, event));
+            }
+            let event = RoomEvent::Parted { name, reason: "" };
+            ops.extend(self.room_notice(l.id, &l.room, event));
+        }
+        ops
+    }
+
+    /// Another node deleted the account `me`: it leaves every room in memory. The rooms it was
+    /// the last owner or member of were handed on or deleted by ops before this one.
+    pub(super) fn forget_in_rooms(&mut self, me: &Key) {
+        let Some(acct) = self.accounts.get_mut(me) else {
+            return;
+        };
+        let rooms = std::mem::take(&mut acct.rooms);
+        let invited = std::mem::take(&mut acct.invited);
+        for id in rooms.iter().chain(invited.iter()) {
+            if let Some(room) = self.rooms.get_mut(id) {
+                room.members.remove(me);
+                room.invites.remove(me);
+            }
+        }
+        for room in self.rooms.values_mut() {
+            room.bans.remove(me);
+        }
     }
 
     /// Tells each room an account left with its deletion: `ROLE` for the new owner first, then

@@ -120,13 +120,10 @@ struct Node {
 impl Node {
     fn start(nats: &Nats, dir: &Path, i: usize) -> Node {
         let db = dir.join(format!("node{i}.redb"));
-        // Nodes 1 and 2 name the operator; node 0 does not, so that the account can be
-        // registered there (the way a cluster's first operator account is made: manual 17.4).
-        let mut args = vec!["--cluster".to_owned(), nats.url()];
-        if i > 0 {
-            args.extend(["--admin".to_owned(), ADMIN.to_owned()]);
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        // Every node names the operator, whose account `chatd adduser --cluster` makes (manual
+        // 17.4).
+        let url = nats.url();
+        let args = ["--cluster", url.as_str(), "--admin", ADMIN];
         let server = Server::start_on(&db, &args);
         let mut sync = server.connect();
         let name = unique("sync");
@@ -148,6 +145,27 @@ impl Node {
     fn connect(&self) -> Client {
         self.server.connect()
     }
+}
+
+/// `chatd adduser --cluster` of `name` with the password [`PASSWORD`], to the end.
+fn adduser_in(nats: &Nats, name: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chatd"))
+        .args([
+            "adduser",
+            "--scrypt-log-n",
+            "4",
+            "--cluster",
+            &nats.url(),
+            name,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting chatd adduser");
+    writeln!(child.stdin.take().unwrap(), "{PASSWORD}").unwrap();
+    child.wait_with_output().unwrap()
 }
 
 /// A NATS server and three nodes.
@@ -604,7 +622,7 @@ fn rooms_cross_nodes() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (_nats, mut nodes) = cluster(dir.path());
+    let (nats, mut nodes) = cluster(dir.path());
     let [alice, bob, carol] = [unique("alice"), unique("bob"), unique("carol")];
     for (i, n) in [&alice, &bob, &carol].iter().enumerate() {
         nodes[i].connect().register(n);
@@ -769,7 +787,19 @@ fn rooms_cross_nodes() {
     assert!(created.last().unwrap().ends_with(" CREATED"), "{created:?}");
     // An operator's ANNOUNCE on node 1 reaches the connections of every node, and a KILL closes
     // the account's connections on every node.
-    nodes[0].connect().register(ADMIN);
+    // The operator's account is made with `chatd adduser --cluster`, while the nodes run (manual
+    // 17.4); a second time, the name is taken.
+    let made = adduser_in(&nats, ADMIN);
+    assert!(made.status.success(), "{made:?}");
+    let said = String::from_utf8_lossy(&made.stdout);
+    assert!(
+        said.contains("account root created in the cluster at nats://"),
+        "{said}"
+    );
+    let again = adduser_in(&nats, ADMIN);
+    assert!(!again.status.success(), "{again:?}");
+    let said = String::from_utf8_lossy(&again.stderr);
+    assert!(said.contains("the name root is taken"), "{said}");
     let (mut root, _) = login_on(&mut nodes[1], ADMIN);
     nodes[0].barrier();
     nodes[2].barrier();

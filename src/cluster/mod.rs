@@ -67,6 +67,21 @@ pub struct ClusterOptions {
     pub replicas: usize,
 }
 
+impl ClusterOptions {
+    /// From `--cluster` (URLs, comma-separated) and `--cluster-replicas` (at least 1).
+    pub fn new(urls: &str, replicas: usize) -> ClusterOptions {
+        ClusterOptions {
+            urls: urls
+                .split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            replicas: replicas.max(1),
+        }
+    }
+}
+
 /// One entry to publish.
 struct Outgoing {
     subject: String,

@@ -1015,3 +1015,83 @@ fn stopping_one_of_three_nats_servers_under_load_loses_nothing_acknowledged() {
         assert!(line.ends_with(text.as_str()), "{line}");
     }
 }
+
+/// Publishes `payload` on `subject` with core NATS (the log's stream takes every
+/// `chatd.log.>` subject), the way a newer chatd's entry would arrive, and waits for the server's
+/// PONG so that it has been taken.
+fn publish_raw(nats: &Nats, subject: &str, payload: &[u8]) {
+    use std::io::{BufRead, BufReader, Write};
+    let s = std::net::TcpStream::connect(("127.0.0.1", nats.port)).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert!(line.starts_with("INFO "), "{line}");
+    let mut msg = format!(
+        "CONNECT {{\"verbose\":false}}\r\nPUB {subject} {}\r\n",
+        payload.len()
+    )
+    .into_bytes();
+    msg.extend_from_slice(payload);
+    msg.extend_from_slice(b"\r\nPING\r\n");
+    w.write_all(&msg).unwrap();
+    loop {
+        line.clear();
+        assert!(r.read_line(&mut line).unwrap() > 0, "NATS closed");
+        assert!(!line.starts_with("-ERR"), "{line}");
+        if line.starts_with("PONG") {
+            return;
+        }
+    }
+}
+
+#[test]
+fn an_entry_in_a_newer_format_stops_a_node_which_says_why() {
+    if !have_nats("an_entry_in_a_newer_format_stops_a_node_which_says_why") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start();
+    let node = Node::start(&nats, dir.path(), 0);
+    // Format version 250: no chatd writes it yet. Skipping it would make this node's index differ
+    // from a newer node's; the node stops instead, and says which version it met.
+    publish_raw(&nats, "chatd.log.state", &[250, 1, 2, 3]);
+    let deadline = Instant::now() + TIMEOUT;
+    let said = loop {
+        let log = node.server.log();
+        if let Some(l) = log.iter().find(|l| l.contains("format version 250")) {
+            break l.clone();
+        }
+        assert!(Instant::now() < deadline, "no word of the entry: {log:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    println!("the running node logged: {said}");
+    assert!(said.contains("reads versions up to 2"), "{said}");
+    let status = node.server.stop();
+    assert!(!status.success(), "the node ended with {status}");
+    // A node started on that log refuses to start, with the same words.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chatd"))
+        .args(["--listen", "127.0.0.1:0", "--cluster", &nats.url(), "--db"])
+        .arg(dir.path().join("late.redb"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("a node started on a log it cannot read did not stop");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    println!("a node started later said: {err}");
+    assert!(!status.success());
+    assert!(err.contains("is in format version 250"), "{err}");
+}

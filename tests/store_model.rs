@@ -129,7 +129,7 @@ impl Generator {
                     // A creation: the room and its owner in one op.
                     StoreOp::CreateRoom {
                         id: room,
-                        room: rec,
+                        room: Box::new(rec),
                         owner: user,
                         member: MemberRecord {
                             role: Role::Owner,

@@ -101,6 +101,9 @@ enum Refused {
     Failed(String),
 }
 
+/// The answers to a part of a batch: each entry's op index, and its sequence or refusal.
+type Answers = Vec<(usize, Result<u64, Refused>)>;
+
 /// A request to the NATS thread.
 struct Publish {
     entries: Vec<Outgoing>,
@@ -610,10 +613,7 @@ impl ClusterStore {
     }
 
     /// Publishes `entries` (with the index of their op) and waits for their acknowledgements.
-    fn publish(
-        &mut self,
-        entries: Vec<(usize, Outgoing)>,
-    ) -> Result<Vec<(usize, Result<u64, Refused>)>, StoreError> {
+    fn publish(&mut self, entries: Vec<(usize, Outgoing)>) -> Result<Answers, StoreError> {
         if entries.is_empty() {
             return Ok(Vec::new());
         }

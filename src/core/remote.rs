@@ -217,7 +217,7 @@ impl Core {
                 room,
                 owner,
                 member,
-            } => self.remote_room_created(id, room, Key::from_folded(owner), member),
+            } => self.remote_room_created(id, *room, Key::from_folded(owner), member),
             StoreOp::DeleteRoom { id } => {
                 if let Some(r) = self.rooms.remove(&id) {
                     if self.room_names.get(&RoomKey::of(&r.name)) == Some(&id) {

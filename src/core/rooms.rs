@@ -494,7 +494,7 @@ impl Core {
         // One op: in a cluster, the log takes it only if no other node created the name first.
         let ops = vec![StoreOp::CreateRoom {
             id,
-            room: room.record(),
+            room: Box::new(room.record()),
             owner: me.as_str().to_owned(),
             member,
         }];

@@ -294,7 +294,7 @@ impl State {
                 owner,
                 member,
             } => {
-                self.rooms.insert(*id, room.clone());
+                self.rooms.insert(*id, (**room).clone());
                 self.members.insert((*id, owner.clone()), *member);
                 StoreReply::Done
             }

@@ -363,7 +363,8 @@ pub enum StoreOp {
     /// (answered [`StoreReply::Taken`] otherwise), so that a name never names two rooms.
     CreateRoom {
         id: RoomId,
-        room: RoomRecord,
+        /// Boxed, to keep the op small.
+        room: Box<RoomRecord>,
         owner: String,
         member: MemberRecord,
     },

@@ -364,7 +364,7 @@ pub fn decode_op(bytes: &[u8]) -> Result<StoreOp, Damage> {
         18 => StoreOp::DeleteRoom { id: r.u64()? },
         28 if version >= 2 => StoreOp::CreateRoom {
             id: r.u64()?,
-            room: decode_room(&blob(&mut r)?)?,
+            room: Box::new(decode_room(&blob(&mut r)?)?),
             owner: r.string()?,
             member: decode_member(&blob(&mut r)?)?,
         },
@@ -540,12 +540,12 @@ mod tests {
             StoreOp::DeleteRoom { id: 3 },
             StoreOp::CreateRoom {
                 id: 4,
-                room: RoomRecord {
+                room: Box::new(RoomRecord {
                     name: "#go".into(),
                     created_ms: 2,
                     private: false,
                     topic: None,
-                },
+                }),
                 owner: "a".into(),
                 member: MemberRecord {
                     role: Role::Owner,

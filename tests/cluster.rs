@@ -252,12 +252,19 @@ fn a_room_name_created_on_two_nodes_at_once_is_one_room() {
     let rounds = 12;
     for round in 0..rounds {
         let room = format!("#{}", unique("race"));
-        // Both are sent before either answer is read: each node finds the name free.
+        // Both are sent before either answer is read: each node finds the name free. A message
+        // follows each JOIN at once: it is for the room the JOIN answers.
         a.send(&format!("JOIN {room}"));
         b.send(&format!("JOIN {room}"));
+        a.send(&format!("MSG {room} from alice {round}"));
+        b.send(&format!("MSG {room} from bob {round}"));
         let ra = a.read_until(|l| l.starts_with("OK JOIN ") || l.starts_with("FAIL "));
         let rb = b.read_until(|l| l.starts_with("OK JOIN ") || l.starts_with("FAIL "));
         let (ra, rb) = (ra.last().unwrap(), rb.last().unwrap());
+        for m in [&mut a, &mut b] {
+            let sent = m.read_until(|l| l.starts_with("OK MSG ") || l.starts_with("FAIL "));
+            assert!(sent.last().unwrap().starts_with("OK MSG "), "{sent:?}");
+        }
         // One created the room; the other joined it, as a JOIN of an existing room.
         let mut outcomes = [ra.as_str(), rb.as_str()];
         outcomes.sort_unstable();
@@ -305,6 +312,15 @@ fn a_room_name_created_on_two_nodes_at_once_is_one_room() {
             seen.iter().all(|s| *s == seen[0]),
             "round {round}: {seen:?}"
         );
+        // Both messages are in that room, and its history is the same from both nodes.
+        let mut pages = Vec::new();
+        for (m, node) in [(&mut a, 0), (&mut b, 1)] {
+            nodes[node].barrier();
+            m.sync();
+            pages.push(m.history(&format!("{room} 10")).0);
+        }
+        assert_eq!(pages[0].len(), 2, "round {round}: {pages:?}");
+        assert_eq!(pages[0], pages[1], "round {round}");
     }
     // How many rounds were a race that the log decided (the loser's node logs it).
     let lost = nodes

@@ -210,6 +210,12 @@ impl Core {
         let member_key = sender.as_str().to_owned();
         let final_cell = cell.clone();
         let finish = move |core: &mut Core, reply: StoreReply| {
+            if reply == StoreReply::Taken {
+                // In a cluster: the room was this node's creation, which lost its name to another
+                // node's room (rooms.rs); nothing was stored.
+                let text = format!("{name} was created on another node first; JOIN it");
+                return core.refuse(req, Code::NOT_MEMBER, &text);
+            }
             let (id, line) = match (final_cell, copy) {
                 (Some(cell), Some(record)) => {
                     if let StoreReply::Appended(real) = reply {

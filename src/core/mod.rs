@@ -486,6 +486,9 @@ pub struct Core {
     rooms: HashMap<RoomId, Room>,
     /// Room numbers by folded name.
     room_names: HashMap<RoomKey, RoomId>,
+    /// In a cluster, the rooms this node is creating whose creation the log has not answered yet
+    /// (another node may have taken the name first: see `rooms.rs`).
+    creating: HashSet<RoomId>,
     next_room_id: RoomId,
     next_id: MsgId,
     next_ticket: Ticket,
@@ -627,6 +630,7 @@ impl Core {
             conns: ConnMap::default(),
             rooms,
             room_names,
+            creating: HashSet::new(),
             next_room_id: snapshot.next_room_id.max(1),
             next_id: snapshot.next_id.max(1),
             next_ticket: 1,

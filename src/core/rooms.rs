@@ -513,7 +513,9 @@ impl Core {
         };
         // The caller's other connections learn of the new room.
         let told = Some((vec![me.clone()], name.as_str().to_owned()));
-        let conn = req.conn;
+        if self.settings.cluster {
+            self.creating.insert(id);
+        }
         self.join_answer(
             req,
             name,
@@ -525,11 +527,6 @@ impl Core {
             0,
             Joining { ops, told },
         );
-        if self.settings.cluster {
-            // The caller's next commands wait for the outcome: if another node created the name
-            // first, they concern that node's room, which the caller is about to join instead.
-            self.hold(conn);
-        }
     }
 
     /// In a cluster, a room this node created whose name another node took first (the log
@@ -560,7 +557,9 @@ impl Core {
     /// writes, so it is exactly what was said before the join, and it reaches the member before
     /// anything said after), and `OK JOIN`. The audience in `told` learns of the join at the same
     /// commit. In a cluster, if the room turns out to have lost its name to another node's room
-    /// (`Taken`), the JOIN of `name` runs again and joins that room.
+    /// (`Taken`), the JOIN of `name` runs again and joins that room; and while the room's
+    /// creation is not answered, the caller's next commands wait, so that they concern the room
+    /// the JOIN answers.
     #[allow(clippy::too_many_arguments)]
     fn join_answer(
         &mut self,
@@ -575,6 +574,8 @@ impl Core {
         joining: impl Into<Joining>,
     ) {
         let Joining { mut ops, told } = joining.into();
+        // (A JOIN with nothing to commit is answered at once, and need not wait.)
+        let (conn, held) = (req.conn, self.creating.contains(&id) && !ops.is_empty());
         if after < upto {
             ops.push(StoreOp::RoomReplay {
                 room: id,
@@ -585,11 +586,9 @@ impl Core {
         }
         self.reserve(&mut req);
         self.store_all(ops, move |core, reply| {
-            // Its caller waited for a creation's outcome in a cluster.
-            let (conn, held) = (
-                req.conn,
-                core.settings.cluster && outcome == JoinOutcome::Created,
-            );
+            if outcome == JoinOutcome::Created {
+                core.creating.remove(&id);
+            }
             if reply == StoreReply::Taken {
                 core.lost_room(id);
                 core.join(req, name);
@@ -628,6 +627,9 @@ impl Core {
                 core.release(conn);
             }
         });
+        if held {
+            self.hold(conn);
+        }
     }
 
     // ----- PART -----

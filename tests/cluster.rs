@@ -332,6 +332,78 @@ fn a_room_name_created_on_two_nodes_at_once_is_one_room() {
 }
 
 #[test]
+fn a_join_on_one_node_as_the_room_is_deleted_on_another_is_told_the_truth() {
+    if !have_nats("a_join_on_one_node_as_the_room_is_deleted_on_another_is_told_the_truth") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_nats, mut nodes) = cluster(dir.path());
+    let [alice, bob, carol] = [unique("alice"), unique("bob"), unique("carol")];
+    for (i, n) in [&alice, &bob, &carol].iter().enumerate() {
+        nodes[i].connect().register(n);
+    }
+    let (mut a, _) = login_on(&mut nodes[0], &alice);
+    let (mut b, _) = login_on(&mut nodes[1], &bob);
+    let mut onlookers: Vec<Client> = (0..3).map(|i| login_on(&mut nodes[i], &carol).0).collect();
+    let mut outcomes = BTreeMap::new();
+    for round in 0..10 {
+        let room = format!("#{}", unique("gone"));
+        let made = a.call(&format!("JOIN {room}"));
+        assert!(made.last().unwrap().ends_with(" CREATED"), "{made:?}");
+        nodes[1].barrier();
+        // Sent together: bob's node may take the JOIN before it learns of the deletion.
+        a.send(&format!("ROOM DELETE {room}"));
+        b.send(&format!("JOIN {room}"));
+        let deleted = a.read_until(|l| l.starts_with("OK ROOM ") || l.starts_with("FAIL "));
+        assert_eq!(deleted.last().unwrap(), &format!("OK ROOM DELETE {room}"));
+        let lines = b.read_until(|l| l.starts_with("OK JOIN ") || l.starts_with("FAIL "));
+        let joined = lines.last().unwrap().clone();
+        // Either bob joined before the deletion, and, a member then, is told of it; or the name
+        // was free when his JOIN reached the log, and he made a new room of it.
+        let members: Vec<String>;
+        if joined == format!("OK JOIN {room} JOINED") {
+            // (The deletion may reach bob's node with his JOIN's own commit, and be told first.)
+            let told = format!("DELETED {room} {alice}");
+            if !lines.contains(&told) {
+                b.read_until(|l| *l == told);
+            }
+            members = vec![];
+        } else {
+            assert_eq!(joined, format!("OK JOIN {room} CREATED"), "round {round}");
+            members = vec![
+                format!("MEMBER {room} {bob} OWNER"),
+                format!("OK MEMBERS {room} 1"),
+            ];
+        }
+        *outcomes
+            .entry(joined.rsplit(' ').next().unwrap().to_owned())
+            .or_insert(0) += 1;
+        // Every node agrees.
+        for (i, o) in onlookers.iter_mut().enumerate() {
+            nodes[i].barrier();
+            let seen: Vec<String> = o
+                .call(&format!("MEMBERS {room}"))
+                .into_iter()
+                .map(|l| l.replace(" ONLINE", "").replace(" OFFLINE", ""))
+                .collect();
+            if members.is_empty() {
+                assert!(
+                    seen.len() == 1 && seen[0].starts_with("FAIL MEMBERS NO_SUCH_ROOM"),
+                    "node {i}, round {round}: {seen:?}"
+                );
+            } else {
+                assert_eq!(seen, members, "node {i}, round {round}");
+            }
+        }
+        if !members.is_empty() {
+            let reply = b.call1(&format!("ROOM DELETE {room}"));
+            assert_eq!(reply, format!("OK ROOM DELETE {room}"));
+        }
+    }
+    println!("bob's JOINs: {outcomes:?}");
+}
+
+#[test]
 fn msg_group_and_all_cross_nodes_with_one_id_and_one_history_even_after_a_restart() {
     if !have_nats("msg_group_and_all_cross_nodes_with_one_id_and_one_history_even_after_a_restart")
     {

@@ -24,7 +24,10 @@
 //!   subject, and a deleted name can be created again). Of two nodes creating one name at once the
 //!   stream takes one; the other learns the winner's room from the log before its answer,
 //!   [`StoreReply::Taken`], reaches its core, which then answers the JOIN as a JOIN of that room.
-//!   The ops of the same batch on the room that lost are not written (answered `Taken` too).
+//!   An op on a room the log does not have (one that lost its name, or that another node deleted
+//!   while the op was made) is not written either, and is answered `Taken` too; and since the
+//!   deletion may still be on its way, every node skips alike, when applying, an entry on a room
+//!   that does not exist at its place in the log (its own node answers it `Taken`).
 //!
 //! The async-nats client needs tokio: it runs on one thread of its own (`chatd-nats`) with a
 //! current-thread runtime, joined to the rest by bounded `async-channel`s (requests in, the log's
@@ -172,12 +175,56 @@ struct RoomNames {
 }
 
 impl RoomNames {
-    /// Takes in an applied entry.
-    fn applied(&mut self, op: &StoreOp, seq: u64, subject: &str) {
+    /// Takes in the subject of an entry read (applied or skipped): a room name's subject's last
+    /// entry is what the name's next creation expects.
+    fn on_subject(&mut self, subject: &str, seq: u64) {
+        if subject.starts_with(ROOM_SUBJECTS) {
+            let name = self.by_name.entry(subject.to_owned()).or_default();
+            name.0 = name.0.max(seq);
+        }
+    }
+
+    /// Whether an entry's op is applied, at its place in the log: not if it concerns a room that
+    /// does not exist there (an op made on a node that had not yet learned of the room's deletion,
+    /// or of its loss of the name). Every node decides alike, from the entries before it;
+    /// `changed` holds the rooms made or deleted by the entries of the batch not yet taken in.
+    fn takes(&self, op: &StoreOp, version: u8, changed: &mut HashMap<RoomId, bool>) -> bool {
+        let exists = |r: &RoomId, changed: &HashMap<RoomId, bool>| {
+            changed
+                .get(r)
+                .copied()
+                .unwrap_or_else(|| self.by_room.contains_key(r))
+        };
+        match op {
+            StoreOp::CreateRoom { id, .. } => {
+                changed.insert(*id, true);
+                true
+            }
+            // Format version 1 created rooms this way.
+            StoreOp::PutRoom { id, .. } if !exists(id, changed) => {
+                let legacy = version == 1;
+                if legacy {
+                    changed.insert(*id, true);
+                }
+                legacy
+            }
+            StoreOp::DeleteRoom { id } => {
+                let there = exists(id, changed);
+                changed.insert(*id, false);
+                there
+            }
+            // Stores nothing; a node's core tells a room it does not know nobody.
+            StoreOp::Notice(_) => true,
+            op => room_of(op).is_none_or(|r| exists(&r, changed)),
+        }
+    }
+
+    /// Takes in an applied op.
+    fn applied(&mut self, op: &StoreOp) {
         match op {
             StoreOp::CreateRoom { id, room, .. } => {
                 let on = room_subject(&room.name);
-                self.by_name.insert(on.clone(), (seq, Some(*id)));
+                self.by_name.entry(on.clone()).or_default().1 = Some(*id);
                 self.by_room.insert(*id, on);
             }
             StoreOp::PutRoom { id, room } if !self.by_room.contains_key(id) => {
@@ -188,10 +235,7 @@ impl RoomNames {
             }
             StoreOp::DeleteRoom { id } => {
                 if let Some(on) = self.by_room.remove(id) {
-                    let name = self.by_name.entry(on.clone()).or_default();
-                    if subject == on {
-                        name.0 = name.0.max(seq);
-                    }
+                    let name = self.by_name.entry(on).or_default();
                     if name.1 == Some(*id) {
                         name.1 = None;
                     }
@@ -202,11 +246,14 @@ impl RoomNames {
     }
 }
 
+/// The prefix of the room names' subjects.
+const ROOM_SUBJECTS: &str = "chatd.log.room.";
+
 /// The subject of a room name's creations and deletions.
 fn room_subject(name: &str) -> String {
     let key = RoomKey::of(name);
     // A room name is `#` and letters, digits, `_` and `-`: a valid subject token without it.
-    format!("chatd.log.room.{}", key.as_str().trim_start_matches('#'))
+    format!("{ROOM_SUBJECTS}{}", key.as_str().trim_start_matches('#'))
 }
 
 /// The room an op concerns, if any (a room's creation is not counted: it is the one that decides).
@@ -355,39 +402,83 @@ impl ClusterStore {
         if self.unapplied.is_empty() {
             return Ok(());
         }
-        let mut ops = Vec::with_capacity(self.unapplied.len());
-        let mut keep = Vec::with_capacity(self.unapplied.len());
-        for e in &self.unapplied {
+        let entries = std::mem::take(&mut self.unapplied);
+        let mut ops = Vec::with_capacity(entries.len());
+        // Per entry kept: `None` if its op is in `ops`, or the op skipped.
+        let mut fates = Vec::with_capacity(entries.len());
+        // Rooms made or deleted by the entries before, in this batch.
+        let mut changed = HashMap::new();
+        for (i, e) in entries.iter().enumerate() {
             if e.seq <= self.applied {
                 // Delivered again after the consumer was recreated.
                 continue;
             }
-            match entry_version(&e.payload) {
-                Some(v) if !readable_version(v) => {
-                    return Err(StoreError::LogVersion {
-                        seq: e.seq,
-                        found: v,
-                        reads: OPLOG_VERSION,
-                    })
-                }
-                _ => {}
+            let version = entry_version(&e.payload).unwrap_or(0);
+            if !readable_version(version) && !e.payload.is_empty() {
+                self.unapplied = entries;
+                return Err(StoreError::LogVersion {
+                    seq: self.unapplied[i].seq,
+                    found: version,
+                    reads: OPLOG_VERSION,
+                });
             }
             match decode_op(&e.payload) {
                 Ok(op) => {
-                    ops.push(with_id(op, e.seq));
-                    keep.push(e);
+                    let op = with_id(op, e.seq);
+                    if self.names.takes(&op, version, &mut changed) {
+                        ops.push(op);
+                        fates.push((i, None));
+                    } else {
+                        fates.push((i, Some(op)));
+                    }
                 }
                 // Every node skips it alike, so the indexes stay equal.
                 Err(d) => log::error!("log entry {} cannot be decoded, skipped: {d}", e.seq),
             }
         }
+        let count = ops.len();
         let replies = if ops.is_empty() {
             Vec::new()
         } else {
-            self.local.write(&ops)?
+            match self.local.write(&ops) {
+                Ok(r) => r,
+                Err(err) => {
+                    self.unapplied = entries;
+                    return Err(err);
+                }
+            }
         };
-        for ((e, op), reply) in keep.into_iter().zip(ops).zip(replies) {
-            self.names.applied(&op, e.seq, &e.subject);
+        if replies.len() != count {
+            return Err(StoreError::ReplyCount {
+                ops: count,
+                replies: replies.len(),
+            });
+        }
+        let mut applied = ops.into_iter().zip(replies);
+        for (i, skipped) in fates {
+            let e = &entries[i];
+            self.names.on_subject(&e.subject, e.seq);
+            let (op, reply) = match skipped {
+                None => match applied.next() {
+                    Some(x) => x,
+                    None => break,
+                },
+                Some(op) => {
+                    // Every node skips it alike: it concerns a room that no longer exists (or
+                    // never did) at its place in the log.
+                    log::debug!(
+                        "log entry {} is on a room that is gone, skipped: {op:?}",
+                        e.seq
+                    );
+                    if let (Some(n), Some(id)) = (&e.node, &e.msg_id) {
+                        if *n == self.node {
+                            self.own.insert(id.clone(), (e.seq, StoreReply::Taken));
+                        }
+                    }
+                    continue;
+                }
+            };
+            self.names.applied(&op);
             match (&e.node, &e.msg_id) {
                 (Some(n), Some(id)) if *n == self.node => {
                     self.own.insert(id.clone(), (e.seq, reply));
@@ -395,10 +486,9 @@ impl ClusterStore {
                 _ => self.remote.push(op),
             }
         }
-        if let Some(last) = self.unapplied.last() {
+        if let Some(last) = entries.last() {
             self.applied = self.applied.max(last.seq);
         }
-        self.unapplied.clear();
         Ok(())
     }
 
@@ -420,8 +510,16 @@ impl ClusterStore {
         let mut logged = vec![false; ops.len()];
         let mut part = Vec::new();
         let mut last = 0;
+        // Rooms this batch creates, not in the index until the batch is applied.
+        let mut made = HashSet::new();
         for (i, (op, id)) in ops.iter().zip(ids).enumerate() {
-            if room_of(op).is_some_and(|r| self.names.lost.contains(&r)) {
+            // An op on a room the log does not have (its creation lost the name, or another node
+            // deleted it meanwhile) is not written: it would leave rows of no room in every index.
+            let gone = |r: RoomId| {
+                self.names.lost.contains(&r)
+                    || !(self.names.by_room.contains_key(&r) || made.contains(&r))
+            };
+            if room_of(op).is_some_and(gone) {
                 answered[i] = Some(StoreReply::Taken);
                 continue;
             }
@@ -452,6 +550,7 @@ impl ClusterStore {
                     }
                     None => {}
                 }
+                made.insert(*room);
             }
             let Some(payload) = encode_op(op) else {
                 continue;
@@ -597,8 +696,11 @@ impl ClusterStore {
                 Ok(seq) => *last = (*last).max(seq),
                 Err(Refused::Taken(conflict)) => {
                     answered[at] = Some(StoreReply::Taken);
-                    if let StoreOp::CreateRoom { id, .. } = &ops[at] {
+                    if let StoreOp::CreateRoom { id, room, .. } = &ops[at] {
                         self.names.lost.insert(*id);
+                        if let Some(seq) = conflict {
+                            self.names.on_subject(&room_subject(&room.name), seq);
+                        }
                     }
                     // The entry that won is applied before the answer, so that the core learns
                     // of it first, and so that this node's next creation of the name expects it.

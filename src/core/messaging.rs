@@ -211,9 +211,9 @@ impl Core {
         let final_cell = cell.clone();
         let finish = move |core: &mut Core, reply: StoreReply| {
             if reply == StoreReply::Taken {
-                // In a cluster: the room was this node's creation, which lost its name to another
-                // node's room (rooms.rs); nothing was stored.
-                let text = format!("{name} was created on another node first; JOIN it");
+                // In a cluster: the room is not in the log (another node deleted it meanwhile, or
+                // it was this node's creation, which lost its name: rooms.rs); nothing was stored.
+                let text = format!("you are not a member of {name}: that room is gone");
                 return core.refuse(req, Code::NOT_MEMBER, &text);
             }
             let (id, line) = match (final_cell, copy) {

@@ -559,8 +559,9 @@ pub enum StoreReply {
     /// [`Done`]: StoreReply::Done
     Appended(MsgId),
     /// A new account or room was not created: the name was taken first by another server of the
-    /// cluster, which the core could not know when it checked. Also the answer to a later op of
-    /// the same batch on a room whose creation was refused so (it was not written).
+    /// cluster, which the core could not know when it checked. Also the answer, in a cluster, to
+    /// an op on a room the log does not have (its creation was refused so, or another server
+    /// deleted it meanwhile): the op was not written.
     Taken,
     /// A backup was written: what it holds.
     Backup(backup::Summary),

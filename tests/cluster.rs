@@ -360,21 +360,20 @@ fn a_join_on_one_node_as_the_room_is_deleted_on_another_is_told_the_truth() {
         let joined = lines.last().unwrap().clone();
         // Either bob joined before the deletion, and, a member then, is told of it; or the name
         // was free when his JOIN reached the log, and he made a new room of it.
-        let members: Vec<String>;
-        if joined == format!("OK JOIN {room} JOINED") {
+        let members: Vec<String> = if joined == format!("OK JOIN {room} JOINED") {
             // (The deletion may reach bob's node with his JOIN's own commit, and be told first.)
             let told = format!("DELETED {room} {alice}");
             if !lines.contains(&told) {
                 b.read_until(|l| *l == told);
             }
-            members = vec![];
+            vec![]
         } else {
             assert_eq!(joined, format!("OK JOIN {room} CREATED"), "round {round}");
-            members = vec![
+            vec![
                 format!("MEMBER {room} {bob} OWNER"),
                 format!("OK MEMBERS {room} 1"),
-            ];
-        }
+            ]
+        };
         *outcomes
             .entry(joined.rsplit(' ').next().unwrap().to_owned())
             .or_insert(0) += 1;

@@ -529,6 +529,14 @@ impl Core {
         );
     }
 
+    /// In a cluster, a change to a room that another node deleted while it was made: the log
+    /// does not have the room at the change's place, so the change was not stored
+    /// (`StoreReply::Taken`), and the command is refused as it would have been a moment later.
+    pub(super) fn room_gone(&mut self, req: Req, room: &str) {
+        let text = format!("{room} was deleted");
+        self.refuse(req, Code::NO_SUCH_ROOM, &text);
+    }
+
     /// In a cluster, a room this node created whose name another node took first (the log
     /// refused its creation): it is forgotten. The room that has the name came through the log
     /// before the refusal.
@@ -710,30 +718,36 @@ impl Core {
             None => None,
         };
         self.reserve(&mut req);
-        self.store_all(notice.into_iter().chain([op]).collect(), move |core, _| {
-            if let Some(audience) = &audience {
-                let name = core.shown(&me);
-                let reason = reason.as_deref().unwrap_or("");
-                core.tell(
-                    audience,
-                    &room_name,
-                    RoomEvent::Parted {
-                        name: &name,
-                        reason,
+        self.store_all(
+            notice.into_iter().chain([op]).collect(),
+            move |core, reply| {
+                if reply == StoreReply::Taken {
+                    return core.room_gone(req, &room_name);
+                }
+                if let Some(audience) = &audience {
+                    let name = core.shown(&me);
+                    let reason = reason.as_deref().unwrap_or("");
+                    core.tell(
+                        audience,
+                        &room_name,
+                        RoomEvent::Parted {
+                            name: &name,
+                            reason,
+                        },
+                        req.conn,
+                    );
+                }
+                let mut out = Out::new();
+                out.ok(
+                    &req,
+                    OkReply::Part {
+                        room: &room_name,
+                        outcome,
                     },
-                    req.conn,
                 );
-            }
-            let mut out = Out::new();
-            out.ok(
-                &req,
-                OkReply::Part {
-                    room: &room_name,
-                    outcome,
-                },
-            );
-            core.finish(req, out);
-        });
+                core.finish(req, out);
+            },
+        );
     }
 
     // ----- ROOMS -----
@@ -866,7 +880,10 @@ impl Core {
         let audience = room.audience();
         let room_name = room.name.clone();
         self.reserve(&mut req);
-        self.store(op, move |core, _| {
+        self.store(op, move |core, reply| {
+            if reply == StoreReply::Taken {
+                return core.room_gone(req, &room_name);
+            }
             core.tell(
                 &audience,
                 &room_name,
@@ -973,17 +990,23 @@ impl Core {
         let privacy = room.privacy();
         let notice = self.room_notice(id, &shown_name, RoomEvent::Privacy { privacy, by: &by });
         self.reserve(&mut req);
-        self.store_all(notice.into_iter().chain([op]).collect(), move |core, _| {
-            core.tell(
-                &audience,
-                &shown_name,
-                RoomEvent::Privacy { privacy, by: &by },
-                req.conn,
-            );
-            let mut out = Out::new();
-            reply(&req, &mut out);
-            core.finish(req, out);
-        });
+        self.store_all(
+            notice.into_iter().chain([op]).collect(),
+            move |core, stored| {
+                if stored == StoreReply::Taken {
+                    return core.room_gone(req, &shown_name);
+                }
+                core.tell(
+                    &audience,
+                    &shown_name,
+                    RoomEvent::Privacy { privacy, by: &by },
+                    req.conn,
+                );
+                let mut out = Out::new();
+                reply(&req, &mut out);
+                core.finish(req, out);
+            },
+        );
     }
 
     fn room_delete(&mut self, mut req: Req, me: Key, name: RoomName) {
@@ -1012,7 +1035,11 @@ impl Core {
         let notice = self.room_notice(id, &room_name, RoomEvent::Deleted { by: &by });
         let ops = notice.into_iter().chain([StoreOp::DeleteRoom { id }]);
         self.reserve(&mut req);
-        self.store_all(ops.collect(), move |core, _| {
+        self.store_all(ops.collect(), move |core, reply| {
+            if reply == StoreReply::Taken {
+                // Another node deleted it first, and told its members.
+                return core.room_gone(req, &room_name);
+            }
             core.tell(
                 &audience,
                 &room_name,

@@ -1160,3 +1160,139 @@ mod nats {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::room::Role;
+    use crate::store::{MemberRecord, RoomRecord};
+
+    fn create(id: RoomId, name: &str) -> StoreOp {
+        StoreOp::CreateRoom {
+            id,
+            room: Box::new(RoomRecord {
+                name: name.into(),
+                created_ms: 1,
+                private: false,
+                topic: None,
+            }),
+            owner: "a".into(),
+            member: MemberRecord {
+                role: Role::Owner,
+                since: 0,
+                read_id: 0,
+                read_seq: 0,
+            },
+        }
+    }
+
+    fn join(room: RoomId) -> StoreOp {
+        StoreOp::PutMember {
+            room,
+            user: "b".into(),
+            member: MemberRecord {
+                role: Role::Member,
+                since: 0,
+                read_id: 0,
+                read_seq: 0,
+            },
+        }
+    }
+
+    /// Reads `ops` as entries on their subjects from sequence 1 on, as a node applies them;
+    /// returns which were applied.
+    fn read(names: &mut RoomNames, ops: &[StoreOp], version: u8) -> Vec<bool> {
+        let mut changed = HashMap::new();
+        let mut applied = Vec::new();
+        for (i, op) in ops.iter().enumerate() {
+            let subject = match op {
+                StoreOp::CreateRoom { room, .. } => room_subject(&room.name),
+                StoreOp::DeleteRoom { id } => names
+                    .by_room
+                    .get(id)
+                    .cloned()
+                    .unwrap_or_else(|| room_subject("#rust")),
+                _ => "chatd.log.state".into(),
+            };
+            let takes = names.takes(op, version, &mut changed);
+            names.on_subject(&subject, i as u64 + 1);
+            if takes {
+                names.applied(op);
+            }
+            applied.push(takes);
+        }
+        applied
+    }
+
+    #[test]
+    fn a_room_name_subject_is_the_folded_name() {
+        assert_eq!(room_subject("#Rust-Lang_2"), "chatd.log.room.rust-lang_2");
+    }
+
+    #[test]
+    fn a_name_is_expected_at_its_last_entry_and_ops_on_a_gone_room_are_skipped() {
+        let mut names = RoomNames::default();
+        let ops = [
+            create(7, "#Rust"),
+            join(7),
+            StoreOp::DeleteRoom { id: 7 },
+            join(7),
+        ];
+        // The join after the deletion is skipped, as on every node.
+        assert_eq!(read(&mut names, &ops, 2), [true, true, true, false]);
+        let on = room_subject("#rust");
+        // Free again, and its next creation expects the deletion's entry (3).
+        assert_eq!(names.by_name.get(&on), Some(&(3, None)));
+        // A second deletion of the gone room (a node that had not learned of the first) is
+        // skipped, but it is on the subject: the next creation expects it.
+        let mut changed = HashMap::new();
+        assert!(!names.takes(&StoreOp::DeleteRoom { id: 7 }, 2, &mut changed));
+        names.on_subject(&on, 9);
+        assert_eq!(names.by_name.get(&on), Some(&(9, None)));
+        let ops = [create(8, "#RUST"), join(8)];
+        assert_eq!(read(&mut names, &ops, 2), [true, true]);
+        assert_eq!(names.by_name.get(&on).map(|n| n.1), Some(Some(8)));
+    }
+
+    #[test]
+    fn a_room_of_format_version_1_is_created_by_its_settings() {
+        let mut names = RoomNames::default();
+        let put = StoreOp::PutRoom {
+            id: 3,
+            room: RoomRecord {
+                name: "#old".into(),
+                created_ms: 1,
+                private: false,
+                topic: None,
+            },
+        };
+        // A room's settings for a room that does not exist: a creation in version 1 only.
+        assert_eq!(read(&mut names, std::slice::from_ref(&put), 2), [false]);
+        assert_eq!(read(&mut names, &[put, join(3)], 1), [true, true]);
+        assert_eq!(
+            names.by_name.get(&room_subject("#old")),
+            Some(&(0, Some(3)))
+        );
+    }
+
+    #[test]
+    fn ops_of_one_batch_see_the_rooms_made_and_deleted_before_them() {
+        let names = RoomNames::default();
+        let mut changed = HashMap::new();
+        assert!(names.takes(&create(5, "#a"), 2, &mut changed));
+        assert!(names.takes(&join(5), 2, &mut changed));
+        assert!(names.takes(&StoreOp::DeleteRoom { id: 5 }, 2, &mut changed));
+        assert!(!names.takes(&join(5), 2, &mut changed));
+        // Ops on no room, and notices, are always taken.
+        let away = StoreOp::SetAway {
+            user: "a".into(),
+            away: None,
+        };
+        assert!(names.takes(&away, 2, &mut changed));
+        let notice = StoreOp::Notice(Notice::Room {
+            room: 99,
+            line: "x".into(),
+        });
+        assert!(names.takes(&notice, 2, &mut changed));
+    }
+}

@@ -489,6 +489,8 @@ pub struct Core {
     /// In a cluster, the rooms this node is creating whose creation the log has not answered yet
     /// (another node may have taken the name first: see `rooms.rs`).
     creating: HashSet<RoomId>,
+    /// The JOINs each connection has waiting on such a creation: its input is held until none.
+    join_holds: HashMap<ConnId, u32>,
     next_room_id: RoomId,
     next_id: MsgId,
     next_ticket: Ticket,
@@ -631,6 +633,7 @@ impl Core {
             rooms,
             room_names,
             creating: HashSet::new(),
+            join_holds: HashMap::new(),
             next_room_id: snapshot.next_room_id.max(1),
             next_id: snapshot.next_id.max(1),
             next_ticket: 1,

@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::out::{self, Out};
-use super::{push_to_keys, Account, Core, Req};
+use super::{push_to_keys, Account, ConnId, Core, Req};
 use crate::config::{JOIN_REPLAY, MAX_ROOMS_PER_ACCOUNT, ROOMS_LISTED_PUBLIC};
 use crate::proto::code::Code;
 use crate::proto::command::{Refusal, RoomSub, TopicChange};
@@ -599,9 +599,11 @@ impl Core {
             }
             if reply == StoreReply::Taken {
                 core.lost_room(id);
+                // Run again before the wait ends: if it has to wait in turn (the name is free
+                // again, and created anew), the connection's next commands go on waiting.
                 core.join(req, name);
                 if held {
-                    core.release(conn);
+                    core.join_done(conn);
                 }
                 return;
             }
@@ -632,11 +634,24 @@ impl Core {
             );
             core.finish(req, out);
             if held {
-                core.release(conn);
+                core.join_done(conn);
             }
         });
         if held {
+            *self.join_holds.entry(conn).or_default() += 1;
             self.hold(conn);
+        }
+    }
+
+    /// A JOIN that held its connection's input is answered: the input runs once none is left.
+    fn join_done(&mut self, conn: ConnId) {
+        let left = self.join_holds.get_mut(&conn).map(|n| {
+            *n = n.saturating_sub(1);
+            *n
+        });
+        if left == Some(0) {
+            self.join_holds.remove(&conn);
+            self.release(conn);
         }
     }
 

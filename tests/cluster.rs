@@ -403,6 +403,66 @@ fn a_join_on_one_node_as_the_room_is_deleted_on_another_is_told_the_truth() {
 }
 
 #[test]
+fn two_owners_deleting_one_room_on_two_nodes_at_once_delete_it_once() {
+    if !have_nats("two_owners_deleting_one_room_on_two_nodes_at_once_delete_it_once") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_nats, mut nodes) = cluster(dir.path());
+    let [alice, bob, carol] = [unique("alice"), unique("bob"), unique("carol")];
+    for (i, n) in [&alice, &bob, &carol].iter().enumerate() {
+        nodes[i].connect().register(n);
+    }
+    let (mut a, _) = login_on(&mut nodes[0], &alice);
+    let (mut b, _) = login_on(&mut nodes[1], &bob);
+    let (mut c, _) = login_on(&mut nodes[2], &carol);
+    let final_line = |l: &str| l.starts_with("OK ROOM ") || l.starts_with("FAIL ");
+    let mut firsts = BTreeMap::new();
+    for round in 0..8 {
+        let room = format!("#{}", unique("twice"));
+        let made = a.call(&format!("JOIN {room}"));
+        assert!(made.last().unwrap().ends_with(" CREATED"), "{made:?}");
+        for (m, node) in [(&mut b, 1), (&mut c, 2)] {
+            nodes[node].barrier();
+            let joined = m.call(&format!("JOIN {room}"));
+            assert!(joined.last().unwrap().ends_with(" JOINED"), "{joined:?}");
+        }
+        let made_owner = a.call(&format!("ROLE {room} {bob} OWNER"));
+        assert!(
+            made_owner.last().unwrap().starts_with("OK ROLE"),
+            "{made_owner:?}"
+        );
+        nodes[1].barrier();
+        b.sync();
+        a.send(&format!("ROOM DELETE {room}"));
+        b.send(&format!("ROOM DELETE {room}"));
+        let answers = [
+            a.read_until(final_line).pop().unwrap(),
+            b.read_until(final_line).pop().unwrap(),
+        ];
+        // One deletes it; the other finds it gone, whichever node learned of the first when.
+        let ok = format!("OK ROOM DELETE {room}");
+        let oks = answers.iter().filter(|l| **l == ok).count();
+        let gone = answers
+            .iter()
+            .filter(|l| l.starts_with("FAIL ROOM NO_SUCH_ROOM "))
+            .count();
+        assert_eq!((oks, gone), (1, 1), "round {round}: {answers:?}");
+        // The member on the third node is told once, by the owner whose deletion took effect.
+        let by = if answers[0] == ok { &alice } else { &bob };
+        *firsts.entry(by == &alice).or_insert(0) += 1;
+        nodes[2].barrier();
+        let told: Vec<String> = c
+            .sync()
+            .into_iter()
+            .filter(|l| l.starts_with("DELETED "))
+            .collect();
+        assert_eq!(told, [format!("DELETED {room} {by}")], "round {round}");
+    }
+    println!("rounds won by the owner on node 0 (true) and on node 1 (false): {firsts:?}");
+}
+
+#[test]
 fn msg_group_and_all_cross_nodes_with_one_id_and_one_history_even_after_a_restart() {
     if !have_nats("msg_group_and_all_cross_nodes_with_one_id_and_one_history_even_after_a_restart")
     {

@@ -53,7 +53,7 @@ use crate::core::{BusIn, BusOut};
 use crate::proto::room::RoomKey;
 use crate::store::oplog::{decode_op, encode_op, entry_version, readable_version, OPLOG_VERSION};
 use crate::store::redb::RedbStore;
-use crate::store::{Notice, RoomId, Snapshot, Store, StoreError, StoreOp, StoreReader, StoreReply};
+use crate::store::{RoomId, Snapshot, Store, StoreError, StoreOp, StoreReader, StoreReply};
 
 /// The JetStream stream that holds the log.
 pub const STREAM: &str = "CHATD_LOG";
@@ -189,6 +189,10 @@ impl RoomNames {
     /// or of its loss of the name). Every node decides alike, from the entries before it;
     /// `changed` holds the rooms made or deleted by the entries of the batch not yet taken in.
     fn takes(&self, op: &StoreOp, version: u8, changed: &mut HashMap<RoomId, bool>) -> bool {
+        if let StoreOp::Told { op, .. } = op {
+            // The event goes with its change.
+            return self.takes(op, version, changed);
+        }
         let exists = |r: &RoomId, changed: &HashMap<RoomId, bool>| {
             changed
                 .get(r)
@@ -222,6 +226,7 @@ impl RoomNames {
     /// Takes in an applied op.
     fn applied(&mut self, op: &StoreOp) {
         match op {
+            StoreOp::Told { op, .. } => self.applied(op),
             StoreOp::CreateRoom { id, room, .. } => {
                 let on = room_subject(&room.name);
                 self.by_name.entry(on.clone()).or_default().1 = Some(*id);
@@ -259,18 +264,9 @@ fn room_subject(name: &str) -> String {
 /// The room an op concerns, if any (a room's creation is not counted: it is the one that decides).
 fn room_of(op: &StoreOp) -> Option<RoomId> {
     match op {
-        StoreOp::AppendRoomMessage { room, .. }
-        | StoreOp::PutMember { room, .. }
-        | StoreOp::RemoveMember { room, .. }
-        | StoreOp::PutBan { room, .. }
-        | StoreOp::RemoveBan { room, .. }
-        | StoreOp::PutInvite { room, .. }
-        | StoreOp::RemoveInvite { room, .. }
-        | StoreOp::RoomReplay { room, .. }
-        | StoreOp::RoomSeq { room, .. }
-        | StoreOp::Notice(Notice::Room { room, .. }) => Some(*room),
-        StoreOp::PutRoom { id, .. } | StoreOp::DeleteRoom { id } => Some(*id),
-        _ => None,
+        StoreOp::CreateRoom { .. } => None,
+        StoreOp::Told { op, .. } => room_of(op),
+        op => op.room(),
     }
 }
 
@@ -662,6 +658,7 @@ impl ClusterStore {
     /// The subject an op's entry goes to, and the subject's last entry it expects, if any.
     fn subject_of(&self, op: &StoreOp) -> (String, Option<u64>) {
         match op {
+            StoreOp::Told { op, .. } => self.subject_of(op),
             StoreOp::CreateAccount(rec) => (
                 format!("chatd.log.account.{}", crate::store::key_of(&rec.name)),
                 Some(0),
@@ -1165,7 +1162,7 @@ mod nats {
 mod tests {
     use super::*;
     use crate::proto::room::Role;
-    use crate::store::{MemberRecord, RoomRecord};
+    use crate::store::{MemberRecord, Notice, RoomRecord};
 
     fn create(id: RoomId, name: &str) -> StoreOp {
         StoreOp::CreateRoom {
@@ -1283,6 +1280,16 @@ mod tests {
         assert!(names.takes(&join(5), 2, &mut changed));
         assert!(names.takes(&StoreOp::DeleteRoom { id: 5 }, 2, &mut changed));
         assert!(!names.takes(&join(5), 2, &mut changed));
+        // A room event goes with its change: a second deletion of the room is skipped, event and
+        // all (its members were told by the first).
+        let told = StoreOp::Told {
+            notice: Notice::Room {
+                room: 5,
+                line: "DELETED #a b".into(),
+            },
+            op: Box::new(StoreOp::DeleteRoom { id: 5 }),
+        };
+        assert!(!names.takes(&told, 2, &mut changed));
         // Ops on no room, and notices, are always taken.
         let away = StoreOp::SetAway {
             user: "a".into(),

@@ -90,7 +90,7 @@ use crate::proto::room::RoomKey;
 use crate::proto::server_line::{Presence, Recipient, ServerLine};
 use crate::store::worker::{Report, StoreJob, Ticket};
 use crate::store::{
-    FriendState, MsgId, Profile, ReadOp, RoomId, Snapshot, StoreOp, StoreReply, To, TokenId,
+    FriendState, MsgId, Notice, Profile, ReadOp, RoomId, Snapshot, StoreOp, StoreReply, To, TokenId,
 };
 use crate::tally::Tally;
 
@@ -1069,6 +1069,7 @@ impl Core {
         ops: Vec<StoreOp>,
         then: impl FnOnce(&mut Core, StoreReply) + Send + 'static,
     ) {
+        let ops = told(ops);
         let last = ops.len();
         let mut then = Some(then);
         for (i, op) in ops.into_iter().enumerate() {
@@ -1337,4 +1338,32 @@ fn push_to_keys(
     skip: ConnId,
 ) {
     fan_out(accounts, conns, overflowed, keys.iter(), chunk, Some(skip));
+}
+
+/// A command's ops with each room notice joined to the change right after it on the same room
+/// (`StoreOp::Told`), so that the two are one log entry in a cluster. Outside a cluster there are
+/// no notices, and the ops are as given.
+fn told(ops: Vec<StoreOp>) -> Vec<StoreOp> {
+    let mut out: Vec<StoreOp> = Vec::with_capacity(ops.len());
+    for op in ops {
+        let joins = match (out.last(), &op) {
+            (Some(StoreOp::Notice(Notice::Room { room, .. })), change) => {
+                !matches!(change, StoreOp::Notice(_) | StoreOp::Told { .. })
+                    && !change.is_read()
+                    && change.room() == Some(*room)
+            }
+            _ => false,
+        };
+        match (joins, out.pop()) {
+            (true, Some(StoreOp::Notice(notice))) => out.push(StoreOp::Told {
+                notice,
+                op: Box::new(op),
+            }),
+            (_, last) => {
+                out.extend(last);
+                out.push(op);
+            }
+        }
+    }
+    out
 }

@@ -11,7 +11,8 @@
 //! of an account's connections after PASSWORD, REVOKE, SUSPEND or UNREGISTER, an away message.
 //! What the records do not say (who kicked, a reason, an ANNOUNCE, a KILL, the new owner and the
 //! leaving of the rooms an UNREGISTER hands on) comes as a [`Notice`], written by the node that
-//! ran the command beside its ops. An account deleted elsewhere leaves every room here too.
+//! ran the command beside its ops, a room event with the change it tells of
+//! ([`StoreOp::Told`]). An account deleted elsewhere leaves every room here too.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -328,6 +329,10 @@ impl Core {
                 }
             }
             StoreOp::Notice(notice) => self.remote_notice(notice),
+            StoreOp::Told { notice, op } => {
+                self.remote_notice(notice);
+                self.remote(*op);
+            }
             StoreOp::TouchToken { .. }
             | StoreOp::SetDirectRead { .. }
             | StoreOp::History { .. }

@@ -299,6 +299,7 @@ impl State {
                 StoreReply::Done
             }
             StoreOp::Notice(_) => StoreReply::Done,
+            StoreOp::Told { op, .. } => self.apply(op),
             StoreOp::DeleteRoom { id } => {
                 self.rooms.remove(id);
                 self.members.retain(|(r, _), _| r != id);

@@ -426,6 +426,10 @@ pub enum StoreOp {
     /// in a cluster it travels in the log entry, first among the entry's ops, so that the other
     /// nodes tell their own connections too. Only a node of a cluster writes one.
     Notice(Notice),
+    /// A room event and the change it tells of, as one op (the core makes it of a room notice
+    /// followed by its change): `op` is applied, and in a cluster both travel in one log entry, so
+    /// that a node that skips the change (its room is gone) skips the event too.
+    Told { notice: Notice, op: Box<StoreOp> },
 }
 
 /// What another node's connections are told of a change (see [`StoreOp::Notice`]).
@@ -441,6 +445,28 @@ pub enum Notice {
 }
 
 impl StoreOp {
+    /// The room the op concerns, if any (a room's creation included; a notice of a room event
+    /// too, though it stores nothing).
+    pub fn room(&self) -> Option<RoomId> {
+        match self {
+            StoreOp::AppendRoomMessage { room, .. }
+            | StoreOp::PutMember { room, .. }
+            | StoreOp::RemoveMember { room, .. }
+            | StoreOp::PutBan { room, .. }
+            | StoreOp::RemoveBan { room, .. }
+            | StoreOp::PutInvite { room, .. }
+            | StoreOp::RemoveInvite { room, .. }
+            | StoreOp::RoomReplay { room, .. }
+            | StoreOp::RoomSeq { room, .. }
+            | StoreOp::Notice(Notice::Room { room, .. }) => Some(*room),
+            StoreOp::PutRoom { id, .. }
+            | StoreOp::DeleteRoom { id }
+            | StoreOp::CreateRoom { id, .. } => Some(*id),
+            StoreOp::Told { op, .. } => op.room(),
+            _ => None,
+        }
+    }
+
     /// Whether the op only reads: it runs in a read transaction, outside the write batch.
     pub fn is_read(&self) -> bool {
         match self {
@@ -478,7 +504,8 @@ impl StoreOp {
             | StoreOp::RemoveInvite { .. }
             | StoreOp::SetDirectRead { .. }
             | StoreOp::SetSuspended { .. }
-            | StoreOp::Notice(_) => false,
+            | StoreOp::Notice(_)
+            | StoreOp::Told { .. } => false,
             // Reads, but ordered with the writes (see the op).
             StoreOp::RoomReplay { .. } => false,
         }

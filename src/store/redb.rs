@@ -937,6 +937,7 @@ impl<'txn> Tables<'txn> {
                 Ok(StoreReply::Done)
             }
             StoreOp::Notice(_) => Ok(StoreReply::Done),
+            StoreOp::Told { op, .. } => self.apply(op),
             StoreOp::DeleteRoom { id } => {
                 self.rooms.remove(*id)?;
                 for table in [

@@ -1069,7 +1069,7 @@ impl Core {
         ops: Vec<StoreOp>,
         then: impl FnOnce(&mut Core, StoreReply) + Send + 'static,
     ) {
-        let ops = told(ops);
+        let ops = told_ops(ops);
         let last = ops.len();
         let mut then = Some(then);
         for (i, op) in ops.into_iter().enumerate() {
@@ -1343,7 +1343,7 @@ fn push_to_keys(
 /// A command's ops with each room notice joined to the change right after it on the same room
 /// (`StoreOp::Told`), so that the two are one log entry in a cluster. Outside a cluster there are
 /// no notices, and the ops are as given.
-fn told(ops: Vec<StoreOp>) -> Vec<StoreOp> {
+fn told_ops(ops: Vec<StoreOp>) -> Vec<StoreOp> {
     let mut out: Vec<StoreOp> = Vec::with_capacity(ops.len());
     for op in ops {
         let joins = match (out.last(), &op) {
@@ -1366,4 +1366,43 @@ fn told(ops: Vec<StoreOp>) -> Vec<StoreOp> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn notice(room: RoomId) -> StoreOp {
+        StoreOp::Notice(Notice::Room {
+            room,
+            line: format!("PARTED #r{room} a"),
+        })
+    }
+
+    fn leave(room: RoomId) -> StoreOp {
+        StoreOp::RemoveMember {
+            room,
+            user: "a".into(),
+        }
+    }
+
+    #[test]
+    fn a_room_notice_is_joined_to_the_change_after_it_on_its_room_only() {
+        let told = |room| StoreOp::Told {
+            notice: match notice(room) {
+                StoreOp::Notice(n) => n,
+                _ => unreachable!(),
+            },
+            op: Box::new(leave(room)),
+        };
+        assert_eq!(told_ops(vec![notice(1), leave(1)]), [told(1)]);
+        // Another room's change, another notice, or nothing after it: the notice stays alone.
+        assert_eq!(told_ops(vec![notice(1), leave(2)]), [notice(1), leave(2)]);
+        assert_eq!(
+            told_ops(vec![notice(1), notice(1), leave(1)]),
+            [notice(1), told(1)]
+        );
+        assert_eq!(told_ops(vec![leave(1), notice(1)]), [leave(1), notice(1)]);
+        assert_eq!(told_ops(Vec::new()), []);
+    }
 }

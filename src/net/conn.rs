@@ -302,6 +302,26 @@ impl AsyncWrite for Plain {
     }
 }
 
+/// What a connection's task reads and writes: a plain TCP socket or a TLS stream.
+trait Stream: AsyncRead + AsyncWrite + Unpin {
+    /// Ready when a read may find bytes. After a short read the task asks this before reading
+    /// again, so that a socket it emptied is not read once more only to hear that it is empty.
+    fn poll_read_ready(&mut self, _cx: &mut Context<'_>) -> Poll<()> {
+        Poll::Ready(())
+    }
+}
+
+impl Stream for Plain {
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        // An error shows in the read that follows.
+        self.0.poll_readable(cx).map(|_| ())
+    }
+}
+
+/// A TLS stream reads whole records into its own buffer, so a short read says nothing about the
+/// socket: it is always read.
+impl Stream for futures_rustls::server::TlsStream<TcpStream> {}
+
 /// Lines a connection's task takes from what it read before it lets other tasks run.
 const LINES_PER_POLL: usize = 64;
 
@@ -400,10 +420,12 @@ struct Task<S> {
     sending: Option<Sending>,
     /// The core asked to hear when the outbox has room for the next part of an answer, and it has.
     drained_due: bool,
+    /// The last read was short, or found nothing: the socket is read again once it is readable.
+    emptied: bool,
     _guard: ActiveGuard,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Task<S> {
+impl<S: Stream> Task<S> {
     /// A connection, registered with the core.
     fn new(
         io: S,
@@ -453,6 +475,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Task<S> {
             irc,
             sending: None,
             drained_due: false,
+            emptied: false,
             _guard: guard,
         };
         if !task.offer(connected) {
@@ -823,9 +846,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Task<S> {
             self.reading = Reading::Ending;
             return true;
         }
+        if self.emptied && self.io.poll_read_ready(cx).is_pending() {
+            return self.wait_for_bytes(cx, watched);
+        }
         // On the stack: an idle connection holds no read buffer.
         let mut buf = [0u8; READ_CHUNK];
-        match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
+        let read = Pin::new(&mut self.io).poll_read(cx, &mut buf);
+        // After a short read, or none, the socket is asked for readiness first: that also
+        // consumes the readiness the reactor reported, so that the next wait starts afresh.
+        self.emptied = match read {
+            Poll::Ready(Ok(n)) => n < buf.len(),
+            Poll::Ready(Err(_)) => false,
+            Poll::Pending => true,
+        };
+        match read {
             Poll::Ready(Ok(0)) => {
                 // The client closed its sending side (`printf ... | nc` does): answer what it sent
                 // first. A partial line at the end is discarded, as the spec says.
@@ -841,17 +875,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Task<S> {
                 self.reading = Reading::Ending;
                 true
             }
-            Poll::Pending => {
-                self.intake.shrink();
-                // While a write is stuck the outbox does not have the task's waker: leave it, so
-                // that closing the outbox still ends the reading.
-                if !watched && self.outbox.poll_closed(cx).is_ready() {
-                    self.reading = Reading::Ending;
-                    return true;
-                }
-                false
-            }
+            Poll::Pending => self.wait_for_bytes(cx, watched),
         }
+    }
+
+    /// The socket has nothing to read: the task waits for it. True when the reading ended instead.
+    fn wait_for_bytes(&mut self, cx: &mut Context<'_>, watched: bool) -> bool {
+        self.intake.shrink();
+        // While a write is stuck the outbox does not have the task's waker: leave it, so that
+        // closing the outbox still ends the reading.
+        if !watched && self.outbox.poll_closed(cx).is_ready() {
+            self.reading = Reading::Ending;
+            return true;
+        }
+        false
     }
 }
 
@@ -860,7 +897,7 @@ fn poll_timer(t: &mut Timer, cx: &mut Context<'_>) -> bool {
     Pin::new(t).poll(cx).is_ready()
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Future for Task<S> {
+impl<S: Stream> Future for Task<S> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {

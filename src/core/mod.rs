@@ -103,7 +103,13 @@ pub type ConnId = u64;
 /// order, its outbox), and SipHash took about 140 instructions a lookup in the profile of direct
 /// messages. The server numbers connections itself (0, 1, 2, ...), so no client can choose ids that
 /// collide, and SipHash's defence against chosen keys is not needed here; maps keyed by names keep it.
-type ConnMap = HashMap<ConnId, Conn, BuildHasherDefault<ConnIdHasher>>;
+/// The connection table. Entries are boxed: a table keeps room for up to twice its entries, and
+/// an empty bucket then costs a pointer instead of a whole `Conn`.
+type ConnMap = HashMap<ConnId, Box<Conn>, BuildHasherDefault<ConnIdHasher>>;
+
+/// Every account. Entries are boxed for the same reason as the connection table's, and more so:
+/// an `Account` is several hundred bytes.
+type Accounts = HashMap<Key, Box<Account>>;
 
 /// Hashes a connection id with one multiplication (Fibonacci hashing): consecutive ids fill the
 /// table's buckets evenly (the low bits of the product are a permutation of the id's), and the high
@@ -468,7 +474,7 @@ enum Then {
 /// The server state machine. See the module documentation.
 pub struct Core {
     settings: Settings,
-    accounts: HashMap<Key, Account>,
+    accounts: Accounts,
     /// The look of every account's name (see [`Skeleton`]), to refuse a name too like a taken one.
     skeletons: HashMap<Skeleton, Key>,
     /// Accounts with at least one logged-in connection, sorted for USERS.
@@ -540,7 +546,7 @@ impl Core {
             } else {
                 skeletons.insert(skeleton, key.clone());
             }
-            accounts.insert(key, Account::new(a.name, Some(a.phc.into())));
+            accounts.insert(key, Box::new(Account::new(a.name, Some(a.phc.into()))));
         }
         for (a, b) in snapshot.blocks {
             let (a, b) = (Key::from_folded(a), Key::from_folded(b));
@@ -828,7 +834,7 @@ impl Core {
         self.tally.count("connections opened", peer.key);
         self.conns.insert(
             conn,
-            Conn {
+            Box::new(Conn {
                 outbox,
                 peer,
                 last_heard: self.now,
@@ -842,7 +848,7 @@ impl Core {
                 device_token: None,
                 resumed: false,
                 compressed: false,
-            },
+            }),
         );
     }
 
@@ -1281,7 +1287,7 @@ impl Core {
 /// command's own reply). A free function over the fields it needs, so a broadcast can walk the
 /// online set without copying it.
 fn fan_out<'a>(
-    accounts: &HashMap<Key, Account>,
+    accounts: &Accounts,
     conns: &ConnMap,
     overflowed: &mut Vec<ConnId>,
     keys: impl Iterator<Item = &'a Key>,
@@ -1322,7 +1328,7 @@ fn recipient(to: &To) -> Recipient<'_> {
 /// Queues `chunk` on every logged-in connection of each account in `keys`, except `skip`. For the
 /// room events, whose audience is taken when the command runs and reached when it is committed.
 fn push_to_keys(
-    accounts: &HashMap<Key, Account>,
+    accounts: &Accounts,
     conns: &ConnMap,
     overflowed: &mut Vec<ConnId>,
     keys: &[Key],

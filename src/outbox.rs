@@ -112,7 +112,10 @@ impl Batch {
 
 impl IntoIterator for Batch {
     type Item = Chunk;
-    type IntoIter = std::iter::Chain<std::option::IntoIter<Chunk>, std::collections::vec_deque::IntoIter<Chunk>>;
+    type IntoIter = std::iter::Chain<
+        std::option::IntoIter<Chunk>,
+        std::collections::vec_deque::IntoIter<Chunk>,
+    >;
 
     fn into_iter(self) -> Self::IntoIter {
         self.first.into_iter().chain(self.rest)
@@ -489,6 +492,11 @@ impl Outbox {
         Self::take_locked(&mut self.lock())
     }
 
+    /// The size in bytes of one outbox's shared state (without the allocator's own).
+    pub fn shared_size() -> usize {
+        std::mem::size_of::<Shared>()
+    }
+
     /// Everything queued, as text (for tests and fuzzers that drive the core without sockets).
     pub fn drain_text(&self) -> String {
         let mut s = String::new();
@@ -643,7 +651,11 @@ mod tests {
 
         assert!(o.poll_batch(&cx).is_pending());
         o.release_credits(1);
-        assert_eq!(count.get(), 3, "a task waiting to write does not wake for a credit");
+        assert_eq!(
+            count.get(),
+            3,
+            "a task waiting to write does not wake for a credit"
+        );
         o.close();
         assert_eq!(count.get(), 4, "closing wakes it");
         assert_eq!(o.poll_closed(&cx), Poll::Ready(()));

@@ -457,6 +457,15 @@ impl Conn {
     }
 }
 
+/// The size in bytes of the core's entry for a connection and for an account (each boxed in its
+/// table), as this build lays them out.
+pub fn entry_sizes() -> [(&'static str, usize); 2] {
+    [
+        ("core_conn", std::mem::size_of::<Conn>()),
+        ("core_account", std::mem::size_of::<Account>()),
+    ]
+}
+
 /// Ticks of message counts kept for the messages-per-second figure: one minute's worth.
 const RATE_WINDOW: usize = 61;
 

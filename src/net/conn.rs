@@ -892,6 +892,16 @@ impl<S: Stream> Task<S> {
     }
 }
 
+/// The size in bytes of the pieces of a plain connection's task, as this build lays them out.
+pub(super) fn sizes() -> Vec<(&'static str, usize)> {
+    use std::mem::size_of;
+    vec![
+        ("task_future", size_of::<Task<Plain>>()),
+        ("intake", size_of::<Intake>()),
+        ("line_bucket", size_of::<Bucket>()),
+    ]
+}
+
 /// Polls a boxed timer: true once it fired.
 fn poll_timer(t: &mut Timer, cx: &mut Context<'_>) -> bool {
     Pin::new(t).poll(cx).is_ready()

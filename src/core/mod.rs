@@ -457,12 +457,17 @@ impl Conn {
     }
 }
 
-/// The size in bytes of the core's entry for a connection and for an account (each boxed in its
-/// table), as this build lays them out.
-pub fn entry_sizes() -> [(&'static str, usize); 2] {
+/// The size in bytes of the core's entry for a connection (with its largest pieces: where it comes
+/// from, its reply order, its input held back) and for an account (each boxed in its table), as
+/// this build lays them out.
+pub fn entry_sizes() -> [(&'static str, usize); 5] {
+    use std::mem::size_of;
     [
-        ("core_conn", std::mem::size_of::<Conn>()),
-        ("core_account", std::mem::size_of::<Account>()),
+        ("core_conn", size_of::<Conn>()),
+        ("core_conn_peer", size_of::<Peer>()),
+        ("core_conn_reply_order", size_of::<Slots>()),
+        ("core_conn_deferred", size_of::<VecDeque<Input>>()),
+        ("core_account", size_of::<Account>()),
     ]
 }
 

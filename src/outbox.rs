@@ -102,12 +102,6 @@ impl Batch {
             }),
         }
     }
-
-    fn append(&mut self, other: Batch) {
-        for c in other.into_iter() {
-            self.push(c);
-        }
-    }
 }
 
 impl IntoIterator for Batch {
@@ -147,7 +141,9 @@ struct State {
     credits: usize,
     /// A long answer is being sent: pushes wait in `held`.
     answering: bool,
-    held: Batch,
+    /// A ring of its own (empty and unallocated unless an answer is being sent), not a `Batch`:
+    /// every outbox carries one.
+    held: VecDeque<Chunk>,
     held_bytes: usize,
     /// The core waits to hear that the queue has room for the next part of an answer.
     drain_wanted: bool,
@@ -241,7 +237,7 @@ impl Outbox {
         }
         if s.answering {
             s.held_bytes += chunk.as_bytes().len();
-            s.held.push(chunk);
+            s.held.push_back(chunk);
             return Ok(());
         }
         s.bytes += chunk.as_bytes().len();
@@ -270,7 +266,9 @@ impl Outbox {
         s.drain_wanted = false;
         let held = std::mem::take(&mut s.held);
         s.bytes += std::mem::take(&mut s.held_bytes);
-        s.queue.append(held);
+        for c in held {
+            s.queue.push(c);
+        }
         let w = if s.queue.is_empty() {
             None
         } else {
@@ -325,7 +323,7 @@ impl Outbox {
         }
         s.deflate = true;
         let w = if s.answering {
-            s.held.push(Chunk::StartDeflate);
+            s.held.push_back(Chunk::StartDeflate);
             None
         } else {
             s.queue.push(Chunk::StartDeflate);
@@ -366,7 +364,7 @@ impl Outbox {
             if switch_queued {
                 s.queue.push(Chunk::StartDeflate);
             }
-            s.held = Batch::default();
+            s.held = VecDeque::new();
             s.held_bytes = 0;
             s.answering = false;
             s.bytes = last.as_bytes().len();

@@ -461,7 +461,7 @@ impl<S: Stream> Task<S> {
         let mut task = Task {
             io,
             conn,
-            bucket: Bucket::new(ctx.line_rate, ctx.line_burst),
+            bucket: Bucket::new(ctx.line_burst),
             ctx,
             outbox,
             intake: Intake::new(max_line),
@@ -776,7 +776,7 @@ impl<S: Stream> Task<S> {
                     }
                 };
                 self.line = Some((input, compress));
-                if let Some(wait) = self.bucket.take() {
+                if let Some(wait) = self.bucket.take(self.ctx.line_rate, self.ctx.line_burst) {
                     self.timer = Some(Box::new(Timer::after(wait)));
                 }
                 budget -= 1;
@@ -925,31 +925,28 @@ impl<S: Stream> Future for Task<S> {
 }
 
 /// A token bucket: `rate` lines a second, up to `burst` at once. Past it the reader waits, which
-/// slows the client through TCP; no line is refused.
+/// slows the client through TCP; no line is refused. The rate and the burst are the server's
+/// (`Ctx`), given to each call rather than kept in every connection.
 struct Bucket {
-    rate: f64,
-    burst: f64,
     tokens: f64,
     last: Instant,
 }
 
 impl Bucket {
-    fn new(rate: u32, burst: u32) -> Bucket {
-        let burst = f64::from(burst.max(1));
+    fn new(burst: u32) -> Bucket {
         Bucket {
-            rate: f64::from(rate.max(1)),
-            burst,
-            tokens: burst,
+            tokens: f64::from(burst.max(1)),
             last: Instant::now(),
         }
     }
 
     /// Takes a token; returns how long to wait first when none is left.
-    fn take(&mut self) -> Option<Duration> {
+    fn take(&mut self, rate: u32, burst: u32) -> Option<Duration> {
+        let (rate, burst) = (f64::from(rate.max(1)), f64::from(burst.max(1)));
         let now = Instant::now();
         if now > self.last {
-            let earned = now.duration_since(self.last).as_secs_f64() * self.rate;
-            self.tokens = (self.tokens + earned).min(self.burst);
+            let earned = now.duration_since(self.last).as_secs_f64() * rate;
+            self.tokens = (self.tokens + earned).min(burst);
             self.last = now;
         }
         if self.tokens >= 1.0 {
@@ -958,7 +955,7 @@ impl Bucket {
         }
         // The next token is earned this long after `last` (which may lie ahead, if lines already
         // wait); it is spent at once.
-        let ready = self.last + Duration::from_secs_f64((1.0 - self.tokens) / self.rate);
+        let ready = self.last + Duration::from_secs_f64((1.0 - self.tokens) / rate);
         self.tokens = 0.0;
         self.last = ready;
         Some(ready.saturating_duration_since(now))
@@ -1012,15 +1009,18 @@ mod tests {
 
     #[test]
     fn bucket_gives_the_burst_then_spaces_lines_at_the_rate() {
-        let mut b = Bucket::new(10, 3);
-        assert_eq!((b.take(), b.take(), b.take()), (None, None, None));
-        let first = b.take().expect("the burst is spent");
+        let mut b = Bucket::new(3);
+        assert_eq!(
+            (b.take(10, 3), b.take(10, 3), b.take(10, 3)),
+            (None, None, None)
+        );
+        let first = b.take(10, 3).expect("the burst is spent");
         assert!(
             first.as_secs_f64() > 0.05 && first.as_secs_f64() <= 0.1,
             "{first:?}"
         );
         // The next line waits a further tenth of a second after that one.
-        let second = b.take().expect("still no token");
+        let second = b.take(10, 3).expect("still no token");
         assert!(
             second.as_secs_f64() > 0.15 && second.as_secs_f64() <= 0.2,
             "{second:?}"

@@ -38,7 +38,7 @@ impl Core {
         let refusal = self.guard.login_refusal(
             addr,
             &me,
-            self.accounts.get(&me),
+            self.accounts.get(&me).map(|a| &**a),
             &self.settings.limits,
             self.now,
         );
@@ -283,6 +283,6 @@ impl Core {
                 o.blocks.remove(me);
             }
         }
-        Some(acct)
+        Some(*acct)
     }
 }

@@ -103,7 +103,13 @@ pub type ConnId = u64;
 /// order, its outbox), and SipHash took about 140 instructions a lookup in the profile of direct
 /// messages. The server numbers connections itself (0, 1, 2, ...), so no client can choose ids that
 /// collide, and SipHash's defence against chosen keys is not needed here; maps keyed by names keep it.
-type ConnMap = HashMap<ConnId, Conn, BuildHasherDefault<ConnIdHasher>>;
+/// The connection table. Entries are boxed: a table keeps room for up to twice its entries, and
+/// an empty bucket then costs a pointer instead of a whole `Conn`.
+type ConnMap = HashMap<ConnId, Box<Conn>, BuildHasherDefault<ConnIdHasher>>;
+
+/// Every account. Entries are boxed for the same reason as the connection table's, and more so:
+/// an `Account` is several hundred bytes.
+type Accounts = HashMap<Key, Box<Account>>;
 
 /// Hashes a connection id with one multiplication (Fibonacci hashing): consecutive ids fill the
 /// table's buckets evenly (the low bits of the product are a permutation of the id's), and the high
@@ -451,6 +457,20 @@ impl Conn {
     }
 }
 
+/// The size in bytes of the core's entry for a connection (with its largest pieces: where it comes
+/// from, its reply order, its input held back) and for an account (each boxed in its table), as
+/// this build lays them out.
+pub fn entry_sizes() -> [(&'static str, usize); 5] {
+    use std::mem::size_of;
+    [
+        ("core_conn", size_of::<Conn>()),
+        ("core_conn_peer", size_of::<Peer>()),
+        ("core_conn_reply_order", size_of::<Slots>()),
+        ("core_conn_deferred", size_of::<VecDeque<Input>>()),
+        ("core_account", size_of::<Account>()),
+    ]
+}
+
 /// Ticks of message counts kept for the messages-per-second figure: one minute's worth.
 const RATE_WINDOW: usize = 61;
 
@@ -468,7 +488,7 @@ enum Then {
 /// The server state machine. See the module documentation.
 pub struct Core {
     settings: Settings,
-    accounts: HashMap<Key, Account>,
+    accounts: Accounts,
     /// The look of every account's name (see [`Skeleton`]), to refuse a name too like a taken one.
     skeletons: HashMap<Skeleton, Key>,
     /// Accounts with at least one logged-in connection, sorted for USERS.
@@ -545,7 +565,7 @@ impl Core {
             } else {
                 skeletons.insert(skeleton, key.clone());
             }
-            accounts.insert(key, Account::new(a.name, Some(a.phc.into())));
+            accounts.insert(key, Box::new(Account::new(a.name, Some(a.phc.into()))));
         }
         for (a, b) in snapshot.blocks {
             let (a, b) = (Key::from_folded(a), Key::from_folded(b));
@@ -835,7 +855,7 @@ impl Core {
         self.tally.count("connections opened", peer.key);
         self.conns.insert(
             conn,
-            Conn {
+            Box::new(Conn {
                 outbox,
                 peer,
                 last_heard: self.now,
@@ -849,7 +869,7 @@ impl Core {
                 device_token: None,
                 resumed: false,
                 compressed: false,
-            },
+            }),
         );
     }
 
@@ -1289,7 +1309,7 @@ impl Core {
 /// command's own reply). A free function over the fields it needs, so a broadcast can walk the
 /// online set without copying it.
 fn fan_out<'a>(
-    accounts: &HashMap<Key, Account>,
+    accounts: &Accounts,
     conns: &ConnMap,
     overflowed: &mut Vec<ConnId>,
     keys: impl Iterator<Item = &'a Key>,
@@ -1330,7 +1350,7 @@ fn recipient(to: &To) -> Recipient<'_> {
 /// Queues `chunk` on every logged-in connection of each account in `keys`, except `skip`. For the
 /// room events, whose audience is taken when the command runs and reached when it is committed.
 fn push_to_keys(
-    accounts: &HashMap<Key, Account>,
+    accounts: &Accounts,
     conns: &ConnMap,
     overflowed: &mut Vec<ConnId>,
     keys: &[Key],

@@ -48,7 +48,8 @@ impl Core {
                         self.skeletons
                             .entry(Skeleton::of(&rec.name))
                             .or_insert_with(|| key.clone());
-                        self.accounts.insert(key, Account::new(rec.name, Some(phc)));
+                        self.accounts
+                            .insert(key, Box::new(Account::new(rec.name, Some(phc))));
                     }
                 }
             }

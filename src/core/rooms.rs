@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::out::{self, Out};
-use super::{push_to_keys, Account, ConnId, Core, Req};
+use super::{push_to_keys, Accounts, ConnId, Core, Req};
 use crate::config::{JOIN_REPLAY, MAX_ROOMS_PER_ACCOUNT, ROOMS_LISTED_PUBLIC};
 use crate::proto::code::Code;
 use crate::proto::command::{Refusal, RoomSub, TopicChange};
@@ -121,7 +121,7 @@ pub(super) fn load(
     members: Vec<(RoomId, String, MemberRecord)>,
     bans: Vec<(RoomId, String, BanRecord)>,
     invites: Vec<(RoomId, String, InviteRecord)>,
-    accounts: &mut HashMap<Key, Account>,
+    accounts: &mut Accounts,
 ) -> (HashMap<RoomId, Room>, HashMap<RoomKey, RoomId>) {
     let mut by_id = HashMap::with_capacity(rooms.len());
     let mut names = HashMap::with_capacity(rooms.len());

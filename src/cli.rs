@@ -343,14 +343,23 @@ pub struct HealthArgs {
 }
 
 #[derive(FromArgs, Debug, PartialEq)]
-/// Create an account in a database file that no server has open, reading its password from the
-/// first line of stdin: the first admin of a server whose registration is closed. The password
-/// follows the rules of REGISTER.
+/// Create an account in a database file that no server has open, or in a cluster's log, reading
+/// its password from the first line of stdin: the first admin of a server whose registration is
+/// closed. The password follows the rules of REGISTER.
 #[argh(subcommand, name = "adduser")]
 pub struct AdduserArgs {
-    /// the database file, created if missing (default ./chatd.redb)
+    /// the database file, created if missing (default ./chatd.redb); not used with --cluster
     #[argh(option, default = "PathBuf::from(DEFAULT_DB)")]
     pub db: PathBuf,
+
+    /// create the account in the cluster whose NATS servers these are (nats://HOST:PORT,...,
+    /// comma-separated), through its log, while its nodes run or not (default: in --db)
+    #[argh(option)]
+    pub cluster: Option<String>,
+
+    /// with --cluster: replicas of the log stream if it does not exist yet (default 1)
+    #[argh(option, default = "1")]
+    pub cluster_replicas: usize,
 
     /// scrypt cost as log2(N) (default 15)
     #[argh(option, default = "SCRYPT_LOG_N")]
@@ -421,7 +430,10 @@ const ENV_OPTIONS: &[(&str, Form)] = &[
 const ENV_TOOL_OPTIONS: &[(&str, &[&str])] = &[
     ("backup", &["db"]),
     ("check", &["db"]),
-    ("adduser", &["db", "scrypt-log-n"]),
+    (
+        "adduser",
+        &["db", "scrypt-log-n", "cluster", "cluster-replicas"],
+    ),
 ];
 
 /// `chatd health` without an address checks the server the environment describes: its TLS
@@ -697,15 +709,9 @@ impl TryFrom<Args> for ServerOptions {
         if args.irc_tls_listen.is_some() && tls.is_none() {
             return Err(UsageError::IrcTlsWithoutTls);
         }
-        let cluster = args.cluster.map(|urls| crate::cluster::ClusterOptions {
-            urls: urls
-                .split(',')
-                .map(str::trim)
-                .filter(|u| !u.is_empty())
-                .map(str::to_owned)
-                .collect(),
-            replicas: args.cluster_replicas.max(1),
-        });
+        let cluster = args
+            .cluster
+            .map(|urls| crate::cluster::ClusterOptions::new(&urls, args.cluster_replicas));
         if args.admin.len() > MAX_ADMINS {
             return Err(UsageError::TooManyAdmins);
         }

@@ -8,13 +8,13 @@
 //!   commit, a finished password hash), effects out (lines queued for connections, store ops, hash
 //!   jobs). Tests and fuzzers drive it without sockets.
 //! - [`outbox`]: a connection's bounded queue of lines to send, between the core and the
-//!   connection's writer task.
+//!   connection's task.
 //! - [`peer`]: where a connection comes from, as the per-address limits count it.
 //! - [`store`]: redb tables, the group-commit writer and the reader beside it; the only place that
 //!   knows redb.
 //! - [`auth`]: scrypt hashing on its own threads, with a bound on queued work.
-//! - [`net`]: listeners (plain and TLS), per-connection reader and writer tasks, the task that owns
-//!   the core, start-up and shutdown.
+//! - [`net`]: listeners (plain and TLS), one task per connection (reading and writing), the task
+//!   that owns the core, start-up and shutdown.
 //! - [`tls`]: what the server and the client share of TLS: the crypto provider, PEM loading,
 //!   fingerprints, self-signed certificates.
 //! - [`client`]: the bundled client behind `chatd --connect`.

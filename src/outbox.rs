@@ -1,31 +1,34 @@
-//! A connection's outbox: the bounded queue between the core and the connection's writer task, and
-//! the credits that bound how many of the connection's commands may be unanswered.
+//! A connection's outbox: the bounded queue between the core and the connection's task, and the
+//! credits that bound how many of the connection's commands may be unanswered.
 //!
 //! The core pushes without ever waiting: a push that would take the queue past its byte limit fails
 //! with [`Overflow`], and the core then disconnects that client as a slow consumer (written down in
-//! the spec). The writer task takes everything queued at once ([`Outbox::next_batch`]) so that
-//! queued lines leave in one write. The reader task takes one credit per line it hands to the core
-//! and waits when none is left; the core gives a credit back when that line's final reply is queued.
-//! Nothing here allocates until there is something to hold, so an idle connection costs little.
+//! the spec). The connection's task takes everything queued at once ([`Outbox::poll_batch`]) so
+//! that queued lines leave in one write. It takes one credit per line it hands to the core and
+//! stops reading when none is left; the core gives a credit back when that line's final reply is
+//! queued. Nothing here allocates until there is something to hold, so an idle connection costs
+//! little: the queue keeps its first chunk inline, and a longer queue's ring goes to the task with
+//! the batch instead of staying behind.
+//!
+//! One task waits on an outbox: its connection's. It leaves its waker here with what it waits for
+//! (data to write, a credit, every command answered); a change wakes it only if it waits for that
+//! change, and closing always does. So a push wakes a connection once, and a credit given back
+//! wakes nobody unless the reader ran out of them.
 //!
 //! A long answer (a HISTORY page, a login's backlog, USERS) is queued part by part, as the client
 //! reads it: between [`Outbox::begin_answer`] and [`Outbox::end_answer`] the core queues parts with
 //! [`Outbox::push_answer`] only while [`Outbox::has_room_for_answer`], and otherwise asks with
-//! [`Outbox::want_drained`] to hear when there is room; the writer, after each write, sees that
+//! [`Outbox::want_drained`] to hear when there is room; the task, after each write, sees that
 //! wish ([`Outbox::drained_wanted`]) and tells the core. Pushes queued meanwhile are held aside
 //! until the answer ends (nothing may come between the lines of an answer), and count against the
 //! limit like any others.
 
 use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::sync::{Arc, Mutex, MutexGuard};
-
-use event_listener::Event;
+use std::task::{Context, Poll, Waker};
 
 use crate::config::ANSWER_LOW_WATER;
-
-/// Chunks an emptied queue may keep room for (a ring of 4 chunks is under 100 bytes; 2000 idle
-/// connections each keeping a ring of 64 after a burst hold 3 MB).
-const KEPT_QUEUE_CAPACITY: usize = 4;
 
 /// Bytes queued for one connection: a line built for it alone, or one shared by many recipients;
 /// or the point from which the writer compresses what it sends.
@@ -57,14 +60,89 @@ impl Chunk {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Overflow;
 
+/// Chunks in order: the first one inline (most batches are one line, and they then allocate
+/// nothing here), the others in a ring that is allocated only when a second chunk waits.
+#[derive(Default, Debug)]
+pub struct Batch {
+    first: Option<Chunk>,
+    rest: VecDeque<Chunk>,
+}
+
+impl Batch {
+    fn push(&mut self, chunk: Chunk) {
+        if self.first.is_none() {
+            self.first = Some(chunk);
+        } else {
+            self.rest.push_back(chunk);
+        }
+    }
+
+    /// True when it holds no chunk.
+    pub fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    /// How many chunks it holds.
+    pub fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.len()
+    }
+
+    /// The chunks, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &Chunk> {
+        self.first.iter().chain(self.rest.iter())
+    }
+
+    /// The only chunk, if it holds exactly one.
+    pub fn into_single(self) -> Result<Chunk, Batch> {
+        match self.first {
+            Some(c) if self.rest.is_empty() => Ok(c),
+            first => Err(Batch {
+                first,
+                rest: self.rest,
+            }),
+        }
+    }
+}
+
+impl IntoIterator for Batch {
+    type Item = Chunk;
+    type IntoIter = std::iter::Chain<
+        std::option::IntoIter<Chunk>,
+        std::collections::vec_deque::IntoIter<Chunk>,
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.first.into_iter().chain(self.rest)
+    }
+}
+
+/// What the connection's task waits for; each bit is cleared when the task is woken.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Wants(u8);
+
+impl Wants {
+    /// Something to write.
+    const DATA: Wants = Wants(1);
+    /// A credit.
+    const CREDIT: Wants = Wants(2);
+    /// Every credit back.
+    const ANSWERS: Wants = Wants(4);
+
+    fn has(self, w: Wants) -> bool {
+        self.0 & w.0 != 0
+    }
+}
+
 #[derive(Default)]
 struct State {
-    queue: VecDeque<Chunk>,
+    queue: Batch,
     bytes: usize,
     closed: bool,
     credits: usize,
     /// A long answer is being sent: pushes wait in `held`.
     answering: bool,
+    /// A ring of its own (empty and unallocated unless an answer is being sent), not a `Batch`:
+    /// every outbox carries one.
     held: VecDeque<Chunk>,
     held_bytes: usize,
     /// The core waits to hear that the queue has room for the next part of an answer.
@@ -72,6 +150,36 @@ struct State {
     /// The connection switched to DEFLATE: what is queued from [`Chunk::StartDeflate`] on is
     /// compressed by the writer, and what the reader reads after the COMPRESS line is inflated.
     deflate: bool,
+    /// The connection's task, and what it waits for.
+    waker: Option<Waker>,
+    wants: Wants,
+}
+
+impl State {
+    /// The task's waker if it waits for `w` (or, for `None`, for anything): taken, to be woken
+    /// once the lock is released.
+    fn wake(&mut self, w: Option<Wants>) -> Option<Waker> {
+        if w.is_some_and(|w| !self.wants.has(w)) {
+            return None;
+        }
+        self.wants = Wants::default();
+        self.waker.take()
+    }
+
+    /// Leaves the task's waker, waiting for `w` too.
+    fn register(&mut self, cx: &Context<'_>, w: Wants) {
+        match &mut self.waker {
+            Some(k) => k.clone_from(cx.waker()),
+            None => self.waker = Some(cx.waker().clone()),
+        }
+        self.wants.0 |= w.0;
+    }
+}
+
+fn wake(w: Option<Waker>) {
+    if let Some(w) = w {
+        w.wake();
+    }
 }
 
 struct Shared {
@@ -79,10 +187,6 @@ struct Shared {
     limit: usize,
     /// Credits when no command is unanswered.
     all_credits: usize,
-    /// Wakes the writer: something was queued, or the outbox was closed.
-    to_writer: Event,
-    /// Wakes the reader: a credit came back, or the outbox was closed.
-    to_reader: Event,
 }
 
 /// A handle to one connection's outbox; clones share it.
@@ -109,8 +213,6 @@ impl Outbox {
             }),
             limit,
             all_credits: credits,
-            to_writer: Event::new(),
-            to_reader: Event::new(),
         }))
     }
 
@@ -139,9 +241,10 @@ impl Outbox {
             return Ok(());
         }
         s.bytes += chunk.as_bytes().len();
-        s.queue.push_back(chunk);
+        s.queue.push(chunk);
+        let w = s.wake(Some(Wants::DATA));
         drop(s);
-        self.0.to_writer.notify(1);
+        wake(w);
         Ok(())
     }
 
@@ -153,14 +256,7 @@ impl Outbox {
     /// Queues one part of a long answer. The caller checked [`Outbox::has_room_for_answer`]; the
     /// limit of pushes does not apply.
     pub fn push_answer(&self, chunk: Chunk) {
-        let mut s = self.lock();
-        if s.closed {
-            return;
-        }
-        s.bytes += chunk.as_bytes().len();
-        s.queue.push_back(chunk);
-        drop(s);
-        self.0.to_writer.notify(1);
+        self.push_unbounded(chunk);
     }
 
     /// Ends a long answer: the pushes held meanwhile are queued after it.
@@ -170,9 +266,16 @@ impl Outbox {
         s.drain_wanted = false;
         let held = std::mem::take(&mut s.held);
         s.bytes += std::mem::take(&mut s.held_bytes);
-        s.queue.extend(held);
+        for c in held {
+            s.queue.push(c);
+        }
+        let w = if s.queue.is_empty() {
+            None
+        } else {
+            s.wake(Some(Wants::DATA))
+        };
         drop(s);
-        self.0.to_writer.notify(1);
+        wake(w);
     }
 
     /// True when the queue holds less than [`ANSWER_LOW_WATER`] bytes: the next part of a long
@@ -205,9 +308,10 @@ impl Outbox {
             return;
         }
         s.bytes += chunk.as_bytes().len();
-        s.queue.push_back(chunk);
+        s.queue.push(chunk);
+        let w = s.wake(Some(Wants::DATA));
         drop(s);
-        self.0.to_writer.notify(1);
+        wake(w);
     }
 
     /// Switches the connection to DEFLATE after what is queued now (the `OK COMPRESS` just queued):
@@ -218,13 +322,15 @@ impl Outbox {
             return;
         }
         s.deflate = true;
-        if s.answering {
+        let w = if s.answering {
             s.held.push_back(Chunk::StartDeflate);
+            None
         } else {
-            s.queue.push_back(Chunk::StartDeflate);
-        }
+            s.queue.push(Chunk::StartDeflate);
+            s.wake(Some(Wants::DATA))
+        };
         drop(s);
-        self.0.to_writer.notify(1);
+        wake(w);
     }
 
     /// True once [`Outbox::start_deflate`] was called.
@@ -234,9 +340,11 @@ impl Outbox {
 
     /// Closes the outbox: what is queued is still written, then the writer closes the connection.
     pub fn close(&self) {
-        self.lock().closed = true;
-        self.0.to_writer.notify(usize::MAX);
-        self.0.to_reader.notify(usize::MAX);
+        let mut s = self.lock();
+        s.closed = true;
+        let w = s.wake(None);
+        drop(s);
+        wake(w);
     }
 
     /// Drops everything queued, queues `last` alone and closes (for a client that stopped reading).
@@ -252,20 +360,20 @@ impl Outbox {
                 .iter()
                 .chain(s.held.iter())
                 .any(|c| matches!(c, Chunk::StartDeflate));
-            s.queue.clear();
+            s.queue = Batch::default();
             if switch_queued {
-                s.queue.push_back(Chunk::StartDeflate);
+                s.queue.push(Chunk::StartDeflate);
             }
-            s.held.clear();
+            s.held = VecDeque::new();
             s.held_bytes = 0;
             s.answering = false;
             s.bytes = last.as_bytes().len();
-            s.queue.push_back(last);
+            s.queue.push(last);
             s.closed = true;
         }
+        let w = s.wake(None);
         drop(s);
-        self.0.to_writer.notify(usize::MAX);
-        self.0.to_reader.notify(usize::MAX);
+        wake(w);
     }
 
     /// True once closed.
@@ -284,106 +392,113 @@ impl Outbox {
         if n == 0 {
             return;
         }
-        self.lock().credits += n;
-        // Both the reader waiting for a credit and a reader waiting for all answers may listen.
-        self.0.to_reader.notify(usize::MAX);
+        let mut s = self.lock();
+        s.credits += n;
+        // A reader short of credits wakes for one; a reader waiting for every answer only when
+        // the last one is back.
+        let full = s.credits >= self.0.all_credits;
+        let w = if s.wants.has(Wants::CREDIT) || (full && s.wants.has(Wants::ANSWERS)) {
+            s.wake(None)
+        } else {
+            None
+        };
+        drop(s);
+        wake(w);
+    }
+
+    /// Takes one credit: `Ready(true)`, or `Ready(false)` once the outbox is closed; `Pending`
+    /// (and a wake-up when one comes back) while none is free.
+    pub fn poll_credit(&self, cx: &Context<'_>) -> Poll<bool> {
+        let mut s = self.lock();
+        if s.closed {
+            return Poll::Ready(false);
+        }
+        if s.credits > 0 {
+            s.credits -= 1;
+            return Poll::Ready(true);
+        }
+        s.register(cx, Wants::CREDIT);
+        Poll::Pending
+    }
+
+    /// Ready once every command handed to the core has been answered, or the outbox is closed.
+    pub fn poll_all_answered(&self, cx: &Context<'_>) -> Poll<()> {
+        let mut s = self.lock();
+        if s.closed || s.credits >= self.0.all_credits {
+            return Poll::Ready(());
+        }
+        s.register(cx, Wants::ANSWERS);
+        Poll::Pending
+    }
+
+    /// Ready once the outbox is closed.
+    pub fn poll_closed(&self, cx: &Context<'_>) -> Poll<()> {
+        let mut s = self.lock();
+        if s.closed {
+            return Poll::Ready(());
+        }
+        s.register(cx, Wants::default());
+        Poll::Pending
+    }
+
+    /// Everything queued, or `None` once the outbox is closed and nothing is left to write;
+    /// `Pending` (and a wake-up at the next push or at closing) while the queue is empty.
+    pub fn poll_batch(&self, cx: &Context<'_>) -> Poll<Option<Batch>> {
+        let mut s = self.lock();
+        if let Some(b) = Self::take_locked(&mut s) {
+            return Poll::Ready(Some(b));
+        }
+        if s.closed {
+            return Poll::Ready(None);
+        }
+        s.register(cx, Wants::DATA);
+        Poll::Pending
+    }
+
+    fn take_locked(s: &mut State) -> Option<Batch> {
+        if s.queue.is_empty() {
+            return None;
+        }
+        s.bytes = 0;
+        // The ring, if any, goes with the batch: an idle connection keeps none.
+        Some(std::mem::take(&mut s.queue))
     }
 
     /// Takes one credit, waiting until one is free. False when the outbox is closed.
     pub async fn acquire_credit(&self) -> bool {
-        loop {
-            {
-                let mut s = self.lock();
-                if s.closed {
-                    return false;
-                }
-                if s.credits > 0 {
-                    s.credits -= 1;
-                    return true;
-                }
-            }
-            let listener = self.0.to_reader.listen();
-            {
-                let s = self.lock();
-                if s.closed || s.credits > 0 {
-                    continue;
-                }
-            }
-            listener.await;
-        }
+        poll_fn(|cx| self.poll_credit(cx)).await
     }
 
     /// Waits until every command handed to the core has been answered, or the outbox is closed.
     pub async fn all_answered(&self) {
-        loop {
-            let listener = self.0.to_reader.listen();
-            {
-                let s = self.lock();
-                if s.closed || s.credits >= self.0.all_credits {
-                    return;
-                }
-            }
-            listener.await;
-        }
+        poll_fn(|cx| self.poll_all_answered(cx)).await
     }
 
-    /// Moves everything queued into `into`, waiting while the queue is empty. False when the outbox
-    /// is closed and nothing is left to write.
-    pub async fn next_batch(&self, into: &mut Vec<Chunk>) -> bool {
-        loop {
-            if self.take_now(into) {
-                return true;
-            }
-            let listener = self.0.to_writer.listen();
-            {
-                let s = self.lock();
-                if !s.queue.is_empty() {
-                    continue;
-                }
-                if s.closed {
-                    return false;
-                }
-            }
-            listener.await;
-        }
-    }
-
-    /// Moves everything queued into `into` without waiting; true if anything was moved.
-    pub fn take_now(&self, into: &mut Vec<Chunk>) -> bool {
-        let mut s = self.lock();
-        if s.queue.is_empty() {
-            return false;
-        }
-        s.bytes = 0;
-        into.extend(s.queue.drain(..));
-        // A burst can leave a large ring behind; an idle connection should not keep it. A small
-        // ring is kept so that the usual few lines per batch cost no allocation.
-        if s.queue.capacity() > KEPT_QUEUE_CAPACITY {
-            s.queue = VecDeque::new();
-        }
-        true
+    /// Everything queued, waiting while the queue is empty; `None` when the outbox is closed and
+    /// nothing is left to write.
+    pub async fn next_batch(&self) -> Option<Batch> {
+        poll_fn(|cx| self.poll_batch(cx)).await
     }
 
     /// Resolves once the outbox is closed.
     pub async fn closed(&self) {
-        loop {
-            if self.is_closed() {
-                return;
-            }
-            let listener = self.0.to_reader.listen();
-            if self.is_closed() {
-                return;
-            }
-            listener.await;
-        }
+        poll_fn(|cx| self.poll_closed(cx)).await
+    }
+
+    /// Everything queued now, without waiting.
+    pub fn take_now(&self) -> Option<Batch> {
+        Self::take_locked(&mut self.lock())
+    }
+
+    /// The size in bytes of one outbox's shared state (without the allocator's own).
+    pub fn shared_size() -> usize {
+        std::mem::size_of::<Shared>()
     }
 
     /// Everything queued, as text (for tests and fuzzers that drive the core without sockets).
     pub fn drain_text(&self) -> String {
-        let mut chunks = Vec::new();
-        self.take_now(&mut chunks);
         let mut s = String::new();
-        for c in chunks {
+        for c in self.take_now().into_iter().flatten() {
             s.push_str(&String::from_utf8_lossy(c.as_bytes()));
         }
         s
@@ -402,14 +517,13 @@ mod tests {
         // 9 bytes held: under the limit, so a chunk that takes it past the limit is still taken.
         assert_eq!(o.push(Chunk::Owned(b"0x".to_vec())), Ok(()));
         assert_eq!(o.push(Chunk::Owned(b"y".to_vec())), Err(Overflow));
-        let mut batch = Vec::new();
-        assert!(smol::block_on(o.next_batch(&mut batch)));
+        let batch = smol::block_on(o.next_batch()).expect("three chunks");
         assert_eq!(batch.len(), 3);
         assert_eq!(o.queued_bytes(), 0);
         o.abort_with(Chunk::Owned(b"BYE\n".to_vec()));
         assert_eq!(o.push(Chunk::Owned(b"late".to_vec())), Ok(()));
         assert_eq!(o.drain_text(), "BYE\n");
-        assert!(!smol::block_on(o.next_batch(&mut batch)));
+        assert!(smol::block_on(o.next_batch()).is_none());
     }
 
     /// Pushes wait while a long answer is sent, count against the limit, and follow the answer;
@@ -448,19 +562,17 @@ mod tests {
         o.start_deflate();
         assert!(o.deflating());
         assert_eq!(o.push(Chunk::Owned(b"P1\n".to_vec())), Ok(()));
-        let mut batch = Vec::new();
-        assert!(o.take_now(&mut batch));
+        let batch: Vec<Chunk> = o.take_now().expect("queued").into_iter().collect();
         assert!(matches!(batch[1], Chunk::StartDeflate));
         assert_eq!(batch.len(), 3);
         o.start_deflate();
-        assert!(!o.take_now(&mut batch), "switched once");
+        assert!(o.take_now().is_none(), "switched once");
 
         let o = Outbox::new(100, 1);
         o.start_deflate();
         assert_eq!(o.push(Chunk::Owned(b"P1\n".to_vec())), Ok(()));
         o.abort_with(Chunk::Owned(b"BYE\n".to_vec()));
-        let mut batch = Vec::new();
-        assert!(o.take_now(&mut batch));
+        let batch: Vec<Chunk> = o.take_now().expect("queued").into_iter().collect();
         assert!(matches!(batch[0], Chunk::StartDeflate));
         assert_eq!(batch[1].as_bytes(), b"BYE\n");
         assert_eq!(batch.len(), 2);
@@ -480,5 +592,91 @@ mod tests {
         let t = std::thread::spawn(move || smol::block_on(o3.acquire_credit()));
         o.close();
         assert!(!t.join().unwrap());
+    }
+
+    /// Counts its wake-ups.
+    #[derive(Default)]
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    impl Count {
+        fn get(&self) -> usize {
+            self.0.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    /// The connection's task is woken only for what it waits for: a push when it waits for
+    /// something to write, a credit when it ran out of them, every answer when it waits for all of
+    /// them; closing wakes it whatever it waits for.
+    #[test]
+    fn the_task_is_woken_only_for_what_it_waits_for() {
+        let count = Arc::new(Count::default());
+        let waker = std::task::Waker::from(count.clone());
+        let cx = Context::from_waker(&waker);
+        let o = Outbox::new(100, 2);
+
+        assert!(o.poll_batch(&cx).is_pending());
+        o.release_credits(0);
+        assert_eq!(count.get(), 0);
+        assert_eq!(o.push(Chunk::Owned(b"A\n".to_vec())), Ok(()));
+        assert_eq!(count.get(), 1, "a push wakes a task waiting to write");
+        assert_eq!(o.push(Chunk::Owned(b"B\n".to_vec())), Ok(()));
+        assert_eq!(count.get(), 1, "woken once, until it waits again");
+        assert_eq!(o.drain_text(), "A\nB\n");
+
+        // Two credits: taking them does not wait; the third does.
+        assert_eq!(o.poll_credit(&cx), Poll::Ready(true));
+        assert_eq!(o.poll_credit(&cx), Poll::Ready(true));
+        assert!(o.poll_all_answered(&cx).is_pending());
+        o.release_credits(1);
+        assert_eq!(count.get(), 1, "not every answer is back");
+        assert_eq!(o.poll_credit(&cx), Poll::Ready(true));
+        assert_eq!(o.poll_credit(&cx), Poll::Pending);
+        o.release_credits(1);
+        assert_eq!(count.get(), 2, "a credit wakes a task short of them");
+        o.release_credits(1);
+        assert_eq!(count.get(), 2, "nobody waits");
+        assert_eq!(o.poll_credit(&cx), Poll::Ready(true));
+        assert!(o.poll_all_answered(&cx).is_pending());
+        o.release_credits(1);
+        assert_eq!(count.get(), 3, "every answer is back");
+        assert_eq!(o.poll_all_answered(&cx), Poll::Ready(()));
+
+        assert!(o.poll_batch(&cx).is_pending());
+        o.release_credits(1);
+        assert_eq!(
+            count.get(),
+            3,
+            "a task waiting to write does not wake for a credit"
+        );
+        o.close();
+        assert_eq!(count.get(), 4, "closing wakes it");
+        assert_eq!(o.poll_closed(&cx), Poll::Ready(()));
+        assert!(matches!(o.poll_batch(&cx), Poll::Ready(None)));
+    }
+
+    /// A batch of one chunk holds it inline; a longer queue's ring leaves with its batch, so an
+    /// emptied outbox keeps no allocation.
+    #[test]
+    fn an_emptied_outbox_keeps_no_ring() {
+        let o = Outbox::new(1000, 1);
+        assert_eq!(o.push(Chunk::Owned(b"one\n".to_vec())), Ok(()));
+        let one = o.take_now().expect("queued");
+        assert_eq!(one.rest.capacity(), 0);
+        assert_eq!(one.into_single().expect("one chunk").as_bytes(), b"one\n");
+        for _ in 0..10 {
+            assert_eq!(o.push(Chunk::Owned(b"x\n".to_vec())), Ok(()));
+        }
+        let ten = o.take_now().expect("queued");
+        assert_eq!(ten.len(), 10);
+        assert!(ten.into_single().is_err());
+        let s = o.lock();
+        assert!(s.queue.is_empty());
+        assert_eq!(s.queue.rest.capacity(), 0);
     }
 }

@@ -10,12 +10,13 @@ use std::time::Duration;
 
 use crate::auth::{HashJob, HashOutcome, Hasher};
 use crate::cli::{AdduserArgs, BackupArgs, CheckArgs, HealthArgs, Tool};
+use crate::cluster::{ClusterOptions, ClusterStore};
 use crate::config::{SCRYPT_P, SCRYPT_R};
 use crate::net::ops::control_path;
 use crate::proto::name::{Password, Skeleton};
 use crate::store::backup::{check, Report};
 use crate::store::redb::RedbStore;
-use crate::store::{AccountRecord, Store, StoreOp};
+use crate::store::{AccountRecord, Store, StoreError, StoreOp, StoreReply};
 
 /// How long `chatd health` waits for the server's answer.
 pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -157,10 +158,29 @@ fn adduser(a: &AdduserArgs) -> Result<(), String> {
     let password = Password::parse(line.trim_end_matches(['\n', '\r']))
         .map_err(|e| format!("the password: {e}"))?;
     let hasher = Hasher::new(a.scrypt_log_n, SCRYPT_R, SCRYPT_P).map_err(|e| e.to_string())?;
-    let (mut store, snapshot) = RedbStore::open(&a.db).map_err(|e| match e.advice() {
+    let advised = |e: StoreError| match e.advice() {
         Some(advice) => format!("{e}; {advice}"),
         None => e.to_string(),
-    })?;
+    };
+    // In a cluster the account goes through the log, with REGISTER's compare-and-set; the names
+    // taken are read from a node's index built for the purpose in a directory of its own, which
+    // goes when done.
+    let scratch = match &a.cluster {
+        Some(_) => Some(Scratch::new()?),
+        None => None,
+    };
+    let (mut store, snapshot, place): (Box<dyn Store>, _, String) = match (&a.cluster, &scratch) {
+        (Some(urls), Some(dir)) => {
+            let opts = ClusterOptions::new(urls, a.cluster_replicas);
+            let (store, snapshot) =
+                ClusterStore::open(&opts, &dir.0.join("adduser.redb")).map_err(advised)?;
+            (Box::new(store), snapshot, format!("the cluster at {urls}"))
+        }
+        _ => {
+            let (store, snapshot) = RedbStore::open(&a.db).map_err(advised)?;
+            (Box::new(store), snapshot, a.db.display().to_string())
+        }
+    };
     let name = a.name.as_str();
     let key = a.name.key();
     let skeleton = a.name.skeleton();
@@ -185,9 +205,35 @@ fn adduser(a: &AdduserArgs) -> Result<(), String> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64),
     };
-    store
+    let replies = store
         .write(&[StoreOp::CreateAccount(record)])
         .map_err(|e| e.to_string())?;
-    println!("account {name} created in {}", a.db.display());
+    if replies.first() == Some(&StoreReply::Taken) {
+        return Err(format!(
+            "the name {name} is taken (a node of the cluster registered it just now)"
+        ));
+    }
+    println!("account {name} created in {place}");
     Ok(())
+}
+
+/// A directory of its own under the system's temporary directory, removed when dropped.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new() -> Result<Scratch, String> {
+        let mut b = [0u8; 8];
+        getrandom::fill(&mut b).map_err(|e| format!("no randomness for a file name: {e}"))?;
+        let dir =
+            std::env::temp_dir().join(format!("chatd-adduser-{:016x}", u64::from_le_bytes(b)));
+        std::fs::create_dir(&dir)
+            .map_err(|e| format!("cannot make the directory {}: {e}", dir.display()))?;
+        Ok(Scratch(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

@@ -132,3 +132,37 @@ fn silent_connections_are_probed_then_closed() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// A connection is one task that reads, writes and waits for its credits: clients that each send
+/// far more than their 64 unanswered commands in one write, together more lines than the core's
+/// input queue holds, get every answer in order, and one that closes its sending side right after
+/// its burst still gets every answer before the server closes.
+#[test]
+fn pipelined_clients_past_every_queue_get_every_answer_in_order() {
+    let server = Server::start_with(&[
+        "--line-rate",
+        "1000000",
+        "--line-burst",
+        "1000000",
+        "--exempt",
+        "127.0.0.1",
+    ]);
+    const CLIENTS: usize = 24;
+    const LINES: usize = 200;
+    let mut clients: Vec<_> = (0..CLIENTS).map(|_| server.connect()).collect();
+    for (k, c) in clients.iter_mut().enumerate() {
+        let mut burst = String::new();
+        for i in 0..LINES {
+            burst.push_str(&format!("PING c{k}n{i}\n"));
+        }
+        c.send_raw(burst.as_bytes());
+    }
+    clients[0].shutdown_write();
+    for (k, c) in clients.iter_mut().enumerate() {
+        for i in 0..LINES {
+            assert_eq!(c.read_line(), format!("PONG c{k}n{i}"));
+            assert_eq!(c.read_line(), "OK PING");
+        }
+    }
+    assert_eq!(clients[0].next_line(), None, "closed after its answers");
+}

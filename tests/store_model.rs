@@ -109,9 +109,8 @@ impl Generator {
         let room = self.room();
         let user = self.key();
         match self.rng.below(16) {
-            0 => StoreOp::PutRoom {
-                id: room,
-                room: RoomRecord {
+            0 => {
+                let rec = RoomRecord {
                     name: format!("#{}", self.name()),
                     created_ms: self.rng.below(1000) as i64,
                     private: self.rng.chance(50),
@@ -120,8 +119,27 @@ impl Generator {
                         by: self.name(),
                         time_ms: self.rng.below(1000) as i64,
                     }),
-                },
-            },
+                };
+                if self.rng.chance(50) {
+                    StoreOp::PutRoom {
+                        id: room,
+                        room: rec,
+                    }
+                } else {
+                    // A creation: the room and its owner in one op.
+                    StoreOp::CreateRoom {
+                        id: room,
+                        room: Box::new(rec),
+                        owner: user,
+                        member: MemberRecord {
+                            role: Role::Owner,
+                            since: 0,
+                            read_id: 0,
+                            read_seq: 0,
+                        },
+                    }
+                }
+            }
             1 => StoreOp::DeleteRoom { id: room },
             2 | 3 => StoreOp::PutMember {
                 room,

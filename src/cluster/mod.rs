@@ -33,6 +33,16 @@
 //!   subject sequence 0": of two REGISTERs of one name on two nodes, the stream takes exactly one;
 //!   the other is answered [`StoreReply::Taken`] (NAME_TAKEN). The check and the write are one
 //!   step, so no crash can leave a name reserved without an account.
+//! - **room names** work the same way, on `chatd.log.room.<name>`: a room's creation
+//!   ([`StoreOp::CreateRoom`]) expects the subject's last entry to be the one this node knows for
+//!   the name (none, or the deletion of the room that last had it: `DeleteRoom` goes on the same
+//!   subject, and a deleted name can be created again). Of two nodes creating one name at once the
+//!   stream takes one; the other learns the winner's room from the log before its answer,
+//!   [`StoreReply::Taken`], reaches its core, which then answers the JOIN as a JOIN of that room.
+//!   An op on a room the log does not have (one that lost its name, or that another node deleted
+//!   while the op was made) is not written either, and is answered `Taken` too; and since the
+//!   deletion may still be on its way, every node skips alike, when applying, an entry on a room
+//!   that does not exist at its place in the log (its own node answers it `Taken`).
 //!
 //! The async-nats client needs tokio: it runs on one thread of its own (`chatd-nats`) with a
 //! current-thread runtime, joined to the rest by bounded `async-channel`s (requests in, the log's
@@ -43,7 +53,7 @@
 //! A batch tried again publishes the same entries with the same `Nats-Msg-Id`s, so the stream's
 //! de-duplication makes the retry take effect once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -56,9 +66,10 @@ use crate::config::{
     PRESENCE_REFRESH, PRESENCE_RENEW, PRESENCE_START_WAIT,
 };
 use crate::core::{BusIn, BusOut, RouteTo};
-use crate::store::oplog::{decode_op, encode_op};
+use crate::proto::room::RoomKey;
+use crate::store::oplog::{decode_op, encode_op, entry_version, readable_version, OPLOG_VERSION};
 use crate::store::redb::RedbStore;
-use crate::store::{Snapshot, Store, StoreError, StoreOp, StoreReader, StoreReply, To};
+use crate::store::{RoomId, Snapshot, Store, StoreError, StoreOp, StoreReader, StoreReply, To};
 
 /// The JetStream stream that holds the log.
 pub const STREAM: &str = "CHATD_LOG";
@@ -75,13 +86,29 @@ pub struct ClusterOptions {
     pub replicas: usize,
 }
 
+impl ClusterOptions {
+    /// From `--cluster` (URLs, comma-separated) and `--cluster-replicas` (at least 1).
+    pub fn new(urls: &str, replicas: usize) -> ClusterOptions {
+        ClusterOptions {
+            urls: urls
+                .split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            replicas: replicas.max(1),
+        }
+    }
+}
+
 /// One entry to publish.
 struct Outgoing {
     subject: String,
     msg_id: String,
     payload: Vec<u8>,
-    /// Only if no entry exists yet on the subject (REGISTER's compare-and-set).
-    first_on_subject: bool,
+    /// Only if the subject's last entry is this one (0: the subject has none): the
+    /// compare-and-set of REGISTER and of a room's creation.
+    expect: Option<u64>,
     /// The subjects a message is routed on once the log has acknowledged it (see [`routes_of`]).
     routes: Vec<String>,
 }
@@ -89,11 +116,14 @@ struct Outgoing {
 /// Why an entry was not taken.
 #[derive(Debug)]
 enum Refused {
-    /// `first_on_subject` and the subject has an entry.
-    Taken,
+    /// `expect` and the subject's last entry is another: that one, if it could be read.
+    Taken(Option<u64>),
     /// NATS could not be reached, or did not acknowledge in time.
     Failed(String),
 }
+
+/// The answers to a part of a batch: each entry's op index, and its sequence or refusal.
+type Answers = Vec<(usize, Result<u64, Refused>)>;
 
 /// A request to the NATS thread.
 struct Publish {
@@ -104,6 +134,7 @@ struct Publish {
 /// One entry of the log as read.
 struct Entry {
     seq: u64,
+    subject: String,
     node: Option<String>,
     msg_id: Option<String>,
     payload: Vec<u8>,
@@ -156,7 +187,7 @@ fn routes_of(op: &StoreOp) -> Vec<String> {
             To::All => vec![ROUTE_ALL.to_owned()],
             To::Room(_) => Vec::new(),
         },
-        StoreOp::AppendRoomMessage { room, .. } => vec![room_subject(*room)],
+        StoreOp::AppendRoomMessage { room, .. } => vec![room_route_subject(*room)],
         _ => Vec::new(),
     }
 }
@@ -168,7 +199,7 @@ fn account_subject(key: &str) -> String {
 }
 
 /// The subject of a room's routed messages.
-fn room_subject(room: crate::store::RoomId) -> String {
+fn room_route_subject(room: RoomId) -> String {
     format!("{ROUTE_ROOM}{room}")
 }
 
@@ -211,6 +242,118 @@ pub struct ClusterStore {
     retry: Option<(Vec<StoreOp>, Vec<String>)>,
     /// Entries read from the feed and not yet applied (a local write failed).
     unapplied: Vec<Entry>,
+    /// Room names as the applied entries left them.
+    names: RoomNames,
+}
+
+/// What a node knows of room names from the entries it applied: enough to publish a room's
+/// creation with the right expectation, and its deletion on the right subject.
+#[derive(Default)]
+struct RoomNames {
+    /// By room name subject: the sequence of the last entry on it (0: none), and the room that
+    /// has the name now.
+    by_name: HashMap<String, (u64, Option<RoomId>)>,
+    /// The name subject of every room that exists.
+    by_room: HashMap<RoomId, String>,
+    /// Rooms whose creation the log refused: later ops on them are not written. One number per
+    /// lost race; numbers are never reused.
+    lost: HashSet<RoomId>,
+}
+
+impl RoomNames {
+    /// Takes in the subject of an entry read (applied or skipped): a room name's subject's last
+    /// entry is what the name's next creation expects.
+    fn on_subject(&mut self, subject: &str, seq: u64) {
+        if subject.starts_with(ROOM_SUBJECTS) {
+            let name = self.by_name.entry(subject.to_owned()).or_default();
+            name.0 = name.0.max(seq);
+        }
+    }
+
+    /// Whether an entry's op is applied, at its place in the log: not if it concerns a room that
+    /// does not exist there (an op made on a node that had not yet learned of the room's deletion,
+    /// or of its loss of the name). Every node decides alike, from the entries before it;
+    /// `changed` holds the rooms made or deleted by the entries of the batch not yet taken in.
+    fn takes(&self, op: &StoreOp, version: u8, changed: &mut HashMap<RoomId, bool>) -> bool {
+        if let StoreOp::Told { op, .. } = op {
+            // The event goes with its change.
+            return self.takes(op, version, changed);
+        }
+        let exists = |r: &RoomId, changed: &HashMap<RoomId, bool>| {
+            changed
+                .get(r)
+                .copied()
+                .unwrap_or_else(|| self.by_room.contains_key(r))
+        };
+        match op {
+            StoreOp::CreateRoom { id, .. } => {
+                changed.insert(*id, true);
+                true
+            }
+            // Format version 1 created rooms this way.
+            StoreOp::PutRoom { id, .. } if !exists(id, changed) => {
+                let legacy = version == 1;
+                if legacy {
+                    changed.insert(*id, true);
+                }
+                legacy
+            }
+            StoreOp::DeleteRoom { id } => {
+                let there = exists(id, changed);
+                changed.insert(*id, false);
+                there
+            }
+            // Stores nothing; a node's core tells a room it does not know nobody.
+            StoreOp::Notice(_) => true,
+            op => room_of(op).is_none_or(|r| exists(&r, changed)),
+        }
+    }
+
+    /// Takes in an applied op.
+    fn applied(&mut self, op: &StoreOp) {
+        match op {
+            StoreOp::Told { op, .. } => self.applied(op),
+            StoreOp::CreateRoom { id, room, .. } => {
+                let on = room_subject(&room.name);
+                self.by_name.entry(on.clone()).or_default().1 = Some(*id);
+                self.by_room.insert(*id, on);
+            }
+            StoreOp::PutRoom { id, room } if !self.by_room.contains_key(id) => {
+                // A room created by a node of format version 1, on no subject of its own.
+                let on = room_subject(&room.name);
+                self.by_name.entry(on.clone()).or_default().1 = Some(*id);
+                self.by_room.insert(*id, on);
+            }
+            StoreOp::DeleteRoom { id } => {
+                if let Some(on) = self.by_room.remove(id) {
+                    let name = self.by_name.entry(on).or_default();
+                    if name.1 == Some(*id) {
+                        name.1 = None;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The prefix of the room names' subjects.
+const ROOM_SUBJECTS: &str = "chatd.log.room.";
+
+/// The subject of a room name's creations and deletions.
+fn room_subject(name: &str) -> String {
+    let key = RoomKey::of(name);
+    // A room name is `#` and letters, digits, `_` and `-`: a valid subject token without it.
+    format!("{ROOM_SUBJECTS}{}", key.as_str().trim_start_matches('#'))
+}
+
+/// The room an op concerns, if any (a room's creation is not counted: it is the one that decides).
+fn room_of(op: &StoreOp) -> Option<RoomId> {
+    match op {
+        StoreOp::CreateRoom { .. } => None,
+        StoreOp::Told { op, .. } => room_of(op),
+        op => op.room(),
+    }
 }
 
 impl ClusterStore {
@@ -248,6 +391,7 @@ impl ClusterStore {
             retry: None,
             unapplied: Vec::new(),
             bus: Some(bus),
+            names: RoomNames::default(),
         };
         store.apply_until(last)?;
         // Everything before start is the snapshot's, not news for the core: the index is opened
@@ -262,6 +406,7 @@ impl ClusterStore {
             applied,
             next_op,
             bus,
+            names,
             ..
         } = store;
         drop(local);
@@ -283,6 +428,7 @@ impl ClusterStore {
             retry: None,
             unapplied: Vec::new(),
             bus,
+            names,
         };
         log::info!(
             "cluster node {}: index {} built from the log up to entry {last}",
@@ -340,28 +486,83 @@ impl ClusterStore {
         if self.unapplied.is_empty() {
             return Ok(());
         }
-        let mut ops = Vec::with_capacity(self.unapplied.len());
-        let mut keep = Vec::with_capacity(self.unapplied.len());
-        for e in &self.unapplied {
+        let entries = std::mem::take(&mut self.unapplied);
+        let mut ops = Vec::with_capacity(entries.len());
+        // Per entry kept: `None` if its op is in `ops`, or the op skipped.
+        let mut fates = Vec::with_capacity(entries.len());
+        // Rooms made or deleted by the entries before, in this batch.
+        let mut changed = HashMap::new();
+        for (i, e) in entries.iter().enumerate() {
             if e.seq <= self.applied {
                 // Delivered again after the consumer was recreated.
                 continue;
             }
+            let version = entry_version(&e.payload).unwrap_or(0);
+            if !readable_version(version) && !e.payload.is_empty() {
+                self.unapplied = entries;
+                return Err(StoreError::LogVersion {
+                    seq: self.unapplied[i].seq,
+                    found: version,
+                    reads: OPLOG_VERSION,
+                });
+            }
             match decode_op(&e.payload) {
                 Ok(op) => {
-                    ops.push(with_id(op, e.seq));
-                    keep.push(e);
+                    let op = with_id(op, e.seq);
+                    if self.names.takes(&op, version, &mut changed) {
+                        ops.push(op);
+                        fates.push((i, None));
+                    } else {
+                        fates.push((i, Some(op)));
+                    }
                 }
                 // Every node skips it alike, so the indexes stay equal.
                 Err(d) => log::error!("log entry {} cannot be decoded, skipped: {d}", e.seq),
             }
         }
+        let count = ops.len();
         let replies = if ops.is_empty() {
             Vec::new()
         } else {
-            self.local.write(&ops)?
+            match self.local.write(&ops) {
+                Ok(r) => r,
+                Err(err) => {
+                    self.unapplied = entries;
+                    return Err(err);
+                }
+            }
         };
-        for ((e, op), reply) in keep.into_iter().zip(ops).zip(replies) {
+        if replies.len() != count {
+            return Err(StoreError::ReplyCount {
+                ops: count,
+                replies: replies.len(),
+            });
+        }
+        let mut applied = ops.into_iter().zip(replies);
+        for (i, skipped) in fates {
+            let e = &entries[i];
+            self.names.on_subject(&e.subject, e.seq);
+            let (op, reply) = match skipped {
+                None => match applied.next() {
+                    Some(x) => x,
+                    None => break,
+                },
+                Some(op) => {
+                    // Every node skips it alike: it concerns a room that no longer exists (or
+                    // never did) at its place in the log.
+                    log::debug!(
+                        "log entry {} is on a room that is gone, skipped: {op:?}",
+                        e.seq
+                    );
+                    if let (Some(n), Some(id)) = (&e.node, &e.msg_id) {
+                        if *n == self.node {
+                            self.own.insert(id.clone(), (e.seq, StoreReply::Taken));
+                        }
+                    }
+                    continue;
+                }
+            };
+            self.names.applied(&op);
             match (&e.node, &e.msg_id) {
                 (Some(n), Some(id)) if *n == self.node => {
                     self.own.insert(id.clone(), (e.seq, reply));
@@ -369,16 +570,121 @@ impl ClusterStore {
                 _ => self.remote.push(op),
             }
         }
-        if let Some(last) = self.unapplied.last() {
+        if let Some(last) = entries.last() {
             self.applied = self.applied.max(last.seq);
         }
-        self.unapplied.clear();
         Ok(())
     }
 
     fn fresh_id(&mut self) -> String {
         self.next_op += 1;
         format!("{}.{}", self.node, self.next_op)
+    }
+
+    /// Publishes the batch's write ops under `ids`, applies the log up to them and answers each
+    /// op. The entries go out together, but one whose subject is compared (a creation) ends a
+    /// part: the rest waits for its answer, since a room that lost its creation must not get
+    /// the ops that follow it.
+    fn write_with(
+        &mut self,
+        ops: &[StoreOp],
+        ids: &[String],
+    ) -> Result<Vec<StoreReply>, StoreError> {
+        let mut answered: Vec<Option<StoreReply>> = vec![None; ops.len()];
+        let mut logged = vec![false; ops.len()];
+        let mut part = Vec::new();
+        let mut last = 0;
+        // Rooms this batch creates, not in the index until the batch is applied.
+        let mut made = HashSet::new();
+        for (i, (op, id)) in ops.iter().zip(ids).enumerate() {
+            // An op on a room the log does not have (its creation lost the name, or another node
+            // deleted it meanwhile) is not written: it would leave rows of no room in every index.
+            let gone = |r: RoomId| {
+                self.names.lost.contains(&r)
+                    || !(self.names.by_room.contains_key(&r) || made.contains(&r))
+            };
+            if room_of(op).is_some_and(gone) {
+                answered[i] = Some(StoreReply::Taken);
+                continue;
+            }
+            if let StoreOp::CreateRoom {
+                id: room,
+                room: rec,
+                ..
+            } = op
+            {
+                let on = room_subject(&rec.name);
+                match self.names.by_name.get(&on).and_then(|n| n.1) {
+                    // Refused in an earlier try of this batch.
+                    _ if self.names.lost.contains(room) => {
+                        answered[i] = Some(StoreReply::Taken);
+                        continue;
+                    }
+                    // Taken in an earlier try of this batch, and applied: answered from it.
+                    Some(has) if has == *room => {
+                        logged[i] = true;
+                        continue;
+                    }
+                    // The index has a room of that name that the core has not learned of yet:
+                    // refused without asking the log.
+                    Some(_) => {
+                        self.names.lost.insert(*room);
+                        answered[i] = Some(StoreReply::Taken);
+                        continue;
+                    }
+                    None => {}
+                }
+                made.insert(*room);
+            }
+            let Some(payload) = encode_op(op) else {
+                continue;
+            };
+            logged[i] = true;
+            let (subject, expect) = self.subject_of(op);
+            part.push((
+                i,
+                Outgoing {
+                    subject,
+                    msg_id: id.clone(),
+                    payload,
+                    expect,
+                    routes: routes_of(op),
+                },
+            ));
+            if expect.is_some() {
+                let part = std::mem::take(&mut part);
+                self.settle(part, ops, &mut answered, &mut last)?;
+            }
+        }
+        self.settle(part, ops, &mut answered, &mut last)?;
+        self.apply_until(last)?;
+        let mut replies = Vec::with_capacity(ops.len());
+        for (i, (op, id)) in ops.iter().zip(ids).enumerate() {
+            if let Some(reply) = answered[i].take() {
+                replies.push(reply);
+                continue;
+            }
+            if !logged[i] {
+                // A read ordered with the writes: answered from the index, which now holds every
+                // write of the batch.
+                replies.extend(self.local.write(std::slice::from_ref(op))?);
+                continue;
+            }
+            match self.own.remove(id) {
+                Some((seq, reply)) => replies.push(match op {
+                    StoreOp::AppendMessage { .. } | StoreOp::AppendRoomMessage { .. } => {
+                        StoreReply::Appended(seq)
+                    }
+                    _ => reply,
+                }),
+                None => {
+                    return Err(StoreError::Cluster(format!(
+                        "entry {id} was acknowledged but not found in the log"
+                    )))
+                }
+            }
+        }
+        Ok(replies)
     }
 }
 
@@ -437,17 +743,78 @@ fn node_id() -> String {
     format!("{:016x}", u64::from_le_bytes(b))
 }
 
-/// The subject an op's entry goes to, and whether it must be the first on it.
-fn subject_of(op: &StoreOp) -> (String, bool) {
-    match op {
-        StoreOp::CreateAccount(rec) => (
-            format!("chatd.log.account.{}", crate::store::key_of(&rec.name)),
-            true,
-        ),
-        StoreOp::AppendMessage { .. } | StoreOp::AppendRoomMessage { .. } => {
-            ("chatd.log.msg".to_owned(), false)
+impl ClusterStore {
+    /// The subject an op's entry goes to, and the subject's last entry it expects, if any.
+    fn subject_of(&self, op: &StoreOp) -> (String, Option<u64>) {
+        match op {
+            StoreOp::Told { op, .. } => self.subject_of(op),
+            StoreOp::CreateAccount(rec) => (
+                format!("chatd.log.account.{}", crate::store::key_of(&rec.name)),
+                Some(0),
+            ),
+            StoreOp::CreateRoom { room, .. } => {
+                let on = room_subject(&room.name);
+                let last = self.names.by_name.get(&on).map_or(0, |n| n.0);
+                (on, Some(last))
+            }
+            StoreOp::DeleteRoom { id } => match self.names.by_room.get(id) {
+                Some(on) => (on.clone(), None),
+                None => ("chatd.log.state".to_owned(), None),
+            },
+            StoreOp::AppendMessage { .. } | StoreOp::AppendRoomMessage { .. } => {
+                ("chatd.log.msg".to_owned(), None)
+            }
+            _ => ("chatd.log.state".to_owned(), None),
         }
-        _ => ("chatd.log.state".to_owned(), false),
+    }
+
+    /// Publishes a part of a batch and takes in the answers: the last sequence taken into
+    /// `last`, a refusal into `answered`.
+    fn settle(
+        &mut self,
+        part: Vec<(usize, Outgoing)>,
+        ops: &[StoreOp],
+        answered: &mut [Option<StoreReply>],
+        last: &mut u64,
+    ) -> Result<(), StoreError> {
+        for (at, r) in self.publish(part)? {
+            match r {
+                Ok(seq) => *last = (*last).max(seq),
+                Err(Refused::Taken(conflict)) => {
+                    answered[at] = Some(StoreReply::Taken);
+                    if let StoreOp::CreateRoom { id, room, .. } = &ops[at] {
+                        self.names.lost.insert(*id);
+                        if let Some(seq) = conflict {
+                            self.names.on_subject(&room_subject(&room.name), seq);
+                        }
+                    }
+                    // The entry that won is applied before the answer, so that the core learns
+                    // of it first, and so that this node's next creation of the name expects it.
+                    if let Some(seq) = conflict {
+                        self.apply_until(seq)?;
+                    }
+                }
+                Err(Refused::Failed(why)) => return Err(StoreError::Cluster(why)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes `entries` (with the index of their op) and waits for their acknowledgements.
+    fn publish(&mut self, entries: Vec<(usize, Outgoing)>) -> Result<Answers, StoreError> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (at, entries): (Vec<usize>, Vec<Outgoing>) = entries.into_iter().unzip();
+        let (reply, answer) = async_channel::bounded(1);
+        let sent = self
+            .requests
+            .requests
+            .send_blocking(Publish { entries, reply });
+        match sent.ok().and_then(|()| answer.recv_blocking().ok()) {
+            Some(r) => Ok(at.into_iter().zip(r).collect()),
+            None => Err(StoreError::Cluster("the NATS thread has stopped".into())),
+        }
     }
 }
 
@@ -461,87 +828,13 @@ impl Store for ClusterStore {
             Some((same, ids)) if same == ops => ids,
             _ => ops.iter().map(|_| self.fresh_id()).collect(),
         };
-        let mut entries = Vec::new();
-        let mut logged = Vec::with_capacity(ops.len());
-        for (op, id) in ops.iter().zip(&ids) {
-            match encode_op(op) {
-                Some(payload) => {
-                    let (subject, first_on_subject) = subject_of(op);
-                    entries.push(Outgoing {
-                        subject,
-                        msg_id: id.clone(),
-                        payload,
-                        first_on_subject,
-                        routes: routes_of(op),
-                    });
-                    logged.push(true);
-                }
-                None => logged.push(false),
+        match self.write_with(ops, &ids) {
+            Ok(replies) => Ok(replies),
+            Err(e) => {
+                self.retry = Some((ops.to_vec(), ids));
+                Err(e)
             }
         }
-        let results = if entries.is_empty() {
-            Vec::new()
-        } else {
-            let (reply, answer) = async_channel::bounded(1);
-            let sent = self
-                .requests
-                .requests
-                .send_blocking(Publish { entries, reply });
-            let got = sent.ok().and_then(|()| answer.recv_blocking().ok());
-            match got {
-                Some(r) => r,
-                None => {
-                    self.retry = Some((ops.to_vec(), ids));
-                    return Err(StoreError::Cluster("the NATS thread has stopped".into()));
-                }
-            }
-        };
-        let mut last = 0;
-        let mut taken = Vec::new();
-        for (i, r) in results.iter().enumerate() {
-            match r {
-                Ok(seq) => last = last.max(*seq),
-                Err(Refused::Taken) => taken.push(i),
-                Err(Refused::Failed(why)) => {
-                    self.retry = Some((ops.to_vec(), ids));
-                    return Err(StoreError::Cluster(why.clone()));
-                }
-            }
-        }
-        if let Err(e) = self.apply_until(last) {
-            self.retry = Some((ops.to_vec(), ids));
-            return Err(e);
-        }
-        let mut replies = Vec::with_capacity(ops.len());
-        let mut published = 0;
-        for ((op, id), was_logged) in ops.iter().zip(&ids).zip(logged) {
-            if !was_logged {
-                // A read ordered with the writes: answered from the index, which now holds every
-                // write of the batch.
-                replies.extend(self.local.write(std::slice::from_ref(op))?);
-                continue;
-            }
-            let index = published;
-            published += 1;
-            if taken.contains(&index) {
-                replies.push(StoreReply::Taken);
-                continue;
-            }
-            match self.own.remove(id) {
-                Some((seq, reply)) => replies.push(match op {
-                    StoreOp::AppendMessage { .. } | StoreOp::AppendRoomMessage { .. } => {
-                        StoreReply::Appended(seq)
-                    }
-                    _ => reply,
-                }),
-                None => {
-                    return Err(StoreError::Cluster(format!(
-                        "entry {id} was acknowledged but not found in the log"
-                    )))
-                }
-            }
-        }
-        Ok(replies)
     }
 
     fn reader(&self) -> Result<Box<dyn StoreReader>, StoreError> {
@@ -1092,7 +1385,7 @@ mod nats {
                             return;
                         }
                         Ok(BusOut::Room { id, watch }) => {
-                            follows.set(room_subject(id), RouteTo::Room(id), watch);
+                            follows.set(room_route_subject(id), RouteTo::Room(id), watch);
                             continue;
                         }
                         Ok(BusOut::Presence { key, online }) => (key, online),
@@ -1179,19 +1472,19 @@ mod nats {
                 .payload(e.payload.into())
                 .message_id(&e.msg_id)
                 .header(NODE_HEADER, node);
-            if e.first_on_subject {
-                msg = msg.expected_last_subject_sequence(0);
+            if let Some(seq) = e.expect {
+                msg = msg.expected_last_subject_sequence(seq);
             }
-            pending.push(js.send_publish(e.subject, msg).await);
+            pending.push((e.subject.clone(), js.send_publish(e.subject, msg).await));
         }
         let mut out = Vec::with_capacity(pending.len());
-        for p in pending {
+        for (subject, p) in pending {
             out.push(match p {
                 Err(e) => Err(Refused::Failed(format!("publishing to the log: {e}"))),
                 Ok(ack) => match ack.await {
                     Ok(a) => Ok(a.sequence),
                     Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
-                        Err(Refused::Taken)
+                        Err(Refused::Taken(last_on(js, &subject).await))
                     }
                     Err(e) => Err(Refused::Failed(format!("the log did not acknowledge: {e}"))),
                 },
@@ -1218,6 +1511,18 @@ mod nats {
             }
         }
         out
+    }
+
+    /// The sequence of the last entry on `subject`, if it can be read.
+    async fn last_on(js: &jetstream::Context, subject: &str) -> Option<u64> {
+        let log = js.get_stream_no_info(STREAM).await.ok()?;
+        match log.get_last_raw_message_by_subject(subject).await {
+            Ok(m) => Some(m.sequence),
+            Err(e) => {
+                log::warn!("cannot read the last entry on {subject}: {e}");
+                None
+            }
+        }
     }
 
     /// Reads the log from its first entry, in order, into the feed; starts again after the last
@@ -1283,6 +1588,7 @@ mod nats {
                 };
                 let entry = Entry {
                     seq,
+                    subject: m.subject.to_string(),
                     node: header(NODE_HEADER),
                     msg_id: header("Nats-Msg-Id"),
                     payload: m.payload.to_vec(),
@@ -1295,5 +1601,151 @@ mod nats {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::room::Role;
+    use crate::store::{MemberRecord, Notice, RoomRecord};
+
+    fn create(id: RoomId, name: &str) -> StoreOp {
+        StoreOp::CreateRoom {
+            id,
+            room: Box::new(RoomRecord {
+                name: name.into(),
+                created_ms: 1,
+                private: false,
+                topic: None,
+            }),
+            owner: "a".into(),
+            member: MemberRecord {
+                role: Role::Owner,
+                since: 0,
+                read_id: 0,
+                read_seq: 0,
+            },
+        }
+    }
+
+    fn join(room: RoomId) -> StoreOp {
+        StoreOp::PutMember {
+            room,
+            user: "b".into(),
+            member: MemberRecord {
+                role: Role::Member,
+                since: 0,
+                read_id: 0,
+                read_seq: 0,
+            },
+        }
+    }
+
+    /// Reads `ops` as entries on their subjects from sequence 1 on, as a node applies them;
+    /// returns which were applied.
+    fn read(names: &mut RoomNames, ops: &[StoreOp], version: u8) -> Vec<bool> {
+        let mut changed = HashMap::new();
+        let mut applied = Vec::new();
+        for (i, op) in ops.iter().enumerate() {
+            let subject = match op {
+                StoreOp::CreateRoom { room, .. } => room_subject(&room.name),
+                StoreOp::DeleteRoom { id } => names
+                    .by_room
+                    .get(id)
+                    .cloned()
+                    .unwrap_or_else(|| room_subject("#rust")),
+                _ => "chatd.log.state".into(),
+            };
+            let takes = names.takes(op, version, &mut changed);
+            names.on_subject(&subject, i as u64 + 1);
+            if takes {
+                names.applied(op);
+            }
+            applied.push(takes);
+        }
+        applied
+    }
+
+    #[test]
+    fn a_room_name_subject_is_the_folded_name() {
+        assert_eq!(room_subject("#Rust-Lang_2"), "chatd.log.room.rust-lang_2");
+    }
+
+    #[test]
+    fn a_name_is_expected_at_its_last_entry_and_ops_on_a_gone_room_are_skipped() {
+        let mut names = RoomNames::default();
+        let ops = [
+            create(7, "#Rust"),
+            join(7),
+            StoreOp::DeleteRoom { id: 7 },
+            join(7),
+        ];
+        // The join after the deletion is skipped, as on every node.
+        assert_eq!(read(&mut names, &ops, 2), [true, true, true, false]);
+        let on = room_subject("#rust");
+        // Free again, and its next creation expects the deletion's entry (3).
+        assert_eq!(names.by_name.get(&on), Some(&(3, None)));
+        // A second deletion of the gone room (a node that had not learned of the first) is
+        // skipped, but it is on the subject: the next creation expects it.
+        let mut changed = HashMap::new();
+        assert!(!names.takes(&StoreOp::DeleteRoom { id: 7 }, 2, &mut changed));
+        names.on_subject(&on, 9);
+        assert_eq!(names.by_name.get(&on), Some(&(9, None)));
+        let ops = [create(8, "#RUST"), join(8)];
+        assert_eq!(read(&mut names, &ops, 2), [true, true]);
+        assert_eq!(names.by_name.get(&on).map(|n| n.1), Some(Some(8)));
+    }
+
+    #[test]
+    fn a_room_of_format_version_1_is_created_by_its_settings() {
+        let mut names = RoomNames::default();
+        let put = StoreOp::PutRoom {
+            id: 3,
+            room: RoomRecord {
+                name: "#old".into(),
+                created_ms: 1,
+                private: false,
+                topic: None,
+            },
+        };
+        // A room's settings for a room that does not exist: a creation in version 1 only.
+        assert_eq!(read(&mut names, std::slice::from_ref(&put), 2), [false]);
+        assert_eq!(read(&mut names, &[put, join(3)], 1), [true, true]);
+        assert_eq!(
+            names.by_name.get(&room_subject("#old")),
+            Some(&(0, Some(3)))
+        );
+    }
+
+    #[test]
+    fn ops_of_one_batch_see_the_rooms_made_and_deleted_before_them() {
+        let names = RoomNames::default();
+        let mut changed = HashMap::new();
+        assert!(names.takes(&create(5, "#a"), 2, &mut changed));
+        assert!(names.takes(&join(5), 2, &mut changed));
+        assert!(names.takes(&StoreOp::DeleteRoom { id: 5 }, 2, &mut changed));
+        assert!(!names.takes(&join(5), 2, &mut changed));
+        // A room event goes with its change: a second deletion of the room is skipped, event and
+        // all (its members were told by the first).
+        let told = StoreOp::Told {
+            notice: Notice::Room {
+                room: 5,
+                line: "DELETED #a b".into(),
+            },
+            op: Box::new(StoreOp::DeleteRoom { id: 5 }),
+        };
+        assert!(!names.takes(&told, 2, &mut changed));
+        // Ops on no room, and notices, are always taken.
+        let away = StoreOp::SetAway {
+            user: "a".into(),
+            away: None,
+        };
+        assert!(names.takes(&away, 2, &mut changed));
+        let notice = StoreOp::Notice(Notice::Room {
+            room: 99,
+            line: "x".into(),
+        });
+        assert!(names.takes(&notice, 2, &mut changed));
     }
 }

@@ -38,7 +38,7 @@ impl Core {
         let refusal = self.guard.login_refusal(
             addr,
             &me,
-            self.accounts.get(&me),
+            self.accounts.get(&me).map(|a| &**a),
             &self.settings.limits,
             self.now,
         );
@@ -206,11 +206,13 @@ impl Core {
         // Its rooms are handed on (or deleted, when it was their last member) first, so that no
         // room is left without an owner whatever happens; its memberships, invitations and the
         // bans naming it go with the account.
+        let shown = self.shown(&me);
         let (mut ops, left) = self.leave_every_room(&me);
         ops.push(StoreOp::DeleteAccount {
             user: me.as_str().to_owned(),
             deleted_ms: self.now,
         });
+        ops.extend(self.rooms_left_notices(&shown, &left));
         self.store_all(ops, move |core, _| {
             let name = core.shown(&me);
             core.tell_rooms_left(&name, &left);
@@ -284,6 +286,6 @@ impl Core {
                 o.blocks.remove(me);
             }
         }
-        Some(acct)
+        Some(*acct)
     }
 }

@@ -61,15 +61,20 @@ impl Core {
             "admin {} announced to {reached} connections: {text}",
             self.admin_name(req.conn)
         );
-        if self.settings.cluster {
-            // The other nodes' connections are told too; the count is of this node's.
+        // In a cluster the other nodes' connections are told too (the count is of this node's),
+        // and the OK follows the commit that has them told.
+        let notice = self.settings.cluster.then(|| {
             let line = ServerLine::Notice { text: &text }.to_string();
-            self.store(StoreOp::Notice(Notice::Everyone { line }), |_, _| {});
-        }
-        let mut out = Out::new();
-        out.ok(&req, OkReply::Announce { delivered: reached });
-        out.raw(&chunk);
-        self.finish(req, out);
+            StoreOp::Notice(Notice::Everyone { line })
+        });
+        let mut req = req;
+        self.reserve(&mut req);
+        self.store_all(notice.into_iter().collect(), move |core, _| {
+            let mut out = Out::new();
+            out.ok(&req, OkReply::Announce { delivered: reached });
+            out.raw(&chunk);
+            core.finish(req, out);
+        });
     }
 
     pub(super) fn suspend(&mut self, mut req: Req, name: Name, reason: Option<String>) {
@@ -203,29 +208,33 @@ impl Core {
         for &c in &closing {
             self.close_with_bye(c, ByeCode::KILLED, &text);
         }
-        if self.settings.cluster {
-            // The account's connections on the other nodes are closed too; the count is of this
-            // node's.
-            let op = StoreOp::Notice(Notice::Kill {
+        // In a cluster the account's connections on the other nodes are closed too (the count
+        // is of this node's), and the OK follows the commit that has them closed.
+        let notice = self.settings.cluster.then(|| {
+            StoreOp::Notice(Notice::Kill {
                 user: key.as_str().to_owned(),
                 text: text.clone(),
-            });
-            self.store(op, |_, _| {});
-        }
+            })
+        });
         log::info!(
             "admin {} closed the {} connections of {shown}: {reason}",
             self.admin_name(req.conn),
             closing.len()
         );
-        let mut out = Out::new();
-        out.ok(
-            &req,
-            OkReply::Kill {
-                name: &shown,
-                closed: closing.len() as u64,
-            },
-        );
-        self.finish(req, out);
+        let closed = closing.len() as u64;
+        let mut req = req;
+        self.reserve(&mut req);
+        self.store_all(notice.into_iter().collect(), move |core, _| {
+            let mut out = Out::new();
+            out.ok(
+                &req,
+                OkReply::Kill {
+                    name: &shown,
+                    closed,
+                },
+            );
+            core.finish(req, out);
+        });
     }
 
     pub(super) fn stats(&mut self, req: Req) {

@@ -210,6 +210,12 @@ impl Core {
         let member_key = sender.as_str().to_owned();
         let final_cell = cell.clone();
         let finish = move |core: &mut Core, reply: StoreReply| {
+            if reply == StoreReply::Taken {
+                // In a cluster: the room is not in the log (another node deleted it meanwhile, or
+                // it was this node's creation, which lost its name: rooms.rs); nothing was stored.
+                let text = format!("you are not a member of {name}: that room is gone");
+                return core.refuse(req, Code::NOT_MEMBER, &text);
+            }
             let (id, line) = match (final_cell, copy) {
                 (Some(cell), Some(record)) => {
                     if let StoreReply::Appended(real) = reply {

@@ -90,7 +90,7 @@ use crate::proto::room::RoomKey;
 use crate::proto::server_line::{Presence, Recipient, ServerLine};
 use crate::store::worker::{Report, StoreJob, Ticket};
 use crate::store::{
-    FriendState, MsgId, Profile, ReadOp, RoomId, Snapshot, StoreOp, StoreReply, To, TokenId,
+    FriendState, MsgId, Notice, Profile, ReadOp, RoomId, Snapshot, StoreOp, StoreReply, To, TokenId,
 };
 use crate::tally::Tally;
 
@@ -103,7 +103,13 @@ pub type ConnId = u64;
 /// order, its outbox), and SipHash took about 140 instructions a lookup in the profile of direct
 /// messages. The server numbers connections itself (0, 1, 2, ...), so no client can choose ids that
 /// collide, and SipHash's defence against chosen keys is not needed here; maps keyed by names keep it.
-type ConnMap = HashMap<ConnId, Conn, BuildHasherDefault<ConnIdHasher>>;
+/// The connection table. Entries are boxed: a table keeps room for up to twice its entries, and
+/// an empty bucket then costs a pointer instead of a whole `Conn`.
+type ConnMap = HashMap<ConnId, Box<Conn>, BuildHasherDefault<ConnIdHasher>>;
+
+/// Every account. Entries are boxed for the same reason as the connection table's, and more so:
+/// an `Account` is several hundred bytes.
+type Accounts = HashMap<Key, Box<Account>>;
 
 /// Hashes a connection id with one multiplication (Fibonacci hashing): consecutive ids fill the
 /// table's buckets evenly (the low bits of the product are a permutation of the id's), and the high
@@ -478,6 +484,20 @@ impl Conn {
     }
 }
 
+/// The size in bytes of the core's entry for a connection (with its largest pieces: where it comes
+/// from, its reply order, its input held back) and for an account (each boxed in its table), as
+/// this build lays them out.
+pub fn entry_sizes() -> [(&'static str, usize); 5] {
+    use std::mem::size_of;
+    [
+        ("core_conn", size_of::<Conn>()),
+        ("core_conn_peer", size_of::<Peer>()),
+        ("core_conn_reply_order", size_of::<Slots>()),
+        ("core_conn_deferred", size_of::<VecDeque<Input>>()),
+        ("core_account", size_of::<Account>()),
+    ]
+}
+
 /// Ticks of message counts kept for the messages-per-second figure: one minute's worth.
 const RATE_WINDOW: usize = 61;
 
@@ -495,7 +515,7 @@ enum Then {
 /// The server state machine. See the module documentation.
 pub struct Core {
     settings: Settings,
-    accounts: HashMap<Key, Account>,
+    accounts: Accounts,
     /// The look of every account's name (see [`Skeleton`]), to refuse a name too like a taken one.
     skeletons: HashMap<Skeleton, Key>,
     /// Accounts with at least one logged-in connection, sorted for USERS.
@@ -515,6 +535,11 @@ pub struct Core {
     rooms: HashMap<RoomId, Room>,
     /// Room numbers by folded name.
     room_names: HashMap<RoomKey, RoomId>,
+    /// In a cluster, the rooms this node is creating whose creation the log has not answered yet
+    /// (another node may have taken the name first: see `rooms.rs`).
+    creating: HashSet<RoomId>,
+    /// The JOINs each connection has waiting on such a creation: its input is held until none.
+    join_holds: HashMap<ConnId, u32>,
     next_room_id: RoomId,
     next_id: MsgId,
     next_ticket: Ticket,
@@ -569,7 +594,7 @@ impl Core {
             } else {
                 skeletons.insert(skeleton, key.clone());
             }
-            accounts.insert(key, Account::new(a.name, Some(a.phc.into())));
+            accounts.insert(key, Box::new(Account::new(a.name, Some(a.phc.into()))));
         }
         for (a, b) in snapshot.blocks {
             let (a, b) = (Key::from_folded(a), Key::from_folded(b));
@@ -657,6 +682,8 @@ impl Core {
             conns: ConnMap::default(),
             rooms,
             room_names,
+            creating: HashSet::new(),
+            join_holds: HashMap::new(),
             next_room_id: snapshot.next_room_id.max(1),
             next_id: snapshot.next_id.max(1),
             next_ticket: 1,
@@ -858,7 +885,7 @@ impl Core {
         self.tally.count("connections opened", peer.key);
         self.conns.insert(
             conn,
-            Conn {
+            Box::new(Conn {
                 outbox,
                 peer,
                 last_heard: self.now,
@@ -872,7 +899,7 @@ impl Core {
                 device_token: None,
                 resumed: false,
                 compressed: false,
-            },
+            }),
         );
     }
 
@@ -1092,6 +1119,7 @@ impl Core {
         ops: Vec<StoreOp>,
         then: impl FnOnce(&mut Core, StoreReply) + Send + 'static,
     ) {
+        let ops = told_ops(ops);
         let last = ops.len();
         let mut then = Some(then);
         for (i, op) in ops.into_iter().enumerate() {
@@ -1312,7 +1340,7 @@ impl Core {
 /// command's own reply). A free function over the fields it needs, so a broadcast can walk the
 /// online set without copying it.
 fn fan_out<'a>(
-    accounts: &HashMap<Key, Account>,
+    accounts: &Accounts,
     conns: &ConnMap,
     overflowed: &mut Vec<ConnId>,
     keys: impl Iterator<Item = &'a Key>,
@@ -1353,7 +1381,7 @@ fn recipient(to: &To) -> Recipient<'_> {
 /// Queues `chunk` on every logged-in connection of each account in `keys`, except `skip`. For the
 /// room events, whose audience is taken when the command runs and reached when it is committed.
 fn push_to_keys(
-    accounts: &HashMap<Key, Account>,
+    accounts: &Accounts,
     conns: &ConnMap,
     overflowed: &mut Vec<ConnId>,
     keys: &[Key],
@@ -1361,4 +1389,71 @@ fn push_to_keys(
     skip: ConnId,
 ) {
     fan_out(accounts, conns, overflowed, keys.iter(), chunk, Some(skip));
+}
+
+/// A command's ops with each room notice joined to the change right after it on the same room
+/// (`StoreOp::Told`), so that the two are one log entry in a cluster. Outside a cluster there are
+/// no notices, and the ops are as given.
+fn told_ops(ops: Vec<StoreOp>) -> Vec<StoreOp> {
+    let mut out: Vec<StoreOp> = Vec::with_capacity(ops.len());
+    for op in ops {
+        let joins = match (out.last(), &op) {
+            (Some(StoreOp::Notice(Notice::Room { room, .. })), change) => {
+                !matches!(change, StoreOp::Notice(_) | StoreOp::Told { .. })
+                    && !change.is_read()
+                    && change.room() == Some(*room)
+            }
+            _ => false,
+        };
+        match (joins, out.pop()) {
+            (true, Some(StoreOp::Notice(notice))) => out.push(StoreOp::Told {
+                notice,
+                op: Box::new(op),
+            }),
+            (_, last) => {
+                out.extend(last);
+                out.push(op);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn notice(room: RoomId) -> StoreOp {
+        StoreOp::Notice(Notice::Room {
+            room,
+            line: format!("PARTED #r{room} a"),
+        })
+    }
+
+    fn leave(room: RoomId) -> StoreOp {
+        StoreOp::RemoveMember {
+            room,
+            user: "a".into(),
+        }
+    }
+
+    #[test]
+    fn a_room_notice_is_joined_to_the_change_after_it_on_its_room_only() {
+        let told = |room| StoreOp::Told {
+            notice: match notice(room) {
+                StoreOp::Notice(n) => n,
+                _ => unreachable!(),
+            },
+            op: Box::new(leave(room)),
+        };
+        assert_eq!(told_ops(vec![notice(1), leave(1)]), [told(1)]);
+        // Another room's change, another notice, or nothing after it: the notice stays alone.
+        assert_eq!(told_ops(vec![notice(1), leave(2)]), [notice(1), leave(2)]);
+        assert_eq!(
+            told_ops(vec![notice(1), notice(1), leave(1)]),
+            [notice(1), told(1)]
+        );
+        assert_eq!(told_ops(vec![leave(1), notice(1)]), [leave(1), notice(1)]);
+        assert_eq!(told_ops(Vec::new()), []);
+    }
 }

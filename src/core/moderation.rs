@@ -15,7 +15,7 @@ use crate::proto::command::Refusal;
 use crate::proto::name::{Key, Name};
 use crate::proto::room::{Role, RoomName};
 use crate::proto::server_line::{OkReply, RoomEvent, ServerLine};
-use crate::store::{BanRecord, InviteRecord, RoomId, StoreOp};
+use crate::store::{BanRecord, InviteRecord, RoomId, StoreOp, StoreReply};
 
 /// KICK and BAN, which share their checks.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -155,7 +155,10 @@ impl Core {
             invite: invite.clone(),
         };
         self.reserve(&mut req);
-        self.store(op, move |core, _| {
+        self.store(op, move |core, reply| {
+            if reply == StoreReply::Taken {
+                return core.room_gone(req, &room_name);
+            }
             let event = RoomEvent::Invited {
                 by: &invite.by,
                 expires_ms: invite.expires_ms,
@@ -293,7 +296,10 @@ impl Core {
             }
         }
         self.reserve(&mut req);
-        self.store_all(ops, move |core, _| {
+        self.store_all(ops, move |core, reply| {
+            if reply == StoreReply::Taken {
+                return core.room_gone(req, &room_name);
+            }
             let reason = reason.as_deref().unwrap_or("");
             let event = match how {
                 Removal::Kick => RoomEvent::Kicked {
@@ -357,22 +363,28 @@ impl Core {
         };
         let notice = self.room_notice(id, &room_name, event);
         self.reserve(&mut req);
-        self.store_all(notice.into_iter().chain([op]).collect(), move |core, _| {
-            let event = RoomEvent::Unbanned {
-                name: &shown,
-                by: &by,
-            };
-            core.tell(&audience, &room_name, event, req.conn);
-            let mut out = Out::new();
-            out.ok(
-                &req,
-                OkReply::Unban {
-                    room: &room_name,
+        self.store_all(
+            notice.into_iter().chain([op]).collect(),
+            move |core, reply| {
+                if reply == StoreReply::Taken {
+                    return core.room_gone(req, &room_name);
+                }
+                let event = RoomEvent::Unbanned {
                     name: &shown,
-                },
-            );
-            core.finish(req, out);
-        });
+                    by: &by,
+                };
+                core.tell(&audience, &room_name, event, req.conn);
+                let mut out = Out::new();
+                out.ok(
+                    &req,
+                    OkReply::Unban {
+                        room: &room_name,
+                        name: &shown,
+                    },
+                );
+                core.finish(req, out);
+            },
+        );
     }
 
     pub(super) fn role(&mut self, mut req: Req, name: RoomName, who: Name, role: Role) {
@@ -457,17 +469,23 @@ impl Core {
         };
         let notice = self.room_notice(id, &event_room, event);
         self.reserve(&mut req);
-        self.store_all(notice.into_iter().chain([op]).collect(), move |core, _| {
-            let event = RoomEvent::Role {
-                name: &event_name,
-                role,
-                by: &by,
-            };
-            core.tell(&audience, &event_room, event, req.conn);
-            let mut out = Out::new();
-            reply(&req, &mut out);
-            core.finish(req, out);
-        });
+        self.store_all(
+            notice.into_iter().chain([op]).collect(),
+            move |core, stored| {
+                if stored == StoreReply::Taken {
+                    return core.room_gone(req, &event_room);
+                }
+                let event = RoomEvent::Role {
+                    name: &event_name,
+                    role,
+                    by: &by,
+                };
+                core.tell(&audience, &event_room, event, req.conn);
+                let mut out = Out::new();
+                reply(&req, &mut out);
+                core.finish(req, out);
+            },
+        );
     }
 
     /// The `INVITED` lines a LOGIN shows: the account's valid invitations, by room name.

@@ -126,7 +126,10 @@ impl Core {
             user: me.as_str().to_owned(),
             member: *member,
         };
-        self.store(op, move |core, _| {
+        self.store(op, move |core, reply| {
+            if reply == StoreReply::Taken {
+                return core.room_gone(req, &shown);
+            }
             core.marker_moved(&me, req.conn, &shown, id);
             let mut out = Out::new();
             out.ok(&req, OkReply::Read { target: &shown, id });

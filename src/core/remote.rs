@@ -20,8 +20,10 @@
 //! users it concerns is told here too, to this server's connections, by the same code the command
 //! runs at its commit: a friendship notice (derived from the edge's old and new state), the close
 //! of an account's connections after PASSWORD, REVOKE, SUSPEND or UNREGISTER, an away message.
-//! What the records do not say (who kicked, a reason, an ANNOUNCE, a KILL) comes as a
-//! [`Notice`], written first in the entry by the node that ran the command.
+//! What the records do not say (who kicked, a reason, an ANNOUNCE, a KILL, the new owner and the
+//! leaving of the rooms an UNREGISTER hands on) comes as a [`Notice`], written by the node that
+//! ran the command beside its ops, a room event with the change it tells of
+//! ([`StoreOp::Told`]). An account deleted elsewhere leaves every room here too.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -38,7 +40,9 @@ use crate::proto::code::ByeCode;
 use crate::proto::name::{Key, Skeleton};
 use crate::proto::room::RoomKey;
 use crate::proto::server_line::{FriendshipEvent, MessageLine, RoomEvent, ServerLine};
-use crate::store::{FriendState, MessageRecord, MsgId, Notice, RoomId, StoreOp, To};
+use crate::store::{
+    FriendState, MemberRecord, MessageRecord, MsgId, Notice, RoomId, RoomRecord, StoreOp, To,
+};
 
 /// Another node of a cluster, as this one knows it: its heartbeat (`beat`, in this core's clock),
 /// whether that makes it alive, and the accounts its presence entries say are online there. The
@@ -108,7 +112,8 @@ impl Core {
                         self.skeletons
                             .entry(Skeleton::of(&rec.name))
                             .or_insert_with(|| key.clone());
-                        self.accounts.insert(key, Account::new(rec.name, Some(phc)));
+                        self.accounts
+                            .insert(key, Box::new(Account::new(rec.name, Some(phc))));
                     }
                 }
             }
@@ -273,6 +278,12 @@ impl Core {
                     }
                 }
             }
+            StoreOp::CreateRoom {
+                id,
+                room,
+                owner,
+                member,
+            } => self.remote_room_created(id, *room, Key::from_folded(owner), member),
             StoreOp::DeleteRoom { id } => {
                 if let Some(r) = self.rooms.remove(&id) {
                     if self.room_names.get(&RoomKey::of(&r.name)) == Some(&id) {
@@ -358,6 +369,8 @@ impl Core {
             }
             StoreOp::DeleteAccount { user, .. } => {
                 let key = Key::from_folded(user);
+                // What its rooms' members are told comes in notices after this op.
+                self.forget_in_rooms(&key);
                 if let Some(acct) = self.forget_account(&key) {
                     for c in acct.conns {
                         self.close_with_bye(c, ByeCode::ACCOUNT_DELETED, "the account was deleted");
@@ -384,6 +397,10 @@ impl Core {
                 }
             }
             StoreOp::Notice(notice) => self.remote_notice(notice),
+            StoreOp::Told { notice, op } => {
+                self.remote_notice(notice);
+                self.remote(*op);
+            }
             StoreOp::TouchToken { .. }
             | StoreOp::SetDirectRead { .. }
             | StoreOp::History { .. }
@@ -550,6 +567,52 @@ impl Core {
         };
         let now_friends = now == Some(Friends);
         self.tell_friendship(a, &my_name, b, &shown, event, now_friends, 0);
+    }
+
+    /// A room another node created. The log took its creation only because no room had the
+    /// name: if this node has one, it is a creation of its own still in flight, which the log
+    /// will refuse; the name is the other node's room's now, and the JOINs of this node's room
+    /// join it once the refusal comes back (`rooms.rs`).
+    fn remote_room_created(
+        &mut self,
+        id: RoomId,
+        room: RoomRecord,
+        owner: Key,
+        member: MemberRecord,
+    ) {
+        if let Some(mine) = self.room_names.insert(RoomKey::of(&room.name), id) {
+            log::info!(
+                "cluster: {} was created on another node first (room {id}; this node's {mine} \
+                 loses the name)",
+                room.name
+            );
+        }
+        let mut members = HashMap::new();
+        if let Some(a) = self.accounts.get_mut(&owner) {
+            a.rooms.insert(id);
+            members.insert(owner.clone(), member);
+        }
+        let name = room.name.clone();
+        self.rooms.insert(
+            id,
+            Room {
+                id,
+                name: room.name,
+                created_ms: room.created_ms,
+                private: room.private,
+                topic: room.topic,
+                members,
+                bans: BTreeMap::new(),
+                invites: BTreeMap::new(),
+                last_id: 0,
+                count: 0,
+            },
+        );
+        // The owner's connections here learn of the new room, as its other connections where
+        // it was created do.
+        let shown = self.shown(&owner);
+        self.tell(&[owner], &name, RoomEvent::Joined { name: &shown }, 0);
+        self.rewatch(id);
     }
 
     /// What another server's command told its connections, told to this server's.

@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::out::{self, Out};
-use super::{push_to_keys, Account, Core, Req};
+use super::{push_to_keys, Accounts, ConnId, Core, Req};
 use crate::config::{JOIN_REPLAY, MAX_ROOMS_PER_ACCOUNT, ROOMS_LISTED_PUBLIC};
 use crate::proto::code::Code;
 use crate::proto::command::{Refusal, RoomSub, TopicChange};
@@ -121,7 +121,7 @@ pub(super) fn load(
     members: Vec<(RoomId, String, MemberRecord)>,
     bans: Vec<(RoomId, String, BanRecord)>,
     invites: Vec<(RoomId, String, InviteRecord)>,
-    accounts: &mut HashMap<Key, Account>,
+    accounts: &mut Accounts,
 ) -> (HashMap<RoomId, Room>, HashMap<RoomKey, RoomId>) {
     let mut by_id = HashMap::with_capacity(rooms.len());
     let mut names = HashMap::with_capacity(rooms.len());
@@ -363,6 +363,7 @@ impl Core {
             let summary = self.summary(room, &me);
             return self.join_answer(
                 req,
+                name,
                 id,
                 me,
                 summary,
@@ -446,6 +447,7 @@ impl Core {
         let joined = (audience, room_name);
         self.join_answer(
             req,
+            name,
             id,
             me,
             summary,
@@ -490,17 +492,13 @@ impl Core {
             read_id: 0,
             read_seq: 0,
         };
-        let ops = vec![
-            StoreOp::PutRoom {
-                id,
-                room: room.record(),
-            },
-            StoreOp::PutMember {
-                room: id,
-                user: me.as_str().to_owned(),
-                member,
-            },
-        ];
+        // One op: in a cluster, the log takes it only if no other node created the name first.
+        let ops = vec![StoreOp::CreateRoom {
+            id,
+            room: Box::new(room.record()),
+            owner: me.as_str().to_owned(),
+            member,
+        }];
         self.room_names.insert(name.key(), id);
         self.rooms.insert(id, room);
         if let Some(r) = self.rooms.get_mut(&id) {
@@ -517,8 +515,12 @@ impl Core {
         };
         // The caller's other connections learn of the new room.
         let told = Some((vec![me.clone()], name.as_str().to_owned()));
+        if self.settings.cluster {
+            self.creating.insert(id);
+        }
         self.join_answer(
             req,
+            name,
             id,
             me,
             summary,
@@ -529,15 +531,51 @@ impl Core {
         );
     }
 
+    /// In a cluster, a change to a room that another node deleted while it was made: the log
+    /// does not have the room at the change's place, so the change was not stored
+    /// (`StoreReply::Taken`), and the command is refused as it would have been a moment later.
+    pub(super) fn room_gone(&mut self, req: Req, room: &str) {
+        let text = format!("{room} was deleted");
+        self.refuse(req, Code::NO_SUCH_ROOM, &text);
+    }
+
+    /// In a cluster, a room this node created whose name another node took first (the log
+    /// refused its creation): it is forgotten. The room that has the name came through the log
+    /// before the refusal.
+    fn lost_room(&mut self, id: RoomId) {
+        let Some(room) = self.rooms.remove(&id) else {
+            return;
+        };
+        log::info!(
+            "{} was created on another node first; its JOINs here join that room",
+            room.name
+        );
+        let key = RoomKey::of(&room.name);
+        if self.room_names.get(&key) == Some(&id) {
+            self.room_names.remove(&key);
+        }
+        for k in room.members.keys().chain(room.invites.keys()) {
+            if let Some(a) = self.accounts.get_mut(k) {
+                a.rooms.remove(&id);
+                a.invited.remove(&id);
+            }
+        }
+        self.rewatch(id);
+    }
+
     /// The JOIN answer, once `ops` are committed: the ROOM line (`summary`, the room as the JOIN
     /// left it), the latest messages with ids in `after+1..=upto` (read in the order of the
     /// writes, so it is exactly what was said before the join, and it reaches the member before
     /// anything said after), and `OK JOIN`. The audience in `told` learns of the join at the same
-    /// commit.
+    /// commit. In a cluster, if the room turns out to have lost its name to another node's room
+    /// (`Taken`), the JOIN of `name` runs again and joins that room; and while the room's
+    /// creation is not answered, the caller's next commands wait, so that they concern the room
+    /// the JOIN answers.
     #[allow(clippy::too_many_arguments)]
     fn join_answer(
         &mut self,
         mut req: Req,
+        name: RoomName,
         id: RoomId,
         me: Key,
         summary: Summary,
@@ -547,6 +585,8 @@ impl Core {
         joining: impl Into<Joining>,
     ) {
         let Joining { mut ops, told } = joining.into();
+        // (A JOIN with nothing to commit is answered at once, and need not wait.)
+        let (conn, held) = (req.conn, self.creating.contains(&id) && !ops.is_empty());
         if after < upto {
             ops.push(StoreOp::RoomReplay {
                 room: id,
@@ -557,6 +597,19 @@ impl Core {
         }
         self.reserve(&mut req);
         self.store_all(ops, move |core, reply| {
+            if outcome == JoinOutcome::Created {
+                core.creating.remove(&id);
+            }
+            if reply == StoreReply::Taken {
+                core.lost_room(id);
+                // Run again before the wait ends: if it has to wait in turn (the name is free
+                // again, and created anew), the connection's next commands go on waiting.
+                core.join(req, name);
+                if held {
+                    core.join_done(conn);
+                }
+                return;
+            }
             if let Some((audience, room)) = &told {
                 let name = core.shown(&me);
                 core.tell(audience, room, RoomEvent::Joined { name: &name }, req.conn);
@@ -583,7 +636,26 @@ impl Core {
                 },
             );
             core.finish(req, out);
+            if held {
+                core.join_done(conn);
+            }
         });
+        if held {
+            *self.join_holds.entry(conn).or_default() += 1;
+            self.hold(conn);
+        }
+    }
+
+    /// A JOIN that held its connection's input is answered: the input runs once none is left.
+    fn join_done(&mut self, conn: ConnId) {
+        let left = self.join_holds.get_mut(&conn).map(|n| {
+            *n = n.saturating_sub(1);
+            *n
+        });
+        if left == Some(0) {
+            self.join_holds.remove(&conn);
+            self.release(conn);
+        }
     }
 
     // ----- PART -----
@@ -665,30 +737,36 @@ impl Core {
             None => None,
         };
         self.reserve(&mut req);
-        self.store_all(notice.into_iter().chain([op]).collect(), move |core, _| {
-            if let Some(audience) = &audience {
-                let name = core.shown(&me);
-                let reason = reason.as_deref().unwrap_or("");
-                core.tell(
-                    audience,
-                    &room_name,
-                    RoomEvent::Parted {
-                        name: &name,
-                        reason,
+        self.store_all(
+            notice.into_iter().chain([op]).collect(),
+            move |core, reply| {
+                if reply == StoreReply::Taken {
+                    return core.room_gone(req, &room_name);
+                }
+                if let Some(audience) = &audience {
+                    let name = core.shown(&me);
+                    let reason = reason.as_deref().unwrap_or("");
+                    core.tell(
+                        audience,
+                        &room_name,
+                        RoomEvent::Parted {
+                            name: &name,
+                            reason,
+                        },
+                        req.conn,
+                    );
+                }
+                let mut out = Out::new();
+                out.ok(
+                    &req,
+                    OkReply::Part {
+                        room: &room_name,
+                        outcome,
                     },
-                    req.conn,
                 );
-            }
-            let mut out = Out::new();
-            out.ok(
-                &req,
-                OkReply::Part {
-                    room: &room_name,
-                    outcome,
-                },
-            );
-            core.finish(req, out);
-        });
+                core.finish(req, out);
+            },
+        );
     }
 
     // ----- ROOMS -----
@@ -821,7 +899,10 @@ impl Core {
         let audience = room.audience();
         let room_name = room.name.clone();
         self.reserve(&mut req);
-        self.store(op, move |core, _| {
+        self.store(op, move |core, reply| {
+            if reply == StoreReply::Taken {
+                return core.room_gone(req, &room_name);
+            }
             core.tell(
                 &audience,
                 &room_name,
@@ -928,17 +1009,23 @@ impl Core {
         let privacy = room.privacy();
         let notice = self.room_notice(id, &shown_name, RoomEvent::Privacy { privacy, by: &by });
         self.reserve(&mut req);
-        self.store_all(notice.into_iter().chain([op]).collect(), move |core, _| {
-            core.tell(
-                &audience,
-                &shown_name,
-                RoomEvent::Privacy { privacy, by: &by },
-                req.conn,
-            );
-            let mut out = Out::new();
-            reply(&req, &mut out);
-            core.finish(req, out);
-        });
+        self.store_all(
+            notice.into_iter().chain([op]).collect(),
+            move |core, stored| {
+                if stored == StoreReply::Taken {
+                    return core.room_gone(req, &shown_name);
+                }
+                core.tell(
+                    &audience,
+                    &shown_name,
+                    RoomEvent::Privacy { privacy, by: &by },
+                    req.conn,
+                );
+                let mut out = Out::new();
+                reply(&req, &mut out);
+                core.finish(req, out);
+            },
+        );
     }
 
     fn room_delete(&mut self, mut req: Req, me: Key, name: RoomName) {
@@ -968,7 +1055,11 @@ impl Core {
         let notice = self.room_notice(id, &room_name, RoomEvent::Deleted { by: &by });
         let ops = notice.into_iter().chain([StoreOp::DeleteRoom { id }]);
         self.reserve(&mut req);
-        self.store_all(ops.collect(), move |core, _| {
+        self.store_all(ops.collect(), move |core, reply| {
+            if reply == StoreReply::Taken {
+                // Another node deleted it first, and told its members.
+                return core.room_gone(req, &room_name);
+            }
             core.tell(
                 &audience,
                 &room_name,
@@ -1015,6 +1106,7 @@ fn topic_reply<'a>(room: &'a str, topic: Option<&'a TopicRecord>) -> OkReply<'a>
 
 /// What an account's deletion did to one room, told to its members once committed.
 pub(super) struct LeftRoom {
+    id: RoomId,
     /// The room, as created.
     room: String,
     /// Its other members, when the account left.
@@ -1101,13 +1193,54 @@ impl Core {
         }
         let told = left
             .into_iter()
-            .map(|(_, room, audience, heir)| LeftRoom {
+            .map(|(id, room, audience, heir)| LeftRoom {
+                id,
                 room,
                 audience,
                 heir: heir.map(|k| self.shown(&k)),
             })
             .collect();
         (ops, told)
+    }
+
+    /// In a cluster, the notices that have the other nodes tell each room the account `name`
+    /// left with its deletion what [`Core::tell_rooms_left`] tells here. They go after the
+    /// account's deletion, which the other nodes take as its leaving every room: the audience is
+    /// then the members that remain, as here.
+    pub(super) fn rooms_left_notices(&self, name: &str, left: &[LeftRoom]) -> Vec<StoreOp> {
+        let mut ops = Vec::new();
+        for l in left {
+            if let Some(heir) = &l.heir {
+                let event = RoomEvent::Role {
+                    name: heir,
+                    role: Role::Owner,
+                    by: name,
+                };
+                ops.extend(self.room_notice(l.id, &l.room, event));
+            }
+            let event = RoomEvent::Parted { name, reason: "" };
+            ops.extend(self.room_notice(l.id, &l.room, event));
+        }
+        ops
+    }
+
+    /// Another node deleted the account `me`: it leaves every room in memory. The rooms it was
+    /// the last owner or member of were handed on or deleted by ops before this one.
+    pub(super) fn forget_in_rooms(&mut self, me: &Key) {
+        let Some(acct) = self.accounts.get_mut(me) else {
+            return;
+        };
+        let rooms = std::mem::take(&mut acct.rooms);
+        let invited = std::mem::take(&mut acct.invited);
+        for id in rooms.iter().chain(invited.iter()) {
+            if let Some(room) = self.rooms.get_mut(id) {
+                room.members.remove(me);
+                room.invites.remove(me);
+            }
+        }
+        for room in self.rooms.values_mut() {
+            room.bans.remove(me);
+        }
     }
 
     /// Tells each room an account left with its deletion: `ROLE` for the new owner first, then

@@ -102,7 +102,7 @@ impl Core {
         }
         // The name is reserved now, so a second REGISTER of it cannot race this one.
         self.accounts
-            .insert(key.clone(), Account::new(name.to_string(), None));
+            .insert(key.clone(), Box::new(Account::new(name.to_string(), None)));
         self.skeletons.insert(skeleton, key.clone());
         let conn = req.conn;
         self.reserve(&mut req);
@@ -177,7 +177,7 @@ impl Core {
         // so that the replies do not tell which names exist).
         let tracked = Name::parse(&name).is_ok().then(|| key.clone());
         let addr = self.peer_key(req.conn);
-        let account = self.accounts.get(&key);
+        let account = self.accounts.get(&key).map(|a| &**a);
         if let Some(r) =
             self.guard
                 .login_refusal(addr, &key, account, &self.settings.limits, self.now)

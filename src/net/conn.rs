@@ -1,20 +1,24 @@
-//! The connection tasks: the accept loop, one task per connection with its reader and writer,
-//! and the token bucket that paces a connection's input.
+//! The connection tasks: the accept loop, one task per connection that both reads and writes, and
+//! the token bucket that paces a connection's input.
 //!
 //! Each accepted connection is counted in [`Connections`] from accept until its task ends, so the
 //! server can refuse connections past its limit and, at shutdown, wait until every connection has
 //! sent what it had queued.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::io;
+use std::net::{Shutdown, SocketAddr};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use async_channel::Sender;
+use async_channel::{Sender, TrySendError};
 use async_net::{TcpListener, TcpStream};
 use futures_lite::future;
-use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures_lite::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use smol::{Async, Executor, Timer};
 
 use super::tls;
@@ -24,7 +28,7 @@ use crate::config::{
 };
 use crate::core::{ConnId, Event, Input};
 use crate::irc::{Effects, Session};
-use crate::outbox::{Chunk, Outbox};
+use crate::outbox::{Batch, Chunk, Outbox};
 use crate::peer::{AddrKey, Network, Peer};
 use crate::proto::code::ByeCode;
 use crate::proto::deflate::{is_compress_line, Deflater, Intake, Unit};
@@ -38,15 +42,6 @@ pub(super) enum Front {
     Chatd,
     /// IRC (spec/IRC.md): each connection's lines go through its `irc::Session`.
     Irc,
-}
-
-/// One IRC connection's front end, shared by its reader (client lines) and writer (core lines).
-/// The lock is never held across an `.await`.
-type IrcSession = Arc<Mutex<Session>>;
-
-fn lock(s: &IrcSession) -> std::sync::MutexGuard<'_, Session> {
-    // A panic while translating one line leaves the session usable for the next.
-    s.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Shared by the accept loops and connection tasks.
@@ -196,8 +191,19 @@ pub(super) async fn accept_loop(
                 .detach();
             continue;
         }
-        let task = connection(stream, peer, ctx.clone(), tls.clone(), guard, front);
-        ctx.ex.spawn(task).detach();
+        match &tls {
+            // The task is the connection's state machine itself, with nothing around it.
+            None => {
+                let _ = stream.set_nodelay(true);
+                let shown = peer.to_string();
+                let task = Task::new(Plain(stream.into()), peer, shown, ctx.clone(), front, guard);
+                ctx.ex.spawn(task).detach();
+            }
+            Some(cell) => {
+                let task = serve_tls(stream, peer, ctx.clone(), cell.clone(), front, guard);
+                ctx.ex.spawn(task).detach();
+            }
+        }
     }
 }
 
@@ -244,40 +250,17 @@ async fn say_and_close<S: AsyncWrite + Unpin>(mut stream: S, bytes: &[u8]) {
     .await;
 }
 
-async fn connection(
-    stream: TcpStream,
-    peer: SocketAddr,
-    ctx: Arc<Ctx>,
-    tls: Option<Arc<tls::TlsConfigCell>>,
-    _guard: ActiveGuard,
-    front: Front,
-) {
-    let _ = stream.set_nodelay(true);
-    match tls {
-        None => {
-            let ready = Some(stream.clone().into());
-            let shown = peer.to_string();
-            serve(stream.clone(), stream, ready, peer, shown, ctx, front).await
-        }
-        // Boxed: a task's future is as large as its largest branch, and the TLS one (handshake
-        // state, TLS streams) is several times the plain one. Inline, every plain connection would
-        // carry that size for its whole life.
-        Some(cell) => Box::pin(serve_tls(stream, peer, ctx, cell, front)).await,
-    }
-}
-
 async fn serve_tls(
     stream: TcpStream,
     peer: SocketAddr,
     ctx: Arc<Ctx>,
     cell: Arc<tls::TlsConfigCell>,
     front: Front,
+    guard: ActiveGuard,
 ) {
+    let _ = stream.set_nodelay(true);
     match tls::handshake(cell.acceptor(), stream).await {
-        Ok(s) => {
-            let (r, w) = futures_lite::io::split(s);
-            serve(r, w, None, peer, format!("{peer} (TLS)"), ctx, front).await
-        }
+        Ok(s) => Task::new(s, peer, format!("{peer} (TLS)"), ctx, front, guard).await,
         Err(e) => {
             log::debug!("TLS handshake with {peer} failed: {e}");
             let key = Peer::new(String::new(), peer.ip(), &ctx.exempt).key;
@@ -286,311 +269,684 @@ async fn serve_tls(
     }
 }
 
-/// Runs one connection: registers it with the core, starts its writer, reads until it ends.
-/// `ready` is the plain-TCP socket, whose readiness the reader can wait for without holding a
-/// buffer (None for TLS, where the TLS layer buffers anyway).
-async fn serve<R, W>(
-    reader: R,
-    writer: W,
-    ready: Option<Arc<Async<std::net::TcpStream>>>,
-    peer: SocketAddr,
-    shown: String,
-    ctx: Arc<Ctx>,
-    front: Front,
-) where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin + Send + 'static,
-{
-    let conn = ctx.next_conn.fetch_add(1, Ordering::Relaxed);
-    let irc: Option<IrcSession> = match front {
-        Front::Chatd => None,
-        Front::Irc => Some(Arc::new(Mutex::new(Session::with_default_password(
-            env!("CARGO_PKG_VERSION"),
-            ctx.irc_default_password.as_deref(),
-        )))),
-    };
-    let outbox = Outbox::new(OUTBOX_LIMIT_BYTES, MAX_INFLIGHT_PER_CONNECTION);
-    let connected = Event::Connected {
-        conn,
-        outbox: outbox.clone(),
-        peer: Peer::new(shown, peer.ip(), &ctx.exempt),
-    };
-    if ctx.events.send(connected).await.is_err() {
-        return;
+/// A plain TCP connection, read and written in place: each direction waits for readiness through
+/// the one waker slot the reactor keeps for it (async-net's stream adds a readiness future per
+/// direction).
+struct Plain(Arc<Async<std::net::TcpStream>>);
+
+impl AsyncRead for Plain {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut &*self.0).poll_read(cx, buf)
     }
-    let writer = ctx.ex.spawn(write_loop(
-        writer,
-        outbox.clone(),
-        conn,
-        ctx.events.clone(),
-        irc.clone(),
-    ));
-    read_loop(reader, ready, conn, &outbox, &ctx, irc.as_ref()).await;
-    let _ = ctx.events.send(Event::Disconnected { conn }).await;
-    // The core closes the outbox on Disconnected; if the core is gone, close it here.
-    if ctx.events.is_closed() {
-        outbox.close();
-    }
-    writer.await;
 }
 
-async fn read_loop<R: AsyncRead + Unpin>(
-    mut reader: R,
-    ready: Option<Arc<Async<std::net::TcpStream>>>,
+impl AsyncWrite for Plain {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut &*self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(self.0.get_ref().shutdown(Shutdown::Write))
+    }
+}
+
+/// What a connection's task reads and writes: a plain TCP socket or a TLS stream.
+trait Stream: AsyncRead + AsyncWrite + Unpin {
+    /// Ready when a read may find bytes. After a short read the task asks this before reading
+    /// again, so that a socket it emptied is not read once more only to hear that it is empty.
+    fn poll_read_ready(&mut self, _cx: &mut Context<'_>) -> Poll<()> {
+        Poll::Ready(())
+    }
+}
+
+impl Stream for Plain {
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        // An error shows in the read that follows.
+        self.0.poll_readable(cx).map(|_| ())
+    }
+}
+
+/// A TLS stream reads whole records into its own buffer, so a short read says nothing about the
+/// socket: it is always read.
+impl Stream for futures_rustls::server::TlsStream<TcpStream> {}
+
+/// Lines a connection's task takes from what it read before it lets other tasks run.
+const LINES_PER_POLL: usize = 64;
+
+/// How long closing a connection (a TLS close_notify, the TCP shutdown) may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where the reading half of a connection's task is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reading {
+    /// Reading lines and handing them to the core.
+    Lines,
+    /// A COMPRESS line went to the core: nothing more is read until every command is answered,
+    /// since the bytes after it are compressed or not depending on its answer (spec 4.38).
+    Compress,
+    /// The compressed stream went bad: the core answers `BYE BAD_DEFLATE` and closes.
+    BadDeflate,
+    /// The client closed its sending side: what it sent is answered first, within
+    /// [`DRAIN_AFTER_EOF`].
+    Eof,
+    /// Nothing more is read: the core is told that the connection is gone.
+    Ending,
+    /// The core was told (or is gone).
+    Done,
+}
+
+/// Where the writing half of a connection's task is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Writing {
+    /// Writing what the outbox holds.
+    Open,
+    /// The outbox is closed and everything was written: the connection is being closed.
+    Closing,
+    /// Nothing more is written.
+    Done,
+}
+
+/// Bytes being written: a chunk as queued (most writes are one line, sent without a copy), or
+/// the lines of a batch put together (and perhaps compressed or rendered as IRC).
+enum Out {
+    Chunk(Chunk),
+    Bytes(Vec<u8>),
+}
+
+impl Out {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Out::Chunk(c) => c.as_bytes(),
+            Out::Bytes(b) => b,
+        }
+    }
+}
+
+/// An IRC connection's front end (spec/IRC.md), boxed: a line-protocol connection has none.
+struct IrcFront {
+    session: Session,
+    /// Command lines for the core, in order, each waiting for a credit.
+    to_core: VecDeque<String>,
+    /// What the front end asks the core for after what it rendered last (the NAMES of the rooms
+    /// joined at login): sent once that is written.
+    follow_ups: Vec<String>,
+}
+
+/// An event for the core that found its queue full, on its way.
+type Sending = Pin<Box<dyn Future<Output = bool> + Send>>;
+
+/// One connection: one task that reads the client's lines and hands them to the core, and writes
+/// what the core queued in the connection's outbox. It waits for whichever of them can go on (the
+/// socket readable or writable, a credit back, something queued), with one waker, and holds
+/// nothing it does not need while the connection is idle: no read buffer (a read goes through
+/// the stack), no timer, no second task. See docs/ARCHITECTURE.md.
+struct Task<S> {
+    io: S,
     conn: ConnId,
-    outbox: &Outbox,
-    ctx: &Ctx,
-    irc: Option<&IrcSession>,
-) {
-    // The read buffer exists only while data flows: after a read that drained the socket, a plain
-    // TCP connection gives it back and waits for readiness, so an idle connection holds none.
-    let mut buf: Vec<u8> = Vec::new();
-    let mut intake = Intake::new(if irc.is_some() {
-        IRC_MAX_INPUT_BYTES
-    } else {
-        MAX_LINE_BYTES
-    });
-    let mut bucket = Bucket::new(ctx.line_rate, ctx.line_burst);
-    loop {
-        // Everything read so far first, one line at a time: after a COMPRESS line the bytes that
-        // follow are compressed or not depending on its answer.
-        while let Some(unit) = intake.next_unit() {
-            let (input, compress) = match unit {
-                Unit::Line(l) => {
-                    // IRC has no COMPRESS: its lines are never the line protocol's.
-                    let compress = irc.is_none() && is_compress_line(&l);
-                    (Input::Line(l), compress)
-                }
-                Unit::TooLong => (Input::TooLong, false),
-                Unit::BadDeflate => {
-                    // Nothing more can be read. The core answers BYE BAD_DEFLATE and closes.
-                    let bad = Event::Input {
-                        conn,
-                        input: Input::BadDeflate,
-                    };
-                    if ctx.events.send(bad).await.is_ok() {
-                        outbox.closed().await;
-                    }
-                    return;
-                }
-            };
-            if let Some(wait) = bucket.take() {
-                // Boxed: most connections never wait here, so they should not carry a timer.
-                Box::pin(Timer::after(wait)).await;
+    ctx: Arc<Ctx>,
+    outbox: Outbox,
+    intake: Intake,
+    bucket: Bucket,
+    reading: Reading,
+    writing: Writing,
+    /// The next line, taken from the intake and waiting for its turn (the line rate, a credit),
+    /// and whether it is a COMPRESS.
+    line: Option<(Input, bool)>,
+    /// The reading half's wait: for the line rate, or for the answers after EOF. Boxed: most
+    /// connections never wait for one.
+    timer: Option<Box<Timer>>,
+    /// What is being written, and how much of it went.
+    out: Option<(Out, usize)>,
+    /// The writing half's wait: since a write stopped making progress (WRITE_STALL_TIMEOUT), or
+    /// for the close to finish.
+    stall: Option<Box<Timer>>,
+    /// After COMPRESS: its DEFLATE state (the window and the hash chains), for as long as the
+    /// connection lives, since later output refers back to earlier output.
+    deflater: Option<Box<Deflater>>,
+    irc: Option<Box<IrcFront>>,
+    /// An event the core's queue had no room for; nothing else goes to the core before it.
+    sending: Option<Sending>,
+    /// The core asked to hear when the outbox has room for the next part of an answer, and it has.
+    drained_due: bool,
+    /// The last read was short, or found nothing: the socket is read again once it is readable.
+    emptied: bool,
+    _guard: ActiveGuard,
+}
+
+impl<S: Stream> Task<S> {
+    /// A connection, registered with the core.
+    fn new(
+        io: S,
+        peer: SocketAddr,
+        shown: String,
+        ctx: Arc<Ctx>,
+        front: Front,
+        guard: ActiveGuard,
+    ) -> Task<S> {
+        let conn = ctx.next_conn.fetch_add(1, Ordering::Relaxed);
+        let irc = match front {
+            Front::Chatd => None,
+            Front::Irc => Some(Box::new(IrcFront {
+                session: Session::with_default_password(
+                    env!("CARGO_PKG_VERSION"),
+                    ctx.irc_default_password.as_deref(),
+                ),
+                to_core: VecDeque::new(),
+                follow_ups: Vec::new(),
+            })),
+        };
+        let max_line = if irc.is_some() {
+            IRC_MAX_INPUT_BYTES
+        } else {
+            MAX_LINE_BYTES
+        };
+        let outbox = Outbox::new(OUTBOX_LIMIT_BYTES, MAX_INFLIGHT_PER_CONNECTION);
+        let connected = Event::Connected {
+            conn,
+            outbox: outbox.clone(),
+            peer: Peer::new(shown, peer.ip(), &ctx.exempt),
+        };
+        let mut task = Task {
+            io,
+            conn,
+            bucket: Bucket::new(ctx.line_burst),
+            ctx,
+            outbox,
+            intake: Intake::new(max_line),
+            reading: Reading::Lines,
+            writing: Writing::Open,
+            line: None,
+            timer: None,
+            out: None,
+            stall: None,
+            deflater: None,
+            irc,
+            sending: None,
+            drained_due: false,
+            emptied: false,
+            _guard: guard,
+        };
+        if !task.offer(connected) {
+            task.core_gone();
+        }
+        task
+    }
+
+    /// Hands `event` to the core: at once if its queue has room, or else through a send that is
+    /// polled before anything else goes to the core. False when the core is gone.
+    fn offer(&mut self, event: Event) -> bool {
+        debug_assert!(self.sending.is_none());
+        match self.ctx.events.try_send(event) {
+            Ok(()) => true,
+            Err(TrySendError::Full(event)) => {
+                let events = self.ctx.events.clone();
+                self.sending = Some(Box::pin(async move { events.send(event).await.is_ok() }));
+                true
             }
-            if let Some(session) = irc {
-                // An IRC line becomes zero or more command lines for the core, and perhaps an
-                // answer of the front end's own (CAP, a numeric), queued behind what is queued.
-                let mut fx = Effects::default();
-                {
-                    let mut s = lock(session);
-                    match &input {
-                        Input::Line(l) => s.client_line(&String::from_utf8_lossy(l), &mut fx),
-                        _ => s.too_long(&mut fx),
+            Err(TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// The core has stopped: nothing more goes to it, and what is queued is still written.
+    fn core_gone(&mut self) {
+        self.outbox.close();
+        self.sending = None;
+        self.reading = Reading::Done;
+    }
+
+    /// The writing half: writes what is queued until the outbox is empty or the socket full.
+    /// True when it left its waker with the outbox (it waits for a push, which closing also wakes).
+    fn write_side(&mut self, cx: &mut Context<'_>) -> bool {
+        loop {
+            match self.writing {
+                Writing::Done => return false,
+                Writing::Closing => {
+                    let closed = Pin::new(&mut self.io).poll_close(cx).is_ready();
+                    if closed || self.stall.as_mut().is_none_or(|t| poll_timer(t, cx)) {
+                        self.stall = None;
+                        self.writing = Writing::Done;
+                    }
+                    return false;
+                }
+                Writing::Open => {}
+            }
+            let Some((out, at)) = &mut self.out else {
+                match self.outbox.poll_batch(cx) {
+                    Poll::Pending => return true,
+                    Poll::Ready(None) => {
+                        self.writing = Writing::Closing;
+                        self.stall = Some(Box::new(Timer::after(CLOSE_TIMEOUT)));
+                    }
+                    Poll::Ready(Some(batch)) => self.out = Some((self.render(batch), 0)),
+                }
+                continue;
+            };
+            // Everything queued leaves in one write: one syscall however many lines.
+            let mut moved = false;
+            let mut failed = false;
+            let mut pending = false;
+            while *at < out.bytes().len() {
+                match Pin::new(&mut self.io).poll_write(cx, &out.bytes()[*at..]) {
+                    Poll::Ready(Ok(n)) if n > 0 => {
+                        *at += n;
+                        moved = true;
+                    }
+                    Poll::Ready(_) => {
+                        failed = true;
+                        break;
+                    }
+                    Poll::Pending => {
+                        pending = true;
+                        break;
                     }
                 }
-                if !fx.client.is_empty()
-                    && outbox.push(Chunk::Direct(fx.client.into_bytes())).is_err()
-                {
-                    outbox.close();
-                    return;
+            }
+            if !failed && !pending {
+                match Pin::new(&mut self.io).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(_)) => failed = true,
+                    Poll::Pending => pending = true,
                 }
-                if !to_core(conn, fx.core, outbox, &ctx.events).await {
+            }
+            if pending {
+                // A client that does not read: its write may make no progress for so long.
+                let stall = self
+                    .stall
+                    .get_or_insert_with(|| Box::new(Timer::after(WRITE_STALL_TIMEOUT)));
+                if moved {
+                    stall.set_after(WRITE_STALL_TIMEOUT);
+                }
+                if !poll_timer(stall, cx) {
+                    return false;
+                }
+                failed = true;
+            }
+            // Nothing is kept between writes: a connection that had a burst and went quiet would
+            // otherwise hold the burst's size (up to the outbox limit) for as long as it stays
+            // open.
+            self.out = None;
+            self.stall = None;
+            if failed {
+                self.outbox.close();
+                self.writing = Writing::Done;
+                return false;
+            }
+            if let Some(irc) = &mut self.irc {
+                // If the connection is closing meanwhile they are dropped, and what is still
+                // queued (the answer to a QUIT) is written like anything else.
+                irc.to_core.extend(irc.follow_ups.drain(..));
+            }
+            // A long answer waits for room to send its next part: now there is. Told only after
+            // the write, so that the part it sends next replaces what the client has read, and an
+            // answer to a client that does not read takes no more memory than one write.
+            if self.outbox.drained_wanted() {
+                self.drained_due = true;
+            }
+        }
+    }
+
+    /// The bytes to write for `batch`.
+    fn render(&mut self, batch: Batch) -> Out {
+        if let Some(irc) = &mut self.irc {
+            // The core's lines are rendered as IRC here, on this connection's task, so that the
+            // core's task does no IRC work; the front end's own answers pass as they are.
+            let mut fx = Effects::default();
+            for c in batch.iter() {
+                match c {
+                    Chunk::Direct(b) => fx.client.push_str(&String::from_utf8_lossy(b)),
+                    other => irc.session.server_bytes(other.as_bytes(), &mut fx),
+                }
+            }
+            irc.follow_ups.append(&mut fx.core);
+            return Out::Bytes(fx.client.into_bytes());
+        }
+        let batch = if self.deflater.is_none()
+            && batch.len() == 1
+            && !batch.iter().any(|c| matches!(c, Chunk::StartDeflate))
+        {
+            match batch.into_single() {
+                Ok(c) => return Out::Chunk(c),
+                Err(b) => b,
+            }
+        } else {
+            batch
+        };
+        let total: usize = batch.iter().map(|c| c.as_bytes().len()).sum();
+        let mut buf: Vec<u8> = Vec::new();
+        let mut plain: Vec<u8> = Vec::new();
+        if self.deflater.is_some() {
+            plain.reserve_exact(total);
+        } else {
+            buf.reserve_exact(total);
+        }
+        for c in batch.iter() {
+            match (c, &self.deflater) {
+                (Chunk::StartDeflate, _) => self.deflater = Some(Box::default()),
+                (c, None) => buf.extend_from_slice(c.as_bytes()),
+                (c, Some(_)) => plain.extend_from_slice(c.as_bytes()),
+            }
+        }
+        if let Some(d) = &mut self.deflater {
+            // One sync flush per write: the client can read every line of it at once.
+            d.write(&plain, &mut buf);
+        }
+        Out::Bytes(buf)
+    }
+
+    /// The reading half: reads lines and hands them to the core until it must wait (for the
+    /// socket, a credit, the core's queue, the line rate). `watched`: the writing half left the
+    /// task's waker with the outbox, so its closing wakes the task.
+    fn read_side(&mut self, cx: &mut Context<'_>, watched: bool) {
+        let mut budget = LINES_PER_POLL;
+        loop {
+            // What waits to reach the core goes first: the core sees a connection's events in
+            // order.
+            if let Some(sending) = &mut self.sending {
+                match sending.as_mut().poll(cx) {
+                    Poll::Pending => return,
+                    Poll::Ready(true) => self.sending = None,
+                    Poll::Ready(false) => {
+                        self.core_gone();
+                        return;
+                    }
+                }
+            }
+            match self.reading {
+                Reading::Done => return,
+                Reading::Ending => {
+                    // The core closes the outbox on Disconnected; if the core is gone, close it
+                    // here.
+                    let conn = self.conn;
+                    if !self.offer(Event::Disconnected { conn }) {
+                        self.outbox.close();
+                    }
+                    self.reading = Reading::Done;
+                    continue;
+                }
+                _ => {}
+            }
+            if self.drained_due {
+                self.drained_due = false;
+                let conn = self.conn;
+                if !self.offer(Event::Drained { conn }) {
+                    self.core_gone();
                     return;
                 }
                 continue;
             }
-            if !outbox.acquire_credit().await {
-                return;
+            if let Some(irc) = &mut self.irc {
+                if !irc.to_core.is_empty() {
+                    // An IRC line's command lines, or the front end's follow-ups: a credit each,
+                    // as the client's own lines.
+                    match self.outbox.poll_credit(cx) {
+                        Poll::Pending => return,
+                        Poll::Ready(false) => {
+                            irc.to_core.clear();
+                            self.reading = Reading::Ending;
+                            continue;
+                        }
+                        Poll::Ready(true) => {}
+                    }
+                    let Some(line) = irc.to_core.pop_front() else {
+                        continue;
+                    };
+                    let input = Input::Line(line.into_bytes());
+                    let conn = self.conn;
+                    if !self.offer(Event::Input { conn, input }) {
+                        self.core_gone();
+                        return;
+                    }
+                    continue;
+                }
             }
-            if ctx.events.send(Event::Input { conn, input }).await.is_err() {
+            match self.reading {
+                Reading::Compress => {
+                    if self.outbox.poll_all_answered(cx).is_pending() {
+                        return;
+                    }
+                    if self.outbox.is_closed() {
+                        self.reading = Reading::Ending;
+                        continue;
+                    }
+                    if self.outbox.deflating() {
+                        self.intake.start_inflate();
+                    }
+                    self.reading = Reading::Lines;
+                    continue;
+                }
+                Reading::BadDeflate => {
+                    if self.outbox.poll_closed(cx).is_pending() {
+                        return;
+                    }
+                    self.reading = Reading::Ending;
+                    continue;
+                }
+                Reading::Eof => {
+                    let answered = self.outbox.poll_all_answered(cx).is_ready();
+                    if answered || self.timer.as_mut().is_none_or(|t| poll_timer(t, cx)) {
+                        self.timer = None;
+                        self.reading = Reading::Ending;
+                        continue;
+                    }
+                    return;
+                }
+                Reading::Lines | Reading::Ending | Reading::Done => {}
+            }
+            if self.line.is_none() {
+                // Everything read so far first, one line at a time: after a COMPRESS line the
+                // bytes that follow are compressed or not depending on its answer.
+                let Some(unit) = self.intake.next_unit() else {
+                    if !self.read_socket(cx, watched) {
+                        return;
+                    }
+                    continue;
+                };
+                let (input, compress) = match unit {
+                    Unit::Line(l) => {
+                        // IRC has no COMPRESS: its lines are never the line protocol's.
+                        let compress = self.irc.is_none() && is_compress_line(&l);
+                        (Input::Line(l), compress)
+                    }
+                    Unit::TooLong => (Input::TooLong, false),
+                    Unit::BadDeflate => {
+                        // Nothing more can be read. The core answers BYE BAD_DEFLATE and closes.
+                        let conn = self.conn;
+                        let bad = Event::Input {
+                            conn,
+                            input: Input::BadDeflate,
+                        };
+                        if !self.offer(bad) {
+                            self.core_gone();
+                            return;
+                        }
+                        self.reading = Reading::BadDeflate;
+                        continue;
+                    }
+                };
+                self.line = Some((input, compress));
+                if let Some(wait) = self.bucket.take(self.ctx.line_rate, self.ctx.line_burst) {
+                    self.timer = Some(Box::new(Timer::after(wait)));
+                }
+                budget -= 1;
+                if budget == 0 {
+                    // Others get their turn; this task comes back at once.
+                    cx.waker().wake_by_ref();
+                    return;
+                }
+            }
+            if let Some(t) = &mut self.timer {
+                if !poll_timer(t, cx) {
+                    return;
+                }
+                self.timer = None;
+            }
+            if let Some(irc) = &mut self.irc {
+                // An IRC line becomes zero or more command lines for the core, and perhaps an
+                // answer of the front end's own (CAP, a numeric), queued behind what is queued.
+                let Some((input, _)) = self.line.take() else {
+                    continue;
+                };
+                let mut fx = Effects::default();
+                match &input {
+                    Input::Line(l) => irc
+                        .session
+                        .client_line(&String::from_utf8_lossy(l), &mut fx),
+                    _ => irc.session.too_long(&mut fx),
+                }
+                irc.to_core.extend(fx.core);
+                if !fx.client.is_empty()
+                    && self
+                        .outbox
+                        .push(Chunk::Direct(fx.client.into_bytes()))
+                        .is_err()
+                {
+                    self.outbox.close();
+                    self.reading = Reading::Ending;
+                }
+                continue;
+            }
+            match self.outbox.poll_credit(cx) {
+                Poll::Pending => return,
+                Poll::Ready(false) => {
+                    self.reading = Reading::Ending;
+                    continue;
+                }
+                Poll::Ready(true) => {}
+            }
+            let Some((input, compress)) = self.line.take() else {
+                continue;
+            };
+            let conn = self.conn;
+            if !self.offer(Event::Input { conn, input }) {
+                self.core_gone();
                 return;
             }
             if compress {
-                // COMPRESS is answered once every earlier command is; the bytes after it are
-                // inflated if the answer was OK (spec 4.38).
-                Box::pin(outbox.all_answered()).await;
-                if outbox.is_closed() {
-                    return;
-                }
-                if outbox.deflating() {
-                    intake.start_inflate();
-                }
+                self.reading = Reading::Compress;
             }
-        }
-        if buf.is_empty() {
-            if let Some(socket) = &ready {
-                intake.shrink();
-                let readable = future::or(async { socket.readable().await.is_ok() }, async {
-                    outbox.closed().await;
-                    false
-                });
-                if !readable.await {
-                    return;
-                }
-            }
-            buf = vec![0u8; READ_CHUNK];
-        }
-        let read = future::or(async { Some(reader.read(&mut buf).await) }, async {
-            outbox.closed().await;
-            None
-        });
-        let n = match read.await {
-            None | Some(Err(_)) => return,
-            Some(Ok(0)) => break,
-            Some(Ok(n)) => n,
-        };
-        intake.feed(&buf[..n]);
-        if n < buf.len() && ready.is_some() {
-            buf = Vec::new();
         }
     }
-    // The client closed its sending side (`printf ... | nc` does): answer what it sent first. A
-    // partial line at the end is discarded, as the spec says.
-    let drain = future::or(outbox.all_answered(), async {
-        Timer::after(DRAIN_AFTER_EOF).await;
-    });
-    Box::pin(drain).await;
+
+    /// Reads what the socket has into the intake. False when the task must wait for it.
+    fn read_socket(&mut self, cx: &mut Context<'_>, watched: bool) -> bool {
+        // A closed outbox ends the reading: nothing read now would be answered.
+        if self.outbox.is_closed() {
+            self.reading = Reading::Ending;
+            return true;
+        }
+        if self.emptied && self.io.poll_read_ready(cx).is_pending() {
+            return self.wait_for_bytes(cx, watched);
+        }
+        // On the stack: an idle connection holds no read buffer.
+        let mut buf = [0u8; READ_CHUNK];
+        let read = Pin::new(&mut self.io).poll_read(cx, &mut buf);
+        // After a short read, or none, the socket is asked for readiness first: that also
+        // consumes the readiness the reactor reported, so that the next wait starts afresh.
+        self.emptied = match read {
+            Poll::Ready(Ok(n)) => n < buf.len(),
+            Poll::Ready(Err(_)) => false,
+            Poll::Pending => true,
+        };
+        match read {
+            Poll::Ready(Ok(0)) => {
+                // The client closed its sending side (`printf ... | nc` does): answer what it sent
+                // first. A partial line at the end is discarded, as the spec says.
+                self.reading = Reading::Eof;
+                self.timer = Some(Box::new(Timer::after(DRAIN_AFTER_EOF)));
+                true
+            }
+            Poll::Ready(Ok(n)) => {
+                self.intake.feed(&buf[..n]);
+                true
+            }
+            Poll::Ready(Err(_)) => {
+                self.reading = Reading::Ending;
+                true
+            }
+            Poll::Pending => self.wait_for_bytes(cx, watched),
+        }
+    }
+
+    /// The socket has nothing to read: the task waits for it. True when the reading ended instead.
+    fn wait_for_bytes(&mut self, cx: &mut Context<'_>, watched: bool) -> bool {
+        self.intake.shrink();
+        // While a write is stuck the outbox does not have the task's waker: leave it, so that
+        // closing the outbox still ends the reading.
+        if !watched && self.outbox.poll_closed(cx).is_ready() {
+            self.reading = Reading::Ending;
+            return true;
+        }
+        false
+    }
 }
 
-/// Hands an IRC front end's command lines to the core, a credit each, as the reader does with a
-/// client's lines. False when the connection or the core is gone.
-async fn to_core(
-    conn: ConnId,
-    lines: Vec<String>,
-    outbox: &Outbox,
-    events: &Sender<Event>,
-) -> bool {
-    for line in lines {
-        if !outbox.acquire_credit().await {
-            return false;
-        }
-        let input = Input::Line(line.into_bytes());
-        if events.send(Event::Input { conn, input }).await.is_err() {
-            return false;
-        }
-    }
-    true
+/// The size in bytes of the pieces of a plain connection's task, as this build lays them out.
+pub(super) fn sizes() -> Vec<(&'static str, usize)> {
+    use std::mem::size_of;
+    vec![
+        ("task_future", size_of::<Task<Plain>>()),
+        ("intake", size_of::<Intake>()),
+        ("line_bucket", size_of::<Bucket>()),
+    ]
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(
-    mut writer: W,
-    outbox: Outbox,
-    conn: ConnId,
-    events: Sender<Event>,
-    irc: Option<IrcSession>,
-) {
-    let mut batch: Vec<Chunk> = Vec::new();
-    let mut buf: Vec<u8> = Vec::new();
-    let mut follow_ups: Vec<String> = Vec::new();
-    // After COMPRESS: its DEFLATE state (the window and the hash chains), for as long as the
-    // connection lives, since later output refers back to earlier output.
-    let mut deflater: Option<Box<Deflater>> = None;
-    while outbox.next_batch(&mut batch).await {
-        if let Some(session) = &irc {
-            // The core's lines are rendered as IRC here, on this connection's task, so that the
-            // core's task does no IRC work; the front end's own answers pass as they are.
-            let mut fx = Effects::default();
-            {
-                let mut s = lock(session);
-                for c in &batch {
-                    match c {
-                        Chunk::Direct(b) => fx.client.push_str(&String::from_utf8_lossy(b)),
-                        other => s.server_bytes(other.as_bytes(), &mut fx),
-                    }
-                }
-            }
-            batch.clear();
-            follow_ups.append(&mut fx.core);
-            batch.push(Chunk::Owned(fx.client.into_bytes()));
+/// Polls a boxed timer: true once it fired.
+fn poll_timer(t: &mut Timer, cx: &mut Context<'_>) -> bool {
+    Pin::new(t).poll(cx).is_ready()
+}
+
+impl<S: Stream> Future for Task<S> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let task = self.get_mut();
+        let watched = task.write_side(cx);
+        task.read_side(cx, watched);
+        // The reading half may have queued an answer of the IRC front end's (which wakes the
+        // task through the outbox) or closed the outbox (likewise).
+        if task.reading == Reading::Done && task.sending.is_none() && task.writing == Writing::Done
+        {
+            return Poll::Ready(());
         }
-        // Everything queued leaves in one write: one syscall however many lines.
-        let plain_chunk = batch.len() == 1 && !matches!(batch[0], Chunk::StartDeflate);
-        let bytes: &[u8] = if plain_chunk && deflater.is_none() {
-            batch[0].as_bytes()
-        } else {
-            let total: usize = batch.iter().map(|c| c.as_bytes().len()).sum();
-            let mut plain: Vec<u8> = Vec::new();
-            if deflater.is_some() {
-                plain.reserve_exact(total);
-            } else {
-                buf.reserve_exact(total);
-            }
-            for c in &batch {
-                match (c, &deflater) {
-                    (Chunk::StartDeflate, _) => deflater = Some(Box::default()),
-                    (c, None) => buf.extend_from_slice(c.as_bytes()),
-                    (c, Some(_)) => plain.extend_from_slice(c.as_bytes()),
-                }
-            }
-            if let Some(d) = &mut deflater {
-                // One sync flush per write: the client can read every line of it at once.
-                d.write(&plain, &mut buf);
-            }
-            &buf
-        };
-        let written = future::or(async { writer.write_all(bytes).await.is_ok() }, async {
-            Timer::after(WRITE_STALL_TIMEOUT).await;
-            false
-        })
-        .await;
-        // Nothing is kept between writes: a connection that had a burst and went quiet would
-        // otherwise hold the burst's size (up to the outbox limit) for as long as it stays open.
-        // The cost is an allocation or two per write, small next to the write itself.
-        batch = Vec::new();
-        buf = Vec::new();
-        if !written {
-            outbox.close();
-            return;
-        }
-        // What the IRC front end asks the core for after what it rendered (the NAMES of the rooms
-        // joined at login).
-        // If the connection is closing meanwhile they are dropped, and what is still queued (the
-        // answer to a QUIT) is written below like anything else.
-        if !follow_ups.is_empty() {
-            to_core(conn, std::mem::take(&mut follow_ups), &outbox, &events).await;
-        }
-        // A long answer waits for room to send its next part: now there is. Told only after the
-        // write, so that the part it sends next replaces what the client has read, and an answer
-        // to a client that does not read takes no more memory than one write.
-        if outbox.drained_wanted() && events.send(Event::Drained { conn }).await.is_err() {
-            outbox.close();
-            return;
-        }
+        Poll::Pending
     }
-    let _ = future::or(async { writer.close().await }, async {
-        Timer::after(Duration::from_secs(5)).await;
-        Ok(())
-    })
-    .await;
 }
 
 /// A token bucket: `rate` lines a second, up to `burst` at once. Past it the reader waits, which
-/// slows the client through TCP; no line is refused.
+/// slows the client through TCP; no line is refused. The rate and the burst are the server's
+/// (`Ctx`), given to each call rather than kept in every connection.
 struct Bucket {
-    rate: f64,
-    burst: f64,
     tokens: f64,
     last: Instant,
 }
 
 impl Bucket {
-    fn new(rate: u32, burst: u32) -> Bucket {
-        let burst = f64::from(burst.max(1));
+    fn new(burst: u32) -> Bucket {
         Bucket {
-            rate: f64::from(rate.max(1)),
-            burst,
-            tokens: burst,
+            tokens: f64::from(burst.max(1)),
             last: Instant::now(),
         }
     }
 
     /// Takes a token; returns how long to wait first when none is left.
-    fn take(&mut self) -> Option<Duration> {
+    fn take(&mut self, rate: u32, burst: u32) -> Option<Duration> {
+        let (rate, burst) = (f64::from(rate.max(1)), f64::from(burst.max(1)));
         let now = Instant::now();
         if now > self.last {
-            let earned = now.duration_since(self.last).as_secs_f64() * self.rate;
-            self.tokens = (self.tokens + earned).min(self.burst);
+            let earned = now.duration_since(self.last).as_secs_f64() * rate;
+            self.tokens = (self.tokens + earned).min(burst);
             self.last = now;
         }
         if self.tokens >= 1.0 {
@@ -599,7 +955,7 @@ impl Bucket {
         }
         // The next token is earned this long after `last` (which may lie ahead, if lines already
         // wait); it is spent at once.
-        let ready = self.last + Duration::from_secs_f64((1.0 - self.tokens) / self.rate);
+        let ready = self.last + Duration::from_secs_f64((1.0 - self.tokens) / rate);
         self.tokens = 0.0;
         self.last = ready;
         Some(ready.saturating_duration_since(now))
@@ -653,15 +1009,18 @@ mod tests {
 
     #[test]
     fn bucket_gives_the_burst_then_spaces_lines_at_the_rate() {
-        let mut b = Bucket::new(10, 3);
-        assert_eq!((b.take(), b.take(), b.take()), (None, None, None));
-        let first = b.take().expect("the burst is spent");
+        let mut b = Bucket::new(3);
+        assert_eq!(
+            (b.take(10, 3), b.take(10, 3), b.take(10, 3)),
+            (None, None, None)
+        );
+        let first = b.take(10, 3).expect("the burst is spent");
         assert!(
             first.as_secs_f64() > 0.05 && first.as_secs_f64() <= 0.1,
             "{first:?}"
         );
         // The next line waits a further tenth of a second after that one.
-        let second = b.take().expect("still no token");
+        let second = b.take(10, 3).expect("still no token");
         assert!(
             second.as_secs_f64() > 0.15 && second.as_secs_f64() <= 0.2,
             "{second:?}"

@@ -4,9 +4,10 @@
 //! Tasks and who owns what:
 //! - one accept task per listener; a new connection gets its own task at once, so a slow client
 //!   (or a TLS handshake) never holds up the accept loop;
-//! - per connection a reader (one bounded line at a time, handed to the core after taking a credit
-//!   from its outbox, at no more than the configured line rate) and a writer (drains everything the
-//!   outbox holds and sends it in one write); no task ever waits on another client's socket;
+//! - per connection one task that reads (one bounded line at a time, handed to the core after
+//!   taking a credit from its outbox, at no more than the configured line rate) and writes (drains
+//!   everything the outbox holds and sends it in one write), waiting with one waker for whichever
+//!   can go on; no task ever waits on another client's socket;
 //! - one core task owns the [`Core`](crate::core::Core); it takes events from readers and results
 //!   from the store and hashing threads, and stops taking reader input while too many store ops
 //!   are in flight;
@@ -29,6 +30,17 @@ use std::time::Duration;
 use crate::peer::Network;
 
 pub use server::{run, ServerError};
+
+/// The size in bytes of each piece of a plain connection's state as this build lays them out (the
+/// allocator's own bytes aside): its task's future and some of its parts, its outbox, the core's
+/// entries for the connection and for an account. `chatd-bench --only idle` prints them beside the
+/// memory it measures (docs/BENCHMARKS.md).
+pub fn connection_sizes() -> Vec<(&'static str, usize)> {
+    let mut v = conn::sizes();
+    v.push(("outbox", crate::outbox::Outbox::shared_size()));
+    v.extend(crate::core::entry_sizes());
+    v
+}
 
 /// Everything the server needs to start.
 #[derive(Clone, Debug)]

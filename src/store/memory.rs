@@ -288,7 +288,18 @@ impl State {
                 self.rooms.insert(*id, room.clone());
                 StoreReply::Done
             }
+            StoreOp::CreateRoom {
+                id,
+                room,
+                owner,
+                member,
+            } => {
+                self.rooms.insert(*id, (**room).clone());
+                self.members.insert((*id, owner.clone()), *member);
+                StoreReply::Done
+            }
             StoreOp::Notice(_) => StoreReply::Done,
+            StoreOp::Told { op, .. } => self.apply(op),
             StoreOp::DeleteRoom { id } => {
                 self.rooms.remove(id);
                 self.members.retain(|(r, _), _| r != id);

@@ -358,6 +358,16 @@ pub enum StoreOp {
     },
     /// Create or replace a room's settings.
     PutRoom { id: RoomId, room: RoomRecord },
+    /// Create a room with its first member (its owner), in one commit. In a cluster it is one log
+    /// entry on the room name's own subject, taken only if no other node created that name first
+    /// (answered [`StoreReply::Taken`] otherwise), so that a name never names two rooms.
+    CreateRoom {
+        id: RoomId,
+        /// Boxed, to keep the op small.
+        room: Box<RoomRecord>,
+        owner: String,
+        member: MemberRecord,
+    },
     /// Remove a room: its settings, members, bans and invitations. Its messages stay in the log.
     DeleteRoom { id: RoomId },
     /// Add or replace a membership.
@@ -416,6 +426,10 @@ pub enum StoreOp {
     /// in a cluster it travels in the log entry, first among the entry's ops, so that the other
     /// nodes tell their own connections too. Only a node of a cluster writes one.
     Notice(Notice),
+    /// A room event and the change it tells of, as one op (the core makes it of a room notice
+    /// followed by its change): `op` is applied, and in a cluster both travel in one log entry, so
+    /// that a node that skips the change (its room is gone) skips the event too.
+    Told { notice: Notice, op: Box<StoreOp> },
 }
 
 /// What another node's connections are told of a change (see [`StoreOp::Notice`]).
@@ -431,6 +445,28 @@ pub enum Notice {
 }
 
 impl StoreOp {
+    /// The room the op concerns, if any (a room's creation included; a notice of a room event
+    /// too, though it stores nothing).
+    pub fn room(&self) -> Option<RoomId> {
+        match self {
+            StoreOp::AppendRoomMessage { room, .. }
+            | StoreOp::PutMember { room, .. }
+            | StoreOp::RemoveMember { room, .. }
+            | StoreOp::PutBan { room, .. }
+            | StoreOp::RemoveBan { room, .. }
+            | StoreOp::PutInvite { room, .. }
+            | StoreOp::RemoveInvite { room, .. }
+            | StoreOp::RoomReplay { room, .. }
+            | StoreOp::RoomSeq { room, .. }
+            | StoreOp::Notice(Notice::Room { room, .. }) => Some(*room),
+            StoreOp::PutRoom { id, .. }
+            | StoreOp::DeleteRoom { id }
+            | StoreOp::CreateRoom { id, .. } => Some(*id),
+            StoreOp::Told { op, .. } => op.room(),
+            _ => None,
+        }
+    }
+
     /// Whether the op only reads: it runs in a read transaction, outside the write batch.
     pub fn is_read(&self) -> bool {
         match self {
@@ -458,6 +494,7 @@ impl StoreOp {
             | StoreOp::SetLastSeen { .. }
             | StoreOp::AppendRoomMessage { .. }
             | StoreOp::PutRoom { .. }
+            | StoreOp::CreateRoom { .. }
             | StoreOp::DeleteRoom { .. }
             | StoreOp::PutMember { .. }
             | StoreOp::RemoveMember { .. }
@@ -467,7 +504,8 @@ impl StoreOp {
             | StoreOp::RemoveInvite { .. }
             | StoreOp::SetDirectRead { .. }
             | StoreOp::SetSuspended { .. }
-            | StoreOp::Notice(_) => false,
+            | StoreOp::Notice(_)
+            | StoreOp::Told { .. } => false,
             // Reads, but ordered with the writes (see the op).
             StoreOp::RoomReplay { .. } => false,
         }
@@ -547,8 +585,10 @@ pub enum StoreReply {
     ///
     /// [`Done`]: StoreReply::Done
     Appended(MsgId),
-    /// A new account was not created: the name was taken first by another server of the
-    /// cluster, which the core could not know when it checked.
+    /// A new account or room was not created: the name was taken first by another server of the
+    /// cluster, which the core could not know when it checked. Also the answer, in a cluster, to
+    /// an op on a room the log does not have (its creation was refused so, or another server
+    /// deleted it meanwhile): the op was not written.
     Taken,
     /// A backup was written: what it holds.
     Backup(backup::Summary),
@@ -623,7 +663,8 @@ pub struct Snapshot {
 /// What the server does with one depends on where it happens (see the operator's manual): at
 /// start-up it refuses to start; a failed write is tried again until it commits while new writes
 /// are refused (`worker`); a failed read fails that one read. Only a store that breaks its own
-/// contract ([`StoreError::ReplyCount`]) stops the server.
+/// contract ([`StoreError::ReplyCount`]) or a cluster log this build cannot read
+/// ([`StoreError::LogVersion`]) stops the server ([`StoreError::is_fatal`]).
 ///
 /// The sources are boxed to keep the error small: it travels inside store results the core
 /// receives, and the result queue holds thousands of them.
@@ -699,6 +740,17 @@ pub enum StoreError {
         /// Replies returned.
         replies: usize,
     },
+    /// An entry of a cluster's log is in a format version this build does not read (written by
+    /// a newer chatd): applying the entries after it without it would make this node's index
+    /// differ from the others', so the node stops.
+    LogVersion {
+        /// The entry's stream sequence.
+        seq: u64,
+        /// The version it says it is in.
+        found: u8,
+        /// The newest version this build reads.
+        reads: u8,
+    },
 }
 
 impl fmt::Display for StoreError {
@@ -746,6 +798,11 @@ impl fmt::Display for StoreError {
                 write!(f, "the store returned {replies} replies for {ops} ops")
             }
             StoreError::Cluster(detail) => write!(f, "cluster log: {detail}"),
+            StoreError::LogVersion { seq, found, reads } => write!(
+                f,
+                "cluster log: entry {seq} is in format version {found}, and this chatd reads \
+                 versions up to {reads}: a newer chatd wrote it; run that version on this node"
+            ),
             StoreError::Backup { path, why } => write!(f, "{}: {why}", path.display()),
         }
     }
@@ -763,12 +820,22 @@ impl std::error::Error for StoreError {
             | StoreError::Schema { .. }
             | StoreError::ReplyCount { .. }
             | StoreError::Cluster(_)
+            | StoreError::LogVersion { .. }
             | StoreError::Backup { .. } => None,
         }
     }
 }
 
 impl StoreError {
+    /// Whether the error stops the server rather than being tried again: going on would make
+    /// memory, or this node's index, differ from what was committed.
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            StoreError::ReplyCount { .. } | StoreError::LogVersion { .. }
+        )
+    }
+
     /// What the operator can do about an error that stops the database from opening, as a
     /// sentence to print after the error.
     pub fn advice(&self) -> Option<&'static str> {

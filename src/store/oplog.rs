@@ -6,6 +6,14 @@
 //! An entry: a format-version byte, a tag byte naming the op, then its fields (strings and records
 //! as a LEB128 length and bytes, ids and times as 8 bytes little-endian). Ops that only read are
 //! never logged and have no tag.
+//!
+//! The version says which ops and fields an entry may hold: a node writes [`OPLOG_VERSION`] and
+//! reads every version up to it. Version 1 had tags 1 to 27; version 2 added tag 28 (a room
+//! created with its owner, on the name's own subject) and tag 29 (a room event and the change it
+//! tells of, so that a node that skips the change skips the event too). A change that an older node would misread
+//! (a new tag, a new field) takes a new version, so that a node meeting an entry newer than it
+//! knows stops and says so ([`entry_version`]) instead of skipping it and drifting from the
+//! others.
 
 use super::codec::{
     decode_account, decode_ban, decode_invite, decode_member, decode_message, decode_room,
@@ -14,11 +22,31 @@ use super::codec::{
 };
 use super::{Damage, FriendState, Notice, StoreOp, Suspension};
 
-const OPLOG_V1: u8 = 1;
+/// The format version this build writes, and the newest it reads.
+pub const OPLOG_VERSION: u8 = 2;
+
+/// The oldest format version this build reads.
+pub const OPLOG_OLDEST: u8 = 1;
+
+/// The format version an entry says it is in (its first byte); `None` for an empty entry.
+pub fn entry_version(bytes: &[u8]) -> Option<u8> {
+    bytes.first().copied()
+}
+
+/// Whether this build reads entries of format `version`.
+pub fn readable_version(version: u8) -> bool {
+    (OPLOG_OLDEST..=OPLOG_VERSION).contains(&version)
+}
 
 /// Encodes a write op; `None` for an op that only reads (nothing to replicate).
 pub fn encode_op(op: &StoreOp) -> Option<Vec<u8>> {
-    let mut out = vec![OPLOG_V1];
+    let mut out = vec![OPLOG_VERSION];
+    encode_body(op, &mut out).then_some(out)
+}
+
+/// Appends an op's tag and fields to `dst`; false for an op that only reads.
+fn encode_body(op: &StoreOp, dst: &mut Vec<u8>) -> bool {
+    let mut out = Vec::new();
     let blob = |out: &mut Vec<u8>, b: Vec<u8>| {
         put_len(out, b.len());
         out.extend_from_slice(&b);
@@ -138,6 +166,18 @@ pub fn encode_op(op: &StoreOp) -> Option<Vec<u8>> {
             out.push(18);
             u64s(&mut out, *id);
         }
+        StoreOp::CreateRoom {
+            id,
+            room,
+            owner,
+            member,
+        } => {
+            out.push(28);
+            u64s(&mut out, *id);
+            blob(&mut out, encode_room(room));
+            put_str(&mut out, owner);
+            blob(&mut out, encode_member(member));
+        }
         StoreOp::PutMember { room, user, member } => {
             out.push(19);
             u64s(&mut out, *room);
@@ -196,6 +236,16 @@ pub fn encode_op(op: &StoreOp) -> Option<Vec<u8>> {
                 }
             }
         }
+        StoreOp::Told { notice, op } => {
+            out.push(29);
+            let notice = StoreOp::Notice(notice.clone());
+            if matches!(**op, StoreOp::Notice(_) | StoreOp::Told { .. })
+                || !encode_body(&notice, &mut out)
+                || !encode_body(op, &mut out)
+            {
+                return false;
+            }
+        }
         StoreOp::SetSuspended { user, suspension } => {
             out.push(26);
             put_str(&mut out, user);
@@ -214,17 +264,26 @@ pub fn encode_op(op: &StoreOp) -> Option<Vec<u8>> {
         | StoreOp::DirectRead { .. }
         | StoreOp::FirstUnread { .. }
         | StoreOp::RoomSeq { .. }
-        | StoreOp::RoomReplay { .. } => return None,
+        | StoreOp::RoomReplay { .. } => return false,
     }
-    Some(out)
+    dst.extend_from_slice(&out);
+    true
 }
 
 /// Decodes an entry made by [`encode_op`]; damage is an error, never a panic.
 pub fn decode_op(bytes: &[u8]) -> Result<StoreOp, Damage> {
     let mut r = Reader::new(bytes, "log entry");
-    if r.byte()? != OPLOG_V1 {
-        return Err(r.corrupt("unknown format version"));
+    let version = r.byte()?;
+    if !readable_version(version) {
+        return Err(r.corrupt(&format!("unknown format version {version}")));
     }
+    let op = decode_body(&mut r, version)?;
+    r.finish()?;
+    Ok(op)
+}
+
+/// Decodes an op's tag and fields.
+fn decode_body(r: &mut Reader<'_>, version: u8) -> Result<StoreOp, Damage> {
     let tag = r.byte()?;
     let blob = |r: &mut Reader<'_>| -> Result<Vec<u8>, Damage> {
         let n = r.len()?;
@@ -238,10 +297,10 @@ pub fn decode_op(bytes: &[u8]) -> Result<StoreOp, Damage> {
         (0..n).map(|_| r.u64()).collect()
     };
     let op = match tag {
-        1 => StoreOp::CreateAccount(decode_account(&blob(&mut r)?)?),
+        1 => StoreOp::CreateAccount(decode_account(&blob(r)?)?),
         2 => {
             let id = r.u64()?;
-            let msg = decode_message(id, &blob(&mut r)?)?;
+            let msg = decode_message(id, &blob(r)?)?;
             let n = r.len()?;
             if n > r.remaining() {
                 return Err(r.corrupt("truncated"));
@@ -270,17 +329,17 @@ pub fn decode_op(bytes: &[u8]) -> Result<StoreOp, Damage> {
         },
         6 => {
             let id = r.u64()?;
-            StoreOp::CreateToken(decode_token(id, &blob(&mut r)?)?)
+            StoreOp::CreateToken(decode_token(id, &blob(r)?)?)
         }
         7 => StoreOp::TouchToken {
             id: r.u64()?,
             last_used_ms: r.i64()?,
         },
-        8 => StoreOp::RevokeTokens { ids: ids(&mut r)? },
+        8 => StoreOp::RevokeTokens { ids: ids(r)? },
         9 => StoreOp::SetPassword {
             user: r.string()?,
             phc: r.string()?,
-            revoke: ids(&mut r)?,
+            revoke: ids(r)?,
         },
         10 => StoreOp::DeleteAccount {
             user: r.string()?,
@@ -316,7 +375,7 @@ pub fn decode_op(bytes: &[u8]) -> Result<StoreOp, Damage> {
         },
         16 => {
             let id = r.u64()?;
-            let msg = decode_message(id, &blob(&mut r)?)?;
+            let msg = decode_message(id, &blob(r)?)?;
             StoreOp::AppendRoomMessage {
                 msg,
                 room: r.u64()?,
@@ -325,13 +384,19 @@ pub fn decode_op(bytes: &[u8]) -> Result<StoreOp, Damage> {
         }
         17 => StoreOp::PutRoom {
             id: r.u64()?,
-            room: decode_room(&blob(&mut r)?)?,
+            room: decode_room(&blob(r)?)?,
         },
         18 => StoreOp::DeleteRoom { id: r.u64()? },
+        28 if version >= 2 => StoreOp::CreateRoom {
+            id: r.u64()?,
+            room: Box::new(decode_room(&blob(r)?)?),
+            owner: r.string()?,
+            member: decode_member(&blob(r)?)?,
+        },
         19 => StoreOp::PutMember {
             room: r.u64()?,
             user: r.string()?,
-            member: decode_member(&blob(&mut r)?)?,
+            member: decode_member(&blob(r)?)?,
         },
         20 => StoreOp::RemoveMember {
             room: r.u64()?,
@@ -340,7 +405,7 @@ pub fn decode_op(bytes: &[u8]) -> Result<StoreOp, Damage> {
         21 => StoreOp::PutBan {
             room: r.u64()?,
             user: r.string()?,
-            ban: decode_ban(&blob(&mut r)?)?,
+            ban: decode_ban(&blob(r)?)?,
         },
         22 => StoreOp::RemoveBan {
             room: r.u64()?,
@@ -349,7 +414,7 @@ pub fn decode_op(bytes: &[u8]) -> Result<StoreOp, Damage> {
         23 => StoreOp::PutInvite {
             room: r.u64()?,
             user: r.string()?,
-            invite: decode_invite(&blob(&mut r)?)?,
+            invite: decode_invite(&blob(r)?)?,
         },
         24 => StoreOp::RemoveInvite {
             room: r.u64()?,
@@ -383,9 +448,19 @@ pub fn decode_op(bytes: &[u8]) -> Result<StoreOp, Damage> {
             },
             _ => return Err(r.corrupt("unknown notice")),
         }),
+        29 if version >= 2 => match (decode_body(r, version)?, decode_body(r, version)?) {
+            (StoreOp::Notice(notice), op)
+                if !matches!(op, StoreOp::Notice(_) | StoreOp::Told { .. }) =>
+            {
+                StoreOp::Told {
+                    notice,
+                    op: Box::new(op),
+                }
+            }
+            _ => return Err(r.corrupt("a told op that is not a notice and its change")),
+        },
         other => return Err(r.corrupt(&format!("unknown op tag {other}"))),
     };
-    r.finish()?;
     Ok(op)
 }
 
@@ -498,6 +573,22 @@ mod tests {
                 },
             },
             StoreOp::DeleteRoom { id: 3 },
+            StoreOp::CreateRoom {
+                id: 4,
+                room: Box::new(RoomRecord {
+                    name: "#go".into(),
+                    created_ms: 2,
+                    private: false,
+                    topic: None,
+                }),
+                owner: "a".into(),
+                member: MemberRecord {
+                    role: Role::Owner,
+                    since: 0,
+                    read_id: 0,
+                    read_seq: 0,
+                },
+            },
             StoreOp::PutMember {
                 room: 3,
                 user: "a".into(),
@@ -536,6 +627,16 @@ mod tests {
                 user: "a".into(),
                 text: "bye".into(),
             }),
+            StoreOp::Told {
+                notice: Notice::Room {
+                    room: 3,
+                    line: "KICKED #r a b spam".into(),
+                },
+                op: Box::new(StoreOp::RemoveMember {
+                    room: 3,
+                    user: "a".into(),
+                }),
+            },
             StoreOp::PutInvite {
                 room: 3,
                 user: "a".into(),
@@ -579,6 +680,62 @@ mod tests {
             longer.push(0);
             assert!(decode_op(&longer).is_err());
         }
+    }
+
+    #[test]
+    fn an_entry_says_its_version_and_a_newer_one_is_not_read() {
+        let op = StoreOp::DeleteRoom { id: 3 };
+        let mut bytes = encode_op(&op).unwrap();
+        assert_eq!(entry_version(&bytes), Some(OPLOG_VERSION));
+        // A version-1 entry (tags 1 to 27) still reads.
+        bytes[0] = 1;
+        assert_eq!(decode_op(&bytes).unwrap(), op);
+        // One this build does not know is refused, never guessed at.
+        bytes[0] = OPLOG_VERSION + 1;
+        assert!(!readable_version(OPLOG_VERSION + 1));
+        let err = decode_op(&bytes).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("version {}", OPLOG_VERSION + 1)),
+            "{err}"
+        );
+        // The version-2 tag is not read from a version-1 entry.
+        let create = samples()
+            .into_iter()
+            .find(|op| matches!(op, StoreOp::CreateRoom { .. }))
+            .unwrap();
+        let mut create = encode_op(&create).unwrap();
+        create[0] = 1;
+        assert!(decode_op(&create).is_err());
+        assert_eq!(entry_version(&[]), None);
+    }
+
+    #[test]
+    fn a_told_op_is_a_notice_then_its_change() {
+        let notice = Notice::Room {
+            room: 3,
+            line: "DELETED #r a".into(),
+        };
+        let told = StoreOp::Told {
+            notice: notice.clone(),
+            op: Box::new(StoreOp::DeleteRoom { id: 3 }),
+        };
+        let bytes = encode_op(&told).unwrap();
+        assert_eq!(bytes[1], 29);
+        assert_eq!(decode_op(&bytes).unwrap(), told);
+        // Not a notice telling of a notice, nor a change then a notice.
+        let nested = StoreOp::Told {
+            notice: notice.clone(),
+            op: Box::new(StoreOp::Notice(notice.clone())),
+        };
+        assert_eq!(encode_op(&nested), None);
+        let mut swapped = vec![OPLOG_VERSION, 29];
+        swapped.extend_from_slice(&encode_op(&StoreOp::DeleteRoom { id: 3 }).unwrap()[1..]);
+        swapped.extend_from_slice(&encode_op(&StoreOp::Notice(notice)).unwrap()[1..]);
+        assert!(decode_op(&swapped).is_err());
+        // Not in version 1.
+        let mut old = bytes.clone();
+        old[0] = 1;
+        assert!(decode_op(&old).is_err());
     }
 
     #[test]

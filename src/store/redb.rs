@@ -921,7 +921,23 @@ impl<'txn> Tables<'txn> {
                 self.dirty = true;
                 Ok(StoreReply::Done)
             }
+            StoreOp::CreateRoom {
+                id,
+                room,
+                owner,
+                member,
+            } => {
+                self.rooms
+                    .insert(*id, codec::encode_room(room).as_slice())?;
+                self.room_members.insert(
+                    (*id, owner.as_str()),
+                    codec::encode_member(member).as_slice(),
+                )?;
+                self.dirty = true;
+                Ok(StoreReply::Done)
+            }
             StoreOp::Notice(_) => Ok(StoreReply::Done),
+            StoreOp::Told { op, .. } => self.apply(op),
             StoreOp::DeleteRoom { id } => {
                 self.rooms.remove(*id)?;
                 for table in [

@@ -63,8 +63,9 @@
 //! tries once more and gives up: what was not written was never acknowledged, and the log says
 //! how many ops it was.
 //!
-//! Only a store that breaks its own contract (a reply count that does not match the batch) stops
-//! the worker: [`Report::Fatal`], once, and nothing after it.
+//! Only a store that breaks its own contract (a reply count that does not match the batch), or a
+//! cluster log this build cannot read, stops the worker: [`Report::Fatal`], once, and nothing
+//! after it ([`StoreError::is_fatal`]).
 
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -264,6 +265,10 @@ impl<F: FnMut(Report) + Send + 'static> Writer<F> {
                         }
                     }
                     Ok(false) => return,
+                    Err(e) if e.is_fatal() => {
+                        self.report(Report::Fatal(e));
+                        return;
+                    }
                     Err(e) => {
                         log::debug!("store still failing: {e}");
                         if closing {
@@ -307,6 +312,10 @@ impl<F: FnMut(Report) + Send + 'static> Writer<F> {
                                 return;
                             }
                         }
+                        Err(e) if e.is_fatal() => {
+                            self.report(Report::Fatal(e));
+                            return;
+                        }
                         Err(e) => {
                             // Reads go on meanwhile: a store that needs it is made readable again.
                             let cause = e.to_string();
@@ -331,6 +340,10 @@ impl<F: FnMut(Report) + Send + 'static> Writer<F> {
                         if !self.report_remote() {
                             return;
                         }
+                    }
+                    Err(e) if e.is_fatal() => {
+                        self.report(Report::Fatal(e));
+                        return;
                     }
                     Err(e) => {
                         failing = self.report(Report::Failing(e.to_string()));

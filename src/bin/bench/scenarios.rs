@@ -699,10 +699,17 @@ async fn idle_inner(
         .add("rss_after_kib", kib(burst))
         .add("bytes_per_conn", per(before, burst))
         .add("kept_after_burst_bytes_per_conn", per(after, burst));
+    // What the structures of this build take, to read beside the figures above (for a server
+    // built from the same source as this benchmark).
+    let mut sizes = Figures::default();
+    for (piece, bytes) in chatd::net::connection_sizes() {
+        sizes.add(piece, bytes);
+    }
     Ok(vec![
         ("idle-connected", c),
         ("idle-logged-in", l),
         ("idle-after-burst", b),
+        ("idle-sizes", sizes),
     ])
 }
 

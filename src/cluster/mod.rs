@@ -53,7 +53,7 @@
 //! A batch tried again publishes the same entries with the same `Nats-Msg-Id`s, so the stream's
 //! de-duplication makes the retry take effect once.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -62,7 +62,7 @@ use futures_lite::future;
 
 use crate::config::{
     CLUSTER_APPLY_BATCH, CLUSTER_BUS_QUEUE, CLUSTER_FEED_QUEUE, CLUSTER_LOG_WAIT,
-    CLUSTER_REQUEST_QUEUE, CLUSTER_START_TRIES, PRESENCE_ENTRY_AGE, PRESENCE_EXPIRY,
+    CLUSTER_LOST_ROOMS_KEPT, CLUSTER_REQUEST_QUEUE, CLUSTER_START_TRIES, PRESENCE_ENTRY_AGE, PRESENCE_EXPIRY,
     PRESENCE_REFRESH, PRESENCE_RENEW, PRESENCE_START_WAIT,
 };
 use crate::core::{BusIn, BusOut, RouteTo};
@@ -255,9 +255,31 @@ struct RoomNames {
     by_name: HashMap<String, (u64, Option<RoomId>)>,
     /// The name subject of every room that exists.
     by_room: HashMap<RoomId, String>,
-    /// Rooms whose creation the log refused: later ops on them are not written. One number per
-    /// lost race; numbers are never reused.
-    lost: HashSet<RoomId>,
+    /// Rooms whose creation the log refused, the latest [`CLUSTER_LOST_ROOMS_KEPT`]: the ops of
+    /// the same batch (and of its retries) on them are not written. Later batches have none: the
+    /// core forgets a room when its creation is answered `Taken`, and an op on a room no applied
+    /// entry created is refused anyway.
+    lost: LostRooms,
+}
+
+/// The rooms whose creation the log refused, the most recent first out of a bounded queue.
+#[derive(Default)]
+struct LostRooms(VecDeque<RoomId>);
+
+impl LostRooms {
+    fn contains(&self, room: &RoomId) -> bool {
+        self.0.contains(room)
+    }
+
+    fn insert(&mut self, room: RoomId) {
+        if self.contains(&room) {
+            return;
+        }
+        if self.0.len() == CLUSTER_LOST_ROOMS_KEPT {
+            self.0.pop_front();
+        }
+        self.0.push_back(room);
+    }
 }
 
 impl RoomNames {
@@ -600,8 +622,11 @@ impl ClusterStore {
             // An op on a room the log does not have (its creation lost the name, or another node
             // deleted it meanwhile) is not written: it would leave rows of no room in every index.
             let gone = |r: RoomId| {
-                self.names.lost.contains(&r)
-                    || !(self.names.by_room.contains_key(&r) || made.contains(&r))
+                if self.names.by_room.contains_key(&r) {
+                    // Applied, so never lost.
+                    return false;
+                }
+                !made.contains(&r) || self.names.lost.contains(&r)
             };
             if room_of(op).is_some_and(gone) {
                 answered[i] = Some(StoreReply::Taken);

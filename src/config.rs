@@ -272,6 +272,10 @@ pub const CLUSTER_APPLY_BATCH: usize = 1024;
 /// Cluster mode: how long a write waits for its own acknowledged entries to come back through the
 /// log before it counts as failed (and is tried again, with the same entry ids).
 pub const CLUSTER_LOG_WAIT: Duration = Duration::from_secs(10);
+/// Cluster mode: how long a write waits for its own acknowledged entries before the node's log
+/// reader opens its consumer again (one lost with a NATS server), while the write goes on waiting
+/// up to [`CLUSTER_LOG_WAIT`].
+pub const CLUSTER_LOG_NUDGE: Duration = Duration::from_secs(2);
 /// Cluster mode: how many rooms whose creation lost its name to another node's a node remembers,
 /// to refuse the ops of the same batch (and of its retries) on them. A race is lost in a batch
 /// and its retries, so the most recent few suffice; the oldest is forgotten past this.

@@ -61,9 +61,9 @@ use async_channel::{Receiver, Sender};
 use futures_lite::future;
 
 use crate::config::{
-    CLUSTER_APPLY_BATCH, CLUSTER_BUS_QUEUE, CLUSTER_FEED_QUEUE, CLUSTER_LOG_WAIT,
-    CLUSTER_LOST_ROOMS_KEPT, CLUSTER_REQUEST_QUEUE, CLUSTER_START_TRIES, PRESENCE_ENTRY_AGE, PRESENCE_EXPIRY,
-    PRESENCE_REFRESH, PRESENCE_RENEW, PRESENCE_START_WAIT,
+    CLUSTER_APPLY_BATCH, CLUSTER_BUS_QUEUE, CLUSTER_FEED_QUEUE, CLUSTER_LOG_NUDGE,
+    CLUSTER_LOG_WAIT, CLUSTER_LOST_ROOMS_KEPT, CLUSTER_REQUEST_QUEUE, CLUSTER_START_TRIES,
+    PRESENCE_ENTRY_AGE, PRESENCE_EXPIRY, PRESENCE_REFRESH, PRESENCE_RENEW, PRESENCE_START_WAIT,
 };
 use crate::core::{BusIn, BusOut, RouteTo};
 use crate::proto::room::RoomKey;
@@ -469,11 +469,18 @@ impl ClusterStore {
     fn apply_until(&mut self, seq: u64) -> Result<(), StoreError> {
         while self.applied < seq {
             if self.unapplied.is_empty() {
-                let next =
-                    future::block_on(future::or(async { self.feed.recv().await.ok() }, async {
-                        smol::Timer::after(CLUSTER_LOG_WAIT).await;
-                        None
-                    }));
+                // An acknowledged entry is in the stream: if it is slow to come, the consumer may
+                // have been lost with a NATS server (a stream leader that moved), and the reader
+                // makes it again at once rather than when the write gives up. Making it again is
+                // harmless when it was only slow.
+                let feed = &self.feed;
+                let reread = &self.reread;
+                let next = future::block_on(future::or(async { feed.recv().await.ok() }, async {
+                    smol::Timer::after(CLUSTER_LOG_NUDGE).await;
+                    let _ = reread.try_send(());
+                    smol::Timer::after(CLUSTER_LOG_WAIT.saturating_sub(CLUSTER_LOG_NUDGE)).await;
+                    None
+                }));
                 match next {
                     Some(e) => self.unapplied.push(e),
                     None => {

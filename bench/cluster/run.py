@@ -10,7 +10,8 @@ line per run; everything it starts it stops (by PID). `--nodes 0` is the embedde
 --cluster, no NATS used), measured the same way for comparison.
 
 W2b: fanout -n 1000 -s 1 -m 1000 --window 100 (a room of 1000; the room is created on node 0 before
-the run: two nodes creating one room at the same moment make two rooms, docs/MANUAL.md 17.4). W3: pairs -n 1000 -m 200 --window 10.
+the run, so that the set-up measures JOINs of a room, not the race for its name). W3: pairs -n 1000
+-m 200 --window 10.
 """
 import argparse
 import json

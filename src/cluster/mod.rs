@@ -1078,17 +1078,21 @@ mod nats {
         // The presence the buckets hold now is read before the node serves: a user who logs in
         // at once sees their friends as they are.
         let (read_tx, read_rx) = tokio::sync::mpsc::channel::<()>(2);
-        tokio::spawn(watch_beats(
+        tokio::spawn(watch_bucket(
             beats.clone(),
             node.clone(),
             bus_in.clone(),
             read_tx.clone(),
+            "heartbeats",
+            beat_word,
         ));
-        tokio::spawn(watch_entries(
+        tokio::spawn(watch_bucket(
             entries.clone(),
             node.clone(),
             bus_in.clone(),
             read_tx,
+            "presence entries",
+            presence_word,
         ));
         let mut read_rx = read_rx;
         let _ = tokio::time::timeout(PRESENCE_START_WAIT, async {
@@ -1241,68 +1245,48 @@ mod nats {
         }
     }
 
-    /// Reads the other nodes' heartbeats, those in the bucket first, and tells the core each
-    /// one's age (the clocks of the machines are taken to agree within a second or so). `read`
-    /// is told once the bucket's history is read. Starts again after an error.
-    async fn watch_beats(
-        kv: kv::Store,
-        node: String,
-        inbound: Sender<BusIn>,
-        read: tokio::sync::mpsc::Sender<()>,
-    ) {
-        let mut read = Some(read);
-        loop {
-            if is_empty(&kv).await {
-                if let Some(r) = read.take() {
-                    let _ = r.send(()).await;
-                }
-            }
-            match kv.watch_with_history(">").await {
-                Ok(mut w) => {
-                    while let Some(e) = w.next().await {
-                        let Ok(e) = e else { break };
-                        // Read: the history is all queued for the core, or the queue is full
-                        // (the core reads it once the node serves; the rest follows).
-                        if e.delta == 0 || inbound.is_full() {
-                            if let Some(r) = read.take() {
-                                let _ = r.send(()).await;
-                            }
-                        }
-                        if e.key == node {
-                            continue;
-                        }
-                        if e.operation != kv::Operation::Put {
-                            // A node that stops deletes its heartbeat (see `presence`).
-                            if inbound.send(BusIn::Gone { node: e.key }).await.is_err() {
-                                return;
-                            }
-                            continue;
-                        }
-                        let created = e.created.unix_timestamp_nanos() / 1_000_000;
-                        let age_ms = i64::try_from(now_ms() - created).unwrap_or(i64::MAX);
-                        let alive = BusIn::Alive {
-                            node: e.key,
-                            age_ms,
-                        };
-                        if inbound.send(alive).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                Err(e) => log::warn!("cannot read the heartbeats ({e}); trying again"),
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+    /// A heartbeat of another node, as news for the core: its age (the clocks of the machines
+    /// are taken to agree within a second or so), or that the node is gone (a node that stops
+    /// deletes its heartbeat, see `presence`).
+    fn beat_word(node: &str, e: kv::Entry) -> Option<BusIn> {
+        if e.key == node {
+            return None;
         }
+        if e.operation != kv::Operation::Put {
+            return Some(BusIn::Gone { node: e.key });
+        }
+        let created = e.created.unix_timestamp_nanos() / 1_000_000;
+        let age_ms = i64::try_from(now_ms() - created).unwrap_or(i64::MAX);
+        Some(BusIn::Alive {
+            node: e.key,
+            age_ms,
+        })
     }
 
-    /// Reads the presence entries (`<account key>.<node>`), those in the bucket first, and tells
-    /// the core each change: a value is "online there", a delete "offline there". `read` is
-    /// told once the bucket's history is read. Starts again after an error.
-    async fn watch_entries(
+    /// A presence entry (`<account key>.<node>`) of another node, as news for the core: a value
+    /// is "online there", a delete "offline there".
+    fn presence_word(node: &str, e: kv::Entry) -> Option<BusIn> {
+        let (key, there) = e.key.rsplit_once('.')?;
+        if there == node {
+            return None;
+        }
+        Some(BusIn::Presence {
+            node: there.to_owned(),
+            key: key.to_owned(),
+            online: e.operation == kv::Operation::Put,
+        })
+    }
+
+    /// Reads a presence bucket, the entries it holds first, and tells the core what `word` makes
+    /// of each change (`beat_word`, `presence_word`). `read` is told once the bucket's history
+    /// is read. Starts again after an error.
+    async fn watch_bucket(
         kv: kv::Store,
         node: String,
         inbound: Sender<BusIn>,
         read: tokio::sync::mpsc::Sender<()>,
+        what: &'static str,
+        word: fn(&str, kv::Entry) -> Option<BusIn>,
     ) {
         let mut read = Some(read);
         loop {
@@ -1322,23 +1306,15 @@ mod nats {
                                 let _ = r.send(()).await;
                             }
                         }
-                        let Some((key, there)) = e.key.rsplit_once('.') else {
+                        let Some(news) = word(&node, e) else {
                             continue;
-                        };
-                        if there == node {
-                            continue;
-                        }
-                        let news = BusIn::Presence {
-                            node: there.to_owned(),
-                            key: key.to_owned(),
-                            online: e.operation == kv::Operation::Put,
                         };
                         if inbound.send(news).await.is_err() {
                             return;
                         }
                     }
                 }
-                Err(e) => log::warn!("cannot read the presence entries ({e}); trying again"),
+                Err(e) => log::warn!("cannot read the {what} ({e}); trying again"),
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }

@@ -25,7 +25,7 @@
 //! ran the command beside its ops, a room event with the change it tells of
 //! ([`StoreOp::Told`]). An account deleted elsewhere leaves every room here too.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use super::out;
@@ -260,21 +260,7 @@ impl Core {
                             return;
                         }
                         self.room_names.insert(key, id);
-                        self.rooms.insert(
-                            id,
-                            Room {
-                                id,
-                                name: room.name,
-                                created_ms: room.created_ms,
-                                private: room.private,
-                                topic: room.topic,
-                                members: HashMap::new(),
-                                bans: BTreeMap::new(),
-                                invites: BTreeMap::new(),
-                                last_id: 0,
-                                count: 0,
-                            },
-                        );
+                        self.rooms.insert(id, Room::from_record(id, room));
                     }
                 }
             }
@@ -593,21 +579,9 @@ impl Core {
             members.insert(owner.clone(), member);
         }
         let name = room.name.clone();
-        self.rooms.insert(
-            id,
-            Room {
-                id,
-                name: room.name,
-                created_ms: room.created_ms,
-                private: room.private,
-                topic: room.topic,
-                members,
-                bans: BTreeMap::new(),
-                invites: BTreeMap::new(),
-                last_id: 0,
-                count: 0,
-            },
-        );
+        let mut made = Room::from_record(id, room);
+        made.members = members;
+        self.rooms.insert(id, made);
         // The owner's connections here learn of the new room, as its other connections where
         // it was created do.
         let shown = self.shown(&owner);

@@ -50,6 +50,22 @@ pub(super) struct Room {
 }
 
 impl Room {
+    /// A room as its record describes it, with no members, bans, invitations or messages yet.
+    pub(super) fn from_record(id: RoomId, record: RoomRecord) -> Room {
+        Room {
+            id,
+            name: record.name,
+            created_ms: record.created_ms,
+            private: record.private,
+            topic: record.topic,
+            members: HashMap::new(),
+            bans: BTreeMap::new(),
+            invites: BTreeMap::new(),
+            last_id: 0,
+            count: 0,
+        }
+    }
+
     pub(super) fn privacy(&self) -> Privacy {
         if self.private {
             Privacy::Private
@@ -127,21 +143,10 @@ pub(super) fn load(
     let mut names = HashMap::with_capacity(rooms.len());
     for r in rooms {
         names.insert(RoomKey::of(&r.record.name), r.id);
-        by_id.insert(
-            r.id,
-            Room {
-                id: r.id,
-                name: r.record.name,
-                created_ms: r.record.created_ms,
-                private: r.record.private,
-                topic: r.record.topic,
-                members: HashMap::new(),
-                bans: BTreeMap::new(),
-                invites: BTreeMap::new(),
-                last_id: r.last_id,
-                count: r.count,
-            },
-        );
+        let mut room = Room::from_record(r.id, r.record);
+        room.last_id = r.last_id;
+        room.count = r.count;
+        by_id.insert(r.id, room);
     }
     for (room, user, m) in members {
         let key = Key::from_folded(user);

@@ -1146,6 +1146,19 @@ fn rooms_cross_nodes() {
             "node {node}"
         );
     }
+    // Presence travels apart from the log: once a node has it, MEMBERS shows the member whose
+    // connection is on the other node online, as USERS does.
+    for m in [&mut a, &mut b] {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let members = m.call(&format!("MEMBERS {team}"));
+            if members.iter().filter(|l| l.ends_with(" ONLINE")).count() == 2 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{members:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
     let created = a.call(&format!("JOIN {solo}"));
     assert!(created.last().unwrap().ends_with(" CREATED"), "{created:?}");
     // An operator's ANNOUNCE on node 1 reaches the connections of every node, and a KILL closes

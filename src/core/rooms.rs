@@ -833,7 +833,7 @@ impl Core {
             .members
             .iter()
             .map(|(k, m)| {
-                let online = self.accounts.get(k).is_some_and(|a| !a.conns.is_empty());
+                let online = self.is_online(k);
                 (m.role, self.shown(k), Presence::of(online))
             })
             .collect();

@@ -1159,6 +1159,10 @@ fn rooms_cross_nodes() {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+    // So a room message counts the member on the other node among those it reached.
+    let sent = a.call1(&format!("MSG {team} counted"));
+    assert!(sent.ends_with(" DELIVERED 1"), "{sent}");
+    assert!(b.read_line().ends_with(" counted"));
     let created = a.call(&format!("JOIN {solo}"));
     assert!(created.last().unwrap().ends_with(" CREATED"), "{created:?}");
     // An operator's ANNOUNCE on node 1 reaches the connections of every node, and a KILL closes

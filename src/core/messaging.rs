@@ -293,6 +293,10 @@ impl Core {
                 continue;
             };
             if acct.conns.is_empty() {
+                // Online on another node of a cluster: that node pushes it (by its route).
+                if key != sender && self.remote_online.contains_key(key) {
+                    users += 1;
+                }
                 continue;
             }
             if key != sender {

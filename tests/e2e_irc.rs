@@ -89,29 +89,6 @@ impl Irc {
     }
 }
 
-/// base64 of "\0name\0password", as SASL PLAIN sends it.
-fn plain(name: &str, password: &str) -> String {
-    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let raw = format!("\0{name}\0{password}").into_bytes();
-    let mut out = String::new();
-    for chunk in raw.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn an_irc_client_and_a_line_client_share_a_room() {
     let server = Server::start_with(&["--irc-listen", "127.0.0.1:0"]);
@@ -131,7 +108,7 @@ fn an_irc_client_and_a_line_client_share_a_room() {
     assert!(bob.line().contains("ACK"));
     bob.send("AUTHENTICATE PLAIN");
     assert_eq!(bob.line(), "AUTHENTICATE +");
-    bob.send(&format!("AUTHENTICATE {}", plain("bob", PASSWORD)));
+    bob.send(&format!("AUTHENTICATE {}", sasl_plain("bob", PASSWORD)));
     bob.until(" 903 ");
     bob.send("CAP END");
     let welcome = bob.until(" 376 ");
@@ -267,7 +244,7 @@ fn a_device_token_logs_in_over_sasl_and_pass() {
     a.send("CAP REQ :sasl");
     a.send("AUTHENTICATE PLAIN");
     a.until("AUTHENTICATE +");
-    a.send(&format!("AUTHENTICATE {}", plain("erin", &token)));
+    a.send(&format!("AUTHENTICATE {}", sasl_plain("erin", &token)));
     a.until(" 903 ");
     a.send("NICK erin");
     a.send("USER erin 0 * :Erin");

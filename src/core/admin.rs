@@ -108,12 +108,10 @@ impl Core {
                 c.hold = Hold::Frozen;
             }
         }
-        self.settings.metrics.accounts_suspended.set(
-            self.accounts
-                .values()
-                .filter(|a| a.profile.suspended.is_some())
-                .count() as i64,
-        );
+        self.settings
+            .metrics
+            .accounts_suspended
+            .set(super::suspended_count(&self.accounts));
         let admin = self.admin_name(req.conn);
         let op = StoreOp::SetSuspended {
             user: key.as_str().to_owned(),
@@ -167,12 +165,10 @@ impl Core {
             let text = format!("{shown} is not suspended");
             return self.refuse(req, Code::NOT_SUSPENDED, &text);
         }
-        self.settings.metrics.accounts_suspended.set(
-            self.accounts
-                .values()
-                .filter(|a| a.profile.suspended.is_some())
-                .count() as i64,
-        );
+        self.settings
+            .metrics
+            .accounts_suspended
+            .set(super::suspended_count(&self.accounts));
         let admin = self.admin_name(req.conn);
         let op = StoreOp::SetSuspended {
             user: key.as_str().to_owned(),

@@ -111,6 +111,14 @@ type ConnMap = HashMap<ConnId, Box<Conn>, BuildHasherDefault<ConnIdHasher>>;
 /// an `Account` is several hundred bytes.
 type Accounts = HashMap<Key, Box<Account>>;
 
+/// How many accounts are suspended, for the `accounts_suspended` gauge.
+fn suspended_count(accounts: &Accounts) -> i64 {
+    accounts
+        .values()
+        .filter(|a| a.profile.suspended.is_some())
+        .count() as i64
+}
+
 /// Hashes a connection id with one multiplication (Fibonacci hashing): consecutive ids fill the
 /// table's buckets evenly (the low bits of the product are a permutation of the id's), and the high
 /// bits the table also uses are well mixed.
@@ -655,12 +663,10 @@ impl Core {
             snapshot.invites,
             &mut accounts,
         );
-        settings.metrics.accounts_suspended.set(
-            accounts
-                .values()
-                .filter(|a| a.profile.suspended.is_some())
-                .count() as i64,
-        );
+        settings
+            .metrics
+            .accounts_suspended
+            .set(suspended_count(&accounts));
         for admin in &settings.policy.admins {
             if !accounts.contains_key(admin) {
                 log::warn!(

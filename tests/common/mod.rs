@@ -598,3 +598,30 @@ pub fn parse_msg(line: &str, tag: &str) -> Msg {
 pub fn clip(s: &str) -> String {
     s.chars().take(80).collect()
 }
+
+/// Standard base64, with padding: an IRC client's `AUTHENTICATE` payload.
+pub fn base64(raw: &[u8]) -> String {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in raw.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            out.push(if i <= chunk.len() {
+                A[(n >> (18 - 6 * i) & 63) as usize] as char
+            } else {
+                '='
+            });
+        }
+    }
+    out
+}
+
+/// The SASL PLAIN payload for `name` and `password` (`\0name\0password`), base64.
+pub fn sasl_plain(name: &str, password: &str) -> String {
+    base64(format!("\0{name}\0{password}").as_bytes())
+}

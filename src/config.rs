@@ -257,6 +257,10 @@ pub const SCRYPT_P: u32 = 1;
 /// Longest HELP data line in bytes, `HELP ` prefix included, LF excluded. Short enough to read in a
 /// terminal and far below the protocol's line limit.
 pub const MAX_HELP_LINE_BYTES: usize = 200;
+/// Blocks of at least this many bytes get a mapping of their own from glibc's malloc, unmapped when
+/// freed (its starting threshold, held fixed: see `heap`), so that a password hash's working memory
+/// (1 MiB at `--scrypt-log-n 10`) goes back to the system after each hash.
+pub const HEAP_MMAP_THRESHOLD: usize = 128 * 1024;
 /// Memory the database may use to cache its pages (redb's own default is 1 GiB). The cache fills
 /// as the database is read, so without a bound the server's resident memory would grow with the
 /// database file; past it, pages are read from the file (the operating system's page cache).

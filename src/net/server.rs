@@ -129,6 +129,9 @@ pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), Server
         Some(a) => Some(bind(a)?),
         None => None,
     };
+    // Before the first hash (the dummy one just below): each hash's memory is unmapped after it
+    // instead of staying in a hashing thread's heap.
+    crate::heap::give_back_large_blocks();
     let hasher = Hasher::new(opts.scrypt_log_n, SCRYPT_R, SCRYPT_P).map_err(ServerError::Scrypt)?;
 
     // A demo runs on a fresh database of its own, removed at the end.

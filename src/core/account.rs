@@ -122,7 +122,8 @@ impl Core {
             .accounts
             .get(&me)
             .map(|a| {
-                a.tokens
+                a.ties()
+                    .tokens
                     .iter()
                     .copied()
                     .filter(|t| Some(*t) != keep)
@@ -256,19 +257,21 @@ impl Core {
         }
         self.remote_online.remove(me);
         self.retired.insert(me.clone(), acct.name.clone());
-        for id in &acct.tokens {
+        for id in &acct.ties().tokens {
             self.tokens.remove(id);
         }
         // The other side of each friendship or request learns it is over, as if the account had
         // ended it itself.
-        for (other, state) in &acct.friends {
+        for (other, state) in &acct.ties().friends {
             let event = match state {
                 FriendState::Friends => FriendshipEvent::Removed,
                 FriendState::Outgoing => FriendshipEvent::Withdrawn,
                 FriendState::Incoming => FriendshipEvent::Denied,
             };
             if let Some(o) = self.accounts.get_mut(other) {
-                o.friends.remove(me);
+                if let Some(t) = o.ties_if_any() {
+                    t.friends.remove(me);
+                }
             }
             let line = out::shared(&ServerLine::Friendship {
                 name: &acct.name,
@@ -276,14 +279,18 @@ impl Core {
             });
             self.push_to_account(other, &line);
         }
-        for k in &acct.blocks {
+        for k in &acct.ties().blocks {
             if let Some(o) = self.accounts.get_mut(k) {
-                o.blocked_by.remove(me);
+                if let Some(t) = o.ties_if_any() {
+                    t.blocked_by.remove(me);
+                }
             }
         }
-        for k in &acct.blocked_by {
+        for k in &acct.ties().blocked_by {
             if let Some(o) = self.accounts.get_mut(k) {
-                o.blocks.remove(me);
+                if let Some(t) = o.ties_if_any() {
+                    t.blocks.remove(me);
+                }
             }
         }
         Some(*acct)

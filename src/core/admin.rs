@@ -96,12 +96,12 @@ impl Core {
         let Some(acct) = self.accounts.get_mut(&key) else {
             return;
         };
-        if acct.profile.suspended.is_some() {
+        if acct.ties().suspended.is_some() {
             let text = format!("{shown} is suspended already; UNSUSPEND lifts it");
             return self.refuse(req, Code::ALREADY_SUSPENDED, &text);
         }
         // From now on the account logs in nowhere, and its connections run nothing more.
-        acct.profile.suspended = Some(suspension.clone());
+        acct.ties_mut().suspended = Some(suspension.clone());
         let conns = acct.conns.clone();
         for c in &conns {
             if let Some(c) = self.conns.get_mut(c) {
@@ -161,7 +161,11 @@ impl Core {
         let Some(acct) = self.accounts.get_mut(&key) else {
             return;
         };
-        if acct.profile.suspended.take().is_none() {
+        if acct
+            .ties_if_any()
+            .and_then(|t| t.suspended.take())
+            .is_none()
+        {
             let text = format!("{shown} is not suspended");
             return self.refuse(req, Code::NOT_SUSPENDED, &text);
         }

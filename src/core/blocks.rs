@@ -50,25 +50,29 @@ impl Core {
         let Some(acct) = self.accounts.get(&me) else {
             return;
         };
-        if acct.blocks.contains(&other) {
+        if acct.ties().blocks.contains(&other) {
             let text = format!("you already block {shown}");
             return self.refuse(req, Code::ALREADY_BLOCKED, &text);
         }
-        if acct.blocks.len() >= MAX_BLOCKS_PER_ACCOUNT {
+        if acct.ties().blocks.len() >= MAX_BLOCKS_PER_ACCOUNT {
             let text = format!(
                 "you block {MAX_BLOCKS_PER_ACCOUNT} accounts, the most an account may; UNBLOCK one first"
             );
             return self.refuse(req, Code::TOO_MANY_BLOCKS, &text);
         }
         // A block ends any friendship or request between the two.
-        let ended = acct.friends.get(&other).copied();
+        let ended = acct.ties().friends.get(&other).copied();
         if let Some(a) = self.accounts.get_mut(&me) {
-            a.blocks.insert(other.clone());
-            a.friends.remove(&other);
+            a.ties_mut().blocks.insert(other.clone());
+            if let Some(t) = a.ties_if_any() {
+                t.friends.remove(&other);
+            }
         }
         if let Some(o) = self.accounts.get_mut(&other) {
-            o.blocked_by.insert(me.clone());
-            o.friends.remove(&me);
+            o.ties_mut().blocked_by.insert(me.clone());
+            if let Some(t) = o.ties_if_any() {
+                t.friends.remove(&me);
+            }
         }
         let op = StoreOp::Block {
             a: me.as_str().to_owned(),
@@ -111,16 +115,20 @@ impl Core {
         if !self
             .accounts
             .get(&me)
-            .is_some_and(|a| a.blocks.contains(&other))
+            .is_some_and(|a| a.ties().blocks.contains(&other))
         {
             let text = format!("you do not block {shown}");
             return self.refuse(req, Code::NOT_BLOCKED, &text);
         }
         if let Some(a) = self.accounts.get_mut(&me) {
-            a.blocks.remove(&other);
+            if let Some(t) = a.ties_if_any() {
+                t.blocks.remove(&other);
+            }
         }
         if let Some(o) = self.accounts.get_mut(&other) {
-            o.blocked_by.remove(&me);
+            if let Some(t) = o.ties_if_any() {
+                t.blocked_by.remove(&me);
+            }
         }
         let op = StoreOp::Unblock {
             a: me.as_str().to_owned(),
@@ -142,7 +150,8 @@ impl Core {
             .accounts
             .get(&me)
             .map(|a| {
-                a.blocks
+                a.ties()
+                    .blocks
                     .iter()
                     .filter_map(|k| self.accounts.get(k).map(|b| b.name.as_str()))
                     .collect()
@@ -170,7 +179,7 @@ impl Core {
             return;
         };
         let Some(policy) = policy else {
-            let policy = if acct.profile.friends_only {
+            let policy = if acct.ties().friends_only {
                 Dms::Friends
             } else {
                 Dms::Everyone
@@ -180,7 +189,7 @@ impl Core {
             return self.finish(req, out);
         };
         let friends_only = policy == Dms::Friends;
-        acct.profile.friends_only = friends_only;
+        acct.ties_mut().friends_only = friends_only;
         let op = StoreOp::SetDms {
             user: me.as_str().to_owned(),
             friends_only,
@@ -205,7 +214,7 @@ impl Core {
         let friends_only = self
             .accounts
             .get(recipient)
-            .is_some_and(|a| a.profile.friends_only);
+            .is_some_and(|a| a.ties().friends_only);
         (friends_only && !self.are_friends(sender, recipient)).then_some(Code::FRIENDS_ONLY)
     }
 }

@@ -66,7 +66,7 @@ impl Core {
         let current = self
             .accounts
             .get(&me)
-            .and_then(|a| a.friends.get(&other))
+            .and_then(|a| a.ties().friends.get(&other))
             .copied();
         use FriendState::{Friends, Incoming, Outgoing};
         let effect = |new, event, outcome| Effect {
@@ -148,8 +148,8 @@ impl Core {
         for (x, y, s) in [(a, b, state), (b, a, state.map(FriendState::mirror))] {
             if let Some(acct) = self.accounts.get_mut(x) {
                 match s {
-                    Some(s) => acct.friends.insert(y.clone(), s),
-                    None => acct.friends.remove(y),
+                    Some(s) => acct.ties_mut().friends.insert(y.clone(), s),
+                    None => acct.ties_if_any().and_then(|t| t.friends.remove(y)),
                 };
             }
         }
@@ -263,7 +263,7 @@ impl Core {
             return;
         };
         let mut rows: Vec<(u8, &str, Listed)> = Vec::new();
-        for (k, s) in &acct.friends {
+        for (k, s) in &acct.ties().friends {
             let Some(other) = self.accounts.get(k) else {
                 continue;
             };

@@ -91,9 +91,9 @@ impl Core {
                         // keeps it for the recipient if it has left meanwhile.
                         elsewhere.push(key.clone());
                         offline.push(key);
-                    } else if a.inbox.total() >= MAX_PENDING_PER_ACCOUNT {
+                    } else if a.ties().inbox.total() >= MAX_PENDING_PER_ACCOUNT {
                         full.push(a.name.clone());
-                    } else if share > 0 && a.inbox.from(&sender) >= share {
+                    } else if share > 0 && a.ties().inbox.from(&sender) >= share {
                         my_share_full.push(a.name.clone());
                     } else {
                         offline.push(key);
@@ -140,7 +140,7 @@ impl Core {
         }
         for key in &offline {
             if let Some(a) = self.accounts.get_mut(key) {
-                a.inbox.add(&sender);
+                a.ties_mut().inbox.add(&sender);
             }
         }
         let to = match (req.verb, shown.pop()) {
@@ -282,7 +282,7 @@ impl Core {
         let blockers = self
             .accounts
             .get(sender)
-            .map(|a| &a.blocked_by)
+            .map(|a| &a.ties().blocked_by)
             .filter(|b| !b.is_empty());
         let mut users = 0;
         for (key, m) in &room.members {
@@ -397,7 +397,10 @@ impl Core {
         });
         if req.verb == Some(Verb::All) {
             // Everyone online but the sender and the accounts that block it.
-            let blockers = self.accounts.get(&sent.sender).map(|a| &a.blocked_by);
+            let blockers = self
+                .accounts
+                .get(&sent.sender)
+                .map(|a| &a.ties().blocked_by);
             let others: Vec<&Key> = self
                 .online
                 .iter()
@@ -508,10 +511,10 @@ impl Core {
         let a = self.accounts.get_mut(key)?;
         // An account being deleted keeps nothing: its deletion, already sent to the store, would
         // not remove an entry written after it.
-        if a.inbox.total() >= MAX_PENDING_PER_ACCOUNT || a.phc.is_none() {
+        if a.ties().inbox.total() >= MAX_PENDING_PER_ACCOUNT || a.phc.is_none() {
             return None;
         }
-        a.inbox.add(sender);
+        a.ties_mut().inbox.add(sender);
         Some(StoreOp::AddPending {
             user: key.as_str().to_owned(),
             id,

@@ -90,7 +90,8 @@ use crate::proto::room::RoomKey;
 use crate::proto::server_line::{Presence, Recipient, ServerLine};
 use crate::store::worker::{Report, StoreJob, Ticket};
 use crate::store::{
-    FriendState, MsgId, Notice, Profile, ReadOp, RoomId, Snapshot, StoreOp, StoreReply, To, TokenId,
+    FriendState, MsgId, Notice, Profile, ReadOp, RoomId, Snapshot, StoreOp, StoreReply, Suspension,
+    To, TokenId,
 };
 use crate::tally::Tally;
 
@@ -115,7 +116,7 @@ type Accounts = HashMap<Key, Box<Account>>;
 fn suspended_count(accounts: &Accounts) -> i64 {
     accounts
         .values()
-        .filter(|a| a.profile.suspended.is_some())
+        .filter(|a| a.ties().suspended.is_some())
         .count() as i64
 }
 
@@ -387,16 +388,32 @@ struct Account {
     name: String,
     /// None while the REGISTER that created it is still hashing.
     phc: Option<Arc<str>>,
+    /// Logged-in connections.
+    conns: Vec<ConnId>,
+    /// Addresses it logged in from since the server started, most recent last (see `guard`).
+    known: Vec<AddrKey>,
+    /// When its last connection left, as recorded (`Profile::last_seen_ms`).
+    last_seen_ms: Option<i64>,
+    /// The last-seen time as written to the store.
+    seen_written: Option<i64>,
+    /// Rooms it is a member of.
+    rooms: BTreeSet<RoomId>,
+    /// The rest, which most accounts never have: made on first use (see [`Ties`]).
+    ties: Option<Box<Ties>>,
+}
+
+/// What an account holds that most accounts never have (friends, blocks, tokens, invitations, an
+/// offline backlog, an away message, quota use): kept apart so that an account without any of it
+/// costs one pointer for all of it. [`Account::ties`] reads it (empty when never made),
+/// [`Account::ties_mut`] makes it on first use; it is not given back once made.
+#[derive(Default)]
+struct Ties {
     /// Other account -> this account's view of the edge.
     friends: HashMap<Key, FriendState>,
     /// Messages waiting in the offline backlog, and from whom.
     inbox: Inbox,
     /// What it may still send and store (see `quota`).
     quota: Quota,
-    /// Logged-in connections.
-    conns: Vec<ConnId>,
-    /// Addresses it logged in from since the server started, most recent last (see `guard`).
-    known: Vec<AddrKey>,
     /// Its device tokens (expired ones stay until the next TOKEN or REVOKE of the account removes
     /// them).
     tokens: Vec<TokenId>,
@@ -404,15 +421,18 @@ struct Account {
     blocks: HashSet<Key>,
     /// The accounts that block it.
     blocked_by: HashSet<Key>,
-    /// Its settings and status.
-    profile: Profile,
-    /// The last-seen time as written to the store.
-    seen_written: Option<i64>,
-    /// Rooms it is a member of.
-    rooms: BTreeSet<RoomId>,
     /// Rooms with an invitation for it (an expired one stays until it is purged).
     invited: BTreeSet<RoomId>,
+    /// `DMS FRIENDS`: direct messages from friends only (`Profile::friends_only`).
+    friends_only: bool,
+    /// The away message, if one is set (`Profile::away`).
+    away: Option<String>,
+    /// Set while an operator has suspended the account (`Profile::suspended`).
+    suspended: Option<Suspension>,
 }
+
+/// The ties of an account that has none.
+static NO_TIES: std::sync::LazyLock<Ties> = std::sync::LazyLock::new(Ties::default);
 
 impl Account {
     /// A new account, with nothing but its name and hash.
@@ -420,19 +440,30 @@ impl Account {
         Account {
             name,
             phc,
-            friends: HashMap::new(),
-            inbox: Inbox::default(),
-            quota: Quota::default(),
             conns: Vec::new(),
             known: Vec::new(),
-            tokens: Vec::new(),
-            blocks: HashSet::new(),
-            blocked_by: HashSet::new(),
-            profile: Profile::default(),
+            last_seen_ms: None,
             seen_written: None,
             rooms: BTreeSet::new(),
-            invited: BTreeSet::new(),
+            ties: None,
         }
+    }
+
+    /// Its friends, blocks, tokens, invitations, backlog and settings (all empty if it never had
+    /// any).
+    fn ties(&self) -> &Ties {
+        self.ties.as_deref().unwrap_or(&NO_TIES)
+    }
+
+    /// The same, to change: made empty on first use.
+    fn ties_mut(&mut self) -> &mut Ties {
+        self.ties.get_or_insert_default()
+    }
+
+    /// The same, to remove from: `None` when it never had any, so that removing nothing makes
+    /// nothing.
+    fn ties_if_any(&mut self) -> Option<&mut Ties> {
+        self.ties.as_deref_mut()
     }
 }
 
@@ -495,7 +526,7 @@ impl Conn {
 /// The size in bytes of the core's entry for a connection (with its largest pieces: where it comes
 /// from, its reply order, its input held back) and for an account (each boxed in its table), as
 /// this build lays them out.
-pub fn entry_sizes() -> [(&'static str, usize); 5] {
+pub fn entry_sizes() -> [(&'static str, usize); 6] {
     use std::mem::size_of;
     [
         ("core_conn", size_of::<Conn>()),
@@ -503,6 +534,7 @@ pub fn entry_sizes() -> [(&'static str, usize); 5] {
         ("core_conn_reply_order", size_of::<Slots>()),
         ("core_conn_deferred", size_of::<VecDeque<Input>>()),
         ("core_account", size_of::<Account>()),
+        ("core_account_ties", size_of::<Ties>()),
     ]
 }
 
@@ -608,40 +640,52 @@ impl Core {
             let (a, b) = (Key::from_folded(a), Key::from_folded(b));
             if accounts.contains_key(&a) && accounts.contains_key(&b) {
                 if let Some(acct) = accounts.get_mut(&a) {
-                    acct.blocks.insert(b.clone());
+                    acct.ties_mut().blocks.insert(b.clone());
                 }
                 if let Some(acct) = accounts.get_mut(&b) {
-                    acct.blocked_by.insert(a);
+                    acct.ties_mut().blocked_by.insert(a);
                 }
             }
         }
         for (user, profile) in snapshot.profiles {
             if let Some(acct) = accounts.get_mut(user.as_str()) {
-                acct.seen_written = profile.last_seen_ms;
-                acct.profile = profile;
+                let Profile {
+                    friends_only,
+                    away,
+                    last_seen_ms,
+                    suspended,
+                } = profile;
+                acct.seen_written = last_seen_ms;
+                acct.last_seen_ms = last_seen_ms;
+                if friends_only || away.is_some() || suspended.is_some() {
+                    let ties = acct.ties_mut();
+                    ties.friends_only = friends_only;
+                    ties.away = away;
+                    ties.suspended = suspended;
+                }
             }
         }
         let mut tokens = HashMap::with_capacity(snapshot.tokens.len());
         for t in snapshot.tokens {
             let key = Key::from_folded(t.user.clone());
             if let Some(acct) = accounts.get_mut(&key) {
-                acct.tokens.push(t.id);
+                acct.ties_mut().tokens.push(t.id);
                 tokens.insert(t.id, Token::from_record(key, t));
             }
         }
         for (a, b, state) in snapshot.friendships {
             if let Some(acct) = accounts.get_mut(a.as_str()) {
-                acct.friends.insert(Key::of(&b), state);
+                acct.ties_mut().friends.insert(Key::of(&b), state);
             }
         }
         for (user, n) in snapshot.pending_counts {
             if let Some(acct) = accounts.get_mut(user.as_str()) {
-                acct.inbox.set_total(n);
+                acct.ties_mut().inbox.set_total(n);
             }
         }
         for (user, sender, n) in snapshot.pending_senders {
             if let Some(acct) = accounts.get_mut(user.as_str()) {
-                acct.inbox.add_n(Key::from_folded(sender), n);
+                acct.ties_mut().inbox.add_n(Key::from_folded(sender), n);
             }
         }
         let retired = snapshot
@@ -1040,14 +1084,14 @@ impl Core {
     fn barred(&self, a: &Key, b: &Key) -> bool {
         self.accounts
             .get(a)
-            .is_some_and(|x| x.blocks.contains(b) || x.blocked_by.contains(b))
+            .is_some_and(|x| x.ties().blocks.contains(b) || x.ties().blocked_by.contains(b))
     }
 
     /// True when `a` and `b` are friends.
     fn are_friends(&self, a: &Key, b: &Key) -> bool {
         self.accounts
             .get(a)
-            .is_some_and(|x| x.friends.get(b) == Some(&FriendState::Friends))
+            .is_some_and(|x| x.ties().friends.get(b) == Some(&FriendState::Friends))
     }
 
     /// Queues an unsolicited line on every logged-in connection of `key`; returns how many
@@ -1310,6 +1354,7 @@ impl Core {
         };
         let chunk = out::shared(&line);
         let friends: Vec<Key> = acct
+            .ties()
             .friends
             .iter()
             .filter(|(k, s)| **s == FriendState::Friends && self.online.contains(*k))

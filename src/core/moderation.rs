@@ -57,7 +57,9 @@ impl Core {
         }
         for k in expired {
             if let Some(a) = self.accounts.get_mut(&k) {
-                a.invited.remove(&id);
+                if let Some(t) = a.ties_if_any() {
+                    t.invited.remove(&id);
+                }
             }
             let op = StoreOp::RemoveInvite {
                 room: id,
@@ -72,7 +74,8 @@ impl Core {
         let Some(a) = self.accounts.get(k) else {
             return 0;
         };
-        a.invited
+        a.ties()
+            .invited
             .iter()
             .filter_map(|id| self.rooms.get(id))
             .filter(|r| r.invited(k, self.now).is_some())
@@ -147,7 +150,7 @@ impl Core {
         room.invites.insert(k.clone(), invite.clone());
         let room_name = room.name.clone();
         if let Some(a) = self.accounts.get_mut(&k) {
-            a.invited.insert(id);
+            a.ties_mut().invited.insert(id);
         }
         let op = StoreOp::PutInvite {
             room: id,
@@ -272,7 +275,9 @@ impl Core {
         if let Some(a) = self.accounts.get_mut(&k) {
             a.rooms.remove(&id);
             if how == Removal::Ban {
-                a.invited.remove(&id);
+                if let Some(t) = a.ties_if_any() {
+                    t.invited.remove(&id);
+                }
             }
         }
         self.rewatch(id);
@@ -494,6 +499,7 @@ impl Core {
             return;
         };
         let mut rooms: Vec<(&str, &InviteRecord)> = a
+            .ties()
             .invited
             .iter()
             .filter_map(|id| self.rooms.get(id))

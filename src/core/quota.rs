@@ -130,7 +130,7 @@ impl Core {
         };
         let weight = if broadcast { ALL_MESSAGE_WEIGHT } else { 1 };
         if let Some(rate) = minute {
-            if let Err(wait) = acct.quota.messages.check(rate, weight, now) {
+            if let Err(wait) = acct.ties().quota.messages.check(rate, weight, now) {
                 return Err(OverQuota {
                     code: Code::TOO_MANY_MESSAGES,
                     wait_ms: Some(wait),
@@ -143,7 +143,7 @@ impl Core {
             }
         }
         if let Some(rate) = day {
-            if let Err(wait) = acct.quota.bytes.check(rate, stored, now) {
+            if let Err(wait) = acct.ties().quota.bytes.check(rate, stored, now) {
                 return Err(OverQuota {
                     code: Code::QUOTA_EXCEEDED,
                     wait_ms: Some(wait),
@@ -156,10 +156,10 @@ impl Core {
             }
         }
         if let Some(rate) = minute {
-            let _ = acct.quota.messages.take(rate, weight, now);
+            let _ = acct.ties_mut().quota.messages.take(rate, weight, now);
         }
         if let Some(rate) = day {
-            let _ = acct.quota.bytes.take(rate, stored, now);
+            let _ = acct.ties_mut().quota.bytes.take(rate, stored, now);
         }
         Ok(())
     }
@@ -170,7 +170,7 @@ impl Core {
         let full = |k: &Key| {
             self.accounts
                 .get(k)
-                .is_some_and(|a| a.friends.len() >= MAX_RELATIONS_PER_ACCOUNT)
+                .is_some_and(|a| a.ties().friends.len() >= MAX_RELATIONS_PER_ACCOUNT)
         };
         if full(me) || full(other) {
             return Err(OverQuota {
@@ -190,7 +190,8 @@ impl Core {
         let (Some(rate), Some(acct)) = (rate, self.accounts.get_mut(me)) else {
             return Ok(());
         };
-        acct.quota
+        acct.ties_mut()
+            .quota
             .friend_requests
             .take(rate, 1, now)
             .map_err(|wait| OverQuota {

@@ -121,13 +121,15 @@ impl Core {
             StoreOp::AddPending { user, .. } => {
                 // The sender is not in the op: counted in the total only.
                 if let Some(a) = self.accounts.get_mut(user.as_str()) {
-                    let n = a.inbox.total() + 1;
-                    a.inbox.set_total(n);
+                    let n = a.ties().inbox.total() + 1;
+                    a.ties_mut().inbox.set_total(n);
                 }
             }
             StoreOp::ClearBacklog { user, .. } => {
                 if let Some(a) = self.accounts.get_mut(user.as_str()) {
-                    a.inbox = Default::default();
+                    if let Some(t) = a.ties_if_any() {
+                        t.inbox = Default::default();
+                    }
                 }
             }
             StoreOp::SetFriendship { a, b, state } => {
@@ -135,7 +137,7 @@ impl Core {
                 let was = self
                     .accounts
                     .get(&a)
-                    .and_then(|x| x.friends.get(&b))
+                    .and_then(|x| x.ties().friends.get(&b))
                     .copied();
                 self.set_edge(&a, &b, state);
                 self.remote_friendship(&a, &b, was, state);
@@ -144,19 +146,23 @@ impl Core {
                 let (a, b) = (Key::from_folded(a), Key::from_folded(b));
                 self.set_edge(&a, &b, None);
                 if let Some(acct) = self.accounts.get_mut(&a) {
-                    acct.blocks.insert(b.clone());
+                    acct.ties_mut().blocks.insert(b.clone());
                 }
                 if let Some(acct) = self.accounts.get_mut(&b) {
-                    acct.blocked_by.insert(a);
+                    acct.ties_mut().blocked_by.insert(a);
                 }
             }
             StoreOp::Unblock { a, b } => {
                 let (a, b) = (Key::from_folded(a), Key::from_folded(b));
                 if let Some(acct) = self.accounts.get_mut(&a) {
-                    acct.blocks.remove(&b);
+                    if let Some(t) = acct.ties_if_any() {
+                        t.blocks.remove(&b);
+                    }
                 }
                 if let Some(acct) = self.accounts.get_mut(&b) {
-                    acct.blocked_by.remove(&a);
+                    if let Some(t) = acct.ties_if_any() {
+                        t.blocked_by.remove(&a);
+                    }
                 }
             }
             StoreOp::SetPassword { user, phc, revoke } => {
@@ -181,7 +187,7 @@ impl Core {
             StoreOp::CreateToken(rec) => {
                 let key = Key::from_folded(rec.user.clone());
                 if let Some(a) = self.accounts.get_mut(&key) {
-                    a.tokens.push(rec.id);
+                    a.ties_mut().tokens.push(rec.id);
                     self.tokens.insert(rec.id, Token::from_record(key, rec));
                 }
             }
@@ -212,20 +218,20 @@ impl Core {
             StoreOp::SetAway { user, away } => {
                 let key = Key::from_folded(user);
                 if let Some(a) = self.accounts.get_mut(&key) {
-                    if a.profile.away != away {
-                        a.profile.away = away;
+                    if a.ties().away != away {
+                        a.ties_mut().away = away;
                         self.announce_away(&key, 0);
                     }
                 }
             }
             StoreOp::SetDms { user, friends_only } => {
                 if let Some(a) = self.accounts.get_mut(user.as_str()) {
-                    a.profile.friends_only = friends_only;
+                    a.ties_mut().friends_only = friends_only;
                 }
             }
             StoreOp::SetLastSeen { user, ms } => {
                 if let Some(a) = self.accounts.get_mut(user.as_str()) {
-                    a.profile.last_seen_ms = Some(ms);
+                    a.last_seen_ms = Some(ms);
                     a.seen_written = Some(ms);
                 }
             }
@@ -278,7 +284,9 @@ impl Core {
                     for k in r.members.keys().chain(r.invites.keys()) {
                         if let Some(a) = self.accounts.get_mut(k) {
                             a.rooms.remove(&id);
-                            a.invited.remove(&id);
+                            if let Some(t) = a.ties_if_any() {
+                                t.invited.remove(&id);
+                            }
                         }
                     }
                 }
@@ -334,7 +342,7 @@ impl Core {
                 let key = Key::from_folded(user);
                 if let (Some(r), Some(a)) = (self.rooms.get_mut(&room), self.accounts.get_mut(&key))
                 {
-                    a.invited.insert(room);
+                    a.ties_mut().invited.insert(room);
                     r.invites.insert(key.clone(), invite.clone());
                     let name = r.name.clone();
                     let event = RoomEvent::Invited {
@@ -350,7 +358,9 @@ impl Core {
                     r.invites.remove(&key);
                 }
                 if let Some(a) = self.accounts.get_mut(&key) {
-                    a.invited.remove(&room);
+                    if let Some(t) = a.ties_if_any() {
+                        t.invited.remove(&room);
+                    }
                 }
             }
             StoreOp::DeleteAccount { user, .. } => {
@@ -373,7 +383,7 @@ impl Core {
                 } else {
                     Vec::new()
                 };
-                a.profile.suspended = suspension;
+                a.ties_mut().suspended = suspension;
                 for c in closing {
                     self.close_with_bye(
                         c,
@@ -653,7 +663,7 @@ impl Core {
             let Some(a) = self.accounts.get_mut(&key) else {
                 continue;
             };
-            a.inbox.add(&sender);
+            a.ties_mut().inbox.add(&sender);
             if !a.conns.is_empty() {
                 waiting.push(key);
             }
@@ -740,7 +750,7 @@ impl Core {
                 let blockers = self
                     .accounts
                     .get(&sender)
-                    .map(|a| a.blocked_by.clone())
+                    .map(|a| a.ties().blocked_by.clone())
                     .unwrap_or_default();
                 let line = message_line(&msg);
                 let reached = fan_out(
@@ -792,7 +802,9 @@ impl Core {
         }
         if kept {
             if let Some(a) = self.accounts.get_mut(key) {
-                a.inbox = Default::default();
+                if let Some(t) = a.ties_if_any() {
+                    t.inbox = Default::default();
+                }
             }
             let op = StoreOp::ClearBacklog {
                 user: key.as_str().to_owned(),

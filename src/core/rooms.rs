@@ -163,7 +163,7 @@ pub(super) fn load(
     for (room, user, i) in invites {
         let key = Key::from_folded(user);
         if let (Some(r), Some(a)) = (by_id.get_mut(&room), accounts.get_mut(&key)) {
-            a.invited.insert(room);
+            a.ties_mut().invited.insert(room);
             r.invites.insert(key, i);
         }
     }
@@ -442,7 +442,9 @@ impl Core {
         }
         if let Some(a) = self.accounts.get_mut(&me) {
             a.rooms.insert(id);
-            a.invited.remove(&id);
+            if let Some(t) = a.ties_if_any() {
+                t.invited.remove(&id);
+            }
         }
         self.rewatch(id);
         let summary = match self.rooms.get(&id) {
@@ -562,7 +564,9 @@ impl Core {
         for k in room.members.keys().chain(room.invites.keys()) {
             if let Some(a) = self.accounts.get_mut(k) {
                 a.rooms.remove(&id);
-                a.invited.remove(&id);
+                if let Some(t) = a.ties_if_any() {
+                    t.invited.remove(&id);
+                }
             }
         }
         self.rewatch(id);
@@ -711,7 +715,9 @@ impl Core {
                     r.invites.remove(&me);
                 }
                 if let Some(a) = self.accounts.get_mut(&me) {
-                    a.invited.remove(&id);
+                    if let Some(t) = a.ties_if_any() {
+                        t.invited.remove(&id);
+                    }
                 }
                 let op = StoreOp::RemoveInvite {
                     room: id,
@@ -789,7 +795,7 @@ impl Core {
             v
         };
         let mine = by_name(&mut acct.rooms.iter());
-        let invited: Vec<&Room> = by_name(&mut acct.invited.iter())
+        let invited: Vec<&Room> = by_name(&mut acct.ties().invited.iter())
             .into_iter()
             .filter(|r| !r.members.contains_key(&me) && r.invited(&me, self.now).is_some())
             .collect();
@@ -1049,7 +1055,9 @@ impl Core {
         }
         for k in room.invites.keys() {
             if let Some(a) = self.accounts.get_mut(k) {
-                a.invited.remove(&id);
+                if let Some(t) = a.ties_if_any() {
+                    t.invited.remove(&id);
+                }
             }
         }
         self.rewatch(id);
@@ -1134,7 +1142,10 @@ impl Core {
         let mut rooms: Vec<RoomId> = std::mem::take(&mut acct.rooms).into_iter().collect();
         rooms.sort_unstable();
         let watched = rooms.clone();
-        let invited = std::mem::take(&mut acct.invited);
+        let invited = acct
+            .ties_if_any()
+            .map(|t| std::mem::take(&mut t.invited))
+            .unwrap_or_default();
         let mut ops = Vec::new();
         let mut left = Vec::new();
         for id in rooms {
@@ -1152,7 +1163,9 @@ impl Core {
                 self.room_names.remove(&RoomKey::of(&room.name));
                 for k in room.invites.keys() {
                     if let Some(a) = self.accounts.get_mut(k) {
-                        a.invited.remove(&id);
+                        if let Some(t) = a.ties_if_any() {
+                            t.invited.remove(&id);
+                        }
                     }
                 }
                 log::info!("{} was deleted with its last member's account", room.name);
@@ -1236,7 +1249,10 @@ impl Core {
             return;
         };
         let rooms = std::mem::take(&mut acct.rooms);
-        let invited = std::mem::take(&mut acct.invited);
+        let invited = acct
+            .ties_if_any()
+            .map(|t| std::mem::take(&mut t.invited))
+            .unwrap_or_default();
         for id in rooms.iter().chain(invited.iter()) {
             if let Some(room) = self.rooms.get_mut(id) {
                 room.members.remove(me);

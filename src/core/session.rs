@@ -270,7 +270,7 @@ impl Core {
     /// Why the account cannot log in, if an operator suspended it: the sentence of its
     /// `SUSPENDED` reply.
     pub(super) fn suspension(&self, key: &Key) -> Option<String> {
-        let s = self.accounts.get(key)?.profile.suspended.as_ref()?;
+        let s = self.accounts.get(key)?.ties().suspended.as_ref()?;
         Some(if s.reason.is_empty() {
             "this account is suspended by the server's operators".to_owned()
         } else {
@@ -308,7 +308,9 @@ impl Core {
         let pending = if self.store_failing {
             Inbox::default()
         } else {
-            std::mem::take(&mut acct.inbox)
+            acct.ties_if_any()
+                .map(|t| std::mem::take(&mut t.inbox))
+                .unwrap_or_default()
         };
         self.settings.metrics.login(match via {
             Via::Password => LoginKind::Password,
@@ -379,13 +381,13 @@ impl Core {
             },
         );
         // The account's own away message first, so a client learns it is still away.
-        if let Some(text) = acct.profile.away.as_deref() {
+        if let Some(text) = acct.ties().away.as_deref() {
             out.line(&ServerLine::Away {
                 name,
                 text: Some(text),
             });
         }
-        let mut friends: Vec<(&Key, &FriendState)> = acct.friends.iter().collect();
+        let mut friends: Vec<(&Key, &FriendState)> = acct.ties().friends.iter().collect();
         friends.sort_by(|a, b| a.0.cmp(b.0));
         // Every friend's presence first (with its away message), then the requests (spec 4.2).
         for (k, _) in friends.iter().filter(|(_, s)| **s == FriendState::Friends) {
@@ -396,7 +398,7 @@ impl Core {
                 name: &other.name,
                 presence: Presence::of(self.is_online(k)),
             });
-            if let Some(text) = other.profile.away.as_deref() {
+            if let Some(text) = other.ties().away.as_deref() {
                 out.line(&ServerLine::Away {
                     name: &other.name,
                     text: Some(text),
@@ -438,7 +440,7 @@ impl Core {
                     unreadable(&other)
                 );
                 if let Some(a) = self.accounts.get_mut(&key) {
-                    a.inbox.merge(pending);
+                    a.ties_mut().inbox.merge(pending);
                 }
                 let mut out = Out::new();
                 out.line(&ServerLine::BacklogEnd { count: 0 });
@@ -450,7 +452,7 @@ impl Core {
             // The connection left (or the server is stopping) before its backlog arrived: nothing
             // was removed, so the messages stay kept for the next login.
             if let Some(a) = self.accounts.get_mut(&key) {
-                a.inbox.merge(pending);
+                a.ties_mut().inbox.merge(pending);
             }
             let mut out = Out::new();
             out.line(&ServerLine::BacklogEnd { count: 0 });
@@ -483,7 +485,7 @@ impl Core {
                     core.store(StoreOp::AddPending { user, id }, |_, _| {});
                 }
                 if let Some(a) = core.accounts.get_mut(&key) {
-                    a.inbox.merge(pending);
+                    a.ties_mut().inbox.merge(pending);
                 }
                 let mut out = Out::new();
                 out.line(&ServerLine::BacklogEnd { count: 0 });

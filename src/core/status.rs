@@ -26,7 +26,7 @@ impl Core {
         let Some(acct) = self.accounts.get_mut(key) else {
             return;
         };
-        acct.profile.last_seen_ms = Some(now);
+        acct.last_seen_ms = Some(now);
         let stale = always
             || acct
                 .seen_written
@@ -47,7 +47,7 @@ impl Core {
         let acct = self.accounts.get(key)?;
         Some(ServerLine::Away {
             name: &acct.name,
-            text: acct.profile.away.as_deref(),
+            text: acct.ties().away.as_deref(),
         })
     }
 
@@ -55,7 +55,7 @@ impl Core {
     pub(super) fn is_away(&self, key: &Key) -> bool {
         self.accounts
             .get(key)
-            .is_some_and(|a| a.profile.away.is_some())
+            .is_some_and(|a| a.ties().away.is_some())
     }
 
     pub(super) fn away(&mut self, mut req: Req, text: Option<String>) {
@@ -65,9 +65,9 @@ impl Core {
         let Some(acct) = self.accounts.get_mut(&me) else {
             return;
         };
-        let changed = acct.profile.away != text;
+        let changed = acct.ties().away != text;
         let set = text.is_some();
-        acct.profile.away = text.clone();
+        acct.ties_mut().away = text.clone();
         let op = StoreOp::SetAway {
             user: me.as_str().to_owned(),
             away: text,
@@ -95,6 +95,7 @@ impl Core {
             return;
         };
         let friends: Vec<Key> = acct
+            .ties()
             .friends
             .iter()
             .filter(|(k, s)| **s == FriendState::Friends && self.online.contains(*k))
@@ -145,7 +146,7 @@ impl Core {
         let online = self.is_online(&key);
         // Last seen is for friends (and oneself), and means something only while offline.
         let seen = if !online && (key == me || self.are_friends(&me, &key)) {
-            acct.profile.last_seen_ms
+            acct.last_seen_ms
         } else {
             None
         };
@@ -156,7 +157,7 @@ impl Core {
                 name: &acct.name,
                 presence: Presence::of(online),
                 last_seen_ms: seen,
-                away: acct.profile.away.as_deref().unwrap_or(""),
+                away: acct.ties().away.as_deref().unwrap_or(""),
             },
         );
         self.finish(req, out);

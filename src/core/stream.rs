@@ -259,7 +259,7 @@ impl Core {
                     if let (End::Backlog, Some(a)) =
                         (&*end, user.and_then(|k| self.accounts.get(&k)))
                     {
-                        msgs.retain(|m| !a.blocks.contains(&Key::of(&m.from)));
+                        msgs.retain(|m| !a.ties().blocks.contains(&Key::of(&m.from)));
                     }
                     *ready = msgs;
                 }

@@ -85,7 +85,8 @@ impl Core {
         let Some(acct) = self.accounts.get(key) else {
             return Vec::new();
         };
-        acct.tokens
+        acct.ties()
+            .tokens
             .iter()
             .filter(|id| self.tokens.get(id).is_none_or(|t| !t.live(self.now)))
             .copied()
@@ -98,7 +99,9 @@ impl Core {
             self.tokens.remove(id);
         }
         if let Some(acct) = self.accounts.get_mut(key) {
-            acct.tokens.retain(|id| !ids.contains(id));
+            if let Some(t) = acct.ties_if_any() {
+                t.tokens.retain(|id| !ids.contains(id));
+            }
         }
     }
 
@@ -144,7 +147,7 @@ impl Core {
             return;
         };
         self.purge_expired_tokens(&me);
-        let held = self.accounts.get(&me).map_or(0, |a| a.tokens.len());
+        let held = self.accounts.get(&me).map_or(0, |a| a.ties().tokens.len());
         if held >= MAX_TOKENS_PER_ACCOUNT {
             let text = format!(
                 "you hold {MAX_TOKENS_PER_ACCOUNT} tokens, the most an account may; REVOKE one first"
@@ -177,7 +180,7 @@ impl Core {
         self.tokens
             .insert(id, Token::from_record(me.clone(), record.clone()));
         if let Some(acct) = self.accounts.get_mut(&me) {
-            acct.tokens.push(id);
+            acct.ties_mut().tokens.push(id);
             log::debug!("{} was issued token {}", acct.name, format_id(id));
         }
         let addr = self.peer_key(req.conn);
@@ -267,7 +270,7 @@ impl Core {
         let mut live: Vec<(TokenId, &Token)> = self
             .accounts
             .get(&me)
-            .map(|a| a.tokens.as_slice())
+            .map(|a| a.ties().tokens.as_slice())
             .unwrap_or_default()
             .iter()
             .filter_map(|id| self.tokens.get(id).map(|t| (*id, t)))
@@ -302,7 +305,7 @@ impl Core {
         let mine = self
             .accounts
             .get(&me)
-            .map(|a| a.tokens.clone())
+            .map(|a| a.ties().tokens.clone())
             .unwrap_or_default();
         let is_live = |id: &TokenId| self.tokens.get(id).is_some_and(|t| t.live(now));
         let (ids, revoked) = match which {

@@ -276,6 +276,9 @@ impl Core {
         if acct.known.len() >= KNOWN_ADDRESSES_PER_ACCOUNT {
             acct.known.remove(0);
         }
+        // Grown one at a time (at most KNOWN_ADDRESSES_PER_ACCOUNT): most accounts log in from one
+        // address, and a first push would make room for four.
+        acct.known.reserve_exact(1);
         acct.known.push(addr);
     }
 }

@@ -2,6 +2,7 @@
 //! once, when they are built from a line, and carry their validity in their type.
 
 use std::fmt;
+use std::sync::Arc;
 
 use crate::config::{
     MAX_LABEL_LEN, MAX_NAME_LEN, MAX_PASSWORD_BYTES, MAX_TEXT_BYTES, MIN_PASSWORD_BYTES,
@@ -90,20 +91,21 @@ impl fmt::Debug for Skeleton {
 }
 
 /// The key an account is found by: its name case-folded. Made in one place, [`Key::of`], so every
-/// map, store table and comparison folds names the same way.
+/// map, store table and comparison folds names the same way. Its copies share one string (the
+/// account table, the name table, the online set and each logged-in connection all hold one).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Key(Box<str>);
+pub struct Key(Arc<str>);
 
 impl Key {
     /// The key of any string (a LOGIN name is not checked: a malformed one finds no account).
     pub fn of(name: &str) -> Key {
-        Key(name.to_ascii_lowercase().into_boxed_str())
+        Key(name.to_ascii_lowercase().into())
     }
 
     /// A key already in folded form, as read back from the store.
     pub fn from_folded(folded: String) -> Key {
         debug_assert!(!folded.bytes().any(|b| b.is_ascii_uppercase()));
-        Key(folded.into_boxed_str())
+        Key(folded.into())
     }
 
     /// The folded form.

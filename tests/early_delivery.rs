@@ -119,6 +119,9 @@ fn an_id_seen_before_a_crash_lost_its_message_is_never_reused() {
         after > seen,
         "id {after} after the crash, but bob saw {seen} before it"
     );
+    // Exactly past the reservation made with the first message (id 1, when the next id was 2):
+    // the crash skipped the rest of it and no more.
+    assert_eq!(after, 2 + chatd::config::ID_RESERVE_BLOCK);
     assert!(s
         .output("a")
         .starts_with(&format!("OK MSG {after} DELIVERED")));
@@ -140,4 +143,34 @@ fn after_a_clean_stop_ids_go_on_from_the_last() {
     s.output("a");
     s.send("a", "MSG bob first after the stop");
     assert_eq!(message_id(&s.output("b"), "first after the stop"), last + 1);
+}
+
+/// The reservation is renewed while half of it is left, so delivery never waits for one: the
+/// message that leaves less than half (its id 32,770, when the next id is 32,771) commits a new
+/// reservation up to 32,771 + 65,536, and a crash goes on exactly there.
+#[test]
+fn the_reservation_is_renewed_at_half() {
+    let mut s = two_users();
+    s.set_limits(|l| {
+        l.msgs_per_minute = 0;
+        l.stored_bytes_per_day = 0;
+    });
+    let half = chatd::config::ID_RESERVE_BLOCK / 2;
+    let last = half + 10;
+    for i in 2..=last {
+        s.send("a", &format!("MSG bob n{i}"));
+        if i % 1024 == 0 || i == last {
+            s.output("a");
+            s.output("b");
+        }
+    }
+    s.restart();
+    s.connect("a");
+    s.connect("b");
+    s.send("a", "LOGIN alice password1");
+    s.send("b", "LOGIN bob password2");
+    s.output("a");
+    s.send("a", "MSG bob after the crash");
+    let after = message_id(&s.output("b"), "after the crash");
+    assert_eq!(after, half + 3 + chatd::config::ID_RESERVE_BLOCK);
 }

@@ -100,6 +100,21 @@ impl Key {
         Key(name.to_ascii_lowercase().into_boxed_str())
     }
 
+    /// Appends the key of `name` to `out`: the same folding as [`Key::of`], without a string of
+    /// its own (the store joins two keys into one index key this way).
+    pub fn fold_into(name: &str, out: &mut String) {
+        let start = out.len();
+        out.push_str(name);
+        out[start..].make_ascii_lowercase();
+    }
+
+    /// How the keys of two names compare, without making either.
+    pub fn cmp_folded(a: &str, b: &str) -> std::cmp::Ordering {
+        a.bytes()
+            .map(|b| b.to_ascii_lowercase())
+            .cmp(b.bytes().map(|b| b.to_ascii_lowercase()))
+    }
+
     /// A key already in folded form, as read back from the store.
     pub fn from_folded(folded: String) -> Key {
         debug_assert!(!folded.bytes().any(|b| b.is_ascii_uppercase()));

@@ -28,19 +28,28 @@ pub(crate) fn conversation_key(conv: &Conversation) -> Option<String> {
     }
 }
 
+/// `"a b"` with `a <= b`, from two names or keys, folded as it is written: one string, no
+/// intermediate key per name (this runs once for every direct message the store writes).
 fn pair_key(a: &str, b: &str) -> String {
-    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
-    format!("{lo} {hi}")
+    let (lo, hi) = if Key::cmp_folded(a, b).is_le() {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    let mut key = String::with_capacity(lo.len() + 1 + hi.len());
+    Key::fold_into(lo, &mut key);
+    key.push(' ');
+    Key::fold_into(hi, &mut key);
+    key
 }
 
-/// Every conversation key a message is indexed under, without duplicates. Names are turned into
+/// Every conversation key a message is indexed under, without duplicates. Names are folded into
 /// account keys here, since records carry names as registered.
 pub(crate) fn message_conversation_keys(msg: &MessageRecord) -> Vec<String> {
-    let from = key_of(&msg.from);
     match &msg.to {
-        To::User(r) => vec![pair_key(&from, &key_of(r))],
+        To::User(r) => vec![pair_key(&msg.from, r)],
         To::Group(rs) => {
-            let mut keys: Vec<String> = rs.iter().map(|r| pair_key(&from, &key_of(r))).collect();
+            let mut keys: Vec<String> = rs.iter().map(|r| pair_key(&msg.from, r)).collect();
             keys.sort();
             keys.dedup();
             keys
@@ -61,6 +70,11 @@ mod tests {
         assert_eq!(pair("bob", "alice"), "alice bob");
         assert_eq!(pair("alice", "bob"), "alice bob");
         assert_eq!(pair("al", "al"), "al al");
+        // A name is folded before the two are ordered: "Bob" sorts as "bob", after "alice".
+        assert_eq!(pair_key("Bob", "alice"), "alice bob");
+        assert_eq!(pair_key("bob", "ALICE"), "alice bob");
+        assert_eq!(pair_key("ab", "A"), "a ab");
+        assert_eq!(pair_key("B", "a_"), "a_ b");
         assert_eq!(
             conversation_key(&Conversation::Broadcast).as_deref(),
             Some("*")

@@ -66,30 +66,37 @@ pub(crate) fn decode_account(bytes: &[u8]) -> Result<AccountRecord, Damage> {
 }
 
 pub(crate) fn encode_message(msg: &MessageRecord) -> Vec<u8> {
-    let mut out = Vec::with_capacity(message_size_bound(msg));
+    let mut out = Vec::new();
+    encode_message_into(msg, &mut out);
+    out
+}
+
+/// [`encode_message`] into `out`, replacing what it held (a buffer reused message after message).
+pub(crate) fn encode_message_into(msg: &MessageRecord, out: &mut Vec<u8>) {
+    out.clear();
+    out.reserve(message_size_bound(msg));
     out.push(FORMAT_V1);
     out.extend_from_slice(&msg.time_ms.to_le_bytes());
-    put_str(&mut out, &msg.from);
+    put_str(out, &msg.from);
     match &msg.to {
         To::User(name) => {
             out.push(TO_USER);
-            put_str(&mut out, name);
+            put_str(out, name);
         }
         To::Group(names) => {
             out.push(TO_GROUP);
-            put_len(&mut out, names.len());
+            put_len(out, names.len());
             for name in names {
-                put_str(&mut out, name);
+                put_str(out, name);
             }
         }
         To::All => out.push(TO_ALL),
         To::Room(name) => {
             out.push(TO_ROOM);
-            put_str(&mut out, name);
+            put_str(out, name);
         }
     }
-    put_str(&mut out, &msg.text);
-    out
+    put_str(out, &msg.text);
 }
 
 /// The most bytes [`encode_message`] writes for `msg`, so that its buffer is allocated once: the

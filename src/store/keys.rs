@@ -31,16 +31,35 @@ pub(crate) fn conversation_key(conv: &Conversation) -> Option<String> {
 /// `"a b"` with `a <= b`, from two names or keys, folded as it is written: one string, no
 /// intermediate key per name (this runs once for every direct message the store writes).
 fn pair_key(a: &str, b: &str) -> String {
+    let mut key = String::with_capacity(a.len() + 1 + b.len());
+    pair_key_into(a, b, &mut key);
+    key
+}
+
+/// [`pair_key`] appended to `out`.
+fn pair_key_into(a: &str, b: &str, out: &mut String) {
     let (lo, hi) = if Key::cmp_folded(a, b).is_le() {
         (a, b)
     } else {
         (b, a)
     };
-    let mut key = String::with_capacity(lo.len() + 1 + hi.len());
-    Key::fold_into(lo, &mut key);
-    key.push(' ');
-    Key::fold_into(hi, &mut key);
-    key
+    Key::fold_into(lo, out);
+    out.push(' ');
+    Key::fold_into(hi, out);
+}
+
+/// The one conversation key of a MSG or an ALL, written into `out` (replacing what it held);
+/// false, with `out` left empty, for a GROUP or a room message, which
+/// [`message_conversation_keys`] answers. The store writes a direct message's index entry from a
+/// buffer it reuses this way.
+pub(crate) fn single_conversation_key(msg: &MessageRecord, out: &mut String) -> bool {
+    out.clear();
+    match &msg.to {
+        To::User(r) => pair_key_into(&msg.from, r, out),
+        To::All => out.push_str(BROADCAST_KEY),
+        To::Group(_) | To::Room(_) => return false,
+    }
+    true
 }
 
 /// Every conversation key a message is indexed under, without duplicates. Names are folded into
@@ -104,6 +123,17 @@ mod tests {
             ["alice carol", "carol carol", "carol dave"]
         );
         assert_eq!(message_conversation_keys(&msg(To::All)), ["*"]);
+        // The single key, where there is one, is the same, whatever the buffer held before.
+        let mut buf = String::from("left over");
+        for to in [To::User("ALICE".into()), To::User("carol".into()), To::All] {
+            let m = msg(to);
+            assert!(single_conversation_key(&m, &mut buf));
+            assert_eq!([buf.clone()], message_conversation_keys(&m).as_slice());
+        }
+        for to in [To::Group(vec!["dave".into()]), To::Room("#r".into())] {
+            assert!(!single_conversation_key(&msg(to), &mut buf));
+            assert!(buf.is_empty());
+        }
         assert!(message_conversation_keys(&msg(To::Room("#r".into()))).is_empty());
     }
 }

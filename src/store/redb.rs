@@ -61,7 +61,7 @@ use redb::{
 
 use super::codec;
 use super::contain::contain;
-use super::keys::{conversation_key, key_of, message_conversation_keys};
+use super::keys::{conversation_key, key_of, message_conversation_keys, single_conversation_key};
 use super::page::page;
 use super::{
     Conversation, Cursor, Damage, FriendState, HistoryPage, MessageRecord, MsgId, Profile, ReadOp,
@@ -702,6 +702,10 @@ struct Tables<'txn> {
     meta: Table<'txn, &'static str, u64>,
     /// Whether any op of the batch wrote something.
     dirty: bool,
+    /// A message record being encoded, and its conversation key: buffers the batch reuses, so
+    /// that appending a message allocates nothing of its own on this thread.
+    record: Vec<u8>,
+    conversation: String,
 }
 
 impl<'txn> Tables<'txn> {
@@ -726,6 +730,8 @@ impl<'txn> Tables<'txn> {
             retired: txn.open_table(RETIRED)?,
             meta: txn.open_table(META)?,
             dirty: false,
+            record: Vec::new(),
+            conversation: String::new(),
         })
     }
 
@@ -869,10 +875,15 @@ impl<'txn> Tables<'txn> {
                 Ok(StoreReply::Done)
             }
             StoreOp::AppendMessage { msg, pending_for } => {
-                self.messages
-                    .insert(msg.id, codec::encode_message(msg).as_slice())?;
-                for conv in message_conversation_keys(msg) {
-                    self.conversations.insert((conv.as_bytes(), msg.id), ())?;
+                codec::encode_message_into(msg, &mut self.record);
+                self.messages.insert(msg.id, self.record.as_slice())?;
+                if single_conversation_key(msg, &mut self.conversation) {
+                    self.conversations
+                        .insert((self.conversation.as_bytes(), msg.id), ())?;
+                } else {
+                    for conv in message_conversation_keys(msg) {
+                        self.conversations.insert((conv.as_bytes(), msg.id), ())?;
+                    }
                 }
                 for user in pending_for {
                     self.pending.insert((user.as_str(), msg.id), ())?;
@@ -916,8 +927,8 @@ impl<'txn> Tables<'txn> {
                 Ok(StoreReply::Done)
             }
             StoreOp::AppendRoomMessage { msg, room, seq } => {
-                self.messages
-                    .insert(msg.id, codec::encode_message(msg).as_slice())?;
+                codec::encode_message_into(msg, &mut self.record);
+                self.messages.insert(msg.id, self.record.as_slice())?;
                 self.room_log.insert((*room, msg.id), *seq)?;
                 self.dirty = true;
                 Ok(StoreReply::Done)

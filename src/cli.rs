@@ -192,6 +192,11 @@ pub struct Args {
     #[argh(option, default = "1")]
     pub cluster_replicas: usize,
 
+    /// send no message to its recipients before it is committed to disk (default: a server alone
+    /// delivers a message as it accepts it, and acknowledges it once committed; manual 6.1)
+    #[argh(switch)]
+    pub deliver_after_commit: bool,
+
     /// log level: off, error, warn, info, debug or trace (default info)
     #[argh(option, default = "LevelFilter::Info")]
     pub log_level: LevelFilter,
@@ -424,6 +429,7 @@ const ENV_OPTIONS: &[(&str, Form)] = &[
     ("log-file", Form::Value),
     ("cluster", Form::Value),
     ("cluster-replicas", Form::Value),
+    ("deliver-after-commit", Form::Switch),
 ];
 
 /// Options the environment may give a subcommand.
@@ -750,6 +756,7 @@ impl TryFrom<Args> for ServerOptions {
             inbox_share: args.inbox_share,
             friend_requests_per_hour: args.friend_requests_per_hour,
             max_compressed: args.max_compressed,
+            deliver_after_commit: args.deliver_after_commit,
             scrypt_log_n: args.scrypt_log_n,
             max_room_members: args.max_room_members.max(1),
             admins: args.admin,

@@ -236,6 +236,10 @@ pub const MAX_TRACKED_ADDRESSES: usize = 100_000;
 pub const MAX_STORE_BATCH: usize = 1024;
 /// Most store operations queued or in flight before the core stops taking new input.
 pub const MAX_STORE_INFLIGHT: usize = 8192;
+/// Message ids reserved at a time before messages are delivered ahead of their commit (spec 6.1,
+/// 6.2): a new reservation is committed when fewer than half are left, and a crash skips at most
+/// this many ids.
+pub const ID_RESERVE_BLOCK: u64 = 65_536;
 /// After a failed write, how long the store worker waits before it tries again; the wait doubles
 /// with each failure, up to [`STORE_RETRY_MAX`].
 pub const STORE_RETRY_FIRST: Duration = Duration::from_millis(100);

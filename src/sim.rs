@@ -159,6 +159,7 @@ impl Sim {
             entropy: Entropy::Seeded(SEED.wrapping_add(restarts)),
             limits,
             cluster: false,
+            deliver_after_commit: false,
             policy: Policy::default(),
             metrics: Arc::default(),
         }
@@ -194,6 +195,12 @@ impl Sim {
         let mut settings = Sim::settings(&self.hasher, self.restarts, limits);
         settings.policy = policy;
         self.core = Core::new(snapshot, settings);
+    }
+
+    /// Whether messages wait for their commit before they reach their recipients, from now on
+    /// (`--deliver-after-commit`; off again after [`Sim::restart`]).
+    pub fn set_deliver_after_commit(&mut self, on: bool) {
+        self.core.set_deliver_after_commit(on);
     }
 
     /// Changes the server's limits from now on.

@@ -304,6 +304,142 @@ fn a_kill_in_the_middle_of_a_stream_loses_no_acknowledged_message() {
     println!("crash: {unacked_total} messages were committed without their OK being seen");
 }
 
+/// The failure guarded against with delivery ahead of the commit (spec 6.1, 6.2): a message a
+/// recipient saw live is lost in a crash and its id is handed out again to another message, or an
+/// acknowledged message is missing. Three senders stream messages to a recipient who is online
+/// and reads them as they come; the server is killed in the middle. Afterwards the next id is above
+/// every id the recipient saw, every acknowledged message is stored with its id, and every message
+/// the recipient saw is either stored as it was seen or not stored at all.
+#[test]
+fn ids_seen_live_before_a_crash_are_never_handed_out_again() {
+    const ROUNDS: usize = 3;
+    const PER_SENDER: usize = 300;
+    const KILL_AFTER: usize = 150;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("crash.redb");
+    let mut max_seen = 0;
+    let mut lost_total = 0;
+    let mut seen_total = 0;
+
+    for round in 0..ROUNDS {
+        let server = restart(&db, max_seen);
+        let mut watcher = server.connect();
+        if round == 0 {
+            watcher.register("watcher");
+        }
+        watcher.login("watcher");
+        let (seen_tx, seen_rx) = mpsc::channel::<(u64, String, String)>();
+        let watching = std::thread::spawn(move || {
+            while let Some(line) = watcher.next_whole_line() {
+                let m = parse_msg(&line, "MESSAGE");
+                assert_eq!(m.to, "watcher");
+                if seen_tx.send((m.id, m.from, m.text)).is_err() {
+                    break;
+                }
+            }
+        });
+        let (ok_tx, ok_rx) = mpsc::channel::<(usize, u64, usize)>();
+        let mut threads = Vec::new();
+        for i in 0..SENDERS {
+            let mut c = server.connect();
+            if round == 0 {
+                c.register(&sender(i));
+            }
+            c.login(&sender(i));
+            let mut w = c.writer();
+            let writer = std::thread::spawn(move || {
+                use std::io::Write;
+                let mut batch = String::new();
+                for k in 0..PER_SENDER {
+                    batch.push_str(&format!("MSG watcher live {round} {k}\n"));
+                }
+                let _ = w.write_all(batch.as_bytes());
+            });
+            let tx = ok_tx.clone();
+            let reader = std::thread::spawn(move || {
+                let mut k = 0;
+                while let Some(line) = c.next_whole_line() {
+                    let id = parse_ok_id(&line, "MSG");
+                    assert_eq!(line, format!("OK MSG {id} DELIVERED"));
+                    if tx.send((i, id, k)).is_err() {
+                        break;
+                    }
+                    k += 1;
+                }
+            });
+            threads.push((writer, reader));
+        }
+        drop(ok_tx);
+        let mut acks = Vec::new();
+        while acks.len() < KILL_AFTER {
+            acks.push(ok_rx.recv_timeout(TIMEOUT).expect("OKs stopped coming"));
+        }
+        server.crash();
+        for (w, r) in threads {
+            w.join().unwrap();
+            r.join().expect("a sender's reader failed");
+        }
+        watching.join().expect("the recipient's reader failed");
+        acks.extend(ok_rx.try_iter());
+        let seen: Vec<(u64, String, String)> = seen_rx.try_iter().collect();
+        let seen_max = seen.iter().map(|s| s.0).max().unwrap_or(0);
+        let acked_max = acks.iter().map(|a| a.1).max().unwrap_or(0);
+
+        // The server opens the file and will hand out ids past everything anyone saw.
+        let server = restart(&db, max_seen.max(seen_max).max(acked_max));
+        let mut stored: BTreeMap<u64, Stored> = BTreeMap::new();
+        for i in 0..SENDERS {
+            let mut c = server.connect();
+            c.login(&sender(i));
+            let history = whole_history(&mut c, "watcher");
+            for (_, id, k) in acks.iter().filter(|a| a.0 == i) {
+                assert_eq!(
+                    history.get(id).map(|s| &*s.text),
+                    Some(&*format!("live {round} {k}")),
+                    "acknowledged message {id} from s{i} after the crash"
+                );
+            }
+            stored.extend(history);
+        }
+        // What the recipient saw is stored as it was seen, or was lost before its commit.
+        let mut lost = 0;
+        for (id, from, text) in &seen {
+            match stored.get(id) {
+                Some(s) => assert_eq!((&s.from, &s.text), (from, text), "message {id}"),
+                None => {
+                    assert!(
+                        !acks.iter().any(|a| a.1 == *id),
+                        "message {id} was acknowledged and is missing"
+                    );
+                    lost += 1;
+                }
+            }
+        }
+        lost_total += lost;
+        seen_total += seen.len();
+        max_seen = max_seen
+            .max(seen_max)
+            .max(stored.keys().max().copied().unwrap_or(0));
+        // A new message gets an id past everything seen before the crash.
+        let mut c = server.connect();
+        c.login(&sender(0));
+        let id = c.msg(&sender(1), "after the crash");
+        assert!(
+            id > max_seen,
+            "id {id} after the crash; {max_seen} was seen"
+        );
+        max_seen = id;
+        println!(
+            "crash round {round}: killed after {} OKs; the recipient saw {} messages, {lost} of \
+             them not committed",
+            acks.len(),
+            seen.len()
+        );
+        server.crash();
+    }
+    println!("crash: {seen_total} messages seen live, {lost_total} lost before their commit");
+}
+
 /// The room failure: a room message that was acknowledged (`OK MSG <id> DELIVERED <n>`) is missing
 /// from the room after a crash, or comes back with another id; a membership whose JOIN or PART was
 /// acknowledged is not what it said after the crash; or the unread count a member is told at login

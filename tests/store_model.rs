@@ -286,6 +286,12 @@ impl Generator {
         if self.rng.chance(30) {
             return self.room_op();
         }
+        if self.rng.chance(1) {
+            // Raised or set back (a clean stop sets it to the next id), as the core does.
+            return StoreOp::ReserveIds {
+                below: self.next_id + self.rng.below(100),
+            };
+        }
         match self.rng.below(130) {
             100.. => self.account_op(),
             0..=7 => {

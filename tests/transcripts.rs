@@ -8,7 +8,8 @@
 //! - `a: connect-irc`: connects an IRC client (its lines go through the IRC front end, spec/IRC.md);
 //! - `a: connect`, `a: disconnect`, `a: shutdown` (the whole server), `a: advance MS` (the clock);
 //! - `a: restart`: the server stops as in a crash (jobs still queued are lost, every connection is
-//!   gone) and starts again on what it committed;
+//!   gone) and starts again on what it committed; message ids go on above its reservation (spec
+//!   6.2);
 //! - `a: tick MS`: the clock moves MS forward and the server looks at it (idle connections);
 //! - `a: connect-from IP`: connects from that address, which the limits per address count;
 //! - `server: set LIMIT N`: changes one of the server's limits (`msgs-per-minute`,
@@ -16,6 +17,7 @@
 //!   `registrations-per-hour`; 0 lifts it), so that a transcript can show one rule at a time;
 //! - `server: admin NAME`: the account NAME is one of the server's admins from now on;
 //!   `server: registration closed` (or `open`): whether REGISTER is refused;
+//!   `server: deliver-after-commit`: no message reaches a recipient before its commit from now on;
 //! - `a> LINE`: client `a` sends LINE. In LINE, `{x*N}` stands for N copies of `x`, and `\xHH`
 //!   for one raw byte;
 //! - `a: raw TEXT`: sends TEXT with the same escapes and no LF added (`\n` for a newline);
@@ -228,6 +230,7 @@ fn run(script: &str) -> String {
                     p.admins.insert(chatd::proto::name::Key::of(arg));
                 }),
                 "registration" => sim.set_policy(|p| p.registration_closed = arg == "closed"),
+                "deliver-after-commit" => sim.set_deliver_after_commit(true),
                 "raw" => sim.send_bytes(who, &expand(arg)),
                 "bad-deflate" => sim.bad_deflate(who),
                 "compressed?" => {

@@ -1,13 +1,19 @@
-//! MSG, GROUP and ALL: a message is committed to the log, then delivered, then acknowledged. A
-//! MSG to a room is one record in the log and one entry in the room's index, however many members
-//! the room has; offline members read it later (HISTORY, and the unread counts at LOGIN).
+//! MSG, GROUP and ALL: a message is delivered as it is accepted, then committed to the log, then
+//! acknowledged (spec 6.1). A MSG to a room is one record in the log and one entry in the room's
+//! index, however many members the room has; offline members read it later (HISTORY, and the
+//! unread counts at LOGIN).
 //!
 //! Whether a recipient is online is decided when the command runs: an offline recipient gets the
 //! message through the backlog at its next login (its backlog entry is written in the same commit),
-//! an online one gets it live when the commit finishes. A recipient that was online when the
-//! message was sent but has no connection left by the time the commit finishes gets it added to
-//! its backlog then, in a second commit; the OK, which then says KEPT for it, waits for that commit,
-//! so every OK follows the commit that makes it true.
+//! an online one gets it live at once. The OK follows the commit, so it always means the message
+//! is durable; a message delivered before its commit has an id under a reservation the store has
+//! already committed ([`Core::early`]), so a crash never gives its id to another message.
+//!
+//! With `--deliver-after-commit`, in a cluster (whose log gives the ids), and before the first
+//! reservation is committed, a message is delivered when its commit finishes instead. A recipient
+//! that was online when the message was sent but has no connection left by then gets it added to
+//! its backlog, in a second commit; the OK, which then says KEPT for it, waits for that commit, so
+//! every OK follows the commit that makes it true.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,7 +21,7 @@ use std::sync::Arc;
 use super::out::{self, Out};
 use super::quota::stored_bytes;
 use super::{fan_out, recipient, Core, Req};
-use crate::config::MAX_PENDING_PER_ACCOUNT;
+use crate::config::{ID_RESERVE_BLOCK, MAX_PENDING_PER_ACCOUNT};
 use crate::metrics::MessageKind;
 use crate::outbox::Chunk;
 use crate::proto::code::Code;
@@ -35,6 +41,15 @@ struct Addressees {
     elsewhere: usize,
     /// All of them, in the sender's order.
     recipients: Vec<Key>,
+}
+
+/// What delivering a message did, for its OK.
+enum Reached {
+    /// ALL: the users it went to, here and on other nodes of a cluster.
+    All { users: usize },
+    /// MSG and GROUP: the recipients online when it was sent that had no connection left when it
+    /// was delivered.
+    Direct { late: Vec<Key> },
 }
 
 /// A message waiting for its commit.
@@ -197,6 +212,12 @@ impl Core {
             *m
         });
         let line = message_line(id, &record);
+        // Delivered at once when it may be (`early`): the members online now whose membership
+        // began before it; the OK waits for the commit and says how many that was.
+        let early = self
+            .early(id)
+            .then(|| self.deliver_to_room(room_id, id, &sender, &line, req.conn));
+        self.held_for_commit += usize::from(early.is_none());
         // In a cluster the store gives the id (the log's sequence; `StoreReply::Appended`), and
         // the line is encoded again with it; on one server the id stands and nothing is copied.
         let cell = self.settings.cluster.then(|| Arc::new(AtomicU64::new(id)));
@@ -210,6 +231,7 @@ impl Core {
         let member_key = sender.as_str().to_owned();
         let final_cell = cell.clone();
         let finish = move |core: &mut Core, reply: StoreReply| {
+            core.held_for_commit -= usize::from(early.is_none());
             if reply == StoreReply::Taken {
                 // In a cluster: the room is not in the log (another node deleted it meanwhile, or
                 // it was this node's creation, which lost its name: rooms.rs); nothing was stored.
@@ -228,7 +250,10 @@ impl Core {
                 _ => (id, line),
             };
             core.settings.metrics.message(MessageKind::Room);
-            let delivered = core.deliver_to_room(room_id, id, &sender, &line, req.conn);
+            let delivered = match early {
+                Some(delivered) => delivered,
+                None => core.deliver_to_room(room_id, id, &sender, &line, req.conn),
+            };
             let mut out = Out::new();
             out.ok(&req, OkReply::RoomMsg { id, delivered });
             core.finish(req, out);
@@ -377,24 +402,53 @@ impl Core {
             elsewhere,
             recipients,
         };
+        let early = self.early(id).then(|| self.deliver(&req, &sent));
+        self.held_for_commit += usize::from(early.is_none());
         self.reserve(&mut req);
-        self.store(op, move |core, reply| core.message_stored(req, sent, reply));
+        self.store(op, move |core, reply| match early {
+            Some(reached) => core.acknowledge(req, sent, reached),
+            None => core.message_stored(req, sent, reply),
+        });
     }
 
+    /// Whether message `id` may go to its recipients before its commit (spec 6.1): on one
+    /// server, unless the operator asked otherwise (`--deliver-after-commit`), and only under a
+    /// reservation of ids the store has committed, so that a crash before the message's own
+    /// commit never gives its id, which someone may have seen, to another message (spec 6.2).
+    /// Asks for the next reservation while half of the current one is left. Not while a message
+    /// waits for its commit to be delivered: this one would overtake it.
+    pub(super) fn early(&mut self, id: MsgId) -> bool {
+        if self.settings.cluster || self.settings.deliver_after_commit {
+            return false;
+        }
+        if self.ids_reserving < self.next_id.saturating_add(ID_RESERVE_BLOCK / 2) {
+            let below = self.next_id.saturating_add(ID_RESERVE_BLOCK);
+            self.ids_reserving = below;
+            self.store(StoreOp::ReserveIds { below }, move |core, _| {
+                core.ids_shown_below = core.ids_shown_below.max(below);
+            });
+        }
+        id < self.ids_shown_below && self.held_for_commit == 0
+    }
+
+    /// A message delivered at its commit: delivered, then acknowledged.
     fn message_stored(&mut self, req: Req, mut sent: Sent, reply: StoreReply) {
+        self.held_for_commit -= 1;
         if let (StoreReply::Appended(real), Some(record)) = (&reply, &sent.copy) {
             self.next_id = self.next_id.max(real + 1);
             sent.id = *real;
             sent.line = message_line(*real, record);
         }
-        let (id, chunk) = (sent.id, &sent.line);
-        let mut out = Out::new();
+        let reached = self.deliver(&req, &sent);
+        self.acknowledge(req, sent, reached);
+    }
+
+    /// Queues the message on its recipients' connections: for ALL every other online account
+    /// that does not block the sender, for MSG and GROUP the recipients that were online when it
+    /// was sent. The sender's own connection gets its copy after the OK ([`Core::acknowledge`]).
+    fn deliver(&mut self, req: &Req, sent: &Sent) -> Reached {
+        let chunk = &sent.line;
         let metrics = self.settings.metrics.clone();
-        metrics.message(match req.verb {
-            Some(Verb::All) => MessageKind::Broadcast,
-            Some(Verb::Group) => MessageKind::Group,
-            _ => MessageKind::Direct,
-        });
         if req.verb == Some(Verb::All) {
             // Everyone online but the sender and the accounts that block it.
             let blockers = self
@@ -426,22 +480,8 @@ impl Core {
                 None,
             );
             metrics.deliveries.add(reached as u64);
-            out.ok(
-                &req,
-                OkReply::All {
-                    id,
-                    delivered: users as u64,
-                },
-            );
-            return self.finish(req, out);
+            return Reached::All { users };
         }
-        // The sender's own connection, when it is a recipient (MSG to yourself, a GROUP naming
-        // you), gets its copy after the OK: a command's reply comes first (spec 6.4).
-        let own_copy = self
-            .conns
-            .get(&req.conn)
-            .and_then(|c| c.key())
-            .is_some_and(|k| sent.online.contains(k));
         let mut late = Vec::new();
         for key in &sent.online {
             let reached = fan_out(
@@ -457,6 +497,40 @@ impl Core {
                 late.push(key.clone());
             }
         }
+        Reached::Direct { late }
+    }
+
+    /// The OK of a committed message, saying what its delivery did; then the sender's own copy
+    /// and the away notices. A recipient that had left by the delivery has the message kept, and
+    /// the OK waits for that commit too.
+    fn acknowledge(&mut self, req: Req, sent: Sent, reached: Reached) {
+        let (id, chunk) = (sent.id, &sent.line);
+        let mut out = Out::new();
+        self.settings.metrics.message(match req.verb {
+            Some(Verb::All) => MessageKind::Broadcast,
+            Some(Verb::Group) => MessageKind::Group,
+            _ => MessageKind::Direct,
+        });
+        let late = match reached {
+            Reached::All { users } => {
+                out.ok(
+                    &req,
+                    OkReply::All {
+                        id,
+                        delivered: users as u64,
+                    },
+                );
+                return self.finish(req, out);
+            }
+            Reached::Direct { late } => late,
+        };
+        // The sender's own connection, when it is a recipient (MSG to yourself, a GROUP naming
+        // you), gets its copy after the OK: a command's reply comes first (spec 6.4).
+        let own_copy = self
+            .conns
+            .get(&req.conn)
+            .and_then(|c| c.key())
+            .is_some_and(|k| sent.online.contains(k));
         // The OK says what happened once the message was committed: a recipient that left
         // meanwhile has it kept, not delivered.
         let kept = sent.kept - sent.elsewhere + late.len();

@@ -313,6 +313,10 @@ pub struct Settings {
     pub policy: Policy,
     /// Where the core writes its figures (read by STATS and by the metrics endpoint).
     pub metrics: Arc<Metrics>,
+    /// No message goes to a recipient before its commit (`--deliver-after-commit`); by default
+    /// a server alone delivers a message as it accepts it and acknowledges it after its commit
+    /// (spec 6.1).
+    pub deliver_after_commit: bool,
 }
 
 /// The operator's policy: the admin accounts and whether anyone may register.
@@ -336,6 +340,7 @@ impl Default for Settings {
             policy: Policy::default(),
             metrics: Arc::default(),
             cluster: false,
+            deliver_after_commit: false,
         }
     }
 }
@@ -582,6 +587,14 @@ pub struct Core {
     join_holds: HashMap<ConnId, u32>,
     next_room_id: RoomId,
     next_id: MsgId,
+    /// Ids below this may be shown before their commit: the store has committed a reservation
+    /// up to it (`StoreOp::ReserveIds`; spec 6.2). 0 until the first one is committed.
+    ids_shown_below: MsgId,
+    /// The reservation last asked of the store, committed or not.
+    ids_reserving: MsgId,
+    /// Messages waiting for their commit to be delivered; while there are any, no message is
+    /// delivered ahead of its commit, so that one sender's messages arrive in order (spec 6.4).
+    held_for_commit: usize,
     next_ticket: Ticket,
     waiting: HashMap<Ticket, Then>,
     hashing: usize,
@@ -736,6 +749,9 @@ impl Core {
             join_holds: HashMap::new(),
             next_room_id: snapshot.next_room_id.max(1),
             next_id: snapshot.next_id.max(1),
+            ids_shown_below: 0,
+            ids_reserving: 0,
+            held_for_commit: 0,
             next_ticket: 1,
             waiting: HashMap::new(),
             hashing: 0,
@@ -881,6 +897,11 @@ impl Core {
     /// what an account has already used).
     pub fn set_limits(&mut self, limits: Limits) {
         self.settings.limits = limits;
+    }
+
+    /// Whether messages wait for their commit before they go to their recipients (from now on).
+    pub fn set_deliver_after_commit(&mut self, on: bool) {
+        self.settings.deliver_after_commit = on;
     }
 
     /// The policy in force: the admins, and whether registration is open.
@@ -1371,6 +1392,13 @@ impl Core {
             let online: Vec<Key> = self.online.iter().cloned().collect();
             for key in &online {
                 self.saw(key, true);
+            }
+            // Every id handed out is in a message committed before this (writes commit in
+            // order), so the next start may go on from the last one instead of skipping the rest
+            // of the reservation. After a failure, the reservation stands.
+            if self.ids_reserving > 0 && !self.store_failing {
+                let below = self.next_id;
+                self.store(StoreOp::ReserveIds { below }, |_, _| {});
             }
         }
         self.shutting_down = true;

@@ -5,7 +5,7 @@
 //! for every connection that receives it. These two are the only places the core encodes, so a front
 //! end that speaks another protocol renders the same values here.
 
-use std::io::Write;
+use std::fmt::{self, Write};
 use std::sync::Arc;
 
 use super::Req;
@@ -24,8 +24,12 @@ impl Out {
 
     /// Appends one line.
     pub(super) fn line(&mut self, line: &ServerLine<'_>) {
+        if self.0.is_empty() {
+            self.0.reserve(FIRST_LINE_CAPACITY);
+        }
         // Writing to a Vec cannot fail.
-        let _ = writeln!(self.0, "{line}");
+        let _ = write!(Utf8Sink(&mut self.0), "{line}");
+        self.0.push(b'\n');
     }
 
     /// Appends the final `OK` of `req`, with its label.
@@ -44,6 +48,21 @@ impl Out {
     /// The encoded bytes.
     pub(super) fn into_bytes(self) -> Vec<u8> {
         self.0
+    }
+}
+
+/// Bytes reserved for an answer's first line: an `OK` with an id and a word fits (grown from
+/// empty, the `OK` of every MSG was reallocated twice).
+const FIRST_LINE_CAPACITY: usize = 48;
+
+/// A line's text appended to bytes: `fmt::Write` straight onto the vector, without the error
+/// bookkeeping of `io::Write`'s adapter.
+struct Utf8Sink<'a>(&'a mut Vec<u8>);
+
+impl fmt::Write for Utf8Sink<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
     }
 }
 

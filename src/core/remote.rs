@@ -405,7 +405,8 @@ impl Core {
             | StoreOp::DirectRead { .. }
             | StoreOp::FirstUnread { .. }
             | StoreOp::RoomSeq { .. }
-            | StoreOp::RoomReplay { .. } => {
+            | StoreOp::RoomReplay { .. }
+            | StoreOp::ReserveIds { .. } => {
                 log::debug!("cluster: an op of another node is in the index only: {op:?}");
             }
         }

@@ -94,6 +94,8 @@ pub struct ServerOptions {
     pub friend_requests_per_hour: u64,
     /// Connections that may be compressed at once (COMPRESS). 0: compression is off.
     pub max_compressed: usize,
+    /// No message goes to its recipients before its commit (see `core::Settings`).
+    pub deliver_after_commit: bool,
     /// scrypt cost of new password hashes, as log2(N).
     pub scrypt_log_n: u8,
     /// Most members of one room; JOIN beyond it gets `ROOM_FULL`.

@@ -184,6 +184,7 @@ pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), Server
         version: env!("CARGO_PKG_VERSION"),
         entropy: Entropy::Os,
         cluster: opts.cluster.is_some(),
+        deliver_after_commit: opts.deliver_after_commit,
         limits: Limits {
             idle_timeout_ms: i64::try_from(opts.idle_timeout.as_millis()).unwrap_or(i64::MAX),
             hash_per_address: opts.hash_per_address,

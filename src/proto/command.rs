@@ -841,12 +841,20 @@ struct Tokens<'a>(&'a str);
 
 impl<'a> Tokens<'a> {
     fn next(&mut self) -> Option<&'a str> {
-        let s = self.0.trim_start_matches(' ');
+        // Spaces are searched for as bytes (a space is never part of a longer UTF-8 sequence, so
+        // the positions found are character boundaries): cheaper than a `char` pattern, and every
+        // word of every command passes here.
+        let start = self
+            .0
+            .bytes()
+            .position(|b| b != b' ')
+            .unwrap_or(self.0.len());
+        let s = &self.0[start..];
         if s.is_empty() {
             self.0 = s;
             return None;
         }
-        let end = s.find(' ').unwrap_or(s.len());
+        let end = s.bytes().position(|b| b == b' ').unwrap_or(s.len());
         self.0 = &s[end..];
         Some(&s[..end])
     }

@@ -329,6 +329,19 @@ impl Intake {
 /// True when `line` is a `COMPRESS` command (any arguments, any label): the reader of a
 /// connection must know its answer before it reads the bytes after it.
 pub fn is_compress_line(line: &[u8]) -> bool {
+    // Every line read passes here. Most are not COMPRESS, which their command word (the first
+    // word, or the second after a label; words are split at spaces as `split_head` splits them)
+    // tells without checking the whole line's UTF-8 or parsing its head.
+    let mut words = line.split(|&b| b == b' ').filter(|w| !w.is_empty());
+    let verb = match words.next() {
+        Some(label) if label.starts_with(b"@") => words.next(),
+        first => first,
+    };
+    if !verb
+        .is_some_and(|v| v.eq_ignore_ascii_case(super::command::Verb::Compress.name().as_bytes()))
+    {
+        return false;
+    }
     let Ok(text) = std::str::from_utf8(line) else {
         return false;
     };
@@ -481,5 +494,10 @@ mod tests {
         assert!(!is_compress_line(b"MSG bob COMPRESS DEFLATE"));
         assert!(!is_compress_line(b"COMPRESSX"));
         assert!(!is_compress_line(b"\xffCOMPRESS"));
+        assert!(!is_compress_line(b"COMPRESS DEFLATE \xff"));
+        assert!(!is_compress_line(b"@x"));
+        assert!(!is_compress_line(b""));
+        assert!(!is_compress_line(b"@x MSG bob hi"));
+        assert!(!is_compress_line(b"@a,b COMPRESS DEFLATE"));
     }
 }

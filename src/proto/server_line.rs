@@ -1785,14 +1785,37 @@ impl fmt::Display for Recipient<'_> {
 }
 
 impl fmt::Display for MessageLine<'_> {
+    /// `<id> <time> <from> <to> <text>`, written piece by piece: every message is encoded here,
+    /// and `write!` with five arguments cost twice as much.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut time = String::with_capacity(24);
-        write_timestamp(&mut time, self.time_ms);
-        write!(
-            f,
-            "{} {} {} {} {}",
-            self.id, time, self.from, self.to, self.text
-        )
+        write_decimal(f, self.id)?;
+        f.write_char(' ')?;
+        write_timestamp(f, self.time_ms);
+        f.write_char(' ')?;
+        f.write_str(self.from)?;
+        f.write_char(' ')?;
+        fmt::Display::fmt(&self.to, f)?;
+        f.write_char(' ')?;
+        f.write_str(self.text)
+    }
+}
+
+/// Writes `v` in decimal, as `{v}` would, without the formatting machinery's padding logic (ids
+/// in the lines every message causes).
+fn write_decimal(f: &mut fmt::Formatter<'_>, mut v: u64) -> fmt::Result {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    match std::str::from_utf8(&digits[start..]) {
+        Ok(text) => f.write_str(text),
+        Err(_) => Err(fmt::Error),
     }
 }
 
@@ -1807,7 +1830,11 @@ fn tail(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
 
 fn label_prefix(f: &mut fmt::Formatter<'_>, label: Option<&str>) -> fmt::Result {
     match label {
-        Some(l) => write!(f, "@{l} "),
+        Some(l) => {
+            f.write_char('@')?;
+            f.write_str(l)?;
+            f.write_char(' ')
+        }
         None => Ok(()),
     }
 }
@@ -1857,7 +1884,12 @@ impl fmt::Display for OkReply<'_> {
                 tail(f, away)
             }
             OkReply::Logout | OkReply::Quit | OkReply::Help | OkReply::Ping => Ok(()),
-            OkReply::Msg { id, delivery } => write!(f, " {id} {}", delivery.as_str()),
+            OkReply::Msg { id, delivery } => {
+                f.write_char(' ')?;
+                write_decimal(f, *id)?;
+                f.write_char(' ')?;
+                f.write_str(delivery.as_str())
+            }
             OkReply::Group {
                 id,
                 delivered,
@@ -1984,7 +2016,7 @@ impl fmt::Display for ServerLine<'_> {
             ServerLine::Ok { label, reply } => {
                 f.write_str("OK ")?;
                 label_prefix(f, *label)?;
-                write!(f, "{reply}")
+                fmt::Display::fmt(reply, f)
             }
             ServerLine::Fail {
                 label,
@@ -2010,8 +2042,14 @@ impl fmt::Display for ServerLine<'_> {
                 write!(f, "HELLO {software} {version}")?;
                 tail(f, text)
             }
-            ServerLine::Message(m) => write!(f, "MESSAGE {m}"),
-            ServerLine::History(m) => write!(f, "HISTORY {m}"),
+            ServerLine::Message(m) => {
+                f.write_str("MESSAGE ")?;
+                fmt::Display::fmt(m, f)
+            }
+            ServerLine::History(m) => {
+                f.write_str("HISTORY ")?;
+                fmt::Display::fmt(m, f)
+            }
             ServerLine::BacklogEnd { count } => write!(f, "BACKLOG-END {count}"),
             ServerLine::Presence { name, presence } => {
                 write!(f, "PRESENCE {name} {}", presence.as_str())

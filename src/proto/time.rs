@@ -2,8 +2,9 @@
 
 use std::fmt::Write;
 
-/// Appends the timestamp of `ms` (milliseconds since the Unix epoch) to `out`.
-pub fn write_timestamp(out: &mut String, ms: i64) {
+/// Appends the timestamp of `ms` (milliseconds since the Unix epoch) to `out` (a string, or a
+/// line being formatted).
+pub fn write_timestamp<W: Write + ?Sized>(out: &mut W, ms: i64) {
     let secs = ms.div_euclid(1000);
     let millis = ms.rem_euclid(1000);
     let days = secs.div_euclid(86_400);
@@ -20,8 +21,11 @@ pub fn write_timestamp(out: &mut String, ms: i64) {
         put_digits(&mut b[14..16], ((sod / 60) % 60) as u32);
         put_digits(&mut b[17..19], (sod % 60) as u32);
         put_digits(&mut b[20..23], millis as u32);
-        b.iter().for_each(|&c| out.push(char::from(c)));
-        return;
+        // Digits and separators only: always UTF-8.
+        if let Ok(text) = std::str::from_utf8(&b) {
+            let _ = out.write_str(text);
+            return;
+        }
     }
     let _ = write!(
         out,

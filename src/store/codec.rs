@@ -66,30 +66,49 @@ pub(crate) fn decode_account(bytes: &[u8]) -> Result<AccountRecord, Damage> {
 }
 
 pub(crate) fn encode_message(msg: &MessageRecord) -> Vec<u8> {
-    let mut out = Vec::with_capacity(16 + msg.from.len() + msg.text.len());
+    let mut out = Vec::new();
+    encode_message_into(msg, &mut out);
+    out
+}
+
+/// [`encode_message`] into `out`, replacing what it held (a buffer reused message after message).
+pub(crate) fn encode_message_into(msg: &MessageRecord, out: &mut Vec<u8>) {
+    out.clear();
+    out.reserve(message_size_bound(msg));
     out.push(FORMAT_V1);
     out.extend_from_slice(&msg.time_ms.to_le_bytes());
-    put_str(&mut out, &msg.from);
+    put_str(out, &msg.from);
     match &msg.to {
         To::User(name) => {
             out.push(TO_USER);
-            put_str(&mut out, name);
+            put_str(out, name);
         }
         To::Group(names) => {
             out.push(TO_GROUP);
-            put_len(&mut out, names.len());
+            put_len(out, names.len());
             for name in names {
-                put_str(&mut out, name);
+                put_str(out, name);
             }
         }
         To::All => out.push(TO_ALL),
         To::Room(name) => {
             out.push(TO_ROOM);
-            put_str(&mut out, name);
+            put_str(out, name);
         }
     }
-    put_str(&mut out, &msg.text);
-    out
+    put_str(out, &msg.text);
+}
+
+/// The most bytes [`encode_message`] writes for `msg`, so that its buffer is allocated once: the
+/// version and the time, the recipient's tag, and each string with the longest length prefix.
+fn message_size_bound(msg: &MessageRecord) -> usize {
+    const LEN_MAX: usize = 10;
+    let to = match &msg.to {
+        To::User(name) | To::Room(name) => LEN_MAX + name.len(),
+        To::Group(names) => LEN_MAX + names.iter().map(|n| LEN_MAX + n.len()).sum::<usize>(),
+        To::All => 0,
+    };
+    1 + 8 + LEN_MAX + msg.from.len() + 1 + to + LEN_MAX + msg.text.len()
 }
 
 pub(crate) fn decode_message(id: MsgId, bytes: &[u8]) -> Result<MessageRecord, Damage> {
@@ -527,6 +546,7 @@ mod tests {
         for m in sample_messages() {
             let bytes = encode_message(&m);
             assert_eq!(bytes[0], 1, "format version first");
+            assert!(bytes.len() <= message_size_bound(&m), "allocated once");
             assert_eq!(decode_message(m.id, &bytes).unwrap(), m);
         }
         for a in sample_accounts() {
@@ -564,6 +584,7 @@ mod tests {
             ..m
         };
         let bytes = encode_message(&long);
+        assert!(bytes.len() <= message_size_bound(&long));
         assert_eq!(&bytes[12..15], &[2, 0xac, 0x02]);
         assert_eq!(decode_message(9, &bytes).unwrap(), long);
     }

@@ -28,19 +28,47 @@ pub(crate) fn conversation_key(conv: &Conversation) -> Option<String> {
     }
 }
 
+/// `"a b"` with `a <= b`, from two names or keys, folded as it is written: one string, no
+/// intermediate key per name (this runs once for every direct message the store writes).
 fn pair_key(a: &str, b: &str) -> String {
-    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
-    format!("{lo} {hi}")
+    let mut key = String::with_capacity(a.len() + 1 + b.len());
+    pair_key_into(a, b, &mut key);
+    key
 }
 
-/// Every conversation key a message is indexed under, without duplicates. Names are turned into
+/// [`pair_key`] appended to `out`.
+fn pair_key_into(a: &str, b: &str, out: &mut String) {
+    let (lo, hi) = if Key::cmp_folded(a, b).is_le() {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    Key::fold_into(lo, out);
+    out.push(' ');
+    Key::fold_into(hi, out);
+}
+
+/// The one conversation key of a MSG or an ALL, written into `out` (replacing what it held);
+/// false, with `out` left empty, for a GROUP or a room message, which
+/// [`message_conversation_keys`] answers. The store writes a direct message's index entry from a
+/// buffer it reuses this way.
+pub(crate) fn single_conversation_key(msg: &MessageRecord, out: &mut String) -> bool {
+    out.clear();
+    match &msg.to {
+        To::User(r) => pair_key_into(&msg.from, r, out),
+        To::All => out.push_str(BROADCAST_KEY),
+        To::Group(_) | To::Room(_) => return false,
+    }
+    true
+}
+
+/// Every conversation key a message is indexed under, without duplicates. Names are folded into
 /// account keys here, since records carry names as registered.
 pub(crate) fn message_conversation_keys(msg: &MessageRecord) -> Vec<String> {
-    let from = key_of(&msg.from);
     match &msg.to {
-        To::User(r) => vec![pair_key(&from, &key_of(r))],
+        To::User(r) => vec![pair_key(&msg.from, r)],
         To::Group(rs) => {
-            let mut keys: Vec<String> = rs.iter().map(|r| pair_key(&from, &key_of(r))).collect();
+            let mut keys: Vec<String> = rs.iter().map(|r| pair_key(&msg.from, r)).collect();
             keys.sort();
             keys.dedup();
             keys
@@ -61,6 +89,11 @@ mod tests {
         assert_eq!(pair("bob", "alice"), "alice bob");
         assert_eq!(pair("alice", "bob"), "alice bob");
         assert_eq!(pair("al", "al"), "al al");
+        // A name is folded before the two are ordered: "Bob" sorts as "bob", after "alice".
+        assert_eq!(pair_key("Bob", "alice"), "alice bob");
+        assert_eq!(pair_key("bob", "ALICE"), "alice bob");
+        assert_eq!(pair_key("ab", "A"), "a ab");
+        assert_eq!(pair_key("B", "a_"), "a_ b");
         assert_eq!(
             conversation_key(&Conversation::Broadcast).as_deref(),
             Some("*")
@@ -90,6 +123,17 @@ mod tests {
             ["alice carol", "carol carol", "carol dave"]
         );
         assert_eq!(message_conversation_keys(&msg(To::All)), ["*"]);
+        // The single key, where there is one, is the same, whatever the buffer held before.
+        let mut buf = String::from("left over");
+        for to in [To::User("ALICE".into()), To::User("carol".into()), To::All] {
+            let m = msg(to);
+            assert!(single_conversation_key(&m, &mut buf));
+            assert_eq!([buf.clone()], message_conversation_keys(&m).as_slice());
+        }
+        for to in [To::Group(vec!["dave".into()]), To::Room("#r".into())] {
+            assert!(!single_conversation_key(&msg(to), &mut buf));
+            assert!(buf.is_empty());
+        }
         assert!(message_conversation_keys(&msg(To::Room("#r".into()))).is_empty());
     }
 }

@@ -61,6 +61,8 @@ struct State {
     invites: BTreeMap<(RoomId, String), InviteRecord>,
     /// (account, other account) -> read marker of their direct conversation.
     markers: BTreeMap<(String, String), MsgId>,
+    /// The last [`StoreOp::ReserveIds`].
+    ids_reserved_below: MsgId,
 }
 
 impl MemoryStore {
@@ -134,7 +136,8 @@ impl State {
                 .messages
                 .keys()
                 .next_back()
-                .map_or(1, |id| id.saturating_add(1)),
+                .map_or(1, |id| id.saturating_add(1))
+                .max(self.ids_reserved_below),
             tokens: self.tokens.values().cloned().collect(),
             blocks: self.blocks.iter().cloned().collect(),
             profiles: self
@@ -300,6 +303,10 @@ impl State {
             }
             StoreOp::Notice(_) => StoreReply::Done,
             StoreOp::Told { op, .. } => self.apply(op),
+            StoreOp::ReserveIds { below } => {
+                self.ids_reserved_below = *below;
+                StoreReply::Done
+            }
             StoreOp::DeleteRoom { id } => {
                 self.rooms.remove(id);
                 self.members.retain(|(r, _), _| r != id);

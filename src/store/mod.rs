@@ -430,6 +430,11 @@ pub enum StoreOp {
     /// followed by its change): `op` is applied, and in a cluster both travel in one log entry, so
     /// that a node that skips the change (its room is gone) skips the event too.
     Told { notice: Notice, op: Box<StoreOp> },
+    /// Record that ids below `below` may have been shown: the next id after a restart is at least
+    /// `below`, whatever is stored (spec 6.2). Raised in blocks before messages are delivered
+    /// ahead of their commit; set back to the next id at a clean stop. Never in a cluster, whose
+    /// ids are its log's sequence.
+    ReserveIds { below: MsgId },
 }
 
 /// What another node's connections are told of a change (see [`StoreOp::Notice`]).
@@ -505,7 +510,8 @@ impl StoreOp {
             | StoreOp::SetDirectRead { .. }
             | StoreOp::SetSuspended { .. }
             | StoreOp::Notice(_)
-            | StoreOp::Told { .. } => false,
+            | StoreOp::Told { .. }
+            | StoreOp::ReserveIds { .. } => false,
             // Reads, but ordered with the writes (see the op).
             StoreOp::RoomReplay { .. } => false,
         }
@@ -644,7 +650,8 @@ pub struct Snapshot {
     /// The same backlogs by sender: `(account key, sender key, messages)`, in key order. An entry
     /// whose message is missing or does not decode is counted in `pending_counts` only.
     pub pending_senders: Vec<(String, String, u32)>,
-    /// The id the next message gets: one more than the largest id ever stored, or 1.
+    /// The id the next message gets: one more than the largest id ever stored, or 1, and at
+    /// least the last [`StoreOp::ReserveIds`].
     pub next_id: MsgId,
     /// Every room, in id order.
     pub rooms: Vec<RoomState>,

@@ -44,7 +44,8 @@ pub fn encode_op(op: &StoreOp) -> Option<Vec<u8>> {
     encode_body(op, &mut out).then_some(out)
 }
 
-/// Appends an op's tag and fields to `dst`; false for an op that only reads.
+/// Appends an op's tag and fields to `dst`; false for an op that only reads, or that a cluster
+/// never writes.
 fn encode_body(op: &StoreOp, dst: &mut Vec<u8>) -> bool {
     let mut out = Vec::new();
     let blob = |out: &mut Vec<u8>, b: Vec<u8>| {
@@ -265,6 +266,8 @@ fn encode_body(op: &StoreOp, dst: &mut Vec<u8>) -> bool {
         | StoreOp::FirstUnread { .. }
         | StoreOp::RoomSeq { .. }
         | StoreOp::RoomReplay { .. } => return false,
+        // A cluster's ids are its log's sequence: it never reserves any.
+        StoreOp::ReserveIds { .. } => return false,
     }
     dst.extend_from_slice(&out);
     true

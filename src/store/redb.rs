@@ -23,7 +23,7 @@
 //! | `room_invites`      | (room number, account key) | encoded invitation record       |
 //! | `room_log`          | (room number, message id)  | the message's position in the room (1, 2, ...) |
 //! | `read_markers`      | (account key, other account key) | last message id marked read |
-//! | `meta`              | setting name           | u64 (only `schema_version` so far)  |
+//! | `meta`              | setting name           | u64: `schema_version`; `ids_reserved_below` (spec 6.2) |
 //!
 //! Layout versions: 1 had the first six tables; 2 added blocks, tokens, profiles and retired names;
 //! 3 added the room tables, the read markers and room messages in the log; 4 keys the conversation
@@ -61,7 +61,7 @@ use redb::{
 
 use super::codec;
 use super::contain::contain;
-use super::keys::{conversation_key, key_of, message_conversation_keys};
+use super::keys::{conversation_key, key_of, message_conversation_keys, single_conversation_key};
 use super::page::page;
 use super::{
     Conversation, Cursor, Damage, FriendState, HistoryPage, MessageRecord, MsgId, Profile, ReadOp,
@@ -95,6 +95,8 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// `meta` key of the table layout version.
 pub(super) const SCHEMA_VERSION_KEY: &str = "schema_version";
+/// `meta` key of the last [`StoreOp::ReserveIds`]: no message id below it is handed out again.
+const IDS_RESERVED_KEY: &str = "ids_reserved_below";
 /// The table layout this code reads and writes. A file with another version is refused at open
 /// rather than misread, except versions 1 and 2, which are upgraded (see the module
 /// documentation).
@@ -302,6 +304,9 @@ impl RedbStore {
                 },
             )?;
             room_snapshot(&txn, &mut snap)?;
+            if let Some(below) = txn.open_table(META)?.get(IDS_RESERVED_KEY)? {
+                snap.next_id = snap.next_id.max(below.value());
+            }
             snap
         };
         let store = RedbStore {
@@ -694,8 +699,13 @@ struct Tables<'txn> {
     tokens_by_account: Table<'txn, (&'static str, u64), ()>,
     profiles: Table<'txn, &'static str, &'static [u8]>,
     retired: Table<'txn, &'static str, &'static [u8]>,
+    meta: Table<'txn, &'static str, u64>,
     /// Whether any op of the batch wrote something.
     dirty: bool,
+    /// A message record being encoded, and its conversation key: buffers the batch reuses, so
+    /// that appending a message allocates nothing of its own on this thread.
+    record: Vec<u8>,
+    conversation: String,
 }
 
 impl<'txn> Tables<'txn> {
@@ -718,7 +728,10 @@ impl<'txn> Tables<'txn> {
             tokens_by_account: txn.open_table(TOKENS_BY_ACCOUNT)?,
             profiles: txn.open_table(PROFILES)?,
             retired: txn.open_table(RETIRED)?,
+            meta: txn.open_table(META)?,
             dirty: false,
+            record: Vec::new(),
+            conversation: String::new(),
         })
     }
 
@@ -862,10 +875,15 @@ impl<'txn> Tables<'txn> {
                 Ok(StoreReply::Done)
             }
             StoreOp::AppendMessage { msg, pending_for } => {
-                self.messages
-                    .insert(msg.id, codec::encode_message(msg).as_slice())?;
-                for conv in message_conversation_keys(msg) {
-                    self.conversations.insert((conv.as_bytes(), msg.id), ())?;
+                codec::encode_message_into(msg, &mut self.record);
+                self.messages.insert(msg.id, self.record.as_slice())?;
+                if single_conversation_key(msg, &mut self.conversation) {
+                    self.conversations
+                        .insert((self.conversation.as_bytes(), msg.id), ())?;
+                } else {
+                    for conv in message_conversation_keys(msg) {
+                        self.conversations.insert((conv.as_bytes(), msg.id), ())?;
+                    }
                 }
                 for user in pending_for {
                     self.pending.insert((user.as_str(), msg.id), ())?;
@@ -909,8 +927,8 @@ impl<'txn> Tables<'txn> {
                 Ok(StoreReply::Done)
             }
             StoreOp::AppendRoomMessage { msg, room, seq } => {
-                self.messages
-                    .insert(msg.id, codec::encode_message(msg).as_slice())?;
+                codec::encode_message_into(msg, &mut self.record);
+                self.messages.insert(msg.id, self.record.as_slice())?;
                 self.room_log.insert((*room, msg.id), *seq)?;
                 self.dirty = true;
                 Ok(StoreReply::Done)
@@ -938,6 +956,11 @@ impl<'txn> Tables<'txn> {
             }
             StoreOp::Notice(_) => Ok(StoreReply::Done),
             StoreOp::Told { op, .. } => self.apply(op),
+            StoreOp::ReserveIds { below } => {
+                self.meta.insert(IDS_RESERVED_KEY, *below)?;
+                self.dirty = true;
+                Ok(StoreReply::Done)
+            }
             StoreOp::DeleteRoom { id } => {
                 self.rooms.remove(*id)?;
                 for table in [

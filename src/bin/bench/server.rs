@@ -261,6 +261,7 @@ pub fn serve_child(db: PathBuf) -> ExitCode {
         inbox_share: chatd::config::DEFAULT_INBOX_SHARE,
         friend_requests_per_hour: chatd::config::DEFAULT_FRIEND_REQUESTS_PER_HOUR,
         max_compressed: chatd::config::DEFAULT_MAX_COMPRESSED,
+        deliver_after_commit: false,
         scrypt_log_n: SCRYPT_LOG_N,
         max_room_members: chatd::config::DEFAULT_MAX_ROOM_MEMBERS,
         admins: Vec::new(),

@@ -81,6 +81,64 @@ fn restart(db: &Path, max_seen: u64) -> Server {
     server
 }
 
+/// Each of the `SENDERS` senders (registered first when `new`) writes `per_sender` messages to
+/// `to` at once (`text(k)` for the k-th) and reads its OKs, each of which must say `outcome`;
+/// `server` is killed once `kill_after` OKs have arrived. Returns every OK that arrived, as (sender,
+/// id, k): those already on their way at the kill count as acknowledged too.
+fn stream_and_kill(
+    server: Server,
+    new: bool,
+    to: &str,
+    per_sender: usize,
+    kill_after: usize,
+    outcome: &'static str,
+    text: impl Fn(usize) -> String,
+) -> Vec<(usize, u64, usize)> {
+    let (ok_tx, ok_rx) = mpsc::channel::<(usize, u64, usize)>();
+    let mut threads = Vec::new();
+    for i in 0..SENDERS {
+        let mut c = server.connect();
+        if new {
+            c.register(&sender(i));
+        }
+        c.login(&sender(i));
+        let mut w = c.writer();
+        let batch: String = (0..per_sender)
+            .map(|k| format!("MSG {to} {}\n", text(k)))
+            .collect();
+        let writer = std::thread::spawn(move || {
+            use std::io::Write;
+            // Fails once the server is killed; what was written is what matters.
+            let _ = w.write_all(batch.as_bytes());
+        });
+        let tx = ok_tx.clone();
+        let reader = std::thread::spawn(move || {
+            let mut k = 0;
+            while let Some(line) = c.next_whole_line() {
+                let id = parse_ok_id(&line, "MSG");
+                assert_eq!(line, format!("OK MSG {id} {outcome}"));
+                if tx.send((i, id, k)).is_err() {
+                    break;
+                }
+                k += 1;
+            }
+        });
+        threads.push((writer, reader));
+    }
+    drop(ok_tx);
+    let mut acks = Vec::new();
+    while acks.len() < kill_after {
+        acks.push(ok_rx.recv_timeout(TIMEOUT).expect("OKs stopped coming"));
+    }
+    server.crash();
+    for (w, r) in threads {
+        w.join().unwrap();
+        r.join().expect("a sender's reader failed");
+    }
+    acks.extend(ok_rx.try_iter());
+    acks
+}
+
 /// Logs in `name` and checks the offline backlog holds exactly `expected`, in id order.
 fn check_backlog(server: &Server, name: &str, expected: &BTreeMap<u64, Stored>) {
     let mut c = server.connect();
@@ -204,51 +262,15 @@ fn a_kill_in_the_middle_of_a_stream_loses_no_acknowledged_message() {
         let to = format!("r{round}");
         let mut setup = server.connect();
         setup.register(&to);
-        let (ok_tx, ok_rx) = mpsc::channel::<(usize, u64, usize)>();
-        let mut threads = Vec::new();
-        for i in 0..SENDERS {
-            let mut c = server.connect();
-            if round == 0 {
-                c.register(&sender(i));
-            }
-            c.login(&sender(i));
-            let mut w = c.writer();
-            let to = to.clone();
-            let writer = std::thread::spawn(move || {
-                use std::io::Write;
-                let mut batch = String::new();
-                for k in 0..PER_SENDER {
-                    batch.push_str(&format!("MSG {to} stream {k}\n"));
-                }
-                // Fails once the server is killed; what was written is what matters.
-                let _ = w.write_all(batch.as_bytes());
-            });
-            let tx = ok_tx.clone();
-            let reader = std::thread::spawn(move || {
-                let mut k = 0;
-                while let Some(line) = c.next_whole_line() {
-                    let id = parse_ok_id(&line, "MSG");
-                    assert_eq!(line, format!("OK MSG {id} KEPT"));
-                    if tx.send((i, id, k)).is_err() {
-                        break;
-                    }
-                    k += 1;
-                }
-            });
-            threads.push((writer, reader));
-        }
-        drop(ok_tx);
-        let mut acks = Vec::new();
-        while acks.len() < KILL_AFTER {
-            acks.push(ok_rx.recv_timeout(TIMEOUT).expect("OKs stopped coming"));
-        }
-        server.crash();
-        for (w, r) in threads {
-            w.join().unwrap();
-            r.join().expect("a sender's reader failed");
-        }
-        // OKs that were already on their way count as acknowledged too.
-        acks.extend(ok_rx.try_iter());
+        let acks = stream_and_kill(
+            server,
+            round == 0,
+            &to,
+            PER_SENDER,
+            KILL_AFTER,
+            "KEPT",
+            |k| format!("stream {k}"),
+        );
         assert!(
             acks.len() < SENDERS * PER_SENDER,
             "the kill came after the last OK"
@@ -338,49 +360,16 @@ fn ids_seen_live_before_a_crash_are_never_handed_out_again() {
                 }
             }
         });
-        let (ok_tx, ok_rx) = mpsc::channel::<(usize, u64, usize)>();
-        let mut threads = Vec::new();
-        for i in 0..SENDERS {
-            let mut c = server.connect();
-            if round == 0 {
-                c.register(&sender(i));
-            }
-            c.login(&sender(i));
-            let mut w = c.writer();
-            let writer = std::thread::spawn(move || {
-                use std::io::Write;
-                let mut batch = String::new();
-                for k in 0..PER_SENDER {
-                    batch.push_str(&format!("MSG watcher live {round} {k}\n"));
-                }
-                let _ = w.write_all(batch.as_bytes());
-            });
-            let tx = ok_tx.clone();
-            let reader = std::thread::spawn(move || {
-                let mut k = 0;
-                while let Some(line) = c.next_whole_line() {
-                    let id = parse_ok_id(&line, "MSG");
-                    assert_eq!(line, format!("OK MSG {id} DELIVERED"));
-                    if tx.send((i, id, k)).is_err() {
-                        break;
-                    }
-                    k += 1;
-                }
-            });
-            threads.push((writer, reader));
-        }
-        drop(ok_tx);
-        let mut acks = Vec::new();
-        while acks.len() < KILL_AFTER {
-            acks.push(ok_rx.recv_timeout(TIMEOUT).expect("OKs stopped coming"));
-        }
-        server.crash();
-        for (w, r) in threads {
-            w.join().unwrap();
-            r.join().expect("a sender's reader failed");
-        }
+        let acks = stream_and_kill(
+            server,
+            round == 0,
+            "watcher",
+            PER_SENDER,
+            KILL_AFTER,
+            "DELIVERED",
+            |k| format!("live {round} {k}"),
+        );
         watching.join().expect("the recipient's reader failed");
-        acks.extend(ok_rx.try_iter());
         let seen: Vec<(u64, String, String)> = seen_rx.try_iter().collect();
         let seen_max = seen.iter().map(|s| s.0).max().unwrap_or(0);
         let acked_max = acks.iter().map(|a| a.1).max().unwrap_or(0);

@@ -25,6 +25,24 @@ fn two_users() -> Sim {
     s
 }
 
+/// As [`two_users`], both members of `#team`.
+fn in_a_room() -> Sim {
+    let mut s = two_users();
+    s.send("a", "JOIN #team");
+    s.send("b", "JOIN #team");
+    s.output("a");
+    s.output("b");
+    s
+}
+
+/// After a restart: alice and bob log in again on `a` and `b`.
+fn log_in_again(s: &mut Sim) {
+    s.connect("a");
+    s.connect("b");
+    s.send("a", "LOGIN alice password1");
+    s.send("b", "LOGIN bob password2");
+}
+
 /// The id of the `MESSAGE` line in `out` whose text is `text`.
 fn message_id(out: &str, text: &str) -> u64 {
     out.lines()
@@ -68,11 +86,7 @@ fn a_recipient_gets_a_message_before_its_commit_and_the_sender_its_ok_after_it()
 
 #[test]
 fn a_room_message_reaches_the_members_before_its_commit() {
-    let mut s = two_users();
-    s.send("a", "JOIN #team");
-    s.send("b", "JOIN #team");
-    s.output("a");
-    s.output("b");
+    let mut s = in_a_room();
     s.queue("a", "MSG #team standup in five");
     let id = message_id(&s.output("b"), "standup in five");
     assert_eq!(s.output("a"), "");
@@ -101,10 +115,7 @@ fn an_id_seen_before_a_crash_lost_its_message_is_never_reused() {
     let seen = message_id(&s.output("b"), "lost in the crash");
     assert_eq!(s.output("a"), "");
     s.restart();
-    s.connect("a");
-    s.connect("b");
-    s.send("a", "LOGIN alice password1");
-    s.send("b", "LOGIN bob password2");
+    log_in_again(&mut s);
     s.send("b", "HISTORY alice");
     let history = s.output("b");
     assert!(history.contains(" alice bob first\n"), "{history}");
@@ -133,10 +144,7 @@ fn after_a_clean_stop_ids_go_on_from_the_last() {
     let last = message_id(&s.output("b"), "last before the stop");
     s.shutdown();
     s.restart();
-    s.connect("a");
-    s.connect("b");
-    s.send("a", "LOGIN alice password1");
-    s.send("b", "LOGIN bob password2");
+    log_in_again(&mut s);
     s.output("a");
     s.send("a", "MSG bob first after the stop");
     assert_eq!(message_id(&s.output("b"), "first after the stop"), last + 1);
@@ -162,10 +170,7 @@ fn the_reservation_is_renewed_at_half() {
         }
     }
     s.restart();
-    s.connect("a");
-    s.connect("b");
-    s.send("a", "LOGIN alice password1");
-    s.send("b", "LOGIN bob password2");
+    log_in_again(&mut s);
     s.output("a");
     s.send("a", "MSG bob after the crash");
     let after = message_id(&s.output("b"), "after the crash");
@@ -177,11 +182,7 @@ fn the_reservation_is_renewed_at_half() {
 /// unread count at the next login is exact.
 #[test]
 fn a_room_message_marked_read_before_its_commit_counts_as_read() {
-    let mut s = two_users();
-    s.send("a", "JOIN #team");
-    s.send("b", "JOIN #team");
-    s.output("a");
-    s.output("b");
+    let mut s = in_a_room();
     s.queue("a", "MSG #team one");
     s.queue("a", "MSG #team two");
     let b = s.output("b");

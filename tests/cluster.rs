@@ -837,6 +837,26 @@ fn with_nats_unreachable_writes_are_refused_and_connections_stay() {
     assert!(messages(&a.sync()).is_empty());
 }
 
+/// alice logged in on node 0 and bob on node 1, made friends: alice's request made on node 0, bob
+/// told of it on node 1 and accepting it there. The pushes of the acceptance are left unread.
+fn friends_across(nodes: &mut [Node]) -> (String, String, Client, Client) {
+    let [alice, bob] = [unique("alice"), unique("bob")];
+    nodes[0].connect().register(&alice);
+    nodes[1].connect().register(&bob);
+    let (mut a, _) = login_on(&mut nodes[0], &alice);
+    let (mut b, _) = login_on(&mut nodes[1], &bob);
+    assert!(a
+        .call1(&format!("FRIEND ADD {bob}"))
+        .starts_with("OK FRIEND ADD"));
+    assert_eq!(b.read_line(), format!("FRIENDSHIP {alice} REQUESTED"));
+    let reply = b.call(&format!("FRIEND ACCEPT {alice}"));
+    assert!(
+        reply.iter().any(|l| l.starts_with("OK FRIEND ACCEPT")),
+        "{reply:?}"
+    );
+    (alice, bob, a, b)
+}
+
 #[test]
 fn friends_and_presence_cross_nodes() {
     if !have_nats("friends_and_presence_cross_nodes") {
@@ -844,22 +864,7 @@ fn friends_and_presence_cross_nodes() {
     }
     let dir = tempfile::tempdir().unwrap();
     let (_nats, mut nodes) = cluster(dir.path());
-    let [alice, bob] = [unique("alice"), unique("bob")];
-    nodes[0].connect().register(&alice);
-    nodes[1].connect().register(&bob);
-    let (mut a, _) = login_on(&mut nodes[0], &alice);
-    let (mut b, _) = login_on(&mut nodes[1], &bob);
-    // A request made on node 0 is answered on node 1.
-    assert!(a
-        .call1(&format!("FRIEND ADD {bob}"))
-        .starts_with("OK FRIEND ADD"));
-    // bob, on node 1, is told of the request made on node 0.
-    assert_eq!(b.read_line(), format!("FRIENDSHIP {alice} REQUESTED"));
-    let reply = b.call(&format!("FRIEND ACCEPT {alice}"));
-    assert!(
-        reply.iter().any(|l| l.starts_with("OK FRIEND ACCEPT")),
-        "{reply:?}"
-    );
+    let (alice, bob, mut a, mut b) = friends_across(&mut nodes);
     // bob sees alice online, though on another node.
     assert_eq!(b.read_line(), format!("PRESENCE {alice} ONLINE"));
     // alice, on node 0, is told her request was accepted on node 1, and that bob is online.
@@ -916,20 +921,7 @@ fn presence_is_read_at_once_by_a_node_that_starts_later_and_a_killed_nodes_users
     }
     let dir = tempfile::tempdir().unwrap();
     let (nats, mut nodes) = cluster(dir.path());
-    let [alice, bob] = [unique("alice"), unique("bob")];
-    nodes[0].connect().register(&alice);
-    nodes[1].connect().register(&bob);
-    let (mut a, _) = login_on(&mut nodes[0], &alice);
-    let (mut b, _) = login_on(&mut nodes[1], &bob);
-    assert!(a
-        .call1(&format!("FRIEND ADD {bob}"))
-        .starts_with("OK FRIEND ADD"));
-    assert_eq!(b.read_line(), format!("FRIENDSHIP {alice} REQUESTED"));
-    let reply = b.call(&format!("FRIEND ACCEPT {alice}"));
-    assert!(
-        reply.iter().any(|l| l.starts_with("OK FRIEND ACCEPT")),
-        "{reply:?}"
-    );
+    let (alice, bob, mut a, b) = friends_across(&mut nodes);
     a.read_until(|l| *l == format!("PRESENCE {bob} ONLINE"));
 
     // A node started now knows at once who is online on the others: alice, logging in there

@@ -130,6 +130,10 @@ pub struct Args {
     #[argh(option, default = "DEFAULT_LINE_BURST")]
     pub line_burst: u32,
 
+    /// threads that run the connections and the core (default: the number of CPU cores)
+    #[argh(option)]
+    pub io_threads: Option<usize>,
+
     /// password-hashing threads (default: the number of CPU cores)
     #[argh(option)]
     pub hash_threads: Option<usize>,
@@ -403,6 +407,7 @@ const ENV_OPTIONS: &[(&str, Form)] = &[
     ("exempt", Form::Repeated),
     ("line-rate", Form::Value),
     ("line-burst", Form::Value),
+    ("io-threads", Form::Value),
     ("hash-threads", Form::Value),
     ("hash-queue", Form::Value),
     ("hash-per-address", Form::Value),
@@ -745,6 +750,10 @@ impl TryFrom<Args> for ServerOptions {
             exempt: args.exempt,
             line_rate: args.line_rate,
             line_burst: args.line_burst,
+            io_threads: args
+                .io_threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+                .max(1),
             hash_threads: args
                 .hash_threads
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
@@ -1015,6 +1024,16 @@ mod tests {
             help.contains("CHATD_LISTEN"),
             "--help documents the environment"
         );
+    }
+
+    /// The executor's threads: as many as asked, at least one (the main thread), by default one
+    /// per core.
+    #[test]
+    fn io_threads() {
+        assert_eq!(server(&["--io-threads", "1"]).unwrap().io_threads, 1);
+        assert_eq!(server(&["--io-threads", "0"]).unwrap().io_threads, 1);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(server(&[]).unwrap().io_threads, cores);
     }
 
     #[test]

@@ -74,6 +74,9 @@ pub struct ServerOptions {
     pub line_rate: u32,
     /// Lines one connection may send at once above the rate.
     pub line_burst: u32,
+    /// Executor threads: they run the connections' tasks and the core's (at least one, this
+    /// thread).
+    pub io_threads: usize,
     /// Password-hashing threads.
     pub hash_threads: usize,
     /// Password hashes that may wait; past it REGISTER and LOGIN get `SERVER_BUSY`.

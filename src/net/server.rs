@@ -255,11 +255,10 @@ pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), Server
         tally: Mutex::new(Tally::default()),
     });
 
-    // Executor threads: one per core, this thread included. If one cannot be started, dropping
-    // `stop_tx` on the way out stops those that were.
+    // Executor threads (by default one per core), this thread included. If one cannot be started,
+    // dropping `stop_tx` on the way out stops those that were.
     let (stop_tx, stop_rx) = async_channel::bounded::<()>(1);
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let workers = (1..threads)
+    let workers = (1..opts.io_threads.max(1))
         .map(|i| {
             let (ex, stop) = (ex.clone(), stop_rx.clone());
             std::thread::Builder::new()

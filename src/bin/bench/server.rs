@@ -250,6 +250,7 @@ pub fn serve_child(db: PathBuf) -> ExitCode {
         exempt: vec![LOAD_GENERATOR.parse().expect("a valid network")],
         line_rate: LINE_RATE,
         line_burst: LINE_RATE,
+        io_threads: super::system::cores(),
         hash_threads: super::system::cores(),
         hash_queue: DEFAULT_HASH_QUEUE,
         hash_per_address: chatd::config::DEFAULT_HASH_PER_ADDRESS,

@@ -101,6 +101,7 @@ impl Batch {
     }
 
     /// The only chunk, if it holds exactly one.
+    #[inline]
     pub fn into_single(self) -> Result<Chunk, Batch> {
         match self.first {
             Some(c) if self.rest.is_empty() => Ok(c),

@@ -310,6 +310,8 @@ impl Core {
             .map(|a| &a.ties().blocked_by)
             .filter(|b| !b.is_empty());
         let mut users = 0;
+        // Counted once for the whole fan-out: one atomic add, not one per member.
+        let mut pushed = 0;
         for (key, m) in &room.members {
             if !reaches(m, id) || blockers.is_some_and(|b| b.contains(key)) {
                 continue;
@@ -332,13 +334,14 @@ impl Core {
                     continue;
                 }
                 if let Some(c) = self.conns.get(conn) {
-                    self.settings.metrics.deliveries.inc();
+                    pushed += 1;
                     if c.outbox.push(chunk.clone()).is_err() {
                         self.overflowed.push(*conn);
                     }
                 }
             }
         }
+        self.settings.metrics.deliveries.add(pushed);
         users
     }
 

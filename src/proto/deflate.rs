@@ -245,7 +245,12 @@ impl Intake {
 
     /// Gives back the memory an idle intake does not need (its buffers; the inflater's window
     /// stays, since the stream goes on).
+    #[inline]
     pub fn shrink(&mut self) {
+        // Most waits find nothing to give back (a connection that only receives): no call then.
+        if self.raw.capacity() == 0 && self.plain.capacity() == 0 {
+            return;
+        }
         if self.wants_input() {
             self.raw = Vec::new();
             self.raw_at = 0;
@@ -261,10 +266,18 @@ impl Intake {
     }
 
     /// The next unit; `None` when it needs more bytes.
+    #[inline]
     pub fn next_unit(&mut self) -> Option<Unit> {
-        if self.broken {
+        // A connection that only receives asks this at every wake-up and has read nothing: it
+        // learns so without a call.
+        if self.broken || (self.inflater.is_none() && self.raw_at >= self.raw.len()) {
             return None;
         }
+        self.next_unit_read()
+    }
+
+    /// [`Intake::next_unit`] when bytes were read, or may wait in the inflater.
+    fn next_unit_read(&mut self) -> Option<Unit> {
         loop {
             let mut unit = None;
             let mut take = |f: Frame<'_>| {

@@ -301,7 +301,10 @@ impl Outbox {
     /// For the writer, after a write: true (once) when the core asked to hear that the queue has
     /// room again and it has.
     pub fn drained_wanted(&self) -> bool {
-        let mut s = self.lock();
+        Self::drained_locked(&mut self.lock())
+    }
+
+    fn drained_locked(s: &mut State) -> bool {
         if s.drain_wanted && s.bytes < ANSWER_LOW_WATER && !s.closed {
             s.drain_wanted = false;
             return true;
@@ -464,6 +467,28 @@ impl Outbox {
         Poll::Pending
     }
 
+    /// For the writer after a write: [`Outbox::drained_wanted`] (sets `drained` when true) and
+    /// then [`Outbox::poll_batch`], in one look at the outbox, as if asked one after the other
+    /// with nothing queued in between.
+    pub fn poll_batch_after_write(
+        &self,
+        cx: &Context<'_>,
+        drained: &mut bool,
+    ) -> Poll<Option<Batch>> {
+        let mut s = self.lock();
+        if Self::drained_locked(&mut s) {
+            *drained = true;
+        }
+        if let Some(b) = Self::take_locked(&mut s) {
+            return Poll::Ready(Some(b));
+        }
+        if s.closed {
+            return Poll::Ready(None);
+        }
+        s.register(cx, Wants::DATA);
+        Poll::Pending
+    }
+
     fn take_locked(s: &mut State) -> Option<Batch> {
         if s.queue.is_empty() {
             return None;
@@ -552,9 +577,22 @@ mod tests {
         o.want_drained();
         assert!(o.drained_wanted());
         assert!(!o.drained_wanted(), "told once");
+        // After a write, the writer hears it in the same look that takes the next batch.
+        o.want_drained();
+        let waker = std::task::Waker::noop();
+        let cx = Context::from_waker(waker);
+        let mut drained = false;
+        match o.poll_batch_after_write(&cx, &mut drained) {
+            Poll::Ready(Some(b)) => assert_eq!(b.into_single().expect("one").as_bytes(), b"D2\n"),
+            other => panic!("the queued part: {other:?}"),
+        }
+        assert!(drained);
+        let mut again = false;
+        assert!(o.poll_batch_after_write(&cx, &mut again).is_pending());
+        assert!(!again, "told once");
         o.push_answer(Chunk::Owned(b"OK\n".to_vec()));
         o.end_answer();
-        assert_eq!(o.drain_text(), "D2\nOK\nP1\nP2345\n");
+        assert_eq!(o.drain_text(), "OK\nP1\nP2345\n");
         assert_eq!(o.push(Chunk::Owned(b"P4\n".to_vec())), Ok(()));
         assert_eq!(o.drain_text(), "P4\n");
     }

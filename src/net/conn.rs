@@ -509,6 +509,9 @@ impl<S: Stream> Task<S> {
     /// The writing half: writes what is queued until the outbox is empty or the socket full.
     /// True when it left its waker with the outbox (it waits for a push, which closing also wakes).
     fn write_side(&mut self, cx: &mut Context<'_>) -> bool {
+        // A write just finished: the next look at the outbox also asks whether the core waits to
+        // hear that there is room.
+        let mut wrote = false;
         loop {
             match self.writing {
                 Writing::Done => return false,
@@ -523,7 +526,17 @@ impl<S: Stream> Task<S> {
                 Writing::Open => {}
             }
             let Some((out, at)) = &mut self.out else {
-                match self.outbox.poll_batch(cx) {
+                let next = if std::mem::take(&mut wrote) {
+                    // A long answer waits for room to send its next part: now there is. Told
+                    // only after the write, so that the part it sends next replaces what the
+                    // client has read, and an answer to a client that does not read takes no
+                    // more memory than one write.
+                    self.outbox
+                        .poll_batch_after_write(cx, &mut self.drained_due)
+                } else {
+                    self.outbox.poll_batch(cx)
+                };
+                match next {
                     Poll::Pending => return true,
                     Poll::Ready(None) => {
                         self.writing = Writing::Closing;
@@ -588,12 +601,7 @@ impl<S: Stream> Task<S> {
                 // queued (the answer to a QUIT) is written like anything else.
                 irc.to_core.extend(irc.follow_ups.drain(..));
             }
-            // A long answer waits for room to send its next part: now there is. Told only after
-            // the write, so that the part it sends next replaces what the client has read, and an
-            // answer to a client that does not read takes no more memory than one write.
-            if self.outbox.drained_wanted() {
-                self.drained_due = true;
-            }
+            wrote = true;
         }
     }
 
@@ -841,8 +849,10 @@ impl<S: Stream> Task<S> {
 
     /// Reads what the socket has into the intake. False when the task must wait for it.
     fn read_socket(&mut self, cx: &mut Context<'_>, watched: bool) -> bool {
-        // A closed outbox ends the reading: nothing read now would be answered.
-        if self.outbox.is_closed() {
+        // A closed outbox ends the reading: nothing read now would be answered. When the writing
+        // half waits on the outbox it found it open in this poll, and a close since wakes the
+        // task; a line read meanwhile finds no credit.
+        if !watched && self.outbox.is_closed() {
             self.reading = Reading::Ending;
             return true;
         }

@@ -79,7 +79,7 @@ use self::guard::Guard;
 use self::order::Slots;
 use self::quota::{Inbox, Quota};
 use self::tokens::Token;
-use crate::auth::{Cancel, HashJob, HashOutcome, HashTask};
+use crate::auth::{Cancel, HashJob, HashOutcome, HashTask, Phc};
 use crate::metrics::Metrics;
 use crate::outbox::{Chunk, Outbox};
 use crate::peer::{AddrKey, Peer};
@@ -300,7 +300,7 @@ pub struct Settings {
     /// Most hash jobs queued or running; more get SERVER_BUSY.
     pub hash_queue: usize,
     /// A PHC string that no password matches, verified for unknown names.
-    pub dummy_phc: Arc<str>,
+    pub dummy_phc: Phc,
     /// Server version, shown in HELLO.
     pub version: &'static str,
     /// Where device tokens' random bits come from.
@@ -333,7 +333,7 @@ impl Default for Settings {
     fn default() -> Settings {
         Settings {
             hash_queue: crate::config::DEFAULT_HASH_QUEUE,
-            dummy_phc: Arc::from(""),
+            dummy_phc: Phc::parse(""),
             version: env!("CARGO_PKG_VERSION"),
             entropy: Entropy::Os,
             limits: Limits::default(),
@@ -391,8 +391,9 @@ impl Default for Limits {
 struct Account {
     /// Name as registered.
     name: String,
-    /// None while the REGISTER that created it is still hashing.
-    phc: Option<Arc<str>>,
+    /// None while the REGISTER that created it is still hashing. In binary, inline: an account
+    /// is kept for every registered name.
+    phc: Option<Phc>,
     /// Logged-in connections.
     conns: Vec<ConnId>,
     /// Addresses it logged in from since the server started, most recent last (see `guard`).
@@ -441,7 +442,7 @@ static NO_TIES: std::sync::LazyLock<Ties> = std::sync::LazyLock::new(Ties::defau
 
 impl Account {
     /// A new account, with nothing but its name and hash.
-    fn new(name: String, phc: Option<Arc<str>>) -> Account {
+    fn new(name: String, phc: Option<Phc>) -> Account {
         Account {
             name,
             phc,
@@ -647,7 +648,10 @@ impl Core {
             } else {
                 skeletons.insert(skeleton, key.clone());
             }
-            accounts.insert(key, Box::new(Account::new(a.name, Some(a.phc.into()))));
+            accounts.insert(
+                key,
+                Box::new(Account::new(a.name, Some(Phc::parse(&a.phc)))),
+            );
         }
         for (a, b) in snapshot.blocks {
             let (a, b) = (Key::from_folded(a), Key::from_folded(b));

@@ -26,12 +26,12 @@
 //! ([`StoreOp::Told`]). An account deleted elsewhere leaves every room here too.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
-use std::sync::Arc;
 
 use super::out;
 use super::rooms::Room;
 use super::tokens::Token;
 use super::{fan_out, push_to_keys, recipient, Account, BusIn, BusOut, Core, Job, RouteTo};
+use crate::auth::Phc;
 use crate::config::{
     PRESENCE_ENTRY_AGE, PRESENCE_EXPIRY, ROUTE_AWAITING, ROUTE_FALLBACK, ROUTE_MEMORY,
 };
@@ -102,7 +102,7 @@ impl Core {
                 let key = Key::of(&rec.name);
                 // A name this server reserved and lost to the other server is the other's now;
                 // the REGISTER here is answered NAME_TAKEN when its own write comes back.
-                let phc: Arc<str> = rec.phc.into();
+                let phc = Phc::parse(&rec.phc);
                 match self.accounts.get_mut(&key) {
                     Some(a) => {
                         a.name = rec.name;
@@ -170,7 +170,7 @@ impl Core {
                 // another connection of the account, closed as there.
                 let closing = match self.accounts.get_mut(user.as_str()) {
                     Some(a) => {
-                        a.phc = Some(phc.into());
+                        a.phc = Some(Phc::parse(&phc));
                         a.conns.clone()
                     }
                     None => Vec::new(),

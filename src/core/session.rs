@@ -6,15 +6,13 @@
 //! messages kept for the account holds the connection until they are sent, so every command after
 //! it runs once the login is complete, backlog included.
 
-use std::sync::Arc;
-
 use super::guard::Refusal;
 use super::order::SlotId;
 use super::out::Out;
 use super::quota::Inbox;
 use super::stream::Stream;
 use super::{Account, ConnId, ConnState, Core, Req};
-use crate::auth::{HashJob, HashOutcome};
+use crate::auth::{HashJob, HashOutcome, Phc};
 use crate::metrics::LoginKind;
 use crate::peer::AddrKey;
 use crate::proto::code::Code;
@@ -126,7 +124,7 @@ impl Core {
         let Some(acct) = self.accounts.get_mut(&key) else {
             return self.internal_error(req, "a reserved name vanished while hashing");
         };
-        acct.phc = Some(phc.clone().into());
+        acct.phc = Some(Phc::parse(&phc));
         let name = acct.name.clone();
         let record = AccountRecord {
             name: name.clone(),
@@ -143,10 +141,7 @@ impl Core {
                 let ours = core
                     .accounts
                     .get(&key)
-                    .is_some_and(|a| match (&a.phc, &hashed) {
-                        (Some(a), Some(h)) => Arc::ptr_eq(a, h),
-                        _ => false,
-                    });
+                    .is_some_and(|a| a.phc.is_some() && a.phc == hashed);
                 if ours {
                     if let Some(a) = core.accounts.remove(&key) {
                         core.skeletons.remove(&Skeleton::of(&a.name));
@@ -209,12 +204,13 @@ impl Core {
 
     /// True when `key` is an account whose password hash is still `phc`: a password checked
     /// against a hash that has since been replaced (PASSWORD) or removed (UNREGISTER) is no
-    /// longer the account's password.
-    pub(super) fn still_has_password(&self, key: &Key, phc: &Arc<str>) -> bool {
+    /// longer the account's password. (Every hash has a salt of its own, so a replaced hash never
+    /// equals the one it replaced.)
+    pub(super) fn still_has_password(&self, key: &Key, phc: &Phc) -> bool {
         self.accounts
             .get(key)
             .and_then(|a| a.phc.as_ref())
-            .is_some_and(|current| Arc::ptr_eq(current, phc))
+            .is_some_and(|current| current == phc)
     }
 
     fn login_verified(
@@ -222,7 +218,7 @@ impl Core {
         req: Req,
         key: Option<Key>,
         tracked: Option<Key>,
-        phc: Arc<str>,
+        phc: Phc,
         outcome: HashOutcome,
     ) {
         let ok = match outcome {

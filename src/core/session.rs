@@ -283,6 +283,12 @@ impl Core {
     /// backlog is sent.
     pub(super) fn enter(&mut self, req: Req, key: Key, via: Via) {
         let conn = req.conn;
+        // The account table's own copy of the key, shared by the connection and the online set:
+        // the one LOGIN made from the name it was given is dropped here.
+        let key = match self.accounts.get_key_value(&key) {
+            Some((k, _)) => k.clone(),
+            None => key,
+        };
         let addr = self.peer_key(conn);
         self.remember_address(&key, addr);
         let Some(c) = self.conns.get_mut(&conn) else {

@@ -30,14 +30,14 @@ use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use super::out;
 use super::rooms::Room;
 use super::tokens::Token;
-use super::{fan_out, push_to_keys, recipient, Account, BusIn, BusOut, Core, Job, RouteTo};
+use super::{fan_out, push_to_keys, recipient, Account, BusIn, BusOut, Core, Job, Looks, RouteTo};
 use crate::auth::Phc;
 use crate::config::{
     PRESENCE_ENTRY_AGE, PRESENCE_EXPIRY, ROUTE_AWAITING, ROUTE_FALLBACK, ROUTE_MEMORY,
 };
 use crate::outbox::Chunk;
 use crate::proto::code::ByeCode;
-use crate::proto::name::{Key, Skeleton};
+use crate::proto::name::Key;
 use crate::proto::room::RoomKey;
 use crate::proto::server_line::{FriendshipEvent, MessageLine, RoomEvent, ServerLine};
 use crate::store::{
@@ -109,9 +109,7 @@ impl Core {
                         a.phc = Some(phc);
                     }
                     None => {
-                        self.skeletons
-                            .entry(Skeleton::of(&rec.name))
-                            .or_insert_with(|| key.clone());
+                        self.skeletons.insert(Looks(key.clone()));
                         self.accounts
                             .insert(key, Box::new(Account::new(rec.name, Some(phc))));
                     }

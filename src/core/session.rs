@@ -11,12 +11,12 @@ use super::order::SlotId;
 use super::out::Out;
 use super::quota::Inbox;
 use super::stream::Stream;
-use super::{Account, ConnId, ConnState, Core, Req};
+use super::{Account, ConnId, ConnState, Core, Looks, Req};
 use crate::auth::{HashJob, HashOutcome, Phc};
 use crate::metrics::LoginKind;
 use crate::peer::AddrKey;
 use crate::proto::code::Code;
-use crate::proto::name::{Key, Name, Password, Skeleton};
+use crate::proto::name::{Key, Name, Password};
 use crate::proto::server_line::{FriendshipEvent, OkReply, Presence, ServerLine};
 use crate::store::{AccountRecord, FriendState, StoreOp, StoreReply, TokenId};
 
@@ -69,14 +69,17 @@ impl Core {
             let text = format!("the name {name} is taken");
             return self.refuse(req, Code::NAME_TAKEN, &text);
         }
-        let skeleton = name.skeleton();
         // A retired name's look stays taken too: nobody may pass for a deleted account.
-        if let Some(taken) = self.skeletons.get(&skeleton).and_then(|k| {
-            self.accounts
-                .get(k)
-                .map(|a| a.name.as_str())
-                .or_else(|| self.retired.get(k).map(String::as_str))
-        }) {
+        if let Some(taken) = self
+            .skeletons
+            .get(&Looks(key.clone()))
+            .and_then(|Looks(k)| {
+                self.accounts
+                    .get(k)
+                    .map(|a| a.name.as_str())
+                    .or_else(|| self.retired.get(k).map(String::as_str))
+            })
+        {
             let text = format!("the name {name} looks too much like {taken}, which is taken");
             return self.refuse(req, Code::NAME_TAKEN, &text);
         }
@@ -101,7 +104,7 @@ impl Core {
         // The name is reserved now, so a second REGISTER of it cannot race this one.
         self.accounts
             .insert(key.clone(), Box::new(Account::new(name.to_string(), None)));
-        self.skeletons.insert(skeleton, key.clone());
+        self.skeletons.replace(Looks(key.clone()));
         let conn = req.conn;
         self.reserve(&mut req);
         self.hash(conn, HashJob::Hash(password), move |core, outcome| {
@@ -112,8 +115,8 @@ impl Core {
 
     fn register_hashed(&mut self, req: Req, key: Key, outcome: HashOutcome, by_admin: bool) {
         let HashOutcome::Hashed(phc) = outcome else {
-            if let Some(a) = self.accounts.remove(&key) {
-                self.skeletons.remove(&Skeleton::of(&a.name));
+            if self.accounts.remove(&key).is_some() {
+                self.skeletons.remove(&Looks(key.clone()));
             }
             if outcome == HashOutcome::Cancelled {
                 // Its connection closed before the hash started: nobody to answer.
@@ -143,8 +146,8 @@ impl Core {
                     .get(&key)
                     .is_some_and(|a| a.phc.is_some() && a.phc == hashed);
                 if ours {
-                    if let Some(a) = core.accounts.remove(&key) {
-                        core.skeletons.remove(&Skeleton::of(&a.name));
+                    if core.accounts.remove(&key).is_some() {
+                        core.skeletons.remove(&Looks(key.clone()));
                     }
                 }
                 let text = format!("the name {name} is taken");

@@ -145,10 +145,8 @@ impl Core {
                     .accounts
                     .get(&key)
                     .is_some_and(|a| a.phc.is_some() && a.phc == hashed);
-                if ours {
-                    if core.accounts.remove(&key).is_some() {
-                        core.skeletons.remove(&Looks(key.clone()));
-                    }
+                if ours && core.accounts.remove(&key).is_some() {
+                    core.skeletons.remove(&Looks(key.clone()));
                 }
                 let text = format!("the name {name} is taken");
                 return core.refuse(req, Code::NAME_TAKEN, &text);

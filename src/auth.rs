@@ -8,9 +8,16 @@
 //! Each task carries a [`Cancel`] flag that the core sets when the task's connection closes. A
 //! thread looks at it before it starts the hash: a cancelled task costs nothing, so hashes queued by
 //! connections that are gone (an attack that has stopped) do not keep the queue busy.
+//!
+//! In memory a hash is a [`Phc`]: the parameters, salt and hash of a PHC string this crate makes,
+//! in binary (64 bytes inline, where the string took a block of its own of about 110), which
+//! formats back to the very same string.
 
+use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+
+use base64ct::{Base64Unpadded, Encoding};
 
 use scrypt::errors::InvalidParams;
 use scrypt::password_hash::phc::PasswordHash;
@@ -24,15 +31,103 @@ use crate::proto::name::Password;
 pub enum HashJob {
     /// Hash a new password (REGISTER).
     Hash(Password),
-    /// Check a password against a stored PHC string (LOGIN, UNREGISTER).
-    Verify(Password, Arc<str>),
+    /// Check a password against a stored hash (LOGIN, UNREGISTER).
+    Verify(Password, Phc),
     /// Check `old` against `phc` and, if it matches, hash `new` (PASSWORD): one job, so a password
     /// change waits in the hashing queue once.
     Rehash {
         old: Password,
-        phc: Arc<str>,
+        phc: Phc,
         new: Password,
     },
+}
+
+/// Salt bytes in the hashes [`Hasher`] makes (the PHC string's salt, decoded).
+const SALT_BYTES: usize = 16;
+/// Hash bytes in the hashes [`Hasher`] makes (scrypt's default output length).
+const HASH_BYTES: usize = 32;
+
+/// A password hash as kept in memory: a PHC string, held in binary when it is an scrypt hash of
+/// the shape [`Hasher`] makes (`$scrypt$ln=L,r=R,p=P$SALT$HASH`, a 16-byte salt and a 32-byte
+/// hash) and as the string itself otherwise. It formats ([`fmt::Display`]) to exactly the string
+/// it was parsed from, so what is verified and stored is unchanged.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Phc {
+    /// The parts of an scrypt PHC string.
+    Scrypt {
+        log_n: u8,
+        r: u32,
+        p: u32,
+        salt: [u8; SALT_BYTES],
+        hash: [u8; HASH_BYTES],
+    },
+    /// Any other string, as it is.
+    Text(Box<str>),
+}
+
+impl Phc {
+    /// The hash a PHC string holds: in binary when it formats back to exactly `s`, else `s`.
+    pub fn parse(s: &str) -> Phc {
+        match Phc::scrypt(s) {
+            Some(phc) if phc.to_string() == s => phc,
+            _ => Phc::Text(s.into()),
+        }
+    }
+
+    /// The parts of `$scrypt$ln=L,r=R,p=P$SALT$HASH`, if `s` has that shape and sizes.
+    fn scrypt(s: &str) -> Option<Phc> {
+        let rest = s.strip_prefix("$scrypt$ln=")?;
+        let (log_n, rest) = rest.split_once(",r=")?;
+        let (r, rest) = rest.split_once(",p=")?;
+        let (p, rest) = rest.split_once('$')?;
+        let (salt_b64, hash_b64) = rest.split_once('$')?;
+        let mut salt = [0u8; SALT_BYTES];
+        let mut hash = [0u8; HASH_BYTES];
+        if Base64Unpadded::decode(salt_b64, &mut salt).ok()?.len() != SALT_BYTES
+            || Base64Unpadded::decode(hash_b64, &mut hash).ok()?.len() != HASH_BYTES
+        {
+            return None;
+        }
+        Some(Phc::Scrypt {
+            log_n: log_n.parse().ok()?,
+            r: r.parse().ok()?,
+            p: p.parse().ok()?,
+            salt,
+            hash,
+        })
+    }
+}
+
+impl fmt::Display for Phc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Phc::Scrypt {
+                log_n,
+                r,
+                p,
+                salt,
+                hash,
+            } => {
+                // Unpadded base64 of 16 and 32 bytes: 22 and 43 characters.
+                let mut salt_b64 = [0u8; 24];
+                let mut hash_b64 = [0u8; 44];
+                let salt = Base64Unpadded::encode(salt, &mut salt_b64).map_err(|_| fmt::Error)?;
+                let hash = Base64Unpadded::encode(hash, &mut hash_b64).map_err(|_| fmt::Error)?;
+                write!(f, "$scrypt$ln={log_n},r={r},p={p}${salt}${hash}")
+            }
+            Phc::Text(s) => f.write_str(s),
+        }
+    }
+}
+
+/// Shows the PHC string's shape, never the hash.
+impl fmt::Debug for Phc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Phc::Scrypt { log_n, r, p, .. } => write!(f, "Phc(scrypt ln={log_n},r={r},p={p})"),
+            Phc::Text(_) => f.write_str("Phc(text)"),
+        }
+    }
 }
 
 /// The result of a [`HashJob`].
@@ -102,8 +197,8 @@ impl Hasher {
     pub fn run(&self, job: &HashJob) -> HashOutcome {
         match job {
             HashJob::Hash(pw) => self.hash(pw),
-            HashJob::Verify(pw, phc) => Self::verify(pw, phc),
-            HashJob::Rehash { old, phc, new } => match Self::verify(old, phc) {
+            HashJob::Verify(pw, phc) => Self::verify(pw, &phc.to_string()),
+            HashJob::Rehash { old, phc, new } => match Self::verify(old, &phc.to_string()) {
                 HashOutcome::Verified(true) => match self.hash(new) {
                     HashOutcome::Hashed(h) => HashOutcome::Rehashed(Some(h)),
                     other => other,
@@ -188,7 +283,7 @@ mod tests {
         };
         assert!(phc.starts_with("$scrypt$ln=4,r=8,p=1$"));
         assert!(!phc.contains("correct-horse"));
-        let phc: Arc<str> = phc.into();
+        let phc = Phc::parse(&phc);
         assert_eq!(
             h.run(&HashJob::Verify(pw, phc.clone())),
             HashOutcome::Verified(true)
@@ -199,14 +294,65 @@ mod tests {
             HashOutcome::Verified(false)
         );
         assert!(matches!(
-            h.run(&HashJob::Verify(Password::unchecked("x"), "garbage".into())),
+            h.run(&HashJob::Verify(
+                Password::unchecked("x"),
+                Phc::parse("garbage")
+            )),
             HashOutcome::Failed(_)
         ));
-        let d: Arc<str> = h.dummy_phc().into();
+        let d = Phc::parse(&h.dummy_phc());
         assert_eq!(
             h.run(&HashJob::Verify(Password::unchecked("x"), d)),
             HashOutcome::Verified(false)
         );
+    }
+
+    /// What this guards: a hash kept in binary must verify and be stored as the very string it
+    /// came from, whatever that string was.
+    #[test]
+    fn a_hash_is_kept_in_binary_and_formats_back_to_its_string() {
+        let h = Hasher::new(4, 8, 1).unwrap();
+        for _ in 0..20 {
+            let HashOutcome::Hashed(made) = h.run(&HashJob::Hash(Password::unchecked("pw"))) else {
+                panic!()
+            };
+            let phc = Phc::parse(&made);
+            assert!(
+                matches!(
+                    phc,
+                    Phc::Scrypt {
+                        log_n: 4,
+                        r: 8,
+                        p: 1,
+                        ..
+                    }
+                ),
+                "{made}"
+            );
+            assert_eq!(phc.to_string(), made);
+        }
+        let example =
+            "$scrypt$ln=16,r=8,p=1$aM15713r3Xsvxbi31lqr1Q$nFNh2CVHVjNldFVKDHDlm4CbdRSCdEBsjjJxD+iCs5E";
+        assert!(matches!(Phc::parse(example), Phc::Scrypt { log_n: 16, .. }));
+        // Anything that would not format back the same is kept as it is: other algorithms, other
+        // sizes, padding, leading zeros, a parameter out of range, another order, garbage.
+        for other in [
+            "$argon2id$v=19$m=65536,t=2,p=1$c29tZXNhbHQ$RdescudvJCsgt3ub+b+dWRWJTmaaJObG",
+            "$scrypt$ln=16,r=8,p=1$aM15713r3Xsvxbi31lqr$nFNh2CVHVjNldFVKDHDlm4CbdRSCdEBsjjJxD+iCs5E",
+            "$scrypt$ln=16,r=8,p=1$aM15713r3Xsvxbi31lqr1Q==$nFNh2CVHVjNldFVKDHDlm4CbdRSCdEBsjjJxD+iCs5E",
+            "$scrypt$ln=016,r=8,p=1$aM15713r3Xsvxbi31lqr1Q$nFNh2CVHVjNldFVKDHDlm4CbdRSCdEBsjjJxD+iCs5E",
+            "$scrypt$ln=256,r=8,p=1$aM15713r3Xsvxbi31lqr1Q$nFNh2CVHVjNldFVKDHDlm4CbdRSCdEBsjjJxD+iCs5E",
+            "$scrypt$r=8,ln=16,p=1$aM15713r3Xsvxbi31lqr1Q$nFNh2CVHVjNldFVKDHDlm4CbdRSCdEBsjjJxD+iCs5E",
+            "$scrypt$ln=16,r=8,p=1$aM15713r3Xsvxbi31lqr1Q$nFNh2CVHVjNldFVKDHDlm4CbdRSCdEBsjjJxD+iCs5E$",
+            "$scrypt$new$7",
+            "",
+        ] {
+            let phc = Phc::parse(other);
+            assert!(matches!(phc, Phc::Text(_)), "{other}");
+            assert_eq!(phc.to_string(), other);
+        }
+        // Inline in an account, in place of a pointer to a string of its own.
+        assert_eq!(std::mem::size_of::<Option<Phc>>(), 64);
     }
 
     #[test]
@@ -217,7 +363,7 @@ mod tests {
         let HashOutcome::Hashed(phc) = h.run(&HashJob::Hash(old.clone())) else {
             panic!()
         };
-        let phc: Arc<str> = phc.into();
+        let phc = Phc::parse(&phc);
         let wrong = HashJob::Rehash {
             old: new.clone(),
             phc: phc.clone(),
@@ -232,7 +378,7 @@ mod tests {
         let HashOutcome::Rehashed(Some(changed)) = h.run(&right) else {
             panic!()
         };
-        let changed: Arc<str> = changed.into();
+        let changed = Phc::parse(&changed);
         assert_eq!(
             h.run(&HashJob::Verify(new, changed.clone())),
             HashOutcome::Verified(true)

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::auth::{HashOutcome, Hasher};
+use crate::auth::{HashOutcome, Hasher, Phc};
 use crate::config::{
     IRC_MAX_INPUT_BYTES, MAX_INFLIGHT_PER_CONNECTION, MAX_LINE_BYTES, OUTBOX_LIMIT_BYTES,
 };
@@ -154,7 +154,7 @@ impl Sim {
     fn settings(hasher: &Hasher, restarts: u64, limits: Limits) -> Settings {
         Settings {
             hash_queue: 64,
-            dummy_phc: Arc::from(hasher.dummy_phc()),
+            dummy_phc: Phc::parse(&hasher.dummy_phc()),
             version: "0.0.0-sim",
             entropy: Entropy::Seeded(SEED.wrapping_add(restarts)),
             limits,

@@ -439,6 +439,8 @@ fn two_owners_deleting_one_room_on_two_nodes_at_once_delete_it_once() {
             let joined = m.call(&format!("JOIN {room}"));
             assert!(joined.last().unwrap().ends_with(" JOINED"), "{joined:?}");
         }
+        // Node 0 must have applied bob's JOIN (made on node 1) before alice names him.
+        nodes[0].barrier();
         let made_owner = a.call(&format!("ROLE {room} {bob} OWNER"));
         assert!(
             made_owner.last().unwrap().starts_with("OK ROLE"),

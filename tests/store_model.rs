@@ -70,6 +70,28 @@ impl Generator {
         self.name().to_ascii_lowercase()
     }
 
+    /// A new password hash: half the time of the shape chatd makes (a 16-byte salt and a 32-byte
+    /// hash, which the accounts table keeps in binary), else any other string (kept as it is).
+    fn phc(&mut self) -> String {
+        const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        if self.rng.chance(50) {
+            return format!("$scrypt$new${}", self.rng.below(100));
+        }
+        // Unpadded base64 of 16 and 32 bytes: the last character carries 2 and 4 bits, the rest
+        // zero.
+        let mut b64 = |chars: usize, last: &[u8]| {
+            let mut s: String = (0..chars - 1)
+                .map(|_| B64[self.rng.below(64) as usize] as char)
+                .collect();
+            s.push(last[self.rng.below(last.len() as u64) as usize] as char);
+            s
+        };
+        let salt = b64(22, b"AQgw");
+        let hash = b64(43, b"AEIMQUYcgkosw048");
+        let log_n = 1 + self.rng.below(20);
+        format!("$scrypt$ln={log_n},r=8,p=1${salt}${hash}")
+    }
+
     fn message(&mut self) -> MessageRecord {
         // Ids increase with occasional gaps, as when a failed batch's ids are not reused.
         self.next_id += 1 + u64::from(self.rng.chance(20)) * self.rng.below(5);
@@ -242,7 +264,7 @@ impl Generator {
             },
             12..=13 => StoreOp::SetPassword {
                 user: self.key(),
-                phc: format!("$scrypt$new${}", self.rng.below(100)),
+                phc: self.phc(),
                 revoke: (0..self.rng.below(3)).map(|_| self.token_id()).collect(),
             },
             14 => StoreOp::DeleteAccount {
@@ -296,7 +318,9 @@ impl Generator {
             100.. => self.account_op(),
             0..=7 => {
                 let name = self.name();
-                StoreOp::CreateAccount(account(&name, self.rng.below(1 << 40) as i64))
+                let mut rec = account(&name, self.rng.below(1 << 40) as i64);
+                rec.phc = self.phc();
+                StoreOp::CreateAccount(rec)
             }
             8..=44 => {
                 let msg = self.message();

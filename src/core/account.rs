@@ -13,11 +13,9 @@
 //!   its name is retired, the other side of each friendship or request is told, and its other
 //!   connections are closed.
 
-use std::sync::Arc;
-
 use super::out::{self, Out};
 use super::{Account, BusOut, ConnId, ConnState, Core, Hold, Job, Req};
-use crate::auth::{HashJob, HashOutcome};
+use crate::auth::{HashJob, HashOutcome, Phc};
 use crate::proto::code::{ByeCode, Code};
 use crate::proto::name::{Key, Password};
 use crate::proto::server_line::{FriendshipEvent, OkReply, ServerLine};
@@ -26,7 +24,7 @@ use crate::store::{FriendState, StoreOp, TokenId};
 impl Core {
     /// The account's current password hash for a command that checks the password, or the reply
     /// that refuses it (the account is being deleted, or the hashing queue is full).
-    fn password_check(&mut self, req: Req) -> Option<(Req, Key, Arc<str>)> {
+    fn password_check(&mut self, req: Req) -> Option<(Req, Key, Phc)> {
         let me = self.account_of(req.conn)?;
         let Some(phc) = self.accounts.get(&me).and_then(|a| a.phc.clone()) else {
             self.refuse(req, Code::BAD_CREDENTIALS, "wrong password");
@@ -69,7 +67,7 @@ impl Core {
 
     /// Whether the connection is still logged in as `me`, open, and the password it checked is
     /// still the account's.
-    fn checked_still_holds(&self, conn: ConnId, me: &Key, phc: &Arc<str>) -> bool {
+    fn checked_still_holds(&self, conn: ConnId, me: &Key, phc: &Phc) -> bool {
         self.conns
             .get(&conn)
             .is_some_and(|c| !c.closing && c.key() == Some(me))
@@ -101,7 +99,7 @@ impl Core {
         self.hold(conn);
     }
 
-    fn password_hashed(&mut self, req: Req, me: Key, phc: Arc<str>, outcome: HashOutcome) {
+    fn password_hashed(&mut self, req: Req, me: Key, phc: Phc, outcome: HashOutcome) {
         let conn = req.conn;
         let new_phc = match outcome {
             HashOutcome::Rehashed(Some(new)) if self.checked_still_holds(conn, &me, &phc) => new,
@@ -135,7 +133,7 @@ impl Core {
             .filter(|id| self.tokens.get(id).is_some_and(|t| t.live(now)))
             .count() as u64;
         if let Some(acct) = self.accounts.get_mut(&me) {
-            acct.phc = Some(Arc::from(new_phc.as_str()));
+            acct.phc = Some(Phc::parse(&new_phc));
         }
         self.forget_tokens(&me, &revoke);
         let op = StoreOp::SetPassword {
@@ -181,7 +179,7 @@ impl Core {
         self.hold(conn);
     }
 
-    fn unregister_verified(&mut self, req: Req, me: Key, phc: Arc<str>, outcome: HashOutcome) {
+    fn unregister_verified(&mut self, req: Req, me: Key, phc: Phc, outcome: HashOutcome) {
         let conn = req.conn;
         match outcome {
             HashOutcome::Verified(true) if self.checked_still_holds(conn, &me, &phc) => {}

@@ -79,7 +79,7 @@ use self::guard::Guard;
 use self::order::Slots;
 use self::quota::{Inbox, Quota};
 use self::tokens::Token;
-use crate::auth::{Cancel, HashJob, HashOutcome, HashTask};
+use crate::auth::{Cancel, HashJob, HashOutcome, HashTask, Phc};
 use crate::metrics::Metrics;
 use crate::outbox::{Chunk, Outbox};
 use crate::peer::{AddrKey, Peer};
@@ -300,7 +300,7 @@ pub struct Settings {
     /// Most hash jobs queued or running; more get SERVER_BUSY.
     pub hash_queue: usize,
     /// A PHC string that no password matches, verified for unknown names.
-    pub dummy_phc: Arc<str>,
+    pub dummy_phc: Phc,
     /// Server version, shown in HELLO.
     pub version: &'static str,
     /// Where device tokens' random bits come from.
@@ -333,7 +333,7 @@ impl Default for Settings {
     fn default() -> Settings {
         Settings {
             hash_queue: crate::config::DEFAULT_HASH_QUEUE,
-            dummy_phc: Arc::from(""),
+            dummy_phc: Phc::parse(""),
             version: env!("CARGO_PKG_VERSION"),
             entropy: Entropy::Os,
             limits: Limits::default(),
@@ -391,8 +391,9 @@ impl Default for Limits {
 struct Account {
     /// Name as registered.
     name: String,
-    /// None while the REGISTER that created it is still hashing.
-    phc: Option<Arc<str>>,
+    /// None while the REGISTER that created it is still hashing. In binary, inline: an account
+    /// is kept for every registered name.
+    phc: Option<Phc>,
     /// Logged-in connections.
     conns: Vec<ConnId>,
     /// Addresses it logged in from since the server started, most recent last (see `guard`).
@@ -405,6 +406,35 @@ struct Account {
     rooms: BTreeSet<RoomId>,
     /// The rest, which most accounts never have: made on first use (see [`Ties`]).
     ties: Option<Box<Ties>>,
+}
+
+/// An account key, hashed and compared by the look of its name ([`Skeleton`]): the name table
+/// holds one key per look, and is searched with the key of the name to check. A key is its name
+/// with ASCII letters lower-cased, and a skeleton lower-cases first, so a key's skeleton is its
+/// name's. The table holds the key alone (shared with the account table), where a map from the
+/// skeleton held a string of the skeleton's own beside it; the skeleton is made again when the
+/// table hashes or compares, which is at a REGISTER and when the table grows.
+#[derive(Clone)]
+struct Looks(Key);
+
+impl Looks {
+    fn skeleton(&self) -> Skeleton {
+        Skeleton::of(self.0.as_str())
+    }
+}
+
+impl PartialEq for Looks {
+    fn eq(&self, other: &Looks) -> bool {
+        self.0 == other.0 || self.skeleton() == other.skeleton()
+    }
+}
+
+impl Eq for Looks {}
+
+impl std::hash::Hash for Looks {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.skeleton().hash(state);
+    }
 }
 
 /// What an account holds that most accounts never have (friends, blocks, tokens, invitations, an
@@ -441,7 +471,7 @@ static NO_TIES: std::sync::LazyLock<Ties> = std::sync::LazyLock::new(Ties::defau
 
 impl Account {
     /// A new account, with nothing but its name and hash.
-    fn new(name: String, phc: Option<Arc<str>>) -> Account {
+    fn new(name: String, phc: Option<Phc>) -> Account {
         Account {
             name,
             phc,
@@ -562,7 +592,7 @@ pub struct Core {
     settings: Settings,
     accounts: Accounts,
     /// The look of every account's name (see [`Skeleton`]), to refuse a name too like a taken one.
-    skeletons: HashMap<Skeleton, Key>,
+    skeletons: HashSet<Looks>,
     /// Accounts with at least one logged-in connection, sorted for USERS.
     online: BTreeSet<Key>,
     /// In a cluster: accounts online on other nodes, and on which.
@@ -631,13 +661,13 @@ impl Core {
     /// A core holding the state read from the store.
     pub fn new(snapshot: Snapshot, settings: Settings) -> Core {
         let mut accounts = HashMap::with_capacity(snapshot.accounts.len());
-        let mut skeletons: HashMap<Skeleton, Key> = HashMap::with_capacity(accounts.capacity());
+        let mut skeletons: HashSet<Looks> = HashSet::with_capacity(accounts.capacity());
         for a in snapshot.accounts {
             let key = Key::of(&a.name);
             // Names registered before look-alikes were refused may share a skeleton: each keeps
             // working (names are looked up by key), and no further name like them is accepted.
-            let skeleton = Skeleton::of(&a.name);
-            if let Some(first) = skeletons.get(&skeleton) {
+            let looks = Looks(key.clone());
+            if let Some(Looks(first)) = skeletons.get(&looks) {
                 log::warn!(
                     "accounts {} and {} have names that look alike; both keep working, and no \
                      other name like them can be registered",
@@ -645,9 +675,12 @@ impl Core {
                     key
                 );
             } else {
-                skeletons.insert(skeleton, key.clone());
+                skeletons.insert(looks);
             }
-            accounts.insert(key, Box::new(Account::new(a.name, Some(a.phc.into()))));
+            accounts.insert(
+                key,
+                Box::new(Account::new(a.name, Some(Phc::parse(&a.phc)))),
+            );
         }
         for (a, b) in snapshot.blocks {
             let (a, b) = (Key::from_folded(a), Key::from_folded(b));
@@ -707,10 +740,8 @@ impl Core {
             .map(|r| (Key::of(&r.name), r.name))
             .collect::<HashMap<Key, String>>();
         // A deleted account's name stays taken, and so does its look (spec 4.18).
-        for (key, name) in &retired {
-            skeletons
-                .entry(Skeleton::of(name))
-                .or_insert_with(|| key.clone());
+        for key in retired.keys() {
+            skeletons.insert(Looks(key.clone()));
         }
         let rng = Rng::new(settings.entropy);
         let (rooms, room_names) = rooms::load(

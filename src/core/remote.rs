@@ -26,18 +26,18 @@
 //! ([`StoreOp::Told`]). An account deleted elsewhere leaves every room here too.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
-use std::sync::Arc;
 
 use super::out;
 use super::rooms::Room;
 use super::tokens::Token;
-use super::{fan_out, push_to_keys, recipient, Account, BusIn, BusOut, Core, Job, RouteTo};
+use super::{fan_out, push_to_keys, recipient, Account, BusIn, BusOut, Core, Job, Looks, RouteTo};
+use crate::auth::Phc;
 use crate::config::{
     PRESENCE_ENTRY_AGE, PRESENCE_EXPIRY, ROUTE_AWAITING, ROUTE_FALLBACK, ROUTE_MEMORY,
 };
 use crate::outbox::Chunk;
 use crate::proto::code::ByeCode;
-use crate::proto::name::{Key, Skeleton};
+use crate::proto::name::Key;
 use crate::proto::room::RoomKey;
 use crate::proto::server_line::{FriendshipEvent, MessageLine, RoomEvent, ServerLine};
 use crate::store::{
@@ -102,16 +102,14 @@ impl Core {
                 let key = Key::of(&rec.name);
                 // A name this server reserved and lost to the other server is the other's now;
                 // the REGISTER here is answered NAME_TAKEN when its own write comes back.
-                let phc: Arc<str> = rec.phc.into();
+                let phc = Phc::parse(&rec.phc);
                 match self.accounts.get_mut(&key) {
                     Some(a) => {
                         a.name = rec.name;
                         a.phc = Some(phc);
                     }
                     None => {
-                        self.skeletons
-                            .entry(Skeleton::of(&rec.name))
-                            .or_insert_with(|| key.clone());
+                        self.skeletons.insert(Looks(key.clone()));
                         self.accounts
                             .insert(key, Box::new(Account::new(rec.name, Some(phc))));
                     }
@@ -170,7 +168,7 @@ impl Core {
                 // another connection of the account, closed as there.
                 let closing = match self.accounts.get_mut(user.as_str()) {
                     Some(a) => {
-                        a.phc = Some(phc.into());
+                        a.phc = Some(Phc::parse(&phc));
                         a.conns.clone()
                     }
                     None => Vec::new(),

@@ -6,19 +6,17 @@
 //! messages kept for the account holds the connection until they are sent, so every command after
 //! it runs once the login is complete, backlog included.
 
-use std::sync::Arc;
-
 use super::guard::Refusal;
 use super::order::SlotId;
 use super::out::Out;
 use super::quota::Inbox;
 use super::stream::Stream;
-use super::{Account, ConnId, ConnState, Core, Req};
-use crate::auth::{HashJob, HashOutcome};
+use super::{Account, ConnId, ConnState, Core, Looks, Req};
+use crate::auth::{HashJob, HashOutcome, Phc};
 use crate::metrics::LoginKind;
 use crate::peer::AddrKey;
 use crate::proto::code::Code;
-use crate::proto::name::{Key, Name, Password, Skeleton};
+use crate::proto::name::{Key, Name, Password};
 use crate::proto::server_line::{FriendshipEvent, OkReply, Presence, ServerLine};
 use crate::store::{AccountRecord, FriendState, StoreOp, StoreReply, TokenId};
 
@@ -71,14 +69,17 @@ impl Core {
             let text = format!("the name {name} is taken");
             return self.refuse(req, Code::NAME_TAKEN, &text);
         }
-        let skeleton = name.skeleton();
         // A retired name's look stays taken too: nobody may pass for a deleted account.
-        if let Some(taken) = self.skeletons.get(&skeleton).and_then(|k| {
-            self.accounts
-                .get(k)
-                .map(|a| a.name.as_str())
-                .or_else(|| self.retired.get(k).map(String::as_str))
-        }) {
+        if let Some(taken) = self
+            .skeletons
+            .get(&Looks(key.clone()))
+            .and_then(|Looks(k)| {
+                self.accounts
+                    .get(k)
+                    .map(|a| a.name.as_str())
+                    .or_else(|| self.retired.get(k).map(String::as_str))
+            })
+        {
             let text = format!("the name {name} looks too much like {taken}, which is taken");
             return self.refuse(req, Code::NAME_TAKEN, &text);
         }
@@ -103,7 +104,7 @@ impl Core {
         // The name is reserved now, so a second REGISTER of it cannot race this one.
         self.accounts
             .insert(key.clone(), Box::new(Account::new(name.to_string(), None)));
-        self.skeletons.insert(skeleton, key.clone());
+        self.skeletons.replace(Looks(key.clone()));
         let conn = req.conn;
         self.reserve(&mut req);
         self.hash(conn, HashJob::Hash(password), move |core, outcome| {
@@ -114,8 +115,8 @@ impl Core {
 
     fn register_hashed(&mut self, req: Req, key: Key, outcome: HashOutcome, by_admin: bool) {
         let HashOutcome::Hashed(phc) = outcome else {
-            if let Some(a) = self.accounts.remove(&key) {
-                self.skeletons.remove(&Skeleton::of(&a.name));
+            if self.accounts.remove(&key).is_some() {
+                self.skeletons.remove(&Looks(key.clone()));
             }
             if outcome == HashOutcome::Cancelled {
                 // Its connection closed before the hash started: nobody to answer.
@@ -126,7 +127,7 @@ impl Core {
         let Some(acct) = self.accounts.get_mut(&key) else {
             return self.internal_error(req, "a reserved name vanished while hashing");
         };
-        acct.phc = Some(phc.clone().into());
+        acct.phc = Some(Phc::parse(&phc));
         let name = acct.name.clone();
         let record = AccountRecord {
             name: name.clone(),
@@ -143,14 +144,9 @@ impl Core {
                 let ours = core
                     .accounts
                     .get(&key)
-                    .is_some_and(|a| match (&a.phc, &hashed) {
-                        (Some(a), Some(h)) => Arc::ptr_eq(a, h),
-                        _ => false,
-                    });
-                if ours {
-                    if let Some(a) = core.accounts.remove(&key) {
-                        core.skeletons.remove(&Skeleton::of(&a.name));
-                    }
+                    .is_some_and(|a| a.phc.is_some() && a.phc == hashed);
+                if ours && core.accounts.remove(&key).is_some() {
+                    core.skeletons.remove(&Looks(key.clone()));
                 }
                 let text = format!("the name {name} is taken");
                 return core.refuse(req, Code::NAME_TAKEN, &text);
@@ -209,12 +205,13 @@ impl Core {
 
     /// True when `key` is an account whose password hash is still `phc`: a password checked
     /// against a hash that has since been replaced (PASSWORD) or removed (UNREGISTER) is no
-    /// longer the account's password.
-    pub(super) fn still_has_password(&self, key: &Key, phc: &Arc<str>) -> bool {
+    /// longer the account's password. (Every hash has a salt of its own, so a replaced hash never
+    /// equals the one it replaced.)
+    pub(super) fn still_has_password(&self, key: &Key, phc: &Phc) -> bool {
         self.accounts
             .get(key)
             .and_then(|a| a.phc.as_ref())
-            .is_some_and(|current| Arc::ptr_eq(current, phc))
+            .is_some_and(|current| current == phc)
     }
 
     fn login_verified(
@@ -222,7 +219,7 @@ impl Core {
         req: Req,
         key: Option<Key>,
         tracked: Option<Key>,
-        phc: Arc<str>,
+        phc: Phc,
         outcome: HashOutcome,
     ) {
         let ok = match outcome {
@@ -287,6 +284,12 @@ impl Core {
     /// backlog is sent.
     pub(super) fn enter(&mut self, req: Req, key: Key, via: Via) {
         let conn = req.conn;
+        // The account table's own copy of the key, shared by the connection and the online set:
+        // the one LOGIN made from the name it was given is dropped here.
+        let key = match self.accounts.get_key_value(&key) {
+            Some((k, _)) => k.clone(),
+            None => key,
+        };
         let addr = self.peer_key(conn);
         self.remember_address(&key, addr);
         let Some(c) = self.conns.get_mut(&conn) else {

@@ -20,7 +20,7 @@ use super::conn::{accept_loop, Connections, Ctx, Front};
 use super::driver::core_loop;
 use super::ops;
 use super::{tls, Control, ServerOptions, TlsSource};
-use crate::auth::{self, HashTask, Hasher};
+use crate::auth::{self, HashTask, Hasher, Phc};
 use crate::cluster::{Bus, ClusterStore};
 use crate::config::{
     CORE_QUEUE, LOG_SUMMARY_INTERVAL, MAX_STORE_INFLIGHT, SCRYPT_P, SCRYPT_R, SHUTDOWN_FLUSH,
@@ -180,7 +180,7 @@ pub fn run(opts: ServerOptions, control: Receiver<Control>) -> Result<(), Server
     }
     let settings = Settings {
         hash_queue: opts.hash_queue,
-        dummy_phc: Arc::from(hasher.dummy_phc()),
+        dummy_phc: Phc::parse(&hasher.dummy_phc()),
         version: env!("CARGO_PKG_VERSION"),
         entropy: Entropy::Os,
         cluster: opts.cluster.is_some(),

@@ -869,7 +869,7 @@ impl<'txn> Tables<'txn> {
             StoreOp::CreateAccount(rec) => {
                 self.accounts.insert(
                     key_of(&rec.name).as_str(),
-                    codec::encode_account(rec).as_slice(),
+                    codec::encode_account_row(rec).as_slice(),
                 )?;
                 self.dirty = true;
                 Ok(StoreReply::Done)
@@ -1118,7 +1118,7 @@ impl<'txn> Tables<'txn> {
                 if let Some(mut rec) = rec {
                     rec.phc = phc.clone();
                     self.accounts
-                        .insert(user.as_str(), codec::encode_account(&rec).as_slice())?;
+                        .insert(user.as_str(), codec::encode_account_row(&rec).as_slice())?;
                     self.dirty = true;
                 }
                 for id in revoke {

@@ -28,19 +28,19 @@ serve() { # db
     sleep 0.1
   done
 }
-run() { # name workload db
+run() { # name workload db rep
   serve "$3"
   echo "$1 $2 pid $pid uptime: $(uptime)"
   python3 $kit/scripts/run_matrix.py --name "$1" --addr 127.0.0.1:7000 --pid $pid --adapter chatd \
-    --only $2 --reps 1 --attempts 2 --quiet-wait 60 --out $out
+    --only $2 --reps 1 --first-rep $4 --attempts 2 --quiet-wait 60 --out $out
   kill $pid; wait $pid
 }
 for rep in 1 2 3; do
   for w in W3 W2d; do
     d=$(mktemp -d ${TMPDIR:-/tmp}/chatd-growth.XXXX); chmod 755 $d
-    run chatd-empty $w "$d/chatd.redb"
+    run chatd-empty $w "$d/chatd.redb" $rep
     rm -rf $d
-    run chatd-10M $w "$big"
+    run chatd-10M $w "$big" $rep
   done
 done
 serve "$big"

@@ -22,18 +22,21 @@ serve() { # name extra-flags
     --hash-per-address 0 --registrations-per-hour 0 --max-per-address 0 --idle-timeout 0 \
     --log-level warn $2 2> "$d/server.log" &
   pid=$!
-  sleep 1.5
+  for _ in $(seq 1 600); do # ready when it accepts a connection (bounded: 60 s)
+    ip netns exec bench bash -c "echo > /dev/tcp/127.0.0.1/7000" 2>/dev/null && break
+    sleep 0.1
+  done
 }
-run() { # name workload reps extra-flags
+run() { # name workload reps extra-flags [first-rep]
   serve "$1" "$4"
   echo "$1 $2 pid $pid uptime: $(uptime)"
   python3 $kit/scripts/run_matrix.py --name "$1" --addr 127.0.0.1:7000 --pid $pid --adapter chatd \
-    --only $2 --reps $3 --attempts $(attempts $2) --quiet-wait 60 --out $out
+    --only $2 --reps $3 --first-rep ${5:-1} --attempts $(attempts $2) --quiet-wait 60 --out $out
   kill $pid; wait $pid
   rm -rf $d
 }
 for w in W2a W2c W2d W3; do run chatd $w 3 ""; done
-for rep in 1 2 3; do run chatd W4 1 ""; done
+for rep in 1 2 3; do run chatd W4 1 "" $rep; done
 for w in W2c W2d W3; do run chatd-after-commit $w 3 "--deliver-after-commit"; done
 echo "anchors uptime: $(uptime)"
 cd $kit && python3 scripts/run_matrix.py --servers ngircd,inspircd,hybrid --only W2a,W2c,W2d,W3,W4 \

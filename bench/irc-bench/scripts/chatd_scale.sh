@@ -26,7 +26,10 @@ run() { # workload reps
     --hash-per-address 0 --registrations-per-hour 0 --max-per-address 0 --idle-timeout 0 \
     --log-level warn 2> "$d/server.log" &
   pid=$!
-  sleep 1.5
+  for _ in $(seq 1 600); do # ready when it accepts a connection (bounded: 60 s)
+    ip netns exec bench bash -c "echo > /dev/tcp/127.0.0.1/7000" 2>/dev/null && break
+    sleep 0.1
+  done
   echo "chatd $1 pid $pid uptime: $(uptime)"
   python3 $kit/scripts/run_matrix.py --name chatd --addr 127.0.0.1:7000 --pid $pid --adapter chatd \
     --only $1 --reps $2 --attempts $(attempts $1) --quiet-wait 60 --out $out

@@ -456,15 +456,7 @@ impl Outbox {
     /// Everything queued, or `None` once the outbox is closed and nothing is left to write;
     /// `Pending` (and a wake-up at the next push or at closing) while the queue is empty.
     pub fn poll_batch(&self, cx: &Context<'_>) -> Poll<Option<Batch>> {
-        let mut s = self.lock();
-        if let Some(b) = Self::take_locked(&mut s) {
-            return Poll::Ready(Some(b));
-        }
-        if s.closed {
-            return Poll::Ready(None);
-        }
-        s.register(cx, Wants::DATA);
-        Poll::Pending
+        Self::batch_locked(&mut self.lock(), cx)
     }
 
     /// For the writer after a write: [`Outbox::drained_wanted`] (sets `drained` when true) and
@@ -479,7 +471,12 @@ impl Outbox {
         if Self::drained_locked(&mut s) {
             *drained = true;
         }
-        if let Some(b) = Self::take_locked(&mut s) {
+        Self::batch_locked(&mut s, cx)
+    }
+
+    /// [`Outbox::poll_batch`] under the lock already taken.
+    fn batch_locked(s: &mut State, cx: &Context<'_>) -> Poll<Option<Batch>> {
+        if let Some(b) = Self::take_locked(s) {
             return Poll::Ready(Some(b));
         }
         if s.closed {

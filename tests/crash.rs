@@ -16,6 +16,7 @@ mod common;
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::mpsc;
+use std::thread::JoinHandle;
 use std::time::Instant;
 
 use common::*;
@@ -93,8 +94,8 @@ fn stream_and_kill(
     kill_after: usize,
     outcome: &'static str,
     text: impl Fn(usize) -> String,
-) -> Vec<(usize, u64, usize)> {
-    let (ok_tx, ok_rx) = mpsc::channel::<(usize, u64, usize)>();
+) -> Vec<Ack> {
+    let (ok_tx, ok_rx) = mpsc::channel::<Ack>();
     let mut threads = Vec::new();
     for i in 0..SENDERS {
         let mut c = server.connect();
@@ -126,6 +127,20 @@ fn stream_and_kill(
         threads.push((writer, reader));
     }
     drop(ok_tx);
+    kill_after_acks(server, ok_rx, threads, kill_after)
+}
+
+/// An OK as the senders' readers report it: (sender, id, k for the k-th message of the sender).
+type Ack = (usize, u64, usize);
+
+/// Waits for `kill_after` OKs, kills `server`, waits for the senders' writer and reader threads,
+/// and returns every OK that arrived: those already on their way at the kill count too.
+fn kill_after_acks(
+    server: Server,
+    ok_rx: mpsc::Receiver<Ack>,
+    threads: Vec<(JoinHandle<()>, JoinHandle<()>)>,
+    kill_after: usize,
+) -> Vec<Ack> {
     let mut acks = Vec::new();
     while acks.len() < kill_after {
         acks.push(ok_rx.recv_timeout(TIMEOUT).expect("OKs stopped coming"));
@@ -467,7 +482,7 @@ fn room_messages_and_memberships_survive_kill_9() {
         } else {
             check_room(&server, room, &acked, round);
         }
-        let (ok_tx, ok_rx) = mpsc::channel::<(usize, u64, usize)>();
+        let (ok_tx, ok_rx) = mpsc::channel::<Ack>();
         let mut threads = Vec::new();
         for i in 0..SENDERS {
             let mut c = server.connect();
@@ -514,16 +529,7 @@ fn room_messages_and_memberships_survive_kill_9() {
             threads.push((writer, reader));
         }
         drop(ok_tx);
-        let mut acks = Vec::new();
-        while acks.len() < KILL_AFTER {
-            acks.push(ok_rx.recv_timeout(TIMEOUT).expect("OKs stopped coming"));
-        }
-        server.crash();
-        for (w, r) in threads {
-            w.join().unwrap();
-            r.join().expect("a sender's reader failed");
-        }
-        acks.extend(ok_rx.try_iter());
+        let acks = kill_after_acks(server, ok_rx, threads, KILL_AFTER);
         assert!(
             acks.len() < SENDERS * PER_SENDER,
             "the kill came after the last OK"

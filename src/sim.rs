@@ -218,14 +218,17 @@ impl Sim {
     /// Opens a connection named `client` (a name reused after a disconnect opens a new one). It has
     /// no address: the limits per address leave it alone.
     pub fn connect(&mut self, client: &str) {
-        self.connect_as(client, Peer::unlimited(format!("sim:{client}")));
+        self.connect_as(client, Peer::unlimited());
     }
 
     /// Opens a connection named `client` from the address `ip`, which the limits per address
     /// count.
     pub fn connect_from(&mut self, client: &str, ip: &str) {
         let ip = ip.parse().expect("an IP address");
-        self.connect_as(client, Peer::new(format!("{ip}:1"), ip, &[]));
+        self.connect_as(
+            client,
+            Peer::new(std::net::SocketAddr::new(ip, 1), false, &[]),
+        );
     }
 
     /// Moves the clock forward by `ms` and lets the server look at it (an [`Event::Tick`]). Jobs
@@ -238,7 +241,7 @@ impl Sim {
     /// Opens an IRC connection named `client`: what it sends and receives goes through the IRC
     /// front end (`crate::irc`), as on an `--irc-listen` port.
     pub fn connect_irc(&mut self, client: &str) {
-        self.connect_as(client, Peer::unlimited(format!("sim:{client}")));
+        self.connect_as(client, Peer::unlimited());
         if let Some(c) = self.clients.get_mut(client) {
             c.decoder = LineDecoder::new(IRC_MAX_INPUT_BYTES);
             c.irc = Some((Session::new("0.0.0-sim"), String::new()));

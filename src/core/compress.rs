@@ -28,7 +28,7 @@ impl Core {
         }
         let limit = self.settings.limits.max_compressed;
         if self.compressed >= limit {
-            let key = c.peer.key;
+            let key = c.peer.key();
             self.tally.count("COMPRESS refused, at the limit", key);
             let text = if limit == 0 {
                 "compression is turned off on this server; carry on uncompressed"
@@ -56,10 +56,10 @@ impl Core {
         c.closing = true;
         log::debug!(
             "connection {conn} from {} sent a DEFLATE stream that does not inflate; closing it",
-            c.peer.shown
+            c.peer
         );
         self.tally
-            .count("connections closed for a bad DEFLATE stream", c.peer.key);
+            .count("connections closed for a bad DEFLATE stream", c.peer.key());
         let bye = ServerLine::Bye {
             code: ByeCode::BAD_DEFLATE,
             text: "your compressed stream could not be inflated; connect again",

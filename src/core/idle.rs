@@ -88,9 +88,9 @@ impl Core {
         };
         log::debug!(
             "connection {conn} from {} was silent too long; closing it",
-            c.peer.shown
+            c.peer
         );
-        self.tally.count("idle connections closed", c.peer.key);
+        self.tally.count("idle connections closed", c.peer.key());
         let bye = ServerLine::Bye {
             code: ByeCode::IDLE_TIMEOUT,
             text: "nothing heard from you after a PING; answer a PING with any command",

@@ -983,8 +983,8 @@ impl Core {
         };
         let _ = outbox.push(Chunk::Owned(hello.to_bytes()));
         self.settings.metrics.connections_opened.inc();
-        log::debug!("connection {conn} from {}", peer.shown);
-        self.tally.count("connections opened", peer.key);
+        log::debug!("connection {conn} from {}", peer);
+        self.tally.count("connections opened", peer.key());
         self.conns.insert(
             conn,
             Box::new(Conn {
@@ -1113,7 +1113,7 @@ impl Core {
         match head.verb.parse_args(head.rest) {
             Err(r) => self.refuse(req, r.0, &r.1),
             Ok(command) if self.store_failing && (row.writes)(&command) => {
-                let source = self.conns.get(&conn).and_then(|c| c.peer.key);
+                let source = self.conns.get(&conn).and_then(|c| c.peer.key());
                 self.tally
                     .count("writes refused while the database failed", source);
                 self.refuse(
@@ -1165,11 +1165,11 @@ impl Core {
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
-        log::debug!("closing connection {conn} from {}: {text}", c.peer.shown);
+        log::debug!("closing connection {conn} from {}: {text}", c.peer);
         self.tally.count(
             "connections closed for a revoked token, a new password, or a deleted, suspended or \
              killed account",
-            c.peer.key,
+            c.peer.key(),
         );
         c.outbox
             .push_unbounded(Chunk::Owned(ServerLine::Bye { code, text }.to_bytes()));
@@ -1184,9 +1184,10 @@ impl Core {
             };
             log::debug!(
                 "connection {conn} from {} is not reading; disconnecting it",
-                c.peer.shown
+                c.peer
             );
-            self.tally.count("slow consumers disconnected", c.peer.key);
+            self.tally
+                .count("slow consumers disconnected", c.peer.key());
             self.settings.metrics.outbox_drops.inc();
             let bye = ServerLine::Bye {
                 code: ByeCode::SLOW_CONSUMER,
@@ -1266,7 +1267,7 @@ impl Core {
     ) {
         self.hashing += 1;
         let cancel = Cancel::default();
-        let addr = self.conns.get(&conn).and_then(|c| c.peer.key);
+        let addr = self.conns.get(&conn).and_then(|c| c.peer.key());
         self.guard
             .hash_started(addr, &self.settings.limits, self.now);
         if let Some(c) = self.conns.get_mut(&conn) {
@@ -1344,8 +1345,8 @@ impl Core {
         if let ConnState::LoggedIn(key) = c.state {
             self.detach(conn, &key, c.resumed);
         }
-        log::debug!("connection {conn} from {} closed", c.peer.shown);
-        self.tally.count("connections closed", c.peer.key);
+        log::debug!("connection {conn} from {} closed", c.peer);
+        self.tally.count("connections closed", c.peer.key());
     }
 
     /// Removes a logged-in connection from its account; the last one takes the account offline.

@@ -206,7 +206,7 @@ impl Core {
 
     /// Answers a command refused by a quota.
     pub(super) fn over_quota(&mut self, req: super::Req, why: OverQuota) {
-        let source = self.conns.get(&req.conn).and_then(|c| c.peer.key);
+        let source = self.conns.get(&req.conn).and_then(|c| c.peer.key());
         self.tally.count("commands refused by quotas", source);
         match why.wait_ms {
             Some(ms) => self.refuse_for(req, why.code, ms.min(i64::MAX / 2), &why.text),

@@ -232,7 +232,7 @@ impl Core {
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
-        let addr = c.peer.key;
+        let addr = c.peer.key();
         let key = match key {
             Some(k)
                 if ok && c.key().is_none() && !c.closing && self.still_has_password(&k, &phc) =>
@@ -240,7 +240,7 @@ impl Core {
                 k
             }
             _ => {
-                log::debug!("failed login from {}", c.peer.shown);
+                log::debug!("failed login from {}", c.peer);
                 self.tally.count("failed logins", addr);
                 self.settings.metrics.logins_failed.inc();
                 if !ok {
@@ -300,7 +300,7 @@ impl Core {
             c.device_token = Some(id);
             c.resumed = true;
         }
-        let peer = c.peer.shown.clone();
+        let peer = c.peer;
         let Some(acct) = self.accounts.get_mut(&key) else {
             return self.internal_error(req, "an account vanished while logging in");
         };
@@ -503,7 +503,7 @@ impl Core {
 
     /// The address key of a connection, if the limits per address count it.
     pub(super) fn peer_key(&self, conn: ConnId) -> Option<AddrKey> {
-        self.conns.get(&conn).and_then(|c| c.peer.key)
+        self.conns.get(&conn).and_then(|c| c.peer.key())
     }
 
     /// Answers `RATE_LIMITED`, saying when to try again.

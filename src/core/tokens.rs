@@ -213,8 +213,8 @@ impl Core {
         });
         let refuse = |core: &mut Core, req: Req| {
             if let Some(c) = core.conns.get(&req.conn) {
-                log::debug!("failed RESUME from {}", c.peer.shown);
-                core.tally.count("failed RESUMEs", c.peer.key);
+                log::debug!("failed RESUME from {}", c.peer);
+                core.tally.count("failed RESUMEs", c.peer.key());
             }
             core.settings.metrics.logins_failed.inc();
             core.refuse(

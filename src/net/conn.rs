@@ -155,7 +155,7 @@ pub(super) async fn accept_loop(
                 continue;
             }
         };
-        let key = Peer::new(String::new(), peer.ip(), &ctx.exempt).key;
+        let key = Peer::new(peer, false, &ctx.exempt).key();
         let (active, from_key, guard) = ctx.connections.enter(key);
         if active > ctx.max_connections {
             log::debug!(
@@ -195,8 +195,7 @@ pub(super) async fn accept_loop(
             // The task is the connection's state machine itself, with nothing around it.
             None => {
                 let _ = stream.set_nodelay(true);
-                let shown = peer.to_string();
-                let task = Task::new(Plain(stream.into()), peer, shown, ctx.clone(), front, guard);
+                let task = Task::new(Plain(stream.into()), peer, false, ctx.clone(), front, guard);
                 ctx.ex.spawn(task).detach();
             }
             Some(cell) => {
@@ -260,10 +259,10 @@ async fn serve_tls(
 ) {
     let _ = stream.set_nodelay(true);
     match tls::handshake(cell.acceptor(), stream).await {
-        Ok(s) => Task::new(s, peer, format!("{peer} (TLS)"), ctx, front, guard).await,
+        Ok(s) => Task::new(s, peer, true, ctx, front, guard).await,
         Err(e) => {
             log::debug!("TLS handshake with {peer} failed: {e}");
-            let key = Peer::new(String::new(), peer.ip(), &ctx.exempt).key;
+            let key = Peer::new(peer, false, &ctx.exempt).key();
             ctx.count("TLS handshakes failed", key);
         }
     }
@@ -430,7 +429,7 @@ impl<S: Stream> Task<S> {
     fn new(
         io: S,
         peer: SocketAddr,
-        shown: String,
+        tls: bool,
         ctx: Arc<Ctx>,
         front: Front,
         guard: ActiveGuard,
@@ -456,7 +455,7 @@ impl<S: Stream> Task<S> {
         let connected = Event::Connected {
             conn,
             outbox: outbox.clone(),
-            peer: Peer::new(shown, peer.ip(), &ctx.exempt),
+            peer: Peer::new(peer, tls, &ctx.exempt),
         };
         let mut task = Task {
             io,

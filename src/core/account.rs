@@ -254,7 +254,7 @@ impl Core {
             }
         }
         self.remote_online.remove(me);
-        self.retired.insert(me.clone(), acct.name.clone());
+        self.retired.insert(me.clone(), acct.name.to_string());
         for id in &acct.ties().tokens {
             self.tokens.remove(id);
         }

@@ -29,7 +29,7 @@ impl Core {
         }
         match self.accounts.get(&other) {
             Some(a) if a.phc.is_some() => {
-                let shown = a.name.clone();
+                let shown = a.name.to_string();
                 Some((req, other, shown))
             }
             _ => {
@@ -87,7 +87,7 @@ impl Core {
                 FriendState::Incoming => FriendshipEvent::Denied,
             });
             if let (Some(event), Some(my_name)) =
-                (event, core.accounts.get(&me).map(|a| a.name.clone()))
+                (event, core.accounts.get(&me).map(|a| a.name.to_string()))
             {
                 let line = out::shared(&ServerLine::Friendship {
                     name: &my_name,
@@ -153,7 +153,7 @@ impl Core {
                 a.ties()
                     .blocks
                     .iter()
-                    .filter_map(|k| self.accounts.get(k).map(|b| b.name.as_str()))
+                    .filter_map(|k| self.accounts.get(k).map(|b| &*b.name))
                     .collect()
             })
             .unwrap_or_default();

@@ -53,7 +53,7 @@ impl Core {
             return self.refuse(req, Code::SELF_TARGET, "you cannot befriend yourself");
         }
         let shown = match self.accounts.get(&other) {
-            Some(a) if a.phc.is_some() => a.name.clone(),
+            Some(a) if a.phc.is_some() => a.name.to_string(),
             _ => {
                 let text = format!("no such user: {name}");
                 return self.refuse(req, Code::UNKNOWN_USER, &text);
@@ -223,7 +223,7 @@ impl Core {
         let my_name = self
             .accounts
             .get(&me)
-            .map(|a| a.name.clone())
+            .map(|a| a.name.to_string())
             .unwrap_or_default();
         let now_friends = effect.new == Some(FriendState::Friends);
         let reply = match change {
@@ -273,7 +273,7 @@ impl Core {
                 FriendState::Incoming => (1, Listed::Incoming),
                 FriendState::Outgoing => (2, Listed::Outgoing),
             };
-            rows.push((rank, other.name.as_str(), state));
+            rows.push((rank, &*other.name, state));
         }
         rows.sort_by_key(|a| (a.0, a.1.to_ascii_lowercase()));
         let mut out = Out::new();

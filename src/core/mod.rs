@@ -389,8 +389,9 @@ impl Default for Limits {
 }
 
 struct Account {
-    /// Name as registered.
-    name: String,
+    /// Name as registered: shares the account key's string when spelled the same
+    /// ([`Key::spelled`]).
+    name: Arc<str>,
     /// None while the REGISTER that created it is still hashing. In binary, inline: an account
     /// is kept for every registered name.
     phc: Option<Phc>,
@@ -471,7 +472,7 @@ static NO_TIES: std::sync::LazyLock<Ties> = std::sync::LazyLock::new(Ties::defau
 
 impl Account {
     /// A new account, with nothing but its name and hash.
-    fn new(name: String, phc: Option<Phc>) -> Account {
+    fn new(name: Arc<str>, phc: Option<Phc>) -> Account {
         Account {
             name,
             phc,
@@ -678,8 +679,8 @@ impl Core {
                 skeletons.insert(looks);
             }
             accounts.insert(
-                key,
-                Box::new(Account::new(a.name, Some(Phc::parse(&a.phc)))),
+                key.clone(),
+                Box::new(Account::new(key.spelled(&a.name), Some(Phc::parse(&a.phc)))),
             );
         }
         for (a, b) in snapshot.blocks {

@@ -105,13 +105,14 @@ impl Core {
                 let phc = Phc::parse(&rec.phc);
                 match self.accounts.get_mut(&key) {
                     Some(a) => {
-                        a.name = rec.name;
+                        a.name = key.spelled(&rec.name);
                         a.phc = Some(phc);
                     }
                     None => {
                         self.skeletons.insert(Looks(key.clone()));
+                        let name = key.spelled(&rec.name);
                         self.accounts
-                            .insert(key, Box::new(Account::new(rec.name, Some(phc))));
+                            .insert(key, Box::new(Account::new(name, Some(phc))));
                     }
                 }
             }

@@ -76,7 +76,7 @@ impl Core {
             .and_then(|Looks(k)| {
                 self.accounts
                     .get(k)
-                    .map(|a| a.name.as_str())
+                    .map(|a| &*a.name)
                     .or_else(|| self.retired.get(k).map(String::as_str))
             })
         {
@@ -102,8 +102,10 @@ impl Core {
                 .registering(addr, &self.settings.limits, self.now);
         }
         // The name is reserved now, so a second REGISTER of it cannot race this one.
-        self.accounts
-            .insert(key.clone(), Box::new(Account::new(name.to_string(), None)));
+        self.accounts.insert(
+            key.clone(),
+            Box::new(Account::new(key.spelled(name.as_str()), None)),
+        );
         self.skeletons.replace(Looks(key.clone()));
         let conn = req.conn;
         self.reserve(&mut req);
@@ -128,7 +130,7 @@ impl Core {
             return self.internal_error(req, "a reserved name vanished while hashing");
         };
         acct.phc = Some(Phc::parse(&phc));
-        let name = acct.name.clone();
+        let name = acct.name.to_string();
         let record = AccountRecord {
             name: name.clone(),
             phc,

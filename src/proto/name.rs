@@ -127,6 +127,18 @@ impl Key {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// `name` (whose key this is) as a shared string: this key's own string when the name is
+    /// spelled as its key is (no capitals, as most names are), or else a string of its own. An
+    /// account keeps its name this way, so that most accounts keep one string for both.
+    pub fn spelled(&self, name: &str) -> Arc<str> {
+        debug_assert!(Key::cmp_folded(name, &self.0).is_eq());
+        if *self.0 == *name {
+            Arc::clone(&self.0)
+        } else {
+            name.into()
+        }
+    }
 }
 
 impl fmt::Display for Key {
@@ -283,6 +295,18 @@ fn check_chars(s: &str) -> Result<(), TextError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_name_spelled_as_its_key_shares_the_key_string() {
+        let key = Key::of("alice");
+        let same = key.spelled("alice");
+        assert!(Arc::ptr_eq(&same, &key.0));
+        let key = Key::of("Alice");
+        let capital = key.spelled("Alice");
+        assert_eq!(&*capital, "Alice");
+        assert!(!Arc::ptr_eq(&capital, &key.0));
+        assert_eq!(key.as_str(), "alice");
+    }
 
     #[test]
     fn the_ascii_shortcut_agrees_with_the_check_by_character() {

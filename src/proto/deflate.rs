@@ -182,15 +182,30 @@ pub struct Intake {
     /// Bytes read from the socket and not yet used (plain, or compressed once inflating).
     raw: Vec<u8>,
     raw_at: usize,
-    /// Inflated bytes not yet framed (only while inflating).
+    /// Made at [`Intake::start_inflate`]: most connections never compress, and each one's task
+    /// holds its intake for as long as it lives.
+    inflating: Option<Box<Inflating>>,
+    broken: bool,
+}
+
+/// What an [`Intake`] holds once it inflates.
+#[derive(Debug, Default)]
+struct Inflating {
+    inflater: Inflater,
+    /// Inflated bytes not yet framed.
     plain: Vec<u8>,
     plain_at: usize,
-    inflater: Option<Box<Inflater>>,
     /// The last inflation filled its buffer: the inflater may hold more output.
     more: bool,
     /// The stream went bad after what `plain` holds.
     bad_after: bool,
-    broken: bool,
+}
+
+impl Inflating {
+    /// Everything inflated was framed, and the inflater holds nothing more.
+    fn used(&self) -> bool {
+        self.plain_at >= self.plain.len() && !self.more && !self.bad_after
+    }
 }
 
 impl Intake {
@@ -200,11 +215,7 @@ impl Intake {
             decoder: LineDecoder::new(max_line),
             raw: Vec::new(),
             raw_at: 0,
-            plain: Vec::new(),
-            plain_at: 0,
-            inflater: None,
-            more: false,
-            bad_after: false,
+            inflating: None,
             broken: false,
         }
     }
@@ -212,10 +223,7 @@ impl Intake {
     /// True when everything fed has been used: read the socket and [`Intake::feed`] what came.
     pub fn wants_input(&self) -> bool {
         self.broken
-            || (self.raw_at >= self.raw.len()
-                && self.plain_at >= self.plain.len()
-                && !self.more
-                && !self.bad_after)
+            || (self.raw_at >= self.raw.len() && self.inflating.as_ref().is_none_or(|i| i.used()))
     }
 
     /// Takes bytes read from the socket. Call only when [`Intake::wants_input`]: an intake holds
@@ -233,14 +241,14 @@ impl Intake {
     /// From now on the bytes are a DEFLATE stream, starting with the first byte after the last
     /// line given. Nothing changes if it already inflates.
     pub fn start_inflate(&mut self) {
-        if self.inflater.is_none() && !self.broken {
-            self.inflater = Some(Box::default());
+        if self.inflating.is_none() && !self.broken {
+            self.inflating = Some(Box::default());
         }
     }
 
     /// True once [`Intake::start_inflate`] was called.
     pub fn inflating(&self) -> bool {
-        self.inflater.is_some()
+        self.inflating.is_some()
     }
 
     /// Gives back the memory an idle intake does not need (its buffers; the inflater's window
@@ -248,21 +256,30 @@ impl Intake {
     #[inline]
     pub fn shrink(&mut self) {
         // Most waits find nothing to give back (a connection that only receives): no call then.
-        if self.raw.capacity() == 0 && self.plain.capacity() == 0 {
+        if self.raw.capacity() == 0
+            && self
+                .inflating
+                .as_ref()
+                .is_none_or(|i| i.plain.capacity() == 0)
+        {
             return;
         }
         if self.wants_input() {
             self.raw = Vec::new();
             self.raw_at = 0;
-            self.plain = Vec::new();
-            self.plain_at = 0;
+            if let Some(i) = &mut self.inflating {
+                i.plain = Vec::new();
+                i.plain_at = 0;
+            }
         }
     }
 
     /// Bytes the intake holds now, its inflater's state aside: at most one read, one
     /// [`INFLATE_CHUNK`] and one line.
     pub fn buffered(&self) -> usize {
-        self.raw.len() + self.plain.len() + self.decoder.buffered()
+        self.raw.len()
+            + self.inflating.as_ref().map_or(0, |i| i.plain.len())
+            + self.decoder.buffered()
     }
 
     /// The next unit; `None` when it needs more bytes.
@@ -270,7 +287,7 @@ impl Intake {
     pub fn next_unit(&mut self) -> Option<Unit> {
         // A connection that only receives asks this at every wake-up and has read nothing: it
         // learns so without a call.
-        if self.broken || (self.inflater.is_none() && self.raw_at >= self.raw.len()) {
+        if self.broken || (self.inflating.is_none() && self.raw_at >= self.raw.len()) {
             return None;
         }
         self.next_unit_read()
@@ -287,7 +304,7 @@ impl Intake {
                 });
                 false
             };
-            let Some(inflater) = &mut self.inflater else {
+            let Some(inf) = &mut self.inflating else {
                 let data = &self.raw[self.raw_at.min(self.raw.len())..];
                 if data.is_empty() {
                     return None;
@@ -298,43 +315,40 @@ impl Intake {
                 }
                 continue;
             };
-            let data = &self.plain[self.plain_at.min(self.plain.len())..];
+            let data = &inf.plain[inf.plain_at.min(inf.plain.len())..];
             if !data.is_empty() {
-                self.plain_at += self.decoder.feed_until(data, &mut take);
+                inf.plain_at += self.decoder.feed_until(data, &mut take);
                 if unit.is_some() {
                     return unit;
                 }
                 continue;
             }
-            if self.bad_after {
+            if inf.bad_after {
                 return self.broke();
             }
             let input = &self.raw[self.raw_at.min(self.raw.len())..];
-            if input.is_empty() && !self.more {
+            if input.is_empty() && !inf.more {
                 return None;
             }
-            self.plain.resize(INFLATE_CHUNK, 0);
-            let done = inflater.inflate(input, &mut self.plain);
+            inf.plain.resize(INFLATE_CHUNK, 0);
+            let done = inf.inflater.inflate(input, &mut inf.plain);
             self.raw_at += done.taken;
-            self.plain.truncate(done.made);
-            self.plain_at = 0;
-            self.more = done.made == INFLATE_CHUNK;
-            self.bad_after = done.bad;
+            inf.plain.truncate(done.made);
+            inf.plain_at = 0;
+            inf.more = done.made == INFLATE_CHUNK;
+            inf.bad_after = done.bad;
             if !done.bad && done.taken == 0 && done.made == 0 && !input.is_empty() {
                 // Nothing moved with input left and room to fill: the stream cannot make
                 // progress, which a valid one always does.
-                self.bad_after = true;
+                inf.bad_after = true;
             }
         }
     }
 
     fn broke(&mut self) -> Option<Unit> {
         self.broken = true;
-        self.bad_after = false;
-        self.more = false;
         self.raw = Vec::new();
-        self.plain = Vec::new();
-        self.inflater = None;
+        self.inflating = None;
         Some(Unit::BadDeflate)
     }
 }

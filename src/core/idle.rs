@@ -48,7 +48,9 @@ impl Core {
         let mut probe = Vec::new();
         let mut close = Vec::new();
         for (&conn, c) in &self.conns {
-            let owed = !c.slots.is_empty() || !c.deferred.is_empty() || c.hold != Hold::Free;
+            let owed = !c.slots.is_empty()
+                || c.deferred.as_ref().is_some_and(|d| !d.is_empty())
+                || c.hold != Hold::Free;
             if c.closing || owed {
                 continue;
             }

@@ -536,7 +536,9 @@ struct Conn {
     hashing: Option<Cancel>,
     state: ConnState,
     hold: Hold,
-    deferred: VecDeque<Input>,
+    /// Input waiting while the connection is held: made when a line first waits, and given
+    /// back once none does (most connections are idle, and most input never waits).
+    deferred: Option<Box<VecDeque<Input>>>,
     slots: Slots,
     /// QUIT was answered or the server closed it; further input is ignored.
     closing: bool,
@@ -568,7 +570,10 @@ pub fn entry_sizes() -> [(&'static str, usize); 6] {
         ("core_conn", size_of::<Conn>()),
         ("core_conn_peer", size_of::<Peer>()),
         ("core_conn_reply_order", size_of::<Slots>()),
-        ("core_conn_deferred", size_of::<VecDeque<Input>>()),
+        (
+            "core_conn_deferred",
+            size_of::<Option<Box<VecDeque<Input>>>>(),
+        ),
         ("core_account", size_of::<Account>()),
         ("core_account_ties", size_of::<Ties>()),
     ]
@@ -996,7 +1001,7 @@ impl Core {
                 hashing: None,
                 state: ConnState::Guest,
                 hold: Hold::Free,
-                deferred: VecDeque::new(),
+                deferred: None,
                 slots: Slots::default(),
                 closing: false,
                 device_token: None,
@@ -1019,7 +1024,7 @@ impl Core {
         c.last_heard = self.now;
         c.probed = false;
         if c.hold != Hold::Free {
-            c.deferred.push_back(input);
+            c.deferred.get_or_insert_default().push_back(input);
             return;
         }
         self.process(conn, input);
@@ -1074,7 +1079,9 @@ impl Core {
             // While writes fail, a read waits the same way, so that it can go to the fresh-read
             // queue and still see every write its connection sent before it.
             c.hold = Hold::Drain;
-            c.deferred.push_front(Input::Line(line.into_bytes()));
+            c.deferred
+                .get_or_insert_default()
+                .push_front(Input::Line(line.into_bytes()));
             return;
         }
         let key = c.key().cloned();
@@ -1321,8 +1328,8 @@ impl Core {
             if c.hold != Hold::Free || c.closing {
                 break;
             }
-            let Some(input) = c.deferred.pop_front() else {
-                c.deferred = VecDeque::new();
+            let Some(input) = c.deferred.as_mut().and_then(|d| d.pop_front()) else {
+                c.deferred = None;
                 break;
             };
             self.process(conn, input);

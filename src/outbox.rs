@@ -142,18 +142,22 @@ impl Wants {
     }
 }
 
+/// Pushes held while a long answer is sent: a ring of its own, not a `Batch`.
+#[derive(Default)]
+struct Held {
+    chunks: VecDeque<Chunk>,
+    bytes: usize,
+}
+
 #[derive(Default)]
 struct State {
     queue: Batch,
     bytes: usize,
     closed: bool,
     credits: usize,
-    /// A long answer is being sent: pushes wait in `held`.
-    answering: bool,
-    /// A ring of its own (empty and unallocated unless an answer is being sent), not a `Batch`:
-    /// every outbox carries one.
-    held: VecDeque<Chunk>,
-    held_bytes: usize,
+    /// While a long answer is being sent: the pushes that wait for its end. Made when the answer
+    /// begins, since every connection's outbox carries this field and most never send one.
+    answer: Option<Box<Held>>,
     /// The core waits to hear that the queue has room for the next part of an answer.
     drain_wanted: bool,
     /// The connection switched to DEFLATE: what is queued from [`Chunk::StartDeflate`] on is
@@ -165,6 +169,11 @@ struct State {
 }
 
 impl State {
+    /// Bytes of the pushes held during a long answer.
+    fn held_bytes(&self) -> usize {
+        self.answer.as_ref().map_or(0, |h| h.bytes)
+    }
+
     /// The task's waker if it waits for `w` (or, for `None`, for anything): taken, to be woken
     /// once the lock is released.
     fn wake(&mut self, w: Option<Wants>) -> Option<Waker> {
@@ -241,12 +250,12 @@ impl Outbox {
         if s.closed {
             return Ok(());
         }
-        if s.bytes + s.held_bytes >= self.0.limit {
+        if s.bytes + s.held_bytes() >= self.0.limit {
             return Err(Overflow);
         }
-        if s.answering {
-            s.held_bytes += chunk.as_bytes().len();
-            s.held.push_back(chunk);
+        if let Some(held) = &mut s.answer {
+            held.bytes += chunk.as_bytes().len();
+            held.chunks.push_back(chunk);
             return Ok(());
         }
         s.bytes += chunk.as_bytes().len();
@@ -259,7 +268,7 @@ impl Outbox {
 
     /// Starts a long answer: from now on pushes are held until [`Outbox::end_answer`].
     pub fn begin_answer(&self) {
-        self.lock().answering = true;
+        self.lock().answer.get_or_insert_default();
     }
 
     /// Queues one part of a long answer. The caller checked [`Outbox::has_room_for_answer`]; the
@@ -271,12 +280,12 @@ impl Outbox {
     /// Ends a long answer: the pushes held meanwhile are queued after it.
     pub fn end_answer(&self) {
         let mut s = self.lock();
-        s.answering = false;
         s.drain_wanted = false;
-        let held = std::mem::take(&mut s.held);
-        s.bytes += std::mem::take(&mut s.held_bytes);
-        for c in held {
-            s.queue.push(c);
+        if let Some(held) = s.answer.take() {
+            s.bytes += held.bytes;
+            for c in held.chunks {
+                s.queue.push(c);
+            }
         }
         let w = if s.queue.is_empty() {
             None
@@ -334,8 +343,8 @@ impl Outbox {
             return;
         }
         s.deflate = true;
-        let w = if s.answering {
-            s.held.push_back(Chunk::StartDeflate);
+        let w = if let Some(held) = &mut s.answer {
+            held.chunks.push_back(Chunk::StartDeflate);
             None
         } else {
             s.queue.push(Chunk::StartDeflate);
@@ -370,15 +379,13 @@ impl Outbox {
             let switch_queued = s
                 .queue
                 .iter()
-                .chain(s.held.iter())
+                .chain(s.answer.iter().flat_map(|h| h.chunks.iter()))
                 .any(|c| matches!(c, Chunk::StartDeflate));
             s.queue = Batch::default();
             if switch_queued {
                 s.queue.push(Chunk::StartDeflate);
             }
-            s.held = VecDeque::new();
-            s.held_bytes = 0;
-            s.answering = false;
+            s.answer = None;
             s.bytes = last.as_bytes().len();
             s.queue.push(last);
             s.closed = true;
@@ -396,7 +403,7 @@ impl Outbox {
     /// Bytes queued and not yet taken by the writer, pushes held during an answer included.
     pub fn queued_bytes(&self) -> usize {
         let s = self.lock();
-        s.bytes + s.held_bytes
+        s.bytes + s.held_bytes()
     }
 
     /// Gives back `n` credits to the reader.

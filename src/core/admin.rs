@@ -102,7 +102,7 @@ impl Core {
         }
         // From now on the account logs in nowhere, and its connections run nothing more.
         acct.ties_mut().suspended = Some(suspension.clone());
-        let conns = acct.conns.clone();
+        let conns = acct.conns.to_vec();
         for c in &conns {
             if let Some(c) = self.conns.get_mut(c) {
                 c.hold = Hold::Frozen;
@@ -131,7 +131,7 @@ impl Core {
             let closing: Vec<ConnId> = core
                 .accounts
                 .get(&key)
-                .map(|a| a.conns.clone())
+                .map(|a| a.conns.to_vec())
                 .unwrap_or_default();
             for &c in &closing {
                 core.close_with_bye(c, ByeCode::ACCOUNT_SUSPENDED, &text);

@@ -329,7 +329,7 @@ impl Core {
             if key != sender {
                 users += 1;
             }
-            for conn in &acct.conns {
+            for conn in acct.conns.iter() {
                 if *conn == skip {
                     continue;
                 }

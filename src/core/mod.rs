@@ -396,7 +396,7 @@ struct Account {
     /// is kept for every registered name.
     phc: Option<Phc>,
     /// Logged-in connections.
-    conns: Vec<ConnId>,
+    conns: ConnList,
     /// Addresses it logged in from since the server started, most recent last (see `guard`).
     known: Vec<AddrKey>,
     /// When its last connection left, as recorded (`Profile::last_seen_ms`).
@@ -407,6 +407,57 @@ struct Account {
     rooms: BTreeSet<RoomId>,
     /// The rest, which most accounts never have: made on first use (see [`Ties`]).
     ties: Option<Box<Ties>>,
+}
+
+/// An account's logged-in connections, read as a slice: most accounts have one, kept inline,
+/// where a list of its own would be a block on the heap for every logged-in account.
+#[derive(Clone, Debug, Default)]
+enum ConnList {
+    #[default]
+    Empty,
+    One(ConnId),
+    Many(Vec<ConnId>),
+}
+
+impl ConnList {
+    fn push(&mut self, conn: ConnId) {
+        *self = match std::mem::take(self) {
+            ConnList::Empty => ConnList::One(conn),
+            ConnList::One(first) => ConnList::Many(vec![first, conn]),
+            ConnList::Many(mut v) => {
+                v.push(conn);
+                ConnList::Many(v)
+            }
+        };
+    }
+
+    /// Removes `conn` if it is in the list.
+    fn remove(&mut self, conn: ConnId) {
+        match self {
+            ConnList::One(c) if *c == conn => *self = ConnList::Empty,
+            ConnList::Many(v) => {
+                v.retain(|c| *c != conn);
+                match v[..] {
+                    [] => *self = ConnList::Empty,
+                    [one] => *self = ConnList::One(one),
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl std::ops::Deref for ConnList {
+    type Target = [ConnId];
+
+    fn deref(&self) -> &[ConnId] {
+        match self {
+            ConnList::Empty => &[],
+            ConnList::One(c) => std::slice::from_ref(c),
+            ConnList::Many(v) => v,
+        }
+    }
 }
 
 /// An account key, hashed and compared by the look of its name ([`Skeleton`]): the name table
@@ -476,7 +527,7 @@ impl Account {
         Account {
             name,
             phc,
-            conns: Vec::new(),
+            conns: ConnList::Empty,
             known: Vec::new(),
             last_seen_ms: None,
             seen_written: None,
@@ -1363,7 +1414,7 @@ impl Core {
         let Some(acct) = self.accounts.get_mut(key) else {
             return;
         };
-        acct.conns.retain(|c| *c != conn);
+        acct.conns.remove(conn);
         let offline = acct.conns.is_empty();
         if offline {
             self.online.remove(key);
@@ -1471,7 +1522,7 @@ fn fan_out<'a>(
         let Some(acct) = accounts.get(key) else {
             continue;
         };
-        for conn in &acct.conns {
+        for conn in acct.conns.iter() {
             if Some(*conn) == skip {
                 n += 1;
                 continue;
@@ -1541,6 +1592,28 @@ fn told_ops(ops: Vec<StoreOp>) -> Vec<StoreOp> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connection_list_holds_one_inline_and_more_in_a_list() {
+        let mut l = ConnList::default();
+        assert!(l.is_empty());
+        l.remove(7);
+        l.push(7);
+        assert!(matches!(l, ConnList::One(7)));
+        l.push(9);
+        l.push(11);
+        assert_eq!(&l[..], &[7, 9, 11]);
+        l.remove(9);
+        assert_eq!(&l[..], &[7, 11]);
+        l.remove(7);
+        assert!(matches!(l, ConnList::One(11)));
+        l.remove(5);
+        assert_eq!(&l[..], &[11]);
+        l.remove(11);
+        assert!(matches!(l, ConnList::Empty));
+        assert!(l.is_empty());
+        assert!(size_of::<ConnList>() <= size_of::<Vec<ConnId>>());
+    }
 
     fn notice(room: RoomId) -> StoreOp {
         StoreOp::Notice(Notice::Room {

@@ -170,7 +170,7 @@ impl Core {
                 let closing = match self.accounts.get_mut(user.as_str()) {
                     Some(a) => {
                         a.phc = Some(Phc::parse(&phc));
-                        a.conns.clone()
+                        a.conns.to_vec()
                     }
                     None => Vec::new(),
                 };
@@ -367,7 +367,7 @@ impl Core {
                 // What its rooms' members are told comes in notices after this op.
                 self.forget_in_rooms(&key);
                 if let Some(acct) = self.forget_account(&key) {
-                    for c in acct.conns {
+                    for c in acct.conns.iter().copied() {
                         self.close_with_bye(c, ByeCode::ACCOUNT_DELETED, "the account was deleted");
                     }
                 }
@@ -378,7 +378,7 @@ impl Core {
                     return;
                 };
                 let closing = if suspension.is_some() {
-                    a.conns.clone()
+                    a.conns.to_vec()
                 } else {
                     Vec::new()
                 };
@@ -629,7 +629,7 @@ impl Core {
                 let closing = self
                     .accounts
                     .get(user.as_str())
-                    .map(|a| a.conns.clone())
+                    .map(|a| a.conns.to_vec())
                     .unwrap_or_default();
                 for c in closing {
                     self.close_with_bye(c, ByeCode::KILLED, &text);

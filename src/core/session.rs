@@ -306,9 +306,6 @@ impl Core {
         let Some(acct) = self.accounts.get_mut(&key) else {
             return self.internal_error(req, "an account vanished while logging in");
         };
-        // Grown one at a time: most accounts have one connection, and a first push would make room
-        // for four.
-        acct.conns.reserve_exact(1);
         acct.conns.push(conn);
         let first = acct.conns.len() == 1;
         // While writes fail the backlog stays kept: delivering it means committing its removal

@@ -399,14 +399,47 @@ struct Account {
     conns: ConnList,
     /// Addresses it logged in from since the server started, most recent last (see `guard`).
     known: Vec<AddrKey>,
-    /// When its last connection left, as recorded (`Profile::last_seen_ms`).
-    last_seen_ms: Option<i64>,
-    /// The last-seen time as written to the store.
-    seen_written: Option<i64>,
+    /// When its last connection left, as recorded (`Profile::last_seen_ms`), and as written to
+    /// the store.
+    seen: Seen,
     /// Rooms it is a member of.
     rooms: BTreeSet<RoomId>,
     /// The rest, which most accounts never have: made on first use (see [`Ties`]).
     ties: Option<Box<Ties>>,
+}
+
+/// When an account was last seen (its last connection left), as recorded and as last written to
+/// the store: two times in 16 bytes inside every account, where two `Option<i64>` took 32.
+/// `i64::MIN`, a time no clock gives, stands for none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Seen {
+    last: i64,
+    written: i64,
+}
+
+impl Seen {
+    const NEVER: i64 = i64::MIN;
+    const NONE: Seen = Seen {
+        last: Seen::NEVER,
+        written: Seen::NEVER,
+    };
+
+    /// Seen at `ms` as the store holds it.
+    fn written_at(ms: Option<i64>) -> Seen {
+        let t = ms.unwrap_or(Seen::NEVER);
+        Seen {
+            last: t,
+            written: t,
+        }
+    }
+
+    fn last(self) -> Option<i64> {
+        (self.last != Seen::NEVER).then_some(self.last)
+    }
+
+    fn written(self) -> Option<i64> {
+        (self.written != Seen::NEVER).then_some(self.written)
+    }
 }
 
 /// An account's logged-in connections, read as a slice: most accounts have one, kept inline,
@@ -529,8 +562,7 @@ impl Account {
             phc,
             conns: ConnList::Empty,
             known: Vec::new(),
-            last_seen_ms: None,
-            seen_written: None,
+            seen: Seen::NONE,
             rooms: BTreeSet::new(),
             ties: None,
         }
@@ -758,8 +790,7 @@ impl Core {
                     last_seen_ms,
                     suspended,
                 } = profile;
-                acct.seen_written = last_seen_ms;
-                acct.last_seen_ms = last_seen_ms;
+                acct.seen = Seen::written_at(last_seen_ms);
                 if friends_only || away.is_some() || suspended.is_some() {
                     let ties = acct.ties_mut();
                     ties.friends_only = friends_only;

@@ -30,7 +30,9 @@ use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use super::out;
 use super::rooms::Room;
 use super::tokens::Token;
-use super::{fan_out, push_to_keys, recipient, Account, BusIn, BusOut, Core, Job, Looks, RouteTo};
+use super::{
+    fan_out, push_to_keys, recipient, Account, BusIn, BusOut, Core, Job, Looks, RouteTo, Seen,
+};
 use crate::auth::Phc;
 use crate::config::{
     PRESENCE_ENTRY_AGE, PRESENCE_EXPIRY, ROUTE_AWAITING, ROUTE_FALLBACK, ROUTE_MEMORY,
@@ -230,8 +232,7 @@ impl Core {
             }
             StoreOp::SetLastSeen { user, ms } => {
                 if let Some(a) = self.accounts.get_mut(user.as_str()) {
-                    a.last_seen_ms = Some(ms);
-                    a.seen_written = Some(ms);
+                    a.seen = Seen::written_at(Some(ms));
                 }
             }
             StoreOp::AppendRoomMessage { msg, room, seq } => {

@@ -26,14 +26,15 @@ impl Core {
         let Some(acct) = self.accounts.get_mut(key) else {
             return;
         };
-        acct.last_seen_ms = Some(now);
+        acct.seen.last = now;
         let stale = always
             || acct
-                .seen_written
+                .seen
+                .written()
                 .is_none_or(|t| now - t >= LAST_SEEN_WRITE_INTERVAL_MS);
         // An account being deleted is not written to: its deletion is on its way to the store.
         if stale && acct.phc.is_some() {
-            acct.seen_written = Some(now);
+            acct.seen.written = now;
             let op = StoreOp::SetLastSeen {
                 user: key.as_str().to_owned(),
                 ms: now,
@@ -146,7 +147,7 @@ impl Core {
         let online = self.is_online(&key);
         // Last seen is for friends (and oneself), and means something only while offline.
         let seen = if !online && (key == me || self.are_friends(&me, &key)) {
-            acct.last_seen_ms
+            acct.seen.last()
         } else {
             None
         };

@@ -254,7 +254,8 @@ impl Core {
             }
         }
         self.remote_online.remove(me);
-        self.retired.insert(me.clone(), acct.name.to_string());
+        self.retired
+            .insert(me.clone(), acct.name.as_ref().to_owned());
         for id in &acct.ties().tokens {
             self.tokens.remove(id);
         }

@@ -29,7 +29,7 @@ impl Core {
         }
         match self.accounts.get(&other) {
             Some(a) if a.phc.is_some() => {
-                let shown = a.name.to_string();
+                let shown = a.name.as_ref().to_owned();
                 Some((req, other, shown))
             }
             _ => {
@@ -86,9 +86,10 @@ impl Core {
                 FriendState::Outgoing => FriendshipEvent::Withdrawn,
                 FriendState::Incoming => FriendshipEvent::Denied,
             });
-            if let (Some(event), Some(my_name)) =
-                (event, core.accounts.get(&me).map(|a| a.name.to_string()))
-            {
+            if let (Some(event), Some(my_name)) = (
+                event,
+                core.accounts.get(&me).map(|a| a.name.as_ref().to_owned()),
+            ) {
                 let line = out::shared(&ServerLine::Friendship {
                     name: &my_name,
                     event,

@@ -92,10 +92,10 @@ impl Core {
             let key = name.key();
             match self.accounts.get(&key) {
                 Some(a) if a.phc.is_some() => {
-                    shown.push(a.name.to_string());
+                    shown.push(a.name.as_ref().to_owned());
                     match self.dm_refusal(&sender, &key) {
-                        Some(Code::BLOCKED) => blocked.push(a.name.to_string()),
-                        Some(_) => friends_only.push(a.name.to_string()),
+                        Some(Code::BLOCKED) => blocked.push(a.name.as_ref().to_owned()),
+                        Some(_) => friends_only.push(a.name.as_ref().to_owned()),
                         None => {}
                     }
                     if !a.conns.is_empty() {
@@ -107,9 +107,9 @@ impl Core {
                         elsewhere.push(key.clone());
                         offline.push(key);
                     } else if a.ties().inbox.total() >= MAX_PENDING_PER_ACCOUNT {
-                        full.push(a.name.to_string());
+                        full.push(a.name.as_ref().to_owned());
                     } else if share > 0 && a.ties().inbox.from(&sender) >= share {
-                        my_share_full.push(a.name.to_string());
+                        my_share_full.push(a.name.as_ref().to_owned());
                     } else {
                         offline.push(key);
                     }
@@ -187,7 +187,11 @@ impl Core {
         if let Err(why) = self.charge_message(&sender, false, stored_bytes(&text, 1)) {
             return self.over_quota(req, why);
         }
-        let Some(from) = self.accounts.get(&sender).map(|a| a.name.to_string()) else {
+        let Some(from) = self
+            .accounts
+            .get(&sender)
+            .map(|a| a.name.as_ref().to_owned())
+        else {
             return self.internal_error(req, "the sender's account is missing");
         };
         let id = self.next_id;
@@ -376,7 +380,11 @@ impl Core {
             elsewhere,
             recipients,
         } = whom;
-        let Some(from) = self.accounts.get(&sender).map(|a| a.name.to_string()) else {
+        let Some(from) = self
+            .accounts
+            .get(&sender)
+            .map(|a| a.name.as_ref().to_owned())
+        else {
             return self.internal_error(req, "the sender's account is missing");
         };
         let id = self.next_id;

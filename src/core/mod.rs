@@ -621,6 +621,8 @@ struct Conn {
     hold: Hold,
     /// Input waiting while the connection is held: made when a line first waits, and given
     /// back once none does (most connections are idle, and most input never waits).
+    // Boxed on purpose: 8 bytes in every connection's entry, where the empty ring took 32.
+    #[allow(clippy::box_collection)]
     deferred: Option<Box<VecDeque<Input>>>,
     slots: Slots,
     /// QUIT was answered or the server closed it; further input is ignored.

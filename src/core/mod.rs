@@ -1355,6 +1355,7 @@ impl Core {
             return;
         };
         acct.conns.retain(|c| *c != conn);
+        rooms::connections_changed(&mut self.rooms, &acct.rooms);
         let offline = acct.conns.is_empty();
         if offline {
             self.online.remove(key);

@@ -308,6 +308,7 @@ impl Core {
         // for four.
         acct.conns.reserve_exact(1);
         acct.conns.push(conn);
+        super::rooms::connections_changed(&mut self.rooms, &acct.rooms);
         let first = acct.conns.len() == 1;
         // While writes fail the backlog stays kept: delivering it means committing its removal
         // first (spec 6.3), and the login is not held up waiting for that.

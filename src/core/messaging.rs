@@ -316,7 +316,7 @@ impl Core {
         // Counted once for the whole fan-out: one atomic add, not one per member.
         let mut pushed = 0;
         // The room's list of its members' connections: no lookup of an account per member.
-        for r in room.reach(&self.accounts) {
+        for r in room.reach(&self.accounts, &self.conns) {
             if r.since >= id || blockers.is_some_and(|b| b.contains(&r.key)) {
                 continue;
             }
@@ -326,11 +326,9 @@ impl Core {
             if r.conn == skip {
                 continue;
             }
-            if let Some(c) = self.conns.get(&r.conn) {
-                pushed += 1;
-                if c.outbox.push(chunk.clone()).is_err() {
-                    self.overflowed.push(r.conn);
-                }
+            pushed += 1;
+            if r.outbox.push(chunk.clone()).is_err() {
+                self.overflowed.push(r.conn);
             }
         }
         self.settings.metrics.deliveries.add(pushed);

@@ -15,8 +15,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::out::{self, Out};
-use super::{push_to_keys, Accounts, ConnId, Core, Req};
+use super::{push_to_keys, Accounts, ConnId, ConnMap, Core, Req};
 use crate::config::{JOIN_REPLAY, MAX_ROOMS_PER_ACCOUNT, ROOMS_LISTED_PUBLIC};
+use crate::outbox::Outbox;
 use crate::proto::code::Code;
 use crate::proto::command::{Refusal, RoomSub, TopicChange};
 use crate::proto::name::Key;
@@ -114,12 +115,12 @@ impl Room {
     /// The members' connections on this server, one entry per connection, made again from the
     /// members and the accounts if something changed since it was last made. What a room message's
     /// fan-out walks: a loop over a list instead of a lookup of each member's account by its key.
-    pub(super) fn reach(&mut self, accounts: &Accounts) -> &[Reached] {
+    pub(super) fn reach(&mut self, accounts: &Accounts, conns: &ConnMap) -> &[Reached] {
         if !self.reach.fresh {
-            self.reach.make(&self.members, accounts);
+            self.reach.make(&self.members, accounts, conns);
         } else {
             #[cfg(debug_assertions)]
-            self.reach.check(&self.members, accounts);
+            self.reach.check(&self.members, accounts, conns);
         }
         &self.reach.list
     }
@@ -197,34 +198,45 @@ struct Reach {
 }
 
 /// One connection of a member, in a room's [`Reach`].
-#[derive(Debug, PartialEq, Eq)]
 pub(super) struct Reached {
     pub(super) key: Key,
     /// The membership's `since`: the member gets messages with ids above it.
     pub(super) since: MsgId,
     pub(super) conn: ConnId,
+    /// The connection's outbox, so that a push needs no lookup of the connection either.
+    pub(super) outbox: Outbox,
     /// The member's first connection: the one a delivery counts the member with.
     pub(super) first: bool,
 }
 
 impl Reach {
+    /// Drops the list at once: it holds the connections' outboxes, which a closed connection must
+    /// not keep alive (with what was queued in them) until the room's next message.
     fn stale(&mut self) {
         self.fresh = false;
+        self.list.clear();
     }
 
-    fn make(&mut self, members: &HashMap<Key, MemberRecord>, accounts: &Accounts) {
+    fn make(&mut self, members: &HashMap<Key, MemberRecord>, accounts: &Accounts, conns: &ConnMap) {
         self.list.clear();
         for (key, m) in members {
             let Some(acct) = accounts.get(key) else {
                 continue;
             };
-            for (i, conn) in acct.conns.iter().enumerate() {
+            let mut first = true;
+            for conn in &acct.conns {
+                // Every logged-in connection is in the table (it leaves both at once).
+                let Some(c) = conns.get(conn) else {
+                    continue;
+                };
                 self.list.push(Reached {
                     key: key.clone(),
                     since: m.since,
                     conn: *conn,
-                    first: i == 0,
+                    outbox: c.outbox.clone(),
+                    first,
                 });
+                first = false;
             }
         }
         // A room whose members went offline gives its memory back.
@@ -237,14 +249,22 @@ impl Reach {
     /// Panics when the list differs from what making it again gives: a change of members or of
     /// connections that did not make it stale.
     #[cfg(debug_assertions)]
-    fn check(&self, members: &HashMap<Key, MemberRecord>, accounts: &Accounts) {
+    fn check(&self, members: &HashMap<Key, MemberRecord>, accounts: &Accounts, conns: &ConnMap) {
         let mut again = Reach::default();
-        again.make(members, accounts);
-        let mut now: Vec<_> = self.list.iter().map(|r| (&r.key, r.conn, r)).collect();
-        let mut want: Vec<_> = again.list.iter().map(|r| (&r.key, r.conn, r)).collect();
-        now.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-        want.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-        assert_eq!(now, want, "a room's fan-out list is stale");
+        again.make(members, accounts, conns);
+        let seen = |list: &[Reached]| {
+            let mut v: Vec<_> = list
+                .iter()
+                .map(|r| (r.key.clone(), r.conn, r.since, r.first))
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(
+            seen(&self.list),
+            seen(&again.list),
+            "a room's fan-out list is stale"
+        );
     }
 }
 

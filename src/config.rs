@@ -196,7 +196,14 @@ pub const DRAIN_AFTER_EOF: Duration = Duration::from_secs(30);
 /// Bytes read from a socket at a time (the only per-connection read buffer).
 pub const READ_CHUNK: usize = 512;
 /// Lines waiting in the core's input queue before readers wait.
-pub const CORE_QUEUE: usize = 1024;
+///
+/// Readers that find it full wait in no fixed order: a reader that runs takes the room the core
+/// just made before one that was woken for it gets there. So it is sized to be full only when the
+/// core has fallen far behind: a thousand clients with ten commands each in flight, while the
+/// store holds [`MAX_STORE_INFLIGHT`] of them, leave about 3,000 here, and with 1,024 some of their
+/// messages waited ten times as long as most. Its slots are made when the server starts, about
+/// 170 bytes each (2.7 MB).
+pub const CORE_QUEUE: usize = 16_384;
 /// After the shutdown notice, how long writers get to flush.
 pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
 /// Password hashes that may wait for a hashing thread; beyond it LOGIN/REGISTER get SERVER_BUSY.

@@ -368,3 +368,99 @@ fn a_deleted_account_hands_its_rooms_on() {
         "{after:?}"
     );
 }
+
+/// Who got the room message `text`: the clients whose output has it as a `MESSAGE` line. The
+/// sender's output is read too, and its `OK MSG` gives the count of members reached.
+fn reached(s: &mut Sim, clients: &[&str], text: &str) -> (Vec<String>, u64) {
+    s.send("alice", &format!("MSG #r {text}"));
+    let ok = lines(s, "alice")
+        .into_iter()
+        .find(|l| l.starts_with("OK MSG "))
+        .unwrap_or_else(|| panic!("no OK for {text}"));
+    let count = ok
+        .rsplit(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{ok}"));
+    let mut got = Vec::new();
+    for c in clients {
+        let out = s.output(c);
+        if out
+            .lines()
+            .any(|l| l.starts_with("MESSAGE ") && l.ends_with(&format!(" {text}")))
+        {
+            got.push((*c).to_owned());
+        }
+    }
+    (got, count)
+}
+
+/// A room message reaches the connections its members have at that moment, through every change
+/// of who is a member and of who is online: a login (of a member, of a second connection, of
+/// someone who is not a member), a connection closing, LOGOUT, JOIN, PART, KICK, BAN, a BLOCK and
+/// its end, an account deleted. The fan-out walks a list the room keeps of its members'
+/// connections (debug builds check that list against the members and the accounts at each
+/// message), so each change here is one the list must follow.
+#[test]
+fn a_room_message_reaches_the_members_online_through_every_change() {
+    let mut s = with_users(&["alice", "bob", "carol", "dave", "erin", "frank"]);
+    s.connect("bob2");
+    s.send("bob2", "LOGIN bob password1");
+    let all = ["bob", "bob2", "carol", "dave", "erin", "frank"];
+    s.send("alice", "JOIN #r");
+    for c in ["bob", "carol"] {
+        s.send(c, "JOIN #r");
+    }
+    for c in ["alice"].iter().chain(all.iter()) {
+        s.output(c);
+    }
+    let check = |s: &mut Sim, text: &str, want: &[&str], count: u64| {
+        let (got, n) = reached(s, &all, text);
+        assert_eq!(got, want, "{text}");
+        assert_eq!(n, count, "{text}");
+        for c in all {
+            s.output(c);
+        }
+    };
+    check(&mut s, "m1", &["bob", "bob2", "carol"], 2);
+    // A connection closing; then its account logging in again.
+    s.disconnect("carol");
+    check(&mut s, "m2", &["bob", "bob2"], 1);
+    s.connect("carol");
+    s.send("carol", "LOGIN carol password1");
+    check(&mut s, "m3", &["bob", "bob2", "carol"], 2);
+    // One of two connections going: the member is still reached on the other.
+    s.send("bob2", "LOGOUT");
+    check(&mut s, "m4", &["bob", "carol"], 2);
+    // A login of someone who is not a member changes nothing; a JOIN adds.
+    s.connect("frank2");
+    s.send("frank2", "LOGIN frank password1");
+    s.output("frank2");
+    s.send("dave", "JOIN #r");
+    s.send("erin", "JOIN #r");
+    check(&mut s, "m5", &["bob", "carol", "dave", "erin"], 4);
+    s.send("bob", "PART #r");
+    check(&mut s, "m6", &["carol", "dave", "erin"], 3);
+    s.send("alice", "KICK #r dave");
+    s.output("alice");
+    check(&mut s, "m7", &["carol", "erin"], 2);
+    s.send("carol", "BLOCK alice");
+    check(&mut s, "m8", &["erin"], 1);
+    s.send("carol", "UNBLOCK alice");
+    check(&mut s, "m9", &["carol", "erin"], 2);
+    s.send("alice", "BAN #r carol");
+    s.output("alice");
+    check(&mut s, "m10", &["erin"], 1);
+    s.send("erin", "UNREGISTER password1");
+    check(&mut s, "m11", &[], 0);
+    // Someone who joined while offline is reached once they log in.
+    s.disconnect("frank2");
+    s.disconnect("frank");
+    s.connect("f");
+    s.send("f", "LOGIN frank password1");
+    s.send("f", "JOIN #r");
+    s.send("f", "QUIT");
+    s.connect("frank");
+    s.send("frank", "LOGIN frank password1");
+    check(&mut s, "m12", &["frank"], 1);
+}

@@ -244,6 +244,7 @@ impl Core {
     /// Returns the account, whose connections the caller closes.
     pub(super) fn forget_account(&mut self, me: &Key) -> Option<Account> {
         let acct = self.accounts.remove(me)?;
+        super::rooms::connections_changed(&mut self.rooms, &acct.rooms);
         if self.online.remove(me) && self.settings.cluster {
             self.jobs.push(Job::Bus(BusOut::Presence {
                 key: me.as_str().to_owned(),

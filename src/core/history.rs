@@ -34,7 +34,7 @@ impl Core {
                 let Some(room) = self.rooms.get(&id) else {
                     return;
                 };
-                let after = room.members.get(&me).map_or(0, |m| room.visible_after(m));
+                let after = room.members().get(&me).map_or(0, |m| room.visible_after(m));
                 (Conversation::Room { id, after }, room.name.clone())
             }
             HistoryTarget::User(n) => {

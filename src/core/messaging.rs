@@ -210,7 +210,7 @@ impl Core {
             text,
         };
         // Sending marks the room read up to one's own message.
-        let marker = room.members.get_mut(&sender).map(|m| {
+        let marker = room.member_mut(&sender).map(|m| {
             m.read_id = id;
             m.read_seq = seq;
             *m
@@ -287,7 +287,7 @@ impl Core {
         self.next_id = self.next_id.max(id + 1);
         if let Some(room) = self.rooms.get_mut(&room_id) {
             room.last_id = room.last_id.max(id);
-            if let Some(m) = room.members.get_mut(sender) {
+            if let Some(m) = room.member_mut(sender) {
                 m.read_id = m.read_id.max(id);
             }
         }
@@ -297,6 +297,51 @@ impl Core {
     /// began before it, but `skip` (the sender's connection, which gets its OK) and the members who
     /// block the sender; returns how many members other than the sender that reached.
     pub(super) fn deliver_to_room(
+        &mut self,
+        room: RoomId,
+        id: MsgId,
+        sender: &Key,
+        chunk: &Chunk,
+        skip: u64,
+    ) -> u64 {
+        if self.settings.cluster {
+            return self.deliver_to_room_in_cluster(room, id, sender, chunk, skip);
+        }
+        let Some(room) = self.rooms.get_mut(&room) else {
+            // Deleted while the message was being committed: nobody is a member any more.
+            return 0;
+        };
+        let blockers = self
+            .accounts
+            .get(sender)
+            .map(|a| &a.ties().blocked_by)
+            .filter(|b| !b.is_empty());
+        let mut users = 0;
+        // Counted once for the whole fan-out: one atomic add, not one per member.
+        let mut pushed = 0;
+        // The room's list of its members' connections: no lookup of an account per member.
+        for r in room.reach(&self.accounts, &self.conns) {
+            if r.since >= id || blockers.is_some_and(|b| b.contains(&r.key)) {
+                continue;
+            }
+            if r.first && r.key != *sender {
+                users += 1;
+            }
+            if r.conn == skip {
+                continue;
+            }
+            pushed += 1;
+            if r.outbox.push(chunk.clone()).is_err() {
+                self.overflowed.push(r.conn);
+            }
+        }
+        self.settings.metrics.deliveries.add(pushed);
+        users
+    }
+
+    /// [`Core::deliver_to_room`] on a node of a cluster, which also counts the members online on
+    /// other nodes (their node pushes to them).
+    fn deliver_to_room_in_cluster(
         &mut self,
         room: RoomId,
         id: MsgId,
@@ -316,7 +361,7 @@ impl Core {
         let mut users = 0;
         // Counted once for the whole fan-out: one atomic add, not one per member.
         let mut pushed = 0;
-        for (key, m) in &room.members {
+        for (key, m) in room.members() {
             if !reaches(m, id) || blockers.is_some_and(|b| b.contains(key)) {
                 continue;
             }

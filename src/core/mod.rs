@@ -481,6 +481,15 @@ impl ConnList {
     }
 }
 
+impl<'a> IntoIterator for &'a ConnList {
+    type Item = &'a ConnId;
+    type IntoIter = std::slice::Iter<'a, ConnId>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
 impl std::ops::Deref for ConnList {
     type Target = [ConnId];
 
@@ -1448,6 +1457,7 @@ impl Core {
             return;
         };
         acct.conns.remove(conn);
+        rooms::connections_changed(&mut self.rooms, &acct.rooms);
         let offline = acct.conns.is_empty();
         if offline {
             self.online.remove(key);

@@ -101,7 +101,7 @@ impl Core {
         let Some(room) = self.rooms.get(&id) else {
             return;
         };
-        let refusal = if room.members.contains_key(&k) {
+        let refusal = if room.members().contains_key(&k) {
             Some((
                 Code::ALREADY_MEMBER,
                 format!("{shown} is a member of {}", room.name),
@@ -269,7 +269,7 @@ impl Core {
                 });
             }
         }
-        if room.members.remove(&k).is_some() {
+        if room.remove_member(&k).is_some() {
             ops.push(StoreOp::RemoveMember { room: id, user });
         }
         if let Some(a) = self.accounts.get_mut(&k) {
@@ -452,7 +452,7 @@ impl Core {
             reply(&req, &mut out);
             return self.finish(req, out);
         }
-        let Some(member) = self.rooms.get_mut(&id).and_then(|r| r.members.get_mut(&k)) else {
+        let Some(member) = self.rooms.get_mut(&id).and_then(|r| r.member_mut(&k)) else {
             return;
         };
         member.role = role;

@@ -48,7 +48,7 @@ impl Core {
         let Some(room) = self.rooms.get(&room_id) else {
             return;
         };
-        let Some(m) = room.members.get(&me) else {
+        let Some(m) = room.members().get(&me) else {
             return;
         };
         let shown = room.name.clone();
@@ -100,10 +100,7 @@ impl Core {
         id: MsgId,
         seq: u64,
     ) {
-        let member = self
-            .rooms
-            .get_mut(&room)
-            .and_then(|r| r.members.get_mut(&me));
+        let member = self.rooms.get_mut(&room).and_then(|r| r.member_mut(&me));
         let Some(member) = member else {
             let text = format!("you are not a member of {shown}");
             return self.refuse(req, Code::NOT_MEMBER, &text);
@@ -193,7 +190,7 @@ impl Core {
             .iter()
             .filter_map(|id| self.rooms.get(id))
             .filter_map(|r| {
-                let m = r.members.get(k)?;
+                let m = r.members().get(k)?;
                 let count = r.unread(m);
                 (count > 0).then(|| Unread {
                     room: r.id,

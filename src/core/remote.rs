@@ -25,7 +25,7 @@
 //! ran the command beside its ops, a room event with the change it tells of
 //! ([`StoreOp::Told`]). An account deleted elsewhere leaves every room here too.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashSet, VecDeque};
 
 use super::out;
 use super::rooms::Room;
@@ -281,7 +281,7 @@ impl Core {
                     if self.room_names.get(&RoomKey::of(&r.name)) == Some(&id) {
                         self.room_names.remove(&RoomKey::of(&r.name));
                     }
-                    for k in r.members.keys().chain(r.invites.keys()) {
+                    for k in r.members().keys().chain(r.invites.keys()) {
                         if let Some(a) = self.accounts.get_mut(k) {
                             a.rooms.remove(&id);
                             if let Some(t) = a.ties_if_any() {
@@ -299,7 +299,7 @@ impl Core {
                 {
                     a.rooms.insert(room);
                     let audience = r.audience();
-                    if r.members.insert(key, member).is_none() {
+                    if r.add_member(key, member).is_none() {
                         // A new member: the others are told, as JOIN tells them.
                         let name = r.name.clone();
                         self.tell(&audience, &name, RoomEvent::Joined { name: &shown }, 0);
@@ -310,7 +310,7 @@ impl Core {
             StoreOp::RemoveMember { room, user } => {
                 let key = Key::from_folded(user);
                 if let Some(r) = self.rooms.get_mut(&room) {
-                    r.members.remove(&key);
+                    r.remove_member(&key);
                 }
                 if let Some(a) = self.accounts.get_mut(&key) {
                     a.rooms.remove(&room);
@@ -584,14 +584,12 @@ impl Core {
                 room.name
             );
         }
-        let mut members = HashMap::new();
-        if let Some(a) = self.accounts.get_mut(&owner) {
-            a.rooms.insert(id);
-            members.insert(owner.clone(), member);
-        }
         let name = room.name.clone();
         let mut made = Room::from_record(id, room);
-        made.members = members;
+        if let Some(a) = self.accounts.get_mut(&owner) {
+            a.rooms.insert(id);
+            made.add_member(owner.clone(), member);
+        }
         self.rooms.insert(id, made);
         // The owner's connections here learn of the new room, as its other connections where
         // it was created do.
@@ -825,7 +823,7 @@ impl Core {
         let want = self
             .rooms
             .get(&id)
-            .is_some_and(|r| r.members.keys().any(|k| self.online.contains(k)));
+            .is_some_and(|r| r.members().keys().any(|k| self.online.contains(k)));
         let changed = if want {
             self.routes.watched.insert(id)
         } else {

@@ -307,6 +307,7 @@ impl Core {
             return self.internal_error(req, "an account vanished while logging in");
         };
         acct.conns.push(conn);
+        super::rooms::connections_changed(&mut self.rooms, &acct.rooms);
         let first = acct.conns.len() == 1;
         // While writes fail the backlog stays kept: delivering it means committing its removal
         // first (spec 6.3), and the login is not held up waiting for that.

@@ -15,12 +15,13 @@
 //! its backlog, in a second commit; the OK, which then says KEPT for it, waits for that commit, so
 //! every OK follows the commit that makes it true.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::out::{self, Out};
 use super::quota::stored_bytes;
-use super::{fan_out, recipient, Core, Req};
+use super::{fan_out, recipient, Accounts, Core, Req};
 use crate::config::{ID_RESERVE_BLOCK, MAX_PENDING_PER_ACCOUNT};
 use crate::metrics::MessageKind;
 use crate::outbox::Chunk;
@@ -311,11 +312,7 @@ impl Core {
             // Deleted while the message was being committed: nobody is a member any more.
             return 0;
         };
-        let blockers = self
-            .accounts
-            .get(sender)
-            .map(|a| &a.ties().blocked_by)
-            .filter(|b| !b.is_empty());
+        let blockers = blockers_of(&self.accounts, sender);
         let mut users = 0;
         // Counted once for the whole fan-out: one atomic add, not one per member.
         let mut pushed = 0;
@@ -353,11 +350,7 @@ impl Core {
             // Deleted while the message was being committed: nobody is a member any more.
             return 0;
         };
-        let blockers = self
-            .accounts
-            .get(sender)
-            .map(|a| &a.ties().blocked_by)
-            .filter(|b| !b.is_empty());
+        let blockers = blockers_of(&self.accounts, sender);
         let mut users = 0;
         // Counted once for the whole fan-out: one atomic add, not one per member.
         let mut pushed = 0;
@@ -650,6 +643,14 @@ impl Core {
             id,
         })
     }
+}
+
+/// The accounts that block `sender`, if any do: a room message skips them.
+fn blockers_of<'a>(accounts: &'a Accounts, sender: &Key) -> Option<&'a HashSet<Key>> {
+    accounts
+        .get(sender)
+        .map(|a| &a.ties().blocked_by)
+        .filter(|b| !b.is_empty())
 }
 
 /// Whether a room message reaches a member live: only if the membership began before the message

@@ -255,8 +255,7 @@ impl Core {
             }
         }
         self.remote_online.remove(me);
-        self.retired
-            .insert(me.clone(), acct.name.as_ref().to_owned());
+        self.retired.insert(me.clone(), acct.name());
         for id in &acct.ties().tokens {
             self.tokens.remove(id);
         }

@@ -23,7 +23,7 @@ impl Core {
     fn admin_target(&self, name: &Name) -> Result<(Key, String), (Code, String)> {
         let key = name.key();
         match self.accounts.get(&key) {
-            Some(a) if a.phc.is_some() => Ok((key, a.name.as_ref().to_owned())),
+            Some(a) if a.phc.is_some() => Ok((key, a.name())),
             _ => Err((Code::UNKNOWN_USER, format!("no such user: {name}"))),
         }
     }
@@ -31,7 +31,7 @@ impl Core {
     /// The caller's account name, for the log.
     fn admin_name(&self, conn: ConnId) -> String {
         self.account_of(conn)
-            .and_then(|k| self.accounts.get(&k).map(|a| a.name.as_ref().to_owned()))
+            .and_then(|k| self.accounts.get(&k).map(|a| a.name()))
             .unwrap_or_default()
     }
 

@@ -29,7 +29,7 @@ impl Core {
         }
         match self.accounts.get(&other) {
             Some(a) if a.phc.is_some() => {
-                let shown = a.name.as_ref().to_owned();
+                let shown = a.name();
                 Some((req, other, shown))
             }
             _ => {
@@ -86,10 +86,8 @@ impl Core {
                 FriendState::Outgoing => FriendshipEvent::Withdrawn,
                 FriendState::Incoming => FriendshipEvent::Denied,
             });
-            if let (Some(event), Some(my_name)) = (
-                event,
-                core.accounts.get(&me).map(|a| a.name.as_ref().to_owned()),
-            ) {
+            if let (Some(event), Some(my_name)) = (event, core.accounts.get(&me).map(|a| a.name()))
+            {
                 let line = out::shared(&ServerLine::Friendship {
                     name: &my_name,
                     event,

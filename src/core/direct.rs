@@ -126,7 +126,7 @@ impl Core {
         }
         match self.accounts.get(&other) {
             Some(a) if a.phc.is_some() => {
-                let shown = a.name.as_ref().to_owned();
+                let shown = a.name();
                 Some((req, other, shown))
             }
             _ => {
@@ -188,7 +188,7 @@ impl Core {
             let text = format!("{shown} has as many offers waiting as an account may; try later");
             return self.refuse(req, Code::TOO_MANY_OFFERS, &text);
         }
-        let Some(my_name) = self.accounts.get(&me).map(|a| a.name.as_ref().to_owned()) else {
+        let Some(my_name) = self.accounts.get(&me).map(|a| a.name()) else {
             return;
         };
         let push = out::shared(&ServerLine::Direct {
@@ -237,7 +237,7 @@ impl Core {
             let text = format!("{shown} has no direct-session offer waiting for you");
             return self.refuse(req, Code::NO_OFFER, &text);
         };
-        let Some(my_name) = self.accounts.get(&me).map(|a| a.name.as_ref().to_owned()) else {
+        let Some(my_name) = self.accounts.get(&me).map(|a| a.name()) else {
             return;
         };
         let to_offerer = ServerLine::Direct {
@@ -294,10 +294,7 @@ impl Core {
         }
         let offer = self.offers.remove(blocked, blocker)?;
         self.tell_offerer(blocker, offer.conn, DirectEvent::Declined);
-        let name = self
-            .accounts
-            .get(blocked)
-            .map(|a| a.name.as_ref().to_owned())?;
+        let name = self.accounts.get(blocked).map(|a| a.name())?;
         Some(out::shared(&ServerLine::Direct {
             name: &name,
             event: DirectEvent::Withdrawn,
@@ -353,7 +350,7 @@ impl Core {
 
     /// `DIRECT <about> <event>` to the offering connection.
     fn tell_offerer(&mut self, about: &Key, conn: ConnId, event: DirectEvent<'_>) {
-        let Some(name) = self.accounts.get(about).map(|a| a.name.as_ref().to_owned()) else {
+        let Some(name) = self.accounts.get(about).map(|a| a.name()) else {
             return;
         };
         let line = ServerLine::Direct { name: &name, event };
@@ -362,7 +359,7 @@ impl Core {
 
     /// `DIRECT <from> <event>` to every connection of `to`.
     fn tell_recipient(&mut self, from: &Key, to: &Key, event: DirectEvent<'_>) {
-        let Some(name) = self.accounts.get(from).map(|a| a.name.as_ref().to_owned()) else {
+        let Some(name) = self.accounts.get(from).map(|a| a.name()) else {
             return;
         };
         let chunk = out::shared(&ServerLine::Direct { name: &name, event });

@@ -53,7 +53,7 @@ impl Core {
             return self.refuse(req, Code::SELF_TARGET, "you cannot befriend yourself");
         }
         let shown = match self.accounts.get(&other) {
-            Some(a) if a.phc.is_some() => a.name.as_ref().to_owned(),
+            Some(a) if a.phc.is_some() => a.name(),
             _ => {
                 let text = format!("no such user: {name}");
                 return self.refuse(req, Code::UNKNOWN_USER, &text);
@@ -220,11 +220,7 @@ impl Core {
         change: Change,
         effect: Effect,
     ) {
-        let my_name = self
-            .accounts
-            .get(&me)
-            .map(|a| a.name.as_ref().to_owned())
-            .unwrap_or_default();
+        let my_name = self.accounts.get(&me).map(|a| a.name()).unwrap_or_default();
         let now_friends = effect.new == Some(FriendState::Friends);
         let reply = match change {
             Change::Add => FriendReply::Add {

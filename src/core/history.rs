@@ -41,7 +41,7 @@ impl Core {
                 let key = n.key();
                 // A deleted account's conversations stay readable under its name (spec 4.18).
                 let shown = match self.accounts.get(&key) {
-                    Some(a) if a.phc.is_some() => Some(a.name.as_ref().to_owned()),
+                    Some(a) if a.phc.is_some() => Some(a.name()),
                     _ => self.retired.get(&key).cloned(),
                 };
                 let Some(name) = shown else {

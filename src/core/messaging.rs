@@ -93,10 +93,10 @@ impl Core {
             let key = name.key();
             match self.accounts.get(&key) {
                 Some(a) if a.phc.is_some() => {
-                    shown.push(a.name.as_ref().to_owned());
+                    shown.push(a.name());
                     match self.dm_refusal(&sender, &key) {
-                        Some(Code::BLOCKED) => blocked.push(a.name.as_ref().to_owned()),
-                        Some(_) => friends_only.push(a.name.as_ref().to_owned()),
+                        Some(Code::BLOCKED) => blocked.push(a.name()),
+                        Some(_) => friends_only.push(a.name()),
                         None => {}
                     }
                     if !a.conns.is_empty() {
@@ -108,9 +108,9 @@ impl Core {
                         elsewhere.push(key.clone());
                         offline.push(key);
                     } else if a.ties().inbox.total() >= MAX_PENDING_PER_ACCOUNT {
-                        full.push(a.name.as_ref().to_owned());
+                        full.push(a.name());
                     } else if share > 0 && a.ties().inbox.from(&sender) >= share {
-                        my_share_full.push(a.name.as_ref().to_owned());
+                        my_share_full.push(a.name());
                     } else {
                         offline.push(key);
                     }
@@ -188,11 +188,7 @@ impl Core {
         if let Err(why) = self.charge_message(&sender, false, stored_bytes(&text, 1)) {
             return self.over_quota(req, why);
         }
-        let Some(from) = self
-            .accounts
-            .get(&sender)
-            .map(|a| a.name.as_ref().to_owned())
-        else {
+        let Some(from) = self.accounts.get(&sender).map(|a| a.name()) else {
             return self.internal_error(req, "the sender's account is missing");
         };
         let id = self.next_id;
@@ -418,11 +414,7 @@ impl Core {
             elsewhere,
             recipients,
         } = whom;
-        let Some(from) = self
-            .accounts
-            .get(&sender)
-            .map(|a| a.name.as_ref().to_owned())
-        else {
+        let Some(from) = self.accounts.get(&sender).map(|a| a.name()) else {
             return self.internal_error(req, "the sender's account is missing");
         };
         let id = self.next_id;

@@ -564,6 +564,12 @@ struct Ties {
 static NO_TIES: std::sync::LazyLock<Ties> = std::sync::LazyLock::new(Ties::default);
 
 impl Account {
+    /// The name as registered, as a string of its own. Copied as a `str`: `to_string` on the
+    /// shared string would go through the formatter, on every message that names its sender.
+    fn name(&self) -> String {
+        self.name.as_ref().to_owned()
+    }
+
     /// A new account, with nothing but its name and hash.
     fn new(name: Arc<str>, phc: Option<Phc>) -> Account {
         Account {

@@ -418,7 +418,7 @@ impl Core {
     /// The account `name` names, as registered, or UNKNOWN_USER.
     pub(super) fn registered(&self, k: &Key, typed: &str) -> Result<String, Refusal> {
         match self.accounts.get(k) {
-            Some(a) if a.phc.is_some() => Ok(a.name.as_ref().to_owned()),
+            Some(a) if a.phc.is_some() => Ok(a.name()),
             _ => Err(Refusal(
                 Code::UNKNOWN_USER,
                 format!("no such user: {typed}"),
@@ -431,7 +431,7 @@ impl Core {
     pub(super) fn shown(&self, k: &Key) -> String {
         self.accounts
             .get(k)
-            .map_or_else(|| k.as_str().to_owned(), |a| a.name.as_ref().to_owned())
+            .map_or_else(|| k.as_str().to_owned(), |a| a.name())
     }
 
     /// A refusal as the command's answer.

@@ -130,7 +130,7 @@ impl Core {
             return self.internal_error(req, "a reserved name vanished while hashing");
         };
         acct.phc = Some(Phc::parse(&phc));
-        let name = acct.name.as_ref().to_owned();
+        let name = acct.name();
         let record = AccountRecord {
             name: name.clone(),
             phc,

@@ -498,9 +498,7 @@ impl<'a> Reader<'a> {
     }
 
     pub(super) fn i64(&mut self) -> Result<i64, Damage> {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(self.take(8)?);
-        Ok(i64::from_le_bytes(b))
+        Ok(i64::from_le_bytes(self.array()?))
     }
 
     pub(super) fn u32(&mut self) -> Result<u32, Damage> {
@@ -515,9 +513,7 @@ impl<'a> Reader<'a> {
     }
 
     pub(super) fn u64(&mut self) -> Result<u64, Damage> {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(self.take(8)?);
-        Ok(u64::from_le_bytes(b))
+        Ok(u64::from_le_bytes(self.array()?))
     }
 
     pub(super) fn len(&mut self) -> Result<usize, Damage> {

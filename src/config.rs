@@ -276,6 +276,12 @@ pub const HEAP_MMAP_THRESHOLD: usize = 128 * 1024;
 /// as the database is read, so without a bound the server's resident memory would grow with the
 /// database file; past it, pages are read from the file (the operating system's page cache).
 pub const STORE_CACHE_BYTES: usize = 64 * 1024 * 1024;
+/// Messages the durable store writes past its conversation index's watermark before it indexes
+/// them, all at once, one row per conversation (see `store::conv_index`). A larger lag makes the
+/// rows longer and the index cheaper per message; a HISTORY read scans the messages past the
+/// watermark (at most this many, plus one commit's), and the writer keeps one small entry per
+/// message of them in memory.
+pub const INDEX_LAG: usize = 4096;
 /// Cluster mode: publish requests that may wait for the NATS thread (each is one store batch; the
 /// store worker sends one at a time, so one is enough and a few leave room).
 pub const CLUSTER_REQUEST_QUEUE: usize = 4;

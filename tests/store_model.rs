@@ -398,13 +398,18 @@ impl Generator {
 }
 
 fn run(seed: u64, batches: usize, reopen_every: usize) {
+    run_lagged(seed, batches, reopen_every, None)
+}
+
+/// [`run`] with the redb store indexing its conversations every `lag` messages.
+fn run_lagged(seed: u64, batches: usize, reopen_every: usize, lag: Option<usize>) {
     let mut gen = Generator {
         rng: Rng(seed),
         next_id: 0,
         room_counts: [0; ROOMS as usize + 1],
     };
     let mut model = Subject::memory();
-    let mut real = Subject::redb();
+    let mut real = Subject::redb_with_lag(lag);
     // (non-empty history pages, non-empty backlogs, non-empty room pages)
     let mut stats = [0usize; 3];
     for n in 0..batches {
@@ -469,4 +474,12 @@ fn redb_store_matches_memory_store() {
 #[test]
 fn redb_store_matches_memory_store_second_seed() {
     run(0xdead_beef_cafe, 1000, 97);
+}
+
+/// The conversation index's watermark moves every few messages, inside batches and at their ends,
+/// with reopens (which rebuild the writer's list of messages past it) between: every page, read in
+/// the write transaction or a read transaction, is still the model's.
+#[test]
+fn redb_store_with_a_small_index_lag_matches_memory_store() {
+    run_lagged(0x1a6_0005, 1500, 61, Some(7));
 }

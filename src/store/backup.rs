@@ -19,8 +19,9 @@ use redb::{
 };
 
 use super::codec;
+use super::conv_index;
 use super::keys::{key_of, message_conversation_keys};
-use super::redb::{tables, SCHEMA_VERSION, SCHEMA_VERSION_KEY};
+use super::redb::{tables, SCHEMA_VERSION, SCHEMA_VERSION_KEY, WATERMARK_KEY};
 use super::StoreError;
 
 /// What a copy or a check found: the counts an operator recognises.
@@ -232,6 +233,7 @@ fn check_tables(txn: &ReadTransaction, r: &mut Report) -> Result<(), redb::Error
             Err(d) => r.problem(format!("account {:?}: {d}", k.value())),
         }
     }
+    let watermark = t.meta.get(WATERMARK_KEY)?.map_or(0, |v| v.value());
     let mut messages = BTreeSet::new();
     for entry in t.messages.iter()? {
         let (id, v) = entry?;
@@ -242,10 +244,15 @@ fn check_tables(txn: &ReadTransaction, r: &mut Report) -> Result<(), redb::Error
             Ok(m) => {
                 messages.insert(id);
                 for conv in message_conversation_keys(&m) {
-                    if t.conversations.get((conv.as_bytes(), id))?.is_none() {
-                        r.problem(format!(
+                    match conv_index::contains(&t.rows, watermark, conv.as_bytes(), id) {
+                        Ok(true) => {}
+                        Ok(false) => r.problem(format!(
                             "message {id} is missing from the conversation index ({conv:?})"
-                        ));
+                        )),
+                        Err(e) => r.problem(format!(
+                            "the conversation index of {conv:?} cannot be read at message \
+                             {id}: {e}"
+                        )),
                     }
                 }
             }
@@ -255,16 +262,21 @@ fn check_tables(txn: &ReadTransaction, r: &mut Report) -> Result<(), redb::Error
     let dangling = |what: &str, key: &str, id: u64| {
         format!("the {what} of {key:?} names message {id}, which is not stored")
     };
-    for entry in t.conversations.iter()? {
-        let (k, _) = entry?;
-        let (conv, id) = k.value();
+    let mut dangling_entries = Vec::new();
+    let walked = conv_index::each_entry(&t.rows, |conv, id| {
         if !messages.contains(&id) {
-            r.problem(dangling(
+            dangling_entries.push(dangling(
                 "conversation index",
                 &String::from_utf8_lossy(conv),
                 id,
             ));
         }
+    });
+    for problem in dangling_entries {
+        r.problem(problem);
+    }
+    if let Err(e) = walked {
+        r.problem(format!("the conversation index cannot be read: {e}"));
     }
     for entry in t.pending.iter()? {
         let (k, _) = entry?;
@@ -428,7 +440,10 @@ mod tests {
     };
 
     fn filled(path: &Path) {
-        let (mut store, _) = crate::store::redb::RedbStore::open(path).unwrap();
+        // A lag of 2: messages 1 and 2 are in the conversation index's rows, 3 and 4 past its
+        // watermark, so both halves of the index are copied and checked.
+        let (store, _) = crate::store::redb::RedbStore::open(path).unwrap();
+        let mut store = store.with_index_lag(2);
         let mut ops = vec![StoreOp::CreateAccount(AccountRecord {
             name: "Ann".into(),
             phc: "h".into(),
@@ -519,17 +534,20 @@ mod tests {
             let db = Database::open(&path).unwrap();
             let txn = db.begin_write().unwrap();
             let messages: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
-            let conversations: TableDefinition<(&[u8], u64), ()> =
-                TableDefinition::new("conversation_index");
+            let rows: TableDefinition<(&[u8], u64), &[u8]> =
+                TableDefinition::new("conversation_rows");
             txn.open_table(messages).unwrap().remove(2).unwrap();
             txn.open_table(messages)
                 .unwrap()
                 .insert(3, [9u8, 9].as_slice())
                 .unwrap();
-            txn.open_table(conversations)
-                .unwrap()
-                .insert((b"zz".as_slice(), 7), ())
+            // A row naming message 7 alone, and message 1's row without it.
+            let mut rows = txn.open_table(rows).unwrap();
+            rows.insert((b"zz".as_slice(), 7), [7u8].as_slice())
                 .unwrap();
+            rows.insert((b"ann ann".as_slice(), 2), [2u8].as_slice())
+                .unwrap();
+            drop(rows);
             // A membership whose room is gone, and a room log entry without its message.
             let rooms: TableDefinition<u64, &[u8]> = TableDefinition::new("rooms");
             let room_log: TableDefinition<(u64, u64), u64> = TableDefinition::new("room_log");
@@ -544,6 +562,10 @@ mod tests {
             "{all}"
         );
         assert!(all.contains("message 3:"), "{all}");
+        assert!(
+            all.contains("message 1 is missing from the conversation index (\"ann ann\")"),
+            "{all}"
+        );
         assert!(
             all.contains("names message 7, which is not stored"),
             "{all}"

@@ -202,6 +202,89 @@ pub(crate) fn decode_message(id: MsgId, bytes: &[u8]) -> Result<MessageRecord, D
     })
 }
 
+/// Whom a stored message is for, borrowed from its record: what [`decode_parties`] reads.
+pub(crate) enum ToRef<'a> {
+    User(&'a str),
+    Group(Vec<&'a str>),
+    All,
+    Room,
+}
+
+/// The sender and recipients of a message record, borrowed from its bytes (nothing copied, the
+/// text not read): enough to tell which conversations the message belongs to. Reads past the
+/// conversation index's watermark run this over up to `INDEX_LAG` records.
+pub(crate) fn decode_parties(bytes: &[u8]) -> Result<(&str, ToRef<'_>), Damage> {
+    let mut r = Reader::new(bytes, "message record");
+    r.version()?;
+    r.take(8)?;
+    let from = r.str_ref()?;
+    let to = match r.byte()? {
+        TO_USER => ToRef::User(r.str_ref()?),
+        TO_GROUP => {
+            let n = r.len()?;
+            if n > r.remaining() {
+                return Err(r.corrupt("recipient count exceeds record size"));
+            }
+            let mut names = Vec::with_capacity(n);
+            for _ in 0..n {
+                names.push(r.str_ref()?);
+            }
+            ToRef::Group(names)
+        }
+        TO_ALL => ToRef::All,
+        TO_ROOM => ToRef::Room,
+        other => return Err(r.corrupt(&format!("unknown recipient tag {other}"))),
+    };
+    Ok((from, to))
+}
+
+/// The ids of one conversation index row, ascending: the first as a LEB128 number, then each
+/// one's distance from the one before (at least 1), so a row of close ids takes a byte or two per
+/// id. The row's key carries its last id.
+pub(crate) fn encode_id_row(ids: &[MsgId], out: &mut Vec<u8>) {
+    out.clear();
+    let mut prev = 0;
+    for (i, &id) in ids.iter().enumerate() {
+        let v = if i == 0 { id } else { id - prev };
+        put_u64(out, v);
+        prev = id;
+    }
+}
+
+/// The ids of a row [`encode_id_row`] wrote, appended to `out`. `last` is the last id, from the
+/// row's key: a row that is empty, not ascending, or does not end at `last` is damage.
+pub(crate) fn decode_id_row(bytes: &[u8], last: MsgId, out: &mut Vec<MsgId>) -> Result<(), Damage> {
+    let mut r = Reader::new(bytes, "conversation index row");
+    let start = out.len();
+    let mut prev: MsgId = 0;
+    while r.remaining() > 0 {
+        let v = r.u64_var()?;
+        let id = if out.len() == start {
+            v
+        } else if v == 0 {
+            return Err(r.corrupt("ids not ascending"));
+        } else {
+            prev.checked_add(v)
+                .ok_or_else(|| r.corrupt("id overflows"))?
+        };
+        out.push(id);
+        prev = id;
+    }
+    if out.len() == start || prev != last {
+        return Err(r.corrupt(&format!("row does not end at its key's id {last}")));
+    }
+    Ok(())
+}
+
+/// `v` as LEB128.
+fn put_u64(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
 pub(crate) fn encode_token(rec: &TokenRecord) -> Vec<u8> {
     let mut out = Vec::with_capacity(1 + 1 + rec.user.len() + 32 + 1 + rec.label.len() + 16);
     out.push(FORMAT_V1);
@@ -530,6 +613,30 @@ impl<'a> Reader<'a> {
             }
         }
         Err(self.corrupt("length overflows"))
+    }
+
+    /// A LEB128 number of up to 64 bits.
+    pub(super) fn u64_var(&mut self) -> Result<u64, Damage> {
+        let mut v: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let b = self.byte()?;
+            let bits = u64::from(b & 0x7f);
+            if shift == 63 && bits > 1 {
+                return Err(self.corrupt("number overflows"));
+            }
+            v |= bits << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(self.corrupt("number overflows"))
+    }
+
+    /// A string, borrowed.
+    pub(super) fn str_ref(&mut self) -> Result<&'a str, Damage> {
+        let n = self.len()?;
+        let bytes = self.take(n)?;
+        std::str::from_utf8(bytes).map_err(|_| self.corrupt("string is not UTF-8"))
     }
 
     pub(super) fn string(&mut self) -> Result<String, Damage> {

@@ -6,6 +6,7 @@
 //! every conversation it belongs to: MSG under (sender, recipient), GROUP under (sender, r) for each
 //! distinct recipient r, ALL under `*`.
 
+use super::codec::ToRef;
 use super::{Conversation, MessageRecord, To};
 use crate::proto::name::Key;
 
@@ -75,6 +76,27 @@ pub(crate) fn message_conversation_keys(msg: &MessageRecord) -> Vec<String> {
         }
         To::All => vec![BROADCAST_KEY.to_owned()],
         To::Room(_) => Vec::new(),
+    }
+}
+
+/// Whether a message from `from` to `to` (read in place from its record) belongs to the
+/// conversation whose key is `conv`; `buf` is scratch space for the keys compared.
+pub(crate) fn parties_in_conversation(
+    from: &str,
+    to: &ToRef<'_>,
+    conv: &[u8],
+    buf: &mut String,
+) -> bool {
+    let mut pair = |r: &str| {
+        buf.clear();
+        pair_key_into(from, r, buf);
+        buf.as_bytes() == conv
+    };
+    match to {
+        ToRef::User(r) => pair(r),
+        ToRef::Group(rs) => rs.iter().any(|r| pair(r)),
+        ToRef::All => conv == BROADCAST_KEY.as_bytes(),
+        ToRef::Room => false,
     }
 }
 

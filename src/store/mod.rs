@@ -18,6 +18,7 @@
 pub mod backup;
 mod codec;
 mod contain;
+mod conv_index;
 mod keys;
 pub mod memory;
 pub(crate) mod oplog;

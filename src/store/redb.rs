@@ -61,18 +61,23 @@ use redb::{
 
 use super::codec;
 use super::contain::contain;
+use super::conv_index::{self, Tail};
 use super::keys::{conversation_key, key_of, message_conversation_keys, single_conversation_key};
 use super::page::page;
 use super::{
     Conversation, Cursor, Damage, FriendState, HistoryPage, MessageRecord, MsgId, Profile, ReadOp,
     RoomId, RoomState, Snapshot, Store, StoreError, StoreOp, StoreReader, StoreReply, TokenId,
 };
-use crate::config::STORE_CACHE_BYTES;
+use crate::config::{INDEX_LAG, STORE_CACHE_BYTES};
 
 const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("accounts");
 const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
-/// The conversation index. Its key's first half is the conversation key (see `keys`) as bytes: the
-/// same order as the string, compared without a UTF-8 check.
+/// The conversation index, in rows (see `conv_index`): (conversation key as bytes, the row's last
+/// id) -> the row's ids, packed. The key's first half is the conversation key (see `keys`) as
+/// bytes: the same order as the string, compared without a UTF-8 check.
+const CONV_ROWS: TableDefinition<(&[u8], u64), &[u8]> = TableDefinition::new("conversation_rows");
+/// The conversation index of layout 4, one entry per message and conversation, packed into
+/// [`CONV_ROWS`] by the upgrade.
 const CONVERSATIONS: TableDefinition<(&[u8], u64), ()> = TableDefinition::new("conversation_index");
 /// The conversation index of layouts 1 to 3, copied into [`CONVERSATIONS`] by the upgrade.
 const CONVERSATIONS_V3: TableDefinition<(&str, u64), ()> = TableDefinition::new("conversations");
@@ -97,16 +102,21 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub(super) const SCHEMA_VERSION_KEY: &str = "schema_version";
 /// `meta` key of the last [`StoreOp::ReserveIds`]: no message id below it is handed out again.
 const IDS_RESERVED_KEY: &str = "ids_reserved_below";
+/// `meta` key of the conversation index's watermark (the backup's check reads it too): every message with an id up to it is in
+/// [`CONV_ROWS`]; the messages above it are indexed by the message log itself (`conv_index`).
+pub(super) const WATERMARK_KEY: &str = "conversation_index_upto";
 /// The table layout this code reads and writes. A file with another version is refused at open
 /// rather than misread, except versions 1 and 2, which are upgraded (see the module
 /// documentation).
-pub(super) const SCHEMA_VERSION: u64 = 4;
+pub(super) const SCHEMA_VERSION: u64 = 5;
 /// The first layout, without blocks, tokens, profiles and retired names.
 const SCHEMA_VERSION_1: u64 = 1;
 /// The layout before rooms: no room tables, no read markers, no room messages in the log.
 const SCHEMA_VERSION_2: u64 = 2;
 /// The layout whose conversation index was keyed by strings.
 const SCHEMA_VERSION_3: u64 = 3;
+/// The layout whose conversation index had one entry per message and conversation.
+const SCHEMA_VERSION_4: u64 = 4;
 /// Conversation index entries copied per commit by the upgrade from layouts 1 to 3, so that the
 /// upgrade of a large database never holds one huge transaction (an interrupted upgrade starts
 /// over: copying an entry twice writes the same key).
@@ -133,7 +143,7 @@ fn state_from_byte(b: u8) -> Result<FriendState, Damage> {
 /// A failure inside a transaction, before it is classified for the caller: redb's own errors
 /// become [`StoreError::Open`], [`StoreError::Write`] or [`StoreError::Read`] depending on where
 /// they happened, while damage (ours or redb's) is always [`StoreError::Corrupt`].
-enum Fail {
+pub(super) enum Fail {
     Redb(redb::Error),
     Damage(Damage),
     Schema(u64),
@@ -154,6 +164,16 @@ impl Fail {
                 source: Box::new(damage),
             },
             Fail::Schema(found) => StoreError::Schema { path, found },
+        }
+    }
+}
+
+impl std::fmt::Display for Fail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fail::Redb(e) => write!(f, "{e}"),
+            Fail::Damage(d) => write!(f, "{d}"),
+            Fail::Schema(v) => write!(f, "table layout version {v}"),
         }
     }
 }
@@ -200,6 +220,11 @@ pub struct RedbStore {
     reserve: u64,
     /// A write failed and the handle must be reopened before the next one.
     failed: bool,
+    /// The messages past the conversation index's watermark (see `conv_index`). `None` after a
+    /// failed write, which may have left it ahead of the file: read again before the next write.
+    tail: Option<Box<Tail>>,
+    /// Messages past the watermark that make the writer index them: [`INDEX_LAG`].
+    lag: usize,
 }
 
 impl RedbStore {
@@ -259,31 +284,49 @@ impl RedbStore {
         };
         match stored {
             Some(SCHEMA_VERSION) => {}
-            Some(old @ (SCHEMA_VERSION_1 | SCHEMA_VERSION_2 | SCHEMA_VERSION_3)) => {
-                // The conversation index is copied first, in commits of its own; then the tables
-                // added since are created empty by `Tables::open`, the old index is dropped and the
-                // new version recorded, in one commit.
+            Some(
+                old @ (SCHEMA_VERSION_1 | SCHEMA_VERSION_2 | SCHEMA_VERSION_3 | SCHEMA_VERSION_4),
+            ) => {
+                // The conversation index is copied first, in commits of its own: from layouts 1 to
+                // 3 into layout 4's, then from that into rows; then the tables added since are
+                // created empty by `Tables::open`, the old indexes are dropped, and the watermark
+                // (the last message: every one is in the rows now) and the new version recorded,
+                // in one commit.
                 log::info!(
                     "database {}: upgrading the table layout from version {old} to {SCHEMA_VERSION}",
                     path.display()
                 );
-                let copied = copy_conversation_index(&db, UPGRADE_BATCH)?;
+                if old < SCHEMA_VERSION_4 {
+                    let copied = copy_conversation_index(&db, UPGRADE_BATCH)?;
+                    log::info!(
+                        "database {}: {copied} conversation index entries copied",
+                        path.display()
+                    );
+                }
+                let (entries, rows) = pack_conversation_index(&db, UPGRADE_BATCH)?;
                 log::info!(
-                    "database {}: {copied} conversation index entries copied",
+                    "database {}: {entries} conversation index entries packed into {rows} rows",
                     path.display()
                 );
                 let txn = db.begin_write()?;
-                Tables::open(&txn)?;
+                Tables::open(&txn, Box::default())?;
                 txn.delete_table(CONVERSATIONS_V3)?;
-                txn.open_table(META)?
-                    .insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION)?;
+                txn.delete_table(CONVERSATIONS)?;
+                let last = txn
+                    .open_table(MESSAGES)?
+                    .last()?
+                    .map_or(0, |(id, _)| id.value());
+                let mut meta = txn.open_table(META)?;
+                meta.insert(WATERMARK_KEY, last)?;
+                meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION)?;
+                drop(meta);
                 txn.commit()?;
             }
             Some(other) => return Err(Fail::Schema(other)),
             None => {
                 // A new database: its tables and its schema version, in one commit.
                 let txn = db.begin_write()?;
-                Tables::open(&txn)?;
+                Tables::open(&txn, Box::default())?;
                 txn.open_table(META)?
                     .insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION)?;
                 txn.commit()?;
@@ -309,13 +352,31 @@ impl RedbStore {
             }
             snap
         };
+        let tail = Self::tail_of(&db)?;
         let store = RedbStore {
             db: Some(Arc::new(db)),
             path: path.into(),
             reserve: 0,
             failed: false,
+            tail: Some(Box::new(tail)),
+            lag: INDEX_LAG,
         };
         Ok((store, snapshot))
+    }
+
+    /// The writer's list of the messages past the conversation index's watermark, read from the
+    /// database (see `conv_index`).
+    fn tail_of(db: &Database) -> Result<Tail, Fail> {
+        let txn = db.begin_read()?;
+        let watermark = watermark(&txn.open_table(META)?)?;
+        Tail::rebuild(&txn.open_table(MESSAGES)?, watermark)
+    }
+
+    /// This store indexing its conversations every `lag` messages instead of every
+    /// [`INDEX_LAG`]: for tests of the index's edges, which a small lag reaches in a few messages.
+    pub fn with_index_lag(mut self, lag: usize) -> RedbStore {
+        self.lag = lag.max(1);
+        self
     }
 
     /// This store with `bytes` of free disk space as a reserve: while the database's file system
@@ -345,31 +406,55 @@ impl RedbStore {
 
     /// Run `ops` in an open write transaction. Returns the replies and whether anything was
     /// written.
-    fn apply_all(txn: &WriteTransaction, ops: &[StoreOp]) -> Result<(Vec<StoreReply>, bool), Fail> {
-        let mut tables = Tables::open(txn)?;
+    /// Run `ops` in an open write transaction, indexing the conversations whenever the list of
+    /// messages past the watermark reaches `lag`. Returns the replies, whether anything was
+    /// written, and the list.
+    fn apply_all(
+        txn: &WriteTransaction,
+        ops: &[StoreOp],
+        tail: Box<Tail>,
+        lag: usize,
+    ) -> Result<(Vec<StoreReply>, bool, Box<Tail>), Fail> {
+        let mut tables = Tables::open(txn, tail)?;
         let mut replies = Vec::with_capacity(ops.len());
         for op in ops {
             replies.push(tables.apply(op)?);
+            if tables.tail.len() >= lag {
+                let watermark = tables.tail.flush(&mut tables.rows)?;
+                tables.meta.insert(WATERMARK_KEY, watermark)?;
+            }
         }
-        Ok((replies, tables.dirty))
+        Ok((replies, tables.dirty, tables.tail))
     }
 
-    fn write_inner(db: &Database, ops: &[StoreOp]) -> Result<Vec<StoreReply>, Fail> {
+    fn write_inner(
+        db: &Database,
+        ops: &[StoreOp],
+        tail: &mut Option<Box<Tail>>,
+        lag: usize,
+    ) -> Result<Vec<StoreReply>, Fail> {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
+        let list = match tail.take() {
+            Some(list) => list,
+            None => Box::new(Self::tail_of(db)?),
+        };
         let mut txn = db.begin_write()?;
         // Immediate is redb's default; it is set anyway because the protocol's durability promise
         // (committed before OK) rests on it.
         txn.set_durability(Durability::Immediate)?;
-        // On error the transaction is dropped here, uncommitted: the batch leaves no trace.
-        let (replies, dirty) = Self::apply_all(&txn, ops)?;
+        // On error the transaction is dropped here, uncommitted: the batch leaves no trace, and
+        // the list stays taken (it may hold the batch's messages), to be read again.
+        let (replies, dirty, list) = Self::apply_all(&txn, ops, list, lag)?;
         if dirty {
             txn.commit()?;
+            *tail = Some(list);
         } else {
             // A batch that changed nothing (empty backlogs taken, say) has nothing to make
             // durable; skipping the commit saves an fsync.
             txn.abort()?;
+            *tail = Some(list);
         }
         Ok(replies)
     }
@@ -380,7 +465,9 @@ impl Store for RedbStore {
         self.ready()?;
         self.recover()?;
         let db = self.db()?.clone();
-        let written = contain(|| Self::write_inner(&db, ops)).unwrap_or_else(|panic| {
+        let lag = self.lag;
+        let tail = &mut self.tail;
+        let written = contain(|| Self::write_inner(&db, ops, tail, lag)).unwrap_or_else(|panic| {
             Err(Fail::Damage(Damage::new(format!(
                 "redb failed while writing ({panic})"
             ))))
@@ -454,6 +541,7 @@ impl Store for RedbStore {
         log::info!("database {} reopened", path.display());
         self.db = Some(Arc::new(db));
         self.failed = false;
+        self.tail = None;
         Ok(())
     }
 }
@@ -495,6 +583,66 @@ fn copy_conversation_index(db: &Database, batch: usize) -> Result<u64, Fail> {
     }
 }
 
+/// Packs the conversation index of layout 4 (one entry per message and conversation) into rows
+/// of [`CONV_ROWS`], `batch` entries per commit ([`UPGRADE_BATCH`]): consecutive ids of one
+/// conversation make one row, of at most [`INDEX_LAG`] ids, and a commit ends its last row. Returns
+/// how many entries and rows it wrote. The old table stays until the commit that records the new
+/// layout drops it; an interrupted upgrade starts over and writes the same rows under the same
+/// keys.
+fn pack_conversation_index(db: &Database, batch: usize) -> Result<(u64, u64), Fail> {
+    let mut after: Option<(Vec<u8>, u64)> = None;
+    let (mut entries, mut rows) = (0u64, 0u64);
+    let mut ids: Vec<MsgId> = Vec::new();
+    let mut conv: Vec<u8> = Vec::new();
+    let mut value = Vec::new();
+    loop {
+        let start = after.take();
+        let txn = db.begin_write()?;
+        let n = {
+            let old = txn.open_table(CONVERSATIONS)?;
+            let mut new = txn.open_table(CONV_ROWS)?;
+            let range = match &start {
+                None => old.range::<(&[u8], u64)>(..)?,
+                Some((c, id)) => old.range::<(&[u8], u64)>((
+                    Bound::Excluded((c.as_slice(), *id)),
+                    Bound::Unbounded,
+                ))?,
+            };
+            let mut put = |conv: &[u8], ids: &mut Vec<MsgId>| -> Result<(), Fail> {
+                if let Some(&last) = ids.last() {
+                    codec::encode_id_row(ids, &mut value);
+                    new.insert((conv, last), value.as_slice())?;
+                    rows += 1;
+                }
+                ids.clear();
+                Ok(())
+            };
+            let mut n = 0;
+            for entry in range.take(batch) {
+                let (key, _) = entry?;
+                let (c, id) = key.value();
+                if c != conv.as_slice() || ids.len() >= INDEX_LAG {
+                    put(&conv, &mut ids)?;
+                    conv.clear();
+                    conv.extend_from_slice(c);
+                }
+                ids.push(id);
+                n += 1;
+            }
+            if let Some(&last) = ids.last() {
+                after = Some((conv.clone(), last));
+            }
+            put(&conv, &mut ids)?;
+            n
+        };
+        txn.commit()?;
+        entries += n as u64;
+        if n < batch {
+            return Ok((entries, rows));
+        }
+    }
+}
+
 /// Every table by name, for the backup (a copy of each) and the check (each record and index).
 pub(super) mod tables {
     use super::*;
@@ -503,7 +651,7 @@ pub(super) mod tables {
     pub(crate) const NAMES: &[&str] = &[
         "accounts",
         "messages",
-        "conversation_index",
+        "conversation_rows",
         "pending",
         "friendships",
         "rooms",
@@ -543,7 +691,7 @@ pub(super) mod tables {
     ) -> Result<(), redb::Error> {
         copy(from, to, ACCOUNTS)?;
         copy(from, to, MESSAGES)?;
-        copy(from, to, CONVERSATIONS)?;
+        copy(from, to, CONV_ROWS)?;
         copy(from, to, PENDING)?;
         copy(from, to, FRIENDSHIPS)?;
         copy(from, to, ROOMS)?;
@@ -574,7 +722,8 @@ pub(super) mod tables {
     pub(crate) struct Read {
         pub(crate) accounts: redb::ReadOnlyTable<&'static str, &'static [u8]>,
         pub(crate) messages: redb::ReadOnlyTable<u64, &'static [u8]>,
-        pub(crate) conversations: redb::ReadOnlyTable<(&'static [u8], u64), ()>,
+        pub(crate) rows: redb::ReadOnlyTable<(&'static [u8], u64), &'static [u8]>,
+        pub(crate) meta: redb::ReadOnlyTable<&'static str, u64>,
         pub(crate) pending: redb::ReadOnlyTable<(&'static str, u64), ()>,
         pub(crate) friendships: redb::ReadOnlyTable<(&'static str, &'static str), u8>,
         pub(crate) blocks: redb::ReadOnlyTable<(&'static str, &'static str), ()>,
@@ -596,7 +745,8 @@ pub(super) mod tables {
             Ok(Read {
                 accounts: txn.open_table(ACCOUNTS)?,
                 messages: txn.open_table(MESSAGES)?,
-                conversations: txn.open_table(CONVERSATIONS)?,
+                rows: txn.open_table(CONV_ROWS)?,
+                meta: txn.open_table(META)?,
                 pending: txn.open_table(PENDING)?,
                 friendships: txn.open_table(FRIENDSHIPS)?,
                 blocks: txn.open_table(BLOCKS)?,
@@ -634,10 +784,12 @@ impl RedbReader {
                 count,
                 cursor,
             } => {
-                let conversations = self.txn.open_table(CONVERSATIONS)?;
+                let rows = self.txn.open_table(CONV_ROWS)?;
+                let watermark = watermark(&self.txn.open_table(META)?)?;
                 let room_log = self.txn.open_table(ROOM_LOG)?;
-                let page =
-                    any_history(&conversations, &room_log, &messages, conv, *count, *cursor)?;
+                let page = any_history(
+                    &rows, watermark, &room_log, &messages, conv, *count, *cursor,
+                )?;
                 Ok(StoreReply::History(page))
             }
             ReadOp::Backlog { user } => {
@@ -684,7 +836,7 @@ impl StoreReader for RedbReader {
 struct Tables<'txn> {
     accounts: Table<'txn, &'static str, &'static [u8]>,
     messages: Table<'txn, u64, &'static [u8]>,
-    conversations: Table<'txn, (&'static [u8], u64), ()>,
+    rows: Table<'txn, (&'static [u8], u64), &'static [u8]>,
     pending: Table<'txn, (&'static str, u64), ()>,
     friendships: Table<'txn, (&'static str, &'static str), u8>,
     rooms: Table<'txn, u64, &'static [u8]>,
@@ -706,14 +858,16 @@ struct Tables<'txn> {
     /// that appending a message allocates nothing of its own on this thread.
     record: Vec<u8>,
     conversation: String,
+    /// The messages past the conversation index's watermark.
+    tail: Box<Tail>,
 }
 
 impl<'txn> Tables<'txn> {
-    fn open(txn: &'txn WriteTransaction) -> Result<Self, Fail> {
+    fn open(txn: &'txn WriteTransaction, tail: Box<Tail>) -> Result<Self, Fail> {
         Ok(Tables {
             accounts: txn.open_table(ACCOUNTS)?,
             messages: txn.open_table(MESSAGES)?,
-            conversations: txn.open_table(CONVERSATIONS)?,
+            rows: txn.open_table(CONV_ROWS)?,
             pending: txn.open_table(PENDING)?,
             friendships: txn.open_table(FRIENDSHIPS)?,
             rooms: txn.open_table(ROOMS)?,
@@ -732,7 +886,19 @@ impl<'txn> Tables<'txn> {
             dirty: false,
             record: Vec::new(),
             conversation: String::new(),
+            tail,
         })
+    }
+
+    /// Indexes message `msg` under the conversation `conv`: in the writer's list when it is past
+    /// the watermark, else in the rows at once.
+    fn index(&mut self, conv: &[u8], id: MsgId) -> Result<(), Fail> {
+        if self.tail.takes(id) {
+            self.tail.entry(conv, id);
+            Ok(())
+        } else {
+            conv_index::insert_one(&mut self.rows, conv, id)
+        }
     }
 
     /// Deletes one token and its index entry; nothing if there is no such token.
@@ -878,12 +1044,17 @@ impl<'txn> Tables<'txn> {
                 codec::encode_message_into(msg, &mut self.record);
                 self.messages.insert(msg.id, self.record.as_slice())?;
                 if single_conversation_key(msg, &mut self.conversation) {
-                    self.conversations
-                        .insert((self.conversation.as_bytes(), msg.id), ())?;
+                    let conv = std::mem::take(&mut self.conversation);
+                    let indexed = self.index(conv.as_bytes(), msg.id);
+                    self.conversation = conv;
+                    indexed?;
                 } else {
                     for conv in message_conversation_keys(msg) {
-                        self.conversations.insert((conv.as_bytes(), msg.id), ())?;
+                        self.index(conv.as_bytes(), msg.id)?;
                     }
+                }
+                if self.tail.takes(msg.id) {
+                    self.tail.message(msg.id);
                 }
                 for user in pending_for {
                     self.pending.insert((user.as_str(), msg.id), ())?;
@@ -930,6 +1101,10 @@ impl<'txn> Tables<'txn> {
                 codec::encode_message_into(msg, &mut self.record);
                 self.messages.insert(msg.id, self.record.as_slice())?;
                 self.room_log.insert((*room, msg.id), *seq)?;
+                // Counted past the watermark, so that a read's scan stays within the lag.
+                if self.tail.takes(msg.id) {
+                    self.tail.message(msg.id);
+                }
                 self.dirty = true;
                 Ok(StoreReply::Done)
             }
@@ -1051,7 +1226,8 @@ impl<'txn> Tables<'txn> {
                 cursor,
             } => {
                 let page = any_history(
-                    &self.conversations,
+                    &self.rows,
+                    self.tail.watermark(),
                     &self.room_log,
                     &self.messages,
                     conv,
@@ -1275,10 +1451,6 @@ impl<T: ReadableTable<&'static str, &'static [u8]>> NameRecords for T {}
 trait IdIndex: ReadableTable<(&'static str, u64), ()> {}
 impl<T: ReadableTable<(&'static str, u64), ()>> IdIndex for T {}
 
-/// The conversation index: (conversation key as bytes, message id).
-trait ConvIndex: ReadableTable<(&'static [u8], u64), ()> {}
-impl<T: ReadableTable<(&'static [u8], u64), ()>> ConvIndex for T {}
-
 /// The message log, by id.
 trait MessageLog: ReadableTable<u64, &'static [u8]> {}
 impl<T: ReadableTable<u64, &'static [u8]>> MessageLog for T {}
@@ -1323,59 +1495,27 @@ fn backlog(
     Ok(found)
 }
 
-/// One page of the conversation with key `conv`.
+/// One page of the conversation with key `conv`: its rows in the conversation index, and the
+/// messages past the watermark (see `conv_index`).
 fn history(
-    conversations: &impl ConvIndex,
+    rows: &impl conv_index::Rows,
+    watermark: MsgId,
     messages: &impl MessageLog,
     conv: &str,
     count: u32,
     cursor: Cursor,
 ) -> Result<HistoryPage, Fail> {
-    let conv = conv.as_bytes();
-    let lo = (conv, 0u64);
-    let hi = (conv, u64::MAX);
-    let take = usize::try_from(count).unwrap_or(usize::MAX);
-    let mut ids = Vec::new();
-    match cursor {
-        Cursor::Latest => {
-            for entry in conversations.range(lo..=hi)?.rev().take(take) {
-                ids.push(entry?.0.value().1);
-            }
-            ids.reverse();
-        }
-        Cursor::Before(x) => {
-            for entry in conversations.range(lo..(conv, x))?.rev().take(take) {
-                ids.push(entry?.0.value().1);
-            }
-            ids.reverse();
-        }
-        Cursor::After(x) => {
-            let range = (Bound::Excluded((conv, x)), Bound::Included(hi));
-            for entry in conversations.range(range)?.take(take) {
-                ids.push(entry?.0.value().1);
-            }
-        }
-    }
-    // Whether the conversation holds an id between the bounds.
-    let any = |from: Bound<(&[u8], u64)>, to: Bound<(&[u8], u64)>| -> Result<bool, Fail> {
-        Ok(conversations.range((from, to))?.next().is_some())
-    };
-    let below = |id| any(Bound::Included(lo), Bound::Excluded((conv, id)));
-    let above = |id| any(Bound::Excluded((conv, id)), Bound::Included(hi));
-    let from = |id| any(Bound::Included((conv, id)), Bound::Included(hi));
-    let up_to = |id| any(Bound::Included(lo), Bound::Included((conv, id)));
-    let (older, newer) = match (ids.first(), ids.last()) {
-        (Some(&min), Some(&max)) => (below(min)?.then_some(min), above(max)?.then_some(max)),
-        _ => match cursor {
-            Cursor::Latest => (None, None),
-            // Nothing below x; if anything from x up exists, After(x - 1) shows it.
-            Cursor::Before(x) => (None, from(x)?.then(|| x.saturating_sub(1))),
-            // Nothing above x; if anything up to x exists, Before(x + 1) shows it.
-            Cursor::After(x) => (up_to(x)?.then(|| x.saturating_add(1)), None),
-        },
-    };
-    check_readable(messages, &ids, || format!("conversation {conv:?}"))?;
+    let key = conv.as_bytes();
+    let (ids, older, newer) = page(0, MsgId::MAX, count, cursor, |a, b, rev, take| {
+        conv_index::ids(rows, messages, watermark, key, a, b, rev, take)
+    })?;
+    check_readable(messages, &ids, || format!("conversation {key:?}"))?;
     Ok(HistoryPage { ids, older, newer })
+}
+
+/// The conversation index's watermark recorded in `meta` (0: none yet, every message is past it).
+fn watermark(meta: &impl ReadableTable<&'static str, u64>) -> Result<MsgId, Fail> {
+    Ok(meta.get(WATERMARK_KEY)?.map_or(0, |v| v.value()))
 }
 
 /// Every message of a page must be readable now, so that a damaged one fails the page before any
@@ -1460,7 +1600,8 @@ fn room_seq(
 
 /// One page of any conversation: a pair's or the broadcasts (by their index key), or a room's.
 fn any_history(
-    conversations: &impl ConvIndex,
+    rows: &impl conv_index::Rows,
+    watermark: MsgId,
     room_log: &impl RoomLog,
     messages: &impl MessageLog,
     conv: &Conversation,
@@ -1477,7 +1618,7 @@ fn any_history(
             count,
             cursor,
         ),
-        (_, Some(key)) => history(conversations, messages, &key, count, cursor),
+        (_, Some(key)) => history(rows, watermark, messages, &key, count, cursor),
         (_, None) => Ok(HistoryPage::default()),
     }
 }
@@ -1579,6 +1720,7 @@ fn room_snapshot(txn: &ReadTransaction, snap: &mut Snapshot) -> Result<(), Fail>
 mod tests {
     use super::*;
     use crate::store::{AccountRecord, Conversation, MessageRecord, To};
+    use redb::ReadableTableMetadata;
 
     fn temp_db() -> (tempfile::TempDir, std::path::PathBuf) {
         let dir = tempfile::tempdir().unwrap();
@@ -1609,9 +1751,11 @@ mod tests {
         store.execute(&[append(1)]).unwrap();
         // Damage: an index entry for a message that is not in the log.
         let txn = store.db.as_ref().unwrap().begin_write().unwrap();
-        txn.open_table(CONVERSATIONS)
+        let mut row = Vec::new();
+        codec::encode_id_row(&[50], &mut row);
+        txn.open_table(CONV_ROWS)
             .unwrap()
-            .insert(("x y".as_bytes(), 50), ())
+            .insert(("x y".as_bytes(), 50), row.as_slice())
             .unwrap();
         txn.commit().unwrap();
 
@@ -1840,9 +1984,35 @@ mod tests {
         assert_eq!(version, Some(SCHEMA_VERSION));
     }
 
+    /// Turns a current file back into layout 4: one conversation index entry per message and
+    /// conversation, no rows, no watermark.
+    fn downgrade_to_version_4(path: &Path) {
+        let db = Database::open(path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let messages = txn.open_table(MESSAGES).unwrap();
+            let mut old = txn.open_table(CONVERSATIONS).unwrap();
+            for entry in messages.iter().unwrap() {
+                let (id, bytes) = entry.unwrap();
+                let m = codec::decode_message(id.value(), bytes.value()).unwrap();
+                for conv in message_conversation_keys(&m) {
+                    old.insert((conv.as_bytes(), m.id), ()).unwrap();
+                }
+            }
+            txn.open_table(META).unwrap().remove(WATERMARK_KEY).unwrap();
+        }
+        txn.delete_table(CONV_ROWS).unwrap();
+        txn.open_table(META)
+            .unwrap()
+            .insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION_4)
+            .unwrap();
+        txn.commit().unwrap();
+    }
+
     /// Turns a current file back into layout 3: its conversation index keyed by strings, under the
     /// old table name.
     fn downgrade_to_version_3(path: &Path) {
+        downgrade_to_version_4(path);
         let db = Database::open(path).unwrap();
         let txn = db.begin_write().unwrap();
         {
@@ -1937,6 +2107,262 @@ mod tests {
             .map(|e| e.unwrap().0.value().1)
             .collect();
         assert_eq!(ids, (1..=7).collect::<Vec<_>>());
+    }
+
+    /// A direct message, a group message or a room message with this id, by `id % 5`: two pair
+    /// conversations, a group to both, and a room, so that the rows and the scan past the
+    /// watermark meet each other's messages.
+    fn mixed(id: MsgId) -> StoreOp {
+        let msg = |to| MessageRecord {
+            id,
+            time_ms: 0,
+            from: "A".into(),
+            to,
+            text: "t".into(),
+        };
+        match id % 5 {
+            0 | 2 => StoreOp::AppendMessage {
+                msg: msg(To::User("b".into())),
+                pending_for: vec![],
+            },
+            1 => StoreOp::AppendMessage {
+                msg: msg(To::User("C".into())),
+                pending_for: vec![],
+            },
+            3 => StoreOp::AppendMessage {
+                msg: msg(To::Group(vec!["b".into(), "c".into()])),
+                pending_for: vec![],
+            },
+            _ => StoreOp::AppendRoomMessage {
+                msg: msg(To::Room("#r".into())),
+                room: 1,
+                seq: id,
+            },
+        }
+    }
+
+    const CONVS: [(&str, &str); 3] = [("a", "b"), ("c", "A"), ("b", "c")];
+
+    /// Every page (each cursor at every id and beyond, counts 1 to 4) of every conversation, from
+    /// both views, must be the same.
+    fn same_pages(real: &dyn StoreReader, model: &dyn StoreReader, last: MsgId) {
+        let mut cursors = vec![Cursor::Latest];
+        for x in 0..=last + 2 {
+            cursors.push(Cursor::Before(x));
+            cursors.push(Cursor::After(x));
+        }
+        for (a, b) in CONVS {
+            for &cursor in &cursors {
+                for count in 1..=4 {
+                    let op = ReadOp::History {
+                        conv: Conversation::Pair(a.into(), b.into()),
+                        count,
+                        cursor,
+                    };
+                    assert_eq!(real.read(&op).unwrap(), model.read(&op).unwrap(), "{op:?}");
+                }
+            }
+        }
+    }
+
+    fn watermark_of(store: &RedbStore) -> MsgId {
+        let txn = store.db.as_ref().unwrap().begin_read().unwrap();
+        watermark(&txn.open_table(META).unwrap()).ok().unwrap()
+    }
+
+    /// The pages of a conversation whose messages are partly in the index's rows and partly past
+    /// its watermark are exactly the pages of the model store: a page that spans the rows and the
+    /// scan, a cursor inside a row, rows of one id and of several, at every lag position.
+    #[test]
+    fn pages_across_the_watermark_are_the_models() {
+        let (_dir, path) = temp_db();
+        let (store, _) = RedbStore::open(&path).unwrap();
+        let mut store = store.with_index_lag(4);
+        let (mut model, _) = crate::store::memory::MemoryStore::new();
+        // Batches of 1, 2 and 3 messages: flushes fall inside batches and at their ends.
+        let mut id = 1;
+        for n in [1, 2, 3, 1, 3, 2, 2, 1, 3] {
+            let ops: Vec<StoreOp> = (id..id + n).map(mixed).collect();
+            id += n;
+            store.execute(&ops).unwrap();
+            model.execute(&ops).unwrap();
+            same_pages(&*store.reader().unwrap(), &*model.reader().unwrap(), id);
+        }
+        // Both halves were met: rows below the watermark and messages past it.
+        let w = watermark_of(&store);
+        assert!(w > 4 && w < id - 1, "watermark {w}, last {}", id - 1);
+    }
+
+    /// A read transaction taken before a flush keeps seeing its own snapshot: its watermark, its
+    /// rows, its messages. The flush in the middle of paging changes none of its pages, and a
+    /// reader taken after it sees the same pages plus the new messages.
+    #[test]
+    fn a_flush_in_the_middle_of_paging_changes_no_page() {
+        let (_dir, path) = temp_db();
+        let (store, _) = RedbStore::open(&path).unwrap();
+        let mut store = store.with_index_lag(6);
+        let (mut model, _) = crate::store::memory::MemoryStore::new();
+        let first: Vec<StoreOp> = (1..=5).map(mixed).collect();
+        store.execute(&first).unwrap();
+        model.execute(&first).unwrap();
+        assert_eq!(watermark_of(&store), 0);
+        let before = store.reader().unwrap();
+        let model_before = model.reader().unwrap();
+        let more: Vec<StoreOp> = (6..=8).map(mixed).collect();
+        store.execute(&more).unwrap();
+        model.execute(&more).unwrap();
+        assert_eq!(watermark_of(&store), 6, "the flush happened");
+        same_pages(&*before, &*model_before, 8);
+        same_pages(&*store.reader().unwrap(), &*model.reader().unwrap(), 8);
+    }
+
+    /// The failure this guards against: the writer's list of messages past the watermark lives in
+    /// memory, and a crash loses it. The messages are in the log, so the reopened store rebuilds
+    /// the list from there: its pages are unchanged, and its next flush indexes them with the
+    /// rest, rows and all.
+    #[test]
+    fn a_reopened_store_rebuilds_its_tail_and_indexes_it() {
+        let (_dir, path) = temp_db();
+        let (mut model, _) = crate::store::memory::MemoryStore::new();
+        {
+            let (store, _) = RedbStore::open(&path).unwrap();
+            let mut store = store.with_index_lag(5);
+            let ops: Vec<StoreOp> = (1..=8).map(mixed).collect();
+            store.execute(&ops).unwrap();
+            model.execute(&ops).unwrap();
+            assert_eq!(watermark_of(&store), 5);
+            // Dropped without any shutdown step: as after a crash, only the file remains.
+        }
+        let (store, snap) = RedbStore::open(&path).unwrap();
+        let mut store = store.with_index_lag(5);
+        assert_eq!(snap.next_id, 9);
+        assert_eq!(store.tail.as_ref().map(|t| t.len()), Some(3));
+        same_pages(&*store.reader().unwrap(), &*model.reader().unwrap(), 8);
+        let ops: Vec<StoreOp> = (9..=10).map(mixed).collect();
+        store.execute(&ops).unwrap();
+        model.execute(&ops).unwrap();
+        assert_eq!(watermark_of(&store), 10);
+        same_pages(&*store.reader().unwrap(), &*model.reader().unwrap(), 10);
+        // Every message of a conversation is in the rows now, the reopened tail's too.
+        let txn = store.db.as_ref().unwrap().begin_read().unwrap();
+        let mut indexed = Vec::new();
+        conv_index::each_entry(&txn.open_table(CONV_ROWS).unwrap(), |_, id| {
+            indexed.push(id)
+        })
+        .ok()
+        .unwrap();
+        indexed.sort_unstable();
+        indexed.dedup();
+        assert_eq!(indexed, [1, 2, 3, 5, 6, 7, 8, 10]);
+    }
+
+    /// A failed write may have flushed the list in its transaction: the list is read again from
+    /// the file before the next write, so nothing the failed batch held is indexed.
+    #[test]
+    fn a_failed_write_leaves_the_tail_as_the_file_has_it() {
+        let (_dir, path) = temp_db();
+        let (store, _) = RedbStore::open(&path).unwrap();
+        let mut store = store.with_index_lag(3);
+        store.execute(&[mixed(1)]).unwrap();
+        // Message 50 named by a row but not stored: a history read in the batch fails it, after
+        // the batch's messages have filled the list and flushed it.
+        let txn = store.db.as_ref().unwrap().begin_write().unwrap();
+        let mut row = Vec::new();
+        codec::encode_id_row(&[50], &mut row);
+        txn.open_table(CONV_ROWS)
+            .unwrap()
+            .insert(("a b".as_bytes(), 50), row.as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+        let failing = vec![
+            mixed(2),
+            mixed(5),
+            StoreOp::History {
+                conv: Conversation::Pair("a".into(), "b".into()),
+                count: 5,
+                cursor: Cursor::Latest,
+            },
+        ];
+        assert!(store.execute(&failing).is_err());
+        assert_eq!(watermark_of(&store), 0);
+        assert!(store.tail.is_none());
+        store.execute(&[mixed(6)]).unwrap();
+        assert_eq!(store.tail.as_ref().map(|t| t.len()), Some(2));
+    }
+
+    /// A version 4 file (one index entry per message and conversation) opens with every page as
+    /// before, its index packed into rows, and is version 5 from then on, without the old table.
+    #[test]
+    fn a_version_4_file_is_upgraded_into_rows() {
+        let (_dir, path) = temp_db();
+        let (mut model, _) = crate::store::memory::MemoryStore::new();
+        {
+            let (mut store, _) = RedbStore::open(&path).unwrap();
+            let ops: Vec<StoreOp> = (1..=12).map(mixed).collect();
+            store.execute(&ops).unwrap();
+            model.execute(&ops).unwrap();
+        }
+        downgrade_to_version_4(&path);
+        assert_eq!(stored_version(&path), Some(SCHEMA_VERSION_4));
+        {
+            let (mut store, snap) = RedbStore::open(&path).unwrap();
+            assert_eq!(snap.next_id, 13);
+            assert_eq!(watermark_of(&store), 12);
+            assert_eq!(store.tail.as_ref().map(|t| t.len()), Some(0));
+            same_pages(&*store.reader().unwrap(), &*model.reader().unwrap(), 12);
+            let ops: Vec<StoreOp> = (13..=15).map(mixed).collect();
+            store.execute(&ops).unwrap();
+            model.execute(&ops).unwrap();
+            same_pages(&*store.reader().unwrap(), &*model.reader().unwrap(), 15);
+        }
+        assert_eq!(stored_version(&path), Some(SCHEMA_VERSION));
+        let db = Database::open(&path).unwrap();
+        let txn = db.begin_read().unwrap();
+        assert!(matches!(
+            txn.open_table(CONVERSATIONS),
+            Err(redb::TableError::TableDoesNotExist(_))
+        ));
+    }
+
+    /// The packing goes in commits of a few entries and misses none at their seams; a commit ends
+    /// its rows, so the rows' keys do not depend on where an interrupted upgrade stopped.
+    #[test]
+    fn the_conversation_index_is_packed_batch_by_batch() {
+        let (_dir, path) = temp_db();
+        {
+            let (mut store, _) = RedbStore::open(&path).unwrap();
+            store
+                .execute(&(1..=12).map(mixed).collect::<Vec<_>>())
+                .unwrap();
+        }
+        downgrade_to_version_4(&path);
+        let db = Database::open(&path).unwrap();
+        let want: Vec<(Vec<u8>, u64)> = {
+            let txn = db.begin_read().unwrap();
+            let old = txn.open_table(CONVERSATIONS).unwrap();
+            let all = old
+                .iter()
+                .unwrap()
+                .map(|e| {
+                    let (k, _) = e.unwrap();
+                    (k.value().0.to_vec(), k.value().1)
+                })
+                .collect();
+            all
+        };
+        assert_eq!(want.len(), 12);
+        let (entries, rows) = pack_conversation_index(&db, 4).ok().unwrap();
+        assert_eq!(entries, 12);
+        // Twice, as after an interruption: the same rows.
+        assert_eq!(pack_conversation_index(&db, 4).ok(), Some((12, rows)));
+        let txn = db.begin_read().unwrap();
+        let table = txn.open_table(CONV_ROWS).unwrap();
+        assert_eq!(ReadableTableMetadata::len(&table).unwrap(), rows);
+        let mut got = Vec::new();
+        conv_index::each_entry(&table, |conv, id| got.push((conv.to_vec(), id)))
+            .ok()
+            .unwrap();
+        assert_eq!(got, want);
     }
 
     #[test]

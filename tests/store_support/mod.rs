@@ -10,6 +10,13 @@ use chatd::store::{
 };
 use tempfile::TempDir;
 
+fn lagged(store: RedbStore, lag: Option<usize>) -> RedbStore {
+    match lag {
+        Some(lag) => store.with_index_lag(lag),
+        None => store,
+    }
+}
+
 /// A store under test. The redb variant's snapshot is read by closing and reopening the file, so
 /// every snapshot comparison is also a reopen test.
 pub enum Subject {
@@ -17,6 +24,9 @@ pub enum Subject {
     Redb {
         store: Option<RedbStore>,
         dir: TempDir,
+        /// Messages past the conversation index's watermark that make it index them; `None`:
+        /// the default (`INDEX_LAG`).
+        lag: Option<usize>,
     },
 }
 
@@ -26,6 +36,12 @@ impl Subject {
     }
 
     pub fn redb() -> Subject {
+        Subject::redb_with_lag(None)
+    }
+
+    /// A redb store that indexes its conversations every `lag` messages (see
+    /// `RedbStore::with_index_lag`), also when reopened.
+    pub fn redb_with_lag(lag: Option<usize>) -> Subject {
         let dir = tempfile::tempdir().expect("tempdir");
         let (store, snap) = RedbStore::open(&dir.path().join("t.redb")).expect("open");
         assert_eq!(
@@ -37,8 +53,9 @@ impl Subject {
             }
         );
         Subject::Redb {
-            store: Some(store),
+            store: Some(lagged(store, lag)),
             dir,
+            lag,
         }
     }
 
@@ -79,10 +96,10 @@ impl Subject {
     pub fn snapshot(&mut self) -> Snapshot {
         match self {
             Subject::Memory(s) => s.snapshot(),
-            Subject::Redb { store, dir } => {
+            Subject::Redb { store, dir, lag } => {
                 drop(store.take());
                 let (reopened, snap) = RedbStore::open(&dir.path().join("t.redb")).expect("reopen");
-                *store = Some(reopened);
+                *store = Some(lagged(reopened, *lag));
                 snap
             }
         }

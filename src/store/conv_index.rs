@@ -1,0 +1,447 @@
+//! The conversation index of the durable store, built in bulk.
+//!
+//! A direct message's index entry is not inserted into a B-tree when the message is written: the
+//! writer keeps the messages appended since the index's *watermark* in a list of its own
+//! ([`Tail`]), and once there are [`INDEX_LAG`](crate::config::INDEX_LAG) of them writes their
+//! entries in one go, grouped by conversation and sorted: one row per conversation per flush,
+//! keyed (conversation key as bytes, the row's last id), its value the row's ids packed
+//! (`codec::encode_id_row`). The watermark moves up in the same transaction, so the rows hold
+//! every conversation message with an id up to the watermark, and the messages past it are in the
+//! message log alone: a crash loses nothing, and the writer rebuilds its list from the log when the
+//! database opens ([`Tail::rebuild`]).
+//!
+//! A read takes the watermark from its own transaction and merges the rows with a scan of the
+//! messages past it in the same snapshot ([`ids`]): at most `INDEX_LAG` records, plus one batch,
+//! whose sender and recipients are read in place (`codec::decode_parties`); room messages share
+//! the id space and are skipped. So a read sees exactly what was committed, whatever the writer
+//! holds in memory.
+//!
+//! A message whose id is at or below the watermark (ids increase, so only a replicated one could
+//! be) is added to the rows at once ([`insert_one`]): the rows stay the index of everything up to
+//! the watermark.
+//!
+//! A record past the watermark that does not decode cannot be placed in its conversation: the
+//! scan counts it in every conversation, so every page that spans it fails as damage (as a page
+//! holding it always did) rather than silently leaving it out of its own.
+
+use redb::{ReadableTable, Table};
+
+use super::codec::{self, ToRef};
+use super::keys::{message_conversation_keys, parties_in_conversation};
+use super::redb::Fail;
+use super::MsgId;
+
+/// The key of a conversation index row: the conversation key's bytes and the row's last id.
+pub(super) type RowKey = (&'static [u8], u64);
+
+/// The rows of the conversation index.
+pub(super) trait Rows: ReadableTable<RowKey, &'static [u8]> {}
+impl<T: ReadableTable<RowKey, &'static [u8]>> Rows for T {}
+
+/// The message log, by id.
+pub(super) trait Log: ReadableTable<u64, &'static [u8]> {}
+impl<T: ReadableTable<u64, &'static [u8]>> Log for T {}
+
+/// The writer's list of the messages appended past the watermark, and their index entries. Its
+/// size is bounded by the lag: it is written out and emptied when it reaches it.
+#[derive(Debug, Default)]
+pub(super) struct Tail {
+    /// Every message with an id up to it is in the rows.
+    watermark: MsgId,
+    /// Messages appended past the watermark (room messages too, so that the scan of a read stays
+    /// within the lag whatever the traffic).
+    count: usize,
+    /// The largest id appended past the watermark.
+    top: MsgId,
+    /// The conversation keys of the entries, one after another (reused: no allocation per
+    /// message).
+    keys: Vec<u8>,
+    /// One index entry: where its key is in `keys`, its length, the id.
+    entries: Vec<(u32, u32, MsgId)>,
+    /// Buffers of the flush, reused.
+    order: Vec<u32>,
+    ids: Vec<MsgId>,
+    row: Vec<u8>,
+}
+
+impl Tail {
+    /// An empty list above `watermark`.
+    pub(super) fn new(watermark: MsgId) -> Tail {
+        Tail {
+            watermark,
+            ..Tail::default()
+        }
+    }
+
+    /// The list of a database: the messages past `watermark` in `messages`. A record that does
+    /// not decode is counted but cannot be indexed: it is logged and left out of the rows.
+    pub(super) fn rebuild(messages: &impl Log, watermark: MsgId) -> Result<Tail, Fail> {
+        let mut tail = Tail::new(watermark);
+        let Some(from) = watermark.checked_add(1) else {
+            return Ok(tail);
+        };
+        for entry in messages.range(from..)? {
+            let (id, bytes) = entry?;
+            let id = id.value();
+            tail.message(id);
+            match codec::decode_message(id, bytes.value()) {
+                Ok(m) => {
+                    for conv in message_conversation_keys(&m) {
+                        tail.entry(conv.as_bytes(), id);
+                    }
+                }
+                Err(damage) => log::error!(
+                    "message {id} does not decode and cannot be added to the conversation \
+                     index: {damage}"
+                ),
+            }
+        }
+        Ok(tail)
+    }
+
+    /// The watermark.
+    pub(super) fn watermark(&self) -> MsgId {
+        self.watermark
+    }
+
+    /// Messages appended past the watermark.
+    pub(super) fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether a message with this id is past the watermark (and goes into the list).
+    pub(super) fn takes(&self, id: MsgId) -> bool {
+        id > self.watermark
+    }
+
+    /// A message appended past the watermark, whether or not it has index entries.
+    pub(super) fn message(&mut self, id: MsgId) {
+        self.count += 1;
+        self.top = self.top.max(id);
+    }
+
+    /// An index entry of a message past the watermark.
+    pub(super) fn entry(&mut self, conv: &[u8], id: MsgId) {
+        // Conversation keys are short (two names): the offsets fit, and the list is emptied at the
+        // lag, far below 4 GiB of keys.
+        let start = self.keys.len() as u32;
+        self.keys.extend_from_slice(conv);
+        self.entries.push((start, conv.len() as u32, id));
+    }
+
+    fn key(&self, e: (u32, u32, MsgId)) -> &[u8] {
+        &self.keys[e.0 as usize..(e.0 + e.1) as usize]
+    }
+
+    /// Writes the list's entries into the rows, one row per conversation, in key order, and
+    /// empties it. Returns the new watermark, which the caller records in the same transaction.
+    pub(super) fn flush(
+        &mut self,
+        rows: &mut Table<'_, RowKey, &'static [u8]>,
+    ) -> Result<MsgId, Fail> {
+        let mut order = std::mem::take(&mut self.order);
+        order.clear();
+        order.extend(0..self.entries.len() as u32);
+        order.sort_unstable_by(|&x, &y| {
+            let (x, y) = (self.entries[x as usize], self.entries[y as usize]);
+            self.key(x).cmp(self.key(y)).then(x.2.cmp(&y.2))
+        });
+        let mut ids = std::mem::take(&mut self.ids);
+        let mut row = std::mem::take(&mut self.row);
+        let mut i = 0;
+        while i < order.len() {
+            let first = self.entries[order[i] as usize];
+            let conv = self.key(first);
+            ids.clear();
+            while i < order.len() {
+                let e = self.entries[order[i] as usize];
+                if self.key(e) != conv {
+                    break;
+                }
+                // The same id twice (a message written again under its id) is one entry.
+                if ids.last() != Some(&e.2) {
+                    ids.push(e.2);
+                }
+                i += 1;
+            }
+            let last = *ids.last().expect("a group holds its first entry");
+            codec::encode_id_row(&ids, &mut row);
+            rows.insert((conv, last), row.as_slice())?;
+        }
+        self.watermark = self.watermark.max(self.top);
+        self.count = 0;
+        self.top = 0;
+        self.keys.clear();
+        self.entries.clear();
+        self.order = order;
+        self.ids = ids;
+        self.row = row;
+        Ok(self.watermark)
+    }
+}
+
+/// Adds the entry (conv, id) to the rows themselves: the row that would hold it gets it (the
+/// first row of the conversation ending at or after `id`), or a row of its own is made.
+pub(super) fn insert_one(
+    rows: &mut Table<'_, RowKey, &'static [u8]>,
+    conv: &[u8],
+    id: MsgId,
+) -> Result<(), Fail> {
+    let found = match rows.range((conv, id)..=(conv, MsgId::MAX))?.next() {
+        Some(entry) => {
+            let (key, value) = entry?;
+            let last = key.value().1;
+            let mut ids = Vec::new();
+            codec::decode_id_row(value.value(), last, &mut ids)?;
+            Some((last, ids))
+        }
+        None => None,
+    };
+    let mut row = Vec::new();
+    match found {
+        Some((last, mut ids)) => {
+            if let Err(at) = ids.binary_search(&id) {
+                ids.insert(at, id);
+                codec::encode_id_row(&ids, &mut row);
+                rows.insert((conv, last), row.as_slice())?;
+            }
+        }
+        None => {
+            codec::encode_id_row(&[id], &mut row);
+            rows.insert((conv, id), row.as_slice())?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether the index holds (conv, id): in a row, or past the watermark (where the message log is
+/// the index). For the check of a database.
+pub(super) fn contains(
+    rows: &impl Rows,
+    watermark: MsgId,
+    conv: &[u8],
+    id: MsgId,
+) -> Result<bool, Fail> {
+    if id > watermark {
+        return Ok(true);
+    }
+    match rows.range((conv, id)..=(conv, MsgId::MAX))?.next() {
+        Some(entry) => {
+            let (key, value) = entry?;
+            let mut ids = Vec::new();
+            codec::decode_id_row(value.value(), key.value().1, &mut ids)?;
+            Ok(ids.binary_search(&id).is_ok())
+        }
+        None => Ok(false),
+    }
+}
+
+/// Whether the message record `bytes` belongs to the conversation `conv` (one that does not
+/// decode counts, see the module documentation). `buf` is scratch space.
+fn in_conversation(bytes: &[u8], conv: &[u8], buf: &mut String) -> bool {
+    match codec::decode_parties(bytes) {
+        Ok((_, ToRef::Room)) => false,
+        Ok((from, to)) => parties_in_conversation(from, &to, conv, buf),
+        Err(_) => true,
+    }
+}
+
+/// At most `take` ids of conversation `conv` within `a..=b`, ascending, or descending with `rev`:
+/// the rows' ids merged with the messages past `watermark` (all of one read's snapshot).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn ids(
+    rows: &impl Rows,
+    messages: &impl Log,
+    watermark: MsgId,
+    conv: &[u8],
+    a: MsgId,
+    b: MsgId,
+    rev: bool,
+    take: usize,
+) -> Result<Vec<MsgId>, Fail> {
+    if a > b || take == 0 {
+        return Ok(Vec::new());
+    }
+    let tail_from = a.max(watermark.saturating_add(1));
+    let tail_empty = watermark == MsgId::MAX;
+    let mut buf = String::new();
+    if rev {
+        // Newest first: the scan past the watermark, then the rows below what it found.
+        let mut tail = Vec::new();
+        if !tail_empty && tail_from <= b {
+            for entry in messages.range(tail_from..=b)?.rev() {
+                let (id, bytes) = entry?;
+                if in_conversation(bytes.value(), conv, &mut buf) {
+                    tail.push(id.value());
+                    if tail.len() == take {
+                        break;
+                    }
+                }
+            }
+        }
+        let row_b = match tail.last() {
+            Some(&low) if tail.len() == take => low - 1,
+            _ => b,
+        };
+        let packed = rows_desc(rows, conv, a, row_b, take)?;
+        Ok(merge(tail, packed, true, take))
+    } else {
+        let packed = rows_asc(rows, conv, a, b, take)?;
+        let tail_b = match packed.last() {
+            Some(&high) if packed.len() == take => high.saturating_sub(1).min(b),
+            _ => b,
+        };
+        let mut tail = Vec::new();
+        if !tail_empty && tail_from <= tail_b {
+            for entry in messages.range(tail_from..=tail_b)? {
+                let (id, bytes) = entry?;
+                if in_conversation(bytes.value(), conv, &mut buf) {
+                    tail.push(id.value());
+                    if tail.len() == take {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(merge(packed, tail, false, take))
+    }
+}
+
+/// Two lists sorted the same way (descending with `rev`) merged, without repeats, cut at `take`.
+fn merge(x: Vec<MsgId>, y: Vec<MsgId>, rev: bool, take: usize) -> Vec<MsgId> {
+    if y.is_empty() {
+        return x;
+    }
+    if x.is_empty() {
+        return y;
+    }
+    let mut out = Vec::with_capacity((x.len() + y.len()).min(take));
+    let (mut i, mut j) = (0, 0);
+    while out.len() < take && (i < x.len() || j < y.len()) {
+        let next = match (x.get(i), y.get(j)) {
+            (Some(&p), Some(&q)) => {
+                let p_first = if rev { p >= q } else { p <= q };
+                if p == q {
+                    i += 1;
+                    j += 1;
+                    p
+                } else if p_first {
+                    i += 1;
+                    p
+                } else {
+                    j += 1;
+                    q
+                }
+            }
+            (Some(&p), None) => {
+                i += 1;
+                p
+            }
+            (None, Some(&q)) => {
+                j += 1;
+                q
+            }
+            (None, None) => break,
+        };
+        out.push(next);
+    }
+    out
+}
+
+/// At most `take` ids of the rows of `conv` within `a..=b`, ascending.
+fn rows_asc(
+    rows: &impl Rows,
+    conv: &[u8],
+    a: MsgId,
+    b: MsgId,
+    take: usize,
+) -> Result<Vec<MsgId>, Fail> {
+    let mut out = Vec::new();
+    let mut row = Vec::new();
+    // The first row that can hold `a` is the first ending at or after it.
+    for entry in rows.range((conv, a)..=(conv, MsgId::MAX))? {
+        let (key, value) = entry?;
+        let last = key.value().1;
+        row.clear();
+        codec::decode_id_row(value.value(), last, &mut row)?;
+        for &id in &row {
+            if id < a {
+                continue;
+            }
+            if id > b {
+                return Ok(out);
+            }
+            out.push(id);
+            if out.len() == take {
+                return Ok(out);
+            }
+        }
+        if last >= b {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// At most `take` ids of the rows of `conv` within `a..=b`, descending.
+fn rows_desc(
+    rows: &impl Rows,
+    conv: &[u8],
+    a: MsgId,
+    b: MsgId,
+    take: usize,
+) -> Result<Vec<MsgId>, Fail> {
+    let mut out = Vec::new();
+    if a > b {
+        return Ok(out);
+    }
+    let mut row = Vec::new();
+    // Newest first: the row that can hold `b` (the first ending at or after it), then the rows
+    // ending within a..b, from the last.
+    let mut walk = |last: MsgId, value: &[u8], out: &mut Vec<MsgId>| -> Result<bool, Fail> {
+        row.clear();
+        codec::decode_id_row(value, last, &mut row)?;
+        for &id in row.iter().rev() {
+            if id > b {
+                continue;
+            }
+            if id < a {
+                return Ok(true);
+            }
+            out.push(id);
+            if out.len() == take {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    };
+    if let Some(entry) = rows.range((conv, b)..=(conv, MsgId::MAX))?.next() {
+        let (key, value) = entry?;
+        if walk(key.value().1, value.value(), &mut out)? {
+            return Ok(out);
+        }
+    }
+    for entry in rows.range((conv, a)..(conv, b))?.rev() {
+        let (key, value) = entry?;
+        if walk(key.value().1, value.value(), &mut out)? {
+            return Ok(out);
+        }
+    }
+    Ok(out)
+}
+
+/// Every id of the rows of `conv`, for the check of a database: calls `each` with every (conv,
+/// id) of every row.
+pub(super) fn each_entry(rows: &impl Rows, mut each: impl FnMut(&[u8], MsgId)) -> Result<(), Fail> {
+    let mut ids = Vec::new();
+    for entry in rows.iter()? {
+        let (key, value) = entry?;
+        let (conv, last) = key.value();
+        ids.clear();
+        codec::decode_id_row(value.value(), last, &mut ids)?;
+        for &id in &ids {
+            each(conv, id);
+        }
+    }
+    Ok(())
+}

@@ -2,14 +2,21 @@
 //! (one durable commit per batch) and print messages and commits per second, then time HISTORY
 //! pages over the result.
 //!
+//! Last, HISTORY with the conversation index's list of messages past its watermark at its
+//! fullest (`INDEX_LAG` - 1 messages, every page scans them): the latest 50 of a busy conversation
+//! (one message in two), and of a quiet one (nothing past the watermark, so the whole list is
+//! scanned), read as the server reads them (a read transaction, then the messages by id); then
+//! the same with nothing past the watermark (one message more makes the index take them all).
+//!
 //! Run in release: `cargo run --release --example store_bench -- [N]` (default N = 10000; the
 //! batch-of-1 run uses N / 10, since it is one fsync per message). Each run uses a fresh file in a
 //! temporary directory, on the file system of `$TMPDIR`.
 
 use std::time::Instant;
 
+use chatd::config::INDEX_LAG;
 use chatd::store::redb::RedbStore;
-use chatd::store::{Conversation, Cursor, MessageRecord, Store, StoreOp, To};
+use chatd::store::{Conversation, Cursor, MessageRecord, ReadOp, Store, StoreOp, StoreReply, To};
 
 const USERS: u64 = 100;
 
@@ -94,6 +101,77 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 pages as f64 / secs
             );
         }
+    }
+    history_with_full_tail()?;
+    Ok(())
+}
+
+/// A direct message between `a` and `b`.
+fn direct(id: u64, a: &str, b: &str) -> StoreOp {
+    StoreOp::AppendMessage {
+        msg: MessageRecord {
+            id,
+            time_ms: 0,
+            from: a.into(),
+            to: To::User(b.into()),
+            text: "a message of about sixty bytes, typical of a chat line here".into(),
+        },
+        pending_for: Vec::new(),
+    }
+}
+
+/// Times HISTORY pages with the list past the watermark at its fullest (see the module doc).
+fn history_with_full_tail() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let (mut store, _) = RedbStore::open(&dir.path().join("tail.redb"))?;
+    // Two flushes' worth and a list one short of the next: one message in two between "busy0"
+    // and "busy1", the rest spread over the usual users; "quiet0" and "quiet1" spoke once, first.
+    let total = 3 * INDEX_LAG as u64 - 1;
+    let mut ops = vec![direct(1, "quiet0", "quiet1")];
+    for id in 2..=total {
+        ops.push(if id % 2 == 0 {
+            direct(id, "busy0", "busy1")
+        } else {
+            message(id)
+        });
+        if ops.len() == 1000 {
+            store.execute(&ops)?;
+            ops.clear();
+        }
+    }
+    store.execute(&ops)?;
+    time_pages(&store, INDEX_LAG - 1)?;
+    // One more message fills the list: the index takes it all, nothing is past the watermark.
+    store.execute(&[direct(total + 1, "busy0", "busy1")])?;
+    time_pages(&store, 0)
+}
+
+/// Times the latest 50 of the busy and the quiet conversation; `past` is how many messages are
+/// past the watermark.
+fn time_pages(store: &RedbStore, past: usize) -> Result<(), Box<dyn std::error::Error>> {
+    for (what, a, b) in [("busy", "busy0", "busy1"), ("quiet", "quiet0", "quiet1")] {
+        let pages = 500u32;
+        let start = Instant::now();
+        let mut shown = 0;
+        for _ in 0..pages {
+            let reader = store.reader()?;
+            let op = ReadOp::History {
+                conv: Conversation::Pair(a.into(), b.into()),
+                count: 50,
+                cursor: Cursor::Latest,
+            };
+            if let StoreReply::History(p) = reader.read(&op)? {
+                if let StoreReply::Messages(m) = reader.read(&ReadOp::Messages { ids: p.ids })? {
+                    shown += m.len();
+                }
+            }
+        }
+        let secs = start.elapsed().as_secs_f64();
+        println!(
+            "history, {past} messages past the watermark, {what} conversation: {pages} pages \
+             ({shown} messages), {:.1} us per page",
+            secs * 1e6 / f64::from(pages)
+        );
     }
     Ok(())
 }

@@ -26,6 +26,9 @@
 //!   little-endian).
 //! - ban: `1, by, time_ms, reason`.
 //! - invitation: `1, by, expires_ms`.
+//! - conversation index row (no version byte: the table layout versions it): the row's ids,
+//!   ascending, as LEB128 numbers, the first whole and each later one as its distance from the one
+//!   before (at least 1); the row's key holds its last id, which the row must end at.
 //!
 //! Version 2, the account row of the accounts table when its hash is an scrypt PHC string of the
 //! shape chatd makes (`$scrypt$ln=L,r=R,p=P$SALT$HASH` with a 16-byte salt and a 32-byte hash, which

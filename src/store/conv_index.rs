@@ -246,6 +246,13 @@ fn in_conversation(bytes: &[u8], conv: &[u8], buf: &mut String) -> bool {
     }
 }
 
+/// What one page's reads learnt of the messages past the watermark: once a scan has met every
+/// one of them, the conversation's ids among them, ascending, so that the page's later questions
+/// (is there anything newer, older) do not scan again. Valid for one read snapshot and one
+/// conversation only.
+#[derive(Default)]
+pub(super) struct Memo(Option<Vec<MsgId>>);
+
 /// At most `take` ids of conversation `conv` within `a..=b`, ascending, or descending with `rev`:
 /// the rows' ids merged with the messages past `watermark` (all of one read's snapshot).
 #[allow(clippy::too_many_arguments)]
@@ -253,6 +260,7 @@ pub(super) fn ids(
     rows: &impl Rows,
     messages: &impl Log,
     watermark: MsgId,
+    memo: &mut Memo,
     conv: &[u8],
     a: MsgId,
     b: MsgId,
@@ -262,23 +270,14 @@ pub(super) fn ids(
     if a > b || take == 0 {
         return Ok(Vec::new());
     }
-    let tail_from = a.max(watermark.saturating_add(1));
-    let tail_empty = watermark == MsgId::MAX;
-    let mut buf = String::new();
+    let past = Past {
+        messages,
+        watermark,
+        conv,
+    };
     if rev {
         // Newest first: the scan past the watermark, then the rows below what it found.
-        let mut tail = Vec::new();
-        if !tail_empty && tail_from <= b {
-            for entry in messages.range(tail_from..=b)?.rev() {
-                let (id, bytes) = entry?;
-                if in_conversation(bytes.value(), conv, &mut buf) {
-                    tail.push(id.value());
-                    if tail.len() == take {
-                        break;
-                    }
-                }
-            }
-        }
+        let tail = past.ids(memo, a, b, true, take)?;
         let row_b = match tail.last() {
             Some(&low) if tail.len() == take => low - 1,
             _ => b,
@@ -291,19 +290,78 @@ pub(super) fn ids(
             Some(&high) if packed.len() == take => high.saturating_sub(1).min(b),
             _ => b,
         };
-        let mut tail = Vec::new();
-        if !tail_empty && tail_from <= tail_b {
-            for entry in messages.range(tail_from..=tail_b)? {
-                let (id, bytes) = entry?;
-                if in_conversation(bytes.value(), conv, &mut buf) {
-                    tail.push(id.value());
-                    if tail.len() == take {
-                        break;
-                    }
+        let tail = past.ids(memo, a, tail_b, false, take)?;
+        Ok(merge(packed, tail, false, take))
+    }
+}
+
+/// The messages past the watermark, as one conversation's index.
+struct Past<'a, L> {
+    messages: &'a L,
+    watermark: MsgId,
+    conv: &'a [u8],
+}
+
+impl<L: Log> Past<'_, L> {
+    /// At most `take` ids of the conversation past the watermark within `a..=b`, in the order
+    /// `rev` asks.
+    fn ids(
+        &self,
+        memo: &mut Memo,
+        a: MsgId,
+        b: MsgId,
+        rev: bool,
+        take: usize,
+    ) -> Result<Vec<MsgId>, Fail> {
+        let Some(first) = self.watermark.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        let from = a.max(first);
+        if from > b {
+            return Ok(Vec::new());
+        }
+        if let Some(all) = &memo.0 {
+            let within = all.iter().copied().filter(|id| (from..=b).contains(id));
+            return Ok(if rev {
+                within.rev().take(take).collect()
+            } else {
+                within.take(take).collect()
+            });
+        }
+        let mut out = Vec::new();
+        let mut buf = String::new();
+        let range = self.messages.range(from..=b)?;
+        let mut each = |entry: Result<_, redb::StorageError>| -> Result<bool, Fail> {
+            let (id, bytes): (redb::AccessGuard<u64>, redb::AccessGuard<&[u8]>) = entry?;
+            if in_conversation(bytes.value(), self.conv, &mut buf) {
+                out.push(id.value());
+            }
+            Ok(out.len() == take)
+        };
+        let mut cut = false;
+        if rev {
+            for entry in range.rev() {
+                if each(entry)? {
+                    cut = true;
+                    break;
+                }
+            }
+        } else {
+            for entry in range {
+                if each(entry)? {
+                    cut = true;
+                    break;
                 }
             }
         }
-        Ok(merge(packed, tail, false, take))
+        if !cut && from == first && b == MsgId::MAX {
+            let mut all = out.clone();
+            if rev {
+                all.reverse();
+            }
+            memo.0 = Some(all);
+        }
+        Ok(out)
     }
 }
 

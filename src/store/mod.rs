@@ -11,8 +11,9 @@
 //! loaded from the [`Snapshot`] at start; the store is the durable copy and the only copy of the
 //! message log.
 //!
-//! Files: `redb` (the tables and transactions), `codec` (the on-disk record format), `keys` (the
-//! index keys both stores use), `page` (HISTORY paging, shared by both stores), `memory` (an
+//! Files: `redb` (the tables and transactions), `conv_index` (the durable store's conversation
+//! index, built in bulk), `codec` (the on-disk record format), `keys` (the index keys both stores
+//! use), `page` (HISTORY paging, shared by both stores), `memory` (an
 //! in-memory model with the same semantics, for tests and fuzzers), `worker` (the threads).
 
 pub mod backup;

@@ -8,7 +8,7 @@
 //! |---------------------|------------------------|-------------------------------------|
 //! | `accounts`          | lowercase name         | encoded account record              |
 //! | `messages`          | message id             | encoded message record              |
-//! | `conversation_index` | (conversation key as bytes, id) | `()`                       |
+//! | `conversation_rows` | (conversation key as bytes, last id of the row) | the row's ids, packed (see `conv_index`) |
 //! | `pending`           | (account key, id)      | `()`                                |
 //! | `friendships`       | (a key, b key)         | a's view of b, one byte             |
 //! | `blocks`            | (blocker, blocked)     | `()`                                |
@@ -23,7 +23,7 @@
 //! | `room_invites`      | (room number, account key) | encoded invitation record       |
 //! | `room_log`          | (room number, message id)  | the message's position in the room (1, 2, ...) |
 //! | `read_markers`      | (account key, other account key) | last message id marked read |
-//! | `meta`              | setting name           | u64: `schema_version`; `ids_reserved_below` (spec 6.2) |
+//! | `meta`              | setting name           | u64: `schema_version`; `ids_reserved_below` (spec 6.2); `conversation_index_upto` (the index's watermark) |
 //!
 //! Layout versions: 1 had the first six tables; 2 added blocks, tokens, profiles and retired names;
 //! 3 added the room tables, the read markers and room messages in the log; 4 keys the conversation
@@ -34,7 +34,13 @@
 //! index is copied over in commits of `UPGRADE_BATCH` entries, nothing else changes), and a file of
 //! a later version is refused by a build that reads only earlier ones: version 1 would not know that
 //! a retired name must stay taken, version 2 would not know room messages in the log, version 3
-//! would not find the conversation index.
+//! would not find the conversation index. 5 builds the conversation index in bulk
+//! (`conversation_rows`, replacing `conversation_index`, and the watermark in `meta`): a message's
+//! index entry was a B-tree insert of its own in every commit, as costly as the message's record;
+//! now the entries of `INDEX_LAG` messages are written at once, one row per conversation (see
+//! `conv_index`). A version 4 file is upgraded in place: its index packed into rows in commits of
+//! `UPGRADE_BATCH` entries (a version 1 to 3 file has its index copied into version 4's first),
+//! the watermark set to its last message. Version 4 would not find the conversation index.
 //!
 //! The index keys (conversation keys, account keys) are made by the parent module's `keys`, shared
 //! with the in-memory store; the records are encoded by `codec`, which never trusts a length it
@@ -106,7 +112,7 @@ const IDS_RESERVED_KEY: &str = "ids_reserved_below";
 /// [`CONV_ROWS`]; the messages above it are indexed by the message log itself (`conv_index`).
 pub(super) const WATERMARK_KEY: &str = "conversation_index_upto";
 /// The table layout this code reads and writes. A file with another version is refused at open
-/// rather than misread, except versions 1 and 2, which are upgraded (see the module
+/// rather than misread, except versions 1 to 4, which are upgraded (see the module
 /// documentation).
 pub(super) const SCHEMA_VERSION: u64 = 5;
 /// The first layout, without blocks, tokens, profiles and retired names.
@@ -117,9 +123,10 @@ const SCHEMA_VERSION_2: u64 = 2;
 const SCHEMA_VERSION_3: u64 = 3;
 /// The layout whose conversation index had one entry per message and conversation.
 const SCHEMA_VERSION_4: u64 = 4;
-/// Conversation index entries copied per commit by the upgrade from layouts 1 to 3, so that the
-/// upgrade of a large database never holds one huge transaction (an interrupted upgrade starts
-/// over: copying an entry twice writes the same key).
+/// Conversation index entries copied (from layouts 1 to 3) or packed into rows (from layout 4) per
+/// commit by the upgrade, so that the upgrade of a large database never holds one huge transaction
+/// (an interrupted upgrade starts over: copying an entry twice writes the same key, packing the
+/// same entries makes the same rows).
 const UPGRADE_BATCH: usize = 100_000;
 
 /// The one-byte form of a friendship edge in the `friendships` table.
@@ -1506,8 +1513,9 @@ fn history(
     cursor: Cursor,
 ) -> Result<HistoryPage, Fail> {
     let key = conv.as_bytes();
+    let mut memo = conv_index::Memo::default();
     let (ids, older, newer) = page(0, MsgId::MAX, count, cursor, |a, b, rev, take| {
-        conv_index::ids(rows, messages, watermark, key, a, b, rev, take)
+        conv_index::ids(rows, messages, watermark, &mut memo, key, a, b, rev, take)
     })?;
     check_readable(messages, &ids, || format!("conversation {key:?}"))?;
     Ok(HistoryPage { ids, older, newer })
@@ -2042,7 +2050,7 @@ mod tests {
     }
 
     /// A version 3 file, whose conversation index was keyed by strings, opens with its whole history
-    /// readable, and is version 4 from then on, without the old table.
+    /// readable, and is the current version from then on, without the old table.
     #[test]
     fn a_version_3_file_is_upgraded_with_its_conversation_index() {
         let (_dir, path) = temp_db();
@@ -2363,6 +2371,58 @@ mod tests {
             .ok()
             .unwrap();
         assert_eq!(got, want);
+    }
+
+    /// The upgrade of a version 4 file, timed: `CHATD_UPGRADE_MESSAGES` messages (default one
+    /// million; nine in ten direct messages between 1,000 pairs, one in ten broadcasts, as
+    /// `examples/fill_db.rs` writes them) in a version 4 file in `$TMPDIR`, then the open that
+    /// upgrades it. Prints the time per message; run by hand, in release:
+    /// `cargo test --release --lib -- --ignored --nocapture upgrade_of_a_large_version_4_file`.
+    #[test]
+    #[ignore = "a benchmark, run by hand"]
+    fn upgrade_of_a_large_version_4_file() {
+        let n: u64 = std::env::var("CHATD_UPGRADE_MESSAGES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1_000_000);
+        let (_dir, path) = temp_db();
+        {
+            let (mut store, _) = RedbStore::open(&path).unwrap();
+            let mut ops = Vec::new();
+            for id in 1..=n {
+                let pair = id.wrapping_mul(2_654_435_761) % 1000;
+                let (a, b) = (format!("fill{}", 2 * pair), format!("fill{}", 2 * pair + 1));
+                let to = if id % 10 == 0 { To::All } else { To::User(b) };
+                ops.push(StoreOp::AppendMessage {
+                    msg: MessageRecord {
+                        id,
+                        time_ms: 0,
+                        from: a,
+                        to,
+                        text: "x".repeat(64),
+                    },
+                    pending_for: vec![],
+                });
+                if ops.len() == 100_000 {
+                    store.execute(&ops).unwrap();
+                    ops.clear();
+                }
+            }
+            store.execute(&ops).unwrap();
+        }
+        downgrade_to_version_4(&path);
+        let size = std::fs::metadata(&path).unwrap().len();
+        let start = std::time::Instant::now();
+        let (store, snap) = RedbStore::open(&path).unwrap();
+        let secs = start.elapsed().as_secs_f64();
+        assert_eq!(snap.next_id, n + 1);
+        assert_eq!(watermark_of(&store), n);
+        println!(
+            "upgrade of a version 4 file of {n} messages ({size} bytes): {secs:.2} s, \
+             {:.2} us per message; {} bytes after",
+            secs * 1e6 / n as f64,
+            std::fs::metadata(&path).unwrap().len()
+        );
     }
 
     #[test]

@@ -2264,6 +2264,26 @@ mod tests {
         assert_eq!(indexed, [1, 2, 3, 5, 6, 7, 8, 10]);
     }
 
+    /// A message whose id is at or below the watermark (as a replicated one may be) goes into
+    /// the rows at once, into the row that covers it or a row of its own: its pages are the
+    /// model's.
+    #[test]
+    fn a_message_below_the_watermark_is_indexed_at_once() {
+        let (_dir, path) = temp_db();
+        let (store, _) = RedbStore::open(&path).unwrap();
+        let mut store = store.with_index_lag(3);
+        let (mut model, _) = crate::store::memory::MemoryStore::new();
+        for ids in [vec![20, 22, 25], vec![21, 3, 30], vec![26, 1, 2]] {
+            let ops: Vec<StoreOp> = ids.into_iter().map(mixed).collect();
+            store.execute(&ops).unwrap();
+            model.execute(&ops).unwrap();
+            same_pages(&*store.reader().unwrap(), &*model.reader().unwrap(), 31);
+        }
+        // The first batch was indexed in bulk; of the rest only 30 and 26 are past the watermark.
+        assert_eq!(watermark_of(&store), 25);
+        assert_eq!(store.tail.as_ref().map(|t| t.len()), Some(2));
+    }
+
     /// A failed write may have flushed the list in its transaction: the list is read again from
     /// the file before the next write, so nothing the failed batch held is indexed.
     #[test]

@@ -24,6 +24,8 @@
 //! scan counts it in every conversation, so every page that spans it fails as damage (as a page
 //! holding it always did) rather than silently leaving it out of its own.
 
+use std::collections::HashMap;
+
 use redb::{ReadableTable, Table};
 
 use super::codec::{self, ToRef};
@@ -58,9 +60,7 @@ pub(super) struct Tail {
     keys: Vec<u8>,
     /// One index entry: where its key is in `keys`, its length, the id.
     entries: Vec<(u32, u32, MsgId)>,
-    /// Buffers of the flush, reused.
-    order: Vec<u32>,
-    ids: Vec<MsgId>,
+    /// The flush's buffer for a row, reused.
     row: Vec<u8>,
 }
 
@@ -129,53 +129,39 @@ impl Tail {
         self.entries.push((start, conv.len() as u32, id));
     }
 
-    fn key(&self, e: (u32, u32, MsgId)) -> &[u8] {
-        &self.keys[e.0 as usize..(e.0 + e.1) as usize]
-    }
-
     /// Writes the list's entries into the rows, one row per conversation, in key order, and
     /// empties it. Returns the new watermark, which the caller records in the same transaction.
     pub(super) fn flush(
         &mut self,
         rows: &mut Table<'_, RowKey, &'static [u8]>,
     ) -> Result<MsgId, Fail> {
-        let mut order = std::mem::take(&mut self.order);
-        order.clear();
-        order.extend(0..self.entries.len() as u32);
-        order.sort_unstable_by(|&x, &y| {
-            let (x, y) = (self.entries[x as usize], self.entries[y as usize]);
-            self.key(x).cmp(self.key(y)).then(x.2.cmp(&y.2))
-        });
-        let mut ids = std::mem::take(&mut self.ids);
+        // Grouped by conversation through a map rather than by sorting the whole list: a sort of
+        // 4,096 entries by key cost about 1,000 instructions per message; only the conversations
+        // are sorted here (for the inserts' locality), and each one's ids, already ascending.
         let mut row = std::mem::take(&mut self.row);
-        let mut i = 0;
-        while i < order.len() {
-            let first = self.entries[order[i] as usize];
-            let conv = self.key(first);
-            ids.clear();
-            while i < order.len() {
-                let e = self.entries[order[i] as usize];
-                if self.key(e) != conv {
-                    break;
-                }
-                // The same id twice (a message written again under its id) is one entry.
-                if ids.last() != Some(&e.2) {
-                    ids.push(e.2);
-                }
-                i += 1;
-            }
-            let last = *ids.last().expect("a group holds its first entry");
-            codec::encode_id_row(&ids, &mut row);
-            rows.insert((conv, last), row.as_slice())?;
+        let keys = &self.keys;
+        let mut groups: HashMap<&[u8], Vec<MsgId>> = HashMap::new();
+        for &(start, len, id) in &self.entries {
+            let key = &keys[start as usize..(start + len) as usize];
+            groups.entry(key).or_default().push(id);
         }
+        let mut groups: Vec<(&[u8], Vec<MsgId>)> = groups.into_iter().collect();
+        groups.sort_unstable_by(|x, y| x.0.cmp(y.0));
+        for (conv, ids) in &mut groups {
+            ids.sort_unstable();
+            // The same id twice (a message written again under its id) is one entry.
+            ids.dedup();
+            let last = *ids.last().expect("a group holds its first entry");
+            codec::encode_id_row(ids, &mut row);
+            rows.insert((*conv, last), row.as_slice())?;
+        }
+        drop(groups);
+        self.row = row;
         self.watermark = self.watermark.max(self.top);
         self.count = 0;
         self.top = 0;
         self.keys.clear();
         self.entries.clear();
-        self.order = order;
-        self.ids = ids;
-        self.row = row;
         Ok(self.watermark)
     }
 }

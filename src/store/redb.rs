@@ -2396,7 +2396,8 @@ mod tests {
     /// The upgrade of a version 4 file, timed: `CHATD_UPGRADE_MESSAGES` messages (default one
     /// million; nine in ten direct messages between 1,000 pairs, one in ten broadcasts, as
     /// `examples/fill_db.rs` writes them) in a version 4 file in `$TMPDIR`, then the open that
-    /// upgrades it. Prints the time per message; run by hand, in release:
+    /// upgrades it (`CHATD_UPGRADE_KEEP=path` keeps a copy of the version 4 file there). Prints
+    /// the time per message; run by hand, in release:
     /// `cargo test --release --lib -- --ignored --nocapture upgrade_of_a_large_version_4_file`.
     #[test]
     #[ignore = "a benchmark, run by hand"]
@@ -2432,6 +2433,10 @@ mod tests {
         }
         downgrade_to_version_4(&path);
         let size = std::fs::metadata(&path).unwrap().len();
+        // A copy of the version 4 file, for benchmarks of a build that reads version 4.
+        if let Ok(keep) = std::env::var("CHATD_UPGRADE_KEEP") {
+            std::fs::copy(&path, keep).unwrap();
+        }
         let start = std::time::Instant::now();
         let (store, snap) = RedbStore::open(&path).unwrap();
         let secs = start.elapsed().as_secs_f64();

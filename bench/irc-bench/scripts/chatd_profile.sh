@@ -26,6 +26,8 @@
 #   chatd_profile.sh massif target/release/chatd idle 7400 idle -n 5000 --hold 3 --settle 2
 #   chatd_profile.sh ab 3 old/chatd old target/release/chatd new 7400 fanout -n 1000 -s 1 -m 250 --rate 50
 # Output goes to OUT (default <kit>/.bench-work/profile/). Extra server flags: EXTRA="--io-threads 1".
+# SEED_DB=path: each run's server starts on a copy of that database instead of an empty one (a
+# large one made by `examples/fill_db.rs`, for the cost per message on a grown database).
 set -u
 here=$(cd "$(dirname "$0")" && pwd -P)
 . "$here/common.sh"
@@ -52,6 +54,10 @@ wait_port() { # port
 fresh_db() {
   db_dir=$(mktemp -d "${TMPDIR:-/tmp}/chatd-profile.XXXX")
   chmod 755 "$db_dir"
+  if [ -n "${SEED_DB:-}" ]; then
+    cp -- "$SEED_DB" "$db_dir/chatd.redb"
+    chmod 644 "$db_dir/chatd.redb"
+  fi
 }
 loadgen_bg() { # port label args...: loadgen in the background, $lg its pid, output $out/label.{json,err}
   local port=$1 label=$2

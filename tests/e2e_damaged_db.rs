@@ -126,9 +126,11 @@ fn damaged_files_are_refused_with_advice() {
         }
     }
     cases.push(("pages", pages));
-    // Garbage at the end.
+    // Garbage at the end: the last 32 KB. The last two pages alone are sometimes free space (how
+    // the commits group the messages decides where redb puts its pages), and garbage in free
+    // space damages nothing; 32 KB reached pages in use in each of 18 runs.
     let mut tail = bytes.clone();
-    for (i, b) in tail[n - 8192..].iter_mut().enumerate() {
+    for (i, b) in tail[n - 32768..].iter_mut().enumerate() {
         *b = (i * 7 + 3) as u8;
     }
     cases.push(("tail", tail));

@@ -279,7 +279,8 @@ pub const STORE_CACHE_BYTES: usize = 64 * 1024 * 1024;
 /// Messages the durable store writes past its conversation index's watermark before it indexes
 /// them, all at once, one row per conversation (see `store::conv_index`). A larger lag makes the
 /// rows longer and the index cheaper per message; a HISTORY read scans the messages past the
-/// watermark (at most this many, plus one commit's), and the writer keeps one small entry per
+/// watermark (fewer than this many: the list is indexed as soon as it reaches it, also inside a
+/// commit), and the writer keeps one small entry per
 /// message of them in memory.
 pub const INDEX_LAG: usize = 4096;
 /// Cluster mode: publish requests that may wait for the NATS thread (each is one store batch; the

@@ -11,8 +11,8 @@
 //! database opens ([`Tail::rebuild`]).
 //!
 //! A read takes the watermark from its own transaction and merges the rows with a scan of the
-//! messages past it in the same snapshot ([`ids`]): at most `INDEX_LAG` records, plus one batch,
-//! whose sender and recipients are read in place (`codec::decode_parties`); room messages share
+//! messages past it in the same snapshot ([`ids`]): fewer than `INDEX_LAG` records (the writer
+//! indexes the list as soon as it reaches the lag, op by op, also inside a batch), whose sender and recipients are read in place (`codec::decode_parties`); room messages share
 //! the id space and are skipped. So a read sees exactly what was committed, whatever the writer
 //! holds in memory.
 //!

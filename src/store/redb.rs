@@ -2194,6 +2194,8 @@ mod tests {
             id += n;
             store.execute(&ops).unwrap();
             model.execute(&ops).unwrap();
+            // The list is indexed as soon as it reaches the lag, inside a batch too.
+            assert!(store.tail.as_ref().is_some_and(|t| t.len() < 4));
             same_pages(&*store.reader().unwrap(), &*model.reader().unwrap(), id);
         }
         // Both halves were met: rows below the watermark and messages past it.

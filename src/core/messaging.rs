@@ -104,7 +104,7 @@ impl Core {
                     let key = key.clone();
                     recipients.push(key.clone());
                     shown.push(a.name());
-                    match self.dm_refusal(&sender, &key) {
+                    match self.dm_refusal_to(&sender, &key, a) {
                         Some(Code::BLOCKED) => blocked.push(a.name()),
                         Some(_) => friends_only.push(a.name()),
                         None => {}

@@ -11,7 +11,7 @@
 //! account enters the blocker's history or backlog.
 
 use super::out::{self, Out};
-use super::{Core, Req};
+use super::{Account, Core, Req};
 use crate::config::MAX_BLOCKS_PER_ACCOUNT;
 use crate::proto::code::Code;
 use crate::proto::command::Dms;
@@ -204,16 +204,21 @@ impl Core {
     /// Why `sender` may not send a direct message to the `recipient` account, if it may not: a
     /// block between them, or the recipient's `DMS FRIENDS`. Writing to oneself is always allowed.
     pub(super) fn dm_refusal(&self, sender: &Key, recipient: &Key) -> Option<Code> {
+        let r = self.accounts.get(recipient)?;
+        self.dm_refusal_to(sender, recipient, r)
+    }
+
+    /// [`Core::dm_refusal`], with the recipient's account already looked up (`r`). Both sides of
+    /// a block are on the recipient's account (module documentation), so no other look-up is
+    /// made unless the recipient takes messages from friends only.
+    pub(super) fn dm_refusal_to(&self, sender: &Key, recipient: &Key, r: &Account) -> Option<Code> {
         if sender == recipient {
             return None;
         }
-        if self.barred(sender, recipient) {
+        let ties = r.ties();
+        if ties.blocks.contains(sender) || ties.blocked_by.contains(sender) {
             return Some(Code::BLOCKED);
         }
-        let friends_only = self
-            .accounts
-            .get(recipient)
-            .is_some_and(|a| a.ties().friends_only);
-        (friends_only && !self.are_friends(sender, recipient)).then_some(Code::FRIENDS_ONLY)
+        (ties.friends_only && !self.are_friends(sender, recipient)).then_some(Code::FRIENDS_ONLY)
     }
 }

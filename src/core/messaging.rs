@@ -19,6 +19,8 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+
 use super::out::{self, Out};
 use super::quota::stored_bytes;
 use super::{fan_out, recipient, Accounts, Core, Req};
@@ -32,16 +34,20 @@ use crate::proto::room::RoomName;
 use crate::proto::server_line::{Delivery, MessageLine, OkReply, ServerLine};
 use crate::store::{MemberRecord, MessageRecord, MsgId, RoomId, StoreOp, StoreReply, To};
 
+/// Accounts a message is for. A MSG names one: kept inline, so that a direct message allocates
+/// no list for its recipient (it did three, each with its free, before).
+type Keys = SmallVec<[Key; 1]>;
+
 /// The accounts a MSG or GROUP is for, sorted by what happens to their copy (empty for ALL).
 struct Addressees {
     /// Online when the message was sent: delivered live once it is committed.
-    online: Vec<Key>,
+    online: Keys,
     /// Offline: kept in their backlogs, in the same commit.
-    offline: Vec<Key>,
+    offline: Keys,
     /// How many of `offline` are online on another node of a cluster (delivered there).
     elsewhere: usize,
     /// All of them, in the sender's order.
-    recipients: Vec<Key>,
+    recipients: Keys,
 }
 
 /// What delivering a message did, for its OK.
@@ -63,13 +69,13 @@ struct Sent {
     /// In a cluster, the message, to encode its line again with the id the store gives it.
     copy: Option<MessageRecord>,
     /// Recipients that had a connection online when the message was sent.
-    online: Vec<Key>,
+    online: Keys,
     /// Recipients whose copy went to their offline backlog.
     kept: usize,
     /// How many of those are online on another node of a cluster, which delivers it.
     elsewhere: usize,
     /// Every recipient, in the sender's order (empty for ALL), for the away notices after the OK.
-    recipients: Vec<Key>,
+    recipients: Keys,
 }
 
 impl Core {
@@ -84,17 +90,21 @@ impl Core {
         let mut friends_only = Vec::new();
         let mut full = Vec::new();
         let mut my_share_full = Vec::new();
-        let mut online = Vec::new();
-        let mut offline = Vec::new();
-        let mut elsewhere = Vec::new();
-        let mut shown = Vec::with_capacity(to.len());
-        let recipients: Vec<Key> = to.iter().map(Name::key).collect();
+        let mut online = Keys::new();
+        let mut offline = Keys::new();
+        let mut elsewhere = 0;
+        let mut shown: SmallVec<[String; 1]> = SmallVec::new();
+        let mut recipients = Keys::new();
         for name in &to {
-            let key = name.key();
-            match self.accounts.get(&key) {
-                Some(a) if a.phc.is_some() => {
+            // Looked up by the folded name, borrowed when the name has no capitals: the key
+            // itself is the table's, shared, not a string made per message.
+            let found = self.accounts.get_key_value(&*name.folded());
+            match found {
+                Some((key, a)) if a.phc.is_some() => {
+                    let key = key.clone();
+                    recipients.push(key.clone());
                     shown.push(a.name());
-                    match self.dm_refusal(&sender, &key) {
+                    match self.dm_refusal_to(&sender, &key, a) {
                         Some(Code::BLOCKED) => blocked.push(a.name()),
                         Some(_) => friends_only.push(a.name()),
                         None => {}
@@ -105,7 +115,7 @@ impl Core {
                         // Online on another node of a cluster: that node delivers it when it
                         // applies the message, and clears the backlog entry written here, which
                         // keeps it for the recipient if it has left meanwhile.
-                        elsewhere.push(key.clone());
+                        elsewhere += 1;
                         offline.push(key);
                     } else if a.ties().inbox.total() >= MAX_PENDING_PER_ACCOUNT {
                         full.push(a.name());
@@ -163,13 +173,13 @@ impl Core {
             (Some(Verb::Msg), Some(one)) => To::User(one),
             (_, last) => {
                 shown.extend(last);
-                To::Group(shown)
+                To::Group(shown.into_vec())
             }
         };
         let whom = Addressees {
             online,
             offline,
-            elsewhere: elsewhere.len(),
+            elsewhere,
             recipients,
         };
         self.commit_message(req, sender, to, text, whom);
@@ -392,10 +402,10 @@ impl Core {
             return self.over_quota(req, why);
         }
         let whom = Addressees {
-            online: Vec::new(),
-            offline: Vec::new(),
+            online: Keys::new(),
+            offline: Keys::new(),
             elsewhere: 0,
-            recipients: Vec::new(),
+            recipients: Keys::new(),
         };
         self.commit_message(req, sender, To::All, text, whom);
     }

@@ -120,7 +120,7 @@ fn suspended_count(accounts: &Accounts) -> i64 {
         .count() as i64
 }
 
-/// Hashes a connection id with one multiplication (Fibonacci hashing): consecutive ids fill the
+/// Hashes a connection id (or a job's ticket, also numbered by the server) with one multiplication (Fibonacci hashing): consecutive ids fill the
 /// table's buckets evenly (the low bits of the product are a permutation of the id's), and the high
 /// bits the table also uses are well mixed.
 #[derive(Default)]
@@ -732,7 +732,10 @@ pub struct Core {
     /// delivered ahead of its commit, so that one sender's messages arrive in order (spec 6.4).
     held_for_commit: usize,
     next_ticket: Ticket,
-    waiting: HashMap<Ticket, Then>,
+    /// The continuations of store and hash jobs, by ticket. Every stored message passes through it
+    /// twice (insert, remove); the server numbers tickets itself, so it hashes them as it hashes
+    /// connection ids.
+    waiting: HashMap<Ticket, Then, BuildHasherDefault<ConnIdHasher>>,
     hashing: usize,
     /// Login protection: per-address and per-name state (see `guard`).
     guard: Guard,
@@ -889,7 +892,7 @@ impl Core {
             ids_reserving: 0,
             held_for_commit: 0,
             next_ticket: 1,
-            waiting: HashMap::new(),
+            waiting: HashMap::default(),
             hashing: 0,
             guard: Guard::default(),
             guard_swept: 0,

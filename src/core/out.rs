@@ -5,7 +5,7 @@
 //! for every connection that receives it. These two are the only places the core encodes, so a front
 //! end that speaks another protocol renders the same values here.
 
-use std::fmt::{self, Write};
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use super::Req;
@@ -27,9 +27,7 @@ impl Out {
         if self.0.is_empty() {
             self.0.reserve(FIRST_LINE_CAPACITY);
         }
-        // Writing to a Vec cannot fail.
-        let _ = write!(Utf8Sink(&mut self.0), "{line}");
-        self.0.push(b'\n');
+        line.write_to(&mut self.0);
     }
 
     /// Appends the final `OK` of `req`, with its label.
@@ -55,18 +53,26 @@ impl Out {
 /// empty, the `OK` of every MSG was reallocated twice).
 const FIRST_LINE_CAPACITY: usize = 48;
 
-/// A line's text appended to bytes: `fmt::Write` straight onto the vector, without the error
-/// bookkeeping of `io::Write`'s adapter.
-struct Utf8Sink<'a>(&'a mut Vec<u8>);
-
-impl fmt::Write for Utf8Sink<'_> {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        self.0.extend_from_slice(s.as_bytes());
-        Ok(())
-    }
+/// One line encoded once, to be queued on many connections. It is written into this thread's
+/// scratch buffer and copied once into the shared bytes: one allocation, where encoding into a
+/// vector of its own and converting that cost two, a copy and a free.
+pub(super) fn shared(line: &ServerLine<'_>) -> Chunk {
+    SCRATCH.with_borrow_mut(|buf| {
+        buf.clear();
+        line.write_to(buf);
+        let chunk = Chunk::Shared(Arc::from(buf.as_slice()));
+        if buf.capacity() > SCRATCH_KEEP {
+            // A long line (a long NOTICE, a room's long topic) does not keep its room.
+            *buf = Vec::with_capacity(SCRATCH_KEEP);
+        }
+        chunk
+    })
 }
 
-/// One line encoded once, to be queued on many connections.
-pub(super) fn shared(line: &ServerLine<'_>) -> Chunk {
-    Chunk::Shared(Arc::from(line.to_bytes()))
+/// Bytes the scratch buffer of [`shared`] keeps between lines: a chat-sized MESSAGE line fits.
+const SCRATCH_KEEP: usize = 1024;
+
+thread_local! {
+    /// Where [`shared`] encodes (the core runs on one thread: one buffer).
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }

@@ -124,6 +124,10 @@ impl Core {
     ) -> Result<(), OverQuota> {
         let limits = &self.settings.limits;
         let (minute, day) = (minute(limits), day(limits));
+        if minute.is_none() && day.is_none() {
+            // No quota applies: the sender's account is not looked up (a SipHash of its name).
+            return Ok(());
+        }
         let now = self.now;
         let Some(acct) = self.accounts.get_mut(sender) else {
             return Ok(());

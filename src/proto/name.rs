@@ -1,6 +1,7 @@
 //! Values that cannot be invalid: account names, passwords, labels and message text are checked
 //! once, when they are built from a line, and carry their validity in their type.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
@@ -39,6 +40,16 @@ impl Name {
     /// The lookup key of this name.
     pub fn key(&self) -> Key {
         Key::of(&self.0)
+    }
+
+    /// The name's folded form (its key's string), to look an account up by without making a
+    /// [`Key`]: the name itself when it has no capitals, as most names have none.
+    pub fn folded(&self) -> Cow<'_, str> {
+        if self.0.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(self.0.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(&self.0)
+        }
     }
 
     /// What the name looks like: two names with the same skeleton are too alike to tell apart on a
@@ -306,6 +317,16 @@ mod tests {
         assert_eq!(&*capital, "Alice");
         assert!(!Arc::ptr_eq(&capital, &key.0));
         assert_eq!(key.as_str(), "alice");
+    }
+
+    #[test]
+    fn a_folded_name_is_its_keys_string_and_borrows_when_it_can() {
+        for n in ["alice", "Alice", "ALICE", "a_b-9", "Zz"] {
+            let name = Name::parse(n).unwrap();
+            assert_eq!(&*name.folded(), name.key().as_str(), "{n}");
+            let borrowed = matches!(name.folded(), Cow::Borrowed(_));
+            assert_eq!(borrowed, n == n.to_ascii_lowercase(), "{n}");
+        }
     }
 
     #[test]

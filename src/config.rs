@@ -336,3 +336,9 @@ pub const ROUTE_AWAITING: usize = 4096;
 /// Cluster mode: at start, how many times (a second apart) a node tries to open the log stream
 /// while a NATS cluster that has just started elects its JetStream leaders.
 pub const CLUSTER_START_TRIES: u32 = 20;
+/// The durable store writes new messages in blocks, several consecutive records in one row of its
+/// log (see `store::log`), closed before they would grow past this many bytes (a record larger
+/// than it makes a block of its own). A commit of many messages is then a few inserts instead of
+/// one per message; reading one message reads its whole block, so this bounds what a scattered
+/// read (a backlog, a page) costs per message.
+pub const MESSAGE_BLOCK_BYTES: usize = 16 * 1024;

@@ -87,7 +87,7 @@ pub(super) fn copy(txn: &ReadTransaction, to: &Path, source: &Path) -> Result<Su
                 let _ = d.sync_all();
             }
         }
-        let messages = want.get("messages").copied().unwrap_or(0);
+        let messages = tables::message_count(txn)?;
         let accounts = want.get("accounts").copied().unwrap_or(0);
         Ok(Summary {
             accounts,
@@ -235,29 +235,40 @@ fn check_tables(txn: &ReadTransaction, r: &mut Report) -> Result<(), redb::Error
     }
     let watermark = t.meta.get(WATERMARK_KEY)?.map_or(0, |v| v.value());
     let mut messages = BTreeSet::new();
-    for entry in t.messages.iter()? {
-        let (id, v) = entry?;
-        let id = id.value();
-        r.summary.messages += 1;
-        r.summary.last_id = r.summary.last_id.max(id);
-        match codec::decode_message(id, v.value()) {
-            Ok(m) => {
-                messages.insert(id);
-                for conv in message_conversation_keys(&m) {
-                    match conv_index::contains(&t.rows, watermark, conv.as_bytes(), id) {
-                        Ok(true) => {}
-                        Ok(false) => r.problem(format!(
-                            "message {id} is missing from the conversation index ({conv:?})"
-                        )),
-                        Err(e) => r.problem(format!(
-                            "the conversation index of {conv:?} cannot be read at message \
-                             {id}: {e}"
-                        )),
+    let mut problems = Vec::new();
+    let mut damaged_blocks = Vec::new();
+    let walked = tables::each_message(
+        &t,
+        |id, v| {
+            r.summary.messages += 1;
+            r.summary.last_id = r.summary.last_id.max(id);
+            match codec::decode_message(id, v) {
+                Ok(m) => {
+                    messages.insert(id);
+                    for conv in message_conversation_keys(&m) {
+                        match conv_index::contains(&t.rows, watermark, conv.as_bytes(), id) {
+                            Ok(true) => {}
+                            Ok(false) => problems.push(format!(
+                                "message {id} is missing from the conversation index ({conv:?})"
+                            )),
+                            Err(e) => problems.push(format!(
+                                "the conversation index of {conv:?} cannot be read at message \
+                                 {id}: {e}"
+                            )),
+                        }
                     }
                 }
+                Err(d) => problems.push(format!("message {id}: {d}")),
             }
-            Err(d) => r.problem(format!("message {id}: {d}")),
-        }
+        },
+        |key, d| damaged_blocks.push(format!("the message block ending at {key}: {d}")),
+    );
+    problems.extend(damaged_blocks);
+    if let Err(e) = walked {
+        problems.push(format!("the message log cannot be read: {e}"));
+    }
+    for problem in problems {
+        r.problem(problem);
     }
     let dangling = |what: &str, key: &str, id: u64| {
         format!("the {what} of {key:?} names message {id}, which is not stored")
@@ -531,6 +542,8 @@ mod tests {
         let path = dir.path().join("a.redb");
         filled(&path);
         {
+            // The log as one record per entry, to damage records one by one.
+            crate::store::redb::tests::unblock(&path);
             let db = Database::open(&path).unwrap();
             let txn = db.begin_write().unwrap();
             let messages: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");

@@ -31,7 +31,7 @@ use redb::{ReadableTable, Table};
 use super::codec::{self, ToRef};
 use super::keys::{message_conversation_keys, parties_in_conversation};
 use super::redb::Fail;
-use super::MsgId;
+use super::{Damage, MsgId};
 
 /// The key of a conversation index row: the conversation key's bytes and the row's last id.
 pub(super) type RowKey = (&'static [u8], u64);
@@ -40,9 +40,8 @@ pub(super) type RowKey = (&'static [u8], u64);
 pub(super) trait Rows: ReadableTable<RowKey, &'static [u8]> {}
 impl<T: ReadableTable<RowKey, &'static [u8]>> Rows for T {}
 
-/// The message log, by id.
-pub(super) trait Log: ReadableTable<u64, &'static [u8]> {}
-impl<T: ReadableTable<u64, &'static [u8]>> Log for T {}
+use super::msg_log::Log;
+pub(super) use super::msg_log::LogTable;
 
 /// The writer's list of the messages appended past the watermark, and their index entries. Its
 /// size is bounded by the lag: it is written out and emptied when it reaches it.
@@ -75,16 +74,24 @@ impl Tail {
 
     /// The list of a database: the messages past `watermark` in `messages`. A record that does
     /// not decode is counted but cannot be indexed: it is logged and left out of the rows.
-    pub(super) fn rebuild(messages: &impl Log, watermark: MsgId) -> Result<Tail, Fail> {
+    pub(super) fn rebuild(
+        messages: &Log<'_, impl LogTable, impl LogTable>,
+        watermark: MsgId,
+    ) -> Result<Tail, Fail> {
         let mut tail = Tail::new(watermark);
         let Some(from) = watermark.checked_add(1) else {
             return Ok(tail);
         };
-        for entry in messages.range(from..)? {
-            let (id, bytes) = entry?;
-            let id = id.value();
+        let damaged = |key: MsgId, damage: Damage| {
+            log::error!(
+                "the message block ending at {key} does not parse; its messages cannot be added \
+                 to the conversation index: {damage}"
+            );
+            Ok(())
+        };
+        messages.scan(from, MsgId::MAX, false, damaged, |id, bytes| {
             tail.message(id);
-            match codec::decode_message(id, bytes.value()) {
+            match codec::decode_message(id, bytes) {
                 Ok(m) => {
                     for conv in message_conversation_keys(&m) {
                         tail.entry(conv.as_bytes(), id);
@@ -95,7 +102,8 @@ impl Tail {
                      index: {damage}"
                 ),
             }
-        }
+            Ok(false)
+        })?;
         Ok(tail)
     }
 
@@ -244,7 +252,7 @@ pub(super) struct Memo(Option<Vec<MsgId>>);
 #[allow(clippy::too_many_arguments)]
 pub(super) fn ids(
     rows: &impl Rows,
-    messages: &impl Log,
+    messages: &Log<'_, impl LogTable, impl LogTable>,
     watermark: MsgId,
     memo: &mut Memo,
     conv: &[u8],
@@ -282,13 +290,13 @@ pub(super) fn ids(
 }
 
 /// The messages past the watermark, as one conversation's index.
-struct Past<'a, L> {
-    messages: &'a L,
+struct Past<'a, 'l, B, M> {
+    messages: &'a Log<'l, B, M>,
     watermark: MsgId,
     conv: &'a [u8],
 }
 
-impl<L: Log> Past<'_, L> {
+impl<B: LogTable, M: LogTable> Past<'_, '_, B, M> {
     /// At most `take` ids of the conversation past the watermark within `a..=b`, in the order
     /// `rev` asks.
     fn ids(
@@ -316,30 +324,15 @@ impl<L: Log> Past<'_, L> {
         }
         let mut out = Vec::new();
         let mut buf = String::new();
-        let range = self.messages.range(from..=b)?;
-        let mut each = |entry: Result<_, redb::StorageError>| -> Result<bool, Fail> {
-            let (id, bytes): (redb::AccessGuard<u64>, redb::AccessGuard<&[u8]>) = entry?;
-            if in_conversation(bytes.value(), self.conv, &mut buf) {
-                out.push(id.value());
-            }
-            Ok(out.len() == take)
-        };
         let mut cut = false;
-        if rev {
-            for entry in range.rev() {
-                if each(entry)? {
-                    cut = true;
-                    break;
-                }
+        let damaged = |_, damage: Damage| Err(damage.into());
+        self.messages.scan(from, b, rev, damaged, |id, bytes| {
+            if in_conversation(bytes, self.conv, &mut buf) {
+                out.push(id);
             }
-        } else {
-            for entry in range {
-                if each(entry)? {
-                    cut = true;
-                    break;
-                }
-            }
-        }
+            cut = out.len() == take;
+            Ok(cut)
+        })?;
         if !cut && from == first && b == MsgId::MAX {
             let mut all = out.clone();
             if rev {

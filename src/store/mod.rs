@@ -22,6 +22,7 @@ mod contain;
 mod conv_index;
 mod keys;
 pub mod memory;
+mod msg_log;
 pub(crate) mod oplog;
 mod page;
 pub mod redb;

@@ -67,17 +67,22 @@ use redb::{
 
 use super::codec;
 use super::contain::contain;
-use super::conv_index::{self, Tail};
+use super::conv_index::{self, LogTable, Tail};
 use super::keys::{conversation_key, key_of, message_conversation_keys, single_conversation_key};
+use super::msg_log::{self, Log};
 use super::page::page;
 use super::{
     Conversation, Cursor, Damage, FriendState, HistoryPage, MessageRecord, MsgId, Profile, ReadOp,
     RoomId, RoomState, Snapshot, Store, StoreError, StoreOp, StoreReader, StoreReply, TokenId,
 };
-use crate::config::{INDEX_LAG, STORE_CACHE_BYTES};
+use crate::config::{INDEX_LAG, MESSAGE_BLOCK_BYTES, STORE_CACHE_BYTES};
 
 const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("accounts");
+/// The message log by id, one message per entry: the messages of layout 4 files and those written
+/// below the largest stored id (see `msg_log`).
 const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
+/// The message log in blocks (see `msg_log`): the block's last id -> its records.
+const MESSAGE_BLOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("message_blocks");
 /// The conversation index, in rows (see `conv_index`): (conversation key as bytes, the row's last
 /// id) -> the row's ids, packed. The key's first half is the conversation key (see `keys`) as
 /// bytes: the same order as the string, compared without a UTF-8 check.
@@ -319,10 +324,12 @@ impl RedbStore {
                 Tables::open(&txn, Box::default())?;
                 txn.delete_table(CONVERSATIONS_V3)?;
                 txn.delete_table(CONVERSATIONS)?;
-                let last = txn
-                    .open_table(MESSAGES)?
-                    .last()?
-                    .map_or(0, |(id, _)| id.value());
+                let last = Log {
+                    blocks: &txn.open_table(MESSAGE_BLOCKS)?,
+                    single: &txn.open_table(MESSAGES)?,
+                    open: &[],
+                }
+                .last_id()?;
                 let mut meta = txn.open_table(META)?;
                 meta.insert(WATERMARK_KEY, last)?;
                 meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION)?;
@@ -345,7 +352,11 @@ impl RedbStore {
                 &txn.open_table(ACCOUNTS)?,
                 &txn.open_table(FRIENDSHIPS)?,
                 &txn.open_table(PENDING)?,
-                &txn.open_table(MESSAGES)?,
+                &Log {
+                    blocks: &txn.open_table(MESSAGE_BLOCKS)?,
+                    single: &txn.open_table(MESSAGES)?,
+                    open: &[],
+                },
                 &AccountTables {
                     tokens: txn.open_table(TOKENS)?,
                     blocks: txn.open_table(BLOCKS)?,
@@ -376,7 +387,12 @@ impl RedbStore {
     fn tail_of(db: &Database) -> Result<Tail, Fail> {
         let txn = db.begin_read()?;
         let watermark = watermark(&txn.open_table(META)?)?;
-        Tail::rebuild(&txn.open_table(MESSAGES)?, watermark)
+        let log = Log {
+            blocks: &txn.open_table(MESSAGE_BLOCKS)?,
+            single: &txn.open_table(MESSAGES)?,
+            open: &[],
+        };
+        Tail::rebuild(&log, watermark)
     }
 
     /// This store indexing its conversations every `lag` messages instead of every
@@ -431,6 +447,7 @@ impl RedbStore {
                 tables.meta.insert(WATERMARK_KEY, watermark)?;
             }
         }
+        tables.close_block()?;
         Ok((replies, tables.dirty, tables.tail))
     }
 
@@ -658,6 +675,7 @@ pub(super) mod tables {
     pub(crate) const NAMES: &[&str] = &[
         "accounts",
         "messages",
+        "message_blocks",
         "conversation_rows",
         "pending",
         "friendships",
@@ -698,6 +716,7 @@ pub(super) mod tables {
     ) -> Result<(), redb::Error> {
         copy(from, to, ACCOUNTS)?;
         copy(from, to, MESSAGES)?;
+        copy(from, to, MESSAGE_BLOCKS)?;
         copy(from, to, CONV_ROWS)?;
         copy(from, to, PENDING)?;
         copy(from, to, FRIENDSHIPS)?;
@@ -718,17 +737,47 @@ pub(super) mod tables {
     }
 
     /// The largest message id stored, or 0.
-    pub(crate) fn last_id(txn: &ReadTransaction) -> Result<u64, redb::Error> {
-        Ok(txn
-            .open_table(MESSAGES)?
-            .last()?
-            .map_or(0, |(id, _)| id.value()))
+    pub(crate) fn last_id(txn: &ReadTransaction) -> Result<u64, String> {
+        let log = Log {
+            blocks: &txn.open_table(MESSAGE_BLOCKS).map_err(|e| e.to_string())?,
+            single: &txn.open_table(MESSAGES).map_err(|e| e.to_string())?,
+            open: &[],
+        };
+        log.last_id().map_err(|e| e.to_string())
+    }
+
+    /// How many messages the log holds.
+    pub(crate) fn message_count(txn: &ReadTransaction) -> Result<u64, String> {
+        let read = Read::open(txn).map_err(|e| e.to_string())?;
+        let mut n = 0u64;
+        let mut damage = None;
+        each_message(&read, |_, _| n += 1, |_, d| damage = Some(d.to_string()))?;
+        match damage {
+            Some(d) => Err(d),
+            None => Ok(n),
+        }
+    }
+
+    /// Calls `f` with every message record; a block that does not parse goes to `damaged`.
+    pub(crate) fn each_message(
+        read: &Read,
+        f: impl FnMut(u64, &[u8]),
+        damaged: impl FnMut(u64, super::Damage),
+    ) -> Result<(), String> {
+        Log {
+            blocks: &read.message_blocks,
+            single: &read.messages,
+            open: &[],
+        }
+        .each(f, damaged)
+        .map_err(|e| e.to_string())
     }
 
     /// The tables the check reads, opened in one read transaction.
     pub(crate) struct Read {
         pub(crate) accounts: redb::ReadOnlyTable<&'static str, &'static [u8]>,
         pub(crate) messages: redb::ReadOnlyTable<u64, &'static [u8]>,
+        pub(crate) message_blocks: redb::ReadOnlyTable<u64, &'static [u8]>,
         pub(crate) rows: redb::ReadOnlyTable<(&'static [u8], u64), &'static [u8]>,
         pub(crate) meta: redb::ReadOnlyTable<&'static str, u64>,
         pub(crate) pending: redb::ReadOnlyTable<(&'static str, u64), ()>,
@@ -752,6 +801,7 @@ pub(super) mod tables {
             Ok(Read {
                 accounts: txn.open_table(ACCOUNTS)?,
                 messages: txn.open_table(MESSAGES)?,
+                message_blocks: txn.open_table(MESSAGE_BLOCKS)?,
                 rows: txn.open_table(CONV_ROWS)?,
                 meta: txn.open_table(META)?,
                 pending: txn.open_table(PENDING)?,
@@ -784,7 +834,13 @@ struct RedbReader {
 
 impl RedbReader {
     fn read_inner(&self, op: &ReadOp) -> Result<StoreReply, Fail> {
-        let messages = self.txn.open_table(MESSAGES)?;
+        let blocks = self.txn.open_table(MESSAGE_BLOCKS)?;
+        let single = self.txn.open_table(MESSAGES)?;
+        let messages = Log {
+            blocks: &blocks,
+            single: &single,
+            open: &[],
+        };
         match op {
             ReadOp::History {
                 conv,
@@ -843,6 +899,7 @@ impl StoreReader for RedbReader {
 struct Tables<'txn> {
     accounts: Table<'txn, &'static str, &'static [u8]>,
     messages: Table<'txn, u64, &'static [u8]>,
+    message_blocks: Table<'txn, u64, &'static [u8]>,
     rows: Table<'txn, (&'static [u8], u64), &'static [u8]>,
     pending: Table<'txn, (&'static str, u64), ()>,
     friendships: Table<'txn, (&'static str, &'static str), u8>,
@@ -867,13 +924,27 @@ struct Tables<'txn> {
     conversation: String,
     /// The messages past the conversation index's watermark.
     tail: Box<Tail>,
+    /// The block of the log being filled (see `msg_log`), inserted when it would grow past
+    /// [`MESSAGE_BLOCK_BYTES`] and at the end of the batch; its last id; the largest id stored.
+    open: Vec<u8>,
+    open_last: MsgId,
+    top: MsgId,
 }
 
 impl<'txn> Tables<'txn> {
     fn open(txn: &'txn WriteTransaction, tail: Box<Tail>) -> Result<Self, Fail> {
+        let messages = txn.open_table(MESSAGES)?;
+        let message_blocks = txn.open_table(MESSAGE_BLOCKS)?;
+        let top = Log {
+            blocks: &message_blocks,
+            single: &messages,
+            open: &[],
+        }
+        .last_id()?;
         Ok(Tables {
             accounts: txn.open_table(ACCOUNTS)?,
-            messages: txn.open_table(MESSAGES)?,
+            messages,
+            message_blocks,
             rows: txn.open_table(CONV_ROWS)?,
             pending: txn.open_table(PENDING)?,
             friendships: txn.open_table(FRIENDSHIPS)?,
@@ -894,7 +965,47 @@ impl<'txn> Tables<'txn> {
             record: Vec::new(),
             conversation: String::new(),
             tail,
+            open: Vec::new(),
+            open_last: 0,
+            top,
         })
+    }
+
+    /// The message log as this transaction has it, the block being filled included.
+    fn log(&self) -> Log<'_, Table<'txn, u64, &'static [u8]>, Table<'txn, u64, &'static [u8]>> {
+        Log {
+            blocks: &self.message_blocks,
+            single: &self.messages,
+            open: &self.open,
+        }
+    }
+
+    /// Adds the record in `record` to the log as message `id`: to the block being filled when
+    /// `id` is above every stored id, else to the per-id table, unless it is stored already.
+    fn log_append(&mut self, id: MsgId) -> Result<(), Fail> {
+        if id > self.top {
+            if !self.open.is_empty()
+                && self.open.len() + msg_log::HEADER + self.record.len() > MESSAGE_BLOCK_BYTES
+            {
+                self.close_block()?;
+            }
+            msg_log::push(&mut self.open, id, &self.record);
+            self.open_last = id;
+            self.top = id;
+        } else if !self.log().contains(id)? {
+            self.messages.insert(id, self.record.as_slice())?;
+        }
+        Ok(())
+    }
+
+    /// Inserts the block being filled, if it holds anything.
+    fn close_block(&mut self) -> Result<(), Fail> {
+        if !self.open.is_empty() {
+            self.message_blocks
+                .insert(self.open_last, self.open.as_slice())?;
+            self.open.clear();
+        }
+        Ok(())
     }
 
     /// Indexes message `msg` under the conversation `conv`: in the writer's list when it is past
@@ -1049,7 +1160,7 @@ impl<'txn> Tables<'txn> {
             }
             StoreOp::AppendMessage { msg, pending_for } => {
                 codec::encode_message_into(msg, &mut self.record);
-                self.messages.insert(msg.id, self.record.as_slice())?;
+                self.log_append(msg.id)?;
                 if single_conversation_key(msg, &mut self.conversation) {
                     let conv = std::mem::take(&mut self.conversation);
                     let indexed = self.index(conv.as_bytes(), msg.id);
@@ -1106,7 +1217,7 @@ impl<'txn> Tables<'txn> {
             }
             StoreOp::AppendRoomMessage { msg, room, seq } => {
                 codec::encode_message_into(msg, &mut self.record);
-                self.messages.insert(msg.id, self.record.as_slice())?;
+                self.log_append(msg.id)?;
                 self.room_log.insert((*room, msg.id), *seq)?;
                 // Counted past the watermark, so that a read's scan stays within the lag.
                 if self.tail.takes(msg.id) {
@@ -1224,7 +1335,7 @@ impl<'txn> Tables<'txn> {
                     *count,
                     Cursor::Latest,
                 )?;
-                Ok(StoreReply::Messages(read_messages(&self.messages, &ids)?))
+                Ok(StoreReply::Messages(read_messages(&self.log(), &ids)?))
             }
             // Reads are answered here only when handed to `write` directly (see `Store::write`).
             StoreOp::History {
@@ -1236,7 +1347,7 @@ impl<'txn> Tables<'txn> {
                     &self.rows,
                     self.tail.watermark(),
                     &self.room_log,
-                    &self.messages,
+                    &self.log(),
                     conv,
                     *count,
                     *cursor,
@@ -1258,11 +1369,11 @@ impl<'txn> Tables<'txn> {
             }
             StoreOp::ReadBacklog { user } => Ok(StoreReply::Backlog(backlog(
                 &self.pending,
-                &self.messages,
+                &self.log(),
                 user,
             )?)),
             StoreOp::ReadMessages { ids } => {
-                Ok(StoreReply::Messages(read_messages(&self.messages, ids)?))
+                Ok(StoreReply::Messages(read_messages(&self.log(), ids)?))
             }
             StoreOp::CreateToken(rec) => {
                 // A record already under this id belongs to the new one now; its index entry goes.
@@ -1355,7 +1466,7 @@ fn snapshot(
     accounts: &impl ReadableTable<&'static str, &'static [u8]>,
     friendships: &impl ReadableTable<(&'static str, &'static str), u8>,
     pending: &impl IdIndex,
-    messages: &impl MessageLog,
+    messages: &Log<'_, impl LogTable, impl LogTable>,
     extra: &AccountTables<impl ReadableTable<u64, &'static [u8]>, impl PairSet, impl NameRecords>,
 ) -> Result<Snapshot, Fail> {
     let mut snap = Snapshot {
@@ -1392,18 +1503,18 @@ fn snapshot(
         // Who sent it, for the share each sender has of an inbox. A message that cannot be read
         // here is left out of that count (its delivery is tried at the next login as usual) rather
         // than failing the start.
-        if let Some(bytes) = messages.get(id)? {
-            if let Ok(m) = codec::decode_message(id, bytes.value()) {
+        match messages.with(id, |bytes| codec::decode_message(id, bytes)) {
+            Ok(Some(Ok(m))) => {
                 *senders
                     .entry((user.to_owned(), key_of(&m.from)))
                     .or_insert(0) += 1;
             }
+            Ok(_) | Err(Fail::Damage(_)) => {}
+            Err(e) => return Err(e),
         }
     }
     snap.pending_senders = senders.into_iter().map(|((u, s), n)| (u, s, n)).collect();
-    if let Some((id, _)) = messages.last()? {
-        snap.next_id = id.value().saturating_add(1);
-    }
+    snap.next_id = messages.last_id()?.saturating_add(1);
     for entry in extra.tokens.iter()? {
         let (id, value) = entry?;
         snap.tokens
@@ -1458,10 +1569,6 @@ impl<T: ReadableTable<&'static str, &'static [u8]>> NameRecords for T {}
 trait IdIndex: ReadableTable<(&'static str, u64), ()> {}
 impl<T: ReadableTable<(&'static str, u64), ()>> IdIndex for T {}
 
-/// The message log, by id.
-trait MessageLog: ReadableTable<u64, &'static [u8]> {}
-impl<T: ReadableTable<u64, &'static [u8]>> MessageLog for T {}
-
 /// The rooms' index: (room, message id) -> the message's position in the room.
 trait RoomLog: ReadableTable<(u64, u64), u64> {}
 impl<T: ReadableTable<(u64, u64), u64>> RoomLog for T {}
@@ -1475,7 +1582,7 @@ impl<T: ReadableTable<(&'static str, &'static str), u64>> Markers for T {}
 /// costs that message's delivery (it stays in the log), not the whole backlog.
 fn backlog(
     pending: &impl IdIndex,
-    messages: &impl MessageLog,
+    messages: &Log<'_, impl LogTable, impl LogTable>,
     user: &str,
 ) -> Result<Vec<MsgId>, Fail> {
     let mut ids = Vec::new();
@@ -1484,9 +1591,9 @@ fn backlog(
     }
     let mut found = Vec::with_capacity(ids.len());
     for id in ids {
-        match messages.get(id)? {
-            Some(bytes) => match codec::decode_message(id, bytes.value()) {
-                Ok(_) => found.push(id),
+        match messages.with(id, |bytes| codec::decode_message(id, bytes).map(drop))? {
+            Some(decoded) => match decoded {
+                Ok(()) => found.push(id),
                 Err(damage) => log::error!(
                     "offline backlog of {user:?}: message {id} left out, it does not decode: \
                      {damage}"
@@ -1507,7 +1614,7 @@ fn backlog(
 fn history(
     rows: &impl conv_index::Rows,
     watermark: MsgId,
-    messages: &impl MessageLog,
+    messages: &Log<'_, impl LogTable, impl LogTable>,
     conv: &str,
     count: u32,
     cursor: Cursor,
@@ -1530,15 +1637,13 @@ fn watermark(meta: &impl ReadableTable<&'static str, u64>) -> Result<MsgId, Fail
 /// of it is sent (the page is then sent part by part, see `ReadOp::Messages`). `whose` names the
 /// conversation or room in the damage report.
 fn check_readable(
-    messages: &impl MessageLog,
+    messages: &Log<'_, impl LogTable, impl LogTable>,
     ids: &[MsgId],
     whose: impl Fn() -> String,
 ) -> Result<(), Fail> {
     for &id in ids {
-        match messages.get(id)? {
-            Some(bytes) => {
-                codec::decode_message(id, bytes.value())?;
-            }
+        match messages.with(id, |bytes| codec::decode_message(id, bytes).map(drop))? {
+            Some(decoded) => decoded?,
             None => {
                 return Err(Damage::new(format!(
                     "{} names message {id}, which is not stored",
@@ -1553,11 +1658,14 @@ fn check_readable(
 
 /// The messages with `ids`, in that order; one that is not stored or does not decode is logged and
 /// left out (the ids come from a page or a backlog read earlier, which found them readable).
-fn read_messages(messages: &impl MessageLog, ids: &[MsgId]) -> Result<Vec<MessageRecord>, Fail> {
+fn read_messages(
+    messages: &Log<'_, impl LogTable, impl LogTable>,
+    ids: &[MsgId],
+) -> Result<Vec<MessageRecord>, Fail> {
     let mut found = Vec::with_capacity(ids.len());
     for &id in ids {
-        match messages.get(id)? {
-            Some(bytes) => match codec::decode_message(id, bytes.value()) {
+        match messages.with(id, |bytes| codec::decode_message(id, bytes))? {
+            Some(decoded) => match decoded {
                 Ok(m) => found.push(m),
                 Err(damage) => log::error!("message {id} left out, it does not decode: {damage}"),
             },
@@ -1611,7 +1719,7 @@ fn any_history(
     rows: &impl conv_index::Rows,
     watermark: MsgId,
     room_log: &impl RoomLog,
-    messages: &impl MessageLog,
+    messages: &Log<'_, impl LogTable, impl LogTable>,
     conv: &Conversation,
     count: u32,
     cursor: Cursor,
@@ -1635,7 +1743,7 @@ fn any_history(
 /// conversation, every message of the page must be readable now.
 fn room_history(
     room_log: &impl RoomLog,
-    messages: &impl MessageLog,
+    messages: &Log<'_, impl LogTable, impl LogTable>,
     room: RoomId,
     lo: MsgId,
     hi: MsgId,
@@ -1725,7 +1833,7 @@ fn room_snapshot(txn: &ReadTransaction, snap: &mut Snapshot) -> Result<(), Fail>
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::store::{AccountRecord, Conversation, MessageRecord, To};
     use redb::ReadableTableMetadata;
@@ -1797,13 +1905,39 @@ mod tests {
         assert_eq!(snap.pending_counts, vec![("b".to_owned(), 1)]);
     }
 
-    /// Overwrites the stored bytes of message `id` with bytes that do not decode.
+    /// Overwrites the stored bytes of message `id` with bytes that do not decode, in its block
+    /// or in the per-id table.
     fn damage_message(store: &RedbStore, id: MsgId) {
         let txn = store.db.as_ref().unwrap().begin_write().unwrap();
-        txn.open_table(MESSAGES)
-            .unwrap()
-            .insert(id, [9u8, 9, 9].as_slice())
-            .unwrap();
+        {
+            let mut blocks = txn.open_table(MESSAGE_BLOCKS).unwrap();
+            let found = blocks
+                .range(id..)
+                .unwrap()
+                .next()
+                .map(|e| {
+                    let (k, v) = e.unwrap();
+                    (k.value(), v.value().to_vec())
+                })
+                .filter(|(_, block)| msg_log::find(block, id).unwrap().is_some());
+            match found {
+                Some((key, block)) => {
+                    let mut new = Vec::new();
+                    for e in msg_log::entries(&block) {
+                        let (at, record) = e.unwrap();
+                        let record = if at == id { &[9u8, 9, 9][..] } else { record };
+                        msg_log::push(&mut new, at, record);
+                    }
+                    blocks.insert(key, new.as_slice()).unwrap();
+                }
+                None => {
+                    txn.open_table(MESSAGES)
+                        .unwrap()
+                        .insert(id, [9u8, 9, 9].as_slice())
+                        .unwrap();
+                }
+            }
+        }
         txn.commit().unwrap();
     }
 
@@ -1995,6 +2129,7 @@ mod tests {
     /// Turns a current file back into layout 4: one conversation index entry per message and
     /// conversation, no rows, no watermark.
     fn downgrade_to_version_4(path: &Path) {
+        unblock(path);
         let db = Database::open(path).unwrap();
         let txn = db.begin_write().unwrap();
         {
@@ -2010,10 +2145,32 @@ mod tests {
             txn.open_table(META).unwrap().remove(WATERMARK_KEY).unwrap();
         }
         txn.delete_table(CONV_ROWS).unwrap();
+        txn.delete_table(MESSAGE_BLOCKS).unwrap();
         txn.open_table(META)
             .unwrap()
             .insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION_4)
             .unwrap();
+        txn.commit().unwrap();
+    }
+
+    /// Moves every message of the blocks into the per-id table and drops the blocks' table, as a
+    /// layout 4 file has its log (its blocks' table left empty).
+    pub(crate) fn unblock(path: &Path) {
+        let db = Database::open(path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let blocks = txn.open_table(MESSAGE_BLOCKS).unwrap();
+            let mut single = txn.open_table(MESSAGES).unwrap();
+            for entry in blocks.iter().unwrap() {
+                let (_, block) = entry.unwrap();
+                for e in msg_log::entries(block.value()) {
+                    let (id, record) = e.unwrap();
+                    single.insert(id, record).unwrap();
+                }
+            }
+        }
+        txn.delete_table(MESSAGE_BLOCKS).unwrap();
+        txn.open_table(MESSAGE_BLOCKS).unwrap();
         txn.commit().unwrap();
     }
 
@@ -2344,6 +2501,16 @@ mod tests {
             store.execute(&ops).unwrap();
             model.execute(&ops).unwrap();
             same_pages(&*store.reader().unwrap(), &*model.reader().unwrap(), 15);
+            // The old messages stay in the per-id table, read through the fallback; the new ones
+            // are in a block.
+            let (blocks, single) = log_layout(&store);
+            assert_eq!(single, (1..=12).collect::<Vec<MsgId>>());
+            assert_eq!(
+                blocks.iter().map(|b| (b.0, b.1)).collect::<Vec<_>>(),
+                vec![(15, 3)]
+            );
+            let all: Vec<MsgId> = (1..=15).collect();
+            assert_eq!(read_ids(&store, &all).unwrap(), all);
         }
         assert_eq!(stored_version(&path), Some(SCHEMA_VERSION));
         let db = Database::open(&path).unwrap();
@@ -2511,5 +2678,205 @@ mod tests {
         store.execute(&[append(3), append(41)]).unwrap();
         drop(store);
         assert_eq!(RedbStore::open(&path).unwrap().1.next_id, 42);
+    }
+
+    /// A message of `text_len` bytes of text, from a to b.
+    fn sized(id: MsgId, text_len: usize) -> StoreOp {
+        StoreOp::AppendMessage {
+            msg: MessageRecord {
+                id,
+                time_ms: 0,
+                from: "a".into(),
+                to: To::User("b".into()),
+                text: "x".repeat(text_len),
+            },
+            pending_for: vec!["b".into()],
+        }
+    }
+
+    /// The keys of the blocks and the number of records of each, and the ids in the per-id table.
+    fn log_layout(store: &RedbStore) -> (Vec<(MsgId, usize, usize)>, Vec<MsgId>) {
+        let txn = store.db.as_ref().unwrap().begin_read().unwrap();
+        let blocks = txn
+            .open_table(MESSAGE_BLOCKS)
+            .unwrap()
+            .iter()
+            .unwrap()
+            .map(|e| {
+                let (k, v) = e.unwrap();
+                let n = msg_log::entries(v.value()).count();
+                (k.value(), n, v.value().len())
+            })
+            .collect();
+        let single = txn
+            .open_table(MESSAGES)
+            .unwrap()
+            .iter()
+            .unwrap()
+            .map(|e| e.unwrap().0.value())
+            .collect();
+        (blocks, single)
+    }
+
+    fn read_ids(store: &RedbStore, ids: &[MsgId]) -> Result<Vec<MsgId>, StoreError> {
+        match store
+            .reader()?
+            .read(&ReadOp::Messages { ids: ids.to_vec() })?
+        {
+            StoreReply::Messages(found) => Ok(found.iter().map(|m| m.id).collect()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A commit's messages go into blocks of at most `MESSAGE_BLOCK_BYTES`, each under its last
+    /// id; every message reads back, at a block's first and last id and between, also after the
+    /// store is reopened (what was committed is read back whole).
+    #[test]
+    fn a_commits_messages_fill_blocks_up_to_the_cap() {
+        let (_dir, path) = temp_db();
+        let (mut store, _) = RedbStore::open(&path).unwrap();
+        let text = 1000;
+        let ops: Vec<StoreOp> = (1..=40).map(|id| sized(id, text)).collect();
+        store.execute(&ops).unwrap();
+        let (blocks, single) = log_layout(&store);
+        assert!(single.is_empty(), "{single:?}");
+        // Each block is full: one more record would have crossed the cap.
+        let record = {
+            let mut r = Vec::new();
+            let StoreOp::AppendMessage { msg, .. } = &ops[0] else {
+                unreachable!()
+            };
+            codec::encode_message_into(msg, &mut r);
+            msg_log::HEADER + r.len()
+        };
+        let per_block = MESSAGE_BLOCK_BYTES / record;
+        assert!(per_block > 1);
+        let mut first = 1;
+        for (i, &(last, n, bytes)) in blocks.iter().enumerate() {
+            assert!(bytes <= MESSAGE_BLOCK_BYTES, "block {i}: {bytes} bytes");
+            if i + 1 < blocks.len() {
+                assert_eq!(n, per_block, "block {i}");
+                assert!(bytes + record > MESSAGE_BLOCK_BYTES);
+            }
+            assert_eq!(last, first + n as u64 - 1);
+            // A block's first and last id, and the ids just outside it, each alone.
+            assert_eq!(read_ids(&store, &[first]).unwrap(), vec![first]);
+            assert_eq!(read_ids(&store, &[last]).unwrap(), vec![last]);
+            first = last + 1;
+        }
+        assert_eq!(first, 41);
+        assert_eq!(blocks.len(), 40usize.div_ceil(per_block));
+        let all: Vec<MsgId> = (1..=40).collect();
+        assert_eq!(read_ids(&store, &all).unwrap(), all);
+        assert_eq!(read_ids(&store, &[41]).unwrap(), Vec::<MsgId>::new());
+        drop(store);
+
+        let (store, snap) = RedbStore::open(&path).unwrap();
+        assert_eq!(snap.next_id, 41);
+        assert_eq!(snap.pending_counts, vec![("b".to_owned(), 40)]);
+        let reader = store.reader().unwrap();
+        match reader.read(&ReadOp::Messages { ids: all.clone() }).unwrap() {
+            StoreReply::Messages(found) => {
+                assert_eq!(found.len(), 40);
+                assert!(found.iter().all(|m| m.text.len() == text));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A record larger than the cap makes a block of its own.
+    #[test]
+    fn a_record_larger_than_the_cap_is_a_block_of_its_own() {
+        let (_dir, path) = temp_db();
+        let (mut store, _) = RedbStore::open(&path).unwrap();
+        store
+            .execute(&[sized(1, 10), sized(2, MESSAGE_BLOCK_BYTES), sized(3, 10)])
+            .unwrap();
+        let (blocks, _) = log_layout(&store);
+        let shape: Vec<(MsgId, usize)> = blocks.iter().map(|&(k, n, _)| (k, n)).collect();
+        assert_eq!(shape, vec![(1, 1), (2, 1), (3, 1)]);
+        assert_eq!(read_ids(&store, &[1, 2, 3]).unwrap(), vec![1, 2, 3]);
+    }
+
+    /// A message whose id is not above every stored id goes to the per-id table and is read
+    /// through the fallback; an id already stored is not written twice.
+    #[test]
+    fn a_message_below_the_largest_id_is_read_through_the_fallback() {
+        let (_dir, path) = temp_db();
+        let (mut store, _) = RedbStore::open(&path).unwrap();
+        store.execute(&[append(10), append(20)]).unwrap();
+        // 15 lies inside the block of 10 and 20; 5 below it; 20 again; 30 above.
+        store
+            .execute(&[append(15), append(5), append(20), append(30)])
+            .unwrap();
+        let (blocks, single) = log_layout(&store);
+        let keys: Vec<MsgId> = blocks.iter().map(|b| b.0).collect();
+        assert_eq!(keys, vec![20, 30]);
+        assert_eq!(single, vec![5, 15]);
+        assert_eq!(
+            read_ids(&store, &[5, 10, 15, 20, 30]).unwrap(),
+            vec![5, 10, 15, 20, 30]
+        );
+        // Pages merge both tables in id order.
+        let page = match store
+            .reader()
+            .unwrap()
+            .read(&ReadOp::History {
+                conv: Conversation::Pair("a".into(), "b".into()),
+                count: 10,
+                cursor: Cursor::Latest,
+            })
+            .unwrap()
+        {
+            StoreReply::History(page) => page.ids,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(page, vec![5, 10, 15, 20, 30]);
+        drop(store);
+        let (store, snap) = RedbStore::open(&path).unwrap();
+        assert_eq!(snap.next_id, 31);
+        assert_eq!(store.tail.as_ref().map(|t| t.len()), Some(5));
+    }
+
+    /// A block that does not parse fails the reads that need it as damage; the rest of the log,
+    /// the store's writes and its reopening go on.
+    #[test]
+    fn a_damaged_block_fails_its_reads_and_the_store_goes_on() {
+        let (_dir, path) = temp_db();
+        let (mut store, _) = RedbStore::open(&path).unwrap();
+        store.execute(&[append(1), append(2), append(3)]).unwrap();
+        store.execute(&[append(4)]).unwrap();
+        {
+            let txn = store.db.as_ref().unwrap().begin_write().unwrap();
+            let mut blocks = txn.open_table(MESSAGE_BLOCKS).unwrap();
+            let mut block = blocks.get(3).unwrap().unwrap().value().to_vec();
+            // The first record's length now runs past the block's end.
+            block[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+            blocks.insert(3, block.as_slice()).unwrap();
+            drop(blocks);
+            txn.commit().unwrap();
+        }
+        let err = read_ids(&store, &[2]).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+        assert_eq!(read_ids(&store, &[4]).unwrap(), vec![4]);
+        // A page over the damaged block fails as damage too.
+        let page = store.reader().unwrap().read(&ReadOp::History {
+            conv: Conversation::Pair("a".into(), "b".into()),
+            count: 10,
+            cursor: Cursor::Latest,
+        });
+        assert!(matches!(page, Err(StoreError::Corrupt { .. })), "{page:?}");
+        store.execute(&[append(5)]).unwrap();
+        assert_eq!(read_ids(&store, &[4, 5]).unwrap(), vec![4, 5]);
+        drop(store);
+        let (store, snap) = RedbStore::open(&path).unwrap();
+        assert_eq!(snap.next_id, 6);
+        assert_eq!(read_ids(&store, &[5]).unwrap(), vec![5]);
+        drop(store);
+        // The check names the block.
+        let report = super::super::backup::check(&path).unwrap();
+        let all = report.problems.join("\n");
+        assert!(all.contains("the message block ending at 3"), "{all}");
+        assert_eq!(report.summary.messages, 2);
     }
 }

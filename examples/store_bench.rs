@@ -8,6 +8,9 @@
 //! scanned), read as the server reads them (a read transaction, then the messages by id); then
 //! the same with nothing past the watermark (one message more makes the index take them all).
 //!
+//! Last, reads of scattered messages (offline backlogs, HISTORY pages) with the log in blocks and
+//! with the same messages in the per-id table (layout 4's log, read through the fallback).
+//!
 //! Run in release: `cargo run --release --example store_bench -- [N]` (default N = 10000; the
 //! batch-of-1 run uses N / 10, since it is one fsync per message). Each run uses a fresh file in a
 //! temporary directory, on the file system of `$TMPDIR`.
@@ -103,6 +106,76 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     history_with_full_tail()?;
+    scattered_reads(n)?;
+    Ok(())
+}
+
+/// Times reads of scattered messages (every user's offline backlog, one message in four of the
+/// log, spread over it; then the latest 50 of conversations, after an index flush so that the
+/// pages read through the rows) with the log in blocks, then with the same messages moved into
+/// the per-id table (layout 4's log, read through the fallback).
+fn scattered_reads(n: u64) -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("scattered.redb");
+    {
+        let (mut store, _) = RedbStore::open(&path)?;
+        let mut id = 1;
+        while id <= n {
+            let ops: Vec<StoreOp> = (id..(id + 1000).min(n + 1)).map(message).collect();
+            id += ops.len() as u64;
+            store.execute(&ops)?;
+        }
+    }
+    for layout in ["blocks", "per-id table"] {
+        if layout == "per-id table" {
+            RedbStore::unblock(&path)?;
+        }
+        let (store, _) = RedbStore::open(&path)?;
+        for round in 0..2 {
+            let start = Instant::now();
+            let mut read = 0usize;
+            for u in 0..USERS {
+                let reader = store.reader()?;
+                let user = format!("user{u}");
+                if let StoreReply::Backlog(ids) = reader.read(&ReadOp::Backlog { user })? {
+                    if let StoreReply::Messages(m) = reader.read(&ReadOp::Messages { ids })? {
+                        read += m.len();
+                    }
+                }
+            }
+            let secs = start.elapsed().as_secs_f64();
+            // The first round reads the file into redb's cache; the second is the warm figure.
+            println!(
+                "backlogs, log in {layout}, round {}: {read} messages, {:.2} us per message",
+                round + 1,
+                secs * 1e6 / read.max(1) as f64
+            );
+        }
+        let pages = 2000u64;
+        let start = Instant::now();
+        let mut shown = 0;
+        for i in 0..pages {
+            let reader = store.reader()?;
+            let op = ReadOp::History {
+                conv: Conversation::Pair(
+                    format!("user{}", i % USERS),
+                    format!("user{}", (i * 7 + 3) % USERS),
+                ),
+                count: 50,
+                cursor: Cursor::Latest,
+            };
+            if let StoreReply::History(p) = reader.read(&op)? {
+                if let StoreReply::Messages(m) = reader.read(&ReadOp::Messages { ids: p.ids })? {
+                    shown += m.len();
+                }
+            }
+        }
+        let secs = start.elapsed().as_secs_f64();
+        println!(
+            "history, log in {layout}: {pages} pages ({shown} messages), {:.1} us per page",
+            secs * 1e6 / pages as f64
+        );
+    }
     Ok(())
 }
 

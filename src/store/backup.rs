@@ -543,7 +543,7 @@ mod tests {
         filled(&path);
         {
             // The log as one record per entry, to damage records one by one.
-            crate::store::redb::tests::unblock(&path);
+            crate::store::redb::RedbStore::unblock(&path).unwrap();
             let db = Database::open(&path).unwrap();
             let txn = db.begin_write().unwrap();
             let messages: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");

@@ -7,7 +7,8 @@
 //! | table               | key                    | value                               |
 //! |---------------------|------------------------|-------------------------------------|
 //! | `accounts`          | lowercase name         | encoded account record              |
-//! | `messages`          | message id             | encoded message record              |
+//! | `message_blocks`    | the block's last id    | a block of consecutive message records (see `msg_log`) |
+//! | `messages`          | message id             | encoded message record: layout 4's log, and a message below the largest stored id |
 //! | `conversation_rows` | (conversation key as bytes, last id of the row) | the row's ids, packed (see `conv_index`) |
 //! | `pending`           | (account key, id)      | `()`                                |
 //! | `friendships`       | (a key, b key)         | a's view of b, one byte             |
@@ -40,11 +41,17 @@
 //! now the entries of `INDEX_LAG` messages are written at once, one row per conversation (see
 //! `conv_index`). A version 4 file is upgraded in place: its index packed into rows in commits of
 //! `UPGRADE_BATCH` entries (a version 1 to 3 file has its index copied into version 4's first),
-//! the watermark set to its last message. Version 4 would not find the conversation index.
+//! the watermark set to its last message. Version 4 would not find the conversation index. Layout 5
+//! also writes new messages in blocks (`message_blocks`, see `msg_log`): one row holds the
+//! records of several consecutive messages of a commit, up to `MESSAGE_BLOCK_BYTES`, so that a
+//! commit of many messages is a few inserts rather than one per message. The per-id `messages`
+//! table stays: an upgraded file's messages stay in it, read through the fallback, with no
+//! conversion; version 4 would not find the messages in blocks.
 //!
 //! The index keys (conversation keys, account keys) are made by the parent module's `keys`, shared
 //! with the in-memory store; the records are encoded by `codec`, which never trusts a length it
-//! reads, so a damaged record is a [`StoreError::Corrupt`], never a panic or a huge allocation.
+//! reads, so a damaged record is a [`StoreError::Corrupt`], never a panic or a huge allocation;
+//! every reader of the message log goes through `msg_log::Log` (the blocks, then the per-id table).
 //! Rooms are keyed by number, not by name: a deleted room's messages stay in `room_log` under its
 //! number, which is never given out again, so a new room of the same name starts empty. A room's
 //! message count and last id are the last `room_log` entry of its number, read at open.
@@ -393,6 +400,30 @@ impl RedbStore {
             open: &[],
         };
         Tail::rebuild(&log, watermark)
+    }
+
+    /// Moves every message of the blocks of the database at `path` (not open) into the per-id
+    /// table, as a layout 4 file has its log, leaving the blocks' table empty: for tests and
+    /// benchmarks of the fallback.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn unblock(path: &Path) -> Result<(), redb::Error> {
+        let db = Database::open(path)?;
+        let txn = db.begin_write()?;
+        {
+            let blocks = txn.open_table(MESSAGE_BLOCKS)?;
+            let mut single = txn.open_table(MESSAGES)?;
+            for entry in blocks.iter()? {
+                let (_, block) = entry?;
+                for e in msg_log::entries(block.value()) {
+                    let (id, record) = e.map_err(|d| redb::Error::Corrupted(d.to_string()))?;
+                    single.insert(id, record)?;
+                }
+            }
+        }
+        txn.delete_table(MESSAGE_BLOCKS)?;
+        txn.open_table(MESSAGE_BLOCKS)?;
+        txn.commit()?;
+        Ok(())
     }
 
     /// This store indexing its conversations every `lag` messages instead of every
@@ -1833,7 +1864,7 @@ fn room_snapshot(txn: &ReadTransaction, snap: &mut Snapshot) -> Result<(), Fail>
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
     use crate::store::{AccountRecord, Conversation, MessageRecord, To};
     use redb::ReadableTableMetadata;
@@ -2153,25 +2184,8 @@ pub(crate) mod tests {
         txn.commit().unwrap();
     }
 
-    /// Moves every message of the blocks into the per-id table and drops the blocks' table, as a
-    /// layout 4 file has its log (its blocks' table left empty).
-    pub(crate) fn unblock(path: &Path) {
-        let db = Database::open(path).unwrap();
-        let txn = db.begin_write().unwrap();
-        {
-            let blocks = txn.open_table(MESSAGE_BLOCKS).unwrap();
-            let mut single = txn.open_table(MESSAGES).unwrap();
-            for entry in blocks.iter().unwrap() {
-                let (_, block) = entry.unwrap();
-                for e in msg_log::entries(block.value()) {
-                    let (id, record) = e.unwrap();
-                    single.insert(id, record).unwrap();
-                }
-            }
-        }
-        txn.delete_table(MESSAGE_BLOCKS).unwrap();
-        txn.open_table(MESSAGE_BLOCKS).unwrap();
-        txn.commit().unwrap();
+    fn unblock(path: &Path) {
+        RedbStore::unblock(path).unwrap();
     }
 
     /// Turns a current file back into layout 3: its conversation index keyed by strings, under the

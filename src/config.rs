@@ -341,4 +341,4 @@ pub const CLUSTER_START_TRIES: u32 = 20;
 /// than it makes a block of its own). A commit of many messages is then a few inserts instead of
 /// one per message; reading one message reads its whole block, so this bounds what a scattered
 /// read (a backlog, a page) costs per message.
-pub const MESSAGE_BLOCK_BYTES: usize = 16 * 1024;
+pub const MESSAGE_BLOCK_BYTES: usize = 4 * 1024;

@@ -119,12 +119,6 @@ pub(super) struct Log<'a, B, M> {
     pub(super) open: &'a [u8],
 }
 
-/// Where a record found by a scan is: in a guard the scan holds, or in the open block.
-enum Src {
-    Guard(usize),
-    Open,
-}
-
 impl<B: LogTable, M: LogTable> Log<'_, B, M> {
     /// `f` of record `id`, or `None` when it is not stored.
     pub(super) fn with<T>(&self, id: MsgId, f: impl FnOnce(&[u8]) -> T) -> Result<Option<T>, Fail> {
@@ -161,10 +155,11 @@ impl<B: LogTable, M: LogTable> Log<'_, B, M> {
     }
 
     /// Calls `f` with each record with an id in `from..=to`, ascending (descending with `rev`),
-    /// until it returns `true`. The range's records are gathered first (their places, not their
-    /// bytes), so it should be short: the messages past the conversation index's watermark, say.
-    /// A block in the range that does not parse is handed to `damaged` with its key: its error
-    /// fails the scan, else the block is left out.
+    /// until it returns `true`. The blocks are read one at a time, in that order, so a scan that
+    /// stops early reads only the blocks it needed; the per-id table's records in the range and
+    /// the open block's are gathered first (their places, not their bytes) and merged in. A block
+    /// in the range that does not parse is handed to `damaged` with its key: its error fails the
+    /// scan, else the block is left out.
     pub(super) fn scan(
         &self,
         from: MsgId,
@@ -176,43 +171,16 @@ impl<B: LogTable, M: LogTable> Log<'_, B, M> {
         if from > to {
             return Ok(());
         }
-        let mut guards: Vec<AccessGuard<'_, &'static [u8]>> = Vec::new();
-        let mut items: Vec<(MsgId, Src, usize, usize)> = Vec::new();
-        let base = |whole: &[u8], part: &[u8]| part.as_ptr() as usize - whole.as_ptr() as usize;
-        for entry in self.blocks.range(from..)? {
-            let (key, block) = entry?;
-            let whole = block.value();
-            let mut past = false;
-            let kept = items.len();
-            for e in entries(whole) {
-                let (id, record) = match e {
-                    Ok(entry) => entry,
-                    Err(d) => {
-                        items.truncate(kept);
-                        damaged(key.value(), d)?;
-                        break;
-                    }
-                };
-                if id > to {
-                    past = true;
-                    break;
-                }
-                if id >= from {
-                    let at = base(whole, record);
-                    items.push((id, Src::Guard(guards.len()), at, at + record.len()));
-                }
-            }
-            guards.push(block);
-            if past {
-                break;
-            }
-        }
+        // The records outside the blocks: (id, the single's guard or the open block, where).
+        let mut singles: Vec<AccessGuard<'_, &'static [u8]>> = Vec::new();
+        let mut extra: Vec<(MsgId, Option<usize>, usize, usize)> = Vec::new();
         for entry in self.single.range(from..=to)? {
             let (id, record) = entry?;
             let len = record.value().len();
-            items.push((id.value(), Src::Guard(guards.len()), 0, len));
-            guards.push(record);
+            extra.push((id.value(), Some(singles.len()), 0, len));
+            singles.push(record);
         }
+        let base = |whole: &[u8], part: &[u8]| part.as_ptr() as usize - whole.as_ptr() as usize;
         for e in entries(self.open) {
             let (id, record) = e?;
             if id > to {
@@ -220,28 +188,77 @@ impl<B: LogTable, M: LogTable> Log<'_, B, M> {
             }
             if id >= from {
                 let at = base(self.open, record);
-                items.push((id, Src::Open, at, at + record.len()));
+                extra.push((id, None, at, at + record.len()));
             }
         }
-        items.sort_unstable_by_key(|item| item.0);
-        let mut visit = |(id, src, a, b): &(MsgId, Src, usize, usize)| {
-            let bytes = match src {
-                Src::Guard(g) => &guards[*g].value()[*a..*b],
-                Src::Open => &self.open[*a..*b],
-            };
-            f(*id, bytes)
-        };
+        extra.sort_unstable_by_key(|item| item.0);
         if rev {
-            for item in items.iter().rev() {
-                if visit(item)? {
-                    break;
+            extra.reverse();
+        }
+        let extra_bytes = |item: &(MsgId, Option<usize>, usize, usize)| -> &[u8] {
+            match item.1 {
+                Some(g) => &singles[g].value()[item.2..item.3],
+                None => &self.open[item.2..item.3],
+            }
+        };
+        let mut next = 0;
+        // The blocks that can hold ids in the range: up to the first whose last id is `to` or
+        // more (the later ones start above `to`).
+        let upper = match self.blocks.range(to..)?.next() {
+            Some(entry) => entry?.0.value(),
+            None => MsgId::MAX,
+        };
+        let range = self.blocks.range(from..=upper)?;
+        let blocks: Box<dyn Iterator<Item = _>> = if rev {
+            Box::new(range.rev())
+        } else {
+            Box::new(range)
+        };
+        let mut found: Vec<(MsgId, usize, usize)> = Vec::new();
+        for entry in blocks {
+            let (key, block) = entry?;
+            let whole = block.value();
+            found.clear();
+            let mut bad = None;
+            for e in entries(whole) {
+                match e {
+                    Ok((id, record)) if (from..=to).contains(&id) => {
+                        let at = base(whole, record);
+                        found.push((id, at, at + record.len()));
+                    }
+                    Ok(_) => {}
+                    Err(d) => {
+                        bad = Some(d);
+                        break;
+                    }
                 }
             }
-        } else {
-            for item in &items {
-                if visit(item)? {
-                    break;
+            if let Some(d) = bad {
+                damaged(key.value(), d)?;
+                continue;
+            }
+            if rev {
+                found.reverse();
+            }
+            for &(id, a, b) in &found {
+                while let Some(item) = extra.get(next) {
+                    let before = if rev { item.0 > id } else { item.0 < id };
+                    if !before {
+                        break;
+                    }
+                    next += 1;
+                    if f(item.0, extra_bytes(item))? {
+                        return Ok(());
+                    }
                 }
+                if f(id, &whole[a..b])? {
+                    return Ok(());
+                }
+            }
+        }
+        for item in &extra[next..] {
+            if f(item.0, extra_bytes(item))? {
+                return Ok(());
             }
         }
         Ok(())

@@ -138,5 +138,28 @@ fn damaged_files_are_refused_with_advice() {
         std::fs::write(&damaged, &content).unwrap();
         println!("damage: {what}");
         assert_refused(&damaged, &["backup"]);
+        assert_check_reports_damage(&damaged);
     }
+}
+
+/// `chatd check` on `db` says it is damaged: status 1, the file named on the last line, no panic.
+fn assert_check_reports_damage(db: &Path) {
+    let out = Command::new(env!("CARGO_BIN_EXE_chatd"))
+        .args(["check", "--db"])
+        .arg(db)
+        .stdin(Stdio::null())
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("running chatd check");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "chatd check:\n{text}");
+    assert!(!text.contains("panicked"), "chatd check:\n{text}");
+    assert!(
+        text.contains(&db.display().to_string()),
+        "chatd check:\n{text}"
+    );
 }

@@ -19,6 +19,7 @@ use redb::{
 };
 
 use super::codec;
+use super::contain::contain;
 use super::conv_index;
 use super::keys::{key_of, message_conversation_keys};
 use super::redb::{tables, SCHEMA_VERSION, SCHEMA_VERSION_KEY, WATERMARK_KEY};
@@ -59,7 +60,9 @@ pub(super) fn copy(txn: &ReadTransaction, to: &Path, source: &Path) -> Result<Su
     }
     let partial = partial_name(to);
     let _ = std::fs::remove_file(&partial);
-    let result = (|| -> Result<Summary, String> {
+    // A damaged page of the source may make redb panic (see `contain`): the backup then fails
+    // like any other, its partial file removed, and the reader thread goes on.
+    let result = contain(|| -> Result<Summary, String> {
         let dst = Builder::new()
             .create(&partial)
             .map_err(|e| format!("cannot create {}: {e}", partial.display()))?;
@@ -95,7 +98,13 @@ pub(super) fn copy(txn: &ReadTransaction, to: &Path, source: &Path) -> Result<Su
             last_id: tables::last_id(txn).map_err(|e| e.to_string())?,
             bytes: std::fs::metadata(to).map(|m| m.len()).unwrap_or(0),
         })
-    })();
+    })
+    .unwrap_or_else(|panic| {
+        Err(format!(
+            "redb failed while reading {} ({panic}); the file is damaged",
+            source.display()
+        ))
+    });
     if result.is_err() {
         let _ = std::fs::remove_file(&partial);
     }
@@ -154,6 +163,17 @@ pub fn check(path: &Path) -> Result<Report, StoreError> {
             why: "no such file".into(),
         });
     }
+    // Some damaged pages make redb panic rather than return `Corrupted` (see `contain`): such a
+    // file is reported as damaged, like any other, not with a panic's backtrace.
+    contain(|| check_open(path)).unwrap_or_else(|panic| {
+        let mut report = Report::default();
+        report.problem(format!("redb failed while reading the file ({panic})"));
+        report.summary.bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        Ok(report)
+    })
+}
+
+fn check_open(path: &Path) -> Result<Report, StoreError> {
     let mut report = Report::default();
     let mut db = match Database::open(path) {
         Ok(db) => db,
@@ -532,6 +552,36 @@ mod tests {
         for table in ["rooms", "room_members", "room_log"] {
             assert_eq!(sizes.get(table), Some(&1), "{table}: {sizes:?}");
         }
+    }
+
+    /// A source whose pages turn out damaged while it is copied: the backup fails as an error
+    /// naming the source (whether redb reports the damage or panics on it), and leaves no
+    /// partial file behind.
+    #[test]
+    fn a_damaged_source_fails_the_backup_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, to) = (dir.path().join("a.redb"), dir.path().join("b.redb"));
+        filled(&src);
+        // No cache: the copy reads its pages from the file.
+        let db = Builder::new().set_cache_size(0).open(&src).unwrap();
+        let txn = db.begin_read().unwrap();
+        // Garbage in every page past the header, under the open read transaction.
+        let mut bytes = std::fs::read(&src).unwrap();
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for b in bytes[4096..].iter_mut() {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            *b = seed as u8;
+        }
+        std::fs::write(&src, &bytes).unwrap();
+        let err = copy(&txn, &to, &src).unwrap_err();
+        assert!(matches!(err, StoreError::Backup { .. }), "{err:?}");
+        assert!(!to.exists());
+        assert!(!partial_name(&to).exists());
+        // Closing the damaged source writes to it, which redb may panic on: not the backup's.
+        drop(txn);
+        let _ = contain(move || drop(db));
     }
 
     /// The check names each problem: an index entry without its message, a message missing from

@@ -926,6 +926,9 @@ impl StoreReader for RedbReader {
     }
 }
 
+/// A table of the message log in a write transaction.
+type LogWrite<'txn> = Table<'txn, u64, &'static [u8]>;
+
 /// Every table, opened once for a write transaction (redb allows one open handle per table).
 struct Tables<'txn> {
     accounts: Table<'txn, &'static str, &'static [u8]>,
@@ -1003,7 +1006,7 @@ impl<'txn> Tables<'txn> {
     }
 
     /// The message log as this transaction has it, the block being filled included.
-    fn log(&self) -> Log<'_, Table<'txn, u64, &'static [u8]>, Table<'txn, u64, &'static [u8]>> {
+    fn log(&self) -> Log<'_, LogWrite<'txn>, LogWrite<'txn>> {
         Log {
             blocks: &self.message_blocks,
             single: &self.messages,

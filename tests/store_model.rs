@@ -57,6 +57,10 @@ const ROOMS: u64 = 4;
 struct Generator {
     rng: Rng,
     next_id: MsgId,
+    /// Ids skipped by the gaps, not yet used: a message now and then takes one, below the largest
+    /// stored id, as a cluster's replicated message can (the durable store keeps it outside its
+    /// blocks).
+    gaps: Vec<MsgId>,
     /// Messages appended per room number, for the positions of the next ones.
     room_counts: [u64; ROOMS as usize + 1],
 }
@@ -94,7 +98,15 @@ impl Generator {
 
     fn message(&mut self) -> MessageRecord {
         // Ids increase with occasional gaps, as when a failed batch's ids are not reused.
-        self.next_id += 1 + u64::from(self.rng.chance(20)) * self.rng.below(5);
+        let id = if !self.gaps.is_empty() && self.rng.chance(10) {
+            let at = self.rng.below(self.gaps.len() as u64) as usize;
+            self.gaps.swap_remove(at)
+        } else {
+            let skip = u64::from(self.rng.chance(20)) * self.rng.below(5);
+            self.gaps.extend(self.next_id + 1..=self.next_id + skip);
+            self.next_id += 1 + skip;
+            self.next_id
+        };
         let to = match self.rng.below(10) {
             0..=4 => To::User(self.name()),
             5..=7 => To::Group((0..1 + self.rng.below(5)).map(|_| self.name()).collect()),
@@ -105,7 +117,7 @@ impl Generator {
             text = text.repeat(60);
         }
         MessageRecord {
-            id: self.next_id,
+            id,
             time_ms: self.rng.next() as i64 >> 20,
             from: self.name(),
             to,
@@ -406,6 +418,7 @@ fn run_lagged(seed: u64, batches: usize, reopen_every: usize, lag: Option<usize>
     let mut gen = Generator {
         rng: Rng(seed),
         next_id: 0,
+        gaps: Vec::new(),
         room_counts: [0; ROOMS as usize + 1],
     };
     let mut model = Subject::memory();

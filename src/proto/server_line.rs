@@ -1149,8 +1149,12 @@ impl fmt::Write for ByteSink<'_> {
 }
 
 /// Appends `v` in decimal, as `{v}` would.
-fn put_decimal(out: &mut Vec<u8>, mut v: u64) {
-    let mut digits = [0u8; 20];
+fn put_decimal(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(decimal_digits(v, &mut [0; 20]));
+}
+
+/// `v`'s decimal digits, written at the end of `digits` (20 bytes hold every u64).
+fn decimal_digits(mut v: u64, digits: &mut [u8; 20]) -> &[u8] {
     let mut start = digits.len();
     loop {
         start -= 1;
@@ -1160,7 +1164,7 @@ fn put_decimal(out: &mut Vec<u8>, mut v: u64) {
             break;
         }
     }
-    out.extend_from_slice(&digits[start..]);
+    &digits[start..]
 }
 
 /// Bytes reserved for a line [`ServerLine::to_bytes`] encodes: a MESSAGE line with its header
@@ -1888,18 +1892,8 @@ impl fmt::Display for MessageLine<'_> {
 
 /// Writes `v` in decimal, as `{v}` would, without the formatting machinery's padding logic (ids
 /// in the lines every message causes).
-fn write_decimal(f: &mut fmt::Formatter<'_>, mut v: u64) -> fmt::Result {
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    match std::str::from_utf8(&digits[start..]) {
+fn write_decimal(f: &mut fmt::Formatter<'_>, v: u64) -> fmt::Result {
+    match std::str::from_utf8(decimal_digits(v, &mut [0; 20])) {
         Ok(text) => f.write_str(text),
         Err(_) => Err(fmt::Error),
     }

@@ -174,32 +174,19 @@ pub(crate) fn decode_message(id: MsgId, bytes: &[u8]) -> Result<MessageRecord, D
     let mut r = Reader::new(bytes, "message record");
     r.version()?;
     let time_ms = r.i64()?;
-    let from = r.string()?;
-    let to = match r.byte()? {
-        TO_USER => To::User(r.string()?),
-        TO_GROUP => {
-            let n = r.len()?;
-            // Every name takes at least its length byte, so a count larger than the bytes left
-            // is damage; checking first keeps a bad count from reserving a huge vector.
-            if n > r.remaining() {
-                return Err(r.corrupt("recipient count exceeds record size"));
-            }
-            let mut names = Vec::with_capacity(n);
-            for _ in 0..n {
-                names.push(r.string()?);
-            }
-            To::Group(names)
-        }
-        TO_ALL => To::All,
-        TO_ROOM => To::Room(r.string()?),
-        other => return Err(r.corrupt(&format!("unknown recipient tag {other}"))),
+    let (from, to) = parties(&mut r)?;
+    let to = match to {
+        ToRef::User(name) => To::User(name.to_owned()),
+        ToRef::Group(names) => To::Group(names.into_iter().map(str::to_owned).collect()),
+        ToRef::All => To::All,
+        ToRef::Room(room) => To::Room(room.to_owned()),
     };
     let text = r.string()?;
     r.finish()?;
     Ok(MessageRecord {
         id,
         time_ms,
-        from,
+        from: from.to_owned(),
         to,
         text,
     })
@@ -210,7 +197,7 @@ pub(crate) enum ToRef<'a> {
     User(&'a str),
     Group(Vec<&'a str>),
     All,
-    Room,
+    Room(&'a str),
 }
 
 /// The sender and recipients of a message record, borrowed from its bytes (nothing copied, the
@@ -220,11 +207,18 @@ pub(crate) fn decode_parties(bytes: &[u8]) -> Result<(&str, ToRef<'_>), Damage> 
     let mut r = Reader::new(bytes, "message record");
     r.version()?;
     r.take(8)?;
+    parties(&mut r)
+}
+
+/// A message record's sender and recipients, read at the reader's position (after the time).
+fn parties<'a>(r: &mut Reader<'a>) -> Result<(&'a str, ToRef<'a>), Damage> {
     let from = r.str_ref()?;
     let to = match r.byte()? {
         TO_USER => ToRef::User(r.str_ref()?),
         TO_GROUP => {
             let n = r.len()?;
+            // Every name takes at least its length byte, so a count larger than the bytes left
+            // is damage; checking first keeps a bad count from reserving a huge vector.
             if n > r.remaining() {
                 return Err(r.corrupt("recipient count exceeds record size"));
             }
@@ -235,7 +229,7 @@ pub(crate) fn decode_parties(bytes: &[u8]) -> Result<(&str, ToRef<'_>), Damage> 
             ToRef::Group(names)
         }
         TO_ALL => ToRef::All,
-        TO_ROOM => ToRef::Room,
+        TO_ROOM => ToRef::Room(r.str_ref()?),
         other => return Err(r.corrupt(&format!("unknown recipient tag {other}"))),
     };
     Ok((from, to))

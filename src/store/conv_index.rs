@@ -234,7 +234,7 @@ pub(super) fn contains(
 /// decode counts, see the module documentation). `buf` is scratch space.
 fn in_conversation(bytes: &[u8], conv: &[u8], buf: &mut String) -> bool {
     match codec::decode_parties(bytes) {
-        Ok((_, ToRef::Room)) => false,
+        Ok((_, ToRef::Room(_))) => false,
         Ok((from, to)) => parties_in_conversation(from, &to, conv, buf),
         Err(_) => true,
     }

@@ -96,7 +96,7 @@ pub(crate) fn parties_in_conversation(
         ToRef::User(r) => pair(r),
         ToRef::Group(rs) => rs.iter().any(|r| pair(r)),
         ToRef::All => conv == BROADCAST_KEY.as_bytes(),
-        ToRef::Room => false,
+        ToRef::Room(_) => false,
     }
 }
 

@@ -280,8 +280,7 @@ pub const STORE_CACHE_BYTES: usize = 64 * 1024 * 1024;
 /// them, all at once, one row per conversation (see `store::conv_index`). A larger lag makes the
 /// rows longer and the index cheaper per message; a HISTORY read scans the messages past the
 /// watermark (fewer than this many: the list is indexed as soon as it reaches it, also inside a
-/// commit), and the writer keeps one small entry per
-/// message of them in memory.
+/// commit), and the writer keeps one small entry per message of them in memory.
 pub const INDEX_LAG: usize = 4096;
 /// Cluster mode: publish requests that may wait for the NATS thread (each is one store batch; the
 /// store worker sends one at a time, so one is enough and a few leave room).
@@ -337,7 +336,7 @@ pub const ROUTE_AWAITING: usize = 4096;
 /// while a NATS cluster that has just started elects its JetStream leaders.
 pub const CLUSTER_START_TRIES: u32 = 20;
 /// The durable store writes new messages in blocks, several consecutive records in one row of its
-/// log (see `store::log`), closed before they would grow past this many bytes (a record larger
+/// log (see `store::msg_log`), closed before they would grow past this many bytes (a record larger
 /// than it makes a block of its own). A commit of many messages is then a few inserts instead of
 /// one per message; reading one message reads its whole block, so this bounds what a scattered
 /// read (a backlog, a page) costs per message.

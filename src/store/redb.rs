@@ -458,8 +458,6 @@ impl RedbStore {
         })
     }
 
-    /// Run `ops` in an open write transaction. Returns the replies and whether anything was
-    /// written.
     /// Run `ops` in an open write transaction, indexing the conversations whenever the list of
     /// messages past the watermark reaches `lag`. Returns the replies, whether anything was
     /// written, and the list.

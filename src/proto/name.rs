@@ -45,11 +45,7 @@ impl Name {
     /// The name's folded form (its key's string), to look an account up by without making a
     /// [`Key`]: the name itself when it has no capitals, as most names have none.
     pub fn folded(&self) -> Cow<'_, str> {
-        if self.0.bytes().any(|b| b.is_ascii_uppercase()) {
-            Cow::Owned(self.0.to_ascii_lowercase())
-        } else {
-            Cow::Borrowed(&self.0)
-        }
+        Key::folded(&self.0)
     }
 
     /// What the name looks like: two names with the same skeleton are too alike to tell apart on a
@@ -110,7 +106,16 @@ pub struct Key(Arc<str>);
 impl Key {
     /// The key of any string (a LOGIN name is not checked: a malformed one finds no account).
     pub fn of(name: &str) -> Key {
-        Key(name.to_ascii_lowercase().into())
+        Key(Arc::from(&*Key::folded(name)))
+    }
+
+    /// The folded form of `name`, the string of its key: `name` itself when it has no capitals.
+    pub fn folded(name: &str) -> Cow<'_, str> {
+        if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(name.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(name)
+        }
     }
 
     /// Appends the key of `name` to `out`: the same folding as [`Key::of`], without a string of

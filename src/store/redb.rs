@@ -957,9 +957,9 @@ struct Tables<'txn> {
     /// The messages past the conversation index's watermark.
     tail: Box<Tail>,
     /// The block of the log being filled (see `msg_log`), inserted when it would grow past
-    /// [`MESSAGE_BLOCK_BYTES`] and at the end of the batch; its last id; the largest id stored.
+    /// [`MESSAGE_BLOCK_BYTES`] and at the end of the batch; the largest id stored, which is the
+    /// open block's last id while it holds anything (only ids above it go into the block).
     open: Vec<u8>,
-    open_last: MsgId,
     top: MsgId,
 }
 
@@ -998,7 +998,6 @@ impl<'txn> Tables<'txn> {
             conversation: String::new(),
             tail,
             open: Vec::new(),
-            open_last: 0,
             top,
         })
     }
@@ -1022,7 +1021,6 @@ impl<'txn> Tables<'txn> {
                 self.close_block()?;
             }
             msg_log::push(&mut self.open, id, &self.record);
-            self.open_last = id;
             self.top = id;
         } else if !self.log().contains(id)? {
             self.messages.insert(id, self.record.as_slice())?;
@@ -1033,8 +1031,7 @@ impl<'txn> Tables<'txn> {
     /// Inserts the block being filled, if it holds anything.
     fn close_block(&mut self) -> Result<(), Fail> {
         if !self.open.is_empty() {
-            self.message_blocks
-                .insert(self.open_last, self.open.as_slice())?;
+            self.message_blocks.insert(self.top, self.open.as_slice())?;
             self.open.clear();
         }
         Ok(())

@@ -205,7 +205,7 @@ pub static COMMANDS: &[Row] = &[
             Command::Msg {
                 to: Target::User(to),
                 text,
-            } => core.send_direct(req, vec![to], text),
+            } => core.send_direct(req, std::slice::from_ref(&to), text),
             Command::Msg {
                 to: Target::Room(room),
                 text,
@@ -227,7 +227,7 @@ pub static COMMANDS: &[Row] = &[
             "Example: GROUP bob,carol lunch at noon?",
         ],
         run: |core, req, cmd| match cmd {
-            Command::Group { to, text } => core.send_direct(req, to, text),
+            Command::Group { to, text } => core.send_direct(req, &to, text),
             cmd => core.mismatch(req, cmd),
         },
     },

@@ -79,8 +79,9 @@ struct Sent {
 }
 
 impl Core {
-    /// MSG (one name) and GROUP (a list): all or nothing.
-    pub(super) fn send_direct(&mut self, req: Req, to: Vec<Name>, text: String) {
+    /// MSG (one name) and GROUP (a list): all or nothing. The names are borrowed: a MSG's one
+    /// name is not put in a list of its own.
+    pub(super) fn send_direct(&mut self, req: Req, to: &[Name], text: String) {
         let Some(sender) = self.account_of(req.conn) else {
             return;
         };
@@ -95,7 +96,7 @@ impl Core {
         let mut elsewhere = 0;
         let mut shown: SmallVec<[String; 1]> = SmallVec::new();
         let mut recipients = Keys::new();
-        for name in &to {
+        for name in to {
             // Looked up by the folded name, borrowed when the name has no capitals: the key
             // itself is the table's, shared, not a string made per message.
             let found = self.accounts.get_key_value(&*name.folded());

@@ -266,6 +266,49 @@ impl Outbox {
         Ok(())
     }
 
+    /// Queues `chunks` as [`Outbox::push`] would queue them joined into one: the limit is checked
+    /// once, before the first, and the connection's task is woken once. The chunks are taken
+    /// whatever happens (dropped on an overflow or a closed outbox): the caller's iterator may do
+    /// its own bookkeeping as it gives them. For a connection's answers that come out of the reply
+    /// order together, which were copied into one buffer before (a reallocation per answer, and
+    /// the writer copies them into its write anyway).
+    pub fn push_run(&self, chunks: impl IntoIterator<Item = Chunk>) -> Result<(), Overflow> {
+        let mut s = self.lock();
+        let refused = if s.closed {
+            Ok(())
+        } else if s.bytes + s.held_bytes() >= self.0.limit {
+            Err(Overflow)
+        } else {
+            let state = &mut *s;
+            let mut queued = false;
+            for chunk in chunks {
+                let n = chunk.as_bytes().len();
+                match &mut state.answer {
+                    Some(held) => {
+                        held.bytes += n;
+                        held.chunks.push_back(chunk);
+                    }
+                    None => {
+                        state.bytes += n;
+                        state.queue.push(chunk);
+                        queued = true;
+                    }
+                }
+            }
+            let w = if queued {
+                state.wake(Some(Wants::DATA))
+            } else {
+                None
+            };
+            drop(s);
+            wake(w);
+            return Ok(());
+        };
+        drop(s);
+        chunks.into_iter().for_each(drop);
+        refused
+    }
+
     /// Starts a long answer: from now on pushes are held until [`Outbox::end_answer`].
     pub fn begin_answer(&self) {
         self.lock().answer.get_or_insert_default();
@@ -562,6 +605,39 @@ mod tests {
         assert_eq!(o.push(Chunk::Owned(b"late".to_vec())), Ok(()));
         assert_eq!(o.drain_text(), "BYE\n");
         assert!(smol::block_on(o.next_batch()).is_none());
+    }
+
+    /// A run of answers is checked against the limit once, as one answer would be, is taken
+    /// whole even when refused, and follows a long answer like any push.
+    #[test]
+    fn a_run_is_one_push() {
+        let o = Outbox::new(10, 1);
+        let run = |parts: &[&[u8]]| {
+            parts
+                .iter()
+                .map(|p| Chunk::Owned(p.to_vec()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(o.push_run(run(&[b"12345", b"6789"])), Ok(()));
+        // 9 bytes held: a run that takes it past the limit is still taken, all of it.
+        assert_eq!(o.push_run(run(&[b"0x", b"yz"])), Ok(()));
+        let mut taken = 0;
+        let counted = run(&[b"a", b"b"]).into_iter().inspect(|_| taken += 1);
+        assert_eq!(o.push_run(counted), Err(Overflow));
+        assert_eq!(taken, 2);
+        assert_eq!(o.drain_text(), "1234567890xyz");
+        o.begin_answer();
+        o.push_answer(Chunk::Owned(b"D1\n".to_vec()));
+        assert_eq!(o.push_run(run(&[b"P1\n", b"P2\n"])), Ok(()));
+        assert_eq!(o.drain_text(), "D1\n");
+        o.end_answer();
+        assert_eq!(o.drain_text(), "P1\nP2\n");
+        o.close();
+        let mut taken = 0;
+        let counted = run(&[b"late"]).into_iter().inspect(|_| taken += 1);
+        assert_eq!(o.push_run(counted), Ok(()));
+        assert_eq!(taken, 1);
+        assert_eq!(o.drain_text(), "");
     }
 
     /// Pushes wait while a long answer is sent, count against the limit, and follow the answer;

@@ -12,10 +12,15 @@ use std::collections::VecDeque;
 use super::out::Out;
 use super::stream::Stream;
 use super::{ConnId, Core, Hold};
-use crate::outbox::Chunk;
+use crate::outbox::{Chunk, Outbox};
 use crate::proto::code::Code;
 use crate::proto::command::Verb;
 use crate::proto::server_line::ServerLine;
+
+/// Slots a connection's queue has room for when it is first allocated: a client with ten commands
+/// in flight (the kit's direct messages) fits without growing from empty three times. The queue is
+/// let go whenever it empties, so an idle connection holds none.
+const SLOTS_FIRST_CAPACITY: usize = 16;
 
 /// Identifies a place in a connection's reply order.
 pub(super) type SlotId = u64;
@@ -110,6 +115,9 @@ impl Core {
     pub(super) fn open_slot(&mut self, conn: ConnId, finals: usize) -> Option<SlotId> {
         let id = self.ticket();
         let c = self.conns.get_mut(&conn)?;
+        if c.slots.0.capacity() == 0 {
+            c.slots.0.reserve(SLOTS_FIRST_CAPACITY);
+        }
         c.slots.0.push_back(Slot {
             id,
             ready: None,
@@ -240,36 +248,39 @@ impl Core {
         self.flush_slots(conn);
     }
 
-    /// Sends the filled slots at the front of the queue, as one chunk; once the queue is empty, a
-    /// command that waited for it (QUIT, LOGOUT) runs.
+    /// Sends the filled slots at the front of the queue, together (one lock of the outbox, one
+    /// wake-up, each answer its own chunk: the writer puts them into one write); once the queue is
+    /// empty, a command that waited for it (QUIT, LOGOUT) runs.
     fn flush_slots(&mut self, conn: ConnId) {
         let now = self.now;
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        let mut merged: Option<Slot> = None;
-        while c.slots.0.front().is_some_and(|s| s.ready.is_some()) {
-            if merged.as_ref().is_some_and(|m| m.deflate_after) {
-                // What follows the switch goes out compressed: it cannot share its chunk.
-                break;
-            }
-            let s = c.slots.0.pop_front().expect("front exists");
-            let close = s.close_after;
-            match &mut merged {
-                None => merged = Some(s),
-                Some(m) => {
-                    if let (Some(into), Some(more)) = (&mut m.ready, s.ready) {
-                        into.extend_from_slice(&more);
-                    }
-                    m.finals += s.finals;
-                    m.close_after |= s.close_after;
-                    m.deflate_after = s.deflate_after;
+        let mut run = Run::default();
+        if c.slots.0.front().is_some_and(|s| s.ready.is_some()) {
+            let slots = &mut c.slots.0;
+            let answers = std::iter::from_fn(|| {
+                if run.deflate_after || run.close_after {
+                    // What follows a switch to DEFLATE goes out compressed: not in this run.
+                    return None;
                 }
+                let s = slots.pop_front_if(|s| s.ready.is_some())?;
+                run.finals += s.finals;
+                run.close_after = s.close_after;
+                run.deflate_after = s.deflate_after;
+                if s.close_after {
+                    slots.clear();
+                }
+                s.ready
+            });
+            // The limit is checked once for the run, as for one answer.
+            if c.outbox
+                .push_run(answers.filter(|b| !b.is_empty()).map(Chunk::Owned))
+                .is_err()
+            {
+                self.overflowed.push(conn);
             }
-            if close {
-                c.slots.0.clear();
-                break;
-            }
+            run.emitted = true;
         }
         let drained = c.slots.is_empty();
         if drained {
@@ -283,11 +294,11 @@ impl Core {
         }
         let streaming = c.slots.0.front().is_some_and(|s| s.stream.is_some());
         let more_ready = c.slots.0.front().is_some_and(|s| s.ready.is_some());
-        if let Some(m) = merged {
-            self.emit(conn, m);
+        if run.emitted {
+            run.after(&c.outbox);
         }
         if more_ready {
-            // Stopped at a switch to DEFLATE: the answers behind it go in a chunk of their own.
+            // Stopped at a switch to DEFLATE: the answers behind it go in a run of their own.
             return self.flush_slots(conn);
         }
         if streaming {
@@ -310,13 +321,38 @@ impl Core {
                 self.overflowed.push(conn);
             }
         }
-        if slot.deflate_after {
-            // Before the credits go back: the reader, waiting for them, then finds it switched.
-            c.outbox.start_deflate();
+        Run {
+            finals: slot.finals,
+            close_after: slot.close_after,
+            deflate_after: slot.deflate_after,
+            emitted: true,
         }
-        c.outbox.release_credits(slot.finals);
-        if slot.close_after {
-            c.outbox.close();
+        .after(&c.outbox);
+    }
+}
+
+/// What the answers sent together ask for once they are queued.
+#[derive(Default)]
+struct Run {
+    /// Credits they give back.
+    finals: usize,
+    /// The last of them is a QUIT's.
+    close_after: bool,
+    /// The last of them is a COMPRESS's.
+    deflate_after: bool,
+    /// Something was taken from the queue.
+    emitted: bool,
+}
+
+impl Run {
+    fn after(self, outbox: &Outbox) {
+        if self.deflate_after {
+            // Before the credits go back: the reader, waiting for them, then finds it switched.
+            outbox.start_deflate();
+        }
+        outbox.release_credits(self.finals);
+        if self.close_after {
+            outbox.close();
         }
     }
 }

@@ -318,8 +318,13 @@ impl Sim {
             }
             return;
         }
-        for input in inputs {
-            self.event(Event::Input { conn, input });
+        // As a connection's task hands them over: what one read brought, together.
+        if inputs.len() == 1 {
+            if let Some(input) = inputs.pop() {
+                self.event(Event::Input { conn, input });
+            }
+        } else if !inputs.is_empty() {
+            self.event(Event::Inputs { conn, inputs });
         }
         self.settle();
     }

@@ -173,6 +173,15 @@ pub enum Event {
         /// What it sent.
         input: Input,
     },
+    /// Units of input from a connection that were read together, in order, each as if it came
+    /// in an [`Event::Input`] of its own (the reader holds one credit for each). One hand-off
+    /// between the connection's task and the core for what one read brought, not one a line.
+    Inputs {
+        /// The connection.
+        conn: ConnId,
+        /// What it sent.
+        inputs: Vec<Input>,
+    },
     /// The connection is gone (closed by the client, by an error, or after the core closed it).
     Disconnected {
         /// The connection.
@@ -927,6 +936,11 @@ impl Core {
         match event {
             Event::Connected { conn, outbox, peer } => self.connected(conn, outbox, peer),
             Event::Input { conn, input } => self.input(conn, input),
+            Event::Inputs { conn, inputs } => {
+                for input in inputs {
+                    self.input(conn, input);
+                }
+            }
             Event::Disconnected { conn } => self.disconnected(conn),
             Event::Store(Report::Done(results)) => {
                 for (ticket, reply) in results {

@@ -54,7 +54,7 @@ impl LineDecoder {
         let total = data.len();
         let mut data = data;
         while !data.is_empty() {
-            let newline = data.iter().position(|&b| b == b'\n');
+            let newline = memchr::memchr(b'\n', data);
             if self.discarding {
                 match newline {
                     Some(i) => {

@@ -24,7 +24,7 @@ use super::code::{ByeCode, Code};
 use super::command::{Dms, Verb};
 use super::name::check_label;
 use super::room::{Privacy, Role, RoomName};
-use super::time::{parse_timestamp, write_timestamp};
+use super::time::{parse_timestamp, timestamp_bytes, write_timestamp};
 use super::token::{format_id, parse_id};
 
 /// A friend's presence, as in `PRESENCE <name> ONLINE|OFFLINE`.
@@ -1107,50 +1107,68 @@ impl<'a> ServerLine<'a> {
     /// lines every direct message causes (its `MESSAGE`, the `OK` of its MSG) are copied field by
     /// field onto the bytes; the formatting machinery (a call through `dyn Write` per field) took
     /// about a third of their cost. The others go through `Display`.
-    pub fn write_to(&self, out: &mut Vec<u8>) {
+    pub fn write_to<B: LineBuf + ?Sized>(&self, out: &mut B) {
         match self {
             ServerLine::Message(m) => {
-                out.extend_from_slice(b"MESSAGE ");
+                out.put(b"MESSAGE ");
                 m.write_to(out);
             }
             ServerLine::Ok {
                 label,
                 reply: OkReply::Msg { id, delivery },
             } => {
-                out.extend_from_slice(b"OK ");
+                out.put(b"OK ");
                 if let Some(l) = label {
-                    out.push(b'@');
-                    out.extend_from_slice(l.as_bytes());
-                    out.push(b' ');
+                    out.put_byte(b'@');
+                    out.put(l.as_bytes());
+                    out.put_byte(b' ');
                 }
-                out.extend_from_slice(Verb::Msg.name().as_bytes());
-                out.push(b' ');
+                out.put(Verb::Msg.name().as_bytes());
+                out.put_byte(b' ');
                 put_decimal(out, *id);
-                out.push(b' ');
-                out.extend_from_slice(delivery.as_str().as_bytes());
+                out.put_byte(b' ');
+                out.put(delivery.as_str().as_bytes());
             }
             _ => {
-                // Writing to a Vec cannot fail.
+                // Appending bytes cannot fail.
                 let _ = write!(ByteSink(out), "{self}");
             }
         }
-        out.push(b'\n');
+        out.put_byte(b'\n');
     }
 }
 
 /// `fmt::Write` straight onto bytes (a line's text is UTF-8, so its bytes are too).
-struct ByteSink<'a>(&'a mut Vec<u8>);
+struct ByteSink<'a, B: LineBuf + ?Sized>(&'a mut B);
 
-impl fmt::Write for ByteSink<'_> {
+impl<B: LineBuf + ?Sized> fmt::Write for ByteSink<'_, B> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        self.0.extend_from_slice(s.as_bytes());
+        self.0.put(s.as_bytes());
         Ok(())
     }
 }
 
+/// Where [`ServerLine::write_to`] appends a line's bytes: a vector, or a buffer that keeps a
+/// short line in place (the core's answers, `core::out`: an `OK` then needs no allocation).
+pub trait LineBuf {
+    /// Appends `bytes`.
+    fn put(&mut self, bytes: &[u8]);
+    /// Appends one byte.
+    fn put_byte(&mut self, b: u8);
+}
+
+impl LineBuf for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+    fn put_byte(&mut self, b: u8) {
+        self.push(b);
+    }
+}
+
 /// Appends `v` in decimal, as `{v}` would.
-fn put_decimal(out: &mut Vec<u8>, v: u64) {
-    out.extend_from_slice(decimal_digits(v, &mut [0; 20]));
+fn put_decimal<B: LineBuf + ?Sized>(out: &mut B, v: u64) {
+    out.put(decimal_digits(v, &mut [0; 20]));
 }
 
 /// `v`'s decimal digits, written at the end of `digits` (20 bytes hold every u64).
@@ -1850,27 +1868,30 @@ impl fmt::Display for Recipient<'_> {
 impl MessageLine<'_> {
     /// Appends `<id> <time> <from> <to> <text>` to `out`: the text of [`fmt::Display`], field by
     /// field (see [`ServerLine::write_to`]).
-    fn write_to(&self, out: &mut Vec<u8>) {
+    fn write_to<B: LineBuf + ?Sized>(&self, out: &mut B) {
         put_decimal(out, self.id);
-        out.push(b' ');
-        write_timestamp(&mut ByteSink(out), self.time_ms);
-        out.push(b' ');
-        out.extend_from_slice(self.from.as_bytes());
-        out.push(b' ');
+        out.put_byte(b' ');
+        match timestamp_bytes(self.time_ms) {
+            Some(t) => out.put(&t),
+            None => write_timestamp(&mut ByteSink(out), self.time_ms),
+        }
+        out.put_byte(b' ');
+        out.put(self.from.as_bytes());
+        out.put_byte(b' ');
         match &self.to {
-            Recipient::User(n) | Recipient::Room(n) => out.extend_from_slice(n.as_bytes()),
+            Recipient::User(n) | Recipient::Room(n) => out.put(n.as_bytes()),
             Recipient::Group(names) => {
                 for (i, n) in names.iter().enumerate() {
                     if i > 0 {
-                        out.push(b',');
+                        out.put_byte(b',');
                     }
-                    out.extend_from_slice(n.as_bytes());
+                    out.put(n.as_bytes());
                 }
             }
-            Recipient::All => out.push(b'*'),
+            Recipient::All => out.put_byte(b'*'),
         }
-        out.push(b' ');
-        out.extend_from_slice(self.text.as_bytes());
+        out.put_byte(b' ');
+        out.put(self.text.as_bytes());
     }
 }
 

@@ -5,28 +5,18 @@ use std::fmt::Write;
 /// Appends the timestamp of `ms` (milliseconds since the Unix epoch) to `out` (a string, or a
 /// line being formatted).
 pub fn write_timestamp<W: Write + ?Sized>(out: &mut W, ms: i64) {
-    let secs = ms.div_euclid(1000);
-    let millis = ms.rem_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    if (0..=9999).contains(&y) {
-        // Every message line carries a timestamp: digits placed by hand cost a tenth of what
-        // `write!` does, which showed in the profile of direct messages. Same text as below.
-        let mut b = *b"0000-00-00T00:00:00.000Z";
-        put_digits(&mut b[0..4], y as u32);
-        put_digits(&mut b[5..7], m);
-        put_digits(&mut b[8..10], d);
-        put_digits(&mut b[11..13], (sod / 3600) as u32);
-        put_digits(&mut b[14..16], ((sod / 60) % 60) as u32);
-        put_digits(&mut b[17..19], (sod % 60) as u32);
-        put_digits(&mut b[20..23], millis as u32);
+    if let Some(b) = timestamp_bytes(ms) {
         // Digits and separators only: always UTF-8.
         if let Ok(text) = std::str::from_utf8(&b) {
             let _ = out.write_str(text);
             return;
         }
     }
+    let secs = ms.div_euclid(1000);
+    let millis = ms.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
     let _ = write!(
         out,
         "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
@@ -34,6 +24,42 @@ pub fn write_timestamp<W: Write + ?Sized>(out: &mut W, ms: i64) {
         (sod / 60) % 60,
         sod % 60
     );
+}
+
+/// The timestamp of `ms` as bytes, for a line encoded onto bytes; `None` outside the years 0 to
+/// 9999 (which [`write_timestamp`] writes with their sign or their fifth digit).
+///
+/// Every message line carries a timestamp: digits placed by hand cost a tenth of what `write!`
+/// does, and the date and time of day are kept for the last second seen on this thread, since
+/// the messages of one second share them (the calendar's divisions were most of the cost).
+#[inline]
+pub fn timestamp_bytes(ms: i64) -> Option<[u8; 24]> {
+    let secs = ms.div_euclid(1000);
+    let millis = ms.rem_euclid(1000);
+    let (last, mut b) = LAST_SECOND.get();
+    if last != secs || b[0] == 0 {
+        let days = secs.div_euclid(86_400);
+        let sod = secs.rem_euclid(86_400);
+        let (y, m, d) = civil_from_days(days);
+        if !(0..=9999).contains(&y) {
+            return None;
+        }
+        b = *b"0000-00-00T00:00:00.000Z";
+        put_digits(&mut b[0..4], y as u32);
+        put_digits(&mut b[5..7], m);
+        put_digits(&mut b[8..10], d);
+        put_digits(&mut b[11..13], (sod / 3600) as u32);
+        put_digits(&mut b[14..16], ((sod / 60) % 60) as u32);
+        put_digits(&mut b[17..19], (sod % 60) as u32);
+        LAST_SECOND.set((secs, b));
+    }
+    put_digits(&mut b[20..23], millis as u32);
+    Some(b)
+}
+
+thread_local! {
+    /// The last second [`timestamp_bytes`] wrote, and its text (all zero bytes before the first).
+    static LAST_SECOND: std::cell::Cell<(i64, [u8; 24])> = const { std::cell::Cell::new((0, [0; 24])) };
 }
 
 /// Writes `v` in decimal into all of `slot`, zero-padded (the highest digits are dropped if `v`
@@ -121,6 +147,28 @@ mod tests {
         assert_eq!(timestamp(951_782_400_123), "2000-02-29T00:00:00.123Z");
         assert_eq!(timestamp(1_795_219_200_007), "2026-11-21T00:00:00.007Z");
         assert_eq!(timestamp(-1), "1969-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn the_second_kept_between_calls_never_leaks_into_another() {
+        // Within a second, across its ends, back to an earlier second, before the epoch.
+        let cases = [
+            (1_795_219_200_007, "2026-11-21T00:00:00.007Z"),
+            (1_795_219_200_999, "2026-11-21T00:00:00.999Z"),
+            (1_795_219_201_000, "2026-11-21T00:00:01.000Z"),
+            (1_795_219_200_500, "2026-11-21T00:00:00.500Z"),
+            (-1, "1969-12-31T23:59:59.999Z"),
+            (-1000, "1969-12-31T23:59:59.000Z"),
+            (-1001, "1969-12-31T23:59:58.999Z"),
+            (0, "1970-01-01T00:00:00.000Z"),
+        ];
+        for (ms, text) in cases.iter().chain(cases.iter().rev()) {
+            assert_eq!(timestamp(*ms), *text, "{ms}");
+            assert_eq!(
+                super::timestamp_bytes(*ms).as_ref().map(|b| &b[..]),
+                Some(text.as_bytes())
+            );
+        }
     }
 
     #[test]

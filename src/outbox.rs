@@ -36,6 +36,10 @@ use crate::config::ANSWER_LOW_WATER;
 pub enum Chunk {
     Owned(Vec<u8>),
     Shared(Arc<[u8]>),
+    /// A short line held in the chunk itself (the `OK` of a message): no allocation, and no
+    /// free on the connection's task once it is written. It fits in the room the other variants
+    /// take, so a chunk is no larger for it.
+    Inline(Inline),
     /// Bytes already in the connection's own protocol, which its writer sends as they are: what
     /// the IRC front end answers by itself (CAP, a numeric for a malformed line). The core never
     /// queues one.
@@ -51,8 +55,92 @@ impl Chunk {
         match self {
             Chunk::Owned(v) | Chunk::Direct(v) => v,
             Chunk::Shared(a) => a,
+            Chunk::Inline(i) => i.as_bytes(),
             Chunk::StartDeflate => &[],
         }
+    }
+
+    /// `bytes` as a chunk: held inline when they fit in [`INLINE_BYTES`], or else copied into a
+    /// vector of their own.
+    pub fn copied(bytes: &[u8]) -> Chunk {
+        match Inline::new(bytes) {
+            Some(i) => Chunk::Inline(i),
+            None => Chunk::Owned(bytes.to_vec()),
+        }
+    }
+}
+
+/// Bytes a [`Chunk::Inline`] holds at most: what fits beside the enum's tag and a length byte in
+/// the 32 bytes a chunk takes anyway (an `OK MSG <id> DELIVERED` line with a short label fits).
+pub const INLINE_BYTES: usize = 30;
+
+/// Up to [`INLINE_BYTES`] bytes, in place.
+#[derive(Clone, Copy)]
+pub struct Inline {
+    len: u8,
+    bytes: [u8; INLINE_BYTES],
+}
+
+impl Default for Inline {
+    fn default() -> Inline {
+        Inline {
+            len: 0,
+            bytes: [0; INLINE_BYTES],
+        }
+    }
+}
+
+impl Inline {
+    /// Appends `bytes` if they fit; otherwise appends nothing and says so.
+    #[inline]
+    pub fn try_put(&mut self, bytes: &[u8]) -> bool {
+        let len = usize::from(self.len);
+        match self.bytes.get_mut(len..len + bytes.len()) {
+            Some(room) => {
+                room.copy_from_slice(bytes);
+                self.len += bytes.len() as u8;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Appends one byte if it fits; otherwise says so.
+    #[inline]
+    pub fn try_push(&mut self, b: u8) -> bool {
+        match self.bytes.get_mut(usize::from(self.len)) {
+            Some(slot) => {
+                *slot = b;
+                self.len += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// `bytes` in place, if they fit.
+    pub fn new(bytes: &[u8]) -> Option<Inline> {
+        let mut i = Inline {
+            len: u8::try_from(bytes.len())
+                .ok()
+                .filter(|n| usize::from(*n) <= INLINE_BYTES)?,
+            bytes: [0; INLINE_BYTES],
+        };
+        i.bytes[..bytes.len()].copy_from_slice(bytes);
+        Some(i)
+    }
+
+    /// The bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+impl std::fmt::Debug for Inline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Inline")
+            .field(&String::from_utf8_lossy(self.as_bytes()))
+            .finish()
     }
 }
 
@@ -607,17 +695,28 @@ mod tests {
         assert!(smol::block_on(o.next_batch()).is_none());
     }
 
+    #[test]
+    fn a_short_line_is_held_in_the_chunk_and_a_chunk_is_no_larger_for_it() {
+        assert_eq!(std::mem::size_of::<Chunk>(), 32);
+        let line = b"OK @label MSG 1234567 DELIVERED";
+        assert_eq!(line.len(), 31);
+        let fits = &line[..INLINE_BYTES];
+        assert!(matches!(Chunk::copied(fits), Chunk::Inline(i) if i.as_bytes() == fits));
+        assert!(matches!(Chunk::copied(line), Chunk::Owned(v) if v == line));
+        assert!(matches!(Chunk::copied(b""), Chunk::Inline(i) if i.as_bytes().is_empty()));
+        let mut i = Inline::default();
+        assert!(i.try_put(&line[..20]) && i.try_put(b"") && i.try_put(&line[20..29]));
+        assert!(!i.try_put(b"12"), "31 bytes do not fit");
+        assert!(i.try_push(b'!') && !i.try_push(b'!'));
+        assert_eq!(i.as_bytes(), b"OK @label MSG 1234567 DELIVER!");
+    }
+
     /// A run of answers is checked against the limit once, as one answer would be, is taken
     /// whole even when refused, and follows a long answer like any push.
     #[test]
     fn a_run_is_one_push() {
         let o = Outbox::new(10, 1);
-        let run = |parts: &[&[u8]]| {
-            parts
-                .iter()
-                .map(|p| Chunk::Owned(p.to_vec()))
-                .collect::<Vec<_>>()
-        };
+        let run = |parts: &[&[u8]]| parts.iter().map(|p| Chunk::copied(p)).collect::<Vec<_>>();
         assert_eq!(o.push_run(run(&[b"12345", b"6789"])), Ok(()));
         // 9 bytes held: a run that takes it past the limit is still taken, all of it.
         assert_eq!(o.push_run(run(&[b"0x", b"yz"])), Ok(()));
@@ -627,7 +726,7 @@ mod tests {
         assert_eq!(taken, 2);
         assert_eq!(o.drain_text(), "1234567890xyz");
         o.begin_answer();
-        o.push_answer(Chunk::Owned(b"D1\n".to_vec()));
+        o.push_answer(Chunk::copied(b"D1\n"));
         assert_eq!(o.push_run(run(&[b"P1\n", b"P2\n"])), Ok(()));
         assert_eq!(o.drain_text(), "D1\n");
         o.end_answer();

@@ -190,7 +190,7 @@ impl Core {
                 notice.raw(&a);
             }
         }
-        let notice = crate::outbox::Chunk::Owned(notice.into_bytes());
+        let notice = notice.into_chunk();
         self.push_to_account(other, &notice);
         if now_friends {
             // The caller's other connections learn the new friend's presence (and away) too.
@@ -199,7 +199,7 @@ impl Core {
             if let Some(a) = &their_away {
                 lines.raw(a);
             }
-            let lines = crate::outbox::Chunk::Owned(lines.into_bytes());
+            let lines = lines.into_chunk();
             super::fan_out(
                 &self.accounts,
                 &self.conns,

@@ -29,7 +29,7 @@ pub(super) type SlotId = u64;
 struct Slot {
     id: SlotId,
     /// Filled: what to send.
-    ready: Option<Vec<u8>>,
+    ready: Option<Chunk>,
     /// Or an answer sent part by part once it is at the front (see `stream`).
     stream: Option<Box<Stream>>,
     /// Credits to give back when it is sent.
@@ -203,7 +203,7 @@ impl Core {
     }
 
     fn finish_then(&mut self, req: Req, out: Out, close_after: bool, deflate_after: bool) {
-        let bytes = out.into_bytes();
+        let bytes = out.into_chunk();
         match req.slot {
             Some(id) => {
                 if let Some(c) = self.conns.get_mut(&req.conn) {
@@ -243,7 +243,7 @@ impl Core {
             return;
         };
         if let Some(s) = c.slots.0.iter_mut().find(|s| s.id == id) {
-            s.ready = Some(out.into_bytes());
+            s.ready = Some(out.into_chunk());
         }
         self.flush_slots(conn);
     }
@@ -275,7 +275,7 @@ impl Core {
             });
             // The limit is checked once for the run, as for one answer.
             if c.outbox
-                .push_run(answers.filter(|b| !b.is_empty()).map(Chunk::Owned))
+                .push_run(answers.filter(|b| !b.as_bytes().is_empty()))
                 .is_err()
             {
                 self.overflowed.push(conn);
@@ -316,8 +316,8 @@ impl Core {
         };
         // The limit is checked before queueing (see Outbox::push), so one large answer (a
         // HISTORY page, the offline backlog) still reaches a client that reads.
-        if let Some(bytes) = slot.ready.filter(|b| !b.is_empty()) {
-            if c.outbox.push(Chunk::Owned(bytes)).is_err() {
+        if let Some(bytes) = slot.ready.filter(|b| !b.as_bytes().is_empty()) {
+            if c.outbox.push(bytes).is_err() {
                 self.overflowed.push(conn);
             }
         }

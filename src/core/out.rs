@@ -9,12 +9,19 @@ use std::cell::RefCell;
 use std::sync::Arc;
 
 use super::Req;
-use crate::outbox::Chunk;
-use crate::proto::server_line::{OkReply, ServerLine};
+use crate::outbox::{Chunk, Inline};
+use crate::proto::server_line::{LineBuf, OkReply, ServerLine};
 
-/// The lines of one answer (or one push) for one connection, encoded as they are added.
+/// The lines of one answer (or one push) for one connection, encoded as they are added. An answer
+/// of one short line (the `OK` of a MSG) stays in place and becomes a [`Chunk::Inline`]: no
+/// allocation for it here, and no free on the connection's task. A longer one moves to a vector
+/// of its own when it outgrows the place.
 #[derive(Default)]
-pub(super) struct Out(Vec<u8>);
+pub(super) struct Out {
+    short: Inline,
+    /// Empty until the answer outgrows `short`; then all of it.
+    long: Vec<u8>,
+}
 
 impl Out {
     /// An empty answer.
@@ -24,10 +31,7 @@ impl Out {
 
     /// Appends one line.
     pub(super) fn line(&mut self, line: &ServerLine<'_>) {
-        if self.0.is_empty() {
-            self.0.reserve(FIRST_LINE_CAPACITY);
-        }
-        line.write_to(&mut self.0);
+        line.write_to(self);
     }
 
     /// Appends the final `OK` of `req`, with its label.
@@ -40,18 +44,57 @@ impl Out {
 
     /// Appends bytes already encoded (a message's line, shared with its other recipients).
     pub(super) fn raw(&mut self, chunk: &Chunk) {
-        self.0.extend_from_slice(chunk.as_bytes());
+        self.put(chunk.as_bytes());
     }
 
     /// The encoded bytes.
     pub(super) fn into_bytes(self) -> Vec<u8> {
-        self.0
+        if self.long.is_empty() {
+            self.short.as_bytes().to_vec()
+        } else {
+            self.long
+        }
+    }
+
+    /// The encoded bytes as a chunk to queue: in place when they are short.
+    pub(super) fn into_chunk(self) -> Chunk {
+        if self.long.is_empty() {
+            Chunk::Inline(self.short)
+        } else {
+            Chunk::Owned(self.long)
+        }
+    }
+
+    /// Appends `bytes` to an answer that does not fit in place (any more).
+    fn put_long(&mut self, bytes: &[u8]) {
+        if self.long.is_empty() {
+            let short = self.short.as_bytes();
+            self.long
+                .reserve(LONG_FIRST_CAPACITY.max(short.len() + bytes.len()));
+            self.long.extend_from_slice(short);
+        }
+        self.long.extend_from_slice(bytes);
     }
 }
 
-/// Bytes reserved for an answer's first line: an `OK` with an id and a word fits (grown from
-/// empty, the `OK` of every MSG was reallocated twice).
-const FIRST_LINE_CAPACITY: usize = 48;
+impl LineBuf for Out {
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        if !(self.long.is_empty() && self.short.try_put(bytes)) {
+            self.put_long(bytes);
+        }
+    }
+
+    #[inline]
+    fn put_byte(&mut self, b: u8) {
+        if !(self.long.is_empty() && self.short.try_push(b)) {
+            self.put_long(&[b]);
+        }
+    }
+}
+
+/// Bytes reserved when an answer outgrows its place: a few lines fit without growing.
+const LONG_FIRST_CAPACITY: usize = 128;
 
 /// One line encoded once, to be queued on many connections. It is written into this thread's
 /// scratch buffer and copied once into the shared bytes: one allocation, where encoding into a

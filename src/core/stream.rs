@@ -222,7 +222,7 @@ impl Core {
                         return;
                     };
                     let (last, backlog) = last_line(&stream);
-                    c.outbox.push_answer(Chunk::Owned(last));
+                    c.outbox.push_answer(last);
                     c.outbox.end_answer();
                     self.after_stream(conn, finals, backlog);
                     return;
@@ -321,7 +321,7 @@ impl Core {
         }
         stream.sent += n;
         if n > 0 {
-            c.outbox.push_answer(Chunk::Owned(out.into_bytes()));
+            c.outbox.push_answer(out.into_chunk());
         }
     }
 }
@@ -346,7 +346,7 @@ fn encode(ready: &mut Vec<MessageRecord>, end: &End) -> Vec<u8> {
 }
 
 /// The last line of a stream, and whether it ended a login's backlog.
-fn last_line(stream: &Stream) -> (Vec<u8>, bool) {
+fn last_line(stream: &Stream) -> (Chunk, bool) {
     let mut out = Out::new();
     let backlog = match &stream.kind {
         Kind::Messages {
@@ -384,5 +384,5 @@ fn last_line(stream: &Stream) -> (Vec<u8>, bool) {
             false
         }
     };
-    (out.into_bytes(), backlog)
+    (out.into_chunk(), backlog)
 }

@@ -17,11 +17,6 @@ use crate::proto::code::Code;
 use crate::proto::command::Verb;
 use crate::proto::server_line::ServerLine;
 
-/// Slots a connection's queue has room for when it is first allocated: a client with ten commands
-/// in flight (the kit's direct messages) fits without growing from empty three times. The queue is
-/// let go whenever it empties, so an idle connection holds none.
-const SLOTS_FIRST_CAPACITY: usize = 16;
-
 /// Identifies a place in a connection's reply order.
 pub(super) type SlotId = u64;
 
@@ -115,9 +110,6 @@ impl Core {
     pub(super) fn open_slot(&mut self, conn: ConnId, finals: usize) -> Option<SlotId> {
         let id = self.ticket();
         let c = self.conns.get_mut(&conn)?;
-        if c.slots.0.capacity() == 0 {
-            c.slots.0.reserve(SLOTS_FIRST_CAPACITY);
-        }
         c.slots.0.push_back(Slot {
             id,
             ready: None,

@@ -148,7 +148,8 @@ impl Tail {
         // are sorted here (for the inserts' locality), and each one's ids, already ascending.
         let mut row = std::mem::take(&mut self.row);
         let keys = &self.keys;
-        let mut groups: HashMap<&[u8], Vec<MsgId>> = HashMap::new();
+        let mut groups: HashMap<&[u8], Vec<MsgId>, KeyHashing> =
+            HashMap::with_hasher(KeyHashing::new());
         for &(start, len, id) in &self.entries {
             let key = &keys[start as usize..(start + len) as usize];
             groups.entry(key).or_default().push(id);
@@ -171,6 +172,66 @@ impl Tail {
         self.keys.clear();
         self.entries.clear();
         Ok(self.watermark)
+    }
+}
+
+/// The flush's hashing of conversation keys: a multiply-rotate hash of the key's words (as
+/// `rustc-hash`'s) with a seed drawn once per flush, and a final mix (MurmurHash3's) so that
+/// every bit of the result depends on the whole key. The standard SipHash cost about 220
+/// instructions per entry, a quarter of the flush. The seed keeps the buckets unpredictable from
+/// outside; and a flush hashes at most `INDEX_LAG` entries, so even keys made to share a bucket
+/// would only make that flush slower, bounded.
+#[derive(Clone)]
+struct KeyHashing(u64);
+
+impl KeyHashing {
+    fn new() -> KeyHashing {
+        use std::hash::BuildHasher;
+        KeyHashing(std::collections::hash_map::RandomState::new().hash_one(0u8))
+    }
+}
+
+impl std::hash::BuildHasher for KeyHashing {
+    type Hasher = KeyHasher;
+
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher(self.0)
+    }
+}
+
+struct KeyHasher(u64);
+
+impl KeyHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+impl std::hash::Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut words = bytes.chunks_exact(8);
+        for word in words.by_ref() {
+            self.add(u64::from_le_bytes(word.try_into().expect("8 bytes")));
+        }
+        let rest = words.remainder();
+        if !rest.is_empty() {
+            let mut last = [0u8; 8];
+            last[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(last));
+        }
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
     }
 }
 

@@ -63,6 +63,20 @@ pub(crate) fn single_conversation_key(msg: &MessageRecord, out: &mut String) -> 
     true
 }
 
+/// The conversation key of an index entry as the writer's list holds it (see `conv_index`),
+/// written into `out`: two names joined by a space (a direct message's, as its record has them)
+/// make their pair's key; anything else (`*`) is the key as it is. A key is written as it is too,
+/// since the key of a pair of keys is the pair itself.
+pub(crate) fn written_conversation_key(written: &[u8], out: &mut String) {
+    out.clear();
+    // Entries are made from strings: the bytes are UTF-8 (the fallback never runs).
+    let written = String::from_utf8_lossy(written);
+    match written.split_once(' ') {
+        Some((a, b)) => pair_key_into(a, b, out),
+        None => out.push_str(&written),
+    }
+}
+
 /// Every conversation key a message is indexed under, without duplicates. Names are folded into
 /// account keys here, since records carry names as registered.
 pub(crate) fn message_conversation_keys(msg: &MessageRecord) -> Vec<String> {

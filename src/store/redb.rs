@@ -80,7 +80,7 @@ use super::msg_log::{self, Log};
 use super::page::page;
 use super::{
     Conversation, Cursor, Damage, FriendState, HistoryPage, MessageRecord, MsgId, Profile, ReadOp,
-    RoomId, RoomState, Snapshot, Store, StoreError, StoreOp, StoreReader, StoreReply, TokenId,
+    RoomId, RoomState, Snapshot, Store, StoreError, StoreOp, StoreReader, StoreReply, To, TokenId,
 };
 use crate::config::{INDEX_LAG, MESSAGE_BLOCK_BYTES, STORE_CACHE_BYTES};
 
@@ -1247,7 +1247,10 @@ impl<'txn> Tables<'txn> {
             StoreOp::AppendMessage { msg, pending_for } => {
                 codec::encode_message_into(msg, &mut self.record);
                 self.log_append(msg.id)?;
-                if single_conversation_key(msg, &mut self.conversation) {
+                if let (To::User(to), true) = (&msg.to, self.tail.takes(msg.id)) {
+                    // Its key is made when the list is written out.
+                    self.tail.pair_entry(&msg.from, to, msg.id);
+                } else if single_conversation_key(msg, &mut self.conversation) {
                     let conv = std::mem::take(&mut self.conversation);
                     let indexed = self.index(conv.as_bytes(), msg.id);
                     self.conversation = conv;
@@ -2519,6 +2522,64 @@ mod tests {
         indexed.sort_unstable();
         indexed.dedup();
         assert_eq!(indexed, [1, 2, 3, 5, 6, 7, 8, 10]);
+    }
+
+    /// The list past the watermark holds a direct message's entry as its two names are written
+    /// (`Alice bob`, `BOB alice`); the flush makes their one conversation key: one row, under
+    /// `alice bob`, with every id, and its pages are the model's.
+    #[test]
+    fn a_flush_joins_a_pair_written_in_either_order_and_case() {
+        let (_dir, path) = temp_db();
+        let (store, _) = RedbStore::open(&path).unwrap();
+        let mut store = store.with_index_lag(6);
+        let (mut model, _) = crate::store::memory::MemoryStore::new();
+        let pairs = [
+            ("Alice", "bob"),
+            ("BOB", "alice"),
+            ("alice", "Bob"),
+            ("bob", "ALICE"),
+            ("alice", "bob"),
+            ("Bob", "Alice"),
+        ];
+        let ops: Vec<StoreOp> = (1..=6u64)
+            .zip(pairs)
+            .map(|(id, (from, to))| StoreOp::AppendMessage {
+                msg: MessageRecord {
+                    id,
+                    time_ms: 0,
+                    from: from.into(),
+                    to: To::User(to.into()),
+                    text: "t".into(),
+                },
+                pending_for: vec![],
+            })
+            .collect();
+        store.execute(&ops).unwrap();
+        model.execute(&ops).unwrap();
+        assert_eq!(watermark_of(&store), 6);
+        let txn = store.db.as_ref().unwrap().begin_read().unwrap();
+        let rows = txn.open_table(CONV_ROWS).unwrap();
+        let keys: Vec<Vec<u8>> = rows
+            .iter()
+            .unwrap()
+            .map(|e| e.unwrap().0.value().0.to_vec())
+            .collect();
+        assert_eq!(keys, [b"alice bob".to_vec()]);
+        let mut indexed = Vec::new();
+        conv_index::each_entry(&rows, |_, id| indexed.push(id))
+            .ok()
+            .unwrap();
+        assert_eq!(indexed, [1, 2, 3, 4, 5, 6]);
+        for cursor in [Cursor::Latest, Cursor::Before(4), Cursor::After(2)] {
+            let op = ReadOp::History {
+                conv: Conversation::Pair("Bob".into(), "alice".into()),
+                count: 3,
+                cursor,
+            };
+            let page = store.reader().unwrap().read(&op).unwrap();
+            assert_eq!(page, model.reader().unwrap().read(&op).unwrap());
+            assert!(matches!(page, StoreReply::History(p) if p.ids.len() == 3));
+        }
     }
 
     /// A message whose id is at or below the watermark (as a replicated one may be) goes into

@@ -51,8 +51,9 @@ fn pair_key_into(a: &str, b: &str, out: &mut String) {
 
 /// The one conversation key of a MSG or an ALL, written into `out` (replacing what it held);
 /// false, with `out` left empty, for a GROUP or a room message, which
-/// [`message_conversation_keys`] answers. The store writes a direct message's index entry from a
-/// buffer it reuses this way.
+/// [`message_conversation_keys`] answers. The store makes the key of an ALL this way, and of a
+/// MSG indexed at once (at or below the watermark); a MSG past it is keyed when its entry is
+/// written out ([`written_conversation_key`]).
 pub(crate) fn single_conversation_key(msg: &MessageRecord, out: &mut String) -> bool {
     out.clear();
     match &msg.to {

@@ -955,7 +955,8 @@ impl<'txn, K: Key + 'static, V: Value + 'static> Lazy<'txn, K, V> {
 /// A table of the message log in a write transaction.
 type LogWrite<'txn> = Table<'txn, u64, &'static [u8]>;
 
-/// Every table, opened once for a write transaction (redb allows one open handle per table).
+/// Every table of a write transaction, each opened once, when first used (redb allows one open
+/// handle per table): the message log's two at once, the others through [`Lazy`].
 struct Tables<'txn> {
     accounts: Lazy<'txn, &'static str, &'static [u8]>,
     messages: Table<'txn, u64, &'static [u8]>,

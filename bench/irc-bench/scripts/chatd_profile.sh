@@ -125,7 +125,7 @@ callgrind | massif | syscalls)
     echo "  ms_print $out/$label.massif"
     ;;
   syscalls)
-    perf stat -e 'syscalls:sys_enter_recvfrom,syscalls:sys_enter_sendto,syscalls:sys_enter_epoll_ctl,syscalls:sys_enter_epoll_pwait,syscalls:sys_enter_futex,syscalls:sys_enter_read,syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_pwrite64,syscalls:sys_enter_fdatasync,context-switches,task-clock' \
+    perf stat -e 'syscalls:sys_enter_recvfrom,syscalls:sys_enter_sendto,syscalls:sys_enter_epoll_ctl,syscalls:sys_enter_epoll_pwait,syscalls:sys_enter_futex,syscalls:sys_enter_read,syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_pwrite64,syscalls:sys_enter_fdatasync,syscalls:sys_enter_mprotect,syscalls:sys_enter_madvise,context-switches,task-clock' \
       ${PERFFLAGS:-} -p "$pid" -o "$out/$label.perf" 2> /dev/null &
     st=$!
     wait "$lg"

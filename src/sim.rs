@@ -487,7 +487,7 @@ impl Sim {
         }
         if !fresh.is_empty() {
             let results = self.read_all(fresh);
-            self.event(Event::Store(Report::Done(results)));
+            self.event(Event::Store(Report::Done(results, Vec::new())));
         }
         if !batch.is_empty() {
             if self.held.is_empty() {
@@ -524,6 +524,7 @@ impl Sim {
     /// the whole batch ran.
     fn run_store_batch(&mut self, batch: Vec<StoreJob>) -> bool {
         let mut results = Vec::with_capacity(batch.len());
+        let mut spent = Vec::new();
         let mut writes: Vec<StoreJob> = Vec::new();
         let mut jobs = batch.into_iter();
         let mut failed = None;
@@ -531,7 +532,7 @@ impl Sim {
             match job.op.clone().into_read() {
                 Err(_) => writes.push(job),
                 Ok(read) => {
-                    if let Err(e) = self.write_all(&mut writes, &mut results) {
+                    if let Err(e) = self.write_all(&mut writes, &mut results, &mut spent) {
                         failed = Some((e, Some(job)));
                         break;
                     }
@@ -541,12 +542,12 @@ impl Sim {
             }
         }
         if failed.is_none() {
-            if let Err(e) = self.write_all(&mut writes, &mut results) {
+            if let Err(e) = self.write_all(&mut writes, &mut results, &mut spent) {
                 failed = Some((e, None));
             }
         }
         if !results.is_empty() {
-            self.event(Event::Store(Report::Done(results)));
+            self.event(Event::Store(Report::Done(results, spent)));
         }
         let Some((e, read)) = failed else {
             return true;
@@ -573,12 +574,14 @@ impl Sim {
             .collect()
     }
 
-    /// Writes `writes` in one call; on success their results join `results` and `writes` is
-    /// emptied, on failure `writes` is left as it was.
+    /// Writes `writes` in one call; on success their results join `results`, their ops join
+    /// `spent` (handed back to the core as the worker does) and `writes` is emptied, on failure
+    /// `writes` is left as it was.
     fn write_all(
         &mut self,
         writes: &mut Vec<StoreJob>,
         results: &mut Vec<(Ticket, StoreReply)>,
+        spent: &mut Vec<StoreOp>,
     ) -> Result<(), StoreError> {
         if writes.is_empty() {
             return Ok(());
@@ -588,6 +591,7 @@ impl Sim {
         let ops: Vec<StoreOp> = writes.iter().map(|j| j.op.clone()).collect();
         let replies = self.store.get_mut().write(&ops)?;
         results.extend(writes.drain(..).map(|j| j.ticket).zip(replies));
+        spent.extend(ops);
         Ok(())
     }
 }

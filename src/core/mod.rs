@@ -942,7 +942,7 @@ impl Core {
                 }
             }
             Event::Disconnected { conn } => self.disconnected(conn),
-            Event::Store(Report::Done(results)) => {
+            Event::Store(Report::Done(results, spent)) => {
                 for (ticket, reply) in results {
                     self.store_inflight = self.store_inflight.saturating_sub(1);
                     if matches!(reply, StoreReply::Unreadable(_)) {
@@ -952,6 +952,8 @@ impl Core {
                         then(self, reply);
                     }
                 }
+                // The committed ops, freed here, on the thread that made them.
+                drop(spent);
             }
             Event::Store(Report::Committed { ops, micros, bytes }) => {
                 let m = &self.settings.metrics;

@@ -51,8 +51,9 @@ fn pair_key_into(a: &str, b: &str, out: &mut String) {
 
 /// The one conversation key of a MSG or an ALL, written into `out` (replacing what it held);
 /// false, with `out` left empty, for a GROUP or a room message, which
-/// [`message_conversation_keys`] answers. The store writes a direct message's index entry from a
-/// buffer it reuses this way.
+/// [`message_conversation_keys`] answers. The store makes the key of an ALL this way, and of a
+/// MSG indexed at once (at or below the watermark); a MSG past it is keyed when its entry is
+/// written out ([`written_conversation_key`]).
 pub(crate) fn single_conversation_key(msg: &MessageRecord, out: &mut String) -> bool {
     out.clear();
     match &msg.to {
@@ -61,6 +62,20 @@ pub(crate) fn single_conversation_key(msg: &MessageRecord, out: &mut String) -> 
         To::Group(_) | To::Room(_) => return false,
     }
     true
+}
+
+/// The conversation key of an index entry as the writer's list holds it (see `conv_index`),
+/// written into `out`: two names joined by a space (a direct message's, as its record has them)
+/// make their pair's key; anything else (`*`) is the key as it is. A key is written as it is too,
+/// since the key of a pair of keys is the pair itself.
+pub(crate) fn written_conversation_key(written: &[u8], out: &mut String) {
+    out.clear();
+    // Entries are made from strings: the bytes are UTF-8 (the fallback never runs).
+    let written = String::from_utf8_lossy(written);
+    match written.split_once(' ') {
+        Some((a, b)) => pair_key_into(a, b, out),
+        None => out.push_str(&written),
+    }
 }
 
 /// Every conversation key a message is indexed under, without duplicates. Names are folded into

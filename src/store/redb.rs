@@ -68,8 +68,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use redb::{
-    Builder, Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, Table,
-    TableDefinition, WriteTransaction,
+    Builder, Database, Durability, Key, ReadTransaction, ReadableDatabase, ReadableTable, Table,
+    TableDefinition, Value, WriteTransaction,
 };
 
 use super::codec;
@@ -80,7 +80,7 @@ use super::msg_log::{self, Log};
 use super::page::page;
 use super::{
     Conversation, Cursor, Damage, FriendState, HistoryPage, MessageRecord, MsgId, Profile, ReadOp,
-    RoomId, RoomState, Snapshot, Store, StoreError, StoreOp, StoreReader, StoreReply, TokenId,
+    RoomId, RoomState, Snapshot, Store, StoreError, StoreOp, StoreReader, StoreReply, To, TokenId,
 };
 use crate::config::{INDEX_LAG, MESSAGE_BLOCK_BYTES, STORE_CACHE_BYTES};
 
@@ -328,7 +328,7 @@ impl RedbStore {
                     path.display()
                 );
                 let txn = db.begin_write()?;
-                Tables::open(&txn, Box::default())?;
+                Tables::open(&txn, Box::default())?.create_all()?;
                 txn.delete_table(CONVERSATIONS_V3)?;
                 txn.delete_table(CONVERSATIONS)?;
                 let last = Log {
@@ -347,7 +347,7 @@ impl RedbStore {
             None => {
                 // A new database: its tables and its schema version, in one commit.
                 let txn = db.begin_write()?;
-                Tables::open(&txn, Box::default())?;
+                Tables::open(&txn, Box::default())?.create_all()?;
                 txn.open_table(META)?
                     .insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION)?;
                 txn.commit()?;
@@ -472,8 +472,8 @@ impl RedbStore {
         for op in ops {
             replies.push(tables.apply(op)?);
             if tables.tail.len() >= lag {
-                let watermark = tables.tail.flush(&mut tables.rows)?;
-                tables.meta.insert(WATERMARK_KEY, watermark)?;
+                let watermark = tables.tail.flush(tables.rows.open()?)?;
+                tables.meta.open()?.insert(WATERMARK_KEY, watermark)?;
             }
         }
         tables.close_block()?;
@@ -924,30 +924,59 @@ impl StoreReader for RedbReader {
     }
 }
 
+/// A table of a write transaction, opened when first used. Each table a transaction opens costs
+/// its opening, its closing and a look-up at the commit (about 7,500 instructions in all), and a
+/// batch of direct messages uses 2 to 4 of the 19 tables.
+struct Lazy<'txn, K: Key + 'static, V: Value + 'static> {
+    txn: &'txn WriteTransaction,
+    def: TableDefinition<'static, K, V>,
+    table: Option<Table<'txn, K, V>>,
+}
+
+impl<'txn, K: Key + 'static, V: Value + 'static> Lazy<'txn, K, V> {
+    fn new(txn: &'txn WriteTransaction, def: TableDefinition<'static, K, V>) -> Self {
+        Lazy {
+            txn,
+            def,
+            table: None,
+        }
+    }
+
+    /// The table, opened (and created, if the file has none) on the first call.
+    fn open(&mut self) -> Result<&mut Table<'txn, K, V>, Fail> {
+        let table = match self.table.take() {
+            Some(table) => table,
+            None => self.txn.open_table(self.def)?,
+        };
+        Ok(self.table.insert(table))
+    }
+}
+
 /// A table of the message log in a write transaction.
 type LogWrite<'txn> = Table<'txn, u64, &'static [u8]>;
 
-/// Every table, opened once for a write transaction (redb allows one open handle per table).
+/// Every table of a write transaction, each opened once, when first used (redb allows one open
+/// handle per table): the message log's two at once, the others through [`Lazy`].
 struct Tables<'txn> {
-    accounts: Table<'txn, &'static str, &'static [u8]>,
+    accounts: Lazy<'txn, &'static str, &'static [u8]>,
     messages: Table<'txn, u64, &'static [u8]>,
     message_blocks: Table<'txn, u64, &'static [u8]>,
-    rows: Table<'txn, (&'static [u8], u64), &'static [u8]>,
-    pending: Table<'txn, (&'static str, u64), ()>,
-    friendships: Table<'txn, (&'static str, &'static str), u8>,
-    rooms: Table<'txn, u64, &'static [u8]>,
-    room_members: Table<'txn, (u64, &'static str), &'static [u8]>,
-    room_bans: Table<'txn, (u64, &'static str), &'static [u8]>,
-    room_invites: Table<'txn, (u64, &'static str), &'static [u8]>,
-    room_log: Table<'txn, (u64, u64), u64>,
-    read_markers: Table<'txn, (&'static str, &'static str), u64>,
-    blocks: Table<'txn, (&'static str, &'static str), ()>,
-    blocked_by: Table<'txn, (&'static str, &'static str), ()>,
-    tokens: Table<'txn, u64, &'static [u8]>,
-    tokens_by_account: Table<'txn, (&'static str, u64), ()>,
-    profiles: Table<'txn, &'static str, &'static [u8]>,
-    retired: Table<'txn, &'static str, &'static [u8]>,
-    meta: Table<'txn, &'static str, u64>,
+    rows: Lazy<'txn, (&'static [u8], u64), &'static [u8]>,
+    pending: Lazy<'txn, (&'static str, u64), ()>,
+    friendships: Lazy<'txn, (&'static str, &'static str), u8>,
+    rooms: Lazy<'txn, u64, &'static [u8]>,
+    room_members: Lazy<'txn, (u64, &'static str), &'static [u8]>,
+    room_bans: Lazy<'txn, (u64, &'static str), &'static [u8]>,
+    room_invites: Lazy<'txn, (u64, &'static str), &'static [u8]>,
+    room_log: Lazy<'txn, (u64, u64), u64>,
+    read_markers: Lazy<'txn, (&'static str, &'static str), u64>,
+    blocks: Lazy<'txn, (&'static str, &'static str), ()>,
+    blocked_by: Lazy<'txn, (&'static str, &'static str), ()>,
+    tokens: Lazy<'txn, u64, &'static [u8]>,
+    tokens_by_account: Lazy<'txn, (&'static str, u64), ()>,
+    profiles: Lazy<'txn, &'static str, &'static [u8]>,
+    retired: Lazy<'txn, &'static str, &'static [u8]>,
+    meta: Lazy<'txn, &'static str, u64>,
     /// Whether any op of the batch wrote something.
     dirty: bool,
     /// A message record being encoded, and its conversation key: buffers the batch reuses, so
@@ -974,25 +1003,25 @@ impl<'txn> Tables<'txn> {
         }
         .last_id()?;
         Ok(Tables {
-            accounts: txn.open_table(ACCOUNTS)?,
+            accounts: Lazy::new(txn, ACCOUNTS),
             messages,
             message_blocks,
-            rows: txn.open_table(CONV_ROWS)?,
-            pending: txn.open_table(PENDING)?,
-            friendships: txn.open_table(FRIENDSHIPS)?,
-            rooms: txn.open_table(ROOMS)?,
-            room_members: txn.open_table(ROOM_MEMBERS)?,
-            room_bans: txn.open_table(ROOM_BANS)?,
-            room_invites: txn.open_table(ROOM_INVITES)?,
-            room_log: txn.open_table(ROOM_LOG)?,
-            read_markers: txn.open_table(READ_MARKERS)?,
-            blocks: txn.open_table(BLOCKS)?,
-            blocked_by: txn.open_table(BLOCKED_BY)?,
-            tokens: txn.open_table(TOKENS)?,
-            tokens_by_account: txn.open_table(TOKENS_BY_ACCOUNT)?,
-            profiles: txn.open_table(PROFILES)?,
-            retired: txn.open_table(RETIRED)?,
-            meta: txn.open_table(META)?,
+            rows: Lazy::new(txn, CONV_ROWS),
+            pending: Lazy::new(txn, PENDING),
+            friendships: Lazy::new(txn, FRIENDSHIPS),
+            rooms: Lazy::new(txn, ROOMS),
+            room_members: Lazy::new(txn, ROOM_MEMBERS),
+            room_bans: Lazy::new(txn, ROOM_BANS),
+            room_invites: Lazy::new(txn, ROOM_INVITES),
+            room_log: Lazy::new(txn, ROOM_LOG),
+            read_markers: Lazy::new(txn, READ_MARKERS),
+            blocks: Lazy::new(txn, BLOCKS),
+            blocked_by: Lazy::new(txn, BLOCKED_BY),
+            tokens: Lazy::new(txn, TOKENS),
+            tokens_by_account: Lazy::new(txn, TOKENS_BY_ACCOUNT),
+            profiles: Lazy::new(txn, PROFILES),
+            retired: Lazy::new(txn, RETIRED),
+            meta: Lazy::new(txn, META),
             dirty: false,
             record: Vec::new(),
             conversation: String::new(),
@@ -1000,6 +1029,28 @@ impl<'txn> Tables<'txn> {
             open: Vec::new(),
             top,
         })
+    }
+
+    /// Opens every table, creating those the file does not have yet (a new file, an upgrade).
+    fn create_all(&mut self) -> Result<(), Fail> {
+        self.accounts.open()?;
+        self.rows.open()?;
+        self.pending.open()?;
+        self.friendships.open()?;
+        self.rooms.open()?;
+        self.room_members.open()?;
+        self.room_bans.open()?;
+        self.room_invites.open()?;
+        self.room_log.open()?;
+        self.read_markers.open()?;
+        self.blocks.open()?;
+        self.blocked_by.open()?;
+        self.tokens.open()?;
+        self.tokens_by_account.open()?;
+        self.profiles.open()?;
+        self.retired.open()?;
+        self.meta.open()?;
+        Ok(())
     }
 
     /// The message log as this transaction has it, the block being filled included.
@@ -1044,17 +1095,17 @@ impl<'txn> Tables<'txn> {
             self.tail.entry(conv, id);
             Ok(())
         } else {
-            conv_index::insert_one(&mut self.rows, conv, id)
+            conv_index::insert_one(self.rows.open()?, conv, id)
         }
     }
 
     /// Deletes one token and its index entry; nothing if there is no such token.
     fn delete_token(&mut self, id: TokenId) -> Result<(), Fail> {
-        let user = match self.tokens.remove(id)? {
+        let user = match self.tokens.open()?.remove(id)? {
             Some(bytes) => codec::decode_token(id, bytes.value())?.user,
             None => return Ok(()),
         };
-        self.tokens_by_account.remove((user.as_str(), id))?;
+        self.tokens_by_account.open()?.remove((user.as_str(), id))?;
         self.dirty = true;
         Ok(())
     }
@@ -1065,15 +1116,16 @@ impl<'txn> Tables<'txn> {
         user: &str,
         change: impl FnOnce(&mut Profile),
     ) -> Result<(), Fail> {
-        if self.accounts.get(user)?.is_none() {
+        if self.accounts.open()?.get(user)?.is_none() {
             return Ok(());
         }
-        let mut profile = match self.profiles.get(user)? {
+        let mut profile = match self.profiles.open()?.get(user)? {
             Some(bytes) => codec::decode_profile(bytes.value())?,
             None => Profile::default(),
         };
         change(&mut profile);
         self.profiles
+            .open()?
             .insert(user, codec::encode_profile(&profile).as_slice())?;
         self.dirty = true;
         Ok(())
@@ -1099,47 +1151,52 @@ impl<'txn> Tables<'txn> {
     }
 
     fn delete_account(&mut self, user: &str, deleted_ms: i64) -> Result<(), Fail> {
-        let record = match self.accounts.remove(user)? {
+        let record = match self.accounts.open()?.remove(user)? {
             Some(bytes) => Some(codec::decode_account(bytes.value())?),
             None => None,
         };
         let mut ids = Vec::new();
         for entry in self
             .tokens_by_account
+            .open()?
             .range((user, 0u64)..=(user, u64::MAX))?
         {
             ids.push(entry?.0.value().1);
         }
         for id in ids {
-            self.tokens.remove(id)?;
-            self.tokens_by_account.remove((user, id))?;
+            self.tokens.open()?.remove(id)?;
+            self.tokens_by_account.open()?.remove((user, id))?;
         }
-        for other in Self::partners(&self.friendships, user)? {
-            self.friendships.remove((user, other.as_str()))?;
-            self.friendships.remove((other.as_str(), user))?;
+        for other in Self::partners(self.friendships.open()?, user)? {
+            self.friendships.open()?.remove((user, other.as_str()))?;
+            self.friendships.open()?.remove((other.as_str(), user))?;
         }
-        for blocked in Self::partners(&self.blocks, user)? {
-            self.blocks.remove((user, blocked.as_str()))?;
-            self.blocked_by.remove((blocked.as_str(), user))?;
+        for blocked in Self::partners(self.blocks.open()?, user)? {
+            self.blocks.open()?.remove((user, blocked.as_str()))?;
+            self.blocked_by.open()?.remove((blocked.as_str(), user))?;
         }
-        for blocker in Self::partners(&self.blocked_by, user)? {
-            self.blocked_by.remove((user, blocker.as_str()))?;
-            self.blocks.remove((blocker.as_str(), user))?;
+        for blocker in Self::partners(self.blocked_by.open()?, user)? {
+            self.blocked_by.open()?.remove((user, blocker.as_str()))?;
+            self.blocks.open()?.remove((blocker.as_str(), user))?;
         }
         let mut pending = Vec::new();
-        for entry in self.pending.range((user, 0u64)..=(user, u64::MAX))? {
+        for entry in self
+            .pending
+            .open()?
+            .range((user, 0u64)..=(user, u64::MAX))?
+        {
             pending.push(entry?.0.value().1);
         }
         for id in pending {
-            self.pending.remove((user, id))?;
+            self.pending.open()?.remove((user, id))?;
         }
-        self.profiles.remove(user)?;
+        self.profiles.open()?.remove(user)?;
         // Its memberships, invitations and the bans naming it: the room tables are keyed by room
         // first, so they are scanned (an account deletion is rare).
         for table in [
-            &mut self.room_members,
-            &mut self.room_bans,
-            &mut self.room_invites,
+            self.room_members.open()?,
+            self.room_bans.open()?,
+            self.room_invites.open()?,
         ] {
             let mut rooms = Vec::new();
             for entry in table.iter()? {
@@ -1154,7 +1211,7 @@ impl<'txn> Tables<'txn> {
             }
         }
         let mut others = Vec::new();
-        for entry in self.read_markers.range((user, "")..)? {
+        for entry in self.read_markers.open()?.range((user, "")..)? {
             let (key, _) = entry?;
             let (u, other) = key.value();
             if u != user {
@@ -1163,7 +1220,7 @@ impl<'txn> Tables<'txn> {
             others.push(other.to_owned());
         }
         for other in others {
-            self.read_markers.remove((user, other.as_str()))?;
+            self.read_markers.open()?.remove((user, other.as_str()))?;
         }
         if let Some(rec) = record {
             let retired = super::RetiredName {
@@ -1171,6 +1228,7 @@ impl<'txn> Tables<'txn> {
                 deleted_ms,
             };
             self.retired
+                .open()?
                 .insert(user, codec::encode_retired(&retired).as_slice())?;
         }
         self.dirty = true;
@@ -1180,7 +1238,7 @@ impl<'txn> Tables<'txn> {
     fn apply(&mut self, op: &StoreOp) -> Result<StoreReply, Fail> {
         match op {
             StoreOp::CreateAccount(rec) => {
-                self.accounts.insert(
+                self.accounts.open()?.insert(
                     key_of(&rec.name).as_str(),
                     codec::encode_account_row(rec).as_slice(),
                 )?;
@@ -1190,7 +1248,10 @@ impl<'txn> Tables<'txn> {
             StoreOp::AppendMessage { msg, pending_for } => {
                 codec::encode_message_into(msg, &mut self.record);
                 self.log_append(msg.id)?;
-                if single_conversation_key(msg, &mut self.conversation) {
+                if let (To::User(to), true) = (&msg.to, self.tail.takes(msg.id)) {
+                    // Its key is made when the list is written out.
+                    self.tail.pair_entry(&msg.from, to, msg.id);
+                } else if single_conversation_key(msg, &mut self.conversation) {
                     let conv = std::mem::take(&mut self.conversation);
                     let indexed = self.index(conv.as_bytes(), msg.id);
                     self.conversation = conv;
@@ -1204,13 +1265,13 @@ impl<'txn> Tables<'txn> {
                     self.tail.message(msg.id);
                 }
                 for user in pending_for {
-                    self.pending.insert((user.as_str(), msg.id), ())?;
+                    self.pending.open()?.insert((user.as_str(), msg.id), ())?;
                 }
                 self.dirty = true;
                 Ok(StoreReply::Done)
             }
             StoreOp::AddPending { user, id } => {
-                self.pending.insert((user.as_str(), *id), ())?;
+                self.pending.open()?.insert((user.as_str(), *id), ())?;
                 self.dirty = true;
                 Ok(StoreReply::Done)
             }
@@ -1218,12 +1279,13 @@ impl<'txn> Tables<'txn> {
                 let mut ids = Vec::new();
                 for entry in self
                     .pending
+                    .open()?
                     .range((user.as_str(), 0u64)..=(user.as_str(), *upto))?
                 {
                     ids.push(entry?.0.value().1);
                 }
                 for id in ids {
-                    self.pending.remove((user.as_str(), id))?;
+                    self.pending.open()?.remove((user.as_str(), id))?;
                     self.dirty = true;
                 }
                 Ok(StoreReply::Done)
@@ -1232,13 +1294,15 @@ impl<'txn> Tables<'txn> {
                 match state {
                     Some(s) => {
                         self.friendships
+                            .open()?
                             .insert((a.as_str(), b.as_str()), state_byte(*s))?;
                         self.friendships
+                            .open()?
                             .insert((b.as_str(), a.as_str()), state_byte(s.mirror()))?;
                     }
                     None => {
-                        self.friendships.remove((a.as_str(), b.as_str()))?;
-                        self.friendships.remove((b.as_str(), a.as_str()))?;
+                        self.friendships.open()?.remove((a.as_str(), b.as_str()))?;
+                        self.friendships.open()?.remove((b.as_str(), a.as_str()))?;
                     }
                 }
                 self.dirty = true;
@@ -1247,7 +1311,7 @@ impl<'txn> Tables<'txn> {
             StoreOp::AppendRoomMessage { msg, room, seq } => {
                 codec::encode_message_into(msg, &mut self.record);
                 self.log_append(msg.id)?;
-                self.room_log.insert((*room, msg.id), *seq)?;
+                self.room_log.open()?.insert((*room, msg.id), *seq)?;
                 // Counted past the watermark, so that a read's scan stays within the lag.
                 if self.tail.takes(msg.id) {
                     self.tail.message(msg.id);
@@ -1257,6 +1321,7 @@ impl<'txn> Tables<'txn> {
             }
             StoreOp::PutRoom { id, room } => {
                 self.rooms
+                    .open()?
                     .insert(*id, codec::encode_room(room).as_slice())?;
                 self.dirty = true;
                 Ok(StoreReply::Done)
@@ -1268,8 +1333,9 @@ impl<'txn> Tables<'txn> {
                 member,
             } => {
                 self.rooms
+                    .open()?
                     .insert(*id, codec::encode_room(room).as_slice())?;
-                self.room_members.insert(
+                self.room_members.open()?.insert(
                     (*id, owner.as_str()),
                     codec::encode_member(member).as_slice(),
                 )?;
@@ -1279,16 +1345,16 @@ impl<'txn> Tables<'txn> {
             StoreOp::Notice(_) => Ok(StoreReply::Done),
             StoreOp::Told { op, .. } => self.apply(op),
             StoreOp::ReserveIds { below } => {
-                self.meta.insert(IDS_RESERVED_KEY, *below)?;
+                self.meta.open()?.insert(IDS_RESERVED_KEY, *below)?;
                 self.dirty = true;
                 Ok(StoreReply::Done)
             }
             StoreOp::DeleteRoom { id } => {
-                self.rooms.remove(*id)?;
+                self.rooms.open()?.remove(*id)?;
                 for table in [
-                    &mut self.room_members,
-                    &mut self.room_bans,
-                    &mut self.room_invites,
+                    self.room_members.open()?,
+                    self.room_bans.open()?,
+                    self.room_invites.open()?,
                 ] {
                     let mut users = Vec::new();
                     for entry in table.range((*id, "")..(id.saturating_add(1), ""))? {
@@ -1302,7 +1368,7 @@ impl<'txn> Tables<'txn> {
                 Ok(StoreReply::Done)
             }
             StoreOp::PutMember { room, user, member } => {
-                self.room_members.insert(
+                self.room_members.open()?.insert(
                     (*room, user.as_str()),
                     codec::encode_member(member).as_slice(),
                 )?;
@@ -1310,23 +1376,24 @@ impl<'txn> Tables<'txn> {
                 Ok(StoreReply::Done)
             }
             StoreOp::RemoveMember { room, user } => {
-                self.room_members.remove((*room, user.as_str()))?;
+                self.room_members.open()?.remove((*room, user.as_str()))?;
                 self.dirty = true;
                 Ok(StoreReply::Done)
             }
             StoreOp::PutBan { room, user, ban } => {
                 self.room_bans
+                    .open()?
                     .insert((*room, user.as_str()), codec::encode_ban(ban).as_slice())?;
                 self.dirty = true;
                 Ok(StoreReply::Done)
             }
             StoreOp::RemoveBan { room, user } => {
-                self.room_bans.remove((*room, user.as_str()))?;
+                self.room_bans.open()?.remove((*room, user.as_str()))?;
                 self.dirty = true;
                 Ok(StoreReply::Done)
             }
             StoreOp::PutInvite { room, user, invite } => {
-                self.room_invites.insert(
+                self.room_invites.open()?.insert(
                     (*room, user.as_str()),
                     codec::encode_invite(invite).as_slice(),
                 )?;
@@ -1334,15 +1401,16 @@ impl<'txn> Tables<'txn> {
                 Ok(StoreReply::Done)
             }
             StoreOp::RemoveInvite { room, user } => {
-                self.room_invites.remove((*room, user.as_str()))?;
+                self.room_invites.open()?.remove((*room, user.as_str()))?;
                 self.dirty = true;
                 Ok(StoreReply::Done)
             }
             StoreOp::SetDirectRead { user, with, id } => {
-                let old = marker(&self.read_markers, user, with)?;
+                let old = marker(self.read_markers.open()?, user, with)?;
                 let after = old.max(*id);
                 if after > old {
                     self.read_markers
+                        .open()?
                         .insert((user.as_str(), with.as_str()), after)?;
                     self.dirty = true;
                 }
@@ -1357,7 +1425,7 @@ impl<'txn> Tables<'txn> {
             } => {
                 // A message that cannot be read is left out (and logged), not the whole batch.
                 let (ids, _, _) = room_page_ids(
-                    &self.room_log,
+                    self.room_log.open()?,
                     *room,
                     after.saturating_add(1),
                     *upto,
@@ -1372,11 +1440,17 @@ impl<'txn> Tables<'txn> {
                 count,
                 cursor,
             } => {
+                // The log field by field: the tables opened here borrow their own fields.
+                let log = Log {
+                    blocks: &self.message_blocks,
+                    single: &self.messages,
+                    open: &self.open,
+                };
                 let page = any_history(
-                    &self.rows,
+                    self.rows.open()?,
                     self.tail.watermark(),
-                    &self.room_log,
-                    &self.log(),
+                    self.room_log.open()?,
+                    &log,
                     conv,
                     *count,
                     *cursor,
@@ -1384,23 +1458,33 @@ impl<'txn> Tables<'txn> {
                 Ok(StoreReply::History(page))
             }
             StoreOp::DirectRead { user, with } => {
-                let m = marker(&self.read_markers, user, with)?;
+                let m = marker(self.read_markers.open()?, user, with)?;
                 Ok(StoreReply::Marker {
                     before: m,
                     after: m,
                 })
             }
-            StoreOp::FirstUnread { rooms } => {
-                Ok(StoreReply::FirstIds(first_unread(&self.room_log, rooms)?))
-            }
-            StoreOp::RoomSeq { room, upto } => {
-                Ok(StoreReply::Seq(room_seq(&self.room_log, *room, *upto)?))
-            }
-            StoreOp::ReadBacklog { user } => Ok(StoreReply::Backlog(backlog(
-                &self.pending,
-                &self.log(),
-                user,
+            StoreOp::FirstUnread { rooms } => Ok(StoreReply::FirstIds(first_unread(
+                self.room_log.open()?,
+                rooms,
             )?)),
+            StoreOp::RoomSeq { room, upto } => Ok(StoreReply::Seq(room_seq(
+                self.room_log.open()?,
+                *room,
+                *upto,
+            )?)),
+            StoreOp::ReadBacklog { user } => {
+                let log = Log {
+                    blocks: &self.message_blocks,
+                    single: &self.messages,
+                    open: &self.open,
+                };
+                Ok(StoreReply::Backlog(backlog(
+                    self.pending.open()?,
+                    &log,
+                    user,
+                )?))
+            }
             StoreOp::ReadMessages { ids } => {
                 Ok(StoreReply::Messages(read_messages(&self.log(), ids)?))
             }
@@ -1408,20 +1492,23 @@ impl<'txn> Tables<'txn> {
                 // A record already under this id belongs to the new one now; its index entry goes.
                 self.delete_token(rec.id)?;
                 self.tokens
+                    .open()?
                     .insert(rec.id, codec::encode_token(rec).as_slice())?;
                 self.tokens_by_account
+                    .open()?
                     .insert((rec.user.as_str(), rec.id), ())?;
                 self.dirty = true;
                 Ok(StoreReply::Done)
             }
             StoreOp::TouchToken { id, last_used_ms } => {
-                let rec = match self.tokens.get(*id)? {
+                let rec = match self.tokens.open()?.get(*id)? {
                     Some(bytes) => Some(codec::decode_token(*id, bytes.value())?),
                     None => None,
                 };
                 if let Some(mut rec) = rec {
                     rec.last_used_ms = *last_used_ms;
                     self.tokens
+                        .open()?
                         .insert(*id, codec::encode_token(&rec).as_slice())?;
                     self.dirty = true;
                 }
@@ -1434,13 +1521,14 @@ impl<'txn> Tables<'txn> {
                 Ok(StoreReply::Done)
             }
             StoreOp::SetPassword { user, phc, revoke } => {
-                let rec = match self.accounts.get(user.as_str())? {
+                let rec = match self.accounts.open()?.get(user.as_str())? {
                     Some(bytes) => Some(codec::decode_account(bytes.value())?),
                     None => None,
                 };
                 if let Some(mut rec) = rec {
                     rec.phc = phc.clone();
                     self.accounts
+                        .open()?
                         .insert(user.as_str(), codec::encode_account_row(&rec).as_slice())?;
                     self.dirty = true;
                 }
@@ -1454,16 +1542,18 @@ impl<'txn> Tables<'txn> {
                 Ok(StoreReply::Done)
             }
             StoreOp::Block { a, b } => {
-                self.friendships.remove((a.as_str(), b.as_str()))?;
-                self.friendships.remove((b.as_str(), a.as_str()))?;
-                self.blocks.insert((a.as_str(), b.as_str()), ())?;
-                self.blocked_by.insert((b.as_str(), a.as_str()), ())?;
+                self.friendships.open()?.remove((a.as_str(), b.as_str()))?;
+                self.friendships.open()?.remove((b.as_str(), a.as_str()))?;
+                self.blocks.open()?.insert((a.as_str(), b.as_str()), ())?;
+                self.blocked_by
+                    .open()?
+                    .insert((b.as_str(), a.as_str()), ())?;
                 self.dirty = true;
                 Ok(StoreReply::Done)
             }
             StoreOp::Unblock { a, b } => {
-                self.blocks.remove((a.as_str(), b.as_str()))?;
-                self.blocked_by.remove((b.as_str(), a.as_str()))?;
+                self.blocks.open()?.remove((a.as_str(), b.as_str()))?;
+                self.blocked_by.open()?.remove((b.as_str(), a.as_str()))?;
                 self.dirty = true;
                 Ok(StoreReply::Done)
             }
@@ -2433,6 +2523,64 @@ mod tests {
         indexed.sort_unstable();
         indexed.dedup();
         assert_eq!(indexed, [1, 2, 3, 5, 6, 7, 8, 10]);
+    }
+
+    /// The list past the watermark holds a direct message's entry as its two names are written
+    /// (`Alice bob`, `BOB alice`); the flush makes their one conversation key: one row, under
+    /// `alice bob`, with every id, and its pages are the model's.
+    #[test]
+    fn a_flush_joins_a_pair_written_in_either_order_and_case() {
+        let (_dir, path) = temp_db();
+        let (store, _) = RedbStore::open(&path).unwrap();
+        let mut store = store.with_index_lag(6);
+        let (mut model, _) = crate::store::memory::MemoryStore::new();
+        let pairs = [
+            ("Alice", "bob"),
+            ("BOB", "alice"),
+            ("alice", "Bob"),
+            ("bob", "ALICE"),
+            ("alice", "bob"),
+            ("Bob", "Alice"),
+        ];
+        let ops: Vec<StoreOp> = (1..=6u64)
+            .zip(pairs)
+            .map(|(id, (from, to))| StoreOp::AppendMessage {
+                msg: MessageRecord {
+                    id,
+                    time_ms: 0,
+                    from: from.into(),
+                    to: To::User(to.into()),
+                    text: "t".into(),
+                },
+                pending_for: vec![],
+            })
+            .collect();
+        store.execute(&ops).unwrap();
+        model.execute(&ops).unwrap();
+        assert_eq!(watermark_of(&store), 6);
+        let txn = store.db.as_ref().unwrap().begin_read().unwrap();
+        let rows = txn.open_table(CONV_ROWS).unwrap();
+        let keys: Vec<Vec<u8>> = rows
+            .iter()
+            .unwrap()
+            .map(|e| e.unwrap().0.value().0.to_vec())
+            .collect();
+        assert_eq!(keys, [b"alice bob".to_vec()]);
+        let mut indexed = Vec::new();
+        conv_index::each_entry(&rows, |_, id| indexed.push(id))
+            .ok()
+            .unwrap();
+        assert_eq!(indexed, [1, 2, 3, 4, 5, 6]);
+        for cursor in [Cursor::Latest, Cursor::Before(4), Cursor::After(2)] {
+            let op = ReadOp::History {
+                conv: Conversation::Pair("Bob".into(), "alice".into()),
+                count: 3,
+                cursor,
+            };
+            let page = store.reader().unwrap().read(&op).unwrap();
+            assert_eq!(page, model.reader().unwrap().read(&op).unwrap());
+            assert!(matches!(page, StoreReply::History(p) if p.ids.len() == 3));
+        }
     }
 
     /// A message whose id is at or below the watermark (as a replicated one may be) goes into

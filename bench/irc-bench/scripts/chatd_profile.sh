@@ -26,6 +26,9 @@
 #   chatd_profile.sh massif target/release/chatd idle 7400 idle -n 5000 --hold 3 --settle 2
 #   chatd_profile.sh ab 3 old/chatd old target/release/chatd new 7400 fanout -n 1000 -s 1 -m 250 --rate 50
 # Output goes to OUT (default <kit>/.bench-work/profile/). Extra server flags: EXTRA="--io-threads 1".
+# Extra valgrind flags: VGFLAGS="--separate-threads=yes" (one dump per thread, `-TID` at the end
+# of its name: the store thread's cost on its own). Extra `perf stat` flags for syscalls:
+# PERFFLAGS="--per-thread" (each thread's counts, `chatd-store` among them).
 # SEED_DB=path: each run's server starts on a copy of that database instead of an empty one (a
 # large one made by `examples/fill_db.rs`, for the cost per message on a grown database).
 set -u
@@ -89,7 +92,7 @@ callgrind | massif | syscalls)
   callgrind)
     rm -f "$out/$label".cg.*
     ip netns exec "$NETNS" valgrind --tool=callgrind --callgrind-out-file="$out/$label.cg.%p" \
-      --dump-instr=no --collect-systime=no "$bin" --listen "127.0.0.1:$port" \
+      --dump-instr=no --collect-systime=no ${VGFLAGS:-} "$bin" --listen "127.0.0.1:$port" \
       --db "$db_dir/chatd.redb" $(flags 4) 2> "$out/$label.vg" &
     ;;
   massif)
@@ -122,8 +125,8 @@ callgrind | massif | syscalls)
     echo "  ms_print $out/$label.massif"
     ;;
   syscalls)
-    perf stat -e 'syscalls:sys_enter_recvfrom,syscalls:sys_enter_sendto,syscalls:sys_enter_epoll_ctl,syscalls:sys_enter_epoll_pwait,syscalls:sys_enter_futex,syscalls:sys_enter_read,syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_pwrite64,syscalls:sys_enter_fdatasync,context-switches,task-clock' \
-      -p "$pid" -o "$out/$label.perf" 2> /dev/null &
+    perf stat -e 'syscalls:sys_enter_recvfrom,syscalls:sys_enter_sendto,syscalls:sys_enter_epoll_ctl,syscalls:sys_enter_epoll_pwait,syscalls:sys_enter_futex,syscalls:sys_enter_read,syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_pwrite64,syscalls:sys_enter_fdatasync,syscalls:sys_enter_mprotect,syscalls:sys_enter_madvise,context-switches,task-clock' \
+      ${PERFFLAGS:-} -p "$pid" -o "$out/$label.perf" 2> /dev/null &
     st=$!
     wait "$lg"
     kill -INT "$st"

@@ -155,20 +155,11 @@ fn scattered_reads(n: u64) -> Result<(), Box<dyn std::error::Error>> {
         let start = Instant::now();
         let mut shown = 0;
         for i in 0..pages {
-            let reader = store.reader()?;
-            let op = ReadOp::History {
-                conv: Conversation::Pair(
-                    format!("user{}", i % USERS),
-                    format!("user{}", (i * 7 + 3) % USERS),
-                ),
-                count: 50,
-                cursor: Cursor::Latest,
-            };
-            if let StoreReply::History(p) = reader.read(&op)? {
-                if let StoreReply::Messages(m) = reader.read(&ReadOp::Messages { ids: p.ids })? {
-                    shown += m.len();
-                }
-            }
+            let (a, b) = (
+                format!("user{}", i % USERS),
+                format!("user{}", (i * 7 + 3) % USERS),
+            );
+            shown += latest_page(&store, a, b)?;
         }
         let secs = start.elapsed().as_secs_f64();
         println!(
@@ -180,6 +171,27 @@ fn scattered_reads(n: u64) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// A direct message between `a` and `b`.
+/// Reads the latest page (50 messages) of the conversation between `a` and `b`, as a client's
+/// HISTORY does: the page's ids, then their messages. Returns how many messages it read.
+fn latest_page(
+    store: &RedbStore,
+    a: String,
+    b: String,
+) -> Result<usize, Box<dyn std::error::Error>> {
+    let reader = store.reader()?;
+    let op = ReadOp::History {
+        conv: Conversation::Pair(a, b),
+        count: 50,
+        cursor: Cursor::Latest,
+    };
+    if let StoreReply::History(p) = reader.read(&op)? {
+        if let StoreReply::Messages(m) = reader.read(&ReadOp::Messages { ids: p.ids })? {
+            return Ok(m.len());
+        }
+    }
+    Ok(0)
+}
+
 fn direct(id: u64, a: &str, b: &str) -> StoreOp {
     StoreOp::AppendMessage {
         msg: MessageRecord {
@@ -227,17 +239,7 @@ fn time_pages(store: &RedbStore, past: usize) -> Result<(), Box<dyn std::error::
         let start = Instant::now();
         let mut shown = 0;
         for _ in 0..pages {
-            let reader = store.reader()?;
-            let op = ReadOp::History {
-                conv: Conversation::Pair(a.into(), b.into()),
-                count: 50,
-                cursor: Cursor::Latest,
-            };
-            if let StoreReply::History(p) = reader.read(&op)? {
-                if let StoreReply::Messages(m) = reader.read(&ReadOp::Messages { ids: p.ids })? {
-                    shown += m.len();
-                }
-            }
+            shown += latest_page(store, a.into(), b.into())?;
         }
         let secs = start.elapsed().as_secs_f64();
         println!(

@@ -334,7 +334,24 @@ impl Outbox {
     /// one chunk. During a long answer the chunk is held until the answer ends. Pushing to a closed
     /// outbox drops the chunk silently: the connection is going away.
     pub fn push(&self, chunk: Chunk) -> Result<(), Overflow> {
-        self.push_run(std::iter::once(chunk))
+        let mut s = self.lock();
+        if s.closed {
+            return Ok(());
+        }
+        if s.bytes + s.held_bytes() >= self.0.limit {
+            return Err(Overflow);
+        }
+        if let Some(held) = &mut s.answer {
+            held.bytes += chunk.as_bytes().len();
+            held.chunks.push_back(chunk);
+            return Ok(());
+        }
+        s.bytes += chunk.as_bytes().len();
+        s.queue.push(chunk);
+        let w = s.wake(Some(Wants::DATA));
+        drop(s);
+        wake(w);
+        Ok(())
     }
 
     /// Queues `chunks` as [`Outbox::push`] would queue them joined into one: the limit is checked

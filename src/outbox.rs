@@ -333,6 +333,10 @@ impl Outbox {
     /// the limit still reaches a client that reads; an outbox therefore holds at most the limit plus
     /// one chunk. During a long answer the chunk is held until the answer ends. Pushing to a closed
     /// outbox drops the chunk silently: the connection is going away.
+    ///
+    /// [`Outbox::push_run`] does the same for several chunks; this keeps its own body, as the
+    /// fan-out's push to every member: written as a run of one it cost 14 instructions more a push
+    /// under callgrind (W2a, 75 to 89 outside the batch and the wake-up).
     pub fn push(&self, chunk: Chunk) -> Result<(), Overflow> {
         let mut s = self.lock();
         if s.closed {

@@ -10,8 +10,9 @@
 #       commits still in flight). Prints each dump's instruction total. Read a dump with
 #       `callgrind_annotate --inclusive=yes DUMP` (add `--tree=caller` for who calls what).
 #   chatd_profile.sh syscalls BINARY LABEL PORT WORKLOAD...
-#       `perf stat` of system calls, context switches and task-clock on the server's pid, attached
-#       once loadgen's set-up is done (the measured phase alone); divide by loadgen's deliveries.
+#       `perf stat` of system calls, page faults, context switches and task-clock on the server's
+#       pid, attached once loadgen's set-up is done (the measured phase alone); divide by loadgen's
+#       deliveries.
 #   chatd_profile.sh massif BINARY LABEL PORT WORKLOAD...
 #       the server under `valgrind --tool=massif`; `ms_print OUT/LABEL.massif` shows the heap's
 #       peak snapshot as a tree (for idle connections: `idle -n 5000 --hold 3 --settle 2`).
@@ -125,7 +126,7 @@ callgrind | massif | syscalls)
     echo "  ms_print $out/$label.massif"
     ;;
   syscalls)
-    perf stat -e 'syscalls:sys_enter_recvfrom,syscalls:sys_enter_sendto,syscalls:sys_enter_epoll_ctl,syscalls:sys_enter_epoll_pwait,syscalls:sys_enter_futex,syscalls:sys_enter_read,syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_pwrite64,syscalls:sys_enter_fdatasync,syscalls:sys_enter_mprotect,syscalls:sys_enter_madvise,context-switches,task-clock' \
+    perf stat -e 'syscalls:sys_enter_recvfrom,syscalls:sys_enter_sendto,syscalls:sys_enter_epoll_ctl,syscalls:sys_enter_epoll_pwait,syscalls:sys_enter_futex,syscalls:sys_enter_read,syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_pwrite64,syscalls:sys_enter_fdatasync,syscalls:sys_enter_mprotect,syscalls:sys_enter_madvise,page-faults,context-switches,task-clock' \
       ${PERFFLAGS:-} -p "$pid" -o "$out/$label.perf" 2> /dev/null &
     st=$!
     wait "$lg"

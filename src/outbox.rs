@@ -366,11 +366,7 @@ impl Outbox {
     /// the writer copies them into its write anyway).
     pub fn push_run(&self, chunks: impl IntoIterator<Item = Chunk>) -> Result<(), Overflow> {
         let mut s = self.lock();
-        let refused = if s.closed {
-            Ok(())
-        } else if s.bytes + s.held_bytes() >= self.0.limit {
-            Err(Overflow)
-        } else {
+        if !s.closed && s.bytes + s.held_bytes() < self.0.limit {
             let state = &mut *s;
             let mut queued = false;
             for chunk in chunks {
@@ -395,7 +391,8 @@ impl Outbox {
             drop(s);
             wake(w);
             return Ok(());
-        };
+        }
+        let refused = if s.closed { Ok(()) } else { Err(Overflow) };
         drop(s);
         chunks.into_iter().for_each(drop);
         refused

@@ -248,8 +248,8 @@ impl Core {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        let mut run = Run::default();
-        if c.slots.0.front().is_some_and(|s| s.ready.is_some()) {
+        let run = if c.slots.0.front().is_some_and(|s| s.ready.is_some()) {
+            let mut run = Run::default();
             let slots = &mut c.slots.0;
             let answers = std::iter::from_fn(|| {
                 if run.deflate_after || run.close_after {
@@ -272,8 +272,10 @@ impl Core {
             {
                 self.overflowed.push(conn);
             }
-            run.emitted = true;
-        }
+            Some(run)
+        } else {
+            None
+        };
         let drained = c.slots.is_empty();
         if drained {
             // An idle connection keeps no queue; its silence counts from its last answer.
@@ -286,7 +288,7 @@ impl Core {
         }
         let streaming = c.slots.0.front().is_some_and(|s| s.stream.is_some());
         let more_ready = c.slots.0.front().is_some_and(|s| s.ready.is_some());
-        if run.emitted {
+        if let Some(run) = run {
             run.after(&c.outbox);
         }
         if more_ready {
@@ -317,7 +319,6 @@ impl Core {
             finals: slot.finals,
             close_after: slot.close_after,
             deflate_after: slot.deflate_after,
-            emitted: true,
         }
         .after(&c.outbox);
     }
@@ -332,8 +333,6 @@ struct Run {
     close_after: bool,
     /// The last of them is a COMPRESS's.
     deflate_after: bool,
-    /// Something was taken from the queue.
-    emitted: bool,
 }
 
 impl Run {

@@ -737,8 +737,9 @@ pub struct Core {
     ids_shown_below: MsgId,
     /// The reservation last asked of the store, committed or not.
     ids_reserving: MsgId,
-    /// Messages waiting for their commit to be delivered; while there are any, no message is
-    /// delivered ahead of its commit, so that one sender's messages arrive in order (spec 6.4).
+    /// Messages waiting for their commit to be delivered, and JOINs for theirs to be told; while
+    /// there are any, no message is delivered ahead of its commit, so that one sender's messages
+    /// arrive in order (spec 6.4) and none said after a join arrives before its `JOINED` (4.26).
     held_for_commit: usize,
     next_ticket: Ticket,
     /// The continuations of store and hash jobs, by ticket. Every stored message passes through it

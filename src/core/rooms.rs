@@ -723,10 +723,12 @@ impl Core {
     /// left it), the latest messages with ids in `after+1..=upto` (read in the order of the
     /// writes, so it is exactly what was said before the join, and it reaches the member before
     /// anything said after), and `OK JOIN`. The audience in `told` learns of the join at the same
-    /// commit. In a cluster, if the room turns out to have lost its name to another node's room
-    /// (`Taken`), the JOIN of `name` runs again and joins that room; and while the room's
-    /// creation is not answered, the caller's next commands wait, so that they concern the room
-    /// the JOIN answers.
+    /// commit; until then no message is delivered ahead of its commit (as while a message waits
+    /// for its own: `held_for_commit`), so that a message said after the join never reaches one of
+    /// them before their `JOINED`. In a cluster, if the room turns out to have lost its name to
+    /// another node's room (`Taken`), the JOIN of `name` runs again and joins that room; and
+    /// while the room's creation is not answered, the caller's next commands wait, so that they
+    /// concern the room the JOIN answers.
     #[allow(clippy::too_many_arguments)]
     fn join_answer(
         &mut self,
@@ -752,7 +754,10 @@ impl Core {
             });
         }
         self.reserve(&mut req);
+        let holds = told.is_some();
+        self.held_for_commit += usize::from(holds);
         self.store_all(ops, move |core, reply| {
+            core.held_for_commit -= usize::from(holds);
             if outcome == JoinOutcome::Created {
                 core.creating.remove(&id);
             }

@@ -55,8 +55,9 @@ enum Reached {
     /// ALL: the users it went to, here and on other nodes of a cluster.
     All { users: usize },
     /// MSG and GROUP: the recipients online when it was sent that had no connection left when it
-    /// was delivered.
-    Direct { late: Vec<Key> },
+    /// was delivered; and whether the sender, a recipient too, was reached on its own connection
+    /// alone, whose copy comes after the OK (if that connection is gone by then, it is late too).
+    Direct { late: Vec<Key>, own_only: bool },
 }
 
 /// A message waiting for its commit.
@@ -535,6 +536,7 @@ impl Core {
             return Reached::All { users };
         }
         let mut late = Vec::new();
+        let mut own_only = false;
         for key in &sent.online {
             let reached = fan_out(
                 &self.accounts,
@@ -547,9 +549,15 @@ impl Core {
             metrics.deliveries.add(reached as u64);
             if reached == 0 {
                 late.push(key.clone());
+            } else if reached == 1 && *key == sent.sender {
+                // `fan_out` counts the sender's own connection, which it skips, as reached.
+                own_only = self
+                    .accounts
+                    .get(key)
+                    .is_some_and(|a| a.conns.contains(&req.conn));
             }
         }
-        Reached::Direct { late }
+        Reached::Direct { late, own_only }
     }
 
     /// The OK of a committed message, saying what its delivery did; then the sender's own copy
@@ -563,7 +571,7 @@ impl Core {
             Some(Verb::Group) => MessageKind::Group,
             _ => MessageKind::Direct,
         });
-        let late = match reached {
+        let (mut late, own_only) = match reached {
             Reached::All { users } => {
                 out.ok(
                     &req,
@@ -574,7 +582,7 @@ impl Core {
                 );
                 return self.finish(req, out);
             }
-            Reached::Direct { late } => late,
+            Reached::Direct { late, own_only } => (late, own_only),
         };
         // The sender's own connection, when it is a recipient (MSG to yourself, a GROUP naming
         // you), gets its copy after the OK: a command's reply comes first (spec 6.4).
@@ -583,6 +591,12 @@ impl Core {
             .get(&req.conn)
             .and_then(|c| c.key())
             .is_some_and(|k| sent.online.contains(k));
+        if own_only && !own_copy {
+            // That connection was the sender's only one, and it closed (or logged out) before
+            // its copy: the message is kept for the sender's next login, as for any recipient
+            // that left before its delivery.
+            late.push(sent.sender.clone());
+        }
         // The OK says what happened once the message was committed: a recipient that left
         // meanwhile has it kept, not delivered.
         let kept = sent.kept - sent.elsewhere + late.len();

@@ -564,14 +564,14 @@ impl Core {
     /// and the away notices. A recipient that had left by the delivery has the message kept, and
     /// the OK waits for that commit too.
     fn acknowledge(&mut self, req: Req, sent: Sent, reached: Reached) {
-        let (id, chunk) = (sent.id, &sent.line);
+        let id = sent.id;
         let mut out = Out::new();
         self.settings.metrics.message(match req.verb {
             Some(Verb::All) => MessageKind::Broadcast,
             Some(Verb::Group) => MessageKind::Group,
             _ => MessageKind::Direct,
         });
-        let (mut late, own_only) = match reached {
+        let (late, own_only) = match reached {
             Reached::All { users } => {
                 out.ok(
                     &req,
@@ -584,19 +584,6 @@ impl Core {
             }
             Reached::Direct { late, own_only } => (late, own_only),
         };
-        // The sender's own connection, when it is a recipient (MSG to yourself, a GROUP naming
-        // you), gets its copy after the OK: a command's reply comes first (spec 6.4).
-        let own_copy = self
-            .conns
-            .get(&req.conn)
-            .and_then(|c| c.key())
-            .is_some_and(|k| sent.online.contains(k));
-        if own_only && !own_copy {
-            // That connection was the sender's only one, and it closed (or logged out) before
-            // its copy: the message is kept for the sender's next login, as for any recipient
-            // that left before its delivery.
-            late.push(sent.sender.clone());
-        }
         // The OK says what happened once the message was committed: a recipient that left
         // meanwhile has it kept, not delivered.
         let kept = sent.kept - sent.elsewhere + late.len();
@@ -618,11 +605,6 @@ impl Core {
             }
         };
         out.ok(&req, reply);
-        if own_copy {
-            out.raw(chunk);
-        }
-        // The sender learns which recipients are away, after the OK.
-        self.away_notices(&sent.sender, &sent.recipients, &mut out);
         // Each late recipient's backlog entry is its own op; the writes commit in the order they
         // were sent, so once the last is committed all are, and the OK may go.
         let ops: Vec<StoreOp> = late
@@ -630,17 +612,44 @@ impl Core {
             .filter_map(|k| self.keep_for_later(k, &sent.sender, id))
             .collect();
         let last = ops.len();
-        let mut answer = Some((req, out));
+        let mut answer = Some((req, out, sent));
         for (i, op) in ops.into_iter().enumerate() {
             if i + 1 < last {
                 self.store(op, |_, _| {});
-            } else if let Some((req, out)) = answer.take() {
-                self.store(op, move |core, _| core.finish(req, out));
+            } else if let Some((req, out, sent)) = answer.take() {
+                self.store(op, move |core, _| {
+                    core.answer_message(req, out, &sent, own_only);
+                });
             }
         }
-        if let Some((req, out)) = answer {
-            self.finish(req, out);
+        if let Some((req, out, sent)) = answer {
+            self.answer_message(req, out, &sent, own_only);
         }
+    }
+
+    /// Sends a message's answer, its OK in `out`: then the sender's own copy and the away notices.
+    /// The copy is decided here, as the answer goes: when the sender is a recipient (MSG to
+    /// yourself, a GROUP naming you), its connection gets the copy after the OK (a command's reply
+    /// comes first, spec 6.4); if that connection was the sender's only one (`own_only`) and it
+    /// has closed meanwhile, the message is kept for the sender's next login, as for any
+    /// recipient that left before its delivery.
+    fn answer_message(&mut self, req: Req, mut out: Out, sent: &Sent, own_only: bool) {
+        let own_copy = self
+            .conns
+            .get(&req.conn)
+            .and_then(|c| c.key())
+            .is_some_and(|k| sent.online.contains(k));
+        if own_copy {
+            out.raw(&sent.line);
+        } else if own_only {
+            // No answer waits for it: its connection is gone.
+            if let Some(op) = self.keep_for_later(&sent.sender, &sent.sender, sent.id) {
+                self.store(op, |_, _| {});
+            }
+        }
+        // The sender learns which recipients are away, after the OK.
+        self.away_notices(&sent.sender, &sent.recipients, &mut out);
+        self.finish(req, out);
     }
 
     /// Counts a stored message into an account's backlog and gives the op that records it (a

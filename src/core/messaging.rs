@@ -56,7 +56,7 @@ enum Reached {
     All { users: usize },
     /// MSG and GROUP: the recipients online when it was sent that had no connection left when it
     /// was delivered; and whether the sender, a recipient too, was reached on its own connection
-    /// alone, whose copy comes after the OK (if that connection is gone by then, it is late too).
+    /// alone, whose copy comes after the OK (kept for later if that connection is gone by then).
     Direct { late: Vec<Key>, own_only: bool },
 }
 
